@@ -1,0 +1,202 @@
+// The autograd graph: nodes recorded as ops run, and the helpers ops use to record themselves.
+//
+// Every tensor that requires grad points at a node that receives its gradient:
+//   - a tensor made by an op points at that op's FunctionNode (its grad_fn);
+//   - a leaf (a parameter) points at an AccumulateGrad node that adds into leaf.grad().
+// A FunctionNode holds the op's backward as a closure plus `next`: the nodes of the op's inputs,
+// in argument order (null for inputs that need no gradient). The engine (engine.hpp) runs nodes
+// in reverse topological order; each node's closure turns its output gradient into input
+// gradients and hands them to `next[i]`. Adding an op therefore never touches the engine: the op
+// calls autograd::record(out, "name", backward, inputs...).
+//
+// Ownership: output tensor -> its node -> input nodes (shared); nodes never own tensors that hold
+// them, so there are no cycles. Saved tensors must be detach()ed copies of the handles.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "kiln/autograd/grad_mode.hpp"
+#include "kiln/core/tensor.hpp"
+
+namespace kiln::autograd {
+
+class Node {
+ public:
+  explicit Node(std::string name) : name_(std::move(name)) {}
+  Node(const Node&) = delete;
+  Node& operator=(const Node&) = delete;
+
+  // Frees long chains iteratively: a recursive chain of shared_ptr destructors would overflow the
+  // stack on graphs tens of thousands of ops deep.
+  virtual ~Node() {
+    std::vector<std::shared_ptr<Node>> pending = std::move(next);
+    while (!pending.empty()) {
+      std::shared_ptr<Node> n = std::move(pending.back());
+      pending.pop_back();
+      if (n && n.use_count() == 1) {
+        for (auto& child : n->next) pending.push_back(std::move(child));
+        n->next.clear();
+      }
+    }
+  }
+
+  const std::string& name() const { return name_; }
+
+  // Turns the accumulated output gradient into input gradients, passed on to `next`.
+  virtual void apply() = 0;
+  // Frees what backward needed (saved tensors, edges, the gradient) once it has run.
+  virtual void release() = 0;
+  // True once release() has freed the graph behind this node.
+  virtual bool released() const { return false; }
+
+  std::vector<std::shared_ptr<Node>> next;
+
+ private:
+  std::string name_;
+};
+
+// A node whose output (the gradient it receives) is a Tensor<T>.
+template <class T>
+class TypedNode : public Node {
+ public:
+  TypedNode(std::string name, Shape output_shape)
+      : Node(std::move(name)), output_shape_(std::move(output_shape)) {}
+
+  // Adds `g` to the gradient this node has received so far.
+  void accumulate(const Tensor<T>& g) {
+    if (g.shape() != output_shape_)
+      fail("backward", "the backward of another op sent a gradient of shape ", g.shape(), " to ",
+           name(), ", whose output has shape ", output_shape_);
+    NoGradGuard no_grad;
+    grad_ = grad_ ? add(*grad_, g) : g;  // kiln::add, found by argument-dependent lookup
+  }
+
+ protected:
+  Shape output_shape_;
+  std::optional<Tensor<T>> grad_;
+};
+
+// Input gradients of one op, handed to its backward closure.
+class InputGrads {
+ public:
+  explicit InputGrads(const std::vector<std::shared_ptr<Node>>& next) : next_(next) {}
+
+  // Whether input i wants a gradient (skip computing it otherwise).
+  bool needs(std::size_t i) const { return i < next_.size() && next_[i] != nullptr; }
+
+  template <class U>
+  void add(std::size_t i, const Tensor<U>& g) const {
+    if (!needs(i)) return;
+    auto* node = dynamic_cast<TypedNode<U>*>(next_[i].get());
+    if (!node)
+      fail("backward", "gradient of dtype ", dtype_of<U>, " sent to input ", i, " (", next_[i]->name(),
+           ") of another dtype");
+    node->accumulate(g);
+  }
+
+ private:
+  const std::vector<std::shared_ptr<Node>>& next_;
+};
+
+template <class T>
+class FunctionNode final : public TypedNode<T> {
+ public:
+  using Backward = std::function<void(const Tensor<T>& grad_output, const InputGrads& inputs)>;
+
+  FunctionNode(std::string name, Shape output_shape, Backward backward)
+      : TypedNode<T>(std::move(name), std::move(output_shape)), backward_(std::move(backward)) {}
+
+  void apply() override {
+    if (!this->grad_) return;  // no gradient reached this node (e.g. an unused output)
+    InputGrads inputs(this->next);
+    backward_(*this->grad_, inputs);
+  }
+  void release() override {
+    backward_ = nullptr;
+    this->grad_.reset();
+    this->next.clear();
+    released_ = true;
+  }
+  bool released() const override { return released_; }
+
+ private:
+  Backward backward_;
+  bool released_ = false;
+};
+
+template <class T>
+class AccumulateGrad final : public TypedNode<T> {
+ public:
+  explicit AccumulateGrad(const std::shared_ptr<TensorImpl<T>>& leaf)
+      : TypedNode<T>("AccumulateGrad", leaf->shape), leaf_(leaf) {}
+
+  void apply() override {
+    auto leaf = leaf_.lock();
+    if (!leaf || !this->grad_) return;
+    NoGradGuard no_grad;
+    Tensor<T> leaf_handle = Tensor<T>::view_of(leaf->storage, leaf->offset, leaf->shape, leaf->strides);
+    Tensor<T> current = leaf_handle.grad();
+    // The stored gradient is always a fresh contiguous tensor owned by the leaf, so optimizers may
+    // update it in place without touching any other tensor.
+    Tensor<T> updated = current.defined() ? add(current, *this->grad_) : clone(*this->grad_);
+    leaf->grad = updated.impl_ptr();
+  }
+  void release() override { this->grad_.reset(); }
+
+ private:
+  std::weak_ptr<TensorImpl<T>> leaf_;
+};
+
+// The node that receives the gradient of `t`, or null if t does not require grad.
+template <class T>
+std::shared_ptr<Node> edge_of(const Tensor<T>& t) {
+  if (!t.defined() || !t.requires_grad()) return nullptr;
+  auto& impl = t.impl();
+  if (impl.grad_fn) return impl.grad_fn;
+  if (!impl.accumulator) impl.accumulator = std::make_shared<AccumulateGrad<T>>(t.impl_ptr());
+  return impl.accumulator;
+}
+
+// Whether an op on these inputs must record a node.
+template <class... Inputs>
+bool needs_grad(const Inputs&... inputs) {
+  return grad_enabled() && ((inputs.defined() && inputs.requires_grad()) || ...);
+}
+
+// Records `out` as produced by an op named `name` from `inputs` (any tensor types), with
+// `backward(grad_out, InputGrads&)` computing input gradients. Call only when needs_grad(inputs).
+template <class T, class F, class... Inputs>
+void record(Tensor<T>& out, const char* name, F&& backward, const Inputs&... inputs) {
+  auto node = std::make_shared<FunctionNode<T>>(name, out.shape(),
+                                                typename FunctionNode<T>::Backward(std::forward<F>(backward)));
+  node->next = {edge_of(inputs)...};
+  out.impl().grad_fn = std::move(node);
+  out.impl().requires_grad = true;
+}
+
+// Same, for ops whose inputs are a list of tensors of one type (cat, stack).
+template <class T, class F, class U>
+void record_list(Tensor<T>& out, const char* name, F&& backward, const std::vector<Tensor<U>>& inputs) {
+  auto node = std::make_shared<FunctionNode<T>>(name, out.shape(),
+                                                typename FunctionNode<T>::Backward(std::forward<F>(backward)));
+  for (const auto& in : inputs) node->next.push_back(edge_of(in));
+  out.impl().grad_fn = std::move(node);
+  out.impl().requires_grad = true;
+}
+
+template <class U>
+bool needs_grad_list(const std::vector<Tensor<U>>& inputs) {
+  if (!grad_enabled()) return false;
+  for (const auto& t : inputs)
+    if (t.defined() && t.requires_grad()) return true;
+  return false;
+}
+
+}  // namespace kiln::autograd
+
+#include "kiln/autograd/engine.hpp"

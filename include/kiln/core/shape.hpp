@@ -1,0 +1,69 @@
+// Shapes and strides: plain vectors of int64 with the helpers that views and broadcasting need.
+// Strides are in elements, not bytes. A stride of 0 marks a broadcast (expanded) dimension.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "kiln/core/error.hpp"
+
+namespace kiln {
+
+using Shape = std::vector<std::int64_t>;
+using Strides = std::vector<std::int64_t>;
+
+inline std::int64_t numel_of(const Shape& shape) {
+  std::int64_t n = 1;
+  for (auto s : shape) n *= s;
+  return n;
+}
+
+// Row-major (C order) strides: the last dimension is contiguous.
+inline Strides contiguous_strides(const Shape& shape) {
+  Strides strides(shape.size());
+  std::int64_t s = 1;
+  for (std::size_t i = shape.size(); i-- > 0;) {
+    strides[i] = s;
+    s *= shape[i] > 0 ? shape[i] : 1;
+  }
+  return strides;
+}
+
+inline void check_shape(const char* op, const Shape& shape) {
+  for (auto s : shape) check(s >= 0, op, "negative dimension in shape ", shape);
+}
+
+// Maps a possibly negative dimension index into [0, ndim).
+inline int normalize_dim(const char* op, std::int64_t dim, std::size_t ndim) {
+  const auto n = static_cast<std::int64_t>(ndim);
+  check((dim >= -n && dim < n) || (n == 0 && (dim == 0 || dim == -1)), op, "dim ", dim,
+        " is out of range for a tensor of ", n, " dimensions");
+  return static_cast<int>(dim < 0 ? dim + n : dim);
+}
+
+// NumPy broadcasting: align from the right; sizes must match or one of them must be 1.
+inline Shape broadcast_shapes(const char* op, const Shape& a, const Shape& b) {
+  const std::size_t n = a.size() > b.size() ? a.size() : b.size();
+  Shape out(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::int64_t da = i < n - a.size() ? 1 : a[i - (n - a.size())];
+    const std::int64_t db = i < n - b.size() ? 1 : b[i - (n - b.size())];
+    if (da != db && da != 1 && db != 1)
+      fail(op, "shapes ", a, " and ", b, " cannot be broadcast (dim ",
+           static_cast<std::int64_t>(i) - static_cast<std::int64_t>(n), ": ", da, " vs ", db, ")");
+    out[i] = da == 1 ? db : da;
+  }
+  return out;
+}
+
+// Strides that read a tensor of (shape, strides) as if it had shape `target` (which it must
+// broadcast to): missing leading dims and size-1 dims get stride 0.
+inline Strides broadcast_strides(const Shape& shape, const Strides& strides, const Shape& target) {
+  Strides out(target.size(), 0);
+  const std::size_t lead = target.size() - shape.size();
+  for (std::size_t i = 0; i < shape.size(); ++i)
+    out[lead + i] = (shape[i] == 1 && target[lead + i] != 1) ? 0 : strides[i];
+  return out;
+}
+
+}  // namespace kiln

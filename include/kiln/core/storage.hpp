@@ -1,0 +1,86 @@
+// Storage: one reference-counted allocation on one device. Tensors are views over a Storage
+// (offset + shape + strides), so views share it and it is freed with the last view.
+//
+// Device work other than the CPU goes through a backend table (DeviceBackend). The core never
+// includes CUDA headers and never changes with __CUDACC__, so translation units compiled by g++
+// and by nvcc see identical definitions; the CUDA backend header, compiled by nvcc, fills the
+// table in at static-initialisation time.
+#pragma once
+
+#include <cstddef>
+#include <cstring>
+#include <memory>
+#include <new>
+
+#include "kiln/core/device.hpp"
+#include "kiln/core/error.hpp"
+
+namespace kiln {
+
+struct DeviceBackend {
+  void* (*allocate)(std::size_t bytes, int device) = nullptr;
+  void (*deallocate)(void* ptr, std::size_t bytes, int device) = nullptr;
+  // Copies bytes between any two devices (either side may be the CPU); synchronous.
+  void (*copy)(void* dst, Device dst_device, const void* src, Device src_device,
+               std::size_t bytes) = nullptr;
+};
+
+// The CUDA backend's table, or nullptr when no nvcc-compiled translation unit registered one.
+inline DeviceBackend*& cuda_backend() {
+  static DeviceBackend* backend = nullptr;
+  return backend;
+}
+
+inline DeviceBackend& backend_for(const char* op, Device device) {
+  DeviceBackend* b = cuda_backend();
+  if (!b)
+    fail(op, "device ", device,
+         " needs the CUDA backend: include <kiln/backend/cuda.hpp> in a file compiled by nvcc");
+  return *b;
+}
+
+class Storage {
+ public:
+  // CPU memory is 64-byte aligned: a cache line, and enough for any SIMD load.
+  static constexpr std::size_t cpu_alignment = 64;
+
+  Storage(std::size_t nbytes, Device device) : nbytes_(nbytes), device_(device) {
+    if (device.is_cpu()) {
+      data_ = ::operator new(nbytes ? nbytes : 1, std::align_val_t(cpu_alignment));
+    } else {
+      data_ = backend_for("Storage", device).allocate(nbytes, device.index);
+    }
+  }
+  Storage(const Storage&) = delete;
+  Storage& operator=(const Storage&) = delete;
+  ~Storage() {
+    if (device_.is_cpu()) {
+      ::operator delete(data_, std::align_val_t(cpu_alignment));
+    } else if (cuda_backend()) {
+      cuda_backend()->deallocate(data_, nbytes_, device_.index);
+    }
+  }
+
+  void* data() const { return data_; }
+  std::size_t nbytes() const { return nbytes_; }
+  Device device() const { return device_; }
+
+ private:
+  void* data_ = nullptr;
+  std::size_t nbytes_ = 0;
+  Device device_;
+};
+
+// Copies bytes between devices.
+inline void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device,
+                       std::size_t bytes) {
+  if (bytes == 0) return;
+  if (dst_device.is_cpu() && src_device.is_cpu()) {
+    std::memcpy(dst, src, bytes);
+  } else {
+    backend_for("copy", dst_device.is_cpu() ? src_device : dst_device)
+        .copy(dst, dst_device, src, src_device, bytes);
+  }
+}
+
+}  // namespace kiln

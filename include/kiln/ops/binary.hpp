@@ -1,0 +1,155 @@
+// Broadcasting binary arithmetic: add, sub, mul, div, pow, maximum, minimum, and the operators.
+// Backward: the local derivative times the output gradient, summed back over broadcast dims.
+#pragma once
+
+#include <cmath>
+
+#include "kiln/autograd/node.hpp"
+#include "kiln/backend/cpu/elementwise.hpp"
+#include "kiln/ops/common.hpp"
+#include "kiln/ops/factory.hpp"
+#include "kiln/ops/reduce.hpp"
+
+namespace kiln {
+
+enum class BinaryOp { add, sub, mul, div, pow, maximum, minimum };
+
+namespace detail {
+
+inline const char* binary_name(BinaryOp op) {
+  switch (op) {
+    case BinaryOp::add: return "add";
+    case BinaryOp::sub: return "sub";
+    case BinaryOp::mul: return "mul";
+    case BinaryOp::div: return "div";
+    case BinaryOp::pow: return "pow";
+    case BinaryOp::maximum: return "maximum";
+    case BinaryOp::minimum: return "minimum";
+  }
+  return "?";
+}
+
+// out = a (op) b without recording a graph.
+template <class T>
+Tensor<T> binary_kernel(BinaryOp op, const Tensor<T>& a, const Tensor<T>& b) {
+  const char* name = binary_name(op);
+  check_defined(name, a, b);
+  check_same_device(name, a, b);
+  check_cpu(name, a);
+  Tensor<T> out(broadcast_shapes(name, a.shape(), b.shape()), a.device());
+  using C = compute_t<T>;
+  auto run = [&](auto f) {
+    cpu::map(out, a, b, [f](const T& x, const T& y) { return convert<T>(f(static_cast<C>(x), static_cast<C>(y))); });
+  };
+  switch (op) {
+    case BinaryOp::add: run([](C x, C y) { return x + y; }); break;
+    case BinaryOp::sub: run([](C x, C y) { return x - y; }); break;
+    case BinaryOp::mul: run([](C x, C y) { return x * y; }); break;
+    case BinaryOp::div: run([](C x, C y) { return x / y; }); break;
+    case BinaryOp::pow: run([](C x, C y) { return static_cast<C>(std::pow(x, y)); }); break;
+    // NaN propagates (as in PyTorch): comparisons with NaN are false, so test explicitly.
+    case BinaryOp::maximum: run([](C x, C y) { return (x != x || x > y) ? x : y; }); break;
+    case BinaryOp::minimum: run([](C x, C y) { return (x != x || x < y) ? x : y; }); break;
+  }
+  return out;
+}
+
+template <class T>
+Tensor<T> scalar_like(const Tensor<T>& t, double value) {
+  return full<T>({}, convert<T>(value), t.device());
+}
+
+template <class T>
+Tensor<T> binary(BinaryOp op, const Tensor<T>& a, const Tensor<T>& b);
+
+}  // namespace detail
+
+template <class T> Tensor<T> add(const Tensor<T>& a, const Tensor<T>& b) { return detail::binary(BinaryOp::add, a, b); }
+template <class T> Tensor<T> sub(const Tensor<T>& a, const Tensor<T>& b) { return detail::binary(BinaryOp::sub, a, b); }
+template <class T> Tensor<T> mul(const Tensor<T>& a, const Tensor<T>& b) { return detail::binary(BinaryOp::mul, a, b); }
+template <class T> Tensor<T> div(const Tensor<T>& a, const Tensor<T>& b) { return detail::binary(BinaryOp::div, a, b); }
+template <class T> Tensor<T> pow(const Tensor<T>& a, const Tensor<T>& b) { return detail::binary(BinaryOp::pow, a, b); }
+template <class T> Tensor<T> maximum(const Tensor<T>& a, const Tensor<T>& b) { return detail::binary(BinaryOp::maximum, a, b); }
+template <class T> Tensor<T> minimum(const Tensor<T>& a, const Tensor<T>& b) { return detail::binary(BinaryOp::minimum, a, b); }
+
+// Scalar right-hand sides.
+template <class T> Tensor<T> add(const Tensor<T>& a, double s) { return add(a, detail::scalar_like(a, s)); }
+template <class T> Tensor<T> sub(const Tensor<T>& a, double s) { return sub(a, detail::scalar_like(a, s)); }
+template <class T> Tensor<T> mul(const Tensor<T>& a, double s) { return mul(a, detail::scalar_like(a, s)); }
+template <class T> Tensor<T> div(const Tensor<T>& a, double s) { return div(a, detail::scalar_like(a, s)); }
+template <class T> Tensor<T> pow(const Tensor<T>& a, double s) { return pow(a, detail::scalar_like(a, s)); }
+
+template <class T> Tensor<T> operator+(const Tensor<T>& a, const Tensor<T>& b) { return add(a, b); }
+template <class T> Tensor<T> operator-(const Tensor<T>& a, const Tensor<T>& b) { return sub(a, b); }
+template <class T> Tensor<T> operator*(const Tensor<T>& a, const Tensor<T>& b) { return mul(a, b); }
+template <class T> Tensor<T> operator/(const Tensor<T>& a, const Tensor<T>& b) { return div(a, b); }
+template <class T> Tensor<T> operator+(const Tensor<T>& a, double s) { return add(a, s); }
+template <class T> Tensor<T> operator-(const Tensor<T>& a, double s) { return sub(a, s); }
+template <class T> Tensor<T> operator*(const Tensor<T>& a, double s) { return mul(a, s); }
+template <class T> Tensor<T> operator/(const Tensor<T>& a, double s) { return div(a, s); }
+template <class T> Tensor<T> operator+(double s, const Tensor<T>& a) { return add(a, s); }
+template <class T> Tensor<T> operator*(double s, const Tensor<T>& a) { return mul(a, s); }
+template <class T> Tensor<T> operator-(double s, const Tensor<T>& a) { return sub(detail::scalar_like(a, s), a); }
+template <class T> Tensor<T> operator/(double s, const Tensor<T>& a) { return div(detail::scalar_like(a, s), a); }
+
+namespace detail {
+
+template <class T>
+Tensor<T> binary(BinaryOp op, const Tensor<T>& a, const Tensor<T>& b) {
+  Tensor<T> out = binary_kernel(op, a, b);
+  if (!autograd::needs_grad(a, b)) return out;
+  autograd::record(out, binary_name(op),
+                   [op, a = a.detach(), b = b.detach(), y = out.detach()](const Tensor<T>& g,
+                                                                         const autograd::InputGrads& in) {
+    const bool ga = in.needs(0), gb = in.needs(1);
+    switch (op) {
+      case BinaryOp::add:
+        if (ga) in.add(0, sum_to(g, a.shape()));
+        if (gb) in.add(1, sum_to(g, b.shape()));
+        break;
+      case BinaryOp::sub:
+        if (ga) in.add(0, sum_to(g, a.shape()));
+        if (gb) in.add(1, sum_to(mul(g, -1.0), b.shape()));
+        break;
+      case BinaryOp::mul:
+        if (ga) in.add(0, sum_to(mul(g, b), a.shape()));
+        if (gb) in.add(1, sum_to(mul(g, a), b.shape()));
+        break;
+      case BinaryOp::div:  // d(a/b)/da = 1/b ; d(a/b)/db = -a/b^2 = -y/b
+        if (ga) in.add(0, sum_to(div(g, b), a.shape()));
+        if (gb) in.add(1, sum_to(mul(g, div(mul(y, -1.0), b)), b.shape()));
+        break;
+      case BinaryOp::pow: {  // d(a^b)/da = b a^(b-1) ; d(a^b)/db = a^b ln a
+        if (ga) in.add(0, sum_to(mul(g, mul(b, pow(a, sub(b, 1.0)))), a.shape()));
+        if (gb) {
+          Tensor<T> ln_a(a.shape(), a.device());
+          cpu::map(ln_a, a, [](const T& x) {
+            // The derivative in b at a = 0 multiplies 0^b = 0 (b > 0): take it as 0, not NaN.
+            const double v = static_cast<double>(x);
+            return convert<T>(v == 0.0 ? 0.0 : std::log(v));
+          });
+          in.add(1, sum_to(mul(g, mul(y, ln_a)), b.shape()));
+        }
+        break;
+      }
+      case BinaryOp::maximum:
+      case BinaryOp::minimum: {
+        // The gradient goes to the selected input; ties split it evenly (keeps gradcheck exact).
+        const bool is_max = op == BinaryOp::maximum;
+        Tensor<T> wa(broadcast_shapes("maximum", a.shape(), b.shape()), a.device());
+        cpu::map(wa, a, b, [is_max](const T& x, const T& y) {
+          const double u = static_cast<double>(x), v = static_cast<double>(y);
+          return convert<T>(u == v ? 0.5 : ((is_max ? u > v : u < v) ? 1.0 : 0.0));
+        });
+        if (ga) in.add(0, sum_to(mul(g, wa), a.shape()));
+        if (gb) in.add(1, sum_to(mul(g, sub(ones_like(wa), wa)), b.shape()));
+        break;
+      }
+    }
+  }, a, b);
+  return out;
+}
+
+}  // namespace detail
+
+}  // namespace kiln

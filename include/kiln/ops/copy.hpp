@@ -1,0 +1,89 @@
+// Copies: clone, contiguous, to(device), and the differentiable dtype cast.
+#pragma once
+
+#include "kiln/autograd/node.hpp"
+#include "kiln/backend/cpu/elementwise.hpp"
+#include "kiln/ops/common.hpp"
+
+namespace kiln {
+
+namespace detail {
+// A fresh contiguous copy of t's elements converted to U (no graph).
+template <class U, class T>
+Tensor<U> copy_as(const char* op, const Tensor<T>& t) {
+  Tensor<U> out(t.shape(), t.device());
+  if (t.device().is_cpu()) {
+    cpu::map(out, t, [](const T& x) { return convert<U>(x); });
+  } else if constexpr (std::is_same_v<U, T>) {
+    // Device tensors: gather on the host (the CUDA backend supplies kernels for its own ops).
+    const std::vector<T> host = t.to_vector();
+    copy_bytes(out.data(), out.device(), host.data(), Device::cpu(), host.size() * sizeof(T));
+  } else {
+    check_cpu(op, t);
+  }
+  return out;
+}
+}  // namespace detail
+
+// Casts to element type U (rounding to nearest even into low-precision types). Differentiable:
+// the gradient is cast back to T.
+template <class U, class T>
+Tensor<U> cast(const Tensor<T>& t) {
+  check_defined("cast", t);
+  Tensor<U> out = detail::copy_as<U>("cast", t);
+  if constexpr (is_floating<U> && is_floating<T>) {
+    if (autograd::needs_grad(t)) {
+      autograd::record(out, "cast", [](const Tensor<U>& g, const autograd::InputGrads& in) {
+        in.add(0, detail::copy_as<T>("cast backward", g));
+      }, t);
+    }
+  }
+  return out;
+}
+
+// A contiguous copy that shares nothing with t. Differentiable.
+template <class T>
+Tensor<T> clone(const Tensor<T>& t) {
+  return cast<T>(t);
+}
+
+// t itself when already contiguous, else a contiguous copy. Differentiable.
+template <class T>
+Tensor<T> contiguous(const Tensor<T>& t) {
+  check_defined("contiguous", t);
+  return t.is_contiguous() ? t : clone(t);
+}
+
+// A copy on `device` (t itself when already there). Differentiable: the gradient moves back.
+template <class T>
+Tensor<T> to(const Tensor<T>& t, Device device) {
+  check_defined("to", t);
+  if (t.device() == device) return t;
+  const Tensor<T> src = t.device().is_cpu() ? contiguous(t.detach()) : t.detach();
+  Tensor<T> out(t.shape(), device);
+  if (src.is_contiguous()) {
+    copy_bytes(out.data(), device, src.data(), src.device(), static_cast<std::size_t>(t.numel()) * sizeof(T));
+  } else {
+    const std::vector<T> host = src.to_vector();
+    copy_bytes(out.data(), device, host.data(), Device::cpu(), host.size() * sizeof(T));
+  }
+  if constexpr (is_floating<T>) {
+    if (autograd::needs_grad(t)) {
+      const Device from = t.device();
+      autograd::record(out, "to", [from](const Tensor<T>& g, const autograd::InputGrads& in) {
+        in.add(0, to(g, from));
+      }, t);
+    }
+  }
+  return out;
+}
+
+}  // namespace kiln
+
+namespace kiln {
+// The same data outside the graph (free-function form of Tensor::detach).
+template <class T>
+Tensor<T> detach(const Tensor<T>& t) {
+  return t.detach();
+}
+}  // namespace kiln

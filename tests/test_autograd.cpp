@@ -1,0 +1,106 @@
+// The autograd engine: accumulation, graph freeing, NoGradGuard, detach, errors.
+#include "test_util.hpp"
+
+using namespace kiln;
+
+TEST(Autograd, GradientsAccumulateAcrossBackwardCalls) {
+  auto x = tensor<double>({1.0, 2.0, 3.0}).requires_grad_();
+  sum(mul(x, x)).backward();
+  sum(mul(x, x)).backward();
+  EXPECT_EQ(x.grad().to_vector(), (std::vector<double>{4.0, 8.0, 12.0}));  // 2 * 2x
+  x.zero_grad();
+  EXPECT_FALSE(x.grad().defined());
+  sum(x).backward();
+  EXPECT_EQ(x.grad().to_vector(), (std::vector<double>{1.0, 1.0, 1.0}));
+}
+
+TEST(Autograd, ReusedTensorGetsSumOfPaths) {
+  // y = x*x + x: one node feeding two consumers must wait for both before passing gradient on.
+  auto x = tensor<double>({0.5, -1.5}).requires_grad_();
+  auto h = mul(x, 3.0);
+  sum(add(mul(h, h), h)).backward();  // d/dx (9x^2 + 3x) = 18x + 3
+  EXPECT_EQ(x.grad().to_vector(), (std::vector<double>{12.0, -24.0}));
+}
+
+TEST(Autograd, SecondBackwardThroughFreedGraphThrows) {
+  auto x = tensor<double>({1.0, 2.0}).requires_grad_();
+  auto loss = sum(mul(x, x));
+  loss.backward();
+  EXPECT_KILN_ERROR(loss.backward(), "already freed");
+}
+
+TEST(Autograd, NoGradGuardRecordsNothing) {
+  auto x = tensor<double>({1.0, 2.0}).requires_grad_();
+  Tensor<double> y;
+  {
+    NoGradGuard guard;
+    y = mul(x, x);
+  }
+  EXPECT_FALSE(y.requires_grad());
+  EXPECT_TRUE(mul(x, x).requires_grad());
+}
+
+TEST(Autograd, DetachCutsTheGraphButSharesData) {
+  auto x = tensor<double>({1.0, 2.0}).requires_grad_();
+  auto d = detach(mul(x, 2.0));
+  EXPECT_FALSE(d.requires_grad());
+  auto y = mul(x, 2.0);
+  auto yd = y.detach();
+  EXPECT_EQ(yd.data(), y.data());
+}
+
+TEST(Autograd, BackwardErrors) {
+  auto x = tensor<double>({1.0, 2.0});
+  EXPECT_KILN_ERROR(sum(x).backward(), "backward", "does not require grad");
+  auto w = tensor<double>({1.0, 2.0}).requires_grad_();
+  EXPECT_KILN_ERROR(mul(w, 2.0).backward(), "backward", "[2]", "one-element");
+  EXPECT_KILN_ERROR(tensor<std::int64_t>({1, 2}).requires_grad_(), "requires_grad_", "int64");
+}
+
+TEST(Autograd, DeepChainDoesNotOverflowTheStack) {
+  auto x = tensor<double>({1.0}).requires_grad_();
+  Tensor<double> y = x;
+  for (int i = 0; i < 200000; ++i) y = add(y, 1e-6);
+  sum(y).backward();
+  EXPECT_EQ(x.grad().item(), 1.0);
+  // Dropping an un-backwarded deep graph must not overflow either.
+  Tensor<double> z = x;
+  for (int i = 0; i < 200000; ++i) z = mul(z, 1.0);
+  z = Tensor<double>();
+}
+
+TEST(Autograd, GraphIsFreedAfterBackward) {
+  auto x = tensor<double>({1.0, 2.0}).requires_grad_();
+  auto big = randn<double>({1000});
+  std::weak_ptr<Storage> saved;
+  {
+    auto y = mul(x, sum(big));  // the node saves the detached sum result
+    saved = y.storage();
+    auto loss = sum(y);
+    loss.backward();
+    y = Tensor<double>();
+  }
+  EXPECT_TRUE(saved.expired());
+}
+
+TEST(Autograd, MlpWithHandDerivedGradients) {
+  // loss = mean((tanh(x W1) W2 - t)^2) with tiny fixed numbers; gradients derived by hand below.
+  auto x = tensor<double>({1.0, -2.0}, {1, 2});
+  auto w1 = tensor<double>({0.5, -0.25, 0.1, 0.3}, {2, 2}).requires_grad_();
+  auto w2 = tensor<double>({1.5, -0.5}, {2, 1}).requires_grad_();
+  // h_pre = x W1 = [0.5*1 + 0.1*(-2), -0.25*1 + 0.3*(-2)] = [0.3, -0.85]
+  auto h_pre = add(mul(slice(x, 1, 0, 1), slice(w1, 0, 0, 1)), mul(slice(x, 1, 1, 2), slice(w1, 0, 1, 2)));
+  auto h = tanh(h_pre);  // needs ops/unary.hpp
+  auto out = add(mul(slice(h, 1, 0, 1), slice(w2, 0, 0, 1)), mul(slice(h, 1, 1, 2), slice(w2, 0, 1, 2)));
+  auto loss = mean(pow(sub(out, 0.25), 2.0));
+  loss.backward();
+  const double h0 = std::tanh(0.3), h1 = std::tanh(-0.85);
+  const double o = 1.5 * h0 - 0.5 * h1;
+  const double dout = 2.0 * (o - 0.25);
+  const double dh0 = dout * 1.5 * (1 - h0 * h0), dh1 = dout * -0.5 * (1 - h1 * h1);
+  const std::vector<double> gw1{1.0 * dh0, 1.0 * dh1, -2.0 * dh0, -2.0 * dh1};
+  const std::vector<double> gw2{dout * h0, dout * h1};
+  auto g1 = w1.grad().to_vector(), g2 = w2.grad().to_vector();
+  for (int i = 0; i < 4; ++i) EXPECT_NEAR(g1[i], gw1[i], 1e-14);
+  for (int i = 0; i < 2; ++i) EXPECT_NEAR(g2[i], gw2[i], 1e-14);
+}

@@ -1,0 +1,62 @@
+// Helpers shared by the tests: reference comparisons and error-message assertions.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include <kiln/kiln.hpp>
+
+namespace kiln::testing {
+
+// ||a - ref|| / ||ref|| (Frobenius), computed in double; infinite if NaN positions differ.
+template <class A, class B>
+double relative_error(const std::vector<A>& a, const std::vector<B>& ref) {
+  EXPECT_EQ(a.size(), ref.size());
+  double num = 0.0, den = 0.0;
+  for (std::size_t i = 0; i < a.size() && i < ref.size(); ++i) {
+    const double x = static_cast<double>(a[i]), r = static_cast<double>(ref[i]);
+    if (std::isnan(x) != std::isnan(r)) return INFINITY;
+    if (std::isnan(r)) continue;
+    if (std::isinf(x) || std::isinf(r)) {
+      if (x != r) return INFINITY;
+      continue;
+    }
+    num += (x - r) * (x - r);
+    den += r * r;
+  }
+  return den == 0.0 ? std::sqrt(num) : std::sqrt(num / den);
+}
+
+template <class A, class B>
+double relative_error(const Tensor<A>& a, const Tensor<B>& ref) {
+  EXPECT_EQ(a.shape(), ref.shape());
+  return relative_error(a.to_vector(), ref.to_vector());
+}
+
+}  // namespace kiln::testing
+
+// Asserts that `statement` throws kiln::Error whose message contains every given substring.
+#define EXPECT_KILN_ERROR(statement, ...)                                                   \
+  do {                                                                                      \
+    bool kiln_thrown_ = false;                                                              \
+    try {                                                                                   \
+      statement;                                                                            \
+    } catch (const kiln::Error& e) {                                                        \
+      kiln_thrown_ = true;                                                                  \
+      const std::string kiln_msg_ = e.what();                                               \
+      for (const std::string& kiln_part_ : std::vector<std::string>{__VA_ARGS__})           \
+        EXPECT_NE(kiln_msg_.find(kiln_part_), std::string::npos)                            \
+            << "message \"" << kiln_msg_ << "\" lacks \"" << kiln_part_ << "\"";            \
+    }                                                                                       \
+    EXPECT_TRUE(kiln_thrown_) << #statement " did not throw kiln::Error";                   \
+  } while (0)
+
+// Runs kiln::gradcheck and reports mismatches.
+#define EXPECT_GRADCHECK(f, ...)                                                            \
+  do {                                                                                      \
+    auto kiln_r_ = kiln::gradcheck(f, __VA_ARGS__);                                         \
+    EXPECT_TRUE(kiln_r_.ok) << kiln_r_.report;                                              \
+  } while (0)
