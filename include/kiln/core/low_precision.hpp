@@ -21,7 +21,6 @@
 // representable in float.
 #pragma once
 
-#include <bit>
 #include <cstdint>
 #include <limits>
 #include <type_traits>
@@ -84,10 +83,19 @@ using fp16_format = fp_format<5, 10, special_encoding::ieee>;
 using e4m3_format = fp_format<4, 3, special_encoding::finite_nan>;
 using e5m2_format = fp_format<5, 2, special_encoding::ieee>;
 
+// std::bit_cast without the std:: wrapper: std::bit_cast is a host-only constexpr function to
+// nvcc (calling it from device code needs --expt-relaxed-constexpr), while the builtin it is
+// implemented with (GCC >= 11, Clang, MSVC, and nvcc's front end) works on both sides.
+template <class To, class From>
+KILN_HD constexpr To bit_cast(const From& from) noexcept {
+  static_assert(sizeof(To) == sizeof(From));
+  return __builtin_bit_cast(To, from);
+}
+
 // 2^k as a double, built from its bit pattern so it is usable in constant expressions.
 // Only called with -1022 <= k <= 1023.
 KILN_HD constexpr double pow2(int k) noexcept {
-  return std::bit_cast<double>(static_cast<std::uint64_t>(k + 1023) << 52);
+  return detail::bit_cast<double>(static_cast<std::uint64_t>(k + 1023) << 52);
 }
 
 // Rounds the double x to format F (round to nearest, ties to even) and returns the encoding.
@@ -120,7 +128,7 @@ KILN_HD constexpr double pow2(int k) noexcept {
 // finite value 2^1024 and so takes the overflow path with no special case.
 template <class F>
 KILN_HD constexpr std::uint32_t round_from_double(double x, overflow_policy on_overflow) noexcept {
-  const std::uint64_t xb = std::bit_cast<std::uint64_t>(x);
+  const std::uint64_t xb = detail::bit_cast<std::uint64_t>(x);
   const std::uint32_t sign = (xb >> 63) != 0 ? F::sign_bit : 0u;
   const int biased_exp = static_cast<int>((xb >> 52) & 0x7FFu);
   const std::uint64_t frac = xb & ((std::uint64_t{1} << 52) - 1u);
@@ -173,7 +181,7 @@ KILN_HD constexpr double decode_finite_or_inf(std::uint32_t bits) noexcept {
   const std::uint32_t man_field = bits & F::man_mask;
   double magnitude;
   if (F::special == special_encoding::ieee && exp_field == F::exp_all_ones) {
-    magnitude = std::numeric_limits<double>::infinity();
+    magnitude = detail::bit_cast<double>(std::uint64_t{0x7FF0000000000000});  // +inf
   } else if (exp_field == 0) {
     magnitude = static_cast<double>(man_field) * pow2(F::emin - F::man_bits);
   } else {
@@ -199,7 +207,7 @@ KILN_HD constexpr To decode(std::uint32_t bits) noexcept {
     const U to_exp = ((U{1} << to_exp_bits) - 1u) << to_man_bits;
     const U quiet = U{1} << (to_man_bits - 1);
     const U payload = static_cast<U>(bits & F::man_mask) << (to_man_bits - F::man_bits);
-    return std::bit_cast<To>(static_cast<U>(to_sign | to_exp | quiet | payload));
+    return detail::bit_cast<To>(static_cast<U>(to_sign | to_exp | quiet | payload));
   }
   // Narrowing double -> float is exact here (see decode_finite_or_inf); infinities stay inf.
   return static_cast<To>(decode_finite_or_inf<F>(bits));

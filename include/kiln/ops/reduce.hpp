@@ -65,7 +65,7 @@ Tensor<T> sum_or_mean(const char* op, const Tensor<T>& t, const std::vector<std:
   if (autograd::needs_grad(t)) {
     autograd::record(out, op, [from = t.shape(), mask, mean, count](const Tensor<T>& g, const autograd::InputGrads& in) {
       Tensor<T> spread = expand_reduced(g, from, mask);
-      in.add(0, mean ? mul(spread, convert<T>(1.0 / static_cast<double>(count))) : contiguous(spread));
+      in.add(0, mean ? mul(spread, 1.0 / static_cast<double>(count)) : contiguous(spread));
     }, t);
   }
   return out;

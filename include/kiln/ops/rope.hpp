@@ -1,1 +1,154 @@
-#pragma once  // placeholder: being written
+// rope: rotary position embedding (RoFormer), and rope_tables, its precomputed cos/sin tables.
+//
+// Layout: x is [..., S, H, D]: the sequence dim at -3, heads at -2, head features at -1, i.e.
+// [B, S, H, D] or [S, H, D], the layout a query/key projection produces before heads are moved
+// in front of the sequence. Feature pair i (i < D/2) at position p is rotated by the angle
+//   p * inv_freq[i],   inv_freq[i] = theta^(-2i/D),
+// computed in double and rounded once to the compute type (float for float/bf16/fp16). Since a
+// rotation by p then the inverse rotation by q leaves a rotation by p - q, dot products of rotated
+// queries and keys depend only on relative positions.
+//
+// Which features form pair i is the layout (backend/cpu/rope.hpp holds the kernel):
+//   RopeLayout::half_split   (x[i], x[i + D/2]): Hugging Face Llama / GPT-NeoX (rotate_half);
+//   RopeLayout::interleaved  (x[2i], x[2i + 1]): RoFormer, GPT-J and the DeepSeek-V3 reference code.
+// The two agree up to a fixed permutation of the feature dim; a checkpoint trained with one must be
+// run with the same one.
+#pragma once
+
+#include <cmath>
+#include <vector>
+
+#include "kiln/autograd/node.hpp"
+#include "kiln/backend/cpu/rope.hpp"
+#include "kiln/ops/common.hpp"
+#include "kiln/ops/copy.hpp"
+
+namespace kiln {
+
+enum class RopeLayout { half_split, interleaved };
+
+// cos and sin of every (position, frequency) angle, shape positions.shape + [D/2], in the compute
+// type C of the tensors they rotate (compute_t<T>). Building them once per forward pass and reusing
+// them for every layer's queries and keys saves the trigonometry; tables built elsewhere (e.g. with
+// a scaled frequency schedule) can be passed to rope() as well.
+template <class C>
+struct RopeTables {
+  Tensor<C> cos;
+  Tensor<C> sin;
+};
+
+namespace detail {
+
+// Checks x and returns its head dim D.
+template <class T>
+std::int64_t rope_head_dim(const Tensor<T>& x) {
+  check_defined("rope", x);
+  check(x.dim() >= 3, "rope", "x must be [..., S, H, D] (at least 3 dims), got shape ", x.shape());
+  const std::int64_t D = x.size(-1);
+  check(D > 0 && D % 2 == 0, "rope", "the head dim D (last dim) must be even and positive, got shape ", x.shape());
+  check_cpu("rope", x);
+  return D;
+}
+
+// Whether a per-position shape `lead` of positions or tables is x's [..., S] (one entry per batch
+// row) rather than [S] (shared by the batch); fails if it is neither.
+template <class T>
+bool rope_per_batch(const char* what, const Shape& lead, const Shape& lead_shown, const Tensor<T>& x) {
+  const Shape x_lead(x.shape().begin(), x.shape().end() - 2);
+  const std::int64_t S = x.size(-3);
+  if (lead == Shape{S}) return false;
+  check(lead == x_lead, "rope", what, " of shape ", lead_shown, " fit neither the sequence length [", S,
+        "] nor the dims [..., S] = ", x_lead, " of x of shape ", x.shape());
+  return true;
+}
+
+template <class C>
+RopeTables<C> make_rope_tables(const char* op, const Tensor<std::int64_t>& positions, std::int64_t head_dim,
+                               double theta) {
+  check_defined(op, positions);
+  check_cpu(op, positions);
+  check(head_dim > 0 && head_dim % 2 == 0, op, "the head dim must be even and positive, got ", head_dim);
+  check(std::isfinite(theta) && theta > 0.0, op, "theta must be finite and positive, got ", theta);
+  const std::int64_t half = head_dim / 2;
+  std::vector<double> inv_freq(static_cast<std::size_t>(half));
+  for (std::int64_t i = 0; i < half; ++i)
+    inv_freq[static_cast<std::size_t>(i)] =
+        std::pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(head_dim));
+
+  const std::vector<std::int64_t> pos = positions.to_vector();
+  Shape shape = positions.shape();
+  shape.push_back(half);
+  RopeTables<C> t{Tensor<C>(shape), Tensor<C>(shape)};
+  C* pc = t.cos.data();
+  C* ps = t.sin.data();
+  for (std::size_t k = 0; k < pos.size(); ++k) {
+    check(pos[k] >= 0, op, "negative position ", pos[k], " in positions of shape ", positions.shape());
+    for (std::int64_t i = 0; i < half; ++i) {
+      const double angle = static_cast<double>(pos[k]) * inv_freq[static_cast<std::size_t>(i)];
+      pc[static_cast<std::int64_t>(k) * half + i] = static_cast<C>(std::cos(angle));
+      ps[static_cast<std::int64_t>(k) * half + i] = static_cast<C>(std::sin(angle));
+    }
+  }
+  return t;
+}
+
+}  // namespace detail
+
+// Tables for integer positions (any shape; typically [S] or [B, S]) and head dim D.
+template <class C>
+RopeTables<C> rope_tables(const Tensor<std::int64_t>& positions, std::int64_t head_dim, double theta = 10000.0) {
+  return detail::make_rope_tables<C>("rope_tables", positions, head_dim, theta);
+}
+
+// Rotates x [..., S, H, D] with precomputed tables of shape [S, D/2] (shared by the batch) or
+// [..., S, D/2] (x's leading dims). Differentiable in x: the backward rotates by the negative angle.
+template <class T>
+Tensor<T> rope(const Tensor<T>& x, const RopeTables<compute_t<T>>& tables, RopeLayout layout = RopeLayout::half_split) {
+  using C = compute_t<T>;
+  const std::int64_t D = detail::rope_head_dim(x);
+  check_defined("rope", tables.cos, tables.sin);
+  check_cpu("rope", tables.cos);
+  check_cpu("rope", tables.sin);
+  const Shape& ts = tables.cos.shape();
+  check(tables.sin.shape() == ts && !ts.empty() && ts.back() == D / 2, "rope", "cos/sin tables of shapes ", ts,
+        " and ", tables.sin.shape(), " do not fit x of shape ", x.shape(), " (expected [..., S, ", D / 2, "])");
+  const bool per_batch = detail::rope_per_batch("tables", Shape(ts.begin(), ts.end() - 1), ts, x);
+
+  cpu::RopeShape s;
+  s.S = x.size(-3);
+  s.H = x.size(-2);
+  s.D = D;
+  s.outer = numel_of(Shape(x.shape().begin(), x.shape().end() - 3));
+  s.per_batch_tables = per_batch;
+  s.half_split = layout == RopeLayout::half_split;
+
+  const Tensor<C> cos = contiguous(tables.cos.detach());
+  const Tensor<C> sin = contiguous(tables.sin.detach());
+  const Tensor<T> xc = contiguous(x.detach());
+  Tensor<T> out(x.shape(), x.device());
+  cpu::rope_rotate(xc.data(), out.data(), cos.data(), sin.data(), s, false);
+
+  if (autograd::needs_grad(x)) {
+    autograd::record(out, "rope", [cos, sin, s](const Tensor<T>& g, const autograd::InputGrads& in) {
+      check_cpu("rope backward", g);
+      const Tensor<T> gc = contiguous(g);
+      Tensor<T> dx(gc.shape(), gc.device());
+      cpu::rope_rotate(gc.data(), dx.data(), cos.data(), sin.data(), s, true);
+      in.add(0, dx);
+    }, x);
+  }
+  return out;
+}
+
+// Rotates x [..., S, H, D] by the angles of `positions`: [S] (shared by the batch) or x's [..., S]
+// (e.g. [B, S] for x [B, S, H, D]); positions must be >= 0.
+template <class T>
+Tensor<T> rope(const Tensor<T>& x, const Tensor<std::int64_t>& positions, double theta = 10000.0,
+               RopeLayout layout = RopeLayout::half_split) {
+  const std::int64_t D = detail::rope_head_dim(x);
+  check_defined("rope", positions);
+  detail::rope_per_batch("positions", positions.shape(), positions.shape(), x);
+  return rope(x, detail::make_rope_tables<compute_t<T>>("rope", positions, D, theta), layout);
+}
+
+}  // namespace kiln
