@@ -229,6 +229,8 @@ TEST(Reduce, SumMeanMatchReference) {
   EXPECT_GRADCHECK([](const V& a) { return sum(a[0], {1}); }, {x});
   EXPECT_GRADCHECK([](const V& a) { return mean(a[0], {0, 2}, true); }, {x});
   EXPECT_GRADCHECK([](const V& a) { return sum(a[0]); }, {transpose(randn<double>({4, 3}), 0, 1).detach()});
+  EXPECT_EQ(sum(full<double>({}, 4.0), {0}).item(), 4.0);  // a 0-d tensor reduces to itself
+  EXPECT_EQ(mean(full<double>({}, 4.0), {-1}).item(), 4.0);
   EXPECT_KILN_ERROR(sum(x, {3}), "sum", "dim 3");
   EXPECT_KILN_ERROR(sum(x, {1, -2}), "sum", "twice");
 }

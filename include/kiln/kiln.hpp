@@ -5,6 +5,7 @@
 #pragma once
 
 #include "kiln/core/device.hpp"
+#include "kiln/core/dispatch.hpp"
 #include "kiln/core/dtype.hpp"
 #include "kiln/core/error.hpp"
 #include "kiln/core/print.hpp"
@@ -35,3 +36,4 @@
 #include "kiln/ops/topk.hpp"
 #include "kiln/ops/unary.hpp"
 #include "kiln/ops/where.hpp"
+#include "kiln/optim/adamw.hpp"

@@ -72,8 +72,12 @@ class TypedNode : public Node {
     if (g.shape() != output_shape_)
       fail("backward", "the backward of another op sent a gradient of shape ", g.shape(), " to ",
            name(), ", whose output has shape ", output_shape_);
-    NoGradGuard no_grad;
-    grad_ = grad_ ? add(*grad_, g) : g;  // kiln::add, found by argument-dependent lookup
+    // Only floating tensors ever require grad: views of bool/int tensors compile their backward
+    // but never run it, and must not instantiate arithmetic on those types.
+    if constexpr (is_floating<T>) {
+      NoGradGuard no_grad;
+      grad_ = grad_ ? add(*grad_, g) : g;  // kiln::add, found by argument-dependent lookup
+    }
   }
 
  protected:
@@ -139,8 +143,8 @@ class AccumulateGrad final : public TypedNode<T> {
     auto leaf = leaf_.lock();
     if (!leaf || !this->grad_) return;
     NoGradGuard no_grad;
-    Tensor<T> leaf_handle = Tensor<T>::view_of(leaf->storage, leaf->offset, leaf->shape, leaf->strides);
-    Tensor<T> current = leaf_handle.grad();
+    Tensor<T> current;  // the gradient accumulated so far (undefined before the first backward)
+    if (leaf->grad) current = Tensor<T>::view_of(leaf->grad->storage, leaf->grad->offset, leaf->grad->shape, leaf->grad->strides);
     // The stored gradient is always a fresh contiguous tensor owned by the leaf, so optimizers may
     // update it in place without touching any other tensor.
     Tensor<T> updated = current.defined() ? add(current, *this->grad_) : clone(*this->grad_);
@@ -155,11 +159,15 @@ class AccumulateGrad final : public TypedNode<T> {
 // The node that receives the gradient of `t`, or null if t does not require grad.
 template <class T>
 std::shared_ptr<Node> edge_of(const Tensor<T>& t) {
-  if (!t.defined() || !t.requires_grad()) return nullptr;
-  auto& impl = t.impl();
-  if (impl.grad_fn) return impl.grad_fn;
-  if (!impl.accumulator) impl.accumulator = std::make_shared<AccumulateGrad<T>>(t.impl_ptr());
-  return impl.accumulator;
+  if constexpr (!is_floating<T>) {
+    return nullptr;  // never requires grad (see accumulate)
+  } else {
+    if (!t.defined() || !t.requires_grad()) return nullptr;
+    auto& impl = t.impl();
+    if (impl.grad_fn) return impl.grad_fn;
+    if (!impl.accumulator) impl.accumulator = std::make_shared<AccumulateGrad<T>>(t.impl_ptr());
+    return impl.accumulator;
+  }
 }
 
 // Whether an op on these inputs must record a node.

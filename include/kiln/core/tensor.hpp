@@ -76,7 +76,12 @@ class Tensor {
     check(numel_of(shape) == static_cast<std::int64_t>(values.size()), "from_vector", "shape ", shape,
           " has ", numel_of(shape), " elements but ", values.size(), " values were given");
     Tensor t(shape, device);
-    copy_bytes(t.data(), device, values.data(), Device::cpu(), values.size() * sizeof(T));
+    if constexpr (std::is_same_v<T, bool>) {  // std::vector<bool> packs bits: go through bytes
+      const std::vector<std::uint8_t> bytes(values.begin(), values.end());
+      copy_bytes(t.data(), device, bytes.data(), Device::cpu(), bytes.size());
+    } else {
+      copy_bytes(t.data(), device, values.data(), Device::cpu(), values.size() * sizeof(T));
+    }
     return t;
   }
 
@@ -180,31 +185,39 @@ class Tensor {
 
 template <class T>
 std::vector<T> Tensor<T>::to_vector() const {
-  std::vector<T> out(static_cast<std::size_t>(numel()));
-  if (out.empty()) return out;
-  if (is_contiguous()) {
-    copy_bytes(out.data(), Device::cpu(), data(), device(), out.size() * sizeof(T));
+  if constexpr (std::is_same_v<T, bool>) {
+    // std::vector<bool> packs bits and has no data(): read the one-byte bools as bytes.
+    static_assert(sizeof(bool) == 1);
+    const std::vector<std::uint8_t> bytes =
+        Tensor<std::uint8_t>::view_of(impl().storage, impl().offset, impl().shape, impl().strides).to_vector();
+    return std::vector<bool>(bytes.begin(), bytes.end());
+  } else {
+    std::vector<T> out(static_cast<std::size_t>(numel()));
+    if (out.empty()) return out;
+    if (is_contiguous()) {
+      copy_bytes(out.data(), Device::cpu(), data(), device(), out.size() * sizeof(T));
+      return out;
+    }
+    // Copy the whole span the view touches to the host, then gather with the strides.
+    std::int64_t lo = 0, hi = 0;
+    for (std::size_t d = 0; d < shape().size(); ++d) {
+      const std::int64_t extent = (shape()[d] - 1) * strides()[d];
+      (extent < 0 ? lo : hi) += extent;
+    }
+    std::vector<T> span(static_cast<std::size_t>(hi - lo + 1));
+    copy_bytes(span.data(), Device::cpu(), data() + lo, device(), span.size() * sizeof(T));
+    std::vector<std::int64_t> index(shape().size(), 0);
+    for (std::size_t i = 0; i < out.size(); ++i) {
+      std::int64_t off = -lo;
+      for (std::size_t d = 0; d < index.size(); ++d) off += index[d] * strides()[d];
+      out[i] = span[static_cast<std::size_t>(off)];
+      for (std::size_t d = index.size(); d-- > 0;) {
+        if (++index[d] < shape()[d]) break;
+        index[d] = 0;
+      }
+    }
     return out;
   }
-  // Copy the whole span the view touches to the host, then gather with the strides.
-  std::int64_t lo = 0, hi = 0;
-  for (std::size_t d = 0; d < shape().size(); ++d) {
-    const std::int64_t extent = (shape()[d] - 1) * strides()[d];
-    (extent < 0 ? lo : hi) += extent;
-  }
-  std::vector<T> span(static_cast<std::size_t>(hi - lo + 1));
-  copy_bytes(span.data(), Device::cpu(), data() + lo, device(), span.size() * sizeof(T));
-  std::vector<std::int64_t> index(shape().size(), 0);
-  for (std::size_t i = 0; i < out.size(); ++i) {
-    std::int64_t off = -lo;
-    for (std::size_t d = 0; d < index.size(); ++d) off += index[d] * strides()[d];
-    out[i] = span[static_cast<std::size_t>(off)];
-    for (std::size_t d = index.size(); d-- > 0;) {
-      if (++index[d] < shape()[d]) break;
-      index[d] = 0;
-    }
-  }
-  return out;
 }
 
 }  // namespace kiln

@@ -6,6 +6,7 @@
 
 #include "kiln/autograd/node.hpp"
 #include "kiln/backend/cpu/elementwise.hpp"
+#include "kiln/core/dispatch.hpp"
 #include "kiln/ops/common.hpp"
 #include "kiln/ops/factory.hpp"
 #include "kiln/ops/reduce.hpp"
@@ -13,6 +14,34 @@
 namespace kiln {
 
 enum class BinaryOp { add, sub, mul, div, pow, maximum, minimum };
+
+// The scalar math of each op, shared by the CPU loops and the CUDA kernels (KILN_HD makes them
+// callable on the device when compiled by nvcc), so both backends compute the same formula.
+namespace math {
+struct Add { template <class C> KILN_HD C operator()(C x, C y) const { return x + y; } };
+struct Sub { template <class C> KILN_HD C operator()(C x, C y) const { return x - y; } };
+struct Mul { template <class C> KILN_HD C operator()(C x, C y) const { return x * y; } };
+struct Div { template <class C> KILN_HD C operator()(C x, C y) const { return x / y; } };
+struct Pow { template <class C> KILN_HD C operator()(C x, C y) const { return static_cast<C>(::pow(x, y)); } };
+// NaN propagates (as in PyTorch): comparisons with NaN are false, so test explicitly.
+struct Maximum { template <class C> KILN_HD C operator()(C x, C y) const { return (x != x || x > y) ? x : y; } };
+struct Minimum { template <class C> KILN_HD C operator()(C x, C y) const { return (x != x || x < y) ? x : y; } };
+
+// Calls f(functor) with the functor of `op`.
+template <class F>
+decltype(auto) with_binary(BinaryOp op, F&& f) {
+  switch (op) {
+    case BinaryOp::add: return f(Add{});
+    case BinaryOp::sub: return f(Sub{});
+    case BinaryOp::mul: return f(Mul{});
+    case BinaryOp::div: return f(Div{});
+    case BinaryOp::pow: return f(Pow{});
+    case BinaryOp::maximum: return f(Maximum{});
+    case BinaryOp::minimum: break;
+  }
+  return f(Minimum{});
+}
+}  // namespace math
 
 namespace detail {
 
@@ -35,22 +64,16 @@ Tensor<T> binary_kernel(BinaryOp op, const Tensor<T>& a, const Tensor<T>& b) {
   const char* name = binary_name(op);
   check_defined(name, a, b);
   check_same_device(name, a, b);
-  check_cpu(name, a);
   Tensor<T> out(broadcast_shapes(name, a.shape(), b.shape()), a.device());
-  using C = compute_t<T>;
-  auto run = [&](auto f) {
-    cpu::map(out, a, b, [f](const T& x, const T& y) { return convert<T>(f(static_cast<C>(x), static_cast<C>(y))); });
-  };
-  switch (op) {
-    case BinaryOp::add: run([](C x, C y) { return x + y; }); break;
-    case BinaryOp::sub: run([](C x, C y) { return x - y; }); break;
-    case BinaryOp::mul: run([](C x, C y) { return x * y; }); break;
-    case BinaryOp::div: run([](C x, C y) { return x / y; }); break;
-    case BinaryOp::pow: run([](C x, C y) { return static_cast<C>(std::pow(x, y)); }); break;
-    // NaN propagates (as in PyTorch): comparisons with NaN are false, so test explicitly.
-    case BinaryOp::maximum: run([](C x, C y) { return (x != x || x > y) ? x : y; }); break;
-    case BinaryOp::minimum: run([](C x, C y) { return (x != x || x < y) ? x : y; }); break;
+  if (!out.device().is_cpu()) {
+    run_device_kernel(name, "binary",
+                      {{tensor_arg(out), broadcast_arg(a, out.shape()), broadcast_arg(b, out.shape())}, {}, {static_cast<std::int64_t>(op)}});
+    return out;
   }
+  using C = compute_t<T>;
+  math::with_binary(op, [&](auto f) {
+    cpu::map(out, a, b, [f](const T& x, const T& y) { return convert<T>(f(static_cast<C>(x), static_cast<C>(y))); });
+  });
   return out;
 }
 

@@ -3,6 +3,7 @@
 
 #include "kiln/autograd/node.hpp"
 #include "kiln/backend/cpu/elementwise.hpp"
+#include "kiln/core/dispatch.hpp"
 #include "kiln/ops/common.hpp"
 
 namespace kiln {
@@ -14,12 +15,8 @@ Tensor<U> copy_as(const char* op, const Tensor<T>& t) {
   Tensor<U> out(t.shape(), t.device());
   if (t.device().is_cpu()) {
     cpu::map(out, t, [](const T& x) { return convert<U>(x); });
-  } else if constexpr (std::is_same_v<U, T>) {
-    // Device tensors: gather on the host (the CUDA backend supplies kernels for its own ops).
-    const std::vector<T> host = t.to_vector();
-    copy_bytes(out.data(), out.device(), host.data(), Device::cpu(), host.size() * sizeof(T));
   } else {
-    check_cpu(op, t);
+    run_device_kernel(op, "cast", {{tensor_arg(out), tensor_arg(t)}, {}, {}});
   }
   return out;
 }

@@ -5,6 +5,7 @@
 #include <initializer_list>
 
 #include "kiln/backend/cpu/elementwise.hpp"
+#include "kiln/core/dispatch.hpp"
 #include "kiln/core/random.hpp"
 #include "kiln/ops/common.hpp"
 
@@ -21,8 +22,7 @@ Tensor<T> full(const Shape& shape, T value, Device device = Device::cpu()) {
   if (device.is_cpu()) {
     cpu::fill(t, value);
   } else {
-    std::vector<T> host(static_cast<std::size_t>(t.numel()), value);
-    copy_bytes(t.data(), device, host.data(), Device::cpu(), host.size() * sizeof(T));
+    run_device_kernel("full", "fill", {{tensor_arg(t)}, {static_cast<double>(value)}, {}});
   }
   return t;
 }

@@ -1,1 +1,156 @@
-#pragma once  // placeholder: being written
+// matmul: the matrix product with NumPy / PyTorch semantics.
+//   [K] · [K]              -> []            (dot product)
+//   [M, K] · [K, N]        -> [M, N]
+//   [K] · [..., K, N]      -> [..., N]      (a 1-D left operand becomes a row [1, K], then that dim goes)
+//   [..., M, K] · [K]      -> [..., M]      (a 1-D right operand becomes a column [K, 1], then that dim goes)
+//   [..., M, K] · [..., K, N] -> [..., M, N] (leading batch dims broadcast: [B,1,M,K]·[H,K,N] -> [B,H,M,N])
+// Backward of C = A·B: dA = dC·Bᵀ, dB = Aᵀ·dC, each summed over the batch dims its operand was
+// broadcast along. bf16/fp16 operands are multiplied in float and rounded once at the end.
+// CPU kernel: backend/cpu/matmul.hpp (Eigen GEMM over kiln's memory, no copies for row-major or
+// transposed operands).
+#pragma once
+
+#include <algorithm>
+
+#include "kiln/autograd/node.hpp"
+#include "kiln/backend/cpu/matmul.hpp"
+#include "kiln/ops/common.hpp"
+#include "kiln/ops/copy.hpp"
+#include "kiln/ops/reduce.hpp"
+#include "kiln/ops/view.hpp"
+
+namespace kiln {
+
+namespace detail {
+
+// The sizes of a product after promoting 1-D operands to matrices.
+struct MatmulShapes {
+  Shape batch;    // broadcast batch dims
+  std::int64_t m, k, n;
+  Shape out;      // batch + [m] (unless a is 1-D) + [n] (unless b is 1-D)
+};
+
+inline MatmulShapes matmul_shapes(const Shape& a, const Shape& b) {
+  check(!a.empty() && !b.empty(), "matmul", "shapes ", a, " and ", b,
+        ": both operands need at least one dimension");
+  MatmulShapes s;
+  s.m = a.size() >= 2 ? a[a.size() - 2] : 1;
+  s.k = a.back();
+  const std::int64_t kb = b.size() >= 2 ? b[b.size() - 2] : b[0];
+  s.n = b.size() >= 2 ? b.back() : 1;
+  check(s.k == kb, "matmul", "shapes ", a, " and ", b, ": inner dimensions ", s.k, " and ", kb, " differ");
+
+  const Shape ba(a.begin(), a.end() - std::min<std::ptrdiff_t>(static_cast<std::ptrdiff_t>(a.size()), 2));
+  const Shape bb(b.begin(), b.end() - std::min<std::ptrdiff_t>(static_cast<std::ptrdiff_t>(b.size()), 2));
+  const std::size_t nb = std::max(ba.size(), bb.size());
+  s.batch.resize(nb);
+  for (std::size_t i = 0; i < nb; ++i) {
+    const std::int64_t da = i < nb - ba.size() ? 1 : ba[i - (nb - ba.size())];
+    const std::int64_t db = i < nb - bb.size() ? 1 : bb[i - (nb - bb.size())];
+    check(da == db || da == 1 || db == 1, "matmul", "shapes ", a, " and ", b, ": batch dimensions ", ba, " and ", bb,
+          " cannot be broadcast (", da, " vs ", db, ")");
+    s.batch[i] = da == 1 ? db : da;
+  }
+  s.out = s.batch;
+  if (a.size() >= 2) s.out.push_back(s.m);
+  if (b.size() >= 2) s.out.push_back(s.n);
+  return s;
+}
+
+// t as a view with shape `shape` (same elements, row-major), without recording a graph.
+template <class T>
+Tensor<T> matmul_promote(const Tensor<T>& t, bool as_row) {
+  if (t.dim() >= 2) return t;
+  const std::int64_t k = t.shape()[0], st = t.strides()[0];
+  return as_row ? restride(t, t.offset(), {1, k}, {k * st, st}) : restride(t, t.offset(), {k, 1}, {st, 1});
+}
+
+// A copy Eigen can read when t's matrices are neither row-major nor transposed (strided slices,
+// stride-0 expanded rows); t itself otherwise.
+template <class T>
+Tensor<T> gemm_readable(const Tensor<T>& t) {
+  if (t.numel() == 0 || cpu::gemm_layout(t).layout != cpu::GemmLayout::unsupported) return t;
+  return copy_as<T>("matmul", t);
+}
+
+// The product without recording a graph.
+template <class T>
+Tensor<T> matmul_kernel(const Tensor<T>& a, const Tensor<T>& b, const MatmulShapes& s) {
+  if constexpr (is_low_precision<T>) {
+    return copy_as<T>("matmul", matmul_kernel(copy_as<float>("matmul", a), copy_as<float>("matmul", b), s));
+  } else {
+    Shape full = s.batch;
+    full.push_back(s.m);
+    full.push_back(s.n);
+    Tensor<T> out(full, a.device());
+    const Tensor<T> result = restride(out, out.offset(), s.out, contiguous_strides(s.out));
+    if (out.numel() == 0) return result;
+
+    const Tensor<T> a2 = gemm_readable(matmul_promote(a, true));
+    const Tensor<T> b2 = gemm_readable(matmul_promote(b, false));
+    const std::int64_t rows = numel_of(s.batch) * s.m;
+
+    // B shared by the whole batch (a linear layer on [batch, tokens, features]): when A's batch
+    // and row dims merge into one, the batch is a single tall GEMM, which Eigen parallelises well.
+    if (numel_of(s.batch) > 1 && numel_of(Shape(b2.shape().begin(), b2.shape().end() - 2)) == 1) {
+      if (auto st = view_strides(a2.shape(), a2.strides(), {rows, s.k})) {
+        const Tensor<T> a_flat = restride(a2, a2.offset(), {rows, s.k}, *st);
+        if (cpu::gemm_layout(a_flat).layout != cpu::GemmLayout::unsupported) {
+          const std::size_t nb = b2.shape().size();
+          const Tensor<T> b_flat = restride(b2, b2.offset(), {s.k, s.n}, {b2.strides()[nb - 2], b2.strides()[nb - 1]});
+          cpu::matmul(a_flat, b_flat, restride(out, out.offset(), {rows, s.n}, {s.n, 1}));
+          return result;
+        }
+      }
+    }
+
+    Shape a_shape = s.batch, b_shape = s.batch;
+    a_shape.insert(a_shape.end(), {s.m, s.k});
+    b_shape.insert(b_shape.end(), {s.k, s.n});
+    cpu::matmul(restride(a2, a2.offset(), a_shape, broadcast_strides(a2.shape(), a2.strides(), a_shape)),
+                restride(b2, b2.offset(), b_shape, broadcast_strides(b2.shape(), b2.strides(), b_shape)), out);
+    return result;
+  }
+}
+
+}  // namespace detail
+
+// The matrix product of a and b (see the top of this file for the shapes).
+template <class T>
+Tensor<T> matmul(const Tensor<T>& a, const Tensor<T>& b) {
+  static_assert(is_floating<T>, "kiln::matmul takes floating-point tensors");
+  check_defined("matmul", a, b);
+  check_same_device("matmul", a, b);
+  check_cpu("matmul", a);
+  const detail::MatmulShapes s = detail::matmul_shapes(a.shape(), b.shape());
+  Tensor<T> out = detail::matmul_kernel(a, b, s);
+  if (!autograd::needs_grad(a, b)) return out;
+
+  autograd::record(out, "matmul", [a = a.detach(), b = b.detach(), s](const Tensor<T>& g,
+                                                                      const autograd::InputGrads& in) {
+    // Work on the promoted operands a2 [..., m, k], b2 [..., k, n] and gradient g2 [batch, m, n].
+    const Tensor<T> a2 = a.dim() == 1 ? unsqueeze(a, 0) : a;
+    const Tensor<T> b2 = b.dim() == 1 ? unsqueeze(b, 1) : b;
+    Shape g_shape = s.batch;
+    g_shape.insert(g_shape.end(), {s.m, s.n});
+    const Tensor<T> g2 = reshape(g, g_shape);
+    if (in.needs(0)) {
+      const Tensor<T> da = sum_to(matmul(g2, transpose(b2, -1, -2)), a2.shape());
+      in.add(0, reshape(da, a.shape()));
+    }
+    if (in.needs(1)) {
+      Tensor<T> db;
+      if (numel_of(s.batch) > 1 && numel_of(Shape(b2.shape().begin(), b2.shape().end() - 2)) == 1) {
+        // One B for the whole batch: sum_i A_iᵀ·dC_i is a single product over the batch folded
+        // into the rows, [k, batch·m] · [batch·m, n], with no [batch, k, n] temporary.
+        db = matmul(transpose(reshape(a2, {-1, s.k}), 0, 1), reshape(g2, {-1, s.n}));
+      } else {
+        db = sum_to(matmul(transpose(a2, -1, -2), g2), b2.shape());
+      }
+      in.add(1, reshape(db, b.shape()));
+    }
+  }, a, b);
+  return out;
+}
+
+}  // namespace kiln

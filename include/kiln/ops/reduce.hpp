@@ -18,6 +18,7 @@ inline std::vector<bool> reduce_mask(const char* op, const Shape& shape, const s
   std::vector<bool> mask(shape.size(), dims.empty());
   for (auto d : dims) {
     const int nd = normalize_dim(op, d, shape.size());
+    if (shape.empty()) continue;  // a 0-d tensor: dim 0 / -1 name the tensor itself
     check(!mask[static_cast<std::size_t>(nd)], op, "dim ", d, " listed twice");
     mask[static_cast<std::size_t>(nd)] = true;
   }

@@ -1,13 +1,19 @@
 // Elementwise unary ops: neg, exp, log, sqrt, rsqrt, abs, square, tanh, sigmoid, relu, silu,
 // gelu (exact erf form or tanh approximation) and clamp, each differentiable.
 //
-// Every op is one entry of UnaryOp. The forward is one kernel, detail::unary_kernel, and the
-// backward one more, detail::unary_backward_kernel (g * f'(.) fused in a single pass); both switch
-// on the enum to pick a scalar functor, so another backend only has to dispatch on the same enum.
-// Arithmetic runs in compute_t<T> (float for bf16/fp16/fp8).
+// Every op is one entry of UnaryOp with two scalar functors in kiln::math: the function (X) and
+// its backward, g * f'(.) (XGrad), both KILN_HD so the CPU loops and the CUDA kernels compute the
+// same formula. math::with_unary / with_unary_grad pick the functor from the enum; the forward is
+// one kernel call (detail::unary_kernel) and the backward one more (detail::unary_backward_kernel),
+// g * f'(.) fused in a single pass. Arithmetic runs in compute_t<T> (float for bf16/fp16/fp8).
 //
-// Where f' is cheaper to write in terms of the output y than of the input x (exp: y, tanh: 1 - y^2,
+// Where f' is cheaper in terms of the output y than of the input x (exp: y, tanh: 1 - y^2,
 // sigmoid: y(1 - y), sqrt: 1/(2y), rsqrt: -y^3/2, relu: y > 0), backward saves y instead of x.
+//
+// Device kernels (KernelCall, see core/dispatch.hpp):
+//   "unary"          tensors {out, x},        reals {lo, hi}, ints {UnaryOp}
+//   "unary_backward" tensors {dx, g, saved},  reals {lo, hi}, ints {UnaryOp}
+// with lo/hi the clamp bounds (infinite when absent; ignored by the other ops).
 #pragma once
 
 #include <cmath>
@@ -17,6 +23,7 @@
 
 #include "kiln/autograd/node.hpp"
 #include "kiln/backend/cpu/elementwise.hpp"
+#include "kiln/core/dispatch.hpp"
 #include "kiln/ops/common.hpp"
 
 namespace kiln {
@@ -32,6 +39,161 @@ struct UnaryArgs {
   double lo = -std::numeric_limits<double>::infinity();
   double hi = std::numeric_limits<double>::infinity();
 };
+
+namespace math {
+
+// 1 / (1 + e^-x) without overflow: with e = e^-|x| <= 1, it is 1/(1+e) for x >= 0 and
+// e/(1+e) for x < 0, so no intermediate exceeds 2, sigmoid(+-1000) is exactly 1 / 0 and the left
+// tail keeps full relative precision. The numerator (1 or e) is picked arithmetically from the
+// sign, s = +-1/2: (1/2 + s) + (1/2 - s) e is exactly 1 or e. A branch on the sign would be
+// mispredicted half the time on random data and cost 3x the whole loop.
+template <class C>
+KILN_HD C sigmoid_of(C x) {
+  const C e = std::exp(-std::abs(x));
+  const C s = std::copysign(C(0.5), x);
+  return (C(0.5) + s + (C(0.5) - s) * e) / (C(1) + e);
+}
+
+// gelu(x) = x Phi(x). Phi(x) = erfc(-x/sqrt2)/2 rather than (1 + erf(x/sqrt2))/2: the latter
+// cancels to 0 for x below about -6 (float) where the true value is still representable.
+template <class C>
+KILN_HD C normal_cdf(C x) {
+  return C(0.5) * std::erfc(-x / std::numbers::sqrt2_v<C>);
+}
+template <class C>
+KILN_HD C normal_pdf(C x) {
+  return std::numbers::inv_sqrtpi_v<C> / std::numbers::sqrt2_v<C> * std::exp(C(-0.5) * x * x);
+}
+
+// The tanh approximation as a sigmoid: (1 + tanh u)/2 = sigmoid(2u), which does not cancel for
+// large negative x. u = sqrt(2/pi) (x + 0.044715 x^3).
+template <class C>
+KILN_HD C gelu_tanh_u(C x) {
+  const C k = std::numbers::sqrt2_v<C> * std::numbers::inv_sqrtpi_v<C>;
+  return k * (x + C(0.044715) * x * x * x);
+}
+template <class C>
+KILN_HD C gelu_tanh_du(C x) {
+  const C k = std::numbers::sqrt2_v<C> * std::numbers::inv_sqrtpi_v<C>;
+  return k * (C(1) + C(3 * 0.044715) * x * x);
+}
+
+// ---- forward: y = f(x) ----
+struct Neg { template <class C> KILN_HD C operator()(C x) const { return -x; } };
+struct Exp { template <class C> KILN_HD C operator()(C x) const { return std::exp(x); } };
+struct Log { template <class C> KILN_HD C operator()(C x) const { return std::log(x); } };
+struct Sqrt { template <class C> KILN_HD C operator()(C x) const { return std::sqrt(x); } };
+struct Rsqrt { template <class C> KILN_HD C operator()(C x) const { return C(1) / std::sqrt(x); } };
+struct Abs { template <class C> KILN_HD C operator()(C x) const { return std::abs(x); } };
+struct Square { template <class C> KILN_HD C operator()(C x) const { return x * x; } };
+struct Tanh { template <class C> KILN_HD C operator()(C x) const { return std::tanh(x); } };
+struct Sigmoid { template <class C> KILN_HD C operator()(C x) const { return sigmoid_of(x); } };
+// Written so that NaN (every comparison false) passes through, as in PyTorch.
+struct Relu { template <class C> KILN_HD C operator()(C x) const { return x < C(0) ? C(0) : x; } };
+struct Silu { template <class C> KILN_HD C operator()(C x) const { return x * sigmoid_of(x); } };
+struct Gelu { template <class C> KILN_HD C operator()(C x) const { return x * normal_cdf(x); } };
+struct GeluTanh { template <class C> KILN_HD C operator()(C x) const { return x * sigmoid_of(C(2) * gelu_tanh_u(x)); } };
+struct Clamp {
+  double lo, hi;
+  template <class C>
+  KILN_HD C operator()(C x) const {
+    const C l = static_cast<C>(lo), h = static_cast<C>(hi);
+    return x < l ? l : (x > h ? h : x);
+  }
+};
+
+// ---- backward: dL/dx = dy * f'(.) at `s`, the saved output y or input x (see the file comment) ----
+struct NegGrad { template <class C> KILN_HD C operator()(C dy, C) const { return -dy; } };
+struct ExpGrad { template <class C> KILN_HD C operator()(C dy, C y) const { return dy * y; } };
+struct LogGrad { template <class C> KILN_HD C operator()(C dy, C x) const { return dy / x; } };
+struct SqrtGrad { template <class C> KILN_HD C operator()(C dy, C y) const { return dy / (C(2) * y); } };
+struct RsqrtGrad { template <class C> KILN_HD C operator()(C dy, C y) const { return C(-0.5) * dy * y * y * y; } };
+// sign(x) with sign(0) = 0 (a subgradient, as in PyTorch); NaN stays NaN.
+struct AbsGrad {
+  template <class C>
+  KILN_HD C operator()(C dy, C x) const {
+    return x > C(0) ? dy : (x < C(0) ? -dy : (x == C(0) ? C(0) : x));
+  }
+};
+struct SquareGrad { template <class C> KILN_HD C operator()(C dy, C x) const { return C(2) * x * dy; } };
+struct TanhGrad { template <class C> KILN_HD C operator()(C dy, C y) const { return dy * (C(1) - y * y); } };
+struct SigmoidGrad { template <class C> KILN_HD C operator()(C dy, C y) const { return dy * y * (C(1) - y); } };
+struct ReluGrad { template <class C> KILN_HD C operator()(C dy, C y) const { return y > C(0) ? dy : C(0); } };
+// d/dx x s(x) = s + x s (1 - s) with s = sigmoid(x).
+struct SiluGrad {
+  template <class C>
+  KILN_HD C operator()(C dy, C x) const {
+    const C s = sigmoid_of(x);
+    return dy * s * (C(1) + x * (C(1) - s));
+  }
+};
+// d/dx x Phi(x) = Phi(x) + x phi(x).
+struct GeluGrad {
+  template <class C>
+  KILN_HD C operator()(C dy, C x) const { return dy * (normal_cdf(x) + x * normal_pdf(x)); }
+};
+// d/dx x s(2u) = s + x * 2 s (1 - s) u'(x).
+struct GeluTanhGrad {
+  template <class C>
+  KILN_HD C operator()(C dy, C x) const {
+    const C s = sigmoid_of(C(2) * gelu_tanh_u(x));
+    return dy * (s + x * C(2) * s * (C(1) - s) * gelu_tanh_du(x));
+  }
+};
+// 1 strictly inside the bounds, 0 on and outside them.
+struct ClampGrad {
+  double lo, hi;
+  template <class C>
+  KILN_HD C operator()(C dy, C x) const {
+    return (static_cast<C>(lo) < x && x < static_cast<C>(hi)) ? dy : C(0);
+  }
+};
+
+// Calls f(functor) with the forward functor of `op`.
+template <class F>
+decltype(auto) with_unary(UnaryOp op, const UnaryArgs& args, F&& f) {
+  switch (op) {
+    case UnaryOp::neg: return f(Neg{});
+    case UnaryOp::exp: return f(Exp{});
+    case UnaryOp::log: return f(Log{});
+    case UnaryOp::sqrt: return f(Sqrt{});
+    case UnaryOp::rsqrt: return f(Rsqrt{});
+    case UnaryOp::abs: return f(Abs{});
+    case UnaryOp::square: return f(Square{});
+    case UnaryOp::tanh: return f(Tanh{});
+    case UnaryOp::sigmoid: return f(Sigmoid{});
+    case UnaryOp::relu: return f(Relu{});
+    case UnaryOp::silu: return f(Silu{});
+    case UnaryOp::gelu: return f(Gelu{});
+    case UnaryOp::gelu_tanh: return f(GeluTanh{});
+    case UnaryOp::clamp: break;
+  }
+  return f(Clamp{args.lo, args.hi});
+}
+
+// Calls f(functor) with the backward functor of `op`.
+template <class F>
+decltype(auto) with_unary_grad(UnaryOp op, const UnaryArgs& args, F&& f) {
+  switch (op) {
+    case UnaryOp::neg: return f(NegGrad{});
+    case UnaryOp::exp: return f(ExpGrad{});
+    case UnaryOp::log: return f(LogGrad{});
+    case UnaryOp::sqrt: return f(SqrtGrad{});
+    case UnaryOp::rsqrt: return f(RsqrtGrad{});
+    case UnaryOp::abs: return f(AbsGrad{});
+    case UnaryOp::square: return f(SquareGrad{});
+    case UnaryOp::tanh: return f(TanhGrad{});
+    case UnaryOp::sigmoid: return f(SigmoidGrad{});
+    case UnaryOp::relu: return f(ReluGrad{});
+    case UnaryOp::silu: return f(SiluGrad{});
+    case UnaryOp::gelu: return f(GeluGrad{});
+    case UnaryOp::gelu_tanh: return f(GeluTanhGrad{});
+    case UnaryOp::clamp: break;
+  }
+  return f(ClampGrad{args.lo, args.hi});
+}
+
+}  // namespace math
 
 namespace detail {
 
@@ -70,126 +232,46 @@ inline bool unary_saves_output(UnaryOp op) {
   }
 }
 
-// 1 / (1 + e^-x) without overflow: with e = e^-|x| <= 1, it is 1/(1+e) for x >= 0 and
-// e/(1+e) for x < 0, so no intermediate exceeds 2 and sigmoid(+-1000) is exactly 1 / 0.
-template <class C>
-C sigmoid_of(C x) {
-  const C e = std::exp(-std::abs(x));
-  const C r = C(1) / (C(1) + e);
-  return x >= C(0) ? r : e * r;
-}
-
-// gelu(x) = x Phi(x). Phi(x) = erfc(-x/sqrt2)/2 rather than (1 + erf(x/sqrt2))/2: the latter
-// cancels to 0 for x below about -6 (float) where the true value is still representable.
-template <class C>
-C normal_cdf(C x) {
-  return C(0.5) * std::erfc(-x / std::numbers::sqrt2_v<C>);
-}
-template <class C>
-C normal_pdf(C x) {
-  return std::numbers::inv_sqrtpi_v<C> / std::numbers::sqrt2_v<C> * std::exp(C(-0.5) * x * x);
-}
-
-// The tanh approximation as a sigmoid: (1 + tanh u)/2 = sigmoid(2u), which does not cancel for
-// large negative x. u = sqrt(2/pi) (x + 0.044715 x^3).
-inline constexpr double gelu_tanh_coeff = 0.044715;
-template <class C>
-C gelu_tanh_u(C x) {
-  const C k = std::numbers::sqrt2_v<C> * std::numbers::inv_sqrtpi_v<C>;
-  return k * (x + C(gelu_tanh_coeff) * x * x * x);
-}
-template <class C>
-C gelu_tanh_du(C x) {
-  const C k = std::numbers::sqrt2_v<C> * std::numbers::inv_sqrtpi_v<C>;
-  return k * (C(1) + C(3 * gelu_tanh_coeff) * x * x);
-}
-
 // y = op(x), a fresh contiguous tensor, without recording a graph.
 template <class T>
-Tensor<T> unary_kernel(UnaryOp op, const Tensor<T>& x, UnaryArgs args = {}) {
+Tensor<T> unary_kernel(UnaryOp op, const Tensor<T>& x, const UnaryArgs& args = {}) {
   static_assert(is_floating<T>, "kiln unary ops need a floating element type");
   const char* name = unary_name(op);
   check_defined(name, x);
-  check_cpu(name, x);
   Tensor<T> out(x.shape(), x.device());
-  using C = compute_t<T>;
-  auto run = [&](auto f) { cpu::map(out, x, [f](const T& v) { return convert<T>(f(static_cast<C>(v))); }); };
-  switch (op) {
-    case UnaryOp::neg: run([](C v) { return -v; }); break;
-    case UnaryOp::exp: run([](C v) { return std::exp(v); }); break;
-    case UnaryOp::log: run([](C v) { return std::log(v); }); break;
-    case UnaryOp::sqrt: run([](C v) { return std::sqrt(v); }); break;
-    case UnaryOp::rsqrt: run([](C v) { return C(1) / std::sqrt(v); }); break;
-    case UnaryOp::abs: run([](C v) { return std::abs(v); }); break;
-    case UnaryOp::square: run([](C v) { return v * v; }); break;
-    case UnaryOp::tanh: run([](C v) { return std::tanh(v); }); break;
-    case UnaryOp::sigmoid: run([](C v) { return sigmoid_of(v); }); break;
-    // Written so that NaN (every comparison false) passes through, as in PyTorch.
-    case UnaryOp::relu: run([](C v) { return v < C(0) ? C(0) : v; }); break;
-    case UnaryOp::silu: run([](C v) { return v * sigmoid_of(v); }); break;
-    case UnaryOp::gelu: run([](C v) { return v * normal_cdf(v); }); break;
-    case UnaryOp::gelu_tanh: run([](C v) { return v * sigmoid_of(C(2) * gelu_tanh_u(v)); }); break;
-    case UnaryOp::clamp: {
-      const C lo = static_cast<C>(args.lo), hi = static_cast<C>(args.hi);
-      run([lo, hi](C v) { return v < lo ? lo : (v > hi ? hi : v); });
-      break;
-    }
+  if (!out.device().is_cpu()) {
+    run_device_kernel(name, "unary", {{tensor_arg(out), tensor_arg(x)}, {args.lo, args.hi}, {static_cast<std::int64_t>(op)}});
+    return out;
   }
+  using C = compute_t<T>;
+  math::with_unary(op, args, [&](auto f) {
+    cpu::map(out, x, [f](const T& v) { return convert<T>(f(static_cast<C>(v))); });
+  });
   return out;
 }
 
-// dL/dx = g * f'(.), evaluated at `saved`: the output y for ops where unary_saves_output(op),
-// else the input x. Fresh contiguous tensor of saved's shape; no graph.
+// dL/dx = g * f'(.) evaluated at `saved` (the output y where unary_saves_output(op), else the
+// input x): a fresh contiguous tensor of saved's shape, no graph.
 template <class T>
-Tensor<T> unary_backward_kernel(UnaryOp op, const Tensor<T>& g, const Tensor<T>& saved, UnaryArgs args = {}) {
+Tensor<T> unary_backward_kernel(UnaryOp op, const Tensor<T>& g, const Tensor<T>& saved, const UnaryArgs& args = {}) {
   const char* name = unary_name(op);
-  check_cpu(name, g);
-  Tensor<T> out(saved.shape(), saved.device());
-  using C = compute_t<T>;
-  auto run = [&](auto f) {
-    cpu::map(out, g, saved, [f](const T& dy, const T& s) { return convert<T>(f(static_cast<C>(dy), static_cast<C>(s))); });
-  };
-  switch (op) {
-    case UnaryOp::neg: run([](C dy, C) { return -dy; }); break;
-    case UnaryOp::exp: run([](C dy, C y) { return dy * y; }); break;
-    case UnaryOp::log: run([](C dy, C x) { return dy / x; }); break;
-    case UnaryOp::sqrt: run([](C dy, C y) { return dy / (C(2) * y); }); break;
-    case UnaryOp::rsqrt: run([](C dy, C y) { return C(-0.5) * dy * y * y * y; }); break;
-    // sign(x) with sign(0) = 0 (a subgradient, as in PyTorch); NaN stays NaN.
-    case UnaryOp::abs: run([](C dy, C x) { return x > C(0) ? dy : (x < C(0) ? -dy : (x == C(0) ? C(0) : x)); }); break;
-    case UnaryOp::square: run([](C dy, C x) { return C(2) * x * dy; }); break;
-    case UnaryOp::tanh: run([](C dy, C y) { return dy * (C(1) - y * y); }); break;
-    case UnaryOp::sigmoid: run([](C dy, C y) { return dy * y * (C(1) - y); }); break;
-    case UnaryOp::relu: run([](C dy, C y) { return y > C(0) ? dy : C(0); }); break;
-    // d/dx x s(x) = s + x s (1 - s) with s = sigmoid(x).
-    case UnaryOp::silu:
-      run([](C dy, C x) {
-        const C s = sigmoid_of(x);
-        return dy * s * (C(1) + x * (C(1) - s));
-      });
-      break;
-    // d/dx x Phi(x) = Phi(x) + x phi(x).
-    case UnaryOp::gelu: run([](C dy, C x) { return dy * (normal_cdf(x) + x * normal_pdf(x)); }); break;
-    // d/dx x s(2u) = s + x * 2 s (1 - s) u'(x).
-    case UnaryOp::gelu_tanh:
-      run([](C dy, C x) {
-        const C s = sigmoid_of(C(2) * gelu_tanh_u(x));
-        return dy * (s + x * C(2) * s * (C(1) - s) * gelu_tanh_du(x));
-      });
-      break;
-    // 1 strictly inside the bounds, 0 on and outside them.
-    case UnaryOp::clamp: {
-      const C lo = static_cast<C>(args.lo), hi = static_cast<C>(args.hi);
-      run([lo, hi](C dy, C x) { return (lo < x && x < hi) ? dy : C(0); });
-      break;
-    }
+  check_same_device(name, g, saved);
+  Tensor<T> dx(saved.shape(), saved.device());
+  if (!dx.device().is_cpu()) {
+    run_device_kernel(name, "unary_backward",
+                      {{tensor_arg(dx), tensor_arg(g), tensor_arg(saved)}, {args.lo, args.hi}, {static_cast<std::int64_t>(op)}});
+    return dx;
   }
-  return out;
+  using C = compute_t<T>;
+  math::with_unary_grad(op, args, [&](auto f) {
+    cpu::map(dx, g, saved, [f](const T& dy, const T& s) { return convert<T>(f(static_cast<C>(dy), static_cast<C>(s))); });
+  });
+  return dx;
 }
 
 // Forward plus the graph record.
 template <class T>
-Tensor<T> unary(UnaryOp op, const Tensor<T>& x, UnaryArgs args = {}) {
+Tensor<T> unary(UnaryOp op, const Tensor<T>& x, const UnaryArgs& args = {}) {
   Tensor<T> out = unary_kernel(op, x, args);
   if (!autograd::needs_grad(x)) return out;
   const Tensor<T> saved = unary_saves_output(op) ? out.detach() : x.detach();

@@ -37,6 +37,7 @@ struct MatrixLayout {
 inline MatrixLayout gemm_layout(std::int64_t rows, std::int64_t cols, std::int64_t row_stride,
                                 std::int64_t col_stride) {
   const std::int64_t r = std::max<std::int64_t>(rows, 1), c = std::max<std::int64_t>(cols, 1);
+  if (rows == 0 || cols == 0) return {GemmLayout::row_major, c};  // nothing is read
   if ((cols <= 1 || col_stride == 1) && (rows <= 1 || row_stride >= c))
     return {GemmLayout::row_major, rows <= 1 ? c : row_stride};
   if ((rows <= 1 || row_stride == 1) && (cols <= 1 || col_stride >= r))
@@ -71,6 +72,17 @@ void with_map(const T* p, std::int64_t rows, std::int64_t cols, const MatrixLayo
 
 }  // namespace detail
 
+// Outputs of at least this many elements are zeroed in parallel before the product (see gemm).
+inline constexpr std::int64_t first_touch_elements = std::int64_t{1} << 18;
+
+inline bool in_parallel_region() {
+#ifdef _OPENMP
+  return omp_in_parallel() != 0;
+#else
+  return false;
+#endif
+}
+
 // c (m x n, row-major, contiguous) = a (m x k) * b (k x n), a and b in the given layouts.
 template <class T>
 void gemm(const T* a, const MatrixLayout& la, const T* b, const MatrixLayout& lb, T* c, std::int64_t m,
@@ -82,8 +94,19 @@ void gemm(const T* a, const MatrixLayout& la, const T* b, const MatrixLayout& lb
     out.setZero();
     return;
   }
+  // `out = a * b` has Eigen zero the output from one thread before accumulating into it. A freshly
+  // allocated large output is not mapped yet: that first write page-faults through every page, a
+  // cost that does not shrink with more cores. Zeroing it here in parallel spreads the faults over
+  // the threads; Eigen then accumulates (`+=`, the same arithmetic).
+  const bool touch_in_parallel = m * n >= first_touch_elements && !in_parallel_region();
+  if (touch_in_parallel) parallel_for(m * n, 1, [c](std::int64_t begin, std::int64_t end) {
+    std::fill(c + begin, c + end, T(0));
+  });
   detail::with_map(a, m, k, la, [&](const auto& ma) {
-    detail::with_map(b, k, n, lb, [&](const auto& mb) { out.noalias() = ma * mb; });
+    detail::with_map(b, k, n, lb, [&](const auto& mb) {
+      if (touch_in_parallel) out.noalias() += ma * mb;
+      else out.noalias() = ma * mb;
+    });
   });
 }
 
@@ -96,6 +119,7 @@ inline constexpr std::int64_t gemm_parallel_work = std::int64_t{1} << 21;
 // contiguous; the matrices of a and b must have a supported gemm_layout.
 template <class T>
 void matmul(const Tensor<T>& a, const Tensor<T>& b, const Tensor<T>& out) {
+  if (out.numel() == 0) return;
   const std::size_t nd = out.shape().size();
   const std::int64_t m = a.shape()[nd - 2], k = a.shape()[nd - 1], n = b.shape()[nd - 1];
   const MatrixLayout la = gemm_layout(a), lb = gemm_layout(b);

@@ -14,6 +14,26 @@
 
 namespace kiln::cpu {
 
+// Merges neighbouring dims that step through memory as one (stride[i] == stride[i+1] * size[i+1])
+// and drops size-1 dims: row-major order is unchanged, and the common cases (a contiguous tensor
+// reduced over its trailing dims) become one dim with unit stride, with no div/mod per element.
+inline void merge_dims(Shape& shape, Strides& strides) {
+  Shape s;
+  Strides t;
+  for (std::size_t d = 0; d < shape.size(); ++d) {
+    if (shape[d] == 1) continue;
+    if (!s.empty() && t.back() == strides[d] * shape[d]) {
+      s.back() *= shape[d];
+      t.back() = strides[d];
+    } else {
+      s.push_back(shape[d]);
+      t.push_back(strides[d]);
+    }
+  }
+  shape = std::move(s);
+  strides = std::move(t);
+}
+
 // Folds `in` over the dims marked in `reduce_mask` into `out` (contiguous, shape = in's shape
 // with reduced dims dropped or kept as 1). Reducer provides:
 //   Acc init() ; Acc step(Acc, T value, int64 index_in_reduced_range) ; Acc merge(Acc, Acc) ;
@@ -27,6 +47,8 @@ void reduce(const Tensor<T>& in, const std::vector<bool>& reduce_mask, const Ten
     (reduce_mask[d] ? red_shape : kept_shape).push_back(in.shape()[d]);
     (reduce_mask[d] ? red_strides : kept_strides).push_back(in.strides()[d]);
   }
+  merge_dims(kept_shape, kept_strides);
+  merge_dims(red_shape, red_strides);
   const std::int64_t n_out = numel_of(kept_shape);
   const std::int64_t n_red = numel_of(red_shape);
   const T* base = in.data();

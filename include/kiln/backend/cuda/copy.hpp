@@ -1,0 +1,80 @@
+// Copies between host and device memory. Pageable host memory cannot be read by the copy
+// engine directly, so host data is staged through pinned buffers in chunks, two at a time: the
+// CPU fills one chunk while the DMA engine moves the other. Copies are synchronous for the caller.
+#pragma once
+
+#include <cstring>
+#include <mutex>
+
+#include "kiln/backend/cuda/stream.hpp"
+#include "kiln/core/device.hpp"
+
+namespace kiln::cuda {
+
+class PinnedStaging {
+ public:
+  static constexpr std::size_t chunk = 8u << 20;
+
+  static PinnedStaging& instance() {
+    static PinnedStaging* staging = new PinnedStaging();
+    return *staging;
+  }
+
+  // dst (device) <- src (pageable host), or dst (pageable host) <- src (device).
+  void copy(void* dst, const void* src, std::size_t bytes, bool to_device, int device, cudaStream_t stream) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    ensure();
+    auto* d = static_cast<char*>(dst);
+    auto* s = static_cast<const char*>(src);
+    for (std::size_t done = 0, k = 0; done < bytes; done += chunk, ++k) {
+      const std::size_t n = bytes - done < chunk ? bytes - done : chunk;
+      char* buf = buffers_[k % 2];
+      KILN_CUDA_CHECK(cudaEventSynchronize(ready_[k % 2]));  // the buffer's previous copy has finished
+      if (to_device) {
+        std::memcpy(buf, s + done, n);
+        KILN_CUDA_CHECK(cudaMemcpyAsync(d + done, buf, n, cudaMemcpyHostToDevice, stream));
+        KILN_CUDA_CHECK(cudaEventRecord(ready_[k % 2], stream));
+      } else {
+        KILN_CUDA_CHECK(cudaMemcpyAsync(buf, s + done, n, cudaMemcpyDeviceToHost, stream));
+        KILN_CUDA_CHECK(cudaStreamSynchronize(stream));
+        std::memcpy(d + done, buf, n);
+      }
+    }
+    KILN_CUDA_CHECK(cudaStreamSynchronize(stream));
+    (void)device;
+  }
+
+ private:
+  void ensure() {
+    if (buffers_[0]) return;
+    for (int i = 0; i < 2; ++i) {
+      KILN_CUDA_CHECK(cudaMallocHost(&buffers_[i], chunk));
+      KILN_CUDA_CHECK(cudaEventCreateWithFlags(&ready_[i], cudaEventDisableTiming));
+    }
+  }
+  std::mutex mutex_;
+  char* buffers_[2] = {nullptr, nullptr};
+  cudaEvent_t ready_[2] = {nullptr, nullptr};
+};
+
+// The DeviceBackend copy entry: any pair of devices (host side pageable).
+inline void copy_between(void* dst, Device dst_device, const void* src, Device src_device, std::size_t bytes) {
+  if (dst_device.is_cuda() && src_device.is_cuda()) {
+    DeviceGuard g(dst_device.index);
+    cudaStream_t stream = current_stream(dst_device.index);
+    if (dst_device.index == src_device.index) {
+      KILN_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream));
+    } else {
+      // Order after the source device's queued work, then copy peer to peer.
+      KILN_CUDA_CHECK(cudaStreamSynchronize(current_stream(src_device.index)));
+      KILN_CUDA_CHECK(cudaMemcpyPeerAsync(dst, dst_device.index, src, src_device.index, bytes, stream));
+    }
+    KILN_CUDA_CHECK(cudaStreamSynchronize(stream));
+    return;
+  }
+  const int device = dst_device.is_cuda() ? dst_device.index : src_device.index;
+  DeviceGuard g(device);
+  PinnedStaging::instance().copy(dst, src, bytes, dst_device.is_cuda(), device, current_stream(device));
+}
+
+}  // namespace kiln::cuda

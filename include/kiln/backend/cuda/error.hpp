@@ -1,0 +1,36 @@
+// Every CUDA and cuBLASLt call is checked; a failure becomes a kiln::Error naming the file, the
+// line, the call and the CUDA message. Kernel launches are followed by KILN_CUDA_CHECK_LAUNCH().
+#pragma once
+
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+
+#include "kiln/core/error.hpp"
+
+namespace kiln::cuda {
+
+[[noreturn]] inline void throw_cuda(cudaError_t e, const char* call, const char* file, int line) {
+  throw Error(str("kiln::cuda: ", call, " failed at ", file, ":", line, ": ", cudaGetErrorName(e), ": ",
+                  cudaGetErrorString(e)));
+}
+
+[[noreturn]] inline void throw_cublas(cublasStatus_t s, const char* call, const char* file, int line) {
+  throw Error(str("kiln::cublasLt: ", call, " failed at ", file, ":", line, ": status ", static_cast<int>(s), " (",
+                  cublasLtGetStatusName(s), ": ", cublasLtGetStatusString(s), ")"));
+}
+
+}  // namespace kiln::cuda
+
+#define KILN_CUDA_CHECK(call)                                                       \
+  do {                                                                              \
+    cudaError_t kiln_e_ = (call);                                                   \
+    if (kiln_e_ != cudaSuccess) ::kiln::cuda::throw_cuda(kiln_e_, #call, __FILE__, __LINE__); \
+  } while (0)
+
+#define KILN_CUDA_CHECK_LAUNCH() KILN_CUDA_CHECK(cudaGetLastError())
+
+#define KILN_CUBLAS_CHECK(call)                                                     \
+  do {                                                                              \
+    cublasStatus_t kiln_s_ = (call);                                                \
+    if (kiln_s_ != CUBLAS_STATUS_SUCCESS) ::kiln::cuda::throw_cublas(kiln_s_, #call, __FILE__, __LINE__); \
+  } while (0)
