@@ -15,8 +15,16 @@
 #include "kiln/backend/cuda/error.hpp"
 #include "kiln/backend/cuda/stream.hpp"
 
-#include "elementwise/binary.cuh"
-#include "elementwise/copy.cuh"
+// One folder of kernels/ per family; each family's all.cuh lists its kernels.
+#include "elementwise/all.cuh"
+#include "indexing/all.cuh"
+#include "loss/all.cuh"
+#include "matmul/all.cuh"
+#include "norm/all.cuh"
+#include "optim/all.cuh"
+#include "reduce/all.cuh"
+#include "rope/all.cuh"
+#include "softmax/all.cuh"
 
 namespace kiln::cuda {
 

@@ -1,0 +1,2 @@
+// Every kernel of this family; included by include/kiln/backend/cuda.hpp.
+#pragma once
