@@ -34,6 +34,7 @@ struct TensorArg {
     return n;
   }
   bool is_contiguous() const {
+    if (numel() == 0) return true;
     std::int64_t expected = 1;
     for (int d = ndim - 1; d >= 0; --d) {
       if (shape[d] == 1) continue;

@@ -101,6 +101,7 @@ class Tensor {
 
   // Row-major contiguous (size-1 dimensions may have any stride).
   bool is_contiguous() const {
+    if (numel() == 0) return true;
     std::int64_t expected = 1;
     for (std::size_t i = shape().size(); i-- > 0;) {
       if (shape()[i] == 1) continue;
