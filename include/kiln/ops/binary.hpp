@@ -8,8 +8,12 @@
 #include "kiln/backend/cpu/elementwise.hpp"
 #include "kiln/core/dispatch.hpp"
 #include "kiln/ops/common.hpp"
+#include "kiln/ops/compare.hpp"
+#include "kiln/ops/copy.hpp"
 #include "kiln/ops/factory.hpp"
 #include "kiln/ops/reduce.hpp"
+#include "kiln/ops/unary.hpp"
+#include "kiln/ops/where.hpp"
 
 namespace kiln {
 
@@ -145,12 +149,17 @@ Tensor<T> binary(BinaryOp op, const Tensor<T>& a, const Tensor<T>& b) {
       case BinaryOp::pow: {  // d(a^b)/da = b a^(b-1) ; d(a^b)/db = a^b ln a
         if (ga) in.add(0, sum_to(mul(g, mul(b, pow(a, sub(b, 1.0)))), a.shape()));
         if (gb) {
-          Tensor<T> ln_a(a.shape(), a.device());
-          cpu::map(ln_a, a, [](const T& x) {
-            // The derivative in b at a = 0 multiplies 0^b = 0 (b > 0): take it as 0, not NaN.
-            const double v = static_cast<double>(x);
-            return convert<T>(v == 0.0 ? 0.0 : std::log(v));
-          });
+          // The derivative in b at a = 0 multiplies 0^b = 0 (b > 0): take ln a as 0 there, not -inf.
+          Tensor<T> ln_a;
+          if (a.device().is_cpu()) {
+            ln_a = Tensor<T>(a.shape(), a.device());
+            cpu::map(ln_a, a, [](const T& x) {
+              const double v = static_cast<double>(x);
+              return convert<T>(v == 0.0 ? 0.0 : std::log(v));
+            });
+          } else if constexpr (is_floating<T>) {  // (integer tensors never require grad)
+            ln_a = where(eq(a, 0.0), 0.0, log(a));
+          }
           in.add(1, sum_to(mul(g, mul(y, ln_a)), b.shape()));
         }
         break;
@@ -159,11 +168,19 @@ Tensor<T> binary(BinaryOp op, const Tensor<T>& a, const Tensor<T>& b) {
       case BinaryOp::minimum: {
         // The gradient goes to the selected input; ties split it evenly (keeps gradcheck exact).
         const bool is_max = op == BinaryOp::maximum;
-        Tensor<T> wa(broadcast_shapes("maximum", a.shape(), b.shape()), a.device());
-        cpu::map(wa, a, b, [is_max](const T& x, const T& y) {
-          const double u = static_cast<double>(x), v = static_cast<double>(y);
-          return convert<T>(u == v ? 0.5 : ((is_max ? u > v : u < v) ? 1.0 : 0.0));
-        });
+        Tensor<T> wa;
+        if (a.device().is_cpu()) {
+          wa = Tensor<T>(broadcast_shapes("maximum", a.shape(), b.shape()), a.device());
+          cpu::map(wa, a, b, [is_max](const T& x, const T& y) {
+            const double u = static_cast<double>(x), v = static_cast<double>(y);
+            return convert<T>(u == v ? 0.5 : ((is_max ? u > v : u < v) ? 1.0 : 0.0));
+          });
+        } else {
+          // The same weights from comparisons: (a > b) + (a >= b) is 2 where a wins, 1 on a tie,
+          // 0 where b wins or either is NaN; halved, exactly 1, 0.5, 0.
+          const Tensor<bool> wins = is_max ? gt(a, b) : lt(a, b), wins_or_ties = is_max ? ge(a, b) : le(a, b);
+          wa = mul(add(cast<T>(wins), cast<T>(wins_or_ties)), 0.5);
+        }
         if (ga) in.add(0, sum_to(mul(g, wa), a.shape()));
         if (gb) in.add(1, sum_to(mul(g, sub(ones_like(wa), wa)), b.shape()));
         break;

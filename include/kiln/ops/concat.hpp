@@ -11,6 +11,7 @@
 
 #include "kiln/autograd/node.hpp"
 #include "kiln/backend/cpu/elementwise.hpp"
+#include "kiln/core/dispatch.hpp"
 #include "kiln/ops/common.hpp"
 #include "kiln/ops/view.hpp"
 
@@ -26,7 +27,6 @@ void check_list(const char* op, const std::vector<Tensor<T>>& ts) {
     check(ts[i].device() == ts[0].device(), op, "tensor ", i, " of shape ", ts[i].shape(), " is on ", ts[i].device(),
           " but tensor 0 of shape ", ts[0].shape(), " is on ", ts[0].device());
   }
-  check_cpu(op, ts[0]);
 }
 
 // Concatenation along the (normalised) dim d of shape-checked inputs; `op` names the node.
@@ -45,7 +45,12 @@ Tensor<T> concat(const char* op, const std::vector<Tensor<T>>& ts, int d) {
   std::int64_t offset = 0;
   for (std::size_t i = 0; i < ts.size(); ++i) {
     const Tensor<T> slab = restride(out, out.offset() + offset * step, ts[i].shape(), out.strides());
-    cpu::map(slab, ts[i], [](const T& x) { return x; });
+    if (out.device().is_cpu()) {
+      cpu::map(slab, ts[i], [](const T& x) { return x; });
+    } else {
+      // The "cast" kernel copies between any two layouts (same type: a plain strided copy).
+      run_device_kernel(op, "cast", {{tensor_arg(slab), tensor_arg(ts[i])}, {}, {}});
+    }
     offset += sizes[i];
   }
   if constexpr (is_floating<T>) {

@@ -61,8 +61,11 @@ Tensor<T> to(const Tensor<T>& t, Device device) {
   if (src.is_contiguous()) {
     copy_bytes(out.data(), device, src.data(), src.device(), static_cast<std::size_t>(t.numel()) * sizeof(T));
   } else {
-    const std::vector<T> host = src.to_vector();
-    copy_bytes(out.data(), device, host.data(), Device::cpu(), host.size() * sizeof(T));
+    // Gathered on the host; bool as bytes (std::vector<bool> packs bits and has no data()).
+    using Elem = std::conditional_t<std::is_same_v<T, bool>, std::uint8_t, T>;
+    const std::vector<Elem> host =
+        Tensor<Elem>::view_of(src.storage(), src.offset(), src.shape(), src.strides()).to_vector();
+    copy_bytes(out.data(), device, host.data(), Device::cpu(), host.size() * sizeof(Elem));
   }
   if constexpr (is_floating<T>) {
     if (autograd::needs_grad(t)) {

@@ -2,8 +2,14 @@
 //
 // Forward is a row copy. Backward adds each output row's gradient into the row of its id; ids
 // repeat (the same token many times in a batch), so the kernel groups the positions by id and
-// gives each vocabulary row to one thread, summing its positions in order: no races, and the
-// same bits for any thread count (backend/cpu/gather.hpp, index_add_rows).
+// gives each vocabulary row to one worker, summing its positions in ascending order: no races, and
+// the same bits for any thread count (backend/cpu/gather.hpp, index_add_rows) — and on a GPU
+// (kernels/indexing/index_rows.cuh: a stable radix sort of the ids, then one thread group per
+// vocabulary row), the same bits as on the CPU.
+//
+// Ids are checked on both devices: on the CPU before the copy, on a GPU by the copy kernel itself,
+// which flags the first bad position; reading the flag back costs one host-device synchronisation
+// per forward call (see ops/gather.hpp, DeviceIndexCheck).
 #pragma once
 
 #include <cstdint>
@@ -14,6 +20,7 @@
 #include "kiln/ops/common.hpp"
 #include "kiln/ops/copy.hpp"
 #include "kiln/ops/factory.hpp"
+#include "kiln/ops/gather.hpp"
 
 namespace kiln {
 
@@ -25,7 +32,6 @@ Tensor<T> embedding(const Tensor<T>& weight, const Tensor<std::int64_t>& ids,
                     std::optional<std::int64_t> padding_idx = std::nullopt) {
   check_defined("embedding", weight, ids);
   check_same_device("embedding", weight, ids);
-  check_cpu("embedding", weight);
   check(weight.dim() == 2, "embedding", "weight must be 2-D [vocab, dim], got shape ", weight.shape());
   const std::int64_t vocab = weight.shape()[0], width = weight.shape()[1];
   std::int64_t pad = -1;
@@ -37,25 +43,24 @@ Tensor<T> embedding(const Tensor<T>& weight, const Tensor<std::int64_t>& ids,
 
   const Tensor<std::int64_t> idx = contiguous(ids.detach());
   const std::int64_t n = idx.numel();
-  for (std::int64_t i = 0; i < n; ++i) {
-    const std::int64_t id = idx.data()[i];
-    check(id >= 0 && id < vocab, "embedding", "id ", id, " is out of range for a vocabulary of size ", vocab,
-          " (weight of shape ", weight.shape(), ")");
-  }
+  auto fail_id = [&](std::int64_t id) {
+    fail("embedding", "id ", id, " is out of range for a vocabulary of size ", vocab, " (weight of shape ",
+         weight.shape(), ")");
+  };
+  if (weight.device().is_cpu())
+    for (std::int64_t i = 0; i < n; ++i)
+      if (idx.data()[i] < 0 || idx.data()[i] >= vocab) fail_id(idx.data()[i]);
 
   Shape shape = ids.shape();
   shape.push_back(width);
   Tensor<T> out(shape, weight.device());
   const Tensor<T> table = contiguous(weight.detach());
-  cpu::index_select_rows(table.data(), out.data(), 1, vocab, width, idx.data(), n);
+  if (const auto bad = detail::index_select_rows(table, out, 1, vocab, width, idx)) fail_id(*bad);
 
   if constexpr (is_floating<T>) {
     if (autograd::needs_grad(weight)) {
       autograd::record(out, "embedding", [vocab, width, pad, idx](const Tensor<T>& g, const autograd::InputGrads& in) {
-        Tensor<T> grad = zeros<T>({vocab, width}, g.device());
-        const Tensor<T> gc = contiguous(g);
-        cpu::index_add_rows(grad.data(), gc.data(), 1, vocab, width, idx.data(), idx.numel(), pad);
-        in.add(0, grad);
+        in.add(0, detail::index_add_rows_into_zeros({vocab, width}, contiguous(g), 1, vocab, width, idx, pad));
       }, weight);
     }
   }

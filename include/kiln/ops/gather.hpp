@@ -1,16 +1,27 @@
 // Indexing along one dimension: gather (an index per output element), scatter_add (its adjoint),
-// and index_select (one index list applied to every row). CPU kernels: backend/cpu/gather.hpp.
+// and index_select (one index list applied to every row). CPU kernels: backend/cpu/gather.hpp;
+// CUDA kernels: kernels/indexing/gather.cuh and index_rows.cuh.
 //
 // gather's gradient is a scatter-add of the output gradient into zeros, and scatter_add's
 // gradient for src is a gather: the two are adjoint linear maps. index_select's gradient is an
 // index-add that sums the rows picked more than once. Both scatters run in a fixed order (see the
-// kernels), so gradients are deterministic on the CPU.
+// kernels) on either device — each destination adds its sources in ascending position, the same
+// order on the CPU and the GPU — so gradients are deterministic, and equal across the two.
+//
+// Out-of-range indices are an error on both devices. The CPU checks before computing; on a GPU the
+// kernels check every index as they read it and lower a flag to the first bad position, which the
+// op reads back after the launch (DeviceIndexCheck). That read synchronises the host with the
+// stream once per forward call — a few microseconds plus waiting for the work already queued — in
+// exchange for an error that names the bad index. Backward passes reuse validated indices and skip
+// it.
 #pragma once
 
 #include <cstdint>
+#include <optional>
 
 #include "kiln/autograd/node.hpp"
 #include "kiln/backend/cpu/gather.hpp"
+#include "kiln/core/dispatch.hpp"
 #include "kiln/ops/common.hpp"
 #include "kiln/ops/copy.hpp"
 #include "kiln/ops/factory.hpp"
@@ -19,15 +30,42 @@ namespace kiln {
 
 namespace detail {
 
-// Throws unless every value of `index` (contiguous) lies in [0, size): `size` is dim `dim` of a
-// tensor of shape `shape`.
+[[noreturn]] inline void fail_index_range(const char* op, std::int64_t value, int dim, const Shape& shape) {
+  fail(op, "index ", value, " is out of range for dim ", dim, " of size ", shape[static_cast<std::size_t>(dim)],
+       " (input of shape ", shape, ")");
+}
+
+// Throws unless every value of `index` (contiguous, on the CPU) lies in [0, size): `size` is dim
+// `dim` of a tensor of shape `shape`.
 inline void check_index_range(const char* op, const Tensor<std::int64_t>& index, int dim, const Shape& shape) {
   const std::int64_t size = shape[static_cast<std::size_t>(dim)];
   const std::int64_t* p = index.data();
   for (std::int64_t i = 0; i < index.numel(); ++i)
-    if (p[i] < 0 || p[i] >= size)
-      fail(op, "index ", p[i], " is out of range for dim ", dim, " of size ", size, " (input of shape ", shape, ")");
+    if (p[i] < 0 || p[i] >= size) fail_index_range(op, p[i], dim, shape);
 }
+
+// The device side of the range check: a one-element flag, set to index.numel(), that the kernel
+// lowers (atomicMin) to the row-major position of each out-of-range index it meets. arg() goes
+// into the KernelCall; bad_value() reads the flag back after the launch (synchronising with the
+// stream) and returns the first bad index value, if any.
+class DeviceIndexCheck {
+ public:
+  explicit DeviceIndexCheck(const Tensor<std::int64_t>& index)
+      : index_(index), flag_(full<std::int64_t>({1}, index.numel(), index.device())) {}
+
+  TensorArg arg() const { return tensor_arg(flag_); }
+
+  std::optional<std::int64_t> bad_value() const {
+    const std::int64_t position = flag_.item();
+    if (position >= index_.numel()) return std::nullopt;
+    // index_ is contiguous: its element `position` in row-major order is at offset `position`.
+    return Tensor<std::int64_t>::view_of(index_.storage(), index_.offset() + position, {}, {}).item();
+  }
+
+ private:
+  Tensor<std::int64_t> index_;  // contiguous
+  Tensor<std::int64_t> flag_;
+};
 
 // The shape rules gather and scatter_add share with PyTorch: index has the input's rank and is
 // no larger than it in any dim other than `dim`. Returns the normalised dim.
@@ -43,12 +81,78 @@ int check_gather_shapes(const char* op, const Tensor<T>& t, std::int64_t dim, co
   return d;
 }
 
+// dst (contiguous) += src scattered along dim at index (contiguous, values already validated), in
+// place, on either device.
+template <class T>
+void scatter_add_into(const Tensor<T>& dst, int dim, const Tensor<std::int64_t>& index, const Tensor<T>& src) {
+  if (dst.device().is_cpu()) {
+    cpu::scatter_add(dst, dim, index, src);
+  } else {
+    run_device_kernel("scatter_add", "scatter_add", {{tensor_arg(dst), tensor_arg(src), tensor_arg(index)}, {}, {dim}});
+  }
+}
+
+// t gathered along dim at index (contiguous), no graph. With `check`, out-of-range indices throw
+// (on a GPU through the device flag); without, the indices must already be valid.
+template <class T>
+Tensor<T> gather_values(const Tensor<T>& t, int dim, const Tensor<std::int64_t>& index, bool check) {
+  Tensor<T> out(index.shape(), t.device());
+  if (t.device().is_cpu()) {
+    if (check) check_index_range("gather", index, dim, t.shape());
+    cpu::gather(out, t, dim, index);
+  } else if (index.numel() > 0) {
+    std::optional<DeviceIndexCheck> range;
+    if (check) range.emplace(index);
+    run_device_kernel("gather", "gather",
+                      {{tensor_arg(out), tensor_arg(t), tensor_arg(index), range ? range->arg() : TensorArg{}}, {}, {dim}});
+    if (range)
+      if (const auto bad = range->bad_value()) fail_index_range("gather", *bad, dim, t.shape());
+  }
+  return out;
+}
+
 // zeros(shape) with src scatter-added along dim at index (no graph).
 template <class T>
 Tensor<T> scatter_add_into_zeros(const Shape& shape, int dim, const Tensor<std::int64_t>& index, const Tensor<T>& src) {
   Tensor<T> out = zeros<T>(shape, src.device());
-  cpu::scatter_add(out, dim, index, src);
+  scatter_add_into(out, dim, contiguous(index), src);
   return out;
+}
+
+// The gradient of selecting rows: a [outer, size, inner] tensor of shape `shape` (zeros, plus
+// src [outer, n, inner] (contiguous) added at the rows index names; row `skip_row` (>= 0) gets
+// nothing). Every destination row sums its sources in ascending position, on either device.
+template <class T>
+Tensor<T> index_add_rows_into_zeros(const Shape& shape, const Tensor<T>& src, std::int64_t outer, std::int64_t size,
+                                    std::int64_t inner, const Tensor<std::int64_t>& index, std::int64_t skip_row = -1) {
+  if (src.device().is_cpu()) {
+    Tensor<T> grad = zeros<T>(shape);
+    cpu::index_add_rows(grad.data(), src.data(), outer, size, inner, index.data(), index.numel(), skip_row);
+    return grad;
+  }
+  Tensor<T> grad(shape, src.device());  // the kernel writes every row (zeros where nothing lands)
+  run_device_kernel("index_add", "index_add_rows",
+                    {{tensor_arg(grad), tensor_arg(src), tensor_arg(index)}, {},
+                     {outer, size, inner, index.numel(), skip_row, /*accumulate=*/0}});
+  return grad;
+}
+
+// out [outer, n, inner] = the rows of src [outer, size, inner] (contiguous) that index (contiguous)
+// names, on either device. On a GPU the ids are checked by the kernel: returns the first bad one.
+template <class T>
+std::optional<std::int64_t> index_select_rows(const Tensor<T>& src, const Tensor<T>& out, std::int64_t outer,
+                                              std::int64_t size, std::int64_t inner,
+                                              const Tensor<std::int64_t>& index) {
+  if (src.device().is_cpu()) {
+    cpu::index_select_rows(src.data(), out.data(), outer, size, inner, index.data(), index.numel());
+    return std::nullopt;
+  }
+  if (index.numel() == 0) return std::nullopt;
+  const DeviceIndexCheck range(index);
+  run_device_kernel("index_select", "index_select_rows",
+                    {{tensor_arg(out), tensor_arg(src), tensor_arg(index), range.arg()}, {},
+                     {outer, size, inner, index.numel()}});
+  return range.bad_value();
 }
 
 // A contiguous tensor seen as [outer, shape[dim], inner]: the element counts before and after dim.
@@ -72,12 +176,9 @@ template <class T>
 Tensor<T> gather(const Tensor<T>& t, std::int64_t dim, const Tensor<std::int64_t>& index) {
   check_defined("gather", t, index);
   check_same_device("gather", t, index);
-  check_cpu("gather", t);
   const int d = detail::check_gather_shapes("gather", t, dim, index);
   const Tensor<std::int64_t> idx = contiguous(index.detach());
-  detail::check_index_range("gather", idx, d, t.shape());
-  Tensor<T> out(index.shape(), t.device());
-  cpu::gather(out, t.detach(), d, idx);
+  Tensor<T> out = detail::gather_values(t.detach(), d, idx, /*check=*/true);
   if constexpr (is_floating<T>) {
     if (autograd::needs_grad(t)) {
       autograd::record(out, "gather", [shape = t.shape(), d, idx](const Tensor<T>& g, const autograd::InputGrads& in) {
@@ -95,19 +196,25 @@ template <class T>
 Tensor<T> scatter_add(const Tensor<T>& t, std::int64_t dim, const Tensor<std::int64_t>& index, const Tensor<T>& src) {
   check_defined("scatter_add", t, index, src);
   check_same_device("scatter_add", t, index, src);
-  check_cpu("scatter_add", t);
   const int d = detail::check_gather_shapes("scatter_add", t, dim, index);
   check(src.shape() == index.shape(), "scatter_add", "src of shape ", src.shape(), " must have the index's shape ",
         index.shape());
   const Tensor<std::int64_t> idx = contiguous(index.detach());
-  detail::check_index_range("scatter_add", idx, d, t.shape());
   Tensor<T> out = clone(t.detach());
-  cpu::scatter_add(out, d, idx, src.detach());
+  if (t.device().is_cpu()) {
+    detail::check_index_range("scatter_add", idx, d, t.shape());
+    cpu::scatter_add(out, d, idx, src.detach());
+  } else if (idx.numel() > 0) {
+    const detail::DeviceIndexCheck range(idx);
+    run_device_kernel("scatter_add", "scatter_add",
+                      {{tensor_arg(out), tensor_arg(src.detach()), tensor_arg(idx), range.arg()}, {}, {d}});
+    if (const auto bad = range.bad_value()) detail::fail_index_range("scatter_add", *bad, d, t.shape());
+  }
   if constexpr (is_floating<T>) {
     if (autograd::needs_grad(t, src)) {
       autograd::record(out, "scatter_add", [d, idx](const Tensor<T>& g, const autograd::InputGrads& in) {
         if (in.needs(0)) in.add(0, g);
-        if (in.needs(1)) in.add(1, gather(g, d, idx));
+        if (in.needs(1)) in.add(1, detail::gather_values(g, d, idx, /*check=*/false));
       }, t, src);
     }
   }
@@ -120,27 +227,24 @@ template <class T>
 Tensor<T> index_select(const Tensor<T>& t, std::int64_t dim, const Tensor<std::int64_t>& index) {
   check_defined("index_select", t, index);
   check_same_device("index_select", t, index);
-  check_cpu("index_select", t);
   check(t.dim() >= 1, "index_select", "needs an input with at least one dim, got shape ", t.shape());
   const int d = normalize_dim("index_select", dim, t.shape().size());
   check(index.dim() == 1, "index_select", "index must be 1-D, got shape ", index.shape());
   const Tensor<std::int64_t> idx = contiguous(index.detach());
-  detail::check_index_range("index_select", idx, d, t.shape());
+  if (t.device().is_cpu()) detail::check_index_range("index_select", idx, d, t.shape());
   const Tensor<T> src = contiguous(t.detach());
   Shape shape = t.shape();
   const std::int64_t n = idx.numel(), size = shape[static_cast<std::size_t>(d)];
   shape[static_cast<std::size_t>(d)] = n;
   const std::int64_t outer = detail::outer_size(shape, d), inner = detail::inner_size(shape, d);
   Tensor<T> out(shape, t.device());
-  cpu::index_select_rows(src.data(), out.data(), outer, size, inner, idx.data(), n);
+  if (const auto bad = detail::index_select_rows(src, out, outer, size, inner, idx))
+    detail::fail_index_range("index_select", *bad, d, t.shape());
   if constexpr (is_floating<T>) {
     if (autograd::needs_grad(t)) {
       autograd::record(out, "index_select", [from = t.shape(), outer, size, inner, idx](
                                                 const Tensor<T>& g, const autograd::InputGrads& in) {
-        Tensor<T> grad = zeros<T>(from, g.device());
-        const Tensor<T> gc = contiguous(g);
-        cpu::index_add_rows(grad.data(), gc.data(), outer, size, inner, idx.data(), idx.numel());
-        in.add(0, grad);
+        in.add(0, detail::index_add_rows_into_zeros(from, contiguous(g), outer, size, inner, idx));
       }, t);
     }
   }

@@ -4,6 +4,8 @@
 // For one row x (C logits) with target t:  loss = -log_softmax(x)_t = logsumexp(x) - x_t, and
 // d loss / dx = softmax(x) - onehot(t). The fused op never materialises log_softmax: the forward
 // keeps only each row's max and log-sum (two doubles per row), the backward recomputes softmax.
+// CUDA: kernels/loss/cross_entropy.cuh ("cross_entropy", "cross_entropy_backward"); there the
+// target range check runs on the device and is read back once per call (a stream synchronisation).
 #pragma once
 
 #include <memory>
@@ -12,14 +14,61 @@
 #include "kiln/autograd/node.hpp"
 #include "kiln/backend/cpu/softmax.hpp"
 #include "kiln/ops/common.hpp"
+#include "kiln/core/dispatch.hpp"
 #include "kiln/ops/copy.hpp"
 #include "kiln/ops/factory.hpp"
+#include "kiln/ops/view.hpp"
 
 namespace kiln {
 
 // How a per-element loss is reduced: the mean over counted elements, their sum, or none (the
 // per-element losses, in the targets' shape).
 enum class Reduction { mean, sum, none };
+
+namespace detail {
+
+// cross_entropy on a device: the same contract as the CPU path below.
+template <class T>
+Tensor<T> cross_entropy_device(const char* op, const Tensor<T>& logits, const Tensor<std::int64_t>& targets,
+                               std::int64_t ignore_index, Reduction reduction, const Shape& row_shape) {
+  const Device dev = logits.device();
+  const std::int64_t classes = logits.shape().back();
+  // The kernels walk unit-stride rows of classes (any row starts).
+  const Tensor<T> x = logits.strides().back() == 1 || classes == 1 ? logits.detach() : contiguous(logits.detach());
+  const Tensor<std::int64_t> target = contiguous(targets);
+  const std::int64_t rows = target.numel();
+  const Tensor<double> stats({rows, 2}, dev);  // per row: max, log(sum(exp(x - max)))
+  const Tensor<double> counted(Shape{}, dev);   // rows not ignored (the mean's denominator)
+  const Tensor<double> loss_rows = reduction == Reduction::none ? Tensor<double>() : Tensor<double>({rows}, dev);
+  const Tensor<std::int64_t> first_bad = full<std::int64_t>({}, rows, dev);  // `rows`: none
+  Tensor<T> out = reduction == Reduction::none ? Tensor<T>(row_shape, dev) : Tensor<T>(Shape{}, dev);
+  run_device_kernel(op, "cross_entropy",
+                    {{tensor_arg(out), tensor_arg(stats), loss_rows.defined() ? tensor_arg(loss_rows) : TensorArg{},
+                      tensor_arg(counted), tensor_arg(first_bad), tensor_arg(x), tensor_arg(target)},
+                     {},
+                     {ignore_index, static_cast<std::int64_t>(reduction)}});
+  const std::int64_t bad = first_bad.item();  // synchronises: the range check's result
+  if (bad != rows)
+    fail(op, "target ", reshape(target, {rows}).at({bad}), " (at flat position ", bad, ") is out of range for ",
+         classes, " classes (logits of shape ", logits.shape(), ", ignore_index ", ignore_index, ")");
+
+  if (autograd::needs_grad(logits)) {
+    autograd::record(out, op, [x, target, ignore_index, reduction, stats, counted](const Tensor<T>& g,
+                                                                                   const autograd::InputGrads& in) {
+      Tensor<T> gx(x.shape(), x.device());
+      const Tensor<T> gc = contiguous(g);
+      run_device_kernel("cross_entropy backward", "cross_entropy_backward",
+                        {{tensor_arg(gx), tensor_arg(x), tensor_arg(target), tensor_arg(stats), tensor_arg(gc),
+                          tensor_arg(counted)},
+                         {},
+                         {ignore_index, static_cast<std::int64_t>(reduction)}});
+      in.add(0, gx);
+    }, logits);
+  }
+  return out;
+}
+
+}  // namespace detail
 
 // Cross-entropy of `logits` [..., C] (the class dim last) against class indices `targets` [...]:
 // the leading dims are flattened into rows. Rows whose target equals `ignore_index` contribute
@@ -32,11 +81,12 @@ Tensor<T> cross_entropy(const Tensor<T>& logits, const Tensor<std::int64_t>& tar
   const char* op = "cross_entropy";
   check_defined(op, logits, targets);
   check_same_device(op, logits, targets);
-  check_cpu(op, logits);
   check(logits.dim() >= 1, op, "logits must have a class dim, got shape ", logits.shape());
   const Shape row_shape(logits.shape().begin(), logits.shape().end() - 1);
   check(targets.shape() == row_shape, op, "logits of shape ", logits.shape(), " need targets of shape ", row_shape,
         ", got targets of shape ", targets.shape());
+  if (!logits.device().is_cpu())
+    return detail::cross_entropy_device(op, logits, targets, ignore_index, reduction, row_shape);
 
   const std::int64_t classes = logits.shape().back();
   const int class_dim = static_cast<int>(logits.dim()) - 1;
@@ -78,7 +128,6 @@ Tensor<T> cross_entropy(const Tensor<T>& logits, const Tensor<std::int64_t>& tar
   if (autograd::needs_grad(logits)) {
     autograd::record(out, op, [x = logits.detach(), target, ignore_index, reduction, counted,
                                saved](const Tensor<T>& g, const autograd::InputGrads& in) {
-      check_cpu("cross_entropy backward", g);
       // Each row's gradient is (softmax - onehot) times the derivative of the reduction.
       const std::vector<T> gv = g.to_vector();
       std::vector<double> scale(static_cast<std::size_t>(target.numel()));

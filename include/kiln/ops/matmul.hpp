@@ -7,13 +7,16 @@
 // Backward of C = A·B: dA = dC·Bᵀ, dB = Aᵀ·dC, each summed over the batch dims its operand was
 // broadcast along. bf16/fp16 operands are multiplied in float and rounded once at the end.
 // CPU kernel: backend/cpu/matmul.hpp (Eigen GEMM over kiln's memory, no copies for row-major or
-// transposed operands).
+// transposed operands). CUDA kernel: kernels/matmul/matmul.cuh (cuBLASLt, the same no-copy rule;
+// float32, float64, bfloat16 and float16; float32 in TF32 only after kiln::cuda::set_allow_tf32(true),
+// see backend/cuda/cublaslt.hpp). The backward is made of kiln ops, so it runs on the device too.
 #pragma once
 
 #include <algorithm>
 
 #include "kiln/autograd/node.hpp"
 #include "kiln/backend/cpu/matmul.hpp"
+#include "kiln/core/dispatch.hpp"
 #include "kiln/ops/common.hpp"
 #include "kiln/ops/copy.hpp"
 #include "kiln/ops/reduce.hpp"
@@ -73,9 +76,40 @@ Tensor<T> gemm_readable(const Tensor<T>& t) {
   return copy_as<T>("matmul", t);
 }
 
+// The product on a GPU (kernels/matmul/matmul.cuh): a and b are passed broadcast to the full batch
+// shape, with matrices the GEMM reads in place (row-major or transposed; others copied first).
+template <class T>
+Tensor<T> matmul_device(const Tensor<T>& a, const Tensor<T>& b, const MatmulShapes& s) {
+  constexpr bool supported = std::is_same_v<T, float> || std::is_same_v<T, double> || std::is_same_v<T, bf16> ||
+                             std::is_same_v<T, fp16>;
+  if constexpr (!supported) {
+    fail("matmul", "has no ", a.device(), " kernel for dtype ", dtype_of<T>, " (shapes ", a.shape(), " and ",
+         b.shape(), "); float32, float64, bfloat16 and float16 are supported");
+  } else {
+    Shape full = s.batch;
+    full.push_back(s.m);
+    full.push_back(s.n);
+    Tensor<T> out(full, a.device());
+    const Tensor<T> result = restride(out, out.offset(), s.out, contiguous_strides(s.out));
+    if (out.numel() == 0) return result;
+    const Tensor<T> a2 = gemm_readable(matmul_promote(a, true));
+    const Tensor<T> b2 = gemm_readable(matmul_promote(b, false));
+    Shape a_shape = s.batch, b_shape = s.batch;
+    a_shape.insert(a_shape.end(), {s.m, s.k});
+    b_shape.insert(b_shape.end(), {s.k, s.n});
+    run_device_kernel("matmul", "matmul",
+                      {{tensor_arg(out), tensor_arg(a2, a_shape, broadcast_strides(a2.shape(), a2.strides(), a_shape)),
+                        tensor_arg(b2, b_shape, broadcast_strides(b2.shape(), b2.strides(), b_shape))},
+                       {},
+                       {}});
+    return result;
+  }
+}
+
 // The product without recording a graph.
 template <class T>
 Tensor<T> matmul_kernel(const Tensor<T>& a, const Tensor<T>& b, const MatmulShapes& s) {
+  if (!a.device().is_cpu()) return matmul_device(a, b, s);
   if constexpr (is_low_precision<T>) {
     return copy_as<T>("matmul", matmul_kernel(copy_as<float>("matmul", a), copy_as<float>("matmul", b), s));
   } else {
@@ -121,7 +155,6 @@ Tensor<T> matmul(const Tensor<T>& a, const Tensor<T>& b) {
   static_assert(is_floating<T>, "kiln::matmul takes floating-point tensors");
   check_defined("matmul", a, b);
   check_same_device("matmul", a, b);
-  check_cpu("matmul", a);
   const detail::MatmulShapes s = detail::matmul_shapes(a.shape(), b.shape());
   Tensor<T> out = detail::matmul_kernel(a, b, s);
   if (!autograd::needs_grad(a, b)) return out;

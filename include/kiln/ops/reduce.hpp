@@ -1,11 +1,13 @@
 // Sum and mean over dims (keepdim or not), and sum_to: the reduction that undoes broadcasting
-// in backward passes. CPU kernel: backend/cpu/reduce.hpp.
+// in backward passes. CPU kernel: backend/cpu/reduce.hpp; CUDA kernel: kernels/reduce/reduce.cuh
+// (the "reduce" device kernel, shared with ops/reduce_max.hpp).
 #pragma once
 
 #include <vector>
 
 #include "kiln/autograd/node.hpp"
 #include "kiln/backend/cpu/reduce.hpp"
+#include "kiln/core/dispatch.hpp"
 #include "kiln/ops/common.hpp"
 #include "kiln/ops/view.hpp"
 
@@ -23,6 +25,17 @@ inline std::vector<bool> reduce_mask(const char* op, const Shape& shape, const s
     mask[static_cast<std::size_t>(nd)] = true;
   }
   return mask;
+}
+
+// What the "reduce" device kernel computes (KernelCall: tensors {values, indices, input}, either
+// output may be absent (null data); ints {ReduceKind, bit d set when dim d is reduced}).
+enum class ReduceKind : std::int64_t { sum, mean, max, min, argmax, argmin };
+
+inline std::int64_t mask_bits(const std::vector<bool>& mask) {
+  std::int64_t bits = 0;
+  for (std::size_t d = 0; d < mask.size(); ++d)
+    if (mask[d]) bits |= std::int64_t{1} << d;
+  return bits;
 }
 
 inline Shape reduced_shape(const Shape& shape, const std::vector<bool>& mask, bool keepdim) {
@@ -55,14 +68,19 @@ template <class T>
 Tensor<T> sum_or_mean(const char* op, const Tensor<T>& t, const std::vector<std::int64_t>& dims, bool keepdim,
                       bool mean) {
   check_defined(op, t);
-  check_cpu(op, t);
   const auto mask = reduce_mask(op, t.shape(), dims);
   Tensor<T> out(reduced_shape(t.shape(), mask, keepdim), t.device());
   std::int64_t count = 1;
   for (std::size_t d = 0; d < mask.size(); ++d)
     if (mask[d]) count *= t.shape()[d];
   if (mean) check(count > 0, op, "mean over an empty set of elements (shape ", t.shape(), ")");
-  cpu::reduce(t, mask, out, SumReducer<T>{mean});
+  if (t.device().is_cpu()) {
+    cpu::reduce(t, mask, out, SumReducer<T>{mean});
+  } else {
+    const auto kind = mean ? ReduceKind::mean : ReduceKind::sum;
+    run_device_kernel(op, "reduce", {{tensor_arg(out), TensorArg{}, tensor_arg(t)}, {},
+                                     {static_cast<std::int64_t>(kind), mask_bits(mask)}});
+  }
   if (autograd::needs_grad(t)) {
     autograd::record(out, op, [from = t.shape(), mask, mean, count](const Tensor<T>& g, const autograd::InputGrads& in) {
       Tensor<T> spread = expand_reduced(g, from, mask);

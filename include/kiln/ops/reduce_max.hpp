@@ -1,5 +1,7 @@
 // Max and min reductions: max/min along one dim (values and the index of the extremum), amax/amin
-// over several dims, argmax/argmin. CPU kernel: cpu::reduce (backend/cpu/reduce.hpp).
+// over several dims, argmax/argmin. CPU kernel: cpu::reduce (backend/cpu/reduce.hpp); CUDA: the
+// "reduce" kernel (kernels/reduce/reduce.cuh) and, for the backward passes, "scatter_along_dim"
+// and "extremum_hit" (kernels/reduce/max_backward.cuh).
 //
 // Gradients follow PyTorch: max/min along a dim send the whole gradient to the one index they
 // return (the first on ties); amax/amin, and max/min over the whole tensor, split it evenly among
@@ -22,6 +24,17 @@
 #include "kiln/ops/view.hpp"
 
 namespace kiln {
+
+namespace math {
+// 1 where an element equals the extremum (a NaN equals a NaN result), else 0: the elements that
+// share amax/amin's gradient. Shared by the CPU loop and the CUDA kernel.
+struct ExtremumHit {
+  template <class C>
+  KILN_HD C operator()(C x, C m) const {
+    return (x == m || (x != x && m != m)) ? C(1) : C(0);
+  }
+};
+}  // namespace math
 
 // What max(t, dim) and min(t, dim) return: the extreme values and their indices along dim.
 // Works with structured bindings: auto [values, indices] = max(x, 1);
@@ -116,22 +129,57 @@ Tensor<std::int64_t> arg_extremum_along(const char* op, const Tensor<T>& t, int 
   return idx;
 }
 
+// On a device: the values and their indices in one pass of the "reduce" kernel.
+template <bool IsMax, class T>
+MaxMinResult<T> max_min_along_device(const char* op, const Tensor<T>& t, int d) {
+  std::vector<bool> mask(t.shape().size(), false);
+  mask[static_cast<std::size_t>(d)] = true;
+  check_nonempty_reduction(op, t.shape(), mask);
+  MaxMinResult<T> r{Tensor<T>(without_dim(t.shape(), d), t.device()),
+                    Tensor<std::int64_t>(without_dim(t.shape(), d), t.device())};
+  const auto kind = IsMax ? ReduceKind::argmax : ReduceKind::argmin;
+  run_device_kernel(op, "reduce", {{tensor_arg(r.values), tensor_arg(r.indices), tensor_arg(t)}, {},
+                                   {static_cast<std::int64_t>(kind), mask_bits(mask)}});
+  return r;
+}
+
+// A tensor of t's shape without dim d (idx, g), seen with t's shape and stride 0 along d.
+template <class U>
+TensorArg along_dim_arg(const Tensor<U>& t, const Shape& full, int d) {
+  Strides strides = t.strides();
+  strides.insert(strides.begin() + d, 0);
+  return tensor_arg(t, full, strides);
+}
+
 template <bool IsMax, class T>
 MaxMinResult<T> max_min_along(const char* op, const Tensor<T>& t, std::int64_t dim, bool keepdim) {
   check_defined(op, t);
-  check_cpu(op, t);
   const int d = normalize_dim(op, dim, t.shape().size());
   if (t.dim() == 0)  // a scalar is its own extremum, at index 0
     return {clone(t), zeros<std::int64_t>({}, t.device())};
-  Tensor<std::int64_t> idx = arg_extremum_along<IsMax>(op, t, d);
-  Tensor<T> values(idx.shape(), t.device());
-  along_indices(t, d, idx, values, [](const T& src, T& dst) { dst = src; });
+  Tensor<std::int64_t> idx;
+  Tensor<T> values;
+  if (t.device().is_cpu()) {
+    idx = arg_extremum_along<IsMax>(op, t, d);
+    values = Tensor<T>(idx.shape(), t.device());
+    along_indices(t, d, idx, values, [](const T& src, T& dst) { dst = src; });
+  } else {
+    auto r = max_min_along_device<IsMax>(op, t, d);
+    idx = r.indices;
+    values = r.values;
+  }
   if (autograd::needs_grad(t)) {
     autograd::record(values, op, [from = t.shape(), d, idx](const Tensor<T>& g, const autograd::InputGrads& in) {
-      check_cpu("max/min backward", g);
-      Tensor<T> grad = zeros<T>(from, g.device());
-      along_indices(grad, d, idx, g, [](T& dst, const T& src) { dst = src; });
-      in.add(0, grad);
+      if (g.device().is_cpu()) {
+        Tensor<T> grad = zeros<T>(from, g.device());
+        along_indices(grad, d, idx, g, [](T& dst, const T& src) { dst = src; });
+        in.add(0, grad);
+      } else {
+        Tensor<T> grad(from, g.device());
+        run_device_kernel("max/min backward", "scatter_along_dim",
+                          {{tensor_arg(grad), along_dim_arg(idx, from, d), along_dim_arg(g, from, d)}, {}, {d}});
+        in.add(0, grad);
+      }
     }, t);
   }
   if (keepdim) {
@@ -145,7 +193,6 @@ MaxMinResult<T> max_min_along(const char* op, const Tensor<T>& t, std::int64_t d
 template <bool IsMax, class T>
 Tensor<T> amax_amin(const char* op, const Tensor<T>& t, const std::vector<std::int64_t>& dims, bool keepdim) {
   check_defined(op, t);
-  check_cpu(op, t);
   if (t.dim() == 0) {  // only dim 0 / -1 name the single element's (absent) dim
     for (auto dim : dims) normalize_dim(op, dim, 0);
     return clone(t);
@@ -153,18 +200,28 @@ Tensor<T> amax_amin(const char* op, const Tensor<T>& t, const std::vector<std::i
   const auto mask = reduce_mask(op, t.shape(), dims);
   check_nonempty_reduction(op, t.shape(), mask);
   Tensor<T> out(reduced_shape(t.shape(), mask, keepdim), t.device());
-  cpu::reduce(t, mask, out, ExtremumReducer<T, IsMax>{});
+  if (t.device().is_cpu()) {
+    cpu::reduce(t, mask, out, ExtremumReducer<T, IsMax>{});
+  } else {
+    const auto kind = IsMax ? ReduceKind::max : ReduceKind::min;
+    run_device_kernel(op, "reduce", {{tensor_arg(out), TensorArg{}, tensor_arg(t)}, {},
+                                     {static_cast<std::int64_t>(kind), mask_bits(mask)}});
+  }
   if (autograd::needs_grad(t)) {
     autograd::record(out, op, [x = t.detach(), y = out.detach(), mask](const Tensor<T>& g,
                                                                           const autograd::InputGrads& in) {
-      check_cpu("amax/amin backward", g);
       // Every element equal to the result (NaN counts as equal to a NaN result) gets g / count.
       const Shape kept = reduced_shape(x.shape(), mask, true);
       Tensor<T> hit(x.shape(), x.device());
-      cpu::map(hit, x, reshape(y, kept), [](const T& a, const T& b) {
-        const double u = static_cast<double>(a), v = static_cast<double>(b);
-        return convert<T>((u == v || (u != u && v != v)) ? 1.0 : 0.0);
-      });
+      if (x.device().is_cpu()) {
+        cpu::map(hit, x, reshape(y, kept), [](const T& a, const T& b) {
+          using C = compute_t<T>;
+          return convert<T>(math::ExtremumHit{}(static_cast<C>(a), static_cast<C>(b)));
+        });
+      } else {
+        run_device_kernel("amax/amin backward", "extremum_hit",
+                          {{tensor_arg(hit), tensor_arg(x), broadcast_arg(reshape(y, kept), x.shape())}, {}, {}});
+      }
       std::vector<std::int64_t> reduced_dims;
       for (std::size_t i = 0; i < mask.size(); ++i)
         if (mask[i]) reduced_dims.push_back(static_cast<std::int64_t>(i));
@@ -226,22 +283,32 @@ Tensor<std::int64_t> argmin(const Tensor<T>& t, std::int64_t dim, bool keepdim =
 template <class T>
 Tensor<std::int64_t> argmax(const Tensor<T>& t) {
   check_defined("argmax", t);
-  check_cpu("argmax", t);
   const std::vector<bool> mask(t.shape().size(), true);
   detail::check_nonempty_reduction("argmax", t.shape(), mask);
   Tensor<std::int64_t> idx(Shape{}, t.device());
-  cpu::reduce(t, mask, idx, detail::ArgExtremumReducer<T, true>{});
+  if (t.device().is_cpu()) {
+    cpu::reduce(t, mask, idx, detail::ArgExtremumReducer<T, true>{});
+  } else {
+    const auto kind = static_cast<std::int64_t>(detail::ReduceKind::argmax);
+    run_device_kernel("argmax", "reduce",
+                      {{TensorArg{}, tensor_arg(idx), tensor_arg(t)}, {}, {kind, detail::mask_bits(mask)}});
+  }
   return idx;
 }
 
 template <class T>
 Tensor<std::int64_t> argmin(const Tensor<T>& t) {
   check_defined("argmin", t);
-  check_cpu("argmin", t);
   const std::vector<bool> mask(t.shape().size(), true);
   detail::check_nonempty_reduction("argmin", t.shape(), mask);
   Tensor<std::int64_t> idx(Shape{}, t.device());
-  cpu::reduce(t, mask, idx, detail::ArgExtremumReducer<T, false>{});
+  if (t.device().is_cpu()) {
+    cpu::reduce(t, mask, idx, detail::ArgExtremumReducer<T, false>{});
+  } else {
+    const auto kind = static_cast<std::int64_t>(detail::ReduceKind::argmin);
+    run_device_kernel("argmin", "reduce",
+                      {{TensorArg{}, tensor_arg(idx), tensor_arg(t)}, {}, {kind, detail::mask_bits(mask)}});
+  }
   return idx;
 }
 

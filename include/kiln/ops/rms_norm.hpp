@@ -1,12 +1,13 @@
 // rms_norm: root-mean-square layer normalisation over the last dim, as in Llama and DeepSeek-V3:
 //   y = x / sqrt(mean(x^2, dim=-1) + eps) * weight
-// Fused forward and backward (the math is in backend/cpu/rms_norm.hpp).
+// Fused forward and backward (the math is in backend/cpu/rms_norm.hpp; CUDA: kernels/norm/rms_norm.cuh).
 #pragma once
 
 #include <cmath>
 
 #include "kiln/autograd/node.hpp"
 #include "kiln/backend/cpu/rms_norm.hpp"
+#include "kiln/core/dispatch.hpp"
 #include "kiln/ops/common.hpp"
 #include "kiln/ops/copy.hpp"
 
@@ -29,24 +30,40 @@ Tensor<T> rms_norm(const Tensor<T>& x, const Tensor<T>& weight = Tensor<T>(), do
     check(weight.dim() == 1 && weight.size(0) == D, "rms_norm", "weight of shape ", weight.shape(),
           " does not match x of shape ", x.shape(), " (expected [", D, "])");
   }
-  check_cpu("rms_norm", x);
   check(std::isfinite(eps) && eps >= 0.0, "rms_norm", "eps must be finite and >= 0, got ", eps);
 
   const Tensor<T> xc = contiguous(x.detach());
   const Tensor<T> wc = has_weight ? contiguous(weight.detach()) : Tensor<T>();
   const std::int64_t rows = x.numel() / D;
   Tensor<T> out(x.shape(), x.device());
-  Tensor<double> rstd({rows}, x.device());
-  cpu::rms_norm_forward(xc.data(), has_weight ? wc.data() : nullptr, out.data(), rstd.data(), rows, D, eps);
+  Tensor<double> rstd({rows}, x.device());  // 1 / sqrt(mean(x^2) + eps) per row, for the backward
+  if (x.device().is_cpu()) {
+    cpu::rms_norm_forward(xc.data(), has_weight ? wc.data() : nullptr, out.data(), rstd.data(), rows, D, eps);
+  } else {
+    check(D <= 0x7fffffff, "rms_norm", "rows of more than 2^31 - 1 elements are not supported on ", x.device(),
+          ", got shape ", x.shape());
+    // CUDA kernel (kernels/norm/rms_norm.cuh): tensors {y, rstd, x, w or none}, reals {eps}, ints {rows, D}.
+    run_device_kernel("rms_norm", "rms_norm_forward",
+                      {{tensor_arg(out), tensor_arg(rstd), tensor_arg(xc), has_weight ? tensor_arg(wc) : TensorArg{}},
+                       {eps},
+                       {rows, D}});
+  }
 
   if (autograd::needs_grad(x, weight)) {
     autograd::record(out, "rms_norm", [xc, wc, rstd, rows, D](const Tensor<T>& g, const autograd::InputGrads& in) {
-      check_cpu("rms_norm backward", g);
+      check_same_device("rms_norm backward", xc, g);
       const Tensor<T> gc = contiguous(g);
       Tensor<T> dx = in.needs(0) ? Tensor<T>(xc.shape(), xc.device()) : Tensor<T>();
       Tensor<T> dw = in.needs(1) ? Tensor<T>({D}, xc.device()) : Tensor<T>();
-      cpu::rms_norm_backward(xc.data(), wc.defined() ? wc.data() : nullptr, gc.data(), rstd.data(),
-                             dx.defined() ? dx.data() : nullptr, dw.defined() ? dw.data() : nullptr, rows, D);
+      if (xc.device().is_cpu()) {
+        cpu::rms_norm_backward(xc.data(), wc.defined() ? wc.data() : nullptr, gc.data(), rstd.data(),
+                               dx.defined() ? dx.data() : nullptr, dw.defined() ? dw.data() : nullptr, rows, D);
+      } else {
+        // tensors {dx, dw, x, w, g, rstd}; absent ones (not wanted, no weight) have null data.
+        auto arg = [](const Tensor<T>& t) { return t.defined() ? tensor_arg(t) : TensorArg{}; };
+        run_device_kernel("rms_norm backward", "rms_norm_backward",
+                          {{arg(dx), arg(dw), tensor_arg(xc), arg(wc), tensor_arg(gc), tensor_arg(rstd)}, {}, {rows, D}});
+      }
       if (dx.defined()) in.add(0, dx);
       if (dw.defined()) in.add(1, dw);
     }, x, weight);

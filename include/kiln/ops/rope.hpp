@@ -13,6 +13,9 @@
 //   RopeLayout::interleaved  (x[2i], x[2i + 1]): RoFormer, GPT-J and the DeepSeek-V3 reference code.
 // The two agree up to a fixed permutation of the feature dim; a checkpoint trained with one must be
 // run with the same one.
+//
+// CUDA tensors run kernels/rope/rope.cuh: the same tables (built on the device from the same
+// double-precision formula) and the same rotation arithmetic.
 #pragma once
 
 #include <cmath>
@@ -20,6 +23,7 @@
 
 #include "kiln/autograd/node.hpp"
 #include "kiln/backend/cpu/rope.hpp"
+#include "kiln/core/dispatch.hpp"
 #include "kiln/ops/common.hpp"
 #include "kiln/ops/copy.hpp"
 
@@ -46,7 +50,6 @@ std::int64_t rope_head_dim(const Tensor<T>& x) {
   check(x.dim() >= 3, "rope", "x must be [..., S, H, D] (at least 3 dims), got shape ", x.shape());
   const std::int64_t D = x.size(-1);
   check(D > 0 && D % 2 == 0, "rope", "the head dim D (last dim) must be even and positive, got shape ", x.shape());
-  check_cpu("rope", x);
   return D;
 }
 
@@ -62,14 +65,25 @@ bool rope_per_batch(const char* what, const Shape& lead, const Shape& lead_shown
   return true;
 }
 
+// The tables on positions' device. On a GPU (kernels/rope/rope.cuh) the same double-precision
+// formula runs in the kernel; a negative position gives NaN entries there instead of an error, as
+// checking would mean waiting for the device.
 template <class C>
 RopeTables<C> make_rope_tables(const char* op, const Tensor<std::int64_t>& positions, std::int64_t head_dim,
                                double theta) {
   check_defined(op, positions);
-  check_cpu(op, positions);
   check(head_dim > 0 && head_dim % 2 == 0, op, "the head dim must be even and positive, got ", head_dim);
   check(std::isfinite(theta) && theta > 0.0, op, "theta must be finite and positive, got ", theta);
   const std::int64_t half = head_dim / 2;
+  if (!positions.device().is_cpu()) {
+    Shape shape = positions.shape();
+    shape.push_back(half);
+    RopeTables<C> t{Tensor<C>(shape, positions.device()), Tensor<C>(shape, positions.device())};
+    // tensors {cos, sin, positions}; reals {theta}; ints {half, head_dim}.
+    run_device_kernel(op, "rope_tables",
+                      {{tensor_arg(t.cos), tensor_arg(t.sin), tensor_arg(contiguous(positions))}, {theta}, {half, head_dim}});
+    return t;
+  }
   std::vector<double> inv_freq(static_cast<std::size_t>(half));
   for (std::int64_t i = 0; i < half; ++i)
     inv_freq[static_cast<std::size_t>(i)] =
@@ -92,6 +106,24 @@ RopeTables<C> make_rope_tables(const char* op, const Tensor<std::int64_t>& posit
   return t;
 }
 
+// y = x rotated (inverse: by the negative angles); x, y, cos and sin contiguous, on one device.
+template <class T, class C>
+void rope_rotate(const Tensor<T>& x, Tensor<T>& y, const Tensor<C>& cos, const Tensor<C>& sin,
+                 const cpu::RopeShape& s, bool inverse) {
+  if (x.device().is_cpu()) {
+    cpu::rope_rotate(x.data(), y.data(), cos.data(), sin.data(), s, inverse);
+    return;
+  }
+  check(s.H * s.D <= 0x7fffffff, "rope", "rows of more than 2^31 - 1 elements are not supported on ", x.device(),
+        ", got shape ", x.shape());
+  // CUDA kernel (kernels/rope/rope.cuh): tensors {y, x, cos, sin}; ints {outer, S, H, D, per_batch,
+  // half_split, inverse}.
+  run_device_kernel("rope", "rope",
+                    {{tensor_arg(y), tensor_arg(x), tensor_arg(cos), tensor_arg(sin)},
+                     {},
+                     {s.outer, s.S, s.H, s.D, s.per_batch_tables ? 1 : 0, s.half_split ? 1 : 0, inverse ? 1 : 0}});
+}
+
 }  // namespace detail
 
 // Tables for integer positions (any shape; typically [S] or [B, S]) and head dim D.
@@ -107,8 +139,7 @@ Tensor<T> rope(const Tensor<T>& x, const RopeTables<compute_t<T>>& tables, RopeL
   using C = compute_t<T>;
   const std::int64_t D = detail::rope_head_dim(x);
   check_defined("rope", tables.cos, tables.sin);
-  check_cpu("rope", tables.cos);
-  check_cpu("rope", tables.sin);
+  check_same_device("rope", x, tables.cos, tables.sin);
   const Shape& ts = tables.cos.shape();
   check(tables.sin.shape() == ts && !ts.empty() && ts.back() == D / 2, "rope", "cos/sin tables of shapes ", ts,
         " and ", tables.sin.shape(), " do not fit x of shape ", x.shape(), " (expected [..., S, ", D / 2, "])");
@@ -126,14 +157,14 @@ Tensor<T> rope(const Tensor<T>& x, const RopeTables<compute_t<T>>& tables, RopeL
   const Tensor<C> sin = contiguous(tables.sin.detach());
   const Tensor<T> xc = contiguous(x.detach());
   Tensor<T> out(x.shape(), x.device());
-  cpu::rope_rotate(xc.data(), out.data(), cos.data(), sin.data(), s, false);
+  detail::rope_rotate(xc, out, cos, sin, s, false);
 
   if (autograd::needs_grad(x)) {
     autograd::record(out, "rope", [cos, sin, s](const Tensor<T>& g, const autograd::InputGrads& in) {
-      check_cpu("rope backward", g);
+      check_same_device("rope backward", cos, g);
       const Tensor<T> gc = contiguous(g);
       Tensor<T> dx(gc.shape(), gc.device());
-      cpu::rope_rotate(gc.data(), dx.data(), cos.data(), sin.data(), s, true);
+      detail::rope_rotate(gc, dx, cos, sin, s, true);
       in.add(0, dx);
     }, x);
   }
@@ -147,6 +178,7 @@ Tensor<T> rope(const Tensor<T>& x, const Tensor<std::int64_t>& positions, double
                RopeLayout layout = RopeLayout::half_split) {
   const std::int64_t D = detail::rope_head_dim(x);
   check_defined("rope", positions);
+  check_same_device("rope", x, positions);
   detail::rope_per_batch("positions", positions.shape(), positions.shape(), x);
   return rope(x, detail::make_rope_tables<compute_t<T>>("rope", positions, D, theta), layout);
 }

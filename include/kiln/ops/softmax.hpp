@@ -1,5 +1,5 @@
 // softmax and log_softmax along one dim (any dim, any input strides). CPU row kernels:
-// backend/cpu/softmax.hpp.
+// backend/cpu/softmax.hpp; CUDA: kernels/softmax/softmax.cuh ("softmax", "softmax_backward").
 //
 //   softmax(x)_i     = exp(x_i - m) / sum_j exp(x_j - m)        (m = max_j x_j: nothing overflows)
 //   log_softmax(x)_i = (x_i - m) - log(sum_j exp(x_j - m))
@@ -10,25 +10,48 @@
 
 #include "kiln/autograd/node.hpp"
 #include "kiln/backend/cpu/softmax.hpp"
+#include "kiln/core/dispatch.hpp"
 #include "kiln/ops/common.hpp"
+#include "kiln/ops/copy.hpp"
+#include "kiln/ops/view.hpp"
 
 namespace kiln {
 
 namespace detail {
 
+// The device kernels walk rows that are unit-stride, or rows of a contiguous tensor (a non-last
+// dim, coalesced across neighbouring rows); any other layout is copied contiguous first.
+template <class T>
+Tensor<T> device_rows_layout(const Tensor<T>& t, int d) {
+  if (t.is_contiguous() || t.dim() == 0 || t.shape()[static_cast<std::size_t>(d)] == 1 ||
+      t.strides()[static_cast<std::size_t>(d)] == 1)
+    return t;
+  return contiguous(t);
+}
+
 template <class T>
 Tensor<T> softmax_impl(const char* op, const Tensor<T>& x, std::int64_t dim, bool log) {
   check_defined(op, x);
-  check_cpu(op, x);
   const int d = normalize_dim(op, dim, x.shape().size());
   Tensor<T> y(x.shape(), x.device());
-  cpu::softmax_rows(x.data(), cpu::Rows(x, d), y.data(), cpu::Rows(y, d), log);
+  if (x.device().is_cpu()) {
+    cpu::softmax_rows(x.data(), cpu::Rows(x, d), y.data(), cpu::Rows(y, d), log);
+  } else {
+    const Tensor<T> xr = device_rows_layout(x.detach(), d);
+    run_device_kernel(op, "softmax", {{tensor_arg(y), tensor_arg(xr)}, {}, {d, log ? 1 : 0}});
+  }
   if (autograd::needs_grad(x)) {
     autograd::record(y, op, [y_saved = y.detach(), d, log](const Tensor<T>& g, const autograd::InputGrads& in) {
-      check_cpu(log ? "log_softmax backward" : "softmax backward", g);
       Tensor<T> gx(y_saved.shape(), y_saved.device());
-      cpu::softmax_backward_rows(g.data(), cpu::Rows(g, d), y_saved.data(), cpu::Rows(y_saved, d), gx.data(),
-                                 cpu::Rows(gx, d), log);
+      if (g.device().is_cpu()) {
+        cpu::softmax_backward_rows(g.data(), cpu::Rows(g, d), y_saved.data(), cpu::Rows(y_saved, d), gx.data(),
+                                   cpu::Rows(gx, d), log);
+      } else {
+        // y and gx are contiguous: g must share their layout (an upstream g may be expanded, from sum).
+        const Tensor<T> gc = contiguous(g);
+        run_device_kernel(log ? "log_softmax backward" : "softmax backward", "softmax_backward",
+                          {{tensor_arg(gx), tensor_arg(gc), tensor_arg(y_saved)}, {}, {d, log ? 1 : 0}});
+      }
       in.add(0, gx);
     }, x);
   }

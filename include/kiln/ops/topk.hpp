@@ -1,5 +1,6 @@
 // topk: the k largest (or smallest) entries along a dim and their positions. CPU kernel:
-// backend/cpu/topk.hpp.
+// backend/cpu/topk.hpp; CUDA kernels: kernels/indexing/topk.cuh (the same ranking, so the same
+// selection and order on both devices).
 //
 // The values are a selection of the input, so their gradient flows back to the chosen positions
 // only: a scatter of the output gradient into zeros (positions within a line are distinct).
@@ -8,10 +9,11 @@
 #include <cstdint>
 
 #include "kiln/autograd/node.hpp"
-#include "kiln/backend/cpu/gather.hpp"
 #include "kiln/backend/cpu/topk.hpp"
+#include "kiln/core/dispatch.hpp"
 #include "kiln/ops/common.hpp"
 #include "kiln/ops/factory.hpp"
+#include "kiln/ops/gather.hpp"
 
 namespace kiln {
 
@@ -27,7 +29,6 @@ struct TopK {
 template <class T>
 TopK<T> topk(const Tensor<T>& t, std::int64_t k, std::int64_t dim = -1, bool largest = true, bool sorted = true) {
   check_defined("topk", t);
-  check_cpu("topk", t);
   check(t.dim() >= 1, "topk", "needs an input with at least one dim, got shape ", t.shape());
   const int d = normalize_dim("topk", dim, t.shape().size());
   const std::int64_t size = t.shape()[static_cast<std::size_t>(d)];
@@ -36,14 +37,18 @@ TopK<T> topk(const Tensor<T>& t, std::int64_t k, std::int64_t dim = -1, bool lar
   Shape shape = t.shape();
   shape[static_cast<std::size_t>(d)] = k;
   TopK<T> out{Tensor<T>(shape, t.device()), Tensor<std::int64_t>(shape, t.device())};
-  cpu::topk(t.detach(), d, k, largest, sorted, out.values, out.indices);
+  if (t.device().is_cpu()) {
+    cpu::topk(t.detach(), d, k, largest, sorted, out.values, out.indices);
+  } else {
+    run_device_kernel("topk", "topk",
+                      {{tensor_arg(out.values), tensor_arg(out.indices), tensor_arg(t.detach())}, {},
+                       {d, k, largest ? 1 : 0, sorted ? 1 : 0}});
+  }
   if constexpr (is_floating<T>) {
     if (autograd::needs_grad(t)) {
       autograd::record(out.values, "topk", [from = t.shape(), d, idx = out.indices](const Tensor<T>& g,
                                                                                  const autograd::InputGrads& in) {
-        Tensor<T> grad = zeros<T>(from, g.device());
-        cpu::scatter_add(grad, d, idx, g);
-        in.add(0, grad);
+        in.add(0, detail::scatter_add_into_zeros(from, d, idx, g));
       }, t);
     }
   }

@@ -1,5 +1,6 @@
 // Elementwise unary ops: neg, exp, log, sqrt, rsqrt, abs, square, tanh, sigmoid, relu, silu,
-// gelu (exact erf form or tanh approximation) and clamp, each differentiable.
+// gelu (exact erf form or tanh approximation) and clamp, each differentiable; and swiglu(gate, up)
+// = silu(gate) * up, the gated activation of SwiGLU MLPs, fused forward and backward.
 //
 // Every op is one entry of UnaryOp with two scalar functors in kiln::math: the function (X) and
 // its backward, g * f'(.) (XGrad), both KILN_HD so the CPU loops and the CUDA kernels compute the
@@ -11,20 +12,26 @@
 // sigmoid: y(1 - y), sqrt: 1/(2y), rsqrt: -y^3/2, relu: y > 0), backward saves y instead of x.
 //
 // Device kernels (KernelCall, see core/dispatch.hpp):
-//   "unary"          tensors {out, x},        reals {lo, hi}, ints {UnaryOp}
-//   "unary_backward" tensors {dx, g, saved},  reals {lo, hi}, ints {UnaryOp}
-// with lo/hi the clamp bounds (infinite when absent; ignored by the other ops).
+//   "unary"           tensors {out, x},        reals {lo, hi}, ints {UnaryOp}
+//   "unary_backward"  tensors {dx, g, saved},  reals {lo, hi}, ints {UnaryOp}
+// with lo/hi the clamp bounds (infinite when absent; ignored by the other ops), and
+//   "swiglu"          tensors {out, gate, up}
+//   "swiglu_backward" tensors {d_gate, d_up, g, gate, up}
+// (all operands of one shape, any strides).
 #pragma once
 
 #include <cmath>
 #include <limits>
 #include <numbers>
 #include <optional>
+#include <utility>
 
 #include "kiln/autograd/node.hpp"
 #include "kiln/backend/cpu/elementwise.hpp"
+#include "kiln/backend/cpu/parallel.hpp"
 #include "kiln/core/dispatch.hpp"
 #include "kiln/ops/common.hpp"
+#include "kiln/ops/copy.hpp"
 
 namespace kiln {
 
@@ -146,6 +153,28 @@ struct ClampGrad {
   template <class C>
   KILN_HD C operator()(C dy, C x) const {
     return (static_cast<C>(lo) < x && x < static_cast<C>(hi)) ? dy : C(0);
+  }
+};
+
+// ---- SwiGLU: silu(gate) * up, and both partial derivatives in one evaluation ----
+// Evaluated as (gate * s) * up with s = sigmoid(gate): in float and double this is bit for bit
+// what silu(gate) followed by mul(., up) computes, only without the intermediate tensor.
+struct Swiglu {
+  template <class C>
+  KILN_HD C operator()(C gate, C up) const {
+    return gate * sigmoid_of(gate) * up;
+  }
+};
+template <class C>
+struct SwigluGrads {
+  C gate, up;
+};
+// d/dgate = dy * up * silu'(gate) = SiluGrad at (dy * up, gate); d/dup = dy * silu(gate).
+struct SwigluGrad {
+  template <class C>
+  KILN_HD SwigluGrads<C> operator()(C dy, C gate, C up) const {
+    const C s = sigmoid_of(gate);
+    return {dy * up * s * (C(1) + gate * (C(1) - s)), dy * (gate * s)};
   }
 };
 
@@ -322,5 +351,63 @@ template <class T> Tensor<T> clamp_min(const Tensor<T>& x, double lo) { return c
 template <class T> Tensor<T> clamp_max(const Tensor<T>& x, double hi) { return clamp(x, std::nullopt, hi); }
 
 template <class T> Tensor<T> operator-(const Tensor<T>& x) { return neg(x); }
+
+namespace detail {
+
+// dL/dgate and dL/dup of swiglu in one pass over g, gate and up (fresh contiguous tensors).
+template <class T>
+std::pair<Tensor<T>, Tensor<T>> swiglu_backward_kernel(const Tensor<T>& g, const Tensor<T>& gate, const Tensor<T>& up) {
+  check_same_device("swiglu", g, gate, up);
+  Tensor<T> d_gate(gate.shape(), gate.device()), d_up(gate.shape(), gate.device());
+  if (!gate.device().is_cpu()) {
+    run_device_kernel("swiglu", "swiglu_backward",
+                      {{tensor_arg(d_gate), tensor_arg(d_up), tensor_arg(g), tensor_arg(gate), tensor_arg(up)}, {}, {}});
+    return {d_gate, d_up};
+  }
+  // Two outputs: cpu::map writes one, so walk contiguous copies (no copy when already so).
+  const Tensor<T> gc = contiguous(g.detach()), xc = contiguous(gate.detach()), uc = contiguous(up.detach());
+  const T *pg = gc.data(), *px = xc.data(), *pu = uc.data();
+  T *pdx = d_gate.data(), *pdu = d_up.data();
+  using C = compute_t<T>;
+  cpu::parallel_for(gate.numel(), 16, [&](std::int64_t b, std::int64_t e) {
+    for (std::int64_t i = b; i < e; ++i) {
+      const auto d = math::SwigluGrad{}(static_cast<C>(pg[i]), static_cast<C>(px[i]), static_cast<C>(pu[i]));
+      pdx[i] = convert<T>(d.gate);
+      pdu[i] = convert<T>(d.up);
+    }
+  });
+  return {d_gate, d_up};
+}
+
+}  // namespace detail
+
+// SwiGLU's gate: silu(gate) * up, elementwise over two tensors of one shape (in a SwiGLU MLP,
+// the two projections of the same input). One pass forward and one pass backward, for both
+// gradients, instead of silu + mul and their two backward passes.
+template <class T>
+Tensor<T> swiglu(const Tensor<T>& gate, const Tensor<T>& up) {
+  static_assert(is_floating<T>, "kiln::swiglu needs a floating element type");
+  check_defined("swiglu", gate, up);
+  check_same_device("swiglu", gate, up);
+  check(gate.shape() == up.shape(), "swiglu", "gate of shape ", gate.shape(), " and up of shape ", up.shape(),
+        " must have the same shape");
+  Tensor<T> out(gate.shape(), gate.device());
+  if (!out.device().is_cpu()) {
+    run_device_kernel("swiglu", "swiglu", {{tensor_arg(out), tensor_arg(gate), tensor_arg(up)}, {}, {}});
+  } else {
+    using C = compute_t<T>;
+    cpu::map(out, gate, up,
+             [](const T& x, const T& u) { return convert<T>(math::Swiglu{}(static_cast<C>(x), static_cast<C>(u))); });
+  }
+  if (autograd::needs_grad(gate, up)) {
+    autograd::record(out, "swiglu", [gate = gate.detach(), up = up.detach()](const Tensor<T>& g,
+                                                                             const autograd::InputGrads& in) {
+      auto [d_gate, d_up] = detail::swiglu_backward_kernel(g, gate, up);
+      if (in.needs(0)) in.add(0, d_gate);
+      if (in.needs(1)) in.add(1, d_up);
+    }, gate, up);
+  }
+  return out;
+}
 
 }  // namespace kiln

@@ -166,8 +166,13 @@ Tensor<T> slice(const Tensor<T>& t, std::int64_t dim, std::int64_t start, std::i
     autograd::record(out, "slice", [from = t.shape(), d, start, end, step](const Tensor<T>& g,
                                                                             const autograd::InputGrads& in) {
       Tensor<T> full = zeros<T>(from, g.device());
-      check_cpu("slice backward", g);
-      cpu::map(slice(full, d, start, end, step), g, [](const T& x) { return x; });
+      const Tensor<T> part = slice(full, d, start, end, step);
+      if (g.device().is_cpu()) {
+        cpu::map(part, g, [](const T& x) { return x; });
+      } else {
+        // The "cast" kernel copies between any two layouts (same type: a plain strided copy).
+        run_device_kernel("slice backward", "cast", {{tensor_arg(part), tensor_arg(g)}, {}, {}});
+      }
       in.add(0, full);
     }, t);
   }

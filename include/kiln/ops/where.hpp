@@ -4,12 +4,17 @@
 // Backward: each output element came from exactly one input element, so the output gradient goes
 // to a where cond holds and to b elsewhere (zero for the other), then sums back over the dims
 // that input was broadcast along. Filled positions get no gradient.
+//
+// Device kernels (KernelCall, see core/dispatch.hpp):
+//   "where"       tensors {out, cond, a, b} (cond, a, b broadcast to out)
+//   "masked_fill" tensors {out, t, mask} (mask broadcast to out), reals {value, already rounded to T}
 #pragma once
 
 #include <algorithm>
 
 #include "kiln/autograd/node.hpp"
 #include "kiln/backend/cpu/elementwise.hpp"
+#include "kiln/core/dispatch.hpp"
 #include "kiln/ops/common.hpp"
 #include "kiln/ops/factory.hpp"
 #include "kiln/ops/reduce.hpp"
@@ -52,9 +57,13 @@ template <class T>
 Tensor<T> where(const Tensor<bool>& cond, const Tensor<T>& a, const Tensor<T>& b) {
   check_defined("where", cond, a, b);
   check_same_device("where", cond, a, b);
-  check_cpu("where", a);
   Tensor<T> out(detail::where_shape(cond.shape(), a.shape(), b.shape()), a.device());
-  cpu::map(out, cond, a, b, [](bool c, const T& x, const T& y) { return c ? x : y; });
+  if (out.device().is_cpu()) {
+    cpu::map(out, cond, a, b, [](bool c, const T& x, const T& y) { return c ? x : y; });
+  } else {
+    run_device_kernel("where", "where", {{tensor_arg(out), broadcast_arg(cond, out.shape()), broadcast_arg(a, out.shape()),
+                                          broadcast_arg(b, out.shape())}, {}, {}});
+  }
   if constexpr (is_floating<T>) {
     if (autograd::needs_grad(a, b)) {
       autograd::record(out, "where", [cond = cond.detach(), a_shape = a.shape(), b_shape = b.shape()](
@@ -86,12 +95,16 @@ template <class T>
 Tensor<T> masked_fill(const Tensor<T>& t, const Tensor<bool>& mask, double value) {
   check_defined("masked_fill", t, mask);
   check_same_device("masked_fill", t, mask);
-  check_cpu("masked_fill", t);
   check(detail::broadcasts_to(mask.shape(), t.shape()), "masked_fill", "mask of shape ", mask.shape(),
         " cannot be broadcast to the input's shape ", t.shape());
   Tensor<T> out(t.shape(), t.device());
   const T v = convert<T>(value);
-  cpu::map(out, t, mask, [v](const T& x, bool m) { return m ? v : x; });
+  if (out.device().is_cpu()) {
+    cpu::map(out, t, mask, [v](const T& x, bool m) { return m ? v : x; });
+  } else {
+    run_device_kernel("masked_fill", "masked_fill", {{tensor_arg(out), tensor_arg(t), broadcast_arg(mask, out.shape())},
+                                                     {static_cast<double>(v)}, {}});
+  }
   if constexpr (is_floating<T>) {
     if (autograd::needs_grad(t)) {
       autograd::record(out, "masked_fill", [mask = mask.detach()](const Tensor<T>& g, const autograd::InputGrads& in) {

@@ -1,0 +1,224 @@
+// Hugging Face config.json <-> nn::DeepseekV3Config / nn::LlamaConfig.
+//
+// Field names are exactly those of transformers' DeepseekV3Config and LlamaConfig, with
+// "architectures" ["DeepseekV3ForCausalLM"] / ["LlamaForCausalLM"] and "model_type"
+// "deepseek_v3" / "llama", so a kiln model directory opens with AutoModelForCausalLM and a
+// Hugging Face config builds a kiln model. Reading:
+//   - fields kiln does not use are ignored; fields that are absent keep the struct's defaults;
+//   - a field of the wrong JSON type, or a negative size, is an error naming the file and field;
+//   - null sets an optional field (q_lora_rank, head_dim, pad_token_id) to absent;
+//   - a *_token_id given as a list (Llama 3 lists several eos ids) takes the first;
+//   - a non-null "rope_scaling" is an error: kiln implements plain RoPE, and ignoring the
+//     scaling would build a different model without saying so;
+//   - a "model_type" of another model is an error.
+// kiln's own training options are written under keys prefixed "kiln_", which transformers keeps
+// as unknown attributes and otherwise ignores.
+#pragma once
+
+#include <cstdint>
+#include <limits>
+#include <optional>
+#include <string>
+#include <type_traits>
+
+#include "kiln/core/error.hpp"
+#include "kiln/io/file.hpp"
+#include "kiln/io/json.hpp"
+#include "kiln/nn/config.hpp"
+
+namespace kiln::io {
+
+// The names that identify each config in config.json.
+template <class Config>
+struct config_traits;
+
+template <>
+struct config_traits<nn::DeepseekV3Config> {
+  static constexpr const char* model_type = "deepseek_v3";
+  static constexpr const char* architecture = "DeepseekV3ForCausalLM";
+  // Calls f(json key, field) for every field, in the order config.json lists them. C is the
+  // config, const or not, so one table serves reading and writing.
+  template <class C, class F>
+  static void fields(C& c, F&& f) {
+    f("vocab_size", c.vocab_size);
+    f("hidden_size", c.hidden_size);
+    f("intermediate_size", c.intermediate_size);
+    f("moe_intermediate_size", c.moe_intermediate_size);
+    f("num_hidden_layers", c.num_hidden_layers);
+    f("num_nextn_predict_layers", c.num_nextn_predict_layers);
+    f("num_attention_heads", c.num_attention_heads);
+    f("num_key_value_heads", c.num_key_value_heads);
+    f("n_shared_experts", c.n_shared_experts);
+    f("n_routed_experts", c.n_routed_experts);
+    f("routed_scaling_factor", c.routed_scaling_factor);
+    f("kv_lora_rank", c.kv_lora_rank);
+    f("q_lora_rank", c.q_lora_rank);
+    f("qk_rope_head_dim", c.qk_rope_head_dim);
+    f("qk_nope_head_dim", c.qk_nope_head_dim);
+    f("v_head_dim", c.v_head_dim);
+    f("topk_method", c.topk_method);
+    f("n_group", c.n_group);
+    f("topk_group", c.topk_group);
+    f("num_experts_per_tok", c.num_experts_per_tok);
+    f("moe_layer_freq", c.moe_layer_freq);
+    f("first_k_dense_replace", c.first_k_dense_replace);
+    f("norm_topk_prob", c.norm_topk_prob);
+    f("scoring_func", c.scoring_func);
+    f("hidden_act", c.hidden_act);
+    f("max_position_embeddings", c.max_position_embeddings);
+    f("initializer_range", c.initializer_range);
+    f("rms_norm_eps", c.rms_norm_eps);
+    f("rope_theta", c.rope_theta);
+    f("tie_word_embeddings", c.tie_word_embeddings);
+    f("attention_bias", c.attention_bias);
+    f("bos_token_id", c.bos_token_id);
+    f("eos_token_id", c.eos_token_id);
+    f("pad_token_id", c.pad_token_id);
+    f("kiln_aux_loss_free_gamma", c.aux_loss_free_gamma);
+    f("kiln_seq_aux_loss_alpha", c.seq_aux_loss_alpha);
+    f("kiln_mtp_loss_weight", c.mtp_loss_weight);
+  }
+};
+
+template <>
+struct config_traits<nn::LlamaConfig> {
+  static constexpr const char* model_type = "llama";
+  static constexpr const char* architecture = "LlamaForCausalLM";
+  template <class C, class F>
+  static void fields(C& c, F&& f) {
+    f("vocab_size", c.vocab_size);
+    f("hidden_size", c.hidden_size);
+    f("intermediate_size", c.intermediate_size);
+    f("num_hidden_layers", c.num_hidden_layers);
+    f("num_attention_heads", c.num_attention_heads);
+    f("num_key_value_heads", c.num_key_value_heads);
+    f("head_dim", c.head_dim);
+    f("hidden_act", c.hidden_act);
+    f("max_position_embeddings", c.max_position_embeddings);
+    f("initializer_range", c.initializer_range);
+    f("rms_norm_eps", c.rms_norm_eps);
+    f("rope_theta", c.rope_theta);
+    f("tie_word_embeddings", c.tie_word_embeddings);
+    f("attention_bias", c.attention_bias);
+    f("mlp_bias", c.mlp_bias);
+    f("bos_token_id", c.bos_token_id);
+    f("eos_token_id", c.eos_token_id);
+    f("pad_token_id", c.pad_token_id);
+  }
+};
+
+namespace detail {
+
+inline bool is_token_id(const std::string& key) {
+  return key.size() > 9 && key.compare(key.size() - 9, 9, "_token_id") == 0;
+}
+
+template <class Json>
+std::int64_t config_int(const Json& v, const std::string& key, const std::string& source) {
+  if (is_token_id(key) && v.is_array() && !v.empty()) return config_int(v[0], key, source);
+  if (!v.is_number_integer())
+    fail("config", source, ": field '", key, "' must be an integer, got ", v.dump(), " (", v.type_name(), ")");
+  if (v.is_number_unsigned() && v.template get<std::uint64_t>() > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
+    fail("config", source, ": field '", key, "' value ", v.dump(), " does not fit in int64");
+  const auto x = v.template get<std::int64_t>();
+  if (x < 0 && !is_token_id(key)) fail("config", source, ": field '", key, "' must not be negative, got ", x);
+  return x;
+}
+
+template <class Json, class Field>
+void read_config_field(const Json& j, const std::string& key, Field& field, const std::string& source) {
+  auto it = j.find(key);
+  if (it == j.end()) return;
+  const Json& v = *it;
+  if constexpr (std::is_same_v<Field, std::int64_t>) {
+    field = config_int(v, key, source);
+  } else if constexpr (std::is_same_v<Field, std::optional<std::int64_t>>) {
+    field = v.is_null() ? std::nullopt : std::optional<std::int64_t>(config_int(v, key, source));
+  } else if constexpr (std::is_same_v<Field, double>) {
+    if (!v.is_number()) fail("config", source, ": field '", key, "' must be a number, got ", v.dump(), " (", v.type_name(), ")");
+    field = v.template get<double>();
+  } else if constexpr (std::is_same_v<Field, bool>) {
+    if (!v.is_boolean()) fail("config", source, ": field '", key, "' must be true or false, got ", v.dump(), " (", v.type_name(), ")");
+    field = v.template get<bool>();
+  } else if constexpr (std::is_same_v<Field, std::string>) {
+    if (!v.is_string()) fail("config", source, ": field '", key, "' must be a string, got ", v.dump(), " (", v.type_name(), ")");
+    field = v.template get<std::string>();
+  } else {
+    static_assert(sizeof(Field) == 0, "config field of an unsupported type");
+  }
+}
+
+}  // namespace detail
+
+// The config as config.json holds it (architectures and model_type first). torch_dtype, when
+// given ("float32", "bfloat16", ...), tells transformers the dtype of the weights.
+template <class Config>
+ordered_json config_to_json(const Config& config, const std::string& torch_dtype = "") {
+  using traits = config_traits<Config>;
+  ordered_json j;
+  j["architectures"] = {traits::architecture};
+  j["model_type"] = traits::model_type;
+  traits::fields(config, [&](const char* key, const auto& field) {
+    using Field = std::decay_t<decltype(field)>;
+    if constexpr (std::is_same_v<Field, std::optional<std::int64_t>>) {
+      j[key] = field ? ordered_json(*field) : ordered_json(nullptr);
+    } else {
+      j[key] = field;
+    }
+  });
+  if (!torch_dtype.empty()) j["torch_dtype"] = torch_dtype;
+  return j;
+}
+
+// Reads a config from parsed config.json (json or ordered_json); `source` names it in errors.
+template <class Config, class Json>
+Config config_from_json(const Json& j, const std::string& source = "config.json") {
+  using traits = config_traits<Config>;
+  if (!j.is_object()) fail("config", source, ": expected a JSON object, got ", j.type_name());
+  if (auto it = j.find("model_type"); it != j.end()) {
+    if (!it->is_string() || it->template get<std::string>() != traits::model_type)
+      fail("config", source, ": model_type is ", it->dump(), ", expected \"", traits::model_type, "\"");
+  } else if (auto arch = j.find("architectures"); arch != j.end() && arch->is_array()) {
+    bool found = false;
+    for (const auto& a : *arch) found = found || (a.is_string() && a.template get<std::string>() == traits::architecture);
+    if (!found) fail("config", source, ": architectures ", arch->dump(), " do not include \"", traits::architecture, "\"");
+  }
+  if (auto it = j.find("rope_scaling"); it != j.end() && !it->is_null())
+    fail("config", source, ": rope_scaling ", it->dump(), " is not supported (kiln implements plain RoPE)");
+  Config config;
+  traits::fields(config, [&](const char* key, auto& field) { detail::read_config_field(j, key, field, source); });
+  return config;
+}
+
+template <class Config>
+Config load_config(const std::string& path) {
+  const std::string text = read_text_file(path, "config");
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::exception& e) {
+    fail("config", path, ": not valid JSON: ", e.what());
+  }
+  return config_from_json<Config>(j, path);
+}
+
+// Writes config.json atomically (indented, like transformers' save_pretrained).
+template <class Config>
+void save_config(const std::string& path, const Config& config, const std::string& torch_dtype = "") {
+  write_file_atomically(path, config_to_json(config, torch_dtype).dump(2) + "\n", "config");
+}
+
+// The "model_type" of a config.json ("deepseek_v3", "llama", ...): which config to load it as.
+inline std::string config_model_type(const std::string& path) {
+  json j;
+  try {
+    j = json::parse(read_text_file(path, "config"));
+  } catch (const json::exception& e) {
+    fail("config", path, ": not valid JSON: ", e.what());
+  }
+  if (!j.is_object() || !j.contains("model_type") || !j["model_type"].is_string())
+    fail("config", path, ": has no \"model_type\" string");
+  return j["model_type"].get<std::string>();
+}
+
+}  // namespace kiln::io

@@ -1,0 +1,78 @@
+// Causal scaled-dot-product attention built from kiln ops, shared by Llama attention and MLA:
+//   P = softmax(scale · Q·Kᵀ + M),  out = P·V,   M[i, j] = -inf where key j lies after query i.
+// Queries are the last Sq of the Sk key positions (Sq = Sk for a full sequence, Sq < Sk when
+// earlier keys come from a cache), so query i sits at key index Sk - Sq + i and sees keys 0..that.
+// The mask compares indices, not rope positions: positions only rotate queries and keys.
+//
+// Also here: rope tables placed on the device of the tensors they rotate, built once per forward
+// pass and shared by every layer.
+#pragma once
+
+#include <cstdint>
+#include <limits>
+
+#include "kiln/ops/compare.hpp"
+#include "kiln/ops/copy.hpp"
+#include "kiln/ops/factory.hpp"
+#include "kiln/ops/matmul.hpp"
+#include "kiln/ops/rope.hpp"
+#include "kiln/ops/softmax.hpp"
+#include "kiln/ops/view.hpp"
+#include "kiln/ops/where.hpp"
+
+namespace kiln::nn {
+
+// [q_len, k_len], true where key j is in the future of query i (j > k_len - q_len + i).
+inline Tensor<bool> causal_mask(std::int64_t q_len, std::int64_t k_len, Device device = Device::cpu()) {
+  check(q_len >= 0 && q_len <= k_len, "causal_mask", "need 0 <= q_len <= k_len, got q_len ", q_len, ", k_len ",
+        k_len);
+  const auto k = static_cast<double>(k_len), q = static_cast<double>(q_len);
+  const Tensor<std::int64_t> keys = reshape(arange<std::int64_t>(0.0, k, 1.0, device), {1, k_len});
+  const Tensor<std::int64_t> queries = reshape(arange<std::int64_t>(k - q, k, 1.0, device), {q_len, 1});
+  return gt(keys, queries);
+}
+
+// softmax(scale · scores) over the last dim with future keys masked out; scores [..., Sq, Sk].
+// Every row keeps at least key 0, so no row is all -inf; masked entries get probability 0 and,
+// through masked_fill, no gradient.
+template <class T>
+Tensor<T> causal_softmax(const Tensor<T>& scores, double scale) {
+  check_defined("causal_softmax", scores);
+  check(scores.dim() >= 2, "causal_softmax", "scores must be [..., Sq, Sk], got shape ", scores.shape());
+  const Tensor<bool> mask = causal_mask(scores.size(-2), scores.size(-1), scores.device());
+  return softmax(masked_fill(mul(scores, scale), mask, -std::numeric_limits<double>::infinity()), -1);
+}
+
+// q [..., Sq, D], k [..., Sk, D], v [..., Sk, Dv] (leading dims broadcast, so a [B, Hkv, 1, Sk, D]
+// key serves a group of query heads [B, Hkv, G, Sq, D]) -> [..., Sq, Dv].
+template <class T>
+Tensor<T> causal_attention(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, double scale) {
+  check_defined("causal_attention", q, k, v);
+  check(q.dim() >= 2 && k.dim() >= 2 && v.dim() >= 2 && q.size(-1) == k.size(-1) && k.size(-2) == v.size(-2),
+        "causal_attention", "q, k, v of shapes ", q.shape(), ", ", k.shape(), ", ", v.shape(),
+        " do not fit [..., Sq, D], [..., Sk, D], [..., Sk, Dv]");
+  return matmul(causal_softmax(matmul(q, transpose(k, -1, -2)), scale), v);
+}
+
+// Rope cos/sin tables for `positions` ([S] or [B, S]) and head dim `dim`, built on `device` (the
+// device of the tensors they rotate; only the positions travel there), in compute_t<T>.
+template <class T>
+RopeTables<compute_t<T>> rope_tables_on(const Tensor<std::int64_t>& positions, std::int64_t dim, double theta,
+                                        Device device) {
+  check_defined("rope_tables", positions);
+  return rope_tables<compute_t<T>>(to(positions, device), dim, theta);
+}
+
+// Checks that positions fit a batch of B sequences of S tokens: [S] (shared) or [B, S].
+inline void check_positions(const char* op, const Tensor<std::int64_t>& positions, std::int64_t B, std::int64_t S) {
+  check_defined(op, positions);
+  check(positions.shape() == Shape{S} || positions.shape() == Shape{B, S}, op, "positions of shape ",
+        positions.shape(), " fit neither [S] nor [B, S] for a batch of shape [B, S] = [", B, ", ", S, "]");
+}
+
+// Positions first, first + 1, ..., first + n - 1 (a host tensor [n]).
+inline Tensor<std::int64_t> positions_from(std::int64_t first, std::int64_t n) {
+  return arange<std::int64_t>(static_cast<double>(first), static_cast<double>(first + n));
+}
+
+}  // namespace kiln::nn

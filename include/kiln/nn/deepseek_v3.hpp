@@ -1,0 +1,290 @@
+// DeepSeek-V3 decoder with Hugging Face DeepseekV3ForCausalLM's parameter names and semantics:
+//   h = embed_tokens(ids)
+//   per layer:  h = h + self_attn(input_layernorm(h))            (MLA, nn/mla.hpp)
+//               h = h + mlp(post_attention_layernorm(h))         (dense SwiGLU for the first
+//                   first_k_dense_replace layers and where layer % moe_layer_freq != 0, else MoE)
+//   logits = lm_head(norm(h))                  (lm_head = embed_tokens when tie_word_embeddings)
+// plus, for training, the MTP modules (nn/mtp.hpp) as model.layers.{num_hidden_layers + k} and
+// the balancing machinery of the MoE layers (nn/moe.hpp, nn/balance.hpp):
+//   loss = CE(logits, targets) + λ/D Σ_k CE_k (MTP) + Σ_layers L_bal (when α > 0)
+// The balance loss sums over every MoE layer, those of the MTP blocks included; update_balance()
+// applies the aux-loss-free bias rule to all of them.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "kiln/nn/attention.hpp"
+#include "kiln/nn/balance.hpp"
+#include "kiln/nn/config.hpp"
+#include "kiln/nn/linear.hpp"
+#include "kiln/nn/mla.hpp"
+#include "kiln/nn/module.hpp"
+#include "kiln/nn/moe.hpp"
+#include "kiln/nn/mtp.hpp"
+#include "kiln/ops/loss.hpp"
+
+namespace kiln::nn {
+
+// Whether layer `layer_idx` of this config uses an MoE mlp (HF's rule).
+inline bool is_moe_layer(const DeepseekV3Config& c, std::int64_t layer_idx) {
+  return c.n_routed_experts > 0 && layer_idx >= c.first_k_dense_replace && c.moe_layer_freq > 0 &&
+         layer_idx % c.moe_layer_freq == 0;
+}
+
+template <class T>
+struct DecoderOutput {
+  Tensor<T> hidden;        // [B, S, hidden]
+  Tensor<T> balance_loss;  // the MoE layers' sequence-wise balance loss; undefined when none
+};
+
+namespace detail {
+// a + b where either may be undefined (no term).
+template <class T>
+Tensor<T> add_terms(const Tensor<T>& a, const Tensor<T>& b) {
+  if (!a.defined()) return b;
+  if (!b.defined()) return a;
+  return add(a, b);
+}
+}  // namespace detail
+
+// One MLA cache per layer, for incremental decoding (the absorbed attention path).
+template <class T>
+struct DeepseekV3Cache {
+  std::vector<MLACache<T>> layers;
+  std::int64_t length() const { return layers.empty() ? 0 : layers.front().length(); }
+  void clear() { layers.clear(); }
+};
+
+template <class T>
+class DeepseekV3DecoderLayer : public Module<T> {
+ public:
+  using Tables = RopeTables<compute_t<T>>;
+
+  DeepseekV3DecoderLayer(const DeepseekV3Config& c, std::int64_t layer_index, Generator& gen)
+      : layer_idx(layer_index),
+        self_attn(c, gen),
+        dense_mlp(is_moe_layer(c, layer_index)
+                      ? nullptr
+                      : std::make_unique<SwiGLUMLP<T>>(c.hidden_size, c.intermediate_size, c.initializer_range, gen)),
+        moe(is_moe_layer(c, layer_index) ? std::make_unique<MoE<T>>(c, gen) : nullptr),
+        input_layernorm(c.hidden_size, c.rms_norm_eps),
+        post_attention_layernorm(c.hidden_size, c.rms_norm_eps),
+        rope_dim_(c.qk_rope_head_dim),
+        rope_theta_(c.rope_theta) {
+    check(c.hidden_act == "silu", "DeepseekV3DecoderLayer", "hidden_act \"", c.hidden_act,
+          "\" is not supported (only silu)");
+    this->register_module("self_attn", &self_attn);
+    if (moe) this->register_module("mlp", moe.get());
+    else this->register_module("mlp", dense_mlp.get());
+    this->register_module("input_layernorm", &input_layernorm);
+    this->register_module("post_attention_layernorm", &post_attention_layernorm);
+  }
+
+  // x [B, S, hidden] with rope tables for qk_rope_head_dim (shared by the layers of a forward).
+  // With a cache the attention takes the absorbed path and appends this call's latents.
+  DecoderOutput<T> forward_full(const Tensor<T>& x, const Tables& tables, MLACache<T>* cache = nullptr) {
+    const Tensor<T> a = add(x, cache ? self_attn.forward_absorbed(input_layernorm(x), tables, cache)
+                                     : self_attn.forward(input_layernorm(x), tables));
+    const Tensor<T> m = post_attention_layernorm(a);
+    if (!moe) return {add(a, (*dense_mlp)(m)), Tensor<T>()};
+    MoEOutput<T> y = moe->forward_full(m);
+    return {add(a, y.output), y.balance_loss};
+  }
+  // The same with positions [S] or [B, S].
+  DecoderOutput<T> forward_full(const Tensor<T>& x, const Tensor<std::int64_t>& positions) {
+    check_defined("DeepseekV3DecoderLayer", x);
+    return forward_full(x, rope_tables_on<T>(positions, rope_dim_, rope_theta_, x.device()));
+  }
+  Tensor<T> forward(const Tensor<T>& x, const Tensor<std::int64_t>& positions) {
+    return forward_full(x, positions).hidden;
+  }
+  Tensor<T> operator()(const Tensor<T>& x, const Tensor<std::int64_t>& positions) { return forward(x, positions); }
+
+  bool is_moe() const { return moe != nullptr; }
+
+  std::int64_t layer_idx;
+  MLA<T> self_attn;
+  std::unique_ptr<SwiGLUMLP<T>> dense_mlp;  // "mlp" of a dense layer
+  std::unique_ptr<MoE<T>> moe;              // "mlp" of an MoE layer
+  RMSNorm<T> input_layernorm, post_attention_layernorm;
+
+ private:
+  std::int64_t rope_dim_;
+  double rope_theta_;
+};
+
+template <class T>
+using DeepseekV3MTPLayer = MultiTokenPredictionLayer<T, DeepseekV3DecoderLayer<T>>;
+
+// The decoder stack without the output head ("model." in HF names), with the MTP modules.
+template <class T>
+class DeepseekV3Model : public Module<T> {
+ public:
+  DeepseekV3Model(const DeepseekV3Config& c, Generator& gen)
+      : config(c),
+        embed_tokens(c.vocab_size, c.hidden_size, c.initializer_range, gen),
+        norm(c.hidden_size, c.rms_norm_eps) {
+    check(c.num_hidden_layers >= 0 && c.num_nextn_predict_layers >= 0, "DeepseekV3Model",
+          "num_hidden_layers (", c.num_hidden_layers, ") and num_nextn_predict_layers (", c.num_nextn_predict_layers,
+          ") must not be negative");
+    this->register_module("embed_tokens", &embed_tokens);
+    for (std::int64_t i = 0; i < c.num_hidden_layers; ++i) {
+      layers.push_back(std::make_unique<DeepseekV3DecoderLayer<T>>(c, i, gen));
+      this->register_module("layers." + std::to_string(i), layers.back().get());
+    }
+    this->register_module("norm", &norm);
+    for (std::int64_t k = 0; k < c.num_nextn_predict_layers; ++k) {
+      const std::int64_t index = c.num_hidden_layers + k;
+      mtp_layers.push_back(std::make_unique<DeepseekV3MTPLayer<T>>(c, index, gen));
+      this->register_module("layers." + std::to_string(index), mtp_layers.back().get());
+    }
+  }
+
+  // ids [B, S], positions [S] or [B, S] -> the last layer's hidden states [B, S, hidden] BEFORE
+  // the final norm, and the summed balance loss of the MoE layers.
+  DecoderOutput<T> forward_full(const Tensor<std::int64_t>& ids, const Tensor<std::int64_t>& positions,
+                                DeepseekV3Cache<T>* cache = nullptr) {
+    check_defined("DeepseekV3Model", ids);
+    check(ids.dim() == 2, "DeepseekV3Model", "ids must be [B, S], got shape ", ids.shape());
+    check_positions("DeepseekV3Model", positions, ids.size(0), ids.size(1));
+    if (cache && cache->layers.empty()) cache->layers.resize(layers.size());
+    check(!cache || cache->layers.size() == layers.size(), "DeepseekV3Model", "cache holds ",
+          cache ? cache->layers.size() : 0, " layers, the model ", layers.size());
+    DecoderOutput<T> out{embed_tokens(ids), Tensor<T>()};
+    const auto tables = rope_tables_on<T>(positions, config.qk_rope_head_dim, config.rope_theta, out.hidden.device());
+    for (std::size_t i = 0; i < layers.size(); ++i) {
+      DecoderOutput<T> l = layers[i]->forward_full(out.hidden, tables, cache ? &cache->layers[i] : nullptr);
+      out.hidden = l.hidden;
+      out.balance_loss = detail::add_terms(out.balance_loss, l.balance_loss);
+    }
+    return out;
+  }
+  // The final hidden states after norm.
+  Tensor<T> forward(const Tensor<std::int64_t>& ids, const Tensor<std::int64_t>& positions,
+                    DeepseekV3Cache<T>* cache = nullptr) {
+    return norm(forward_full(ids, positions, cache).hidden);
+  }
+
+  DeepseekV3Config config;
+  Embedding<T> embed_tokens;
+  std::vector<std::unique_ptr<DeepseekV3DecoderLayer<T>>> layers;
+  RMSNorm<T> norm;
+  std::vector<std::unique_ptr<DeepseekV3MTPLayer<T>>> mtp_layers;  // model.layers.{L + k}
+};
+
+// What a training forward returns. Every loss is a scalar.
+template <class T>
+struct DeepseekV3Output {
+  Tensor<T> logits;        // [B, S, vocab]
+  Tensor<T> loss;          // main_loss + mtp_loss + balance_loss: what to back-propagate
+  Tensor<T> main_loss;     // next-token cross-entropy (mean over non-ignored targets)
+  Tensor<T> mtp_loss;      // λ/D Σ_k CE_k (0 without MTP modules or with λ = 0)
+  Tensor<T> balance_loss;  // Σ over MoE layers of the sequence-wise balance loss (0 when α = 0)
+  std::vector<Tensor<T>> mtp_depth_losses;  // CE_k per depth (before λ/D)
+};
+
+template <class T>
+class DeepseekV3ForCausalLM : public Module<T> {
+ public:
+  DeepseekV3ForCausalLM(const DeepseekV3Config& c, Generator& gen)
+      : model(c, gen),
+        lm_head(c.tie_word_embeddings ? nullptr
+                                      : std::make_unique<Linear<T>>(c.hidden_size, c.vocab_size, false,
+                                                                    c.initializer_range, gen)) {
+    this->register_module("model", &model);
+    if (lm_head) this->register_module("lm_head", lm_head.get());
+  }
+
+  // ids [B, S] -> logits [B, S, vocab] (positions 0..S-1; the MTP modules do not run).
+  Tensor<T> forward(const Tensor<std::int64_t>& ids) { return forward(ids, positions_from(0, seq_len(ids))); }
+  Tensor<T> operator()(const Tensor<std::int64_t>& ids) { return forward(ids); }
+  // Incremental decoding over the latent cache: ids [B, S] follow the cached tokens.
+  Tensor<T> forward(const Tensor<std::int64_t>& ids, DeepseekV3Cache<T>* cache) {
+    const std::int64_t past = cache ? cache->length() : 0;
+    return forward(ids, positions_from(past, seq_len(ids)), cache);
+  }
+  Tensor<T> forward(const Tensor<std::int64_t>& ids, const Tensor<std::int64_t>& positions,
+                    DeepseekV3Cache<T>* cache = nullptr) {
+    return head(model.forward(ids, positions, cache));
+  }
+
+  // Training forward: ids and next-token targets [B, S] (targets[:, i] follows ids[:, i];
+  // ignore_index marks positions to skip) -> logits and the loss pieces.
+  DeepseekV3Output<T> forward_with_loss(const Tensor<std::int64_t>& ids, const Tensor<std::int64_t>& targets,
+                                        std::int64_t ignore_index = -100) {
+    const std::int64_t S = seq_len(ids);
+    check_defined("DeepseekV3ForCausalLM", targets);
+    check(targets.shape() == ids.shape(), "DeepseekV3ForCausalLM", "targets of shape ", targets.shape(),
+          " do not match ids of shape ", ids.shape());
+    const DecoderOutput<T> main = model.forward_full(ids, positions_from(0, S));
+    DeepseekV3Output<T> out;
+    out.logits = head(model.norm(main.hidden));
+    out.main_loss = cross_entropy(out.logits, targets, ignore_index);
+    Tensor<T> balance = main.balance_loss;
+    const double lambda = model.config.mtp_loss_weight;
+    if (!model.mtp_layers.empty() && lambda != 0.0) {
+      MTPLoss<T> mtp = multi_token_prediction_loss<T>(
+          model.mtp_layers, main.hidden, ids, targets,
+          [this](const Tensor<std::int64_t>& t) { return model.embed_tokens(t); },
+          [this](const Tensor<T>& h) { return head(h); }, lambda, ignore_index);
+      out.mtp_loss = mtp.loss;
+      out.mtp_depth_losses = mtp.depths;
+      for (const auto& b : mtp.balance) balance = detail::add_terms(balance, b);
+    } else {
+      out.mtp_loss = zeros<T>({}, out.logits.device());
+    }
+    out.balance_loss = balance.defined() ? balance : zeros<T>({}, out.logits.device());
+    out.loss = add(add(out.main_loss, out.mtp_loss), out.balance_loss);
+    return out;
+  }
+
+  // hidden [..., hidden] -> logits (lm_head, or the embedding when tied).
+  Tensor<T> head(const Tensor<T>& h) const { return lm_head ? (*lm_head)(h) : linear(h, model.embed_tokens.weight); }
+
+  // Every MoE layer with its index in model.layers (MTP blocks included).
+  std::vector<std::pair<std::int64_t, MoE<T>*>> moe_layers() const {
+    std::vector<std::pair<std::int64_t, MoE<T>*>> out;
+    for (const auto& l : model.layers)
+      if (l->moe) out.emplace_back(l->layer_idx, l->moe.get());
+    for (const auto& l : model.mtp_layers)
+      if (l->moe) out.emplace_back(l->layer_idx, l->moe.get());
+    return out;
+  }
+
+  // The aux-loss-free rule for every MoE layer with the batch load counted since the last call
+  // (call after each optimizer step); γ = config.aux_loss_free_gamma (0 only resets the counts).
+  void update_balance() { update_balance(model.config.aux_loss_free_gamma); }
+  void update_balance(double gamma) {
+    for (auto& [index, moe] : moe_layers()) moe->update_bias(gamma);
+  }
+
+  // Per MoE layer: the load of the current batch (training forwards since the last
+  // update_balance) and its MaxVio.
+  std::vector<LayerLoad> load_stats() const {
+    std::vector<LayerLoad> out;
+    for (auto& [index, moe] : moe_layers()) out.push_back({index, moe->batch_load()});
+    return out;
+  }
+  // Per MoE layer: the load of the most recent forward (evaluation included).
+  std::vector<LayerLoad> last_load_stats() const {
+    std::vector<LayerLoad> out;
+    for (auto& [index, moe] : moe_layers()) out.push_back({index, moe->last_load()});
+    return out;
+  }
+
+  DeepseekV3Model<T> model;
+  std::unique_ptr<Linear<T>> lm_head;  // null when tie_word_embeddings
+
+ private:
+  static std::int64_t seq_len(const Tensor<std::int64_t>& ids) {
+    check_defined("DeepseekV3ForCausalLM", ids);
+    check(ids.dim() == 2, "DeepseekV3ForCausalLM", "ids must be [B, S], got shape ", ids.shape());
+    return ids.size(1);
+  }
+};
+
+}  // namespace kiln::nn

@@ -1,0 +1,229 @@
+// Multi-head Latent Attention (MLA), DeepSeek-V2/V3 (DeepSeek-V3 report §2.1.1), with Hugging
+// Face DeepseekV3Attention's parameter names and semantics.
+//
+// Per token x [hidden], with H heads, nope/rope/value head dims dn, dr, dv and latent rank r:
+//   q      = q_b_proj(q_a_layernorm(q_a_proj(x)))  (or q_proj(x) when q_lora_rank is absent)
+//            -> per head [dn + dr] = (q_nope, q_pe)
+//   kv_a   = kv_a_proj_with_mqa(x) -> [r + dr] = (compressed_kv, k_pe)
+//   c      = kv_a_layernorm(compressed_kv)          the latent that a decoder caches
+//   kv     = kv_b_proj(c) -> per head [dn + dv] = (k_nope, v)
+//   q_pe, k_pe rotated by rope; k_pe is ONE key shared by every head (decoupled rope)
+//   score  = (q_nope·k_nope + q_pe·k_pe) / sqrt(dn + dr), causal softmax over keys
+//   out    = o_proj(concat over heads of Σ_j p_j v_j)
+//
+// Rope layout: interleaved (pairs (x[2i], x[2i+1])). Hugging Face's modeling_deepseek views the
+// rope part as [dr/2, 2], transposes it (x[2i] to slot i, x[2i+1] to slot i + dr/2), then rotates
+// with rotate_half. Rotating the pairs (2i, 2i+1) in place gives the same numbers in the original
+// order; q_pe and k_pe get the same permutation, so every q_pe·k_pe, hence every logit, is the same:
+// HF DeepSeek-V3 checkpoints run unchanged.
+//
+// Not implemented: yarn rope scaling and its softmax mscale (config rope_scaling); the scale is
+// plain 1/sqrt(dn + dr). q_a_layernorm and kv_a_layernorm use eps 1e-6, as in HF (which builds them
+// with the default eps, not rms_norm_eps).
+//
+// Two equivalent paths (same function of the parameters, different cost):
+//   naive (forward): up-project every key and value with kv_b_proj, attend per head. Training.
+//   absorbed (forward_absorbed): with kv_b_proj.weight viewed as [H, dn + dv, r] = (W_UK; W_UV),
+//     q_nope·k_nope = q_nope·(W_UK c) = (q_nopeᵀ W_UK)·c, so the query moves into latent space,
+//     q_lat = q_nope W_UK [r], and scores read the latent c directly; likewise
+//     Σ_j p_j v_j = W_UV (Σ_j p_j c_j). Keys and values are never formed: a decoder caches only
+//     c [r] and the rotated k_pe [dr] per token (MLACache) — the point of MLA.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <memory>
+
+#include "kiln/nn/attention.hpp"
+#include "kiln/nn/config.hpp"
+#include "kiln/nn/linear.hpp"
+#include "kiln/ops/concat.hpp"
+
+namespace kiln::nn {
+
+// What the absorbed path caches per layer for incremental decoding: per token the normalised
+// latent c = kv_a_layernorm(compressed_kv) and the rotated shared rope key. Empty until the first
+// call; each forward_absorbed call with the cache appends its tokens.
+template <class T>
+struct MLACache {
+  Tensor<T> c_kv;    // [B, S, kv_lora_rank]
+  Tensor<T> k_rope;  // [B, S, qk_rope_head_dim]
+
+  std::int64_t length() const { return c_kv.defined() ? c_kv.size(1) : 0; }
+  void clear() { c_kv = k_rope = Tensor<T>(); }
+};
+
+template <class T>
+class MLA : public Module<T> {
+ public:
+  using Tables = RopeTables<compute_t<T>>;
+
+  MLA(const DeepseekV3Config& c, Generator& gen)
+      : num_heads(checked_heads(c)),
+        qk_nope_head_dim(c.qk_nope_head_dim),
+        qk_rope_head_dim(c.qk_rope_head_dim),
+        v_head_dim(c.v_head_dim),
+        kv_lora_rank(c.kv_lora_rank),
+        rope_theta(c.rope_theta),
+        softmax_scale(1.0 / std::sqrt(static_cast<double>(c.qk_nope_head_dim + c.qk_rope_head_dim))),
+        q_proj(c.q_lora_rank ? nullptr
+                             : std::make_unique<Linear<T>>(c.hidden_size, num_heads * q_head_dim(), false,
+                                                           c.initializer_range, gen)),
+        q_a_proj(c.q_lora_rank ? std::make_unique<Linear<T>>(c.hidden_size, *c.q_lora_rank, c.attention_bias,
+                                                             c.initializer_range, gen)
+                               : nullptr),
+        q_a_layernorm(c.q_lora_rank ? std::make_unique<RMSNorm<T>>(*c.q_lora_rank, 1e-6) : nullptr),
+        q_b_proj(c.q_lora_rank ? std::make_unique<Linear<T>>(*c.q_lora_rank, num_heads * q_head_dim(), false,
+                                                             c.initializer_range, gen)
+                               : nullptr),
+        kv_a_proj_with_mqa(c.hidden_size, c.kv_lora_rank + c.qk_rope_head_dim, c.attention_bias,
+                           c.initializer_range, gen),
+        kv_a_layernorm(c.kv_lora_rank, 1e-6),
+        kv_b_proj(c.kv_lora_rank, num_heads * (c.qk_nope_head_dim + c.v_head_dim), false, c.initializer_range, gen),
+        o_proj(num_heads * c.v_head_dim, c.hidden_size, c.attention_bias, c.initializer_range, gen) {
+    if (q_proj) {
+      this->register_module("q_proj", q_proj.get());
+    } else {
+      this->register_module("q_a_proj", q_a_proj.get());
+      this->register_module("q_a_layernorm", q_a_layernorm.get());
+      this->register_module("q_b_proj", q_b_proj.get());
+    }
+    this->register_module("kv_a_proj_with_mqa", &kv_a_proj_with_mqa);
+    this->register_module("kv_a_layernorm", &kv_a_layernorm);
+    this->register_module("kv_b_proj", &kv_b_proj);
+    this->register_module("o_proj", &o_proj);
+  }
+
+  // Naive path. x [B, S, hidden]; positions [S] or [B, S] (rope angles), default 0..S-1.
+  Tensor<T> forward(const Tensor<T>& x, const Tensor<std::int64_t>& positions) const {
+    return forward(x, tables_for(positions, x));
+  }
+  Tensor<T> forward(const Tensor<T>& x) const { return forward(x, positions_from(0, seq_len(x))); }
+  Tensor<T> operator()(const Tensor<T>& x, const Tensor<std::int64_t>& positions) const { return forward(x, positions); }
+
+  // Naive path with rope tables for qk_rope_head_dim built by the caller (shared across layers).
+  Tensor<T> forward(const Tensor<T>& x, const Tables& tables) const {
+    const Parts p = project(x, tables);
+    const std::int64_t B = p.B, S = p.S, H = num_heads;
+    const std::vector<Tensor<T>> kv =
+        split(reshape(kv_b_proj(p.c_kv), {B, S, H, qk_nope_head_dim + v_head_dim}),
+              std::vector<std::int64_t>{qk_nope_head_dim, v_head_dim}, -1);
+    const Tensor<T> k_nope = transpose(kv[0], 1, 2);  // [B, H, S, dn]
+    const Tensor<T> v = transpose(kv[1], 1, 2);       // [B, H, S, dv]
+    const Tensor<T> scores =
+        add(matmul(p.q_nope, transpose(k_nope, -1, -2)), shared_key_scores(p.q_pe, p.k_pe));
+    return output(matmul(causal_softmax(scores, softmax_scale), v));
+  }
+
+  // Absorbed path over the latent. Without a cache, the same function as forward(). With one, the
+  // new tokens' latents are appended to it and the queries attend over everything cached; positions
+  // are those of the new tokens (default: continuing after the cached ones).
+  Tensor<T> forward_absorbed(const Tensor<T>& x, const Tensor<std::int64_t>& positions,
+                             MLACache<T>* cache = nullptr) const {
+    return forward_absorbed(x, tables_for(positions, x), cache);
+  }
+  Tensor<T> forward_absorbed(const Tensor<T>& x, MLACache<T>* cache = nullptr) const {
+    const std::int64_t past = cache ? cache->length() : 0;
+    return forward_absorbed(x, positions_from(past, seq_len(x)), cache);
+  }
+
+  Tensor<T> forward_absorbed(const Tensor<T>& x, const Tables& tables, MLACache<T>* cache = nullptr) const {
+    const Parts p = project(x, tables);
+    const std::int64_t B = p.B, S = p.S, H = num_heads, r = kv_lora_rank;
+    Tensor<T> c_kv = p.c_kv, k_rope = p.k_pe;
+    if (cache) {
+      if (cache->length() > 0) {
+        check(cache->c_kv.size(0) == B && cache->c_kv.size(2) == r && cache->k_rope.size(2) == qk_rope_head_dim,
+              "MLA", "cache of shapes ", cache->c_kv.shape(), " and ", cache->k_rope.shape(),
+              " does not fit input of shape ", x.shape());
+        c_kv = cat(std::vector<Tensor<T>>{cache->c_kv, c_kv}, 1);
+        k_rope = cat(std::vector<Tensor<T>>{cache->k_rope, k_rope}, 1);
+      }
+      cache->c_kv = c_kv;
+      cache->k_rope = k_rope;
+    }
+    const std::int64_t Sk = c_kv.size(1);
+
+    const Tensor<T> w = reshape(kv_b_proj.weight, {H, qk_nope_head_dim + v_head_dim, r});
+    const Tensor<T> w_uk = narrow(w, 1, 0, qk_nope_head_dim);         // [H, dn, r]
+    const Tensor<T> w_uv = narrow(w, 1, qk_nope_head_dim, v_head_dim);  // [H, dv, r]
+    const Tensor<T> q_lat = matmul(p.q_nope, w_uk);                    // [B, H, S, r]
+    const Tensor<T> scores = add(shared_key_scores(q_lat, c_kv), shared_key_scores(p.q_pe, k_rope));
+    const Tensor<T> probs = causal_softmax(scores, softmax_scale);  // [B, H, S, Sk]
+    const Tensor<T> o_lat = reshape(matmul(reshape(probs, {B, H * S, Sk}), c_kv), {B, H, S, r});
+    return output(matmul(o_lat, transpose(w_uv, -1, -2)));  // [B, H, S, dv]
+  }
+
+  std::int64_t q_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
+
+  std::int64_t num_heads, qk_nope_head_dim, qk_rope_head_dim, v_head_dim, kv_lora_rank;
+  double rope_theta, softmax_scale;
+
+  std::unique_ptr<Linear<T>> q_proj;           // without q_lora_rank
+  std::unique_ptr<Linear<T>> q_a_proj;         // with q_lora_rank: hidden -> q_lora_rank
+  std::unique_ptr<RMSNorm<T>> q_a_layernorm;
+  std::unique_ptr<Linear<T>> q_b_proj;         // q_lora_rank -> H (dn + dr)
+  Linear<T> kv_a_proj_with_mqa;                // hidden -> kv_lora_rank + dr
+  RMSNorm<T> kv_a_layernorm;
+  Linear<T> kv_b_proj;                         // kv_lora_rank -> H (dn + dv)
+  Linear<T> o_proj;                            // H dv -> hidden
+
+ private:
+  // The projections both paths share: queries [B, H, S, dn] and rotated [B, H, S, dr], the
+  // normalised latent [B, S, r] and the rotated shared key [B, S, dr].
+  struct Parts {
+    std::int64_t B, S;
+    Tensor<T> q_nope, q_pe, c_kv, k_pe;
+  };
+
+  static std::int64_t checked_heads(const DeepseekV3Config& c) {
+    check(c.num_attention_heads > 0 && c.hidden_size > 0 && c.kv_lora_rank > 0 && c.qk_nope_head_dim > 0 &&
+              c.v_head_dim > 0 && (!c.q_lora_rank || *c.q_lora_rank > 0),
+          "MLA", "sizes must be positive (heads ", c.num_attention_heads, ", hidden ", c.hidden_size,
+          ", kv_lora_rank ", c.kv_lora_rank, ", qk_nope_head_dim ", c.qk_nope_head_dim, ", v_head_dim ",
+          c.v_head_dim, ")");
+    check(c.qk_rope_head_dim > 0 && c.qk_rope_head_dim % 2 == 0, "MLA",
+          "qk_rope_head_dim must be even and positive, got ", c.qk_rope_head_dim);
+    return c.num_attention_heads;
+  }
+
+  std::int64_t seq_len(const Tensor<T>& x) const {
+    check_defined("MLA", x);
+    check(x.dim() == 3 && x.size(2) == kv_a_proj_with_mqa.in_features, "MLA", "input of shape ", x.shape(),
+          " is not [B, S, hidden] with hidden = ", kv_a_proj_with_mqa.in_features);
+    return x.size(1);
+  }
+
+  Tables tables_for(const Tensor<std::int64_t>& positions, const Tensor<T>& x) const {
+    check_positions("MLA", positions, x.size(0), seq_len(x));
+    return rope_tables_on<T>(positions, qk_rope_head_dim, rope_theta, x.device());
+  }
+
+  Parts project(const Tensor<T>& x, const Tables& tables) const {
+    const std::int64_t S = seq_len(x), B = x.size(0), H = num_heads;
+    const Tensor<T> q_flat = q_proj ? (*q_proj)(x) : (*q_b_proj)((*q_a_layernorm)((*q_a_proj)(x)));
+    const std::vector<Tensor<T>> q = split(reshape(q_flat, {B, S, H, q_head_dim()}),
+                                           std::vector<std::int64_t>{qk_nope_head_dim, qk_rope_head_dim}, -1);
+    const Tensor<T> q_pe = rope(q[1], tables, RopeLayout::interleaved);  // rope wants [B, S, H, dr]
+
+    const std::vector<Tensor<T>> kv_a =
+        split(kv_a_proj_with_mqa(x), std::vector<std::int64_t>{kv_lora_rank, qk_rope_head_dim}, -1);
+    const Tensor<T> k_pe = squeeze(rope(unsqueeze(kv_a[1], 2), tables, RopeLayout::interleaved), 2);
+    return {B, S, transpose(q[0], 1, 2), transpose(q_pe, 1, 2), kv_a_layernorm(kv_a[0]), k_pe};
+  }
+
+  // q [B, H, Sq, d] against one key per position shared by all heads, k [B, Sk, d] ->
+  // scores [B, H, Sq, Sk]. The heads fold into the rows of one product per batch entry.
+  static Tensor<T> shared_key_scores(const Tensor<T>& q, const Tensor<T>& k) {
+    const std::int64_t B = q.size(0), H = q.size(1), Sq = q.size(2), d = q.size(3), Sk = k.size(1);
+    return reshape(matmul(reshape(q, {B, H * Sq, d}), transpose(k, 1, 2)), {B, H, Sq, Sk});
+  }
+
+  // Per-head outputs [B, H, S, dv] -> heads concatenated per token -> o_proj.
+  Tensor<T> output(const Tensor<T>& o) const {
+    const std::int64_t B = o.size(0), S = o.size(2);
+    return o_proj(reshape(transpose(o, 1, 2), {B, S, num_heads * v_head_dim}));
+  }
+};
+
+}  // namespace kiln::nn

@@ -1,0 +1,242 @@
+// DeepSeek-V3 Mixture-of-Experts layer (DeepSeek-V3 report §2.1.2; the "noaux_tc" MoEGate of the
+// Hugging Face DeepseekV3 model), built from kiln ops so that it is differentiable and runs
+// wherever the ops run.
+//
+// Routing, for a token x with N_r routed experts split into n_group groups:
+//   s_i      = sigmoid(x · g_i)                   affinity to expert i (g_i = gate.weight row i)
+//   c_i      = s_i + b_i                          choice score (b = e_score_correction_bias, a buffer)
+//   group score = sum of the two largest c_i of the group; keep the topk_group best groups
+//   chosen   = the num_experts_per_tok (K) experts of largest c_i within the kept groups
+//   gate_k   = s_k / Σ_{j chosen} s_j · routed_scaling_factor    (normalised only if
+//              norm_topk_prob and K > 1, as in the Hugging Face model)
+//   y        = Σ_{k chosen} gate_k · expert_k(x) + shared_experts(x)
+// The bias only decides which experts run; the gates, and so the gradients, use the unbiased s.
+// Masked experts get choice score −∞ (the Hugging Face code writes 0 instead, which differs only
+// when a kept expert's choice score is negative, i.e. for biases below −1).
+//
+// Dispatch (no token is dropped): the N·K (token, expert) routes are sorted by expert on the
+// host; the tokens are gathered in that order (index_select), each expert runs once on its
+// contiguous slice, and the outputs are gathered back into slot order [N, K, hidden] (another
+// index_select: a permutation, since every token has exactly K routes) and summed with the gates.
+// Gradients reach the expert weights through the experts, the gate weight through the gates, and
+// x through both; the choice itself is piecewise constant.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kiln/autograd/grad_mode.hpp"
+#include "kiln/nn/balance.hpp"
+#include "kiln/nn/config.hpp"
+#include "kiln/nn/linear.hpp"
+#include "kiln/nn/module.hpp"
+#include "kiln/ops/binary.hpp"
+#include "kiln/ops/compare.hpp"
+#include "kiln/ops/concat.hpp"
+#include "kiln/ops/factory.hpp"
+#include "kiln/ops/gather.hpp"
+#include "kiln/ops/matmul.hpp"
+#include "kiln/ops/reduce.hpp"
+#include "kiln/ops/topk.hpp"
+#include "kiln/ops/unary.hpp"
+#include "kiln/ops/view.hpp"
+#include "kiln/ops/where.hpp"
+
+namespace kiln::nn {
+
+// What the router decides for N tokens.
+template <class T>
+struct Routing {
+  Tensor<std::int64_t> experts;  // [N, K] chosen experts, best choice score first
+  Tensor<T> gates;               // [N, K] their gates (differentiable)
+  Tensor<T> scores;              // [N, N_r] the sigmoid affinities s (differentiable)
+};
+
+// The router: `weight` [n_routed_experts, hidden] and the balancing bias (a buffer).
+template <class T>
+class MoEGate : public Module<T> {
+ public:
+  Tensor<T> weight;                   // [n_routed_experts, hidden_size]
+  Tensor<T> e_score_correction_bias;  // [n_routed_experts], buffer: changed only by the balancing rule
+
+  MoEGate(const DeepseekV3Config& c, Generator& gen)
+      : experts_(c.n_routed_experts),
+        top_k_(c.num_experts_per_tok),
+        n_group_(c.n_group),
+        topk_group_(c.topk_group),
+        norm_topk_prob_(c.norm_topk_prob),
+        scaling_(c.routed_scaling_factor) {
+    const char* op = "MoEGate";
+    check(c.topk_method == "noaux_tc", op, "only topk_method \"noaux_tc\" is implemented, got \"", c.topk_method, "\"");
+    check(c.scoring_func == "sigmoid", op, "only scoring_func \"sigmoid\" is implemented, got \"", c.scoring_func,
+          "\"");
+    check(experts_ > 0 && n_group_ > 0 && experts_ % n_group_ == 0, op, "n_routed_experts = ", experts_,
+          " must be a positive multiple of n_group = ", n_group_);
+    check(topk_group_ >= 1 && topk_group_ <= n_group_, op, "topk_group = ", topk_group_, " must lie in [1, n_group = ",
+          n_group_, "]");
+    check(top_k_ >= 1 && top_k_ <= topk_group_ * (experts_ / n_group_), op, "num_experts_per_tok = ", top_k_,
+          " must lie in [1, ", topk_group_ * (experts_ / n_group_), "] (the experts of topk_group = ", topk_group_,
+          " groups)");
+    weight = randn<T>({experts_, c.hidden_size}, 0.0, c.initializer_range, Device::cpu(), gen);
+    e_score_correction_bias = zeros<T>({experts_});
+    this->register_parameter("weight", &weight);
+    this->register_buffer("e_score_correction_bias", &e_score_correction_bias);
+  }
+
+  // x [N, hidden] -> the routing of each token.
+  Routing<T> forward(const Tensor<T>& x) const {
+    check_defined("MoEGate", x);
+    check(x.dim() == 2 && x.shape()[1] == weight.shape()[1], "MoEGate", "needs x [N, ", weight.shape()[1],
+          "], got shape ", x.shape());
+    const std::int64_t n = x.shape()[0];
+    const Tensor<T> scores = sigmoid(matmul(x, transpose(weight, 0, 1)));  // [N, E]
+
+    Tensor<std::int64_t> chosen;
+    {
+      NoGradGuard no_grad;  // the choice is piecewise constant: no graph
+      Tensor<T> choice = add(scores.detach(), e_score_correction_bias.detach());
+      if (topk_group_ < n_group_) {
+        const std::int64_t per_group = experts_ / n_group_;
+        const Tensor<T> grouped = reshape(choice, {n, n_group_, per_group});
+        const Tensor<T> group_scores = sum(topk(grouped, std::min<std::int64_t>(2, per_group), -1).values, {-1});
+        const Tensor<std::int64_t> kept = topk(group_scores, topk_group_, -1).indices;  // [N, topk_group]
+        const Tensor<T> kept_marks =
+            scatter_add(zeros<T>({n, n_group_}, x.device()), 1, kept, ones<T>({n, topk_group_}, x.device()));
+        const Tensor<bool> dropped = unsqueeze(eq(kept_marks, 0.0), 2);  // [N, n_group, 1]
+        choice = reshape(masked_fill(grouped, dropped, -std::numeric_limits<double>::infinity()), {n, experts_});
+      }
+      chosen = topk(choice, top_k_, -1).indices;  // [N, K]
+    }
+
+    Tensor<T> gates = gather(scores, 1, chosen);
+    if (norm_topk_prob_ && top_k_ > 1) gates = div(gates, add(sum(gates, {-1}, true), 1e-20));
+    gates = mul(gates, scaling_);
+    return {chosen, gates, scores};
+  }
+  Routing<T> operator()(const Tensor<T>& x) const { return forward(x); }
+
+  std::int64_t experts() const { return experts_; }
+  std::int64_t top_k() const { return top_k_; }
+
+ private:
+  std::int64_t experts_, top_k_, n_group_, topk_group_;
+  bool norm_topk_prob_;
+  double scaling_;
+};
+
+template <class T>
+struct MoEOutput {
+  Tensor<T> output;        // x's shape
+  Tensor<T> balance_loss;  // the sequence-wise balance loss (scalar); undefined when α = 0
+};
+
+// mlp of a DeepSeek-V3 MoE layer: gate, experts.N (SwiGLU, moe_intermediate_size) and
+// shared_experts (one SwiGLU of moe_intermediate_size · n_shared_experts; absent when 0).
+template <class T>
+class MoE : public Module<T> {
+ public:
+  MoEGate<T> gate;
+  std::vector<std::unique_ptr<SwiGLUMLP<T>>> experts;
+  std::unique_ptr<SwiGLUMLP<T>> shared_experts;
+
+  MoE(const DeepseekV3Config& c, Generator& gen)
+      : gate(c, gen), alpha_(c.seq_aux_loss_alpha), batch_load_(c.n_routed_experts), last_load_(c.n_routed_experts) {
+    this->register_module("gate", &gate);
+    for (std::int64_t i = 0; i < c.n_routed_experts; ++i) {
+      experts.push_back(
+          std::make_unique<SwiGLUMLP<T>>(c.hidden_size, c.moe_intermediate_size, c.initializer_range, gen));
+      this->register_module("experts." + std::to_string(i), experts.back().get());
+    }
+    if (c.n_shared_experts > 0) {
+      shared_experts = std::make_unique<SwiGLUMLP<T>>(c.hidden_size, c.moe_intermediate_size * c.n_shared_experts,
+                                                      c.initializer_range, gen);
+      this->register_module("shared_experts", shared_experts.get());
+    }
+  }
+
+  // x [..., S, hidden] (the second-last dim is the sequence for the balance loss; a 2-D x is one
+  // sequence) -> the layer output and, when α > 0, the sequence-wise balance loss.
+  MoEOutput<T> forward_full(const Tensor<T>& x) {
+    const char* op = "MoE";
+    check_defined(op, x);
+    const std::int64_t hidden = gate.weight.shape()[1];
+    check(x.dim() >= 2 && x.shape().back() == hidden, op, "needs x [..., S, ", hidden, "], got shape ", x.shape());
+    const std::int64_t n = x.numel() / hidden, k = gate.top_k(), e = gate.experts();
+    check(n > 0, op, "needs at least one token, got shape ", x.shape());
+    const Tensor<T> flat = reshape(x, {n, hidden});
+    const Routing<T> r = gate(flat);
+
+    // Sort the N·K routes (slot n·K + k = token n's k-th choice) by expert, stably, on the host:
+    // sorted position p holds token tokens[p]; slot s sits at sorted position position[s].
+    const std::vector<std::int64_t> chosen = r.experts.to_vector();
+    ExpertLoad load(e);
+    load.add_routes(chosen);
+    std::vector<std::int64_t> start(static_cast<std::size_t>(e) + 1, 0);
+    for (std::size_t i = 0; i < static_cast<std::size_t>(e); ++i) start[i + 1] = start[i] + load.counts[i];
+    std::vector<std::int64_t> tokens(chosen.size()), position(chosen.size());
+    {
+      std::vector<std::int64_t> next(start.begin(), start.end() - 1);
+      for (std::size_t s = 0; s < chosen.size(); ++s) {
+        const std::int64_t p = next[static_cast<std::size_t>(chosen[s])]++;
+        tokens[static_cast<std::size_t>(p)] = static_cast<std::int64_t>(s) / k;
+        position[s] = p;
+      }
+    }
+    const std::int64_t routes = n * k;
+    const auto token_index = Tensor<std::int64_t>::from_vector(tokens, {routes}, x.device());
+    const auto position_index = Tensor<std::int64_t>::from_vector(position, {routes}, x.device());
+
+    // Each expert runs once on its contiguous slice of the sorted tokens.
+    const Tensor<T> gathered = index_select(flat, 0, token_index);  // [N·K, hidden]
+    std::vector<Tensor<T>> outputs;
+    for (std::size_t i = 0; i < static_cast<std::size_t>(e); ++i) {
+      if (load.counts[i] == 0) continue;
+      outputs.push_back((*experts[i])(narrow(gathered, 0, start[i], load.counts[i])));
+    }
+    // Back to slot order (every token has exactly K slots: nothing is dropped), then the
+    // gate-weighted sum over each token's K slots.
+    const Tensor<T> per_slot = reshape(index_select(cat(outputs, 0), 0, position_index), {n, k, hidden});
+    Tensor<T> y = sum(mul(per_slot, unsqueeze(r.gates, 2)), {1});
+    if (shared_experts) y = add(y, (*shared_experts)(flat));
+
+    last_load_ = load;
+    if (autograd::grad_enabled()) batch_load_.add(load);
+
+    MoEOutput<T> out{reshape(y, x.shape()), Tensor<T>()};
+    if (alpha_ != 0.0) {
+      const std::int64_t s = x.shape()[x.shape().size() - 2];
+      const std::int64_t b = n / s;
+      out.balance_loss = sequence_balance_loss(reshape(r.scores, {b, s, e}), reshape(r.experts, {b, s, k}), alpha_);
+    }
+    return out;
+  }
+  Tensor<T> forward(const Tensor<T>& x) { return forward_full(x).output; }
+  Tensor<T> operator()(const Tensor<T>& x) { return forward(x); }
+
+  // Routes per expert accumulated over the forwards run with gradients enabled (training) since
+  // the last update_bias / reset_load: the whole batch's load, gradient accumulation included.
+  // Forwards under NoGradGuard (evaluation, generation) are not counted here.
+  const ExpertLoad& batch_load() const { return batch_load_; }
+  // Routes per expert of the most recent forward, whatever the grad mode.
+  const ExpertLoad& last_load() const { return last_load_; }
+  void reset_load() { batch_load_.reset(); }
+
+  // The aux-loss-free rule with the batch load, then starts a new batch.
+  void update_bias(double gamma) {
+    update_routing_bias(gate.e_score_correction_bias, batch_load_, gamma);
+    batch_load_.reset();
+  }
+
+  double seq_aux_loss_alpha() const { return alpha_; }
+  void set_seq_aux_loss_alpha(double alpha) { alpha_ = alpha; }
+
+ private:
+  double alpha_;
+  ExpertLoad batch_load_, last_load_;
+};
+
+}  // namespace kiln::nn

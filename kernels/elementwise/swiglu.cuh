@@ -1,0 +1,96 @@
+// CUDA entries for the fused SwiGLU gate (ops/unary.hpp, kiln::swiglu):
+//   "swiglu"          tensors {out, gate, up}:              out = silu(gate) * up
+//   "swiglu_backward" tensors {d_gate, d_up, g, gate, up}:  both gradients in one pass
+// All five operands share one shape (any strides). The math is math::Swiglu / math::SwigluGrad
+// from the op header, shared with the CPU, evaluated in compute_t<T>.
+//
+// Memory traffic per element: forward reads 2 and writes 1 element (the generic map kernel);
+// backward reads 3 and writes 2, against 3 + 1 reads and 2 writes (plus a temporary) for silu and
+// mul run separately. The backward kernel has two outputs, which map.cuh does not do, so it is
+// its own kernel with map's two shapes: 16-byte vectors of every operand when all five are
+// contiguous and 16-byte aligned (V = 16 / sizeof(T) elements per thread), else one element per
+// thread with strided offsets over the merged dims.
+#pragma once
+
+#include <utility>
+
+#include "elementwise/map.cuh"
+#include "kiln/backend/cuda/stream.hpp"
+#include "kiln/ops/unary.hpp"
+
+namespace kiln::kernels {
+
+template <class T>
+__device__ __forceinline__ void swiglu_grad_one(const T& g, const T& gate, const T& up, T& d_gate, T& d_up) {
+  const auto d = math::SwigluGrad{}(load(g), load(gate), load(up));
+  d_gate = store<T>(d.gate);
+  d_up = store<T>(d.up);
+}
+
+template <int V, class T>
+__global__ void swiglu_backward_vectorized(std::int64_t n, T* __restrict__ d_gate, T* __restrict__ d_up,
+                                           const T* __restrict__ g, const T* __restrict__ gate,
+                                           const T* __restrict__ up) {
+  const std::int64_t n_vec = n / V;
+  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
+  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n_vec; i += stride) {
+    const Vec<T, V> gv = reinterpret_cast<const Vec<T, V>*>(g)[i];
+    const Vec<T, V> xv = reinterpret_cast<const Vec<T, V>*>(gate)[i];
+    const Vec<T, V> uv = reinterpret_cast<const Vec<T, V>*>(up)[i];
+    Vec<T, V> dx, du;
+#pragma unroll
+    for (int j = 0; j < V; ++j) swiglu_grad_one(gv.v[j], xv.v[j], uv.v[j], dx.v[j], du.v[j]);
+    reinterpret_cast<Vec<T, V>*>(d_gate)[i] = dx;
+    reinterpret_cast<Vec<T, V>*>(d_up)[i] = du;
+  }
+  // The last n % V elements, one per thread.
+  for (std::int64_t i = n_vec * V + static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
+    swiglu_grad_one(g[i], gate[i], up[i], d_gate[i], d_up[i]);
+}
+
+template <class T>
+__global__ void swiglu_backward_strided(std::int64_t n, Offsets<5> offsets, T* d_gate, T* d_up, const T* g,
+                                        const T* gate, const T* up) {
+  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
+  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    std::int64_t off[5];
+    offsets.at(i, off);
+    swiglu_grad_one(g[off[2]], gate[off[3]], up[off[4]], d_gate[off[0]], d_up[off[1]]);
+  }
+}
+
+inline void swiglu_entry(const KernelCall& call) {
+  const TensorArg& out = call.tensors[0];
+  with_floating_type("swiglu", out.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    launch_map<T, T, T>(math::Swiglu{}, cuda::current_stream(out.device), out, call.tensors[1], call.tensors[2]);
+  });
+}
+
+inline void swiglu_backward_entry(const KernelCall& call) {
+  const TensorArg t[5] = {call.tensors[0], call.tensors[1], call.tensors[2], call.tensors[3], call.tensors[4]};
+  const std::int64_t n = t[0].numel();
+  if (n == 0) return;
+  const cudaStream_t stream = cuda::current_stream(t[0].device);
+  constexpr int threads = 256;
+  with_floating_type("swiglu", t[0].dtype, [&](auto tag) {
+    using T = decltype(tag);
+    constexpr int V = 16 / sizeof(T);
+    auto ptr = [&](int k) { return static_cast<T*>(t[k].data); };
+    bool fast = true;
+    for (const TensorArg& a : t) fast = fast && a.is_contiguous() && aligned16(a.data);
+    if (fast) {
+      swiglu_backward_vectorized<V><<<blocks_for((n + V - 1) / V, threads), threads, 0, stream>>>(
+          n, ptr(0), ptr(1), ptr(2), ptr(3), ptr(4));
+    } else {
+      swiglu_backward_strided<<<blocks_for(n, threads), threads, 0, stream>>>(n, merge_dims(t), ptr(0), ptr(1), ptr(2),
+                                                                             ptr(3), ptr(4));
+    }
+    KILN_CUDA_CHECK_LAUNCH();
+  });
+}
+
+inline const bool swiglu_registered = register_device_kernel("swiglu", swiglu_entry) &&
+                                      register_device_kernel("swiglu_backward", swiglu_backward_entry);
+
+}  // namespace kiln::kernels

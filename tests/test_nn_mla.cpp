@@ -1,0 +1,358 @@
+// Multi-head Latent Attention (nn/mla.hpp): the naive path against an independent plain-loop
+// reference that follows Hugging Face's modeling_deepseek step by step (including its rope: the
+// [dr/2, 2] -> [2, dr/2] permutation then rotate_half), naive vs absorbed paths, incremental
+// decoding over the latent cache, gradient checks, causality, parameter names and errors.
+#include <kiln/nn/mla.hpp>
+
+#include <cmath>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "test_util.hpp"
+
+using namespace kiln;
+using kiln::testing::relative_error;
+
+namespace {
+
+using Vec = std::vector<double>;
+
+template <class M, class F>
+GradcheckResult module_gradcheck(const M& m, const std::vector<Tensor<double>>& inputs, F f) {
+  std::vector<Tensor<double>> all = inputs;
+  for (auto& [name, p] : m.named_parameters()) all.push_back(p.detach());
+  const std::size_t n = inputs.size();
+  return gradcheck(
+      [&](const std::vector<Tensor<double>>& x) {
+        std::size_t i = n;
+        m.visit("", [&](const std::string&, Tensor<double>* t, bool trainable) {
+          if (trainable) *t = x[i++];
+        });
+        return f(std::vector<Tensor<double>>(x.begin(), x.begin() + static_cast<std::ptrdiff_t>(n)));
+      },
+      all);
+}
+
+template <class M>
+void randomize(M& m, std::uint64_t seed, double scale) {
+  Generator gen{seed, 0};
+  m.visit("", [&](const std::string&, Tensor<double>* t, bool) {
+    *t = randn<double>(t->shape(), 0.0, scale, Device::cpu(), gen).requires_grad_();
+  });
+}
+
+nn::DeepseekV3Config small_config(bool q_lora) {
+  nn::DeepseekV3Config c;
+  c.hidden_size = 12;
+  c.num_attention_heads = 3;
+  c.num_key_value_heads = 3;
+  c.q_lora_rank = q_lora ? std::optional<std::int64_t>(7) : std::nullopt;
+  c.kv_lora_rank = 5;
+  c.qk_nope_head_dim = 4;
+  c.qk_rope_head_dim = 6;
+  c.v_head_dim = 3;
+  c.attention_bias = !q_lora;  // exercise both
+  c.rope_theta = 50.0;         // large angles at small positions
+  return c;
+}
+
+nn::DeepseekV3Config tiny_config(bool q_lora) {
+  nn::DeepseekV3Config c;
+  c.hidden_size = 6;
+  c.num_attention_heads = 2;
+  c.num_key_value_heads = 2;
+  c.q_lora_rank = q_lora ? std::optional<std::int64_t>(4) : std::nullopt;
+  c.kv_lora_rank = 3;
+  c.qk_nope_head_dim = 2;
+  c.qk_rope_head_dim = 2;
+  c.v_head_dim = 2;
+  c.attention_bias = !q_lora;
+  c.rope_theta = 10.0;
+  return c;
+}
+
+// ---- the reference: plain loops over one token at a time, Hugging Face's order of operations ----
+
+struct Params {
+  std::map<std::string, Vec> p;
+  const Vec& operator[](const std::string& name) const { return p.at(name); }
+  bool has(const std::string& name) const { return p.count(name) > 0; }
+};
+
+Params params_of(const nn::MLA<double>& m) {
+  Params out;
+  for (auto& [name, t] : m.state()) out.p[name] = t.to_vector();
+  return out;
+}
+
+// W [out, in] · x (+ b).
+Vec lin(const Params& P, const std::string& name, const Vec& x) {
+  const Vec& w = P[name + ".weight"];
+  const std::size_t in = x.size(), out = w.size() / in;
+  Vec y(out, 0.0);
+  for (std::size_t o = 0; o < out; ++o) {
+    double s = P.has(name + ".bias") ? P[name + ".bias"][o] : 0.0;
+    for (std::size_t i = 0; i < in; ++i) s += w[o * in + i] * x[i];
+    y[o] = s;
+  }
+  return y;
+}
+
+Vec rms(const Params& P, const std::string& name, const Vec& x) {
+  double ms = 0.0;
+  for (double v : x) ms += v * v;
+  const double inv = 1.0 / std::sqrt(ms / static_cast<double>(x.size()) + 1e-6);
+  Vec y(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) y[i] = x[i] * inv * P[name + ".weight"][i];
+  return y;
+}
+
+// HF DeepSeek-V3 rope for one vector at position p: view [d/2, 2], transpose to [2, d/2] (u), then
+// u * cos(emb) + rotate_half(u) * sin(emb), emb = cat(freqs, freqs).
+Vec hf_rope(const Vec& v, std::int64_t pos, double theta) {
+  const std::size_t d = v.size(), half = d / 2;
+  Vec u(d), out(d);
+  for (std::size_t i = 0; i < half; ++i) u[i] = v[2 * i], u[half + i] = v[2 * i + 1];
+  for (std::size_t j = 0; j < d; ++j) {
+    const std::size_t i = j % half;
+    const double ang = static_cast<double>(pos) * std::pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(d));
+    const double rot = j < half ? -u[j + half] : u[j - half];
+    out[j] = u[j] * std::cos(ang) + rot * std::sin(ang);
+  }
+  return out;
+}
+
+Vec slice(const Vec& v, std::size_t start, std::size_t n) {
+  return Vec(v.begin() + static_cast<std::ptrdiff_t>(start), v.begin() + static_cast<std::ptrdiff_t>(start + n));
+}
+
+double dot(const Vec& a, const Vec& b) {
+  double s = 0.0;
+  for (std::size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
+  return s;
+}
+
+// x [B, S, hidden] -> [B, S, hidden].
+Vec reference_mla(const nn::DeepseekV3Config& c, const Params& P, const Vec& x, std::size_t B, std::size_t S,
+                  const std::vector<std::int64_t>& positions) {
+  const auto H = static_cast<std::size_t>(c.num_attention_heads), dn = static_cast<std::size_t>(c.qk_nope_head_dim),
+             dr = static_cast<std::size_t>(c.qk_rope_head_dim), dv = static_cast<std::size_t>(c.v_head_dim),
+             r = static_cast<std::size_t>(c.kv_lora_rank), hid = static_cast<std::size_t>(c.hidden_size);
+  Vec out(B * S * hid);
+  for (std::size_t b = 0; b < B; ++b) {
+    // Per token: query, key and value per head (the key's rope part shared by the heads).
+    std::vector<std::vector<Vec>> qn(S), qp(S), kn(S), vv(S);
+    std::vector<Vec> kp(S);
+    for (std::size_t s = 0; s < S; ++s) {
+      const Vec xt = slice(x, (b * S + s) * hid, hid);
+      const Vec q = c.q_lora_rank ? lin(P, "q_b_proj", rms(P, "q_a_layernorm", lin(P, "q_a_proj", xt)))
+                                  : lin(P, "q_proj", xt);
+      const Vec kva = lin(P, "kv_a_proj_with_mqa", xt);
+      const Vec kv = lin(P, "kv_b_proj", rms(P, "kv_a_layernorm", slice(kva, 0, r)));
+      kp[s] = hf_rope(slice(kva, r, dr), positions[s], c.rope_theta);
+      for (std::size_t h = 0; h < H; ++h) {
+        qn[s].push_back(slice(q, h * (dn + dr), dn));
+        qp[s].push_back(hf_rope(slice(q, h * (dn + dr) + dn, dr), positions[s], c.rope_theta));
+        kn[s].push_back(slice(kv, h * (dn + dv), dn));
+        vv[s].push_back(slice(kv, h * (dn + dv) + dn, dv));
+      }
+    }
+    const double scale = 1.0 / std::sqrt(static_cast<double>(dn + dr));
+    for (std::size_t i = 0; i < S; ++i) {
+      Vec o(H * dv, 0.0);
+      for (std::size_t h = 0; h < H; ++h) {
+        Vec sc(i + 1);
+        double mx = -INFINITY, se = 0.0;
+        for (std::size_t j = 0; j <= i; ++j) {
+          sc[j] = (dot(qn[i][h], kn[j][h]) + dot(qp[i][h], kp[j])) * scale;
+          mx = std::max(mx, sc[j]);
+        }
+        for (std::size_t j = 0; j <= i; ++j) se += std::exp(sc[j] - mx);
+        for (std::size_t j = 0; j <= i; ++j)
+          for (std::size_t e = 0; e < dv; ++e) o[h * dv + e] += std::exp(sc[j] - mx) / se * vv[j][h][e];
+      }
+      const Vec y = lin(P, "o_proj", o);
+      for (std::size_t e = 0; e < hid; ++e) out[(b * S + i) * hid + e] = y[e];
+    }
+  }
+  return out;
+}
+
+std::vector<std::string> names(const nn::MLA<double>& m) {
+  std::vector<std::string> out;
+  for (auto& [name, t] : m.state()) out.push_back(name);
+  return out;
+}
+
+}  // namespace
+
+TEST(NnMLA, ForwardMatchesHuggingFaceReference) {
+  for (bool q_lora : {true, false}) {
+    const nn::DeepseekV3Config c = small_config(q_lora);
+    Generator gen{1, 0};
+    nn::MLA<double> m(c, gen);
+    randomize(m, 7, 0.4);
+    const std::int64_t B = 2, S = 7;
+    const Tensor<double> x = randn<double>({B, S, c.hidden_size});
+    const Tensor<std::int64_t> pos = nn::positions_from(3, S);
+    const Vec ref = reference_mla(c, params_of(m), x.to_vector(), B, S, pos.to_vector());
+    const Tensor<double> naive = m.forward(x, pos), absorbed = m.forward_absorbed(x, pos);
+    EXPECT_EQ(naive.shape(), (Shape{B, S, c.hidden_size}));
+    EXPECT_LT(relative_error(naive.to_vector(), ref), 1e-12) << "q_lora " << q_lora;
+    EXPECT_LT(relative_error(absorbed.to_vector(), ref), 1e-12) << "q_lora " << q_lora;
+    // A non-contiguous input gives the same numbers.
+    const Tensor<double> xt = transpose(contiguous(transpose(x, 0, 1)), 0, 1);
+    ASSERT_FALSE(xt.is_contiguous());
+    EXPECT_LT(relative_error(m.forward(xt, pos).to_vector(), ref), 1e-12);
+  }
+}
+
+TEST(NnMLA, NaiveAndAbsorbedAgree) {
+  for (bool q_lora : {true, false}) {
+    nn::DeepseekV3Config c = small_config(q_lora);
+    c.hidden_size = 33;
+    c.num_attention_heads = 4;
+    c.kv_lora_rank = 9;
+    c.qk_nope_head_dim = 7;
+    c.qk_rope_head_dim = 4;
+    c.v_head_dim = 5;
+    Generator gen{2, 0};
+    nn::MLA<double> m(c, gen);
+    randomize(m, 8, 0.3);
+    const Tensor<double> x = randn<double>({3, 11, c.hidden_size});
+    const Tensor<double> naive = m.forward(x), absorbed = m.forward_absorbed(x);
+    EXPECT_LT(relative_error(absorbed, naive), 1e-10) << "q_lora " << q_lora;
+    EXPECT_GT(relative_error(absorbed, mul(naive, 1.0 + 1e-9)), 0.0);  // the comparison can see a difference
+  }
+}
+
+TEST(NnMLA, IncrementalDecodeEqualsFullForward) {
+  const nn::DeepseekV3Config c = small_config(true);
+  Generator gen{3, 0};
+  nn::MLA<double> m(c, gen);
+  randomize(m, 9, 0.4);
+  const std::int64_t B = 2, S = 8;
+  const Tensor<double> x = randn<double>({B, S, c.hidden_size});
+  const Tensor<double> full = m.forward(x);
+
+  NoGradGuard no_grad;
+  nn::MLACache<double> cache;
+  EXPECT_EQ(cache.length(), 0);
+  std::vector<Tensor<double>> pieces;
+  // Prefill 4 tokens, then one at a time, then a chunk of 2.
+  for (auto [start, len] : std::vector<std::pair<std::int64_t, std::int64_t>>{{0, 4}, {4, 1}, {5, 1}, {6, 2}}) {
+    pieces.push_back(m.forward_absorbed(narrow(x, 1, start, len), &cache));
+    EXPECT_EQ(cache.length(), start + len);
+  }
+  EXPECT_EQ(cache.c_kv.shape(), (Shape{B, S, c.kv_lora_rank}));
+  EXPECT_EQ(cache.k_rope.shape(), (Shape{B, S, c.qk_rope_head_dim}));
+  EXPECT_LT(relative_error(cat(pieces, 1), full), 1e-12);
+
+  // Explicit positions give the same as the defaults.
+  nn::MLACache<double> cache2;
+  m.forward_absorbed(narrow(x, 1, 0, 5), nn::positions_from(0, 5), &cache2);
+  EXPECT_LT(relative_error(m.forward_absorbed(narrow(x, 1, 5, 3), nn::positions_from(5, 3), &cache2),
+                           narrow(full, 1, 5, 3)),
+            1e-12);
+
+  // A cache of another batch size is an error.
+  EXPECT_KILN_ERROR(m.forward_absorbed(randn<double>({1, 1, c.hidden_size}), &cache), "MLA", "cache",
+                    "[1, 1, 12]");
+}
+
+TEST(NnMLA, Gradcheck) {
+  for (bool q_lora : {true, false}) {
+    const nn::DeepseekV3Config c = tiny_config(q_lora);
+    Generator gen{4, 0};
+    nn::MLA<double> m(c, gen);
+    randomize(m, 10, 0.6);
+    const Tensor<double> x = randn<double>({2, 3, c.hidden_size});
+    const Tensor<std::int64_t> pos = nn::positions_from(1, 3);
+    auto r = module_gradcheck(m, {x}, [&](const std::vector<Tensor<double>>& in) { return m.forward(in[0], pos); });
+    EXPECT_TRUE(r.ok) << "naive, q_lora " << q_lora << "\n" << r.report;
+    r = module_gradcheck(m, {x}, [&](const std::vector<Tensor<double>>& in) { return m.forward_absorbed(in[0], pos); });
+    EXPECT_TRUE(r.ok) << "absorbed, q_lora " << q_lora << "\n" << r.report;
+  }
+}
+
+TEST(NnMLA, Causal) {
+  const nn::DeepseekV3Config c = small_config(true);
+  Generator gen{5, 0};
+  nn::MLA<double> m(c, gen);
+  randomize(m, 11, 0.4);
+  const std::int64_t S = 6, t = 3;
+  const Tensor<double> x = randn<double>({2, S, c.hidden_size});
+  const Tensor<double> x2 =
+      cat(std::vector<Tensor<double>>{narrow(x, 1, 0, t), randn<double>({2, S - t, c.hidden_size})}, 1);
+  for (bool absorbed : {false, true}) {
+    const Tensor<double> y = absorbed ? m.forward_absorbed(x) : m.forward(x);
+    const Tensor<double> y2 = absorbed ? m.forward_absorbed(x2) : m.forward(x2);
+    EXPECT_EQ(narrow(y, 1, 0, t).to_vector(), narrow(y2, 1, 0, t).to_vector()) << "absorbed " << absorbed;
+    EXPECT_GT(relative_error(narrow(y2, 1, t, 1), narrow(y, 1, t, 1)), 1e-3);
+  }
+}
+
+TEST(NnMLA, StateNamesAndShapes) {
+  Generator gen{6, 0};
+  const nn::DeepseekV3Config c = small_config(true);  // no bias
+  nn::MLA<double> m(c, gen);
+  EXPECT_EQ(names(m), (std::vector<std::string>{"q_a_proj.weight", "q_a_layernorm.weight", "q_b_proj.weight",
+                                                "kv_a_proj_with_mqa.weight", "kv_a_layernorm.weight",
+                                                "kv_b_proj.weight", "o_proj.weight"}));
+  EXPECT_EQ(m.q_a_proj->weight.shape(), (Shape{7, 12}));
+  EXPECT_EQ(m.q_b_proj->weight.shape(), (Shape{3 * 10, 7}));
+  EXPECT_EQ(m.kv_a_proj_with_mqa.weight.shape(), (Shape{5 + 6, 12}));
+  EXPECT_EQ(m.kv_b_proj.weight.shape(), (Shape{3 * (4 + 3), 5}));
+  EXPECT_EQ(m.o_proj.weight.shape(), (Shape{12, 3 * 3}));
+  EXPECT_DOUBLE_EQ(m.softmax_scale, 1.0 / std::sqrt(10.0));
+
+  nn::MLA<double> plain(small_config(false), gen);  // q_proj, with attention_bias
+  EXPECT_EQ(names(plain), (std::vector<std::string>{"q_proj.weight", "kv_a_proj_with_mqa.weight",
+                                                    "kv_a_proj_with_mqa.bias", "kv_a_layernorm.weight",
+                                                    "kv_b_proj.weight", "o_proj.weight", "o_proj.bias"}));
+  EXPECT_EQ(plain.q_proj->weight.shape(), (Shape{3 * 10, 12}));
+}
+
+TEST(NnMLA, Errors) {
+  Generator gen{7, 0};
+  nn::MLA<double> m(small_config(true), gen);
+  EXPECT_KILN_ERROR(m.forward(randn<double>({2, 5, 7})), "MLA", "[2, 5, 7]");
+  EXPECT_KILN_ERROR(m.forward(randn<double>({5, 12})), "MLA", "[5, 12]");
+  EXPECT_KILN_ERROR(m.forward(randn<double>({2, 5, 12}), nn::positions_from(0, 4)), "MLA", "positions", "[4]");
+  nn::DeepseekV3Config odd = small_config(true);
+  odd.qk_rope_head_dim = 5;
+  EXPECT_KILN_ERROR(nn::MLA<double>(odd, gen), "MLA", "qk_rope_head_dim", "5");
+}
+
+namespace {
+
+// Writes src's parameters (cast to U) into dst, which has the same names and shapes.
+template <class U, class Dst, class Src>
+void copy_params(Dst& dst, const Src& src) {
+  const auto s = src.state();
+  std::size_t i = 0;
+  dst.visit("", [&](const std::string& name, Tensor<U>* t, bool) {
+    ASSERT_EQ(name, s[i].first);
+    *t = cast<U>(s[i++].second.detach());
+  });
+}
+
+}  // namespace
+
+TEST(NnMLA, FloatAndBf16FollowDouble) {
+  const nn::DeepseekV3Config c = small_config(true);
+  Generator g1{12, 0}, g2{12, 0}, g3{12, 0};
+  nn::MLA<double> md(c, g1);
+  nn::MLA<float> mf(c, g2);
+  nn::MLA<bf16> mb(c, g3);
+  randomize(md, 13, 0.4);
+  copy_params<float>(mf, md);
+  copy_params<bf16>(mb, md);
+  const Tensor<double> x = randn<double>({2, 5, c.hidden_size});
+  const Tensor<double> ref = md.forward(x);
+  EXPECT_LT(relative_error(mf.forward(cast<float>(x)), ref), 1e-5);
+  EXPECT_LT(relative_error(mf.forward_absorbed(cast<float>(x)), ref), 1e-5);
+  EXPECT_LT(relative_error(mb.forward(cast<bf16>(x)), ref), 1e-2);
+  EXPECT_LT(relative_error(mb.forward_absorbed(cast<bf16>(x)), ref), 1e-2);
+}
