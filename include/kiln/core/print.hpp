@@ -59,9 +59,16 @@ std::ostream& operator<<(std::ostream& os, const Tensor<T>& t) {
     std::int64_t stride = 1;
     for (std::size_t k = d + 1; k < shape.size(); ++k) stride *= shape[k];
     os << '[';
-    const std::string sep = d + 1 == shape.size()
-                                ? ", "
-                                : "," + std::string(shape.size() - d - 1, '\n') + indent + std::string(d + 1, ' ');
+    // Between rows: a comma, one newline per remaining dim, then the indent (built with append:
+    // gcc 12 warns falsely (-Wrestrict) on a chain of std::string operator+).
+    std::string sep = ",";
+    if (d + 1 == shape.size()) {
+      sep += ' ';
+    } else {
+      sep.append(shape.size() - d - 1, '\n');
+      sep += indent;
+      sep.append(d + 1, ' ');
+    }
     for (std::int64_t i = 0; i < shape[d]; ++i) {
       if (i > 0) os << sep;
       if (summarize && shape[d] > 2 * edge && i == edge) {

@@ -1,0 +1,331 @@
+// Pretrains a small DeepSeek-V3-style model (MLA attention, MoE with aux-loss-free balancing,
+// multi-token prediction) on a corpus of worked solutions to arithmetic and Countdown problems,
+// with kiln's trainer (train/trainer.hpp): warmup + cosine schedule, AdamW, global-norm clipping,
+// gradient accumulation, progress lines with tokens/s (and MFU on a GPU) and expert MaxVio,
+// validation on held-out problems, atomic checkpoints and --resume. See docs/training.md.
+//
+//   pretrain                                   the CPU default (a few minutes on 2 cores)
+//   pretrain --device cuda --config big        ~100M parameters on a GPU (bf16, FP32 master weights)
+//   pretrain --out runs/a                      checkpoints in runs/a/checkpoint, tokenizer runs/a/tokenizer.json
+//   pretrain --resume runs/a                   continues runs/a with its saved settings
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include <kiln/kiln.hpp>
+#include <kiln/train/trainer.hpp>
+
+#include "task_data.hpp"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#ifdef KILN_EXAMPLE_CUDA
+#include <cuda_runtime.h>
+
+#include <kiln/backend/cuda/cublaslt.hpp>
+#endif
+
+namespace {
+
+using namespace kiln;
+using Clock = std::chrono::steady_clock;
+
+const char* kUsage = R"(pretrain: a small DeepSeek-V3-style MoE model on worked arithmetic / Countdown solutions
+
+  --device cpu|cuda     where to train (cuda needs a build with KILN_CUDA=ON)       [cpu]
+  --config small|big    small: the CPU default (hidden 128, 2 layers); big: ~100M params [small]
+  --dtype float32|bf16  parameter dtype; bf16 keeps FP32 master weights in AdamW    [cpu: float32, cuda: bf16]
+  --steps N             optimizer steps                                  [small 400, big 3000]
+  --batch N             sequences per micro-batch                        [small 16, big 32]
+  --accum N             micro-batches per step (gradient accumulation)   [1]
+  --seq N               tokens per sequence                              [small 128, big 512]
+  --lr X                peak learning rate (warmup, then cosine to lr/10) [small 3e-3, big 6e-4]
+  --warmup N            warmup steps                                      [steps/20]
+  --weight-decay X      AdamW decoupled weight decay                      [0.1]
+  --clip X              global gradient-norm clipping threshold           [1.0]
+  --docs N              training documents generated                      [small 6000, big 200000]
+  --vocab N             BPE vocabulary size                               [small 512, big 2048]
+  --seed N              seed of corpus, model and batches                 [1]
+  --out DIR             write DIR/tokenizer.json, DIR/run.json and checkpoints in DIR/checkpoint
+  --resume DIR          continue the run in DIR (its settings are the defaults; --out defaults to DIR)
+  --tokenizer FILE      load this tokenizer (kiln or Hugging Face tokenizer.json) instead of training one
+  --log-every N         progress line every N steps                       [small 20, big 50]
+  --eval-every N        validation every N steps                          [small 100, big 500]
+  --eval-batches N      validation batches                                [8]
+  --checkpoint-every N  checkpoint every N steps (with --out)              [small 100, big 500]
+  --peak TFLOPS         the device's dense peak for MFU (default: from a table by GPU name)
+  --tf32                float32 on a GPU: allow TF32 tensor cores
+  --samples N           greedy completions of test problems printed at the end [3]
+  --threads N           CPU threads (OpenMP, Eigen); the small model's ops are too small to share
+                        well, and on a busy machine extra threads mostly wait   [1]
+)";
+
+std::string gpu_name() {
+#ifdef KILN_EXAMPLE_CUDA
+  cudaDeviceProp p{};
+  if (cudaGetDeviceProperties(&p, 0) == cudaSuccess) return p.name;
+#endif
+  return "";
+}
+
+// The settings of a run, saved as DIR/run.json so that --resume DIR continues it unchanged.
+struct Settings {
+  std::string device, config, dtype, tokenizer;
+  std::int64_t steps, batch, accum, seq, warmup, docs, vocab, log_every, eval_every, eval_batches, checkpoint_every,
+      samples, threads;
+  double lr, weight_decay, clip, peak_tflops;
+  std::uint64_t seed;
+  bool tf32;
+};
+
+Settings parse(int argc, char** argv, std::string& out, std::string& resume) {
+  example::Flags f(argc, argv, {"tf32"});
+  if (f.has("help")) {
+    std::fputs(kUsage, stdout);
+    std::exit(0);
+  }
+  resume = f.str("resume", "");
+  out = f.str("out", resume);
+  // A resumed run takes its saved settings as defaults.
+  io::json saved = io::json::object();
+  if (!resume.empty()) {
+    const std::string path = resume + "/run.json";
+    saved = io::json::parse(io::read_text_file(path, "pretrain"));
+  }
+  auto s_ = [&](const char* k, const std::string& d) { return f.str(k, saved.contains(k) ? saved[k].get<std::string>() : d); };
+  auto i_ = [&](const char* k, std::int64_t d) { return f.integer(k, saved.contains(k) ? saved[k].get<std::int64_t>() : d); };
+  auto r_ = [&](const char* k, double d) { return f.real(k, saved.contains(k) ? saved[k].get<double>() : d); };
+
+  Settings s;
+  s.device = s_("device", "cpu");
+  s.config = s_("config", "small");
+  if (s.device != "cpu" && s.device != "cuda") throw Error("--device must be cpu or cuda, got " + s.device);
+  if (s.config != "small" && s.config != "big") throw Error("--config must be small or big, got " + s.config);
+  const bool big = s.config == "big";
+  s.dtype = s_("dtype", s.device == "cuda" ? "bf16" : "float32");
+  s.steps = i_("steps", big ? 3000 : 400);
+  s.batch = i_("batch", big ? 32 : 16);
+  s.accum = i_("accum", 1);
+  s.seq = i_("seq", big ? 512 : 128);
+  s.lr = r_("lr", big ? 6e-4 : 3e-3);
+  s.warmup = i_("warmup", s.steps / 20);
+  s.weight_decay = r_("weight-decay", 0.1);
+  s.clip = r_("clip", 1.0);
+  s.docs = i_("docs", big ? 200000 : 6000);
+  s.vocab = i_("vocab", big ? 2048 : 512);
+  s.seed = static_cast<std::uint64_t>(i_("seed", 1));
+  s.tokenizer = s_("tokenizer", "");
+  s.log_every = i_("log-every", big ? 50 : 20);
+  s.eval_every = i_("eval-every", big ? 500 : 100);
+  s.eval_batches = i_("eval-batches", 8);
+  s.checkpoint_every = i_("checkpoint-every", big ? 500 : 100);
+  s.peak_tflops = r_("peak", 0.0);
+  s.samples = i_("samples", 3);
+  s.threads = f.integer("threads", 1);
+  s.tf32 = f.flag("tf32") || (saved.contains("tf32") && saved["tf32"].get<bool>());
+  f.check_all_used();
+  if (s.threads < 1) throw Error("--threads must be positive");
+  if (s.steps < 1 || s.batch < 1 || s.accum < 1 || s.seq < 2 || s.docs < 10 || s.vocab < 300 || !(s.lr > 0))
+    throw Error("steps, batch, accum, docs must be positive, seq >= 2, vocab >= 300, lr > 0");
+  if (s.dtype != "float32" && s.dtype != "bf16") throw Error("--dtype must be float32 or bf16, got " + s.dtype);
+  return s;
+}
+
+void save_settings(const std::string& path, const Settings& s) {
+  io::ordered_json j;
+  j["device"] = s.device;
+  j["config"] = s.config;
+  j["dtype"] = s.dtype;
+  j["steps"] = s.steps;
+  j["batch"] = s.batch;
+  j["accum"] = s.accum;
+  j["seq"] = s.seq;
+  j["lr"] = s.lr;
+  j["warmup"] = s.warmup;
+  j["weight-decay"] = s.weight_decay;
+  j["clip"] = s.clip;
+  j["docs"] = s.docs;
+  j["vocab"] = s.vocab;
+  j["seed"] = static_cast<std::int64_t>(s.seed);
+  j["log-every"] = s.log_every;
+  j["eval-every"] = s.eval_every;
+  j["eval-batches"] = s.eval_batches;
+  j["checkpoint-every"] = s.checkpoint_every;
+  j["peak"] = s.peak_tflops;
+  j["tf32"] = s.tf32;
+  io::write_file_atomically(path, j.dump(2) + "\n", "pretrain");
+}
+
+// Greedy decoding over the MLA latent cache until eos or `max_new` tokens.
+template <class T>
+std::string greedy_completion(nn::DeepseekV3ForCausalLM<T>& model, const data::Tokenizer& tok, const std::string& prompt,
+                              int max_new, Device device) {
+  NoGradGuard no_grad;
+  nn::DeepseekV3Cache<T> cache;
+  std::vector<std::int64_t> ids = {tok.bos_id().value()};
+  const auto p = tok.encode(prompt);
+  ids.insert(ids.end(), p.begin(), p.end());
+  std::vector<std::int64_t> generated;
+  Tensor<T> logits = model.forward(to(Tensor<std::int64_t>::from_vector(ids, {1, static_cast<std::int64_t>(ids.size())}), device), &cache);
+  for (int i = 0; i < max_new; ++i) {
+    const std::int64_t V = logits.size(2), S = logits.size(1);
+    const auto all = logits.to_vector();
+    std::int64_t best = 0;
+    for (std::int64_t v = 1; v < tok.vocab_size() && v < V; ++v)
+      if (convert<double>(all[static_cast<std::size_t>((S - 1) * V + v)]) >
+          convert<double>(all[static_cast<std::size_t>((S - 1) * V + best)]))
+        best = v;
+    if (best == tok.eos_id().value()) break;
+    generated.push_back(best);
+    logits = model.forward(to(Tensor<std::int64_t>::from_vector({best}, {1, 1}), device), &cache);
+  }
+  return tok.decode(generated);
+}
+
+template <class T>
+int run(const Settings& s, const std::string& out, const std::string& resume, Clock::time_point start) {
+  const Device device = s.device == "cuda" ? Device::cuda(0) : Device::cpu();
+  const bool big = s.config == "big";
+
+  // Corpus and tokenizer.
+  const example::Corpus corpus = example::make_corpus(s.seed, static_cast<std::size_t>(s.docs),
+                                                      static_cast<std::size_t>(std::max<std::int64_t>(s.docs / 20, 200)));
+  const auto t_corpus = Clock::now();
+  data::Tokenizer tok;
+  std::string tokenizer_source;
+  if (!s.tokenizer.empty()) {
+    tok = data::Tokenizer::load(s.tokenizer);
+    tokenizer_source = "loaded from " + s.tokenizer;
+  } else if (!resume.empty() && std::filesystem::exists(resume + "/tokenizer.json")) {
+    tok = data::Tokenizer::load(resume + "/tokenizer.json");
+    tokenizer_source = "loaded from " + resume + "/tokenizer.json";
+  } else {
+    tok = example::train_tokenizer(corpus, s.vocab, big ? 4000 : 1500);
+    tokenizer_source = "trained";
+  }
+  const auto train_stream = example::pack(tok, corpus.train);
+  const auto validation_stream = example::pack(tok, corpus.validation);
+  const auto t_data = Clock::now();
+  std::printf("corpus: %zu train / %zu validation documents, %.2f s; tokenizer (%s): %lld tokens, %.2f s; "
+              "%zu train tokens (%.2f bytes/token), %zu validation tokens\n",
+              corpus.train.size(), corpus.validation.size(), std::chrono::duration<double>(t_corpus - start).count(),
+              tokenizer_source.c_str(), static_cast<long long>(tok.vocab_size()),
+              std::chrono::duration<double>(t_data - t_corpus).count(), train_stream.size(),
+              [&] {
+                std::size_t bytes = 0;
+                for (const auto& d : corpus.train) bytes += d.size();
+                return static_cast<double>(bytes) / static_cast<double>(train_stream.size());
+              }(),
+              validation_stream.size());
+  if (!out.empty()) {
+    std::filesystem::create_directories(out);
+    tok.save(out + "/tokenizer.json");
+    save_settings(out + "/run.json", s);
+  }
+
+  // Model.
+  const std::int64_t vocab = example::padded_vocab(tok.vocab_size());
+  nn::DeepseekV3Config config = big ? example::big_config(vocab) : example::small_config(vocab);
+  config.bos_token_id = tok.bos_id().value();
+  config.eos_token_id = tok.eos_id().value();
+  config.pad_token_id = tok.pad_id();
+  Generator init{s.seed, 0};
+  nn::DeepseekV3ForCausalLM<T> model(config, init);
+  model.to(device);
+
+  train::TrainerOptions o;
+  o.steps = s.steps;
+  o.grad_accum = s.accum;
+  o.max_grad_norm = s.clip;
+  o.schedule = {.peak_lr = s.lr, .min_lr = s.lr / 10, .warmup_steps = s.warmup, .total_steps = s.steps};
+  o.adamw.weight_decay = s.weight_decay;
+  o.log_every = s.log_every;
+  o.eval_every = s.eval_every;
+  o.eval_batches = s.eval_batches;
+  o.checkpoint_every = s.checkpoint_every;
+  o.checkpoint_dir = out.empty() ? "" : out + "/checkpoint";
+  o.data_seed = s.seed;
+  std::string peak_note = "no MFU on the CPU";
+  if (device.is_cuda()) {
+#ifdef KILN_EXAMPLE_CUDA
+    cuda::set_allow_tf32(s.tf32);
+#endif
+    const std::string name = gpu_name();
+    const std::string compute = std::is_same_v<T, float> ? (s.tf32 ? "tf32" : "fp32") : "bf16";
+    o.peak_flops = s.peak_tflops > 0 ? s.peak_tflops * 1e12 : train::peak_flops(name, compute);
+    peak_note = o.peak_flops > 0 ? str("MFU against ", o.peak_flops / 1e12, " TFLOP/s (", name, ", ", compute, " dense)")
+                                 : str("unknown peak for \"", name, "\": pass --peak TFLOPS for MFU");
+  }
+  std::printf("model: DeepSeek-V3-style, %s config, %s on %s: hidden %lld, %lld layers (%lld dense), %lld routed "
+              "experts top-%lld + %lld shared, MTP depth %lld, vocab %lld; %s\n",
+              s.config.c_str(), dtype_name<T>, device.name().c_str(), static_cast<long long>(config.hidden_size),
+              static_cast<long long>(config.num_hidden_layers), static_cast<long long>(config.first_k_dense_replace),
+              static_cast<long long>(config.n_routed_experts), static_cast<long long>(config.num_experts_per_tok),
+              static_cast<long long>(config.n_shared_experts), static_cast<long long>(config.num_nextn_predict_layers),
+              static_cast<long long>(vocab), peak_note.c_str());
+
+  const std::uint64_t batch_seed = s.seed * 1000003ull + 17;
+  train::Trainer trainer(model, o, example::train_batches(train_stream, s.batch, s.seq, batch_seed),
+                         example::validation_batches(validation_stream, s.batch, s.seq));
+  if (!resume.empty()) trainer.resume(resume + "/checkpoint");
+  const auto t_train = Clock::now();
+  trainer.run();
+  const double train_seconds = std::chrono::duration<double>(Clock::now() - t_train).count();
+
+  // Summary.
+  const auto& h = trainer.history();
+  double tokens = 0, step_seconds = 0, flops = 0;
+  for (const auto& r : h) tokens += static_cast<double>(r.tokens), step_seconds += r.seconds, flops += r.flops;
+  const train::EvalRecord e = trainer.eval_history().empty() ? trainer.evaluate() : trainer.eval_history().back();
+  std::printf("done: %lld steps in %.1f s of training (%.0f tok/s, %.3g GFLOP/s over the steps run here)",
+              static_cast<long long>(trainer.steps_done()), train_seconds, step_seconds > 0 ? tokens / step_seconds : 0.0,
+              step_seconds > 0 ? flops / step_seconds / 1e9 : 0.0);
+  if (o.peak_flops > 0 && step_seconds > 0) std::printf(", MFU %.1f%%", 100.0 * flops / step_seconds / o.peak_flops);
+  std::printf("\nfinal: ");
+  if (!h.empty()) std::printf("train loss %.4f (main %.4f), ", h.back().loss, h.back().parts.front().second);
+  std::printf("validation loss %.4f (next-token cross-entropy on held-out problems), val MaxVio %.3f (max %.3f)\n",
+              e.loss, e.max_vio_mean, e.max_vio_max);
+
+  // A few greedy completions of test problems, checked by the task verifier.
+  Generator test_gen{s.seed + 99, 0};
+  double format = 0, accuracy = 0;
+  for (std::int64_t i = 0; i < s.samples; ++i) {
+    const data::Problem p = data::sample(example::task_mix(), test_gen, data::Split::test);
+    const std::string prompt = data::prompt(p);
+    const std::string completion = greedy_completion(model, tok, prompt, 160, device);
+    const data::Reward r = data::verify(p, completion);
+    format += r.format;
+    accuracy += r.accuracy;
+    std::printf("--- sample %lld: %s%s\n    [%s]\n", static_cast<long long>(i + 1), prompt.c_str(), completion.c_str(),
+                r.reason.c_str());
+  }
+  std::printf("total wall time %.1f s\n", std::chrono::duration<double>(Clock::now() - start).count());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+  const auto start = Clock::now();
+  std::string out, resume;
+  const Settings s = parse(argc, argv, out, resume);
+#ifdef _OPENMP
+  omp_set_num_threads(static_cast<int>(s.threads));
+#endif
+  if (s.device == "cuda") {
+#ifndef KILN_EXAMPLE_CUDA
+    throw Error("--device cuda needs a build with the CUDA backend (cmake -DKILN_CUDA=ON)");
+#endif
+  }
+  if (s.dtype == "bf16") return run<bf16>(s, out, resume, start);
+  return run<float>(s, out, resume, start);
+} catch (const std::exception& e) {
+  std::fprintf(stderr, "pretrain: %s\n", e.what());
+  return 1;
+}
