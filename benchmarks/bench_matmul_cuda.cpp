@@ -8,7 +8,8 @@
 // Row-major C = A·B is computed by both as the column-major Cᵀ = Bᵀ·Aᵀ (no copies).
 //
 // Timing: CUDA events around each call, the two sides interleaved, L2 flushed (a memset of twice its
-// size) before every timed call, outside the events; 5 warm-up and 30 timed calls per side, medians.
+// size, benchmarks/cuda_bench.hpp) before every timed call, outside the events; 5 warm-up and 30
+// timed calls per side, medians.
 // The host does not wait between iterations, so kiln's host-side cost shows only when it exceeds
 // the GPU time of a call. Columns: median µs, TFLOP/s (2·batch·M·N·K / time), kiln/raw = raw
 // time / kiln time (target >= 0.98), cudaMalloc calls made by kiln during the timed calls, and
@@ -22,8 +23,8 @@
 #include <vector>
 
 #include <kiln/backend/cuda/cublaslt.hpp>
-#include <kiln/backend/cuda/runtime.hpp>
-#include <kiln/kiln.hpp>
+
+#include "cuda_bench.hpp"
 
 namespace {
 
@@ -107,12 +108,6 @@ class RawGemm {
   cublasLtMatmulAlgo_t algo_{};
 };
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const std::size_t h = v.size() / 2;
-  return v.size() % 2 ? v[h] : 0.5 * (v[h - 1] + v[h]);
-}
-
 template <class T>
 void run_case(const Case& c, cudaDataType_t type, cublasComputeType_t compute, const char* dtype) {
   constexpr int warmup = 5, iters = 30;
@@ -130,10 +125,7 @@ void run_case(const Case& c, cudaDataType_t type, cublasComputeType_t compute, c
   Tensor<T> c_raw(sc, gpu);
   const RawGemm raw(type, compute, type == CUDA_R_64F ? CUDA_R_64F : CUDA_R_32F, c, a.data(), b.data(), c_raw.data());
 
-  int l2_bytes = 0;
-  KILN_CUDA_CHECK(cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, 0));
-  Tensor<std::uint8_t> junk({2 * static_cast<std::int64_t>(l2_bytes)}, gpu);
-  auto flush_l2 = [&] { KILN_CUDA_CHECK(cudaMemsetAsync(junk.data(), 0x5a, junk.numel(), stream)); };
+  kiln::bench::L2Flush flush_l2;
 
   for (int i = 0; i < warmup; ++i) {
     (void)kiln::matmul(a, b);
@@ -144,13 +136,13 @@ void run_case(const Case& c, cudaDataType_t type, cublasComputeType_t compute, c
 
   std::unique_ptr<cuda::Event[]> kiln_ev(new cuda::Event[2 * iters]), raw_ev(new cuda::Event[2 * iters]);
   for (int i = 0; i < iters; ++i) {
-    flush_l2();
+    flush_l2(stream);
     kiln_ev[2 * i].record(stream);
     {
       const Tensor<T> out = kiln::matmul(a, b);  // allocated by kiln, back to the cache at the end of the scope
     }
     kiln_ev[2 * i + 1].record(stream);
-    flush_l2();
+    flush_l2(stream);
     raw_ev[2 * i].record(stream);
     raw.run(stream);
     raw_ev[2 * i + 1].record(stream);
@@ -162,7 +154,7 @@ void run_case(const Case& c, cudaDataType_t type, cublasComputeType_t compute, c
     kiln_us.push_back(1e3 * kiln_ev[2 * i + 1].elapsed_since(kiln_ev[2 * i]));
     raw_us.push_back(1e3 * raw_ev[2 * i + 1].elapsed_since(raw_ev[2 * i]));
   }
-  const double tk = median(kiln_us), tr = median(raw_us);
+  const double tk = kiln::bench::median(kiln_us), tr = kiln::bench::median(raw_us);
 
   // Same algorithm, same bits.
   const Tensor<T> out = kiln::matmul(a, b);
@@ -183,13 +175,8 @@ void run_case(const Case& c, cudaDataType_t type, cublasComputeType_t compute, c
 }  // namespace
 
 int main() {
-  if (!cuda::available()) {
-    std::printf("no CUDA device\n");
-    return 0;
-  }
-  cudaDeviceProp prop{};
-  KILN_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
-  std::printf("kiln::matmul vs raw cublasLtMatmul on %s (medians of 30, L2 flushed)\n", prop.name);
+  if (!kiln::bench::open_device()) return 0;
+  std::printf("kiln::matmul vs raw cublasLtMatmul (medians of 30, L2 flushed)\n");
   std::printf("%-14s %-28s %-9s %10s %10s %9s %9s %9s %8s %10s\n", "case", "shape (MxKxN)", "dtype", "kiln_us",
               "raw_us", "kiln_TF/s", "raw_TF/s", "kiln/raw", "mallocs", "identical");
   run_case<kiln::bf16>({"gemm", 0, 8192, 8192, 8192, false}, CUDA_R_16BF, CUBLAS_COMPUTE_32F, "bf16");

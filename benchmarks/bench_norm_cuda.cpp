@@ -3,17 +3,14 @@
 // next to a device-to-device copy of the same number of bytes measured in the same run
 // (cudaMemcpyAsync; its GB/s also counts read + write). ratio = kernel GB/s / copy GB/s.
 //
-// CUDA events around each call, 5 warm-up calls, median of 30. Every buffer is over 200 MB (more
-// than 4x the H100's 50 MB L2), so no run finds its inputs in cache.
+// CUDA events around each call, 5 warm-up calls, median of 30 (benchmarks/cuda_bench.hpp). Every
+// buffer is over 200 MB (more than 4x the H100's 50 MB L2), so no run finds its inputs in cache.
 //
 //   ./benchmarks/bench_norm_cuda        (a few seconds on an H100)
-#include <algorithm>
-#include <cstdio>
 #include <string>
 #include <vector>
 
-#include <kiln/backend/cuda/runtime.hpp>
-#include <kiln/kiln.hpp>
+#include "cuda_bench.hpp"
 
 using namespace kiln;
 
@@ -21,42 +18,8 @@ namespace {
 
 const Device gpu = Device::cuda(0);
 
-template <class F>
-double median_us(F&& f) {
-  cudaStream_t stream = cuda::current_stream(0);
-  for (int i = 0; i < 5; ++i) f();
-  cuda::Event start, stop;
-  std::vector<double> times;
-  for (int i = 0; i < 30; ++i) {
-    start.record(stream);
-    f();
-    stop.record(stream);
-    stop.synchronize();
-    times.push_back(1000.0 * stop.elapsed_since(start));
-  }
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
-}
-
-// A device-to-device copy of half of `bytes` (so that read + write = bytes).
-double copy_us(double bytes) {
-  const auto n = static_cast<std::int64_t>(bytes / 2);
-  Tensor<std::uint8_t> src({n}, gpu), dst({n}, gpu);
-  cudaStream_t stream = cuda::current_stream(0);
-  return median_us([&] {
-    KILN_CUDA_CHECK(cudaMemcpyAsync(dst.data(), src.data(), static_cast<std::size_t>(n), cudaMemcpyDeviceToDevice, stream));
-  });
-}
-
-void row(const std::string& name, const std::string& shape, const char* dtype, double us, double bytes) {
-  const double gbs = bytes / (us * 1e-6) / 1e9;
-  const double copy = bytes / (copy_us(bytes) * 1e-6) / 1e9;
-  std::printf("%-26s %-22s %-9s %10.1f %10.0f %10.0f %7.2f\n", name.c_str(), shape.c_str(), dtype, us, gbs, copy,
-              gbs / copy);
-}
-
 template <class T>
-void bench_rms_norm() {
+void bench_rms_norm(bench::BandwidthBench& meter) {
   const std::int64_t rows = 16384, D = 7168;
   const double s = sizeof(T);
   const auto x = full<T>({rows, D}, convert<T>(0.5), gpu);
@@ -67,19 +30,19 @@ void bench_rms_norm() {
   const std::string shape = "[16384, 7168]";
 
   // Forward as users call it (fresh output from the caching allocator each call).
-  const double fwd = median_us([&] { (void)rms_norm(x, w); });
-  row("rms_norm fwd", shape, dtype_name<T>, fwd, s * (2.0 * rows * D + D) + 8.0 * rows);
+  meter.row("rms_norm fwd", shape, dtype_name<T>, s * (2.0 * rows * D + D) + 8.0 * rows,
+            [&] { (void)rms_norm(x, w); });
 
   // The fused backward kernel alone (through autograd, leaf accumulation would add a copy of dx).
   run_device_kernel("bench", "rms_norm_forward",
                     {{tensor_arg(y), tensor_arg(rstd), tensor_arg(x), tensor_arg(w)}, {1e-6}, {rows, D}});
   const KernelCall backward{
       {tensor_arg(dx), tensor_arg(dw), tensor_arg(x), tensor_arg(w), tensor_arg(g), tensor_arg(rstd)}, {}, {rows, D}};
-  const double bwd = median_us([&] { run_device_kernel("bench", "rms_norm_backward", backward); });
-  row("rms_norm bwd (dx, dw)", shape, dtype_name<T>, bwd, s * (3.0 * rows * D + 2.0 * D) + 8.0 * rows);
+  meter.row("rms_norm bwd (dx, dw)", shape, dtype_name<T>, s * (3.0 * rows * D + 2.0 * D) + 8.0 * rows,
+            [&] { run_device_kernel("bench", "rms_norm_backward", backward); });
 }
 
-void bench_rope() {
+void bench_rope(bench::BandwidthBench& meter) {
   const std::int64_t B = 8, S = 4096, H = 128, D = 64;
   const auto x = full<bf16>({B, S, H, D}, bf16(0.5f), gpu);
   const auto positions = arange<std::int64_t>(0, static_cast<double>(S), 1.0, gpu);
@@ -89,16 +52,15 @@ void bench_rope() {
   const std::string shape = "[8, 4096, 128, 64]";
   for (RopeLayout layout : {RopeLayout::half_split, RopeLayout::interleaved}) {
     const std::string l = layout == RopeLayout::half_split ? " half_split" : " interleaved";
-    const double t = median_us([&] { (void)rope(x, tables, layout); });
-    row("rope fwd, tables" + l, shape, "bfloat16", t, 2.0 * 2.0 * n + table_bytes);
+    meter.row("rope fwd, tables" + l, shape, "bfloat16", 2.0 * 2.0 * n + table_bytes,
+              [&] { (void)rope(x, tables, layout); });
   }
   // From positions: the tables are built on the device in the same call.
-  const double t = median_us([&] { (void)rope(x, positions); });
-  row("rope fwd, positions", shape, "bfloat16", t, 2.0 * 2.0 * n + 8.0 * S);
+  meter.row("rope fwd, positions", shape, "bfloat16", 2.0 * 2.0 * n + 8.0 * S, [&] { (void)rope(x, positions); });
 }
 
 template <class T>
-void bench_adamw(bool master) {
+void bench_adamw(bench::BandwidthBench& meter, bool master) {
   // 100M parameters in 50 tensors of 2M (one launch for all of them).
   const std::int64_t count = 50, n = 2'000'000;
   std::vector<Tensor<T>> params;
@@ -111,30 +73,23 @@ void bench_adamw(bool master) {
   optim::AdamWOptions o;
   o.master_weights = master;
   optim::AdamW<T> opt(params, o);
-  const double t = median_us([&] { opt.step(); });
   // float: read p, g, m, v; write p, m, v. Master: read master, g, m, v; write master, p, m, v.
   const double s = sizeof(T);
   const double per_element = master ? (4 + s + 8) + (4 + s + 8) : (s + s + 8) + (s + 8);
-  row(master ? "AdamW step, FP32 master" : "AdamW step", "100M in 50 tensors", dtype_name<T>, t,
-      per_element * static_cast<double>(count * n));
+  meter.row(master ? "AdamW step, FP32 master" : "AdamW step", "100M in 50 tensors", dtype_name<T>,
+            per_element * static_cast<double>(count * n), [&] { opt.step(); });
 }
 
 }  // namespace
 
 int main() {
-  if (!cuda::available()) {
-    std::puts("no CUDA device");
-    return 0;
-  }
-  cudaDeviceProp prop{};
-  KILN_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
-  std::printf("device: %s\n", prop.name);
-  std::printf("%-26s %-22s %-9s %10s %10s %10s %7s\n", "case", "shape", "dtype", "time (us)", "GB/s", "copy GB/s",
-              "ratio");
-  bench_rms_norm<bf16>();
-  bench_rms_norm<float>();
-  bench_rope();
-  bench_adamw<float>(false);
-  bench_adamw<bf16>(true);
+  if (!bench::open_device()) return 0;
+  bench::BandwidthBench meter({.warmup = 5, .timed = 30}, {.name = 26, .shape = 22});
+  meter.print_header();
+  bench_rms_norm<bf16>(meter);
+  bench_rms_norm<float>(meter);
+  bench_rope(meter);
+  bench_adamw<float>(meter, false);
+  bench_adamw<bf16>(meter, true);
   return 0;
 }

@@ -9,19 +9,15 @@
 // counted); cross-entropy forward reads the logits once (plus 8 B per target and 24 B per row of
 // statistics and losses), backward reads the logits and writes their gradient.
 //
-// CUDA events around each call, 3 warm-up calls, median of 20. Every input is over 500 MB (more
+// CUDA events around each call, 3 warm-up calls, median of 20 (benchmarks/cuda_bench.hpp). Every input is over 500 MB (more
 // than 10x the H100's 50 MB L2), so no run finds its inputs in cache. Ops run as users call them
 // (a fresh output from the caching allocator each call); the backward rows call the kernel alone.
 // cross_entropy's forward includes its one stream synchronisation (the target range check).
 //
 //   ./benchmarks/bench_reduce_cuda        (about 20 s on an H100, most of it making random inputs)
-#include <algorithm>
-#include <cstdio>
 #include <string>
-#include <vector>
 
-#include <kiln/backend/cuda/runtime.hpp>
-#include <kiln/kiln.hpp>
+#include "cuda_bench.hpp"
 
 using namespace kiln;
 
@@ -29,56 +25,20 @@ namespace {
 
 const Device gpu = Device::cuda(0);
 
-template <class F>
-double median_us(F&& f) {
-  cudaStream_t stream = cuda::current_stream(0);
-  for (int i = 0; i < 3; ++i) f();
-  cuda::Event start, stop;
-  std::vector<double> times;
-  for (int i = 0; i < 20; ++i) {
-    start.record(stream);
-    f();
-    stop.record(stream);
-    stop.synchronize();
-    times.push_back(1000.0 * stop.elapsed_since(start));
-  }
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
-}
-
-// A device-to-device copy moving `bytes` in all (half read, half written).
-double copy_us(double bytes) {
-  const auto n = static_cast<std::int64_t>(bytes / 2);
-  Tensor<std::uint8_t> src({n}, gpu), dst({n}, gpu);
-  cudaStream_t stream = cuda::current_stream(0);
-  return median_us([&] {
-    KILN_CUDA_CHECK(
-        cudaMemcpyAsync(dst.data(), src.data(), static_cast<std::size_t>(n), cudaMemcpyDeviceToDevice, stream));
-  });
-}
-
-void row(const std::string& name, const std::string& shape, const char* dtype, double us, double bytes) {
-  const double gbs = bytes / (us * 1e-6) / 1e9;
-  const double copy = bytes / (copy_us(bytes) * 1e-6) / 1e9;
-  std::printf("%-30s %-16s %-9s %10.1f %10.0f %10.0f %7.2f\n", name.c_str(), shape.c_str(), dtype, us, gbs, copy,
-              gbs / copy);
-  std::fflush(stdout);
-}
-
-void bench_sum() {
+void bench_sum(bench::BandwidthBench& meter) {
   const std::int64_t rows = 8192, cols = 32768;
   const auto x = randn<float>({rows, cols}, 0.0, 1.0, gpu);
   const double in = 4.0 * static_cast<double>(rows * cols);
   const std::string shape = "[8192, 32768]";
-  row("sum over the last dim", shape, "float32", median_us([&] { (void)sum(x, {1}); }), in + 4.0 * rows);
-  row("sum over dim 0", shape, "float32", median_us([&] { (void)sum(x, {0}); }), in + 4.0 * cols);
-  row("sum over all", shape, "float32", median_us([&] { (void)sum(x); }), in + 4.0);
-  row("amax over the last dim", shape, "float32", median_us([&] { (void)amax(x, {1}); }), in + 4.0 * rows);
-  row("argmax over the last dim", shape, "float32", median_us([&] { (void)argmax(x, 1); }), in + 8.0 * rows);
+  meter.row("sum over the last dim", shape, "float32", in + 4.0 * rows, [&] { (void)sum(x, {1}); });
+  meter.row("sum over dim 0", shape, "float32", in + 4.0 * cols, [&] { (void)sum(x, {0}); });
+  meter.row("sum over all", shape, "float32", in + 4.0, [&] { (void)sum(x); });
+  meter.row("amax over the last dim", shape, "float32", in + 4.0 * rows, [&] { (void)amax(x, {1}); });
+  meter.row("argmax over the last dim", shape, "float32", in + 8.0 * rows, [&] { (void)argmax(x, 1); });
 }
 
 template <class T>
-void bench_softmax() {
+void bench_softmax(bench::BandwidthBench& meter) {
   const std::int64_t rows = 8192, cols = 32768;
   const double s = sizeof(T), n = static_cast<double>(rows * cols);
   const auto x = randn<T>({rows, cols}, 0.0, 2.0, gpu);
@@ -86,17 +46,17 @@ void bench_softmax() {
   const std::string shape = "[8192, 32768]";
   for (bool log : {false, true}) {
     const std::string name = log ? "log_softmax" : "softmax";
-    const double fwd = median_us([&] { (void)(log ? log_softmax(x, -1) : softmax(x, -1)); });
-    row(name + " fwd", shape, dtype_name<T>, fwd, 2.0 * s * n);
+    meter.row(name + " fwd", shape, dtype_name<T>, 2.0 * s * n,
+              [&] { (void)(log ? log_softmax(x, -1) : softmax(x, -1)); });
     const Tensor<T> y = log ? log_softmax(x, -1) : softmax(x, -1);
     Tensor<T> gx({rows, cols}, gpu);
     const KernelCall call{{tensor_arg(gx), tensor_arg(g), tensor_arg(y)}, {}, {1, log ? 1 : 0}};
-    const double bwd = median_us([&] { run_device_kernel("bench", "softmax_backward", call); });
-    row(name + " bwd (kernel)", shape, dtype_name<T>, bwd, 3.0 * s * n);
+    meter.row(name + " bwd (kernel)", shape, dtype_name<T>, 3.0 * s * n,
+              [&] { run_device_kernel("bench", "softmax_backward", call); });
   }
 }
 
-void bench_cross_entropy() {
+void bench_cross_entropy(bench::BandwidthBench& meter) {
   using T = bf16;
   const std::int64_t rows = 16384, classes = 32000;
   const double s = sizeof(T), n = static_cast<double>(rows * classes);
@@ -107,8 +67,8 @@ void bench_cross_entropy() {
   const std::string shape = "[16384, 32000]";
   const double per_row = 8.0 + 24.0;
 
-  const double fwd = median_us([&] { (void)cross_entropy(x, targets); });
-  row("cross_entropy fwd (mean)", shape, "bfloat16", fwd, s * n + per_row * rows);
+  meter.row("cross_entropy fwd (mean)", shape, "bfloat16", s * n + per_row * rows,
+            [&] { (void)cross_entropy(x, targets); });
 
   // The backward kernel alone, from statistics the forward kernel leaves.
   Tensor<T> out(Shape{}, gpu), gx({rows, classes}, gpu);
@@ -125,30 +85,26 @@ void bench_cross_entropy() {
                              tensor_arg(counted)},
                             {},
                             {-100, mean}};
-  const double bwd = median_us([&] { run_device_kernel("bench", "cross_entropy_backward", backward); });
-  row("cross_entropy bwd (kernel)", shape, "bfloat16", bwd, 2.0 * s * n + 16.0 * rows);
+  meter.row("cross_entropy bwd (kernel)", shape, "bfloat16", 2.0 * s * n + 16.0 * rows,
+            [&] { run_device_kernel("bench", "cross_entropy_backward", backward); });
 
   // Forward and backward as a training step runs them.
   auto leaf = x.detach().requires_grad_();
-  const double both = median_us([&] {
+  meter.row("cross_entropy fwd+bwd (autograd)", shape, "bfloat16", 3.0 * s * n + (per_row + 16.0) * rows, [&] {
     leaf.zero_grad();
     cross_entropy(leaf, targets).backward();
   });
-  row("cross_entropy fwd+bwd (autograd)", shape, "bfloat16", both, 3.0 * s * n + (per_row + 16.0) * rows);
 }
 
 }  // namespace
 
 int main() {
-  if (!cuda::available()) {
-    std::printf("no CUDA device\n");
-    return 0;
-  }
-  std::printf("%-30s %-16s %-9s %10s %10s %10s %7s\n", "case", "shape", "dtype", "time (us)", "GB/s", "copy GB/s",
-              "ratio");
-  bench_sum();
-  bench_softmax<float>();
-  bench_softmax<bf16>();
-  bench_cross_entropy();
+  if (!bench::open_device()) return 0;
+  bench::BandwidthBench meter({.warmup = 3, .timed = 20}, {.name = 32, .shape = 16});
+  meter.print_header();
+  bench_sum(meter);
+  bench_softmax<float>(meter);
+  bench_softmax<bf16>(meter);
+  bench_cross_entropy(meter);
   return 0;
 }

@@ -10,44 +10,16 @@
 
 #include <kiln/nn/deepseek_v3.hpp>
 
-#include "test_util.hpp"
+#include "nn_test_util.hpp"
 
 using namespace kiln;
-using kiln::testing::relative_error;
+using namespace kiln::testing;
 using nn::DeepseekV3Config;
 using nn::DeepseekV3ForCausalLM;
 
 namespace {
 
-DeepseekV3Config tiny_config() {
-  DeepseekV3Config c;
-  c.vocab_size = 32;
-  c.hidden_size = 16;
-  c.intermediate_size = 24;
-  c.moe_intermediate_size = 8;
-  c.num_hidden_layers = 2;
-  c.num_nextn_predict_layers = 1;
-  c.num_attention_heads = 2;
-  c.num_key_value_heads = 2;
-  c.n_shared_experts = 1;
-  c.n_routed_experts = 4;
-  c.routed_scaling_factor = 2.5;
-  c.kv_lora_rank = 8;
-  c.q_lora_rank = 12;
-  c.qk_rope_head_dim = 4;
-  c.qk_nope_head_dim = 4;
-  c.v_head_dim = 4;
-  c.n_group = 2;
-  c.topk_group = 1;
-  c.num_experts_per_tok = 2;
-  c.first_k_dense_replace = 1;
-  c.initializer_range = 0.2;
-  return c;
-}
-
-Tensor<std::int64_t> ids_from(const std::vector<std::int64_t>& v, std::int64_t B, std::int64_t S) {
-  return Tensor<std::int64_t>::from_vector(v, {B, S});
-}
+DeepseekV3Config tiny_config() { return tiny_deepseek_config(0.2); }
 
 // Columns [from, to) of a [B, S] id matrix, copied through plain vectors.
 Tensor<std::int64_t> columns(const Tensor<std::int64_t>& ids, std::int64_t from, std::int64_t to) {

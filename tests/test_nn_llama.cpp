@@ -10,45 +10,12 @@
 #include <string>
 #include <vector>
 
-#include "test_util.hpp"
+#include "nn_test_util.hpp"
 
 using namespace kiln;
-using kiln::testing::relative_error;
+using namespace kiln::testing;
 
 namespace {
-
-using Vec = std::vector<double>;
-
-template <class M, class F>
-GradcheckResult module_gradcheck(const M& m, const std::vector<Tensor<double>>& inputs, F f) {
-  std::vector<Tensor<double>> all = inputs;
-  for (auto& [name, p] : m.named_parameters()) all.push_back(p.detach());
-  const std::size_t n = inputs.size();
-  return gradcheck(
-      [&](const std::vector<Tensor<double>>& x) {
-        std::size_t i = n;
-        m.visit("", [&](const std::string&, Tensor<double>* t, bool trainable) {
-          if (trainable) *t = x[i++];
-        });
-        return f(std::vector<Tensor<double>>(x.begin(), x.begin() + static_cast<std::ptrdiff_t>(n)));
-      },
-      all);
-}
-
-template <class M>
-void randomize(M& m, std::uint64_t seed, double scale) {
-  Generator gen{seed, 0};
-  m.visit("", [&](const std::string&, Tensor<double>* t, bool) {
-    *t = randn<double>(t->shape(), 0.0, scale, Device::cpu(), gen).requires_grad_();
-  });
-}
-
-template <class M>
-std::vector<std::string> names(const M& m) {
-  std::vector<std::string> out;
-  for (auto& [name, t] : m.state()) out.push_back(name);
-  return out;
-}
 
 nn::LlamaConfig small_config() {
   nn::LlamaConfig c;
@@ -78,33 +45,6 @@ nn::LlamaConfig tiny_config() {
 
 // ---- the reference: plain loops, Hugging Face's order of operations ----
 
-struct Params {
-  std::map<std::string, Vec> p;
-  const Vec& operator[](const std::string& name) const { return p.at(name); }
-  bool has(const std::string& name) const { return p.count(name) > 0; }
-};
-
-Vec lin(const Params& P, const std::string& name, const Vec& x) {
-  const Vec& w = P[name + ".weight"];
-  const std::size_t in = x.size(), out = w.size() / in;
-  Vec y(out);
-  for (std::size_t o = 0; o < out; ++o) {
-    double s = P.has(name + ".bias") ? P[name + ".bias"][o] : 0.0;
-    for (std::size_t i = 0; i < in; ++i) s += w[o * in + i] * x[i];
-    y[o] = s;
-  }
-  return y;
-}
-
-Vec rms(const Params& P, const std::string& name, const Vec& x, double eps) {
-  double ms = 0.0;
-  for (double v : x) ms += v * v;
-  const double inv = 1.0 / std::sqrt(ms / static_cast<double>(x.size()) + eps);
-  Vec y(x.size());
-  for (std::size_t i = 0; i < x.size(); ++i) y[i] = x[i] * inv * P[name + ".weight"][i];
-  return y;
-}
-
 // HF Llama rope: v * cos(emb) + rotate_half(v) * sin(emb), emb = cat(freqs, freqs).
 Vec hf_rope(const Vec& v, std::int64_t pos, double theta) {
   const std::size_t d = v.size(), half = d / 2;
@@ -116,10 +56,6 @@ Vec hf_rope(const Vec& v, std::int64_t pos, double theta) {
     out[j] = v[j] * std::cos(ang) + rot * std::sin(ang);
   }
   return out;
-}
-
-Vec slice(const Vec& v, std::size_t start, std::size_t n) {
-  return Vec(v.begin() + static_cast<std::ptrdiff_t>(start), v.begin() + static_cast<std::ptrdiff_t>(start + n));
 }
 
 // ids [B, S] -> logits [B, S, vocab], positions 0..S-1.
@@ -189,12 +125,6 @@ Vec reference_llama(const nn::LlamaConfig& c, const Params& P, const std::vector
   return logits;
 }
 
-Params params_of(const nn::LlamaForCausalLM<double>& m) {
-  Params out;
-  for (auto& [name, t] : m.state()) out.p[name] = t.to_vector();
-  return out;
-}
-
 }  // namespace
 
 TEST(NnLlama, ForwardMatchesHuggingFaceReference) {
@@ -258,7 +188,7 @@ TEST(NnLlama, StateNamesMatchHuggingFace) {
   nn::LlamaConfig c = tiny_config();
   Generator gen{5, 0};
   nn::LlamaForCausalLM<double> m(c, gen);
-  EXPECT_EQ(names(m), (std::vector<std::string>{
+  EXPECT_EQ(state_names(m), (std::vector<std::string>{
                           "model.embed_tokens.weight",
                           "model.layers.0.self_attn.q_proj.weight",
                           "model.layers.0.self_attn.k_proj.weight",
@@ -281,7 +211,7 @@ TEST(NnLlama, StateNamesMatchHuggingFace) {
   c.tie_word_embeddings = true;
   c.attention_bias = true;
   nn::LlamaForCausalLM<double> tied(c, gen);
-  const std::vector<std::string> n = names(tied);
+  const std::vector<std::string> n = state_names(tied);
   EXPECT_EQ(n.size(), 15u);
   EXPECT_EQ(std::count(n.begin(), n.end(), "lm_head.weight"), 0);
   for (const char* p : {"q", "k", "v", "o"})
@@ -341,20 +271,6 @@ TEST(NnLlama, Errors) {
   EXPECT_KILN_ERROR(m.forward(tensor<std::int64_t>({1, 2}, {1, 2}), nn::positions_from(0, 3)), "LlamaModel",
                     "positions", "[3]");
 }
-
-namespace {
-
-template <class U, class Dst, class Src>
-void copy_params(Dst& dst, const Src& src) {
-  const auto s = src.state();
-  std::size_t i = 0;
-  dst.visit("", [&](const std::string& name, Tensor<U>* t, bool) {
-    ASSERT_EQ(name, s[i].first);
-    *t = cast<U>(s[i++].second.detach());
-  });
-}
-
-}  // namespace
 
 TEST(NnLlama, FloatAndBf16FollowDouble) {
   const nn::LlamaConfig c = small_config();

@@ -9,38 +9,12 @@
 #include <string>
 #include <vector>
 
-#include "test_util.hpp"
+#include "nn_test_util.hpp"
 
 using namespace kiln;
-using kiln::testing::relative_error;
+using namespace kiln::testing;
 
 namespace {
-
-using Vec = std::vector<double>;
-
-template <class M, class F>
-GradcheckResult module_gradcheck(const M& m, const std::vector<Tensor<double>>& inputs, F f) {
-  std::vector<Tensor<double>> all = inputs;
-  for (auto& [name, p] : m.named_parameters()) all.push_back(p.detach());
-  const std::size_t n = inputs.size();
-  return gradcheck(
-      [&](const std::vector<Tensor<double>>& x) {
-        std::size_t i = n;
-        m.visit("", [&](const std::string&, Tensor<double>* t, bool trainable) {
-          if (trainable) *t = x[i++];
-        });
-        return f(std::vector<Tensor<double>>(x.begin(), x.begin() + static_cast<std::ptrdiff_t>(n)));
-      },
-      all);
-}
-
-template <class M>
-void randomize(M& m, std::uint64_t seed, double scale) {
-  Generator gen{seed, 0};
-  m.visit("", [&](const std::string&, Tensor<double>* t, bool) {
-    *t = randn<double>(t->shape(), 0.0, scale, Device::cpu(), gen).requires_grad_();
-  });
-}
 
 nn::DeepseekV3Config small_config(bool q_lora) {
   nn::DeepseekV3Config c;
@@ -74,39 +48,8 @@ nn::DeepseekV3Config tiny_config(bool q_lora) {
 
 // ---- the reference: plain loops over one token at a time, Hugging Face's order of operations ----
 
-struct Params {
-  std::map<std::string, Vec> p;
-  const Vec& operator[](const std::string& name) const { return p.at(name); }
-  bool has(const std::string& name) const { return p.count(name) > 0; }
-};
-
-Params params_of(const nn::MLA<double>& m) {
-  Params out;
-  for (auto& [name, t] : m.state()) out.p[name] = t.to_vector();
-  return out;
-}
-
-// W [out, in] · x (+ b).
-Vec lin(const Params& P, const std::string& name, const Vec& x) {
-  const Vec& w = P[name + ".weight"];
-  const std::size_t in = x.size(), out = w.size() / in;
-  Vec y(out, 0.0);
-  for (std::size_t o = 0; o < out; ++o) {
-    double s = P.has(name + ".bias") ? P[name + ".bias"][o] : 0.0;
-    for (std::size_t i = 0; i < in; ++i) s += w[o * in + i] * x[i];
-    y[o] = s;
-  }
-  return y;
-}
-
-Vec rms(const Params& P, const std::string& name, const Vec& x) {
-  double ms = 0.0;
-  for (double v : x) ms += v * v;
-  const double inv = 1.0 / std::sqrt(ms / static_cast<double>(x.size()) + 1e-6);
-  Vec y(x.size());
-  for (std::size_t i = 0; i < x.size(); ++i) y[i] = x[i] * inv * P[name + ".weight"][i];
-  return y;
-}
+// Hugging Face builds q_a_layernorm and kv_a_layernorm with the default eps, not rms_norm_eps.
+constexpr double kLatentNormEps = 1e-6;
 
 // HF DeepSeek-V3 rope for one vector at position p: view [d/2, 2], transpose to [2, d/2] (u), then
 // u * cos(emb) + rotate_half(u) * sin(emb), emb = cat(freqs, freqs).
@@ -123,16 +66,6 @@ Vec hf_rope(const Vec& v, std::int64_t pos, double theta) {
   return out;
 }
 
-Vec slice(const Vec& v, std::size_t start, std::size_t n) {
-  return Vec(v.begin() + static_cast<std::ptrdiff_t>(start), v.begin() + static_cast<std::ptrdiff_t>(start + n));
-}
-
-double dot(const Vec& a, const Vec& b) {
-  double s = 0.0;
-  for (std::size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
-  return s;
-}
-
 // x [B, S, hidden] -> [B, S, hidden].
 Vec reference_mla(const nn::DeepseekV3Config& c, const Params& P, const Vec& x, std::size_t B, std::size_t S,
                   const std::vector<std::int64_t>& positions) {
@@ -146,10 +79,11 @@ Vec reference_mla(const nn::DeepseekV3Config& c, const Params& P, const Vec& x, 
     std::vector<Vec> kp(S);
     for (std::size_t s = 0; s < S; ++s) {
       const Vec xt = slice(x, (b * S + s) * hid, hid);
-      const Vec q = c.q_lora_rank ? lin(P, "q_b_proj", rms(P, "q_a_layernorm", lin(P, "q_a_proj", xt)))
-                                  : lin(P, "q_proj", xt);
+      const Vec q = c.q_lora_rank
+                        ? lin(P, "q_b_proj", rms(P, "q_a_layernorm", lin(P, "q_a_proj", xt), kLatentNormEps))
+                        : lin(P, "q_proj", xt);
       const Vec kva = lin(P, "kv_a_proj_with_mqa", xt);
-      const Vec kv = lin(P, "kv_b_proj", rms(P, "kv_a_layernorm", slice(kva, 0, r)));
+      const Vec kv = lin(P, "kv_b_proj", rms(P, "kv_a_layernorm", slice(kva, 0, r), kLatentNormEps));
       kp[s] = hf_rope(slice(kva, r, dr), positions[s], c.rope_theta);
       for (std::size_t h = 0; h < H; ++h) {
         qn[s].push_back(slice(q, h * (dn + dr), dn));
@@ -176,12 +110,6 @@ Vec reference_mla(const nn::DeepseekV3Config& c, const Params& P, const Vec& x, 
       for (std::size_t e = 0; e < hid; ++e) out[(b * S + i) * hid + e] = y[e];
     }
   }
-  return out;
-}
-
-std::vector<std::string> names(const nn::MLA<double>& m) {
-  std::vector<std::string> out;
-  for (auto& [name, t] : m.state()) out.push_back(name);
   return out;
 }
 
@@ -297,7 +225,7 @@ TEST(NnMLA, StateNamesAndShapes) {
   Generator gen{6, 0};
   const nn::DeepseekV3Config c = small_config(true);  // no bias
   nn::MLA<double> m(c, gen);
-  EXPECT_EQ(names(m), (std::vector<std::string>{"q_a_proj.weight", "q_a_layernorm.weight", "q_b_proj.weight",
+  EXPECT_EQ(state_names(m), (std::vector<std::string>{"q_a_proj.weight", "q_a_layernorm.weight", "q_b_proj.weight",
                                                 "kv_a_proj_with_mqa.weight", "kv_a_layernorm.weight",
                                                 "kv_b_proj.weight", "o_proj.weight"}));
   EXPECT_EQ(m.q_a_proj->weight.shape(), (Shape{7, 12}));
@@ -308,7 +236,7 @@ TEST(NnMLA, StateNamesAndShapes) {
   EXPECT_DOUBLE_EQ(m.softmax_scale, 1.0 / std::sqrt(10.0));
 
   nn::MLA<double> plain(small_config(false), gen);  // q_proj, with attention_bias
-  EXPECT_EQ(names(plain), (std::vector<std::string>{"q_proj.weight", "kv_a_proj_with_mqa.weight",
+  EXPECT_EQ(state_names(plain), (std::vector<std::string>{"q_proj.weight", "kv_a_proj_with_mqa.weight",
                                                     "kv_a_proj_with_mqa.bias", "kv_a_layernorm.weight",
                                                     "kv_b_proj.weight", "o_proj.weight", "o_proj.bias"}));
   EXPECT_EQ(plain.q_proj->weight.shape(), (Shape{3 * 10, 12}));
@@ -324,21 +252,6 @@ TEST(NnMLA, Errors) {
   odd.qk_rope_head_dim = 5;
   EXPECT_KILN_ERROR(nn::MLA<double>(odd, gen), "MLA", "qk_rope_head_dim", "5");
 }
-
-namespace {
-
-// Writes src's parameters (cast to U) into dst, which has the same names and shapes.
-template <class U, class Dst, class Src>
-void copy_params(Dst& dst, const Src& src) {
-  const auto s = src.state();
-  std::size_t i = 0;
-  dst.visit("", [&](const std::string& name, Tensor<U>* t, bool) {
-    ASSERT_EQ(name, s[i].first);
-    *t = cast<U>(s[i++].second.detach());
-  });
-}
-
-}  // namespace
 
 TEST(NnMLA, FloatAndBf16FollowDouble) {
   const nn::DeepseekV3Config c = small_config(true);

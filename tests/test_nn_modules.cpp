@@ -9,48 +9,12 @@
 #include <string>
 #include <vector>
 
-#include "test_util.hpp"
+#include "nn_test_util.hpp"
 
 using namespace kiln;
-using kiln::testing::relative_error;
+using namespace kiln::testing;
 
 namespace {
-
-using Vec = std::vector<double>;
-
-// gradcheck of f(inputs) in the inputs and in every parameter of m: the parameters become extra
-// gradcheck inputs, written into the module's slots before each evaluation.
-template <class M, class F>
-GradcheckResult module_gradcheck(const M& m, const std::vector<Tensor<double>>& inputs, F f) {
-  std::vector<Tensor<double>> all = inputs;
-  for (auto& [name, p] : m.named_parameters()) all.push_back(p.detach());
-  const std::size_t n = inputs.size();
-  return gradcheck(
-      [&](const std::vector<Tensor<double>>& x) {
-        std::size_t i = n;
-        m.visit("", [&](const std::string&, Tensor<double>* t, bool trainable) {
-          if (trainable) *t = x[i++];
-        });
-        return f(std::vector<Tensor<double>>(x.begin(), x.begin() + static_cast<std::ptrdiff_t>(n)));
-      },
-      all);
-}
-
-template <class M>
-std::vector<std::string> names(const M& m) {
-  std::vector<std::string> out;
-  for (auto& [name, t] : m.state()) out.push_back(name);
-  return out;
-}
-
-// Replaces every parameter by normal(0, scale) draws (norm weights included, so that they matter).
-template <class M>
-void randomize(M& m, std::uint64_t seed, double scale = 0.5) {
-  Generator gen{seed, 0};
-  m.visit("", [&](const std::string&, Tensor<double>* t, bool) {
-    *t = randn<double>(t->shape(), 0.0, scale, Device::cpu(), gen).requires_grad_();
-  });
-}
 
 double at(const Vec& v, std::int64_t i) { return v[static_cast<std::size_t>(i)]; }
 
@@ -136,7 +100,7 @@ TEST(NnLinear, Gradcheck) {
 TEST(NnLinear, NamesInitAndErrors) {
   Generator a{21, 0}, b{21, 0};
   nn::Linear<double> l1(200, 100, true, 0.02, a), l2(200, 100, true, 0.02, b);
-  EXPECT_EQ(names(l1), (std::vector<std::string>{"weight", "bias"}));
+  EXPECT_EQ(state_names(l1), (std::vector<std::string>{"weight", "bias"}));
   EXPECT_EQ(l1.weight.shape(), (Shape{100, 200}));
   EXPECT_EQ(l1.weight.to_vector(), l2.weight.to_vector());  // same seed, same bits
   EXPECT_TRUE(l1.weight.requires_grad() && l1.bias.requires_grad());
@@ -149,7 +113,7 @@ TEST(NnLinear, NamesInitAndErrors) {
 
   Generator g{1, 0};
   nn::Linear<double> nb(7, 5, false, 0.02, g);
-  EXPECT_EQ(names(nb), (std::vector<std::string>{"weight"}));
+  EXPECT_EQ(state_names(nb), (std::vector<std::string>{"weight"}));
   EXPECT_KILN_ERROR(nb(randn<double>({2, 6})), "linear", "[2, 6]", "[5, 7]");
   EXPECT_KILN_ERROR(nn::Linear<double>(0, 5, false, 0.02, g), "Linear");
 }
@@ -157,7 +121,7 @@ TEST(NnLinear, NamesInitAndErrors) {
 TEST(NnEmbedding, ForwardGradcheckNames) {
   Generator gen{31, 0};
   nn::Embedding<double> e(11, 6, 1.0, gen);
-  EXPECT_EQ(names(e), (std::vector<std::string>{"weight"}));
+  EXPECT_EQ(state_names(e), (std::vector<std::string>{"weight"}));
   EXPECT_EQ(e.weight.shape(), (Shape{11, 6}));
   const Tensor<std::int64_t> ids = tensor<std::int64_t>({3, 0, 10, 3, 7, 3}, {2, 3});
   const Tensor<double> y = e(ids);
@@ -174,7 +138,7 @@ TEST(NnEmbedding, ForwardGradcheckNames) {
 
 TEST(NnRMSNorm, ForwardGradcheckNames) {
   nn::RMSNorm<double> n(9, 1e-5);
-  EXPECT_EQ(names(n), (std::vector<std::string>{"weight"}));
+  EXPECT_EQ(state_names(n), (std::vector<std::string>{"weight"}));
   for (double v : n.weight.to_vector()) EXPECT_EQ(v, 1.0);
   randomize(n, 3);
   const Tensor<double> x = randn<double>({4, 9});
@@ -191,7 +155,7 @@ TEST(NnRMSNorm, ForwardGradcheckNames) {
 TEST(NnSwiGLUMLP, ForwardGradcheckNames) {
   Generator gen{41, 0};
   nn::SwiGLUMLP<double> m(6, 10, 0.5, gen);
-  EXPECT_EQ(names(m), (std::vector<std::string>{"gate_proj.weight", "up_proj.weight", "down_proj.weight"}));
+  EXPECT_EQ(state_names(m), (std::vector<std::string>{"gate_proj.weight", "up_proj.weight", "down_proj.weight"}));
   EXPECT_EQ(m.gate_proj.weight.shape(), (Shape{10, 6}));
   EXPECT_EQ(m.up_proj.weight.shape(), (Shape{10, 6}));
   EXPECT_EQ(m.down_proj.weight.shape(), (Shape{6, 10}));
@@ -209,7 +173,7 @@ TEST(NnSwiGLUMLP, ForwardGradcheckNames) {
   EXPECT_TRUE(r.ok) << r.report;
 
   nn::SwiGLUMLP<double> with_bias(4, 5, 0.5, gen, true);
-  EXPECT_EQ(names(with_bias), (std::vector<std::string>{"gate_proj.weight", "gate_proj.bias", "up_proj.weight",
+  EXPECT_EQ(state_names(with_bias), (std::vector<std::string>{"gate_proj.weight", "gate_proj.bias", "up_proj.weight",
                                                         "up_proj.bias", "down_proj.weight", "down_proj.bias"}));
   randomize(with_bias, 4);
   r = module_gradcheck(with_bias, {randn<double>({2, 4})},

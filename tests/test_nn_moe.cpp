@@ -10,16 +10,14 @@
 
 #include <kiln/nn/moe.hpp>
 
-#include "test_util.hpp"
+#include "nn_test_util.hpp"
 
 using namespace kiln;
-using kiln::testing::relative_error;
+using namespace kiln::testing;
 using nn::DeepseekV3Config;
 using nn::MoE;
 
 namespace {
-
-using Vec = std::vector<double>;
 
 DeepseekV3Config tiny_config() {
   DeepseekV3Config c;
@@ -35,12 +33,6 @@ DeepseekV3Config tiny_config() {
   c.initializer_range = 0.5;  // large enough that affinities spread away from 0.5
   c.seq_aux_loss_alpha = 0.0;
   return c;
-}
-
-std::map<std::string, Tensor<double>> named_state(const nn::Module<double>& m) {
-  std::map<std::string, Tensor<double>> out;
-  for (auto& [name, t] : m.state()) out[name] = t;
-  return out;
 }
 
 double sigmoid_ref(double z) { return 1.0 / (1.0 + std::exp(-z)); }

@@ -14,10 +14,11 @@
 
 #include <kiln/train/trainer.hpp>
 
-#include "test_util.hpp"
+#include "nn_test_util.hpp"
 
 using namespace kiln;
 using kiln::testing::relative_error;
+using kiln::testing::tiny_deepseek_config;
 using nn::DeepseekV3Config;
 using nn::DeepseekV3ForCausalLM;
 using optim::CosineSchedule;
@@ -27,30 +28,7 @@ using train::TrainerOptions;
 
 namespace {
 
-DeepseekV3Config tiny_config() {
-  DeepseekV3Config c;
-  c.vocab_size = 32;
-  c.hidden_size = 16;
-  c.intermediate_size = 24;
-  c.moe_intermediate_size = 8;
-  c.num_hidden_layers = 2;
-  c.num_nextn_predict_layers = 1;
-  c.num_attention_heads = 2;
-  c.num_key_value_heads = 2;
-  c.n_shared_experts = 1;
-  c.n_routed_experts = 4;
-  c.kv_lora_rank = 8;
-  c.q_lora_rank = 12;
-  c.qk_rope_head_dim = 4;
-  c.qk_nope_head_dim = 4;
-  c.v_head_dim = 4;
-  c.n_group = 2;
-  c.topk_group = 1;
-  c.num_experts_per_tok = 2;
-  c.first_k_dense_replace = 1;
-  c.initializer_range = 0.1;
-  return c;
-}
+DeepseekV3Config tiny_config() { return tiny_deepseek_config(0.1); }
 
 // Rows [row0, row0 + rows) of a pseudo-random token matrix (seeded by `seed` and micro-batch
 // `index`), as ids and next-token targets: a pure function of its arguments.

@@ -36,6 +36,10 @@ inline void run_backward(const std::shared_ptr<Node>& root) {
     std::shared_ptr<Node> n = std::move(ready.back());
     ready.pop_back();
     n->apply();
+    if (!n->post_hooks.empty()) {
+      const auto hooks = n->post_hooks;  // a hook may remove itself
+      for (const auto& hook : hooks) (*hook)();
+    }
     std::vector<std::shared_ptr<Node>> children = n->next;
     n->release();
     for (auto& child : children) {

@@ -56,6 +56,13 @@ class Node {
 
   std::vector<std::shared_ptr<Node>> next;
 
+  // Run by the engine right after apply(), in the order added, and kept by release(): hooks on a
+  // leaf's AccumulateGrad (which lives as long as the leaf) run in every backward, once the leaf's
+  // gradient is complete. Data parallel training starts gradient communication from them
+  // (dist/data_parallel.hpp); the owner removes its hook by pointer when done.
+  using Hook = std::function<void()>;
+  std::vector<std::shared_ptr<const Hook>> post_hooks;
+
  private:
   std::string name_;
 };

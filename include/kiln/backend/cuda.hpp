@@ -17,6 +17,7 @@
 
 // One folder of kernels/ per family; each family's all.cuh lists its kernels.
 #include "elementwise/all.cuh"
+#include "fp8_gemm/all.cuh"
 #include "indexing/all.cuh"
 #include "loss/all.cuh"
 #include "matmul/all.cuh"

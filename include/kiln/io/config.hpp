@@ -10,6 +10,11 @@
 //   - a *_token_id given as a list (Llama 3 lists several eos ids) takes the first;
 //   - a non-null "rope_scaling" is an error: kiln implements plain RoPE, and ignoring the
 //     scaling would build a different model without saying so;
+//   - "rope_parameters" (transformers 5 writes rope_theta only there: {"rope_type": "default",
+//     "rope_theta": ...}) gives rope_theta, taking precedence over a top-level "rope_theta" as in
+//     transformers; a rope_type other than "default" is an error, as rope_scaling is;
+//   - DeepSeek-V3 "rope_interleave": false is an error: kiln's MLA rotates interleaved pairs,
+//     the layout of the published checkpoints and transformers' default (true);
 //   - a "model_type" of another model is an error.
 // kiln's own training options are written under keys prefixed "kiln_", which transformers keeps
 // as unknown attributes and otherwise ignores.
@@ -187,6 +192,19 @@ Config config_from_json(const Json& j, const std::string& source = "config.json"
     fail("config", source, ": rope_scaling ", it->dump(), " is not supported (kiln implements plain RoPE)");
   Config config;
   traits::fields(config, [&](const char* key, auto& field) { detail::read_config_field(j, key, field, source); });
+  if (auto it = j.find("rope_parameters"); it != j.end() && !it->is_null()) {
+    if (!it->is_object()) fail("config", source, ": rope_parameters must be an object, got ", it->dump());
+    for (const char* type_key : {"rope_type", "type"})
+      if (auto t = it->find(type_key); t != it->end() && !(t->is_string() && t->template get<std::string>() == "default"))
+        fail("config", source, ": rope_parameters ", it->dump(),
+             " is not supported (kiln implements plain RoPE: rope_type \"default\")");
+    detail::read_config_field(*it, "rope_theta", config.rope_theta, source);
+  }
+  if constexpr (std::is_same_v<Config, nn::DeepseekV3Config>) {
+    if (auto it = j.find("rope_interleave"); it != j.end() && !(it->is_boolean() && it->template get<bool>()))
+      fail("config", source, ": rope_interleave ", it->dump(),
+           " is not supported (kiln's MLA implements the interleaved rope layout, rope_interleave true)");
+  }
   return config;
 }
 

@@ -4,12 +4,15 @@
 // earlier keys come from a cache), so query i sits at key index Sk - Sq + i and sees keys 0..that.
 // The mask compares indices, not rope positions: positions only rotate queries and keys.
 //
-// Also here: rope tables placed on the device of the tensors they rotate, built once per forward
-// pass and shared by every layer.
+// Also here, for both decoders (nn/llama.hpp, nn/deepseek_v3.hpp): rope tables placed on the
+// device of the tensors they rotate, built once per forward pass and shared by every layer; checks
+// of ids and positions; the per-layer cache of incremental decoding.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <vector>
 
 #include "kiln/ops/compare.hpp"
 #include "kiln/ops/copy.hpp"
@@ -69,6 +72,30 @@ inline void check_positions(const char* op, const Tensor<std::int64_t>& position
   check(positions.shape() == Shape{S} || positions.shape() == Shape{B, S}, op, "positions of shape ",
         positions.shape(), " fit neither [S] nor [B, S] for a batch of shape [B, S] = [", B, ", ", S, "]");
 }
+
+// Checks that ids are a batch of token sequences [B, S]; returns S.
+inline std::int64_t check_ids(const char* op, const Tensor<std::int64_t>& ids) {
+  check_defined(op, ids);
+  check(ids.dim() == 2, op, "ids must be [B, S], got shape ", ids.shape());
+  return ids.size(1);
+}
+
+// One cache per decoder layer for incremental decoding (LayerCache: the layer's KVCache or
+// MLACache, with length()). Empty until the model's first forward with it.
+template <class LayerCache>
+struct DecoderCache {
+  std::vector<LayerCache> layers;
+
+  std::int64_t length() const { return layers.empty() ? 0 : layers.front().length(); }
+  void clear() { layers.clear(); }
+
+  // Called by a model of `num_layers` layers before it uses the cache: makes the layer caches on
+  // first use; a cache filled by a model of another depth is an error.
+  void prepare(const char* op, std::size_t num_layers) {
+    if (layers.empty()) layers.resize(num_layers);
+    check(layers.size() == num_layers, op, "cache holds ", layers.size(), " layers, the model ", num_layers);
+  }
+};
 
 // Positions first, first + 1, ..., first + n - 1 (a host tensor [n]).
 inline Tensor<std::int64_t> positions_from(std::int64_t first, std::int64_t n) {

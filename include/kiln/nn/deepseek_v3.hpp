@@ -53,11 +53,7 @@ Tensor<T> add_terms(const Tensor<T>& a, const Tensor<T>& b) {
 
 // One MLA cache per layer, for incremental decoding (the absorbed attention path).
 template <class T>
-struct DeepseekV3Cache {
-  std::vector<MLACache<T>> layers;
-  std::int64_t length() const { return layers.empty() ? 0 : layers.front().length(); }
-  void clear() { layers.clear(); }
-};
+using DeepseekV3Cache = DecoderCache<MLACache<T>>;
 
 template <class T>
 class DeepseekV3DecoderLayer : public Module<T> {
@@ -148,12 +144,9 @@ class DeepseekV3Model : public Module<T> {
   // the final norm, and the summed balance loss of the MoE layers.
   DecoderOutput<T> forward_full(const Tensor<std::int64_t>& ids, const Tensor<std::int64_t>& positions,
                                 DeepseekV3Cache<T>* cache = nullptr) {
-    check_defined("DeepseekV3Model", ids);
-    check(ids.dim() == 2, "DeepseekV3Model", "ids must be [B, S], got shape ", ids.shape());
+    check_ids("DeepseekV3Model", ids);
     check_positions("DeepseekV3Model", positions, ids.size(0), ids.size(1));
-    if (cache && cache->layers.empty()) cache->layers.resize(layers.size());
-    check(!cache || cache->layers.size() == layers.size(), "DeepseekV3Model", "cache holds ",
-          cache ? cache->layers.size() : 0, " layers, the model ", layers.size());
+    if (cache) cache->prepare("DeepseekV3Model", layers.size());
     DecoderOutput<T> out{embed_tokens(ids), Tensor<T>()};
     const auto tables = rope_tables_on<T>(positions, config.qk_rope_head_dim, config.rope_theta, out.hidden.device());
     for (std::size_t i = 0; i < layers.size(); ++i) {
@@ -200,12 +193,14 @@ class DeepseekV3ForCausalLM : public Module<T> {
   }
 
   // ids [B, S] -> logits [B, S, vocab] (positions 0..S-1; the MTP modules do not run).
-  Tensor<T> forward(const Tensor<std::int64_t>& ids) { return forward(ids, positions_from(0, seq_len(ids))); }
+  Tensor<T> forward(const Tensor<std::int64_t>& ids) {
+    return forward(ids, positions_from(0, check_ids("DeepseekV3ForCausalLM", ids)));
+  }
   Tensor<T> operator()(const Tensor<std::int64_t>& ids) { return forward(ids); }
   // Incremental decoding over the latent cache: ids [B, S] follow the cached tokens.
   Tensor<T> forward(const Tensor<std::int64_t>& ids, DeepseekV3Cache<T>* cache) {
     const std::int64_t past = cache ? cache->length() : 0;
-    return forward(ids, positions_from(past, seq_len(ids)), cache);
+    return forward(ids, positions_from(past, check_ids("DeepseekV3ForCausalLM", ids)), cache);
   }
   Tensor<T> forward(const Tensor<std::int64_t>& ids, const Tensor<std::int64_t>& positions,
                     DeepseekV3Cache<T>* cache = nullptr) {
@@ -216,7 +211,7 @@ class DeepseekV3ForCausalLM : public Module<T> {
   // ignore_index marks positions to skip) -> logits and the loss pieces.
   DeepseekV3Output<T> forward_with_loss(const Tensor<std::int64_t>& ids, const Tensor<std::int64_t>& targets,
                                         std::int64_t ignore_index = -100) {
-    const std::int64_t S = seq_len(ids);
+    const std::int64_t S = check_ids("DeepseekV3ForCausalLM", ids);
     check_defined("DeepseekV3ForCausalLM", targets);
     check(targets.shape() == ids.shape(), "DeepseekV3ForCausalLM", "targets of shape ", targets.shape(),
           " do not match ids of shape ", ids.shape());
@@ -278,13 +273,6 @@ class DeepseekV3ForCausalLM : public Module<T> {
 
   DeepseekV3Model<T> model;
   std::unique_ptr<Linear<T>> lm_head;  // null when tie_word_embeddings
-
- private:
-  static std::int64_t seq_len(const Tensor<std::int64_t>& ids) {
-    check_defined("DeepseekV3ForCausalLM", ids);
-    check(ids.dim() == 2, "DeepseekV3ForCausalLM", "ids must be [B, S], got shape ", ids.shape());
-    return ids.size(1);
-  }
 };
 
 }  // namespace kiln::nn

@@ -30,11 +30,7 @@ struct KVCache {
 
 // One KVCache per layer, for incremental decoding with LlamaForCausalLM::forward(ids, &cache).
 template <class T>
-struct LlamaCache {
-  std::vector<KVCache<T>> layers;
-  std::int64_t length() const { return layers.empty() ? 0 : layers.front().length(); }
-  void clear() { layers.clear(); }
-};
+using LlamaCache = DecoderCache<KVCache<T>>;
 
 template <class T>
 class LlamaAttention : public Module<T> {
@@ -145,11 +141,8 @@ class LlamaModel : public Module<T> {
   // cached ones.
   Tensor<T> forward(const Tensor<std::int64_t>& ids, const Tensor<std::int64_t>& positions,
                     LlamaCache<T>* cache = nullptr) const {
-    check_defined("LlamaModel", ids);
-    check(ids.dim() == 2, "LlamaModel", "ids must be [B, S], got shape ", ids.shape());
-    if (cache && cache->layers.empty()) cache->layers.resize(layers.size());
-    check(!cache || cache->layers.size() == layers.size(), "LlamaModel", "cache holds ",
-          cache ? cache->layers.size() : 0, " layers, the model ", layers.size());
+    check_ids("LlamaModel", ids);
+    if (cache) cache->prepare("LlamaModel", layers.size());
     check_positions("LlamaModel", positions, ids.size(0), ids.size(1));
     Tensor<T> h = embed_tokens(ids);
     const auto tables = rope_tables_on<T>(positions, config.resolved_head_dim(), config.rope_theta, h.device());
@@ -177,13 +170,15 @@ class LlamaForCausalLM : public Module<T> {
   }
 
   // ids [B, S] -> logits [B, S, vocab], positions 0..S-1.
-  Tensor<T> forward(const Tensor<std::int64_t>& ids) const { return forward(ids, positions_from(0, seq_len(ids))); }
+  Tensor<T> forward(const Tensor<std::int64_t>& ids) const {
+    return forward(ids, positions_from(0, check_ids("LlamaForCausalLM", ids)));
+  }
   Tensor<T> operator()(const Tensor<std::int64_t>& ids) const { return forward(ids); }
 
   // Incremental decoding: ids [B, S] are the tokens after the cache's, at positions past..past+S-1.
   Tensor<T> forward(const Tensor<std::int64_t>& ids, LlamaCache<T>* cache) const {
     const std::int64_t past = cache ? cache->length() : 0;
-    return forward(ids, positions_from(past, seq_len(ids)), cache);
+    return forward(ids, positions_from(past, check_ids("LlamaForCausalLM", ids)), cache);
   }
 
   Tensor<T> forward(const Tensor<std::int64_t>& ids, const Tensor<std::int64_t>& positions,
@@ -194,13 +189,6 @@ class LlamaForCausalLM : public Module<T> {
 
   LlamaModel<T> model;
   std::unique_ptr<Linear<T>> lm_head;  // null when tie_word_embeddings: logits use embed_tokens.weight
-
- private:
-  static std::int64_t seq_len(const Tensor<std::int64_t>& ids) {
-    check_defined("LlamaForCausalLM", ids);
-    check(ids.dim() == 2, "LlamaForCausalLM", "ids must be [B, S], got shape ", ids.shape());
-    return ids.size(1);
-  }
 };
 
 }  // namespace kiln::nn

@@ -128,6 +128,60 @@ class MoEGate : public Module<T> {
   double scaling_;
 };
 
+// The N·K routes of a batch (slot s = n·K + k: token n's k-th choice) sorted by expert, stably, on
+// the host: sorted position p holds token tokens[p]; slot s sits at sorted position position[s];
+// expert i's routes are sorted positions start[i] .. start[i + 1] − 1. MoE runs each expert on
+// its slice; expert parallelism (dist/expert_parallel.hpp) sends each rank the slices of its experts.
+struct RouteSort {
+  ExpertLoad load;                     // routes per expert
+  std::vector<std::int64_t> start;     // [experts + 1]
+  std::vector<std::int64_t> tokens;    // [N·K] sorted position -> token
+  std::vector<std::int64_t> position;  // [N·K] slot -> sorted position
+};
+
+inline RouteSort sort_routes(const std::vector<std::int64_t>& chosen, std::int64_t k, std::int64_t experts) {
+  RouteSort o;
+  o.load = ExpertLoad(experts);
+  o.load.add_routes(chosen);
+  o.start.assign(static_cast<std::size_t>(experts) + 1, 0);
+  for (std::size_t i = 0; i < static_cast<std::size_t>(experts); ++i) o.start[i + 1] = o.start[i] + o.load.counts[i];
+  o.tokens.resize(chosen.size());
+  o.position.resize(chosen.size());
+  std::vector<std::int64_t> next(o.start.begin(), o.start.end() - 1);
+  for (std::size_t s = 0; s < chosen.size(); ++s) {
+    const std::int64_t p = next[static_cast<std::size_t>(chosen[s])]++;
+    o.tokens[static_cast<std::size_t>(p)] = static_cast<std::int64_t>(s) / k;
+    o.position[s] = p;
+  }
+  return o;
+}
+
+// Runs expert(i) once on its contiguous slice of `sorted` (counts[i] rows, slices in order) and
+// returns the outputs in the same order; experts without rows are skipped. With no rows at all it
+// returns `sorted` itself (an empty tensor that keeps the graph connected).
+template <class T, class ExpertFn>
+Tensor<T> run_experts(const Tensor<T>& sorted, const std::vector<std::int64_t>& counts, ExpertFn&& expert) {
+  std::vector<Tensor<T>> outputs;
+  std::int64_t start = 0;
+  for (std::size_t i = 0; i < counts.size(); ++i) {
+    if (counts[i] == 0) continue;
+    outputs.push_back(expert(i)(narrow(sorted, 0, start, counts[i])));
+    start += counts[i];
+  }
+  return outputs.empty() ? sorted : cat(outputs, 0);
+}
+
+// Expert outputs in sorted order [N·K, hidden] -> back to slot order (every token has exactly K
+// slots: nothing is dropped, so this is a permutation) and the gate-weighted sum over each
+// token's K slots: [N, hidden].
+template <class T>
+Tensor<T> combine_routes(const Tensor<T>& sorted_out, const std::vector<std::int64_t>& position, const Tensor<T>& gates) {
+  const std::int64_t n = gates.shape()[0], k = gates.shape()[1], hidden = sorted_out.shape().back();
+  const auto position_index = Tensor<std::int64_t>::from_vector(position, {n * k}, sorted_out.device());
+  const Tensor<T> per_slot = reshape(index_select(sorted_out, 0, position_index), {n, k, hidden});
+  return sum(mul(per_slot, unsqueeze(gates, 2)), {1});
+}
+
 template <class T>
 struct MoEOutput {
   Tensor<T> output;        // x's shape
@@ -170,37 +224,15 @@ class MoE : public Module<T> {
     const Tensor<T> flat = reshape(x, {n, hidden});
     const Routing<T> r = gate(flat);
 
-    // Sort the N·K routes (slot n·K + k = token n's k-th choice) by expert, stably, on the host:
-    // sorted position p holds token tokens[p]; slot s sits at sorted position position[s].
-    const std::vector<std::int64_t> chosen = r.experts.to_vector();
-    ExpertLoad load(e);
-    load.add_routes(chosen);
-    std::vector<std::int64_t> start(static_cast<std::size_t>(e) + 1, 0);
-    for (std::size_t i = 0; i < static_cast<std::size_t>(e); ++i) start[i + 1] = start[i] + load.counts[i];
-    std::vector<std::int64_t> tokens(chosen.size()), position(chosen.size());
-    {
-      std::vector<std::int64_t> next(start.begin(), start.end() - 1);
-      for (std::size_t s = 0; s < chosen.size(); ++s) {
-        const std::int64_t p = next[static_cast<std::size_t>(chosen[s])]++;
-        tokens[static_cast<std::size_t>(p)] = static_cast<std::int64_t>(s) / k;
-        position[s] = p;
-      }
-    }
-    const std::int64_t routes = n * k;
-    const auto token_index = Tensor<std::int64_t>::from_vector(tokens, {routes}, x.device());
-    const auto position_index = Tensor<std::int64_t>::from_vector(position, {routes}, x.device());
+    const RouteSort order = sort_routes(r.experts.to_vector(), k, e);
+    const ExpertLoad& load = order.load;
+    const auto token_index = Tensor<std::int64_t>::from_vector(order.tokens, {n * k}, x.device());
 
     // Each expert runs once on its contiguous slice of the sorted tokens.
     const Tensor<T> gathered = index_select(flat, 0, token_index);  // [N·K, hidden]
-    std::vector<Tensor<T>> outputs;
-    for (std::size_t i = 0; i < static_cast<std::size_t>(e); ++i) {
-      if (load.counts[i] == 0) continue;
-      outputs.push_back((*experts[i])(narrow(gathered, 0, start[i], load.counts[i])));
-    }
-    // Back to slot order (every token has exactly K slots: nothing is dropped), then the
-    // gate-weighted sum over each token's K slots.
-    const Tensor<T> per_slot = reshape(index_select(cat(outputs, 0), 0, position_index), {n, k, hidden});
-    Tensor<T> y = sum(mul(per_slot, unsqueeze(r.gates, 2)), {1});
+    const Tensor<T> sorted_out =
+        run_experts(gathered, load.counts, [&](std::size_t i) -> SwiGLUMLP<T>& { return *experts[i]; });
+    Tensor<T> y = combine_routes(sorted_out, order.position, r.gates);
     if (shared_experts) y = add(y, (*shared_experts)(flat));
 
     last_load_ = load;

@@ -1,0 +1,104 @@
+// Fp8Linear: a bias-free linear layer y = x·Wᵀ whose three GEMMs run in FP8 as in DeepSeek-V3
+// (ops/fp8_gemm.hpp), with FP32 master weights ([out, in], Hugging Face layout, name "weight").
+//
+// With x [T, in] (leading dims of x flattened into T tokens), W [out, in], dY [T, out]:
+//   forward   Y  = x · Wᵀ    A = x   1×128 tiles along in,     B = W   128×128 blocks
+//   dgrad     dX = dY · W    A = dY  1×128 tiles along out,    B = Wᵀ  128×128 blocks (quantize_transposed)
+//   wgrad     dW = dYᵀ · x   A = dYᵀ 1×128 tiles along tokens, B = xᵀ  1×128 tiles along tokens
+//                            (both quantize_transposed)
+// Activations and their gradients get fine-grained 1×128 tiles (outliers stay local to a tile);
+// weights get 128×128 blocks, which are the same set of elements for W and Wᵀ. Y and dX come out
+// in x's dtype (float or bf16), dW in FP32 (the master weights' dtype). The backward saves x and W
+// (not their FP8 copies) and quantizes them again in the tilings it needs.
+// On the CPU the GEMMs run on kiln's CPU FP8 GEMM (the same function), so a model can be trained
+// and tested without a GPU.
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+#include "kiln/autograd/node.hpp"
+#include "kiln/core/random.hpp"
+#include "kiln/nn/module.hpp"
+#include "kiln/ops/copy.hpp"
+#include "kiln/ops/factory.hpp"
+#include "kiln/ops/fp8_gemm.hpp"
+#include "kiln/ops/view.hpp"
+
+namespace kiln::nn {
+
+struct Fp8LinearOptions {
+  fp8::QuantizeOptions quantize{};  // for activations, weights and gradients alike
+  fp8::GemmOptions gemm{};
+};
+
+// x [..., in] (float or bf16) · weightᵀ (weight [out, in], float) -> [..., out] in x's dtype,
+// every product in FP8 (see the header comment). Differentiable in x and weight.
+template <class A, class W>
+Tensor<A> fp8_linear(const Tensor<A>& x, const Tensor<W>& weight, const Fp8LinearOptions& options = {}) {
+  static_assert(std::is_same_v<A, float> || std::is_same_v<A, bf16>, "fp8_linear: activations are float or bfloat16");
+  static_assert(std::is_same_v<W, float>, "fp8_linear: master weights are float");
+  const char* op = "fp8_linear";
+  check_defined(op, x, weight);
+  check_same_device(op, x, weight);
+  check(weight.dim() == 2, op, "weight must be 2-D [out, in], got shape ", weight.shape());
+  check(x.dim() >= 1 && x.size(-1) == weight.size(1), op, "input of shape ", x.shape(), " does not fit weight of shape ",
+        weight.shape(), " (expected [..., ", weight.size(1), "])");
+  const std::int64_t in = weight.size(1), out = weight.size(0);
+  Shape out_shape = x.shape();
+  out_shape.back() = out;
+  const std::int64_t tokens = x.numel() / in;
+  if (tokens == 0) return zeros<A>(out_shape, x.device());
+
+  const Tensor<A> x2 = reshape(x.detach(), {tokens, in});
+  const fp8::QuantizedMatrix qx = fp8::quantize(x2, fp8::Tiling::row_1x128, options.quantize);
+  const fp8::QuantizedMatrix qw = fp8::quantize(weight.detach(), fp8::Tiling::block_128x128, options.quantize);
+  Tensor<A> y = reshape(fp8::gemm<A>(qx, qw, options.gemm), out_shape);
+  if (!autograd::needs_grad(x, weight)) return y;
+
+  autograd::record(y, op,
+                   [options, x2, w = weight.detach(), x_shape = x.shape(), tokens, out](
+                       const Tensor<A>& g, const autograd::InputGrads& grads) {
+    const Tensor<A> g2 = reshape(g, {tokens, out});
+    if (grads.needs(0)) {
+      const fp8::QuantizedMatrix qg = fp8::quantize(g2, fp8::Tiling::row_1x128, options.quantize);
+      const fp8::QuantizedMatrix qwt = fp8::quantize_transposed(w, fp8::Tiling::block_128x128, options.quantize);
+      grads.add(0, reshape(fp8::gemm<A>(qg, qwt, options.gemm), x_shape));
+    }
+    if (grads.needs(1)) {
+      const fp8::QuantizedMatrix qgt = fp8::quantize_transposed(g2, fp8::Tiling::row_1x128, options.quantize);
+      const fp8::QuantizedMatrix qxt = fp8::quantize_transposed(x2, fp8::Tiling::row_1x128, options.quantize);
+      grads.add(1, fp8::gemm<W>(qgt, qxt, options.gemm));
+    }
+  }, x, weight);
+  return y;
+}
+
+template <class T = float>
+class Fp8Linear : public Module<T> {
+ public:
+  static_assert(std::is_same_v<T, float>, "Fp8Linear keeps float master weights");
+
+  Fp8Linear(std::int64_t in, std::int64_t out, double init_std, Generator& gen, Fp8LinearOptions opts = {})
+      : in_features(in), out_features(out), options(opts) {
+    check(in > 0 && out > 0, "Fp8Linear", "sizes must be positive, got in ", in, ", out ", out);
+    weight = randn<T>({out, in}, 0.0, init_std, Device::cpu(), gen);
+    this->register_parameter("weight", &weight);
+  }
+
+  // x [..., in] float or bf16 -> [..., out] in x's dtype.
+  template <class A>
+  Tensor<A> forward(const Tensor<A>& x) const {
+    return fp8_linear(x, weight, options);
+  }
+  template <class A>
+  Tensor<A> operator()(const Tensor<A>& x) const {
+    return forward(x);
+  }
+
+  std::int64_t in_features, out_features;
+  Fp8LinearOptions options;
+  Tensor<T> weight;  // [out, in]
+};
+
+}  // namespace kiln::nn

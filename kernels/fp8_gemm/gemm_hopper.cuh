@@ -1,0 +1,616 @@
+// The Hopper FP8 GEMM: D = A · Bᵀ with DeepSeek-V3's fine-grained scales (args.cuh has the
+// function), built from TMA, mbarriers, wgmma and a persistent tile scheduler. docs/fp8-gemm.md
+// walks through it with figures; the outline:
+//
+// Work. D is cut into BM × BN tiles (BM = 64 or 128 rows, BN = 64 or 128 columns). When the tiles
+// are too few to fill the GPU (small M), K is split as well: each of `splits` units of a tile sums a
+// run of k-blocks into an FP32 workspace, and a second kernel adds the splits in a fixed order (so
+// the result is deterministic). The grid has one CTA per SM; CTA i takes units i, i + grid, ...
+// (a persistent grid: no launch or tail cost per tile, and the next tile's loads start while the
+// current tile's epilogue runs). Units are ordered in bands of 8 M-tiles so that CTAs running at the
+// same time share A and B tiles in L2.
+//
+// Warp specialisation. Warpgroup 0 is the producer: one thread issues, per k-block of 128, a TMA
+// copy of the A tile (BM × 128 bytes), of the B tile (BN × 128 bytes) and bulk copies of the scales
+// into a ring of STAGES shared-memory buffers; it gives most of its registers back (setmaxnreg).
+// Warpgroups 1..BM/64 are consumers: each owns 64 rows of the tile. Buffer s has two mbarriers:
+// `full[s]` completes when the copies' bytes have landed, `empty[s]` when every consumer warp has
+// finished reading it; the producer waits on empty before refilling, the consumers on full.
+//
+// Promotion. Hopper's tensor cores accumulate FP8 products with about 14 bits of precision
+// (DeepSeek-V3 report, section 3.3.2), so a long K loses accuracy if summed there. Each k-block of
+// 128 (four wgmma k32 steps) is summed in a fresh register accumulator `part`, then added on CUDA
+// cores in FP32 as acc += part · a_scale(row) · b_scale: the promotion interval equals the scaling
+// block, which makes the fine-grained scales free. With two consumer warpgroups the tensor cores
+// work on one warpgroup's wgmmas while the other promotes.
+//
+// Epilogue. Each thread stores its fragment straight from registers (pairs of columns: 4-byte bf16
+// or 8-byte FP32 stores), masked to M and N; split units store FP32 into the workspace.
+//
+// Requirements (checked by the launcher; the dispatcher falls back to the plain kernel): sm_90,
+// K and N multiples of 16 (TMA row strides are 16-byte multiples; wgmma N granularity), 16-byte
+// aligned A/B rows, A scales k-block major with a leading dimension that is a multiple of 4.
+#pragma once
+
+#include <cuda.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <cudaTypedefs.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <mutex>
+
+#include "fp8_gemm/args.cuh"
+#include "fp8_gemm/hopper_ptx.cuh"
+#include "kiln/backend/cuda/error.hpp"
+#include "kiln/core/error.hpp"
+
+namespace kiln::kernels {
+
+namespace fp8_hopper {
+
+constexpr int kBlockK = 128;    // bytes of one A or B row per k-block = the swizzle width = the promotion interval
+constexpr int kGroupM = 8;      // M-tiles per band of the tile order (L2 reuse)
+// Registers per thread after setmaxnreg: the block's 64K registers split between one producer
+// warpgroup and two consumers (40 + 2 · 232 = 504 per lane of a warpgroup ≤ 512). (Three consumers
+// of 64 × 128 would get 160 each, which spills: measured by ptxas, not used.)
+constexpr int kProducerRegisters = 40;
+constexpr int kConsumerRegisters = 232;
+
+struct Params {
+  int m, n, k, num_kb;
+  const float* a_scale;
+  std::int64_t a_scale_ld;
+  const float* b_scale;
+  std::int64_t b_scale_ld;
+  int b_rowwise;  // 1: B has 1×128 tiles (one scale per column of D), 0: 128×128 blocks
+  int promote;
+  int out_is_fp32;  // the tensor d_map stores into: D (bf16 or FP32) or, when splits > 1, the FP32 workspace
+  int m_tiles, n_tiles, splits, kb_per_split, units;
+};
+
+// Shared memory of one CTA: STAGES buffers of A and B tiles (each 1024-byte aligned for the
+// swizzle), their scales, the output staging tile of each consumer warpgroup (64 × BN × 2 bytes,
+// written in the 128-byte swizzle of the output tensor map), and the barriers. STAGES is as many as
+// fit, up to 8.
+template <int BM, int BN>
+struct SharedLayout {
+  static constexpr int kLimit = 227 * 1024;  // opt-in dynamic shared memory per block on sm_90
+  static constexpr int a_tile = BM * kBlockK;
+  static constexpr int b_tile = BN * kBlockK;
+  static constexpr int out_tile = 64 * BN * 2;  // per consumer warpgroup: 64 × BN bf16 (FP32 in two passes)
+  static constexpr int out_bytes = (BM / 64) * out_tile;
+  static constexpr int stage_bytes = a_tile + b_tile + (BM + BN) * 4 + 16;
+  static constexpr int stages = (kLimit - 1024 - out_bytes) / stage_bytes < 8 ? (kLimit - 1024 - out_bytes) / stage_bytes : 8;
+  static constexpr int out_offset = 0;
+  static constexpr int a_offset = out_offset + out_bytes;
+  static constexpr int b_offset = a_offset + stages * a_tile;
+  static constexpr int a_scale_offset = b_offset + stages * b_tile;
+  static constexpr int b_scale_offset = a_scale_offset + stages * BM * 4;
+  static constexpr int barrier_offset = b_scale_offset + stages * BN * 4;
+  static constexpr int bytes = barrier_offset + 2 * stages * 8;
+  static constexpr int bytes_with_alignment = bytes + 1024;  // the dynamic buffer is aligned by hand
+  static_assert(a_tile % 1024 == 0 && b_tile % 1024 == 0 && out_tile % 1024 == 0, "tiles must keep 1024-byte alignment");
+  static_assert(stages >= 3 && bytes_with_alignment <= kLimit, "shared memory budget");
+};
+
+// Where unit u's work lies: tile (mt, nt) and its k-block range.
+struct Unit {
+  int m0, n0, kb_begin, kb_end, split;
+};
+
+template <int BM, int BN>
+__device__ inline Unit unit_at(const Params& p, int u) {
+  const int tile = u / p.splits;
+  const int split = u % p.splits;
+  const int band = tile / (kGroupM * p.n_tiles);
+  const int first_m = band * kGroupM;
+  const int band_rows = p.m_tiles - first_m < kGroupM ? p.m_tiles - first_m : kGroupM;
+  const int in_band = tile % (kGroupM * p.n_tiles);
+  Unit w;
+  w.m0 = (first_m + in_band % band_rows) * BM;
+  w.n0 = (in_band / band_rows) * BN;
+  w.kb_begin = split * p.kb_per_split;
+  w.kb_end = w.kb_begin + p.kb_per_split < p.num_kb ? w.kb_begin + p.kb_per_split : p.num_kb;
+  w.split = split;
+  return w;
+}
+
+// A position in the ring of stage buffers, and the parity of the barrier phase it is in.
+struct Ring {
+  int stage;
+  std::uint32_t phase;
+  __device__ void advance(int stages) {
+    if (++stage == stages) {
+      stage = 0;
+      phase ^= 1;
+    }
+  }
+};
+
+// A consumer warp is done reading a stage: one arrival per warp on its `empty` barrier.
+__device__ inline void release(std::uint32_t empty_bar, const Ring& ring, int lane) {
+  __syncwarp();
+  if (lane == 0) hopper::mbarrier_arrive(empty_bar + 8 * ring.stage);
+}
+
+template <int BM, int BN, int INTERVAL>
+__global__ void __launch_bounds__((BM / 64 + 1) * 128, 1)
+    fp8_gemm_kernel(const __grid_constant__ CUtensorMap a_map, const __grid_constant__ CUtensorMap b_map,
+                    const __grid_constant__ CUtensorMap d_map, const Params p) {
+  using Layout = SharedLayout<BM, BN>;
+  constexpr int STAGES = Layout::stages;
+  extern __shared__ std::uint8_t smem_raw[];
+  const std::uint32_t raw = hopper::shared_address(smem_raw);
+  const std::uint32_t base = (raw + 1023) & ~1023u;
+  std::uint8_t* smem = smem_raw + (base - raw);
+  const std::uint32_t full_bar = base + Layout::barrier_offset;  // full[s] at full_bar + 8 s
+  const std::uint32_t empty_bar = full_bar + STAGES * 8;         // empty[s] at empty_bar + 8 s
+  constexpr int kConsumers = BM / 64;
+
+  if (threadIdx.x == 0) {
+    hopper::prefetch_tensor_map(&a_map);
+    hopper::prefetch_tensor_map(&b_map);
+    hopper::prefetch_tensor_map(&d_map);
+    for (int s = 0; s < STAGES; ++s) {
+      hopper::mbarrier_init(full_bar + 8 * s, 1);
+      hopper::mbarrier_init(empty_bar + 8 * s, kConsumers * 4);  // one arrival per consumer warp
+    }
+    hopper::mbarrier_init_fence();
+  }
+  __syncthreads();
+
+  const int warpgroup = threadIdx.x / 128;
+  if (warpgroup == 0) {
+    // ---- producer ----
+    hopper::release_registers<kProducerRegisters>();
+    if (threadIdx.x != 0) return;
+    int stage = 0;
+    std::uint32_t phase = 0;
+    for (int u = blockIdx.x; u < p.units; u += gridDim.x) {
+      const Unit w = unit_at<BM, BN>(p, u);
+      // Scale runs are clipped to the scale arrays' leading dimension (a multiple of 4 floats, so
+      // the byte count stays a multiple of 16); entries past M or N are never used.
+      const std::int64_t a_scale_count = p.a_scale_ld - w.m0 < BM ? p.a_scale_ld - w.m0 : BM;
+      const std::int64_t b_scale_count = p.b_scale_ld - w.n0 < BN ? p.b_scale_ld - w.n0 : BN;
+      const std::uint32_t a_scale_bytes = 4u * static_cast<std::uint32_t>(a_scale_count);
+      const std::uint32_t b_scale_bytes = p.b_rowwise ? 4u * static_cast<std::uint32_t>(b_scale_count) : 0u;
+      // The weight block's scale for each k-block is loaded one k-block ahead (so its latency hides
+      // behind the wait for a free stage), stored into the stage by this thread and published to the
+      // consumers by the arrival below (release semantics): they read it from shared memory instead
+      // of waiting on a global load after every k-block.
+      const float* b_block_scales = p.b_scale + (w.n0 / 128) * p.b_scale_ld;
+      float next_b_scale = p.b_rowwise ? 0.f : __ldg(b_block_scales + w.kb_begin);
+      for (int kb = w.kb_begin; kb < w.kb_end; ++kb) {
+        const float b_scale = next_b_scale;
+        if (!p.b_rowwise && kb + 1 < w.kb_end) next_b_scale = __ldg(b_block_scales + kb + 1);
+        hopper::mbarrier_wait(empty_bar + 8 * stage, phase ^ 1);
+        if (!p.b_rowwise) reinterpret_cast<float*>(smem + Layout::b_scale_offset)[stage * BN] = b_scale;
+        const std::uint32_t full = full_bar + 8 * stage;
+        hopper::mbarrier_arrive_expect_bytes(full, Layout::a_tile + Layout::b_tile + a_scale_bytes + b_scale_bytes);
+        hopper::tma_load_2d(base + Layout::a_offset + stage * Layout::a_tile, &a_map, kb * kBlockK, w.m0, full);
+        hopper::tma_load_2d(base + Layout::b_offset + stage * Layout::b_tile, &b_map, kb * kBlockK, w.n0, full);
+        hopper::bulk_load(base + Layout::a_scale_offset + stage * BM * 4, p.a_scale + kb * p.a_scale_ld + w.m0,
+                          a_scale_bytes, full);
+        if (p.b_rowwise)
+          hopper::bulk_load(base + Layout::b_scale_offset + stage * BN * 4, p.b_scale + kb * p.b_scale_ld + w.n0,
+                            b_scale_bytes, full);
+        if (++stage == STAGES) {
+          stage = 0;
+          phase ^= 1;
+        }
+      }
+    }
+    return;
+  }
+
+  // ---- consumers ----
+  hopper::claim_registers<kConsumerRegisters>();
+  const int consumer = warpgroup - 1;
+  const int t = threadIdx.x % 128;
+  const int lane = t % 32;
+  const int row0 = consumer * 64 + (t / 32) * 16 + lane / 4;  // this thread's rows in the tile: row0, row0 + 8
+  const int col_in_chunk = 2 * (lane % 4);                   // and columns 8c + col_in_chunk + {0, 1}
+  constexpr int kFragment = BN / 2;
+  constexpr int kStepsPerGroup = INTERVAL / 32;         // wgmma k32 steps summed in the tensor cores per promotion
+  constexpr int kGroupsPerBlock = kBlockK / INTERVAL;   // promotions per k-block
+  // Overlapping a group's wgmmas with the previous group's promotion needs a second partial
+  // accumulator: 3 · BN/2 registers of fragments. At BN = 128 that does not fit beside the rest (ptxas
+  // spills, and then serialises the wgmmas), so those tiles wait for each group before promoting;
+  // their two consumer warpgroups still overlap each other. (Splitting the 128 columns into two
+  // 64-column halves with a partial accumulator each fits the registers, but ptxas serialises every
+  // wgmma of that loop (C7514): measured 642 against 955 TFLOP/s, so it is not used.)
+  constexpr bool kOverlapPromotion = BN <= 64;
+  Ring wait_ring{0, 0}, release_ring{0, 0};
+
+  for (int u = blockIdx.x; u < p.units; u += gridDim.x) {
+    const Unit w = unit_at<BM, BN>(p, u);
+    float acc[kFragment];
+    // Two partial accumulators: the tensor cores fill one while the CUDA cores promote the other.
+    float part_even[kFragment], part_odd[kFragment];
+#pragma unroll
+    for (int i = 0; i < kFragment; ++i) acc[i] = part_even[i] = part_odd[i] = 0.f;
+
+    if (!p.promote) {
+      // The whole K in the tensor cores' accumulator, scaled once (the unit's first k-block scales).
+      float final_scale0 = 1.f, final_scale1 = 1.f;
+      for (int kb = w.kb_begin; kb < w.kb_end; ++kb) {
+        hopper::mbarrier_wait(full_bar + 8 * wait_ring.stage, wait_ring.phase);
+        const std::uint32_t a_tile = base + Layout::a_offset + wait_ring.stage * Layout::a_tile + consumer * 64 * kBlockK;
+        const std::uint32_t b_tile = base + Layout::b_offset + wait_ring.stage * Layout::b_tile;
+        const std::uint64_t a_desc = hopper::smem_descriptor_k_major_sw128(a_tile);
+        const std::uint64_t b_desc = hopper::smem_descriptor_k_major_sw128(b_tile);
+        hopper::fence_registers(acc);
+        hopper::wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < kBlockK / 32; ++ks) hopper::Wgmma<BN>::mma(acc, a_desc + 2 * ks, b_desc + 2 * ks, 1);
+        hopper::wgmma_commit();
+        hopper::wgmma_wait<0>();
+        hopper::fence_registers(acc);
+        if (kb == w.kb_begin) {
+          const float* a_scales = reinterpret_cast<const float*>(smem + Layout::a_scale_offset + wait_ring.stage * BM * 4);
+          const float sb = reinterpret_cast<const float*>(smem + Layout::b_scale_offset)[wait_ring.stage * BN];
+          final_scale0 = a_scales[row0] * sb;
+          final_scale1 = a_scales[row0 + 8] * sb;
+        }
+        release(empty_bar, wait_ring, lane);
+        wait_ring.advance(STAGES);
+        release_ring.advance(STAGES);
+      }
+#pragma unroll
+      for (int c = 0; c < BN / 8; ++c) {
+        acc[4 * c + 0] *= final_scale0;
+        acc[4 * c + 1] *= final_scale0;
+        acc[4 * c + 2] *= final_scale1;
+        acc[4 * c + 3] *= final_scale1;
+      }
+    } else {
+      // Groups of kStepsPerGroup wgmmas, numbered g = 0 .. groups-1 over the unit's k-blocks. Group g
+      // is issued into one partial accumulator while group g-1, in the other, finishes and is promoted:
+      // wait_group<1> leaves exactly the newest group in flight.
+      const int groups = (w.kb_end - w.kb_begin) * kGroupsPerBlock;
+      const auto issue = [&](int g, float(&part)[kFragment]) {
+        const int j = g % kGroupsPerBlock;
+        if (j == 0) hopper::mbarrier_wait(full_bar + 8 * wait_ring.stage, wait_ring.phase);
+        const std::uint32_t a_tile = base + Layout::a_offset + wait_ring.stage * Layout::a_tile + consumer * 64 * kBlockK;
+        const std::uint32_t b_tile = base + Layout::b_offset + wait_ring.stage * Layout::b_tile;
+        const std::uint64_t a_desc = hopper::smem_descriptor_k_major_sw128(a_tile);
+        const std::uint64_t b_desc = hopper::smem_descriptor_k_major_sw128(b_tile);
+        hopper::fence_registers(part);
+        hopper::wgmma_fence();
+#pragma unroll
+        for (int s = 0; s < kStepsPerGroup; ++s) {
+          const int ks = j * kStepsPerGroup + s;  // 32 bytes along K = 2 units of the descriptor's address field
+          hopper::Wgmma<BN>::mma(part, a_desc + 2 * ks, b_desc + 2 * ks, s > 0);
+        }
+        hopper::wgmma_commit();
+        if (j == kGroupsPerBlock - 1) wait_ring.advance(STAGES);
+      };
+      // acc += part · a_scale(row) · b_scale, with group g's k-block scales, then frees the stage after
+      // the k-block's last group.
+      const auto promote = [&](int g, float(&part)[kFragment]) {
+        hopper::fence_registers(part);
+        const float* a_scales = reinterpret_cast<const float*>(smem + Layout::a_scale_offset + release_ring.stage * BM * 4);
+        const float* b_scales = reinterpret_cast<const float*>(smem + Layout::b_scale_offset + release_ring.stage * BN * 4);
+        const float sa0 = a_scales[row0], sa1 = a_scales[row0 + 8];
+        if (p.b_rowwise) {
+#pragma unroll
+          for (int c = 0; c < BN / 8; ++c) {
+            const float sb0 = b_scales[8 * c + col_in_chunk], sb1 = b_scales[8 * c + col_in_chunk + 1];
+            acc[4 * c + 0] += part[4 * c + 0] * (sa0 * sb0);
+            acc[4 * c + 1] += part[4 * c + 1] * (sa0 * sb1);
+            acc[4 * c + 2] += part[4 * c + 2] * (sa1 * sb0);
+            acc[4 * c + 3] += part[4 * c + 3] * (sa1 * sb1);
+          }
+        } else {
+          const float sb = b_scales[0];  // the block scale the producer stored
+          const float s0 = sa0 * sb, s1 = sa1 * sb;
+#pragma unroll
+          for (int c = 0; c < BN / 8; ++c) {
+            acc[4 * c + 0] += part[4 * c + 0] * s0;
+            acc[4 * c + 1] += part[4 * c + 1] * s0;
+            acc[4 * c + 2] += part[4 * c + 2] * s1;
+            acc[4 * c + 3] += part[4 * c + 3] * s1;
+          }
+        }
+        if (g % kGroupsPerBlock == kGroupsPerBlock - 1) {
+          release(empty_bar, release_ring, lane);
+          release_ring.advance(STAGES);
+        }
+      };
+      if constexpr (!kOverlapPromotion) {
+        for (int g = 0; g < groups; ++g) {
+          issue(g, part_even);
+          hopper::wgmma_wait<0>();
+          promote(g, part_even);
+        }
+      } else {
+        issue(0, part_even);
+        int g = 1;
+        for (; g + 1 < groups; g += 2) {
+          issue(g, part_odd);
+          hopper::wgmma_wait<1>();
+          promote(g - 1, part_even);
+          issue(g + 1, part_even);
+          hopper::wgmma_wait<1>();
+          promote(g, part_odd);
+        }
+        if (g < groups) {  // an even number of groups: one left to issue
+          issue(g, part_odd);
+          hopper::wgmma_wait<1>();
+          promote(g - 1, part_even);
+          hopper::wgmma_wait<0>();
+          promote(g, part_odd);
+        } else {
+          hopper::wgmma_wait<0>();
+          promote(g - 1, part_even);
+        }
+      }
+    }
+
+    // ---- epilogue: registers -> shared memory -> TMA store into D (or the split's workspace slice) ----
+    // The warpgroup's 64 × BN tile is staged in boxes of 64 rows × 128 bytes in the 128-byte swizzle
+    // (16-byte chunk index XOR row % 8), which keeps the fragment stores free of bank conflicts; one
+    // thread then issues the TMA stores, which clip rows and columns outside D, and the warpgroup
+    // moves on to its next unit while they drain. The staging tile holds 64 × BN bf16 values, so
+    // FP32 outputs go out in two passes of half the columns.
+    const int barrier_id = 1 + consumer;
+    const bool storer = t == 0;
+    const std::uint32_t out_tile = base + Layout::out_offset + consumer * Layout::out_tile;
+    const int row_local = (t / 32) * 16 + lane / 4;
+    const int out_bytes = p.out_is_fp32 ? 4 : 2;
+    const int box_cols = 128 / out_bytes;
+    const int passes = p.out_is_fp32 ? 2 : 1;
+    const int pass_cols = BN / passes;
+    for (int pass = 0; pass < passes; ++pass) {
+      if (storer) hopper::bulk_wait_read<0>();  // earlier stores have read the staging tile
+      hopper::named_barrier_sync(barrier_id, 128);
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = row_local + 8 * h;
+#pragma unroll
+        for (int c = 0; c < BN / 8; ++c) {
+          const int col = 8 * c + col_in_chunk;
+          if (col / pass_cols != pass) continue;
+          const int local = col - pass * pass_cols;
+          const float v0 = acc[4 * c + 2 * h], v1 = acc[4 * c + 2 * h + 1];
+          const int box = local / box_cols;
+          const int byte_in_row = (local % box_cols) * out_bytes;
+          const std::uint32_t offset =
+              box * (64 * 128) + r * 128 + (((byte_in_row / 16) ^ (r % 8)) * 16) + byte_in_row % 16;
+          std::uint8_t* dst = smem + (out_tile - base) + offset;
+          if (p.out_is_fp32) {
+            *reinterpret_cast<float2*>(dst) = make_float2(v0, v1);
+          } else {
+            *reinterpret_cast<__nv_bfloat162*>(dst) = __floats2bfloat162_rn(v0, v1);
+          }
+        }
+      }
+      hopper::fence_proxy_async_shared();
+      hopper::named_barrier_sync(barrier_id, 128);
+      if (storer) {
+        const int boxes = pass_cols * out_bytes / 128;
+        for (int b = 0; b < boxes; ++b)
+          hopper::tma_store_3d(&d_map, out_tile + b * 64 * 128, w.n0 + pass * pass_cols + b * box_cols,
+                               w.m0 + consumer * 64, p.splits > 1 ? w.split : 0);
+        hopper::bulk_commit();
+      }
+    }
+  }
+  if (t == 0) hopper::bulk_wait<0>();  // shared memory must outlive the stores that read it
+}
+
+// D = sum over splits of the workspace, in split order (deterministic), rounded once to D's type.
+// Four consecutive elements per thread (N is a multiple of 16, so rows hold whole quads).
+__global__ void reduce_splits_kernel(const float* workspace, int splits, int m, int n, void* d, std::int64_t ldd,
+                                     int d_is_bf16) {
+  const std::int64_t quads = static_cast<std::int64_t>(m) * n / 4;
+  const std::int64_t slice = static_cast<std::int64_t>(m) * n;
+  for (std::int64_t q = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; q < quads;
+       q += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    float4 sum = reinterpret_cast<const float4*>(workspace)[q];
+    for (int s = 1; s < splits; ++s) {
+      const float4 v = reinterpret_cast<const float4*>(workspace + s * slice)[q];
+      sum.x += v.x;
+      sum.y += v.y;
+      sum.z += v.z;
+      sum.w += v.w;
+    }
+    const std::int64_t row = 4 * q / n, col = 4 * q % n;
+    if (d_is_bf16) {
+      auto* out = static_cast<__nv_bfloat16*>(d) + row * ldd + col;
+      reinterpret_cast<__nv_bfloat162*>(out)[0] = __floats2bfloat162_rn(sum.x, sum.y);
+      reinterpret_cast<__nv_bfloat162*>(out)[1] = __floats2bfloat162_rn(sum.z, sum.w);
+    } else {
+      auto* out = static_cast<float*>(d) + row * ldd + col;
+      reinterpret_cast<float2*>(out)[0] = make_float2(sum.x, sum.y);
+      reinterpret_cast<float2*>(out)[1] = make_float2(sum.z, sum.w);
+    }
+  }
+}
+
+// ---- host side ------------------------------------------------------------------------------------
+
+// cuTensorMapEncodeTiled is a driver API function; it is fetched through the runtime so that kiln
+// needs no link against libcuda.
+inline PFN_cuTensorMapEncodeTiled_v12000 encode_tiled() {
+  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* ptr = nullptr;
+    cudaDriverEntryPointQueryResult status{};
+    KILN_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault, &status));
+    check(status == cudaDriverEntryPointSuccess && ptr != nullptr, "fp8_gemm",
+          "the CUDA driver has no cuTensorMapEncodeTiled (a Hopper driver is required)");
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(ptr);
+  }();
+  return fn;
+}
+
+// A row-major [rows, k] e4m3 matrix with row stride ld bytes, read as boxes of box_rows × 128 bytes
+// with the 128-byte swizzle; out-of-range rows and columns read as zero.
+inline CUtensorMap make_tensor_map(const std::uint8_t* data, std::int64_t rows, std::int64_t k, std::int64_t ld,
+                                   int box_rows) {
+  CUtensorMap map{};
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(k), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(ld)};
+  const cuuint32_t box[2] = {static_cast<cuuint32_t>(kBlockK), static_cast<cuuint32_t>(box_rows)};
+  const cuuint32_t element_strides[2] = {1, 1};
+  const CUresult r = encode_tiled()(&map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<std::uint8_t*>(data), dims,
+                                    strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                                    CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                                    CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  check(r == CUDA_SUCCESS, "fp8_gemm", "cuTensorMapEncodeTiled failed (error ", static_cast<int>(r), ") for a [", rows,
+        ", ", k, "] operand with row stride ", ld);
+  return map;
+}
+
+// The output as a 3-D tensor [z, rows, cols] (z: the split of a split-K workspace, 1 for D), written
+// as boxes of 64 rows × 128 bytes in the 128-byte swizzle from the consumers' staging tiles.
+inline CUtensorMap make_output_map(void* data, bool fp32, std::int64_t rows, std::int64_t cols, std::int64_t ld,
+                                   std::int64_t slices) {
+  CUtensorMap map{};
+  const int bytes = fp32 ? 4 : 2;
+  const cuuint64_t dims[3] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows),
+                              static_cast<cuuint64_t>(slices)};
+  const cuuint64_t strides[2] = {static_cast<cuuint64_t>(ld * bytes), static_cast<cuuint64_t>(ld * bytes * rows)};
+  const cuuint32_t box[3] = {static_cast<cuuint32_t>(128 / bytes), 64, 1};
+  const cuuint32_t element_strides[3] = {1, 1, 1};
+  const CUresult r = encode_tiled()(&map, fp32 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT32 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3,
+                                    data, dims, strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                                    CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_NONE,
+                                    CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  check(r == CUDA_SUCCESS, "fp8_gemm", "cuTensorMapEncodeTiled failed (error ", static_cast<int>(r), ") for a [", rows,
+        ", ", cols, "] output with row stride ", ld);
+  return map;
+}
+
+struct DeviceInfo {
+  int sms = 0;
+  int major = 0;
+};
+
+inline DeviceInfo device_info(int device) {
+  static std::mutex mutex;
+  static DeviceInfo cache[64];
+  std::lock_guard<std::mutex> lock(mutex);
+  DeviceInfo& info = cache[device];
+  if (info.sms == 0) {
+    KILN_CUDA_CHECK(cudaDeviceGetAttribute(&info.sms, cudaDevAttrMultiProcessorCount, device));
+    KILN_CUDA_CHECK(cudaDeviceGetAttribute(&info.major, cudaDevAttrComputeCapabilityMajor, device));
+  }
+  return info;
+}
+
+template <int BM, int BN, int INTERVAL>
+void launch(const CUtensorMap& a_map, const CUtensorMap& b_map, const CUtensorMap& d_map, const Params& p, int grid,
+            cudaStream_t stream) {
+  constexpr int smem = SharedLayout<BM, BN>::bytes_with_alignment;
+  static const bool configured = [] {
+    KILN_CUDA_CHECK(cudaFuncSetAttribute(fp8_gemm_kernel<BM, BN, INTERVAL>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         smem));
+    return true;
+  }();
+  (void)configured;
+  fp8_gemm_kernel<BM, BN, INTERVAL><<<grid, (BM / 64 + 1) * 128, smem, stream>>>(a_map, b_map, d_map, p);
+  KILN_CUDA_CHECK_LAUNCH();
+}
+
+template <int BM, int BN>
+void launch_with_interval(int interval, const CUtensorMap& a_map, const CUtensorMap& b_map, const CUtensorMap& d_map,
+                          const Params& p, int grid, cudaStream_t stream) {
+  if (interval == 32) launch<BM, BN, 32>(a_map, b_map, d_map, p, grid, stream);
+  else if (interval == 64) launch<BM, BN, 64>(a_map, b_map, d_map, p, grid, stream);
+  else launch<BM, BN, 128>(a_map, b_map, d_map, p, grid, stream);
+}
+
+}  // namespace fp8_hopper
+
+// Whether the Hopper kernel can run these arguments on this device (else use the plain kernel).
+inline bool fp8_gemm_hopper_supports(const Fp8GemmArgs& g, int device) {
+  const auto aligned16 = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; };
+  return fp8_hopper::device_info(device).major == 9 && g.k % 16 == 0 && g.n % 16 == 0 && g.lda % 16 == 0 &&
+         g.ldb % 16 == 0 && g.a_scale_ld % 4 == 0 && (g.b_tile_rows == 128 || g.b_scale_ld % 4 == 0) &&
+         (g.ldd * (g.d_dtype == DType::f32 ? 4 : 2)) % 16 == 0 && aligned16(g.a) && aligned16(g.b) && aligned16(g.a_scale) && aligned16(g.b_scale) &&
+         aligned16(g.d) && g.m <= 0x7fffffff && g.n <= 0x7fffffff && g.k <= 0x7fffffff;
+}
+
+// The tile configuration. Large problems: 128 × 128 tiles (two consumer warpgroups), one unit per
+// tile. Small M: 64-row tiles, narrower N tiles when that alone fills the SMs, then K split into
+// runs of at least 4 k-blocks until the units cover the SMs.
+struct Fp8GemmPlan {
+  int bm, bn, splits, kb_per_split;
+};
+
+inline Fp8GemmPlan fp8_gemm_hopper_plan(std::int64_t m, std::int64_t n, std::int64_t k, int sms) {
+  const std::int64_t num_kb = (k + 127) / 128;
+  Fp8GemmPlan plan{m <= 64 ? 64 : 128, 128, 1, static_cast<int>(num_kb)};
+  const auto tiles = [&](int bn) { return ((m + plan.bm - 1) / plan.bm) * ((n + bn - 1) / bn); };
+  if (tiles(128) < sms && tiles(64) <= sms) plan.bn = 64;
+  const std::int64_t t = tiles(plan.bn);
+  if (t < sms) {
+    const std::int64_t want = std::max<std::int64_t>(1, std::min<std::int64_t>(sms / t, num_kb / 4));
+    plan.kb_per_split = static_cast<int>((num_kb + want - 1) / want);
+    plan.splits = static_cast<int>((num_kb + plan.kb_per_split - 1) / plan.kb_per_split);
+  }
+  return plan;
+}
+
+// Launches D = A · Bᵀ (args.cuh) on `stream`. workspace: splits · M · N floats when the plan splits K
+// (fp8_gemm_hopper_workspace tells how many), else unused.
+inline std::int64_t fp8_gemm_hopper_workspace(const Fp8GemmArgs& g, int device) {
+  const Fp8GemmPlan plan = fp8_gemm_hopper_plan(g.m, g.n, g.k, fp8_hopper::device_info(device).sms);
+  return plan.splits > 1 ? static_cast<std::int64_t>(plan.splits) * g.m * g.n : 0;
+}
+
+inline void launch_fp8_gemm_hopper(const Fp8GemmArgs& g, float* workspace, int device, cudaStream_t stream) {
+  using namespace fp8_hopper;
+  check(fp8_gemm_hopper_supports(g, device), "fp8_gemm",
+        "the Hopper kernel needs an sm_90 GPU, K and N multiples of 16 (got M=", g.m, ", N=", g.n, ", K=", g.k,
+        "), 16-byte aligned operands and scale leading dimensions that are multiples of 4");
+  check(g.d_dtype == DType::bf16 || g.d_dtype == DType::f32, "fp8_gemm", "output must be bfloat16 or float32, got ",
+        g.d_dtype);
+  check(g.promotion_interval == 32 || g.promotion_interval == 64 || g.promotion_interval == 128, "fp8_gemm",
+        "promotion interval must be 32, 64 or 128 elements of K, got ", g.promotion_interval);
+  check(g.promote || g.b_tile_rows == 128, "fp8_gemm",
+        "accumulating without promotion is implemented for 128x128 weight blocks only");
+  const int sms = device_info(device).sms;
+  const Fp8GemmPlan plan = fp8_gemm_hopper_plan(g.m, g.n, g.k, sms);
+  Params p{};
+  p.m = static_cast<int>(g.m);
+  p.n = static_cast<int>(g.n);
+  p.k = static_cast<int>(g.k);
+  p.num_kb = static_cast<int>((g.k + 127) / 128);
+  p.a_scale = g.a_scale;
+  p.a_scale_ld = g.a_scale_ld;
+  p.b_scale = g.b_scale;
+  p.b_scale_ld = g.b_scale_ld;
+  p.b_rowwise = g.b_tile_rows == 1;
+  p.promote = g.promote;
+  p.out_is_fp32 = plan.splits > 1 || g.d_dtype == DType::f32;
+  p.m_tiles = static_cast<int>((g.m + plan.bm - 1) / plan.bm);
+  p.n_tiles = static_cast<int>((g.n + plan.bn - 1) / plan.bn);
+  p.splits = plan.splits;
+  p.kb_per_split = plan.kb_per_split;
+  p.units = p.m_tiles * p.n_tiles * p.splits;
+  check(plan.splits == 1 || workspace != nullptr, "fp8_gemm", "the split-K plan needs a workspace");
+  const CUtensorMap a_map = make_tensor_map(g.a, g.m, g.k, g.lda, plan.bm);
+  const CUtensorMap b_map = make_tensor_map(g.b, g.n, g.k, g.ldb, plan.bn);
+  const CUtensorMap d_map = plan.splits > 1
+                                ? make_output_map(workspace, true, g.m, g.n, g.n, plan.splits)
+                                : make_output_map(g.d, g.d_dtype == DType::f32, g.m, g.n, g.ldd, 1);
+  const int grid = std::min(p.units, sms);
+  const int interval = g.promotion_interval;
+  if (plan.bm == 128 && plan.bn == 128) launch_with_interval<128, 128>(interval, a_map, b_map, d_map, p, grid, stream);
+  else if (plan.bm == 128) launch_with_interval<128, 64>(interval, a_map, b_map, d_map, p, grid, stream);
+  else if (plan.bn == 128) launch_with_interval<64, 128>(interval, a_map, b_map, d_map, p, grid, stream);
+  else launch_with_interval<64, 64>(interval, a_map, b_map, d_map, p, grid, stream);
+  if (plan.splits > 1) {
+    const std::int64_t quads = g.m * g.n / 4;
+    const int blocks = static_cast<int>(std::min<std::int64_t>((quads + 255) / 256, 4 * sms));
+    reduce_splits_kernel<<<blocks, 256, 0, stream>>>(workspace, plan.splits, p.m, p.n, g.d, g.ldd,
+                                                     g.d_dtype == DType::bf16);
+    KILN_CUDA_CHECK_LAUNCH();
+  }
+}
+
+}  // namespace kiln::kernels

@@ -1,0 +1,373 @@
+// FP8 quantization on CUDA (kiln::fp8::quantize / quantize_transposed, ops/fp8_gemm.hpp; the CPU
+// reference is backend/cpu/fp8_gemm.hpp). Registered as the device kernel "fp8_quantize".
+//
+// The recipe, per tile (1×128 elements, or a 128×128 block):
+//   scale = max(amax, amax_floor) / 448  (optionally rounded up to a power of two),
+//   q     = e4m3(x / scale)              (round to nearest even, saturating at ±448).
+// fp8::tile_scale and fp8::amax_step are the same functions on both backends; x / scale is
+// computed with IEEE rounding (Divider: the exact float quotient, from a per-tile double
+// reciprocal) and cvt.rn.satfinite.e4m3x2.f32 rounds like kiln::fp8_e4m3, so the bytes and scales
+// are bit-identical to the CPU's.
+//
+// Input: a source matrix S [src_rows, src_cols], float or bf16, unit stride along its rows (row
+// stride lds). The matrix L that gets quantized is S itself, or Sᵀ for the transposed tilings the
+// backward pass needs (the front-end chose whichever view of x reads rows contiguously). Output:
+// q = L's e4m3 bytes, row-major, and the scales (1×128: k-block major, scale[kb * ld + row];
+// 128×128: scale[row_block * ld + kb]).
+//
+// Memory traffic per element: read sizeof(T) (4 or 2 bytes), write 1 byte; scales add 4/128 or
+// 4/16384 bytes. Every variant reads x exactly once (amax and quantization from registers or
+// shared memory), so the kernels are bandwidth-bound at 5 (float) or 3 (bf16) bytes per element.
+//
+// Four kernels:
+//   rows_kernel (1×128, L = S): one warp per run of 32 16-byte vectors of a row, i.e. one tile of
+//     floats (32 lanes × 4) or two tiles of bf16 (16 lanes × 8 each). amax by xor shuffles within
+//     the lanes of a tile; each lane then writes its 4 or 8 bytes with one store.
+//   blocks_kernel<Transposed = false> (128×128, L = S): one 256-thread block per block; the 16K
+//     elements stay in registers (64 per thread) while the block reduces amax (shuffles, then 8
+//     warps through shared memory); each thread then writes its bytes.
+//   blocks_kernel<Transposed = true> (128×128, L = Sᵀ): the same load and amax (a block of Sᵀ has
+//     the same elements), then the bytes go through a shared-memory byte tile, transposed, so the
+//     output rows (columns of S) are written as coalesced 4-byte words.
+//   rows_transposed_kernel (1×128, L = Sᵀ): a tile of L is a 128-long column run of S. A block
+//     reads a 128×64 region of S with 16-byte row loads into a float tile in shared memory (pitch
+//     65: a warp reading down a column hits 32 different banks), then each warp quantizes columns:
+//     lane l holds rows l, l+32, l+64, l+96, so the 32 lanes write 32 consecutive bytes per store.
+// Rows whose length or alignment does not allow 16-byte loads use the same kernels with one
+// element per load (Vector = false). Elements past the matrix edge load as 0, which leaves amax
+// unchanged, and are never stored.
+#pragma once
+
+#include <cuda_fp8.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "common/device_types.cuh"
+#include "elementwise/map.cuh"
+#include "kiln/backend/cpu/fp8_gemm.hpp"
+#include "kiln/backend/cuda/stream.hpp"
+
+namespace kiln::kernels::fp8_quantize {
+
+constexpr int kTile = 128;    // tile edge / k-block length
+constexpr int kThreads = 256;  // every kernel: 8 warps a block
+constexpr int kWarps = kThreads / 32;
+constexpr int kTransposedCols = 64;  // columns of S a rows_transposed_kernel block covers
+
+struct Params {
+  const void* src;  // S [src_rows, src_cols], row stride lds, unit inner stride
+  std::int64_t src_rows, src_cols, lds;
+  std::uint8_t* q;  // L [out_rows, out_cols] row-major, L = S or Sᵀ
+  float* scale;
+  std::int64_t scale_ld;
+  float amax_floor;
+  bool power_of_two;
+};
+
+__host__ __device__ constexpr std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
+
+// V elements of an S row starting at `col`, widened to float; zeros past the row's end.
+template <class T, int V, bool Vector>
+__device__ __forceinline__ void load_run(const T* __restrict__ row, std::int64_t col, std::int64_t cols, float (&v)[V]) {
+  if (Vector && col + V <= cols) {
+    const Vec<T, V> x = *reinterpret_cast<const Vec<T, V>*>(row + col);
+#pragma unroll
+    for (int e = 0; e < V; ++e) v[e] = load(x.v[e]);
+  } else {
+#pragma unroll
+    for (int e = 0; e < V; ++e) v[e] = col + e < cols ? load(row[col + e]) : 0.0f;
+  }
+}
+
+// x / scale with IEEE rounding, the CPU's divide_rn(x, scale) bit for bit, without a division.
+// (div.rn.f32 compiles to a fast path plus a call to a slow-path routine, which costs register
+// spills.) Once per tile: inv = 1/scale in double, from the hardware's approximate float
+// reciprocal (relative error < 2^-22) and two Newton steps (error < 2^-52). Per element:
+// float(double(x) · inv), whose relative error before the final rounding is < 2^-50. That
+// rounding gives RN(x / scale) because the exact quotient is never closer than 2^-49 (relative)
+// to a rounding boundary of float: with x = X·2^a, scale = S·2^b (X, S integers < 2^24) and a
+// midpoint M·2^c (M odd, 25 bits), x/scale − M·2^c = (X·2^a − M·S·2^(b+c)) / scale is either 0 —
+// impossible, X·2^a would need M·S's 25+ significant bits — or at least 2^min(a, b+c) / scale,
+// i.e. at least 1/(M·S) > 2^-49 or 1/X > 2^-24 relative. Quotients below float's normal range
+// (< 2^-126) may round differently but become ±0 in e4m3 either way, with the right sign.
+// The scale is normal (amax_floor ≥ 1e-30 keeps it ≥ 2^-109; amax ≤ FLT_MAX keeps it ≤ 2^120)
+// or +inf (an infinite element), where x / inf is x · 0 (±0, or NaN for inf and NaN).
+struct Divider {
+  double inv;
+  bool infinite;
+
+  __device__ __forceinline__ explicit Divider(float scale) : infinite(scale == INFINITY) {
+    float approx;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(approx) : "f"(scale));
+    const double s = scale;
+    double y = approx;
+    y = fma(y, fma(-s, y, 1.0), y);
+    y = fma(y, fma(-s, y, 1.0), y);
+    inv = y;
+  }
+  __device__ __forceinline__ float operator()(float x) const {
+    return infinite ? __fmul_rn(x, 0.0f) : __double2float_rn(__dmul_rn(static_cast<double>(x), inv));
+  }
+};
+
+// e4m3(x / scale): the CPU's fp8_e4m3(divide_rn(x, scale)) bit for bit. cvt.rn.satfinite
+// rounds to nearest even and saturates like kiln::fp8_e4m3; NaN is mapped to kiln's 0x7F
+// explicitly rather than trusting the instruction's NaN encoding.
+__device__ __forceinline__ std::uint8_t to_e4m3(float x, const Divider& divide) {
+  const float v = divide(x);
+  const std::uint8_t b = __nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3);
+  return v != v ? std::uint8_t{0x7F} : b;
+}
+
+// Quantizes V values and stores them at dst[0, V) (dst + V may pass `valid` elements: only the
+// first `valid` are written). `words`: dst is 4-byte aligned, store whole 32-bit words.
+template <int V>
+__device__ __forceinline__ void store_run(std::uint8_t* __restrict__ dst, const float (&v)[V], const Divider& divide,
+                                          std::int64_t valid, bool words) {
+  if (words && valid >= V) {
+    std::uint32_t w[V / 4];
+#pragma unroll
+    for (int i = 0; i < V / 4; ++i) {
+      w[i] = 0;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) w[i] |= static_cast<std::uint32_t>(to_e4m3(v[4 * i + e], divide)) << (8 * e);
+    }
+    if constexpr (V == 4) {
+      *reinterpret_cast<std::uint32_t*>(dst) = w[0];
+    } else {
+      *reinterpret_cast<uint2*>(dst) = make_uint2(w[0], w[1]);
+    }
+  } else {
+#pragma unroll
+    for (int e = 0; e < V; ++e)
+      if (e < valid) dst[e] = to_e4m3(v[e], divide);
+  }
+}
+
+// amax over groups of `Lanes` consecutive lanes (a power of two ≤ 32), the result in every lane.
+template <int Lanes>
+__device__ __forceinline__ float group_amax(float m) {
+#pragma unroll
+  for (int offset = Lanes / 2; offset > 0; offset >>= 1) m = fp8::amax_step(m, __shfl_xor_sync(0xffffffffu, m, offset));
+  return m;
+}
+
+// amax over the block, the result in every thread.
+__device__ __forceinline__ float block_amax(float m, float* scratch) {
+  m = group_amax<32>(m);
+  if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = m;
+  __syncthreads();
+  float r = 0.0f;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) r = fp8::amax_step(r, scratch[w]);
+  return r;
+}
+
+// ---- 1×128 tiles along S's rows (L = S) ----
+template <class T, bool Vector>
+__global__ void __launch_bounds__(kThreads) rows_kernel(const Params p) {
+  constexpr int V = 16 / static_cast<int>(sizeof(T));
+  constexpr int kLanesPerTile = kTile / V;
+  constexpr int kColsPerWarp = 32 * V;
+  const T* src = static_cast<const T*>(p.src);
+  const int lane = static_cast<int>(threadIdx.x & 31);
+  const bool words = p.src_cols % V == 0;  // every output row start is V-byte aligned
+  const std::int64_t groups = ceil_div(p.src_cols, kColsPerWarp);
+  const std::int64_t total = p.src_rows * groups;
+  const std::int64_t warps = static_cast<std::int64_t>(gridDim.x) * kWarps;
+  for (std::int64_t w = static_cast<std::int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5); w < total; w += warps) {
+    const std::int64_t r = w / groups, col = (w % groups) * kColsPerWarp + lane * V;
+    float v[V];
+    load_run<T, V, Vector>(src + r * p.lds, col, p.src_cols, v);
+    float amax = 0.0f;
+#pragma unroll
+    for (int e = 0; e < V; ++e) amax = fp8::amax_step(amax, v[e]);
+    amax = group_amax<kLanesPerTile>(amax);
+    if (col >= p.src_cols) continue;  // after the shuffles, which need every lane
+    const float s = fp8::tile_scale(amax, p.amax_floor, p.power_of_two);
+    if (lane % kLanesPerTile == 0) p.scale[(col / kTile) * p.scale_ld + r] = s;
+    store_run<V>(p.q + r * p.src_cols + col, v, Divider(s), p.src_cols - col, words);
+  }
+}
+
+// ---- 128×128 blocks (L = S, or L = Sᵀ when Transposed) ----
+template <class T, bool Vector, bool Transposed>
+__global__ void __launch_bounds__(kThreads) blocks_kernel(const Params p) {
+  constexpr int V = 16 / static_cast<int>(sizeof(T));
+  constexpr int kLanesPerRow = kTile / V;              // threads that read one 128-wide row
+  constexpr int kRowsPerPass = kThreads / kLanesPerRow;
+  constexpr int kPasses = kTile / kRowsPerPass;        // kPasses * V = 64 values a thread
+  __shared__ float scratch[kWarps];
+  const T* src = static_cast<const T*>(p.src);
+  const std::int64_t col_blocks = ceil_div(p.src_cols, kTile);
+  const std::int64_t ib = blockIdx.x / col_blocks, jb = blockIdx.x % col_blocks;
+  const std::int64_t r0 = ib * kTile, c0 = jb * kTile;
+  const int tr = static_cast<int>(threadIdx.x) / kLanesPerRow, tc = static_cast<int>(threadIdx.x) % kLanesPerRow;
+  const std::int64_t col = c0 + tc * V;
+
+  float v[kPasses][V];
+  float amax = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kPasses; ++i) {
+    const std::int64_t r = r0 + i * kRowsPerPass + tr;
+    if (r < p.src_rows) {
+      load_run<T, V, Vector>(src + r * p.lds, col, p.src_cols, v[i]);
+    } else {
+#pragma unroll
+      for (int e = 0; e < V; ++e) v[i][e] = 0.0f;
+    }
+#pragma unroll
+    for (int e = 0; e < V; ++e) amax = fp8::amax_step(amax, v[i][e]);
+  }
+  const float s = fp8::tile_scale(block_amax(amax, scratch), p.amax_floor, p.power_of_two);
+  const Divider divide(s);
+
+  if constexpr (!Transposed) {
+    if (threadIdx.x == 0) p.scale[ib * p.scale_ld + jb] = s;
+    if (col >= p.src_cols) return;
+    const bool words = p.src_cols % V == 0;
+#pragma unroll
+    for (int i = 0; i < kPasses; ++i) {
+      const std::int64_t r = r0 + i * kRowsPerPass + tr;
+      if (r < p.src_rows) store_run<V>(p.q + r * p.src_cols + col, v[i], divide, p.src_cols - col, words);
+    }
+  } else {
+    // L = Sᵀ: this is L's block (jb, ib); L has src_cols rows of src_rows bytes.
+    if (threadIdx.x == 0) p.scale[jb * p.scale_ld + ib] = s;
+    constexpr int kPitch = kTile + 4;  // bytes; a multiple of 4 for the word reads below
+    __shared__ __align__(16) std::uint8_t t[kTile * kPitch];  // t[c][r] = q(S[r0 + r][c0 + c])
+#pragma unroll
+    for (int i = 0; i < kPasses; ++i)
+#pragma unroll
+      for (int e = 0; e < V; ++e) t[(tc * V + e) * kPitch + i * kRowsPerPass + tr] = to_e4m3(v[i][e], divide);
+    __syncthreads();
+    const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>(threadIdx.x >> 5);
+    const std::int64_t lcol = r0 + 4 * lane;  // the 4 bytes of L's row this lane writes
+    const bool words = p.src_rows % 4 == 0;
+    for (int c = warp; c < kTile; c += kWarps) {
+      const std::int64_t lrow = c0 + c;
+      if (lrow >= p.src_cols || lcol >= p.src_rows) continue;
+      const std::uint8_t* from = t + c * kPitch + 4 * lane;
+      std::uint8_t* dst = p.q + lrow * p.src_rows + lcol;
+      if (words && lcol + 4 <= p.src_rows) {
+        *reinterpret_cast<std::uint32_t*>(dst) = *reinterpret_cast<const std::uint32_t*>(from);
+      } else {
+        for (int e = 0; e < 4 && lcol + e < p.src_rows; ++e) dst[e] = from[e];
+      }
+    }
+  }
+}
+
+// ---- 1×128 tiles along S's columns (L = Sᵀ) ----
+template <class T, bool Vector>
+__global__ void __launch_bounds__(kThreads) rows_transposed_kernel(const Params p) {
+  constexpr int V = 16 / static_cast<int>(sizeof(T));
+  constexpr int kLanesPerRow = kTransposedCols / V;
+  constexpr int kRowsPerPass = kThreads / kLanesPerRow;
+  constexpr int kPasses = kTile / kRowsPerPass;
+  __shared__ float tile[kTile][kTransposedCols + 1];
+  const T* src = static_cast<const T*>(p.src);
+  const std::int64_t col_blocks = ceil_div(p.src_cols, kTransposedCols);
+  const std::int64_t kb = blockIdx.x / col_blocks;  // the k-block of L = the row block of S
+  const std::int64_t r0 = kb * kTile, c0 = (blockIdx.x % col_blocks) * kTransposedCols;
+  const int tr = static_cast<int>(threadIdx.x) / kLanesPerRow, tc = static_cast<int>(threadIdx.x) % kLanesPerRow;
+
+#pragma unroll
+  for (int i = 0; i < kPasses; ++i) {
+    const int r = i * kRowsPerPass + tr;
+    float v[V];
+    if (r0 + r < p.src_rows) {
+      load_run<T, V, Vector>(src + (r0 + r) * p.lds, c0 + tc * V, p.src_cols, v);
+    } else {
+#pragma unroll
+      for (int e = 0; e < V; ++e) v[e] = 0.0f;
+    }
+#pragma unroll
+    for (int e = 0; e < V; ++e) tile[r][tc * V + e] = v[e];
+  }
+  __syncthreads();
+
+  const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>(threadIdx.x >> 5);
+  for (int c = warp; c < kTransposedCols; c += kWarps) {
+    const std::int64_t lrow = c0 + c;  // L's row = S's column
+    if (lrow >= p.src_cols) break;     // warp-uniform
+    float x[4];
+    float amax = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      x[j] = tile[lane + 32 * j][c];
+      amax = fp8::amax_step(amax, x[j]);
+    }
+    const float s = fp8::tile_scale(group_amax<32>(amax), p.amax_floor, p.power_of_two);
+    if (lane == 0) p.scale[kb * p.scale_ld + lrow] = s;
+    const Divider divide(s);
+    std::uint8_t* dst = p.q + lrow * p.src_rows + r0;
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+      if (r0 + lane + 32 * j < p.src_rows) dst[lane + 32 * j] = to_e4m3(x[j], divide);
+  }
+}
+
+// ---- host side ----
+
+inline unsigned grid_size(std::int64_t blocks) {
+  check(blocks <= 0x7FFFFFFF, "fp8_quantize", "matrix too large: ", blocks, " thread blocks");
+  return static_cast<unsigned>(std::max<std::int64_t>(blocks, 1));
+}
+
+template <class T>
+void launch(const Params& p, bool row_tiles, bool transposed, cudaStream_t stream) {
+  constexpr int V = 16 / static_cast<int>(sizeof(T));
+  const bool vector = reinterpret_cast<std::uintptr_t>(p.src) % 16 == 0 && (p.src_rows == 1 || p.lds % V == 0);
+  auto go = [&](auto kernel, std::int64_t blocks) { kernel<<<grid_size(blocks), kThreads, 0, stream>>>(p); };
+  if (row_tiles && !transposed) {
+    // One warp per 32 vectors of a row; a grid-stride loop beyond 2^20 blocks.
+    const std::int64_t warps = p.src_rows * ceil_div(p.src_cols, 32 * V);
+    const std::int64_t blocks = std::min<std::int64_t>(ceil_div(warps, kWarps), std::int64_t{1} << 20);
+    vector ? go(rows_kernel<T, true>, blocks) : go(rows_kernel<T, false>, blocks);
+  } else if (row_tiles) {
+    const std::int64_t blocks = ceil_div(p.src_rows, kTile) * ceil_div(p.src_cols, kTransposedCols);
+    vector ? go(rows_transposed_kernel<T, true>, blocks) : go(rows_transposed_kernel<T, false>, blocks);
+  } else {
+    const std::int64_t blocks = ceil_div(p.src_rows, kTile) * ceil_div(p.src_cols, kTile);
+    if (transposed)
+      vector ? go(blocks_kernel<T, true, true>, blocks) : go(blocks_kernel<T, false, true>, blocks);
+    else
+      vector ? go(blocks_kernel<T, true, false>, blocks) : go(blocks_kernel<T, false, false>, blocks);
+  }
+  KILN_CUDA_CHECK_LAUNCH();
+}
+
+// tensors {q (e4m3 [L rows, L cols], contiguous), scale storage (contiguous: [kblocks, ld] for 1×128
+// tiles, [row blocks, kblocks] for 128×128 blocks), src S ([src_rows, src_cols], strides (lds, 1))};
+// reals {amax_floor}; ints {tiling (0 1×128, 1 128×128), transposed (L = Sᵀ), power_of_two, scale_ld}.
+inline void quantize_entry(const KernelCall& call) {
+  const TensorArg &q = call.tensors[0], &scale = call.tensors[1], &src = call.tensors[2];
+  Params p{};
+  p.src = src.data;
+  p.src_rows = src.shape[0];
+  p.src_cols = src.shape[1];
+  p.lds = src.strides[0];
+  p.q = static_cast<std::uint8_t*>(q.data);
+  p.scale = static_cast<float*>(scale.data);
+  p.amax_floor = static_cast<float>(call.reals[0]);
+  const bool row_tiles = call.ints[0] == 0, transposed = call.ints[1] != 0;
+  p.power_of_two = call.ints[2] != 0;
+  p.scale_ld = call.ints[3];
+  if (p.src_rows == 0 || p.src_cols == 0) return;
+  cuda::DeviceGuard guard(src.device);
+  cudaStream_t stream = cuda::current_stream(src.device);
+  // The 1×128 scale storage pads each k-block's run of rows to a multiple of 4: zero the padding.
+  if (row_tiles && p.scale_ld > q.shape[0])
+    KILN_CUDA_CHECK(cudaMemsetAsync(p.scale, 0, static_cast<std::size_t>(scale.numel()) * sizeof(float), stream));
+  switch (src.dtype) {
+    case DType::f32: return launch<float>(p, row_tiles, transposed, stream);
+    case DType::bf16: return launch<bf16>(p, row_tiles, transposed, stream);
+    default: fail("fp8_quantize", "has no CUDA kernel for dtype ", src.dtype, " (shape [", p.src_rows, ", ", p.src_cols, "])");
+  }
+}
+
+inline const bool quantize_registered = register_device_kernel("fp8_quantize", quantize_entry);
+
+}  // namespace kiln::kernels::fp8_quantize

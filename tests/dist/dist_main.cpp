@@ -1,0 +1,43 @@
+// main() of the multi-rank tests (tests/dist/test_dist_*.cpp), run as `mpirun -np 2 <test>`:
+// starts MPI, prints GoogleTest's usual output on rank 0 only (other ranks print just their failed
+// assertions, prefixed with their rank), and returns the same exit code on every rank: failure if
+// any rank failed. Each test's fixture (dist_test.hpp) also makes a failure on one rank a failure
+// on all, so rank 0's output names every failed test.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+
+#include "dist_test.hpp"
+
+namespace {
+
+// Failed assertions of a rank other than 0, on stderr.
+class RankFailurePrinter : public ::testing::EmptyTestEventListener {
+ public:
+  explicit RankFailurePrinter(int rank) : rank_(rank) {}
+  void OnTestPartResult(const ::testing::TestPartResult& r) override {
+    if (!r.failed()) return;
+    std::fprintf(stderr, "[rank %d] %s:%d: failure\n%s\n", rank_, r.file_name() ? r.file_name() : "?", r.line_number(),
+                 r.summary());
+  }
+
+ private:
+  int rank_;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  kiln::dist::MpiSession mpi(&argc, &argv);
+  ::testing::InitGoogleTest(&argc, argv);
+  auto world = kiln::dist::MpiCommunicator::world();
+  if (world->rank() != 0) {
+    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
+    delete listeners.Release(listeners.default_result_printer());
+    listeners.Append(new RankFailurePrinter(world->rank()));
+  }
+  std::int64_t failed = RUN_ALL_TESTS() != 0 ? 1 : 0;
+  world->all_reduce_host(&failed, 1, kiln::dist::ReduceOp::max);
+  if (world->rank() == 0 && failed) std::fprintf(stderr, "some rank failed (see above)\n");
+  return failed ? 1 : 0;
+}

@@ -1,0 +1,36 @@
+// Expert parallel MoE through MPI on 2 CPU ranks (mpirun -np 2): experts split over the ranks,
+// tokens dispatched and combined with all_to_all_v, against nn::MoE in one process on all the
+// tokens — outputs, gradients, balance loss, loads and the bias update with the global load.
+#include "expert_parallel_checks.hpp"
+
+using namespace kiln;
+using kiln::dist_test::DistTest;
+using kiln::dist_test::EpVariant;
+using kiln::dist_test::world;
+
+namespace {
+
+class ExpertParallel : public DistTest {};
+
+TEST_F(ExpertParallel, EqualsOneProcessMoEDouble) {
+  dist_test::check_expert_parallel<double>(world(), Device::cpu(), 1e-12, EpVariant::plain);
+}
+
+TEST_F(ExpertParallel, EqualsOneProcessMoEFloat) {
+  dist_test::check_expert_parallel<float>(world(), Device::cpu(), 1e-5, EpVariant::plain);
+}
+
+TEST_F(ExpertParallel, WithDataParallelForTheReplicatedParameters) {
+  dist_test::check_expert_parallel<double>(world(), Device::cpu(), 1e-12, EpVariant::data_parallel);
+}
+
+TEST_F(ExpertParallel, ARankThatReceivesNoRows) {
+  dist_test::check_expert_parallel<double>(world(), Device::cpu(), 1e-12, EpVariant::all_to_rank0);
+}
+
+TEST_F(ExpertParallel, RanksWithDifferentLayersGetAnError) {
+  ASSERT_EQ(world()->size(), 2) << "the expected messages are written for 2 ranks";
+  dist_test::check_expert_parallel_mismatch(world());
+}
+
+}  // namespace
