@@ -492,7 +492,6 @@ struct DeviceInfo {
 inline DeviceInfo device_info(int device) {
   static std::mutex mutex;
   static DeviceInfo cache[64];
-  check(device >= 0 && device < 64, "fp8_gemm", "device index ", device, " out of range");
   std::lock_guard<std::mutex> lock(mutex);
   DeviceInfo& info = cache[device];
   if (info.sms == 0) {
@@ -504,24 +503,24 @@ inline DeviceInfo device_info(int device) {
 
 template <int BM, int BN, int INTERVAL>
 void launch(const CUtensorMap& a_map, const CUtensorMap& b_map, const CUtensorMap& d_map, const Params& p, int grid,
-            int device, cudaStream_t stream) {
+            cudaStream_t stream) {
   constexpr int smem = SharedLayout<BM, BN>::bytes_with_alignment;
-  // More than 48 KiB of dynamic shared memory needs an opt-in, which each device keeps for itself.
-  static std::once_flag configured[64];
-  std::call_once(configured[device], [] {
+  static const bool configured = [] {
     KILN_CUDA_CHECK(cudaFuncSetAttribute(fp8_gemm_kernel<BM, BN, INTERVAL>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          smem));
-  });
+    return true;
+  }();
+  (void)configured;
   fp8_gemm_kernel<BM, BN, INTERVAL><<<grid, (BM / 64 + 1) * 128, smem, stream>>>(a_map, b_map, d_map, p);
   KILN_CUDA_CHECK_LAUNCH();
 }
 
 template <int BM, int BN>
 void launch_with_interval(int interval, const CUtensorMap& a_map, const CUtensorMap& b_map, const CUtensorMap& d_map,
-                          const Params& p, int grid, int device, cudaStream_t stream) {
-  if (interval == 32) launch<BM, BN, 32>(a_map, b_map, d_map, p, grid, device, stream);
-  else if (interval == 64) launch<BM, BN, 64>(a_map, b_map, d_map, p, grid, device, stream);
-  else launch<BM, BN, 128>(a_map, b_map, d_map, p, grid, device, stream);
+                          const Params& p, int grid, cudaStream_t stream) {
+  if (interval == 32) launch<BM, BN, 32>(a_map, b_map, d_map, p, grid, stream);
+  else if (interval == 64) launch<BM, BN, 64>(a_map, b_map, d_map, p, grid, stream);
+  else launch<BM, BN, 128>(a_map, b_map, d_map, p, grid, stream);
 }
 
 }  // namespace fp8_hopper
@@ -601,10 +600,10 @@ inline void launch_fp8_gemm_hopper(const Fp8GemmArgs& g, float* workspace, int d
                                 : make_output_map(g.d, g.d_dtype == DType::f32, g.m, g.n, g.ldd, 1);
   const int grid = std::min(p.units, sms);
   const int interval = g.promotion_interval;
-  if (plan.bm == 128 && plan.bn == 128) launch_with_interval<128, 128>(interval, a_map, b_map, d_map, p, grid, device, stream);
-  else if (plan.bm == 128) launch_with_interval<128, 64>(interval, a_map, b_map, d_map, p, grid, device, stream);
-  else if (plan.bn == 128) launch_with_interval<64, 128>(interval, a_map, b_map, d_map, p, grid, device, stream);
-  else launch_with_interval<64, 64>(interval, a_map, b_map, d_map, p, grid, device, stream);
+  if (plan.bm == 128 && plan.bn == 128) launch_with_interval<128, 128>(interval, a_map, b_map, d_map, p, grid, stream);
+  else if (plan.bm == 128) launch_with_interval<128, 64>(interval, a_map, b_map, d_map, p, grid, stream);
+  else if (plan.bn == 128) launch_with_interval<64, 128>(interval, a_map, b_map, d_map, p, grid, stream);
+  else launch_with_interval<64, 64>(interval, a_map, b_map, d_map, p, grid, stream);
   if (plan.splits > 1) {
     const std::int64_t quads = g.m * g.n / 4;
     const int blocks = static_cast<int>(std::min<std::int64_t>((quads + 255) / 256, 4 * sms));
