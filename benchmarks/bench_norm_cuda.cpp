@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include <kiln/kernels/rms_norm/args.hpp>
+
 #include "cuda_bench.hpp"
 
 using namespace kiln;
@@ -34,12 +36,15 @@ void bench_rms_norm(bench::BandwidthBench& meter) {
             [&] { (void)rms_norm(x, w); });
 
   // The fused backward kernel alone (through autograd, leaf accumulation would add a copy of dx).
-  run_device_kernel("bench", "rms_norm_forward",
-                    {{tensor_arg(y), tensor_arg(rstd), tensor_arg(x), tensor_arg(w)}, {1e-6}, {rows, D}});
-  const KernelCall backward{
-      {tensor_arg(dx), tensor_arg(dw), tensor_arg(x), tensor_arg(w), tensor_arg(g), tensor_arg(rstd)}, {}, {rows, D}};
+  const DeviceLaunch on = launch_on("bench", gpu);
+  launch_device_kernel("bench", kernels::RmsNormForwardArgs{.launch = on, .dtype = dtype_of<T>, .y = y.data(),
+                                                            .rstd = rstd.data(), .x = x.data(), .w = w.data(),
+                                                            .rows = rows, .cols = static_cast<int>(D), .eps = 1e-6});
+  const kernels::RmsNormBackwardArgs backward{.launch = on, .dtype = dtype_of<T>, .dx = dx.data(), .dw = dw.data(),
+                                              .x = x.data(), .w = w.data(), .g = g.data(), .rstd = rstd.data(),
+                                              .rows = rows, .cols = static_cast<int>(D)};
   meter.row("rms_norm bwd (dx, dw)", shape, dtype_name<T>, s * (3.0 * rows * D + 2.0 * D) + 8.0 * rows,
-            [&] { run_device_kernel("bench", "rms_norm_backward", backward); });
+            [&] { launch_device_kernel("bench", backward); });
 }
 
 void bench_rope(bench::BandwidthBench& meter) {

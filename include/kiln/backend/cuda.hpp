@@ -21,7 +21,7 @@
 #include "indexing/all.cuh"
 #include "loss/all.cuh"
 #include "matmul/all.cuh"
-#include "norm/all.cuh"
+#include "kiln/kernels/rms_norm/rms_norm.cuh"
 #include "optim/all.cuh"
 #include "reduce/all.cuh"
 #include "rope/all.cuh"
@@ -34,6 +34,7 @@ inline DeviceBackend& backend_table() {
       [](std::size_t bytes, int device) { return CachingAllocator::instance().allocate(bytes, device); },
       [](void* ptr, std::size_t, int device) { CachingAllocator::instance().deallocate(ptr, device); },
       copy_between,
+      [](int device) -> DeviceStream { return current_stream(device); },
   };
   return table;
 }

@@ -13,10 +13,10 @@
 #include <vector>
 
 #include "kiln/core/tensor.hpp"
+#include "kiln/kernels/common/tensor_view.hpp"
 
 namespace kiln {
 
-inline constexpr int kMaxDims = 8;
 
 // A tensor as a kernel sees it. Broadcast operands are passed already expanded to the output's
 // shape (stride 0 on broadcast dims), so a kernel indexes every operand with one shape.
@@ -79,14 +79,14 @@ struct KernelCall {
   std::vector<std::int64_t> ints;  // integer parameters (op codes, dims, flags)
 };
 
-using DeviceKernel = void (*)(const KernelCall&);
+using NamedDeviceKernel = void (*)(const KernelCall&);
 
-inline std::unordered_map<std::string, DeviceKernel>& device_kernels() {
-  static std::unordered_map<std::string, DeviceKernel> registry;
+inline std::unordered_map<std::string, NamedDeviceKernel>& device_kernels() {
+  static std::unordered_map<std::string, NamedDeviceKernel> registry;
   return registry;
 }
 
-inline bool register_device_kernel(const std::string& name, DeviceKernel kernel) {
+inline bool register_device_kernel(const std::string& name, NamedDeviceKernel kernel) {
   device_kernels()[name] = kernel;
   return true;
 }

@@ -38,6 +38,19 @@ constexpr DType dtype_of = dtype_traits<T>::tag;
 template <class T>
 constexpr const char* dtype_name = dtype_traits<T>::name;
 
+// Bytes per element of a runtime dtype.
+constexpr int dtype_size(DType d) {
+  switch (d) {
+    case DType::f64:
+    case DType::i64: return 8;
+    case DType::f32:
+    case DType::i32: return 4;
+    case DType::bf16:
+    case DType::f16: return 2;
+    default: return 1;  // fp8_e4m3, fp8_e5m2, u8, boolean
+  }
+}
+
 // Types stored in fewer bits than they compute in: arithmetic on them goes through float.
 template <class T>
 constexpr bool is_low_precision =

@@ -20,7 +20,12 @@
 #include "kiln/core/device.hpp"
 #include "kiln/core/error.hpp"
 
+// cudaStream_t is CUstream_st*; declaring the struct lets g++-compiled code carry a stream.
+struct CUstream_st;
+
 namespace kiln {
+
+using DeviceStream = CUstream_st*;
 
 struct DeviceBackend {
   void* (*allocate)(std::size_t bytes, int device) = nullptr;
@@ -28,6 +33,8 @@ struct DeviceBackend {
   // Copies bytes between any two devices (either side may be the CPU); synchronous.
   void (*copy)(void* dst, Device dst_device, const void* src, Device src_device,
                std::size_t bytes) = nullptr;
+  // The stream kiln queues this thread's work for `device` on (kernels take it in their arguments).
+  DeviceStream (*stream)(int device) = nullptr;
 };
 
 // The CUDA backend's table, or nullptr when no nvcc-compiled translation unit registered one.

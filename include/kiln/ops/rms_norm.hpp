@@ -1,13 +1,13 @@
 // rms_norm: root-mean-square layer normalisation over the last dim, as in Llama and DeepSeek-V3:
 //   y = x / sqrt(mean(x^2, dim=-1) + eps) * weight
-// Fused forward and backward (the math is in backend/cpu/rms_norm.hpp; CUDA: kernels/norm/rms_norm.cuh).
+// Fused forward and backward (the math is in backend/cpu/rms_norm.hpp; CUDA: kernels/rms_norm/).
 #pragma once
 
 #include <cmath>
 
 #include "kiln/autograd/node.hpp"
 #include "kiln/backend/cpu/rms_norm.hpp"
-#include "kiln/core/dispatch.hpp"
+#include "kiln/kernels/rms_norm/args.hpp"
 #include "kiln/ops/common.hpp"
 #include "kiln/ops/copy.hpp"
 
@@ -42,11 +42,15 @@ Tensor<T> rms_norm(const Tensor<T>& x, const Tensor<T>& weight = Tensor<T>(), do
   } else {
     check(D <= 0x7fffffff, "rms_norm", "rows of more than 2^31 - 1 elements are not supported on ", x.device(),
           ", got shape ", x.shape());
-    // CUDA kernel (kernels/norm/rms_norm.cuh): tensors {y, rstd, x, w or none}, reals {eps}, ints {rows, D}.
-    run_device_kernel("rms_norm", "rms_norm_forward",
-                      {{tensor_arg(out), tensor_arg(rstd), tensor_arg(xc), has_weight ? tensor_arg(wc) : TensorArg{}},
-                       {eps},
-                       {rows, D}});
+    launch_device_kernel("rms_norm", kernels::RmsNormForwardArgs{.launch = launch_on("rms_norm", x.device()),
+                                                                 .dtype = dtype_of<T>,
+                                                                 .y = out.data(),
+                                                                 .rstd = rstd.data(),
+                                                                 .x = xc.data(),
+                                                                 .w = has_weight ? wc.data() : nullptr,
+                                                                 .rows = rows,
+                                                                 .cols = static_cast<int>(D),
+                                                                 .eps = eps});
   }
 
   if (autograd::needs_grad(x, weight)) {
@@ -59,10 +63,17 @@ Tensor<T> rms_norm(const Tensor<T>& x, const Tensor<T>& weight = Tensor<T>(), do
         cpu::rms_norm_backward(xc.data(), wc.defined() ? wc.data() : nullptr, gc.data(), rstd.data(),
                                dx.defined() ? dx.data() : nullptr, dw.defined() ? dw.data() : nullptr, rows, D);
       } else {
-        // tensors {dx, dw, x, w, g, rstd}; absent ones (not wanted, no weight) have null data.
-        auto arg = [](const Tensor<T>& t) { return t.defined() ? tensor_arg(t) : TensorArg{}; };
-        run_device_kernel("rms_norm backward", "rms_norm_backward",
-                          {{arg(dx), arg(dw), tensor_arg(xc), arg(wc), tensor_arg(gc), tensor_arg(rstd)}, {}, {rows, D}});
+        launch_device_kernel("rms_norm backward",
+                             kernels::RmsNormBackwardArgs{.launch = launch_on("rms_norm backward", xc.device()),
+                                                          .dtype = dtype_of<T>,
+                                                          .dx = dx.defined() ? dx.data() : nullptr,
+                                                          .dw = dw.defined() ? dw.data() : nullptr,
+                                                          .x = xc.data(),
+                                                          .w = wc.defined() ? wc.data() : nullptr,
+                                                          .g = gc.data(),
+                                                          .rstd = rstd.data(),
+                                                          .rows = rows,
+                                                          .cols = static_cast<int>(D)});
       }
       if (dx.defined()) in.add(0, dx);
       if (dw.defined()) in.add(1, dw);

@@ -1,18 +1,13 @@
 // Every CUDA and cuBLASLt call is checked; a failure becomes a kiln::Error naming the file, the
 // line, the call and the CUDA message. Kernel launches are followed by KILN_CUDA_CHECK_LAUNCH().
+// The CUDA checks live with the kernels (kernels/common/cuda_check.hpp); cuBLASLt's are here.
 #pragma once
 
 #include <cublasLt.h>
-#include <cuda_runtime.h>
 
-#include "kiln/core/error.hpp"
+#include "kiln/kernels/common/cuda_check.hpp"
 
 namespace kiln::cuda {
-
-[[noreturn]] inline void throw_cuda(cudaError_t e, const char* call, const char* file, int line) {
-  throw Error(str("kiln::cuda: ", call, " failed at ", file, ":", line, ": ", cudaGetErrorName(e), ": ",
-                  cudaGetErrorString(e)));
-}
 
 [[noreturn]] inline void throw_cublas(cublasStatus_t s, const char* call, const char* file, int line) {
   throw Error(str("kiln::cublasLt: ", call, " failed at ", file, ":", line, ": status ", static_cast<int>(s), " (",
@@ -20,14 +15,6 @@ namespace kiln::cuda {
 }
 
 }  // namespace kiln::cuda
-
-#define KILN_CUDA_CHECK(call)                                                       \
-  do {                                                                              \
-    cudaError_t kiln_e_ = (call);                                                   \
-    if (kiln_e_ != cudaSuccess) ::kiln::cuda::throw_cuda(kiln_e_, #call, __FILE__, __LINE__); \
-  } while (0)
-
-#define KILN_CUDA_CHECK_LAUNCH() KILN_CUDA_CHECK(cudaGetLastError())
 
 #define KILN_CUBLAS_CHECK(call)                                                     \
   do {                                                                              \

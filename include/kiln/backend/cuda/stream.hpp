@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "kiln/backend/cuda/error.hpp"
+#include "kiln/kernels/common/device_guard.hpp"
 
 namespace kiln::cuda {
 
@@ -21,25 +22,12 @@ inline int device_count() {
 
 inline bool available() { return device_count() > 0; }
 
-// Makes `device` current on this thread for the lifetime of the guard.
-class DeviceGuard {
- public:
-  explicit DeviceGuard(int device) {
-    KILN_CUDA_CHECK(cudaGetDevice(&previous_));
-    if (device != previous_) KILN_CUDA_CHECK(cudaSetDevice(device));
-  }
-  ~DeviceGuard() { cudaSetDevice(previous_); }
-  DeviceGuard(const DeviceGuard&) = delete;
-  DeviceGuard& operator=(const DeviceGuard&) = delete;
-
- private:
-  int previous_ = 0;
-};
-
 namespace detail {
 inline cudaStream_t& thread_stream_override(int device) {
-  thread_local std::vector<cudaStream_t> overrides(64, nullptr);
-  return overrides.at(static_cast<std::size_t>(device));
+  check(device >= 0, "cuda", "device index ", device, " is negative");
+  thread_local std::vector<cudaStream_t> overrides;
+  if (overrides.size() <= static_cast<std::size_t>(device)) overrides.resize(static_cast<std::size_t>(device) + 1, nullptr);
+  return overrides[static_cast<std::size_t>(device)];
 }
 }  // namespace detail
 

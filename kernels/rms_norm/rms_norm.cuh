@@ -1,6 +1,7 @@
-// RMSNorm on CUDA (ops/rms_norm.hpp; the CPU reference is backend/cpu/rms_norm.hpp).
+// RMSNorm on CUDA (arguments kernels/rms_norm/args.hpp; front-end ops/rms_norm.hpp; the CPU
+// reference is backend/cpu/rms_norm.hpp).
 //
-// x is a contiguous [rows, D] buffer; D is the normalised dim.
+// x is a contiguous [rows, D] buffer; D (args.cols) is the normalised dim.
 //
 // Forward, per row: r = 1 / sqrt(mean(x^2) + eps), y = x * r * w. r is saved (as double, like the
 // CPU op) for the backward pass. bf16/fp16 follow Hugging Face's rounding: x * r is rounded to the
@@ -33,11 +34,13 @@
 #include <cstdint>
 #include <type_traits>
 
-#include "common/device_types.cuh"
-#include "elementwise/map.cuh"
-#include "kiln/backend/cuda/stream.hpp"
+#include "kiln/core/tensor.hpp"
+#include "kiln/kernels/common/element.cuh"
+#include "kiln/kernels/common/launch.cuh"
+#include "kiln/kernels/common/reduce.cuh"
+#include "kiln/kernels/rms_norm/args.hpp"
 
-namespace kiln::kernels::rmsnorm {
+namespace kiln::kernels::rms_norm {
 
 constexpr int kWarpRowThreads = 256;   // block size of the warp-per-row kernels (8 rows at a time)
 constexpr int kMaxBlockThreads = 512;  // block-per-row kernels
@@ -51,27 +54,6 @@ constexpr int min_blocks() {
   constexpr int row_registers = 2 * N * V * static_cast<int>(sizeof(compute_t<T>)) / 4;
   if constexpr (WarpRow) return row_registers <= 16 ? 4 : 2;
   return row_registers <= 32 ? 2 : 1;
-}
-
-template <class C>
-__device__ __forceinline__ C warp_sum(C v) {
-  // Butterfly: every lane ends with the same bits (IEEE addition is commutative).
-#pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
-
-// Sum over the block (blockDim.x a multiple of 32), the same value in every thread, in a fixed
-// order. `scratch` holds two 32-entry buffers used alternately (parity), so consecutive calls need
-// only the one __syncthreads inside.
-template <class C>
-__device__ __forceinline__ C block_sum(C v, C* scratch, int parity) {
-  v = warp_sum(v);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  C* buf = scratch + 32 * parity;
-  if (lane == 0) buf[warp] = v;
-  __syncthreads();
-  return warp_sum(lane < static_cast<int>(blockDim.x >> 5) ? buf[lane] : C(0));
 }
 
 // Which rows a thread works on, and which vectors of a row: WarpRow = one warp per row.
@@ -362,22 +344,6 @@ int block_threads(int D) {
   }
 }
 
-inline int sm_count(int device) {
-  int n = 0;
-  KILN_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
-  return n;
-}
-
-// Blocks of `kernel` that fit on one SM (at least 1).
-template <class K>
-int resident_blocks(K kernel, int threads, std::size_t smem) {
-  int blocks = 0;
-  KILN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, threads, smem));
-  return std::max(blocks, 1);
-}
-
-inline bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
-
 template <class F>
 void with_norm_type(DType dtype, F&& f) {
   switch (dtype) {
@@ -389,17 +355,14 @@ void with_norm_type(DType dtype, F&& f) {
   }
 }
 
-// tensors {y, rstd (f64 [rows]), x, w (data null: no weight)}, all contiguous; reals {eps};
-// ints {rows, D}.
-inline void forward_entry(const KernelCall& call) {
-  const TensorArg &y = call.tensors[0], &rstd = call.tensors[1], &x = call.tensors[2], &w = call.tensors[3];
-  const std::int64_t rows = call.ints[0];
-  const int D = static_cast<int>(call.ints[1]);
+inline void launch_rms_norm_forward(const RmsNormForwardArgs& a) {
+  const std::int64_t rows = a.rows;
+  const int D = a.cols;
   if (rows == 0) return;
-  cuda::DeviceGuard guard(x.device);
-  cudaStream_t stream = cuda::current_stream(x.device);
-  const bool aligned = aligned16(x.data) && aligned16(y.data) && (!w.data || aligned16(w.data));
-  with_norm_type(x.dtype, [&](auto tag) {
+  cuda::DeviceGuard guard(a.launch.device);
+  const cudaStream_t stream = a.launch.stream;
+  const bool aligned = aligned16(a.x) && aligned16(a.y) && (!a.w || aligned16(a.w));
+  with_norm_type(a.dtype, [&](auto tag) {
     using T = decltype(tag);
     using C = compute_t<T>;
     with_plan<T>(D, aligned, [&](auto plan) {
@@ -408,24 +371,21 @@ inline void forward_entry(const KernelCall& call) {
       const std::int64_t per_block = P::warp_row ? threads / 32 : 1;
       const auto blocks = static_cast<unsigned>(std::min<std::int64_t>((rows + per_block - 1) / per_block, 1 << 20));
       forward_kernel<T, P::vector, P::per_thread, P::warp_row><<<blocks, threads, 0, stream>>>(
-          static_cast<const T*>(x.data), static_cast<const T*>(w.data), static_cast<T*>(y.data),
-          static_cast<double*>(rstd.data), rows, D, static_cast<C>(1.0 / D), static_cast<C>(call.reals[0]));
+          static_cast<const T*>(a.x), static_cast<const T*>(a.w), static_cast<T*>(a.y), a.rstd, rows, D,
+          static_cast<C>(1.0 / D), static_cast<C>(a.eps));
       KILN_CUDA_CHECK_LAUNCH();
     });
   });
 }
 
-// tensors {dx, dw, x, w, g, rstd} (dx, dw, w: data null when absent), contiguous; ints {rows, D}.
-inline void backward_entry(const KernelCall& call) {
-  const TensorArg &dx = call.tensors[0], &dw = call.tensors[1], &x = call.tensors[2], &w = call.tensors[3],
-                  &g = call.tensors[4], &rstd = call.tensors[5];
-  const std::int64_t rows = call.ints[0];
-  const int D = static_cast<int>(call.ints[1]);
-  cuda::DeviceGuard guard(x.device);
-  cudaStream_t stream = cuda::current_stream(x.device);
-  const bool aligned = aligned16(x.data) && aligned16(g.data) && (!dx.data || aligned16(dx.data)) &&
-                       (!w.data || aligned16(w.data));
-  with_norm_type(x.dtype, [&](auto tag) {
+inline void launch_rms_norm_backward(const RmsNormBackwardArgs& a) {
+  const std::int64_t rows = a.rows;
+  const int D = a.cols;
+  const int device = a.launch.device;
+  cuda::DeviceGuard guard(device);
+  const cudaStream_t stream = a.launch.stream;
+  const bool aligned = aligned16(a.x) && aligned16(a.g) && (!a.dx || aligned16(a.dx)) && (!a.w || aligned16(a.w));
+  with_norm_type(a.dtype, [&](auto tag) {
     using T = decltype(tag);
     using C = compute_t<T>;
     with_plan<T>(D, aligned, [&](auto plan) {
@@ -434,34 +394,30 @@ inline void backward_entry(const KernelCall& call) {
       const int threads = block_threads<P>(D);
       const std::int64_t per_block = P::warp_row ? threads / 32 : 1;
       // Shared memory for the dw sums: one row of D per owner in the block (streamed rows sum into
-      // the partials in global memory instead).
-      const std::size_t smem =
-          dw.data && P::per_thread > 0 ? static_cast<std::size_t>(per_block * D) * sizeof(C) : 0;
-      // Above 48 KiB in total (this dynamic part plus the kernel's static scratch) a launch needs the
-      // opt-in, else it fails with "invalid argument" (seen at D = 12288 float: exactly 48 KiB dynamic).
-      if (smem + sizeof(C) * 64 > 48 * 1024)
-        KILN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+      // the partials in global memory instead). Past 48 KiB with the static scratch (D = 12288
+      // float is exactly 48 KiB dynamic) the launch needs the opt-in.
+      const std::size_t smem = a.dw && P::per_thread > 0 ? static_cast<std::size_t>(per_block * D) * sizeof(C) : 0;
+      opt_in_shared_memory(kernel, smem, device);
       // As many owners as fit on the device at once (each then loops over its rows), but at least
       // a few rows each so the partials stay small next to x.
       const std::int64_t resident =
-          static_cast<std::int64_t>(resident_blocks(kernel, threads, smem)) * sm_count(x.device);
+          static_cast<std::int64_t>(resident_blocks(kernel, threads, smem)) * device_info(device).sms;
       const std::int64_t wanted = (rows + 4 * per_block - 1) / (4 * per_block);
       const std::int64_t blocks = std::max<std::int64_t>(1, std::min(resident, wanted));
       const std::int64_t owners = blocks * per_block;
       Tensor<C> partial;
-      if (dw.data) partial = Tensor<C>({owners, D}, Device::cuda(x.device));
+      if (a.dw) partial = Tensor<C>({owners, D}, Device::cuda(device));
       if (rows > 0) {
         kernel<<<static_cast<unsigned>(blocks), threads, smem, stream>>>(
-            static_cast<const T*>(x.data), static_cast<const T*>(w.data), static_cast<const T*>(g.data),
-            static_cast<const double*>(rstd.data), static_cast<T*>(dx.data), dw.data ? partial.data() : nullptr,
-            rows, D, static_cast<C>(1.0 / D));
+            static_cast<const T*>(a.x), static_cast<const T*>(a.w), static_cast<const T*>(a.g), a.rstd,
+            static_cast<T*>(a.dx), a.dw ? partial.data() : nullptr, rows, D, static_cast<C>(1.0 / D));
         KILN_CUDA_CHECK_LAUNCH();
-      } else if (dw.data) {
+      } else if (a.dw) {
         KILN_CUDA_CHECK(cudaMemsetAsync(partial.data(), 0, sizeof(C) * static_cast<std::size_t>(owners * D), stream));
       }
-      if (dw.data) {
+      if (a.dw) {
         dw_kernel<T><<<static_cast<unsigned>((D + 31) / 32), dim3(32, 8), 0, stream>>>(
-            partial.data(), static_cast<T*>(dw.data), owners, D, D / P::vector);
+            partial.data(), static_cast<T*>(a.dw), owners, D, D / P::vector);
         KILN_CUDA_CHECK_LAUNCH();
       }
     });
@@ -469,6 +425,6 @@ inline void backward_entry(const KernelCall& call) {
 }
 
 inline const bool registered =
-    register_device_kernel("rms_norm_forward", forward_entry) && register_device_kernel("rms_norm_backward", backward_entry);
+    register_device_kernel(&launch_rms_norm_forward) && register_device_kernel(&launch_rms_norm_backward);
 
-}  // namespace kiln::kernels::rmsnorm
+}  // namespace kiln::kernels::rms_norm

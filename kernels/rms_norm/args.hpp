@@ -1,0 +1,45 @@
+// Arguments of the rms_norm kernels (kernels/rms_norm/rms_norm.cuh; front-end ops/rms_norm.hpp,
+// CPU reference backend/cpu/rms_norm.hpp). Rows are contiguous [rows, cols] buffers of one
+// floating dtype (f32, f64, bf16, f16); cols is the normalised dim.
+#pragma once
+
+#include <cstdint>
+
+#include "kiln/core/device_kernel.hpp"
+#include "kiln/core/dtype.hpp"
+
+namespace kiln::kernels {
+
+// Per row: r = 1 / sqrt(mean(x^2) + eps), y = x * r * w. r is kept for the backward.
+struct RmsNormForwardArgs {
+  static constexpr const char* kernel = "rms_norm forward";
+  static constexpr const char* header = "kiln/kernels/rms_norm/rms_norm.cuh";
+  DeviceLaunch launch;
+  DType dtype = DType::f32;  // of x, w and y
+  void* y = nullptr;
+  double* rstd = nullptr;    // [rows]
+  const void* x = nullptr;
+  const void* w = nullptr;   // [cols]; null: no weight (y = x * r)
+  std::int64_t rows = 0;
+  int cols = 0;
+  double eps = 1e-6;
+};
+
+// Per row, with xhat = x * r and gw = g * w: dx = r * (gw - xhat * mean(gw * xhat)); and
+// dw = sum over rows of g * xhat (bit-identical from run to run on a given GPU).
+struct RmsNormBackwardArgs {
+  static constexpr const char* kernel = "rms_norm backward";
+  static constexpr const char* header = "kiln/kernels/rms_norm/rms_norm.cuh";
+  DeviceLaunch launch;
+  DType dtype = DType::f32;  // of x, w, g, dx and dw
+  void* dx = nullptr;        // null: not wanted
+  void* dw = nullptr;        // [cols]; null: not wanted (or no weight)
+  const void* x = nullptr;
+  const void* w = nullptr;   // null: no weight
+  const void* g = nullptr;
+  const double* rstd = nullptr;
+  std::int64_t rows = 0;
+  int cols = 0;
+};
+
+}  // namespace kiln::kernels
