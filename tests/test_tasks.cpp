@@ -1,6 +1,7 @@
-// Verifiable tasks: disjoint train/test splits, determinism by seed, Countdown solvability
-// (checked by an independent brute-force solver), the verifier on correct, wrong and malformed
-// outputs, and the worked solutions (every arithmetic claim in them is true).
+// Verifiable tasks: disjoint train/test splits, determinism by seed, Countdown solvability with
+// every number used exactly once (checked by an independent brute-force solver), exact rational
+// evaluation, the verifier on correct, wrong and malformed outputs, the last-answer-block scan, and
+// the worked solutions (every arithmetic claim in them is true).
 #include <kiln/data/tasks.hpp>
 
 #include <limits>
@@ -38,12 +39,11 @@ Problem arithmetic_problem(std::int64_t a, char op, std::int64_t b) {
 
 std::string wrap(const std::string& answer) { return "<think>let me see</think><answer>" + answer + "</answer>"; }
 
-// Brute force: can some subset of `values` be combined with + - * / (exact division, any sign)
-// into `target`? Independent of the library's generator and parser.
+// Brute force: can all of `values`, each exactly once, be combined with + - * / (exact integer
+// division, any sign) into `target`? Independent of the library's generator and parser. (Integer
+// steps only: a subset of the rational expressions answers may use, enough for the generator's.)
 bool solvable(std::vector<std::int64_t> values, std::int64_t target, std::set<std::vector<std::int64_t>>& seen) {
-  for (const std::int64_t v : values)
-    if (v == target) return true;
-  if (values.size() < 2) return false;
+  if (values.size() == 1) return values[0] == target;
   std::sort(values.begin(), values.end());
   if (!seen.insert(values).second) return false;
   for (std::size_t i = 0; i < values.size(); ++i)
@@ -182,6 +182,13 @@ TEST(Tasks, EveryCountdownProblemIsSolvable) {
       ASSERT_TRUE(solvable(p.numbers, p.target, seen)) << canonical(p);
       std::string reason;
       ASSERT_TRUE(check_answer(p, p.solution, &reason)) << canonical(p) << ": " << p.solution << ": " << reason;
+      // The solution uses every number exactly once (its digit runs, sorted, are the numbers).
+      std::vector<std::int64_t> used;
+      static const std::regex digits(R"(\d+)");
+      for (auto it = std::sregex_iterator(p.solution.begin(), p.solution.end(), digits); it != std::sregex_iterator(); ++it)
+        used.push_back(std::stoll((*it)[0]));
+      std::sort(used.begin(), used.end());
+      ASSERT_EQ(used, p.numbers) << p.solution;
     }
   }
 }
@@ -197,11 +204,33 @@ TEST(Tasks, VerifierAcceptsCorrectCountdownAnswers) {
   }
   // Whitespace around the blocks is fine; the think block may hold anything but tags.
   EXPECT_EQ(verify(p, "\n <think>\n50 + 25 = 75? no.\n</think>\n\n<answer>7 * 25 - 50 + 3</answer>\n").accuracy, 1.0);
-  // Division, exact at every step; not every number needs to be used.
-  const Problem q = countdown_problem({2, 6, 9, 75}, 25, "75 / (9 - 6)");
-  EXPECT_EQ(verify(q, wrap("75 / (9 - 6)")).accuracy, 1.0);
-  EXPECT_EQ(verify(q, wrap("75 \xC3\xB7 (9 - 6)")).accuracy, 1.0);
-  EXPECT_EQ(verify(q, wrap("(75 - 9 - 6 + 2 * 2) / 2")).accuracy, 0.0);  // 2 used twice
+  // Division; every number must be used, exactly once.
+  const Problem q = countdown_problem({2, 6, 9, 75}, 50, "75 / (9 - 6) * 2");
+  EXPECT_EQ(verify(q, wrap("75 / (9 - 6) * 2")).accuracy, 1.0);
+  EXPECT_EQ(verify(q, wrap("75 \xC3\xB7 (9 - 6) \xC3\x97 2")).accuracy, 1.0);
+  EXPECT_EQ(verify(q, wrap("75 / (9 - 6)")).accuracy, 0.0);                  // 25: 2 not used
+  EXPECT_EQ(verify(q, wrap("(75 - 9 - 6 + 2 * 2) / 2")).accuracy, 0.0);      // 2 used twice
+  EXPECT_EQ(verify(q, wrap("75 / (9 - 6) * 2 * 2 / 2")).accuracy, 0.0);      // 50, but 2 used 3 times
+  // A number given twice is used twice.
+  const Problem twice = countdown_problem({5, 5, 10}, 35, "");
+  EXPECT_EQ(verify(twice, wrap("5 * 5 + 10")).accuracy, 1.0);
+  EXPECT_EQ(verify(twice, wrap("5 * 5 + 10 + 5 - 5")).accuracy, 0.0);
+  EXPECT_EQ(verify(twice, wrap("(5 + 10) * 5 - 40")).accuracy, 0.0);
+  // Exact rationals: intermediate fractions are fine when the final value is the target.
+  const Problem frac = countdown_problem({1, 2, 3, 3, 6}, 6, "");
+  EXPECT_EQ(verify(frac, wrap("(1 / 3 + 2 / 3) * 6")).accuracy, 1.0);          // (1/3 + 2/3) * 6 = 6
+  EXPECT_EQ(verify(frac, wrap("(1 / 3 + 2 / 3) * 6 = 6")).accuracy, 1.0);
+  EXPECT_EQ(verify(frac, wrap("1 / 3 * 6 + 2 / 3")).accuracy, 0.0);            // 2 + 2/3
+  const Problem half = countdown_problem({2, 4, 7}, 14, "");
+  EXPECT_EQ(verify(half, wrap("7 / 2 * 4")).accuracy, 1.0);                    // 3.5 * 4
+  EXPECT_EQ(verify(half, wrap("4 / (2 / 7)")).accuracy, 1.0);                  // 4 * 7/2
+  EXPECT_EQ(verify(half, wrap("7 / 2 + 4")).accuracy, 0.0);                    // 15/2
+  // A near miss that floating point would accept: 1/3 is not 0.333333333333333333.
+  const Problem third = countdown_problem({1, 3, 999999999999999999}, 333333333333333333, "");
+  EXPECT_EQ(verify(third, wrap("1 / 3 * 999999999999999999")).accuracy, 1.0);
+  EXPECT_EQ(verify(third, wrap("999999999999999999 / 3 * 1")).accuracy, 1.0);
+  const Problem third_off = countdown_problem({1, 3, 999999999999999998}, 333333333333333333, "");
+  EXPECT_EQ(verify(third_off, wrap("1 / 3 * 999999999999999998")).accuracy, 0.0);
   // Negative intermediate values are allowed.
   const Problem neg = countdown_problem({3, 10, 20}, 140, "");
   EXPECT_EQ(verify(neg, wrap("(3 - 10) * (0 + 20) * -1")).accuracy, 0.0);  // 0 not given, unary minus
@@ -214,17 +243,26 @@ TEST(Tasks, VerifierRejectsWrongCountdownAnswers) {
   const Problem p = countdown_problem({3, 7, 25, 50}, 128, "7 * 25 - 50 + 3");
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"7 * 25 - 50 + 4", "4 is not one of the numbers"},
-      {"7 * 25 - 50", "makes 125"},
+      {"7 * 25 - 50", "not every number is used: 3 left over"},
+      {"7 * 25 + 3", "not every number is used: 50 left over"},
+      {"50 + 25", "not every number is used: 3 7 left over"},
+      {"7 * 25 - 50 - 3", "makes 122"},
       {"50 + 50 + 25 + 3", "50 is used more often"},
+      {"50 + 7 * 25 - 50 + 3", "50 is used more often"},
       {"7 * 25 - 50 + 3 = 129", "not the target"},
       {"(7 * 25 - 50 + 3) / (7 - 7)", "division by zero"},
       {"(7 * 25 - 50 + 3) / 0", "division by zero"},
       {"7 * 25 - 50 + 3 + 0", "0 is not one of the numbers"},
-      {"(50 - 25) / (7 - 3) + 3", "not exact"},
-      {"(25 - 50) / 7 * 3", "not exact"},
+      {"(50 - 25) / (7 - 3)", "makes 25/4"},          // exactly, not 6
+      {"(25 - 50) / 7 * 3", "makes -75/7"},          // -25/7 * 3
+      {"(3 - 50) / 7 * 25", "makes -1175/7"},
       {"-3 + 7 * 25 - 50", "unary minus"},
       {"99999999999999999999 - 3", "too large"},
       {"999999999999999999 * 999999999999999999", "too large"},
+      {"3 / 999999999999999999 / 999999999999999999", "too large"},  // the denominator overflows
+      {std::string(5000, '7') + " + 3", "longer than 1000 bytes"},   // a 5000-digit literal
+      {std::string(500, '7') + " + 3", "too large"},                 // a 500-digit literal
+      {"0000000000000000003 + 7 * 25 - 50", "too large"},            // 19 digits, even if small
       {"7 * 25 - 50 +", "unexpected end"},
       {"7 * 25 - 50 + 3)", "unexpected ')'"},
       {"((7 * 25 - 50 + 3", "missing ')'"},
@@ -249,13 +287,102 @@ TEST(Tasks, VerifierRejectsWrongCountdownAnswers) {
   // INT64_MIN is reachable (-2^62 * 2); dividing it by -1 would overflow, and is reported.
   const Evaluation lowest = evaluate("(0 - 2147483648 * 2147483648) * 2");
   ASSERT_TRUE(lowest.ok) << lowest.error;
-  EXPECT_EQ(lowest.value, std::numeric_limits<std::int64_t>::min());
+  EXPECT_EQ(lowest.value, Rational{std::numeric_limits<std::int64_t>::min()});
   EXPECT_EQ(lowest.literals, (std::vector<std::int64_t>{0, 2147483648, 2147483648, 2}));
   const Evaluation e = evaluate("(0 - 2147483648 * 2147483648) * 2 / (1 - 2)");
   EXPECT_FALSE(e.ok);
   EXPECT_EQ(e.error, "number too large");
   const Problem big = countdown_problem({0, 1, 2, 2147483648, 2147483648}, 5);
   EXPECT_EQ(verify(big, wrap("(0 - 2147483648 * 2147483648) * 2 / (1 - 2)")).accuracy, 0.0);
+}
+
+TEST(Tasks, ExactRationalEvaluation) {
+  auto value = [](const std::string& text) {
+    const Evaluation e = evaluate(text);
+    EXPECT_TRUE(e.ok) << text << ": " << e.error;
+    return e.value;
+  };
+  // Hand-computed, in lowest terms with a positive denominator.
+  EXPECT_EQ(value("1 / 3"), (Rational{1, 3}));
+  EXPECT_EQ(value("2 / 6"), (Rational{1, 3}));
+  EXPECT_EQ(value("(1 / 3 + 2 / 3) * 6"), Rational{6});
+  EXPECT_EQ(value("1 - 4 / 6"), (Rational{1, 3}));
+  EXPECT_EQ(value("(1 - 3) / 4"), (Rational{-1, 2}));
+  EXPECT_EQ(value("3 / (1 - 7)"), (Rational{-1, 2}));        // the sign moves to the numerator
+  EXPECT_EQ(value("(2 - 5) / (1 - 7)"), (Rational{1, 2}));   // negative over negative
+  EXPECT_EQ(value("1 / (1 / 7)"), Rational{7});
+  EXPECT_EQ(value("1 / 2 / 2 / 2"), (Rational{1, 8}));       // left-associative
+  EXPECT_EQ(value("8 - 2 - 1"), Rational{5});
+  EXPECT_EQ(value("0 / 5"), Rational{0});
+  EXPECT_EQ(value("0 * (1 / 7)"), Rational{0});
+  EXPECT_TRUE(value("7 / 1").is_integer());
+  EXPECT_FALSE(value("7 / 2").is_integer());
+  EXPECT_EQ(kiln::str(Rational{-75, 7}), "-75/7");
+  EXPECT_EQ(kiln::str(Rational{14}), "14");
+  EXPECT_LT((Rational{1, 3}), (Rational{1, 2}));
+  EXPECT_LT((Rational{-1, 2}), (Rational{-1, 3}));
+  // The steps are exact too.
+  tasks_detail::Parser parser("7 / 2 * 4");
+  EXPECT_EQ(parser.parse(), Rational{14});
+  ASSERT_EQ(parser.steps.size(), 2u);
+  EXPECT_EQ(parser.steps[0].result, (Rational{7, 2}));
+  EXPECT_EQ(parser.steps[1].lhs, (Rational{7, 2}));
+  // Large values that fit, and values whose numerator or denominator does not.
+  const std::string big = "999999999999999999";  // 10^18 - 1
+  EXPECT_EQ(value(big + " * 9"), Rational{8999999999999999991});
+  EXPECT_EQ(value("1 / " + big + " * " + big), Rational{1});
+  EXPECT_EQ(value(big + " / " + big + " / " + big), (Rational{1, 999999999999999999}));
+  EXPECT_EQ(value("1 / " + big + " - 1 / " + big), Rational{0});  // a huge common denominator cancels
+  for (const std::string& text : {big + " * 10", "1 / " + big + " / 10", "1 / " + big + " + 1 / 999999999999999998",
+                                 big + " * " + big + " / " + big, "0 - " + big + " * 10", "1 / (0 - " + big + ") / 10",
+                                 "(" + big + " * 9 + " + big + ") * 2"}) {
+    const Evaluation e = evaluate(text);
+    EXPECT_FALSE(e.ok) << text << " = " << e.value;
+    EXPECT_EQ(e.error, "number too large") << text;
+  }
+  for (const char* text : {"1 / 0", "1 / (3 - 3)", "1 / (1 / 2 - 2 / 4)", "(1 / 0) * 0"}) {
+    const Evaluation e = evaluate(text);
+    EXPECT_FALSE(e.ok) << text;
+    EXPECT_EQ(e.error, "division by zero") << text;
+  }
+  // Nesting: 64 levels are fine, 65 are not (reported, no deep recursion).
+  EXPECT_EQ(value(std::string(64, '(') + "5" + std::string(64, ')')), Rational{5});
+  EXPECT_EQ(evaluate(std::string(65, '(') + "5" + std::string(65, ')')).error, "parentheses nested too deep");
+  EXPECT_EQ(evaluate(std::string(999, '(')).error, "parentheses nested too deep");
+}
+
+TEST(Tasks, LastAnswerBlock) {
+  auto last = [](std::string_view text) { return last_answer(text).value_or("<none>"); };
+  EXPECT_EQ(last("<answer>1</answer>"), "1");
+  EXPECT_EQ(last("<think>a</think><answer> 12 </answer>\n"), " 12 ");
+  EXPECT_EQ(last("<answer></answer>"), "");
+  EXPECT_EQ(last("<answer>1</answer><answer>2</answer>"), "2");          // several: the last
+  EXPECT_EQ(last("<answer>1</answer> text <answer>2"), "1");             // the last one is incomplete
+  EXPECT_EQ(last("<answer>1<answer>2</answer>"), "2");                   // an open tag restarts the block
+  EXPECT_EQ(last("<answer>1</answer></answer>"), "1");                   // a stray close closes nothing
+  EXPECT_EQ(last("<answer><answer><answer>3</answer></answer>"), "3");
+  EXPECT_EQ(last("<answer>a<think>b</think>c</answer>"), "a<think>b</think>c");
+  EXPECT_EQ(last("<answer>x</answer><think>later</think>"), "x");
+  EXPECT_EQ(last("</answer><answer>"), "<none>");
+  EXPECT_EQ(last(""), "<none>");
+  EXPECT_EQ(last("no tags at all"), "<none>");
+  EXPECT_EQ(last("<ANSWER>1</ANSWER>"), "<none>");                       // tags are lower case
+  EXPECT_EQ(last("<answer 1</answer>"), "<none>");
+  EXPECT_EQ(last(std::string("<answer>\0\x01\xFF</answer>", 20)), std::string("\0\x01\xFF", 3));
+  // On a well-formed completion it is the answer block.
+  const std::string good = "<think>hmm</think>\n<answer>7 * 25 - 50 + 3</answer>\n";
+  ASSERT_TRUE(parse_completion(good).ok);
+  EXPECT_EQ(last(good), parse_completion(good).answer);
+  // Long adversarial inputs are scanned in one pass.
+  std::string opens;
+  for (int i = 0; i < 25000; ++i) opens += "<answer>";                 // 200k characters
+  EXPECT_FALSE(last_answer(opens).has_value());
+  EXPECT_EQ(last(opens + "9</answer>"), "9");
+  std::string closes;
+  for (int i = 0; i < 25000; ++i) closes += "</answer>";
+  EXPECT_EQ(last("<answer>8" + closes), "8");
+  EXPECT_FALSE(last_answer(closes + "<answer>").has_value());
+  EXPECT_EQ(last(std::string(200000, '<') + "<answer>7</answer>"), "7");
 }
 
 TEST(Tasks, VerifierArithmetic) {

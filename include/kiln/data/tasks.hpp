@@ -1,18 +1,21 @@
 // Verifiable reasoning tasks (shared by pretraining and the GRPO trainer): multi-digit arithmetic
 // and Countdown, their seeded generators with disjoint train/test splits, prompts, the expected
-// answer format, a rule-based verifier, and worked solutions for a pretraining corpus.
+// answer format, a rule-based verifier, and worked solutions for a pretraining corpus. The GRPO
+// rewards built on this verifier (the R1-Zero template, format and accuracy rewards, weighted
+// user rewards) live in rl/rewards.hpp.
 //
 // Tasks.
 //   - Arithmetic: a op b with op in + - * and operands of min_digits..max_digits digits (1-digit
 //     operands are 0..9, d-digit ones 10^(d-1)..10^d-1, d <= 9 so every value fits int64).
 //     Prompt "Arithmetic: compute 478 * 365.\n"; answer the decimal value, e.g. "174470" or "-12".
 //   - Countdown: min_numbers..max_numbers numbers in 1..max_number and a target. Reach the target
-//     with + - * / using each number at most once (not all need be used); every division must be
-//     exact; negative intermediate values are allowed when checking an answer. Prompt
-//     "Countdown: use 3 7 25 50 to make 128.\n" (numbers in ascending order); answer an
-//     expression over the given numbers, e.g. "7 * 25 - 50 + 3", optionally followed by
-//     "= 128". The generator picks the numbers, then builds the target from a random
-//     expression over 2..n of them (positive integers at every step, exact divisions, values up to
+//     with + - * / and parentheses using each given number exactly once (a number given twice is
+//     used twice). Answers are evaluated exactly over the rationals: intermediate values may be
+//     negative or fractional, only the final value must equal the target, e.g. (1 / 3 + 2 / 3) * 6
+//     makes 6. Prompt "Countdown: use 3 7 25 50 to make 128.\n" (numbers in ascending order);
+//     answer an expression over the given numbers, e.g. "7 * 25 - 50 + 3", optionally followed by
+//     "= 128". The generator picks the numbers, then builds the target from a random expression
+//     over all of them (positive integers at every step, exact divisions, values up to
 //     max_intermediate), keeping targets in [min_target, max_target] that are not themselves one
 //     of the numbers; so every problem is solvable, and Problem::solution holds that expression.
 //
@@ -26,27 +29,40 @@
 // for the task choice of a mix); candidate i is a pure function of (generator seed, counter) via
 // Philox, so a run is reproducible from (seed, offset), which a checkpoint can store.
 //
-// Output format and rewards. A completion (the model's text after the prompt) must be
+// Output format. A completion (the model's text after the prompt) is well-formed when it is
 //   <think>reasoning</think><answer>answer</answer>
-// with optional whitespace before, between the two blocks and after, and no other tag inside
-// either block. verify() returns the format reward (1 when the completion has that shape) and the
-// accuracy reward (1 when, in addition, the answer is correct) separately, plus a short reason.
-// Arithmetic answers must be exactly the decimal value (surrounding whitespace aside). Countdown
-// answers are parsed by a small recursive-descent parser over 64-bit integers (+ - and * / with
-// the usual precedence and parentheses; * and / also as U+00D7 and U+00F7, minus also as U+2212;
-// no unary minus), with overflow, division by zero, inexact division, over-deep nesting, literals
-// of more than 18 digits and answers over 1000 bytes all reported as wrong answers, never thrown.
+// with optional whitespace (space, tab, CR, LF) before, between the two blocks and after, and no
+// tag (<think>, </think>, <answer>, </answer>; exact lower case) inside either block: exactly one
+// think block and exactly one answer block. verify() returns the format reward (1 when the
+// completion is well-formed) and the accuracy reward (1 when, in addition, the answer is correct)
+// separately, plus a short reason. last_answer() finds the content of the last complete
+// <answer>...</answer> block of any text (the GRPO accuracy reward grades that block, whatever
+// the rest of the completion looks like; on a well-formed completion it is the answer block).
+//
+// Checking an answer. Arithmetic answers must be exactly the decimal value (surrounding whitespace
+// aside; no sign but a leading '-' for negative values, no leading zeros). Countdown answers are
+// parsed by a small recursive-descent parser (+ - and * / with the usual precedence and
+// parentheses; * and / also as U+00D7 and U+00F7, minus also as U+2212; no unary minus) and
+// evaluated over fractions whose numerator and denominator, in lowest terms, must fit int64 at
+// every step (computed through 128-bit products, so no step can overflow undetected). Overflow,
+// division by zero, nesting deeper than 64 parentheses, literals of more than 18 digits and
+// answers over 1000 bytes are all reported as wrong answers, never thrown. Every check is linear
+// in the length of the text (the parser only ever sees at most 1000 bytes, and recurses at most
+// 64 levels deep), so no input can make it crash, hang or exhaust the stack.
 //
 // Worked solutions (worked_solution, training_text, worked_corpus) put step-by-step reasoning in
 // the think block: column addition and subtraction with carries and borrows, long multiplication
 // digit by digit with the partial products summed, and for Countdown a couple of failed attempts
-// followed by the steps of the solution, each step listing the numbers left.
+// followed by the steps of the solution (which uses every number), each step listing the numbers
+// left.
 #pragma once
 
 #include <algorithm>
 #include <array>
 #include <cstdint>
 #include <limits>
+#include <optional>
+#include <ostream>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -96,6 +112,68 @@ struct Reward {
 };
 
 namespace tasks_detail {
+
+// 128-bit integers hold every product of two int64 values exactly (|a * b| <= 2^126), and every
+// sum of two such products (< 2^127), which is what exact fraction arithmetic needs.
+__extension__ typedef __int128 int128;
+__extension__ typedef unsigned __int128 uint128;
+
+}  // namespace tasks_detail
+
+// An exact fraction num / den in lowest terms with den > 0 (den == 1 for an integer); both parts
+// fit int64. Countdown answers are evaluated in these, so "7 / 2 * 4" makes exactly 14.
+// Rational{5} is the integer 5.
+struct Rational {
+  std::int64_t num = 0, den = 1;
+
+  bool is_integer() const { return den == 1; }
+  friend bool operator==(const Rational&, const Rational&) = default;
+  friend bool operator<(const Rational& a, const Rational& b) {  // cross-multiplied in 128 bits: exact
+    return static_cast<tasks_detail::int128>(a.num) * b.den < static_cast<tasks_detail::int128>(b.num) * a.den;
+  }
+};
+
+// Prints "14" or "-75/7".
+inline std::ostream& operator<<(std::ostream& os, const Rational& r) {
+  os << r.num;
+  if (r.den != 1) os << '/' << r.den;
+  return os;
+}
+
+namespace tasks_detail {
+
+// n / d in lowest terms with a positive denominator, or nullopt when the numerator or the
+// denominator does not fit int64. Requires d != 0 and |n|, |d| < 2^127 (so negation is defined).
+inline std::optional<Rational> make_rational(int128 n, int128 d) {
+  if (d < 0) {
+    n = -n;
+    d = -d;
+  }
+  uint128 a = n < 0 ? static_cast<uint128>(-n) : static_cast<uint128>(n), b = static_cast<uint128>(d);
+  while (b != 0) {  // Euclid: a becomes gcd(|n|, d) >= 1, as d > 0
+    const uint128 t = a % b;
+    a = b;
+    b = t;
+  }
+  n /= static_cast<int128>(a);
+  d /= static_cast<int128>(a);
+  if (n < std::numeric_limits<std::int64_t>::min() || n > std::numeric_limits<std::int64_t>::max() ||
+      d > std::numeric_limits<std::int64_t>::max())
+    return std::nullopt;
+  return Rational{static_cast<std::int64_t>(n), static_cast<std::int64_t>(d)};
+}
+
+// x op y exactly (op one of + - * /; y != 0 for /), or nullopt when the result does not fit.
+// Every product below is of two int64 values, every sum of two such products: no 128-bit overflow.
+inline std::optional<Rational> rational_op(const Rational& x, char op, const Rational& y) {
+  const int128 a = x.num, b = x.den, c = y.num, d = y.den;
+  switch (op) {
+    case '+': return make_rational(a * d + c * b, b * d);
+    case '-': return make_rational(a * d - c * b, b * d);
+    case '*': return make_rational(a * c, b * d);
+    default: return make_rational(a * d, b * c);
+  }
+}
 
 // Philox words for one candidate problem: counter (block, index, tag) under key `seed`. The tag
 // keeps these counters apart from those of random tensors (whose upper words are zero).
@@ -198,22 +276,23 @@ struct ExprError {
 };
 
 struct Step {
-  std::int64_t lhs;
+  Rational lhs;
   char op;  // '+', '-', '*', '/'
-  std::int64_t rhs, result;
+  Rational rhs, result;
 };
 
 // Recursive descent over
 //   expr := term (('+' | '-') term)*    term := factor (('*' | '/') factor)*
 //   factor := digits | '(' expr ')'
-// with checked 64-bit arithmetic. Records the literals it reads and each operation it performs
-// (in evaluation order). Throws ExprError, which evaluate() turns into a result.
+// with exact fraction arithmetic (rational_op). Records the literals it reads and each operation
+// it performs (in evaluation order). Throws ExprError, which evaluate() turns into a result.
+// Recursion is bounded: each '(' is one level, at most max_depth of them.
 class Parser {
  public:
   explicit Parser(std::string_view s) : s_(s) {}
 
-  std::int64_t parse() {
-    const std::int64_t v = expr(0);
+  Rational parse() {
+    const Rational v = expr(0);
     skip();
     if (pos_ != s_.size()) unexpected();
     return v;
@@ -256,39 +335,29 @@ class Parser {
     return 0;
   }
 
-  std::int64_t apply(std::int64_t a, char op, std::int64_t b) {
-    std::int64_t r = 0;
-    bool overflow = false;
-    switch (op) {
-      case '+': overflow = __builtin_add_overflow(a, b, &r); break;
-      case '-': overflow = __builtin_sub_overflow(a, b, &r); break;
-      case '*': overflow = __builtin_mul_overflow(a, b, &r); break;
-      default:
-        if (b == 0) throw ExprError{"division by zero"};
-        if (b == -1 && a == std::numeric_limits<std::int64_t>::min()) throw ExprError{"number too large"};  // the one quotient that overflows
-        if (a % b != 0) throw ExprError{str(a, " / ", b, " is not exact")};
-        r = a / b;
-    }
-    if (overflow) throw ExprError{"number too large"};
-    steps.push_back({a, op, b, r});
-    return r;
+  Rational apply(const Rational& a, char op, const Rational& b) {
+    if (op == '/' && b.num == 0) throw ExprError{"division by zero"};
+    const std::optional<Rational> r = rational_op(a, op, b);
+    if (!r) throw ExprError{"number too large"};  // a numerator or denominator beyond int64
+    steps.push_back({a, op, b, *r});
+    return *r;
   }
 
-  std::int64_t expr(int depth) {
-    std::int64_t v = term(depth);
+  Rational expr(int depth) {
+    Rational v = term(depth);
     for (char op; (op = additive()) != 0;) v = apply(v, op, term(depth));
     return v;
   }
-  std::int64_t term(int depth) {
-    std::int64_t v = factor(depth);
+  Rational term(int depth) {
+    Rational v = factor(depth);
     for (char op; (op = multiplicative()) != 0;) v = apply(v, op, factor(depth));
     return v;
   }
-  std::int64_t factor(int depth) {
+  Rational factor(int depth) {
     skip();
     if (take("(")) {
       if (depth + 1 > max_depth) throw ExprError{"parentheses nested too deep"};
-      const std::int64_t v = expr(depth + 1);
+      const Rational v = expr(depth + 1);
       skip();
       if (!take(")")) {
         if (pos_ >= s_.size()) throw ExprError{"missing ')'"};
@@ -302,11 +371,11 @@ class Parser {
     std::int64_t v = 0;
     int digits = 0;
     for (; pos_ < s_.size() && s_[pos_] >= '0' && s_[pos_] <= '9'; ++pos_) {
-      if (++digits > 18) throw ExprError{"number too large"};
+      if (++digits > 18) throw ExprError{"number too large"};  // 18 digits always fit int64
       v = v * 10 + (s_[pos_] - '0');
     }
     literals.push_back(v);
-    return v;
+    return Rational{v};
   }
 };
 
@@ -325,12 +394,14 @@ inline int digit_at(const std::string& s, std::size_t i) {  // i-th digit from t
 // The result of evaluating an expression: ok, or an error saying why not.
 struct Evaluation {
   bool ok = false;
-  std::int64_t value = 0;
+  Rational value;                      // exact; e.g. 7 / 2 is Rational{7, 2}
   std::string error;
   std::vector<std::int64_t> literals;  // the numbers it uses, in reading order
 };
 
-// Evaluates an integer expression (the Countdown answer grammar). Never throws.
+// Evaluates an expression of the Countdown answer grammar exactly over the rationals. Never
+// throws: malformed text, division by zero, overflow, deep nesting and over-long input give
+// ok == false and an error.
 inline Evaluation evaluate(std::string_view expression) {
   Evaluation e;
   if (expression.size() > 1000) {
@@ -403,13 +474,10 @@ inline Problem make_countdown(const CountdownConfig& cfg, std::uint64_t seed, st
     const auto n = static_cast<std::size_t>(rng.uniform(cfg.min_numbers, cfg.max_numbers));
     std::vector<std::int64_t> numbers(n);
     for (auto& x : numbers) x = rng.uniform(1, cfg.max_number);
-    // A random expression over the first k numbers of a random order.
-    std::vector<std::int64_t> order = numbers;
-    for (std::size_t i = n - 1; i > 0; --i)
-      std::swap(order[i], order[static_cast<std::size_t>(rng.uniform(0, static_cast<std::int64_t>(i)))]);
-    const auto k = static_cast<std::size_t>(rng.uniform(2, static_cast<std::int64_t>(n)));
+    // A random expression over all the numbers (each exactly once, as answers must): combine two
+    // random entries of the pool until one is left.
     std::vector<tasks_detail::Expr> pool;
-    for (std::size_t i = 0; i < k; ++i) pool.push_back({order[i], std::to_string(order[i]), 3});
+    for (const std::int64_t x : numbers) pool.push_back({x, std::to_string(x), 3});
     while (pool.size() > 1) {
       const auto i = static_cast<std::size_t>(rng.uniform(0, static_cast<std::int64_t>(pool.size()) - 1));
       auto j = static_cast<std::size_t>(rng.uniform(0, static_cast<std::int64_t>(pool.size()) - 2));
@@ -536,6 +604,28 @@ inline ParsedCompletion parse_completion(std::string_view text) {
   return r;
 }
 
+// The content of the last complete answer block of `text`: the text between an "<answer>" and
+// the next "</answer>" with no other "<answer>" in between, taking the last such pair; nullopt
+// when there is none. A "</answer>" with no open "<answer>" before it closes nothing, so in
+// "<answer>1</answer></answer>" the block is "1", and in "<answer>1<answer>2</answer>" it is "2".
+// One pass over the '<' bytes of the text, each compared with two tags: linear time, whatever the
+// text (e.g. 200k characters of "<answer><answer>...").
+inline std::optional<std::string_view> last_answer(std::string_view text) {
+  static constexpr std::string_view open = "<answer>", close = "</answer>";
+  std::optional<std::string_view> found;
+  std::size_t content = std::string_view::npos;  // where the open block's content starts, if any
+  for (std::size_t i = text.find('<'); i != std::string_view::npos; i = text.find('<', i + 1)) {
+    const std::string_view rest = text.substr(i);
+    if (rest.starts_with(open)) {
+      content = i + open.size();
+    } else if (rest.starts_with(close) && content != std::string_view::npos) {
+      found = text.substr(content, i - content);
+      content = std::string_view::npos;
+    }
+  }
+  return found;
+}
+
 // Whether `answer` (the text inside <answer>) solves the problem; `reason` says why not.
 inline bool check_answer(const Problem& p, std::string_view answer, std::string* reason = nullptr) {
   auto wrong = [&](std::string why) {
@@ -556,6 +646,7 @@ inline bool check_answer(const Problem& p, std::string_view answer, std::string*
     }
     const Evaluation e = evaluate(expression);
     if (!e.ok) return wrong(e.error);
+    // Each given number exactly once: the literals must be the numbers as a multiset.
     std::vector<std::int64_t> left = p.numbers;
     for (const std::int64_t x : e.literals) {
       const auto it = std::find(left.begin(), left.end(), x);
@@ -565,7 +656,8 @@ inline bool check_answer(const Problem& p, std::string_view answer, std::string*
                          : str(x, " is used more often than given"));
       left.erase(it);
     }
-    if (e.value != p.target) return wrong(str("the expression makes ", e.value, ", not ", p.target));
+    if (!left.empty()) return wrong(str("not every number is used: ", tasks_detail::join(left), " left over"));
+    if (e.value != Rational{p.target}) return wrong(str("the expression makes ", e.value, ", not ", p.target));
   }
   if (reason) *reason = "correct";
   return true;
@@ -667,12 +759,20 @@ inline std::string worked_multiplication(std::int64_t a, std::int64_t b) {
   return s + str("So ", a, " * ", b, " = ", a * b, ".");
 }
 
-inline std::string left_text(std::vector<std::int64_t> pool) {
+// The numbers left (integers, or fractions for a solution with fractional steps), ascending.
+template <class T>
+std::string left_text(std::vector<T> pool) {
   std::sort(pool.begin(), pool.end());
-  return join(pool);
+  std::string s;
+  for (std::size_t i = 0; i < pool.size(); ++i) {
+    if (i) s += ' ';
+    s += str(pool[i]);
+  }
+  return s;
 }
 
-inline void remove_one(std::vector<std::int64_t>& pool, std::int64_t x) {
+template <class T>
+void remove_one(std::vector<T>& pool, const T& x) {
   const auto it = std::find(pool.begin(), pool.end(), x);
   if (it != pool.end()) pool.erase(it);
 }
@@ -714,7 +814,8 @@ inline std::string worked_countdown(const Problem& p) {
   } catch (const ExprError& e) {
     fail("tasks::worked_solution", "the problem's solution \"", p.solution, "\" does not parse: ", e.what);
   }
-  std::vector<std::int64_t> pool = p.numbers;
+  std::vector<Rational> pool;
+  for (const std::int64_t x : p.numbers) pool.push_back(Rational{x});
   for (std::size_t k = 0; k < parser.steps.size(); ++k) {
     const Step& st = parser.steps[k];
     remove_one(pool, st.lhs);
