@@ -7,11 +7,12 @@
 // Every scale is 1, so the three compute the same function and their results can be compared with
 // one float64 reference (fine-grained scales themselves are tested in tests/test_fp8_gemm_cuda.cpp).
 //
-// Timing: each side's call is captured 20 times into a CUDA graph, with the operands rotated over
-// enough copies to exceed twice the L2 (so the weights come from HBM, as in a real layer); the graph
-// is replayed after a warm-up, 15 times, with events around each replay; the median / 20 is the
-// time of one call. Graph replay removes host launch cost from both sides; the stream column times
-// kiln's plain calls back to back (host cost included). TFLOP/s = 2·M·N·K / time; GB/s counts
+// Timing (benchmarks/cuda_bench.hpp, Timer::graph_call_us): each side's call is captured 20 times
+// into a CUDA graph, with the operands rotated over enough copies to exceed twice the L2 (so the
+// weights come from HBM, as in a real layer); the graph is replayed after a warm-up, 15 times, with
+// events around each replay; the median / 20 is the time of one call. Graph replay removes host
+// launch cost from both sides; the stream column times kiln's plain calls back to back, 20 per
+// batch (Timer::stream_call_us; host cost included). TFLOP/s = 2·M·N·K / time; GB/s counts
 // A + B + D bytes once; ratio = lt-fp8 time / kiln time (> 1: kiln faster). Geometric means per M.
 //
 // Errors: relative Frobenius error against a float64 product of the same e4m3 values over a subset
@@ -30,9 +31,9 @@
 #include <string>
 #include <vector>
 
-#include <kiln/backend/cuda/runtime.hpp>
-#include <kiln/kiln.hpp>
 #include <kiln/ops/fp8_gemm.hpp>
+
+#include "cuda_bench.hpp"
 
 namespace {
 
@@ -49,7 +50,9 @@ namespace fp8 = kiln::fp8;
                                                        std::to_string(static_cast<int>(s_)));    \
   } while (0)
 
-constexpr int kCallsPerGraph = 20;
+// Timing (cuda_bench.hpp, Timer::graph_call_us / stream_call_us): 3 single warm-up calls, batches
+// of 20 calls, 1 untimed and 15 timed batches, median batch time / 20.
+const kiln::bench::BatchRuns kBatch{.warmup_calls = 3, .calls = 20, .batches = {.warmup = 1, .timed = 15}};
 
 struct Inputs {
   std::vector<fp8::QuantizedMatrix> a, b;  // rotation copies on the GPU
@@ -132,57 +135,6 @@ class LtGemm {
   bool ok_ = false;
 };
 
-// Median over 15 repetitions of the time of one call (µs), where `batch` enqueues kCallsPerGraph
-// calls on `stream` (events around each batch).
-template <class Batch>
-double median_call_us(cudaStream_t stream, Batch&& batch) {
-  cudaEvent_t start, stop;
-  KILN_CUDA_CHECK(cudaEventCreate(&start));
-  KILN_CUDA_CHECK(cudaEventCreate(&stop));
-  batch();  // one more warm-up
-  std::vector<double> times;
-  for (int r = 0; r < 15; ++r) {
-    KILN_CUDA_CHECK(cudaEventRecord(start, stream));
-    batch();
-    KILN_CUDA_CHECK(cudaEventRecord(stop, stream));
-    KILN_CUDA_CHECK(cudaEventSynchronize(stop));
-    float ms = 0;
-    KILN_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-    times.push_back(1000.0 * ms / kCallsPerGraph);
-  }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
-}
-
-// One call (µs) with kCallsPerGraph calls captured into a CUDA graph and the graph replayed: no
-// host launch cost.
-template <class Call>
-double time_graph(cudaStream_t stream, Call&& call) {
-  for (int i = 0; i < 3; ++i) call(i);  // warm-up outside the graph (plans, allocator cache, attributes)
-  KILN_CUDA_CHECK(cudaStreamSynchronize(stream));
-  cudaGraph_t graph;
-  cudaGraphExec_t exec;
-  KILN_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed));
-  for (int i = 0; i < kCallsPerGraph; ++i) call(i);
-  KILN_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
-  KILN_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-  const double us = median_call_us(stream, [&] { KILN_CUDA_CHECK(cudaGraphLaunch(exec, stream)); });
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(graph);
-  return us;
-}
-
-// One call (µs) for plain back-to-back calls (host cost included when it exceeds the GPU time).
-template <class Call>
-double time_stream(cudaStream_t stream, Call&& call) {
-  for (int i = 0; i < 3; ++i) call(i);
-  return median_call_us(stream, [&] {
-    for (int i = 0; i < kCallsPerGraph; ++i) call(i);
-  });
-}
-
 // Rows of the float64 reference: spread over M.
 std::vector<std::int64_t> sample_rows(std::int64_t m) {
   const std::int64_t count = std::min<std::int64_t>(m, 16);
@@ -252,18 +204,19 @@ Row run_case(std::int64_t m, std::int64_t n, std::int64_t k, bool errors) {
   Tensor<bf16> d16({m, n}, gpu);
 
   Row row{m, n, k, 0, 0, 0, 0, NAN, NAN, NAN, NAN, NAN, NAN};
-  row.kiln_us = time_graph(stream, [&](int i) { (void)fp8::gemm<bf16>(in.a[i % copies], in.b[i % copies]); });
-  row.kiln_stream_us = time_stream(stream, [&](int i) { (void)fp8::gemm<bf16>(in.a[i % copies], in.b[i % copies]); });
+  kiln::bench::Timer timer;
+  const auto kiln_call = [&](int i) { (void)fp8::gemm<bf16>(in.a[i % copies], in.b[i % copies]); };
+  row.kiln_us = timer.graph_call_us(kiln_call, kBatch);
+  row.kiln_stream_us = timer.stream_call_us(kiln_call, kBatch);
   LtGemm lt8(CUDA_R_8F_E4M3, CUDA_R_16BF, m, n, k, in.one.data(), false);
   if (lt8.ok())
-    row.lt8_us = time_graph(stream, [&](int i) {
-      lt8.run(in.a[i % copies].data.data(), in.b[i % copies].data.data(), d16.data(), stream);
-    });
+    row.lt8_us = timer.graph_call_us(
+        [&](int i) { lt8.run(in.a[i % copies].data.data(), in.b[i % copies].data.data(), d16.data(), stream); },
+        kBatch);
   LtGemm lt16(CUDA_R_16BF, CUDA_R_16BF, m, n, k, in.one.data(), false);
   if (lt16.ok())
-    row.lt16_us = time_graph(stream, [&](int i) {
-      lt16.run(in.a16[i % copies].data(), in.b16[i % copies].data(), d16.data(), stream);
-    });
+    row.lt16_us = timer.graph_call_us(
+        [&](int i) { lt16.run(in.a16[i % copies].data(), in.b16[i % copies].data(), d16.data(), stream); }, kBatch);
 
   if (errors) {
     const std::vector<std::int64_t> rows = sample_rows(m);

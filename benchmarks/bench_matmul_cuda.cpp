@@ -7,9 +7,9 @@
 // counted and printed), dispatches to the registered kernel and looks the plan up in its cache.
 // Row-major C = A·B is computed by both as the column-major Cᵀ = Bᵀ·Aᵀ (no copies).
 //
-// Timing: CUDA events around each call, the two sides interleaved, L2 flushed (a memset of twice its
-// size, benchmarks/cuda_bench.hpp) before every timed call, outside the events; 5 warm-up and 30
-// timed calls per side, medians.
+// Timing (benchmarks/cuda_bench.hpp, Timer::interleaved_median_us): CUDA events around each call,
+// the two sides interleaved, L2 flushed (a memset of twice its size) before every timed call,
+// outside the events; 5 warm-up and 30 timed calls per side, medians.
 // The host does not wait between iterations, so kiln's host-side cost shows only when it exceeds
 // the GPU time of a call. Columns: median µs, TFLOP/s (2·batch·M·N·K / time), kiln/raw = raw
 // time / kiln time (target >= 0.98), cudaMalloc calls made by kiln during the timed calls, and
@@ -18,11 +18,10 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
-#include <memory>
 #include <string>
 #include <vector>
 
-#include <kiln/backend/cuda/cublaslt.hpp>
+#include <kiln/kernels/matmul/cublaslt.hpp>
 
 #include "cuda_bench.hpp"
 
@@ -125,36 +124,18 @@ void run_case(const Case& c, cudaDataType_t type, cublasComputeType_t compute, c
   Tensor<T> c_raw(sc, gpu);
   const RawGemm raw(type, compute, type == CUDA_R_64F ? CUDA_R_64F : CUDA_R_32F, c, a.data(), b.data(), c_raw.data());
 
-  kiln::bench::L2Flush flush_l2;
-
-  for (int i = 0; i < warmup; ++i) {
-    (void)kiln::matmul(a, b);
-    raw.run(stream);
-  }
-  cuda::synchronize();
-  const std::size_t mallocs_before = cuda::memory_stats().device_allocations;
-
-  std::unique_ptr<cuda::Event[]> kiln_ev(new cuda::Event[2 * iters]), raw_ev(new cuda::Event[2 * iters]);
-  for (int i = 0; i < iters; ++i) {
-    flush_l2(stream);
-    kiln_ev[2 * i].record(stream);
-    {
-      const Tensor<T> out = kiln::matmul(a, b);  // allocated by kiln, back to the cache at the end of the scope
-    }
-    kiln_ev[2 * i + 1].record(stream);
-    flush_l2(stream);
-    raw_ev[2 * i].record(stream);
-    raw.run(stream);
-    raw_ev[2 * i + 1].record(stream);
-  }
-  cuda::synchronize();
+  // kiln's cudaMalloc calls are counted over the timed calls only (after the warm-up).
+  kiln::bench::Timer timer;
+  std::size_t mallocs_before = 0;
+  const std::vector<double> us = timer.interleaved_median_us(
+      {[&] {
+         const Tensor<T> out = kiln::matmul(a, b);  // allocated by kiln, back to the cache at the end of the scope
+       },
+       [&] { raw.run(stream); }},
+      {.warmup = warmup, .timed = iters, .flush_l2 = true},
+      [&] { mallocs_before = cuda::memory_stats().device_allocations; });
   const std::size_t mallocs = cuda::memory_stats().device_allocations - mallocs_before;
-  std::vector<double> kiln_us, raw_us;
-  for (int i = 0; i < iters; ++i) {
-    kiln_us.push_back(1e3 * kiln_ev[2 * i + 1].elapsed_since(kiln_ev[2 * i]));
-    raw_us.push_back(1e3 * raw_ev[2 * i + 1].elapsed_since(raw_ev[2 * i]));
-  }
-  const double tk = kiln::bench::median(kiln_us), tr = kiln::bench::median(raw_us);
+  const double tk = us[0], tr = us[1];
 
   // Same algorithm, same bits.
   const Tensor<T> out = kiln::matmul(a, b);

@@ -17,6 +17,9 @@
 //   ./benchmarks/bench_reduce_cuda        (about 20 s on an H100, most of it making random inputs)
 #include <string>
 
+#include <kiln/kernels/cross_entropy/args.hpp>
+#include <kiln/kernels/softmax/args.hpp>
+
 #include "cuda_bench.hpp"
 
 using namespace kiln;
@@ -50,9 +53,10 @@ void bench_softmax(bench::BandwidthBench& meter) {
               [&] { (void)(log ? log_softmax(x, -1) : softmax(x, -1)); });
     const Tensor<T> y = log ? log_softmax(x, -1) : softmax(x, -1);
     Tensor<T> gx({rows, cols}, gpu);
-    const KernelCall call{{tensor_arg(gx), tensor_arg(g), tensor_arg(y)}, {}, {1, log ? 1 : 0}};
+    const kernels::SoftmaxBackwardArgs backward{
+        .launch = launch_on("bench", gpu), .gx = kernel_view(gx), .g = kernel_view(g), .y = kernel_view(y), .dim = 1, .log = log};
     meter.row(name + " bwd (kernel)", shape, dtype_name<T>, 3.0 * s * n,
-              [&] { run_device_kernel("bench", "softmax_backward", call); });
+              [&] { launch_device_kernel("bench", backward); });
   }
 }
 
@@ -74,19 +78,29 @@ void bench_cross_entropy(bench::BandwidthBench& meter) {
   Tensor<T> out(Shape{}, gpu), gx({rows, classes}, gpu);
   Tensor<double> stats({rows, 2}, gpu), losses({rows}, gpu), counted(Shape{}, gpu);
   const auto first_bad = full<std::int64_t>({}, rows, gpu);
-  const auto mean = static_cast<std::int64_t>(Reduction::mean);
-  run_device_kernel("bench", "cross_entropy",
-                    {{tensor_arg(out), tensor_arg(stats), tensor_arg(losses), tensor_arg(counted),
-                      tensor_arg(first_bad), tensor_arg(x), tensor_arg(targets)},
-                     {},
-                     {-100, mean}});
+  const DeviceLaunch on = launch_on("bench", gpu);
+  launch_device_kernel("bench", kernels::CrossEntropyForwardArgs{.launch = on,
+                                                                 .logits = kernel_view(x),
+                                                                 .targets = targets.data(),
+                                                                 .ignore_index = -100,
+                                                                 .stats = stats.data(),
+                                                                 .loss_rows = losses.data(),
+                                                                 .total = out.data(),
+                                                                 .counted = counted.data(),
+                                                                 .mean = true,
+                                                                 .first_bad = first_bad.data()});
   const auto one = full<T>({}, convert<T>(1.0), gpu);
-  const KernelCall backward{{tensor_arg(gx), tensor_arg(x), tensor_arg(targets), tensor_arg(stats), tensor_arg(one),
-                             tensor_arg(counted)},
-                            {},
-                            {-100, mean}};
+  const kernels::CrossEntropyBackwardArgs backward{.launch = on,
+                                                   .gx = kernel_view(gx),
+                                                   .logits = kernel_view(x),
+                                                   .targets = targets.data(),
+                                                   .ignore_index = -100,
+                                                   .stats = stats.data(),
+                                                   .g = one.data(),
+                                                   .per_row_g = false,
+                                                   .counted = counted.data()};
   meter.row("cross_entropy bwd (kernel)", shape, "bfloat16", 2.0 * s * n + 16.0 * rows,
-            [&] { run_device_kernel("bench", "cross_entropy_backward", backward); });
+            [&] { launch_device_kernel("bench", backward); });
 
   // Forward and backward as a training step runs them.
   auto leaf = x.detach().requires_grad_();

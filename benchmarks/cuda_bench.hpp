@@ -10,6 +10,21 @@
 //                   interval also holds whatever host work f does before its last launch (output
 //                   allocation, checks, synchronisations), as a caller of the op sees it. The
 //                   flush, when asked for, runs before the start event.
+//                   interleaved_median_us(calls, runs): several calls timed in turn, every round
+//                   enqueuing for each call (the flush,) a start event, the call, a stop event; the
+//                   host waits only once, after the last round, so a call's host-side cost shows
+//                   only where it exceeds the GPU time queued ahead of it. Median per call.
+//                   graph_call_us(call, batch) and stream_call_us(call, batch): the time of one
+//                   call from batches of `batch.calls` calls call(0), call(1), ... (the index lets
+//                   a call rotate over copies of its operands), each batch between two events:
+//                   captured once into a CUDA graph that is replayed (no host launch cost), or
+//                   enqueued back to back (host cost included where it exceeds the GPU time).
+//                   Median batch time / batch.calls.
+//   BatchRuns       how such a batch measurement is taken: single warm-up calls first (outside
+//                   any graph), calls per batch, untimed and timed batches.
+//   CapturedGraph   the calls some code enqueues on a stream, captured into an instantiated CUDA
+//                   graph (relaxed capture mode: an allocation that misses kiln's cache may call
+//                   cudaMalloc during the capture); launch() replays it.
 //   CopyBaseline    a cudaMemcpyAsync device-to-device copy moving `bytes` in all (half read, half
 //                   written), the speed a memory-bound kernel is held against; its buffers are
 //                   kept and grow on demand (reserve() sizes them up front).
@@ -42,6 +57,13 @@ struct Runs {
   int warmup = 3;         // untimed calls before the timed ones
   int timed = 25;         // timed calls; their median is reported
   bool flush_l2 = false;  // flush L2 before every timed call (outside the events)
+};
+
+// How a batch measurement (Timer::graph_call_us, stream_call_us) is taken.
+struct BatchRuns {
+  int warmup_calls = 3;                    // single calls first, untimed, outside any graph
+  int calls = 20;                          // calls per batch (per graph)
+  Runs batches{.warmup = 1, .timed = 15};  // untimed and timed batches (graph replays)
 };
 
 inline double median(std::vector<double> v) {
@@ -89,6 +111,46 @@ class Timer {
     return median(us);
   }
 
+  // Median microseconds of each of `calls`, interleaved (see the file comment): runs.warmup
+  // untimed rounds of all the calls, a synchronisation, after_warmup() (when given: e.g. reading a
+  // counter that the timed rounds should be measured against), then runs.timed timed rounds.
+  std::vector<double> interleaved_median_us(const std::vector<std::function<void()>>& calls, const Runs& runs,
+                                            const std::function<void()>& after_warmup = {}) {
+    const cudaStream_t stream = cuda::current_stream(device_);
+    if (runs.flush_l2) (void)flush();  // its buffer is allocated now, not among the timed calls
+    for (int i = 0; i < runs.warmup; ++i)
+      for (const auto& f : calls) f();
+    cuda::synchronize(device_);
+    if (after_warmup) after_warmup();
+    const std::size_t n = calls.size(), rounds = static_cast<std::size_t>(runs.timed);
+    std::unique_ptr<cuda::Event[]> events(new cuda::Event[2 * n * rounds]);
+    for (std::size_t i = 0; i < rounds; ++i)
+      for (std::size_t c = 0; c < n; ++c) {
+        if (runs.flush_l2) flush()(stream);
+        events[2 * (i * n + c)].record(stream);
+        calls[c]();
+        events[2 * (i * n + c) + 1].record(stream);
+      }
+    cuda::synchronize(device_);
+    std::vector<double> medians;
+    for (std::size_t c = 0; c < n; ++c) {
+      std::vector<double> us;
+      for (std::size_t i = 0; i < rounds; ++i)
+        us.push_back(1000.0 * events[2 * (i * n + c) + 1].elapsed_since(events[2 * (i * n + c)]));
+      medians.push_back(median(us));
+    }
+    return medians;
+  }
+
+  // Median microseconds of one call, from replays of a CUDA graph of batch.calls calls (see the
+  // file comment). batch.warmup_calls single calls run first, outside the graph (plans, allocator
+  // cache, kernel attributes), then the capture; batch.batches says how many replays are untimed
+  // and timed (its flush_l2 is ignored: the calls rotate over their own operands instead).
+  double graph_call_us(const std::function<void(int)>& call, const BatchRuns& batch);
+
+  // The same for batch.calls calls enqueued back to back, without a graph.
+  double stream_call_us(const std::function<void(int)>& call, const BatchRuns& batch);
+
   // The flush buffer, made on first use.
   L2Flush& flush() {
     if (!flush_) flush_ = std::make_unique<L2Flush>(device_);
@@ -100,6 +162,64 @@ class Timer {
   cuda::Event start_, stop_;
   std::unique_ptr<L2Flush> flush_;
 };
+
+class CapturedGraph {
+ public:
+  // Captures what enqueue() enqueues on `stream` and instantiates the graph.
+  CapturedGraph(cudaStream_t stream, const std::function<void()>& enqueue) {
+    KILN_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed));
+    try {
+      enqueue();
+    } catch (...) {
+      cudaGraph_t partial = nullptr;  // end the capture so that the stream is usable again
+      if (cudaStreamEndCapture(stream, &partial) == cudaSuccess && partial) cudaGraphDestroy(partial);
+      throw;
+    }
+    KILN_CUDA_CHECK(cudaStreamEndCapture(stream, &graph_));
+    try {
+      KILN_CUDA_CHECK(cudaGraphInstantiate(&exec_, graph_, 0));
+    } catch (...) {
+      cudaGraphDestroy(graph_);
+      throw;
+    }
+  }
+  ~CapturedGraph() {
+    cudaGraphExecDestroy(exec_);
+    cudaGraphDestroy(graph_);
+  }
+  CapturedGraph(const CapturedGraph&) = delete;
+  CapturedGraph& operator=(const CapturedGraph&) = delete;
+
+  void launch(cudaStream_t stream) const { KILN_CUDA_CHECK(cudaGraphLaunch(exec_, stream)); }
+
+ private:
+  cudaGraph_t graph_ = nullptr;
+  cudaGraphExec_t exec_ = nullptr;
+};
+
+inline double Timer::graph_call_us(const std::function<void(int)>& call, const BatchRuns& batch) {
+  const cudaStream_t stream = cuda::current_stream(device_);
+  for (int i = 0; i < batch.warmup_calls; ++i) call(i);
+  KILN_CUDA_CHECK(cudaStreamSynchronize(stream));
+  const CapturedGraph graph(stream, [&] {
+    for (int i = 0; i < batch.calls; ++i) call(i);
+  });
+  Runs replays = batch.batches;
+  replays.flush_l2 = false;
+  return median_us([&] { graph.launch(stream); }, replays) / batch.calls;
+}
+
+inline double Timer::stream_call_us(const std::function<void(int)>& call, const BatchRuns& batch) {
+  for (int i = 0; i < batch.warmup_calls; ++i) call(i);
+  Runs runs = batch.batches;
+  runs.flush_l2 = false;
+  return median_us(
+             [&] {
+               for (int i = 0; i < batch.calls; ++i) call(i);
+             },
+             runs) /
+         batch.calls;
+}
 
 class CopyBaseline {
  public:

@@ -38,9 +38,9 @@
 #ifdef KILN_EXAMPLE_CUDA
 #include <cuda_runtime.h>
 
-#include <kiln/backend/cuda/cublaslt.hpp>
 #include <kiln/backend/cuda/stream.hpp>
 #include <kiln/dist/nccl.hpp>
+#include <kiln/kernels/matmul/cublaslt.hpp>
 #endif
 
 namespace {

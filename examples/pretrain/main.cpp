@@ -16,6 +16,7 @@
 #include <type_traits>
 #include <vector>
 
+#include <kiln/infer/engine.hpp>
 #include <kiln/kiln.hpp>
 #include <kiln/train/trainer.hpp>
 
@@ -28,7 +29,7 @@
 #ifdef KILN_EXAMPLE_CUDA
 #include <cuda_runtime.h>
 
-#include <kiln/backend/cuda/cublaslt.hpp>
+#include <kiln/kernels/matmul/cublaslt.hpp>
 #endif
 
 namespace {
@@ -162,30 +163,26 @@ void save_settings(const std::string& path, const Settings& s) {
   io::write_file_atomically(path, j.dump(2) + "\n", "pretrain");
 }
 
-// Greedy decoding over the MLA latent cache until eos or `max_new` tokens.
+// Greedy completions of several prompts (each after bos), decoded together by the generation
+// engine over the MLA latent cache (infer/engine.hpp) until eos or `max_new` tokens.
 template <class T>
-std::string greedy_completion(nn::DeepseekV3ForCausalLM<T>& model, const data::Tokenizer& tok, const std::string& prompt,
-                              int max_new, Device device) {
-  NoGradGuard no_grad;
-  nn::DeepseekV3Cache<T> cache;
-  std::vector<std::int64_t> ids = {tok.bos_id().value()};
-  const auto p = tok.encode(prompt);
-  ids.insert(ids.end(), p.begin(), p.end());
-  std::vector<std::int64_t> generated;
-  Tensor<T> logits = model.forward(to(Tensor<std::int64_t>::from_vector(ids, {1, static_cast<std::int64_t>(ids.size())}), device), &cache);
-  for (int i = 0; i < max_new; ++i) {
-    const std::int64_t V = logits.size(2), S = logits.size(1);
-    const auto all = logits.to_vector();
-    std::int64_t best = 0;
-    for (std::int64_t v = 1; v < tok.vocab_size() && v < V; ++v)
-      if (convert<double>(all[static_cast<std::size_t>((S - 1) * V + v)]) >
-          convert<double>(all[static_cast<std::size_t>((S - 1) * V + best)]))
-        best = v;
-    if (best == tok.eos_id().value()) break;
-    generated.push_back(best);
-    logits = model.forward(to(Tensor<std::int64_t>::from_vector({best}, {1, 1}), device), &cache);
+std::vector<std::string> greedy_completions(const nn::DeepseekV3ForCausalLM<T>& model, const data::Tokenizer& tok,
+                                            const std::vector<std::string>& prompts, int max_new) {
+  std::vector<std::vector<std::int64_t>> ids;
+  for (const std::string& prompt : prompts) {
+    ids.push_back({tok.bos_id().value()});
+    const auto p = tok.encode(prompt);
+    ids.back().insert(ids.back().end(), p.begin(), p.end());
   }
-  return tok.decode(generated);
+  infer::SamplingParams params;
+  params.greedy = true;
+  params.max_new_tokens = max_new;
+  params.eos_token_ids = {tok.eos_id().value()};
+  infer::GenerateOptions options;
+  options.tokenizer = &tok;  // text without the eos; draws only among the tokenizer's ids
+  std::vector<std::string> out;
+  for (const infer::Completion& c : infer::generate(model, ids, params, options)) out.push_back(c.text);
+  return out;
 }
 
 template <class T>
@@ -295,10 +292,17 @@ int run(const Settings& s, const std::string& out, const std::string& resume, Cl
   // A few greedy completions of test problems, checked by the task verifier.
   Generator test_gen{s.seed + 99, 0};
   double format = 0, accuracy = 0;
+  std::vector<data::Problem> problems;
+  std::vector<std::string> prompts;
   for (std::int64_t i = 0; i < s.samples; ++i) {
-    const data::Problem p = data::sample(example::task_mix(), test_gen, data::Split::test);
-    const std::string prompt = data::prompt(p);
-    const std::string completion = greedy_completion(model, tok, prompt, 160, device);
+    problems.push_back(data::sample(example::task_mix(), test_gen, data::Split::test));
+    prompts.push_back(data::prompt(problems.back()));
+  }
+  const std::vector<std::string> completions = greedy_completions(model, tok, prompts, 160);
+  for (std::int64_t i = 0; i < s.samples; ++i) {
+    const data::Problem& p = problems[static_cast<std::size_t>(i)];
+    const std::string& prompt = prompts[static_cast<std::size_t>(i)];
+    const std::string& completion = completions[static_cast<std::size_t>(i)];
     const data::Reward r = data::verify(p, completion);
     format += r.format;
     accuracy += r.accuracy;

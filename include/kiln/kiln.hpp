@@ -5,7 +5,7 @@
 #pragma once
 
 #include "kiln/core/device.hpp"
-#include "kiln/core/dispatch.hpp"
+#include "kiln/core/device_kernel.hpp"
 #include "kiln/core/dtype.hpp"
 #include "kiln/core/error.hpp"
 #include "kiln/core/print.hpp"
@@ -25,9 +25,9 @@
 #include "kiln/autograd/gradcheck.hpp"
 #include "kiln/ops/compare.hpp"
 #include "kiln/ops/concat.hpp"
+#include "kiln/ops/cross_entropy.hpp"
 #include "kiln/ops/embedding.hpp"
 #include "kiln/ops/gather.hpp"
-#include "kiln/ops/loss.hpp"
 #include "kiln/ops/matmul.hpp"
 #include "kiln/ops/reduce_max.hpp"
 #include "kiln/ops/rms_norm.hpp"

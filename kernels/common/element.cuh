@@ -46,6 +46,20 @@ __device__ __forceinline__ T store(C v) {
   }
 }
 
+// Rounds a double once to T: bf16/fp16 straight from the double (as kiln's host conversion does),
+// not through float, which would round twice. Results accumulated in double (sums, losses) are
+// stored with it.
+template <class T>
+__device__ __forceinline__ T round_from_double(double v) {
+  if constexpr (std::is_same_v<T, bf16>) {
+    return T::from_bits(__bfloat16_as_ushort(__double2bfloat16(v)));
+  } else if constexpr (std::is_same_v<T, fp16>) {
+    return T::from_bits(__half_as_ushort(__double2half(v)));
+  } else {
+    return static_cast<T>(v);
+  }
+}
+
 // V elements of T moved as one aligned access (16 bytes when sizeof(T) * V == 16).
 template <class T, int V>
 struct alignas(sizeof(T) * V) Vec {

@@ -1,11 +1,13 @@
-// CUDA entry for kiln's broadcasting binary ops (ops/binary.hpp): the same math functors as the
-// CPU path, run by the generic map kernel. KernelCall: tensors {out, a, b} (a and b broadcast to
-// out's shape), ints {BinaryOp}.
+// CUDA kernel of kiln's broadcasting binary ops (arguments kernels/elementwise/args.hpp:
+// BinaryArgs; front-end ops/binary.hpp): out = a (op) b with a and b broadcast to out's shape.
+// The same math functors as the CPU path (kiln/math/binary.hpp), run by the generic map kernel.
 #pragma once
 
-#include "elementwise/map.cuh"
-#include "kiln/backend/cuda/stream.hpp"
-#include "kiln/ops/binary.hpp"
+#include "kiln/core/device_kernel.hpp"
+#include "kiln/kernels/common/device_guard.hpp"
+#include "kiln/kernels/elementwise/args.hpp"
+#include "kiln/kernels/elementwise/map.cuh"
+#include "kiln/math/binary.hpp"
 
 namespace kiln::kernels {
 
@@ -19,17 +21,16 @@ struct OnCompute {
   }
 };
 
-inline void binary_entry(const KernelCall& call) {
-  const TensorArg& out = call.tensors[0];
-  with_floating_type("binary", out.dtype, [&](auto tag) {
+inline void launch_binary(const BinaryArgs& a) {
+  cuda::DeviceGuard guard(a.launch.device);
+  with_floating_type("binary", a.out.dtype, [&](auto tag) {
     using T = decltype(tag);
-    math::with_binary(static_cast<BinaryOp>(call.ints[0]), [&](auto f) {
-      launch_map<T, T, T>(OnCompute<decltype(f)>{f}, cuda::current_stream(out.device), out, call.tensors[1],
-                          call.tensors[2]);
+    math::with_binary(a.op, [&](auto f) {
+      launch_map<T, T, T>(OnCompute<decltype(f)>{f}, a.launch.stream, a.out, a.a, a.b);
     });
   });
 }
 
-inline const bool binary_registered = register_device_kernel("binary", binary_entry);
+inline const bool binary_registered = register_device_kernel(&launch_binary);
 
 }  // namespace kiln::kernels

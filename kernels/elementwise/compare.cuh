@@ -1,8 +1,11 @@
-// CUDA entries for comparisons and logical ops (ops/compare.hpp), on the generic map kernel:
-//   "compare"        tensors {out (bool), a, b}, ints {CompareOp}
-//   "compare_scalar" tensors {out (bool), a},    reals {s}, ints {CompareOp}
-//   "logical"        tensors {out, a, b} or {out, a} (logical_not), all bool, ints {LogicalOp}
-// The comparison itself is math::compare / math::logical from the op header, shared with the CPU.
+// CUDA kernels of comparisons and logical ops (arguments kernels/elementwise/args.hpp:
+// CompareArgs, CompareScalarArgs, LogicalArgs; front-end ops/compare.hpp), on the generic map
+// kernel:
+//   compare         out (bool) = a (op) b, a and b broadcast to out's shape
+//   compare scalar  out (bool) = a (op) s
+//   logical         out = a (op) b over bools, or not a (b absent)
+// The comparison itself is math::compare / math::logical from kiln/math/compare.hpp, shared with
+// the CPU.
 //
 // Memory traffic per element: the inputs (sizeof(T) each) plus one byte of output. The op is a
 // kernel argument rather than a template parameter: one kernel per element type instead of six,
@@ -11,9 +14,13 @@
 // inputs a thread reads 16 bytes of each input and writes 4 bytes of bools.
 #pragma once
 
-#include "elementwise/map.cuh"
-#include "kiln/backend/cuda/stream.hpp"
-#include "kiln/ops/compare.hpp"
+#include <type_traits>
+
+#include "kiln/core/device_kernel.hpp"
+#include "kiln/kernels/common/device_guard.hpp"
+#include "kiln/kernels/elementwise/args.hpp"
+#include "kiln/kernels/elementwise/map.cuh"
+#include "kiln/math/compare.hpp"
 
 namespace kiln::kernels {
 
@@ -44,38 +51,35 @@ struct Logical {
   __device__ bool operator()(bool a) const { return math::logical(op, a, false); }
 };
 
-inline void compare_entry(const KernelCall& call) {
-  const TensorArg& out = call.tensors[0];
-  const auto op = static_cast<CompareOp>(call.ints[0]);
-  with_any_type(detail::compare_name(op), call.tensors[1].dtype, [&](auto tag) {
+inline void launch_compare(const CompareArgs& a) {
+  cuda::DeviceGuard guard(a.launch.device);
+  with_any_type(detail::compare_name(a.op), a.a.dtype, [&](auto tag) {
     using T = decltype(tag);
-    launch_map<bool, T, T>(CompareTensors{op}, cuda::current_stream(out.device), out, call.tensors[1], call.tensors[2]);
+    launch_map<bool, T, T>(CompareTensors{a.op}, a.launch.stream, a.out, a.a, a.b);
   });
 }
 
-inline void compare_scalar_entry(const KernelCall& call) {
-  const TensorArg& out = call.tensors[0];
-  const auto op = static_cast<CompareOp>(call.ints[0]);
-  with_any_type(detail::compare_name(op), call.tensors[1].dtype, [&](auto tag) {
+inline void launch_compare_scalar(const CompareScalarArgs& a) {
+  cuda::DeviceGuard guard(a.launch.device);
+  with_any_type(detail::compare_name(a.op), a.a.dtype, [&](auto tag) {
     using T = decltype(tag);
     using S = CompareScalar<T>;
-    launch_map<bool, T>(S{op, static_cast<typename S::C>(call.reals[0])}, cuda::current_stream(out.device), out,
-                        call.tensors[1]);
+    launch_map<bool, T>(S{a.op, static_cast<typename S::C>(a.s)}, a.launch.stream, a.out, a.a);
   });
 }
 
-inline void logical_entry(const KernelCall& call) {
-  const TensorArg& out = call.tensors[0];
-  const Logical f{static_cast<LogicalOp>(call.ints[0])};
-  if (call.tensors.size() == 2) {
-    launch_map<bool, bool>(f, cuda::current_stream(out.device), out, call.tensors[1]);
+inline void launch_logical(const LogicalArgs& a) {
+  cuda::DeviceGuard guard(a.launch.device);
+  const Logical f{a.op};
+  if (!a.b.present()) {
+    launch_map<bool, bool>(f, a.launch.stream, a.out, a.a);
   } else {
-    launch_map<bool, bool, bool>(f, cuda::current_stream(out.device), out, call.tensors[1], call.tensors[2]);
+    launch_map<bool, bool, bool>(f, a.launch.stream, a.out, a.a, a.b);
   }
 }
 
-inline const bool compare_registered = register_device_kernel("compare", compare_entry) &&
-                                       register_device_kernel("compare_scalar", compare_scalar_entry) &&
-                                       register_device_kernel("logical", logical_entry);
+inline const bool compare_registered = register_device_kernel(&launch_compare) &&
+                                       register_device_kernel(&launch_compare_scalar) &&
+                                       register_device_kernel(&launch_logical);
 
 }  // namespace kiln::kernels

@@ -1,11 +1,17 @@
-// CUDA entries for copies and fills (ops/copy.hpp, ops/factory.hpp):
-//   "cast": tensors {out, in} (any strides, same shape), converts element types (round to nearest
-//           even, fp8 saturating) — also serves clone/contiguous when the types are equal.
-//   "fill": tensors {out} (any strides), reals {value}.
+// CUDA kernels of copies and fills (arguments kernels/elementwise/args.hpp: CastArgs, FillArgs;
+// front-ends ops/copy.hpp, ops/factory.hpp, and the strided copies of ops/concat.hpp,
+// ops/view.hpp and dist/collectives.hpp), on the generic map kernel:
+//   cast  out = in (same shape, any strides) converted to out's type (round to nearest even, fp8
+//         saturating); also clone/contiguous and strided copies when the types are equal.
+//   fill  every element of out (any strides) = value.
 #pragma once
 
-#include "elementwise/map.cuh"
-#include "kiln/backend/cuda/stream.hpp"
+#include <type_traits>
+
+#include "kiln/core/device_kernel.hpp"
+#include "kiln/kernels/common/device_guard.hpp"
+#include "kiln/kernels/elementwise/args.hpp"
+#include "kiln/kernels/elementwise/map.cuh"
 
 namespace kiln::kernels {
 
@@ -29,18 +35,17 @@ struct RoundFromDouble {
   }
 };
 
-inline void cast_entry(const KernelCall& call) {
-  const TensorArg& out = call.tensors[0];
-  const TensorArg& in = call.tensors[1];
-  with_any_type("cast", out.dtype, [&](auto out_tag) {
+inline void launch_cast(const CastArgs& a) {
+  cuda::DeviceGuard guard(a.launch.device);
+  with_any_type("cast", a.out.dtype, [&](auto out_tag) {
     using To = decltype(out_tag);
-    with_any_type("cast", in.dtype, [&](auto in_tag) {
+    with_any_type("cast", a.in.dtype, [&](auto in_tag) {
       using From = decltype(in_tag);
       if constexpr (is_low_precision<To> && std::is_same_v<From, double>) {
         // double -> bf16/fp16/fp8 must round once, from the double value (as the host types do).
-        launch_map<To, From>(RoundFromDouble<To>{}, cuda::current_stream(out.device), out, in);
+        launch_map<To, From>(RoundFromDouble<To>{}, a.launch.stream, a.out, a.in);
       } else {
-        launch_map<To, From>(ConvertTo<To>{}, cuda::current_stream(out.device), out, in);
+        launch_map<To, From>(ConvertTo<To>{}, a.launch.stream, a.out, a.in);
       }
     });
   });
@@ -52,14 +57,14 @@ struct Constant {
   __device__ compute_t<T> operator()() const { return value; }
 };
 
-inline void fill_entry(const KernelCall& call) {
-  const TensorArg& out = call.tensors[0];
-  with_any_type("fill", out.dtype, [&](auto tag) {
+inline void launch_fill(const FillArgs& a) {
+  cuda::DeviceGuard guard(a.launch.device);
+  with_any_type("fill", a.out.dtype, [&](auto tag) {
     using T = decltype(tag);
-    launch_map<T>(Constant<T>{static_cast<compute_t<T>>(call.reals[0])}, cuda::current_stream(out.device), out);
+    launch_map<T>(Constant<T>{static_cast<compute_t<T>>(a.value)}, a.launch.stream, a.out);
   });
 }
 
-inline const bool copy_registered = register_device_kernel("cast", cast_entry) && register_device_kernel("fill", fill_entry);
+inline const bool copy_registered = register_device_kernel(&launch_cast) && register_device_kernel(&launch_fill);
 
 }  // namespace kiln::kernels

@@ -4,8 +4,8 @@
 // Memory traffic: each input element is read once and each output element written once, so the
 // kernel is bandwidth-bound at (sum of element sizes) bytes per element. Broadcast inputs are read
 // from L1/L2 after their first touch, so they add almost nothing. Before choosing a path the host
-// merges dims that every operand walks contiguously and drops size-1 dims (merge_dims): the same
-// elements in the same order, described with as few dims as possible. Three paths:
+// merges dims that every operand walks contiguously and drops size-1 dims (merge_operand_dims):
+// the same elements in the same order, described with as few dims as possible. Three paths:
 //   - every operand contiguous and 16-byte aligned: each thread moves V elements per operand with
 //     one 16-byte load/store (V = 16 / widest element size), the widest access the memory
 //     system serves per instruction;
@@ -19,20 +19,24 @@
 //   - otherwise: one element per thread, with each operand's offset computed from the linear
 //     index and its strides (stride 0 for broadcast dims).
 // All use grid-stride loops, so any size runs with a bounded grid.
+//
+// Operands arrive as TensorViews (kernels/common/tensor_view.hpp), out first, then the inputs.
+// Other families use launch_map for their own elementwise steps; the dtype dispatch helpers
+// (with_floating_type, with_any_type) come with this header from kernels/common/dispatch_dtype.cuh.
 #pragma once
 
 #include <algorithm>
+#include <cstdint>
 #include <utility>
 
-#include "common/device_types.cuh"
-#include "kiln/backend/cuda/error.hpp"
+#include "kiln/kernels/common/cuda_check.hpp"
+#include "kiln/kernels/common/dispatch_dtype.cuh"
+#include "kiln/kernels/common/element.cuh"
+#include "kiln/kernels/common/launch.cuh"
+#include "kiln/kernels/common/offsets.cuh"
+#include "kiln/kernels/common/tensor_view.hpp"
 
 namespace kiln::kernels {
-
-template <class T, int V>
-struct alignas(sizeof(T) * V) Vec {
-  T v[V];
-};
 
 template <int V, class F, class Out, class... In>
 __global__ void map_vectorized(F f, std::int64_t n, Out* __restrict__ out, const In* __restrict__... in) {
@@ -141,11 +145,11 @@ constexpr int size_of() {
 
 // The operands' common shape with size-1 dims dropped and neighbouring dims merged wherever every
 // operand steps through them contiguously (stride[d] == stride[d + 1] * shape[d + 1], stride 0
-// included): the same elements in the same row-major order, in as few dims as possible.
+// included): the same elements in the same row-major order, in as few dims as possible. (The
+// one-operand version on Shape/Strides is kiln::merge_dims, core/shape.hpp.)
 template <int N>
-Offsets<N> merge_dims(const TensorArg (&args)[N]) {
-  Offsets<N> m{};
-  m.ndim = 0;
+Offsets<N> merge_operand_dims(const TensorView (&args)[N]) {
+  Offsets<N> m;
   for (int d = 0; d < args[0].ndim; ++d) {
     const std::int64_t size = args[0].shape[d];
     if (size == 1) continue;
@@ -163,12 +167,10 @@ Offsets<N> merge_dims(const TensorArg (&args)[N]) {
   return m;
 }
 
-inline bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
-
 // Whether the merged layout `m` of `args` (out first) fits the rows path with vectors of V: see
 // the file comment. Sets bit k of `broadcast` for each input repeated along the row.
 template <int V, int N>
-bool rows_fit(const Offsets<N>& m, const TensorArg (&args)[N], unsigned& broadcast) {
+bool rows_fit(const Offsets<N>& m, const TensorView (&args)[N], unsigned& broadcast) {
   broadcast = 0;
   if (m.ndim == 0) return false;
   const int last = m.ndim - 1;
@@ -201,11 +203,11 @@ RowStarts<N> row_starts(const Offsets<N>& m) {
   return s;
 }
 
-// Launches out = f(in...) on `stream`. TensorArgs: out first, then the inputs (already broadcast to
-// out's shape). Out and In are the element types.
-template <class Out, class... In, class F, class... Args>
-void launch_map(F f, cudaStream_t stream, const TensorArg& out, const Args&... in) {
-  static_assert(sizeof...(In) == sizeof...(Args), "one TensorArg per input type");
+// Launches out = f(in...) on `stream` (of the current device). Views: out first, then the inputs
+// (already broadcast to out's shape). Out and In are the element types.
+template <class Out, class... In, class F, class... Views>
+void launch_map(F f, cudaStream_t stream, const TensorView& out, const Views&... in) {
+  static_assert(sizeof...(In) == sizeof...(Views), "one view per input type");
   const std::int64_t n = out.numel();
   if (n == 0) return;
   constexpr int widest = std::max({size_of<Out>(), size_of<In>()...});
@@ -219,8 +221,8 @@ void launch_map(F f, cudaStream_t stream, const TensorArg& out, const Args&... i
     KILN_CUDA_CHECK_LAUNCH();
     return;
   }
-  const TensorArg all[] = {out, in...};
-  const Offsets<1 + sizeof...(In)> merged = merge_dims(all);
+  const TensorView all[] = {out, in...};
+  const Offsets<1 + sizeof...(In)> merged = merge_operand_dims(all);
   unsigned broadcast = 0;
   if (rows_fit<V>(merged, all, broadcast)) {
     const std::int64_t row_vecs = merged.shape[merged.ndim - 1] / V;
@@ -232,32 +234,6 @@ void launch_map(F f, cudaStream_t stream, const TensorArg& out, const Args&... i
                                                                  static_cast<const In*>(in.data)...);
   }
   KILN_CUDA_CHECK_LAUNCH();
-}
-
-// Calls f(T{}) with the element type named by `dtype` (floating types).
-template <class F>
-void with_floating_type(const char* op, DType dtype, F&& f) {
-  switch (dtype) {
-    case DType::f32: f(float{}); return;
-    case DType::f64: f(double{}); return;
-    case DType::bf16: f(bf16{}); return;
-    case DType::f16: f(fp16{}); return;
-    default: fail(op, "has no CUDA kernel for dtype ", dtype);
-  }
-}
-
-// Same, for every element type kiln has.
-template <class F>
-void with_any_type(const char* op, DType dtype, F&& f) {
-  switch (dtype) {
-    case DType::fp8_e4m3: f(fp8_e4m3{}); return;
-    case DType::fp8_e5m2: f(fp8_e5m2{}); return;
-    case DType::i32: f(std::int32_t{}); return;
-    case DType::i64: f(std::int64_t{}); return;
-    case DType::u8: f(std::uint8_t{}); return;
-    case DType::boolean: f(bool{}); return;
-    default: with_floating_type(op, dtype, f);
-  }
 }
 
 }  // namespace kiln::kernels

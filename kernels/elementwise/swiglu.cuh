@@ -1,8 +1,9 @@
-// CUDA entries for the fused SwiGLU gate (ops/unary.hpp, kiln::swiglu):
-//   "swiglu"          tensors {out, gate, up}:              out = silu(gate) * up
-//   "swiglu_backward" tensors {d_gate, d_up, g, gate, up}:  both gradients in one pass
-// All five operands share one shape (any strides). The math is math::Swiglu / math::SwigluGrad
-// from the op header, shared with the CPU, evaluated in compute_t<T>.
+// CUDA kernels of the fused SwiGLU gate (arguments kernels/elementwise/args.hpp:
+// SwigluForwardArgs, SwigluBackwardArgs; front-end ops/unary.hpp, kiln::swiglu):
+//   forward   out = silu(gate) * up
+//   backward  d_gate and d_up from g, gate and up, both gradients in one pass
+// All operands share one shape (any strides). The math is math::Swiglu / math::SwigluGrad from
+// kiln/math/swiglu.hpp, shared with the CPU, evaluated in compute_t<T>.
 //
 // Memory traffic per element: forward reads 2 and writes 1 element (the generic map kernel);
 // backward reads 3 and writes 2, against 3 + 1 reads and 2 writes (plus a temporary) for silu and
@@ -14,9 +15,11 @@
 
 #include <utility>
 
-#include "elementwise/map.cuh"
-#include "kiln/backend/cuda/stream.hpp"
-#include "kiln/ops/unary.hpp"
+#include "kiln/core/device_kernel.hpp"
+#include "kiln/kernels/common/device_guard.hpp"
+#include "kiln/kernels/elementwise/args.hpp"
+#include "kiln/kernels/elementwise/map.cuh"
+#include "kiln/math/swiglu.hpp"
 
 namespace kiln::kernels {
 
@@ -59,38 +62,39 @@ __global__ void swiglu_backward_strided(std::int64_t n, Offsets<5> offsets, T* d
   }
 }
 
-inline void swiglu_entry(const KernelCall& call) {
-  const TensorArg& out = call.tensors[0];
-  with_floating_type("swiglu", out.dtype, [&](auto tag) {
+inline void launch_swiglu_forward(const SwigluForwardArgs& a) {
+  cuda::DeviceGuard guard(a.launch.device);
+  with_floating_type("swiglu", a.out.dtype, [&](auto tag) {
     using T = decltype(tag);
-    launch_map<T, T, T>(math::Swiglu{}, cuda::current_stream(out.device), out, call.tensors[1], call.tensors[2]);
+    launch_map<T, T, T>(math::Swiglu{}, a.launch.stream, a.out, a.gate, a.up);
   });
 }
 
-inline void swiglu_backward_entry(const KernelCall& call) {
-  const TensorArg t[5] = {call.tensors[0], call.tensors[1], call.tensors[2], call.tensors[3], call.tensors[4]};
+inline void launch_swiglu_backward(const SwigluBackwardArgs& a) {
+  const TensorView t[5] = {a.d_gate, a.d_up, a.g, a.gate, a.up};
   const std::int64_t n = t[0].numel();
   if (n == 0) return;
-  const cudaStream_t stream = cuda::current_stream(t[0].device);
+  cuda::DeviceGuard guard(a.launch.device);
+  const cudaStream_t stream = a.launch.stream;
   constexpr int threads = 256;
   with_floating_type("swiglu", t[0].dtype, [&](auto tag) {
     using T = decltype(tag);
     constexpr int V = 16 / sizeof(T);
     auto ptr = [&](int k) { return static_cast<T*>(t[k].data); };
     bool fast = true;
-    for (const TensorArg& a : t) fast = fast && a.is_contiguous() && aligned16(a.data);
+    for (const TensorView& v : t) fast = fast && v.is_contiguous() && aligned16(v.data);
     if (fast) {
       swiglu_backward_vectorized<V><<<blocks_for((n + V - 1) / V, threads), threads, 0, stream>>>(
           n, ptr(0), ptr(1), ptr(2), ptr(3), ptr(4));
     } else {
-      swiglu_backward_strided<<<blocks_for(n, threads), threads, 0, stream>>>(n, merge_dims(t), ptr(0), ptr(1), ptr(2),
-                                                                             ptr(3), ptr(4));
+      swiglu_backward_strided<<<blocks_for(n, threads), threads, 0, stream>>>(n, merge_operand_dims(t), ptr(0), ptr(1),
+                                                                             ptr(2), ptr(3), ptr(4));
     }
     KILN_CUDA_CHECK_LAUNCH();
   });
 }
 
-inline const bool swiglu_registered = register_device_kernel("swiglu", swiglu_entry) &&
-                                      register_device_kernel("swiglu_backward", swiglu_backward_entry);
+inline const bool swiglu_registered =
+    register_device_kernel(&launch_swiglu_forward) && register_device_kernel(&launch_swiglu_backward);
 
 }  // namespace kiln::kernels

@@ -1,6 +1,7 @@
-// CUDA entries for selection by a mask (ops/where.hpp), on the generic map kernel:
-//   "where"       tensors {out, cond, a, b} (broadcast to out's shape): out = cond ? a : b
-//   "masked_fill" tensors {out, t, mask} (mask broadcast), reals {value}: out = mask ? value : t
+// CUDA kernels of selection by a mask (arguments kernels/elementwise/args.hpp: WhereArgs,
+// MaskedFillArgs; front-end ops/where.hpp), on the generic map kernel:
+//   where        out = cond ? a : b (cond, a, b broadcast to out's shape)
+//   masked_fill  out = mask ? value : t (mask broadcast)
 // Element types: every kiln type (where also selects int64 indices); masks are one-byte bools.
 //
 // Memory traffic per element: one byte of mask plus sizeof(T) for each value operand read and
@@ -9,8 +10,10 @@
 // exact for every value of every type (only NaN payloads become the canonical NaN).
 #pragma once
 
-#include "elementwise/map.cuh"
-#include "kiln/backend/cuda/stream.hpp"
+#include "kiln/core/device_kernel.hpp"
+#include "kiln/kernels/common/device_guard.hpp"
+#include "kiln/kernels/elementwise/args.hpp"
+#include "kiln/kernels/elementwise/map.cuh"
 
 namespace kiln::kernels {
 
@@ -27,26 +30,24 @@ struct FillWhere {
   __device__ C operator()(C x, bool m) const { return m ? value : x; }
 };
 
-inline void where_entry(const KernelCall& call) {
-  const TensorArg& out = call.tensors[0];
-  with_any_type("where", out.dtype, [&](auto tag) {
+inline void launch_where(const WhereArgs& a) {
+  cuda::DeviceGuard guard(a.launch.device);
+  with_any_type("where", a.out.dtype, [&](auto tag) {
     using T = decltype(tag);
-    launch_map<T, bool, T, T>(Select{}, cuda::current_stream(out.device), out, call.tensors[1], call.tensors[2],
-                              call.tensors[3]);
+    launch_map<T, bool, T, T>(Select{}, a.launch.stream, a.out, a.cond, a.a, a.b);
   });
 }
 
-inline void masked_fill_entry(const KernelCall& call) {
-  const TensorArg& out = call.tensors[0];
-  with_any_type("masked_fill", out.dtype, [&](auto tag) {
+inline void launch_masked_fill(const MaskedFillArgs& a) {
+  cuda::DeviceGuard guard(a.launch.device);
+  with_any_type("masked_fill", a.out.dtype, [&](auto tag) {
     using T = decltype(tag);
     using C = compute_t<T>;
-    launch_map<T, T, bool>(FillWhere<C>{static_cast<C>(call.reals[0])}, cuda::current_stream(out.device), out,
-                           call.tensors[1], call.tensors[2]);
+    launch_map<T, T, bool>(FillWhere<C>{static_cast<C>(a.value)}, a.launch.stream, a.out, a.t, a.mask);
   });
 }
 
 inline const bool where_registered =
-    register_device_kernel("where", where_entry) && register_device_kernel("masked_fill", masked_fill_entry);
+    register_device_kernel(&launch_where) && register_device_kernel(&launch_masked_fill);
 
 }  // namespace kiln::kernels

@@ -1,5 +1,9 @@
-// The arguments every FP8 GEMM kernel of kiln takes (the Hopper kernel in gemm_hopper.cuh and the
-// plain CUDA kernel in gemm_simt.cuh compute the same function from the same arguments).
+// Arguments of the FP8 kernels (front-end ops/fp8_gemm.hpp; CPU references backend/cpu/fp8_gemm.hpp;
+// the scale rules both sides share are math/fp8.hpp). Plain structs: g++ compiles this file.
+//
+// Fp8GemmArgs: every FP8 GEMM kernel of kiln takes it (the Hopper kernel in gemm_hopper.cuh and the
+// plain CUDA kernel in gemm_simt.cuh compute the same function from the same arguments; gemm.cuh
+// picks one and registers the launcher).
 //
 //   D[m, n] = sum over k-blocks kb of  a_scale(m, kb) · b_scale(n, kb) · sum_{k in kb} A[m, k] · B[n, k]
 //
@@ -8,34 +12,49 @@
 // 128×128 block (weights) or per 1×128 tile (the transposed activations of the weight gradient).
 // A k-block is 128 consecutive k; the last one may be partial (K need not be a multiple of 128).
 //
-// Scale layouts (what kiln::fp8::quantize_* produce, see include/kiln/ops/fp8_gemm.hpp):
+// Scale layouts (what kiln::fp8::quantize_* produce, see include/kiln/ops/fp8_gemm.hpp;
+// fp8::scale_index in math/fp8.hpp):
 //   1×128 tiles:   k-block major, scale(row, kb) = scale[kb * scale_ld + row], scale_ld ≥ rows and a
 //                  multiple of 4, so the scales of one k-block for a run of rows are contiguous and
 //                  16-byte aligned (one bulk copy per k-block for a tile of rows);
 //   128×128 blocks: row-major [ceil(rows/128), ceil(K/128)], scale(row, kb) = scale[(row/128) * scale_ld + kb].
+//
+// Fp8QuantizeArgs: the quantization kernels (quantize.cuh) that produce those operands.
 #pragma once
 
 #include <cstdint>
 
+#include "kiln/core/device_kernel.hpp"
 #include "kiln/core/dtype.hpp"
-#include "kiln/core/low_precision.hpp"  // KILN_HD
+#include "kiln/math/fp8.hpp"
 
 namespace kiln::kernels {
 
+// Which GEMM kernel runs (kiln::fp8::GemmKernel in the front-end).
+enum class Fp8GemmKernel {
+  automatic,  // the Hopper kernel where the GPU and the arguments allow it, else the plain kernel
+  hopper,     // the Hopper kernel (gemm_hopper.cuh); arguments it cannot take are an error
+  simt,       // the plain CUDA kernel (gemm_simt.cuh)
+};
+
 struct Fp8GemmArgs {
-  void* d = nullptr;               // [M, N], row stride ldd (elements), bf16 or f32
-  DType d_dtype = DType::bf16;
-  std::int64_t ldd = 0;
+  static constexpr const char* kernel = "fp8_gemm";
+  static constexpr const char* header = "kiln/kernels/fp8_gemm/gemm.cuh";
+  DeviceLaunch launch;
+  Fp8GemmKernel implementation = Fp8GemmKernel::automatic;  // which kernel runs
+  void* d = nullptr;                // [M, N], row stride ldd (elements), bf16 or f32
+  DType d_dtype = DType::bf16;      // of d: bf16 or f32
+  std::int64_t ldd = 0;             // d's row stride, elements
   const std::uint8_t* a = nullptr;  // e4m3 bytes [M, K], row stride lda (bytes)
-  std::int64_t lda = 0;
+  std::int64_t lda = 0;             // a's row stride, bytes
   const float* a_scale = nullptr;   // 1×128 tiles, k-block major (see above)
-  std::int64_t a_scale_ld = 0;
+  std::int64_t a_scale_ld = 0;      // a_scale's leading dimension: ≥ M, a multiple of 4
   const std::uint8_t* b = nullptr;  // e4m3 bytes [N, K], row stride ldb (bytes)
-  std::int64_t ldb = 0;
-  const float* b_scale = nullptr;
-  std::int64_t b_scale_ld = 0;
+  std::int64_t ldb = 0;             // b's row stride, bytes
+  const float* b_scale = nullptr;   // 128×128 blocks (row-major) or 1×128 tiles (k-block major): b_tile_rows
+  std::int64_t b_scale_ld = 0;      // b_scale's leading dimension (see the layouts above)
   int b_tile_rows = 128;            // 128: 128×128 blocks; 1: 1×128 tiles (k-block major)
-  std::int64_t m = 0, n = 0, k = 0;
+  std::int64_t m = 0, n = 0, k = 0;  // D is [m, n]; the sums run over k
   // true: each k-block's partial sum leaves the tensor cores' accumulator after 128 elements of K and
   // is scaled and added in FP32 on CUDA cores (DeepSeek-V3's promotion). false: the whole K is
   // accumulated in the tensor cores and scaled once at the end, which is only the same function when
@@ -48,12 +67,26 @@ struct Fp8GemmArgs {
   int promotion_interval = 128;
 };
 
-// The scale of A's row m in k-block kb, and of B's row n in k-block kb.
-KILN_HD inline float fp8_a_scale(const Fp8GemmArgs& g, std::int64_t m, std::int64_t kb) {
-  return g.a_scale[kb * g.a_scale_ld + m];
-}
-KILN_HD inline float fp8_b_scale(const Fp8GemmArgs& g, std::int64_t n, std::int64_t kb) {
-  return g.b_tile_rows == 1 ? g.b_scale[kb * g.b_scale_ld + n] : g.b_scale[(n / 128) * g.b_scale_ld + kb];
-}
+// Quantization of a matrix L (float or bf16) to e4m3 with one scale per tile (math/fp8.hpp has the
+// recipe; the kernels are bit-identical to the CPU's). The kernels read a source matrix S with unit
+// stride along its rows; L is S itself, or Sᵀ (`transposed`) for the tilings of the backward pass
+// (the front-end picks whichever view of x reads rows contiguously).
+struct Fp8QuantizeArgs {
+  static constexpr const char* kernel = "fp8_quantize";
+  static constexpr const char* header = "kiln/kernels/fp8_gemm/quantize.cuh";
+  DeviceLaunch launch;
+  DType dtype = DType::f32;         // of S: f32 or bf16
+  const void* src = nullptr;        // S [src_rows, src_cols], row stride lds, unit column stride
+  std::int64_t src_rows = 0, src_cols = 0, lds = 0;
+  bool transposed = false;          // L = Sᵀ [src_cols, src_rows]; false: L = S
+  fp8::Tiling tiling = fp8::Tiling::row_1x128;
+  std::uint8_t* q = nullptr;        // L's e4m3 bytes, contiguous row-major
+  // Scale storage: 1×128 tiles [ceil(L cols/128), scale_ld], k-block major, scale_ld ≥ L rows (the
+  // padding entries are set to 0); 128×128 blocks [ceil(L rows/128), ceil(L cols/128)], row stride scale_ld.
+  float* scale = nullptr;
+  std::int64_t scale_ld = 0;
+  float amax_floor = 1e-4f;         // lower bound on a tile's amax (≥ 1e-30)
+  bool power_of_two = false;        // round each scale up to a power of two
+};
 
 }  // namespace kiln::kernels

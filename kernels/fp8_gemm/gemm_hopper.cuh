@@ -1,6 +1,6 @@
-// The Hopper FP8 GEMM: D = A · Bᵀ with DeepSeek-V3's fine-grained scales (args.cuh has the
-// function), built from TMA, mbarriers, wgmma and a persistent tile scheduler. docs/fp8-gemm.md
-// walks through it with figures; the outline:
+// The Hopper FP8 GEMM: D = A · Bᵀ with DeepSeek-V3's fine-grained scales (args.hpp has the
+// function), built from TMA, mbarriers, wgmma and a persistent tile scheduler (their wrappers are in
+// kernels/common/sm90/). docs/fp8-gemm.md walks through it with figures; the outline:
 //
 // Work. D is cut into BM × BN tiles (BM = 64 or 128 rows, BN = 64 or 128 columns). When the tiles
 // are too few to fill the GPU (small M), K is split as well: each of `splits` units of a tile sums a
@@ -24,8 +24,9 @@
 // block, which makes the fine-grained scales free. With two consumer warpgroups the tensor cores
 // work on one warpgroup's wgmmas while the other promotes.
 //
-// Epilogue. Each thread stores its fragment straight from registers (pairs of columns: 4-byte bf16
-// or 8-byte FP32 stores), masked to M and N; split units store FP32 into the workspace.
+// Epilogue. Each consumer warpgroup converts its fragment into a shared-memory staging tile, and
+// one thread issues TMA stores of it into D (the copy engine clips rows and columns outside D);
+// split units store FP32 into their slice of the workspace the same way.
 //
 // Requirements (checked by the launcher; the dispatcher falls back to the plain kernel): sm_90,
 // K and N multiples of 16 (TMA row strides are 16-byte multiples; wgmma N granularity), 16-byte
@@ -39,12 +40,18 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <mutex>
 
-#include "fp8_gemm/args.cuh"
-#include "fp8_gemm/hopper_ptx.cuh"
-#include "kiln/backend/cuda/error.hpp"
 #include "kiln/core/error.hpp"
+#include "kiln/kernels/common/cuda_check.hpp"
+#include "kiln/kernels/common/device_guard.hpp"
+#include "kiln/kernels/common/device_info.hpp"
+#include "kiln/kernels/common/launch.cuh"
+#include "kiln/kernels/common/sm90/mbarrier.cuh"
+#include "kiln/kernels/common/sm90/smem.cuh"
+#include "kiln/kernels/common/sm90/tma.cuh"
+#include "kiln/kernels/common/sm90/warpgroup.cuh"
+#include "kiln/kernels/common/sm90/wgmma.cuh"
+#include "kiln/kernels/fp8_gemm/args.hpp"
 
 namespace kiln::kernels {
 
@@ -132,7 +139,7 @@ struct Ring {
 // A consumer warp is done reading a stage: one arrival per warp on its `empty` barrier.
 __device__ inline void release(std::uint32_t empty_bar, const Ring& ring, int lane) {
   __syncwarp();
-  if (lane == 0) hopper::mbarrier_arrive(empty_bar + 8 * ring.stage);
+  if (lane == 0) sm90::mbarrier_arrive(empty_bar + 8 * ring.stage);
 }
 
 template <int BM, int BN, int INTERVAL>
@@ -142,7 +149,7 @@ __global__ void __launch_bounds__((BM / 64 + 1) * 128, 1)
   using Layout = SharedLayout<BM, BN>;
   constexpr int STAGES = Layout::stages;
   extern __shared__ std::uint8_t smem_raw[];
-  const std::uint32_t raw = hopper::shared_address(smem_raw);
+  const std::uint32_t raw = sm90::shared_address(smem_raw);
   const std::uint32_t base = (raw + 1023) & ~1023u;
   std::uint8_t* smem = smem_raw + (base - raw);
   const std::uint32_t full_bar = base + Layout::barrier_offset;  // full[s] at full_bar + 8 s
@@ -150,21 +157,21 @@ __global__ void __launch_bounds__((BM / 64 + 1) * 128, 1)
   constexpr int kConsumers = BM / 64;
 
   if (threadIdx.x == 0) {
-    hopper::prefetch_tensor_map(&a_map);
-    hopper::prefetch_tensor_map(&b_map);
-    hopper::prefetch_tensor_map(&d_map);
+    sm90::prefetch_tensor_map(&a_map);
+    sm90::prefetch_tensor_map(&b_map);
+    sm90::prefetch_tensor_map(&d_map);
     for (int s = 0; s < STAGES; ++s) {
-      hopper::mbarrier_init(full_bar + 8 * s, 1);
-      hopper::mbarrier_init(empty_bar + 8 * s, kConsumers * 4);  // one arrival per consumer warp
+      sm90::mbarrier_init(full_bar + 8 * s, 1);
+      sm90::mbarrier_init(empty_bar + 8 * s, kConsumers * 4);  // one arrival per consumer warp
     }
-    hopper::mbarrier_init_fence();
+    sm90::mbarrier_init_fence();
   }
   __syncthreads();
 
   const int warpgroup = threadIdx.x / 128;
   if (warpgroup == 0) {
     // ---- producer ----
-    hopper::release_registers<kProducerRegisters>();
+    sm90::release_registers<kProducerRegisters>();
     if (threadIdx.x != 0) return;
     int stage = 0;
     std::uint32_t phase = 0;
@@ -185,17 +192,17 @@ __global__ void __launch_bounds__((BM / 64 + 1) * 128, 1)
       for (int kb = w.kb_begin; kb < w.kb_end; ++kb) {
         const float b_scale = next_b_scale;
         if (!p.b_rowwise && kb + 1 < w.kb_end) next_b_scale = __ldg(b_block_scales + kb + 1);
-        hopper::mbarrier_wait(empty_bar + 8 * stage, phase ^ 1);
+        sm90::mbarrier_wait(empty_bar + 8 * stage, phase ^ 1);
         if (!p.b_rowwise) reinterpret_cast<float*>(smem + Layout::b_scale_offset)[stage * BN] = b_scale;
         const std::uint32_t full = full_bar + 8 * stage;
-        hopper::mbarrier_arrive_expect_bytes(full, Layout::a_tile + Layout::b_tile + a_scale_bytes + b_scale_bytes);
-        hopper::tma_load_2d(base + Layout::a_offset + stage * Layout::a_tile, &a_map, kb * kBlockK, w.m0, full);
-        hopper::tma_load_2d(base + Layout::b_offset + stage * Layout::b_tile, &b_map, kb * kBlockK, w.n0, full);
-        hopper::bulk_load(base + Layout::a_scale_offset + stage * BM * 4, p.a_scale + kb * p.a_scale_ld + w.m0,
-                          a_scale_bytes, full);
+        sm90::mbarrier_arrive_expect_bytes(full, Layout::a_tile + Layout::b_tile + a_scale_bytes + b_scale_bytes);
+        sm90::tma_load_2d(base + Layout::a_offset + stage * Layout::a_tile, &a_map, kb * kBlockK, w.m0, full);
+        sm90::tma_load_2d(base + Layout::b_offset + stage * Layout::b_tile, &b_map, kb * kBlockK, w.n0, full);
+        sm90::bulk_load(base + Layout::a_scale_offset + stage * BM * 4, p.a_scale + kb * p.a_scale_ld + w.m0,
+                        a_scale_bytes, full);
         if (p.b_rowwise)
-          hopper::bulk_load(base + Layout::b_scale_offset + stage * BN * 4, p.b_scale + kb * p.b_scale_ld + w.n0,
-                            b_scale_bytes, full);
+          sm90::bulk_load(base + Layout::b_scale_offset + stage * BN * 4, p.b_scale + kb * p.b_scale_ld + w.n0,
+                          b_scale_bytes, full);
         if (++stage == STAGES) {
           stage = 0;
           phase ^= 1;
@@ -206,7 +213,7 @@ __global__ void __launch_bounds__((BM / 64 + 1) * 128, 1)
   }
 
   // ---- consumers ----
-  hopper::claim_registers<kConsumerRegisters>();
+  sm90::claim_registers<kConsumerRegisters>();
   const int consumer = warpgroup - 1;
   const int t = threadIdx.x % 128;
   const int lane = t % 32;
@@ -236,18 +243,18 @@ __global__ void __launch_bounds__((BM / 64 + 1) * 128, 1)
       // The whole K in the tensor cores' accumulator, scaled once (the unit's first k-block scales).
       float final_scale0 = 1.f, final_scale1 = 1.f;
       for (int kb = w.kb_begin; kb < w.kb_end; ++kb) {
-        hopper::mbarrier_wait(full_bar + 8 * wait_ring.stage, wait_ring.phase);
+        sm90::mbarrier_wait(full_bar + 8 * wait_ring.stage, wait_ring.phase);
         const std::uint32_t a_tile = base + Layout::a_offset + wait_ring.stage * Layout::a_tile + consumer * 64 * kBlockK;
         const std::uint32_t b_tile = base + Layout::b_offset + wait_ring.stage * Layout::b_tile;
-        const std::uint64_t a_desc = hopper::smem_descriptor_k_major_sw128(a_tile);
-        const std::uint64_t b_desc = hopper::smem_descriptor_k_major_sw128(b_tile);
-        hopper::fence_registers(acc);
-        hopper::wgmma_fence();
+        const std::uint64_t a_desc = sm90::smem_descriptor_k_major_sw128(a_tile);
+        const std::uint64_t b_desc = sm90::smem_descriptor_k_major_sw128(b_tile);
+        sm90::fence_registers(acc);
+        sm90::wgmma_fence();
 #pragma unroll
-        for (int ks = 0; ks < kBlockK / 32; ++ks) hopper::Wgmma<BN>::mma(acc, a_desc + 2 * ks, b_desc + 2 * ks, 1);
-        hopper::wgmma_commit();
-        hopper::wgmma_wait<0>();
-        hopper::fence_registers(acc);
+        for (int ks = 0; ks < kBlockK / 32; ++ks) sm90::WgmmaE4m3<BN>::mma(acc, a_desc + 2 * ks, b_desc + 2 * ks, 1);
+        sm90::wgmma_commit();
+        sm90::wgmma_wait<0>();
+        sm90::fence_registers(acc);
         if (kb == w.kb_begin) {
           const float* a_scales = reinterpret_cast<const float*>(smem + Layout::a_scale_offset + wait_ring.stage * BM * 4);
           const float sb = reinterpret_cast<const float*>(smem + Layout::b_scale_offset)[wait_ring.stage * BN];
@@ -272,25 +279,25 @@ __global__ void __launch_bounds__((BM / 64 + 1) * 128, 1)
       const int groups = (w.kb_end - w.kb_begin) * kGroupsPerBlock;
       const auto issue = [&](int g, float(&part)[kFragment]) {
         const int j = g % kGroupsPerBlock;
-        if (j == 0) hopper::mbarrier_wait(full_bar + 8 * wait_ring.stage, wait_ring.phase);
+        if (j == 0) sm90::mbarrier_wait(full_bar + 8 * wait_ring.stage, wait_ring.phase);
         const std::uint32_t a_tile = base + Layout::a_offset + wait_ring.stage * Layout::a_tile + consumer * 64 * kBlockK;
         const std::uint32_t b_tile = base + Layout::b_offset + wait_ring.stage * Layout::b_tile;
-        const std::uint64_t a_desc = hopper::smem_descriptor_k_major_sw128(a_tile);
-        const std::uint64_t b_desc = hopper::smem_descriptor_k_major_sw128(b_tile);
-        hopper::fence_registers(part);
-        hopper::wgmma_fence();
+        const std::uint64_t a_desc = sm90::smem_descriptor_k_major_sw128(a_tile);
+        const std::uint64_t b_desc = sm90::smem_descriptor_k_major_sw128(b_tile);
+        sm90::fence_registers(part);
+        sm90::wgmma_fence();
 #pragma unroll
         for (int s = 0; s < kStepsPerGroup; ++s) {
           const int ks = j * kStepsPerGroup + s;  // 32 bytes along K = 2 units of the descriptor's address field
-          hopper::Wgmma<BN>::mma(part, a_desc + 2 * ks, b_desc + 2 * ks, s > 0);
+          sm90::WgmmaE4m3<BN>::mma(part, a_desc + 2 * ks, b_desc + 2 * ks, s > 0);
         }
-        hopper::wgmma_commit();
+        sm90::wgmma_commit();
         if (j == kGroupsPerBlock - 1) wait_ring.advance(STAGES);
       };
       // acc += part · a_scale(row) · b_scale, with group g's k-block scales, then frees the stage after
       // the k-block's last group.
       const auto promote = [&](int g, float(&part)[kFragment]) {
-        hopper::fence_registers(part);
+        sm90::fence_registers(part);
         const float* a_scales = reinterpret_cast<const float*>(smem + Layout::a_scale_offset + release_ring.stage * BM * 4);
         const float* b_scales = reinterpret_cast<const float*>(smem + Layout::b_scale_offset + release_ring.stage * BN * 4);
         const float sa0 = a_scales[row0], sa1 = a_scales[row0 + 8];
@@ -322,7 +329,7 @@ __global__ void __launch_bounds__((BM / 64 + 1) * 128, 1)
       if constexpr (!kOverlapPromotion) {
         for (int g = 0; g < groups; ++g) {
           issue(g, part_even);
-          hopper::wgmma_wait<0>();
+          sm90::wgmma_wait<0>();
           promote(g, part_even);
         }
       } else {
@@ -330,20 +337,20 @@ __global__ void __launch_bounds__((BM / 64 + 1) * 128, 1)
         int g = 1;
         for (; g + 1 < groups; g += 2) {
           issue(g, part_odd);
-          hopper::wgmma_wait<1>();
+          sm90::wgmma_wait<1>();
           promote(g - 1, part_even);
           issue(g + 1, part_even);
-          hopper::wgmma_wait<1>();
+          sm90::wgmma_wait<1>();
           promote(g, part_odd);
         }
         if (g < groups) {  // an even number of groups: one left to issue
           issue(g, part_odd);
-          hopper::wgmma_wait<1>();
+          sm90::wgmma_wait<1>();
           promote(g - 1, part_even);
-          hopper::wgmma_wait<0>();
+          sm90::wgmma_wait<0>();
           promote(g, part_odd);
         } else {
-          hopper::wgmma_wait<0>();
+          sm90::wgmma_wait<0>();
           promote(g - 1, part_even);
         }
       }
@@ -364,8 +371,8 @@ __global__ void __launch_bounds__((BM / 64 + 1) * 128, 1)
     const int passes = p.out_is_fp32 ? 2 : 1;
     const int pass_cols = BN / passes;
     for (int pass = 0; pass < passes; ++pass) {
-      if (storer) hopper::bulk_wait_read<0>();  // earlier stores have read the staging tile
-      hopper::named_barrier_sync(barrier_id, 128);
+      if (storer) sm90::bulk_wait_read<0>();  // earlier stores have read the staging tile
+      sm90::named_barrier_sync(barrier_id, 128);
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int r = row_local + 8 * h;
@@ -387,23 +394,23 @@ __global__ void __launch_bounds__((BM / 64 + 1) * 128, 1)
           }
         }
       }
-      hopper::fence_proxy_async_shared();
-      hopper::named_barrier_sync(barrier_id, 128);
+      sm90::fence_proxy_async_shared();
+      sm90::named_barrier_sync(barrier_id, 128);
       if (storer) {
         const int boxes = pass_cols * out_bytes / 128;
         for (int b = 0; b < boxes; ++b)
-          hopper::tma_store_3d(&d_map, out_tile + b * 64 * 128, w.n0 + pass * pass_cols + b * box_cols,
-                               w.m0 + consumer * 64, p.splits > 1 ? w.split : 0);
-        hopper::bulk_commit();
+          sm90::tma_store_3d(&d_map, out_tile + b * 64 * 128, w.n0 + pass * pass_cols + b * box_cols,
+                             w.m0 + consumer * 64, p.splits > 1 ? w.split : 0);
+        sm90::bulk_commit();
       }
     }
   }
-  if (t == 0) hopper::bulk_wait<0>();  // shared memory must outlive the stores that read it
+  if (t == 0) sm90::bulk_wait<0>();  // shared memory must outlive the stores that read it
 }
 
 // D = sum over splits of the workspace, in split order (deterministic), rounded once to D's type.
 // Four consecutive elements per thread (N is a multiple of 16, so rows hold whole quads).
-__global__ void reduce_splits_kernel(const float* workspace, int splits, int m, int n, void* d, std::int64_t ldd,
+static __global__ void reduce_splits_kernel(const float* workspace, int splits, int m, int n, void* d, std::int64_t ldd,
                                      int d_is_bf16) {
   const std::int64_t quads = static_cast<std::int64_t>(m) * n / 4;
   const std::int64_t slice = static_cast<std::int64_t>(m) * n;
@@ -432,20 +439,6 @@ __global__ void reduce_splits_kernel(const float* workspace, int splits, int m, 
 
 // ---- host side ------------------------------------------------------------------------------------
 
-// cuTensorMapEncodeTiled is a driver API function; it is fetched through the runtime so that kiln
-// needs no link against libcuda.
-inline PFN_cuTensorMapEncodeTiled_v12000 encode_tiled() {
-  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
-    void* ptr = nullptr;
-    cudaDriverEntryPointQueryResult status{};
-    KILN_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault, &status));
-    check(status == cudaDriverEntryPointSuccess && ptr != nullptr, "fp8_gemm",
-          "the CUDA driver has no cuTensorMapEncodeTiled (a Hopper driver is required)");
-    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(ptr);
-  }();
-  return fn;
-}
-
 // A row-major [rows, k] e4m3 matrix with row stride ld bytes, read as boxes of box_rows × 128 bytes
 // with the 128-byte swizzle; out-of-range rows and columns read as zero.
 inline CUtensorMap make_tensor_map(const std::uint8_t* data, std::int64_t rows, std::int64_t k, std::int64_t ld,
@@ -455,10 +448,10 @@ inline CUtensorMap make_tensor_map(const std::uint8_t* data, std::int64_t rows, 
   const cuuint64_t strides[1] = {static_cast<cuuint64_t>(ld)};
   const cuuint32_t box[2] = {static_cast<cuuint32_t>(kBlockK), static_cast<cuuint32_t>(box_rows)};
   const cuuint32_t element_strides[2] = {1, 1};
-  const CUresult r = encode_tiled()(&map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<std::uint8_t*>(data), dims,
-                                    strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                                    CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                                    CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  const CUresult r = sm90::encode_tiled()(&map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<std::uint8_t*>(data),
+                                          dims, strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                                          CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                                          CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   check(r == CUDA_SUCCESS, "fp8_gemm", "cuTensorMapEncodeTiled failed (error ", static_cast<int>(r), ") for a [", rows,
         ", ", k, "] operand with row stride ", ld);
   return map;
@@ -475,60 +468,40 @@ inline CUtensorMap make_output_map(void* data, bool fp32, std::int64_t rows, std
   const cuuint64_t strides[2] = {static_cast<cuuint64_t>(ld * bytes), static_cast<cuuint64_t>(ld * bytes * rows)};
   const cuuint32_t box[3] = {static_cast<cuuint32_t>(128 / bytes), 64, 1};
   const cuuint32_t element_strides[3] = {1, 1, 1};
-  const CUresult r = encode_tiled()(&map, fp32 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT32 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3,
-                                    data, dims, strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                                    CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_NONE,
-                                    CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  const CUresult r =
+      sm90::encode_tiled()(&map, fp32 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT32 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, data,
+                           dims, strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                           CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_NONE,
+                           CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   check(r == CUDA_SUCCESS, "fp8_gemm", "cuTensorMapEncodeTiled failed (error ", static_cast<int>(r), ") for a [", rows,
         ", ", cols, "] output with row stride ", ld);
   return map;
 }
 
-struct DeviceInfo {
-  int sms = 0;
-  int major = 0;
-};
-
-inline DeviceInfo device_info(int device) {
-  static std::mutex mutex;
-  static DeviceInfo cache[64];
-  std::lock_guard<std::mutex> lock(mutex);
-  DeviceInfo& info = cache[device];
-  if (info.sms == 0) {
-    KILN_CUDA_CHECK(cudaDeviceGetAttribute(&info.sms, cudaDevAttrMultiProcessorCount, device));
-    KILN_CUDA_CHECK(cudaDeviceGetAttribute(&info.major, cudaDevAttrComputeCapabilityMajor, device));
-  }
-  return info;
-}
-
+// The kernel's shared memory is past the 48 KiB default, so each (device, kernel) pair opts in before
+// its first launch (kernels/common/launch.cuh: per device, so every GPU of the process can run it).
 template <int BM, int BN, int INTERVAL>
 void launch(const CUtensorMap& a_map, const CUtensorMap& b_map, const CUtensorMap& d_map, const Params& p, int grid,
-            cudaStream_t stream) {
+            int device, cudaStream_t stream) {
   constexpr int smem = SharedLayout<BM, BN>::bytes_with_alignment;
-  static const bool configured = [] {
-    KILN_CUDA_CHECK(cudaFuncSetAttribute(fp8_gemm_kernel<BM, BN, INTERVAL>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         smem));
-    return true;
-  }();
-  (void)configured;
+  opt_in_shared_memory(fp8_gemm_kernel<BM, BN, INTERVAL>, smem, device);
   fp8_gemm_kernel<BM, BN, INTERVAL><<<grid, (BM / 64 + 1) * 128, smem, stream>>>(a_map, b_map, d_map, p);
   KILN_CUDA_CHECK_LAUNCH();
 }
 
 template <int BM, int BN>
 void launch_with_interval(int interval, const CUtensorMap& a_map, const CUtensorMap& b_map, const CUtensorMap& d_map,
-                          const Params& p, int grid, cudaStream_t stream) {
-  if (interval == 32) launch<BM, BN, 32>(a_map, b_map, d_map, p, grid, stream);
-  else if (interval == 64) launch<BM, BN, 64>(a_map, b_map, d_map, p, grid, stream);
-  else launch<BM, BN, 128>(a_map, b_map, d_map, p, grid, stream);
+                          const Params& p, int grid, int device, cudaStream_t stream) {
+  if (interval == 32) launch<BM, BN, 32>(a_map, b_map, d_map, p, grid, device, stream);
+  else if (interval == 64) launch<BM, BN, 64>(a_map, b_map, d_map, p, grid, device, stream);
+  else launch<BM, BN, 128>(a_map, b_map, d_map, p, grid, device, stream);
 }
 
 }  // namespace fp8_hopper
 
-// Whether the Hopper kernel can run these arguments on this device (else use the plain kernel).
-inline bool fp8_gemm_hopper_supports(const Fp8GemmArgs& g, int device) {
-  const auto aligned16 = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; };
-  return fp8_hopper::device_info(device).major == 9 && g.k % 16 == 0 && g.n % 16 == 0 && g.lda % 16 == 0 &&
+// Whether the Hopper kernel can run these arguments on their device (else use the plain kernel).
+inline bool fp8_gemm_hopper_supports(const Fp8GemmArgs& g) {
+  return device_info(g.launch.device).major == 9 && g.k % 16 == 0 && g.n % 16 == 0 && g.lda % 16 == 0 &&
          g.ldb % 16 == 0 && g.a_scale_ld % 4 == 0 && (g.b_tile_rows == 128 || g.b_scale_ld % 4 == 0) &&
          (g.ldd * (g.d_dtype == DType::f32 ? 4 : 2)) % 16 == 0 && aligned16(g.a) && aligned16(g.b) && aligned16(g.a_scale) && aligned16(g.b_scale) &&
          aligned16(g.d) && g.m <= 0x7fffffff && g.n <= 0x7fffffff && g.k <= 0x7fffffff;
@@ -555,16 +528,19 @@ inline Fp8GemmPlan fp8_gemm_hopper_plan(std::int64_t m, std::int64_t n, std::int
   return plan;
 }
 
-// Launches D = A · Bᵀ (args.cuh) on `stream`. workspace: splits · M · N floats when the plan splits K
+// Launches D = A · Bᵀ (args.hpp) on g.launch. workspace: splits · M · N floats when the plan splits K
 // (fp8_gemm_hopper_workspace tells how many), else unused.
-inline std::int64_t fp8_gemm_hopper_workspace(const Fp8GemmArgs& g, int device) {
-  const Fp8GemmPlan plan = fp8_gemm_hopper_plan(g.m, g.n, g.k, fp8_hopper::device_info(device).sms);
+inline std::int64_t fp8_gemm_hopper_workspace(const Fp8GemmArgs& g) {
+  const Fp8GemmPlan plan = fp8_gemm_hopper_plan(g.m, g.n, g.k, device_info(g.launch.device).sms);
   return plan.splits > 1 ? static_cast<std::int64_t>(plan.splits) * g.m * g.n : 0;
 }
 
-inline void launch_fp8_gemm_hopper(const Fp8GemmArgs& g, float* workspace, int device, cudaStream_t stream) {
+inline void launch_fp8_gemm_hopper(const Fp8GemmArgs& g, float* workspace) {
   using namespace fp8_hopper;
-  check(fp8_gemm_hopper_supports(g, device), "fp8_gemm",
+  const int device = g.launch.device;
+  cuda::DeviceGuard guard(device);
+  const cudaStream_t stream = g.launch.stream;
+  check(fp8_gemm_hopper_supports(g), "fp8_gemm",
         "the Hopper kernel needs an sm_90 GPU, K and N multiples of 16 (got M=", g.m, ", N=", g.n, ", K=", g.k,
         "), 16-byte aligned operands and scale leading dimensions that are multiples of 4");
   check(g.d_dtype == DType::bf16 || g.d_dtype == DType::f32, "fp8_gemm", "output must be bfloat16 or float32, got ",
@@ -600,10 +576,11 @@ inline void launch_fp8_gemm_hopper(const Fp8GemmArgs& g, float* workspace, int d
                                 : make_output_map(g.d, g.d_dtype == DType::f32, g.m, g.n, g.ldd, 1);
   const int grid = std::min(p.units, sms);
   const int interval = g.promotion_interval;
-  if (plan.bm == 128 && plan.bn == 128) launch_with_interval<128, 128>(interval, a_map, b_map, d_map, p, grid, stream);
-  else if (plan.bm == 128) launch_with_interval<128, 64>(interval, a_map, b_map, d_map, p, grid, stream);
-  else if (plan.bn == 128) launch_with_interval<64, 128>(interval, a_map, b_map, d_map, p, grid, stream);
-  else launch_with_interval<64, 64>(interval, a_map, b_map, d_map, p, grid, stream);
+  if (plan.bm == 128 && plan.bn == 128)
+    launch_with_interval<128, 128>(interval, a_map, b_map, d_map, p, grid, device, stream);
+  else if (plan.bm == 128) launch_with_interval<128, 64>(interval, a_map, b_map, d_map, p, grid, device, stream);
+  else if (plan.bn == 128) launch_with_interval<64, 128>(interval, a_map, b_map, d_map, p, grid, device, stream);
+  else launch_with_interval<64, 64>(interval, a_map, b_map, d_map, p, grid, device, stream);
   if (plan.splits > 1) {
     const std::int64_t quads = g.m * g.n / 4;
     const int blocks = static_cast<int>(std::min<std::int64_t>((quads + 255) / 256, 4 * sms));

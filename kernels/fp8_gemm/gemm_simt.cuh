@@ -3,7 +3,7 @@
 //
 //   D[m, n] = Σ_kb a_scale(m, kb) · b_scale(n, kb) · Σ_{k in kb} A[m, k] · B[n, k]
 //
-// A is e4m3 [M, K] with 1×128 scales, B e4m3 [N, K] with 128×128 or 1×128 scales (args.cuh).
+// A is e4m3 [M, K] with 1×128 scales, B e4m3 [N, K] with 128×128 or 1×128 scales (args.hpp).
 //
 // Tiling. A 256-thread block computes a 64×64 tile of D. K is walked in chunks of 32: the block
 // stages A[m0:m0+64, k:k+32] and B[n0:n0+64, k:k+32] in shared memory, decoded to float (each
@@ -27,13 +27,49 @@
 
 #include <cstdint>
 
-#include "common/device_types.cuh"
-#include "fp8_gemm/args.cuh"
-#include "kiln/backend/cuda/error.hpp"
+#include "kiln/core/error.hpp"
+#include "kiln/kernels/common/cuda_check.hpp"
+#include "kiln/kernels/common/device_guard.hpp"
+#include "kiln/kernels/common/element.cuh"
+#include "kiln/kernels/fp8_gemm/args.hpp"
+#include "kiln/math/fp8.hpp"
 
 namespace kiln::kernels {
 
 namespace fp8_simt {
+
+// What the kernel reads of Fp8GemmArgs (args.hpp documents the fields), in the same order. The
+// kernel takes this block of parameters rather than the whole Fp8GemmArgs (its launch and
+// kernel-choice fields make it larger than 128 bytes, and nvcc then addresses the parameters
+// differently: two more registers and another branch layout, measured on the PTX).
+struct Problem {
+  void* d;
+  DType d_dtype;
+  std::int64_t ldd;
+  const std::uint8_t* a;
+  std::int64_t lda;
+  const float* a_scale;
+  std::int64_t a_scale_ld;
+  const std::uint8_t* b;
+  std::int64_t ldb;
+  const float* b_scale;
+  std::int64_t b_scale_ld;
+  int b_tile_rows;
+  std::int64_t m, n, k;
+
+  static Problem of(const Fp8GemmArgs& g) {
+    return {g.d,   g.d_dtype, g.ldd,        g.a,           g.lda, g.a_scale, g.a_scale_ld, g.b,
+            g.ldb, g.b_scale, g.b_scale_ld, g.b_tile_rows, g.m,   g.n,       g.k};
+  }
+};
+
+// The scale of A's row m in k-block kb, and of B's row n in k-block kb (math/fp8.hpp: scale_index).
+__device__ __forceinline__ float fp8_a_scale(const Problem& g, std::int64_t m, std::int64_t kb) {
+  return g.a_scale[fp8::scale_index(1, g.a_scale_ld, m, kb)];
+}
+__device__ __forceinline__ float fp8_b_scale(const Problem& g, std::int64_t n, std::int64_t kb) {
+  return g.b_scale[fp8::scale_index(g.b_tile_rows, g.b_scale_ld, n, kb)];
+}
 
 constexpr int kBlockM = 64, kBlockN = 64;  // output tile
 constexpr int kChunk = 32;                 // k staged per step; 128 / kChunk steps per k-block
@@ -66,7 +102,7 @@ __device__ __forceinline__ void stage(const std::uint8_t* __restrict__ x, std::i
 }
 
 template <class Out>
-__global__ void __launch_bounds__(kThreads) gemm_kernel(const Fp8GemmArgs g, bool a_aligned8, bool b_aligned8) {
+__global__ void __launch_bounds__(kThreads) gemm_kernel(const Problem g, bool a_aligned8, bool b_aligned8) {
   __shared__ float as[kChunk][kPitch], bs[kChunk][kPitch];
   const int tx = static_cast<int>(threadIdx.x) % 16, ty = static_cast<int>(threadIdx.x) / 16;
   const std::int64_t m0 = static_cast<std::int64_t>(blockIdx.y) * kBlockM;
@@ -135,8 +171,8 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(const Fp8GemmArgs g, boo
 
 }  // namespace fp8_simt
 
-// Launches the plain CUDA kernel for D = A · Bᵀ described by `g` on `stream`.
-inline void launch_fp8_gemm_simt(const Fp8GemmArgs& g, cudaStream_t stream) {
+// Launches the plain CUDA kernel for D = A · Bᵀ described by `g` on g.launch.
+inline void launch_fp8_gemm_simt(const Fp8GemmArgs& g) {
   using namespace fp8_simt;
   check(g.m >= 1 && g.n >= 1 && g.k >= 1, "fp8_gemm", "M, N, K must be at least 1, got ", g.m, ", ", g.n, ", ", g.k);
   const std::int64_t grid_x = (g.n + kBlockN - 1) / kBlockN, grid_y = (g.m + kBlockM - 1) / kBlockM;
@@ -145,9 +181,12 @@ inline void launch_fp8_gemm_simt(const Fp8GemmArgs& g, cudaStream_t stream) {
   const bool a_aligned8 = g.lda % 8 == 0 && reinterpret_cast<std::uintptr_t>(g.a) % 8 == 0;
   const bool b_aligned8 = g.ldb % 8 == 0 && reinterpret_cast<std::uintptr_t>(g.b) % 8 == 0;
   const dim3 grid(static_cast<unsigned>(grid_x), static_cast<unsigned>(grid_y));
+  cuda::DeviceGuard guard(g.launch.device);
+  const cudaStream_t stream = g.launch.stream;
+  const Problem problem = Problem::of(g);
   switch (g.d_dtype) {
-    case DType::f32: gemm_kernel<float><<<grid, kThreads, 0, stream>>>(g, a_aligned8, b_aligned8); break;
-    case DType::bf16: gemm_kernel<bf16><<<grid, kThreads, 0, stream>>>(g, a_aligned8, b_aligned8); break;
+    case DType::f32: gemm_kernel<float><<<grid, kThreads, 0, stream>>>(problem, a_aligned8, b_aligned8); break;
+    case DType::bf16: gemm_kernel<bf16><<<grid, kThreads, 0, stream>>>(problem, a_aligned8, b_aligned8); break;
     default: fail("fp8_gemm", "the simt kernel writes float32 or bfloat16, got ", g.d_dtype);
   }
   KILN_CUDA_CHECK_LAUNCH();

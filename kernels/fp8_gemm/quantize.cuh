@@ -1,13 +1,13 @@
 // FP8 quantization on CUDA (kiln::fp8::quantize / quantize_transposed, ops/fp8_gemm.hpp; the CPU
-// reference is backend/cpu/fp8_gemm.hpp). Registered as the device kernel "fp8_quantize".
+// reference is backend/cpu/fp8_gemm.hpp). The launcher is registered for Fp8QuantizeArgs (args.hpp).
 //
 // The recipe, per tile (1×128 elements, or a 128×128 block):
 //   scale = max(amax, amax_floor) / 448  (optionally rounded up to a power of two),
 //   q     = e4m3(x / scale)              (round to nearest even, saturating at ±448).
-// fp8::tile_scale and fp8::amax_step are the same functions on both backends; x / scale is
-// computed with IEEE rounding (Divider: the exact float quotient, from a per-tile double
-// reciprocal) and cvt.rn.satfinite.e4m3x2.f32 rounds like kiln::fp8_e4m3, so the bytes and scales
-// are bit-identical to the CPU's.
+// fp8::tile_scale and fp8::amax_step (math/fp8.hpp) are the same functions on both backends;
+// x / scale is computed with IEEE rounding (Divider: the exact float quotient, from a per-tile
+// double reciprocal) and cvt.rn.satfinite.e4m3x2.f32 rounds like kiln::fp8_e4m3, so the bytes and
+// scales are bit-identical to the CPU's.
 //
 // Input: a source matrix S [src_rows, src_cols], float or bf16, unit stride along its rows (row
 // stride lds). The matrix L that gets quantized is S itself, or Sᵀ for the transposed tilings the
@@ -43,10 +43,13 @@
 #include <algorithm>
 #include <cstdint>
 
-#include "common/device_types.cuh"
-#include "elementwise/map.cuh"
-#include "kiln/backend/cpu/fp8_gemm.hpp"
-#include "kiln/backend/cuda/stream.hpp"
+#include "kiln/core/error.hpp"
+#include "kiln/kernels/common/cuda_check.hpp"
+#include "kiln/kernels/common/device_guard.hpp"
+#include "kiln/kernels/common/element.cuh"
+#include "kiln/kernels/common/reduce.cuh"
+#include "kiln/kernels/fp8_gemm/args.hpp"
+#include "kiln/math/fp8.hpp"
 
 namespace kiln::kernels::fp8_quantize {
 
@@ -145,12 +148,15 @@ __device__ __forceinline__ void store_run(std::uint8_t* __restrict__ dst, const 
   }
 }
 
+// amax_step as a combine function of the common warp reductions (kernels/common/reduce.cuh).
+struct Amax {
+  __device__ __forceinline__ float operator()(float a, float b) const { return fp8::amax_step(a, b); }
+};
+
 // amax over groups of `Lanes` consecutive lanes (a power of two ≤ 32), the result in every lane.
 template <int Lanes>
 __device__ __forceinline__ float group_amax(float m) {
-#pragma unroll
-  for (int offset = Lanes / 2; offset > 0; offset >>= 1) m = fp8::amax_step(m, __shfl_xor_sync(0xffffffffu, m, offset));
-  return m;
+  return warp_all_reduce<Lanes>(m, Amax{});
 }
 
 // amax over the block, the result in every thread.
@@ -339,35 +345,33 @@ void launch(const Params& p, bool row_tiles, bool transposed, cudaStream_t strea
   KILN_CUDA_CHECK_LAUNCH();
 }
 
-// tensors {q (e4m3 [L rows, L cols], contiguous), scale storage (contiguous: [kblocks, ld] for 1×128
-// tiles, [row blocks, kblocks] for 128×128 blocks), src S ([src_rows, src_cols], strides (lds, 1))};
-// reals {amax_floor}; ints {tiling (0 1×128, 1 128×128), transposed (L = Sᵀ), power_of_two, scale_ld}.
-inline void quantize_entry(const KernelCall& call) {
-  const TensorArg &q = call.tensors[0], &scale = call.tensors[1], &src = call.tensors[2];
+inline void launch_fp8_quantize(const Fp8QuantizeArgs& a) {
   Params p{};
-  p.src = src.data;
-  p.src_rows = src.shape[0];
-  p.src_cols = src.shape[1];
-  p.lds = src.strides[0];
-  p.q = static_cast<std::uint8_t*>(q.data);
-  p.scale = static_cast<float*>(scale.data);
-  p.amax_floor = static_cast<float>(call.reals[0]);
-  const bool row_tiles = call.ints[0] == 0, transposed = call.ints[1] != 0;
-  p.power_of_two = call.ints[2] != 0;
-  p.scale_ld = call.ints[3];
+  p.src = a.src;
+  p.src_rows = a.src_rows;
+  p.src_cols = a.src_cols;
+  p.lds = a.lds;
+  p.q = a.q;
+  p.scale = a.scale;
+  p.scale_ld = a.scale_ld;
+  p.amax_floor = a.amax_floor;
+  p.power_of_two = a.power_of_two;
+  const bool row_tiles = a.tiling == fp8::Tiling::row_1x128, transposed = a.transposed;
   if (p.src_rows == 0 || p.src_cols == 0) return;
-  cuda::DeviceGuard guard(src.device);
-  cudaStream_t stream = cuda::current_stream(src.device);
+  cuda::DeviceGuard guard(a.launch.device);
+  const cudaStream_t stream = a.launch.stream;
   // The 1×128 scale storage pads each k-block's run of rows to a multiple of 4: zero the padding.
-  if (row_tiles && p.scale_ld > q.shape[0])
-    KILN_CUDA_CHECK(cudaMemsetAsync(p.scale, 0, static_cast<std::size_t>(scale.numel()) * sizeof(float), stream));
-  switch (src.dtype) {
+  const std::int64_t out_rows = transposed ? p.src_cols : p.src_rows, out_cols = transposed ? p.src_rows : p.src_cols;
+  if (row_tiles && p.scale_ld > out_rows)
+    KILN_CUDA_CHECK(cudaMemsetAsync(
+        p.scale, 0, static_cast<std::size_t>(ceil_div(out_cols, kTile) * p.scale_ld) * sizeof(float), stream));
+  switch (a.dtype) {
     case DType::f32: return launch<float>(p, row_tiles, transposed, stream);
     case DType::bf16: return launch<bf16>(p, row_tiles, transposed, stream);
-    default: fail("fp8_quantize", "has no CUDA kernel for dtype ", src.dtype, " (shape [", p.src_rows, ", ", p.src_cols, "])");
+    default: fail("fp8_quantize", "has no CUDA kernel for dtype ", a.dtype, " (shape [", p.src_rows, ", ", p.src_cols, "])");
   }
 }
 
-inline const bool quantize_registered = register_device_kernel("fp8_quantize", quantize_entry);
+inline const bool quantize_registered = register_device_kernel(&launch_fp8_quantize);
 
 }  // namespace kiln::kernels::fp8_quantize

@@ -1,10 +1,11 @@
-// CUDA entry "matmul" for kiln::matmul (ops/matmul.hpp): the product runs in cuBLASLt.
+// matmul on CUDA (arguments kernels/matmul/args.hpp: MatmulArgs; front-end ops/matmul.hpp; CPU
+// reference backend/cpu/matmul.hpp): the product runs in cuBLASLt (kernels/matmul/cublaslt.hpp).
 //
-// KernelCall: tensors {out [batch..., m, n] contiguous, a [batch..., m, k], b [batch..., k, n]}, a and b
-// already broadcast to out's batch dims (stride 0 there) and with matrices that are row-major or
-// transposed (unit column or unit row stride; the front-end copies any other layout first).
-// Types: float (FP32 compute, or TF32 when kiln::cuda::set_allow_tf32(true)), double (FP64
-// compute), bf16 and fp16 (FP32 accumulation, output rounded once to the operand type).
+// out [batch..., m, n] is contiguous; a [batch..., m, k] and b [batch..., k, n] come already
+// broadcast to out's batch dims (stride 0 there) and with matrices that are row-major or
+// transposed (unit column or unit row stride, math/matmul.hpp; the front-end copies any other
+// layout first). Types: float (FP32 compute, or TF32 when kiln::cuda::set_allow_tf32(true)), double
+// (FP64 compute), bf16 and fp16 (FP32 accumulation, output rounded once to the operand type).
 //
 // Layout: cuBLASLt is column-major, kiln row-major. A row-major m x n matrix C read column-major is
 // Cᵀ, so C = A·B is computed as Cᵀ = Bᵀ·Aᵀ with no copies: cuBLASLt's first operand is kiln's B and
@@ -26,16 +27,23 @@
 //
 // Memory traffic: a GEMM reads A and B and writes C (beta = 0, C is not read); it is compute-bound
 // for large m, n, k and cuBLASLt's kernels are the peer (benchmarks/bench_matmul_cuda.cpp). The
-// host cost per call is the plan lookup (cublaslt.hpp) and cublasLtMatmul itself.
+// host cost per call is the plan lookup (kernels/matmul/cublaslt.hpp) and cublasLtMatmul itself.
 #pragma once
+
+#include <cublasLt.h>
+#include <cuda_runtime.h>
 
 #include <cstdint>
 #include <vector>
 
-#include "kiln/backend/cpu/matmul.hpp"
-#include "kiln/backend/cuda/cublaslt.hpp"
-#include "kiln/backend/cuda/stream.hpp"
-#include "kiln/core/dispatch.hpp"
+#include "kiln/core/device_kernel.hpp"
+#include "kiln/core/error.hpp"
+#include "kiln/kernels/common/cuda_check.hpp"
+#include "kiln/kernels/common/device_guard.hpp"
+#include "kiln/kernels/common/tensor_view.hpp"
+#include "kiln/kernels/matmul/args.hpp"
+#include "kiln/kernels/matmul/cublaslt.hpp"
+#include "kiln/math/matmul.hpp"
 
 namespace kiln::kernels {
 
@@ -82,10 +90,10 @@ inline bool evenly_spaced(const std::vector<BatchDim>& dims, std::size_t begin, 
 // kiln operand X (rows x cols, strides rs, cs) as the cuBLASLt operand whose op() is Xᵀ.
 inline void as_transposed_operand(std::int64_t rows, std::int64_t cols, std::int64_t rs, std::int64_t cs,
                                   cublasOperation_t& op, cuda::LtMatrix& m) {
-  const cpu::MatrixLayout l = cpu::gemm_layout(rows, cols, rs, cs);
-  check(l.layout != cpu::GemmLayout::unsupported, "matmul", "operand layout not supported (", rows, " x ", cols,
+  const math::MatrixLayout l = math::gemm_layout(rows, cols, rs, cs);
+  check(l.layout != math::GemmLayout::unsupported, "matmul", "operand layout not supported (", rows, " x ", cols,
         " with strides ", rs, ", ", cs, ")");
-  if (l.layout == cpu::GemmLayout::row_major) {
+  if (l.layout == math::GemmLayout::row_major) {
     op = CUBLAS_OP_N;  // row-major X read column-major is Xᵀ (cols x rows)
     m.rows = cols;
     m.cols = rows;
@@ -103,18 +111,19 @@ inline void check_int32(const char* what, std::int64_t v) {
 
 }  // namespace matmul_detail
 
-inline void matmul_entry(const KernelCall& call) {
+inline void launch_matmul(const MatmulArgs& args) {
   using namespace matmul_detail;
-  const TensorArg& out = call.tensors[0];
-  const TensorArg& a = call.tensors[1];
-  const TensorArg& b = call.tensors[2];
+  const TensorView& out = args.out;
+  const TensorView& a = args.a;
+  const TensorView& b = args.b;
   const int nd = out.ndim;
   const std::int64_t m = out.shape[nd - 2], n = out.shape[nd - 1], k = a.shape[nd - 1];
   const LtTypes types = lt_types(out.dtype);
   if (out.numel() == 0) return;
 
-  cuda::DeviceGuard guard(out.device);
-  cudaStream_t stream = cuda::current_stream(out.device);
+  const int device = args.launch.device;
+  cuda::DeviceGuard guard(device);
+  const cudaStream_t stream = args.launch.stream;
   if (k == 0) {  // sums of nothing; all-zero bytes are 0.0 in every floating type
     KILN_CUDA_CHECK(cudaMemsetAsync(out.data, 0, static_cast<std::size_t>(out.numel() * types.element_bytes), stream));
     return;
@@ -126,7 +135,7 @@ inline void matmul_entry(const KernelCall& call) {
     if (out.shape[d] > 1) dims.push_back({out.shape[d], {out.strides[d], a.strides[d], b.strides[d]}});
 
   cuda::LtGemm g;
-  g.device = out.device;
+  g.device = device;
   g.type = types.type;
   g.compute = types.compute;
   g.scale = types.scale;
@@ -204,7 +213,7 @@ inline void matmul_entry(const KernelCall& call) {
     std::int64_t off[3] = {0, 0, 0};
     for (std::size_t d = 0; d < first; ++d)
       for (int o = 0; o < 3; ++o) off[o] += index[d] * dims[d].stride[o];
-    auto at = [&](const TensorArg& t, int o) { return static_cast<char*>(t.data) + bytes(off[o]); };
+    auto at = [&](const TensorView& t, int o) { return static_cast<char*>(t.data) + bytes(off[o]); };
     cuda::lt_matmul(g, at(b, 2), at(a, 1), at(out, 0), stream);
     for (std::size_t d = first; d-- > 0;) {
       if (++index[d] < dims[d].size) break;
@@ -213,6 +222,6 @@ inline void matmul_entry(const KernelCall& call) {
   }
 }
 
-inline const bool matmul_registered = register_device_kernel("matmul", matmul_entry);
+inline const bool matmul_registered = register_device_kernel(&launch_matmul);
 
 }  // namespace kiln::kernels

@@ -1,25 +1,32 @@
-// Multi-tensor AdamW step on CUDA (optim/adamw.hpp): every parameter of the optimizer updated in
-// one launch (multi_tensor.cuh explains the descriptor list and the chunking).
+// Multi-tensor AdamW step on CUDA (arguments kernels/optim/args.hpp; front-end optim/adamw.hpp):
+// every parameter of the optimizer updated in one launch (multi_tensor.cuh explains the
+// descriptor list and the chunking).
 //
 // Per element: read p (or its FP32 master copy), g, m, v; write p, m, v (and the master copy).
-// The update itself is optim::AdamWStep, the same double-precision function the CPU loop calls,
-// so both backends agree to rounding (the device may fuse multiply-adds). The step is memory
-// bound: float parameters move 28 bytes an element (16 read, 12 written); bf16 with master weights
-// 28 (14 read: master, g, m, v; 14 written: master, p, m, v).
+// The update itself is optim::AdamWStep (math/adamw.hpp), the same double-precision function the
+// CPU loop calls, so both backends agree to rounding (the device may fuse multiply-adds). The step
+// is memory bound: float parameters move 28 bytes an element (16 read, 12 written); bf16 with
+// master weights 28 (14 read: master, g, m, v; 14 written: master, p, m, v).
 //
 // Each thread updates 4 consecutive elements per iteration with one vector load/store per operand
 // (16 bytes for float m/v, 8 for bf16 p/g) when the tensor's pointers allow it; otherwise (and for
 // the last numel % 4 elements) one element at a time.
 #pragma once
 
+#include <type_traits>
 #include <vector>
 
-#include "elementwise/map.cuh"
-#include "kiln/optim/adamw.hpp"
-#include "optim/multi_tensor.cuh"
+#include "kiln/kernels/common/device_guard.hpp"
+#include "kiln/kernels/common/dispatch_dtype.cuh"
+#include "kiln/kernels/common/element.cuh"
+#include "kiln/kernels/optim/args.hpp"
+#include "kiln/kernels/optim/multi_tensor.cuh"
+#include "kiln/math/adamw.hpp"
 
 namespace kiln::kernels::multi_tensor {
 
+// The device-side descriptor of one parameter: AdamWTensorArgs plus its place in the chunk
+// numbering and whether its pointers allow vector accesses.
 struct AdamWTensor {
   void* p;
   const void* g;
@@ -88,32 +95,21 @@ __global__ void __launch_bounds__(256) adamw_kernel(const AdamWTensor* __restric
   }
 }
 
-// KernelCall (optim::AdamW::step_device): tensors {p, g, m, v[, master]} per parameter, all
-// contiguous and non-empty; reals {beta1, beta2, eps, step_size, inv_sqrt_bias2, decay};
-// ints {has master}.
-inline void adamw_entry(const KernelCall& call) {
-  const bool with_master = call.ints[0] != 0;
-  const std::size_t per = with_master ? 5 : 4;
-  const int device = call.tensors[0].device;
-  ::kiln::optim::AdamWStep step;
-  step.beta1 = call.reals[0];
-  step.beta2 = call.reals[1];
-  step.eps = call.reals[2];
-  step.step_size = call.reals[3];
-  step.inv_sqrt_bias2 = call.reals[4];
-  step.decay = call.reals[5];
+inline void launch_adamw(const AdamWArgs& a) {
+  const bool with_master = a.master_weights;
+  const int device = a.launch.device;
+  const ::kiln::optim::AdamWStep step = a.step;
   cuda::DeviceGuard guard(device);
-  cudaStream_t stream = cuda::current_stream(device);
-  with_param_type("AdamW", call.tensors[0].dtype, [&](auto tag) {
+  const cudaStream_t stream = a.launch.stream;
+  with_floating_type("AdamW", a.dtype, [&](auto tag) {
     using T = decltype(tag);
     using M = std::conditional_t<std::is_same_v<T, double>, double, float>;
     constexpr std::size_t V = 4;
     std::vector<AdamWTensor> descs;
     std::int64_t chunks = 0;
-    for (std::size_t i = 0; i + per <= call.tensors.size(); i += per) {
-      const TensorArg* a = &call.tensors[i];
-      AdamWTensor d{a[0].data, a[1].data, a[2].data, a[3].data,
-                    with_master ? static_cast<float*>(a[4].data) : nullptr, a[0].numel(), chunks, 0};
+    for (int i = 0; i < a.count; ++i) {
+      const AdamWTensorArgs& t = a.tensors[i];
+      AdamWTensor d{t.p, t.g, t.m, t.v, with_master ? t.master : nullptr, t.numel, chunks, 0};
       if (d.numel == 0) continue;
       d.vectorized = aligned_to(d.p, V * sizeof(T)) && aligned_to(d.g, V * sizeof(T)) &&
                      aligned_to(d.m, V * sizeof(M)) && aligned_to(d.v, V * sizeof(M)) &&
@@ -130,7 +126,7 @@ inline void adamw_entry(const KernelCall& call) {
         auto kernel = adamw_kernel<T, M, true>;
         kernel<<<grid_for(kernel, 256, chunks, device), 256, 0, stream>>>(list, count, chunks, step);
       } else {
-        fail("AdamW", "master weights are only kept for low-precision parameters, got ", call.tensors[0].dtype);
+        fail("AdamW", "master weights are only kept for low-precision parameters, got ", a.dtype);
       }
     } else {
       auto kernel = adamw_kernel<T, M, false>;
@@ -140,6 +136,6 @@ inline void adamw_entry(const KernelCall& call) {
   });
 }
 
-inline const bool adamw_registered = register_device_kernel("adamw", adamw_entry);
+inline const bool adamw_registered = register_device_kernel(&launch_adamw);
 
 }  // namespace kiln::kernels::multi_tensor

@@ -13,14 +13,20 @@
 // whole ring (kSlots launches) ahead of it.
 #pragma once
 
+#include <cuda_runtime.h>
+
 #include <cstdint>
 #include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <vector>
 
-#include "common/device_types.cuh"
-#include "kiln/backend/cuda/stream.hpp"
+#include "kiln/core/tensor.hpp"
+#include "kiln/kernels/common/cuda_check.hpp"
+#include "kiln/kernels/common/device_guard.hpp"
+#include "kiln/kernels/common/device_info.hpp"
+#include "kiln/kernels/common/launch.cuh"
 
 namespace kiln::kernels::multi_tensor {
 
@@ -101,45 +107,14 @@ Tensor<std::uint8_t> upload(const std::vector<Desc>& descs, int device, cudaStre
   return buffer;
 }
 
-inline int sm_count(int device) {
-  int n = 0;
-  KILN_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
-  return n;
-}
-
 // Blocks for a grid-stride launch over `chunks`: what fits on the device at once, at most one per chunk.
-template <class K>
-unsigned grid_for(K kernel, int threads, std::int64_t chunks, int device) {
-  int per_sm = 0;
-  KILN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0));
-  const std::int64_t resident = static_cast<std::int64_t>(per_sm < 1 ? 1 : per_sm) * sm_count(device);
+template <class Kernel>
+unsigned grid_for(Kernel* kernel, int threads, std::int64_t chunks, int device) {
+  const std::int64_t resident =
+      static_cast<std::int64_t>(resident_blocks(kernel, threads, 0)) * device_info(device).sms;
   return static_cast<unsigned>(chunks < resident ? (chunks < 1 ? 1 : chunks) : resident);
 }
 
 inline bool aligned_to(const void* p, std::size_t bytes) { return reinterpret_cast<std::uintptr_t>(p) % bytes == 0; }
-
-// Rounds a double once to T (bf16/fp16 directly from the double, as kiln's host conversion does,
-// not through float).
-template <class T>
-__device__ __forceinline__ T round_from_double(double v) {
-  if constexpr (std::is_same_v<T, bf16>) {
-    return T::from_bits(__bfloat16_as_ushort(__double2bfloat16(v)));
-  } else if constexpr (std::is_same_v<T, fp16>) {
-    return T::from_bits(__half_as_ushort(__double2half(v)));
-  } else {
-    return static_cast<T>(v);
-  }
-}
-
-template <class F>
-void with_param_type(const char* op, DType dtype, F&& f) {
-  switch (dtype) {
-    case DType::f32: return f(float{});
-    case DType::f64: return f(double{});
-    case DType::bf16: return f(bf16{});
-    case DType::f16: return f(fp16{});
-    default: fail(op, "has no CUDA kernel for dtype ", dtype);
-  }
-}
 
 }  // namespace kiln::kernels::multi_tensor

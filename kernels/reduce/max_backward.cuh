@@ -1,23 +1,31 @@
-// The backward pieces of max/min/amax/amin on CUDA (ops/reduce_max.hpp):
+// The backward pieces of max/min/amax/amin on CUDA (front-end ops/reduce_max.hpp; arguments
+// kernels/reduce/args.hpp):
 //
-//   "scatter_along_dim": max(t, dim) / min(t, dim) send each output gradient to the one element
-//     whose index they returned. tensors {grad, idx, g}: grad has the input's shape (written whole),
-//     idx (int64) and g are passed with the input's shape and stride 0 along dim d; ints {d}.
+//   launch_scatter_along_dim (ScatterAlongDimArgs): max(t, dim) / min(t, dim) send each output
+//     gradient to the one element whose index they returned. grad has the input's shape (written
+//     whole); idx (int64) and g are passed with the input's shape and stride 0 along dim d.
 //     grad[i] = g[i] where i's coordinate along d equals idx[i], else 0. One thread per element of
 //     grad: every element is written exactly once (no separate zero fill, no atomics), and idx/g
 //     are read once per element from cache (they are dim d times smaller). Traffic: sizeof(T)
 //     written per element.
 //
-//   "extremum_hit": amax/amin share the gradient among all elements equal to the result.
-//     tensors {hit, x, y} (y broadcast to x's shape): hit = 1 where x equals y (a NaN equals a NaN
-//     result), else 0 — the generic elementwise kernel with the same functor as the CPU path
-//     (math::ExtremumHit).
+//   launch_extremum_hit (ExtremumHitArgs): amax/amin share the gradient among all elements equal
+//     to the result. hit = 1 where x equals y (y broadcast to x's shape; a NaN equals a NaN
+//     result), else 0 — the generic elementwise kernel (kernels/elementwise/map.cuh) with the same
+//     functor as the CPU path (math::ExtremumHit, math/reduce.hpp).
 #pragma once
 
-#include "common/device_types.cuh"
-#include "elementwise/map.cuh"
-#include "kiln/backend/cuda/stream.hpp"
-#include "kiln/ops/reduce_max.hpp"
+#include <cstdint>
+
+#include "kiln/kernels/common/cuda_check.hpp"
+#include "kiln/kernels/common/device_guard.hpp"
+#include "kiln/kernels/common/dispatch_dtype.cuh"
+#include "kiln/kernels/common/element.cuh"
+#include "kiln/kernels/common/launch.cuh"
+#include "kiln/kernels/common/offsets.cuh"
+#include "kiln/kernels/elementwise/map.cuh"
+#include "kiln/kernels/reduce/args.hpp"
+#include "kiln/math/reduce.hpp"
 
 namespace kiln::kernels::reduction {
 
@@ -35,35 +43,34 @@ __global__ void __launch_bounds__(256)
   }
 }
 
-inline void scatter_along_dim_entry(const KernelCall& call) {
-  const TensorArg& grad = call.tensors[0];
-  const int d = static_cast<int>(call.ints[0]);
+inline void launch_scatter_along_dim(const ScatterAlongDimArgs& a) {
+  const TensorView& grad = a.grad;
+  const int d = a.dim;
   const std::int64_t n = grad.numel();
   if (n == 0) return;
   std::int64_t inner = 1;
   for (int k = d + 1; k < grad.ndim; ++k) inner *= grad.shape[k];
-  const TensorArg all[] = {grad, call.tensors[1], call.tensors[2]};
+  const TensorView all[] = {grad, a.idx, a.g};
   const Offsets<3> offsets = make_offsets(all);
-  cuda::DeviceGuard guard(grad.device);
+  cuda::DeviceGuard guard(a.launch.device);
   with_floating_type("max/min backward", grad.dtype, [&](auto tag) {
     using T = decltype(tag);
-    scatter_along_dim_kernel<<<blocks_for(n, 256), 256, 0, cuda::current_stream(grad.device)>>>(
-        n, offsets, inner, grad.shape[d], static_cast<T*>(grad.data), static_cast<const std::int64_t*>(all[1].data),
-        static_cast<const T*>(all[2].data));
+    scatter_along_dim_kernel<<<blocks_for(n, 256), 256, 0, a.launch.stream>>>(
+        n, offsets, inner, grad.shape[d], static_cast<T*>(grad.data), static_cast<const std::int64_t*>(a.idx.data),
+        static_cast<const T*>(a.g.data));
   });
   KILN_CUDA_CHECK_LAUNCH();
 }
 
-inline void extremum_hit_entry(const KernelCall& call) {
-  const TensorArg& hit = call.tensors[0];
-  cuda::DeviceGuard guard(hit.device);
-  with_floating_type("amax/amin backward", hit.dtype, [&](auto tag) {
+inline void launch_extremum_hit(const ExtremumHitArgs& a) {
+  cuda::DeviceGuard guard(a.launch.device);
+  with_floating_type("amax/amin backward", a.hit.dtype, [&](auto tag) {
     using T = decltype(tag);
-    launch_map<T, T, T>(math::ExtremumHit{}, cuda::current_stream(hit.device), hit, call.tensors[1], call.tensors[2]);
+    launch_map<T, T, T>(math::ExtremumHit{}, a.launch.stream, a.hit, a.x, a.y);
   });
 }
 
-inline const bool max_backward_registered = register_device_kernel("scatter_along_dim", scatter_along_dim_entry) &&
-                                            register_device_kernel("extremum_hit", extremum_hit_entry);
+inline const bool max_backward_registered =
+    register_device_kernel(&launch_scatter_along_dim) && register_device_kernel(&launch_extremum_hit);
 
 }  // namespace kiln::kernels::reduction

@@ -1,7 +1,9 @@
 // The general reduction: sum, mean, max, min (values), argmax, argmin (index, and value) over any
 // set of dims of a tensor of any strides. Serves ops/reduce.hpp and ops/reduce_max.hpp.
-// KernelCall: tensors {values, indices, input} (an absent output has null data; outputs are
-// contiguous, one element per kept position in row-major order), ints {ReduceKind, mask bits}.
+// Arguments: ReduceArgs (kernels/reduce/args.hpp): the op (math::ReduceOp), the outputs (either
+// may be absent: null; contiguous, one element per kept position in row-major order), the input
+// view and the reduced dims. The CPU reference is backend/cpu/reduce.hpp; the scalar rules both
+// share (identities, NaN and ties) are in math/reduce.hpp.
 //
 // The host plans the walk. Input dims split into kept dims (one output each) and reduced dims,
 // and neighbours that step through memory as one merge (a contiguous tensor reduced over its
@@ -10,7 +12,7 @@
 // memory order; argmax/argmin keep the row-major order, because their index is row-major. Then:
 //   - rows (the reduced elements of one output lie closest together in memory, e.g. the last dim):
 //     a group of G threads per output (4..32 lanes of a warp for short rows, a 512-thread block for
-//     long ones) walks its row with 16-byte vector loads (reduce/row_visit.cuh) when the row is
+//     long ones) walks its row with 16-byte vector loads (common/row_visit.cuh) when the row is
 //     unit-stride, and combines with warp shuffles / shared memory;
 //   - columns (neighbouring outputs lie closest together, e.g. a sum over dim 0): threadIdx.x runs
 //     over 32 consecutive outputs (coalesced), threadIdx.y over Y slices of the reduced range, and
@@ -32,45 +34,36 @@
 // once; partials are a few KB.
 #pragma once
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <cstdint>
 #include <limits>
+#include <type_traits>
+#include <vector>
 
-#include "common/device_types.cuh"
-#include "elementwise/map.cuh"
-#include "kiln/backend/cpu/reduce.hpp"
-#include "kiln/backend/cuda/stream.hpp"
-#include "kiln/ops/reduce.hpp"
-#include "reduce/block_reduce.cuh"
-#include "reduce/row_visit.cuh"
+#include "kiln/core/shape.hpp"
+#include "kiln/core/tensor.hpp"
+#include "kiln/kernels/common/cuda_check.hpp"
+#include "kiln/kernels/common/device_guard.hpp"
+#include "kiln/kernels/common/dispatch_dtype.cuh"
+#include "kiln/kernels/common/element.cuh"
+#include "kiln/kernels/common/reduce.cuh"
+#include "kiln/kernels/common/row_visit.cuh"
+#include "kiln/kernels/elementwise/args.hpp"
+#include "kiln/kernels/reduce/args.hpp"
+#include "kiln/math/reduce.hpp"
 
 namespace kiln::kernels::reduction {
 
 // A set of dims: the element at row-major position i sits at offset(i) (elements). Several dims
-// are only walked below 2^32 positions (the host makes larger inputs contiguous first), so the
-// position splits with 32-bit divisions: 64-bit ones are long subroutine calls.
-struct Dims {
-  int ndim;
-  std::int64_t shape[kMaxDims];
-  std::int64_t strides[kMaxDims];
-
-  __device__ __forceinline__ std::int64_t offset(std::int64_t i) const {
-    if (ndim == 1) return i * strides[0];
-    std::int64_t off = 0;
-    auto j = static_cast<std::uint32_t>(i);
-    for (int d = ndim - 1; d >= 0; --d) {
-      const auto n = static_cast<std::uint32_t>(shape[d]);
-      const std::uint32_t q = j / n;
-      off += static_cast<std::int64_t>(j - q * n) * strides[d];
-      j = q;
-    }
-    return off;
-  }
-};
-
-// The most positions a walk over several dims may have (Dims::offset's 32-bit arithmetic).
-inline constexpr std::int64_t kMaxMultiDimPositions = std::int64_t{1} << 32;
+// are only walked below 2^32 positions (the host makes larger inputs contiguous first,
+// kMaxMultiDimPositions), so the position splits with 32-bit divisions: 64-bit ones are long
+// subroutine calls.
+using Dims = Offsets32<1>;
 
 // What the kernels need to know about the walk.
 struct Plan {
@@ -85,20 +78,9 @@ struct Outputs {
   std::int64_t* indices;    // null when not wanted
 };
 
-// Rounds a double once to T (bf16/fp16 straight from the double, as the host types do).
-template <class T>
-__device__ __forceinline__ T round_from_double(double v) {
-  if constexpr (std::is_same_v<T, bf16>) return T::from_bits(__bfloat16_as_ushort(__double2bfloat16(v)));
-  else if constexpr (std::is_same_v<T, fp16>) return T::from_bits(__half_as_ushort(__double2half(v)));
-  else return static_cast<T>(v);
-}
-
-template <class C>
-__device__ __forceinline__ C infinity() {
-  return static_cast<C>(INFINITY);
-}
-
 // ---- the reducers: init, step (fold one element), combine (symmetric), write ----
+// (the scalar rules are math/reduce.hpp's, shared with the CPU reducers of ops/reduce.hpp and
+// ops/reduce_max.hpp)
 
 template <class T>
 struct SumReducer {
@@ -108,7 +90,7 @@ struct SumReducer {
   __device__ void step(Acc& a, compute_t<T> v, std::int64_t) const { a += static_cast<double>(v); }
   __device__ Acc combine(Acc a, Acc b) const { return a + b; }
   __device__ void write(const Outputs<T>& out, std::int64_t o, Acc a, std::int64_t n) const {
-    out.values[o] = round_from_double<T>(mean ? a / static_cast<double>(n) : a);
+    out.values[o] = round_from_double<T>(math::sum_result(a, n, mean));
   }
 };
 
@@ -117,21 +99,19 @@ template <class T, bool IsMax>
 struct ExtremumReducer {
   using C = compute_t<T>;
   using Acc = C;
-  __device__ Acc init() const { return IsMax ? -infinity<C>() : infinity<C>(); }
+  __device__ Acc init() const { return math::extremum_identity<C, IsMax>(); }
   __device__ void step(Acc& a, C v, std::int64_t) const {
-    if (a == a && (v != v || (IsMax ? v > a : v < a))) a = v;
+    math::extremum_step<C, IsMax>(a, v);
   }
-  __device__ Acc combine(Acc a, Acc b) const {
-    if (a != a) return a;
-    if (b != b) return b;
-    return (IsMax ? b > a : b < a) ? b : a;
-  }
+  __device__ Acc combine(Acc a, Acc b) const { return math::extremum_combine<C, IsMax>(a, b); }
   __device__ void write(const Outputs<T>& out, std::int64_t o, Acc a, std::int64_t) const {
     out.values[o] = store<T>(a);
   }
 };
 
-// The extreme value and its row-major index in the reduced range.
+// The extreme value and its row-major index in the reduced range. Pairs are ordered by
+// math::arg_before (NaN first, then the more extreme, then the smaller index): a strict total
+// order on distinct indices, so combining in any order picks the same one.
 template <class T, bool IsMax>
 struct ArgReducer {
   using C = compute_t<T>;
@@ -139,21 +119,15 @@ struct ArgReducer {
     C value;
     std::int64_t index;  // INT64_MAX: nothing folded yet (loses to every element)
   };
-  // Whether (av, ai) comes before (bv, bi): NaN first, then the more extreme, then the smaller
-  // index. A strict total order on distinct indices, so combining in any order picks the same one.
-  __device__ static bool before(C av, std::int64_t ai, C bv, std::int64_t bi) {
-    const bool a_nan = av != av, b_nan = bv != bv;
-    if (a_nan || b_nan) return a_nan && (!b_nan || ai < bi);
-    if (av == bv) return ai < bi;
-    return IsMax ? av > bv : av < bv;
-  }
   __device__ Acc init() const {
-    return {IsMax ? -infinity<C>() : infinity<C>(), std::numeric_limits<std::int64_t>::max()};
+    return {math::extremum_identity<C, IsMax>(), std::numeric_limits<std::int64_t>::max()};
   }
   __device__ void step(Acc& a, C v, std::int64_t k) const {
-    if (before(v, k, a.value, a.index)) a = Acc{v, k};
+    if (math::arg_before<C, IsMax>(v, k, a.value, a.index)) a = Acc{v, k};
   }
-  __device__ Acc combine(Acc a, Acc b) const { return before(b.value, b.index, a.value, a.index) ? b : a; }
+  __device__ Acc combine(Acc a, Acc b) const {
+    return math::arg_before<C, IsMax>(b.value, b.index, a.value, a.index) ? b : a;
+  }
   __device__ void write(const Outputs<T>& out, std::int64_t o, Acc a, std::int64_t) const {
     if (out.values) out.values[o] = store<T>(a.value);
     if (out.indices) out.indices[o] = a.index;
@@ -168,7 +142,7 @@ template <int G, class T, class R>
 __device__ __forceinline__ void fold_range(const R& r, typename R::Acc& acc, const T* base, const Dims& red,
                                            std::int64_t k0, std::int64_t k1, int lane) {
   using C = compute_t<T>;
-  if (red.ndim == 1 && red.strides[0] == 1) {
+  if (red.ndim == 1 && red.strides[0][0] == 1) {
     const T* row[1] = {base + k0};
     visit_row<G, false, false>(lane, k1 - k0, row, static_cast<T*>(nullptr),
                                [&](std::int64_t j, const C (&v)[1]) { r.step(acc, v[0], k0 + j); });
@@ -290,7 +264,7 @@ inline Dims to_dims(const Shape& shape, const Strides& strides) {
   d.ndim = static_cast<int>(shape.size());
   for (std::size_t i = 0; i < shape.size(); ++i) {
     d.shape[i] = shape[i];
-    d.strides[i] = strides[i];
+    d.strides[0][i] = strides[i];
   }
   return d;
 }
@@ -304,12 +278,12 @@ inline int row_group(std::int64_t len) {
   return g;
 }
 
-inline Launch plan_reduction(const TensorArg& in, std::int64_t mask_bits, bool row_major_index) {
+inline Launch plan_reduction(const TensorView& in, std::uint32_t reduced_dims, bool row_major_index) {
   Shape kept_shape, red_shape;
   Strides kept_strides, red_strides;
   std::vector<int> red_dims;
   for (int d = 0; d < in.ndim; ++d) {
-    if ((mask_bits >> d) & 1) {
+    if ((reduced_dims >> d) & 1u) {
       red_dims.push_back(d);
     } else {
       kept_shape.push_back(in.shape[d]);
@@ -326,8 +300,8 @@ inline Launch plan_reduction(const TensorArg& in, std::int64_t mask_bits, bool r
   Launch l{};
   l.plan.n_out = numel_of(kept_shape);
   l.plan.n_red = numel_of(red_shape);
-  cpu::merge_dims(kept_shape, kept_strides);
-  cpu::merge_dims(red_shape, red_strides);
+  merge_dims(kept_shape, kept_strides);  // core/shape.hpp
+  merge_dims(red_shape, red_strides);
   l.plan.kept = to_dims(kept_shape, kept_strides);
   l.plan.red = to_dims(red_shape, red_strides);
   const std::int64_t n_out = l.plan.n_out, n_red = l.plan.n_red;
@@ -376,14 +350,14 @@ void launch_rows(const R& r, const Launch& l, const T* in, const Outputs<T>& out
 }
 
 template <class T, class R>
-void run_reduction(const R& r, const Launch& l, const TensorArg& in, const Outputs<T>& out) {
+void run_reduction(const R& r, const Launch& l, const TensorView& in, const Outputs<T>& out, const DeviceLaunch& on) {
   using Acc = typename R::Acc;
-  cudaStream_t stream = cuda::current_stream(in.device);
+  const cudaStream_t stream = on.stream;
   Tensor<std::uint8_t> workspace;
   Acc* partial = nullptr;
   if (l.plan.segments > 1) {
     workspace = Tensor<std::uint8_t>({l.plan.n_out * l.plan.segments * static_cast<std::int64_t>(sizeof(Acc))},
-                                     Device::cuda(in.device));
+                                     Device::cuda(on.device));
     partial = reinterpret_cast<Acc*>(workspace.data());
   }
   const T* x = static_cast<const T*>(in.data);
@@ -415,92 +389,80 @@ void with_sum_type(DType dtype, F&& f) {
   }
 }
 
-inline std::int64_t element_size(DType dtype) {
-  switch (dtype) {
-    case DType::f64:
-    case DType::i64: return 8;
-    case DType::f32:
-    case DType::i32: return 4;
-    case DType::bf16:
-    case DType::f16: return 2;
-    default: return 1;
-  }
-}
-
 // The input permuted to [kept dims..., reduced dims...] (row-major order kept within each group)
-// and copied contiguous: then each group merges into one dim.
-inline TensorArg kept_then_reduced_copy(const TensorArg& in, std::int64_t& mask_bits, Tensor<std::uint8_t>& storage) {
-  TensorArg view = in, out{};
+// and copied contiguous (by the elementwise "cast" kernel, kernels/elementwise/copy.cuh): then
+// each group merges into one dim.
+inline TensorView kept_then_reduced_copy(const TensorView& in, std::uint32_t& reduced_dims,
+                                         Tensor<std::uint8_t>& storage, const DeviceLaunch& on) {
+  TensorView view = in, out{};
   int n = 0;
-  for (int pass = 0; pass < 2; ++pass)
+  for (std::uint32_t pass = 0; pass < 2; ++pass)
     for (int d = 0; d < in.ndim; ++d)
-      if (((mask_bits >> d) & 1) == pass) {
+      if (((reduced_dims >> d) & 1u) == pass) {
         view.shape[n] = in.shape[d];
         view.strides[n] = in.strides[d];
         ++n;
       }
-  const int reduced = std::popcount(static_cast<std::uint64_t>(mask_bits));
-  mask_bits = ((std::int64_t{1} << reduced) - 1) << (in.ndim - reduced);
+  const int reduced = std::popcount(reduced_dims);
+  reduced_dims = ((std::uint32_t{1} << reduced) - 1) << (in.ndim - reduced);
   out = view;
   std::int64_t stride = 1;
   for (int d = in.ndim - 1; d >= 0; --d) {
     out.strides[d] = stride;
     stride *= out.shape[d];
   }
-  storage = Tensor<std::uint8_t>({view.numel() * element_size(in.dtype)}, Device::cuda(in.device));
+  storage = Tensor<std::uint8_t>({view.numel() * dtype_size(in.dtype)}, Device::cuda(on.device));
   out.data = storage.data();
-  run_device_kernel("reduce", "cast", {{out, view}, {}, {}});
+  launch_device_kernel("reduce", CastArgs{.launch = on, .out = out, .in = view});
   return out;
 }
 
-inline void reduce_entry(const KernelCall& call) {
-  using detail::ReduceKind;
-  const TensorArg& values = call.tensors[0];
-  const TensorArg& indices = call.tensors[1];
-  TensorArg in = call.tensors[2];
-  const auto kind = static_cast<ReduceKind>(call.ints[0]);
-  const bool arg = kind == ReduceKind::argmax || kind == ReduceKind::argmin;
-  std::int64_t mask_bits = call.ints[1];
-  Launch l = plan_reduction(in, mask_bits, arg);
+inline void launch_reduce(const ReduceArgs& a) {
+  using math::ReduceOp;
+  TensorView in = a.in;
+  const ReduceOp kind = a.op;
+  const bool arg = kind == ReduceOp::argmax || kind == ReduceOp::argmin;
+  std::uint32_t reduced_dims = a.reduced_dims;
+  Launch l = plan_reduction(in, reduced_dims, arg);
   if (l.plan.n_out == 0) return;
-  cuda::DeviceGuard guard(in.device);
+  cuda::DeviceGuard guard(a.launch.device);
   Tensor<std::uint8_t> copy;
   if ((l.plan.kept.ndim > 1 && l.plan.n_out >= kMaxMultiDimPositions) ||
       (l.plan.red.ndim > 1 && l.plan.n_red >= kMaxMultiDimPositions)) {
-    in = kept_then_reduced_copy(in, mask_bits, copy);
-    l = plan_reduction(in, mask_bits, arg);
+    in = kept_then_reduced_copy(in, reduced_dims, copy, a.launch);
+    l = plan_reduction(in, reduced_dims, arg);
   }
   auto outputs = [&](auto tag) {
     using T = decltype(tag);
-    return Outputs<T>{static_cast<T*>(values.data), static_cast<std::int64_t*>(indices.data)};
+    return Outputs<T>{static_cast<T*>(a.values), a.indices};
   };
   switch (kind) {
-    case ReduceKind::sum:
-    case ReduceKind::mean:
+    case ReduceOp::sum:
+    case ReduceOp::mean:
       with_sum_type(in.dtype, [&](auto tag) {
         using T = decltype(tag);
-        run_reduction<T>(SumReducer<T>{kind == ReduceKind::mean}, l, in, outputs(tag));
+        run_reduction<T>(SumReducer<T>{kind == ReduceOp::mean}, l, in, outputs(tag), a.launch);
       });
       return;
-    case ReduceKind::max:
-    case ReduceKind::min:
+    case ReduceOp::max:
+    case ReduceOp::min:
       with_floating_type("amax/amin", in.dtype, [&](auto tag) {
         using T = decltype(tag);
-        if (kind == ReduceKind::max) run_reduction<T>(ExtremumReducer<T, true>{}, l, in, outputs(tag));
-        else run_reduction<T>(ExtremumReducer<T, false>{}, l, in, outputs(tag));
+        if (kind == ReduceOp::max) run_reduction<T>(ExtremumReducer<T, true>{}, l, in, outputs(tag), a.launch);
+        else run_reduction<T>(ExtremumReducer<T, false>{}, l, in, outputs(tag), a.launch);
       });
       return;
-    case ReduceKind::argmax:
-    case ReduceKind::argmin:
+    case ReduceOp::argmax:
+    case ReduceOp::argmin:
       with_floating_type("argmax/argmin", in.dtype, [&](auto tag) {
         using T = decltype(tag);
-        if (kind == ReduceKind::argmax) run_reduction<T>(ArgReducer<T, true>{}, l, in, outputs(tag));
-        else run_reduction<T>(ArgReducer<T, false>{}, l, in, outputs(tag));
+        if (kind == ReduceOp::argmax) run_reduction<T>(ArgReducer<T, true>{}, l, in, outputs(tag), a.launch);
+        else run_reduction<T>(ArgReducer<T, false>{}, l, in, outputs(tag), a.launch);
       });
       return;
   }
 }
 
-inline const bool reduce_registered = register_device_kernel("reduce", reduce_entry);
+inline const bool reduce_registered = register_device_kernel(&launch_reduce);
 
 }  // namespace kiln::kernels::reduction

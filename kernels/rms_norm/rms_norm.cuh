@@ -424,7 +424,7 @@ inline void launch_rms_norm_backward(const RmsNormBackwardArgs& a) {
   });
 }
 
-inline const bool registered =
+inline const bool rms_norm_registered =
     register_device_kernel(&launch_rms_norm_forward) && register_device_kernel(&launch_rms_norm_backward);
 
 }  // namespace kiln::kernels::rms_norm

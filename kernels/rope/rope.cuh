@@ -1,12 +1,13 @@
-// Rotary position embedding on CUDA (ops/rope.hpp; the CPU reference is backend/cpu/rope.hpp).
+// Rotary position embedding on CUDA (arguments kernels/rope/args.hpp: RopeTablesArgs, RopeArgs;
+// front-end ops/rope.hpp; the CPU reference is backend/cpu/rope.hpp).
 //
-// "rope_tables": cos/sin of every (position, frequency) angle. One thread per table entry computes
+// rope_tables: cos/sin of every (position, frequency) angle. One thread per table entry computes
 //   angle = position * theta^(-2i/D)
 // in double and rounds cos/sin once to the compute type, exactly as the CPU tables are built, so
 // both backends rotate by the same float values. The tables are tiny next to x ([S, D/2] against
 // [B, S, H, D]), so their cost is a few microseconds.
 //
-// "rope": rotates x [outer, S, H, D] (contiguous) by the tables [S, D/2] or [outer, S, D/2]:
+// rope: rotates x [outer, S, H, D] (contiguous) by the tables [S, D/2] or [outer, S, D/2]:
 //   y[a] = x[a] cos - x[b] sin,   y[b] = x[a] sin + x[b] cos,
 // with (a, b) = (i, i + D/2) (half_split) or (2i, 2i + 1) (interleaved), and sin negated for the
 // backward (the inverse rotation is the transpose). Products are rounded separately (no fused
@@ -20,14 +21,21 @@
 // (few heads) still fill the block. Unaligned or odd-sized data take a scalar path (P = 1).
 #pragma once
 
+#include <cuda_runtime.h>
+
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
-#include "common/device_types.cuh"
-#include "elementwise/map.cuh"
-#include "kiln/backend/cuda/stream.hpp"
+#include "kiln/core/tensor.hpp"
+#include "kiln/kernels/common/cuda_check.hpp"
+#include "kiln/kernels/common/device_guard.hpp"
+#include "kiln/kernels/common/dispatch_dtype.cuh"
+#include "kiln/kernels/common/element.cuh"
+#include "kiln/kernels/common/launch.cuh"
+#include "kiln/kernels/rope/args.hpp"
+#include "kiln/math/rope.hpp"
 
 namespace kiln::kernels::rope {
 
@@ -132,62 +140,39 @@ __global__ void __launch_bounds__(256) rotate_kernel(const T* __restrict__ x, T*
 
 // ---- host side ----
 
-template <class F>
-void with_rope_type(DType dtype, F&& f) {
-  switch (dtype) {
-    case DType::f32: return f(float{});
-    case DType::f64: return f(double{});
-    case DType::bf16: return f(bf16{});
-    case DType::f16: return f(fp16{});
-    default: fail("rope", "has no CUDA kernel for dtype ", dtype);
-  }
-}
-
-inline bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
-
-// tensors {cos, sin (f32 or f64, [n, half]), positions (i64 [n], contiguous)}; reals {theta};
-// ints {half, head_dim}.
-inline void tables_entry(const KernelCall& call) {
-  const TensorArg &cos = call.tensors[0], &sin = call.tensors[1], &pos = call.tensors[2];
-  const std::int64_t n = pos.numel();
-  const int half = static_cast<int>(call.ints[0]);
+inline void launch_rope_tables(const RopeTablesArgs& a) {
+  const std::int64_t n = a.n;
+  const int half = a.head_dim / 2;
   if (n == 0 || half == 0) return;
-  cuda::DeviceGuard guard(cos.device);
-  cudaStream_t stream = cuda::current_stream(cos.device);
-  // The inverse frequencies come from the host's pow, the same values the CPU tables use: the
-  // device's pow may differ in the last bit, and an angle of pos * inv_freq (pos up to 1e5+)
-  // turns that bit into a visible difference in sin/cos.
-  const int head_dim = static_cast<int>(call.ints[1]);
+  cuda::DeviceGuard guard(a.launch.device);
+  const cudaStream_t stream = a.launch.stream;
+  // The inverse frequencies come from the host's pow, the same values the CPU tables use (see
+  // math/rope.hpp).
   std::vector<double> inv_freqs(static_cast<std::size_t>(half));
-  for (int i = 0; i < half; ++i)
-    inv_freqs[static_cast<std::size_t>(i)] =
-        std::pow(call.reals[0], -2.0 * static_cast<double>(i) / static_cast<double>(head_dim));
-  const Tensor<double> inv = Tensor<double>::from_vector(inv_freqs, {half}, Device::cuda(cos.device));
+  for (int i = 0; i < half; ++i) inv_freqs[static_cast<std::size_t>(i)] = math::rope_inv_freq(a.theta, i, a.head_dim);
+  const Tensor<double> inv = Tensor<double>::from_vector(inv_freqs, {half}, Device::cuda(a.launch.device));
   auto launch = [&](auto tag) {
     using C = decltype(tag);
-    tables_kernel<C><<<blocks_for(n * half, 256), 256, 0, stream>>>(
-        static_cast<C*>(cos.data), static_cast<C*>(sin.data), static_cast<const std::int64_t*>(pos.data), n, half,
-        inv.data());
+    tables_kernel<C><<<blocks_for(n * half, 256), 256, 0, stream>>>(static_cast<C*>(a.cos), static_cast<C*>(a.sin),
+                                                                    a.positions, n, half, inv.data());
     KILN_CUDA_CHECK_LAUNCH();
   };
-  if (cos.dtype == DType::f64) {
+  if (a.dtype == DType::f64) {
     launch(double{});
   } else {
     launch(float{});
   }
 }
 
-// tensors {y, x, cos, sin} (contiguous); ints {outer, S, H, D, per_batch, half_split, inverse}.
-inline void rotate_entry(const KernelCall& call) {
-  const TensorArg &y = call.tensors[0], &x = call.tensors[1], &cos = call.tensors[2], &sin = call.tensors[3];
-  const std::int64_t outer = call.ints[0], S = call.ints[1];
-  const int H = static_cast<int>(call.ints[2]), D = static_cast<int>(call.ints[3]);
-  const bool per_batch = call.ints[4] != 0, half_split = call.ints[5] != 0, inverse = call.ints[6] != 0;
+inline void launch_rope(const RopeArgs& a) {
+  const std::int64_t outer = a.outer, S = a.S;
+  const int H = a.H, D = a.D;
+  const bool per_batch = a.per_batch_tables, half_split = a.half_split, inverse = a.inverse;
   const std::int64_t rows = outer * S;
   if (rows == 0 || H == 0) return;
-  cuda::DeviceGuard guard(x.device);
-  cudaStream_t stream = cuda::current_stream(x.device);
-  with_rope_type(x.dtype, [&](auto tag) {
+  cuda::DeviceGuard guard(a.launch.device);
+  const cudaStream_t stream = a.launch.stream;
+  with_floating_type("rope", a.dtype, [&](auto tag) {
     using T = decltype(tag);
     using C = compute_t<T>;
     auto launch = [&](auto vectorized, auto layout) {
@@ -199,13 +184,13 @@ inline void rotate_entry(const KernelCall& call) {
       const int ty = 256 / tx;
       const auto blocks = static_cast<unsigned>(std::min<std::int64_t>((rows + ty - 1) / ty, 1 << 20));
       rotate_kernel<T, Vectorized, HalfSplit><<<blocks, dim3(tx, ty), 0, stream>>>(
-          static_cast<const T*>(x.data), static_cast<T*>(y.data), static_cast<const C*>(cos.data),
-          static_cast<const C*>(sin.data), rows, S, H, D, per_batch, inverse);
+          static_cast<const T*>(a.x), static_cast<T*>(a.y), static_cast<const C*>(a.cos),
+          static_cast<const C*>(a.sin), rows, S, H, D, per_batch, inverse);
       KILN_CUDA_CHECK_LAUNCH();
     };
     // Vectors need every row, head and table row to start on a 16-byte boundary: the base pointers
     // aligned and D/2 a multiple of P (then D * sizeof(T) and (D/2) * sizeof(C) are multiples of 16).
-    const bool aligned = aligned16(x.data) && aligned16(y.data) && aligned16(cos.data) && aligned16(sin.data);
+    const bool aligned = aligned16(a.x) && aligned16(a.y) && aligned16(a.cos) && aligned16(a.sin);
     using Yes = std::true_type;
     using No = std::false_type;
     if (half_split) {
@@ -217,7 +202,6 @@ inline void rotate_entry(const KernelCall& call) {
   });
 }
 
-inline const bool registered =
-    register_device_kernel("rope_tables", tables_entry) && register_device_kernel("rope", rotate_entry);
+inline const bool registered = register_device_kernel(&launch_rope_tables) && register_device_kernel(&launch_rope);
 
 }  // namespace kiln::kernels::rope

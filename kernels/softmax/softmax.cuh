@@ -1,6 +1,7 @@
-// softmax and log_softmax along one dim, forward and backward, on CUDA (ops/softmax.hpp).
-//   "softmax":          tensors {y, x},     ints {dim, log}
-//   "softmax_backward": tensors {gx, g, y}, ints {dim, log}
+// softmax and log_softmax along one dim, forward and backward, on CUDA (front-end ops/softmax.hpp;
+// the CPU reference is backend/cpu/softmax.hpp). Arguments (kernels/softmax/args.hpp):
+//   launch_softmax_forward (SoftmaxForwardArgs):   y from x, along dim, log or not
+//   launch_softmax_backward (SoftmaxBackwardArgs): gx from g and y, along dim, log or not
 // All operands have one shape; any strides (the op passes rows that are unit-stride or a
 // contiguous tensor, see below).
 //
@@ -15,7 +16,7 @@
 //   forward:  sizeof(T) read + sizeof(T) written        backward: 2 sizeof(T) read + sizeof(T) written
 // provided the second read hits L2. It does because rows are re-read shortly after being read:
 // the number of rows in flight is capped so that they fit in about 60% of L2 (a grid-stride loop
-// over rows), and the second pass and the stores carry evict-first hints (reduce/row_visit.cuh).
+// over rows), and the second pass and the stores carry evict-first hints (common/row_visit.cuh).
 //
 // Two layouts:
 //   - unit-stride rows (the last dim, or any row with stride 1): a warp per row for rows up to
@@ -28,7 +29,8 @@
 //     each row's length; their states combine through shared memory in a fixed tree.
 // Sums accumulate in the compute type (float for float/bf16/fp16, double for double); the row is
 // reduced in a fixed pattern, so results are bit-identical run to run. Exponentials of floats use
-// the hardware exp2 (exp_c below); relative error against the double CPU reference stays ~1e-7.
+// the hardware exp2 (exp_c, in common/online_softmax.cuh with the online max/sum rule that the
+// fused cross-entropy shares); relative error against the double CPU reference stays ~1e-7.
 //
 // Stability and special values, as on the CPU: every exponent is x - max <= 0; the max element
 // contributes exp(0) = 1 so s >= 1; -inf entries get probability 0 (log-probability -inf); a row
@@ -37,56 +39,19 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 
-#include "common/device_types.cuh"
-#include "elementwise/map.cuh"
-#include "kiln/backend/cuda/stream.hpp"
-#include "reduce/block_reduce.cuh"
-#include "reduce/row_visit.cuh"
+#include "kiln/kernels/common/cuda_check.hpp"
+#include "kiln/kernels/common/device_guard.hpp"
+#include "kiln/kernels/common/device_info.hpp"
+#include "kiln/kernels/common/dispatch_dtype.cuh"
+#include "kiln/kernels/common/element.cuh"
+#include "kiln/kernels/common/online_softmax.cuh"
+#include "kiln/kernels/common/reduce.cuh"
+#include "kiln/kernels/common/row_visit.cuh"
+#include "kiln/kernels/softmax/args.hpp"
 
 namespace kiln::kernels::softmax_kernels {
-
-using reduction::Rows;
-
-// The hardware exp2 (MUFU.EX2) after one multiply: 2 instructions where expf takes about 8,
-// which matters at bf16 rates (an exp per element per pass). Error: about 2 ulp near 0, growing
-// by one ulp per unit of |x|, i.e. only where exp(x) is small next to the row's largest terms
-// (those near x - max = 0 dominate every sum and every normalised output).
-__device__ __forceinline__ float exp_c(float x) { return __expf(x); }
-__device__ __forceinline__ double exp_c(double x) { return ::exp(x); }
-__device__ __forceinline__ float log_c(float x) { return logf(x); }
-__device__ __forceinline__ double log_c(double x) { return ::log(x); }
-
-// exp(a - m) for a <= m, taking equal arguments as exactly 1 (so that m = -inf, a = -inf does not
-// give exp(NaN): a thread that has seen only -inf holds a sum that is wiped out once any finite
-// value arrives, or leaves the row NaN if none does).
-template <class C>
-__device__ __forceinline__ C exp_below(C a, C m) {
-  return a == m ? C(1) : exp_c(a - m);
-}
-
-// Running max m and sum s of exp(x - m) (S: the sum's type).
-template <class C, class S>
-struct OnlineMaxSum {
-  C m;
-  S s;
-
-  __device__ static OnlineMaxSum identity() { return {-static_cast<C>(INFINITY), S(0)}; }
-  // A NaN x is never > m; it lands in the sum and makes it NaN.
-  __device__ void add(C x) {
-    if (x > m) {
-      s = s * static_cast<S>(exp_below(m, x)) + S(1);
-      m = x;
-    } else {
-      s += static_cast<S>(exp_below(x, m));
-    }
-  }
-  // Symmetric in a and b (bit for bit), as the warp butterfly needs.
-  __device__ static OnlineMaxSum combine(const OnlineMaxSum& a, const OnlineMaxSum& b) {
-    const C m = a.m > b.m ? a.m : b.m;
-    return {m, a.s * static_cast<S>(exp_below(a.m, m)) + b.s * static_cast<S>(exp_below(b.m, m))};
-  }
-};
 
 // The forward: state (m, s); per row m and log(s) (log_softmax) or 1 / s (softmax).
 template <class T, bool kLog>
@@ -127,7 +92,7 @@ struct Inputs {
 
 // Unit-stride rows: G threads per row (a warp, or the whole block), grid-stride over rows.
 template <class Op, int G, int Block, class T>
-__global__ void __launch_bounds__(Block, reduction::kRowMinBlocks<T, Block>)
+__global__ void __launch_bounds__(Block, kRowMinBlocks<T, Block>)
     rows_kernel(Rows<Op::kInputs + 1> rows, T* __restrict__ out, Inputs<T, Op::kInputs> in) {
   using C = compute_t<T>;
   using State = typename Op::State;
@@ -143,12 +108,12 @@ __global__ void __launch_bounds__(Block, reduction::kRowMinBlocks<T, Block>)
 #pragma unroll
     for (int i = 0; i < K; ++i) row[i] = in.p[i] + off[i + 1];
     State st = Op::identity();
-    reduction::visit_row<G, false, false>(lane, n, row, static_cast<T*>(nullptr),
+    visit_row<G, false, false>(lane, n, row, static_cast<T*>(nullptr),
                                           [&](std::int64_t, const C (&v)[K]) { Op::add(st, v); });
-    st = reduction::group_all_reduce<G, Block>(
-        st, [](const State& x, const State& y) { return Op::combine(x, y); }, Op::identity());
+    st = group_all_reduce<G, Block>(st, [](const State& x, const State& y) { return Op::combine(x, y); },
+                                    Op::identity());
     const typename Op::Row fin = Op::finish(st);
-    reduction::visit_row<G, true, true>(lane, n, row, out + off[0],
+    visit_row<G, true, true>(lane, n, row, out + off[0],
                                         [&](std::int64_t, const C (&v)[K]) { return Op::out(fin, v); });
   }
 }
@@ -212,11 +177,11 @@ __global__ void __launch_bounds__(32 * kMaxSlices, 2)
 template <class Op, int G, class T>
 void launch_rows(const Rows<Op::kInputs + 1>& rows, T* out, const Inputs<T, Op::kInputs>& in, int device,
                  cudaStream_t stream) {
-  constexpr int block = reduction::kRowBlock<G>;
+  constexpr int block = kRowBlock<G>;
   constexpr int per_block = block / G;
   const std::int64_t needed = (rows.count + per_block - 1) / per_block;
   // Rows in flight: enough to fill the GPU, few enough that their second read hits L2.
-  const reduction::DeviceInfo info = reduction::device_info(device);
+  const DeviceInfo& info = device_info(device);
   const std::int64_t row_bytes = rows.length * static_cast<std::int64_t>(sizeof(T)) * Op::kInputs;
   const std::int64_t resident =
       static_cast<std::int64_t>(kL2Share * info.l2_bytes) / std::max<std::int64_t>(1, row_bytes * per_block);
@@ -226,18 +191,18 @@ void launch_rows(const Rows<Op::kInputs + 1>& rows, T* out, const Inputs<T, Op::
 }
 
 template <class Op, class T>
-void run(const char* op, const std::vector<TensorArg>& tensors, int dim) {
+void run(const char* op, const TensorView* const (&views)[Op::kInputs + 1], int dim, const DeviceLaunch& on) {
   constexpr int N = Op::kInputs + 1;
-  const Rows<N> rows = reduction::rows_along<N>(op, tensors.data(), dim);
+  const Rows<N> rows = rows_along<N>(op, views, dim);
   if (rows.count == 0 || rows.length == 0) return;
-  const int device = tensors[0].device;
+  const int device = on.device;
   cuda::DeviceGuard guard(device);
-  cudaStream_t stream = cuda::current_stream(device);
-  T* out = static_cast<T*>(tensors[0].data);
+  const cudaStream_t stream = on.stream;
+  T* out = static_cast<T*>(views[0]->data);
   Inputs<T, Op::kInputs> in{};
-  for (int i = 0; i < Op::kInputs; ++i) in.p[i] = static_cast<const T*>(tensors[static_cast<std::size_t>(i) + 1].data);
+  for (int i = 0; i < Op::kInputs; ++i) in.p[i] = static_cast<const T*>(views[i + 1]->data);
   if (rows.unit_stride()) {
-    switch (reduction::row_threads(rows.length)) {
+    switch (row_threads(rows.length)) {
       case 32: launch_rows<Op, 32>(rows, out, in, device, stream); break;
       case 256: launch_rows<Op, 256>(rows, out, in, device, stream); break;
       default: launch_rows<Op, 512>(rows, out, in, device, stream); break;
@@ -251,29 +216,27 @@ void run(const char* op, const std::vector<TensorArg>& tensors, int dim) {
   KILN_CUDA_CHECK_LAUNCH();
 }
 
-inline void softmax_entry(const KernelCall& call) {
-  const int dim = static_cast<int>(call.ints[0]);
-  const bool log = call.ints[1] != 0;
-  const char* op = log ? "log_softmax" : "softmax";
-  with_floating_type(op, call.tensors[0].dtype, [&](auto tag) {
+inline void launch_softmax_forward(const SoftmaxForwardArgs& a) {
+  const char* op = a.log ? "log_softmax" : "softmax";
+  const TensorView* const views[2] = {&a.y, &a.x};
+  with_floating_type(op, a.y.dtype, [&](auto tag) {
     using T = decltype(tag);
-    if (log) run<Forward<T, true>, T>(op, call.tensors, dim);
-    else run<Forward<T, false>, T>(op, call.tensors, dim);
+    if (a.log) run<Forward<T, true>, T>(op, views, a.dim, a.launch);
+    else run<Forward<T, false>, T>(op, views, a.dim, a.launch);
   });
 }
 
-inline void softmax_backward_entry(const KernelCall& call) {
-  const int dim = static_cast<int>(call.ints[0]);
-  const bool log = call.ints[1] != 0;
-  const char* op = log ? "log_softmax backward" : "softmax backward";
-  with_floating_type(op, call.tensors[0].dtype, [&](auto tag) {
+inline void launch_softmax_backward(const SoftmaxBackwardArgs& a) {
+  const char* op = a.log ? "log_softmax backward" : "softmax backward";
+  const TensorView* const views[3] = {&a.gx, &a.g, &a.y};
+  with_floating_type(op, a.gx.dtype, [&](auto tag) {
     using T = decltype(tag);
-    if (log) run<Backward<T, true>, T>(op, call.tensors, dim);
-    else run<Backward<T, false>, T>(op, call.tensors, dim);
+    if (a.log) run<Backward<T, true>, T>(op, views, a.dim, a.launch);
+    else run<Backward<T, false>, T>(op, views, a.dim, a.launch);
   });
 }
 
-inline const bool softmax_registered = register_device_kernel("softmax", softmax_entry) &&
-                                       register_device_kernel("softmax_backward", softmax_backward_entry);
+inline const bool softmax_registered =
+    register_device_kernel(&launch_softmax_forward) && register_device_kernel(&launch_softmax_backward);
 
 }  // namespace kiln::kernels::softmax_kernels

@@ -16,7 +16,7 @@
 #include <kiln/optim/adamw.hpp>
 #include <kiln/optim/clip.hpp>
 
-#include "../nn_test_util.hpp"
+#include "nn_test_util.hpp"
 #include "dist_test.hpp"
 
 namespace kiln::dist_test {

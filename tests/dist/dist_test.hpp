@@ -11,7 +11,7 @@
 #include <kiln/dist/collectives.hpp>
 #include <kiln/dist/mpi.hpp>
 
-#include "../test_util.hpp"
+#include "test_util.hpp"
 
 namespace kiln::dist_test {
 

@@ -38,8 +38,8 @@
 #include <kiln/nn/llama.hpp>
 
 #ifdef KILN_HF_EXPORT_CUDA
-#include <kiln/backend/cuda/cublaslt.hpp>
 #include <kiln/backend/cuda/runtime.hpp>
+#include <kiln/kernels/matmul/cublaslt.hpp>
 #endif
 
 namespace {

@@ -8,12 +8,15 @@
 #include <cmath>
 #include <cstdint>
 
+#include "kiln/core/low_precision.hpp"  // KILN_HD
+
 namespace kiln {
 
 namespace philox {
 
 // One Philox-4x32 block: 10 rounds of multiply-xorshift over a 128-bit counter with a 64-bit key.
-inline std::array<std::uint32_t, 4> block(std::array<std::uint32_t, 4> ctr, std::array<std::uint32_t, 2> key) {
+// Host and device (kernels that draw random numbers compute the same words as the CPU).
+KILN_HD inline std::array<std::uint32_t, 4> block(std::array<std::uint32_t, 4> ctr, std::array<std::uint32_t, 2> key) {
   constexpr std::uint32_t M0 = 0xD2511F53u, M1 = 0xCD9E8D57u;  // multipliers from the paper
   constexpr std::uint32_t W0 = 0x9E3779B9u, W1 = 0xBB67AE85u;  // Weyl key increments
   for (int round = 0; round < 10; ++round) {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "kiln/core/error.hpp"
@@ -64,6 +65,28 @@ inline Strides broadcast_strides(const Shape& shape, const Strides& strides, con
   for (std::size_t i = 0; i < shape.size(); ++i)
     out[lead + i] = (shape[i] == 1 && target[lead + i] != 1) ? 0 : strides[i];
   return out;
+}
+
+// Merges neighbouring dims that step through memory as one (stride[i] == stride[i+1] * size[i+1])
+// and drops size-1 dims: row-major order is unchanged, and the common cases (a contiguous tensor
+// reduced over its trailing dims) become one dim with unit stride, with no div/mod per element.
+// Used by the CPU reductions (backend/cpu/reduce.hpp) and by the CUDA reduction's planner
+// (kernels/reduce/reduce.cuh).
+inline void merge_dims(Shape& shape, Strides& strides) {
+  Shape s;
+  Strides t;
+  for (std::size_t d = 0; d < shape.size(); ++d) {
+    if (shape[d] == 1) continue;
+    if (!s.empty() && t.back() == strides[d] * shape[d]) {
+      s.back() *= shape[d];
+      t.back() = strides[d];
+    } else {
+      s.push_back(shape[d]);
+      t.push_back(strides[d]);
+    }
+  }
+  shape = std::move(s);
+  strides = std::move(t);
 }
 
 }  // namespace kiln

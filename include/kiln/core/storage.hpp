@@ -35,6 +35,15 @@ struct DeviceBackend {
                std::size_t bytes) = nullptr;
   // The stream kiln queues this thread's work for `device` on (kernels take it in their arguments).
   DeviceStream (*stream)(int device) = nullptr;
+  // Graphs (core/device_graph.hpp). begin: a new graph with a stream of its own, made this
+  // thread's kiln stream for `device`; record: start capturing that stream; end: stop, instantiate
+  // and restore the thread's stream; replay: launch, ordered with the device's kiln stream;
+  // destroy: also ends a capture in progress and restores the stream.
+  void* (*graph_begin)(int device) = nullptr;
+  void (*graph_record)(void* graph) = nullptr;
+  void (*graph_end)(void* graph) = nullptr;
+  void (*graph_replay)(void* graph) = nullptr;
+  void (*graph_destroy)(void* graph) = nullptr;
 };
 
 // The CUDA backend's table, or nullptr when no nvcc-compiled translation unit registered one.

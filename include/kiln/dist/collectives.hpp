@@ -25,9 +25,10 @@
 
 #include "kiln/autograd/node.hpp"
 #include "kiln/backend/cpu/elementwise.hpp"
-#include "kiln/core/dispatch.hpp"
 #include "kiln/dist/agreement.hpp"
 #include "kiln/dist/communicator.hpp"
+#include "kiln/kernels/elementwise/args.hpp"
+#include "kiln/ops/common.hpp"
 #include "kiln/ops/copy.hpp"
 
 namespace kiln::dist {
@@ -42,7 +43,9 @@ void copy_into(const Tensor<T>& dst, const Tensor<T>& src) {
         src.shape(), " on ", dst.device(), " and ", src.device());
   if (dst.numel() == 0) return;
   if (!dst.device().is_cpu()) {
-    run_device_kernel("dist::copy_into", "cast", {{tensor_arg(dst), tensor_arg(src)}, {}, {}});
+    launch_device_kernel("dist::copy_into", kernels::CastArgs{.launch = launch_on("dist::copy_into", dst.device()),
+                                                              .out = kernel_view(dst),
+                                                              .in = kernel_view(src)});
   } else if (dst.is_contiguous() && src.is_contiguous()) {
     std::memcpy(static_cast<void*>(dst.data()), src.data(), static_cast<std::size_t>(dst.numel()) * sizeof(T));
   } else {
@@ -54,7 +57,9 @@ template <class T>
 void fill_zero(const Tensor<T>& dst) {
   if (dst.numel() == 0) return;
   if (!dst.device().is_cpu()) {
-    run_device_kernel("dist::fill_zero", "fill", {{tensor_arg(dst)}, {0.0}, {}});
+    launch_device_kernel("dist::fill_zero", kernels::FillArgs{.launch = launch_on("dist::fill_zero", dst.device()),
+                                                              .out = kernel_view(dst),
+                                                              .value = 0.0});
   } else {
     cpu::fill(dst, convert<T>(0.0));
   }

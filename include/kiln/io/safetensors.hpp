@@ -67,16 +67,6 @@ inline std::optional<DType> safetensors_dtype_from_name(std::string_view s) {
   return std::nullopt;
 }
 
-inline std::size_t dtype_size(DType d) {
-  switch (d) {
-    case DType::f64: case DType::i64: return 8;
-    case DType::f32: case DType::i32: return 4;
-    case DType::f16: case DType::bf16: return 2;
-    case DType::fp8_e4m3: case DType::fp8_e5m2: case DType::u8: case DType::boolean: return 1;
-  }
-  return 0;
-}
-
 namespace detail {
 
 template <class T>
@@ -144,7 +134,7 @@ class NamedTensor {
   DType dtype() const { return dtype_; }
   const Shape& shape() const { return shape_; }
   bool defined() const { return defined_; }
-  std::uint64_t nbytes() const { return static_cast<std::uint64_t>(numel_of(shape_)) * dtype_size(dtype_); }
+  std::uint64_t nbytes() const { return static_cast<std::uint64_t>(numel_of(shape_)) * static_cast<std::uint64_t>(kiln::dtype_size(dtype_)); }
   // Passes the row-major element bytes to `sink` (in one or more pieces).
   void emit(const Sink& sink) const { emit_(sink); }
 
@@ -177,7 +167,7 @@ inline void save_safetensors(const std::string& path, const std::vector<NamedTen
   std::vector<std::size_t> order(tensors.size());
   for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
   std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
-    return dtype_size(tensors[a].dtype()) > dtype_size(tensors[b].dtype());
+    return kiln::dtype_size(tensors[a].dtype()) > kiln::dtype_size(tensors[b].dtype());
   });
 
   json header = json::object();
@@ -399,8 +389,8 @@ inline Safetensors Safetensors::load(const std::string& path) {
       }
     }
     const std::uint64_t numel = has_zero ? 0 : product;
-    const bool too_big = numel > std::numeric_limits<std::uint64_t>::max() / dtype_size(e.dtype);
-    const std::uint64_t nbytes = too_big ? 0 : numel * dtype_size(e.dtype);
+    const bool too_big = numel > std::numeric_limits<std::uint64_t>::max() / static_cast<std::uint64_t>(kiln::dtype_size(e.dtype));
+    const std::uint64_t nbytes = too_big ? 0 : numel * static_cast<std::uint64_t>(kiln::dtype_size(e.dtype));
     const json& off = info["data_offsets"];
     if (!off.is_array() || off.size() != 2)
       fail(op, path, ": tensor '", name, "': data_offsets must be [begin, end], got ", off.dump());

@@ -1,18 +1,16 @@
 // Causal scaled-dot-product attention built from kiln ops, shared by Llama attention and MLA:
 //   P = softmax(scale · Q·Kᵀ + M),  out = P·V,   M[i, j] = -inf where key j lies after query i.
-// Queries are the last Sq of the Sk key positions (Sq = Sk for a full sequence, Sq < Sk when
-// earlier keys come from a cache), so query i sits at key index Sk - Sq + i and sees keys 0..that.
+// Queries are the last Sq of the Sk key positions (Sq = Sk for a full sequence; Sq < Sk when the
+// queries continue earlier keys), so query i sits at key index Sk - Sq + i and sees keys 0..that.
 // The mask compares indices, not rope positions: positions only rotate queries and keys.
 //
 // Also here, for both decoders (nn/llama.hpp, nn/deepseek_v3.hpp): rope tables placed on the
 // device of the tensors they rotate, built once per forward pass and shared by every layer; checks
-// of ids and positions; the per-layer cache of incremental decoding.
+// of ids and positions. (Generation's preallocated caches: infer/kv_cache.hpp.)
 #pragma once
 
-#include <cstddef>
 #include <cstdint>
 #include <limits>
-#include <vector>
 
 #include "kiln/ops/compare.hpp"
 #include "kiln/ops/copy.hpp"
@@ -80,22 +78,16 @@ inline std::int64_t check_ids(const char* op, const Tensor<std::int64_t>& ids) {
   return ids.size(1);
 }
 
-// One cache per decoder layer for incremental decoding (LayerCache: the layer's KVCache or
-// MLACache, with length()). Empty until the model's first forward with it.
-template <class LayerCache>
-struct DecoderCache {
-  std::vector<LayerCache> layers;
-
-  std::int64_t length() const { return layers.empty() ? 0 : layers.front().length(); }
-  void clear() { layers.clear(); }
-
-  // Called by a model of `num_layers` layers before it uses the cache: makes the layer caches on
-  // first use; a cache filled by a model of another depth is an error.
-  void prepare(const char* op, std::size_t num_layers) {
-    if (layers.empty()) layers.resize(num_layers);
-    check(layers.size() == num_layers, op, "cache holds ", layers.size(), " layers, the model ", num_layers);
-  }
-};
+// Rope tables for a decode step, one new token per row: positions [n] -> tables [n, 1, dim/2],
+// which rotate x [n, 1, heads, dim] row by row. With positions already on `device` nothing is
+// copied, and on a GPU a kernel builds the tables from them: the host never reads the positions.
+template <class T>
+RopeTables<compute_t<T>> decode_rope_tables(const Tensor<std::int64_t>& positions, std::int64_t dim, double theta,
+                                            Device device) {
+  check_defined("decode_rope_tables", positions);
+  check(positions.dim() == 1, "decode_rope_tables", "positions must be [n], got shape ", positions.shape());
+  return rope_tables_on<T>(reshape(positions, {positions.size(0), 1}), dim, theta, device);
+}
 
 // Positions first, first + 1, ..., first + n - 1 (a host tensor [n]).
 inline Tensor<std::int64_t> positions_from(std::int64_t first, std::int64_t n) {

@@ -9,6 +9,13 @@
 //   loss = CE(logits, targets) + λ/D Σ_k CE_k (MTP) + Σ_layers L_bal (when α > 0)
 // The balance loss sums over every MoE layer, those of the MTP blocks included; update_balance()
 // applies the aux-loss-free bias rule to all of them.
+//
+// Generation (infer/engine.hpp): make_decode_cache() preallocates per layer the MLA latent cache
+// [slots, capacity, 1, kv_lora_rank + qk_rope_head_dim] (infer/kv_cache.hpp) and stacks each MoE
+// layer's experts for dense dispatch; prefill() runs right-padded prompts through MLA's naive
+// path and writes their latents; decode() advances one token per sequence through the absorbed
+// path and dense MoE dispatch, with device index tensors only: no host reads. The MTP modules do
+// not take part.
 #pragma once
 
 #include <cstdint>
@@ -17,6 +24,7 @@
 #include <utility>
 #include <vector>
 
+#include "kiln/infer/kv_cache.hpp"
 #include "kiln/nn/attention.hpp"
 #include "kiln/nn/balance.hpp"
 #include "kiln/nn/config.hpp"
@@ -25,7 +33,7 @@
 #include "kiln/nn/module.hpp"
 #include "kiln/nn/moe.hpp"
 #include "kiln/nn/mtp.hpp"
-#include "kiln/ops/loss.hpp"
+#include "kiln/ops/cross_entropy.hpp"
 
 namespace kiln::nn {
 
@@ -51,9 +59,13 @@ Tensor<T> add_terms(const Tensor<T>& a, const Tensor<T>& b) {
 }
 }  // namespace detail
 
-// One MLA cache per layer, for incremental decoding (the absorbed attention path).
+// What a DeepSeek-V3 model decodes with (make_decode_cache).
 template <class T>
-using DeepseekV3Cache = DecoderCache<MLACache<T>>;
+struct DeepseekV3DecodeCache {
+  infer::KVCache<T> kv;                  // per layer the latent cache [slots, capacity, 1, r + dr]
+  std::vector<DenseExperts<T>> experts;  // per layer: an MoE layer's stacked experts (a snapshot of
+                                         // its weights when the cache was made); empty for dense layers
+};
 
 template <class T>
 class DeepseekV3DecoderLayer : public Module<T> {
@@ -80,11 +92,11 @@ class DeepseekV3DecoderLayer : public Module<T> {
     this->register_module("post_attention_layernorm", &post_attention_layernorm);
   }
 
+  using CacheLayer = typename infer::KVCache<T>::Layer;
+
   // x [B, S, hidden] with rope tables for qk_rope_head_dim (shared by the layers of a forward).
-  // With a cache the attention takes the absorbed path and appends this call's latents.
-  DecoderOutput<T> forward_full(const Tensor<T>& x, const Tables& tables, MLACache<T>* cache = nullptr) {
-    const Tensor<T> a = add(x, cache ? self_attn.forward_absorbed(input_layernorm(x), tables, cache)
-                                     : self_attn.forward(input_layernorm(x), tables));
+  DecoderOutput<T> forward_full(const Tensor<T>& x, const Tables& tables) {
+    const Tensor<T> a = add(x, self_attn.forward(input_layernorm(x), tables));
     const Tensor<T> m = post_attention_layernorm(a);
     if (!moe) return {add(a, (*dense_mlp)(m)), Tensor<T>()};
     MoEOutput<T> y = moe->forward_full(m);
@@ -102,6 +114,18 @@ class DeepseekV3DecoderLayer : public Module<T> {
 
   bool is_moe() const { return moe != nullptr; }
 
+  // Generation: prompts [B, S, hidden] whose latents go to the cache (MLA::prefill), and one token
+  // per row [n, 1, hidden] (MLA::decode). An MoE layer dispatches densely over `experts` (its
+  // stack_experts()); a dense layer ignores them.
+  Tensor<T> prefill(const Tensor<T>& x, const Tables& tables, const CacheLayer& cache,
+                    const infer::PrefillIndex& index, const DenseExperts<T>& experts) const {
+    return mlp_block(add(x, self_attn.prefill(input_layernorm(x), tables, cache, index)), experts);
+  }
+  Tensor<T> decode(const Tensor<T>& x, const Tables& tables, const CacheLayer& cache,
+                   const infer::DecodeIndex& index, const DenseExperts<T>& experts) const {
+    return mlp_block(add(x, self_attn.decode(input_layernorm(x), tables, cache, index)), experts);
+  }
+
   std::int64_t layer_idx;
   MLA<T> self_attn;
   std::unique_ptr<SwiGLUMLP<T>> dense_mlp;  // "mlp" of a dense layer
@@ -109,6 +133,12 @@ class DeepseekV3DecoderLayer : public Module<T> {
   RMSNorm<T> input_layernorm, post_attention_layernorm;
 
  private:
+  // a + mlp(post_attention_layernorm(a)) with dense MoE dispatch.
+  Tensor<T> mlp_block(const Tensor<T>& a, const DenseExperts<T>& experts) const {
+    const Tensor<T> m = post_attention_layernorm(a);
+    return add(a, moe ? moe->forward_dense(m, experts) : (*dense_mlp)(m));
+  }
+
   std::int64_t rope_dim_;
   double rope_theta_;
 };
@@ -142,24 +172,21 @@ class DeepseekV3Model : public Module<T> {
 
   // ids [B, S], positions [S] or [B, S] -> the last layer's hidden states [B, S, hidden] BEFORE
   // the final norm, and the summed balance loss of the MoE layers.
-  DecoderOutput<T> forward_full(const Tensor<std::int64_t>& ids, const Tensor<std::int64_t>& positions,
-                                DeepseekV3Cache<T>* cache = nullptr) {
+  DecoderOutput<T> forward_full(const Tensor<std::int64_t>& ids, const Tensor<std::int64_t>& positions) {
     check_ids("DeepseekV3Model", ids);
     check_positions("DeepseekV3Model", positions, ids.size(0), ids.size(1));
-    if (cache) cache->prepare("DeepseekV3Model", layers.size());
     DecoderOutput<T> out{embed_tokens(ids), Tensor<T>()};
     const auto tables = rope_tables_on<T>(positions, config.qk_rope_head_dim, config.rope_theta, out.hidden.device());
-    for (std::size_t i = 0; i < layers.size(); ++i) {
-      DecoderOutput<T> l = layers[i]->forward_full(out.hidden, tables, cache ? &cache->layers[i] : nullptr);
+    for (const auto& layer : layers) {
+      DecoderOutput<T> l = layer->forward_full(out.hidden, tables);
       out.hidden = l.hidden;
       out.balance_loss = detail::add_terms(out.balance_loss, l.balance_loss);
     }
     return out;
   }
   // The final hidden states after norm.
-  Tensor<T> forward(const Tensor<std::int64_t>& ids, const Tensor<std::int64_t>& positions,
-                    DeepseekV3Cache<T>* cache = nullptr) {
-    return norm(forward_full(ids, positions, cache).hidden);
+  Tensor<T> forward(const Tensor<std::int64_t>& ids, const Tensor<std::int64_t>& positions) {
+    return norm(forward_full(ids, positions).hidden);
   }
 
   DeepseekV3Config config;
@@ -197,14 +224,8 @@ class DeepseekV3ForCausalLM : public Module<T> {
     return forward(ids, positions_from(0, check_ids("DeepseekV3ForCausalLM", ids)));
   }
   Tensor<T> operator()(const Tensor<std::int64_t>& ids) { return forward(ids); }
-  // Incremental decoding over the latent cache: ids [B, S] follow the cached tokens.
-  Tensor<T> forward(const Tensor<std::int64_t>& ids, DeepseekV3Cache<T>* cache) {
-    const std::int64_t past = cache ? cache->length() : 0;
-    return forward(ids, positions_from(past, check_ids("DeepseekV3ForCausalLM", ids)), cache);
-  }
-  Tensor<T> forward(const Tensor<std::int64_t>& ids, const Tensor<std::int64_t>& positions,
-                    DeepseekV3Cache<T>* cache = nullptr) {
-    return head(model.forward(ids, positions, cache));
+  Tensor<T> forward(const Tensor<std::int64_t>& ids, const Tensor<std::int64_t>& positions) {
+    return head(model.forward(ids, positions));
   }
 
   // Training forward: ids and next-token targets [B, S] (targets[:, i] follows ids[:, i];
@@ -240,6 +261,65 @@ class DeepseekV3ForCausalLM : public Module<T> {
   // hidden [..., hidden] -> logits (lm_head, or the embedding when tied).
   Tensor<T> head(const Tensor<T>& h) const { return lm_head ? (*lm_head)(h) : linear(h, model.embed_tokens.weight); }
 
+  // ---- generation (driven by infer/engine.hpp; runs without a graph under NoGradGuard) ----
+
+  using DecodeCache = DeepseekV3DecodeCache<T>;
+
+  // The latent caches of `slots` sequences of up to `capacity` tokens each, on the model's device,
+  // and the MoE layers' experts stacked for dense dispatch (a snapshot: make a new cache after the
+  // weights change).
+  DecodeCache make_decode_cache(std::int64_t slots, std::int64_t capacity) const {
+    const DeepseekV3Config& c = model.config;
+    DecodeCache cache{infer::KVCache<T>::latent(static_cast<std::int64_t>(model.layers.size()), slots, capacity,
+                                                c.kv_lora_rank, c.qk_rope_head_dim, device()),
+                      {}};
+    for (const auto& layer : model.layers)
+      cache.experts.push_back(layer->moe ? layer->moe->stack_experts() : DenseExperts<T>());
+    return cache;
+  }
+
+  // Prompts ids [B, S] (right-padded: row b's tokens are ids[b, 0 .. lengths_b − 1], the rest any
+  // valid id) at positions 0..S−1 through the training path's attention (MLA's naive path); every
+  // layer's latents are written to the targets of `index` (target r gets prompt index.rows[r]).
+  // Returns the logits of each target's last prompt token, [R, vocab]: right padding leaves them
+  // exact, as the causal mask keeps the padding after them out of their attention.
+  Tensor<T> prefill(const Tensor<std::int64_t>& ids, const infer::PrefillIndex& index, DecodeCache& cache) const {
+    const char* op = "DeepseekV3ForCausalLM::prefill";
+    check_ids(op, ids);
+    check(ids.size(0) == index.batch && ids.size(1) == index.seq, op, "ids of shape ", ids.shape(),
+          " do not match the prefill index's prompts [", index.batch, ", ", index.seq, "]");
+    check_cache(op, cache);
+    Tensor<T> h = model.embed_tokens(ids);
+    const auto tables = rope_tables_on<T>(positions_from(0, ids.size(1)), model.config.qk_rope_head_dim,
+                                          model.config.rope_theta, h.device());
+    for (std::size_t i = 0; i < model.layers.size(); ++i)
+      h = model.layers[i]->prefill(h, tables, cache.kv.layer(static_cast<std::int64_t>(i)), index, cache.experts[i]);
+    // Norm and head only where logits are needed: each target's last prompt token.
+    const Tensor<T> last = index_select(reshape(h, {-1, h.size(2)}), 0, index.last);
+    return head(model.norm(last));
+  }
+
+  // One decode step: ids [n] (each row's newest token, on the model's device) at index.positions
+  // of index.slots -> logits [n, vocab] of the token after it. Only device tensors: no host reads.
+  Tensor<T> decode(const Tensor<std::int64_t>& ids, const infer::DecodeIndex& index, DecodeCache& cache) const {
+    const char* op = "DeepseekV3ForCausalLM::decode";
+    check_defined(op, ids);
+    check(ids.dim() == 1 && ids.size(0) == index.size(), op, "ids of shape ", ids.shape(), " must be [n] with n = ",
+          index.size(), " rows of the decode index");
+    check_cache(op, cache);
+    const std::int64_t n = ids.size(0);
+    Tensor<T> h = model.embed_tokens(reshape(ids, {n, 1}));  // [n, 1, hidden]
+    const auto tables =
+        decode_rope_tables<T>(index.positions, model.config.qk_rope_head_dim, model.config.rope_theta, h.device());
+    for (std::size_t i = 0; i < model.layers.size(); ++i)
+      h = model.layers[i]->decode(h, tables, cache.kv.layer(static_cast<std::int64_t>(i)), index, cache.experts[i]);
+    return reshape(head(model.norm(h)), {n, -1});
+  }
+
+  Device device() const { return model.embed_tokens.weight.device(); }
+  std::int64_t vocab_size() const { return model.config.vocab_size; }
+  std::int64_t max_positions() const { return model.config.max_position_embeddings; }
+
   // Every MoE layer with its index in model.layers (MTP blocks included).
   std::vector<std::pair<std::int64_t, MoE<T>*>> moe_layers() const {
     std::vector<std::pair<std::int64_t, MoE<T>*>> out;
@@ -273,6 +353,14 @@ class DeepseekV3ForCausalLM : public Module<T> {
 
   DeepseekV3Model<T> model;
   std::unique_ptr<Linear<T>> lm_head;  // null when tie_word_embeddings
+
+ private:
+  void check_cache(const char* op, const DecodeCache& cache) const {
+    const auto layers = static_cast<std::int64_t>(model.layers.size());
+    cache.kv.check_layers(op, layers);
+    check(static_cast<std::int64_t>(cache.experts.size()) == layers, op, "the cache holds stacked experts of ",
+          cache.experts.size(), " layers, the model has ", layers);
+  }
 };
 
 }  // namespace kiln::nn

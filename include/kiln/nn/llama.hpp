@@ -6,6 +6,12 @@
 // key/value heads, query head h reading kv head h / (num_attention_heads / num_key_value_heads)
 // (HF's repeat_kv order); rope in the half_split layout (HF's rotate_half) with rope_theta; scale
 // 1/sqrt(head_dim); causal. Not implemented: rope_scaling (Llama 3 frequency rescaling).
+//
+// Generation (infer/engine.hpp): make_decode_cache() preallocates per layer the rotated keys and
+// the values [slots, capacity, num_key_value_heads, head_dim] (infer/kv_cache.hpp); prefill()
+// runs right-padded prompts through the training path and writes their keys/values; decode()
+// advances one token per sequence (cache_write at its position, decode_attention over its
+// length), with device index tensors only: no host reads.
 #pragma once
 
 #include <cmath>
@@ -14,23 +20,20 @@
 #include <string>
 #include <vector>
 
+#include "kiln/infer/kv_cache.hpp"
 #include "kiln/nn/attention.hpp"
 #include "kiln/nn/config.hpp"
 #include "kiln/nn/linear.hpp"
-#include "kiln/ops/concat.hpp"
+#include "kiln/ops/decode_attention.hpp"
+#include "kiln/ops/gather.hpp"
 
 namespace kiln::nn {
 
-// Keys (rotated) and values of one layer's past tokens, [B, num_key_value_heads, S, head_dim].
+// What a Llama model decodes with (make_decode_cache): per layer the rotated keys and the values.
 template <class T>
-struct KVCache {
-  Tensor<T> k, v;
-  std::int64_t length() const { return k.defined() ? k.size(2) : 0; }
+struct LlamaDecodeCache {
+  infer::KVCache<T> kv;
 };
-
-// One KVCache per layer, for incremental decoding with LlamaForCausalLM::forward(ids, &cache).
-template <class T>
-using LlamaCache = DecoderCache<KVCache<T>>;
 
 template <class T>
 class LlamaAttention : public Module<T> {
@@ -51,38 +54,68 @@ class LlamaAttention : public Module<T> {
     this->register_module("o_proj", &o_proj);
   }
 
+  using CacheLayer = typename infer::KVCache<T>::Layer;
+
   // x [B, S, hidden] with rope tables for head_dim (of positions [S] or [B, S]) -> [B, S, hidden].
-  // With a cache, the new keys/values are appended and the queries attend over all of them.
-  Tensor<T> forward(const Tensor<T>& x, const Tables& tables, KVCache<T>* cache = nullptr) const {
-    check_defined("LlamaAttention", x);
-    check(x.dim() == 3 && x.size(2) == q_proj.in_features, "LlamaAttention", "input of shape ", x.shape(),
-          " is not [B, S, hidden] with hidden = ", q_proj.in_features);
-    const std::int64_t B = x.size(0), S = x.size(1), Hkv = num_key_value_heads, G = num_heads / Hkv;
-    // rope rotates [B, S, heads, D]; attention wants heads before the sequence.
-    const Tensor<T> q = rope(reshape(q_proj(x), {B, S, num_heads, head_dim}), tables, RopeLayout::half_split);
-    Tensor<T> k = transpose(rope(reshape(k_proj(x), {B, S, Hkv, head_dim}), tables, RopeLayout::half_split), 1, 2);
-    Tensor<T> v = transpose(reshape(v_proj(x), {B, S, Hkv, head_dim}), 1, 2);
-    if (cache) {
-      if (cache->length() > 0) {
-        check(cache->k.size(0) == B && cache->k.size(1) == Hkv && cache->k.size(3) == head_dim, "LlamaAttention",
-              "cache of shape ", cache->k.shape(), " does not fit input of shape ", x.shape());
-        k = cat(std::vector<Tensor<T>>{cache->k, k}, 2);
-        v = cat(std::vector<Tensor<T>>{cache->v, v}, 2);
-      }
-      cache->k = k;
-      cache->v = v;
-    }
-    // Query heads grouped per kv head: [B, Hkv, G, S, D] against keys [B, Hkv, 1, Sk, D]; the
-    // product broadcasts the shared key over the group, so repeated keys are never materialised.
-    const Tensor<T> qg = reshape(transpose(q, 1, 2), {B, Hkv, G, S, head_dim});
-    const Tensor<T> o = causal_attention(qg, unsqueeze(k, 2), unsqueeze(v, 2), 1.0 / std::sqrt(double(head_dim)));
-    return o_proj(reshape(transpose(reshape(o, {B, num_heads, S, head_dim}), 1, 2), {B, S, num_heads * head_dim}));
+  Tensor<T> forward(const Tensor<T>& x, const Tables& tables) const { return attend(project(x, tables)); }
+
+  // Prefill: forward() over right-padded prompts, their keys and values written to the cache's
+  // targets (infer::write_prompt).
+  Tensor<T> prefill(const Tensor<T>& x, const Tables& tables, const CacheLayer& cache,
+                    const infer::PrefillIndex& index) const {
+    const Parts p = project(x, tables);
+    infer::write_prompt(cache.k, index, p.k);
+    infer::write_prompt(cache.v, index, p.v);
+    return attend(p);
+  }
+
+  // Decode: one new token per row, x [n, 1, hidden] with rope tables [n, 1, head_dim/2] of its
+  // position. Its key and value go to the cache at index.positions; its query attends over the
+  // first index.lengths cached tokens of its slot. -> [n, 1, hidden].
+  Tensor<T> decode(const Tensor<T>& x, const Tables& tables, const CacheLayer& cache,
+                   const infer::DecodeIndex& index) const {
+    check(x.defined() && x.dim() == 3 && x.size(1) == 1, "LlamaAttention",
+          "decode takes one token per row, x [n, 1, hidden]; got shape ", x.defined() ? x.shape() : Shape{});
+    const Parts p = project(x, tables);
+    const std::int64_t n = p.B;
+    cache_write(cache.k, index.slots, index.positions, p.k);
+    cache_write(cache.v, index.slots, index.positions, p.v);
+    const Tensor<T> o = decode_attention(reshape(p.q, {n, num_heads, head_dim}), cache.k, cache.v, index.slots,
+                                         index.lengths, 1.0 / std::sqrt(double(head_dim)));
+    return o_proj(reshape(o, {n, 1, num_heads * head_dim}));
   }
 
   std::int64_t num_heads, num_key_value_heads, head_dim;
   Linear<T> q_proj, k_proj, v_proj, o_proj;
 
  private:
+  // Rotated queries [B, S, H, D], rotated keys and values [B, S, Hkv, D]: the cache's row layout.
+  struct Parts {
+    std::int64_t B, S;
+    Tensor<T> q, k, v;
+  };
+
+  Parts project(const Tensor<T>& x, const Tables& tables) const {
+    check_defined("LlamaAttention", x);
+    check(x.dim() == 3 && x.size(2) == q_proj.in_features, "LlamaAttention", "input of shape ", x.shape(),
+          " is not [B, S, hidden] with hidden = ", q_proj.in_features);
+    const std::int64_t B = x.size(0), S = x.size(1), Hkv = num_key_value_heads;
+    return {B, S, rope(reshape(q_proj(x), {B, S, num_heads, head_dim}), tables, RopeLayout::half_split),
+            rope(reshape(k_proj(x), {B, S, Hkv, head_dim}), tables, RopeLayout::half_split),
+            reshape(v_proj(x), {B, S, Hkv, head_dim})};
+  }
+
+  // Causal attention over the projections: query heads grouped per kv head, [B, Hkv, G, S, D]
+  // against keys [B, Hkv, 1, S, D]; the product broadcasts the shared key over the group, so
+  // repeated keys are never materialised.
+  Tensor<T> attend(const Parts& p) const {
+    const std::int64_t B = p.B, S = p.S, Hkv = num_key_value_heads, G = num_heads / Hkv;
+    const Tensor<T> qg = reshape(transpose(p.q, 1, 2), {B, Hkv, G, S, head_dim});
+    const Tensor<T> k = unsqueeze(transpose(p.k, 1, 2), 2), v = unsqueeze(transpose(p.v, 1, 2), 2);
+    const Tensor<T> o = causal_attention(qg, k, v, 1.0 / std::sqrt(double(head_dim)));
+    return o_proj(reshape(transpose(reshape(o, {B, num_heads, S, head_dim}), 1, 2), {B, S, num_heads * head_dim}));
+  }
+
   static std::int64_t checked_head_dim(const LlamaConfig& c) {
     check(c.hidden_size > 0 && c.num_attention_heads > 0 && c.num_key_value_heads > 0 &&
               c.num_attention_heads % c.num_key_value_heads == 0,
@@ -110,14 +143,28 @@ class LlamaDecoderLayer : public Module<T> {
     this->register_module("post_attention_layernorm", &post_attention_layernorm);
   }
 
-  Tensor<T> forward(const Tensor<T>& h, const RopeTables<compute_t<T>>& tables, KVCache<T>* cache = nullptr) const {
-    const Tensor<T> a = add(h, self_attn.forward(input_layernorm(h), tables, cache));
-    return add(a, mlp(post_attention_layernorm(a)));
+  using Tables = RopeTables<compute_t<T>>;
+  using CacheLayer = typename infer::KVCache<T>::Layer;
+
+  Tensor<T> forward(const Tensor<T>& h, const Tables& tables) const {
+    return block(add(h, self_attn.forward(input_layernorm(h), tables)));
+  }
+  Tensor<T> prefill(const Tensor<T>& h, const Tables& tables, const CacheLayer& cache,
+                    const infer::PrefillIndex& index) const {
+    return block(add(h, self_attn.prefill(input_layernorm(h), tables, cache, index)));
+  }
+  Tensor<T> decode(const Tensor<T>& h, const Tables& tables, const CacheLayer& cache,
+                   const infer::DecodeIndex& index) const {
+    return block(add(h, self_attn.decode(input_layernorm(h), tables, cache, index)));
   }
 
   LlamaAttention<T> self_attn;
   SwiGLUMLP<T> mlp;
   RMSNorm<T> input_layernorm, post_attention_layernorm;
+
+ private:
+  // The MLP half of the layer, after attention's residual a.
+  Tensor<T> block(const Tensor<T>& a) const { return add(a, mlp(post_attention_layernorm(a))); }
 };
 
 // The decoder stack without the output head ("model." in HF names).
@@ -137,17 +184,12 @@ class LlamaModel : public Module<T> {
   }
 
   // ids [B, S], positions [S] or [B, S] -> final hidden states [B, S, hidden] (after norm).
-  // With a cache (one entry per layer, created on first use) the ids are the tokens after the
-  // cached ones.
-  Tensor<T> forward(const Tensor<std::int64_t>& ids, const Tensor<std::int64_t>& positions,
-                    LlamaCache<T>* cache = nullptr) const {
+  Tensor<T> forward(const Tensor<std::int64_t>& ids, const Tensor<std::int64_t>& positions) const {
     check_ids("LlamaModel", ids);
-    if (cache) cache->prepare("LlamaModel", layers.size());
     check_positions("LlamaModel", positions, ids.size(0), ids.size(1));
     Tensor<T> h = embed_tokens(ids);
     const auto tables = rope_tables_on<T>(positions, config.resolved_head_dim(), config.rope_theta, h.device());
-    for (std::size_t i = 0; i < layers.size(); ++i)
-      h = layers[i]->forward(h, tables, cache ? &cache->layers[i] : nullptr);
+    for (const auto& layer : layers) h = layer->forward(h, tables);
     return norm(h);
   }
 
@@ -175,17 +217,64 @@ class LlamaForCausalLM : public Module<T> {
   }
   Tensor<T> operator()(const Tensor<std::int64_t>& ids) const { return forward(ids); }
 
-  // Incremental decoding: ids [B, S] are the tokens after the cache's, at positions past..past+S-1.
-  Tensor<T> forward(const Tensor<std::int64_t>& ids, LlamaCache<T>* cache) const {
-    const std::int64_t past = cache ? cache->length() : 0;
-    return forward(ids, positions_from(past, check_ids("LlamaForCausalLM", ids)), cache);
+  Tensor<T> forward(const Tensor<std::int64_t>& ids, const Tensor<std::int64_t>& positions) const {
+    return head(model.forward(ids, positions));
   }
 
-  Tensor<T> forward(const Tensor<std::int64_t>& ids, const Tensor<std::int64_t>& positions,
-                    LlamaCache<T>* cache = nullptr) const {
-    const Tensor<T> h = model.forward(ids, positions, cache);
-    return lm_head ? (*lm_head)(h) : linear(h, model.embed_tokens.weight);
+  // hidden [..., hidden] -> logits (lm_head, or the embedding when tied).
+  Tensor<T> head(const Tensor<T>& h) const { return lm_head ? (*lm_head)(h) : linear(h, model.embed_tokens.weight); }
+
+  // ---- generation (driven by infer/engine.hpp; runs without a graph under NoGradGuard) ----
+
+  using DecodeCache = LlamaDecodeCache<T>;
+
+  // The keys and values of `slots` sequences of up to `capacity` tokens each, on the model's device.
+  DecodeCache make_decode_cache(std::int64_t slots, std::int64_t capacity) const {
+    const std::int64_t d = model.config.resolved_head_dim();
+    return {infer::KVCache<T>::separate(static_cast<std::int64_t>(model.layers.size()), slots, capacity,
+                                        model.config.num_key_value_heads, d, d, device())};
   }
+
+  // Prompts ids [B, S] (right-padded: row b's tokens are ids[b, 0 .. lengths_b − 1], the rest any
+  // valid id) at positions 0..S−1 through the training path; every layer's keys and values are
+  // written to the targets of `index` (target r gets prompt index.rows[r]). Returns the logits
+  // of each target's last prompt token, [R, vocab]: right padding leaves them exact, as the causal
+  // mask keeps the padding after them out of their attention.
+  Tensor<T> prefill(const Tensor<std::int64_t>& ids, const infer::PrefillIndex& index, DecodeCache& cache) const {
+    check_ids("LlamaForCausalLM::prefill", ids);
+    check(ids.size(0) == index.batch && ids.size(1) == index.seq, "LlamaForCausalLM::prefill", "ids of shape ",
+          ids.shape(), " do not match the prefill index's prompts [", index.batch, ", ", index.seq, "]");
+    cache.kv.check_layers("LlamaForCausalLM::prefill", static_cast<std::int64_t>(model.layers.size()));
+    const std::int64_t S = ids.size(1);
+    Tensor<T> h = model.embed_tokens(ids);
+    const auto tables = rope_tables_on<T>(positions_from(0, S), model.config.resolved_head_dim(),
+                                          model.config.rope_theta, h.device());
+    for (std::size_t i = 0; i < model.layers.size(); ++i)
+      h = model.layers[i]->prefill(h, tables, cache.kv.layer(static_cast<std::int64_t>(i)), index);
+    // Norm and head only where logits are needed: each target's last prompt token.
+    const Tensor<T> last = index_select(reshape(h, {-1, h.size(2)}), 0, index.last);
+    return head(model.norm(last));
+  }
+
+  // One decode step: ids [n] (each row's newest token, on the model's device) at index.positions
+  // of index.slots -> logits [n, vocab] of the token after it. Only device tensors: no host reads.
+  Tensor<T> decode(const Tensor<std::int64_t>& ids, const infer::DecodeIndex& index, DecodeCache& cache) const {
+    check_defined("LlamaForCausalLM::decode", ids);
+    check(ids.dim() == 1 && ids.size(0) == index.size(), "LlamaForCausalLM::decode", "ids of shape ", ids.shape(),
+          " must be [n] with n = ", index.size(), " rows of the decode index");
+    cache.kv.check_layers("LlamaForCausalLM::decode", static_cast<std::int64_t>(model.layers.size()));
+    const std::int64_t n = ids.size(0);
+    Tensor<T> h = model.embed_tokens(reshape(ids, {n, 1}));  // [n, 1, hidden]
+    const auto tables = decode_rope_tables<T>(index.positions, model.config.resolved_head_dim(),
+                                              model.config.rope_theta, h.device());
+    for (std::size_t i = 0; i < model.layers.size(); ++i)
+      h = model.layers[i]->decode(h, tables, cache.kv.layer(static_cast<std::int64_t>(i)), index);
+    return reshape(head(model.norm(h)), {n, -1});
+  }
+
+  Device device() const { return model.embed_tokens.weight.device(); }
+  std::int64_t vocab_size() const { return model.config.vocab_size; }
+  std::int64_t max_positions() const { return model.config.max_position_embeddings; }
 
   LlamaModel<T> model;
   std::unique_ptr<Linear<T>> lm_head;  // null when tie_word_embeddings: logits use embed_tokens.weight

@@ -27,31 +27,30 @@
 //     q_nope·k_nope = q_nope·(W_UK c) = (q_nopeᵀ W_UK)·c, so the query moves into latent space,
 //     q_lat = q_nope W_UK [r], and scores read the latent c directly; likewise
 //     Σ_j p_j v_j = W_UV (Σ_j p_j c_j). Keys and values are never formed: a decoder caches only
-//     c [r] and the rotated k_pe [dr] per token (MLACache) — the point of MLA.
+//     c [r] and the rotated k_pe [dr] per token — the point of MLA.
+//
+// Generation (infer/engine.hpp) uses both, over a preallocated latent cache (infer/kv_cache.hpp:
+// per token [c | k_pe], r + dr numbers):
+//   prefill: the prompts through the naive path (as in training; right padding is exact for the
+//     valid positions under the causal mask), their [c | k_pe] written to the cache;
+//   decode: one new token per sequence through the absorbed path: its [c | k_pe] is written at its
+//     position, then with q = [q_lat | q_pe] per head, score_j = q·[c_j | k_pe_j] is one dot product
+//     over the cache row, o_lat = Σ_j p_j c_j reads the same rows' first r columns
+//     (decode_attention, one kv head shared by all H query heads), and out = o_proj(W_UV o_lat).
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 #include <memory>
 
+#include "kiln/infer/kv_cache.hpp"
 #include "kiln/nn/attention.hpp"
 #include "kiln/nn/config.hpp"
 #include "kiln/nn/linear.hpp"
 #include "kiln/ops/concat.hpp"
+#include "kiln/ops/decode_attention.hpp"
 
 namespace kiln::nn {
-
-// What the absorbed path caches per layer for incremental decoding: per token the normalised
-// latent c = kv_a_layernorm(compressed_kv) and the rotated shared rope key. Empty until the first
-// call; each forward_absorbed call with the cache appends its tokens.
-template <class T>
-struct MLACache {
-  Tensor<T> c_kv;    // [B, S, kv_lora_rank]
-  Tensor<T> k_rope;  // [B, S, qk_rope_head_dim]
-
-  std::int64_t length() const { return c_kv.defined() ? c_kv.size(1) : 0; }
-  void clear() { c_kv = k_rope = Tensor<T>(); }
-};
 
 template <class T>
 class MLA : public Module<T> {
@@ -102,56 +101,55 @@ class MLA : public Module<T> {
   Tensor<T> operator()(const Tensor<T>& x, const Tensor<std::int64_t>& positions) const { return forward(x, positions); }
 
   // Naive path with rope tables for qk_rope_head_dim built by the caller (shared across layers).
-  Tensor<T> forward(const Tensor<T>& x, const Tables& tables) const {
-    const Parts p = project(x, tables);
-    const std::int64_t B = p.B, S = p.S, H = num_heads;
-    const std::vector<Tensor<T>> kv =
-        split(reshape(kv_b_proj(p.c_kv), {B, S, H, qk_nope_head_dim + v_head_dim}),
-              std::vector<std::int64_t>{qk_nope_head_dim, v_head_dim}, -1);
-    const Tensor<T> k_nope = transpose(kv[0], 1, 2);  // [B, H, S, dn]
-    const Tensor<T> v = transpose(kv[1], 1, 2);       // [B, H, S, dv]
-    const Tensor<T> scores =
-        add(matmul(p.q_nope, transpose(k_nope, -1, -2)), shared_key_scores(p.q_pe, p.k_pe));
-    return output(matmul(causal_softmax(scores, softmax_scale), v));
-  }
+  Tensor<T> forward(const Tensor<T>& x, const Tables& tables) const { return attend_naive(project(x, tables)); }
 
-  // Absorbed path over the latent. Without a cache, the same function as forward(). With one, the
-  // new tokens' latents are appended to it and the queries attend over everything cached; positions
-  // are those of the new tokens (default: continuing after the cached ones).
-  Tensor<T> forward_absorbed(const Tensor<T>& x, const Tensor<std::int64_t>& positions,
-                             MLACache<T>* cache = nullptr) const {
-    return forward_absorbed(x, tables_for(positions, x), cache);
+  // Absorbed path over the latent: the same function as forward() (queries moved into latent
+  // space, keys and values never formed), positions [S] or [B, S], default 0..S-1.
+  Tensor<T> forward_absorbed(const Tensor<T>& x, const Tensor<std::int64_t>& positions) const {
+    return forward_absorbed(x, tables_for(positions, x));
   }
-  Tensor<T> forward_absorbed(const Tensor<T>& x, MLACache<T>* cache = nullptr) const {
-    const std::int64_t past = cache ? cache->length() : 0;
-    return forward_absorbed(x, positions_from(past, seq_len(x)), cache);
-  }
+  Tensor<T> forward_absorbed(const Tensor<T>& x) const { return forward_absorbed(x, positions_from(0, seq_len(x))); }
 
-  Tensor<T> forward_absorbed(const Tensor<T>& x, const Tables& tables, MLACache<T>* cache = nullptr) const {
+  Tensor<T> forward_absorbed(const Tensor<T>& x, const Tables& tables) const {
     const Parts p = project(x, tables);
     const std::int64_t B = p.B, S = p.S, H = num_heads, r = kv_lora_rank;
-    Tensor<T> c_kv = p.c_kv, k_rope = p.k_pe;
-    if (cache) {
-      if (cache->length() > 0) {
-        check(cache->c_kv.size(0) == B && cache->c_kv.size(2) == r && cache->k_rope.size(2) == qk_rope_head_dim,
-              "MLA", "cache of shapes ", cache->c_kv.shape(), " and ", cache->k_rope.shape(),
-              " does not fit input of shape ", x.shape());
-        c_kv = cat(std::vector<Tensor<T>>{cache->c_kv, c_kv}, 1);
-        k_rope = cat(std::vector<Tensor<T>>{cache->k_rope, k_rope}, 1);
-      }
-      cache->c_kv = c_kv;
-      cache->k_rope = k_rope;
-    }
-    const std::int64_t Sk = c_kv.size(1);
+    const Tensor<T> q_lat = matmul(p.q_nope, w_uk());  // [B, H, S, r]
+    const Tensor<T> scores = add(shared_key_scores(q_lat, p.c_kv), shared_key_scores(p.q_pe, p.k_pe));
+    const Tensor<T> probs = causal_softmax(scores, softmax_scale);  // [B, H, S, S]
+    const Tensor<T> o_lat = reshape(matmul(reshape(probs, {B, H * S, S}), p.c_kv), {B, H, S, r});
+    return output(matmul(o_lat, transpose(w_uv(), -1, -2)));  // [B, H, S, dv]
+  }
 
-    const Tensor<T> w = reshape(kv_b_proj.weight, {H, qk_nope_head_dim + v_head_dim, r});
-    const Tensor<T> w_uk = narrow(w, 1, 0, qk_nope_head_dim);         // [H, dn, r]
-    const Tensor<T> w_uv = narrow(w, 1, qk_nope_head_dim, v_head_dim);  // [H, dv, r]
-    const Tensor<T> q_lat = matmul(p.q_nope, w_uk);                    // [B, H, S, r]
-    const Tensor<T> scores = add(shared_key_scores(q_lat, c_kv), shared_key_scores(p.q_pe, k_rope));
-    const Tensor<T> probs = causal_softmax(scores, softmax_scale);  // [B, H, S, Sk]
-    const Tensor<T> o_lat = reshape(matmul(reshape(probs, {B, H * S, Sk}), c_kv), {B, H, S, r});
-    return output(matmul(o_lat, transpose(w_uv, -1, -2)));  // [B, H, S, dv]
+  // Prefill: prompts x [B, S, hidden] (right-padded; rope tables of positions 0..S-1) through the
+  // naive path, their [c | k_pe] written to `cache`'s targets (infer::write_prompt). -> [B, S, hidden].
+  Tensor<T> prefill(const Tensor<T>& x, const Tables& tables, const typename infer::KVCache<T>::Layer& cache,
+                    const infer::PrefillIndex& index) const {
+    const Parts p = project(x, tables);
+    infer::write_prompt(cache.k, index, latent_row(p));
+    return attend_naive(p);
+  }
+
+  // Decode: one new token per row, x [n, 1, hidden], rope tables [n, 1, dr/2] of its position
+  // (decode_rope_tables). Its [c | k_pe] goes to the cache at index.positions; the absorbed path
+  // attends over the first index.lengths cached tokens of each row's slot. -> [n, 1, hidden].
+  Tensor<T> decode(const Tensor<T>& x, const Tables& tables, const typename infer::KVCache<T>::Layer& cache,
+                   const infer::DecodeIndex& index) const {
+    check(seq_len(x) == 1, "MLA", "decode takes one token per row, x [n, 1, hidden]; got shape ", x.shape());
+    const Parts p = project(x, tables);
+    const std::int64_t n = p.B, H = num_heads;
+    check(cache.k.dim() == 4 && cache.k.size(2) == 1 && cache.k.size(3) == kv_lora_rank + qk_rope_head_dim &&
+              cache.v.size(3) == kv_lora_rank,
+          "MLA", "cache of shapes ", cache.k.shape(), " and ", cache.v.shape(), " is not the latent cache [slots, ",
+          "capacity, 1, ", kv_lora_rank, " + ", qk_rope_head_dim, "] of this layer");
+    cache_write(cache.k, index.slots, index.positions, latent_row(p));
+    // q_lat = q_nope·W_UK per head, the heads batching the product: [H, n, dn]·[H, dn, r].
+    const Tensor<T> q_nope = transpose(reshape(p.q_nope, {n, H, qk_nope_head_dim}), 0, 1);
+    const Tensor<T> q_lat = transpose(matmul(q_nope, w_uk()), 0, 1);  // [n, H, r]
+    const Tensor<T> q = cat(std::vector<Tensor<T>>{q_lat, reshape(p.q_pe, {n, H, qk_rope_head_dim})}, -1);
+    const Tensor<T> o_lat = decode_attention(q, cache.k, cache.v, index.slots, index.lengths, softmax_scale);
+    // Per head W_UV·o_lat: [H, n, r]·[H, r, dv] -> [H, n, dv] -> [n, 1, H·dv].
+    const Tensor<T> o = matmul(transpose(o_lat, 0, 1), transpose(w_uv(), -1, -2));
+    return o_proj(reshape(transpose(o, 0, 1), {n, 1, H * v_head_dim}));
   }
 
   std::int64_t q_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
@@ -210,6 +208,34 @@ class MLA : public Module<T> {
         split(kv_a_proj_with_mqa(x), std::vector<std::int64_t>{kv_lora_rank, qk_rope_head_dim}, -1);
     const Tensor<T> k_pe = squeeze(rope(unsqueeze(kv_a[1], 2), tables, RopeLayout::interleaved), 2);
     return {B, S, transpose(q[0], 1, 2), transpose(q_pe, 1, 2), kv_a_layernorm(kv_a[0]), k_pe};
+  }
+
+  // kv_b_proj.weight viewed as [H, dn + dv, r] = (W_UK; W_UV): W_UK [H, dn, r], W_UV [H, dv, r].
+  Tensor<T> w_uk() const {
+    return narrow(reshape(kv_b_proj.weight, {num_heads, qk_nope_head_dim + v_head_dim, kv_lora_rank}), 1, 0,
+                  qk_nope_head_dim);
+  }
+  Tensor<T> w_uv() const {
+    return narrow(reshape(kv_b_proj.weight, {num_heads, qk_nope_head_dim + v_head_dim, kv_lora_rank}), 1,
+                  qk_nope_head_dim, v_head_dim);
+  }
+
+  // What the cache holds per token: [c | k_pe] -> [B, S, 1, r + dr] (the one shared kv head).
+  static Tensor<T> latent_row(const Parts& p) {
+    return unsqueeze(cat(std::vector<Tensor<T>>{p.c_kv, p.k_pe}, -1), 2);
+  }
+
+  // The naive path from the projections: keys and values up-projected per head, causal attention.
+  Tensor<T> attend_naive(const Parts& p) const {
+    const std::int64_t B = p.B, S = p.S, H = num_heads;
+    const std::vector<Tensor<T>> kv =
+        split(reshape(kv_b_proj(p.c_kv), {B, S, H, qk_nope_head_dim + v_head_dim}),
+              std::vector<std::int64_t>{qk_nope_head_dim, v_head_dim}, -1);
+    const Tensor<T> k_nope = transpose(kv[0], 1, 2);  // [B, H, S, dn]
+    const Tensor<T> v = transpose(kv[1], 1, 2);       // [B, H, S, dv]
+    const Tensor<T> scores =
+        add(matmul(p.q_nope, transpose(k_nope, -1, -2)), shared_key_scores(p.q_pe, p.k_pe));
+    return output(matmul(causal_softmax(scores, softmax_scale), v));
   }
 
   // q [B, H, Sq, d] against one key per position shared by all heads, k [B, Sk, d] ->

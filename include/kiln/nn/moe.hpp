@@ -20,6 +20,23 @@
 // index_select: a permutation, since every token has exactly K routes) and summed with the gates.
 // Gradients reach the expert weights through the experts, the gate weight through the gates, and
 // x through both; the choice itself is piecewise constant.
+//
+// Dense dispatch (forward_dense; generation's decode step): the host sort above reads the chosen
+// experts back, a device-to-host synchronisation per layer. Instead, every expert runs on every
+// token and a dense gate matrix [N, E], zero off the chosen experts, weights the outputs: the same
+// function up to summation order, with no index op and no host read. The experts are stacked once
+// (stack_experts, a snapshot of the weights) into two matrices, so the layer is two matrix products
+// plus elementwise work: U = E + n_shared units of width I = moe_intermediate_size (the shared
+// expert of width n_shared·I split into n_shared units: SwiGLU acts on each intermediate unit
+// separately, and a shared unit's gate is 1),
+//   [g | u] = x · W_inᵀ   (W_in [2·U·I, hidden]: the units' gate_proj rows, then their up_proj rows)
+//   y = (gate_unit ⊙ silu(g) ⊙ u) · W_outᵀ   (W_out [hidden, U·I]: the units' down_proj columns)
+// since gate·down(a) = down(gate·a). It costs E/K times the routed FLOPs of sparse dispatch, which
+// is cheap while a decode step is bound by reading the weights: with more than a few tokens per
+// step every expert is chosen by some token, so sparse dispatch reads every expert's weights too.
+// (For many experts — DeepSeek-V3's 256, top-8 — dense dispatch would be 32 times the work: such
+// models need a sync-free sparse dispatch, sorting the routes on the device.) Dense dispatch leaves
+// the load statistics alone.
 #pragma once
 
 #include <cmath>
@@ -89,40 +106,72 @@ class MoEGate : public Module<T> {
 
   // x [N, hidden] -> the routing of each token.
   Routing<T> forward(const Tensor<T>& x) const {
-    check_defined("MoEGate", x);
-    check(x.dim() == 2 && x.shape()[1] == weight.shape()[1], "MoEGate", "needs x [N, ", weight.shape()[1],
-          "], got shape ", x.shape());
-    const std::int64_t n = x.shape()[0];
-    const Tensor<T> scores = sigmoid(matmul(x, transpose(weight, 0, 1)));  // [N, E]
-
-    Tensor<std::int64_t> chosen;
-    {
-      NoGradGuard no_grad;  // the choice is piecewise constant: no graph
-      Tensor<T> choice = add(scores.detach(), e_score_correction_bias.detach());
-      if (topk_group_ < n_group_) {
-        const std::int64_t per_group = experts_ / n_group_;
-        const Tensor<T> grouped = reshape(choice, {n, n_group_, per_group});
-        const Tensor<T> group_scores = sum(topk(grouped, std::min<std::int64_t>(2, per_group), -1).values, {-1});
-        const Tensor<std::int64_t> kept = topk(group_scores, topk_group_, -1).indices;  // [N, topk_group]
-        const Tensor<T> kept_marks =
-            scatter_add(zeros<T>({n, n_group_}, x.device()), 1, kept, ones<T>({n, topk_group_}, x.device()));
-        const Tensor<bool> dropped = unsqueeze(eq(kept_marks, 0.0), 2);  // [N, n_group, 1]
-        choice = reshape(masked_fill(grouped, dropped, -std::numeric_limits<double>::infinity()), {n, experts_});
-      }
-      chosen = topk(choice, top_k_, -1).indices;  // [N, K]
-    }
-
+    const Tensor<T> scores = affinities(x);
+    const Tensor<std::int64_t> chosen = choose(scores);
     Tensor<T> gates = gather(scores, 1, chosen);
     if (norm_topk_prob_ && top_k_ > 1) gates = div(gates, add(sum(gates, {-1}, true), 1e-20));
     gates = mul(gates, scaling_);
     return {chosen, gates, scores};
   }
+
+  // The same routing as a dense gate matrix [N, E]: gates[n, e] is forward()'s gate of expert e
+  // for token n when e is among its chosen experts, else 0 (dense dispatch, MoE::forward_dense).
+  // Built without index ops: a one-hot compare of the chosen experts against expert_ids (0..E−1)
+  // and of the kept groups against group_ids (0..n_group−1), both on x's device.
+  Tensor<T> dense_gates(const Tensor<T>& x, const Tensor<std::int64_t>& expert_ids,
+                        const Tensor<std::int64_t>& group_ids) const {
+    check_defined("MoEGate", expert_ids, group_ids);
+    check(expert_ids.shape() == Shape{experts_} && group_ids.shape() == Shape{n_group_}, "MoEGate",
+          "expert_ids of shape ", expert_ids.shape(), " and group_ids of shape ", group_ids.shape(), " must be [",
+          experts_, "] and [", n_group_, "]");
+    const Tensor<T> scores = affinities(x);
+    const Tensor<T> chosen = one_hot(choose(scores, group_ids), expert_ids);  // [N, E], 1 on chosen experts
+    Tensor<T> gates = mul(scores, chosen);
+    if (norm_topk_prob_ && top_k_ > 1) gates = div(gates, add(sum(gates, {-1}, true), 1e-20));
+    return mul(gates, scaling_);
+  }
+
   Routing<T> operator()(const Tensor<T>& x) const { return forward(x); }
 
   std::int64_t experts() const { return experts_; }
   std::int64_t top_k() const { return top_k_; }
+  std::int64_t groups() const { return n_group_; }
 
  private:
+  // The sigmoid affinities s [N, E] of x [N, hidden].
+  Tensor<T> affinities(const Tensor<T>& x) const {
+    check_defined("MoEGate", x);
+    check(x.dim() == 2 && x.shape()[1] == weight.shape()[1], "MoEGate", "needs x [N, ", weight.shape()[1],
+          "], got shape ", x.shape());
+    return sigmoid(matmul(x, transpose(weight, 0, 1)));
+  }
+
+  // The K chosen experts [N, K] (best choice score first) for affinities [N, E]: the bias shifts
+  // the choice scores, groups outside the topk_group best are masked out. No graph.
+  // group_ids: 0..n_group−1 on the scores' device (made here when not given).
+  Tensor<std::int64_t> choose(const Tensor<T>& scores, Tensor<std::int64_t> group_ids = {}) const {
+    NoGradGuard no_grad;  // the choice is piecewise constant: no graph
+    const std::int64_t n = scores.shape()[0];
+    Tensor<T> choice = add(scores.detach(), e_score_correction_bias.detach());
+    if (topk_group_ < n_group_) {
+      const std::int64_t per_group = experts_ / n_group_;
+      const Tensor<T> grouped = reshape(choice, {n, n_group_, per_group});
+      const Tensor<T> group_scores = sum(topk(grouped, std::min<std::int64_t>(2, per_group), -1).values, {-1});
+      const Tensor<std::int64_t> kept = topk(group_scores, topk_group_, -1).indices;  // [N, topk_group]
+      if (!group_ids.defined())
+        group_ids = arange<std::int64_t>(0.0, static_cast<double>(n_group_), 1.0, scores.device());
+      const Tensor<bool> dropped = unsqueeze(eq(one_hot(kept, group_ids), 0.0), 2);  // [N, n_group, 1]
+      choice = reshape(masked_fill(grouped, dropped, -std::numeric_limits<double>::infinity()), {n, experts_});
+    }
+    return topk(choice, top_k_, -1).indices;  // [N, K]
+  }
+
+  // Rows of distinct indices [N, k] -> [N, C] marks (1 at each listed index, else 0), ids = 0..C−1:
+  // Σ_k (indices[n, k] == ids[c]). Elementwise and a sum, so nothing is read back to the host.
+  static Tensor<T> one_hot(const Tensor<std::int64_t>& indices, const Tensor<std::int64_t>& ids) {
+    return sum(cast<T>(eq(unsqueeze(indices, 2), ids)), {1});
+  }
+
   std::int64_t experts_, top_k_, n_group_, topk_group_;
   bool norm_topk_prob_;
   double scaling_;
@@ -181,6 +230,20 @@ Tensor<T> combine_routes(const Tensor<T>& sorted_out, const std::vector<std::int
   const Tensor<T> per_slot = reshape(index_select(sorted_out, 0, position_index), {n, k, hidden});
   return sum(mul(per_slot, unsqueeze(gates, 2)), {1});
 }
+
+// An MoE layer's experts stacked for dense dispatch (MoE::forward_dense): a snapshot of the weights
+// made by MoE::stack_experts(), to be made again after the weights change. Units 0..E−1 are the
+// routed experts, E..U−1 the n_shared width-I chunks of the shared expert.
+template <class T>
+struct DenseExperts {
+  Tensor<T> w_in;                   // [2·U·I, hidden]: gate_proj rows of every unit, then up_proj rows
+  Tensor<T> w_out;                  // [hidden, U·I]: down_proj columns of every unit
+  Tensor<std::int64_t> expert_ids;  // [E] 0..E−1 on the weights' device (the routing's one-hot compare)
+  Tensor<std::int64_t> group_ids;   // [n_group] 0..n_group−1
+  std::int64_t routed = 0, shared = 0, width = 0;  // E, n_shared, I
+
+  bool defined() const { return w_in.defined(); }
+};
 
 template <class T>
 struct MoEOutput {
@@ -248,6 +311,68 @@ class MoE : public Module<T> {
   }
   Tensor<T> forward(const Tensor<T>& x) { return forward_full(x).output; }
   Tensor<T> operator()(const Tensor<T>& x) { return forward(x); }
+
+  // The experts stacked for forward_dense (a copy of the current weights, without a graph).
+  DenseExperts<T> stack_experts() const {
+    NoGradGuard no_grad;
+    const char* op = "MoE::stack_experts";
+    DenseExperts<T> w;
+    w.routed = gate.experts();
+    w.width = experts.front()->gate_proj.out_features;
+    std::vector<const SwiGLUMLP<T>*> units;
+    for (const auto& e : experts) units.push_back(e.get());
+    if (shared_experts) {
+      const std::int64_t shared_width = shared_experts->gate_proj.out_features;
+      check(shared_width % w.width == 0, op, "the shared expert's width ", shared_width,
+            " is not a multiple of the routed experts' ", w.width);
+      w.shared = shared_width / w.width;
+      units.push_back(shared_experts.get());
+    }
+    std::vector<Tensor<T>> in_rows, up_rows, out_cols;
+    for (const SwiGLUMLP<T>* u : units) {
+      check(!u->gate_proj.bias.defined() && !u->up_proj.bias.defined() && !u->down_proj.bias.defined(), op,
+            "experts with biases are not supported");
+      check(u == shared_experts.get() || u->gate_proj.out_features == w.width, op,
+            "routed experts of different widths (", u->gate_proj.out_features, " and ", w.width, ")");
+      in_rows.push_back(u->gate_proj.weight.detach());
+      up_rows.push_back(u->up_proj.weight.detach());
+      out_cols.push_back(u->down_proj.weight.detach());
+    }
+    in_rows.insert(in_rows.end(), up_rows.begin(), up_rows.end());
+    w.w_in = cat(in_rows, 0);
+    w.w_out = cat(out_cols, 1);
+    const Device device = gate.weight.device();
+    w.expert_ids = arange<std::int64_t>(0.0, static_cast<double>(w.routed), 1.0, device);
+    w.group_ids = arange<std::int64_t>(0.0, static_cast<double>(gate.groups()), 1.0, device);
+    return w;
+  }
+
+  // Dense dispatch: x [..., hidden] -> forward(x) up to summation order, from the experts stacked
+  // by stack_experts(). Every expert runs on every token, weighted by the dense gates (zero off the
+  // chosen experts); no index op, no host read, load statistics untouched.
+  Tensor<T> forward_dense(const Tensor<T>& x, const DenseExperts<T>& w) const {
+    const char* op = "MoE::forward_dense";
+    check_defined(op, x);
+    const std::int64_t hidden = gate.weight.shape()[1];
+    check(x.dim() >= 1 && x.shape().back() == hidden, op, "needs x [..., ", hidden, "], got shape ", x.shape());
+    // This layer's units: its routed experts and its shared expert's width-I chunks.
+    const std::int64_t width = experts.front()->gate_proj.out_features;
+    const std::int64_t shared = shared_experts ? shared_experts->gate_proj.out_features / width : 0;
+    const std::int64_t units = gate.experts() + shared;
+    check(w.defined() && w.routed == gate.experts() && w.shared == shared && w.width == width &&
+              w.w_in.shape() == Shape{2 * units * width, hidden} && w.w_out.shape() == Shape{hidden, units * width},
+          op, "stacked experts (", w.routed, " routed + ", w.shared, " shared units of width ", w.width,
+          ") do not fit this layer (", gate.experts(), " + ", shared, " of width ", width,
+          "): make them with its stack_experts()");
+    const std::int64_t n = x.numel() / hidden;
+    const Tensor<T> flat = reshape(x, {n, hidden});
+    Tensor<T> gates = gate.dense_gates(flat, w.expert_ids, w.group_ids);  // [N, E]
+    if (w.shared > 0) gates = cat(std::vector<Tensor<T>>{gates, ones<T>({n, w.shared}, x.device())}, 1);  // [N, U]
+    const Tensor<T> gu = linear(flat, w.w_in);                                       // [N, 2·U·I]
+    const Tensor<T> a = mul(silu(narrow(gu, 1, 0, units * width)), narrow(gu, 1, units * width, units * width));
+    const Tensor<T> weighted = reshape(mul(reshape(a, {n, units, width}), unsqueeze(gates, 2)), {n, units * width});
+    return reshape(linear(weighted, w.w_out), x.shape());
+  }
 
   // Routes per expert accumulated over the forwards run with gradients enabled (training) since
   // the last update_bias / reset_load: the whole batch's load, gradient accumulation included.

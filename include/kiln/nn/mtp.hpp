@@ -33,7 +33,7 @@
 #include "kiln/nn/linear.hpp"
 #include "kiln/nn/module.hpp"
 #include "kiln/ops/concat.hpp"
-#include "kiln/ops/loss.hpp"
+#include "kiln/ops/cross_entropy.hpp"
 #include "kiln/ops/view.hpp"
 
 namespace kiln::nn {

@@ -1,12 +1,15 @@
 // Broadcasting binary arithmetic: add, sub, mul, div, pow, maximum, minimum, and the operators.
 // Backward: the local derivative times the output gradient, summed back over broadcast dims.
+// The scalar math (BinaryOp, math::Add, ...) is kiln/math/binary.hpp, shared with the CUDA kernel
+// kernels/elementwise/binary.cuh (BinaryArgs in kernels/elementwise/args.hpp).
 #pragma once
 
 #include <cmath>
 
 #include "kiln/autograd/node.hpp"
 #include "kiln/backend/cpu/elementwise.hpp"
-#include "kiln/core/dispatch.hpp"
+#include "kiln/kernels/elementwise/args.hpp"
+#include "kiln/math/binary.hpp"
 #include "kiln/ops/common.hpp"
 #include "kiln/ops/compare.hpp"
 #include "kiln/ops/copy.hpp"
@@ -17,50 +20,7 @@
 
 namespace kiln {
 
-enum class BinaryOp { add, sub, mul, div, pow, maximum, minimum };
-
-// The scalar math of each op, shared by the CPU loops and the CUDA kernels (KILN_HD makes them
-// callable on the device when compiled by nvcc), so both backends compute the same formula.
-namespace math {
-struct Add { template <class C> KILN_HD C operator()(C x, C y) const { return x + y; } };
-struct Sub { template <class C> KILN_HD C operator()(C x, C y) const { return x - y; } };
-struct Mul { template <class C> KILN_HD C operator()(C x, C y) const { return x * y; } };
-struct Div { template <class C> KILN_HD C operator()(C x, C y) const { return x / y; } };
-struct Pow { template <class C> KILN_HD C operator()(C x, C y) const { return static_cast<C>(::pow(x, y)); } };
-// NaN propagates (as in PyTorch): comparisons with NaN are false, so test explicitly.
-struct Maximum { template <class C> KILN_HD C operator()(C x, C y) const { return (x != x || x > y) ? x : y; } };
-struct Minimum { template <class C> KILN_HD C operator()(C x, C y) const { return (x != x || x < y) ? x : y; } };
-
-// Calls f(functor) with the functor of `op`.
-template <class F>
-decltype(auto) with_binary(BinaryOp op, F&& f) {
-  switch (op) {
-    case BinaryOp::add: return f(Add{});
-    case BinaryOp::sub: return f(Sub{});
-    case BinaryOp::mul: return f(Mul{});
-    case BinaryOp::div: return f(Div{});
-    case BinaryOp::pow: return f(Pow{});
-    case BinaryOp::maximum: return f(Maximum{});
-    case BinaryOp::minimum: break;
-  }
-  return f(Minimum{});
-}
-}  // namespace math
-
 namespace detail {
-
-inline const char* binary_name(BinaryOp op) {
-  switch (op) {
-    case BinaryOp::add: return "add";
-    case BinaryOp::sub: return "sub";
-    case BinaryOp::mul: return "mul";
-    case BinaryOp::div: return "div";
-    case BinaryOp::pow: return "pow";
-    case BinaryOp::maximum: return "maximum";
-    case BinaryOp::minimum: return "minimum";
-  }
-  return "?";
-}
 
 // out = a (op) b without recording a graph.
 template <class T>
@@ -70,8 +30,11 @@ Tensor<T> binary_kernel(BinaryOp op, const Tensor<T>& a, const Tensor<T>& b) {
   check_same_device(name, a, b);
   Tensor<T> out(broadcast_shapes(name, a.shape(), b.shape()), a.device());
   if (!out.device().is_cpu()) {
-    run_device_kernel(name, "binary",
-                      {{tensor_arg(out), broadcast_arg(a, out.shape()), broadcast_arg(b, out.shape())}, {}, {static_cast<std::int64_t>(op)}});
+    launch_device_kernel(name, kernels::BinaryArgs{.launch = launch_on(name, out.device()),
+                                                   .op = op,
+                                                   .out = kernel_view(out),
+                                                   .a = kernel_broadcast_view(a, out.shape()),
+                                                   .b = kernel_broadcast_view(b, out.shape())});
     return out;
   }
   using C = compute_t<T>;

@@ -9,7 +9,7 @@ namespace kiln {
 
 // t's data, dtype, and the given shape and strides, as a kernel argument.
 template <class T>
-kernels::TensorView view_as(const Tensor<T>& t, const Shape& shape, const Strides& strides) {
+kernels::TensorView kernel_view_as(const Tensor<T>& t, const Shape& shape, const Strides& strides) {
   check(shape.size() <= static_cast<std::size_t>(kMaxDims), "device kernel", "tensors of more than ", kMaxDims,
         " dims are not supported on ", t.device(), ", got shape ", shape);
   kernels::TensorView v;
@@ -25,15 +25,15 @@ kernels::TensorView view_as(const Tensor<T>& t, const Shape& shape, const Stride
 
 // t as it is; an undefined t gives an absent view (null data).
 template <class T>
-kernels::TensorView view(const Tensor<T>& t) {
+kernels::TensorView kernel_view(const Tensor<T>& t) {
   if (!t.defined()) return {};
-  return view_as(t, t.shape(), t.strides());
+  return kernel_view_as(t, t.shape(), t.strides());
 }
 
 // t broadcast to `shape` (stride 0 on broadcast dims).
 template <class T>
-kernels::TensorView broadcast_view(const Tensor<T>& t, const Shape& shape) {
-  return view_as(t, shape, broadcast_strides(t.shape(), t.strides(), shape));
+kernels::TensorView kernel_broadcast_view(const Tensor<T>& t, const Shape& shape) {
+  return kernel_view_as(t, shape, broadcast_strides(t.shape(), t.strides(), shape));
 }
 
 template <class T, class... Rest>

@@ -2,87 +2,20 @@
 // returning Tensor<bool>, and logical_not / and / or / xor on bool tensors. Not differentiable:
 // their outputs are piecewise constant, so no gradient flows through them.
 //
-// The scalar math lives in kiln::math as __host__ __device__ functions shared by the CPU loops
-// and the CUDA kernels. Device kernels (KernelCall, see core/dispatch.hpp):
-//   "compare"        tensors {out, a, b} (a, b broadcast to out), ints {CompareOp}
-//   "compare_scalar" tensors {out, a},   reals {s}, ints {CompareOp}: floating a compares in
-//                    compute_t with s (already rounded to a's type), integer/bool a in double
-//   "logical"        tensors {out, a, b} or {out, a} (not), ints {LogicalOp}
+// The scalar math lives in kiln::math (kiln/math/compare.hpp) as __host__ __device__ functions
+// shared by the CPU loops and the CUDA kernels (kernels/elementwise/compare.cuh: CompareArgs,
+// CompareScalarArgs, LogicalArgs in kernels/elementwise/args.hpp). A floating tensor compares
+// with a scalar in compute_t, the scalar already rounded to its type; integer/bool in double.
 #pragma once
 
 #include "kiln/backend/cpu/elementwise.hpp"
-#include "kiln/core/dispatch.hpp"
+#include "kiln/kernels/elementwise/args.hpp"
+#include "kiln/math/compare.hpp"
 #include "kiln/ops/common.hpp"
 
 namespace kiln {
 
-enum class CompareOp { eq, ne, lt, le, gt, ge };
-enum class LogicalOp { logical_not, logical_and, logical_or, logical_xor };
-
-namespace math {
-
-// Written with the C++ operators, so NaN compares false except under ne (IEEE).
-template <class C>
-KILN_HD bool compare(CompareOp op, C x, C y) {
-  switch (op) {
-    case CompareOp::eq: return x == y;
-    case CompareOp::ne: return x != y;
-    case CompareOp::lt: return x < y;
-    case CompareOp::le: return x <= y;
-    case CompareOp::gt: return x > y;
-    case CompareOp::ge: break;
-  }
-  return x >= y;
-}
-
-// b is ignored by logical_not.
-KILN_HD inline bool logical(LogicalOp op, bool a, bool b) {
-  switch (op) {
-    case LogicalOp::logical_not: return !a;
-    case LogicalOp::logical_and: return a && b;
-    case LogicalOp::logical_or: return a || b;
-    case LogicalOp::logical_xor: break;
-  }
-  return a != b;
-}
-
-// One comparison as a functor with the op fixed at compile time: the CPU loops vectorise then.
-template <CompareOp Op>
-struct Compare {
-  template <class C>
-  KILN_HD bool operator()(C x, C y) const {
-    return compare(Op, x, y);
-  }
-};
-
-template <class F>
-decltype(auto) with_compare(CompareOp op, F&& f) {
-  switch (op) {
-    case CompareOp::eq: return f(Compare<CompareOp::eq>{});
-    case CompareOp::ne: return f(Compare<CompareOp::ne>{});
-    case CompareOp::lt: return f(Compare<CompareOp::lt>{});
-    case CompareOp::le: return f(Compare<CompareOp::le>{});
-    case CompareOp::gt: return f(Compare<CompareOp::gt>{});
-    case CompareOp::ge: break;
-  }
-  return f(Compare<CompareOp::ge>{});
-}
-
-}  // namespace math
-
 namespace detail {
-
-inline const char* compare_name(CompareOp op) {
-  switch (op) {
-    case CompareOp::eq: return "eq";
-    case CompareOp::ne: return "ne";
-    case CompareOp::lt: return "lt";
-    case CompareOp::le: return "le";
-    case CompareOp::gt: return "gt";
-    case CompareOp::ge: return "ge";
-  }
-  return "?";
-}
 
 template <class T>
 Tensor<bool> compare(CompareOp op, const Tensor<T>& a, const Tensor<T>& b) {
@@ -91,8 +24,11 @@ Tensor<bool> compare(CompareOp op, const Tensor<T>& a, const Tensor<T>& b) {
   check_same_device(name, a, b);
   Tensor<bool> out(broadcast_shapes(name, a.shape(), b.shape()), a.device());
   if (!out.device().is_cpu()) {
-    run_device_kernel(name, "compare", {{tensor_arg(out), broadcast_arg(a, out.shape()), broadcast_arg(b, out.shape())},
-                                        {}, {static_cast<std::int64_t>(op)}});
+    launch_device_kernel(name, kernels::CompareArgs{.launch = launch_on(name, out.device()),
+                                                    .op = op,
+                                                    .out = kernel_view(out),
+                                                    .a = kernel_broadcast_view(a, out.shape()),
+                                                    .b = kernel_broadcast_view(b, out.shape())});
     return out;
   }
   using C = compute_t<T>;
@@ -112,7 +48,11 @@ Tensor<bool> compare_scalar(CompareOp op, const Tensor<T>& a, double s) {
   Tensor<bool> out(a.shape(), a.device());
   if constexpr (is_floating<T>) s = static_cast<double>(convert<T>(s));  // exact in compute_t<T> too
   if (!out.device().is_cpu()) {
-    run_device_kernel(name, "compare_scalar", {{tensor_arg(out), tensor_arg(a)}, {s}, {static_cast<std::int64_t>(op)}});
+    launch_device_kernel(name, kernels::CompareScalarArgs{.launch = launch_on(name, out.device()),
+                                                          .op = op,
+                                                          .out = kernel_view(out),
+                                                          .a = kernel_view(a),
+                                                          .s = s});
     return out;
   }
   math::with_compare(op, [&](auto cmp) {
@@ -132,8 +72,11 @@ inline Tensor<bool> logical(LogicalOp op, const char* name, const Tensor<bool>& 
   check_same_device(name, a, b);
   Tensor<bool> out(broadcast_shapes(name, a.shape(), b.shape()), a.device());
   if (!out.device().is_cpu()) {
-    run_device_kernel(name, "logical", {{tensor_arg(out), broadcast_arg(a, out.shape()), broadcast_arg(b, out.shape())},
-                                        {}, {static_cast<std::int64_t>(op)}});
+    launch_device_kernel(name, kernels::LogicalArgs{.launch = launch_on(name, out.device()),
+                                                    .op = op,
+                                                    .out = kernel_view(out),
+                                                    .a = kernel_broadcast_view(a, out.shape()),
+                                                    .b = kernel_broadcast_view(b, out.shape())});
     return out;
   }
   cpu::map(out, a, b, [op](bool x, bool y) { return math::logical(op, x, y); });
@@ -160,8 +103,11 @@ inline Tensor<bool> logical_not(const Tensor<bool>& a) {
   check_defined("logical_not", a);
   Tensor<bool> out(a.shape(), a.device());
   if (!out.device().is_cpu()) {
-    run_device_kernel("logical_not", "logical", {{tensor_arg(out), tensor_arg(a)}, {},
-                                                 {static_cast<std::int64_t>(LogicalOp::logical_not)}});
+    launch_device_kernel("logical_not", kernels::LogicalArgs{.launch = launch_on("logical_not", out.device()),
+                                                             .op = LogicalOp::logical_not,
+                                                             .out = kernel_view(out),
+                                                             .a = kernel_view(a),
+                                                             .b = {}});  // absent: logical_not reads a only
     return out;
   }
   cpu::map(out, a, [](bool x) { return math::logical(LogicalOp::logical_not, x, false); });

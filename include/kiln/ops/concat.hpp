@@ -11,7 +11,7 @@
 
 #include "kiln/autograd/node.hpp"
 #include "kiln/backend/cpu/elementwise.hpp"
-#include "kiln/core/dispatch.hpp"
+#include "kiln/kernels/elementwise/args.hpp"
 #include "kiln/ops/common.hpp"
 #include "kiln/ops/view.hpp"
 
@@ -48,8 +48,10 @@ Tensor<T> concat(const char* op, const std::vector<Tensor<T>>& ts, int d) {
     if (out.device().is_cpu()) {
       cpu::map(slab, ts[i], [](const T& x) { return x; });
     } else {
-      // The "cast" kernel copies between any two layouts (same type: a plain strided copy).
-      run_device_kernel(op, "cast", {{tensor_arg(slab), tensor_arg(ts[i])}, {}, {}});
+      // The cast kernel copies between any two layouts (same type: a plain strided copy).
+      launch_device_kernel(op, kernels::CastArgs{.launch = launch_on(op, out.device()),
+                                                 .out = kernel_view(slab),
+                                                 .in = kernel_view(ts[i])});
     }
     offset += sizes[i];
   }

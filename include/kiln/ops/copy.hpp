@@ -3,7 +3,7 @@
 
 #include "kiln/autograd/node.hpp"
 #include "kiln/backend/cpu/elementwise.hpp"
-#include "kiln/core/dispatch.hpp"
+#include "kiln/kernels/elementwise/args.hpp"
 #include "kiln/ops/common.hpp"
 
 namespace kiln {
@@ -16,7 +16,7 @@ Tensor<U> copy_as(const char* op, const Tensor<T>& t) {
   if (t.device().is_cpu()) {
     cpu::map(out, t, [](const T& x) { return convert<U>(x); });
   } else {
-    run_device_kernel(op, "cast", {{tensor_arg(out), tensor_arg(t)}, {}, {}});
+    launch_device_kernel(op, kernels::CastArgs{.launch = launch_on(op, out.device()), .out = kernel_view(out), .in = kernel_view(t)});
   }
   return out;
 }

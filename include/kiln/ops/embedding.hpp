@@ -4,7 +4,7 @@
 // repeat (the same token many times in a batch), so the kernel groups the positions by id and
 // gives each vocabulary row to one worker, summing its positions in ascending order: no races, and
 // the same bits for any thread count (backend/cpu/gather.hpp, index_add_rows) — and on a GPU
-// (kernels/indexing/index_rows.cuh: a stable radix sort of the ids, then one thread group per
+// (kernels/gather/index_rows.cuh: a stable radix sort of the ids, then one thread group per
 // vocabulary row), the same bits as on the CPU.
 //
 // Ids are checked on both devices: on the CPU before the copy, on a GPU by the copy kernel itself,

@@ -5,8 +5,8 @@
 #include <initializer_list>
 
 #include "kiln/backend/cpu/elementwise.hpp"
-#include "kiln/core/dispatch.hpp"
 #include "kiln/core/random.hpp"
+#include "kiln/kernels/elementwise/args.hpp"
 #include "kiln/ops/common.hpp"
 
 namespace kiln {
@@ -22,7 +22,9 @@ Tensor<T> full(const Shape& shape, T value, Device device = Device::cpu()) {
   if (device.is_cpu()) {
     cpu::fill(t, value);
   } else {
-    run_device_kernel("full", "fill", {{tensor_arg(t)}, {static_cast<double>(value)}, {}});
+    launch_device_kernel("full", kernels::FillArgs{.launch = launch_on("full", device),
+                                                   .out = kernel_view(t),
+                                                   .value = static_cast<double>(value)});
   }
   return t;
 }

@@ -1,7 +1,7 @@
 // FP8 GEMM with DeepSeek-V3's fine-grained scaling: quantization of float/bf16 matrices to e4m3
 // with one FP32 scale per 1×128 tile or per 128×128 block, and D = A · Bᵀ on those operands.
 //
-// Layouts (what the kernels in kernels/fp8_gemm/ read; see kernels/fp8_gemm/args.cuh):
+// Layouts (what the kernels in kernels/fp8_gemm/ read; see kernels/fp8_gemm/args.hpp):
 //   QuantizedMatrix::data   e4m3 [rows, cols], contiguous row-major (rows of K bytes).
 //   QuantizedMatrix::scale  row_1x128:     logical [rows, ceil(cols/128)] with strides (1, ld),
 //                                          ld = round_up(rows, 4): "k-block major" storage, allocated
@@ -11,18 +11,13 @@
 //                           block_128x128: [ceil(rows/128), ceil(cols/128)] contiguous.
 // Bytes per element: data 1; scales 4/128 (row tiles) or 4/16384 (blocks).
 //
-// On the GPU, gemm runs the kernel registered as "fp8_gemm" with the KernelCall
-//   tensors {d [M, N] (f32 or bf16, contiguous), a.data, a.scale, b.data, b.scale} (TensorArgs as
-//            above: lda = a.data.strides[0], a_scale_ld = a.scale.strides[1], b_scale_ld =
-//            b.scale.strides[1] for 1×128 tiles, b.scale.strides[0] for 128×128 blocks),
-//   ints    {b_tile_rows (128 or 1), promote (0/1), kernel (0 automatic, 1 hopper, 2 simt),
-//            promotion_interval (32, 64 or 128)};
-// and quantize runs "fp8_quantize" (kernels/fp8_gemm/quantize.cuh) with
-//   tensors {q (the data), scale storage ([kblocks, ld] or [row blocks, kblocks], contiguous),
-//            src [S_rows, S_cols] with strides (lds, 1)},  reals {amax_floor},
-//   ints    {tiling (0 row_1x128, 1 block_128x128), transposed (0/1), power_of_two (0/1), scale_ld},
-// where the matrix quantized is src itself, or srcᵀ when `transposed` (the front-end picks whichever
-// view of x has unit stride along its rows, so the kernels always read 16-byte runs).
+// The scale rules both backends evaluate (tile_scale, amax_step, Tiling) are math/fp8.hpp; the CPU
+// paths are backend/cpu/fp8_gemm.hpp. On the GPU, gemm fills kernels::Fp8GemmArgs with the
+// operands as detail::cpu_operand reads them (row stride data.strides[0], or K for a single row;
+// scale leading dimension scale.strides[1] for 1×128 tiles, scale.size(1) for 128×128 blocks), and
+// quantize fills kernels::Fp8QuantizeArgs with a source matrix S [S_rows, S_cols] of strides
+// (lds, 1): the matrix quantized is S itself, or Sᵀ when `transposed` (the front-end picks
+// whichever view of x has unit stride along its rows, so the kernels always read 16-byte runs).
 #pragma once
 
 #include <algorithm>
@@ -32,15 +27,15 @@
 #include <vector>
 
 #include "kiln/backend/cpu/fp8_gemm.hpp"
-#include "kiln/core/dispatch.hpp"
+#include "kiln/core/device_kernel.hpp"
+#include "kiln/kernels/fp8_gemm/args.hpp"
+#include "kiln/math/fp8.hpp"
 #include "kiln/ops/common.hpp"
 #include "kiln/ops/copy.hpp"
 
 namespace kiln::fp8 {
 
-enum class Tiling { row_1x128, block_128x128 };
-
-inline const char* tiling_name(Tiling t) { return t == Tiling::row_1x128 ? "1x128" : "128x128"; }
+// Tiling and tiling_name are declared in math/fp8.hpp (the kernels take them too).
 
 struct QuantizeOptions {
   // Lower bound on a tile's amax (keeps all-zero tiles from a zero scale); at least 1e-30.
@@ -60,11 +55,12 @@ struct QuantizedMatrix {
   Device device() const { return data.device(); }
 };
 
-enum class GemmKernel { automatic, hopper, simt };
+// Which kernel runs a GPU gemm: automatic, hopper, simt (kernels/fp8_gemm/args.hpp).
+using GemmKernel = kernels::Fp8GemmKernel;
 
 struct GemmOptions {
   // Scale and add each k-block's partial sum in FP32 (DeepSeek-V3); false keeps the whole K in the
-  // tensor cores' accumulator (only the Hopper kernel honours it; see args.cuh).
+  // tensor cores' accumulator (only the Hopper kernel honours it; see kernels/fp8_gemm/args.hpp).
   bool promote = true;
   GemmKernel kernel = GemmKernel::automatic;
   // Elements of K the Hopper kernel's tensor cores sum between promotions: 128 (one k-block,
@@ -145,12 +141,19 @@ QuantizedMatrix quantize(const char* op, const Tensor<T>& x_in, bool transposed,
   const std::int64_t src_rows = read_rows ? rows : cols, src_cols = read_rows ? cols : rows;
   std::int64_t lds = read_rows ? s0 : s1;
   if (src_rows == 1) lds = src_cols;  // unused: give it a harmless, aligned value
-  const TensorArg src = tensor_arg(x, {src_rows, src_cols}, {lds, 1});
-  run_device_kernel(op, "fp8_quantize",
-                    {{tensor_arg(q.data), tensor_arg(storage), src},
-                     {static_cast<double>(options.amax_floor)},
-                     {tiling == Tiling::row_1x128 ? 0 : 1, read_rows ? 0 : 1, options.power_of_two_scale ? 1 : 0,
-                      scale_ld}});
+  launch_device_kernel(op, kernels::Fp8QuantizeArgs{.launch = launch_on(op, x.device()),
+                                                    .dtype = dtype_of<T>,
+                                                    .src = x.data(),
+                                                    .src_rows = src_rows,
+                                                    .src_cols = src_cols,
+                                                    .lds = lds,
+                                                    .transposed = !read_rows,
+                                                    .tiling = tiling,
+                                                    .q = reinterpret_cast<std::uint8_t*>(q.data.data()),
+                                                    .scale = storage.data(),
+                                                    .scale_ld = scale_ld,
+                                                    .amax_floor = options.amax_floor,
+                                                    .power_of_two = options.power_of_two_scale});
   return q;
 }
 
@@ -289,14 +292,28 @@ Tensor<Out> gemm(const QuantizedMatrix& a, const QuantizedMatrix& b, GemmOptions
     check(hopper_ok, op, "the Hopper kernel needs N and K multiples of 16 and 16-byte aligned operands, got A of shape ",
           a.data.shape(), " (row stride ", ca.ld, ") and B of shape ", b.data.shape(), " (row stride ", cb.ld,
           "); use GemmKernel::simt or automatic");
-  const std::int64_t kernel = options.kernel == GemmKernel::hopper ? 1
-                              : options.kernel == GemmKernel::simt || !hopper_ok ? 2
-                                                                                  : 0;
-  run_device_kernel(op, "fp8_gemm",
-                    {{tensor_arg(d), tensor_arg(a.data), tensor_arg(a.scale), tensor_arg(b.data), tensor_arg(b.scale)},
-                     {},
-                     {b.tiling == Tiling::row_1x128 ? 1 : 128, options.promote ? 1 : 0, kernel,
-                      options.promotion_interval}});
+  const GemmKernel kernel = options.kernel == GemmKernel::hopper                 ? GemmKernel::hopper
+                            : options.kernel == GemmKernel::simt || !hopper_ok ? GemmKernel::simt
+                                                                               : GemmKernel::automatic;
+  launch_device_kernel(op, kernels::Fp8GemmArgs{.launch = launch_on(op, a.device()),
+                                                .implementation = kernel,
+                                                .d = d.data(),
+                                                .d_dtype = dtype_of<Out>,
+                                                .ldd = n,
+                                                .a = ca.data,
+                                                .lda = ca.ld,
+                                                .a_scale = ca.scale,
+                                                .a_scale_ld = ca.scale_ld,
+                                                .b = cb.data,
+                                                .ldb = cb.ld,
+                                                .b_scale = cb.scale,
+                                                .b_scale_ld = cb.scale_ld,
+                                                .b_tile_rows = cb.tile_rows,
+                                                .m = m,
+                                                .n = n,
+                                                .k = k,
+                                                .promote = options.promote,
+                                                .promotion_interval = options.promotion_interval});
   return d;
 }
 

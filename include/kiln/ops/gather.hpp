@@ -1,6 +1,6 @@
 // Indexing along one dimension: gather (an index per output element), scatter_add (its adjoint),
 // and index_select (one index list applied to every row). CPU kernels: backend/cpu/gather.hpp;
-// CUDA kernels: kernels/indexing/gather.cuh and index_rows.cuh.
+// CUDA kernels: kernels/gather/gather.cuh and index_rows.cuh (arguments kernels/gather/args.hpp).
 //
 // gather's gradient is a scatter-add of the output gradient into zeros, and scatter_add's
 // gradient for src is a gather: the two are adjoint linear maps. index_select's gradient is an
@@ -21,7 +21,8 @@
 
 #include "kiln/autograd/node.hpp"
 #include "kiln/backend/cpu/gather.hpp"
-#include "kiln/core/dispatch.hpp"
+#include "kiln/kernels/gather/args.hpp"
+#include "kiln/core/device_readback.hpp"
 #include "kiln/ops/common.hpp"
 #include "kiln/ops/copy.hpp"
 #include "kiln/ops/factory.hpp"
@@ -45,17 +46,20 @@ inline void check_index_range(const char* op, const Tensor<std::int64_t>& index,
 }
 
 // The device side of the range check: a one-element flag, set to index.numel(), that the kernel
-// lowers (atomicMin) to the row-major position of each out-of-range index it meets. arg() goes
-// into the KernelCall; bad_value() reads the flag back after the launch (synchronising with the
-// stream) and returns the first bad index value, if any.
+// lowers (atomicMin) to the row-major position of each out-of-range index it meets. flag() goes
+// into the kernel's arguments (first_bad); bad_value() reads the flag back after the launch
+// (synchronising with the stream) and returns the first bad index value, if any.
 class DeviceIndexCheck {
  public:
   explicit DeviceIndexCheck(const Tensor<std::int64_t>& index)
       : index_(index), flag_(full<std::int64_t>({1}, index.numel(), index.device())) {}
 
-  TensorArg arg() const { return tensor_arg(flag_); }
+  std::int64_t* flag() const { return flag_.data(); }
 
+  // Skipped (nullopt) while a DeviceReadbackGuard lives (core/device_readback.hpp): the kernel still
+  // skips bad indices, but nothing waits for the device.
   std::optional<std::int64_t> bad_value() const {
+    if (!device_readbacks_enabled()) return std::nullopt;
     const std::int64_t position = flag_.item();
     if (position >= index_.numel()) return std::nullopt;
     // index_ is contiguous: its element `position` in row-major order is at offset `position`.
@@ -88,7 +92,11 @@ void scatter_add_into(const Tensor<T>& dst, int dim, const Tensor<std::int64_t>&
   if (dst.device().is_cpu()) {
     cpu::scatter_add(dst, dim, index, src);
   } else {
-    run_device_kernel("scatter_add", "scatter_add", {{tensor_arg(dst), tensor_arg(src), tensor_arg(index)}, {}, {dim}});
+    launch_device_kernel("scatter_add", kernels::ScatterAddArgs{.launch = launch_on("scatter_add", dst.device()),
+                                                                .dst = kernel_view(dst),
+                                                                .src = kernel_view(src),
+                                                                .index = kernel_view(index),
+                                                                .dim = dim});
   }
 }
 
@@ -103,8 +111,12 @@ Tensor<T> gather_values(const Tensor<T>& t, int dim, const Tensor<std::int64_t>&
   } else if (index.numel() > 0) {
     std::optional<DeviceIndexCheck> range;
     if (check) range.emplace(index);
-    run_device_kernel("gather", "gather",
-                      {{tensor_arg(out), tensor_arg(t), tensor_arg(index), range ? range->arg() : TensorArg{}}, {}, {dim}});
+    launch_device_kernel("gather", kernels::GatherArgs{.launch = launch_on("gather", t.device()),
+                                                       .out = out.data(),
+                                                       .src = kernel_view(t),
+                                                       .index = kernel_view(index),
+                                                       .first_bad = range ? range->flag() : nullptr,
+                                                       .dim = dim});
     if (range)
       if (const auto bad = range->bad_value()) fail_index_range("gather", *bad, dim, t.shape());
   }
@@ -131,9 +143,17 @@ Tensor<T> index_add_rows_into_zeros(const Shape& shape, const Tensor<T>& src, st
     return grad;
   }
   Tensor<T> grad(shape, src.device());  // the kernel writes every row (zeros where nothing lands)
-  run_device_kernel("index_add", "index_add_rows",
-                    {{tensor_arg(grad), tensor_arg(src), tensor_arg(index)}, {},
-                     {outer, size, inner, index.numel(), skip_row, /*accumulate=*/0}});
+  launch_device_kernel("index_add", kernels::IndexAddRowsArgs{.launch = launch_on("index_add", src.device()),
+                                                              .dtype = dtype_of<T>,
+                                                              .dst = grad.data(),
+                                                              .src = src.data(),
+                                                              .index = index.data(),
+                                                              .outer = outer,
+                                                              .size = size,
+                                                              .inner = inner,
+                                                              .n = index.numel(),
+                                                              .skip = skip_row,
+                                                              .accumulate = false});
   return grad;
 }
 
@@ -149,9 +169,17 @@ std::optional<std::int64_t> index_select_rows(const Tensor<T>& src, const Tensor
   }
   if (index.numel() == 0) return std::nullopt;
   const DeviceIndexCheck range(index);
-  run_device_kernel("index_select", "index_select_rows",
-                    {{tensor_arg(out), tensor_arg(src), tensor_arg(index), range.arg()}, {},
-                     {outer, size, inner, index.numel()}});
+  launch_device_kernel("index_select",
+                       kernels::IndexSelectRowsArgs{.launch = launch_on("index_select", src.device()),
+                                                    .dtype = dtype_of<T>,
+                                                    .out = out.data(),
+                                                    .src = src.data(),
+                                                    .index = index.data(),
+                                                    .first_bad = range.flag(),
+                                                    .outer = outer,
+                                                    .size = size,
+                                                    .inner = inner,
+                                                    .n = index.numel()});
   return range.bad_value();
 }
 
@@ -206,8 +234,12 @@ Tensor<T> scatter_add(const Tensor<T>& t, std::int64_t dim, const Tensor<std::in
     cpu::scatter_add(out, d, idx, src.detach());
   } else if (idx.numel() > 0) {
     const detail::DeviceIndexCheck range(idx);
-    run_device_kernel("scatter_add", "scatter_add",
-                      {{tensor_arg(out), tensor_arg(src.detach()), tensor_arg(idx), range.arg()}, {}, {d}});
+    launch_device_kernel("scatter_add", kernels::ScatterAddArgs{.launch = launch_on("scatter_add", t.device()),
+                                                                .dst = kernel_view(out),
+                                                                .src = kernel_view(src.detach()),
+                                                                .index = kernel_view(idx),
+                                                                .first_bad = range.flag(),
+                                                                .dim = d});
     if (const auto bad = range.bad_value()) detail::fail_index_range("scatter_add", *bad, d, t.shape());
   }
   if constexpr (is_floating<T>) {

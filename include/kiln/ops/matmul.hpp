@@ -7,16 +7,17 @@
 // Backward of C = A·B: dA = dC·Bᵀ, dB = Aᵀ·dC, each summed over the batch dims its operand was
 // broadcast along. bf16/fp16 operands are multiplied in float and rounded once at the end.
 // CPU kernel: backend/cpu/matmul.hpp (Eigen GEMM over kiln's memory, no copies for row-major or
-// transposed operands). CUDA kernel: kernels/matmul/matmul.cuh (cuBLASLt, the same no-copy rule;
-// float32, float64, bfloat16 and float16; float32 in TF32 only after kiln::cuda::set_allow_tf32(true),
-// see backend/cuda/cublaslt.hpp). The backward is made of kiln ops, so it runs on the device too.
+// transposed operands; the layout rule is math/matmul.hpp). CUDA kernel: kernels/matmul/matmul.cuh
+// (arguments kernels/matmul/args.hpp; cuBLASLt, the same no-copy rule; float32, float64, bfloat16
+// and float16; float32 in TF32 only after kiln::cuda::set_allow_tf32(true), see
+// kernels/matmul/cublaslt.hpp). The backward is made of kiln ops, so it runs on the device too.
 #pragma once
 
 #include <algorithm>
 
 #include "kiln/autograd/node.hpp"
 #include "kiln/backend/cpu/matmul.hpp"
-#include "kiln/core/dispatch.hpp"
+#include "kiln/kernels/matmul/args.hpp"
 #include "kiln/ops/common.hpp"
 #include "kiln/ops/copy.hpp"
 #include "kiln/ops/reduce.hpp"
@@ -97,11 +98,10 @@ Tensor<T> matmul_device(const Tensor<T>& a, const Tensor<T>& b, const MatmulShap
     Shape a_shape = s.batch, b_shape = s.batch;
     a_shape.insert(a_shape.end(), {s.m, s.k});
     b_shape.insert(b_shape.end(), {s.k, s.n});
-    run_device_kernel("matmul", "matmul",
-                      {{tensor_arg(out), tensor_arg(a2, a_shape, broadcast_strides(a2.shape(), a2.strides(), a_shape)),
-                        tensor_arg(b2, b_shape, broadcast_strides(b2.shape(), b2.strides(), b_shape))},
-                       {},
-                       {}});
+    launch_device_kernel("matmul", kernels::MatmulArgs{.launch = launch_on("matmul", a.device()),
+                                                       .out = kernel_view(out),
+                                                       .a = kernel_broadcast_view(a2, a_shape),
+                                                       .b = kernel_broadcast_view(b2, b_shape)});
     return result;
   }
 }

@@ -1,13 +1,15 @@
 // Sum and mean over dims (keepdim or not), and sum_to: the reduction that undoes broadcasting
 // in backward passes. CPU kernel: backend/cpu/reduce.hpp; CUDA kernel: kernels/reduce/reduce.cuh
-// (the "reduce" device kernel, shared with ops/reduce_max.hpp).
+// (ReduceArgs, kernels/reduce/args.hpp; shared with ops/reduce_max.hpp). The scalar rules both
+// sides share are in math/reduce.hpp.
 #pragma once
 
 #include <vector>
 
 #include "kiln/autograd/node.hpp"
 #include "kiln/backend/cpu/reduce.hpp"
-#include "kiln/core/dispatch.hpp"
+#include "kiln/kernels/reduce/args.hpp"
+#include "kiln/math/reduce.hpp"
 #include "kiln/ops/common.hpp"
 #include "kiln/ops/view.hpp"
 
@@ -27,15 +29,26 @@ inline std::vector<bool> reduce_mask(const char* op, const Shape& shape, const s
   return mask;
 }
 
-// What the "reduce" device kernel computes (KernelCall: tensors {values, indices, input}, either
-// output may be absent (null data); ints {ReduceKind, bit d set when dim d is reduced}).
-enum class ReduceKind : std::int64_t { sum, mean, max, min, argmax, argmin };
-
-inline std::int64_t mask_bits(const std::vector<bool>& mask) {
-  std::int64_t bits = 0;
+// The reduced dims as the device kernel takes them (ReduceArgs::reduced_dims): bit d set when dim
+// d is reduced.
+inline std::uint32_t mask_bits(const std::vector<bool>& mask) {
+  std::uint32_t bits = 0;
   for (std::size_t d = 0; d < mask.size(); ++d)
-    if (mask[d]) bits |= std::int64_t{1} << d;
+    if (mask[d]) bits |= std::uint32_t{1} << d;
   return bits;
+}
+
+// Runs the device reduction `reduce_op` of t over `mask` into values and/or indices (either may be
+// undefined: not wanted).
+template <class T>
+void reduce_on_device(const char* op, math::ReduceOp reduce_op, const Tensor<T>& t, const std::vector<bool>& mask,
+                      const Tensor<T>& values, const Tensor<std::int64_t>& indices) {
+  launch_device_kernel(op, kernels::ReduceArgs{.launch = launch_on(op, t.device()),
+                                               .op = reduce_op,
+                                               .values = values.defined() ? values.data() : nullptr,
+                                               .indices = indices.defined() ? indices.data() : nullptr,
+                                               .in = kernel_view(t),
+                                               .reduced_dims = mask_bits(mask)});
 }
 
 inline Shape reduced_shape(const Shape& shape, const std::vector<bool>& mask, bool keepdim) {
@@ -55,7 +68,7 @@ struct SumReducer {
   double init() const { return 0.0; }
   double step(double acc, const T& x, std::int64_t) const { return acc + static_cast<double>(x); }
   double merge(double a, double b) const { return a + b; }
-  T finish(double acc, std::int64_t n) const { return convert<T>(mean ? acc / static_cast<double>(n) : acc); }
+  T finish(double acc, std::int64_t n) const { return convert<T>(math::sum_result(acc, n, mean)); }
 };
 
 // The gradient of a reduction seen from its input: g re-expanded over the reduced dims.
@@ -77,9 +90,7 @@ Tensor<T> sum_or_mean(const char* op, const Tensor<T>& t, const std::vector<std:
   if (t.device().is_cpu()) {
     cpu::reduce(t, mask, out, SumReducer<T>{mean});
   } else {
-    const auto kind = mean ? ReduceKind::mean : ReduceKind::sum;
-    run_device_kernel(op, "reduce", {{tensor_arg(out), TensorArg{}, tensor_arg(t)}, {},
-                                     {static_cast<std::int64_t>(kind), mask_bits(mask)}});
+    reduce_on_device(op, mean ? math::ReduceOp::mean : math::ReduceOp::sum, t, mask, out, Tensor<std::int64_t>());
   }
   if (autograd::needs_grad(t)) {
     autograd::record(out, op, [from = t.shape(), mask, mean, count](const Tensor<T>& g, const autograd::InputGrads& in) {

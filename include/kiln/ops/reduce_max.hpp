@@ -1,7 +1,8 @@
 // Max and min reductions: max/min along one dim (values and the index of the extremum), amax/amin
 // over several dims, argmax/argmin. CPU kernel: cpu::reduce (backend/cpu/reduce.hpp); CUDA: the
-// "reduce" kernel (kernels/reduce/reduce.cuh) and, for the backward passes, "scatter_along_dim"
-// and "extremum_hit" (kernels/reduce/max_backward.cuh).
+// reduction kernel (ReduceArgs, kernels/reduce/reduce.cuh) and, for the backward passes,
+// ScatterAlongDimArgs and ExtremumHitArgs (kernels/reduce/max_backward.cuh). The NaN and tie rules
+// both sides share are in math/reduce.hpp.
 //
 // Gradients follow PyTorch: max/min along a dim send the whole gradient to the one index they
 // return (the first on ties); amax/amin, and max/min over the whole tensor, split it evenly among
@@ -11,12 +12,13 @@
 
 #include <array>
 #include <cstdint>
-#include <limits>
 #include <vector>
 
 #include "kiln/autograd/node.hpp"
 #include "kiln/backend/cpu/reduce.hpp"
 #include "kiln/backend/cpu/strided_loop.hpp"
+#include "kiln/kernels/reduce/args.hpp"
+#include "kiln/math/reduce.hpp"
 #include "kiln/ops/binary.hpp"
 #include "kiln/ops/common.hpp"
 #include "kiln/ops/factory.hpp"
@@ -24,17 +26,6 @@
 #include "kiln/ops/view.hpp"
 
 namespace kiln {
-
-namespace math {
-// 1 where an element equals the extremum (a NaN equals a NaN result), else 0: the elements that
-// share amax/amin's gradient. Shared by the CPU loop and the CUDA kernel.
-struct ExtremumHit {
-  template <class C>
-  KILN_HD C operator()(C x, C m) const {
-    return (x == m || (x != x && m != m)) ? C(1) : C(0);
-  }
-};
-}  // namespace math
 
 // What max(t, dim) and min(t, dim) return: the extreme values and their indices along dim.
 // Works with structured bindings: auto [values, indices] = max(x, 1);
@@ -47,11 +38,8 @@ struct MaxMinResult {
 namespace detail {
 
 // x is better than the current best when best is not NaN and x is NaN or strictly more extreme:
-// the first NaN wins for good, and on ties the earlier element stays.
-template <class C, bool IsMax>
-bool more_extreme(C x, C best) {
-  return best == best && (x != x || (IsMax ? x > best : x < best));
-}
+// the first NaN wins for good, and on ties the earlier element stays (math/reduce.hpp).
+using math::more_extreme;
 
 // Folds a range to the index of its extremum (index in the reduced range, row-major).
 template <class T, bool IsMax>
@@ -78,12 +66,12 @@ struct ArgExtremumReducer {
 template <class T, bool IsMax>
 struct ExtremumReducer {
   using C = compute_t<T>;
-  C init() const { return IsMax ? -std::numeric_limits<C>::infinity() : std::numeric_limits<C>::infinity(); }
+  C init() const { return math::extremum_identity<C, IsMax>(); }
   C step(C acc, const T& x, std::int64_t) const {
-    const C v = static_cast<C>(x);
-    return more_extreme<C, IsMax>(v, acc) ? v : acc;
+    math::extremum_step<C, IsMax>(acc, static_cast<C>(x));
+    return acc;
   }
-  C merge(C a, C b) const { return more_extreme<C, IsMax>(b, a) ? b : a; }
+  C merge(C a, C b) const { return math::extremum_combine<C, IsMax>(a, b); }
   T finish(C acc, std::int64_t) const { return convert<T>(acc); }
 };
 
@@ -129,7 +117,7 @@ Tensor<std::int64_t> arg_extremum_along(const char* op, const Tensor<T>& t, int 
   return idx;
 }
 
-// On a device: the values and their indices in one pass of the "reduce" kernel.
+// On a device: the values and their indices in one pass of the reduction kernel.
 template <bool IsMax, class T>
 MaxMinResult<T> max_min_along_device(const char* op, const Tensor<T>& t, int d) {
   std::vector<bool> mask(t.shape().size(), false);
@@ -137,18 +125,16 @@ MaxMinResult<T> max_min_along_device(const char* op, const Tensor<T>& t, int d) 
   check_nonempty_reduction(op, t.shape(), mask);
   MaxMinResult<T> r{Tensor<T>(without_dim(t.shape(), d), t.device()),
                     Tensor<std::int64_t>(without_dim(t.shape(), d), t.device())};
-  const auto kind = IsMax ? ReduceKind::argmax : ReduceKind::argmin;
-  run_device_kernel(op, "reduce", {{tensor_arg(r.values), tensor_arg(r.indices), tensor_arg(t)}, {},
-                                   {static_cast<std::int64_t>(kind), mask_bits(mask)}});
+  reduce_on_device(op, IsMax ? math::ReduceOp::argmax : math::ReduceOp::argmin, t, mask, r.values, r.indices);
   return r;
 }
 
 // A tensor of t's shape without dim d (idx, g), seen with t's shape and stride 0 along d.
 template <class U>
-TensorArg along_dim_arg(const Tensor<U>& t, const Shape& full, int d) {
+kernels::TensorView along_dim_view(const Tensor<U>& t, const Shape& full, int d) {
   Strides strides = t.strides();
   strides.insert(strides.begin() + d, 0);
-  return tensor_arg(t, full, strides);
+  return kernel_view_as(t, full, strides);
 }
 
 template <bool IsMax, class T>
@@ -176,8 +162,12 @@ MaxMinResult<T> max_min_along(const char* op, const Tensor<T>& t, std::int64_t d
         in.add(0, grad);
       } else {
         Tensor<T> grad(from, g.device());
-        run_device_kernel("max/min backward", "scatter_along_dim",
-                          {{tensor_arg(grad), along_dim_arg(idx, from, d), along_dim_arg(g, from, d)}, {}, {d}});
+        const char* bop = "max/min backward";
+        launch_device_kernel(bop, kernels::ScatterAlongDimArgs{.launch = launch_on(bop, grad.device()),
+                                                               .grad = kernel_view(grad),
+                                                               .idx = along_dim_view(idx, from, d),
+                                                               .g = along_dim_view(g, from, d),
+                                                               .dim = d});
         in.add(0, grad);
       }
     }, t);
@@ -203,9 +193,7 @@ Tensor<T> amax_amin(const char* op, const Tensor<T>& t, const std::vector<std::i
   if (t.device().is_cpu()) {
     cpu::reduce(t, mask, out, ExtremumReducer<T, IsMax>{});
   } else {
-    const auto kind = IsMax ? ReduceKind::max : ReduceKind::min;
-    run_device_kernel(op, "reduce", {{tensor_arg(out), TensorArg{}, tensor_arg(t)}, {},
-                                     {static_cast<std::int64_t>(kind), mask_bits(mask)}});
+    reduce_on_device(op, IsMax ? math::ReduceOp::max : math::ReduceOp::min, t, mask, out, Tensor<std::int64_t>());
   }
   if (autograd::needs_grad(t)) {
     autograd::record(out, op, [x = t.detach(), y = out.detach(), mask](const Tensor<T>& g,
@@ -219,8 +207,11 @@ Tensor<T> amax_amin(const char* op, const Tensor<T>& t, const std::vector<std::i
           return convert<T>(math::ExtremumHit{}(static_cast<C>(a), static_cast<C>(b)));
         });
       } else {
-        run_device_kernel("amax/amin backward", "extremum_hit",
-                          {{tensor_arg(hit), tensor_arg(x), broadcast_arg(reshape(y, kept), x.shape())}, {}, {}});
+        const char* bop = "amax/amin backward";
+        launch_device_kernel(bop, kernels::ExtremumHitArgs{.launch = launch_on(bop, x.device()),
+                                                           .hit = kernel_view(hit),
+                                                           .x = kernel_view(x),
+                                                           .y = kernel_broadcast_view(reshape(y, kept), x.shape())});
       }
       std::vector<std::int64_t> reduced_dims;
       for (std::size_t i = 0; i < mask.size(); ++i)
@@ -289,9 +280,7 @@ Tensor<std::int64_t> argmax(const Tensor<T>& t) {
   if (t.device().is_cpu()) {
     cpu::reduce(t, mask, idx, detail::ArgExtremumReducer<T, true>{});
   } else {
-    const auto kind = static_cast<std::int64_t>(detail::ReduceKind::argmax);
-    run_device_kernel("argmax", "reduce",
-                      {{TensorArg{}, tensor_arg(idx), tensor_arg(t)}, {}, {kind, detail::mask_bits(mask)}});
+    detail::reduce_on_device("argmax", math::ReduceOp::argmax, t, mask, Tensor<T>(), idx);
   }
   return idx;
 }
@@ -305,9 +294,7 @@ Tensor<std::int64_t> argmin(const Tensor<T>& t) {
   if (t.device().is_cpu()) {
     cpu::reduce(t, mask, idx, detail::ArgExtremumReducer<T, false>{});
   } else {
-    const auto kind = static_cast<std::int64_t>(detail::ReduceKind::argmin);
-    run_device_kernel("argmin", "reduce",
-                      {{TensorArg{}, tensor_arg(idx), tensor_arg(t)}, {}, {kind, detail::mask_bits(mask)}});
+    detail::reduce_on_device("argmin", math::ReduceOp::argmin, t, mask, Tensor<T>(), idx);
   }
   return idx;
 }

@@ -14,8 +14,9 @@
 // The two agree up to a fixed permutation of the feature dim; a checkpoint trained with one must be
 // run with the same one.
 //
-// CUDA tensors run kernels/rope/rope.cuh: the same tables (built on the device from the same
-// double-precision formula) and the same rotation arithmetic.
+// CUDA tensors run kernels/rope/rope.cuh (arguments kernels/rope/args.hpp): the same tables (built
+// on the device from the same double-precision formula, math/rope.hpp) and the same rotation
+// arithmetic.
 #pragma once
 
 #include <cmath>
@@ -23,7 +24,8 @@
 
 #include "kiln/autograd/node.hpp"
 #include "kiln/backend/cpu/rope.hpp"
-#include "kiln/core/dispatch.hpp"
+#include "kiln/kernels/rope/args.hpp"
+#include "kiln/math/rope.hpp"
 #include "kiln/ops/common.hpp"
 #include "kiln/ops/copy.hpp"
 
@@ -79,15 +81,19 @@ RopeTables<C> make_rope_tables(const char* op, const Tensor<std::int64_t>& posit
     Shape shape = positions.shape();
     shape.push_back(half);
     RopeTables<C> t{Tensor<C>(shape, positions.device()), Tensor<C>(shape, positions.device())};
-    // tensors {cos, sin, positions}; reals {theta}; ints {half, head_dim}.
-    run_device_kernel(op, "rope_tables",
-                      {{tensor_arg(t.cos), tensor_arg(t.sin), tensor_arg(contiguous(positions))}, {theta}, {half, head_dim}});
+    const Tensor<std::int64_t> pos = contiguous(positions);
+    launch_device_kernel(op, kernels::RopeTablesArgs{.launch = launch_on(op, positions.device()),
+                                                     .dtype = dtype_of<C>,
+                                                     .cos = t.cos.data(),
+                                                     .sin = t.sin.data(),
+                                                     .positions = pos.data(),
+                                                     .n = pos.numel(),
+                                                     .head_dim = static_cast<int>(head_dim),
+                                                     .theta = theta});
     return t;
   }
   std::vector<double> inv_freq(static_cast<std::size_t>(half));
-  for (std::int64_t i = 0; i < half; ++i)
-    inv_freq[static_cast<std::size_t>(i)] =
-        std::pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(head_dim));
+  for (std::int64_t i = 0; i < half; ++i) inv_freq[static_cast<std::size_t>(i)] = math::rope_inv_freq(theta, i, head_dim);
 
   const std::vector<std::int64_t> pos = positions.to_vector();
   Shape shape = positions.shape();
@@ -116,12 +122,19 @@ void rope_rotate(const Tensor<T>& x, Tensor<T>& y, const Tensor<C>& cos, const T
   }
   check(s.H * s.D <= 0x7fffffff, "rope", "rows of more than 2^31 - 1 elements are not supported on ", x.device(),
         ", got shape ", x.shape());
-  // CUDA kernel (kernels/rope/rope.cuh): tensors {y, x, cos, sin}; ints {outer, S, H, D, per_batch,
-  // half_split, inverse}.
-  run_device_kernel("rope", "rope",
-                    {{tensor_arg(y), tensor_arg(x), tensor_arg(cos), tensor_arg(sin)},
-                     {},
-                     {s.outer, s.S, s.H, s.D, s.per_batch_tables ? 1 : 0, s.half_split ? 1 : 0, inverse ? 1 : 0}});
+  launch_device_kernel("rope", kernels::RopeArgs{.launch = launch_on("rope", x.device()),
+                                                 .dtype = dtype_of<T>,
+                                                 .y = y.data(),
+                                                 .x = x.data(),
+                                                 .cos = cos.data(),
+                                                 .sin = sin.data(),
+                                                 .outer = s.outer,
+                                                 .S = s.S,
+                                                 .H = static_cast<int>(s.H),
+                                                 .D = static_cast<int>(s.D),
+                                                 .per_batch_tables = s.per_batch_tables,
+                                                 .half_split = s.half_split,
+                                                 .inverse = inverse});
 }
 
 }  // namespace detail

@@ -1,5 +1,6 @@
 // softmax and log_softmax along one dim (any dim, any input strides). CPU row kernels:
-// backend/cpu/softmax.hpp; CUDA: kernels/softmax/softmax.cuh ("softmax", "softmax_backward").
+// backend/cpu/softmax.hpp; CUDA: kernels/softmax/softmax.cuh (SoftmaxForwardArgs,
+// SoftmaxBackwardArgs in kernels/softmax/args.hpp).
 //
 //   softmax(x)_i     = exp(x_i - m) / sum_j exp(x_j - m)        (m = max_j x_j: nothing overflows)
 //   log_softmax(x)_i = (x_i - m) - log(sum_j exp(x_j - m))
@@ -10,7 +11,7 @@
 
 #include "kiln/autograd/node.hpp"
 #include "kiln/backend/cpu/softmax.hpp"
-#include "kiln/core/dispatch.hpp"
+#include "kiln/kernels/softmax/args.hpp"
 #include "kiln/ops/common.hpp"
 #include "kiln/ops/copy.hpp"
 #include "kiln/ops/view.hpp"
@@ -38,7 +39,11 @@ Tensor<T> softmax_impl(const char* op, const Tensor<T>& x, std::int64_t dim, boo
     cpu::softmax_rows(x.data(), cpu::Rows(x, d), y.data(), cpu::Rows(y, d), log);
   } else {
     const Tensor<T> xr = device_rows_layout(x.detach(), d);
-    run_device_kernel(op, "softmax", {{tensor_arg(y), tensor_arg(xr)}, {}, {d, log ? 1 : 0}});
+    launch_device_kernel(op, kernels::SoftmaxForwardArgs{.launch = launch_on(op, x.device()),
+                                                         .y = kernel_view(y),
+                                                         .x = kernel_view(xr),
+                                                         .dim = d,
+                                                         .log = log});
   }
   if (autograd::needs_grad(x)) {
     autograd::record(y, op, [y_saved = y.detach(), d, log](const Tensor<T>& g, const autograd::InputGrads& in) {
@@ -49,8 +54,13 @@ Tensor<T> softmax_impl(const char* op, const Tensor<T>& x, std::int64_t dim, boo
       } else {
         // y and gx are contiguous: g must share their layout (an upstream g may be expanded, from sum).
         const Tensor<T> gc = contiguous(g);
-        run_device_kernel(log ? "log_softmax backward" : "softmax backward", "softmax_backward",
-                          {{tensor_arg(gx), tensor_arg(gc), tensor_arg(y_saved)}, {}, {d, log ? 1 : 0}});
+        const char* bop = log ? "log_softmax backward" : "softmax backward";
+        launch_device_kernel(bop, kernels::SoftmaxBackwardArgs{.launch = launch_on(bop, gx.device()),
+                                                               .gx = kernel_view(gx),
+                                                               .g = kernel_view(gc),
+                                                               .y = kernel_view(y_saved),
+                                                               .dim = d,
+                                                               .log = log});
       }
       in.add(0, gx);
     }, x);

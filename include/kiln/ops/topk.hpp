@@ -1,6 +1,6 @@
 // topk: the k largest (or smallest) entries along a dim and their positions. CPU kernel:
-// backend/cpu/topk.hpp; CUDA kernels: kernels/indexing/topk.cuh (the same ranking, so the same
-// selection and order on both devices).
+// backend/cpu/topk.hpp; CUDA kernels: kernels/topk/topk.cuh (arguments kernels/topk/args.hpp; the
+// same ranking, so the same selection and order on both devices).
 //
 // The values are a selection of the input, so their gradient flows back to the chosen positions
 // only: a scatter of the output gradient into zeros (positions within a line are distinct).
@@ -10,7 +10,7 @@
 
 #include "kiln/autograd/node.hpp"
 #include "kiln/backend/cpu/topk.hpp"
-#include "kiln/core/dispatch.hpp"
+#include "kiln/kernels/topk/args.hpp"
 #include "kiln/ops/common.hpp"
 #include "kiln/ops/factory.hpp"
 #include "kiln/ops/gather.hpp"
@@ -40,9 +40,14 @@ TopK<T> topk(const Tensor<T>& t, std::int64_t k, std::int64_t dim = -1, bool lar
   if (t.device().is_cpu()) {
     cpu::topk(t.detach(), d, k, largest, sorted, out.values, out.indices);
   } else {
-    run_device_kernel("topk", "topk",
-                      {{tensor_arg(out.values), tensor_arg(out.indices), tensor_arg(t.detach())}, {},
-                       {d, k, largest ? 1 : 0, sorted ? 1 : 0}});
+    launch_device_kernel("topk", kernels::TopkArgs{.launch = launch_on("topk", t.device()),
+                                                   .values = kernel_view(out.values),
+                                                   .indices = kernel_view(out.indices),
+                                                   .src = kernel_view(t),
+                                                   .dim = d,
+                                                   .k = k,
+                                                   .largest = largest,
+                                                   .sorted = sorted});
   }
   if constexpr (is_floating<T>) {
     if (autograd::needs_grad(t)) {

@@ -8,6 +8,7 @@
 #include <optional>
 
 #include "kiln/autograd/node.hpp"
+#include "kiln/kernels/elementwise/args.hpp"
 #include "kiln/ops/common.hpp"
 #include "kiln/ops/copy.hpp"
 #include "kiln/ops/factory.hpp"
@@ -170,8 +171,10 @@ Tensor<T> slice(const Tensor<T>& t, std::int64_t dim, std::int64_t start, std::i
       if (g.device().is_cpu()) {
         cpu::map(part, g, [](const T& x) { return x; });
       } else {
-        // The "cast" kernel copies between any two layouts (same type: a plain strided copy).
-        run_device_kernel("slice backward", "cast", {{tensor_arg(part), tensor_arg(g)}, {}, {}});
+        // The cast kernel copies between any two layouts (same type: a plain strided copy).
+        launch_device_kernel("slice backward", kernels::CastArgs{.launch = launch_on("slice backward", g.device()),
+                                                                 .out = kernel_view(part),
+                                                                 .in = kernel_view(g)});
       }
       in.add(0, full);
     }, t);

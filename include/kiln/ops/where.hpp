@@ -5,16 +5,16 @@
 // to a where cond holds and to b elsewhere (zero for the other), then sums back over the dims
 // that input was broadcast along. Filled positions get no gradient.
 //
-// Device kernels (KernelCall, see core/dispatch.hpp):
-//   "where"       tensors {out, cond, a, b} (cond, a, b broadcast to out)
-//   "masked_fill" tensors {out, t, mask} (mask broadcast to out), reals {value, already rounded to T}
+// Device kernels: kernels/elementwise/where.cuh (WhereArgs, MaskedFillArgs in
+// kernels/elementwise/args.hpp); operands broadcast to out's shape, masked_fill's value already
+// rounded to T.
 #pragma once
 
 #include <algorithm>
 
 #include "kiln/autograd/node.hpp"
 #include "kiln/backend/cpu/elementwise.hpp"
-#include "kiln/core/dispatch.hpp"
+#include "kiln/kernels/elementwise/args.hpp"
 #include "kiln/ops/common.hpp"
 #include "kiln/ops/factory.hpp"
 #include "kiln/ops/reduce.hpp"
@@ -61,8 +61,11 @@ Tensor<T> where(const Tensor<bool>& cond, const Tensor<T>& a, const Tensor<T>& b
   if (out.device().is_cpu()) {
     cpu::map(out, cond, a, b, [](bool c, const T& x, const T& y) { return c ? x : y; });
   } else {
-    run_device_kernel("where", "where", {{tensor_arg(out), broadcast_arg(cond, out.shape()), broadcast_arg(a, out.shape()),
-                                          broadcast_arg(b, out.shape())}, {}, {}});
+    launch_device_kernel("where", kernels::WhereArgs{.launch = launch_on("where", out.device()),
+                                                     .out = kernel_view(out),
+                                                     .cond = kernel_broadcast_view(cond, out.shape()),
+                                                     .a = kernel_broadcast_view(a, out.shape()),
+                                                     .b = kernel_broadcast_view(b, out.shape())});
   }
   if constexpr (is_floating<T>) {
     if (autograd::needs_grad(a, b)) {
@@ -102,8 +105,11 @@ Tensor<T> masked_fill(const Tensor<T>& t, const Tensor<bool>& mask, double value
   if (out.device().is_cpu()) {
     cpu::map(out, t, mask, [v](const T& x, bool m) { return m ? v : x; });
   } else {
-    run_device_kernel("masked_fill", "masked_fill", {{tensor_arg(out), tensor_arg(t), broadcast_arg(mask, out.shape())},
-                                                     {static_cast<double>(v)}, {}});
+    launch_device_kernel("masked_fill", kernels::MaskedFillArgs{.launch = launch_on("masked_fill", out.device()),
+                                                                .out = kernel_view(out),
+                                                                .t = kernel_view(t),
+                                                                .mask = kernel_broadcast_view(mask, out.shape()),
+                                                                .value = static_cast<double>(v)});
   }
   if constexpr (is_floating<T>) {
     if (autograd::needs_grad(t)) {

@@ -9,8 +9,9 @@
 // its rounded copy (AdamWOptions::master_weights).
 //
 // Parameters on the CPU are updated by a parallel loop; parameters on a GPU by one multi-tensor
-// kernel launch per step for all of them (kernels/optim/adamw.cuh). Both evaluate AdamWStep below,
-// so they agree to the last bit up to the compilers' contraction of multiply-adds. Runs under no-grad.
+// kernel launch per step for all of them (kernels/optim/adamw.cuh). Both evaluate AdamWStep
+// (math/adamw.hpp), so they agree to the last bit up to the compilers' contraction of multiply-adds.
+// Runs under no-grad.
 #pragma once
 
 #include <cmath>
@@ -19,7 +20,9 @@
 
 #include "kiln/autograd/grad_mode.hpp"
 #include "kiln/backend/cpu/parallel.hpp"
-#include "kiln/core/dispatch.hpp"
+#include "kiln/core/device_kernel.hpp"
+#include "kiln/kernels/optim/args.hpp"
+#include "kiln/math/adamw.hpp"
 #include "kiln/ops/copy.hpp"
 #include "kiln/ops/factory.hpp"
 
@@ -34,38 +37,6 @@ struct AdamWOptions {
   // bf16/fp16 parameters: update an FP32 master copy and write the parameter rounded from it.
   // Ignored for float and double parameters.
   bool master_weights = true;
-};
-
-// One step's update of one element, shared by the CPU loop and the CUDA kernel. The bias
-// corrections are folded into constants computed once per step:
-//   p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps) - lr * wd * p
-// (the formula above rearranged), one square root and one division per element.
-struct AdamWStep {
-  double beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
-  double step_size = 0.0;       // lr / (1 - beta1^t)
-  double inv_sqrt_bias2 = 1.0;  // 1 / sqrt(1 - beta2^t)
-  double decay = 0.0;           // lr * weight_decay
-
-  static AdamWStep at(const AdamWOptions& o, std::int64_t t) {
-    AdamWStep s;
-    s.beta1 = o.beta1;
-    s.beta2 = o.beta2;
-    s.eps = o.eps;
-    s.step_size = o.lr / (1.0 - std::pow(o.beta1, static_cast<double>(t)));
-    s.inv_sqrt_bias2 = 1.0 / std::sqrt(1.0 - std::pow(o.beta2, static_cast<double>(t)));
-    s.decay = o.lr * o.weight_decay;
-    return s;
-  }
-
-  // Updates the moments m and v (stored as M) and returns the new parameter value.
-  template <class M>
-  KILN_HD double operator()(double p, double g, M& m, M& v) const {
-    const double mk = beta1 * static_cast<double>(m) + (1.0 - beta1) * g;
-    const double vk = beta2 * static_cast<double>(v) + (1.0 - beta2) * (g * g);
-    m = static_cast<M>(mk);
-    v = static_cast<M>(vk);
-    return p - step_size * mk / (::sqrt(vk) * inv_sqrt_bias2 + eps) - decay * p;
-  }
 };
 
 template <class T>
@@ -90,7 +61,8 @@ class AdamW {
   void step() {
     NoGradGuard no_grad;
     ++t_;
-    const AdamWStep s = AdamWStep::at(options_, t_);
+    const AdamWStep s =
+        AdamWStep::at(options_.lr, options_.beta1, options_.beta2, options_.eps, options_.weight_decay, t_);
     if (params_.empty()) return;
     if (!params_.front().device().is_cpu()) return step_device(s);
     for (std::size_t i = 0; i < params_.size(); ++i) {
@@ -145,25 +117,29 @@ class AdamW {
     check_same_device("AdamW", p, g);
   }
 
-  // Every parameter with a gradient in one launch. KernelCall: tensors {p, g, m, v[, master]} per
-  // parameter; reals {beta1, beta2, eps, step_size, inv_sqrt_bias2, decay}; ints {has master}.
+  // Every parameter with a gradient in one launch (kernels/optim/args.hpp: AdamWArgs).
   void step_device(const AdamWStep& s) {
-    KernelCall call;
-    call.reals = {s.beta1, s.beta2, s.eps, s.step_size, s.inv_sqrt_bias2, s.decay};
-    call.ints = {master_.empty() ? 0 : 1};
     std::vector<Tensor<T>> grads;  // contiguous copies must outlive the launch call
+    std::vector<kernels::AdamWTensorArgs> tensors;
     for (std::size_t i = 0; i < params_.size(); ++i) {
       const Tensor<T> grad = params_[i].grad();
       if (!grad.defined() || params_[i].numel() == 0) continue;
       check_grad(params_[i], grad);
       grads.push_back(contiguous(grad));
-      call.tensors.push_back(tensor_arg(params_[i]));
-      call.tensors.push_back(tensor_arg(grads.back()));
-      call.tensors.push_back(tensor_arg(m_[i]));
-      call.tensors.push_back(tensor_arg(v_[i]));
-      if (!master_.empty()) call.tensors.push_back(tensor_arg(master_[i]));
+      tensors.push_back({.p = params_[i].data(),
+                         .g = grads.back().data(),
+                         .m = m_[i].data(),
+                         .v = v_[i].data(),
+                         .master = master_.empty() ? nullptr : master_[i].data(),
+                         .numel = params_[i].numel()});
     }
-    if (!call.tensors.empty()) run_device_kernel("AdamW", "adamw", call);
+    if (tensors.empty()) return;
+    launch_device_kernel("AdamW", kernels::AdamWArgs{.launch = launch_on("AdamW", params_.front().device()),
+                                                     .dtype = dtype_of<T>,
+                                                     .tensors = tensors.data(),
+                                                     .count = static_cast<int>(tensors.size()),
+                                                     .master_weights = !master_.empty(),
+                                                     .step = s});
   }
 
   std::vector<Tensor<T>> params_;

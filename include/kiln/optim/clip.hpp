@@ -12,7 +12,8 @@
 
 #include "kiln/autograd/grad_mode.hpp"
 #include "kiln/backend/cpu/parallel.hpp"
-#include "kiln/core/dispatch.hpp"
+#include "kiln/core/device_kernel.hpp"
+#include "kiln/kernels/optim/args.hpp"
 #include "kiln/ops/copy.hpp"
 
 namespace kiln::optim {
@@ -42,6 +43,9 @@ double clip_grad_norm(const std::vector<Tensor<T>>& params, double max_norm) {
   }
   if (grads.empty()) return 0.0;
   const Device device = grads.front().device();
+  std::vector<kernels::GradTensorArgs> views;  // the gradients as the device kernels take them
+  if (!device.is_cpu())
+    for (const Tensor<T>& g : grads) views.push_back({.g = g.data(), .numel = g.numel()});
 
   double squares = 0.0;
   if (device.is_cpu()) {
@@ -61,11 +65,12 @@ double clip_grad_norm(const std::vector<Tensor<T>>& params, double max_norm) {
       for (double s : partial) squares += s;
     }
   } else {
-    // tensors {out, g...}: out = sum of g^2 (double).
     Tensor<double> out({1}, device);
-    KernelCall call{{tensor_arg(out)}, {}, {}};
-    for (const Tensor<T>& g : grads) call.tensors.push_back(tensor_arg(g));
-    run_device_kernel("clip_grad_norm", "multi_tensor_sum_squares", call);
+    launch_device_kernel("clip_grad_norm", kernels::GradSumSquaresArgs{.launch = launch_on("clip_grad_norm", device),
+                                                                       .dtype = dtype_of<T>,
+                                                                       .grads = views.data(),
+                                                                       .count = static_cast<int>(views.size()),
+                                                                       .out = out.data()});
     squares = out.item();
   }
   const double norm = std::sqrt(squares);
@@ -80,10 +85,11 @@ double clip_grad_norm(const std::vector<Tensor<T>>& params, double max_norm) {
       });
     }
   } else {
-    // tensors {g...}; reals {scale}: in place.
-    KernelCall call{{}, {scale}, {}};
-    for (const Tensor<T>& g : grads) call.tensors.push_back(tensor_arg(g));
-    run_device_kernel("clip_grad_norm", "multi_tensor_scale", call);
+    launch_device_kernel("clip_grad_norm", kernels::GradScaleArgs{.launch = launch_on("clip_grad_norm", device),
+                                                                  .dtype = dtype_of<T>,
+                                                                  .grads = views.data(),
+                                                                  .count = static_cast<int>(views.size()),
+                                                                  .scale = scale});
   }
   return norm;
 }

@@ -62,6 +62,7 @@
 
 #include "kiln/core/error.hpp"
 #include "kiln/data/tasks.hpp"
+#include "kiln/data/tokenizer.hpp"
 
 namespace kiln::rl {
 
@@ -76,6 +77,16 @@ inline constexpr bool r1_zero_prompt_ends_with_think = false;
 
 // The R1-Zero prompt for a problem: r1_zero_instruction + data::prompt(p), ending with "\n".
 inline std::string r1_zero_prompt(const data::Problem& p) { return std::string(r1_zero_instruction) + data::prompt(p); }
+
+// The prompt's token ids: bos (when the tokenizer has one, as the pretraining documents begin)
+// followed by the tokens of r1_zero_prompt(p).
+inline std::vector<std::int64_t> encode_r1_zero_prompt(const data::Tokenizer& tok, const data::Problem& p) {
+  std::vector<std::int64_t> ids;
+  if (tok.bos_id()) ids.push_back(*tok.bos_id());
+  const std::vector<std::int64_t> text = tok.encode(r1_zero_prompt(p));
+  ids.insert(ids.end(), text.begin(), text.end());
+  return ids;
+}
 
 // ---- the built-in rewards -----------------------------------------------------------------------
 

@@ -60,7 +60,7 @@
 #include "kiln/nn/deepseek_v3.hpp"
 #include "kiln/nn/llama.hpp"
 #include "kiln/ops/copy.hpp"
-#include "kiln/ops/loss.hpp"
+#include "kiln/ops/cross_entropy.hpp"
 #include "kiln/optim/adamw.hpp"
 #include "kiln/optim/clip.hpp"
 #include "kiln/optim/schedule.hpp"

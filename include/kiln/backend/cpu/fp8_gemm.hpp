@@ -1,6 +1,7 @@
 // FP8 (e4m3) quantization with fine-grained scales and the FP8 GEMM on the CPU: the references
-// of kernels/fp8_gemm/ (the op front-ends are in ops/fp8_gemm.hpp), plus the scalar recipe that
-// both backends evaluate, so that CPU and CUDA quantization agree bit for bit.
+// of kernels/fp8_gemm/ (the op front-ends are in ops/fp8_gemm.hpp). The scalar recipe that both
+// backends evaluate (tile_scale, amax_step, divide_rn, the scale layouts) is math/fp8.hpp, so that
+// CPU and CUDA quantization agree bit for bit.
 //
 // The recipe (DeepSeek-V3): a tile (1×128 or 128×128 elements) gets one FP32 scale
 //   scale = max(amax(tile), amax_floor) / 448          (448 = largest finite e4m3)
@@ -23,45 +24,7 @@
 
 #include "kiln/backend/cpu/parallel.hpp"
 #include "kiln/core/low_precision.hpp"
-
-namespace kiln::fp8 {
-
-// Edge of a tile and length of a k-block.
-inline constexpr std::int64_t tile_size = 128;
-// Largest finite e4m3 value.
-inline constexpr float e4m3_max = 448.0f;
-
-// Running max of |v| that skips NaN (a NaN compares false), the rule of the CUDA kernels too.
-// Max is exact, so any order of the reduction gives the same amax.
-KILN_HD inline float amax_step(float running, float v) {
-  const float a = ::kiln::detail::bit_cast<float>(::kiln::detail::bit_cast<std::uint32_t>(v) & 0x7FFFFFFFu);
-  return a > running ? a : running;
-}
-
-// IEEE-rounded x / y, also when a CUDA build uses fast-math division (--use_fast_math).
-KILN_HD inline float divide_rn(float x, float y) {
-#ifdef __CUDA_ARCH__
-  return __fdiv_rn(x, y);
-#else
-  return x / y;
-#endif
-}
-
-// The scale of a tile whose largest magnitude is `amax`. amax_floor (> 0) keeps all-zero or tiny
-// tiles from getting a zero or denormal scale. The power-of-two variant rounds up (a larger scale
-// keeps |x / scale| ≤ 448): a float that is not a power of two has non-zero mantissa bits, and
-// the next power of two is its exponent field plus one with the mantissa cleared. amax = inf
-// gives scale inf (and the tile quantizes to zeros and NaNs), identically on both backends.
-KILN_HD inline float tile_scale(float amax, float amax_floor, bool power_of_two) {
-  const float scale = divide_rn(amax > amax_floor ? amax : amax_floor, e4m3_max);
-  if (!power_of_two) return scale;
-  const std::uint32_t bits = ::kiln::detail::bit_cast<std::uint32_t>(scale);
-  const std::uint32_t exponent = bits & 0x7F800000u, mantissa = bits & 0x007FFFFFu;
-  if (exponent == 0x7F800000u || mantissa == 0) return scale;  // inf, or already 2^e
-  return ::kiln::detail::bit_cast<float>(exponent + 0x00800000u);
-}
-
-}  // namespace kiln::fp8
+#include "kiln/math/fp8.hpp"
 
 namespace kiln::cpu {
 
@@ -178,7 +141,7 @@ struct Fp8Operand {
   int tile_rows = 1;  // 1: 1×128 tiles, k-block major; 128: 128×128 blocks, row-major
 
   float scale_of(std::int64_t row, std::int64_t kb) const {
-    return tile_rows == 1 ? scale[kb * scale_ld + row] : scale[(row / 128) * scale_ld + kb];
+    return scale[fp8::scale_index(tile_rows, scale_ld, row, kb)];
   }
 };
 

@@ -22,28 +22,14 @@
 
 #include "kiln/backend/cpu/parallel.hpp"
 #include "kiln/core/tensor.hpp"
+#include "kiln/math/matmul.hpp"
 
 namespace kiln::cpu {
 
-enum class GemmLayout { row_major, col_major, unsupported };
-
-// How a rows x cols matrix with the given element strides can be read by Eigen, and its leading
-// dimension (the outer stride). Strides of size-1 dims are irrelevant and ignored.
-struct MatrixLayout {
-  GemmLayout layout = GemmLayout::unsupported;
-  std::int64_t leading = 0;
-};
-
-inline MatrixLayout gemm_layout(std::int64_t rows, std::int64_t cols, std::int64_t row_stride,
-                                std::int64_t col_stride) {
-  const std::int64_t r = std::max<std::int64_t>(rows, 1), c = std::max<std::int64_t>(cols, 1);
-  if (rows == 0 || cols == 0) return {GemmLayout::row_major, c};  // nothing is read
-  if ((cols <= 1 || col_stride == 1) && (rows <= 1 || row_stride >= c))
-    return {GemmLayout::row_major, rows <= 1 ? c : row_stride};
-  if ((rows <= 1 || row_stride == 1) && (cols <= 1 || col_stride >= r))
-    return {GemmLayout::col_major, cols <= 1 ? r : col_stride};
-  return {};
-}
+// The layouts Eigen reads in place (math/matmul.hpp: the CUDA launcher uses the same rule).
+using math::GemmLayout;
+using math::MatrixLayout;
+using math::gemm_layout;
 
 // The layout of the matrices formed by t's last two dims.
 template <class T>

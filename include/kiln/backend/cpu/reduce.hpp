@@ -14,26 +14,6 @@
 
 namespace kiln::cpu {
 
-// Merges neighbouring dims that step through memory as one (stride[i] == stride[i+1] * size[i+1])
-// and drops size-1 dims: row-major order is unchanged, and the common cases (a contiguous tensor
-// reduced over its trailing dims) become one dim with unit stride, with no div/mod per element.
-inline void merge_dims(Shape& shape, Strides& strides) {
-  Shape s;
-  Strides t;
-  for (std::size_t d = 0; d < shape.size(); ++d) {
-    if (shape[d] == 1) continue;
-    if (!s.empty() && t.back() == strides[d] * shape[d]) {
-      s.back() *= shape[d];
-      t.back() = strides[d];
-    } else {
-      s.push_back(shape[d]);
-      t.push_back(strides[d]);
-    }
-  }
-  shape = std::move(s);
-  strides = std::move(t);
-}
-
 // Folds `in` over the dims marked in `reduce_mask` into `out` (contiguous, shape = in's shape
 // with reduced dims dropped or kept as 1). Reducer provides:
 //   Acc init() ; Acc step(Acc, T value, int64 index_in_reduced_range) ; Acc merge(Acc, Acc) ;

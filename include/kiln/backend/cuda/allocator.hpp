@@ -85,6 +85,17 @@ class CachingAllocator {
     pool.live.erase(it);
   }
 
+  // After `stream` is synchronised and about to be destroyed: its cached blocks move to
+  // `successor`'s pool, and blocks still in use on it go there when they are freed.
+  void retire_stream(int device, cudaStream_t stream, cudaStream_t successor) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    Pool& pool = pools_[device];
+    auto retired = pool.free.extract(stream);  // (an iterator would not survive the insertion below)
+    if (!retired.empty()) pool.free[successor].merge(retired.mapped());
+    for (auto& [ptr, live] : pool.live)
+      if (live.stream == stream) live.stream = successor;
+  }
+
   MemoryStats stats(int device) {
     std::lock_guard<std::mutex> lock(mutex_);
     return pools_[device].stats;

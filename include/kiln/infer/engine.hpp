@@ -1,0 +1,322 @@
+// The batched generation engine: many prompts, optionally G samples each (a GRPO group), decoded
+// together over a preallocated KV cache, with each model's cached path (nn/llama.hpp: K/V;
+// nn/deepseek_v3.hpp: the MLA latent through the absorbed path).
+//
+//   infer::SamplingParams p;
+//   p.temperature = 0.8; p.top_p = 0.95; p.max_new_tokens = 256;
+//   p.eos_token_ids = {eos}; p.stop_strings = {"</answer>"}; p.seed = 7;
+//   infer::GenerateOptions o;
+//   o.samples_per_prompt = 8; o.tokenizer = &tok;
+//   std::vector<infer::Completion> out = infer::generate(model, prompts, p, o);
+//   // out[prompt·8 + sample]: .tokens, .finish, .text
+//
+// How a batch runs (one "wave"; more samples than options.max_batch run as several waves):
+//  1. Prefill. The wave's distinct prompts, right-padded to the longest ([B, S], pad id 0), run
+//     once through the model's training attention path (exact for every valid position under the
+//     causal mask); every layer's keys/latents go straight to the cache slots of all the samples
+//     of that prompt (PrefillIndex: a prompt of a G-group is computed once and its rows written to
+//     its G slots — cheaper than prefilling G duplicates, and the copy is the write the prefill
+//     does anyway). The logits of each prompt's last token give each sample its first token.
+//  2. Decode steps. The active samples form the rows of fixed-shape device tensors: ids [n] (the
+//     newest token of each), positions [n] (its position), slots [n], sample_ids [n]. A step is
+//        logits = model.decode(ids, {slots, positions, lengths = positions + 1}, cache)
+//        ids    = sample_tokens(logits, options, sample_ids, lengths)   // drawn at position lengths
+//        positions = lengths
+//     all on the device, then ONE host read: the n sampled tokens, which the host appends to each
+//     sample's completion (CompletionBuilder: eos, stop strings on the decoded text, length).
+//  3. Finished samples leave the batch: when the set of active samples changes, the host builds
+//     the rows of those left (it knows every value: the tokens it just read, positions, slots and
+//     ids) and uploads them as one packed tensor — only on steps where some sample finished, never
+//     per token; their cache rows stay where they are. A finished sample costs nothing afterwards.
+// Draws are keyed by (seed, sample id, position): sample id = options.sample_id_base +
+// prompt·G + sample, position = the drawn token's position in its sequence. The same seed gives
+// the same samples, whatever the batch (its size, its other prompts, waves, padding) — up to the
+// rounding differences a different batch shape can make in the logits.
+//
+// Host synchronisation per decode step (GPU): the read of the sampled tokens; on steps where the
+// active set changes, the upload of the new rows. The decode step itself is a function of
+// fixed-shape device tensors (ids, the DecodeIndex, the cache) that reads nothing back, so it can
+// be captured as a CUDA graph and replayed; with options.pad_to_bucket the row count is padded to
+// a power of two (padding rows decode a spare slot and are ignored), so that a handful of graphs
+// cover every batch size. Note: embedding's id range check still reads a flag back on a GPU (see
+// ops/gather.hpp) until that check can be skipped for trusted ids.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "kiln/autograd/grad_mode.hpp"
+#include "kiln/core/device_readback.hpp"
+#include "kiln/data/tokenizer.hpp"
+#include "kiln/infer/completion.hpp"
+#include "kiln/infer/kv_cache.hpp"
+#include "kiln/infer/sampling_params.hpp"
+#include "kiln/nn/module.hpp"
+#include "kiln/ops/copy.hpp"
+#include "kiln/ops/sampling.hpp"
+#include "kiln/ops/view.hpp"
+
+namespace kiln::infer {
+
+// Where a generation stands, after each step.
+struct GenerationProgress {
+  std::int64_t step = 0;       // decode steps run (0: after the prefill's first draw)
+  std::int64_t active = 0;     // samples still generating in the current wave
+  std::int64_t finished = 0;   // samples finished, all waves
+  std::int64_t total = 0;      // samples requested
+  std::int64_t tokens = 0;     // tokens generated so far
+};
+
+// What options.on_logits sees at every draw (a testing and inspection hook: the logits are copied
+// to the host, so setting it costs a read per step).
+struct StepLogits {
+  std::vector<std::int64_t> samples;    // per logits row: the index of its sample in the output (−1: padding)
+  std::vector<std::int64_t> positions;  // per row: the position of the token drawn from it
+  Tensor<double> logits;                // [rows, vocab] on the CPU
+};
+
+struct GenerateOptions {
+  std::int64_t samples_per_prompt = 1;          // G: samples per prompt (a GRPO group)
+  std::uint64_t sample_id_base = 0;             // sample ids are base + prompt·G + sample
+  const data::Tokenizer* tokenizer = nullptr;   // text, stop strings; draws then only ids it knows
+  std::int64_t max_batch = 0;                   // samples decoded at once (0: all); the rest wait
+                                                // for the next wave
+  bool pad_to_bucket = false;                   // pad the active rows to a power of two (see above)
+  std::function<void(const GenerationProgress&)> on_progress;
+  std::function<void(const StepLogits&)> on_logits;
+};
+
+namespace detail {
+template <class T>
+T element_of(const nn::Module<T>*);
+
+inline std::int64_t bucket_size(std::int64_t n) {
+  std::int64_t b = 1;
+  while (b < n) b *= 2;
+  return b;
+}
+}  // namespace detail
+
+// Model: nn::LlamaForCausalLM<T> or nn::DeepseekV3ForCausalLM<T> (anything with their
+// make_decode_cache / prefill / decode / device / vocab_size / max_positions).
+template <class Model>
+class Engine {
+ public:
+  using T = decltype(detail::element_of(static_cast<const Model*>(nullptr)));
+
+  explicit Engine(const Model& model) : model_(&model) {}
+
+  // prompts: token ids, each non-empty, of any lengths. Returns prompts.size() · G completions,
+  // completion prompt·G + sample of prompt `prompt`.
+  std::vector<Completion> generate(const std::vector<std::vector<std::int64_t>>& prompts,
+                                   const SamplingParams& params, const GenerateOptions& options = {}) const {
+    const char* op = "generate";
+    const Model& m = *model_;
+    const std::int64_t V = m.vocab_size(), G = options.samples_per_prompt;
+    check(G >= 1, op, "samples_per_prompt must be >= 1, got ", G);
+    check(options.max_batch >= 0, op, "max_batch must be >= 0 (0: all samples at once), got ", options.max_batch);
+    params.check(op, V, options.tokenizer != nullptr);
+    for (std::size_t p = 0; p < prompts.size(); ++p) {
+      const auto L = static_cast<std::int64_t>(prompts[p].size());
+      check(L > 0, op, "prompt ", p, " is empty");
+      check(L + params.max_new_tokens <= m.max_positions(), op, "prompt ", p, " of ", L, " tokens plus max_new_tokens ",
+            params.max_new_tokens, " exceeds the model's ", m.max_positions(), " positions (max_position_embeddings)");
+      for (const std::int64_t id : prompts[p])
+        check(id >= 0 && id < V, op, "prompt ", p, " holds token id ", id, ", outside the vocabulary [0, ", V, ")");
+    }
+
+    NoGradGuard no_grad;
+    const auto total = static_cast<std::int64_t>(prompts.size()) * G;
+    std::vector<CompletionBuilder> samples;
+    samples.reserve(static_cast<std::size_t>(total));
+    for (std::int64_t j = 0; j < total; ++j) {
+      Completion c;
+      c.prompt = j / G;
+      c.sample = j % G;
+      c.sample_id = options.sample_id_base + static_cast<std::uint64_t>(j);
+      samples.emplace_back(std::move(c), params, options.tokenizer);
+    }
+    Run run{prompts, params, options, samples, total};
+    const std::int64_t wave = options.max_batch > 0 ? options.max_batch : std::max<std::int64_t>(total, 1);
+    for (std::int64_t first = 0; first < total; first += wave) run_wave(run, first, std::min(total, first + wave));
+
+    std::vector<Completion> out;
+    out.reserve(samples.size());
+    for (auto& s : samples) out.push_back(s.take());
+    return out;
+  }
+
+ private:
+  struct Run {
+    const std::vector<std::vector<std::int64_t>>& prompts;
+    const SamplingParams& params;
+    const GenerateOptions& options;
+    std::vector<CompletionBuilder>& samples;
+    std::int64_t total;
+    std::int64_t finished = 0, tokens = 0, step = 0;
+  };
+
+  // An active sample of the wave: its index in the output, its cache slot, and the position of its
+  // newest token (the one it feeds next).
+  struct Row {
+    std::int64_t sample, slot, position;
+  };
+
+  // Samples [first, last) of the run: prefill, then decode until each is finished.
+  void run_wave(Run& run, std::int64_t first, std::int64_t last) const {
+    const Model& m = *model_;
+    const Device device = m.device();
+    const std::int64_t count = last - first, G = run.options.samples_per_prompt;
+    const std::int64_t spare = run.options.pad_to_bucket ? 1 : 0;  // the padding rows' slot: `count`
+
+    // The wave's distinct prompts (rows of the padded batch) and each sample's row and slot.
+    std::map<std::int64_t, std::int64_t> row_of;
+    std::vector<std::int64_t> prompt_of_row, lengths, rows, slots;
+    for (std::int64_t j = first; j < last; ++j) {
+      const std::int64_t p = j / G;
+      auto [it, fresh] = row_of.emplace(p, static_cast<std::int64_t>(prompt_of_row.size()));
+      if (fresh) {
+        prompt_of_row.push_back(p);
+        lengths.push_back(static_cast<std::int64_t>(run.prompts[static_cast<std::size_t>(p)].size()));
+      }
+      rows.push_back(it->second);
+      slots.push_back(j - first);
+    }
+    const auto B = static_cast<std::int64_t>(prompt_of_row.size());
+    const std::int64_t S = *std::max_element(lengths.begin(), lengths.end());
+    std::vector<std::int64_t> ids(static_cast<std::size_t>(B * S), 0);  // pad id 0: any valid id will do
+    for (std::int64_t b = 0; b < B; ++b) {
+      const auto& prompt = run.prompts[static_cast<std::size_t>(prompt_of_row[static_cast<std::size_t>(b)])];
+      std::copy(prompt.begin(), prompt.end(), ids.begin() + b * S);
+    }
+
+    // Capacity: the longest prompt plus max_new_tokens (the last token drawn is never fed back,
+    // so every fed position is < capacity).
+    auto cache = m.make_decode_cache(count + spare, S + run.params.max_new_tokens);
+    const PrefillIndex prefill = PrefillIndex::make(lengths, S, slots, rows, count + spare, device);
+    const Tensor<T> first_logits = m.prefill(Tensor<std::int64_t>::from_vector(ids, {B, S}, device), prefill, cache);
+
+    // The first draw, from each sample's prompt logits, at position L (the first new token's).
+    std::vector<Row> active;
+    for (std::int64_t a = 0; a < count; ++a)
+      active.push_back({first + a, a, lengths[static_cast<std::size_t>(rows[static_cast<std::size_t>(a)])]});
+    std::vector<std::int64_t> packed;
+    for (const Row& r : active) packed.push_back(sample_id(run, r));
+    for (const Row& r : active) packed.push_back(r.position);
+    const auto first_index = Tensor<std::int64_t>::from_vector(packed, {2, count}, device);
+    Tensor<std::int64_t> drawn = draw(run, first_logits, row_view(first_index, 0, count),
+                                      row_view(first_index, 1, count), active, count);
+    accept(run, drawn, active);
+    report(run, static_cast<std::int64_t>(active.size()));
+
+    // Decode steps: ids, index and sample_ids are the device side of `active` (plus padding rows),
+    // rebuilt only when `active` changes.
+    Tensor<std::int64_t> step_ids, sample_ids;
+    DecodeIndex index;
+    bool changed = true;  // no device rows yet
+    while (!active.empty()) {
+      const auto n = static_cast<std::int64_t>(active.size());
+      if (changed) {
+        // The rows of the samples left (or the first decode step): upload what the host knows.
+        const std::int64_t rows_n = run.options.pad_to_bucket ? detail::bucket_size(n) : n;
+        std::vector<std::int64_t> state(static_cast<std::size_t>(4 * rows_n), 0);
+        for (std::int64_t r = 0; r < rows_n; ++r) {
+          const bool real = r < n;
+          const Row& row = active[static_cast<std::size_t>(real ? r : 0)];
+          const auto& tokens = run.samples[static_cast<std::size_t>(row.sample)].completion().tokens;
+          state[static_cast<std::size_t>(r)] = real ? tokens.back() : 0;                  // ids
+          state[static_cast<std::size_t>(rows_n + r)] = real ? row.position : 0;          // positions
+          state[static_cast<std::size_t>(2 * rows_n + r)] = real ? row.slot : count;      // slots (spare)
+          state[static_cast<std::size_t>(3 * rows_n + r)] = real ? sample_id(run, row) : 0;  // sample ids
+        }
+        const auto packed_state = Tensor<std::int64_t>::from_vector(state, {4, rows_n}, device);
+        step_ids = row_view(packed_state, 0, rows_n);
+        index = DecodeIndex::at(row_view(packed_state, 2, rows_n), row_view(packed_state, 1, rows_n));
+        sample_ids = row_view(packed_state, 3, rows_n);
+      } else {
+        step_ids = drawn;
+        index = index.next();
+      }
+      Tensor<T> logits;
+      {
+        // The ids are the sampler's own draws (valid by construction): no range-check read-back.
+        DeviceReadbackGuard trusted_ids;
+        logits = m.decode(step_ids, index, cache);
+      }
+      for (Row& r : active) ++r.position;  // the token drawn now sits one further
+      drawn = draw(run, logits, sample_ids, index.lengths, active, index.size());
+      ++run.step;
+      changed = accept(run, drawn, active);
+      report(run, static_cast<std::int64_t>(active.size()));
+    }
+  }
+
+  static std::int64_t sample_id(const Run& run, const Row& r) {
+    return static_cast<std::int64_t>(run.samples[static_cast<std::size_t>(r.sample)].completion().sample_id);
+  }
+
+  // Row i of a packed [k, n] index tensor, as a contiguous [n] view.
+  static Tensor<std::int64_t> row_view(const Tensor<std::int64_t>& packed, std::int64_t i, std::int64_t n) {
+    return reshape(narrow(packed, 0, i, 1), {n});
+  }
+
+  // Draws one token per logits row (rows past active.size() are padding), on the device.
+  Tensor<std::int64_t> draw(const Run& run, const Tensor<T>& logits, const Tensor<std::int64_t>& sample_ids,
+                            const Tensor<std::int64_t>& positions, const std::vector<Row>& active,
+                            std::int64_t rows) const {
+    if (run.options.on_logits) {
+      StepLogits s;
+      for (std::int64_t r = 0; r < rows; ++r) {
+        const bool real = r < static_cast<std::int64_t>(active.size());
+        s.samples.push_back(real ? active[static_cast<std::size_t>(r)].sample : -1);
+        s.positions.push_back(real ? active[static_cast<std::size_t>(r)].position : -1);
+      }
+      s.logits = to(cast<double>(logits), Device::cpu());
+      run.options.on_logits(s);
+    }
+    // With a tokenizer of fewer ids than the model's vocabulary, draw only ids it can decode.
+    const data::Tokenizer* tok = run.options.tokenizer;
+    const Tensor<T> z = tok && tok->vocab_size() < logits.size(1) ? narrow(logits, 1, 0, tok->vocab_size()) : logits;
+    return sample_tokens(z, run.params.sampling_options(), sample_ids, positions);
+  }
+
+  // THE host read of a step: the drawn tokens. Appends each active sample's token, drops finished
+  // samples from `active`; returns whether the active set changed.
+  static bool accept(Run& run, const Tensor<std::int64_t>& drawn, std::vector<Row>& active) {
+    const std::vector<std::int64_t> tokens = drawn.to_vector();
+    std::vector<Row> left;
+    left.reserve(active.size());
+    for (std::size_t r = 0; r < active.size(); ++r) {
+      ++run.tokens;
+      if (run.samples[static_cast<std::size_t>(active[r].sample)].append(tokens[r])) {
+        ++run.finished;
+      } else {
+        left.push_back(active[r]);
+      }
+    }
+    const bool changed = left.size() != active.size();
+    active = std::move(left);
+    return changed;
+  }
+
+  static void report(const Run& run, std::int64_t active) {
+    if (run.options.on_progress) run.options.on_progress({run.step, active, run.finished, run.total, run.tokens});
+  }
+
+  const Model* model_;
+};
+
+// One-call form: Engine(model).generate(prompts, params, options).
+template <class Model>
+std::vector<Completion> generate(const Model& model, const std::vector<std::vector<std::int64_t>>& prompts,
+                                 const SamplingParams& params, const GenerateOptions& options = {}) {
+  return Engine<Model>(model).generate(prompts, params, options);
+}
+
+}  // namespace kiln::infer

@@ -1,0 +1,89 @@
+// TMA and bulk copies on Hopper (sm_90): the tensor memory accelerator copies a 2-D or 3-D box of a
+// global tensor (described by a CUtensorMap built on the host) into shared memory, zero-filling
+// out-of-range elements and applying the swizzle that wgmma expects, with one instruction from one
+// thread; plain bulk copies move contiguous runs. Loads complete on an mbarrier (mbarrier.cuh),
+// stores are tracked by bulk groups. Each device wrapper is a single PTX instruction (PTX ISA 8.x,
+// "cp.async.bulk.tensor", "cp.async.bulk", "prefetch.tensormap").
+//
+// Host side: encode_tiled(), the driver's cuTensorMapEncodeTiled, fetched through the runtime
+// (cudaGetDriverEntryPointByVersion) so that kiln needs no link against libcuda. Shared memory is
+// named by its shared-window address (smem.cuh: shared_address).
+#pragma once
+
+#include <cuda.h>
+#include <cuda_runtime.h>
+#include <cudaTypedefs.h>
+
+#include <cstdint>
+
+#include "kiln/core/error.hpp"
+#include "kiln/kernels/common/cuda_check.hpp"
+
+namespace kiln::kernels::sm90 {
+
+// ---- device: copies into shared memory -------------------------------------------------------------
+
+// Copies the box at (x = innermost coordinate, y = row) of the tensor map into shared memory at
+// dst; the bytes complete on bar. tensor_map is the address of a __grid_constant__ parameter.
+__device__ inline void tma_load_2d(std::uint32_t dst, const void* tensor_map, int x, int y, std::uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];" ::"r"(
+          dst),
+      "l"(reinterpret_cast<std::uint64_t>(tensor_map)), "r"(x), "r"(y), "r"(bar)
+      : "memory");
+}
+
+// A plain contiguous copy of `bytes` (a multiple of 16, 16-byte aligned ends) into shared memory.
+__device__ inline void bulk_load(std::uint32_t dst, const void* src, std::uint32_t bytes, std::uint32_t bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
+               "l"(reinterpret_cast<std::uint64_t>(src)), "r"(bytes), "r"(bar)
+               : "memory");
+}
+
+// ---- device: stores from shared memory -------------------------------------------------------------
+
+// Copies a box from shared memory (dense, in the tensor map's swizzle) to the 3-D tensor at
+// (x, y, z); elements outside the tensor are not written. Completion is tracked by bulk groups.
+// The shared-memory source must be made visible to the async proxy first (smem.cuh:
+// fence_proxy_async_shared).
+__device__ inline void tma_store_3d(const void* tensor_map, std::uint32_t src, int x, int y, int z) {
+  asm volatile("cp.async.bulk.tensor.3d.global.shared::cta.bulk_group [%0, {%2, %3, %4}], [%1];" ::"l"(
+                   reinterpret_cast<std::uint64_t>(tensor_map)),
+               "r"(src), "r"(x), "r"(y), "r"(z)
+               : "memory");
+}
+__device__ inline void bulk_commit() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
+// Waits until at most Pending bulk groups of this thread still read their shared-memory source.
+template <int Pending>
+__device__ inline void bulk_wait_read() {
+  asm volatile("cp.async.bulk.wait_group.read %0;" ::"n"(Pending) : "memory");
+}
+// Waits until at most Pending bulk groups of this thread are incomplete (writes done).
+template <int Pending>
+__device__ inline void bulk_wait() {
+  asm volatile("cp.async.bulk.wait_group %0;" ::"n"(Pending) : "memory");
+}
+
+// Brings a tensor map (the address of a __grid_constant__ parameter) into the descriptor cache.
+__device__ inline void prefetch_tensor_map(const void* tensor_map) {
+  asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<std::uint64_t>(tensor_map)) : "memory");
+}
+
+// ---- host: tensor maps -----------------------------------------------------------------------------
+
+// cuTensorMapEncodeTiled is a driver API function; it is fetched through the runtime so that kiln
+// needs no link against libcuda. Looked up once per process (the entry point is the same for every
+// device).
+inline PFN_cuTensorMapEncodeTiled_v12000 encode_tiled() {
+  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* ptr = nullptr;
+    cudaDriverEntryPointQueryResult status{};
+    KILN_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault, &status));
+    check(status == cudaDriverEntryPointSuccess && ptr != nullptr, "TMA",
+          "the CUDA driver has no cuTensorMapEncodeTiled (a Hopper driver is required)");
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(ptr);
+  }();
+  return fn;
+}
+
+}  // namespace kiln::kernels::sm90

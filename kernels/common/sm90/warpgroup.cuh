@@ -1,0 +1,28 @@
+// Warpgroup roles in Hopper (sm_90) kernels: the register budget of warp-specialised kernels
+// (setmaxnreg) and barriers over a subset of the CTA's warps. PTX ISA 8.x, "setmaxnreg" and "bar".
+//
+// A warpgroup is 4 consecutive warps (128 threads, the unit of wgmma). In a warp-specialised kernel
+// a producer warpgroup that only issues copies gives registers back, and the math warpgroups take
+// them; the block's 64K registers bound the sum (kernels/fp8_gemm/gemm_hopper.cuh: one producer at
+// 40 and two consumers at 232 registers a thread).
+#pragma once
+
+namespace kiln::kernels::sm90 {
+
+// setmaxnreg: every thread of the warpgroup must execute it (.sync.aligned); Registers is a
+// multiple of 8 in [24, 256].
+template <int Registers>
+__device__ inline void release_registers() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(Registers));
+}
+template <int Registers>
+__device__ inline void claim_registers() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(Registers));
+}
+
+// Barrier over `threads` threads (a multiple of 32) on hardware barrier `id` (1..15; 0 is __syncthreads).
+__device__ inline void named_barrier_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
+}
+
+}  // namespace kiln::kernels::sm90

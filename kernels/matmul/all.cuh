@@ -1,3 +1,0 @@
-// Every kernel of this family; included by include/kiln/backend/cuda.hpp.
-#pragma once
-#include "matmul/matmul.cuh"

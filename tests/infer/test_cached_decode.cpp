@@ -1,0 +1,309 @@
+// The models' generation path — prefill into the preallocated cache (infer/kv_cache.hpp), then one
+// token per row per decode step (Llama: K/V; DeepSeek-V3: the MLA latent through the absorbed
+// path, MoE by dense dispatch) — against the independent reference, each sequence's plain uncached
+// forward: ragged prompts in one padded batch, rows at different positions in one step, rows
+// leaving early, slots in any order, GRPO groups sharing a prompt's prefill; double and float.
+// Also: dense MoE dispatch against the sparse (sorted) dispatch, and errors.
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "infer_test_util.hpp"
+
+using namespace kiln;
+using namespace kiln::testing;
+
+namespace {
+
+struct Target {
+  std::int64_t prompt;             // the prompt it continues
+  std::int64_t slot;               // its cache slot
+  std::vector<std::int64_t> feed;  // the tokens fed after the prompt, one per decode step
+};
+
+std::vector<std::int64_t> random_tokens(std::int64_t n, std::int64_t vocab, std::uint64_t seed) {
+  Generator gen{seed, 0};
+  return n == 0 ? std::vector<std::int64_t>{} : randint<std::int64_t>(0, vocab, {n}, Device::cpu(), gen).to_vector();
+}
+
+// The cached path: per target the logits rows [1 + feed.size(), V] (the prompt's last token's,
+// then one after each fed token), flattened. Targets whose feed is used up leave the batch.
+template <class Model>
+std::vector<double> cached_logits(const Model& m, const std::vector<std::vector<std::int64_t>>& prompts,
+                                  const std::vector<Target>& targets, std::int64_t num_slots) {
+  NoGradGuard no_grad;
+  std::vector<std::int64_t> lengths;
+  std::int64_t S = 0, longest_feed = 0;
+  for (const auto& p : prompts) {
+    lengths.push_back(static_cast<std::int64_t>(p.size()));
+    S = std::max(S, lengths.back());
+  }
+  const auto B = static_cast<std::int64_t>(prompts.size());
+  std::vector<std::int64_t> ids(static_cast<std::size_t>(B * S), m.vocab_size() - 1);  // padding: any id
+  for (std::int64_t b = 0; b < B; ++b) std::copy(prompts[b].begin(), prompts[b].end(), ids.begin() + b * S);
+  std::vector<std::int64_t> slots, rows;
+  for (const Target& t : targets) {
+    slots.push_back(t.slot);
+    rows.push_back(t.prompt);
+    longest_feed = std::max(longest_feed, static_cast<std::int64_t>(t.feed.size()));
+  }
+  auto cache = m.make_decode_cache(num_slots, S + longest_feed);
+  const auto index = infer::PrefillIndex::make(lengths, S, slots, rows, num_slots, Device::cpu());
+  const std::int64_t V = m.vocab_size();
+  std::vector<std::vector<double>> per_target(targets.size());
+  const std::vector<double> first = cast<double>(m.prefill(Tensor<std::int64_t>::from_vector(ids, {B, S}), index, cache))
+                                        .to_vector();
+  for (std::size_t r = 0; r < targets.size(); ++r) {
+    const auto row = row_of(first, r, static_cast<std::size_t>(V));
+    per_target[r].insert(per_target[r].end(), row.begin(), row.end());
+  }
+  for (std::int64_t step = 0; step < longest_feed; ++step) {
+    std::vector<std::size_t> active;
+    std::vector<std::int64_t> step_ids, step_slots, positions;
+    for (std::size_t r = 0; r < targets.size(); ++r)
+      if (step < static_cast<std::int64_t>(targets[r].feed.size())) {
+        active.push_back(r);
+        step_ids.push_back(targets[r].feed[static_cast<std::size_t>(step)]);
+        step_slots.push_back(targets[r].slot);
+        positions.push_back(lengths[static_cast<std::size_t>(targets[r].prompt)] + step);
+      }
+    const auto step_index = infer::DecodeIndex::at(tensor(step_slots), tensor(positions));
+    const std::vector<double> logits = cast<double>(m.decode(tensor(step_ids), step_index, cache)).to_vector();
+    EXPECT_EQ(logits.size(), active.size() * static_cast<std::size_t>(V));
+    for (std::size_t i = 0; i < active.size(); ++i) {
+      const auto row = row_of(logits, i, static_cast<std::size_t>(V));
+      per_target[active[i]].insert(per_target[active[i]].end(), row.begin(), row.end());
+    }
+  }
+  std::vector<double> out;
+  for (const auto& t : per_target) out.insert(out.end(), t.begin(), t.end());
+  return out;
+}
+
+// The reference: each target's prompt + feed through the uncached forward, rows L−1 .. L+feed−1.
+template <class Model>
+std::vector<double> uncached_logits(Model& m, const std::vector<std::vector<std::int64_t>>& prompts,
+                                    const std::vector<Target>& targets) {
+  std::vector<double> out;
+  const auto V = static_cast<std::size_t>(m.vocab_size());
+  for (const Target& t : targets) {
+    std::vector<std::int64_t> seq = prompts[static_cast<std::size_t>(t.prompt)];
+    const std::size_t L = seq.size();
+    seq.insert(seq.end(), t.feed.begin(), t.feed.end());
+    const std::vector<double> full = full_logits(m, seq);
+    out.insert(out.end(), full.begin() + static_cast<std::ptrdiff_t>((L - 1) * V), full.end());
+  }
+  return out;
+}
+
+// Four prompts of lengths 5, 2, 7, 1 continued by 6, 9, 2 and 4 tokens: the batch shrinks from 4
+// rows to 1 while rows sit at different positions; slots in another order than the rows.
+struct RaggedCase {
+  std::vector<std::vector<std::int64_t>> prompts;
+  std::vector<Target> targets;
+  std::int64_t slots = 5;
+};
+
+RaggedCase ragged_case(std::int64_t vocab) {
+  RaggedCase c;
+  const std::vector<std::int64_t> prompt_lengths{5, 2, 7, 1}, feed_lengths{6, 9, 2, 4}, slots{3, 0, 4, 1};
+  for (std::size_t i = 0; i < prompt_lengths.size(); ++i) {
+    c.prompts.push_back(random_tokens(prompt_lengths[i], vocab, 100 + i));
+    c.targets.push_back({static_cast<std::int64_t>(i), slots[i], random_tokens(feed_lengths[i], vocab, 200 + i)});
+  }
+  return c;
+}
+
+// Two prompts; prompt 0 starts a group of three samples with different continuations (one stops
+// at the prompt), prompt 1 one sample: the prefill computes each prompt once and writes it to
+// every slot of its group.
+RaggedCase group_case(std::int64_t vocab) {
+  RaggedCase c;
+  c.prompts = {random_tokens(4, vocab, 300), random_tokens(6, vocab, 301)};
+  c.targets = {{0, 3, random_tokens(5, vocab, 310)},
+               {0, 0, random_tokens(3, vocab, 311)},
+               {1, 1, random_tokens(4, vocab, 312)},
+               {0, 2, {}}};
+  return c;
+}
+
+template <class Model>
+void expect_cached_equals_uncached(Model& m, const RaggedCase& c, double tolerance, const char* what) {
+  const std::vector<double> cached = cached_logits(m, c.prompts, c.targets, c.slots);
+  const std::vector<double> reference = uncached_logits(m, c.prompts, c.targets);
+  EXPECT_LT(relative_error(cached, reference), tolerance) << what;
+  // The comparison can see a difference: a slightly perturbed copy fails it.
+  std::vector<double> moved = cached;
+  moved[moved.size() / 2] += 1e-6 * std::abs(moved[moved.size() / 2]) + 1e-6;
+  EXPECT_GT(relative_error(moved, reference), 1e-9) << what;
+}
+
+}  // namespace
+
+TEST(CachedDecode, LlamaRaggedBatchEqualsUncachedForward) {
+  auto m = make_llama<double>(1);
+  expect_cached_equals_uncached(*m, ragged_case(m->vocab_size()), 1e-10, "llama ragged");
+}
+
+TEST(CachedDecode, DeepseekRaggedBatchEqualsUncachedForward) {
+  auto m = make_deepseek<double>(2);
+  expect_cached_equals_uncached(*m, ragged_case(m->vocab_size()), 1e-10, "deepseek ragged");
+}
+
+TEST(CachedDecode, GroupsShareTheirPromptsPrefill) {
+  auto llama = make_llama<double>(3);
+  expect_cached_equals_uncached(*llama, group_case(llama->vocab_size()), 1e-10, "llama groups");
+  auto deepseek = make_deepseek<double>(4);
+  expect_cached_equals_uncached(*deepseek, group_case(deepseek->vocab_size()), 1e-10, "deepseek groups");
+}
+
+// Tied embeddings, no q_lora_rank, dense-only DeepSeek-V3 (first_k_dense_replace past the last
+// layer): the other branches of the models' decode paths.
+TEST(CachedDecode, OtherModelVariants) {
+  nn::LlamaConfig lc = infer_llama_config();
+  lc.tie_word_embeddings = true;
+  lc.num_key_value_heads = 4;  // plain multi-head attention
+  Generator g1{5, 0};
+  nn::LlamaForCausalLM<double> llama(lc, g1);
+  randomize(llama, 6, 0.4);
+  expect_cached_equals_uncached(llama, ragged_case(lc.vocab_size), 1e-10, "tied llama");
+
+  nn::DeepseekV3Config dc = infer_deepseek_config();
+  dc.q_lora_rank = std::nullopt;
+  dc.tie_word_embeddings = true;
+  dc.first_k_dense_replace = 3;
+  Generator g2{7, 0};
+  nn::DeepseekV3ForCausalLM<double> deepseek(dc, g2);
+  randomize(deepseek, 8, 0.4);
+  expect_cached_equals_uncached(deepseek, ragged_case(dc.vocab_size), 1e-10, "dense deepseek without q_lora");
+}
+
+// float: both paths compute the same function with float roundings in different orders (another
+// association of the attention sums, the absorbed instead of the naive MLA product, dense instead
+// of sorted MoE sums). Each inner product of length K (K <= 40 here) in float has relative error
+// at most about K·2^-24 ≈ 2.4e-6 in the worst case and far less in practice (errors of random sign
+// grow like sqrt(K)); through the layers and the head the measured distance of either float path to
+// the float64 reference is 2-3e-7 (both models). The bound below is DESIGN.md's fp32 tolerance
+// against a float64 reference, 1e-5: well above what rounding gives, and far below what a real
+// error (a wrong position, slot or row: relative differences of order 1) would give.
+TEST(CachedDecode, FloatFollowsTheDoubleReference) {
+  const RaggedCase c = ragged_case(40);
+  {
+    auto md = make_llama<double>(9);
+    auto mf = make_llama<float>(9);
+    const std::vector<double> reference = uncached_logits(*md, c.prompts, c.targets);
+    EXPECT_LT(relative_error(cached_logits(*mf, c.prompts, c.targets, c.slots), reference), 1e-5);
+    EXPECT_LT(relative_error(uncached_logits(*mf, c.prompts, c.targets), reference), 1e-5);
+  }
+  {
+    auto md = make_deepseek<double>(10);
+    auto mf = make_deepseek<float>(10);
+    const std::vector<double> reference = uncached_logits(*md, c.prompts, c.targets);
+    EXPECT_LT(relative_error(cached_logits(*mf, c.prompts, c.targets, c.slots), reference), 1e-5);
+    EXPECT_LT(relative_error(uncached_logits(*mf, c.prompts, c.targets), reference), 1e-5);
+  }
+}
+
+// ---- dense MoE dispatch ------------------------------------------------------------------------
+
+namespace {
+
+nn::DeepseekV3Config moe_config(std::int64_t shared, std::int64_t groups, std::int64_t topk_group, std::int64_t k,
+                                bool norm) {
+  nn::DeepseekV3Config c;
+  c.hidden_size = 7;
+  c.moe_intermediate_size = 5;
+  c.n_routed_experts = 6;
+  c.n_shared_experts = shared;
+  c.num_experts_per_tok = k;
+  c.n_group = groups;
+  c.topk_group = topk_group;
+  c.norm_topk_prob = norm;
+  c.routed_scaling_factor = 2.5;
+  c.initializer_range = 0.5;
+  return c;
+}
+
+}  // namespace
+
+TEST(DenseMoE, EqualsSparseDispatch) {
+  struct Case {
+    std::int64_t shared, groups, topk_group, k;
+    bool norm;
+  };
+  // Group-limited routing; two shared experts (split into two units) and no group limit; no shared
+  // expert, K = 1 (gates not normalised); K = 3 unnormalised.
+  for (const Case& cs : {Case{1, 3, 2, 2, true}, Case{2, 1, 1, 2, true}, Case{0, 2, 2, 1, true},
+                         Case{1, 2, 1, 3, false}}) {
+    const nn::DeepseekV3Config c = moe_config(cs.shared, cs.groups, cs.topk_group, cs.k, cs.norm);
+    Generator gen{11, 0};
+    nn::MoE<double> moe(c, gen);
+    randomize(moe, 12, 0.5);  // the routing bias too
+    const Tensor<double> x = randn<double>({3, 4, c.hidden_size});
+    NoGradGuard no_grad;
+    const Tensor<double> sparse = moe.forward(x);
+    const nn::ExpertLoad load = moe.last_load();
+    const nn::DenseExperts<double> w = moe.stack_experts();
+    EXPECT_EQ(w.w_in.shape(), (Shape{2 * (6 + cs.shared) * 5, c.hidden_size}));
+    EXPECT_EQ(w.w_out.shape(), (Shape{c.hidden_size, (6 + cs.shared) * 5}));
+    const Tensor<double> dense = moe.forward_dense(x, w);
+    EXPECT_EQ(dense.shape(), x.shape());
+    EXPECT_LT(relative_error(dense, sparse), 1e-13) << "shared " << cs.shared << ", k " << cs.k;
+    EXPECT_GT(relative_error(dense, mul(sparse, 1.0 + 1e-9)), 1e-12);
+    EXPECT_EQ(moe.last_load().counts, load.counts);  // dense dispatch leaves the statistics alone
+
+    // The dense gates are the routing's gates at the chosen experts and exact zeros elsewhere.
+    const Tensor<double> flat = reshape(x, {12, c.hidden_size});
+    const nn::Routing<double> r = moe.gate(flat);
+    const auto chosen = r.experts.to_vector();
+    const auto gates = r.gates.to_vector();
+    const auto dense_gates = moe.gate.dense_gates(flat, w.expert_ids, w.group_ids).to_vector();
+    std::vector<double> expected(12 * 6, 0.0);
+    for (std::size_t n = 0; n < 12; ++n)
+      for (std::size_t j = 0; j < static_cast<std::size_t>(cs.k); ++j)
+        expected[n * 6 + static_cast<std::size_t>(chosen[n * cs.k + j])] = gates[n * cs.k + j];
+    for (std::size_t i = 0; i < expected.size(); ++i) {
+      if (expected[i] == 0.0) EXPECT_EQ(dense_gates[i], 0.0) << i;
+      else EXPECT_NEAR(dense_gates[i], expected[i], 1e-15 * std::abs(expected[i])) << i;
+    }
+  }
+}
+
+TEST(DenseMoE, StackedExpertsMustFitTheLayer) {
+  Generator gen{13, 0};
+  nn::MoE<double> a(moe_config(1, 3, 2, 2, true), gen), b(moe_config(2, 3, 2, 2, true), gen);
+  EXPECT_KILN_ERROR(a.forward_dense(randn<double>({2, 7}), b.stack_experts()), "MoE::forward_dense",
+                    "stack_experts");
+  EXPECT_KILN_ERROR(a.forward_dense(randn<double>({2, 6}), a.stack_experts()), "MoE::forward_dense", "[2, 6]");
+}
+
+// ---- errors ------------------------------------------------------------------------------------
+
+TEST(CachedDecode, Errors) {
+  const Device cpu = Device::cpu();
+  using infer::PrefillIndex;
+  EXPECT_KILN_ERROR(PrefillIndex::make({3, 0}, 3, {0, 1}, {}, 2, cpu), "PrefillIndex", "prompt 1", "length 0");
+  EXPECT_KILN_ERROR(PrefillIndex::make({3, 4}, 3, {0, 1}, {}, 2, cpu), "PrefillIndex", "length 4");
+  EXPECT_KILN_ERROR(PrefillIndex::make({3, 2}, 3, {0, 0}, {}, 2, cpu), "PrefillIndex", "slot 0", "two prompts");
+  EXPECT_KILN_ERROR(PrefillIndex::make({3, 2}, 3, {0, 2}, {}, 2, cpu), "PrefillIndex", "slot 2", "2 slots");
+  EXPECT_KILN_ERROR(PrefillIndex::make({3, 2}, 3, {0, 1}, {0, 2}, 2, cpu), "PrefillIndex", "row 2");
+  EXPECT_KILN_ERROR(PrefillIndex::make({3, 2}, 3, {0, 1, 2}, {}, 3, cpu), "PrefillIndex", "rows (2)");
+  EXPECT_KILN_ERROR(infer::KVCache<float>::latent(2, 0, 8, 4, 2, cpu), "KVCache::latent", "slots 0");
+  EXPECT_KILN_ERROR(infer::DecodeIndex::at(tensor<std::int64_t>({0, 1}), tensor<std::int64_t>({0})), "DecodeIndex",
+                    "[2]", "[1]");
+
+  auto m = make_deepseek<double>(14);
+  nn::DeepseekV3Config shallow = infer_deepseek_config();
+  shallow.num_hidden_layers = 2;
+  Generator gen{15, 0};
+  nn::DeepseekV3ForCausalLM<double> other(shallow, gen);
+  NoGradGuard no_grad;
+  auto cache = other.make_decode_cache(2, 8);
+  const auto index = infer::DecodeIndex::at(tensor<std::int64_t>({0, 1}), tensor<std::int64_t>({0, 0}));
+  EXPECT_KILN_ERROR(m->decode(tensor<std::int64_t>({1, 2}), index, cache), "DeepseekV3ForCausalLM::decode",
+                    "2 layers", "has 3");
+  auto own = m->make_decode_cache(2, 8);
+  // On the CPU a position past the capacity is caught by the cache write.
+  const auto late = infer::DecodeIndex::at(tensor<std::int64_t>({0, 1}), tensor<std::int64_t>({8, 0}));
+  EXPECT_KILN_ERROR(m->decode(tensor<std::int64_t>({1, 2}), late, own), "cache_write", "capacity 8");
+}
