@@ -27,6 +27,7 @@ function(kiln_add_cuda_backend target)
   add_library(${target} SHARED ${sources})
   target_link_libraries(${target} PUBLIC kiln::kiln CUDA::cudart CUDA::cublasLt PRIVATE kiln_warnings)
   set_target_properties(${target} PROPERTIES POSITION_INDEPENDENT_CODE ON)
+  kiln_build_purpose(${target} compile)
 endfunction()
 
 # Every header under kernels/ compiled alone: .cuh by nvcc, .hpp by the C++ compiler (argument
@@ -52,4 +53,5 @@ function(kiln_add_standalone_headers target)
   endforeach()
   add_library(${target} OBJECT EXCLUDE_FROM_ALL ${sources})
   target_link_libraries(${target} PRIVATE kiln::kiln kiln_warnings CUDA::cudart CUDA::cublasLt)
+  kiln_build_purpose(${target} compile)
 endfunction()

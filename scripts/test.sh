@@ -5,9 +5,12 @@
 #   scripts/test.sh            full run (as CI)
 #   KILN_NO_SANITIZE=1 scripts/test.sh   skip the sanitizer pass
 #
-# This build only proves that everything compiles and that the tests pass, so it is a quick build
-# (KILN_QUICK_BUILD: host code at -O1, a third of -O3's compile time) in its own folder, build-test;
-# scripts/train.sh and scripts/gpu_check.sh build optimised code for running and timing.
+# These builds only prove that everything compiles and that the tests pass, so they are quick
+# builds in folders of their own (CMakeLists.txt, kiln_build_purpose): build-test compiles the CPU
+# tests at -O1 and what CI never runs (GPU tests, benchmarks, examples) at -O0; build-asan the CPU
+# tests alone at -O0 with the sanitizers (measured on tests/ops: 111 s to compile, 43 s to run,
+# against 294 s and 12 s at -O1). scripts/train.sh and scripts/gpu_check.sh build optimised code
+# for running and timing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -35,8 +38,9 @@ stamp
 
 if [ -z "${KILN_NO_SANITIZE:-}" ]; then
   echo "== tests under AddressSanitizer + UBSan =="
-  cmake -S . -B build-asan "${generator[@]}" -DCMAKE_BUILD_TYPE=Debug -DKILN_SANITIZE=ON -DKILN_CUDA=OFF \
-    -DKILN_BUILD_BENCHMARKS=OFF -DKILN_BUILD_EXAMPLES=OFF -DCMAKE_CXX_FLAGS="-O1" >/dev/null
+  # Debug with empty Debug flags: -O0 and no debug information (which would cost compile time).
+  cmake -S . -B build-asan "${generator[@]}" -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="" -DKILN_SANITIZE=ON \
+    -DKILN_CUDA=OFF -DKILN_BUILD_BENCHMARKS=OFF -DKILN_BUILD_EXAMPLES=OFF >/dev/null
   cmake --build build-asan -j"$jobs"
   stamp
   ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
