@@ -27,6 +27,11 @@ function(kiln_add_cuda_backend target)
   add_library(${target} SHARED ${sources})
   target_link_libraries(${target} PUBLIC kiln::kiln CUDA::cudart CUDA::cublasLt PRIVATE kiln_warnings)
   set_target_properties(${target} PROPERTIES POSITION_INDEPENDENT_CODE ON)
+  # A program compiled by g++ calls no function of this library: the kernels reach the core's
+  # registries from the library's static initialisers. Linkers that drop unreferenced shared
+  # libraries (--as-needed, Debian's and Ubuntu's default) would drop it and every CUDA op would
+  # then fail with "no kernel registered"; so whoever links it keeps it.
+  target_link_options(${target} INTERFACE "LINKER:--no-as-needed")
   kiln_build_purpose(${target} compile)
 endfunction()
 

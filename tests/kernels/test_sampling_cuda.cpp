@@ -1,9 +1,14 @@
 // sample_tokens on CUDA (kernels/sampling/) against the CPU reference (backend/cpu/sampling.hpp).
 // The kernel works in float and finds the top-k / top-p thresholds by bisection; the reference
-// works in double with a sort. They must pick the same token wherever the choice is not within
-// rounding of a boundary: rows whose decision is ambiguous at float precision (a top-k tie to
-// within 1e-5, a top-p crossing within 1e-4 of the kept mass, or two Gumbel scores within 1e-4)
-// are counted and skipped, and must stay rare.
+// works in double with a sort. They must pick the same token wherever float rounding cannot change
+// the choice. A row is skipped (counted, and it must stay rare) only when it can:
+//   - greedy: the two largest logits differ but by less than 1e-5 (relative);
+//   - top-k: a value other than the k-th largest lies within 1e-5 of it (float may order them
+//     differently; exact ties are kept together by both, so they decide nothing);
+//   - top-p: the kept set is only known up to the tokens whose cumulative mass lies within 1e-4
+//     of the top_p boundary (float sums); the row is decided when the Gumbel winner over the tokens
+//     kept for sure is also the winner over every token that may be kept;
+//   - the winner's Gumbel score leads the next candidate by less than 1e-4.
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -17,52 +22,67 @@ using namespace kiln::testing;
 
 namespace {
 
-// Whether row z's draw is decided with margin (see the file comment), computed in double.
+bool near(double a, double b) { return a != b && std::abs(a - b) < 1e-5 * std::max(1.0, std::abs(a)); }
+
+// Whether row z's draw is decided at float precision (see the file comment), computed in double.
 bool unambiguous(const std::vector<double>& z, const SamplingOptions& o, std::uint64_t id, std::int64_t pos) {
   const std::size_t V = z.size();
-  if (o.temperature == 0.0) {
-    std::vector<double> s = z;
-    std::sort(s.begin(), s.end(), std::greater<double>());
-    return V < 2 || s[0] - s[1] > 1e-5 * std::max(1.0, std::abs(s[0]));
-  }
-  std::vector<double> y(V);
-  for (std::size_t i = 0; i < V; ++i) y[i] = z[i] / o.temperature;
-  std::vector<double> s = y;
+  std::vector<double> s = z;
   std::sort(s.begin(), s.end(), std::greater<double>());
-  double floor = -INFINITY;
+  if (o.temperature == 0.0) return V < 2 || !near(s[0], s[1]);  // exact ties: the lower index, in both
+  for (double& v : s) v /= o.temperature;
+  // The kept set lies between {y >= sure} and {y >= maybe}.
+  double sure = -INFINITY, maybe = -INFINITY;
   if (o.top_k > 0 && static_cast<std::size_t>(o.top_k) < V) {
-    const double a = s[static_cast<std::size_t>(o.top_k) - 1], b = s[static_cast<std::size_t>(o.top_k)];
-    if (a - b < 1e-5 * std::max(1.0, std::abs(a))) return false;
-    floor = a;
+    const double a = s[static_cast<std::size_t>(o.top_k) - 1];
+    for (double v : s)
+      if (near(v, a)) return false;
+    sure = maybe = a;
   }
   if (o.top_p < 1.0) {
     double total = 0.0;
     for (double v : s)
-      if (v >= floor) total += std::exp(v - s[0]);
-    double mass = 0.0;
-    for (std::size_t j = 0; j < V && s[j] >= floor; ++j) {
-      mass += std::exp(s[j] - s[0]);
-      if (std::abs(mass - o.top_p * total) < 1e-4 * total) return false;
-      if (mass >= o.top_p * total) {
-        if (j + 1 < V && s[j] - s[j + 1] < 1e-5 * std::max(1.0, std::abs(s[j]))) return false;
-        floor = s[j];
-        break;
+      if (v >= sure) total += std::exp(v - s[0]);
+    // The floor is the value at which the mass (ties grouped) first reaches top_p·total; with the
+    // mass known to 1e-4·total it is the one where it reaches (top_p ∓ 1e-4)·total.
+    auto floor_at = [&](double target) {
+      double mass = 0.0;
+      for (std::size_t j = 0; j < V && s[j] >= sure; ++j) {
+        mass += std::exp(s[j] - s[0]);
+        if (j + 1 < V && s[j + 1] == s[j]) continue;
+        if (mass >= target) return s[j];
+      }
+      return sure;
+    };
+    const double high = floor_at((o.top_p - 1e-4) * total), low = floor_at((o.top_p + 1e-4) * total);
+    sure = high;
+    maybe = low;
+    for (double v : s)
+      if (near(v, sure) || near(v, maybe)) return false;
+  }
+  // The Gumbel winner over the sure set must win over the maybe set too, with a margin.
+  auto winner = [&](double floor, double* second_score) {
+    double best = -INFINITY, second = -INFINITY;
+    std::size_t best_i = V;
+    for (std::size_t i = 0; i < V; ++i) {
+      const double y = z[i] / o.temperature;
+      if (y < floor) continue;
+      const double score =
+          y - std::log(-std::log(static_cast<double>(math::sampling_uniform(o.seed, id, pos, static_cast<std::int64_t>(i)))));
+      if (score > best) {
+        second = best;
+        best = score;
+        best_i = i;
+      } else if (score > second) {
+        second = score;
       }
     }
-  }
-  double best = -INFINITY, second = -INFINITY;
-  for (std::size_t i = 0; i < V; ++i) {
-    if (y[i] < floor) continue;
-    const double score =
-        y[i] - std::log(-std::log(static_cast<double>(math::sampling_uniform(o.seed, id, pos, static_cast<std::int64_t>(i)))));
-    if (score > best) {
-      second = best;
-      best = score;
-    } else if (score > second) {
-      second = score;
-    }
-  }
-  return best - second > 1e-4;
+    if (second_score) *second_score = best - second;
+    return best_i;
+  };
+  double margin = 0.0;
+  const std::size_t over_maybe = winner(maybe, &margin);
+  return winner(sure, nullptr) == over_maybe && margin > 1e-4;
 }
 
 template <class T>

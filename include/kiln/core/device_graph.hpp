@@ -49,9 +49,10 @@ class DeviceGraph {
   }
   ~DeviceGraph() { reset(); }
 
-  // Runs fn once for real (the warm-up: it fills the graph stream's allocator pool, and its
-  // results are fn's results), then records it for replay() without running it again.
-  // On the CPU: runs fn, and replay() runs it again.
+  // Runs fn once for real (the warm-up: it fills the graph stream's allocator pool), records it
+  // (a second call of fn, which only queues: the tensors it assigns are allocated but not yet
+  // computed), then replays the graph once, so that after capture() those tensors hold fn's
+  // results as after an eager call. On the CPU: runs fn, and replay() runs it again.
   void capture(Device device, std::function<void()> fn) {
     reset();
     device_ = device;
@@ -82,6 +83,7 @@ class DeviceGraph {
       throw;
     }
     graph_ = graph;
+    b.graph_replay(graph_);  // fill what the recording's fn assigned
   }
 
   void replay() const {
