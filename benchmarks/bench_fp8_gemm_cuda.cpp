@@ -5,7 +5,7 @@
 //            coarser recipe NVIDIA's library computes;
 //   lt-bf16  cublasLtMatmul on the same values widened to bf16 (exact), bf16 out.
 // Every scale is 1, so the three compute the same function and their results can be compared with
-// one float64 reference (fine-grained scales themselves are tested in tests/test_fp8_gemm_cuda.cpp).
+// one float64 reference (fine-grained scales themselves are tested in tests/kernels/test_fp8_gemm_cuda.cpp).
 //
 // Timing (benchmarks/cuda_bench.hpp, Timer::graph_call_us): each side's call is captured 20 times
 // into a CUDA graph, with the operands rotated over enough copies to exceed twice the L2 (so the

@@ -57,12 +57,13 @@ TEST(GrpoTrainer, LearnsToAnswerSeven) {
   o.sampling.seed = 11;
   rl::GrpoTrainer<Model> trainer(policy, nullptr, tok, arithmetic(), answer_seven(), o, Generator{3, 0});
   std::vector<double> rewards;
-  for (int step = 0; step < 40; ++step) {
+  for (int step = 0; step < (kiln::testing::kSanitized ? 2 : 40); ++step) {
     const rl::StepReport r = trainer.step();
     rewards.push_back(r.rewards.back().mean);
     if (step >= 5 && rewards[rewards.size() - 1] > 0.95 && rewards[rewards.size() - 2] > 0.95) break;
   }
   EXPECT_LT(rewards.front(), 0.2);
+  if (kiln::testing::kSanitized) return;  // two steps under the sanitizers (test_util.hpp): no learning yet
   EXPECT_GT(rewards.back(), 0.9) << "reward after " << rewards.size() << " steps";
 }
 

@@ -11,6 +11,17 @@
 
 namespace kiln::testing {
 
+// Whether this binary runs under AddressSanitizer: scripts/test.sh's second pass, compiled at -O0,
+// where Eigen's products and the CPU loops run tens of times slower. Tests whose point is
+// statistics or convergence (100k samples, tens of training steps) do a few iterations there:
+// the sanitizers look for memory errors and undefined behaviour, which those iterations exercise;
+// the full counts and their assertions run in the optimised pass.
+#if defined(__SANITIZE_ADDRESS__)
+inline constexpr bool kSanitized = true;
+#else
+inline constexpr bool kSanitized = false;
+#endif
+
 // ||a - ref|| / ||ref|| (Frobenius), computed in double; infinite if NaN positions differ.
 template <class A, class B>
 double relative_error(const std::vector<A>& a, const std::vector<B>& ref) {

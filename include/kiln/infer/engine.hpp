@@ -38,8 +38,9 @@
 // fixed-shape device tensors (ids, the DecodeIndex, the cache) that reads nothing back, so it can
 // be captured as a CUDA graph and replayed; with options.pad_to_bucket the row count is padded to
 // a power of two (padding rows decode a spare slot and are ignored), so that a handful of graphs
-// cover every batch size. Note: embedding's id range check still reads a flag back on a GPU (see
-// ops/gather.hpp) until that check can be skipped for trusted ids.
+// cover every batch size. The step runs under a DeviceReadbackGuard (core/device_readback.hpp):
+// its ids are the sampler's own draws, so embedding skips its id range check's read-back. The
+// engine does not capture graphs yet: each step launches its kernels from the host.
 #pragma once
 
 #include <algorithm>
