@@ -39,8 +39,9 @@ stamp
 if [ -z "${KILN_NO_SANITIZE:-}" ]; then
   echo "== tests under AddressSanitizer + UBSan =="
   # Debug with empty Debug flags: -O0 and no debug information (which would cost compile time).
+  # One translation unit per test executable, as in build-test (tests/CMakeLists.txt).
   cmake -S . -B build-asan "${generator[@]}" -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="" -DKILN_SANITIZE=ON \
-    -DKILN_CUDA=OFF -DKILN_BUILD_BENCHMARKS=OFF -DKILN_BUILD_EXAMPLES=OFF >/dev/null
+    -DKILN_UNITY_TESTS=ON -DKILN_CUDA=OFF -DKILN_BUILD_BENCHMARKS=OFF -DKILN_BUILD_EXAMPLES=OFF >/dev/null
   cmake --build build-asan -j"$jobs"
   stamp
   ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
