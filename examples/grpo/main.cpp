@@ -44,7 +44,7 @@ const char* kUsage = R"(grpo: R1-Zero-style GRPO on a pretrained DeepSeek-V3-sty
   --device cpu|cuda     [cpu]
   --config small|big    the base to pretrain when no --base is given                    [small]
   --dtype float32|bf16  [cpu: float32, cuda: bf16]
-  --steps N             GRPO steps                                              [small 60, big 200]
+  --steps N             GRPO steps                                                          [200]
   --prompts N           problems per step                                                   [16]
   --group G             samples per problem                                                  [8]
   --max-completion N    new tokens per completion at most                      [small 160, big 256]
@@ -62,7 +62,7 @@ const char* kUsage = R"(grpo: R1-Zero-style GRPO on a pretrained DeepSeek-V3-sty
   --temperature X       rollout temperature                                                 [1.0]
   --top-p X             rollout top-p                                                       [1.0]
   --task arithmetic|countdown|mix   the training and evaluation problems          [arithmetic]
-  --max-digits N        arithmetic operands of 1..N digits                                    [2]
+  --max-digits N        arithmetic operands of 1..N digits                      [small 1, big 2]
   --template r1-zero|task   prompt: the R1-Zero instruction + task line, or the task line alone [task]
   --eval-problems N     held-out problems for the before/after evaluation                  [200]
   --eval-k K            samples per problem for pass@1 and cons@k                             [8]
@@ -144,7 +144,7 @@ Settings parse(int argc, char** argv, std::string& out, std::string& resume) {
   const bool big = s.config == "big";
   s.dtype = s_("dtype", s.device == "cuda" ? "bf16" : "float32");
   check(s.dtype == "float32" || s.dtype == "bf16", "grpo", "--dtype must be float32 or bf16, got ", s.dtype);
-  s.steps = i_("steps", big ? 200 : 60);
+  s.steps = i_("steps", 200);
   s.prompts = i_("prompts", 16);
   s.group = i_("group", 8);
   s.max_completion = i_("max-completion", big ? 256 : 160);
@@ -164,7 +164,7 @@ Settings parse(int argc, char** argv, std::string& out, std::string& resume) {
   s.task = s_("task", "arithmetic");
   check(s.task == "arithmetic" || s.task == "countdown" || s.task == "mix", "grpo",
         "--task must be arithmetic, countdown or mix, got ", s.task);
-  s.max_digits = i_("max-digits", 2);
+  s.max_digits = i_("max-digits", big ? 2 : 1);
   check(s.max_digits >= 1 && s.max_digits <= 9, "grpo", "--max-digits must lie in 1..9, got ", s.max_digits);
   s.prompt_template = s_("template", "task");
   check(s.prompt_template == "r1-zero" || s.prompt_template == "task", "grpo",
