@@ -10,7 +10,9 @@
 //     8 new tokens first. Per run: seconds (wall clock, the host waiting for the GPU at the end),
 //     tokens/s = 128·256 / seconds, the prefill (prompt forward and first draw, until the first
 //     progress report) and decode steps/s over the 255 decode steps after it. Median of
-//     --gen-runs runs (default 3; the peer times one).
+//     --gen-runs runs (default 3; the peer times one), with the engine's default (each decode step
+//     replayed as a CUDA graph), then as many eager runs (gen_eager_*: every kernel launched from
+//     the host) to show what the graphs save.
 // (b) One GRPO step of rl::GrpoTrainer: 16 prompts × 8 samples, at most 256 new tokens (temperature
 //     1.0, top-p 1, the tokenizer's eos ends a sample, no stop strings: as TRL's generate), loss
 //     dapo (TRL's default), beta 0 (no reference model: like the peer), μ = 1, AdamW at 1e-5,
@@ -104,10 +106,11 @@ struct GenRun {
 };
 
 GenRun generate_once(const Model& model, const std::vector<std::vector<std::int64_t>>& prompts,
-                     const infer::SamplingParams& params) {
+                     const infer::SamplingParams& params, bool graphs) {
   GenRun r;
   Clock::time_point first;
   infer::GenerateOptions options;
+  options.cuda_graphs = graphs;
   options.on_progress = [&](const infer::GenerationProgress& p) {
     if (p.step == 0) first = Clock::now();  // after the prefill's draw (its tokens read back)
     r.decode_steps = p.step;
@@ -141,30 +144,49 @@ nlohmann::ordered_json bench_generation(const Model& model, std::int64_t runs, s
               static_cast<long long>(kGenNewTokens));
   infer::SamplingParams warm = params;
   warm.max_new_tokens = 8;
-  const GenRun w = generate_once(model, prompts, warm);
-  std::printf("warm-up (8 new tokens): %.3f s\n", w.seconds);
-  std::printf("%4s %9s %10s %11s %12s %13s %10s\n", "run", "tokens", "seconds", "tok/s", "prefill s", "decode steps",
-              "steps/s");
+  // The engine's default replays each decode step as a CUDA graph; the eager runs (every kernel
+  // launched from the host) show what that saves. Should the graphs fail, the eager figures stand.
+  bool graphs = true;
+  try {
+    const GenRun w = generate_once(model, prompts, warm, true);
+    std::printf("warm-up (8 new tokens, CUDA graphs): %.3f s\n", w.seconds);
+  } catch (const Error& e) {
+    graphs = false;
+    std::printf("CUDA graphs FAILED, generation measured eagerly only: %s\n", e.what());
+  }
+  const GenRun we = generate_once(model, prompts, warm, false);
+  std::printf("warm-up (8 new tokens, eager): %.3f s\n", we.seconds);
+  std::printf("%4s %7s %9s %10s %11s %12s %13s %10s\n", "run", "mode", "tokens", "seconds", "tok/s", "prefill s",
+              "decode steps", "steps/s");
   Samples samples;
-  for (std::int64_t i = 0; i < runs; ++i) {
-    const GenRun r = generate_once(model, prompts, params);
-    std::printf("%4lld %9lld %10.3f %11.0f %12.4f %13lld %10.1f\n", static_cast<long long>(i + 1),
-                static_cast<long long>(r.tokens), r.seconds, r.tok_s(), r.prefill,
-                static_cast<long long>(r.decode_steps), r.steps_s());
-    std::fflush(stdout);
-    check(r.tokens == kGenPrompts * kGenNewTokens, "bench_grpo_cuda", "generate made ", r.tokens, " tokens, expected ",
-          kGenPrompts * kGenNewTokens, " (every sample should run to max_new_tokens)");
-    samples.add("gen_tok_s", r.tok_s());
-    samples.add("gen_steps_s", r.steps_s());
-    samples.add("gen_s", r.seconds);
-    samples.add("gen_prefill_s", r.prefill);
+  for (const bool mode : {true, false}) {
+    if (mode && !graphs) continue;
+    const std::string prefix = mode || !graphs ? "gen_" : "gen_eager_";
+    for (std::int64_t i = 0; i < runs; ++i) {
+      const GenRun r = generate_once(model, prompts, params, mode);
+      std::printf("%4lld %7s %9lld %10.3f %11.0f %12.4f %13lld %10.1f\n", static_cast<long long>(i + 1),
+                  mode ? "graphs" : "eager", static_cast<long long>(r.tokens), r.seconds, r.tok_s(), r.prefill,
+                  static_cast<long long>(r.decode_steps), r.steps_s());
+      std::fflush(stdout);
+      check(r.tokens == kGenPrompts * kGenNewTokens, "bench_grpo_cuda", "generate made ", r.tokens,
+            " tokens, expected ", kGenPrompts * kGenNewTokens, " (every sample should run to max_new_tokens)");
+      samples.add(prefix + "tok_s", r.tok_s());
+      samples.add(prefix + "steps_s", r.steps_s());
+      samples.add(prefix + "s", r.seconds);
+      samples.add(prefix + "prefill_s", r.prefill);
+    }
   }
   nlohmann::ordered_json j = samples.medians();
+  j["gen_cuda_graphs"] = graphs;
   j["gen_runs"] = runs;
   j["gen_batch"] = kGenPrompts;
   j["gen_new_tokens"] = kGenNewTokens;
-  std::printf("median: %.0f tok/s, %.1f decode steps/s, %.3f s per generate\n", j["gen_tok_s"].get<double>(),
-              j["gen_steps_s"].get<double>(), j["gen_s"].get<double>());
+  std::printf("median: %.0f tok/s, %.1f decode steps/s, %.3f s per generate (%s)\n", j["gen_tok_s"].get<double>(),
+              j["gen_steps_s"].get<double>(), j["gen_s"].get<double>(), graphs ? "CUDA graphs" : "eager");
+  if (graphs)
+    std::printf("eager: %.0f tok/s, %.1f decode steps/s: graphs %.2fx\n", j["gen_eager_tok_s"].get<double>(),
+                j["gen_eager_steps_s"].get<double>(),
+                j["gen_tok_s"].get<double>() / j["gen_eager_tok_s"].get<double>());
   std::fflush(stdout);
   return j;
 }
@@ -172,7 +194,7 @@ nlohmann::ordered_json bench_generation(const Model& model, std::int64_t runs, s
 // ---- (b) one GRPO step -------------------------------------------------------------------------
 
 nlohmann::ordered_json bench_grpo(Model& model, const data::Tokenizer& tok, std::int64_t steps,
-                                  std::int64_t micro_batch, std::uint64_t seed) {
+                                  std::int64_t micro_batch, std::uint64_t seed, bool graphs) {
   data::TaskMix mix;  // Countdown only, the peer's sizes
   mix.countdown_fraction = 1.0;
   mix.countdown.min_numbers = 3;
@@ -193,6 +215,7 @@ nlohmann::ordered_json bench_grpo(Model& model, const data::Tokenizer& tok, std:
   o.grpo.max_completion_length = kGrpoMaxNew;
   o.prompts_per_step = kGrpoPrompts;
   o.micro_batch = micro_batch;
+  o.cuda_graphs = graphs;
   o.sampling.temperature = 1.0;
   o.sampling.top_p = 1.0;
   o.sampling.seed = seed;
@@ -294,7 +317,8 @@ int main(int argc, char** argv) try {
   result["bench"] = "bench_grpo_cuda";
   result["device"] = prop.name;
   if (gen_runs > 0) result.update(bench_generation(model, gen_runs, seed));
-  if (steps > 0) result.update(bench_grpo(model, tok, steps, micro_batch, seed));
+  const bool graphs = !result.contains("gen_cuda_graphs") || result["gen_cuda_graphs"].get<bool>();
+  if (steps > 0) result.update(bench_grpo(model, tok, steps, micro_batch, seed, graphs));
   const std::string line = result.dump();
   std::printf("\n%s\n", line.c_str());
   std::fflush(stdout);

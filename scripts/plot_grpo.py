@@ -9,6 +9,9 @@ and writes, under OUTDIR (created if needed):
     grpo.png              the four panels together
     reward.png, response_length.png, kl.png, entropy.png   each panel on its own
 
+Step-to-step values are noisy (a step sees 16 or so problems): from 40 steps on, each curve is
+drawn faintly and its trailing mean over max(5, steps / 20) steps on top, which shows the trend.
+
 A panel whose key appears in no record is drawn with a note instead of a curve, and its own file is
 not written. null values (the writer's spelling of NaN) are gaps. When a step appears more than
 once (a run resumed from a checkpoint re-logs the steps after it) the last record wins. A missing
@@ -93,6 +96,18 @@ def column(records, key):
     return steps, values
 
 
+def trailing_mean(values, window):
+    """Mean of the last `window` finite values up to each point (NaN where there are none)."""
+    out = []
+    for i in range(len(values)):
+        recent = [v for v in values[max(0, i - window + 1):i + 1] if math.isfinite(v)]
+        out.append(sum(recent) / len(recent) if recent else float("nan"))
+    return out
+
+
+SMOOTH_FROM = 40  # steps from which curves get a trailing mean
+
+
 def draw_panel(ax, records, panel):
     """Draws one panel on `ax`; returns the keys it found (empty: nothing to plot)."""
     name, title, ylabel, series = panel
@@ -107,14 +122,20 @@ def draw_panel(ax, records, panel):
             continue
         found.append(key)
         main = key == series[0][0]
-        ax.plot(steps, values, label=label, linewidth=1.6 if main else 1.0, alpha=1.0 if main else 0.8)
+        if len(steps) >= SMOOTH_FROM:
+            window = max(5, len(steps) // 20)
+            (line,) = ax.plot(steps, values, linewidth=0.8, alpha=0.3)
+            ax.plot(steps, trailing_mean(values, window), color=line.get_color(), label=f"{label} ({window}-step mean)",
+                    linewidth=1.8 if main else 1.3)
+        else:
+            ax.plot(steps, values, label=label, linewidth=1.6 if main else 1.0, alpha=1.0 if main else 0.8)
         if key == "reward_mean":
             s_steps, s_values = column(records, "reward_std")
             std = dict(zip(s_steps, s_values))
             if std:
                 lo = [v - std.get(s, float("nan")) for s, v in zip(steps, values)]
                 hi = [v + std.get(s, float("nan")) for s, v in zip(steps, values)]
-                ax.fill_between(steps, lo, hi, alpha=0.2, label="± std")
+                ax.fill_between(steps, lo, hi, alpha=0.12 if len(steps) >= SMOOTH_FROM else 0.2, label="± std")
     ax.set_title(title)
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)

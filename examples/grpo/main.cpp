@@ -9,10 +9,12 @@
 //   grpo --out runs/g             metrics.jsonl, plots/, report.md, checkpoints in runs/g
 //   grpo --resume runs/g          continues an interrupted run with its saved settings
 //   grpo --device cuda --config big
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <sstream>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -43,8 +45,9 @@ const char* kUsage = R"(grpo: R1-Zero-style GRPO on a pretrained DeepSeek-V3-sty
   --resume DIR          continue the run in DIR (its run.json settings are the defaults)
   --device cpu|cuda     [cpu]
   --config small|big    the base to pretrain when no --base is given                    [small]
+  --base-steps N        pretraining steps of that base                          [small 1000, big 3000]
   --dtype float32|bf16  [cpu: float32, cuda: bf16]
-  --steps N             GRPO steps                                                          [200]
+  --steps N             GRPO steps                                               [small 100, big 300]
   --prompts N           problems per step                                                   [16]
   --group G             samples per problem                                                  [8]
   --max-completion N    new tokens per completion at most                      [small 160, big 256]
@@ -62,7 +65,7 @@ const char* kUsage = R"(grpo: R1-Zero-style GRPO on a pretrained DeepSeek-V3-sty
   --temperature X       rollout temperature                                                 [1.0]
   --top-p X             rollout top-p                                                       [1.0]
   --task arithmetic|countdown|mix   the training and evaluation problems          [arithmetic]
-  --max-digits N        arithmetic operands of 1..N digits                      [small 1, big 2]
+  --max-digits N        arithmetic operands of 1..N digits                                    [2]
   --template r1-zero|task   prompt: the R1-Zero instruction + task line, or the task line alone [task]
   --eval-problems N     held-out problems for the before/after evaluation                  [200]
   --eval-k K            samples per problem for pass@1 and cons@k                             [8]
@@ -71,14 +74,15 @@ const char* kUsage = R"(grpo: R1-Zero-style GRPO on a pretrained DeepSeek-V3-sty
   --seed N              seed of problems, sampling and (when pretraining) the base            [1]
   --threads N           CPU threads                                                           [2]
   --no-plot             skip the PNG plots
+  --no-cuda-graphs      GPU: launch every decode kernel from the host (default: CUDA graph replays)
 )";
 
 struct Settings {
   std::string base, device, config, dtype, loss, scale_rewards, task, prompt_template;
-  std::int64_t steps, prompts, group, max_completion, micro_batch, warmup, mu, max_digits, eval_problems, eval_k,
+  std::int64_t base_steps, steps, prompts, group, max_completion, micro_batch, warmup, mu, max_digits, eval_problems, eval_k,
       eval_every, checkpoint_every, threads;
   double lr, beta, epsilon_low, epsilon_high, temperature, top_p;
-  bool dynamic_sampling, mask_truncated, plot;
+  bool dynamic_sampling, mask_truncated, plot, cuda_graphs;
   std::uint64_t seed;
 };
 
@@ -87,6 +91,7 @@ io::ordered_json to_json(const Settings& s) {
   j["base"] = s.base;
   j["device"] = s.device;
   j["config"] = s.config;
+  j["base-steps"] = s.base_steps;
   j["dtype"] = s.dtype;
   j["steps"] = s.steps;
   j["prompts"] = s.prompts;
@@ -117,7 +122,7 @@ io::ordered_json to_json(const Settings& s) {
 }
 
 Settings parse(int argc, char** argv, std::string& out, std::string& resume) {
-  example::Flags f(argc, argv, {"dynamic-sampling", "mask-truncated", "no-plot"});
+  example::Flags f(argc, argv, {"dynamic-sampling", "mask-truncated", "no-plot", "no-cuda-graphs"});
   if (f.has("help")) {
     std::fputs(kUsage, stdout);
     std::exit(0);
@@ -144,7 +149,8 @@ Settings parse(int argc, char** argv, std::string& out, std::string& resume) {
   const bool big = s.config == "big";
   s.dtype = s_("dtype", s.device == "cuda" ? "bf16" : "float32");
   check(s.dtype == "float32" || s.dtype == "bf16", "grpo", "--dtype must be float32 or bf16, got ", s.dtype);
-  s.steps = i_("steps", 200);
+  s.base_steps = i_("base-steps", big ? 3000 : 1000);
+  s.steps = i_("steps", big ? 300 : 100);
   s.prompts = i_("prompts", 16);
   s.group = i_("group", 8);
   s.max_completion = i_("max-completion", big ? 256 : 160);
@@ -164,7 +170,7 @@ Settings parse(int argc, char** argv, std::string& out, std::string& resume) {
   s.task = s_("task", "arithmetic");
   check(s.task == "arithmetic" || s.task == "countdown" || s.task == "mix", "grpo",
         "--task must be arithmetic, countdown or mix, got ", s.task);
-  s.max_digits = i_("max-digits", big ? 2 : 1);
+  s.max_digits = i_("max-digits", 2);
   check(s.max_digits >= 1 && s.max_digits <= 9, "grpo", "--max-digits must lie in 1..9, got ", s.max_digits);
   s.prompt_template = s_("template", "task");
   check(s.prompt_template == "r1-zero" || s.prompt_template == "task", "grpo",
@@ -176,17 +182,33 @@ Settings parse(int argc, char** argv, std::string& out, std::string& resume) {
   s.seed = static_cast<std::uint64_t>(i_("seed", 1));
   s.threads = f.integer("threads", 2);
   s.plot = !f.flag("no-plot");
+  s.cuda_graphs = !f.flag("no-cuda-graphs");
   f.check_all_used();
-  check(s.steps >= 1 && s.prompts >= 1 && s.group >= 2 && s.max_completion >= 1 && s.micro_batch >= 1 && s.mu >= 1 &&
+  check(s.base_steps >= 1 && s.steps >= 1 && s.prompts >= 1 && s.group >= 2 && s.max_completion >= 1 && s.micro_batch >= 1 && s.mu >= 1 &&
             s.eval_problems >= 1 && s.eval_k >= 1 && s.threads >= 1 && s.checkpoint_every >= 1 && s.eval_every >= 0,
-        "grpo", "steps, prompts, max-completion, micro-batch, mu, eval-problems, eval-k, threads, checkpoint-every must "
+        "grpo", "base-steps, steps, prompts, max-completion, micro-batch, mu, eval-problems, eval-k, threads, checkpoint-every must "
         "be positive, group >= 2");
   (void)rl::parse_loss_type(s.loss);
   (void)rl::parse_scale_rewards(s.scale_rewards);
   return s;
 }
 
-// Runs examples/pretrain (next to this program) into `dir` with the run's device/config/seed.
+// The pretraining corpus of a base made for this run: the run's task, with arithmetic operands of
+// up to one digit more than the run's problems (their single-digit facts then also appear inside
+// the column-by-column steps of longer ones, so held-out problems are not memorised but computed).
+int base_max_digits(const Settings& s) { return static_cast<int>(std::min<std::int64_t>(s.max_digits + 1, 9)); }
+double countdown_fraction(const Settings& s) { return s.task == "arithmetic" ? 0.0 : s.task == "countdown" ? 1.0 : 0.5; }
+
+// x with as few digits as read back the same ("0.5", not std::to_string's "0.500000").
+std::string shortest(double x) {
+  std::ostringstream os;
+  os.precision(17);
+  os << x;
+  return os.str();
+}
+
+// Runs examples/pretrain (next to this program) into `dir` with the run's device/config/seed, on the
+// run's task (base_max_digits, countdown_fraction) for --base-steps steps.
 std::string pretrain_base(const char* argv0, const Settings& s, const std::string& dir) {
   const std::filesystem::path self = std::filesystem::absolute(argv0);
   const std::filesystem::path pretrain = self.parent_path() / "pretrain";
@@ -194,7 +216,9 @@ std::string pretrain_base(const char* argv0, const Settings& s, const std::strin
         " not found: build the pretrain example, or pass --base DIR of a pretrain run");
   const std::string cmd = "'" + pretrain.string() + "' --out '" + dir + "' --device " + s.device + " --config " +
                           s.config + " --seed " + std::to_string(s.seed) + " --threads " + std::to_string(s.threads) +
-                          " --samples 0";
+                          " --steps " + std::to_string(s.base_steps) + " --max-digits " +
+                          std::to_string(base_max_digits(s)) + " --countdown-fraction " +
+                          shortest(countdown_fraction(s)) + " --samples 0";
   std::printf("no --base: pretraining one first\n$ %s\n", cmd.c_str());
   std::fflush(stdout);
   const int rc = std::system(cmd.c_str());
@@ -206,7 +230,7 @@ data::TaskMix task_mix(const Settings& s) {
   data::TaskMix mix = example::task_mix();
   mix.arithmetic.min_digits = 1;
   mix.arithmetic.max_digits = static_cast<int>(s.max_digits);
-  mix.countdown_fraction = s.task == "arithmetic" ? 0.0 : s.task == "countdown" ? 1.0 : 0.5;
+  mix.countdown_fraction = countdown_fraction(s);
   return mix;
 }
 
@@ -329,6 +353,7 @@ int run(const char* argv0, Settings s, const std::string& out, const std::string
   eval_options.max_new_tokens = s.max_completion;
   eval_options.seed = s.seed + 13;
   eval_options.encode_prompt = encode;
+  eval_options.cuda_graphs = s.cuda_graphs;
 
   rl::GrpoTrainerOptions o;
   o.grpo.group_size = s.group;
@@ -344,6 +369,7 @@ int run(const char* argv0, Settings s, const std::string& out, const std::string
   o.grpo.dynamic_sampling_max_rounds = 3;
   o.prompts_per_step = s.prompts;
   o.micro_batch = s.micro_batch;
+  o.cuda_graphs = s.cuda_graphs;
   o.sampling.temperature = s.temperature;
   o.sampling.top_p = s.top_p;
   o.sampling.stop_strings = {"</answer>"};

@@ -52,6 +52,8 @@ const char* kUsage = R"(pretrain: a small DeepSeek-V3-style MoE model on worked 
   --clip X              global gradient-norm clipping threshold           [1.0]
   --docs N              training documents generated                      [small 6000, big 200000]
   --vocab N             BPE vocabulary size                               [small 512, big 2048]
+  --max-digits N        arithmetic operands of 1..N digits in the corpus  [3]
+  --countdown-fraction X  share of Countdown documents in the corpus      [0.5]
   --seed N              seed of corpus, model and batches                 [1]
   --out DIR             write DIR/tokenizer.json, DIR/run.json and checkpoints in DIR/checkpoint
   --resume DIR          continue the run in DIR (its settings are the defaults; --out defaults to DIR)
@@ -78,9 +80,9 @@ std::string gpu_name() {
 // The settings of a run, saved as DIR/run.json so that --resume DIR continues it unchanged.
 struct Settings {
   std::string device, config, dtype, tokenizer;
-  std::int64_t steps, batch, accum, seq, warmup, docs, vocab, log_every, eval_every, eval_batches, checkpoint_every,
-      samples, threads;
-  double lr, weight_decay, clip, peak_tflops;
+  std::int64_t steps, batch, accum, seq, warmup, docs, vocab, max_digits, log_every, eval_every, eval_batches,
+      checkpoint_every, samples, threads;
+  double lr, weight_decay, clip, peak_tflops, countdown_fraction;
   std::uint64_t seed;
   bool tf32;
 };
@@ -120,6 +122,8 @@ Settings parse(int argc, char** argv, std::string& out, std::string& resume) {
   s.clip = r_("clip", 1.0);
   s.docs = i_("docs", big ? 200000 : 6000);
   s.vocab = i_("vocab", big ? 2048 : 512);
+  s.max_digits = i_("max-digits", 3);
+  s.countdown_fraction = r_("countdown-fraction", 0.5);
   s.seed = static_cast<std::uint64_t>(i_("seed", 1));
   s.tokenizer = s_("tokenizer", "");
   s.log_every = i_("log-every", big ? 50 : 20);
@@ -135,6 +139,9 @@ Settings parse(int argc, char** argv, std::string& out, std::string& resume) {
   if (s.steps < 1 || s.batch < 1 || s.accum < 1 || s.seq < 2 || s.docs < 10 || s.vocab < 300 || !(s.lr > 0))
     throw Error("steps, batch, accum, docs must be positive, seq >= 2, vocab >= 300, lr > 0");
   if (s.dtype != "float32" && s.dtype != "bf16") throw Error("--dtype must be float32 or bf16, got " + s.dtype);
+  if (s.max_digits < 1 || s.max_digits > 9) throw Error("--max-digits must lie in 1..9, got " + std::to_string(s.max_digits));
+  if (!(s.countdown_fraction >= 0.0 && s.countdown_fraction <= 1.0))
+    throw Error("--countdown-fraction must lie in [0, 1], got " + std::to_string(s.countdown_fraction));
   return s;
 }
 
@@ -153,6 +160,8 @@ void save_settings(const std::string& path, const Settings& s) {
   j["clip"] = s.clip;
   j["docs"] = s.docs;
   j["vocab"] = s.vocab;
+  j["max-digits"] = s.max_digits;
+  j["countdown-fraction"] = s.countdown_fraction;
   j["seed"] = static_cast<std::int64_t>(s.seed);
   j["log-every"] = s.log_every;
   j["eval-every"] = s.eval_every;
@@ -191,8 +200,9 @@ int run(const Settings& s, const std::string& out, const std::string& resume, Cl
   const bool big = s.config == "big";
 
   // Corpus and tokenizer.
+  const data::TaskMix mix = example::task_mix(static_cast<int>(s.max_digits), s.countdown_fraction);
   const example::Corpus corpus = example::make_corpus(s.seed, static_cast<std::size_t>(s.docs),
-                                                      static_cast<std::size_t>(std::max<std::int64_t>(s.docs / 20, 200)));
+                                                      static_cast<std::size_t>(std::max<std::int64_t>(s.docs / 20, 200)), mix);
   const auto t_corpus = Clock::now();
   data::Tokenizer tok;
   std::string tokenizer_source;
@@ -295,7 +305,7 @@ int run(const Settings& s, const std::string& out, const std::string& resume, Cl
   std::vector<data::Problem> problems;
   std::vector<std::string> prompts;
   for (std::int64_t i = 0; i < s.samples; ++i) {
-    problems.push_back(data::sample(example::task_mix(), test_gen, data::Split::test));
+    problems.push_back(data::sample(mix, test_gen, data::Split::test));
     prompts.push_back(data::prompt(problems.back()));
   }
   const std::vector<std::string> completions = greedy_completions(model, tok, prompts, 160);

@@ -87,16 +87,17 @@ class Flags {
 
 // ---- corpus and tokenizer -----------------------------------------------------------------------
 
-// The task mix of the corpus: 1-3 digit arithmetic and Countdown with 3-4 numbers (short enough
-// worked solutions for a small context).
-inline kiln::data::TaskMix task_mix() {
+// The task mix of the corpus: arithmetic with 1..max_digits-digit operands (1-3 by default) and
+// Countdown with 3-4 numbers (short enough worked solutions for a small context), Countdown making
+// up `countdown_fraction` of the documents.
+inline kiln::data::TaskMix task_mix(int max_digits = 3, double countdown_fraction = 0.5) {
   kiln::data::TaskMix mix;
   mix.arithmetic.min_digits = 1;
-  mix.arithmetic.max_digits = 3;
+  mix.arithmetic.max_digits = max_digits;
   mix.countdown.min_numbers = 3;
   mix.countdown.max_numbers = 4;
   mix.countdown.max_target = 200;
-  mix.countdown_fraction = 0.5;
+  mix.countdown_fraction = countdown_fraction;
   return mix;
 }
 
@@ -104,9 +105,9 @@ struct Corpus {
   std::vector<std::string> train, validation;
 };
 
-inline Corpus make_corpus(std::uint64_t seed, std::size_t train_docs, std::size_t validation_docs) {
+inline Corpus make_corpus(std::uint64_t seed, std::size_t train_docs, std::size_t validation_docs,
+                          const kiln::data::TaskMix& mix = task_mix()) {
   kiln::Generator train_gen{seed, 0}, validation_gen{seed + 1, 0};
-  const auto mix = task_mix();
   return {kiln::data::worked_corpus(mix, train_gen, train_docs, kiln::data::Split::train),
           kiln::data::worked_corpus(mix, validation_gen, validation_docs, kiln::data::Split::test)};
 }

@@ -39,16 +39,25 @@
 
 namespace kiln::kernels::rope {
 
+// The inverse frequencies travel by value in the kernel's parameters (2 KB, under the 4 KB limit):
+// no upload, so building tables is a single kernel that a CUDA graph can capture (the generation
+// engine's decode step builds them every step). Wider heads fall back to an uploaded array.
+constexpr int kMaxParamFrequencies = 256;  // head_dim <= 512
+struct InvFreqs {
+  double v[kMaxParamFrequencies];
+};
+
 template <class C>
 __global__ void __launch_bounds__(256) tables_kernel(C* __restrict__ cos_out, C* __restrict__ sin_out,
                                                      const std::int64_t* __restrict__ positions, std::int64_t n,
-                                                     int half, const double* __restrict__ inv_freqs) {
+                                                     int half, const double* __restrict__ inv_freqs,
+                                                     const InvFreqs by_value) {
   const std::int64_t total = n * half;
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
   for (std::int64_t k = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < total; k += stride) {
     const std::int64_t p = positions[k / half];
     const int i = static_cast<int>(k % half);
-    const double angle = static_cast<double>(p) * inv_freqs[i];
+    const double angle = static_cast<double>(p) * (inv_freqs ? inv_freqs[i] : by_value.v[i]);
     double s, c;
     ::sincos(angle, &s, &c);
     if (p < 0) s = c = __longlong_as_double(0x7ff8000000000000LL);  // negative positions: NaN (CPU: an error)
@@ -148,13 +157,23 @@ inline void launch_rope_tables(const RopeTablesArgs& a) {
   const cudaStream_t stream = a.launch.stream;
   // The inverse frequencies come from the host's pow, the same values the CPU tables use (see
   // math/rope.hpp).
+  // (math/rope.hpp). Up to kMaxParamFrequencies of them go by value; more are uploaded (a host
+  // copy, which a graph capture refuses).
+  InvFreqs by_value{};
   std::vector<double> inv_freqs(static_cast<std::size_t>(half));
   for (int i = 0; i < half; ++i) inv_freqs[static_cast<std::size_t>(i)] = math::rope_inv_freq(a.theta, i, a.head_dim);
-  const Tensor<double> inv = Tensor<double>::from_vector(inv_freqs, {half}, Device::cuda(a.launch.device));
+  Tensor<double> uploaded;
+  if (half <= kMaxParamFrequencies) {
+    std::copy(inv_freqs.begin(), inv_freqs.end(), by_value.v);
+  } else {
+    uploaded = Tensor<double>::from_vector(inv_freqs, {half}, Device::cuda(a.launch.device));
+  }
   auto launch = [&](auto tag) {
     using C = decltype(tag);
     tables_kernel<C><<<blocks_for(n * half, 256), 256, 0, stream>>>(static_cast<C*>(a.cos), static_cast<C*>(a.sin),
-                                                                    a.positions, n, half, inv.data());
+                                                                    a.positions, n, half,
+                                                                    uploaded.defined() ? uploaded.data() : nullptr,
+                                                                    by_value);
     KILN_CUDA_CHECK_LAUNCH();
   };
   if (a.dtype == DType::f64) {

@@ -57,6 +57,19 @@ TEST(DeviceGraphCuda, ReadbackInsideIsRefused) {
   (void)seen;
 }
 
+// An upload inside the function works in the warm-up run but not in the recording: the capture
+// fails with kiln::Error (not a CUDA error later), and host copies work afterwards.
+TEST(DeviceGraphCuda, UploadInsideIsRefusedAndCopiesStillWork) {
+  KILN_REQUIRE_GPU();
+  const Tensor<float> host = randn<float>({1000});
+  Tensor<float> y;
+  DeviceGraph graph;
+  EXPECT_KILN_ERROR(graph.capture(gpu, [&] { y = on_gpu(host); }), "DeviceGraph");
+  EXPECT_FALSE(graph.captured());
+  EXPECT_EQ(on_cpu(on_gpu(host)).to_vector(), host.to_vector());
+  EXPECT_NEAR(sum(on_gpu(host)).item(), sum(host).item(), 1e-3);
+}
+
 TEST(DeviceGraph, CpuRunsTheFunction) {
   int runs = 0;
   DeviceGraph graph;

@@ -118,6 +118,44 @@ TEST(EngineCuda, DeepseekOnTheGpuFollowsTheCpu) {
   EXPECT_EQ(tokens_of(infer::generate(*gpu, prompts, greedy, o)), tokens_of(infer::generate(*cpu, prompts, greedy, o)));
 }
 
+// Decode steps replayed as CUDA graphs (the default on a GPU) draw exactly what the same steps
+// launched eagerly draw, at the same padded row counts (pad_to_bucket), so the same kernels see
+// the same shapes: bit-identical logits, identical tokens. Samples end at different steps (two
+// eos ids, max_batch waves), so the row count shrinks through several buckets and the graphs of
+// each are captured and replayed; a second generate reuses nothing from the first.
+TEST(EngineCuda, GraphReplaysDrawWhatEagerStepsDraw) {
+  KILN_REQUIRE_GPU();
+  auto llama = make_llama<float>(4, infer_llama_config(), 0.25);
+  auto deepseek = make_deepseek<bf16>(5, infer_deepseek_config(), 0.25);
+  llama->to(kiln::testing::gpu);
+  deepseek->to(kiln::testing::gpu);
+  const Prompts prompts = ragged_prompts(llama->vocab_size());
+  infer::SamplingParams p;
+  p.temperature = 1.0;
+  p.top_p = 0.9;
+  p.max_new_tokens = 24;
+  p.eos_token_ids = {3, 8};
+  p.seed = 9;
+  infer::GenerateOptions graphs;
+  graphs.samples_per_prompt = 4;
+  graphs.max_batch = 13;  // waves of 13 and 7 samples: buckets 16, 8, 4, 2, 1
+  infer::GenerateOptions eager = graphs;
+  eager.cuda_graphs = false;
+  eager.pad_to_bucket = true;
+  std::int64_t steps = 0;
+  graphs.on_progress = [&](const infer::GenerationProgress& g) { steps = g.step; };
+  const auto want_llama = tokens_of(infer::generate(*llama, prompts, p, eager));
+  EXPECT_EQ(tokens_of(infer::generate(*llama, prompts, p, graphs)), want_llama);
+  EXPECT_GT(steps, 10);
+  EXPECT_EQ(tokens_of(infer::generate(*llama, prompts, p, graphs)), want_llama);
+  const auto want_deepseek = tokens_of(infer::generate(*deepseek, prompts, p, eager));
+  EXPECT_EQ(tokens_of(infer::generate(*deepseek, prompts, p, graphs)), want_deepseek);
+  // The samples really end at different lengths (else the buckets never shrink).
+  std::map<std::size_t, int> lengths;
+  for (const auto& t : want_deepseek) ++lengths[t.size()];
+  EXPECT_GE(lengths.size(), 3u);
+}
+
 // float follows the double CPU reference within DESIGN.md's fp32 tolerance; bf16 rounds every
 // stored intermediate (as in tests/nn/test_llama.cpp, about 1e-2).
 TEST(EngineCuda, FloatAndBf16Models) {
@@ -177,9 +215,11 @@ TEST(EngineCuda, BigConfigThroughput) {
   p.temperature = 1.0;
   p.max_new_tokens = new_tokens;
   p.seed = 1;
-  for (bool bucket : {false, true}) {
+  for (int mode = 0; mode < 3; ++mode) {  // eager, eager bucketed, CUDA graphs
+    const bool bucket = mode >= 1;
     infer::GenerateOptions o;
     o.pad_to_bucket = bucket;
+    o.cuda_graphs = mode == 2;
     std::int64_t steps = 0;
     o.on_progress = [&](const infer::GenerationProgress& g) { steps = g.step; };
     {
@@ -197,7 +237,7 @@ TEST(EngineCuda, BigConfigThroughput) {
     EXPECT_EQ(tokens, B * new_tokens);
     std::printf("big config, B = %lld, prompt %lld, new %lld%s: %.2f s, %.0f tok/s, %.3f ms per decode step\n",
                 static_cast<long long>(B), static_cast<long long>(prompt_len), static_cast<long long>(new_tokens),
-                bucket ? " (bucketed)" : "", seconds, static_cast<double>(tokens) / seconds,
+                mode == 2 ? " (CUDA graphs)" : bucket ? " (bucketed)" : "", seconds, static_cast<double>(tokens) / seconds,
                 1e3 * seconds / static_cast<double>(std::max<std::int64_t>(steps, 1)));
   }
 }

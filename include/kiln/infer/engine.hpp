@@ -35,12 +35,23 @@
 //
 // Host synchronisation per decode step (GPU): the read of the sampled tokens; on steps where the
 // active set changes, the upload of the new rows. The decode step itself is a function of
-// fixed-shape device tensors (ids, the DecodeIndex, the cache) that reads nothing back, so it can
-// be captured as a CUDA graph and replayed; with options.pad_to_bucket the row count is padded to
-// a power of two (padding rows decode a spare slot and are ignored), so that a handful of graphs
-// cover every batch size. The step runs under a DeviceReadbackGuard (core/device_readback.hpp):
-// its ids are the sampler's own draws, so embedding skips its id range check's read-back. The
-// engine does not capture graphs yet: each step launches its kernels from the host.
+// fixed-shape device tensors (ids, the DecodeIndex, the cache) that reads nothing back. The step
+// runs under a DeviceReadbackGuard (core/device_readback.hpp): its ids are the sampler's own
+// draws, so embedding skips its id range check's read-back.
+//
+// CUDA graphs (options.cuda_graphs, on by default; GPU only). A decode step of a small model is a
+// few hundred kernels of a few microseconds each: launched one by one, the host's launch cost is
+// most of the step. So the step — decode + draw — is captured once per row count into a
+// DeviceGraph (core/device_graph.hpp) and replayed: one launch per step. The row count is padded
+// to a power of two (as options.pad_to_bucket; padding rows decode a spare slot and are ignored),
+// so at most log2(batch) + 1 graphs cover a wave as its samples finish. A graph reads its rows
+// ([4, rows]: newest ids, positions, slots, sample ids) from a device tensor of its own, which the
+// host refills before every replay with the values it knows (the tokens it just read, the
+// positions one further): one small upload per step instead of device-side bookkeeping, and the
+// step stays a pure function of that tensor and the cache, so the capture's warm-up run and its
+// first replay compute the same step (same cache entries, same draws). Per step on the GPU: one
+// upload, one graph launch, one read of the drawn tokens. Graphs are not used with on_logits (it
+// reads the logits back every step).
 #pragma once
 
 #include <algorithm>
@@ -48,11 +59,13 @@
 #include <functional>
 #include <limits>
 #include <map>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "kiln/autograd/grad_mode.hpp"
+#include "kiln/core/device_graph.hpp"
 #include "kiln/core/device_readback.hpp"
 #include "kiln/data/tokenizer.hpp"
 #include "kiln/infer/completion.hpp"
@@ -89,6 +102,8 @@ struct GenerateOptions {
   std::int64_t max_batch = 0;                   // samples decoded at once (0: all); the rest wait
                                                 // for the next wave
   bool pad_to_bucket = false;                   // pad the active rows to a power of two (see above)
+  bool cuda_graphs = true;                      // GPU: replay each decode step as a CUDA graph
+                                                // (implies pad_to_bucket; not with on_logits)
   std::function<void(const GenerationProgress&)> on_progress;
   std::function<void(const StepLogits&)> on_logits;
 };
@@ -174,7 +189,8 @@ class Engine {
     const Model& m = *model_;
     const Device device = m.device();
     const std::int64_t count = last - first, G = run.options.samples_per_prompt;
-    const std::int64_t spare = run.options.pad_to_bucket ? 1 : 0;  // the padding rows' slot: `count`
+    const bool graphs = use_graphs(run);
+    const std::int64_t spare = run.options.pad_to_bucket || graphs ? 1 : 0;  // the padding rows' slot: `count`
 
     // The wave's distinct prompts (rows of the padded batch) and each sample's row and slot.
     std::map<std::int64_t, std::int64_t> row_of;
@@ -216,8 +232,43 @@ class Engine {
     accept(run, drawn, active);
     report(run, static_cast<std::int64_t>(active.size()));
 
-    // Decode steps: ids, index and sample_ids are the device side of `active` (plus padding rows),
-    // rebuilt only when `active` changes.
+    if (graphs) {
+      decode_graphed(run, cache, count, active);
+    } else {
+      decode_eager(run, cache, count, active, drawn);
+    }
+  }
+
+  bool use_graphs(const Run& run) const {
+    return run.options.cuda_graphs && model_->device().is_cuda() && !run.options.on_logits;
+  }
+
+  // The device rows of a step as one packed host vector [4, rows_n]: newest ids, positions, slots,
+  // sample ids of the active samples, then padding rows (id 0 at position 0 of the spare slot).
+  static std::vector<std::int64_t> step_rows(const Run& run, const std::vector<Row>& active, std::int64_t rows_n,
+                                             std::int64_t spare_slot) {
+    const auto n = static_cast<std::int64_t>(active.size());
+    std::vector<std::int64_t> state(static_cast<std::size_t>(4 * rows_n), 0);
+    for (std::int64_t r = 0; r < rows_n; ++r) {
+      const bool real = r < n;
+      const Row& row = active[static_cast<std::size_t>(real ? r : 0)];
+      const auto& tokens = run.samples[static_cast<std::size_t>(row.sample)].completion().tokens;
+      state[static_cast<std::size_t>(r)] = real ? tokens.back() : 0;                     // ids
+      state[static_cast<std::size_t>(rows_n + r)] = real ? row.position : 0;             // positions
+      state[static_cast<std::size_t>(2 * rows_n + r)] = real ? row.slot : spare_slot;    // slots
+      state[static_cast<std::size_t>(3 * rows_n + r)] = real ? sample_id(run, row) : 0;  // sample ids
+    }
+    return state;
+  }
+
+  // Decode steps, launched from the host: ids, index and sample_ids are the device side of
+  // `active` (plus padding rows), rebuilt only when `active` changes; between changes the next
+  // step's ids are the drawn tokens and its index is index.next(), both already on the device.
+  template <class Cache>
+  void decode_eager(Run& run, Cache& cache, std::int64_t count, std::vector<Row>& active,
+                    Tensor<std::int64_t> drawn) const {
+    const Model& m = *model_;
+    const Device device = m.device();
     Tensor<std::int64_t> step_ids, sample_ids;
     DecodeIndex index;
     bool changed = true;  // no device rows yet
@@ -226,17 +277,8 @@ class Engine {
       if (changed) {
         // The rows of the samples left (or the first decode step): upload what the host knows.
         const std::int64_t rows_n = run.options.pad_to_bucket ? detail::bucket_size(n) : n;
-        std::vector<std::int64_t> state(static_cast<std::size_t>(4 * rows_n), 0);
-        for (std::int64_t r = 0; r < rows_n; ++r) {
-          const bool real = r < n;
-          const Row& row = active[static_cast<std::size_t>(real ? r : 0)];
-          const auto& tokens = run.samples[static_cast<std::size_t>(row.sample)].completion().tokens;
-          state[static_cast<std::size_t>(r)] = real ? tokens.back() : 0;                  // ids
-          state[static_cast<std::size_t>(rows_n + r)] = real ? row.position : 0;          // positions
-          state[static_cast<std::size_t>(2 * rows_n + r)] = real ? row.slot : count;      // slots (spare)
-          state[static_cast<std::size_t>(3 * rows_n + r)] = real ? sample_id(run, row) : 0;  // sample ids
-        }
-        const auto packed_state = Tensor<std::int64_t>::from_vector(state, {4, rows_n}, device);
+        const auto packed_state = Tensor<std::int64_t>::from_vector(step_rows(run, active, rows_n, count), {4, rows_n},
+                                                                    device);
         step_ids = row_view(packed_state, 0, rows_n);
         index = DecodeIndex::at(row_view(packed_state, 2, rows_n), row_view(packed_state, 1, rows_n));
         sample_ids = row_view(packed_state, 3, rows_n);
@@ -254,6 +296,48 @@ class Engine {
       drawn = draw(run, logits, sample_ids, index.lengths, active, index.size());
       ++run.step;
       changed = accept(run, drawn, active);
+      report(run, static_cast<std::int64_t>(active.size()));
+    }
+  }
+
+  // Decode steps as CUDA graph replays (see the file comment): one graph per padded row count,
+  // each with its own rows tensor, refilled from the host before every replay.
+  template <class Cache>
+  void decode_graphed(Run& run, Cache& cache, std::int64_t count, std::vector<Row>& active) const {
+    const Model& m = *model_;
+    const Device device = m.device();
+    struct Step {
+      Tensor<std::int64_t> rows;   // [4, rows_n] on the device: what the graph reads
+      Tensor<std::int64_t> drawn;  // [rows_n]: what it writes (a block of the graph's own pool)
+      DeviceGraph graph;           // destroyed first (declared last)
+    };
+    std::map<std::int64_t, std::unique_ptr<Step>> steps;  // by padded row count; dies before `cache`
+    while (!active.empty()) {
+      const std::int64_t rows_n = detail::bucket_size(static_cast<std::int64_t>(active.size()));
+      const std::vector<std::int64_t> rows = step_rows(run, active, rows_n, count);
+      std::unique_ptr<Step>& step = steps[rows_n];
+      const bool fresh = !step;
+      if (fresh) {
+        step = std::make_unique<Step>();
+        step->rows = Tensor<std::int64_t>::from_vector(rows, {4, rows_n}, device);
+      } else {
+        copy_bytes(step->rows.data(), device, rows.data(), Device::cpu(), rows.size() * sizeof(std::int64_t));
+      }
+      if (fresh) {
+        Step* s = step.get();
+        // Capture runs the step for real (its warm-up), records it, and replays it once: the same
+        // step twice, which writes the same cache entries and draws the same tokens.
+        s->graph.capture(device, [&, s, rows_n] {
+          const DecodeIndex index = DecodeIndex::at(row_view(s->rows, 2, rows_n), row_view(s->rows, 1, rows_n));
+          const Tensor<T> logits = m.decode(row_view(s->rows, 0, rows_n), index, cache);
+          s->drawn = sample_rows(run, logits, row_view(s->rows, 3, rows_n), index.lengths);
+        });
+      } else {
+        step->graph.replay();
+      }
+      for (Row& r : active) ++r.position;  // the token drawn now sits one further
+      ++run.step;
+      accept(run, step->drawn, active);
       report(run, static_cast<std::int64_t>(active.size()));
     }
   }
@@ -281,6 +365,12 @@ class Engine {
       s.logits = to(cast<double>(logits), Device::cpu());
       run.options.on_logits(s);
     }
+    return sample_rows(run, logits, sample_ids, positions);
+  }
+
+  // One token per logits row, drawn at `positions` (device work only).
+  static Tensor<std::int64_t> sample_rows(const Run& run, const Tensor<T>& logits, const Tensor<std::int64_t>& sample_ids,
+                                          const Tensor<std::int64_t>& positions) {
     // With a tokenizer of fewer ids than the model's vocabulary, draw only ids it can decode.
     const data::Tokenizer* tok = run.options.tokenizer;
     const Tensor<T> z = tok && tok->vocab_size() < logits.size(1) ? narrow(logits, 1, 0, tok->vocab_size()) : logits;

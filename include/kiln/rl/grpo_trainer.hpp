@@ -65,6 +65,7 @@ struct GrpoTrainerOptions {
   std::int64_t micro_batch = 32;         // sequences per training forward/backward
   infer::SamplingParams sampling;        // rollouts (max_new_tokens is set from grpo.max_completion_length)
   std::int64_t generation_batch = 0;     // samples decoded at once (0: all of a round)
+  bool cuda_graphs = true;               // GPU: the engine replays decode steps as CUDA graphs
   optim::AdamWOptions adamw{.lr = 1e-5, .weight_decay = 0.0};
   std::int64_t warmup_steps = 0;         // linear warmup of the rate, then constant
   double max_grad_norm = 1.0;
@@ -179,6 +180,7 @@ class GrpoTrainer {
       gen.samples_per_prompt = G;
       gen.tokenizer = &tokenizer_;
       gen.max_batch = options_.generation_batch;
+      gen.cuda_graphs = options_.cuda_graphs;
       gen.sample_id_base = sample_id_base(step_, round);
       gen.on_progress = on_progress;
       std::vector<infer::Completion> completions = infer::generate(policy_, prompts, options_.sampling, gen);

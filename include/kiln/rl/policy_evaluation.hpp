@@ -34,9 +34,10 @@ struct PolicyEvalOptions {
   std::vector<std::string> stop_strings = {"</answer>"};
   std::uint64_t seed = 0;
   std::int64_t generation_batch = 0;  // engine max_batch (0: everything at once)
+  bool cuda_graphs = true;            // GPU: the engine replays decode steps as CUDA graphs
   std::uint64_t sample_id_base = 1ull << 62;  // far from training's ids
   // A problem's prompt as token ids (default: bos, then the R1-Zero template; as in training).
-  std::function<std::vector<std::int64_t>(const data::Problem&)> encode_prompt;
+  std::function<std::vector<std::int64_t>(const data::Problem&)> encode_prompt = nullptr;
 };
 
 struct PolicyEvalReport {
@@ -86,6 +87,7 @@ PolicyEvalReport evaluate_policy(const Model& model, const data::Tokenizer& toke
   gen.samples_per_prompt = options.k;
   gen.tokenizer = &tokenizer;
   gen.max_batch = options.generation_batch;
+  gen.cuda_graphs = options.cuda_graphs;
   gen.sample_id_base = options.sample_id_base;
   const std::vector<infer::Completion> sampled = infer::generate(model, prompts, sampling, gen);
 

@@ -8,6 +8,7 @@
 
 #include "kiln/backend/cuda/stream.hpp"
 #include "kiln/core/device.hpp"
+#include "kiln/core/error.hpp"
 
 namespace kiln::cuda {
 
@@ -22,6 +23,14 @@ class PinnedStaging {
 
   // dst (device) <- src (pageable host), or dst (pageable host) <- src (device).
   void copy(void* dst, const void* src, std::size_t bytes, bool to_device, int device, cudaStream_t stream) {
+    // A copy waits for the stream, which a stream being captured into a CUDA graph cannot do; and
+    // the staging events, once recorded into a capture, would be unusable afterwards. Refuse
+    // before touching anything, so the capture fails cleanly and later copies still work.
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    KILN_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+    if (capture != cudaStreamCaptureStatusNone)
+      fail("copy", to_device ? "host-to-device" : "device-to-host", " copy of ", bytes, " bytes on cuda:", device,
+           " while its stream is captured into a CUDA graph (a captured function must leave its inputs on the device)");
     std::lock_guard<std::mutex> lock(mutex_);
     ensure();
     auto* d = static_cast<char*>(dst);
