@@ -45,9 +45,9 @@ const char* kUsage = R"(grpo: R1-Zero-style GRPO on a pretrained DeepSeek-V3-sty
   --resume DIR          continue the run in DIR (its run.json settings are the defaults)
   --device cpu|cuda     [cpu]
   --config small|big    the base to pretrain when no --base is given                    [small]
-  --base-steps N        pretraining steps of that base                          [small 1000, big 3000]
+  --base-steps N        pretraining steps of that base                          [small 1200, big 3000]
   --dtype float32|bf16  [cpu: float32, cuda: bf16]
-  --steps N             GRPO steps                                               [small 100, big 300]
+  --steps N             GRPO steps                                               [small 150, big 300]
   --prompts N           problems per step                                                   [16]
   --group G             samples per problem                                                  [8]
   --max-completion N    new tokens per completion at most                      [small 160, big 256]
@@ -149,8 +149,8 @@ Settings parse(int argc, char** argv, std::string& out, std::string& resume) {
   const bool big = s.config == "big";
   s.dtype = s_("dtype", s.device == "cuda" ? "bf16" : "float32");
   check(s.dtype == "float32" || s.dtype == "bf16", "grpo", "--dtype must be float32 or bf16, got ", s.dtype);
-  s.base_steps = i_("base-steps", big ? 3000 : 1000);
-  s.steps = i_("steps", big ? 300 : 100);
+  s.base_steps = i_("base-steps", big ? 3000 : 1200);
+  s.steps = i_("steps", big ? 300 : 150);
   s.prompts = i_("prompts", 16);
   s.group = i_("group", 8);
   s.max_completion = i_("max-completion", big ? 256 : 160);
