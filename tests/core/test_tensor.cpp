@@ -247,3 +247,28 @@ TEST(Printing, IsReadable) {
   g << tensor<double>({1.0}).requires_grad_();
   EXPECT_NE(g.str().find("requires_grad=true"), std::string::npos);
 }
+
+// Sizes from corrupt or hostile inputs (issue 13: a config with vocab 2^62 reached these) are
+// refused before anything is allocated, instead of wrapping to a small count and writing past it.
+TEST(TensorSizes, OverflowingAndOversizedShapesAreRefused) {
+  const std::int64_t huge = std::int64_t{1} << 62;
+  // {2^62 + 1, 4} has 2^64 + 4 elements: int64 wraps it to 4.
+  EXPECT_KILN_ERROR((void)Tensor<float>({huge + 1, 4}), "shape", "more elements than an int64");
+  EXPECT_KILN_ERROR(numel_of({huge, 2, 2}), "shape");
+  // 2^62 floats fit in int64 but not in bytes: refused by the size limit.
+  EXPECT_KILN_ERROR(zeros<float>({huge}), "Tensor", "bytes one tensor may take");
+  EXPECT_KILN_ERROR(randn<float>({huge, 1}), "Tensor");
+  // A view may be that large (no storage of its own); what it would allocate may not.
+  const Tensor<float> wide = expand(zeros<float>({1}), {huge});
+  EXPECT_EQ(wide.numel(), huge);
+  EXPECT_KILN_ERROR(add(wide, 1.0), "Tensor");
+  EXPECT_KILN_ERROR((void)Tensor<float>({-3, 2}), "negative dimension");
+  // A zero dimension makes the count 0, whatever the others.
+  EXPECT_EQ(numel_of({0, huge, huge}), 0);
+  EXPECT_EQ(Tensor<float>({huge, 0}).numel(), 0);
+  // Ordinary shapes are untouched; the limit sits at 2^48 bytes.
+  EXPECT_EQ(numel_of({3, 5, 7}), 105);
+  EXPECT_EQ(numel_of({}), 1);
+  EXPECT_EQ(allocatable_numel("t", {std::int64_t{1} << 46}, 4), std::int64_t{1} << 46);
+  EXPECT_KILN_ERROR(allocatable_numel("t", {(std::int64_t{1} << 46) + 1}, 4), "t");
+}

@@ -306,3 +306,28 @@ TEST(NnLlama, FloatAndBf16FollowDouble) {
   // bf16 rounds every stored intermediate of two layers (about 1e-2 measured), not only the operands.
   EXPECT_LT(relative_error(mb(ids), ref), 2e-2);
 }
+
+// The config is checked once in the model's constructor, whatever the layer count (issue 13: with
+// 0 layers no attention layer checked the heads, and the forward divided by 0 heads).
+TEST(NnLlama, ConfigCheckedWithoutLayers) {
+  Generator gen{9, 0};
+  nn::LlamaConfig c = tiny_config();
+  c.num_hidden_layers = 0;
+  c.num_attention_heads = 0;
+  EXPECT_KILN_ERROR((void)nn::LlamaForCausalLM<double>(c, gen), "LlamaAttention", "num_attention_heads 0");
+  c = tiny_config();
+  c.num_hidden_layers = 0;
+  c.num_key_value_heads = 3;  // does not divide 2 heads
+  EXPECT_KILN_ERROR((void)nn::LlamaForCausalLM<double>(c, gen), "num_key_value_heads 3");
+  c = tiny_config();
+  c.num_hidden_layers = -1;
+  EXPECT_KILN_ERROR((void)nn::LlamaForCausalLM<double>(c, gen), "LlamaModel", "num_hidden_layers (-1)");
+  c = tiny_config();
+  c.vocab_size = 0;
+  EXPECT_KILN_ERROR((void)nn::LlamaForCausalLM<double>(c, gen), "LlamaModel", "vocab_size (0)");
+  // A valid config with no layers is a model: embedding, norm, head.
+  c = tiny_config();
+  c.num_hidden_layers = 0;
+  nn::LlamaForCausalLM<double> m(c, gen);
+  EXPECT_EQ(m.forward(tensor<std::int64_t>({1, 2, 3}, {1, 3})).shape(), (Shape{1, 3, 7}));
+}

@@ -13,9 +13,31 @@ namespace kiln {
 using Shape = std::vector<std::int64_t>;
 using Strides = std::vector<std::int64_t>;
 
+// The element count of a shape. Overflow-checked: a shape whose count does not fit in int64 (e.g.
+// {2^62 + 1, 4}, which wrapped to 4) is an error, not a small number. A zero dimension makes the
+// count 0 whatever the others are. (Negative dimensions are multiplied as given: callers check
+// them, e.g. check_shape, or use the sign to find an unresolved -1.)
 inline std::int64_t numel_of(const Shape& shape) {
+  for (auto s : shape)
+    if (s == 0) return 0;
   std::int64_t n = 1;
-  for (auto s : shape) n *= s;
+  for (auto s : shape)
+    if (__builtin_mul_overflow(n, s, &n)) fail("shape", "shape ", shape, " has more elements than an int64 can count");
+  return n;
+}
+
+// The most bytes one tensor may take: 2^48 (256 TiB), what a 48-bit virtual address space can
+// hold. Sizes above it come from corrupt or hostile inputs (a config with vocab 2^62), and their
+// byte counts could wrap size_t; they are refused before anything is allocated.
+inline constexpr std::uint64_t kMaxTensorBytes = std::uint64_t{1} << 48;
+
+// numel_of(shape) for a tensor of `element_size`-byte elements that will be allocated: checks the
+// dimensions (>= 0) and the size (<= kMaxTensorBytes).
+inline std::int64_t allocatable_numel(const char* op, const Shape& shape, std::size_t element_size) {
+  for (auto s : shape) check(s >= 0, op, "negative dimension in shape ", shape);
+  const std::int64_t n = numel_of(shape);
+  check(static_cast<std::uint64_t>(n) <= kMaxTensorBytes / element_size, op, "shape ", shape, " has ", n,
+        " elements of ", element_size, " bytes: more than the ", kMaxTensorBytes, " bytes one tensor may take");
   return n;
 }
 

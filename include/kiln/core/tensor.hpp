@@ -51,9 +51,9 @@ class Tensor {
 
   // An uninitialised tensor of the given shape (use kiln::zeros etc. for initialised ones).
   explicit Tensor(const Shape& shape, Device device = Device::cpu()) {
-    check_shape("Tensor", shape);
+    const std::int64_t n = allocatable_numel("Tensor", shape, sizeof(T));
     impl_ = std::make_shared<TensorImpl<T>>();
-    impl_->storage = std::make_shared<Storage>(sizeof(T) * static_cast<std::size_t>(numel_of(shape)), device);
+    impl_->storage = std::make_shared<Storage>(sizeof(T) * static_cast<std::size_t>(n), device);
     impl_->shape = shape;
     impl_->strides = contiguous_strides(shape);
   }

@@ -116,6 +116,8 @@ class LlamaAttention : public Module<T> {
     return o_proj(reshape(transpose(reshape(o, {B, num_heads, S, head_dim}), 1, 2), {B, S, num_heads * head_dim}));
   }
 
+ public:
+  // The head split of c, checked (also by LlamaModel, which checks the config once for every layer count).
   static std::int64_t checked_head_dim(const LlamaConfig& c) {
     check(c.hidden_size > 0 && c.num_attention_heads > 0 && c.num_key_value_heads > 0 &&
               c.num_attention_heads % c.num_key_value_heads == 0,
@@ -172,7 +174,7 @@ template <class T>
 class LlamaModel : public Module<T> {
  public:
   LlamaModel(const LlamaConfig& c, Generator& gen)
-      : config(c),
+      : config(checked_config(c)),
         embed_tokens(c.vocab_size, c.hidden_size, c.initializer_range, gen),
         norm(c.hidden_size, c.rms_norm_eps) {
     this->register_module("embed_tokens", &embed_tokens);
@@ -181,6 +183,18 @@ class LlamaModel : public Module<T> {
       this->register_module("layers." + std::to_string(i), layers.back().get());
     }
     this->register_module("norm", &norm);
+  }
+
+  // The whole config, checked once whatever the layer count (with 0 layers no attention layer
+  // would check its heads, and forward divides by them for the rope tables).
+  static const LlamaConfig& checked_config(const LlamaConfig& c) {
+    check(c.vocab_size > 0 && c.hidden_size > 0 && c.intermediate_size > 0 && c.num_hidden_layers >= 0 &&
+              c.max_position_embeddings > 0,
+          "LlamaModel", "vocab_size (", c.vocab_size, "), hidden_size (", c.hidden_size, "), intermediate_size (",
+          c.intermediate_size, ") and max_position_embeddings (", c.max_position_embeddings,
+          ") must be positive and num_hidden_layers (", c.num_hidden_layers, ") not negative");
+    (void)LlamaAttention<T>::checked_head_dim(c);
+    return c;
   }
 
   // ids [B, S], positions [S] or [B, S] -> final hidden states [B, S, hidden] (after norm).
