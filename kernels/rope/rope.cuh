@@ -156,8 +156,7 @@ inline void launch_rope_tables(const RopeTablesArgs& a) {
   cuda::DeviceGuard guard(a.launch.device);
   const cudaStream_t stream = a.launch.stream;
   // The inverse frequencies come from the host's pow, the same values the CPU tables use (see
-  // math/rope.hpp).
-  // (math/rope.hpp). Up to kMaxParamFrequencies of them go by value; more are uploaded (a host
+  // math/rope.hpp). Up to kMaxParamFrequencies of them go by value; more are uploaded (a host
   // copy, which a graph capture refuses).
   InvFreqs by_value{};
   std::vector<double> inv_freqs(static_cast<std::size_t>(half));

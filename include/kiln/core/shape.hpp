@@ -26,21 +26,6 @@ inline std::int64_t numel_of(const Shape& shape) {
   return n;
 }
 
-// The most bytes one tensor may take: 2^48 (256 TiB), what a 48-bit virtual address space can
-// hold. Sizes above it come from corrupt or hostile inputs (a config with vocab 2^62), and their
-// byte counts could wrap size_t; they are refused before anything is allocated.
-inline constexpr std::uint64_t kMaxTensorBytes = std::uint64_t{1} << 48;
-
-// numel_of(shape) for a tensor of `element_size`-byte elements that will be allocated: checks the
-// dimensions (>= 0) and the size (<= kMaxTensorBytes).
-inline std::int64_t allocatable_numel(const char* op, const Shape& shape, std::size_t element_size) {
-  for (auto s : shape) check(s >= 0, op, "negative dimension in shape ", shape);
-  const std::int64_t n = numel_of(shape);
-  check(static_cast<std::uint64_t>(n) <= kMaxTensorBytes / element_size, op, "shape ", shape, " has ", n,
-        " elements of ", element_size, " bytes: more than the ", kMaxTensorBytes, " bytes one tensor may take");
-  return n;
-}
-
 // Row-major (C order) strides: the last dimension is contiguous.
 inline Strides contiguous_strides(const Shape& shape) {
   Strides strides(shape.size());
@@ -54,6 +39,21 @@ inline Strides contiguous_strides(const Shape& shape) {
 
 inline void check_shape(const char* op, const Shape& shape) {
   for (auto s : shape) check(s >= 0, op, "negative dimension in shape ", shape);
+}
+
+// The most bytes one tensor may take: 2^48 (256 TiB), what a 48-bit virtual address space can
+// hold. Sizes above it come from corrupt or hostile inputs (a config with vocab 2^62), and their
+// byte counts could wrap size_t; they are refused before anything is allocated.
+inline constexpr std::uint64_t kMaxTensorBytes = std::uint64_t{1} << 48;
+
+// numel_of(shape) for a tensor of `element_size`-byte elements that will be allocated: checks the
+// dimensions (>= 0) and the size (<= kMaxTensorBytes).
+inline std::int64_t allocatable_numel(const char* op, const Shape& shape, std::size_t element_size) {
+  check_shape(op, shape);
+  const std::int64_t n = numel_of(shape);
+  check(static_cast<std::uint64_t>(n) <= kMaxTensorBytes / element_size, op, "shape ", shape, " has ", n,
+        " elements of ", element_size, " bytes: more than the ", kMaxTensorBytes, " bytes one tensor may take");
+  return n;
 }
 
 // Maps a possibly negative dimension index into [0, ndim).
