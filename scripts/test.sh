@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Builds everything (CUDA sources too when nvcc is present, for sm_90a) and runs every CPU test,
-# then the suite again under AddressSanitizer + UndefinedBehaviorSanitizer. GPU tests run only
-# where a GPU is present (ctest -L gpu); without one they skip.
+# then the suite again under AddressSanitizer + UndefinedBehaviorSanitizer, then fuzzes every
+# reader of untrusted files for 30 s each (scripts/fuzz.sh: libFuzzer, ASan + UBSan). GPU tests
+# run only where a GPU is present (ctest -L gpu); without one they skip.
 #   scripts/test.sh            full run (as CI)
 #   KILN_NO_SANITIZE=1 scripts/test.sh   skip the sanitizer pass
+#   KILN_NO_FUZZ=1 scripts/test.sh       skip fuzzing
 #
 # These builds only prove that everything compiles and that the tests pass, so they are quick
 # builds in folders of their own (CMakeLists.txt, kiln_build_purpose): build-test compiles the CPU
@@ -49,5 +51,10 @@ if [ -z "${KILN_NO_SANITIZE:-}" ]; then
   # The multi-rank tests (mpirun) without leak detection: OpenMPI's own allocations show as leaks.
   ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1 \
     ctest --test-dir build-asan -L dist -LE gpu --output-on-failure -j"$jobs"
+fi
+if [ -z "${KILN_NO_FUZZ:-}" ]; then
+  echo "== fuzzing (libFuzzer, ASan + UBSan) =="
+  scripts/fuzz.sh
+  stamp
 fi
 echo "== all tests passed in $(( $(date +%s) - start )) s =="

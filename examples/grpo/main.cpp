@@ -133,7 +133,7 @@ Settings parse(int argc, char** argv, std::string& out, std::string& resume) {
   if (!resume.empty()) {
     const std::string path = resume + "/run.json";
     check(std::filesystem::exists(path), "grpo", "--resume ", resume, ": no run.json there (not a grpo run folder)");
-    saved = io::json::parse(io::read_text_file(path, "grpo"));
+    saved = io::parse_json(io::read_text_file(path, "grpo"), "grpo", path);
   }
   auto s_ = [&](const char* k, const std::string& d) { return f.str(k, saved.contains(k) ? saved[k].get<std::string>() : d); };
   auto i_ = [&](const char* k, std::int64_t d) { return f.integer(k, saved.contains(k) ? saved[k].get<std::int64_t>() : d); };
@@ -314,7 +314,7 @@ int run(const char* argv0, Settings s, const std::string& out, const std::string
   const Device device = s.device == "cuda" ? Device::cuda(0) : Device::cpu();
   std::filesystem::create_directories(out);
   if (s.base.empty()) s.base = pretrain_base(argv0, s, out + "/base");
-  io::write_file_atomically(out + "/run.json", to_json(s).dump(2) + "\n", "grpo");
+  io::write_file_atomically(out + "/run.json", io::dump_json(to_json(s), "grpo", out + "/run.json", 2) + "\n", "grpo");
 
   // The base: the pretrain run's checkpoint and tokenizer.
   const std::string base_checkpoint = s.base + "/checkpoint", base_tokenizer = s.base + "/tokenizer.json";
@@ -387,7 +387,7 @@ int run(const char* argv0, Settings s, const std::string& out, const std::string
   report["settings"] = to_json(s);
   std::optional<rl::PolicyEvalReport> before;
   if (!resume.empty() && std::filesystem::exists(checkpoint)) {
-    const io::TrainerState state = io::load_training_checkpoint(checkpoint, policy, trainer.optimizer());
+    const io::TrainerState state = io::load_training_checkpoint(checkpoint, policy, config, trainer.optimizer());
     trainer.restore(state.step, state.rng);
     if (state.extra.contains("before")) report["before"] = state.extra["before"];
     std::printf("resumed from %s at step %lld\n", checkpoint.c_str(), static_cast<long long>(state.step));
@@ -405,14 +405,14 @@ int run(const char* argv0, Settings s, const std::string& out, const std::string
     state.step = trainer.steps_done();
     state.rng = trainer.problem_rng();
     state.lr = s.lr;
-    state.extra = io::json::parse(io::ordered_json{{"before", report["before"]}}.dump());
+    state.extra = io::json(io::ordered_json{{"before", report["before"]}});
     io::save_training_checkpoint(checkpoint, policy, config, trainer.optimizer(), state);
   };
   const auto t_train = Clock::now();
   while (trainer.steps_done() < s.steps) {
     const rl::StepReport r = trainer.step();
     io::ordered_json j = step_json(r);
-    metrics.write(io::json::parse(j.dump()));
+    metrics.write(io::json(j));
     const rl::RewardStats& total = r.rewards.back();
     std::printf("step %lld/%lld | reward %.3f ± %.3f | acc %.3f | fmt %.3f | zero-std %.2f | len %.0f (max %.0f, "
                 "trunc %.2f) | entropy %.3f%s | clip %.3f | %.0f gen tok/s | %.1f s (gen %.1f, train %.1f)\n",
@@ -442,7 +442,7 @@ int run(const char* argv0, Settings s, const std::string& out, const std::string
   report["after"] = eval_json(after);
   report["train_seconds"] = train_seconds;
   report["total_seconds"] = std::chrono::duration<double>(Clock::now() - start).count();
-  io::write_file_atomically(out + "/report.json", report.dump(2) + "\n", "grpo");
+  io::write_file_atomically(out + "/report.json", io::dump_json(report, "grpo", out + "/report.json", 2) + "\n", "grpo");
   if (s.plot) plot(out);
   std::printf("GRPO: %lld steps in %.1f s; total wall time %.1f s; run folder %s\n",
               static_cast<long long>(trainer.steps_done()), train_seconds,

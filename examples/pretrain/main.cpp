@@ -99,7 +99,7 @@ Settings parse(int argc, char** argv, std::string& out, std::string& resume) {
   io::json saved = io::json::object();
   if (!resume.empty()) {
     const std::string path = resume + "/run.json";
-    saved = io::json::parse(io::read_text_file(path, "pretrain"));
+    saved = io::parse_json(io::read_text_file(path, "pretrain"), "pretrain", path);
   }
   auto s_ = [&](const char* k, const std::string& d) { return f.str(k, saved.contains(k) ? saved[k].get<std::string>() : d); };
   auto i_ = [&](const char* k, std::int64_t d) { return f.integer(k, saved.contains(k) ? saved[k].get<std::int64_t>() : d); };
@@ -169,7 +169,7 @@ void save_settings(const std::string& path, const Settings& s) {
   j["checkpoint-every"] = s.checkpoint_every;
   j["peak"] = s.peak_tflops;
   j["tf32"] = s.tf32;
-  io::write_file_atomically(path, j.dump(2) + "\n", "pretrain");
+  io::write_file_atomically(path, io::dump_json(j, "pretrain", path, 2) + "\n", "pretrain");
 }
 
 // Greedy completions of several prompts (each after bos), decoded together by the generation

@@ -11,6 +11,7 @@
 
 #include <kiln/io/checkpoint.hpp>
 
+#include "file_test_util.hpp"
 #include "test_util.hpp"
 
 using namespace kiln;
@@ -18,51 +19,14 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// A fresh directory per test, removed afterwards.
-class IoTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = (fs::temp_directory_path() /
-            ("kiln_test_io_" + std::to_string(::getpid()) + "_" + info->test_suite_name() + "_" + info->name()))
-               .string();
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  std::string path(const std::string& name) const { return dir_ + "/" + name; }
-  std::vector<std::string> listing() const {
-    std::vector<std::string> out;
-    for (const auto& e : fs::directory_iterator(dir_)) out.push_back(e.path().filename().string());
-    std::sort(out.begin(), out.end());
-    return out;
-  }
-  std::string dir_;
-};
+class IoTest : public kiln::testing::TempDirTest {};
 
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
+using kiln::testing::le64;
+using kiln::testing::read_bytes;
+using kiln::testing::write_bytes;
+std::string make_file(const std::string& header, const std::string& data) {
+  return kiln::testing::make_safetensors_file(header, data);
 }
-
-// Replaces the file by a new one (truncating a file in place makes ext4 flush it on close:
-// thousands of corrupt variants would then take seconds).
-void write_bytes(const std::string& path, const std::string& bytes) {
-  fs::remove(path);
-  std::ofstream out(path, std::ios::binary);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
-
-std::string le64(std::uint64_t v) {
-  std::string s(8, '\0');
-  for (int i = 0; i < 8; ++i) s[i] = static_cast<char>((v >> (8 * i)) & 0xFF);
-  return s;
-}
-
-// A safetensors file from a header text and data bytes, built without the library.
-std::string make_file(const std::string& header, const std::string& data) { return le64(header.size()) + header + data; }
 
 // The element bytes of a tensor in row-major order.
 template <class T>
@@ -295,7 +259,7 @@ TEST_F(IoTest, SafetensorsRejectsMalformedHeaders) {
          f32x2, {"overlap"});
   expect(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", f32x2, {"bytes 0 to 4", "belong to no tensor"});
   expect(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", f32x2, {"last 4 bytes", "belong to no tensor"});
-  expect(R"({"a":{"dtype":"I16","shape":[4],"data_offsets":[0,8]}})", f32x2, {"'a'", "unknown or unsupported dtype 'I16'"});
+  expect(R"({"a":{"dtype":"I16","shape":[4],"data_offsets":[0,8]}})", f32x2, {"'a'", "unknown or unsupported dtype \"I16\""});
   expect(R"({"a":{"dtype":7,"shape":[2],"data_offsets":[0,8]}})", f32x2, {"'a'", "dtype must be a string"});
   expect(R"({"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", f32x2, {"'a'", "shape", "non-negative"});
   expect(R"({"a":{"dtype":"F32","shape":[2.0],"data_offsets":[0,8]}})", f32x2, {"'a'", "non-negative integers"});
@@ -308,9 +272,9 @@ TEST_F(IoTest, SafetensorsRejectsMalformedHeaders) {
   expect(R"({"a":{"dtype":"F32","shape":[2147483648,2147483648],"data_offsets":[0,8]}})", f32x2,
          {"'a'", "needs more than 2^64 bytes"});
   expect(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})",
-         f32x2, {"duplicate name 'a'"});
+         f32x2, {"the key \"a\" appears twice"});
   expect(R"({"a":{"dtype":"U8","shape":[8],"data_offsets":[0,8]},"__metadata__":{"k":"x","k":"y"}})", f32x2,
-         {"duplicate name 'k'"});
+         {"the key \"k\" appears twice"});
   expect(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"__metadata__":{"k":1}})", f32x2,
          {"__metadata__", "'k'", "not a string"});
   expect(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"__metadata__":[]})", f32x2, {"__metadata__"});
@@ -631,6 +595,14 @@ struct BasicTrainRun {
 };
 using TrainRun = BasicTrainRun<float>;
 
+// Trains `run` one step and saves its checkpoint (step 1) to `dir`.
+void train_one_step_and_save(TrainRun& run, const std::string& dir, const nn::LlamaConfig& config) {
+  run.step();
+  io::TrainerState s;
+  s.step = 1;
+  io::save_training_checkpoint(dir, run.model, config, run.opt, s);
+}
+
 }  // namespace
 
 TEST_F(IoTest, TrainingCheckpointResumesBitForBit) {
@@ -655,7 +627,7 @@ TEST_F(IoTest, TrainingCheckpointResumesBitForBit) {
 
   TrainRun b;  // different state until the checkpoint is loaded
   b.step();
-  const io::TrainerState st = io::load_training_checkpoint(d, b.model, b.opt);
+  const io::TrainerState st = io::load_training_checkpoint(d, b.model, config, b.opt);
   EXPECT_EQ(st.step, 3);
   EXPECT_EQ(st.rng.seed, saved.rng.seed);
   EXPECT_EQ(st.rng.offset, saved.rng.offset);
@@ -688,7 +660,7 @@ TEST_F(IoTest, TrainingCheckpointKeepsMasterWeights) {
   for (int i = 0; i < 3; ++i) uninterrupted.push_back(a.step());
 
   BasicTrainRun<bf16> b;
-  b.gen = io::load_training_checkpoint(d, b.model, b.opt).rng;
+  b.gen = io::load_training_checkpoint(d, b.model, config, b.opt).rng;
   std::vector<bf16> resumed;
   for (int i = 0; i < 3; ++i) resumed.push_back(b.step());
   EXPECT_EQ(bytes_of(tensor<bf16>(resumed, {3})), bytes_of(tensor<bf16>(uninterrupted, {3})));
@@ -698,7 +670,7 @@ TEST_F(IoTest, TrainingCheckpointKeepsMasterWeights) {
   // An optimizer without master weights does not expect them.
   BasicTrainRun<bf16> c;
   optim::AdamW<bf16> plain(c.model.parameters(), {0.05, 0.9, 0.95, 1e-8, 0.1, false});
-  EXPECT_KILN_ERROR(io::load_training_checkpoint(d, c.model, plain), "optimizer.safetensors", "block.weight.master",
+  EXPECT_KILN_ERROR(io::load_training_checkpoint(d, c.model, config, plain), "optimizer.safetensors", "block.weight.master",
                     "match no optimizer parameter");
 }
 
@@ -706,10 +678,7 @@ TEST_F(IoTest, TrainingCheckpointWriteIsAtomic) {
   nn::LlamaConfig config;
   const auto d = path("ckpt");
   TrainRun a;
-  a.step();
-  io::TrainerState s1;
-  s1.step = 1;
-  io::save_training_checkpoint(d, a.model, config, a.opt, s1);
+  train_one_step_and_save(a, d, config);
   const std::string model1 = read_bytes(d + "/model.safetensors");
 
   // A second save replaces the first as a whole; the temporary directory is gone.
@@ -733,13 +702,13 @@ TEST_F(IoTest, TrainingCheckpointWriteIsAtomic) {
   EXPECT_EQ(listing(), std::vector<std::string>{"ckpt"});
   EXPECT_EQ(read_bytes(d + "/model.safetensors"), model2);
   TrainRun c;
-  EXPECT_EQ(io::load_training_checkpoint(d, c.model, c.opt).step, 2);
+  EXPECT_EQ(io::load_training_checkpoint(d, c.model, config, c.opt).step, 2);
 
   // A crash between the two renames of the fallback swap leaves the previous directory as
   // "<dir>.old": loading finds it, and the next save cleans up.
   fs::rename(d, d + ".old");
   TrainRun e;
-  EXPECT_EQ(io::load_training_checkpoint(d, e.model, e.opt).step, 2);
+  EXPECT_EQ(io::load_training_checkpoint(d, e.model, config, e.opt).step, 2);
   io::save_training_checkpoint(d, a.model, config, a.opt, s2);
   EXPECT_EQ(listing(), std::vector<std::string>{"ckpt"});
 }
@@ -748,35 +717,68 @@ TEST_F(IoTest, CorruptTrainingCheckpointsAreErrors) {
   nn::LlamaConfig config;
   const auto d = path("ckpt");
   TrainRun a;
-  a.step();
-  io::TrainerState s;
-  s.step = 1;
-  io::save_training_checkpoint(d, a.model, config, a.opt, s);
+  train_one_step_and_save(a, d, config);
   const std::string opt_bytes = read_bytes(d + "/optimizer.safetensors");
   const std::string trainer_text = read_bytes(d + "/trainer.json");
 
   TrainRun b;
   const auto before = state_bytes(b.model);
   write_bytes(d + "/optimizer.safetensors", opt_bytes.substr(0, opt_bytes.size() - 5));
-  EXPECT_KILN_ERROR(io::load_training_checkpoint(d, b.model, b.opt), "optimizer.safetensors");
+  EXPECT_KILN_ERROR(io::load_training_checkpoint(d, b.model, config, b.opt), "optimizer.safetensors");
   EXPECT_EQ(state_bytes(b.model), before);  // nothing loaded
   EXPECT_EQ(b.opt.steps(), 0);
   write_bytes(d + "/optimizer.safetensors", opt_bytes);
 
   write_bytes(d + "/trainer.json", trainer_text.substr(0, trainer_text.size() / 2));
-  EXPECT_KILN_ERROR(io::load_training_checkpoint(d, b.model, b.opt), "trainer.json", "not valid JSON");
+  EXPECT_KILN_ERROR(io::load_training_checkpoint(d, b.model, config, b.opt), "trainer.json", "not valid JSON");
   write_bytes(d + "/trainer.json", R"({"kiln_checkpoint_version": 1, "step": -1})");
-  EXPECT_KILN_ERROR(io::load_training_checkpoint(d, b.model, b.opt), "trainer.json", "\"step\"", "non-negative");
+  EXPECT_KILN_ERROR(io::load_training_checkpoint(d, b.model, config, b.opt), "trainer.json", "\"step\"", "non-negative");
   write_bytes(d + "/trainer.json", R"({"kiln_checkpoint_version": 1, "step": 1, "rng": {"seed": 1}})");
-  EXPECT_KILN_ERROR(io::load_training_checkpoint(d, b.model, b.opt), "trainer.json", "missing \"rng.offset\"");
+  EXPECT_KILN_ERROR(io::load_training_checkpoint(d, b.model, config, b.opt), "trainer.json", "missing \"rng.offset\"");
   write_bytes(d + "/trainer.json", trainer_text);
 
   // A model of another shape: the error names the tensor and both shapes.
   Generator g{6, 0};
   TinyModel<float> wider(g, 6);
   optim::AdamW<float> opt(wider.parameters());
-  EXPECT_KILN_ERROR(io::load_training_checkpoint(d, wider, opt), "'block.weight': file has [5, 4], model has [6, 4]");
+  EXPECT_KILN_ERROR(io::load_training_checkpoint(d, wider, config, opt), "'block.weight': file has [5, 4], model has [6, 4]");
   EXPECT_EQ(state_bytes(b.model), before);
-  EXPECT_EQ(io::load_training_checkpoint(d, b.model, b.opt).step, 1);
+  EXPECT_EQ(io::load_training_checkpoint(d, b.model, config, b.opt).step, 1);
   EXPECT_EQ(state_bytes(b.model), state_bytes(a.model));
+}
+
+// Resuming with another config would train a different model silently: every differing field is
+// named, and nothing is loaded.
+TEST_F(IoTest, ResumeRefusesACheckpointOfAnotherConfig) {
+  nn::LlamaConfig config;
+  const auto d = path("ckpt");
+  TrainRun a;
+  train_one_step_and_save(a, d, config);
+  TrainRun b;
+  const auto before = state_bytes(b.model);
+  nn::LlamaConfig other = config;
+  other.rope_theta = 500000.0;
+  other.rms_norm_eps = 1e-5;
+  EXPECT_KILN_ERROR(io::load_training_checkpoint(d, b.model, other, b.opt), "load_training_checkpoint", "config.json",
+                    "differs from the model's in 2 field(s)", "rope_theta (checkpoint 10000.0, model 500000.0)",
+                    "rms_norm_eps (checkpoint 1e-06, model 1e-05)");
+  EXPECT_EQ(state_bytes(b.model), before);
+  EXPECT_EQ(b.opt.steps(), 0);
+  EXPECT_EQ(io::load_training_checkpoint(d, b.model, config, b.opt).step, 1);
+}
+
+// trainer.json's free-form fields are written as JSON: a string that is not UTF-8 fails the save
+// with a kiln::Error (not nlohmann's exception), and the previous checkpoint stays.
+TEST_F(IoTest, TrainingCheckpointWithInvalidUtf8FailsCleanly) {
+  nn::LlamaConfig config;
+  const auto d = path("ckpt");
+  TrainRun a;
+  train_one_step_and_save(a, d, config);
+  io::TrainerState s;
+  s.step = 2;
+  s.extra = {{"note", "caf\xe9"}};  // Latin-1, not UTF-8
+  EXPECT_KILN_ERROR(io::save_training_checkpoint(d, a.model, config, a.opt, s), "trainer.json", "valid UTF-8");
+  EXPECT_EQ(listing(), std::vector<std::string>{"ckpt"});
+  TrainRun b;
+  EXPECT_EQ(io::load_training_checkpoint(d, b.model, config, b.opt).step, 1);
 }

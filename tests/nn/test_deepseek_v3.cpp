@@ -156,6 +156,45 @@ TEST(DeepseekV3, TiedEmbeddingsAndNoMtp) {
             1e-14);
 }
 
+// The config is checked once, before any layer exists: with no layers nothing else would check
+// qk_rope_head_dim (forward's rope tables halve it) or the routing fields.
+TEST(DeepseekV3, ConfigCheckedWithoutLayers) {
+  Generator gen{9, 0};
+  auto without_layers = [] {
+    DeepseekV3Config c = tiny_config();
+    c.num_hidden_layers = 0;
+    c.num_nextn_predict_layers = 0;
+    return c;
+  };
+  DeepseekV3Config c = without_layers();
+  c.qk_rope_head_dim = 0;
+  EXPECT_KILN_ERROR((void)DeepseekV3ForCausalLM<double>(c, gen), "MLA", "qk_rope_head_dim must be even and positive, got 0");
+  c = without_layers();
+  c.num_attention_heads = 0;
+  EXPECT_KILN_ERROR((void)DeepseekV3ForCausalLM<double>(c, gen), "MLA", "heads 0");
+  c = without_layers();
+  c.n_group = 3;  // does not divide 4 experts
+  EXPECT_KILN_ERROR((void)DeepseekV3ForCausalLM<double>(c, gen), "MoEGate", "multiple of n_group = 3");
+  c = without_layers();
+  c.vocab_size = 0;
+  EXPECT_KILN_ERROR((void)DeepseekV3ForCausalLM<double>(c, gen), "DeepseekV3Model", "vocab_size (0)");
+  c = without_layers();
+  c.num_nextn_predict_layers = -1;
+  EXPECT_KILN_ERROR((void)DeepseekV3ForCausalLM<double>(c, gen), "DeepseekV3Model", "num_nextn_predict_layers (-1)");
+  c = without_layers();
+  c.num_hidden_layers = std::int64_t(1) << 62;  // a config.json can say so: refused before any layer is built
+  EXPECT_KILN_ERROR((void)DeepseekV3ForCausalLM<double>(c, gen), "DeepseekV3Model", "at most 1048576");
+  c = without_layers();
+  c.n_shared_experts = std::int64_t(1) << 62;
+  EXPECT_KILN_ERROR((void)DeepseekV3ForCausalLM<double>(c, gen), "DeepseekV3Model", "overflows int64");
+  c = without_layers();
+  c.hidden_act = "gelu";
+  EXPECT_KILN_ERROR((void)DeepseekV3ForCausalLM<double>(c, gen), "DeepseekV3Model", "hidden_act \"gelu\"");
+  // A valid config with no layers is a model: embedding, norm, head.
+  DeepseekV3ForCausalLM<double> m(without_layers(), gen);
+  EXPECT_EQ(m.forward(ids_from({1, 2, 3}, 1, 3)).shape(), (Shape{1, 3, 32}));
+}
+
 TEST(DeepseekV3, LossPiecesMatchStepByStepReference) {
   auto c = tiny_config();
   c.num_nextn_predict_layers = 2;

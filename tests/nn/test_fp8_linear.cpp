@@ -189,7 +189,10 @@ TEST(Fp8Linear, TwinTrainingTracksFp32) {
   // Both students start from the same weights and see the same batches and learning rates (AdamW,
   // warmup then cosine decay). The loss curve of the FP8 one, as plotted (means over 10 steps),
   // must stay within 1% of the FP32 one, and so must the loss on held-out data at the end.
-  constexpr std::int64_t batch = 256, in = 128, hidden = 256, classes = 16, steps = 300, window = 10;
+  // Under the sanitizers (test_util.hpp) ten steps exercise the same code; at -O0 the 300 took
+  // 224 s there, and the curves are compared in the Release pass.
+  constexpr std::int64_t batch = 256, in = 128, hidden = 256, classes = 16, window = 10;
+  constexpr std::int64_t steps = kiln::testing::kSanitized ? 10 : 300;
   const SingleThread single_thread;
   Generator gen{2024, 0};
   const Tensor<float> teacher = randn<float>({classes, in}, 0.0, 0.3, Device::cpu(), gen);
@@ -221,6 +224,7 @@ TEST(Fp8Linear, TwinTrainingTracksFp32) {
       adam[t].zero_grad();
     }
   }
+  if (kiln::testing::kSanitized) return;
   const std::vector<double>&l32 = losses[0], &l8 = losses[1];
   EXPECT_LT(l32.back(), 0.5 * l32.front());  // it learned something, so tracking means something
 

@@ -315,19 +315,12 @@ class Tokenizer {
   }
 
   void save(const std::string& path) const {
-    io::write_file_atomically(path, to_json().dump(1) + "\n", "Tokenizer::save");
+    io::write_file_atomically(path, io::dump_json(to_json(), "Tokenizer::save", path, 1) + "\n", "Tokenizer::save");
   }
 
   // Reads kiln's format or a Hugging Face tokenizer.json (told apart by the "format" key).
   static Tokenizer load(const std::string& path) {
-    const std::string text = io::read_text_file(path, "Tokenizer::load");
-    io::json j;
-    try {
-      j = io::json::parse(text);
-    } catch (const io::json::exception& e) {
-      fail("Tokenizer::load", path, ": not valid JSON: ", e.what());
-    }
-    return from_json(j, path);
+    return from_json(io::parse_json(io::read_text_file(path, "Tokenizer::load"), "Tokenizer::load", path), path);
   }
 
   // `source` names the file in error messages.
@@ -538,7 +531,7 @@ class Tokenizer {
   }
 
   static Tokenizer from_kiln_json(const io::json& j, const std::string& source) {
-    if (j.at("format") != "kiln-bpe-tokenizer") load_error(source, str("unknown \"format\" ", j.at("format").dump()));
+    if (j.at("format") != "kiln-bpe-tokenizer") load_error(source, str("unknown \"format\" ", io::describe_json(j.at("format"))));
     if (j.value("version", io::json()) != 1) load_error(source, "unsupported \"version\" (kiln reads version 1)");
     if (j.value("pre_tokenizer", io::json()) != "kiln-words-v1")
       load_error(source, "unknown \"pre_tokenizer\" (kiln knows \"kiln-words-v1\")");
@@ -620,7 +613,7 @@ class Tokenizer {
     const io::json& model = j.at("model");
     if (!model.is_object()) load_error(source, "\"model\" is not an object");
     if (model.contains("type") && model.at("type") != "BPE")
-      load_error(source, str("model.type is ", model.at("type").dump(), ", expected \"BPE\""));
+      load_error(source, str("model.type is ", io::describe_json(model.at("type")), ", expected \"BPE\""));
     for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"})
       if (model.contains(key) && !model.at(key).is_null() && model.at(key) != "") unsupported(str("model.", key));
     if (model.value("byte_fallback", false)) unsupported("model.byte_fallback");

@@ -207,8 +207,8 @@ inline ordered_json trainer_state_to_json(const TrainerState& s) {
   j["rng"] = {{"seed", s.rng.seed}, {"offset", s.rng.offset}};
   j["data_position"] = s.data_position;
   j["lr"] = s.lr;
-  j["lr_schedule"] = ordered_json::parse(s.lr_schedule.dump());
-  j["extra"] = ordered_json::parse(s.extra.dump());
+  j["lr_schedule"] = ordered_json(s.lr_schedule);
+  j["extra"] = ordered_json(s.extra);
   return j;
 }
 
@@ -220,16 +220,16 @@ inline TrainerState trainer_state_from_json(const json& j, const std::string& so
   };
   auto count = [&](const json& v, const char* key) {
     if (!v.is_number_unsigned() || v.get<std::uint64_t>() > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
-      fail(op, source, ": \"", key, "\" must be a non-negative integer, got ", v.dump());
+      fail(op, source, ": \"", key, "\" must be a non-negative integer, got ", describe_json(v));
     return v.get<std::int64_t>();
   };
   auto u64 = [&](const json& v, const char* key) {
-    if (!v.is_number_unsigned()) fail(op, source, ": \"rng.", key, "\" must be a non-negative integer, got ", v.dump());
+    if (!v.is_number_unsigned()) fail(op, source, ": \"rng.", key, "\" must be a non-negative integer, got ", describe_json(v));
     return v.get<std::uint64_t>();
   };
   if (!j.is_object()) fail(op, source, ": expected a JSON object, got ", j.type_name());
   const json& version = field(j, "kiln_checkpoint_version", "");
-  if (version != 1) fail(op, source, ": unsupported kiln_checkpoint_version ", version.dump(), " (this kiln reads 1)");
+  if (version != 1) fail(op, source, ": unsupported kiln_checkpoint_version ", describe_json(version), " (this kiln reads 1)");
   TrainerState s;
   s.step = count(field(j, "step", ""), "step");
   const json& rng = field(j, "rng", "");
@@ -237,7 +237,7 @@ inline TrainerState trainer_state_from_json(const json& j, const std::string& so
   s.rng.offset = u64(field(rng, "offset", "rng."), "offset");
   s.data_position = count(field(j, "data_position", ""), "data_position");
   const json& lr = field(j, "lr", "");
-  if (!lr.is_number()) fail(op, source, ": \"lr\" must be a number, got ", lr.dump());
+  if (!lr.is_number()) fail(op, source, ": \"lr\" must be a number, got ", describe_json(lr));
   s.lr = lr.get<double>();
   if (j.contains("lr_schedule")) s.lr_schedule = j["lr_schedule"];
   if (j.contains("extra")) s.extra = j["extra"];
@@ -282,25 +282,28 @@ void save_training_checkpoint(const std::string& dir, const nn::Module<T>& model
     save_state(detail::join_path(tmp, kModelFile), model);
     save_config(detail::join_path(tmp, kConfigFile), config, dtype_name<T>);
     save_safetensors(detail::join_path(tmp, kOptimizerFile), moments, metadata);
-    write_file_atomically(detail::join_path(tmp, kTrainerFile), trainer_state_to_json(state).dump(2) + "\n", op);
+    const std::string trainer_path = detail::join_path(tmp, kTrainerFile);
+    write_file_atomically(trainer_path, dump_json(trainer_state_to_json(state), op, trainer_path, 2) + "\n", op);
   }, op);
 }
 
 // Restores model weights, optimizer state and returns the trainer state of a checkpoint written
-// by save_training_checkpoint. Every file is read and checked before anything changes; dtypes
-// must match exactly (a resumed run is bit for bit the uninterrupted one).
-template <class T>
-TrainerState load_training_checkpoint(const std::string& dir_in, nn::Module<T>& model, optim::AdamW<T>& opt) {
+// by save_training_checkpoint. Every file is read and checked before anything changes: the saved
+// config.json must describe `config` (the model's) in every field, each differing field listed in
+// the error; dtypes must match exactly (a resumed run is bit for bit the uninterrupted one).
+template <class T, class Config>
+TrainerState load_training_checkpoint(const std::string& dir_in, nn::Module<T>& model, const Config& config,
+                                      optim::AdamW<T>& opt) {
   constexpr const char* op = "load_training_checkpoint";
   const std::string dir = committed_directory(dir_in);
+  const std::string config_path = detail::join_path(dir, kConfigFile);
+  const std::vector<std::string> differences =
+      config_differences(load_config<Config>(config_path), config, "checkpoint", "model");
+  if (!differences.empty())
+    fail(op, config_path, ": the checkpoint's config differs from the model's in ", differences.size(),
+         " field(s): ", detail::join_names(differences, differences.size()));
   const std::string trainer_path = detail::join_path(dir, kTrainerFile);
-  json trainer;
-  try {
-    trainer = json::parse(read_text_file(trainer_path, op));
-  } catch (const json::exception& e) {
-    fail(op, trainer_path, ": not valid JSON: ", e.what());
-  }
-  const TrainerState state = trainer_state_from_json(trainer, trainer_path);
+  const TrainerState state = trainer_state_from_json(parse_json(read_text_file(trainer_path, op), op, trainer_path), trainer_path);
 
   const Safetensors model_file = Safetensors::load(detail::join_path(dir, kModelFile));
   const LoadOptions exact{false, false, false};

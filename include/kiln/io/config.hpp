@@ -25,6 +25,7 @@
 #include <optional>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "kiln/core/error.hpp"
 #include "kiln/io/file.hpp"
@@ -122,9 +123,9 @@ template <class Json>
 std::int64_t config_int(const Json& v, const std::string& key, const std::string& source) {
   if (is_token_id(key) && v.is_array() && !v.empty()) return config_int(v[0], key, source);
   if (!v.is_number_integer())
-    fail("config", source, ": field '", key, "' must be an integer, got ", v.dump(), " (", v.type_name(), ")");
+    fail("config", source, ": field '", key, "' must be an integer, got ", describe_json(v), " (", v.type_name(), ")");
   if (v.is_number_unsigned() && v.template get<std::uint64_t>() > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
-    fail("config", source, ": field '", key, "' value ", v.dump(), " does not fit in int64");
+    fail("config", source, ": field '", key, "' value ", describe_json(v), " does not fit in int64");
   const auto x = v.template get<std::int64_t>();
   if (x < 0 && !is_token_id(key)) fail("config", source, ": field '", key, "' must not be negative, got ", x);
   return x;
@@ -140,13 +141,13 @@ void read_config_field(const Json& j, const std::string& key, Field& field, cons
   } else if constexpr (std::is_same_v<Field, std::optional<std::int64_t>>) {
     field = v.is_null() ? std::nullopt : std::optional<std::int64_t>(config_int(v, key, source));
   } else if constexpr (std::is_same_v<Field, double>) {
-    if (!v.is_number()) fail("config", source, ": field '", key, "' must be a number, got ", v.dump(), " (", v.type_name(), ")");
+    if (!v.is_number()) fail("config", source, ": field '", key, "' must be a number, got ", describe_json(v), " (", v.type_name(), ")");
     field = v.template get<double>();
   } else if constexpr (std::is_same_v<Field, bool>) {
-    if (!v.is_boolean()) fail("config", source, ": field '", key, "' must be true or false, got ", v.dump(), " (", v.type_name(), ")");
+    if (!v.is_boolean()) fail("config", source, ": field '", key, "' must be true or false, got ", describe_json(v), " (", v.type_name(), ")");
     field = v.template get<bool>();
   } else if constexpr (std::is_same_v<Field, std::string>) {
-    if (!v.is_string()) fail("config", source, ": field '", key, "' must be a string, got ", v.dump(), " (", v.type_name(), ")");
+    if (!v.is_string()) fail("config", source, ": field '", key, "' must be a string, got ", describe_json(v), " (", v.type_name(), ")");
     field = v.template get<std::string>();
   } else {
     static_assert(sizeof(Field) == 0, "config field of an unsupported type");
@@ -182,27 +183,33 @@ Config config_from_json(const Json& j, const std::string& source = "config.json"
   if (!j.is_object()) fail("config", source, ": expected a JSON object, got ", j.type_name());
   if (auto it = j.find("model_type"); it != j.end()) {
     if (!it->is_string() || it->template get<std::string>() != traits::model_type)
-      fail("config", source, ": model_type is ", it->dump(), ", expected \"", traits::model_type, "\"");
+      fail("config", source, ": model_type is ", describe_json(*it), ", expected \"", traits::model_type, "\"");
   } else if (auto arch = j.find("architectures"); arch != j.end() && arch->is_array()) {
     bool found = false;
-    for (const auto& a : *arch) found = found || (a.is_string() && a.template get<std::string>() == traits::architecture);
-    if (!found) fail("config", source, ": architectures ", arch->dump(), " do not include \"", traits::architecture, "\"");
+    std::string listed;  // the first few, for the message
+    for (std::size_t i = 0; i < arch->size(); ++i) {
+      const auto& a = (*arch)[i];
+      found = found || (a.is_string() && a.template get<std::string>() == traits::architecture);
+      if (i < 4) listed += (i ? ", " : "") + describe_json(a);
+    }
+    if (arch->size() > 4) listed += ", ...";
+    if (!found) fail("config", source, ": architectures [", listed, "] do not include \"", traits::architecture, "\"");
   }
   if (auto it = j.find("rope_scaling"); it != j.end() && !it->is_null())
-    fail("config", source, ": rope_scaling ", it->dump(), " is not supported (kiln implements plain RoPE)");
+    fail("config", source, ": rope_scaling ", describe_json(*it), " is not supported (kiln implements plain RoPE)");
   Config config;
   traits::fields(config, [&](const char* key, auto& field) { detail::read_config_field(j, key, field, source); });
   if (auto it = j.find("rope_parameters"); it != j.end() && !it->is_null()) {
-    if (!it->is_object()) fail("config", source, ": rope_parameters must be an object, got ", it->dump());
+    if (!it->is_object()) fail("config", source, ": rope_parameters must be an object, got ", describe_json(*it));
     for (const char* type_key : {"rope_type", "type"})
       if (auto t = it->find(type_key); t != it->end() && !(t->is_string() && t->template get<std::string>() == "default"))
-        fail("config", source, ": rope_parameters ", it->dump(),
+        fail("config", source, ": rope_parameters ", describe_json(*it),
              " is not supported (kiln implements plain RoPE: rope_type \"default\")");
     detail::read_config_field(*it, "rope_theta", config.rope_theta, source);
   }
   if constexpr (std::is_same_v<Config, nn::DeepseekV3Config>) {
     if (auto it = j.find("rope_interleave"); it != j.end() && !(it->is_boolean() && it->template get<bool>()))
-      fail("config", source, ": rope_interleave ", it->dump(),
+      fail("config", source, ": rope_interleave ", describe_json(*it),
            " is not supported (kiln's MLA implements the interleaved rope layout, rope_interleave true)");
   }
   return config;
@@ -210,30 +217,31 @@ Config config_from_json(const Json& j, const std::string& source = "config.json"
 
 template <class Config>
 Config load_config(const std::string& path) {
-  const std::string text = read_text_file(path, "config");
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const json::exception& e) {
-    fail("config", path, ": not valid JSON: ", e.what());
-  }
-  return config_from_json<Config>(j, path);
+  return config_from_json<Config>(parse_json(read_text_file(path, "config"), "config", path), path);
 }
 
 // Writes config.json atomically (indented, like transformers' save_pretrained).
 template <class Config>
 void save_config(const std::string& path, const Config& config, const std::string& torch_dtype = "") {
-  write_file_atomically(path, config_to_json(config, torch_dtype).dump(2) + "\n", "config");
+  write_file_atomically(path, dump_json(config_to_json(config, torch_dtype), "config", path, 2) + "\n", "config");
+}
+
+// The fields in which two configs differ, each as "key (<a_name> value, <b_name> value)" with the
+// values as config.json writes them; empty when they are the same model. Used on resume, where
+// any difference (another rope_theta, eps or head split) would train a different model silently.
+template <class Config>
+std::vector<std::string> config_differences(const Config& a, const Config& b, const char* a_name, const char* b_name) {
+  const ordered_json ja = config_to_json(a), jb = config_to_json(b);
+  std::vector<std::string> out;
+  for (const auto& [key, value] : ja.items())
+    if (value != jb.at(key))
+      out.push_back(str(key, " (", a_name, " ", describe_json(value), ", ", b_name, " ", describe_json(jb.at(key)), ")"));
+  return out;
 }
 
 // The "model_type" of a config.json ("deepseek_v3", "llama", ...): which config to load it as.
 inline std::string config_model_type(const std::string& path) {
-  json j;
-  try {
-    j = json::parse(read_text_file(path, "config"));
-  } catch (const json::exception& e) {
-    fail("config", path, ": not valid JSON: ", e.what());
-  }
+  const json j = parse_json(read_text_file(path, "config"), "config", path);
   if (!j.is_object() || !j.contains("model_type") || !j["model_type"].is_string())
     fail("config", path, ": has no \"model_type\" string");
   return j["model_type"].get<std::string>();

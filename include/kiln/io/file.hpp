@@ -1,15 +1,25 @@
 // Files that survive crashes: positioned reads that report truncation, and atomic writes.
 //
-// A file is written as "<path>.tmp.<pid>", flushed to disk (fsync) and renamed over <path>; the
-// rename is atomic, so a reader (or a restart after a crash) sees either the old complete file or
-// the new complete one, never a mix. The parent directory is fsynced too, so the rename itself
-// is durable. A directory (a checkpoint) is written as "<dir>.tmp" and swapped into place the
-// same way; the previous directory is removed only once the new one is complete.
+// A file is written into an unnamed temporary file in its directory (Linux O_TMPFILE), flushed to
+// disk (fsync), given the name "<path>.tmp.<pid>" and renamed over <path>; the rename is atomic,
+// so a reader (or a restart after a crash) sees either the old complete file or the new complete
+// one, never a mix. A process killed while writing leaves nothing behind: the kernel frees an
+// unnamed file when its last descriptor closes. Where O_TMPFILE is not available (another OS,
+// some network file systems) the data goes to "<path>.tmp.<pid>" from the start; each save first
+// removes the temporaries of the same target whose process is gone, so killed saves do not pile
+// up. The parent directory is fsynced too, so the rename itself is durable. A directory (a
+// checkpoint) is written as "<dir>.tmp" and swapped into place the same way; the previous
+// directory is removed only once the new one is complete.
+//
+// Saves replace only what they would write: a destination that exists as something else (a
+// directory where a file goes, a regular file where a checkpoint directory goes, a symbolic link
+// for either) is an error, never deleted.
 //
 // POSIX only (open/pread/fsync/rename), like the rest of kiln's host code.
 #pragma once
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -18,6 +28,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -104,20 +115,70 @@ class InputFile {
   std::uint64_t size_ = 0;
 };
 
-// Writes "<path>.tmp.<pid>"; commit() makes it durable and renames it over <path>. Destroyed
-// without commit() (an exception midway), it removes the temporary file and <path> is untouched.
+namespace detail {
+
+// What is at `path` without following a symbolic link: nullopt when nothing is there.
+inline std::optional<mode_t> entry_type(const std::string& path, const char* op) {
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) == 0) return st.st_mode & S_IFMT;
+  if (errno == ENOENT) return std::nullopt;
+  fail(op, path, ": cannot stat: ", errno_text(errno));
+}
+
+inline const char* entry_type_name(mode_t type) {
+  switch (type) {
+    case S_IFREG: return "a regular file";
+    case S_IFDIR: return "a directory";
+    case S_IFLNK: return "a symbolic link";
+    default: return "a special file";
+  }
+}
+
+// Removes "<name>.tmp.<pid>" files next to `path` whose writing process no longer exists (a save
+// that was killed before O_TMPFILE, or where O_TMPFILE is unavailable). A live pid's file is kept:
+// that process may be writing it now.
+inline void remove_stale_temporaries(const std::string& path) {
+  namespace fs = std::filesystem;
+  const std::string prefix = fs::path(path).filename().string() + ".tmp.";
+  std::error_code ec;
+  for (fs::directory_iterator it(parent_directory(path), ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0) continue;
+    const std::string digits = name.substr(prefix.size());
+    if (digits.size() > 9 || digits.find_first_not_of("0123456789") != std::string::npos) continue;
+    const pid_t pid = static_cast<pid_t>(std::stol(digits));
+    if (pid <= 0 || pid == ::getpid() || ::kill(pid, 0) == 0 || errno != ESRCH) continue;
+    std::error_code ignored;
+    if (it->is_regular_file(ignored)) fs::remove(it->path(), ignored);
+  }
+}
+
+}  // namespace detail
+
+// Writes a file that replaces <path> on commit() (see the file comment). Destroyed without
+// commit() (an exception midway), it leaves no temporary file and <path> untouched.
 class AtomicFileWriter {
  public:
   AtomicFileWriter(std::string path, const char* op)
       : path_(std::move(path)), tmp_(path_ + ".tmp." + std::to_string(::getpid())), op_(op) {
-    fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (const auto type = detail::entry_type(path_, op_); type && *type != S_IFREG)
+      fail(op_, path_, ": exists and is ", detail::entry_type_name(*type), ", not a regular file; kiln replaces only "
+           "regular files (remove it or choose another path)");
+    detail::remove_stale_temporaries(path_);
+#if defined(O_TMPFILE)
+    if (::access("/proc/self/fd", X_OK) == 0)  // commit() names the file through it
+      fd_ = ::open(detail::parent_directory(path_).c_str(), O_TMPFILE | O_WRONLY | O_CLOEXEC, 0644);
+    anonymous_ = fd_ >= 0;
+#endif
+    if (fd_ < 0) fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd_ < 0) fail(op_, path_, ": cannot create ", tmp_, ": ", detail::errno_text(errno));
+    named_ = !anonymous_;
   }
   AtomicFileWriter(const AtomicFileWriter&) = delete;
   AtomicFileWriter& operator=(const AtomicFileWriter&) = delete;
   ~AtomicFileWriter() {
     if (fd_ >= 0) ::close(fd_);
-    if (!committed_) ::unlink(tmp_.c_str());
+    if (!committed_ && named_) ::unlink(tmp_.c_str());
   }
 
   const std::string& path() const { return path_; }
@@ -143,6 +204,8 @@ class AtomicFileWriter {
   void commit() {
     check(fd_ >= 0, op_, path_, ": committed twice");
     if (::fsync(fd_) != 0) fail(op_, path_, ": fsync of ", tmp_, " failed: ", detail::errno_text(errno));
+    if (anonymous_) give_name();
+    named_ = true;
     const int rc = ::close(fd_);
     fd_ = -1;
     if (rc != 0) fail(op_, path_, ": close of ", tmp_, " failed: ", detail::errno_text(errno));
@@ -153,9 +216,20 @@ class AtomicFileWriter {
   }
 
  private:
+  // Links the unnamed file in as tmp_ (rename cannot take an unnamed file, and linkat cannot
+  // replace an existing name): through /proc/self/fd, which needs no privilege.
+  void give_name() {
+    ::unlink(tmp_.c_str());  // our pid's name: left by a killed process that had this pid before
+    const std::string self = "/proc/self/fd/" + std::to_string(fd_);
+    if (::linkat(AT_FDCWD, self.c_str(), AT_FDCWD, tmp_.c_str(), AT_SYMLINK_FOLLOW) != 0)
+      fail(op_, path_, ": cannot link the written file as ", tmp_, ": ", detail::errno_text(errno));
+  }
+
   std::string path_, tmp_;
   const char* op_;
   int fd_ = -1;
+  bool anonymous_ = false;  // written through O_TMPFILE: no name until commit()
+  bool named_ = false;      // tmp_ exists on disk (from the start, or once commit() linked it)
   bool committed_ = false;
   std::uint64_t written_ = 0;
 };
@@ -194,6 +268,9 @@ inline void write_directory_atomically(const std::string& dir_in, const std::fun
   namespace fs = std::filesystem;
   const std::string dir = detail::strip_trailing_slashes(dir_in);
   const std::string tmp = dir + ".tmp", old = dir + ".old";
+  if (const auto type = detail::entry_type(dir, op); type && *type != S_IFDIR)
+    fail(op, dir, ": exists and is ", detail::entry_type_name(*type), ", not a directory; kiln replaces only a directory "
+         "it wrote (remove it or choose another path)");
   std::error_code ec;
   fs::remove_all(tmp, ec);  // left by an earlier crash: never the last good checkpoint
   if (ec) fail(op, dir, ": cannot remove stale ", tmp, ": ", ec.message());

@@ -180,12 +180,7 @@ inline void save_safetensors(const std::string& path, const std::vector<NamedTen
   }
   if (!metadata.empty()) header["__metadata__"] = metadata;
 
-  std::string text;
-  try {
-    text = header.dump();
-  } catch (const json::exception& e) {  // a name that is not valid UTF-8
-    fail(op, path, ": cannot encode the header: ", e.what());
-  }
+  std::string text = dump_json(header, op, path);  // fails on a name that is not valid UTF-8
   text.append((8 - (8 + text.size()) % 8) % 8, ' ');
   char length[8];
   detail::put_u64_le(length, text.size());
@@ -291,35 +286,9 @@ void convert_elements(const std::uint8_t* in, T* out, std::int64_t n, const std:
   }
 }
 
-// Parses the header text, rejecting duplicate keys in any object (a JSON parser would keep one of
-// them silently, so two names could claim different bytes and a reader see a different model).
-inline json parse_header(const std::string& text, const std::string& path) {
-  std::vector<std::set<std::string>> keys;  // one set per open object
-  std::string duplicate;
-  json::parser_callback_t cb = [&](int, json::parse_event_t event, json& parsed) {
-    if (event == json::parse_event_t::object_start) {
-      keys.emplace_back();
-    } else if (event == json::parse_event_t::object_end) {
-      if (!keys.empty()) keys.pop_back();
-    } else if (event == json::parse_event_t::key && !keys.empty() && parsed.is_string()) {
-      if (!keys.back().insert(parsed.get<std::string>()).second && duplicate.empty())
-        duplicate = parsed.get<std::string>();
-    }
-    return true;
-  };
-  json header;
-  try {
-    header = json::parse(text, cb);
-  } catch (const json::exception& e) {
-    fail("safetensors", path, ": header is not valid JSON: ", e.what());
-  }
-  if (!duplicate.empty()) fail("safetensors", path, ": duplicate name '", duplicate, "' in the header");
-  return header;
-}
-
 inline std::uint64_t header_uint(const json& v, const std::string& path, const std::string& name, const char* what) {
   if (!v.is_number_unsigned() || v.get<std::uint64_t>() > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
-    fail("safetensors", path, ": tensor '", name, "': ", what, " must hold non-negative integers, got ", v.dump());
+    fail("safetensors", path, ": tensor '", name, "': ", what, " must hold non-negative integers, got ", describe_json(v));
   return v.get<std::uint64_t>();
 }
 
@@ -340,7 +309,9 @@ inline Safetensors Safetensors::load(const std::string& path) {
   std::string text(static_cast<std::size_t>(n), '\0');
   file.read_at(8, text.data(), n);
   if (text[0] != '{') fail(op, path, ": header does not start with '{' (not a safetensors file?)");
-  const json header = detail::parse_header(text, path);
+  // Depth-limited, duplicate names refused (two names could otherwise claim different bytes, and
+  // one reader see a different model than another), in linear time (io/json.hpp).
+  const json header = parse_json(text, op, path);
   if (!header.is_object()) fail(op, path, ": header is not a JSON object");
 
   const std::uint64_t data_start = 8 + n, data_size = size - data_start;
@@ -364,13 +335,13 @@ inline Safetensors Safetensors::load(const std::string& path) {
     for (const char* field : {"dtype", "shape", "data_offsets"})
       if (!info.contains(field)) fail(op, path, ": tensor '", name, "' lacks \"", field, "\"");
     const json& dt = info["dtype"];
-    if (!dt.is_string()) fail(op, path, ": tensor '", name, "': dtype must be a string, got ", dt.dump());
+    if (!dt.is_string()) fail(op, path, ": tensor '", name, "': dtype must be a string, got ", describe_json(dt));
     const auto dtype = safetensors_dtype_from_name(dt.get<std::string>());
     if (!dtype)
-      fail(op, path, ": tensor '", name, "': unknown or unsupported dtype '", dt.get<std::string>(),
-           "' (kiln reads F64, F32, F16, BF16, F8_E4M3, F8_E5M2, I64, I32, U8, BOOL)");
+      fail(op, path, ": tensor '", name, "': unknown or unsupported dtype ", describe_json(dt),
+           " (kiln reads F64, F32, F16, BF16, F8_E4M3, F8_E5M2, I64, I32, U8, BOOL)");
     const json& sh = info["shape"];
-    if (!sh.is_array()) fail(op, path, ": tensor '", name, "': shape must be an array, got ", sh.dump());
+    if (!sh.is_array()) fail(op, path, ": tensor '", name, "': shape must be an array, got ", describe_json(sh));
     SafetensorsEntry e;
     e.dtype = *dtype;
     // Element count without overflow: the product of the non-zero dims must fit in int64 (so
@@ -393,7 +364,7 @@ inline Safetensors Safetensors::load(const std::string& path) {
     const std::uint64_t nbytes = too_big ? 0 : numel * static_cast<std::uint64_t>(kiln::dtype_size(e.dtype));
     const json& off = info["data_offsets"];
     if (!off.is_array() || off.size() != 2)
-      fail(op, path, ": tensor '", name, "': data_offsets must be [begin, end], got ", off.dump());
+      fail(op, path, ": tensor '", name, "': data_offsets must be [begin, end], got ", describe_json(off));
     const std::uint64_t begin = detail::header_uint(off[0], path, name, "data_offsets");
     const std::uint64_t end = detail::header_uint(off[1], path, name, "data_offsets");
     if (begin > end) fail(op, path, ": tensor '", name, "': data_offsets [", begin, ", ", end, "] end before they begin");

@@ -151,12 +151,9 @@ template <class T>
 class DeepseekV3Model : public Module<T> {
  public:
   DeepseekV3Model(const DeepseekV3Config& c, Generator& gen)
-      : config(c),
+      : config(checked_config(c)),
         embed_tokens(c.vocab_size, c.hidden_size, c.initializer_range, gen),
         norm(c.hidden_size, c.rms_norm_eps) {
-    check(c.num_hidden_layers >= 0 && c.num_nextn_predict_layers >= 0, "DeepseekV3Model",
-          "num_hidden_layers (", c.num_hidden_layers, ") and num_nextn_predict_layers (", c.num_nextn_predict_layers,
-          ") must not be negative");
     this->register_module("embed_tokens", &embed_tokens);
     for (std::int64_t i = 0; i < c.num_hidden_layers; ++i) {
       layers.push_back(std::make_unique<DeepseekV3DecoderLayer<T>>(c, i, gen));
@@ -168,6 +165,34 @@ class DeepseekV3Model : public Module<T> {
       mtp_layers.push_back(std::make_unique<DeepseekV3MTPLayer<T>>(c, index, gen));
       this->register_module("layers." + std::to_string(index), mtp_layers.back().get());
     }
+  }
+
+  // The whole config, checked once before any layer is built, whatever the layer count (with 0
+  // layers no MLA would check qk_rope_head_dim, which forward's rope tables halve).
+  static const DeepseekV3Config& checked_config(const DeepseekV3Config& c) {
+    const char* op = "DeepseekV3Model";
+    check(c.vocab_size > 0 && c.hidden_size > 0 && c.intermediate_size > 0 && c.moe_intermediate_size > 0 &&
+              c.max_position_embeddings > 0,
+          op, "vocab_size (", c.vocab_size, "), hidden_size (", c.hidden_size, "), intermediate_size (",
+          c.intermediate_size, "), moe_intermediate_size (", c.moe_intermediate_size, ") and max_position_embeddings (",
+          c.max_position_embeddings, ") must be positive");
+    // Bounded so that layer indices and the shared experts' width cannot overflow.
+    constexpr std::int64_t max_layers = 1 << 20;
+    check(c.num_hidden_layers >= 0 && c.num_nextn_predict_layers >= 0 && c.num_hidden_layers <= max_layers &&
+              c.num_nextn_predict_layers <= max_layers && c.num_hidden_layers + c.num_nextn_predict_layers <= max_layers,
+          op, "num_hidden_layers (", c.num_hidden_layers, ") and num_nextn_predict_layers (", c.num_nextn_predict_layers,
+          ") must not be negative, and together at most ", max_layers);
+    check(c.first_k_dense_replace >= 0 && c.n_routed_experts >= 0 && c.n_shared_experts >= 0, op,
+          "first_k_dense_replace (", c.first_k_dense_replace, "), n_routed_experts (", c.n_routed_experts,
+          ") and n_shared_experts (", c.n_shared_experts, ") must not be negative");
+    std::int64_t shared_width = 0;
+    check(!__builtin_mul_overflow(c.moe_intermediate_size, c.n_shared_experts, &shared_width), op,
+          "moe_intermediate_size (", c.moe_intermediate_size, ") x n_shared_experts (", c.n_shared_experts,
+          ") overflows int64");
+    check(c.hidden_act == "silu", op, "hidden_act \"", c.hidden_act, "\" is not supported (only silu)");
+    (void)MLA<T>::checked_heads(c);
+    if (c.n_routed_experts > 0) (void)MoEGate<T>::checked_routing(c);
+    return c;
   }
 
   // ids [B, S], positions [S] or [B, S] -> the last layer's hidden states [B, S, hidden] BEFORE

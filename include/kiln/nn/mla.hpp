@@ -166,14 +166,7 @@ class MLA : public Module<T> {
   Linear<T> kv_b_proj;                         // kv_lora_rank -> H (dn + dv)
   Linear<T> o_proj;                            // H dv -> hidden
 
- private:
-  // The projections both paths share: queries [B, H, S, dn] and rotated [B, H, S, dr], the
-  // normalised latent [B, S, r] and the rotated shared key [B, S, dr].
-  struct Parts {
-    std::int64_t B, S;
-    Tensor<T> q_nope, q_pe, c_kv, k_pe;
-  };
-
+  // The attention sizes of a config (also checked by DeepseekV3Model before any layer exists).
   static std::int64_t checked_heads(const DeepseekV3Config& c) {
     check(c.num_attention_heads > 0 && c.hidden_size > 0 && c.kv_lora_rank > 0 && c.qk_nope_head_dim > 0 &&
               c.v_head_dim > 0 && (!c.q_lora_rank || *c.q_lora_rank > 0),
@@ -184,6 +177,14 @@ class MLA : public Module<T> {
           "qk_rope_head_dim must be even and positive, got ", c.qk_rope_head_dim);
     return c.num_attention_heads;
   }
+
+ private:
+  // The projections both paths share: queries [B, H, S, dn] and rotated [B, H, S, dr], the
+  // normalised latent [B, S, r] and the rotated shared key [B, S, dr].
+  struct Parts {
+    std::int64_t B, S;
+    Tensor<T> q_nope, q_pe, c_kv, k_pe;
+  };
 
   std::int64_t seq_len(const Tensor<T>& x) const {
     check_defined("MLA", x);

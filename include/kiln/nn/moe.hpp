@@ -81,27 +81,34 @@ class MoEGate : public Module<T> {
   Tensor<T> e_score_correction_bias;  // [n_routed_experts], buffer: changed only by the balancing rule
 
   MoEGate(const DeepseekV3Config& c, Generator& gen)
-      : experts_(c.n_routed_experts),
+      : experts_(checked_routing(c).n_routed_experts),
         top_k_(c.num_experts_per_tok),
         n_group_(c.n_group),
         topk_group_(c.topk_group),
         norm_topk_prob_(c.norm_topk_prob),
         scaling_(c.routed_scaling_factor) {
-    const char* op = "MoEGate";
-    check(c.topk_method == "noaux_tc", op, "only topk_method \"noaux_tc\" is implemented, got \"", c.topk_method, "\"");
-    check(c.scoring_func == "sigmoid", op, "only scoring_func \"sigmoid\" is implemented, got \"", c.scoring_func,
-          "\"");
-    check(experts_ > 0 && n_group_ > 0 && experts_ % n_group_ == 0, op, "n_routed_experts = ", experts_,
-          " must be a positive multiple of n_group = ", n_group_);
-    check(topk_group_ >= 1 && topk_group_ <= n_group_, op, "topk_group = ", topk_group_, " must lie in [1, n_group = ",
-          n_group_, "]");
-    check(top_k_ >= 1 && top_k_ <= topk_group_ * (experts_ / n_group_), op, "num_experts_per_tok = ", top_k_,
-          " must lie in [1, ", topk_group_ * (experts_ / n_group_), "] (the experts of topk_group = ", topk_group_,
-          " groups)");
     weight = randn<T>({experts_, c.hidden_size}, 0.0, c.initializer_range, Device::cpu(), gen);
     e_score_correction_bias = zeros<T>({experts_});
     this->register_parameter("weight", &weight);
     this->register_buffer("e_score_correction_bias", &e_score_correction_bias);
+  }
+
+  // The routing fields of a config (also checked by DeepseekV3Model before any layer exists).
+  static const DeepseekV3Config& checked_routing(const DeepseekV3Config& c) {
+    const char* op = "MoEGate";
+    const std::int64_t experts = c.n_routed_experts, n_group = c.n_group, topk_group = c.topk_group,
+                       top_k = c.num_experts_per_tok;
+    check(c.topk_method == "noaux_tc", op, "only topk_method \"noaux_tc\" is implemented, got \"", c.topk_method, "\"");
+    check(c.scoring_func == "sigmoid", op, "only scoring_func \"sigmoid\" is implemented, got \"", c.scoring_func,
+          "\"");
+    check(experts > 0 && n_group > 0 && experts % n_group == 0, op, "n_routed_experts = ", experts,
+          " must be a positive multiple of n_group = ", n_group);
+    check(topk_group >= 1 && topk_group <= n_group, op, "topk_group = ", topk_group, " must lie in [1, n_group = ",
+          n_group, "]");
+    check(top_k >= 1 && top_k <= topk_group * (experts / n_group), op, "num_experts_per_tok = ", top_k,
+          " must lie in [1, ", topk_group * (experts / n_group), "] (the experts of topk_group = ", topk_group,
+          " groups)");
+    return c;
   }
 
   // x [N, hidden] -> the routing of each token.

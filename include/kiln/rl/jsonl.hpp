@@ -39,7 +39,9 @@ class JsonlWriter {
   void write(const io::json& record) {
     check(record.is_object(), "JsonlWriter::write", "a record must be a JSON object, got ", record.type_name(),
           " (file \"", path_, "\")");
-    const std::string line = record.dump() + "\n";
+    // Metrics may carry model-generated text, which byte-level BPE can cut inside a UTF-8
+    // character: such bytes are written as U+FFFD rather than losing the record (or the run).
+    const std::string line = record.dump(-1, ' ', false, io::json::error_handler_t::replace) + "\n";
     std::size_t done = 0;
     while (done < line.size()) {
       const ssize_t n = ::write(fd_, line.data() + done, line.size() - done);

@@ -428,19 +428,27 @@ class Trainer {
   // save_checkpoint. Settings that differ from the checkpoint's (schedule, accumulation) are
   // reported on the log: the run continues with the current options, but then not bit for bit.
   void resume(const std::string& dir) {
-    const io::TrainerState s = io::load_training_checkpoint(dir, model_, optimizer_);
+    const io::TrainerState s = io::load_training_checkpoint(dir, model_, model_.model.config, optimizer_);
     check(s.step <= options_.steps, "Trainer::resume", dir, " is at step ", s.step, ", past steps = ", options_.steps);
     step_ = s.step;
     data_position_ = s.data_position;
     last_lr_ = s.lr;
-    if (s.extra.contains("tokens_seen")) tokens_seen_ = s.extra["tokens_seen"].get<std::int64_t>();
-    if (s.extra.contains("skipped_steps")) skipped_steps_ = s.extra["skipped_steps"].get<std::int64_t>();
+    // trainer.json is a file like any other: a counter of the wrong type is an error, not an
+    // nlohmann exception.
+    auto counter = [&](const char* key) {
+      const io::json& v = s.extra[key];
+      check(v.is_number_integer() && v.get<std::int64_t>() >= 0, "Trainer::resume", dir, ": extra.", key,
+            " must be a non-negative integer, got ", io::describe_json(v));
+      return v.get<std::int64_t>();
+    };
+    if (s.extra.contains("tokens_seen")) tokens_seen_ = counter("tokens_seen");
+    if (s.extra.contains("skipped_steps")) skipped_steps_ = counter("skipped_steps");
     if (s.lr_schedule != schedule_json())
-      log("note: the checkpoint's lr schedule " + s.lr_schedule.dump() + " differs from this run's " +
-          schedule_json().dump() + "\n");
+      log("note: the checkpoint's lr schedule " + io::dump_json(s.lr_schedule, "Trainer::resume", dir) +
+          " differs from this run's " + schedule_json().dump() + "\n");
     if (s.extra.contains("grad_accum") && s.extra["grad_accum"] != options_.grad_accum)
-      log(detail::format("note: the checkpoint used grad_accum %s, this run %lld\n", s.extra["grad_accum"].dump().c_str(),
-                         static_cast<long long>(options_.grad_accum)));
+      log(detail::format("note: the checkpoint used grad_accum %s, this run %lld\n",
+                         io::describe_json(s.extra["grad_accum"]).c_str(), static_cast<long long>(options_.grad_accum)));
     if (s.rng.seed != options_.data_seed)
       log(detail::format("note: the checkpoint's data seed %llu differs from this run's %llu\n",
                          static_cast<unsigned long long>(s.rng.seed),
