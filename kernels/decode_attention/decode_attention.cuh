@@ -1,22 +1,71 @@
 // decode_attention on CUDA (arguments kernels/decode_attention/args.hpp, which states the
 // function; front-end ops/decode_attention.hpp; CPU reference backend/cpu/decode_attention.hpp).
 //
-// Work split. One block of 128 threads per (batch row, kv head, chunk of up to 16 of the G query
-// heads that share that kv head). The block walks the row's keys in tiles of 32 with an online
-// softmax (running max m and sum l per head, the accumulator rescaled by exp(m_old - m_new)):
-//   A. scores: each warp takes 8 keys of the tile; its lanes split the key's dk elements, so one
-//      read of a key element serves every head of the chunk (q sits in shared memory as float);
-//      warp sums give the 16 dot products;
-//   B. the softmax update, one thread per head;
-//   C. p · v: each thread owns up to 4 of the dv output columns for every head of the chunk, and
-//      reads each value element once for all of them.
+// Work split. One block of 256 threads (8 warps) per (batch row, kv head, chunk of the G query
+// heads that share that kv head). The row's keys are cut into tiles of 16; warp w takes tiles
+// w, w + 8, w + 16, ... and keeps its OWN online softmax (running max m and sum l per head, an
+// accumulator rescaled by exp(m_old - m_new)), so the key loop has no block barrier at all:
+//   A. scores, two lanes per key: lanes j and j + 16 compute the dot products of key (tile + j)
+//      with every head of the chunk, each over half of dk, and add the halves with one shuffle.
+//      q sits in shared memory as float (double for double inputs); all lanes of a half read the
+//      same q address (a broadcast, no bank conflicts), each 16-byte shared load of q serving 4
+//      FMAs (2 for double); keys are read as 16-byte vectors, two pieces ahead of their use;
+//   B. softmax update per head: one warp max and one 16-lane sum (shuffles) per 16-key tile, not
+//      per key; lane 0 keeps the running sum l in shared memory; the tile's probabilities go to
+//      a per-warp shared buffer (__syncwarp only);
+//   C. p · v: each lane owns CPL of the dv output columns (CPL = dv / 32 rounded up to a power of
+//      two, at least 2) for every head of the chunk. Per key, one coalesced read of the value row
+//      (a 16-byte vector per lane for bf16 at CPL 8) serves every head; the rows of 4 keys (2 for
+//      double) are loaded together and their probabilities come in one 16-byte broadcast load.
+//   D. once, at the end: the 8 warps' states meet in shared memory (each rescaled by
+//      exp(m_w - max_w m_w); a warp that got no keys has m = -inf, l = 0, acc = 0 and weight 0),
+//      are summed in a fixed warp order (deterministic: graph replays match eager steps bit for
+//      bit) and written as out = acc / l; rows with no keys (length 0, or a slot outside the
+//      cache) give zeros.
 // Everything accumulates in float (double for double inputs). The math functions are called as
 // ::exp, ::max, ::min: inside namespace kiln the tensor ops of those names would hide them.
 //
-// Cost per block: the row's L keys and values are read once per head chunk: L (dk + dv) elements.
-// For MLA (kv_heads = 1, k = [latent, rope key], v = the latent) with up to 16 heads that is the
-// whole point: the latent is read once for all heads. This kernel is the generation engine's
-// first, simple decode path; the paged, split-K Hopper version is the MLA decode issue's.
+// Why this split: at the engine's MLA shape (128 rows, 1 kv head, 12 heads, dk 288, dv 256,
+// L <= 320) the math is ~2.1M FMA per row and the cache ~24 MB per call, both a few microseconds
+// of the GPU; what the previous kernel lost was latency (three barriers and a one-thread-per-head
+// softmax per 32 keys, a warp reduction per key and head). Here a 16-key tile costs a warp
+// HC x 10 shuffles and two __syncwarp; the rest is FMAs fed by broadcast shared loads. The
+// kernel stays latency-bound (8 warps an SM, ~240 registers each): 16-key tiles rather than 32
+// put twice as many warps to work on short rows (L 64: 4 tiles) and even out long ones (L 320:
+// 20 tiles over 8 warps rather than 10). H200, bf16, the op as the engine calls it (benchmarks/
+// bench_decode_cuda.cpp): 19 us at L 64, 24 at 128, 37 at 256, 45 at 320, 43 with rows spread
+// over 64..318; 239 us for 32 rows x 4096 keys x 16 heads (the previous kernel: 176-837 us; the
+// composed ops: 68-100 and 359 us).
+//
+// Registers and sizes (templates: CPL = value columns per lane, NG = groups of 4 heads, HC = 4 NG
+// heads computed a block). The head count is a template constant so that the inner loops have
+// no branch on it (see the kernel). acc is HC x CPL per thread, at most 16 x 4, 12 x 8, 8 x 16
+// floats and 8 x 4, 4 x 8, 4 x 16 doubles; 256 threads at up to 255 registers (one block per
+// SM), no spills (checked with -Xptxas -v for every instantiation). Shared memory per block:
+// static, the p buffers and per-warp m, l (8 x HC x (16 + 3) values: 7.3 KB at 12 heads); dynamic,
+// max(q: HC x dk, the end's combine: 8 x heads x 32 CPL), e.g. 98 KB at the MLA shape (12 heads
+// x 256 columns x 8 warps x 4 bytes), opted into per device (launch.cuh). Limits: dv <= 512;
+// dk limited only by shared memory (the launcher narrows the head chunk until q fits: at 4 heads
+// a block, dk up to ~14K floats); kv_heads <= 65535, rows < 2^31.
+//
+// Vector loads: 16-byte key reads and CPL-wide value reads need every row start 16-byte aligned
+// (base pointers and all strides), dk a multiple of 16 bytes' worth of elements and dv a multiple
+// of CPL; else the same kernel with element loads (odd shapes, tests; double at dv > 256 too).
+// Lanes past the tile's last key read the last key (and value rows past it are zeroed after the
+// load); value columns past dv read column dv - CPL (or dv - 1): always inside the cache, their
+// scores masked to -inf (p = 0) and those columns never written.
+//
+// Head chunks: the launcher uses the fewest chunks that fit HC, then splits further (halving the
+// heads a block) while the grid would fill less than half the GPU's SMs, e.g. the long-context
+// case (32 rows x 16 heads: 4 chunks of 4 -> 128 blocks); each chunk reads the row's keys once
+// (again from L2 for the chunks after the first). Splitting one row's keys across blocks would
+// need a workspace or clusters; the engine captures decode steps in CUDA graphs, so the kernel
+// allocates nothing and never synchronises.
+//
+// Cost per block: the row's L keys and values are read once per head chunk: L (dk + dv)
+// elements (for MLA the values lie inside the key rows and come from L1/L2 the second time);
+// each warp asks L2 for its next tile's rows ahead of time (prefetch.L2). The paged, split-K
+// Hopper version is the MLA decode issue's.
 #pragma once
 
 #include <algorithm>
@@ -25,6 +74,7 @@
 
 #include "kiln/kernels/common/cuda_check.hpp"
 #include "kiln/kernels/common/device_guard.hpp"
+#include "kiln/kernels/common/device_info.hpp"
 #include "kiln/kernels/common/element.cuh"
 #include "kiln/kernels/common/launch.cuh"
 #include "kiln/kernels/common/reduce.cuh"
@@ -32,146 +82,367 @@
 
 namespace kiln::kernels::decode_attention {
 
-constexpr int kThreads = 128;
+constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int kHeadChunk = 16;  // query heads per block
-constexpr int kTile = 32;       // keys per tile
+constexpr int kTile = 16;     // keys per warp step: two lanes per key, each half of dk
+constexpr int kMaxCols = 16;  // value columns per lane: dv <= 512
+constexpr int kGroup = 4;     // heads come in groups of 4: HC = 4 NG, padding heads zero-filled
 
-template <class T, int DPT>
-__global__ void __launch_bounds__(kThreads, std::is_same_v<T, double> ? 1 : 4) decode_attention_kernel(DecodeAttentionArgs a) {
-  using C = std::conditional_t<std::is_same_v<T, double>, double, float>;
-  extern __shared__ unsigned char smem_raw[];
-  C* q_s = reinterpret_cast<C*>(smem_raw);  // [kHeadChunk][dk]
-  __shared__ C p_s[kHeadChunk][kTile];
-  __shared__ C alpha_s[kHeadChunk];
-  __shared__ C m_s[kHeadChunk], l_s[kHeadChunk];
+template <class T>
+using compute_of = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+// Query heads per block at most, for CPL value columns per lane: acc = heads x CPL values per
+// thread stays at <= 128 floats / 64 doubles, and at 96 floats / 32 doubles for CPL 8, where
+// 16 heads (8 for double) made ptxas spill under the 255-register limit.
+template <class T, int CPL>
+constexpr int head_chunk() {
+  if constexpr (std::is_same_v<T, double>) return CPL <= 4 ? 8 : 4;
+  else return CPL <= 4 ? 16 : (CPL == 8 ? 12 : 8);
+}
+
+struct Max {
+  template <class V>
+  __device__ __forceinline__ V operator()(const V& a, const V& b) const {
+    return ::max(a, b);
+  }
+};
+
+// N consecutive elements at p, widened to C, in 16-byte accesses (or one N-element access when
+// N elements are fewer bytes); p aligned to the access size.
+template <int N, class T, class C>
+__device__ __forceinline__ void load_cols(const T* p, C (&out)[N]) {
+  constexpr int W = N * static_cast<int>(sizeof(T)) >= 16 ? 16 / static_cast<int>(sizeof(T)) : N;
+#pragma unroll
+  for (int b = 0; b < N; b += W) {
+    const Vec<T, W> x = *reinterpret_cast<const Vec<T, W>*>(p + b);
+#pragma unroll
+    for (int e = 0; e < W; ++e) out[b + e] = static_cast<C>(load(x.v[e]));
+  }
+}
+
+// Asks L2 for the lines of n elements at p (a hint: nothing waits for it). A warp's first key
+// tile would otherwise reach DRAM one 16-byte load per lane at a time.
+template <class T>
+__device__ __forceinline__ void prefetch_l2(const T* p, int n) {
+  const char* const c = reinterpret_cast<const char*>(p);
+  const int bytes = n * static_cast<int>(sizeof(T));
+  for (int o = 0; o < bytes; o += 128) asm volatile("prefetch.L2 [%0];" ::"l"(c + o));
+  asm volatile("prefetch.L2 [%0];" ::"l"(c + bytes - 1));  // the last line when p is not line-aligned
+}
+
+// kVec: 16-byte key loads and CPL-wide value loads (the launcher checked the alignment);
+// otherwise element loads. NG: groups of kGroup = 4 heads computed per block (HC = 4 NG);
+// heads_per_block: the launcher's chunk of the group (<= HC).
+//
+// The head count is a template constant so that the inner loops have no branch on it: a branch
+// per head (or group) splits the independent FMA chains of the heads into basic blocks that
+// cannot interleave, and one warp then waits an FMA latency per FMA. q rows from hc up to HC are
+// zeros: those padding heads compute finite, unused values and are never written.
+template <class T, int CPL, int NG, bool kVec>
+__global__ void __launch_bounds__(kThreads, 1) decode_attention_kernel(DecodeAttentionArgs a, int heads_per_block) {
+  using C = compute_of<T>;
+  constexpr int HC = kGroup * NG;
+  constexpr int kCols = 32 * CPL;                       // columns of one warp's accumulator
+  constexpr int VK = 16 / static_cast<int>(sizeof(T));  // key elements per 16-byte load
+  constexpr int QV = 16 / static_cast<int>(sizeof(C));  // q elements per 16-byte shared load
+  // Keys per step of p · v: their value rows are loaded together, their p in one shared load of
+  // 16 bytes; of 8 (half the keys) with element loads, whose CPL separate loads a key need more
+  // registers, and where acc alone takes 128 registers (else ptxas spills).
+  constexpr int KG = kVec && HC * CPL * static_cast<int>(sizeof(C)) < 512 ? QV : QV / 2;
+  constexpr C kNegInf = -static_cast<C>(INFINITY);
+  static_assert(HC <= head_chunk<T, CPL>(), "acc stays within the register budget");
+
+  __shared__ alignas(16) C p_s[kWarps][HC][kTile];  // each warp's probabilities of its tile
+  // l_s: each warp's running sums (lane 0 keeps them: in registers they would be live through the
+  // whole key loop, next to acc); m_s: each warp's maxima at the end; w_s, total_s: the combine.
+  __shared__ C m_s[kWarps][HC], l_s[kWarps][HC], w_s[kWarps][HC], total_s[HC];
+  extern __shared__ __align__(16) unsigned char decode_attention_smem[];
+  C* const q_s = reinterpret_cast<C*>(decode_attention_smem);     // [HC][dk] in the key loop
+  C* const part_s = reinterpret_cast<C*>(decode_attention_smem);  // [kWarps][hc][kCols] after it
 
   const std::int64_t row = blockIdx.x;
   const int kv_head = static_cast<int>(blockIdx.y);
   const int group = a.heads / a.kv_heads;
-  const int head0 = kv_head * group + static_cast<int>(blockIdx.z) * kHeadChunk;
-  const int hc = ::min(kHeadChunk, kv_head * group + group - head0);
+  const int first = static_cast<int>(blockIdx.z) * heads_per_block;  // within the group
+  const int hc = ::min(heads_per_block, group - first);
+  const int head0 = kv_head * group + first;
   const int dk = a.dk, dv = a.dv;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>(threadIdx.x >> 5);
+  const int kl = lane & 15, half = lane >> 4;  // in the scores: key of the tile, half of dk
 
   const std::int64_t slot = a.slots[row];
   std::int64_t L = a.lengths[row];
   if (slot < 0 || slot >= a.num_slots) L = 0;
   L = L < 0 ? 0 : (L > a.capacity ? a.capacity : L);
-
-  const T* q = static_cast<const T*>(a.q) + (row * a.heads + head0) * dk;
-  for (int i = threadIdx.x; i < hc * dk; i += kThreads) q_s[i] = static_cast<C>(load(q[i]));
-  if (threadIdx.x < kHeadChunk) {
-    m_s[threadIdx.x] = -INFINITY;
-    l_s[threadIdx.x] = 0;
+  T* const out = static_cast<T*>(a.out) + (row * a.heads + head0) * dv;
+  if (L == 0) {  // the whole block leaves together: no barrier is skipped by some threads only
+    for (int i = static_cast<int>(threadIdx.x); i < hc * dv; i += kThreads) out[i] = store<T>(C(0));
+    return;
   }
-  const T* k = static_cast<const T*>(a.k) + slot * a.k_slot_stride + kv_head * a.k_head_stride;
-  const T* v = static_cast<const T*>(a.v) + slot * a.v_slot_stride + kv_head * a.v_head_stride;
 
-  C acc[kHeadChunk][DPT];
-#pragma unroll
-  for (int h = 0; h < kHeadChunk; ++h)
-#pragma unroll
-    for (int i = 0; i < DPT; ++i) acc[h][i] = 0;
-  __syncthreads();
+  const T* const k = static_cast<const T*>(a.k) + slot * a.k_slot_stride + kv_head * a.k_head_stride;
+  const T* const v_row0 = static_cast<const T*>(a.v) + slot * a.v_slot_stride + kv_head * a.v_head_stride;
+  constexpr int kStride = kWarps * kTile;  // keys between a warp's tiles
+  if (static_cast<std::int64_t>(warp) * kTile + kl < L) {  // this warp's first tile: keys, values
+    const std::int64_t j = static_cast<std::int64_t>(warp) * kTile + kl;
+    if (half == 0) prefetch_l2(k + j * a.k_row_stride, dk);
+    else prefetch_l2(v_row0 + j * a.v_row_stride, dv);
+  }
 
-  for (std::int64_t tile = 0; tile < L; tile += kTile) {
-    const int tk = static_cast<int>(L - tile < kTile ? L - tile : kTile);
-    // A. scores of this tile's keys for every head of the chunk.
-    for (int j = warp; j < tk; j += kWarps) {
-      const T* key = k + (tile + j) * a.k_row_stride;
-      C part[kHeadChunk];
+  const T* const q = static_cast<const T*>(a.q) + (row * a.heads + head0) * dk;
+  for (int i = static_cast<int>(threadIdx.x); i < HC * dk; i += kThreads)
+    q_s[i] = i < hc * dk ? static_cast<C>(load(q[i])) : C(0);
+  // This lane's value columns: lane * CPL + i (vector path) or lane + 32 i (element path), read
+  // clamped into [0, dv) so that idle lanes stay inside the row.
+  const T* const v = v_row0 + (kVec ? ::min(lane * CPL, dv - CPL) : 0);
+  const C scale = static_cast<C>(a.scale);
+
+  C acc[HC][CPL], m[HC];
 #pragma unroll
-      for (int h = 0; h < kHeadChunk; ++h) part[h] = 0;
-      for (int d = lane; d < dk; d += 32) {
-        const C kd = static_cast<C>(load(key[d]));
+  for (int h = 0; h < HC; ++h) {
+    m[h] = kNegInf;
 #pragma unroll
-        for (int h = 0; h < kHeadChunk; ++h)
-          if (h < hc) part[h] += q_s[h * dk + d] * kd;
-      }
+    for (int i = 0; i < CPL; ++i) acc[h][i] = 0;
+  }
+  if (lane == 0)
 #pragma unroll
-      for (int h = 0; h < kHeadChunk; ++h) {
-        if (h < hc) {
-          const C s = warp_sum(part[h]);
-          if (lane == 0) p_s[h][j] = s * static_cast<C>(a.scale);
+    for (int h = 0; h < HC; ++h) l_s[warp][h] = 0;
+  __syncthreads();  // q_s is staged
+
+  for (std::int64_t t0 = static_cast<std::int64_t>(warp) * kTile; t0 < L; t0 += kStride) {
+    const int tk = static_cast<int>(L - t0 < kTile ? L - t0 : kTile);  // >= 1: key 0 is real
+    const bool valid = kl < tk;
+    if (t0 + kStride + kl < L) {  // this warp's next tile, on its way to L2 meanwhile
+      if (half == 0) prefetch_l2(k + (t0 + kStride + kl) * a.k_row_stride, dk);
+      else prefetch_l2(v_row0 + (t0 + kStride + kl) * a.v_row_stride, dv);
+    }
+    // A. key kl of the tile against every head of the chunk, over this lane's half of dk (the
+    // two halves are added below: both lanes then hold the same bits, a + b = b + a).
+    const T* const key = k + (t0 + (valid ? kl : tk - 1)) * a.k_row_stride;
+    C s[HC];
+#pragma unroll
+    for (int h = 0; h < HC; ++h) s[h] = 0;
+    if constexpr (kVec) {
+      // 16-byte pieces, each loaded two pieces ahead of its use (the last index repeats: a
+      // harmless reload of the final piece). Half 0 takes pieces [0, split), half 1 the rest.
+      using KV = Vec<T, VK>;
+      const KV* const kp = reinterpret_cast<const KV*>(key);
+      const int pieces = dk / VK, split = (pieces + 1) / 2;
+      const int c_begin = half ? split : 0, c_end = half ? pieces : split;
+      KV k0 = kp[::min(c_begin, c_end - 1)], k1 = kp[::max(::min(c_begin + 1, c_end - 1), 0)];
+      for (int c = c_begin; c < c_end; ++c) {
+        const KV cur = k0;
+        k0 = k1;
+        k1 = kp[::min(c + 2, c_end - 1)];
+        C kf[VK];
+#pragma unroll
+        for (int e = 0; e < VK; ++e) kf[e] = static_cast<C>(load(cur.v[e]));
+        const C* const qd = q_s + c * VK;  // 16-byte aligned: dk is a multiple of VK
+#pragma unroll
+        for (int g = 0; g < HC; g += kGroup) {
+#pragma unroll
+          for (int b = 0; b < VK; b += QV) {
+            Vec<C, QV> qv[kGroup];
+#pragma unroll
+            for (int u = 0; u < kGroup; ++u) qv[u] = *reinterpret_cast<const Vec<C, QV>*>(qd + (g + u) * dk + b);
+#pragma unroll
+            for (int e = 0; e < QV; ++e)
+#pragma unroll
+              for (int u = 0; u < kGroup; ++u) s[g + u] += qv[u].v[e] * kf[b + e];
+          }
         }
       }
-    }
-    __syncthreads();
-    // B. online softmax update, one thread per head.
-    if (threadIdx.x < hc) {
-      const int h = threadIdx.x;
-      C tile_max = -INFINITY;
-      for (int j = 0; j < tk; ++j) tile_max = ::max(tile_max, p_s[h][j]);
-      const C m_new = ::max(m_s[h], tile_max);
-      const C alpha = m_s[h] == -INFINITY ? C(0) : ::exp(m_s[h] - m_new);
-      C sum = 0;
-      for (int j = 0; j < tk; ++j) {
-        const C p = ::exp(p_s[h][j] - m_new);
-        p_s[h][j] = p;
-        sum += p;
-      }
-      l_s[h] = l_s[h] * alpha + sum;
-      m_s[h] = m_new;
-      alpha_s[h] = alpha;
-    }
-    __syncthreads();
-    // C. acc = acc * alpha + p · v over the tile.
+    } else {
+      const int split = (dk + 1) / 2;
+      for (int d = half ? split : 0, d_end = half ? dk : split; d < d_end; ++d) {
+        const C kd = static_cast<C>(load(key[d]));
 #pragma unroll
-    for (int i = 0; i < DPT; ++i) {
-      const int d = threadIdx.x + i * kThreads;
-      if (d >= dv) continue;
-#pragma unroll
-      for (int h = 0; h < kHeadChunk; ++h) acc[h][i] *= h < hc ? alpha_s[h] : C(0);
-      for (int j = 0; j < tk; ++j) {
-        const C vd = static_cast<C>(load(v[(tile + j) * a.v_row_stride + d]));
-#pragma unroll
-        for (int h = 0; h < kHeadChunk; ++h) acc[h][i] += p_s[h][j] * vd;
+        for (int h = 0; h < HC; ++h) s[h] += q_s[h * dk + d] * kd;
       }
     }
-    __syncthreads();  // the next tile rewrites p_s and alpha_s
+#pragma unroll
+    for (int h = 0; h < HC; ++h) s[h] += shfl_xor(s[h], 16);
+    // B. online softmax over the tile, per head; p = 0 for the lanes past the row's end.
+    __syncwarp();  // every lane has finished reading p_s for the previous tile
+#pragma unroll
+    for (int h = 0; h < HC; ++h) {
+      const C x = valid ? s[h] * scale : kNegInf;
+      const C m_new = ::max(m[h], warp_all_reduce(x, Max{}));  // finite: lane 0 has a key
+      const C alpha = m[h] == kNegInf ? C(0) : ::exp(m[h] - m_new);
+      const C p = valid ? ::exp(x - m_new) : C(0);
+      const C tile_sum = warp_all_reduce<16>(p, Plus{});  // each half holds the tile's keys once
+      if (lane == 0) l_s[warp][h] = l_s[warp][h] * alpha + tile_sum;
+      m[h] = m_new;
+      if (half == 0) p_s[warp][h][kl] = p;
+#pragma unroll
+      for (int i = 0; i < CPL; ++i) acc[h][i] *= alpha;
+    }
+    __syncwarp();  // p_s is written
+    // C. acc += p · v over the tile, KG keys at a time. The KG rows are loaded without a branch
+    // (a key past tk reads row tk - 1 and is then zeroed, p being 0 too), so that their loads
+    // are in flight together.
+    const T* const vt = v + t0 * a.v_row_stride;
+    for (int j0 = 0; j0 < tk; j0 += KG) {
+      C vf[KG][CPL];
+#pragma unroll
+      for (int u = 0; u < KG; ++u) {
+        const T* const vr = vt + static_cast<std::int64_t>(::min(j0 + u, tk - 1)) * a.v_row_stride;
+        if constexpr (kVec) {
+          load_cols<CPL>(vr, vf[u]);
+        } else {
+#pragma unroll
+          for (int i = 0; i < CPL; ++i) vf[u][i] = static_cast<C>(load(vr[::min(lane + 32 * i, dv - 1)]));
+        }
+      }
+#pragma unroll
+      for (int u = 1; u < KG; ++u)
+#pragma unroll
+        for (int i = 0; i < CPL; ++i) vf[u][i] = j0 + u < tk ? vf[u][i] : C(0);
+#pragma unroll
+      for (int h = 0; h < HC; ++h) {
+        const Vec<C, KG> p = *reinterpret_cast<const Vec<C, KG>*>(&p_s[warp][h][j0]);
+#pragma unroll
+        for (int u = 0; u < KG; ++u)
+#pragma unroll
+          for (int i = 0; i < CPL; ++i) acc[h][i] += p.v[u] * vf[u][i];
+      }
+    }
   }
 
-  T* out = static_cast<T*>(a.out) + (row * a.heads + head0) * dv;
+  // D. combine the warps. Each warp's (m, l) per head; a warp without keys has m = -inf, l = 0.
+  if (lane == 0)
 #pragma unroll
-  for (int i = 0; i < DPT; ++i) {
-    const int d = threadIdx.x + i * kThreads;
-    if (d >= dv) continue;
+    for (int h = 0; h < HC; ++h) m_s[warp][h] = m[h];
+  __syncthreads();  // every warp has left the key loop (q_s is free) and m_s, l_s are written
+  if (static_cast<int>(threadIdx.x) < hc) {
+    const int h = static_cast<int>(threadIdx.x);
+    C mx = kNegInf;
 #pragma unroll
-    for (int h = 0; h < kHeadChunk; ++h)
-      if (h < hc) out[h * dv + d] = store<T>(l_s[h] > 0 ? acc[h][i] / l_s[h] : C(0));
+    for (int w = 0; w < kWarps; ++w) mx = ::max(mx, m_s[w][h]);
+    C total = 0;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      const C weight = m_s[w][h] == kNegInf ? C(0) : ::exp(m_s[w][h] - mx);
+      w_s[w][h] = weight;
+      total += l_s[w][h] * weight;
+    }
+    total_s[h] = total;
+  }
+  __syncthreads();  // w_s, total_s are written
+#pragma unroll
+  for (int h = 0; h < HC; ++h) {
+    if (h < hc) {
+      const C weight = w_s[warp][h];
+      C* const dst = part_s + (warp * hc + h) * kCols;
+      if constexpr (kVec) {
+        constexpr int W = CPL < QV ? CPL : QV;  // one 16-byte store, or all CPL values at once
+#pragma unroll
+        for (int b = 0; b < CPL; b += W) {
+          Vec<C, W> x;
+#pragma unroll
+          for (int e = 0; e < W; ++e) x.v[e] = acc[h][b + e] * weight;
+          *reinterpret_cast<Vec<C, W>*>(dst + lane * CPL + b) = x;
+        }
+      } else {
+#pragma unroll
+        for (int i = 0; i < CPL; ++i) dst[lane + 32 * i] = acc[h][i] * weight;
+      }
+    }
+  }
+  __syncthreads();  // part_s is written
+  for (int i = static_cast<int>(threadIdx.x); i < hc * dv; i += kThreads) {
+    const int h = i / dv, c = i - h * dv;
+    C sum = 0;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) sum += part_s[(w * hc + h) * kCols + c];
+    const C total = total_s[h];
+    out[i] = store<T>(total > 0 ? sum / total : C(0));
   }
 }
 
 inline void launch_decode_attention(const DecodeAttentionArgs& a) {
   if (a.count == 0) return;
   const char* op = "decode_attention";
-  check(a.dv <= 4 * kThreads, op, "value head dims over ", 4 * kThreads, " are not supported on CUDA, got ", a.dv);
-  check(a.count <= 0x7fffffff && a.kv_heads <= 65535, op, "too many rows (", a.count, ") or kv heads (", a.kv_heads,
-        ")");
+  check(a.dv >= 1 && a.dv <= 32 * kMaxCols && a.dk >= 1, op, "value head dims over ", 32 * kMaxCols,
+        " are not supported on CUDA, got dk ", a.dk, ", dv ", a.dv);
+  check(a.count <= 0x7fffffff && a.kv_heads >= 1 && a.kv_heads <= 65535, op, "too many rows (", a.count,
+        ") or kv heads (", a.kv_heads, ")");
   const int group = a.heads / a.kv_heads;
-  const dim3 grid(static_cast<unsigned>(a.count), static_cast<unsigned>(a.kv_heads),
-                  static_cast<unsigned>((group + kHeadChunk - 1) / kHeadChunk));
+  const DeviceInfo& info = device_info(a.launch.device);
   cuda::DeviceGuard guard(a.launch.device);
-  auto run = [&](auto tag, auto dpt) {
+  auto run = [&](auto tag, auto cols) {
     using T = decltype(tag);
-    using C = std::conditional_t<std::is_same_v<T, double>, double, float>;
-    auto kernel = decode_attention_kernel<T, decltype(dpt)::value>;
-    const std::size_t smem = sizeof(C) * kHeadChunk * static_cast<std::size_t>(a.dk);
-    opt_in_shared_memory(kernel, smem, a.launch.device);
-    kernel<<<grid, kThreads, smem, a.launch.stream>>>(a);
-    KILN_CUDA_CHECK_LAUNCH();
+    using C = compute_of<T>;
+    constexpr int CPL = decltype(cols)::value;
+    constexpr int kMaxHeads = head_chunk<T, CPL>();
+    constexpr int VK = 16 / static_cast<int>(sizeof(T));
+    // Heads a block: the fewest chunks of <= kMaxHeads, then more (fewer heads a block) while the
+    // grid fills less than half the SMs.
+    const std::int64_t blocks_per_chunk = a.count * a.kv_heads;
+    int chunks = (group + kMaxHeads - 1) / kMaxHeads;
+    while (chunks < group && blocks_per_chunk * chunks * 2 <= info.sms) chunks = std::min(group, chunks * 2);
+    int per = (group + chunks - 1) / chunks;
+    // Shared memory: q [HC][dk] in the key loop (HC = per rounded up to whole groups of 4), the
+    // combine [8][per][32 CPL] after it, and the static part (p buffer, per-warp m, l, weights).
+    // Fewer heads a block when a large dk needs it.
+    auto padded = [](int heads) { return (heads + kGroup - 1) / kGroup * kGroup; };
+    auto static_bytes = [&](int heads) {
+      return sizeof(C) * static_cast<std::size_t>(kWarps * padded(heads) * kTile + 3 * kWarps * padded(heads) + padded(heads));
+    };
+    auto dynamic_bytes = [&](int heads) {
+      return sizeof(C) * std::max<std::size_t>(static_cast<std::size_t>(padded(heads)) * static_cast<std::size_t>(a.dk),
+                                               static_cast<std::size_t>(kWarps) * heads * 32 * CPL);
+    };
+    const std::size_t limit = static_cast<std::size_t>(info.smem_per_block_optin);
+    while (per > 1 && dynamic_bytes(per) + static_bytes(per) > limit) per = (per + 1) / 2;
+    const std::size_t smem = dynamic_bytes(per);
+    check(smem + static_bytes(per) <= limit, op, "dk ", a.dk, " (dv ", a.dv, ") needs ", smem + static_bytes(per),
+          " bytes of shared memory per block even at one head a block; cuda:", a.launch.device, " allows ", limit);
+    chunks = (group + per - 1) / per;
+    check(chunks <= 65535, op, "too many query heads per kv head (", group, ")");
+    const dim3 grid(static_cast<unsigned>(a.count), static_cast<unsigned>(a.kv_heads), static_cast<unsigned>(chunks));
+    auto multiple = [](std::int64_t x) { return x % VK == 0; };
+    const bool vec = aligned16(a.k) && aligned16(a.v) && multiple(a.k_slot_stride) && multiple(a.k_row_stride) &&
+                     multiple(a.k_head_stride) && multiple(a.v_slot_stride) && multiple(a.v_row_stride) &&
+                     multiple(a.v_head_stride) && a.dk % VK == 0 && a.dv % CPL == 0;
+    auto go = [&](auto groups) {
+      constexpr int NG = decltype(groups)::value;
+      auto launch = [&](auto kernel) {
+        opt_in_shared_memory(kernel, smem, a.launch.device);
+        kernel<<<grid, kThreads, smem, a.launch.stream>>>(a, per);
+        KILN_CUDA_CHECK_LAUNCH();
+      };
+      // double at dv > 256: 64 doubles of acc leave no room for 16-column vector loads (ptxas
+      // spills); element loads there.
+      if constexpr (!(std::is_same_v<T, double> && CPL == 16)) {
+        if (vec) return launch(decode_attention_kernel<T, CPL, NG, true>);
+      }
+      launch(decode_attention_kernel<T, CPL, NG, false>);
+    };
+    const int groups = (per + kGroup - 1) / kGroup;  // <= kMaxHeads / kGroup
+    static_assert(kMaxHeads % kGroup == 0 && kMaxHeads <= 16, "head groups dispatched below");
+    if constexpr (kMaxHeads >= 16) {
+      if (groups == 4) return go(std::integral_constant<int, 4>{});
+    }
+    if constexpr (kMaxHeads >= 12) {
+      if (groups == 3) return go(std::integral_constant<int, 3>{});
+    }
+    if constexpr (kMaxHeads >= 8) {
+      if (groups == 2) return go(std::integral_constant<int, 2>{});
+    }
+    return go(std::integral_constant<int, 1>{});
   };
-  auto with_dpt = [&](auto tag) {
-    if (a.dv <= kThreads) return run(tag, std::integral_constant<int, 1>{});
-    if (a.dv <= 2 * kThreads) return run(tag, std::integral_constant<int, 2>{});
-    return run(tag, std::integral_constant<int, 4>{});
+  auto with_cols = [&](auto tag) {
+    if (a.dv <= 64) return run(tag, std::integral_constant<int, 2>{});
+    if (a.dv <= 128) return run(tag, std::integral_constant<int, 4>{});
+    if (a.dv <= 256) return run(tag, std::integral_constant<int, 8>{});
+    return run(tag, std::integral_constant<int, 16>{});
   };
   switch (a.dtype) {
-    case DType::f32: return with_dpt(float{});
-    case DType::f64: return with_dpt(double{});
-    case DType::bf16: return with_dpt(bf16{});
-    case DType::f16: return with_dpt(fp16{});
+    case DType::f32: return with_cols(float{});
+    case DType::f64: return with_cols(double{});
+    case DType::bf16: return with_cols(bf16{});
+    case DType::f16: return with_cols(fp16{});
     default: fail(op, "has no CUDA kernel for dtype ", a.dtype);
   }
 }

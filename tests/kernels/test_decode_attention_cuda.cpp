@@ -1,8 +1,8 @@
 // The KV-cache kernels on CUDA (kernels/decode_attention/) against the CPU ops: decode_attention
 // for grouped-query heads, MLA's latent (v a narrowed view of k), more heads than one block's
-// chunk, value dims that need 1, 2 and 4 columns a thread, lengths 1 .. capacity across several
-// key tiles, float / bf16 / double; out-of-range slots give zeros; cache_write bit-exact, with
-// out-of-range rows skipped.
+// chunk, value dims from 7 to 512, lengths 1 .. capacity across many key tiles (DeepSeek-V3's
+// MLA sizes at 600 positions), float / bf16 / double; out-of-range slots give zeros;
+// cache_write bit-exact, with out-of-range rows skipped.
 #include <kiln/ops/decode_attention.hpp>
 
 #include "cuda_test_util.hpp"
@@ -54,6 +54,7 @@ TEST(DecodeAttentionCuda, MatchesTheCpuOp) {
       {3, 9, 3, 3, 13, 7, false},       // odd sizes, one head per kv head
       {2, 65, 2, 6, 40, 300, false},    // dv > 256: four columns a thread
       {2, 1, 1, 4, 16, 16, false},      // capacity 1
+      {2, 600, 1, 16, 576, 512, true},  // DeepSeek-V3's MLA sizes, rows long enough for every warp to take several tiles
   };
   for (const Case& c : cases) {
     check_case<float>(c, 2e-6);
