@@ -54,6 +54,8 @@ const char* kUsage = R"(pretrain: a small DeepSeek-V3-style MoE model on worked 
   --vocab N             BPE vocabulary size                               [small 512, big 2048]
   --max-digits N        arithmetic operands of 1..N digits in the corpus  [3]
   --countdown-fraction X  share of Countdown documents in the corpus      [0.5]
+  --direct-fraction X     share of documents that answer without working the steps
+                          (an empty think block): a base with two modes, for GRPO to choose [0]
   --seed N              seed of corpus, model and batches                 [1]
   --out DIR             write DIR/tokenizer.json, DIR/run.json and checkpoints in DIR/checkpoint
   --resume DIR          continue the run in DIR (its settings are the defaults; --out defaults to DIR)
@@ -82,7 +84,7 @@ struct Settings {
   std::string device, config, dtype, tokenizer;
   std::int64_t steps, batch, accum, seq, warmup, docs, vocab, max_digits, log_every, eval_every, eval_batches,
       checkpoint_every, samples, threads;
-  double lr, weight_decay, clip, peak_tflops, countdown_fraction;
+  double lr, weight_decay, clip, peak_tflops, countdown_fraction, direct_fraction;
   std::uint64_t seed;
   bool tf32;
 };
@@ -124,6 +126,7 @@ Settings parse(int argc, char** argv, std::string& out, std::string& resume) {
   s.vocab = i_("vocab", big ? 2048 : 512);
   s.max_digits = i_("max-digits", 3);
   s.countdown_fraction = r_("countdown-fraction", 0.5);
+  s.direct_fraction = r_("direct-fraction", 0.0);
   s.seed = static_cast<std::uint64_t>(i_("seed", 1));
   s.tokenizer = s_("tokenizer", "");
   s.log_every = i_("log-every", big ? 50 : 20);
@@ -142,6 +145,8 @@ Settings parse(int argc, char** argv, std::string& out, std::string& resume) {
   if (s.max_digits < 1 || s.max_digits > 9) throw Error("--max-digits must lie in 1..9, got " + std::to_string(s.max_digits));
   if (!(s.countdown_fraction >= 0.0 && s.countdown_fraction <= 1.0))
     throw Error("--countdown-fraction must lie in [0, 1], got " + std::to_string(s.countdown_fraction));
+  if (!(s.direct_fraction >= 0.0 && s.direct_fraction <= 1.0))
+    throw Error("--direct-fraction must lie in [0, 1], got " + std::to_string(s.direct_fraction));
   return s;
 }
 
@@ -162,6 +167,7 @@ void save_settings(const std::string& path, const Settings& s) {
   j["vocab"] = s.vocab;
   j["max-digits"] = s.max_digits;
   j["countdown-fraction"] = s.countdown_fraction;
+  j["direct-fraction"] = s.direct_fraction;
   j["seed"] = static_cast<std::int64_t>(s.seed);
   j["log-every"] = s.log_every;
   j["eval-every"] = s.eval_every;
@@ -202,7 +208,8 @@ int run(const Settings& s, const std::string& out, const std::string& resume, Cl
   // Corpus and tokenizer.
   const data::TaskMix mix = example::task_mix(static_cast<int>(s.max_digits), s.countdown_fraction);
   const example::Corpus corpus = example::make_corpus(s.seed, static_cast<std::size_t>(s.docs),
-                                                      static_cast<std::size_t>(std::max<std::int64_t>(s.docs / 20, 200)), mix);
+                                                      static_cast<std::size_t>(std::max<std::int64_t>(s.docs / 20, 200)), mix,
+                                                      s.direct_fraction);
   const auto t_corpus = Clock::now();
   data::Tokenizer tok;
   std::string tokenizer_source;

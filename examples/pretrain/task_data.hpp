@@ -105,11 +105,13 @@ struct Corpus {
   std::vector<std::string> train, validation;
 };
 
+// direct_fraction: the share of documents that answer without working the steps
+// (data::worked_corpus).
 inline Corpus make_corpus(std::uint64_t seed, std::size_t train_docs, std::size_t validation_docs,
-                          const kiln::data::TaskMix& mix = task_mix()) {
+                          const kiln::data::TaskMix& mix = task_mix(), double direct_fraction = 0.0) {
   kiln::Generator train_gen{seed, 0}, validation_gen{seed + 1, 0};
-  return {kiln::data::worked_corpus(mix, train_gen, train_docs, kiln::data::Split::train),
-          kiln::data::worked_corpus(mix, validation_gen, validation_docs, kiln::data::Split::test)};
+  return {kiln::data::worked_corpus(mix, train_gen, train_docs, kiln::data::Split::train, direct_fraction),
+          kiln::data::worked_corpus(mix, validation_gen, validation_docs, kiln::data::Split::test, direct_fraction)};
 }
 
 // A byte-level BPE tokenizer learned on the first `sample_docs` training documents.

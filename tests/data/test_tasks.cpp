@@ -553,4 +553,29 @@ TEST(Tasks, WorkedCorpus) {
   EXPECT_KILN_ERROR(worked_corpus(mix, a, 1), "tasks::sample", "countdown_fraction");
 }
 
+// A corpus with direct answers: the given share answers at once, every document still earns full
+// reward, and direct_fraction 0 leaves the corpus as it was.
+TEST(Tasks, WorkedCorpusWithDirectAnswers) {
+  TaskMix mix;
+  kiln::Generator a{8, 0}, b{8, 0}, c{8, 0};
+  EXPECT_EQ(worked_corpus(mix, a, 100, Split::train, 0.0), worked_corpus(mix, b, 100));
+  const auto docs = worked_corpus(mix, c, 1000, Split::train, 0.3);
+  int direct = 0;
+  for (const std::string& d : docs) {
+    const std::size_t newline = d.find('\n');
+    ASSERT_NE(newline, std::string::npos) << d;
+    const std::string completion = d.substr(newline + 1);
+    direct += completion.rfind("<think></think><answer>", 0) == 0;
+    EXPECT_TRUE(parse_completion(completion).ok) << d;
+  }
+  // Binomial(1000, 0.3): mean 300, sd 14.5; the bounds are 5 sd out.
+  EXPECT_GT(direct, 227);
+  EXPECT_LT(direct, 373);
+  kiln::Generator d{9, 0};
+  const Problem p = sample(mix, d, Split::test);
+  EXPECT_EQ(direct_solution(p), "<think></think><answer>" + p.solution + "</answer>");
+  EXPECT_EQ(verify(p, direct_solution(p)).accuracy, 1.0);
+  EXPECT_KILN_ERROR(worked_corpus(mix, d, 1, Split::train, 1.5), "tasks::worked_corpus", "direct_fraction");
+}
+
 }  // namespace

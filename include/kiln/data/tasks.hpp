@@ -845,14 +845,30 @@ inline std::string worked_solution(const Problem& p) {
   return "<think>" + think + "</think><answer>" + p.solution + "</answer>";
 }
 
+// The completion without reasoning: "<think></think><answer>...</answer>" (well-formed: the think
+// block may be empty).
+inline std::string direct_solution(const Problem& p) { return "<think></think><answer>" + p.solution + "</answer>"; }
+
 // Prompt and worked solution: one pretraining document.
 inline std::string training_text(const Problem& p) { return prompt(p) + worked_solution(p); }
 
-// `count` pretraining documents of the given split, drawn from `gen`.
-inline std::vector<std::string> worked_corpus(const TaskMix& mix, Generator& gen, std::size_t count, Split split = Split::train) {
+// `count` pretraining documents of the given split, drawn from `gen`. A fraction `direct_fraction`
+// of them answer at once (direct_solution) instead of working the steps: a base model trained on
+// both has two modes, and on problems where a small model's immediate answers are often wrong
+// (multi-digit products, Countdown) the worked mode is right more often, so RL on accuracy shifts
+// it towards the longer completions: response length rises with reward, as in R1-Zero. With
+// direct_fraction 0 the corpus (and gen's draws) are those of worked solutions alone.
+inline std::vector<std::string> worked_corpus(const TaskMix& mix, Generator& gen, std::size_t count, Split split = Split::train,
+                                              double direct_fraction = 0.0) {
+  check(direct_fraction >= 0.0 && direct_fraction <= 1.0, "tasks::worked_corpus", "direct_fraction ", direct_fraction,
+        " must be in [0, 1]");
   std::vector<std::string> docs;
   docs.reserve(count);
-  for (std::size_t i = 0; i < count; ++i) docs.push_back(training_text(sample(mix, gen, split)));
+  for (std::size_t i = 0; i < count; ++i) {
+    const Problem p = sample(mix, gen, split);
+    const bool direct = direct_fraction > 0.0 && uniform_at(gen.seed, gen.take(1)) < direct_fraction;
+    docs.push_back(direct ? prompt(p) + direct_solution(p) : training_text(p));
+  }
   return docs;
 }
 
