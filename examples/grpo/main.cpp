@@ -46,6 +46,8 @@ const char* kUsage = R"(grpo: R1-Zero-style GRPO on a pretrained DeepSeek-V3-sty
   --device cpu|cuda     [cpu]
   --config small|big    the base to pretrain when no --base is given                    [small]
   --base-steps N        pretraining steps of that base                          [small 1200, big 3000]
+  --base-direct-fraction X  share of that base's documents that answer without working the steps
+                        (pretrain --direct-fraction): a base with two modes for GRPO to choose   [0]
   --dtype float32|bf16  [cpu: float32, cuda: bf16]
   --steps N             GRPO steps                                               [small 150, big 300]
   --prompts N           problems per step                                                   [16]
@@ -81,7 +83,7 @@ struct Settings {
   std::string base, device, config, dtype, loss, scale_rewards, task, prompt_template;
   std::int64_t base_steps, steps, prompts, group, max_completion, micro_batch, warmup, mu, max_digits, eval_problems, eval_k,
       eval_every, checkpoint_every, threads;
-  double lr, beta, epsilon_low, epsilon_high, temperature, top_p;
+  double lr, beta, epsilon_low, epsilon_high, temperature, top_p, base_direct_fraction;
   bool dynamic_sampling, mask_truncated, plot, cuda_graphs;
   std::uint64_t seed;
 };
@@ -92,6 +94,7 @@ io::ordered_json to_json(const Settings& s) {
   j["device"] = s.device;
   j["config"] = s.config;
   j["base-steps"] = s.base_steps;
+  j["base-direct-fraction"] = s.base_direct_fraction;
   j["dtype"] = s.dtype;
   j["steps"] = s.steps;
   j["prompts"] = s.prompts;
@@ -150,6 +153,9 @@ Settings parse(int argc, char** argv, std::string& out, std::string& resume) {
   s.dtype = s_("dtype", s.device == "cuda" ? "bf16" : "float32");
   check(s.dtype == "float32" || s.dtype == "bf16", "grpo", "--dtype must be float32 or bf16, got ", s.dtype);
   s.base_steps = i_("base-steps", big ? 3000 : 1200);
+  s.base_direct_fraction = r_("base-direct-fraction", 0.0);
+  check(s.base_direct_fraction >= 0.0 && s.base_direct_fraction <= 1.0, "grpo", "--base-direct-fraction must lie in [0, 1], got ",
+        s.base_direct_fraction);
   s.steps = i_("steps", big ? 300 : 150);
   s.prompts = i_("prompts", 16);
   s.group = i_("group", 8);
@@ -218,7 +224,8 @@ std::string pretrain_base(const char* argv0, const Settings& s, const std::strin
                           s.config + " --seed " + std::to_string(s.seed) + " --threads " + std::to_string(s.threads) +
                           " --steps " + std::to_string(s.base_steps) + " --max-digits " +
                           std::to_string(base_max_digits(s)) + " --countdown-fraction " +
-                          shortest(countdown_fraction(s)) + " --samples 0";
+                          shortest(countdown_fraction(s)) + " --direct-fraction " + shortest(s.base_direct_fraction) +
+                          " --samples 0";
   std::printf("no --base: pretraining one first\n$ %s\n", cmd.c_str());
   std::fflush(stdout);
   const int rc = std::system(cmd.c_str());
