@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Builds everything (CUDA sources too when nvcc is present, for sm_90a) and runs every CPU test,
-# then the suite again under AddressSanitizer + UndefinedBehaviorSanitizer, then fuzzes every
-# reader of untrusted files for 20 s each (scripts/fuzz.sh: libFuzzer, ASan + UBSan). GPU tests
-# run only where a GPU is present (ctest -L gpu); without one they skip.
+# Builds everything (CUDA sources too when nvcc is present, for sm_90a) and runs every CPU test
+# (hf_logits_cpu among them: kiln checkpoints in Hugging Face transformers, whose torch and
+# transformers scripts/hf_venv.sh installs into build-test/hf-venv meanwhile; skipped with a
+# message where PyPI cannot be reached), then the suite again under AddressSanitizer +
+# UndefinedBehaviorSanitizer, then fuzzes every reader of untrusted files for 20 s each
+# (scripts/fuzz.sh: libFuzzer, ASan + UBSan). GPU tests run only where a GPU is present (ctest -L
+# gpu); without one they skip.
 #   scripts/test.sh            full run (as CI)
 #   KILN_NO_SANITIZE=1 scripts/test.sh   skip the sanitizer pass
 #   KILN_NO_FUZZ=1 scripts/test.sh       skip fuzzing
@@ -24,12 +27,20 @@ stamp() { echo "   [$(( $(date +%s) - start )) s]"; }
 echo "== layering =="
 scripts/check_layering.sh
 
+# The Hugging Face peer of the interop test (hf_logits_cpu), installed while the build runs.
+mkdir -p build-test
+scripts/hf_venv.sh build-test/hf-venv > build-test/hf-venv.out 2>&1 &
+hf_venv_pid=$!
+
 echo "== build (Release, quick) =="
 generator=()
 command -v ninja >/dev/null && generator=(-G Ninja)
 cmake -S . -B build-test "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DKILN_QUICK_BUILD=ON -DKILN_BUILD_BENCHMARKS=ON \
   -DKILN_BUILD_EXAMPLES=ON >/dev/null
 cmake --build build-test -j"$jobs"
+stamp
+wait "$hf_venv_pid" || true  # a failed install fails hf_logits_cpu, with the log
+cat build-test/hf-venv.out
 stamp
 echo "== tests (Release) =="
 ctest --test-dir build-test -LE gpu --output-on-failure -j"$jobs"
@@ -47,7 +58,7 @@ if [ -z "${KILN_NO_SANITIZE:-}" ]; then
   cmake --build build-asan -j"$jobs"
   stamp
   ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
-    ctest --test-dir build-asan -LE "gpu|package|dist" --output-on-failure -j"$jobs"
+    ctest --test-dir build-asan -LE "gpu|package|dist|hf" --output-on-failure -j"$jobs"
   # The multi-rank tests (mpirun) without leak detection: OpenMPI's own allocations show as leaks.
   ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1 \
     ctest --test-dir build-asan -L dist -LE gpu --output-on-failure -j"$jobs"

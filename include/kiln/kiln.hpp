@@ -8,6 +8,7 @@
 #include "kiln/core/device_kernel.hpp"
 #include "kiln/core/dtype.hpp"
 #include "kiln/core/error.hpp"
+#include "kiln/core/kernel_trace.hpp"
 #include "kiln/core/print.hpp"
 #include "kiln/core/random.hpp"
 #include "kiln/core/shape.hpp"

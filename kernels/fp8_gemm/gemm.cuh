@@ -1,11 +1,13 @@
 // The FP8 GEMM launcher for kiln::fp8::gemm (include/kiln/ops/fp8_gemm.hpp), registered for
 // Fp8GemmArgs (args.hpp): runs the Hopper kernel (gemm_hopper.cuh) when args.implementation asks
 // for it, or is automatic and the GPU and the shapes allow it; else the plain CUDA kernel
-// (gemm_simt.cuh).
+// (gemm_simt.cuh). Each launch records which one ran (core/kernel_trace.hpp: "fp8_gemm/hopper",
+// "fp8_gemm/hopper_split_k" or "fp8_gemm/simt").
 #pragma once
 
 #include <cstdint>
 
+#include "kiln/core/kernel_trace.hpp"
 #include "kiln/core/tensor.hpp"
 #include "kiln/kernels/common/device_guard.hpp"
 #include "kiln/kernels/fp8_gemm/args.hpp"
@@ -26,8 +28,10 @@ inline void launch_fp8_gemm(const Fp8GemmArgs& g) {
     Tensor<float> workspace;
     if (workspace_floats > 0) workspace = Tensor<float>({workspace_floats}, Device::cuda(device));
     launch_fp8_gemm_hopper(g, workspace_floats > 0 ? workspace.data() : nullptr);
+    record_kernel_variant(Fp8GemmArgs::kernel, workspace_floats > 0 ? "hopper_split_k" : "hopper");
   } else {
     launch_fp8_gemm_simt(g);
+    record_kernel_variant(Fp8GemmArgs::kernel, "simt");
   }
 }
 

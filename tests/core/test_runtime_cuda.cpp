@@ -81,3 +81,32 @@ TEST(CudaRuntime, BinaryOpsMatchTheCpu) {
   const auto gpu_v = on_cpu(mul(gx, gy)).to_vector(), cpu_v = mul(x, y).to_vector();
   for (std::size_t i = 0; i < gpu_v.size(); ++i) ASSERT_EQ(gpu_v[i].bits, cpu_v[i].bits) << i;
 }
+
+// The gradient through to(): a device copy passes the upstream gradient back, to the source's
+// device, unchanged. Hand-computed: L = sum(w ⊙ to_cpu(to_gpu(x)²)) gives dL/dx = 2·w ⊙ x, with the
+// square computed on the GPU (the gradient crosses both copies). Exact: the GPU forms w·x twice and
+// adds the two (x·x has two uses of x), and w·x + w·x is 2·(w·x) without rounding, as is the
+// reference (x·w)·2; a copy that lost, scaled or misplaced any element would show.
+TEST(CudaRuntime, GradientFlowsThroughDeviceCopies) {
+  KILN_REQUIRE_GPU();
+  for (const Shape& shape : {Shape{1}, Shape{37, 5}, Shape{3, 1, 129}}) {
+    const auto x = randn<float>(shape).requires_grad_();
+    const auto w = randn<float>(shape);
+    const auto g = on_gpu(x);
+    ASSERT_TRUE(g.requires_grad());
+    const auto back = on_cpu(mul(g, g));
+    sum(mul(back, w)).backward();
+    ASSERT_TRUE(x.grad().defined());
+    EXPECT_EQ(x.grad().device(), Device::cpu());
+    const auto want = mul(mul(x.detach(), w), 2.0f);
+    EXPECT_EQ(relative_error(x.grad(), want), 0.0) << str(shape);
+    // A non-contiguous source (transposed) and a GPU leaf whose gradient comes back from the CPU.
+    const auto m = randn<double>({6, 9}).requires_grad_();
+    sum(mul(on_gpu(transpose(m, 0, 1)), 3.0)).backward();
+    EXPECT_EQ(m.grad().to_vector(), std::vector<double>(54, 3.0));
+    const auto leaf = on_gpu(randn<double>(shape)).requires_grad_();
+    sum(mul(on_cpu(leaf), on_cpu(leaf))).backward();
+    ASSERT_EQ(leaf.grad().device(), gpu);
+    EXPECT_EQ(on_cpu(leaf.grad()).to_vector(), mul(on_cpu(leaf.detach()), 2.0).to_vector());
+  }
+}

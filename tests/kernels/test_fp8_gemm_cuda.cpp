@@ -12,6 +12,7 @@
 #include <bit>
 #include <cmath>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "cuda_test_util.hpp"
@@ -204,11 +205,24 @@ double tolerance(GemmKernel kernel, int promotion_interval) {
   return std::is_same_v<Out, float> ? f32 : 0x1p-8 + f32;
 }
 
-// D = A·Bᵀ with `kernel` against the float64 reference rows.
+// Whether the one launch in `trace` was `kernel` (the Hopper kernel split along K or not); for
+// automatic, `automatic_picks` says which it must have chosen (automatic: either).
+void expect_ran(const KernelTrace& trace, GemmKernel kernel, GemmKernel automatic_picks = GemmKernel::automatic) {
+  ASSERT_EQ(trace.count("fp8_gemm"), 1) << "launches of fp8_gemm";
+  const GemmKernel want = kernel == GemmKernel::automatic ? automatic_picks : kernel;
+  if (want == GemmKernel::automatic) return;
+  const std::string& ran = trace.launches().front();
+  if (want == GemmKernel::hopper)
+    EXPECT_TRUE(ran == "fp8_gemm/hopper" || ran == "fp8_gemm/hopper_split_k") << "ran " << ran;
+  else
+    EXPECT_EQ(ran, "fp8_gemm/simt");
+}
+
+// D = A·Bᵀ with `kernel` against the float64 reference rows; checks that `kernel` is what ran.
 template <class Out>
 void expect_gemm(const QuantizedMatrix& a, const QuantizedMatrix& b, GemmKernel kernel,
                  const std::vector<std::int64_t>& rows, const Tensor<double>& ref, const std::string& what,
-                 int promotion_interval = 128) {
+                 int promotion_interval = 128, GemmKernel automatic_picks = GemmKernel::automatic) {
   SCOPED_TRACE(str(what, " M ", a.rows(), " N ", b.rows(), " K ", a.cols(), " B ", fp8::tiling_name(b.tiling), " ",
                    dtype_of<Out>, " kernel ",
                    kernel == GemmKernel::hopper ? "hopper" : kernel == GemmKernel::simt ? "simt" : "automatic",
@@ -216,7 +230,9 @@ void expect_gemm(const QuantizedMatrix& a, const QuantizedMatrix& b, GemmKernel 
   fp8::GemmOptions opt;
   opt.kernel = kernel;
   opt.promotion_interval = promotion_interval;
+  KernelTrace trace;
   const Tensor<Out> d = fp8::gemm<Out>(a, b, opt);
+  expect_ran(trace, kernel, automatic_picks);
   ASSERT_EQ(d.device(), gpu);
   ASSERT_EQ(d.shape(), (Shape{a.rows(), b.rows()}));
   EXPECT_TRUE(d.is_contiguous());
@@ -250,7 +266,7 @@ TEST(Fp8GemmCuda, IssueShapes) {
       const Tensor<double> ref = fp8::gemm_reference(a, b, rows);
       for (GemmKernel kernel : {GemmKernel::hopper, GemmKernel::simt}) expect_gemm<float>(a, b, kernel, rows, ref, "issue");
       if (m == 128) {
-        expect_gemm<bf16>(a, b, GemmKernel::automatic, rows, ref, "issue");
+        expect_gemm<bf16>(a, b, GemmKernel::automatic, rows, ref, "issue", 128, GemmKernel::hopper);
         for (int interval : {32, 64}) expect_gemm<float>(a, b, GemmKernel::hopper, rows, ref, "issue", interval);
       }
     }
@@ -275,6 +291,38 @@ TEST(Fp8GemmCuda, IssueShapes) {
   for (GemmKernel kernel : {GemmKernel::hopper, GemmKernel::simt}) {
     expect_gemm<float>(a, b, kernel, rows, ref, "B in 1x128 tiles");
     expect_gemm<bf16>(a, b, kernel, rows, ref, "B in 1x128 tiles");
+  }
+}
+
+// Few rows leave most SMs idle, so the Hopper kernel splits K (gemm_hopper.cuh: 64 × 2112 has 33
+// tiles of 64 × 64; 56 k-blocks in 4 splits) and a second kernel adds the splits in a fixed order.
+// The result must be the same bits on every run, whatever memory the workspace reuses.
+TEST(Fp8GemmCuda, SplitKIsBitIdenticalAcrossRuns) {
+  KILN_REQUIRE_GPU();
+  const QuantizedMatrix b = fp8::quantize(gpu_matrix(2112, 7168, 900), Tiling::block_128x128);
+  for (std::int64_t m : {1, 64}) {
+    const QuantizedMatrix a = fp8::quantize(gpu_matrix(m, 7168, 901), Tiling::row_1x128);
+    for (bool f32 : {true, false}) {
+      SCOPED_TRACE(str("M ", m, f32 ? " f32" : " bf16"));
+      fp8::GemmOptions opt;
+      opt.kernel = GemmKernel::hopper;
+      std::vector<std::uint32_t> first;
+      for (int run = 0; run < 4; ++run) {
+        if (run == 2) poison_cached_memory();
+        KernelTrace trace;
+        std::vector<std::uint32_t> bits;
+        if (f32) {
+          bits = bits_of(fp8::gemm<float>(a, b, opt).to_vector());
+        } else {
+          for (const bf16& v : fp8::gemm<bf16>(a, b, opt).to_vector()) bits.push_back(v.bits);
+        }
+        ASSERT_EQ(trace.launches(), std::vector<std::string>{"fp8_gemm/hopper_split_k"});
+        if (run == 0)
+          first = bits;
+        else
+          EXPECT_EQ(bits, first) << "run " << run;
+      }
+    }
   }
 }
 
@@ -309,7 +357,7 @@ TEST(Fp8GemmCuda, ShapesOnlyTheSimtKernelTakes) {
         const Tensor<double> ref = fp8::gemm_reference(a, b, rows);
         expect_gemm<float>(a, b, GemmKernel::simt, rows, ref, "simt only");
         expect_gemm<bf16>(a, b, GemmKernel::simt, rows, ref, "simt only");
-        expect_gemm<float>(a, b, GemmKernel::automatic, rows, ref, "falls back to simt");
+        expect_gemm<float>(a, b, GemmKernel::automatic, rows, ref, "falls back to simt", 128, GemmKernel::simt);
         if (n % 16 != 0 || k % 16 != 0) {
           fp8::GemmOptions opt;
           opt.kernel = GemmKernel::hopper;
@@ -330,7 +378,7 @@ TEST(Fp8GemmCuda, MisalignedRowViewFallsBack) {
   part.scale = narrow(a.scale, 0, 1, 299);
   const std::vector<std::int64_t> rows = some_rows(299, 40, 3);
   const Tensor<double> ref = fp8::gemm_reference(part, b, rows);
-  expect_gemm<float>(part, b, GemmKernel::automatic, rows, ref, "row view");
+  expect_gemm<float>(part, b, GemmKernel::automatic, rows, ref, "row view", 128, GemmKernel::simt);
   expect_gemm<float>(part, b, GemmKernel::simt, rows, ref, "row view");
   fp8::GemmOptions opt;
   opt.kernel = GemmKernel::hopper;

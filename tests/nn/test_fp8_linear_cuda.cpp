@@ -25,10 +25,19 @@ void compare_with_cpu(std::int64_t tokens, std::int64_t in, std::int64_t out) {
 
   const Tensor<A> xc = clone(x).requires_grad_(), xg = on_gpu(x).detach().requires_grad_();
   const Tensor<float> wc = clone(w).requires_grad_(), wg = on_gpu(w).detach().requires_grad_();
-  const Tensor<A> yc = nn::fp8_linear(xc, wc), yg = nn::fp8_linear(xg, wg);
-  ASSERT_EQ(yg.device(), gpu);
+  const Tensor<A> yc = nn::fp8_linear(xc, wc);
   sum(mul(yc, r)).backward();
+  KernelTrace trace;
+  const Tensor<A> yg = nn::fp8_linear(xg, wg);
+  ASSERT_EQ(yg.device(), gpu);
   sum(mul(yg, on_gpu(r))).backward();
+  // Three GEMMs (forward, dX, dW); the Hopper kernel takes all three when every dimension, K of the
+  // weight gradient (tokens) included, is a multiple of 16 (gemm_hopper.cuh), else some fall back.
+  EXPECT_EQ(trace.count("fp8_gemm"), 3);
+  if (tokens % 16 == 0 && in % 16 == 0 && out % 16 == 0)
+    EXPECT_EQ(trace.count("fp8_gemm/simt"), 0) << "a plain-kernel fallback at a shape the Hopper kernel takes";
+  else
+    EXPECT_GE(trace.count("fp8_gemm/simt"), 1);
   EXPECT_LE(relative_error(on_cpu(yg.detach()), yc.detach()), tol);
   ASSERT_TRUE(xg.grad().defined() && wg.grad().defined());
   EXPECT_EQ(xg.grad().device(), gpu);

@@ -84,7 +84,8 @@ TEST(Rope, ForwardMatchesComplexReference) {
     check_forward(randn<float>({2, 5, 3, D}), randint<std::int64_t>(0, 100000, {2, 5}), 10000.0, 1e-6);
     check_forward(randn<double>({2, 3, 1, 2, D}), randint<std::int64_t>(0, 50, {2, 3, 1}), 10.0, 1e-14);
   }
-  check_forward(randn<bf16>({3, 4, 2, 32}), randint<std::int64_t>(0, 1000, {3, 4}), 10000.0, 1e-2);
+  // bf16: float arithmetic, the output rounded once (at most 2^-8 of each element).
+  check_forward(randn<bf16>({3, 4, 2, 32}), randint<std::int64_t>(0, 1000, {3, 4}), 10000.0, 0x1p-8 + 1e-6);
 }
 
 TEST(Rope, NonContiguousInputs) {

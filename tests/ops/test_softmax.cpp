@@ -282,6 +282,29 @@ TEST(CrossEntropy, Errors) {
   EXPECT_KILN_ERROR(cross_entropy(logits, tensor<std::int64_t>({0, 1, 2, 3}, {4, 1})), "cross_entropy", "[4, 5]",
                     "[4, 1]");
   EXPECT_KILN_ERROR(cross_entropy(full<float>({}, 1.0f), full<std::int64_t>({}, 0)), "cross_entropy", "class dim");
-  // ignore_index may be any value, also a valid class.
-  EXPECT_NO_THROW(cross_entropy(logits, tensor<std::int64_t>({0, 7, 7, 2}), 7));
+}
+
+// ignore_index may be any value: outside [0, classes) (7 of 5 classes, rows 1 and 2 ignored; the
+// mean is over the 2 rows left) or a valid class (2: the rows whose target is 2 are ignored). The
+// value against the double reference, not just "does not throw".
+TEST(CrossEntropy, IgnoreIndexOutOfRangeOrAValidClass) {
+  const auto logits = randn<double>({4, 5});
+  const std::vector<double> x = logits.to_vector();
+  const auto mean_of = [](const std::vector<double>& rows, double kept) {
+    double s = 0.0;
+    for (double v : rows) s += v;
+    return s / kept;
+  };
+  const std::vector<std::int64_t> out_of_range{0, 7, 7, 2}, valid{0, 2, 4, 2};
+  EXPECT_NEAR(cross_entropy(logits, tensor<std::int64_t>(out_of_range), 7).item(),
+              mean_of(reference_ce_rows(x, 5, out_of_range, 7), 2.0), 1e-14);
+  EXPECT_NEAR(cross_entropy(logits, tensor<std::int64_t>(valid), 2).item(), mean_of(reference_ce_rows(x, 5, valid, 2), 2.0),
+              1e-14);
+  const auto none = cross_entropy(logits, tensor<std::int64_t>(out_of_range), 7, Reduction::none).to_vector();
+  EXPECT_EQ(none[1], 0.0);
+  EXPECT_EQ(none[2], 0.0);
+  EXPECT_NEAR(none[0], reference_ce_rows(x, 5, out_of_range, 7)[0], 1e-14);
+  // Every row ignored: mean is 0/0 = NaN (as PyTorch), sum is 0.
+  EXPECT_TRUE(std::isnan(cross_entropy(logits, tensor<std::int64_t>({9, 9, 9, 9}), 9).item()));
+  EXPECT_EQ(cross_entropy(logits, tensor<std::int64_t>({9, 9, 9, 9}), 9, Reduction::sum).item(), 0.0);
 }
