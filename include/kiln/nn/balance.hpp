@@ -11,7 +11,10 @@
 //     P_i = 1/T · Σ_t s'_{i,t}
 //     L_bal = α Σ_i f_i P_i
 //   averaged over the sequences of the batch. f_i is a count (no gradient); P_i carries the
-//   gradient to the router.
+//   gradient to the router. kiln counts the experts each token was actually routed to (chosen with
+//   the bias and the group limit), as Hugging Face's DeepSeek code does with its topk_idx; eq. 18
+//   writes f_i over Topk of the unbiased affinities, which differs where the bias or the group limit
+//   changed a choice (about 1-2% of the loss in tests/nn/test_deepseek_v3_reference.cpp's configs).
 // - Load statistics: the count per expert and MaxVio = max_i load_i / mean_load − 1 (0 for a
 //   perfectly balanced layer).
 #pragma once
