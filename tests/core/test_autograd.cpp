@@ -104,3 +104,33 @@ TEST(Autograd, MlpWithHandDerivedGradients) {
   for (int i = 0; i < 4; ++i) EXPECT_NEAR(g1[i], gw1[i], 1e-14);
   for (int i = 0; i < 2; ++i) EXPECT_NEAR(g2[i], gw2[i], 1e-14);
 }
+
+// gradcheck's sampling (max_elements_per_input): every ceil(numel / n)-th element, so two
+// evaluations of f per sampled element plus one for the analytic gradient; a wrong derivative at a
+// sampled element is still reported, and a wrong one elsewhere is (by design) not.
+TEST(Autograd, GradcheckSamplesEvenlySpreadElements) {
+  const auto x = randn<double>({10, 7});  // 70 elements; n = 8 checks elements 0, 9, ..., 63
+  int calls = 0;
+  GradcheckOptions o;
+  o.max_elements_per_input = 8;
+  auto square = [&](const std::vector<Tensor<double>>& in) {
+    ++calls;
+    return mul(in[0], in[0]);
+  };
+  EXPECT_GRADCHECK(square, {x}, o);
+  EXPECT_EQ(calls, 1 + 2 * 8);
+  // A function whose value at element 9 is off the graph (its gradient there is lost): found when
+  // element 9 is sampled, missed when it is not.
+  auto broken_at = [](std::int64_t flat) {
+    return [flat](const std::vector<Tensor<double>>& in) {
+      const Tensor<double> y = mul(in[0], in[0]);
+      Tensor<double> off = zeros<double>(in[0].shape());
+      off.data()[flat] = in[0].data()[flat];  // x[flat] as a constant: no gradient
+      return add(y, off);
+    };
+  };
+  EXPECT_FALSE(gradcheck(broken_at(9), {x}, o).ok);
+  EXPECT_TRUE(gradcheck(broken_at(10), {x}, o).ok);
+  o.max_elements_per_input = 0;  // every element
+  EXPECT_FALSE(gradcheck(broken_at(10), {x}, o).ok);
+}
