@@ -10,7 +10,8 @@
 # Writes DIR/status: "ready" (DIR/bin/python has torch, transformers and safetensors), "unreachable"
 # (the package index did not answer: the test then skips, saying so) or "failed" (the index
 # answered but the install failed: the test fails and shows DIR/install.log).
-# scripts/test.sh runs this in the background while it compiles.
+# scripts/test.sh runs this in the background while it compiles (--no-compile: no bytecode for
+# torch's thousands of modules, CPU that the build needs; Python compiles what it imports).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 dir=${1:-build-test/hf-venv}
@@ -31,7 +32,7 @@ if ! python3 -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1] 
   exit 0
 fi
 { python3 -m venv "$dir" &&
-  "$dir/bin/pip" install --quiet --progress-bar off --disable-pip-version-check \
+  "$dir/bin/pip" install --quiet --progress-bar off --disable-pip-version-check --no-compile \
     "torch==$torch_version" "transformers==$transformers_version" safetensors; } >> "$log" 2>&1
 if "$dir/bin/python" -c "import torch, transformers, safetensors" >> "$log" 2>&1; then
   status ready

@@ -18,11 +18,14 @@
 
 using namespace kiln;
 
+// Outside the anonymous namespace: a TEST_F class derives from its fixture, and in the unity build
+// (tests/CMakeLists.txt) that class lives in a named namespace, where a base from an anonymous one
+// draws -Wsubobject-linkage.
+class Hardening : public kiln::testing::TempDirTest {};
+
 namespace {
 
 namespace fsys = std::filesystem;
-
-class Hardening : public kiln::testing::TempDirTest {};
 
 using kiln::testing::read_bytes;
 using kiln::testing::write_bytes;
@@ -180,7 +183,9 @@ TEST_F(Hardening, AKilledSaveLeavesNoTemporaryFile) {
   int status = 0;
   ASSERT_EQ(::waitpid(child, &status, 0), child);
   ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << status;
-  if (unnamed_files) EXPECT_EQ(listing(), std::vector<std::string>{"big.safetensors"});
+  if (unnamed_files) {
+    EXPECT_EQ(listing(), std::vector<std::string>{"big.safetensors"});
+  }
   EXPECT_EQ(read_bytes(file), "the previous file");
   io::save_safetensors(file, {io::NamedTensor("w", zeros<float>({2}))});
   EXPECT_EQ(listing(), std::vector<std::string>{"big.safetensors"});

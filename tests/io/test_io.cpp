@@ -17,9 +17,10 @@
 using namespace kiln;
 namespace fs = std::filesystem;
 
-namespace {
-
+// Outside the anonymous namespace (a TEST_F class derives from it: see test_hardening.cpp).
 class IoTest : public kiln::testing::TempDirTest {};
+
+namespace {
 
 using kiln::testing::le64;
 using kiln::testing::read_bytes;

@@ -1,0 +1,185 @@
+// fused_causal_attention (ops/attention.hpp) on the CPU: forward against plain loops in double at
+// odd lengths with grouped kv heads and Dk != Dv; packed sequences against each sequence run alone;
+// gradients by finite differences (gradcheck) and against the composed path's autograd
+// (nn::causal_attention: matmul, masked_fill, softmax, matmul) in float, bf16 and double; errors.
+#include <kiln/nn/attention.hpp>
+#include <kiln/ops/attention.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "test_util.hpp"
+
+using namespace kiln;
+using namespace kiln::testing;
+
+namespace {
+
+// out[b, h, i] = Σ_j softmax_j(scale · q_i·k_j) v_j over j <= i (j >= the start of i's sequence), in
+// double, one row at a time; q [B, H, S, Dk], k [B, Hkv, S, Dk], v [B, Hkv, S, Dv].
+std::vector<double> plain_attention(const Tensor<double>& q, const Tensor<double>& k, const Tensor<double>& v,
+                                    double scale, const std::vector<std::int64_t>& cu = {}) {
+  const std::int64_t B = q.size(0), H = q.size(1), S = q.size(2), Dk = q.size(3), Hkv = k.size(1), Dv = v.size(3);
+  std::vector<double> out;
+  for (std::int64_t b = 0; b < B; ++b)
+    for (std::int64_t h = 0; h < H; ++h)
+      for (std::int64_t i = 0; i < S; ++i) {
+        std::int64_t first = 0;
+        for (std::size_t s = 0; s + 1 < cu.size(); ++s)
+          if (cu[s] <= i) first = cu[s];
+        const std::int64_t kvh = h / (H / Hkv);
+        std::vector<double> w;
+        double m = -INFINITY;
+        for (std::int64_t j = first; j <= i; ++j) {
+          double dot = 0.0;
+          for (std::int64_t d = 0; d < Dk; ++d) dot += q.at({b, h, i, d}) * k.at({b, kvh, j, d});
+          w.push_back(dot * scale);
+          m = std::max(m, dot * scale);
+        }
+        double total = 0.0;
+        for (double& x : w) total += (x = std::exp(x - m));
+        for (std::int64_t d = 0; d < Dv; ++d) {
+          double o = 0.0;
+          for (std::int64_t j = first; j <= i; ++j) o += w[static_cast<std::size_t>(j - first)] / total * v.at({b, kvh, j, d});
+          out.push_back(o);
+        }
+      }
+  return out;
+}
+
+struct Qkv {
+  Tensor<double> q, k, v;
+};
+
+Qkv random_qkv(std::int64_t B, std::int64_t H, std::int64_t Hkv, std::int64_t S, std::int64_t Dk, std::int64_t Dv,
+               std::uint64_t seed) {
+  Generator gen{seed, 0};
+  return {randn<double>({B, H, S, Dk}, 0.0, 1.0, Device::cpu(), gen), randn<double>({B, Hkv, S, Dk}, 0.0, 1.0, Device::cpu(), gen),
+          randn<double>({B, Hkv, S, Dv}, 0.0, 1.0, Device::cpu(), gen)};
+}
+
+// k or v [B, Hkv, S, D] repeated for the H / Hkv query heads of each group: [B, H, S, D].
+template <class T>
+Tensor<T> repeat_kv(const Tensor<T>& x, std::int64_t H) {
+  const std::int64_t B = x.size(0), Hkv = x.size(1), S = x.size(2), D = x.size(3);
+  return reshape(contiguous(expand(reshape(x, {B, Hkv, 1, S, D}), {B, Hkv, H / Hkv, S, D})), {B, H, S, D});
+}
+
+}  // namespace
+
+TEST(FusedAttention, ForwardMatchesPlainLoops) {
+  std::uint64_t seed = 1;
+  for (std::int64_t S : {1, 7, 129})
+    for (auto [H, Hkv] : std::vector<std::pair<std::int64_t, std::int64_t>>{{4, 2}, {3, 3}, {4, 1}}) {
+      const Qkv x = random_qkv(2, H, Hkv, S, 6, 5, seed++);
+      const double scale = 1.0 / std::sqrt(6.0);
+      const auto out = fused_causal_attention(x.q, x.k, x.v, scale);
+      ASSERT_EQ(out.shape(), (Shape{2, H, S, 5}));
+      // Both sides sum in double, in different orders (the op subtracts the row maximum once):
+      // a few ulps.
+      EXPECT_LE(relative_error(out.to_vector(), plain_attention(x.q, x.k, x.v, scale)), 1e-14)
+          << "S " << S << " H " << H << " Hkv " << Hkv;
+    }
+}
+
+TEST(FusedAttention, NonContiguousInputs) {
+  const Qkv x = random_qkv(2, 3, 3, 9, 4, 4, 7);
+  // [B, S, H, D] storage seen as [B, H, S, D]: the usual layout after the projections.
+  const auto q = transpose(contiguous(transpose(x.q, 1, 2)), 1, 2);
+  ASSERT_FALSE(q.is_contiguous());
+  EXPECT_EQ(relative_error(fused_causal_attention(q, x.k, x.v, 0.5), fused_causal_attention(x.q, x.k, x.v, 0.5)), 0.0);
+}
+
+// A packed row of four sequences: each token attends within its own sequence only, so every
+// sequence's rows equal that sequence run alone (the same loops in the same order: equal bits).
+TEST(FusedAttention, PackedSequencesAttendWithinTheirOwn) {
+  const std::vector<std::int64_t> cu{0, 3, 10, 11, 20};
+  const Qkv x = random_qkv(1, 4, 2, 20, 5, 3, 11);
+  const auto cu_t = Tensor<std::int64_t>::from_vector(cu, {5});
+  const auto packed = fused_causal_attention(x.q, x.k, x.v, 0.4, cu_t);
+  EXPECT_LE(relative_error(packed.to_vector(), plain_attention(x.q, x.k, x.v, 0.4, cu)), 1e-14);
+  for (std::size_t s = 0; s + 1 < cu.size(); ++s) {
+    const std::int64_t from = cu[s], n = cu[s + 1] - cu[s];
+    const auto alone = fused_causal_attention(narrow(x.q, 2, from, n), narrow(x.k, 2, from, n), narrow(x.v, 2, from, n), 0.4);
+    EXPECT_EQ(relative_error(narrow(packed, 2, from, n), alone), 0.0) << "sequence " << s;
+  }
+  // One sequence spanning the row is the unpacked op.
+  EXPECT_EQ(relative_error(fused_causal_attention(x.q, x.k, x.v, 0.4, tensor<std::int64_t>({0, 20})),
+                           fused_causal_attention(x.q, x.k, x.v, 0.4)),
+            0.0);
+}
+
+TEST(FusedAttention, GradcheckDouble) {
+  const Qkv x = random_qkv(2, 4, 2, 5, 3, 2, 21);
+  EXPECT_GRADCHECK([](const std::vector<Tensor<double>>& in) { return fused_causal_attention(in[0], in[1], in[2], 0.7); },
+                   {x.q, x.k, x.v});
+  const Qkv p = random_qkv(1, 2, 1, 7, 3, 4, 22);
+  const auto cu = tensor<std::int64_t>({0, 2, 3, 7});
+  EXPECT_GRADCHECK(
+      [&](const std::vector<Tensor<double>>& in) { return fused_causal_attention(in[0], in[1], in[2], 0.9, cu); },
+      {p.q, p.k, p.v});
+}
+
+// Gradients against the composed path (nn::causal_attention, autograd through matmul, masked_fill,
+// softmax) run in double on the same (rounded) inputs. The fused op sums in double and rounds each
+// gradient once to T: within 2^-24 (float) or 2^-8 (bf16) of each element, plus double's rounding.
+TEST(FusedAttention, GradientsMatchTheComposedPath) {
+  for (std::int64_t S : {1, 7, 129}) {
+    const Qkv x = random_qkv(2, 4, 2, S, 6, 4, 30 + static_cast<std::uint64_t>(S));
+    const auto up = randn<double>({2, 4, S, 4});
+    const double scale = 1.0 / std::sqrt(6.0);
+    auto run_fused = [&](auto zero) {
+      using T = decltype(zero);
+      // clone: fresh leaves (cast to the same type may share the tensor).
+      auto q = clone(cast<T>(x.q)).requires_grad_(), k = clone(cast<T>(x.k)).requires_grad_(),
+           v = clone(cast<T>(x.v)).requires_grad_();
+      const auto out = fused_causal_attention(q, k, v, scale);
+      sum(mul(out, cast<T>(up))).backward();
+      return std::vector<Tensor<T>>{out.detach(), q.grad(), k.grad(), v.grad()};
+    };
+    auto run_composed = [&](auto zero) {
+      using T = decltype(zero);
+      auto q = clone(cast<double>(cast<T>(x.q))).requires_grad_(), k = clone(cast<double>(cast<T>(x.k))).requires_grad_(),
+           v = clone(cast<double>(cast<T>(x.v))).requires_grad_();
+      const auto out = nn::causal_attention(q, repeat_kv(k, 4), repeat_kv(v, 4), scale);
+      sum(mul(out, cast<double>(cast<T>(up)))).backward();
+      return std::vector<Tensor<double>>{out.detach(), q.grad(), k.grad(), v.grad()};
+    };
+    const char* names[] = {"out", "dq", "dk", "dv"};
+    const auto fd = run_fused(0.0);
+    const auto cd = run_composed(0.0);
+    const auto ff = run_fused(0.0f);
+    const auto cf = run_composed(0.0f);
+    const auto fb = run_fused(bf16{});
+    const auto cb = run_composed(bf16{});
+    for (std::size_t t = 0; t < 4; ++t) {
+      EXPECT_LE(relative_error(fd[t], cd[t]), 1e-13) << names[t] << " double S " << S;
+      EXPECT_LE(relative_error(ff[t], cf[t]), 0x1p-24 + 1e-13) << names[t] << " float S " << S;
+      EXPECT_LE(relative_error(fb[t], cb[t]), 0x1p-8 + 1e-13) << names[t] << " bf16 S " << S;
+    }
+  }
+}
+
+TEST(FusedAttention, Errors) {
+  const auto q = randn<float>({1, 4, 6, 8}), k = randn<float>({1, 2, 6, 8}), v = randn<float>({1, 2, 6, 3});
+  EXPECT_KILN_ERROR(fused_causal_attention(q, k, randn<float>({1, 2, 5, 3}), 1.0), "fused_causal_attention",
+                    "[1, 4, 6, 8]", "[1, 2, 5, 3]");
+  EXPECT_KILN_ERROR(fused_causal_attention(q, randn<float>({1, 3, 6, 8}), randn<float>({1, 3, 6, 3}), 1.0),
+                    "fused_causal_attention", "Hkv dividing H");
+  EXPECT_KILN_ERROR(fused_causal_attention(q, randn<float>({1, 2, 6, 7}), v, 1.0), "fused_causal_attention",
+                    "[1, 2, 6, 7]");
+  EXPECT_KILN_ERROR(fused_causal_attention(reshape(q, {4, 6, 8}), k, v, 1.0), "fused_causal_attention", "[4, 6, 8]");
+  EXPECT_KILN_ERROR(fused_causal_attention(q, k, v, NAN), "fused_causal_attention", "scale");
+  EXPECT_KILN_ERROR(fused_causal_attention(q, k, v, 1.0, tensor<std::int64_t>({0, 3, 5})), "fused_causal_attention",
+                    "from 0 to S = 6");
+  EXPECT_KILN_ERROR(fused_causal_attention(q, k, v, 1.0, tensor<std::int64_t>({0, 3, 3, 6})), "fused_causal_attention",
+                    "increase strictly");
+  EXPECT_KILN_ERROR(fused_causal_attention(q, k, v, 1.0, tensor<std::int64_t>({1, 6})), "fused_causal_attention",
+                    "from 0");
+  EXPECT_KILN_ERROR(fused_causal_attention(q, k, v, 1.0, tensor<std::int64_t>({6})), "fused_causal_attention",
+                    "[n + 1]");
+  const auto q2 = randn<float>({2, 4, 6, 8}), k2 = randn<float>({2, 2, 6, 8}), v2 = randn<float>({2, 2, 6, 3});
+  EXPECT_KILN_ERROR(fused_causal_attention(q2, k2, v2, 1.0, tensor<std::int64_t>({0, 6})), "fused_causal_attention",
+                    "B = 1");
+}
