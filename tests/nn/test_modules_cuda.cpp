@@ -49,6 +49,7 @@
 
 #include "cuda_test_util.hpp"
 #include "nn_test_util.hpp"
+#include "routing_test_util.hpp"
 
 using namespace kiln;
 using namespace kiln::testing;
@@ -359,45 +360,6 @@ nn::DeepseekV3Config moe_config() {
   return c;
 }
 
-// The smallest gap at a boundary of one token's routing (nn/moe.hpp), in double: between the last
-// kept and the first dropped group score, and between the K-th and the (K+1)-th choice score
-// among the kept groups' experts. x [hidden], w [E, hidden], bias [E].
-double routing_margin(const Vec& x, const Vec& w, const Vec& bias, const nn::DeepseekV3Config& c) {
-  const std::int64_t E = c.n_routed_experts, H = static_cast<std::int64_t>(x.size()), G = c.n_group, per = E / G;
-  Vec choice(static_cast<std::size_t>(E));
-  for (std::int64_t e = 0; e < E; ++e) {
-    double z = 0.0;
-    for (std::int64_t i = 0; i < H; ++i) z += w[static_cast<std::size_t>(e * H + i)] * x[static_cast<std::size_t>(i)];
-    choice[static_cast<std::size_t>(e)] = 1.0 / (1.0 + std::exp(-z)) + bias[static_cast<std::size_t>(e)];
-  }
-  double margin = INFINITY;
-  std::vector<std::pair<double, std::int64_t>> groups;
-  for (std::int64_t g = 0; g < G; ++g) {
-    Vec v(choice.begin() + g * per, choice.begin() + (g + 1) * per);
-    std::sort(v.rbegin(), v.rend());
-    groups.emplace_back(v[0] + (per > 1 ? v[1] : 0.0), g);
-  }
-  std::sort(groups.begin(), groups.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
-  std::vector<bool> kept(static_cast<std::size_t>(G), c.topk_group >= G);
-  for (std::int64_t g = 0; g < c.topk_group; ++g) kept[static_cast<std::size_t>(groups[static_cast<std::size_t>(g)].second)] = true;
-  if (c.topk_group < G)
-    margin = groups[static_cast<std::size_t>(c.topk_group - 1)].first - groups[static_cast<std::size_t>(c.topk_group)].first;
-  Vec candidates;
-  for (std::int64_t e = 0; e < E; ++e)
-    if (kept[static_cast<std::size_t>(e / per)]) candidates.push_back(choice[static_cast<std::size_t>(e)]);
-  std::sort(candidates.rbegin(), candidates.rend());
-  const auto K = static_cast<std::size_t>(c.num_experts_per_tok);
-  if (K < candidates.size()) margin = std::min(margin, candidates[K - 1] - candidates[K]);
-  return margin;
-}
-
-template <class T>
-Vec doubles(const Tensor<T>& t) {
-  Vec out;
-  for (const T v : t.to_vector()) out.push_back(static_cast<double>(v));
-  return out;
-}
-
 // Tokens [B, S, hidden] (normal draws rounded to T) whose routing by `gate` has a margin of at
 // least `delta` in every decision: a token that falls short is drawn again. In bf16 (round to
 // nearest moves a value by at most 2^-8 of itself) a device's affinity logit z = x·g (|z| < 6
@@ -417,7 +379,7 @@ Tensor<T> well_separated_tokens(const nn::MoEGate<T>& gate, const nn::DeepseekV3
     for (;; ++tries) {
       EXPECT_LT(tries, 1000) << "no token with routing margin " << delta;
       const Tensor<T> row = cast<T>(randn<float>({c.hidden_size}, 0.0, 1.0, Device::cpu(), gen));
-      if (routing_margin(doubles(row), w, bias, c) >= delta || tries >= 1000) {
+      if (routing_margin(doubles(row).data(), w, bias, c) >= delta || tries >= 1000) {
         for (const T v : row.to_vector()) values.push_back(v);
         break;
       }
