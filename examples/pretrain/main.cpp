@@ -66,6 +66,8 @@ const char* kUsage = R"(pretrain: a small DeepSeek-V3-style MoE model on worked 
   --checkpoint-every N  checkpoint every N steps (with --out)              [small 100, big 500]
   --peak TFLOPS         the device's dense peak for MFU (default: from a table by GPU name)
   --tf32                float32 on a GPU: allow TF32 tensor cores
+  --attention fused|composed  on a GPU in bf16: the fused attention kernel, or the composed
+                        ops (matmul, mask, softmax, matmul) it replaces, for comparison   [fused]
   --samples N           greedy completions of test problems printed at the end [3]
   --threads N           CPU threads (OpenMP, Eigen); the small model's ops are too small to share
                         well, and on a busy machine extra threads mostly wait   [1]
@@ -81,7 +83,7 @@ std::string gpu_name() {
 
 // The settings of a run, saved as DIR/run.json so that --resume DIR continues it unchanged.
 struct Settings {
-  std::string device, config, dtype, tokenizer;
+  std::string device, config, dtype, tokenizer, attention;
   std::int64_t steps, batch, accum, seq, warmup, docs, vocab, max_digits, log_every, eval_every, eval_batches,
       checkpoint_every, samples, threads;
   double lr, weight_decay, clip, peak_tflops, countdown_fraction, direct_fraction;
@@ -136,9 +138,12 @@ Settings parse(int argc, char** argv, std::string& out, std::string& resume) {
   s.peak_tflops = r_("peak", 0.0);
   s.samples = i_("samples", 3);
   s.threads = f.integer("threads", 1);
+  s.attention = f.str("attention", "fused");  // a property of the run, not of the model: not saved
   s.tf32 = f.flag("tf32") || (saved.contains("tf32") && saved["tf32"].get<bool>());
   f.check_all_used();
   if (s.threads < 1) throw Error("--threads must be positive");
+  if (s.attention != "fused" && s.attention != "composed")
+    throw Error("--attention must be fused or composed, got " + s.attention);
   if (s.steps < 1 || s.batch < 1 || s.accum < 1 || s.seq < 2 || s.docs < 10 || s.vocab < 300 || !(s.lr > 0))
     throw Error("steps, batch, accum, docs must be positive, seq >= 2, vocab >= 300, lr > 0");
   if (s.dtype != "float32" && s.dtype != "bf16") throw Error("--dtype must be float32 or bf16, got " + s.dtype);
@@ -344,6 +349,7 @@ int main(int argc, char** argv) try {
     throw Error("--device cuda needs a build with the CUDA backend (cmake -DKILN_CUDA=ON)");
 #endif
   }
+  nn::attention_path() = s.attention == "fused" ? nn::AttentionPath::fused : nn::AttentionPath::composed;
   if (s.dtype == "bf16") return run<bf16>(s, out, resume, start);
   return run<float>(s, out, resume, start);
 } catch (const std::exception& e) {

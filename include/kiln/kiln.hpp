@@ -18,6 +18,7 @@
 #include "kiln/autograd/grad_mode.hpp"
 #include "kiln/autograd/node.hpp"
 
+#include "kiln/ops/attention.hpp"
 #include "kiln/ops/binary.hpp"
 #include "kiln/ops/copy.hpp"
 #include "kiln/ops/factory.hpp"

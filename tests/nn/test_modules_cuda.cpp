@@ -251,23 +251,36 @@ nn::LlamaConfig llama_config(bool bias) {
   return c;
 }
 
+// head_dim 4 (6 heads of 24): the composed path on every device; head_dim 64 (hidden 128, 2 heads
+// over 1 kv head) in bf16 on the GPU: the fused kernel, against the composed path on the CPU.
 template <class T, class R = T>
-void check_llama_attention(bool bias) {
-  SCOPED_TRACE(str(dtype_of<T>, bias ? " with bias" : " without bias"));
-  const nn::LlamaConfig c = llama_config(bias);
+void check_llama_attention(bool bias, std::int64_t hidden = 24, std::int64_t heads = 6, std::int64_t kv_heads = 2,
+                           std::int64_t S = 9) {
+  SCOPED_TRACE(str(dtype_of<T>, bias ? " with bias" : " without bias", " hidden ", hidden, " S ", S));
+  nn::LlamaConfig c = llama_config(bias);
+  c.hidden_size = hidden;
+  c.num_attention_heads = heads;
+  c.num_key_value_heads = kv_heads;
   Generator g{6, 0};
   nn::LlamaAttention<T> dev(c, g);
   nn::LlamaAttention<R> ref(c, g);
-  twin(dev, ref, 61, 0.3);
-  const std::int64_t S = 9;
+  // Weights 0.3 at hidden 24, scaled by 1/sqrt(hidden) beyond: the same activation sizes, so the
+  // scores stay O(1) (at 0.3 and hidden 128 they reach ~90 and the softmax is one-hot, where a
+  // bf16 rounding of q or k moves the probabilities by percents on any device).
+  twin(dev, ref, 61, 0.3 * std::sqrt(24.0 / static_cast<double>(hidden)));
+  const bool fused = nn::use_fused_attention<T>(gpu, dev.head_dim, dev.head_dim);
   const Tensor<std::int64_t> positions = nn::positions_from(3, S);
   const Tensor<T> x = draw<T>({2, S, c.hidden_size}, 62);
   const Tensor<T> xd = leaf<T>(x, gpu);
   const Tensor<R> xr = leaf<R>(x, Device::cpu());
+  KernelTrace forward_trace;
   const Tensor<T> yd = dev.forward(xd, nn::rope_tables_on<T>(positions, dev.head_dim, c.rope_theta, gpu));
+  EXPECT_EQ(forward_trace.count("attention_forward"), fused ? 1 : 0);
   const Tensor<R> yr = ref.forward(xr, nn::rope_tables_on<R>(positions, ref.head_dim, c.rope_theta, Device::cpu()));
   expect_close(yd, yr, kTol<T>, "output");
+  KernelTrace backward_trace;
   backward_probe(yd, yr, 63);
+  EXPECT_EQ(backward_trace.count("attention_backward"), fused ? 1 : 0);
   expect_grad_close(xd, xr, kTol<T>, "x");
   expect_gradients_match(dev, ref, kTol<T>);
 }
@@ -314,20 +327,38 @@ nn::DeepseekV3Config mla_config(bool q_lora) {
   return c;
 }
 
+// MLA at the head dims of the fused kernel's smallest instance (qk 32 + 16, v 32): 2 heads.
+nn::DeepseekV3Config mla_fused_config() {
+  nn::DeepseekV3Config c = mla_config(true);
+  c.hidden_size = 48;
+  c.num_attention_heads = c.num_key_value_heads = 2;
+  c.kv_lora_rank = 24;
+  c.q_lora_rank = 16;
+  c.qk_nope_head_dim = 32;
+  c.qk_rope_head_dim = 16;
+  c.v_head_dim = 32;
+  return c;
+}
+
+// The naive path takes the fused kernel where nn::use_fused_attention says so (bf16 on the GPU at
+// mla_fused_config's head dims), checked by the kernels' launches; the absorbed path composes.
 template <class T, class R = T>
-void check_mla(bool q_lora) {
-  SCOPED_TRACE(str(dtype_of<T>, q_lora ? " with q_lora_rank" : " with q_proj"));
-  const nn::DeepseekV3Config c = mla_config(q_lora);
+void check_mla(bool q_lora, const nn::DeepseekV3Config* config = nullptr, std::int64_t S = 9) {
+  SCOPED_TRACE(str(dtype_of<T>, q_lora ? " with q_lora_rank" : " with q_proj", config ? " (fused head dims)" : "",
+                   " S ", S));
+  const nn::DeepseekV3Config c = config ? *config : mla_config(q_lora);
   Generator g{8, 0};
   nn::MLA<T> dev(c, g);
   nn::MLA<R> ref(c, g);
   twin(dev, ref, 81, 0.3);
-  const std::int64_t S = 9;
+  const bool fused = nn::use_fused_attention<T>(gpu, c.qk_nope_head_dim + c.qk_rope_head_dim, c.v_head_dim);
   const Tensor<std::int64_t> positions = nn::positions_from(3, S);
   const Tensor<T> x = draw<T>({2, S, c.hidden_size}, 82);
   const Tensor<T> xd = leaf<T>(x, gpu);
   const Tensor<R> xr = leaf<R>(x, Device::cpu());
+  KernelTrace trace;
   const Tensor<T> yd = dev.forward(xd, positions);
+  EXPECT_EQ(trace.count("attention_forward"), fused ? 1 : 0);
   const Tensor<R> yr = ref.forward(xr, positions);
   expect_close(yd, yr, kTol<T>, "naive output");
   const Tensor<T> ad = dev.forward_absorbed(xd, positions);
@@ -336,6 +367,7 @@ void check_mla(bool q_lora) {
   // Both paths in one objective: sum(y ⊙ r) + sum(a ⊙ r').
   const Tensor<T> r1 = draw<T>(yr.shape(), 83), r2 = draw<T>(yr.shape(), 84);
   add(sum(mul(yd, to(r1, gpu))), sum(mul(ad, to(r2, gpu)))).backward();
+  EXPECT_EQ(trace.count("attention_backward"), fused ? 1 : 0);
   add(sum(mul(yr, cast<R>(r1))), sum(mul(ar, cast<R>(r2)))).backward();
   expect_grad_close(xd, xr, kTol<T>, "x");
   expect_gradients_match(dev, ref, kTol<T>);
@@ -535,6 +567,10 @@ TEST(NnModulesCuda, LlamaAttention) {
     check_llama_attention<float>(bias);
     check_llama_attention<bf16>(bias);
   }
+  // head_dim 64, S 70 (two query tiles): bf16 takes the fused kernel (against float on the CPU:
+  // only the GPU's roundings count), float the composed path.
+  check_llama_attention<bf16, float>(true, 128, 2, 1, 70);
+  check_llama_attention<float>(false, 128, 2, 1, 70);
 }
 
 TEST(NnModulesCuda, LlamaDecoderLayer) {
@@ -551,6 +587,9 @@ TEST(NnModulesCuda, MLA) {
     check_mla<float>(q_lora);
     check_mla<bf16>(q_lora);
   }
+  const nn::DeepseekV3Config c = mla_fused_config();
+  check_mla<bf16, float>(true, &c, 70);  // the fused kernel, against float on the CPU
+  check_mla<float>(true, &c, 70);
 }
 
 TEST(NnModulesCuda, MoE) {

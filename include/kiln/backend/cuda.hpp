@@ -15,6 +15,7 @@
 
 #include "kiln/backend/cuda/runtime_registration.hpp"
 
+#include "kiln/kernels/attention/attention.cuh"
 #include "kiln/kernels/cross_entropy/cross_entropy.cuh"
 #include "kiln/kernels/decode_attention/cache_write.cuh"
 #include "kiln/kernels/decode_attention/decode_attention.cuh"

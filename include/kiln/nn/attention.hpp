@@ -4,6 +4,10 @@
 // queries continue earlier keys), so query i sits at key index Sk - Sq + i and sees keys 0..that.
 // The mask compares indices, not rope positions: positions only rotate queries and keys.
 //
+// Where a fused kernel exists (ops/attention.hpp: CUDA, bf16/fp16, the compiled head dims) the
+// modules call fused_causal_attention instead: the same function without the S x S scores in
+// memory. attention_path() picks between the two process-wide (benchmarks compare them).
+//
 // Also here, for both decoders (nn/llama.hpp, nn/deepseek_v3.hpp): rope tables placed on the
 // device of the tensors they rotate, built once per forward pass and shared by every layer; checks
 // of ids and positions. (Generation's preallocated caches: infer/kv_cache.hpp.)
@@ -12,6 +16,7 @@
 #include <cstdint>
 #include <limits>
 
+#include "kiln/ops/attention.hpp"
 #include "kiln/ops/compare.hpp"
 #include "kiln/ops/copy.hpp"
 #include "kiln/ops/factory.hpp"
@@ -22,6 +27,22 @@
 #include "kiln/ops/where.hpp"
 
 namespace kiln::nn {
+
+// Which path the attention modules take where the fused kernel exists: fused (the default) or
+// the composed ops (the reference, and the benchmarks' "before"). On the CPU the modules always
+// compose (the fused CPU op is a float64-accumulating reference, not a fast path).
+enum class AttentionPath { fused, composed };
+
+inline AttentionPath& attention_path() {
+  static AttentionPath path = AttentionPath::fused;
+  return path;
+}
+
+// Whether a module attending with head dims (dk, dv) in T on `device` takes the fused kernel.
+template <class T>
+bool use_fused_attention(Device device, std::int64_t dk, std::int64_t dv) {
+  return !device.is_cpu() && attention_path() == AttentionPath::fused && fused_attention_on_device<T>(device, dk, dv);
+}
 
 // [q_len, k_len], true where key j is in the future of query i (j > k_len - q_len + i).
 inline Tensor<bool> causal_mask(std::int64_t q_len, std::int64_t k_len, Device device = Device::cpu()) {

@@ -110,9 +110,14 @@ class LlamaAttention : public Module<T> {
   // repeated keys are never materialised.
   Tensor<T> attend(const Parts& p) const {
     const std::int64_t B = p.B, S = p.S, Hkv = num_key_value_heads, G = num_heads / Hkv;
+    const double scale = 1.0 / std::sqrt(double(head_dim));
+    if (use_fused_attention<T>(p.q.device(), head_dim, head_dim)) {  // grouped kv heads read in place
+      const Tensor<T> o = fused_causal_attention(transpose(p.q, 1, 2), transpose(p.k, 1, 2), transpose(p.v, 1, 2), scale);
+      return o_proj(reshape(transpose(o, 1, 2), {B, S, num_heads * head_dim}));
+    }
     const Tensor<T> qg = reshape(transpose(p.q, 1, 2), {B, Hkv, G, S, head_dim});
     const Tensor<T> k = unsqueeze(transpose(p.k, 1, 2), 2), v = unsqueeze(transpose(p.v, 1, 2), 2);
-    const Tensor<T> o = causal_attention(qg, k, v, 1.0 / std::sqrt(double(head_dim)));
+    const Tensor<T> o = causal_attention(qg, k, v, scale);
     return o_proj(reshape(transpose(reshape(o, {B, num_heads, S, head_dim}), 1, 2), {B, S, num_heads * head_dim}));
   }
 

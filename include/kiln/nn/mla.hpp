@@ -234,6 +234,14 @@ class MLA : public Module<T> {
               std::vector<std::int64_t>{qk_nope_head_dim, v_head_dim}, -1);
     const Tensor<T> k_nope = transpose(kv[0], 1, 2);  // [B, H, S, dn]
     const Tensor<T> v = transpose(kv[1], 1, 2);       // [B, H, S, dv]
+    if (use_fused_attention<T>(v.device(), qk_nope_head_dim + qk_rope_head_dim, v_head_dim)) {
+      // Per-head keys [k_nope | k_pe] with the shared rope key broadcast over the heads: one
+      // [B, H, S, dn + dr] operand, as the kernel takes one qk head dim.
+      const std::int64_t dr = qk_rope_head_dim;
+      const Tensor<T> q = cat(std::vector<Tensor<T>>{p.q_nope, p.q_pe}, -1);
+      const Tensor<T> k = cat(std::vector<Tensor<T>>{k_nope, expand(reshape(p.k_pe, {B, 1, S, dr}), {B, H, S, dr})}, -1);
+      return output(fused_causal_attention(q, k, v, softmax_scale));
+    }
     const Tensor<T> scores =
         add(matmul(p.q_nope, transpose(k_nope, -1, -2)), shared_key_scores(p.q_pe, p.k_pe));
     return output(matmul(causal_softmax(scores, softmax_scale), v));

@@ -15,17 +15,24 @@
 // Hkv (query head h reads kv head h / (H / Hkv), Hugging Face's repeat_kv grouping). Any strides:
 // the inputs are made contiguous. float, double, bf16 and fp16; sums in double on the CPU.
 //
-// Devices: the CPU runs backend/cpu/attention.hpp. The CUDA kernels of this op (issue 17: a Hopper
-// and a plain path) are not written yet: a CUDA tensor gets a kiln::Error saying so, and
-// nn::causal_attention is the GPU path meanwhile.
+// Devices: the CPU runs backend/cpu/attention.hpp (any dtype, any head dims). CUDA runs
+// kernels/attention/attention.cuh (tensor cores, FlashAttention-2's algorithm, deterministic
+// backward) for bf16 and fp16 at the head dims it is compiled for (fused_attention_on_device
+// says which); other CUDA calls get a kiln::Error, and the nn modules keep the composed path
+// there. The CUDA forward saves lse in float, the CPU one in double.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
+#include <optional>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "kiln/autograd/node.hpp"
 #include "kiln/backend/cpu/attention.hpp"
+#include "kiln/core/device_kernel.hpp"
+#include "kiln/kernels/attention/args.hpp"
 #include "kiln/ops/common.hpp"
 #include "kiln/ops/copy.hpp"
 
@@ -33,22 +40,149 @@ namespace kiln {
 
 namespace detail {
 
-// key_begin[i] for every token of a packed row of S tokens (the start of its sequence), checked.
-inline std::vector<std::int64_t> attention_key_begin(const char* op, const Tensor<std::int64_t>& cu_seqlens,
-                                                     std::int64_t S) {
+// The sequence of every token of a packed row of S tokens, checked: begin[i] = its first token,
+// end[i] = one past its last.
+struct PackedSequences {
+  std::vector<std::int64_t> begin, end;
+};
+
+inline PackedSequences attention_sequences(const char* op, const Tensor<std::int64_t>& cu_seqlens, std::int64_t S) {
   check(cu_seqlens.device().is_cpu(), op, "cu_seqlens must be a CPU tensor, got one on ", cu_seqlens.device());
   check(cu_seqlens.dim() == 1 && cu_seqlens.size(0) >= 2, op,
         "cu_seqlens must be [n + 1] with n >= 1 sequences, got shape ", cu_seqlens.shape());
   const std::vector<std::int64_t> cu = cu_seqlens.to_vector();
   check(cu.front() == 0 && cu.back() == S, op, "cu_seqlens must run from 0 to S = ", S, ", got ", cu.front(), "..",
         cu.back());
-  std::vector<std::int64_t> begin(static_cast<std::size_t>(S));
+  PackedSequences seqs{std::vector<std::int64_t>(static_cast<std::size_t>(S)),
+                       std::vector<std::int64_t>(static_cast<std::size_t>(S))};
   for (std::size_t s = 0; s + 1 < cu.size(); ++s) {
     check(cu[s] < cu[s + 1], op, "cu_seqlens must increase strictly (no empty sequence), got ", cu[s], " then ",
           cu[s + 1], " at ", s);
-    for (std::int64_t i = cu[s]; i < cu[s + 1]; ++i) begin[static_cast<std::size_t>(i)] = cu[s];
+    for (std::int64_t i = cu[s]; i < cu[s + 1]; ++i) {
+      seqs.begin[static_cast<std::size_t>(i)] = cu[s];
+      seqs.end[static_cast<std::size_t>(i)] = cu[s + 1];
+    }
   }
-  return begin;
+  return seqs;
+}
+
+}  // namespace detail
+
+// Whether fused_causal_attention has a kernel for T at head dims (dk, dv) on `device`: always on
+// the CPU; on CUDA for bf16 and fp16 at the compiled head dims, once the kernel is registered
+// (a file compiled by nvcc includes kernels/attention/attention.cuh).
+template <class T>
+bool fused_attention_on_device(Device device, std::int64_t dk, std::int64_t dv) {
+  if (device.is_cpu()) return true;
+  return (std::is_same_v<T, bf16> || std::is_same_v<T, fp16>) && kernels::attention_head_dims_supported(dk, dv) &&
+         has_device_kernel<kernels::AttentionForwardArgs>() && has_device_kernel<kernels::AttentionBackwardArgs>();
+}
+
+namespace detail {
+
+template <class T>
+Tensor<T> fused_causal_attention_cpu(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v,
+                                     const cpu::AttentionShape& shape, double scale, std::vector<std::int64_t> key_begin) {
+  // Contiguous copies of the values, outside the graph (the node records q, k, v themselves).
+  const Tensor<T> qc = contiguous(q.detach()), kc = contiguous(k.detach()), vc = contiguous(v.detach());
+  // The saved logsumexp in double: P = exp(s − lse) then has the accuracy of double whatever T is
+  // (a float lse would put an error of |lse|·2^-24 into every P, and into gradients that should be 0).
+  Tensor<T> out({shape.batch, shape.heads, shape.seq, shape.dv}, qc.device());
+  Tensor<double> lse({shape.batch, shape.heads, shape.seq}, qc.device());  // log Σ_j exp(s_ij) per query
+  const std::int64_t* begin = key_begin.empty() ? nullptr : key_begin.data();
+  if (out.numel() > 0) cpu::attention_forward(out.data(), lse.data(), qc.data(), kc.data(), vc.data(), begin, shape, scale);
+  if (!autograd::needs_grad(q, k, v)) return out;
+  autograd::record(
+      out, "fused_causal_attention",
+      [qc, kc, vc, lse, key_begin = std::move(key_begin), shape, scale](const Tensor<T>& g,
+                                                                         const autograd::InputGrads& in) {
+        check_same_device("fused_causal_attention backward", qc, g);
+        const Tensor<T> gc = contiguous(g);
+        Tensor<T> dq(qc.shape(), qc.device()), dk(kc.shape(), kc.device()), dv(vc.shape(), vc.device());
+        if (dq.numel() > 0)
+          cpu::attention_backward(dq.data(), dk.data(), dv.data(), qc.data(), kc.data(), vc.data(), lse.data(),
+                                  gc.data(), key_begin.empty() ? nullptr : key_begin.data(), shape, scale);
+        in.add(0, dq);
+        in.add(1, dk);
+        in.add(2, dv);
+      },
+      q, k, v);
+  return out;
+}
+
+template <class T>
+Tensor<T> fused_causal_attention_cuda(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v,
+                                      const cpu::AttentionShape& shape, double scale, const PackedSequences* seqs) {
+  const char* op = "fused_causal_attention";
+  check(fused_attention_on_device<T>(q.device(), shape.dk, shape.dv), op, "has no CUDA kernel for ", dtype_of<T>,
+        " at head dims (dk ", shape.dk, ", dv ", shape.dv, "), q ", q.shape(), ", v ", v.shape(),
+        ": CUDA takes bf16 or fp16 at (dk, dv) = (48, 32), (64, 64), (96, 64), (128, 128), (192, 128)",
+        has_device_kernel<kernels::AttentionForwardArgs>() ? "" : ", from a file compiled by nvcc that includes "
+                                                                 "kiln/kernels/attention/attention.cuh");
+  // Contiguous and 16-byte aligned copies of the values (the kernels copy rows in 16-byte pieces).
+  auto packed_rows = [](const Tensor<T>& t) {
+    const Tensor<T> c = contiguous(t.detach());
+    return reinterpret_cast<std::uintptr_t>(c.data()) % 16 == 0 ? c : clone(c);
+  };
+  const Tensor<T> qc = packed_rows(q), kc = packed_rows(k), vc = packed_rows(v);
+  const Device device = qc.device();
+  // Per-token sequence bounds as int32 [2, S] on the device (packed rows only).
+  Tensor<std::int32_t> bounds;
+  if (seqs) {
+    std::vector<std::int32_t> host(seqs->begin.begin(), seqs->begin.end());
+    host.insert(host.end(), seqs->end.begin(), seqs->end.end());
+    bounds = Tensor<std::int32_t>::from_vector(host, {2, shape.seq}, device);
+  }
+  const kernels::AttentionShapeArgs args_shape{
+      .batch = shape.batch,
+      .seq = shape.seq,
+      .heads = static_cast<int>(shape.heads),
+      .kv_heads = static_cast<int>(shape.kv_heads),
+      .dk = static_cast<int>(shape.dk),
+      .dv = static_cast<int>(shape.dv),
+      .scale = scale,
+      .seq_begin = seqs ? bounds.data() : nullptr,
+      .seq_end = seqs ? bounds.data() + shape.seq : nullptr};
+  Tensor<T> out({shape.batch, shape.heads, shape.seq, shape.dv}, device);
+  Tensor<float> lse({shape.batch, shape.heads, shape.seq}, device);
+  launch_device_kernel(op, kernels::AttentionForwardArgs{.launch = launch_on(op, device),
+                                                         .dtype = dtype_of<T>,
+                                                         .shape = args_shape,
+                                                         .out = out.data(),
+                                                         .lse = lse.data(),
+                                                         .q = qc.data(),
+                                                         .k = kc.data(),
+                                                         .v = vc.data()});
+  if (!autograd::needs_grad(q, k, v)) return out;
+  // The backward needs the forward's output (delta = dout·out): a detached view, so that the
+  // node does not hold its own output's graph.
+  autograd::record(
+      out, op,
+      [qc, kc, vc, o = out.detach(), lse, bounds, args_shape](const Tensor<T>& g, const autograd::InputGrads& in) {
+        const char* bop = "fused_causal_attention backward";
+        check_same_device(bop, qc, g);
+        const Tensor<T> gc = contiguous(g);
+        Tensor<T> dq(qc.shape(), qc.device()), dk(kc.shape(), kc.device()), dv(vc.shape(), vc.device());
+        Tensor<float> delta(lse.shape(), lse.device());
+        launch_device_kernel(bop, kernels::AttentionBackwardArgs{.launch = launch_on(bop, qc.device()),
+                                                                 .dtype = dtype_of<T>,
+                                                                 .shape = args_shape,
+                                                                 .dq = dq.data(),
+                                                                 .dk = dk.data(),
+                                                                 .dv = dv.data(),
+                                                                 .delta = delta.data(),
+                                                                 .q = qc.data(),
+                                                                 .k = kc.data(),
+                                                                 .v = vc.data(),
+                                                                 .out = o.data(),
+                                                                 .dout = gc.data(),
+                                                                 .lse = lse.data()});
+        in.add(0, dq);
+        in.add(1, dk);
+        in.add(2, dv);
+      },
+      q, k, v);
+  return out;
 }
 
 }  // namespace detail
@@ -57,9 +191,6 @@ template <class T>
 Tensor<T> fused_causal_attention(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, double scale,
                                  const Tensor<std::int64_t>& cu_seqlens = Tensor<std::int64_t>()) {
   static_assert(is_floating<T>, "fused_causal_attention needs a floating element type");
-  // The saved logsumexp in double: P = exp(s − lse) then has the accuracy of double whatever T is
-  // (a float lse would put an error of |lse|·2^-24 into every P, and into gradients that should be 0).
-  using L = double;
   const char* op = "fused_causal_attention";
   check_defined(op, q, k, v);
   check_same_device(op, q, k, v);
@@ -73,38 +204,15 @@ Tensor<T> fused_causal_attention(const Tensor<T>& q, const Tensor<T>& k, const T
         op, "q ", q.shape(), ", k ", k.shape(), " and v ", v.shape(),
         " do not fit [B, H, S, Dk], [B, Hkv, S, Dk], [B, Hkv, S, Dv] with Hkv dividing H and Dk, Dv > 0");
   check(std::isfinite(scale), op, "scale must be finite, got ", scale);
-  std::vector<std::int64_t> key_begin;
+  std::optional<detail::PackedSequences> seqs;
   if (cu_seqlens.defined()) {
     check(B == 1, op, "packed sequences (cu_seqlens) need B = 1 (one packed row), got q ", q.shape());
-    key_begin = detail::attention_key_begin(op, cu_seqlens, S);
+    seqs = detail::attention_sequences(op, cu_seqlens, S);
   }
-  check(q.device().is_cpu(), op, "has no CUDA kernel yet (q ", q.shape(), " on ", q.device(),
-        "): use nn::causal_attention, the composed path, on the GPU");
-
   const cpu::AttentionShape shape{B, S, H, Hkv, Dk, Dv};
-  const Tensor<T> qc = contiguous(q.detach()), kc = contiguous(k.detach()), vc = contiguous(v.detach());
-  Tensor<T> out({B, H, S, Dv}, q.device());
-  Tensor<L> lse({B, H, S}, q.device());  // log Σ_j exp(s_ij) per query, for the backward
-  const std::int64_t* begin = key_begin.empty() ? nullptr : key_begin.data();
-  if (out.numel() > 0) cpu::attention_forward(out.data(), lse.data(), qc.data(), kc.data(), vc.data(), begin, shape, scale);
-
-  if (autograd::needs_grad(q, k, v)) {
-    autograd::record(
-        out, op,
-        [qc, kc, vc, lse, key_begin, shape, scale](const Tensor<T>& g, const autograd::InputGrads& in) {
-          check_same_device("fused_causal_attention backward", qc, g);
-          const Tensor<T> gc = contiguous(g);
-          Tensor<T> dq(qc.shape(), qc.device()), dk(kc.shape(), kc.device()), dv(vc.shape(), vc.device());
-          if (dq.numel() > 0)
-            cpu::attention_backward(dq.data(), dk.data(), dv.data(), qc.data(), kc.data(), vc.data(), lse.data(),
-                                    gc.data(), key_begin.empty() ? nullptr : key_begin.data(), shape, scale);
-          in.add(0, dq);
-          in.add(1, dk);
-          in.add(2, dv);
-        },
-        q, k, v);
-  }
-  return out;
+  if (q.device().is_cpu())
+    return detail::fused_causal_attention_cpu(q, k, v, shape, scale, seqs ? seqs->begin : std::vector<std::int64_t>());
+  return detail::fused_causal_attention_cuda(q, k, v, shape, scale, seqs ? &*seqs : nullptr);
 }
 
 }  // namespace kiln

@@ -1,0 +1,67 @@
+// Arguments of the fused causal attention kernels (kernels/attention/; front-end
+// ops/attention.hpp, which states the function; CPU reference backend/cpu/attention.hpp).
+//
+// Layouts: q [B, H, S, dk], k [B, Hkv, S, dk], v [B, Hkv, S, dv], out and its gradient
+// [B, H, S, dv], all contiguous; query head h reads kv head h / (H / Hkv). Query i attends keys
+// seq_begin[i] .. i (seq_begin null: 0, one sequence a batch row); seq_end[i] is one past the
+// last token of i's sequence (null: S). Packed sequences are B = 1 with these arrays.
+#pragma once
+
+#include <cstdint>
+
+#include "kiln/core/device_kernel.hpp"
+#include "kiln/core/dtype.hpp"
+
+namespace kiln::kernels {
+
+struct AttentionShapeArgs {
+  std::int64_t batch = 0, seq = 0;
+  int heads = 1, kv_heads = 1, dk = 0, dv = 0;
+  double scale = 1.0;
+  const std::int32_t* seq_begin = nullptr;  // [seq] or null
+  const std::int32_t* seq_end = nullptr;    // [seq] or null
+};
+
+// out_i = Σ_j softmax_j(scale q_i·k_j) v_j over the keys i attends; lse_i = log Σ_j exp(scale q_i·k_j).
+struct AttentionForwardArgs {
+  static constexpr const char* kernel = "attention forward";
+  static constexpr const char* header = "kiln/kernels/attention/attention.cuh";
+  DeviceLaunch launch;
+  DType dtype = DType::bf16;  // of q, k, v and out: bf16 or f16
+  AttentionShapeArgs shape;
+  void* out = nullptr;
+  float* lse = nullptr;  // [B, H, S]
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+};
+
+// dq, dk, dv from dout and the forward's out and lse (delta: a [B, H, S] float workspace for
+// D_i = dout_i·out_i). Deterministic: every gradient element is summed by one thread in a fixed
+// order (no atomics), so two runs give the same bits.
+struct AttentionBackwardArgs {
+  static constexpr const char* kernel = "attention backward";
+  static constexpr const char* header = "kiln/kernels/attention/attention.cuh";
+  DeviceLaunch launch;
+  DType dtype = DType::bf16;
+  AttentionShapeArgs shape;
+  void* dq = nullptr;
+  void* dk = nullptr;
+  void* dv = nullptr;
+  float* delta = nullptr;  // [B, H, S] workspace
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  const void* out = nullptr;
+  const void* dout = nullptr;
+  const float* lse = nullptr;
+};
+
+// The (dk, dv) head-dim pairs the CUDA kernels are compiled for; others get a kiln::Error from
+// the op and the composed path from the nn modules.
+inline bool attention_head_dims_supported(std::int64_t dk, std::int64_t dv) {
+  return (dk == 48 && dv == 32) || (dk == 64 && dv == 64) || (dk == 96 && dv == 64) || (dk == 128 && dv == 128) ||
+         (dk == 192 && dv == 128);
+}
+
+}  // namespace kiln::kernels

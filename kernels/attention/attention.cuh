@@ -1,0 +1,560 @@
+// Fused causal attention on CUDA, forward and backward (arguments kernels/attention/args.hpp;
+// front-end ops/attention.hpp; CPU reference backend/cpu/attention.hpp; docs/mla.md).
+//
+// The plain path: warp-level tensor-core products (mma.sync m16n8k16, bf16 or fp16 in, float
+// accumulation; common/mma_sm80.cuh), which run on every GPU from sm_80 on, Hopper included. The
+// algorithm is FlashAttention-2's (Dao, 2023): scores never leave the chip.
+//
+// Forward. One block of 4 warps per (64 queries, head, batch row); each warp owns 16 query rows.
+// The block walks the 64-key tiles its rows may see (from the tile of its first row's sequence
+// start to the diagonal tile), K and V tiles double-buffered in shared memory by cp.async (the
+// next tile is in flight while this one is computed). Per tile a warp computes its 16 x 64
+// scores S = Q·Kᵀ (Dk/16 x 8 mma), masks (causal and sequence start; only on tiles that need
+// it), and updates an online softmax in the base-2 domain (x = scale·log2(e)·s, running max m and
+// per-thread partial sums l; the accumulator is rescaled by exp2(m_old − m_new)); the
+// probabilities become the A operand of O += P·V in registers (Dv/8 x 4 mma per 16 keys). At the
+// end out = O / l and lse = ln 2 · (m + log2 l), in float, for the backward. Blocks are issued
+// diagonal-last-first (the query tiles with the most keys start first) to even out the tail.
+//
+// Backward (deterministic: no atomics; every gradient element is summed by one thread in a fixed
+// order, so two runs give the same bits):
+//   1. delta_i = dout_i·out_i, one warp a row (the D of docs/mla.md; equal to Σ_j P_ij dP_ij).
+//   2. dK, dV: one block per (64 keys, kv head, batch row), each warp 16 keys. It keeps its K and
+//      V tile in shared memory and walks every query head of its group and every query tile of
+//      BQ queries that sees its keys (from the diagonal to the end of the keys' sequence), Q, dout,
+//      lse, delta double-buffered. Per query tile, in the transposed orientation (keys are rows):
+//      Sᵀ = K·Qᵀ, Pᵀ = exp2(x − lse_i log2 e) masked, dV += Pᵀ·dout, dPᵀ = V·doutᵀ,
+//      dSᵀ = Pᵀ ∘ (dPᵀ − delta_i), dK += dSᵀ·Q; dK is scaled once at the end.
+//   3. dQ: one block per (64 queries, head, batch row), as the forward: S = Q·Kᵀ, P, dP = dout·Vᵀ,
+//      dS = P ∘ (dP − delta_i), dQ += dS·K.
+// The two-kernel split recomputes S and dP for dQ (7 products per key-query tile instead of 5)
+// but needs neither atomics nor a float dQ buffer, and grouped kv heads sum their query heads in
+// a fixed order inside one block.
+//
+// Work and bytes (docs/mla.md): per head the forward does S²(Dk + Dv) flops (the causal half),
+// the backward as run here S²(4 Dk + 3 Dv) (the minimum being S²(3 Dk + 2 Dv); benchmarks count
+// the minimum). K and V are read once per query tile (S/64 times, from L2 after the first), Q
+// and dout once per key tile in the dK/dV kernel; nothing of size S x S touches memory.
+//
+// Registers per thread (4 warps, 255 at most): forward O Dv/2 + S 32 floats; dK/dV kernel
+// (Dk + Dv)/2 + BQ/2 floats (BQ = 32 when Dk + Dv > 192, else 64); dQ kernel Dk/2 + 64.
+// Shared memory: forward (64 (Dk+8) + 2·64 (Dk+8) + 2·64 (Dv+8))·2 bytes (111.6 KB at 192/128),
+// dK/dV 86 KB, dQ 129 KB at 192/128 (opted into per device, launch.cuh).
+//
+// Limits: bf16 and fp16; (Dk, Dv) among attention_head_dims_supported (template instances); the
+// inputs contiguous and 16-byte aligned (the front-end makes them so); S < 2^31, H and B <= 65535.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <initializer_list>
+#include <type_traits>
+
+#include "kiln/core/kernel_trace.hpp"
+#include "kiln/kernels/attention/args.hpp"
+#include "kiln/kernels/common/cuda_check.hpp"
+#include "kiln/kernels/common/device_guard.hpp"
+#include "kiln/kernels/common/element.cuh"
+#include "kiln/kernels/common/launch.cuh"
+#include "kiln/kernels/common/mma_sm80.cuh"
+
+namespace kiln::kernels::attention {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = 32 * kWarps;
+constexpr int kRows = 16 * kWarps;  // queries a block (forward, dQ) or keys a block (dK, dV)
+constexpr int kKeys = 64;           // keys a tile (forward, dQ)
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+// Query tile of the dK/dV kernel: the two accumulators take (Dk + Dv)/2 registers a thread.
+template <int DK, int DV>
+constexpr int dkdv_query_tile() {
+  return DK + DV > 192 ? 32 : 64;
+}
+
+__device__ __forceinline__ std::int64_t seq_begin_of(const AttentionShapeArgs& s, std::int64_t i) {
+  return s.seq_begin ? s.seq_begin[i] : 0;
+}
+__device__ __forceinline__ std::int64_t seq_end_of(const AttentionShapeArgs& s, std::int64_t i) {
+  return s.seq_end ? s.seq_end[i] : s.seq;
+}
+
+__device__ __forceinline__ float quad_max(float x) {
+  x = ::fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+  return ::fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+__device__ __forceinline__ float quad_sum(float x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 1);
+  return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
+// Writes a warp's 16 x N float accumulator (C fragments) times `factor` as T into rows row0 +
+// (0..15) of a row-major [*, N] matrix, rows at or past `rows` skipped; per-row factors f[2].
+template <class T, int N>
+__device__ __forceinline__ void store_rows(T* dst, const float (&acc)[N / 8][4], std::int64_t row0, std::int64_t rows,
+                                           const float (&f)[2]) {
+  const int lane = static_cast<int>(threadIdx.x & 31), g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const std::int64_t row = row0 + g + 8 * r;
+    if (row >= rows) continue;
+    unsigned* const out = reinterpret_cast<unsigned*>(dst + row * N + 2 * t);
+#pragma unroll
+    for (int nt = 0; nt < N / 8; ++nt) out[nt * 4] = sm80::pack2<T>(acc[nt][2 * r] * f[r], acc[nt][2 * r + 1] * f[r]);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward.
+
+template <int DK, int DV>
+constexpr std::size_t forward_smem_elements() {
+  return static_cast<std::size_t>(kRows * (DK + 8) + 2 * kKeys * (DK + 8) + 2 * kKeys * (DV + 8));
+}
+
+template <class T, int DK, int DV>
+__global__ void __launch_bounds__(kThreads) attention_forward_kernel(AttentionForwardArgs a) {
+  constexpr int SK = DK + 8, SV = DV + 8;
+  extern __shared__ __align__(16) unsigned char attention_smem[];
+  T* const sQ = reinterpret_cast<T*>(attention_smem);  // [kRows][SK]
+  T* const sK = sQ + kRows * SK;                        // [2][kKeys][SK]
+  T* const sV = sK + 2 * kKeys * SK;                    // [2][kKeys][SV]
+  const AttentionShapeArgs& s = a.shape;
+  const std::int64_t S = s.seq;
+  const std::int64_t q0 = static_cast<std::int64_t>(gridDim.x - 1 - blockIdx.x) * kRows;  // most keys first
+  const int h = static_cast<int>(blockIdx.y), kvh = h / (s.heads / s.kv_heads);
+  const std::int64_t b = blockIdx.z;
+  const T* const q = static_cast<const T*>(a.q) + (b * s.heads + h) * S * DK;
+  const T* const k = static_cast<const T*>(a.k) + (b * s.kv_heads + kvh) * S * DK;
+  const T* const v = static_cast<const T*>(a.v) + (b * s.kv_heads + kvh) * S * DV;
+
+  // Keys of this block: from its first row's sequence start (begins never decrease) to its last row.
+  const std::int64_t q_last = (q0 + kRows < S ? q0 + kRows : S) - 1;
+  const std::int64_t last_begin = seq_begin_of(s, q_last);
+  const std::int64_t t_first = seq_begin_of(s, q0) / kKeys * kKeys, t_last = q_last / kKeys * kKeys;
+
+  sm80::load_tile_async<T, kRows, DK, kThreads>(sQ, q, q0, S);
+  sm80::load_tile_async<T, kKeys, DK, kThreads>(sK, k, t_first, S);
+  sm80::load_tile_async<T, kKeys, DV, kThreads>(sV, v, t_first, S);
+  sm80::cp_async_commit();
+
+  const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>(threadIdx.x >> 5);
+  const int g = lane >> 2, t = lane & 3;
+  const std::int64_t warp_row0 = q0 + 16 * warp;
+  std::int64_t row[2], begin[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    row[r] = warp_row0 + g + 8 * r;
+    begin[r] = row[r] < S ? seq_begin_of(s, row[r]) : 0;
+  }
+  const float scale_log2 = static_cast<float>(s.scale) * kLog2e;
+  float o[DV / 8][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+#pragma unroll
+  for (int nt = 0; nt < DV / 8; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) o[nt][e] = 0.f;
+
+  int buf = 0;
+  for (std::int64_t n0 = t_first; n0 <= t_last; n0 += kKeys, buf ^= 1) {
+    if (n0 + kKeys <= t_last) {
+      sm80::load_tile_async<T, kKeys, DK, kThreads>(sK + (buf ^ 1) * kKeys * SK, k, n0 + kKeys, S);
+      sm80::load_tile_async<T, kKeys, DV, kThreads>(sV + (buf ^ 1) * kKeys * SV, v, n0 + kKeys, S);
+      sm80::cp_async_commit();
+      sm80::cp_async_wait<1>();
+    } else {
+      sm80::cp_async_wait<0>();
+    }
+    __syncthreads();  // this tile (and Q) are in shared memory for every warp
+
+    float sc[kKeys / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < kKeys / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) sc[nt][e] = 0.f;
+    sm80::warp_mm_rows_rows<T, kKeys, DK>(sc, sQ + 16 * warp * SK, SK, sK + buf * kKeys * SK, SK);
+
+    // Masking only where a key of the tile may be past a row of this warp or before its sequence.
+    const bool masked = n0 + kKeys > warp_row0 || n0 < last_begin;
+    float mt[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int nt = 0; nt < kKeys / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = e >> 1;
+        const std::int64_t j = n0 + nt * 8 + 2 * t + (e & 1);
+        float x = sc[nt][e] * scale_log2;
+        if (masked && (j > row[r] || j < begin[r])) x = -INFINITY;
+        sc[nt][e] = x;
+        mt[r] = ::fmaxf(mt[r], x);
+      }
+    float base[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const float m_new = ::fmaxf(m[r], quad_max(mt[r]));
+      base[r] = m_new == -INFINITY ? 0.f : m_new;  // a row with no key yet: every p is exp2(-inf) = 0
+      const float alpha = exp2f(m[r] - base[r]);
+      m[r] = m_new;
+      l[r] *= alpha;
+#pragma unroll
+      for (int nt = 0; nt < DV / 8; ++nt) {
+        o[nt][2 * r] *= alpha;
+        o[nt][2 * r + 1] *= alpha;
+      }
+    }
+#pragma unroll
+    for (int nt = 0; nt < kKeys / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float p = exp2f(sc[nt][e] - base[e >> 1]);
+        sc[nt][e] = p;
+        l[e >> 1] += p;
+      }
+    sm80::warp_mm_regs_rows<T, DV, kKeys>(o, sc, sV + buf * kKeys * SV, SV);
+    __syncthreads();  // every warp is done with this buffer before the next prefetch overwrites it
+  }
+
+  float inv[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l[r] = quad_sum(l[r]);
+    inv[r] = 1.f / l[r];  // l >= 1 for a real row: its own key is the maximum or below it
+  }
+  T* const out = static_cast<T*>(a.out) + (b * s.heads + h) * S * DV;
+  store_rows<T, DV>(out, o, warp_row0, S, inv);
+  if (t == 0) {
+    float* const lse = a.lse + (b * s.heads + h) * S;
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+      if (row[r] < S) lse[row[r]] = (m[r] + log2f(l[r])) * kLn2;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward 1: delta_i = dout_i·out_i.
+
+template <class T>
+__global__ void __launch_bounds__(256) attention_delta_kernel(AttentionBackwardArgs a) {
+  const std::int64_t rows = a.shape.batch * a.shape.heads * a.shape.seq;
+  const int dv = a.shape.dv;
+  const int lane = static_cast<int>(threadIdx.x & 31);
+  const std::int64_t warps = static_cast<std::int64_t>(gridDim.x) * (blockDim.x / 32);
+  for (std::int64_t r = (static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32; r < rows; r += warps) {
+    const T* const o = static_cast<const T*>(a.out) + r * dv;
+    const T* const g = static_cast<const T*>(a.dout) + r * dv;
+    float sum = 0.f;
+    for (int d = lane; d < dv; d += 32) sum += load(o[d]) * load(g[d]);
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+    if (lane == 0) a.delta[r] = sum;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward 2: dK, dV.
+
+template <int DK, int DV>
+constexpr std::size_t dkdv_smem_bytes(std::size_t element) {
+  constexpr int BQ = dkdv_query_tile<DK, DV>();
+  return element * static_cast<std::size_t>(kRows * (DK + 8) + kRows * (DV + 8) + 2 * BQ * (DK + 8) + 2 * BQ * (DV + 8)) +
+         sizeof(float) * 3 * 2 * BQ;
+}
+
+template <class T, int DK, int DV>
+__global__ void __launch_bounds__(kThreads) attention_dkdv_kernel(AttentionBackwardArgs a) {
+  constexpr int SK = DK + 8, SV = DV + 8, BQ = dkdv_query_tile<DK, DV>();
+  extern __shared__ __align__(16) unsigned char attention_smem[];
+  T* const sK = reinterpret_cast<T*>(attention_smem);  // [kRows][SK]: this block's keys
+  T* const sV = sK + kRows * SK;                        // [kRows][SV]
+  T* const sQ = sV + kRows * SV;                        // [2][BQ][SK]
+  T* const sG = sQ + 2 * BQ * SK;                       // [2][BQ][SV]: dout
+  float* const sLse = reinterpret_cast<float*>(sG + 2 * BQ * SV);  // [2][BQ]
+  float* const sDelta = sLse + 2 * BQ;                              // [2][BQ]
+  std::int32_t* const sBegin = reinterpret_cast<std::int32_t*>(sDelta + 2 * BQ);  // [2][BQ]
+
+  const AttentionShapeArgs& s = a.shape;
+  const std::int64_t S = s.seq;
+  const std::int64_t k0 = static_cast<std::int64_t>(blockIdx.x) * kRows;  // early keys see the most queries
+  const int kvh = static_cast<int>(blockIdx.y), group = s.heads / s.kv_heads;
+  const std::int64_t b = blockIdx.z;
+  const std::int64_t k_last = (k0 + kRows < S ? k0 + kRows : S) - 1;
+  const std::int64_t q_end = seq_end_of(s, k_last);  // queries k0 .. q_end - 1 see keys of this block
+  const std::int64_t q_tiles = (q_end - k0 + BQ - 1) / BQ;
+  const std::int64_t steps = q_tiles * group;
+
+  const T* const kp = static_cast<const T*>(a.k) + (b * s.kv_heads + kvh) * S * DK;
+  const T* const vp = static_cast<const T*>(a.v) + (b * s.kv_heads + kvh) * S * DV;
+  sm80::load_tile_async<T, kRows, DK, kThreads>(sK, kp, k0, S);
+  sm80::load_tile_async<T, kRows, DV, kThreads>(sV, vp, k0, S);
+
+  // Step i: query head kvh·group + i / q_tiles, query tile k0 + (i mod q_tiles)·BQ.
+  auto prefetch = [&](std::int64_t step, int buf) {
+    const int h = kvh * group + static_cast<int>(step / q_tiles);
+    const std::int64_t qt0 = k0 + (step % q_tiles) * BQ;
+    const std::int64_t head_row = (b * s.heads + h) * S;
+    sm80::load_tile_async<T, BQ, DK, kThreads>(sQ + buf * BQ * SK, static_cast<const T*>(a.q) + head_row * DK, qt0, S);
+    sm80::load_tile_async<T, BQ, DV, kThreads>(sG + buf * BQ * SV, static_cast<const T*>(a.dout) + head_row * DV,
+                                               qt0, S);
+    for (int i = static_cast<int>(threadIdx.x); i < BQ; i += kThreads) {
+      const bool valid = qt0 + i < S;
+      const std::int64_t src = valid ? qt0 + i : 0;
+      sm80::cp_async_4(sLse + buf * BQ + i, a.lse + head_row + src, valid);
+      sm80::cp_async_4(sDelta + buf * BQ + i, a.delta + head_row + src, valid);
+      if (s.seq_begin) sm80::cp_async_4(sBegin + buf * BQ + i, s.seq_begin + src, valid);
+    }
+  };
+  prefetch(0, 0);
+  sm80::cp_async_commit();
+
+  const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>(threadIdx.x >> 5);
+  const int g = lane >> 2, t = lane & 3;
+  const std::int64_t warp_key0 = k0 + 16 * warp;
+  const std::int64_t key[2] = {warp_key0 + g, warp_key0 + g + 8};
+  const float scale_log2 = static_cast<float>(s.scale) * kLog2e;
+  float dk[DK / 8][4], dv[DV / 8][4];
+#pragma unroll
+  for (int nt = 0; nt < DK / 8; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dk[nt][e] = 0.f;
+#pragma unroll
+  for (int nt = 0; nt < DV / 8; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dv[nt][e] = 0.f;
+
+  int buf = 0;
+  for (std::int64_t step = 0; step < steps; ++step, buf ^= 1) {
+    if (step + 1 < steps) {
+      prefetch(step + 1, buf ^ 1);
+      sm80::cp_async_commit();
+      sm80::cp_async_wait<1>();
+    } else {
+      sm80::cp_async_wait<0>();
+    }
+    __syncthreads();
+    const std::int64_t qt0 = k0 + (step % q_tiles) * BQ;
+    const T* const q_tile = sQ + buf * BQ * SK;
+    const T* const g_tile = sG + buf * BQ * SV;
+    const float* const lse = sLse + buf * BQ;
+    const float* const delta = sDelta + buf * BQ;
+    const std::int32_t* const qbegin = sBegin + buf * BQ;
+
+    // Sᵀ (16 keys x BQ queries) and Pᵀ.
+    float p[BQ / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < BQ / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) p[nt][e] = 0.f;
+    sm80::warp_mm_rows_rows<T, BQ, DK>(p, sK + 16 * warp * SK, SK, q_tile, SK);
+    const bool masked = qt0 < warp_key0 + 16 || qt0 + BQ > S || s.seq_begin != nullptr;
+#pragma unroll
+    for (int nt = 0; nt < BQ / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int il = nt * 8 + 2 * t + (e & 1);
+        const std::int64_t i = qt0 + il, j = key[e >> 1];
+        const bool valid = !masked || (i < S && j <= i && (s.seq_begin == nullptr || qbegin[il] <= j));
+        p[nt][e] = valid ? exp2f(p[nt][e] * scale_log2 - lse[il] * kLog2e) : 0.f;
+      }
+    sm80::warp_mm_regs_rows<T, DV, BQ>(dv, p, g_tile, SV);  // dV += Pᵀ·dout
+
+    float ds[BQ / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < BQ / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) ds[nt][e] = 0.f;
+    sm80::warp_mm_rows_rows<T, BQ, DV>(ds, sV + 16 * warp * SV, SV, g_tile, SV);  // dPᵀ = V·doutᵀ
+#pragma unroll
+    for (int nt = 0; nt < BQ / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) ds[nt][e] = p[nt][e] * (ds[nt][e] - delta[nt * 8 + 2 * t + (e & 1)]);
+    sm80::warp_mm_regs_rows<T, DK, BQ>(dk, ds, q_tile, SK);  // dK += dSᵀ·Q
+    __syncthreads();
+  }
+
+  const std::int64_t kv_row = (b * s.kv_heads + kvh) * S;
+  const float scale[2] = {static_cast<float>(s.scale), static_cast<float>(s.scale)}, one[2] = {1.f, 1.f};
+  store_rows<T, DK>(static_cast<T*>(a.dk) + kv_row * DK, dk, warp_key0, S, scale);
+  store_rows<T, DV>(static_cast<T*>(a.dv) + kv_row * DV, dv, warp_key0, S, one);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward 3: dQ.
+
+template <int DK, int DV>
+constexpr std::size_t dq_smem_elements() {
+  return static_cast<std::size_t>(kRows * (DK + 8) + kRows * (DV + 8) + 2 * kKeys * (DK + 8) + 2 * kKeys * (DV + 8));
+}
+
+template <class T, int DK, int DV>
+__global__ void __launch_bounds__(kThreads) attention_dq_kernel(AttentionBackwardArgs a) {
+  constexpr int SK = DK + 8, SV = DV + 8;
+  extern __shared__ __align__(16) unsigned char attention_smem[];
+  T* const sQ = reinterpret_cast<T*>(attention_smem);  // [kRows][SK]
+  T* const sG = sQ + kRows * SK;                        // [kRows][SV]: dout
+  T* const sK = sG + kRows * SV;                        // [2][kKeys][SK]
+  T* const sV = sK + 2 * kKeys * SK;                    // [2][kKeys][SV]
+  const AttentionShapeArgs& s = a.shape;
+  const std::int64_t S = s.seq;
+  const std::int64_t q0 = static_cast<std::int64_t>(gridDim.x - 1 - blockIdx.x) * kRows;
+  const int h = static_cast<int>(blockIdx.y), kvh = h / (s.heads / s.kv_heads);
+  const std::int64_t b = blockIdx.z;
+  const std::int64_t head_row = (b * s.heads + h) * S;
+  const T* const k = static_cast<const T*>(a.k) + (b * s.kv_heads + kvh) * S * DK;
+  const T* const v = static_cast<const T*>(a.v) + (b * s.kv_heads + kvh) * S * DV;
+  const std::int64_t q_last = (q0 + kRows < S ? q0 + kRows : S) - 1;
+  const std::int64_t last_begin = seq_begin_of(s, q_last);
+  const std::int64_t t_first = seq_begin_of(s, q0) / kKeys * kKeys, t_last = q_last / kKeys * kKeys;
+
+  sm80::load_tile_async<T, kRows, DK, kThreads>(sQ, static_cast<const T*>(a.q) + head_row * DK, q0, S);
+  sm80::load_tile_async<T, kRows, DV, kThreads>(sG, static_cast<const T*>(a.dout) + head_row * DV, q0, S);
+  sm80::load_tile_async<T, kKeys, DK, kThreads>(sK, k, t_first, S);
+  sm80::load_tile_async<T, kKeys, DV, kThreads>(sV, v, t_first, S);
+  sm80::cp_async_commit();
+
+  const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>(threadIdx.x >> 5);
+  const int g = lane >> 2, t = lane & 3;
+  const std::int64_t warp_row0 = q0 + 16 * warp;
+  std::int64_t row[2], begin[2];
+  float lse2[2], delta[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    row[r] = warp_row0 + g + 8 * r;
+    const bool real = row[r] < S;
+    begin[r] = real ? seq_begin_of(s, row[r]) : 0;
+    lse2[r] = real ? a.lse[head_row + row[r]] * kLog2e : 0.f;
+    delta[r] = real ? a.delta[head_row + row[r]] : 0.f;
+  }
+  const float scale_log2 = static_cast<float>(s.scale) * kLog2e;
+  float dq[DK / 8][4];
+#pragma unroll
+  for (int nt = 0; nt < DK / 8; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dq[nt][e] = 0.f;
+
+  int buf = 0;
+  for (std::int64_t n0 = t_first; n0 <= t_last; n0 += kKeys, buf ^= 1) {
+    if (n0 + kKeys <= t_last) {
+      sm80::load_tile_async<T, kKeys, DK, kThreads>(sK + (buf ^ 1) * kKeys * SK, k, n0 + kKeys, S);
+      sm80::load_tile_async<T, kKeys, DV, kThreads>(sV + (buf ^ 1) * kKeys * SV, v, n0 + kKeys, S);
+      sm80::cp_async_commit();
+      sm80::cp_async_wait<1>();
+    } else {
+      sm80::cp_async_wait<0>();
+    }
+    __syncthreads();
+    const T* const k_tile = sK + buf * kKeys * SK;
+    const T* const v_tile = sV + buf * kKeys * SV;
+
+    float p[kKeys / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < kKeys / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) p[nt][e] = 0.f;
+    sm80::warp_mm_rows_rows<T, kKeys, DK>(p, sQ + 16 * warp * SK, SK, k_tile, SK);
+    const bool masked = n0 + kKeys > warp_row0 || n0 < last_begin;
+#pragma unroll
+    for (int nt = 0; nt < kKeys / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = e >> 1;
+        const std::int64_t j = n0 + nt * 8 + 2 * t + (e & 1);
+        const bool valid = !masked || (j <= row[r] && j >= begin[r]);
+        p[nt][e] = valid ? exp2f(p[nt][e] * scale_log2 - lse2[r]) : 0.f;
+      }
+    float ds[kKeys / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < kKeys / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) ds[nt][e] = 0.f;
+    sm80::warp_mm_rows_rows<T, kKeys, DV>(ds, sG + 16 * warp * SV, SV, v_tile, SV);  // dP = dout·Vᵀ
+#pragma unroll
+    for (int nt = 0; nt < kKeys / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) ds[nt][e] = p[nt][e] * (ds[nt][e] - delta[e >> 1]);
+    sm80::warp_mm_regs_rows<T, DK, kKeys>(dq, ds, k_tile, SK);  // dQ += dS·K
+    __syncthreads();
+  }
+  const float scale[2] = {static_cast<float>(s.scale), static_cast<float>(s.scale)};
+  store_rows<T, DK>(static_cast<T*>(a.dq) + head_row * DK, dq, warp_row0, S, scale);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Launchers.
+
+inline void check_attention_args(const char* op, DType dtype, const AttentionShapeArgs& s,
+                                 std::initializer_list<const void*> pointers) {
+  check(dtype == DType::bf16 || dtype == DType::f16, op, "CUDA kernels take bf16 or fp16, got ", dtype);
+  check(attention_head_dims_supported(s.dk, s.dv), op, "has no CUDA kernel for head dims (dk ", s.dk, ", dv ", s.dv,
+        "): compiled for (48, 32), (64, 64), (96, 64), (128, 128), (192, 128)");
+  check(s.seq < 0x7fffffff && s.heads <= 65535 && s.batch <= 65535 && s.kv_heads >= 1 && s.heads % s.kv_heads == 0,
+        op, "sizes out of the kernels' range: B ", s.batch, ", H ", s.heads, ", Hkv ", s.kv_heads, ", S ", s.seq);
+  for (const void* p : pointers) check(aligned16(p), op, "needs 16-byte aligned tensors (contiguous, from kiln's allocator)");
+}
+
+// Calls f(T{}, DK, DV as integral constants) for the instance of (dtype, dk, dv).
+template <class F>
+void dispatch_attention(DType dtype, int dk, int dv, F&& f) {
+  auto with_type = [&](auto tag) {
+    if (dk == 48 && dv == 32) return f(tag, std::integral_constant<int, 48>{}, std::integral_constant<int, 32>{});
+    if (dk == 64 && dv == 64) return f(tag, std::integral_constant<int, 64>{}, std::integral_constant<int, 64>{});
+    if (dk == 96 && dv == 64) return f(tag, std::integral_constant<int, 96>{}, std::integral_constant<int, 64>{});
+    if (dk == 128 && dv == 128) return f(tag, std::integral_constant<int, 128>{}, std::integral_constant<int, 128>{});
+    return f(tag, std::integral_constant<int, 192>{}, std::integral_constant<int, 128>{});
+  };
+  if (dtype == DType::bf16) with_type(bf16{});
+  else with_type(fp16{});
+}
+
+inline void launch_attention_forward(const AttentionForwardArgs& a) {
+  const char* op = "fused_causal_attention";
+  const AttentionShapeArgs& s = a.shape;
+  if (s.batch == 0 || s.seq == 0 || s.heads == 0) return;
+  check_attention_args(op, a.dtype, s, {a.q, a.k, a.v, a.out});
+  cuda::DeviceGuard guard(a.launch.device);
+  dispatch_attention(a.dtype, s.dk, s.dv, [&](auto tag, auto dk, auto dv) {
+    using T = decltype(tag);
+    constexpr int DK = decltype(dk)::value, DV = decltype(dv)::value;
+    const std::size_t smem = forward_smem_elements<DK, DV>() * sizeof(T);
+    const dim3 grid(static_cast<unsigned>((s.seq + kRows - 1) / kRows), static_cast<unsigned>(s.heads),
+                    static_cast<unsigned>(s.batch));
+    opt_in_shared_memory(attention_forward_kernel<T, DK, DV>, smem, a.launch.device);
+    attention_forward_kernel<T, DK, DV><<<grid, kThreads, smem, a.launch.stream>>>(a);
+    KILN_CUDA_CHECK_LAUNCH();
+    record_kernel_variant("attention_forward", "mma_sm80");
+  });
+}
+
+inline void launch_attention_backward(const AttentionBackwardArgs& a) {
+  const char* op = "fused_causal_attention backward";
+  const AttentionShapeArgs& s = a.shape;
+  if (s.batch == 0 || s.seq == 0 || s.heads == 0) return;
+  check_attention_args(op, a.dtype, s, {a.q, a.k, a.v, a.out, a.dout, a.dq, a.dk, a.dv});
+  cuda::DeviceGuard guard(a.launch.device);
+  dispatch_attention(a.dtype, s.dk, s.dv, [&](auto tag, auto dk, auto dv) {
+    using T = decltype(tag);
+    constexpr int DK = decltype(dk)::value, DV = decltype(dv)::value;
+    const std::int64_t rows = s.batch * s.heads * s.seq;
+    attention_delta_kernel<T><<<blocks_for(rows * 32, 256), 256, 0, a.launch.stream>>>(a);
+    KILN_CUDA_CHECK_LAUNCH();
+
+    const unsigned tiles = static_cast<unsigned>((s.seq + kRows - 1) / kRows);
+    const std::size_t kv_smem = dkdv_smem_bytes<DK, DV>(sizeof(T));
+    opt_in_shared_memory(attention_dkdv_kernel<T, DK, DV>, kv_smem, a.launch.device);
+    attention_dkdv_kernel<T, DK, DV><<<dim3(tiles, static_cast<unsigned>(s.kv_heads), static_cast<unsigned>(s.batch)),
+                                       kThreads, kv_smem, a.launch.stream>>>(a);
+    KILN_CUDA_CHECK_LAUNCH();
+
+    const std::size_t q_smem = dq_smem_elements<DK, DV>() * sizeof(T);
+    opt_in_shared_memory(attention_dq_kernel<T, DK, DV>, q_smem, a.launch.device);
+    attention_dq_kernel<T, DK, DV><<<dim3(tiles, static_cast<unsigned>(s.heads), static_cast<unsigned>(s.batch)),
+                                     kThreads, q_smem, a.launch.stream>>>(a);
+    KILN_CUDA_CHECK_LAUNCH();
+    record_kernel_variant("attention_backward", "mma_sm80");
+  });
+}
+
+inline const bool attention_forward_registered = register_device_kernel(&launch_attention_forward);
+inline const bool attention_backward_registered = register_device_kernel(&launch_attention_backward);
+
+}  // namespace kiln::kernels::attention
