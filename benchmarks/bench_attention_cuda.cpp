@@ -1,7 +1,9 @@
 // Causal attention for training on CUDA: kiln's fused kernel (fused_causal_attention,
 // kernels/attention/attention.cuh) against kiln's composed path (nn::causal_attention: matmul,
 // masked_fill, softmax, matmul, with the S x S scores in memory), forward and forward+backward,
-// bf16, at the shapes of issue 17: B4 H16 S2048 and S4096 with qk 192, v 128 (DeepSeek-V3's MLA
+// bf16, at the shapes of issue 17 and two more ("fused": the automatic choice; "plain" and "hopper":
+// the mma.sync and the wgmma forward by name, the Hopper one needing an sm_90 GPU; all three with
+// the same backward): B4 H16 S2048 and S4096 with qk 192, v 128 (DeepSeek-V3's MLA
 // head dims) and kiln's big config B32 H12 S512 with qk 96, v 64. PyTorch's
 // scaled_dot_product_attention, the peer, runs in the same call from scripts/bench_attention.sh
 // (benchmarks/peers/sdpa_attention.py), which prints the ratios.
@@ -44,14 +46,20 @@ struct Timing {
   double fwd_ms = 0, fwdbwd_ms = 0, fwd_tflops = 0, fwdbwd_tflops = 0;
 };
 
-Timing time_path(const Shape4& s, bool fused, bench::Timer& timer) {
+enum class Path { fused, fused_plain, fused_hopper, composed };
+
+Timing time_path(const Shape4& s, Path path, bench::Timer& timer) {
   const auto q = randn<bf16>({s.B, s.H, s.S, s.Dk}, 0.0, 1.0, gpu);
   const auto k = randn<bf16>({s.B, s.H, s.S, s.Dk}, 0.0, 1.0, gpu);
   const auto v = randn<bf16>({s.B, s.H, s.S, s.Dv}, 0.0, 1.0, gpu);
   const auto dout = randn<bf16>({s.B, s.H, s.S, s.Dv}, 0.0, 1.0, gpu);
   const double scale = 1.0 / std::sqrt(static_cast<double>(s.Dk));
   auto attend = [&](const Tensor<bf16>& qq, const Tensor<bf16>& kk, const Tensor<bf16>& vv) {
-    return fused ? fused_causal_attention(qq, kk, vv, scale) : nn::causal_attention(qq, kk, vv, scale);
+    if (path == Path::composed) return nn::causal_attention(qq, kk, vv, scale);
+    const auto kernel = path == Path::fused         ? kernels::AttentionKernel::automatic
+                        : path == Path::fused_plain ? kernels::AttentionKernel::plain
+                                                    : kernels::AttentionKernel::hopper;
+    return fused_causal_attention(qq, kk, vv, scale, Tensor<std::int64_t>(), kernel);
   };
   const bench::Runs runs{.warmup = 3, .timed = 10};
   Timing t;
@@ -85,14 +93,20 @@ int main(int argc, char** argv) {
   }
   if (!bench::open_device()) return 0;
   bench::Timer timer;
-  const Shape4 shapes[] = {{4, 16, 2048, 192, 128}, {4, 16, 4096, 192, 128}, {32, 12, 512, 96, 64}};
+  // The issue's three shapes, then two that locate the automatic choice's crossover (Hopper forward
+  // from S 1024 on): the big config's heads at S 2048, DeepSeek-V3's head dims at S 512.
+  const Shape4 shapes[] = {{4, 16, 2048, 192, 128}, {4, 16, 4096, 192, 128}, {32, 12, 512, 96, 64},
+                           {8, 12, 2048, 96, 64}, {32, 16, 512, 192, 128}};
   std::printf("%-22s %-9s %10s %12s %14s %12s\n", "shape", "path", "fwd ms", "fwd TFLOP/s", "fwd+bwd ms",
               "TFLOP/s");
   io::ordered_json out;
   for (const Shape4& s : shapes) {
-    for (bool fused : {true, false}) {
-      const Timing t = time_path(s, fused, timer);
-      const char* path = fused ? "fused" : "composed";
+    for (Path p : {Path::fused, Path::fused_plain, Path::fused_hopper, Path::composed}) {
+      const Timing t = time_path(s, p, timer);
+      const char* path = p == Path::fused         ? "fused"
+                         : p == Path::fused_plain ? "plain"
+                         : p == Path::fused_hopper ? "hopper"
+                                                   : "composed";
       std::printf("%-22s %-9s %10.3f %12.1f %14.3f %12.1f\n", s.name().c_str(), path, t.fwd_ms, t.fwd_tflops,
                   t.fwdbwd_ms, t.fwdbwd_tflops);
       std::fflush(stdout);

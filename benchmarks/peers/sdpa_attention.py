@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The peer of benchmarks/bench_attention_cuda.cpp: PyTorch's scaled_dot_product_attention, causal,
 bf16, forward and forward+backward, per backend (cuDNN, flash, memory-efficient, math), at the same
-shapes: B4 H16 S2048 and S4096 with qk 192, v 128, and B32 H12 S512 with qk 96, v 64.
+shapes: B4 H16 S2048 and S4096 with qk 192, v 128, B32 H12 S512 with qk 96, v 64, B8 H12 S2048 with
+qk 96, v 64 and B32 H16 S512 with qk 192, v 128.
 
 TFLOP/s count the causal half as kiln's benchmark does: forward B*H*S^2*(Dk + Dv) flops,
 forward+backward 3.5 times that. CUDA events, 3 warm-up calls, median of 10 timed calls.
@@ -16,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-SHAPES = [(4, 16, 2048, 192, 128), (4, 16, 4096, 192, 128), (32, 12, 512, 96, 64)]
+SHAPES = [(4, 16, 2048, 192, 128), (4, 16, 4096, 192, 128), (32, 12, 512, 96, 64),
+          (8, 12, 2048, 96, 64), (32, 16, 512, 192, 128)]
 BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
             "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
 

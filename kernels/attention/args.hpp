@@ -22,6 +22,10 @@ struct AttentionShapeArgs {
   const std::int32_t* seq_end = nullptr;    // [seq] or null
 };
 
+// Which forward kernel runs: automatic (the Hopper kernel on sm_90 where its head dims allow,
+// else the plain one), or one of them by name (tests, benchmarks).
+enum class AttentionKernel { automatic, hopper, plain };
+
 // out_i = Σ_j softmax_j(scale q_i·k_j) v_j over the keys i attends; lse_i = log Σ_j exp(scale q_i·k_j).
 struct AttentionForwardArgs {
   static constexpr const char* kernel = "attention forward";
@@ -34,6 +38,10 @@ struct AttentionForwardArgs {
   const void* q = nullptr;
   const void* k = nullptr;
   const void* v = nullptr;
+  // Workspace of the Hopper kernel: [B, Hkv, dv, S rounded up to 64] elements (V transposed);
+  // null: the plain kernel runs.
+  void* v_transposed = nullptr;
+  AttentionKernel implementation = AttentionKernel::automatic;
 };
 
 // dq, dk, dv from dout and the forward's out and lse (delta: a [B, H, S] float workspace for
@@ -62,6 +70,13 @@ struct AttentionBackwardArgs {
 inline bool attention_head_dims_supported(std::int64_t dk, std::int64_t dv) {
   return (dk == 48 && dv == 32) || (dk == 64 && dv == 64) || (dk == 96 && dv == 64) || (dk == 128 && dv == 128) ||
          (dk == 192 && dv == 128);
+}
+
+// What the Hopper forward (attention_hopper.cuh) takes: bf16 (fp16 runs the plain kernel), dk a
+// multiple of 32 up to 256 (64-element chunks, the last possibly half used), dv 64 or 128 (one
+// wgmma N).
+constexpr bool attention_hopper_supports(DType dtype, std::int64_t dk, std::int64_t dv) {
+  return dtype == DType::bf16 && dk % 32 == 0 && dk <= 256 && (dv == 64 || dv == 128);
 }
 
 }  // namespace kiln::kernels

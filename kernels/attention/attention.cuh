@@ -53,6 +53,7 @@
 
 #include "kiln/core/kernel_trace.hpp"
 #include "kiln/kernels/attention/args.hpp"
+#include "kiln/kernels/attention/attention_hopper.cuh"
 #include "kiln/kernels/common/cuda_check.hpp"
 #include "kiln/kernels/common/device_guard.hpp"
 #include "kiln/kernels/common/element.cuh"
@@ -512,9 +513,30 @@ inline void launch_attention_forward(const AttentionForwardArgs& a) {
   if (s.batch == 0 || s.seq == 0 || s.heads == 0) return;
   check_attention_args(op, a.dtype, s, {a.q, a.k, a.v, a.out});
   cuda::DeviceGuard guard(a.launch.device);
+  const bool hopper_fits = device_info(a.launch.device).major == 9 && attention_hopper_supports(a.dtype, s.dk, s.dv) &&
+                          a.v_transposed != nullptr && aligned16(a.v_transposed) && s.batch * s.kv_heads <= 65535 &&
+                          s.batch * s.heads * s.seq < 0x7fffffff && s.batch * s.kv_heads * (s.seq + 64) < 0x7fffffff;
+  check(a.implementation != AttentionKernel::hopper || hopper_fits, op,
+        "the Hopper kernel needs bf16, an sm_90 GPU, dk a multiple of 32 up to 256, dv 64 or 128, the Vᵀ workspace and "
+        "fewer than 2^31 rows; got ", a.dtype, ", dk ",
+        s.dk, ", dv ", s.dv, " on a GPU of compute capability ", device_info(a.launch.device).major, ".",
+        device_info(a.launch.device).minor);
+  // automatic: the Hopper kernel from S = 1024 on. Below, its fixed costs (the Vᵀ pass, filling
+  // the pipeline, a 128-key tile half masked on the diagonal) outweigh its faster products over the
+  // few tiles a block has: at the big config's S 512 (B32 H12, 96/64) the plain kernel measured 108
+  // TFLOP/s against 99 (H200, benchmarks/bench_attention_cuda.cpp; docs/mla.md).
+  const bool use_hopper = hopper_fits && (a.implementation == AttentionKernel::hopper ||
+                                          (a.implementation == AttentionKernel::automatic && s.seq >= 1024));
   dispatch_attention(a.dtype, s.dk, s.dv, [&](auto tag, auto dk, auto dv) {
     using T = decltype(tag);
     constexpr int DK = decltype(dk)::value, DV = decltype(dv)::value;
+    if constexpr (attention_hopper_supports(dtype_of<T>, DK, DV)) {
+      if (use_hopper) {
+        hopper::launch_forward<T, DK, DV>(a);
+        record_kernel_variant("attention_forward", "hopper");
+        return;
+      }
+    }
     const std::size_t smem = forward_smem_elements<DK, DV>() * sizeof(T);
     const dim3 grid(static_cast<unsigned>((s.seq + kRows - 1) / kRows), static_cast<unsigned>(s.heads),
                     static_cast<unsigned>(s.batch));

@@ -3,7 +3,8 @@
 // partial query tile, several, 16 key tiles), both MLA head-dim sets (96, 64) and (192, 128) and
 // the other compiled pairs, grouped kv heads (2 query heads a kv head, 1, 3), several packed
 // sequences of different lengths in one row (crossing tile boundaries), poisoned outputs; the
-// backward's determinism (two runs, the same bits) and the errors of unsupported calls.
+// backward's determinism (two runs, the same bits) and the errors of unsupported calls. Every case
+// runs the automatic choice, the plain forward and, on an sm_90 GPU in bf16, the Hopper forward.
 //
 // Tolerances. The reference is the op in double on the rounded inputs; the kernels accumulate in
 // float and round three things to 16 bits: the probabilities before P·V (and before dV = Pᵀ·dO),
@@ -28,6 +29,12 @@ using namespace kiln::testing;
 
 namespace {
 
+bool hopper_gpu() {
+  int major = 0;
+  KILN_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0));
+  return major == 9;
+}
+
 struct AttentionCase {
   std::int64_t B, H, Hkv, S, Dk, Dv;
   std::vector<std::int64_t> cu;  // packed sequences (B = 1) when not empty
@@ -46,12 +53,13 @@ std::ostream& operator<<(std::ostream& os, const AttentionCase& c) {
 // CPU, for inputs and an upstream gradient given in double (rounded to T first).
 template <class T>
 std::vector<Tensor<double>> run_fused(const std::vector<Tensor<double>>& x, const Tensor<double>& up, double scale,
-                                      const std::vector<std::int64_t>& cu, Device device) {
+                                      const std::vector<std::int64_t>& cu, Device device,
+                                      kernels::AttentionKernel kernel = kernels::AttentionKernel::automatic) {
   std::vector<Tensor<T>> leaves;
   for (const auto& t : x) leaves.push_back(to(cast<T>(t), device).requires_grad_());
   const Tensor<std::int64_t> cu_t =
       cu.empty() ? Tensor<std::int64_t>() : Tensor<std::int64_t>::from_vector(cu, {static_cast<std::int64_t>(cu.size())});
-  const auto out = fused_causal_attention(leaves[0], leaves[1], leaves[2], scale, cu_t);
+  const auto out = fused_causal_attention(leaves[0], leaves[1], leaves[2], scale, cu_t, kernel);
   out.backward(to(cast<T>(up), device));
   std::vector<Tensor<double>> r{cast<double>(on_cpu(out.detach()))};
   for (const auto& l : leaves) r.push_back(cast<double>(on_cpu(l.grad())));
@@ -85,21 +93,40 @@ void check_case(const AttentionCase& c, double tolerance) {
   const auto up = cast<double>(cast<T>(randn<double>({c.B, c.H, c.S, c.Dv})));
   const double scale = 1.0 / std::sqrt(static_cast<double>(c.Dk));
   const auto want = run_fused<double>(x, up, scale, c.cu, Device::cpu());
-  poison_cached_memory();
-  const auto got = run_fused<T>(x, up, scale, c.cu, gpu);
   const auto composed = c.cu.empty() ? run_composed<T>(x, up, scale) : std::vector<Tensor<double>>{};
+  // The automatic choice, the plain forward by name and, on an sm_90 GPU at its head dims, the
+  // Hopper forward by name; each launch checked.
+  std::vector<std::pair<const char*, std::vector<Tensor<double>>>> runs;
+  auto run = [&](const char* name, kernels::AttentionKernel kernel, const char* variant) {
+    poison_cached_memory();
+    KernelTrace trace;
+    runs.emplace_back(name, run_fused<T>(x, up, scale, c.cu, gpu, kernel));
+    EXPECT_EQ(trace.count("attention_forward"), 1) << name;
+    if (variant) {
+      EXPECT_EQ(trace.count(variant), 1) << name;
+    }
+  };
+  run("automatic", kernels::AttentionKernel::automatic, nullptr);
+  run("plain", kernels::AttentionKernel::plain, "attention_forward/mma_sm80");
+  if (hopper_gpu() && kernels::attention_hopper_supports(dtype_of<T>, c.Dk, c.Dv)) {
+    run("hopper", kernels::AttentionKernel::hopper, "attention_forward/hopper");
+  }
   const char* names[] = {"out", "dq", "dk", "dv"};
-  for (std::size_t t = 0; t < 4; ++t) {
-    const ErrorStats e = relative_error(got[t], want[t]);
-    EXPECT_LE(e, tolerance) << names[t];
-    const ErrorStats ec = composed.empty() ? ErrorStats{} : relative_error(composed[t], want[t]);
-    // No worse than the composed path in the same precision (10% slack for the luck of rounding on
-    // tiny cases). Not where the reference is 0: at S = 1, dq = dk = 0 exactly (one key: P = 1,
-    // dP = D); the composed path then gets exact zeros, while the kernel's D = dout·out, from the
-    // rounded output, leaves dP − D at the level of that rounding (seen: 1e-6 of |dq|'s scale),
-    // which the fixed bound above covers.
-    if (!composed.empty() && ec.ref_rms > 0)
-      EXPECT_LE(e.relative, 1.1 * ec.relative + 1e-6) << names[t] << ": composed path's error " << ec;
+  for (const auto& [kernel, got] : runs) {
+    SCOPED_TRACE(kernel);
+    for (std::size_t t = 0; t < 4; ++t) {
+      const ErrorStats e = relative_error(got[t], want[t]);
+      EXPECT_LE(e, tolerance) << names[t];
+      const ErrorStats ec = composed.empty() ? ErrorStats{} : relative_error(composed[t], want[t]);
+      // No worse than the composed path in the same precision (10% slack for the luck of rounding on
+      // tiny cases). Not where the reference is 0: at S = 1, dq = dk = 0 exactly (one key: P = 1,
+      // dP = D); the composed path then gets exact zeros, while the kernel's D = dout·out, from the
+      // rounded output, leaves dP − D at the level of that rounding (seen: 1e-6 of |dq|'s scale),
+      // which the fixed bound above covers.
+      if (!composed.empty() && ec.ref_rms > 0) {
+        EXPECT_LE(e.relative, 1.1 * ec.relative + 1e-6) << names[t] << ": composed path's error " << ec;
+      }
+    }
   }
 }
 
@@ -181,6 +208,9 @@ TEST(FusedAttentionCuda, Errors) {
   EXPECT_KILN_ERROR(fused_causal_attention(qf, kf, kf, 1.0), "fused_causal_attention", "float32", "bf16 or fp16");
   const auto q = on_gpu(randn<bf16>({1, 2, 8, 40})), v = on_gpu(randn<bf16>({1, 2, 8, 32}));
   EXPECT_KILN_ERROR(fused_causal_attention(q, q, v, 1.0), "fused_causal_attention", "dk 40", "dv 32");
+  const auto q48 = on_gpu(randn<bf16>({1, 1, 8, 48})), v32 = on_gpu(randn<bf16>({1, 1, 8, 32}));
+  EXPECT_KILN_ERROR(fused_causal_attention(q48, q48, v32, 1.0, Tensor<std::int64_t>(), kernels::AttentionKernel::hopper),
+                    "fused_causal_attention", "Hopper kernel needs", "dk 48");
   EXPECT_FALSE(fused_attention_on_device<float>(gpu, 64, 64));
   EXPECT_FALSE(fused_attention_on_device<bf16>(gpu, 40, 32));
   EXPECT_TRUE(fused_attention_on_device<bf16>(gpu, 192, 128));

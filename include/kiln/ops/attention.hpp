@@ -112,7 +112,8 @@ Tensor<T> fused_causal_attention_cpu(const Tensor<T>& q, const Tensor<T>& k, con
 
 template <class T>
 Tensor<T> fused_causal_attention_cuda(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v,
-                                      const cpu::AttentionShape& shape, double scale, const PackedSequences* seqs) {
+                                      const cpu::AttentionShape& shape, double scale, const PackedSequences* seqs,
+                                      kernels::AttentionKernel implementation) {
   const char* op = "fused_causal_attention";
   check(fused_attention_on_device<T>(q.device(), shape.dk, shape.dv), op, "has no CUDA kernel for ", dtype_of<T>,
         " at head dims (dk ", shape.dk, ", dv ", shape.dv, "), q ", q.shape(), ", v ", v.shape(),
@@ -145,6 +146,11 @@ Tensor<T> fused_causal_attention_cuda(const Tensor<T>& q, const Tensor<T>& k, co
       .seq_end = seqs ? bounds.data() + shape.seq : nullptr};
   Tensor<T> out({shape.batch, shape.heads, shape.seq, shape.dv}, device);
   Tensor<float> lse({shape.batch, shape.heads, shape.seq}, device);
+  // The Hopper kernel's workspace: V transposed, rows padded to 64 keys (the launcher uses it
+  // only where that kernel runs; the plain kernel leaves it untouched).
+  Tensor<T> v_transposed;
+  if (std::is_same_v<T, bf16> && implementation != kernels::AttentionKernel::plain)
+    v_transposed = Tensor<T>({shape.batch, shape.kv_heads, shape.dv, (shape.seq + 63) / 64 * 64}, device);
   launch_device_kernel(op, kernels::AttentionForwardArgs{.launch = launch_on(op, device),
                                                          .dtype = dtype_of<T>,
                                                          .shape = args_shape,
@@ -152,7 +158,9 @@ Tensor<T> fused_causal_attention_cuda(const Tensor<T>& q, const Tensor<T>& k, co
                                                          .lse = lse.data(),
                                                          .q = qc.data(),
                                                          .k = kc.data(),
-                                                         .v = vc.data()});
+                                                         .v = vc.data(),
+                                                         .v_transposed = v_transposed.defined() ? v_transposed.data() : nullptr,
+                                                         .implementation = implementation});
   if (!autograd::needs_grad(q, k, v)) return out;
   // The backward needs the forward's output (delta = dout·out): a detached view, so that the
   // node does not hold its own output's graph.
@@ -187,9 +195,12 @@ Tensor<T> fused_causal_attention_cuda(const Tensor<T>& q, const Tensor<T>& k, co
 
 }  // namespace detail
 
+// `implementation` picks the CUDA forward kernel (automatic: the Hopper one where it runs; tests
+// and benchmarks name one); the CPU ignores it.
 template <class T>
 Tensor<T> fused_causal_attention(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, double scale,
-                                 const Tensor<std::int64_t>& cu_seqlens = Tensor<std::int64_t>()) {
+                                 const Tensor<std::int64_t>& cu_seqlens = Tensor<std::int64_t>(),
+                                 kernels::AttentionKernel implementation = kernels::AttentionKernel::automatic) {
   static_assert(is_floating<T>, "fused_causal_attention needs a floating element type");
   const char* op = "fused_causal_attention";
   check_defined(op, q, k, v);
@@ -212,7 +223,7 @@ Tensor<T> fused_causal_attention(const Tensor<T>& q, const Tensor<T>& k, const T
   const cpu::AttentionShape shape{B, S, H, Hkv, Dk, Dv};
   if (q.device().is_cpu())
     return detail::fused_causal_attention_cpu(q, k, v, shape, scale, seqs ? seqs->begin : std::vector<std::int64_t>());
-  return detail::fused_causal_attention_cuda(q, k, v, shape, scale, seqs ? &*seqs : nullptr);
+  return detail::fused_causal_attention_cuda(q, k, v, shape, scale, seqs ? &*seqs : nullptr, implementation);
 }
 
 }  // namespace kiln

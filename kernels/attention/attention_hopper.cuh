@@ -1,0 +1,323 @@
+// Fused causal attention forward on Hopper (sm_90a), bf16: the function of attention.cuh's forward
+// (same masks, same online softmax, same outputs out and lse), its two products on wgmma.
+//
+// Work split. One block of 3 warpgroups (384 threads) per (128 queries, head, batch row):
+// warpgroup 0 is the producer (one thread issues TMA copies; the others exit at once), warpgroups 1
+// and 2 the consumers, each owning 64 query rows. Per 128-key tile a consumer computes
+//   S = Q·Kᵀ   wgmma m64n128k16, A = its Q rows and B = the K tile, both from shared memory
+//              (Dk/16 instructions, 64 x 128 float accumulators: 64 a thread);
+//   softmax    on the accumulators, in the layout of mma.sync's C fragments (sm90/wgmma_bf16.cuh),
+//              exactly as the plain kernel: masks, base-2 online softmax, rescale of O;
+//   O += P·V   wgmma m64n{Dv}k16 with A = P from registers (rounded to 16 bits, 8 instructions of
+//              16 keys) and B = the tile of Vᵀ from shared memory.
+// The consumers never wait for each other: one's softmax runs while the other's products keep the
+// tensor cores busy (FlashAttention-3's ping-pong, here left to the scheduler instead of enforced by
+// barriers). Both compute every tile of the block, including the one wholly after the first
+// consumer's rows (all masked): a branch around wgmma on the warpgroup index makes ptxas serialise
+// every wgmma of the kernel (C7520, "divergent path").
+//
+// Pipeline. K and Vᵀ tiles go through 2 stages, each with a `full` mbarrier (the TMA bytes land)
+// and an `empty` one (the 8 consumer warps are done reading: one arrival per warp after its
+// wgmma wait); Q through one barrier, loaded once. Registers are rebalanced with setmaxnreg: 40 for
+// the producer, 232 for the consumers.
+//
+// Layouts. wgmma reads K-major operands in 128-byte-swizzled atoms (8 rows x 128 bytes, 1024
+// bytes; sm90/wgmma.cuh's descriptor): a tile of R rows x D elements is stored as D/64 column
+// chunks of R rows x 64 elements (128 bytes a row), which is what TMA writes for a box of 64 x R
+// with the 128-byte swizzle; each chunk is 1024-byte aligned. Dk = 96 takes two chunks, the second
+// half zero-filled by TMA (columns past Dk) and never read. The tensor maps span all heads as one
+// [B·H·S, Dk] matrix: a tile that runs past a head's last row reads the next head's rows (keys
+// there are masked, query rows there are never written) or zeros past the tensor's end. For P·V
+// the B operand is Dv x keys, K-major: V transposed. A small kernel first writes Vᵀ [B, Hkv, Dv,
+// S rounded up to 64] (zeros past S) into a workspace the front-end provides; it reads and writes V
+// once (noise next to the products).
+//
+// Shared memory: Q 2 x ceil(Dk/64) x 8 KB, K 2 stages x ceil(Dk/64) x 16 KB, Vᵀ 2 x Dv x 256
+// bytes: 208 KB at (192, 128), 128 KB at (96, 64).
+#pragma once
+
+#include <cuda.h>
+#include <cuda_runtime.h>
+#include <cudaTypedefs.h>
+
+#include <cstdint>
+
+#include "kiln/kernels/attention/args.hpp"
+#include "kiln/kernels/common/cuda_check.hpp"
+#include "kiln/kernels/common/launch.cuh"
+#include "kiln/kernels/common/mma_sm80.cuh"
+#include "kiln/kernels/common/sm90/mbarrier.cuh"
+#include "kiln/kernels/common/sm90/smem.cuh"
+#include "kiln/kernels/common/sm90/tma.cuh"
+#include "kiln/kernels/common/sm90/warpgroup.cuh"
+#include "kiln/kernels/common/sm90/wgmma.cuh"
+#include "kiln/kernels/common/sm90/wgmma_bf16.cuh"
+
+namespace kiln::kernels::attention::hopper {
+
+constexpr int kWarpgroups = 2;                  // consumers
+constexpr int kThreads = 128 * (kWarpgroups + 1);  // and the producer
+constexpr int kRows = 64 * kWarpgroups;         // queries a block
+constexpr int kProducerRegisters = 40;
+constexpr int kConsumerRegisters = 232;
+constexpr int kKeys = 128;               // keys a tile
+constexpr int kPad = 64;                 // Vᵀ rows are padded to a multiple of this
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+
+
+constexpr int chunks(int d) { return (d + 63) / 64; }
+
+template <int DK, int DV>
+struct SmemLayout {
+  static constexpr int q_bytes = chunks(DK) * 64 * 128;     // one consumer's Q rows
+  static constexpr int k_bytes = chunks(DK) * kKeys * 128;  // one K tile
+  static constexpr int v_bytes = DV * kKeys * 2;            // one Vᵀ tile (Dv rows x kKeys keys, 64 a chunk)
+  static constexpr int k_offset = kWarpgroups * q_bytes;
+  static constexpr int v_offset = k_offset + 2 * k_bytes;
+  static constexpr int barrier_offset = v_offset + 2 * v_bytes;  // q, full[2], empty[2]: 8 bytes each
+  static constexpr std::size_t bytes = 1024 + barrier_offset + 5 * 8;  // + alignment slack
+};
+
+// vt[bh, d, s] = v[bh, s, d] for s < S, 0 for S <= s < s_pad; 32 x 32 tiles through shared memory.
+template <class T>
+__global__ void __launch_bounds__(256) transpose_v_kernel(T* vt, const T* v, std::int64_t S, std::int64_t s_pad, int dv) {
+  __shared__ T tile[32][33];
+  const std::int64_t bh = blockIdx.z;
+  const std::int64_t s0 = static_cast<std::int64_t>(blockIdx.x) * 32;
+  const int d0 = static_cast<int>(blockIdx.y) * 32;
+  const int tx = static_cast<int>(threadIdx.x & 31), ty = static_cast<int>(threadIdx.x >> 5);  // 32 x 8
+  for (int r = ty; r < 32; r += 8) {
+    const std::int64_t s = s0 + r;
+    const int d = d0 + tx;
+    tile[r][tx] = (s < S && d < dv) ? v[(bh * S + s) * dv + d] : T{};
+  }
+  __syncthreads();
+  for (int r = ty; r < 32; r += 8) {
+    const int d = d0 + r;
+    const std::int64_t s = s0 + tx;
+    if (d < dv && s < s_pad) vt[(bh * dv + d) * s_pad + s] = tile[tx][r];
+  }
+}
+
+template <class T, int DK, int DV>
+__global__ void __launch_bounds__(kThreads, 1)
+    attention_forward_hopper_kernel(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap k_map,
+                                    const __grid_constant__ CUtensorMap v_map, const AttentionForwardArgs a) {
+  using L = SmemLayout<DK, DV>;
+  constexpr int KC = chunks(DK);
+  extern __shared__ __align__(16) unsigned char attention_hopper_smem[];
+  const std::uint32_t raw = sm90::shared_address(attention_hopper_smem);
+  const std::uint32_t base = (raw + 1023) & ~1023u;
+  const std::uint32_t q_bar = base + L::barrier_offset, full_bar = q_bar + 8, empty_bar = full_bar + 16;
+
+  const AttentionShapeArgs& s = a.shape;
+  const std::int64_t S = s.seq;
+  const std::int64_t q0 = static_cast<std::int64_t>(gridDim.x - 1 - blockIdx.x) * kRows;  // most keys first
+  const int h = static_cast<int>(blockIdx.y), kvh = h / (s.heads / s.kv_heads);
+  const std::int64_t b = blockIdx.z;
+  const std::int64_t q_last = (q0 + kRows < S ? q0 + kRows : S) - 1;
+  const std::int64_t last_begin = s.seq_begin ? s.seq_begin[q_last] : 0;
+  const std::int64_t t_first = (s.seq_begin ? s.seq_begin[q0] : 0) / kKeys * kKeys;
+  const std::int64_t t_last = q_last / kKeys * kKeys;
+
+  if (threadIdx.x == 0) {
+    sm90::prefetch_tensor_map(&q_map);
+    sm90::prefetch_tensor_map(&k_map);
+    sm90::prefetch_tensor_map(&v_map);
+    sm90::mbarrier_init(q_bar, 1);
+    for (int st = 0; st < 2; ++st) {
+      sm90::mbarrier_init(full_bar + 8 * st, 1);
+      sm90::mbarrier_init(empty_bar + 8 * st, kWarpgroups * 4);  // one arrival per consumer warp
+    }
+    sm90::mbarrier_init_fence();
+  }
+  __syncthreads();  // the last block-wide barrier: the producer's idle threads leave below
+
+  const int warpgroup = static_cast<int>(threadIdx.x >> 7);
+  if (warpgroup == 0) {
+    // ---- producer ----
+    sm90::release_registers<kProducerRegisters>();
+    if (threadIdx.x != 0) return;
+    const int q_row = static_cast<int>((b * s.heads + h) * S + q0);
+    const int k_row = static_cast<int>((b * s.kv_heads + kvh) * S);
+    const int v_row = static_cast<int>((b * s.kv_heads + kvh) * DV);
+    sm90::mbarrier_arrive_expect_bytes(q_bar, kWarpgroups * L::q_bytes);
+    for (int wg = 0; wg < kWarpgroups; ++wg)
+      for (int c = 0; c < KC; ++c)
+        sm90::tma_load_2d(base + wg * L::q_bytes + c * 64 * 128, &q_map, 64 * c, q_row + 64 * wg, q_bar);
+    int stage = 0;
+    std::uint32_t phase = 0;
+    for (std::int64_t n0 = t_first; n0 <= t_last; n0 += kKeys) {
+      sm90::mbarrier_wait(empty_bar + 8 * stage, phase ^ 1);
+      const std::uint32_t full = full_bar + 8 * stage;
+      sm90::mbarrier_arrive_expect_bytes(full, L::k_bytes + L::v_bytes);
+      for (int c = 0; c < KC; ++c)
+        sm90::tma_load_2d(base + L::k_offset + stage * L::k_bytes + c * kKeys * 128, &k_map, 64 * c,
+                          k_row + static_cast<int>(n0), full);
+      for (int c = 0; c < kKeys / 64; ++c)
+        sm90::tma_load_2d(base + L::v_offset + stage * L::v_bytes + c * DV * 128, &v_map, static_cast<int>(n0) + 64 * c,
+                          v_row, full);
+      if (++stage == 2) {
+        stage = 0;
+        phase ^= 1;
+      }
+    }
+    return;
+  }
+
+  // ---- consumers ----
+  sm90::claim_registers<kConsumerRegisters>();
+  const int wg = warpgroup - 1;
+  const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>((threadIdx.x >> 5) & 3);
+  const int g = lane >> 2, t = lane & 3;
+  const std::int64_t warp_row0 = q0 + 64 * wg + 16 * warp;
+  std::int64_t row[2], begin[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    row[r] = warp_row0 + g + 8 * r;
+    begin[r] = row[r] < S && s.seq_begin ? s.seq_begin[row[r]] : 0;
+  }
+  const float scale_log2 = static_cast<float>(s.scale) * kLog2e;
+  float o[DV / 2], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+#pragma unroll
+  for (int i = 0; i < DV / 2; ++i) o[i] = 0.f;
+  const std::uint32_t q_addr = base + wg * L::q_bytes;
+  sm90::mbarrier_wait(q_bar, 0);
+
+  int stage = 0;
+  std::uint32_t phase = 0;
+  for (std::int64_t n0 = t_first; n0 <= t_last; n0 += kKeys) {
+    sm90::mbarrier_wait(full_bar + 8 * stage, phase);
+    const std::uint32_t k_addr = base + L::k_offset + stage * L::k_bytes;
+    const std::uint32_t v_addr = base + L::v_offset + stage * L::v_bytes;
+    float sc[kKeys / 2];
+#pragma unroll
+    for (int i = 0; i < kKeys / 2; ++i) sc[i] = 0.f;
+    sm90::wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < DK / 16; ++kk) {
+      // Column chunk kk / 4 (64 elements), then 16 elements (32 bytes) into its 128-byte rows.
+      const std::uint32_t chunk = kk >> 2, in_row = (kk & 3) * 32;
+      sm90::WgmmaBf16<kKeys>::ss(sc, sm90::smem_descriptor_k_major_sw128(q_addr + chunk * 64 * 128 + in_row),
+                                  sm90::smem_descriptor_k_major_sw128(k_addr + chunk * kKeys * 128 + in_row), 1);
+    }
+    sm90::wgmma_commit();
+    sm90::wgmma_wait<0>();
+    sm90::fence_registers(sc);
+
+    const bool masked = n0 + kKeys > warp_row0 || n0 < last_begin;
+    float mt[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int i = 0; i < kKeys / 2; ++i) {
+      const int r = (i >> 1) & 1;
+      const std::int64_t j = n0 + 8 * (i >> 2) + 2 * t + (i & 1);
+      float x = sc[i] * scale_log2;
+      if (masked && (j > row[r] || j < begin[r])) x = -INFINITY;
+      sc[i] = x;
+      mt[r] = ::fmaxf(mt[r], x);
+    }
+    float base_[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float x = mt[r];
+      x = ::fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+      x = ::fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+      const float m_new = ::fmaxf(m[r], x);
+      base_[r] = m_new == -INFINITY ? 0.f : m_new;
+      const float alpha = exp2f(m[r] - base_[r]);
+      m[r] = m_new;
+      l[r] *= alpha;
+#pragma unroll
+      for (int c = 0; c < DV / 8; ++c) {
+        o[4 * c + 2 * r] *= alpha;
+        o[4 * c + 2 * r + 1] *= alpha;
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < kKeys / 2; ++i) {
+      const float p = exp2f(sc[i] - base_[(i >> 1) & 1]);
+      sc[i] = p;
+      l[(i >> 1) & 1] += p;
+    }
+    // P in the A layout for all k steps first: registers computed between two wgmma would make
+    // ptxas insert a warpgroup arrive before each (C7519).
+    unsigned pa[kKeys / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < kKeys / 16; ++kk)
+#pragma unroll
+      for (int x = 0; x < 4; ++x) pa[kk][x] = sm80::pack2<T>(sc[8 * kk + 2 * x], sc[8 * kk + 2 * x + 1]);
+    sm90::wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kKeys / 16; ++kk)
+      sm90::WgmmaBf16<DV>::rs(o, pa[kk], sm90::smem_descriptor_k_major_sw128(v_addr + (kk >> 2) * DV * 128 + (kk & 3) * 32),
+                               1);
+    sm90::wgmma_commit();
+    sm90::wgmma_wait<0>();
+    sm90::fence_registers(o);
+    __syncwarp();
+    if (lane == 0) sm90::mbarrier_arrive(empty_bar + 8 * stage);  // this warp is done with the stage
+    if (++stage == 2) {
+      stage = 0;
+      phase ^= 1;
+    }
+  }
+
+  T* const out = static_cast<T*>(a.out) + (b * s.heads + h) * S * DV;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+    if (row[r] >= S) continue;
+    const float inv = 1.f / l[r];
+    unsigned* const dst = reinterpret_cast<unsigned*>(out + row[r] * DV + 2 * t);
+#pragma unroll
+    for (int c = 0; c < DV / 8; ++c) dst[c * 4] = sm80::pack2<T>(o[4 * c + 2 * r] * inv, o[4 * c + 2 * r + 1] * inv);
+    if (t == 0) a.lse[(b * s.heads + h) * S + row[r]] = (m[r] + log2f(l[r])) * kLn2;
+  }
+}
+
+// ---- host side ------------------------------------------------------------------------------------
+
+// A row-major [rows, cols] bf16/fp16 matrix read as boxes of 64 columns x box_rows rows with the
+// 128-byte swizzle; out-of-range rows and columns read as zero.
+inline CUtensorMap make_tensor_map(DType dtype, const void* data, std::int64_t rows, std::int64_t cols,
+                                   int box_rows) {
+  CUtensorMap map{};
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(cols * 2)};
+  const cuuint32_t box[2] = {64, static_cast<cuuint32_t>(box_rows)};
+  const cuuint32_t element_strides[2] = {1, 1};
+  const CUresult r = sm90::encode_tiled()(
+      &map, dtype == DType::bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2,
+      const_cast<void*>(data), dims, strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+      CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  check(r == CUDA_SUCCESS, "fused_causal_attention", "cuTensorMapEncodeTiled failed (error ", static_cast<int>(r),
+        ") for a [", rows, ", ", cols, "] operand");
+  return map;
+}
+
+// Vᵀ, then the kernel (the launcher in attention.cuh has checked supports(dk, dv), the device, the
+// workspace and that every row index fits in int).
+template <class T, int DK, int DV>
+void launch_forward(const AttentionForwardArgs& a) {
+  const AttentionShapeArgs& s = a.shape;
+  const std::int64_t s_pad = (s.seq + kPad - 1) / kPad * kPad;
+  const dim3 tgrid(static_cast<unsigned>(s_pad / 32), static_cast<unsigned>((DV + 31) / 32),
+                   static_cast<unsigned>(s.batch * s.kv_heads));
+  transpose_v_kernel<T><<<tgrid, 256, 0, a.launch.stream>>>(static_cast<T*>(a.v_transposed),
+                                                            static_cast<const T*>(a.v), s.seq, s_pad, DV);
+  KILN_CUDA_CHECK_LAUNCH();
+  const CUtensorMap q_map = make_tensor_map(a.dtype, a.q, s.batch * s.heads * s.seq, DK, 64);
+  const CUtensorMap k_map = make_tensor_map(a.dtype, a.k, s.batch * s.kv_heads * s.seq, DK, kKeys);
+  const CUtensorMap v_map = make_tensor_map(a.dtype, a.v_transposed, s.batch * s.kv_heads * DV, s_pad, DV);
+  const std::size_t smem = SmemLayout<DK, DV>::bytes;
+  const dim3 grid(static_cast<unsigned>((s.seq + kRows - 1) / kRows), static_cast<unsigned>(s.heads),
+                  static_cast<unsigned>(s.batch));
+  opt_in_shared_memory(attention_forward_hopper_kernel<T, DK, DV>, smem, a.launch.device);
+  attention_forward_hopper_kernel<T, DK, DV><<<grid, kThreads, smem, a.launch.stream>>>(q_map, k_map, v_map, a);
+  KILN_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace kiln::kernels::attention::hopper
