@@ -31,7 +31,7 @@ struct AttentionForwardArgs {
   static constexpr const char* kernel = "attention forward";
   static constexpr const char* header = "kiln/kernels/attention/attention.cuh";
   DeviceLaunch launch;
-  DType dtype = DType::bf16;  // of q, k, v and out: bf16 or f16
+  DType dtype = DType::bf16;  // of q, k, v and out: bf16 (the only type compiled)
   AttentionShapeArgs shape;
   void* out = nullptr;
   float* lse = nullptr;  // [B, H, S]
@@ -72,7 +72,7 @@ inline bool attention_head_dims_supported(std::int64_t dk, std::int64_t dv) {
          (dk == 192 && dv == 128);
 }
 
-// What the Hopper forward (attention_hopper.cuh) takes: bf16 (fp16 runs the plain kernel), dk a
+// What the Hopper forward (attention_hopper.cuh) takes: bf16, dk a
 // multiple of 32 up to 256 (64-element chunks, the last possibly half used), dv 64 or 128 (one
 // wgmma N).
 constexpr bool attention_hopper_supports(DType dtype, std::int64_t dk, std::int64_t dv) {

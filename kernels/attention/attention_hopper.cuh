@@ -280,17 +280,16 @@ __global__ void __launch_bounds__(kThreads, 1)
 
 // ---- host side ------------------------------------------------------------------------------------
 
-// A row-major [rows, cols] bf16/fp16 matrix read as boxes of 64 columns x box_rows rows with the
+// A row-major [rows, cols] bf16 matrix read as boxes of 64 columns x box_rows rows with the
 // 128-byte swizzle; out-of-range rows and columns read as zero.
-inline CUtensorMap make_tensor_map(DType dtype, const void* data, std::int64_t rows, std::int64_t cols,
-                                   int box_rows) {
+inline CUtensorMap make_tensor_map(const void* data, std::int64_t rows, std::int64_t cols, int box_rows) {
   CUtensorMap map{};
   const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
   const cuuint64_t strides[1] = {static_cast<cuuint64_t>(cols * 2)};
   const cuuint32_t box[2] = {64, static_cast<cuuint32_t>(box_rows)};
   const cuuint32_t element_strides[2] = {1, 1};
   const CUresult r = sm90::encode_tiled()(
-      &map, dtype == DType::bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2,
+      &map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2,
       const_cast<void*>(data), dims, strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
       CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   check(r == CUDA_SUCCESS, "fused_causal_attention", "cuTensorMapEncodeTiled failed (error ", static_cast<int>(r),
@@ -309,9 +308,9 @@ void launch_forward(const AttentionForwardArgs& a) {
   transpose_v_kernel<T><<<tgrid, 256, 0, a.launch.stream>>>(static_cast<T*>(a.v_transposed),
                                                             static_cast<const T*>(a.v), s.seq, s_pad, DV);
   KILN_CUDA_CHECK_LAUNCH();
-  const CUtensorMap q_map = make_tensor_map(a.dtype, a.q, s.batch * s.heads * s.seq, DK, 64);
-  const CUtensorMap k_map = make_tensor_map(a.dtype, a.k, s.batch * s.kv_heads * s.seq, DK, kKeys);
-  const CUtensorMap v_map = make_tensor_map(a.dtype, a.v_transposed, s.batch * s.kv_heads * DV, s_pad, DV);
+  const CUtensorMap q_map = make_tensor_map(a.q, s.batch * s.heads * s.seq, DK, 64);
+  const CUtensorMap k_map = make_tensor_map(a.k, s.batch * s.kv_heads * s.seq, DK, kKeys);
+  const CUtensorMap v_map = make_tensor_map(a.v_transposed, s.batch * s.kv_heads * DV, s_pad, DV);
   const std::size_t smem = SmemLayout<DK, DV>::bytes;
   const dim3 grid(static_cast<unsigned>((s.seq + kRows - 1) / kRows), static_cast<unsigned>(s.heads),
                   static_cast<unsigned>(s.batch));

@@ -4,7 +4,7 @@
 // queries continue earlier keys), so query i sits at key index Sk - Sq + i and sees keys 0..that.
 // The mask compares indices, not rope positions: positions only rotate queries and keys.
 //
-// Where a fused kernel exists (ops/attention.hpp: CUDA, bf16/fp16, the compiled head dims) the
+// Where a fused kernel exists (ops/attention.hpp: CUDA, bf16, the compiled head dims) the
 // modules call fused_causal_attention instead: the same function without the S x S scores in
 // memory. attention_path() picks between the two process-wide (benchmarks compare them).
 //

@@ -17,7 +17,7 @@
 //
 // Devices: the CPU runs backend/cpu/attention.hpp (any dtype, any head dims). CUDA runs
 // kernels/attention/attention.cuh (tensor cores, FlashAttention-2's algorithm, deterministic
-// backward) for bf16 and fp16 at the head dims it is compiled for (fused_attention_on_device
+// backward) for bf16 at the head dims it is compiled for (fused_attention_on_device
 // says which); other CUDA calls get a kiln::Error, and the nn modules keep the composed path
 // there. The CUDA forward saves lse in float, the CPU one in double.
 #pragma once
@@ -69,12 +69,12 @@ inline PackedSequences attention_sequences(const char* op, const Tensor<std::int
 }  // namespace detail
 
 // Whether fused_causal_attention has a kernel for T at head dims (dk, dv) on `device`: always on
-// the CPU; on CUDA for bf16 and fp16 at the compiled head dims, once the kernel is registered
+// the CPU; on CUDA for bf16 at the compiled head dims, once the kernel is registered
 // (a file compiled by nvcc includes kernels/attention/attention.cuh).
 template <class T>
 bool fused_attention_on_device(Device device, std::int64_t dk, std::int64_t dv) {
   if (device.is_cpu()) return true;
-  return (std::is_same_v<T, bf16> || std::is_same_v<T, fp16>) && kernels::attention_head_dims_supported(dk, dv) &&
+  return std::is_same_v<T, bf16> && kernels::attention_head_dims_supported(dk, dv) &&
          has_device_kernel<kernels::AttentionForwardArgs>() && has_device_kernel<kernels::AttentionBackwardArgs>();
 }
 
@@ -117,7 +117,7 @@ Tensor<T> fused_causal_attention_cuda(const Tensor<T>& q, const Tensor<T>& k, co
   const char* op = "fused_causal_attention";
   check(fused_attention_on_device<T>(q.device(), shape.dk, shape.dv), op, "has no CUDA kernel for ", dtype_of<T>,
         " at head dims (dk ", shape.dk, ", dv ", shape.dv, "), q ", q.shape(), ", v ", v.shape(),
-        ": CUDA takes bf16 or fp16 at (dk, dv) = (48, 32), (64, 64), (96, 64), (128, 128), (192, 128)",
+        ": CUDA takes bf16 at (dk, dv) = (48, 32), (64, 64), (96, 64), (128, 128), (192, 128)",
         has_device_kernel<kernels::AttentionForwardArgs>() ? "" : ", from a file compiled by nvcc that includes "
                                                                  "kiln/kernels/attention/attention.cuh");
   // Contiguous and 16-byte aligned copies of the values (the kernels copy rows in 16-byte pieces).
