@@ -55,17 +55,15 @@
 
 namespace kiln::kernels::attention::hopper {
 
-constexpr int kWarpgroups = 2;                  // consumers
+constexpr int kWarpgroups = 2;                     // consumers
 constexpr int kThreads = 128 * (kWarpgroups + 1);  // and the producer
-constexpr int kRows = 64 * kWarpgroups;         // queries a block
+constexpr int kRows = 64 * kWarpgroups;            // queries a block
 constexpr int kProducerRegisters = 40;
 constexpr int kConsumerRegisters = 232;
-constexpr int kKeys = 128;               // keys a tile
-constexpr int kPad = 64;                 // Vᵀ rows are padded to a multiple of this
+constexpr int kKeys = 128;  // keys a tile
+constexpr int kPad = 64;    // Vᵀ rows are padded to a multiple of this
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
-
-
 
 constexpr int chunks(int d) { return (d + 63) / 64; }
 
