@@ -79,4 +79,16 @@ constexpr bool attention_hopper_supports(DType dtype, std::int64_t dk, std::int6
   return dtype == DType::bf16 && dk % 32 == 0 && dk <= 256 && (dv == 64 || dv == 128);
 }
 
+// Whether a forward with these arguments runs the Hopper kernel on an sm_90 GPU (the launcher
+// also checks the GPU and the workspace; the front-end allocates the workspace only then): when
+// named, or automatically from S = 1024 on. Below, its fixed costs (the Vᵀ pass, filling the
+// pipeline, a 128-key tile half masked on the diagonal) outweigh its faster products over the few
+// tiles a block has: at the big config's S 512 (B32 H12, 96/64) the plain kernel measured 108
+// TFLOP/s against 99 (H200, benchmarks/bench_attention_cuda.cpp; docs/mla.md).
+constexpr bool attention_hopper_wanted(AttentionKernel implementation, DType dtype, std::int64_t dk, std::int64_t dv,
+                                       std::int64_t seq) {
+  return attention_hopper_supports(dtype, dk, dv) &&
+         (implementation == AttentionKernel::hopper || (implementation == AttentionKernel::automatic && seq >= 1024));
+}
+
 }  // namespace kiln::kernels

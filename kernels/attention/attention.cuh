@@ -60,6 +60,7 @@
 #include "kiln/core/kernel_trace.hpp"
 #include "kiln/kernels/attention/args.hpp"
 #include "kiln/kernels/attention/attention_hopper.cuh"
+#include "kiln/kernels/attention/key_tiles.cuh"
 #include "kiln/kernels/common/cuda_check.hpp"
 #include "kiln/kernels/common/device_guard.hpp"
 #include "kiln/kernels/common/element.cuh"
@@ -81,12 +82,6 @@ constexpr int dkdv_query_tile() {
   return DK + DV > 192 ? 32 : 64;
 }
 
-__device__ __forceinline__ std::int64_t seq_begin_of(const AttentionShapeArgs& s, std::int64_t i) {
-  return s.seq_begin ? s.seq_begin[i] : 0;
-}
-__device__ __forceinline__ std::int64_t seq_end_of(const AttentionShapeArgs& s, std::int64_t i) {
-  return s.seq_end ? s.seq_end[i] : s.seq;
-}
 
 __device__ __forceinline__ float quad_max(float x) {
   x = ::fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
@@ -137,10 +132,8 @@ __global__ void __launch_bounds__(kThreads) attention_forward_kernel(AttentionFo
   const T* const k = static_cast<const T*>(a.k) + (b * s.kv_heads + kvh) * S * DK;
   const T* const v = static_cast<const T*>(a.v) + (b * s.kv_heads + kvh) * S * DV;
 
-  // Keys of this block: from its first row's sequence start (begins never decrease) to its last row.
-  const std::int64_t q_last = (q0 + kRows < S ? q0 + kRows : S) - 1;
-  const std::int64_t last_begin = seq_begin_of(s, q_last);
-  const std::int64_t t_first = seq_begin_of(s, q0) / kKeys * kKeys, t_last = q_last / kKeys * kKeys;
+  const KeyTiles tiles = key_tiles(s, q0, kRows, kKeys);
+  const std::int64_t t_first = tiles.first, t_last = tiles.last, last_begin = tiles.last_begin;
 
   sm80::load_tile_async<T, kRows, DK, kThreads>(sQ, q, q0, S);
   sm80::load_tile_async<T, kKeys, DK, kThreads>(sK, k, t_first, S);
@@ -158,10 +151,7 @@ __global__ void __launch_bounds__(kThreads) attention_forward_kernel(AttentionFo
   }
   const float scale_log2 = static_cast<float>(s.scale) * kLog2e;
   float o[DV / 8][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
-#pragma unroll
-  for (int nt = 0; nt < DV / 8; ++nt)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) o[nt][e] = 0.f;
+  sm80::zero(o);
 
   int buf = 0;
   for (std::int64_t n0 = t_first; n0 <= t_last; n0 += kKeys, buf ^= 1) {
@@ -176,10 +166,7 @@ __global__ void __launch_bounds__(kThreads) attention_forward_kernel(AttentionFo
     __syncthreads();  // this tile (and Q) are in shared memory for every warp
 
     float sc[kKeys / 8][4];
-#pragma unroll
-    for (int nt = 0; nt < kKeys / 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) sc[nt][e] = 0.f;
+    sm80::zero(sc);
     sm80::warp_mm_rows_rows<T, kKeys, DK>(sc, sQ + 16 * warp * SK, SK, sK + buf * kKeys * SK, SK);
 
     // Masking only where a key of the tile may be past a row of this warp or before its sequence.
@@ -320,14 +307,8 @@ __global__ void __launch_bounds__(kThreads) attention_dkdv_kernel(AttentionBackw
   const std::int64_t key[2] = {warp_key0 + g, warp_key0 + g + 8};
   const float scale_log2 = static_cast<float>(s.scale) * kLog2e;
   float dk[DK / 8][4], dv[DV / 8][4];
-#pragma unroll
-  for (int nt = 0; nt < DK / 8; ++nt)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) dk[nt][e] = 0.f;
-#pragma unroll
-  for (int nt = 0; nt < DV / 8; ++nt)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) dv[nt][e] = 0.f;
+  sm80::zero(dk);
+  sm80::zero(dv);
 
   int buf = 0;
   for (std::int64_t step = 0; step < steps; ++step, buf ^= 1) {
@@ -348,10 +329,7 @@ __global__ void __launch_bounds__(kThreads) attention_dkdv_kernel(AttentionBackw
 
     // Sᵀ (16 keys x BQ queries) and Pᵀ.
     float p[BQ / 8][4];
-#pragma unroll
-    for (int nt = 0; nt < BQ / 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) p[nt][e] = 0.f;
+    sm80::zero(p);
     sm80::warp_mm_rows_rows<T, BQ, DK>(p, sK + 16 * warp * SK, SK, q_tile, SK);
     const bool masked = qt0 < warp_key0 + 16 || qt0 + BQ > S || s.seq_begin != nullptr;
 #pragma unroll
@@ -366,10 +344,7 @@ __global__ void __launch_bounds__(kThreads) attention_dkdv_kernel(AttentionBackw
     sm80::warp_mm_regs_rows<T, DV, BQ>(dv, p, g_tile, SV);  // dV += Pᵀ·dout
 
     float ds[BQ / 8][4];
-#pragma unroll
-    for (int nt = 0; nt < BQ / 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) ds[nt][e] = 0.f;
+    sm80::zero(ds);
     sm80::warp_mm_rows_rows<T, BQ, DV>(ds, sV + 16 * warp * SV, SV, g_tile, SV);  // dPᵀ = V·doutᵀ
 #pragma unroll
     for (int nt = 0; nt < BQ / 8; ++nt)
@@ -409,9 +384,8 @@ __global__ void __launch_bounds__(kThreads) attention_dq_kernel(AttentionBackwar
   const std::int64_t head_row = (b * s.heads + h) * S;
   const T* const k = static_cast<const T*>(a.k) + (b * s.kv_heads + kvh) * S * DK;
   const T* const v = static_cast<const T*>(a.v) + (b * s.kv_heads + kvh) * S * DV;
-  const std::int64_t q_last = (q0 + kRows < S ? q0 + kRows : S) - 1;
-  const std::int64_t last_begin = seq_begin_of(s, q_last);
-  const std::int64_t t_first = seq_begin_of(s, q0) / kKeys * kKeys, t_last = q_last / kKeys * kKeys;
+  const KeyTiles tiles = key_tiles(s, q0, kRows, kKeys);
+  const std::int64_t t_first = tiles.first, t_last = tiles.last, last_begin = tiles.last_begin;
 
   sm80::load_tile_async<T, kRows, DK, kThreads>(sQ, static_cast<const T*>(a.q) + head_row * DK, q0, S);
   sm80::load_tile_async<T, kRows, DV, kThreads>(sG, static_cast<const T*>(a.dout) + head_row * DV, q0, S);
@@ -434,10 +408,7 @@ __global__ void __launch_bounds__(kThreads) attention_dq_kernel(AttentionBackwar
   }
   const float scale_log2 = static_cast<float>(s.scale) * kLog2e;
   float dq[DK / 8][4];
-#pragma unroll
-  for (int nt = 0; nt < DK / 8; ++nt)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) dq[nt][e] = 0.f;
+  sm80::zero(dq);
 
   int buf = 0;
   for (std::int64_t n0 = t_first; n0 <= t_last; n0 += kKeys, buf ^= 1) {
@@ -454,10 +425,7 @@ __global__ void __launch_bounds__(kThreads) attention_dq_kernel(AttentionBackwar
     const T* const v_tile = sV + buf * kKeys * SV;
 
     float p[kKeys / 8][4];
-#pragma unroll
-    for (int nt = 0; nt < kKeys / 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) p[nt][e] = 0.f;
+    sm80::zero(p);
     sm80::warp_mm_rows_rows<T, kKeys, DK>(p, sQ + 16 * warp * SK, SK, k_tile, SK);
     const bool masked = n0 + kKeys > warp_row0 || n0 < last_begin;
 #pragma unroll
@@ -470,10 +438,7 @@ __global__ void __launch_bounds__(kThreads) attention_dq_kernel(AttentionBackwar
         p[nt][e] = valid ? exp2f(p[nt][e] * scale_log2 - lse2[r]) : 0.f;
       }
     float ds[kKeys / 8][4];
-#pragma unroll
-    for (int nt = 0; nt < kKeys / 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) ds[nt][e] = 0.f;
+    sm80::zero(ds);
     sm80::warp_mm_rows_rows<T, kKeys, DV>(ds, sG + 16 * warp * SV, SV, v_tile, SV);  // dP = dout·Vᵀ
 #pragma unroll
     for (int nt = 0; nt < kKeys / 8; ++nt)
@@ -527,12 +492,7 @@ inline void launch_attention_forward(const AttentionForwardArgs& a) {
         "fewer than 2^31 rows; got ", a.dtype, ", dk ",
         s.dk, ", dv ", s.dv, " on a GPU of compute capability ", device_info(a.launch.device).major, ".",
         device_info(a.launch.device).minor);
-  // automatic: the Hopper kernel from S = 1024 on. Below, its fixed costs (the Vᵀ pass, filling
-  // the pipeline, a 128-key tile half masked on the diagonal) outweigh its faster products over the
-  // few tiles a block has: at the big config's S 512 (B32 H12, 96/64) the plain kernel measured 108
-  // TFLOP/s against 99 (H200, benchmarks/bench_attention_cuda.cpp; docs/mla.md).
-  const bool use_hopper = hopper_fits && (a.implementation == AttentionKernel::hopper ||
-                                          (a.implementation == AttentionKernel::automatic && s.seq >= 1024));
+  const bool use_hopper = hopper_fits && attention_hopper_wanted(a.implementation, a.dtype, s.dk, s.dv, s.seq);
   dispatch_attention(a.dtype, s.dk, s.dv, [&](auto tag, auto dk, auto dv) {
     using T = decltype(tag);
     constexpr int DK = decltype(dk)::value, DV = decltype(dv)::value;

@@ -43,6 +43,7 @@
 #include <cstdint>
 
 #include "kiln/kernels/attention/args.hpp"
+#include "kiln/kernels/attention/key_tiles.cuh"
 #include "kiln/kernels/common/cuda_check.hpp"
 #include "kiln/kernels/common/launch.cuh"
 #include "kiln/kernels/common/mma_sm80.cuh"
@@ -115,10 +116,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   const std::int64_t q0 = static_cast<std::int64_t>(gridDim.x - 1 - blockIdx.x) * kRows;  // most keys first
   const int h = static_cast<int>(blockIdx.y), kvh = h / (s.heads / s.kv_heads);
   const std::int64_t b = blockIdx.z;
-  const std::int64_t q_last = (q0 + kRows < S ? q0 + kRows : S) - 1;
-  const std::int64_t last_begin = s.seq_begin ? s.seq_begin[q_last] : 0;
-  const std::int64_t t_first = (s.seq_begin ? s.seq_begin[q0] : 0) / kKeys * kKeys;
-  const std::int64_t t_last = q_last / kKeys * kKeys;
+  const KeyTiles tiles = key_tiles(s, q0, kRows, kKeys);
+  const std::int64_t t_first = tiles.first, t_last = tiles.last, last_begin = tiles.last_begin;
 
   if (threadIdx.x == 0) {
     sm90::prefetch_tensor_map(&q_map);
@@ -175,7 +174,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     row[r] = warp_row0 + g + 8 * r;
-    begin[r] = row[r] < S && s.seq_begin ? s.seq_begin[row[r]] : 0;
+    begin[r] = row[r] < S ? seq_begin_of(s, row[r]) : 0;
   }
   const float scale_log2 = static_cast<float>(s.scale) * kLog2e;
   float o[DV / 2], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};

@@ -89,6 +89,15 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const unsigned (&a)[4],
   }
 }
 
+// Sets a warp's accumulator fragments (acc[n tile][4]) to zero.
+template <int NT>
+__device__ __forceinline__ void zero(float (&acc)[NT][4]) {
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
+}
+
 // Two floats rounded (to nearest even) into one register of two 16-bit values, lo in the low half
 // (the lower column index of a fragment).
 template <class T>

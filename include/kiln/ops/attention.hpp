@@ -146,10 +146,10 @@ Tensor<T> fused_causal_attention_cuda(const Tensor<T>& q, const Tensor<T>& k, co
       .seq_end = seqs ? bounds.data() + shape.seq : nullptr};
   Tensor<T> out({shape.batch, shape.heads, shape.seq, shape.dv}, device);
   Tensor<float> lse({shape.batch, shape.heads, shape.seq}, device);
-  // The Hopper kernel's workspace: V transposed, rows padded to 64 keys (the launcher uses it
-  // only where that kernel runs; the plain kernel leaves it untouched).
+  // The Hopper kernel's workspace: V transposed, rows padded to 64 keys, only where that kernel
+  // may run (on a GPU other than sm_90 it stays unused).
   Tensor<T> v_transposed;
-  if (std::is_same_v<T, bf16> && implementation != kernels::AttentionKernel::plain)
+  if (kernels::attention_hopper_wanted(implementation, dtype_of<T>, shape.dk, shape.dv, shape.seq))
     v_transposed = Tensor<T>({shape.batch, shape.kv_heads, shape.dv, (shape.seq + 63) / 64 * 64}, device);
   launch_device_kernel(op, kernels::AttentionForwardArgs{.launch = launch_on(op, device),
                                                          .dtype = dtype_of<T>,
