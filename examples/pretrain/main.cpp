@@ -40,7 +40,9 @@ using Clock = std::chrono::steady_clock;
 const char* kUsage = R"(pretrain: a small DeepSeek-V3-style MoE model on worked arithmetic / Countdown solutions
 
   --device cpu|cuda     where to train (cuda needs a build with KILN_CUDA=ON)       [cpu]
-  --config small|big    small: the CPU default (hidden 128, 2 layers); big: ~100M params [small]
+  --config NAME         small: the CPU default (hidden 128, 2 layers); big: ~100M params; tiny and
+                        medium: the R1 pipeline's students (a quarter of small, a fifth of big);
+                        tiny takes small's defaults below, medium big's                  [small]
   --dtype float32|bf16  parameter dtype; bf16 keeps FP32 master weights in AdamW    [cpu: float32, cuda: bf16]
   --steps N             optimizer steps                                  [small 400, big 3000]
   --batch N             sequences per micro-batch                        [small 16, big 32]
@@ -113,8 +115,9 @@ Settings parse(int argc, char** argv, std::string& out, std::string& resume) {
   s.device = s_("device", "cpu");
   s.config = s_("config", "small");
   if (s.device != "cpu" && s.device != "cuda") throw Error("--device must be cpu or cuda, got " + s.device);
-  if (s.config != "small" && s.config != "big") throw Error("--config must be small or big, got " + s.config);
-  const bool big = s.config == "big";
+  if (s.config != "small" && s.config != "big" && s.config != "tiny" && s.config != "medium")
+    throw Error("--config must be small, big, tiny or medium, got " + s.config);
+  const bool big = example::gpu_sized(s.config);
   s.dtype = s_("dtype", s.device == "cuda" ? "bf16" : "float32");
   s.steps = i_("steps", big ? 3000 : 400);
   s.batch = i_("batch", big ? 32 : 16);
@@ -208,7 +211,7 @@ std::vector<std::string> greedy_completions(const nn::DeepseekV3ForCausalLM<T>& 
 template <class T>
 int run(const Settings& s, const std::string& out, const std::string& resume, Clock::time_point start) {
   const Device device = s.device == "cuda" ? Device::cuda(0) : Device::cpu();
-  const bool big = s.config == "big";
+  const bool big = example::gpu_sized(s.config);
 
   // Corpus and tokenizer.
   const data::TaskMix mix = example::task_mix(static_cast<int>(s.max_digits), s.countdown_fraction);
@@ -250,7 +253,7 @@ int run(const Settings& s, const std::string& out, const std::string& resume, Cl
 
   // Model.
   const std::int64_t vocab = example::padded_vocab(tok.vocab_size());
-  nn::DeepseekV3Config config = big ? example::big_config(vocab) : example::small_config(vocab);
+  nn::DeepseekV3Config config = example::named_config(s.config, vocab);
   config.bos_token_id = tok.bos_id().value();
   config.eos_token_id = tok.eos_id().value();
   config.pad_token_id = tok.pad_id();

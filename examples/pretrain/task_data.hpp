@@ -214,6 +214,44 @@ inline kiln::nn::DeepseekV3Config big_config(std::int64_t vocab) {
   return c;
 }
 
+// The students of the R1 pipeline (examples/r1_pipeline), a fraction of small's and big's size
+// with the same architecture (MLA, MoE, MTP), as R1-Distill's students are smaller than the teacher.
+// tiny (CPU): hidden 64, 2 heads, experts of width 32; about a quarter of small's parameters.
+inline kiln::nn::DeepseekV3Config tiny_config(std::int64_t vocab) {
+  kiln::nn::DeepseekV3Config c = small_config(vocab);
+  c.hidden_size = 64;
+  c.intermediate_size = 192;
+  c.moe_intermediate_size = 32;
+  c.num_attention_heads = c.num_key_value_heads = 2;
+  c.kv_lora_rank = 16;
+  c.q_lora_rank = 24;
+  return c;
+}
+
+// medium (GPU): hidden 384, 4 layers (1 dense + 3 MoE), 6 heads; about a fifth of big's parameters.
+inline kiln::nn::DeepseekV3Config medium_config(std::int64_t vocab) {
+  kiln::nn::DeepseekV3Config c = big_config(vocab);
+  c.hidden_size = 384;
+  c.intermediate_size = 1024;
+  c.moe_intermediate_size = 256;
+  c.num_hidden_layers = 4;
+  c.num_attention_heads = c.num_key_value_heads = 6;
+  c.kv_lora_rank = 128;
+  c.q_lora_rank = 192;
+  return c;
+}
+
+// The model of a --config name (small, big, tiny, medium).
+inline kiln::nn::DeepseekV3Config named_config(const std::string& name, std::int64_t vocab) {
+  if (name == "big") return big_config(vocab);
+  if (name == "tiny") return tiny_config(vocab);
+  if (name == "medium") return medium_config(vocab);
+  return small_config(vocab);
+}
+
+// Whether a --config name is a GPU-sized one (big, medium): it picks the GPU defaults.
+inline bool gpu_sized(const std::string& name) { return name == "big" || name == "medium"; }
+
 // The vocabulary rounded up to a multiple of 64 (ids beyond the tokenizer's are never seen).
 inline std::int64_t padded_vocab(std::int64_t n) { return (n + 63) / 64 * 64; }
 

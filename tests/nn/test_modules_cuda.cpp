@@ -373,6 +373,39 @@ void check_mla(bool q_lora, const nn::DeepseekV3Config* config = nullptr, std::i
   expect_gradients_match(dev, ref, kTol<T>);
 }
 
+// One packed row (sequence packing, nn/attention.hpp) through the naive path: on the GPU the
+// fused kernel takes cu_seqlens where it runs (bf16, fused head dims), the composed path masks;
+// against the CPU's composed path with the block-diagonal mask.
+template <class T, class R = T>
+void check_mla_packed(const nn::DeepseekV3Config& c, const std::vector<std::int64_t>& cu) {
+  SCOPED_TRACE(str(dtype_of<T>, " packed, S ", cu.back()));
+  Generator g{9, 0};
+  nn::MLA<T> dev(c, g);
+  nn::MLA<R> ref(c, g);
+  twin(dev, ref, 91, 0.3);
+  const bool fused = nn::use_fused_attention<T>(gpu, c.qk_nope_head_dim + c.qk_rope_head_dim, c.v_head_dim);
+  const std::int64_t S = cu.back();
+  const auto cu_t = Tensor<std::int64_t>::from_vector(cu, {static_cast<std::int64_t>(cu.size())});
+  const Tensor<std::int64_t> positions = nn::packed_positions(cu_t);
+  const Tensor<T> x = draw<T>({1, S, c.hidden_size}, 92);
+  const Tensor<T> xd = leaf<T>(x, gpu);
+  const Tensor<R> xr = leaf<R>(x, Device::cpu());
+  KernelTrace trace;
+  const Tensor<T> yd =
+      dev.forward(xd, typename nn::MLA<T>::Tables{nn::rope_tables_on<T>(positions, c.qk_rope_head_dim, c.rope_theta, gpu), cu_t});
+  EXPECT_EQ(trace.count("attention_forward"), fused ? 1 : 0);
+  const Tensor<R> yr =
+      ref.forward(xr, typename nn::MLA<R>::Tables{
+                          nn::rope_tables_on<R>(positions, c.qk_rope_head_dim, c.rope_theta, Device::cpu()), cu_t});
+  expect_close(yd, yr, kTol<T>, "packed output");
+  const Tensor<T> r = draw<T>(yr.shape(), 93);
+  sum(mul(yd, to(r, gpu))).backward();
+  EXPECT_EQ(trace.count("attention_backward"), fused ? 1 : 0);
+  sum(mul(yr, cast<R>(r))).backward();
+  expect_grad_close(xd, xr, kTol<T>, "x");
+  expect_gradients_match(dev, ref, kTol<T>);
+}
+
 // ---- MoE ------------------------------------------------------------------------------------------
 
 // 6 routed experts in 3 groups, top-2 of the best 2 groups, 2 shared-expert units, the
@@ -590,6 +623,10 @@ TEST(NnModulesCuda, MLA) {
   const nn::DeepseekV3Config c = mla_fused_config();
   check_mla<bf16, float>(true, &c, 70);  // the fused kernel, against float on the CPU
   check_mla<float>(true, &c, 70);
+  // Packed rows: sequences shorter than, equal to and longer than a 64-query tile, one token.
+  const std::vector<std::int64_t> cu{0, 13, 14, 78, 150, 151};
+  check_mla_packed<bf16, float>(c, cu);
+  check_mla_packed<float>(c, cu);
 }
 
 TEST(NnModulesCuda, MoE) {

@@ -177,6 +177,10 @@ TEST(FusedAttention, Errors) {
                     "increase strictly");
   EXPECT_KILN_ERROR(fused_causal_attention(q, k, v, 1.0, tensor<std::int64_t>({1, 6})), "fused_causal_attention",
                     "from 0");
+  // A step past S before the end comes back to S: caught before any entry is written (it wrote
+  // 8 entries into 6 once).
+  EXPECT_KILN_ERROR(fused_causal_attention(q, k, v, 1.0, tensor<std::int64_t>({0, 8, 6})), "fused_causal_attention",
+                    "increase strictly");
   EXPECT_KILN_ERROR(fused_causal_attention(q, k, v, 1.0, tensor<std::int64_t>({6})), "fused_causal_attention",
                     "[n + 1]");
   const auto q2 = randn<float>({2, 4, 6, 8}), k2 = randn<float>({2, 2, 6, 8}), v2 = randn<float>({2, 2, 6, 3});

@@ -8,13 +8,23 @@
 // modules call fused_causal_attention instead: the same function without the S x S scores in
 // memory. attention_path() picks between the two process-wide (benchmarks compare them).
 //
-// Also here, for both decoders (nn/llama.hpp, nn/deepseek_v3.hpp): rope tables placed on the
-// device of the tensors they rotate, built once per forward pass and shared by every layer; checks
-// of ids and positions. (Generation's preallocated caches: infer/kv_cache.hpp.)
+// Packed rows (sequence packing for SFT, distill/sft.hpp): several sequences end to end in one
+// row, B = 1, with cu_seqlens [n + 1] marking where each begins (0 = c_0 < ... < c_n = S). Token i
+// of sequence [c_s, c_{s+1}) then sees keys c_s..i only: the causal mask becomes block-diagonal,
+// and rope positions restart at 0 in each sequence (packed_positions), so a packed sequence
+// computes exactly what it computes alone. The fused kernels take cu_seqlens directly; the
+// composed path masks the [S, S] scores (packed_causal_mask), which costs S² rather than Σ L².
+//
+// Also here, for both decoders (nn/llama.hpp, nn/deepseek_v3.hpp): the per-forward context of the
+// attention layers (rope tables placed on the device of the tensors they rotate, built once per
+// forward pass and shared by every layer, and the packing); checks of ids and positions.
+// (Generation's preallocated caches: infer/kv_cache.hpp.)
 #pragma once
 
 #include <cstdint>
 #include <limits>
+#include <utility>
+#include <vector>
 
 #include "kiln/ops/attention.hpp"
 #include "kiln/ops/compare.hpp"
@@ -44,6 +54,44 @@ bool use_fused_attention(Device device, std::int64_t dk, std::int64_t dv) {
   return !device.is_cpu() && attention_path() == AttentionPath::fused && fused_attention_on_device<T>(device, dk, dv);
 }
 
+// What every attention layer of one forward pass shares: the rope tables of the tokens'
+// positions and, for a packed row, where its sequences begin. Converts from plain rope tables
+// (one sequence per row).
+template <class C>
+struct AttentionContext : RopeTables<C> {
+  AttentionContext() = default;
+  AttentionContext(RopeTables<C> tables, Tensor<std::int64_t> cu_seqlens_ = Tensor<std::int64_t>())  // NOLINT: implicit
+      : RopeTables<C>(std::move(tables)), cu_seqlens(std::move(cu_seqlens_)) {}
+
+  Tensor<std::int64_t> cu_seqlens;  // [n + 1] int64 on the CPU; undefined: every row is one sequence
+  bool packed() const { return cu_seqlens.defined(); }
+};
+
+// Rope positions of a packed row: 0, 1, ... restarting at each sequence's first token -> [1, S].
+inline Tensor<std::int64_t> packed_positions(const Tensor<std::int64_t>& cu_seqlens) {
+  check_defined("packed_positions", cu_seqlens);
+  check(cu_seqlens.device().is_cpu() && cu_seqlens.dim() == 1 && cu_seqlens.numel() >= 2, "packed_positions",
+        "cu_seqlens must be a CPU tensor [n + 1] with n >= 1 sequences, got shape ", cu_seqlens.shape(), " on ",
+        cu_seqlens.device());
+  const std::int64_t S = cu_seqlens.to_vector().back();
+  const PackedSequences seqs = packed_sequences("packed_positions", cu_seqlens, S);
+  std::vector<std::int64_t> pos(static_cast<std::size_t>(S));
+  for (std::int64_t i = 0; i < S; ++i) pos[static_cast<std::size_t>(i)] = i - seqs.begin[static_cast<std::size_t>(i)];
+  return Tensor<std::int64_t>::from_vector(pos, {1, S});
+}
+
+// [S, S], true where key j is hidden from query i of a packed row: j after i, or j in an earlier
+// sequence (j before the first token of i's sequence).
+inline Tensor<bool> packed_causal_mask(const Tensor<std::int64_t>& cu_seqlens, std::int64_t S,
+                                       Device device = Device::cpu()) {
+  const PackedSequences seqs = packed_sequences("packed_causal_mask", cu_seqlens, S);
+  const auto n = static_cast<double>(S);
+  const Tensor<std::int64_t> keys = reshape(arange<std::int64_t>(0.0, n, 1.0, device), {1, S});
+  const Tensor<std::int64_t> queries = reshape(arange<std::int64_t>(0.0, n, 1.0, device), {S, 1});
+  const Tensor<std::int64_t> starts = to(Tensor<std::int64_t>::from_vector(seqs.begin, {S, 1}), device);
+  return logical_or(gt(keys, queries), lt(keys, starts));
+}
+
 // [q_len, k_len], true where key j is in the future of query i (j > k_len - q_len + i).
 inline Tensor<bool> causal_mask(std::int64_t q_len, std::int64_t k_len, Device device = Device::cpu()) {
   check(q_len >= 0 && q_len <= k_len, "causal_mask", "need 0 <= q_len <= k_len, got q_len ", q_len, ", k_len ",
@@ -55,25 +103,32 @@ inline Tensor<bool> causal_mask(std::int64_t q_len, std::int64_t k_len, Device d
 }
 
 // softmax(scale · scores) over the last dim with future keys masked out; scores [..., Sq, Sk].
-// Every row keeps at least key 0, so no row is all -inf; masked entries get probability 0 and,
-// through masked_fill, no gradient.
+// Every row keeps at least key 0 (with cu_seqlens: its sequence's first key), so no row is all
+// -inf; masked entries get probability 0 and, through masked_fill, no gradient. cu_seqlens (a
+// packed row, Sq = Sk) also hides the keys of other sequences.
 template <class T>
-Tensor<T> causal_softmax(const Tensor<T>& scores, double scale) {
+Tensor<T> causal_softmax(const Tensor<T>& scores, double scale,
+                         const Tensor<std::int64_t>& cu_seqlens = Tensor<std::int64_t>()) {
   check_defined("causal_softmax", scores);
   check(scores.dim() >= 2, "causal_softmax", "scores must be [..., Sq, Sk], got shape ", scores.shape());
-  const Tensor<bool> mask = causal_mask(scores.size(-2), scores.size(-1), scores.device());
+  check(!cu_seqlens.defined() || scores.size(-2) == scores.size(-1), "causal_softmax",
+        "packed sequences need Sq = Sk, got scores of shape ", scores.shape());
+  const Tensor<bool> mask = cu_seqlens.defined() ? packed_causal_mask(cu_seqlens, scores.size(-1), scores.device())
+                                                 : causal_mask(scores.size(-2), scores.size(-1), scores.device());
   return softmax(masked_fill(mul(scores, scale), mask, -std::numeric_limits<double>::infinity()), -1);
 }
 
 // q [..., Sq, D], k [..., Sk, D], v [..., Sk, Dv] (leading dims broadcast, so a [B, Hkv, 1, Sk, D]
 // key serves a group of query heads [B, Hkv, G, Sq, D]) -> [..., Sq, Dv].
+// cu_seqlens: a packed row (causal_softmax).
 template <class T>
-Tensor<T> causal_attention(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, double scale) {
+Tensor<T> causal_attention(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, double scale,
+                           const Tensor<std::int64_t>& cu_seqlens = Tensor<std::int64_t>()) {
   check_defined("causal_attention", q, k, v);
   check(q.dim() >= 2 && k.dim() >= 2 && v.dim() >= 2 && q.size(-1) == k.size(-1) && k.size(-2) == v.size(-2),
         "causal_attention", "q, k, v of shapes ", q.shape(), ", ", k.shape(), ", ", v.shape(),
         " do not fit [..., Sq, D], [..., Sk, D], [..., Sk, Dv]");
-  return matmul(causal_softmax(matmul(q, transpose(k, -1, -2)), scale), v);
+  return matmul(causal_softmax(matmul(q, transpose(k, -1, -2)), scale, cu_seqlens), v);
 }
 
 // Rope cos/sin tables for `positions` ([S] or [B, S]) and head dim `dim`, built on `device` (the

@@ -70,7 +70,7 @@ struct DeepseekV3DecodeCache {
 template <class T>
 class DeepseekV3DecoderLayer : public Module<T> {
  public:
-  using Tables = RopeTables<compute_t<T>>;
+  using Tables = AttentionContext<compute_t<T>>;
 
   DeepseekV3DecoderLayer(const DeepseekV3Config& c, std::int64_t layer_index, Generator& gen)
       : layer_idx(layer_index),
@@ -196,12 +196,16 @@ class DeepseekV3Model : public Module<T> {
   }
 
   // ids [B, S], positions [S] or [B, S] -> the last layer's hidden states [B, S, hidden] BEFORE
-  // the final norm, and the summed balance loss of the MoE layers.
-  DecoderOutput<T> forward_full(const Tensor<std::int64_t>& ids, const Tensor<std::int64_t>& positions) {
+  // the final norm, and the summed balance loss of the MoE layers. cu_seqlens: one packed row
+  // (B = 1) of several sequences (nn/attention.hpp; positions then usually packed_positions).
+  DecoderOutput<T> forward_full(const Tensor<std::int64_t>& ids, const Tensor<std::int64_t>& positions,
+                                const Tensor<std::int64_t>& cu_seqlens = Tensor<std::int64_t>()) {
     check_ids("DeepseekV3Model", ids);
     check_positions("DeepseekV3Model", positions, ids.size(0), ids.size(1));
+    if (cu_seqlens.defined()) (void)packed_sequences("DeepseekV3Model", cu_seqlens, ids.size(1));
     DecoderOutput<T> out{embed_tokens(ids), Tensor<T>()};
-    const auto tables = rope_tables_on<T>(positions, config.qk_rope_head_dim, config.rope_theta, out.hidden.device());
+    const AttentionContext<compute_t<T>> tables{
+        rope_tables_on<T>(positions, config.qk_rope_head_dim, config.rope_theta, out.hidden.device()), cu_seqlens};
     for (const auto& layer : layers) {
       DecoderOutput<T> l = layer->forward_full(out.hidden, tables);
       out.hidden = l.hidden;
@@ -210,8 +214,9 @@ class DeepseekV3Model : public Module<T> {
     return out;
   }
   // The final hidden states after norm.
-  Tensor<T> forward(const Tensor<std::int64_t>& ids, const Tensor<std::int64_t>& positions) {
-    return norm(forward_full(ids, positions).hidden);
+  Tensor<T> forward(const Tensor<std::int64_t>& ids, const Tensor<std::int64_t>& positions,
+                    const Tensor<std::int64_t>& cu_seqlens = Tensor<std::int64_t>()) {
+    return norm(forward_full(ids, positions, cu_seqlens).hidden);
   }
 
   DeepseekV3Config config;
@@ -249,25 +254,32 @@ class DeepseekV3ForCausalLM : public Module<T> {
     return forward(ids, positions_from(0, check_ids("DeepseekV3ForCausalLM", ids)));
   }
   Tensor<T> operator()(const Tensor<std::int64_t>& ids) { return forward(ids); }
-  Tensor<T> forward(const Tensor<std::int64_t>& ids, const Tensor<std::int64_t>& positions) {
-    return head(model.forward(ids, positions));
+  // cu_seqlens: one packed row (B = 1) of several sequences, attention kept inside each.
+  Tensor<T> forward(const Tensor<std::int64_t>& ids, const Tensor<std::int64_t>& positions,
+                    const Tensor<std::int64_t>& cu_seqlens = Tensor<std::int64_t>()) {
+    return head(model.forward(ids, positions, cu_seqlens));
   }
 
   // Training forward: ids and next-token targets [B, S] (targets[:, i] follows ids[:, i];
-  // ignore_index marks positions to skip) -> logits and the loss pieces.
+  // ignore_index marks positions to skip) -> logits and the loss pieces. cu_seqlens: one packed
+  // row (B = 1) of several sequences at packed_positions; the MTP modules do not run on a packed
+  // row (their shifted targets would cross sequence boundaries), so its mtp_loss is 0.
   DeepseekV3Output<T> forward_with_loss(const Tensor<std::int64_t>& ids, const Tensor<std::int64_t>& targets,
-                                        std::int64_t ignore_index = -100) {
+                                        std::int64_t ignore_index = -100,
+                                        const Tensor<std::int64_t>& cu_seqlens = Tensor<std::int64_t>()) {
     const std::int64_t S = check_ids("DeepseekV3ForCausalLM", ids);
     check_defined("DeepseekV3ForCausalLM", targets);
     check(targets.shape() == ids.shape(), "DeepseekV3ForCausalLM", "targets of shape ", targets.shape(),
           " do not match ids of shape ", ids.shape());
-    const DecoderOutput<T> main = model.forward_full(ids, positions_from(0, S));
+    const bool packed = cu_seqlens.defined();
+    const DecoderOutput<T> main =
+        model.forward_full(ids, packed ? packed_positions(cu_seqlens) : positions_from(0, S), cu_seqlens);
     DeepseekV3Output<T> out;
     out.logits = head(model.norm(main.hidden));
     out.main_loss = cross_entropy(out.logits, targets, ignore_index);
     Tensor<T> balance = main.balance_loss;
     const double lambda = model.config.mtp_loss_weight;
-    if (!model.mtp_layers.empty() && lambda != 0.0) {
+    if (!model.mtp_layers.empty() && lambda != 0.0 && !packed) {
       MTPLoss<T> mtp = multi_token_prediction_loss<T>(
           model.mtp_layers, main.hidden, ids, targets,
           [this](const Tensor<std::int64_t>& t) { return model.embed_tokens(t); },

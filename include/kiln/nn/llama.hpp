@@ -38,7 +38,7 @@ struct LlamaDecodeCache {
 template <class T>
 class LlamaAttention : public Module<T> {
  public:
-  using Tables = RopeTables<compute_t<T>>;
+  using Tables = AttentionContext<compute_t<T>>;
 
   LlamaAttention(const LlamaConfig& c, Generator& gen)
       : num_heads(c.num_attention_heads),
@@ -57,7 +57,10 @@ class LlamaAttention : public Module<T> {
   using CacheLayer = typename infer::KVCache<T>::Layer;
 
   // x [B, S, hidden] with rope tables for head_dim (of positions [S] or [B, S]) -> [B, S, hidden].
-  Tensor<T> forward(const Tensor<T>& x, const Tables& tables) const { return attend(project(x, tables)); }
+  // A packed context (tables.cu_seqlens, B = 1) keeps attention inside each sequence.
+  Tensor<T> forward(const Tensor<T>& x, const Tables& tables) const {
+    return attend(project(x, tables), tables.cu_seqlens);
+  }
 
   // Prefill: forward() over right-padded prompts, their keys and values written to the cache's
   // targets (infer::write_prompt).
@@ -108,16 +111,20 @@ class LlamaAttention : public Module<T> {
   // Causal attention over the projections: query heads grouped per kv head, [B, Hkv, G, S, D]
   // against keys [B, Hkv, 1, S, D]; the product broadcasts the shared key over the group, so
   // repeated keys are never materialised.
-  Tensor<T> attend(const Parts& p) const {
+  // cu_seqlens: a packed row (B = 1), attention kept inside each sequence.
+  Tensor<T> attend(const Parts& p, const Tensor<std::int64_t>& cu_seqlens = Tensor<std::int64_t>()) const {
     const std::int64_t B = p.B, S = p.S, Hkv = num_key_value_heads, G = num_heads / Hkv;
+    check(!cu_seqlens.defined() || B == 1, "LlamaAttention", "packed sequences (cu_seqlens) need one row, B = 1; got B = ",
+          B);
     const double scale = 1.0 / std::sqrt(double(head_dim));
     if (use_fused_attention<T>(p.q.device(), head_dim, head_dim)) {  // grouped kv heads read in place
-      const Tensor<T> o = fused_causal_attention(transpose(p.q, 1, 2), transpose(p.k, 1, 2), transpose(p.v, 1, 2), scale);
+      const Tensor<T> o = fused_causal_attention(transpose(p.q, 1, 2), transpose(p.k, 1, 2), transpose(p.v, 1, 2), scale,
+                                                 cu_seqlens);
       return o_proj(reshape(transpose(o, 1, 2), {B, S, num_heads * head_dim}));
     }
     const Tensor<T> qg = reshape(transpose(p.q, 1, 2), {B, Hkv, G, S, head_dim});
     const Tensor<T> k = unsqueeze(transpose(p.k, 1, 2), 2), v = unsqueeze(transpose(p.v, 1, 2), 2);
-    const Tensor<T> o = causal_attention(qg, k, v, scale);
+    const Tensor<T> o = causal_attention(qg, k, v, scale, cu_seqlens);
     return o_proj(reshape(transpose(reshape(o, {B, num_heads, S, head_dim}), 1, 2), {B, S, num_heads * head_dim}));
   }
 
@@ -150,7 +157,7 @@ class LlamaDecoderLayer : public Module<T> {
     this->register_module("post_attention_layernorm", &post_attention_layernorm);
   }
 
-  using Tables = RopeTables<compute_t<T>>;
+  using Tables = AttentionContext<compute_t<T>>;
   using CacheLayer = typename infer::KVCache<T>::Layer;
 
   Tensor<T> forward(const Tensor<T>& h, const Tables& tables) const {
@@ -203,11 +210,16 @@ class LlamaModel : public Module<T> {
   }
 
   // ids [B, S], positions [S] or [B, S] -> final hidden states [B, S, hidden] (after norm).
-  Tensor<T> forward(const Tensor<std::int64_t>& ids, const Tensor<std::int64_t>& positions) const {
+  // cu_seqlens: one packed row (B = 1) of several sequences (nn/attention.hpp; positions then
+  // usually packed_positions(cu_seqlens)).
+  Tensor<T> forward(const Tensor<std::int64_t>& ids, const Tensor<std::int64_t>& positions,
+                    const Tensor<std::int64_t>& cu_seqlens = Tensor<std::int64_t>()) const {
     check_ids("LlamaModel", ids);
     check_positions("LlamaModel", positions, ids.size(0), ids.size(1));
+    if (cu_seqlens.defined()) (void)packed_sequences("LlamaModel", cu_seqlens, ids.size(1));
     Tensor<T> h = embed_tokens(ids);
-    const auto tables = rope_tables_on<T>(positions, config.resolved_head_dim(), config.rope_theta, h.device());
+    const AttentionContext<compute_t<T>> tables{
+        rope_tables_on<T>(positions, config.resolved_head_dim(), config.rope_theta, h.device()), cu_seqlens};
     for (const auto& layer : layers) h = layer->forward(h, tables);
     return norm(h);
   }
@@ -236,8 +248,9 @@ class LlamaForCausalLM : public Module<T> {
   }
   Tensor<T> operator()(const Tensor<std::int64_t>& ids) const { return forward(ids); }
 
-  Tensor<T> forward(const Tensor<std::int64_t>& ids, const Tensor<std::int64_t>& positions) const {
-    return head(model.forward(ids, positions));
+  Tensor<T> forward(const Tensor<std::int64_t>& ids, const Tensor<std::int64_t>& positions,
+                    const Tensor<std::int64_t>& cu_seqlens = Tensor<std::int64_t>()) const {
+    return head(model.forward(ids, positions, cu_seqlens));
   }
 
   // hidden [..., hidden] -> logits (lm_head, or the embedding when tied).

@@ -55,7 +55,7 @@ namespace kiln::nn {
 template <class T>
 class MLA : public Module<T> {
  public:
-  using Tables = RopeTables<compute_t<T>>;
+  using Tables = AttentionContext<compute_t<T>>;
 
   MLA(const DeepseekV3Config& c, Generator& gen)
       : num_heads(checked_heads(c)),
@@ -100,8 +100,11 @@ class MLA : public Module<T> {
   Tensor<T> forward(const Tensor<T>& x) const { return forward(x, positions_from(0, seq_len(x))); }
   Tensor<T> operator()(const Tensor<T>& x, const Tensor<std::int64_t>& positions) const { return forward(x, positions); }
 
-  // Naive path with rope tables for qk_rope_head_dim built by the caller (shared across layers).
-  Tensor<T> forward(const Tensor<T>& x, const Tables& tables) const { return attend_naive(project(x, tables)); }
+  // Naive path with rope tables for qk_rope_head_dim built by the caller (shared across layers);
+  // a packed context (tables.cu_seqlens, B = 1) keeps attention inside each sequence.
+  Tensor<T> forward(const Tensor<T>& x, const Tables& tables) const {
+    return attend_naive(project(x, tables), tables.cu_seqlens);
+  }
 
   // Absorbed path over the latent: the same function as forward() (queries moved into latent
   // space, keys and values never formed), positions [S] or [B, S], default 0..S-1.
@@ -111,6 +114,7 @@ class MLA : public Module<T> {
   Tensor<T> forward_absorbed(const Tensor<T>& x) const { return forward_absorbed(x, positions_from(0, seq_len(x))); }
 
   Tensor<T> forward_absorbed(const Tensor<T>& x, const Tables& tables) const {
+    check(!tables.packed(), "MLA::forward_absorbed", "packed sequences (cu_seqlens) are for training: use forward()");
     const Parts p = project(x, tables);
     const std::int64_t B = p.B, S = p.S, H = num_heads, r = kv_lora_rank;
     const Tensor<T> q_lat = matmul(p.q_nope, w_uk());  // [B, H, S, r]
@@ -226,9 +230,11 @@ class MLA : public Module<T> {
     return unsqueeze(cat(std::vector<Tensor<T>>{p.c_kv, p.k_pe}, -1), 2);
   }
 
-  // The naive path from the projections: keys and values up-projected per head, causal attention.
-  Tensor<T> attend_naive(const Parts& p) const {
+  // The naive path from the projections: keys and values up-projected per head, causal attention
+  // (within each sequence of a packed row when cu_seqlens is given).
+  Tensor<T> attend_naive(const Parts& p, const Tensor<std::int64_t>& cu_seqlens = Tensor<std::int64_t>()) const {
     const std::int64_t B = p.B, S = p.S, H = num_heads;
+    check(!cu_seqlens.defined() || B == 1, "MLA", "packed sequences (cu_seqlens) need one row, B = 1; got B = ", B);
     const std::vector<Tensor<T>> kv =
         split(reshape(kv_b_proj(p.c_kv), {B, S, H, qk_nope_head_dim + v_head_dim}),
               std::vector<std::int64_t>{qk_nope_head_dim, v_head_dim}, -1);
@@ -240,11 +246,11 @@ class MLA : public Module<T> {
       const std::int64_t dr = qk_rope_head_dim;
       const Tensor<T> q = cat(std::vector<Tensor<T>>{p.q_nope, p.q_pe}, -1);
       const Tensor<T> k = cat(std::vector<Tensor<T>>{k_nope, expand(reshape(p.k_pe, {B, 1, S, dr}), {B, H, S, dr})}, -1);
-      return output(fused_causal_attention(q, k, v, softmax_scale));
+      return output(fused_causal_attention(q, k, v, softmax_scale, cu_seqlens));
     }
     const Tensor<T> scores =
         add(matmul(p.q_nope, transpose(k_nope, -1, -2)), shared_key_scores(p.q_pe, p.k_pe));
-    return output(matmul(causal_softmax(scores, softmax_scale), v));
+    return output(matmul(causal_softmax(scores, softmax_scale, cu_seqlens), v));
   }
 
   // q [B, H, Sq, d] against one key per position shared by all heads, k [B, Sk, d] ->

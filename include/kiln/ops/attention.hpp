@@ -38,26 +38,28 @@
 
 namespace kiln {
 
-namespace detail {
-
-// The sequence of every token of a packed row of S tokens, checked: begin[i] = its first token,
-// end[i] = one past its last.
+// The sequence of every token of a packed row of S tokens (cu_seqlens checked: a CPU tensor
+// [n + 1], 0 = c_0 < c_1 < ... < c_n = S): begin[i] = its first token, end[i] = one past its last.
+// Also used by the modules' composed path (nn/attention.hpp) for the same mask and positions.
 struct PackedSequences {
   std::vector<std::int64_t> begin, end;
 };
 
-inline PackedSequences attention_sequences(const char* op, const Tensor<std::int64_t>& cu_seqlens, std::int64_t S) {
+inline PackedSequences packed_sequences(const char* op, const Tensor<std::int64_t>& cu_seqlens, std::int64_t S) {
   check(cu_seqlens.device().is_cpu(), op, "cu_seqlens must be a CPU tensor, got one on ", cu_seqlens.device());
   check(cu_seqlens.dim() == 1 && cu_seqlens.size(0) >= 2, op,
         "cu_seqlens must be [n + 1] with n >= 1 sequences, got shape ", cu_seqlens.shape());
   const std::vector<std::int64_t> cu = cu_seqlens.to_vector();
   check(cu.front() == 0 && cu.back() == S, op, "cu_seqlens must run from 0 to S = ", S, ", got ", cu.front(), "..",
         cu.back());
+  // Every step checked before any is used: with 0 < c_1 > c_2 = S, filling as we check would
+  // write c_1 > S entries.
+  for (std::size_t s = 0; s + 1 < cu.size(); ++s)
+    check(cu[s] < cu[s + 1], op, "cu_seqlens must increase strictly (no empty sequence), got ", cu[s], " then ",
+          cu[s + 1], " at ", s);
   PackedSequences seqs{std::vector<std::int64_t>(static_cast<std::size_t>(S)),
                        std::vector<std::int64_t>(static_cast<std::size_t>(S))};
   for (std::size_t s = 0; s + 1 < cu.size(); ++s) {
-    check(cu[s] < cu[s + 1], op, "cu_seqlens must increase strictly (no empty sequence), got ", cu[s], " then ",
-          cu[s + 1], " at ", s);
     for (std::int64_t i = cu[s]; i < cu[s + 1]; ++i) {
       seqs.begin[static_cast<std::size_t>(i)] = cu[s];
       seqs.end[static_cast<std::size_t>(i)] = cu[s + 1];
@@ -66,7 +68,6 @@ inline PackedSequences attention_sequences(const char* op, const Tensor<std::int
   return seqs;
 }
 
-}  // namespace detail
 
 // Whether fused_causal_attention has a kernel for T at head dims (dk, dv) on `device`: always on
 // the CPU; on CUDA for bf16 at the compiled head dims, once the kernel is registered
@@ -215,10 +216,10 @@ Tensor<T> fused_causal_attention(const Tensor<T>& q, const Tensor<T>& k, const T
         op, "q ", q.shape(), ", k ", k.shape(), " and v ", v.shape(),
         " do not fit [B, H, S, Dk], [B, Hkv, S, Dk], [B, Hkv, S, Dv] with Hkv dividing H and Dk, Dv > 0");
   check(std::isfinite(scale), op, "scale must be finite, got ", scale);
-  std::optional<detail::PackedSequences> seqs;
+  std::optional<PackedSequences> seqs;
   if (cu_seqlens.defined()) {
     check(B == 1, op, "packed sequences (cu_seqlens) need B = 1 (one packed row), got q ", q.shape());
-    seqs = detail::attention_sequences(op, cu_seqlens, S);
+    seqs = packed_sequences(op, cu_seqlens, S);
   }
   const cpu::AttentionShape shape{B, S, H, Hkv, Dk, Dv};
   if (q.device().is_cpu())

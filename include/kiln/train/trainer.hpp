@@ -1,10 +1,13 @@
 // A training loop for kiln's causal language models (nn::DeepseekV3ForCausalLM, nn::LlamaForCausalLM).
 //
 // One optimizer step:
-//   1. gradient accumulation: for each of `grad_accum` micro-batches, forward, loss / grad_accum,
-//      backward (gradients add up in the parameters' .grad()). Every micro-batch weighs the same,
-//      so k micro-batches give the gradient of one batch k times larger whenever each micro-batch
-//      has the same number of counted targets (always, for packed data without ignore_index);
+//   1. gradient accumulation: for each of `grad_accum` micro-batches, forward, loss × w_k,
+//      backward (gradients add up in the parameters' .grad()). w_k = n_k / Σ n, n_k the targets
+//      micro-batch k counts (not ignore_index): each loss is a mean over its own targets, so the
+//      sum is the mean over all of the step's targets, and k micro-batches give the gradient of
+//      the one batch they make up even when they count different numbers of targets (SFT's
+//      prompt masking, packed rows); pretraining's micro-batches all count B·S, w_k = 1/k. The
+//      loss is compute_loss (next-token CE; DeepSeek-V3 adds MTP and balance) or a LossFn;
 //   2. global-norm clipping (optim/clip.hpp); a non-finite norm skips the update (counted);
 //   3. AdamW (optim/adamw.hpp) at the rate of the warmup + cosine schedule (optim/schedule.hpp)
 //      for this step;
@@ -68,9 +71,13 @@
 namespace kiln::train {
 
 // Token ids and next-token targets, both [B, S] (targets may hold ignore_index = -100). On any
-// device: the trainer moves them to the model's.
+// device: the trainer moves them to the model's. cu_seqlens (a CPU tensor [n + 1]) makes the batch
+// one packed row (B = 1) of n sequences: attention stays inside each, positions restart in each
+// (nn/attention.hpp; distill/sft.hpp builds such batches).
 struct Batch {
   Tensor<std::int64_t> ids, targets;
+  // Undefined: every row is one sequence at positions 0..S-1.
+  Tensor<std::int64_t> cu_seqlens = Tensor<std::int64_t>();
 };
 
 // Micro-batch `index` -> the batch (a pure function of the index).
@@ -83,17 +90,37 @@ struct LossParts {
   std::vector<std::pair<std::string, Tensor<T>>> parts;
 };
 
+// The logits of a batch [B, S, vocab], packed or not.
+template <class Model>
+auto batch_logits(Model& model, const Batch& b) {
+  if (!b.cu_seqlens.defined()) return model.forward(b.ids);
+  return model.forward(b.ids, nn::packed_positions(b.cu_seqlens), b.cu_seqlens);
+}
+
 template <class T>
 LossParts<T> compute_loss(nn::DeepseekV3ForCausalLM<T>& model, const Batch& b) {
-  nn::DeepseekV3Output<T> out = model.forward_with_loss(b.ids, b.targets);
+  nn::DeepseekV3Output<T> out = model.forward_with_loss(b.ids, b.targets, -100, b.cu_seqlens);
   return {out.loss, {{"main", out.main_loss}, {"mtp", out.mtp_loss}, {"bal", out.balance_loss}}};
 }
 
 template <class T>
 LossParts<T> compute_loss(nn::LlamaForCausalLM<T>& model, const Batch& b) {
-  const Tensor<T> loss = cross_entropy(model(b.ids), b.targets);
+  const Tensor<T> loss = cross_entropy(batch_logits(model, b), b.targets);
   return {loss, {{"main", loss}}};
 }
+
+template <class M>
+struct scalar_of;
+template <template <class> class M, class T>
+struct scalar_of<M<T>> {
+  using type = T;
+};
+
+// The loss a Trainer minimises: by default compute_loss (next-token CE, plus MTP and balance for
+// DeepSeek-V3); the distillation objectives (distill/objectives.hpp) plug in here. parts[0] is
+// what validation reports as the loss ("main": next-token CE for every built-in objective).
+template <class Model>
+using LossFn = std::function<LossParts<typename scalar_of<Model>::type>(Model&, const Batch&)>;
 
 // ---- FLOPs ---------------------------------------------------------------------------------------
 
@@ -222,13 +249,6 @@ struct EvalRecord {
 
 namespace detail {
 
-template <class M>
-struct scalar_of;
-template <template <class> class M, class T>
-struct scalar_of<M<T>> {
-  using type = T;
-};
-
 inline std::string format(const char* fmt, ...) {
   char buf[512];
   va_list args;
@@ -251,15 +271,18 @@ inline std::string format_parts(const std::vector<std::pair<std::string, double>
 template <class Model>
 class Trainer {
  public:
-  using T = typename detail::scalar_of<Model>::type;
+  using T = typename scalar_of<Model>::type;
   using Clock = std::chrono::steady_clock;
 
-  // `model` must outlive the trainer; the optimizer is built over model.parameters().
-  Trainer(Model& model, TrainerOptions options, BatchFn train_data, BatchFn validation_data = {})
+  // `model` must outlive the trainer; the optimizer is built over model.parameters(). loss_fn
+  // replaces compute_loss (for training and validation).
+  Trainer(Model& model, TrainerOptions options, BatchFn train_data, BatchFn validation_data = {},
+          LossFn<Model> loss_fn = {})
       : model_(model),
         options_(std::move(options)),
         train_data_(std::move(train_data)),
         validation_data_(std::move(validation_data)),
+        loss_fn_(std::move(loss_fn)),
         optimizer_(model.parameters(), options_.adamw),
         flops_(flops_model(model)) {
     check(options_.steps >= 0 && options_.grad_accum >= 1, "Trainer", "steps (", options_.steps,
@@ -317,14 +340,16 @@ class Trainer {
     Tensor<A> loss_sum;
     std::vector<std::pair<std::string, Tensor<A>>> part_sums;
     StepRecord r;
-    const double scale = 1.0 / static_cast<double>(options_.grad_accum);
-    for (std::int64_t k = 0; k < options_.grad_accum; ++k) {
-      const Batch b = on_device(train_data_(first + k));
-      const LossParts<T> l = compute_loss(model_, b);
-      (options_.grad_accum == 1 ? l.loss : mul(l.loss, scale)).backward();
+    std::vector<Batch> batches;  // as the BatchFn made them (usually on the host, where they are counted)
+    for (std::int64_t k = 0; k < options_.grad_accum; ++k) batches.push_back(train_data_(first + k));
+    const std::vector<double> w = target_weights(batches);
+    for (std::size_t k = 0; k < batches.size(); ++k) {
+      const Batch b = on_device(batches[k]);
+      const LossParts<T> l = loss(b);
+      (w[k] == 1.0 ? l.loss : mul(l.loss, w[k])).backward();
       NoGradGuard no_grad;
-      auto accumulate = [](Tensor<A>& sum, const Tensor<T>& x) {
-        const Tensor<A> v = cast<A>(x.detach());
+      auto accumulate = [&](Tensor<A>& sum, const Tensor<T>& x) {
+        const Tensor<A> v = mul(cast<A>(x.detach()), w[k]);
         sum = sum.defined() ? add(sum, v) : v;
       };
       accumulate(loss_sum, l.loss);
@@ -334,8 +359,8 @@ class Trainer {
       r.tokens += b.ids.numel();
       r.flops += static_cast<double>(b.ids.numel()) * flops_.per_token(b.ids.size(1));
     }
-    r.loss = static_cast<double>(loss_sum.item()) * scale;
-    for (const auto& [name, t] : part_sums) r.parts.emplace_back(name, static_cast<double>(t.item()) * scale);
+    r.loss = static_cast<double>(loss_sum.item());
+    for (const auto& [name, t] : part_sums) r.parts.emplace_back(name, static_cast<double>(t.item()));
     return r;
   }
 
@@ -375,21 +400,23 @@ class Trainer {
     return r;
   }
 
-  // The validation loss (mean over eval_batches batches, no gradients) and the expert load over
-  // all of them.
+  // The validation loss (over eval_batches batches, each weighted by its share of their counted
+  // targets as in training; no gradients) and the expert load over all of them.
   EvalRecord evaluate() {
     check(static_cast<bool>(validation_data_), "Trainer::evaluate", "no validation BatchFn was given");
     NoGradGuard no_grad;
     EvalRecord e;
     e.step = step_;
     std::vector<nn::ExpertLoad> loads;
-    const double scale = 1.0 / static_cast<double>(std::max<std::int64_t>(options_.eval_batches, 1));
-    for (std::int64_t i = 0; i < options_.eval_batches; ++i) {
-      const LossParts<T> l = compute_loss(model_, on_device(validation_data_(i)));
+    std::vector<Batch> batches;
+    for (std::int64_t i = 0; i < options_.eval_batches; ++i) batches.push_back(validation_data_(i));
+    const std::vector<double> w = target_weights(batches);
+    for (std::size_t i = 0; i < batches.size(); ++i) {
+      const LossParts<T> l = loss(on_device(batches[i]));
       if (e.parts.empty())
         for (const auto& [name, t] : l.parts) e.parts.emplace_back(name, 0.0);
       for (std::size_t k = 0; k < l.parts.size(); ++k)
-        e.parts[k].second += static_cast<double>(l.parts[k].second.item()) * scale;
+        e.parts[k].second += static_cast<double>(l.parts[k].second.item()) * w[i];
       if constexpr (requires { model_.last_load_stats(); }) {
         const auto stats = model_.last_load_stats();
         if (loads.empty())
@@ -482,8 +509,26 @@ class Trainer {
     check(b.ids.defined() && b.targets.defined() && b.ids.dim() == 2 && b.ids.shape() == b.targets.shape(), "Trainer",
           "a batch needs ids and targets of one shape [B, S], got ", b.ids.defined() ? b.ids.shape() : Shape{}, " and ",
           b.targets.defined() ? b.targets.shape() : Shape{});
+    check(!b.cu_seqlens.defined() || b.ids.size(0) == 1, "Trainer", "a packed batch (cu_seqlens) is one row, got ids ",
+          b.ids.shape());
     if (b.ids.device() == device_ && b.targets.device() == device_) return b;
-    return {to(b.ids, device_), to(b.targets, device_)};
+    return {to(b.ids, device_), to(b.targets, device_), b.cu_seqlens};  // cu_seqlens stays on the host
+  }
+
+  LossParts<T> loss(const Batch& b) { return loss_fn_ ? loss_fn_(model_, b) : compute_loss(model_, b); }
+
+  // w_k = n_k / Σ n over the batches (n_k: targets that are not ignore_index); 1/K when none counts.
+  static std::vector<double> target_weights(const std::vector<Batch>& batches) {
+    std::vector<double> n;
+    double total = 0.0;
+    for (const Batch& b : batches) {
+      check(b.targets.defined(), "Trainer", "a batch needs targets");
+      const std::vector<std::int64_t> t = b.targets.to_vector();
+      n.push_back(static_cast<double>(std::count_if(t.begin(), t.end(), [](std::int64_t x) { return x != -100; })));
+      total += n.back();
+    }
+    for (double& x : n) x = total > 0.0 ? x / total : 1.0 / static_cast<double>(batches.size());
+    return n;
   }
 
   io::json schedule_json() const {
@@ -524,6 +569,7 @@ class Trainer {
   Model& model_;
   TrainerOptions options_;
   BatchFn train_data_, validation_data_;
+  LossFn<Model> loss_fn_;
   optim::AdamW<T> optimizer_;
   FlopsModel flops_;
   Device device_ = Device::cpu();
