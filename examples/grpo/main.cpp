@@ -302,13 +302,10 @@ io::ordered_json step_json(const rl::StepReport& r) {
 // The plots (scripts/plot_grpo.py, matplotlib): a Python that has matplotlib is looked for.
 void plot(const std::string& out) {
 #ifdef KILN_SOURCE_DIR
-  const std::string script = std::string(KILN_SOURCE_DIR) + "/scripts/plot_grpo.py";
-  for (const char* python : {"/usr/bin/python3", "python3"}) {
-    const std::string cmd = std::string(python) + " '" + script + "' '" + out + "/metrics.jsonl' '" + out + "/plots'";
-    if (std::system(cmd.c_str()) == 0) {
-      std::printf("plots: %s/plots/\n", out.c_str());
-      return;
-    }
+  if (example::run_python(std::string(KILN_SOURCE_DIR) + "/scripts/plot_grpo.py",
+                          "'" + out + "/metrics.jsonl' '" + out + "/plots'")) {
+    std::printf("plots: %s/plots/\n", out.c_str());
+    return;
   }
   std::printf("plots skipped: no python3 with matplotlib (scripts/install-deps.sh installs it)\n");
 #else

@@ -49,6 +49,8 @@ class Flags {
     }
   }
   bool has(const std::string& name) const { return values_.count(name) > 0; }
+  // A value as if given on the command line (a preset's defaults).
+  void set(const std::string& name, const std::string& value) { values_[name] = value; }
   std::string str(const std::string& name, const std::string& fallback) const {
     used_[name] = true;
     return has(name) ? values_.at(name) : fallback;
@@ -254,6 +256,17 @@ inline bool gpu_sized(const std::string& name) { return name == "big" || name ==
 
 // The vocabulary rounded up to a multiple of 64 (ids beyond the tokenizer's are never seen).
 inline std::int64_t padded_vocab(std::int64_t n) { return (n + 63) / 64 * 64; }
+
+// Runs `python3 SCRIPT ARGS` with the first Python for which it succeeds: Debian's /usr/bin/python3
+// (where scripts/install-deps.sh installs matplotlib), then the python3 on PATH (a virtual
+// environment or pyenv may shadow it without matplotlib). ARGS are passed as written (quote them).
+inline bool run_python(const std::string& script, const std::string& args) {
+  for (const char* python : {"/usr/bin/python3", "python3"}) {
+    const std::string cmd = std::string(python) + " '" + script + "' " + args;
+    if (std::system(cmd.c_str()) == 0) return true;
+  }
+  return false;
+}
 
 // "model name @ N cores" from /proc/cpuinfo (Linux), for reports.
 inline std::string cpu_description() {

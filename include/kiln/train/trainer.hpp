@@ -305,7 +305,7 @@ class Trainer {
   // The same, stopping after step `last_step` (<= steps).
   void run_until(std::int64_t last_step) {
     check(last_step <= options_.steps, "Trainer", "run_until(", last_step, ") goes past steps = ", options_.steps);
-    if (step_ == 0 || step_ < last_step) print_header();
+    if (!header_printed_ && step_ < last_step) print_header();
     std::int64_t interval_tokens = 0;
     double interval_seconds = 0.0, interval_flops = 0.0;
     while (step_ < last_step) {
@@ -537,7 +537,8 @@ class Trainer {
             {"warmup_steps", c.warmup_steps}, {"total_steps", c.total_steps}};
   }
 
-  void print_header() const {
+  void print_header() {
+    header_printed_ = true;
     log(detail::format("training %lld parameters (%.4g active per token) on %s: %lld steps of %lld micro-batch(es); "
                        "FLOPs/token = %.4g + %.4g * seq_len\n",
                        static_cast<long long>(model_.num_parameters()), flops_.active_params, device_.name().c_str(),
@@ -575,6 +576,7 @@ class Trainer {
   Device device_ = Device::cpu();
   std::int64_t step_ = 0, data_position_ = 0, tokens_seen_ = 0, skipped_steps_ = 0;
   double last_lr_ = 0.0;
+  bool header_printed_ = false;  // once per trainer, however many run_until calls
   std::vector<StepRecord> history_;
   std::vector<EvalRecord> eval_history_;
 };

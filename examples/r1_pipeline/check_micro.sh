@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The test r1_pipeline_micro (CI): the whole pipeline at --micro size writes a complete report; a
+# resumed run redoes exactly the stages whose marks are gone; bad stage lists are refused with a
+# clear message. Usage: check_micro.sh PATH/TO/r1_pipeline WORKDIR
+set -euo pipefail
+bin=$1
+out=$2/run
+rm -rf "$2"
+mkdir -p "$2"
+fail() { echo "r1_pipeline_micro: $*" >&2; exit 1; }
+
+"$bin" --micro --out "$out" | tee "$2/first.log"
+[ -f "$out/report.md" ] || fail "no report.md"
+for model in "teacher base" "teacher: + GRPO" "student base" "student + GRPO alone" "student + SFT on the teacher" \
+    "student + logit KD" "student + on-policy"; do
+  grep -q "| $model" "$out/report.md" || fail "report.md has no row for \"$model\""
+done
+python3 - "$out" <<'PY'
+import json, sys
+out = sys.argv[1]
+r = json.load(open(f"{out}/report.json"))
+assert len(r["models"]) == 7, r["models"]
+for m in r["models"]:
+    for key in ("pass_at_1", "cons_at_k", "greedy", "mean_length"):
+        i = m[key]
+        assert i["lo"] <= i["estimate"] <= i["hi"], (m["model"], key, i)
+for kind in ("sft", "kd", "onpolicy"):
+    lines = [json.loads(l) for l in open(f"{out}/student-{kind}/metrics.jsonl") if l.strip()]
+    assert any("val_loss" in l for l in lines) and any("loss" in l for l in lines), kind
+traces = [json.loads(l) for l in open(f"{out}/traces/traces.jsonl") if l.strip()]
+assert all(set(t) >= {"prompt", "completion", "reward", "source", "seed", "problem"} for t in traces)
+print("report.json, metrics and traces: complete")
+PY
+if /usr/bin/python3 -c "import matplotlib" 2>/dev/null || python3 -c "import matplotlib" 2>/dev/null; then
+  for png in accuracy students; do [ -s "$out/plots/$png.png" ] || fail "no plots/$png.png"; done
+fi
+
+# Resume: only the stages whose marks are removed run again.
+rm "$out/stages/eval-student-kd.done" "$out/stages/report.done" "$out/report.md"
+"$bin" --resume "$out" | tee "$2/resumed.log"
+grep -q "start eval-student-kd" "$2/resumed.log" || fail "the resumed run did not redo eval-student-kd"
+grep -q "start report" "$2/resumed.log" || fail "the resumed run did not redo the report"
+if grep -q "start teacher-base\|start traces" "$2/resumed.log"; then fail "the resumed run redid finished stages"; fi
+[ -f "$out/report.md" ] || fail "no report.md after resuming"
+
+# Bad stage lists.
+if "$bin" --resume "$out" --stages bogus 2> "$2/bad.log"; then fail "--stages bogus was accepted"; fi
+grep -q "unknown stage \"bogus\"" "$2/bad.log" || fail "no clear message for an unknown stage: $(cat "$2/bad.log")"
+if "$bin" --micro --out "$2/fresh" --stages student-kd 2> "$2/bad.log"; then fail "a stage without its inputs ran"; fi
+grep -q "student-kd needs student-base" "$2/bad.log" || fail "no clear message for missing inputs: $(cat "$2/bad.log")"
+echo "r1_pipeline_micro: passed"

@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""Plot an R1 pipeline run (examples/r1_pipeline): held-out accuracy per model and the students' training.
+
+    python3 scripts/plot_r1_pipeline.py RUN
+
+Reads RUN/report.json (written by the pipeline's report stage) and the students' logs, and writes
+under RUN/plots/:
+    accuracy.png   pass@1 and cons@k of every model with their 95% intervals (error bars)
+    students.png   the distilled students' validation loss (next-token CE on held-out traces)
+                   against step, and the GRPO runs' mean reward against step (trailing mean)
+
+Records of a step logged twice (a resumed stage) keep the last one. A missing report is an error;
+a missing training log leaves its curve out with a note. Rendering uses matplotlib's Agg backend
+(Debian: python3-matplotlib, installed by scripts/install-deps.sh).
+"""
+import json
+import os
+import sys
+
+
+def read_jsonl(path):
+    """The records of a JSON Lines file, or [] when it does not exist; an incomplete last line is skipped."""
+    if not os.path.exists(path):
+        print(f"plot_r1_pipeline: {path} not found, its curve is left out", file=sys.stderr)
+        return []
+    records = []
+    with open(path, "r", encoding="utf-8", errors="replace") as f:
+        lines = f.read().split("\n")
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if number == len(lines):
+                continue  # still being written
+            raise SystemExit(f"plot_r1_pipeline: {path} line {number}: {e}")
+    return records
+
+
+def by_step(records, key):
+    """(steps, values) of the records that carry `key`, the last record of a step winning."""
+    points = {}
+    for r in records:
+        if key in r and r[key] is not None and "step" in r:
+            points[r["step"]] = r[key]
+    steps = sorted(points)
+    return steps, [points[s] for s in steps]
+
+
+def trailing_mean(values, window):
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def main():
+    if len(sys.argv) != 2:
+        raise SystemExit(__doc__)
+    run = sys.argv[1]
+    report_path = os.path.join(run, "report.json")
+    if not os.path.exists(report_path):
+        raise SystemExit(f"plot_r1_pipeline: {report_path} not found (run the pipeline's report stage first)")
+    with open(report_path, encoding="utf-8") as f:
+        report = json.load(f)
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = os.path.join(run, "plots")
+    os.makedirs(out, exist_ok=True)
+
+    models = report["models"]
+    names = [m["model"] for m in models]
+    fig, ax = plt.subplots(figsize=(max(7, 1.2 * len(names)), 4.5))
+    x = range(len(names))
+    for offset, key, label in ((-0.18, "pass_at_1", "pass@1"), (0.18, "cons_at_k", f"cons@{models[0]['k']}")):
+        est = [m[key]["estimate"] for m in models]
+        lo = [m[key]["estimate"] - m[key]["lo"] for m in models]
+        hi = [m[key]["hi"] - m[key]["estimate"] for m in models]
+        ax.bar([i + offset for i in x], est, width=0.36, yerr=[lo, hi], capsize=3, label=label)
+    ax.set_xticks(list(x))
+    ax.set_xticklabels(names, rotation=25, ha="right")
+    ax.set_ylabel("held-out accuracy (95% interval)")
+    ax.set_ylim(0, 1)
+    ax.legend()
+    ax.set_title(f"{models[0]['problems']} held-out problems")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "accuracy.png"), dpi=120)
+    plt.close(fig)
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for kind in ("sft", "kd", "onpolicy"):
+        steps, values = by_step(read_jsonl(os.path.join(run, f"student-{kind}", "metrics.jsonl")), "val_loss")
+        if steps:
+            left.plot(steps, values, marker="o", label=f"student-{kind}")
+    left.set_xlabel("optimizer step")
+    left.set_ylabel("validation CE on held-out traces")
+    left.set_title("distilled students")
+    left.legend()
+    for name in ("teacher", "student-grpo"):
+        steps, values = by_step(read_jsonl(os.path.join(run, name, "metrics.jsonl")), "reward_mean")
+        if steps:
+            right.plot(steps, trailing_mean(values, max(3, len(values) // 10)), label=f"{name} (GRPO)")
+    right.set_xlabel("GRPO step")
+    right.set_ylabel("mean reward (trailing mean)")
+    right.set_title("GRPO runs")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "students.png"), dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
