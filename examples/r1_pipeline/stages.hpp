@@ -279,6 +279,7 @@ void student_stage(const std::string& out, const Settings& s, const std::string&
       p.sampling.max_new_tokens = s.max_completion;
       p.sampling.stop_strings = {"</answer>"};
       p.seed = s.seed + 5;
+      p.packing = s.packed();
       const data::TaskMix mix = task_mix(s);
       const std::uint64_t problem_seed = s.seed * 1000003ull + 59;
       batches = distill::on_policy_batches(

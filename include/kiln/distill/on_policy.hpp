@@ -7,9 +7,9 @@
 // As a train::BatchFn: micro-batch i is on-policy when philox(seed, i) < λ; its prompts are
 // problems number i·P .. i·P + P - 1 of the problem stream (a pure function of the index), its
 // completions sampled with draws keyed by (seed, i), so a run resumed from a checkpoint (same
-// weights) samples what the uninterrupted run sampled. The batch is one packed row of
-// prompt + completion sequences whose targets are the completion tokens (distill/sft.hpp's
-// layout).
+// weights) samples what the uninterrupted run sampled. The batch holds the prompt + completion
+// sequences, packed in one row or padded (distill/sft.hpp's layouts), whose targets are the
+// completion tokens.
 #pragma once
 
 #include <cstdint>
@@ -32,6 +32,7 @@ struct OnPolicyOptions {
   std::int64_t samples_per_prompt = 1;  // completions per prompt
   infer::SamplingParams sampling;       // the student's sampling (temperature 1: its own distribution)
   std::uint64_t seed = 0;
+  bool packing = true;                  // one packed row (else padded rows: SftDataOptions::packing)
 };
 
 // What the last on-policy micro-batches looked like (for progress lines).
@@ -77,8 +78,10 @@ train::BatchFn on_policy_batches(const Student& student, const data::Tokenizer& 
       for (const SftExample& e : examples) stats->tokens += static_cast<std::int64_t>(e.completion.size());
     }
     check(!examples.empty(), "on_policy_batches", "every sample of micro-batch ", i, " is empty");
-    // One packed row of everything sampled (the budget is the samples themselves).
+    // One micro-batch of everything sampled (the budget is the samples themselves).
     SftDataOptions layout;
+    layout.packing = options.packing;
+    layout.pad_id = tokenizer.eos_id().value_or(0);
     layout.shuffle = false;
     layout.tokens_per_batch = std::numeric_limits<std::int64_t>::max() / 2;
     return SftData(std::move(examples), layout).batch(0);
