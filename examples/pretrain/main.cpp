@@ -41,7 +41,7 @@ const char* kUsage = R"(pretrain: a small DeepSeek-V3-style MoE model on worked 
 
   --device cpu|cuda     where to train (cuda needs a build with KILN_CUDA=ON)       [cpu]
   --config NAME         small: the CPU default (hidden 128, 2 layers); big: ~100M params; tiny and
-                        medium: the R1 pipeline's students (a quarter of small, a fifth of big);
+                        medium: the R1 pipeline's students (0.26M and 16M parameters);
                         tiny takes small's defaults below, medium big's                  [small]
   --dtype float32|bf16  parameter dtype; bf16 keeps FP32 master weights in AdamW    [cpu: float32, cuda: bf16]
   --steps N             optimizer steps                                  [small 400, big 3000]

@@ -23,7 +23,7 @@
 // is marked in OUT/stages/ and never rerun, so `r1_pipeline --resume OUT` after an interruption
 // continues from the stages that had not finished (each of those from its own last checkpoint).
 //
-//   r1_pipeline                       CPU defaults (about 15 minutes on 2 cores), GPU defaults with one
+//   r1_pipeline                       CPU defaults (about 8 minutes on 2 cores), GPU defaults with one
 //   r1_pipeline --out runs/r1b --seed 2
 //   r1_pipeline --resume runs/r1      continue an interrupted run
 //   r1_pipeline --micro               a minute-long configuration (CI checks the whole report)
@@ -86,7 +86,8 @@ const char* kUsage = R"(r1_pipeline: teacher (pretrain + GRPO), rejection-sample
   --onpolicy-lambda X       fraction of on-policy micro-batches (the rest: the traces)           [1]
   --onpolicy-prompts N      prompts per on-policy micro-batch                         [small 16, big 64]
   --max-completion N        new tokens per completion at most                      [small 160, big 256]
-  --max-digits N            arithmetic operands of 1..N digits                                   [2]
+  --max-digits N            arithmetic operands of 1..N digits (the larger models saturate 2)
+                                                                                [small 2, big 3]
   --eval-problems N         held-out problems                                                  [200]
   --eval-k K                samples per problem for pass@1 and cons@k                            [8]
   --no-plot                 skip the PNG plots

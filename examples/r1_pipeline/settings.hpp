@@ -126,7 +126,7 @@ inline Settings parse_settings(const example::Flags& f, const io::json& saved) {
   s.onpolicy_lambda = r_("onpolicy-lambda", 1.0);
   s.onpolicy_prompts = i_("onpolicy-prompts", big ? 64 : 16);
   s.max_completion = i_("max-completion", big ? 256 : 160);
-  s.max_digits = i_("max-digits", 2);
+  s.max_digits = i_("max-digits", big ? 3 : 2);  // the larger models saturate 1-2 digit problems
   s.eval_problems = i_("eval-problems", 200);
   s.eval_k = i_("eval-k", 8);
   s.plot = !(f.flag("no-plot") || (saved.contains("plot") && !saved["plot"].get<bool>()));
