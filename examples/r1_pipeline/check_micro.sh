@@ -43,6 +43,13 @@ grep -q "start report" "$2/resumed.log" || fail "the resumed run did not redo th
 if grep -q "start teacher-base\|start traces" "$2/resumed.log"; then fail "the resumed run redid finished stages"; fi
 [ -f "$out/report.md" ] || fail "no report.md after resuming"
 
+# A selection of stages: only those run, their inputs being done.
+rm "$out/stages/student-sft.done" "$out/stages/eval-student-sft.done"
+"$bin" --resume "$out" --stages student-sft,eval-student-sft | tee "$2/selected.log"
+grep -q "start student-sft" "$2/selected.log" && grep -q "start eval-student-sft" "$2/selected.log" ||
+  fail "--stages student-sft,eval-student-sft did not run them"
+if grep -q "start report" "$2/selected.log"; then fail "--stages ran a stage it does not list"; fi
+
 # Bad stage lists.
 if "$bin" --resume "$out" --stages bogus 2> "$2/bad.log"; then fail "--stages bogus was accepted"; fi
 grep -q "unknown stage \"bogus\"" "$2/bad.log" || fail "no clear message for an unknown stage: $(cat "$2/bad.log")"
