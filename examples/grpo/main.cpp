@@ -250,19 +250,6 @@ void print_eval(const char* when, const rl::PolicyEvalReport& r) {
   std::fflush(stdout);
 }
 
-io::ordered_json eval_json(const rl::PolicyEvalReport& r) {
-  auto interval = [](const rl::Interval& i) { return io::ordered_json{{"estimate", i.estimate}, {"lo", i.lo}, {"hi", i.hi}}; };
-  io::ordered_json j;
-  j["problems"] = r.problems;
-  j["k"] = r.k;
-  j["pass_at_1"] = interval(r.pass_at_1);
-  j["cons_at_k"] = interval(r.cons_at_k);
-  j["greedy"] = interval(r.greedy);
-  j["mean_length"] = interval(r.mean_length);
-  j["format_rate"] = r.format_rate;
-  return j;
-}
-
 io::ordered_json step_json(const rl::StepReport& r) {
   io::ordered_json j;
   j["step"] = r.step;
@@ -400,7 +387,7 @@ int run(const char* argv0, Settings s, const std::string& out, const std::string
     before = rl::evaluate_policy(policy, tok, held_out, eval_options);
     print_eval("before", *before);
     std::printf("  (evaluation %.1f s)\n", std::chrono::duration<double>(Clock::now() - t).count());
-    report["before"] = eval_json(*before);
+    report["before"] = rl::to_json(*before);
   }
 
   rl::JsonlWriter metrics(out + "/metrics.jsonl", /*append=*/!resume.empty());
@@ -443,7 +430,7 @@ int run(const char* argv0, Settings s, const std::string& out, const std::string
                 b["greedy"]["lo"].get<double>(), b["greedy"]["hi"].get<double>());
   }
   print_eval("after ", after);
-  report["after"] = eval_json(after);
+  report["after"] = rl::to_json(after);
   report["train_seconds"] = train_seconds;
   report["total_seconds"] = std::chrono::duration<double>(Clock::now() - start).count();
   io::write_file_atomically(out + "/report.json", io::dump_json(report, "grpo", out + "/report.json", 2) + "\n", "grpo");

@@ -217,6 +217,15 @@ TEST(PolicyEvaluation, AnswerKeysAndReport) {
   }
   EXPECT_GT(r.mean_length.estimate, 0.0);
   EXPECT_LE(r.mean_length.estimate, 8.0);
+  // Its JSON form (run folders and reports) carries every figure.
+  const io::ordered_json j = rl::to_json(r);
+  EXPECT_EQ(j["problems"].get<std::int64_t>(), 5);
+  EXPECT_EQ(j["k"].get<std::int64_t>(), 3);
+  EXPECT_EQ(j["pass_at_1"]["estimate"].get<double>(), r.pass_at_1.estimate);
+  EXPECT_EQ(j["cons_at_k"]["lo"].get<double>(), r.cons_at_k.lo);
+  EXPECT_EQ(j["greedy"]["hi"].get<double>(), r.greedy.hi);
+  EXPECT_EQ(j["mean_length"]["estimate"].get<double>(), r.mean_length.estimate);
+  EXPECT_EQ(j["format_rate"].get<double>(), r.format_rate);
 }
 
 }  // namespace

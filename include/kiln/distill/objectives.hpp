@@ -66,9 +66,7 @@ inline CountedTargets counted_targets(const train::Batch& b, Device device) {
 // token, the output head only the selected ones.
 template <class Model>
 auto logits_at(Model& model, const train::Batch& b, const Tensor<std::int64_t>& rows) {
-  const auto hidden = b.cu_seqlens.defined()
-                          ? model.model.forward(b.ids, nn::packed_positions(b.cu_seqlens), b.cu_seqlens)
-                          : model.model.forward(b.ids, nn::positions_from(0, b.ids.size(1)));
+  const auto hidden = model.model.forward(b.ids, train::batch_positions(b), b.cu_seqlens);
   return model.head(index_select(reshape(hidden, {-1, hidden.size(-1)}), 0, rows));
 }
 

@@ -20,6 +20,7 @@
 #include "kiln/data/tasks.hpp"
 #include "kiln/data/tokenizer.hpp"
 #include "kiln/infer/engine.hpp"
+#include "kiln/io/json.hpp"
 #include "kiln/rl/evaluation.hpp"
 #include "kiln/rl/rewards.hpp"
 
@@ -45,6 +46,21 @@ struct PolicyEvalReport {
   Interval pass_at_1, cons_at_k, greedy, mean_length;
   double format_rate = 0;  // sampled completions in the R1-Zero format
 };
+
+// The report as JSON (reports and run folders: examples/grpo, examples/r1_pipeline): problems, k,
+// each interval as {estimate, lo, hi}, format_rate.
+inline io::ordered_json to_json(const PolicyEvalReport& r) {
+  auto interval = [](const Interval& i) { return io::ordered_json{{"estimate", i.estimate}, {"lo", i.lo}, {"hi", i.hi}}; };
+  io::ordered_json j;
+  j["problems"] = r.problems;
+  j["k"] = r.k;
+  j["pass_at_1"] = interval(r.pass_at_1);
+  j["cons_at_k"] = interval(r.cons_at_k);
+  j["greedy"] = interval(r.greedy);
+  j["mean_length"] = interval(r.mean_length);
+  j["format_rate"] = r.format_rate;
+  return j;
+}
 
 // The key a sample votes with in cons@k: answers that mean the same vote together, and samples
 // with one key always agree on correctness (majority_vote requires it). Arithmetic: the trimmed

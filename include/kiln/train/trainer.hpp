@@ -90,11 +90,15 @@ struct LossParts {
   std::vector<std::pair<std::string, Tensor<T>>> parts;
 };
 
+// The rope positions of a batch: restarting per sequence in a packed row, else 0..S-1.
+inline Tensor<std::int64_t> batch_positions(const Batch& b) {
+  return b.cu_seqlens.defined() ? nn::packed_positions(b.cu_seqlens) : nn::positions_from(0, b.ids.size(1));
+}
+
 // The logits of a batch [B, S, vocab], packed or not.
 template <class Model>
 auto batch_logits(Model& model, const Batch& b) {
-  if (!b.cu_seqlens.defined()) return model.forward(b.ids);
-  return model.forward(b.ids, nn::packed_positions(b.cu_seqlens), b.cu_seqlens);
+  return model.forward(b.ids, batch_positions(b), b.cu_seqlens);
 }
 
 template <class T>
