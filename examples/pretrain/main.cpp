@@ -70,6 +70,9 @@ const char* kUsage = R"(pretrain: a small DeepSeek-V3-style MoE model on worked 
   --tf32                float32 on a GPU: allow TF32 tensor cores
   --attention fused|composed  on a GPU in bf16: the fused attention kernel, or the composed
                         ops (matmul, mask, softmax, matmul) it replaces, for comparison   [fused]
+  --moe fused|composed  on a GPU in bf16: the sync-free MoE kernels (routing, device layout,
+                        grouped expert GEMMs), or the composed module (host sort, one SwiGLU per
+                        expert) they replace, for comparison                             [fused]
   --samples N           greedy completions of test problems printed at the end [3]
   --threads N           CPU threads (OpenMP, Eigen); the small model's ops are too small to share
                         well, and on a busy machine extra threads mostly wait   [1]
@@ -85,7 +88,7 @@ std::string gpu_name() {
 
 // The settings of a run, saved as DIR/run.json so that --resume DIR continues it unchanged.
 struct Settings {
-  std::string device, config, dtype, tokenizer, attention;
+  std::string device, config, dtype, tokenizer, attention, moe;
   std::int64_t steps, batch, accum, seq, warmup, docs, vocab, max_digits, log_every, eval_every, eval_batches,
       checkpoint_every, samples, threads;
   double lr, weight_decay, clip, peak_tflops, countdown_fraction, direct_fraction;
@@ -142,11 +145,13 @@ Settings parse(int argc, char** argv, std::string& out, std::string& resume) {
   s.samples = i_("samples", 3);
   s.threads = f.integer("threads", 1);
   s.attention = f.str("attention", "fused");  // a property of the run, not of the model: not saved
+  s.moe = f.str("moe", "fused");              // the same
   s.tf32 = f.flag("tf32") || (saved.contains("tf32") && saved["tf32"].get<bool>());
   f.check_all_used();
   if (s.threads < 1) throw Error("--threads must be positive");
   if (s.attention != "fused" && s.attention != "composed")
     throw Error("--attention must be fused or composed, got " + s.attention);
+  if (s.moe != "fused" && s.moe != "composed") throw Error("--moe must be fused or composed, got " + s.moe);
   if (s.steps < 1 || s.batch < 1 || s.accum < 1 || s.seq < 2 || s.docs < 10 || s.vocab < 300 || !(s.lr > 0))
     throw Error("steps, batch, accum, docs must be positive, seq >= 2, vocab >= 300, lr > 0");
   if (s.dtype != "float32" && s.dtype != "bf16") throw Error("--dtype must be float32 or bf16, got " + s.dtype);
@@ -353,6 +358,7 @@ int main(int argc, char** argv) try {
 #endif
   }
   nn::attention_path() = s.attention == "fused" ? nn::AttentionPath::fused : nn::AttentionPath::composed;
+  nn::moe_dispatch_path() = s.moe == "fused" ? nn::MoEDispatch::automatic : nn::MoEDispatch::composed;
   if (s.dtype == "bf16") return run<bf16>(s, out, resume, start);
   return run<float>(s, out, resume, start);
 } catch (const std::exception& e) {

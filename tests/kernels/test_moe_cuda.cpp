@@ -114,7 +114,6 @@ namespace {
 template <class T>
 void check_dispatch_combine(std::int64_t n, std::int64_t k, std::int64_t e, std::int64_t h) {
   SCOPED_TRACE(::testing::Message() << "N " << n << " K " << k << " E " << e << " H " << h);
-  Generator gen{static_cast<std::uint64_t>(n * 31 + h), 0};
   std::vector<std::int64_t> ids;
   for (std::int64_t t = 0; t < n; ++t)
     for (std::int64_t j = 0; j < k; ++j) ids.push_back((t * 7 + j * (e / k)) % e);

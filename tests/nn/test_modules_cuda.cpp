@@ -409,11 +409,12 @@ void check_mla_packed(const nn::DeepseekV3Config& c, const std::vector<std::int6
 // ---- MoE ------------------------------------------------------------------------------------------
 
 // 6 routed experts in 3 groups, top-2 of the best 2 groups, 2 shared-expert units, the
-// sequence-wise balance loss on.
-nn::DeepseekV3Config moe_config() {
+// sequence-wise balance loss on. Hidden 10 and width 5 take the composed path on the GPU too;
+// hidden 16 and width 8 (multiples of 8) the fused one in bf16 (nn::use_fused_moe).
+nn::DeepseekV3Config moe_config(std::int64_t hidden = 10, std::int64_t width = 5) {
   nn::DeepseekV3Config c;
-  c.hidden_size = 10;
-  c.moe_intermediate_size = 5;
+  c.hidden_size = hidden;
+  c.moe_intermediate_size = width;
   c.n_routed_experts = 6;
   c.n_shared_experts = 2;
   c.num_experts_per_tok = 2;
@@ -454,9 +455,11 @@ Tensor<T> well_separated_tokens(const nn::MoEGate<T>& gate, const nn::DeepseekV3
 }
 
 template <class T, class R = T>
-void check_moe() {
-  SCOPED_TRACE(str(dtype_of<T>));
-  const nn::DeepseekV3Config c = moe_config();
+void check_moe(const nn::DeepseekV3Config& c = moe_config()) {
+  SCOPED_TRACE(::testing::Message() << str(dtype_of<T>) << " hidden " << c.hidden_size << " width "
+                                    << c.moe_intermediate_size);
+  EXPECT_EQ(nn::use_fused_moe<T>(gpu, c.hidden_size, c.moe_intermediate_size),
+            (std::is_same_v<T, bf16> && c.hidden_size % 8 == 0 && c.moe_intermediate_size % 8 == 0));
   Generator g{9, 0};
   nn::MoE<T> dev(c, g);
   nn::MoE<R> ref(c, g);
@@ -510,6 +513,14 @@ void check_moe() {
   expect_gradients_match(dev, ref, kTol<T>);
   EXPECT_EQ(dev.gate.e_score_correction_bias.device(), gpu);
   EXPECT_FALSE(dev.gate.e_score_correction_bias.grad().defined());
+
+  // The aux-loss-free update from the batch load (on the device for the GPU layer: its counts
+  // never left it) gives the host rule's bits.
+  EXPECT_EQ(dev.batch_load().counts, ref.batch_load().counts);
+  dev.update_bias(1e-3);
+  ref.update_bias(1e-3);
+  EXPECT_EQ(doubles(dev.gate.e_score_correction_bias), doubles(ref.gate.e_score_correction_bias));
+  EXPECT_EQ(dev.batch_load().total(), 0);
 }
 
 // A dense DeepSeek-V3 decoder layer: MLA (q_lora_rank) and the SwiGLU MLP with both norms.
@@ -633,6 +644,7 @@ TEST(NnModulesCuda, MoE) {
   KILN_REQUIRE_GPU();
   check_moe<float>();
   check_moe<bf16>();
+  check_moe<bf16>(moe_config(16, 8));  // the fused path: routing kernel, device layout, grouped GEMMs
 }
 
 TEST(NnModulesCuda, DeepseekV3DecoderLayer) {

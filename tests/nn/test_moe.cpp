@@ -485,3 +485,99 @@ TEST(MoE, DeterministicAndExpertsWithoutTokens) {
   EXPECT_TRUE(moe.experts[0]->gate_proj.weight.grad().defined());
   EXPECT_FALSE(moe.experts[3]->gate_proj.weight.grad().defined());
 }
+
+namespace {
+
+// Sets the process-wide MoE dispatch for one scope.
+struct DispatchScope {
+  nn::MoEDispatch saved = nn::moe_dispatch_path();
+  explicit DispatchScope(nn::MoEDispatch d) { nn::moe_dispatch_path() = d; }
+  ~DispatchScope() { nn::moe_dispatch_path() = saved; }
+};
+
+}  // namespace
+
+// The fused dispatch (routing kernel, device layout, grouped expert GEMMs, combine; here their CPU
+// reference loops) against the plain-double per-token loop, the composed path's gradients, and
+// finite differences.
+TEST(MoE, FusedDispatchMatchesReferenceAndComposed) {
+  auto c = tiny_config();
+  for (std::int64_t topk_group : {1, 2, 3}) {
+    c.topk_group = topk_group;
+    Generator gen{11, 0};
+    MoE<double> moe(c, gen);
+    set_bias(moe, {0.05, -0.1, 0.2, 0.0, -0.03, 0.12});
+    for (const Shape& shape : {Shape{1, 6}, Shape{7, 6}, Shape{3, 11, 6}}) {
+      SCOPED_TRACE(::testing::Message() << "topk_group " << topk_group << " shape " << kiln::str(shape));
+      const auto x = randn<double>(shape);
+      const Vec ref = moe_ref(moe, x.to_vector(), x.numel() / 6, c);
+      std::map<std::string, Vec> grads[2];
+      Vec dx[2];
+      std::vector<std::int64_t> counts[2];
+      for (int path = 0; path < 2; ++path) {
+        DispatchScope scope(path == 0 ? nn::MoEDispatch::composed : nn::MoEDispatch::fused);
+        moe.zero_grad();
+        const auto xl = x.detach().requires_grad_();
+        const auto y = moe(xl);
+        EXPECT_LT(relative_error(y.to_vector(), ref), 1e-12) << "path " << path;
+        counts[path] = moe.last_load().counts;
+        sum(mul(y, y)).backward();
+        dx[path] = xl.grad().to_vector();
+        for (auto& [name, t] : moe.named_parameters())
+          grads[path][name] = t.grad().defined() ? t.grad().to_vector() : Vec(static_cast<std::size_t>(t.numel()), 0.0);
+      }
+      EXPECT_EQ(counts[0], counts[1]);
+      EXPECT_LT(relative_error(dx[1], dx[0]), 1e-12);
+      for (auto& [name, g] : grads[0]) EXPECT_LT(relative_error(grads[1][name], g), 1e-12) << name;
+    }
+  }
+}
+
+TEST(MoE, FusedDispatchGradcheckAndLoads) {
+  DispatchScope scope(nn::MoEDispatch::fused);
+  const auto c = tiny_config();
+  Generator gen{21, 0};
+  MoE<double> moe(c, gen);
+  set_bias(moe, {0.02, -0.05, 0.1, 0.0, 0.03, -0.02});
+  const auto x = randn<double>({2, 4, 6});
+  auto st = named_state(moe);
+  const Vec w = st["gate.weight"].to_vector(), bias = st["gate.e_score_correction_bias"].to_vector();
+  const Vec xv = x.to_vector();
+  for (std::int64_t t = 0; t < 8; ++t) {
+    const Vec xt(xv.begin() + t * 6, xv.begin() + (t + 1) * 6);
+    ASSERT_GT(route_ref(xt, w, bias, c).margin, 1e-3) << "token " << t << " is near a routing tie";
+  }
+  std::vector<std::string> names;
+  std::vector<Tensor<double>> inputs{x};
+  for (auto& [name, t] : moe.named_parameters()) {
+    names.push_back(name);
+    inputs.push_back(t.detach());
+  }
+  EXPECT_GRADCHECK(
+      [&](const std::vector<Tensor<double>>& in) {
+        std::size_t i = 1;
+        moe.visit("", [&](const std::string& name, Tensor<double>* slot, bool trainable) {
+          if (!trainable) return;
+          EXPECT_EQ(name, names[i - 1]);
+          *slot = in[i++];
+        });
+        return moe(in[0]);
+      },
+      inputs);
+
+  // Loads: the batch load adds the training forwards, the bias rule runs on the counts.
+  moe.reset_load();
+  (void)moe(x);
+  (void)moe(x);
+  const std::vector<std::int64_t> once = moe.last_load().counts;
+  EXPECT_EQ(std::accumulate(once.begin(), once.end(), std::int64_t{0}), 8 * c.num_experts_per_tok);
+  std::vector<std::int64_t> twice = once;
+  for (auto& v : twice) v *= 2;
+  EXPECT_EQ(moe.batch_load().counts, twice);
+  const Tensor<double> before = clone(moe.gate.e_score_correction_bias);
+  nn::ExpertLoad load = moe.batch_load();
+  moe.update_bias(0.01);
+  nn::update_routing_bias(before, load, 0.01);
+  EXPECT_EQ(moe.gate.e_score_correction_bias.to_vector(), before.to_vector());
+  EXPECT_EQ(moe.batch_load().total(), 0);
+}

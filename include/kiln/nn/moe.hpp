@@ -21,6 +21,19 @@
 // Gradients reach the expert weights through the experts, the gate weight through the gates, and
 // x through both; the choice itself is piecewise constant.
 //
+// Fused dispatch (the default on a GPU in bf16; moe_dispatch_path()): the same function with no host
+// synchronisation, from the kernels of kernels/moe/ and kernels/grouped_gemm/ (ops/moe.hpp,
+// ops/grouped_linear.hpp):
+//   scores = sigmoid(x · gateᵀ); moe_route: choices and gates in one kernel (its backward one more);
+//   moe_layout: the routes sorted by expert on the device (offsets and counts stay there);
+//   moe_dispatch: token rows gathered into that order [N·K, hidden];
+//   grouped_linear with the experts' gate_proj|up_proj rows stacked [E, 2I, hidden], SwiGLU,
+//   grouped_linear with the down_proj weights stacked [E, hidden, I];
+//   moe_combine: the gate-weighted sum of each token's K rows (deterministic; k order).
+// The load counts stay on the device too: batch_load()/last_load() read them when asked (logging),
+// and update_bias() runs the aux-loss-free rule as a kernel on them. The composed path above stays
+// the reference (the CPU default); tests compare the two.
+//
 // Dense dispatch (forward_dense; generation's decode step): the host sort above reads the chosen
 // experts back, a device-to-host synchronisation per layer. Instead, every expert runs on every
 // token and a dense gate matrix [N, E], zero off the chosen experts, weights the outputs: the same
@@ -44,6 +57,7 @@
 #include <limits>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "kiln/autograd/grad_mode.hpp"
@@ -56,7 +70,9 @@
 #include "kiln/ops/concat.hpp"
 #include "kiln/ops/factory.hpp"
 #include "kiln/ops/gather.hpp"
+#include "kiln/ops/grouped_linear.hpp"
 #include "kiln/ops/matmul.hpp"
+#include "kiln/ops/moe.hpp"
 #include "kiln/ops/reduce.hpp"
 #include "kiln/ops/topk.hpp"
 #include "kiln/ops/unary.hpp"
@@ -139,6 +155,20 @@ class MoEGate : public Module<T> {
   }
 
   Routing<T> operator()(const Tensor<T>& x) const { return forward(x); }
+
+  // The same routing through the fused kernel (ops/moe.hpp, moe_route): no index ops, no host
+  // read. Equal choices wherever forward() sees the same choice scores (ties included); gates
+  // rounded once instead of op by op.
+  Routing<T> forward_fused(const Tensor<T>& x) const {
+    const Tensor<T> scores = affinities(x);
+    const MoeRoute<T> r = moe_route(scores, e_score_correction_bias, route_options());
+    return {r.experts, r.gates, scores};
+  }
+
+  MoeRouteOptions route_options() const {
+    return {.top_k = top_k_, .n_group = n_group_, .topk_group = topk_group_, .normalize = norm_topk_prob_,
+            .scaling = scaling_};
+  }
 
   std::int64_t experts() const { return experts_; }
   std::int64_t top_k() const { return top_k_; }
@@ -252,6 +282,30 @@ struct DenseExperts {
   bool defined() const { return w_in.defined(); }
 };
 
+// How MoE::forward runs the routed experts, process-wide (benchmarks and pretrain's --moe compare
+// them): composed (host sort, one set of launches per expert: the reference), fused (the sync-free
+// kernels, on any device: the CPU runs their reference loops), or automatic: fused on a GPU in
+// bf16/fp16 at sizes the grouped GEMM runs (hidden and expert width multiples of 8), composed
+// otherwise.
+enum class MoEDispatch { automatic, composed, fused };
+
+inline MoEDispatch& moe_dispatch_path() {
+  static MoEDispatch path = MoEDispatch::automatic;
+  return path;
+}
+
+// Whether a layer of this hidden size and expert width in T on `device` takes the fused path.
+template <class T>
+bool use_fused_moe(Device device, std::int64_t hidden, std::int64_t width) {
+  switch (moe_dispatch_path()) {
+    case MoEDispatch::fused: return true;
+    case MoEDispatch::composed: return false;
+    default:  // what the grouped GEMM runs on a GPU: bf16/fp16, N and K multiples of 8
+      return device.is_cuda() && (std::is_same_v<T, bf16> || std::is_same_v<T, fp16>) && hidden % 8 == 0 &&
+             width % 8 == 0;
+  }
+}
+
 template <class T>
 struct MoEOutput {
   Tensor<T> output;        // x's shape
@@ -268,7 +322,7 @@ class MoE : public Module<T> {
   std::unique_ptr<SwiGLUMLP<T>> shared_experts;
 
   MoE(const DeepseekV3Config& c, Generator& gen)
-      : gate(c, gen), alpha_(c.seq_aux_loss_alpha), batch_load_(c.n_routed_experts), last_load_(c.n_routed_experts) {
+      : gate(c, gen), alpha_(c.seq_aux_loss_alpha) {
     this->register_module("gate", &gate);
     for (std::int64_t i = 0; i < c.n_routed_experts; ++i) {
       experts.push_back(
@@ -292,6 +346,7 @@ class MoE : public Module<T> {
     const std::int64_t n = x.numel() / hidden, k = gate.top_k(), e = gate.experts();
     check(n > 0, op, "needs at least one token, got shape ", x.shape());
     const Tensor<T> flat = reshape(x, {n, hidden});
+    if (use_fused_moe<T>(x.device(), hidden, experts.front()->gate_proj.out_features)) return forward_fused(x, flat);
     const Routing<T> r = gate(flat);
 
     const RouteSort order = sort_routes(r.experts.to_vector(), k, e);
@@ -305,16 +360,12 @@ class MoE : public Module<T> {
     Tensor<T> y = combine_routes(sorted_out, order.position, r.gates);
     if (shared_experts) y = add(y, (*shared_experts)(flat));
 
-    last_load_ = load;
-    if (autograd::grad_enabled()) batch_load_.add(load);
-
-    MoEOutput<T> out{reshape(y, x.shape()), Tensor<T>()};
-    if (alpha_ != 0.0) {
-      const std::int64_t s = x.shape()[x.shape().size() - 2];
-      const std::int64_t b = n / s;
-      out.balance_loss = sequence_balance_loss(reshape(r.scores, {b, s, e}), reshape(r.experts, {b, s, k}), alpha_);
+    last_counts_ = Tensor<std::int64_t>::from_vector(load.counts, {e});  // on the host, where they were counted
+    if (autograd::grad_enabled()) {
+      std::int64_t* batch = batch_counts_on(Device::cpu()).data();
+      for (std::size_t i = 0; i < load.counts.size(); ++i) batch[i] += load.counts[i];
     }
-    return out;
+    return finish(x, y, r);
   }
   Tensor<T> forward(const Tensor<T>& x) { return forward_full(x).output; }
   Tensor<T> operator()(const Tensor<T>& x) { return forward(x); }
@@ -383,24 +434,90 @@ class MoE : public Module<T> {
 
   // Routes per expert accumulated over the forwards run with gradients enabled (training) since
   // the last update_bias / reset_load: the whole batch's load, gradient accumulation included.
-  // Forwards under NoGradGuard (evaluation, generation) are not counted here.
-  const ExpertLoad& batch_load() const { return batch_load_; }
+  // Forwards under NoGradGuard (evaluation, generation) are not counted here. The counts live on
+  // the device of the forwards; reading them here waits for it.
+  ExpertLoad batch_load() const { return read_load(batch_counts_); }
   // Routes per expert of the most recent forward, whatever the grad mode.
-  const ExpertLoad& last_load() const { return last_load_; }
-  void reset_load() { batch_load_.reset(); }
+  ExpertLoad last_load() const { return read_load(last_counts_); }
+  void reset_load() { batch_counts_ = Tensor<std::int64_t>(); }
 
-  // The aux-loss-free rule with the batch load, then starts a new batch.
+  // The aux-loss-free rule with the batch load, then starts a new batch. On the counts' device:
+  // a GPU layer updates its bias with one kernel and reads nothing back.
   void update_bias(double gamma) {
-    update_routing_bias(gate.e_score_correction_bias, batch_load_, gamma);
-    batch_load_.reset();
+    const Tensor<T>& bias = gate.e_score_correction_bias;
+    if (batch_counts_.defined() && batch_counts_.device() == bias.device())
+      moe_balance_update(bias, batch_counts_, gamma);
+    else if (batch_counts_.defined())
+      update_routing_bias(bias, batch_load(), gamma);
+    reset_load();
   }
 
   double seq_aux_loss_alpha() const { return alpha_; }
   void set_seq_aux_loss_alpha(double alpha) { alpha_ = alpha; }
 
+
  private:
+  // The routed experts through the sync-free kernels (the header comment's fused dispatch).
+  MoEOutput<T> forward_fused(const Tensor<T>& x, const Tensor<T>& flat) {
+    const char* op = "MoE";
+    const std::int64_t e = gate.experts(), hidden = flat.shape()[1];
+    const std::int64_t width = experts.front()->gate_proj.out_features;
+    std::vector<Tensor<T>> in_rows, out_weights;
+    for (const auto& ex : experts) {
+      check(ex->gate_proj.out_features == width && !ex->gate_proj.bias.defined() && !ex->up_proj.bias.defined() &&
+                !ex->down_proj.bias.defined(),
+            op, "fused dispatch needs routed experts of one width without biases");
+      in_rows.push_back(ex->gate_proj.weight);
+      in_rows.push_back(ex->up_proj.weight);
+      out_weights.push_back(ex->down_proj.weight);
+    }
+    const Routing<T> r = gate.forward_fused(flat);
+    // Training forwards add their counts to the batch load inside the layout kernel.
+    const MoeLayout layout = moe_layout(r.experts, e, autograd::grad_enabled() ? batch_counts_on(x.device())
+                                                                               : Tensor<std::int64_t>());
+    const Tensor<T> rows = moe_dispatch(flat, layout);                       // [N·K, hidden]
+    const Tensor<T> w_in = reshape(cat(in_rows, 0), {e, 2 * width, hidden});  // expert i: gate rows, then up rows
+    const Tensor<T> w_out = stack(out_weights, 0);                           // [E, hidden, I]
+    const Tensor<T> gu = grouped_linear(rows, w_in, layout.offsets);         // [N·K, 2I]
+    const Tensor<T> a = swiglu(narrow(gu, 1, 0, width), narrow(gu, 1, width, width));
+    const Tensor<T> out = grouped_linear(a, w_out, layout.offsets);          // [N·K, hidden]
+    Tensor<T> y = moe_combine(out, r.gates, layout);
+    if (shared_experts) y = add(y, (*shared_experts)(flat));
+    last_counts_ = layout.counts;
+    return finish(x, y, r);
+  }
+
+  // The output in x's shape, and the balance loss when α > 0.
+  MoEOutput<T> finish(const Tensor<T>& x, const Tensor<T>& y, const Routing<T>& r) const {
+    MoEOutput<T> out{reshape(y, x.shape()), Tensor<T>()};
+    if (alpha_ != 0.0) {
+      const std::int64_t n = r.experts.shape()[0], k = gate.top_k(), e = gate.experts();
+      const std::int64_t s = x.shape()[x.shape().size() - 2];
+      const std::int64_t b = n / s;
+      out.balance_loss = sequence_balance_loss(reshape(r.scores, {b, s, e}), reshape(r.experts, {b, s, k}), alpha_);
+    }
+    return out;
+  }
+
+  // The batch counts on `device`: zeros at a batch's start, carried over (through the host) when
+  // the batch so far was counted elsewhere (the composed path counts on the host, the fused one on
+  // the layer's device).
+  const Tensor<std::int64_t>& batch_counts_on(Device device) {
+    if (!batch_counts_.defined())
+      batch_counts_ = zeros<std::int64_t>({gate.experts()}, device);
+    else if (batch_counts_.device() != device)
+      batch_counts_ = Tensor<std::int64_t>::from_vector(batch_load().counts, {gate.experts()}, device);
+    return batch_counts_;
+  }
+
+  ExpertLoad read_load(const Tensor<std::int64_t>& counts) const {
+    ExpertLoad load(gate.experts());
+    if (counts.defined()) load.counts = counts.to_vector();
+    return load;
+  }
+
   double alpha_;
-  ExpertLoad batch_load_, last_load_;
+  Tensor<std::int64_t> batch_counts_, last_counts_;  // [E]: on the layer's device (fused) or the host (composed)
 };
 
 }  // namespace kiln::nn

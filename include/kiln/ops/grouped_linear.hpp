@@ -1,0 +1,114 @@
+// grouped_linear: G linear layers applied to the G groups of a row-sorted matrix, the expert GEMMs
+// of a Mixture-of-Experts layer (nn::MoE's fused dispatch):
+//   x [R, K] with group g owning rows offsets[g] .. offsets[g+1] − 1, weight [G, N, K] (G stacked
+//   nn.Linear weights [out, in]) -> y [R, N], y[r] = x[r] · weight[g(r)]ᵀ.
+// Differentiable in x (dx[r] = dy[r] · weight[g(r)]) and weight (dweight[g] = Σ_{r in g} dy[r]ᵀ
+// x[r]; zero for an empty group). On a GPU (kernels/grouped_gemm/, bf16 or fp16, N and K multiples
+// of 8) the offsets stay on the device and are never read by the host; on the CPU
+// (backend/cpu/grouped_gemm.hpp, any floating type) they are checked.
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+#include "kiln/autograd/node.hpp"
+#include "kiln/backend/cpu/grouped_gemm.hpp"
+#include "kiln/kernels/grouped_gemm/args.hpp"
+#include "kiln/ops/common.hpp"
+#include "kiln/ops/copy.hpp"
+
+namespace kiln {
+
+namespace detail {
+
+// A contiguous tensor whose data starts 16-byte aligned (the kernel's 16-byte copies).
+template <class T>
+Tensor<T> contiguous_aligned(const Tensor<T>& t) {
+  const Tensor<T> c = contiguous(t);
+  return reinterpret_cast<std::uintptr_t>(c.data()) % 16 == 0 ? c : clone(c);
+}
+
+template <class T>
+void grouped_gemm_launch(const char* op, kernels::GroupedGemmKind kind, Tensor<T>& out, const Tensor<T>& x,
+                         const Tensor<T>& dy, const Tensor<T>& weight, const Tensor<std::int64_t>& offsets,
+                         std::int64_t rows, std::int64_t groups, std::int64_t n, std::int64_t k) {
+  launch_device_kernel(op, kernels::GroupedGemmArgs{.launch = launch_on(op, out.device()),
+                                                    .dtype = dtype_of<T>,
+                                                    .kind = kind,
+                                                    .out = out.data(),
+                                                    .x = x.defined() ? x.data() : nullptr,
+                                                    .dy = dy.defined() ? dy.data() : nullptr,
+                                                    .weight = weight.defined() ? weight.data() : nullptr,
+                                                    .offsets = offsets.data(),
+                                                    .rows = rows,
+                                                    .groups = static_cast<int>(groups),
+                                                    .n = static_cast<int>(n),
+                                                    .k = static_cast<int>(k)});
+}
+
+}  // namespace detail
+
+template <class T>
+Tensor<T> grouped_linear(const Tensor<T>& x, const Tensor<T>& weight, const Tensor<std::int64_t>& offsets) {
+  static_assert(is_floating<T>, "grouped_linear needs a floating element type");
+  const char* op = "grouped_linear";
+  check_defined(op, x, weight, offsets);
+  check_same_device(op, x, weight);
+  check(offsets.device() == x.device(), op, "offsets are on ", offsets.device(), ", x on ", x.device());
+  check(x.dim() == 2 && weight.dim() == 3 && weight.size(2) == x.size(1) && offsets.dim() == 1 &&
+            offsets.size(0) == weight.size(0) + 1,
+        op, "needs x [R, K], weight [G, N, K] and offsets [G + 1], got shapes ", x.shape(), ", ", weight.shape(),
+        " and ", offsets.shape());
+  const std::int64_t R = x.size(0), K = x.size(1), G = weight.size(0), N = weight.size(1);
+  const Tensor<std::int64_t> oc = contiguous(offsets);
+  const bool cpu = x.device().is_cpu();
+  if (cpu) {
+    const std::vector<std::int64_t> o = oc.to_vector();
+    check(o.front() == 0 && o.back() == R, op, "offsets must run from 0 to R = ", R, " (x of shape ", x.shape(),
+          "), got offsets[0] = ", o.front(), " and offsets[", G, "] = ", o.back());
+    for (std::size_t g = 0; g + 1 < o.size(); ++g)
+      check(o[g] <= o[g + 1], op, "offsets must not decrease, got offsets[", g, "] = ", o[g], " > offsets[", g + 1,
+            "] = ", o[g + 1]);
+  } else {
+    check((std::is_same_v<T, bf16> || std::is_same_v<T, fp16>), op, "runs in bf16 or fp16 on ", x.device(),
+          ", got ", dtype_of<T>);
+    check(N % 8 == 0 && K % 8 == 0 && N < (std::int64_t{1} << 31) && K < (std::int64_t{1} << 31) && G <= 65535, op,
+          "on ", x.device(), " needs N and K multiples of 8 and at most 65535 groups, got x ", x.shape(), " and weight ",
+          weight.shape());
+    check(R / 128 + G < 65535, op, "on ", x.device(), " supports up to about 8.3M rows, got x ", x.shape());
+  }
+  const Tensor<T> xc = detail::contiguous_aligned(x.detach()), wc = detail::contiguous_aligned(weight.detach());
+  Tensor<T> y({R, N}, x.device());
+  if (cpu)
+    cpu::grouped_gemm_forward(xc.data(), wc.data(), oc.data(), y.data(), static_cast<int>(G), N, K);
+  else
+    detail::grouped_gemm_launch(op, kernels::GroupedGemmKind::forward, y, xc, Tensor<T>(), wc, oc, R, G, N, K);
+
+  if (autograd::needs_grad(x, weight)) {
+    autograd::record(y, op, [xc, wc, oc, R, G, N, K](const Tensor<T>& g, const autograd::InputGrads& in) {
+      const char* bop = "grouped_linear backward";
+      check_same_device(bop, xc, g);
+      const Tensor<T> dy = detail::contiguous_aligned(g);
+      const bool on_cpu = xc.device().is_cpu();
+      if (in.needs(0)) {
+        Tensor<T> dx({R, K}, xc.device());
+        if (on_cpu)
+          cpu::grouped_gemm_dgrad(dy.data(), wc.data(), oc.data(), dx.data(), static_cast<int>(G), N, K);
+        else
+          detail::grouped_gemm_launch(bop, kernels::GroupedGemmKind::dgrad, dx, Tensor<T>(), dy, wc, oc, R, G, N, K);
+        in.add(0, dx);
+      }
+      if (in.needs(1)) {
+        Tensor<T> dw({G, N, K}, xc.device());
+        if (on_cpu)
+          cpu::grouped_gemm_wgrad(dy.data(), xc.data(), oc.data(), dw.data(), static_cast<int>(G), N, K);
+        else
+          detail::grouped_gemm_launch(bop, kernels::GroupedGemmKind::wgrad, dw, xc, dy, Tensor<T>(), oc, R, G, N, K);
+        in.add(1, dw);
+      }
+    }, x, weight);
+  }
+  return y;
+}
+
+}  // namespace kiln

@@ -1,0 +1,37 @@
+// Arguments of the grouped GEMM kernels (kernels/grouped_gemm/grouped_gemm.cuh; front-end
+// ops/grouped_linear.hpp; CPU reference backend/cpu/grouped_gemm.hpp).
+//
+// Rows of x [R, K] are sorted by group: group g owns rows offsets[g] .. offsets[g+1] − 1 (offsets
+// [G+1] int64 on the device: the host never reads them). weight [G, N, K] stacks G linear weights
+// [out, in]. Every buffer is contiguous; dtypes bf16 or fp16, accumulation in float.
+#pragma once
+
+#include <cstdint>
+
+#include "kiln/core/device_kernel.hpp"
+#include "kiln/core/dtype.hpp"
+
+namespace kiln::kernels {
+
+enum class GroupedGemmKind {
+  forward,  // y [R, N] = x [R, K] · W_gᵀ for the rows of each group
+  dgrad,    // dx [R, K] = dy [R, N] · W_g
+  wgrad,    // dW [G, N, K]: dW_g = dy_gᵀ · x_g, summed over the group's rows (zero for an empty group)
+};
+
+struct GroupedGemmArgs {
+  static constexpr const char* kernel = "grouped_gemm";
+  static constexpr const char* header = "kiln/kernels/grouped_gemm/grouped_gemm.cuh";
+  DeviceLaunch launch;
+  DType dtype = DType::bf16;
+  GroupedGemmKind kind = GroupedGemmKind::forward;
+  void* out = nullptr;                     // forward: y [R, N]; dgrad: dx [R, K]; wgrad: dW [G, N, K]
+  const void* x = nullptr;                 // forward, wgrad: x [R, K]
+  const void* dy = nullptr;                // dgrad, wgrad: dy [R, N]
+  const void* weight = nullptr;            // forward, dgrad: W [G, N, K]
+  const std::int64_t* offsets = nullptr;   // [G + 1]
+  std::int64_t rows = 0;                   // R
+  int groups = 0, n = 0, k = 0;            // G, N (out features), K (in features); N, K multiples of 8
+};
+
+}  // namespace kiln::kernels
