@@ -98,17 +98,20 @@ struct MoeSumRowsArgs {
   int top_k = 1;
 };
 
-// The combine's gradient to the gates: dgates[s] = <in[index[s]], dy[s / K]>, s < N·K.
-struct MoeGateGradArgs {
-  static constexpr const char* kernel = "moe_gate_grad";
+// The combine's backward in one pass over the layout's rows p (slot s = slot_of_row[p], token
+// n = s / K): d_rows[p] = gates[s] · dy[n] and dgates[s] = <rows[p], dy[n]>; either output may be null.
+struct MoeCombineBackwardArgs {
+  static constexpr const char* kernel = "moe_combine backward";
   static constexpr const char* header = "kiln/kernels/moe/dispatch.cuh";
   DeviceLaunch launch;
-  DType dtype = DType::f32;            // of dgates, in and dy
-  void* dgates = nullptr;              // [N·K]
-  const void* in = nullptr;            // [*, cols]
-  const void* dy = nullptr;            // [N, cols]
-  const std::int64_t* index = nullptr; // [N·K]
-  std::int64_t tokens = 0, cols = 0;
+  DType dtype = DType::f32;                  // of d_rows, dgates, rows, gates and dy
+  void* d_rows = nullptr;                    // [N·K, cols] or null
+  void* dgates = nullptr;                    // [N·K] or null
+  const void* rows = nullptr;                // [N·K, cols] the combine's input (expert outputs)
+  const void* gates = nullptr;               // [N·K]
+  const void* dy = nullptr;                  // [N, cols]
+  const std::int64_t* slot_of_row = nullptr; // [N·K]
+  std::int64_t routes = 0, cols = 0;
   int top_k = 1;
 };
 

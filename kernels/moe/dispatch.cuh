@@ -1,5 +1,5 @@
 // MoE dispatch and combine on CUDA (arguments kernels/moe/args.hpp: MoeLayoutArgs,
-// MoeGatherRowsArgs, MoeSumRowsArgs, MoeGateGradArgs; front-end ops/moe.hpp; CPU reference
+// MoeGatherRowsArgs, MoeSumRowsArgs, MoeCombineBackwardArgs; front-end ops/moe.hpp; CPU reference
 // backend/cpu/moe.hpp). No host synchronisation anywhere: sizes that depend on the routing stay on
 // the device (the grouped expert GEMMs read the offsets there).
 //
@@ -12,10 +12,10 @@
 // padding rows exist to mark, fill or skip.
 //
 // Dispatch: out[p] = x[slot_of_row[p] / K] (gather rows; one warp per row). Combine: y[n] = Σ_k g[n,k] ·
-// out[row_of_slot[n·K + k]] (a weighted sum of K rows in k order). Their backward passes are the
-// same two kernels the other way round: the dispatch's gradient to x sums each token's K rows
-// (weights 1), the combine's gradient to the expert outputs gathers dy scaled by the gate, plus a
-// warp dot product per route for the gates' gradient. Every output element is written by one
+// out[row_of_slot[n·K + k]] (a weighted sum of K rows in k order). The dispatch's gradient to x is
+// the combine's kernel with weights 1 (each token's K rows summed); the combine's backward is one
+// pass over the layout's rows: dy gathered and scaled by the gate, and in the same pass a warp dot
+// product of the row with dy for the gate's gradient. Every output element is written by one
 // thread with a fixed order of summation: deterministic without a separate variant, no atomics.
 //
 // Memory traffic (bf16, hidden H): dispatch reads and writes 2·H bytes per route; combine reads
@@ -165,23 +165,39 @@ __global__ void __launch_bounds__(kRowThreads) sum_rows(MoeSumRowsArgs a) {
   }
 }
 
-// One warp per route: dgates[s] = <in[index[s]], dy[s / K]>.
+// The combine's backward, one warp per layout row p: d_rows[p] = g·dy[n] and dgates[s] =
+// <rows[p], dy[n]> from one read of dy[n] and rows[p] (the gather and the dot fused).
 template <class T, int V>
-__global__ void __launch_bounds__(kRowThreads) gate_grad(MoeGateGradArgs a) {
+__global__ void __launch_bounds__(kRowThreads) combine_backward(MoeCombineBackwardArgs a) {
   using C = compute_t<T>;
   const int lane = threadIdx.x & 31;
-  const std::int64_t routes = a.tokens * a.top_k, vecs = a.cols / V;
-  for (std::int64_t s = warp_id(); s < routes; s += warp_count()) {
-    const auto* in = reinterpret_cast<const Vec<T, V>*>(static_cast<const T*>(a.in) + a.index[s] * a.cols);
-    const auto* dy = reinterpret_cast<const Vec<T, V>*>(static_cast<const T*>(a.dy) + (s / a.top_k) * a.cols);
+  const std::int64_t vecs = a.cols / V;
+  for (std::int64_t p = warp_id(); p < a.routes; p += warp_count()) {
+    const std::int64_t s = a.slot_of_row[p];
+    const std::int64_t n = static_cast<unsigned>(s) / static_cast<unsigned>(a.top_k);  // s < 2^31
+    const C g = load(static_cast<const T*>(a.gates)[s]);
+    const auto* dy = reinterpret_cast<const Vec<T, V>*>(static_cast<const T*>(a.dy) + n * a.cols);
+    const auto* rows = reinterpret_cast<const Vec<T, V>*>(static_cast<const T*>(a.rows) + p * a.cols);
+    auto* d_rows = reinterpret_cast<Vec<T, V>*>(static_cast<T*>(a.d_rows) + p * a.cols);
     C acc = 0;
     for (std::int64_t v = lane; v < vecs; v += 32) {
-      const Vec<T, V> x = in[v], g = dy[v];
+      const Vec<T, V> d = dy[v];
+      if (a.d_rows) {
+        Vec<T, V> out;
 #pragma unroll
-      for (int j = 0; j < V; ++j) acc += load(x.v[j]) * load(g.v[j]);
+        for (int j = 0; j < V; ++j) out.v[j] = store<T>(g * load(d.v[j]));
+        d_rows[v] = out;
+      }
+      if (a.dgates) {
+        const Vec<T, V> r = rows[v];
+#pragma unroll
+        for (int j = 0; j < V; ++j) acc += load(r.v[j]) * load(d.v[j]);
+      }
     }
-    acc = warp_sum(acc);
-    if (lane == 0) static_cast<T*>(a.dgates)[s] = store<T>(acc);
+    if (a.dgates) {
+      acc = warp_sum(acc);
+      if (lane == 0) static_cast<T*>(a.dgates)[s] = store<T>(acc);
+    }
   }
 }
 
@@ -223,15 +239,15 @@ inline void launch_moe_sum_rows(const MoeSumRowsArgs& a) {
   });
 }
 
-inline void launch_moe_gate_grad(const MoeGateGradArgs& a) {
-  const std::int64_t routes = a.tokens * a.top_k;
-  if (routes == 0) return;
+inline void launch_moe_combine_backward(const MoeCombineBackwardArgs& a) {
+  if (a.routes == 0 || a.cols == 0 || (!a.d_rows && !a.dgates)) return;
   cuda::DeviceGuard guard(a.launch.device);
-  with_floating_type("moe_gate_grad", a.dtype, [&](auto tag) {
+  with_floating_type("moe_combine backward", a.dtype, [&](auto tag) {
     using T = decltype(tag);
-    with_vector<T>(a.cols, aligned16(a.in) && aligned16(a.dy), [&](auto vector) {
+    const bool aligned = aligned16(a.dy) && aligned16(a.rows) && (!a.d_rows || aligned16(a.d_rows));
+    with_vector<T>(a.cols, aligned, [&](auto vector) {
       constexpr int V = decltype(vector)::value;
-      gate_grad<T, V><<<row_blocks(routes * 32), kRowThreads, 0, a.launch.stream>>>(a);
+      combine_backward<T, V><<<row_blocks(a.routes * 32), kRowThreads, 0, a.launch.stream>>>(a);
       KILN_CUDA_CHECK_LAUNCH();
     });
   });
@@ -239,6 +255,6 @@ inline void launch_moe_gate_grad(const MoeGateGradArgs& a) {
 
 inline const bool moe_dispatch_registered =
     register_device_kernel(&launch_moe_layout) && register_device_kernel(&launch_moe_gather_rows) &&
-    register_device_kernel(&launch_moe_sum_rows) && register_device_kernel(&launch_moe_gate_grad);
+    register_device_kernel(&launch_moe_sum_rows) && register_device_kernel(&launch_moe_combine_backward);
 
 }  // namespace kiln::kernels::moe

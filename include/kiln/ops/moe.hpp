@@ -248,26 +248,31 @@ Tensor<T> moe_combine(const Tensor<T>& rows, const Tensor<T>& gates, const MoeLa
     autograd::record(y, op, [rc, gc, layout](const Tensor<T>& g, const autograd::InputGrads& in) {
       const char* bop = "moe_combine backward";
       const Tensor<T> dy = contiguous(g);
-      if (in.needs(0)) in.add(0, detail::moe_gather_rows(bop, dy, layout.slot_of_row, gc, layout.top_k));
-      if (in.needs(1)) {
-        Tensor<T> dg({layout.tokens, layout.top_k}, dy.device());
-        const std::int64_t cols = dy.size(1);
-        if (dy.device().is_cpu()) {
+      Tensor<T> drows = in.needs(0) ? Tensor<T>(rc.shape(), dy.device()) : Tensor<T>();
+      Tensor<T> dg = in.needs(1) ? Tensor<T>({layout.tokens, layout.top_k}, dy.device()) : Tensor<T>();
+      const std::int64_t cols = dy.size(1);
+      if (dy.device().is_cpu()) {
+        if (drows.defined())
+          cpu::moe_gather_rows(dy.data(), layout.slot_of_row.data(), gc.data(), drows.data(), layout.routes(), cols,
+                               layout.top_k);
+        if (dg.defined())
           cpu::moe_gate_grad(rc.data(), dy.data(), layout.row_of_slot.data(), dg.data(), layout.tokens, cols,
                              static_cast<int>(layout.top_k));
-        } else {
-          launch_device_kernel(bop, kernels::MoeGateGradArgs{.launch = launch_on(bop, dy.device()),
-                                                             .dtype = dtype_of<T>,
-                                                             .dgates = dg.data(),
-                                                             .in = rc.data(),
-                                                             .dy = dy.data(),
-                                                             .index = layout.row_of_slot.data(),
-                                                             .tokens = layout.tokens,
-                                                             .cols = cols,
-                                                             .top_k = static_cast<int>(layout.top_k)});
-        }
-        in.add(1, dg);
+      } else {  // both in one pass over the rows
+        launch_device_kernel(bop, kernels::MoeCombineBackwardArgs{.launch = launch_on(bop, dy.device()),
+                                                                  .dtype = dtype_of<T>,
+                                                                  .d_rows = drows.defined() ? drows.data() : nullptr,
+                                                                  .dgates = dg.defined() ? dg.data() : nullptr,
+                                                                  .rows = rc.data(),
+                                                                  .gates = gc.data(),
+                                                                  .dy = dy.data(),
+                                                                  .slot_of_row = layout.slot_of_row.data(),
+                                                                  .routes = layout.routes(),
+                                                                  .cols = cols,
+                                                                  .top_k = static_cast<int>(layout.top_k)});
       }
+      if (drows.defined()) in.add(0, drows);
+      if (dg.defined()) in.add(1, dg);
     }, rows, gates);
   }
   return y;
