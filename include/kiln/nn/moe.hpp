@@ -48,8 +48,8 @@
 // is cheap while a decode step is bound by reading the weights: with more than a few tokens per
 // step every expert is chosen by some token, so sparse dispatch reads every expert's weights too.
 // (For many experts — DeepSeek-V3's 256, top-8 — dense dispatch would be 32 times the work: such
-// models need a sync-free sparse dispatch, sorting the routes on the device.) Dense dispatch leaves
-// the load statistics alone.
+// models want the fused dispatch above, which is sparse and sync-free too; generation does not use
+// it yet.) Dense dispatch leaves the load statistics alone.
 #pragma once
 
 #include <cmath>
