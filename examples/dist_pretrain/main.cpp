@@ -1,12 +1,15 @@
 // Data parallel pretraining of the pretrain example's DeepSeek-V3-style model (examples/pretrain),
 // for scaling measurements: one process per GPU (NCCL) or per CPU rank (MPI), each on its own
 // micro-batches, gradients averaged in buckets during backward (dist/data_parallel.hpp),
-// optionally ZeRO-1 (dist/sharded_adamw.hpp); the MoE biases follow the global expert load
-// (dist/expert_load.hpp). Rank 0 prints progress and, at the end, tokens/s for this world size:
+// optionally ZeRO-1 (dist/sharded_adamw.hpp) or expert parallel (--expert-parallel: each rank
+// holds n_routed_experts / W experts of every MoE layer and the tokens travel to them,
+// dist/expert_parallel.hpp); the MoE biases follow the global expert load (dist/expert_load.hpp).
+// Rank 0 prints progress and, at the end, tokens/s for this world size:
 //
 //   mpirun -np 1 dist_pretrain --device cuda --config big --steps 60
 //   mpirun -np 8 dist_pretrain --device cuda --config big --steps 60          (8 GPUs, one host)
 //   mpirun -np 2 --oversubscribe dist_pretrain --steps 20 --threads 1         (CPU ranks)
+//   mpirun -np 2 --oversubscribe dist_pretrain --steps 20 --expert-parallel   (4 of 8 experts a rank)
 //
 // The per-rank batch is fixed (weak scaling: the global batch grows with the world size). Steps
 // before --timed-from are warm-up and not timed. The last line is machine-readable:
@@ -22,6 +25,7 @@
 #include <kiln/dist/collectives.hpp>
 #include <kiln/dist/data_parallel.hpp>
 #include <kiln/dist/expert_load.hpp>
+#include <kiln/dist/expert_parallel.hpp>
 #include <kiln/dist/mpi.hpp>
 #include <kiln/dist/sharded_adamw.hpp>
 #include <kiln/kiln.hpp>
@@ -60,6 +64,7 @@ const char* kUsage = R"(dist_pretrain: data parallel pretraining (mpirun -np N d
   --lr X                peak learning rate (warmup, cosine to lr/10)               [small 3e-3, big 6e-4]
   --clip X              global gradient-norm clipping                              [1.0]
   --zero                ZeRO-1: AdamW state sharded over the ranks
+  --expert-parallel     the routed experts spread over the ranks (n_routed_experts / W each)
   --bucket-mb X         gradient bucket size in MB (huge: one bucket, no overlap)  [25]
   --docs N              training documents generated                               [small 6000, big 50000]
   --vocab N             BPE vocabulary size                                        [small 512, big 2048]
@@ -75,11 +80,11 @@ struct Settings {
   std::int64_t steps, timed_from, batch, seq, docs, vocab, log_every, threads;
   double lr, clip, bucket_mb, peak_tflops;
   std::uint64_t seed;
-  bool zero, tf32;
+  bool zero, tf32, expert_parallel;
 };
 
 Settings parse(int argc, char** argv) {
-  example::Flags f(argc, argv, {"zero", "tf32"});
+  example::Flags f(argc, argv, {"zero", "tf32", "expert-parallel"});
   if (f.has("help")) {
     std::fputs(kUsage, stdout);
     std::exit(0);
@@ -98,6 +103,7 @@ Settings parse(int argc, char** argv) {
   s.lr = f.real("lr", big ? 6e-4 : 3e-3);
   s.clip = f.real("clip", 1.0);
   s.zero = f.flag("zero");
+  s.expert_parallel = f.flag("expert-parallel");
   s.bucket_mb = f.real("bucket-mb", 25.0);
   s.docs = f.integer("docs", big ? 50000 : 6000);
   s.vocab = f.integer("vocab", big ? 2048 : 512);
@@ -112,6 +118,9 @@ Settings parse(int argc, char** argv) {
     throw Error("steps, batch, docs, threads, bucket-mb must be positive, seq >= 2, vocab >= 300, lr > 0, "
                 "0 <= timed-from < steps");
   if (s.dtype != "float32" && s.dtype != "bf16") throw Error("--dtype must be float32 or bf16, got " + s.dtype);
+  if (s.zero && s.expert_parallel)
+    throw Error("--zero and --expert-parallel together are not supported yet (ZeRO-1 shards only the replicated "
+                "parameters; the experts would need their own optimizer state)");
   return s;
 }
 
@@ -153,14 +162,21 @@ int run(const Settings& s, const std::shared_ptr<dist::Communicator>& comm) {
 
   const std::int64_t vocab = example::padded_vocab(tok.vocab_size());
   nn::DeepseekV3Config config = big ? example::big_config(vocab) : example::small_config(vocab);
+  if (s.expert_parallel && config.n_routed_experts % world != 0)
+    throw Error(str("--expert-parallel: the ", s.config, " config's ", config.n_routed_experts,
+                    " routed experts do not split over ", world, " ranks"));
   Generator init{s.seed, 0};
-  nn::DeepseekV3ForCausalLM<T> model(config, init);
+  // Expert parallel: the same seed gives every rank the same model, each keeping its experts.
+  nn::DeepseekV3ForCausalLM<T> model(config, init, s.expert_parallel ? dist::expert_exchange<T>(comm) : nullptr);
   model.to(device);
 
   dist::DataParallelOptions o;
   o.bucket_bytes = static_cast<std::int64_t>(s.bucket_mb * 1024 * 1024);
   o.shard_gradients = s.zero;
-  dist::DataParallel<T> dp(comm, model.parameters(), o);
+  // Expert parallel: the replicated parameters are averaged, this rank's experts divided by W.
+  const std::vector<Tensor<T>> replicated = s.expert_parallel ? model.replicated_parameters() : model.parameters();
+  const std::vector<Tensor<T>> experts = s.expert_parallel ? model.expert_parameters() : std::vector<Tensor<T>>{};
+  dist::DataParallel<T> dp(comm, replicated, o, experts);
   optim::AdamWOptions adamw;
   std::unique_ptr<optim::AdamW<T>> plain;
   std::unique_ptr<dist::ShardedAdamW<T>> sharded;
@@ -178,10 +194,15 @@ int run(const Settings& s, const std::shared_ptr<dist::Communicator>& comm) {
     const std::string compute = std::is_same_v<T, float> ? (s.tf32 ? "tf32" : "fp32") : "bf16";
     peak = s.peak_tflops > 0 ? s.peak_tflops * 1e12 : train::peak_flops(name, compute);
   }
-  say(str("model: ", s.config, " config, ", model.num_parameters(), " parameters, ", dtype_name<T>, "; ", world,
+  say(str("model: ", s.config, " config, ", model.num_parameters(), s.expert_parallel ? " parameters on rank 0, " : " parameters, ",
+          dtype_name<T>, "; ", world,
           " rank(s) on ", device.is_cuda() ? name + " (NCCL)" : std::string("CPU (MPI)"), "; per rank ", s.batch, " x ",
           s.seq, " tokens per step; ", dp.buckets(), " gradient bucket(s) of <= ", s.bucket_mb, " MB",
-          s.zero ? "; ZeRO-1" : "", "\n"));
+          s.zero ? "; ZeRO-1" : "",
+          s.expert_parallel ? str("; expert parallel, ", config.n_routed_experts / world, " of ",
+                                  config.n_routed_experts, " experts per rank")
+                            : std::string(),
+          "\n"));
 
   double timed_seconds = 0.0;
   std::int64_t timed_steps = 0, early = 0, buckets = 0;
@@ -199,6 +220,10 @@ int run(const Settings& s, const std::shared_ptr<dist::Communicator>& comm) {
       norm = s.clip > 0 ? sharded->clip_grad_norm(s.clip) : 0.0;
       sharded->set_lr(lr);
       sharded->step();
+    } else if (s.expert_parallel) {  // the global norm counts every rank's experts
+      norm = dist::clip_grad_norm(*comm, replicated, experts, s.clip > 0 ? s.clip : 1e300);
+      plain->set_lr(lr);
+      plain->step();
     } else {
       norm = optim::clip_grad_norm(model.parameters(), s.clip > 0 ? s.clip : 1e300);
       plain->set_lr(lr);
@@ -236,7 +261,7 @@ int run(const Settings& s, const std::shared_ptr<dist::Communicator>& comm) {
           " timed steps | ", flops_per_rank / 1e12, " TFLOP/s per rank", mfu, " | buckets started during backward ",
           early, "/", buckets, "\n"));
   say(str("RESULT world=", world, " device=", s.device, " config=", s.config, " dtype=", dtype_name<T>, " zero=",
-          s.zero ? 1 : 0, " bucket_mb=", s.bucket_mb, " batch_per_rank=", s.batch, " seq=", s.seq,
+          s.zero ? 1 : 0, " expert_parallel=", s.expert_parallel ? 1 : 0, " bucket_mb=", s.bucket_mb, " batch_per_rank=", s.batch, " seq=", s.seq,
           " tokens_per_s=", static_cast<long long>(tps), " tokens_per_s_per_rank=", static_cast<long long>(per_rank),
           " step_ms=", 1000.0 * seconds / static_cast<double>(timed_steps), "\n"));
   return 0;

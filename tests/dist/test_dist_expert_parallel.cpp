@@ -1,6 +1,8 @@
-// Expert parallel MoE through MPI on 2 CPU ranks (mpirun -np 2): experts split over the ranks,
-// tokens dispatched and combined with all_to_all_v, against nn::MoE in one process on all the
-// tokens — outputs, gradients, balance loss, loads and the bias update with the global load.
+// Expert parallel MoE through MPI on 2 CPU ranks (mpirun -np 2): nn::MoE built with an exchange
+// over the ranks (experts split over them, tokens dispatched and combined with all_to_all_v)
+// against nn::MoE in one process on all the tokens — outputs, gradients, balance loss, loads and
+// the bias update with the global load — through both dispatch paths (the fused one runs its CPU
+// reference loops here); and a DeepseekV3ForCausalLM built expert parallel against one process.
 #include "expert_parallel_checks.hpp"
 
 using namespace kiln;
@@ -26,6 +28,20 @@ TEST_F(ExpertParallel, WithDataParallelForTheReplicatedParameters) {
 
 TEST_F(ExpertParallel, ARankThatReceivesNoRows) {
   dist_test::check_expert_parallel<double>(world(), Device::cpu(), 1e-12, EpVariant::all_to_rank0);
+}
+
+TEST_F(ExpertParallel, FusedDispatchEqualsOneProcessMoE) {
+  dist_test::check_expert_parallel<double>(world(), Device::cpu(), 1e-12, EpVariant::plain, nn::MoEDispatch::fused);
+  dist_test::check_expert_parallel<double>(world(), Device::cpu(), 1e-12, EpVariant::all_to_rank0,
+                                           nn::MoEDispatch::fused);
+}
+
+TEST_F(ExpertParallel, WholeModelEqualsOneProcess) {
+  dist_test::check_expert_parallel_model<double>(world(), Device::cpu(), 1e-11, nn::MoEDispatch::composed);
+}
+
+TEST_F(ExpertParallel, WholeModelFusedDispatchEqualsOneProcess) {
+  dist_test::check_expert_parallel_model<double>(world(), Device::cpu(), 1e-11, nn::MoEDispatch::fused);
 }
 
 TEST_F(ExpertParallel, RanksWithDifferentLayersGetAnError) {

@@ -20,6 +20,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -72,13 +73,15 @@ class DeepseekV3DecoderLayer : public Module<T> {
  public:
   using Tables = AttentionContext<compute_t<T>>;
 
-  DeepseekV3DecoderLayer(const DeepseekV3Config& c, std::int64_t layer_index, Generator& gen)
+  // experts: where an MoE layer's routed experts live (nn/expert_exchange.hpp; null: all here).
+  DeepseekV3DecoderLayer(const DeepseekV3Config& c, std::int64_t layer_index, Generator& gen,
+                         std::shared_ptr<ExpertExchange<T>> experts = nullptr)
       : layer_idx(layer_index),
         self_attn(c, gen),
         dense_mlp(is_moe_layer(c, layer_index)
                       ? nullptr
                       : std::make_unique<SwiGLUMLP<T>>(c.hidden_size, c.intermediate_size, c.initializer_range, gen)),
-        moe(is_moe_layer(c, layer_index) ? std::make_unique<MoE<T>>(c, gen) : nullptr),
+        moe(is_moe_layer(c, layer_index) ? std::make_unique<MoE<T>>(c, gen, std::move(experts)) : nullptr),
         input_layernorm(c.hidden_size, c.rms_norm_eps),
         post_attention_layernorm(c.hidden_size, c.rms_norm_eps),
         rope_dim_(c.qk_rope_head_dim),
@@ -150,19 +153,19 @@ using DeepseekV3MTPLayer = MultiTokenPredictionLayer<T, DeepseekV3DecoderLayer<T
 template <class T>
 class DeepseekV3Model : public Module<T> {
  public:
-  DeepseekV3Model(const DeepseekV3Config& c, Generator& gen)
+  DeepseekV3Model(const DeepseekV3Config& c, Generator& gen, const std::shared_ptr<ExpertExchange<T>>& experts = nullptr)
       : config(checked_config(c)),
         embed_tokens(c.vocab_size, c.hidden_size, c.initializer_range, gen),
         norm(c.hidden_size, c.rms_norm_eps) {
     this->register_module("embed_tokens", &embed_tokens);
     for (std::int64_t i = 0; i < c.num_hidden_layers; ++i) {
-      layers.push_back(std::make_unique<DeepseekV3DecoderLayer<T>>(c, i, gen));
+      layers.push_back(std::make_unique<DeepseekV3DecoderLayer<T>>(c, i, gen, experts));
       this->register_module("layers." + std::to_string(i), layers.back().get());
     }
     this->register_module("norm", &norm);
     for (std::int64_t k = 0; k < c.num_nextn_predict_layers; ++k) {
       const std::int64_t index = c.num_hidden_layers + k;
-      mtp_layers.push_back(std::make_unique<DeepseekV3MTPLayer<T>>(c, index, gen));
+      mtp_layers.push_back(std::make_unique<DeepseekV3MTPLayer<T>>(c, index, gen, experts));
       this->register_module("layers." + std::to_string(index), mtp_layers.back().get());
     }
   }
@@ -240,8 +243,13 @@ struct DeepseekV3Output {
 template <class T>
 class DeepseekV3ForCausalLM : public Module<T> {
  public:
-  DeepseekV3ForCausalLM(const DeepseekV3Config& c, Generator& gen)
-      : model(c, gen),
+  // experts: where the MoE layers' routed experts live: null, all in this process; an exchange over
+  // W ranks (dist::expert_exchange), expert parallel: each rank holds n_routed_experts / W experts
+  // of every MoE layer and every forward is collective (nn/moe.hpp). Generation (prefill, decode)
+  // needs every expert here.
+  DeepseekV3ForCausalLM(const DeepseekV3Config& c, Generator& gen,
+                        const std::shared_ptr<ExpertExchange<T>>& experts = nullptr)
+      : model(c, gen, experts),
         lm_head(c.tie_word_embeddings ? nullptr
                                       : std::make_unique<Linear<T>>(c.hidden_size, c.vocab_size, false,
                                                                     c.initializer_range, gen)) {
@@ -385,6 +393,23 @@ class DeepseekV3ForCausalLM : public Module<T> {
   std::vector<LayerLoad> last_load_stats() const {
     std::vector<LayerLoad> out;
     for (auto& [index, moe] : moe_layers()) out.push_back({index, moe->last_load()});
+    return out;
+  }
+
+  // The parameters split by placement: the routed experts held here (expert parallel: this rank's,
+  // which data parallelism takes as local parameters) and the rest, which every rank holds.
+  std::vector<Tensor<T>> expert_parameters() const {
+    std::vector<Tensor<T>> out;
+    for (auto& [index, moe] : moe_layers())
+      for (const auto& p : moe->expert_parameters()) out.push_back(p);
+    return out;
+  }
+  std::vector<Tensor<T>> replicated_parameters() const {
+    std::set<const void*> experts;
+    for (const auto& p : expert_parameters()) experts.insert(p.storage().get());
+    std::vector<Tensor<T>> out;
+    for (const auto& p : this->parameters())
+      if (!experts.count(p.storage().get())) out.push_back(p);
     return out;
   }
 

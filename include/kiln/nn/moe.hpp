@@ -63,6 +63,7 @@
 #include "kiln/autograd/grad_mode.hpp"
 #include "kiln/nn/balance.hpp"
 #include "kiln/nn/config.hpp"
+#include "kiln/nn/expert_exchange.hpp"
 #include "kiln/nn/linear.hpp"
 #include "kiln/nn/module.hpp"
 #include "kiln/ops/binary.hpp"
@@ -314,19 +315,50 @@ struct MoEOutput {
 
 // mlp of a DeepSeek-V3 MoE layer: gate, experts.N (SwiGLU, moe_intermediate_size) and
 // shared_experts (one SwiGLU of moe_intermediate_size · n_shared_experts; absent when 0).
+//
+// Expert parallelism (built with an ExpertExchange of W ranks, nn/expert_exchange.hpp): rank r
+// holds routed experts r·L .. r·L + L − 1 (L = n_routed_experts / W) under their global names
+// (experts.<i>); the router and the shared experts are replicated. Each rank routes its own tokens
+// and sorts the routes by expert (either dispatch path above), so the routes for each rank's
+// experts form one contiguous block, ordered by expert. Then:
+//   1. counts: an all-to-all of the per-expert counts (L values per pair of ranks) tells each rank
+//      how many rows it receives from every rank for each of its experts (with the fused path this
+//      reads the layout's counts back to the host: the one synchronisation per layer that sizing
+//      the exchange needs);
+//   2. dispatch: the sorted rows go to their experts' ranks (all_to_all_rows). A rank receives
+//      blocks by source rank, each ordered by expert; one index_select regroups them by expert, so
+//      each local expert runs once on a contiguous slice (the composed loop or the grouped GEMM),
+//      and the inverse permutation restores the source order;
+//   3. combine: the rows go back (the counts reversed) and the same gate-weighted sum as above
+//      (combine_routes or moe_combine) gives each token its output, plus the shared experts.
+// Routing, sorting, expert compute and combination are the local layer's own code, so the output
+// equals one process's layer on the union of the ranks' tokens. Gradients: the exchange is
+// differentiable (its backward is the reverse exchange), so an expert's gradient sums the
+// contributions of every rank's tokens; the replicated parameters' gradients hold only local tokens
+// and need a data-parallel average (dist::DataParallel with the experts as local parameters,
+// dist/expert_parallel.hpp). Loads are counted per rank (batch_load, last_load: this rank's tokens,
+// every expert); update_bias applies the aux-loss-free rule with the global load, the sum over
+// ranks, so every rank moves the same bias. Dense dispatch (generation) needs every expert in one
+// process and is refused.
 template <class T>
 class MoE : public Module<T> {
  public:
   MoEGate<T> gate;
+  // The routed experts held here: all of them (experts[i] is expert i) or, expert parallel, this
+  // rank's local_experts() (experts[j] is expert first_expert() + j).
   std::vector<std::unique_ptr<SwiGLUMLP<T>>> experts;
   std::unique_ptr<SwiGLUMLP<T>> shared_experts;
 
-  MoE(const DeepseekV3Config& c, Generator& gen)
-      : gate(c, gen), alpha_(c.seq_aux_loss_alpha) {
+  // Every expert's weights are drawn from gen in order whatever the placement (a rank keeps only
+  // its own), so one seed gives the same layer with and without expert parallelism.
+  MoE(const DeepseekV3Config& c, Generator& gen, std::shared_ptr<ExpertExchange<T>> exchange = nullptr)
+      : gate(c, gen), alpha_(c.seq_aux_loss_alpha), exchange_(std::move(exchange)), local_(c.n_routed_experts) {
+    if (exchange_) place_experts(c);
     this->register_module("gate", &gate);
     for (std::int64_t i = 0; i < c.n_routed_experts; ++i) {
-      experts.push_back(
-          std::make_unique<SwiGLUMLP<T>>(c.hidden_size, c.moe_intermediate_size, c.initializer_range, gen));
+      auto expert = std::make_unique<SwiGLUMLP<T>>(c.hidden_size, c.moe_intermediate_size, c.initializer_range, gen);
+      if (i < first_ || i >= first_ + local_) continue;  // another rank's: drawn only to keep the stream aligned
+      experts.push_back(std::move(expert));
       this->register_module("experts." + std::to_string(i), experts.back().get());
     }
     if (c.n_shared_experts > 0) {
@@ -337,7 +369,8 @@ class MoE : public Module<T> {
   }
 
   // x [..., S, hidden] (the second-last dim is the sequence for the balance loss; a 2-D x is one
-  // sequence) -> the layer output and, when α > 0, the sequence-wise balance loss.
+  // sequence) -> the layer output and, when α > 0, the sequence-wise balance loss. Expert
+  // parallel: collective (every rank calls it, in the same order, with at least one token).
   MoEOutput<T> forward_full(const Tensor<T>& x) {
     const char* op = "MoE";
     check_defined(op, x);
@@ -345,26 +378,39 @@ class MoE : public Module<T> {
     check(x.dim() >= 2 && x.shape().back() == hidden, op, "needs x [..., S, ", hidden, "], got shape ", x.shape());
     const std::int64_t n = x.numel() / hidden, k = gate.top_k(), e = gate.experts();
     check(n > 0, op, "needs at least one token, got shape ", x.shape());
+    check(!exchange_ || x.device() == exchange_->device(), op, "x on ", x.device(),
+          " for an expert exchange on ", exchange_ ? exchange_->device() : x.device());
     const Tensor<T> flat = reshape(x, {n, hidden});
-    if (use_fused_moe<T>(x.device(), hidden, experts.front()->gate_proj.out_features)) return forward_fused(x, flat);
-    const Routing<T> r = gate(flat);
-
-    const RouteSort order = sort_routes(r.experts.to_vector(), k, e);
-    const ExpertLoad& load = order.load;
-    const auto token_index = Tensor<std::int64_t>::from_vector(order.tokens, {n * k}, x.device());
-
-    // Each expert runs once on its contiguous slice of the sorted tokens.
-    const Tensor<T> gathered = index_select(flat, 0, token_index);  // [N·K, hidden]
-    const Tensor<T> sorted_out =
-        run_experts(gathered, load.counts, [&](std::size_t i) -> SwiGLUMLP<T>& { return *experts[i]; });
-    Tensor<T> y = combine_routes(sorted_out, order.position, r.gates);
-    if (shared_experts) y = add(y, (*shared_experts)(flat));
-
-    last_counts_ = Tensor<std::int64_t>::from_vector(load.counts, {e});  // on the host, where they were counted
-    if (autograd::grad_enabled()) {
-      std::int64_t* batch = batch_counts_on(Device::cpu()).data();
-      for (std::size_t i = 0; i < load.counts.size(); ++i) batch[i] += load.counts[i];
+    const bool training = autograd::grad_enabled();
+    Tensor<T> y;
+    Routing<T> r;
+    if (use_fused_moe<T>(x.device(), hidden, expert_width())) {
+      // Sync-free kernels; training forwards add their counts to the batch load in the layout kernel.
+      r = gate.forward_fused(flat);
+      const MoeLayout layout =
+          moe_layout(r.experts, e, training ? batch_counts_on(x.device()) : Tensor<std::int64_t>());
+      const Tensor<T> rows = moe_dispatch(flat, layout);  // [N·K, hidden] sorted by expert
+      const Tensor<T> out = exchange_ ? run_spread(rows, layout.counts.to_vector(), true)
+                                      : run_grouped(rows, layout.offsets);
+      y = moe_combine(out, r.gates, layout);
+      last_counts_ = layout.counts;
+    } else {
+      // Composed: the routes sorted on the host, each expert once on its contiguous slice.
+      r = gate(flat);
+      const RouteSort order = sort_routes(r.experts.to_vector(), k, e);
+      const auto token_index = Tensor<std::int64_t>::from_vector(order.tokens, {n * k}, x.device());
+      const Tensor<T> rows = index_select(flat, 0, token_index);  // [N·K, hidden]
+      const Tensor<T> out =
+          exchange_ ? run_spread(rows, order.load.counts, false)
+                    : run_experts(rows, order.load.counts, [&](std::size_t i) -> SwiGLUMLP<T>& { return *experts[i]; });
+      y = combine_routes(out, order.position, r.gates);
+      last_counts_ = Tensor<std::int64_t>::from_vector(order.load.counts, {e});  // on the host, where they were counted
+      if (training) {
+        std::int64_t* batch = batch_counts_on(Device::cpu()).data();
+        for (std::size_t i = 0; i < order.load.counts.size(); ++i) batch[i] += order.load.counts[i];
+      }
     }
+    if (shared_experts) y = add(y, (*shared_experts)(flat));
     return finish(x, y, r);
   }
   Tensor<T> forward(const Tensor<T>& x) { return forward_full(x).output; }
@@ -374,9 +420,10 @@ class MoE : public Module<T> {
   DenseExperts<T> stack_experts() const {
     NoGradGuard no_grad;
     const char* op = "MoE::stack_experts";
+    check_all_experts_here(op);
     DenseExperts<T> w;
     w.routed = gate.experts();
-    w.width = experts.front()->gate_proj.out_features;
+    w.width = expert_width();
     std::vector<const SwiGLUMLP<T>*> units;
     for (const auto& e : experts) units.push_back(e.get());
     if (shared_experts) {
@@ -411,10 +458,11 @@ class MoE : public Module<T> {
   Tensor<T> forward_dense(const Tensor<T>& x, const DenseExperts<T>& w) const {
     const char* op = "MoE::forward_dense";
     check_defined(op, x);
+    check_all_experts_here(op);
     const std::int64_t hidden = gate.weight.shape()[1];
     check(x.dim() >= 1 && x.shape().back() == hidden, op, "needs x [..., ", hidden, "], got shape ", x.shape());
     // This layer's units: its routed experts and its shared expert's width-I chunks.
-    const std::int64_t width = experts.front()->gate_proj.out_features;
+    const std::int64_t width = expert_width();
     const std::int64_t shared = shared_experts ? shared_experts->gate_proj.out_features / width : 0;
     const std::int64_t units = gate.experts() + shared;
     check(w.defined() && w.routed == gate.experts() && w.shared == shared && w.width == width &&
@@ -435,33 +483,92 @@ class MoE : public Module<T> {
   // Routes per expert accumulated over the forwards run with gradients enabled (training) since
   // the last update_bias / reset_load: the whole batch's load, gradient accumulation included.
   // Forwards under NoGradGuard (evaluation, generation) are not counted here. The counts live on
-  // the device of the forwards; reading them here waits for it.
+  // the device of the forwards; reading them here waits for it. Expert parallel: this rank's
+  // tokens (update_bias sums the ranks).
   ExpertLoad batch_load() const { return read_load(batch_counts_); }
   // Routes per expert of the most recent forward, whatever the grad mode.
   ExpertLoad last_load() const { return read_load(last_counts_); }
   void reset_load() { batch_counts_ = Tensor<std::int64_t>(); }
 
   // The aux-loss-free rule with the batch load, then starts a new batch. On the counts' device:
-  // a GPU layer updates its bias with one kernel and reads nothing back.
+  // a GPU layer updates its bias with one kernel and reads nothing back. Expert parallel: with the
+  // global load (the sum over ranks, read through the host; collective), the same bias everywhere.
   void update_bias(double gamma) {
     const Tensor<T>& bias = gate.e_score_correction_bias;
-    if (batch_counts_.defined() && batch_counts_.device() == bias.device())
+    if (exchange_) {
+      ExpertLoad global = batch_load();
+      global.counts = exchange_->sum(global.counts);
+      update_routing_bias(bias, global, gamma);
+    } else if (batch_counts_.defined() && batch_counts_.device() == bias.device()) {
       moe_balance_update(bias, batch_counts_, gamma);
-    else if (batch_counts_.defined())
+    } else if (batch_counts_.defined()) {
       update_routing_bias(bias, batch_load(), gamma);
+    }
     reset_load();
   }
 
   double seq_aux_loss_alpha() const { return alpha_; }
   void set_seq_aux_loss_alpha(double alpha) { alpha_ = alpha; }
 
+  // The placement: experts first_expert() .. first_expert() + local_experts() − 1 are held here
+  // (all of them without an exchange).
+  std::int64_t first_expert() const { return first_; }
+  std::int64_t local_experts() const { return local_; }
+  const std::shared_ptr<ExpertExchange<T>>& exchange() const { return exchange_; }
+
+  // The routed experts' parameters held here (expert parallel: pass them to data parallelism as
+  // local parameters), and the rest: the router and the shared experts, which every rank holds.
+  std::vector<Tensor<T>> expert_parameters() const {
+    std::vector<Tensor<T>> out;
+    for (const auto& ex : experts)
+      for (const auto& p : ex->parameters()) out.push_back(p);
+    return out;
+  }
+  std::vector<Tensor<T>> replicated_parameters() const {
+    std::vector<Tensor<T>> out = gate.parameters();
+    if (shared_experts)
+      for (const auto& p : shared_experts->parameters()) out.push_back(p);
+    return out;
+  }
 
  private:
-  // The routed experts through the sync-free kernels (the header comment's fused dispatch).
-  MoEOutput<T> forward_fused(const Tensor<T>& x, const Tensor<T>& flat) {
+  std::int64_t expert_width() const { return experts.front()->gate_proj.out_features; }
+
+  // Expert parallel construction: every rank must build the same layer (a mismatch would derail
+  // the all-to-alls), and the experts must split evenly.
+  void place_experts(const DeepseekV3Config& c) {
     const char* op = "MoE";
-    const std::int64_t e = gate.experts(), hidden = flat.shape()[1];
-    const std::int64_t width = experts.front()->gate_proj.out_features;
+    const int world = exchange_->ranks();
+    const std::vector<std::int64_t> mine{c.n_routed_experts, c.hidden_size, c.moe_intermediate_size,
+                                         c.num_experts_per_tok, c.n_shared_experts};
+    const std::vector<std::int64_t> all = exchange_->all_gather(mine);
+    const std::size_t m = mine.size();
+    for (std::size_t r = 1; r < static_cast<std::size_t>(world); ++r)
+      for (std::size_t k = 0; k < m; ++k)
+        if (all[r * m + k] != all[k])
+          fail(op, "expert parallel ranks disagree on the layer (n_routed_experts, hidden_size, "
+                   "moe_intermediate_size, num_experts_per_tok, n_shared_experts): rank 0 has ",
+               std::vector<std::int64_t>(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(m)), ", rank ", r,
+               " has ",
+               std::vector<std::int64_t>(all.begin() + static_cast<std::ptrdiff_t>(r * m),
+                                         all.begin() + static_cast<std::ptrdiff_t>((r + 1) * m)));
+    check(c.n_routed_experts % world == 0, op, "n_routed_experts = ", c.n_routed_experts,
+          " must be a multiple of the ", world, " expert parallel ranks");
+    local_ = c.n_routed_experts / world;
+    first_ = exchange_->rank() * local_;
+  }
+
+  void check_all_experts_here(const char* op) const {
+    check(!exchange_, op, "dense dispatch needs every routed expert in this process; this layer holds experts ",
+          first_, "..", first_ + local_ - 1, " of ", gate.experts(), " (expert parallel)");
+  }
+
+  // The local experts on rows sorted by expert (local expert j: rows offsets[j] .. offsets[j+1] − 1,
+  // offsets [L + 1] on the rows' device) through the grouped GEMMs: gate_proj|up_proj rows stacked
+  // [L, 2I, hidden], SwiGLU, down_proj stacked [L, hidden, I].
+  Tensor<T> run_grouped(const Tensor<T>& rows, const Tensor<std::int64_t>& offsets) const {
+    const char* op = "MoE";
+    const std::int64_t width = expert_width(), hidden = rows.shape()[1];
     std::vector<Tensor<T>> in_rows, out_weights;
     for (const auto& ex : experts) {
       check(ex->gate_proj.out_features == width && !ex->gate_proj.bias.defined() && !ex->up_proj.bias.defined() &&
@@ -471,20 +578,63 @@ class MoE : public Module<T> {
       in_rows.push_back(ex->up_proj.weight);
       out_weights.push_back(ex->down_proj.weight);
     }
-    const Routing<T> r = gate.forward_fused(flat);
-    // Training forwards add their counts to the batch load inside the layout kernel.
-    const MoeLayout layout = moe_layout(r.experts, e, autograd::grad_enabled() ? batch_counts_on(x.device())
-                                                                               : Tensor<std::int64_t>());
-    const Tensor<T> rows = moe_dispatch(flat, layout);                       // [N·K, hidden]
-    const Tensor<T> w_in = reshape(cat(in_rows, 0), {e, 2 * width, hidden});  // expert i: gate rows, then up rows
-    const Tensor<T> w_out = stack(out_weights, 0);                           // [E, hidden, I]
-    const Tensor<T> gu = grouped_linear(rows, w_in, layout.offsets);         // [N·K, 2I]
+    const std::int64_t groups = static_cast<std::int64_t>(experts.size());
+    const Tensor<T> w_in = reshape(cat(in_rows, 0), {groups, 2 * width, hidden});  // expert j: gate rows, then up rows
+    const Tensor<T> w_out = stack(out_weights, 0);                                // [L, hidden, I]
+    const Tensor<T> gu = grouped_linear(rows, w_in, offsets);                     // [rows, 2I]
     const Tensor<T> a = swiglu(narrow(gu, 1, 0, width), narrow(gu, 1, width, width));
-    const Tensor<T> out = grouped_linear(a, w_out, layout.offsets);          // [N·K, hidden]
-    Tensor<T> y = moe_combine(out, r.gates, layout);
-    if (shared_experts) y = add(y, (*shared_experts)(flat));
-    last_counts_ = layout.counts;
-    return finish(x, y, r);
+    return grouped_linear(a, w_out, offsets);  // [rows, hidden]
+  }
+
+  // Expert parallel: rows [N·K, hidden] sorted by expert with counts[i] rows for global expert i
+  // -> the expert outputs in the same order, computed on the experts' ranks (the header's steps 1-3).
+  Tensor<T> run_spread(const Tensor<T>& rows, const std::vector<std::int64_t>& counts, bool grouped) {
+    const auto world = static_cast<std::size_t>(exchange_->ranks());
+    const auto L = static_cast<std::size_t>(local_);
+    // Counts first: from[s·L + j] = rows rank s sends to local expert j.
+    const std::vector<std::int64_t> from = exchange_->all_to_all(counts);
+    std::vector<std::int64_t> send(world, 0), recv(world, 0), expert_rows(L, 0);
+    for (std::size_t q = 0; q < world; ++q)
+      for (std::size_t j = 0; j < L; ++j) {
+        send[q] += counts[q * L + j];
+        recv[q] += from[q * L + j];
+        expert_rows[j] += from[q * L + j];
+      }
+    const Tensor<T> received = exchange_->all_to_all_rows(rows, send, recv);  // by source rank, then expert
+    // No rows: the composed loop has nothing to run (computed stays the empty received rows, which
+    // keeps the graph connected); the grouped GEMMs still run, so the experts' gradients are
+    // zeros as in one process's fused path.
+    Tensor<T> computed = received;
+    if (grouped || received.shape()[0] > 0) {
+      // Regroup by local expert, run, restore the source order. by_expert[p]: the received row at
+      // expert-major position p (identity with one rank or one local expert).
+      std::vector<std::int64_t> block(world * L + 1, 0);  // start of block (s, j) in received
+      for (std::size_t b = 0; b < world * L; ++b) block[b + 1] = block[b] + from[b];
+      std::vector<std::int64_t> by_expert, back(static_cast<std::size_t>(received.shape()[0]));
+      for (std::size_t j = 0; j < L; ++j)
+        for (std::size_t q = 0; q < world; ++q)
+          for (std::int64_t i = 0; i < from[q * L + j]; ++i) by_expert.push_back(block[q * L + j] + i);
+      bool identity = true;
+      for (std::size_t p = 0; p < by_expert.size(); ++p) {
+        back[static_cast<std::size_t>(by_expert[p])] = static_cast<std::int64_t>(p);
+        identity = identity && by_expert[p] == static_cast<std::int64_t>(p);
+      }
+      const auto total = static_cast<std::int64_t>(by_expert.size());
+      const Device device = received.device();
+      const Tensor<T> sorted =
+          identity ? received
+                   : index_select(received, 0, Tensor<std::int64_t>::from_vector(by_expert, {total}, device));
+      Tensor<T> out;
+      if (grouped) {
+        std::vector<std::int64_t> offsets(L + 1, 0);
+        for (std::size_t j = 0; j < L; ++j) offsets[j + 1] = offsets[j] + expert_rows[j];
+        out = run_grouped(sorted, Tensor<std::int64_t>::from_vector(offsets, {static_cast<std::int64_t>(L) + 1}, device));
+      } else {
+        out = run_experts(sorted, expert_rows, [&](std::size_t j) -> SwiGLUMLP<T>& { return *experts[j]; });
+      }
+      computed = identity ? out : index_select(out, 0, Tensor<std::int64_t>::from_vector(back, {total}, device));
+    }
+    return exchange_->all_to_all_rows(computed, recv, send);  // [N·K, hidden], back in sorted order
   }
 
   // The output in x's shape, and the balance loss when α > 0.
@@ -517,6 +667,8 @@ class MoE : public Module<T> {
   }
 
   double alpha_;
+  std::shared_ptr<ExpertExchange<T>> exchange_;  // null: every expert here
+  std::int64_t first_ = 0, local_;
   Tensor<std::int64_t> batch_counts_, last_counts_;  // [E]: on the layer's device (fused) or the host (composed)
 };
 

@@ -47,13 +47,14 @@ class MTPSharedHead : public Module<T> {
 };
 
 // One MTP module around a transformer block type Block (constructed as Block(config, layer_idx,
-// gen), with forward_full(x [B, S, hidden], positions [S]) returning .hidden and .balance_loss).
+// gen, block_args...), with forward_full(x [B, S, hidden], positions [S]) returning .hidden and .balance_loss).
 // It derives from the block so that the block's parameters keep their names at the module's level.
 template <class T, class Block>
 class MultiTokenPredictionLayer : public Block {
  public:
-  MultiTokenPredictionLayer(const DeepseekV3Config& c, std::int64_t layer_idx, Generator& gen)
-      : Block(c, layer_idx, gen),
+  template <class... BlockArgs>
+  MultiTokenPredictionLayer(const DeepseekV3Config& c, std::int64_t layer_idx, Generator& gen, BlockArgs&&... block_args)
+      : Block(c, layer_idx, gen, std::forward<BlockArgs>(block_args)...),
         enorm(c.hidden_size, c.rms_norm_eps),
         hnorm(c.hidden_size, c.rms_norm_eps),
         eh_proj(2 * c.hidden_size, c.hidden_size, false, c.initializer_range, gen),

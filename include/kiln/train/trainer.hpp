@@ -145,8 +145,12 @@ FlopsModel flops_model(const nn::DeepseekV3ForCausalLM<T>& model) {
   const nn::DeepseekV3Config& c = model.model.config;
   // The MTP modules run only with a nonzero loss weight (forward_with_loss).
   const std::int64_t depths = c.mtp_loss_weight != 0.0 ? static_cast<std::int64_t>(model.model.mtp_layers.size()) : 0;
+  // Each token runs K of the experts; expert parallel, a rank holds L of the n_routed_experts and
+  // runs on average K routes per token of its own (the others' tokens come to its experts).
+  const auto moe = model.moe_layers();
+  const std::int64_t held = moe.empty() ? c.n_routed_experts : moe.front().second->local_experts();
   const double expert_fraction =
-      c.n_routed_experts > 0 ? static_cast<double>(c.num_experts_per_tok) / static_cast<double>(c.n_routed_experts) : 0.0;
+      held > 0 ? static_cast<double>(c.num_experts_per_tok) / static_cast<double>(held) : 0.0;
   FlopsModel f;
   for (const auto& [name, p] : model.named_parameters()) {
     const double n = static_cast<double>(p.numel());
