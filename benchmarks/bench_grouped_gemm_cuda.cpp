@@ -10,12 +10,16 @@
 // 4096 rows and 32 of about 512. Group sizes: a fixed uneven split (±40% around the mean).
 // FLOPs 2·R·N·K for each of forward (y = x·W_gᵀ), dgrad (dx = dy·W_g) and wgrad (dW_g = dy_gᵀ·x_g).
 //
+// kiln runs twice in the same rounds: the plain mma.sync kernel and, on an sm_90 GPU, the Hopper
+// kernel (grouped_gemm_hopper.cuh) at both of its tile widths, 128 and 256 columns.
+//
 // Timing (benchmarks/cuda_bench.hpp, Timer::interleaved_median_us): CUDA events around each call,
 // the two sides interleaved, L2 flushed before every timed call, 3 warm-up and 15 timed calls,
-// medians. ratio = peer time / kiln time (> 1: kiln faster). The last column is kiln's largest
-// error relative to the peer's output (max |kiln − peer| / max |peer|).
+// medians. ratio = peer time / kiln time (> 1: kiln faster). The last columns are kiln's largest
+// errors relative to the peer's output (max |kiln − peer| / max |peer|).
 // Run: ./benchmarks/bench_grouped_gemm_cuda (about 20 s on an H200).
 #include <cstdio>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -73,8 +77,11 @@ void run_case(bench::Timer& timer, const Case& c) {
   const kiln::Device d = gpu;
   Tensor<bf16> y_kiln({R, c.n}, d), dx_kiln({R, c.k}, d), dw_kiln({c.groups, c.n, c.k}, d);
   Tensor<bf16> y_peer({R, c.n}, d), dx_peer({R, c.k}, d), dw_peer({c.groups, c.n, c.k}, d);
-  auto kernel = [&](kiln::kernels::GroupedGemmKind kind, Tensor<bf16>& out) {
-    kiln::detail::grouped_gemm_launch("bench", kind, out, x, dy, w, offsets, R, c.groups, c.n, c.k);
+  using kiln::kernels::GroupedGemmKernel;
+  auto kernel = [&](kiln::kernels::GroupedGemmKind kind, Tensor<bf16>& out, GroupedGemmKernel implementation,
+                    int block_n) {
+    kiln::detail::grouped_gemm_launch("bench", kind, out, x, dy, w, offsets, R, c.groups, c.n, c.k, implementation,
+                                      block_n);
   };
   // The peer writes each group's product into its slice of the same outputs (copy_ into views).
   auto peer = [&](int which) {
@@ -86,6 +93,9 @@ void run_case(bench::Timer& timer, const Case& c) {
       if (which == 2) (void)kiln::matmul(kiln::transpose(dys[i], 0, 1), xs[i]);
     }
   };
+  int major = 0;
+  KILN_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0));
+  const bool hopper_gpu = major == 9;
   const char* names[3] = {"forward y = x·Wᵀ", "dgrad dx = dy·W", "wgrad dW = dyᵀ·x"};
   const kiln::kernels::GroupedGemmKind kinds[3] = {kiln::kernels::GroupedGemmKind::forward,
                                                     kiln::kernels::GroupedGemmKind::dgrad,
@@ -93,8 +103,15 @@ void run_case(bench::Timer& timer, const Case& c) {
   Tensor<bf16>* outs[3] = {&y_kiln, &dx_kiln, &dw_kiln};
   const double flops = 2.0 * static_cast<double>(R) * static_cast<double>(c.n) * static_cast<double>(c.k);
   for (int v = 0; v < 3; ++v) {
-    const std::vector<double> us = timer.interleaved_median_us(
-        {[&] { kernel(kinds[v], *outs[v]); }, [&] { peer(v); }}, {.warmup = 3, .timed = 15, .flush_l2 = true});
+    // Sides: the plain kernel, the Hopper kernel at 128- and 256-column tiles (sm_90 only), the peer.
+    const bool hopper = hopper_gpu;
+    std::vector<std::function<void()>> sides{[&] { kernel(kinds[v], *outs[v], GroupedGemmKernel::plain, 0); }};
+    if (hopper) {
+      sides.push_back([&] { kernel(kinds[v], *outs[v], GroupedGemmKernel::hopper, 128); });
+      sides.push_back([&] { kernel(kinds[v], *outs[v], GroupedGemmKernel::hopper, 256); });
+    }
+    sides.push_back([&] { peer(v); });
+    const std::vector<double> us = timer.interleaved_median_us(sides, {.warmup = 3, .timed = 15, .flush_l2 = true});
     // Accuracy against the peer's result.
     Tensor<bf16> ref;
     if (v == 0) {
@@ -114,10 +131,26 @@ void run_case(bench::Timer& timer, const Case& c) {
                                  : kiln::zeros<bf16>({1, c.n, c.k}, gpu));
       ref = kiln::cat(parts, 0);
     }
-    std::printf("%-16s %-18s G %3lld R %6lld N %5lld K %5lld %10.1f %10.1f %8.1f %8.1f %7.3f %9.2e\n", c.name, names[v],
+    // Errors against the peer: the plain kernel's output, then the Hopper kernel's (the last side
+    // that wrote outs[v] in each case; both are recomputed here).
+    kernel(kinds[v], *outs[v], GroupedGemmKernel::plain, 0);
+    const double plain_error = max_relative(*outs[v], ref);
+    double hopper_error = 0.0;
+    if (hopper) {
+      kernel(kinds[v], *outs[v], GroupedGemmKernel::automatic, 0);
+      hopper_error = max_relative(*outs[v], ref);
+    }
+    const double peer_us = us.back();
+    auto tflops = [&](double t) { return flops / t / 1e6; };
+    std::printf("%-10s %-18s G %3lld R %6lld N %5lld K %5lld | plain %6.1f TF/s %5.2fx", c.name, names[v],
                 static_cast<long long>(c.groups), static_cast<long long>(R), static_cast<long long>(c.n),
-                static_cast<long long>(c.k), us[0], us[1], flops / us[0] / 1e6, flops / us[1] / 1e6, us[1] / us[0],
-                max_relative(*outs[v], ref));
+                static_cast<long long>(c.k), tflops(us[0]), peer_us / us[0]);
+    if (hopper)
+      std::printf(" | hopper128 %6.1f TF/s %5.2fx | hopper256 %6.1f TF/s %5.2fx", tflops(us[1]), peer_us / us[1],
+                  tflops(us[2]), peer_us / us[2]);
+    else
+      std::printf(" | %-27s | %-27s", "hopper128 -", "hopper256 -");
+    std::printf(" | cuBLASLt %6.1f TF/s | err plain %8.2e hopper %8.2e\n", tflops(peer_us), plain_error, hopper_error);
     std::fflush(stdout);
   }
 }
@@ -126,8 +159,10 @@ void run_case(bench::Timer& timer, const Case& c) {
 
 int main() {
   if (!bench::open_device()) return 0;
-  std::printf("%-16s %-18s %-38s %10s %10s %8s %8s %7s %9s\n", "case", "product", "shape", "kiln us", "cuBLASLt us",
-              "kiln TF/s", "peer TF/s", "ratio", "rel err");
+  std::printf("TF/s and ratio = cuBLASLt time / kiln time (> 1: kiln faster) for kiln's plain (mma.sync) kernel and\n"
+              "its Hopper kernel at 128- and 256-column tiles (automatic picks %s), errors relative\n"
+              "to the peer's largest output (hopper: the automatic choice)\n",
+              "256 from 512 output columns");
   bench::Timer timer(0);
   const std::vector<Case> cases{{"big GEMM1", 8, 4096, 1024, 768},      {"big GEMM2", 8, 4096, 768, 512},
                                 {"DSV3 up", 8, 4096, 4096, 7168},       {"DSV3 down", 8, 4096, 7168, 2048},

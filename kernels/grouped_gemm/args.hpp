@@ -19,6 +19,15 @@ enum class GroupedGemmKind {
   wgrad,    // dW [G, N, K]: dW_g = dy_gᵀ · x_g, summed over the group's rows (zero for an empty group)
 };
 
+// Which kernel runs (grouped_gemm.cuh's launcher). automatic: the Hopper kernel where the GPU and
+// the arguments allow it (grouped_gemm_hopper_supports), unless the environment variable
+// KILN_GROUPED_GEMM=plain (read once per process) turns it off; else the plain kernel.
+enum class GroupedGemmKernel {
+  automatic,
+  hopper,  // the Hopper kernel (grouped_gemm_hopper.cuh); arguments it cannot take are an error
+  plain,   // the mma.sync kernel (grouped_gemm.cuh)
+};
+
 struct GroupedGemmArgs {
   static constexpr const char* kernel = "grouped_gemm";
   static constexpr const char* header = "kiln/kernels/grouped_gemm/grouped_gemm.cuh";
@@ -32,6 +41,8 @@ struct GroupedGemmArgs {
   const std::int64_t* offsets = nullptr;   // [G + 1]
   std::int64_t rows = 0;                   // R
   int groups = 0, n = 0, k = 0;            // G, N (out features), K (in features); N, K multiples of 8
+  GroupedGemmKernel implementation = GroupedGemmKernel::automatic;
+  int hopper_block_n = 0;                  // the Hopper kernel's tile width: 128, 256, or 0 (chosen by shape)
 };
 
 }  // namespace kiln::kernels

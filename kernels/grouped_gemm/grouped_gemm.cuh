@@ -1,6 +1,7 @@
 // Grouped GEMM for Mixture-of-Experts on CUDA, plain tensor-core path (mma.sync m16n8k16, sm_80
-// and later): arguments kernels/grouped_gemm/args.hpp; front-end ops/grouped_linear.hpp; CPU
-// reference backend/cpu/grouped_gemm.hpp.
+// and later), and the launcher that picks it or the Hopper kernel (grouped_gemm_hopper.cuh, sm_90):
+// arguments kernels/grouped_gemm/args.hpp; front-end ops/grouped_linear.hpp; CPU reference
+// backend/cpu/grouped_gemm.hpp.
 //
 // The rows of x [R, K] are sorted by expert (kernels/moe/dispatch.cuh); group g owns rows
 // offsets[g] .. offsets[g+1] − 1, and the offsets live on the device: nothing is read back, so the
@@ -38,14 +39,19 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #include "kiln/core/device_kernel.hpp"
+#include "kiln/core/kernel_trace.hpp"
 #include "kiln/core/error.hpp"
 #include "kiln/kernels/common/cuda_check.hpp"
 #include "kiln/kernels/common/device_guard.hpp"
 #include "kiln/kernels/common/launch.cuh"
 #include "kiln/kernels/common/mma_sm80.cuh"
 #include "kiln/kernels/grouped_gemm/args.hpp"
+#include "kiln/kernels/grouped_gemm/group_rows.cuh"
+#include "kiln/kernels/grouped_gemm/grouped_gemm_hopper.cuh"
 
 namespace kiln::kernels::grouped_gemm {
 
@@ -57,15 +63,6 @@ static_assert(kBM == kBN, "load_operand stages A's rows and B's columns with one
 template <bool KMajor>
 constexpr int stage_elements() {
   return KMajor ? kBM * (kBK + kPad) : kBK * (kBM + kPad);
-}
-
-// Rows [start, start + count) of group g, with the offsets clamped to [0, R] and nondecreasing.
-__device__ __forceinline__ void group_rows(const std::int64_t* offsets, int g, std::int64_t R, std::int64_t& start,
-                                           std::int64_t& count) {
-  auto clamp = [R](std::int64_t v) { return v < 0 ? std::int64_t{0} : (v > R ? R : v); };
-  start = clamp(offsets[g]);
-  const std::int64_t end = clamp(offsets[g + 1]);
-  count = end > start ? end - start : 0;
 }
 
 // One operand tile (128 rows of the row dim × 64 of the reduction) from global memory into shared
@@ -288,10 +285,35 @@ void launch_variant(const GroupedGemmArgs& a, dim3 grid) {
 
 inline unsigned tiles(std::int64_t n, int tile) { return static_cast<unsigned>((n + tile - 1) / tile); }
 
+// KILN_GROUPED_GEMM=plain in the environment keeps automatic launches on the plain kernel (read
+// once per process; for comparisons and as an escape hatch).
+inline bool grouped_gemm_hopper_disabled_by_environment() {
+  static const bool disabled = [] {
+    const char* v = std::getenv("KILN_GROUPED_GEMM");
+    return v != nullptr && std::strcmp(v, "plain") == 0;
+  }();
+  return disabled;
+}
+
+// The launcher registered for GroupedGemmArgs: the Hopper kernel (grouped_gemm_hopper.cuh) when
+// a.implementation asks for it, or is automatic and the GPU and the arguments
+// allow it (grouped_gemm_hopper_supports: sm_90, bf16/fp16, N and K multiples of 8, 16-byte aligned
+// operands, R < 2^31, G ≤ 1024); else this file's mma.sync kernel. Each launch records which ran
+// (core/kernel_trace.hpp: "grouped_gemm/hopper" or "grouped_gemm/plain").
 inline void launch_grouped_gemm(const GroupedGemmArgs& a) {
   if (a.groups == 0 || a.n == 0 || a.k == 0) return;
   if (a.rows == 0 && a.kind != GroupedGemmKind::wgrad) return;
   cuda::DeviceGuard guard(a.launch.device);
+  // (R = 0 reaches here for wgrad only: every dW_g is zero, which the plain kernel writes.)
+  const bool automatic_hopper = a.implementation == GroupedGemmKernel::automatic &&
+                                !grouped_gemm_hopper_disabled_by_environment() && grouped_gemm_hopper_supports(a);
+  const bool hopper = a.rows > 0 && (a.implementation == GroupedGemmKernel::hopper || automatic_hopper);
+  if (hopper) {
+    launch_grouped_gemm_hopper(a);
+    record_kernel_variant(GroupedGemmArgs::kernel, "hopper");
+    return;
+  }
+  record_kernel_variant(GroupedGemmArgs::kernel, "plain");
   auto run = [&](auto tag) {
     using T = decltype(tag);
     // Row-tile slots: every group may end in a partial tile.

@@ -7,8 +7,12 @@
 // error is measured relative to max(|value|, sqrt(terms)), the size of a sum of that many products
 // of unit normals, so near-zero sums are judged by their absolute error.
 #include <cmath>
+#include <limits>
+#include <string>
 
 #include "cuda_test_util.hpp"
+#include "kiln/backend/cpu/grouped_gemm.hpp"
+#include "kiln/core/kernel_trace.hpp"
 #include "kiln/ops/grouped_linear.hpp"
 
 using namespace kiln;
@@ -16,10 +20,14 @@ using namespace kiln::testing;
 
 namespace {
 
+// The largest error relative to max(|want|, scale); an unwritten (poisoned: NaN) or non-finite
+// output counts as an infinite error (std::max would silently drop a NaN).
 double worst_error(const std::vector<double>& got, const std::vector<double>& want, double scale) {
   double worst = 0.0;
-  for (std::size_t i = 0; i < got.size(); ++i)
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    if (!std::isfinite(got[i])) return std::numeric_limits<double>::infinity();
     worst = std::max(worst, std::abs(got[i] - want[i]) / std::max(std::abs(want[i]), scale));
+  }
   return worst;
 }
 
@@ -62,7 +70,156 @@ void check_grouped(const std::vector<std::int64_t>& sizes, std::int64_t N, std::
       << "wgrad";
 }
 
+bool is_hopper_gpu() {
+  int major = 0;
+  KILN_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0));
+  return major == 9;
+}
+
+// One kernel path: which implementation and, for the Hopper kernel, which tile width.
+struct Path {
+  kernels::GroupedGemmKernel implementation;
+  int block_n;
+  const char* variant;  // what the launcher records (core/kernel_trace.hpp)
+};
+
+// The paths to compare: the plain kernel always, the Hopper kernel at both tile widths on sm_90.
+std::vector<Path> paths_to_test() {
+  std::vector<Path> paths{{kernels::GroupedGemmKernel::plain, 0, "grouped_gemm/plain"}};
+  if (is_hopper_gpu()) {
+    paths.push_back({kernels::GroupedGemmKernel::hopper, 128, "grouped_gemm/hopper"});
+    paths.push_back({kernels::GroupedGemmKernel::hopper, 256, "grouped_gemm/hopper"});
+  }
+  return paths;
+}
+
+// forward, dgrad and (where with_wgrad) wgrad on every path against the float64 CPU reference
+// (backend/cpu/grouped_gemm.hpp in double on the same rounded inputs), into outputs filled with
+// NaN first, so an unwritten element fails; the kernel trace proves which kernel ran.
+template <class T>
+void check_paths(const std::vector<std::int64_t>& sizes, std::int64_t N, std::int64_t K, bool with_wgrad = true) {
+  std::vector<std::int64_t> off{0};
+  std::int64_t largest = 1;
+  for (auto s : sizes) {
+    off.push_back(off.back() + s);
+    largest = std::max(largest, s);
+  }
+  const std::int64_t R = off.back(), G = static_cast<std::int64_t>(sizes.size());
+  SCOPED_TRACE(::testing::Message() << str(dtype_of<T>) << " G " << G << " R " << R << " N " << N << " K " << K);
+  const Tensor<std::int64_t> offsets = Tensor<std::int64_t>::from_vector(off, {G + 1});
+  const Tensor<T> x = cast<T>(randn<float>({R, K})), w = cast<T>(randn<float>({G, N, K}));
+  const Tensor<T> dy = cast<T>(randn<float>({R, N}));
+  const Tensor<double> xd = cast<double>(x), wd = cast<double>(w), dyd = cast<double>(dy);
+  Tensor<double> y_ref({R, N}), dx_ref({R, K}), dw_ref({G, N, K});
+  cpu::grouped_gemm_forward(xd.data(), wd.data(), offsets.data(), y_ref.data(), static_cast<int>(G), N, K);
+  cpu::grouped_gemm_dgrad(dyd.data(), wd.data(), offsets.data(), dx_ref.data(), static_cast<int>(G), N, K);
+  if (with_wgrad)
+    cpu::grouped_gemm_wgrad(dyd.data(), xd.data(), offsets.data(), dw_ref.data(), static_cast<int>(G), N, K);
+
+  const Tensor<std::int64_t> offsets_gpu = on_gpu(offsets);
+  const Tensor<T> x_gpu = on_gpu(x), w_gpu = on_gpu(w), dy_gpu = on_gpu(dy);
+  const T nan = convert<T>(std::numeric_limits<double>::quiet_NaN());
+  // The bound: the one rounding to the 16-bit type (half an ulp: 2^-8 relative for bf16, 2^-11 for
+  // fp16) plus the float accumulation's own error, which relative to the sum's size sqrt(terms) is
+  // about sqrt(terms)·2^-24 (a random walk of roundings on partial sums of size sqrt(k)); 4× that
+  // covers tensor cores that truncate. It matters only for fp16 at thousands of terms: at N = 7168
+  // the three kernels (plain included) all gave 4.93e-4 against the rounding alone, 4.88e-4.
+  const auto tol = [](double terms) {
+    return (std::is_same_v<T, bf16> ? 1.0 / 256 : 1.0 / 2048) + 4.0 * std::sqrt(terms) * std::ldexp(1.0, -24);
+  };
+  for (const Path& path : paths_to_test()) {
+    SCOPED_TRACE(::testing::Message() << path.variant << " tile width " << path.block_n);
+    Tensor<T> y = full<T>({R, N}, nan, gpu), dx = full<T>({R, K}, nan, gpu), dw = full<T>({G, N, K}, nan, gpu);
+    KernelTrace trace;
+    detail::grouped_gemm_launch("test", kernels::GroupedGemmKind::forward, y, x_gpu, Tensor<T>(), w_gpu, offsets_gpu,
+                                R, G, N, K, path.implementation, path.block_n);
+    detail::grouped_gemm_launch("test", kernels::GroupedGemmKind::dgrad, dx, Tensor<T>(), dy_gpu, w_gpu, offsets_gpu,
+                                R, G, N, K, path.implementation, path.block_n);
+    if (with_wgrad)
+      detail::grouped_gemm_launch("test", kernels::GroupedGemmKind::wgrad, dw, x_gpu, dy_gpu, Tensor<T>(), offsets_gpu,
+                                  R, G, N, K, path.implementation, path.block_n);
+    EXPECT_EQ(trace.count(path.variant), with_wgrad ? 3 : 2);
+    const double k = static_cast<double>(K), n = static_cast<double>(N), rows = static_cast<double>(largest);
+    EXPECT_LE(worst_error(as_doubles(y), y_ref.to_vector(), std::sqrt(k)), tol(k)) << "forward";
+    EXPECT_LE(worst_error(as_doubles(dx), dx_ref.to_vector(), std::sqrt(n)), tol(n)) << "dgrad";
+    if (with_wgrad) {
+      EXPECT_LE(worst_error(as_doubles(dw), dw_ref.to_vector(), std::sqrt(rows)), tol(rows)) << "wgrad";
+    }
+  }
+}
+
 }  // namespace
+
+// Both kernels (plain mma.sync; Hopper at 128- and 256-column tiles on sm_90), all three products,
+// at odd group sizes: empty groups, single rows, 127 and 129 (one row either side of a tile; for
+// wgrad a reduction ending 63 rows or 1 row into a 64-row k-block), 1000; one group with
+// every row; 64 groups; N and K at the smallest legal sizes (8, 16), not multiples of the 64-wide
+// k-block or the tile widths, and DeepSeek-V3's expert shapes.
+TEST(GroupedGemmCuda, BothPathsEqualFloat64) {
+  KILN_REQUIRE_GPU();
+  const std::vector<std::int64_t> odd{0, 1, 127, 129, 1000};
+  check_paths<bf16>(odd, 8, 8);
+  check_paths<bf16>(odd, 16, 8);
+  check_paths<bf16>(odd, 8, 16);
+  check_paths<bf16>(odd, 136, 200);   // partial k-blocks and partial column tiles of 128 and 256
+  check_paths<bf16>(odd, 264, 584);
+  check_paths<fp16>(odd, 136, 200);
+  check_paths<fp16>({3, 0, 257}, 520, 72);
+  check_paths<bf16>({2000}, 256, 128);               // one group takes everything
+  check_paths<bf16>({0, 0, 1500, 0}, 128, 256);      // one group among empty ones
+  std::vector<std::int64_t> many;
+  for (int g = 0; g < 64; ++g) many.push_back((g * 37) % 150);
+  check_paths<bf16>(many, 128, 64);                  // 64 groups: two a lane in the prefix scan
+  check_paths<fp16>(many, 72, 96);
+  // DeepSeek-V3 expert shapes, few rows (the float64 reference runs on the CPU).
+  check_paths<bf16>({130, 0, 1}, 4096, 7168);
+  check_paths<bf16>({1, 129, 0}, 7168, 2048);
+  check_paths<fp16>({65}, 7168, 2048, false);
+}
+
+// A group's results must not depend on another group's rows, even where a tile or a k-block reaches
+// into them: group 1's x and dy rows are NaN, group 0 (100 rows: a partial 128-row tile and a
+// partial 64-row k-block) must come out finite and right in all three products on every path.
+TEST(GroupedGemmCuda, GroupsDoNotSeeTheirNeighbours) {
+  KILN_REQUIRE_GPU();
+  const std::int64_t N = 64, K = 96, first = 100, R = 150;
+  const Tensor<std::int64_t> offsets = Tensor<std::int64_t>::from_vector({0, first, R}, {3});
+  std::vector<float> xv = randn<float>({R, K}).to_vector(), dyv = randn<float>({R, N}).to_vector();
+  for (std::int64_t i = first * K; i < R * K; ++i) xv[static_cast<std::size_t>(i)] = std::nanf("");
+  for (std::int64_t i = first * N; i < R * N; ++i) dyv[static_cast<std::size_t>(i)] = std::nanf("");
+  const Tensor<bf16> x = cast<bf16>(Tensor<float>::from_vector(xv, {R, K}));
+  const Tensor<bf16> dy = cast<bf16>(Tensor<float>::from_vector(dyv, {R, N}));
+  const Tensor<bf16> w = cast<bf16>(randn<float>({2, N, K}));
+  const Tensor<double> xd = cast<double>(x), wd = cast<double>(w), dyd = cast<double>(dy);
+  Tensor<double> y_ref({R, N}), dx_ref({R, K}), dw_ref({2, N, K});
+  cpu::grouped_gemm_forward(xd.data(), wd.data(), offsets.data(), y_ref.data(), 2, N, K);
+  cpu::grouped_gemm_dgrad(dyd.data(), wd.data(), offsets.data(), dx_ref.data(), 2, N, K);
+  cpu::grouped_gemm_wgrad(dyd.data(), xd.data(), offsets.data(), dw_ref.data(), 2, N, K);
+  // Group 0's part of each output: the first `first` rows of y and dx, the first N·K values of dW.
+  auto group0 = [](const std::vector<double>& v, std::int64_t count) {
+    return std::vector<double>(v.begin(), v.begin() + count);
+  };
+  const Tensor<std::int64_t> offsets_gpu = on_gpu(offsets);
+  const Tensor<bf16> x_gpu = on_gpu(x), w_gpu = on_gpu(w), dy_gpu = on_gpu(dy);
+  for (const Path& path : paths_to_test()) {
+    SCOPED_TRACE(::testing::Message() << path.variant << " tile width " << path.block_n);
+    Tensor<bf16> y({R, N}, gpu), dx({R, K}, gpu), dw({2, N, K}, gpu);
+    detail::grouped_gemm_launch("test", kernels::GroupedGemmKind::forward, y, x_gpu, Tensor<bf16>(), w_gpu,
+                                offsets_gpu, R, 2, N, K, path.implementation, path.block_n);
+    detail::grouped_gemm_launch("test", kernels::GroupedGemmKind::dgrad, dx, Tensor<bf16>(), dy_gpu, w_gpu,
+                                offsets_gpu, R, 2, N, K, path.implementation, path.block_n);
+    detail::grouped_gemm_launch("test", kernels::GroupedGemmKind::wgrad, dw, x_gpu, dy_gpu, Tensor<bf16>(),
+                                offsets_gpu, R, 2, N, K, path.implementation, path.block_n);
+    const double tol = 1.0 / 256 + 4.0 * std::sqrt(static_cast<double>(K)) * std::ldexp(1.0, -24);
+    EXPECT_LE(worst_error(group0(as_doubles(y), first * N), group0(y_ref.to_vector(), first * N), std::sqrt(96.0)), tol)
+        << "forward";
+    EXPECT_LE(worst_error(group0(as_doubles(dx), first * K), group0(dx_ref.to_vector(), first * K), std::sqrt(64.0)),
+              tol)
+        << "dgrad";
+    EXPECT_LE(worst_error(group0(as_doubles(dw), N * K), group0(dw_ref.to_vector(), N * K), std::sqrt(100.0)), tol)
+        << "wgrad";
+  }
+}
 
 TEST(GroupedGemmCuda, EqualsFloat64) {
   KILN_REQUIRE_GPU();

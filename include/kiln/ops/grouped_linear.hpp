@@ -31,7 +31,9 @@ Tensor<T> contiguous_aligned(const Tensor<T>& t) {
 template <class T>
 void grouped_gemm_launch(const char* op, kernels::GroupedGemmKind kind, Tensor<T>& out, const Tensor<T>& x,
                          const Tensor<T>& dy, const Tensor<T>& weight, const Tensor<std::int64_t>& offsets,
-                         std::int64_t rows, std::int64_t groups, std::int64_t n, std::int64_t k) {
+                         std::int64_t rows, std::int64_t groups, std::int64_t n, std::int64_t k,
+                         kernels::GroupedGemmKernel implementation = kernels::GroupedGemmKernel::automatic,
+                         int hopper_block_n = 0) {
   launch_device_kernel(op, kernels::GroupedGemmArgs{.launch = launch_on(op, out.device()),
                                                     .dtype = dtype_of<T>,
                                                     .kind = kind,
@@ -43,7 +45,9 @@ void grouped_gemm_launch(const char* op, kernels::GroupedGemmKind kind, Tensor<T
                                                     .rows = rows,
                                                     .groups = static_cast<int>(groups),
                                                     .n = static_cast<int>(n),
-                                                    .k = static_cast<int>(k)});
+                                                    .k = static_cast<int>(k),
+                                                    .implementation = implementation,
+                                                    .hopper_block_n = hopper_block_n});
 }
 
 }  // namespace detail

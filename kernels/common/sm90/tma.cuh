@@ -33,6 +33,17 @@ __device__ inline void tma_load_2d(std::uint32_t dst, const void* tensor_map, in
       : "memory");
 }
 
+// The same for a 3-D tensor map, at (x = innermost coordinate, y, z): a box never crosses z, so a
+// tensor stacked as [z][y][x] (the G weight matrices of a grouped GEMM) clips and zero-fills each
+// slice at its own y edge.
+__device__ inline void tma_load_3d(std::uint32_t dst, const void* tensor_map, int x, int y, int z, std::uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];"
+      :
+      : "r"(dst), "l"(reinterpret_cast<std::uint64_t>(tensor_map)), "r"(x), "r"(y), "r"(z), "r"(bar)
+      : "memory");
+}
+
 // A plain contiguous copy of `bytes` (a multiple of 16, 16-byte aligned ends) into shared memory.
 __device__ inline void bulk_load(std::uint32_t dst, const void* src, std::uint32_t bytes, std::uint32_t bar) {
   asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),

@@ -25,6 +25,24 @@ __device__ inline std::uint64_t smem_descriptor_k_major_sw128(std::uint32_t addr
   return desc;
 }
 
+// Descriptor of an MN-major tile (the contiguous dim of the shared-memory tile is M or N, not K:
+// wgmma reads it with imm-trans = 1, 16-bit types only) written by TMA with the 128-byte swizzle,
+// as boxes of 64 elements of MN (128 bytes) × the tile's K rows. In the canonical layout
+// ((8 elements, 8 chunks, m), (8 rows, k)) : ((1, 8, LBO), (64 elements, SBO)) (CUTLASS
+// make_gmma_desc, PTX ISA "Shared memory matrix layout"): one 128-byte row holds 64 consecutive
+// MN elements of one k, 8 such rows form a 1024-byte swizzle atom, successive 8-row groups along K
+// are `k_group_bytes` apart (SBO) and successive 64-element MN blocks `mn_block_bytes` apart (LBO:
+// the size of one TMA box). Stepping along K by 16 moves the address by 2 atoms (whole atoms, so
+// the swizzle phase is unchanged).
+__device__ inline std::uint64_t smem_descriptor_mn_major_sw128(std::uint32_t address, std::uint32_t mn_block_bytes,
+                                                               std::uint32_t k_group_bytes = 1024) {
+  std::uint64_t desc = (address & 0x3FFFF) >> 4;
+  desc |= std::uint64_t((mn_block_bytes >> 4) & 0x3FFF) << 16;
+  desc |= std::uint64_t((k_group_bytes >> 4) & 0x3FFF) << 32;
+  desc |= std::uint64_t(1) << 62;
+  return desc;
+}
+
 // Orders this thread's earlier register writes to the accumulators before the next wgmma reads them.
 __device__ inline void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 __device__ inline void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }

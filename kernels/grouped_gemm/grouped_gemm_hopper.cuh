@@ -1,0 +1,567 @@
+// Grouped GEMM for Mixture-of-Experts on Hopper (sm_90a): the three products of
+// kernels/grouped_gemm/args.hpp (forward, dgrad, wgrad) with TMA loads, mbarriers, wgmma and a
+// persistent, warp-specialised grid (the structure of kernels/fp8_gemm/gemm_hopper.cuh; wrappers in
+// kernels/common/sm90/). grouped_gemm.cuh's launcher picks it on sm_90 when
+// grouped_gemm_hopper_supports() holds, else its mma.sync kernel runs. docs/grouped-gemm.md has the
+// measured numbers.
+//
+// Products (C = A · B, FP32 accumulation, one rounding to the 16-bit type). wgmma reads both
+// operands from shared memory, each K-major (rows of the reduction dim) or, for 16-bit types,
+// MN-major (imm-trans = 1: rows of M or N, one per reduction index; sm90/wgmma.cuh:
+// smem_descriptor_mn_major_sw128), so no operand is ever transposed by a copy:
+//   forward  y_g  = x_g · W_gᵀ   A = x [R, K] rows: K-major; B = W_g [N, K]: K-major
+//   dgrad    dx_g = dy_g · W_g    A = dy [R, N] rows: K-major (the reduction is n); B = W_g [N, K]
+//                                read as N reduction rows of K output columns: MN-major
+//   wgrad    dW_g = dy_gᵀ · x_g   A = dy_g [M_g, N]: M-major (n is M, rows are the reduction);
+//                                B = x_g [M_g, K]: N-major; the reduction is the group's rows
+//
+// Work split. forward, dgrad: group g needs ceil(M_g / 128) row tiles of 128 rows; a unit is (row
+// tile, column tile of BN = 128 or 256 output columns). Every CTA first reads the G + 1 device
+// offsets (L2) and builds the inclusive prefix of the groups' row-tile counts in shared memory
+// (warp 0, a shuffle scan); units are numbered over the global row tiles (all groups, in order) in
+// bands of 8 row tiles × every column tile, so that CTAs running together share A tiles and weight
+// tiles in L2; a unit's group is a binary search of the prefix. The host never reads the offsets:
+// the unit count is known on the device only, and the grid is sized for the most any split could
+// need (ceil(R/128) + G row tiles). wgrad: a unit is (group, 128 rows of n, BN columns of k) of
+// dW_g, G · ceil(N/128) · ceil(K/BN) of them (known on the host), the reduction running over the
+// group's rows (read from the offsets by the unit); an empty group's units store zeros. The grid
+// is one CTA per SM (persistent): CTA i takes units i, i + grid, ..., so there is no tail of
+// launches, and the producer loads the next unit's first stages while the consumers store the
+// current one.
+//
+// Warp specialisation (384 threads). Warpgroup 0 is the producer: after setmaxnreg down to 40
+// registers, one thread issues per k-block of 64 (128 bytes of a 16-bit row = the swizzle width)
+// TMA copies of the A tile (K-major: one 128-row box; M-major: two boxes of 64 reduction rows × 64
+// of n) and of the B tile (K-major: one box of BN rows of W_g; MN-major: BN/64 boxes of 64
+// reduction rows × 64 columns) into a ring of stages. W is described as a 3-D tensor [G][N][K], so
+// a box never crosses into the next group's weights: rows past N (forward columns, dgrad reduction
+// rows) read as zero. A K-major A tile at a group's end reads the next group's rows: those only feed
+// output rows that are never stored. wgrad's last k-block of a group reads reduction rows of the
+// next group: the consumers zero those rows of both tiles in shared memory (an MN-major box row is
+// one reduction index: its 128 bytes, the swizzle permutes 16-byte chunks only within it), make the
+// writes visible to wgmma (fence.proxy.async) and meet on a named barrier before reading, so another
+// group's rows add nothing, not even a NaN. Warpgroups 1 and 2 are consumers (setmaxnreg up to 232):
+// each owns 64 rows of the tile and issues 4 wgmma m64nBNk16 per k-block, keeping one k-block's
+// wgmmas in flight (wait_group 1) and releasing the stage before it. Barriers: full[s] (TMA bytes
+// landed), empty[s] (all 8 consumer warps done reading).
+//
+// Epilogue: each consumer warp stages 16 rows × 64 columns at a time in 2 KB of shared memory and
+// writes whole 128-byte row segments with masked 16-byte stores (rows < the group's end, columns <
+// the output width). Why not a TMA store: a store box clips only at the tensor's edge, not at a
+// group boundary, so a group's last tile would overwrite the first rows of the next group (which
+// another CTA writes); per-group tensor maps would have to be encoded on the device (G maps,
+// tensormap.replace, fences); and a staging tile for TMA costs a pipeline stage of shared memory
+// (16 KB of staging for the 8 consumer warps fits beside 4 stages; a 64 KB tile would not).
+//
+// Shared memory: stages × (A 16 KB + B BN·128 bytes) + 16 KB of epilogue staging + the row-tile
+// prefix (4 B per group, up to kMaxGroups) + barriers: BN = 256: 4 stages × 48 KB = 192 KB;
+// BN = 128: 6 × 32 KB = 192 KB; 213 KB in all. Why 128 × 256 tiles (the default from 512 output
+// columns): per k-block a CTA loads (128 + BN) · 128 bytes for 2·128·BN·64 FLOPs, 85 FLOP per byte
+// at BN = 256 against 64 at BN = 128, and it measured 2-20% faster at every DeepSeek-V3 shape (the
+// 128-wide tiles remain for narrow outputs). At 989 TFLOP/s, 85 FLOP/byte still means ~11.6 TB/s
+// from L2 into the SMs (an estimate, not measured); 2-CTA clusters with TMA multicast of the shared
+// operand would halve it (not done). The accumulators of a 64 × 256 consumer tile are 128
+// registers a thread.
+//
+// FLOPs 2·R·N·K per product. Bytes from DRAM at least R·K·2 + G·N·K·2 + R·N·2 (DeepSeek-V3 up
+// forward, 8 groups of ~4096 rows, N 4096, K 7168: 1.92 TFLOP and 1.2 GB: 1.95 ms at the H200's
+// 989 TFLOP/s dense bf16, 0.25 ms at 4.8 TB/s: compute-bound).
+//
+// Requirements (grouped_gemm_hopper_supports; otherwise the plain kernel runs): an sm_90 GPU,
+// bf16 or fp16, N and K multiples of 8 (TMA row strides are multiples of 16 bytes), 16-byte aligned
+// operands and output (TMA global addresses; 16-byte stores), 1 ≤ R < 2^31 (TMA coordinates are
+// int32), 1 ≤ G ≤ kMaxGroups (the row-tile prefix lives in shared memory).
+#pragma once
+
+#include <cuda.h>
+#include <cuda_runtime.h>
+#include <cudaTypedefs.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "kiln/core/error.hpp"
+#include "kiln/kernels/common/cuda_check.hpp"
+#include "kiln/kernels/common/device_guard.hpp"
+#include "kiln/kernels/common/device_info.hpp"
+#include "kiln/kernels/common/launch.cuh"
+#include "kiln/kernels/common/mma_sm80.cuh"
+#include "kiln/kernels/common/sm90/mbarrier.cuh"
+#include "kiln/kernels/common/sm90/smem.cuh"
+#include "kiln/kernels/common/sm90/tma.cuh"
+#include "kiln/kernels/common/sm90/warpgroup.cuh"
+#include "kiln/kernels/common/sm90/wgmma.cuh"
+#include "kiln/kernels/common/sm90/wgmma_16bit.cuh"
+#include "kiln/kernels/grouped_gemm/args.hpp"
+#include "kiln/kernels/grouped_gemm/group_rows.cuh"
+
+namespace kiln::kernels::grouped_gemm_hopper {
+
+constexpr int kBlockM = 128;            // rows of a tile: two consumer warpgroups of 64
+constexpr int kBlockK = 64;             // reduction elements per k-block: 128 bytes, the swizzle width
+constexpr int kRowBytes = kBlockK * 2;  // one 16-bit row of a k-block
+constexpr int kBand = 8;                // row tiles per band of the unit order (L2 reuse)
+constexpr int kMaxGroups = 1024;        // the row-tile prefix lives in shared memory
+constexpr int kThreads = 384;           // producer + 2 consumer warpgroups
+constexpr int kStagingBytesPerWarp = 16 * 128;  // epilogue: a warp's 16 rows × 64 columns of 16-bit outputs
+// setmaxnreg budget: 40 + 2 · 232 = 504 ≤ 512 registers per lane of a warpgroup (64K per CTA).
+constexpr int kProducerRegisters = 40;
+constexpr int kConsumerRegisters = 232;
+
+// Shared memory of one CTA (offsets from a 1024-byte aligned base: swizzle atoms must be aligned).
+template <int BN>
+struct SharedLayout {
+  static constexpr int kLimit = 227 * 1024;  // opt-in dynamic shared memory per block on sm_90
+  static constexpr int a_tile = kBlockM * kRowBytes;
+  static constexpr int b_tile = BN * kRowBytes;
+  static constexpr int stage_bytes = a_tile + b_tile;
+  static constexpr int table_bytes = kMaxGroups * 4;
+  static constexpr int staging_bytes = 8 * kStagingBytesPerWarp;  // the 8 consumer warps' epilogue staging
+  static constexpr int fixed = 1024 + table_bytes + staging_bytes + 2 * 8 * 8;
+  static constexpr int stages = (kLimit - fixed) / stage_bytes < 8 ? (kLimit - fixed) / stage_bytes : 8;
+  static constexpr int a_offset = 0;
+  static constexpr int b_offset = a_offset + stages * a_tile;
+  static constexpr int staging_offset = b_offset + stages * b_tile;
+  static constexpr int table_offset = staging_offset + staging_bytes;
+  static constexpr int barrier_offset = table_offset + table_bytes;
+  static constexpr int bytes_with_alignment = barrier_offset + 2 * stages * 8 + 1024;
+  static_assert(a_tile % 1024 == 0 && b_tile % 1024 == 0, "tiles must keep 1024-byte alignment");
+  static_assert(stages >= 3 && bytes_with_alignment <= kLimit, "shared memory budget");
+};
+
+// The three products (args.hpp's GroupedGemmKind): which operand is where (header comment).
+enum class Product { forward, dgrad, wgrad };
+
+struct Params {
+  const std::int64_t* offsets;
+  void* out;
+  std::int64_t rows;    // R
+  std::int64_t ldc;     // output row stride: N (forward), K (dgrad, wgrad)
+  int groups;
+  int n;                // N (wgrad: the rows of each dW_g)
+  int out_cols;         // output width: N (forward), K (dgrad, wgrad)
+  int reduction;        // K (forward), N (dgrad); wgrad: each group's row count, read on the device
+  int col_tiles;        // ceil(out_cols / BN)
+  int row_tiles;        // wgrad: ceil(N / 128) row tiles of each dW_g
+};
+
+// One unit of work: output rows [row0, row_end) ∩ the tile's 128, columns [col0, col0 + BN) of
+// group g, summed over the reduction [red_begin, red_begin + red_count) (wgrad: the group's rows;
+// else 0 .. K or N). a_index: the first A row (forward, dgrad: row0) or column (wgrad: n, in dy).
+struct Unit {
+  int group;
+  std::int64_t row0, row_end;
+  int col0;
+  int a_index;
+  std::int64_t red_begin, red_count;
+};
+
+// forward, dgrad: unit u in the band order, from the row-tile prefix tile_end (inclusive: group
+// g's tiles are tile_end[g−1] .. tile_end[g] − 1).
+template <int BN>
+__device__ inline Unit unit_at(const Params& p, const int* tile_end, int total_row_tiles, int u) {
+  const int per_band = kBand * p.col_tiles;
+  const int band = u / per_band;
+  const int first = band * kBand;
+  const int band_rows = total_row_tiles - first < kBand ? total_row_tiles - first : kBand;
+  const int in_band = u - band * per_band;
+  const int tile = first + in_band % band_rows;
+  int lo = 0, hi = p.groups - 1;  // the first group whose tiles end past `tile`
+  while (lo < hi) {
+    const int mid = (lo + hi) / 2;
+    if (tile_end[mid] > tile) hi = mid;
+    else lo = mid + 1;
+  }
+  std::int64_t start, count;
+  grouped_gemm::group_rows(p.offsets, lo, p.rows, start, count);
+  const int tile_begin = lo > 0 ? tile_end[lo - 1] : 0;
+  Unit w;
+  w.group = lo;
+  w.row0 = start + static_cast<std::int64_t>(tile - tile_begin) * kBlockM;
+  w.row_end = start + count;
+  w.col0 = (in_band / band_rows) * BN;
+  w.a_index = static_cast<int>(w.row0);
+  w.red_begin = 0;
+  w.red_count = p.reduction;
+  return w;
+}
+
+// wgrad unit u: group u / (row_tiles · col_tiles), then the same band order over that dW_g's tiles
+// (128 rows of n × BN columns of k). The unit count is known on the host: G · row_tiles · col_tiles.
+template <int BN>
+__device__ inline Unit wgrad_unit_at(const Params& p, int u) {
+  const int per_group = p.row_tiles * p.col_tiles;
+  const int g = u / per_group;
+  const int t = u - g * per_group;
+  const int per_band = kBand * p.col_tiles;
+  const int band = t / per_band;
+  const int first = band * kBand;
+  const int band_rows = p.row_tiles - first < kBand ? p.row_tiles - first : kBand;
+  const int in_band = t - band * per_band;
+  const int m0 = (first + in_band % band_rows) * kBlockM;
+  Unit w;
+  w.group = g;
+  w.row0 = static_cast<std::int64_t>(g) * p.n + m0;
+  w.row_end = static_cast<std::int64_t>(g) * p.n + p.n;
+  w.col0 = (in_band / band_rows) * BN;
+  w.a_index = m0;
+  grouped_gemm::group_rows(p.offsets, g, p.rows, w.red_begin, w.red_count);
+  return w;
+}
+
+// Warp 0 writes the inclusive prefix of the groups' row-tile counts into tile_end[0 .. G): lane l
+// sums a run of ceil(G/32) groups, a shuffle scan adds the runs, then each lane writes its run.
+__device__ inline void build_row_tile_prefix(const Params& p, int* tile_end) {
+  const int lane = static_cast<int>(threadIdx.x & 31);
+  const int per_lane = (p.groups + 31) / 32;
+  const int g_begin = ::min(p.groups, lane * per_lane), g_end = ::min(p.groups, g_begin + per_lane);
+  int mine = 0;
+  std::int64_t start, count;
+  for (int g = g_begin; g < g_end; ++g) {
+    grouped_gemm::group_rows(p.offsets, g, p.rows, start, count);
+    mine += static_cast<int>((count + kBlockM - 1) / kBlockM);
+  }
+  int inclusive = mine;
+#pragma unroll
+  for (int d = 1; d < 32; d <<= 1) {
+    const int v = __shfl_up_sync(0xffffffffu, inclusive, d);
+    if (lane >= d) inclusive += v;
+  }
+  int running = inclusive - mine;
+  for (int g = g_begin; g < g_end; ++g) {
+    grouped_gemm::group_rows(p.offsets, g, p.rows, start, count);
+    running += static_cast<int>((count + kBlockM - 1) / kBlockM);
+    tile_end[g] = running;
+  }
+}
+
+// Zeroes rows [valid, 64) of a 64-row MN-major box (row i of a box is bytes [128 i, 128 i + 128):
+// the swizzle permutes 16-byte chunks only within a row), with the 128 threads of a warpgroup.
+__device__ inline void zero_box_tail(std::uint8_t* box, int valid, int t) {
+  for (int i = valid * 8 + t; i < 64 * 8; i += 128) reinterpret_cast<uint4*>(box)[i] = make_uint4(0, 0, 0, 0);
+}
+
+template <class T, int BN, Product P>
+__global__ void __launch_bounds__(kThreads, 1)
+    grouped_gemm_hopper_kernel(const __grid_constant__ CUtensorMap a_map, const __grid_constant__ CUtensorMap b_map,
+                               const Params p) {
+  using Layout = SharedLayout<BN>;
+  constexpr int STAGES = Layout::stages;
+  constexpr bool kTransA = P == Product::wgrad;   // A tile holds rows of M (n), one per reduction row
+  constexpr bool kTransB = P != Product::forward;  // B tile holds rows of N, one per reduction index
+  constexpr int kBox = 64 * kRowBytes;              // one 64 × 64 box of an MN-major tile
+  extern __shared__ std::uint8_t smem_raw[];
+  const std::uint32_t raw = sm90::shared_address(smem_raw);
+  const std::uint32_t base = (raw + 1023) & ~1023u;
+  std::uint8_t* smem = smem_raw + (base - raw);
+  int* const tile_end = reinterpret_cast<int*>(smem + Layout::table_offset);
+  const std::uint32_t full_bar = base + Layout::barrier_offset;  // full[s] at full_bar + 8 s
+  const std::uint32_t empty_bar = full_bar + STAGES * 8;         // empty[s] at empty_bar + 8 s
+
+  if (threadIdx.x == 0) {
+    sm90::prefetch_tensor_map(&a_map);
+    sm90::prefetch_tensor_map(&b_map);
+    for (int s = 0; s < STAGES; ++s) {
+      sm90::mbarrier_init(full_bar + 8 * s, 1);
+      sm90::mbarrier_init(empty_bar + 8 * s, 2 * 4);  // one arrival per consumer warp
+    }
+    sm90::mbarrier_init_fence();
+  }
+  if (P != Product::wgrad && threadIdx.x < 32) build_row_tile_prefix(p, tile_end);
+  __syncthreads();
+  const int total_row_tiles = P == Product::wgrad ? 0 : tile_end[p.groups - 1];
+  const int units = P == Product::wgrad ? p.groups * p.row_tiles * p.col_tiles : total_row_tiles * p.col_tiles;
+  const auto unit = [&](int u) {
+    if constexpr (P == Product::wgrad) return wgrad_unit_at<BN>(p, u);
+    else return unit_at<BN>(p, tile_end, total_row_tiles, u);
+  };
+
+  const int warpgroup = static_cast<int>(threadIdx.x / 128);
+  if (warpgroup == 0) {
+    // ---- producer ----
+    sm90::release_registers<kProducerRegisters>();
+    if (threadIdx.x != 0) return;
+    int stage = 0;
+    std::uint32_t phase = 0;
+    for (int u = static_cast<int>(blockIdx.x); u < units; u += static_cast<int>(gridDim.x)) {
+      const Unit w = unit(u);
+      const int num_kb = static_cast<int>((w.red_count + kBlockK - 1) / kBlockK);
+      // MN-major operands come as 64-column boxes; boxes wholly past the matrix are skipped (their
+      // output rows or columns are never stored; the stale shared memory they leave feeds only those).
+      int b_boxes = 1, a_boxes = 1;
+      if constexpr (kTransB) b_boxes = ::min(BN / 64, (p.out_cols - w.col0 + 63) / 64);
+      if constexpr (kTransA) a_boxes = ::min(kBlockM / 64, (p.n - w.a_index + 63) / 64);
+      const std::uint32_t a_bytes = kTransA ? static_cast<std::uint32_t>(a_boxes) * kBox : Layout::a_tile;
+      const std::uint32_t b_bytes = kTransB ? static_cast<std::uint32_t>(b_boxes) * kBox : Layout::b_tile;
+      for (int kb = 0; kb < num_kb; ++kb) {
+        sm90::mbarrier_wait(empty_bar + 8 * stage, phase ^ 1);
+        const std::uint32_t full = full_bar + 8 * stage;
+        sm90::mbarrier_arrive_expect_bytes(full, a_bytes + b_bytes);
+        const std::uint32_t a_dst = base + Layout::a_offset + stage * Layout::a_tile;
+        const std::uint32_t b_dst = base + Layout::b_offset + stage * Layout::b_tile;
+        const int red = static_cast<int>(w.red_begin) + kb * kBlockK;  // reduction coordinate
+        if constexpr (!kTransA) {
+          sm90::tma_load_2d(a_dst, &a_map, red, w.a_index, full);  // 128 rows × 64 of the reduction
+        } else {
+          for (int j = 0; j < a_boxes; ++j)  // 64 reduction rows (r) × 64 values of n each, dy [R, N]
+            sm90::tma_load_2d(a_dst + j * kBox, &a_map, w.a_index + 64 * j, red, full);
+        }
+        if constexpr (P == Product::forward) {
+          sm90::tma_load_3d(b_dst, &b_map, red, w.col0, w.group, full);  // BN rows of W_g, k-block kb
+        } else if constexpr (P == Product::dgrad) {
+          for (int j = 0; j < b_boxes; ++j)  // 64 reduction rows (n) × 64 output columns (k_in) of W_g
+            sm90::tma_load_3d(b_dst + j * kBox, &b_map, w.col0 + 64 * j, red, w.group, full);
+        } else {
+          for (int j = 0; j < b_boxes; ++j)  // 64 reduction rows (r) × 64 output columns (k) of x [R, K]
+            sm90::tma_load_2d(b_dst + j * kBox, &b_map, w.col0 + 64 * j, red, full);
+        }
+        if (++stage == STAGES) {
+          stage = 0;
+          phase ^= 1;
+        }
+      }
+    }
+    return;
+  }
+
+  // ---- consumers ----
+  sm90::claim_registers<kConsumerRegisters>();
+  const int consumer = warpgroup - 1;
+  const int t = static_cast<int>(threadIdx.x % 128);
+  const int lane = t % 32;
+  T* const out = static_cast<T*>(p.out);
+  // Descriptor steps per k16: K-major tiles advance 32 bytes inside the 128-byte row; MN-major
+  // tiles advance 16 rows of 128 bytes (two whole swizzle atoms).
+  constexpr std::uint64_t kAStep = kTransA ? (16 * kRowBytes) >> 4 : 32 >> 4;
+  constexpr std::uint64_t kBStep = kTransB ? (16 * kRowBytes) >> 4 : 32 >> 4;
+  int stage = 0;
+  std::uint32_t phase = 0;
+  float acc[BN / 2];
+
+  for (int u = static_cast<int>(blockIdx.x); u < units; u += static_cast<int>(gridDim.x)) {
+    const Unit w = unit(u);
+    const int num_kb = static_cast<int>((w.red_count + kBlockK - 1) / kBlockK);
+    if constexpr (P == Product::wgrad) {
+      if (num_kb == 0) {  // an empty group: dW_g = 0
+#pragma unroll
+        for (int i = 0; i < BN / 2; ++i) acc[i] = 0.f;
+      }
+    }
+    int previous = -1;
+    for (int kb = 0; kb < num_kb; ++kb) {
+      sm90::mbarrier_wait(full_bar + 8 * stage, phase);
+      const std::uint32_t a_tile = base + Layout::a_offset + stage * Layout::a_tile;
+      const std::uint32_t b_tile = base + Layout::b_offset + stage * Layout::b_tile;
+      if constexpr (P == Product::wgrad) {
+        // The group's last k-block may run past its rows into the next group's (or TMA's zero
+        // fill): those reduction rows of both tiles are zeroed, so they add nothing (not even a
+        // NaN of another group). Each consumer zeroes its own A box and half of the B boxes, then
+        // both make the writes visible to wgmma (the async proxy) and meet before reading B.
+        const int valid = static_cast<int>(w.red_count - static_cast<std::int64_t>(kb) * kBlockK);
+        if (valid < kBlockK) {
+          std::uint8_t* const a_smem = smem + (a_tile - base);
+          std::uint8_t* const b_smem = smem + (b_tile - base);
+          zero_box_tail(a_smem + consumer * kBox, valid, t);
+          for (int j = consumer; j < BN / 64; j += 2) zero_box_tail(b_smem + j * kBox, valid, t);
+          sm90::fence_proxy_async_shared();
+          sm90::named_barrier_sync(1, 256);
+        }
+      }
+      const std::uint32_t a_consumer = kTransA ? a_tile + consumer * kBox : a_tile + consumer * 64 * kRowBytes;
+      const std::uint64_t a_desc = kTransA ? sm90::smem_descriptor_mn_major_sw128(a_consumer, kBox)
+                                           : sm90::smem_descriptor_k_major_sw128(a_consumer);
+      const std::uint64_t b_desc = kTransB ? sm90::smem_descriptor_mn_major_sw128(b_tile, kBox)
+                                           : sm90::smem_descriptor_k_major_sw128(b_tile);
+      sm90::fence_registers(acc);
+      sm90::wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < kBlockK / 16; ++ks)
+        sm90::Wgmma16<T, BN, kTransA, kTransB>::ss(acc, a_desc + kAStep * ks, b_desc + kBStep * ks, (kb | ks) != 0);
+      sm90::wgmma_commit();
+      // The previous k-block's wgmmas are done: its stage can be refilled.
+      sm90::wgmma_wait<1>();
+      sm90::fence_registers(acc);
+      if (previous >= 0) {
+        __syncwarp();
+        if (lane == 0) sm90::mbarrier_arrive(empty_bar + 8 * previous);
+      }
+      previous = stage;
+      if (++stage == STAGES) {
+        stage = 0;
+        phase ^= 1;
+      }
+    }
+    sm90::wgmma_wait<0>();
+    sm90::fence_registers(acc);
+    if (previous >= 0) {
+      __syncwarp();
+      if (lane == 0) sm90::mbarrier_arrive(empty_bar + 8 * previous);
+    }
+
+    // ---- epilogue: registers -> this warp's staging buffer -> 16-byte masked global stores ----
+    // d[4c + 2h + j] = C[16·warp + lane/4 + 8h][8c + 2·(lane%4) + j] of this warpgroup's 64 rows.
+    // The accumulator layout gives a warp instruction 8 rows × 16 bytes: stored directly, that is 8
+    // partial-line requests per 128 bytes, and at a reduction of 2048 the stores of a 128 × 256
+    // tile took ~10% of the tile's time (measured: 0.87× cuBLASLt against 0.96× at K = 7168). So
+    // each warp passes its 16 × 64 slices through 2 KB of shared memory (16-byte chunks XOR-swizzled
+    // by row % 8: the fragment writes and the row reads are free of bank conflicts) and writes whole
+    // 128-byte row segments, 8 columns a thread, masked by the group's end and the output width
+    // (a multiple of 8, so a chunk is wholly inside or outside).
+    const int warp = t / 32, quad = lane % 4, quad_row = lane / 4;
+    std::uint8_t* const staging = smem + Layout::staging_offset + (consumer * 4 + warp) * kStagingBytesPerWarp;
+    const std::int64_t warp_row0 = w.row0 + consumer * 64 + warp * 16;
+#pragma unroll
+    for (int pass = 0; pass < BN / 64; ++pass) {
+      __syncwarp();  // the previous pass's reads of the staging buffer are done
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const int c = 8 * pass + j;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int row = quad_row + 8 * h;  // row % 8 == quad_row
+          *reinterpret_cast<unsigned*>(staging + row * 128 + ((j ^ quad_row) * 16) + quad * 4) =
+              sm80::pack2<T>(acc[4 * c + 2 * h], acc[4 * c + 2 * h + 1]);
+        }
+      }
+      __syncwarp();
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int index = i * 32 + lane, row = index / 8, chunk = index % 8;
+        const uint4 v = *reinterpret_cast<const uint4*>(staging + row * 128 + ((chunk ^ (row % 8)) * 16));
+        const std::int64_t out_row = warp_row0 + row;
+        const int col = w.col0 + 64 * pass + 8 * chunk;
+        if (out_row < w.row_end && col < p.out_cols) *reinterpret_cast<uint4*>(out + out_row * p.ldc + col) = v;
+      }
+    }
+  }
+}
+
+// ---- host side ------------------------------------------------------------------------------------
+
+template <class T>
+constexpr CUtensorMapDataType tensor_map_type() {
+  return std::is_same_v<T, bf16> ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+}
+
+// A row-major [rows, cols] 16-bit matrix read as boxes of box_rows × 64 elements (128 bytes) in the
+// 128-byte swizzle; out-of-range elements read as zero.
+template <class T>
+CUtensorMap make_rows_map(const void* data, std::int64_t rows, std::int64_t cols, int box_rows) {
+  CUtensorMap map{};
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(cols * 2)};
+  const cuuint32_t box[2] = {static_cast<cuuint32_t>(kBlockK), static_cast<cuuint32_t>(box_rows)};
+  const cuuint32_t element_strides[2] = {1, 1};
+  const CUresult r = sm90::encode_tiled()(&map, tensor_map_type<T>(), 2, const_cast<void*>(data), dims, strides, box,
+                                          element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                          CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  check(r == CUDA_SUCCESS, "grouped_gemm", "cuTensorMapEncodeTiled failed (error ", static_cast<int>(r), ") for a [",
+        rows, ", ", cols, "] operand");
+  return map;
+}
+
+// The weights W [G, N, K] as a 3-D tensor (x = k, y = n, z = g), boxes of box_rows rows of n × 64
+// elements of k in the 128-byte swizzle: a box stays inside one group's matrix and zero-fills past N.
+template <class T>
+CUtensorMap make_weight_map(const void* data, std::int64_t groups, std::int64_t n, std::int64_t k, int box_rows) {
+  CUtensorMap map{};
+  const cuuint64_t dims[3] = {static_cast<cuuint64_t>(k), static_cast<cuuint64_t>(n), static_cast<cuuint64_t>(groups)};
+  const cuuint64_t strides[2] = {static_cast<cuuint64_t>(k * 2), static_cast<cuuint64_t>(n * k * 2)};
+  const cuuint32_t box[3] = {static_cast<cuuint32_t>(kBlockK), static_cast<cuuint32_t>(box_rows), 1};
+  const cuuint32_t element_strides[3] = {1, 1, 1};
+  const CUresult r = sm90::encode_tiled()(&map, tensor_map_type<T>(), 3, const_cast<void*>(data), dims, strides, box,
+                                          element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                          CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  check(r == CUDA_SUCCESS, "grouped_gemm", "cuTensorMapEncodeTiled failed (error ", static_cast<int>(r),
+        ") for weights [", groups, ", ", n, ", ", k, "]");
+  return map;
+}
+
+template <class T, int BN, Product P>
+void launch(const GroupedGemmArgs& a) {
+  Params p{};
+  p.offsets = a.offsets;
+  p.out = a.out;
+  p.rows = a.rows;
+  p.groups = a.groups;
+  p.n = a.n;
+  p.out_cols = P == Product::forward ? a.n : a.k;
+  p.reduction = P == Product::forward ? a.k : (P == Product::dgrad ? a.n : 0);
+  p.ldc = p.out_cols;
+  p.col_tiles = (p.out_cols + BN - 1) / BN;
+  p.row_tiles = (a.n + kBlockM - 1) / kBlockM;
+  std::int64_t max_units = 0;
+  CUtensorMap a_map, b_map;
+  if constexpr (P == Product::wgrad) {
+    // A = dy_gᵀ and B = x_g, both read as boxes of 64 rows (the reduction) × 64 columns.
+    a_map = make_rows_map<T>(a.dy, a.rows, a.n, 64);
+    b_map = make_rows_map<T>(a.x, a.rows, a.k, 64);
+    max_units = static_cast<std::int64_t>(a.groups) * p.row_tiles * p.col_tiles;
+  } else {
+    a_map = make_rows_map<T>(P == Product::forward ? a.x : a.dy, a.rows, p.reduction, kBlockM);
+    b_map = make_weight_map<T>(a.weight, a.groups, a.n, a.k, P == Product::forward ? BN : 64);
+    // The most units any split of R rows into G groups can give: every group may end in a partial tile.
+    max_units = ((a.rows + kBlockM - 1) / kBlockM + a.groups) * p.col_tiles;
+  }
+  check(max_units < (std::int64_t{1} << 31), "grouped_gemm", "too many tiles for the Hopper kernel: ", max_units);
+  const int grid = static_cast<int>(std::min<std::int64_t>(max_units, device_info(a.launch.device).sms));
+  auto* kernel = &grouped_gemm_hopper_kernel<T, BN, P>;
+  constexpr int smem = SharedLayout<BN>::bytes_with_alignment;
+  opt_in_shared_memory(kernel, smem, a.launch.device);
+  kernel<<<grid, kThreads, smem, a.launch.stream>>>(a_map, b_map, p);
+  KILN_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace kiln::kernels::grouped_gemm_hopper
+
+namespace kiln::kernels {
+
+// Whether the Hopper kernel can run these arguments on their device (else the plain kernel runs).
+inline bool grouped_gemm_hopper_supports(const GroupedGemmArgs& a) {
+  using namespace grouped_gemm_hopper;
+  const bool operands_aligned = a.kind == GroupedGemmKind::forward ? aligned16(a.x) && aligned16(a.weight)
+                                : a.kind == GroupedGemmKind::dgrad ? aligned16(a.dy) && aligned16(a.weight)
+                                                                   : aligned16(a.dy) && aligned16(a.x);
+  return (a.dtype == DType::bf16 || a.dtype == DType::f16) && device_info(a.launch.device).major == 9 &&
+         a.n % 8 == 0 && a.k % 8 == 0 && a.groups >= 1 && a.groups <= kMaxGroups && a.rows >= 1 &&
+         a.rows < (std::int64_t{1} << 31) && operands_aligned && aligned16(a.out) &&
+         (a.hopper_block_n == 0 || a.hopper_block_n == 128 || a.hopper_block_n == 256);
+}
+
+// The tile width: 256 columns (85 FLOP per loaded byte) where the output is wide enough that the
+// last column tile wastes little, else 128.
+inline int grouped_gemm_hopper_block_n(const GroupedGemmArgs& a) {
+  if (a.hopper_block_n != 0) return a.hopper_block_n;
+  const int cols = a.kind == GroupedGemmKind::forward ? a.n : a.k;
+  return cols >= 512 ? 256 : 128;
+}
+
+// Launches a product (args.hpp) on a.launch with the Hopper kernel.
+inline void launch_grouped_gemm_hopper(const GroupedGemmArgs& a) {
+  using namespace grouped_gemm_hopper;
+  check(grouped_gemm_hopper_supports(a), "grouped_gemm",
+        "the Hopper kernel runs bf16 or fp16 on an sm_90 GPU with N and K multiples of 8, 16-byte aligned "
+        "operands, 1 <= R < 2^31, 1 to ",
+        kMaxGroups, " groups and a tile width of 0, 128 or 256; got ", a.dtype, ", G=", a.groups, ", R=", a.rows,
+        ", N=", a.n, ", K=", a.k, ", tile width ", a.hopper_block_n);
+  cuda::DeviceGuard guard(a.launch.device);
+  const bool wide = grouped_gemm_hopper_block_n(a) == 256;
+  auto run = [&](auto tag) {
+    using T = decltype(tag);
+    switch (a.kind) {
+      case GroupedGemmKind::forward:
+        wide ? launch<T, 256, Product::forward>(a) : launch<T, 128, Product::forward>(a);
+        break;
+      case GroupedGemmKind::dgrad:
+        wide ? launch<T, 256, Product::dgrad>(a) : launch<T, 128, Product::dgrad>(a);
+        break;
+      case GroupedGemmKind::wgrad:
+        wide ? launch<T, 256, Product::wgrad>(a) : launch<T, 128, Product::wgrad>(a);
+        break;
+    }
+  };
+  if (a.dtype == DType::bf16) run(bf16{});
+  else run(fp16{});
+}
+
+}  // namespace kiln::kernels
