@@ -114,27 +114,39 @@ __device__ __forceinline__ std::int64_t warp_id() {
 }
 __device__ __forceinline__ std::int64_t warp_count() { return (static_cast<std::int64_t>(gridDim.x) * blockDim.x) >> 5; }
 
+// Each lane keeps kGatherUnroll 16-byte loads in flight before it stores them (the loads are
+// independent, and __restrict__ lets the compiler issue them ahead of the stores): with one load
+// at a time a warp had 512 bytes in flight, too few to cover DRAM latency at the copy rate.
+constexpr int kGatherUnroll = 4;
+
 template <class T, int V>
 __global__ void __launch_bounds__(kRowThreads) gather_rows(MoeGatherRowsArgs a) {
   using C = compute_t<T>;
   const int lane = threadIdx.x & 31;
   const std::int64_t vecs = a.cols / V;
-  const T* scale = static_cast<const T*>(a.scale);
+  const T* __restrict__ scale = static_cast<const T*>(a.scale);
   for (std::int64_t p = warp_id(); p < a.rows; p += warp_count()) {
     const std::int64_t src = a.index[p];
     // 32-bit division (the front-end keeps index values below 2^31): the 64-bit one is a
     // subroutine that spills.
     const std::int64_t row = static_cast<unsigned>(src) / static_cast<unsigned>(a.divisor);
-    const auto* x = reinterpret_cast<const Vec<T, V>*>(static_cast<const T*>(a.x) + row * a.cols);
-    auto* out = reinterpret_cast<Vec<T, V>*>(static_cast<T*>(a.out) + p * a.cols);
+    const auto* __restrict__ x = reinterpret_cast<const Vec<T, V>*>(static_cast<const T*>(a.x) + row * a.cols);
+    auto* __restrict__ out = reinterpret_cast<Vec<T, V>*>(static_cast<T*>(a.out) + p * a.cols);
     const C w = scale ? load(scale[src]) : C(1);
-    for (std::int64_t v = lane; v < vecs; v += 32) {
-      Vec<T, V> r = x[v];
-      if (scale) {
+    for (std::int64_t v0 = lane; v0 < vecs; v0 += 32 * kGatherUnroll) {
+      Vec<T, V> r[kGatherUnroll];
 #pragma unroll
-        for (int j = 0; j < V; ++j) r.v[j] = store<T>(load(r.v[j]) * w);
+      for (int u = 0; u < kGatherUnroll; ++u)
+        if (v0 + 32 * u < vecs) r[u] = x[v0 + 32 * u];
+#pragma unroll
+      for (int u = 0; u < kGatherUnroll; ++u) {
+        if (v0 + 32 * u >= vecs) break;
+        if (scale) {
+#pragma unroll
+          for (int j = 0; j < V; ++j) r[u].v[j] = store<T>(load(r[u].v[j]) * w);
+        }
+        out[v0 + 32 * u] = r[u];
       }
-      out[v] = r;
     }
   }
 }
