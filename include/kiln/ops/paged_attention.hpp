@@ -1,0 +1,180 @@
+// The KV-cache operations over a PAGED cache: the cache of every sequence is a list of fixed-size
+// blocks from one pool (infer/block_allocator.hpp hands them out), so sequences grow a block at a
+// time, return their blocks when they finish, and the samples of a GRPO group share their prompt's
+// blocks instead of holding copies. The contiguous layout (one slot of `capacity` rows per
+// sequence) is ops/decode_attention.hpp; the functions are the same, only the addressing differs.
+//
+// Layout. blocks [num_blocks, block_tokens, row...] (per layer; for MLA row = [1, r + dr], the
+// latent cache of infer/kv_cache.hpp cut into blocks); block_table [sequences, max_blocks] int64:
+// token j of sequence s lives in block block_table[s, j / block_tokens], row j % block_tokens.
+// Entries past a sequence's blocks are −1 and never read.
+//
+// paged_decode_attention takes 1 or 2 query tokens per sequence (2: the main model's token and the
+// MTP module's draft, speculative decoding): query t of row a sits at position lengths[a] − T + t
+// and attends the tokens up to itself.
+//
+// Devices: this is the CPU reference (backend/cpu/decode_attention.hpp, double accumulation),
+// checked in full: every slot, length, position and table entry a call uses. The CUDA kernel of
+// the paged layout is not written yet (issue 15); on a GPU these ops throw. copy_block_rows (the
+// allocator's copy-on-write) runs on any device.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "kiln/backend/cpu/decode_attention.hpp"
+#include "kiln/infer/block_allocator.hpp"
+#include "kiln/ops/common.hpp"
+#include "kiln/ops/copy.hpp"
+#include "kiln/ops/decode_attention.hpp"
+
+namespace kiln {
+
+namespace detail {
+
+inline void check_paged_cpu(const char* op, Device device) {
+  check(device.is_cpu(), op, "runs on the CPU only so far (the CUDA kernel of the paged layout is issue 15's next "
+                             "step); got tensors on ",
+        device);
+}
+
+// The table entry of token j of sequence `seq`, checked: inside the table and a valid block.
+inline std::int64_t checked_block(const char* op, const Tensor<std::int64_t>& table, std::int64_t seq, std::int64_t j,
+                                  std::int64_t block_tokens, std::int64_t num_blocks) {
+  const std::int64_t max_blocks = table.size(1), b = j / block_tokens;
+  check(b < max_blocks, op, "position ", j, " of sequence ", seq, " needs block ", b, " of a table of ", max_blocks,
+        " blocks per sequence");
+  const std::int64_t block = table.data()[seq * max_blocks + b];
+  check(block >= 0 && block < num_blocks, op, "sequence ", seq, "'s block ", b, " (position ", j, ") is ", block,
+        ", outside the cache's ", num_blocks, " blocks");
+  return block;
+}
+
+inline void check_table(const char* op, const Tensor<std::int64_t>& table, Device device) {
+  check_defined(op, table);
+  check(table.dim() == 2 && table.is_contiguous() && table.device() == device, op,
+        "block_table must be a contiguous [sequences, max_blocks] int64 tensor on ", device, ", got shape ",
+        table.shape(), " on ", table.device());
+}
+
+}  // namespace detail
+
+// blocks[block of (slots[a], positions[a] + s)] = values[a, s, ...] for every batch row a and step s.
+// blocks: contiguous [num_blocks, block_tokens, row...]; values [count, steps, row...]; slots,
+// positions [count]. In place.
+template <class T>
+void paged_cache_write(const Tensor<T>& blocks, const Tensor<std::int64_t>& block_table,
+                       const Tensor<std::int64_t>& slots, const Tensor<std::int64_t>& positions,
+                       const Tensor<T>& values) {
+  const char* op = "paged_cache_write";
+  check_defined(op, blocks, slots, positions, values);
+  detail::check_paged_cpu(op, blocks.device());
+  check_same_device(op, blocks, values);
+  detail::check_table(op, block_table, blocks.device());
+  check(blocks.dim() >= 2 && blocks.is_contiguous(), op,
+        "blocks must be a contiguous [num_blocks, block_tokens, ...], got shape ", blocks.shape());
+  check(values.dim() == blocks.dim() && std::equal(values.shape().begin() + 2, values.shape().end(),
+                                                   blocks.shape().begin() + 2),
+        op, "values of shape ", values.shape(), " do not fit blocks of shape ", blocks.shape(),
+        " (expected [count, steps, ", Shape(blocks.shape().begin() + 2, blocks.shape().end()), "])");
+  const std::int64_t count = values.size(0), steps = values.size(1);
+  const std::int64_t num_blocks = blocks.size(0), block_tokens = blocks.size(1);
+  detail::check_index_vector(op, "slots", slots, count);
+  detail::check_index_vector(op, "positions", positions, count);
+  const Tensor<T> v = contiguous(values.detach());
+  const Tensor<std::int64_t> sl = contiguous(slots), pos = contiguous(positions);
+  const std::int64_t row = blocks.numel() / std::max<std::int64_t>(num_blocks * block_tokens, 1);
+  if (count == 0 || steps == 0 || row == 0) return;
+  for (std::int64_t a = 0; a < count; ++a) {
+    const std::int64_t s = sl.data()[a], p = pos.data()[a];
+    check(s >= 0 && s < block_table.size(0), op, "slot ", s, " of batch row ", a, " is outside the table's ",
+          block_table.size(0), " sequences");
+    check(p >= 0, op, "position ", p, " of batch row ", a, " is negative");
+    for (std::int64_t j = p; j < p + steps; ++j) (void)detail::checked_block(op, block_table, s, j, block_tokens, num_blocks);
+  }
+  cpu::paged_cache_write(reinterpret_cast<std::uint8_t*>(blocks.data()), reinterpret_cast<const std::uint8_t*>(v.data()),
+                         block_table.data(), sl.data(), pos.data(), count, steps,
+                         row * static_cast<std::int64_t>(sizeof(T)), block_tokens, block_table.size(1));
+}
+
+// T query tokens per batch row over its sequence's cached tokens:
+//   q [count, T, heads, dk] (T = 1 or 2); k_blocks [num_blocks, block_tokens, kv_heads, dk];
+//   v_blocks [num_blocks, block_tokens, kv_heads, dv] (last dim unit-stride; may be a view of
+//   k_blocks' first dv columns, as in MLA); block_table [sequences, max_blocks]; slots, lengths
+//   [count] -> out [count, T, heads, dv], with query t of row a attending tokens
+//   j < lengths[a] − (T − 1 − t) of sequence slots[a] (lengths[a] >= T: its own tokens cached),
+//   G = heads / kv_heads query heads per kv head.
+template <class T>
+Tensor<T> paged_decode_attention(const Tensor<T>& q, const Tensor<T>& k_blocks, const Tensor<T>& v_blocks,
+                                 const Tensor<std::int64_t>& block_table, const Tensor<std::int64_t>& slots,
+                                 const Tensor<std::int64_t>& lengths, double scale) {
+  static_assert(is_floating<T>, "paged_decode_attention needs a floating type");
+  const char* op = "paged_decode_attention";
+  check_defined(op, q, k_blocks, v_blocks, slots, lengths);
+  detail::check_paged_cpu(op, q.device());
+  check_same_device(op, q, k_blocks, v_blocks);
+  detail::check_table(op, block_table, q.device());
+  check(q.dim() == 4 && k_blocks.dim() == 4 && v_blocks.dim() == 4, op,
+        "needs q [count, T, heads, dk], k_blocks [num_blocks, block_tokens, kv_heads, dk], v_blocks [num_blocks, "
+        "block_tokens, kv_heads, dv]; got q ",
+        q.shape(), ", k_blocks ", k_blocks.shape(), ", v_blocks ", v_blocks.shape());
+  const std::int64_t count = q.size(0), queries = q.size(1), heads = q.size(2), dk = q.size(3);
+  const std::int64_t num_blocks = k_blocks.size(0), block_tokens = k_blocks.size(1), kv_heads = k_blocks.size(2);
+  const std::int64_t dv = v_blocks.size(3);
+  check(queries == 1 || queries == 2, op, "takes 1 or 2 query tokens per row, got q of shape ", q.shape());
+  check(k_blocks.size(3) == dk && v_blocks.size(0) == num_blocks && v_blocks.size(1) == block_tokens &&
+            v_blocks.size(2) == kv_heads && kv_heads > 0 && heads % kv_heads == 0 && dk > 0 && dv > 0,
+        op, "q ", q.shape(), ", k_blocks ", k_blocks.shape(), " and v_blocks ", v_blocks.shape(),
+        " do not fit (same blocks and kv_heads; kv_heads dividing heads; q's dk = k_blocks')");
+  check(k_blocks.strides()[3] == 1 && v_blocks.strides()[3] == 1, op,
+        "the caches' last dim must be unit-stride, got k strides ", k_blocks.strides(), " and v strides ",
+        v_blocks.strides());
+  check(std::isfinite(scale), op, "scale must be finite, got ", scale);
+  detail::check_index_vector(op, "slots", slots, count);
+  detail::check_index_vector(op, "lengths", lengths, count);
+  check(heads <= 0x7fffffff && dk <= 0x7fffffff && dv <= 0x7fffffff, op, "sizes too large: q ", q.shape());
+  const Tensor<T> qc = contiguous(q.detach());
+  const Tensor<std::int64_t> sl = contiguous(slots), len = contiguous(lengths);
+  Tensor<T> out({count, queries, heads, dv}, q.device());
+  if (count == 0) return out;
+  for (std::int64_t a = 0; a < count; ++a) {
+    const std::int64_t s = sl.data()[a], L = len.data()[a];
+    check(s >= 0 && s < block_table.size(0), op, "slot ", s, " of batch row ", a, " is outside the table's ",
+          block_table.size(0), " sequences");
+    check(L >= queries, op, "length ", L, " of batch row ", a, " must be at least the ", queries,
+          " query token(s) it holds");
+    for (std::int64_t b = 0; b * block_tokens < L; ++b)
+      (void)detail::checked_block(op, block_table, s, b * block_tokens, block_tokens, num_blocks);
+  }
+  const auto& ks = k_blocks.strides();
+  const auto& vs = v_blocks.strides();
+  cpu::paged_decode_attention(
+      out.data(), qc.data(), k_blocks.data(), v_blocks.data(), block_table.data(), sl.data(), len.data(),
+      cpu::CachedAttentionShape{count, static_cast<int>(queries), static_cast<int>(heads), static_cast<int>(kv_heads),
+                                static_cast<int>(dk), static_cast<int>(dv), ks[2], vs[2]},
+      cpu::PagedCacheShape{block_tokens, block_table.size(1), ks[0], ks[1], vs[0], vs[1]}, scale);
+  return out;
+}
+
+// The allocator's copy-on-write (infer::BlockAllocator::prepare_write): the first copy.rows rows
+// of block copy.from into block copy.to, in blocks [num_blocks, block_tokens, row...] (contiguous:
+// those rows are one contiguous range in each block). Any device; a copy of 0 rows does nothing.
+template <class T>
+void copy_block_rows(const Tensor<T>& blocks, const infer::BlockCopy& copy) {
+  const char* op = "copy_block_rows";
+  check_defined(op, blocks);
+  check(blocks.dim() >= 2 && blocks.is_contiguous(), op,
+        "blocks must be a contiguous [num_blocks, block_tokens, ...], got shape ", blocks.shape());
+  if (copy.rows == 0) return;
+  const std::int64_t num_blocks = blocks.size(0), block_tokens = blocks.size(1);
+  check(copy.from >= 0 && copy.from < num_blocks && copy.to >= 0 && copy.to < num_blocks && copy.from != copy.to &&
+            copy.rows > 0 && copy.rows <= block_tokens,
+        op, "copy of ", copy.rows, " rows from block ", copy.from, " to block ", copy.to, " does not fit ",
+        num_blocks, " blocks of ", block_tokens, " rows");
+  const std::int64_t block_elements = blocks.numel() / num_blocks, row = block_elements / block_tokens;
+  copy_bytes(blocks.data() + copy.to * block_elements, blocks.device(), blocks.data() + copy.from * block_elements,
+             blocks.device(), static_cast<std::size_t>(copy.rows * row) * sizeof(T));
+}
+
+}  // namespace kiln
