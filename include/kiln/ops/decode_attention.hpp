@@ -31,6 +31,29 @@ inline void check_index_vector(const char* op, const char* what, const Tensor<st
   check(t.shape() == Shape{count}, op, what, " must be [", count, "] (one per batch row), got shape ", t.shape());
 }
 
+// The checks both cache layouts share (this file's contiguous one, ops/paged_attention.hpp's
+// paged one): k [outer, rows, kv_heads, dk] and v [outer, rows, kv_heads, dv] fit each other and
+// q's heads and dk, their last dims are unit-stride, the scale is finite, and slots and lengths
+// hold one entry per batch row.
+template <class T>
+void check_cache_operands(const char* op, std::int64_t count, std::int64_t heads, std::int64_t dk, const Tensor<T>& k,
+                          const Tensor<T>& v, double scale, const Tensor<std::int64_t>& slots,
+                          const Tensor<std::int64_t>& lengths) {
+  const std::int64_t kv_heads = k.size(2), dv = v.size(3);
+  check(k.size(3) == dk && v.size(0) == k.size(0) && v.size(1) == k.size(1) && v.size(2) == kv_heads && kv_heads > 0 &&
+            heads % kv_heads == 0 && dk > 0 && dv > 0,
+        op, "q with ", heads, " heads of ", dk, ", keys ", k.shape(), " and values ", v.shape(),
+        " do not fit (keys and values over the same cache rows and kv_heads; kv_heads dividing the query heads; "
+        "q's dk = the keys')");
+  check(k.strides()[3] == 1 && v.strides()[3] == 1, op, "the caches' last dim must be unit-stride, got k strides ",
+        k.strides(), " and v strides ", v.strides());
+  check(std::isfinite(scale), op, "scale must be finite, got ", scale);
+  check_index_vector(op, "slots", slots, count);
+  check_index_vector(op, "lengths", lengths, count);
+  check(heads <= 0x7fffffff && dk <= 0x7fffffff && dv <= 0x7fffffff, op, "sizes too large: ", heads, " heads of ", dk,
+        ", dv ", dv);
+}
+
 }  // namespace detail
 
 // cache[slots[a], positions[a] + s, ...] = values[a, s, ...] for every batch row a and step s.
@@ -105,17 +128,7 @@ Tensor<T> decode_attention(const Tensor<T>& q, const Tensor<T>& k_cache, const T
   const std::int64_t count = q.size(0), heads = q.size(1), dk = q.size(2);
   const std::int64_t num_slots = k_cache.size(0), capacity = k_cache.size(1), kv_heads = k_cache.size(2);
   const std::int64_t dv = v_cache.size(3);
-  check(k_cache.size(3) == dk && v_cache.size(0) == num_slots && v_cache.size(1) == capacity &&
-            v_cache.size(2) == kv_heads && kv_heads > 0 && heads % kv_heads == 0 && dk > 0 && dv > 0,
-        op, "q ", q.shape(), ", k_cache ", k_cache.shape(), " and v_cache ", v_cache.shape(),
-        " do not fit (same slots, capacity and kv_heads; kv_heads dividing heads; q's dk = k_cache's)");
-  check(k_cache.strides()[3] == 1 && v_cache.strides()[3] == 1, op,
-        "the caches' last dim must be unit-stride, got k strides ", k_cache.strides(), " and v strides ",
-        v_cache.strides());
-  check(std::isfinite(scale), op, "scale must be finite, got ", scale);
-  detail::check_index_vector(op, "slots", slots, count);
-  detail::check_index_vector(op, "lengths", lengths, count);
-  check(heads <= 0x7fffffff && dk <= 0x7fffffff && dv <= 0x7fffffff, op, "sizes too large: q ", q.shape());
+  detail::check_cache_operands(op, count, heads, dk, k_cache, v_cache, scale, slots, lengths);
   const Tensor<T> qc = contiguous(q.detach());
   const Tensor<std::int64_t> sl = contiguous(slots), len = contiguous(lengths);
   Tensor<T> out({count, heads, dv}, q.device());

@@ -123,17 +123,7 @@ Tensor<T> paged_decode_attention(const Tensor<T>& q, const Tensor<T>& k_blocks, 
   const std::int64_t num_blocks = k_blocks.size(0), block_tokens = k_blocks.size(1), kv_heads = k_blocks.size(2);
   const std::int64_t dv = v_blocks.size(3);
   check(queries == 1 || queries == 2, op, "takes 1 or 2 query tokens per row, got q of shape ", q.shape());
-  check(k_blocks.size(3) == dk && v_blocks.size(0) == num_blocks && v_blocks.size(1) == block_tokens &&
-            v_blocks.size(2) == kv_heads && kv_heads > 0 && heads % kv_heads == 0 && dk > 0 && dv > 0,
-        op, "q ", q.shape(), ", k_blocks ", k_blocks.shape(), " and v_blocks ", v_blocks.shape(),
-        " do not fit (same blocks and kv_heads; kv_heads dividing heads; q's dk = k_blocks')");
-  check(k_blocks.strides()[3] == 1 && v_blocks.strides()[3] == 1, op,
-        "the caches' last dim must be unit-stride, got k strides ", k_blocks.strides(), " and v strides ",
-        v_blocks.strides());
-  check(std::isfinite(scale), op, "scale must be finite, got ", scale);
-  detail::check_index_vector(op, "slots", slots, count);
-  detail::check_index_vector(op, "lengths", lengths, count);
-  check(heads <= 0x7fffffff && dk <= 0x7fffffff && dv <= 0x7fffffff, op, "sizes too large: q ", q.shape());
+  detail::check_cache_operands(op, count, heads, dk, k_blocks, v_blocks, scale, slots, lengths);
   const Tensor<T> qc = contiguous(q.detach());
   const Tensor<std::int64_t> sl = contiguous(slots), len = contiguous(lengths);
   Tensor<T> out({count, queries, heads, dv}, q.device());
