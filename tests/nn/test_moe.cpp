@@ -10,6 +10,7 @@
 
 #include <kiln/nn/moe.hpp>
 
+#include "loopback_exchange.hpp"
 #include "nn_test_util.hpp"
 
 using namespace kiln;
@@ -557,4 +558,47 @@ TEST(MoE, FusedDispatchLoads) {
   nn::update_routing_bias(before, load, 0.01);
   EXPECT_EQ(moe.gate.e_score_correction_bias.to_vector(), before.to_vector());
   EXPECT_EQ(moe.batch_load().total(), 0);
+}
+
+// The expert parallel code path on one rank (an exchange with itself): counts and rows through the
+// exchange, the local experts over offsets made on the host. Its outputs and gradients equal the
+// local layer's bit for bit through both dispatch paths (the same sums in the same order).
+TEST(MoE, ExpertParallelPathOnOneRankEqualsTheLocalLayer) {
+  auto c = tiny_config();
+  for (const nn::MoEDispatch path : {nn::MoEDispatch::composed, nn::MoEDispatch::fused}) {
+    SCOPED_TRACE(path == nn::MoEDispatch::fused ? "fused dispatch" : "composed dispatch");
+    DispatchScope scope(path);
+    Generator g1{17, 0}, g2{17, 0};
+    MoE<double> local(c, g1);
+    auto exchange = std::make_shared<kiln::testing::LoopbackExchange<double>>(Device::cpu());
+    MoE<double> spread(c, g2, exchange);
+    EXPECT_EQ(spread.local_experts(), c.n_routed_experts);
+    const auto x = randn<double>({3, 5, 6});
+    Tensor<double> y[2], dx[2];
+    for (int k = 0; k < 2; ++k) {
+      MoE<double>& m = k == 0 ? local : spread;
+      const auto xl = x.detach().requires_grad_();
+      y[k] = m(xl);
+      sum(mul(y[k], y[k])).backward();
+      dx[k] = xl.grad();
+    }
+    EXPECT_EQ(exchange->count_exchanges, 1);
+    EXPECT_EQ(exchange->row_exchanges, 2) << "rows out to the experts and back";
+    EXPECT_EQ(y[1].to_vector(), y[0].to_vector());
+    EXPECT_EQ(dx[1].to_vector(), dx[0].to_vector());
+    const auto mine = spread.named_parameters(), ref = local.named_parameters();
+    ASSERT_EQ(mine.size(), ref.size());
+    for (std::size_t p = 0; p < mine.size(); ++p) {
+      EXPECT_EQ(mine[p].first, ref[p].first);
+      EXPECT_EQ(mine[p].second.grad().defined(), ref[p].second.grad().defined()) << mine[p].first;
+      if (mine[p].second.grad().defined() && ref[p].second.grad().defined()) {
+        EXPECT_EQ(mine[p].second.grad().to_vector(), ref[p].second.grad().to_vector()) << mine[p].first;
+      }
+    }
+    EXPECT_EQ(spread.last_load().counts, local.last_load().counts);
+    spread.update_bias(0.01);
+    local.update_bias(0.01);
+    EXPECT_EQ(spread.gate.e_score_correction_bias.to_vector(), local.gate.e_score_correction_bias.to_vector());
+    EXPECT_KILN_ERROR((void)spread.stack_experts(), "MoE::stack_experts", "dense dispatch needs every routed expert");
+  }
 }
