@@ -12,6 +12,7 @@
 #include <cmath>
 #include <limits>
 #include <numbers>
+#include <type_traits>
 
 #include "kiln/core/low_precision.hpp"
 
@@ -40,10 +41,17 @@ KILN_HD C sigmoid_of(C x) {
 }
 
 // gelu(x) = x Phi(x). Phi(x) = erfc(-x/sqrt2)/2 rather than (1 + erf(x/sqrt2))/2: the latter
-// cancels to 0 for x below about -6 (float) where the true value is still representable.
+// cancels to 0 for x below about -6 (float) where the true value is still representable. In the
+// negative tail erfc is ill-conditioned in its argument (relative condition 2z² at z = -x/sqrt2:
+// 18 at x = -4.3), so the float rounding of -x/sqrt2 alone would cost ~10 ulp of the result; float
+// evaluates it in double and rounds once.
 template <class C>
 KILN_HD C normal_cdf(C x) {
-  return C(0.5) * std::erfc(-x / std::numbers::sqrt2_v<C>);
+  if constexpr (std::is_same_v<C, float>) {
+    return static_cast<float>(0.5 * std::erfc(-static_cast<double>(x) / std::numbers::sqrt2_v<double>));
+  } else {
+    return C(0.5) * std::erfc(-x / std::numbers::sqrt2_v<C>);
+  }
 }
 template <class C>
 KILN_HD C normal_pdf(C x) {
