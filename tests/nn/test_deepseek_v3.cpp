@@ -98,12 +98,22 @@ TEST(DeepseekV3, StateNamesMatchHuggingFace) {
   want["model.layers.2.eh_proj.weight"] = {H, 2 * H};
   want["model.layers.2.shared_head.norm.weight"] = {H};
 
+  // Every entry is its own memory: no two overlap (an MoE layer's experts are views of one packed
+  // block, side by side, nn/moe.hpp).
   std::map<std::string, Shape> got;
-  std::set<const void*> storages;
+  std::map<const char*, std::pair<const char*, std::string>> ranges;  // start -> (end, name)
   for (auto& [name, t] : m.state()) {
     EXPECT_EQ(got.count(name), 0u) << name << " listed twice";
     got[name] = t.shape();
-    EXPECT_TRUE(storages.insert(t.storage().get()).second) << name << " shares storage with another entry";
+    EXPECT_TRUE(t.is_contiguous()) << name;
+    const char* start = reinterpret_cast<const char*>(t.data());
+    ranges[start] = {start + t.numel() * static_cast<std::int64_t>(sizeof(double)), name};
+  }
+  const char* end = nullptr;
+  std::string previous;
+  for (const auto& [start, entry] : ranges) {
+    EXPECT_TRUE(end == nullptr || start >= end) << entry.second << " overlaps " << previous;
+    if (end == nullptr || entry.first > end) end = entry.first, previous = entry.second;
   }
   EXPECT_EQ(got, want);
   // Routing biases are state but not parameters.

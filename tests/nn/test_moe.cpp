@@ -602,3 +602,50 @@ TEST(MoE, ExpertParallelPathOnOneRankEqualsTheLocalLayer) {
     EXPECT_KILN_ERROR((void)spread.stack_experts(), "MoE::stack_experts", "dense dispatch needs every routed expert");
   }
 }
+
+// The routed experts' weights live in two blocks laid out as the grouped GEMMs read them
+// ([E][gate | up][I][H] and [E][H][I]), at construction and after to(); the fused path's stacked
+// weights are then views of the blocks (concat_as), not copies, and each expert's gradient is its
+// slice of the stacked gradient.
+TEST(MoE, ExpertWeightsShareOneBlockAndTheFusedPathCopiesNone) {
+  auto c = tiny_config();
+  Generator g1{23, 0};
+  MoE<double> moe(c, g1);
+  const auto& e0 = *moe.experts[0];
+  const auto& e1 = *moe.experts[1];
+  const std::int64_t I = c.moe_intermediate_size, H = c.hidden_size;
+  EXPECT_EQ(e0.gate_proj.weight.storage(), e1.up_proj.weight.storage());
+  EXPECT_EQ(e0.up_proj.weight.offset(), e0.gate_proj.weight.offset() + I * H);
+  EXPECT_EQ(e1.gate_proj.weight.offset(), e0.gate_proj.weight.offset() + 2 * I * H);
+  EXPECT_EQ(e1.down_proj.weight.offset(), e0.down_proj.weight.offset() + H * I);
+  EXPECT_NE(e0.down_proj.weight.storage(), e0.gate_proj.weight.storage());
+  for (const auto& p : moe.parameters()) EXPECT_TRUE(p.requires_grad());
+
+  // concat_as over the blocks is a view; over parts that do not lie back to back, a copy.
+  std::vector<Tensor<double>> in;
+  for (const auto& ex : moe.experts) in.push_back(ex->gate_proj.weight), in.push_back(ex->up_proj.weight);
+  const auto E = static_cast<std::int64_t>(moe.experts.size());
+  const Tensor<double> w_in = concat_as(in, {E, 2 * I, H});
+  EXPECT_EQ(w_in.storage(), e0.gate_proj.weight.storage());
+  EXPECT_EQ(w_in.to_vector(), reshape(cat(in, 0), {E, 2 * I, H}).to_vector());
+  std::swap(in[0], in[1]);
+  const Tensor<double> copied = concat_as(in, {E, 2 * I, H});
+  EXPECT_NE(copied.storage(), e0.gate_proj.weight.storage());
+  EXPECT_EQ(copied.to_vector(), reshape(cat(in, 0), {E, 2 * I, H}).to_vector());
+
+  // Gradients through the view: each part gets its slice (against the copying path's).
+  const Tensor<double> upstream = randn<double>({E, 2 * I, H});
+  std::swap(in[0], in[1]);
+  sum(mul(concat_as(in, {E, 2 * I, H}), upstream)).backward();
+  std::vector<Tensor<double>> grads_view;
+  for (const auto& t : in) grads_view.push_back(clone(t.grad()));
+  moe.zero_grad();
+  sum(mul(reshape(cat(in, 0), {E, 2 * I, H}), upstream)).backward();
+  for (std::size_t i = 0; i < in.size(); ++i) EXPECT_EQ(grads_view[i].to_vector(), in[i].grad().to_vector()) << i;
+
+  // A move to where the layer already is changes nothing (an optimizer keeps its tensors).
+  const Tensor<double> held = e1.up_proj.weight;
+  moe.to(Device::cpu());
+  EXPECT_EQ(moe.experts[1]->up_proj.weight.data(), held.data());
+  EXPECT_KILN_ERROR((void)concat_as(in, {E, 2 * I, H + 1}), "concat_as", "holds");
+}

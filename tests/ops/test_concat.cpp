@@ -207,3 +207,40 @@ TEST(ConcatErrors, NameTheOpAndTheShapes) {
   EXPECT_KILN_ERROR(split(a, 1, 2), "kiln::split", "dim 2");
   EXPECT_KILN_ERROR(chunk(a, 0, 1), "kiln::chunk", "positive", "[2, 3]");
 }
+
+// concat_as: pieces that lie back to back in one storage (split's views) come back as a view of
+// it; any other list is copied; both give reshape(cat(flattened pieces), shape), and each piece's
+// gradient is its slice of the output's (against the copying path's on the same upstream).
+TEST(ConcatAs, ViewWhereThePiecesLieBackToBackElseACopy) {
+  const auto t = randn<double>({6, 4});
+  const auto pieces = split(t, 2, 0);  // three [2, 4] views, back to back
+  ASSERT_TRUE(lie_back_to_back(pieces));
+  const auto v = concat_as(pieces, {3, 8});
+  EXPECT_EQ(v.storage(), t.storage());
+  EXPECT_EQ(v.to_vector(), t.to_vector());
+  const std::vector<Tensor<double>> shuffled{pieces[1], pieces[0], pieces[2]};
+  EXPECT_FALSE(lie_back_to_back(shuffled));
+  const auto c = concat_as(shuffled, {24});
+  EXPECT_NE(c.storage(), t.storage());
+  std::vector<Tensor<double>> flat;
+  for (const auto& p : shuffled) flat.push_back(reshape(p, {8}));
+  EXPECT_EQ(c.to_vector(), cat(flat, 0).to_vector());
+  EXPECT_FALSE(lie_back_to_back(std::vector<Tensor<double>>{transpose(pieces[0], 0, 1), pieces[1]}));
+
+  // Gradients: leaves viewed back to back (as nn::MoE packs its experts) against separate leaves.
+  Tensor<double> block = randn<double>({3, 2, 4});
+  std::vector<Tensor<double>> leaves, separate;
+  for (std::int64_t i = 0; i < 3; ++i) {
+    leaves.push_back(Tensor<double>::view_of(block.storage(), i * 8, {2, 4}, {4, 1}).requires_grad_());
+    separate.push_back(clone(leaves.back()).detach().requires_grad_());
+  }
+  const auto upstream = randn<double>({3, 8});
+  sum(mul(concat_as(leaves, {3, 8}), upstream)).backward();
+  sum(mul(concat_as(separate, {3, 8}), upstream)).backward();
+  for (std::size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(leaves[i].grad().to_vector(), separate[i].grad().to_vector()) << i;
+    EXPECT_EQ(leaves[i].grad().to_vector(), narrow(upstream, 0, static_cast<std::int64_t>(i), 1).to_vector()) << i;
+  }
+  EXPECT_KILN_ERROR((void)concat_as(pieces, {5, 5}), "concat_as", "the parts hold 24 elements, shape [5, 5] holds 25");
+  EXPECT_KILN_ERROR((void)concat_as(std::vector<Tensor<double>>{}, {0}), "concat_as", "needs at least one tensor");
+}

@@ -405,11 +405,11 @@ class DeepseekV3ForCausalLM : public Module<T> {
     return out;
   }
   std::vector<Tensor<T>> replicated_parameters() const {
-    std::set<const void*> experts;
-    for (const auto& p : expert_parameters()) experts.insert(p.storage().get());
+    std::set<const void*> experts;  // by first element: an MoE layer's experts share one allocation
+    for (const auto& p : expert_parameters()) experts.insert(p.data());
     std::vector<Tensor<T>> out;
     for (const auto& p : this->parameters())
-      if (!experts.count(p.storage().get())) out.push_back(p);
+      if (!experts.count(p.data())) out.push_back(p);
     return out;
   }
 

@@ -54,7 +54,9 @@ class Module {
     for (auto& [name, m] : children_) m->visit(p + name, f);
   }
 
-  // Moves every parameter and buffer to `device` (parameters stay leaves that require grad).
+  // Moves every parameter and buffer to `device` (parameters stay leaves that require grad), then
+  // lets every module of the tree lay out its moved tensors (after_move). Tensors are replaced, so
+  // move a model before an optimizer takes its parameters.
   void to(Device device) {
     visit("", [&](const std::string&, Tensor<T>* t, bool trainable) {
       if (!t->defined() || t->device() == device) return;
@@ -62,6 +64,7 @@ class Module {
       if (trainable) moved.requires_grad_();
       *t = moved;
     });
+    each_module([](Module& m) { m.after_move(); });
   }
 
   void zero_grad() {
@@ -84,7 +87,16 @@ class Module {
   void register_buffer(std::string name, Tensor<T>* t) { buffers_.emplace_back(std::move(name), t); }
   void register_module(std::string name, Module* m) { children_.emplace_back(std::move(name), m); }
 
+  // Called on every module of the tree after to() moved its tensors, each one separately: a module
+  // whose tensors must share one allocation (nn::MoE's expert weights) packs them again here.
+  virtual void after_move() {}
+
  private:
+  void each_module(const std::function<void(Module&)>& f) {
+    f(*this);
+    for (auto& [name, m] : children_) m->each_module(f);
+  }
+
   std::vector<std::pair<std::string, Tensor<T>*>> parameters_, buffers_;
   std::vector<std::pair<std::string, Module*>> children_;
 };

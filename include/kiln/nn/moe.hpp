@@ -366,6 +366,7 @@ class MoE : public Module<T> {
                                                       c.initializer_range, gen);
       this->register_module("shared_experts", shared_experts.get());
     }
+    pack_experts();
   }
 
   // x [..., S, hidden] (the second-last dim is the sequence for the balance loss; a 2-D x is one
@@ -563,24 +564,76 @@ class MoE : public Module<T> {
           first_, "..", first_ + local_ - 1, " of ", gate.experts(), " (expert parallel)");
   }
 
+  // Whether the routed experts held here have one width and no biases (what the grouped GEMMs and
+  // pack_experts take).
+  bool uniform_experts() const {
+    const std::int64_t width = expert_width();
+    for (const auto& ex : experts)
+      if (ex->gate_proj.out_features != width || ex->gate_proj.bias.defined() || ex->up_proj.bias.defined() ||
+          ex->down_proj.bias.defined())
+        return false;
+    return true;
+  }
+
+  // Lays the routed experts' weights out as the grouped GEMMs read them, in two allocations:
+  // [L][gate_proj | up_proj][I][hidden] and [L][hidden][I]; each expert's weights become views of
+  // them (leaves, as before). The fused path then hands the grouped GEMMs views of these blocks
+  // (concat_as) instead of copying every expert's weights in each forward and splitting their
+  // gradients in each backward — at DeepSeek-V3's 256 experts that copy would be every expert of
+  // the layer, twice a step. Run at construction and after to() (which moves each tensor
+  // separately); checkpoint loading copies into the tensors in place and keeps the layout. A layer
+  // whose experts differ in width or have biases is left as it is (its fused path refuses it).
+  void pack_experts() {
+    if (experts.empty() || !uniform_experts() || packed()) return;  // packed: nothing to move, no tensor replaced
+    const std::int64_t L = static_cast<std::int64_t>(experts.size()), width = expert_width();
+    const std::int64_t hidden = experts.front()->gate_proj.in_features;
+    const Device device = experts.front()->gate_proj.weight.device();
+    const Tensor<T> in_block({L, 2, width, hidden}, device), out_block({L, hidden, width}, device);
+    const std::int64_t piece = width * hidden;
+    auto place = [](Tensor<T>& weight, const Tensor<T>& block, std::int64_t offset, const Shape& shape) {
+      const Tensor<T> src = contiguous(weight.detach());
+      copy_bytes(block.data() + offset, block.device(), src.data(), src.device(),
+                 static_cast<std::size_t>(src.numel()) * sizeof(T));
+      weight = Tensor<T>::view_of(block.storage(), block.offset() + offset, shape, contiguous_strides(shape));
+      weight.requires_grad_();
+    };
+    for (std::int64_t j = 0; j < L; ++j) {
+      SwiGLUMLP<T>& ex = *experts[static_cast<std::size_t>(j)];
+      place(ex.gate_proj.weight, in_block, 2 * j * piece, {width, hidden});
+      place(ex.up_proj.weight, in_block, (2 * j + 1) * piece, {width, hidden});
+      place(ex.down_proj.weight, out_block, j * piece, {hidden, width});
+    }
+  }
+
+  void after_move() override { pack_experts(); }
+
+  // The experts' weights in pack_experts' layout, gate and up rows in one block, down in another.
+  bool packed() const {
+    std::vector<Tensor<T>> in, out;
+    for (const auto& ex : experts) {
+      in.push_back(ex->gate_proj.weight);
+      in.push_back(ex->up_proj.weight);
+      out.push_back(ex->down_proj.weight);
+    }
+    return lie_back_to_back(in) && lie_back_to_back(out);
+  }
+
   // The local experts on rows sorted by expert (local expert j: rows offsets[j] .. offsets[j+1] − 1,
   // offsets [L + 1] on the rows' device) through the grouped GEMMs: gate_proj|up_proj rows stacked
-  // [L, 2I, hidden], SwiGLU, down_proj stacked [L, hidden, I].
+  // [L, 2I, hidden], SwiGLU, down_proj stacked [L, hidden, I] (views of pack_experts' blocks).
   Tensor<T> run_grouped(const Tensor<T>& rows, const Tensor<std::int64_t>& offsets) const {
     const char* op = "MoE";
     const std::int64_t width = expert_width(), hidden = rows.shape()[1];
+    check(uniform_experts(), op, "fused dispatch needs routed experts of one width without biases");
     std::vector<Tensor<T>> in_rows, out_weights;
     for (const auto& ex : experts) {
-      check(ex->gate_proj.out_features == width && !ex->gate_proj.bias.defined() && !ex->up_proj.bias.defined() &&
-                !ex->down_proj.bias.defined(),
-            op, "fused dispatch needs routed experts of one width without biases");
       in_rows.push_back(ex->gate_proj.weight);
       in_rows.push_back(ex->up_proj.weight);
       out_weights.push_back(ex->down_proj.weight);
     }
     const std::int64_t groups = static_cast<std::int64_t>(experts.size());
-    const Tensor<T> w_in = reshape(cat(in_rows, 0), {groups, 2 * width, hidden});  // expert j: gate rows, then up rows
-    const Tensor<T> w_out = stack(out_weights, 0);                                // [L, hidden, I]
+    const Tensor<T> w_in = concat_as(in_rows, {groups, 2 * width, hidden});  // expert j: gate rows, then up rows
+    const Tensor<T> w_out = concat_as(out_weights, {groups, hidden, width});
     const Tensor<T> gu = grouped_linear(rows, w_in, offsets);                     // [rows, 2I]
     const Tensor<T> a = swiglu(narrow(gu, 1, 0, width), narrow(gu, 1, width, width));
     return grouped_linear(a, w_out, offsets);  // [rows, hidden]

@@ -1,4 +1,5 @@
-// Joining and splitting along a dim: cat, stack (copies) and split, chunk (views).
+// Joining and splitting along a dim: cat, stack (copies), concat_as (a view where the parts already
+// lie back to back, else a copy) and split, chunk (views).
 //
 // cat's output is the inputs laid end to end along dim, so the gradient of input i is the slice
 // of the output gradient that input filled. stack is cat of the inputs each given a new size-1
@@ -101,6 +102,56 @@ Tensor<T> stack(const std::vector<Tensor<T>>& ts, std::int64_t dim = 0) {
     expanded.push_back(unsqueeze(ts[i], d));
   }
   return detail::concat("stack", expanded, d);
+}
+
+// The parts' elements in order (each part row-major) as one tensor of `shape`: the value of
+// reshape(cat(flattened parts), shape). When the parts are contiguous and lie back to back in one
+// storage (part i + 1 starting where part i ends), the result is a view of that storage and
+// nothing is copied: e.g. an MoE layer's expert weights, allocated as one block and used by the
+// grouped GEMM as [E, 2I, H] (nn/moe.hpp). Otherwise the parts are copied. Differentiable: part
+// i's gradient is its slice of the output gradient (a view). lie_back_to_back says whether the
+// parts are laid out so.
+template <class T>
+bool lie_back_to_back(const std::vector<Tensor<T>>& parts) {
+  std::int64_t next = parts.empty() ? 0 : parts[0].offset();
+  for (const auto& p : parts) {
+    if (!p.defined() || !p.is_contiguous() || p.storage() != parts[0].storage() || p.offset() != next) return false;
+    next += p.numel();
+  }
+  return true;
+}
+
+template <class T>
+Tensor<T> concat_as(const std::vector<Tensor<T>>& parts, const Shape& shape) {
+  const char* op = "concat_as";
+  detail::check_list(op, parts);
+  check_shape(op, shape);
+  std::int64_t total = 0;
+  for (const auto& p : parts) total += p.numel();
+  check(numel_of(shape) == total, op, "the parts hold ", total, " elements, shape ", shape, " holds ",
+        numel_of(shape));
+  if (!lie_back_to_back(parts)) {
+    std::vector<Tensor<T>> flat;
+    for (const auto& p : parts) flat.push_back(reshape(p, {p.numel()}));
+    return reshape(cat(flat, 0), shape);
+  }
+  Tensor<T> out = Tensor<T>::view_of(parts[0].storage(), parts[0].offset(), shape, contiguous_strides(shape));
+  if constexpr (is_floating<T>) {
+    if (autograd::needs_grad_list(parts)) {
+      std::vector<Shape> shapes;
+      for (const auto& p : parts) shapes.push_back(p.shape());
+      autograd::record_list(out, op, [shapes, total](const Tensor<T>& g, const autograd::InputGrads& in) {
+        const Tensor<T> flat = reshape(g, {total});
+        std::int64_t start = 0;
+        for (std::size_t i = 0; i < shapes.size(); ++i) {
+          const std::int64_t n = numel_of(shapes[i]);
+          if (in.needs(i)) in.add(i, reshape(narrow(flat, 0, start, n), shapes[i]));
+          start += n;
+        }
+      }, parts);
+    }
+  }
+  return out;
 }
 
 // Views of consecutive pieces of split_size along dim (the last one may be shorter). A dim of
