@@ -287,7 +287,10 @@ TEST(PagedDecodeAttention, ForkedSequencesShareThePromptAndSeeOnlyTheirOwnTokens
   for (std::int64_t g = 1; g <= G; ++g) {
     alloc.fork(0, g);
     alloc.reserve(g, P + extra);
-    for (std::int64_t p = P; p < P + extra; ++p) copy_block_rows(blocks, alloc.prepare_write(g, p));
+    for (std::int64_t p = P; p < P + extra; ++p) {
+      const BlockCopy c = alloc.prepare_write(g, p);
+      copy_block_rows(blocks, c.from, c.to, c.rows);
+    }
     own.push_back(randn<double>({1, extra, 1, dk}, 0.0, 1.0, Device::cpu(), gen));
     paged_cache_write(blocks, upload(), Tensor<std::int64_t>::from_vector({g}, {1}),
                       Tensor<std::int64_t>::from_vector({P}, {1}), own.back());
@@ -337,8 +340,8 @@ TEST(PagedDecodeAttention, Errors) {
                     "paged_decode_attention", "do not fit");
   EXPECT_KILN_ERROR(paged_cache_write(blocks, table, one(1), one(7), zeros<double>({1, 2, 1, 6})), "paged_cache_write",
                     "sequence 1's block 1 (position 8) is -1");
-  EXPECT_KILN_ERROR(copy_block_rows(blocks, BlockCopy{0, 0, 3}), "copy_block_rows", "does not fit");
-  EXPECT_KILN_ERROR(copy_block_rows(blocks, BlockCopy{0, 1, 9}), "copy_block_rows", "does not fit");
+  EXPECT_KILN_ERROR(copy_block_rows(blocks, 0, 0, 3), "copy_block_rows", "does not fit");
+  EXPECT_KILN_ERROR(copy_block_rows(blocks, 0, 1, 9), "copy_block_rows", "does not fit");
 }
 
 }  // namespace

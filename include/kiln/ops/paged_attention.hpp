@@ -24,7 +24,6 @@
 #include <vector>
 
 #include "kiln/backend/cpu/decode_attention.hpp"
-#include "kiln/infer/block_allocator.hpp"
 #include "kiln/ops/common.hpp"
 #include "kiln/ops/copy.hpp"
 #include "kiln/ops/decode_attention.hpp"
@@ -147,24 +146,24 @@ Tensor<T> paged_decode_attention(const Tensor<T>& q, const Tensor<T>& k_blocks, 
   return out;
 }
 
-// The allocator's copy-on-write (infer::BlockAllocator::prepare_write): the first copy.rows rows
-// of block copy.from into block copy.to, in blocks [num_blocks, block_tokens, row...] (contiguous:
-// those rows are one contiguous range in each block). Any device; a copy of 0 rows does nothing.
+// The first `rows` rows of block `from` into block `to`, in blocks [num_blocks, block_tokens,
+// row...] (contiguous: those rows are one contiguous range in each block): the copy-on-write that
+// infer::BlockAllocator::prepare_write asks for (its BlockCopy). Any device; 0 rows do nothing.
 template <class T>
-void copy_block_rows(const Tensor<T>& blocks, const infer::BlockCopy& copy) {
+void copy_block_rows(const Tensor<T>& blocks, std::int64_t from, std::int64_t to, std::int64_t rows) {
   const char* op = "copy_block_rows";
   check_defined(op, blocks);
   check(blocks.dim() >= 2 && blocks.is_contiguous(), op,
         "blocks must be a contiguous [num_blocks, block_tokens, ...], got shape ", blocks.shape());
-  if (copy.rows == 0) return;
+  if (rows == 0) return;
   const std::int64_t num_blocks = blocks.size(0), block_tokens = blocks.size(1);
-  check(copy.from >= 0 && copy.from < num_blocks && copy.to >= 0 && copy.to < num_blocks && copy.from != copy.to &&
-            copy.rows > 0 && copy.rows <= block_tokens,
-        op, "copy of ", copy.rows, " rows from block ", copy.from, " to block ", copy.to, " does not fit ",
-        num_blocks, " blocks of ", block_tokens, " rows");
+  check(from >= 0 && from < num_blocks && to >= 0 && to < num_blocks && from != to && rows > 0 &&
+            rows <= block_tokens,
+        op, "copy of ", rows, " rows from block ", from, " to block ", to, " does not fit ", num_blocks,
+        " blocks of ", block_tokens, " rows");
   const std::int64_t block_elements = blocks.numel() / num_blocks, row = block_elements / block_tokens;
-  copy_bytes(blocks.data() + copy.to * block_elements, blocks.device(), blocks.data() + copy.from * block_elements,
-             blocks.device(), static_cast<std::size_t>(copy.rows * row) * sizeof(T));
+  copy_bytes(blocks.data() + to * block_elements, blocks.device(), blocks.data() + from * block_elements,
+             blocks.device(), static_cast<std::size_t>(rows * row) * sizeof(T));
 }
 
 }  // namespace kiln
