@@ -39,18 +39,6 @@ inline nn::DeepseekV3Config ep_config(int world) {
   return c;
 }
 
-// Sets the process-wide MoE dispatch path for a scope.
-class DispatchPath {
- public:
-  explicit DispatchPath(nn::MoEDispatch path) : saved_(nn::moe_dispatch_path()) { nn::moe_dispatch_path() = path; }
-  ~DispatchPath() { nn::moe_dispatch_path() = saved_; }
-  DispatchPath(const DispatchPath&) = delete;
-  DispatchPath& operator=(const DispatchPath&) = delete;
-
- private:
-  nn::MoEDispatch saved_;
-};
-
 enum class EpVariant {
   plain,          // gradients compared directly (replicated ones summed over ranks by hand)
   data_parallel,  // replicated parameters averaged by DataParallel, experts as its local parameters
@@ -60,7 +48,7 @@ enum class EpVariant {
 template <class T>
 void check_expert_parallel(const std::shared_ptr<dist::Communicator>& comm, Device dev, double tol, EpVariant variant,
                            nn::MoEDispatch path = nn::MoEDispatch::composed) {
-  const DispatchPath dispatch(path);
+  const nn::MoEDispatchScope dispatch(path);
   const int W = comm->size(), r = comm->rank();
   const nn::DeepseekV3Config c = ep_config(W);
   Generator g1{21, 0}, g2{21, 0};
@@ -176,7 +164,7 @@ void check_expert_parallel(const std::shared_ptr<dist::Communicator>& comm, Devi
 template <class T>
 void check_expert_parallel_model(const std::shared_ptr<dist::Communicator>& comm, Device dev, double tol,
                                  nn::MoEDispatch path) {
-  const DispatchPath dispatch(path);
+  const nn::MoEDispatchScope dispatch(path);
   const int W = comm->size(), r = comm->rank();
   nn::DeepseekV3Config c;
   c.vocab_size = 37;

@@ -38,19 +38,36 @@ std::vector<double> as_doubles(const Tensor<T>& t) {
   return out;
 }
 
+// Groups of the given sizes (rows sorted by group: offsets [G + 1]) with random inputs rounded to T:
+// x [R, K], w [G, N, K], dy [R, N]; largest = the biggest group (at least 1), wgrad's reduction.
+template <class T>
+struct GroupedProblem {
+  std::int64_t R = 0, G = 0, largest = 1;
+  Tensor<std::int64_t> offsets;
+  Tensor<T> x, w, dy;
+
+  GroupedProblem(const std::vector<std::int64_t>& sizes, std::int64_t N, std::int64_t K) {
+    std::vector<std::int64_t> off{0};
+    for (auto s : sizes) {
+      off.push_back(off.back() + s);
+      largest = std::max(largest, s);
+    }
+    R = off.back();
+    G = static_cast<std::int64_t>(sizes.size());
+    offsets = Tensor<std::int64_t>::from_vector(off, {G + 1});
+    x = cast<T>(randn<float>({R, K}));
+    w = cast<T>(randn<float>({G, N, K}));
+    dy = cast<T>(randn<float>({R, N}));
+  }
+};
+
 template <class T>
 void check_grouped(const std::vector<std::int64_t>& sizes, std::int64_t N, std::int64_t K) {
-  std::vector<std::int64_t> off{0};
-  std::int64_t largest = 1;
-  for (auto s : sizes) {
-    off.push_back(off.back() + s);
-    largest = std::max(largest, s);
-  }
-  const std::int64_t R = off.back(), G = static_cast<std::int64_t>(sizes.size());
-  SCOPED_TRACE(::testing::Message() << str(dtype_of<T>) << " G " << G << " R " << R << " N " << N << " K " << K);
-  const Tensor<std::int64_t> offsets = Tensor<std::int64_t>::from_vector(off, {G + 1});
-  const Tensor<T> x = cast<T>(randn<float>({R, K})), w = cast<T>(randn<float>({G, N, K}));
-  const Tensor<T> dy = cast<T>(randn<float>({R, N}));
+  const GroupedProblem<T> pb(sizes, N, K);
+  SCOPED_TRACE(::testing::Message() << str(dtype_of<T>) << " G " << pb.G << " R " << pb.R << " N " << N << " K " << K);
+  const std::int64_t largest = pb.largest;
+  const Tensor<std::int64_t>& offsets = pb.offsets;
+  const Tensor<T> &x = pb.x, &w = pb.w, &dy = pb.dy;
 
   // float64 reference: the op on the CPU in double from the same rounded inputs.
   const Tensor<double> xd = cast<double>(x).requires_grad_(), wd = cast<double>(w).requires_grad_();
@@ -98,17 +115,11 @@ std::vector<Path> paths_to_test() {
 // NaN first, so an unwritten element fails; the kernel trace proves which kernel ran.
 template <class T>
 void check_paths(const std::vector<std::int64_t>& sizes, std::int64_t N, std::int64_t K, bool with_wgrad = true) {
-  std::vector<std::int64_t> off{0};
-  std::int64_t largest = 1;
-  for (auto s : sizes) {
-    off.push_back(off.back() + s);
-    largest = std::max(largest, s);
-  }
-  const std::int64_t R = off.back(), G = static_cast<std::int64_t>(sizes.size());
-  SCOPED_TRACE(::testing::Message() << str(dtype_of<T>) << " G " << G << " R " << R << " N " << N << " K " << K);
-  const Tensor<std::int64_t> offsets = Tensor<std::int64_t>::from_vector(off, {G + 1});
-  const Tensor<T> x = cast<T>(randn<float>({R, K})), w = cast<T>(randn<float>({G, N, K}));
-  const Tensor<T> dy = cast<T>(randn<float>({R, N}));
+  const GroupedProblem<T> pb(sizes, N, K);
+  SCOPED_TRACE(::testing::Message() << str(dtype_of<T>) << " G " << pb.G << " R " << pb.R << " N " << N << " K " << K);
+  const std::int64_t R = pb.R, G = pb.G, largest = pb.largest;
+  const Tensor<std::int64_t>& offsets = pb.offsets;
+  const Tensor<T> &x = pb.x, &w = pb.w, &dy = pb.dy;
   const Tensor<double> xd = cast<double>(x), wd = cast<double>(w), dyd = cast<double>(dy);
   Tensor<double> y_ref({R, N}), dx_ref({R, K}), dw_ref({G, N, K});
   cpu::grouped_gemm_forward(xd.data(), wd.data(), offsets.data(), y_ref.data(), static_cast<int>(G), N, K);

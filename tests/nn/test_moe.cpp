@@ -20,13 +20,6 @@ using nn::MoE;
 
 namespace {
 
-// Sets the process-wide MoE dispatch for one scope.
-struct DispatchScope {
-  nn::MoEDispatch saved = nn::moe_dispatch_path();
-  explicit DispatchScope(nn::MoEDispatch d) { nn::moe_dispatch_path() = d; }
-  ~DispatchScope() { nn::moe_dispatch_path() = saved; }
-};
-
 DeepseekV3Config tiny_config() {
   DeepseekV3Config c;
   c.hidden_size = 6;
@@ -182,23 +175,6 @@ TEST(MoE, ParameterNamesAndShapes) {
   // The bias is state (checkpointed) but not a parameter (never optimised).
   for (auto& [name, t] : moe.named_parameters()) EXPECT_EQ(name.find("e_score_correction_bias"), std::string::npos);
   EXPECT_EQ(moe.named_parameters().size(), expected.size() - 1);
-}
-
-TEST(MoE, MatchesPerTokenLoopOverExperts) {
-  auto c = tiny_config();
-  for (std::int64_t topk_group : {1, 2, 3}) {
-    c.topk_group = topk_group;
-    Generator gen{11, 0};
-    MoE<double> moe(c, gen);
-    set_bias(moe, {0.05, -0.1, 0.2, 0.0, -0.03, 0.12});
-    for (const Shape& shape : {Shape{1, 6}, Shape{7, 6}, Shape{3, 11, 6}}) {
-      const auto x = randn<double>(shape);
-      const auto y = moe(x);
-      EXPECT_EQ(y.shape(), x.shape());
-      const Vec ref = moe_ref(moe, x.to_vector(), x.numel() / 6, c);
-      EXPECT_LT(relative_error(y.to_vector(), ref), 1e-12) << "topk_group " << topk_group << " shape " << kiln::str(shape);
-    }
-  }
 }
 
 TEST(MoE, NonContiguousInputAndNoSharedExperts) {
@@ -465,7 +441,7 @@ TEST(MoE, GradcheckWrtGateExpertsAndInput) {
   }
   for (const nn::MoEDispatch path : {nn::MoEDispatch::composed, nn::MoEDispatch::fused}) {
     SCOPED_TRACE(path == nn::MoEDispatch::fused ? "fused dispatch" : "composed dispatch");
-    DispatchScope scope(path);
+    nn::MoEDispatchScope scope(path);
     EXPECT_GRADCHECK(
         [&](const std::vector<Tensor<double>>& in) {
           std::size_t i = 1;
@@ -499,10 +475,11 @@ TEST(MoE, DeterministicAndExpertsWithoutTokens) {
   EXPECT_FALSE(moe.experts[3]->gate_proj.weight.grad().defined());
 }
 
-// The fused dispatch (routing kernel, device layout, grouped expert GEMMs, combine; here their CPU
-// reference loops) against the plain-double per-token loop and the composed path's gradients
-// (finite differences: MoE.GradcheckWrtGateExpertsAndInput runs both paths).
-TEST(MoE, FusedDispatchMatchesReferenceAndComposed) {
+// Both dispatch paths — composed, and fused (routing kernel, device layout, grouped expert GEMMs,
+// combine; here their CPU reference loops) — against the plain-double per-token loop over experts,
+// and the fused path's gradients against the composed path's (finite differences:
+// MoE.GradcheckWrtGateExpertsAndInput runs both paths).
+TEST(MoE, BothDispatchPathsMatchPerTokenLoopOverExperts) {
   auto c = tiny_config();
   for (std::int64_t topk_group : {1, 2, 3}) {
     c.topk_group = topk_group;
@@ -517,10 +494,11 @@ TEST(MoE, FusedDispatchMatchesReferenceAndComposed) {
       Vec dx[2];
       std::vector<std::int64_t> counts[2];
       for (int path = 0; path < 2; ++path) {
-        DispatchScope scope(path == 0 ? nn::MoEDispatch::composed : nn::MoEDispatch::fused);
+        nn::MoEDispatchScope scope(path == 0 ? nn::MoEDispatch::composed : nn::MoEDispatch::fused);
         moe.zero_grad();
         const auto xl = x.detach().requires_grad_();
         const auto y = moe(xl);
+        EXPECT_EQ(y.shape(), x.shape());
         EXPECT_LT(relative_error(y.to_vector(), ref), 1e-12) << "path " << path;
         counts[path] = moe.last_load().counts;
         sum(mul(y, y)).backward();
@@ -538,7 +516,7 @@ TEST(MoE, FusedDispatchMatchesReferenceAndComposed) {
 // The fused dispatch's load accounting: the batch load adds the training forwards (counted by the
 // layout op), and the bias rule runs on those counts.
 TEST(MoE, FusedDispatchLoads) {
-  DispatchScope scope(nn::MoEDispatch::fused);
+  nn::MoEDispatchScope scope(nn::MoEDispatch::fused);
   const auto c = tiny_config();
   Generator gen{21, 0};
   MoE<double> moe(c, gen);
@@ -567,7 +545,7 @@ TEST(MoE, ExpertParallelPathOnOneRankEqualsTheLocalLayer) {
   auto c = tiny_config();
   for (const nn::MoEDispatch path : {nn::MoEDispatch::composed, nn::MoEDispatch::fused}) {
     SCOPED_TRACE(path == nn::MoEDispatch::fused ? "fused dispatch" : "composed dispatch");
-    DispatchScope scope(path);
+    nn::MoEDispatchScope scope(path);
     Generator g1{17, 0}, g2{17, 0};
     MoE<double> local(c, g1);
     auto exchange = std::make_shared<kiln::testing::LoopbackExchange<double>>(Device::cpu());

@@ -295,6 +295,19 @@ inline MoEDispatch& moe_dispatch_path() {
   return path;
 }
 
+// Sets moe_dispatch_path() for the lifetime of the scope, then restores it (tests and benchmarks
+// compare the paths).
+class MoEDispatchScope {
+ public:
+  explicit MoEDispatchScope(MoEDispatch path) : saved_(moe_dispatch_path()) { moe_dispatch_path() = path; }
+  ~MoEDispatchScope() { moe_dispatch_path() = saved_; }
+  MoEDispatchScope(const MoEDispatchScope&) = delete;
+  MoEDispatchScope& operator=(const MoEDispatchScope&) = delete;
+
+ private:
+  MoEDispatch saved_;
+};
+
 // Whether a layer of this hidden size and expert width in T on `device` takes the fused path.
 template <class T>
 bool use_fused_moe(Device device, std::int64_t hidden, std::int64_t width) {
