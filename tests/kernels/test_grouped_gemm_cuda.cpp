@@ -31,6 +31,17 @@ double worst_error(const std::vector<double>& got, const std::vector<double>& wa
   return worst;
 }
 
+// The bound on worst_error for a sum of `terms` products: the one rounding to the 16-bit type
+// (half an ulp: 2^-8 relative for bf16, 2^-11 for fp16) plus the float accumulation's own error,
+// which relative to the sum's size sqrt(terms) is about sqrt(terms)·2^-24 (a random walk of
+// roundings on partial sums of size sqrt(terms)); 4× that covers tensor cores that truncate. It
+// matters only for fp16 at thousands of terms: at N = 7168 the three kernels (plain included) all
+// gave 4.93e-4 against the rounding alone, 4.88e-4; at K = 1000, 4.8838e-4 against 4.8828e-4.
+template <class T>
+double error_bound(double terms) {
+  return (std::is_same_v<T, bf16> ? 1.0 / 256 : 1.0 / 2048) + 4.0 * std::sqrt(terms) * std::ldexp(1.0, -24);
+}
+
 template <class T>
 std::vector<double> as_doubles(const Tensor<T>& t) {
   std::vector<double> out;
@@ -79,11 +90,10 @@ void check_grouped(const std::vector<std::int64_t>& sizes, std::int64_t N, std::
   const Tensor<T> yg = grouped_linear(xg, wg, on_gpu(offsets));
   yg.backward(on_gpu(dy));
 
-  const double tol = std::is_same_v<T, bf16> ? 1.0 / 256 : 1.0 / 2048;
-  EXPECT_LE(worst_error(as_doubles(yg), yd.to_vector(), std::sqrt(static_cast<double>(K))), tol) << "forward";
-  EXPECT_LE(worst_error(as_doubles(xg.grad()), xd.grad().to_vector(), std::sqrt(static_cast<double>(N))), tol)
-      << "dgrad";
-  EXPECT_LE(worst_error(as_doubles(wg.grad()), wd.grad().to_vector(), std::sqrt(static_cast<double>(largest))), tol)
+  const double k = static_cast<double>(K), n = static_cast<double>(N), rows = static_cast<double>(largest);
+  EXPECT_LE(worst_error(as_doubles(yg), yd.to_vector(), std::sqrt(k)), error_bound<T>(k)) << "forward";
+  EXPECT_LE(worst_error(as_doubles(xg.grad()), xd.grad().to_vector(), std::sqrt(n)), error_bound<T>(n)) << "dgrad";
+  EXPECT_LE(worst_error(as_doubles(wg.grad()), wd.grad().to_vector(), std::sqrt(rows)), error_bound<T>(rows))
       << "wgrad";
 }
 
@@ -130,14 +140,7 @@ void check_paths(const std::vector<std::int64_t>& sizes, std::int64_t N, std::in
   const Tensor<std::int64_t> offsets_gpu = on_gpu(offsets);
   const Tensor<T> x_gpu = on_gpu(x), w_gpu = on_gpu(w), dy_gpu = on_gpu(dy);
   const T nan = convert<T>(std::numeric_limits<double>::quiet_NaN());
-  // The bound: the one rounding to the 16-bit type (half an ulp: 2^-8 relative for bf16, 2^-11 for
-  // fp16) plus the float accumulation's own error, which relative to the sum's size sqrt(terms) is
-  // about sqrt(terms)·2^-24 (a random walk of roundings on partial sums of size sqrt(k)); 4× that
-  // covers tensor cores that truncate. It matters only for fp16 at thousands of terms: at N = 7168
-  // the three kernels (plain included) all gave 4.93e-4 against the rounding alone, 4.88e-4.
-  const auto tol = [](double terms) {
-    return (std::is_same_v<T, bf16> ? 1.0 / 256 : 1.0 / 2048) + 4.0 * std::sqrt(terms) * std::ldexp(1.0, -24);
-  };
+  const auto tol = [](double terms) { return error_bound<T>(terms); };
   for (const Path& path : paths_to_test()) {
     SCOPED_TRACE(::testing::Message() << path.variant << " tile width " << path.block_n);
     Tensor<T> y = full<T>({R, N}, nan, gpu), dx = full<T>({R, K}, nan, gpu), dw = full<T>({G, N, K}, nan, gpu);
@@ -221,7 +224,7 @@ TEST(GroupedGemmCuda, GroupsDoNotSeeTheirNeighbours) {
                                 offsets_gpu, R, 2, N, K, path.implementation, path.block_n);
     detail::grouped_gemm_launch("test", kernels::GroupedGemmKind::wgrad, dw, x_gpu, dy_gpu, Tensor<bf16>(),
                                 offsets_gpu, R, 2, N, K, path.implementation, path.block_n);
-    const double tol = 1.0 / 256 + 4.0 * std::sqrt(static_cast<double>(K)) * std::ldexp(1.0, -24);
+    const double tol = error_bound<bf16>(static_cast<double>(K));
     EXPECT_LE(worst_error(group0(as_doubles(y), first * N), group0(y_ref.to_vector(), first * N), std::sqrt(96.0)), tol)
         << "forward";
     EXPECT_LE(worst_error(group0(as_doubles(dx), first * K), group0(dx_ref.to_vector(), first * K), std::sqrt(64.0)),
