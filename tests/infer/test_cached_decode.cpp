@@ -289,6 +289,19 @@ TEST(CachedDecode, Errors) {
   EXPECT_KILN_ERROR(PrefillIndex::make({3, 2}, 3, {0, 1}, {0, 2}, 2, cpu), "PrefillIndex", "row 2");
   EXPECT_KILN_ERROR(PrefillIndex::make({3, 2}, 3, {0, 1, 2}, {}, 3, cpu), "PrefillIndex", "rows (2)");
   EXPECT_KILN_ERROR(infer::KVCache<float>::latent(2, 0, 8, 4, 2, cpu), "KVCache::latent", "slots 0");
+  EXPECT_KILN_ERROR(infer::KVCache<float>::latent(2, infer::CacheLayout::paged(2, 8, 4, 0), 4, 2, cpu),
+                    "KVCache::latent", "num_blocks 0");
+  const auto paged = infer::KVCache<float>::separate(1, infer::CacheLayout::paged(2, 9, 4, 5), 1, 2, 2, cpu);
+  EXPECT_EQ(paged.layer(0).k.shape(), (Shape{5, 4, 1, 2}));   // [blocks, block tokens, kv heads, dim]
+  EXPECT_EQ(paged.layer(0).table.shape(), (Shape{2, 3}));     // [sequences, ceil(9 / 4)]
+  EXPECT_EQ(paged.layer(0).table.to_vector(), std::vector<std::int64_t>(6, -1));
+  EXPECT_KILN_ERROR(paged.set_block_table({0, 1, 2}), "KVCache::set_block_table", "needs 6 entries", "got 3");
+  EXPECT_KILN_ERROR(paged.set_block_table({0, 1, 2, 3, 4, 5}), "KVCache::set_block_table", "entry 5");
+  paged.set_block_table({4, -1, -1, 0, 1, -1});
+  EXPECT_EQ(paged.layer(0).table.to_vector(), (std::vector<std::int64_t>{4, -1, -1, 0, 1, -1}));
+  const auto slots = infer::KVCache<float>::separate(1, 2, 8, 1, 2, 2, cpu);
+  EXPECT_KILN_ERROR(slots.set_block_table({}), "KVCache::set_block_table", "contiguous");
+  EXPECT_KILN_ERROR(slots.copy_block({0, 1, 2}), "KVCache::copy_block", "contiguous");
   EXPECT_KILN_ERROR(infer::DecodeIndex::at(tensor<std::int64_t>({0, 1}), tensor<std::int64_t>({0})), "DecodeIndex",
                     "[2]", "[1]");
 

@@ -382,6 +382,49 @@ TEST(Engine, ProgressAndBuckets) {
   expect_logits_of_full_forward(*m, prompts, 3, out, log, 1e-10);
 }
 
+// The paged cache (options.cache_block_tokens) at block sizes that put block boundaries inside
+// the prompts (lengths 1, 3, 4, 6) and the completions: 1 (every token its own block), 2, 3 and 4,
+// with groups of 3 (forked prompts, copy-on-write of the prompt's partly filled last block), eos
+// ending samples early (their blocks given back mid-wave) and waves of 5 splitting groups. Every
+// row drawn from is still the uncached forward's, and the draws equal the contiguous cache's.
+template <class Model>
+void paged_cache_follows_full_forward(Model& m) {
+  const Prompts prompts = ragged_prompts(m.vocab_size());
+  infer::SamplingParams p;
+  p.temperature = 1.1;
+  p.max_new_tokens = 9;
+  p.eos_token_ids = {5, 11, 17};
+  p.seed = 31;
+  infer::GenerateOptions contiguous;
+  contiguous.samples_per_prompt = 3;
+  contiguous.cache_block_tokens = 0;
+  const auto want = tokens_of(infer::generate(m, prompts, p, contiguous));
+  for (const std::int64_t block_tokens : {1, 2, 3, 4}) {
+    for (const std::int64_t max_batch : {0, 5}) {
+      SCOPED_TRACE(::testing::Message() << "block_tokens " << block_tokens << ", max_batch " << max_batch);
+      LogitsLog log;
+      infer::GenerateOptions o = contiguous;
+      o.cache_block_tokens = block_tokens;
+      o.max_batch = max_batch;
+      o.pad_to_bucket = max_batch > 0;
+      o.on_logits = log.hook();
+      const auto out = infer::generate(m, prompts, p, o);
+      EXPECT_EQ(tokens_of(out), want);
+      expect_logits_of_full_forward(m, prompts, 3, out, log, 1e-10);
+    }
+  }
+}
+
+TEST(Engine, LlamaPagedCacheFollowsTheUncachedForward) {
+  auto m = make_llama<double>(12, infer_llama_config(), 0.2);
+  paged_cache_follows_full_forward(*m);
+}
+
+TEST(Engine, DeepseekPagedCacheFollowsTheUncachedForward) {
+  auto m = make_deepseek<double>(13, infer_deepseek_config(), 0.2);
+  paged_cache_follows_full_forward(*m);
+}
+
 TEST(Engine, Errors) {
   auto m = make_llama<double>(11);
   const Prompts ok{{1, 2, 3}};

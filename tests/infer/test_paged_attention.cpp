@@ -104,12 +104,12 @@ TEST(BlockAllocator, ErrorsChangeNothing) {
   check_invariants(a);
 }
 
-// Random reserve / fork / write / release sequences keep the invariants, and every write lands in a
+// Random reserve / fork / write / truncate / release sequences keep the invariants, and every write lands in a
 // block its sequence owns alone.
 TEST(BlockAllocator, RandomOperationsKeepTheInvariants) {
   std::mt19937_64 rng(7);
   BlockAllocator a(40, 4, 6, 12);
-  int forks = 0, copies = 0, refusals = 0;
+  int forks = 0, copies = 0, refusals = 0, truncations = 0;
   for (int step = 0; step < 3000; ++step) {
     const std::int64_t s = static_cast<std::int64_t>(rng() % 6);
     const int kind = static_cast<int>(rng() % 10);
@@ -125,6 +125,11 @@ TEST(BlockAllocator, RandomOperationsKeepTheInvariants) {
           copies += a.prepare_write(s, p).rows > 0 ? 1 : 0;
           EXPECT_EQ(a.references(a.blocks(s)[static_cast<std::size_t>(p / 4)]), 1);
         }
+      } else if (kind < 9) {
+        const std::int64_t keep = static_cast<std::int64_t>(rng() % static_cast<std::uint64_t>(a.length(s) + 1));
+        truncations += a.blocks_for(keep) < static_cast<std::int64_t>(a.blocks(s).size()) ? 1 : 0;
+        a.truncate(s, keep);
+        EXPECT_EQ(a.length(s), keep);
       } else {
         a.release(s);
       }
@@ -141,6 +146,7 @@ TEST(BlockAllocator, RandomOperationsKeepTheInvariants) {
   EXPECT_GT(forks, 20);
   EXPECT_GT(copies, 10);
   EXPECT_GT(refusals, 0);
+  EXPECT_GT(truncations, 10);
 }
 
 // ---- the paged ops ----

@@ -118,6 +118,20 @@ class BlockAllocator {
     return copy;
   }
 
+  // Shrinks sequence seq to `tokens` rows (never grows): gives back its blocks past the first
+  // blocks_for(tokens) (a shared one stays with its other owners). The prefill writes a prompt's
+  // padded rows too, then keeps only the blocks its true length needs.
+  void truncate(std::int64_t seq, std::int64_t tokens) {
+    const std::size_t s = index(seq, "truncate");
+    check(tokens >= 0, "BlockAllocator::truncate", "tokens must not be negative, got ", tokens);
+    std::vector<std::int64_t>& list = lists_[s];
+    const auto keep = static_cast<std::size_t>(std::min<std::int64_t>(blocks_for(tokens), static_cast<std::int64_t>(list.size())));
+    for (std::size_t i = keep; i < list.size(); ++i)
+      if (--refs_[static_cast<std::size_t>(list[i])] == 0) free_.insert(list[i]);
+    list.resize(keep);
+    lengths_[s] = std::min(lengths_[s], tokens);
+  }
+
   // Gives back seq's blocks (a shared block stays with its other owners); seq is empty afterwards.
   void release(std::int64_t seq) {
     const std::size_t s = index(seq, "release");

@@ -28,6 +28,18 @@
 //     the rows of those left (it knows every value: the tokens it just read, positions, slots and
 //     ids) and uploads them as one packed tensor — only on steps where some sample finished, never
 //     per token; their cache rows stay where they are. A finished sample costs nothing afterwards.
+// The cache is paged by default (options.cache_block_tokens = 64; 0: one contiguous slot of
+// capacity = longest prompt + max_new_tokens rows per sample, infer/kv_cache.hpp). A wave then
+// holds a pool of blocks and a BlockAllocator (infer/block_allocator.hpp):
+//   - prefill writes each distinct prompt ONCE, into its first sample's blocks; the other samples
+//     of its group fork that sequence (they share its blocks, no copy); the first decode step of
+//     each sample copies only the prompt's partly filled last block, where its own token goes;
+//   - a sample takes a new block when its newest token reaches the end of its blocks (every
+//     block_tokens steps), and gives its blocks back when it finishes, for the others to grow
+//     into; the block table is uploaded only when a list changed;
+//   - the pool is sized for the wave's worst case (every sample to max_new_tokens), so a step
+//     never runs out: with G samples of a P-token prompt the group holds about P + G·max_new
+//     rows instead of G·(P + max_new).
 // Draws are keyed by (seed, sample id, position): sample id = options.sample_id_base +
 // prompt·G + sample, position = the drawn token's position in its sequence. The same seed gives
 // the same samples, whatever the batch (its size, its other prompts, waves, padding) — up to the
@@ -60,6 +72,7 @@
 #include <limits>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -68,6 +81,7 @@
 #include "kiln/core/device_graph.hpp"
 #include "kiln/core/device_readback.hpp"
 #include "kiln/data/tokenizer.hpp"
+#include "kiln/infer/block_allocator.hpp"
 #include "kiln/infer/completion.hpp"
 #include "kiln/infer/kv_cache.hpp"
 #include "kiln/infer/sampling_params.hpp"
@@ -104,6 +118,8 @@ struct GenerateOptions {
   bool pad_to_bucket = false;                   // pad the active rows to a power of two (see above)
   bool cuda_graphs = true;                      // GPU: replay each decode step as a CUDA graph
                                                 // (implies pad_to_bucket; not with on_logits)
+  std::int64_t cache_block_tokens = 64;         // the paged KV cache's block size (see above);
+                                                // 0: one contiguous slot per sample
   std::function<void(const GenerationProgress&)> on_progress;
   std::function<void(const StepLogits&)> on_logits;
 };
@@ -176,6 +192,7 @@ class Engine {
     std::vector<CompletionBuilder>& samples;
     std::int64_t total;
     std::int64_t finished = 0, tokens = 0, step = 0;
+    BlockAllocator* blocks = nullptr;  // the wave's paged cache bookkeeping (null: contiguous)
   };
 
   // An active sample of the wave: its index in the output, its cache slot, and the position of its
@@ -215,9 +232,23 @@ class Engine {
 
     // Capacity: the longest prompt plus max_new_tokens (the last token drawn is never fed back,
     // so every fed position is < capacity).
-    auto cache = m.make_decode_cache(count + spare, S + run.params.max_new_tokens);
-    const PrefillIndex prefill = PrefillIndex::make(lengths, S, slots, rows, count + spare, device);
-    const Tensor<T> first_logits = m.prefill(Tensor<std::int64_t>::from_vector(ids, {B, S}, device), prefill, cache);
+    const std::int64_t sequences = count + spare, capacity = S + run.params.max_new_tokens;
+    const std::int64_t block_tokens = run.options.cache_block_tokens;
+    const Tensor<std::int64_t> prompt_ids = Tensor<std::int64_t>::from_vector(ids, {B, S}, device);
+    std::optional<BlockAllocator> blocks;
+    Tensor<T> first_logits;
+    auto cache = block_tokens > 0
+                     ? m.make_decode_cache(CacheLayout::paged(sequences, capacity, block_tokens,
+                                                              pool_blocks(run, lengths, rows, S, block_tokens, spare)))
+                     : m.make_decode_cache(CacheLayout::contiguous(sequences, capacity));
+    if (block_tokens > 0) {
+      blocks.emplace(cache.kv.layout().num_blocks, block_tokens, sequences, cache.kv.layout().max_blocks());
+      run.blocks = &*blocks;
+      first_logits = prefill_shared(run, prompt_ids, lengths, rows, slots, spare, cache);
+    } else {
+      const PrefillIndex prefill = PrefillIndex::make(lengths, S, slots, rows, sequences, device);
+      first_logits = m.prefill(prompt_ids, prefill, cache);
+    }
 
     // The first draw, from each sample's prompt logits, at position L (the first new token's).
     std::vector<Row> active;
@@ -237,6 +268,85 @@ class Engine {
     } else {
       decode_eager(run, cache, count, active, drawn);
     }
+    run.blocks = nullptr;
+  }
+
+  // Blocks a paged wave can need at its peak: during the prefill every prompt row holds S
+  // positions (the padding is written too); while decoding, each prompt's full blocks once
+  // (shared by its samples) and per sample the blocks from its prompt's last, partly filled one up
+  // to its last fed position (< L + max_new_tokens), whatever order samples grow and finish in.
+  // Plus the padding rows' sequence, `spare` of them: between uploads of the rows, eager steps
+  // advance every row's position on the device (DecodeIndex::next), padding rows too, so it holds
+  // blocks for the whole capacity.
+  static std::int64_t pool_blocks(const Run& run, const std::vector<std::int64_t>& lengths,
+                                  const std::vector<std::int64_t>& rows, std::int64_t S, std::int64_t block_tokens,
+                                  std::int64_t spare) {
+    const auto blocks_for = [&](std::int64_t tokens) { return (tokens + block_tokens - 1) / block_tokens; };
+    std::int64_t decode = 0;
+    for (const std::int64_t L : lengths) decode += L / block_tokens;
+    for (const std::int64_t r : rows) {
+      const std::int64_t L = lengths[static_cast<std::size_t>(r)];
+      decode += blocks_for(L + run.params.max_new_tokens) - L / block_tokens;
+    }
+    const std::int64_t prefill = static_cast<std::int64_t>(lengths.size()) * blocks_for(S);
+    return std::max(prefill, decode) + spare * blocks_for(S + run.params.max_new_tokens);
+  }
+
+  // The paged prefill: each distinct prompt is written once, to its first sample's sequence (which
+  // holds blocks for all S padded positions while the prefill writes them, then gives back those
+  // past its prompt), and the wave's other samples of that prompt fork it: they share its blocks
+  // (BlockAllocator::fork), to be copied on write only where a sample's first new token lands in
+  // the prompt's partly filled last block. The padding rows' sequence (`count`, when spare) holds
+  // blocks for the whole capacity (pool_blocks). Returns the first logits row of every sample,
+  // [count, vocab].
+  template <class Cache>
+  Tensor<T> prefill_shared(const Run& run, const Tensor<std::int64_t>& prompt_ids,
+                           const std::vector<std::int64_t>& lengths, const std::vector<std::int64_t>& rows,
+                           const std::vector<std::int64_t>& slots, std::int64_t spare, Cache& cache) const {
+    BlockAllocator& blocks = *run.blocks;
+    const auto B = static_cast<std::int64_t>(lengths.size()), count = static_cast<std::int64_t>(rows.size());
+    const std::int64_t S = prompt_ids.size(1);
+    std::vector<std::int64_t> parent(static_cast<std::size_t>(B), -1);  // per prompt row: its first sample's slot
+    for (std::int64_t a = 0; a < count; ++a) {
+      std::int64_t& p = parent[static_cast<std::size_t>(rows[static_cast<std::size_t>(a)])];
+      if (p < 0) p = slots[static_cast<std::size_t>(a)];
+    }
+    for (const std::int64_t p : parent) blocks.reserve(p, S);
+    if (spare > 0) blocks.reserve(count, blocks.max_blocks() * blocks.block_tokens());
+    cache.kv.set_block_table(blocks.table());
+    const PrefillIndex prefill = PrefillIndex::make(lengths, S, parent, {}, blocks.num_sequences(), model_->device());
+    const Tensor<T> prompt_logits = model_->prefill(prompt_ids, prefill, cache);  // [B, vocab]
+    for (std::int64_t b = 0; b < B; ++b) blocks.truncate(parent[static_cast<std::size_t>(b)], lengths[static_cast<std::size_t>(b)]);
+    std::vector<std::int64_t> row_ids;
+    for (std::int64_t a = 0; a < count; ++a) {
+      const std::int64_t r = rows[static_cast<std::size_t>(a)], slot = slots[static_cast<std::size_t>(a)];
+      if (slot != parent[static_cast<std::size_t>(r)]) blocks.fork(parent[static_cast<std::size_t>(r)], slot);
+      row_ids.push_back(r);
+    }
+    cache.kv.set_block_table(blocks.table());
+    bool identity = B == count;
+    for (std::int64_t a = 0; a < count && identity; ++a) identity = row_ids[static_cast<std::size_t>(a)] == a;
+    return identity ? prompt_logits
+                    : index_select(prompt_logits, 0, Tensor<std::int64_t>::from_vector(row_ids, {count}, model_->device()));
+  }
+
+  // Before a decode step writes each active sample's newest token (at r.position) into a paged
+  // cache: a block for that position where the sample's blocks end, and a private copy of a block
+  // it still shares (its prompt's last one, on its first step). The block table is copied to the
+  // device only when a list changed: every block_tokens steps, and on the first.
+  template <class Cache>
+  static void prepare_blocks(const Run& run, const Cache& cache, const std::vector<Row>& active) {
+    if (!run.blocks) return;
+    BlockAllocator& blocks = *run.blocks;
+    bool changed = false;
+    for (const Row& r : active) {
+      const std::size_t before = blocks.blocks(r.slot).size();
+      blocks.reserve(r.slot, r.position + 1);
+      const BlockCopy copy = blocks.prepare_write(r.slot, r.position);
+      if (copy.to >= 0) cache.kv.copy_block(copy);
+      changed = changed || copy.to >= 0 || blocks.blocks(r.slot).size() != before;
+    }
+    if (changed) cache.kv.set_block_table(blocks.table());
   }
 
   bool use_graphs(const Run& run) const {
@@ -286,6 +396,7 @@ class Engine {
         step_ids = drawn;
         index = index.next();
       }
+      prepare_blocks(run, cache, active);
       Tensor<T> logits;
       {
         // The ids are the sampler's own draws (valid by construction): no range-check read-back.
@@ -315,6 +426,7 @@ class Engine {
     while (!active.empty()) {
       const std::int64_t rows_n = detail::bucket_size(static_cast<std::int64_t>(active.size()));
       const std::vector<std::int64_t> rows = step_rows(run, active, rows_n, count);
+      prepare_blocks(run, cache, active);
       std::unique_ptr<Step>& step = steps[rows_n];
       const bool fresh = !step;
       if (fresh) {
@@ -387,6 +499,7 @@ class Engine {
       ++run.tokens;
       if (run.samples[static_cast<std::size_t>(active[r].sample)].append(tokens[r])) {
         ++run.finished;
+        if (run.blocks) run.blocks->release(active[r].slot);  // its blocks serve the others' growth
       } else {
         left.push_back(active[r]);
       }

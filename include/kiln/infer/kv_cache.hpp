@@ -22,6 +22,17 @@
 // (decode_attention attends over j < lengths[a]), so stale rows of finished sequences or padding
 // need no clearing.
 //
+// Two layouts of the same rows (CacheLayout):
+//   contiguous  [slots, capacity, kv_heads, dim]: one slot of `capacity` rows per sequence;
+//   paged       [num_blocks, block_tokens, kv_heads, dim]: a pool of blocks, and one block table
+//               [sequences, max_blocks] int64 shared by every layer (ops/paged_attention.hpp):
+//               token j of sequence s in block table[s, j / block_tokens]. The table is one
+//               device tensor for the cache's lifetime (a CUDA graph reads it at a fixed
+//               address); the engine's BlockAllocator (infer/block_allocator.hpp) decides which
+//               blocks a sequence holds, and set_block_table() copies its table in when it changes.
+// A "slot" in the index tensors below is a sequence: a row of the block table when paged. The
+// models write and attend through write_tokens / attend_cached, which take either layout.
+//
 // Index tensors (int64, on the cache's device):
 //   PrefillIndex  prompts [B, S] right-padded, written to R slots (R = B, or B·G when each prompt
 //                 starts a group of G samples: a prompt's keys are computed once and written to
@@ -41,49 +52,89 @@
 #include "kiln/ops/decode_attention.hpp"
 #include "kiln/ops/factory.hpp"
 #include "kiln/ops/gather.hpp"
+#include "kiln/ops/paged_attention.hpp"
 #include "kiln/ops/view.hpp"
+#include "kiln/infer/block_allocator.hpp"
 
 namespace kiln::infer {
+
+// How a cache lays out its rows: `sequences` sequences of up to `capacity` tokens each, either
+// contiguous (one slot of capacity rows each) or paged (block_tokens > 0: a pool of num_blocks
+// blocks, a sequence holding at most ceil(capacity / block_tokens) of them).
+struct CacheLayout {
+  std::int64_t sequences = 0, capacity = 0;
+  std::int64_t block_tokens = 0;  // 0: contiguous
+  std::int64_t num_blocks = 0;    // paged: blocks in the pool
+
+  static CacheLayout contiguous(std::int64_t sequences, std::int64_t capacity) { return {sequences, capacity, 0, 0}; }
+  static CacheLayout paged(std::int64_t sequences, std::int64_t capacity, std::int64_t block_tokens,
+                           std::int64_t num_blocks) {
+    return {sequences, capacity, block_tokens, num_blocks};
+  }
+
+  bool is_paged() const { return block_tokens > 0; }
+  std::int64_t max_blocks() const { return is_paged() ? (capacity + block_tokens - 1) / block_tokens : 0; }
+  // The leading dims of a cache tensor: [slots, capacity] or [num_blocks, block_tokens].
+  std::int64_t rows_dim0() const { return is_paged() ? num_blocks : sequences; }
+  std::int64_t rows_dim1() const { return is_paged() ? block_tokens : capacity; }
+
+  void check(const char* op) const {
+    kiln::check(sequences > 0 && capacity > 0 && block_tokens >= 0 && (!is_paged() || num_blocks > 0), op,
+                "needs slots (sequences) > 0, capacity > 0 and, paged, block_tokens > 0 and num_blocks > 0; got slots ",
+                sequences, ", capacity ", capacity, ", block_tokens ", block_tokens, ", num_blocks ", num_blocks);
+  }
+};
 
 template <class T>
 class KVCache {
  public:
   struct Layer {
-    Tensor<T> k;  // [slots, capacity, kv_heads, k_dim], contiguous (cache_write's target)
-    Tensor<T> v;  // [slots, capacity, kv_heads, v_dim]; for MLA a view of k's first v_dim columns
+    Tensor<T> k;  // [slots, capacity, kv_heads, k_dim] or [num_blocks, block_tokens, ...], contiguous
+    Tensor<T> v;  // likewise with v_dim; for MLA a view of k's first v_dim columns
+    Tensor<std::int64_t> table;  // paged: the cache's block table [sequences, max_blocks]; else undefined
   };
 
   KVCache() = default;
 
-  // Separate keys and values (Llama): per layer k [slots, capacity, kv_heads, k_dim] and
-  // v [slots, capacity, kv_heads, v_dim].
-  static KVCache separate(std::int64_t layers, std::int64_t slots, std::int64_t capacity, std::int64_t kv_heads,
-                          std::int64_t k_dim, std::int64_t v_dim, Device device) {
-    check_sizes("KVCache::separate", layers, slots, capacity, kv_heads, k_dim, v_dim);
-    KVCache c(slots, capacity);
+  // Separate keys and values (Llama): per layer k [..., kv_heads, k_dim] and v [..., kv_heads, v_dim].
+  static KVCache separate(std::int64_t layers, const CacheLayout& layout, std::int64_t kv_heads, std::int64_t k_dim,
+                          std::int64_t v_dim, Device device) {
+    check_sizes("KVCache::separate", layers, layout, kv_heads, k_dim, v_dim);
+    KVCache c(layout, device);
+    const std::int64_t d0 = layout.rows_dim0(), d1 = layout.rows_dim1();
     for (std::int64_t l = 0; l < layers; ++l)
-      c.layers_.push_back({zeros<T>({slots, capacity, kv_heads, k_dim}, device),
-                           zeros<T>({slots, capacity, kv_heads, v_dim}, device)});
+      c.layers_.push_back({zeros<T>({d0, d1, kv_heads, k_dim}, device), zeros<T>({d0, d1, kv_heads, v_dim}, device),
+                           c.table_});
     return c;
   }
+  static KVCache separate(std::int64_t layers, std::int64_t slots, std::int64_t capacity, std::int64_t kv_heads,
+                          std::int64_t k_dim, std::int64_t v_dim, Device device) {
+    return separate(layers, CacheLayout::contiguous(slots, capacity), kv_heads, k_dim, v_dim, device);
+  }
 
-  // The MLA latent cache: per layer one tensor [slots, capacity, 1, latent_dim + rope_dim] of
-  // [c | k_pe]; v is the view of its first latent_dim columns.
-  static KVCache latent(std::int64_t layers, std::int64_t slots, std::int64_t capacity, std::int64_t latent_dim,
-                        std::int64_t rope_dim, Device device) {
-    check_sizes("KVCache::latent", layers, slots, capacity, 1, latent_dim + rope_dim, latent_dim);
+  // The MLA latent cache: per layer one tensor [..., 1, latent_dim + rope_dim] of [c | k_pe]; v is
+  // the view of its first latent_dim columns.
+  static KVCache latent(std::int64_t layers, const CacheLayout& layout, std::int64_t latent_dim, std::int64_t rope_dim,
+                        Device device) {
+    check_sizes("KVCache::latent", layers, layout, 1, latent_dim + rope_dim, latent_dim);
     check(rope_dim >= 0, "KVCache::latent", "rope_dim must be >= 0, got ", rope_dim);
-    KVCache c(slots, capacity);
+    KVCache c(layout, device);
     for (std::int64_t l = 0; l < layers; ++l) {
-      const Tensor<T> k = zeros<T>({slots, capacity, 1, latent_dim + rope_dim}, device);
-      c.layers_.push_back({k, narrow(k, 3, 0, latent_dim)});
+      const Tensor<T> k = zeros<T>({layout.rows_dim0(), layout.rows_dim1(), 1, latent_dim + rope_dim}, device);
+      c.layers_.push_back({k, narrow(k, 3, 0, latent_dim), c.table_});
     }
     return c;
   }
+  static KVCache latent(std::int64_t layers, std::int64_t slots, std::int64_t capacity, std::int64_t latent_dim,
+                        std::int64_t rope_dim, Device device) {
+    return latent(layers, CacheLayout::contiguous(slots, capacity), latent_dim, rope_dim, device);
+  }
 
   std::int64_t num_layers() const { return static_cast<std::int64_t>(layers_.size()); }
-  std::int64_t num_slots() const { return slots_; }
-  std::int64_t capacity() const { return capacity_; }
+  std::int64_t num_slots() const { return layout_.sequences; }
+  std::int64_t capacity() const { return layout_.capacity; }
+  const CacheLayout& layout() const { return layout_; }
+  bool paged() const { return layout_.is_paged(); }
   bool defined() const { return !layers_.empty(); }
 
   const Layer& layer(std::int64_t i) const {
@@ -92,7 +143,30 @@ class KVCache {
     return layers_[static_cast<std::size_t>(i)];
   }
 
-  // Bytes held (a latent cache's v shares k's memory).
+  // Paged: the block table [sequences, max_blocks] (−1: no block), copied into the cache's one
+  // device table (same address, so captured graphs see it): BlockAllocator::table()'s layout.
+  void set_block_table(const std::vector<std::int64_t>& table) const {
+    const char* op = "KVCache::set_block_table";
+    check(paged(), op, "the cache is contiguous: it has no block table");
+    check(static_cast<std::int64_t>(table.size()) == table_.numel(), op, "needs ", table_.numel(),
+          " entries ([", table_.size(0), ", ", table_.size(1), "]), got ", table.size());
+    for (const std::int64_t b : table)
+      check(b >= -1 && b < layout_.num_blocks, op, "entry ", b, " is neither a block of the ", layout_.num_blocks,
+            " nor −1");
+    copy_bytes(table_.data(), table_.device(), table.data(), Device::cpu(), table.size() * sizeof(std::int64_t));
+  }
+
+  // Paged: the copy-on-write a BlockAllocator asked for (its BlockCopy), in every layer's cache.
+  void copy_block(const BlockCopy& c) const {
+    check(paged(), "KVCache::copy_block", "the cache is contiguous: it has no blocks");
+    if (c.rows == 0) return;
+    for (const Layer& l : layers_) {
+      copy_block_rows(l.k, c.from, c.to, c.rows);
+      if (l.v.storage() != l.k.storage()) copy_block_rows(l.v, c.from, c.to, c.rows);
+    }
+  }
+
+  // Bytes held (a latent cache's v shares k's memory; the block table not counted).
   std::int64_t bytes() const {
     std::int64_t n = 0;
     for (const Layer& l : layers_)
@@ -107,18 +181,48 @@ class KVCache {
   }
 
  private:
-  KVCache(std::int64_t slots, std::int64_t capacity) : slots_(slots), capacity_(capacity) {}
+  KVCache(const CacheLayout& layout, Device device) : layout_(layout) {
+    if (layout.is_paged()) {
+      const std::int64_t n = layout.sequences * layout.max_blocks();
+      table_ = Tensor<std::int64_t>::from_vector(std::vector<std::int64_t>(static_cast<std::size_t>(n), -1),
+                                                 {layout.sequences, layout.max_blocks()}, device);
+    }
+  }
 
-  static void check_sizes(const char* op, std::int64_t layers, std::int64_t slots, std::int64_t capacity,
-                          std::int64_t kv_heads, std::int64_t k_dim, std::int64_t v_dim) {
-    check(layers >= 0 && slots > 0 && capacity > 0 && kv_heads > 0 && k_dim > 0 && v_dim > 0, op,
-          "sizes must be positive (layers >= 0): layers ", layers, ", slots ", slots, ", capacity ", capacity,
-          ", kv_heads ", kv_heads, ", k_dim ", k_dim, ", v_dim ", v_dim);
+  static void check_sizes(const char* op, std::int64_t layers, const CacheLayout& layout, std::int64_t kv_heads,
+                          std::int64_t k_dim, std::int64_t v_dim) {
+    layout.check(op);
+    check(layers >= 0 && kv_heads > 0 && k_dim > 0 && v_dim > 0, op,
+          "sizes must be positive (layers >= 0): layers ", layers, ", slots ", layout.sequences, ", capacity ",
+          layout.capacity, ", kv_heads ", kv_heads, ", k_dim ", k_dim, ", v_dim ", v_dim);
   }
 
   std::vector<Layer> layers_;
-  std::int64_t slots_ = 0, capacity_ = 0;
+  CacheLayout layout_;
+  Tensor<std::int64_t> table_;
 };
+
+// values [n, steps, row...] into one of a layer's caches (`cache`: its k or v) at positions
+// positions[a] .. + steps − 1 of sequences slots[a], in either layout (table undefined: contiguous).
+template <class T>
+void write_tokens(const Tensor<T>& cache, const Tensor<std::int64_t>& table, const Tensor<std::int64_t>& slots,
+                  const Tensor<std::int64_t>& positions, const Tensor<T>& values) {
+  if (table.defined()) {
+    paged_cache_write(cache, table, slots, positions, values);
+  } else {
+    cache_write(cache, slots, positions, values);
+  }
+}
+
+// One query token per row, q [n, heads, dk], over the first lengths[a] cached tokens of sequence
+// slots[a] of a layer -> [n, heads, dv], in either layout.
+template <class T>
+Tensor<T> attend_cached(const Tensor<T>& q, const typename KVCache<T>::Layer& layer, const Tensor<std::int64_t>& slots,
+                        const Tensor<std::int64_t>& lengths, double scale) {
+  if (!layer.table.defined()) return decode_attention(q, layer.k, layer.v, slots, lengths, scale);
+  const Tensor<T> o = paged_decode_attention(unsqueeze(q, 1), layer.k, layer.v, layer.table, slots, lengths, scale);
+  return reshape(o, {q.size(0), q.size(1), layer.v.size(3)});
+}
 
 // t + k for an int64 index tensor, on its device, without a host round trip. The device
 // elementwise kernels are floating-point only, so on a GPU the sum runs in double (exact for
@@ -206,14 +310,17 @@ struct PrefillIndex {
 };
 
 // Writes a prefill's per-token cache rows, values [B, S, row...] (row = the cache's trailing
-// dims), to the targets of `index` at positions 0..S−1. Positions past a prompt's length receive
-// padding's rows; decoding overwrites each of them before any query reads it.
+// dims), to the targets of `index` at positions 0..S−1 (table: the layer's block table, or
+// undefined for a contiguous cache; paged, every target must hold blocks for all S positions).
+// Positions past a prompt's length receive padding's rows; decoding overwrites each of them
+// before any query reads it.
 template <class T>
-void write_prompt(const Tensor<T>& cache, const PrefillIndex& index, const Tensor<T>& values) {
+void write_prompt(const Tensor<T>& cache, const Tensor<std::int64_t>& table, const PrefillIndex& index,
+                  const Tensor<T>& values) {
   check_defined("write_prompt", cache, values);
   check(values.dim() >= 2 && values.size(0) == index.batch && values.size(1) == index.seq, "write_prompt",
         "values of shape ", values.shape(), " are not [B, S, ...] for prompts [", index.batch, ", ", index.seq, "]");
-  cache_write(cache, index.slots, index.starts, index.identity ? values : index_select(values, 0, index.rows));
+  write_tokens(cache, table, index.slots, index.starts, index.identity ? values : index_select(values, 0, index.rows));
 }
 
 }  // namespace kiln::infer

@@ -313,14 +313,18 @@ class DeepseekV3ForCausalLM : public Module<T> {
   // The latent caches of `slots` sequences of up to `capacity` tokens each, on the model's device,
   // and the MoE layers' experts stacked for dense dispatch (a snapshot: make a new cache after the
   // weights change).
-  DecodeCache make_decode_cache(std::int64_t slots, std::int64_t capacity) const {
+  // (make_decode_cache(layout): the same in the layout given, paged included.)
+  DecodeCache make_decode_cache(const infer::CacheLayout& layout) const {
     const DeepseekV3Config& c = model.config;
-    DecodeCache cache{infer::KVCache<T>::latent(static_cast<std::int64_t>(model.layers.size()), slots, capacity,
+    DecodeCache cache{infer::KVCache<T>::latent(static_cast<std::int64_t>(model.layers.size()), layout,
                                                 c.kv_lora_rank, c.qk_rope_head_dim, device()),
                       {}};
     for (const auto& layer : model.layers)
       cache.experts.push_back(layer->moe ? layer->moe->stack_experts() : DenseExperts<T>());
     return cache;
+  }
+  DecodeCache make_decode_cache(std::int64_t slots, std::int64_t capacity) const {
+    return make_decode_cache(infer::CacheLayout::contiguous(slots, capacity));
   }
 
   // Prompts ids [B, S] (right-padded: row b's tokens are ids[b, 0 .. lengths_b − 1], the rest any

@@ -67,8 +67,8 @@ class LlamaAttention : public Module<T> {
   Tensor<T> prefill(const Tensor<T>& x, const Tables& tables, const CacheLayer& cache,
                     const infer::PrefillIndex& index) const {
     const Parts p = project(x, tables);
-    infer::write_prompt(cache.k, index, p.k);
-    infer::write_prompt(cache.v, index, p.v);
+    infer::write_prompt(cache.k, cache.table, index, p.k);
+    infer::write_prompt(cache.v, cache.table, index, p.v);
     return attend(p);
   }
 
@@ -81,10 +81,10 @@ class LlamaAttention : public Module<T> {
           "decode takes one token per row, x [n, 1, hidden]; got shape ", x.defined() ? x.shape() : Shape{});
     const Parts p = project(x, tables);
     const std::int64_t n = p.B;
-    cache_write(cache.k, index.slots, index.positions, p.k);
-    cache_write(cache.v, index.slots, index.positions, p.v);
-    const Tensor<T> o = decode_attention(reshape(p.q, {n, num_heads, head_dim}), cache.k, cache.v, index.slots,
-                                         index.lengths, 1.0 / std::sqrt(double(head_dim)));
+    infer::write_tokens(cache.k, cache.table, index.slots, index.positions, p.k);
+    infer::write_tokens(cache.v, cache.table, index.slots, index.positions, p.v);
+    const Tensor<T> o = infer::attend_cached<T>(reshape(p.q, {n, num_heads, head_dim}), cache, index.slots,
+                                                index.lengths, 1.0 / std::sqrt(double(head_dim)));
     return o_proj(reshape(o, {n, 1, num_heads * head_dim}));
   }
 
@@ -260,11 +260,15 @@ class LlamaForCausalLM : public Module<T> {
 
   using DecodeCache = LlamaDecodeCache<T>;
 
-  // The keys and values of `slots` sequences of up to `capacity` tokens each, on the model's device.
-  DecodeCache make_decode_cache(std::int64_t slots, std::int64_t capacity) const {
+  // The keys and values of `slots` sequences of up to `capacity` tokens each, on the model's device
+  // (contiguous; or in the layout given, paged included).
+  DecodeCache make_decode_cache(const infer::CacheLayout& layout) const {
     const std::int64_t d = model.config.resolved_head_dim();
-    return {infer::KVCache<T>::separate(static_cast<std::int64_t>(model.layers.size()), slots, capacity,
+    return {infer::KVCache<T>::separate(static_cast<std::int64_t>(model.layers.size()), layout,
                                         model.config.num_key_value_heads, d, d, device())};
+  }
+  DecodeCache make_decode_cache(std::int64_t slots, std::int64_t capacity) const {
+    return make_decode_cache(infer::CacheLayout::contiguous(slots, capacity));
   }
 
   // Prompts ids [B, S] (right-padded: row b's tokens are ids[b, 0 .. lengths_b − 1], the rest any

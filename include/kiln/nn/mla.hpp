@@ -129,7 +129,7 @@ class MLA : public Module<T> {
   Tensor<T> prefill(const Tensor<T>& x, const Tables& tables, const typename infer::KVCache<T>::Layer& cache,
                     const infer::PrefillIndex& index) const {
     const Parts p = project(x, tables);
-    infer::write_prompt(cache.k, index, latent_row(p));
+    infer::write_prompt(cache.k, cache.table, index, latent_row(p));
     return attend_naive(p);
   }
 
@@ -144,13 +144,13 @@ class MLA : public Module<T> {
     check(cache.k.dim() == 4 && cache.k.size(2) == 1 && cache.k.size(3) == kv_lora_rank + qk_rope_head_dim &&
               cache.v.size(3) == kv_lora_rank,
           "MLA", "cache of shapes ", cache.k.shape(), " and ", cache.v.shape(), " is not the latent cache [slots, ",
-          "capacity, 1, ", kv_lora_rank, " + ", qk_rope_head_dim, "] of this layer");
-    cache_write(cache.k, index.slots, index.positions, latent_row(p));
+          "capacity (or blocks, block tokens), 1, ", kv_lora_rank, " + ", qk_rope_head_dim, "] of this layer");
+    infer::write_tokens(cache.k, cache.table, index.slots, index.positions, latent_row(p));
     // q_lat = q_nope·W_UK per head, the heads batching the product: [H, n, dn]·[H, dn, r].
     const Tensor<T> q_nope = transpose(reshape(p.q_nope, {n, H, qk_nope_head_dim}), 0, 1);
     const Tensor<T> q_lat = transpose(matmul(q_nope, w_uk()), 0, 1);  // [n, H, r]
     const Tensor<T> q = cat(std::vector<Tensor<T>>{q_lat, reshape(p.q_pe, {n, H, qk_rope_head_dim})}, -1);
-    const Tensor<T> o_lat = decode_attention(q, cache.k, cache.v, index.slots, index.lengths, softmax_scale);
+    const Tensor<T> o_lat = infer::attend_cached<T>(q, cache, index.slots, index.lengths, softmax_scale);
     // Per head W_UV·o_lat: [H, n, r]·[H, r, dv] -> [H, n, dv] -> [n, 1, H·dv].
     const Tensor<T> o = matmul(transpose(o_lat, 0, 1), transpose(w_uv(), -1, -2));
     return o_proj(reshape(transpose(o, 0, 1), {n, 1, H * v_head_dim}));
