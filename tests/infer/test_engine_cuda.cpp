@@ -122,7 +122,8 @@ TEST(EngineCuda, DeepseekOnTheGpuFollowsTheCpu) {
 // launched eagerly draw, at the same padded row counts (pad_to_bucket), so the same kernels see
 // the same shapes: bit-identical logits, identical tokens. Samples end at different steps (two
 // eos ids, max_batch waves), so the row count shrinks through several buckets and the graphs of
-// each are captured and replayed; a second generate reuses nothing from the first.
+// each are captured and replayed; a second generate reuses nothing from the first; also over
+// small cache blocks.
 TEST(EngineCuda, GraphReplaysDrawWhatEagerStepsDraw) {
   KILN_REQUIRE_GPU();
   auto llama = make_llama<float>(4, infer_llama_config(), 0.25);
@@ -150,6 +151,12 @@ TEST(EngineCuda, GraphReplaysDrawWhatEagerStepsDraw) {
   EXPECT_EQ(tokens_of(infer::generate(*llama, prompts, p, graphs)), want_llama);
   const auto want_deepseek = tokens_of(infer::generate(*deepseek, prompts, p, eager));
   EXPECT_EQ(tokens_of(infer::generate(*deepseek, prompts, p, graphs)), want_deepseek);
+  // Paged cache blocks of 4 tokens: samples take new blocks every 4 steps and the block table is
+  // re-uploaded between replays, which the graphs must read at its fixed address.
+  infer::GenerateOptions small_graphs = graphs, small_eager = eager;
+  small_graphs.cache_block_tokens = small_eager.cache_block_tokens = 4;
+  EXPECT_EQ(tokens_of(infer::generate(*deepseek, prompts, p, small_graphs)),
+            tokens_of(infer::generate(*deepseek, prompts, p, small_eager)));
   // The samples really end at different lengths (else the buckets never shrink).
   std::map<std::size_t, int> lengths;
   for (const auto& t : want_deepseek) ++lengths[t.size()];
@@ -215,11 +222,14 @@ TEST(EngineCuda, BigConfigThroughput) {
   p.temperature = 1.0;
   p.max_new_tokens = new_tokens;
   p.seed = 1;
-  for (int mode = 0; mode < 3; ++mode) {  // eager, eager bucketed, CUDA graphs
+  // eager, eager bucketed, CUDA graphs (all over the paged cache, the default), and CUDA graphs
+  // over the contiguous cache
+  for (int mode = 0; mode < 4; ++mode) {
     const bool bucket = mode >= 1;
     infer::GenerateOptions o;
     o.pad_to_bucket = bucket;
-    o.cuda_graphs = mode == 2;
+    o.cuda_graphs = mode >= 2;
+    if (mode == 3) o.cache_block_tokens = 0;
     std::int64_t steps = 0;
     o.on_progress = [&](const infer::GenerationProgress& g) { steps = g.step; };
     {
@@ -237,7 +247,8 @@ TEST(EngineCuda, BigConfigThroughput) {
     EXPECT_EQ(tokens, B * new_tokens);
     std::printf("big config, B = %lld, prompt %lld, new %lld%s: %.2f s, %.0f tok/s, %.3f ms per decode step\n",
                 static_cast<long long>(B), static_cast<long long>(prompt_len), static_cast<long long>(new_tokens),
-                mode == 2 ? " (CUDA graphs)" : bucket ? " (bucketed)" : "", seconds, static_cast<double>(tokens) / seconds,
+                mode == 3 ? " (CUDA graphs, contiguous cache)" : mode == 2 ? " (CUDA graphs)" : bucket ? " (bucketed)" : "",
+                seconds, static_cast<double>(tokens) / seconds,
                 1e3 * seconds / static_cast<double>(std::max<std::int64_t>(steps, 1)));
   }
 }
