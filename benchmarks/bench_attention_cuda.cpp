@@ -1,9 +1,10 @@
 // Causal attention for training on CUDA: kiln's fused kernel (fused_causal_attention,
 // kernels/attention/attention.cuh) against kiln's composed path (nn::causal_attention: matmul,
 // masked_fill, softmax, matmul, with the S x S scores in memory), forward and forward+backward,
-// bf16, at the shapes of issue 17 and two more ("fused": the automatic choice; "plain" and "hopper":
-// the mma.sync and the wgmma forward by name, the Hopper one needing an sm_90 GPU; all three with
-// the same backward): B4 H16 S2048 and S4096 with qk 192, v 128 (DeepSeek-V3's MLA
+// bf16, at the shapes of issue 17 and two more ("fused": the automatic choice of both kernels;
+// "plain" and "hopper": the mma.sync and the wgmma forward by name, the Hopper one needing an sm_90
+// GPU, both with the plain backward; "hopper_bwd": the wgmma forward and the wgmma backward,
+// attention_backward_hopper.cuh): B4 H16 S2048 and S4096 with qk 192, v 128 (DeepSeek-V3's MLA
 // head dims) and kiln's big config B32 H12 S512 with qk 96, v 64. PyTorch's
 // scaled_dot_product_attention, the peer, runs in the same call from scripts/bench_attention.sh
 // (benchmarks/peers/sdpa_attention.py), which prints the ratios.
@@ -46,7 +47,7 @@ struct Timing {
   double fwd_ms = 0, fwdbwd_ms = 0, fwd_tflops = 0, fwdbwd_tflops = 0;
 };
 
-enum class Path { fused, fused_plain, fused_hopper, composed };
+enum class Path { fused, fused_plain, fused_hopper, fused_hopper_bwd, composed };
 
 Timing time_path(const Shape4& s, Path path, bench::Timer& timer) {
   const auto q = randn<bf16>({s.B, s.H, s.S, s.Dk}, 0.0, 1.0, gpu);
@@ -56,10 +57,14 @@ Timing time_path(const Shape4& s, Path path, bench::Timer& timer) {
   const double scale = 1.0 / std::sqrt(static_cast<double>(s.Dk));
   auto attend = [&](const Tensor<bf16>& qq, const Tensor<bf16>& kk, const Tensor<bf16>& vv) {
     if (path == Path::composed) return nn::causal_attention(qq, kk, vv, scale);
-    const auto kernel = path == Path::fused         ? kernels::AttentionKernel::automatic
-                        : path == Path::fused_plain ? kernels::AttentionKernel::plain
-                                                    : kernels::AttentionKernel::hopper;
-    return fused_causal_attention(qq, kk, vv, scale, Tensor<std::int64_t>(), kernel);
+    using kernels::AttentionKernel;
+    const auto kernel = path == Path::fused         ? AttentionKernel::automatic
+                        : path == Path::fused_plain ? AttentionKernel::plain
+                                                    : AttentionKernel::hopper;
+    const auto backward = path == Path::fused              ? AttentionKernel::automatic
+                          : path == Path::fused_hopper_bwd ? AttentionKernel::hopper
+                                                           : AttentionKernel::plain;
+    return fused_causal_attention(qq, kk, vv, scale, Tensor<std::int64_t>(), kernel, backward);
   };
   const bench::Runs runs{.warmup = 3, .timed = 10};
   Timing t;
@@ -101,12 +106,13 @@ int main(int argc, char** argv) {
               "TFLOP/s");
   io::ordered_json out;
   for (const Shape4& s : shapes) {
-    for (Path p : {Path::fused, Path::fused_plain, Path::fused_hopper, Path::composed}) {
+    for (Path p : {Path::fused, Path::fused_plain, Path::fused_hopper, Path::fused_hopper_bwd, Path::composed}) {
       const Timing t = time_path(s, p, timer);
-      const char* path = p == Path::fused         ? "fused"
-                         : p == Path::fused_plain ? "plain"
-                         : p == Path::fused_hopper ? "hopper"
-                                                   : "composed";
+      const char* path = p == Path::fused              ? "fused"
+                         : p == Path::fused_plain      ? "plain"
+                         : p == Path::fused_hopper     ? "hopper"
+                         : p == Path::fused_hopper_bwd ? "hopper_bwd"
+                                                       : "composed";
       std::printf("%-22s %-9s %10.3f %12.1f %14.3f %12.1f\n", s.name().c_str(), path, t.fwd_ms, t.fwd_tflops,
                   t.fwdbwd_ms, t.fwdbwd_tflops);
       std::fflush(stdout);

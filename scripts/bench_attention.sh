@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fused causal attention against its peer, in one call on one GPU: kiln's benchmark
-# (benchmarks/bench_attention_cuda.cpp: the fused kernels, automatic choice and the plain forward by
-# name, and kiln's composed path) and PyTorch's
+# (benchmarks/bench_attention_cuda.cpp: the fused kernels, automatic choice, the plain and the Hopper
+# forward by name with the plain backward, the Hopper forward with the Hopper backward, and kiln's
+# composed path) and PyTorch's
 # scaled_dot_product_attention per backend (benchmarks/peers/sdpa_attention.py), then a table of
 # kiln fused / best SDPA backend, forward and forward+backward, per shape (ratio > 1: kiln faster).
 #
@@ -29,17 +30,18 @@ def load(name):
     except (OSError, ValueError):
         return {}
 kiln, sdpa = load("kiln_attention.json"), load("sdpa_attention.json")
-print(f"\n{'shape':22s} {'pass':8s} {'kiln fused':>11s} {'plain':>7s} {'hopper':>7s} {'composed':>9s} {'best SDPA':>18s} {'kiln/SDPA':>9s}  (TFLOP/s)")
+print(f"\n{'shape':22s} {'pass':8s} {'kiln fused':>11s} {'plain':>7s} {'hopper':>7s} {'h+h bwd':>8s} {'composed':>9s} {'best SDPA':>18s} {'kiln/SDPA':>9s}  (TFLOP/s)")
 for shape, paths in kiln.items():
     for key, label in (("fwd_tflops", "fwd"), ("fwdbwd_tflops", "fwd+bwd")):
         fused = paths.get("fused", {}).get(key)
         composed = paths.get("composed", {}).get(key)
         plain = paths.get("plain", {}).get(key)
         hop = paths.get("hopper", {}).get(key)
+        hbwd = paths.get("hopper_bwd", {}).get(key)
         peers = {b: r[key] for b, r in sdpa.get(shape, {}).items() if key in r}
         best = max(peers.items(), key=lambda kv: kv[1]) if peers else None
         ratio = f"{fused / best[1]:.2f}x" if fused and best else "n/a"
         peer = f"{best[1]:.1f} ({best[0]})" if best else "n/a"
-        print(f"{shape:22s} {label:8s} {fused or 0:11.1f} {plain or 0:7.1f} {hop or 0:7.1f} {composed or 0:9.1f} {peer:>18s} {ratio:>9s}")
+        print(f"{shape:22s} {label:8s} {fused or 0:11.1f} {plain or 0:7.1f} {hop or 0:7.1f} {hbwd or 0:8.1f} {composed or 0:9.1f} {peer:>18s} {ratio:>9s}")
 PYTHON
 exit $status

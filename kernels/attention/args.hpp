@@ -22,8 +22,9 @@ struct AttentionShapeArgs {
   const std::int32_t* seq_end = nullptr;    // [seq] or null
 };
 
-// Which forward kernel runs: automatic (the Hopper kernel on sm_90 where its head dims allow,
-// else the plain one), or one of them by name (tests, benchmarks).
+// Which kernel runs, for the forward (AttentionForwardArgs) and the backward (AttentionBackwardArgs)
+// each: automatic (the Hopper kernel on sm_90 where its head dims allow, else the plain one), or
+// one of them by name (tests, benchmarks).
 enum class AttentionKernel { automatic, hopper, plain };
 
 // out_i = Σ_j softmax_j(scale q_i·k_j) v_j over the keys i attends; lse_i = log Σ_j exp(scale q_i·k_j).
@@ -45,8 +46,9 @@ struct AttentionForwardArgs {
 };
 
 // dq, dk, dv from dout and the forward's out and lse (delta: a [B, H, S] float workspace for
-// D_i = dout_i·out_i). Deterministic: every gradient element is summed by one thread in a fixed
-// order (no atomics), so two runs give the same bits.
+// D_i = dout_i·out_i). Both backward kernels (plain, attention.cuh; Hopper,
+// attention_backward_hopper.cuh) are deterministic: every gradient element is summed by one thread
+// in a fixed order (no atomics), so two runs give the same bits.
 struct AttentionBackwardArgs {
   static constexpr const char* kernel = "attention backward";
   static constexpr const char* header = "kiln/kernels/attention/attention.cuh";
@@ -63,6 +65,7 @@ struct AttentionBackwardArgs {
   const void* out = nullptr;
   const void* dout = nullptr;
   const float* lse = nullptr;
+  AttentionKernel implementation = AttentionKernel::automatic;
 };
 
 // The (dk, dv) head-dim pairs the CUDA kernels are compiled for; others get a kiln::Error from
@@ -89,6 +92,13 @@ constexpr bool attention_hopper_wanted(AttentionKernel implementation, DType dty
                                        std::int64_t seq) {
   return attention_hopper_supports(dtype, dk, dv) &&
          (implementation == AttentionKernel::hopper || (implementation == AttentionKernel::automatic && seq >= 1024));
+}
+
+// What the Hopper backward (attention_backward_hopper.cuh) takes: bf16, dk a multiple of 32 up to
+// 192 (its dK and dQ accumulators take 32 registers a thread per 64 columns), dv 64 or 128. The
+// automatic choice runs it on sm_90 wherever it applies (the launcher checks the GPU).
+constexpr bool attention_hopper_backward_supports(DType dtype, std::int64_t dk, std::int64_t dv) {
+  return dtype == DType::bf16 && dk % 32 == 0 && dk > 0 && dk <= 192 && (dv == 64 || dv == 128);
 }
 
 }  // namespace kiln::kernels

@@ -2,8 +2,9 @@
 // front-end ops/attention.hpp; CPU reference backend/cpu/attention.hpp; docs/mla.md).
 //
 // The launchers at the end pick the forward: on an sm_90 GPU in bf16 from S = 1024 on (or when
-// named), the Hopper kernel of attention_hopper.cuh; otherwise the plain kernel here. The backward
-// is this file's on every GPU.
+// named), the Hopper kernel of attention_hopper.cuh; otherwise the plain kernel here. The backward:
+// on an sm_90 GPU in bf16 where its head dims allow (or when named), the Hopper dK/dV and dQ
+// kernels of attention_backward_hopper.cuh after this file's delta kernel; otherwise this file's.
 //
 // The plain path: warp-level tensor-core products (mma.sync m16n8k16, bf16 in, float
 // accumulation; common/mma_sm80.cuh), which run on every GPU from sm_80 on, Hopper included. The
@@ -59,6 +60,7 @@
 
 #include "kiln/core/kernel_trace.hpp"
 #include "kiln/kernels/attention/args.hpp"
+#include "kiln/kernels/attention/attention_backward_hopper.cuh"
 #include "kiln/kernels/attention/attention_hopper.cuh"
 #include "kiln/kernels/attention/key_tiles.cuh"
 #include "kiln/kernels/common/cuda_check.hpp"
@@ -519,12 +521,27 @@ inline void launch_attention_backward(const AttentionBackwardArgs& a) {
   if (s.batch == 0 || s.seq == 0 || s.heads == 0) return;
   check_attention_args(op, a.dtype, s, {a.q, a.k, a.v, a.out, a.dout, a.dq, a.dk, a.dv});
   cuda::DeviceGuard guard(a.launch.device);
+  const bool hopper_fits = device_info(a.launch.device).major == 9 &&
+                           attention_hopper_backward_supports(a.dtype, s.dk, s.dv) && s.batch * s.kv_heads <= 65535 &&
+                           s.batch * s.heads * (s.seq + 256) < 0x7fffffff;
+  check(a.implementation != AttentionKernel::hopper || hopper_fits, op,
+        "the Hopper backward needs bf16, an sm_90 GPU, dk a multiple of 32 up to 192, dv 64 or 128 and fewer than "
+        "2^31 rows; got ", a.dtype, ", dk ", s.dk, ", dv ", s.dv, " on a GPU of compute capability ",
+        device_info(a.launch.device).major, ".", device_info(a.launch.device).minor);
+  const bool use_hopper = hopper_fits && a.implementation != AttentionKernel::plain;
   dispatch_attention(a.dtype, s.dk, s.dv, [&](auto tag, auto dk, auto dv) {
     using T = decltype(tag);
     constexpr int DK = decltype(dk)::value, DV = decltype(dv)::value;
     const std::int64_t rows = s.batch * s.heads * s.seq;
     attention_delta_kernel<T><<<blocks_for(rows * 32, 256), 256, 0, a.launch.stream>>>(a);
     KILN_CUDA_CHECK_LAUNCH();
+    if constexpr (attention_hopper_backward_supports(dtype_of<T>, DK, DV)) {
+      if (use_hopper) {
+        hopper_backward::launch_backward<T, DK, DV>(a);
+        record_kernel_variant("attention_backward", "hopper");
+        return;
+      }
+    }
 
     const unsigned tiles = static_cast<unsigned>((s.seq + kRows - 1) / kRows);
     const std::size_t kv_smem = dkdv_smem_bytes<DK, DV>(sizeof(T));

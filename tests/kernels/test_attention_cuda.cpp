@@ -3,8 +3,10 @@
 // partial query tile, several, 16 key tiles), both MLA head-dim sets (96, 64) and (192, 128) and
 // the other compiled pairs, grouped kv heads (2 query heads a kv head, 1, 3), several packed
 // sequences of different lengths in one row (crossing tile boundaries), poisoned outputs; the
-// backward's determinism (two runs, the same bits) and the errors of unsupported calls. Every case
-// runs the automatic choice, the plain forward and, on an sm_90 GPU in bf16, the Hopper forward.
+// backward's determinism (two runs, the same bits, for each backward kernel) and the errors of
+// unsupported calls. Every case runs the automatic choice, the plain forward and backward and, on
+// an sm_90 GPU in bf16, the Hopper forward with the Hopper backward (where its head dims allow,
+// else the plain one); the kernel trace proves which kernels ran.
 //
 // Tolerances. The reference is the op in double on the rounded inputs; the kernels accumulate in
 // float and round three things to 16 bits: the probabilities before P·V (and before dV = Pᵀ·dO),
@@ -54,12 +56,13 @@ std::ostream& operator<<(std::ostream& os, const AttentionCase& c) {
 template <class T>
 std::vector<Tensor<double>> run_fused(const std::vector<Tensor<double>>& x, const Tensor<double>& up, double scale,
                                       const std::vector<std::int64_t>& cu, Device device,
-                                      kernels::AttentionKernel kernel = kernels::AttentionKernel::automatic) {
+                                      kernels::AttentionKernel kernel = kernels::AttentionKernel::automatic,
+                                      kernels::AttentionKernel backward = kernels::AttentionKernel::automatic) {
   std::vector<Tensor<T>> leaves;
   for (const auto& t : x) leaves.push_back(to(cast<T>(t), device).requires_grad_());
   const Tensor<std::int64_t> cu_t =
       cu.empty() ? Tensor<std::int64_t>() : Tensor<std::int64_t>::from_vector(cu, {static_cast<std::int64_t>(cu.size())});
-  const auto out = fused_causal_attention(leaves[0], leaves[1], leaves[2], scale, cu_t, kernel);
+  const auto out = fused_causal_attention(leaves[0], leaves[1], leaves[2], scale, cu_t, kernel, backward);
   out.backward(to(cast<T>(up), device));
   std::vector<Tensor<double>> r{cast<double>(on_cpu(out.detach()))};
   for (const auto& l : leaves) r.push_back(cast<double>(on_cpu(l.grad())));
@@ -94,22 +97,31 @@ void check_case(const AttentionCase& c, double tolerance) {
   const double scale = 1.0 / std::sqrt(static_cast<double>(c.Dk));
   const auto want = run_fused<double>(x, up, scale, c.cu, Device::cpu());
   const auto composed = c.cu.empty() ? run_composed<T>(x, up, scale) : std::vector<Tensor<double>>{};
-  // The automatic choice, the plain forward by name and, on an sm_90 GPU at its head dims, the
-  // Hopper forward by name; each launch checked.
+  // The automatic choice, the plain forward and backward by name and, on an sm_90 GPU at their head
+  // dims, the Hopper forward and backward by name; each launch checked.
+  using kernels::AttentionKernel;
+  const bool hopper_backward = hopper_gpu() && kernels::attention_hopper_backward_supports(dtype_of<T>, c.Dk, c.Dv);
   std::vector<std::pair<const char*, std::vector<Tensor<double>>>> runs;
-  auto run = [&](const char* name, kernels::AttentionKernel kernel, const char* variant) {
+  auto run = [&](const char* name, AttentionKernel forward, AttentionKernel backward, const char* forward_variant,
+                 const char* backward_variant) {
     poison_cached_memory();
     KernelTrace trace;
-    runs.emplace_back(name, run_fused<T>(x, up, scale, c.cu, gpu, kernel));
+    runs.emplace_back(name, run_fused<T>(x, up, scale, c.cu, gpu, forward, backward));
     EXPECT_EQ(trace.count("attention_forward"), 1) << name;
-    if (variant) {
-      EXPECT_EQ(trace.count(variant), 1) << name;
+    EXPECT_EQ(trace.count("attention_backward"), 1) << name;
+    if (forward_variant) {
+      EXPECT_EQ(trace.count(forward_variant), 1) << name;
     }
+    EXPECT_EQ(trace.count(backward_variant), 1) << name;
   };
-  run("automatic", kernels::AttentionKernel::automatic, nullptr);
-  run("plain", kernels::AttentionKernel::plain, "attention_forward/mma_sm80");
+  // The automatic backward is the Hopper one wherever it applies.
+  run("automatic", AttentionKernel::automatic, AttentionKernel::automatic, nullptr,
+      hopper_backward ? "attention_backward/hopper" : "attention_backward/mma_sm80");
+  run("plain", AttentionKernel::plain, AttentionKernel::plain, "attention_forward/mma_sm80",
+      "attention_backward/mma_sm80");
   if (hopper_gpu() && kernels::attention_hopper_supports(dtype_of<T>, c.Dk, c.Dv)) {
-    run("hopper", kernels::AttentionKernel::hopper, "attention_forward/hopper");
+    run("hopper", AttentionKernel::hopper, hopper_backward ? AttentionKernel::hopper : AttentionKernel::plain,
+        "attention_forward/hopper", hopper_backward ? "attention_backward/hopper" : "attention_backward/mma_sm80");
   }
   const char* names[] = {"out", "dq", "dk", "dv"};
   for (const auto& [kernel, got] : runs) {
@@ -172,21 +184,33 @@ TEST(FusedAttentionCuda, PackedSequences) {
 TEST(FusedAttentionCuda, BackwardIsDeterministic) {
   KILN_REQUIRE_GPU();
   manual_seed(173);
-  auto grads = [](const std::vector<Tensor<bf16>>& x, const Tensor<bf16>& up) {
+  using kernels::AttentionKernel;
+  auto grads = [](const std::vector<Tensor<bf16>>& x, const Tensor<bf16>& up, AttentionKernel backward) {
     std::vector<Tensor<bf16>> leaves;
     for (const auto& t : x) leaves.push_back(clone(t).requires_grad_());
-    fused_causal_attention(leaves[0], leaves[1], leaves[2], 0.125).backward(up);
+    fused_causal_attention(leaves[0], leaves[1], leaves[2], 0.125, Tensor<std::int64_t>(), AttentionKernel::automatic,
+                           backward)
+        .backward(up);
     std::vector<std::vector<bf16>> r;
     for (const auto& l : leaves) r.push_back(on_cpu(l.grad()).to_vector());
     return r;
   };
-  const std::vector<Tensor<bf16>> x{on_gpu(randn<bf16>({2, 8, 300, 96})), on_gpu(randn<bf16>({2, 2, 300, 96})),
-                                    on_gpu(randn<bf16>({2, 2, 300, 64}))};
-  const auto up = on_gpu(randn<bf16>({2, 8, 300, 64}));
-  const auto a = grads(x, up), b = grads(x, up);
-  for (std::size_t t = 0; t < 3; ++t) {
-    ASSERT_EQ(a[t].size(), b[t].size());
-    EXPECT_EQ(std::memcmp(a[t].data(), b[t].data(), a[t].size() * sizeof(bf16)), 0) << "gradient " << t;
+  // Both MLA head-dim sets, grouped kv heads; each backward kernel twice.
+  for (auto [dk, dv] : std::vector<std::pair<std::int64_t, std::int64_t>>{{96, 64}, {192, 128}}) {
+    const std::vector<Tensor<bf16>> x{on_gpu(randn<bf16>({2, 8, 300, dk})), on_gpu(randn<bf16>({2, 2, 300, dk})),
+                                      on_gpu(randn<bf16>({2, 2, 300, dv}))};
+    const auto up = on_gpu(randn<bf16>({2, 8, 300, dv}));
+    std::vector<AttentionKernel> backwards{AttentionKernel::plain};
+    if (hopper_gpu()) backwards.push_back(AttentionKernel::hopper);
+    for (AttentionKernel backward : backwards) {
+      SCOPED_TRACE(::testing::Message() << "dk " << dk << " dv " << dv
+                                        << (backward == AttentionKernel::hopper ? " hopper" : " plain"));
+      const auto a = grads(x, up, backward), b = grads(x, up, backward);
+      for (std::size_t t = 0; t < 3; ++t) {
+        ASSERT_EQ(a[t].size(), b[t].size());
+        EXPECT_EQ(std::memcmp(a[t].data(), b[t].data(), a[t].size() * sizeof(bf16)), 0) << "gradient " << t;
+      }
+    }
   }
 }
 
@@ -213,6 +237,13 @@ TEST(FusedAttentionCuda, Errors) {
   const auto q48 = on_gpu(randn<bf16>({1, 1, 8, 48})), v32 = on_gpu(randn<bf16>({1, 1, 8, 32}));
   EXPECT_KILN_ERROR(fused_causal_attention(q48, q48, v32, 1.0, Tensor<std::int64_t>(), kernels::AttentionKernel::hopper),
                     "fused_causal_attention", "Hopper kernel needs", "dk 48");
+  {
+    const auto q48g = clone(q48).requires_grad_();
+    const auto out = fused_causal_attention(q48g, q48, v32, 1.0, Tensor<std::int64_t>(), kernels::AttentionKernel::plain,
+                                            kernels::AttentionKernel::hopper);
+    EXPECT_KILN_ERROR(out.backward(ones_like(out)), "fused_causal_attention backward", "Hopper backward needs",
+                      "dk 48");
+  }
   EXPECT_FALSE(fused_attention_on_device<float>(gpu, 64, 64));
   EXPECT_FALSE(fused_attention_on_device<fp16>(gpu, 64, 64));
   EXPECT_FALSE(fused_attention_on_device<bf16>(gpu, 40, 32));

@@ -17,8 +17,8 @@
 //
 // Devices: the CPU runs backend/cpu/attention.hpp (any dtype, any head dims). CUDA runs
 // kernels/attention/attention.cuh (tensor cores, FlashAttention-2's algorithm, deterministic
-// backward) for bf16 at the head dims it is compiled for (fused_attention_on_device
-// says which); other CUDA calls get a kiln::Error, and the nn modules keep the composed path
+// backward; on sm_90 the wgmma kernels of attention_hopper.cuh and attention_backward_hopper.cuh)
+// for bf16 at the head dims it is compiled for (fused_attention_on_device says which); other CUDA calls get a kiln::Error, and the nn modules keep the composed path
 // there. The CUDA forward saves lse in float, the CPU one in double.
 #pragma once
 
@@ -114,7 +114,8 @@ Tensor<T> fused_causal_attention_cpu(const Tensor<T>& q, const Tensor<T>& k, con
 template <class T>
 Tensor<T> fused_causal_attention_cuda(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v,
                                       const cpu::AttentionShape& shape, double scale, const PackedSequences* seqs,
-                                      kernels::AttentionKernel implementation) {
+                                      kernels::AttentionKernel implementation,
+                                      kernels::AttentionKernel backward_implementation) {
   const char* op = "fused_causal_attention";
   check(fused_attention_on_device<T>(q.device(), shape.dk, shape.dv), op, "has no CUDA kernel for ", dtype_of<T>,
         " at head dims (dk ", shape.dk, ", dv ", shape.dv, "), q ", q.shape(), ", v ", v.shape(),
@@ -167,7 +168,8 @@ Tensor<T> fused_causal_attention_cuda(const Tensor<T>& q, const Tensor<T>& k, co
   // node does not hold its own output's graph.
   autograd::record(
       out, op,
-      [qc, kc, vc, o = out.detach(), lse, bounds, args_shape](const Tensor<T>& g, const autograd::InputGrads& in) {
+      [qc, kc, vc, o = out.detach(), lse, bounds, args_shape, backward_implementation](const Tensor<T>& g,
+                                                                                       const autograd::InputGrads& in) {
         const char* bop = "fused_causal_attention backward";
         check_same_device(bop, qc, g);
         const Tensor<T> gc = contiguous(g);
@@ -185,7 +187,8 @@ Tensor<T> fused_causal_attention_cuda(const Tensor<T>& q, const Tensor<T>& k, co
                                                                  .v = vc.data(),
                                                                  .out = o.data(),
                                                                  .dout = gc.data(),
-                                                                 .lse = lse.data()});
+                                                                 .lse = lse.data(),
+                                                                 .implementation = backward_implementation});
         in.add(0, dq);
         in.add(1, dk);
         in.add(2, dv);
@@ -196,12 +199,13 @@ Tensor<T> fused_causal_attention_cuda(const Tensor<T>& q, const Tensor<T>& k, co
 
 }  // namespace detail
 
-// `implementation` picks the CUDA forward kernel (automatic: the Hopper one where it runs; tests
-// and benchmarks name one); the CPU ignores it.
+// `implementation` picks the CUDA forward kernel and `backward_implementation` the backward's
+// (automatic: the Hopper one where it runs; tests and benchmarks name one); the CPU ignores both.
 template <class T>
 Tensor<T> fused_causal_attention(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, double scale,
                                  const Tensor<std::int64_t>& cu_seqlens = Tensor<std::int64_t>(),
-                                 kernels::AttentionKernel implementation = kernels::AttentionKernel::automatic) {
+                                 kernels::AttentionKernel implementation = kernels::AttentionKernel::automatic,
+                                 kernels::AttentionKernel backward_implementation = kernels::AttentionKernel::automatic) {
   static_assert(is_floating<T>, "fused_causal_attention needs a floating element type");
   const char* op = "fused_causal_attention";
   check_defined(op, q, k, v);
@@ -224,7 +228,8 @@ Tensor<T> fused_causal_attention(const Tensor<T>& q, const Tensor<T>& k, const T
   const cpu::AttentionShape shape{B, S, H, Hkv, Dk, Dv};
   if (q.device().is_cpu())
     return detail::fused_causal_attention_cpu(q, k, v, shape, scale, seqs ? seqs->begin : std::vector<std::int64_t>());
-  return detail::fused_causal_attention_cuda(q, k, v, shape, scale, seqs ? &*seqs : nullptr, implementation);
+  return detail::fused_causal_attention_cuda(q, k, v, shape, scale, seqs ? &*seqs : nullptr, implementation,
+                                            backward_implementation);
 }
 
 }  // namespace kiln

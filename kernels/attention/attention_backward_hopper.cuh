@@ -1,0 +1,625 @@
+// Fused causal attention backward on Hopper (sm_90a), bf16: the function of attention.cuh's
+// backward (the same gradients dq, dk, dv from the forward's out and lse, the same roundings), its
+// five products per key-query tile on wgmma. Deterministic like the plain backward: every gradient
+// element is summed by one thread in a fixed order (no atomics), so two runs give the same bits.
+//
+// Kernels (after attention.cuh's delta kernel, D_i = dout_i·out_i):
+//   dK, dV  one block per (128 keys, kv head, batch row). It keeps its K and V rows in shared
+//           memory and walks every query head of its group and every query tile of BQ queries
+//           that sees its keys (from the diagonal to the end of the keys' sequence), Q, dout and
+//           the tile's lse and D streamed through 2 stages. Each consumer warpgroup owns 64 keys
+//           and computes, in the transposed orientation (keys are the rows):
+//             Sᵀ  = K·Qᵀ          m64n{BQ}k16, A = its K rows, B = the Q tile, both K-major in smem
+//             dPᵀ = V·doutᵀ       m64n{BQ}k16, A = its V rows, B = the dout tile, K-major
+//             Pᵀ  = exp2(Sᵀ·scale·log2 e − lse_i·log2 e) masked, dSᵀ = Pᵀ ∘ (dPᵀ − D_i)
+//             dV += Pᵀ·dout       m64n{Dv}k16, A = Pᵀ from registers (16-bit), B = the dout tile
+//                                 read MN-major (its rows are the reduction: queries)
+//             dK += dSᵀ·Q         m64n{64⌈Dk/64⌉}k16, A = dSᵀ from registers, B = the Q tile MN-major
+//           and at the end writes dK·scale and dV. The mask in this orientation is per key row:
+//           query i sees key j iff j <= i < seq_end(j) (equivalent to seq_begin(i) <= j <= i).
+//   dQ      one block per (128 queries, head, batch row), shaped like the forward
+//           (attention_hopper.cuh): Q and dout resident, K and V tiles of BN keys streamed:
+//             S = Q·Kᵀ, dP = dout·Vᵀ (both K-major), P, dS = P ∘ (dP − D_i),
+//             dQ += dS·K          A = dS from registers, B = the K tile MN-major.
+// No operand is transposed by a copy: the tile TMA writes (rows of a row-major matrix, 64 columns
+// a 128-byte-swizzled box) is read K-major by one product and MN-major by another
+// (sm90/wgmma.cuh's two descriptors). dK and dQ accumulate 64⌈Dk/64⌉ columns (128 at Dk = 96): an
+// MN-major B operand is read in whole 64-element swizzle rows, and the box's columns past Dk are
+// TMA's zero fill; the extra columns are never stored.
+//
+// Per consumer, per tile: Sᵀ and dPᵀ are issued together (two commit groups); the exp and mask
+// run on Sᵀ while dPᵀ is still in flight; then both register-A products are issued and awaited
+// before the stage is released. The two consumers never wait for each other, so one's exp overlaps
+// the other's products (as in the forward).
+//
+// Numerics as the plain backward: P in float from the saved lse; Pᵀ rounded to 16 bits before dV,
+// dS (from the float P) rounded before dK and dQ; float accumulation; dK and dQ scaled once at the
+// end, every output rounded once.
+//
+// Warp specialisation (384 threads, as attention_hopper.cuh): warpgroup 0 the producer (setmaxnreg
+// down to 40; in the dK/dV kernel its first warp works: lane 0 issues the TMA copies, all 32 lanes
+// copy the tile's lse·log2 e and D into the stage and arrive on its full barrier (32 arrivals), the
+// other warps exit), warpgroups 1 and 2 the consumers (232 registers). Barriers: one for the
+// resident tiles, full[2] and empty[2] (one arrival per consumer warp).
+//
+// Registers per consumer thread (accumulators): dK/dV kernel 32⌈Dk/64⌉ + Dv/2 (dK, dV) + BQ (Sᵀ
+// and dPᵀ), with BQ = 64 where dK and dV take at most 96 ((64, 64): 128 in all, (96, 64): 160), else
+// BQ = 32 ((128, 128): 160, (192, 128): 192); dQ kernel 32⌈Dk/64⌉ + BN with BN = 64 (160 at Dk 192).
+// The consumers get 232 registers (setmaxnreg); BQ = 64 at (128, 128), and BN = 128 at (64, 64),
+// (96, 64) and (128, 128), spilled under that cap. ptxas -v: no spills at any compiled pair. BQ = 32
+// narrows the two shared-memory products to m64n32k16, whose operands (3 KB of shared memory for
+// 32K multiply-adds) may outrun shared memory's bandwidth (an estimate from the datasheet, not
+// measured): wider query tiles there need registers freed first (docs/mla.md, what is next).
+//
+// Shared memory (bytes; a tile of R rows x D columns takes ⌈D/64⌉ boxes of R x 128):
+//   dK/dV  K 128·128⌈Dk/64⌉ + V 128·128⌈Dv/64⌉ + 2 stages x (BQ·128 (⌈Dk/64⌉ + ⌈Dv/64⌉) + 8 BQ):
+//          120.5 KB at (192, 128), 97 KB at (96, 64);
+//   dQ     Q, dout 128·128 (⌈Dk/64⌉ + ⌈Dv/64⌉) + 2 stages x BN·128 (⌈Dk/64⌉ + ⌈Dv/64⌉):
+//          160 KB at (192, 128), 96 KB at (96, 64).
+//
+// Work (docs/mla.md): per head and causal half, the dK/dV kernel does S²(2 Dk + 2 Dv) flops and the
+// dQ kernel S²(2 Dk + Dv) (the split recomputes S and dP: S²(4 Dk + 3 Dv) in all against the
+// minimum S²(3 Dk + 2 Dv) that benchmarks count). Bytes: K, V read once per key block; Q, dout,
+// lse, D once per (key block, query tile), from L2 after the first key block of a head.
+//
+// Measured (H200, bf16, causal; benchmarks/bench_attention_cuda.cpp, docs/mla.md): the backward
+// alone at 164-198 TFLOP/s at (192, 128), S 2048-4096 (the plain one 94-106), 111 at (96, 64),
+// S 2048 (86), 70 at the big config's B32 H12 S512 (63); cuDNN's backward 99-421.
+//
+// Requirements (attention_hopper_backward_supports; otherwise the plain backward runs): an sm_90
+// GPU, bf16, Dk a multiple of 32 up to 192, Dv 64 or 128, fewer than 2^31 rows in every tensor.
+#pragma once
+
+#include <cuda.h>
+#include <cuda_runtime.h>
+#include <cudaTypedefs.h>
+
+#include <cstdint>
+
+#include "kiln/kernels/attention/args.hpp"
+#include "kiln/kernels/attention/attention_hopper.cuh"
+#include "kiln/kernels/attention/key_tiles.cuh"
+#include "kiln/kernels/common/cuda_check.hpp"
+#include "kiln/kernels/common/launch.cuh"
+#include "kiln/kernels/common/mma_sm80.cuh"
+#include "kiln/kernels/common/sm90/mbarrier.cuh"
+#include "kiln/kernels/common/sm90/smem.cuh"
+#include "kiln/kernels/common/sm90/tma.cuh"
+#include "kiln/kernels/common/sm90/warpgroup.cuh"
+#include "kiln/kernels/common/sm90/wgmma.cuh"
+
+namespace kiln::kernels::attention::hopper_backward {
+
+// ---- wgmma m64nNk16, bf16 in, float accumulators -----------------------------------------------
+// ss: A and B K-major from shared memory (sm90/wgmma.cuh: smem_descriptor_k_major_sw128).
+// rs_mn: A from registers (each warp's 16 rows as an mma.sync A fragment, made from an accumulator
+// by packing pairs, as in attention_hopper.cuh) and B MN-major (smem_descriptor_mn_major_sw128,
+// imm-trans-b = 1). Accumulator layout of sm90/wgmma.cuh: thread t of the warpgroup holds
+// d[4c + 2h + j] = D[16·warp + lane/4 + 8h][8c + 2·(lane%4) + j]. scale_d = 0 overwrites D. One PTX
+// instruction each; the accumulator operand lists are spelled out once per N in the macros below.
+
+template <int N>
+struct Wgmma;
+
+#define KILN_BWD_D32 "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+#define KILN_BWD_R32 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"
+#define KILN_BWD_D64 "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+#define KILN_BWD_R64 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+#define KILN_BWD_D128 "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+#define KILN_BWD_R128 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+#define KILN_BWD_D192 "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95])
+#define KILN_BWD_R192 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95"
+
+template <>
+struct Wgmma<32> {
+  __device__ static void ss(float (&d)[16], std::uint64_t a_desc, std::uint64_t b_desc, int scale_d) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {" KILN_BWD_R32 "}, %16, %17, p, 1, 1, 0, 0;\n}\n"
+                 : KILN_BWD_D32
+                 : "l"(a_desc), "l"(b_desc), "r"(scale_d));
+  }
+  __device__ static void rs_mn(float (&d)[16], const unsigned (&a)[4], std::uint64_t b_desc, int scale_d) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {" KILN_BWD_R32 "}, "
+                 "{%16, %17, %18, %19}, %20, p, 1, 1, 1;\n}\n"
+                 : KILN_BWD_D32
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(scale_d));
+  }
+};
+
+template <>
+struct Wgmma<64> {
+  __device__ static void ss(float (&d)[32], std::uint64_t a_desc, std::uint64_t b_desc, int scale_d) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {" KILN_BWD_R64 "}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+                 : KILN_BWD_D64
+                 : "l"(a_desc), "l"(b_desc), "r"(scale_d));
+  }
+  __device__ static void rs_mn(float (&d)[32], const unsigned (&a)[4], std::uint64_t b_desc, int scale_d) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {" KILN_BWD_R64 "}, "
+                 "{%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+                 : KILN_BWD_D64
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(scale_d));
+  }
+};
+
+template <>
+struct Wgmma<128> {
+  __device__ static void ss(float (&d)[64], std::uint64_t a_desc, std::uint64_t b_desc, int scale_d) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {" KILN_BWD_R128 "}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+                 : KILN_BWD_D128
+                 : "l"(a_desc), "l"(b_desc), "r"(scale_d));
+  }
+  __device__ static void rs_mn(float (&d)[64], const unsigned (&a)[4], std::uint64_t b_desc, int scale_d) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {" KILN_BWD_R128 "}, "
+                 "{%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+                 : KILN_BWD_D128
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(scale_d));
+  }
+};
+
+template <>
+struct Wgmma<192> {
+  __device__ static void ss(float (&d)[96], std::uint64_t a_desc, std::uint64_t b_desc, int scale_d) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %98, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n192k16.f32.bf16.bf16 {" KILN_BWD_R192 "}, %96, %97, p, 1, 1, 0, 0;\n}\n"
+                 : KILN_BWD_D192
+                 : "l"(a_desc), "l"(b_desc), "r"(scale_d));
+  }
+  __device__ static void rs_mn(float (&d)[96], const unsigned (&a)[4], std::uint64_t b_desc, int scale_d) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %101, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n192k16.f32.bf16.bf16 {" KILN_BWD_R192 "}, "
+                 "{%96, %97, %98, %99}, %100, p, 1, 1, 1;\n}\n"
+                 : KILN_BWD_D192
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(scale_d));
+  }
+};
+
+#undef KILN_BWD_D32
+#undef KILN_BWD_R32
+#undef KILN_BWD_D64
+#undef KILN_BWD_R64
+#undef KILN_BWD_D128
+#undef KILN_BWD_R128
+#undef KILN_BWD_D192
+#undef KILN_BWD_R192
+
+// ---- kernels ---------------------------------------------------------------------------------------
+
+constexpr int kConsumers = 2;                    // consumer warpgroups
+constexpr int kThreads = 128 * (kConsumers + 1);  // and the producer
+constexpr int kBlock = 64 * kConsumers;           // keys (dK/dV) or queries (dQ) a block
+constexpr int kStages = 2;
+constexpr int kProducerRegisters = 40;
+constexpr int kConsumerRegisters = 232;
+constexpr float kLog2e = 1.4426950408889634f;
+
+constexpr int chunks(int d) { return (d + 63) / 64; }
+
+// Query tile of the dK/dV kernel and key tile of the dQ kernel: the widest that keeps the
+// accumulators (header comment) within the consumers' registers.
+template <int DK, int DV>
+constexpr int dkdv_query_tile() {
+  return 32 * chunks(DK) + DV / 2 > 96 ? 32 : 64;
+}
+template <int DK, int DV>
+constexpr int dq_key_tile() {
+  return 64;
+}
+
+// Descriptors: a K-major 16-wide k step `kk` of a tile of `rows` rows stored as 64-column boxes;
+// an MN-major 16-row k step of a tile of `rows` reduction rows (boxes of rows x 128 bytes).
+__device__ __forceinline__ std::uint64_t k_major(std::uint32_t tile, int rows, int kk) {
+  return sm90::smem_descriptor_k_major_sw128(tile + (kk >> 2) * rows * 128 + (kk & 3) * 32);
+}
+__device__ __forceinline__ std::uint64_t mn_major(std::uint32_t tile, int rows, int kk) {
+  return sm90::smem_descriptor_mn_major_sw128(tile + kk * 16 * 128, rows * 128);
+}
+
+// Packs a 64 x N accumulator (N = 16 K steps) into wgmma's register A operand, 16 columns a step.
+template <class T, int N>
+__device__ __forceinline__ void pack_a(unsigned (&a)[N / 16][4], const float (&d)[N / 2]) {
+#pragma unroll
+  for (int kk = 0; kk < N / 16; ++kk)
+#pragma unroll
+    for (int x = 0; x < 4; ++x) a[kk][x] = sm80::pack2<T>(d[8 * kk + 2 * x], d[8 * kk + 2 * x + 1]);
+}
+
+// Writes a warpgroup's 64 x N accumulator rows (the first `cols` columns) times `factor` as T into
+// the row-major [*, cols] matrix at dst; rows at or past `rows` are skipped. row0: the warp's first row.
+template <class T, int N>
+__device__ __forceinline__ void store_rows(T* dst, const float (&d)[N / 2], std::int64_t row0, std::int64_t rows,
+                                           int cols, float factor) {
+  const int lane = static_cast<int>(threadIdx.x & 31), g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const std::int64_t row = row0 + g + 8 * r;
+    if (row >= rows) continue;
+    unsigned* const out = reinterpret_cast<unsigned*>(dst + row * cols + 2 * t);
+#pragma unroll
+    for (int c = 0; c < N / 8; ++c)
+      if (8 * c < cols) out[c * 4] = sm80::pack2<T>(d[4 * c + 2 * r] * factor, d[4 * c + 2 * r + 1] * factor);
+  }
+}
+
+template <int DK, int DV>
+struct DkdvLayout {
+  static constexpr int BQ = dkdv_query_tile<DK, DV>();
+  static constexpr int k_bytes = chunks(DK) * kBlock * 128;  // the block's keys
+  static constexpr int v_bytes = chunks(DV) * kBlock * 128;
+  static constexpr int q_bytes = chunks(DK) * BQ * 128;  // a stage's Q tile
+  static constexpr int g_bytes = chunks(DV) * BQ * 128;  // a stage's dout tile
+  static constexpr int v_offset = k_bytes;
+  static constexpr int q_offset = v_offset + v_bytes;
+  static constexpr int g_offset = q_offset + kStages * q_bytes;
+  static constexpr int stats_offset = g_offset + kStages * g_bytes;  // per stage: lse·log2 e [BQ], D [BQ]
+  static constexpr int barrier_offset = stats_offset + kStages * 2 * BQ * 4;  // kv, full[], empty[]
+  static constexpr std::size_t bytes = 1024 + barrier_offset + (1 + 2 * kStages) * 8;  // + alignment slack
+};
+
+template <class T, int DK, int DV>
+__global__ void __launch_bounds__(kThreads, 1)
+    attention_dkdv_hopper_kernel(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap g_map,
+                                 const __grid_constant__ CUtensorMap k_map, const __grid_constant__ CUtensorMap v_map,
+                                 const AttentionBackwardArgs a) {
+  using L = DkdvLayout<DK, DV>;
+  constexpr int BQ = L::BQ, KC = chunks(DK), VC = chunks(DV), NK = 64 * KC;
+  extern __shared__ __align__(16) unsigned char attention_bwd_smem[];
+  const std::uint32_t raw = sm90::shared_address(attention_bwd_smem);
+  const std::uint32_t base = (raw + 1023) & ~1023u;
+  float* const stats = reinterpret_cast<float*>(attention_bwd_smem + (base - raw) + L::stats_offset);
+  const std::uint32_t kv_bar = base + L::barrier_offset, full_bar = kv_bar + 8, empty_bar = full_bar + 8 * kStages;
+
+  const AttentionShapeArgs& s = a.shape;
+  const std::int64_t S = s.seq;
+  const std::int64_t k0 = static_cast<std::int64_t>(blockIdx.x) * kBlock;  // early keys see the most queries
+  const int kvh = static_cast<int>(blockIdx.y), group = s.heads / s.kv_heads;
+  const std::int64_t b = blockIdx.z;
+  const std::int64_t k_last = (k0 + kBlock < S ? k0 + kBlock : S) - 1;
+  const std::int64_t q_end = seq_end_of(s, k_last);  // queries k0 .. q_end - 1 see keys of this block
+  const std::int64_t q_tiles = (q_end - k0 + BQ - 1) / BQ;
+  const std::int64_t steps = q_tiles * group;  // step i: head kvh·group + i / q_tiles, tile i mod q_tiles
+
+  if (threadIdx.x == 0) {
+    sm90::prefetch_tensor_map(&q_map);
+    sm90::prefetch_tensor_map(&g_map);
+    sm90::prefetch_tensor_map(&k_map);
+    sm90::prefetch_tensor_map(&v_map);
+    sm90::mbarrier_init(kv_bar, 1);
+    for (int st = 0; st < kStages; ++st) {
+      sm90::mbarrier_init(full_bar + 8 * st, 32);                 // the producer warp's lanes
+      sm90::mbarrier_init(empty_bar + 8 * st, kConsumers * 4);  // one arrival per consumer warp
+    }
+    sm90::mbarrier_init_fence();
+  }
+  __syncthreads();  // the last block-wide barrier: the producer's idle warps leave below
+
+  const int warpgroup = static_cast<int>(threadIdx.x >> 7);
+  if (warpgroup == 0) {
+    // ---- producer: warp 0 ----
+    sm90::release_registers<kProducerRegisters>();
+    if (threadIdx.x >= 32) return;
+    const int lane = static_cast<int>(threadIdx.x);
+    if (lane == 0) {
+      const int k_row = static_cast<int>((b * s.kv_heads + kvh) * S + k0);
+      sm90::mbarrier_arrive_expect_bytes(kv_bar, L::k_bytes + L::v_bytes);
+      for (int c = 0; c < KC; ++c) sm90::tma_load_2d(base + c * kBlock * 128, &k_map, 64 * c, k_row, kv_bar);
+      for (int c = 0; c < VC; ++c)
+        sm90::tma_load_2d(base + L::v_offset + c * kBlock * 128, &v_map, 64 * c, k_row, kv_bar);
+    }
+    int stage = 0;
+    std::uint32_t phase = 0;
+    for (std::int64_t step = 0; step < steps; ++step) {
+      const int h = kvh * group + static_cast<int>(step / q_tiles);
+      const std::int64_t qt0 = k0 + (step % q_tiles) * BQ;
+      const std::int64_t head_row = (b * s.heads + h) * S;
+      sm90::mbarrier_wait(empty_bar + 8 * stage, phase ^ 1);
+      // lse (in the base-2 domain) and D of the tile's queries; 0 past S (those columns are masked).
+      float* const st = stats + stage * 2 * BQ;
+      for (int i = lane; i < BQ; i += 32) {
+        const bool real = qt0 + i < S;
+        st[i] = real ? a.lse[head_row + qt0 + i] * kLog2e : 0.f;
+        st[BQ + i] = real ? a.delta[head_row + qt0 + i] : 0.f;
+      }
+      const std::uint32_t full = full_bar + 8 * stage;
+      if (lane == 0) {
+        const int row = static_cast<int>(head_row + qt0);
+        sm90::mbarrier_arrive_expect_bytes(full, L::q_bytes + L::g_bytes);
+        for (int c = 0; c < KC; ++c)
+          sm90::tma_load_2d(base + L::q_offset + stage * L::q_bytes + c * BQ * 128, &q_map, 64 * c, row, full);
+        for (int c = 0; c < VC; ++c)
+          sm90::tma_load_2d(base + L::g_offset + stage * L::g_bytes + c * BQ * 128, &g_map, 64 * c, row, full);
+      } else {
+        sm90::mbarrier_arrive(full);  // releases this lane's lse and D stores
+      }
+      if (++stage == kStages) {
+        stage = 0;
+        phase ^= 1;
+      }
+    }
+    return;
+  }
+
+  // ---- consumers: 64 keys each ----
+  sm90::claim_registers<kConsumerRegisters>();
+  const int wg = warpgroup - 1;
+  const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>((threadIdx.x >> 5) & 3);
+  const int t = lane & 3;
+  const std::int64_t warp_key0 = k0 + 64 * wg + 16 * warp;
+  std::int64_t key[2], end[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    key[r] = warp_key0 + (lane >> 2) + 8 * r;
+    end[r] = key[r] < S ? seq_end_of(s, key[r]) : 0;  // a key past S: every query masked
+  }
+  const std::int64_t end_min = end[0] < end[1] ? end[0] : end[1];
+  const float scale_log2 = static_cast<float>(s.scale) * kLog2e;
+  float dk[NK / 2], dv[DV / 2];
+#pragma unroll
+  for (int i = 0; i < NK / 2; ++i) dk[i] = 0.f;
+#pragma unroll
+  for (int i = 0; i < DV / 2; ++i) dv[i] = 0.f;
+  const std::uint32_t k_addr = base + wg * 64 * 128;  // this consumer's 64 rows of each box
+  const std::uint32_t v_addr = base + L::v_offset + wg * 64 * 128;
+  sm90::mbarrier_wait(kv_bar, 0);
+
+  int stage = 0;
+  std::uint32_t phase = 0;
+  for (std::int64_t step = 0; step < steps; ++step) {
+    const std::int64_t qt0 = k0 + (step % q_tiles) * BQ;
+    sm90::mbarrier_wait(full_bar + 8 * stage, phase);
+    const std::uint32_t q_addr = base + L::q_offset + stage * L::q_bytes;
+    const std::uint32_t g_addr = base + L::g_offset + stage * L::g_bytes;
+    const float* const lse2 = stats + stage * 2 * BQ;
+    const float* const delta = lse2 + BQ;
+
+    float p[BQ / 2], ds[BQ / 2];
+    sm90::wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < DK / 16; ++kk)  // Sᵀ = K·Qᵀ
+      Wgmma<BQ>::ss(p, k_major(k_addr, kBlock, kk), k_major(q_addr, BQ, kk), kk > 0);
+    sm90::wgmma_commit();
+#pragma unroll
+    for (int kk = 0; kk < DV / 16; ++kk)  // dPᵀ = V·doutᵀ
+      Wgmma<BQ>::ss(ds, k_major(v_addr, kBlock, kk), k_major(g_addr, BQ, kk), kk > 0);
+    sm90::wgmma_commit();
+    sm90::wgmma_wait<1>();
+    sm90::fence_registers(p);
+
+    // Pᵀ while dPᵀ is in flight. Masking only where a query of the tile may precede a key of this
+    // thread's rows or lie past the end of their sequence (or past S).
+    const bool masked = qt0 < warp_key0 + 16 || qt0 + BQ > end_min;
+#pragma unroll
+    for (int i = 0; i < BQ / 2; ++i) {
+      const int r = (i >> 1) & 1;
+      const int col = 8 * (i >> 2) + 2 * t + (i & 1);
+      const std::int64_t qi = qt0 + col;
+      const bool valid = !masked || (qi >= key[r] && qi < end[r]);
+      p[i] = valid ? exp2f(p[i] * scale_log2 - lse2[col]) : 0.f;
+    }
+    sm90::wgmma_wait<0>();
+    sm90::fence_registers(ds);
+#pragma unroll
+    for (int i = 0; i < BQ / 2; ++i) ds[i] = p[i] * (ds[i] - delta[8 * (i >> 2) + 2 * t + (i & 1)]);
+
+    // Both register-A operands first: registers computed between two wgmma would make ptxas insert
+    // a warpgroup arrive before each (C7519).
+    unsigned pa[BQ / 16][4], da[BQ / 16][4];
+    pack_a<T, BQ>(pa, p);
+    pack_a<T, BQ>(da, ds);
+    sm90::wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < BQ / 16; ++kk) Wgmma<DV>::rs_mn(dv, pa[kk], mn_major(g_addr, BQ, kk), 1);  // dV += Pᵀ·dout
+#pragma unroll
+    for (int kk = 0; kk < BQ / 16; ++kk) Wgmma<NK>::rs_mn(dk, da[kk], mn_major(q_addr, BQ, kk), 1);  // dK += dSᵀ·Q
+    sm90::wgmma_commit();
+    sm90::wgmma_wait<0>();
+    sm90::fence_registers(dv);
+    sm90::fence_registers(dk);
+    __syncwarp();
+    if (lane == 0) sm90::mbarrier_arrive(empty_bar + 8 * stage);  // this warp is done with the stage
+    if (++stage == kStages) {
+      stage = 0;
+      phase ^= 1;
+    }
+  }
+
+  const std::int64_t kv_row = (b * s.kv_heads + kvh) * S;
+  store_rows<T, NK>(static_cast<T*>(a.dk) + kv_row * DK, dk, warp_key0, S, DK, static_cast<float>(s.scale));
+  store_rows<T, DV>(static_cast<T*>(a.dv) + kv_row * DV, dv, warp_key0, S, DV, 1.f);
+}
+
+template <int DK, int DV>
+struct DqLayout {
+  static constexpr int BN = dq_key_tile<DK, DV>();
+  static constexpr int q_bytes = chunks(DK) * kBlock * 128;  // the block's queries
+  static constexpr int g_bytes = chunks(DV) * kBlock * 128;  // and their dout rows
+  static constexpr int k_bytes = chunks(DK) * BN * 128;      // a stage's K tile
+  static constexpr int v_bytes = chunks(DV) * BN * 128;      // a stage's V tile
+  static constexpr int g_offset = q_bytes;
+  static constexpr int k_offset = g_offset + g_bytes;
+  static constexpr int v_offset = k_offset + kStages * k_bytes;
+  static constexpr int barrier_offset = v_offset + kStages * v_bytes;  // q, full[], empty[]
+  static constexpr std::size_t bytes = 1024 + barrier_offset + (1 + 2 * kStages) * 8;
+};
+
+template <class T, int DK, int DV>
+__global__ void __launch_bounds__(kThreads, 1)
+    attention_dq_hopper_kernel(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap g_map,
+                               const __grid_constant__ CUtensorMap k_map, const __grid_constant__ CUtensorMap v_map,
+                               const AttentionBackwardArgs a) {
+  using L = DqLayout<DK, DV>;
+  constexpr int BN = L::BN, KC = chunks(DK), VC = chunks(DV), NK = 64 * KC;
+  extern __shared__ __align__(16) unsigned char attention_bwd_smem[];
+  const std::uint32_t base = (sm90::shared_address(attention_bwd_smem) + 1023) & ~1023u;
+  const std::uint32_t q_bar = base + L::barrier_offset, full_bar = q_bar + 8, empty_bar = full_bar + 8 * kStages;
+
+  const AttentionShapeArgs& s = a.shape;
+  const std::int64_t S = s.seq;
+  const std::int64_t q0 = static_cast<std::int64_t>(gridDim.x - 1 - blockIdx.x) * kBlock;  // most keys first
+  const int h = static_cast<int>(blockIdx.y), kvh = h / (s.heads / s.kv_heads);
+  const std::int64_t b = blockIdx.z;
+  const std::int64_t head_row = (b * s.heads + h) * S;
+  const KeyTiles tiles = key_tiles(s, q0, kBlock, BN);
+  const std::int64_t t_first = tiles.first, t_last = tiles.last, last_begin = tiles.last_begin;
+
+  if (threadIdx.x == 0) {
+    sm90::prefetch_tensor_map(&q_map);
+    sm90::prefetch_tensor_map(&g_map);
+    sm90::prefetch_tensor_map(&k_map);
+    sm90::prefetch_tensor_map(&v_map);
+    sm90::mbarrier_init(q_bar, 1);
+    for (int st = 0; st < kStages; ++st) {
+      sm90::mbarrier_init(full_bar + 8 * st, 1);
+      sm90::mbarrier_init(empty_bar + 8 * st, kConsumers * 4);
+    }
+    sm90::mbarrier_init_fence();
+  }
+  __syncthreads();
+
+  const int warpgroup = static_cast<int>(threadIdx.x >> 7);
+  if (warpgroup == 0) {
+    // ---- producer: one thread ----
+    sm90::release_registers<kProducerRegisters>();
+    if (threadIdx.x != 0) return;
+    const int q_row = static_cast<int>(head_row + q0);
+    sm90::mbarrier_arrive_expect_bytes(q_bar, L::q_bytes + L::g_bytes);
+    for (int c = 0; c < KC; ++c) sm90::tma_load_2d(base + c * kBlock * 128, &q_map, 64 * c, q_row, q_bar);
+    for (int c = 0; c < VC; ++c)
+      sm90::tma_load_2d(base + L::g_offset + c * kBlock * 128, &g_map, 64 * c, q_row, q_bar);
+    const int k_row = static_cast<int>((b * s.kv_heads + kvh) * S);
+    int stage = 0;
+    std::uint32_t phase = 0;
+    for (std::int64_t n0 = t_first; n0 <= t_last; n0 += BN) {
+      sm90::mbarrier_wait(empty_bar + 8 * stage, phase ^ 1);
+      const std::uint32_t full = full_bar + 8 * stage;
+      sm90::mbarrier_arrive_expect_bytes(full, L::k_bytes + L::v_bytes);
+      for (int c = 0; c < KC; ++c)
+        sm90::tma_load_2d(base + L::k_offset + stage * L::k_bytes + c * BN * 128, &k_map, 64 * c,
+                          k_row + static_cast<int>(n0), full);
+      for (int c = 0; c < VC; ++c)
+        sm90::tma_load_2d(base + L::v_offset + stage * L::v_bytes + c * BN * 128, &v_map, 64 * c,
+                          k_row + static_cast<int>(n0), full);
+      if (++stage == kStages) {
+        stage = 0;
+        phase ^= 1;
+      }
+    }
+    return;
+  }
+
+  // ---- consumers: 64 queries each ----
+  sm90::claim_registers<kConsumerRegisters>();
+  const int wg = warpgroup - 1;
+  const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>((threadIdx.x >> 5) & 3);
+  const int t = lane & 3;
+  const std::int64_t warp_row0 = q0 + 64 * wg + 16 * warp;
+  std::int64_t row[2], begin[2];
+  float lse2[2], delta[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    row[r] = warp_row0 + (lane >> 2) + 8 * r;
+    const bool real = row[r] < S;
+    begin[r] = real ? seq_begin_of(s, row[r]) : 0;
+    lse2[r] = real ? a.lse[head_row + row[r]] * kLog2e : 0.f;
+    delta[r] = real ? a.delta[head_row + row[r]] : 0.f;
+  }
+  const float scale_log2 = static_cast<float>(s.scale) * kLog2e;
+  float dq[NK / 2];
+#pragma unroll
+  for (int i = 0; i < NK / 2; ++i) dq[i] = 0.f;
+  const std::uint32_t q_addr = base + wg * 64 * 128;
+  const std::uint32_t g_addr = base + L::g_offset + wg * 64 * 128;
+  sm90::mbarrier_wait(q_bar, 0);
+
+  int stage = 0;
+  std::uint32_t phase = 0;
+  for (std::int64_t n0 = t_first; n0 <= t_last; n0 += BN) {
+    sm90::mbarrier_wait(full_bar + 8 * stage, phase);
+    const std::uint32_t k_addr = base + L::k_offset + stage * L::k_bytes;
+    const std::uint32_t v_addr = base + L::v_offset + stage * L::v_bytes;
+
+    float p[BN / 2], ds[BN / 2];
+    sm90::wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < DK / 16; ++kk)  // S = Q·Kᵀ
+      Wgmma<BN>::ss(p, k_major(q_addr, kBlock, kk), k_major(k_addr, BN, kk), kk > 0);
+    sm90::wgmma_commit();
+#pragma unroll
+    for (int kk = 0; kk < DV / 16; ++kk)  // dP = dout·Vᵀ
+      Wgmma<BN>::ss(ds, k_major(g_addr, kBlock, kk), k_major(v_addr, BN, kk), kk > 0);
+    sm90::wgmma_commit();
+    sm90::wgmma_wait<1>();
+    sm90::fence_registers(p);
+
+    const bool masked = n0 + BN > warp_row0 || n0 < last_begin;
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) {
+      const int r = (i >> 1) & 1;
+      const std::int64_t j = n0 + 8 * (i >> 2) + 2 * t + (i & 1);
+      const bool valid = !masked || (j <= row[r] && j >= begin[r]);
+      p[i] = valid ? exp2f(p[i] * scale_log2 - lse2[r]) : 0.f;
+    }
+    sm90::wgmma_wait<0>();
+    sm90::fence_registers(ds);
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) ds[i] = p[i] * (ds[i] - delta[(i >> 1) & 1]);
+
+    unsigned da[BN / 16][4];
+    pack_a<T, BN>(da, ds);
+    sm90::wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) Wgmma<NK>::rs_mn(dq, da[kk], mn_major(k_addr, BN, kk), 1);  // dQ += dS·K
+    sm90::wgmma_commit();
+    sm90::wgmma_wait<0>();
+    sm90::fence_registers(dq);
+    __syncwarp();
+    if (lane == 0) sm90::mbarrier_arrive(empty_bar + 8 * stage);
+    if (++stage == kStages) {
+      stage = 0;
+      phase ^= 1;
+    }
+  }
+  store_rows<T, NK>(static_cast<T*>(a.dq) + head_row * DK, dq, warp_row0, S, DK, static_cast<float>(s.scale));
+}
+
+// ---- host side ------------------------------------------------------------------------------------
+
+// The dK/dV and the dQ kernel (attention.cuh's launcher has run the delta kernel and checked
+// attention_hopper_backward_supports, the device and that every row index fits in int).
+template <class T, int DK, int DV>
+void launch_backward(const AttentionBackwardArgs& a) {
+  using hopper::make_tensor_map;
+  const AttentionShapeArgs& s = a.shape;
+  const std::int64_t q_rows = s.batch * s.heads * s.seq, kv_rows = s.batch * s.kv_heads * s.seq;
+  const unsigned tiles = static_cast<unsigned>((s.seq + kBlock - 1) / kBlock);
+  {
+    using L = DkdvLayout<DK, DV>;
+    const CUtensorMap q_map = make_tensor_map(a.q, q_rows, DK, L::BQ);
+    const CUtensorMap g_map = make_tensor_map(a.dout, q_rows, DV, L::BQ);
+    const CUtensorMap k_map = make_tensor_map(a.k, kv_rows, DK, kBlock);
+    const CUtensorMap v_map = make_tensor_map(a.v, kv_rows, DV, kBlock);
+    opt_in_shared_memory(attention_dkdv_hopper_kernel<T, DK, DV>, L::bytes, a.launch.device);
+    attention_dkdv_hopper_kernel<T, DK, DV>
+        <<<dim3(tiles, static_cast<unsigned>(s.kv_heads), static_cast<unsigned>(s.batch)), kThreads, L::bytes,
+           a.launch.stream>>>(q_map, g_map, k_map, v_map, a);
+    KILN_CUDA_CHECK_LAUNCH();
+  }
+  {
+    using L = DqLayout<DK, DV>;
+    const CUtensorMap q_map = make_tensor_map(a.q, q_rows, DK, kBlock);
+    const CUtensorMap g_map = make_tensor_map(a.dout, q_rows, DV, kBlock);
+    const CUtensorMap k_map = make_tensor_map(a.k, kv_rows, DK, L::BN);
+    const CUtensorMap v_map = make_tensor_map(a.v, kv_rows, DV, L::BN);
+    opt_in_shared_memory(attention_dq_hopper_kernel<T, DK, DV>, L::bytes, a.launch.device);
+    attention_dq_hopper_kernel<T, DK, DV>
+        <<<dim3(tiles, static_cast<unsigned>(s.heads), static_cast<unsigned>(s.batch)), kThreads, L::bytes,
+           a.launch.stream>>>(q_map, g_map, k_map, v_map, a);
+    KILN_CUDA_CHECK_LAUNCH();
+  }
+}
+
+}  // namespace kiln::kernels::attention::hopper_backward
