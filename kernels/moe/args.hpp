@@ -80,6 +80,10 @@ struct MoeGatherRowsArgs {
   const std::int64_t* index = nullptr; // [rows]
   const void* scale = nullptr;         // [*] or null
   std::int64_t rows = 0, cols = 0, divisor = 1;
+  // index's inverse (row_of_slot: inverse[index[p]] = p) when index is a permutation of
+  // [0, rows) with rows = tokens·divisor, x holding the tokens; or null. With it the kernel walks
+  // the tokens instead of the rows (dispatch.cuh: each x row read once, written divisor times).
+  const std::int64_t* inverse = nullptr;
 };
 
 // Weighted row sum: y[n] = Σ_{k<K} (weights ? weights[n·K + k] : 1) · in[index[n·K + k]], summed in
@@ -111,6 +115,7 @@ struct MoeCombineBackwardArgs {
   const void* gates = nullptr;               // [N·K]
   const void* dy = nullptr;                  // [N, cols]
   const std::int64_t* slot_of_row = nullptr; // [N·K]
+  const std::int64_t* row_of_slot = nullptr; // [N·K] its inverse, or null (dispatch.cuh: token order)
   std::int64_t routes = 0, cols = 0;
   int top_k = 1;
 };

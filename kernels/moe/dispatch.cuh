@@ -18,10 +18,20 @@
 // product of the row with dy for the gate's gradient. Every output element is written by one
 // thread with a fixed order of summation: deterministic without a separate variant, no atomics.
 //
-// Memory traffic (bf16, hidden H): dispatch reads and writes 2·H bytes per route; combine reads
-// 2·H per route and writes 2·H per token; both at 16-byte vectors per thread, with the row index
-// (8 bytes) read once per vector from L1. At 4096 tokens × top-8 × H 7168 the dispatch reads 470 MB
-// (tokens mostly from L2, each is read K times) and writes 470 MB: about 0.2 ms at 4.8 TB/s.
+// Memory traffic (bf16, hidden H): dispatch reads 2·H bytes per token and writes 2·H per route;
+// combine reads 2·H per route and writes 2·H per token; both at 16-byte vectors per thread. At
+// 4096 tokens × top-8 × H 7168 the dispatch must read 59 MB and write 470 MB.
+//
+// Token order. Walked in layout order (a warp per row p, reading token slot_of_row[p] / K), the
+// dispatch reads each token row K times at scattered moments: the 59 MB of tokens do not stay in
+// the 50 MB L2 between their K readers, so up to 470 MB come from DRAM (measured: 0.675 of copy
+// bandwidth on an H200). So, given the inverse map (row_of_slot), both the dispatch and the
+// combine's backward walk the TOKENS: one warp per token n reads its row once (16-byte vectors,
+// kGatherUnroll in flight per lane) and writes it to its K layout rows row_of_slot[n·K + k]; the
+// combine's backward likewise reads dy[n] once and, per k, the expert row, writing g·dy and the
+// gate's dot product. The K destinations are read once per warp (lane k holds route k, shuffled
+// to all lanes), which bounds the token-order kernels to K ≤ 32 (dispatch) and K ≤ kMaxTopK
+// (combine backward: per-k dot products in registers); beyond, the row-order kernels run.
 #pragma once
 
 #include <cstdint>
@@ -151,6 +161,45 @@ __global__ void __launch_bounds__(kRowThreads) gather_rows(MoeGatherRowsArgs a) 
   }
 }
 
+// The gather in token order (a.inverse given; see the file comment): warp per token n, lane k < K
+// holding route n·K + k's layout row and scale. The vector loop runs the same trip count on every
+// lane (bounds checked per vector), so the shuffles see the whole warp.
+template <class T, int V>
+__global__ void __launch_bounds__(kRowThreads) scatter_rows(MoeGatherRowsArgs a) {
+  using C = compute_t<T>;
+  const int lane = threadIdx.x & 31;
+  const int K = static_cast<int>(a.divisor);
+  const std::int64_t tokens = a.rows / K, vecs = a.cols / V;
+  const T* __restrict__ scale = static_cast<const T*>(a.scale);
+  for (std::int64_t n = warp_id(); n < tokens; n += warp_count()) {
+    const std::int64_t my_row = lane < K ? a.inverse[n * K + lane] : 0;
+    const C my_w = scale && lane < K ? load(scale[n * K + lane]) : C(1);
+    const auto* __restrict__ x = reinterpret_cast<const Vec<T, V>*>(static_cast<const T*>(a.x) + n * a.cols);
+    for (std::int64_t base = 0; base < vecs; base += 32 * kGatherUnroll) {
+      Vec<T, V> r[kGatherUnroll];
+#pragma unroll
+      for (int u = 0; u < kGatherUnroll; ++u)
+        if (base + lane + 32 * u < vecs) r[u] = x[base + lane + 32 * u];
+      for (int k = 0; k < K; ++k) {
+        const std::int64_t p = __shfl_sync(0xffffffffu, my_row, k);
+        const C w = __shfl_sync(0xffffffffu, my_w, k);
+        auto* __restrict__ out = reinterpret_cast<Vec<T, V>*>(static_cast<T*>(a.out) + p * a.cols);
+#pragma unroll
+        for (int u = 0; u < kGatherUnroll; ++u) {
+          const std::int64_t v = base + lane + 32 * u;
+          if (v >= vecs) break;
+          Vec<T, V> o = r[u];
+          if (scale) {
+#pragma unroll
+            for (int j = 0; j < V; ++j) o.v[j] = store<T>(load(o.v[j]) * w);
+          }
+          out[v] = o;
+        }
+      }
+    }
+  }
+}
+
 template <class T, int V>
 __global__ void __launch_bounds__(kRowThreads) sum_rows(MoeSumRowsArgs a) {
   using C = compute_t<T>;
@@ -213,6 +262,72 @@ __global__ void __launch_bounds__(kRowThreads) combine_backward(MoeCombineBackwa
   }
 }
 
+// The combine's backward in token order (a.row_of_slot given, top_k <= kMaxTopK; see the file
+// comment): warp per token n; per chunk of kGatherUnroll vectors, dy[n] is loaded once and each
+// of the K expert rows once; the K dot products stay in registers (acc[k], the loop over k
+// unrolled to kMaxTopK with a bound check) and are reduced once per token. Each lane sums its
+// vectors in the row-order kernel's order (v = lane, lane + 32, ...): deterministic.
+constexpr int kMaxTopK = 8;
+
+template <class T, int V>
+__global__ void __launch_bounds__(kRowThreads, 2) combine_backward_tokens(MoeCombineBackwardArgs a) {
+  using C = compute_t<T>;
+  const int lane = threadIdx.x & 31;
+  const int K = a.top_k;
+  const std::int64_t tokens = a.routes / K, vecs = a.cols / V;
+  for (std::int64_t n = warp_id(); n < tokens; n += warp_count()) {
+    const std::int64_t my_row = lane < K ? a.row_of_slot[n * K + lane] : 0;
+    const C my_g = lane < K ? load(static_cast<const T*>(a.gates)[n * K + lane]) : C(0);
+    C acc[kMaxTopK];
+#pragma unroll
+    for (int k = 0; k < kMaxTopK; ++k) acc[k] = C(0);
+    const auto* __restrict__ dy = reinterpret_cast<const Vec<T, V>*>(static_cast<const T*>(a.dy) + n * a.cols);
+    for (std::int64_t base = 0; base < vecs; base += 32 * kGatherUnroll) {
+      Vec<T, V> d[kGatherUnroll];
+#pragma unroll
+      for (int u = 0; u < kGatherUnroll; ++u)
+        if (base + lane + 32 * u < vecs) d[u] = dy[base + lane + 32 * u];
+#pragma unroll
+      for (int k = 0; k < kMaxTopK; ++k) {
+        if (k >= K) break;  // K is the same for the whole warp: every lane reaches the shuffles
+        const std::int64_t row = __shfl_sync(0xffffffffu, my_row, k);
+        const C g = __shfl_sync(0xffffffffu, my_g, k);
+        const auto* __restrict__ rows = reinterpret_cast<const Vec<T, V>*>(static_cast<const T*>(a.rows) + row * a.cols);
+        auto* __restrict__ d_rows = reinterpret_cast<Vec<T, V>*>(static_cast<T*>(a.d_rows) + row * a.cols);
+        Vec<T, V> r[kGatherUnroll];
+        if (a.dgates) {
+#pragma unroll
+          for (int u = 0; u < kGatherUnroll; ++u)
+            if (base + lane + 32 * u < vecs) r[u] = rows[base + lane + 32 * u];
+        }
+#pragma unroll
+        for (int u = 0; u < kGatherUnroll; ++u) {
+          const std::int64_t v = base + lane + 32 * u;
+          if (v >= vecs) break;
+          if (a.d_rows) {
+            Vec<T, V> out;
+#pragma unroll
+            for (int j = 0; j < V; ++j) out.v[j] = store<T>(g * load(d[u].v[j]));
+            d_rows[v] = out;
+          }
+          if (a.dgates) {
+#pragma unroll
+            for (int j = 0; j < V; ++j) acc[k] += load(r[u].v[j]) * load(d[u].v[j]);
+          }
+        }
+      }
+    }
+    if (a.dgates) {
+#pragma unroll
+      for (int k = 0; k < kMaxTopK; ++k) {
+        if (k >= K) break;
+        const C total = warp_sum(acc[k]);
+        if (lane == 0) static_cast<T*>(a.dgates)[n * K + k] = store<T>(total);
+      }
+    }
+  }
+}
+
 inline unsigned row_blocks(std::int64_t work) {
   const std::int64_t b = (work + kRowThreads - 1) / kRowThreads;
   return static_cast<unsigned>(b < 1 ? 1 : (b > 65535 * 16 ? 65535 * 16 : b));
@@ -232,7 +347,11 @@ inline void launch_moe_gather_rows(const MoeGatherRowsArgs& a) {
     using T = decltype(tag);
     with_vector<T>(a.cols, aligned16(a.out) && aligned16(a.x), [&](auto vector) {
       constexpr int V = decltype(vector)::value;
-      gather_rows<T, V><<<row_blocks(a.rows * 32), kRowThreads, 0, a.launch.stream>>>(a);
+      if (a.inverse && a.divisor >= 1 && a.divisor <= 32 && a.rows % a.divisor == 0) {
+        scatter_rows<T, V><<<row_blocks(a.rows / a.divisor * 32), kRowThreads, 0, a.launch.stream>>>(a);
+      } else {
+        gather_rows<T, V><<<row_blocks(a.rows * 32), kRowThreads, 0, a.launch.stream>>>(a);
+      }
       KILN_CUDA_CHECK_LAUNCH();
     });
   });
@@ -259,7 +378,11 @@ inline void launch_moe_combine_backward(const MoeCombineBackwardArgs& a) {
     const bool aligned = aligned16(a.dy) && aligned16(a.rows) && (!a.d_rows || aligned16(a.d_rows));
     with_vector<T>(a.cols, aligned, [&](auto vector) {
       constexpr int V = decltype(vector)::value;
-      combine_backward<T, V><<<row_blocks(a.routes * 32), kRowThreads, 0, a.launch.stream>>>(a);
+      if (a.row_of_slot && a.top_k >= 1 && a.top_k <= kMaxTopK && a.routes % a.top_k == 0) {
+        combine_backward_tokens<T, V><<<row_blocks(a.routes / a.top_k * 32), kRowThreads, 0, a.launch.stream>>>(a);
+      } else {
+        combine_backward<T, V><<<row_blocks(a.routes * 32), kRowThreads, 0, a.launch.stream>>>(a);
+      }
       KILN_CUDA_CHECK_LAUNCH();
     });
   });

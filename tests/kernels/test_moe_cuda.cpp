@@ -168,6 +168,10 @@ TEST(MoeDispatchCombineCuda, EqualsTheCpu) {
     check_dispatch_combine<bf16>(300, 8, 256, h);
   }
   check_dispatch_combine<double>(57, 3, 9, 64);
+  // K <= 8 above: the token-order kernels (dispatch.cuh). K 12: the combine's backward in row
+  // order (more routes than its registers keep); K 40: the dispatch in row order too (> 32 lanes).
+  check_dispatch_combine<bf16>(37, 12, 24, 768);
+  check_dispatch_combine<float>(5, 40, 40, 64);
 }
 
 TEST(MoeBalanceCuda, UpdateEqualsTheHostRuleBitForBit) {

@@ -156,10 +156,11 @@ inline MoeLayout moe_layout(const Tensor<std::int64_t>& experts, std::int64_t n_
 
 namespace detail {
 
-// out[p] = x[index[p] / divisor] · (scale ? scale[index[p]] : 1): [rows, cols].
+// out[p] = x[index[p] / divisor] · (scale ? scale[index[p]] : 1): [rows, cols]. inverse: index's
+// inverse permutation where known (the CUDA kernel then walks x's rows, reading each once).
 template <class T>
 Tensor<T> moe_gather_rows(const char* op, const Tensor<T>& x, const Tensor<std::int64_t>& index, const Tensor<T>& scale,
-                          std::int64_t divisor) {
+                          std::int64_t divisor, const Tensor<std::int64_t>& inverse = {}) {
   const std::int64_t rows = index.numel(), cols = x.size(1);
   Tensor<T> out({rows, cols}, x.device());
   if (x.device().is_cpu()) {
@@ -174,7 +175,8 @@ Tensor<T> moe_gather_rows(const char* op, const Tensor<T>& x, const Tensor<std::
                                                         .scale = scale.defined() ? scale.data() : nullptr,
                                                         .rows = rows,
                                                         .cols = cols,
-                                                        .divisor = divisor});
+                                                        .divisor = divisor,
+                                                        .inverse = inverse.defined() ? inverse.data() : nullptr});
   }
   return out;
 }
@@ -220,7 +222,7 @@ Tensor<T> moe_dispatch(const Tensor<T>& x, const MoeLayout& layout) {
   check(x.dim() == 2 && x.size(0) == layout.tokens, op, "needs x [", layout.tokens, ", H] (the layout's tokens), got ",
         x.shape());
   const Tensor<T> xc = contiguous(x.detach());
-  Tensor<T> out = detail::moe_gather_rows(op, xc, layout.slot_of_row, Tensor<T>(), layout.top_k);
+  Tensor<T> out = detail::moe_gather_rows(op, xc, layout.slot_of_row, Tensor<T>(), layout.top_k, layout.row_of_slot);
   if (autograd::needs_grad(x)) {
     autograd::record(out, op, [layout](const Tensor<T>& g, const autograd::InputGrads& in) {
       const Tensor<T> gc = contiguous(g);
@@ -267,6 +269,7 @@ Tensor<T> moe_combine(const Tensor<T>& rows, const Tensor<T>& gates, const MoeLa
                                                                   .gates = gc.data(),
                                                                   .dy = dy.data(),
                                                                   .slot_of_row = layout.slot_of_row.data(),
+                                                                  .row_of_slot = layout.row_of_slot.data(),
                                                                   .routes = layout.routes(),
                                                                   .cols = cols,
                                                                   .top_k = static_cast<int>(layout.top_k)});
