@@ -1,8 +1,22 @@
-// Arguments of the KV-cache kernels of the generation engine (kernels/decode_attention/; front-end
-// ops/decode_attention.hpp, CPU reference backend/cpu/decode_attention.hpp).
+// Arguments of the KV-cache kernels of the generation engine (kernels/decode_attention/; front-ends
+// ops/decode_attention.hpp and ops/paged_attention.hpp, CPU reference backend/cpu/decode_attention.hpp).
 //
-// A cache is a preallocated [slots, capacity, row...] buffer: one slot per sequence, `capacity`
-// positions each. Sequences of a batch name their slot; the past is never moved or copied.
+// Two cache layouts, one set of kernels; only the addressing of a sequence's token j differs:
+//   contiguous (block_table null): a preallocated [slots, capacity, row...] buffer, one slot per
+//     sequence: token j of the sequence in slot s is row j of slot s;
+//   paged (block_table set): a pool [num_blocks, block_tokens, row...] of fixed-size blocks and a
+//     table [sequences, max_blocks] per layer: token j of sequence s is row j % block_tokens of
+//     block block_table[s * max_blocks + j / block_tokens].
+// In both the past is never moved or copied. The index tensors (slots, positions, lengths, the
+// table) stay on the device, so the front-ends cannot check their values without a host
+// synchronisation; the kernels never read or write outside the cache instead:
+//   cache_write skips the rows whose slot is outside [0, num_slots), whose position is outside
+//     [0, capacity) (paged: capacity = max_blocks * block_tokens), or whose table entry is outside
+//     [0, num_blocks);
+//   decode_attention gives zeros for a batch row whose slot is outside [0, num_slots), or (paged)
+//     any of whose table entries for tokens 0 .. lengths[a] - 1 is outside [0, num_blocks);
+//     lengths clamp to [0, capacity]; a query with no key to attend (lengths[a] < queries) gives
+//     zeros.
 #pragma once
 
 #include <cstdint>
@@ -12,43 +26,91 @@
 
 namespace kiln::kernels {
 
-// cache[slots[a], positions[a] + s, :] = values[a, s, :] for a < count, s < steps; row = the
-// elements of one position (contiguous), cache contiguous [slots, capacity, row].
+// cache[token positions[a] + s of the sequence in slots[a]] = values[a, s, :] for a < count,
+// s < steps; row = the elements of one token (contiguous). Contiguous cache [num_slots, capacity,
+// row]; paged blocks [num_blocks, block_tokens, row] with block_table [num_slots, max_blocks].
 struct CacheWriteArgs {
   static constexpr const char* kernel = "cache_write";
   static constexpr const char* header = "kiln/kernels/decode_attention/cache_write.cuh";
   DeviceLaunch launch;
   int element_bytes = 2;           // the element type is only moved, never interpreted
-  void* cache = nullptr;
+  void* cache = nullptr;           // the contiguous cache, or the paged blocks
   const void* values = nullptr;    // [count, steps, row], contiguous
   const std::int64_t* slots = nullptr;      // [count]
   const std::int64_t* positions = nullptr;  // [count]: the position of values[a, 0]
   std::int64_t count = 0, steps = 0, row = 0;
   std::int64_t num_slots = 0, capacity = 0;  // rows outside the cache are skipped, never written
+  // Paged only (block_table null: contiguous). capacity is then max_blocks * block_tokens.
+  const std::int64_t* block_table = nullptr;  // [num_slots, max_blocks]
+  std::int64_t max_blocks = 0, block_tokens = 0, num_blocks = 0;
 };
 
-// One query token per sequence against its cached keys, grouped-query style:
-//   out[a, h, :] = sum_{j < lengths[a]} p_j v[slots[a], j, h / G, :],
-//   p = softmax_j(scale * q[a, h, :] . k[slots[a], j, h / G, :]),   G = heads / kv_heads.
+// `queries` query tokens per sequence against its cached keys, grouped-query style:
+//   out[a, t, h, :] = sum_{j < L_t} p_j v[j, h / G, :],
+//   p = softmax_{j < L_t}(scale * q[a, t, h, :] . k[j, h / G, :]),   G = heads / kv_heads,
+// with k, v the rows of the sequence in slot slots[a] and L_t = lengths[a] - (queries - 1 - t):
+// query t sits at position lengths[a] - queries + t and attends the tokens up to itself (queries 2:
+// the main model's token and the MTP draft of speculative decoding).
 // MLA's absorbed decode is the case kv_heads = 1 with k = [latent, rope key] and v = the latent
-// (a view of the same cache: v_row_stride = k_row_stride, dv < dk).
+// (a view of the same cache: the v strides equal the k strides, dv < dk).
+//
+// Split along the sequence: with splits > 1 each row's keys are cut into `splits` ranges, each
+// computed by its own block, which writes its partial softmax state (max m, sum l, the
+// accumulator acc = sum_j exp(s_j - m) v_j) to `workspace`; a second kernel combines the splits in
+// a fixed order (deterministic). The front-end asks DecodeAttentionPlanArgs how many splits to use
+// and allocates the workspace (decode_attention_workspace_elements values of the compute type:
+// float, or double for double inputs).
 struct DecodeAttentionArgs {
   static constexpr const char* kernel = "decode_attention";
   static constexpr const char* header = "kiln/kernels/decode_attention/decode_attention.cuh";
   DeviceLaunch launch;
   DType dtype = DType::bf16;       // of q, the caches and out: f32, f64, bf16, f16
-  void* out = nullptr;             // [count, heads, dv], contiguous
-  const void* q = nullptr;         // [count, heads, dk], contiguous
-  const void* k = nullptr;         // element (slot, j, kv_head, d) at slot*k_slot_stride + j*k_row_stride + kv_head*k_head_stride + d
-  const void* v = nullptr;         // likewise with the v strides
+  void* out = nullptr;             // [count, queries, heads, dv], contiguous
+  const void* q = nullptr;         // [count, queries, heads, dk], contiguous
+  // Element (token j, kv_head, d) of the sequence in slot s: contiguous, at s * k_slot_stride +
+  // j * k_row_stride + kv_head * k_head_stride + d; paged, at block * k_slot_stride +
+  // (j % block_tokens) * k_row_stride + kv_head * k_head_stride + d (k_slot_stride is then the
+  // stride between blocks). Likewise v with the v strides.
+  const void* k = nullptr;
+  const void* v = nullptr;
   std::int64_t k_slot_stride = 0, k_row_stride = 0, k_head_stride = 0;
   std::int64_t v_slot_stride = 0, v_row_stride = 0, v_head_stride = 0;
   const std::int64_t* slots = nullptr;    // [count]
-  const std::int64_t* lengths = nullptr;  // [count]: keys 0 .. lengths[a] - 1 are attended
+  const std::int64_t* lengths = nullptr;  // [count]: tokens 0 .. lengths[a] - 1 are cached
   std::int64_t count = 0;
+  int queries = 1;                 // 1 or 2
   int heads = 1, kv_heads = 1, dk = 0, dv = 0;
-  std::int64_t num_slots = 0, capacity = 0;  // slots outside [0, num_slots) give zeros; lengths clamp to capacity
+  // Contiguous: num_slots slots of `capacity` tokens. Paged: num_slots = the table's sequences,
+  // capacity = max_blocks * block_tokens. Slots outside [0, num_slots) give zeros; lengths clamp
+  // to capacity.
+  std::int64_t num_slots = 0, capacity = 0;
+  const std::int64_t* block_table = nullptr;  // paged: [num_slots, max_blocks]; null: contiguous
+  std::int64_t max_blocks = 0, block_tokens = 0, num_blocks = 0;
   double scale = 1.0;
+  int splits = 1;                  // blocks per row along the sequence (<= kDecodeMaxSplits)
+  void* workspace = nullptr;       // splits > 1: decode_attention_workspace_elements(*this) values
+};
+
+constexpr int kDecodeMaxSplits = 128;
+
+// Values of the compute type the split path needs: per (batch row, query, head) and split, m and
+// l, then the dv accumulator columns (all m, l pairs first, then all accumulators). 0 for one split.
+constexpr std::int64_t decode_attention_workspace_elements(const DecodeAttentionArgs& a) {
+  return a.splits > 1 ? a.count * a.queries * a.heads * a.splits * (2 + static_cast<std::int64_t>(a.dv)) : 0;
+}
+
+// The split count decode_attention would use for `problem` on its device: problem->splits if it
+// is >= 1 (a caller's choice, e.g. a test forcing the split path; clamped to kDecodeMaxSplits),
+// else (0: automatic) enough splits to give every multiprocessor a block when the rows, kv heads
+// and head chunks alone would leave more than half of them idle, each split keeping at least 256
+// keys of the capacity. Written to *splits (a host int). A query, not a kernel: nothing runs on
+// the device.
+struct DecodeAttentionPlanArgs {
+  static constexpr const char* kernel = "decode_attention_plan";
+  static constexpr const char* header = "kiln/kernels/decode_attention/decode_attention.cuh";
+  DeviceLaunch launch;
+  const DecodeAttentionArgs* problem = nullptr;
+  int* splits = nullptr;
 };
 
 }  // namespace kiln::kernels

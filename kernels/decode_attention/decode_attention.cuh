@@ -1,9 +1,11 @@
 // decode_attention on CUDA (arguments kernels/decode_attention/args.hpp, which states the
-// function; front-end ops/decode_attention.hpp; CPU reference backend/cpu/decode_attention.hpp).
+// function and both cache layouts; front-ends ops/decode_attention.hpp (contiguous cache) and
+// ops/paged_attention.hpp (paged cache); CPU reference backend/cpu/decode_attention.hpp).
 //
-// Work split. One block of 256 threads (8 warps) per (batch row, kv head, chunk of the G query
-// heads that share that kv head). The row's keys are cut into tiles of 16; warp w takes tiles
-// w, w + 8, w + 16, ... and keeps its OWN online softmax (running max m and sum l per head, an
+// Work split. One block of 256 threads (8 warps) per (batch row, kv head, chunk of the T x G
+// query rows that share that kv head: T query tokens of G heads each, split) — one split, the
+// whole row, unless the sequence split below applies. The split's keys are cut into tiles of 16;
+// warp w takes tiles w, w + 8, w + 16, ... and keeps its OWN online softmax (running max m and sum l per head, an
 // accumulator rescaled by exp(m_old - m_new)), so the key loop has no block barrier at all:
 //   A. scores, two lanes per key: lanes j and j + 16 compute the dot products of key (tile + j)
 //      with every head of the chunk, each over half of dk, and add the halves with one shuffle.
@@ -22,6 +24,34 @@
 //      are summed in a fixed warp order (deterministic: graph replays match eager steps bit for
 //      bit) and written as out = acc / l; rows with no keys (length 0, or a slot outside the
 //      cache) give zeros.
+//
+// Addressing (args.hpp). Each lane finds where its key of the tile lies — the block and the row
+// in it: contiguous, (slot, j); paged, (table[j / block_tokens], j % block_tokens) — once per
+// tile, and one tile ahead: the lookup of the next tile is made with its prefetch, so that the
+// table read (an L1 hit after the first lane) never waits in front of a key load. The value
+// rows' offsets of the tile's 16 keys go to a per-warp shared array for step C. A paged row is
+// checked before its key loop: its table entries for tokens 0 .. L - 1 are read by the block's
+// threads and or-ed in the barrier that follows the q staging (__syncthreads_or), and a row with
+// an entry outside the pool gives zeros. With 64-token blocks a tile (16 keys, 16-aligned)
+// never straddles two blocks, but nothing relies on it: any block size works.
+//
+// Two query tokens (MTP's speculative decode): the T x G query rows of a kv head are the
+// block's heads (chunked like heads), so each key read serves both queries; query 0 of 2 attends
+// one key fewer than query 1, a per-head bit masks key L - 1 to -inf for those rows in step B.
+//
+// Split along the sequence (args.hpp: splits > 1). When the rows, kv heads and head chunks give
+// fewer blocks than half the SMs (few sequences, long caches: 4 rows x 32768 keys x 16 heads is
+// 8 blocks for 132 SMs), each row's keys are cut into `splits` ranges of ceil(L / splits) keys
+// rounded up to a tile (from the row's own length, on the device: every split of a row gets the
+// same work), one block per range. Each writes its (m, l, acc) per query row to a float
+// workspace (double for double inputs); decode_combine_kernel, one block per query row, reads
+// the splits in order and writes out = sum_s w_s acc_s / sum_s w_s l_s, w_s = exp(m_s - max m)
+// (a split without keys: m = -inf, weight 0). The split count comes from the SM count
+// (decode_attention_plan, device_info.hpp): splits = SMs / blocks, at most 128 and at most
+// capacity / 256 (a split keeps 2+ tiles per warp); the workspace is the front-end's tensor, so
+// the kernels still allocate nothing (CUDA graphs). Bytes: the workspace adds (dv + 2) x 4 bytes
+// per query row and split, written once and read once: at 4 x 32768 x 16 heads x 16 splits,
+// 1 MB against the 75 MB of the cache.
 // Everything accumulates in float (double for double inputs). The math functions are called as
 // ::exp, ::max, ::min: inside namespace kiln the tensor ops of those names would hide them.
 //
@@ -55,17 +85,16 @@
 // load); value columns past dv read column dv - CPL (or dv - 1): always inside the cache, their
 // scores masked to -inf (p = 0) and those columns never written.
 //
-// Head chunks: the launcher uses the fewest chunks that fit HC, then splits further (halving the
-// heads a block) while the grid would fill less than half the GPU's SMs, e.g. the long-context
-// case (32 rows x 16 heads: 4 chunks of 4 -> 128 blocks); each chunk reads the row's keys once
-// (again from L2 for the chunks after the first). Splitting one row's keys across blocks would
-// need a workspace or clusters; the engine captures decode steps in CUDA graphs, so the kernel
-// allocates nothing and never synchronises.
+// Head chunks: the launcher uses the fewest chunks that fit HC, then (with the sequence split
+// chosen) splits further (halving the heads a block) while the grid would still fill less than
+// half the GPU's SMs, e.g. the contiguous op's long-context case (32 rows x 16 heads, one split:
+// 4 chunks of 4 -> 128 blocks); each chunk reads the row's keys once (again from L2 for the
+// chunks after the first). Nothing synchronises with the host.
 //
 // Cost per block: the row's L keys and values are read once per head chunk: L (dk + dv)
 // elements (for MLA the values lie inside the key rows and come from L1/L2 the second time);
-// each warp asks L2 for its next tile's rows ahead of time (prefetch.L2). The paged, split-K
-// Hopper version is the MLA decode issue's.
+// each warp asks L2 for its next tile's rows ahead of time (prefetch.L2). A Hopper version
+// (tensor cores for the scores and p · v, bulk copies of the tiles) is issue 15's next step.
 #pragma once
 
 #include <algorithm>
@@ -87,6 +116,8 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kTile = 16;     // keys per warp step: two lanes per key, each half of dk
 constexpr int kMaxCols = 16;  // value columns per lane: dv <= 512
 constexpr int kGroup = 4;     // heads come in groups of 4: HC = 4 NG, padding heads zero-filled
+constexpr int kSplitKeys = 256;  // keys a sequence split keeps at least (of the capacity)
+constexpr int kCombineThreads = 128;
 
 template <class T>
 using compute_of = std::conditional_t<std::is_same_v<T, double>, double, float>;
@@ -130,9 +161,26 @@ __device__ __forceinline__ void prefetch_l2(const T* p, int n) {
   asm volatile("prefetch.L2 [%0];" ::"l"(c + bytes - 1));  // the last line when p is not line-aligned
 }
 
+// Where token j of one batch row's sequence lies: its block and the row in it (args.hpp).
+struct TokenRows {
+  const std::int64_t* table;  // the sequence's row of the block table; null: contiguous
+  std::int64_t slot;
+  int block_tokens;
+  __device__ __forceinline__ void locate(int j, std::int64_t& block, int& r) const {
+    if (table) {
+      const int b = j / block_tokens;
+      block = table[b];
+      r = j - b * block_tokens;
+    } else {
+      block = slot;
+      r = j;
+    }
+  }
+};
+
 // kVec: 16-byte key loads and CPL-wide value loads (the launcher checked the alignment);
-// otherwise element loads. NG: groups of kGroup = 4 heads computed per block (HC = 4 NG);
-// heads_per_block: the launcher's chunk of the group (<= HC).
+// otherwise element loads. NG: groups of kGroup = 4 query rows computed per block (HC = 4 NG);
+// heads_per_block: the launcher's chunk of the kv head's T x G query rows (<= HC).
 //
 // The head count is a template constant so that the inner loops have no branch on it: a branch
 // per head (or group) splits the independent FMA chains of the heads into basic blocks that
@@ -151,50 +199,98 @@ __global__ void __launch_bounds__(kThreads, 1) decode_attention_kernel(DecodeAtt
   constexpr int KG = kVec && HC * CPL * static_cast<int>(sizeof(C)) < 512 ? QV : QV / 2;
   constexpr C kNegInf = -static_cast<C>(INFINITY);
   static_assert(HC <= head_chunk<T, CPL>(), "acc stays within the register budget");
+  static_assert(HC <= 32, "one bit per query row in `drop`");
 
   __shared__ alignas(16) C p_s[kWarps][HC][kTile];  // each warp's probabilities of its tile
+  __shared__ std::int64_t voff_s[kWarps][kTile];    // and the value rows of the tile's keys
   // l_s: each warp's running sums (lane 0 keeps them: in registers they would be live through the
-  // whole key loop, next to acc); m_s: each warp's maxima at the end; w_s, total_s: the combine.
-  __shared__ C m_s[kWarps][HC], l_s[kWarps][HC], w_s[kWarps][HC], total_s[HC];
+  // whole key loop, next to acc); m_s: each warp's maxima at the end; w_s, total_s, max_s: the
+  // combine.
+  __shared__ C m_s[kWarps][HC], l_s[kWarps][HC], w_s[kWarps][HC], total_s[HC], max_s[HC];
   extern __shared__ __align__(16) unsigned char decode_attention_smem[];
   C* const q_s = reinterpret_cast<C*>(decode_attention_smem);     // [HC][dk] in the key loop
   C* const part_s = reinterpret_cast<C*>(decode_attention_smem);  // [kWarps][hc][kCols] after it
 
   const std::int64_t row = blockIdx.x;
   const int kv_head = static_cast<int>(blockIdx.y);
-  const int group = a.heads / a.kv_heads;
-  const int first = static_cast<int>(blockIdx.z) * heads_per_block;  // within the group
-  const int hc = ::min(heads_per_block, group - first);
-  const int head0 = kv_head * group + first;
+  const int group = a.heads / a.kv_heads, splits = a.splits;
+  const int chunk = static_cast<int>(blockIdx.z) / splits, split = static_cast<int>(blockIdx.z) - chunk * splits;
+  const int first = chunk * heads_per_block;  // within the kv head's T x G query rows
+  const int hc = ::min(heads_per_block, a.queries * group - first);
   const int dk = a.dk, dv = a.dv;
-  const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>(threadIdx.x >> 5);
+  const int tid = static_cast<int>(threadIdx.x);
+  const int lane = tid & 31, warp = tid >> 5;
   const int kl = lane & 15, half = lane >> 4;  // in the scores: key of the tile, half of dk
+  // The block's query row h is query t = (first + h) / G of head kv_head G + (first + h) % G;
+  // its index in q and out [count, T, heads]:
+  auto query_row = [&](int h) -> std::int64_t {
+    const int g = first + h, t = g / group;
+    return (row * a.queries + t) * a.heads + kv_head * group + (g - t * group);
+  };
+  // Bit h: query row h attends one key fewer (query 0 of 2).
+  unsigned drop = 0;
+  for (int h = 0; h < hc; ++h) drop |= (first + h) / group < a.queries - 1 ? 1u << h : 0u;
 
   const std::int64_t slot = a.slots[row];
-  std::int64_t L = a.lengths[row];
-  if (slot < 0 || slot >= a.num_slots) L = 0;
-  L = L < 0 ? 0 : (L > a.capacity ? a.capacity : L);
-  T* const out = static_cast<T*>(a.out) + (row * a.heads + head0) * dv;
-  if (L == 0) {  // the whole block leaves together: no barrier is skipped by some threads only
-    for (int i = static_cast<int>(threadIdx.x); i < hc * dv; i += kThreads) out[i] = store<T>(C(0));
+  std::int64_t L64 = a.lengths[row];
+  if (slot < 0 || slot >= a.num_slots) L64 = 0;
+  const int L = static_cast<int>(L64 < 0 ? 0 : (L64 > a.capacity ? a.capacity : L64));
+  // This split's keys [begin, end): ceil(L / splits) rounded up to a tile.
+  const int span = ((L + splits - 1) / splits + kTile - 1) / kTile * kTile;
+  const int begin = ::min(split * span, L), end = ::min(begin + span, L);
+
+  // Where the results go: out (one split) or this split's partial state in the workspace.
+  const bool partial = splits > 1;
+  C* const ws = static_cast<C*>(a.workspace);
+  const std::int64_t ws_acc = a.count * a.queries * a.heads * splits * 2;  // the accumulators' offset
+  auto write_row = [&](int h, int c, C sum, C total) {  // column c of query row h
+    const std::int64_t r = query_row(h);
+    if (partial) ws[ws_acc + (r * splits + split) * dv + c] = sum;
+    else static_cast<T*>(a.out)[r * dv + c] = store<T>(total > 0 ? sum / total : C(0));
+  };
+  auto write_state = [&](int h, C m, C l) {  // the split's max and sum of query row h
+    if (partial) {
+      C* const ml = ws + (query_row(h) * splits + split) * 2;
+      ml[0] = m;
+      ml[1] = l;
+    }
+  };
+  auto write_empty = [&] {  // no keys: zeros, or a split of weight 0
+    for (int i = tid; i < hc * dv; i += kThreads) write_row(i / dv, i % dv, C(0), C(0));
+    if (tid < hc) write_state(tid, kNegInf, C(0));
+  };
+  if (begin >= end) {  // the whole block leaves together: no barrier is skipped by some threads only
+    write_empty();
     return;
   }
 
-  const T* const k = static_cast<const T*>(a.k) + slot * a.k_slot_stride + kv_head * a.k_head_stride;
-  const T* const v_row0 = static_cast<const T*>(a.v) + slot * a.v_slot_stride + kv_head * a.v_head_stride;
+  const TokenRows rows{a.block_table ? a.block_table + slot * a.max_blocks : nullptr, slot,
+                       static_cast<int>(a.block_table ? a.block_tokens : a.capacity)};
+  const std::int64_t num_blocks = a.block_table ? a.num_blocks : a.num_slots;
+  const T* const k = static_cast<const T*>(a.k) + kv_head * a.k_head_stride;
+  const T* const v_base = static_cast<const T*>(a.v) + kv_head * a.v_head_stride;
   constexpr int kStride = kWarps * kTile;  // keys between a warp's tiles
-  if (static_cast<std::int64_t>(warp) * kTile + kl < L) {  // this warp's first tile: keys, values
-    const std::int64_t j = static_cast<std::int64_t>(warp) * kTile + kl;
-    if (half == 0) prefetch_l2(k + j * a.k_row_stride, dk);
-    else prefetch_l2(v_row0 + j * a.v_row_stride, dv);
+  // Where this lane's key of the warp's current tile lies (lanes past the tile's last key: that
+  // key); the first tile's rows on their way to L2 while q is staged.
+  std::int64_t kb = 0;
+  int kr = 0;
+  const int t_first = begin + warp * kTile;
+  if (t_first < end) {
+    rows.locate(t_first + ::min(kl, end - t_first - 1), kb, kr);
+    if (t_first + kl < end && kb >= 0 && kb < num_blocks) {  // the table is checked below
+      if (half == 0) prefetch_l2(k + kb * a.k_slot_stride + kr * a.k_row_stride, dk);
+      else prefetch_l2(v_base + kb * a.v_slot_stride + kr * a.v_row_stride, dv);
+    }
   }
 
-  const T* const q = static_cast<const T*>(a.q) + (row * a.heads + head0) * dk;
-  for (int i = static_cast<int>(threadIdx.x); i < HC * dk; i += kThreads)
-    q_s[i] = i < hc * dk ? static_cast<C>(load(q[i])) : C(0);
+  const T* const q = static_cast<const T*>(a.q);
+  for (int i = tid; i < HC * dk; i += kThreads) {
+    const int h = i / dk;
+    q_s[i] = h < hc ? static_cast<C>(load(q[query_row(h) * dk + (i - h * dk)])) : C(0);
+  }
   // This lane's value columns: lane * CPL + i (vector path) or lane + 32 i (element path), read
   // clamped into [0, dv) so that idle lanes stay inside the row.
-  const T* const v = v_row0 + (kVec ? ::min(lane * CPL, dv - CPL) : 0);
+  const T* const v = v_base + (kVec ? ::min(lane * CPL, dv - CPL) : 0);
   const C scale = static_cast<C>(a.scale);
 
   C acc[HC][CPL], m[HC];
@@ -207,18 +303,33 @@ __global__ void __launch_bounds__(kThreads, 1) decode_attention_kernel(DecodeAtt
   if (lane == 0)
 #pragma unroll
     for (int h = 0; h < HC; ++h) l_s[warp][h] = 0;
-  __syncthreads();  // q_s is staged
+  // A paged row's table entries for tokens 0 .. L - 1 (the whole row: every split of a row
+  // agrees), or-ed in the barrier that also publishes q_s.
+  bool bad = false;
+  if (rows.table)
+    for (int b = tid; b * rows.block_tokens < L; b += kThreads) bad |= rows.table[b] < 0 || rows.table[b] >= num_blocks;
+  if (__syncthreads_or(bad)) {  // uniform: the whole block leaves
+    write_empty();
+    return;
+  }
 
-  for (std::int64_t t0 = static_cast<std::int64_t>(warp) * kTile; t0 < L; t0 += kStride) {
-    const int tk = static_cast<int>(L - t0 < kTile ? L - t0 : kTile);  // >= 1: key 0 is real
+  for (int t0 = t_first; t0 < end; t0 += kStride) {
+    const int tk = ::min(end - t0, kTile);  // >= 1: key 0 of the tile is real
     const bool valid = kl < tk;
-    if (t0 + kStride + kl < L) {  // this warp's next tile, on its way to L2 meanwhile
-      if (half == 0) prefetch_l2(k + (t0 + kStride + kl) * a.k_row_stride, dk);
-      else prefetch_l2(v_row0 + (t0 + kStride + kl) * a.v_row_stride, dv);
+    // This warp's next tile: where its keys lie, and their rows on their way to L2 meanwhile.
+    std::int64_t nb = 0;
+    int nr = 0;
+    const int t1 = t0 + kStride;
+    if (t1 < end) {
+      rows.locate(t1 + ::min(kl, end - t1 - 1), nb, nr);
+      if (t1 + kl < end) {
+        if (half == 0) prefetch_l2(k + nb * a.k_slot_stride + nr * a.k_row_stride, dk);
+        else prefetch_l2(v_base + nb * a.v_slot_stride + nr * a.v_row_stride, dv);
+      }
     }
     // A. key kl of the tile against every head of the chunk, over this lane's half of dk (the
     // two halves are added below: both lanes then hold the same bits, a + b = b + a).
-    const T* const key = k + (t0 + (valid ? kl : tk - 1)) * a.k_row_stride;
+    const T* const key = k + kb * a.k_slot_stride + kr * a.k_row_stride;
     C s[HC];
 #pragma unroll
     for (int h = 0; h < HC; ++h) s[h] = 0;
@@ -227,8 +338,8 @@ __global__ void __launch_bounds__(kThreads, 1) decode_attention_kernel(DecodeAtt
       // harmless reload of the final piece). Half 0 takes pieces [0, split), half 1 the rest.
       using KV = Vec<T, VK>;
       const KV* const kp = reinterpret_cast<const KV*>(key);
-      const int pieces = dk / VK, split = (pieces + 1) / 2;
-      const int c_begin = half ? split : 0, c_end = half ? pieces : split;
+      const int pieces = dk / VK, mid = (pieces + 1) / 2;
+      const int c_begin = half ? mid : 0, c_end = half ? pieces : mid;
       KV k0 = kp[::min(c_begin, c_end - 1)], k1 = kp[::max(::min(c_begin + 1, c_end - 1), 0)];
       for (int c = c_begin; c < c_end; ++c) {
         const KV cur = k0;
@@ -253,8 +364,8 @@ __global__ void __launch_bounds__(kThreads, 1) decode_attention_kernel(DecodeAtt
         }
       }
     } else {
-      const int split = (dk + 1) / 2;
-      for (int d = half ? split : 0, d_end = half ? dk : split; d < d_end; ++d) {
+      const int mid = (dk + 1) / 2;
+      for (int d = half ? mid : 0, d_end = half ? dk : mid; d < d_end; ++d) {
         const C kd = static_cast<C>(load(key[d]));
 #pragma unroll
         for (int h = 0; h < HC; ++h) s[h] += q_s[h * dk + d] * kd;
@@ -262,14 +373,18 @@ __global__ void __launch_bounds__(kThreads, 1) decode_attention_kernel(DecodeAtt
     }
 #pragma unroll
     for (int h = 0; h < HC; ++h) s[h] += shfl_xor(s[h], 16);
-    // B. online softmax over the tile, per head; p = 0 for the lanes past the row's end.
-    __syncwarp();  // every lane has finished reading p_s for the previous tile
+    // B. online softmax over the tile, per head; p = 0 for the lanes past the split's end, and
+    // for key L - 1 in the query rows that attend one key fewer. A head can have no key in a
+    // tile (its only key masked): m stays -inf, alpha and p are 0.
+    __syncwarp();  // every lane has finished reading p_s and voff_s for the previous tile
+    const bool last = t0 + kl == L - 1;
 #pragma unroll
     for (int h = 0; h < HC; ++h) {
-      const C x = valid ? s[h] * scale : kNegInf;
-      const C m_new = ::max(m[h], warp_all_reduce(x, Max{}));  // finite: lane 0 has a key
+      const bool on = valid && !(last && ((drop >> h) & 1u));
+      const C x = on ? s[h] * scale : kNegInf;
+      const C m_new = ::max(m[h], warp_all_reduce(x, Max{}));
       const C alpha = m[h] == kNegInf ? C(0) : ::exp(m[h] - m_new);
-      const C p = valid ? ::exp(x - m_new) : C(0);
+      const C p = on ? ::exp(x - m_new) : C(0);
       const C tile_sum = warp_all_reduce<16>(p, Plus{});  // each half holds the tile's keys once
       if (lane == 0) l_s[warp][h] = l_s[warp][h] * alpha + tile_sum;
       m[h] = m_new;
@@ -277,16 +392,16 @@ __global__ void __launch_bounds__(kThreads, 1) decode_attention_kernel(DecodeAtt
 #pragma unroll
       for (int i = 0; i < CPL; ++i) acc[h][i] *= alpha;
     }
-    __syncwarp();  // p_s is written
+    if (half == 0) voff_s[warp][kl] = kb * a.v_slot_stride + kr * a.v_row_stride;
+    __syncwarp();  // p_s and voff_s are written
     // C. acc += p · v over the tile, KG keys at a time. The KG rows are loaded without a branch
-    // (a key past tk reads row tk - 1 and is then zeroed, p being 0 too), so that their loads
-    // are in flight together.
-    const T* const vt = v + t0 * a.v_row_stride;
+    // (a key past tk reads row tk - 1, which voff_s holds there, and is then zeroed, p being 0
+    // too), so that their loads are in flight together.
     for (int j0 = 0; j0 < tk; j0 += KG) {
       C vf[KG][CPL];
 #pragma unroll
       for (int u = 0; u < KG; ++u) {
-        const T* const vr = vt + static_cast<std::int64_t>(::min(j0 + u, tk - 1)) * a.v_row_stride;
+        const T* const vr = v + voff_s[warp][j0 + u];
         if constexpr (kVec) {
           load_cols<CPL>(vr, vf[u]);
         } else {
@@ -307,6 +422,8 @@ __global__ void __launch_bounds__(kThreads, 1) decode_attention_kernel(DecodeAtt
           for (int i = 0; i < CPL; ++i) acc[h][i] += p.v[u] * vf[u][i];
       }
     }
+    kb = nb;
+    kr = nr;
   }
 
   // D. combine the warps. Each warp's (m, l) per head; a warp without keys has m = -inf, l = 0.
@@ -314,8 +431,8 @@ __global__ void __launch_bounds__(kThreads, 1) decode_attention_kernel(DecodeAtt
 #pragma unroll
     for (int h = 0; h < HC; ++h) m_s[warp][h] = m[h];
   __syncthreads();  // every warp has left the key loop (q_s is free) and m_s, l_s are written
-  if (static_cast<int>(threadIdx.x) < hc) {
-    const int h = static_cast<int>(threadIdx.x);
+  if (tid < hc) {
+    const int h = tid;
     C mx = kNegInf;
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) mx = ::max(mx, m_s[w][h]);
@@ -327,8 +444,9 @@ __global__ void __launch_bounds__(kThreads, 1) decode_attention_kernel(DecodeAtt
       total += l_s[w][h] * weight;
     }
     total_s[h] = total;
+    max_s[h] = mx;
   }
-  __syncthreads();  // w_s, total_s are written
+  __syncthreads();  // w_s, total_s, max_s are written
 #pragma unroll
   for (int h = 0; h < HC; ++h) {
     if (h < hc) {
@@ -350,57 +468,154 @@ __global__ void __launch_bounds__(kThreads, 1) decode_attention_kernel(DecodeAtt
     }
   }
   __syncthreads();  // part_s is written
-  for (int i = static_cast<int>(threadIdx.x); i < hc * dv; i += kThreads) {
+  for (int i = tid; i < hc * dv; i += kThreads) {
     const int h = i / dv, c = i - h * dv;
     C sum = 0;
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) sum += part_s[(w * hc + h) * kCols + c];
-    const C total = total_s[h];
-    out[i] = store<T>(total > 0 ? sum / total : C(0));
+    write_row(h, c, sum, total_s[h]);
+  }
+  if (tid < hc) write_state(tid, max_s[tid], total_s[tid]);
+}
+
+// The sequence split's second step: one block per query row (batch row, query, head) combines
+// that row's `splits` partial states in split order (args.hpp: the workspace layout).
+template <class T>
+__global__ void __launch_bounds__(kCombineThreads) decode_combine_kernel(DecodeAttentionArgs a) {
+  using C = compute_of<T>;
+  constexpr C kNegInf = -static_cast<C>(INFINITY);
+  __shared__ C weight_s[kDecodeMaxSplits];
+  __shared__ C total_s;
+  const std::int64_t r = blockIdx.x;
+  const int splits = a.splits, dv = a.dv;
+  const C* const ml = static_cast<const C*>(a.workspace) + r * splits * 2;
+  const C* const acc = static_cast<const C*>(a.workspace) + a.count * a.queries * a.heads * splits * 2 + r * splits * dv;
+  if (threadIdx.x < 32) {  // warp 0: the weights, each lane over splits lane, lane + 32, ...
+    const int lane = static_cast<int>(threadIdx.x);
+    C mx = kNegInf;
+    for (int s = lane; s < splits; s += 32) mx = ::max(mx, ml[2 * s]);
+    mx = warp_all_reduce(mx, Max{});
+    C total = 0;
+    for (int s = lane; s < splits; s += 32) {
+      const C w = ml[2 * s] == kNegInf ? C(0) : ::exp(ml[2 * s] - mx);
+      weight_s[s] = w;
+      total += w * ml[2 * s + 1];
+    }
+    total = warp_all_reduce(total, Plus{});  // a fixed shuffle tree: the same bits every run
+    if (lane == 0) total_s = total;
+  }
+  __syncthreads();
+  const C total = total_s;
+  T* const out = static_cast<T*>(a.out) + r * dv;
+  for (int c = static_cast<int>(threadIdx.x); c < dv; c += kCombineThreads) {
+    C sum = 0;
+    for (int s = 0; s < splits; ++s) sum += weight_s[s] * acc[static_cast<std::int64_t>(s) * dv + c];
+    out[c] = store<T>(total > 0 ? sum / total : C(0));
   }
 }
 
-inline void launch_decode_attention(const DecodeAttentionArgs& a) {
-  if (a.count == 0) return;
+// How a problem is cut: query rows per block (per) and their chunks, sequence splits, the dynamic
+// shared memory of the main kernel.
+struct Layout {
+  int per = 1, chunks = 1, splits = 1;
+  std::size_t smem = 0;
+};
+
+// splits_wanted >= 1: that many (clamped to kDecodeMaxSplits); 0: chosen here (args.hpp,
+// DecodeAttentionPlanArgs). The launcher and the plan call this with the same problem, so the
+// plan's count is what the launch uses.
+template <class T, int CPL>
+Layout layout_of(const DecodeAttentionArgs& a, const DeviceInfo& info, int splits_wanted) {
+  using C = compute_of<T>;
+  const char* op = "decode_attention";
+  constexpr int kMaxHeads = head_chunk<T, CPL>();
+  const int rows = a.queries * (a.heads / a.kv_heads);  // query rows per kv head
+  const std::int64_t blocks_per_chunk = a.count * a.kv_heads;
+  Layout l;
+  // Heads a block: the fewest chunks of <= kMaxHeads; then the sequence split; then more chunks
+  // (fewer heads a block) while the grid fills less than half the SMs.
+  l.chunks = (rows + kMaxHeads - 1) / kMaxHeads;
+  if (splits_wanted >= 1) {
+    l.splits = std::min(splits_wanted, kDecodeMaxSplits);
+  } else {
+    const std::int64_t blocks = blocks_per_chunk * l.chunks;
+    const std::int64_t by_sms = blocks * 2 <= info.sms ? info.sms / blocks : 1;
+    const std::int64_t by_keys = std::max<std::int64_t>(1, a.capacity / kSplitKeys);
+    l.splits = static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>({by_sms, by_keys, kDecodeMaxSplits})));
+  }
+  while (l.chunks < rows && blocks_per_chunk * l.chunks * l.splits * 2 <= info.sms) l.chunks = std::min(rows, l.chunks * 2);
+  l.per = (rows + l.chunks - 1) / l.chunks;
+  // Shared memory: q [HC][dk] in the key loop (HC = per rounded up to whole groups of 4), the
+  // combine [8][per][32 CPL] after it, and the static part (p buffers and value offsets, per-warp
+  // m, l, weights). Fewer heads a block when a large dk needs it.
+  auto padded = [](int heads) { return (heads + kGroup - 1) / kGroup * kGroup; };
+  auto static_bytes = [&](int heads) {
+    return sizeof(C) * static_cast<std::size_t>(kWarps * padded(heads) * kTile + 3 * kWarps * padded(heads) +
+                                                2 * padded(heads)) +
+           sizeof(std::int64_t) * kWarps * kTile;
+  };
+  auto dynamic_bytes = [&](int heads) {
+    return sizeof(C) * std::max<std::size_t>(static_cast<std::size_t>(padded(heads)) * static_cast<std::size_t>(a.dk),
+                                             static_cast<std::size_t>(kWarps) * heads * 32 * CPL);
+  };
+  const std::size_t limit = static_cast<std::size_t>(info.smem_per_block_optin);
+  while (l.per > 1 && dynamic_bytes(l.per) + static_bytes(l.per) > limit) l.per = (l.per + 1) / 2;
+  l.smem = dynamic_bytes(l.per);
+  check(l.smem + static_bytes(l.per) <= limit, op, "dk ", a.dk, " (dv ", a.dv, ") needs ", l.smem + static_bytes(l.per),
+        " bytes of shared memory per block even at one head a block; cuda:", a.launch.device, " allows ", limit);
+  l.chunks = (rows + l.per - 1) / l.per;
+  check(static_cast<std::int64_t>(l.chunks) * l.splits <= 65535, op, "too many query rows per kv head (", rows,
+        ") for ", l.splits, " sequence splits");
+  return l;
+}
+
+// Calls f(T{}, integral_constant<CPL>) for the problem's dtype and value columns per lane.
+template <class F>
+void dispatch(const DecodeAttentionArgs& a, F&& f) {
+  auto with_cols = [&](auto tag) {
+    if (a.dv <= 64) return f(tag, std::integral_constant<int, 2>{});
+    if (a.dv <= 128) return f(tag, std::integral_constant<int, 4>{});
+    if (a.dv <= 256) return f(tag, std::integral_constant<int, 8>{});
+    return f(tag, std::integral_constant<int, 16>{});
+  };
+  switch (a.dtype) {
+    case DType::f32: return with_cols(float{});
+    case DType::f64: return with_cols(double{});
+    case DType::bf16: return with_cols(bf16{});
+    case DType::f16: return with_cols(fp16{});
+    default: fail("decode_attention", "has no CUDA kernel for dtype ", a.dtype);
+  }
+}
+
+inline void check_problem(const DecodeAttentionArgs& a) {
   const char* op = "decode_attention";
   check(a.dv >= 1 && a.dv <= 32 * kMaxCols && a.dk >= 1, op, "value head dims over ", 32 * kMaxCols,
         " are not supported on CUDA, got dk ", a.dk, ", dv ", a.dv);
   check(a.count <= 0x7fffffff && a.kv_heads >= 1 && a.kv_heads <= 65535, op, "too many rows (", a.count,
         ") or kv heads (", a.kv_heads, ")");
-  const int group = a.heads / a.kv_heads;
+  check(a.queries == 1 || a.queries == 2, op, "takes 1 or 2 query tokens per row, got ", a.queries);
+  check(a.capacity >= 0 && a.capacity <= (std::int64_t{1} << 30), op, "a sequence of up to ", a.capacity,
+        " tokens is over the kernel's 2^30");
+  check(!a.block_table || (a.block_tokens >= 1 && a.max_blocks >= 1 && a.capacity == a.max_blocks * a.block_tokens),
+        op, "a paged cache needs block_tokens, max_blocks >= 1 and capacity = max_blocks x block_tokens, got ",
+        a.block_tokens, ", ", a.max_blocks, ", ", a.capacity);
+}
+
+inline void launch_decode_attention(const DecodeAttentionArgs& a) {
+  if (a.count == 0) return;
+  const char* op = "decode_attention";
+  check_problem(a);
+  check(a.splits >= 1 && a.splits <= kDecodeMaxSplits && (a.splits == 1 || a.workspace), op, "splits ", a.splits,
+        " must be in [1, ", kDecodeMaxSplits, "], with a workspace when over 1");
   const DeviceInfo& info = device_info(a.launch.device);
   cuda::DeviceGuard guard(a.launch.device);
-  auto run = [&](auto tag, auto cols) {
+  dispatch(a, [&](auto tag, auto cols) {
     using T = decltype(tag);
-    using C = compute_of<T>;
     constexpr int CPL = decltype(cols)::value;
-    constexpr int kMaxHeads = head_chunk<T, CPL>();
     constexpr int VK = 16 / static_cast<int>(sizeof(T));
-    // Heads a block: the fewest chunks of <= kMaxHeads, then more (fewer heads a block) while the
-    // grid fills less than half the SMs.
-    const std::int64_t blocks_per_chunk = a.count * a.kv_heads;
-    int chunks = (group + kMaxHeads - 1) / kMaxHeads;
-    while (chunks < group && blocks_per_chunk * chunks * 2 <= info.sms) chunks = std::min(group, chunks * 2);
-    int per = (group + chunks - 1) / chunks;
-    // Shared memory: q [HC][dk] in the key loop (HC = per rounded up to whole groups of 4), the
-    // combine [8][per][32 CPL] after it, and the static part (p buffer, per-warp m, l, weights).
-    // Fewer heads a block when a large dk needs it.
-    auto padded = [](int heads) { return (heads + kGroup - 1) / kGroup * kGroup; };
-    auto static_bytes = [&](int heads) {
-      return sizeof(C) * static_cast<std::size_t>(kWarps * padded(heads) * kTile + 3 * kWarps * padded(heads) + padded(heads));
-    };
-    auto dynamic_bytes = [&](int heads) {
-      return sizeof(C) * std::max<std::size_t>(static_cast<std::size_t>(padded(heads)) * static_cast<std::size_t>(a.dk),
-                                               static_cast<std::size_t>(kWarps) * heads * 32 * CPL);
-    };
-    const std::size_t limit = static_cast<std::size_t>(info.smem_per_block_optin);
-    while (per > 1 && dynamic_bytes(per) + static_bytes(per) > limit) per = (per + 1) / 2;
-    const std::size_t smem = dynamic_bytes(per);
-    check(smem + static_bytes(per) <= limit, op, "dk ", a.dk, " (dv ", a.dv, ") needs ", smem + static_bytes(per),
-          " bytes of shared memory per block even at one head a block; cuda:", a.launch.device, " allows ", limit);
-    chunks = (group + per - 1) / per;
-    check(chunks <= 65535, op, "too many query heads per kv head (", group, ")");
-    const dim3 grid(static_cast<unsigned>(a.count), static_cast<unsigned>(a.kv_heads), static_cast<unsigned>(chunks));
+    const Layout l = layout_of<T, CPL>(a, info, a.splits);
+    const dim3 grid(static_cast<unsigned>(a.count), static_cast<unsigned>(a.kv_heads),
+                    static_cast<unsigned>(l.chunks * l.splits));
     auto multiple = [](std::int64_t x) { return x % VK == 0; };
     const bool vec = aligned16(a.k) && aligned16(a.v) && multiple(a.k_slot_stride) && multiple(a.k_row_stride) &&
                      multiple(a.k_head_stride) && multiple(a.v_slot_stride) && multiple(a.v_row_stride) &&
@@ -408,8 +623,8 @@ inline void launch_decode_attention(const DecodeAttentionArgs& a) {
     auto go = [&](auto groups) {
       constexpr int NG = decltype(groups)::value;
       auto launch = [&](auto kernel) {
-        opt_in_shared_memory(kernel, smem, a.launch.device);
-        kernel<<<grid, kThreads, smem, a.launch.stream>>>(a, per);
+        opt_in_shared_memory(kernel, l.smem, a.launch.device);
+        kernel<<<grid, kThreads, l.smem, a.launch.stream>>>(a, l.per);
         KILN_CUDA_CHECK_LAUNCH();
       };
       // double at dv > 256: 64 doubles of acc leave no room for 16-column vector loads (ptxas
@@ -419,34 +634,43 @@ inline void launch_decode_attention(const DecodeAttentionArgs& a) {
       }
       launch(decode_attention_kernel<T, CPL, NG, false>);
     };
-    const int groups = (per + kGroup - 1) / kGroup;  // <= kMaxHeads / kGroup
+    constexpr int kMaxHeads = head_chunk<T, CPL>();
+    const int groups = (l.per + kGroup - 1) / kGroup;  // <= kMaxHeads / kGroup
     static_assert(kMaxHeads % kGroup == 0 && kMaxHeads <= 16, "head groups dispatched below");
-    if constexpr (kMaxHeads >= 16) {
-      if (groups == 4) return go(std::integral_constant<int, 4>{});
+    [&] {
+      if constexpr (kMaxHeads >= 16) {
+        if (groups == 4) return go(std::integral_constant<int, 4>{});
+      }
+      if constexpr (kMaxHeads >= 12) {
+        if (groups == 3) return go(std::integral_constant<int, 3>{});
+      }
+      if constexpr (kMaxHeads >= 8) {
+        if (groups == 2) return go(std::integral_constant<int, 2>{});
+      }
+      return go(std::integral_constant<int, 1>{});
+    }();
+    if (l.splits > 1) {
+      decode_combine_kernel<T><<<static_cast<unsigned>(a.count * a.queries * a.heads), kCombineThreads, 0,
+                                 a.launch.stream>>>(a);
+      KILN_CUDA_CHECK_LAUNCH();
     }
-    if constexpr (kMaxHeads >= 12) {
-      if (groups == 3) return go(std::integral_constant<int, 3>{});
-    }
-    if constexpr (kMaxHeads >= 8) {
-      if (groups == 2) return go(std::integral_constant<int, 2>{});
-    }
-    return go(std::integral_constant<int, 1>{});
-  };
-  auto with_cols = [&](auto tag) {
-    if (a.dv <= 64) return run(tag, std::integral_constant<int, 2>{});
-    if (a.dv <= 128) return run(tag, std::integral_constant<int, 4>{});
-    if (a.dv <= 256) return run(tag, std::integral_constant<int, 8>{});
-    return run(tag, std::integral_constant<int, 16>{});
-  };
-  switch (a.dtype) {
-    case DType::f32: return with_cols(float{});
-    case DType::f64: return with_cols(double{});
-    case DType::bf16: return with_cols(bf16{});
-    case DType::f16: return with_cols(fp16{});
-    default: fail(op, "has no CUDA kernel for dtype ", a.dtype);
-  }
+  });
+}
+
+inline void plan_decode_attention(const DecodeAttentionPlanArgs& p) {
+  const char* op = "decode_attention_plan";
+  check(p.problem && p.splits, op, "needs a problem and somewhere to write the split count");
+  const DecodeAttentionArgs& a = *p.problem;
+  *p.splits = 1;
+  if (a.count == 0) return;
+  check_problem(a);
+  const DeviceInfo& info = device_info(a.launch.device);
+  dispatch(a, [&](auto tag, auto cols) {
+    *p.splits = layout_of<decltype(tag), decltype(cols)::value>(a, info, a.splits >= 1 ? a.splits : 0).splits;
+  });
 }
 
 inline const bool decode_attention_registered = register_device_kernel(&launch_decode_attention);
+inline const bool decode_attention_plan_registered = register_device_kernel(&plan_decode_attention);
 
 }  // namespace kiln::kernels::decode_attention

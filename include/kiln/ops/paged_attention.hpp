@@ -13,17 +13,25 @@
 // MTP module's draft, speculative decoding): query t of row a sits at position lengths[a] − T + t
 // and attends the tokens up to itself.
 //
-// Devices: this is the CPU reference (backend/cpu/decode_attention.hpp, double accumulation),
-// checked in full: every slot, length, position and table entry a call uses. The CUDA kernel of
-// the paged layout is not written yet (issue 15); on a GPU these ops throw. copy_block_rows (the
-// allocator's copy-on-write) runs on any device.
+// Devices. On the CPU (backend/cpu/decode_attention.hpp, double accumulation) every slot, length,
+// position and table entry a call uses is checked. On a GPU (kernels/decode_attention/: the same
+// kernels as the contiguous cache, over the table's addressing) the index tensors stay on the
+// device, so only shapes, devices and sizes are checked on the host; the kernels never read or
+// write outside the cache instead (kernels/decode_attention/args.hpp): paged_cache_write skips
+// rows whose slot, position or table entry is out of range; paged_decode_attention gives zeros for
+// a row whose slot or any of whose table entries (tokens 0 .. lengths[a] - 1) is out of range,
+// clamps lengths to the table's max_blocks x block_tokens, and gives zeros for a query with no
+// token to attend (lengths[a] < T). copy_block_rows (the allocator's copy-on-write) runs on any
+// device.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "kiln/backend/cpu/decode_attention.hpp"
+#include "kiln/kernels/decode_attention/args.hpp"
 #include "kiln/ops/common.hpp"
 #include "kiln/ops/copy.hpp"
 #include "kiln/ops/decode_attention.hpp"
@@ -31,12 +39,6 @@
 namespace kiln {
 
 namespace detail {
-
-inline void check_paged_cpu(const char* op, Device device) {
-  check(device.is_cpu(), op, "runs on the CPU only so far (the CUDA kernel of the paged layout is issue 15's next "
-                             "step); got tensors on ",
-        device);
-}
 
 // The table entry of token j of sequence `seq`, checked: inside the table and a valid block.
 inline std::int64_t checked_block(const char* op, const Tensor<std::int64_t>& table, std::int64_t seq, std::int64_t j,
@@ -57,6 +59,21 @@ inline void check_table(const char* op, const Tensor<std::int64_t>& table, Devic
         table.shape(), " on ", table.device());
 }
 
+// Index tensors on the cache's device (a GPU kernel reads them there).
+inline void check_index_devices(const char* op, const char* a_name, const Tensor<std::int64_t>& a,
+                                const char* b_name, const Tensor<std::int64_t>& b, Device device) {
+  check(a.device() == device && b.device() == device, op, a_name, " (", a.device(), ") and ", b_name, " (",
+        b.device(), ") must be on the cache's device ", device);
+}
+
+// On a GPU: the table has at least one block per sequence, and a sequence of the table's
+// max_blocks x block_tokens tokens fits the kernels' int32 positions.
+inline void check_table_size(const char* op, const Tensor<std::int64_t>& table, std::int64_t block_tokens) {
+  check(table.size(1) >= 1 && block_tokens >= 1 && table.size(1) * block_tokens <= (std::int64_t{1} << 30), op,
+        "on a GPU the block table needs 1 .. 2^30 / block_tokens blocks per sequence, got ", table.size(1),
+        " blocks of ", block_tokens, " tokens");
+}
+
 }  // namespace detail
 
 // blocks[block of (slots[a], positions[a] + s)] = values[a, s, ...] for every batch row a and step s.
@@ -68,9 +85,9 @@ void paged_cache_write(const Tensor<T>& blocks, const Tensor<std::int64_t>& bloc
                        const Tensor<T>& values) {
   const char* op = "paged_cache_write";
   check_defined(op, blocks, slots, positions, values);
-  detail::check_paged_cpu(op, blocks.device());
   check_same_device(op, blocks, values);
   detail::check_table(op, block_table, blocks.device());
+  detail::check_index_devices(op, "slots", slots, "positions", positions, blocks.device());
   check(blocks.dim() >= 2 && blocks.is_contiguous(), op,
         "blocks must be a contiguous [num_blocks, block_tokens, ...], got shape ", blocks.shape());
   check(values.dim() == blocks.dim() && std::equal(values.shape().begin() + 2, values.shape().end(),
@@ -85,6 +102,25 @@ void paged_cache_write(const Tensor<T>& blocks, const Tensor<std::int64_t>& bloc
   const Tensor<std::int64_t> sl = contiguous(slots), pos = contiguous(positions);
   const std::int64_t row = blocks.numel() / std::max<std::int64_t>(num_blocks * block_tokens, 1);
   if (count == 0 || steps == 0 || row == 0) return;
+  if (!blocks.device().is_cpu()) {
+    detail::check_table_size(op, block_table, block_tokens);
+    launch_device_kernel(op, kernels::CacheWriteArgs{.launch = launch_on(op, blocks.device()),
+                                                     .element_bytes = static_cast<int>(sizeof(T)),
+                                                     .cache = blocks.data(),
+                                                     .values = v.data(),
+                                                     .slots = sl.data(),
+                                                     .positions = pos.data(),
+                                                     .count = count,
+                                                     .steps = steps,
+                                                     .row = row,
+                                                     .num_slots = block_table.size(0),
+                                                     .capacity = block_table.size(1) * block_tokens,
+                                                     .block_table = block_table.data(),
+                                                     .max_blocks = block_table.size(1),
+                                                     .block_tokens = block_tokens,
+                                                     .num_blocks = num_blocks});
+    return;
+  }
   for (std::int64_t a = 0; a < count; ++a) {
     const std::int64_t s = sl.data()[a], p = pos.data()[a];
     check(s >= 0 && s < block_table.size(0), op, "slot ", s, " of batch row ", a, " is outside the table's ",
@@ -104,16 +140,19 @@ void paged_cache_write(const Tensor<T>& blocks, const Tensor<std::int64_t>& bloc
 //   [count] -> out [count, T, heads, dv], with query t of row a attending tokens
 //   j < lengths[a] − (T − 1 − t) of sequence slots[a] (lengths[a] >= T: its own tokens cached),
 //   G = heads / kv_heads query heads per kv head.
+// splits: on a GPU, the blocks each row's tokens are split over (kernels/decode_attention/
+// decode_attention.cuh: the sequence split); 0 chooses from the SM count, 1 .. 128 forces a
+// count (tests). The CPU ignores it.
 template <class T>
 Tensor<T> paged_decode_attention(const Tensor<T>& q, const Tensor<T>& k_blocks, const Tensor<T>& v_blocks,
                                  const Tensor<std::int64_t>& block_table, const Tensor<std::int64_t>& slots,
-                                 const Tensor<std::int64_t>& lengths, double scale) {
+                                 const Tensor<std::int64_t>& lengths, double scale, int splits = 0) {
   static_assert(is_floating<T>, "paged_decode_attention needs a floating type");
   const char* op = "paged_decode_attention";
   check_defined(op, q, k_blocks, v_blocks, slots, lengths);
-  detail::check_paged_cpu(op, q.device());
   check_same_device(op, q, k_blocks, v_blocks);
   detail::check_table(op, block_table, q.device());
+  detail::check_index_devices(op, "slots", slots, "lengths", lengths, q.device());
   check(q.dim() == 4 && k_blocks.dim() == 4 && v_blocks.dim() == 4, op,
         "needs q [count, T, heads, dk], k_blocks [num_blocks, block_tokens, kv_heads, dk], v_blocks [num_blocks, "
         "block_tokens, kv_heads, dv]; got q ",
@@ -125,8 +164,56 @@ Tensor<T> paged_decode_attention(const Tensor<T>& q, const Tensor<T>& k_blocks, 
   detail::check_cache_operands(op, count, heads, dk, k_blocks, v_blocks, scale, slots, lengths);
   const Tensor<T> qc = contiguous(q.detach());
   const Tensor<std::int64_t> sl = contiguous(slots), len = contiguous(lengths);
+  check(splits >= 0 && splits <= kernels::kDecodeMaxSplits, op, "splits must be in [0, ", kernels::kDecodeMaxSplits,
+        "] (0: automatic), got ", splits);
   Tensor<T> out({count, queries, heads, dv}, q.device());
   if (count == 0) return out;
+  const auto& ks = k_blocks.strides();
+  const auto& vs = v_blocks.strides();
+  if (!q.device().is_cpu()) {
+    detail::check_table_size(op, block_table, block_tokens);
+    kernels::DecodeAttentionArgs args{.launch = launch_on(op, q.device()),
+                                      .dtype = dtype_of<T>,
+                                      .out = out.data(),
+                                      .q = qc.data(),
+                                      .k = k_blocks.data(),
+                                      .v = v_blocks.data(),
+                                      .k_slot_stride = ks[0],
+                                      .k_row_stride = ks[1],
+                                      .k_head_stride = ks[2],
+                                      .v_slot_stride = vs[0],
+                                      .v_row_stride = vs[1],
+                                      .v_head_stride = vs[2],
+                                      .slots = sl.data(),
+                                      .lengths = len.data(),
+                                      .count = count,
+                                      .queries = static_cast<int>(queries),
+                                      .heads = static_cast<int>(heads),
+                                      .kv_heads = static_cast<int>(kv_heads),
+                                      .dk = static_cast<int>(dk),
+                                      .dv = static_cast<int>(dv),
+                                      .num_slots = block_table.size(0),
+                                      .capacity = block_table.size(1) * block_tokens,
+                                      .block_table = block_table.data(),
+                                      .max_blocks = block_table.size(1),
+                                      .block_tokens = block_tokens,
+                                      .num_blocks = num_blocks,
+                                      .scale = scale,
+                                      .splits = splits};
+    // The split count (from the SM count unless forced), then its float workspace (double for
+    // double inputs): allocated here, so the kernels allocate nothing (CUDA graphs).
+    int chosen = 1;
+    launch_device_kernel(op, kernels::DecodeAttentionPlanArgs{.launch = args.launch, .problem = &args, .splits = &chosen});
+    args.splits = chosen;
+    using C = std::conditional_t<std::is_same_v<T, double>, double, float>;
+    Tensor<C> workspace;
+    if (chosen > 1) {
+      workspace = Tensor<C>({kernels::decode_attention_workspace_elements(args)}, q.device());
+      args.workspace = workspace.data();
+    }
+    launch_device_kernel(op, args);
+    return out;
+  }
   for (std::int64_t a = 0; a < count; ++a) {
     const std::int64_t s = sl.data()[a], L = len.data()[a];
     check(s >= 0 && s < block_table.size(0), op, "slot ", s, " of batch row ", a, " is outside the table's ",
@@ -136,8 +223,6 @@ Tensor<T> paged_decode_attention(const Tensor<T>& q, const Tensor<T>& k_blocks, 
     for (std::int64_t b = 0; b * block_tokens < L; ++b)
       (void)detail::checked_block(op, block_table, s, b * block_tokens, block_tokens, num_blocks);
   }
-  const auto& ks = k_blocks.strides();
-  const auto& vs = v_blocks.strides();
   cpu::paged_decode_attention(
       out.data(), qc.data(), k_blocks.data(), v_blocks.data(), block_table.data(), sl.data(), len.data(),
       cpu::CachedAttentionShape{count, static_cast<int>(queries), static_cast<int>(heads), static_cast<int>(kv_heads),

@@ -1,0 +1,206 @@
+// Decode attention over a PAGED latent cache (ops/paged_attention.hpp; kernels/decode_attention/
+// decode_attention.cuh over a block table) against a device-to-device copy of the same bytes, in
+// the same process, with the contiguous cache's kernel (ops/decode_attention.hpp, same kernel, slot
+// addressing) and kiln's composed ops as peers:
+//   paged_decode_attention (op)     T = 1 or 2 query tokens per row (2: MTP's speculative decode),
+//                                   the split along the sequence chosen from the SM count;
+//   paged ... splits 1              the same with the sequence split turned off (where the choice
+//                                   was to split: what the split gains);
+//   decode_attention contiguous     the contiguous cache [rows, capacity, 1, dk] holding the same
+//                                   rows (T = 1; one split: the contiguous op does not split);
+//   composed (ops)                  index_select of each row's cache, matmul(q, Kᵀ), × scale,
+//                                   softmax, matmul(P, V) (uniform lengths, T = 1);
+//   paged_cache_write (op)          one and two new latent rows per sequence into its blocks.
+// Under each attention row: TFLOP/s (2 (dk + dv) FLOP per query head and attended token), and
+// under the contiguous and composed rows the relative Frobenius difference of their output from
+// the paged op's (bf16 outputs: ~1e-3 for the kernels, ~1e-2 for the composed ops' bf16
+// intermediates).
+//
+// Shapes. MLA as in kiln's "big" config: one kv head whose cache row is [latent 256 | rope key 32]
+// (dk 288), values the latent (dv 256: a view of the same blocks), scale 1/sqrt(64 + 32), blocks
+// of 64 tokens, each sequence's blocks scattered over the pool (a shuffled table, as an allocator
+// that has served many sequences leaves it).
+//   - the engine's decode: 128 rows of 12 heads, every row at length 64, 128, 256 or 320, and the
+//     rows spread over 64..318; T = 1 and 2;
+//   - long context: 32 rows × 4096 tokens × 16 heads (T = 1, 2) and
+//     4 rows × 32768 tokens × 16 heads (the split's case: 8 blocks for 132 SMs without it);
+//   - few heads (4): the same two long-context shapes, memory-bound even for CUDA-core FMAs;
+//   - 128 heads, T = 2 (the issue's FLOP target shape, at kiln's dk 288): 32 rows × 4096 tokens.
+//
+// Bytes: what the op must move at least: q once, every row's first L cache rows once (values
+// inside them: counted once), the output, slots and lengths (16 B a row), the table entries read
+// (8 B per block); the split's workspace is not counted (it is the kernel's overhead). The copy
+// peer moves the same bytes (cudaMemcpyAsync of half, read + written), ratio = copy time / op
+// time. Target (issue 15): memory-bound shapes >= 0.90 of copy.
+//
+// Timing (benchmarks/cuda_bench.hpp): CUDA events around each call of the public op (output and
+// workspace allocation included), 5 warm-up and 30 timed calls, medians; L2 flushed before every
+// timed call (a layer's cache would otherwise stay in L2, where in a decode step the other layers
+// evict it).
+//   ./benchmarks/bench_paged_decode_cuda
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <kiln/ops/decode_attention.hpp>
+#include <kiln/ops/paged_attention.hpp>
+
+#include "cuda_bench.hpp"
+
+using namespace kiln;
+
+namespace {
+
+const Device gpu = Device::cuda(0);
+
+constexpr std::int64_t kLatent = 256, kRope = 32, kDk = kLatent + kRope, kDv = kLatent, kBlock = 64;
+const double kScale = 1.0 / std::sqrt(64.0 + 32.0);  // 1 / sqrt(qk_nope_head_dim + qk_rope_head_dim)
+
+double relative_difference(const Tensor<bf16>& a, const Tensor<bf16>& b) {
+  const std::vector<bf16> x = a.to_vector(), y = b.to_vector();
+  double num = 0, den = 0;
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    const double u = static_cast<double>(static_cast<float>(x[i])), v = static_cast<double>(static_cast<float>(y[i]));
+    num += (u - v) * (u - v);
+    den += v * v;
+  }
+  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+}
+
+void print_tflops(double flops, double us) {
+  std::printf("  (%.1f TFLOP/s)\n", flops / us / 1e6);
+  std::fflush(stdout);
+}
+
+// The composed peer: the same function through kiln ops, every row at length L (T = 1).
+Tensor<bf16> composed_attention(const Tensor<bf16>& q, const Tensor<bf16>& k_cache, const Tensor<std::int64_t>& slots,
+                                std::int64_t L) {
+  const Tensor<bf16> k = squeeze(index_select(narrow(k_cache, 1, 0, L), 0, slots), 2);  // [rows, L, dk]
+  const Tensor<bf16> p = softmax(mul(matmul(q, transpose(k, 1, 2)), kScale), -1);      // [rows, heads, L]
+  return matmul(p, narrow(k, 2, 0, kDv));                                               // [rows, heads, dv]
+}
+
+// One shape: `lengths` one per row, `heads` query heads, T query tokens.
+void bench_attention(bench::BandwidthBench& meter, std::int64_t heads, int queries,
+                     const std::vector<std::int64_t>& lengths, const std::string& length_label) {
+  const auto rows = static_cast<std::int64_t>(lengths.size());
+  const std::int64_t capacity = *std::max_element(lengths.begin(), lengths.end());
+  const std::int64_t max_blocks = (capacity + kBlock - 1) / kBlock;
+  // The paged cache: every row's blocks, shuffled over the pool.
+  std::vector<std::int64_t> ids(static_cast<std::size_t>(rows * max_blocks));
+  std::iota(ids.begin(), ids.end(), std::int64_t{0});
+  std::shuffle(ids.begin(), ids.end(), std::mt19937_64(5));
+  const Tensor<bf16> blocks = randn<bf16>({rows * max_blocks, kBlock, 1, kDk}, 0.0, 1.0, gpu);
+  const Tensor<bf16> v_blocks = narrow(blocks, 3, 0, kDv);  // the latent: a view of the same rows
+  const auto table = Tensor<std::int64_t>::from_vector(ids, {rows, max_blocks}, gpu);
+  const Tensor<bf16> q = randn<bf16>({rows, queries, heads, kDk}, 0.0, 1.0, gpu);
+  const auto slots = arange<std::int64_t>(0, static_cast<double>(rows), 1.0, gpu);
+  const auto len = Tensor<std::int64_t>::from_vector(lengths, {rows}, gpu);
+  double cached = 0, attended = 0, table_entries = 0;
+  bool uniform = true;
+  for (const std::int64_t L : lengths) {
+    cached += static_cast<double>(L);
+    attended += static_cast<double>(queries * L - (queries - 1));  // query 0 of 2 sees one token fewer
+    table_entries += static_cast<double>((L + kBlock - 1) / kBlock);
+    uniform = uniform && L == lengths.front();
+  }
+  const double s = sizeof(bf16);
+  const double bytes = s * (static_cast<double>(rows * queries * heads) * (kDk + kDv) + cached * kDk) +
+                       16.0 * static_cast<double>(rows) + 8.0 * table_entries;
+  const double flops = 2.0 * static_cast<double>(heads) * attended * (kDk + kDv);
+  const std::string shape = str("[", rows, ", ", queries, ", ", heads, ", ", kDk, "] L ", length_label);
+
+  auto paged = [&](int splits) { return paged_decode_attention(q, blocks, v_blocks, table, slots, len, kScale, splits); };
+  print_tflops(flops, meter.row("paged_decode_attention (op)", shape, "bfloat16", bytes, [&] { (void)paged(0); }, true));
+  // Where the automatic count splits, the same without the split.
+  kernels::DecodeAttentionArgs probe{.launch = launch_on("bench", gpu), .dtype = DType::bf16, .count = rows,
+                                     .queries = queries, .heads = static_cast<int>(heads), .kv_heads = 1,
+                                     .dk = static_cast<int>(kDk), .dv = static_cast<int>(kDv), .num_slots = rows,
+                                     .capacity = max_blocks * kBlock, .block_table = table.data(),
+                                     .max_blocks = max_blocks, .block_tokens = kBlock,
+                                     .num_blocks = rows * max_blocks, .splits = 0};
+  int chosen = 1;
+  launch_device_kernel("bench", kernels::DecodeAttentionPlanArgs{.launch = probe.launch, .problem = &probe, .splits = &chosen});
+  std::printf("  (sequence splits chosen: %d)\n", chosen);
+  if (chosen > 1)
+    print_tflops(flops, meter.row("paged ... splits 1", shape, "bfloat16", bytes, [&] { (void)paged(1); }, true));
+  if (queries != 1) return;
+
+  // The contiguous cache holding the same rows: row j of slot a = row j % 64 of block table[a, j / 64].
+  const Tensor<bf16> k_cache = zeros<bf16>({rows, max_blocks * kBlock, 1, kDk}, gpu);
+  {
+    const std::vector<std::int64_t> host_ids = ids;
+    for (std::int64_t a = 0; a < rows; ++a)
+      for (std::int64_t b = 0; b < max_blocks; ++b)
+        copy_bytes(k_cache.data() + (a * max_blocks + b) * kBlock * kDk, gpu,
+                   blocks.data() + host_ids[static_cast<std::size_t>(a * max_blocks + b)] * kBlock * kDk, gpu,
+                   static_cast<std::size_t>(kBlock * kDk) * sizeof(bf16));
+  }
+  const Tensor<bf16> v_cache = narrow(k_cache, 3, 0, kDv);
+  const Tensor<bf16> q3 = reshape(q, {rows, heads, kDk});
+  print_tflops(flops, meter.row("decode_attention contiguous (op)", shape, "bfloat16", bytes,
+                                [&] { (void)decode_attention(q3, k_cache, v_cache, slots, len, kScale); }, true));
+  const Tensor<bf16> reference = reshape(paged(0), {rows, heads, kDv});
+  std::printf("  (contiguous vs paged output: relative Frobenius difference %.2e)\n",
+              relative_difference(decode_attention(q3, k_cache, v_cache, slots, len, kScale), reference));
+  if (!uniform) return;
+  const std::int64_t L = lengths.front();
+  try {
+    print_tflops(flops, meter.row("composed (ops)", shape, "bfloat16", bytes,
+                                  [&] { (void)composed_attention(q3, k_cache, slots, L); }, true));
+    std::printf("  (composed vs paged output: relative Frobenius difference %.2e)\n",
+                relative_difference(composed_attention(q3, k_cache, slots, L), reference));
+  } catch (const Error& e) {
+    std::printf("  (composed peer not run: %s)\n", e.what());
+  }
+  std::fflush(stdout);
+}
+
+void bench_cache_write(bench::BandwidthBench& meter, std::int64_t rows, std::int64_t steps, std::int64_t position) {
+  const std::int64_t max_blocks = 5;  // 320 tokens a sequence
+  std::vector<std::int64_t> ids(static_cast<std::size_t>(rows * max_blocks));
+  std::iota(ids.begin(), ids.end(), std::int64_t{0});
+  std::shuffle(ids.begin(), ids.end(), std::mt19937_64(6));
+  const Tensor<bf16> blocks = zeros<bf16>({rows * max_blocks, kBlock, 1, kDk}, gpu);
+  const auto table = Tensor<std::int64_t>::from_vector(ids, {rows, max_blocks}, gpu);
+  const Tensor<bf16> values = randn<bf16>({rows, steps, 1, kDk}, 0.0, 1.0, gpu);
+  const auto slots = arange<std::int64_t>(0, static_cast<double>(rows), 1.0, gpu);
+  const auto positions = full<std::int64_t>({rows}, position, gpu);
+  const double bytes = 2.0 * sizeof(bf16) * static_cast<double>(rows * steps * kDk) + 24.0 * static_cast<double>(rows);
+  meter.row(str("paged_cache_write ", steps, " token(s) (op)"), str("[", rows, ", ", steps, ", 1, ", kDk, "]"),
+            "bfloat16", bytes, [&] { paged_cache_write(blocks, table, slots, positions, values); }, true);
+}
+
+}  // namespace
+
+int main() {
+  if (!bench::open_device()) return 0;
+  bench::BandwidthBench meter({.warmup = 5, .timed = 30}, {.name = 34, .shape = 34, .dtype = 9});
+  meter.print_header();
+
+  // The engine's decode: 128 rows, 12 heads, up to 320 tokens.
+  std::vector<std::int64_t> spread;
+  for (std::int64_t a = 0; a < 128; ++a) spread.push_back(64 + 2 * a);
+  for (const int T : {1, 2}) {
+    for (const std::int64_t L : {64, 128, 256, 320})
+      bench_attention(meter, 12, T, std::vector<std::int64_t>(128, L), std::to_string(L));
+    bench_attention(meter, 12, T, spread, "64..318");
+  }
+  // Long context.
+  bench_attention(meter, 16, 1, std::vector<std::int64_t>(32, 4096), "4096");
+  bench_attention(meter, 16, 2, std::vector<std::int64_t>(32, 4096), "4096");
+  bench_attention(meter, 16, 1, std::vector<std::int64_t>(4, 32768), "32768");
+  // Few heads: memory-bound even for CUDA-core FMAs (4 heads: ~8 FLOP per cache byte).
+  bench_attention(meter, 4, 1, std::vector<std::int64_t>(32, 4096), "4096");
+  bench_attention(meter, 4, 1, std::vector<std::int64_t>(4, 32768), "32768");
+  // 128 heads, two query tokens.
+  bench_attention(meter, 128, 2, std::vector<std::int64_t>(32, 4096), "4096");
+
+  bench_cache_write(meter, 128, 1, 200);
+  bench_cache_write(meter, 128, 2, 200);
+  return 0;
+}

@@ -1,0 +1,260 @@
+// The paged KV-cache ops on CUDA (ops/paged_attention.hpp over kernels/decode_attention/) against
+// the CPU op of the same type (double accumulation, itself checked against independent references
+// in tests/infer/test_paged_attention.cpp): paged_decode_attention at lengths 1, 63, 64, 65 and
+// 1000, ragged batches, sequences sharing their first blocks, block tables out of order, 1 and 2
+// query tokens, the sequence split forced (1, 3, 7, 64 splits) and chosen, MLA's latent cache (v
+// a view of k), grouped kv heads with separate values, element-load shapes; float, bf16, double.
+// Every block and row the table does not give a sequence holds NaN, and every output starts as
+// NaN (poisoned memory): reading outside a sequence or leaving an output unwritten shows. The
+// split path gives the same bits on a second run (a fixed combine order). paged_cache_write
+// equals the CPU op bit for bit; out-of-range table entries give zeros or are skipped; host-side
+// errors.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include <kiln/ops/paged_attention.hpp>
+
+#include "cuda_test_util.hpp"
+
+using namespace kiln;
+using namespace kiln::testing;
+
+namespace {
+
+Tensor<std::int64_t> ints(const std::vector<std::int64_t>& v) {
+  return Tensor<std::int64_t>::from_vector(v, {static_cast<std::int64_t>(v.size())});
+}
+
+// A paged cache on the CPU: `lengths` sequences whose blocks are scattered over the pool in
+// random order (the table is not monotone), sequence s > 0 sharing its first share[s] blocks with
+// sequence s - 1 (the shared rows written once, by the first; sequence s - 1 fills them), every
+// other row NaN.
+template <class T>
+struct PagedCache {
+  Tensor<T> blocks;            // [num_blocks, bt, kv_heads, d]
+  Tensor<std::int64_t> table;  // [sequences, max_blocks], -1 past each sequence's blocks
+};
+
+template <class T>
+PagedCache<T> paged_cache(const std::vector<std::int64_t>& lengths, const std::vector<std::int64_t>& share,
+                          std::int64_t bt, std::int64_t kv_heads, std::int64_t d, std::uint64_t seed) {
+  const auto n = static_cast<std::int64_t>(lengths.size());
+  std::int64_t max_blocks = 1, needed = 0;
+  for (std::int64_t s = 0; s < n; ++s) {
+    const std::int64_t b = (lengths[static_cast<std::size_t>(s)] + bt - 1) / bt;
+    max_blocks = std::max(max_blocks, b + 1);  // one entry more than the longest: -1, never read
+    needed += b;
+  }
+  const std::int64_t num_blocks = needed + 5;
+  std::vector<std::int64_t> ids(static_cast<std::size_t>(num_blocks));
+  for (std::int64_t i = 0; i < num_blocks; ++i) ids[static_cast<std::size_t>(i)] = i;
+  std::mt19937_64 rng(seed);
+  std::shuffle(ids.begin(), ids.end(), rng);
+  std::vector<std::int64_t> table(static_cast<std::size_t>(n * max_blocks), -1);
+  std::size_t next = 0;
+  for (std::int64_t s = 0; s < n; ++s) {
+    const std::int64_t shared = s > 0 ? share[static_cast<std::size_t>(s)] : 0;
+    for (std::int64_t b = 0; b * bt < lengths[static_cast<std::size_t>(s)]; ++b)
+      table[static_cast<std::size_t>(s * max_blocks + b)] =
+          b < shared ? table[static_cast<std::size_t>((s - 1) * max_blocks + b)] : ids[next++];
+  }
+  PagedCache<T> c{full<T>({num_blocks, bt, kv_heads, d}, convert<T>(std::nan(""))),
+                  Tensor<std::int64_t>::from_vector(table, {n, max_blocks})};
+  for (std::int64_t s = 0; s < n; ++s) {
+    const std::int64_t from = s > 0 ? share[static_cast<std::size_t>(s)] * bt : 0;
+    const std::int64_t L = lengths[static_cast<std::size_t>(s)] - from;
+    if (L > 0) paged_cache_write(c.blocks, c.table, ints({s}), ints({from}), randn<T>({1, L, kv_heads, d}));
+  }
+  return c;
+}
+
+struct Case {
+  std::vector<std::int64_t> lengths, share;  // per sequence
+  std::int64_t bt, kv_heads, heads, dk, dv;
+  bool latent;  // v = the first dv columns of k (MLA); else a cache of its own
+};
+
+// The GPU op against the CPU op at T query tokens and the given split count (0: automatic).
+template <class T>
+void check_case(const Case& c, int queries, int splits, double tolerance) {
+  SCOPED_TRACE(::testing::Message() << dtype_name<T> << " heads " << c.heads << "/" << c.kv_heads << " dk " << c.dk
+                                    << " dv " << c.dv << " bt " << c.bt << " T " << queries << " splits " << splits);
+  const auto n = static_cast<std::int64_t>(c.lengths.size());
+  const PagedCache<T> k = paged_cache<T>(c.lengths, c.share, c.bt, c.kv_heads, c.dk, 7);
+  const PagedCache<T> v_own = paged_cache<T>(c.lengths, c.share, c.bt, c.kv_heads, c.dv, 7);  // same table
+  // Batch rows: the sequences in reverse order, the first one twice (two rows may read one slot).
+  std::vector<std::int64_t> sl, len;
+  for (std::int64_t a = n - 1; a >= 0; --a) sl.push_back(a), len.push_back(c.lengths[static_cast<std::size_t>(a)]);
+  sl.push_back(0), len.push_back(c.lengths[0]);
+  const auto count = static_cast<std::int64_t>(sl.size());
+  const auto q = randn<T>({count, queries, c.heads, c.dk});
+  const double scale = 1.0 / std::sqrt(static_cast<double>(c.dk));
+  auto pick_v = [&](const Tensor<T>& kk, const Tensor<T>& vv) { return c.latent ? narrow(kk, 3, 0, c.dv) : vv; };
+  const auto want = paged_decode_attention(q, k.blocks, pick_v(k.blocks, v_own.blocks), k.table, ints(sl), ints(len), scale);
+  const auto kg = on_gpu(k.blocks), vg = on_gpu(v_own.blocks);
+  const auto table = on_gpu(k.table), slots = on_gpu(ints(sl)), lengths = on_gpu(ints(len));
+  const auto qg = on_gpu(q);
+  poison_cached_memory();
+  const auto got = paged_decode_attention(qg, kg, pick_v(kg, vg), table, slots, lengths, scale, splits);
+  EXPECT_LT(relative_error(on_cpu(got), want), tolerance);
+  if (splits != 1) {  // the split path again: the same bits (the splits are combined in a fixed order)
+    poison_cached_memory();
+    const auto again = paged_decode_attention(qg, kg, pick_v(kg, vg), table, slots, lengths, scale, splits);
+    EXPECT_EQ(relative_error(on_cpu(again), on_cpu(got)).relative, 0.0) << "a second run";
+  }
+}
+
+// float: both devices sum exactly-widened products, the GPU in float (2e-6 was the contiguous
+// kernel's bound; 1e-5 leaves room for the combine of up to 64 splits); bf16: both round a
+// float/double result once, so they differ by the output rounding (2^-8 relative at most).
+template <class T>
+double tolerance() {
+  if constexpr (std::is_same_v<T, double>) return 1e-12;
+  else if constexpr (std::is_same_v<T, float>) return 1e-5;
+  else return 4e-3;
+}
+
+template <class T>
+void check_all_splits(const Case& c, int queries) {
+  for (int splits : {1, 0, 3, 7, 64}) check_case<T>(c, queries, splits, tolerance<T>());
+}
+
+// kiln's big MLA config (latent 256 + rope 32, values the latent, 12 heads, 64-token blocks) at the
+// issue's odd lengths, a ragged batch, and sequences 2-4 sharing the first block of the previous
+// one: sequences 3 and 4 share the first block of 2 and 3 (so 2, 3, 4 all hold 2's first block),
+// sequence 6 the first two blocks of 5.
+TEST(PagedDecodeAttentionCuda, MlaShapeMatchesTheCpuOp) {
+  KILN_REQUIRE_GPU();
+  manual_seed(61);
+  const Case mla{{1, 63, 64, 65, 1000, 130, 200}, {0, 0, 0, 1, 1, 0, 2}, 64, 1, 12, 288, 256, true};
+  check_all_splits<bf16>(mla, 1);
+  check_all_splits<float>(mla, 1);
+  Case two = mla;  // two query tokens: every sequence holds at least both
+  two.lengths[0] = 2;
+  check_all_splits<bf16>(two, 2);
+  check_all_splits<float>(two, 2);
+}
+
+TEST(PagedDecodeAttentionCuda, OtherShapesMatchTheCpuOp) {
+  KILN_REQUIRE_GPU();
+  manual_seed(62);
+  const std::vector<Case> cases = {
+      {{5, 130, 64, 100, 300}, {0, 0, 0, 1, 1}, 64, 2, 6, 64, 64, false},  // GQA, values of their own
+      {{9, 17, 3, 40}, {0, 2, 0, 0}, 4, 2, 4, 13, 7, false},              // odd sizes: element loads, 4-token blocks
+      {{70, 33, 2}, {0, 0, 0}, 16, 1, 40, 72, 64, true},                  // 40 heads: several chunks, the last partial
+      {{600, 65}, {0, 1}, 64, 1, 16, 576, 512, true},                     // DeepSeek-V3's MLA sizes
+  };
+  for (const Case& c : cases)
+    for (int queries : {1, 2}) {
+      check_case<float>(c, queries, 0, tolerance<float>());
+      check_case<float>(c, queries, 5, tolerance<float>());
+      check_case<bf16>(c, queries, 0, tolerance<bf16>());
+      check_case<bf16>(c, queries, 3, tolerance<bf16>());
+      check_case<double>(c, queries, 1, tolerance<double>());
+      check_case<double>(c, queries, 4, tolerance<double>());
+    }
+}
+
+// Long rows with few of them: the automatic count splits them (8 blocks of 16 heads for 132
+// SMs), and equals one split within float rounding.
+TEST(PagedDecodeAttentionCuda, LongRowsSplitAutomatically) {
+  KILN_REQUIRE_GPU();
+  manual_seed(63);
+  const Case longer{{5000, 4097, 3000, 2}, {0, 10, 0, 0}, 64, 1, 16, 288, 256, true};
+  for (int queries : {1, 2}) {
+    check_case<bf16>(longer, queries, 0, tolerance<bf16>());
+    check_case<float>(longer, queries, 0, tolerance<float>());
+    check_case<float>(longer, queries, 128, tolerance<float>());
+  }
+}
+
+// On the device, indices are not checked on the host: a row whose slot is outside the table, or
+// one of whose table entries (for its tokens) is outside the pool, gives zeros; the other rows
+// are right; lengths over the table clamp to it.
+TEST(PagedDecodeAttentionCuda, OutOfRangeRowsGiveZeros) {
+  KILN_REQUIRE_GPU();
+  manual_seed(64);
+  auto blocks = randn<float>({4, 8, 1, 16});
+  // 3 sequences of up to 3 blocks of 8 tokens: blocks 2, 0 | 1, 7 (outside the 4), 3 | 3.
+  const auto table = Tensor<std::int64_t>::from_vector({2, 0, -1, 1, 7, 3, 3, -1, -1}, {3, 3});
+  const auto q = randn<float>({5, 1, 2, 16});
+  // Rows: slot 0 (fine, 9 tokens), slot 1 (entry 7 outside the 4 blocks), slot 5 (outside the
+  // table), slot 0 at length 17 (entry -1 in use), slot 2 (fine: 3 tokens of block 3).
+  const std::vector<std::int64_t> sl = {0, 1, 5, 0, 2}, len = {9, 12, 4, 17, 3};
+  for (int splits : {1, 2}) {
+    poison_cached_memory();
+    const auto got = on_cpu(paged_decode_attention(on_gpu(q), on_gpu(blocks), on_gpu(blocks), on_gpu(table),
+                                                   on_gpu(ints(sl)), on_gpu(ints(len)), 1.0, splits));
+    for (std::int64_t a : {1, 2, 3})
+      for (float x : narrow(got, 0, a, 1).to_vector()) EXPECT_EQ(x, 0.0f) << "row " << a << " splits " << splits;
+    for (std::size_t a : {0, 4}) {
+      const auto at = static_cast<std::int64_t>(a);
+      const auto want = paged_decode_attention(narrow(q, 0, at, 1), blocks, blocks, table, ints({sl[a]}), ints({len[a]}), 1.0);
+      EXPECT_LT(relative_error(narrow(got, 0, at, 1), want), 1e-5) << "row " << a << " splits " << splits;
+    }
+  }
+  // Two query tokens at length 1: query 0 has no token to attend (zeros), query 1 sees token 0.
+  const auto q2 = randn<float>({1, 2, 2, 16});
+  const auto got = on_cpu(paged_decode_attention(on_gpu(q2), on_gpu(blocks), on_gpu(blocks), on_gpu(table),
+                                                 on_gpu(ints({0})), on_gpu(ints({1})), 1.0));
+  for (float x : narrow(got, 1, 0, 1).to_vector()) EXPECT_EQ(x, 0.0f);
+  const auto row0 = narrow(narrow(blocks, 0, 2, 1), 1, 0, 1).to_vector();  // token 0 of slot 0: block 2, row 0
+  const auto second = narrow(got, 1, 1, 1).to_vector();
+  for (std::size_t i = 0; i < second.size(); ++i) EXPECT_EQ(second[i], row0[i % 16]) << "one key: p = 1";
+}
+
+TEST(PagedCacheWriteCuda, BitExactAndSkipsOutOfRangeRows) {
+  KILN_REQUIRE_GPU();
+  manual_seed(65);
+  for (std::int64_t row : {std::int64_t{288}, std::int64_t{7}}) {  // 16-byte words, and elements
+    // 6 blocks of 4 tokens; sequence 0 holds blocks 5, 0, 3, -, 2 and sequence 1 blocks 4, 1, -, 9
+    // (outside the pool), 3: max_blocks 5, 20 tokens a sequence.
+    const auto base = randn<bf16>({6, 4, 1, row});
+    const auto table = Tensor<std::int64_t>::from_vector({5, 0, 3, -1, 2, 4, 1, -1, 9, 3}, {2, 5});
+    const auto values = randn<bf16>({4, 6, 1, row});
+    // Sequence 1 at positions 0..5 (blocks 4, 1), sequence 0 at 5..10 (blocks 0, 3): each write
+    // starts or ends inside a block.
+    auto cpu = clone(base);
+    paged_cache_write(cpu, table, ints({1, 0}), ints({0, 5}), narrow(values, 0, 0, 2));
+    auto gpu = on_gpu(base);
+    paged_cache_write(gpu, on_gpu(table), on_gpu(ints({1, 0})), on_gpu(ints({0, 5})), on_gpu(narrow(values, 0, 0, 2)));
+    EXPECT_EQ(relative_error(on_cpu(gpu), cpu).relative, 0.0) << "row " << row;
+    // Out of range on the device, skipped row by row: slot 2 (outside the table); sequence 0 at
+    // 10..15 (10, 11 land in block 3; 12..15 meet entry -1); sequence 1 at 8..13 (entries -1 and
+    // 9); sequence 0 at 18..23 (18, 19 land in block 2; 20.. are past its 20 tokens).
+    auto g2 = on_gpu(base);
+    paged_cache_write(g2, on_gpu(table), on_gpu(ints({2, 0, 1, 0})), on_gpu(ints({0, 10, 8, 18})), on_gpu(values));
+    auto expect = clone(base);
+    paged_cache_write(expect, table, ints({0, 0}), ints({10, 18}),
+                      narrow(cat(std::vector<Tensor<bf16>>{narrow(values, 0, 1, 1), narrow(values, 0, 3, 1)}, 0), 1, 0, 2));
+    EXPECT_EQ(relative_error(on_cpu(g2), expect).relative, 0.0) << "row " << row;
+  }
+}
+
+TEST(PagedDecodeAttentionCuda, HostChecks) {
+  KILN_REQUIRE_GPU();
+  const auto blocks = on_gpu(zeros<float>({4, 8, 1, 6}));
+  const auto table = Tensor<std::int64_t>::from_vector({0, 1, 3, 2}, {2, 2});
+  const auto q = on_gpu(zeros<float>({1, 1, 2, 6}));
+  const auto one = on_gpu(ints({0})), len = on_gpu(ints({5}));
+  EXPECT_KILN_ERROR((void)paged_decode_attention(q, blocks, blocks, table, one, len, 1.0), "paged_decode_attention",
+                    "block_table must be a contiguous [sequences, max_blocks] int64 tensor on cuda:0");
+  EXPECT_KILN_ERROR((void)paged_decode_attention(q, blocks, blocks, on_gpu(table), ints({0}), len, 1.0),
+                    "paged_decode_attention", "must be on the cache's device");
+  EXPECT_KILN_ERROR((void)paged_decode_attention(on_gpu(zeros<float>({1, 3, 2, 6})), blocks, blocks, on_gpu(table), one,
+                                                 len, 1.0),
+                    "paged_decode_attention", "takes 1 or 2 query tokens");
+  EXPECT_KILN_ERROR((void)paged_decode_attention(q, blocks, blocks, on_gpu(table), one, len, 1.0, 129),
+                    "paged_decode_attention", "splits must be in [0, 128]");
+  EXPECT_KILN_ERROR((void)paged_decode_attention(q, blocks, blocks, on_gpu(zeros<std::int64_t>({2, 0})), one, len, 1.0),
+                    "paged_decode_attention", "needs 1 .. 2^30 / block_tokens blocks per sequence");
+  EXPECT_KILN_ERROR(paged_cache_write(blocks, on_gpu(table), one, one, on_gpu(zeros<float>({1, 2, 1, 5}))),
+                    "paged_cache_write", "do not fit");
+  EXPECT_KILN_ERROR(paged_cache_write(blocks, on_gpu(table), one, ints({0}), on_gpu(zeros<float>({1, 2, 1, 6}))),
+                    "paged_cache_write", "must be on the cache's device");
+}
+
+}  // namespace
