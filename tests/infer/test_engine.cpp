@@ -3,7 +3,7 @@
 // the engine draws from equals that forward's row (ragged prompts, groups, samples finishing at
 // different times by eos, stop strings and length); eos and stop strings cut a completion exactly
 // where the unconstrained run first meets them, leaving the other samples' draws unchanged; same
-// seed, same samples whatever the batch (other prompts, waves, padding to buckets); different
+// seed, same samples whatever the batch (other prompts, admissions under max_batch, padding to buckets); different
 // seeds and different group members give different samples; errors.
 #include <algorithm>
 #include <cstdint>
@@ -294,11 +294,11 @@ void same_seed_same_samples(const Model& m) {
   const auto all = tokens_of(infer::generate(m, prompts, p, o));
   EXPECT_EQ(tokens_of(infer::generate(m, prompts, p, o)), all);  // run again
 
-  // Waves of 4 samples (splitting groups), rows padded to powers of two.
-  infer::GenerateOptions waves = o;
-  waves.max_batch = 4;
-  waves.pad_to_bucket = true;
-  EXPECT_EQ(tokens_of(infer::generate(m, prompts, p, waves)), all);
+  // 4 rows for 12 samples (groups split, rows refilled as samples finish), padded to powers of two.
+  infer::GenerateOptions rows = o;
+  rows.max_batch = 4;
+  rows.pad_to_bucket = true;
+  EXPECT_EQ(tokens_of(infer::generate(m, prompts, p, rows)), all);
 
   // Another batch: prompts 3 and 1 alone, their sample ids given by the base.
   infer::GenerateOptions last = o;
@@ -385,7 +385,7 @@ TEST(Engine, ProgressAndBuckets) {
 // The paged cache (options.cache_block_tokens) at block sizes that put block boundaries inside
 // the prompts (lengths 1, 3, 4, 6) and the completions: 1 (every token its own block), 2, 3 and 4,
 // with groups of 3 (forked prompts, copy-on-write of the prompt's partly filled last block), eos
-// ending samples early (their blocks given back mid-wave) and waves of 5 splitting groups. Every
+// ending samples early (their blocks given back mid-run) and 5 rows refilled as samples finish. Every
 // row drawn from is still the uncached forward's, and the draws equal the contiguous cache's.
 template <class Model>
 void paged_cache_follows_full_forward(Model& m) {
@@ -423,6 +423,58 @@ TEST(Engine, LlamaPagedCacheFollowsTheUncachedForward) {
 TEST(Engine, DeepseekPagedCacheFollowsTheUncachedForward) {
   auto m = make_deepseek<double>(13, infer_deepseek_config(), 0.2);
   paged_cache_follows_full_forward(*m);
+}
+
+// Continuous batching: with max_batch rows, a sample that finishes hands its slot to the next one
+// waiting (the batch refills mid-run instead of draining wave by wave), and with a cache budget
+// (options.cache_blocks) samples also wait for blocks. The draws are those of the all-at-once run.
+TEST(Engine, ContinuousBatchingAndCacheBudget) {
+  auto m = make_llama<double>(14, infer_llama_config(), 0.2);
+  const Prompts prompts = ragged_prompts(m->vocab_size());
+  infer::SamplingParams p;
+  p.temperature = 1.2;
+  p.max_new_tokens = 8;
+  p.eos_token_ids = {3, 9, 15, 21};
+  p.seed = 5;
+  infer::GenerateOptions all;
+  all.samples_per_prompt = 3;
+  all.cache_block_tokens = 2;
+  const auto want = tokens_of(infer::generate(*m, prompts, p, all));
+
+  // 4 rows for 12 samples: after the first finish the batch is full again while samples wait.
+  std::vector<infer::GenerationProgress> seen;
+  infer::GenerateOptions rows = all;
+  rows.max_batch = 4;
+  rows.on_progress = [&](const infer::GenerationProgress& g) { seen.push_back(g); };
+  EXPECT_EQ(tokens_of(infer::generate(*m, prompts, p, rows)), want);
+  // An admission reports right after the step that freed the slots: the same step, more active.
+  int refills = 0;
+  for (std::size_t i = 0; i < seen.size(); ++i) {
+    EXPECT_LE(seen[i].active, 4);
+    if (i > 0 && seen[i].step > 0 && seen[i].step == seen[i - 1].step && seen[i].active > seen[i - 1].active) ++refills;
+  }
+  EXPECT_GE(refills, 3) << "samples should be admitted into finished samples' slots mid-run";
+
+  // A budget of blocks: the longest prompt (6 tokens) + 8 new ones need 7 blocks of 2 for one
+  // sample, so 16 blocks hold two or three samples at a time, fewer than the 12 rows allowed.
+  for (const std::int64_t budget : {7, 16}) {
+    SCOPED_TRACE(::testing::Message() << "cache_blocks " << budget);
+    seen.clear();
+    infer::GenerateOptions tight = all;
+    tight.cache_blocks = budget;
+    tight.on_progress = rows.on_progress;
+    EXPECT_EQ(tokens_of(infer::generate(*m, prompts, p, tight)), want);
+    std::int64_t most = 0;
+    for (const auto& g : seen) most = std::max(most, g.active);
+    EXPECT_LE(most, budget / 2);  // every sample holds at least 2 blocks while it decodes
+    EXPECT_GE(most, 1);
+  }
+  infer::GenerateOptions too_small = all;
+  too_small.cache_blocks = 6;
+  // (3 prompt tokens + 8: 2 prompt blocks, the private copy of the partial one and 4 more, counted
+  // as the admission promises them)
+  EXPECT_KILN_ERROR(infer::generate(*m, prompts, p, too_small), "generate", "sample 0", "needs 7 cache blocks",
+                    "cache_blocks = 6");
 }
 
 TEST(Engine, Errors) {

@@ -121,7 +121,7 @@ TEST(EngineCuda, DeepseekOnTheGpuFollowsTheCpu) {
 // Decode steps replayed as CUDA graphs (the default on a GPU) draw exactly what the same steps
 // launched eagerly draw, at the same padded row counts (pad_to_bucket), so the same kernels see
 // the same shapes: bit-identical logits, identical tokens. Samples end at different steps (two
-// eos ids, max_batch waves), so the row count shrinks through several buckets and the graphs of
+// eos ids, max_batch rows), so the row count shrinks through several buckets and the graphs of
 // each are captured and replayed; a second generate reuses nothing from the first; also over
 // small cache blocks.
 TEST(EngineCuda, GraphReplaysDrawWhatEagerStepsDraw) {
@@ -139,7 +139,7 @@ TEST(EngineCuda, GraphReplaysDrawWhatEagerStepsDraw) {
   p.seed = 9;
   infer::GenerateOptions graphs;
   graphs.samples_per_prompt = 4;
-  graphs.max_batch = 13;  // waves of 13 and 7 samples: buckets 16, 8, 4, 2, 1
+  graphs.max_batch = 13;  // 13 rows for 20 samples, refilled as samples finish: buckets 16, 8, 4, 2, 1
   infer::GenerateOptions eager = graphs;
   eager.cuda_graphs = false;
   eager.pad_to_bucket = true;

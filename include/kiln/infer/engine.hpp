@@ -10,13 +10,16 @@
 //   std::vector<infer::Completion> out = infer::generate(model, prompts, p, o);
 //   // out[prompt·8 + sample]: .tokens, .finish, .text
 //
-// How a batch runs (one "wave"; more samples than options.max_batch run as several waves):
-//  1. Prefill. The wave's distinct prompts, right-padded to the longest ([B, S], pad id 0), run
-//     once through the model's training attention path (exact for every valid position under the
-//     causal mask); every layer's keys/latents go straight to the cache slots of all the samples
-//     of that prompt (PrefillIndex: a prompt of a G-group is computed once and its rows written to
-//     its G slots — cheaper than prefilling G duplicates, and the copy is the write the prefill
-//     does anyway). The logits of each prompt's last token give each sample its first token.
+// How a run goes. Samples are ADMITTED in output order as the cache allows: all at once by
+// default; with options.max_batch, at most that many decode together, and a sample that finishes
+// hands its slot (and its cache blocks) to the next one waiting (continuous batching: no wave
+// waits for its slowest sample). Each admission:
+//  1. Prefill. The admitted samples' distinct prompts, right-padded to the longest ([B, S], pad
+//     id 0), run once through the model's training attention path (exact for every valid
+//     position under the causal mask); every layer's keys/latents go straight to the cache (see
+//     the paged cache below). The logits of each prompt's last token give each sample its first
+//     token; the samples join the active rows.
+// Then, while samples are active:
 //  2. Decode steps. The active samples form the rows of fixed-shape device tensors: ids [n] (the
 //     newest token of each), positions [n] (its position), slots [n], sample_ids [n]. A step is
 //        logits = model.decode(ids, {slots, positions, lengths = positions + 1}, cache)
@@ -24,26 +27,29 @@
 //        positions = lengths
 //     all on the device, then ONE host read: the n sampled tokens, which the host appends to each
 //     sample's completion (CompletionBuilder: eos, stop strings on the decoded text, length).
-//  3. Finished samples leave the batch: when the set of active samples changes, the host builds
-//     the rows of those left (it knows every value: the tokens it just read, positions, slots and
-//     ids) and uploads them as one packed tensor — only on steps where some sample finished, never
-//     per token; their cache rows stay where they are. A finished sample costs nothing afterwards.
+//  3. Finished samples leave the batch (and waiting samples are admitted): when the set of active
+//     samples changes, the host builds the rows of those left (it knows every value: the tokens
+//     it just read, positions, slots and ids) and uploads them as one packed tensor — only on
+//     steps where the set changed, never per token. A finished sample costs nothing afterwards.
 // The cache is paged by default (options.cache_block_tokens = 64; 0: one contiguous slot of
-// capacity = longest prompt + max_new_tokens rows per sample, infer/kv_cache.hpp). A wave then
-// holds a pool of blocks and a BlockAllocator (infer/block_allocator.hpp):
-//   - prefill writes each distinct prompt ONCE, into its first sample's blocks; the other samples
-//     of its group fork that sequence (they share its blocks, no copy); the first decode step of
-//     each sample copies only the prompt's partly filled last block, where its own token goes;
+// capacity = longest prompt + max_new_tokens rows per decoding sample, infer/kv_cache.hpp). Then
+// a pool of blocks and a BlockAllocator (infer/block_allocator.hpp):
+//   - prefill writes each distinct prompt of an admission ONCE, into its first sample's blocks;
+//     the other samples of its group fork that sequence (they share its blocks, no copy); the
+//     first decode step of each sample copies only the prompt's partly filled last block, where
+//     its own token goes;
 //   - a sample takes a new block when its newest token reaches the end of its blocks (every
-//     block_tokens steps), and gives its blocks back when it finishes, for the others to grow
-//     into; the block table is uploaded only when a list changed;
-//   - the pool is sized for the wave's worst case (every sample to max_new_tokens), so a step
-//     never runs out: with G samples of a P-token prompt the group holds about P + G·max_new
-//     rows instead of G·(P + max_new).
+//     block_tokens steps), and gives its blocks back when it finishes; the block table is
+//     uploaded only when a list changed;
+//   - admission keeps a promise per sample (the blocks it may still take: up to max_new_tokens)
+//     and admits a sample only when the free blocks cover every promise and its own, so a step
+//     never runs out. With G samples of a P-token prompt a group needs about P + G·max_new rows
+//     instead of G·(P + max_new). The pool (options.cache_blocks, a memory budget; by default
+//     what max_batch samples can need) bounds how many decode at once as much as max_batch does.
 // Draws are keyed by (seed, sample id, position): sample id = options.sample_id_base +
 // prompt·G + sample, position = the drawn token's position in its sequence. The same seed gives
-// the same samples, whatever the batch (its size, its other prompts, waves, padding) — up to the
-// rounding differences a different batch shape can make in the logits.
+// the same samples, whatever the batch (its size, its other prompts, admissions, padding) — up to
+// the rounding differences a different batch shape can make in the logits.
 //
 // Host synchronisation per decode step (GPU): the read of the sampled tokens; on steps where the
 // active set changes, the upload of the new rows. The decode step itself is a function of
@@ -56,7 +62,7 @@
 // most of the step. So the step — decode + draw — is captured once per row count into a
 // DeviceGraph (core/device_graph.hpp) and replayed: one launch per step. The row count is padded
 // to a power of two (as options.pad_to_bucket; padding rows decode a spare slot and are ignored),
-// so at most log2(batch) + 1 graphs cover a wave as its samples finish. A graph reads its rows
+// so at most log2(batch) + 1 graphs cover a run as its samples finish (captured once per run). A graph reads its rows
 // ([4, rows]: newest ids, positions, slots, sample ids) from a device tensor of its own, which the
 // host refills before every replay with the values it knows (the tokens it just read, the
 // positions one further): one small upload per step instead of device-side bookkeeping, and the
@@ -73,6 +79,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -96,7 +103,7 @@ namespace kiln::infer {
 struct GenerationProgress {
   std::int64_t step = 0;       // decode steps run (0: after the prefill's first draw)
   std::int64_t active = 0;     // samples still generating in the current wave
-  std::int64_t finished = 0;   // samples finished, all waves
+  std::int64_t finished = 0;   // samples finished, so far
   std::int64_t total = 0;      // samples requested
   std::int64_t tokens = 0;     // tokens generated so far
 };
@@ -120,6 +127,9 @@ struct GenerateOptions {
                                                 // (implies pad_to_bucket; not with on_logits)
   std::int64_t cache_block_tokens = 64;         // the paged KV cache's block size (see above);
                                                 // 0: one contiguous slot per sample
+  std::int64_t cache_blocks = 0;                // paged: the pool's size in blocks, a memory
+                                                // budget (samples wait for blocks); 0: enough
+                                                // for max_batch samples at their longest
   std::function<void(const GenerationProgress&)> on_progress;
   std::function<void(const StepLogits&)> on_logits;
 };
@@ -175,8 +185,7 @@ class Engine {
       samples.emplace_back(std::move(c), params, options.tokenizer);
     }
     Run run{prompts, params, options, samples, total};
-    const std::int64_t wave = options.max_batch > 0 ? options.max_batch : std::max<std::int64_t>(total, 1);
-    for (std::int64_t first = 0; first < total; first += wave) run_wave(run, first, std::min(total, first + wave));
+    if (total > 0) run_all(run);
 
     std::vector<Completion> out;
     out.reserve(samples.size());
@@ -192,24 +201,162 @@ class Engine {
     std::vector<CompletionBuilder>& samples;
     std::int64_t total;
     std::int64_t finished = 0, tokens = 0, step = 0;
-    BlockAllocator* blocks = nullptr;  // the wave's paged cache bookkeeping (null: contiguous)
+    std::vector<std::int64_t> freed;  // slots of samples finished since the scheduler last looked
   };
 
-  // An active sample of the wave: its index in the output, its cache slot, and the position of its
-  // newest token (the one it feeds next).
+  // An active sample: its index in the output, its cache slot, and the position of its newest
+  // token (the one it feeds next).
   struct Row {
     std::int64_t sample, slot, position;
   };
 
-  // Samples [first, last) of the run: prefill, then decode until each is finished.
-  void run_wave(Run& run, std::int64_t first, std::int64_t last) const {
+  // Who holds which part of the cache (see the file comment). Samples are admitted in output
+  // order: [0, next) have been admitted. Paged, every admitted sample keeps a promise of the
+  // blocks it may still take (`outstanding`: its worst case, less what it took), and the pool
+  // never lends out a block promised to someone: free blocks >= the sum of the promises.
+  struct Scheduler {
+    std::int64_t rows = 0;          // samples decoded at once at most
+    std::int64_t spare_slot = -1;   // the padding rows' slot (-1: none)
+    std::set<std::int64_t> free_slots;
+    std::int64_t next = 0;
+    std::int64_t block_tokens = 0;  // 0: contiguous cache
+    std::optional<BlockAllocator> blocks;
+    std::vector<std::int64_t> outstanding;  // per slot
+    std::int64_t outstanding_total = 0;
+  };
+
+  std::int64_t prompt_length(const Run& run, std::int64_t sample) const {
+    return static_cast<std::int64_t>(run.prompts[static_cast<std::size_t>(sample / run.options.samples_per_prompt)].size());
+  }
+
+  static std::int64_t blocks_for(std::int64_t tokens, std::int64_t block_tokens) {
+    return (tokens + block_tokens - 1) / block_tokens;
+  }
+
+  // Blocks a sample with an L-token prompt may take after its prefill: from the prompt's last,
+  // partly filled block (its private copy) up to its last fed position (< L + max_new_tokens).
+  std::int64_t sample_blocks(const Run& run, std::int64_t L, std::int64_t block_tokens) const {
+    return blocks_for(L + run.params.max_new_tokens, block_tokens) - L / block_tokens;
+  }
+
+  // Blocks an admission of samples [first, last) needs free (beyond the others' promises): while
+  // its prefill runs every distinct prompt holds blocks for the batch's S padded positions; after
+  // it, each prompt's blocks_for(L) (shared by its samples) plus every sample's promise.
+  std::int64_t admission_blocks(const Run& run, std::int64_t first, std::int64_t last, std::int64_t block_tokens) const {
+    const std::int64_t G = run.options.samples_per_prompt;
+    std::int64_t prompts = 0, S = 0, decode = 0;
+    for (std::int64_t j = first; j < last; ++j) {
+      const std::int64_t L = prompt_length(run, j);
+      if (j == first || j / G != (j - 1) / G) {
+        ++prompts;
+        S = std::max(S, L);
+        decode += blocks_for(L, block_tokens);
+      }
+      decode += sample_blocks(run, L, block_tokens);
+    }
+    return std::max(prompts * blocks_for(S, block_tokens), decode);
+  }
+
+  // The whole generation: one cache for the run; samples admitted as slots (and, paged, blocks)
+  // allow — all at once unless options.max_batch bounds the rows —, each admission prefilled and
+  // given its first draw, then decode steps over the active samples until every one finished.
+  void run_all(Run& run) const {
+    const Model& m = *model_;
+    const GenerateOptions& o = run.options;
+    const bool graphs = use_graphs(run);
+    Scheduler sched;
+    sched.rows = o.max_batch > 0 ? std::min(o.max_batch, run.total) : run.total;
+    const std::int64_t spare = o.pad_to_bucket || graphs ? 1 : 0;
+    std::int64_t longest = 0;
+    for (const auto& prompt : run.prompts) longest = std::max(longest, static_cast<std::int64_t>(prompt.size()));
+    // Capacity: the longest prompt plus max_new_tokens (the last token drawn is never fed back,
+    // so every fed position is < capacity).
+    const std::int64_t sequences = sched.rows + spare, capacity = longest + run.params.max_new_tokens;
+    for (std::int64_t s = 0; s < sched.rows; ++s) sched.free_slots.insert(s);
+    if (spare > 0) sched.spare_slot = sched.rows;
+    sched.block_tokens = o.cache_block_tokens;
+    const std::int64_t bt = sched.block_tokens;
+
+    CacheLayout layout = CacheLayout::contiguous(sequences, capacity);
+    if (bt > 0) {
+      // The pool: what the largest admission can need with nothing else in the cache (any rows
+      // consecutive samples; more samples only need more), so every sample is admitted in time;
+      // plus the padding rows' sequence, which holds blocks for the whole capacity (between
+      // uploads of the rows, eager steps advance every row's position on the device —
+      // DecodeIndex::next —, padding rows too).
+      std::int64_t largest = 0;
+      for (std::int64_t j = 0; j < run.total; ++j)
+        largest = std::max(largest, admission_blocks(run, j, std::min(run.total, j + sched.rows), bt));
+      const std::int64_t spare_blocks = spare * blocks_for(capacity, bt);
+      std::int64_t pool = largest + spare_blocks;
+      if (o.cache_blocks > 0) {
+        for (std::int64_t j = 0; j < run.total; ++j)
+          check(admission_blocks(run, j, j + 1, bt) + spare_blocks <= o.cache_blocks, "generate", "sample ", j,
+                " (a prompt of ", prompt_length(run, j), " tokens plus max_new_tokens ", run.params.max_new_tokens,
+                ") needs ", admission_blocks(run, j, j + 1, bt) + spare_blocks, " cache blocks of ", bt,
+                " tokens, more than options.cache_blocks = ", o.cache_blocks);
+        pool = o.cache_blocks;
+      }
+      layout = CacheLayout::paged(sequences, capacity, bt, pool);
+    }
+    auto cache = m.make_decode_cache(layout);
+    if (bt > 0) {
+      sched.blocks.emplace(layout.num_blocks, bt, sequences, layout.max_blocks());
+      sched.outstanding.assign(static_cast<std::size_t>(sequences), 0);
+      if (spare > 0) sched.blocks->reserve(sched.spare_slot, layout.max_blocks() * bt);
+    }
+
+    std::vector<Row> active;
+    DecodeState state;
+    while (true) {
+      recycle(run, sched);
+      while (sched.next < run.total && admit(run, sched, cache, active)) {
+        state.changed = true;
+        recycle(run, sched);  // samples that finished on their first draw
+      }
+      if (active.empty()) {
+        check(sched.next >= run.total, "generate", "internal: sample ", sched.next,
+              " cannot be admitted into an empty cache");
+        break;
+      }
+      prepare_blocks(sched, cache, active);
+      if (graphs) {
+        step_graphed(run, sched, cache, active, state);
+      } else {
+        step_eager(run, sched, cache, active, state);
+      }
+    }
+  }
+
+  // Returns the slots (and blocks) of the samples that finished to the scheduler.
+  static void recycle(Run& run, Scheduler& sched) {
+    for (const std::int64_t slot : run.freed) {
+      sched.free_slots.insert(slot);
+      if (sched.blocks) {
+        sched.blocks->release(slot);
+        sched.outstanding_total -= sched.outstanding[static_cast<std::size_t>(slot)];
+        sched.outstanding[static_cast<std::size_t>(slot)] = 0;
+      }
+    }
+    run.freed.clear();
+  }
+
+  // Admits the next samples that fit (free slots; paged, blocks beyond the promises), prefills
+  // their prompts and draws their first tokens. Returns whether it admitted any.
+  template <class Cache>
+  bool admit(Run& run, Scheduler& sched, Cache& cache, std::vector<Row>& active) const {
     const Model& m = *model_;
     const Device device = m.device();
-    const std::int64_t count = last - first, G = run.options.samples_per_prompt;
-    const bool graphs = use_graphs(run);
-    const std::int64_t spare = run.options.pad_to_bucket || graphs ? 1 : 0;  // the padding rows' slot: `count`
+    const std::int64_t G = run.options.samples_per_prompt, first = sched.next, bt = sched.block_tokens;
+    std::int64_t last = first;
+    while (last < run.total && last - first < static_cast<std::int64_t>(sched.free_slots.size()) &&
+           (bt == 0 || admission_blocks(run, first, last + 1, bt) <=
+                           sched.blocks->free_blocks() - sched.outstanding_total))
+      ++last;
+    if (last == first) return false;
+    const std::int64_t count = last - first;
 
-    // The wave's distinct prompts (rows of the padded batch) and each sample's row and slot.
+    // The admission's distinct prompts (rows of the padded batch) and each sample's row and slot.
     std::map<std::int64_t, std::int64_t> row_of;
     std::vector<std::int64_t> prompt_of_row, lengths, rows, slots;
     for (std::int64_t j = first; j < last; ++j) {
@@ -217,11 +364,13 @@ class Engine {
       auto [it, fresh] = row_of.emplace(p, static_cast<std::int64_t>(prompt_of_row.size()));
       if (fresh) {
         prompt_of_row.push_back(p);
-        lengths.push_back(static_cast<std::int64_t>(run.prompts[static_cast<std::size_t>(p)].size()));
+        lengths.push_back(prompt_length(run, j));
       }
       rows.push_back(it->second);
-      slots.push_back(j - first);
+      slots.push_back(*sched.free_slots.begin());
+      sched.free_slots.erase(sched.free_slots.begin());
     }
+    sched.next = last;
     const auto B = static_cast<std::int64_t>(prompt_of_row.size());
     const std::int64_t S = *std::max_element(lengths.begin(), lengths.end());
     std::vector<std::int64_t> ids(static_cast<std::size_t>(B * S), 0);  // pad id 0: any valid id will do
@@ -229,81 +378,48 @@ class Engine {
       const auto& prompt = run.prompts[static_cast<std::size_t>(prompt_of_row[static_cast<std::size_t>(b)])];
       std::copy(prompt.begin(), prompt.end(), ids.begin() + b * S);
     }
-
-    // Capacity: the longest prompt plus max_new_tokens (the last token drawn is never fed back,
-    // so every fed position is < capacity).
-    const std::int64_t sequences = count + spare, capacity = S + run.params.max_new_tokens;
-    const std::int64_t block_tokens = run.options.cache_block_tokens;
     const Tensor<std::int64_t> prompt_ids = Tensor<std::int64_t>::from_vector(ids, {B, S}, device);
-    std::optional<BlockAllocator> blocks;
     Tensor<T> first_logits;
-    auto cache = block_tokens > 0
-                     ? m.make_decode_cache(CacheLayout::paged(sequences, capacity, block_tokens,
-                                                              pool_blocks(run, lengths, rows, S, block_tokens, spare)))
-                     : m.make_decode_cache(CacheLayout::contiguous(sequences, capacity));
-    if (block_tokens > 0) {
-      blocks.emplace(cache.kv.layout().num_blocks, block_tokens, sequences, cache.kv.layout().max_blocks());
-      run.blocks = &*blocks;
-      first_logits = prefill_shared(run, prompt_ids, lengths, rows, slots, spare, cache);
+    if (bt > 0) {
+      first_logits = prefill_shared(sched, prompt_ids, lengths, rows, slots, cache);
+      for (std::int64_t a = 0; a < count; ++a) {
+        const std::int64_t promise = sample_blocks(run, lengths[static_cast<std::size_t>(rows[static_cast<std::size_t>(a)])], bt);
+        sched.outstanding[static_cast<std::size_t>(slots[static_cast<std::size_t>(a)])] = promise;
+        sched.outstanding_total += promise;
+      }
     } else {
-      const PrefillIndex prefill = PrefillIndex::make(lengths, S, slots, rows, sequences, device);
+      const PrefillIndex prefill = PrefillIndex::make(lengths, S, slots, rows, cache.kv.num_slots(), device);
       first_logits = m.prefill(prompt_ids, prefill, cache);
     }
 
     // The first draw, from each sample's prompt logits, at position L (the first new token's).
-    std::vector<Row> active;
+    std::vector<Row> admitted;
     for (std::int64_t a = 0; a < count; ++a)
-      active.push_back({first + a, a, lengths[static_cast<std::size_t>(rows[static_cast<std::size_t>(a)])]});
+      admitted.push_back({first + a, slots[static_cast<std::size_t>(a)],
+                          lengths[static_cast<std::size_t>(rows[static_cast<std::size_t>(a)])]});
     std::vector<std::int64_t> packed;
-    for (const Row& r : active) packed.push_back(sample_id(run, r));
-    for (const Row& r : active) packed.push_back(r.position);
+    for (const Row& r : admitted) packed.push_back(sample_id(run, r));
+    for (const Row& r : admitted) packed.push_back(r.position);
     const auto first_index = Tensor<std::int64_t>::from_vector(packed, {2, count}, device);
-    Tensor<std::int64_t> drawn = draw(run, first_logits, row_view(first_index, 0, count),
-                                      row_view(first_index, 1, count), active, count);
-    accept(run, drawn, active);
+    const Tensor<std::int64_t> drawn = draw(run, first_logits, row_view(first_index, 0, count),
+                                            row_view(first_index, 1, count), admitted, count);
+    accept(run, drawn, admitted);
+    active.insert(active.end(), admitted.begin(), admitted.end());
     report(run, static_cast<std::int64_t>(active.size()));
-
-    if (graphs) {
-      decode_graphed(run, cache, count, active);
-    } else {
-      decode_eager(run, cache, count, active, drawn);
-    }
-    run.blocks = nullptr;
-  }
-
-  // Blocks a paged wave can need at its peak: during the prefill every prompt row holds S
-  // positions (the padding is written too); while decoding, each prompt's full blocks once
-  // (shared by its samples) and per sample the blocks from its prompt's last, partly filled one up
-  // to its last fed position (< L + max_new_tokens), whatever order samples grow and finish in.
-  // Plus the padding rows' sequence, `spare` of them: between uploads of the rows, eager steps
-  // advance every row's position on the device (DecodeIndex::next), padding rows too, so it holds
-  // blocks for the whole capacity.
-  static std::int64_t pool_blocks(const Run& run, const std::vector<std::int64_t>& lengths,
-                                  const std::vector<std::int64_t>& rows, std::int64_t S, std::int64_t block_tokens,
-                                  std::int64_t spare) {
-    const auto blocks_for = [&](std::int64_t tokens) { return (tokens + block_tokens - 1) / block_tokens; };
-    std::int64_t decode = 0;
-    for (const std::int64_t L : lengths) decode += L / block_tokens;
-    for (const std::int64_t r : rows) {
-      const std::int64_t L = lengths[static_cast<std::size_t>(r)];
-      decode += blocks_for(L + run.params.max_new_tokens) - L / block_tokens;
-    }
-    const std::int64_t prefill = static_cast<std::int64_t>(lengths.size()) * blocks_for(S);
-    return std::max(prefill, decode) + spare * blocks_for(S + run.params.max_new_tokens);
+    return true;
   }
 
   // The paged prefill: each distinct prompt is written once, to its first sample's sequence (which
   // holds blocks for all S padded positions while the prefill writes them, then gives back those
-  // past its prompt), and the wave's other samples of that prompt fork it: they share its blocks
-  // (BlockAllocator::fork), to be copied on write only where a sample's first new token lands in
-  // the prompt's partly filled last block. The padding rows' sequence (`count`, when spare) holds
-  // blocks for the whole capacity (pool_blocks). Returns the first logits row of every sample,
-  // [count, vocab].
+  // past its prompt), and the admission's other samples of that prompt fork it: they share its
+  // blocks (BlockAllocator::fork), to be copied on write only where a sample's first new token
+  // lands in the prompt's partly filled last block. Returns the first logits row of every
+  // sample, [count, vocab].
   template <class Cache>
-  Tensor<T> prefill_shared(const Run& run, const Tensor<std::int64_t>& prompt_ids,
+  Tensor<T> prefill_shared(Scheduler& sched, const Tensor<std::int64_t>& prompt_ids,
                            const std::vector<std::int64_t>& lengths, const std::vector<std::int64_t>& rows,
-                           const std::vector<std::int64_t>& slots, std::int64_t spare, Cache& cache) const {
-    BlockAllocator& blocks = *run.blocks;
+                           const std::vector<std::int64_t>& slots, Cache& cache) const {
+    BlockAllocator& blocks = *sched.blocks;
     const auto B = static_cast<std::int64_t>(lengths.size()), count = static_cast<std::int64_t>(rows.size());
     const std::int64_t S = prompt_ids.size(1);
     std::vector<std::int64_t> parent(static_cast<std::size_t>(B), -1);  // per prompt row: its first sample's slot
@@ -312,41 +428,121 @@ class Engine {
       if (p < 0) p = slots[static_cast<std::size_t>(a)];
     }
     for (const std::int64_t p : parent) blocks.reserve(p, S);
-    if (spare > 0) blocks.reserve(count, blocks.max_blocks() * blocks.block_tokens());
     cache.kv.set_block_table(blocks.table());
     const PrefillIndex prefill = PrefillIndex::make(lengths, S, parent, {}, blocks.num_sequences(), model_->device());
     const Tensor<T> prompt_logits = model_->prefill(prompt_ids, prefill, cache);  // [B, vocab]
-    for (std::int64_t b = 0; b < B; ++b) blocks.truncate(parent[static_cast<std::size_t>(b)], lengths[static_cast<std::size_t>(b)]);
-    std::vector<std::int64_t> row_ids;
+    for (std::int64_t b = 0; b < B; ++b)
+      blocks.truncate(parent[static_cast<std::size_t>(b)], lengths[static_cast<std::size_t>(b)]);
+    bool identity = B == count;
     for (std::int64_t a = 0; a < count; ++a) {
       const std::int64_t r = rows[static_cast<std::size_t>(a)], slot = slots[static_cast<std::size_t>(a)];
       if (slot != parent[static_cast<std::size_t>(r)]) blocks.fork(parent[static_cast<std::size_t>(r)], slot);
-      row_ids.push_back(r);
+      identity = identity && r == a;
     }
     cache.kv.set_block_table(blocks.table());
-    bool identity = B == count;
-    for (std::int64_t a = 0; a < count && identity; ++a) identity = row_ids[static_cast<std::size_t>(a)] == a;
     return identity ? prompt_logits
-                    : index_select(prompt_logits, 0, Tensor<std::int64_t>::from_vector(row_ids, {count}, model_->device()));
+                    : index_select(prompt_logits, 0, Tensor<std::int64_t>::from_vector(rows, {count}, model_->device()));
   }
 
   // Before a decode step writes each active sample's newest token (at r.position) into a paged
   // cache: a block for that position where the sample's blocks end, and a private copy of a block
-  // it still shares (its prompt's last one, on its first step). The block table is copied to the
-  // device only when a list changed: every block_tokens steps, and on the first.
+  // it still shares (its prompt's last one, on its first step); each block taken is one fewer
+  // promised. The block table is copied to the device only when a list changed: every
+  // block_tokens steps, and on a sample's first.
   template <class Cache>
-  static void prepare_blocks(const Run& run, const Cache& cache, const std::vector<Row>& active) {
-    if (!run.blocks) return;
-    BlockAllocator& blocks = *run.blocks;
+  static void prepare_blocks(Scheduler& sched, const Cache& cache, const std::vector<Row>& active) {
+    if (!sched.blocks) return;
+    BlockAllocator& blocks = *sched.blocks;
     bool changed = false;
     for (const Row& r : active) {
-      const std::size_t before = blocks.blocks(r.slot).size();
+      const auto before = static_cast<std::int64_t>(blocks.blocks(r.slot).size());
       blocks.reserve(r.slot, r.position + 1);
       const BlockCopy copy = blocks.prepare_write(r.slot, r.position);
       if (copy.to >= 0) cache.kv.copy_block(copy);
-      changed = changed || copy.to >= 0 || blocks.blocks(r.slot).size() != before;
+      const std::int64_t taken =
+          static_cast<std::int64_t>(blocks.blocks(r.slot).size()) - before + (copy.to >= 0 ? 1 : 0);
+      std::int64_t& promise = sched.outstanding[static_cast<std::size_t>(r.slot)];
+      check(taken <= promise, "generate", "internal: sample ", r.sample, " took more blocks than promised");
+      promise -= taken;
+      sched.outstanding_total -= taken;
+      changed = changed || taken > 0;
     }
     if (changed) cache.kv.set_block_table(blocks.table());
+  }
+
+  // What the decode steps keep between steps. Eager: the device rows (ids, index, sample ids),
+  // rebuilt only when the active set changed — between changes the next step's ids are the drawn
+  // tokens and its index is index.next(), both already on the device. Graphs: one graph per
+  // padded row count with its own rows tensor, refilled from the host before every replay.
+  struct GraphStep {
+    Tensor<std::int64_t> rows;   // [4, rows_n] on the device: what the graph reads
+    Tensor<std::int64_t> drawn;  // [rows_n]: what it writes (a block of the graph's own pool)
+    DeviceGraph graph;           // destroyed first (declared last)
+  };
+  struct DecodeState {
+    bool changed = true;  // no device rows yet
+    Tensor<std::int64_t> step_ids, sample_ids, drawn;
+    DecodeIndex index;
+    std::map<std::int64_t, std::unique_ptr<GraphStep>> graphs;  // by padded row count
+  };
+
+  // One decode step launched from the host (see DecodeState).
+  template <class Cache>
+  void step_eager(Run& run, const Scheduler& sched, Cache& cache, std::vector<Row>& active, DecodeState& st) const {
+    const Model& m = *model_;
+    const auto n = static_cast<std::int64_t>(active.size());
+    if (st.changed) {
+      // The rows of the samples left (or the first decode step): upload what the host knows.
+      const std::int64_t rows_n = run.options.pad_to_bucket ? detail::bucket_size(n) : n;
+      const auto packed_state = Tensor<std::int64_t>::from_vector(step_rows(run, active, rows_n, sched.spare_slot),
+                                                                  {4, rows_n}, m.device());
+      st.step_ids = row_view(packed_state, 0, rows_n);
+      st.index = DecodeIndex::at(row_view(packed_state, 2, rows_n), row_view(packed_state, 1, rows_n));
+      st.sample_ids = row_view(packed_state, 3, rows_n);
+    } else {
+      st.step_ids = st.drawn;
+      st.index = st.index.next();
+    }
+    Tensor<T> logits;
+    {
+      // The ids are the sampler's own draws (valid by construction): no range-check read-back.
+      DeviceReadbackGuard trusted_ids;
+      logits = m.decode(st.step_ids, st.index, cache);
+    }
+    for (Row& r : active) ++r.position;  // the token drawn now sits one further
+    st.drawn = draw(run, logits, st.sample_ids, st.index.lengths, active, st.index.size());
+    ++run.step;
+    st.changed = accept(run, st.drawn, active);
+    report(run, static_cast<std::int64_t>(active.size()));
+  }
+
+  // One decode step as a CUDA graph replay (see the file comment and DecodeState).
+  template <class Cache>
+  void step_graphed(Run& run, const Scheduler& sched, Cache& cache, std::vector<Row>& active, DecodeState& st) const {
+    const Model& m = *model_;
+    const Device device = m.device();
+    const std::int64_t rows_n = detail::bucket_size(static_cast<std::int64_t>(active.size()));
+    const std::vector<std::int64_t> rows = step_rows(run, active, rows_n, sched.spare_slot);
+    std::unique_ptr<GraphStep>& step = st.graphs[rows_n];
+    if (!step) {
+      step = std::make_unique<GraphStep>();
+      step->rows = Tensor<std::int64_t>::from_vector(rows, {4, rows_n}, device);
+      GraphStep* s = step.get();
+      // Capture runs the step for real (its warm-up), records it, and replays it once: the same
+      // step twice, which writes the same cache entries and draws the same tokens.
+      s->graph.capture(device, [&, s, rows_n] {
+        const DecodeIndex index = DecodeIndex::at(row_view(s->rows, 2, rows_n), row_view(s->rows, 1, rows_n));
+        const Tensor<T> logits = m.decode(row_view(s->rows, 0, rows_n), index, cache);
+        s->drawn = sample_rows(run, logits, row_view(s->rows, 3, rows_n), index.lengths);
+      });
+    } else {
+      copy_bytes(step->rows.data(), device, rows.data(), Device::cpu(), rows.size() * sizeof(std::int64_t));
+      step->graph.replay();
+    }
+    for (Row& r : active) ++r.position;  // the token drawn now sits one further
+    ++run.step;
+    st.changed = accept(run, step->drawn, active);
+    report(run, static_cast<std::int64_t>(active.size()));
   }
 
   bool use_graphs(const Run& run) const {
@@ -369,89 +565,6 @@ class Engine {
       state[static_cast<std::size_t>(3 * rows_n + r)] = real ? sample_id(run, row) : 0;  // sample ids
     }
     return state;
-  }
-
-  // Decode steps, launched from the host: ids, index and sample_ids are the device side of
-  // `active` (plus padding rows), rebuilt only when `active` changes; between changes the next
-  // step's ids are the drawn tokens and its index is index.next(), both already on the device.
-  template <class Cache>
-  void decode_eager(Run& run, Cache& cache, std::int64_t count, std::vector<Row>& active,
-                    Tensor<std::int64_t> drawn) const {
-    const Model& m = *model_;
-    const Device device = m.device();
-    Tensor<std::int64_t> step_ids, sample_ids;
-    DecodeIndex index;
-    bool changed = true;  // no device rows yet
-    while (!active.empty()) {
-      const auto n = static_cast<std::int64_t>(active.size());
-      if (changed) {
-        // The rows of the samples left (or the first decode step): upload what the host knows.
-        const std::int64_t rows_n = run.options.pad_to_bucket ? detail::bucket_size(n) : n;
-        const auto packed_state = Tensor<std::int64_t>::from_vector(step_rows(run, active, rows_n, count), {4, rows_n},
-                                                                    device);
-        step_ids = row_view(packed_state, 0, rows_n);
-        index = DecodeIndex::at(row_view(packed_state, 2, rows_n), row_view(packed_state, 1, rows_n));
-        sample_ids = row_view(packed_state, 3, rows_n);
-      } else {
-        step_ids = drawn;
-        index = index.next();
-      }
-      prepare_blocks(run, cache, active);
-      Tensor<T> logits;
-      {
-        // The ids are the sampler's own draws (valid by construction): no range-check read-back.
-        DeviceReadbackGuard trusted_ids;
-        logits = m.decode(step_ids, index, cache);
-      }
-      for (Row& r : active) ++r.position;  // the token drawn now sits one further
-      drawn = draw(run, logits, sample_ids, index.lengths, active, index.size());
-      ++run.step;
-      changed = accept(run, drawn, active);
-      report(run, static_cast<std::int64_t>(active.size()));
-    }
-  }
-
-  // Decode steps as CUDA graph replays (see the file comment): one graph per padded row count,
-  // each with its own rows tensor, refilled from the host before every replay.
-  template <class Cache>
-  void decode_graphed(Run& run, Cache& cache, std::int64_t count, std::vector<Row>& active) const {
-    const Model& m = *model_;
-    const Device device = m.device();
-    struct Step {
-      Tensor<std::int64_t> rows;   // [4, rows_n] on the device: what the graph reads
-      Tensor<std::int64_t> drawn;  // [rows_n]: what it writes (a block of the graph's own pool)
-      DeviceGraph graph;           // destroyed first (declared last)
-    };
-    std::map<std::int64_t, std::unique_ptr<Step>> steps;  // by padded row count; dies before `cache`
-    while (!active.empty()) {
-      const std::int64_t rows_n = detail::bucket_size(static_cast<std::int64_t>(active.size()));
-      const std::vector<std::int64_t> rows = step_rows(run, active, rows_n, count);
-      prepare_blocks(run, cache, active);
-      std::unique_ptr<Step>& step = steps[rows_n];
-      const bool fresh = !step;
-      if (fresh) {
-        step = std::make_unique<Step>();
-        step->rows = Tensor<std::int64_t>::from_vector(rows, {4, rows_n}, device);
-      } else {
-        copy_bytes(step->rows.data(), device, rows.data(), Device::cpu(), rows.size() * sizeof(std::int64_t));
-      }
-      if (fresh) {
-        Step* s = step.get();
-        // Capture runs the step for real (its warm-up), records it, and replays it once: the same
-        // step twice, which writes the same cache entries and draws the same tokens.
-        s->graph.capture(device, [&, s, rows_n] {
-          const DecodeIndex index = DecodeIndex::at(row_view(s->rows, 2, rows_n), row_view(s->rows, 1, rows_n));
-          const Tensor<T> logits = m.decode(row_view(s->rows, 0, rows_n), index, cache);
-          s->drawn = sample_rows(run, logits, row_view(s->rows, 3, rows_n), index.lengths);
-        });
-      } else {
-        step->graph.replay();
-      }
-      for (Row& r : active) ++r.position;  // the token drawn now sits one further
-      ++run.step;
-      accept(run, step->drawn, active);
-      report(run, static_cast<std::int64_t>(active.size()));
-    }
   }
 
   static std::int64_t sample_id(const Run& run, const Row& r) {
@@ -499,7 +612,7 @@ class Engine {
       ++run.tokens;
       if (run.samples[static_cast<std::size_t>(active[r].sample)].append(tokens[r])) {
         ++run.finished;
-        if (run.blocks) run.blocks->release(active[r].slot);  // its blocks serve the others' growth
+        run.freed.push_back(active[r].slot);  // its slot and blocks go to the samples admitted next
       } else {
         left.push_back(active[r]);
       }
