@@ -284,9 +284,9 @@ class Engine {
       // plus the padding rows' sequence, which holds blocks for the whole capacity (between
       // uploads of the rows, eager steps advance every row's position on the device —
       // DecodeIndex::next —, padding rows too).
-      std::int64_t largest = 0;
-      for (std::int64_t j = 0; j < run.total; ++j)
-        largest = std::max(largest, admission_blocks(run, j, std::min(run.total, j + sched.rows), bt));
+      std::int64_t largest = 0;  // over windows of `rows` samples (a shorter one is inside one)
+      for (std::int64_t j = 0; j + sched.rows <= run.total; ++j)
+        largest = std::max(largest, admission_blocks(run, j, j + sched.rows, bt));
       const std::int64_t spare_blocks = spare * blocks_for(capacity, bt);
       std::int64_t pool = largest + spare_blocks;
       if (o.cache_blocks > 0) {
