@@ -11,10 +11,10 @@
 //   composed (ops)                  index_select of each row's cache, matmul(q, Kᵀ), × scale,
 //                                   softmax, matmul(P, V) (uniform lengths, T = 1);
 //   paged_cache_write (op)          one and two new latent rows per sequence into its blocks.
-// Under each attention row: TFLOP/s (2 (dk + dv) FLOP per query head and attended token), and
-// under the contiguous and composed rows the relative Frobenius difference of their output from
-// the paged op's (bf16 outputs: ~1e-3 for the kernels, ~1e-2 for the composed ops' bf16
-// intermediates).
+// Under each attention row: TFLOP/s (2 (dk + dv) FLOP per query head and attended token); under
+// the paged and contiguous op rows, the device time alone (graph replay: below); under the
+// contiguous and composed rows the relative Frobenius difference of their output from the paged
+// op's (bf16 outputs: ~1e-3 for the kernels, ~1e-2 for the composed ops' bf16 intermediates).
 //
 // Shapes. MLA as in kiln's "big" config: one kv head whose cache row is [latent 256 | rope key 32]
 // (dk 288), values the latent (dv 256: a view of the same blocks), scale 1/sqrt(64 + 32), blocks
@@ -34,13 +34,16 @@
 // time. Target (issue 15): memory-bound shapes >= 0.90 of copy.
 //
 // Timing (benchmarks/cuda_bench.hpp): CUDA events around each call of the public op (output and
-// workspace allocation included), 5 warm-up and 30 timed calls, medians; L2 flushed before every
-// timed call (a layer's cache would otherwise stay in L2, where in a decode step the other layers
-// evict it).
+// workspace allocation, the host's checks and launch included: the host waits for each call), 5
+// warm-up and 30 timed calls, medians; L2 flushed before every timed call (a layer's cache would
+// otherwise stay in L2, where in a decode step the other layers evict it). Graph replay (the
+// engine captures its decode steps): the op captured 20 times into a CUDA graph, each call on
+// another copy of the cache (copies filling 120 MB: twice the L2), 15 timed replays, median / 20.
 //   ./benchmarks/bench_paged_decode_cuda
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <numeric>
 #include <random>
 #include <string>
@@ -74,6 +77,31 @@ double relative_difference(const Tensor<bf16>& a, const Tensor<bf16>& b) {
 void print_tflops(double flops, double us) {
   std::printf("  (%.1f TFLOP/s)\n", flops / us / 1e6);
   std::fflush(stdout);
+}
+
+// The device time alone: call(i) captured 20 times into a CUDA graph and replayed (no host cost),
+// call i reading copy i % copies of the cache so that the copies do not stay in L2 between calls;
+// printed beside the copy of the same bytes (L2 flushed) and the FLOP rate.
+void print_graph_time(bench::BandwidthBench& meter, const std::function<void(int)>& call, std::size_t copies,
+                      double bytes, double flops) {
+  try {
+    const double us = meter.timer().graph_call_us(call, bench::BatchRuns{});
+    const double copy_us = meter.copy().median_us(bytes, meter.timer(), bench::Runs{.warmup = 5, .timed = 30, .flush_l2 = true});
+    std::printf("  (graph replay, %zu cache copies: %.1f us a call, %.0f GB/s, ratio %.3f of copy, %.1f TFLOP/s)\n",
+                copies, us, bytes / us / 1e3, copy_us / us, flops / us / 1e6);
+  } catch (const Error& e) {
+    std::printf("  (graph replay not run: %s)\n", e.what());
+  }
+  std::fflush(stdout);
+}
+
+// Copies of a cache, enough that they fill more than twice a 60 MB L2 together.
+template <class T>
+std::vector<Tensor<T>> cache_copies(const Tensor<T>& cache) {
+  const double bytes = static_cast<double>(cache.numel()) * sizeof(T);
+  std::vector<Tensor<T>> pool{cache};
+  while (static_cast<double>(pool.size()) * bytes < 120e6) pool.push_back(clone(cache));
+  return pool;
 }
 
 // The composed peer: the same function through kiln ops, every row at length L (T = 1).
@@ -116,6 +144,16 @@ void bench_attention(bench::BandwidthBench& meter, std::int64_t heads, int queri
 
   auto paged = [&](int splits) { return paged_decode_attention(q, blocks, v_blocks, table, slots, len, kScale, splits); };
   print_tflops(flops, meter.row("paged_decode_attention (op)", shape, "bfloat16", bytes, [&] { (void)paged(0); }, true));
+  {
+    const std::vector<Tensor<bf16>> pool = cache_copies(blocks);
+    print_graph_time(
+        meter,
+        [&](int i) {
+          const Tensor<bf16>& b = pool[static_cast<std::size_t>(i) % pool.size()];
+          (void)paged_decode_attention(q, b, narrow(b, 3, 0, kDv), table, slots, len, kScale);
+        },
+        pool.size(), bytes, flops);
+  }
   // Where the automatic count splits, the same without the split.
   kernels::DecodeAttentionArgs probe{.launch = launch_on("bench", gpu), .dtype = DType::bf16, .count = rows,
                                      .queries = queries, .heads = static_cast<int>(heads), .kv_heads = 1,
@@ -144,6 +182,16 @@ void bench_attention(bench::BandwidthBench& meter, std::int64_t heads, int queri
   const Tensor<bf16> q3 = reshape(q, {rows, heads, kDk});
   print_tflops(flops, meter.row("decode_attention contiguous (op)", shape, "bfloat16", bytes,
                                 [&] { (void)decode_attention(q3, k_cache, v_cache, slots, len, kScale); }, true));
+  {
+    const std::vector<Tensor<bf16>> pool = cache_copies(k_cache);
+    print_graph_time(
+        meter,
+        [&](int i) {
+          const Tensor<bf16>& c = pool[static_cast<std::size_t>(i) % pool.size()];
+          (void)decode_attention(q3, c, narrow(c, 3, 0, kDv), slots, len, kScale);
+        },
+        pool.size(), bytes, flops);
+  }
   const Tensor<bf16> reference = reshape(paged(0), {rows, heads, kDv});
   std::printf("  (contiguous vs paged output: relative Frobenius difference %.2e)\n",
               relative_difference(decode_attention(q3, k_cache, v_cache, slots, len, kScale), reference));

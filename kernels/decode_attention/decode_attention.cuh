@@ -11,7 +11,8 @@
 //      with every head of the chunk, each over half of dk, and add the halves with one shuffle.
 //      q sits in shared memory as float (double for double inputs); all lanes of a half read the
 //      same q address (a broadcast, no bank conflicts), each 16-byte shared load of q serving 4
-//      FMAs (2 for double); keys are read as 16-byte vectors, two pieces ahead of their use;
+//      FMAs (2 for double); keys are read as 16-byte vectors, two pieces ahead of their use
+//      (six at 4 heads a block, where registers are to spare);
 //   B. softmax update per head: one warp max and one 16-lane sum (shuffles) per 16-key tile, not
 //      per key; lane 0 keeps the running sum l in shared memory; the tile's probabilities go to
 //      a per-warp shared buffer (__syncwarp only);
@@ -65,7 +66,12 @@
 // 20 tiles over 8 warps rather than 10). H200, bf16, the op as the engine calls it (benchmarks/
 // bench_decode_cuda.cpp): 19 us at L 64, 24 at 128, 37 at 256, 45 at 320, 43 with rows spread
 // over 64..318; 239 us for 32 rows x 4096 keys x 16 heads (the previous kernel: 176-837 us; the
-// composed ops: 68-100 and 359 us).
+// composed ops: 68-100 and 359 us). With the paged addressing, two query tokens and the split
+// (benchmarks/bench_paged_decode_cuda.cpp, 2026-12-04, the op as called, host work included):
+// paged and contiguous alike 27 / 32 / 44 / 52 / 51 us at those engine shapes (the same
+// contiguous op measured 19-45 us in the earlier run above; docs/mla.md, "Decode over a paged
+// latent cache", has the table and what is still open); with the split, 179 us at 32 x 4096 x 16
+// heads (2 splits) and 179 us at 4 x 32768 x 16 heads (16 splits; 1738 us unsplit).
 //
 // Registers and sizes (templates: CPL = value columns per lane, NG = groups of 4 heads, HC = 4 NG
 // heads computed a block). The head count is a template constant so that the inner loops have
@@ -197,12 +203,17 @@ __global__ void __launch_bounds__(kThreads, 1) decode_attention_kernel(DecodeAtt
   // 16 bytes; of 8 (half the keys) with element loads, whose CPL separate loads a key need more
   // registers, and where acc alone takes 128 registers (else ptxas spills).
   constexpr int KG = kVec && HC * CPL * static_cast<int>(sizeof(C)) < 512 ? QV : QV / 2;
+  // Key pieces in flight per lane in step A: 2 where acc fills the registers, 6 for 4 heads a block
+  // (acc 4 x CPL <= 64 values: registers to spare), whose warps otherwise wait for L2 every 2
+  // pieces (the few-heads, long-row case: memory-bound).
+  constexpr int kDepth = NG == 1 ? 6 : 2;
   constexpr C kNegInf = -static_cast<C>(INFINITY);
   static_assert(HC <= head_chunk<T, CPL>(), "acc stays within the register budget");
   static_assert(HC <= 32, "one bit per query row in `drop`");
 
   __shared__ alignas(16) C p_s[kWarps][HC][kTile];  // each warp's probabilities of its tile
   __shared__ std::int64_t voff_s[kWarps][kTile];    // and the value rows of the tile's keys
+  __shared__ std::int64_t qrow_s[HC];               // each query row's index in q and out
   // l_s: each warp's running sums (lane 0 keeps them: in registers they would be live through the
   // whole key loop, next to acc); m_s: each warp's maxima at the end; w_s, total_s, max_s: the
   // combine.
@@ -227,9 +238,9 @@ __global__ void __launch_bounds__(kThreads, 1) decode_attention_kernel(DecodeAtt
     const int g = first + h, t = g / group;
     return (row * a.queries + t) * a.heads + kv_head * group + (g - t * group);
   };
-  // Bit h: query row h attends one key fewer (query 0 of 2).
-  unsigned drop = 0;
-  for (int h = 0; h < hc; ++h) drop |= (first + h) / group < a.queries - 1 ? 1u << h : 0u;
+  // Bit h: query row h attends one key fewer (query 0 of 2: the rows first + h < G).
+  const int short_rows = a.queries == 2 ? ::max(0, ::min(hc, group - first)) : 0;
+  const unsigned drop = (1u << short_rows) - 1u;  // short_rows <= HC <= 16
 
   const std::int64_t slot = a.slots[row];
   std::int64_t L64 = a.lengths[row];
@@ -243,21 +254,20 @@ __global__ void __launch_bounds__(kThreads, 1) decode_attention_kernel(DecodeAtt
   const bool partial = splits > 1;
   C* const ws = static_cast<C*>(a.workspace);
   const std::int64_t ws_acc = a.count * a.queries * a.heads * splits * 2;  // the accumulators' offset
-  auto write_row = [&](int h, int c, C sum, C total) {  // column c of query row h
-    const std::int64_t r = query_row(h);
+  auto write_row = [&](std::int64_t r, int c, C sum, C total) {  // column c of query row r
     if (partial) ws[ws_acc + (r * splits + split) * dv + c] = sum;
     else static_cast<T*>(a.out)[r * dv + c] = store<T>(total > 0 ? sum / total : C(0));
   };
-  auto write_state = [&](int h, C m, C l) {  // the split's max and sum of query row h
+  auto write_state = [&](std::int64_t r, C m, C l) {  // the split's max and sum of query row r
     if (partial) {
-      C* const ml = ws + (query_row(h) * splits + split) * 2;
+      C* const ml = ws + (r * splits + split) * 2;
       ml[0] = m;
       ml[1] = l;
     }
   };
   auto write_empty = [&] {  // no keys: zeros, or a split of weight 0
-    for (int i = tid; i < hc * dv; i += kThreads) write_row(i / dv, i % dv, C(0), C(0));
-    if (tid < hc) write_state(tid, kNegInf, C(0));
+    for (int i = tid; i < hc * dv; i += kThreads) write_row(query_row(i / dv), i % dv, C(0), C(0));
+    if (tid < hc) write_state(query_row(tid), kNegInf, C(0));
   };
   if (begin >= end) {  // the whole block leaves together: no barrier is skipped by some threads only
     write_empty();
@@ -283,10 +293,17 @@ __global__ void __launch_bounds__(kThreads, 1) decode_attention_kernel(DecodeAtt
     }
   }
 
-  const T* const q = static_cast<const T*>(a.q);
-  for (int i = tid; i < HC * dk; i += kThreads) {
-    const int h = i / dk;
-    q_s[i] = h < hc ? static_cast<C>(load(q[query_row(h) * dk + (i - h * dk)])) : C(0);
+  // q: warp w stages query rows w, w + 8, ... (coalesced over dk; rows hc .. HC - 1 zeros).
+  for (int h = warp; h < HC; h += kWarps) {
+    C* const dst = q_s + h * dk;
+    if (h < hc) {
+      const std::int64_t r = query_row(h);
+      if (lane == 0) qrow_s[h] = r;
+      const T* const src = static_cast<const T*>(a.q) + r * dk;
+      for (int d = lane; d < dk; d += 32) dst[d] = static_cast<C>(load(src[d]));
+    } else {
+      for (int d = lane; d < dk; d += 32) dst[d] = C(0);
+    }
   }
   // This lane's value columns: lane * CPL + i (vector path) or lane + 32 i (element path), read
   // clamped into [0, dv) so that idle lanes stay inside the row.
@@ -304,7 +321,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_attention_kernel(DecodeAtt
 #pragma unroll
     for (int h = 0; h < HC; ++h) l_s[warp][h] = 0;
   // A paged row's table entries for tokens 0 .. L - 1 (the whole row: every split of a row
-  // agrees), or-ed in the barrier that also publishes q_s.
+  // agrees), or-ed in the barrier that also publishes q_s and qrow_s.
   bool bad = false;
   if (rows.table)
     for (int b = tid; b * rows.block_tokens < L; b += kThreads) bad |= rows.table[b] < 0 || rows.table[b] >= num_blocks;
@@ -334,32 +351,40 @@ __global__ void __launch_bounds__(kThreads, 1) decode_attention_kernel(DecodeAtt
 #pragma unroll
     for (int h = 0; h < HC; ++h) s[h] = 0;
     if constexpr (kVec) {
-      // 16-byte pieces, each loaded two pieces ahead of its use (the last index repeats: a
-      // harmless reload of the final piece). Half 0 takes pieces [0, split), half 1 the rest.
+      // 16-byte pieces, each loaded kDepth pieces ahead of its use (past the half's end the last
+      // index repeats: a harmless reload of the final piece). Half 0 takes pieces [0, mid), half 1
+      // the rest. The ring is indexed by compile-time constants only (the loop over it unrolled).
       using KV = Vec<T, VK>;
       const KV* const kp = reinterpret_cast<const KV*>(key);
       const int pieces = dk / VK, mid = (pieces + 1) / 2;
       const int c_begin = half ? mid : 0, c_end = half ? pieces : mid;
-      KV k0 = kp[::min(c_begin, c_end - 1)], k1 = kp[::max(::min(c_begin + 1, c_end - 1), 0)];
-      for (int c = c_begin; c < c_end; ++c) {
-        const KV cur = k0;
-        k0 = k1;
-        k1 = kp[::min(c + 2, c_end - 1)];
-        C kf[VK];
+      KV ring[kDepth];
 #pragma unroll
-        for (int e = 0; e < VK; ++e) kf[e] = static_cast<C>(load(cur.v[e]));
-        const C* const qd = q_s + c * VK;  // 16-byte aligned: dk is a multiple of VK
+      for (int u = 0; u < kDepth; ++u) ring[u] = kp[::max(::min(c_begin + u, c_end - 1), 0)];
+      for (int c0 = c_begin; c0 < c_end; c0 += kDepth) {
 #pragma unroll
-        for (int g = 0; g < HC; g += kGroup) {
+        for (int u = 0; u < kDepth; ++u) {
+          const int c = c0 + u;
+          if (c < c_end) {
+            const KV cur = ring[u];
+            ring[u] = kp[::min(c + kDepth, c_end - 1)];
+            C kf[VK];
 #pragma unroll
-          for (int b = 0; b < VK; b += QV) {
-            Vec<C, QV> qv[kGroup];
+            for (int e = 0; e < VK; ++e) kf[e] = static_cast<C>(load(cur.v[e]));
+            const C* const qd = q_s + c * VK;  // 16-byte aligned: dk is a multiple of VK
 #pragma unroll
-            for (int u = 0; u < kGroup; ++u) qv[u] = *reinterpret_cast<const Vec<C, QV>*>(qd + (g + u) * dk + b);
+            for (int g = 0; g < HC; g += kGroup) {
 #pragma unroll
-            for (int e = 0; e < QV; ++e)
+              for (int b = 0; b < VK; b += QV) {
+                Vec<C, QV> qv[kGroup];
 #pragma unroll
-              for (int u = 0; u < kGroup; ++u) s[g + u] += qv[u].v[e] * kf[b + e];
+                for (int w = 0; w < kGroup; ++w) qv[w] = *reinterpret_cast<const Vec<C, QV>*>(qd + (g + w) * dk + b);
+#pragma unroll
+                for (int e = 0; e < QV; ++e)
+#pragma unroll
+                  for (int w = 0; w < kGroup; ++w) s[g + w] += qv[w].v[e] * kf[b + e];
+              }
+            }
           }
         }
       }
@@ -473,9 +498,9 @@ __global__ void __launch_bounds__(kThreads, 1) decode_attention_kernel(DecodeAtt
     C sum = 0;
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) sum += part_s[(w * hc + h) * kCols + c];
-    write_row(h, c, sum, total_s[h]);
+    write_row(qrow_s[h], c, sum, total_s[h]);
   }
-  if (tid < hc) write_state(tid, max_s[tid], total_s[tid]);
+  if (tid < hc) write_state(qrow_s[tid], max_s[tid], total_s[tid]);
 }
 
 // The sequence split's second step: one block per query row (batch row, query, head) combines
@@ -546,13 +571,13 @@ Layout layout_of(const DecodeAttentionArgs& a, const DeviceInfo& info, int split
   while (l.chunks < rows && blocks_per_chunk * l.chunks * l.splits * 2 <= info.sms) l.chunks = std::min(rows, l.chunks * 2);
   l.per = (rows + l.chunks - 1) / l.chunks;
   // Shared memory: q [HC][dk] in the key loop (HC = per rounded up to whole groups of 4), the
-  // combine [8][per][32 CPL] after it, and the static part (p buffers and value offsets, per-warp
-  // m, l, weights). Fewer heads a block when a large dk needs it.
+  // combine [8][per][32 CPL] after it, and the static part (p buffers, value offsets and query
+  // rows, per-warp m, l, weights). Fewer heads a block when a large dk needs it.
   auto padded = [](int heads) { return (heads + kGroup - 1) / kGroup * kGroup; };
   auto static_bytes = [&](int heads) {
     return sizeof(C) * static_cast<std::size_t>(kWarps * padded(heads) * kTile + 3 * kWarps * padded(heads) +
                                                 2 * padded(heads)) +
-           sizeof(std::int64_t) * kWarps * kTile;
+           sizeof(std::int64_t) * static_cast<std::size_t>(kWarps * kTile + padded(heads));
   };
   auto dynamic_bytes = [&](int heads) {
     return sizeof(C) * std::max<std::size_t>(static_cast<std::size_t>(padded(heads)) * static_cast<std::size_t>(a.dk),

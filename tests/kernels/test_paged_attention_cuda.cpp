@@ -146,6 +146,8 @@ TEST(PagedDecodeAttentionCuda, OtherShapesMatchTheCpuOp) {
       {{9, 17, 3, 40}, {0, 2, 0, 0}, 4, 2, 4, 13, 7, false},              // odd sizes: element loads, 4-token blocks
       {{70, 33, 2}, {0, 0, 0}, 16, 1, 40, 72, 64, true},                  // 40 heads: several chunks, the last partial
       {{600, 65}, {0, 1}, 64, 1, 16, 576, 512, true},                     // DeepSeek-V3's MLA sizes
+      {{2, 63, 64, 65, 1000}, {0, 0, 0, 1, 1}, 64, 1, 4, 288, 256, true},  // 4 heads a block: 6 key pieces in flight
+      {{40, 9}, {0, 0}, 16, 1, 2, 72, 64, true},                          // and 9 pieces, 5 and 4 a half
   };
   for (const Case& c : cases)
     for (int queries : {1, 2}) {
