@@ -17,7 +17,9 @@
 // CUDA events around each call after 3 warm-up calls, median of 10 (benchmarks/cuda_bench.hpp).
 // forward+backward: fresh leaves each call (no gradient accumulation), out.backward(dout).
 //
-//   ./benchmarks/bench_attention_cuda [--json FILE]     (about a minute on an H200)
+//   ./benchmarks/bench_attention_cuda [--json FILE] [--paths fused,hopper_bwd,...]
+// (about a minute on an H200 with every path; --paths times only the named ones, e.g. to compare
+// two builds of the kernels quickly)
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -84,15 +86,26 @@ Timing time_path(const Shape4& s, Path path, bench::Timer& timer) {
   return t;
 }
 
+const char* path_name(Path p) {
+  return p == Path::fused              ? "fused"
+         : p == Path::fused_plain      ? "plain"
+         : p == Path::fused_hopper     ? "hopper"
+         : p == Path::fused_hopper_bwd ? "hopper_bwd"
+                                       : "composed";
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string json_path;
+  std::string json_path, only;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--json") == 0 && i + 1 < argc) {
       json_path = argv[++i];
+    } else if (std::strcmp(argv[i], "--paths") == 0 && i + 1 < argc) {
+      only = "," + std::string(argv[++i]) + ",";
     } else {
-      std::fprintf(stderr, "usage: bench_attention_cuda [--json FILE]\n");
+      std::fprintf(stderr,
+                   "usage: bench_attention_cuda [--json FILE] [--paths fused,plain,hopper,hopper_bwd,composed]\n");
       return 2;
     }
   }
@@ -107,12 +120,9 @@ int main(int argc, char** argv) {
   io::ordered_json out;
   for (const Shape4& s : shapes) {
     for (Path p : {Path::fused, Path::fused_plain, Path::fused_hopper, Path::fused_hopper_bwd, Path::composed}) {
+      const char* path = path_name(p);
+      if (!only.empty() && only.find("," + std::string(path) + ",") == std::string::npos) continue;
       const Timing t = time_path(s, p, timer);
-      const char* path = p == Path::fused              ? "fused"
-                         : p == Path::fused_plain      ? "plain"
-                         : p == Path::fused_hopper     ? "hopper"
-                         : p == Path::fused_hopper_bwd ? "hopper_bwd"
-                                                       : "composed";
       std::printf("%-22s %-9s %10.3f %12.1f %14.3f %12.1f\n", s.name().c_str(), path, t.fwd_ms, t.fwd_tflops,
                   t.fwdbwd_ms, t.fwdbwd_tflops);
       std::fflush(stdout);

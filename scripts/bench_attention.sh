@@ -6,18 +6,21 @@
 # scaled_dot_product_attention per backend (benchmarks/peers/sdpa_attention.py), then a table of
 # kiln fused / best SDPA backend, forward and forward+backward, per shape (ratio > 1: kiln faster).
 #
-# Usage (on the GPU machine): scripts/bench_attention.sh BENCH_BINARY OUT_DIR
+# Usage (on the GPU machine): scripts/bench_attention.sh BENCH_BINARY OUT_DIR [BENCH_ARGS...]
 #   BENCH_BINARY  a built bench_attention_cuda
 #   OUT_DIR       gets kiln_attention.json/.log, sdpa_attention.json/.log
+#   BENCH_ARGS    passed to the benchmark (e.g. --paths fused,hopper,hopper_bwd; the table shows 0
+#                 for paths not timed)
 # The peer needs python3 with torch (the GPU machine has it); without it the table shows kiln only.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
-[ $# -eq 2 ] || { echo "usage: $0 BENCH_BINARY OUT_DIR" >&2; exit 2; }
+[ $# -ge 2 ] || { echo "usage: $0 BENCH_BINARY OUT_DIR [BENCH_ARGS...]" >&2; exit 2; }
 bench=$1 out=$2
+shift 2
 mkdir -p "$out"
 status=0
 echo "== kiln: $bench"
-"$bench" --json "$out/kiln_attention.json" 2>&1 | tee "$out/kiln_attention.log" || status=1
+"$bench" --json "$out/kiln_attention.json" "$@" 2>&1 | tee "$out/kiln_attention.log" || status=1
 echo "== peer: benchmarks/peers/sdpa_attention.py"
 python3 benchmarks/peers/sdpa_attention.py "$out/sdpa_attention.json" 2>&1 | tee "$out/sdpa_attention.log" || status=1
 python3 - "$out" << 'PYTHON' || status=1

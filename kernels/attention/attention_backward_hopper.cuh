@@ -7,7 +7,7 @@
 //   dK, dV  one block per (128 keys, kv head, batch row). It keeps its K and V rows in shared
 //           memory and walks every query head of its group and every query tile of BQ queries
 //           that sees its keys (from the diagonal to the end of the keys' sequence), Q, dout and
-//           the tile's lse and D streamed through 2 stages. Each consumer warpgroup owns 64 keys
+//           the tile's lse and D streamed through 4 stages. Each consumer warpgroup owns 64 keys
 //           and computes, in the transposed orientation (keys are the rows):
 //             Sᵀ  = K·Qᵀ          m64n{BQ}k16, A = its K rows, B = the Q tile, both K-major in smem
 //             dPᵀ = V·doutᵀ       m64n{BQ}k16, A = its V rows, B = the dout tile, K-major
@@ -18,7 +18,8 @@
 //           and at the end writes dK·scale and dV. The mask in this orientation is per key row:
 //           query i sees key j iff j <= i < seq_end(j) (equivalent to seq_begin(i) <= j <= i).
 //   dQ      one block per (128 queries, head, batch row), shaped like the forward
-//           (attention_hopper.cuh): Q and dout resident, K and V tiles of BN keys streamed:
+//           (attention_hopper.cuh): Q and dout resident, K and V tiles of BN keys streamed (3
+//           stages at (192, 128), else 4):
 //             S = Q·Kᵀ, dP = dout·Vᵀ (both K-major), P, dS = P ∘ (dP − D_i),
 //             dQ += dS·K          A = dS from registers, B = the K tile MN-major.
 // No operand is transposed by a copy: the tile TMA writes (rows of a row-major matrix, 64 columns
@@ -27,35 +28,47 @@
 // MN-major B operand is read in whole 64-element swizzle rows, and the box's columns past Dk are
 // TMA's zero fill; the extra columns are never stored.
 //
-// Per consumer, per tile: Sᵀ and dPᵀ are issued together (two commit groups); the exp and mask
-// run on Sᵀ while dPᵀ is still in flight; then both register-A products are issued and awaited
-// before the stage is released. The two consumers never wait for each other, so one's exp overlaps
-// the other's products (as in the forward).
+// Per consumer, software-pipelined by one tile: iteration i issues tile i−1's register-A products
+// (dV and dK, or dQ; their 16-bit A operands waited in registers) and then tile i's Sᵀ and dPᵀ,
+// back to back (three commit groups), so the warpgroup's tensor-core queue does not drain at the
+// tile boundary; the first wait retires tile i−1's products and Sᵀ, and tile i−1's stage is
+// released there; the exp and mask run on Sᵀ while dPᵀ is still in flight; then dSᵀ, and both A
+// operands are packed for the next iteration. Every wgmma is waited for inside the iteration that
+// issues it: a wgmma still running across the loop's back edge made ptxas serialise every wgmma of
+// the kernel (C7514 / C7515 in the variants tried), as does an ordinary instruction writing an
+// accumulator register while wgmma run (so the score accumulators are written by wgmma only). The
+// two consumers never wait for each other, so one's exp also overlaps the other's products.
+// Measured: forward+backward 0.3-3% faster than the same kernels without it (docs/mla.md).
 //
 // Numerics as the plain backward: P in float from the saved lse; Pᵀ rounded to 16 bits before dV,
 // dS (from the float P) rounded before dK and dQ; float accumulation; dK and dQ scaled once at the
 // end, every output rounded once.
 //
 // Warp specialisation (384 threads, as attention_hopper.cuh): warpgroup 0 the producer (setmaxnreg
-// down to 40; in the dK/dV kernel its first warp works: lane 0 issues the TMA copies, all 32 lanes
-// copy the tile's lse·log2 e and D into the stage and arrive on its full barrier (32 arrivals), the
-// other warps exit), warpgroups 1 and 2 the consumers (232 registers). Barriers: one for the
-// resident tiles, full[2] and empty[2] (one arrival per consumer warp).
+// down to 24; in the dK/dV kernel its first warp works: lane 0 issues the tile's TMA copies first,
+// then all 32 lanes copy the tile's lse·log2 e and D into the stage (plain loads, whose latency the
+// copies do not wait for) and arrive on its full barrier: 33 arrivals with lane 0's expect-bytes;
+// the other warps exit), warpgroups 1 and 2 the consumers (240 registers). Barriers: one for the
+// resident tiles, full[] and empty[] per stage (one arrival per consumer warp on empty).
 //
 // Registers per consumer thread (accumulators): dK/dV kernel 32⌈Dk/64⌉ + Dv/2 (dK, dV) + BQ (Sᵀ
-// and dPᵀ), with BQ = 64 where dK and dV take at most 96 ((64, 64): 128 in all, (96, 64): 160), else
-// BQ = 32 ((128, 128): 160, (192, 128): 192); dQ kernel 32⌈Dk/64⌉ + BN with BN = 64 (160 at Dk 192).
-// The consumers get 232 registers (setmaxnreg); BQ = 64 at (128, 128), and BN = 128 at (64, 64),
-// (96, 64) and (128, 128), spilled under that cap. ptxas -v: no spills at any compiled pair. BQ = 32
-// narrows the two shared-memory products to m64n32k16, whose operands (3 KB of shared memory for
-// 32K multiply-adds) may outrun shared memory's bandwidth (an estimate from the datasheet, not
-// measured): wider query tiles there need registers freed first (docs/mla.md, what is next).
+// and dPᵀ) + BQ/2 (the 16-bit Pᵀ and dSᵀ waiting for the next iteration), with BQ = 64 where dK and
+// dV take at most 96 ((64, 64): 160 in all, (96, 64): 192), else BQ = 32 ((128, 128): 176,
+// (192, 128): 208); dQ kernel 32⌈Dk/64⌉ + BN + BN/4 with BN = 64 (176 at Dk 192). The consumers get
+// 240 registers (setmaxnreg; at 232 ptxas serialises the (192, 128) dK/dV kernel's wgmma, C7512);
+// BQ = 64 at (128, 128) does not fit either (C7512). ptxas -v: no spills, no serialisation at any
+// compiled pair. BQ = 32 narrows the two shared-memory products to m64n32k16, whose operands (3 KB
+// of shared memory for 32K multiply-adds) may outrun shared memory's bandwidth (an estimate from
+// the datasheet, not measured): wider query tiles there need registers freed first (docs/mla.md,
+// what is next).
 //
 // Shared memory (bytes; a tile of R rows x D columns takes ⌈D/64⌉ boxes of R x 128):
-//   dK/dV  K 128·128⌈Dk/64⌉ + V 128·128⌈Dv/64⌉ + 2 stages x (BQ·128 (⌈Dk/64⌉ + ⌈Dv/64⌉) + 8 BQ):
-//          120.5 KB at (192, 128), 97 KB at (96, 64);
-//   dQ     Q, dout 128·128 (⌈Dk/64⌉ + ⌈Dv/64⌉) + 2 stages x BN·128 (⌈Dk/64⌉ + ⌈Dv/64⌉):
-//          160 KB at (192, 128), 96 KB at (96, 64).
+//   dK/dV  K 128·128⌈Dk/64⌉ + V 128·128⌈Dv/64⌉ + 4 stages x (BQ·128 (⌈Dk/64⌉ + ⌈Dv/64⌉) + 8 BQ):
+//          162 KB at (192, 128), 147 KB at (96, 64);
+//   dQ     Q, dout 128·128 (⌈Dk/64⌉ + ⌈Dv/64⌉) + 3-4 stages x BN·128 (⌈Dk/64⌉ + ⌈Dv/64⌉):
+//          201 KB at (192, 128) (3 stages), 145 KB at (96, 64) (4).
+// (stages_for: as many as fit in 227 KB, at most 4; one block a multiprocessor either way, its
+// registers allow no second one.)
 //
 // Work (docs/mla.md): per head and causal half, the dK/dV kernel does S²(2 Dk + 2 Dv) flops and the
 // dQ kernel S²(2 Dk + Dv) (the split recomputes S and dP: S²(4 Dk + 3 Dv) in all against the
@@ -63,8 +76,8 @@
 // lse, D once per (key block, query tile), from L2 after the first key block of a head.
 //
 // Measured (H200, bf16, causal; benchmarks/bench_attention_cuda.cpp, docs/mla.md): the backward
-// alone at 164-198 TFLOP/s at (192, 128), S 2048-4096 (the plain one 94-106), 111 at (96, 64),
-// S 2048 (86), 70 at the big config's B32 H12 S512 (63); cuDNN's backward 99-421.
+// alone at 168-202 TFLOP/s at (192, 128), S 2048-4096 (the plain one 94-106), 113 at (96, 64),
+// S 2048 (86), 72 at the big config's B32 H12 S512 (63); cuDNN's backward 131-415 there.
 //
 // Requirements (attention_hopper_backward_supports; otherwise the plain backward runs): an sm_90
 // GPU, bf16, Dk a multiple of 32 up to 192, Dv 64 or 128, fewer than 2^31 rows in every tensor.
@@ -192,12 +205,23 @@ struct Wgmma<192> {
 constexpr int kConsumers = 2;                    // consumer warpgroups
 constexpr int kThreads = 128 * (kConsumers + 1);  // and the producer
 constexpr int kBlock = 64 * kConsumers;           // keys (dK/dV) or queries (dQ) a block
-constexpr int kStages = 2;
-constexpr int kProducerRegisters = 40;
-constexpr int kConsumerRegisters = 232;
+// Registers a thread (setmaxnreg): 128 · (24 + 2 · 240) = 64,512 of the block's 65,536. The
+// consumers need 240 at (192, 128) (at 232 ptxas serialises the wgmma there, C7512).
+constexpr int kProducerRegisters = 24;
+constexpr int kConsumerRegisters = 240;
 constexpr float kLog2e = 1.4426950408889634f;
 
 constexpr int chunks(int d) { return (d + 63) / 64; }
+
+// Pipeline depth: as many stages as fit beside the resident tiles in the 227 KB a block may opt in
+// to (less the 1 KB alignment slack and the barriers), at most 4. The consumers release a stage one
+// tile late (the loops below), so 2 stages would leave the producer nothing to load ahead.
+constexpr int kMaxStages = 4;
+constexpr int kSharedBytes = 227 * 1024 - 1024 - 256;
+constexpr int stages_for(int resident_bytes, int stage_bytes) {
+  const int n = (kSharedBytes - resident_bytes) / stage_bytes;
+  return n > kMaxStages ? kMaxStages : n;
+}
 
 // Query tile of the dK/dV kernel and key tile of the dQ kernel: the widest that keeps the
 // accumulators (header comment) within the consumers' registers.
@@ -228,6 +252,21 @@ __device__ __forceinline__ void pack_a(unsigned (&a)[N / 16][4], const float (&d
     for (int x = 0; x < 4; ++x) a[kk][x] = sm80::pack2<T>(d[8 * kk + 2 * x], d[8 * kk + 2 * x + 1]);
 }
 
+// X = A1·B1ᵀ (a reduction over DK) and Y = A2·B2ᵀ (over DV), m64n{N}k16 with every operand K-major
+// in shared memory: the A tiles of kBlock rows (a warpgroup's 64 of them at a1, a2), the B tiles of N
+// rows. Two commit groups, so that the caller can wait for X alone.
+template <int N, int DK, int DV>
+__device__ __forceinline__ void issue_score_products(float (&x)[N / 2], float (&y)[N / 2], std::uint32_t a1,
+                                                     std::uint32_t b1, std::uint32_t a2, std::uint32_t b2) {
+  sm90::wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < DK / 16; ++kk) Wgmma<N>::ss(x, k_major(a1, kBlock, kk), k_major(b1, N, kk), kk > 0);
+  sm90::wgmma_commit();
+#pragma unroll
+  for (int kk = 0; kk < DV / 16; ++kk) Wgmma<N>::ss(y, k_major(a2, kBlock, kk), k_major(b2, N, kk), kk > 0);
+  sm90::wgmma_commit();
+}
+
 // Writes a warpgroup's 64 x N accumulator rows (the first `cols` columns) times `factor` as T into
 // the row-major [*, cols] matrix at dst; rows at or past `rows` are skipped. row0: the warp's first row.
 template <class T, int N>
@@ -252,12 +291,14 @@ struct DkdvLayout {
   static constexpr int v_bytes = chunks(DV) * kBlock * 128;
   static constexpr int q_bytes = chunks(DK) * BQ * 128;  // a stage's Q tile
   static constexpr int g_bytes = chunks(DV) * BQ * 128;  // a stage's dout tile
+  static constexpr int stages = stages_for(k_bytes + v_bytes, q_bytes + g_bytes + 2 * BQ * 4);
   static constexpr int v_offset = k_bytes;
   static constexpr int q_offset = v_offset + v_bytes;
-  static constexpr int g_offset = q_offset + kStages * q_bytes;
-  static constexpr int stats_offset = g_offset + kStages * g_bytes;  // per stage: lse·log2 e [BQ], D [BQ]
-  static constexpr int barrier_offset = stats_offset + kStages * 2 * BQ * 4;  // kv, full[], empty[]
-  static constexpr std::size_t bytes = 1024 + barrier_offset + (1 + 2 * kStages) * 8;  // + alignment slack
+  static constexpr int g_offset = q_offset + stages * q_bytes;
+  static constexpr int stats_offset = g_offset + stages * g_bytes;  // per stage: lse·log2 e [BQ], D [BQ]
+  static constexpr int barrier_offset = stats_offset + stages * 2 * BQ * 4;  // kv, full[], empty[]
+  static constexpr std::size_t bytes = 1024 + barrier_offset + (1 + 2 * stages) * 8;  // + alignment slack
+  static_assert(stages >= 3, "the one-tile software pipeline wants a stage to load ahead");
 };
 
 template <class T, int DK, int DV>
@@ -266,7 +307,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                                  const __grid_constant__ CUtensorMap k_map, const __grid_constant__ CUtensorMap v_map,
                                  const AttentionBackwardArgs a) {
   using L = DkdvLayout<DK, DV>;
-  constexpr int BQ = L::BQ, KC = chunks(DK), VC = chunks(DV), NK = 64 * KC;
+  constexpr int BQ = L::BQ, KC = chunks(DK), VC = chunks(DV), NK = 64 * KC, kStages = L::stages;
   extern __shared__ __align__(16) unsigned char attention_bwd_smem[];
   const std::uint32_t raw = sm90::shared_address(attention_bwd_smem);
   const std::uint32_t base = (raw + 1023) & ~1023u;
@@ -290,7 +331,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     sm90::prefetch_tensor_map(&v_map);
     sm90::mbarrier_init(kv_bar, 1);
     for (int st = 0; st < kStages; ++st) {
-      sm90::mbarrier_init(full_bar + 8 * st, 32);                 // the producer warp's lanes
+      sm90::mbarrier_init(full_bar + 8 * st, 33);  // lane 0's expect-bytes, then every lane's stats
       sm90::mbarrier_init(empty_bar + 8 * st, kConsumers * 4);  // one arrival per consumer warp
     }
     sm90::mbarrier_init_fence();
@@ -317,13 +358,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       const std::int64_t qt0 = k0 + (step % q_tiles) * BQ;
       const std::int64_t head_row = (b * s.heads + h) * S;
       sm90::mbarrier_wait(empty_bar + 8 * stage, phase ^ 1);
-      // lse (in the base-2 domain) and D of the tile's queries; 0 past S (those columns are masked).
-      float* const st = stats + stage * 2 * BQ;
-      for (int i = lane; i < BQ; i += 32) {
-        const bool real = qt0 + i < S;
-        st[i] = real ? a.lse[head_row + qt0 + i] * kLog2e : 0.f;
-        st[BQ + i] = real ? a.delta[head_row + qt0 + i] : 0.f;
-      }
+      // The tiles' copies first: the loads of lse and D below take a global-memory latency that the
+      // copies need not wait for.
       const std::uint32_t full = full_bar + 8 * stage;
       if (lane == 0) {
         const int row = static_cast<int>(head_row + qt0);
@@ -332,9 +368,15 @@ __global__ void __launch_bounds__(kThreads, 1)
           sm90::tma_load_2d(base + L::q_offset + stage * L::q_bytes + c * BQ * 128, &q_map, 64 * c, row, full);
         for (int c = 0; c < VC; ++c)
           sm90::tma_load_2d(base + L::g_offset + stage * L::g_bytes + c * BQ * 128, &g_map, 64 * c, row, full);
-      } else {
-        sm90::mbarrier_arrive(full);  // releases this lane's lse and D stores
       }
+      // lse (in the base-2 domain) and D of the tile's queries; 0 past S (those columns are masked).
+      float* const st = stats + stage * 2 * BQ;
+      for (int i = lane; i < BQ; i += 32) {
+        const bool real = qt0 + i < S;
+        st[i] = real ? a.lse[head_row + qt0 + i] * kLog2e : 0.f;
+        st[BQ + i] = real ? a.delta[head_row + qt0 + i] : 0.f;
+      }
+      sm90::mbarrier_arrive(full);  // releases this lane's lse and D stores
       if (++stage == kStages) {
         stage = 0;
         phase ^= 1;
@@ -366,66 +408,80 @@ __global__ void __launch_bounds__(kThreads, 1)
   const std::uint32_t v_addr = base + L::v_offset + wg * 64 * 128;
   sm90::mbarrier_wait(kv_bar, 0);
 
-  int stage = 0;
+  // Software-pipelined by one tile: an iteration issues the previous tile's dV and dK products and
+  // then this tile's Sᵀ and dPᵀ, back to back, so that this warpgroup's tensor-core work has no gap
+  // at the tile boundary; Pᵀ and dSᵀ (as 16-bit A registers) wait in registers for the next
+  // iteration, and the previous tile's stage is released once its products have retired. Every
+  // wgmma of an iteration is waited for within it: a wgmma still running across the loop's back
+  // edge makes ptxas serialise every wgmma of the kernel (C7514, C7515), and so would an ordinary
+  // instruction writing an accumulator while wgmma run (hence sc and dp, written by wgmma only).
+  unsigned pa[BQ / 16][4], da[BQ / 16][4];
+  int stage = 0, previous = 0;
   std::uint32_t phase = 0;
   for (std::int64_t step = 0; step < steps; ++step) {
     const std::int64_t qt0 = k0 + (step % q_tiles) * BQ;
-    sm90::mbarrier_wait(full_bar + 8 * stage, phase);
     const std::uint32_t q_addr = base + L::q_offset + stage * L::q_bytes;
     const std::uint32_t g_addr = base + L::g_offset + stage * L::g_bytes;
     const float* const lse2 = stats + stage * 2 * BQ;
     const float* const delta = lse2 + BQ;
-
-    float p[BQ / 2], ds[BQ / 2];
-    sm90::wgmma_fence();
+    sm90::mbarrier_wait(full_bar + 8 * stage, phase);
+    if (step > 0) {
+      const std::uint32_t pq_addr = base + L::q_offset + previous * L::q_bytes;
+      const std::uint32_t pg_addr = base + L::g_offset + previous * L::g_bytes;
+      sm90::wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < DK / 16; ++kk)  // Sᵀ = K·Qᵀ
-      Wgmma<BQ>::ss(p, k_major(k_addr, kBlock, kk), k_major(q_addr, BQ, kk), kk > 0);
-    sm90::wgmma_commit();
+      for (int kk = 0; kk < BQ / 16; ++kk) Wgmma<DV>::rs_mn(dv, pa[kk], mn_major(pg_addr, BQ, kk), 1);  // dV += Pᵀ·dout
 #pragma unroll
-    for (int kk = 0; kk < DV / 16; ++kk)  // dPᵀ = V·doutᵀ
-      Wgmma<BQ>::ss(ds, k_major(v_addr, kBlock, kk), k_major(g_addr, BQ, kk), kk > 0);
-    sm90::wgmma_commit();
-    sm90::wgmma_wait<1>();
-    sm90::fence_registers(p);
+      for (int kk = 0; kk < BQ / 16; ++kk) Wgmma<NK>::rs_mn(dk, da[kk], mn_major(pq_addr, BQ, kk), 1);  // dK += dSᵀ·Q
+      sm90::wgmma_commit();
+    }
+    float sc[BQ / 2], dp[BQ / 2];
+    issue_score_products<BQ, DK, DV>(sc, dp, k_addr, q_addr, v_addr, g_addr);
+    sm90::wgmma_wait<1>();  // the previous tile's dV and dK, and Sᵀ
+    sm90::fence_registers(sc);
+    if (step > 0) {
+      __syncwarp();
+      if (lane == 0) sm90::mbarrier_arrive(empty_bar + 8 * previous);  // this warp is done with it
+    }
 
     // Pᵀ while dPᵀ is in flight. Masking only where a query of the tile may precede a key of this
     // thread's rows or lie past the end of their sequence (or past S).
     const bool masked = qt0 < warp_key0 + 16 || qt0 + BQ > end_min;
+    float p[BQ / 2];
 #pragma unroll
     for (int i = 0; i < BQ / 2; ++i) {
       const int r = (i >> 1) & 1;
       const int col = 8 * (i >> 2) + 2 * t + (i & 1);
       const std::int64_t qi = qt0 + col;
       const bool valid = !masked || (qi >= key[r] && qi < end[r]);
-      p[i] = valid ? exp2f(p[i] * scale_log2 - lse2[col]) : 0.f;
+      p[i] = valid ? exp2f(sc[i] * scale_log2 - lse2[col]) : 0.f;
     }
-    sm90::wgmma_wait<0>();
-    sm90::fence_registers(ds);
-#pragma unroll
-    for (int i = 0; i < BQ / 2; ++i) ds[i] = p[i] * (ds[i] - delta[8 * (i >> 2) + 2 * t + (i & 1)]);
-
-    // Both register-A operands first: registers computed between two wgmma would make ptxas insert
-    // a warpgroup arrive before each (C7519).
-    unsigned pa[BQ / 16][4], da[BQ / 16][4];
     pack_a<T, BQ>(pa, p);
+    sm90::wgmma_wait<0>();  // dPᵀ
+    sm90::fence_registers(dp);
+    float ds[BQ / 2];
+#pragma unroll
+    for (int i = 0; i < BQ / 2; ++i) ds[i] = p[i] * (dp[i] - delta[8 * (i >> 2) + 2 * t + (i & 1)]);
     pack_a<T, BQ>(da, ds);
-    sm90::wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < BQ / 16; ++kk) Wgmma<DV>::rs_mn(dv, pa[kk], mn_major(g_addr, BQ, kk), 1);  // dV += Pᵀ·dout
-#pragma unroll
-    for (int kk = 0; kk < BQ / 16; ++kk) Wgmma<NK>::rs_mn(dk, da[kk], mn_major(q_addr, BQ, kk), 1);  // dK += dSᵀ·Q
-    sm90::wgmma_commit();
-    sm90::wgmma_wait<0>();
-    sm90::fence_registers(dv);
-    sm90::fence_registers(dk);
-    __syncwarp();
-    if (lane == 0) sm90::mbarrier_arrive(empty_bar + 8 * stage);  // this warp is done with the stage
+    previous = stage;
     if (++stage == kStages) {
       stage = 0;
       phase ^= 1;
     }
   }
+  if (steps > 0) {  // the last tile's dV and dK
+    const std::uint32_t pq_addr = base + L::q_offset + previous * L::q_bytes;
+    const std::uint32_t pg_addr = base + L::g_offset + previous * L::g_bytes;
+    sm90::wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < BQ / 16; ++kk) Wgmma<DV>::rs_mn(dv, pa[kk], mn_major(pg_addr, BQ, kk), 1);
+#pragma unroll
+    for (int kk = 0; kk < BQ / 16; ++kk) Wgmma<NK>::rs_mn(dk, da[kk], mn_major(pq_addr, BQ, kk), 1);
+    sm90::wgmma_commit();
+    sm90::wgmma_wait<0>();
+  }
+  sm90::fence_registers(dv);
+  sm90::fence_registers(dk);
 
   const std::int64_t kv_row = (b * s.kv_heads + kvh) * S;
   store_rows<T, NK>(static_cast<T*>(a.dk) + kv_row * DK, dk, warp_key0, S, DK, static_cast<float>(s.scale));
@@ -439,11 +495,13 @@ struct DqLayout {
   static constexpr int g_bytes = chunks(DV) * kBlock * 128;  // and their dout rows
   static constexpr int k_bytes = chunks(DK) * BN * 128;      // a stage's K tile
   static constexpr int v_bytes = chunks(DV) * BN * 128;      // a stage's V tile
+  static constexpr int stages = stages_for(q_bytes + g_bytes, k_bytes + v_bytes);
   static constexpr int g_offset = q_bytes;
   static constexpr int k_offset = g_offset + g_bytes;
-  static constexpr int v_offset = k_offset + kStages * k_bytes;
-  static constexpr int barrier_offset = v_offset + kStages * v_bytes;  // q, full[], empty[]
-  static constexpr std::size_t bytes = 1024 + barrier_offset + (1 + 2 * kStages) * 8;
+  static constexpr int v_offset = k_offset + stages * k_bytes;
+  static constexpr int barrier_offset = v_offset + stages * v_bytes;  // q, full[], empty[]
+  static constexpr std::size_t bytes = 1024 + barrier_offset + (1 + 2 * stages) * 8;
+  static_assert(stages >= 3, "the one-tile software pipeline wants a stage to load ahead");
 };
 
 template <class T, int DK, int DV>
@@ -452,7 +510,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                                const __grid_constant__ CUtensorMap k_map, const __grid_constant__ CUtensorMap v_map,
                                const AttentionBackwardArgs a) {
   using L = DqLayout<DK, DV>;
-  constexpr int BN = L::BN, KC = chunks(DK), VC = chunks(DV), NK = 64 * KC;
+  constexpr int BN = L::BN, KC = chunks(DK), VC = chunks(DV), NK = 64 * KC, kStages = L::stages;
   extern __shared__ __align__(16) unsigned char attention_bwd_smem[];
   const std::uint32_t base = (sm90::shared_address(attention_bwd_smem) + 1023) & ~1023u;
   const std::uint32_t q_bar = base + L::barrier_offset, full_bar = q_bar + 8, empty_bar = full_bar + 8 * kStages;
@@ -535,54 +593,61 @@ __global__ void __launch_bounds__(kThreads, 1)
   const std::uint32_t g_addr = base + L::g_offset + wg * 64 * 128;
   sm90::mbarrier_wait(q_bar, 0);
 
-  int stage = 0;
+  // Software-pipelined as the dK/dV kernel: an iteration issues the previous tile's dQ product
+  // (dS waiting in registers) and then this tile's S and dP.
+  unsigned da[BN / 16][4];
+  int stage = 0, previous = 0;
   std::uint32_t phase = 0;
   for (std::int64_t n0 = t_first; n0 <= t_last; n0 += BN) {
-    sm90::mbarrier_wait(full_bar + 8 * stage, phase);
     const std::uint32_t k_addr = base + L::k_offset + stage * L::k_bytes;
     const std::uint32_t v_addr = base + L::v_offset + stage * L::v_bytes;
-
-    float p[BN / 2], ds[BN / 2];
-    sm90::wgmma_fence();
+    sm90::mbarrier_wait(full_bar + 8 * stage, phase);
+    if (n0 > t_first) {
+      const std::uint32_t pk_addr = base + L::k_offset + previous * L::k_bytes;
+      sm90::wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < DK / 16; ++kk)  // S = Q·Kᵀ
-      Wgmma<BN>::ss(p, k_major(q_addr, kBlock, kk), k_major(k_addr, BN, kk), kk > 0);
-    sm90::wgmma_commit();
-#pragma unroll
-    for (int kk = 0; kk < DV / 16; ++kk)  // dP = dout·Vᵀ
-      Wgmma<BN>::ss(ds, k_major(g_addr, kBlock, kk), k_major(v_addr, BN, kk), kk > 0);
-    sm90::wgmma_commit();
-    sm90::wgmma_wait<1>();
-    sm90::fence_registers(p);
+      for (int kk = 0; kk < BN / 16; ++kk) Wgmma<NK>::rs_mn(dq, da[kk], mn_major(pk_addr, BN, kk), 1);  // dQ += dS·K
+      sm90::wgmma_commit();
+    }
+    float sc[BN / 2], dp[BN / 2];  // written by wgmma only (as in the dK/dV kernel)
+    issue_score_products<BN, DK, DV>(sc, dp, q_addr, k_addr, g_addr, v_addr);
+    sm90::wgmma_wait<1>();  // the previous tile's dQ, and S
+    sm90::fence_registers(sc);
+    if (n0 > t_first) {
+      __syncwarp();
+      if (lane == 0) sm90::mbarrier_arrive(empty_bar + 8 * previous);
+    }
 
     const bool masked = n0 + BN > warp_row0 || n0 < last_begin;
+    float p[BN / 2];
 #pragma unroll
     for (int i = 0; i < BN / 2; ++i) {
       const int r = (i >> 1) & 1;
       const std::int64_t j = n0 + 8 * (i >> 2) + 2 * t + (i & 1);
       const bool valid = !masked || (j <= row[r] && j >= begin[r]);
-      p[i] = valid ? exp2f(p[i] * scale_log2 - lse2[r]) : 0.f;
+      p[i] = valid ? exp2f(sc[i] * scale_log2 - lse2[r]) : 0.f;
     }
-    sm90::wgmma_wait<0>();
-    sm90::fence_registers(ds);
+    sm90::wgmma_wait<0>();  // dP
+    sm90::fence_registers(dp);
+    float ds[BN / 2];
 #pragma unroll
-    for (int i = 0; i < BN / 2; ++i) ds[i] = p[i] * (ds[i] - delta[(i >> 1) & 1]);
-
-    unsigned da[BN / 16][4];
+    for (int i = 0; i < BN / 2; ++i) ds[i] = p[i] * (dp[i] - delta[(i >> 1) & 1]);
     pack_a<T, BN>(da, ds);
-    sm90::wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) Wgmma<NK>::rs_mn(dq, da[kk], mn_major(k_addr, BN, kk), 1);  // dQ += dS·K
-    sm90::wgmma_commit();
-    sm90::wgmma_wait<0>();
-    sm90::fence_registers(dq);
-    __syncwarp();
-    if (lane == 0) sm90::mbarrier_arrive(empty_bar + 8 * stage);
+    previous = stage;
     if (++stage == kStages) {
       stage = 0;
       phase ^= 1;
     }
   }
+  {  // the last tile's dQ (every block has at least one key tile)
+    const std::uint32_t pk_addr = base + L::k_offset + previous * L::k_bytes;
+    sm90::wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) Wgmma<NK>::rs_mn(dq, da[kk], mn_major(pk_addr, BN, kk), 1);
+    sm90::wgmma_commit();
+    sm90::wgmma_wait<0>();
+  }
+  sm90::fence_registers(dq);
   store_rows<T, NK>(static_cast<T*>(a.dq) + head_row * DK, dq, warp_row0, S, DK, static_cast<float>(s.scale));
 }
 
