@@ -30,7 +30,7 @@
 // kGatherUnroll in flight per lane) and writes it to its K layout rows row_of_slot[n·K + k]; the
 // combine's backward likewise reads dy[n] once and, per k, the expert row, writing g·dy and the
 // gate's dot product. The K destinations are read once per warp (lane k holds route k, shuffled
-// to all lanes), which bounds the token-order kernels to K ≤ 32 (dispatch) and K ≤ kMaxTopK
+// to all lanes), which bounds the token-order kernels to K ≤ 32 (dispatch) and K ≤ kTokenOrderMaxTopK
 // (combine backward: per-k dot products in registers); beyond, the row-order kernels run.
 #pragma once
 
@@ -262,12 +262,12 @@ __global__ void __launch_bounds__(kRowThreads) combine_backward(MoeCombineBackwa
   }
 }
 
-// The combine's backward in token order (a.row_of_slot given, top_k <= kMaxTopK; see the file
+// The combine's backward in token order (a.row_of_slot given, top_k <= kTokenOrderMaxTopK; see the file
 // comment): warp per token n; per chunk of kGatherUnroll vectors, dy[n] is loaded once and each
 // of the K expert rows once; the K dot products stay in registers (acc[k], the loop over k
-// unrolled to kMaxTopK with a bound check) and are reduced once per token. Each lane sums its
+// unrolled to kTokenOrderMaxTopK with a bound check) and are reduced once per token. Each lane sums its
 // vectors in the row-order kernel's order (v = lane, lane + 32, ...): deterministic.
-constexpr int kMaxTopK = 8;
+constexpr int kTokenOrderMaxTopK = 8;
 
 template <class T, int V>
 __global__ void __launch_bounds__(kRowThreads, 2) combine_backward_tokens(MoeCombineBackwardArgs a) {
@@ -278,9 +278,9 @@ __global__ void __launch_bounds__(kRowThreads, 2) combine_backward_tokens(MoeCom
   for (std::int64_t n = warp_id(); n < tokens; n += warp_count()) {
     const std::int64_t my_row = lane < K ? a.row_of_slot[n * K + lane] : 0;
     const C my_g = lane < K ? load(static_cast<const T*>(a.gates)[n * K + lane]) : C(0);
-    C acc[kMaxTopK];
+    C acc[kTokenOrderMaxTopK];
 #pragma unroll
-    for (int k = 0; k < kMaxTopK; ++k) acc[k] = C(0);
+    for (int k = 0; k < kTokenOrderMaxTopK; ++k) acc[k] = C(0);
     const auto* __restrict__ dy = reinterpret_cast<const Vec<T, V>*>(static_cast<const T*>(a.dy) + n * a.cols);
     for (std::int64_t base = 0; base < vecs; base += 32 * kGatherUnroll) {
       Vec<T, V> d[kGatherUnroll];
@@ -288,7 +288,7 @@ __global__ void __launch_bounds__(kRowThreads, 2) combine_backward_tokens(MoeCom
       for (int u = 0; u < kGatherUnroll; ++u)
         if (base + lane + 32 * u < vecs) d[u] = dy[base + lane + 32 * u];
 #pragma unroll
-      for (int k = 0; k < kMaxTopK; ++k) {
+      for (int k = 0; k < kTokenOrderMaxTopK; ++k) {
         if (k >= K) break;  // K is the same for the whole warp: every lane reaches the shuffles
         const std::int64_t row = __shfl_sync(0xffffffffu, my_row, k);
         const C g = __shfl_sync(0xffffffffu, my_g, k);
@@ -319,7 +319,7 @@ __global__ void __launch_bounds__(kRowThreads, 2) combine_backward_tokens(MoeCom
     }
     if (a.dgates) {
 #pragma unroll
-      for (int k = 0; k < kMaxTopK; ++k) {
+      for (int k = 0; k < kTokenOrderMaxTopK; ++k) {
         if (k >= K) break;
         const C total = warp_sum(acc[k]);
         if (lane == 0) static_cast<T*>(a.dgates)[n * K + k] = store<T>(total);
@@ -378,7 +378,7 @@ inline void launch_moe_combine_backward(const MoeCombineBackwardArgs& a) {
     const bool aligned = aligned16(a.dy) && aligned16(a.rows) && (!a.d_rows || aligned16(a.d_rows));
     with_vector<T>(a.cols, aligned, [&](auto vector) {
       constexpr int V = decltype(vector)::value;
-      if (a.row_of_slot && a.top_k >= 1 && a.top_k <= kMaxTopK && a.routes % a.top_k == 0) {
+      if (a.row_of_slot && a.top_k >= 1 && a.top_k <= kTokenOrderMaxTopK && a.routes % a.top_k == 0) {
         combine_backward_tokens<T, V><<<row_blocks(a.routes / a.top_k * 32), kRowThreads, 0, a.launch.stream>>>(a);
       } else {
         combine_backward<T, V><<<row_blocks(a.routes * 32), kRowThreads, 0, a.launch.stream>>>(a);
