@@ -24,7 +24,9 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <optional>
+#include <string_view>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -197,10 +199,22 @@ Tensor<T> fused_causal_attention_cuda(const Tensor<T>& q, const Tensor<T>& k, co
   return out;
 }
 
+// KILN_ATTENTION_BACKWARD=plain in the environment turns an automatic backward into the plain
+// one (read once per process; for comparisons, e.g. a whole training run on either backward, and
+// as an escape hatch, like KILN_GROUPED_GEMM=plain).
+inline kernels::AttentionKernel backward_from_environment(kernels::AttentionKernel requested) {
+  static const bool plain = [] {
+    const char* v = std::getenv("KILN_ATTENTION_BACKWARD");
+    return v != nullptr && std::string_view(v) == "plain";
+  }();
+  return requested == kernels::AttentionKernel::automatic && plain ? kernels::AttentionKernel::plain : requested;
+}
+
 }  // namespace detail
 
 // `implementation` picks the CUDA forward kernel and `backward_implementation` the backward's
-// (automatic: the Hopper one where it runs; tests and benchmarks name one); the CPU ignores both.
+// (automatic: the Hopper one where it runs, unless KILN_ATTENTION_BACKWARD=plain; tests and
+// benchmarks name one); the CPU ignores both.
 template <class T>
 Tensor<T> fused_causal_attention(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, double scale,
                                  const Tensor<std::int64_t>& cu_seqlens = Tensor<std::int64_t>(),
@@ -229,7 +243,7 @@ Tensor<T> fused_causal_attention(const Tensor<T>& q, const Tensor<T>& k, const T
   if (q.device().is_cpu())
     return detail::fused_causal_attention_cpu(q, k, v, shape, scale, seqs ? seqs->begin : std::vector<std::int64_t>());
   return detail::fused_causal_attention_cuda(q, k, v, shape, scale, seqs ? &*seqs : nullptr, implementation,
-                                            backward_implementation);
+                                            detail::backward_from_environment(backward_implementation));
 }
 
 }  // namespace kiln
