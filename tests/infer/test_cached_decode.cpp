@@ -186,6 +186,97 @@ TEST(CachedDecode, OtherModelVariants) {
 // the float64 reference is 2-3e-7 (both models). The bound below is DESIGN.md's fp32 tolerance
 // against a float64 reference, 1e-5: well above what rounding gives, and far below what a real
 // error (a wrong position, slot or row: relative differences of order 1) would give.
+// Two tokens per row per step (a token and its draft, MTP speculative decoding; index.tokens = 2),
+// DeepSeek-V3: the ragged case's targets fed two tokens a step (a target with an odd feed ends with
+// a one-token step), on the contiguous cache (one decode_attention per query) and on a paged cache
+// of 3-token blocks scattered over the pool (one paged_decode_attention for both queries). Every
+// logits row equals the uncached forward's.
+TEST(CachedDecode, DeepseekTwoTokenStepsEqualUncachedForward) {
+  auto m = make_deepseek<double>(31);
+  const RaggedCase c = ragged_case(m->vocab_size());
+  const std::vector<double> want = uncached_logits(*m, c.prompts, c.targets);
+  const std::int64_t V = m->vocab_size();
+  std::int64_t S = 0, longest_feed = 0;
+  std::vector<std::int64_t> lengths;
+  for (const auto& p : c.prompts) {
+    lengths.push_back(static_cast<std::int64_t>(p.size()));
+    S = std::max(S, lengths.back());
+  }
+  for (const Target& t : c.targets) longest_feed = std::max(longest_feed, static_cast<std::int64_t>(t.feed.size()));
+  const std::int64_t capacity = S + longest_feed, block_tokens = 3;
+  for (const bool paged : {false, true}) {
+    SCOPED_TRACE(paged ? "paged" : "contiguous");
+    NoGradGuard no_grad;
+    const std::int64_t max_blocks = (capacity + block_tokens - 1) / block_tokens;
+    auto cache = m->make_decode_cache(paged ? infer::CacheLayout::paged(c.slots, capacity, block_tokens,
+                                                                        c.slots * max_blocks)
+                                            : infer::CacheLayout::contiguous(c.slots, capacity));
+    if (paged) {  // slot s holds blocks s, s + slots, s + 2·slots, ... (interleaved over the pool)
+      std::vector<std::int64_t> table;
+      for (std::int64_t s = 0; s < c.slots; ++s)
+        for (std::int64_t b = 0; b < max_blocks; ++b) table.push_back(s + b * c.slots);
+      cache.kv.set_block_table(table);
+    }
+    const auto B = static_cast<std::int64_t>(c.prompts.size());
+    std::vector<std::int64_t> ids(static_cast<std::size_t>(B * S), 0), slots, rows;
+    for (std::int64_t b = 0; b < B; ++b) std::copy(c.prompts[b].begin(), c.prompts[b].end(), ids.begin() + b * S);
+    for (const Target& t : c.targets) {
+      slots.push_back(t.slot);
+      rows.push_back(t.prompt);
+    }
+    const auto index = infer::PrefillIndex::make(lengths, S, slots, rows, c.slots, Device::cpu());
+    std::vector<std::vector<double>> per_target(c.targets.size());
+    const std::vector<double> first =
+        m->prefill(Tensor<std::int64_t>::from_vector(ids, {B, S}), index, cache).to_vector();
+    for (std::size_t r = 0; r < c.targets.size(); ++r) {
+      const auto row = row_of(first, r, static_cast<std::size_t>(V));
+      per_target[r].insert(per_target[r].end(), row.begin(), row.end());
+    }
+    std::vector<std::int64_t> fed(c.targets.size(), 0);
+    for (int steps = 0; steps < 20; ++steps) {
+      for (const std::int64_t tokens : {2, 1}) {  // the rows with two tokens left, then those with one
+        std::vector<std::size_t> active;
+        std::vector<std::int64_t> step_ids, step_slots, positions;
+        for (std::size_t r = 0; r < c.targets.size(); ++r) {
+          const auto left = static_cast<std::int64_t>(c.targets[r].feed.size()) - fed[r];
+          if (left < tokens || (tokens == 1 && left != 1)) continue;
+          active.push_back(r);
+          for (std::int64_t t = 0; t < tokens; ++t) step_ids.push_back(c.targets[r].feed[fed[r] + t]);
+          step_slots.push_back(c.targets[r].slot);
+          positions.push_back(lengths[static_cast<std::size_t>(c.targets[r].prompt)] + fed[r]);
+        }
+        if (active.empty()) continue;
+        const auto n = static_cast<std::int64_t>(active.size());
+        const auto step_index = infer::DecodeIndex::at(tensor(step_slots), tensor(positions), tokens);
+        const Tensor<std::int64_t> step_tensor =
+            tokens == 1 ? tensor(step_ids) : Tensor<std::int64_t>::from_vector(step_ids, {n, tokens});
+        const std::vector<double> logits = m->decode(step_tensor, step_index, cache).to_vector();
+        ASSERT_EQ(logits.size(), static_cast<std::size_t>(n * tokens * V));
+        for (std::size_t i = 0; i < active.size(); ++i) {
+          for (std::int64_t t = 0; t < tokens; ++t) {
+            const auto row = row_of(logits, i * static_cast<std::size_t>(tokens) + static_cast<std::size_t>(t),
+                                    static_cast<std::size_t>(V));
+            per_target[active[i]].insert(per_target[active[i]].end(), row.begin(), row.end());
+          }
+          fed[active[i]] += tokens;
+        }
+      }
+    }
+    std::vector<double> got;
+    for (const auto& t : per_target) got.insert(got.end(), t.begin(), t.end());
+    ASSERT_EQ(got.size(), want.size());
+    EXPECT_LT(relative_error(got, want), 1e-10);
+  }
+  // Llama decodes one token a row.
+  auto llama = make_llama<double>(32);
+  auto lc = llama->make_decode_cache(2, 8);
+  EXPECT_KILN_ERROR(llama->decode(Tensor<std::int64_t>::from_vector({1, 2}, {1, 2}),
+                                  infer::DecodeIndex::at(tensor<std::int64_t>({0}), tensor<std::int64_t>({0}), 2), lc),
+                    "LlamaForCausalLM::decode", "one token each");
+  EXPECT_KILN_ERROR(infer::DecodeIndex::at(tensor<std::int64_t>({0}), tensor<std::int64_t>({0}), 3), "DecodeIndex",
+                    "1 or 2 tokens");
+}
+
 TEST(CachedDecode, FloatFollowsTheDoubleReference) {
   const RaggedCase c = ragged_case(40);
   {

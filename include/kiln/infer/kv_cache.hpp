@@ -202,6 +202,40 @@ class KVCache {
   Tensor<std::int64_t> table_;
 };
 
+// t + k for an int64 index tensor, on its device, without a host round trip. The device
+// elementwise kernels are floating-point only, so on a GPU the sum runs in double (exact for
+// |values| < 2^53) between two casts: a few tiny launches, no synchronisation.
+inline Tensor<std::int64_t> add_index(const Tensor<std::int64_t>& t, std::int64_t k) {
+  check_defined("add_index", t);
+  if (!t.device().is_cpu()) return cast<std::int64_t>(add(cast<double>(t), static_cast<double>(k)));
+  const Tensor<std::int64_t> c = contiguous(t);
+  Tensor<std::int64_t> out(c.shape());
+  for (std::int64_t i = 0; i < c.numel(); ++i) out.data()[i] = c.data()[i] + k;
+  return out;
+}
+
+// T query tokens per row, q [n, T, heads, dk] (T = 1 or 2), over sequence slots[a]'s first
+// lengths[a] cached tokens -> [n, T, heads, dv]: query t attends the tokens up to its own position
+// lengths[a] − T + t. Paged, in one call (paged_decode_attention takes both); contiguous, one
+// decode_attention per query with its own lengths.
+template <class T>
+Tensor<T> attend_cached_tokens(const Tensor<T>& q, const typename KVCache<T>::Layer& layer,
+                               const Tensor<std::int64_t>& slots, const Tensor<std::int64_t>& lengths, double scale) {
+  check_defined("attend_cached_tokens", q);
+  check(q.dim() == 4 && (q.size(1) == 1 || q.size(1) == 2), "attend_cached_tokens",
+        "needs q [n, T, heads, dk] with T = 1 or 2, got shape ", q.shape());
+  const std::int64_t n = q.size(0), tokens = q.size(1), heads = q.size(2), dv = layer.v.size(3);
+  if (layer.table.defined())
+    return paged_decode_attention(q, layer.k, layer.v, layer.table, slots, lengths, scale);
+  std::vector<Tensor<T>> outs;
+  for (std::int64_t t = 0; t < tokens; ++t) {
+    const Tensor<std::int64_t> upto = t + 1 == tokens ? lengths : add_index(lengths, t + 1 - tokens);
+    const Tensor<T> qt = reshape(narrow(q, 1, t, 1), {n, heads, q.size(3)});
+    outs.push_back(reshape(decode_attention(qt, layer.k, layer.v, slots, upto, scale), {n, 1, heads, dv}));
+  }
+  return tokens == 1 ? outs[0] : cat(outs, 1);
+}
+
 // values [n, steps, row...] into one of a layer's caches (`cache`: its k or v) at positions
 // positions[a] .. + steps − 1 of sequences slots[a], in either layout (table undefined: contiguous).
 template <class T>
@@ -224,35 +258,27 @@ Tensor<T> attend_cached(const Tensor<T>& q, const typename KVCache<T>::Layer& la
   return reshape(o, {q.size(0), q.size(1), layer.v.size(3)});
 }
 
-// t + k for an int64 index tensor, on its device, without a host round trip. The device
-// elementwise kernels are floating-point only, so on a GPU the sum runs in double (exact for
-// |values| < 2^53) between two casts: a few tiny launches, no synchronisation.
-inline Tensor<std::int64_t> add_index(const Tensor<std::int64_t>& t, std::int64_t k) {
-  check_defined("add_index", t);
-  if (!t.device().is_cpu()) return cast<std::int64_t>(add(cast<double>(t), static_cast<double>(k)));
-  const Tensor<std::int64_t> c = contiguous(t);
-  Tensor<std::int64_t> out(c.shape());
-  for (std::int64_t i = 0; i < c.numel(); ++i) out.data()[i] = c.data()[i] + k;
-  return out;
-}
-
-// The rows of one decode step: n sequences, one new token each. Device tensors [n] int64.
+// The rows of one decode step: n sequences, `tokens` new tokens each (1; or 2: a token and its
+// draft, speculative decoding). Device tensors [n] int64.
 struct DecodeIndex {
   Tensor<std::int64_t> slots;      // the cache slot of each row
-  Tensor<std::int64_t> positions;  // the new token's position = the tokens cached before it
-  Tensor<std::int64_t> lengths;    // positions + 1: the keys the row's query attends over, its own included
+  Tensor<std::int64_t> positions;  // the first new token's position = the tokens cached before it
+  Tensor<std::int64_t> lengths;    // positions + tokens: the keys the row's last query attends over, its own included
+  std::int64_t tokens = 1;
 
   // The index of rows at `positions` of `slots` (lengths computed on the device).
-  static DecodeIndex at(const Tensor<std::int64_t>& slots, const Tensor<std::int64_t>& positions) {
+  static DecodeIndex at(const Tensor<std::int64_t>& slots, const Tensor<std::int64_t>& positions,
+                        std::int64_t tokens = 1) {
     check_defined("DecodeIndex", slots, positions);
     check(slots.dim() == 1 && positions.shape() == slots.shape() && slots.device() == positions.device(),
           "DecodeIndex", "slots and positions must be [n] on one device, got shapes ", slots.shape(), " and ",
           positions.shape());
-    return {slots, positions, add_index(positions, 1)};
+    check(tokens == 1 || tokens == 2, "DecodeIndex", "takes 1 or 2 tokens per row, got ", tokens);
+    return {slots, positions, add_index(positions, tokens), tokens};
   }
 
-  // The step after this one: every row one token further (its new token sits at `lengths`).
-  DecodeIndex next() const { return {slots, lengths, add_index(lengths, 1)}; }
+  // The step after this one: every row `tokens` further (its next token sits at `lengths`).
+  DecodeIndex next() const { return {slots, lengths, add_index(lengths, tokens), tokens}; }
 
   std::int64_t size() const { return slots.defined() ? slots.size(0) : 0; }
 };

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "kiln/ops/attention.hpp"
+#include "kiln/ops/binary.hpp"
 #include "kiln/ops/compare.hpp"
 #include "kiln/ops/copy.hpp"
 #include "kiln/ops/factory.hpp"
@@ -163,6 +164,24 @@ RopeTables<compute_t<T>> decode_rope_tables(const Tensor<std::int64_t>& position
   check_defined("decode_rope_tables", positions);
   check(positions.dim() == 1, "decode_rope_tables", "positions must be [n], got shape ", positions.shape());
   return rope_tables_on<T>(reshape(positions, {positions.size(0), 1}), dim, theta, device);
+}
+
+// Rope tables for a decode step of `tokens` new tokens per row at positions[a] .. + tokens − 1:
+// positions [n] -> tables [n, tokens, dim/2] (tokens = 1: decode_rope_tables), built on the
+// device from the device positions (no host read).
+template <class T>
+RopeTables<compute_t<T>> decode_rope_tables(const Tensor<std::int64_t>& positions, std::int64_t tokens,
+                                            std::int64_t dim, double theta, Device device) {
+  check_defined("decode_rope_tables", positions);
+  check(positions.dim() == 1 && tokens >= 1, "decode_rope_tables", "positions must be [n] and tokens >= 1, got shape ",
+        positions.shape(), " and ", tokens);
+  if (tokens == 1) return decode_rope_tables<T>(positions, dim, theta, device);
+  // positions[a] + t as [n, tokens], on the positions' device: in double (exact below 2^53) because
+  // the device elementwise kernels are floating-point only.
+  const Tensor<double> first = reshape(cast<double>(positions), {positions.size(0), 1});
+  const Tensor<double> offsets =
+      reshape(arange<double>(0.0, static_cast<double>(tokens), 1.0, positions.device()), {1, tokens});
+  return rope_tables_on<T>(cast<std::int64_t>(add(first, offsets)), dim, theta, device);
 }
 
 // Positions first, first + 1, ..., first + n - 1 (a host tensor [n]).

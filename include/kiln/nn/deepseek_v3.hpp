@@ -350,19 +350,24 @@ class DeepseekV3ForCausalLM : public Module<T> {
 
   // One decode step: ids [n] (each row's newest token, on the model's device) at index.positions
   // of index.slots -> logits [n, vocab] of the token after it. Only device tensors: no host reads.
+  // With index.tokens = 2, ids [n, 2] (a token and the draft after it, speculative decoding) at
+  // positions index.positions and + 1 -> logits [n, 2, vocab], row t predicting the token after t.
   Tensor<T> decode(const Tensor<std::int64_t>& ids, const infer::DecodeIndex& index, DecodeCache& cache) const {
     const char* op = "DeepseekV3ForCausalLM::decode";
     check_defined(op, ids);
-    check(ids.dim() == 1 && ids.size(0) == index.size(), op, "ids of shape ", ids.shape(), " must be [n] with n = ",
-          index.size(), " rows of the decode index");
+    const std::int64_t tokens = index.tokens;
+    check(ids.dim() == (tokens == 1 ? 1 : 2) && ids.size(0) == index.size() && (tokens == 1 || ids.size(1) == tokens),
+          op, "ids of shape ", ids.shape(), " must be ", tokens == 1 ? "[n]" : "[n, tokens]", " with n = ",
+          index.size(), " rows of the decode index and tokens = ", tokens);
     check_cache(op, cache);
     const std::int64_t n = ids.size(0);
-    Tensor<T> h = model.embed_tokens(reshape(ids, {n, 1}));  // [n, 1, hidden]
-    const auto tables =
-        decode_rope_tables<T>(index.positions, model.config.qk_rope_head_dim, model.config.rope_theta, h.device());
+    Tensor<T> h = model.embed_tokens(reshape(ids, {n, tokens}));  // [n, tokens, hidden]
+    const auto tables = decode_rope_tables<T>(index.positions, tokens, model.config.qk_rope_head_dim,
+                                              model.config.rope_theta, h.device());
     for (std::size_t i = 0; i < model.layers.size(); ++i)
       h = model.layers[i]->decode(h, tables, cache.kv.layer(static_cast<std::int64_t>(i)), index, cache.experts[i]);
-    return reshape(head(model.norm(h)), {n, -1});
+    const Tensor<T> logits = head(model.norm(h));
+    return tokens == 1 ? reshape(logits, {n, -1}) : logits;
   }
 
   Device device() const { return model.embed_tokens.weight.device(); }

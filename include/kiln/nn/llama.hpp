@@ -296,8 +296,9 @@ class LlamaForCausalLM : public Module<T> {
   // of index.slots -> logits [n, vocab] of the token after it. Only device tensors: no host reads.
   Tensor<T> decode(const Tensor<std::int64_t>& ids, const infer::DecodeIndex& index, DecodeCache& cache) const {
     check_defined("LlamaForCausalLM::decode", ids);
-    check(ids.dim() == 1 && ids.size(0) == index.size(), "LlamaForCausalLM::decode", "ids of shape ", ids.shape(),
-          " must be [n] with n = ", index.size(), " rows of the decode index");
+    check(ids.dim() == 1 && ids.size(0) == index.size() && index.tokens == 1, "LlamaForCausalLM::decode",
+          "ids of shape ", ids.shape(), " must be [n] with n = ", index.size(),
+          " rows of the decode index, one token each (index.tokens = ", index.tokens, ")");
     cache.kv.check_layers("LlamaForCausalLM::decode", static_cast<std::int64_t>(model.layers.size()));
     const std::int64_t n = ids.size(0);
     Tensor<T> h = model.embed_tokens(reshape(ids, {n, 1}));  // [n, 1, hidden]

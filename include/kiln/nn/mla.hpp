@@ -138,7 +138,10 @@ class MLA : public Module<T> {
   // attends over the first index.lengths cached tokens of each row's slot. -> [n, 1, hidden].
   Tensor<T> decode(const Tensor<T>& x, const Tables& tables, const typename infer::KVCache<T>::Layer& cache,
                    const infer::DecodeIndex& index) const {
-    check(seq_len(x) == 1, "MLA", "decode takes one token per row, x [n, 1, hidden]; got shape ", x.shape());
+    check(seq_len(x) == index.tokens, "MLA", "decode takes ",
+          index.tokens == 1 ? "one token per row, x [n, 1, hidden]" : "index.tokens tokens per row, x [n, tokens, hidden]",
+          " (index.tokens = ", index.tokens, "); got shape ", x.shape());
+    if (index.tokens > 1) return decode_tokens(x, tables, cache, index);
     const Parts p = project(x, tables);
     const std::int64_t n = p.B, H = num_heads;
     check(cache.k.dim() == 4 && cache.k.size(2) == 1 && cache.k.size(3) == kv_lora_rank + qk_rope_head_dim &&
@@ -154,6 +157,28 @@ class MLA : public Module<T> {
     // Per head W_UV·o_lat: [H, n, r]·[H, r, dv] -> [H, n, dv] -> [n, 1, H·dv].
     const Tensor<T> o = matmul(transpose(o_lat, 0, 1), transpose(w_uv(), -1, -2));
     return o_proj(reshape(transpose(o, 0, 1), {n, 1, H * v_head_dim}));
+  }
+
+  // decode with T = index.tokens > 1 tokens per row, x [n, T, hidden] at positions
+  // index.positions .. + T − 1 (rope tables [n, T, dr/2]): the same absorbed path with the T
+  // tokens' queries as rows of the per-head products, all T latent rows written first, query t
+  // attending the tokens up to its own (infer::attend_cached_tokens). -> [n, T, hidden].
+  Tensor<T> decode_tokens(const Tensor<T>& x, const Tables& tables, const typename infer::KVCache<T>::Layer& cache,
+                          const infer::DecodeIndex& index) const {
+    const Parts p = project(x, tables);  // q_nope [n, H, T, dn], q_pe [n, H, T, dr]
+    const std::int64_t n = p.B, H = num_heads, tokens = p.S, r = kv_lora_rank;
+    check(cache.k.dim() == 4 && cache.k.size(2) == 1 && cache.k.size(3) == r + qk_rope_head_dim &&
+              cache.v.size(3) == r,
+          "MLA", "cache of shapes ", cache.k.shape(), " and ", cache.v.shape(), " is not the latent cache of this layer");
+    infer::write_tokens(cache.k, cache.table, index.slots, index.positions, latent_row(p));
+    // q_lat = q_nope·W_UK per head over all n·T query rows: [H, n·T, dn]·[H, dn, r].
+    const Tensor<T> q_nope = reshape(transpose(p.q_nope, 0, 1), {H, n * tokens, qk_nope_head_dim});
+    const Tensor<T> q_lat = permute(reshape(matmul(q_nope, w_uk()), {H, n, tokens, r}), {1, 2, 0, 3});  // [n, T, H, r]
+    const Tensor<T> q = cat(std::vector<Tensor<T>>{q_lat, transpose(p.q_pe, 1, 2)}, -1);  // [n, T, H, r + dr]
+    const Tensor<T> o_lat = infer::attend_cached_tokens<T>(q, cache, index.slots, index.lengths, softmax_scale);
+    // Per head W_UV·o_lat: [H, n·T, r]·[H, r, dv] -> [H, n·T, dv] -> [n, T, H·dv].
+    const Tensor<T> o = matmul(reshape(permute(o_lat, {2, 0, 1, 3}), {H, n * tokens, r}), transpose(w_uv(), -1, -2));
+    return o_proj(reshape(permute(reshape(o, {H, n, tokens, v_head_dim}), {1, 2, 0, 3}), {n, tokens, H * v_head_dim}));
   }
 
   std::int64_t q_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
