@@ -51,6 +51,7 @@
 #include <kiln/ops/sampling.hpp>
 
 #include "cuda_bench.hpp"
+#include "mla_decode_bench.hpp"
 
 using namespace kiln;
 
@@ -58,8 +59,7 @@ namespace {
 
 const Device gpu = Device::cuda(0);
 
-constexpr std::int64_t kLatent = 256, kRope = 32, kDk = kLatent + kRope, kDv = kLatent;
-const double kScale = 1.0 / std::sqrt(64.0 + 32.0);  // 1 / sqrt(qk_nope_head_dim + qk_rope_head_dim)
+using namespace bench::mla_decode;  // kLatent, kRope, kDk, kDv, kScale, composed_attention, relative_difference
 
 std::string shape_of(std::int64_t rows, std::int64_t cols) { return str("[", rows, ", ", cols, "]"); }
 
@@ -85,24 +85,7 @@ void bench_sampling(bench::BandwidthBench& meter, std::int64_t rows, std::int64_
 
 // ---- decode_attention --------------------------------------------------------------------------
 
-// The composed peer: the same function through kiln ops, every row at length L.
-Tensor<bf16> composed_attention(const Tensor<bf16>& q, const Tensor<bf16>& k_cache, const Tensor<std::int64_t>& slots,
-                                std::int64_t L) {
-  const Tensor<bf16> k = squeeze(index_select(narrow(k_cache, 1, 0, L), 0, slots), 2);  // [rows, L, dk]
-  const Tensor<bf16> p = softmax(mul(matmul(q, transpose(k, 1, 2)), kScale), -1);      // [rows, heads, L]
-  return matmul(p, narrow(k, 2, 0, kDv));                                               // [rows, heads, dv]
-}
 
-double relative_difference(const Tensor<bf16>& a, const Tensor<bf16>& b) {
-  const std::vector<bf16> x = a.to_vector(), y = b.to_vector();
-  double num = 0, den = 0;
-  for (std::size_t i = 0; i < x.size(); ++i) {
-    const double u = static_cast<double>(static_cast<float>(x[i])), v = static_cast<double>(static_cast<float>(y[i]));
-    num += (u - v) * (u - v);
-    den += v * v;
-  }
-  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
-}
 
 // `lengths`: one per row (each in 1..capacity); the composed peer runs when they are all equal.
 void bench_attention(bench::BandwidthBench& meter, std::int64_t heads, std::int64_t capacity,

@@ -53,6 +53,7 @@
 #include <kiln/ops/paged_attention.hpp>
 
 #include "cuda_bench.hpp"
+#include "mla_decode_bench.hpp"
 
 using namespace kiln;
 
@@ -60,19 +61,8 @@ namespace {
 
 const Device gpu = Device::cuda(0);
 
-constexpr std::int64_t kLatent = 256, kRope = 32, kDk = kLatent + kRope, kDv = kLatent, kBlock = 64;
-const double kScale = 1.0 / std::sqrt(64.0 + 32.0);  // 1 / sqrt(qk_nope_head_dim + qk_rope_head_dim)
-
-double relative_difference(const Tensor<bf16>& a, const Tensor<bf16>& b) {
-  const std::vector<bf16> x = a.to_vector(), y = b.to_vector();
-  double num = 0, den = 0;
-  for (std::size_t i = 0; i < x.size(); ++i) {
-    const double u = static_cast<double>(static_cast<float>(x[i])), v = static_cast<double>(static_cast<float>(y[i]));
-    num += (u - v) * (u - v);
-    den += v * v;
-  }
-  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
-}
+using namespace bench::mla_decode;  // kLatent, kRope, kDk, kDv, kScale, composed_attention, relative_difference
+constexpr std::int64_t kBlock = 64;
 
 void print_tflops(double flops, double us) {
   std::printf("  (%.1f TFLOP/s)\n", flops / us / 1e6);
@@ -104,13 +94,6 @@ std::vector<Tensor<T>> cache_copies(const Tensor<T>& cache) {
   return pool;
 }
 
-// The composed peer: the same function through kiln ops, every row at length L (T = 1).
-Tensor<bf16> composed_attention(const Tensor<bf16>& q, const Tensor<bf16>& k_cache, const Tensor<std::int64_t>& slots,
-                                std::int64_t L) {
-  const Tensor<bf16> k = squeeze(index_select(narrow(k_cache, 1, 0, L), 0, slots), 2);  // [rows, L, dk]
-  const Tensor<bf16> p = softmax(mul(matmul(q, transpose(k, 1, 2)), kScale), -1);      // [rows, heads, L]
-  return matmul(p, narrow(k, 2, 0, kDv));                                               // [rows, heads, dv]
-}
 
 // One shape: `lengths` one per row, `heads` query heads, T query tokens.
 void bench_attention(bench::BandwidthBench& meter, std::int64_t heads, int queries,
