@@ -348,11 +348,18 @@ class Engine {
     const Model& m = *model_;
     const Device device = m.device();
     const std::int64_t G = run.options.samples_per_prompt, first = sched.next, bt = sched.block_tokens;
-    std::int64_t last = first;
-    while (last < run.total && last - first < static_cast<std::int64_t>(sched.free_slots.size()) &&
-           (bt == 0 || admission_blocks(run, first, last + 1, bt) <=
-                           sched.blocks->free_blocks() - sched.outstanding_total))
-      ++last;
+    // The longest run of waiting samples that the free slots and (paged) blocks take: all those the
+    // slots allow when their blocks fit (the common case, checked once), else grown one by one
+    // (a longer run never needs fewer blocks).
+    std::int64_t last = std::min(run.total, first + static_cast<std::int64_t>(sched.free_slots.size()));
+    const auto fits = [&](std::int64_t end) {
+      return bt == 0 || admission_blocks(run, first, end, bt) <= sched.blocks->free_blocks() - sched.outstanding_total;
+    };
+    if (!fits(last)) {
+      const std::int64_t most = last;
+      last = first;
+      while (last < most && fits(last + 1)) ++last;
+    }
     if (last == first) return false;
     const std::int64_t count = last - first;
 
