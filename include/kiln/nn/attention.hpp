@@ -49,6 +49,18 @@ inline AttentionPath& attention_path() {
   return path;
 }
 
+// Sets attention_path() for the lifetime of the scope, then restores it (tests compare the paths).
+class AttentionPathScope {
+ public:
+  explicit AttentionPathScope(AttentionPath path) : saved_(attention_path()) { attention_path() = path; }
+  ~AttentionPathScope() { attention_path() = saved_; }
+  AttentionPathScope(const AttentionPathScope&) = delete;
+  AttentionPathScope& operator=(const AttentionPathScope&) = delete;
+
+ private:
+  AttentionPath saved_;
+};
+
 // Whether a module attending with head dims (dk, dv) in T on `device` takes the fused kernel.
 template <class T>
 bool use_fused_attention(Device device, std::int64_t dk, std::int64_t dv) {
