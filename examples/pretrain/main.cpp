@@ -18,6 +18,7 @@
 
 #include <kiln/infer/engine.hpp>
 #include <kiln/kiln.hpp>
+#include <kiln/nn/fp8_training.hpp>
 #include <kiln/train/trainer.hpp>
 
 #include "task_data.hpp"
@@ -68,6 +69,9 @@ const char* kUsage = R"(pretrain: a small DeepSeek-V3-style MoE model on worked 
   --checkpoint-every N  checkpoint every N steps (with --out)              [small 100, big 500]
   --peak TFLOPS         the device's dense peak for MFU (default: from a table by GPU name)
   --tf32                float32 on a GPU: allow TF32 tensor cores
+  --fp8                 train the linear layers' GEMMs in FP8 (DeepSeek-V3 recipe: 1x128 activation
+                        tiles, 128x128 weight blocks; embedding, output head, gates, norms and
+                        attention keep the model's dtype; nn/fp8_training.hpp)
   --attention fused|composed  on a GPU in bf16: the fused attention kernel, or the composed
                         ops (matmul, mask, softmax, matmul) it replaces, for comparison   [fused]
   --moe fused|composed  on a GPU in bf16: the sync-free MoE kernels (routing, device layout,
@@ -93,11 +97,11 @@ struct Settings {
       checkpoint_every, samples, threads;
   double lr, weight_decay, clip, peak_tflops, countdown_fraction, direct_fraction;
   std::uint64_t seed;
-  bool tf32;
+  bool tf32, fp8;
 };
 
 Settings parse(int argc, char** argv, std::string& out, std::string& resume) {
-  example::Flags f(argc, argv, {"tf32"});
+  example::Flags f(argc, argv, {"tf32", "fp8"});
   if (f.has("help")) {
     std::fputs(kUsage, stdout);
     std::exit(0);
@@ -147,6 +151,7 @@ Settings parse(int argc, char** argv, std::string& out, std::string& resume) {
   s.attention = f.str("attention", "fused");  // a property of the run, not of the model: not saved
   s.moe = f.str("moe", "fused");              // the same
   s.tf32 = f.flag("tf32") || (saved.contains("tf32") && saved["tf32"].get<bool>());
+  s.fp8 = f.flag("fp8") || (saved.contains("fp8") && saved["fp8"].get<bool>());
   f.check_all_used();
   if (s.threads < 1) throw Error("--threads must be positive");
   if (s.attention != "fused" && s.attention != "composed")
@@ -188,6 +193,7 @@ void save_settings(const std::string& path, const Settings& s) {
   j["checkpoint-every"] = s.checkpoint_every;
   j["peak"] = s.peak_tflops;
   j["tf32"] = s.tf32;
+  j["fp8"] = s.fp8;
   io::write_file_atomically(path, io::dump_json(j, "pretrain", path, 2) + "\n", "pretrain");
 }
 
@@ -265,6 +271,14 @@ int run(const Settings& s, const std::string& out, const std::string& resume, Cl
   Generator init{s.seed, 0};
   nn::DeepseekV3ForCausalLM<T> model(config, init);
   model.to(device);
+  std::string precision_note;
+  if (s.fp8) {
+    const std::vector<std::string> fp8_linears = nn::use_fp8_linears(model);
+    // The fused MoE path runs the routed experts through the grouped GEMM, in T (nn/fp8_training.hpp).
+    const bool fused_experts = nn::use_fused_moe<T>(device, config.hidden_size, config.moe_intermediate_size);
+    precision_note = str("; FP8 GEMMs in ", fp8_linears.size(), " linears",
+                         fused_experts ? str(" (routed experts: fused grouped GEMM in ", dtype_name<T>, ")") : "");
+  }
 
   train::TrainerOptions o;
   o.steps = s.steps;
@@ -290,12 +304,12 @@ int run(const Settings& s, const std::string& out, const std::string& resume, Cl
                                  : str("unknown peak for \"", name, "\": pass --peak TFLOPS for MFU");
   }
   std::printf("model: DeepSeek-V3-style, %s config, %s on %s: hidden %lld, %lld layers (%lld dense), %lld routed "
-              "experts top-%lld + %lld shared, MTP depth %lld, vocab %lld; %s\n",
+              "experts top-%lld + %lld shared, MTP depth %lld, vocab %lld%s; %s\n",
               s.config.c_str(), dtype_name<T>, device.name().c_str(), static_cast<long long>(config.hidden_size),
               static_cast<long long>(config.num_hidden_layers), static_cast<long long>(config.first_k_dense_replace),
               static_cast<long long>(config.n_routed_experts), static_cast<long long>(config.num_experts_per_tok),
               static_cast<long long>(config.n_shared_experts), static_cast<long long>(config.num_nextn_predict_layers),
-              static_cast<long long>(vocab), peak_note.c_str());
+              static_cast<long long>(vocab), precision_note.c_str(), peak_note.c_str());
 
   const std::uint64_t batch_seed = s.seed * 1000003ull + 17;
   train::Trainer trainer(model, o, example::train_batches(train_stream, s.batch, s.seq, batch_seed),

@@ -1,5 +1,7 @@
-// Fp8Linear: a bias-free linear layer y = x·Wᵀ whose three GEMMs run in FP8 as in DeepSeek-V3
-// (ops/fp8_gemm.hpp), with FP32 master weights ([out, in], Hugging Face layout, name "weight").
+// fp8_linear: y = x·Wᵀ with its three GEMMs in FP8 as in DeepSeek-V3 (ops/fp8_gemm.hpp). Used by
+// Fp8Linear (a bias-free layer with FP32 master weights, [out, in], Hugging Face layout, name
+// "weight") and by nn::Linear in FP8 mode (nn/fp8_training.hpp: a model's linears in FP8, with
+// bf16 weights whose FP32 masters the optimizer keeps).
 //
 // With x [T, in] (leading dims of x flattened into T tokens), W [out, in], dY [T, out]:
 //   forward   Y  = x · Wᵀ    A = x   1×128 tiles along in,     B = W   128×128 blocks
@@ -8,7 +10,7 @@
 //                            (both quantize_transposed)
 // Activations and their gradients get fine-grained 1×128 tiles (outliers stay local to a tile);
 // weights get 128×128 blocks, which are the same set of elements for W and Wᵀ. Y and dX come out
-// in x's dtype (float or bf16), dW in FP32 (the master weights' dtype). The backward saves x and W
+// in x's dtype (float or bf16), dW in W's dtype (float or bf16). The backward saves x and W
 // (not their FP8 copies) and quantizes them again in the tilings it needs.
 // On the CPU the GEMMs run on kiln's CPU FP8 GEMM (the same function), so a model can be trained
 // and tested without a GPU.
@@ -32,12 +34,12 @@ struct Fp8LinearOptions {
   fp8::GemmOptions gemm{};
 };
 
-// x [..., in] (float or bf16) · weightᵀ (weight [out, in], float) -> [..., out] in x's dtype,
-// every product in FP8 (see the header comment). Differentiable in x and weight.
+// x [..., in] (float or bf16) · weightᵀ (weight [out, in], float or bf16) -> [..., out] in x's
+// dtype, every product in FP8 (see the header comment). Differentiable in x and weight.
 template <class A, class W>
 Tensor<A> fp8_linear(const Tensor<A>& x, const Tensor<W>& weight, const Fp8LinearOptions& options = {}) {
   static_assert(std::is_same_v<A, float> || std::is_same_v<A, bf16>, "fp8_linear: activations are float or bfloat16");
-  static_assert(std::is_same_v<W, float>, "fp8_linear: master weights are float");
+  static_assert(std::is_same_v<W, float> || std::is_same_v<W, bf16>, "fp8_linear: weights are float or bfloat16");
   const char* op = "fp8_linear";
   check_defined(op, x, weight);
   check_same_device(op, x, weight);

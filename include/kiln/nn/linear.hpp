@@ -1,5 +1,6 @@
 // The basic building blocks of a transformer, laid out as in Hugging Face checkpoints:
 //   Linear     y = x·Wᵀ + b, weight [out, in] (torch.nn.Linear's layout), bias [out] optional;
+//              optionally with its products in FP8 (`fp8`; nn/fp8_training.hpp);
 //   Embedding  rows of a [num, dim] table picked by integer ids;
 //   RMSNorm    x / sqrt(mean(x²) + eps) * weight, weight [dim] (Llama / DeepSeek-V3 RMSNorm);
 //   SwiGLUMLP  down_proj(silu(gate_proj(x)) * up_proj(x)) (Llama MLP, DeepSeek-V3 dense MLP and experts).
@@ -8,8 +9,11 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
+#include <type_traits>
 
 #include "kiln/core/random.hpp"
+#include "kiln/nn/fp8_linear.hpp"
 #include "kiln/nn/module.hpp"
 #include "kiln/ops/binary.hpp"
 #include "kiln/ops/embedding.hpp"
@@ -50,12 +54,25 @@ class Linear : public Module<T> {
     }
   }
 
-  Tensor<T> forward(const Tensor<T>& x) const { return linear(x, weight, bias); }
+  // x [..., in] -> [..., out]. In FP8 mode the product x·Wᵀ and its two backward products run
+  // through fp8_linear (x and dY in 1×128 tiles, W in 128×128 blocks), the bias is added after.
+  Tensor<T> forward(const Tensor<T>& x) const {
+    if constexpr (std::is_same_v<T, float> || std::is_same_v<T, bf16>) {
+      if (fp8) {
+        const Tensor<T> y = fp8_linear(x, weight, *fp8);
+        return bias.defined() ? add(y, bias) : y;
+      }
+    } else {
+      check(!fp8, "Linear", "FP8 mode needs float or bf16 weights, got ", dtype_of<T>);
+    }
+    return linear(x, weight, bias);
+  }
   Tensor<T> operator()(const Tensor<T>& x) const { return forward(x); }
 
   std::int64_t in_features, out_features;
   Tensor<T> weight;  // [out, in]
   Tensor<T> bias;    // [out], undefined without bias
+  std::optional<Fp8LinearOptions> fp8;  // set: FP8 mode (see forward)
 };
 
 template <class T>

@@ -64,7 +64,15 @@ class Module {
       if (trainable) moved.requires_grad_();
       *t = moved;
     });
-    each_module([](Module& m) { m.after_move(); });
+    visit_modules("", [](const std::string&, Module& m) { m.after_move(); });
+  }
+
+  // Calls f(name, module) for this module (named `prefix`) and every module below it, depth first,
+  // children named "prefix.child" (the prefix of their tensors' names).
+  void visit_modules(const std::string& prefix, const std::function<void(const std::string&, Module&)>& f) {
+    f(prefix, *this);
+    const std::string p = prefix.empty() ? "" : prefix + ".";
+    for (auto& [name, m] : children_) m->visit_modules(p + name, f);
   }
 
   void zero_grad() {
@@ -92,11 +100,6 @@ class Module {
   virtual void after_move() {}
 
  private:
-  void each_module(const std::function<void(Module&)>& f) {
-    f(*this);
-    for (auto& [name, m] : children_) m->each_module(f);
-  }
-
   std::vector<std::pair<std::string, Tensor<T>*>> parameters_, buffers_;
   std::vector<std::pair<std::string, Module*>> children_;
 };
