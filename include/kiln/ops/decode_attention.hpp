@@ -17,6 +17,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "kiln/backend/cpu/decode_attention.hpp"
 #include "kiln/kernels/decode_attention/args.hpp"
@@ -52,6 +53,59 @@ void check_cache_operands(const char* op, std::int64_t count, std::int64_t heads
   check_index_vector(op, "lengths", lengths, count);
   check(heads <= 0x7fffffff && dk <= 0x7fffffff && dv <= 0x7fffffff, op, "sizes too large: ", heads, " heads of ", dk,
         ", dv ", dv);
+}
+
+// The kernel arguments both cache layouts share: out [count, queries, heads, dv] and q (contiguous),
+// caches k [outer, rows, kv_heads, dk] and v [outer, rows, kv_heads, dv] by their strides (outer:
+// slots or blocks), the index vectors and the scale. The caller adds its addressing (num_slots,
+// capacity; a paged cache's block table) and may force a split count (0: automatic).
+template <class T>
+kernels::DecodeAttentionArgs decode_attention_args(const char* op, const Tensor<T>& out, const Tensor<T>& q,
+                                                   const Tensor<T>& k, const Tensor<T>& v,
+                                                   const Tensor<std::int64_t>& slots,
+                                                   const Tensor<std::int64_t>& lengths, std::int64_t queries,
+                                                   double scale) {
+  const auto& ks = k.strides();
+  const auto& vs = v.strides();
+  return kernels::DecodeAttentionArgs{.launch = launch_on(op, q.device()),
+                                      .dtype = dtype_of<T>,
+                                      .out = out.data(),
+                                      .q = q.data(),
+                                      .k = k.data(),
+                                      .v = v.data(),
+                                      .k_slot_stride = ks[0],
+                                      .k_row_stride = ks[1],
+                                      .k_head_stride = ks[2],
+                                      .v_slot_stride = vs[0],
+                                      .v_row_stride = vs[1],
+                                      .v_head_stride = vs[2],
+                                      .slots = slots.data(),
+                                      .lengths = lengths.data(),
+                                      .count = q.size(0),
+                                      .queries = static_cast<int>(queries),
+                                      .heads = static_cast<int>(q.size(-2)),
+                                      .kv_heads = static_cast<int>(k.size(2)),
+                                      .dk = static_cast<int>(q.size(-1)),
+                                      .dv = static_cast<int>(v.size(3)),
+                                      .scale = scale,
+                                      .splits = 0};
+}
+
+// Launches decode attention on a GPU: the split count first (from the SM count unless
+// args.splits forces one), then its float workspace (double for double inputs), allocated here so
+// that the kernels allocate nothing (CUDA graphs), then the kernels.
+template <class T>
+void launch_decode_attention(const char* op, kernels::DecodeAttentionArgs args, Device device) {
+  int chosen = 1;
+  launch_device_kernel(op, kernels::DecodeAttentionPlanArgs{.launch = args.launch, .problem = &args, .splits = &chosen});
+  args.splits = chosen;
+  using C = std::conditional_t<std::is_same_v<T, double>, double, float>;
+  Tensor<C> workspace;
+  if (chosen > 1) {
+    workspace = Tensor<C>({kernels::decode_attention_workspace_elements(args)}, device);
+    args.workspace = workspace.data();
+  }
+  launch_device_kernel(op, args);
 }
 
 }  // namespace detail
@@ -148,28 +202,10 @@ Tensor<T> decode_attention(const Tensor<T>& q, const Tensor<T>& k_cache, const T
                                                     vs[0], vs[1], vs[2]},
                           scale);
   } else {
-    launch_device_kernel(op, kernels::DecodeAttentionArgs{.launch = launch_on(op, q.device()),
-                                                          .dtype = dtype_of<T>,
-                                                          .out = out.data(),
-                                                          .q = qc.data(),
-                                                          .k = k_cache.data(),
-                                                          .v = v_cache.data(),
-                                                          .k_slot_stride = ks[0],
-                                                          .k_row_stride = ks[1],
-                                                          .k_head_stride = ks[2],
-                                                          .v_slot_stride = vs[0],
-                                                          .v_row_stride = vs[1],
-                                                          .v_head_stride = vs[2],
-                                                          .slots = sl.data(),
-                                                          .lengths = len.data(),
-                                                          .count = count,
-                                                          .heads = static_cast<int>(heads),
-                                                          .kv_heads = static_cast<int>(kv_heads),
-                                                          .dk = static_cast<int>(dk),
-                                                          .dv = static_cast<int>(dv),
-                                                          .num_slots = num_slots,
-                                                          .capacity = capacity,
-                                                          .scale = scale});
+    kernels::DecodeAttentionArgs args = detail::decode_attention_args(op, out, qc, k_cache, v_cache, sl, len, 1, scale);
+    args.num_slots = num_slots;
+    args.capacity = capacity;
+    detail::launch_decode_attention<T>(op, args, q.device());
   }
   return out;
 }

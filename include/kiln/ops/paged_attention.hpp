@@ -172,46 +172,15 @@ Tensor<T> paged_decode_attention(const Tensor<T>& q, const Tensor<T>& k_blocks, 
   const auto& vs = v_blocks.strides();
   if (!q.device().is_cpu()) {
     detail::check_table_size(op, block_table, block_tokens);
-    kernels::DecodeAttentionArgs args{.launch = launch_on(op, q.device()),
-                                      .dtype = dtype_of<T>,
-                                      .out = out.data(),
-                                      .q = qc.data(),
-                                      .k = k_blocks.data(),
-                                      .v = v_blocks.data(),
-                                      .k_slot_stride = ks[0],
-                                      .k_row_stride = ks[1],
-                                      .k_head_stride = ks[2],
-                                      .v_slot_stride = vs[0],
-                                      .v_row_stride = vs[1],
-                                      .v_head_stride = vs[2],
-                                      .slots = sl.data(),
-                                      .lengths = len.data(),
-                                      .count = count,
-                                      .queries = static_cast<int>(queries),
-                                      .heads = static_cast<int>(heads),
-                                      .kv_heads = static_cast<int>(kv_heads),
-                                      .dk = static_cast<int>(dk),
-                                      .dv = static_cast<int>(dv),
-                                      .num_slots = block_table.size(0),
-                                      .capacity = block_table.size(1) * block_tokens,
-                                      .block_table = block_table.data(),
-                                      .max_blocks = block_table.size(1),
-                                      .block_tokens = block_tokens,
-                                      .num_blocks = num_blocks,
-                                      .scale = scale,
-                                      .splits = splits};
-    // The split count (from the SM count unless forced), then its float workspace (double for
-    // double inputs): allocated here, so the kernels allocate nothing (CUDA graphs).
-    int chosen = 1;
-    launch_device_kernel(op, kernels::DecodeAttentionPlanArgs{.launch = args.launch, .problem = &args, .splits = &chosen});
-    args.splits = chosen;
-    using C = std::conditional_t<std::is_same_v<T, double>, double, float>;
-    Tensor<C> workspace;
-    if (chosen > 1) {
-      workspace = Tensor<C>({kernels::decode_attention_workspace_elements(args)}, q.device());
-      args.workspace = workspace.data();
-    }
-    launch_device_kernel(op, args);
+    kernels::DecodeAttentionArgs args = detail::decode_attention_args(op, out, qc, k_blocks, v_blocks, sl, len, queries, scale);
+    args.num_slots = block_table.size(0);
+    args.capacity = block_table.size(1) * block_tokens;
+    args.block_table = block_table.data();
+    args.max_blocks = block_table.size(1);
+    args.block_tokens = block_tokens;
+    args.num_blocks = num_blocks;
+    args.splits = splits;
+    detail::launch_decode_attention<T>(op, args, q.device());
     return out;
   }
   for (std::int64_t a = 0; a < count; ++a) {
