@@ -277,6 +277,147 @@ TEST(CachedDecode, DeepseekTwoTokenStepsEqualUncachedForward) {
                     "1 or 2 tokens");
 }
 
+// MTP module 1 as a drafter (speculative decoding): a cache made with_mtp, the prefill (which
+// fills the module's layer too), the first mtp_decode at each prompt's last position, then decode
+// steps of two and one tokens, each followed by mtp_decode at the same positions over the tokens
+// one further, give the module's logits of the training path (multi_token_prediction_loss: h^0 from
+// the main stack, the embeddings one position ahead, positions 0..) at every position, on the
+// contiguous cache and on 3-token blocks. Feeding the MTP module the tokens at the positions
+// themselves (not one ahead) fails it.
+TEST(CachedDecode, DeepseekMTPDecodeEqualsTheTrainingPath) {
+  auto m = make_deepseek<double>(33);
+  const RaggedCase c = ragged_case(m->vocab_size());
+  const std::int64_t V = m->vocab_size();
+  auto& mtp = *m->model.mtp_layers.front();
+  // The reference: per target, the MTP logits at positions L − 1 .. N − 2 of prompt + feed.
+  std::vector<double> want;
+  for (const Target& t : c.targets) {
+    NoGradGuard no_grad;
+    std::vector<std::int64_t> seq = c.prompts[static_cast<std::size_t>(t.prompt)];
+    const auto L = static_cast<std::int64_t>(seq.size());
+    seq.insert(seq.end(), t.feed.begin(), t.feed.end());
+    const auto N = static_cast<std::int64_t>(seq.size());
+    const auto ids = Tensor<std::int64_t>::from_vector(seq, {1, N});
+    const Tensor<double> h0 = m->model.forward_full(ids, nn::positions_from(0, N)).hidden;
+    const Tensor<double> h1 =
+        mtp.forward_mtp(narrow(h0, 1, 0, N - 1), m->model.embed_tokens(contiguous(narrow(ids, 1, 1, N - 1)))).hidden;
+    const std::vector<double> logits = m->head(mtp.shared_head.norm(h1)).to_vector();
+    want.insert(want.end(), logits.begin() + (L - 1) * V, logits.end());
+  }
+  std::int64_t S = 0, longest_feed = 0;
+  std::vector<std::int64_t> lengths;
+  for (const auto& p : c.prompts) {
+    lengths.push_back(static_cast<std::int64_t>(p.size()));
+    S = std::max(S, lengths.back());
+  }
+  for (const Target& t : c.targets) longest_feed = std::max(longest_feed, static_cast<std::int64_t>(t.feed.size()));
+  const std::int64_t capacity = S + longest_feed, block_tokens = 3;
+  for (const bool paged : {false, true}) {
+    for (const bool one_ahead : {true, false}) {
+      SCOPED_TRACE(::testing::Message() << (paged ? "paged" : "contiguous") << (one_ahead ? "" : ", tokens not ahead"));
+      NoGradGuard no_grad;
+      const std::int64_t max_blocks = (capacity + block_tokens - 1) / block_tokens;
+      auto cache = m->make_decode_cache(paged ? infer::CacheLayout::paged(c.slots, capacity, block_tokens,
+                                                                          c.slots * max_blocks)
+                                              : infer::CacheLayout::contiguous(c.slots, capacity),
+                                        true);
+      EXPECT_EQ(cache.kv.num_layers(), 4);  // 3 main layers and the MTP module's
+      if (paged) {
+        std::vector<std::int64_t> table;
+        for (std::int64_t s = 0; s < c.slots; ++s)
+          for (std::int64_t b = 0; b < max_blocks; ++b) table.push_back(s + b * c.slots);
+        cache.kv.set_block_table(table);
+      }
+      const auto B = static_cast<std::int64_t>(c.prompts.size());
+      std::vector<std::int64_t> ids(static_cast<std::size_t>(B * S), 0), slots, rows;
+      for (std::int64_t b = 0; b < B; ++b) std::copy(c.prompts[b].begin(), c.prompts[b].end(), ids.begin() + b * S);
+      for (const Target& t : c.targets) {
+        slots.push_back(t.slot);
+        rows.push_back(t.prompt);
+      }
+      const auto index = infer::PrefillIndex::make(lengths, S, slots, rows, c.slots, Device::cpu());
+      const auto prefilled = m->prefill_with_hidden(Tensor<std::int64_t>::from_vector(ids, {B, S}), index, cache);
+      // The token the MTP module takes at a target's position L + k (k = -1: the last prompt token).
+      const auto token_for = [&](const Target& t, std::int64_t k) {
+        const std::int64_t i = one_ahead ? k + 1 : k;
+        if (i < 0) return c.prompts[static_cast<std::size_t>(t.prompt)].back();
+        return i < static_cast<std::int64_t>(t.feed.size()) ? t.feed[static_cast<std::size_t>(i)] : 0;  // 0: no reference
+      };
+      std::vector<std::vector<double>> per_target(c.targets.size());
+      const auto n_all = static_cast<std::int64_t>(c.targets.size());
+      std::vector<std::int64_t> first_positions, first_ids;
+      for (std::size_t r = 0; r < c.targets.size(); ++r) {
+        first_positions.push_back(lengths[static_cast<std::size_t>(c.targets[r].prompt)] - 1);
+        first_ids.push_back(token_for(c.targets[r], -1));
+      }
+      const std::vector<double> first =
+          m->mtp_decode(reshape(prefilled.hidden, {n_all, 1, -1}), tensor(first_ids),
+                        infer::DecodeIndex::at(tensor(slots), tensor(first_positions)), cache)
+              .to_vector();
+      for (std::size_t r = 0; r < c.targets.size(); ++r) {
+        const auto row = row_of(first, r, static_cast<std::size_t>(V));
+        per_target[r].insert(per_target[r].end(), row.begin(), row.end());
+      }
+      std::vector<std::int64_t> fed(c.targets.size(), 0);
+      for (int steps = 0; steps < 20; ++steps) {
+        for (const std::int64_t tokens : {2, 1}) {  // the rows with two tokens left, then those with one
+          std::vector<std::size_t> active;
+          std::vector<std::int64_t> step_ids, mtp_ids, step_slots, positions;
+          for (std::size_t r = 0; r < c.targets.size(); ++r) {
+            const Target& t = c.targets[r];
+            const auto left = static_cast<std::int64_t>(t.feed.size()) - fed[r];
+            if (left < tokens || (tokens == 1 && left != 1)) continue;
+            active.push_back(r);
+            for (std::int64_t k = 0; k < tokens; ++k) {
+              step_ids.push_back(t.feed[static_cast<std::size_t>(fed[r] + k)]);
+              mtp_ids.push_back(token_for(t, fed[r] + k));
+            }
+            step_slots.push_back(t.slot);
+            positions.push_back(lengths[static_cast<std::size_t>(t.prompt)] + fed[r]);
+          }
+          if (active.empty()) continue;
+          const auto n = static_cast<std::int64_t>(active.size());
+          const auto step_index = infer::DecodeIndex::at(tensor(step_slots), tensor(positions), tokens);
+          const auto step = m->decode_with_hidden(
+              tokens == 1 ? tensor(step_ids) : Tensor<std::int64_t>::from_vector(step_ids, {n, tokens}), step_index, cache);
+          EXPECT_EQ(step.hidden.shape(), (Shape{n, tokens, m->model.config.hidden_size}));
+          const std::vector<double> drafted =
+              m->mtp_decode(step.hidden, Tensor<std::int64_t>::from_vector(mtp_ids, {n, tokens}), step_index, cache)
+                  .to_vector();
+          ASSERT_EQ(drafted.size(), static_cast<std::size_t>(n * tokens * V));
+          for (std::size_t i = 0; i < active.size(); ++i) {
+            const Target& t = c.targets[active[i]];
+            for (std::int64_t k = 0; k < tokens; ++k) {
+              if (fed[active[i]] + k + 1 >= static_cast<std::int64_t>(t.feed.size())) continue;  // the last position
+              const auto row = row_of(drafted, i * static_cast<std::size_t>(tokens) + static_cast<std::size_t>(k),
+                                      static_cast<std::size_t>(V));
+              per_target[active[i]].insert(per_target[active[i]].end(), row.begin(), row.end());
+            }
+            fed[active[i]] += tokens;
+          }
+        }
+      }
+      std::vector<double> got;
+      for (const auto& t : per_target) got.insert(got.end(), t.begin(), t.end());
+      ASSERT_EQ(got.size(), want.size());
+      if (one_ahead) EXPECT_LT(relative_error(got, want), 1e-10);
+      else EXPECT_GT(relative_error(got, want), 1e-3);
+    }
+  }
+  // Without the MTP module's layer in the cache, or without MTP modules.
+  NoGradGuard no_grad;
+  auto plain = m->make_decode_cache(2, 8);
+  const auto at = infer::DecodeIndex::at(tensor<std::int64_t>({0}), tensor<std::int64_t>({0}));
+  EXPECT_KILN_ERROR(m->mtp_decode(zeros<double>({1, 1, m->model.config.hidden_size}), tensor<std::int64_t>({1}), at, plain),
+                    "DeepseekV3ForCausalLM::mtp_decode", "no layer for the MTP module");
+  nn::DeepseekV3Config none = infer_deepseek_config();
+  none.num_nextn_predict_layers = 0;
+  Generator gen{34, 0};
+  nn::DeepseekV3ForCausalLM<double> without(none, gen);
+  EXPECT_KILN_ERROR(without.make_decode_cache(infer::CacheLayout::contiguous(2, 8), true),
+                    "DeepseekV3ForCausalLM::make_decode_cache", "num_nextn_predict_layers");
+}
+
 TEST(CachedDecode, FloatFollowsTheDoubleReference) {
   const RaggedCase c = ragged_case(40);
   {

@@ -14,8 +14,11 @@
 // [slots, capacity, 1, kv_lora_rank + qk_rope_head_dim] (infer/kv_cache.hpp) and stacks each MoE
 // layer's experts for dense dispatch; prefill() runs right-padded prompts through MLA's naive
 // path and writes their latents; decode() advances one token per sequence through the absorbed
-// path and dense MoE dispatch, with device index tensors only: no host reads. The MTP modules do
-// not take part.
+// path and dense MoE dispatch, with device index tensors only: no host reads. Speculative
+// decoding (the engine's options.speculative) also drafts with MTP module 1: make_decode_cache(
+// layout, true) gives its transformer block a cache layer of its own (after the main layers, same
+// layout and block table), prefill() then fills it for the prompts too, and mtp_decode() runs the
+// module on the main model's final hidden states (decode_with_hidden) and the tokens after them.
 #pragma once
 
 #include <cstdint>
@@ -66,6 +69,16 @@ struct DeepseekV3DecodeCache {
   infer::KVCache<T> kv;                  // per layer the latent cache [slots, capacity, 1, r + dr]
   std::vector<DenseExperts<T>> experts;  // per layer: an MoE layer's stacked experts (a snapshot of
                                          // its weights when the cache was made); empty for dense layers
+  // Both with one more layer after the main ones when made for speculative decoding: MTP module
+  // 1's transformer block, which attends over its own latents like any layer.
+};
+
+// What a generation step returns: the logits, and the last layer's hidden states before the
+// final norm, h^0 of the MTP modules (speculative decoding feeds them to the drafter).
+template <class T>
+struct DecodeOutput {
+  Tensor<T> logits;
+  Tensor<T> hidden;
 };
 
 template <class T>
@@ -313,13 +326,20 @@ class DeepseekV3ForCausalLM : public Module<T> {
   // The latent caches of `slots` sequences of up to `capacity` tokens each, on the model's device,
   // and the MoE layers' experts stacked for dense dispatch (a snapshot: make a new cache after the
   // weights change).
-  // (make_decode_cache(layout): the same in the layout given, paged included.)
-  DecodeCache make_decode_cache(const infer::CacheLayout& layout) const {
+  // (make_decode_cache(layout): the same in the layout given, paged included. with_mtp: also MTP
+  // module 1's block, as one more layer of the same layout, for mtp_decode.)
+  DecodeCache make_decode_cache(const infer::CacheLayout& layout, bool with_mtp = false) const {
     const DeepseekV3Config& c = model.config;
-    DecodeCache cache{infer::KVCache<T>::latent(static_cast<std::int64_t>(model.layers.size()), layout,
-                                                c.kv_lora_rank, c.qk_rope_head_dim, device()),
+    check(!with_mtp || mtp_modules() > 0, "DeepseekV3ForCausalLM::make_decode_cache",
+          "a cache with the MTP module's layer needs a model with MTP modules (num_nextn_predict_layers >= 1), "
+          "this one has none");
+    std::vector<const DeepseekV3DecoderLayer<T>*> layers;
+    for (const auto& layer : model.layers) layers.push_back(layer.get());
+    if (with_mtp) layers.push_back(model.mtp_layers.front().get());
+    DecodeCache cache{infer::KVCache<T>::latent(static_cast<std::int64_t>(layers.size()), layout, c.kv_lora_rank,
+                                                c.qk_rope_head_dim, device()),
                       {}};
-    for (const auto& layer : model.layers)
+    for (const auto* layer : layers)
       cache.experts.push_back(layer->moe ? layer->moe->stack_experts() : DenseExperts<T>());
     return cache;
   }
@@ -332,20 +352,39 @@ class DeepseekV3ForCausalLM : public Module<T> {
   // layer's latents are written to the targets of `index` (target r gets prompt index.rows[r]).
   // Returns the logits of each target's last prompt token, [R, vocab]: right padding leaves them
   // exact, as the causal mask keeps the padding after them out of their attention.
+  // With a cache made with_mtp, MTP module 1's layer gets the prompts' rows too: at position i the
+  // block's input from h_i and the embedding of token i + 1 (as in training), so every row but
+  // the last prompt token's, which waits for the first drawn token (mtp_decode writes it).
   Tensor<T> prefill(const Tensor<std::int64_t>& ids, const infer::PrefillIndex& index, DecodeCache& cache) const {
+    return prefill_with_hidden(ids, index, cache).logits;
+  }
+  // The same, with each target's last hidden state [R, hidden] (before the final norm).
+  DecodeOutput<T> prefill_with_hidden(const Tensor<std::int64_t>& ids, const infer::PrefillIndex& index,
+                                      DecodeCache& cache) const {
     const char* op = "DeepseekV3ForCausalLM::prefill";
     check_ids(op, ids);
     check(ids.size(0) == index.batch && ids.size(1) == index.seq, op, "ids of shape ", ids.shape(),
           " do not match the prefill index's prompts [", index.batch, ", ", index.seq, "]");
     check_cache(op, cache);
-    Tensor<T> h = model.embed_tokens(ids);
+    const Tensor<T> embedded = model.embed_tokens(ids);
     const auto tables = rope_tables_on<T>(positions_from(0, ids.size(1)), model.config.qk_rope_head_dim,
-                                          model.config.rope_theta, h.device());
+                                          model.config.rope_theta, embedded.device());
+    Tensor<T> h = embedded;
     for (std::size_t i = 0; i < model.layers.size(); ++i)
       h = model.layers[i]->prefill(h, tables, cache.kv.layer(static_cast<std::int64_t>(i)), index, cache.experts[i]);
+    if (has_mtp_layer(cache)) {
+      // The embeddings one position ahead; the last column (no token after it yet) gets zeros,
+      // and the row it writes is rewritten before any query reads it.
+      const std::int64_t B = ids.size(0), S = ids.size(1);
+      const Tensor<T> pad = zeros<T>({B, 1, embedded.size(2)}, embedded.device());
+      const Tensor<T> ahead = S == 1 ? pad : cat(std::vector<Tensor<T>>{narrow(embedded, 1, 1, S - 1), pad}, 1);
+      const std::int64_t m = mtp_cache_layer();
+      (void)model.mtp_layers.front()->prefill(model.mtp_layers.front()->merge(h, ahead), tables, cache.kv.layer(m),
+                                              index, cache.experts[static_cast<std::size_t>(m)]);
+    }
     // Norm and head only where logits are needed: each target's last prompt token.
     const Tensor<T> last = index_select(reshape(h, {-1, h.size(2)}), 0, index.last);
-    return head(model.norm(last));
+    return {head(model.norm(last)), last};
   }
 
   // One decode step: ids [n] (each row's newest token, on the model's device) at index.positions
@@ -353,6 +392,13 @@ class DeepseekV3ForCausalLM : public Module<T> {
   // With index.tokens = 2, ids [n, 2] (a token and the draft after it, speculative decoding) at
   // positions index.positions and + 1 -> logits [n, 2, vocab], row t predicting the token after t.
   Tensor<T> decode(const Tensor<std::int64_t>& ids, const infer::DecodeIndex& index, DecodeCache& cache) const {
+    const DecodeOutput<T> out = decode_with_hidden(ids, index, cache);
+    return index.tokens == 1 ? reshape(out.logits, {ids.size(0), -1}) : out.logits;
+  }
+  // The same with the last layer's hidden states (before the final norm): logits [n, tokens,
+  // vocab] and hidden [n, tokens, hidden], whatever the token count.
+  DecodeOutput<T> decode_with_hidden(const Tensor<std::int64_t>& ids, const infer::DecodeIndex& index,
+                                     DecodeCache& cache) const {
     const char* op = "DeepseekV3ForCausalLM::decode";
     check_defined(op, ids);
     const std::int64_t tokens = index.tokens;
@@ -366,9 +412,38 @@ class DeepseekV3ForCausalLM : public Module<T> {
                                               model.config.rope_theta, h.device());
     for (std::size_t i = 0; i < model.layers.size(); ++i)
       h = model.layers[i]->decode(h, tables, cache.kv.layer(static_cast<std::int64_t>(i)), index, cache.experts[i]);
-    const Tensor<T> logits = head(model.norm(h));
-    return tokens == 1 ? reshape(logits, {n, -1}) : logits;
+    return {head(model.norm(h)), h};
   }
+
+  // MTP module 1 as a drafter (speculative decoding), over the cache layer a with_mtp cache gives
+  // it: at the positions of `index` (tokens 1 or 2 a row), hidden [n, tokens, hidden] — the main
+  // model's final hidden states there (decode_with_hidden, prefill_with_hidden) — and ids
+  // [n, tokens], the tokens one position further -> logits [n, tokens, vocab], row t predicting
+  // the token two positions after t's. The block sits at the same positions as the main model's
+  // tokens, as in training (multi_token_prediction_loss), and writes its latent rows there. Device
+  // tensors only.
+  Tensor<T> mtp_decode(const Tensor<T>& hidden, const Tensor<std::int64_t>& ids, const infer::DecodeIndex& index,
+                       DecodeCache& cache) const {
+    const char* op = "DeepseekV3ForCausalLM::mtp_decode";
+    check_defined(op, hidden, ids);
+    check_cache(op, cache);
+    check(has_mtp_layer(cache), op, "the cache has no layer for the MTP module: make it with make_decode_cache(layout, ",
+          "true)");
+    const std::int64_t n = index.size(), tokens = index.tokens;
+    check(ids.numel() == n * tokens && hidden.shape() == Shape{n, tokens, model.config.hidden_size}, op,
+          "needs hidden [n, tokens, hidden] and ids of n·tokens entries for n = ", n, " rows of tokens = ", tokens,
+          ", got shapes ", hidden.shape(), " and ", ids.shape());
+    const auto& mtp = *model.mtp_layers.front();
+    const std::int64_t m = mtp_cache_layer();
+    const auto tables = decode_rope_tables<T>(index.positions, tokens, model.config.qk_rope_head_dim,
+                                              model.config.rope_theta, hidden.device());
+    const Tensor<T> x = mtp.merge(hidden, model.embed_tokens(reshape(ids, {n, tokens})));
+    const Tensor<T> h = mtp.decode(x, tables, cache.kv.layer(m), index, cache.experts[static_cast<std::size_t>(m)]);
+    return head(mtp.shared_head.norm(h));
+  }
+
+  // The MTP modules the model has (config.num_nextn_predict_layers).
+  std::int64_t mtp_modules() const { return static_cast<std::int64_t>(model.mtp_layers.size()); }
 
   Device device() const { return model.embed_tokens.weight.device(); }
   std::int64_t vocab_size() const { return model.config.vocab_size; }
@@ -426,12 +501,20 @@ class DeepseekV3ForCausalLM : public Module<T> {
   std::unique_ptr<Linear<T>> lm_head;  // null when tie_word_embeddings
 
  private:
+  // A cache of the main layers, or of them and the MTP module's (make_decode_cache with_mtp).
   void check_cache(const char* op, const DecodeCache& cache) const {
     const auto layers = static_cast<std::int64_t>(model.layers.size());
-    cache.kv.check_layers(op, layers);
-    check(static_cast<std::int64_t>(cache.experts.size()) == layers, op, "the cache holds stacked experts of ",
-          cache.experts.size(), " layers, the model has ", layers);
+    if (!(mtp_modules() > 0 && cache.kv.defined() && cache.kv.num_layers() == layers + 1))
+      cache.kv.check_layers(op, layers);
+    check(static_cast<std::int64_t>(cache.experts.size()) == cache.kv.num_layers(), op,
+          "the cache holds stacked experts of ", cache.experts.size(), " layers and latents of ",
+          cache.kv.num_layers());
   }
+  bool has_mtp_layer(const DecodeCache& cache) const {
+    return cache.kv.num_layers() == static_cast<std::int64_t>(model.layers.size()) + 1;
+  }
+  // The MTP module's layer in a with_mtp cache: after the main ones.
+  std::int64_t mtp_cache_layer() const { return static_cast<std::int64_t>(model.layers.size()); }
 };
 
 }  // namespace kiln::nn

@@ -73,8 +73,14 @@ class MultiTokenPredictionLayer : public Block {
     check(previous.dim() == 3 && previous.shape() == embedded.shape(), "MultiTokenPredictionLayer",
           "needs hidden states and embeddings of one shape [B, S, hidden], got ", previous.shape(), " and ",
           embedded.shape());
-    const Tensor<T> merged = eh_proj(cat(std::vector<Tensor<T>>{enorm(embedded), hnorm(previous)}, -1));
-    return this->forward_full(merged, positions_from(0, previous.size(1)));
+    return this->forward_full(merge(previous, embedded), positions_from(0, previous.size(1)));
+  }
+
+  // The block's input h'^k = eh_proj([enorm(embedded); hnorm(previous)]), [..., hidden] each: what
+  // training (forward_mtp) and drafting (DeepseekV3ForCausalLM::mtp_decode, which runs the block
+  // over its own cache layer) both feed the block.
+  Tensor<T> merge(const Tensor<T>& previous, const Tensor<T>& embedded) const {
+    return eh_proj(cat(std::vector<Tensor<T>>{enorm(embedded), hnorm(previous)}, -1));
   }
 
   RMSNorm<T> enorm, hnorm;
