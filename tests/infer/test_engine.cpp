@@ -33,64 +33,6 @@ Prompts ragged_prompts(std::int64_t vocab) {
   return p;
 }
 
-std::vector<std::vector<std::int64_t>> tokens_of(const std::vector<infer::Completion>& cs) {
-  std::vector<std::vector<std::int64_t>> out;
-  for (const auto& c : cs) out.push_back(c.tokens);
-  return out;
-}
-
-// Records every logits row the engine draws from, by (sample, position of the drawn token).
-struct LogitsLog {
-  std::map<std::pair<std::int64_t, std::int64_t>, std::vector<double>> rows;
-  std::int64_t padding_rows = 0;
-
-  std::function<void(const infer::StepLogits&)> hook() {
-    return [this](const infer::StepLogits& s) {
-      const auto V = static_cast<std::size_t>(s.logits.size(1));
-      const std::vector<double> all = s.logits.to_vector();
-      for (std::size_t r = 0; r < s.samples.size(); ++r) {
-        if (s.samples[r] < 0) {
-          ++padding_rows;
-          continue;
-        }
-        EXPECT_TRUE(rows.emplace(std::make_pair(s.samples[r], s.positions[r]), row_of(all, r, V)).second)
-            << "sample " << s.samples[r] << " drew twice at position " << s.positions[r];
-      }
-    };
-  }
-};
-
-// Every drawn token's logits row equals the uncached forward's row at the position before it, and
-// each sample drew exactly its tokens (one row per token).
-template <class Model>
-void expect_logits_of_full_forward(Model& m, const Prompts& prompts, std::int64_t G,
-                                   const std::vector<infer::Completion>& out, const LogitsLog& log, double tolerance) {
-  const auto V = static_cast<std::size_t>(m.vocab_size());
-  std::vector<double> got, want;
-  std::size_t rows = 0;
-  for (std::size_t j = 0; j < out.size(); ++j) {
-    const auto& prompt = prompts[static_cast<std::size_t>(out[j].prompt)];
-    EXPECT_EQ(out[j].prompt, static_cast<std::int64_t>(j) / G);
-    std::vector<std::int64_t> seq = prompt;
-    seq.insert(seq.end(), out[j].tokens.begin(), out[j].tokens.end());
-    const std::vector<double> full = full_logits(m, seq);
-    for (std::size_t t = 0; t < out[j].tokens.size(); ++t) {
-      const auto position = static_cast<std::int64_t>(prompt.size() + t);
-      const auto it = log.rows.find({static_cast<std::int64_t>(j), position});
-      if (it == log.rows.end()) {
-        ADD_FAILURE() << "no logits recorded for sample " << j << " at position " << position;
-        continue;
-      }
-      got.insert(got.end(), it->second.begin(), it->second.end());
-      const auto row = row_of(full, static_cast<std::size_t>(position - 1), V);
-      want.insert(want.end(), row.begin(), row.end());
-      ++rows;
-    }
-  }
-  EXPECT_EQ(rows, log.rows.size());
-  EXPECT_LT(relative_error(got, want), tolerance);
-}
-
 // Every token is the draw sample_tokens makes from the uncached forward's logits row before it,
 // keyed by the completion's sample id and the token's position.
 template <class Model>

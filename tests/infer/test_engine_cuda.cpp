@@ -1,8 +1,9 @@
 // The generation engine on a GPU (compiled by g++, linked with the nvcc-compiled backend): the
 // cached decode path on the device (cache_write, decode_attention, dense MoE, sampling, device
 // index tensors) against the CPU's uncached forward; the same samples as on the CPU; float and
-// bf16 models. With KILN_ENGINE_BENCH=1 also the generation throughput of the big pretrain config
-// (B = 128, 64-token prompts, 256 new tokens, bf16), printed.
+// bf16 models; MTP speculative decoding (two-token steps, eager and as CUDA graphs) gives plain
+// decoding's tokens. With KILN_ENGINE_BENCH=1 also the generation throughput of the big pretrain
+// config (B = 128, 64-token prompts, 256 new tokens, bf16), printed, plain and speculative.
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -29,12 +30,6 @@ Prompts ragged_prompts(std::int64_t vocab) {
     p.push_back(randint<std::int64_t>(0, vocab, {len}, Device::cpu(), gen).to_vector());
   }
   return p;
-}
-
-std::vector<std::vector<std::int64_t>> tokens_of(const std::vector<infer::Completion>& cs) {
-  std::vector<std::vector<std::int64_t>> out;
-  for (const auto& c : cs) out.push_back(c.tokens);
-  return out;
 }
 
 // Generates on the GPU with `gpu_model` and compares every logits row drawn from with `cpu_model`'s
@@ -163,6 +158,63 @@ TEST(EngineCuda, GraphReplaysDrawWhatEagerStepsDraw) {
   EXPECT_GE(lengths.size(), 3u);
 }
 
+// MTP speculative decoding on the GPU (two-token decode steps: the paged kernel with T = 2, or
+// two contiguous calls; the MTP block over its own cache layer; eager and as CUDA graphs, over
+// 4-token blocks and the contiguous cache, rows refilled and bucketed): in double its tokens are
+// the CPU's plain decoding's (the T = 1 and T = 2 paths round differently only at 1e-16, far
+// from any draw's margin here). In float it is compared with plain float decoding on the GPU:
+// equal unless a draw's two best candidates lie within float rounding of each other (not at
+// these seeds).
+TEST(EngineCuda, SpeculativeEqualsPlainDecoding) {
+  KILN_REQUIRE_GPU();
+  auto cpu = make_deepseek<double>(6, infer_deepseek_config(), 0.4);
+  auto gpu = make_deepseek<double>(6, infer_deepseek_config(), 0.4);
+  auto f = make_deepseek<float>(6, infer_deepseek_config(), 0.4);
+  gpu->to(kiln::testing::gpu);
+  f->to(kiln::testing::gpu);
+  const Prompts prompts = ragged_prompts(cpu->vocab_size());
+  infer::SamplingParams p;
+  p.temperature = 0.9;
+  p.top_p = 0.95;
+  p.max_new_tokens = 17;
+  p.eos_token_ids = {3, 8};
+  p.seed = 12;
+  infer::GenerateOptions plain;
+  plain.samples_per_prompt = 3;
+  plain.cache_block_tokens = 0;
+  const auto want = tokens_of(infer::generate(*cpu, prompts, p, plain));
+  for (const std::int64_t block_tokens : {4, 0}) {
+    for (const bool graphs : {true, false}) {
+      SCOPED_TRACE(::testing::Message() << "block_tokens " << block_tokens << (graphs ? ", graphs" : ", eager"));
+      infer::GenerateOptions o = plain;
+      o.speculative = true;
+      o.cache_block_tokens = block_tokens;
+      o.cuda_graphs = graphs;
+      o.pad_to_bucket = !graphs;
+      o.max_batch = 7;  // 7 rows for 15 samples: refilled as samples finish, buckets 8, 4, 2, 1
+      infer::GenerationProgress last;
+      o.on_progress = [&](const infer::GenerationProgress& g) { last = g; };
+      EXPECT_EQ(tokens_of(infer::generate(*gpu, prompts, p, o)), want);
+      EXPECT_GT(last.accepted_drafts, 0);
+      EXPECT_LT(last.accepted_drafts, last.drafts);
+      std::printf("double, block_tokens %lld, %s: %lld of %lld drafts accepted\n", static_cast<long long>(block_tokens),
+                  graphs ? "graphs" : "eager", static_cast<long long>(last.accepted_drafts),
+                  static_cast<long long>(last.drafts));
+      infer::GenerateOptions fp = plain;
+      fp.cache_block_tokens = block_tokens;
+      fp.cuda_graphs = graphs;
+      fp.pad_to_bucket = !graphs;
+      const auto plain_float = tokens_of(infer::generate(*f, prompts, p, fp));
+      EXPECT_EQ(tokens_of(infer::generate(*f, prompts, p, o)), plain_float);
+    }
+  }
+  // The emitted rows' logits follow the CPU's uncached forward (eager: on_logits).
+  infer::GenerateOptions o = plain;
+  o.speculative = true;
+  o.cache_block_tokens = 4;
+  expect_gpu_rows_follow_cpu(*gpu, *cpu, prompts, p, o, 1e-9);
+}
+
 // float follows the double CPU reference within DESIGN.md's fp32 tolerance; bf16 rounds every
 // stored intermediate (as in tests/nn/test_llama.cpp, about 1e-2).
 TEST(EngineCuda, FloatAndBf16Models) {
@@ -222,16 +274,24 @@ TEST(EngineCuda, BigConfigThroughput) {
   p.temperature = 1.0;
   p.max_new_tokens = new_tokens;
   p.seed = 1;
-  // eager, eager bucketed, CUDA graphs (all over the paged cache, the default), and CUDA graphs
-  // over the contiguous cache
-  for (int mode = 0; mode < 4; ++mode) {
+  // eager, eager bucketed, CUDA graphs (all over the paged cache, the default), CUDA graphs over
+  // the contiguous cache, and speculative decoding with CUDA graphs over the paged cache. (Random
+  // weights give nearly uniform distributions, from the main model and the MTP module alike, so
+  // the coupled drafts agree far more often than a trained model's would: the acceptance printed
+  // is this model's, not a trained one's.)
+  for (int mode = 0; mode < 5; ++mode) {
     const bool bucket = mode >= 1;
     infer::GenerateOptions o;
     o.pad_to_bucket = bucket;
     o.cuda_graphs = mode >= 2;
     if (mode == 3) o.cache_block_tokens = 0;
+    o.speculative = mode == 4;
     std::int64_t steps = 0;
-    o.on_progress = [&](const infer::GenerationProgress& g) { steps = g.step; };
+    double acceptance = 0.0;
+    o.on_progress = [&](const infer::GenerationProgress& g) {
+      steps = g.step;
+      acceptance = g.acceptance_rate();
+    };
     {
       infer::SamplingParams warm = p;
       warm.max_new_tokens = 4;
@@ -245,10 +305,17 @@ TEST(EngineCuda, BigConfigThroughput) {
     std::int64_t tokens = 0;
     for (const auto& comp : out) tokens += static_cast<std::int64_t>(comp.tokens.size());
     EXPECT_EQ(tokens, B * new_tokens);
-    std::printf("big config, B = %lld, prompt %lld, new %lld%s: %.2f s, %.0f tok/s, %.3f ms per decode step\n",
+    std::printf("big config, B = %lld, prompt %lld, new %lld%s: %.2f s, %.0f tok/s, %.3f ms per decode step",
                 static_cast<long long>(B), static_cast<long long>(prompt_len), static_cast<long long>(new_tokens),
-                mode == 3 ? " (CUDA graphs, contiguous cache)" : mode == 2 ? " (CUDA graphs)" : bucket ? " (bucketed)" : "",
+                mode == 4   ? " (CUDA graphs, speculative)"
+                : mode == 3 ? " (CUDA graphs, contiguous cache)"
+                : mode == 2 ? " (CUDA graphs)"
+                : bucket    ? " (bucketed)"
+                            : "",
                 seconds, static_cast<double>(tokens) / seconds,
                 1e3 * seconds / static_cast<double>(std::max<std::int64_t>(steps, 1)));
+    if (o.speculative)
+      std::printf(", %lld steps, draft acceptance %.3f", static_cast<long long>(steps), acceptance);
+    std::printf("\n");
   }
 }

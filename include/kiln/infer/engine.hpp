@@ -70,9 +70,32 @@
 // first replay compute the same step (same cache entries, same draws). Per step on the GPU: one
 // upload, one graph launch, one read of the drawn tokens. Graphs are not used with on_logits (it
 // reads the logits back every step).
+//
+// Speculative decoding (options.speculative; DeepSeek-V3 with MTP modules; infer/speculative.hpp
+// has the step). MTP module 1 drafts the token after each sample's newest, and a step feeds both
+// (model.decode with two tokens a row): it draws the token after the newest, and the one after the
+// draft, each with its own key (sample id, position) — plain decoding's draws, the second exactly
+// when the draft equals the first (accepted). So a sample gets 1 or 2 tokens a step, the tokens
+// plain decoding gives with the same seed. The same step runs the MTP module on the main model's
+// final hidden states and the tokens just drawn, for the next draft, drawn with the noise key of
+// the position it drafts: when the module's distribution is close to the main model's the two
+// draws agree (that, and how close the distributions are, is what acceptance depends on). What
+// changes in the run:
+//   - the cache has one more layer, the MTP block's (make_decode_cache(layout, true)); the prefill
+//     fills it for the prompts, and each admitted sample's first draft (read with its first token)
+//     writes its row at the last prompt position: paged, that block becomes the sample's own
+//     (a copy when shared), so promises count from it;
+//   - each step writes two rows per sample (its token's and its draft's; a rejected draft's row is
+//     rewritten by the next step before anything reads it), so a sample may take a block for
+//     either;
+//   - positions advance by 1 or 2, which the host learns from the step's one read (both tokens
+//     and both next drafts per row): it uploads the rows ([11, rows]: speculative.hpp) before
+//     every step, eager or graphed (graphs as above, one per padded row count);
+//   - GenerationProgress counts the drafts checked and accepted (acceptance_rate()).
 #pragma once
 
 #include <algorithm>
+#include <concepts>
 #include <cstdint>
 #include <functional>
 #include <limits>
@@ -92,6 +115,7 @@
 #include "kiln/infer/completion.hpp"
 #include "kiln/infer/kv_cache.hpp"
 #include "kiln/infer/sampling_params.hpp"
+#include "kiln/infer/speculative.hpp"
 #include "kiln/nn/module.hpp"
 #include "kiln/ops/copy.hpp"
 #include "kiln/ops/sampling.hpp"
@@ -106,10 +130,20 @@ struct GenerationProgress {
   std::int64_t finished = 0;   // samples finished, so far
   std::int64_t total = 0;      // samples requested
   std::int64_t tokens = 0;     // tokens generated so far
+  // Speculative decoding (options.speculative): drafts checked so far (one per sample and decode
+  // step) and those accepted (equal to the token drawn at their position: their step gave the
+  // sample two tokens, unless it ended on the first).
+  std::int64_t drafts = 0;
+  std::int64_t accepted_drafts = 0;
+
+  double acceptance_rate() const {
+    return drafts > 0 ? static_cast<double>(accepted_drafts) / static_cast<double>(drafts) : 0.0;
+  }
 };
 
 // What options.on_logits sees at every draw (a testing and inspection hook: the logits are copied
-// to the host, so setting it costs a read per step).
+// to the host, so setting it costs a read per step). Speculative, after each step: the rows of
+// the tokens it emitted (one or two a sample), not those of rejected drafts' positions.
 struct StepLogits {
   std::vector<std::int64_t> samples;    // per logits row: the index of its sample in the output (−1: padding)
   std::vector<std::int64_t> positions;  // per row: the position of the token drawn from it
@@ -130,6 +164,12 @@ struct GenerateOptions {
   std::int64_t cache_blocks = 0;                // paged: the pool's size in blocks, a memory
                                                 // budget (samples wait for blocks); 0: enough
                                                 // for max_batch samples at their longest
+  bool speculative = false;                     // MTP speculative decoding (a DeepSeek-V3 model
+                                                // with MTP modules; see above): 1 or 2 tokens a
+                                                // step, the same tokens as without it
+  bool speculative_accept_all = false;          // TESTING ONLY: accept every draft unchecked, which
+                                                // changes the output (the tests show the check
+                                                // is what keeps it equal to plain decoding)
   std::function<void(const GenerationProgress&)> on_progress;
   std::function<void(const StepLogits&)> on_logits;
 };
@@ -143,6 +183,13 @@ inline std::int64_t bucket_size(std::int64_t n) {
   while (b < n) b *= 2;
   return b;
 }
+
+// Models that can draft with an MTP module (nn::DeepseekV3ForCausalLM: mtp_modules, mtp_decode,
+// decode_with_hidden, prefill_with_hidden, make_decode_cache(layout, with_mtp)).
+template <class Model>
+concept MTPDrafting = requires(const Model& m) {
+  { m.mtp_modules() } -> std::convertible_to<std::int64_t>;
+};
 }  // namespace detail
 
 // Model: nn::LlamaForCausalLM<T> or nn::DeepseekV3ForCausalLM<T> (anything with their
@@ -164,6 +211,15 @@ class Engine {
     check(G >= 1, op, "samples_per_prompt must be >= 1, got ", G);
     check(options.max_batch >= 0, op, "max_batch must be >= 0 (0: all samples at once), got ", options.max_batch);
     params.check(op, V, options.tokenizer != nullptr);
+    if (options.speculative) {
+      if constexpr (detail::MTPDrafting<Model>) {
+        check(m.mtp_modules() > 0, op, "options.speculative drafts with the model's MTP module, and this DeepSeek-V3 "
+              "model has none (num_nextn_predict_layers = 0)");
+      } else {
+        check(false, op, "options.speculative drafts with an MTP module: it needs a DeepSeek-V3 model with MTP "
+              "modules (nn::DeepseekV3ForCausalLM), and this model type has none");
+      }
+    }
     for (std::size_t p = 0; p < prompts.size(); ++p) {
       const auto L = static_cast<std::int64_t>(prompts[p].size());
       check(L > 0, op, "prompt ", p, " is empty");
@@ -201,13 +257,21 @@ class Engine {
     std::vector<CompletionBuilder>& samples;
     std::int64_t total;
     std::int64_t finished = 0, tokens = 0, step = 0;
+    std::int64_t drafts = 0, accepted_drafts = 0;  // speculative
     std::vector<std::int64_t> freed;  // slots of samples finished since the scheduler last looked
   };
 
   // An active sample: its index in the output, its cache slot, and the position of its newest
-  // token (the one it feeds next).
+  // token (the one it feeds next); speculative, also the draft for the position after it.
   struct Row {
     std::int64_t sample, slot, position;
+    std::int64_t draft = -1;
+  };
+
+  // What a prefill gives each of its targets: the logits of its last prompt token [R, vocab] and,
+  // speculative, that token's final hidden state [R, hidden] (the first draft's input).
+  struct Prefilled {
+    Tensor<T> logits, hidden;
   };
 
   // Who holds which part of the cache (see the file comment). Samples are admitted in output
@@ -235,8 +299,11 @@ class Engine {
 
   // Blocks a sample with an L-token prompt may take after its prefill: from the prompt's last,
   // partly filled block (its private copy) up to its last fed position (< L + max_new_tokens).
+  // Speculative, from the block of position L − 1 (the MTP layer's row there is the sample's own:
+  // own_last_prompt_blocks) up to its last draft's (< L + max_new_tokens as well).
   std::int64_t sample_blocks(const Run& run, std::int64_t L, std::int64_t block_tokens) const {
-    return blocks_for(L + run.params.max_new_tokens, block_tokens) - L / block_tokens;
+    const std::int64_t first = run.options.speculative ? L - 1 : L;
+    return blocks_for(L + run.params.max_new_tokens, block_tokens) - first / block_tokens;
   }
 
   // Blocks an admission of samples [first, last) needs free (beyond the others' promises): while
@@ -261,7 +328,6 @@ class Engine {
   // allow — all at once unless options.max_batch bounds the rows —, each admission prefilled and
   // given its first draw, then decode steps over the active samples until every one finished.
   void run_all(Run& run) const {
-    const Model& m = *model_;
     const GenerateOptions& o = run.options;
     const bool graphs = use_graphs(run);
     Scheduler sched;
@@ -299,7 +365,7 @@ class Engine {
       }
       layout = CacheLayout::paged(sequences, capacity, bt, pool);
     }
-    auto cache = m.make_decode_cache(layout);
+    auto cache = make_cache(run, layout);
     if (bt > 0) {
       sched.blocks.emplace(layout.num_blocks, bt, sequences, layout.max_blocks());
       sched.outstanding.assign(static_cast<std::size_t>(sequences), 0);
@@ -319,13 +385,26 @@ class Engine {
               " cannot be admitted into an empty cache");
         break;
       }
-      prepare_blocks(sched, cache, active);
+      if constexpr (detail::MTPDrafting<Model>) {
+        if (o.speculative) {
+          prepare_blocks(sched, cache, active, 2);
+          step_speculative(run, sched, cache, active, state, graphs);
+          continue;
+        }
+      }
+      prepare_blocks(sched, cache, active, 1);
       if (graphs) {
         step_graphed(run, sched, cache, active, state);
       } else {
         step_eager(run, sched, cache, active, state);
       }
     }
+  }
+
+  // The model's decode cache; speculative, with the MTP module's layer.
+  auto make_cache(const Run& run, const CacheLayout& layout) const {
+    if constexpr (detail::MTPDrafting<Model>) return model_->make_decode_cache(layout, run.options.speculative);
+    else return model_->make_decode_cache(layout);
   }
 
   // Returns the slots (and blocks) of the samples that finished to the scheduler.
@@ -386,31 +465,43 @@ class Engine {
       std::copy(prompt.begin(), prompt.end(), ids.begin() + b * S);
     }
     const Tensor<std::int64_t> prompt_ids = Tensor<std::int64_t>::from_vector(ids, {B, S}, device);
-    Tensor<T> first_logits;
+    std::vector<Row> admitted;
+    for (std::int64_t a = 0; a < count; ++a)
+      admitted.push_back({first + a, slots[static_cast<std::size_t>(a)],
+                          lengths[static_cast<std::size_t>(rows[static_cast<std::size_t>(a)])]});
+    Prefilled prefilled;
     if (bt > 0) {
-      first_logits = prefill_shared(sched, prompt_ids, lengths, rows, slots, cache);
+      prefilled = prefill_shared(run, sched, prompt_ids, lengths, rows, slots, cache);
       for (std::int64_t a = 0; a < count; ++a) {
         const std::int64_t promise = sample_blocks(run, lengths[static_cast<std::size_t>(rows[static_cast<std::size_t>(a)])], bt);
         sched.outstanding[static_cast<std::size_t>(slots[static_cast<std::size_t>(a)])] = promise;
         sched.outstanding_total += promise;
       }
+      if (run.options.speculative) own_last_prompt_blocks(sched, cache, admitted);
     } else {
       const PrefillIndex prefill = PrefillIndex::make(lengths, S, slots, rows, cache.kv.num_slots(), device);
-      first_logits = m.prefill(prompt_ids, prefill, cache);
+      prefilled = prefill_rows(run, prompt_ids, prefill, cache);
     }
 
-    // The first draw, from each sample's prompt logits, at position L (the first new token's).
-    std::vector<Row> admitted;
-    for (std::int64_t a = 0; a < count; ++a)
-      admitted.push_back({first + a, slots[static_cast<std::size_t>(a)],
-                          lengths[static_cast<std::size_t>(rows[static_cast<std::size_t>(a)])]});
+    // The first draw, from each sample's prompt logits, at position L (the first new token's);
+    // speculative, also the first draft (first_drafts), read in the same read.
+    const bool speculative = run.options.speculative;
     std::vector<std::int64_t> packed;
     for (const Row& r : admitted) packed.push_back(sample_id(run, r));
     for (const Row& r : admitted) packed.push_back(r.position);
-    const auto first_index = Tensor<std::int64_t>::from_vector(packed, {2, count}, device);
-    const Tensor<std::int64_t> drawn = draw(run, first_logits, row_view(first_index, 0, count),
-                                            row_view(first_index, 1, count), admitted, count);
-    accept(run, drawn, admitted);
+    if (speculative) {
+      for (const Row& r : admitted) packed.push_back(r.slot);
+      for (const Row& r : admitted) packed.push_back(r.position - 1);
+      for (const Row& r : admitted) packed.push_back(r.position + 1);
+    }
+    const auto first_index = Tensor<std::int64_t>::from_vector(packed, {speculative ? 5 : 2, count}, device);
+    Tensor<std::int64_t> drawn = draw(run, prefilled.logits, row_view(first_index, 0, count),
+                                      row_view(first_index, 1, count), admitted, count);
+    if (speculative) drawn = first_drafts(run, prefilled.hidden, drawn, first_index, cache);
+    const std::vector<std::int64_t> tokens = drawn.to_vector();
+    if (speculative)
+      for (std::int64_t a = 0; a < count; ++a) admitted[static_cast<std::size_t>(a)].draft = tokens[static_cast<std::size_t>(count + a)];
+    accept(run, tokens, admitted);
     active.insert(active.end(), admitted.begin(), admitted.end());
     report(run, static_cast<std::int64_t>(active.size()));
     return true;
@@ -421,9 +512,9 @@ class Engine {
   // past its prompt), and the admission's other samples of that prompt fork it: they share its
   // blocks (BlockAllocator::fork), to be copied on write only where a sample's first new token
   // lands in the prompt's partly filled last block. Returns the first logits row of every
-  // sample, [count, vocab].
+  // sample, [count, vocab] (and speculative, its hidden state).
   template <class Cache>
-  Tensor<T> prefill_shared(Scheduler& sched, const Tensor<std::int64_t>& prompt_ids,
+  Prefilled prefill_shared(const Run& run, Scheduler& sched, const Tensor<std::int64_t>& prompt_ids,
                            const std::vector<std::int64_t>& lengths, const std::vector<std::int64_t>& rows,
                            const std::vector<std::int64_t>& slots, Cache& cache) const {
     BlockAllocator& blocks = *sched.blocks;
@@ -437,7 +528,7 @@ class Engine {
     for (const std::int64_t p : parent) blocks.reserve(p, S);
     cache.kv.set_block_table(blocks.table());
     const PrefillIndex prefill = PrefillIndex::make(lengths, S, parent, {}, blocks.num_sequences(), model_->device());
-    const Tensor<T> prompt_logits = model_->prefill(prompt_ids, prefill, cache);  // [B, vocab]
+    const Prefilled prompts = prefill_rows(run, prompt_ids, prefill, cache);  // [B, vocab], [B, hidden]
     for (std::int64_t b = 0; b < B; ++b)
       blocks.truncate(parent[static_cast<std::size_t>(b)], lengths[static_cast<std::size_t>(b)]);
     bool identity = B == count;
@@ -447,31 +538,95 @@ class Engine {
       identity = identity && r == a;
     }
     cache.kv.set_block_table(blocks.table());
-    return identity ? prompt_logits
-                    : index_select(prompt_logits, 0, Tensor<std::int64_t>::from_vector(rows, {count}, model_->device()));
+    if (identity) return prompts;
+    const auto of_sample = Tensor<std::int64_t>::from_vector(rows, {count}, model_->device());
+    return {index_select(prompts.logits, 0, of_sample),
+            prompts.hidden.defined() ? index_select(prompts.hidden, 0, of_sample) : Tensor<T>()};
   }
 
-  // Before a decode step writes each active sample's newest token (at r.position) into a paged
-  // cache: a block for that position where the sample's blocks end, and a private copy of a block
-  // it still shares (its prompt's last one, on its first step); each block taken is one fewer
-  // promised. The block table is copied to the device only when a list changed: every
-  // block_tokens steps, and on a sample's first.
   template <class Cache>
-  static void prepare_blocks(Scheduler& sched, const Cache& cache, const std::vector<Row>& active) {
+  Prefilled prefill_rows(const Run& run, const Tensor<std::int64_t>& ids, const PrefillIndex& index, Cache& cache) const {
+    if constexpr (detail::MTPDrafting<Model>) {
+      if (run.options.speculative) {
+        const auto out = model_->prefill_with_hidden(ids, index, cache);
+        return {out.logits, out.hidden};
+      }
+    }
+    return {model_->prefill(ids, index, cache), Tensor<T>()};
+  }
+
+  // Speculative: the first draft of each admitted sample, for position L + 1, from the MTP module
+  // at the last prompt token's position L − 1 (that token's hidden state and the token just drawn
+  // at L), which also writes the MTP layer's row L − 1. index: admit's [5, count] (sample ids, L,
+  // slots, L − 1, L + 1). Returns [drawn; drafts] [2 · count], for the admission's one read.
+  template <class Cache>
+  Tensor<std::int64_t> first_drafts(const Run& run, const Tensor<T>& hidden, const Tensor<std::int64_t>& drawn,
+                                    const Tensor<std::int64_t>& index, Cache& cache) const {
+    if constexpr (detail::MTPDrafting<Model>) {
+      const std::int64_t count = drawn.size(0);
+      const DecodeIndex at{row_view(index, 2, count), row_view(index, 3, count), row_view(index, 1, count), 1};
+      Tensor<T> logits;
+      {
+        DeviceReadbackGuard trusted_ids;  // the sampler's own draws
+        logits = model_->mtp_decode(reshape(hidden, {count, 1, -1}), drawn, at, cache);
+      }
+      const Tensor<std::int64_t> drafts =
+          sample_rows(run, reshape(logits, {count, -1}), row_view(index, 0, count), row_view(index, 4, count));
+      return cat(std::vector<Tensor<std::int64_t>>{drawn, drafts});
+    } else {
+      return drawn;  // unreachable: generate() refuses speculative decoding without MTP modules
+    }
+  }
+
+  // Speculative, paged: the MTP layer's row of a sample's last prompt token (L − 1) embeds the
+  // sample's own first token, so the block holding it must be the sample's own too: a private
+  // copy of the prompt's block where it is shared, with every row through L − 1 (the main layers'
+  // row L − 1 is the prompt's; the MTP layer's is rewritten by first_drafts). Counted against the
+  // sample's promise (sample_blocks).
+  template <class Cache>
+  static void own_last_prompt_blocks(Scheduler& sched, const Cache& cache, const std::vector<Row>& admitted) {
+    BlockAllocator& blocks = *sched.blocks;
+    bool changed = false;
+    for (const Row& r : admitted) {
+      BlockCopy copy = blocks.prepare_write(r.slot, r.position - 1);
+      if (copy.to < 0) continue;
+      ++copy.rows;
+      cache.kv.copy_block(copy);
+      take_promised(sched, r, 1);
+      changed = true;
+    }
+    if (changed) cache.kv.set_block_table(blocks.table());
+  }
+
+  // A sample took `taken` blocks: that many fewer promised.
+  static void take_promised(Scheduler& sched, const Row& r, std::int64_t taken) {
+    std::int64_t& promise = sched.outstanding[static_cast<std::size_t>(r.slot)];
+    check(taken <= promise, "generate", "internal: sample ", r.sample, " took more blocks than promised");
+    promise -= taken;
+    sched.outstanding_total -= taken;
+  }
+
+  // Before a decode step writes each active sample's `tokens` new rows (from r.position: its
+  // newest token, and speculative its draft) into a paged cache: blocks for them where the
+  // sample's blocks end, and a private copy of a block it still shares (its prompt's last one, on
+  // its first step); each block taken is one fewer promised. The block table is copied to the
+  // device only when a list changed: every block_tokens steps, and on a sample's first.
+  template <class Cache>
+  static void prepare_blocks(Scheduler& sched, const Cache& cache, const std::vector<Row>& active, std::int64_t tokens) {
     if (!sched.blocks) return;
     BlockAllocator& blocks = *sched.blocks;
     bool changed = false;
     for (const Row& r : active) {
       const auto before = static_cast<std::int64_t>(blocks.blocks(r.slot).size());
-      blocks.reserve(r.slot, r.position + 1);
-      const BlockCopy copy = blocks.prepare_write(r.slot, r.position);
-      if (copy.to >= 0) cache.kv.copy_block(copy);
-      const std::int64_t taken =
-          static_cast<std::int64_t>(blocks.blocks(r.slot).size()) - before + (copy.to >= 0 ? 1 : 0);
-      std::int64_t& promise = sched.outstanding[static_cast<std::size_t>(r.slot)];
-      check(taken <= promise, "generate", "internal: sample ", r.sample, " took more blocks than promised");
-      promise -= taken;
-      sched.outstanding_total -= taken;
+      blocks.reserve(r.slot, r.position + tokens);
+      std::int64_t copies = 0;
+      for (std::int64_t t = 0; t < tokens; ++t) {
+        const BlockCopy copy = blocks.prepare_write(r.slot, r.position + t);
+        if (copy.to >= 0) cache.kv.copy_block(copy);
+        copies += copy.to >= 0 ? 1 : 0;
+      }
+      const std::int64_t taken = static_cast<std::int64_t>(blocks.blocks(r.slot).size()) - before + copies;
+      take_promised(sched, r, taken);
       changed = changed || taken > 0;
     }
     if (changed) cache.kv.set_block_table(blocks.table());
@@ -519,7 +674,7 @@ class Engine {
     for (Row& r : active) ++r.position;  // the token drawn now sits one further
     st.drawn = draw(run, logits, st.sample_ids, st.index.lengths, active, st.index.size());
     ++run.step;
-    st.changed = accept(run, st.drawn, active);
+    st.changed = accept(run, st.drawn.to_vector(), active);
     report(run, static_cast<std::int64_t>(active.size()));
   }
 
@@ -548,8 +703,118 @@ class Engine {
     }
     for (Row& r : active) ++r.position;  // the token drawn now sits one further
     ++run.step;
-    st.changed = accept(run, step->drawn, active);
+    st.changed = accept(run, step->drawn.to_vector(), active);
     report(run, static_cast<std::int64_t>(active.size()));
+  }
+
+  // One speculative decode step (infer/speculative.hpp): every active sample feeds its newest
+  // token and its draft, and gets one or two tokens and its next draft. The host fills the step's
+  // packed index every step (positions advance by 1 or 2, decided by the read), then launches it
+  // eagerly or replays its graph (one per padded row count, as step_graphed), then reads the
+  // tokens and drafts once.
+  template <class Cache>
+  void step_speculative(Run& run, const Scheduler& sched, Cache& cache, std::vector<Row>& active, DecodeState& st,
+                        bool graphed) const {
+    const Model& m = *model_;
+    const Device device = m.device();
+    const auto n = static_cast<std::int64_t>(active.size());
+    const std::int64_t rows_n = graphed || run.options.pad_to_bucket ? detail::bucket_size(n) : n;
+    std::vector<SpeculativeRow> rows;
+    rows.reserve(active.size());
+    for (const Row& r : active)
+      rows.push_back({run.samples[static_cast<std::size_t>(r.sample)].completion().tokens.back(), r.draft, r.position,
+                      r.slot, sample_id(run, r)});
+    const std::vector<std::int64_t> packed = SpeculativeIndex::pack(rows, rows_n, sched.spare_slot);
+    const auto draw_fn = [&run](const Tensor<T>& logits, const Tensor<std::int64_t>& sample_ids,
+                                const Tensor<std::int64_t>& positions) {
+      return sample_rows(run, logits, sample_ids, positions);
+    };
+    SpeculativeDraws<T> out;
+    if (graphed) {
+      std::unique_ptr<GraphStep>& step = st.graphs[rows_n];
+      if (!step) {
+        step = std::make_unique<GraphStep>();
+        step->rows = Tensor<std::int64_t>::from_vector(packed, {SpeculativeIndex::fields * rows_n}, device);
+        GraphStep* s = step.get();
+        // As in step_graphed: the capture runs the step, records it and replays it once, and the
+        // replay recomputes the same step (same rows, same cache entries, same draws).
+        s->graph.capture(device, [&, s, rows_n] {
+          s->drawn = speculative_step<T>(m, SpeculativeIndex::view(s->rows, rows_n), cache, draw_fn).tokens;
+        });
+      } else {
+        copy_bytes(step->rows.data(), device, packed.data(), Device::cpu(), packed.size() * sizeof(std::int64_t));
+        step->graph.replay();
+      }
+      out.tokens = step->drawn;
+    } else {
+      const auto index = Tensor<std::int64_t>::from_vector(packed, {SpeculativeIndex::fields * rows_n}, device);
+      DeviceReadbackGuard trusted_ids;  // the ids are the sampler's own draws
+      out = speculative_step<T>(m, SpeculativeIndex::view(index, rows_n), cache, draw_fn);
+    }
+    const std::vector<std::int64_t> drawn = out.tokens.to_vector();  // THE read of the step
+    ++run.step;
+    const std::vector<Row> stepped = active;
+    const std::vector<std::int64_t> emitted = accept_speculative(run, drawn, rows_n, active);
+    if (run.options.on_logits) report_speculative_logits(run, out.logits, stepped, emitted);
+    report(run, static_cast<std::int64_t>(active.size()));
+  }
+
+  // A speculative step's read resolved (see infer/speculative.hpp): per row y1, and y2 when its
+  // draft equals y1 (accepted), appended to the sample; a sample that goes on advances by the
+  // tokens it got and keeps the draft for the position after them. drawn [4 · rows_n]: y1, y2
+  // per row, then the drafts for p + 2 and p + 3 per row. Returns, per row stepped, how many
+  // tokens it emitted.
+  static std::vector<std::int64_t> accept_speculative(Run& run, const std::vector<std::int64_t>& drawn,
+                                                      std::int64_t rows_n, std::vector<Row>& active) {
+    std::vector<Row> left;
+    std::vector<std::int64_t> emitted;
+    left.reserve(active.size());
+    for (std::size_t r = 0; r < active.size(); ++r) {
+      Row row = active[r];
+      const std::int64_t y1 = drawn[2 * r], y2 = drawn[2 * r + 1];
+      const std::int64_t after_rejected = drawn[static_cast<std::size_t>(2 * rows_n) + 2 * r];
+      const std::int64_t after_accepted = drawn[static_cast<std::size_t>(2 * rows_n) + 2 * r + 1];
+      const bool accepted = y1 == row.draft || run.options.speculative_accept_all;
+      ++run.drafts;
+      run.accepted_drafts += accepted ? 1 : 0;
+      CompletionBuilder& sample = run.samples[static_cast<std::size_t>(row.sample)];
+      std::int64_t tokens = 1;
+      bool finished = sample.append(y1);
+      if (!finished && accepted) {
+        ++tokens;
+        finished = sample.append(y2);
+      }
+      run.tokens += tokens;
+      emitted.push_back(tokens);
+      if (finished) {
+        ++run.finished;
+        run.freed.push_back(row.slot);
+        continue;
+      }
+      row.position += accepted ? 2 : 1;
+      row.draft = accepted ? after_accepted : after_rejected;
+      left.push_back(row);
+    }
+    active = std::move(left);
+    return emitted;
+  }
+
+  // options.on_logits after a speculative step: the logits rows of the tokens it emitted.
+  static void report_speculative_logits(const Run& run, const Tensor<T>& logits, const std::vector<Row>& stepped,
+                                        const std::vector<std::int64_t>& emitted) {
+    const std::int64_t V = logits.size(2);
+    const std::vector<double> all = to(cast<double>(logits), Device::cpu()).to_vector();  // [rows, 2, vocab]
+    StepLogits s;
+    std::vector<double> rows;
+    for (std::size_t r = 0; r < stepped.size(); ++r)
+      for (std::int64_t t = 0; t < emitted[r]; ++t) {
+        s.samples.push_back(stepped[r].sample);
+        s.positions.push_back(stepped[r].position + 1 + t);
+        const auto first = all.begin() + static_cast<std::ptrdiff_t>((2 * static_cast<std::int64_t>(r) + t) * V);
+        rows.insert(rows.end(), first, first + V);
+      }
+    s.logits = Tensor<double>::from_vector(rows, {static_cast<std::int64_t>(s.samples.size()), V});
+    run.options.on_logits(s);
   }
 
   bool use_graphs(const Run& run) const {
@@ -609,10 +874,9 @@ class Engine {
     return sample_tokens(z, run.params.sampling_options(), sample_ids, positions);
   }
 
-  // THE host read of a step: the drawn tokens. Appends each active sample's token, drops finished
-  // samples from `active`; returns whether the active set changed.
-  static bool accept(Run& run, const Tensor<std::int64_t>& drawn, std::vector<Row>& active) {
-    const std::vector<std::int64_t> tokens = drawn.to_vector();
+  // After THE host read of a step, the drawn tokens (one per row): appends each active sample's
+  // token, drops finished samples from `active`; returns whether the active set changed.
+  static bool accept(Run& run, const std::vector<std::int64_t>& tokens, std::vector<Row>& active) {
     std::vector<Row> left;
     left.reserve(active.size());
     for (std::size_t r = 0; r < active.size(); ++r) {
@@ -630,7 +894,9 @@ class Engine {
   }
 
   static void report(const Run& run, std::int64_t active) {
-    if (run.options.on_progress) run.options.on_progress({run.step, active, run.finished, run.total, run.tokens});
+    if (run.options.on_progress)
+      run.options.on_progress(
+          {run.step, active, run.finished, run.total, run.tokens, run.drafts, run.accepted_drafts});
   }
 
   const Model* model_;
