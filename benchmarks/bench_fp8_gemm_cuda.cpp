@@ -34,6 +34,7 @@
 #include <kiln/ops/fp8_gemm.hpp>
 
 #include "cuda_bench.hpp"
+#include "lt_gemm.hpp"
 
 namespace {
 
@@ -42,13 +43,6 @@ using kiln::Device;
 using kiln::fp8_e4m3;
 using kiln::Tensor;
 namespace fp8 = kiln::fp8;
-
-#define LT_CHECK(x)                                                                              \
-  do {                                                                                           \
-    cublasStatus_t s_ = (x);                                                                     \
-    if (s_ != CUBLAS_STATUS_SUCCESS) throw kiln::Error(std::string("cuBLASLt: ") + #x + " -> " + \
-                                                       std::to_string(static_cast<int>(s_)));    \
-  } while (0)
 
 // Timing (cuda_bench.hpp, Timer::graph_call_us / stream_call_us): 3 single warm-up calls, batches
 // of 20 calls, 1 untimed and 15 timed batches, median batch time / 20.
@@ -74,66 +68,6 @@ fp8::QuantizedMatrix with_unit_scales(const Tensor<fp8_e4m3>& data, fp8::Tiling 
   }
   return q;
 }
-
-// cuBLASLt D[M,N] (row-major) = A[M,K]·B[N,K]ᵀ: column-major Dᵀ = op_T(B)·op_N(A), the TN layout FP8 needs.
-class LtGemm {
- public:
-  LtGemm(cudaDataType_t in, cudaDataType_t out, std::int64_t m, std::int64_t n, std::int64_t k, const float* one,
-         bool fast_accum)
-      : in_(in) {
-    LT_CHECK(cublasLtCreate(&handle_));
-    KILN_CUDA_CHECK(cudaMalloc(&workspace_, kWorkspace));
-    LT_CHECK(cublasLtMatmulDescCreate(&desc_, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    const cublasOperation_t t = CUBLAS_OP_T, nn = CUBLAS_OP_N;
-    LT_CHECK(cublasLtMatmulDescSetAttribute(desc_, CUBLASLT_MATMUL_DESC_TRANSA, &t, sizeof(t)));
-    LT_CHECK(cublasLtMatmulDescSetAttribute(desc_, CUBLASLT_MATMUL_DESC_TRANSB, &nn, sizeof(nn)));
-    if (in == CUDA_R_8F_E4M3) {
-      LT_CHECK(cublasLtMatmulDescSetAttribute(desc_, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &one, sizeof(one)));
-      LT_CHECK(cublasLtMatmulDescSetAttribute(desc_, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &one, sizeof(one)));
-      const std::int8_t fast = fast_accum ? 1 : 0;
-      LT_CHECK(cublasLtMatmulDescSetAttribute(desc_, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast, sizeof(fast)));
-    }
-    LT_CHECK(cublasLtMatrixLayoutCreate(&la_, in, k, n, k));
-    LT_CHECK(cublasLtMatrixLayoutCreate(&lb_, in, k, m, k));
-    LT_CHECK(cublasLtMatrixLayoutCreate(&ld_, out, n, m, n));
-    cublasLtMatmulPreference_t pref;
-    LT_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-    LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &kWorkspace,
-                                                  sizeof(kWorkspace)));
-    cublasLtMatmulHeuristicResult_t result{};
-    int found = 0;
-    LT_CHECK(cublasLtMatmulAlgoGetHeuristic(handle_, desc_, la_, lb_, ld_, ld_, pref, 1, &result, &found));
-    cublasLtMatmulPreferenceDestroy(pref);
-    ok_ = found > 0;
-    algo_ = result.algo;
-  }
-  ~LtGemm() {
-    cublasLtMatrixLayoutDestroy(ld_);
-    cublasLtMatrixLayoutDestroy(lb_);
-    cublasLtMatrixLayoutDestroy(la_);
-    cublasLtMatmulDescDestroy(desc_);
-    cudaFree(workspace_);
-    cublasLtDestroy(handle_);
-  }
-  LtGemm(const LtGemm&) = delete;
-  LtGemm& operator=(const LtGemm&) = delete;
-  bool ok() const { return ok_; }
-  void run(const void* a, const void* b, void* d, cudaStream_t stream) const {
-    const float alpha = 1.f, beta = 0.f;
-    LT_CHECK(cublasLtMatmul(handle_, desc_, &alpha, b, la_, a, lb_, &beta, d, ld_, d, ld_, &algo_, workspace_,
-                            kWorkspace, stream));
-  }
-
- private:
-  static constexpr std::uint64_t kWorkspace = 32u << 20;
-  cudaDataType_t in_;
-  cublasLtHandle_t handle_{};
-  cublasLtMatmulDesc_t desc_{};
-  cublasLtMatrixLayout_t la_{}, lb_{}, ld_{};
-  cublasLtMatmulAlgo_t algo_{};
-  void* workspace_ = nullptr;
-  bool ok_ = false;
-};
 
 // Rows of the float64 reference: spread over M.
 std::vector<std::int64_t> sample_rows(std::int64_t m) {
@@ -208,12 +142,12 @@ Row run_case(std::int64_t m, std::int64_t n, std::int64_t k, bool errors) {
   const auto kiln_call = [&](int i) { (void)fp8::gemm<bf16>(in.a[i % copies], in.b[i % copies]); };
   row.kiln_us = timer.graph_call_us(kiln_call, kBatch);
   row.kiln_stream_us = timer.stream_call_us(kiln_call, kBatch);
-  LtGemm lt8(CUDA_R_8F_E4M3, CUDA_R_16BF, m, n, k, in.one.data(), false);
+  kiln::bench::LtGemm lt8(CUDA_R_8F_E4M3, CUDA_R_16BF, m, n, k, in.one.data(), false);
   if (lt8.ok())
     row.lt8_us = timer.graph_call_us(
         [&](int i) { lt8.run(in.a[i % copies].data.data(), in.b[i % copies].data.data(), d16.data(), stream); },
         kBatch);
-  LtGemm lt16(CUDA_R_16BF, CUDA_R_16BF, m, n, k, in.one.data(), false);
+  kiln::bench::LtGemm lt16(CUDA_R_16BF, CUDA_R_16BF, m, n, k, in.one.data(), false);
   if (lt16.ok())
     row.lt16_us = timer.graph_call_us(
         [&](int i) { lt16.run(in.a16[i % copies].data(), in.b16[i % copies].data(), d16.data(), stream); }, kBatch);
@@ -235,12 +169,12 @@ Row run_case(std::int64_t m, std::int64_t n, std::int64_t k, bool errors) {
     row.err_nopromote = err_of(fp8::gemm<float>(in.a[0], in.b[0], no_promotion));
     Tensor<float> d32({m, n}, gpu);
     for (int fast = 0; fast < 2; ++fast) {
-      LtGemm lt(CUDA_R_8F_E4M3, CUDA_R_32F, m, n, k, in.one.data(), fast == 1);
+      kiln::bench::LtGemm lt(CUDA_R_8F_E4M3, CUDA_R_32F, m, n, k, in.one.data(), fast == 1);
       if (!lt.ok()) continue;
       lt.run(in.a[0].data.data(), in.b[0].data.data(), d32.data(), stream);
       (fast ? row.err_lt8_fast : row.err_lt8) = err_of(d32);
     }
-    LtGemm lt16f(CUDA_R_16BF, CUDA_R_32F, m, n, k, in.one.data(), false);
+    kiln::bench::LtGemm lt16f(CUDA_R_16BF, CUDA_R_32F, m, n, k, in.one.data(), false);
     if (lt16f.ok()) {
       lt16f.run(in.a16[0].data(), in.b16[0].data(), d32.data(), stream);
       row.err_lt16 = err_of(d32);

@@ -1,6 +1,7 @@
 // The Hopper FP8 GEMM: D = A · Bᵀ with DeepSeek-V3's fine-grained scales (args.hpp has the
 // function), built from TMA, mbarriers, wgmma and a persistent tile scheduler (their wrappers are in
-// kernels/common/sm90/). docs/fp8-gemm.md walks through it with figures; the outline:
+// kernels/common/sm90/; the stage ring, the promoted k-loop and the output staging, which the grouped
+// FP8 GEMM shares, are hopper_pipeline.cuh). docs/fp8-gemm.md walks through it with figures; the outline:
 //
 // Work. D is cut into BM × BN tiles (BM = 64 or 128 rows, BN = 64 or 128 columns). When the tiles
 // are too few to fill the GPU (small M), K is split as well: each of `splits` units of a tile sums a
@@ -52,18 +53,13 @@
 #include "kiln/kernels/common/sm90/warpgroup.cuh"
 #include "kiln/kernels/common/sm90/wgmma.cuh"
 #include "kiln/kernels/fp8_gemm/args.hpp"
+#include "kiln/kernels/fp8_gemm/hopper_pipeline.cuh"
 
 namespace kiln::kernels {
 
 namespace fp8_hopper {
 
-constexpr int kBlockK = 128;    // bytes of one A or B row per k-block = the swizzle width = the promotion interval
 constexpr int kGroupM = 8;      // M-tiles per band of the tile order (L2 reuse)
-// Registers per thread after setmaxnreg: the block's 64K registers split between one producer
-// warpgroup and two consumers (40 + 2 · 232 = 504 per lane of a warpgroup ≤ 512). (Three consumers
-// of 64 × 128 would get 160 each, which spills: measured by ptxas, not used.)
-constexpr int kProducerRegisters = 40;
-constexpr int kConsumerRegisters = 232;
 
 struct Params {
   int m, n, k, num_kb;
@@ -75,31 +71,6 @@ struct Params {
   int promote;
   int out_is_fp32;  // the tensor d_map stores into: D (bf16 or FP32) or, when splits > 1, the FP32 workspace
   int m_tiles, n_tiles, splits, kb_per_split, units;
-};
-
-// Shared memory of one CTA: STAGES buffers of A and B tiles (each 1024-byte aligned for the
-// swizzle), their scales, the output staging tile of each consumer warpgroup (64 × BN × 2 bytes,
-// written in the 128-byte swizzle of the output tensor map), and the barriers. STAGES is as many as
-// fit, up to 8.
-template <int BM, int BN>
-struct SharedLayout {
-  static constexpr int kLimit = 227 * 1024;  // opt-in dynamic shared memory per block on sm_90
-  static constexpr int a_tile = BM * kBlockK;
-  static constexpr int b_tile = BN * kBlockK;
-  static constexpr int out_tile = 64 * BN * 2;  // per consumer warpgroup: 64 × BN bf16 (FP32 in two passes)
-  static constexpr int out_bytes = (BM / 64) * out_tile;
-  static constexpr int stage_bytes = a_tile + b_tile + (BM + BN) * 4 + 16;
-  static constexpr int stages = (kLimit - 1024 - out_bytes) / stage_bytes < 8 ? (kLimit - 1024 - out_bytes) / stage_bytes : 8;
-  static constexpr int out_offset = 0;
-  static constexpr int a_offset = out_offset + out_bytes;
-  static constexpr int b_offset = a_offset + stages * a_tile;
-  static constexpr int a_scale_offset = b_offset + stages * b_tile;
-  static constexpr int b_scale_offset = a_scale_offset + stages * BM * 4;
-  static constexpr int barrier_offset = b_scale_offset + stages * BN * 4;
-  static constexpr int bytes = barrier_offset + 2 * stages * 8;
-  static constexpr int bytes_with_alignment = bytes + 1024;  // the dynamic buffer is aligned by hand
-  static_assert(a_tile % 1024 == 0 && b_tile % 1024 == 0 && out_tile % 1024 == 0, "tiles must keep 1024-byte alignment");
-  static_assert(stages >= 3 && bytes_with_alignment <= kLimit, "shared memory budget");
 };
 
 // Where unit u's work lies: tile (mt, nt) and its k-block range.
@@ -122,24 +93,6 @@ __device__ inline Unit unit_at(const Params& p, int u) {
   w.kb_end = w.kb_begin + p.kb_per_split < p.num_kb ? w.kb_begin + p.kb_per_split : p.num_kb;
   w.split = split;
   return w;
-}
-
-// A position in the ring of stage buffers, and the parity of the barrier phase it is in.
-struct Ring {
-  int stage;
-  std::uint32_t phase;
-  __device__ void advance(int stages) {
-    if (++stage == stages) {
-      stage = 0;
-      phase ^= 1;
-    }
-  }
-};
-
-// A consumer warp is done reading a stage: one arrival per warp on its `empty` barrier.
-__device__ inline void release(std::uint32_t empty_bar, const Ring& ring, int lane) {
-  __syncwarp();
-  if (lane == 0) sm90::mbarrier_arrive(empty_bar + 8 * ring.stage);
 }
 
 template <int BM, int BN, int INTERVAL>
@@ -173,40 +126,31 @@ __global__ void __launch_bounds__((BM / 64 + 1) * 128, 1)
     // ---- producer ----
     sm90::release_registers<kProducerRegisters>();
     if (threadIdx.x != 0) return;
-    int stage = 0;
-    std::uint32_t phase = 0;
+    Ring ring{0, 0};
     for (int u = blockIdx.x; u < p.units; u += gridDim.x) {
       const Unit w = unit_at<BM, BN>(p, u);
       // Scale runs are clipped to the scale arrays' leading dimension (a multiple of 4 floats, so
       // the byte count stays a multiple of 16); entries past M or N are never used.
       const std::int64_t a_scale_count = p.a_scale_ld - w.m0 < BM ? p.a_scale_ld - w.m0 : BM;
       const std::int64_t b_scale_count = p.b_scale_ld - w.n0 < BN ? p.b_scale_ld - w.n0 : BN;
-      const std::uint32_t a_scale_bytes = 4u * static_cast<std::uint32_t>(a_scale_count);
-      const std::uint32_t b_scale_bytes = p.b_rowwise ? 4u * static_cast<std::uint32_t>(b_scale_count) : 0u;
+      StageSource s{};
+      s.a_row = w.m0;
+      s.a_scale_bytes = 4u * static_cast<std::uint32_t>(a_scale_count);
+      s.b_scale_bytes = p.b_rowwise ? 4u * static_cast<std::uint32_t>(b_scale_count) : 0u;
+      s.b_rowwise = p.b_rowwise;
       // The weight block's scale for each k-block is loaded one k-block ahead (so its latency hides
-      // behind the wait for a free stage), stored into the stage by this thread and published to the
-      // consumers by the arrival below (release semantics): they read it from shared memory instead
-      // of waiting on a global load after every k-block.
+      // behind the wait for a free stage); fill_stage stores it into the stage.
       const float* b_block_scales = p.b_scale + (w.n0 / 128) * p.b_scale_ld;
       float next_b_scale = p.b_rowwise ? 0.f : __ldg(b_block_scales + w.kb_begin);
       for (int kb = w.kb_begin; kb < w.kb_end; ++kb) {
-        const float b_scale = next_b_scale;
+        s.b_block_scale = next_b_scale;
         if (!p.b_rowwise && kb + 1 < w.kb_end) next_b_scale = __ldg(b_block_scales + kb + 1);
-        sm90::mbarrier_wait(empty_bar + 8 * stage, phase ^ 1);
-        if (!p.b_rowwise) reinterpret_cast<float*>(smem + Layout::b_scale_offset)[stage * BN] = b_scale;
-        const std::uint32_t full = full_bar + 8 * stage;
-        sm90::mbarrier_arrive_expect_bytes(full, Layout::a_tile + Layout::b_tile + a_scale_bytes + b_scale_bytes);
-        sm90::tma_load_2d(base + Layout::a_offset + stage * Layout::a_tile, &a_map, kb * kBlockK, w.m0, full);
-        sm90::tma_load_2d(base + Layout::b_offset + stage * Layout::b_tile, &b_map, kb * kBlockK, w.n0, full);
-        sm90::bulk_load(base + Layout::a_scale_offset + stage * BM * 4, p.a_scale + kb * p.a_scale_ld + w.m0,
-                        a_scale_bytes, full);
-        if (p.b_rowwise)
-          sm90::bulk_load(base + Layout::b_scale_offset + stage * BN * 4, p.b_scale + kb * p.b_scale_ld + w.n0,
-                          b_scale_bytes, full);
-        if (++stage == STAGES) {
-          stage = 0;
-          phase ^= 1;
-        }
+        s.k = kb * kBlockK;
+        s.a_scales = p.a_scale + kb * p.a_scale_ld + w.m0;
+        s.b_scales = p.b_scale + kb * p.b_scale_ld + w.n0;
+        fill_stage<Layout>(smem, base, full_bar, empty_bar, ring, &a_map, s, [&](std::uint32_t dst, std::uint32_t full) {
+          sm90::tma_load_2d(dst, &b_map, kb * kBlockK, w.n0, full);
+        });
       }
     }
     return;
@@ -220,24 +164,13 @@ __global__ void __launch_bounds__((BM / 64 + 1) * 128, 1)
   const int row0 = consumer * 64 + (t / 32) * 16 + lane / 4;  // this thread's rows in the tile: row0, row0 + 8
   const int col_in_chunk = 2 * (lane % 4);                   // and columns 8c + col_in_chunk + {0, 1}
   constexpr int kFragment = BN / 2;
-  constexpr int kStepsPerGroup = INTERVAL / 32;         // wgmma k32 steps summed in the tensor cores per promotion
-  constexpr int kGroupsPerBlock = kBlockK / INTERVAL;   // promotions per k-block
-  // Overlapping a group's wgmmas with the previous group's promotion needs a second partial
-  // accumulator: 3 · BN/2 registers of fragments. At BN = 128 that does not fit beside the rest (ptxas
-  // spills, and then serialises the wgmmas), so those tiles wait for each group before promoting;
-  // their two consumer warpgroups still overlap each other. (Splitting the 128 columns into two
-  // 64-column halves with a partial accumulator each fits the registers, but ptxas serialises every
-  // wgmma of that loop (C7514): measured 642 against 955 TFLOP/s, so it is not used.)
-  constexpr bool kOverlapPromotion = BN <= 64;
   Ring wait_ring{0, 0}, release_ring{0, 0};
 
   for (int u = blockIdx.x; u < p.units; u += gridDim.x) {
     const Unit w = unit_at<BM, BN>(p, u);
     float acc[kFragment];
-    // Two partial accumulators: the tensor cores fill one while the CUDA cores promote the other.
-    float part_even[kFragment], part_odd[kFragment];
 #pragma unroll
-    for (int i = 0; i < kFragment; ++i) acc[i] = part_even[i] = part_odd[i] = 0.f;
+    for (int i = 0; i < kFragment; ++i) acc[i] = 0.f;
 
     if (!p.promote) {
       // The whole K in the tensor cores' accumulator, scaled once (the unit's first k-block scales).
@@ -256,7 +189,8 @@ __global__ void __launch_bounds__((BM / 64 + 1) * 128, 1)
         sm90::wgmma_wait<0>();
         sm90::fence_registers(acc);
         if (kb == w.kb_begin) {
-          const float* a_scales = reinterpret_cast<const float*>(smem + Layout::a_scale_offset + wait_ring.stage * BM * 4);
+          const float* a_scales =
+              reinterpret_cast<const float*>(smem + Layout::a_scale_offset + wait_ring.stage * Layout::a_scale_stride);
           const float sb = reinterpret_cast<const float*>(smem + Layout::b_scale_offset)[wait_ring.stage * BN];
           final_scale0 = a_scales[row0] * sb;
           final_scale1 = a_scales[row0 + 8] * sb;
@@ -273,87 +207,8 @@ __global__ void __launch_bounds__((BM / 64 + 1) * 128, 1)
         acc[4 * c + 3] *= final_scale1;
       }
     } else {
-      // Groups of kStepsPerGroup wgmmas, numbered g = 0 .. groups-1 over the unit's k-blocks. Group g
-      // is issued into one partial accumulator while group g-1, in the other, finishes and is promoted:
-      // wait_group<1> leaves exactly the newest group in flight.
-      const int groups = (w.kb_end - w.kb_begin) * kGroupsPerBlock;
-      const auto issue = [&](int g, float(&part)[kFragment]) {
-        const int j = g % kGroupsPerBlock;
-        if (j == 0) sm90::mbarrier_wait(full_bar + 8 * wait_ring.stage, wait_ring.phase);
-        const std::uint32_t a_tile = base + Layout::a_offset + wait_ring.stage * Layout::a_tile + consumer * 64 * kBlockK;
-        const std::uint32_t b_tile = base + Layout::b_offset + wait_ring.stage * Layout::b_tile;
-        const std::uint64_t a_desc = sm90::smem_descriptor_k_major_sw128(a_tile);
-        const std::uint64_t b_desc = sm90::smem_descriptor_k_major_sw128(b_tile);
-        sm90::fence_registers(part);
-        sm90::wgmma_fence();
-#pragma unroll
-        for (int s = 0; s < kStepsPerGroup; ++s) {
-          const int ks = j * kStepsPerGroup + s;  // 32 bytes along K = 2 units of the descriptor's address field
-          sm90::WgmmaE4m3<BN>::mma(part, a_desc + 2 * ks, b_desc + 2 * ks, s > 0);
-        }
-        sm90::wgmma_commit();
-        if (j == kGroupsPerBlock - 1) wait_ring.advance(STAGES);
-      };
-      // acc += part · a_scale(row) · b_scale, with group g's k-block scales, then frees the stage after
-      // the k-block's last group.
-      const auto promote = [&](int g, float(&part)[kFragment]) {
-        sm90::fence_registers(part);
-        const float* a_scales = reinterpret_cast<const float*>(smem + Layout::a_scale_offset + release_ring.stage * BM * 4);
-        const float* b_scales = reinterpret_cast<const float*>(smem + Layout::b_scale_offset + release_ring.stage * BN * 4);
-        const float sa0 = a_scales[row0], sa1 = a_scales[row0 + 8];
-        if (p.b_rowwise) {
-#pragma unroll
-          for (int c = 0; c < BN / 8; ++c) {
-            const float sb0 = b_scales[8 * c + col_in_chunk], sb1 = b_scales[8 * c + col_in_chunk + 1];
-            acc[4 * c + 0] += part[4 * c + 0] * (sa0 * sb0);
-            acc[4 * c + 1] += part[4 * c + 1] * (sa0 * sb1);
-            acc[4 * c + 2] += part[4 * c + 2] * (sa1 * sb0);
-            acc[4 * c + 3] += part[4 * c + 3] * (sa1 * sb1);
-          }
-        } else {
-          const float sb = b_scales[0];  // the block scale the producer stored
-          const float s0 = sa0 * sb, s1 = sa1 * sb;
-#pragma unroll
-          for (int c = 0; c < BN / 8; ++c) {
-            acc[4 * c + 0] += part[4 * c + 0] * s0;
-            acc[4 * c + 1] += part[4 * c + 1] * s0;
-            acc[4 * c + 2] += part[4 * c + 2] * s1;
-            acc[4 * c + 3] += part[4 * c + 3] * s1;
-          }
-        }
-        if (g % kGroupsPerBlock == kGroupsPerBlock - 1) {
-          release(empty_bar, release_ring, lane);
-          release_ring.advance(STAGES);
-        }
-      };
-      if constexpr (!kOverlapPromotion) {
-        for (int g = 0; g < groups; ++g) {
-          issue(g, part_even);
-          sm90::wgmma_wait<0>();
-          promote(g, part_even);
-        }
-      } else {
-        issue(0, part_even);
-        int g = 1;
-        for (; g + 1 < groups; g += 2) {
-          issue(g, part_odd);
-          sm90::wgmma_wait<1>();
-          promote(g - 1, part_even);
-          issue(g + 1, part_even);
-          sm90::wgmma_wait<1>();
-          promote(g, part_odd);
-        }
-        if (g < groups) {  // an even number of groups: one left to issue
-          issue(g, part_odd);
-          sm90::wgmma_wait<1>();
-          promote(g - 1, part_even);
-          sm90::wgmma_wait<0>();
-          promote(g, part_odd);
-        } else {
-          sm90::wgmma_wait<0>();
-          promote(g - 1, part_even);
-        }
-      }
+      promoted_mainloop<Layout, INTERVAL>(acc, w.kb_end - w.kb_begin, smem, base, full_bar, empty_bar, wait_ring,
+                                          release_ring, consumer, row0, col_in_chunk, lane, p.b_rowwise);
     }
 
     // ---- epilogue: registers -> shared memory -> TMA store into D (or the split's workspace slice) ----
@@ -373,27 +228,7 @@ __global__ void __launch_bounds__((BM / 64 + 1) * 128, 1)
     for (int pass = 0; pass < passes; ++pass) {
       if (storer) sm90::bulk_wait_read<0>();  // earlier stores have read the staging tile
       sm90::named_barrier_sync(barrier_id, 128);
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int r = row_local + 8 * h;
-#pragma unroll
-        for (int c = 0; c < BN / 8; ++c) {
-          const int col = 8 * c + col_in_chunk;
-          if (col / pass_cols != pass) continue;
-          const int local = col - pass * pass_cols;
-          const float v0 = acc[4 * c + 2 * h], v1 = acc[4 * c + 2 * h + 1];
-          const int box = local / box_cols;
-          const int byte_in_row = (local % box_cols) * out_bytes;
-          const std::uint32_t offset =
-              box * (64 * 128) + r * 128 + (((byte_in_row / 16) ^ (r % 8)) * 16) + byte_in_row % 16;
-          std::uint8_t* dst = smem + (out_tile - base) + offset;
-          if (p.out_is_fp32) {
-            *reinterpret_cast<float2*>(dst) = make_float2(v0, v1);
-          } else {
-            *reinterpret_cast<__nv_bfloat162*>(dst) = __floats2bfloat162_rn(v0, v1);
-          }
-        }
-      }
+      stage_fragment<BN>(acc, smem + (out_tile - base), row_local, col_in_chunk, pass, p.out_is_fp32);
       sm90::fence_proxy_async_shared();
       sm90::named_barrier_sync(barrier_id, 128);
       if (storer) {
@@ -438,24 +273,6 @@ static __global__ void reduce_splits_kernel(const float* workspace, int splits, 
 }
 
 // ---- host side ------------------------------------------------------------------------------------
-
-// A row-major [rows, k] e4m3 matrix with row stride ld bytes, read as boxes of box_rows × 128 bytes
-// with the 128-byte swizzle; out-of-range rows and columns read as zero.
-inline CUtensorMap make_tensor_map(const std::uint8_t* data, std::int64_t rows, std::int64_t k, std::int64_t ld,
-                                   int box_rows) {
-  CUtensorMap map{};
-  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(k), static_cast<cuuint64_t>(rows)};
-  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(ld)};
-  const cuuint32_t box[2] = {static_cast<cuuint32_t>(kBlockK), static_cast<cuuint32_t>(box_rows)};
-  const cuuint32_t element_strides[2] = {1, 1};
-  const CUresult r = sm90::encode_tiled()(&map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<std::uint8_t*>(data),
-                                          dims, strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                                          CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                                          CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  check(r == CUDA_SUCCESS, "fp8_gemm", "cuTensorMapEncodeTiled failed (error ", static_cast<int>(r), ") for a [", rows,
-        ", ", k, "] operand with row stride ", ld);
-  return map;
-}
 
 // The output as a 3-D tensor [z, rows, cols] (z: the split of a split-K workspace, 1 for D), written
 // as boxes of 64 rows × 128 bytes in the 128-byte swizzle from the consumers' staging tiles.

@@ -101,12 +101,14 @@ __device__ __forceinline__ void stage(const std::uint8_t* __restrict__ x, std::i
   for (int j = 0; j < 8; ++j) tile[kq + j][r] = load(fp8_e4m3::from_bits(b[j]));
 }
 
+// The block's 64 × 64 tile of D at (m0, n0): every thread of the block calls it (it synchronises
+// the block), with the same arguments. as, bs: the block's staging tiles in shared memory. The
+// grouped FP8 GEMM's plain kernel (kernels/grouped_fp8_gemm/simt.cuh) calls it with one group's
+// operands.
 template <class Out>
-__global__ void __launch_bounds__(kThreads) gemm_kernel(const Problem g, bool a_aligned8, bool b_aligned8) {
-  __shared__ float as[kChunk][kPitch], bs[kChunk][kPitch];
+__device__ __forceinline__ void gemm_tile(const Problem& g, std::int64_t m0, std::int64_t n0, bool a_aligned8,
+                                          bool b_aligned8, float (*as)[kPitch], float (*bs)[kPitch]) {
   const int tx = static_cast<int>(threadIdx.x) % 16, ty = static_cast<int>(threadIdx.x) / 16;
-  const std::int64_t m0 = static_cast<std::int64_t>(blockIdx.y) * kBlockM;
-  const std::int64_t n0 = static_cast<std::int64_t>(blockIdx.x) * kBlockN;
 
   float acc[4][4], part[4][4];
 #pragma unroll
@@ -167,6 +169,13 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(const Problem g, bool a_
       if (n < g.n) static_cast<Out*>(g.d)[m * g.ldd + n] = store<Out>(acc[i][j]);
     }
   }
+}
+
+template <class Out>
+__global__ void __launch_bounds__(kThreads) gemm_kernel(const Problem g, bool a_aligned8, bool b_aligned8) {
+  __shared__ float as[kChunk][kPitch], bs[kChunk][kPitch];
+  gemm_tile<Out>(g, static_cast<std::int64_t>(blockIdx.y) * kBlockM, static_cast<std::int64_t>(blockIdx.x) * kBlockN,
+                 a_aligned8, b_aligned8, as, bs);
 }
 
 }  // namespace fp8_simt

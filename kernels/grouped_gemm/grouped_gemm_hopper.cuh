@@ -20,7 +20,8 @@
 // offsets (L2) and builds the inclusive prefix of the groups' row-tile counts in shared memory
 // (warp 0, a shuffle scan); units are numbered over the global row tiles (all groups, in order) in
 // bands of 8 row tiles × every column tile, so that CTAs running together share A tiles and weight
-// tiles in L2; a unit's group is a binary search of the prefix. The host never reads the offsets:
+// tiles in L2; a unit's group is a binary search of the prefix (tile_schedule.cuh, which the
+// grouped FP8 GEMM shares). The host never reads the offsets:
 // the unit count is known on the device only, and the grid is sized for the most any split could
 // need (ceil(R/128) + G row tiles). wgrad: a unit is (group, 128 rows of n, BN columns of k) of
 // dW_g, G · ceil(N/128) · ceil(K/BN) of them (known on the host), the reduction running over the
@@ -94,6 +95,7 @@
 #include "kiln/kernels/common/sm90/wgmma_16bit.cuh"
 #include "kiln/kernels/grouped_gemm/args.hpp"
 #include "kiln/kernels/grouped_gemm/group_rows.cuh"
+#include "kiln/kernels/grouped_gemm/tile_schedule.cuh"
 
 namespace kiln::kernels::grouped_gemm_hopper {
 
@@ -156,30 +158,17 @@ struct Unit {
   std::int64_t red_begin, red_count;
 };
 
-// forward, dgrad: unit u in the band order, from the row-tile prefix tile_end (inclusive: group
-// g's tiles are tile_end[g−1] .. tile_end[g] − 1).
+// forward, dgrad: unit u in the band order of tile_schedule.cuh, from the row-tile prefix tile_end.
 template <int BN>
 __device__ inline Unit unit_at(const Params& p, const int* tile_end, int total_row_tiles, int u) {
-  const int per_band = kBand * p.col_tiles;
-  const int band = u / per_band;
-  const int first = band * kBand;
-  const int band_rows = total_row_tiles - first < kBand ? total_row_tiles - first : kBand;
-  const int in_band = u - band * per_band;
-  const int tile = first + in_band % band_rows;
-  int lo = 0, hi = p.groups - 1;  // the first group whose tiles end past `tile`
-  while (lo < hi) {
-    const int mid = (lo + hi) / 2;
-    if (tile_end[mid] > tile) hi = mid;
-    else lo = mid + 1;
-  }
-  std::int64_t start, count;
-  grouped_gemm::group_rows(p.offsets, lo, p.rows, start, count);
-  const int tile_begin = lo > 0 ? tile_end[lo - 1] : 0;
+  const grouped_gemm::GroupIndex groups{p.offsets, p.rows, 0, 0};
+  const grouped_gemm::RowTile tile =
+      grouped_gemm::row_tile_at<kBlockM>(groups, p.groups, tile_end, total_row_tiles, p.col_tiles, u);
   Unit w;
-  w.group = lo;
-  w.row0 = start + static_cast<std::int64_t>(tile - tile_begin) * kBlockM;
-  w.row_end = start + count;
-  w.col0 = (in_band / band_rows) * BN;
+  w.group = tile.group;
+  w.row0 = tile.row0;
+  w.row_end = tile.row_end;
+  w.col0 = tile.col_tile * BN;
   w.a_index = static_cast<int>(w.row0);
   w.red_begin = 0;
   w.red_count = p.reduction;
@@ -207,32 +196,6 @@ __device__ inline Unit wgrad_unit_at(const Params& p, int u) {
   w.a_index = m0;
   grouped_gemm::group_rows(p.offsets, g, p.rows, w.red_begin, w.red_count);
   return w;
-}
-
-// Warp 0 writes the inclusive prefix of the groups' row-tile counts into tile_end[0 .. G): lane l
-// sums a run of ceil(G/32) groups, a shuffle scan adds the runs, then each lane writes its run.
-__device__ inline void build_row_tile_prefix(const Params& p, int* tile_end) {
-  const int lane = static_cast<int>(threadIdx.x & 31);
-  const int per_lane = (p.groups + 31) / 32;
-  const int g_begin = ::min(p.groups, lane * per_lane), g_end = ::min(p.groups, g_begin + per_lane);
-  int mine = 0;
-  std::int64_t start, count;
-  for (int g = g_begin; g < g_end; ++g) {
-    grouped_gemm::group_rows(p.offsets, g, p.rows, start, count);
-    mine += static_cast<int>((count + kBlockM - 1) / kBlockM);
-  }
-  int inclusive = mine;
-#pragma unroll
-  for (int d = 1; d < 32; d <<= 1) {
-    const int v = __shfl_up_sync(0xffffffffu, inclusive, d);
-    if (lane >= d) inclusive += v;
-  }
-  int running = inclusive - mine;
-  for (int g = g_begin; g < g_end; ++g) {
-    grouped_gemm::group_rows(p.offsets, g, p.rows, start, count);
-    running += static_cast<int>((count + kBlockM - 1) / kBlockM);
-    tile_end[g] = running;
-  }
 }
 
 // Zeroes rows [valid, 64) of a 64-row MN-major box (row i of a box is bytes [128 i, 128 i + 128):
@@ -267,7 +230,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     sm90::mbarrier_init_fence();
   }
-  if (P != Product::wgrad && threadIdx.x < 32) build_row_tile_prefix(p, tile_end);
+  if (P != Product::wgrad && threadIdx.x < 32)
+    grouped_gemm::build_row_tile_prefix<kBlockM>(grouped_gemm::GroupIndex{p.offsets, p.rows, 0, 0}, p.groups, tile_end);
   __syncthreads();
   const int total_row_tiles = P == Product::wgrad ? 0 : tile_end[p.groups - 1];
   const int units = P == Product::wgrad ? p.groups * p.row_tiles * p.col_tiles : total_row_tiles * p.col_tiles;

@@ -97,35 +97,41 @@ inline Tensor<float> scale_storage(const QuantizedMatrix& q) {
   return Tensor<float>::view_of(q.scale.storage(), q.scale.offset(), {kblocks, ld}, {ld, 1});
 }
 
-// Quantizes the logical matrix L = x (transposed = false) or xᵀ (true).
+// The checks of a quantization's input x (2-D, non-empty) and options.
 template <class T>
-QuantizedMatrix quantize(const char* op, const Tensor<T>& x_in, bool transposed, Tiling tiling,
-                         const QuantizeOptions& options) {
+void check_quantize(const char* op, const Tensor<T>& x, const QuantizeOptions& options) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, bf16>,
                 "kiln::fp8::quantize takes float or bfloat16 tensors");
-  check_defined(op, x_in);
-  check(x_in.dim() == 2, op, "expects a 2-D tensor, got shape ", x_in.shape());
-  check(x_in.size(0) >= 1 && x_in.size(1) >= 1, op, "expects a non-empty matrix, got shape ", x_in.shape());
+  check_defined(op, x);
+  check(x.dim() == 2, op, "expects a 2-D tensor, got shape ", x.shape());
+  check(x.size(0) >= 1 && x.size(1) >= 1, op, "expects a non-empty matrix, got shape ", x.shape());
   check(options.amax_floor >= 1e-30f && std::isfinite(options.amax_floor), op,
         "amax_floor must be finite and at least 1e-30, got ", options.amax_floor, " (tensor of shape ",
-        x_in.shape(), ")");
+        x.shape(), ")");
+}
+
+// Quantizes the logical matrix L = x (transposed = false) or xᵀ (true), checked by check_quantize,
+// into q_data (L's shape, contiguous rows) and the scale storage `storage` ([kblocks, ld] for 1×128
+// tiles, the block grid for 128×128 blocks: what scale_storage gives), on x's device. The grouped
+// quantization (ops/grouped_fp8_gemm.hpp) calls it on views of one group's slices.
+template <class T>
+void quantize_into(const char* op, const Tensor<T>& x_in, bool transposed, Tiling tiling,
+                   const QuantizeOptions& options, const Tensor<fp8_e4m3>& q_data, const Tensor<float>& storage) {
   Tensor<T> x = x_in.detach();
   const std::int64_t rows = transposed ? x.size(1) : x.size(0), cols = transposed ? x.size(0) : x.size(1);
   std::int64_t s0 = transposed ? x.stride(1) : x.stride(0), s1 = transposed ? x.stride(0) : x.stride(1);
-  QuantizedMatrix q = allocate(rows, cols, tiling, x.device());
-  const Tensor<float> storage = scale_storage(q);
   const std::int64_t scale_ld = storage.stride(0);
 
   if (x.device().is_cpu()) {
     std::fill(storage.data(), storage.data() + storage.numel(), 0.0f);  // ld padding of the row tiling
-    auto* bytes = reinterpret_cast<std::uint8_t*>(q.data.data());
+    auto* bytes = reinterpret_cast<std::uint8_t*>(q_data.data());
     if (tiling == Tiling::row_1x128)
       cpu::fp8_quantize_rows(x.data(), rows, cols, s0, s1, options.amax_floor, options.power_of_two_scale, bytes,
                              storage.data(), scale_ld);
     else
       cpu::fp8_quantize_blocks(x.data(), rows, cols, s0, s1, options.amax_floor, options.power_of_two_scale, bytes,
                                storage.data(), scale_ld);
-    return q;
+    return;
   }
 
   // The kernels read a source matrix S with unit stride along its rows: S = L (rows of L are
@@ -149,11 +155,21 @@ QuantizedMatrix quantize(const char* op, const Tensor<T>& x_in, bool transposed,
                                                     .lds = lds,
                                                     .transposed = !read_rows,
                                                     .tiling = tiling,
-                                                    .q = reinterpret_cast<std::uint8_t*>(q.data.data()),
+                                                    .q = reinterpret_cast<std::uint8_t*>(q_data.data()),
                                                     .scale = storage.data(),
                                                     .scale_ld = scale_ld,
                                                     .amax_floor = options.amax_floor,
                                                     .power_of_two = options.power_of_two_scale});
+}
+
+// Quantizes the logical matrix L = x (transposed = false) or xᵀ (true).
+template <class T>
+QuantizedMatrix quantize(const char* op, const Tensor<T>& x, bool transposed, Tiling tiling,
+                         const QuantizeOptions& options) {
+  check_quantize(op, x, options);
+  const std::int64_t rows = transposed ? x.size(1) : x.size(0), cols = transposed ? x.size(0) : x.size(1);
+  QuantizedMatrix q = allocate(rows, cols, tiling, x.device());
+  quantize_into(op, x, transposed, tiling, options, q.data, scale_storage(q));
   return q;
 }
 

@@ -1,0 +1,67 @@
+// Arguments of the grouped FP8 GEMM kernels (launcher grouped_fp8_gemm.cuh; front-end
+// ops/grouped_fp8_gemm.hpp; CPU reference backend/cpu/grouped_fp8_gemm.hpp). Plain structs: g++
+// compiles this file.
+//
+// The G products of a Mixture-of-Experts layer's expert linears, in DeepSeek-V3's FP8 recipe:
+//
+//   D[r, n] = Σ_kb a_scale(r, kb) · b_scale_g(n / 128, kb) · Σ_{k in kb} A[r, k] · B_g[n, k]
+//
+// for every row r of group g. A is e4m3 [rows_total, K] row-major with one FP32 scale per 1×128
+// tile (k-block major: scale(r, kb) = a_scale[kb · a_scale_ld + r], the layout of
+// fp8::QuantizedMatrix's row_1x128); B is G stacked e4m3 matrices [G, N, K] row-major, one FP32
+// scale per 128×128 block: b_scale [G, ceil(N/128), ceil(K/128)] contiguous; D is [rows_total, N]
+// row-major, bf16 or float. The same kernel serves the forward (A = tokens, B_g = W_g [out, in])
+// and the data gradient (A = dY, B_g = W_gᵀ quantized by 128×128 blocks: the same element sets as
+// W_g's blocks, so its scales are W_g's, transposed).
+//
+// Which rows belong to which group (`index`, int32 or int64, on the device: the host never reads it):
+//   contiguous  rows_total = rows; index = offsets [G + 1]: group g owns rows offsets[g] ..
+//               offsets[g+1] − 1 (the dispatch order of kernels/moe/; empty groups allowed);
+//   masked      rows_total = G · rows (rows = M_max, A viewed as [G, M_max, K]); index = counts [G]:
+//               group g owns rows g·M_max .. g·M_max + min(counts[g], M_max) − 1 (decode-time batches,
+//               where each expert gets a padded slot of M_max rows). Rows past a group's count are
+//               neither read into any result nor written.
+// Offsets and counts are clamped on the device (kernels/grouped_gemm/group_rows.cuh: GroupIndex),
+// so corrupt values cannot move a read or a write out of bounds.
+#pragma once
+
+#include <cstdint>
+
+#include "kiln/core/device_kernel.hpp"
+#include "kiln/core/dtype.hpp"
+
+namespace kiln::kernels {
+
+enum class GroupedFp8Layout {
+  contiguous,  // index = offsets [G + 1] into A's rows
+  masked,      // A [G, M_max, K]; index = counts [G]
+};
+
+// Which kernel runs (the launcher in grouped_fp8_gemm.cuh; the front-end's fp8::GroupedGemmKernel).
+enum class GroupedFp8GemmKernel {
+  automatic,  // the Hopper kernel where the GPU and the arguments allow it, else the plain kernel
+  hopper,     // the Hopper kernel (hopper.cuh); arguments it cannot take are an error
+  simt,       // the plain CUDA kernel (simt.cuh)
+};
+
+struct GroupedFp8GemmArgs {
+  static constexpr const char* kernel = "grouped_fp8_gemm";
+  static constexpr const char* header = "kiln/kernels/grouped_fp8_gemm/grouped_fp8_gemm.cuh";
+  DeviceLaunch launch;
+  GroupedFp8GemmKernel implementation = GroupedFp8GemmKernel::automatic;
+  GroupedFp8Layout layout = GroupedFp8Layout::contiguous;
+  void* d = nullptr;                 // [rows_total, N] contiguous, bf16 or f32
+  DType d_dtype = DType::bf16;
+  const std::uint8_t* a = nullptr;   // e4m3 [rows_total, K] contiguous
+  const float* a_scale = nullptr;    // 1×128 tiles, k-block major
+  std::int64_t a_scale_ld = 0;       // ≥ rows_total, a multiple of 4
+  const std::uint8_t* b = nullptr;   // e4m3 [G, N, K] contiguous
+  const float* b_scale = nullptr;    // [G, ceil(N/128), ceil(K/128)] contiguous
+  const void* index = nullptr;       // contiguous: offsets [G + 1]; masked: counts [G]
+  DType index_dtype = DType::i64;    // i32 or i64
+  std::int64_t rows = 0;             // contiguous: rows_total; masked: M_max
+  int groups = 0;                    // G ≥ 1
+  std::int64_t n = 0, k = 0;         // N, K ≥ 1
+};
+
+}  // namespace kiln::kernels
