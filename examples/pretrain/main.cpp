@@ -274,10 +274,10 @@ int run(const Settings& s, const std::string& out, const std::string& resume, Cl
   std::string precision_note;
   if (s.fp8) {
     const std::vector<std::string> fp8_linears = nn::use_fp8_linears(model);
-    // The fused MoE path runs the routed experts through the grouped GEMM, in T (nn/fp8_training.hpp).
+    // The fused MoE path's weight gradient of the routed experts stays in T (nn/fp8_training.hpp).
     const bool fused_experts = nn::use_fused_moe<T>(device, config.hidden_size, config.moe_intermediate_size);
     precision_note = str("; FP8 GEMMs in ", fp8_linears.size(), " linears",
-                         fused_experts ? str(" (routed experts: fused grouped GEMM in ", dtype_name<T>, ")") : "");
+                         fused_experts ? str(" (routed experts' weight gradients in ", dtype_name<T>, ")") : "");
   }
 
   train::TrainerOptions o;

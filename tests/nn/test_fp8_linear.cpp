@@ -256,3 +256,51 @@ TEST(Fp8Linear, TwinTrainingTracksFp32) {
               l32.front(), l32.back(), l8.front(), l8.back(), static_cast<long long>(window), 100.0 * worst,
               100.0 * worst_step_gap, e32, e8, 100.0 * std::fabs(e8 - e32) / e32);
 }
+
+// grouped_fp8_linear against the per-group layers it stands for: group g's rows through
+// fp8_linear(x_g, W_g) give the same output and data gradient bit for bit (a 1×128 tile lies in
+// one row, so quantizing all rows at once tiles each group's rows alike; each W_g gets its own
+// blocks), and the weight gradient is the unquantized dY_gᵀ·x_g of grouped_linear, bit for bit.
+// Odd group sizes, an empty group, K not a multiple of 128.
+template <class T>
+void check_grouped(const std::vector<std::int64_t>& sizes, std::int64_t in, std::int64_t out) {
+  SCOPED_TRACE(str(dtype_of<T>, " in ", in, " out ", out));
+  const auto G = static_cast<std::int64_t>(sizes.size());
+  std::vector<std::int64_t> offsets{0};
+  for (const std::int64_t s : sizes) offsets.push_back(offsets.back() + s);
+  const std::int64_t R = offsets.back();
+  const Tensor<std::int64_t> off = Tensor<std::int64_t>::from_vector(offsets, {G + 1});
+  const Tensor<T> x = cast<T>(randn<float>({R, in}, 0.0, 2.0)).detach().requires_grad_();
+  const Tensor<T> w = cast<T>(randn<float>({G, out, in}, 0.0, 0.05)).detach().requires_grad_();
+  const Tensor<T> dy = cast<T>(randn<float>({R, out}));
+  const Tensor<T> y = nn::grouped_fp8_linear(x, w, off);
+  ASSERT_EQ(y.shape(), (Shape{R, out}));
+  sum(mul(y, dy)).backward();
+
+  const Tensor<T> w2 = w.detach().requires_grad_(), x2 = x.detach().requires_grad_();
+  sum(mul(grouped_linear(x2, w2, off), dy)).backward();
+  EXPECT_EQ(w.grad().to_vector(), w2.grad().to_vector()) << "weight gradient";
+
+  for (std::int64_t g = 0; g < G; ++g) {
+    const std::int64_t n = sizes[static_cast<std::size_t>(g)];
+    if (n == 0) continue;
+    const Tensor<T> xg = clone(narrow(x.detach(), 0, offsets[static_cast<std::size_t>(g)], n)).requires_grad_();
+    const Tensor<T> yg = nn::fp8_linear(xg, clone(squeeze(narrow(w.detach(), 0, g, 1), 0)));
+    sum(mul(yg, narrow(dy, 0, offsets[static_cast<std::size_t>(g)], n))).backward();
+    EXPECT_EQ(narrow(y.detach(), 0, offsets[static_cast<std::size_t>(g)], n).to_vector(), yg.to_vector()) << "group " << g;
+    EXPECT_EQ(narrow(x.grad(), 0, offsets[static_cast<std::size_t>(g)], n).to_vector(), xg.grad().to_vector())
+        << "group " << g;
+  }
+}
+
+TEST(Fp8Linear, GroupedEqualsPerGroupLayers) {
+  check_grouped<float>({3, 0, 130, 1, 7}, 200, 72);
+  check_grouped<bf16>({5, 129, 0, 2}, 256, 40);
+  check_grouped<float>({4}, 64, 16);
+  EXPECT_KILN_ERROR(nn::grouped_fp8_linear(randn<float>({5, 8}), randn<float>({2, 4, 8}),
+                                           Tensor<std::int64_t>::from_vector({0, 2, 4}, {3})),
+                    "grouped_fp8_linear", "offsets", "5");
+  EXPECT_KILN_ERROR(nn::grouped_fp8_linear(randn<float>({5, 8}), randn<float>({2, 4, 9}),
+                                           Tensor<std::int64_t>::from_vector({0, 2, 5}, {3})),
+                    "grouped_fp8_linear", "[2, 4, 9]");
+}

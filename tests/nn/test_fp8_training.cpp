@@ -85,9 +85,12 @@ std::pair<double, double> squared_error_and_norm(const Tensor<T>& a, const Tenso
   return {e, n};
 }
 
+// moe: composed (each expert's linears through fp8_linear) or fused (grouped_fp8_linear; its
+// weight gradient is unquantized, so that path sits no further from the plain step).
 template <class T>
-void check_step_follows_unquantized() {
-  SCOPED_TRACE(dtype_name<T>);
+void check_step_follows_unquantized(nn::MoEDispatch moe) {
+  SCOPED_TRACE(str(dtype_name<T>, moe == nn::MoEDispatch::fused ? " fused MoE" : " composed MoE"));
+  const nn::MoEDispatchScope path(moe);
   const nn::DeepseekV3Config c = all_experts_config();
   Generator g1{3, 0}, g2{3, 0};
   nn::DeepseekV3ForCausalLM<T> plain(c, g1), fp8(c, g2);  // the same weights
@@ -121,8 +124,9 @@ void check_step_follows_unquantized() {
   const double global = std::sqrt(err / norm);
   EXPECT_LE(global, 0.10);
   EXPECT_GE(global, 0.01) << "the FP8 step equals the plain one: did the products run in FP8?";
-  std::printf("%s: FP8 step's gradients vs plain: %.4f globally, worst %s %.4f; loss %.6f vs %.6f\n", dtype_name<T>,
-              global, worst_name.c_str(), worst, loss_f, loss_p);
+  std::printf("%s, %s MoE: FP8 step's gradients vs plain: %.4f globally, worst %s %.4f; loss %.6f vs %.6f\n",
+              dtype_name<T>, moe == nn::MoEDispatch::fused ? "fused" : "composed", global, worst_name.c_str(), worst,
+              loss_f, loss_p);
 }
 
 }  // namespace
@@ -179,6 +183,8 @@ TEST(Fp8Training, SwitchesEveryLinearButTheOutputHead) {
 }
 
 TEST(Fp8Training, StepGradientsFollowTheUnquantizedStep) {
-  check_step_follows_unquantized<float>();
-  check_step_follows_unquantized<bf16>();
+  for (const nn::MoEDispatch moe : {nn::MoEDispatch::composed, nn::MoEDispatch::fused}) {
+    check_step_follows_unquantized<float>(moe);
+    check_step_follows_unquantized<bf16>(moe);
+  }
 }

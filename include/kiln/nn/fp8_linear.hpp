@@ -25,6 +25,8 @@
 #include "kiln/ops/copy.hpp"
 #include "kiln/ops/factory.hpp"
 #include "kiln/ops/fp8_gemm.hpp"
+#include "kiln/ops/grouped_fp8_gemm.hpp"
+#include "kiln/ops/grouped_linear.hpp"
 #include "kiln/ops/view.hpp"
 
 namespace kiln::nn {
@@ -72,6 +74,44 @@ Tensor<A> fp8_linear(const Tensor<A>& x, const Tensor<W>& weight, const Fp8Linea
       const fp8::QuantizedMatrix qxt = fp8::quantize_transposed(x2, fp8::Tiling::row_1x128, options.quantize);
       grads.add(1, fp8::gemm<W>(qgt, qxt, options.gemm));
     }
+  }, x, weight);
+  return y;
+}
+
+// The grouped form, for the routed experts of an MoE layer (nn::MoE's fused path): x [R, K] with
+// rows sorted by expert, group g owning rows offsets[g] .. offsets[g+1] − 1 (offsets [G + 1] on
+// x's device, never read by the host on a GPU), weight [G, N, K] (G stacked [out, in] weights)
+// -> [R, N], row r times weight[g(r)]ᵀ. T = float or bf16 (bf16 on a GPU).
+//   forward  Y  = x · W_gᵀ   fp8::grouped_gemm: A = x in 1×128 tiles (a tile lies in one row, so
+//                             one quantization of all rows serves every group), B = W_g in
+//                             128×128 blocks (fp8::quantize_grouped)
+//   dgrad    dX = dY · W_g   A = dY in 1×128 tiles, B = W_gᵀ in 128×128 blocks (the same element
+//                             sets, fp8::quantize_grouped_transposed)
+//   wgrad    dW_g = dY_gᵀ · x_g  in T (the grouped GEMM's wgrad, FP32 accumulation). DeepSeek-V3
+//                             runs it in FP8 too, with 1×128 tiles along each expert's own tokens:
+//                             a k-grouped FP8 GEMM, which kiln does not have yet.
+// Differentiable in x and weight.
+template <class T>
+Tensor<T> grouped_fp8_linear(const Tensor<T>& x, const Tensor<T>& weight, const Tensor<std::int64_t>& offsets,
+                             const Fp8LinearOptions& options = {}) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, bf16>, "grouped_fp8_linear: float or bfloat16");
+  const char* op = "grouped_fp8_linear";
+  const Tensor<std::int64_t> oc = detail::check_grouped_linear(op, x, weight, offsets);
+  const std::int64_t G = weight.size(0), N = weight.size(1);
+  const Tensor<T> xc = detail::contiguous_aligned(x.detach());
+  const Tensor<T> w = weight.detach();
+  const fp8::QuantizedMatrix qx = fp8::quantize(xc, fp8::Tiling::row_1x128, options.quantize);
+  Tensor<T> y = fp8::grouped_gemm<T>(qx, fp8::quantize_grouped(w, options.quantize), oc);
+  if (!autograd::needs_grad(x, weight)) return y;
+
+  autograd::record(y, op, [options, xc, w, oc, G, N](const Tensor<T>& g, const autograd::InputGrads& grads) {
+    const char* bop = "grouped_fp8_linear backward";
+    const Tensor<T> dy = detail::contiguous_aligned(g);
+    if (grads.needs(0)) {
+      const fp8::QuantizedMatrix qg = fp8::quantize(dy, fp8::Tiling::row_1x128, options.quantize);
+      grads.add(0, fp8::grouped_gemm<T>(qg, fp8::quantize_grouped_transposed(w, options.quantize), oc));
+    }
+    if (grads.needs(1)) grads.add(1, detail::grouped_linear_wgrad(bop, xc, dy, oc, G, N));
   }, x, weight);
   return y;
 }

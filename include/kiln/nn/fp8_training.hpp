@@ -10,9 +10,11 @@
 // (by default the output head, lm_head). The embedding, norms, MoE gates (nn::MoEGate) and the
 // attention core are not nn::Linear modules, so they keep their precision by construction. What
 // switches in a DeepSeek-V3 model: the MLA projections (q_a/q_b or q, kv_a, kv_b, o), the dense
-// MLPs, the shared experts, the MTP modules' eh_proj, and the routed experts' linears — which run
-// in FP8 on MoE's composed path; MoE's fused path (grouped GEMM over all experts) keeps the
-// routed experts in the model's dtype (see nn/moe.hpp).
+// MLPs, the shared experts, the MTP modules' eh_proj, and the routed experts' linears: on MoE's
+// composed path each expert's linear runs fp8_linear; on the fused path the grouped products run
+// grouped_fp8_linear (forward and data gradient in FP8 through the grouped FP8 GEMM; the weight
+// gradient stays in the model's dtype, see nn/fp8_linear.hpp). Generation's decode step (dense
+// dispatch over a snapshot of the expert weights) does not use FP8.
 //
 // The mode changes what a forward computes, not the parameters: a checkpoint saved from an FP8 run
 // loads into a bf16 model and back.

@@ -30,6 +30,8 @@
 //   grouped_linear with the experts' gate_proj|up_proj rows stacked [E, 2I, hidden], SwiGLU,
 //   grouped_linear with the down_proj weights stacked [E, hidden, I];
 //   moe_combine: the gate-weighted sum of each token's K rows (deterministic; k order).
+// With the experts' linears in FP8 mode (nn/fp8_training.hpp) the two grouped products are
+// grouped_fp8_linear's (nn/fp8_linear.hpp: forward and data gradient in FP8, weight gradient in T).
 // The load counts stay on the device too: batch_load()/last_load() read them when asked (logging),
 // and update_bias() runs the aux-loss-free rule as a kernel on them. The composed path above stays
 // the reference (the CPU default); tests compare the two.
@@ -647,9 +649,21 @@ class MoE : public Module<T> {
     const std::int64_t groups = static_cast<std::int64_t>(experts.size());
     const Tensor<T> w_in = concat_as(in_rows, {groups, 2 * width, hidden});  // expert j: gate rows, then up rows
     const Tensor<T> w_out = concat_as(out_weights, {groups, hidden, width});
-    const Tensor<T> gu = grouped_linear(rows, w_in, offsets);                     // [rows, 2I]
+    // FP8 mode (nn/fp8_training.hpp) is the experts' linears' own, all of them or none.
+    const std::optional<Fp8LinearOptions> fp8 = experts.front()->gate_proj.fp8;
+    for (const auto& ex : experts)
+      check(ex->gate_proj.fp8.has_value() == fp8.has_value() && ex->up_proj.fp8.has_value() == fp8.has_value() &&
+                ex->down_proj.fp8.has_value() == fp8.has_value(),
+            op, "fused dispatch needs the routed experts' linears all in FP8 mode or none");
+    auto product = [&](const Tensor<T>& x, const Tensor<T>& w) {
+      if constexpr (std::is_same_v<T, float> || std::is_same_v<T, bf16>) {
+        if (fp8) return grouped_fp8_linear(x, w, offsets, *fp8);
+      }
+      return grouped_linear(x, w, offsets);
+    };
+    const Tensor<T> gu = product(rows, w_in);  // [rows, 2I]
     const Tensor<T> a = swiglu(narrow(gu, 1, 0, width), narrow(gu, 1, width, width));
-    return grouped_linear(a, w_out, offsets);  // [rows, hidden]
+    return product(a, w_out);  // [rows, hidden]
   }
 
   // Expert parallel: rows [N·K, hidden] sorted by expert with counts[i] rows for global expert i

@@ -50,12 +50,12 @@ void grouped_gemm_launch(const char* op, kernels::GroupedGemmKind kind, Tensor<T
                                                     .hopper_block_n = hopper_block_n});
 }
 
-}  // namespace detail
-
+// The checks of a grouped product x [R, K], weight [G, N, K], offsets [G + 1] (grouped_linear and
+// nn::grouped_fp8_linear): shapes, devices, on the CPU the offsets' values, on a GPU the sizes the
+// kernels take. Returns the offsets, contiguous.
 template <class T>
-Tensor<T> grouped_linear(const Tensor<T>& x, const Tensor<T>& weight, const Tensor<std::int64_t>& offsets) {
-  static_assert(is_floating<T>, "grouped_linear needs a floating element type");
-  const char* op = "grouped_linear";
+Tensor<std::int64_t> check_grouped_linear(const char* op, const Tensor<T>& x, const Tensor<T>& weight,
+                                          const Tensor<std::int64_t>& offsets) {
   check_defined(op, x, weight, offsets);
   check_same_device(op, x, weight);
   check(offsets.device() == x.device(), op, "offsets are on ", offsets.device(), ", x on ", x.device());
@@ -81,6 +81,31 @@ Tensor<T> grouped_linear(const Tensor<T>& x, const Tensor<T>& weight, const Tens
           weight.shape());
     check(R / 128 + G < 65535, op, "on ", x.device(), " supports up to about 8.3M rows, got x ", x.shape());
   }
+  return oc;
+}
+
+// dW [G, N, K]: dW_g = Σ_{r in g} dy[r]ᵀ x[r] (zero for an empty group), in T; x, dy contiguous and aligned.
+template <class T>
+Tensor<T> grouped_linear_wgrad(const char* op, const Tensor<T>& x, const Tensor<T>& dy, const Tensor<std::int64_t>& offsets,
+                               std::int64_t groups, std::int64_t n) {
+  const std::int64_t R = x.size(0), K = x.size(1);
+  Tensor<T> dw({groups, n, K}, x.device());
+  if (x.device().is_cpu())
+    cpu::grouped_gemm_wgrad(dy.data(), x.data(), offsets.data(), dw.data(), static_cast<int>(groups), n, K);
+  else
+    grouped_gemm_launch(op, kernels::GroupedGemmKind::wgrad, dw, x, dy, Tensor<T>(), offsets, R, groups, n, K);
+  return dw;
+}
+
+}  // namespace detail
+
+template <class T>
+Tensor<T> grouped_linear(const Tensor<T>& x, const Tensor<T>& weight, const Tensor<std::int64_t>& offsets) {
+  static_assert(is_floating<T>, "grouped_linear needs a floating element type");
+  const char* op = "grouped_linear";
+  const Tensor<std::int64_t> oc = detail::check_grouped_linear(op, x, weight, offsets);
+  const std::int64_t R = x.size(0), K = x.size(1), G = weight.size(0), N = weight.size(1);
+  const bool cpu = x.device().is_cpu();
   const Tensor<T> xc = detail::contiguous_aligned(x.detach()), wc = detail::contiguous_aligned(weight.detach());
   Tensor<T> y({R, N}, x.device());
   if (cpu)
@@ -102,14 +127,7 @@ Tensor<T> grouped_linear(const Tensor<T>& x, const Tensor<T>& weight, const Tens
           detail::grouped_gemm_launch(bop, kernels::GroupedGemmKind::dgrad, dx, Tensor<T>(), dy, wc, oc, R, G, N, K);
         in.add(0, dx);
       }
-      if (in.needs(1)) {
-        Tensor<T> dw({G, N, K}, xc.device());
-        if (on_cpu)
-          cpu::grouped_gemm_wgrad(dy.data(), xc.data(), oc.data(), dw.data(), static_cast<int>(G), N, K);
-        else
-          detail::grouped_gemm_launch(bop, kernels::GroupedGemmKind::wgrad, dw, xc, dy, Tensor<T>(), oc, R, G, N, K);
-        in.add(1, dw);
-      }
+      if (in.needs(1)) in.add(1, detail::grouped_linear_wgrad(bop, xc, dy, oc, G, N));
     }, x, weight);
   }
   return y;
