@@ -191,77 +191,111 @@ TEST(CachedDecode, OtherModelVariants) {
 // a one-token step), on the contiguous cache (one decode_attention per query) and on a paged cache
 // of 3-token blocks scattered over the pool (one paged_decode_attention for both queries). Every
 // logits row equals the uncached forward's.
+namespace {
+
+// A RaggedCase prefilled into a new DeepSeek-V3 cache (with_mtp: with the MTP module's layer):
+// contiguous, or paged in 3-token blocks, slot s holding blocks s, s + slots, s + 2·slots, ...
+// (interleaved over the pool).
+struct PrefilledCase {
+  nn::DeepseekV3DecodeCache<double> cache;
+  std::vector<std::int64_t> lengths;  // per prompt
+  std::vector<std::int64_t> slots;    // per target
+  nn::DecodeOutput<double> first;     // per target: its last prompt token's logits and hidden state
+};
+
+PrefilledCase prefill_case(const nn::DeepseekV3ForCausalLM<double>& m, const RaggedCase& c, bool paged,
+                           bool with_mtp) {
+  PrefilledCase out;
+  std::int64_t S = 0, longest_feed = 0;
+  for (const auto& p : c.prompts) {
+    out.lengths.push_back(static_cast<std::int64_t>(p.size()));
+    S = std::max(S, out.lengths.back());
+  }
+  for (const Target& t : c.targets) longest_feed = std::max(longest_feed, static_cast<std::int64_t>(t.feed.size()));
+  const std::int64_t capacity = S + longest_feed, block_tokens = 3;
+  const std::int64_t max_blocks = (capacity + block_tokens - 1) / block_tokens;
+  out.cache = m.make_decode_cache(paged ? infer::CacheLayout::paged(c.slots, capacity, block_tokens, c.slots * max_blocks)
+                                        : infer::CacheLayout::contiguous(c.slots, capacity),
+                                  with_mtp);
+  if (paged) {
+    std::vector<std::int64_t> table;
+    for (std::int64_t s = 0; s < c.slots; ++s)
+      for (std::int64_t b = 0; b < max_blocks; ++b) table.push_back(s + b * c.slots);
+    out.cache.kv.set_block_table(table);
+  }
+  const auto B = static_cast<std::int64_t>(c.prompts.size());
+  std::vector<std::int64_t> ids(static_cast<std::size_t>(B * S), 0), rows;
+  for (std::int64_t b = 0; b < B; ++b) std::copy(c.prompts[b].begin(), c.prompts[b].end(), ids.begin() + b * S);
+  for (const Target& t : c.targets) {
+    out.slots.push_back(t.slot);
+    rows.push_back(t.prompt);
+  }
+  const auto index = infer::PrefillIndex::make(out.lengths, S, out.slots, rows, c.slots, Device::cpu());
+  out.first = m.prefill_with_hidden(Tensor<std::int64_t>::from_vector(ids, {B, S}), index, out.cache);
+  return out;
+}
+
+// Feeds every target's tokens two a row while it has two left, its last one alone when the count
+// is odd: step(tokens, rows, fed) per step, with the targets it feeds and how many each had fed.
+template <class Step>
+void feed_in_pairs(const RaggedCase& c, const Step& step) {
+  std::vector<std::int64_t> fed(c.targets.size(), 0);
+  for (bool any = true; any;) {
+    any = false;
+    for (const std::int64_t tokens : {2, 1}) {  // the rows with two tokens left, then those with one
+      std::vector<std::size_t> rows;
+      for (std::size_t r = 0; r < c.targets.size(); ++r) {
+        const auto left = static_cast<std::int64_t>(c.targets[r].feed.size()) - fed[r];
+        if (left >= tokens && (tokens == 2 || left == 1)) rows.push_back(r);
+      }
+      if (rows.empty()) continue;
+      any = true;
+      step(tokens, rows, fed);
+      for (const std::size_t r : rows) fed[r] += tokens;
+    }
+  }
+}
+
+// A step's ids: [n] for one token a row, [n, tokens] else.
+Tensor<std::int64_t> step_ids(const std::vector<std::int64_t>& ids, std::int64_t n, std::int64_t tokens) {
+  return tokens == 1 ? tensor(ids) : Tensor<std::int64_t>::from_vector(ids, {n, tokens});
+}
+
+}  // namespace
+
 TEST(CachedDecode, DeepseekTwoTokenStepsEqualUncachedForward) {
   auto m = make_deepseek<double>(31);
   const RaggedCase c = ragged_case(m->vocab_size());
   const std::vector<double> want = uncached_logits(*m, c.prompts, c.targets);
-  const std::int64_t V = m->vocab_size();
-  std::int64_t S = 0, longest_feed = 0;
-  std::vector<std::int64_t> lengths;
-  for (const auto& p : c.prompts) {
-    lengths.push_back(static_cast<std::int64_t>(p.size()));
-    S = std::max(S, lengths.back());
-  }
-  for (const Target& t : c.targets) longest_feed = std::max(longest_feed, static_cast<std::int64_t>(t.feed.size()));
-  const std::int64_t capacity = S + longest_feed, block_tokens = 3;
+  const auto V = static_cast<std::size_t>(m->vocab_size());
   for (const bool paged : {false, true}) {
     SCOPED_TRACE(paged ? "paged" : "contiguous");
     NoGradGuard no_grad;
-    const std::int64_t max_blocks = (capacity + block_tokens - 1) / block_tokens;
-    auto cache = m->make_decode_cache(paged ? infer::CacheLayout::paged(c.slots, capacity, block_tokens,
-                                                                        c.slots * max_blocks)
-                                            : infer::CacheLayout::contiguous(c.slots, capacity));
-    if (paged) {  // slot s holds blocks s, s + slots, s + 2·slots, ... (interleaved over the pool)
-      std::vector<std::int64_t> table;
-      for (std::int64_t s = 0; s < c.slots; ++s)
-        for (std::int64_t b = 0; b < max_blocks; ++b) table.push_back(s + b * c.slots);
-      cache.kv.set_block_table(table);
-    }
-    const auto B = static_cast<std::int64_t>(c.prompts.size());
-    std::vector<std::int64_t> ids(static_cast<std::size_t>(B * S), 0), slots, rows;
-    for (std::int64_t b = 0; b < B; ++b) std::copy(c.prompts[b].begin(), c.prompts[b].end(), ids.begin() + b * S);
-    for (const Target& t : c.targets) {
-      slots.push_back(t.slot);
-      rows.push_back(t.prompt);
-    }
-    const auto index = infer::PrefillIndex::make(lengths, S, slots, rows, c.slots, Device::cpu());
+    PrefilledCase pc = prefill_case(*m, c, paged, false);
     std::vector<std::vector<double>> per_target(c.targets.size());
-    const std::vector<double> first =
-        m->prefill(Tensor<std::int64_t>::from_vector(ids, {B, S}), index, cache).to_vector();
+    const std::vector<double> first = pc.first.logits.to_vector();
     for (std::size_t r = 0; r < c.targets.size(); ++r) {
-      const auto row = row_of(first, r, static_cast<std::size_t>(V));
+      const auto row = row_of(first, r, V);
       per_target[r].insert(per_target[r].end(), row.begin(), row.end());
     }
-    std::vector<std::int64_t> fed(c.targets.size(), 0);
-    for (int steps = 0; steps < 20; ++steps) {
-      for (const std::int64_t tokens : {2, 1}) {  // the rows with two tokens left, then those with one
-        std::vector<std::size_t> active;
-        std::vector<std::int64_t> step_ids, step_slots, positions;
-        for (std::size_t r = 0; r < c.targets.size(); ++r) {
-          const auto left = static_cast<std::int64_t>(c.targets[r].feed.size()) - fed[r];
-          if (left < tokens || (tokens == 1 && left != 1)) continue;
-          active.push_back(r);
-          for (std::int64_t t = 0; t < tokens; ++t) step_ids.push_back(c.targets[r].feed[fed[r] + t]);
-          step_slots.push_back(c.targets[r].slot);
-          positions.push_back(lengths[static_cast<std::size_t>(c.targets[r].prompt)] + fed[r]);
-        }
-        if (active.empty()) continue;
-        const auto n = static_cast<std::int64_t>(active.size());
-        const auto step_index = infer::DecodeIndex::at(tensor(step_slots), tensor(positions), tokens);
-        const Tensor<std::int64_t> step_tensor =
-            tokens == 1 ? tensor(step_ids) : Tensor<std::int64_t>::from_vector(step_ids, {n, tokens});
-        const std::vector<double> logits = m->decode(step_tensor, step_index, cache).to_vector();
-        ASSERT_EQ(logits.size(), static_cast<std::size_t>(n * tokens * V));
-        for (std::size_t i = 0; i < active.size(); ++i) {
-          for (std::int64_t t = 0; t < tokens; ++t) {
-            const auto row = row_of(logits, i * static_cast<std::size_t>(tokens) + static_cast<std::size_t>(t),
-                                    static_cast<std::size_t>(V));
-            per_target[active[i]].insert(per_target[active[i]].end(), row.begin(), row.end());
-          }
-          fed[active[i]] += tokens;
-        }
+    feed_in_pairs(c, [&](std::int64_t tokens, const std::vector<std::size_t>& rows, const std::vector<std::int64_t>& fed) {
+      std::vector<std::int64_t> ids, slots, positions;
+      for (const std::size_t r : rows) {
+        for (std::int64_t t = 0; t < tokens; ++t) ids.push_back(c.targets[r].feed[fed[r] + t]);
+        slots.push_back(c.targets[r].slot);
+        positions.push_back(pc.lengths[static_cast<std::size_t>(c.targets[r].prompt)] + fed[r]);
       }
-    }
+      const auto n = static_cast<std::int64_t>(rows.size());
+      const std::vector<double> logits =
+          m->decode(step_ids(ids, n, tokens), infer::DecodeIndex::at(tensor(slots), tensor(positions), tokens), pc.cache)
+              .to_vector();
+      ASSERT_EQ(logits.size(), static_cast<std::size_t>(n * tokens) * V);
+      for (std::size_t i = 0; i < rows.size(); ++i)
+        for (std::int64_t t = 0; t < tokens; ++t) {
+          const auto row = row_of(logits, i * static_cast<std::size_t>(tokens) + static_cast<std::size_t>(t), V);
+          per_target[rows[i]].insert(per_target[rows[i]].end(), row.begin(), row.end());
+        }
+    });
     std::vector<double> got;
     for (const auto& t : per_target) got.insert(got.end(), t.begin(), t.end());
     ASSERT_EQ(got.size(), want.size());
@@ -287,7 +321,8 @@ TEST(CachedDecode, DeepseekTwoTokenStepsEqualUncachedForward) {
 TEST(CachedDecode, DeepseekMTPDecodeEqualsTheTrainingPath) {
   auto m = make_deepseek<double>(33);
   const RaggedCase c = ragged_case(m->vocab_size());
-  const std::int64_t V = m->vocab_size();
+  const auto V = static_cast<std::size_t>(m->vocab_size());
+  const std::int64_t hidden = m->model.config.hidden_size;
   auto& mtp = *m->model.mtp_layers.front();
   // The reference: per target, the MTP logits at positions L − 1 .. N − 2 of prompt + feed.
   std::vector<double> want;
@@ -302,101 +337,61 @@ TEST(CachedDecode, DeepseekMTPDecodeEqualsTheTrainingPath) {
     const Tensor<double> h1 =
         mtp.forward_mtp(narrow(h0, 1, 0, N - 1), m->model.embed_tokens(contiguous(narrow(ids, 1, 1, N - 1)))).hidden;
     const std::vector<double> logits = m->head(mtp.shared_head.norm(h1)).to_vector();
-    want.insert(want.end(), logits.begin() + (L - 1) * V, logits.end());
+    want.insert(want.end(), logits.begin() + (L - 1) * static_cast<std::int64_t>(V), logits.end());
   }
-  std::int64_t S = 0, longest_feed = 0;
-  std::vector<std::int64_t> lengths;
-  for (const auto& p : c.prompts) {
-    lengths.push_back(static_cast<std::int64_t>(p.size()));
-    S = std::max(S, lengths.back());
-  }
-  for (const Target& t : c.targets) longest_feed = std::max(longest_feed, static_cast<std::int64_t>(t.feed.size()));
-  const std::int64_t capacity = S + longest_feed, block_tokens = 3;
   for (const bool paged : {false, true}) {
     for (const bool one_ahead : {true, false}) {
       SCOPED_TRACE(::testing::Message() << (paged ? "paged" : "contiguous") << (one_ahead ? "" : ", tokens not ahead"));
       NoGradGuard no_grad;
-      const std::int64_t max_blocks = (capacity + block_tokens - 1) / block_tokens;
-      auto cache = m->make_decode_cache(paged ? infer::CacheLayout::paged(c.slots, capacity, block_tokens,
-                                                                          c.slots * max_blocks)
-                                              : infer::CacheLayout::contiguous(c.slots, capacity),
-                                        true);
-      EXPECT_EQ(cache.kv.num_layers(), 4);  // 3 main layers and the MTP module's
-      if (paged) {
-        std::vector<std::int64_t> table;
-        for (std::int64_t s = 0; s < c.slots; ++s)
-          for (std::int64_t b = 0; b < max_blocks; ++b) table.push_back(s + b * c.slots);
-        cache.kv.set_block_table(table);
-      }
-      const auto B = static_cast<std::int64_t>(c.prompts.size());
-      std::vector<std::int64_t> ids(static_cast<std::size_t>(B * S), 0), slots, rows;
-      for (std::int64_t b = 0; b < B; ++b) std::copy(c.prompts[b].begin(), c.prompts[b].end(), ids.begin() + b * S);
-      for (const Target& t : c.targets) {
-        slots.push_back(t.slot);
-        rows.push_back(t.prompt);
-      }
-      const auto index = infer::PrefillIndex::make(lengths, S, slots, rows, c.slots, Device::cpu());
-      const auto prefilled = m->prefill_with_hidden(Tensor<std::int64_t>::from_vector(ids, {B, S}), index, cache);
+      PrefilledCase pc = prefill_case(*m, c, paged, true);
+      EXPECT_EQ(pc.cache.kv.num_layers(), 4);  // 3 main layers and the MTP module's
       // The token the MTP module takes at a target's position L + k (k = -1: the last prompt token).
       const auto token_for = [&](const Target& t, std::int64_t k) {
         const std::int64_t i = one_ahead ? k + 1 : k;
         if (i < 0) return c.prompts[static_cast<std::size_t>(t.prompt)].back();
         return i < static_cast<std::int64_t>(t.feed.size()) ? t.feed[static_cast<std::size_t>(i)] : 0;  // 0: no reference
       };
-      std::vector<std::vector<double>> per_target(c.targets.size());
       const auto n_all = static_cast<std::int64_t>(c.targets.size());
       std::vector<std::int64_t> first_positions, first_ids;
-      for (std::size_t r = 0; r < c.targets.size(); ++r) {
-        first_positions.push_back(lengths[static_cast<std::size_t>(c.targets[r].prompt)] - 1);
-        first_ids.push_back(token_for(c.targets[r], -1));
+      for (const Target& t : c.targets) {
+        first_positions.push_back(pc.lengths[static_cast<std::size_t>(t.prompt)] - 1);
+        first_ids.push_back(token_for(t, -1));
       }
+      std::vector<std::vector<double>> per_target(c.targets.size());
       const std::vector<double> first =
-          m->mtp_decode(reshape(prefilled.hidden, {n_all, 1, -1}), tensor(first_ids),
-                        infer::DecodeIndex::at(tensor(slots), tensor(first_positions)), cache)
+          m->mtp_decode(reshape(pc.first.hidden, {n_all, 1, hidden}), tensor(first_ids),
+                        infer::DecodeIndex::at(tensor(pc.slots), tensor(first_positions)), pc.cache)
               .to_vector();
       for (std::size_t r = 0; r < c.targets.size(); ++r) {
-        const auto row = row_of(first, r, static_cast<std::size_t>(V));
+        const auto row = row_of(first, r, V);
         per_target[r].insert(per_target[r].end(), row.begin(), row.end());
       }
-      std::vector<std::int64_t> fed(c.targets.size(), 0);
-      for (int steps = 0; steps < 20; ++steps) {
-        for (const std::int64_t tokens : {2, 1}) {  // the rows with two tokens left, then those with one
-          std::vector<std::size_t> active;
-          std::vector<std::int64_t> step_ids, mtp_ids, step_slots, positions;
-          for (std::size_t r = 0; r < c.targets.size(); ++r) {
-            const Target& t = c.targets[r];
-            const auto left = static_cast<std::int64_t>(t.feed.size()) - fed[r];
-            if (left < tokens || (tokens == 1 && left != 1)) continue;
-            active.push_back(r);
-            for (std::int64_t k = 0; k < tokens; ++k) {
-              step_ids.push_back(t.feed[static_cast<std::size_t>(fed[r] + k)]);
-              mtp_ids.push_back(token_for(t, fed[r] + k));
-            }
-            step_slots.push_back(t.slot);
-            positions.push_back(lengths[static_cast<std::size_t>(t.prompt)] + fed[r]);
+      feed_in_pairs(c, [&](std::int64_t tokens, const std::vector<std::size_t>& rows,
+                           const std::vector<std::int64_t>& fed) {
+        std::vector<std::int64_t> ids, mtp_ids, slots, positions;
+        for (const std::size_t r : rows) {
+          for (std::int64_t k = 0; k < tokens; ++k) {
+            ids.push_back(c.targets[r].feed[static_cast<std::size_t>(fed[r] + k)]);
+            mtp_ids.push_back(token_for(c.targets[r], fed[r] + k));
           }
-          if (active.empty()) continue;
-          const auto n = static_cast<std::int64_t>(active.size());
-          const auto step_index = infer::DecodeIndex::at(tensor(step_slots), tensor(positions), tokens);
-          const auto step = m->decode_with_hidden(
-              tokens == 1 ? tensor(step_ids) : Tensor<std::int64_t>::from_vector(step_ids, {n, tokens}), step_index, cache);
-          EXPECT_EQ(step.hidden.shape(), (Shape{n, tokens, m->model.config.hidden_size}));
-          const std::vector<double> drafted =
-              m->mtp_decode(step.hidden, Tensor<std::int64_t>::from_vector(mtp_ids, {n, tokens}), step_index, cache)
-                  .to_vector();
-          ASSERT_EQ(drafted.size(), static_cast<std::size_t>(n * tokens * V));
-          for (std::size_t i = 0; i < active.size(); ++i) {
-            const Target& t = c.targets[active[i]];
-            for (std::int64_t k = 0; k < tokens; ++k) {
-              if (fed[active[i]] + k + 1 >= static_cast<std::int64_t>(t.feed.size())) continue;  // the last position
-              const auto row = row_of(drafted, i * static_cast<std::size_t>(tokens) + static_cast<std::size_t>(k),
-                                      static_cast<std::size_t>(V));
-              per_target[active[i]].insert(per_target[active[i]].end(), row.begin(), row.end());
-            }
-            fed[active[i]] += tokens;
-          }
+          slots.push_back(c.targets[r].slot);
+          positions.push_back(pc.lengths[static_cast<std::size_t>(c.targets[r].prompt)] + fed[r]);
         }
-      }
+        const auto n = static_cast<std::int64_t>(rows.size());
+        const auto index = infer::DecodeIndex::at(tensor(slots), tensor(positions), tokens);
+        const auto step = m->decode_with_hidden(step_ids(ids, n, tokens), index, pc.cache);
+        EXPECT_EQ(step.hidden.shape(), (Shape{n, tokens, hidden}));
+        const std::vector<double> drafted =
+            m->mtp_decode(step.hidden, Tensor<std::int64_t>::from_vector(mtp_ids, {n, tokens}), index, pc.cache)
+                .to_vector();
+        ASSERT_EQ(drafted.size(), static_cast<std::size_t>(n * tokens) * V);
+        for (std::size_t i = 0; i < rows.size(); ++i)
+          for (std::int64_t k = 0; k < tokens; ++k) {
+            if (fed[rows[i]] + k + 1 >= static_cast<std::int64_t>(c.targets[rows[i]].feed.size())) continue;  // last
+            const auto row = row_of(drafted, i * static_cast<std::size_t>(tokens) + static_cast<std::size_t>(k), V);
+            per_target[rows[i]].insert(per_target[rows[i]].end(), row.begin(), row.end());
+          }
+      });
       std::vector<double> got;
       for (const auto& t : per_target) got.insert(got.end(), t.begin(), t.end());
       ASSERT_EQ(got.size(), want.size());
@@ -408,7 +403,7 @@ TEST(CachedDecode, DeepseekMTPDecodeEqualsTheTrainingPath) {
   NoGradGuard no_grad;
   auto plain = m->make_decode_cache(2, 8);
   const auto at = infer::DecodeIndex::at(tensor<std::int64_t>({0}), tensor<std::int64_t>({0}));
-  EXPECT_KILN_ERROR(m->mtp_decode(zeros<double>({1, 1, m->model.config.hidden_size}), tensor<std::int64_t>({1}), at, plain),
+  EXPECT_KILN_ERROR(m->mtp_decode(zeros<double>({1, 1, hidden}), tensor<std::int64_t>({1}), at, plain),
                     "DeepseekV3ForCausalLM::mtp_decode", "no layer for the MTP module");
   nn::DeepseekV3Config none = infer_deepseek_config();
   none.num_nextn_predict_layers = 0;

@@ -23,15 +23,7 @@ namespace {
 
 using Prompts = std::vector<std::vector<std::int64_t>>;
 
-Prompts ragged_prompts(std::int64_t vocab) {
-  Prompts p;
-  std::int64_t seed = 40;
-  for (std::int64_t len : {3, 6, 1, 4}) {
-    Generator gen{static_cast<std::uint64_t>(seed++), 0};
-    p.push_back(randint<std::int64_t>(0, vocab, {len}, Device::cpu(), gen).to_vector());
-  }
-  return p;
-}
+Prompts ragged_prompts(std::int64_t vocab) { return random_prompts(vocab, {3, 6, 1, 4}, 40); }
 
 // Every token is the draw sample_tokens makes from the uncached forward's logits row before it,
 // keyed by the completion's sample id and the token's position.

@@ -22,15 +22,7 @@ namespace {
 
 using Prompts = std::vector<std::vector<std::int64_t>>;
 
-Prompts ragged_prompts(std::int64_t vocab) {
-  Prompts p;
-  std::uint64_t seed = 70;
-  for (std::int64_t len : {5, 1, 9, 3, 2}) {
-    Generator gen{seed++, 0};
-    p.push_back(randint<std::int64_t>(0, vocab, {len}, Device::cpu(), gen).to_vector());
-  }
-  return p;
-}
+Prompts ragged_prompts(std::int64_t vocab) { return random_prompts(vocab, {5, 1, 9, 3, 2}, 70); }
 
 // Generates on the GPU with `gpu_model` and compares every logits row drawn from with `cpu_model`'s
 // uncached forward (double) of prompt + completion; returns the completions.

@@ -26,15 +26,7 @@ using Prompts = std::vector<std::vector<std::int64_t>>;
 
 // Lengths 5, 1, 4, 7, 3: with blocks of 3 or 4 tokens a prompt ends mid-block, at a block's end
 // (L − 1 the block's last row) and at a block's start.
-Prompts odd_prompts(std::int64_t vocab) {
-  Prompts p;
-  std::uint64_t seed = 60;
-  for (std::int64_t len : {5, 1, 4, 7, 3}) {
-    Generator gen{seed++, 0};
-    p.push_back(randint<std::int64_t>(0, vocab, {len}, Device::cpu(), gen).to_vector());
-  }
-  return p;
-}
+Prompts odd_prompts(std::int64_t vocab) { return random_prompts(vocab, {5, 1, 4, 7, 3}, 60); }
 
 std::vector<infer::FinishReason> finishes_of(const std::vector<infer::Completion>& cs) {
   std::vector<infer::FinishReason> out;

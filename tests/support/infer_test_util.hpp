@@ -105,6 +105,17 @@ inline std::int64_t argmax_of(const std::vector<double>& v) {
   return static_cast<std::int64_t>(best);
 }
 
+// Prompts of the given lengths, random ids in [0, vocab), prompt i drawn with seed first_seed + i.
+inline std::vector<std::vector<std::int64_t>> random_prompts(std::int64_t vocab, const std::vector<std::int64_t>& lengths,
+                                                             std::uint64_t first_seed) {
+  std::vector<std::vector<std::int64_t>> out;
+  for (std::size_t i = 0; i < lengths.size(); ++i) {
+    Generator gen{first_seed + i, 0};
+    out.push_back(randint<std::int64_t>(0, vocab, {lengths[i]}, Device::cpu(), gen).to_vector());
+  }
+  return out;
+}
+
 // Each completion's tokens.
 inline std::vector<std::vector<std::int64_t>> tokens_of(const std::vector<infer::Completion>& cs) {
   std::vector<std::vector<std::int64_t>> out;

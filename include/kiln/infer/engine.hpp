@@ -89,7 +89,7 @@
 //     rewritten by the next step before anything reads it), so a sample may take a block for
 //     either;
 //   - positions advance by 1 or 2, which the host learns from the step's one read (both tokens
-//     and both next drafts per row): it uploads the rows ([11, rows]: speculative.hpp) before
+//     and both next drafts per row): it uploads the rows (11 values each: speculative.hpp) before
 //     every step, eager or graphed (graphs as above, one per padded row count);
 //   - GenerationProgress counts the drafts checked and accepted (acceptance_rate()).
 #pragma once
@@ -258,7 +258,7 @@ class Engine {
     std::int64_t total;
     std::int64_t finished = 0, tokens = 0, step = 0;
     std::int64_t drafts = 0, accepted_drafts = 0;  // speculative
-    std::vector<std::int64_t> freed;  // slots of samples finished since the scheduler last looked
+    std::vector<std::int64_t> freed{};  // slots of samples finished since the scheduler last looked
   };
 
   // An active sample: its index in the output, its cache slot, and the position of its newest

@@ -9,8 +9,9 @@
 //      not attend to the row d wrote);
 //   y2 comes from the logits after [x, d]: plain decoding's at p + 1 exactly when d = y1.
 // So the step emits y1, and y2 too when y1 = d (the draft is ACCEPTED): 1 or 2 tokens, and always
-// the tokens plain decoding draws with the same seed. A rejected draft's cache row (p + 1) is
-// written again by the next step before any query reads it.
+// the tokens plain decoding draws with the same seed. A rejected draft's cache rows (position
+// p + 1, in every layer, the MTP block's too) are written again by the next step before any query
+// reads them.
 //
 // In the same step the MTP module drafts the next token, from the main model's hidden states of
 // this step and the tokens just drawn: at p (h_p with y1) it predicts position p + 2, the next
