@@ -192,10 +192,8 @@ TEST(EngineCuda, SpeculativeEqualsPlainDecoding) {
       std::printf("double, block_tokens %lld, %s: %lld of %lld drafts accepted\n", static_cast<long long>(block_tokens),
                   graphs ? "graphs" : "eager", static_cast<long long>(last.accepted_drafts),
                   static_cast<long long>(last.drafts));
-      infer::GenerateOptions fp = plain;
-      fp.cache_block_tokens = block_tokens;
-      fp.cuda_graphs = graphs;
-      fp.pad_to_bucket = !graphs;
+      infer::GenerateOptions fp = o;  // the same rows, buckets and cache, without drafts
+      fp.speculative = false;
       const auto plain_float = tokens_of(infer::generate(*f, prompts, p, fp));
       EXPECT_EQ(tokens_of(infer::generate(*f, prompts, p, o)), plain_float);
     }
