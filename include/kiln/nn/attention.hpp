@@ -29,6 +29,7 @@
 #include "kiln/ops/attention.hpp"
 #include "kiln/ops/binary.hpp"
 #include "kiln/ops/compare.hpp"
+#include "kiln/ops/concat.hpp"
 #include "kiln/ops/copy.hpp"
 #include "kiln/ops/factory.hpp"
 #include "kiln/ops/matmul.hpp"
@@ -189,11 +190,13 @@ RopeTables<compute_t<T>> decode_rope_tables(const Tensor<std::int64_t>& position
         positions.shape(), " and ", tokens);
   if (tokens == 1) return decode_rope_tables<T>(positions, dim, theta, device);
   // positions[a] + t as [n, tokens], on the positions' device: in double (exact below 2^53) because
-  // the device elementwise kernels are floating-point only.
+  // the device elementwise kernels are floating-point only. Each column is a scalar add on the
+  // device (a host-built offsets tensor would be a host-to-device copy, which a decode step
+  // captured into a CUDA graph must not make).
   const Tensor<double> first = reshape(cast<double>(positions), {positions.size(0), 1});
-  const Tensor<double> offsets =
-      reshape(arange<double>(0.0, static_cast<double>(tokens), 1.0, positions.device()), {1, tokens});
-  return rope_tables_on<T>(cast<std::int64_t>(add(first, offsets)), dim, theta, device);
+  std::vector<Tensor<double>> columns{first};
+  for (std::int64_t t = 1; t < tokens; ++t) columns.push_back(add(first, static_cast<double>(t)));
+  return rope_tables_on<T>(cast<std::int64_t>(cat(columns, 1)), dim, theta, device);
 }
 
 // Positions first, first + 1, ..., first + n - 1 (a host tensor [n]).
