@@ -332,6 +332,14 @@ int run(const Settings& s, const std::string& out, const std::string& resume, Cl
   if (!h.empty()) std::printf("train loss %.4f (main %.4f), ", h.back().loss, h.back().parts.front().second);
   std::printf("validation loss %.4f (next-token cross-entropy on held-out problems), val MaxVio %.3f (max %.3f)\n",
               e.loss, e.max_vio_mean, e.max_vio_max);
+  if (s.fp8) {
+    // The same weights through the model's own precision: what FP8 training learned, apart from
+    // the FP8 forward's own rounding.
+    nn::clear_fp8_linears(model);
+    std::printf("final: validation loss %.4f with the FP8-trained weights in %s (no FP8 GEMMs)\n",
+                trainer.evaluate().loss, dtype_name<T>);
+    nn::use_fp8_linears(model);
+  }
 
   // A few greedy completions of test problems, checked by the task verifier.
   Generator test_gen{s.seed + 99, 0};

@@ -173,6 +173,10 @@ TEST(Fp8Training, SwitchesEveryLinearButTheOutputHead) {
     EXPECT_EQ(state_after[i].first, state_before[i].first);
     EXPECT_EQ(state_after[i].second.data(), state_before[i].second.data());
   }
+  // clear_fp8_linears undoes it.
+  EXPECT_EQ(nn::clear_fp8_linears(model), static_cast<std::int64_t>(switched.size()));
+  EXPECT_FALSE(model.model.layers[0]->self_attn.o_proj.fp8.has_value());
+  EXPECT_EQ(nn::clear_fp8_linears(model), 0);
   // A caller's own rule: keep the attention projections too.
   Generator gen2{1, 0};
   nn::DeepseekV3ForCausalLM<float> model2(c, gen2);

@@ -20,6 +20,7 @@
 // loads into a bf16 model and back.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <string>
 #include <string_view>
@@ -53,6 +54,20 @@ std::vector<std::string> use_fp8_linears(Module<T>& model, const Fp8LinearOption
     switched.push_back(name);
   });
   return switched;
+}
+
+// Turns FP8 mode off in every nn::Linear<T> under `model` (e.g. to evaluate FP8-trained weights
+// with the model's own precision); returns how many were in FP8 mode.
+template <class T>
+std::int64_t clear_fp8_linears(Module<T>& model) {
+  std::int64_t cleared = 0;
+  model.visit_modules("", [&](const std::string&, Module<T>& m) {
+    auto* lin = dynamic_cast<Linear<T>*>(&m);
+    if (lin == nullptr || !lin->fp8) return;
+    lin->fp8.reset();
+    ++cleared;
+  });
+  return cleared;
 }
 
 }  // namespace kiln::nn
