@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -72,6 +73,8 @@ const char* kUsage = R"(pretrain: a small DeepSeek-V3-style MoE model on worked 
   --fp8                 train the linear layers' GEMMs in FP8 (DeepSeek-V3 recipe: 1x128 activation
                         tiles, 128x128 weight blocks; embedding, output head, gates, norms and
                         attention keep the model's dtype; nn/fp8_training.hpp)
+  --fp8-keep LIST       with --fp8: linears whose names contain one of these comma-separated parts
+                        keep the model's dtype too (e.g. self_attn or experts,shared_experts)  []
   --attention fused|composed  on a GPU in bf16: the fused attention kernel, or the composed
                         ops (matmul, mask, softmax, matmul) it replaces, for comparison   [fused]
   --moe fused|composed  on a GPU in bf16: the sync-free MoE kernels (routing, device layout,
@@ -92,7 +95,7 @@ std::string gpu_name() {
 
 // The settings of a run, saved as DIR/run.json so that --resume DIR continues it unchanged.
 struct Settings {
-  std::string device, config, dtype, tokenizer, attention, moe;
+  std::string device, config, dtype, tokenizer, attention, moe, fp8_keep;
   std::int64_t steps, batch, accum, seq, warmup, docs, vocab, max_digits, log_every, eval_every, eval_batches,
       checkpoint_every, samples, threads;
   double lr, weight_decay, clip, peak_tflops, countdown_fraction, direct_fraction;
@@ -152,11 +155,13 @@ Settings parse(int argc, char** argv, std::string& out, std::string& resume) {
   s.moe = f.str("moe", "fused");              // the same
   s.tf32 = f.flag("tf32") || (saved.contains("tf32") && saved["tf32"].get<bool>());
   s.fp8 = f.flag("fp8") || (saved.contains("fp8") && saved["fp8"].get<bool>());
+  s.fp8_keep = s_("fp8-keep", "");
   f.check_all_used();
   if (s.threads < 1) throw Error("--threads must be positive");
   if (s.attention != "fused" && s.attention != "composed")
     throw Error("--attention must be fused or composed, got " + s.attention);
   if (s.moe != "fused" && s.moe != "composed") throw Error("--moe must be fused or composed, got " + s.moe);
+  if (!s.fp8_keep.empty() && !s.fp8) throw Error("--fp8-keep " + s.fp8_keep + " needs --fp8");
   if (s.steps < 1 || s.batch < 1 || s.accum < 1 || s.seq < 2 || s.docs < 10 || s.vocab < 300 || !(s.lr > 0))
     throw Error("steps, batch, accum, docs must be positive, seq >= 2, vocab >= 300, lr > 0");
   if (s.dtype != "float32" && s.dtype != "bf16") throw Error("--dtype must be float32 or bf16, got " + s.dtype);
@@ -194,7 +199,22 @@ void save_settings(const std::string& path, const Settings& s) {
   j["peak"] = s.peak_tflops;
   j["tf32"] = s.tf32;
   j["fp8"] = s.fp8;
+  j["fp8-keep"] = s.fp8_keep;
   io::write_file_atomically(path, io::dump_json(j, "pretrain", path, 2) + "\n", "pretrain");
+}
+
+// --fp8-keep: the output head, and every linear whose name contains one of the comma-separated parts.
+std::function<bool(const std::string&)> fp8_keep(const std::string& list) {
+  std::vector<std::string> parts;
+  for (std::size_t at = 0; at <= list.size();) {
+    const std::size_t comma = std::min(list.find(',', at), list.size());
+    if (comma > at) parts.push_back(list.substr(at, comma - at));
+    at = comma + 1;
+  }
+  return [parts](const std::string& name) {
+    return nn::is_output_head(name) ||
+           std::any_of(parts.begin(), parts.end(), [&](const std::string& p) { return name.find(p) != std::string::npos; });
+  };
 }
 
 // Greedy completions of several prompts (each after bos), decoded together by the generation
@@ -273,7 +293,7 @@ int run(const Settings& s, const std::string& out, const std::string& resume, Cl
   model.to(device);
   std::string precision_note;
   if (s.fp8) {
-    const std::vector<std::string> fp8_linears = nn::use_fp8_linears(model);
+    const std::vector<std::string> fp8_linears = nn::use_fp8_linears(model, {}, fp8_keep(s.fp8_keep));
     // The fused MoE path's weight gradient of the routed experts stays in T (nn/fp8_training.hpp).
     const bool fused_experts = nn::use_fused_moe<T>(device, config.hidden_size, config.moe_intermediate_size);
     precision_note = str("; FP8 GEMMs in ", fp8_linears.size(), " linears",
@@ -338,7 +358,7 @@ int run(const Settings& s, const std::string& out, const std::string& resume, Cl
     nn::clear_fp8_linears(model);
     std::printf("final: validation loss %.4f with the FP8-trained weights in %s (no FP8 GEMMs)\n",
                 trainer.evaluate().loss, dtype_name<T>);
-    nn::use_fp8_linears(model);
+    nn::use_fp8_linears(model, {}, fp8_keep(s.fp8_keep));
   }
 
   // A few greedy completions of test problems, checked by the task verifier.
