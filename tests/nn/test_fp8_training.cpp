@@ -73,19 +73,6 @@ nn::DeepseekV3Config all_experts_config() {
   return c;
 }
 
-// sqrt(Σ‖a − b‖² / Σ‖b‖²) of two gradients, as doubles.
-template <class T>
-std::pair<double, double> squared_error_and_norm(const Tensor<T>& a, const Tensor<T>& b) {
-  const auto av = a.to_vector(), bv = b.to_vector();
-  double e = 0.0, n = 0.0;
-  for (std::size_t i = 0; i < av.size(); ++i) {
-    const double d = static_cast<double>(av[i]) - static_cast<double>(bv[i]);
-    e += d * d;
-    n += static_cast<double>(bv[i]) * static_cast<double>(bv[i]);
-  }
-  return {e, n};
-}
-
 // moe: composed (each expert's linears through fp8_linear) or fused (grouped_fp8_linear; its
 // weight gradient is unquantized, so that path sits no further from the plain step). Both steps
 // back-propagate loss · loss_scale: the gradients' own scale must not change FP8's relative error
@@ -118,10 +105,10 @@ void check_step_follows_unquantized(nn::MoEDispatch moe, double loss_scale = 1.0
     const Tensor<T> gp = pp[i].second.grad(), gf = pf[i].second.grad();
     ASSERT_EQ(gp.defined(), gf.defined()) << pp[i].first;
     if (!gp.defined()) continue;
-    const auto [e, n] = squared_error_and_norm(gf, gp);
-    err += e;
-    norm += n;
-    const double own = std::sqrt(e / n);
+    const kiln::testing::ErrorStats e = kiln::testing::relative_error(gf, gp);
+    err += e.error_sq;
+    norm += e.ref_sq;
+    const double own = e.relative;
     EXPECT_LE(own, 0.25) << pp[i].first;
     if (own > worst) worst = own, worst_name = pp[i].first;
   }

@@ -36,6 +36,7 @@ struct ErrorStats {
   std::size_t index = 0;      // flat index of that element (or of the first NaN/inf mismatch)
   double value = 0.0, reference = 0.0;  // a and ref there
   double ref_rms = 0.0;       // sqrt(mean(ref²)): the scale the elementwise error is measured against
+  double error_sq = 0.0, ref_sq = 0.0;  // ||a - ref||² and ||ref||² (finite pairs): to pool several tensors
   std::size_t count = 0;      // elements compared
   std::vector<std::int64_t> shape;  // of the tensors, when known: the index is printed per dimension
 
@@ -97,6 +98,8 @@ ErrorStats relative_error(const std::vector<A>& a, const std::vector<B>& ref) {
     num += d * d;
     den += r * r;
   }
+  e.error_sq = num;
+  e.ref_sq = den;
   if (e.count > 0) e.ref_rms = std::sqrt(den / static_cast<double>(e.count));
   e.relative = mismatch ? INFINITY : den == 0.0 ? std::sqrt(num) : std::sqrt(num / den);
   return e;

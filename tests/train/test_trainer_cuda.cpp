@@ -100,18 +100,10 @@ std::pair<double, std::string> global_relative_error(const std::vector<Tensor<A>
   double num = 0.0, den = 0.0, worst = -1.0;
   std::string worst_name;
   for (std::size_t i = 0; i < a.size() && i < b.size(); ++i) {
-    const auto av = on_cpu(a[i].detach()).to_vector();
-    const auto bv = b[i].detach().to_vector();
-    EXPECT_EQ(av.size(), bv.size());
-    double n = 0.0, d = 0.0;
-    for (std::size_t k = 0; k < av.size() && k < bv.size(); ++k) {
-      const double x = static_cast<double>(av[k]), y = static_cast<double>(bv[k]);
-      n += (x - y) * (x - y);
-      d += y * y;
-    }
-    num += n;
-    den += d;
-    const double own = d > 0.0 ? std::sqrt(n / d) : std::sqrt(n);
+    const ErrorStats e = relative_error(on_cpu(a[i].detach()), b[i].detach());
+    num += std::isfinite(e.relative) ? e.error_sq : INFINITY;  // a NaN or inf mismatch fails the pooled error too
+    den += e.ref_sq;
+    const double own = e.relative;
     if (!(own <= worst)) worst = own, worst_name = names[i] + " (" + std::to_string(own) + ")";
   }
   return {std::sqrt(num / den), worst_name};
