@@ -89,6 +89,14 @@ struct DecodeAttentionArgs {
   double scale = 1.0;
   int splits = 1;                  // blocks per row along the sequence (<= kDecodeMaxSplits)
   void* workspace = nullptr;       // splits > 1: decode_attention_workspace_elements(*this) values
+  // FP8 latent cache (ops/latent_fp8_cache.hpp; MLA's absorbed decode, kv_heads = 1, dtype bf16),
+  // when `latent` is set: k and v are unused, and token j of a sequence is the token index
+  // tok = block * k_slot_stride + row (the front-end sets k_slot_stride = v_slot_stride = rows per
+  // block or slot, k_row_stride = v_row_stride = 1), whose key is [latent ⊙ scale, rope] (dk = dv +
+  // dr) and whose value is latent ⊙ scale (dv = r):
+  const void* latent = nullptr;           // e4m3 [tokens, dv]
+  const float* latent_scales = nullptr;   // [tokens, ceil(dv / 128)]: columns 128 i .. 128 i + 127
+  const void* rope = nullptr;             // dtype [tokens, dk - dv]
 };
 
 constexpr int kDecodeMaxSplits = 128;

@@ -40,6 +40,18 @@
 // block's heads (chunked like heads), so each key read serves both queries; query 0 of 2 attends
 // one key fewer than query 1, a per-head bit masks key L - 1 to -inf for those rows in step B.
 //
+// FP8 latent cache (args.hpp: `latent` set; ops/latent_fp8_cache.hpp; bf16): the same kernel with
+// kFp8, only where a key's numbers come from differs. A token's key is [latent ⊙ scale, rope]
+// (e4m3 latent, one float scale per 128 columns, rope bf16) and its value latent ⊙ scale. Step A:
+// a lane's half of the key is whole 128-column tiles (half 0 the first ceil(tiles / 2), half 1
+// the rest and the rope part), read as 16-byte pieces of 16 e4m3 values, 4 or 8 in flight, each
+// widened times its tile's scale (fp8_latent_scores); step C: the lane's CPL latent columns (one
+// CPL-byte read) times the scale of their tile, one float read per key. The addressing is by
+// token index (block * rows + row), so both layouts work unchanged; the split, softmax, combine
+// and every check are shared. Bytes a token: r + 4 ceil(r / 128) + 2 dr (328 at r 256, dr 32)
+// against 2 (r + dr) = 576. At 16 columns a lane (r 512) a block takes 4 heads (max_heads: 8
+// spilled registers).
+//
 // Split along the sequence (args.hpp: splits > 1). When the rows, kv heads and head chunks give
 // fewer blocks than half the SMs (few sequences, long caches: 4 rows x 32768 keys x 16 heads is
 // 8 blocks for 132 SMs), each row's keys are cut into `splits` ranges of ceil(L / splits) keys
@@ -184,15 +196,95 @@ struct TokenRows {
   }
 };
 
+// s[h] += q_h[0 .. N) · k[0 .. N) for the HC query rows of q_s (C [HC][dk], qd = q_s + the piece's
+// first column, 16-byte aligned) and N key values k of one 16-byte piece, widened: each 16-byte
+// shared load of q (a broadcast: every lane of a half reads the same address) serves 4 heads'
+// FMAs with one key value each, so the heads' FMA chains interleave.
+template <int HC, int N, class C>
+__device__ __forceinline__ void dot_piece(const C* qd, const C* kf, int dk, C (&s)[HC]) {
+  constexpr int QV = 16 / static_cast<int>(sizeof(C));
+#pragma unroll
+  for (int g = 0; g < HC; g += kGroup) {
+#pragma unroll
+    for (int b = 0; b < N; b += QV) {
+      Vec<C, QV> qv[kGroup];
+#pragma unroll
+      for (int w = 0; w < kGroup; ++w) qv[w] = *reinterpret_cast<const Vec<C, QV>*>(qd + (g + w) * dk + b);
+#pragma unroll
+      for (int e = 0; e < QV; ++e)
+#pragma unroll
+        for (int w = 0; w < kGroup; ++w) s[g + w] += qv[w].v[e] * kf[b + e];
+    }
+  }
+}
+
+// Step A over one token of an FP8 latent cache (args.hpp: latent e4m3 [dv], its scales [dv/128
+// rounded up], rope [dk - dv] of T): s[h] += q_h · [latent ⊙ scale, rope] over this lane's half —
+// half 0 the first ceil(tiles / 2) 128-column tiles of the latent, half 1 the other tiles and the
+// rope part. The pieces of 16 e4m3 values (16 bytes) are loaded kInFlight at a time and widened
+// times their tile's scale; the rope part likewise in pieces of 16 bytes of T. kInFlight is 8
+// where acc leaves the registers for it and 4 where it does not (ptxas -v: 8 spilled at 16 heads
+// x 4 columns and 12 x 8; at 8 heads x 16 columns even 1 spilled, so the launcher gives the FP8
+// kernel 4 heads a block there). q_s holds q as C [HC][dk] (dk a multiple of 4: 16-byte aligned
+// rows).
+template <int HC, int kInFlight, class T, class C>
+__device__ __forceinline__ void fp8_latent_scores(const fp8_e4m3* lat, const float* scales, const T* rope, int dv,
+                                                  int dr, int half, const C* q_s, int dk, C (&s)[HC]) {
+  constexpr int RV = 16 / static_cast<int>(sizeof(T));  // rope elements per piece
+  using LatentPiece = Vec<fp8_e4m3, 16>;
+  using RopePiece = Vec<T, RV>;
+  // Half 0: latent tiles [0, mid); half 1: tiles [mid, tiles), then the rope part. Pieces are
+  // 16 latent values; 8 make a tile.
+  const int pieces = dv / 16, tiles = (dv + 127) / 128, mid = (tiles + 1) / 2;
+  const int c_begin = half ? ::min(mid * 8, pieces) : 0, c_end = half ? pieces : ::min(mid * 8, pieces);
+  const LatentPiece* const lp = reinterpret_cast<const LatentPiece*>(lat);
+  for (int c0 = c_begin; c0 < c_end; c0 += kInFlight) {
+    const int n = ::min(kInFlight, c_end - c0);
+    LatentPiece piece[kInFlight];
+#pragma unroll
+    for (int u = 0; u < kInFlight; ++u) piece[u] = lp[c0 + ::min(u, n - 1)];
+#pragma unroll
+    for (int u = 0; u < kInFlight; ++u) {
+      if (u < n) {
+        const C scale = static_cast<C>(scales[(c0 + u) / 8]);  // an L1 hit after the first
+        C kf[16];
+#pragma unroll
+        for (int e = 0; e < 16; ++e) kf[e] = static_cast<C>(load(piece[u].v[e])) * scale;
+        dot_piece<HC, 16>(q_s + (c0 + u) * 16, kf, dk, s);
+      }
+    }
+  }
+  if (half == 0) return;
+  const RopePiece* const rp = reinterpret_cast<const RopePiece*>(rope);
+  const int rope_pieces = dr / RV;
+  for (int c0 = 0; c0 < rope_pieces; c0 += kInFlight) {
+    const int n = ::min(kInFlight, rope_pieces - c0);
+    RopePiece piece[kInFlight];
+#pragma unroll
+    for (int u = 0; u < kInFlight; ++u) piece[u] = rp[c0 + ::min(u, n - 1)];
+#pragma unroll
+    for (int u = 0; u < kInFlight; ++u) {
+      if (u < n) {
+        C kf[RV];
+#pragma unroll
+        for (int e = 0; e < RV; ++e) kf[e] = static_cast<C>(load(piece[u].v[e]));
+        dot_piece<HC, RV>(q_s + dv + (c0 + u) * RV, kf, dk, s);
+      }
+    }
+  }
+}
+
 // kVec: 16-byte key loads and CPL-wide value loads (the launcher checked the alignment);
 // otherwise element loads. NG: groups of kGroup = 4 query rows computed per block (HC = 4 NG);
-// heads_per_block: the launcher's chunk of the kv head's T x G query rows (<= HC).
+// heads_per_block: the launcher's chunk of the kv head's T x G query rows (<= HC). kFp8: the
+// cache is an FP8 latent cache (args.hpp; always with kVec): step A reads the token's latent
+// tiles and rope part (fp8_latent_scores), step C its latent columns times their tile's scale.
 //
 // The head count is a template constant so that the inner loops have no branch on it: a branch
 // per head (or group) splits the independent FMA chains of the heads into basic blocks that
 // cannot interleave, and one warp then waits an FMA latency per FMA. q rows from hc up to HC are
 // zeros: those padding heads compute finite, unused values and are never written.
-template <class T, int CPL, int NG, bool kVec>
+template <class T, int CPL, int NG, bool kVec, bool kFp8 = false>
 __global__ void __launch_bounds__(kThreads, 1) decode_attention_kernel(DecodeAttentionArgs a, int heads_per_block) {
   using C = compute_of<T>;
   constexpr int HC = kGroup * NG;
@@ -210,6 +302,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_attention_kernel(DecodeAtt
   constexpr C kNegInf = -static_cast<C>(INFINITY);
   static_assert(HC <= head_chunk<T, CPL>(), "acc stays within the register budget");
   static_assert(HC <= 32, "one bit per query row in `drop`");
+  static_assert(!kFp8 || (kVec && std::is_same_v<T, bf16>), "the FP8 latent cache takes vector loads and bf16");
 
   __shared__ alignas(16) C p_s[kWarps][HC][kTile];  // each warp's probabilities of its tile
   __shared__ std::int64_t voff_s[kWarps][kTile];    // and the value rows of the tile's keys
@@ -279,6 +372,28 @@ __global__ void __launch_bounds__(kThreads, 1) decode_attention_kernel(DecodeAtt
   const std::int64_t num_blocks = a.block_table ? a.num_blocks : a.num_slots;
   const T* const k = static_cast<const T*>(a.k) + kv_head * a.k_head_stride;
   const T* const v_base = static_cast<const T*>(a.v) + kv_head * a.v_head_stride;
+  // The FP8 latent cache (kFp8): token tok = block * k_slot_stride + row (k_row_stride 1) has its
+  // latent at lat + tok * dv, its scales at lsc + tok * tiles, its rope part at rope + tok * dr.
+  const fp8_e4m3* const lat = static_cast<const fp8_e4m3*>(a.latent);
+  const float* const lsc = a.latent_scales;
+  const T* const rope = static_cast<const T*>(a.rope);
+  const int dr = dk - dv, tiles = (dv + 127) / 128;
+  // Asks L2 for the rows of the key at (block b, row r): half 0 its keys, half 1 its values (FP8:
+  // half 0 the latent, half 1 the rope part and the scales).
+  auto prefetch_key = [&](std::int64_t b, int r) {
+    if constexpr (kFp8) {
+      const std::int64_t tok = b * a.k_slot_stride + r;
+      if (half == 0) {
+        prefetch_l2(lat + tok * dv, dv);
+      } else {
+        if (dr > 0) prefetch_l2(rope + tok * dr, dr);
+        prefetch_l2(lsc + tok * tiles, tiles);
+      }
+    } else {
+      if (half == 0) prefetch_l2(k + b * a.k_slot_stride + r * a.k_row_stride, dk);
+      else prefetch_l2(v_base + b * a.v_slot_stride + r * a.v_row_stride, dv);
+    }
+  };
   constexpr int kStride = kWarps * kTile;  // keys between a warp's tiles
   // Where this lane's key of the warp's current tile lies (lanes past the tile's last key: that
   // key); the first tile's rows on their way to L2 while q is staged.
@@ -287,10 +402,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_attention_kernel(DecodeAtt
   const int t_first = begin + warp * kTile;
   if (t_first < end) {
     rows.locate(t_first + ::min(kl, end - t_first - 1), kb, kr);
-    if (t_first + kl < end && kb >= 0 && kb < num_blocks) {  // the table is checked below
-      if (half == 0) prefetch_l2(k + kb * a.k_slot_stride + kr * a.k_row_stride, dk);
-      else prefetch_l2(v_base + kb * a.v_slot_stride + kr * a.v_row_stride, dv);
-    }
+    if (t_first + kl < end && kb >= 0 && kb < num_blocks) prefetch_key(kb, kr);  // the table is checked below
   }
 
   // q: warp w stages query rows w, w + 8, ... (coalesced over dk; rows hc .. HC - 1 zeros).
@@ -308,6 +420,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_attention_kernel(DecodeAtt
   // This lane's value columns: lane * CPL + i (vector path) or lane + 32 i (element path), read
   // clamped into [0, dv) so that idle lanes stay inside the row.
   const T* const v = v_base + (kVec ? ::min(lane * CPL, dv - CPL) : 0);
+  const int fp8_col = ::min(lane * CPL, dv - CPL);  // kFp8: this lane's first latent column
   const C scale = static_cast<C>(a.scale);
 
   C acc[HC][CPL], m[HC];
@@ -339,10 +452,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_attention_kernel(DecodeAtt
     const int t1 = t0 + kStride;
     if (t1 < end) {
       rows.locate(t1 + ::min(kl, end - t1 - 1), nb, nr);
-      if (t1 + kl < end) {
-        if (half == 0) prefetch_l2(k + nb * a.k_slot_stride + nr * a.k_row_stride, dk);
-        else prefetch_l2(v_base + nb * a.v_slot_stride + nr * a.v_row_stride, dv);
-      }
+      if (t1 + kl < end) prefetch_key(nb, nr);
     }
     // A. key kl of the tile against every head of the chunk, over this lane's half of dk (the
     // two halves are added below: both lanes then hold the same bits, a + b = b + a).
@@ -350,7 +460,11 @@ __global__ void __launch_bounds__(kThreads, 1) decode_attention_kernel(DecodeAtt
     C s[HC];
 #pragma unroll
     for (int h = 0; h < HC; ++h) s[h] = 0;
-    if constexpr (kVec) {
+    if constexpr (kFp8) {
+      const std::int64_t tok = kb * a.k_slot_stride + kr;
+      fp8_latent_scores<HC, HC * CPL >= 64 ? 4 : 8>(lat + tok * dv, lsc + tok * tiles, rope + tok * dr, dv, dr, half,
+                                                    q_s, dk, s);
+    } else if constexpr (kVec) {
       // 16-byte pieces, each loaded kDepth pieces ahead of its use (past the half's end the last
       // index repeats: a harmless reload of the final piece). Half 0 takes pieces [0, mid), half 1
       // the rest. The ring is indexed by compile-time constants only (the loop over it unrolled).
@@ -371,20 +485,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_attention_kernel(DecodeAtt
             C kf[VK];
 #pragma unroll
             for (int e = 0; e < VK; ++e) kf[e] = static_cast<C>(load(cur.v[e]));
-            const C* const qd = q_s + c * VK;  // 16-byte aligned: dk is a multiple of VK
-#pragma unroll
-            for (int g = 0; g < HC; g += kGroup) {
-#pragma unroll
-              for (int b = 0; b < VK; b += QV) {
-                Vec<C, QV> qv[kGroup];
-#pragma unroll
-                for (int w = 0; w < kGroup; ++w) qv[w] = *reinterpret_cast<const Vec<C, QV>*>(qd + (g + w) * dk + b);
-#pragma unroll
-                for (int e = 0; e < QV; ++e)
-#pragma unroll
-                  for (int w = 0; w < kGroup; ++w) s[g + w] += qv[w].v[e] * kf[b + e];
-              }
-            }
+            dot_piece<HC, VK>(q_s + c * VK, kf, dk, s);  // 16-byte aligned: dk is a multiple of VK
           }
         }
       }
@@ -426,6 +527,14 @@ __global__ void __launch_bounds__(kThreads, 1) decode_attention_kernel(DecodeAtt
       C vf[KG][CPL];
 #pragma unroll
       for (int u = 0; u < KG; ++u) {
+        if constexpr (kFp8) {  // voff_s holds the token index; this lane's columns lie in one tile
+          const std::int64_t tok = voff_s[warp][j0 + u];
+          load_cols<CPL>(lat + tok * dv + fp8_col, vf[u]);
+          const C scale = static_cast<C>(lsc[tok * tiles + fp8_col / 128]);
+#pragma unroll
+          for (int i = 0; i < CPL; ++i) vf[u][i] *= scale;
+          continue;
+        }
         const T* const vr = v + voff_s[warp][j0 + u];
         if constexpr (kVec) {
           load_cols<CPL>(vr, vf[u]);
@@ -539,6 +648,13 @@ __global__ void __launch_bounds__(kCombineThreads) decode_combine_kernel(DecodeA
   }
 }
 
+// Query rows a block computes at most: head_chunk's register budget; for the FP8 latent cache at
+// 16 value columns a lane, one group of 4 (its extra pointers and scales made 8 heads spill).
+template <class T, int CPL>
+int max_heads(const DecodeAttentionArgs& a) {
+  return a.latent && CPL >= 16 ? kGroup : head_chunk<T, CPL>();
+}
+
 // How a problem is cut: query rows per block (per) and their chunks, sequence splits, the dynamic
 // shared memory of the main kernel.
 struct Layout {
@@ -553,13 +669,13 @@ template <class T, int CPL>
 Layout layout_of(const DecodeAttentionArgs& a, const DeviceInfo& info, int splits_wanted) {
   using C = compute_of<T>;
   const char* op = "decode_attention";
-  constexpr int kMaxHeads = head_chunk<T, CPL>();
+  const int max_rows = max_heads<T, CPL>(a);
   const int rows = a.queries * (a.heads / a.kv_heads);  // query rows per kv head
   const std::int64_t blocks_per_chunk = a.count * a.kv_heads;
   Layout l;
-  // Heads a block: the fewest chunks of <= kMaxHeads; then the sequence split; then more chunks
+  // Heads a block: the fewest chunks of <= max_rows; then the sequence split; then more chunks
   // (fewer heads a block) while the grid fills less than half the SMs.
-  l.chunks = (rows + kMaxHeads - 1) / kMaxHeads;
+  l.chunks = (rows + max_rows - 1) / max_rows;
   if (splits_wanted >= 1) {
     l.splits = std::min(splits_wanted, kDecodeMaxSplits);
   } else {
@@ -594,15 +710,17 @@ Layout layout_of(const DecodeAttentionArgs& a, const DeviceInfo& info, int split
   return l;
 }
 
-// Calls f(T{}, integral_constant<CPL>) for the problem's dtype and value columns per lane.
+// Calls f(T{}, integral_constant<CPL>) for the problem's dtype and value columns per lane (an
+// FP8 latent cache: bf16, at least 4 columns a lane, its smallest instantiation).
 template <class F>
 void dispatch(const DecodeAttentionArgs& a, F&& f) {
   auto with_cols = [&](auto tag) {
-    if (a.dv <= 64) return f(tag, std::integral_constant<int, 2>{});
+    if (a.dv <= 64 && !a.latent) return f(tag, std::integral_constant<int, 2>{});
     if (a.dv <= 128) return f(tag, std::integral_constant<int, 4>{});
     if (a.dv <= 256) return f(tag, std::integral_constant<int, 8>{});
     return f(tag, std::integral_constant<int, 16>{});
   };
+  if (a.latent) return with_cols(bf16{});  // check_problem: dtype bf16
   switch (a.dtype) {
     case DType::f32: return with_cols(float{});
     case DType::f64: return with_cols(double{});
@@ -624,6 +742,15 @@ inline void check_problem(const DecodeAttentionArgs& a) {
   check(!a.block_table || (a.block_tokens >= 1 && a.max_blocks >= 1 && a.capacity == a.max_blocks * a.block_tokens),
         op, "a paged cache needs block_tokens, max_blocks >= 1 and capacity = max_blocks x block_tokens, got ",
         a.block_tokens, ", ", a.max_blocks, ", ", a.capacity);
+  if (a.latent) {
+    const int dr = a.dk - a.dv;
+    check(a.dtype == DType::bf16 && a.kv_heads == 1 && a.dv % 16 == 0 && dr >= 0 && dr % 8 == 0 &&
+              a.k_row_stride == 1 && a.v_slot_stride == a.k_slot_stride && a.v_row_stride == 1 && a.latent_scales &&
+              (a.rope || dr == 0) && aligned16(a.latent) && aligned16(a.latent_scales) && aligned16(a.rope),
+          op, "an FP8 latent cache takes bf16, one kv head, a latent of a multiple of 16 values and a rope part of a ",
+          "multiple of 8, 16-byte aligned, addressed by token index; got dtype ", a.dtype, ", kv_heads ", a.kv_heads,
+          ", dk ", a.dk, ", dv ", a.dv);
+  }
 }
 
 inline void launch_decode_attention(const DecodeAttentionArgs& a) {
@@ -652,6 +779,11 @@ inline void launch_decode_attention(const DecodeAttentionArgs& a) {
         kernel<<<grid, kThreads, l.smem, a.launch.stream>>>(a, l.per);
         KILN_CUDA_CHECK_LAUNCH();
       };
+      if (a.latent) {  // check_problem: bf16, the FP8 rows aligned; dispatch: CPL >= 4; max_heads: 4 at CPL 16
+        if constexpr (std::is_same_v<T, bf16> && CPL >= 4 && (CPL < 16 || NG == 1))
+          return launch(decode_attention_kernel<T, CPL, NG, true, true>);
+        fail(op, "internal: no FP8 latent kernel for this dtype, value width and head count");
+      }
       // double at dv > 256: 64 doubles of acc leave no room for 16-column vector loads (ptxas
       // spills); element loads there.
       if constexpr (!(std::is_same_v<T, double> && CPL == 16)) {

@@ -2,8 +2,10 @@
 // cached decode path on the device (cache_write, decode_attention, dense MoE, sampling, device
 // index tensors) against the CPU's uncached forward; the same samples as on the CPU; float and
 // bf16 models; MTP speculative decoding (two-token steps, eager and as CUDA graphs) gives plain
-// decoding's tokens. With KILN_ENGINE_BENCH=1 also the generation throughput of the big pretrain
-// config (B = 128, 64-token prompts, 256 new tokens, bf16), printed, plain and speculative.
+// decoding's tokens; the FP8 latent cache (bf16 models): graphs draw what eager steps draw, and
+// the logits follow the CPU's within bf16's and FP8's rounding. With KILN_ENGINE_BENCH=1 also the
+// generation throughput of the big pretrain config (B = 128, 64-token prompts, 256 new tokens,
+// bf16), printed: plain, speculative, and over the FP8 cache.
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -224,6 +226,45 @@ TEST(EngineCuda, FloatAndBf16Models) {
   expect_gpu_rows_follow_cpu(*b, *cpu, prompts, p, o, 3e-2);
 }
 
+// The FP8 latent cache on the GPU (options.fp8_cache; the decode kernel's FP8 variant, bf16 models):
+// CUDA graphs draw exactly what eager steps draw (same kernels, same shapes), over 4-token blocks
+// and 64-token ones; and each drawn token's logits follow the double CPU model's uncached forward.
+// Per row the bf16 model alone is ~1e-2 off (FloatAndBf16Models) and the FP8 cache adds ~1%
+// (tests/infer/test_latent_fp8_cache.cpp, median over rows, double); the median is taken because
+// a perturbation that moves a token to another expert makes a rare row far off. A wrong scale or
+// row is off by O(1).
+TEST(EngineCuda, Fp8LatentCache) {
+  KILN_REQUIRE_GPU();
+  auto cpu_model = make_deepseek<double>(43, infer_deepseek_config(), 0.4);
+  auto bf = make_deepseek<bf16>(43, infer_deepseek_config(), 0.4);
+  bf->to(kiln::testing::gpu);
+  const Prompts prompts = ragged_prompts(cpu_model->vocab_size());
+  infer::SamplingParams p;
+  p.temperature = 0.8;
+  p.max_new_tokens = 10;
+  p.seed = 3;
+  for (const std::int64_t block_tokens : {4, 64}) {
+    SCOPED_TRACE(::testing::Message() << "blocks of " << block_tokens);
+    infer::GenerateOptions o;
+    o.samples_per_prompt = 2;
+    o.fp8_cache = true;
+    o.cache_block_tokens = block_tokens;
+    o.max_batch = 6;
+    o.pad_to_bucket = true;
+    o.cuda_graphs = false;
+    const auto eager = infer::generate(*bf, prompts, p, o);
+    o.cuda_graphs = true;
+    EXPECT_EQ(tokens_of(infer::generate(*bf, prompts, p, o)), tokens_of(eager));
+  }
+  LogitsLog log;
+  infer::GenerateOptions o;
+  o.samples_per_prompt = 2;
+  o.fp8_cache = true;
+  o.on_logits = log.hook();
+  const auto out = infer::generate(*bf, prompts, p, o);
+  EXPECT_LT(median_after_first_token(row_errors_against_full_forward(*cpu_model, prompts, out, log)), 4e-2);
+}
+
 // Throughput of the big pretrain configuration (examples/pretrain/task_data.hpp big_config):
 // hidden 768, 7 layers (1 dense + 6 MoE of 8 experts top-2 + 1 shared), MLA 12 heads, kv_lora 256,
 // rope 32, vocab 2048, bf16, random weights; 128 prompts of 64 tokens, 256 new tokens each (no eos).
@@ -268,14 +309,15 @@ TEST(EngineCuda, BigConfigThroughput) {
   // the contiguous cache, and speculative decoding with CUDA graphs over the paged cache. (Random
   // weights give nearly uniform distributions, from the main model and the MTP module alike, so
   // the coupled drafts agree far more often than a trained model's would: the acceptance printed
-  // is this model's, not a trained one's.)
-  for (int mode = 0; mode < 5; ++mode) {
+  // is this model's, not a trained one's.) Last, CUDA graphs over the paged FP8 latent cache.
+  for (int mode = 0; mode < 6; ++mode) {
     const bool bucket = mode >= 1;
     infer::GenerateOptions o;
     o.pad_to_bucket = bucket;
     o.cuda_graphs = mode >= 2;
     if (mode == 3) o.cache_block_tokens = 0;
     o.speculative = mode == 4;
+    o.fp8_cache = mode == 5;
     std::int64_t steps = 0;
     double acceptance = 0.0;
     o.on_progress = [&](const infer::GenerationProgress& g) {
@@ -297,7 +339,8 @@ TEST(EngineCuda, BigConfigThroughput) {
     EXPECT_EQ(tokens, B * new_tokens);
     std::printf("big config, B = %lld, prompt %lld, new %lld%s: %.2f s, %.0f tok/s, %.3f ms per decode step",
                 static_cast<long long>(B), static_cast<long long>(prompt_len), static_cast<long long>(new_tokens),
-                mode == 4   ? " (CUDA graphs, speculative)"
+                mode == 5   ? " (CUDA graphs, FP8 latent cache)"
+                : mode == 4 ? " (CUDA graphs, speculative)"
                 : mode == 3 ? " (CUDA graphs, contiguous cache)"
                 : mode == 2 ? " (CUDA graphs)"
                 : bucket    ? " (bucketed)"

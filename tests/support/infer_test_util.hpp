@@ -3,6 +3,8 @@
 // forward over the whole sequence — with the engine's logits rows recorded against it.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -174,6 +176,43 @@ void expect_logits_of_full_forward(Model& m, const std::vector<std::vector<std::
   }
   EXPECT_EQ(rows, log.rows.size());
   EXPECT_LT(relative_error(got, want), tolerance);
+}
+
+// Per drawn token, the relative error of its logits row (from `log`) against the uncached
+// forward's row at the position before it: errors[j][t] for token t of completion j (prompt
+// out[j].prompt). A missing row fails the test and is left out.
+template <class Model>
+std::vector<std::vector<double>> row_errors_against_full_forward(Model& m,
+                                                                 const std::vector<std::vector<std::int64_t>>& prompts,
+                                                                 const std::vector<infer::Completion>& out,
+                                                                 const LogitsLog& log) {
+  const auto V = static_cast<std::size_t>(m.vocab_size());
+  std::vector<std::vector<double>> errors(out.size());
+  for (std::size_t j = 0; j < out.size(); ++j) {
+    std::vector<std::int64_t> seq = prompts[static_cast<std::size_t>(out[j].prompt)];
+    const std::size_t L = seq.size();
+    seq.insert(seq.end(), out[j].tokens.begin(), out[j].tokens.end());
+    const std::vector<double> full = full_logits(m, seq);
+    for (std::size_t t = 0; t < out[j].tokens.size(); ++t) {
+      const auto it = log.rows.find({static_cast<std::int64_t>(j), static_cast<std::int64_t>(L + t)});
+      if (it == log.rows.end()) {
+        ADD_FAILURE() << "no logits recorded for sample " << j << " at position " << L + t;
+        continue;
+      }
+      errors[j].push_back(relative_error(it->second, row_of(full, L + t - 1, V)));
+    }
+  }
+  return errors;
+}
+
+// The median of the errors of every sample's tokens after its first (which the prefill draws).
+inline double median_after_first_token(const std::vector<std::vector<double>>& errors) {
+  std::vector<double> later;
+  for (const auto& e : errors) later.insert(later.end(), e.begin() + std::min<std::ptrdiff_t>(1, std::ssize(e)), e.end());
+  EXPECT_FALSE(later.empty());
+  if (later.empty()) return INFINITY;
+  std::nth_element(later.begin(), later.begin() + static_cast<std::ptrdiff_t>(later.size() / 2), later.end());
+  return later[later.size() / 2];
 }
 
 }  // namespace kiln::testing

@@ -18,6 +18,11 @@
 //     k's first r columns (no second copy). The one "kv head" is shared by every query head.
 //     Per token and layer this is r + dr numbers (288 for DeepSeek-V3-style r = 256, dr = 32),
 //     against 2·H·head_dim for plain multi-head attention.
+//   MLA in FP8 (KVCache::latent with CacheFormat::fp8): the same rows with c in e4m3 and one
+//     FP32 scale per 128 values, k_pe in the model's type (ops/latent_fp8_cache.hpp: three tensors
+//     per layer, Layer::fp8; k and v stay undefined): 328 bytes a token and layer at r = 256,
+//     dr = 32 in bf16, against 576. Written through write_latent (which quantizes), read through
+//     attend_cached(_tokens) (which dequantize as they read).
 // The memory is zeroed once; positions at or past a sequence's length are never read
 // (decode_attention attends over j < lengths[a]), so stale rows of finished sequences or padding
 // need no clearing.
@@ -52,6 +57,7 @@
 #include "kiln/ops/decode_attention.hpp"
 #include "kiln/ops/factory.hpp"
 #include "kiln/ops/gather.hpp"
+#include "kiln/ops/latent_fp8_cache.hpp"
 #include "kiln/ops/paged_attention.hpp"
 #include "kiln/ops/view.hpp"
 #include "kiln/infer/block_allocator.hpp"
@@ -85,6 +91,9 @@ struct CacheLayout {
   }
 };
 
+// How an MLA latent cache stores its rows: in the model's type, or the latent in FP8 (above).
+enum class CacheFormat { model, fp8 };
+
 template <class T>
 class KVCache {
  public:
@@ -92,6 +101,7 @@ class KVCache {
     Tensor<T> k;  // [slots, capacity, kv_heads, k_dim] or [num_blocks, block_tokens, ...], contiguous
     Tensor<T> v;  // likewise with v_dim; for MLA a view of k's first v_dim columns
     Tensor<std::int64_t> table;  // paged: the cache's block table [sequences, max_blocks]; else undefined
+    Fp8LatentCache<T> fp8;       // CacheFormat::fp8: the latent cache's rows (k and v undefined then)
   };
 
   KVCache() = default;
@@ -104,7 +114,7 @@ class KVCache {
     const std::int64_t d0 = layout.rows_dim0(), d1 = layout.rows_dim1();
     for (std::int64_t l = 0; l < layers; ++l)
       c.layers_.push_back({zeros<T>({d0, d1, kv_heads, k_dim}, device), zeros<T>({d0, d1, kv_heads, v_dim}, device),
-                           c.table_});
+                           c.table_, {}});
     return c;
   }
   static KVCache separate(std::int64_t layers, std::int64_t slots, std::int64_t capacity, std::int64_t kv_heads,
@@ -113,15 +123,21 @@ class KVCache {
   }
 
   // The MLA latent cache: per layer one tensor [..., 1, latent_dim + rope_dim] of [c | k_pe]; v is
-  // the view of its first latent_dim columns.
+  // the view of its first latent_dim columns. CacheFormat::fp8: per layer the FP8 rows instead.
   static KVCache latent(std::int64_t layers, const CacheLayout& layout, std::int64_t latent_dim, std::int64_t rope_dim,
-                        Device device) {
+                        Device device, CacheFormat format = CacheFormat::model) {
     check_sizes("KVCache::latent", layers, layout, 1, latent_dim + rope_dim, latent_dim);
     check(rope_dim >= 0, "KVCache::latent", "rope_dim must be >= 0, got ", rope_dim);
     KVCache c(layout, device);
     for (std::int64_t l = 0; l < layers; ++l) {
+      if (format == CacheFormat::fp8) {
+        c.layers_.push_back({Tensor<T>(), Tensor<T>(), c.table_,
+                             Fp8LatentCache<T>::zeros(layout.rows_dim0(), layout.rows_dim1(), latent_dim, rope_dim,
+                                                      device)});
+        continue;
+      }
       const Tensor<T> k = zeros<T>({layout.rows_dim0(), layout.rows_dim1(), 1, latent_dim + rope_dim}, device);
-      c.layers_.push_back({k, narrow(k, 3, 0, latent_dim), c.table_});
+      c.layers_.push_back({k, narrow(k, 3, 0, latent_dim), c.table_, {}});
     }
     return c;
   }
@@ -136,6 +152,7 @@ class KVCache {
   const CacheLayout& layout() const { return layout_; }
   bool paged() const { return layout_.is_paged(); }
   bool defined() const { return !layers_.empty(); }
+  CacheFormat format() const { return !layers_.empty() && layers_.front().fp8.defined() ? CacheFormat::fp8 : CacheFormat::model; }
 
   const Layer& layer(std::int64_t i) const {
     check(i >= 0 && i < num_layers(), "KVCache", "layer ", i, " is out of range for a cache of ", num_layers(),
@@ -161,6 +178,10 @@ class KVCache {
     check(paged(), "KVCache::copy_block", "the cache is contiguous: it has no blocks");
     if (c.rows == 0) return;
     for (const Layer& l : layers_) {
+      if (l.fp8.defined()) {
+        l.fp8.copy_block_rows(c.from, c.to, c.rows);
+        continue;
+      }
       copy_block_rows(l.k, c.from, c.to, c.rows);
       if (l.v.storage() != l.k.storage()) copy_block_rows(l.v, c.from, c.to, c.rows);
     }
@@ -169,8 +190,13 @@ class KVCache {
   // Bytes held (a latent cache's v shares k's memory; the block table not counted).
   std::int64_t bytes() const {
     std::int64_t n = 0;
-    for (const Layer& l : layers_)
+    for (const Layer& l : layers_) {
+      if (l.fp8.defined()) {
+        n += l.fp8.bytes();
+        continue;
+      }
       n += (l.k.numel() + (l.v.storage() == l.k.storage() ? 0 : l.v.numel())) * static_cast<std::int64_t>(sizeof(T));
+    }
     return n;
   }
 
@@ -224,6 +250,7 @@ Tensor<T> attend_cached_tokens(const Tensor<T>& q, const typename KVCache<T>::La
   check_defined("attend_cached_tokens", q);
   check(q.dim() == 4 && (q.size(1) == 1 || q.size(1) == 2), "attend_cached_tokens",
         "needs q [n, T, heads, dk] with T = 1 or 2, got shape ", q.shape());
+  if (layer.fp8.defined()) return fp8_latent_decode_attention(q, layer.fp8, layer.table, slots, lengths, scale);
   const std::int64_t n = q.size(0), tokens = q.size(1), heads = q.size(2), dv = layer.v.size(3);
   if (layer.table.defined())
     return paged_decode_attention(q, layer.k, layer.v, layer.table, slots, lengths, scale);
@@ -241,10 +268,18 @@ Tensor<T> attend_cached_tokens(const Tensor<T>& q, const typename KVCache<T>::La
 template <class T>
 void write_tokens(const Tensor<T>& cache, const Tensor<std::int64_t>& table, const Tensor<std::int64_t>& slots,
                   const Tensor<std::int64_t>& positions, const Tensor<T>& values) {
-  if (table.defined()) {
-    paged_cache_write(cache, table, slots, positions, values);
+  write_cache_rows(cache, table, slots, positions, values);
+}
+
+// MLA's latent rows [c | k_pe], values [n, steps, 1, r + dr], into a latent cache layer in either
+// format (FP8: quantized on the way in) and layout.
+template <class T>
+void write_latent(const typename KVCache<T>::Layer& layer, const Tensor<std::int64_t>& slots,
+                  const Tensor<std::int64_t>& positions, const Tensor<T>& values) {
+  if (layer.fp8.defined()) {
+    fp8_latent_cache_write(layer.fp8, layer.table, slots, positions, values);
   } else {
-    cache_write(cache, slots, positions, values);
+    write_tokens(layer.k, layer.table, slots, positions, values);
   }
 }
 
@@ -253,6 +288,10 @@ void write_tokens(const Tensor<T>& cache, const Tensor<std::int64_t>& table, con
 template <class T>
 Tensor<T> attend_cached(const Tensor<T>& q, const typename KVCache<T>::Layer& layer, const Tensor<std::int64_t>& slots,
                         const Tensor<std::int64_t>& lengths, double scale) {
+  if (layer.fp8.defined()) {
+    const Tensor<T> o = fp8_latent_decode_attention(unsqueeze(q, 1), layer.fp8, layer.table, slots, lengths, scale);
+    return reshape(o, {q.size(0), q.size(1), layer.fp8.latent_dim()});
+  }
   if (!layer.table.defined()) return decode_attention(q, layer.k, layer.v, slots, lengths, scale);
   const Tensor<T> o = paged_decode_attention(unsqueeze(q, 1), layer.k, layer.v, layer.table, slots, lengths, scale);
   return reshape(o, {q.size(0), q.size(1), layer.v.size(3)});
@@ -335,6 +374,16 @@ struct PrefillIndex {
   }
 };
 
+// The prefill's per-token cache rows for the targets of `index`: values [B, S, row...] with each
+// target's prompt row (values itself when the targets are the prompts in order).
+template <class T>
+Tensor<T> prompt_rows(const PrefillIndex& index, const Tensor<T>& values) {
+  check_defined("write_prompt", values);
+  check(values.dim() >= 2 && values.size(0) == index.batch && values.size(1) == index.seq, "write_prompt",
+        "values of shape ", values.shape(), " are not [B, S, ...] for prompts [", index.batch, ", ", index.seq, "]");
+  return index.identity ? values : index_select(values, 0, index.rows);
+}
+
 // Writes a prefill's per-token cache rows, values [B, S, row...] (row = the cache's trailing
 // dims), to the targets of `index` at positions 0..S−1 (table: the layer's block table, or
 // undefined for a contiguous cache; paged, every target must hold blocks for all S positions).
@@ -343,10 +392,14 @@ struct PrefillIndex {
 template <class T>
 void write_prompt(const Tensor<T>& cache, const Tensor<std::int64_t>& table, const PrefillIndex& index,
                   const Tensor<T>& values) {
-  check_defined("write_prompt", cache, values);
-  check(values.dim() >= 2 && values.size(0) == index.batch && values.size(1) == index.seq, "write_prompt",
-        "values of shape ", values.shape(), " are not [B, S, ...] for prompts [", index.batch, ", ", index.seq, "]");
-  write_tokens(cache, table, index.slots, index.starts, index.identity ? values : index_select(values, 0, index.rows));
+  check_defined("write_prompt", cache);
+  write_tokens(cache, table, index.slots, index.starts, prompt_rows(index, values));
+}
+
+// write_prompt for MLA's latent rows [B, S, 1, r + dr], into a latent cache layer of either format.
+template <class T>
+void write_latent_prompt(const typename KVCache<T>::Layer& layer, const PrefillIndex& index, const Tensor<T>& values) {
+  write_latent<T>(layer, index.slots, index.starts, prompt_rows(index, values));
 }
 
 }  // namespace kiln::infer

@@ -67,6 +67,7 @@ Tensor<T> add_terms(const Tensor<T>& a, const Tensor<T>& b) {
 template <class T>
 struct DeepseekV3DecodeCache {
   infer::KVCache<T> kv;                  // per layer the latent cache [slots, capacity, 1, r + dr]
+                                         // (or its FP8 rows: infer::CacheFormat::fp8)
   std::vector<DenseExperts<T>> experts;  // per layer: an MoE layer's stacked experts (a snapshot of
                                          // its weights when the cache was made); empty for dense layers
   // Both with one more layer after the main ones when made for speculative decoding: MTP module
@@ -327,8 +328,10 @@ class DeepseekV3ForCausalLM : public Module<T> {
   // and the MoE layers' experts stacked for dense dispatch (a snapshot: make a new cache after the
   // weights change).
   // (make_decode_cache(layout): the same in the layout given, paged included. with_mtp: also MTP
-  // module 1's block, as one more layer of the same layout, for mtp_decode.)
-  DecodeCache make_decode_cache(const infer::CacheLayout& layout, bool with_mtp = false) const {
+  // module 1's block, as one more layer of the same layout, for mtp_decode. format fp8: the
+  // latents in e4m3 with 1×128 scales, ops/latent_fp8_cache.hpp.)
+  DecodeCache make_decode_cache(const infer::CacheLayout& layout, bool with_mtp = false,
+                                infer::CacheFormat format = infer::CacheFormat::model) const {
     const DeepseekV3Config& c = model.config;
     check(!with_mtp || mtp_modules() > 0, "DeepseekV3ForCausalLM::make_decode_cache",
           "a cache with the MTP module's layer needs a model with MTP modules (num_nextn_predict_layers >= 1), "
@@ -337,7 +340,7 @@ class DeepseekV3ForCausalLM : public Module<T> {
     for (const auto& layer : model.layers) layers.push_back(layer.get());
     if (with_mtp) layers.push_back(model.mtp_layers.front().get());
     DecodeCache cache{infer::KVCache<T>::latent(static_cast<std::int64_t>(layers.size()), layout, c.kv_lora_rank,
-                                                c.qk_rope_head_dim, device()),
+                                                c.qk_rope_head_dim, device(), format),
                       {}};
     for (const auto* layer : layers)
       cache.experts.push_back(layer->moe ? layer->moe->stack_experts() : DenseExperts<T>());

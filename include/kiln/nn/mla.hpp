@@ -129,7 +129,8 @@ class MLA : public Module<T> {
   Tensor<T> prefill(const Tensor<T>& x, const Tables& tables, const typename infer::KVCache<T>::Layer& cache,
                     const infer::PrefillIndex& index) const {
     const Parts p = project(x, tables);
-    infer::write_prompt(cache.k, cache.table, index, latent_row(p));
+    check_latent_cache(cache);
+    infer::write_latent_prompt<T>(cache, index, latent_row(p));
     return attend_naive(p);
   }
 
@@ -144,11 +145,8 @@ class MLA : public Module<T> {
     if (index.tokens > 1) return decode_tokens(x, tables, cache, index);
     const Parts p = project(x, tables);
     const std::int64_t n = p.B, H = num_heads;
-    check(cache.k.dim() == 4 && cache.k.size(2) == 1 && cache.k.size(3) == kv_lora_rank + qk_rope_head_dim &&
-              cache.v.size(3) == kv_lora_rank,
-          "MLA", "cache of shapes ", cache.k.shape(), " and ", cache.v.shape(), " is not the latent cache [slots, ",
-          "capacity (or blocks, block tokens), 1, ", kv_lora_rank, " + ", qk_rope_head_dim, "] of this layer");
-    infer::write_tokens(cache.k, cache.table, index.slots, index.positions, latent_row(p));
+    check_latent_cache(cache);
+    infer::write_latent<T>(cache, index.slots, index.positions, latent_row(p));
     // q_lat = q_nope·W_UK per head, the heads batching the product: [H, n, dn]·[H, dn, r].
     const Tensor<T> q_nope = transpose(reshape(p.q_nope, {n, H, qk_nope_head_dim}), 0, 1);
     const Tensor<T> q_lat = transpose(matmul(q_nope, w_uk()), 0, 1);  // [n, H, r]
@@ -167,10 +165,8 @@ class MLA : public Module<T> {
                           const infer::DecodeIndex& index) const {
     const Parts p = project(x, tables);  // q_nope [n, H, T, dn], q_pe [n, H, T, dr]
     const std::int64_t n = p.B, H = num_heads, tokens = p.S, r = kv_lora_rank;
-    check(cache.k.dim() == 4 && cache.k.size(2) == 1 && cache.k.size(3) == r + qk_rope_head_dim &&
-              cache.v.size(3) == r,
-          "MLA", "cache of shapes ", cache.k.shape(), " and ", cache.v.shape(), " is not the latent cache of this layer");
-    infer::write_tokens(cache.k, cache.table, index.slots, index.positions, latent_row(p));
+    check_latent_cache(cache);
+    infer::write_latent<T>(cache, index.slots, index.positions, latent_row(p));
     // q_lat = q_nope·W_UK per head over all n·T query rows: [H, n·T, dn]·[H, dn, r].
     const Tensor<T> q_nope = reshape(transpose(p.q_nope, 0, 1), {H, n * tokens, qk_nope_head_dim});
     const Tensor<T> q_lat = permute(reshape(matmul(q_nope, w_uk()), {H, n, tokens, r}), {1, 2, 0, 3});  // [n, T, H, r]
@@ -182,6 +178,22 @@ class MLA : public Module<T> {
   }
 
   std::int64_t q_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
+
+  // That `cache` is this layer's latent cache: [c | k_pe] rows of kv_lora_rank + qk_rope_head_dim
+  // values in the model's type (k [outer, rows, 1, r + dr], v its first r columns) or in FP8.
+  void check_latent_cache(const typename infer::KVCache<T>::Layer& cache) const {
+    if (cache.fp8.defined()) {
+      check(cache.fp8.latent_dim() == kv_lora_rank && cache.fp8.rope_dim() == qk_rope_head_dim, "MLA",
+            "FP8 cache of latent ", cache.fp8.latent_dim(), " + rope ", cache.fp8.rope_dim(),
+            " is not the latent cache of this layer (", kv_lora_rank, " + ", qk_rope_head_dim, ")");
+      return;
+    }
+    check(cache.k.defined() && cache.v.defined(), "MLA", "the cache layer holds no latent cache");
+    check(cache.k.dim() == 4 && cache.k.size(2) == 1 &&
+              cache.k.size(3) == kv_lora_rank + qk_rope_head_dim && cache.v.size(3) == kv_lora_rank,
+          "MLA", "cache of shapes ", cache.k.shape(), " and ", cache.v.shape(), " is not the latent cache [slots, ",
+          "capacity (or blocks, block tokens), 1, ", kv_lora_rank, " + ", qk_rope_head_dim, "] of this layer");
+  }
 
   std::int64_t num_heads, qk_nope_head_dim, qk_rope_head_dim, v_head_dim, kv_lora_rank;
   double rope_theta, softmax_scale;

@@ -30,6 +30,7 @@
 #include "kiln/core/device_kernel.hpp"
 #include "kiln/kernels/fp8_gemm/args.hpp"
 #include "kiln/math/fp8.hpp"
+#include "kiln/ops/binary.hpp"  // to() of an fp8 tensor instantiates autograd accumulation, which adds
 #include "kiln/ops/common.hpp"
 #include "kiln/ops/copy.hpp"
 

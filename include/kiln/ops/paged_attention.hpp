@@ -133,6 +133,19 @@ void paged_cache_write(const Tensor<T>& blocks, const Tensor<std::int64_t>& bloc
                          row * static_cast<std::int64_t>(sizeof(T)), block_tokens, block_table.size(1));
 }
 
+// values [count, steps, row...] into a cache of either layout: paged_cache_write when `table` is
+// defined (blocks [num_blocks, block_tokens, row...]), cache_write when it is not (a contiguous
+// [slots, capacity, row...]).
+template <class T>
+void write_cache_rows(const Tensor<T>& cache, const Tensor<std::int64_t>& table, const Tensor<std::int64_t>& slots,
+                      const Tensor<std::int64_t>& positions, const Tensor<T>& values) {
+  if (table.defined()) {
+    paged_cache_write(cache, table, slots, positions, values);
+  } else {
+    cache_write(cache, slots, positions, values);
+  }
+}
+
 // T query tokens per batch row over its sequence's cached tokens:
 //   q [count, T, heads, dk] (T = 1 or 2); k_blocks [num_blocks, block_tokens, kv_heads, dk];
 //   v_blocks [num_blocks, block_tokens, kv_heads, dv] (last dim unit-stride; may be a view of

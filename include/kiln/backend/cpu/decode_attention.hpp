@@ -23,20 +23,22 @@ inline void cache_write(std::uint8_t* cache, const std::uint8_t* values, const s
                   static_cast<std::size_t>(row_bytes));
 }
 
-// Attention of new query tokens over cached keys and values, whatever the cache's layout:
-// key_row(a, j) and value_row(a, j) give the element offset of token j of batch row a (kv head 0)
-// in k and v. q [count, queries, heads, dk] -> out [count, queries, heads, dv]; query t of row a
-// sits at position lengths[a] − queries + t and attends the tokens j <= its position (causal among
-// the row's queries: MTP's second token sees the first).
+// Attention of new query tokens over cached keys and values, whatever the cache's layout or
+// storage: q [count, queries, heads, dk] -> out [count, queries, heads, dv]; query t of row a sits
+// at position lengths[a] − queries + t and attends the tokens j <= its position (causal among the
+// row's queries: MTP's second token sees the first). The cache is read through two callbacks:
+// dot(a, j, kv_head, q_row) = q_row · k_j (double) and add_value(a, j, kv_head, p, acc), acc += p v_j
+// (double [dv]), so that one loop serves rows of the model's type (attend_cached) and FP8 latent
+// rows dequantized as they are read (fp8_latent_decode_attention).
 struct CachedAttentionShape {
   std::int64_t count = 0;
   int queries = 1, heads = 1, kv_heads = 1, dk = 0, dv = 0;
   std::int64_t k_head_stride = 0, v_head_stride = 0;
 };
 
-template <class T, class KeyRow, class ValueRow>
-void attend_cached(T* out, const T* q, const T* k, const T* v, const std::int64_t* lengths,
-                   const CachedAttentionShape& s, KeyRow key_row, ValueRow value_row, double scale) {
+template <class T, class Dot, class AddValue>
+void attend_tokens(T* out, const T* q, const std::int64_t* lengths, const CachedAttentionShape& s, Dot dot,
+                   AddValue add_value, double scale) {
   const int group = s.heads / s.kv_heads;
   const std::int64_t per_row = static_cast<std::int64_t>(s.queries) * s.heads;
   parallel_for(s.count * per_row, 64 * (s.dk + s.dv), [&](std::int64_t begin, std::int64_t end) {
@@ -51,24 +53,38 @@ void attend_cached(T* out, const T* q, const T* k, const T* v, const std::int64_
       score.assign(static_cast<std::size_t>(L), 0.0);
       double m = -INFINITY;
       for (std::int64_t j = 0; j < L; ++j) {
-        const T* kj = k + key_row(a, j) + kvh * s.k_head_stride;
-        double dot = 0.0;
-        for (int d = 0; d < s.dk; ++d) dot += static_cast<double>(qa[d]) * static_cast<double>(kj[d]);
-        score[static_cast<std::size_t>(j)] = dot * scale;
-        m = std::max(m, dot * scale);
+        const double x = dot(a, j, kvh, qa) * scale;
+        score[static_cast<std::size_t>(j)] = x;
+        m = std::max(m, x);
       }
       double total = 0.0;
       for (double& x : score) total += (x = std::exp(x - m));
       std::fill(acc.begin(), acc.end(), 0.0);
-      for (std::int64_t j = 0; j < L; ++j) {
-        const double p = score[static_cast<std::size_t>(j)] / total;
-        const T* vj = v + value_row(a, j) + kvh * s.v_head_stride;
-        for (int d = 0; d < s.dv; ++d) acc[static_cast<std::size_t>(d)] += p * static_cast<double>(vj[d]);
-      }
+      for (std::int64_t j = 0; j < L; ++j) add_value(a, j, kvh, score[static_cast<std::size_t>(j)] / total, acc.data());
       T* o = out + ah * s.dv;
       for (int d = 0; d < s.dv; ++d) o[d] = convert<T>(acc[static_cast<std::size_t>(d)]);
     }
   });
+}
+
+// attend_tokens over caches of the model's type: key_row(a, j) and value_row(a, j) give the
+// element offset of token j of batch row a (kv head 0) in k and v.
+template <class T, class KeyRow, class ValueRow>
+void attend_cached(T* out, const T* q, const T* k, const T* v, const std::int64_t* lengths,
+                   const CachedAttentionShape& s, KeyRow key_row, ValueRow value_row, double scale) {
+  attend_tokens(
+      out, q, lengths, s,
+      [&](std::int64_t a, std::int64_t j, int kvh, const T* qa) {
+        const T* kj = k + key_row(a, j) + kvh * s.k_head_stride;
+        double dot = 0.0;
+        for (int d = 0; d < s.dk; ++d) dot += static_cast<double>(qa[d]) * static_cast<double>(kj[d]);
+        return dot;
+      },
+      [&](std::int64_t a, std::int64_t j, int kvh, double p, double* acc) {
+        const T* vj = v + value_row(a, j) + kvh * s.v_head_stride;
+        for (int d = 0; d < s.dv; ++d) acc[d] += p * static_cast<double>(vj[d]);
+      },
+      scale);
 }
 
 struct DecodeAttentionShape {
