@@ -10,7 +10,12 @@
 //                                   rows (T = 1; one split: the contiguous op does not split);
 //   composed (ops)                  index_select of each row's cache, matmul(q, Kᵀ), × scale,
 //                                   softmax, matmul(P, V) (uniform lengths, T = 1);
-//   paged_cache_write (op)          one and two new latent rows per sequence into its blocks.
+//   fp8_latent_decode_attention     the same rows in the FP8 latent cache (ops/latent_fp8_cache.hpp:
+//                                   latent e4m3 with 1×128 scales, rope bf16; 328 bytes a token
+//                                   against 576), same table, T = 1 and 2; its output's relative
+//                                   difference from the bf16 cache's is FP8's rounding (~2-3%);
+//   paged_cache_write (op)          one and two new latent rows per sequence into its blocks, and
+//   fp8_latent_cache_write (op)     the same rows quantized into the FP8 cache.
 // Under each attention row: TFLOP/s (2 (dk + dv) FLOP per query head and attended token); under
 // the paged and contiguous op rows, the device time alone (graph replay: below); under the
 // contiguous and composed rows the relative Frobenius difference of their output from the paged
@@ -50,6 +55,7 @@
 #include <vector>
 
 #include <kiln/ops/decode_attention.hpp>
+#include <kiln/ops/latent_fp8_cache.hpp>
 #include <kiln/ops/paged_attention.hpp>
 
 #include "cuda_bench.hpp"
@@ -94,6 +100,14 @@ std::vector<Tensor<T>> cache_copies(const Tensor<T>& cache) {
   return pool;
 }
 
+
+// Copies of an FP8 latent cache, enough that they fill more than twice a 60 MB L2 together.
+std::vector<Fp8LatentCache<bf16>> cache_copies(const Fp8LatentCache<bf16>& cache) {
+  std::vector<Fp8LatentCache<bf16>> pool{cache};
+  while (static_cast<double>(pool.size() * cache.bytes()) < 120e6)
+    pool.push_back({clone(cache.latent), clone(cache.scales), clone(cache.rope)});
+  return pool;
+}
 
 // One shape: `lengths` one per row, `heads` query heads, T query tokens.
 void bench_attention(bench::BandwidthBench& meter, std::int64_t heads, int queries,
@@ -149,7 +163,6 @@ void bench_attention(bench::BandwidthBench& meter, std::int64_t heads, int queri
   std::printf("  (sequence splits chosen: %d)\n", chosen);
   if (chosen > 1)
     print_tflops(flops, meter.row("paged ... splits 1", shape, "bfloat16", bytes, [&] { (void)paged(1); }, true));
-  if (queries != 1) return;
 
   // The contiguous cache holding the same rows: row j of slot a = row j % 64 of block table[a, j / 64].
   const Tensor<bf16> k_cache = zeros<bf16>({rows, max_blocks * kBlock, 1, kDk}, gpu);
@@ -161,6 +174,28 @@ void bench_attention(bench::BandwidthBench& meter, std::int64_t heads, int queri
                    blocks.data() + host_ids[static_cast<std::size_t>(a * max_blocks + b)] * kBlock * kDk, gpu,
                    static_cast<std::size_t>(kBlock * kDk) * sizeof(bf16));
   }
+
+  // The FP8 latent cache holding the same rows, quantized (each row's tokens in one write).
+  {
+    const auto fp8 = Fp8LatentCache<bf16>::zeros(rows * max_blocks, kBlock, kLatent, kRope, gpu);
+    fp8_latent_cache_write(fp8, table, slots, zeros<std::int64_t>({rows}, gpu), k_cache);
+    const double token_bytes = static_cast<double>(kLatent + 4 * ((kLatent + 127) / 128)) + s * kRope;
+    const double fp8_bytes = s * static_cast<double>(rows * queries * heads) * (kDk + kDv) + cached * token_bytes +
+                             16.0 * static_cast<double>(rows) + 8.0 * table_entries;
+    print_tflops(flops, meter.row("fp8_latent_decode_attention (op)", shape, "fp8/bf16", fp8_bytes,
+                                  [&] { (void)fp8_latent_decode_attention(q, fp8, table, slots, len, kScale); }, true));
+    const std::vector<Fp8LatentCache<bf16>> pool = cache_copies(fp8);
+    print_graph_time(
+        meter,
+        [&](int i) {
+          (void)fp8_latent_decode_attention(q, pool[static_cast<std::size_t>(i) % pool.size()], table, slots, len, kScale);
+        },
+        pool.size(), fp8_bytes, flops);
+    std::printf("  (FP8 vs bf16 cache output: relative Frobenius difference %.2e; %.0f%% of the bf16 op's bytes)\n",
+                relative_difference(fp8_latent_decode_attention(q, fp8, table, slots, len, kScale), paged(0)),
+                100.0 * fp8_bytes / bytes);
+  }
+  if (queries != 1) return;
   const Tensor<bf16> v_cache = narrow(k_cache, 3, 0, kDv);
   const Tensor<bf16> q3 = reshape(q, {rows, heads, kDk});
   print_tflops(flops, meter.row("decode_attention contiguous (op)", shape, "bfloat16", bytes,
@@ -204,6 +239,13 @@ void bench_cache_write(bench::BandwidthBench& meter, std::int64_t rows, std::int
   const double bytes = 2.0 * sizeof(bf16) * static_cast<double>(rows * steps * kDk) + 24.0 * static_cast<double>(rows);
   meter.row(str("paged_cache_write ", steps, " token(s) (op)"), str("[", rows, ", ", steps, ", 1, ", kDk, "]"),
             "bfloat16", bytes, [&] { paged_cache_write(blocks, table, slots, positions, values); }, true);
+  // The FP8 write reads the bf16 rows and writes bytes, scales and rope (its quantize and three
+  // writes are separate launches: the bytes counted are the minimum, read once, written once).
+  const auto fp8 = Fp8LatentCache<bf16>::zeros(rows * max_blocks, kBlock, kLatent, kRope, gpu);
+  const double fp8_bytes = static_cast<double>(rows * steps) * (sizeof(bf16) * kDk + kLatent + 8.0 + sizeof(bf16) * kRope) +
+                           24.0 * static_cast<double>(rows);
+  meter.row(str("fp8_latent_cache_write ", steps, " token(s)"), str("[", rows, ", ", steps, ", 1, ", kDk, "]"),
+            "bf16>fp8", fp8_bytes, [&] { fp8_latent_cache_write(fp8, table, slots, positions, values); }, true);
 }
 
 }  // namespace

@@ -77,6 +77,8 @@ const char* kUsage = R"(grpo: R1-Zero-style GRPO on a pretrained DeepSeek-V3-sty
   --threads N           CPU threads                                                           [2]
   --no-plot             skip the PNG plots
   --no-cuda-graphs      GPU: launch every decode kernel from the host (default: CUDA graph replays)
+  --fp8-cache           rollouts over the FP8 latent cache (e4m3 latents, 57% of the bf16 cache's
+                        bytes; evaluation keeps the exact cache)
 )";
 
 struct Settings {
@@ -84,7 +86,7 @@ struct Settings {
   std::int64_t base_steps, steps, prompts, group, max_completion, micro_batch, warmup, mu, max_digits, eval_problems, eval_k,
       eval_every, checkpoint_every, threads;
   double lr, beta, epsilon_low, epsilon_high, temperature, top_p, base_direct_fraction;
-  bool dynamic_sampling, mask_truncated, plot, cuda_graphs;
+  bool dynamic_sampling, mask_truncated, plot, cuda_graphs, fp8_cache;
   std::uint64_t seed;
 };
 
@@ -111,6 +113,7 @@ io::ordered_json to_json(const Settings& s) {
   j["mu"] = s.mu;
   j["dynamic-sampling"] = s.dynamic_sampling;
   j["mask-truncated"] = s.mask_truncated;
+  j["fp8-cache"] = s.fp8_cache;
   j["temperature"] = s.temperature;
   j["top-p"] = s.top_p;
   j["task"] = s.task;
@@ -125,7 +128,7 @@ io::ordered_json to_json(const Settings& s) {
 }
 
 Settings parse(int argc, char** argv, std::string& out, std::string& resume) {
-  example::Flags f(argc, argv, {"dynamic-sampling", "mask-truncated", "no-plot", "no-cuda-graphs"});
+  example::Flags f(argc, argv, {"dynamic-sampling", "mask-truncated", "no-plot", "no-cuda-graphs", "fp8-cache"});
   if (f.has("help")) {
     std::fputs(kUsage, stdout);
     std::exit(0);
@@ -189,6 +192,7 @@ Settings parse(int argc, char** argv, std::string& out, std::string& resume) {
   s.threads = f.integer("threads", 2);
   s.plot = !f.flag("no-plot");
   s.cuda_graphs = !f.flag("no-cuda-graphs");
+  s.fp8_cache = b_("fp8-cache");
   f.check_all_used();
   check(s.base_steps >= 1 && s.steps >= 1 && s.prompts >= 1 && s.group >= 2 && s.max_completion >= 1 && s.micro_batch >= 1 && s.mu >= 1 &&
             s.eval_problems >= 1 && s.eval_k >= 1 && s.threads >= 1 && s.checkpoint_every >= 1 && s.eval_every >= 0,
@@ -361,6 +365,7 @@ int run(const char* argv0, Settings s, const std::string& out, const std::string
   o.prompts_per_step = s.prompts;
   o.micro_batch = s.micro_batch;
   o.cuda_graphs = s.cuda_graphs;
+  o.fp8_cache = s.fp8_cache;
   o.sampling.temperature = s.temperature;
   o.sampling.top_p = s.top_p;
   o.sampling.stop_strings = {"</answer>"};

@@ -66,6 +66,10 @@ struct GrpoTrainerOptions {
   infer::SamplingParams sampling;        // rollouts (max_new_tokens is set from grpo.max_completion_length)
   std::int64_t generation_batch = 0;     // samples decoded at once (0: all of a round)
   bool cuda_graphs = true;               // GPU: the engine replays decode steps as CUDA graphs
+  bool fp8_cache = false;                // rollouts over the FP8 latent cache (DeepSeek-V3 models;
+                                         // infer::GenerateOptions::fp8_cache): the tokens are drawn
+                                         // from logits ~1% off the policy's; the loss's log-probs
+                                         // are the training forward's, as always
   optim::AdamWOptions adamw{.lr = 1e-5, .weight_decay = 0.0};
   std::int64_t warmup_steps = 0;         // linear warmup of the rate, then constant
   double max_grad_norm = 1.0;
@@ -181,6 +185,7 @@ class GrpoTrainer {
       gen.tokenizer = &tokenizer_;
       gen.max_batch = options_.generation_batch;
       gen.cuda_graphs = options_.cuda_graphs;
+      gen.fp8_cache = options_.fp8_cache;
       gen.sample_id_base = sample_id_base(step_, round);
       gen.on_progress = on_progress;
       std::vector<infer::Completion> completions = infer::generate(policy_, prompts, options_.sampling, gen);
