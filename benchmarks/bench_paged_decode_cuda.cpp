@@ -6,6 +6,10 @@
 //                                   the split along the sequence chosen from the SM count;
 //   paged ... splits 1              the same with the sequence split turned off (where the choice
 //                                   was to split: what the split gains);
+//   paged ... tensor cores (mma)    the same op on the tensor-core kernel (DecodeKernel::mma,
+//                                   decode_attention_mma.cuh; its own split choice), with its graph
+//                                   replay and its output's difference from the CUDA-core kernel's
+//                                   (it rounds the probabilities to bf16 before P·V: ~1e-3);
 //   decode_attention contiguous     the contiguous cache [rows, capacity, 1, dk] holding the same
 //                                   rows (T = 1; one split: the contiguous op does not split);
 //   composed (ops)                  index_select of each row's cache, matmul(q, Kᵀ), × scale,
@@ -163,6 +167,23 @@ void bench_attention(bench::BandwidthBench& meter, std::int64_t heads, int queri
   std::printf("  (sequence splits chosen: %d)\n", chosen);
   if (chosen > 1)
     print_tflops(flops, meter.row("paged ... splits 1", shape, "bfloat16", bytes, [&] { (void)paged(1); }, true));
+
+  // The tensor-core kernel on the same op.
+  {
+    constexpr auto mma = kernels::DecodeKernel::mma;
+    auto paged_mma = [&] { return paged_decode_attention(q, blocks, v_blocks, table, slots, len, kScale, 0, mma); };
+    print_tflops(flops, meter.row("paged ... tensor cores (mma)", shape, "bfloat16", bytes, [&] { (void)paged_mma(); }, true));
+    const std::vector<Tensor<bf16>> pool = cache_copies(blocks);
+    print_graph_time(
+        meter,
+        [&](int i) {
+          const Tensor<bf16>& b = pool[static_cast<std::size_t>(i) % pool.size()];
+          (void)paged_decode_attention(q, b, narrow(b, 3, 0, kDv), table, slots, len, kScale, 0, mma);
+        },
+        pool.size(), bytes, flops);
+    std::printf("  (tensor-core vs CUDA-core kernel output: relative Frobenius difference %.2e)\n",
+                relative_difference(paged_mma(), paged(0)));
+  }
 
   // The contiguous cache holding the same rows: row j of slot a = row j % 64 of block table[a, j / 64].
   const Tensor<bf16> k_cache = zeros<bf16>({rows, max_blocks * kBlock, 1, kDk}, gpu);

@@ -85,31 +85,6 @@ constexpr int dkdv_query_tile() {
 }
 
 
-__device__ __forceinline__ float quad_max(float x) {
-  x = ::fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
-  return ::fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
-}
-__device__ __forceinline__ float quad_sum(float x) {
-  x += __shfl_xor_sync(0xffffffffu, x, 1);
-  return x + __shfl_xor_sync(0xffffffffu, x, 2);
-}
-
-// Writes a warp's 16 x N float accumulator (C fragments) times `factor` as T into rows row0 +
-// (0..15) of a row-major [*, N] matrix, rows at or past `rows` skipped; per-row factors f[2].
-template <class T, int N>
-__device__ __forceinline__ void store_rows(T* dst, const float (&acc)[N / 8][4], std::int64_t row0, std::int64_t rows,
-                                           const float (&f)[2]) {
-  const int lane = static_cast<int>(threadIdx.x & 31), g = lane >> 2, t = lane & 3;
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const std::int64_t row = row0 + g + 8 * r;
-    if (row >= rows) continue;
-    unsigned* const out = reinterpret_cast<unsigned*>(dst + row * N + 2 * t);
-#pragma unroll
-    for (int nt = 0; nt < N / 8; ++nt) out[nt * 4] = sm80::pack2<T>(acc[nt][2 * r] * f[r], acc[nt][2 * r + 1] * f[r]);
-  }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Forward.
 
@@ -185,28 +160,7 @@ __global__ void __launch_bounds__(kThreads) attention_forward_kernel(AttentionFo
         sc[nt][e] = x;
         mt[r] = ::fmaxf(mt[r], x);
       }
-    float base[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const float m_new = ::fmaxf(m[r], quad_max(mt[r]));
-      base[r] = m_new == -INFINITY ? 0.f : m_new;  // a row with no key yet: every p is exp2(-inf) = 0
-      const float alpha = exp2f(m[r] - base[r]);
-      m[r] = m_new;
-      l[r] *= alpha;
-#pragma unroll
-      for (int nt = 0; nt < DV / 8; ++nt) {
-        o[nt][2 * r] *= alpha;
-        o[nt][2 * r + 1] *= alpha;
-      }
-    }
-#pragma unroll
-    for (int nt = 0; nt < kKeys / 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float p = exp2f(sc[nt][e] - base[e >> 1]);
-        sc[nt][e] = p;
-        l[e >> 1] += p;
-      }
+    sm80::online_softmax_tile<kKeys, DV>(sc, mt, m, l, o);
     sm80::warp_mm_regs_rows<T, DV, kKeys>(o, sc, sV + buf * kKeys * SV, SV);
     __syncthreads();  // every warp is done with this buffer before the next prefetch overwrites it
   }
@@ -214,11 +168,11 @@ __global__ void __launch_bounds__(kThreads) attention_forward_kernel(AttentionFo
   float inv[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    l[r] = quad_sum(l[r]);
+    l[r] = sm80::quad_sum(l[r]);
     inv[r] = 1.f / l[r];  // l >= 1 for a real row: its own key is the maximum or below it
   }
   T* const out = static_cast<T*>(a.out) + (b * s.heads + h) * S * DV;
-  store_rows<T, DV>(out, o, warp_row0, S, inv);
+  sm80::store_rows<T, DV>(out, o, warp_row0, S, inv);
   if (t == 0) {
     float* const lse = a.lse + (b * s.heads + h) * S;
 #pragma unroll
@@ -358,8 +312,8 @@ __global__ void __launch_bounds__(kThreads) attention_dkdv_kernel(AttentionBackw
 
   const std::int64_t kv_row = (b * s.kv_heads + kvh) * S;
   const float scale[2] = {static_cast<float>(s.scale), static_cast<float>(s.scale)}, one[2] = {1.f, 1.f};
-  store_rows<T, DK>(static_cast<T*>(a.dk) + kv_row * DK, dk, warp_key0, S, scale);
-  store_rows<T, DV>(static_cast<T*>(a.dv) + kv_row * DV, dv, warp_key0, S, one);
+  sm80::store_rows<T, DK>(static_cast<T*>(a.dk) + kv_row * DK, dk, warp_key0, S, scale);
+  sm80::store_rows<T, DV>(static_cast<T*>(a.dv) + kv_row * DV, dv, warp_key0, S, one);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -450,7 +404,7 @@ __global__ void __launch_bounds__(kThreads) attention_dq_kernel(AttentionBackwar
     __syncthreads();
   }
   const float scale[2] = {static_cast<float>(s.scale), static_cast<float>(s.scale)};
-  store_rows<T, DK>(static_cast<T*>(a.dq) + head_row * DK, dq, warp_row0, S, scale);
+  sm80::store_rows<T, DK>(static_cast<T*>(a.dq) + head_row * DK, dq, warp_row0, S, scale);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -188,4 +188,64 @@ __device__ __forceinline__ void load_tile_async(T* smem, const T* gmem, std::int
   }
 }
 
+// The max and the sum over the 4 lanes of a quad (lanes 4g .. 4g + 3: the threads that hold one
+// row of a C fragment).
+__device__ __forceinline__ float quad_max(float x) {
+  x = ::fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+  return ::fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+__device__ __forceinline__ float quad_sum(float x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 1);
+  return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
+// One tile's online-softmax step for a warp's 16 rows in base 2 (FlashAttention-2): sc holds the
+// tile's scores already scaled by scale · log2(e) and masked (−inf), mt this thread's max of
+// them for each of its two rows (g and g + 8); m are the rows' running maxima, l this thread's
+// partial sums, o the accumulator (C fragments). Rescales l and o by exp2(m_old − m_new), turns sc
+// into the probabilities exp2(x − m_new) and adds them to l. A row with no key yet keeps m = −inf
+// and gets p = 0 (its base is taken as 0).
+template <int KEYS, int DV>
+__device__ __forceinline__ void online_softmax_tile(float (&sc)[KEYS / 8][4], const float (&mt)[2], float (&m)[2],
+                                                    float (&l)[2], float (&o)[DV / 8][4]) {
+  float base[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const float m_new = ::fmaxf(m[r], quad_max(mt[r]));
+    base[r] = m_new == -INFINITY ? 0.f : m_new;
+    const float alpha = exp2f(m[r] - base[r]);
+    m[r] = m_new;
+    l[r] *= alpha;
+#pragma unroll
+    for (int nt = 0; nt < DV / 8; ++nt) {
+      o[nt][2 * r] *= alpha;
+      o[nt][2 * r + 1] *= alpha;
+    }
+  }
+#pragma unroll
+  for (int nt = 0; nt < KEYS / 8; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const float p = exp2f(sc[nt][e] - base[e >> 1]);
+      sc[nt][e] = p;
+      l[e >> 1] += p;
+    }
+}
+
+// Writes a warp's 16 x N float accumulator (C fragments) times per-row factors f[2] as T into rows
+// row0 + (0..15) of a row-major [*, N] matrix, rows at or past `rows` skipped.
+template <class T, int N>
+__device__ __forceinline__ void store_rows(T* dst, const float (&acc)[N / 8][4], std::int64_t row0, std::int64_t rows,
+                                           const float (&f)[2]) {
+  const int lane = static_cast<int>(threadIdx.x & 31), g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const std::int64_t row = row0 + g + 8 * r;
+    if (row >= rows) continue;
+    unsigned* const out = reinterpret_cast<unsigned*>(dst + row * N + 2 * t);
+#pragma unroll
+    for (int nt = 0; nt < N / 8; ++nt) out[nt * 4] = pack2<T>(acc[nt][2 * r] * f[r], acc[nt][2 * r + 1] * f[r]);
+  }
+}
+
 }  // namespace kiln::kernels::sm80

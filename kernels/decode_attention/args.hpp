@@ -45,6 +45,20 @@ struct CacheWriteArgs {
   std::int64_t max_blocks = 0, block_tokens = 0, num_blocks = 0;
 };
 
+// Which kernel computes decode_attention (DecodeAttentionArgs::implementation):
+//   simt: the CUDA-core kernel (decode_attention.cuh): every dtype, shape, layout, the FP8 latent
+//     cache;
+//   mma: the tensor-core kernel (decode_attention_mma.cuh, mma.sync m16n8k16 on sm_80+): MLA's
+//     absorbed decode in bf16, one kv head, v the first dv columns of k, (dk, dv) = (288, 256);
+//   prefer_mma: mma where it applies, simt elsewhere (a whole model's decode: the engine's
+//     layers call the op with every cache they hold);
+//   automatic: simt, or as prefer_mma when the environment sets KILN_DECODE_KERNEL=mma (until the
+//     mma kernel is measured against simt, automatic does not choose it by itself).
+// Asking for mma where it does not apply is an error. Launches are recorded as
+// "decode_attention/simt", "decode_attention/simt_fp8" or "decode_attention/mma"
+// (core/kernel_trace.hpp).
+enum class DecodeKernel { automatic, simt, mma, prefer_mma };
+
 // `queries` query tokens per sequence against its cached keys, grouped-query style:
 //   out[a, t, h, :] = sum_{j < L_t} p_j v[j, h / G, :],
 //   p = softmax_{j < L_t}(scale * q[a, t, h, :] . k[j, h / G, :]),   G = heads / kv_heads,
@@ -97,6 +111,7 @@ struct DecodeAttentionArgs {
   const void* latent = nullptr;           // e4m3 [tokens, dv]
   const float* latent_scales = nullptr;   // [tokens, ceil(dv / 128)]: columns 128 i .. 128 i + 127
   const void* rope = nullptr;             // dtype [tokens, dk - dv]
+  DecodeKernel implementation = DecodeKernel::automatic;
 };
 
 constexpr int kDecodeMaxSplits = 128;

@@ -1,6 +1,10 @@
 // decode_attention on CUDA (arguments kernels/decode_attention/args.hpp, which states the
 // function and both cache layouts; front-ends ops/decode_attention.hpp (contiguous cache) and
 // ops/paged_attention.hpp (paged cache); CPU reference backend/cpu/decode_attention.hpp).
+// This file is the CUDA-core kernel, which takes every problem; decode_attention_mma.cuh is the
+// tensor-core one for MLA's bf16 latent cache, which the launcher at the end hands the problems
+// DecodeAttentionArgs::implementation gives it (args.hpp, DecodeKernel); split_combine.cuh holds
+// what the two share (addressing, split count, the splits' combine).
 //
 // Work split. One block of 256 threads (8 warps) per (batch row, kv head, chunk of the T x G
 // query rows that share that kv head: T query tokens of G heads each, split) — one split, the
@@ -119,6 +123,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "kiln/core/kernel_trace.hpp"
 #include "kiln/kernels/common/cuda_check.hpp"
 #include "kiln/kernels/common/device_guard.hpp"
 #include "kiln/kernels/common/device_info.hpp"
@@ -126,6 +131,8 @@
 #include "kiln/kernels/common/launch.cuh"
 #include "kiln/kernels/common/reduce.cuh"
 #include "kiln/kernels/decode_attention/args.hpp"
+#include "kiln/kernels/decode_attention/decode_attention_mma.cuh"
+#include "kiln/kernels/decode_attention/split_combine.cuh"
 
 namespace kiln::kernels::decode_attention {
 
@@ -134,11 +141,6 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kTile = 16;     // keys per warp step: two lanes per key, each half of dk
 constexpr int kMaxCols = 16;  // value columns per lane: dv <= 512
 constexpr int kGroup = 4;     // heads come in groups of 4: HC = 4 NG, padding heads zero-filled
-constexpr int kSplitKeys = 256;  // keys a sequence split keeps at least (of the capacity)
-constexpr int kCombineThreads = 128;
-
-template <class T>
-using compute_of = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
 // Query heads per block at most, for CPL value columns per lane: acc = heads x CPL values per
 // thread stays at <= 128 floats / 64 doubles, and at 96 floats / 32 doubles for CPL 8, where
@@ -148,13 +150,6 @@ constexpr int head_chunk() {
   if constexpr (std::is_same_v<T, double>) return CPL <= 4 ? 8 : 4;
   else return CPL <= 4 ? 16 : (CPL == 8 ? 12 : 8);
 }
-
-struct Max {
-  template <class V>
-  __device__ __forceinline__ V operator()(const V& a, const V& b) const {
-    return ::max(a, b);
-  }
-};
 
 // N consecutive elements at p, widened to C, in 16-byte accesses (or one N-element access when
 // N elements are fewer bytes); p aligned to the access size.
@@ -178,23 +173,6 @@ __device__ __forceinline__ void prefetch_l2(const T* p, int n) {
   for (int o = 0; o < bytes; o += 128) asm volatile("prefetch.L2 [%0];" ::"l"(c + o));
   asm volatile("prefetch.L2 [%0];" ::"l"(c + bytes - 1));  // the last line when p is not line-aligned
 }
-
-// Where token j of one batch row's sequence lies: its block and the row in it (args.hpp).
-struct TokenRows {
-  const std::int64_t* table;  // the sequence's row of the block table; null: contiguous
-  std::int64_t slot;
-  int block_tokens;
-  __device__ __forceinline__ void locate(int j, std::int64_t& block, int& r) const {
-    if (table) {
-      const int b = j / block_tokens;
-      block = table[b];
-      r = j - b * block_tokens;
-    } else {
-      block = slot;
-      r = j;
-    }
-  }
-};
 
 // s[h] += q_h[0 .. N) · k[0 .. N) for the HC query rows of q_s (C [HC][dk], qd = q_s + the piece's
 // first column, 16-byte aligned) and N key values k of one 16-byte piece, widened: each 16-byte
@@ -612,42 +590,6 @@ __global__ void __launch_bounds__(kThreads, 1) decode_attention_kernel(DecodeAtt
   if (tid < hc) write_state(qrow_s[tid], max_s[tid], total_s[tid]);
 }
 
-// The sequence split's second step: one block per query row (batch row, query, head) combines
-// that row's `splits` partial states in split order (args.hpp: the workspace layout).
-template <class T>
-__global__ void __launch_bounds__(kCombineThreads) decode_combine_kernel(DecodeAttentionArgs a) {
-  using C = compute_of<T>;
-  constexpr C kNegInf = -static_cast<C>(INFINITY);
-  __shared__ C weight_s[kDecodeMaxSplits];
-  __shared__ C total_s;
-  const std::int64_t r = blockIdx.x;
-  const int splits = a.splits, dv = a.dv;
-  const C* const ml = static_cast<const C*>(a.workspace) + r * splits * 2;
-  const C* const acc = static_cast<const C*>(a.workspace) + a.count * a.queries * a.heads * splits * 2 + r * splits * dv;
-  if (threadIdx.x < 32) {  // warp 0: the weights, each lane over splits lane, lane + 32, ...
-    const int lane = static_cast<int>(threadIdx.x);
-    C mx = kNegInf;
-    for (int s = lane; s < splits; s += 32) mx = ::max(mx, ml[2 * s]);
-    mx = warp_all_reduce(mx, Max{});
-    C total = 0;
-    for (int s = lane; s < splits; s += 32) {
-      const C w = ml[2 * s] == kNegInf ? C(0) : ::exp(ml[2 * s] - mx);
-      weight_s[s] = w;
-      total += w * ml[2 * s + 1];
-    }
-    total = warp_all_reduce(total, Plus{});  // a fixed shuffle tree: the same bits every run
-    if (lane == 0) total_s = total;
-  }
-  __syncthreads();
-  const C total = total_s;
-  T* const out = static_cast<T*>(a.out) + r * dv;
-  for (int c = static_cast<int>(threadIdx.x); c < dv; c += kCombineThreads) {
-    C sum = 0;
-    for (int s = 0; s < splits; ++s) sum += weight_s[s] * acc[static_cast<std::int64_t>(s) * dv + c];
-    out[c] = store<T>(total > 0 ? sum / total : C(0));
-  }
-}
-
 // Query rows a block computes at most: head_chunk's register budget; for the FP8 latent cache at
 // 16 value columns a lane, one group of 4 (its extra pointers and scales made 8 heads spill).
 template <class T, int CPL>
@@ -676,14 +618,7 @@ Layout layout_of(const DecodeAttentionArgs& a, const DeviceInfo& info, int split
   // Heads a block: the fewest chunks of <= max_rows; then the sequence split; then more chunks
   // (fewer heads a block) while the grid fills less than half the SMs.
   l.chunks = (rows + max_rows - 1) / max_rows;
-  if (splits_wanted >= 1) {
-    l.splits = std::min(splits_wanted, kDecodeMaxSplits);
-  } else {
-    const std::int64_t blocks = blocks_per_chunk * l.chunks;
-    const std::int64_t by_sms = blocks * 2 <= info.sms ? info.sms / blocks : 1;
-    const std::int64_t by_keys = std::max<std::int64_t>(1, a.capacity / kSplitKeys);
-    l.splits = static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>({by_sms, by_keys, kDecodeMaxSplits})));
-  }
+  l.splits = sequence_splits(blocks_per_chunk * l.chunks, a.capacity, info.sms, splits_wanted);
   while (l.chunks < rows && blocks_per_chunk * l.chunks * l.splits * 2 <= info.sms) l.chunks = std::min(rows, l.chunks * 2);
   l.per = (rows + l.chunks - 1) / l.chunks;
   // Shared memory: q [HC][dk] in the key loop (HC = per rounded up to whole groups of 4), the
@@ -759,6 +694,7 @@ inline void launch_decode_attention(const DecodeAttentionArgs& a) {
   check_problem(a);
   check(a.splits >= 1 && a.splits <= kDecodeMaxSplits && (a.splits == 1 || a.workspace), op, "splits ", a.splits,
         " must be in [1, ", kDecodeMaxSplits, "], with a workspace when over 1");
+  if (use_mma(a)) return launch_decode_attention_mma(a);  // the tensor-core kernel (decode_attention_mma.cuh)
   const DeviceInfo& info = device_info(a.launch.device);
   cuda::DeviceGuard guard(a.launch.device);
   dispatch(a, [&](auto tag, auto cols) {
@@ -778,6 +714,7 @@ inline void launch_decode_attention(const DecodeAttentionArgs& a) {
         opt_in_shared_memory(kernel, l.smem, a.launch.device);
         kernel<<<grid, kThreads, l.smem, a.launch.stream>>>(a, l.per);
         KILN_CUDA_CHECK_LAUNCH();
+        record_kernel_variant("decode_attention", a.latent ? "simt_fp8" : "simt");
       };
       if (a.latent) {  // check_problem: bf16, the FP8 rows aligned; dispatch: CPL >= 4; max_heads: 4 at CPL 16
         if constexpr (std::is_same_v<T, bf16> && CPL >= 4 && (CPL < 16 || NG == 1))
@@ -822,6 +759,10 @@ inline void plan_decode_attention(const DecodeAttentionPlanArgs& p) {
   if (a.count == 0) return;
   check_problem(a);
   const DeviceInfo& info = device_info(a.launch.device);
+  if (use_mma(a)) {
+    *p.splits = mma_splits(a, info, a.splits >= 1 ? a.splits : 0);
+    return;
+  }
   dispatch(a, [&](auto tag, auto cols) {
     *p.splits = layout_of<decltype(tag), decltype(cols)::value>(a, info, a.splits >= 1 ? a.splits : 0).splits;
   });

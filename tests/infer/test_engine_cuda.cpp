@@ -5,7 +5,7 @@
 // decoding's tokens; the FP8 latent cache (bf16 models): graphs draw what eager steps draw, and
 // the logits follow the CPU's within bf16's and FP8's rounding. With KILN_ENGINE_BENCH=1 also the
 // generation throughput of the big pretrain config (B = 128, 64-token prompts, 256 new tokens,
-// bf16), printed: plain, speculative, and over the FP8 cache.
+// bf16), printed: plain, speculative, over the FP8 cache, and on the tensor-core decode kernel.
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -13,6 +13,7 @@
 #include <vector>
 
 #include <kiln/backend/cuda/runtime.hpp>
+#include <kiln/core/kernel_trace.hpp>
 
 #include "cuda_test_util.hpp"
 #include "infer_test_util.hpp"
@@ -226,6 +227,32 @@ TEST(EngineCuda, FloatAndBf16Models) {
   expect_gpu_rows_follow_cpu(*b, *cpu, prompts, p, o, 3e-2);
 }
 
+// Decoding on the tensor-core kernel (DecodeKernel::prefer_mma, kernels/decode_attention/
+// decode_attention_mma.cuh) in a bf16 model whose latent cache has its head dims (kv_lora_rank 256,
+// rope 32): every layer's decode attention runs on it (the kernel trace counts no CUDA-core
+// launch), and the logits follow the double CPU model's within the bf16 models' bound above.
+TEST(EngineCuda, TensorCoreDecodeKernel) {
+  KILN_REQUIRE_GPU();
+  nn::DeepseekV3Config c = infer_deepseek_config();
+  c.kv_lora_rank = 256;
+  c.qk_rope_head_dim = 32;
+  auto cpu = make_deepseek<double>(5, c, 0.25);
+  auto b = make_deepseek<bf16>(5, c, 0.25);
+  b->to(kiln::testing::gpu);
+  const Prompts prompts = ragged_prompts(cpu->vocab_size());
+  infer::SamplingParams p;
+  p.greedy = true;
+  p.max_new_tokens = 8;
+  infer::GenerateOptions o;
+  o.samples_per_prompt = 2;
+  o.cuda_graphs = false;  // every step's launches on this thread, for the trace
+  const DecodeKernelScope tensor_cores(kernels::DecodeKernel::prefer_mma);
+  KernelTrace trace;
+  expect_gpu_rows_follow_cpu(*b, *cpu, prompts, p, o, 3e-2);
+  EXPECT_GT(trace.count("decode_attention/mma"), 0);
+  EXPECT_EQ(trace.count("decode_attention/simt"), 0);
+}
+
 // The FP8 latent cache on the GPU (options.fp8_cache; the decode kernel's FP8 variant, bf16 models):
 // CUDA graphs draw exactly what eager steps draw (same kernels, same shapes), over 4-token blocks
 // and 64-token ones; and each drawn token's logits follow the double CPU model's uncached forward.
@@ -309,8 +336,9 @@ TEST(EngineCuda, BigConfigThroughput) {
   // the contiguous cache, and speculative decoding with CUDA graphs over the paged cache. (Random
   // weights give nearly uniform distributions, from the main model and the MTP module alike, so
   // the coupled drafts agree far more often than a trained model's would: the acceptance printed
-  // is this model's, not a trained one's.) Last, CUDA graphs over the paged FP8 latent cache.
-  for (int mode = 0; mode < 6; ++mode) {
+  // is this model's, not a trained one's.) Then CUDA graphs over the paged FP8 latent cache, and
+  // CUDA graphs with the tensor-core decode kernel (DecodeKernel::prefer_mma).
+  for (int mode = 0; mode < 7; ++mode) {
     const bool bucket = mode >= 1;
     infer::GenerateOptions o;
     o.pad_to_bucket = bucket;
@@ -318,6 +346,7 @@ TEST(EngineCuda, BigConfigThroughput) {
     if (mode == 3) o.cache_block_tokens = 0;
     o.speculative = mode == 4;
     o.fp8_cache = mode == 5;
+    const DecodeKernelScope decode_kernel(mode == 6 ? kernels::DecodeKernel::prefer_mma : kernels::DecodeKernel::automatic);
     std::int64_t steps = 0;
     double acceptance = 0.0;
     o.on_progress = [&](const infer::GenerationProgress& g) {
@@ -339,7 +368,8 @@ TEST(EngineCuda, BigConfigThroughput) {
     EXPECT_EQ(tokens, B * new_tokens);
     std::printf("big config, B = %lld, prompt %lld, new %lld%s: %.2f s, %.0f tok/s, %.3f ms per decode step",
                 static_cast<long long>(B), static_cast<long long>(prompt_len), static_cast<long long>(new_tokens),
-                mode == 5   ? " (CUDA graphs, FP8 latent cache)"
+                mode == 6   ? " (CUDA graphs, tensor-core decode kernel)"
+                : mode == 5 ? " (CUDA graphs, FP8 latent cache)"
                 : mode == 4 ? " (CUDA graphs, speculative)"
                 : mode == 3 ? " (CUDA graphs, contiguous cache)"
                 : mode == 2 ? " (CUDA graphs)"

@@ -1,4 +1,5 @@
-// The paged KV-cache ops on CUDA (ops/paged_attention.hpp over kernels/decode_attention/) against
+// The paged KV-cache ops on CUDA (ops/paged_attention.hpp over kernels/decode_attention/; the
+// CUDA-core kernel, and the tensor-core one for MLA's bf16 latent cache) against
 // the CPU op of the same type (double accumulation, itself checked against independent references
 // in tests/infer/test_paged_attention.cpp): paged_decode_attention at lengths 1, 63, 64, 65 and
 // 1000, ragged batches, sequences sharing their first blocks, block tables out of order, 1 and 2
@@ -15,6 +16,7 @@
 #include <random>
 #include <vector>
 
+#include <kiln/core/kernel_trace.hpp>
 #include <kiln/ops/paged_attention.hpp>
 
 #include "cuda_test_util.hpp"
@@ -77,11 +79,14 @@ struct Case {
   bool latent;  // v = the first dv columns of k (MLA); else a cache of its own
 };
 
-// The GPU op against the CPU op at T query tokens and the given split count (0: automatic).
+// The GPU op against the CPU op at T query tokens and the given split count (0: automatic), with
+// the given kernel.
 template <class T>
-void check_case(const Case& c, int queries, int splits, double tolerance) {
+void check_case(const Case& c, int queries, int splits, double tolerance,
+                kernels::DecodeKernel kernel = kernels::DecodeKernel::automatic) {
   SCOPED_TRACE(::testing::Message() << dtype_name<T> << " heads " << c.heads << "/" << c.kv_heads << " dk " << c.dk
-                                    << " dv " << c.dv << " bt " << c.bt << " T " << queries << " splits " << splits);
+                                    << " dv " << c.dv << " bt " << c.bt << " T " << queries << " splits " << splits
+                                    << (kernel == kernels::DecodeKernel::mma ? " tensor-core kernel" : ""));
   const auto n = static_cast<std::int64_t>(c.lengths.size());
   const PagedCache<T> k = paged_cache<T>(c.lengths, c.share, c.bt, c.kv_heads, c.dk, 7);
   const PagedCache<T> v_own = paged_cache<T>(c.lengths, c.share, c.bt, c.kv_heads, c.dv, 7);  // same table
@@ -98,11 +103,11 @@ void check_case(const Case& c, int queries, int splits, double tolerance) {
   const auto table = on_gpu(k.table), slots = on_gpu(ints(sl)), lengths = on_gpu(ints(len));
   const auto qg = on_gpu(q);
   poison_cached_memory();
-  const auto got = paged_decode_attention(qg, kg, pick_v(kg, vg), table, slots, lengths, scale, splits);
+  const auto got = paged_decode_attention(qg, kg, pick_v(kg, vg), table, slots, lengths, scale, splits, kernel);
   EXPECT_LT(relative_error(on_cpu(got), want), tolerance);
   if (splits != 1) {  // the split path again: the same bits (the splits are combined in a fixed order)
     poison_cached_memory();
-    const auto again = paged_decode_attention(qg, kg, pick_v(kg, vg), table, slots, lengths, scale, splits);
+    const auto again = paged_decode_attention(qg, kg, pick_v(kg, vg), table, slots, lengths, scale, splits, kernel);
     EXPECT_EQ(relative_error(on_cpu(again), on_cpu(got)).relative, 0.0) << "a second run";
   }
 }
@@ -136,6 +141,66 @@ TEST(PagedDecodeAttentionCuda, MlaShapeMatchesTheCpuOp) {
   two.lengths[0] = 2;
   check_all_splits<bf16>(two, 2);
   check_all_splits<float>(two, 2);
+}
+
+// The tensor-core kernel (DecodeKernel::mma: MLA's bf16 latent cache at dk 288, dv 256; kernels/
+// decode_attention/decode_attention_mma.cuh) against the CPU op: the big config's shape at the
+// odd lengths with shared blocks, 1 and 2 query tokens, splits 1, 3, 7, 64 and automatic; 16-token
+// and 4-token blocks (a 64-key tile spans several blocks); long rows split automatically; 128 heads
+// x 2 tokens (four chunks of 64 query rows) and 40 heads (a partial chunk: padding rows, a warp
+// with no real rows). It rounds the probabilities to bf16 before P·V, as FlashAttention does, so
+// its bound is the fused attention kernel's (tests/kernels/test_attention_cuda.cpp), 2^-7, not
+// the output rounding alone. The contiguous cache through decode_attention likewise.
+TEST(PagedDecodeAttentionCuda, TensorCoreKernelMatchesTheCpuOp) {
+  KILN_REQUIRE_GPU();
+  manual_seed(66);
+  constexpr auto mma = kernels::DecodeKernel::mma;
+  const Case mla{{1, 63, 64, 65, 1000, 130, 200}, {0, 0, 0, 1, 1, 0, 2}, 64, 1, 12, 288, 256, true};
+  Case two = mla;
+  two.lengths[0] = 2;
+  for (int splits : {1, 0, 3, 7, 64}) {
+    check_case<bf16>(mla, 1, splits, 0x1p-7, mma);
+    check_case<bf16>(two, 2, splits, 0x1p-7, mma);
+  }
+  {  // it is the kernel that ran; prefer_mma picks it here too, and the CUDA-core one for float
+    KernelTrace trace;
+    check_case<bf16>(mla, 1, 1, 0x1p-7, mma);
+    check_case<bf16>(mla, 1, 1, 0x1p-7, kernels::DecodeKernel::prefer_mma);
+    check_case<float>(mla, 1, 1, tolerance<float>(), kernels::DecodeKernel::prefer_mma);
+    EXPECT_EQ(trace.count("decode_attention/mma"), 2);
+    EXPECT_EQ(trace.count("decode_attention/simt"), 1);
+  }
+  const std::vector<Case> cases = {
+      {{9, 17, 3, 40, 300}, {0, 2, 0, 0, 1}, 16, 1, 12, 288, 256, true},  // 16-token blocks
+      {{9, 17, 3, 40}, {0, 2, 0, 0}, 4, 1, 12, 288, 256, true},           // 4-token blocks
+      {{5000, 4097, 3000, 2}, {0, 10, 0, 0}, 64, 1, 16, 288, 256, true},  // long rows: split automatically
+      {{300, 65, 2}, {0, 1, 0}, 64, 1, 128, 288, 256, true},              // 128 heads: 2 or 4 chunks
+      {{70, 33, 2}, {0, 0, 0}, 64, 1, 40, 288, 256, true},                // 40 heads: a partial chunk
+  };
+  for (const Case& c : cases)
+    for (int queries : {1, 2}) {
+      check_case<bf16>(c, queries, 0, 0x1p-7, mma);
+      check_case<bf16>(c, queries, 3, 0x1p-7, mma);
+    }
+  // The contiguous cache: rows [count, capacity, 1, 288], slots in reverse, ragged lengths.
+  const std::vector<std::int64_t> len{1, 64, 65, 700, 129};
+  const auto n = static_cast<std::int64_t>(len.size());
+  const auto cache = randn<bf16>({n, 700, 1, 288});
+  std::vector<std::int64_t> sl;
+  for (std::int64_t a = n - 1; a >= 0; --a) sl.push_back(a);
+  const auto q = randn<bf16>({n, 12, 288});
+  const double scale = 1.0 / std::sqrt(96.0);
+  const auto want = decode_attention(q, cache, narrow(cache, 3, 0, 256), ints(sl), ints(len), scale);
+  const auto cg = on_gpu(cache);
+  poison_cached_memory();
+  const auto got = decode_attention(on_gpu(q), cg, narrow(cg, 3, 0, 256), on_gpu(ints(sl)), on_gpu(ints(len)), scale, mma);
+  EXPECT_LT(relative_error(on_cpu(got), want), 0x1p-7);
+  // Where it does not apply, asking for it is an error.
+  const auto kf = on_gpu(randn<float>({2, 64, 1, 288}));
+  EXPECT_KILN_ERROR((void)paged_decode_attention(on_gpu(randn<float>({1, 1, 12, 288})), kf, narrow(kf, 3, 0, 256),
+                                                 on_gpu(Tensor<std::int64_t>::from_vector({0, 1}, {1, 2})),
+                                                 on_gpu(ints({0})), on_gpu(ints({5})), 1.0, 0, mma),
+                    "decode_attention", "the tensor-core kernel takes MLA's latent cache in bf16", "dtype float32");
 }
 
 TEST(PagedDecodeAttentionCuda, OtherShapesMatchTheCpuOp) {

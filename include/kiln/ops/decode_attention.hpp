@@ -91,11 +91,20 @@ kernels::DecodeAttentionArgs decode_attention_args(const char* op, const Tensor<
                                       .splits = 0};
 }
 
+// The kernel decode_attention, paged_decode_attention and fp8_latent_decode_attention run on a GPU
+// when a call names none (DecodeKernel::automatic), process-wide; DecodeKernelScope sets it for a
+// scope (tests, benchmarks: e.g. prefer_mma for a whole model's decode).
+inline kernels::DecodeKernel& default_decode_kernel() {
+  static kernels::DecodeKernel kernel = kernels::DecodeKernel::automatic;
+  return kernel;
+}
+
 // Launches decode attention on a GPU: the split count first (from the SM count unless
 // args.splits forces one), then its float workspace (double for double inputs), allocated here so
 // that the kernels allocate nothing (CUDA graphs), then the kernels.
 template <class T>
 void launch_decode_attention(const char* op, kernels::DecodeAttentionArgs args, Device device) {
+  if (args.implementation == kernels::DecodeKernel::automatic) args.implementation = default_decode_kernel();
   int chosen = 1;
   launch_device_kernel(op, kernels::DecodeAttentionPlanArgs{.launch = args.launch, .problem = &args, .splits = &chosen});
   args.splits = chosen;
@@ -109,6 +118,21 @@ void launch_decode_attention(const char* op, kernels::DecodeAttentionArgs args, 
 }
 
 }  // namespace detail
+
+// Sets the decode kernel that calls naming none use (detail::default_decode_kernel) for the
+// lifetime of the scope, then restores the previous one.
+class DecodeKernelScope {
+ public:
+  explicit DecodeKernelScope(kernels::DecodeKernel kernel) : previous_(detail::default_decode_kernel()) {
+    detail::default_decode_kernel() = kernel;
+  }
+  ~DecodeKernelScope() { detail::default_decode_kernel() = previous_; }
+  DecodeKernelScope(const DecodeKernelScope&) = delete;
+  DecodeKernelScope& operator=(const DecodeKernelScope&) = delete;
+
+ private:
+  kernels::DecodeKernel previous_;
+};
 
 // cache[slots[a], positions[a] + s, ...] = values[a, s, ...] for every batch row a and step s.
 // cache: contiguous [num_slots, capacity, row...]; values: [count, steps, row...] with the same row
@@ -166,9 +190,12 @@ void cache_write(const Tensor<T>& cache, const Tensor<std::int64_t>& slots, cons
 //   in MLA); slots, lengths [count] int64 -> out [count, heads, dv], with
 //   out[a, h] = softmax_j(scale · q[a, h]·k[slot, j, h / G]) · v[slot, j, h / G] over j < lengths[a],
 //   G = heads / kv_heads (Hugging Face's repeat_kv grouping). lengths[a] >= 1.
+// implementation: on a GPU, which kernel (kernels/decode_attention/args.hpp, DecodeKernel); the
+// CPU ignores it.
 template <class T>
 Tensor<T> decode_attention(const Tensor<T>& q, const Tensor<T>& k_cache, const Tensor<T>& v_cache,
-                           const Tensor<std::int64_t>& slots, const Tensor<std::int64_t>& lengths, double scale) {
+                           const Tensor<std::int64_t>& slots, const Tensor<std::int64_t>& lengths, double scale,
+                           kernels::DecodeKernel implementation = kernels::DecodeKernel::automatic) {
   static_assert(is_floating<T>, "decode_attention needs a floating type");
   const char* op = "decode_attention";
   check_defined(op, q, k_cache, v_cache, slots, lengths);
@@ -205,6 +232,7 @@ Tensor<T> decode_attention(const Tensor<T>& q, const Tensor<T>& k_cache, const T
     kernels::DecodeAttentionArgs args = detail::decode_attention_args(op, out, qc, k_cache, v_cache, sl, len, 1, scale);
     args.num_slots = num_slots;
     args.capacity = capacity;
+    args.implementation = implementation;
     detail::launch_decode_attention<T>(op, args, q.device());
   }
   return out;

@@ -155,11 +155,14 @@ void write_cache_rows(const Tensor<T>& cache, const Tensor<std::int64_t>& table,
 //   G = heads / kv_heads query heads per kv head.
 // splits: on a GPU, the blocks each row's tokens are split over (kernels/decode_attention/
 // decode_attention.cuh: the sequence split); 0 chooses from the SM count, 1 .. 128 forces a
-// count (tests). The CPU ignores it.
+// count (tests). implementation: on a GPU, which kernel (kernels/decode_attention/args.hpp,
+// DecodeKernel: the CUDA-core one, or the tensor-core one for MLA's bf16 latent cache at dk 288,
+// dv 256). The CPU ignores both.
 template <class T>
 Tensor<T> paged_decode_attention(const Tensor<T>& q, const Tensor<T>& k_blocks, const Tensor<T>& v_blocks,
                                  const Tensor<std::int64_t>& block_table, const Tensor<std::int64_t>& slots,
-                                 const Tensor<std::int64_t>& lengths, double scale, int splits = 0) {
+                                 const Tensor<std::int64_t>& lengths, double scale, int splits = 0,
+                                 kernels::DecodeKernel implementation = kernels::DecodeKernel::automatic) {
   static_assert(is_floating<T>, "paged_decode_attention needs a floating type");
   const char* op = "paged_decode_attention";
   check_defined(op, q, k_blocks, v_blocks, slots, lengths);
@@ -193,6 +196,7 @@ Tensor<T> paged_decode_attention(const Tensor<T>& q, const Tensor<T>& k_blocks, 
     args.block_tokens = block_tokens;
     args.num_blocks = num_blocks;
     args.splits = splits;
+    args.implementation = implementation;
     detail::launch_decode_attention<T>(op, args, q.device());
     return out;
   }
