@@ -172,7 +172,8 @@ void bench_attention(bench::BandwidthBench& meter, std::int64_t heads, int queri
   {
     constexpr auto mma = kernels::DecodeKernel::mma;
     auto paged_mma = [&] { return paged_decode_attention(q, blocks, v_blocks, table, slots, len, kScale, 0, mma); };
-    print_tflops(flops, meter.row("paged ... tensor cores (mma)", shape, "bfloat16", bytes, [&] { (void)paged_mma(); }, true));
+    print_tflops(flops,
+                 meter.row("paged ... tensor cores (mma)", shape, "bfloat16", bytes, [&] { (void)paged_mma(); }, true));
     const std::vector<Tensor<bf16>> pool = cache_copies(blocks);
     print_graph_time(
         meter,
@@ -209,7 +210,8 @@ void bench_attention(bench::BandwidthBench& meter, std::int64_t heads, int queri
     print_graph_time(
         meter,
         [&](int i) {
-          (void)fp8_latent_decode_attention(q, pool[static_cast<std::size_t>(i) % pool.size()], table, slots, len, kScale);
+          const Fp8LatentCache<bf16>& c = pool[static_cast<std::size_t>(i) % pool.size()];
+          (void)fp8_latent_decode_attention(q, c, table, slots, len, kScale);
         },
         pool.size(), fp8_bytes, flops);
     std::printf("  (FP8 vs bf16 cache output: relative Frobenius difference %.2e; %.0f%% of the bf16 op's bytes)\n",
@@ -263,8 +265,8 @@ void bench_cache_write(bench::BandwidthBench& meter, std::int64_t rows, std::int
   // The FP8 write reads the bf16 rows and writes bytes, scales and rope (its quantize and three
   // writes are separate launches: the bytes counted are the minimum, read once, written once).
   const auto fp8 = Fp8LatentCache<bf16>::zeros(rows * max_blocks, kBlock, kLatent, kRope, gpu);
-  const double fp8_bytes = static_cast<double>(rows * steps) * (sizeof(bf16) * kDk + kLatent + 8.0 + sizeof(bf16) * kRope) +
-                           24.0 * static_cast<double>(rows);
+  const double fp8_token = sizeof(bf16) * kDk + kLatent + 8.0 + sizeof(bf16) * kRope;  // read, then written
+  const double fp8_bytes = static_cast<double>(rows * steps) * fp8_token + 24.0 * static_cast<double>(rows);
   meter.row(str("fp8_latent_cache_write ", steps, " token(s)"), str("[", rows, ", ", steps, ", 1, ", kDk, "]"),
             "bf16>fp8", fp8_bytes, [&] { fp8_latent_cache_write(fp8, table, slots, positions, values); }, true);
 }

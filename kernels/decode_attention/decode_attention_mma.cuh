@@ -122,7 +122,8 @@ __global__ void __launch_bounds__(kMmaThreads) decode_attention_mma_kernel(Decod
   // A paged row's table entries for tokens 0 .. L - 1 (every split of a row agrees).
   bool bad = false;
   if (rows.table)
-    for (int b = tid; b * rows.block_tokens < L; b += kMmaThreads) bad |= rows.table[b] < 0 || rows.table[b] >= num_blocks;
+    for (int b = tid; b * rows.block_tokens < L; b += kMmaThreads)
+      bad |= rows.table[b] < 0 || rows.table[b] >= num_blocks;
   if (__syncthreads_or(bad)) {
     write_empty();
     return;

@@ -346,7 +346,8 @@ TEST(EngineCuda, BigConfigThroughput) {
     if (mode == 3) o.cache_block_tokens = 0;
     o.speculative = mode == 4;
     o.fp8_cache = mode == 5;
-    const DecodeKernelScope decode_kernel(mode == 6 ? kernels::DecodeKernel::prefer_mma : kernels::DecodeKernel::automatic);
+    const DecodeKernelScope decode_kernel(mode == 6 ? kernels::DecodeKernel::prefer_mma
+                                                    : kernels::DecodeKernel::automatic);
     std::int64_t steps = 0;
     double acceptance = 0.0;
     o.on_progress = [&](const infer::GenerationProgress& g) {

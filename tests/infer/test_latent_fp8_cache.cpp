@@ -15,12 +15,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <kiln/infer/engine.hpp>
+#include <kiln/ops/latent_fp8_cache.hpp>
 #include <numeric>
 #include <random>
 #include <vector>
-
-#include <kiln/infer/engine.hpp>
-#include <kiln/ops/latent_fp8_cache.hpp>
 
 #include "infer_test_util.hpp"
 
@@ -97,16 +96,20 @@ TEST(LatentFp8Cache, WriteQuantizesEachTokenLikeFp8Quantize) {
     for (std::int64_t a = 0; a < 3; ++a)
       for (std::int64_t s = 0; s < 2; ++s) {
         const std::int64_t j = positions[static_cast<std::size_t>(a)] + s, slot = slots[static_cast<std::size_t>(a)];
-        const std::int64_t tok = paged ? t[static_cast<std::size_t>(slot * 3 + j / rows)] * rows + j % rows : slot * rows + j;
+        const std::int64_t tok =
+            paged ? t[static_cast<std::size_t>(slot * 3 + j / rows)] * rows + j % rows : slot * rows + j;
         written[static_cast<std::size_t>(tok)] = 1;
         const std::int64_t src = a * 2 + s;
         for (std::int64_t d = 0; d < r; ++d)
-          ASSERT_EQ(got_bytes[static_cast<std::size_t>(tok * r + d)].bits, want_bytes[static_cast<std::size_t>(src * r + d)].bits)
+          ASSERT_EQ(got_bytes[static_cast<std::size_t>(tok * r + d)].bits,
+                    want_bytes[static_cast<std::size_t>(src * r + d)].bits)
               << "token " << src << " column " << d;
         for (std::int64_t b = 0; b < nb; ++b)
-          EXPECT_EQ(got_scales[static_cast<std::size_t>(tok * nb + b)], want_scales[static_cast<std::size_t>(src * nb + b)]);
+          EXPECT_EQ(got_scales[static_cast<std::size_t>(tok * nb + b)],
+                    want_scales[static_cast<std::size_t>(src * nb + b)]);
         for (std::int64_t d = 0; d < dr; ++d)
-          EXPECT_EQ(got_rope[static_cast<std::size_t>(tok * dr + d)], v[static_cast<std::size_t>(src * (r + dr) + r + d)]);
+          EXPECT_EQ(got_rope[static_cast<std::size_t>(tok * dr + d)],
+                    v[static_cast<std::size_t>(src * (r + dr) + r + d)]);
       }
     for (std::int64_t tok = 0; tok < outer * rows; ++tok) {
       if (written[static_cast<std::size_t>(tok)]) continue;
@@ -135,7 +138,9 @@ void check_attention_equals_dequantized(std::int64_t r, std::int64_t dr, std::in
   Tensor<std::int64_t> table;
   std::vector<std::int64_t> slots;
   for (std::int64_t a = 0; a < count; ++a) slots.push_back(paged ? a : count - a);
-  if (paged) table = Tensor<std::int64_t>::from_vector(shuffled_table(sequences, max_blocks, outer, 1, 17), {sequences, max_blocks});
+  if (paged)
+    table =
+        Tensor<std::int64_t>::from_vector(shuffled_table(sequences, max_blocks, outer, 1, 17), {sequences, max_blocks});
   // Every row's tokens written in one call per row (positions 0 .. L − 1); on shared blocks the
   // later rows overwrite the earlier ones' first block, which all of them then read.
   for (std::int64_t a = 0; a < count; ++a) {
@@ -161,7 +166,8 @@ void check_attention_equals_dequantized(std::int64_t r, std::int64_t dr, std::in
         std::vector<std::int64_t> upto = len;
         for (auto& L : upto) L -= queries - 1 - t;
         const Tensor<double> qt = reshape(narrow(cast<double>(q), 1, t, 1), {count, heads, r + dr});
-        per_query.push_back(unsqueeze(decode_attention(qt, deq, narrow(deq, 3, 0, r), index(slots), index(upto), scale), 1));
+        per_query.push_back(
+            unsqueeze(decode_attention(qt, deq, narrow(deq, 3, 0, r), index(slots), index(upto), scale), 1));
       }
       want = queries == 1 ? per_query[0] : cat(per_query, 1);
     }

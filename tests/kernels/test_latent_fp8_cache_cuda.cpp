@@ -18,10 +18,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <kiln/ops/latent_fp8_cache.hpp>
 #include <random>
 #include <vector>
-
-#include <kiln/ops/latent_fp8_cache.hpp>
 
 #include "cuda_test_util.hpp"
 
@@ -56,7 +55,8 @@ Tensor<bf16> latent_rows(std::int64_t L, std::int64_t r, std::int64_t dr, std::u
 Fp8LatentCache<bf16> nan_cache(std::int64_t outer, std::int64_t rows, std::int64_t r, std::int64_t dr, Device device) {
   const float nan = std::nanf("");
   return {full<fp8_e4m3>({outer, rows, r}, fp8_e4m3::from_bits(0x7F), device),
-          full<float>({outer, rows, (r + 127) / 128}, nan, device), full<bf16>({outer, rows, dr}, convert<bf16>(nan), device)};
+          full<float>({outer, rows, (r + 127) / 128}, nan, device),
+          full<bf16>({outer, rows, dr}, convert<bf16>(nan), device)};
 }
 
 Fp8LatentCache<bf16> to_device(const Fp8LatentCache<bf16>& c, Device device) {
@@ -108,8 +108,9 @@ Built build(const Case& c, std::uint64_t seed) {
     for (std::int64_t s = 0; s < n; ++s)
       for (std::int64_t blk = 0; blk * c.bt < c.lengths[static_cast<std::size_t>(s)]; ++blk)
         table[static_cast<std::size_t>(s * max_blocks + blk)] =
-            s > 0 && blk < c.share[static_cast<std::size_t>(s)] ? table[static_cast<std::size_t>((s - 1) * max_blocks + blk)]
-                                                               : ids[next++];
+            s > 0 && blk < c.share[static_cast<std::size_t>(s)]
+                ? table[static_cast<std::size_t>((s - 1) * max_blocks + blk)]
+                : ids[next++];
     b.table = Tensor<std::int64_t>::from_vector(table, {n, max_blocks});
   }
   b.cpu = nan_cache(outer, rows, c.r, c.dr, Device::cpu());
@@ -135,7 +136,8 @@ void check_case(const Case& c, const Built& b, int queries, int splits) {
   // slot); with two query tokens only the sequences that hold both (rows past a length are NaN).
   std::vector<std::int64_t> sl, len;
   for (std::int64_t a = n - 1; a >= 0; --a)
-    if (c.lengths[static_cast<std::size_t>(a)] >= queries) sl.push_back(a), len.push_back(c.lengths[static_cast<std::size_t>(a)]);
+    if (c.lengths[static_cast<std::size_t>(a)] >= queries)
+      sl.push_back(a), len.push_back(c.lengths[static_cast<std::size_t>(a)]);
   const auto longest = std::max_element(c.lengths.begin(), c.lengths.end());
   sl.push_back(longest - c.lengths.begin()), len.push_back(*longest);
   const auto count = static_cast<std::int64_t>(sl.size());
@@ -178,9 +180,9 @@ TEST(LatentFp8CacheCuda, OtherShapesMatchTheCpuOp) {
   KILN_REQUIRE_GPU();
   manual_seed(72);
   const std::vector<Case> cases = {
-      {{600, 65, 1}, {0, 1, 0}, 64, 16, 512, 64},         // DeepSeek-V3: 16 columns a lane, 4 heads a block
-      {{70, 33, 2}, {0, 0, 0}, 16, 40, 128, 64},          // 40 heads: several chunks; 4 columns a lane
-      {{9, 17, 3, 40}, {0, 2, 0, 0}, 4, 4, 48, 8},        // a 48-value latent (3 pieces, one partial tile), 4-token blocks
+      {{600, 65, 1}, {0, 1, 0}, 64, 16, 512, 64},   // DeepSeek-V3: 16 columns a lane, 4 heads a block
+      {{70, 33, 2}, {0, 0, 0}, 16, 40, 128, 64},    // 40 heads: several chunks; 4 columns a lane
+      {{9, 17, 3, 40}, {0, 2, 0, 0}, 4, 4, 48, 8},  // a 48-value latent (3 pieces, one partial tile), 4-token blocks
       {{2, 63, 64, 65, 1000}, {0, 0, 0, 1, 1}, 64, 4, 256, 32},  // 4 heads a block: 8 pieces in flight
   };
   for (const Case& c : cases) check_all(c, 80, {0, 1, 3});
@@ -204,8 +206,9 @@ TEST(LatentFp8CacheCuda, HostChecks) {
   EXPECT_KILN_ERROR((void)fp8_latent_decode_attention(on_gpu(zeros<bf16>({1, 1, 2, 48})), odd, table, one, len, 1.0),
                     "fp8_latent_decode_attention", "multiple of 16 up to 512", "r 40");
   const auto ok = Fp8LatentCache<bf16>::zeros(4, 8, 32, 8, gpu);
-  EXPECT_KILN_ERROR((void)fp8_latent_decode_attention(on_gpu(zeros<bf16>({1, 1, 2, 40})), ok, table, ints({0}), len, 1.0),
-                    "fp8_latent_decode_attention", "must be on the cache's device");
+  EXPECT_KILN_ERROR(
+      (void)fp8_latent_decode_attention(on_gpu(zeros<bf16>({1, 1, 2, 40})), ok, table, ints({0}), len, 1.0),
+      "fp8_latent_decode_attention", "must be on the cache's device");
   EXPECT_KILN_ERROR((void)fp8_latent_decode_attention(zeros<bf16>({1, 1, 2, 40}), ok, table, one, len, 1.0),
                     "fp8_latent_decode_attention", "the cache on cuda:0");
 }

@@ -152,7 +152,9 @@ class KVCache {
   const CacheLayout& layout() const { return layout_; }
   bool paged() const { return layout_.is_paged(); }
   bool defined() const { return !layers_.empty(); }
-  CacheFormat format() const { return !layers_.empty() && layers_.front().fp8.defined() ? CacheFormat::fp8 : CacheFormat::model; }
+  CacheFormat format() const {
+    return !layers_.empty() && layers_.front().fp8.defined() ? CacheFormat::fp8 : CacheFormat::model;
+  }
 
   const Layer& layer(std::int64_t i) const {
     check(i >= 0 && i < num_layers(), "KVCache", "layer ", i, " is out of range for a cache of ", num_layers(),

@@ -121,8 +121,10 @@ void fp8_latent_cache_write(const Fp8LatentCache<T>& cache, const Tensor<std::in
   // q.scale is [tokens, kblocks] viewed over k-block-major storage: contiguous() puts each token's
   // scales together, as the cache keeps them.
   write_cache_rows(cache.latent, table, slots, positions, reshape(q.data, {count, steps, r}));
-  write_cache_rows(cache.scales, table, slots, positions, reshape(contiguous(q.scale), {count, steps, cache.scales.size(2)}));
-  if (dr > 0) write_cache_rows(cache.rope, table, slots, positions, reshape(narrow(rows, 1, r, dr), {count, steps, dr}));
+  write_cache_rows(cache.scales, table, slots, positions,
+                   reshape(contiguous(q.scale), {count, steps, cache.scales.size(2)}));
+  if (dr > 0)
+    write_cache_rows(cache.rope, table, slots, positions, reshape(narrow(rows, 1, r, dr), {count, steps, dr}));
 }
 
 // The cache's tokens dequantized, [outer, rows, 1, r + dr] of [latent ⊙ scale, rope] in double on
