@@ -34,7 +34,10 @@
 //   - long context: 32 rows × 4096 tokens × 16 heads (T = 1, 2) and
 //     4 rows × 32768 tokens × 16 heads (the split's case: 8 blocks for 132 SMs without it);
 //   - few heads (4): the same two long-context shapes, memory-bound even for CUDA-core FMAs;
-//   - 128 heads, T = 2 (the FLOP target shape, at kiln's dk 288): 32 rows × 4096 tokens.
+//   - 128 heads, T = 2 (the FLOP target shape, at kiln's dk 288): 32 rows × 4096 tokens;
+//   - and at DeepSeek-V3's sizes (latent 512 + rope 64: dk 576, dv 512; FlashMLA's shape, 660
+//     TFLOP/s reported on an H800): 32 rows × 4096 tokens × 128 heads × 2 tokens, the CUDA-core
+//     and the tensor-core kernels.
 //
 // Bytes: what the op must move at least: q once, every row's first L cache rows once (values
 // inside them: counted once), the output, slots and lengths (16 B a row), the table entries read
@@ -249,6 +252,37 @@ void bench_attention(bench::BandwidthBench& meter, std::int64_t heads, int queri
   std::fflush(stdout);
 }
 
+// DeepSeek-V3's latent (dk 576, dv 512) at the FLOP-target shape: both kernels on one cache, the
+// tensor-core one also as graph replays; FLOPs 2 (dk + dv) per query row and attended token.
+void bench_deepseek_v3_sizes(bench::BandwidthBench& meter) {
+  constexpr std::int64_t dk = 576, dv = 512, rows = 32, heads = 128, queries = 2, L = 4096;
+  const std::int64_t max_blocks = L / kBlock;
+  std::vector<std::int64_t> ids(static_cast<std::size_t>(rows * max_blocks));
+  std::iota(ids.begin(), ids.end(), std::int64_t{0});
+  std::shuffle(ids.begin(), ids.end(), std::mt19937_64(7));
+  const Tensor<bf16> blocks = randn<bf16>({rows * max_blocks, kBlock, 1, dk}, 0.0, 1.0, gpu);
+  const auto table = Tensor<std::int64_t>::from_vector(ids, {rows, max_blocks}, gpu);
+  const Tensor<bf16> q = randn<bf16>({rows, queries, heads, dk}, 0.0, 1.0, gpu);
+  const auto slots = arange<std::int64_t>(0, static_cast<double>(rows), 1.0, gpu);
+  const auto len = full<std::int64_t>({rows}, L, gpu);
+  const double scale = 1.0 / std::sqrt(128.0 + 64.0);
+  const double bytes = sizeof(bf16) * (static_cast<double>(rows * queries * heads) * (dk + dv) +
+                                       static_cast<double>(rows * L) * dk) +
+                       16.0 * rows + 8.0 * static_cast<double>(rows * max_blocks);
+  const double flops = 2.0 * heads * static_cast<double>(rows * (queries * L - 1)) * (dk + dv);
+  const std::string shape = str("[", rows, ", ", queries, ", ", heads, ", ", dk, "] L ", L);
+  auto run = [&](kernels::DecodeKernel kernel) {
+    return paged_decode_attention(q, blocks, narrow(blocks, 3, 0, dv), table, slots, len, scale, 0, kernel);
+  };
+  print_tflops(flops, meter.row("DeepSeek-V3 latent, CUDA cores", shape, "bfloat16", bytes,
+                                [&] { (void)run(kernels::DecodeKernel::simt); }, true));
+  print_tflops(flops, meter.row("DeepSeek-V3 latent, tensor cores", shape, "bfloat16", bytes,
+                                [&] { (void)run(kernels::DecodeKernel::mma); }, true));
+  print_graph_time(meter, [&](int) { (void)run(kernels::DecodeKernel::mma); }, 1, bytes, flops);
+  std::printf("  (tensor-core vs CUDA-core output: relative Frobenius difference %.2e)\n",
+              relative_difference(run(kernels::DecodeKernel::mma), run(kernels::DecodeKernel::simt)));
+}
+
 void bench_cache_write(bench::BandwidthBench& meter, std::int64_t rows, std::int64_t steps, std::int64_t position) {
   const std::int64_t max_blocks = 5;  // 320 tokens a sequence
   std::vector<std::int64_t> ids(static_cast<std::size_t>(rows * max_blocks));
@@ -295,6 +329,7 @@ int main() {
   bench_attention(meter, 4, 1, std::vector<std::int64_t>(4, 32768), "32768");
   // 128 heads, two query tokens.
   bench_attention(meter, 128, 2, std::vector<std::int64_t>(32, 4096), "4096");
+  bench_deepseek_v3_sizes(meter);
 
   bench_cache_write(meter, 128, 1, 200);
   bench_cache_write(meter, 128, 2, 200);

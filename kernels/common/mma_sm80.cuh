@@ -233,16 +233,16 @@ __device__ __forceinline__ void online_softmax_tile(float (&sc)[KEYS / 8][4], co
 }
 
 // Writes a warp's 16 x N float accumulator (C fragments) times per-row factors f[2] as T into rows
-// row0 + (0..15) of a row-major [*, N] matrix, rows at or past `rows` skipped.
+// row0 + (0..15) of a row-major matrix of row stride ld (default N), rows at or past `rows` skipped.
 template <class T, int N>
 __device__ __forceinline__ void store_rows(T* dst, const float (&acc)[N / 8][4], std::int64_t row0, std::int64_t rows,
-                                           const float (&f)[2]) {
+                                           const float (&f)[2], std::int64_t ld = N) {
   const int lane = static_cast<int>(threadIdx.x & 31), g = lane >> 2, t = lane & 3;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const std::int64_t row = row0 + g + 8 * r;
     if (row >= rows) continue;
-    unsigned* const out = reinterpret_cast<unsigned*>(dst + row * N + 2 * t);
+    unsigned* const out = reinterpret_cast<unsigned*>(dst + row * ld + 2 * t);
 #pragma unroll
     for (int nt = 0; nt < N / 8; ++nt) out[nt * 4] = pack2<T>(acc[nt][2 * r] * f[r], acc[nt][2 * r + 1] * f[r]);
   }

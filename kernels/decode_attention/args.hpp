@@ -49,7 +49,8 @@ struct CacheWriteArgs {
 //   simt: the CUDA-core kernel (decode_attention.cuh): every dtype, shape, layout, the FP8 latent
 //     cache;
 //   mma: the tensor-core kernel (decode_attention_mma.cuh, mma.sync m16n8k16 on sm_80+): MLA's
-//     absorbed decode in bf16, one kv head, v the first dv columns of k, (dk, dv) = (288, 256);
+//     absorbed decode in bf16, one kv head, v the first dv columns of k, (dk, dv) = (288, 256)
+//     (kiln's big config) or (576, 512) (DeepSeek-V3);
 //   prefer_mma: mma where it applies, simt elsewhere (a whole model's decode: the engine's
 //     layers call the op with every cache they hold);
 //   automatic: simt, or as prefer_mma when the environment sets KILN_DECODE_KERNEL=mma (until the

@@ -1,9 +1,9 @@
 // decode_attention on tensor cores (arguments args.hpp, chosen by DecodeAttentionArgs::
 // implementation: DecodeKernel::mma; the CUDA-core kernel is decode_attention.cuh, whose launcher
 // calls this one). MLA's absorbed decode only: bf16, one kv head whose cache row is [latent |
-// rope key] (dk 288 = 256 + 32, kiln's big config), the values the row's first dv = 256 columns
-// (v a view of k), either cache layout, 1 or 2 query tokens, the sequence split and its combine
-// (split_combine.cuh) shared with the CUDA-core kernel.
+// rope key] (dk 288 = 256 + 32, kiln's big config; or 576 = 512 + 64, DeepSeek-V3's), the values
+// the row's first dv = 256 (512) columns (v a view of k), either cache layout, 1 or 2 query
+// tokens, the sequence split and its combine (split_combine.cuh) shared with the CUDA-core kernel.
 //
 // Why. With one kv head every query head of a sequence reads the same keys, so a sequence's
 // T x H query rows are the M dimension of two matrix products per key tile, S = Q·Kᵀ and O += P·V,
@@ -13,7 +13,8 @@
 // serve. mma.sync m16n8k16 (common/mma_sm80.cuh) runs on every GPU from sm_80 on; Hopper's wgmma
 // would be faster still (issue 15's next step).
 //
-// Work split. One block of 4 warps per (sequence, chunk of 64 query rows, split); warp w owns
+// Work split. One block of 4 warps (8 at dv 512, below) per (sequence, chunk of 64 query rows,
+// split); warp w owns
 // query rows 16 w .. 16 w + 15 of the chunk (row i = query t = i / H of head i % H: q and out are
 // contiguous in i). The block walks its split's keys in tiles of 64, double-buffered in shared
 // memory by cp.async: each thread copies 16-byte pieces of key rows, finding a key's block
@@ -28,9 +29,16 @@
 // (m ln 2, l, O) to the workspace, the CUDA-core kernel's layout, combined by
 // decode_combine_kernel.
 //
-// Registers: O 16 x 256 floats a warp = 128 a thread, S 32, (ptxas: see the launcher). Shared
-// memory: Q 64 x 296 and two key tiles of 64 x 296 bf16 (row stride 288 + 8: conflict-free
-// ldmatrix) = 113.7 KB, opted into per device; one block a multiprocessor.
+// DeepSeek-V3's dv 512: a warp's O would be 256 floats a thread, so two warps share each 16 rows
+// (8 warps a block), each accumulating 256 of the output columns and each computing the rows'
+// scores itself: S twice, 576 of the 1664 FLOPs a (row, key) spent beyond the 1088 needed, in
+// exchange for no exchange of probabilities between warps (FlashMLA shares them through shared
+// memory instead: a next step if the tensor cores turn out to be the limit).
+//
+// Registers: O 16 x 256 floats a warp = 128 a thread, S 32 (ptxas: 247 at both head-dim pairs, no
+// spills). Shared memory: Q 64 rows and two key tiles of 64 rows, bf16 rows of dk + 8
+// (conflict-free ldmatrix): 113.7 KB at dk 288, 224.3 KB at 576, opted into per device; one block
+// a multiprocessor.
 //
 // Bytes and FLOPs: each key row is read once per (chunk, split) block: 576 bytes; per query row
 // and key 2 (288 + 256) FLOPs. At 128 heads x 2 tokens a key byte carries ~484 FLOPs (four chunks
@@ -43,6 +51,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <string>
+#include <type_traits>
 
 #include "kiln/core/kernel_trace.hpp"
 #include "kiln/kernels/common/cuda_check.hpp"
@@ -56,23 +65,32 @@
 
 namespace kiln::kernels::decode_attention {
 
-constexpr int kMmaWarps = 4;
-constexpr int kMmaThreads = 32 * kMmaWarps;
-constexpr int kMmaRows = 16 * kMmaWarps;  // query rows a block
-constexpr int kMmaKeys = 64;              // keys a tile
-constexpr int kMmaDk = 288, kMmaDv = 256;  // the compiled head dims: latent 256 + rope 32
+constexpr int kMmaRowWarps = 4;             // warps along the query rows, 16 rows each
+constexpr int kMmaRows = 16 * kMmaRowWarps;  // query rows a block
+constexpr int kMmaKeys = 64;                 // keys a tile
+constexpr int kMmaColumns = 256;             // output columns a warp accumulates (128 floats a thread)
 
+// The compiled head dims: kiln's big config (latent 256 + rope 32) and DeepSeek-V3's (512 + 64).
+// At dv 512 the output is split between two warps per 16 rows (8 warps a block), each computing
+// the rows' scores itself (S twice: 576 of 1664 FLOPs a (row, key) more than the 1088 needed, in
+// exchange for no exchange of P between warps).
+template <int DV>
+constexpr int mma_threads() {
+  return 32 * kMmaRowWarps * (DV / kMmaColumns);
+}
 template <int DK>
 constexpr std::size_t mma_smem_bytes() {
   return sizeof(bf16) * static_cast<std::size_t>((kMmaRows + 2 * kMmaKeys) * (DK + 8));
 }
 
 template <int DK, int DV>
-__global__ void __launch_bounds__(kMmaThreads) decode_attention_mma_kernel(DecodeAttentionArgs a) {
+__global__ void __launch_bounds__(mma_threads<DV>()) decode_attention_mma_kernel(DecodeAttentionArgs a) {
   using T = bf16;
   constexpr int SK = DK + 8;
+  constexpr int kThreadsHere = mma_threads<DV>();
+  constexpr int DW = kMmaColumns;  // this warp's output columns
   constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
-  static_assert(DK % 16 == 0 && DV % 16 == 0 && DV <= DK, "the products take k steps of 16; v is a prefix of k");
+  static_assert(DK % 16 == 0 && DV % kMmaColumns == 0 && DV <= DK, "k steps of 16; v is a prefix of k");
   extern __shared__ __align__(16) unsigned char decode_mma_smem[];
   T* const sQ = reinterpret_cast<T*>(decode_mma_smem);  // [kMmaRows][SK]
   T* const sK = sQ + kMmaRows * SK;                      // [2][kMmaKeys][SK]; the values: its first DV columns
@@ -83,7 +101,8 @@ __global__ void __launch_bounds__(kMmaThreads) decode_attention_mma_kernel(Decod
   const int rows_per_seq = a.queries * a.heads;  // one kv head: every query row of the sequence
   const int first = chunk * kMmaRows;
   const int hc = ::min(kMmaRows, rows_per_seq - first);  // this block's real query rows
-  const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
+  const int tid = static_cast<int>(threadIdx.x), lane = tid & 31;
+  const int warp = (tid >> 5) % kMmaRowWarps, column0 = (tid >> 5) / kMmaRowWarps * DW;  // rows, columns
   const int g = lane >> 2, t = lane & 3;
 
   const std::int64_t slot = a.slots[seq];
@@ -100,13 +119,13 @@ __global__ void __launch_bounds__(kMmaThreads) decode_attention_mma_kernel(Decod
   const std::int64_t row0 = seq * rows_per_seq + first;  // the block's first query row in q and out
   T* const out = static_cast<T*>(a.out) + row0 * DV;
   auto write_empty = [&] {  // no keys: zeros, or a split of weight 0
-    for (int i = tid; i < hc * DV; i += kMmaThreads) {
+    for (int i = tid; i < hc * DV; i += kThreadsHere) {
       const int r = i / DV, c = i - r * DV;
       if (partial) ws[ws_acc + ((row0 + r) * splits + split) * DV + c] = 0.f;
       else out[i] = store<T>(0.f);
     }
     if (partial)
-      for (int r = tid; r < hc; r += kMmaThreads) {
+      for (int r = tid; r < hc; r += kThreadsHere) {
         float* const ml = ws + ((row0 + r) * splits + split) * 2;
         ml[0] = -INFINITY;
         ml[1] = 0.f;
@@ -122,7 +141,7 @@ __global__ void __launch_bounds__(kMmaThreads) decode_attention_mma_kernel(Decod
   // A paged row's table entries for tokens 0 .. L - 1 (every split of a row agrees).
   bool bad = false;
   if (rows.table)
-    for (int b = tid; b * rows.block_tokens < L; b += kMmaThreads)
+    for (int b = tid; b * rows.block_tokens < L; b += kThreadsHere)
       bad |= rows.table[b] < 0 || rows.table[b] >= num_blocks;
   if (__syncthreads_or(bad)) {
     write_empty();
@@ -133,7 +152,7 @@ __global__ void __launch_bounds__(kMmaThreads) decode_attention_mma_kernel(Decod
   // Keys [n0, n0 + kMmaKeys) of the sequence into a shared tile; keys at or past `end` zero-filled.
   auto load_keys = [&](T* dst, int n0) {
     constexpr int kPieces = DK / 8;  // 16-byte pieces a key row
-    for (int i = tid; i < kMmaKeys * kPieces; i += kMmaThreads) {
+    for (int i = tid; i < kMmaKeys * kPieces; i += kThreadsHere) {
       const int r = i / kPieces, c = (i - r * kPieces) * 8;
       const int j = n0 + r;
       const bool valid = j < end;
@@ -143,7 +162,7 @@ __global__ void __launch_bounds__(kMmaThreads) decode_attention_mma_kernel(Decod
       sm80::cp_async_16(dst + r * SK + c, k + (valid ? block * a.k_slot_stride + row * a.k_row_stride + c : 0), valid);
     }
   };
-  sm80::load_tile_async<T, kMmaRows, DK, kMmaThreads>(sQ, static_cast<const T*>(a.q) + row0 * DK, 0, hc);
+  sm80::load_tile_async<T, kMmaRows, DK, kThreadsHere>(sQ, static_cast<const T*>(a.q) + row0 * DK, 0, hc);
   load_keys(sK, begin);
   sm80::cp_async_commit();
 
@@ -157,7 +176,7 @@ __global__ void __launch_bounds__(kMmaThreads) decode_attention_mma_kernel(Decod
     limit[r] = i < hc ? ::min(end, L - (a.queries - 1 - tq)) : 0;
   }
   const float scale_log2 = static_cast<float>(a.scale) * kLog2e;
-  float o[DV / 8][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  float o[DW / 8][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
   sm80::zero(o);
 
   int buf = 0;
@@ -185,8 +204,8 @@ __global__ void __launch_bounds__(kMmaThreads) decode_attention_mma_kernel(Decod
           sc[nt][e] = x;
           mt[r] = ::fmaxf(mt[r], x);
         }
-      sm80::online_softmax_tile<kMmaKeys, DV>(sc, mt, m, l, o);
-      sm80::warp_mm_regs_rows<T, DV, kMmaKeys>(o, sc, tile, SK);
+      sm80::online_softmax_tile<kMmaKeys, DW>(sc, mt, m, l, o);
+      sm80::warp_mm_regs_rows<T, DW, kMmaKeys>(o, sc, tile + column0, SK);
     }
     __syncthreads();  // every warp is done with this buffer before the next copy overwrites it
   }
@@ -196,7 +215,7 @@ __global__ void __launch_bounds__(kMmaThreads) decode_attention_mma_kernel(Decod
   for (int r = 0; r < 2; ++r) l[r] = sm80::quad_sum(l[r]);
   if (!partial) {
     const float inv[2] = {l[0] > 0.f ? 1.f / l[0] : 0.f, l[1] > 0.f ? 1.f / l[1] : 0.f};
-    sm80::store_rows<T, DV>(out, o, 16 * warp, hc, inv);
+    sm80::store_rows<T, DW>(out + column0, o, 16 * warp, hc, inv, DV);
     return;
   }
 #pragma unroll
@@ -204,13 +223,13 @@ __global__ void __launch_bounds__(kMmaThreads) decode_attention_mma_kernel(Decod
     const int i = 16 * warp + g + 8 * r;
     if (i >= hc) continue;
     const std::int64_t q_row = row0 + i;
-    float* const acc = ws + ws_acc + (q_row * splits + split) * DV + 2 * t;
+    float* const acc = ws + ws_acc + (q_row * splits + split) * DV + column0 + 2 * t;
 #pragma unroll
-    for (int nt = 0; nt < DV / 8; ++nt) {
+    for (int nt = 0; nt < DW / 8; ++nt) {
       acc[nt * 8] = o[nt][2 * r];
       acc[nt * 8 + 1] = o[nt][2 * r + 1];
     }
-    if (t == 0) {
+    if (t == 0 && column0 == 0) {  // the row's state, once (every column warp holds the same)
       float* const ml = ws + (q_row * splits + split) * 2;
       ml[0] = m[r] * kLn2;  // the natural-log state the combine expects: m = max_j scale · s_j
       ml[1] = l[r];
@@ -220,7 +239,8 @@ __global__ void __launch_bounds__(kMmaThreads) decode_attention_mma_kernel(Decod
 
 // Whether the tensor-core kernel computes this problem (args.hpp, DecodeKernel::mma).
 inline bool mma_applies(const DecodeAttentionArgs& a) {
-  return a.dtype == DType::bf16 && !a.latent && a.kv_heads == 1 && a.dk == kMmaDk && a.dv == kMmaDv && a.v == a.k &&
+  const bool dims = (a.dk == 288 && a.dv == 256) || (a.dk == 576 && a.dv == 512);
+  return a.dtype == DType::bf16 && !a.latent && a.kv_heads == 1 && dims && a.v == a.k &&
          a.v_slot_stride == a.k_slot_stride && a.v_row_stride == a.k_row_stride && a.k_slot_stride % 8 == 0 &&
          a.k_row_stride % 8 == 0 && aligned16(a.k) && aligned16(a.q) && aligned16(a.out);
 }
@@ -233,8 +253,8 @@ inline bool use_mma(const DecodeAttentionArgs& a) {
   if (a.implementation == DecodeKernel::prefer_mma) return mma_applies(a);
   if (a.implementation == DecodeKernel::mma) {
     check(mma_applies(a), "decode_attention",
-          "the tensor-core kernel takes MLA's latent cache in bf16: one kv head, dk ", kMmaDk, ", dv ", kMmaDv,
-          ", the values a view of the keys' first columns, 16-byte aligned rows; got dtype ", a.dtype, ", kv_heads ",
+          "the tensor-core kernel takes MLA's latent cache in bf16: one kv head, (dk, dv) = (288, 256) or (576, ",
+          "512), the values a view of the keys' first columns, 16-byte aligned rows; got dtype ", a.dtype, ", kv_heads ",
           a.kv_heads, ", dk ", a.dk, ", dv ", a.dv, a.latent ? ", an FP8 cache" : "");
     return true;
   }
@@ -260,12 +280,17 @@ inline void launch_decode_attention_mma(const DecodeAttentionArgs& a) {
         op, "splits ", a.splits, " must be in [1, ", kDecodeMaxSplits, "], with a workspace when over 1, for ", chunks,
         " chunks of query rows");
   cuda::DeviceGuard guard(a.launch.device);
-  constexpr std::size_t smem = mma_smem_bytes<kMmaDk>();
-  auto* kernel = decode_attention_mma_kernel<kMmaDk, kMmaDv>;
-  opt_in_shared_memory(kernel, smem, a.launch.device);
   const dim3 grid(static_cast<unsigned>(a.count), 1, static_cast<unsigned>(chunks * a.splits));
-  kernel<<<grid, kMmaThreads, smem, a.launch.stream>>>(a);
-  KILN_CUDA_CHECK_LAUNCH();
+  auto launch = [&](auto dk, auto dv) {
+    constexpr int DK = decltype(dk)::value, DV = decltype(dv)::value;
+    constexpr std::size_t smem = mma_smem_bytes<DK>();
+    auto* kernel = decode_attention_mma_kernel<DK, DV>;
+    opt_in_shared_memory(kernel, smem, a.launch.device);
+    kernel<<<grid, mma_threads<DV>(), smem, a.launch.stream>>>(a);
+    KILN_CUDA_CHECK_LAUNCH();
+  };
+  if (a.dk == 576) launch(std::integral_constant<int, 576>{}, std::integral_constant<int, 512>{});
+  else launch(std::integral_constant<int, 288>{}, std::integral_constant<int, 256>{});
   record_kernel_variant("decode_attention", "mma");
   if (a.splits > 1) {
     decode_combine_kernel<bf16><<<static_cast<unsigned>(a.count * a.queries * a.heads), kCombineThreads, 0,

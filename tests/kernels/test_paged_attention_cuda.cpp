@@ -143,14 +143,16 @@ TEST(PagedDecodeAttentionCuda, MlaShapeMatchesTheCpuOp) {
   check_all_splits<float>(two, 2);
 }
 
-// The tensor-core kernel (DecodeKernel::mma: MLA's bf16 latent cache at dk 288, dv 256; kernels/
-// decode_attention/decode_attention_mma.cuh) against the CPU op: the big config's shape at the
-// odd lengths with shared blocks, 1 and 2 query tokens, splits 1, 3, 7, 64 and automatic; 16-token
-// and 4-token blocks (a 64-key tile spans several blocks); long rows split automatically; 128 heads
-// x 2 tokens (four chunks of 64 query rows) and 40 heads (a partial chunk: padding rows, a warp
-// with no real rows). It rounds the probabilities to bf16 before P·V, as FlashAttention does, so
-// its bound is the fused attention kernel's (tests/kernels/test_attention_cuda.cpp), 2^-7, not
-// the output rounding alone. The contiguous cache through decode_attention likewise.
+// The tensor-core kernel (DecodeKernel::mma: MLA's bf16 latent cache at (dk, dv) = (288, 256) or
+// (576, 512); kernels/decode_attention/decode_attention_mma.cuh) against the CPU op: the big
+// config's shape at the odd lengths with shared blocks, 1 and 2 query tokens, splits 1, 3, 7, 64
+// and automatic; 16-token and 4-token blocks (a 64-key tile spans several blocks); long rows split
+// automatically; 128 heads x 2 tokens (four chunks of 64 query rows) and 40 heads (a partial
+// chunk: padding rows, a warp with no real rows); DeepSeek-V3's (576, 512), where two warps share
+// each 16 rows (each its 256 output columns), at 16 and 128 heads. It rounds the probabilities to
+// bf16 before P·V, as FlashAttention does, so its bound is the fused attention kernel's
+// (tests/kernels/test_attention_cuda.cpp), 2^-7, not the output rounding alone. The contiguous
+// cache through decode_attention likewise.
 TEST(PagedDecodeAttentionCuda, TensorCoreKernelMatchesTheCpuOp) {
   KILN_REQUIRE_GPU();
   manual_seed(66);
@@ -176,6 +178,8 @@ TEST(PagedDecodeAttentionCuda, TensorCoreKernelMatchesTheCpuOp) {
       {{5000, 4097, 3000, 2}, {0, 10, 0, 0}, 64, 1, 16, 288, 256, true},  // long rows: split automatically
       {{300, 65, 2}, {0, 1, 0}, 64, 1, 128, 288, 256, true},              // 128 heads: 2 or 4 chunks
       {{70, 33, 2}, {0, 0, 0}, 64, 1, 40, 288, 256, true},                // 40 heads: a partial chunk
+      {{600, 65, 2}, {0, 1, 0}, 64, 1, 16, 576, 512, true},               // DeepSeek-V3: two warps a row group
+      {{130, 2}, {0, 0}, 16, 1, 128, 576, 512, true},                     // and 128 heads
   };
   for (const Case& c : cases)
     for (int queries : {1, 2}) {

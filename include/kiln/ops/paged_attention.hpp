@@ -156,8 +156,8 @@ void write_cache_rows(const Tensor<T>& cache, const Tensor<std::int64_t>& table,
 // splits: on a GPU, the blocks each row's tokens are split over (kernels/decode_attention/
 // decode_attention.cuh: the sequence split); 0 chooses from the SM count, 1 .. 128 forces a
 // count (tests). implementation: on a GPU, which kernel (kernels/decode_attention/args.hpp,
-// DecodeKernel: the CUDA-core one, or the tensor-core one for MLA's bf16 latent cache at dk 288,
-// dv 256). The CPU ignores both.
+// DecodeKernel: the CUDA-core one, or the tensor-core one for MLA's bf16 latent cache at (dk, dv)
+// = (288, 256) or (576, 512)). The CPU ignores both.
 template <class T>
 Tensor<T> paged_decode_attention(const Tensor<T>& q, const Tensor<T>& k_blocks, const Tensor<T>& v_blocks,
                                  const Tensor<std::int64_t>& block_table, const Tensor<std::int64_t>& slots,
