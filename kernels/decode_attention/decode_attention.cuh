@@ -413,10 +413,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_attention_kernel(DecodeAtt
     for (int h = 0; h < HC; ++h) l_s[warp][h] = 0;
   // A paged row's table entries for tokens 0 .. L - 1 (the whole row: every split of a row
   // agrees), or-ed in the barrier that also publishes q_s and qrow_s.
-  bool bad = false;
-  if (rows.table)
-    for (int b = tid; b * rows.block_tokens < L; b += kThreads) bad |= rows.table[b] < 0 || rows.table[b] >= num_blocks;
-  if (__syncthreads_or(bad)) {  // uniform: the whole block leaves
+  if (rows.bad_entries(L, num_blocks, tid, kThreads)) {  // uniform: the whole block leaves
     write_empty();
     return;
   }

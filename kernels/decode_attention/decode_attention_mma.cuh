@@ -139,11 +139,7 @@ __global__ void __launch_bounds__(mma_threads<DV>()) decode_attention_mma_kernel
                        static_cast<int>(a.block_table ? a.block_tokens : a.capacity)};
   const std::int64_t num_blocks = a.block_table ? a.num_blocks : a.num_slots;
   // A paged row's table entries for tokens 0 .. L - 1 (every split of a row agrees).
-  bool bad = false;
-  if (rows.table)
-    for (int b = tid; b * rows.block_tokens < L; b += kThreadsHere)
-      bad |= rows.table[b] < 0 || rows.table[b] >= num_blocks;
-  if (__syncthreads_or(bad)) {
+  if (rows.bad_entries(L, num_blocks, tid, kThreadsHere)) {
     write_empty();
     return;
   }

@@ -33,6 +33,14 @@ struct TokenRows {
   const std::int64_t* table;  // the sequence's row of the block table; null: contiguous
   std::int64_t slot;
   int block_tokens;
+  // Whether any table entry for tokens 0 .. L - 1 lies outside [0, num_blocks), over the block's
+  // `threads` threads, or-ed into a barrier (every thread gets the answer; contiguous: false).
+  __device__ __forceinline__ bool bad_entries(int L, std::int64_t num_blocks, int tid, int threads) const {
+    bool bad = false;
+    if (table)
+      for (int b = tid; b * block_tokens < L; b += threads) bad |= table[b] < 0 || table[b] >= num_blocks;
+    return __syncthreads_or(bad);
+  }
   __device__ __forceinline__ void locate(int j, std::int64_t& block, int& r) const {
     if (table) {
       const int b = j / block_tokens;

@@ -36,7 +36,8 @@
 //               address); the engine's BlockAllocator (infer/block_allocator.hpp) decides which
 //               blocks a sequence holds, and set_block_table() copies its table in when it changes.
 // A "slot" in the index tensors below is a sequence: a row of the block table when paged. The
-// models write and attend through write_tokens / attend_cached, which take either layout.
+// models write through write_cache_rows (ops/paged_attention.hpp) / write_latent and attend
+// through attend_cached, which take either layout.
 //
 // Index tensors (int64, on the cache's device):
 //   PrefillIndex  prompts [B, S] right-padded, written to R slots (R = B, or B·G when each prompt
@@ -265,14 +266,6 @@ Tensor<T> attend_cached_tokens(const Tensor<T>& q, const typename KVCache<T>::La
   return tokens == 1 ? outs[0] : cat(outs, 1);
 }
 
-// values [n, steps, row...] into one of a layer's caches (`cache`: its k or v) at positions
-// positions[a] .. + steps − 1 of sequences slots[a], in either layout (table undefined: contiguous).
-template <class T>
-void write_tokens(const Tensor<T>& cache, const Tensor<std::int64_t>& table, const Tensor<std::int64_t>& slots,
-                  const Tensor<std::int64_t>& positions, const Tensor<T>& values) {
-  write_cache_rows(cache, table, slots, positions, values);
-}
-
 // MLA's latent rows [c | k_pe], values [n, steps, 1, r + dr], into a latent cache layer in either
 // format (FP8: quantized on the way in) and layout.
 template <class T>
@@ -281,7 +274,7 @@ void write_latent(const typename KVCache<T>::Layer& layer, const Tensor<std::int
   if (layer.fp8.defined()) {
     fp8_latent_cache_write(layer.fp8, layer.table, slots, positions, values);
   } else {
-    write_tokens(layer.k, layer.table, slots, positions, values);
+    write_cache_rows(layer.k, layer.table, slots, positions, values);
   }
 }
 
@@ -395,7 +388,7 @@ template <class T>
 void write_prompt(const Tensor<T>& cache, const Tensor<std::int64_t>& table, const PrefillIndex& index,
                   const Tensor<T>& values) {
   check_defined("write_prompt", cache);
-  write_tokens(cache, table, index.slots, index.starts, prompt_rows(index, values));
+  write_cache_rows(cache, table, index.slots, index.starts, prompt_rows(index, values));
 }
 
 // write_prompt for MLA's latent rows [B, S, 1, r + dr], into a latent cache layer of either format.

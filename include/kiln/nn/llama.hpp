@@ -81,8 +81,8 @@ class LlamaAttention : public Module<T> {
           "decode takes one token per row, x [n, 1, hidden]; got shape ", x.defined() ? x.shape() : Shape{});
     const Parts p = project(x, tables);
     const std::int64_t n = p.B;
-    infer::write_tokens(cache.k, cache.table, index.slots, index.positions, p.k);
-    infer::write_tokens(cache.v, cache.table, index.slots, index.positions, p.v);
+    write_cache_rows(cache.k, cache.table, index.slots, index.positions, p.k);
+    write_cache_rows(cache.v, cache.table, index.slots, index.positions, p.v);
     const Tensor<T> o = infer::attend_cached<T>(reshape(p.q, {n, num_heads, head_dim}), cache, index.slots,
                                                 index.lengths, 1.0 / std::sqrt(double(head_dim)));
     return o_proj(reshape(o, {n, 1, num_heads * head_dim}));
