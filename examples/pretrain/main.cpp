@@ -77,9 +77,10 @@ const char* kUsage = R"(pretrain: a small DeepSeek-V3-style MoE model on worked 
                         keep the model's dtype too (e.g. self_attn or experts,shared_experts)  []
   --attention fused|composed  on a GPU in bf16: the fused attention kernel, or the composed
                         ops (matmul, mask, softmax, matmul) it replaces, for comparison   [fused]
-  --moe fused|composed  on a GPU in bf16: the sync-free MoE kernels (routing, device layout,
-                        grouped expert GEMMs), or the composed module (host sort, one SwiGLU per
-                        expert) they replace, for comparison                             [fused]
+  --moe automatic|fused|composed  the sync-free MoE kernels (routing, device layout, grouped
+                        expert GEMMs), or the composed module (host sort, one SwiGLU per expert)
+                        they replace; automatic: fused on a GPU in bf16, composed elsewhere; fused
+                        on the CPU runs the kernels' reference loops (slow; for checking) [automatic]
   --samples N           greedy completions of test problems printed at the end [3]
   --threads N           CPU threads (OpenMP, Eigen); the small model's ops are too small to share
                         well, and on a busy machine extra threads mostly wait   [1]
@@ -152,7 +153,7 @@ Settings parse(int argc, char** argv, std::string& out, std::string& resume) {
   s.samples = i_("samples", 3);
   s.threads = f.integer("threads", 1);
   s.attention = f.str("attention", "fused");  // a property of the run, not of the model: not saved
-  s.moe = f.str("moe", "fused");              // the same
+  s.moe = f.str("moe", "automatic");          // the same
   s.tf32 = f.flag("tf32") || (saved.contains("tf32") && saved["tf32"].get<bool>());
   s.fp8 = f.flag("fp8") || (saved.contains("fp8") && saved["fp8"].get<bool>());
   s.fp8_keep = s_("fp8-keep", "");
@@ -160,7 +161,8 @@ Settings parse(int argc, char** argv, std::string& out, std::string& resume) {
   if (s.threads < 1) throw Error("--threads must be positive");
   if (s.attention != "fused" && s.attention != "composed")
     throw Error("--attention must be fused or composed, got " + s.attention);
-  if (s.moe != "fused" && s.moe != "composed") throw Error("--moe must be fused or composed, got " + s.moe);
+  if (s.moe != "automatic" && s.moe != "fused" && s.moe != "composed")
+    throw Error("--moe must be automatic, fused or composed, got " + s.moe);
   if (!s.fp8_keep.empty() && !s.fp8) throw Error("--fp8-keep " + s.fp8_keep + " needs --fp8");
   if (s.steps < 1 || s.batch < 1 || s.accum < 1 || s.seq < 2 || s.docs < 10 || s.vocab < 300 || !(s.lr > 0))
     throw Error("steps, batch, accum, docs must be positive, seq >= 2, vocab >= 300, lr > 0");
@@ -400,7 +402,9 @@ int main(int argc, char** argv) try {
 #endif
   }
   nn::attention_path() = s.attention == "fused" ? nn::AttentionPath::fused : nn::AttentionPath::composed;
-  nn::moe_dispatch_path() = s.moe == "fused" ? nn::MoEDispatch::automatic : nn::MoEDispatch::composed;
+  nn::moe_dispatch_path() = s.moe == "fused"      ? nn::MoEDispatch::fused
+                            : s.moe == "composed" ? nn::MoEDispatch::composed
+                                                  : nn::MoEDispatch::automatic;
   if (s.dtype == "bf16") return run<bf16>(s, out, resume, start);
   return run<float>(s, out, resume, start);
 } catch (const std::exception& e) {

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# The GPU runs that CPU-only sessions left pending, in phases that each fit one call of the lent
+# machine (10 minutes a call). What each phase measures, and where its figures go:
+#   tests   the decode kernels (CUDA-core, FP8 latent cache, tensor-core), the fused attention, the
+#           engine and the FP8 training step on the GPU            -> docs/mla.md, docs/fp8-gemm.md
+#   fp8     pretrain --config big, bf16 against FP8 at seeds 1 and 2, then FP8 ablations (which part
+#           of the model in FP8 opens the validation-loss gap)     -> docs/fp8-gemm.md
+#   bench   bench_paged_decode_cuda (both decode kernels, the FP8 cache, DeepSeek-V3's sizes) and the
+#           engine's generation throughput at B = 128               -> docs/mla.md
+# Usage: scripts/gpu_pending.sh PHASE [PHASE ...]   (on the lent machine: OUT=$OUT, logs under it)
+# The Debian dev packages the build needs (Eigen, GoogleTest, Google Benchmark, nlohmann-json) are
+# unpacked from build-deps/*.deb (downloaded beforehand with apt-get download) when missing. The
+# build folder ($BUILD, default /tmp/kb) lies outside the working tree, so that it survives between
+# calls on a warm machine.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-build-gpu/logs}
+BUILD=${BUILD:-/tmp/kb}
+mkdir -p "$OUT"
+[ $# -gt 0 ] || { echo "usage: $0 tests|fp8|bench ..."; exit 2; }
+
+prefix=()
+if [ ! -d /usr/include/eigen3 ] && compgen -G "build-deps/*.deb" >/dev/null; then
+  mkdir -p /tmp/deps
+  for d in build-deps/*.deb; do dpkg -x "$d" /tmp/deps; done
+  prefix=(-DCMAKE_PREFIX_PATH=/tmp/deps/usr -DEigen3_DIR=/tmp/deps/usr/share/eigen3/cmake)
+fi
+{ nvidia-smi; nvcc --version; date -u; git log -1 --oneline 2>/dev/null; } > "$OUT/device.txt" 2>&1
+cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DKILN_CUDA=ON -DKILN_BUILD_BENCHMARKS=ON \
+  -DKILN_BUILD_EXAMPLES=ON "${prefix[@]}" > "$OUT/configure.log" 2>&1 || { tail -30 "$OUT/configure.log"; exit 1; }
+
+build() {  # targets...
+  local t0=$SECONDS
+  if ! ninja -C "$BUILD" "$@" >> "$OUT/build.log" 2>&1; then
+    grep -E "error" "$OUT/build.log" | head -30
+    echo "BUILD FAILED: $* (see build.log)"
+    exit 1
+  fi
+  echo "built $* in $((SECONDS - t0)) s"
+}
+
+rc=0
+for phase in "$@"; do
+  case "$phase" in
+    tests)
+      build test_kernels_cuda test_train_infer_rl_cuda test_nn_cuda
+      "$BUILD/tests/test_kernels_cuda" \
+        --gtest_filter='PagedDecodeAttentionCuda.*:PagedCacheWriteCuda.*:DecodeAttentionCuda.*:LatentFp8CacheCuda.*:CacheWriteCuda.*:FusedAttentionCuda.*' \
+        > "$OUT/test_kernels.log" 2>&1 || rc=1
+      "$BUILD/tests/test_train_infer_rl_cuda" --gtest_filter='EngineCuda.*:TrainerCuda.*' \
+        > "$OUT/test_engine_trainer.log" 2>&1 || rc=1
+      "$BUILD/tests/test_nn_cuda" --gtest_filter='Fp8TrainingCuda.*' > "$OUT/test_fp8_training.log" 2>&1 || rc=1
+      grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure|error:" "$OUT"/test_*.log | head -60
+      ;;
+    fp8)
+      build pretrain
+      run() {  # name, pretrain flags...
+        local name=$1
+        shift
+        "$BUILD/examples/pretrain" --device cuda --config big --steps 600 --log-every 200 --eval-every 200 \
+          --samples 0 "$@" > "$OUT/pretrain_$name.log" 2>&1 || echo "pretrain $name failed"
+        echo "$name: $(grep -E '^(eval step|done|final)' "$OUT/pretrain_$name.log" | tr '\n' ' ')"
+      }
+      for seed in 1 2; do
+        run "bf16_seed$seed" --seed $seed
+        run "fp8_seed$seed" --seed $seed --fp8
+      done
+      run fp8_moe_composed --fp8 --moe composed
+      run bf16_moe_composed --moe composed
+      run fp8_keep_attention --fp8 --fp8-keep self_attn
+      run fp8_keep_experts --fp8 --fp8-keep experts
+      run fp8_keep_dense_mlp --fp8 --fp8-keep layers.0.mlp
+      ;;
+    bench)
+      build bench_paged_decode_cuda test_train_infer_rl_cuda
+      timeout 300 "$BUILD/benchmarks/bench_paged_decode_cuda" > "$OUT/bench_paged_decode.log" 2>&1 || rc=1
+      KILN_ENGINE_BENCH=1 timeout 240 "$BUILD/tests/test_train_infer_rl_cuda" \
+        --gtest_filter='EngineCuda.BigConfigThroughput' > "$OUT/engine_throughput.log" 2>&1 || rc=1
+      tail -40 "$OUT/bench_paged_decode.log"
+      grep -E "tok/s|x HF|FAILED" "$OUT/engine_throughput.log" | head -20
+      ;;
+    *)
+      echo "unknown phase $phase (tests, fp8 or bench)"
+      exit 2
+      ;;
+  esac
+done
+exit $rc
