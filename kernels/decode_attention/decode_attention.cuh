@@ -505,9 +505,9 @@ __global__ void __launch_bounds__(kThreads, 1) decode_attention_kernel(DecodeAtt
         if constexpr (kFp8) {  // voff_s holds the token index; this lane's columns lie in one tile
           const std::int64_t tok = voff_s[warp][j0 + u];
           load_cols<CPL>(lat + tok * dv + fp8_col, vf[u]);
-          const C scale = static_cast<C>(lsc[tok * tiles + fp8_col / 128]);
+          const C tile_scale = static_cast<C>(lsc[tok * tiles + fp8_col / 128]);
 #pragma unroll
-          for (int i = 0; i < CPL; ++i) vf[u][i] *= scale;
+          for (int i = 0; i < CPL; ++i) vf[u][i] *= tile_scale;
           continue;
         }
         const T* const vr = v + voff_s[warp][j0 + u];

@@ -10,8 +10,9 @@
 // exactly FlashAttention-2's forward with the heads in place of the query positions (FlashMLA's
 // view of MLA decode). The CUDA-core kernel does those FLOPs as FMAs: 16 TFLOP/s at 128 heads x 2
 // tokens (docs/mla.md), where the FLOPs per cache byte (~1.9 T H) are far above what CUDA cores
-// serve. mma.sync m16n8k16 (common/mma_sm80.cuh) runs on every GPU from sm_80 on; Hopper's wgmma
-// would be faster still (issue 15's next step).
+// serve. mma.sync m16n8k16 (common/mma_sm80.cuh) runs on every GPU from sm_80 on, where the
+// kernel's shared memory fits the GPU's limit (mma_applies); Hopper's wgmma would be faster still
+// (issue 15's next step).
 //
 // Work split. One block of 4 warps (8 at dv 512, below) per (sequence, chunk of 64 query rows,
 // split); warp w owns
@@ -236,7 +237,12 @@ __global__ void __launch_bounds__(mma_threads<DV>()) decode_attention_mma_kernel
 // Whether the tensor-core kernel computes this problem (args.hpp, DecodeKernel::mma).
 inline bool mma_applies(const DecodeAttentionArgs& a) {
   const bool dims = (a.dk == 288 && a.dv == 256) || (a.dk == 576 && a.dv == 512);
-  return a.dtype == DType::bf16 && !a.latent && a.kv_heads == 1 && dims && a.v == a.k &&
+  if (!dims) return false;
+  // Its shared memory (113.7 KB at 288, 224.3 KB at 576) must fit the GPU's opt-in limit: the A100
+  // takes 164 KB, sm_86/89 99 KB; there the CUDA-core kernel computes the problem.
+  const std::size_t smem = a.dk == 288 ? mma_smem_bytes<288>() : mma_smem_bytes<576>();
+  if (smem > static_cast<std::size_t>(device_info(a.launch.device).smem_per_block_optin)) return false;
+  return a.dtype == DType::bf16 && !a.latent && a.kv_heads == 1 && a.v == a.k &&
          a.v_slot_stride == a.k_slot_stride && a.v_row_stride == a.k_row_stride && a.k_slot_stride % 8 == 0 &&
          a.k_row_stride % 8 == 0 && aligned16(a.k) && aligned16(a.q) && aligned16(a.out);
 }
@@ -250,7 +256,8 @@ inline bool use_mma(const DecodeAttentionArgs& a) {
   if (a.implementation == DecodeKernel::mma) {
     check(mma_applies(a), "decode_attention",
           "the tensor-core kernel takes MLA's latent cache in bf16: one kv head, (dk, dv) = (288, 256) or (576, ",
-          "512), the values a view of the keys' first columns, 16-byte aligned rows; got dtype ", a.dtype, ", kv_heads ",
+          "512), the values a view of the keys' first columns, 16-byte aligned rows, its shared memory within the GPU's; "
+          "got dtype ", a.dtype, ", kv_heads ",
           a.kv_heads, ", dk ", a.dk, ", dv ", a.dv, a.latent ? ", an FP8 cache" : "");
     return true;
   }

@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <kiln/infer/kv_cache.hpp>
 #include <kiln/ops/latent_fp8_cache.hpp>
 #include <random>
 #include <vector>
@@ -201,10 +202,17 @@ TEST(LatentFp8CacheCuda, HostChecks) {
   const auto table = on_gpu(Tensor<std::int64_t>::from_vector({0, 1, 3, 2}, {2, 2}));
   const auto one = on_gpu(ints({0})), len = on_gpu(ints({5}));
   EXPECT_KILN_ERROR((void)fp8_latent_decode_attention(on_gpu(zeros<float>({1, 1, 2, 40})), cache, table, one, len, 1.0),
-                    "fp8_latent_decode_attention", "on a GPU takes bf16");
+                    "fp8_latent_decode_attention", "needs a bf16 model", "got float32");
   const auto odd = Fp8LatentCache<bf16>::zeros(4, 8, 40, 8, gpu);  // 40: not a multiple of 16
   EXPECT_KILN_ERROR((void)fp8_latent_decode_attention(on_gpu(zeros<bf16>({1, 1, 2, 48})), odd, table, one, len, 1.0),
-                    "fp8_latent_decode_attention", "multiple of 16 up to 512", "r 40");
+                    "fp8_latent_decode_attention", "multiple of 16 up to 512", "latent 40, rope 8");
+  // The engine's cache refuses such a shape when it is made, before any prefill writes to it.
+  EXPECT_KILN_ERROR((void)infer::KVCache<bf16>::latent(2, infer::CacheLayout::contiguous(2, 8), 40, 8, gpu,
+                                                       infer::CacheFormat::fp8),
+                    "KVCache::latent", "latent 40, rope 8");
+  EXPECT_KILN_ERROR((void)infer::KVCache<float>::latent(2, infer::CacheLayout::contiguous(2, 8), 32, 8, gpu,
+                                                        infer::CacheFormat::fp8),
+                    "KVCache::latent", "needs a bf16 model");
   const auto ok = Fp8LatentCache<bf16>::zeros(4, 8, 32, 8, gpu);
   EXPECT_KILN_ERROR(
       (void)fp8_latent_decode_attention(on_gpu(zeros<bf16>({1, 1, 2, 40})), ok, table, ints({0}), len, 1.0),

@@ -186,19 +186,24 @@ TEST(PagedDecodeAttentionCuda, TensorCoreKernelMatchesTheCpuOp) {
       check_case<bf16>(c, queries, 0, 0x1p-7, mma);
       check_case<bf16>(c, queries, 3, 0x1p-7, mma);
     }
-  // The contiguous cache: rows [count, capacity, 1, 288], slots in reverse, ragged lengths.
+  // The contiguous cache: rows [count, capacity, 1, dk], slots in reverse, ragged lengths, at both
+  // head-dim pairs.
   const std::vector<std::int64_t> len{1, 64, 65, 700, 129};
   const auto n = static_cast<std::int64_t>(len.size());
-  const auto cache = randn<bf16>({n, 700, 1, 288});
   std::vector<std::int64_t> sl;
   for (std::int64_t a = n - 1; a >= 0; --a) sl.push_back(a);
-  const auto q = randn<bf16>({n, 12, 288});
-  const double scale = 1.0 / std::sqrt(96.0);
-  const auto want = decode_attention(q, cache, narrow(cache, 3, 0, 256), ints(sl), ints(len), scale);
-  const auto cg = on_gpu(cache);
-  poison_cached_memory();
-  const auto got = decode_attention(on_gpu(q), cg, narrow(cg, 3, 0, 256), on_gpu(ints(sl)), on_gpu(ints(len)), scale, mma);
-  EXPECT_LT(relative_error(on_cpu(got), want), 0x1p-7);
+  for (const auto& [dk, dv] : {std::pair<std::int64_t, std::int64_t>{288, 256}, {576, 512}}) {
+    SCOPED_TRACE(::testing::Message() << "contiguous, dk " << dk);
+    const auto cache = randn<bf16>({n, 700, 1, dk});
+    const auto q = randn<bf16>({n, 12, dk});
+    const double scale = 1.0 / std::sqrt(static_cast<double>(dk - dv / 2));
+    const auto want = decode_attention(q, cache, narrow(cache, 3, 0, dv), ints(sl), ints(len), scale);
+    const auto cg = on_gpu(cache);
+    poison_cached_memory();
+    const auto got =
+        decode_attention(on_gpu(q), cg, narrow(cg, 3, 0, dv), on_gpu(ints(sl)), on_gpu(ints(len)), scale, mma);
+    EXPECT_LT(relative_error(on_cpu(got), want), 0x1p-7);
+  }
   // Where it does not apply, asking for it is an error.
   const auto kf = on_gpu(randn<float>({2, 64, 1, 288}));
   EXPECT_KILN_ERROR((void)paged_decode_attention(on_gpu(randn<float>({1, 1, 12, 288})), kf, narrow(kf, 3, 0, 256),
@@ -275,6 +280,25 @@ TEST(PagedDecodeAttentionCuda, OutOfRangeRowsGiveZeros) {
   const auto row0 = narrow(narrow(blocks, 0, 2, 1), 1, 0, 1).to_vector();  // token 0 of slot 0: block 2, row 0
   const auto second = narrow(got, 1, 1, 1).to_vector();
   for (std::size_t i = 0; i < second.size(); ++i) EXPECT_EQ(second[i], row0[i % 16]) << "one key: p = 1";
+
+  // The same rows through the tensor-core kernel (MLA's bf16 latent at (288, 256), 12 heads).
+  const auto latent = randn<bf16>({4, 8, 1, 288});
+  const auto ql = randn<bf16>({5, 1, 12, 288});
+  for (int splits : {1, 2}) {
+    poison_cached_memory();
+    const auto out = on_cpu(paged_decode_attention(on_gpu(ql), on_gpu(latent), narrow(on_gpu(latent), 3, 0, 256),
+                                                   on_gpu(table), on_gpu(ints(sl)), on_gpu(ints(len)), 1.0, splits,
+                                                   kernels::DecodeKernel::mma));
+    for (std::int64_t a : {1, 2, 3})
+      for (bf16 x : narrow(out, 0, a, 1).to_vector())
+        EXPECT_EQ(static_cast<float>(x), 0.0f) << "mma, row " << a << " splits " << splits;
+    for (std::size_t a : {0, 4}) {
+      const auto at = static_cast<std::int64_t>(a);
+      const auto want = paged_decode_attention(narrow(ql, 0, at, 1), latent, narrow(latent, 3, 0, 256), table,
+                                               ints({sl[a]}), ints({len[a]}), 1.0);
+      EXPECT_LT(relative_error(narrow(out, 0, at, 1), want), 0x1p-7) << "mma, row " << a << " splits " << splits;
+    }
+  }
 }
 
 TEST(PagedCacheWriteCuda, BitExactAndSkipsOutOfRangeRows) {

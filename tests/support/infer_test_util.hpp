@@ -49,6 +49,15 @@ inline nn::DeepseekV3Config infer_deepseek_config() {
   return c;
 }
 
+// The same model with a latent the GPU's FP8 cache kernel takes (kv_lora_rank a multiple of 16,
+// qk_rope_head_dim a multiple of 8): 32 latent values in one partial 1×128 scale tile, 8 rope.
+inline nn::DeepseekV3Config fp8_cache_deepseek_config() {
+  nn::DeepseekV3Config c = infer_deepseek_config();
+  c.kv_lora_rank = 32;
+  c.qk_rope_head_dim = 8;
+  return c;
+}
+
 // A model of the config with every parameter (and buffer) drawn from normal(0, scale), the same
 // numbers for every T.
 template <class T>

@@ -129,6 +129,9 @@ class KVCache {
                         Device device, CacheFormat format = CacheFormat::model) {
     check_sizes("KVCache::latent", layers, layout, 1, latent_dim + rope_dim, latent_dim);
     check(rope_dim >= 0, "KVCache::latent", "rope_dim must be >= 0, got ", rope_dim);
+    // Before any prefill: a GPU decode step could not read an FP8 cache the kernel does not take.
+    if (format == CacheFormat::fp8 && !device.is_cpu())
+      detail::check_fp8_latent_gpu_shape<T>("KVCache::latent", latent_dim, rope_dim);
     KVCache c(layout, device);
     for (std::int64_t l = 0; l < layers; ++l) {
       if (format == CacheFormat::fp8) {

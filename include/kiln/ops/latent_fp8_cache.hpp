@@ -86,6 +86,22 @@ void check_fp8_latent_cache(const char* op, const Fp8LatentCache<T>& c) {
         c.rope.device());
 }
 
+// Whether the GPU's decode kernel takes an FP8 latent cache of r latent and dr rope values in T
+// (its FP8 variant: bf16, the latent in 16-value pieces up to 512, the rope part in 8-value
+// pieces). The CPU takes any size and floating type.
+template <class T>
+constexpr bool fp8_latent_fits_gpu_kernel(std::int64_t r, std::int64_t dr) {
+  return std::is_same_v<T, bf16> && r % 16 == 0 && r <= 512 && dr % 8 == 0;
+}
+
+// The error for a cache the GPU's kernel does not take, named for the caller.
+template <class T>
+void check_fp8_latent_gpu_shape(const char* op, std::int64_t r, std::int64_t dr) {
+  check(fp8_latent_fits_gpu_kernel<T>(r, dr), op, "an FP8 latent cache on a GPU needs a bf16 model, a latent of a "
+        "multiple of 16 up to 512 values and a rope part of a multiple of 8 (the decode kernel's FP8 variant), got ",
+        dtype_of<T>, ", latent ", r, ", rope ", dr);
+}
+
 }  // namespace detail
 
 // Writes values [count, steps, r + dr] (or [count, steps, 1, r + dr], the latent cache's row
@@ -186,10 +202,8 @@ Tensor<T> fp8_latent_decode_attention(const Tensor<T>& q, const Fp8LatentCache<T
   if (count == 0) return out;
 
   if (!device.is_cpu()) {
-    check((std::is_same_v<T, bf16>), op, "on a GPU takes bf16 queries and rope keys, got ", dtype_of<T>);
-    check(r % 16 == 0 && r <= 512 && dr % 8 == 0 && heads <= 0x7fffffff, op,
-          "on a GPU needs a latent of a multiple of 16 up to 512 values and a rope part of a multiple of 8, got r ",
-          r, ", dr ", dr);
+    detail::check_fp8_latent_gpu_shape<T>(op, r, dr);
+    check(heads <= 0x7fffffff, op, "takes at most 2^31 - 1 heads on a GPU, got ", heads);
     if (paged) detail::check_table_size(op, table, rows);
     kernels::DecodeAttentionArgs args{.launch = launch_on(op, device),
                                       .dtype = dtype_of<T>,
@@ -214,7 +228,10 @@ Tensor<T> fp8_latent_decode_attention(const Tensor<T>& q, const Fp8LatentCache<T
                                       .splits = splits,
                                       .latent = cache.latent.data(),
                                       .latent_scales = cache.scales.data(),
-                                      .rope = cache.rope.data()};
+                                      .rope = cache.rope.data(),
+                                      // The only kernel with an FP8 variant: a process-wide choice of
+                                      // the tensor-core kernel (DecodeKernelScope) does not apply here.
+                                      .implementation = kernels::DecodeKernel::simt};
     if (paged) {
       args.block_table = table.data();
       args.max_blocks = table.size(1);
