@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The GPU runs that CPU-only sessions left pending, in phases that each fit one call of the lent
 # machine (10 minutes a call). What each phase measures, and where its figures go:
+#   build   every target the phases below use (4-7 minutes cold on 16 cores: a call of its own, so
+#           that the tests' call starts warm; $BUILD survives between calls on a warm machine)
 #   tests   the decode kernels (CUDA-core, FP8 latent cache, tensor-core), the fused attention, the
 #           engine and the FP8 training step on the GPU            -> docs/mla.md, docs/fp8-gemm.md
-#   fp8     pretrain --config big, bf16 against FP8 at seeds 1 and 2, then FP8 ablations (which part
-#           of the model in FP8 opens the validation-loss gap)     -> docs/fp8-gemm.md
+#   fp8     pretrain --config big, bf16 against FP8 at seeds 1 and 2, the FP8 gradient probe at the
+#           trained weights, then FP8 ablations (which part of the model in FP8 opens the
+#           validation-loss gap)                                   -> docs/fp8-gemm.md
 #   bench   bench_paged_decode_cuda (both decode kernels, the FP8 cache, DeepSeek-V3's sizes) and the
 #           engine's generation throughput at B = 128               -> docs/mla.md
 # Usage: scripts/gpu_pending.sh PHASE [PHASE ...]   (on the lent machine: OUT=$OUT, logs under it)
@@ -17,7 +20,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-build-gpu/logs}
 BUILD=${BUILD:-/tmp/kb}
 mkdir -p "$OUT"
-[ $# -gt 0 ] || { echo "usage: $0 tests|fp8|bench ..."; exit 2; }
+[ $# -gt 0 ] || { echo "usage: $0 build|tests|fp8|bench ..."; exit 2; }
 
 prefix=()
 if [ ! -d /usr/include/eigen3 ] && compgen -G "build-deps/*.deb" >/dev/null; then
@@ -42,6 +45,9 @@ build() {  # targets...
 rc=0
 for phase in "$@"; do
   case "$phase" in
+    build)
+      build test_kernels_cuda test_train_infer_rl_cuda test_nn_cuda pretrain bench_paged_decode_cuda
+      ;;
     tests)
       build test_kernels_cuda test_train_infer_rl_cuda test_nn_cuda
       "$BUILD/tests/test_kernels_cuda" \
@@ -61,15 +67,21 @@ for phase in "$@"; do
           --samples 0 "$@" > "$OUT/pretrain_$name.log" 2>&1 || echo "pretrain $name failed"
         echo "$name: $(grep -E '^(eval step|done|final)' "$OUT/pretrain_$name.log" | tr '\n' ' ')"
       }
+      # --fp8-probe: at the end of seed 1's runs, one step's gradients in FP8 against bf16 per kind
+      # of parameter, at bf16-trained and FP8-trained weights; and after one step (initialization).
+      run probe_step1 --steps 1 --fp8-probe
       for seed in 1 2; do
-        run "bf16_seed$seed" --seed $seed
-        run "fp8_seed$seed" --seed $seed --fp8
+        probe=()
+        [ $seed = 1 ] && probe=(--fp8-probe)
+        run "bf16_seed$seed" --seed $seed "${probe[@]}"
+        run "fp8_seed$seed" --seed $seed --fp8 "${probe[@]}"
       done
       run fp8_moe_composed --fp8 --moe composed
       run bf16_moe_composed --moe composed
       run fp8_keep_attention --fp8 --fp8-keep self_attn
       run fp8_keep_experts --fp8 --fp8-keep experts
       run fp8_keep_dense_mlp --fp8 --fp8-keep layers.0.mlp
+      grep -H "fp8 probe" "$OUT"/pretrain_probe_step1.log "$OUT"/pretrain_*_seed1.log | sed 's/^.*pretrain_//'
       ;;
     bench)
       build bench_paged_decode_cuda test_train_infer_rl_cuda
@@ -80,7 +92,7 @@ for phase in "$@"; do
       grep -E "tok/s|x HF|FAILED" "$OUT/engine_throughput.log" | head -20
       ;;
     *)
-      echo "unknown phase $phase (tests, fp8 or bench)"
+      echo "unknown phase $phase (build, tests, fp8 or bench)"
       exit 2
       ;;
   esac

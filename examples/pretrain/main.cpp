@@ -22,6 +22,7 @@
 #include <kiln/nn/fp8_training.hpp>
 #include <kiln/train/trainer.hpp>
 
+#include "fp8_probe.hpp"
 #include "task_data.hpp"
 
 #ifdef _OPENMP
@@ -75,6 +76,9 @@ const char* kUsage = R"(pretrain: a small DeepSeek-V3-style MoE model on worked 
                         attention keep the model's dtype; nn/fp8_training.hpp)
   --fp8-keep LIST       with --fp8: linears whose names contain one of these comma-separated parts
                         keep the model's dtype too (e.g. self_attn or experts,shared_experts)  []
+  --fp8-probe           at the end: one step's gradients with the FP8 linears of --fp8 (and
+                        --fp8-keep) against the model's dtype, per kind of parameter (relative
+                        error, cosine; examples/pretrain/fp8_probe.hpp), with or without --fp8
   --attention fused|composed  on a GPU in bf16: the fused attention kernel, or the composed
                         ops (matmul, mask, softmax, matmul) it replaces, for comparison   [fused]
   --moe automatic|fused|composed  the sync-free MoE kernels (routing, device layout, grouped
@@ -101,11 +105,11 @@ struct Settings {
       checkpoint_every, samples, threads;
   double lr, weight_decay, clip, peak_tflops, countdown_fraction, direct_fraction;
   std::uint64_t seed;
-  bool tf32, fp8;
+  bool tf32, fp8, fp8_probe;
 };
 
 Settings parse(int argc, char** argv, std::string& out, std::string& resume) {
-  example::Flags f(argc, argv, {"tf32", "fp8"});
+  example::Flags f(argc, argv, {"tf32", "fp8", "fp8-probe"});
   if (f.has("help")) {
     std::fputs(kUsage, stdout);
     std::exit(0);
@@ -157,13 +161,15 @@ Settings parse(int argc, char** argv, std::string& out, std::string& resume) {
   s.tf32 = f.flag("tf32") || (saved.contains("tf32") && saved["tf32"].get<bool>());
   s.fp8 = f.flag("fp8") || (saved.contains("fp8") && saved["fp8"].get<bool>());
   s.fp8_keep = s_("fp8-keep", "");
+  s.fp8_probe = f.flag("fp8-probe");  // a diagnostic of this call: not saved
   f.check_all_used();
   if (s.threads < 1) throw Error("--threads must be positive");
   if (s.attention != "fused" && s.attention != "composed")
     throw Error("--attention must be fused or composed, got " + s.attention);
   if (s.moe != "automatic" && s.moe != "fused" && s.moe != "composed")
     throw Error("--moe must be automatic, fused or composed, got " + s.moe);
-  if (!s.fp8_keep.empty() && !s.fp8) throw Error("--fp8-keep " + s.fp8_keep + " needs --fp8");
+  if (!s.fp8_keep.empty() && !s.fp8 && !s.fp8_probe)
+    throw Error("--fp8-keep " + s.fp8_keep + " needs --fp8 or --fp8-probe");
   if (s.steps < 1 || s.batch < 1 || s.accum < 1 || s.seq < 2 || s.docs < 10 || s.vocab < 300 || !(s.lr > 0))
     throw Error("steps, batch, accum, docs must be positive, seq >= 2, vocab >= 300, lr > 0");
   if (s.dtype != "float32" && s.dtype != "bf16") throw Error("--dtype must be float32 or bf16, got " + s.dtype);
@@ -354,6 +360,8 @@ int run(const Settings& s, const std::string& out, const std::string& resume, Cl
   if (!h.empty()) std::printf("train loss %.4f (main %.4f), ", h.back().loss, h.back().parts.front().second);
   std::printf("validation loss %.4f (next-token cross-entropy on held-out problems), val MaxVio %.3f (max %.3f)\n",
               e.loss, e.max_vio_mean, e.max_vio_max);
+  if (s.fp8_probe)
+    example::run_fp8_probe<T>(model, trainer, trainer.steps_done() * s.accum, s.fp8, fp8_keep(s.fp8_keep));
   if (s.fp8) {
     // The same weights through the model's own precision: what FP8 training learned, apart from
     // the FP8 forward's own rounding.

@@ -496,6 +496,38 @@ TEST(DenseMoE, EqualsSparseDispatch) {
   }
 }
 
+// Sparse dispatch for generation (MoE::forward_sparse) is forward()'s function with no statistics:
+// bit for bit the same ops as the composed path on the CPU, and as the fused path when that is
+// chosen (its reference loops); the automatic choice between dense and sparse follows E >= 8 K.
+TEST(SparseGenerationMoE, IsTheForwardWithoutStatistics) {
+  for (const nn::MoEDispatch path : {nn::MoEDispatch::composed, nn::MoEDispatch::fused}) {
+    const nn::MoEDispatchScope scope(path);
+    const nn::DeepseekV3Config c = moe_config(1, 3, 2, 2, true);
+    Generator gen{14, 0};
+    nn::MoE<double> moe(c, gen);
+    randomize(moe, 15, 0.5);
+    const Tensor<double> x = randn<double>({3, 5, c.hidden_size});
+    NoGradGuard no_grad;
+    const Tensor<double> forward = moe.forward(x);
+    const nn::ExpertLoad load = moe.last_load();
+    const Tensor<double> sparse = moe.forward_sparse(randn<double>({2, 3, c.hidden_size}));  // other tokens
+    EXPECT_EQ(moe.last_load().counts, load.counts) << "sparse generation leaves the statistics alone";
+    EXPECT_EQ(moe.forward_sparse(x).to_vector(), forward.to_vector());
+    EXPECT_EQ(sparse.shape(), (Shape{2, 3, c.hidden_size}));
+    EXPECT_LT(relative_error(moe.forward_dense(x, moe.stack_experts()), forward), 1e-13);
+  }
+  Generator gen{16, 0};
+  nn::MoE<double> few(moe_config(1, 3, 2, 2, true), gen);  // 6 experts, top-2: dense
+  EXPECT_EQ(few.generation_dispatch(nn::GenerationDispatch::automatic, Device::cpu()), nn::GenerationDispatch::dense);
+  EXPECT_EQ(few.generation_dispatch(nn::GenerationDispatch::sparse, Device::cpu()), nn::GenerationDispatch::sparse);
+  nn::DeepseekV3Config many = moe_config(1, 2, 2, 2, true);
+  many.n_routed_experts = 16;  // 8 K
+  nn::MoE<double> wide(many, gen);
+  EXPECT_EQ(wide.generation_dispatch(nn::GenerationDispatch::automatic, Device::cpu()), nn::GenerationDispatch::sparse);
+  EXPECT_EQ(wide.generation_dispatch(nn::GenerationDispatch::dense, Device::cpu()), nn::GenerationDispatch::dense);
+  EXPECT_KILN_ERROR((void)wide.forward_sparse(randn<double>({2, 6})), "MoE::forward_sparse", "[2, 6]");
+}
+
 TEST(DenseMoE, StackedExpertsMustFitTheLayer) {
   Generator gen{13, 0};
   nn::MoE<double> a(moe_config(1, 3, 2, 2, true), gen), b(moe_config(2, 3, 2, 2, true), gen);

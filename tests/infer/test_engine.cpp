@@ -359,6 +359,52 @@ TEST(Engine, DeepseekPagedCacheFollowsTheUncachedForward) {
   paged_cache_follows_full_forward(*m);
 }
 
+// MoE dispatch in generation (options.moe_dispatch): sparse (the chosen experts only) draws what
+// dense draws, every row the uncached forward's, over contiguous and paged caches, with and
+// without speculative decoding; its cache stacks no experts. Automatic picks sparse for a model
+// with 8·top_k experts or more, dense below.
+TEST(Engine, DeepseekSparseMoEDispatchFollowsTheUncachedForward) {
+  const nn::DeepseekV3Config c = many_experts_deepseek_config();  // automatic: sparse
+  auto m = make_deepseek<double>(14, c, 0.3);
+  const Prompts prompts = ragged_prompts(m->vocab_size());
+  infer::SamplingParams p;
+  p.temperature = 1.1;
+  p.max_new_tokens = 8;
+  p.seed = 5;
+  infer::GenerateOptions dense;
+  dense.samples_per_prompt = 2;
+  dense.moe_dispatch = nn::GenerationDispatch::dense;
+  const auto want = tokens_of(infer::generate(*m, prompts, p, dense));
+  for (const std::int64_t block_tokens : {0, 3}) {
+    for (const bool speculative : {false, true}) {
+      SCOPED_TRACE(::testing::Message() << "blocks of " << block_tokens << (speculative ? ", speculative" : ""));
+      LogitsLog log;
+      infer::GenerateOptions o = dense;
+      o.moe_dispatch = nn::GenerationDispatch::sparse;
+      o.cache_block_tokens = block_tokens;
+      o.speculative = speculative;
+      o.on_logits = log.hook();
+      const auto out = infer::generate(*m, prompts, p, o);
+      EXPECT_EQ(tokens_of(out), want);
+      if (!speculative) expect_logits_of_full_forward(*m, prompts, 2, out, log, 1e-10);
+    }
+  }
+  infer::GenerateOptions automatic = dense;
+  automatic.moe_dispatch = nn::GenerationDispatch::automatic;
+  EXPECT_EQ(tokens_of(infer::generate(*m, prompts, p, automatic)), want);
+  const auto layout = infer::CacheLayout::contiguous(2, 16);
+  for (const auto& e : m->make_decode_cache(layout).experts) EXPECT_FALSE(e.defined()) << "automatic: sparse";
+  std::size_t stacked = 0;
+  for (const auto& e : m->make_decode_cache(layout, false, infer::CacheFormat::model, nn::GenerationDispatch::dense)
+                           .experts)
+    stacked += e.defined();
+  EXPECT_EQ(stacked, static_cast<std::size_t>(c.num_hidden_layers - c.first_k_dense_replace));
+  auto few = make_deepseek<double>(15);  // 4 experts, top-2: automatic is dense
+  std::size_t few_stacked = 0;
+  for (const auto& e : few->make_decode_cache(layout).experts) few_stacked += e.defined();
+  EXPECT_GT(few_stacked, 0u);
+}
+
 // Continuous batching: with max_batch rows, a sample that finishes hands its slot to the next one
 // waiting (the batch refills mid-run instead of draining wave by wave), and with a cache budget
 // (options.cache_blocks) samples also wait for blocks. The draws are those of the all-at-once run.
@@ -417,6 +463,9 @@ TEST(Engine, Errors) {
   infer::SamplingParams p;
   p.max_new_tokens = 4;
   EXPECT_KILN_ERROR(infer::generate(*m, Prompts{{1, 2}, {}}, p), "generate", "prompt 1 is empty");
+  infer::GenerateOptions sparse;
+  sparse.moe_dispatch = nn::GenerationDispatch::sparse;
+  EXPECT_KILN_ERROR(infer::generate(*m, ok, p, sparse), "generate", "moe_dispatch sparse", "has none");
   EXPECT_KILN_ERROR(infer::generate(*m, Prompts{{1, 40}}, p), "generate", "prompt 0", "token id 40", "[0, 40)");
   EXPECT_KILN_ERROR(infer::generate(*m, Prompts{{-1}}, p), "generate", "token id -1");
   EXPECT_KILN_ERROR(infer::generate(*m, Prompts{std::vector<std::int64_t>(61, 1)}, p), "generate", "61 tokens",

@@ -4,11 +4,14 @@
 // fused MoE path's CPU loops, so the experts' products are the same FP8 products and the same
 // unquantized weight gradient). Compared: the loss and every gradient.
 //
-// The yardstick is FP8 itself. On the CPU the FP8 step's gradients are ~4.6% from the same step
-// without FP8 (tests/nn/test_fp8_training.cpp). The two devices' FP8 steps differ only where their
-// bf16 inputs differ (a bf16 rounding, 2^-8 relative, in a few elements) and that moves an element
-// across an e4m3 rounding boundary (spacing 2^-3 relative): about 1 element in 32, each by one e4m3
-// step, so about a quarter of FP8's own error. So the devices must agree with each other more
+// The yardstick is FP8 itself. On the CPU this test's FP8 step is 9.7% from the same step without
+// FP8 globally (4-15% per tensor; bf16, fused MoE path). The two devices' FP8 steps differ only
+// where their bf16 inputs differ (a bf16 rounding, 2^-8 relative, in a few elements) and that
+// moves an element across an e4m3 rounding boundary (spacing 2^-3 relative): about 1 element in
+// 32, each by one e4m3 step, about 0.6 of FP8's rms error in amplitude at most. (A pessimistic
+// stand-in on the CPU, float activations against bf16 ones, which differ by a rounding in every
+// element: 7.2% globally against 9.7%, every tensor below its own FP8 error, the largest ratio
+// 0.86.) So the devices must agree with each other more
 // closely than the CPU's FP8 step agrees with its unquantized step: globally (all gradients
 // together) and, per tensor, within that tensor's own FP8 error or the bf16 models' GPU-vs-CPU
 // bound (test_models_cuda.cpp: 6e-2), whichever is larger. A kernel that read a wrong group's rows

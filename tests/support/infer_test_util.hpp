@@ -58,6 +58,16 @@ inline nn::DeepseekV3Config fp8_cache_deepseek_config() {
   return c;
 }
 
+// The same model with 16 routed experts (top-2 in 4 groups, 2 kept): enough experts that
+// generation's automatic MoE dispatch is sparse (nn::GenerationDispatch: E >= 8 K).
+inline nn::DeepseekV3Config many_experts_deepseek_config() {
+  nn::DeepseekV3Config c = infer_deepseek_config();
+  c.n_routed_experts = 16;
+  c.n_group = 4;
+  c.topk_group = 2;
+  return c;
+}
+
 // A model of the config with every parameter (and buffer) drawn from normal(0, scale), the same
 // numbers for every T.
 template <class T>

@@ -120,6 +120,7 @@
 #include "kiln/infer/sampling_params.hpp"
 #include "kiln/infer/speculative.hpp"
 #include "kiln/nn/module.hpp"
+#include "kiln/nn/moe.hpp"  // nn::GenerationDispatch
 #include "kiln/ops/copy.hpp"
 #include "kiln/ops/sampling.hpp"
 #include "kiln/ops/view.hpp"
@@ -174,6 +175,10 @@ struct GenerateOptions {
                                                 // FP8 (e4m3, 1x128 scales; the rope part in the
                                                 // model's type): 43% fewer bytes a token; the
                                                 // tokens drawn change by FP8's rounding
+  nn::GenerationDispatch moe_dispatch =        // MoE models: every expert on every token over a
+      nn::GenerationDispatch::automatic;        // stacked copy (dense), or the chosen experts only
+                                                // (sparse); automatic: sparse from 8·top_k experts
+                                                // (nn/moe.hpp, GenerationDispatch)
   bool speculative_accept_all = false;          // TESTING ONLY: accept every draft unchecked, which
                                                 // changes the output (the tests show the check
                                                 // is what keeps it equal to plain decoding)
@@ -227,9 +232,13 @@ class Engine {
               "modules (nn::DeepseekV3ForCausalLM), and this model type has none");
       }
     }
-    if constexpr (!detail::MTPDrafting<Model>)
+    if constexpr (!detail::MTPDrafting<Model>) {
       check(!options.fp8_cache, op, "options.fp8_cache is MLA's FP8 latent cache: it needs a DeepSeek-V3 model "
             "(nn::DeepseekV3ForCausalLM), and this model type caches full keys and values");
+      check(options.moe_dispatch == nn::GenerationDispatch::automatic, op, "options.moe_dispatch ",
+            nn::generation_dispatch_name(options.moe_dispatch), " is for MoE models (nn::DeepseekV3ForCausalLM), and "
+            "this model type has none");
+    }
     for (std::size_t p = 0; p < prompts.size(); ++p) {
       const auto L = static_cast<std::int64_t>(prompts[p].size());
       check(L > 0, op, "prompt ", p, " is empty");
@@ -415,7 +424,8 @@ class Engine {
   auto make_cache(const Run& run, const CacheLayout& layout) const {
     if constexpr (detail::MTPDrafting<Model>) {
       return model_->make_decode_cache(layout, run.options.speculative,
-                                       run.options.fp8_cache ? CacheFormat::fp8 : CacheFormat::model);
+                                       run.options.fp8_cache ? CacheFormat::fp8 : CacheFormat::model,
+                                       run.options.moe_dispatch);
     } else {
       return model_->make_decode_cache(layout);
     }

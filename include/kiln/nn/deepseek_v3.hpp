@@ -11,10 +11,11 @@
 // applies the aux-loss-free bias rule to all of them.
 //
 // Generation (infer/engine.hpp): make_decode_cache() preallocates per layer the MLA latent cache
-// [slots, capacity, 1, kv_lora_rank + qk_rope_head_dim] (infer/kv_cache.hpp) and stacks each MoE
-// layer's experts for dense dispatch; prefill() runs right-padded prompts through MLA's naive
-// path and writes their latents; decode() advances one token per sequence through the absorbed
-// path and dense MoE dispatch, with device index tensors only: no host reads. Speculative
+// [slots, capacity, 1, kv_lora_rank + qk_rope_head_dim] (infer/kv_cache.hpp) and, for dense MoE
+// dispatch, stacks each MoE layer's experts (nn::GenerationDispatch: dense or sparse per layer);
+// prefill() runs right-padded prompts through MLA's naive path and writes their latents; decode()
+// advances one token per sequence through the absorbed path and the layer's MoE dispatch, with
+// device index tensors only: no host reads on a GPU. Speculative
 // decoding (the engine's options.speculative) also drafts with MTP module 1: make_decode_cache(
 // layout, true) gives its transformer block a cache layer of its own (after the main layers, same
 // layout and block table), prefill() then fills it for the prompts too, and mtp_decode() runs the
@@ -69,7 +70,8 @@ struct DeepseekV3DecodeCache {
   infer::KVCache<T> kv;                  // per layer the latent cache [slots, capacity, 1, r + dr]
                                          // (or its FP8 rows: infer::CacheFormat::fp8)
   std::vector<DenseExperts<T>> experts;  // per layer: an MoE layer's stacked experts (a snapshot of
-                                         // its weights when the cache was made); empty for dense layers
+                                         // its weights when the cache was made) for dense dispatch;
+                                         // empty for dense layers and sparse dispatch
   // Both with one more layer after the main ones when made for speculative decoding: MTP module
   // 1's transformer block, which attends over its own latents like any layer.
 };
@@ -133,7 +135,8 @@ class DeepseekV3DecoderLayer : public Module<T> {
 
   // Generation: prompts [B, S, hidden] whose latents go to the cache (MLA::prefill), and one token
   // per row [n, 1, hidden] (MLA::decode). An MoE layer dispatches densely over `experts` (its
-  // stack_experts()); a dense layer ignores them.
+  // stack_experts()), or sparsely (MoE::forward_sparse) when they are empty; a dense layer ignores
+  // them.
   Tensor<T> prefill(const Tensor<T>& x, const Tables& tables, const CacheLayer& cache,
                     const infer::PrefillIndex& index, const DenseExperts<T>& experts) const {
     return mlp_block(add(x, self_attn.prefill(input_layernorm(x), tables, cache, index)), experts);
@@ -150,10 +153,12 @@ class DeepseekV3DecoderLayer : public Module<T> {
   RMSNorm<T> input_layernorm, post_attention_layernorm;
 
  private:
-  // a + mlp(post_attention_layernorm(a)) with dense MoE dispatch.
+  // a + mlp(post_attention_layernorm(a)) with dense MoE dispatch over `experts`, or sparse when
+  // they are empty.
   Tensor<T> mlp_block(const Tensor<T>& a, const DenseExperts<T>& experts) const {
     const Tensor<T> m = post_attention_layernorm(a);
-    return add(a, moe ? moe->forward_dense(m, experts) : (*dense_mlp)(m));
+    if (!moe) return add(a, (*dense_mlp)(m));
+    return add(a, experts.defined() ? moe->forward_dense(m, experts) : moe->forward_sparse(m));
   }
 
   std::int64_t rope_dim_;
@@ -329,9 +334,11 @@ class DeepseekV3ForCausalLM : public Module<T> {
   // weights change).
   // (make_decode_cache(layout): the same in the layout given, paged included. with_mtp: also MTP
   // module 1's block, as one more layer of the same layout, for mtp_decode. format fp8: the
-  // latents in e4m3 with 1×128 scales, ops/latent_fp8_cache.hpp.)
+  // latents in e4m3 with 1×128 scales, ops/latent_fp8_cache.hpp. dispatch: how the MoE layers run,
+  // nn::GenerationDispatch; a sparse layer gets no stacked experts.)
   DecodeCache make_decode_cache(const infer::CacheLayout& layout, bool with_mtp = false,
-                                infer::CacheFormat format = infer::CacheFormat::model) const {
+                                infer::CacheFormat format = infer::CacheFormat::model,
+                                GenerationDispatch dispatch = GenerationDispatch::automatic) const {
     const DeepseekV3Config& c = model.config;
     check(!with_mtp || mtp_modules() > 0, "DeepseekV3ForCausalLM::make_decode_cache",
           "a cache with the MTP module's layer needs a model with MTP modules (num_nextn_predict_layers >= 1), "
@@ -342,8 +349,11 @@ class DeepseekV3ForCausalLM : public Module<T> {
     DecodeCache cache{infer::KVCache<T>::latent(static_cast<std::int64_t>(layers.size()), layout, c.kv_lora_rank,
                                                 c.qk_rope_head_dim, device(), format),
                       {}};
-    for (const auto* layer : layers)
-      cache.experts.push_back(layer->moe ? layer->moe->stack_experts() : DenseExperts<T>());
+    for (const auto* layer : layers) {
+      const bool dense =
+          layer->moe && layer->moe->generation_dispatch(dispatch, device()) == GenerationDispatch::dense;
+      cache.experts.push_back(dense ? layer->moe->stack_experts() : DenseExperts<T>());
+    }
     return cache;
   }
   DecodeCache make_decode_cache(std::int64_t slots, std::int64_t capacity) const {

@@ -49,9 +49,10 @@
 // since gate·down(a) = down(gate·a). It costs E/K times the routed FLOPs of sparse dispatch, which
 // is cheap while a decode step is bound by reading the weights: with more than a few tokens per
 // step every expert is chosen by some token, so sparse dispatch reads every expert's weights too.
-// (For many experts — DeepSeek-V3's 256, top-8 — dense dispatch would be 32 times the work: such
-// models want the fused dispatch above, which is sparse and sync-free too; generation does not use
-// it yet.) Dense dispatch leaves the load statistics alone.
+// For many experts — DeepSeek-V3's 256, top-8 — dense dispatch would be 32 times the work: such
+// models generate through forward_sparse (the fused dispatch above, sparse and sync-free too, or
+// the composed path on the CPU; GenerationDispatch says which a model gets). Both leave the load
+// statistics alone.
 #pragma once
 
 #include <cmath>
@@ -310,16 +311,38 @@ class MoEDispatchScope {
   MoEDispatch saved_;
 };
 
+// Whether the fused kernels run a layer of this hidden size and expert width in T on a GPU: what
+// the grouped GEMM takes there (bf16/fp16, N and K multiples of 8).
+template <class T>
+constexpr bool fused_moe_fits_gpu(std::int64_t hidden, std::int64_t width) {
+  return (std::is_same_v<T, bf16> || std::is_same_v<T, fp16>) && hidden % 8 == 0 && width % 8 == 0;
+}
+
 // Whether a layer of this hidden size and expert width in T on `device` takes the fused path.
 template <class T>
 bool use_fused_moe(Device device, std::int64_t hidden, std::int64_t width) {
   switch (moe_dispatch_path()) {
     case MoEDispatch::fused: return true;
     case MoEDispatch::composed: return false;
-    default:  // what the grouped GEMM runs on a GPU: bf16/fp16, N and K multiples of 8
-      return device.is_cuda() && (std::is_same_v<T, bf16> || std::is_same_v<T, fp16>) && hidden % 8 == 0 &&
-             width % 8 == 0;
+    default: return device.is_cuda() && fused_moe_fits_gpu<T>(hidden, width);
   }
+}
+
+// How generation runs an MoE layer (DeepseekV3ForCausalLM::make_decode_cache, the engine's
+// GenerateOptions::moe_dispatch):
+//   dense   every expert on every token over a stacked copy of the experts (MoE::forward_dense):
+//           two GEMMs, no index op; E/K times the routed FLOPs and a copy of every expert's weights;
+//   sparse  the chosen experts only (MoE::forward_sparse): on a GPU the fused kernels (no host
+//           read, so CUDA graphs capture it), on the CPU the composed path;
+//   automatic  sparse where dense would do at least 8 times the routed work (E ≥ 8 K: DeepSeek-V3's
+//           256 experts top-8 run 32 times the FLOPs densely, and dense stops being bound by reading
+//           the weights, which both read, once a step has more than ~200 tokens on an H200), and
+//           where the GPU's kernels take the layer; dense otherwise (kiln's big config, 8 experts
+//           top-2: dense is two GEMMs against the sparse path's routing, layout and gather launches).
+enum class GenerationDispatch { automatic, dense, sparse };
+
+inline const char* generation_dispatch_name(GenerationDispatch d) {
+  return d == GenerationDispatch::dense ? "dense" : d == GenerationDispatch::sparse ? "sparse" : "automatic";
 }
 
 template <class T>
@@ -466,6 +489,50 @@ class MoE : public Module<T> {
     w.expert_ids = arange<std::int64_t>(0.0, static_cast<double>(w.routed), 1.0, device);
     w.group_ids = arange<std::int64_t>(0.0, static_cast<double>(gate.groups()), 1.0, device);
     return w;
+  }
+
+  // Sparse dispatch for generation: x [..., hidden] -> forward(x)'s output, the chosen experts
+  // only, with no load statistics and no balance loss. On a GPU through the fused kernels (no host
+  // read: CUDA graphs capture it; fused_moe_fits_gpu must hold), elsewhere through the path
+  // moe_dispatch_path() picks (composed by default). Every routed expert must be here.
+  Tensor<T> forward_sparse(const Tensor<T>& x) const {
+    const char* op = "MoE::forward_sparse";
+    check_defined(op, x);
+    check_all_experts_here(op);
+    const std::int64_t hidden = gate.weight.shape()[1], width = expert_width();
+    check(x.dim() >= 1 && x.shape().back() == hidden, op, "needs x [..., ", hidden, "], got shape ", x.shape());
+    const std::int64_t n = x.numel() / hidden, k = gate.top_k(), e = gate.experts();
+    const Tensor<T> flat = reshape(x, {n, hidden});
+    Tensor<T> y;
+    if (x.device().is_cuda() || use_fused_moe<T>(x.device(), hidden, width)) {
+      check(!x.device().is_cuda() || fused_moe_fits_gpu<T>(hidden, width), op, "on a GPU takes bf16 or fp16 layers "
+            "with hidden size and expert width multiples of 8 (the fused kernels), got ", dtype_of<T>, ", hidden ",
+            hidden, ", width ", width);
+      const Routing<T> r = gate.forward_fused(flat);
+      const MoeLayout layout = moe_layout(r.experts, e, Tensor<std::int64_t>());
+      y = moe_combine(run_grouped(moe_dispatch(flat, layout), layout.offsets), r.gates, layout);
+    } else {
+      const Routing<T> r = gate(flat);
+      const RouteSort order = sort_routes(r.experts.to_vector(), k, e);
+      const auto token_index = Tensor<std::int64_t>::from_vector(order.tokens, {n * k}, x.device());
+      const Tensor<T> out = run_experts(index_select(flat, 0, token_index), order.load.counts,
+                                        [&](std::size_t i) -> const SwiGLUMLP<T>& { return *experts[i]; });
+      y = combine_routes(out, order.position, r.gates);
+    }
+    if (shared_experts) y = add(y, (*shared_experts)(flat));
+    return reshape(y, x.shape());
+  }
+
+  // What generation runs for `asked` (GenerationDispatch's rule) on `device`: dense or sparse.
+  GenerationDispatch generation_dispatch(GenerationDispatch asked, Device device) const {
+    const std::int64_t hidden = gate.weight.shape()[1];
+    const bool sparse_runs = !device.is_cuda() || fused_moe_fits_gpu<T>(hidden, expert_width());
+    if (asked == GenerationDispatch::automatic)
+      return sparse_runs && gate.experts() >= 8 * gate.top_k() ? GenerationDispatch::sparse : GenerationDispatch::dense;
+    check(asked == GenerationDispatch::dense || sparse_runs, "MoE::generation_dispatch",
+          "sparse dispatch on a GPU takes bf16 or fp16 layers with hidden size and expert width multiples of 8, got ",
+          dtype_of<T>, ", hidden ", hidden, ", width ", expert_width());
+    return asked;
   }
 
   // Dense dispatch: x [..., hidden] -> forward(x) up to summation order, from the experts stacked
