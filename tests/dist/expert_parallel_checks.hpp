@@ -246,7 +246,10 @@ void check_expert_parallel_model(const std::shared_ptr<dist::Communicator>& comm
     EXPECT_TRUE(same_on_all_ranks(*comm, mine));
   }
   // Generation needs every expert in one process.
-  EXPECT_KILN_ERROR(ep.make_decode_cache(1, 4), "MoE::stack_experts", "dense dispatch needs every routed expert");
+  EXPECT_KILN_ERROR(ep.make_decode_cache(1, 4), "MoE::stack_experts", "needs every routed expert in this process");
+  EXPECT_KILN_ERROR(ep.make_decode_cache(infer::CacheLayout::contiguous(1, 4), false, infer::CacheFormat::model,
+                                         nn::GenerationDispatch::sparse),
+                    "MoE::generation_dispatch", "needs every routed expert in this process");
 }
 
 // Ranks built with different layers get one error everywhere.

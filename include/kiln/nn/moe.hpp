@@ -524,15 +524,20 @@ class MoE : public Module<T> {
   }
 
   // What generation runs for `asked` (GenerationDispatch's rule) on `device`: dense or sparse.
+  // Sparse: every routed expert must be here (checked now, before any prompt is run).
   GenerationDispatch generation_dispatch(GenerationDispatch asked, Device device) const {
+    const char* op = "MoE::generation_dispatch";
     const std::int64_t hidden = gate.weight.shape()[1];
-    const bool sparse_runs = !device.is_cuda() || fused_moe_fits_gpu<T>(hidden, expert_width());
+    const bool sparse_runs =
+        !device.is_cuda() || (fused_moe_fits_gpu<T>(hidden, expert_width()) && uniform_experts());
+    GenerationDispatch chosen = asked;
     if (asked == GenerationDispatch::automatic)
-      return sparse_runs && gate.experts() >= 8 * gate.top_k() ? GenerationDispatch::sparse : GenerationDispatch::dense;
-    check(asked == GenerationDispatch::dense || sparse_runs, "MoE::generation_dispatch",
-          "sparse dispatch on a GPU takes bf16 or fp16 layers with hidden size and expert width multiples of 8, got ",
-          dtype_of<T>, ", hidden ", hidden, ", width ", expert_width());
-    return asked;
+      chosen = sparse_runs && gate.experts() >= 8 * gate.top_k() ? GenerationDispatch::sparse : GenerationDispatch::dense;
+    check(chosen == GenerationDispatch::dense || sparse_runs, op, "sparse dispatch on a GPU takes bf16 or fp16 "
+          "layers with hidden size and expert width multiples of 8 and routed experts of one width without biases, "
+          "got ", dtype_of<T>, ", hidden ", hidden, ", width ", expert_width());
+    if (chosen == GenerationDispatch::sparse) check_all_experts_here(op);
+    return chosen;
   }
 
   // Dense dispatch: x [..., hidden] -> forward(x) up to summation order, from the experts stacked
@@ -642,8 +647,8 @@ class MoE : public Module<T> {
   }
 
   void check_all_experts_here(const char* op) const {
-    check(!exchange_, op, "dense dispatch needs every routed expert in this process; this layer holds experts ",
-          first_, "..", first_ + local_ - 1, " of ", gate.experts(), " (expert parallel)");
+    check(!exchange_, op, "generation (dense or sparse dispatch) needs every routed expert in this process; this "
+          "layer holds experts ", first_, "..", first_ + local_ - 1, " of ", gate.experts(), " (expert parallel)");
   }
 
   // Whether the routed experts held here have one width and no biases (what the grouped GEMMs and
