@@ -5,9 +5,10 @@
 #           that the tests' call starts warm; $BUILD survives between calls on a warm machine)
 #   tests   the decode kernels (CUDA-core, FP8 latent cache, tensor-core), the fused attention, the
 #           engine and the FP8 training step on the GPU            -> docs/mla.md, docs/fp8-gemm.md
-#   fp8     pretrain --config big, bf16 against FP8 at seeds 1 and 2, the FP8 gradient probe at the
-#           trained weights, then FP8 ablations (which part of the model in FP8 opens the
-#           validation-loss gap)                                   -> docs/fp8-gemm.md
+#   fp8     pretrain --config big, bf16 against FP8 at seeds 1 and 2, and the FP8 gradient probe
+#           after one step and at the bf16-trained weights (all products, then each alone)
+#   fp8-ablations  FP8 runs with parts of the model (--fp8-keep) or of the recipe (--fp8-gemms) left
+#           in bf16: which opens the validation-loss gap          -> docs/fp8-gemm.md
 #   bench   bench_paged_decode_cuda (both decode kernels, the FP8 cache, DeepSeek-V3's sizes) and the
 #           engine's generation throughput at B = 128               -> docs/mla.md
 # Usage: scripts/gpu_pending.sh PHASE [PHASE ...]   (on the lent machine: OUT=$OUT, logs under it)
@@ -20,7 +21,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-build-gpu/logs}
 BUILD=${BUILD:-/tmp/kb}
 mkdir -p "$OUT"
-[ $# -gt 0 ] || { echo "usage: $0 build|tests|fp8|bench ..."; exit 2; }
+[ $# -gt 0 ] || { echo "usage: $0 build|tests|fp8|fp8-ablations|bench ..."; exit 2; }
 
 prefix=()
 if [ ! -d /usr/include/eigen3 ] && compgen -G "build-deps/*.deb" >/dev/null; then
@@ -58,7 +59,7 @@ for phase in "$@"; do
       "$BUILD/tests/test_nn_cuda" --gtest_filter='Fp8TrainingCuda.*' > "$OUT/test_fp8_training.log" 2>&1 || rc=1
       grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure|error:" "$OUT"/test_*.log | head -60
       ;;
-    fp8)
+    fp8 | fp8-ablations)
       build pretrain
       run() {  # name, pretrain flags...
         local name=$1
@@ -67,21 +68,32 @@ for phase in "$@"; do
           --samples 0 "$@" > "$OUT/pretrain_$name.log" 2>&1 || echo "pretrain $name failed"
         echo "$name: $(grep -E '^(eval step|done|final)' "$OUT/pretrain_$name.log" | tr '\n' ' ')"
       }
-      # --fp8-probe: at the end of seed 1's runs, one step's gradients in FP8 against bf16 per kind
-      # of parameter, at bf16-trained and FP8-trained weights; and after one step (initialization).
-      run probe_step1 --steps 1 --fp8-probe
-      for seed in 1 2; do
-        probe=()
-        [ $seed = 1 ] && probe=(--fp8-probe)
-        run "bf16_seed$seed" --seed $seed "${probe[@]}"
-        run "fp8_seed$seed" --seed $seed --fp8 "${probe[@]}"
-      done
-      run fp8_moe_composed --fp8 --moe composed
-      run bf16_moe_composed --moe composed
-      run fp8_keep_attention --fp8 --fp8-keep self_attn
-      run fp8_keep_experts --fp8 --fp8-keep experts
-      run fp8_keep_dense_mlp --fp8 --fp8-keep layers.0.mlp
-      grep -H "fp8 probe" "$OUT"/pretrain_probe_step1.log "$OUT"/pretrain_*_seed1.log | sed 's/^.*pretrain_//'
+      if [ "$phase" = fp8 ]; then
+        # Seeds 1 and 2, bf16 against FP8. --fp8-probe: one step's gradients in FP8 against bf16 per
+        # kind of parameter, after one step and at seed 1's bf16-trained weights, there with all
+        # three products in FP8 and with each alone (--fp8-gemms; the checkpoint resumed at its last
+        # step trains nothing more).
+        run probe_step1 --steps 1 --fp8-probe
+        for seed in 1 2; do
+          out=()
+          [ $seed = 1 ] && out=(--out /tmp/pretrain_bf16_seed1)
+          run "bf16_seed$seed" --seed $seed "${out[@]}"
+          run "fp8_seed$seed" --seed $seed --fp8
+        done
+        for gemms in forward,dgrad,wgrad forward dgrad wgrad; do
+          run "probe_trained_$gemms" --resume /tmp/pretrain_bf16_seed1 --fp8-probe --fp8-gemms "$gemms"
+        done
+        grep -H "fp8 probe" "$OUT"/pretrain_probe_*.log | sed 's/^.*pretrain_//'
+      else
+        # Which part of the model, and which of the three products, opens the gap (seed 1).
+        run fp8_moe_composed --fp8 --moe composed
+        run bf16_moe_composed --moe composed
+        run fp8_keep_attention --fp8 --fp8-keep self_attn
+        run fp8_keep_experts --fp8 --fp8-keep experts
+        run fp8_keep_dense_mlp --fp8 --fp8-keep layers.0.mlp
+        run fp8_forward_dgrad --fp8 --fp8-gemms forward,dgrad
+        run fp8_forward --fp8 --fp8-gemms forward
+      fi
       ;;
     bench)
       build bench_paged_decode_cuda test_train_infer_rl_cuda
@@ -92,7 +104,7 @@ for phase in "$@"; do
       grep -E "tok/s|x HF|FAILED" "$OUT/engine_throughput.log" | head -20
       ;;
     *)
-      echo "unknown phase $phase (build, tests, fp8 or bench)"
+      echo "unknown phase $phase (build, tests, fp8, fp8-ablations or bench)"
       exit 2
       ;;
   esac

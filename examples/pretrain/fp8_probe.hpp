@@ -1,9 +1,10 @@
 // pretrain --fp8-probe: where FP8 training's gradients part from the model's own precision, at the
 // current weights. One step's gradients (the same micro-batches) are computed twice, with every
-// linear in the model's dtype and with the FP8 linears of --fp8 (--fp8-keep respected), and their
-// difference is printed per kind of parameter: the layers' index and the routed experts' index are
-// folded out of the name ("self_attn.q_a_proj.weight", "mlp.experts.*.down_proj.weight"), so a
-// line sums over layers (and experts), and "(all)" over the model:
+// linear in the model's dtype and with the FP8 linears of --fp8 (--fp8-keep and --fp8-gemms
+// respected), and their difference is printed per kind of parameter: the layers' index and the
+// routed experts' index are folded out of the name ("self_attn.q_a_proj.weight",
+// "mlp.experts.*.down_proj.weight"), so a line sums over layers (and experts), and "(all)" over
+// the model:
 //   |dg|/|g| = ||g_fp8 − g|| / ||g||   the relative error of the FP8 step's gradient
 //   cos      = <g_fp8, g> / (||g_fp8|| ||g||)
 // At initialization FP8's error is a few percent (tests/nn/test_fp8_training.cpp); a kind whose
@@ -78,11 +79,11 @@ std::map<std::string, std::vector<double>> gradients_by_name(const Model& model)
 // linears in the mode they had (FP8 when `fp8_trained`) and its gradients zero.
 template <class T, class Model>
 void run_fp8_probe(Model& model, kiln::train::Trainer<Model>& trainer, std::int64_t first_batch, bool fp8_trained,
-                   const std::function<bool(const std::string&)>& keep) {
+                   const kiln::nn::Fp8LinearOptions& options, const std::function<bool(const std::string&)>& keep) {
   kiln::nn::clear_fp8_linears(model);
   const double loss = trainer.compute_gradients(first_batch).loss;
   const auto reference = gradients_by_name(model);
-  kiln::nn::use_fp8_linears(model, {}, keep);
+  kiln::nn::use_fp8_linears(model, options, keep);
   const double fp8_loss = trainer.compute_gradients(first_batch).loss;
   const auto fp8 = gradients_by_name(model);
   if (!fp8_trained) kiln::nn::clear_fp8_linears(model);

@@ -76,6 +76,9 @@ const char* kUsage = R"(pretrain: a small DeepSeek-V3-style MoE model on worked 
                         attention keep the model's dtype; nn/fp8_training.hpp)
   --fp8-keep LIST       with --fp8: linears whose names contain one of these comma-separated parts
                         keep the model's dtype too (e.g. self_attn or experts,shared_experts)  []
+  --fp8-gemms LIST      with --fp8 or --fp8-probe: which products of each FP8 linear run in FP8,
+                        comma-separated from forward, dgrad, wgrad (the others unquantized, an
+                        ablation of the recipe), or none              [forward,dgrad,wgrad]
   --fp8-probe           at the end: one step's gradients with the FP8 linears of --fp8 (and
                         --fp8-keep) against the model's dtype, per kind of parameter (relative
                         error, cosine; examples/pretrain/fp8_probe.hpp), with or without --fp8
@@ -100,13 +103,31 @@ std::string gpu_name() {
 
 // The settings of a run, saved as DIR/run.json so that --resume DIR continues it unchanged.
 struct Settings {
-  std::string device, config, dtype, tokenizer, attention, moe, fp8_keep;
+  std::string device, config, dtype, tokenizer, attention, moe, fp8_keep, fp8_gemms;
   std::int64_t steps, batch, accum, seq, warmup, docs, vocab, max_digits, log_every, eval_every, eval_batches,
       checkpoint_every, samples, threads;
   double lr, weight_decay, clip, peak_tflops, countdown_fraction, direct_fraction;
   std::uint64_t seed;
   bool tf32, fp8, fp8_probe;
 };
+
+// --fp8-gemms: the FP8 linears' options with the listed products in FP8 ("none": no product).
+nn::Fp8LinearOptions fp8_options(const std::string& list) {
+  nn::Fp8LinearOptions o;
+  o.fp8_forward = o.fp8_dgrad = o.fp8_wgrad = false;
+  if (list == "none") return o;
+  std::size_t begin = 0;
+  while (begin <= list.size()) {
+    const std::size_t end = std::min(list.find(',', begin), list.size());
+    const std::string part = list.substr(begin, end - begin);
+    if (part == "forward") o.fp8_forward = true;
+    else if (part == "dgrad") o.fp8_dgrad = true;
+    else if (part == "wgrad") o.fp8_wgrad = true;
+    else throw Error("--fp8-gemms takes forward, dgrad and wgrad (comma-separated) or none, got " + list);
+    begin = end + 1;
+  }
+  return o;
+}
 
 Settings parse(int argc, char** argv, std::string& out, std::string& resume) {
   example::Flags f(argc, argv, {"tf32", "fp8", "fp8-probe"});
@@ -161,6 +182,7 @@ Settings parse(int argc, char** argv, std::string& out, std::string& resume) {
   s.tf32 = f.flag("tf32") || (saved.contains("tf32") && saved["tf32"].get<bool>());
   s.fp8 = f.flag("fp8") || (saved.contains("fp8") && saved["fp8"].get<bool>());
   s.fp8_keep = s_("fp8-keep", "");
+  s.fp8_gemms = s_("fp8-gemms", "forward,dgrad,wgrad");
   s.fp8_probe = f.flag("fp8-probe");  // a diagnostic of this call: not saved
   f.check_all_used();
   if (s.threads < 1) throw Error("--threads must be positive");
@@ -170,6 +192,7 @@ Settings parse(int argc, char** argv, std::string& out, std::string& resume) {
     throw Error("--moe must be automatic, fused or composed, got " + s.moe);
   if (!s.fp8_keep.empty() && !s.fp8 && !s.fp8_probe)
     throw Error("--fp8-keep " + s.fp8_keep + " needs --fp8 or --fp8-probe");
+  (void)fp8_options(s.fp8_gemms);  // checks the list
   if (s.steps < 1 || s.batch < 1 || s.accum < 1 || s.seq < 2 || s.docs < 10 || s.vocab < 300 || !(s.lr > 0))
     throw Error("steps, batch, accum, docs must be positive, seq >= 2, vocab >= 300, lr > 0");
   if (s.dtype != "float32" && s.dtype != "bf16") throw Error("--dtype must be float32 or bf16, got " + s.dtype);
@@ -208,6 +231,7 @@ void save_settings(const std::string& path, const Settings& s) {
   j["tf32"] = s.tf32;
   j["fp8"] = s.fp8;
   j["fp8-keep"] = s.fp8_keep;
+  j["fp8-gemms"] = s.fp8_gemms;
   io::write_file_atomically(path, io::dump_json(j, "pretrain", path, 2) + "\n", "pretrain");
 }
 
@@ -301,10 +325,12 @@ int run(const Settings& s, const std::string& out, const std::string& resume, Cl
   model.to(device);
   std::string precision_note;
   if (s.fp8) {
-    const std::vector<std::string> fp8_linears = nn::use_fp8_linears(model, {}, fp8_keep(s.fp8_keep));
+    const std::vector<std::string> fp8_linears =
+        nn::use_fp8_linears(model, fp8_options(s.fp8_gemms), fp8_keep(s.fp8_keep));
     // The fused MoE path's weight gradient of the routed experts stays in T (nn/fp8_training.hpp).
     const bool fused_experts = nn::use_fused_moe<T>(device, config.hidden_size, config.moe_intermediate_size);
     precision_note = str("; FP8 GEMMs in ", fp8_linears.size(), " linears",
+                         s.fp8_gemms == "forward,dgrad,wgrad" ? "" : " (products in FP8: " + s.fp8_gemms + ")",
                          fused_experts ? str(" (routed experts' weight gradients in ", dtype_name<T>, ")") : "");
   }
 
@@ -361,14 +387,15 @@ int run(const Settings& s, const std::string& out, const std::string& resume, Cl
   std::printf("validation loss %.4f (next-token cross-entropy on held-out problems), val MaxVio %.3f (max %.3f)\n",
               e.loss, e.max_vio_mean, e.max_vio_max);
   if (s.fp8_probe)
-    example::run_fp8_probe<T>(model, trainer, trainer.steps_done() * s.accum, s.fp8, fp8_keep(s.fp8_keep));
+    example::run_fp8_probe<T>(model, trainer, trainer.steps_done() * s.accum, s.fp8, fp8_options(s.fp8_gemms),
+                              fp8_keep(s.fp8_keep));
   if (s.fp8) {
     // The same weights through the model's own precision: what FP8 training learned, apart from
     // the FP8 forward's own rounding.
     nn::clear_fp8_linears(model);
     std::printf("final: validation loss %.4f with the FP8-trained weights in %s (no FP8 GEMMs)\n",
                 trainer.evaluate().loss, dtype_name<T>);
-    nn::use_fp8_linears(model, {}, fp8_keep(s.fp8_keep));
+    nn::use_fp8_linears(model, fp8_options(s.fp8_gemms), fp8_keep(s.fp8_keep));
   }
 
   // A few greedy completions of test problems, checked by the task verifier.

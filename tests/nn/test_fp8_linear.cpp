@@ -293,6 +293,81 @@ void check_grouped(const std::vector<std::int64_t>& sizes, std::int64_t in, std:
   }
 }
 
+// Fp8LinearOptions' per-product switches: each product is, bit for bit, either the FP8 one of the
+// default options or the plain one of an unquantized linear (matmul in the activations' dtype),
+// whatever the other two do; and the grouped form likewise against grouped_linear.
+template <class A, class W>
+void check_switches() {
+  SCOPED_TRACE(str(dtype_of<A>, " activations, ", dtype_of<W>, " weights"));
+  const Tensor<A> x = cast<A>(randn<float>({3, 45, 200}, 0.0, 2.0));
+  const Tensor<W> w = cast<W>(randn<float>({72, 200}, 0.0, 0.05));
+  const Tensor<A> dy = cast<A>(randn<float>({3, 45, 72}));
+  struct Products {
+    std::vector<A> y, dx;
+    std::vector<W> dw;
+  };
+  auto run = [&](const nn::Fp8LinearOptions& o) {
+    const Tensor<A> xi = x.detach().requires_grad_();
+    const Tensor<W> wi = w.detach().requires_grad_();
+    const Tensor<A> y = nn::fp8_linear(xi, wi, o);
+    sum(mul(y, dy)).backward();
+    return Products{y.to_vector(), xi.grad().to_vector(), wi.grad().to_vector()};
+  };
+  const Products fp8 = run(nn::Fp8LinearOptions{});
+  // The unquantized products: matmuls in A, FP32 accumulation, dW converted to W's dtype.
+  const Tensor<A> x2 = reshape(x, {135, 200}), g2 = reshape(dy, {135, 72}), wa = cast<A>(w);
+  const Products plain{matmul(x2, transpose(wa, 0, 1)).to_vector(), matmul(g2, wa).to_vector(),
+                       cast<W>(matmul(transpose(g2, 0, 1), x2)).to_vector()};
+  for (int mask = 0; mask < 8; ++mask) {
+    nn::Fp8LinearOptions o;
+    o.fp8_forward = (mask & 1) != 0;
+    o.fp8_dgrad = (mask & 2) != 0;
+    o.fp8_wgrad = (mask & 4) != 0;
+    const Products got = run(o);
+    EXPECT_EQ(got.y, o.fp8_forward ? fp8.y : plain.y) << "forward, switches " << mask;
+    EXPECT_EQ(got.dx, o.fp8_dgrad ? fp8.dx : plain.dx) << "data gradient, switches " << mask;
+    EXPECT_EQ(got.dw, o.fp8_wgrad ? fp8.dw : plain.dw) << "weight gradient, switches " << mask;
+  }
+  EXPECT_NE(fp8.y, plain.y);  // the two sides differ, so each comparison says which one ran
+  EXPECT_NE(fp8.dx, plain.dx);
+  EXPECT_NE(fp8.dw, plain.dw);
+}
+
+template <class T>
+void check_grouped_switches() {
+  SCOPED_TRACE(dtype_of<T>);
+  const Tensor<std::int64_t> off = Tensor<std::int64_t>::from_vector({0, 3, 3, 133, 140}, {5});
+  const Tensor<T> x = cast<T>(randn<float>({140, 200}, 0.0, 2.0)), dy = cast<T>(randn<float>({140, 72}));
+  const Tensor<T> w = cast<T>(randn<float>({4, 72, 200}, 0.0, 0.05));
+  auto run = [&](const nn::Fp8LinearOptions* o) {
+    const Tensor<T> xi = x.detach().requires_grad_(), wi = w.detach().requires_grad_();
+    const Tensor<T> y = o ? nn::grouped_fp8_linear(xi, wi, off, *o) : grouped_linear(xi, wi, off);
+    sum(mul(y, dy)).backward();
+    return std::vector<std::vector<T>>{y.to_vector(), xi.grad().to_vector(), wi.grad().to_vector()};
+  };
+  const nn::Fp8LinearOptions all{};
+  const auto fp8 = run(&all), plain = run(nullptr);
+  for (int mask = 0; mask < 4; ++mask) {
+    nn::Fp8LinearOptions o;
+    o.fp8_forward = (mask & 1) != 0;
+    o.fp8_dgrad = (mask & 2) != 0;
+    const auto got = run(&o);
+    EXPECT_EQ(got[0], o.fp8_forward ? fp8[0] : plain[0]) << "forward, switches " << mask;
+    EXPECT_EQ(got[1], o.fp8_dgrad ? fp8[1] : plain[1]) << "data gradient, switches " << mask;
+    EXPECT_EQ(got[2], plain[2]) << "weight gradient (unquantized in the grouped form), switches " << mask;
+  }
+  EXPECT_NE(fp8[0], plain[0]);
+  EXPECT_NE(fp8[1], plain[1]);
+}
+
+TEST(Fp8Linear, EachProductCanStayUnquantized) {
+  check_switches<float, float>();
+  check_switches<bf16, bf16>();
+  check_switches<bf16, float>();
+  check_grouped_switches<float>();
+  check_grouped_switches<bf16>();
+}
+
 TEST(Fp8Linear, GroupedEqualsPerGroupLayers) {
   check_grouped<float>({3, 0, 130, 1, 7}, 200, 72);
   check_grouped<bf16>({5, 129, 0, 2}, 256, 40);

@@ -13,7 +13,8 @@
 // in x's dtype (float or bf16), dW in W's dtype (float or bf16). The backward saves x and W
 // (not their FP8 copies) and quantizes them again in the tilings it needs.
 // On the CPU the GEMMs run on kiln's CPU FP8 GEMM (the same function), so a model can be trained
-// and tested without a GPU.
+// and tested without a GPU. Fp8LinearOptions can leave any of the three products unquantized (an
+// ablation of the recipe).
 #pragma once
 
 #include <cstdint>
@@ -27,6 +28,7 @@
 #include "kiln/ops/fp8_gemm.hpp"
 #include "kiln/ops/grouped_fp8_gemm.hpp"
 #include "kiln/ops/grouped_linear.hpp"
+#include "kiln/ops/matmul.hpp"
 #include "kiln/ops/view.hpp"
 
 namespace kiln::nn {
@@ -42,6 +44,11 @@ struct Fp8LinearOptions {
   // all-zero tile's scale non-zero.
   fp8::QuantizeOptions gradient{.amax_floor = 1e-30f};
   fp8::GemmOptions gemm{};
+  // Which of the three products run in FP8; the others run unquantized in the activations' dtype
+  // (FP32 accumulation), as a plain linear's would. DeepSeek-V3 runs all three in FP8; switching
+  // one off measures its share of FP8's error (pretrain --fp8-gemms, --fp8-probe). The grouped
+  // form's weight gradient is unquantized either way (grouped_fp8_linear).
+  bool fp8_forward = true, fp8_dgrad = true, fp8_wgrad = true;
 };
 
 // x [..., in] (float or bf16) · weightᵀ (weight [out, in], float or bf16) -> [..., out] in x's
@@ -63,9 +70,14 @@ Tensor<A> fp8_linear(const Tensor<A>& x, const Tensor<W>& weight, const Fp8Linea
   if (tokens == 0) return zeros<A>(out_shape, x.device());
 
   const Tensor<A> x2 = reshape(x.detach(), {tokens, in});
-  const fp8::QuantizedMatrix qx = fp8::quantize(x2, fp8::Tiling::row_1x128, options.quantize);
-  const fp8::QuantizedMatrix qw = fp8::quantize(weight.detach(), fp8::Tiling::block_128x128, options.quantize);
-  Tensor<A> y = reshape(fp8::gemm<A>(qx, qw, options.gemm), out_shape);
+  Tensor<A> y;
+  if (options.fp8_forward) {
+    const fp8::QuantizedMatrix qx = fp8::quantize(x2, fp8::Tiling::row_1x128, options.quantize);
+    const fp8::QuantizedMatrix qw = fp8::quantize(weight.detach(), fp8::Tiling::block_128x128, options.quantize);
+    y = reshape(fp8::gemm<A>(qx, qw, options.gemm), out_shape);
+  } else {
+    y = reshape(matmul(x2, transpose(cast<A>(weight.detach()), 0, 1)), out_shape);
+  }
   if (!autograd::needs_grad(x, weight)) return y;
 
   autograd::record(y, op,
@@ -73,14 +85,22 @@ Tensor<A> fp8_linear(const Tensor<A>& x, const Tensor<W>& weight, const Fp8Linea
                        const Tensor<A>& g, const autograd::InputGrads& grads) {
     const Tensor<A> g2 = reshape(g, {tokens, out});
     if (grads.needs(0)) {
-      const fp8::QuantizedMatrix qg = fp8::quantize(g2, fp8::Tiling::row_1x128, options.gradient);
-      const fp8::QuantizedMatrix qwt = fp8::quantize_transposed(w, fp8::Tiling::block_128x128, options.quantize);
-      grads.add(0, reshape(fp8::gemm<A>(qg, qwt, options.gemm), x_shape));
+      if (options.fp8_dgrad) {
+        const fp8::QuantizedMatrix qg = fp8::quantize(g2, fp8::Tiling::row_1x128, options.gradient);
+        const fp8::QuantizedMatrix qwt = fp8::quantize_transposed(w, fp8::Tiling::block_128x128, options.quantize);
+        grads.add(0, reshape(fp8::gemm<A>(qg, qwt, options.gemm), x_shape));
+      } else {
+        grads.add(0, reshape(matmul(g2, cast<A>(w)), x_shape));
+      }
     }
     if (grads.needs(1)) {
-      const fp8::QuantizedMatrix qgt = fp8::quantize_transposed(g2, fp8::Tiling::row_1x128, options.gradient);
-      const fp8::QuantizedMatrix qxt = fp8::quantize_transposed(x2, fp8::Tiling::row_1x128, options.quantize);
-      grads.add(1, fp8::gemm<W>(qgt, qxt, options.gemm));
+      if (options.fp8_wgrad) {
+        const fp8::QuantizedMatrix qgt = fp8::quantize_transposed(g2, fp8::Tiling::row_1x128, options.gradient);
+        const fp8::QuantizedMatrix qxt = fp8::quantize_transposed(x2, fp8::Tiling::row_1x128, options.quantize);
+        grads.add(1, fp8::gemm<W>(qgt, qxt, options.gemm));
+      } else {
+        grads.add(1, cast<W>(matmul(transpose(g2, 0, 1), x2)));
+      }
     }
   }, x, weight);
   return y;
@@ -108,16 +128,25 @@ Tensor<T> grouped_fp8_linear(const Tensor<T>& x, const Tensor<T>& weight, const 
   const std::int64_t G = weight.size(0), N = weight.size(1);
   const Tensor<T> xc = detail::contiguous_aligned(x.detach());
   const Tensor<T> w = weight.detach();
-  const fp8::QuantizedMatrix qx = fp8::quantize(xc, fp8::Tiling::row_1x128, options.quantize);
-  Tensor<T> y = fp8::grouped_gemm<T>(qx, fp8::quantize_grouped(w, options.quantize), oc);
+  Tensor<T> y;
+  if (options.fp8_forward) {
+    const fp8::QuantizedMatrix qx = fp8::quantize(xc, fp8::Tiling::row_1x128, options.quantize);
+    y = fp8::grouped_gemm<T>(qx, fp8::quantize_grouped(w, options.quantize), oc);
+  } else {
+    y = detail::grouped_linear_forward(op, xc, detail::contiguous_aligned(w), oc);
+  }
   if (!autograd::needs_grad(x, weight)) return y;
 
   autograd::record(y, op, [options, xc, w, oc, G, N](const Tensor<T>& g, const autograd::InputGrads& grads) {
     const char* bop = "grouped_fp8_linear backward";
     const Tensor<T> dy = detail::contiguous_aligned(g);
     if (grads.needs(0)) {
-      const fp8::QuantizedMatrix qg = fp8::quantize(dy, fp8::Tiling::row_1x128, options.gradient);
-      grads.add(0, fp8::grouped_gemm<T>(qg, fp8::quantize_grouped_transposed(w, options.quantize), oc));
+      if (options.fp8_dgrad) {
+        const fp8::QuantizedMatrix qg = fp8::quantize(dy, fp8::Tiling::row_1x128, options.gradient);
+        grads.add(0, fp8::grouped_gemm<T>(qg, fp8::quantize_grouped_transposed(w, options.quantize), oc));
+      } else {
+        grads.add(0, detail::grouped_linear_dgrad(bop, dy, detail::contiguous_aligned(w), oc));
+      }
     }
     if (grads.needs(1)) grads.add(1, detail::grouped_linear_wgrad(bop, xc, dy, oc, G, N));
   }, x, weight);

@@ -532,7 +532,8 @@ class MoE : public Module<T> {
         !device.is_cuda() || (fused_moe_fits_gpu<T>(hidden, expert_width()) && uniform_experts());
     GenerationDispatch chosen = asked;
     if (asked == GenerationDispatch::automatic)
-      chosen = sparse_runs && gate.experts() >= 8 * gate.top_k() ? GenerationDispatch::sparse : GenerationDispatch::dense;
+      chosen = sparse_runs && gate.experts() >= 8 * gate.top_k() ? GenerationDispatch::sparse
+                                                                 : GenerationDispatch::dense;
     check(chosen == GenerationDispatch::dense || sparse_runs, op, "sparse dispatch on a GPU takes bf16 or fp16 "
           "layers with hidden size and expert width multiples of 8 and routed experts of one width without biases, "
           "got ", dtype_of<T>, ", hidden ", hidden, ", width ", expert_width());

@@ -97,6 +97,32 @@ Tensor<T> grouped_linear_wgrad(const char* op, const Tensor<T>& x, const Tensor<
   return dw;
 }
 
+// y [R, N]: y[r] = x[r] · W_gᵀ for the group g of row r; x, w contiguous and aligned.
+template <class T>
+Tensor<T> grouped_linear_forward(const char* op, const Tensor<T>& x, const Tensor<T>& w,
+                                 const Tensor<std::int64_t>& offsets) {
+  const std::int64_t R = x.size(0), K = x.size(1), G = w.size(0), N = w.size(1);
+  Tensor<T> y({R, N}, x.device());
+  if (x.device().is_cpu())
+    cpu::grouped_gemm_forward(x.data(), w.data(), offsets.data(), y.data(), static_cast<int>(G), N, K);
+  else
+    grouped_gemm_launch(op, kernels::GroupedGemmKind::forward, y, x, Tensor<T>(), w, offsets, R, G, N, K);
+  return y;
+}
+
+// dx [R, K]: dx[r] = dy[r] · W_g for the group g of row r; dy, w contiguous and aligned.
+template <class T>
+Tensor<T> grouped_linear_dgrad(const char* op, const Tensor<T>& dy, const Tensor<T>& w,
+                               const Tensor<std::int64_t>& offsets) {
+  const std::int64_t R = dy.size(0), G = w.size(0), N = w.size(1), K = w.size(2);
+  Tensor<T> dx({R, K}, dy.device());
+  if (dy.device().is_cpu())
+    cpu::grouped_gemm_dgrad(dy.data(), w.data(), offsets.data(), dx.data(), static_cast<int>(G), N, K);
+  else
+    grouped_gemm_launch(op, kernels::GroupedGemmKind::dgrad, dx, Tensor<T>(), dy, w, offsets, R, G, N, K);
+  return dx;
+}
+
 }  // namespace detail
 
 template <class T>
@@ -104,29 +130,16 @@ Tensor<T> grouped_linear(const Tensor<T>& x, const Tensor<T>& weight, const Tens
   static_assert(is_floating<T>, "grouped_linear needs a floating element type");
   const char* op = "grouped_linear";
   const Tensor<std::int64_t> oc = detail::check_grouped_linear(op, x, weight, offsets);
-  const std::int64_t R = x.size(0), K = x.size(1), G = weight.size(0), N = weight.size(1);
-  const bool cpu = x.device().is_cpu();
+  const std::int64_t G = weight.size(0), N = weight.size(1);
   const Tensor<T> xc = detail::contiguous_aligned(x.detach()), wc = detail::contiguous_aligned(weight.detach());
-  Tensor<T> y({R, N}, x.device());
-  if (cpu)
-    cpu::grouped_gemm_forward(xc.data(), wc.data(), oc.data(), y.data(), static_cast<int>(G), N, K);
-  else
-    detail::grouped_gemm_launch(op, kernels::GroupedGemmKind::forward, y, xc, Tensor<T>(), wc, oc, R, G, N, K);
+  Tensor<T> y = detail::grouped_linear_forward(op, xc, wc, oc);
 
   if (autograd::needs_grad(x, weight)) {
-    autograd::record(y, op, [xc, wc, oc, R, G, N, K](const Tensor<T>& g, const autograd::InputGrads& in) {
+    autograd::record(y, op, [xc, wc, oc, G, N](const Tensor<T>& g, const autograd::InputGrads& in) {
       const char* bop = "grouped_linear backward";
       check_same_device(bop, xc, g);
       const Tensor<T> dy = detail::contiguous_aligned(g);
-      const bool on_cpu = xc.device().is_cpu();
-      if (in.needs(0)) {
-        Tensor<T> dx({R, K}, xc.device());
-        if (on_cpu)
-          cpu::grouped_gemm_dgrad(dy.data(), wc.data(), oc.data(), dx.data(), static_cast<int>(G), N, K);
-        else
-          detail::grouped_gemm_launch(bop, kernels::GroupedGemmKind::dgrad, dx, Tensor<T>(), dy, wc, oc, R, G, N, K);
-        in.add(0, dx);
-      }
+      if (in.needs(0)) in.add(0, detail::grouped_linear_dgrad(bop, dy, wc, oc));
       if (in.needs(1)) in.add(1, detail::grouped_linear_wgrad(bop, xc, dy, oc, G, N));
     }, x, weight);
   }
