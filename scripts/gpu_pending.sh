@@ -13,7 +13,10 @@
 #           engine's generation throughput at B = 128               -> docs/mla.md
 # Usage: scripts/gpu_pending.sh PHASE [PHASE ...]   (on the lent machine: OUT=$OUT, logs under it)
 # The Debian dev packages the build needs (Eigen, GoogleTest, Google Benchmark, nlohmann-json) are
-# unpacked from build-deps/*.deb (downloaded beforehand with apt-get download) when missing. The
+# unpacked from build-deps/*.deb when missing there; fetch them first on a Debian 12 machine with
+#   mkdir -p build-deps && (cd build-deps && apt-get download libeigen3-dev libgtest-dev \
+#     libgmock-dev googletest libbenchmark-dev libbenchmark1debian nlohmann-json3-dev)
+# and carry build-deps (git-ignored) to the lent machine. The
 # build folder ($BUILD, default /tmp/kb) lies outside the working tree, so that it survives between
 # calls on a warm machine.
 set -uo pipefail
