@@ -31,6 +31,7 @@ if [ ! -d /usr/include/eigen3 ] && compgen -G "build-deps/*.deb" >/dev/null; the
   mkdir -p /tmp/deps
   for d in build-deps/*.deb; do dpkg -x "$d" /tmp/deps; done
   prefix=(-DCMAKE_PREFIX_PATH=/tmp/deps/usr -DEigen3_DIR=/tmp/deps/usr/share/eigen3/cmake)
+  export LD_LIBRARY_PATH=/tmp/deps/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 fi
 { nvidia-smi; nvcc --version; date -u; git log -1 --oneline 2>/dev/null; } > "$OUT/device.txt" 2>&1
 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DKILN_CUDA=ON -DKILN_BUILD_BENCHMARKS=ON \
