@@ -505,9 +505,7 @@ class MoE : public Module<T> {
     const Tensor<T> flat = reshape(x, {n, hidden});
     Tensor<T> y;
     if (x.device().is_cuda() || use_fused_moe<T>(x.device(), hidden, width)) {
-      check(!x.device().is_cuda() || fused_moe_fits_gpu<T>(hidden, width), op, "on a GPU takes bf16 or fp16 layers "
-            "with hidden size and expert width multiples of 8 (the fused kernels), got ", dtype_of<T>, ", hidden ",
-            hidden, ", width ", width);
+      check_sparse_dispatch_runs(op, x.device());
       const Routing<T> r = gate.forward_fused(flat);
       const MoeLayout layout = moe_layout(r.experts, e, Tensor<std::int64_t>());
       y = moe_combine(run_grouped(moe_dispatch(flat, layout), layout.offsets), r.gates, layout);
@@ -527,18 +525,26 @@ class MoE : public Module<T> {
   // Sparse: every routed expert must be here (checked now, before any prompt is run).
   GenerationDispatch generation_dispatch(GenerationDispatch asked, Device device) const {
     const char* op = "MoE::generation_dispatch";
-    const std::int64_t hidden = gate.weight.shape()[1];
-    const bool sparse_runs =
-        !device.is_cuda() || (fused_moe_fits_gpu<T>(hidden, expert_width()) && uniform_experts());
     GenerationDispatch chosen = asked;
     if (asked == GenerationDispatch::automatic)
-      chosen = sparse_runs && gate.experts() >= 8 * gate.top_k() ? GenerationDispatch::sparse
-                                                                 : GenerationDispatch::dense;
-    check(chosen == GenerationDispatch::dense || sparse_runs, op, "sparse dispatch on a GPU takes bf16 or fp16 "
-          "layers with hidden size and expert width multiples of 8 and routed experts of one width without biases, "
-          "got ", dtype_of<T>, ", hidden ", hidden, ", width ", expert_width());
-    if (chosen == GenerationDispatch::sparse) check_all_experts_here(op);
+      chosen = sparse_dispatch_runs_on(device) && gate.experts() >= 8 * gate.top_k() ? GenerationDispatch::sparse
+                                                                                      : GenerationDispatch::dense;
+    if (chosen == GenerationDispatch::sparse) {
+      check_sparse_dispatch_runs(op, device);
+      check_all_experts_here(op);
+    }
     return chosen;
+  }
+
+  // Whether forward_sparse runs on `device`: anywhere on the CPU; on a GPU through the fused
+  // kernels, which take one expert width and no biases, with sizes that fit their vector loads.
+  bool sparse_dispatch_runs_on(Device device) const {
+    return !device.is_cuda() || (fused_moe_fits_gpu<T>(gate.weight.shape()[1], expert_width()) && uniform_experts());
+  }
+  void check_sparse_dispatch_runs(const char* op, Device device) const {
+    check(sparse_dispatch_runs_on(device), op, "sparse dispatch on a GPU takes bf16 or fp16 layers with hidden size "
+          "and expert width multiples of 8 and routed experts of one width without biases, got ", dtype_of<T>,
+          ", hidden ", gate.weight.shape()[1], ", width ", expert_width());
   }
 
   // Dense dispatch: x [..., hidden] -> forward(x) up to summation order, from the experts stacked
