@@ -2,8 +2,9 @@
 // decode_attention.cuh over a block table) against a device-to-device copy of the same bytes, in
 // the same process, with the contiguous cache's kernel (ops/decode_attention.hpp, same kernel, slot
 // addressing) and kiln's composed ops as peers:
-//   paged_decode_attention (op)     T = 1 or 2 query tokens per row (2: MTP's speculative decode),
-//                                   the split along the sequence chosen from the SM count;
+//   paged_decode_attention (op)     on the CUDA-core kernel (DecodeKernel::simt), T = 1 or 2 query
+//                                   tokens per row (2: MTP's speculative decode), the split along
+//                                   the sequence chosen from the SM count;
 //   paged ... splits 1              the same with the sequence split turned off (where the choice
 //                                   was to split: what the split gains);
 //   paged ... tensor cores (mma)    the same op on the tensor-core kernel (DecodeKernel::mma,
@@ -311,6 +312,9 @@ int main() {
   if (!bench::open_device()) return 0;
   bench::BandwidthBench meter({.warmup = 5, .timed = 30}, {.name = 34, .shape = 34, .dtype = 9});
   meter.print_header();
+  // The rows that name no kernel run the CUDA-core one (automatic would pick the tensor-core kernel
+  // at these head dims; its rows name it).
+  const DecodeKernelScope cuda_cores(kernels::DecodeKernel::simt);
 
   // The engine's decode: 128 rows, 12 heads, up to 320 tokens.
   std::vector<std::int64_t> spread;

@@ -53,8 +53,8 @@ struct CacheWriteArgs {
 //     (kiln's big config) or (576, 512) (DeepSeek-V3);
 //   prefer_mma: mma where it applies, simt elsewhere (a whole model's decode: the engine's
 //     layers call the op with every cache they hold);
-//   automatic: simt, or as prefer_mma when the environment sets KILN_DECODE_KERNEL=mma (until the
-//     mma kernel is measured against simt, automatic does not choose it by itself).
+//   automatic: as prefer_mma (on an H200 the mma kernel took 0.2-0.5x simt's time at every
+//     measured shape, docs/mla.md), or simt when the environment sets KILN_DECODE_KERNEL=simt.
 // Asking for mma where it does not apply is an error. Launches are recorded as
 // "decode_attention/simt", "decode_attention/simt_fp8" or "decode_attention/mma"
 // (core/kernel_trace.hpp).

@@ -227,9 +227,9 @@ TEST(EngineCuda, FloatAndBf16Models) {
   expect_gpu_rows_follow_cpu(*b, *cpu, prompts, p, o, 3e-2);
 }
 
-// Decoding on the tensor-core kernel (DecodeKernel::prefer_mma, kernels/decode_attention/
-// decode_attention_mma.cuh) in a bf16 model whose latent cache has its head dims (kv_lora_rank 256,
-// rope 32): every layer's decode attention runs on it (the kernel trace counts no CUDA-core
+// Decoding on the tensor-core kernel (kernels/decode_attention/decode_attention_mma.cuh), which
+// DecodeKernel::automatic picks in a bf16 model whose latent cache has its head dims (kv_lora_rank
+// 256, rope 32): every layer's decode attention runs on it (the kernel trace counts no CUDA-core
 // launch), and the logits follow the double CPU model's within the bf16 models' bound above.
 TEST(EngineCuda, TensorCoreDecodeKernel) {
   KILN_REQUIRE_GPU();
@@ -246,7 +246,6 @@ TEST(EngineCuda, TensorCoreDecodeKernel) {
   infer::GenerateOptions o;
   o.samples_per_prompt = 2;
   o.cuda_graphs = false;  // every step's launches on this thread, for the trace
-  const DecodeKernelScope tensor_cores(kernels::DecodeKernel::prefer_mma);
   KernelTrace trace;
   expect_gpu_rows_follow_cpu(*b, *cpu, prompts, p, o, 3e-2);
   EXPECT_GT(trace.count("decode_attention/mma"), 0);
@@ -378,7 +377,8 @@ TEST(EngineCuda, BigConfigThroughput) {
   // weights give nearly uniform distributions, from the main model and the MTP module alike, so
   // the coupled drafts agree far more often than a trained model's would: the acceptance printed
   // is this model's, not a trained one's.) Then CUDA graphs over the paged FP8 latent cache, and
-  // CUDA graphs with the tensor-core decode kernel (DecodeKernel::prefer_mma).
+  // CUDA graphs with the CUDA-core decode kernel (DecodeKernel::simt; automatic, in the other
+  // modes, runs the tensor-core kernel at this config's (288, 256)).
   for (int mode = 0; mode < 7; ++mode) {
     const bool bucket = mode >= 1;
     infer::GenerateOptions o;
@@ -387,8 +387,7 @@ TEST(EngineCuda, BigConfigThroughput) {
     if (mode == 3) o.cache_block_tokens = 0;
     o.speculative = mode == 4;
     o.fp8_cache = mode == 5;
-    const DecodeKernelScope decode_kernel(mode == 6 ? kernels::DecodeKernel::prefer_mma
-                                                    : kernels::DecodeKernel::automatic);
+    const DecodeKernelScope decode_kernel(mode == 6 ? kernels::DecodeKernel::simt : kernels::DecodeKernel::automatic);
     std::int64_t steps = 0;
     double acceptance = 0.0;
     o.on_progress = [&](const infer::GenerationProgress& g) {
@@ -410,7 +409,7 @@ TEST(EngineCuda, BigConfigThroughput) {
     EXPECT_EQ(tokens, B * new_tokens);
     std::printf("big config, B = %lld, prompt %lld, new %lld%s: %.2f s, %.0f tok/s, %.3f ms per decode step",
                 static_cast<long long>(B), static_cast<long long>(prompt_len), static_cast<long long>(new_tokens),
-                mode == 6   ? " (CUDA graphs, tensor-core decode kernel)"
+                mode == 6   ? " (CUDA graphs, CUDA-core decode kernel)"
                 : mode == 5 ? " (CUDA graphs, FP8 latent cache)"
                 : mode == 4 ? " (CUDA graphs, speculative)"
                 : mode == 3 ? " (CUDA graphs, contiguous cache)"

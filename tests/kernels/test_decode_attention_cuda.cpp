@@ -47,6 +47,9 @@ void check_case(const Case& c, double tolerance) {
 TEST(DecodeAttentionCuda, MatchesTheCpuOp) {
   KILN_REQUIRE_GPU();
   manual_seed(51);
+  // The CUDA-core kernel (automatic would run the tensor-core one at the two MLA sizes in bf16; it
+  // has its own test, tests/kernels/test_paged_attention_cuda.cpp).
+  const DecodeKernelScope cuda_cores(kernels::DecodeKernel::simt);
   const std::vector<Case> cases = {
       {5, 70, 1, 12, 288, 256, true},   // kiln's big MLA config: latent 256 + rope 32, 12 heads
       {3, 40, 1, 40, 72, 64, true},     // 40 heads: three chunks, the last partial

@@ -14,6 +14,8 @@
 #include <cmath>
 #include <cstdint>
 #include <random>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include <kiln/core/kernel_trace.hpp>
@@ -59,6 +61,9 @@ PagedCache<T> paged_cache(const std::vector<std::int64_t>& lengths, const std::v
   std::size_t next = 0;
   for (std::int64_t s = 0; s < n; ++s) {
     const std::int64_t shared = s > 0 ? share[static_cast<std::size_t>(s)] : 0;
+    if (shared > 0 && shared * bt > lengths[static_cast<std::size_t>(s - 1)])  // a mistake in a case
+      throw std::logic_error("paged_cache: sequence " + std::to_string(s) +
+                             " shares blocks its predecessor leaves unfilled");
     for (std::int64_t b = 0; b * bt < lengths[static_cast<std::size_t>(s)]; ++b)
       table[static_cast<std::size_t>(s * max_blocks + b)] =
           b < shared ? table[static_cast<std::size_t>((s - 1) * max_blocks + b)] : ids[next++];
@@ -80,10 +85,11 @@ struct Case {
 };
 
 // The GPU op against the CPU op at T query tokens and the given split count (0: automatic), with
-// the given kernel.
+// the given kernel (the CUDA-core one unless named: automatic picks the tensor-core kernel where it
+// applies).
 template <class T>
 void check_case(const Case& c, int queries, int splits, double tolerance,
-                kernels::DecodeKernel kernel = kernels::DecodeKernel::automatic) {
+                kernels::DecodeKernel kernel = kernels::DecodeKernel::simt) {
   SCOPED_TRACE(::testing::Message() << dtype_name<T> << " heads " << c.heads << "/" << c.kv_heads << " dk " << c.dk
                                     << " dv " << c.dv << " bt " << c.bt << " T " << queries << " splits " << splits
                                     << (kernel == kernels::DecodeKernel::mma ? " tensor-core kernel" : ""));
@@ -149,10 +155,13 @@ TEST(PagedDecodeAttentionCuda, MlaShapeMatchesTheCpuOp) {
 // and automatic; 16-token and 4-token blocks (a 64-key tile spans several blocks); long rows split
 // automatically; 128 heads x 2 tokens (four chunks of 64 query rows) and 40 heads (a partial
 // chunk: padding rows, a warp with no real rows); DeepSeek-V3's (576, 512), where two warps share
-// each 16 rows (each its 256 output columns), at 16 and 128 heads. It rounds the probabilities to
-// bf16 before P·V, as FlashAttention does, so its bound is the fused attention kernel's
-// (tests/kernels/test_attention_cuda.cpp), 2^-7, not the output rounding alone. The contiguous
-// cache through decode_attention likewise.
+// each 16 rows (each its 256 output columns), at 12, 16, 40 and 128 heads; the key groups (several
+// warps to each 16 rows, each a share of every tile's keys, merged at the end: 4 at 12 or 16 rows,
+// 2 at 24 or 32, 1 above) at both head-dim pairs, at lengths below a tile and lengths whose last
+// tile leaves some groups no key (1, 2, 17, 33, 63, 65, 130), unsplit and split. It rounds the
+// probabilities to bf16 before P·V, as FlashAttention does, so its bound is the fused attention
+// kernel's (tests/kernels/test_attention_cuda.cpp), 2^-7, not the output rounding alone. The
+// contiguous cache through decode_attention likewise.
 TEST(PagedDecodeAttentionCuda, TensorCoreKernelMatchesTheCpuOp) {
   KILN_REQUIRE_GPU();
   manual_seed(66);
@@ -164,16 +173,19 @@ TEST(PagedDecodeAttentionCuda, TensorCoreKernelMatchesTheCpuOp) {
     check_case<bf16>(mla, 1, splits, 0x1p-7, mma);
     check_case<bf16>(two, 2, splits, 0x1p-7, mma);
   }
-  {  // it is the kernel that ran; prefer_mma picks it here too, and the CUDA-core one for float
+  {  // it is the kernel that ran; prefer_mma and automatic pick it here too, and the CUDA-core one
+     // for float
     KernelTrace trace;
     check_case<bf16>(mla, 1, 1, 0x1p-7, mma);
     check_case<bf16>(mla, 1, 1, 0x1p-7, kernels::DecodeKernel::prefer_mma);
+    check_case<bf16>(mla, 1, 1, 0x1p-7, kernels::DecodeKernel::automatic);
     check_case<float>(mla, 1, 1, tolerance<float>(), kernels::DecodeKernel::prefer_mma);
-    EXPECT_EQ(trace.count("decode_attention/mma"), 2);
-    EXPECT_EQ(trace.count("decode_attention/simt"), 1);
+    check_case<float>(mla, 1, 1, tolerance<float>(), kernels::DecodeKernel::automatic);
+    EXPECT_EQ(trace.count("decode_attention/mma"), 3);
+    EXPECT_EQ(trace.count("decode_attention/simt"), 2);
   }
   const std::vector<Case> cases = {
-      {{9, 17, 3, 40, 300}, {0, 2, 0, 0, 1}, 16, 1, 12, 288, 256, true},  // 16-token blocks
+      {{40, 17, 9, 40, 300}, {0, 2, 0, 0, 1}, 16, 1, 12, 288, 256, true},  // 16-token blocks
       {{9, 17, 3, 40}, {0, 2, 0, 0}, 4, 1, 12, 288, 256, true},           // 4-token blocks
       {{5000, 4097, 3000, 2}, {0, 10, 0, 0}, 64, 1, 16, 288, 256, true},  // long rows: split automatically
       {{300, 65, 2}, {0, 1, 0}, 64, 1, 128, 288, 256, true},              // 128 heads: 2 or 4 chunks
@@ -186,6 +198,29 @@ TEST(PagedDecodeAttentionCuda, TensorCoreKernelMatchesTheCpuOp) {
       check_case<bf16>(c, queries, 0, 0x1p-7, mma);
       check_case<bf16>(c, queries, 3, 0x1p-7, mma);
     }
+  // Key groups (the kernel's G: 4 warps to each 16 rows at 16 query rows or fewer, 2 at 17-32, 1
+  // above) at both head-dim pairs: 12 heads x 1 token (12 rows: G 4), x 2 (24: G 2), 16 x 1 (16:
+  // G 4) and x 2 (32: G 2), 40 heads (G 1, a padding warp; x 2: a partial second chunk). Lengths
+  // below one tile (1, 2: a group of 16 keys with one key, three with none), 17 and 33 (the last
+  // tile's later groups empty), 63, 65 (one key in the second tile), 130 sharing 65's first block;
+  // one split, automatic (here 1), 3 (the 65-key sequence's third split empty) and 64.
+  for (const auto& [dk, dv] : {std::pair<std::int64_t, std::int64_t>{288, 256}, {576, 512}}) {
+    const Case one{{1, 17, 33, 63, 65, 130}, {0, 0, 0, 0, 0, 1}, 64, 1, 12, dk, dv, true};
+    Case two = one;  // two query tokens: every sequence holds at least both
+    two.lengths[0] = 2;
+    for (int splits : {1, 0, 3, 64}) {
+      check_case<bf16>(one, 1, splits, 0x1p-7, mma);
+      check_case<bf16>(two, 2, splits, 0x1p-7, mma);
+    }
+    for (std::int64_t heads : {16, 40}) {
+      Case c = two;
+      c.heads = heads;
+      for (int queries : {1, 2}) {
+        check_case<bf16>(c, queries, 1, 0x1p-7, mma);
+        check_case<bf16>(c, queries, 3, 0x1p-7, mma);
+      }
+    }
+  }
   // The contiguous cache: rows [count, capacity, 1, dk], slots in reverse, ragged lengths, at both
   // head-dim pairs.
   const std::vector<std::int64_t> len{1, 64, 65, 700, 129};
@@ -283,10 +318,11 @@ TEST(PagedDecodeAttentionCuda, OutOfRangeRowsGiveZeros) {
 
   // The same rows through the tensor-core kernel (MLA's bf16 latent at (288, 256), 12 heads).
   const auto latent = randn<bf16>({4, 8, 1, 288});
+  const auto latent_gpu = on_gpu(latent);  // one copy: the values must be a view of the keys
   const auto ql = randn<bf16>({5, 1, 12, 288});
   for (int splits : {1, 2}) {
     poison_cached_memory();
-    const auto out = on_cpu(paged_decode_attention(on_gpu(ql), on_gpu(latent), narrow(on_gpu(latent), 3, 0, 256),
+    const auto out = on_cpu(paged_decode_attention(on_gpu(ql), latent_gpu, narrow(latent_gpu, 3, 0, 256),
                                                    on_gpu(table), on_gpu(ints(sl)), on_gpu(ints(len)), 1.0, splits,
                                                    kernels::DecodeKernel::mma));
     for (std::int64_t a : {1, 2, 3})
