@@ -95,11 +95,15 @@ for phase in "$@"; do
         run fp8_keep_attention --fp8 --fp8-keep self_attn
         run fp8_keep_experts --fp8 --fp8-keep experts
         run fp8_keep_dense_mlp --fp8 --fp8-keep layers.0.mlp
-        # On the CPU the FP8 forward carries nearly all of the gradient's FP8 error at trained weights
-        # (docs/fp8-gemm.md): the backward alone in FP8 is the first recipe change to try.
+        # Each product alone, and none (the FP8 linears' code path with every product unquantized:
+        # bit for bit the plain linear's on the CPU). On 2026-12-05 the backward alone (dgrad,wgrad)
+        # opened the whole gap, as did the forward alone (docs/fp8-gemm.md).
         run fp8_backward_only --fp8 --fp8-gemms dgrad,wgrad
         run fp8_forward_dgrad --fp8 --fp8-gemms forward,dgrad
         run fp8_forward_only --fp8 --fp8-gemms forward
+        run fp8_dgrad_only --fp8 --fp8-gemms dgrad
+        run fp8_wgrad_only --fp8 --fp8-gemms wgrad
+        run fp8_no_product --fp8 --fp8-gemms none  # the FP8 linears' plumbing alone: bf16's loss?
       fi
       ;;
     bench)
