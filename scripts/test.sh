@@ -1,21 +1,24 @@
 #!/usr/bin/env bash
-# Builds everything (CUDA sources too when nvcc is present, for sm_90a) and runs every CPU test
-# (hf_logits_cpu among them: kiln checkpoints in Hugging Face transformers, whose torch and
-# transformers scripts/hf_venv.sh installs into build-test/hf-venv meanwhile; skipped with a
-# message where PyPI cannot be reached), then the suite again under AddressSanitizer +
-# UndefinedBehaviorSanitizer, then fuzzes every reader of untrusted files for 20 s each
-# (scripts/fuzz.sh: libFuzzer, ASan + UBSan). GPU tests run only where a GPU is present (ctest -L
-# gpu); without one they skip.
+# Builds everything (CUDA sources too when nvcc is present, for sm_90a) and runs every CPU test:
+# the unit tests (the test_<group> executables) under AddressSanitizer + UndefinedBehaviorSanitizer,
+# and the checks that run programs (the R1 pipeline at micro size, expert-parallel dist_pretrain on
+# 2 MPI ranks, the installed package, hf_logits_cpu: kiln checkpoints in Hugging Face transformers,
+# whose torch and transformers scripts/hf_venv.sh installs into build-test/hf-venv meanwhile;
+# skipped with a message where PyPI cannot be reached); then fuzzes every reader of untrusted files
+# for 20 s each (scripts/fuzz.sh: libFuzzer, ASan + UBSan). GPU tests run only where a GPU is
+# present (ctest -L gpu); without one they skip.
 #   scripts/test.sh            full run (as CI)
-#   KILN_NO_SANITIZE=1 scripts/test.sh   skip the sanitizer pass
+#   KILN_NO_SANITIZE=1 scripts/test.sh   the unit tests without the sanitizers, in build-test (-O1)
 #   KILN_NO_FUZZ=1 scripts/test.sh       skip fuzzing
 #
 # These builds only prove that everything compiles and that the tests pass, so they are quick
-# builds in folders of their own (CMakeLists.txt, kiln_build_purpose): build-test compiles the CPU
-# tests at -O1 and what CI never runs (GPU tests, benchmarks, examples) at -O0; build-asan the CPU
-# tests alone at -O0 with the sanitizers (measured on tests/ops: 111 s to compile, 43 s to run,
-# against 294 s and 12 s at -O1). scripts/train.sh and scripts/gpu_check.sh build optimised code
-# for running and timing.
+# builds in folders of their own (CMakeLists.txt, kiln_build_purpose): build-test compiles the
+# programs the checks run at -O1 and what CI never runs (GPU tests, benchmarks, the other examples)
+# at -O0; build-asan the CPU unit tests alone at -O0 with the sanitizers (measured on tests/ops:
+# 111 s to compile, 43 s to run, against 294 s and 12 s at -O1). The unit tests run once, in the
+# sanitizer build: a second, unsanitized build of them cost CI about 290 s of its 2 cores' time
+# and found nothing the sanitized run does not (KILN_CPU_TESTS=OFF in build-test).
+# scripts/train.sh and scripts/gpu_check.sh build optimised code for running and timing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -35,14 +38,16 @@ hf_venv_pid=$!
 echo "== build (Release, quick) =="
 generator=()
 command -v ninja >/dev/null && generator=(-G Ninja)
+cpu_tests=OFF  # the unit tests build and run in build-asan below
+[ -n "${KILN_NO_SANITIZE:-}" ] && cpu_tests=ON
 cmake -S . -B build-test "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DKILN_QUICK_BUILD=ON -DKILN_BUILD_BENCHMARKS=ON \
-  -DKILN_BUILD_EXAMPLES=ON >/dev/null
+  -DKILN_BUILD_EXAMPLES=ON -DKILN_CPU_TESTS=$cpu_tests >/dev/null
 cmake --build build-test -j"$jobs"
 stamp
 wait "$hf_venv_pid" || true  # a failed install fails hf_logits_cpu, with the log
 cat build-test/hf-venv.out
 stamp
-echo "== tests (Release) =="
+echo "== tests (Release: the programs' checks; the unit tests too with KILN_NO_SANITIZE) =="
 ctest --test-dir build-test -LE gpu --output-on-failure -j"$jobs"
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   ctest --test-dir build-test -L gpu --output-on-failure --no-tests=error
@@ -50,7 +55,7 @@ fi
 stamp
 
 if [ -z "${KILN_NO_SANITIZE:-}" ]; then
-  echo "== tests under AddressSanitizer + UBSan =="
+  echo "== unit tests under AddressSanitizer + UBSan =="
   # Debug with empty Debug flags: -O0 and no debug information (which would cost compile time).
   # One translation unit per test executable, as in build-test (tests/CMakeLists.txt).
   cmake -S . -B build-asan "${generator[@]}" -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="" -DKILN_SANITIZE=ON \

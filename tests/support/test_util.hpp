@@ -17,7 +17,8 @@ namespace kiln::testing {
 // where Eigen's products and the CPU loops run tens of times slower. Tests whose point is
 // statistics or convergence (100k samples, tens of training steps) do a few iterations there:
 // the sanitizers look for memory errors and undefined behaviour, which those iterations exercise;
-// the full counts and their assertions run in the optimised pass.
+// the full counts and their assertions run unsanitized (in CI, build-test's test_full_counts:
+// tests/CMakeLists.txt builds every test file that mentions kSanitized into it).
 #if defined(__SANITIZE_ADDRESS__)
 inline constexpr bool kSanitized = true;
 #else
