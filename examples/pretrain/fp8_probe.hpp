@@ -7,6 +7,12 @@
 // the model:
 //   |dg|/|g| = ||g_fp8 − g|| / ||g||   the relative error of the FP8 step's gradient
 //   cos      = <g_fp8, g> / (||g_fp8|| ||g||)
+//   |du|/|u| = the same for AdamW's per-coordinate normalised step u = g / (sqrt(v̂) + eps), with
+//              the optimizer's current second moment v̂ (bias-corrected; after at least one step)
+//   sign     = the share of coordinates whose gradient changes sign under FP8
+// The last two see what the first cannot: Adam divides each coordinate by its own scale, so an
+// error that is small against the gradient's norm (carried by its large coordinates) can still
+// redirect the many small ones, whose steps are as large as the rest.
 // At initialization FP8's error is a few percent (tests/nn/test_fp8_training.cpp); a kind whose
 // error grows with training is where FP8 costs quality (docs/fp8-gemm.md). Some of the difference
 // is routing: a token whose router scores nearly tie may choose other experts under FP8, which
@@ -47,20 +53,34 @@ inline std::string parameter_kind(const std::string& name) {
 
 struct GradientDifference {
   double diff2 = 0, ref2 = 0, fp82 = 0, dot = 0;  // Σ (g_fp8 − g)², Σ g², Σ g_fp8², Σ g_fp8·g
+  double udiff2 = 0, uref2 = 0;                   // the same two sums for Adam's normalised steps
+  std::int64_t flips = 0, count = 0;              // coordinates whose sign differs, coordinates
 
-  void add(const std::vector<double>& g, const std::vector<double>& f) {
+  // g, f: the reference and FP8 gradients; v: the optimizer's bias-corrected second moment (empty:
+  // none yet), eps its epsilon.
+  void add(const std::vector<double>& g, const std::vector<double>& f, const std::vector<double>& v, double eps) {
     for (std::size_t i = 0; i < g.size(); ++i) {
       diff2 += (f[i] - g[i]) * (f[i] - g[i]);
       ref2 += g[i] * g[i];
       fp82 += f[i] * f[i];
       dot += f[i] * g[i];
+      flips += ((f[i] > 0) - (f[i] < 0)) != ((g[i] > 0) - (g[i] < 0)) ? 1 : 0;  // signs -1, 0, 1
+      if (!v.empty()) {
+        const double d = 1.0 / (std::sqrt(v[i]) + eps);
+        udiff2 += (f[i] - g[i]) * (f[i] - g[i]) * d * d;
+        uref2 += g[i] * g[i] * d * d;
+      }
     }
+    count += static_cast<std::int64_t>(g.size());
   }
   void add(const GradientDifference& o) {
-    diff2 += o.diff2, ref2 += o.ref2, fp82 += o.fp82, dot += o.dot;
+    diff2 += o.diff2, ref2 += o.ref2, fp82 += o.fp82, dot += o.dot, udiff2 += o.udiff2, uref2 += o.uref2;
+    flips += o.flips, count += o.count;
   }
   double relative() const { return ref2 > 0 ? std::sqrt(diff2 / ref2) : 0.0; }
   double cosine() const { return ref2 > 0 && fp82 > 0 ? dot / std::sqrt(ref2 * fp82) : 0.0; }
+  double update_relative() const { return uref2 > 0 ? std::sqrt(udiff2 / uref2) : 0.0; }
+  double sign_flips() const { return count > 0 ? static_cast<double>(flips) / static_cast<double>(count) : 0.0; }
 };
 
 // Every parameter's gradient as float64 values on the host, by name.
@@ -89,21 +109,41 @@ void run_fp8_probe(Model& model, kiln::train::Trainer<Model>& trainer, std::int6
   if (!fp8_trained) kiln::nn::clear_fp8_linears(model);
   model.zero_grad();
 
+  // AdamW's second moments, bias-corrected: the optimizer holds model.parameters(), i.e.
+  // named_parameters() in order.
+  std::map<std::string, std::vector<double>> second_moment;
+  const auto state = trainer.optimizer().state();
+  if (state.step > 0) {
+    const double correction = 1.0 - std::pow(trainer.optimizer().options().beta2, static_cast<double>(state.step));
+    const auto named = model.named_parameters();
+    for (std::size_t i = 0; i < named.size() && i < state.v.size(); ++i) {
+      std::vector<double> v = kiln::cast<double>(state.v[i]).to_vector();
+      for (double& x : v) x /= correction;
+      second_moment[named[i].first] = std::move(v);
+    }
+  }
+  const double eps = trainer.optimizer().options().eps;
+
   std::map<std::string, GradientDifference> kinds;
   GradientDifference all;
   for (const auto& [name, g] : reference) {
     GradientDifference d;
-    d.add(g, fp8.at(name));
+    const auto v = second_moment.find(name);
+    d.add(g, fp8.at(name), v == second_moment.end() ? std::vector<double>() : v->second, eps);
     kinds[parameter_kind(name)].add(d);
     all.add(d);
   }
   std::printf("fp8 probe at step %lld (micro-batches from %lld): loss %.5f in %s, %.5f with FP8 GEMMs\n",
               static_cast<long long>(trainer.steps_done()), static_cast<long long>(first_batch), loss,
               kiln::dtype_name<T>, fp8_loss);
-  std::printf("fp8 probe %-44s %10s %8s %11s\n", "parameter kind", "|dg|/|g|", "cos", "|g|");
-  for (const auto& [kind, d] : kinds)
-    std::printf("fp8 probe %-44s %10.4f %8.4f %11.4e\n", kind.c_str(), d.relative(), d.cosine(), std::sqrt(d.ref2));
-  std::printf("fp8 probe %-44s %10.4f %8.4f %11.4e\n", "(all)", all.relative(), all.cosine(), std::sqrt(all.ref2));
+  std::printf("fp8 probe %-44s %10s %8s %11s %10s %8s\n", "parameter kind", "|dg|/|g|", "cos", "|g|", "|du|/|u|",
+              "sign");
+  auto row = [](const std::string& kind, const GradientDifference& d) {
+    std::printf("fp8 probe %-44s %10.4f %8.4f %11.4e %10.4f %8.4f\n", kind.c_str(), d.relative(), d.cosine(),
+                std::sqrt(d.ref2), d.update_relative(), d.sign_flips());
+  };
+  for (const auto& [kind, d] : kinds) row(kind, d);
+  row("(all)", all);
 }
 
 }  // namespace example
