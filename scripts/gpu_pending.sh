@@ -4,7 +4,8 @@
 #   build   every target the phases below use (4-7 minutes cold on 16 cores: a call of its own, so
 #           that the tests' call starts warm; $BUILD survives between calls on a warm machine)
 #   tests   the decode kernels (CUDA-core, FP8 latent cache, tensor-core), the fused attention, the
-#           engine and the FP8 training step on the GPU            -> docs/mla.md, docs/fp8-gemm.md
+#           FP8 quantization and GEMM (with the k-grouped weight gradient), the engine and the FP8
+#           training step on the GPU                               -> docs/mla.md, docs/fp8-gemm.md
 #   fp8     pretrain --config big, bf16 against FP8 at seeds 1 and 2, and the FP8 gradient probe
 #           after one step and at the bf16-trained weights (all products, then each alone)
 #   fp8-ablations  FP8 runs with parts of the model (--fp8-keep) or of the recipe (--fp8-gemms) left
@@ -56,7 +57,7 @@ for phase in "$@"; do
     tests)
       build test_kernels_cuda test_train_infer_rl_cuda test_nn_cuda
       "$BUILD/tests/test_kernels_cuda" \
-        --gtest_filter='PagedDecodeAttentionCuda.*:PagedCacheWriteCuda.*:DecodeAttentionCuda.*:LatentFp8CacheCuda.*:CacheWriteCuda.*:FusedAttentionCuda.*' \
+        --gtest_filter='PagedDecodeAttentionCuda.*:PagedCacheWriteCuda.*:DecodeAttentionCuda.*:LatentFp8CacheCuda.*:CacheWriteCuda.*:FusedAttentionCuda.*:KGroupedFp8GemmCuda.*:Fp8QuantizeCuda.*:Fp8GemmCuda.*' \
         > "$OUT/test_kernels.log" 2>&1 || rc=1
       "$BUILD/tests/test_train_infer_rl_cuda" --gtest_filter='EngineCuda.*:TrainerCuda.*' \
         > "$OUT/test_engine_trainer.log" 2>&1 || rc=1

@@ -78,7 +78,9 @@ const char* kUsage = R"(pretrain: a small DeepSeek-V3-style MoE model on worked 
                         keep the model's dtype too (e.g. self_attn or experts,shared_experts)  []
   --fp8-gemms LIST      with --fp8 or --fp8-probe: which products of each FP8 linear run in FP8,
                         comma-separated from forward, dgrad, wgrad (the others unquantized, an
-                        ablation of the recipe), or none              [forward,dgrad,wgrad]
+                        ablation of the recipe), or none; add expert-wgrad for the fused MoE
+                        path's expert weight gradients in FP8 too (with wgrad; the k-grouped
+                        FP8 GEMM, CUDA cores only on a GPU)           [forward,dgrad,wgrad]
   --fp8-probe           at the end: one step's gradients with the FP8 linears of --fp8 (and
                         --fp8-keep) against the model's dtype, per kind of parameter (relative
                         error, cosine; examples/pretrain/fp8_probe.hpp), with or without --fp8
@@ -123,9 +125,13 @@ nn::Fp8LinearOptions fp8_options(const std::string& list) {
     if (part == "forward") o.fp8_forward = true;
     else if (part == "dgrad") o.fp8_dgrad = true;
     else if (part == "wgrad") o.fp8_wgrad = true;
-    else throw Error("--fp8-gemms takes forward, dgrad and wgrad (comma-separated) or none, got " + list);
+    else if (part == "expert-wgrad") o.grouped_fp8_wgrad = true;
+    else throw Error("--fp8-gemms takes forward, dgrad, wgrad and expert-wgrad (comma-separated) or none, got " + list);
     begin = end + 1;
   }
+  if (o.grouped_fp8_wgrad && !o.fp8_wgrad)
+    throw Error("--fp8-gemms: expert-wgrad quantizes the experts' weight gradients as wgrad does the others'; list "
+                "wgrad too, got " + list);
   return o;
 }
 
@@ -327,11 +333,14 @@ int run(const Settings& s, const std::string& out, const std::string& resume, Cl
   if (s.fp8) {
     const std::vector<std::string> fp8_linears =
         nn::use_fp8_linears(model, fp8_options(s.fp8_gemms), fp8_keep(s.fp8_keep));
-    // The fused MoE path's weight gradient of the routed experts stays in T (nn/fp8_training.hpp).
+    // The fused MoE path's weight gradient of the routed experts stays in T unless --fp8-gemms
+    // lists expert-wgrad (nn/fp8_linear.hpp: grouped_fp8_wgrad).
     const bool fused_experts = nn::use_fused_moe<T>(device, config.hidden_size, config.moe_intermediate_size);
     precision_note = str("; FP8 GEMMs in ", fp8_linears.size(), " linears",
                          s.fp8_gemms == "forward,dgrad,wgrad" ? "" : " (products in FP8: " + s.fp8_gemms + ")",
-                         fused_experts ? str(" (routed experts' weight gradients in ", dtype_name<T>, ")") : "");
+                         fused_experts && !fp8_options(s.fp8_gemms).grouped_fp8_wgrad
+                             ? str(" (routed experts' weight gradients in ", dtype_name<T>, ")")
+                             : "");
   }
 
   train::TrainerOptions o;

@@ -87,6 +87,13 @@ struct Fp8QuantizeArgs {
   std::int64_t scale_ld = 0;
   float amax_floor = 1e-4f;         // lower bound on a tile's amax (≥ 1e-30)
   bool power_of_two = false;        // round each scale up to a power of two
+  // k-grouped (math/k_grouped.hpp; with transposed and row_1x128 only): L is the groups'
+  // transposes side by side, [src_cols, k_grouped_cols], group g's rows of S (offsets[g] ..
+  // offsets[g+1] − 1) at columns col_g .. of L, zeros in the columns between groups and past the
+  // last one. S = X [R, C] with src_rows = R. Null offsets: L = Sᵀ as above.
+  const std::int64_t* k_group_offsets = nullptr;  // [k_groups + 1] on the device, int64
+  std::int64_t k_groups = 0;
+  std::int64_t k_grouped_cols = 0;  // P = k_grouped_columns(R, G): L's row length
 };
 
 }  // namespace kiln::kernels

@@ -33,6 +33,10 @@
 //     reads a 128×64 region of S with 16-byte row loads into a float tile in shared memory (pitch
 //     65: a warp reading down a column hits 32 different banks), then each warp quantizes columns:
 //     lane l holds rows l, l+32, l+64, l+96, so the 32 lanes write 32 consecutive bytes per store.
+//     Its KGrouped variant writes the k-grouped layout of math/k_grouped.hpp (the experts' weight
+//     gradient, ops/k_grouped_fp8_gemm.hpp): a block's 128 source rows are the rows of one group
+//     that fall in its k-block of L, found from the device offsets; the same bytes and scales as
+//     quantize_transposed of each group's rows alone.
 // Rows whose length or alignment does not allow 16-byte loads use the same kernels with one
 // element per load (Vector = false). Elements past the matrix edge load as 0, which leaves amax
 // unchanged, and are never stored.
@@ -50,6 +54,7 @@
 #include "kiln/kernels/common/reduce.cuh"
 #include "kiln/kernels/fp8_gemm/args.hpp"
 #include "kiln/math/fp8.hpp"
+#include "kiln/math/k_grouped.hpp"
 
 namespace kiln::kernels::fp8_quantize {
 
@@ -66,6 +71,8 @@ struct Params {
   std::int64_t scale_ld;
   float amax_floor;
   bool power_of_two;
+  const std::int64_t* k_group_offsets;  // k-grouped L (args.hpp), or null
+  std::int64_t k_groups, k_grouped_cols;
 };
 
 __host__ __device__ constexpr std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
@@ -265,8 +272,12 @@ __global__ void __launch_bounds__(kThreads) blocks_kernel(const Params p) {
   }
 }
 
-// ---- 1×128 tiles along S's columns (L = Sᵀ) ----
-template <class T, bool Vector>
+// ---- 1×128 tiles along S's columns (L = Sᵀ, or k-grouped: the groups' Sᵀ side by side) ----
+// KGrouped: L's k-block kb lies in one group g (math/k_grouped.hpp); its 128 source rows start at
+// offsets[g] + (kb·128 − col_g), and those past the group's end (or every row, for a k-block past
+// the last group) load as zeros, so the tile's scale is that of the group's own elements and its
+// padding bytes are e4m3(0) = 0. All 128 bytes of the tile are written.
+template <class T, bool Vector, bool KGrouped>
 __global__ void __launch_bounds__(kThreads) rows_transposed_kernel(const Params p) {
   constexpr int V = 16 / static_cast<int>(sizeof(T));
   constexpr int kLanesPerRow = kTransposedCols / V;
@@ -275,15 +286,26 @@ __global__ void __launch_bounds__(kThreads) rows_transposed_kernel(const Params 
   __shared__ float tile[kTile][kTransposedCols + 1];
   const T* src = static_cast<const T*>(p.src);
   const std::int64_t col_blocks = ceil_div(p.src_cols, kTransposedCols);
-  const std::int64_t kb = blockIdx.x / col_blocks;  // the k-block of L = the row block of S
-  const std::int64_t r0 = kb * kTile, c0 = (blockIdx.x % col_blocks) * kTransposedCols;
+  const std::int64_t kb = blockIdx.x / col_blocks;  // the k-block of L
+  const std::int64_t c0 = (blockIdx.x % col_blocks) * kTransposedCols;
+  // Source rows [r0, r_end) feed this k-block; L's rows are out_len bytes long, the block writes
+  // `valid` bytes of each from column kb·128.
+  std::int64_t r0 = kb * kTile, r_end = p.src_rows, out_len = p.src_rows, valid = p.src_rows - kb * kTile;
+  if constexpr (KGrouped) {
+    fp8::KGroup g;
+    fp8::k_group_of_column(p.k_group_offsets, p.src_rows, p.k_groups, kb * kTile, g);
+    r0 = g.row + (kb * kTile - g.column);
+    r_end = g.row + g.count;
+    out_len = p.k_grouped_cols;
+    valid = kTile;
+  }
   const int tr = static_cast<int>(threadIdx.x) / kLanesPerRow, tc = static_cast<int>(threadIdx.x) % kLanesPerRow;
 
 #pragma unroll
   for (int i = 0; i < kPasses; ++i) {
     const int r = i * kRowsPerPass + tr;
     float v[V];
-    if (r0 + r < p.src_rows) {
+    if (r0 + r < r_end) {
       load_run<T, V, Vector>(src + (r0 + r) * p.lds, c0 + tc * V, p.src_cols, v);
     } else {
 #pragma unroll
@@ -308,10 +330,10 @@ __global__ void __launch_bounds__(kThreads) rows_transposed_kernel(const Params 
     const float s = fp8::tile_scale(group_amax<32>(amax), p.amax_floor, p.power_of_two);
     if (lane == 0) p.scale[kb * p.scale_ld + lrow] = s;
     const Divider divide(s);
-    std::uint8_t* dst = p.q + lrow * p.src_rows + r0;
+    std::uint8_t* dst = p.q + lrow * out_len + kb * kTile;
 #pragma unroll
     for (int j = 0; j < 4; ++j)
-      if (r0 + lane + 32 * j < p.src_rows) dst[lane + 32 * j] = to_e4m3(x[j], divide);
+      if (lane + 32 * j < valid) dst[lane + 32 * j] = to_e4m3(x[j], divide);
   }
 }
 
@@ -332,9 +354,12 @@ void launch(const Params& p, bool row_tiles, bool transposed, cudaStream_t strea
     const std::int64_t warps = p.src_rows * ceil_div(p.src_cols, 32 * V);
     const std::int64_t blocks = std::min<std::int64_t>(ceil_div(warps, kWarps), std::int64_t{1} << 20);
     vector ? go(rows_kernel<T, true>, blocks) : go(rows_kernel<T, false>, blocks);
+  } else if (row_tiles && p.k_group_offsets != nullptr) {
+    const std::int64_t blocks = ceil_div(p.k_grouped_cols, kTile) * ceil_div(p.src_cols, kTransposedCols);
+    vector ? go(rows_transposed_kernel<T, true, true>, blocks) : go(rows_transposed_kernel<T, false, true>, blocks);
   } else if (row_tiles) {
     const std::int64_t blocks = ceil_div(p.src_rows, kTile) * ceil_div(p.src_cols, kTransposedCols);
-    vector ? go(rows_transposed_kernel<T, true>, blocks) : go(rows_transposed_kernel<T, false>, blocks);
+    vector ? go(rows_transposed_kernel<T, true, false>, blocks) : go(rows_transposed_kernel<T, false, false>, blocks);
   } else {
     const std::int64_t blocks = ceil_div(p.src_rows, kTile) * ceil_div(p.src_cols, kTile);
     if (transposed)
@@ -356,12 +381,20 @@ inline void launch_fp8_quantize(const Fp8QuantizeArgs& a) {
   p.scale_ld = a.scale_ld;
   p.amax_floor = a.amax_floor;
   p.power_of_two = a.power_of_two;
+  p.k_group_offsets = a.k_group_offsets;
+  p.k_groups = a.k_groups;
+  p.k_grouped_cols = a.k_grouped_cols;
   const bool row_tiles = a.tiling == fp8::Tiling::row_1x128, transposed = a.transposed;
-  if (p.src_rows == 0 || p.src_cols == 0) return;
+  const bool k_grouped = a.k_group_offsets != nullptr;
+  check(!k_grouped || (row_tiles && transposed && a.k_groups >= 1 && a.k_grouped_cols % kTile == 0), "fp8_quantize",
+        "the k-grouped layout takes 1x128 tiles of the transposed source, G >= 1 and a multiple of 128 columns, got ",
+        a.k_groups, " groups and ", a.k_grouped_cols, " columns");
+  if (p.src_cols == 0 || (p.src_rows == 0 && !k_grouped)) return;
   cuda::DeviceGuard guard(a.launch.device);
   const cudaStream_t stream = a.launch.stream;
   // The 1×128 scale storage pads each k-block's run of rows to a multiple of 4: zero the padding.
-  const std::int64_t out_rows = transposed ? p.src_cols : p.src_rows, out_cols = transposed ? p.src_rows : p.src_cols;
+  const std::int64_t out_rows = transposed ? p.src_cols : p.src_rows;
+  const std::int64_t out_cols = k_grouped ? p.k_grouped_cols : (transposed ? p.src_rows : p.src_cols);
   if (row_tiles && p.scale_ld > out_rows)
     KILN_CUDA_CHECK(cudaMemsetAsync(
         p.scale, 0, static_cast<std::size_t>(ceil_div(out_cols, kTile) * p.scale_ld) * sizeof(float), stream));

@@ -64,4 +64,32 @@ struct GroupedFp8GemmArgs {
   std::int64_t n = 0, k = 0;         // N, K ≥ 1
 };
 
+// The k-grouped product: the experts' weight gradient in FP8 (ops/k_grouped_fp8_gemm.hpp,
+// launcher k_grouped.cuh). A [M, P] and B [N, P] are e4m3 in the k-grouped layout of
+// math/k_grouped.hpp (group g's rows of the source at columns col_g .. col_g + count_g − 1, each
+// group starting on a k-block), both with 1×128 tiles (k-block major scales over P's k-blocks, as
+// fp8::QuantizedMatrix's row_1x128). For each group g:
+//
+//   D_g[m, n] = Σ_kb a_scale(m, col_g/128 + kb) · b_scale(n, col_g/128 + kb) · Σ_{k in kb} A[m, col_g + k] · B[n, col_g + k]
+//
+// over the group's count_g columns; D [G, M, N] contiguous, bf16 or f32; an empty group's D_g is 0.
+struct KGroupedFp8GemmArgs {
+  static constexpr const char* kernel = "k_grouped_fp8_gemm";
+  static constexpr const char* header = "kiln/kernels/grouped_fp8_gemm/k_grouped.cuh";
+  DeviceLaunch launch;
+  void* d = nullptr;                 // [G, M, N] contiguous
+  DType d_dtype = DType::bf16;
+  const std::uint8_t* a = nullptr;   // e4m3 [M, P], row stride P
+  const float* a_scale = nullptr;    // [P/128, a_scale_ld], k-block major
+  std::int64_t a_scale_ld = 0;       // ≥ M, a multiple of 4
+  const std::uint8_t* b = nullptr;   // e4m3 [N, P], row stride P
+  const float* b_scale = nullptr;    // [P/128, b_scale_ld], k-block major
+  std::int64_t b_scale_ld = 0;       // ≥ N, a multiple of 4
+  std::int64_t columns = 0;          // P, a multiple of 128
+  const std::int64_t* offsets = nullptr;  // [G + 1] on the device: the source rows of each group
+  std::int64_t rows = 0;             // R: the source's rows (offsets are clamped to [0, R])
+  int groups = 0;                    // G ≥ 1
+  std::int64_t m = 0, n = 0;         // M, N ≥ 1
+};
+
 }  // namespace kiln::kernels

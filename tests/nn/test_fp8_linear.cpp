@@ -261,7 +261,9 @@ TEST(Fp8Linear, TwinTrainingTracksFp32) {
 // fp8_linear(x_g, W_g) give the same output and data gradient bit for bit (a 1×128 tile lies in
 // one row, so quantizing all rows at once tiles each group's rows alike; each W_g gets its own
 // blocks), and the weight gradient is the unquantized dY_gᵀ·x_g of grouped_linear, bit for bit.
-// Odd group sizes, an empty group, K not a multiple of 128.
+// Odd group sizes, an empty group, K not a multiple of 128. With grouped_fp8_wgrad the weight
+// gradient is FP8's too: bit for bit fp8_linear's weight gradient of each group's rows alone (the
+// k-grouped layout tiles each expert's tokens from its own first row), the rest unchanged.
 template <class T>
 void check_grouped(const std::vector<std::int64_t>& sizes, std::int64_t in, std::int64_t out) {
   SCOPED_TRACE(str(dtype_of<T>, " in ", in, " out ", out));
@@ -281,15 +283,30 @@ void check_grouped(const std::vector<std::int64_t>& sizes, std::int64_t in, std:
   sum(mul(grouped_linear(x2, w2, off), dy)).backward();
   EXPECT_EQ(w.grad().to_vector(), w2.grad().to_vector()) << "weight gradient";
 
+  nn::Fp8LinearOptions recipe;
+  recipe.grouped_fp8_wgrad = true;
+  const Tensor<T> x3 = x.detach().requires_grad_(), w3 = w.detach().requires_grad_();
+  const Tensor<T> y3 = nn::grouped_fp8_linear(x3, w3, off, recipe);
+  sum(mul(y3, dy)).backward();
+  EXPECT_EQ(y3.to_vector(), y.to_vector());
+  EXPECT_EQ(x3.grad().to_vector(), x.grad().to_vector());
+  EXPECT_NE(w3.grad().to_vector(), w.grad().to_vector()) << "the FP8 weight gradient differs from the plain one";
+
   for (std::int64_t g = 0; g < G; ++g) {
     const std::int64_t n = sizes[static_cast<std::size_t>(g)];
-    if (n == 0) continue;
+    const Tensor<T> w3g = squeeze(narrow(w3.grad(), 0, g, 1), 0);
+    if (n == 0) {
+      EXPECT_EQ(w3g.to_vector(), zeros<T>(w3g.shape()).to_vector()) << "empty group " << g;
+      continue;
+    }
     const Tensor<T> xg = clone(narrow(x.detach(), 0, offsets[static_cast<std::size_t>(g)], n)).requires_grad_();
-    const Tensor<T> yg = nn::fp8_linear(xg, clone(squeeze(narrow(w.detach(), 0, g, 1), 0)));
+    const Tensor<T> wg = clone(squeeze(narrow(w.detach(), 0, g, 1), 0)).requires_grad_();
+    const Tensor<T> yg = nn::fp8_linear(xg, wg);
     sum(mul(yg, narrow(dy, 0, offsets[static_cast<std::size_t>(g)], n))).backward();
     EXPECT_EQ(narrow(y.detach(), 0, offsets[static_cast<std::size_t>(g)], n).to_vector(), yg.to_vector()) << "group " << g;
     EXPECT_EQ(narrow(x.grad(), 0, offsets[static_cast<std::size_t>(g)], n).to_vector(), xg.grad().to_vector())
         << "group " << g;
+    EXPECT_EQ(w3g.to_vector(), wg.grad().to_vector()) << "FP8 weight gradient, group " << g;
   }
 }
 
@@ -356,6 +373,14 @@ void check_grouped_switches() {
     EXPECT_EQ(got[1], o.fp8_dgrad ? fp8[1] : plain[1]) << "data gradient, switches " << mask;
     EXPECT_EQ(got[2], plain[2]) << "weight gradient (unquantized in the grouped form), switches " << mask;
   }
+  // grouped_fp8_wgrad quantizes the weight gradient only together with fp8_wgrad.
+  nn::Fp8LinearOptions only_grouped;
+  only_grouped.fp8_wgrad = false;
+  only_grouped.grouped_fp8_wgrad = true;
+  EXPECT_EQ(run(&only_grouped)[2], plain[2]);
+  nn::Fp8LinearOptions recipe;
+  recipe.grouped_fp8_wgrad = true;
+  EXPECT_NE(run(&recipe)[2], plain[2]);
   EXPECT_NE(fp8[0], plain[0]);
   EXPECT_NE(fp8[1], plain[1]);
 }

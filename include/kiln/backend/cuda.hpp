@@ -30,6 +30,7 @@
 #include "kiln/kernels/gather/gather.cuh"
 #include "kiln/kernels/gather/index_rows.cuh"
 #include "kiln/kernels/grouped_fp8_gemm/grouped_fp8_gemm.cuh"
+#include "kiln/kernels/grouped_fp8_gemm/k_grouped.cuh"
 #include "kiln/kernels/grouped_gemm/grouped_gemm.cuh"
 #include "kiln/kernels/matmul/matmul.cuh"
 #include "kiln/kernels/moe/balance.cuh"

@@ -28,6 +28,7 @@
 #include "kiln/ops/fp8_gemm.hpp"
 #include "kiln/ops/grouped_fp8_gemm.hpp"
 #include "kiln/ops/grouped_linear.hpp"
+#include "kiln/ops/k_grouped_fp8_gemm.hpp"
 #include "kiln/ops/matmul.hpp"
 #include "kiln/ops/view.hpp"
 
@@ -47,8 +48,14 @@ struct Fp8LinearOptions {
   // Which of the three products run in FP8; the others run unquantized in the activations' dtype
   // (FP32 accumulation), as a plain linear's would. DeepSeek-V3 runs all three in FP8; switching
   // one off measures its share of FP8's error (pretrain --fp8-gemms, --fp8-probe). The grouped
-  // form's weight gradient is unquantized either way (grouped_fp8_linear).
+  // form (grouped_fp8_linear) follows fp8_wgrad only with grouped_fp8_wgrad as well.
   bool fp8_forward = true, fp8_dgrad = true, fp8_wgrad = true;
+  // The grouped form's weight gradient in FP8 too, through the k-grouped FP8 GEMM
+  // (ops/k_grouped_fp8_gemm.hpp: 1×128 tiles along each expert's own tokens, DeepSeek-V3's recipe).
+  // Off by default: on a GPU that GEMM has only a CUDA-core kernel so far, slower than the
+  // unquantized grouped weight gradient on the tensor cores, and its quality effect in training is
+  // not measured yet. The per-expert (composed) path's weight gradients follow fp8_wgrad alone.
+  bool grouped_fp8_wgrad = false;
 };
 
 // x [..., in] (float or bf16) · weightᵀ (weight [out, in], float or bf16) -> [..., out] in x's
@@ -115,9 +122,11 @@ Tensor<A> fp8_linear(const Tensor<A>& x, const Tensor<W>& weight, const Fp8Linea
 //                             128×128 blocks (fp8::quantize_grouped)
 //   dgrad    dX = dY · W_g   A = dY in 1×128 tiles, B = W_gᵀ in 128×128 blocks (the same element
 //                             sets, fp8::quantize_grouped_transposed)
-//   wgrad    dW_g = dY_gᵀ · x_g  in T (the grouped GEMM's wgrad, FP32 accumulation). DeepSeek-V3
-//                             runs it in FP8 too, with 1×128 tiles along each expert's own tokens:
-//                             a k-grouped FP8 GEMM, which kiln does not have yet.
+//   wgrad    dW_g = dY_gᵀ · x_g  in T (the grouped GEMM's wgrad, FP32 accumulation); or, with
+//                             options.fp8_wgrad and grouped_fp8_wgrad, in FP8 as DeepSeek-V3 runs
+//                             it: dY_gᵀ and x_gᵀ in 1×128 tiles along each expert's own tokens
+//                             (fp8::quantize_k_grouped, fp8::k_grouped_gemm), bit for bit what
+//                             fp8_linear's weight gradient gives each expert's rows alone on the CPU.
 // Differentiable in x and weight.
 template <class T>
 Tensor<T> grouped_fp8_linear(const Tensor<T>& x, const Tensor<T>& weight, const Tensor<std::int64_t>& offsets,
@@ -148,7 +157,15 @@ Tensor<T> grouped_fp8_linear(const Tensor<T>& x, const Tensor<T>& weight, const 
         grads.add(0, detail::grouped_linear_dgrad(bop, dy, detail::contiguous_aligned(w), oc));
       }
     }
-    if (grads.needs(1)) grads.add(1, detail::grouped_linear_wgrad(bop, xc, dy, oc, G, N));
+    if (grads.needs(1)) {
+      if (options.fp8_wgrad && options.grouped_fp8_wgrad) {
+        const fp8::KGroupedMatrix qg = fp8::quantize_k_grouped(dy, oc, options.gradient);
+        const fp8::KGroupedMatrix qx = fp8::quantize_k_grouped(xc, oc, options.quantize);
+        grads.add(1, fp8::k_grouped_gemm<T>(qg, qx));
+      } else {
+        grads.add(1, detail::grouped_linear_wgrad(bop, xc, dy, oc, G, N));
+      }
+    }
   }, x, weight);
   return y;
 }

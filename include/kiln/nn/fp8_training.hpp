@@ -13,7 +13,8 @@
 // MLPs, the shared experts, the MTP modules' eh_proj, and the routed experts' linears: on MoE's
 // composed path each expert's linear runs fp8_linear; on the fused path the grouped products run
 // grouped_fp8_linear (forward and data gradient in FP8 through the grouped FP8 GEMM; the weight
-// gradient stays in the model's dtype, see nn/fp8_linear.hpp). Generation's decode step (dense
+// gradient stays in the model's dtype unless Fp8LinearOptions::grouped_fp8_wgrad asks for the
+// k-grouped FP8 GEMM, see nn/fp8_linear.hpp). Generation's decode step (dense
 // dispatch over a snapshot of the expert weights) does not use FP8.
 //
 // The mode changes what a forward computes, not the parameters: a checkpoint saved from an FP8 run
