@@ -15,6 +15,12 @@
 // medians. TFLOP/s = 2 · rows · N · K / time over the rows computed; ratio = peer time / kiln time
 // (> 1: kiln faster). Errors: kiln's output (f32 and bf16) against the float64 value of the same
 // quantized operands (backend/cpu/fp8_gemm.hpp's fp8_gemm_reference) over 6 rows of each group.
+// A second table: the experts' weight gradient dW_g = dY_gᵀ · X_g, kiln's k-grouped FP8 GEMM
+// (fp8::k_grouped_gemm on operands from fp8::quantize_k_grouped; the plain CUDA kernel, there is no
+// tensor-core one yet) against the bf16 grouped weight gradient (kernels/grouped_gemm/, what FP8
+// training runs today), at the big config's expert shapes (8 experts, 32768 routed rows, gate|up
+// 1024 × 768 and down 768 × 512) and a DeepSeek-V3-sized one; "kiln+q" adds the two quantizations
+// to the GEMM (what a training step pays). Error: the f32 output against kiln's float64 reference.
 // Run: ./benchmarks/bench_grouped_fp8_gemm_cuda [--quick]   (about 30 s on an H200)
 #include <cublasLt.h>
 #include <cuda_runtime.h>
@@ -30,6 +36,7 @@
 
 #include <kiln/ops/grouped_fp8_gemm.hpp>
 #include <kiln/ops/grouped_linear.hpp>
+#include <kiln/ops/k_grouped_fp8_gemm.hpp>
 
 #include "cuda_bench.hpp"
 #include "lt_gemm.hpp"
@@ -174,6 +181,43 @@ void run_case(bench::Timer& timer, const Case& c) {
   std::fflush(stdout);
 }
 
+// The experts' weight gradient: G groups of `sizes` rows, dY [R, N], X [R, K] -> dW [G, N, K].
+void run_k_grouped_case(bench::Timer& timer, const char* name, const std::vector<std::int64_t>& sizes, std::int64_t n,
+                        std::int64_t k) {
+  std::vector<std::int64_t> off{0};
+  for (std::int64_t s : sizes) off.push_back(off.back() + s);
+  const std::int64_t R = off.back(), G = static_cast<std::int64_t>(sizes.size());
+  const Tensor<std::int64_t> offsets = kiln::to(Tensor<std::int64_t>::from_vector(off, {G + 1}), gpu);
+  const Tensor<bf16> dy = kiln::cast<bf16>(gpu_values(R, n, 4096, 11)), x = kiln::cast<bf16>(gpu_values(R, k, 4096, 12));
+  const fp8::QuantizeOptions gradient{.amax_floor = 1e-30f};
+  const fp8::KGroupedMatrix a = fp8::quantize_k_grouped(dy, offsets, gradient), b = fp8::quantize_k_grouped(x, offsets);
+  Tensor<bf16> dw16;
+  const std::vector<double> us = timer.interleaved_median_us(
+      {[&] { (void)fp8::k_grouped_gemm<bf16>(a, b); },
+       [&] {
+         (void)fp8::k_grouped_gemm<bf16>(fp8::quantize_k_grouped(dy, offsets, gradient),
+                                         fp8::quantize_k_grouped(x, offsets));
+       },
+       [&] { dw16 = kiln::detail::grouped_linear_wgrad("bench", x, dy, offsets, G, n); }},
+      {.warmup = 2, .timed = 5, .flush_l2 = true});
+  double err = NAN;
+  if (static_cast<double>(R) * static_cast<double>(n) * static_cast<double>(k) <= 2e10) {
+    const std::vector<float> got = kiln::to(fp8::k_grouped_gemm<float>(a, b), Device::cpu()).to_vector();
+    const std::vector<double> ref = fp8::k_grouped_gemm_reference(a, b).to_vector();
+    double num = 0, den = 0;
+    for (std::size_t i = 0; i < ref.size(); ++i) {
+      num += (got[i] - ref[i]) * (got[i] - ref[i]);
+      den += ref[i] * ref[i];
+    }
+    err = std::sqrt(num / den);
+  }
+  const double flops = 2.0 * static_cast<double>(R) * static_cast<double>(n) * static_cast<double>(k);
+  std::printf("%-14s %2lld %6lld %5lld %5lld | %8.1f %8.1f %8.1f | %6.1f %6.1f | %6.3f %6.3f | %8.2e\n", name,
+              (long long)G, (long long)R, (long long)n, (long long)k, us[0], us[1], us[2], flops / us[0] * 1e-6,
+              flops / us[2] * 1e-6, us[2] / us[0], us[2] / us[1], err);
+  std::fflush(stdout);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -198,6 +242,19 @@ int main(int argc, char** argv) {
       std::printf("%-11s %3lld %6lld %5lld %5lld | FAILED: %s\n", c.name, (long long)c.groups, (long long)c.rows,
                   (long long)c.n, (long long)c.k, e.what());
     }
+  }
+  std::printf("\nThe experts' weight gradient dW_g = dY_gT X_g (k-grouped: the groups split the reduction)\n");
+  std::printf("%-14s %2s %6s %5s %5s | %8s %8s %8s | %6s %6s | %6s %6s | %8s\n", "case", "G", "rows", "N", "K", "kiln us",
+              "kiln+q us", "bf16 us", "kilnTF", "bf16TF", "x bf16", "x+q", "err f32");
+  std::printf("(rows: all groups together; x = bf16 time / kiln time, kiln+q: with both quantizations)\n");
+  // The big config's routed experts: 16384 tokens x top-2 over 8 experts, ragged.
+  const std::vector<std::int64_t> big{5200, 3100, 4600, 3900, 4100, 2800, 4500, 4568};
+  try {
+    run_k_grouped_case(timer, "big gate|up", big, 1024, 768);
+    run_k_grouped_case(timer, "big down", big, 768, 512);
+    if (!quick) run_k_grouped_case(timer, "dsv3 4 x 2048", {2048, 2048, 2048, 2048}, 4096, 7168);
+  } catch (const std::exception& e) {
+    std::printf("k-grouped: FAILED: %s\n", e.what());
   }
   return 0;
 }

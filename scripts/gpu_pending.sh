@@ -12,6 +12,8 @@
 #           in bf16: which opens the validation-loss gap          -> docs/fp8-gemm.md
 #   bench   bench_paged_decode_cuda (both decode kernels, the FP8 cache, DeepSeek-V3's sizes) and the
 #           engine's generation throughput at B = 128               -> docs/mla.md
+#   bench-fp8  bench_grouped_fp8_gemm_cuda: the grouped FP8 GEMM and the k-grouped weight gradient
+#           against the bf16 grouped GEMMs                          -> docs/fp8-gemm.md
 # Usage: scripts/gpu_pending.sh PHASE [PHASE ...]   (on the lent machine: OUT=$OUT, logs under it)
 # The Debian dev packages the build needs (Eigen, GoogleTest, Google Benchmark, nlohmann-json) are
 # unpacked from build-deps/*.deb when missing there; fetch them first on a Debian 12 machine with
@@ -25,7 +27,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-build-gpu/logs}
 BUILD=${BUILD:-/tmp/kb}
 mkdir -p "$OUT"
-[ $# -gt 0 ] || { echo "usage: $0 build|tests|fp8|fp8-ablations|bench ..."; exit 2; }
+[ $# -gt 0 ] || { echo "usage: $0 build|tests|fp8|fp8-ablations|bench|bench-fp8 ..."; exit 2; }
 
 prefix=()
 if [ ! -d /usr/include/eigen3 ] && compgen -G "build-deps/*.deb" >/dev/null; then
@@ -52,7 +54,8 @@ rc=0
 for phase in "$@"; do
   case "$phase" in
     build)
-      build test_kernels_cuda test_train_infer_rl_cuda test_nn_cuda pretrain bench_paged_decode_cuda
+      build test_kernels_cuda test_train_infer_rl_cuda test_nn_cuda pretrain bench_paged_decode_cuda \
+        bench_grouped_fp8_gemm_cuda
       ;;
     tests)
       build test_kernels_cuda test_train_infer_rl_cuda test_nn_cuda
@@ -115,8 +118,13 @@ for phase in "$@"; do
       tail -40 "$OUT/bench_paged_decode.log"
       grep -E "tok/s|x HF|FAILED" "$OUT/engine_throughput.log" | head -20
       ;;
+    bench-fp8)
+      build bench_grouped_fp8_gemm_cuda
+      timeout 240 "$BUILD/benchmarks/bench_grouped_fp8_gemm_cuda" > "$OUT/bench_grouped_fp8.log" 2>&1 || rc=1
+      cat "$OUT/bench_grouped_fp8.log"
+      ;;
     *)
-      echo "unknown phase $phase (build, tests, fp8, fp8-ablations or bench)"
+      echo "unknown phase $phase (build, tests, fp8, fp8-ablations, bench or bench-fp8)"
       exit 2
       ;;
   esac
