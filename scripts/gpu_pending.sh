@@ -12,6 +12,8 @@
 #           in bf16: which opens the validation-loss gap          -> docs/fp8-gemm.md
 #   bench   bench_paged_decode_cuda (both decode kernels, the FP8 cache, DeepSeek-V3's sizes) and the
 #           engine's generation throughput at B = 128               -> docs/mla.md
+#   bench-key-groups  the same two with the tensor-core decode kernel's key groups switched on
+#           (KILN_DECODE_KEY_GROUPS=on; off by default until their tests pass on a GPU) -> docs/mla.md
 #   bench-fp8  bench_grouped_fp8_gemm_cuda: the grouped FP8 GEMM and the k-grouped weight gradient
 #           against the bf16 grouped GEMMs                          -> docs/fp8-gemm.md
 # Usage: scripts/gpu_pending.sh PHASE [PHASE ...]   (on the lent machine: OUT=$OUT, logs under it)
@@ -27,7 +29,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-build-gpu/logs}
 BUILD=${BUILD:-/tmp/kb}
 mkdir -p "$OUT"
-[ $# -gt 0 ] || { echo "usage: $0 build|tests|fp8|fp8-ablations|bench|bench-fp8 ..."; exit 2; }
+[ $# -gt 0 ] || { echo "usage: $0 build|tests|fp8|fp8-ablations|bench|bench-key-groups|bench-fp8 ..."; exit 2; }
 
 prefix=()
 if [ ! -d /usr/include/eigen3 ] && compgen -G "build-deps/*.deb" >/dev/null; then
@@ -118,13 +120,22 @@ for phase in "$@"; do
       tail -40 "$OUT/bench_paged_decode.log"
       grep -E "tok/s|x HF|FAILED" "$OUT/engine_throughput.log" | head -20
       ;;
+    bench-key-groups)  # the same with the decode kernel's key groups (KILN_DECODE_KEY_GROUPS=on)
+      build bench_paged_decode_cuda test_train_infer_rl_cuda
+      KILN_DECODE_KEY_GROUPS=on timeout 300 "$BUILD/benchmarks/bench_paged_decode_cuda" \
+        > "$OUT/bench_paged_decode_key_groups.log" 2>&1 || rc=1
+      KILN_DECODE_KEY_GROUPS=on KILN_ENGINE_BENCH=1 timeout 240 "$BUILD/tests/test_train_infer_rl_cuda" \
+        --gtest_filter='EngineCuda.BigConfigThroughput' > "$OUT/engine_throughput_key_groups.log" 2>&1 || rc=1
+      tail -40 "$OUT/bench_paged_decode_key_groups.log"
+      grep -E "tok/s|x HF|FAILED" "$OUT/engine_throughput_key_groups.log" | head -20
+      ;;
     bench-fp8)
       build bench_grouped_fp8_gemm_cuda
       timeout 240 "$BUILD/benchmarks/bench_grouped_fp8_gemm_cuda" > "$OUT/bench_grouped_fp8.log" 2>&1 || rc=1
       cat "$OUT/bench_grouped_fp8.log"
       ;;
     *)
-      echo "unknown phase $phase (build, tests, fp8, fp8-ablations, bench or bench-fp8)"
+      echo "unknown phase $phase (build, tests, fp8, fp8-ablations, bench, bench-key-groups or bench-fp8)"
       exit 2
       ;;
   esac

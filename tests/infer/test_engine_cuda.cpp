@@ -230,7 +230,8 @@ TEST(EngineCuda, FloatAndBf16Models) {
 // Decoding on the tensor-core kernel (kernels/decode_attention/decode_attention_mma.cuh), which
 // DecodeKernel::automatic picks in a bf16 model whose latent cache has its head dims (kv_lora_rank
 // 256, rope 32): every layer's decode attention runs on it (the kernel trace counts no CUDA-core
-// launch), and the logits follow the double CPU model's within the bf16 models' bound above.
+// launch), and the logits follow the double CPU model's within the bf16 models' bound above; with
+// its key groups too (KILN_DECODE_KEY_GROUPS=on: the model's few heads x 1 token use G = 4).
 TEST(EngineCuda, TensorCoreDecodeKernel) {
   KILN_REQUIRE_GPU();
   nn::DeepseekV3Config c = infer_deepseek_config();
@@ -246,10 +247,15 @@ TEST(EngineCuda, TensorCoreDecodeKernel) {
   infer::GenerateOptions o;
   o.samples_per_prompt = 2;
   o.cuda_graphs = false;  // every step's launches on this thread, for the trace
-  KernelTrace trace;
-  expect_gpu_rows_follow_cpu(*b, *cpu, prompts, p, o, 3e-2);
-  EXPECT_GT(trace.count("decode_attention/mma"), 0);
-  EXPECT_EQ(trace.count("decode_attention/simt"), 0);
+  for (const bool key_groups : {false, true}) {
+    SCOPED_TRACE(key_groups ? "key groups" : "one key group");
+    if (key_groups) setenv("KILN_DECODE_KEY_GROUPS", "on", 1);
+    KernelTrace trace;
+    expect_gpu_rows_follow_cpu(*b, *cpu, prompts, p, o, 3e-2);
+    EXPECT_GT(trace.count("decode_attention/mma"), 0);
+    EXPECT_EQ(trace.count("decode_attention/simt"), 0);
+    unsetenv("KILN_DECODE_KEY_GROUPS");
+  }
 }
 
 // The FP8 latent cache on the GPU (options.fp8_cache; the decode kernel's FP8 variant, bf16 models):
