@@ -16,11 +16,11 @@
 // (> 1: kiln faster). Errors: kiln's output (f32 and bf16) against the float64 value of the same
 // quantized operands (backend/cpu/fp8_gemm.hpp's fp8_gemm_reference) over 6 rows of each group.
 // A second table: the experts' weight gradient dW_g = dY_gᵀ · X_g, kiln's k-grouped FP8 GEMM
-// (fp8::k_grouped_gemm on operands from fp8::quantize_k_grouped; the plain CUDA kernel, there is no
-// tensor-core one yet) against the bf16 grouped weight gradient (kernels/grouped_gemm/, what FP8
-// training runs today), at the big config's expert shapes (8 experts, 32768 routed rows, gate|up
-// 1024 × 768 and down 768 × 512) and a DeepSeek-V3-sized one; "kiln+q" adds the two quantizations
-// to the GEMM (what a training step pays). Error: the f32 output against kiln's float64 reference.
+// (fp8::k_grouped_gemm on operands from fp8::quantize_k_grouped; the Hopper kernel and the plain
+// one) against the bf16 grouped weight gradient (kernels/grouped_gemm/, what FP8 training runs by
+// default), at the big config's expert shapes (8 experts, 32768 routed rows, gate|up 1024 × 768
+// and down 768 × 512) and a DeepSeek-V3-sized one; "kiln+q" adds the two quantizations to the GEMM
+// (what a training step pays). Error: the f32 output against kiln's float64 reference.
 // Run: ./benchmarks/bench_grouped_fp8_gemm_cuda [--quick]   (about 30 s on an H200)
 #include <cublasLt.h>
 #include <cuda_runtime.h>
@@ -192,13 +192,15 @@ void run_k_grouped_case(bench::Timer& timer, const char* name, const std::vector
   const fp8::QuantizeOptions gradient{.amax_floor = 1e-30f};
   const fp8::KGroupedMatrix a = fp8::quantize_k_grouped(dy, offsets, gradient), b = fp8::quantize_k_grouped(x, offsets);
   Tensor<bf16> dw16;
+  const fp8::GroupedGemmOptions plain{.kernel = fp8::GroupedGemmKernel::simt};
   const std::vector<double> us = timer.interleaved_median_us(
       {[&] { (void)fp8::k_grouped_gemm<bf16>(a, b); },
        [&] {
          (void)fp8::k_grouped_gemm<bf16>(fp8::quantize_k_grouped(dy, offsets, gradient),
                                          fp8::quantize_k_grouped(x, offsets));
        },
-       [&] { dw16 = kiln::detail::grouped_linear_wgrad("bench", x, dy, offsets, G, n); }},
+       [&] { dw16 = kiln::detail::grouped_linear_wgrad("bench", x, dy, offsets, G, n); },
+       [&] { (void)fp8::k_grouped_gemm<bf16>(a, b, plain); }},
       {.warmup = 2, .timed = 5, .flush_l2 = true});
   double err = NAN;
   if (static_cast<double>(R) * static_cast<double>(n) * static_cast<double>(k) <= 2e10) {
@@ -212,9 +214,9 @@ void run_k_grouped_case(bench::Timer& timer, const char* name, const std::vector
     err = std::sqrt(num / den);
   }
   const double flops = 2.0 * static_cast<double>(R) * static_cast<double>(n) * static_cast<double>(k);
-  std::printf("%-14s %2lld %6lld %5lld %5lld | %8.1f %8.1f %8.1f | %6.1f %6.1f | %6.3f %6.3f | %8.2e\n", name,
-              (long long)G, (long long)R, (long long)n, (long long)k, us[0], us[1], us[2], flops / us[0] * 1e-6,
-              flops / us[2] * 1e-6, us[2] / us[0], us[2] / us[1], err);
+  std::printf("%-14s %2lld %6lld %5lld %5lld | %8.1f %8.1f %8.1f %8.1f | %6.1f %6.1f %6.1f | %6.3f %6.3f | %8.2e\n",
+              name, (long long)G, (long long)R, (long long)n, (long long)k, us[0], us[1], us[2], us[3],
+              flops / us[0] * 1e-6, flops / us[2] * 1e-6, flops / us[3] * 1e-6, us[2] / us[0], us[2] / us[1], err);
   std::fflush(stdout);
 }
 
@@ -244,9 +246,11 @@ int main(int argc, char** argv) {
     }
   }
   std::printf("\nThe experts' weight gradient dW_g = dY_gT X_g (k-grouped: the groups split the reduction)\n");
-  std::printf("%-14s %2s %6s %5s %5s | %8s %8s %8s | %6s %6s | %6s %6s | %8s\n", "case", "G", "rows", "N", "K", "kiln us",
-              "kiln+q us", "bf16 us", "kilnTF", "bf16TF", "x bf16", "x+q", "err f32");
-  std::printf("(rows: all groups together; x = bf16 time / kiln time, kiln+q: with both quantizations)\n");
+  std::printf("%-14s %2s %6s %5s %5s | %8s %8s %8s %8s | %6s %6s %6s | %6s %6s | %8s\n", "case", "G", "rows", "N", "K",
+              "kiln us", "kiln+q us", "bf16 us", "plain us", "kilnTF", "bf16TF", "plainTF", "x bf16", "x+q",
+              "err f32");
+  std::printf("(rows: all groups together; kiln: the automatic choice (Hopper here), plain: the CUDA-core kernel;\n"
+              " x = bf16 time / kiln time, x+q: kiln with both quantizations)\n");
   // The big config's routed experts: 16384 tokens x top-2 over 8 experts, ragged.
   const std::vector<std::int64_t> big{5200, 3100, 4600, 3900, 4100, 2800, 4500, 4568};
   try {

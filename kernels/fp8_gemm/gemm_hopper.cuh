@@ -29,6 +29,10 @@
 // one thread issues TMA stores of it into D (the copy engine clips rows and columns outside D);
 // split units store FP32 into their slice of the workspace the same way.
 //
+// The k-grouped FP8 GEMM (the experts' weight gradient, kernels/grouped_fp8_gemm/k_grouped.cuh)
+// runs this kernel with its split units as groups: each sums its group's own run of k-blocks
+// (Params::kb_ranges) and stores into its slice of D [G, M, N] directly.
+//
 // Requirements (checked by the launcher; the dispatcher falls back to the plain kernel): sm_90,
 // K and N multiples of 16 (TMA row strides are 16-byte multiples; wgmma N granularity), 16-byte
 // aligned A/B rows, A scales k-block major with a leading dimension that is a multiple of 4.
@@ -71,6 +75,10 @@ struct Params {
   int promote;
   int out_is_fp32;  // the tensor d_map stores into: D (bf16 or FP32) or, when splits > 1, the FP32 workspace
   int m_tiles, n_tiles, splits, kb_per_split, units;
+  // The k-grouped GEMM (kernels/grouped_fp8_gemm/k_grouped.cuh) reuses the split units: split g is
+  // group g, its k-block run [kb_ranges[2g], kb_ranges[2g+1]) (possibly empty) read from this
+  // device array, and it stores into slice g of D [G, M, N]. Null for the dense GEMM.
+  const int* kb_ranges;
 };
 
 // Where unit u's work lies: tile (mt, nt) and its k-block range.
@@ -89,8 +97,13 @@ __device__ inline Unit unit_at(const Params& p, int u) {
   Unit w;
   w.m0 = (first_m + in_band % band_rows) * BM;
   w.n0 = (in_band / band_rows) * BN;
-  w.kb_begin = split * p.kb_per_split;
-  w.kb_end = w.kb_begin + p.kb_per_split < p.num_kb ? w.kb_begin + p.kb_per_split : p.num_kb;
+  if (p.kb_ranges != nullptr) {
+    w.kb_begin = p.kb_ranges[2 * split];
+    w.kb_end = p.kb_ranges[2 * split + 1];
+  } else {
+    w.kb_begin = split * p.kb_per_split;
+    w.kb_end = w.kb_begin + p.kb_per_split < p.num_kb ? w.kb_begin + p.kb_per_split : p.num_kb;
+  }
   w.split = split;
   return w;
 }
@@ -206,7 +219,7 @@ __global__ void __launch_bounds__((BM / 64 + 1) * 128, 1)
         acc[4 * c + 2] *= final_scale1;
         acc[4 * c + 3] *= final_scale1;
       }
-    } else {
+    } else if (w.kb_end > w.kb_begin) {  // an empty run (a k-grouped GEMM's empty group) stores zeros
       promoted_mainloop<Layout, INTERVAL>(acc, w.kb_end - w.kb_begin, smem, base, full_bar, empty_bar, wait_ring,
                                           release_ring, consumer, row0, col_in_chunk, lane, p.b_rowwise);
     }

@@ -77,6 +77,7 @@ struct KGroupedFp8GemmArgs {
   static constexpr const char* kernel = "k_grouped_fp8_gemm";
   static constexpr const char* header = "kiln/kernels/grouped_fp8_gemm/k_grouped.cuh";
   DeviceLaunch launch;
+  GroupedFp8GemmKernel implementation = GroupedFp8GemmKernel::automatic;  // hopper, simt or automatic
   void* d = nullptr;                 // [G, M, N] contiguous
   DType d_dtype = DType::bf16;
   const std::uint8_t* a = nullptr;   // e4m3 [M, P], row stride P

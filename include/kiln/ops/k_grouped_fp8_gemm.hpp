@@ -25,8 +25,9 @@
 //
 // Backends: the CPU runs the dense CPU quantization and FP8 GEMM on each group's rows and
 // columns; CUDA runs the transposed quantization kernel in its k-grouped variant
-// (kernels/fp8_gemm/quantize.cuh) and a plain CUDA GEMM kernel (kernels/grouped_fp8_gemm/
-// k_grouped.cuh; no tensor-core kernel yet). docs/fp8-gemm.md has the algorithm.
+// (kernels/fp8_gemm/quantize.cuh) and the GEMM on the dense Hopper FP8 kernel with its split units
+// as groups, or a plain CUDA kernel (kernels/grouped_fp8_gemm/k_grouped.cuh). docs/fp8-gemm.md has
+// the algorithm.
 #pragma once
 
 #include <algorithm>
@@ -181,9 +182,11 @@ KGroupedMatrix quantize_k_grouped(const Tensor<T>& x_in, const Tensor<std::int64
 }
 
 // D [G, M, N], D_g = A_g · B_gᵀ over group g's columns: with a = quantize_k_grouped(dY) and b =
-// quantize_k_grouped(X) (the same offsets tensor), D_g = dY_gᵀ · X_g. Out = float or bf16.
+// quantize_k_grouped(X) (the same offsets tensor), D_g = dY_gᵀ · X_g. Out = float or bf16. On CUDA
+// options.kernel picks the Hopper kernel (sm_90, M and N multiples of 16, G ≤ 1024; automatic
+// takes it where it applies) or the plain one; the CPU ignores it.
 template <class Out>
-Tensor<Out> k_grouped_gemm(const KGroupedMatrix& a, const KGroupedMatrix& b) {
+Tensor<Out> k_grouped_gemm(const KGroupedMatrix& a, const KGroupedMatrix& b, GroupedGemmOptions options = {}) {
   static_assert(std::is_same_v<Out, float> || std::is_same_v<Out, bf16>,
                 "kiln::fp8::k_grouped_gemm writes float or bfloat16 outputs");
   const char* op = "fp8_k_grouped_gemm";
@@ -203,6 +206,7 @@ Tensor<Out> k_grouped_gemm(const KGroupedMatrix& a, const KGroupedMatrix& b) {
   }
   Tensor<Out> d({G, M, N}, a.device());
   launch_device_kernel(op, kernels::KGroupedFp8GemmArgs{.launch = launch_on(op, a.device()),
+                                                        .implementation = options.kernel,
                                                         .d = d.data(),
                                                         .d_dtype = dtype_of<Out>,
                                                         .a = ca.data,
