@@ -80,7 +80,7 @@ const char* kUsage = R"(pretrain: a small DeepSeek-V3-style MoE model on worked 
                         comma-separated from forward, dgrad, wgrad (the others unquantized, an
                         ablation of the recipe), or none; add expert-wgrad for the fused MoE
                         path's expert weight gradients in FP8 too (with wgrad; the k-grouped
-                        FP8 GEMM, CUDA cores only on a GPU)           [forward,dgrad,wgrad]
+                        FP8 GEMM, not yet run on a GPU)               [forward,dgrad,wgrad]
   --fp8-probe           at the end: one step's gradients with the FP8 linears of --fp8 (and
                         --fp8-keep) against the model's dtype, per kind of parameter (relative
                         error, cosine; examples/pretrain/fp8_probe.hpp), with or without --fp8
