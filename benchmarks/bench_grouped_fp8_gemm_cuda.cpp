@@ -188,7 +188,8 @@ void run_k_grouped_case(bench::Timer& timer, const char* name, const std::vector
   for (std::int64_t s : sizes) off.push_back(off.back() + s);
   const std::int64_t R = off.back(), G = static_cast<std::int64_t>(sizes.size());
   const Tensor<std::int64_t> offsets = kiln::to(Tensor<std::int64_t>::from_vector(off, {G + 1}), gpu);
-  const Tensor<bf16> dy = kiln::cast<bf16>(gpu_values(R, n, 4096, 11)), x = kiln::cast<bf16>(gpu_values(R, k, 4096, 12));
+  const Tensor<bf16> dy = kiln::cast<bf16>(gpu_values(R, n, 4096, 11));
+  const Tensor<bf16> x = kiln::cast<bf16>(gpu_values(R, k, 4096, 12));
   const fp8::QuantizeOptions gradient{.amax_floor = 1e-30f};
   const fp8::KGroupedMatrix a = fp8::quantize_k_grouped(dy, offsets, gradient), b = fp8::quantize_k_grouped(x, offsets);
   Tensor<bf16> dw16;

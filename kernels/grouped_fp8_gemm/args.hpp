@@ -70,9 +70,10 @@ struct GroupedFp8GemmArgs {
 // group starting on a k-block), both with 1×128 tiles (k-block major scales over P's k-blocks, as
 // fp8::QuantizedMatrix's row_1x128). For each group g:
 //
-//   D_g[m, n] = Σ_kb a_scale(m, col_g/128 + kb) · b_scale(n, col_g/128 + kb) · Σ_{k in kb} A[m, col_g + k] · B[n, col_g + k]
+//   D_g[m, n] = Σ_kb a_scale(m, c_g + kb) · b_scale(n, c_g + kb) · Σ_{k in kb} A[m, col_g + k] · B[n, col_g + k]
 //
-// over the group's count_g columns; D [G, M, N] contiguous, bf16 or f32; an empty group's D_g is 0.
+// over the group's count_g columns (c_g = col_g / 128: the group's first k-block); D [G, M, N]
+// contiguous, bf16 or f32; an empty group's D_g is 0.
 struct KGroupedFp8GemmArgs {
   static constexpr const char* kernel = "k_grouped_fp8_gemm";
   static constexpr const char* header = "kiln/kernels/grouped_fp8_gemm/k_grouped.cuh";

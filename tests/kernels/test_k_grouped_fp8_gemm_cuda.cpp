@@ -69,7 +69,8 @@ void expect_product(const std::vector<std::int64_t>& sizes, std::int64_t M, std:
   const std::vector<double> want = fp8::k_grouped_gemm_reference(a, b).to_vector();
   const bool hopper_shape = M % 16 == 0 && N % 16 == 0 && sizes.size() <= 1024;
   using fp8::GroupedGemmKernel;
-  for (const GroupedGemmKernel kernel : {GroupedGemmKernel::simt, GroupedGemmKernel::hopper, GroupedGemmKernel::automatic}) {
+  for (const GroupedGemmKernel kernel :
+       {GroupedGemmKernel::simt, GroupedGemmKernel::hopper, GroupedGemmKernel::automatic}) {
     const bool hopper = kernel == GroupedGemmKernel::hopper ||
                         (kernel == GroupedGemmKernel::automatic && hopper_shape && gpu_is_sm90());
     if (kernel == GroupedGemmKernel::hopper && !(hopper_shape && gpu_is_sm90())) {
@@ -80,11 +81,12 @@ void expect_product(const std::vector<std::int64_t>& sizes, std::int64_t M, std:
     poison_cached_memory();
     KernelTrace trace;
     const Tensor<Out> d = fp8::k_grouped_gemm<Out>(a, b, {.kernel = kernel});
-    EXPECT_EQ(trace.launches(), std::vector<std::string>{hopper ? "k_grouped_fp8_gemm/hopper" : "k_grouped_fp8_gemm/simt"});
+    const std::string ran = hopper ? "k_grouped_fp8_gemm/hopper" : "k_grouped_fp8_gemm/simt";
+    EXPECT_EQ(trace.launches(), std::vector<std::string>{ran});
     ASSERT_EQ(d.shape(), (Shape{static_cast<std::int64_t>(sizes.size()), M, N}));
     const std::vector<double> got = cast<double>(to(d, Device::cpu())).to_vector();
-    EXPECT_LE(relative_error(got, want),
-              product_tolerance(hopper ? GroupedGemmKernel::hopper : GroupedGemmKernel::simt, std::is_same_v<Out, bf16>));
+    const GroupedGemmKernel kind = hopper ? GroupedGemmKernel::hopper : GroupedGemmKernel::simt;
+    EXPECT_LE(relative_error(got, want), product_tolerance(kind, std::is_same_v<Out, bf16>));
     for (std::size_t g = 0; g < sizes.size(); ++g) {
       if (sizes[g] != 0) continue;
       for (std::int64_t e = 0; e < M * N; ++e) {

@@ -55,10 +55,12 @@ void expect_layout(const std::vector<std::int64_t>& sizes, std::int64_t C, std::
       const cpu::Fp8Operand a = fp8::detail::cpu_operand(alone);
       for (std::int64_t c = 0; c < C; ++c) {
         for (std::int64_t t = 0; t < n; ++t) {
-          ASSERT_EQ(o.data[c * o.ld + column + t], a.data[c * a.ld + t]) << "group " << g << " row " << c << " token " << t;
+          ASSERT_EQ(o.data[c * o.ld + column + t], a.data[c * a.ld + t])
+              << "group " << g << " row " << c << " token " << t;
         }
         for (std::int64_t kb = 0; kb < (n + 127) / 128; ++kb) {
-          ASSERT_EQ(o.scale_of(c, column / 128 + kb), a.scale_of(c, kb)) << "group " << g << " row " << c << " kb " << kb;
+          ASSERT_EQ(o.scale_of(c, column / 128 + kb), a.scale_of(c, kb))
+              << "group " << g << " row " << c << " kb " << kb;
         }
       }
       for (std::int64_t t = 0; t < n; ++t) used[static_cast<std::size_t>(column + t)] = true;
@@ -120,7 +122,9 @@ void expect_product(const std::vector<std::int64_t>& sizes, std::int64_t M, std:
   EXPECT_LE(relative_error(kiln_ref.to_vector(), want), 1e-6);
   for (std::int64_t g = 0; g < G; ++g) {
     if (sizes[static_cast<std::size_t>(g)] != 0) continue;
-    for (std::int64_t e = 0; e < M * N; ++e) ASSERT_EQ(got[static_cast<std::size_t>(g * M * N + e)], 0.0) << "empty group " << g;
+    for (std::int64_t e = 0; e < M * N; ++e) {
+      ASSERT_EQ(got[static_cast<std::size_t>(g * M * N + e)], 0.0) << "empty group " << g;
+    }
   }
 }
 

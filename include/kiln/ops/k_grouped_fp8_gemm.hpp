@@ -121,7 +121,8 @@ inline void check_k_grouped_pair(const char* op, const KGroupedMatrix& a, const 
 template <class T>
 KGroupedMatrix quantize_k_grouped(const Tensor<T>& x_in, const Tensor<std::int64_t>& offsets,
                                   QuantizeOptions options = {}) {
-  static_assert(std::is_same_v<T, float> || std::is_same_v<T, bf16>, "kiln::fp8::quantize_k_grouped takes float or bfloat16");
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, bf16>,
+                "kiln::fp8::quantize_k_grouped takes float or bfloat16");
   const char* op = "fp8_quantize_k_grouped";
   check_defined(op, x_in);
   check(x_in.dim() == 2 && x_in.size(1) >= 1, op, "expects rows [R, C] with C >= 1, got shape ", x_in.shape());
