@@ -70,6 +70,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <type_traits>
 
@@ -377,8 +378,8 @@ inline int mma_splits(const DecodeAttentionArgs& a, const DeviceInfo& info, int 
 // there, the launcher uses them only with KILN_DECODE_KEY_GROUPS=on in the environment (read at
 // each launch: the tests switch it), and G = 1, the variant measured in docs/mla.md, otherwise.
 inline int mma_key_groups(const DecodeAttentionArgs& a) {
-  const char* enabled = std::getenv("KILN_DECODE_KEY_GROUPS");
-  if (enabled == nullptr || std::string(enabled) != "on") return 1;
+  const char* enabled = std::getenv("KILN_DECODE_KEY_GROUPS");  // no allocation: launches are a hot path
+  if (enabled == nullptr || std::strcmp(enabled, "on") != 0) return 1;
   const std::int64_t rows = static_cast<std::int64_t>(a.queries) * a.heads;
   return rows <= 16 ? 4 : rows <= 32 ? 2 : 1;
 }
