@@ -18,6 +18,14 @@
 #           (KILN_DECODE_KEY_GROUPS=on; off by default until their tests pass on a GPU) -> docs/mla.md
 #   bench-fp8  bench_grouped_fp8_gemm_cuda: the grouped FP8 GEMM and the k-grouped weight gradient
 #           against the bf16 grouped GEMMs                          -> docs/fp8-gemm.md
+#   quantize  the FP8 quantization's tests (bit for bit against the CPU: every tiling, both at once,
+#           the batched expert weights, the training step), bench_fp8_quantize_cuda, and the big
+#           config's 600-step FP8 and bf16 runs for the step time   -> docs/fp8-gemm.md
+#   fp8-seeds  bf16 against FP8 at the seeds in $SEEDS (default 1 2 3), alternating, until $DEADLINE
+#           seconds of the call have passed (default 540)           -> docs/fp8-gemm.md
+#   key-groups-ab  bench_paged_decode_cuda with key groups off, on, off, on: whether a figure repeats
+#   profile-fp8  the GPU time of each kernel in 30 steps of bf16 and of FP8 training (nsys when the
+#           machine has it)                                          -> docs/fp8-gemm.md
 # Usage: scripts/gpu_pending.sh PHASE [PHASE ...]   (on the lent machine: OUT=$OUT, logs under it)
 # The Debian dev packages the build needs (Eigen, GoogleTest, Google Benchmark, nlohmann-json) are
 # unpacked from build-deps/*.deb when missing there; fetch them first on a Debian 12 machine with
@@ -31,7 +39,8 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-build-gpu/logs}
 BUILD=${BUILD:-/tmp/kb}
 mkdir -p "$OUT"
-[ $# -gt 0 ] || { echo "usage: $0 build|tests|fp8|fp8-ablations|fp8-parts|bench|bench-key-groups|bench-fp8 ..."; exit 2; }
+phases="build|tests|quantize|fp8|fp8-ablations|fp8-parts|fp8-seeds|bench|bench-key-groups|bench-fp8|key-groups-ab"
+[ $# -gt 0 ] || { echo "usage: $0 $phases|profile-fp8 ..."; exit 2; }
 
 prefix=()
 if [ ! -d /usr/include/eigen3 ] && compgen -G "build-deps/*.deb" >/dev/null; then
@@ -144,8 +153,73 @@ for phase in "$@"; do
       timeout 240 "$BUILD/benchmarks/bench_grouped_fp8_gemm_cuda" > "$OUT/bench_grouped_fp8.log" 2>&1 || rc=1
       cat "$OUT/bench_grouped_fp8.log"
       ;;
+    quantize)
+      build test_kernels_cuda test_nn_cuda pretrain bench_fp8_quantize_cuda
+      "$BUILD/tests/test_kernels_cuda" --gtest_filter='Fp8QuantizeCuda.*:GroupedFp8GemmCuda.QuantizeGrouped*' \
+        > "$OUT/test_quantize.log" 2>&1 || rc=1
+      "$BUILD/tests/test_nn_cuda" --gtest_filter='Fp8TrainingCuda.*' > "$OUT/test_fp8_training.log" 2>&1 || rc=1
+      grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT"/test_quantize.log \
+        "$OUT"/test_fp8_training.log | head -30
+      timeout 120 "$BUILD/benchmarks/bench_fp8_quantize_cuda" > "$OUT/bench_fp8_quantize.log" 2>&1 || rc=1
+      cat "$OUT/bench_fp8_quantize.log"
+      for kind in fp8 bf16; do
+        flags=()
+        [ $kind = fp8 ] && flags=(--fp8)
+        "$BUILD/examples/pretrain" --device cuda --config big --steps 600 --log-every 200 --eval-every 200 \
+          --samples 0 --seed 1 "${flags[@]}" > "$OUT/pretrain_$kind.log" 2>&1 || echo "pretrain $kind failed"
+        echo "$kind: $(grep -E '^(eval step 600|done)' "$OUT/pretrain_$kind.log" | tr '\n' ' ')"
+      done
+      "$BUILD/tests/test_kernels_cuda" --gtest_filter='GroupedFp8GemmCuda.*:KGroupedFp8GemmCuda.*:Fp8GemmCuda.*' \
+        > "$OUT/test_fp8_gemm.log" 2>&1 || rc=1
+      grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT"/test_fp8_gemm.log | head -20
+      ;;
+    fp8-seeds)
+      build pretrain
+      for seed in ${SEEDS:-1 2 3}; do
+        for kind in bf16 fp8; do
+          [ $SECONDS -lt "${DEADLINE:-540}" ] || { echo "deadline: seed $seed $kind not run"; continue; }
+          flags=()
+          [ $kind = fp8 ] && flags=(--fp8)
+          "$BUILD/examples/pretrain" --device cuda --config big --steps 600 --log-every 200 --eval-every 200 \
+            --samples 0 --seed "$seed" "${flags[@]}" > "$OUT/seed${seed}_$kind.log" 2>&1 ||
+            echo "seed $seed $kind failed"
+          echo "seed $seed $kind: $(grep -E '^(eval step 600|done)' "$OUT/seed${seed}_$kind.log" | tr '\n' ' ')"
+        done
+      done
+      ;;
+    key-groups-ab)
+      build bench_paged_decode_cuda
+      for round in 1 2; do
+        for kg in off on; do
+          KILN_DECODE_KEY_GROUPS=$kg timeout 200 "$BUILD/benchmarks/bench_paged_decode_cuda" \
+            > "$OUT/key_groups_${kg}_$round.log" 2>&1 || rc=1
+        done
+      done
+      grep -H -E "128, 1, 12|L ?256|32768" "$OUT"/key_groups_*.log | head -40
+      ;;
+    profile-fp8)
+      build pretrain
+      nsys_bin=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null |
+        head -1)
+      for kind in bf16 fp8; do
+        flags=()
+        [ $kind = fp8 ] && flags=(--fp8)
+        args=(--device cuda --config big --steps 30 --log-every 10 --eval-every 1000 --samples 0 "${flags[@]}")
+        if [ -n "$nsys_bin" ]; then
+          "$nsys_bin" profile -o "/tmp/prof_$kind" --force-overwrite true "$BUILD/examples/pretrain" "${args[@]}" \
+            > "$OUT/profile_run_$kind.log" 2>&1
+          "$nsys_bin" stats --report cuda_gpu_kern_sum --format csv "/tmp/prof_$kind.nsys-rep" \
+            > "$OUT/profile_$kind.csv" 2>&1
+          head -25 "$OUT/profile_$kind.csv" | cut -c1-200
+        else
+          echo "no nsys; ncu over step 2"
+          timeout 240 ncu --clock-control none --metrics gpu__time_duration.sum --csv \
+            "$BUILD/examples/pretrain" "${args[@]/30/2}" > "$OUT/profile_$kind.csv" 2>&1
+        fi
+      done
+      ;;
     *)
-      echo "unknown phase $phase (build, tests, fp8, fp8-ablations, fp8-parts, bench, bench-key-groups or bench-fp8)"
+      echo "unknown phase $phase (see the usage line)"
       exit 2
       ;;
   esac

@@ -94,6 +94,16 @@ struct Fp8QuantizeArgs {
   const std::int64_t* k_group_offsets = nullptr;  // [k_groups + 1] on the device, int64
   std::int64_t k_groups = 0;
   std::int64_t k_grouped_cols = 0;  // P = k_grouped_columns(R, G): L's row length
+  // Batched 128×128 blocks (stacked weights [G, N, K] in one launch): `batch` matrices, the b-th
+  // read from src + b·src_batch elements and written to q + b·q_batch bytes and scale +
+  // b·scale_batch floats, each as described above.
+  std::int64_t batch = 1, src_batch = 0, q_batch = 0, scale_batch = 0;
+  // Both 1×128 tilings from one read (bf16 S, L = S, row_1x128, not transposed): q and scale get
+  // L = S as above, q_t and scale_t the 1×128 tiles of Sᵀ ([src_cols, src_rows] bytes; scales
+  // [ceil(src_rows/128), scale_t_ld], k-block major, scale_t_ld ≥ src_cols, padding set to 0).
+  std::uint8_t* q_t = nullptr;
+  float* scale_t = nullptr;
+  std::int64_t scale_t_ld = 0;
 };
 
 }  // namespace kiln::kernels

@@ -5,9 +5,9 @@
 //   scale = max(amax, amax_floor) / 448  (optionally rounded up to a power of two),
 //   q     = e4m3(x / scale)              (round to nearest even, saturating at ±448).
 // fp8::tile_scale and fp8::amax_step (math/fp8.hpp) are the same functions on both backends;
-// x / scale is computed with IEEE rounding (Divider: the exact float quotient, from a per-tile
-// double reciprocal) and cvt.rn.satfinite.e4m3x2.f32 rounds like kiln::fp8_e4m3, so the bytes and
-// scales are bit-identical to the CPU's.
+// x / scale is computed with IEEE rounding (fp8::ScaleDivider: the exact float quotient, from a
+// per-tile reciprocal and two fused multiply-adds) and cvt.rn.satfinite.e4m3x2.f32 rounds like
+// kiln::fp8_e4m3, so the bytes and scales are bit-identical to the CPU's.
 //
 // Input: a source matrix S [src_rows, src_cols], float or bf16, unit stride along its rows (row
 // stride lds). The matrix L that gets quantized is S itself, or Sᵀ for the transposed tilings the
@@ -37,6 +37,13 @@
 //     gradient, ops/k_grouped_fp8_gemm.hpp): a block's 128 source rows are the rows of one group
 //     that fall in its k-block of L, found from the device offsets; the same bytes and scales as
 //     quantize_transposed of each group's rows alone.
+//   rows_both_kernel (bf16; 1×128 tiles of S and of Sᵀ at once): one block per 128×128 region of
+//     S. Each half-warp loads a row's 128 columns (16 lanes × 8), quantizes that row tile from
+//     registers as rows_kernel does, and parks the raw bf16 bits in a shared tile (pitch 130: 65
+//     words, so a warp reading down a column hits 32 banks); after a barrier each warp quantizes
+//     16 of the region's columns as rows_transposed_kernel does. One read of S for both tilings:
+//     2 + 1 + 1 bytes per element instead of 2 + 1 and 2 + 1 (fp8_linear's x and dY need both).
+//   blocks_kernel takes a batch of matrices in one launch (gridDim.y; the stacked expert weights).
 // Rows whose length or alignment does not allow 16-byte loads use the same kernels with one
 // element per load (Vector = false). Elements past the matrix edge load as 0, which leaves amax
 // unchanged, and are never stored.
@@ -46,6 +53,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "kiln/core/error.hpp"
 #include "kiln/kernels/common/cuda_check.hpp"
@@ -73,6 +81,10 @@ struct Params {
   bool power_of_two;
   const std::int64_t* k_group_offsets;  // k-grouped L (args.hpp), or null
   std::int64_t k_groups, k_grouped_cols;
+  std::int64_t batch, src_batch, q_batch, scale_batch;  // batched 128×128 blocks (args.hpp)
+  std::uint8_t* q_t;                                    // rows_both_kernel's second output (args.hpp)
+  float* scale_t;
+  std::int64_t scale_t_ld;
 };
 
 __host__ __device__ constexpr std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
@@ -90,36 +102,14 @@ __device__ __forceinline__ void load_run(const T* __restrict__ row, std::int64_t
   }
 }
 
-// x / scale with IEEE rounding, the CPU's divide_rn(x, scale) bit for bit, without a division.
+// x / scale with IEEE rounding, the CPU's divide_rn(x, scale) bit for bit, without a division
 // (div.rn.f32 compiles to a fast path plus a call to a slow-path routine, which costs register
-// spills.) Once per tile: inv = 1/scale in double, from the hardware's approximate float
-// reciprocal (relative error < 2^-22) and two Newton steps (error < 2^-52). Per element:
-// float(double(x) · inv), whose relative error before the final rounding is < 2^-50. That
-// rounding gives RN(x / scale) because the exact quotient is never closer than 2^-49 (relative)
-// to a rounding boundary of float: with x = X·2^a, scale = S·2^b (X, S integers < 2^24) and a
-// midpoint M·2^c (M odd, 25 bits), x/scale − M·2^c = (X·2^a − M·S·2^(b+c)) / scale is either 0 —
-// impossible, X·2^a would need M·S's 25+ significant bits — or at least 2^min(a, b+c) / scale,
-// i.e. at least 1/(M·S) > 2^-49 or 1/X > 2^-24 relative. Quotients below float's normal range
-// (< 2^-126) may round differently but become ±0 in e4m3 either way, with the right sign.
-// The scale is normal (amax_floor ≥ 1e-30 keeps it ≥ 2^-109; amax ≤ FLT_MAX keeps it ≤ 2^120)
-// or +inf (an infinite element), where x / inf is x · 0 (±0, or NaN for inf and NaN).
-struct Divider {
-  double inv;
-  bool infinite;
-
-  __device__ __forceinline__ explicit Divider(float scale) : infinite(scale == INFINITY) {
-    float approx;
-    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(approx) : "f"(scale));
-    const double s = scale;
-    double y = approx;
-    y = fma(y, fma(-s, y, 1.0), y);
-    y = fma(y, fma(-s, y, 1.0), y);
-    inv = y;
-  }
-  __device__ __forceinline__ float operator()(float x) const {
-    return infinite ? __fmul_rn(x, 0.0f) : __double2float_rn(__dmul_rn(static_cast<double>(x), inv));
-  }
-};
+// spills): fp8::ScaleDivider (math/fp8.hpp) takes RN(1/scale) once per tile and corrects x·(1/scale)
+// with two fused multiply-adds per element (Markstein). Until 2026-12-05 the kernels multiplied in
+// double instead: two float-double conversions per element, which sm_90 issues at 16 a cycle per
+// SM against 128 FP32 operations; the 1×128 kernels then ran at 29-44% of the H200's 4.8 TB/s in
+// a training step (Nsight Compute). docs/fp8-gemm.md has the figures after the change.
+using Divider = fp8::ScaleDivider;
 
 // e4m3(x / scale): the CPU's fp8_e4m3(divide_rn(x, scale)) bit for bit. cvt.rn.satfinite
 // rounds to nearest even and saturates like kiln::fp8_e4m3; NaN is mapped to kiln's 0x7F
@@ -212,7 +202,9 @@ __global__ void __launch_bounds__(kThreads) blocks_kernel(const Params p) {
   constexpr int kRowsPerPass = kThreads / kLanesPerRow;
   constexpr int kPasses = kTile / kRowsPerPass;        // kPasses * V = 64 values a thread
   __shared__ float scratch[kWarps];
-  const T* src = static_cast<const T*>(p.src);
+  const T* src = static_cast<const T*>(p.src) + blockIdx.y * p.src_batch;  // batch member blockIdx.y
+  std::uint8_t* q = p.q + blockIdx.y * p.q_batch;
+  float* scale = p.scale + blockIdx.y * p.scale_batch;
   const std::int64_t col_blocks = ceil_div(p.src_cols, kTile);
   const std::int64_t ib = blockIdx.x / col_blocks, jb = blockIdx.x % col_blocks;
   const std::int64_t r0 = ib * kTile, c0 = jb * kTile;
@@ -237,17 +229,17 @@ __global__ void __launch_bounds__(kThreads) blocks_kernel(const Params p) {
   const Divider divide(s);
 
   if constexpr (!Transposed) {
-    if (threadIdx.x == 0) p.scale[ib * p.scale_ld + jb] = s;
+    if (threadIdx.x == 0) scale[ib * p.scale_ld + jb] = s;
     if (col >= p.src_cols) return;
     const bool words = p.src_cols % V == 0;
 #pragma unroll
     for (int i = 0; i < kPasses; ++i) {
       const std::int64_t r = r0 + i * kRowsPerPass + tr;
-      if (r < p.src_rows) store_run<V>(p.q + r * p.src_cols + col, v[i], divide, p.src_cols - col, words);
+      if (r < p.src_rows) store_run<V>(q + r * p.src_cols + col, v[i], divide, p.src_cols - col, words);
     }
   } else {
     // L = Sᵀ: this is L's block (jb, ib); L has src_cols rows of src_rows bytes.
-    if (threadIdx.x == 0) p.scale[jb * p.scale_ld + ib] = s;
+    if (threadIdx.x == 0) scale[jb * p.scale_ld + ib] = s;
     constexpr int kPitch = kTile + 4;  // bytes; a multiple of 4 for the word reads below
     __shared__ __align__(16) std::uint8_t t[kTile * kPitch];  // t[c][r] = q(S[r0 + r][c0 + c])
 #pragma unroll
@@ -262,7 +254,7 @@ __global__ void __launch_bounds__(kThreads) blocks_kernel(const Params p) {
       const std::int64_t lrow = c0 + c;
       if (lrow >= p.src_cols || lcol >= p.src_rows) continue;
       const std::uint8_t* from = t + c * kPitch + 4 * lane;
-      std::uint8_t* dst = p.q + lrow * p.src_rows + lcol;
+      std::uint8_t* dst = q + lrow * p.src_rows + lcol;
       if (words && lcol + 4 <= p.src_rows) {
         *reinterpret_cast<std::uint32_t*>(dst) = *reinterpret_cast<const std::uint32_t*>(from);
       } else {
@@ -337,6 +329,76 @@ __global__ void __launch_bounds__(kThreads) rows_transposed_kernel(const Params 
   }
 }
 
+// ---- 1×128 tiles of S and of Sᵀ from one read (bf16) ----
+// The row tiles as rows_kernel writes them (q, scale), the column tiles as rows_transposed_kernel
+// writes them (q_t, scale_t): the same bytes and scales, since each tile's amax and quotients are
+// the same functions of the same elements.
+template <bool Vector>
+__global__ void __launch_bounds__(kThreads) rows_both_kernel(const Params p) {
+  constexpr int V = 8;                                   // bf16 elements per 16-byte load
+  constexpr int kLanesPerRow = kTile / V;                // 16: a half-warp per row of the region
+  constexpr int kRowsPerPass = kThreads / kLanesPerRow;  // 16
+  constexpr int kPasses = kTile / kRowsPerPass;          // 8
+  constexpr int kPitch = kTile + 2;                      // bf16 elements (65 words) per tile row
+  __shared__ __align__(16) std::uint16_t tile[kTile * kPitch];  // raw bf16 bits, 33,280 bytes
+  const bf16* src = static_cast<const bf16*>(p.src);
+  const std::int64_t col_blocks = ceil_div(p.src_cols, kTile);
+  const std::int64_t rb = blockIdx.x / col_blocks, cb = blockIdx.x % col_blocks;
+  const std::int64_t r0 = rb * kTile, c0 = cb * kTile;
+  const int tr = static_cast<int>(threadIdx.x) / kLanesPerRow, tc = static_cast<int>(threadIdx.x) % kLanesPerRow;
+  const std::int64_t col = c0 + tc * V;
+  const bool words = p.src_cols % V == 0;
+
+#pragma unroll
+  for (int i = 0; i < kPasses; ++i) {
+    const int r = i * kRowsPerPass + tr;
+    const bool in = r0 + r < p.src_rows;
+    float v[V];
+    if (in) {
+      load_run<bf16, V, Vector>(src + (r0 + r) * p.lds, col, p.src_cols, v);
+    } else {
+#pragma unroll
+      for (int e = 0; e < V; ++e) v[e] = 0.0f;
+    }
+    float amax = 0.0f;
+#pragma unroll
+    for (int e = 0; e < V; ++e) amax = fp8::amax_step(amax, v[e]);
+    amax = group_amax<kLanesPerRow>(amax);  // over the row tile's 16 lanes
+    if (in && col < p.src_cols) {
+      const float s = fp8::tile_scale(amax, p.amax_floor, p.power_of_two);
+      if (tc == 0) p.scale[cb * p.scale_ld + r0 + r] = s;
+      store_run<V>(p.q + (r0 + r) * p.src_cols + col, v, Divider(s), p.src_cols - col, words);
+    }
+    // The values came from bf16 (or are 0): their upper 16 bits are the bf16 bits.
+    auto* row = reinterpret_cast<std::uint32_t*>(tile + r * kPitch + tc * V);
+#pragma unroll
+    for (int e = 0; e < V; e += 2)
+      row[e / 2] = (__float_as_uint(v[e]) >> 16) | (__float_as_uint(v[e + 1]) & 0xFFFF0000u);
+  }
+  __syncthreads();
+
+  const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>(threadIdx.x >> 5);
+  const std::int64_t valid = p.src_rows - r0;  // bytes of each Sᵀ row this block writes
+  for (int c = warp; c < kTile; c += kWarps) {
+    const std::int64_t lrow = c0 + c;  // Sᵀ's row = S's column
+    if (lrow >= p.src_cols) break;     // warp-uniform
+    float x[4];
+    float amax = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      x[j] = __uint_as_float(static_cast<std::uint32_t>(tile[(lane + 32 * j) * kPitch + c]) << 16);
+      amax = fp8::amax_step(amax, x[j]);
+    }
+    const float s = fp8::tile_scale(group_amax<32>(amax), p.amax_floor, p.power_of_two);
+    if (lane == 0) p.scale_t[rb * p.scale_t_ld + lrow] = s;
+    const Divider divide(s);
+    std::uint8_t* dst = p.q_t + lrow * p.src_rows + r0;
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+      if (lane + 32 * j < valid) dst[lane + 32 * j] = to_e4m3(x[j], divide);
+  }
+}
+
 // ---- host side ----
 
 inline unsigned grid_size(std::int64_t blocks) {
@@ -347,9 +409,17 @@ inline unsigned grid_size(std::int64_t blocks) {
 template <class T>
 void launch(const Params& p, bool row_tiles, bool transposed, cudaStream_t stream) {
   constexpr int V = 16 / static_cast<int>(sizeof(T));
-  const bool vector = reinterpret_cast<std::uintptr_t>(p.src) % 16 == 0 && (p.src_rows == 1 || p.lds % V == 0);
-  auto go = [&](auto kernel, std::int64_t blocks) { kernel<<<grid_size(blocks), kThreads, 0, stream>>>(p); };
-  if (row_tiles && !transposed) {
+  const bool vector = reinterpret_cast<std::uintptr_t>(p.src) % 16 == 0 && (p.src_rows == 1 || p.lds % V == 0) &&
+                      p.src_batch % V == 0;
+  auto go = [&](auto kernel, std::int64_t blocks) {
+    kernel<<<dim3(grid_size(blocks), static_cast<unsigned>(p.batch)), kThreads, 0, stream>>>(p);
+  };
+  if (p.q_t != nullptr) {
+    if constexpr (std::is_same_v<T, bf16>) {
+      const std::int64_t blocks = ceil_div(p.src_rows, kTile) * ceil_div(p.src_cols, kTile);
+      vector ? go(rows_both_kernel<true>, blocks) : go(rows_both_kernel<false>, blocks);
+    }
+  } else if (row_tiles && !transposed) {
     // One warp per 32 vectors of a row; a grid-stride loop beyond 2^20 blocks.
     const std::int64_t warps = p.src_rows * ceil_div(p.src_cols, 32 * V);
     const std::int64_t blocks = std::min<std::int64_t>(ceil_div(warps, kWarps), std::int64_t{1} << 20);
@@ -384,8 +454,23 @@ inline void launch_fp8_quantize(const Fp8QuantizeArgs& a) {
   p.k_group_offsets = a.k_group_offsets;
   p.k_groups = a.k_groups;
   p.k_grouped_cols = a.k_grouped_cols;
+  p.batch = a.batch;
+  p.src_batch = a.src_batch;
+  p.q_batch = a.q_batch;
+  p.scale_batch = a.scale_batch;
+  p.q_t = a.q_t;
+  p.scale_t = a.scale_t;
+  p.scale_t_ld = a.scale_t_ld;
   const bool row_tiles = a.tiling == fp8::Tiling::row_1x128, transposed = a.transposed;
   const bool k_grouped = a.k_group_offsets != nullptr;
+  const bool both = a.q_t != nullptr;
+  check(a.batch >= 1 && a.batch <= 65535 && (a.batch == 1 || (!row_tiles && !k_grouped && !both)), "fp8_quantize",
+        "takes a batch of 1 to 65535 matrices, above 1 only for 128x128 blocks; got ", a.batch, " of shape [",
+        a.src_rows, ", ", a.src_cols, "] with ", fp8::tiling_name(a.tiling), " tiles");
+  check(!both || (row_tiles && !transposed && !k_grouped && a.dtype == DType::bf16 && a.scale_t != nullptr &&
+                  a.scale_t_ld >= a.src_cols && a.scale_t_ld % 4 == 0),
+        "fp8_quantize", "both tilings at once take a bf16 source quantized as itself in 1x128 tiles and scales for ",
+        "its transpose (ld >= ", a.src_cols, ", a multiple of 4); got dtype ", a.dtype, " and ld ", a.scale_t_ld);
   check(!k_grouped || (row_tiles && transposed && a.k_groups >= 1 && a.k_grouped_cols % kTile == 0), "fp8_quantize",
         "the k-grouped layout takes 1x128 tiles of the transposed source, G >= 1 and a multiple of 128 columns, got ",
         a.k_groups, " groups and ", a.k_grouped_cols, " columns");
@@ -398,6 +483,9 @@ inline void launch_fp8_quantize(const Fp8QuantizeArgs& a) {
   if (row_tiles && p.scale_ld > out_rows)
     KILN_CUDA_CHECK(cudaMemsetAsync(
         p.scale, 0, static_cast<std::size_t>(ceil_div(out_cols, kTile) * p.scale_ld) * sizeof(float), stream));
+  if (both && p.scale_t_ld > p.src_cols)
+    KILN_CUDA_CHECK(cudaMemsetAsync(
+        p.scale_t, 0, static_cast<std::size_t>(ceil_div(p.src_rows, kTile) * p.scale_t_ld) * sizeof(float), stream));
   switch (a.dtype) {
     case DType::f32: return launch<float>(p, row_tiles, transposed, stream);
     case DType::bf16: return launch<bf16>(p, row_tiles, transposed, stream);

@@ -3,7 +3,8 @@
 // large shapes, non-contiguous and misaligned inputs, special values and both scale options; the
 // GEMM kernels (hopper and simt) against the float64 reference of the same quantized operands on
 // the shapes (rows subsets for large M) and odd ones, both B tilings, f32 and bf16 outputs;
-// kernel selection and its errors.
+// kernel selection and its errors. quantize_with_transposed (both 1×128 tilings, one read) in every
+// quantization case.
 // Tolerances (relative Frobenius error against float64): see tolerance() below — derived from the
 // tensor cores' accumulation precision for the Hopper kernel, FP32 rounding for the plain kernel.
 #include <kiln/ops/fp8_gemm.hpp>
@@ -44,7 +45,26 @@ std::vector<float> scale_storage(const QuantizedMatrix& q) {
   return Tensor<float>::view_of(q.scale.storage(), q.scale.offset(), {kb, ld}, {ld, 1}).to_vector();
 }
 
-// GPU quantization of x_gpu against the CPU's of x_cpu (the same values, same view).
+// A GPU quantization g against the CPU's c: bytes, scales and the scale storage's padding.
+void expect_same(const QuantizedMatrix& g, const QuantizedMatrix& c) {
+  ASSERT_EQ(g.device(), gpu);
+  ASSERT_EQ(g.scale.device(), gpu);
+  ASSERT_EQ(g.data.shape(), c.data.shape());
+  ASSERT_EQ(g.scale.shape(), c.scale.shape());
+  ASSERT_EQ(g.scale.strides(), c.scale.strides());
+  const std::vector<std::uint8_t> gb = bytes_of(g.data), cb = bytes_of(c.data);
+  std::size_t bad = 0, first = 0;
+  for (std::size_t i = 0; i < gb.size(); ++i)
+    if (gb[i] != cb[i] && bad++ == 0) first = i;
+  EXPECT_EQ(bad, 0u) << "first mismatch at " << first << " (row " << first / static_cast<std::size_t>(c.cols())
+                     << ", col " << first % static_cast<std::size_t>(c.cols()) << "): gpu "
+                     << int(gb.empty() ? 0 : gb[first]) << ", cpu " << int(cb.empty() ? 0 : cb[first]);
+  EXPECT_EQ(bits_of(scale_storage(g)), bits_of(scale_storage(c)));
+}
+
+// GPU quantization of x_gpu against the CPU's of x_cpu (the same values, same view): every tiling,
+// transposed or not, and both 1×128 tilings at once (quantize_with_transposed: for a bf16 view
+// with contiguous rows, the one-read kernel, whose memory is poisoned by the callers).
 template <class T>
 void expect_same_quantization(const Tensor<T>& x_cpu, const Tensor<T>& x_gpu, const std::string& what,
                               fp8::QuantizeOptions opt = {}) {
@@ -54,20 +74,12 @@ void expect_same_quantization(const Tensor<T>& x_cpu, const Tensor<T>& x_gpu, co
                        fp8::tiling_name(tiling), transposed ? " transposed" : ""));
       const QuantizedMatrix c = transposed ? fp8::quantize_transposed(x_cpu, tiling, opt) : fp8::quantize(x_cpu, tiling, opt);
       const QuantizedMatrix g = transposed ? fp8::quantize_transposed(x_gpu, tiling, opt) : fp8::quantize(x_gpu, tiling, opt);
-      ASSERT_EQ(g.device(), gpu);
-      ASSERT_EQ(g.scale.device(), gpu);
-      ASSERT_EQ(g.data.shape(), c.data.shape());
-      ASSERT_EQ(g.scale.shape(), c.scale.shape());
-      ASSERT_EQ(g.scale.strides(), c.scale.strides());
-      const std::vector<std::uint8_t> gb = bytes_of(g.data), cb = bytes_of(c.data);
-      std::size_t bad = 0, first = 0;
-      for (std::size_t i = 0; i < gb.size(); ++i)
-        if (gb[i] != cb[i] && bad++ == 0) first = i;
-      EXPECT_EQ(bad, 0u) << "first mismatch at " << first << " (row " << first / static_cast<std::size_t>(c.cols())
-                         << ", col " << first % static_cast<std::size_t>(c.cols()) << "): gpu "
-                         << int(gb.empty() ? 0 : gb[first]) << ", cpu " << int(cb.empty() ? 0 : cb[first]);
-      EXPECT_EQ(bits_of(scale_storage(g)), bits_of(scale_storage(c)));
+      expect_same(g, c);
     }
+  SCOPED_TRACE(str(what, " ", dtype_of<T>, " ", x_cpu.shape(), " strides ", x_gpu.strides(), " both 1x128 tilings"));
+  const fp8::QuantizedPair both = fp8::quantize_with_transposed(x_gpu, opt);
+  expect_same(both.plain, fp8::quantize(x_cpu, Tiling::row_1x128, opt));
+  expect_same(both.transposed, fp8::quantize_transposed(x_cpu, Tiling::row_1x128, opt));
 }
 
 // Values whose magnitude varies by row and column block, with outliers and zero runs.

@@ -198,10 +198,14 @@ TEST(GroupedFp8GemmCuda, Masked) {
   }
 }
 
-TEST(GroupedFp8GemmCuda, QuantizeGroupedBitIdenticalToCpu) {
-  KILN_REQUIRE_GPU();
-  const Tensor<float> w = gpu_values({5, 200, 333}, 41);
+namespace {
+
+// quantize_grouped(_transposed) of w on the GPU (one batched launch for a contiguous w, one launch
+// per group for a view) against the CPU's, bit for bit.
+template <class T>
+void expect_grouped_quantization_on_cpu(const Tensor<T>& w, const std::string& what) {
   for (bool transposed : {false, true}) {
+    SCOPED_TRACE(str(what, " ", dtype_of<T>, " ", w.shape(), transposed ? " transposed" : " plain"));
     const fp8::GroupedWeights g = transposed ? fp8::quantize_grouped_transposed(w) : fp8::quantize_grouped(w);
     const fp8::GroupedWeights c =
         transposed ? fp8::quantize_grouped_transposed(on_cpu(w)) : fp8::quantize_grouped(on_cpu(w));
@@ -209,8 +213,23 @@ TEST(GroupedFp8GemmCuda, QuantizeGroupedBitIdenticalToCpu) {
     std::vector<std::uint8_t> gb, cb;
     for (const fp8_e4m3& v : on_cpu(g.data).to_vector()) gb.push_back(v.bits);
     for (const fp8_e4m3& v : c.data.to_vector()) cb.push_back(v.bits);
-    EXPECT_EQ(gb, cb) << (transposed ? "transposed" : "plain");
-    EXPECT_EQ(on_cpu(g.scale).to_vector(), c.scale.to_vector()) << (transposed ? "transposed" : "plain");
+    EXPECT_EQ(gb, cb);
+    EXPECT_EQ(on_cpu(g.scale).to_vector(), c.scale.to_vector());
+  }
+}
+
+}  // namespace
+
+TEST(GroupedFp8GemmCuda, QuantizeGroupedBitIdenticalToCpu) {
+  KILN_REQUIRE_GPU();
+  poison_cached_memory();
+  std::uint64_t seed = 41;
+  // Partial blocks both ways, rows too short for 16-byte loads (333, 9), and the big config's experts.
+  for (const Shape& s : std::vector<Shape>{{5, 200, 333}, {1, 7, 9}, {3, 130, 136}, {8, 1024, 768}, {8, 768, 512}}) {
+    const Tensor<float> w = gpu_values(s, seed++);
+    expect_grouped_quantization_on_cpu(w, "contiguous");
+    expect_grouped_quantization_on_cpu(on_gpu(cast<bf16>(on_cpu(w))), "contiguous");
+    if (s[2] > 2) expect_grouped_quantization_on_cpu(narrow(w, 2, 1, s[2] - 2), "view");
   }
 }
 

@@ -12,6 +12,7 @@
 // Host and device (KILN_HD); g++ compiles it.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #include "kiln/core/low_precision.hpp"  // KILN_HD, detail::bit_cast
@@ -65,5 +66,63 @@ KILN_HD inline float tile_scale(float amax, float amax_floor, bool power_of_two)
   if (exponent == 0x7F800000u || mantissa == 0) return scale;  // inf, or already 2^e
   return ::kiln::detail::bit_cast<float>(exponent + 0x00800000u);
 }
+
+// divide_rn(x, scale) for every x of one tile, without a division per element: the CUDA
+// quantization kernels use it (a division, or the double-precision route they took before, costs
+// more issue slots than the element's 3 bytes of memory traffic allow at full bandwidth).
+// Per tile: inv = RN(1/scale). Per element, in FP32 with fused multiply-adds:
+//   q0 = RN(x · inv)                        within 1.5 ulp of x / scale
+//   q1 = RN(q0 + RN(x − scale·q0) · inv)    faithful (within 1 ulp)
+//   q2 = RN(q1 + (x − scale·q1) · inv)      = RN(x / scale)
+// The last line is Markstein's theorem (Handbook of Floating-Point Arithmetic, 2nd ed., §4.7):
+// with y = RN(1/b) and q within 1 ulp of a/b, the residual a − b·q is exactly a float (the fma
+// computes it exactly) and RN(q + r·y) = RN(a/b). It needs the residual to be a normal float: a
+// tile whose scale is below 2^-60 (amax < 2^-51) is first scaled by 2^64 (x and scale alike, which
+// is exact), so every element whose quotient is at least 2^-12 has a normal residual; smaller
+// quotients round to ±0 in e4m3 (its least magnitude is 2^-9) whatever their last bits, and the
+// sign is x's (scale > 0). scale = +inf (an infinite element) gives x · 0, as x / inf would.
+// tests/math/test_fp8_divider.cpp checks it against divide_rn on every float of a binade.
+struct ScaleDivider {
+  float scale, inv, pre;  // pre: 2^64 for tiny scales, else 1 (scale holds the scaled value)
+  bool infinite;
+
+  KILN_HD explicit ScaleDivider(float s) : scale(s), inv(0.0f), pre(1.0f), infinite(s == INFINITY) {
+    if (infinite) return;
+    if (scale < 0x1p-60f) {
+      pre = 0x1p64f;
+      scale *= pre;
+    }
+#ifdef __CUDA_ARCH__
+    inv = __frcp_rn(scale);
+#else
+    inv = 1.0f / scale;
+#endif
+  }
+
+  KILN_HD float operator()(float x_in) const {
+    if (infinite) return mul(x_in, 0.0f);
+    const float x = mul(x_in, pre);
+    float q = mul(x, inv);
+    q = fma_rn(fma_rn(-scale, q, x), inv, q);
+    q = fma_rn(fma_rn(-scale, q, x), inv, q);
+    return std::copysign(q, x);
+  }
+
+ private:
+  KILN_HD static float mul(float a, float b) {
+#ifdef __CUDA_ARCH__
+    return __fmul_rn(a, b);
+#else
+    return a * b;
+#endif
+  }
+  KILN_HD static float fma_rn(float a, float b, float c) {
+#ifdef __CUDA_ARCH__
+    return __fmaf_rn(a, b, c);
+#else
+    return std::fma(a, b, c);
+#endif
+  }
+};
 
 }  // namespace kiln::fp8

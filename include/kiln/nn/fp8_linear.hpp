@@ -10,8 +10,10 @@
 //                            (both quantize_transposed)
 // Activations and their gradients get fine-grained 1×128 tiles (outliers stay local to a tile);
 // weights get 128×128 blocks, which are the same set of elements for W and Wᵀ. Y and dX come out
-// in x's dtype (float or bf16), dW in W's dtype (float or bf16). The backward saves x and W
-// (not their FP8 copies) and quantizes them again in the tilings it needs.
+// in x's dtype (float or bf16), dW in W's dtype (float or bf16). x is quantized once for both of
+// its tilings (fp8::quantize_with_transposed: one read of x on the GPU) and the backward keeps xᵀ's
+// FP8 copy instead of x; dY likewise for the data and weight gradients. W is kept and quantized
+// again, transposed, for the data gradient.
 // On the CPU the GEMMs run on kiln's CPU FP8 GEMM (the same function), so a model can be trained
 // and tested without a GPU. Fp8LinearOptions can leave any of the three products unquantized (an
 // ablation of the recipe).
@@ -78,9 +80,20 @@ Tensor<A> fp8_linear(const Tensor<A>& x, const Tensor<W>& weight, const Fp8Linea
   if (tokens == 0) return zeros<A>(out_shape, x.device());
 
   const Tensor<A> x2 = reshape(x.detach(), {tokens, in});
+  // xᵀ's FP8 copy for the weight gradient, made with the forward's quantization of x when both
+  // are FP8; the backward then needs nothing else of x.
+  fp8::QuantizedMatrix qxt;
+  const bool xt_now = options.fp8_forward && options.fp8_wgrad && autograd::needs_grad(weight);
   Tensor<A> y;
   if (options.fp8_forward) {
-    const fp8::QuantizedMatrix qx = fp8::quantize(x2, fp8::Tiling::row_1x128, options.quantize);
+    fp8::QuantizedMatrix qx;
+    if (xt_now) {
+      fp8::QuantizedPair both = fp8::quantize_with_transposed(x2, options.quantize);
+      qx = std::move(both.plain);
+      qxt = std::move(both.transposed);
+    } else {
+      qx = fp8::quantize(x2, fp8::Tiling::row_1x128, options.quantize);
+    }
     const fp8::QuantizedMatrix qw = fp8::quantize(weight.detach(), fp8::Tiling::block_128x128, options.quantize);
     y = reshape(fp8::gemm<A>(qx, qw, options.gemm), out_shape);
   } else {
@@ -89,12 +102,19 @@ Tensor<A> fp8_linear(const Tensor<A>& x, const Tensor<W>& weight, const Fp8Linea
   if (!autograd::needs_grad(x, weight)) return y;
 
   autograd::record(y, op,
-                   [options, x2, w = weight.detach(), x_shape = x.shape(), tokens, out](
-                       const Tensor<A>& g, const autograd::InputGrads& grads) {
+                   [options, x2 = xt_now ? Tensor<A>() : x2, qxt, w = weight.detach(), x_shape = x.shape(), tokens,
+                    out](const Tensor<A>& g, const autograd::InputGrads& grads) {
     const Tensor<A> g2 = reshape(g, {tokens, out});
+    // dY in both tilings from one read when both gradients are FP8.
+    fp8::QuantizedMatrix qg, qgt;
+    if (grads.needs(0) && options.fp8_dgrad && grads.needs(1) && options.fp8_wgrad) {
+      fp8::QuantizedPair both = fp8::quantize_with_transposed(g2, options.gradient);
+      qg = std::move(both.plain);
+      qgt = std::move(both.transposed);
+    }
     if (grads.needs(0)) {
       if (options.fp8_dgrad) {
-        const fp8::QuantizedMatrix qg = fp8::quantize(g2, fp8::Tiling::row_1x128, options.gradient);
+        if (!qg.data.defined()) qg = fp8::quantize(g2, fp8::Tiling::row_1x128, options.gradient);
         const fp8::QuantizedMatrix qwt = fp8::quantize_transposed(w, fp8::Tiling::block_128x128, options.quantize);
         grads.add(0, reshape(fp8::gemm<A>(qg, qwt, options.gemm), x_shape));
       } else {
@@ -103,9 +123,10 @@ Tensor<A> fp8_linear(const Tensor<A>& x, const Tensor<W>& weight, const Fp8Linea
     }
     if (grads.needs(1)) {
       if (options.fp8_wgrad) {
-        const fp8::QuantizedMatrix qgt = fp8::quantize_transposed(g2, fp8::Tiling::row_1x128, options.gradient);
-        const fp8::QuantizedMatrix qxt = fp8::quantize_transposed(x2, fp8::Tiling::row_1x128, options.quantize);
-        grads.add(1, fp8::gemm<W>(qgt, qxt, options.gemm));
+        if (!qgt.data.defined()) qgt = fp8::quantize_transposed(g2, fp8::Tiling::row_1x128, options.gradient);
+        grads.add(1, fp8::gemm<W>(qgt, qxt.data.defined() ? qxt : fp8::quantize_transposed(
+                                                                     x2, fp8::Tiling::row_1x128, options.quantize),
+                                  options.gemm));
       } else {
         grads.add(1, cast<W>(matmul(transpose(g2, 0, 1), x2)));
       }

@@ -264,6 +264,46 @@ QuantizedMatrix quantize_transposed(const Tensor<T>& x, Tiling tiling, QuantizeO
   return detail::quantize("fp8_quantize", x, true, tiling, options);
 }
 
+// x in 1×128 tiles both ways: what fp8_linear needs of an activation (the forward's A, then the
+// weight gradient's xᵀ) and of an output gradient (the data gradient's A, the weight gradient's
+// dYᵀ). Bit for bit {quantize(x, row_1x128), quantize_transposed(x, row_1x128)}. On CUDA a bf16 x
+// with contiguous rows is read once for both (rows_both_kernel in kernels/fp8_gemm/quantize.cuh:
+// 4 bytes of traffic per element instead of 6); otherwise the two quantizations run in turn.
+struct QuantizedPair {
+  QuantizedMatrix plain;       // x [rows, cols]
+  QuantizedMatrix transposed;  // xᵀ [cols, rows]
+};
+
+template <class T>
+QuantizedPair quantize_with_transposed(const Tensor<T>& x, QuantizeOptions options = {}) {
+  const char* op = "fp8_quantize_with_transposed";
+  detail::check_quantize(op, x, options);
+  const std::int64_t rows = x.size(0), cols = x.size(1);
+  const bool one_read = std::is_same_v<T, bf16> && x.device().is_cuda() && (cols == 1 || x.stride(1) == 1);
+  if (!one_read)
+    return {detail::quantize(op, x, false, Tiling::row_1x128, options),
+            detail::quantize(op, x, true, Tiling::row_1x128, options)};
+  QuantizedPair out{detail::allocate(rows, cols, Tiling::row_1x128, x.device()),
+                    detail::allocate(cols, rows, Tiling::row_1x128, x.device())};
+  const Tensor<float> scale = detail::scale_storage(out.plain), scale_t = detail::scale_storage(out.transposed);
+  launch_device_kernel(op, kernels::Fp8QuantizeArgs{.launch = launch_on(op, x.device()),
+                                                    .dtype = dtype_of<T>,
+                                                    .src = x.data(),
+                                                    .src_rows = rows,
+                                                    .src_cols = cols,
+                                                    .lds = rows == 1 ? cols : x.stride(0),
+                                                    .tiling = Tiling::row_1x128,
+                                                    .q = reinterpret_cast<std::uint8_t*>(out.plain.data.data()),
+                                                    .scale = scale.data(),
+                                                    .scale_ld = scale.stride(0),
+                                                    .amax_floor = options.amax_floor,
+                                                    .power_of_two = options.power_of_two_scale,
+                                                    .q_t = reinterpret_cast<std::uint8_t*>(out.transposed.data.data()),
+                                                    .scale_t = scale_t.data(),
+                                                    .scale_t_ld = scale_t.stride(0)});
+  return out;
+}
+
 // float(data) * scale, [rows, cols] on q's device (computed on the host; for tests and debugging).
 inline Tensor<float> dequantize(const QuantizedMatrix& q) {
   detail::check_operand("fp8_dequantize", "the matrix", q);

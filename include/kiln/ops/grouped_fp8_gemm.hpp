@@ -74,9 +74,32 @@ GroupedWeights quantize_grouped(const char* op, const Tensor<T>& w_in, bool tran
   GroupedWeights q;
   q.data = Tensor<fp8_e4m3>({G, rows, cols}, w.device());
   q.scale = Tensor<float>({G, ceil_div(rows, tile_size), ceil_div(cols, tile_size)}, w.device());
+  check_quantize(op, squeeze(narrow(w, 0, 0, 1), 0), options);
+  if (w.device().is_cuda() && w.is_contiguous() && G <= 65535) {
+    // One launch for the G weights (the kernel's batch): per expert, the same source rows and
+    // strides as quantize_into below would pass (S = w[g] [N, K], L = S or Sᵀ).
+    const std::int64_t N = w.size(1), K = w.size(2);
+    launch_device_kernel(op, kernels::Fp8QuantizeArgs{.launch = launch_on(op, w.device()),
+                                                      .dtype = dtype_of<T>,
+                                                      .src = w.data(),
+                                                      .src_rows = N,
+                                                      .src_cols = K,
+                                                      .lds = K,
+                                                      .transposed = transposed,
+                                                      .tiling = Tiling::block_128x128,
+                                                      .q = reinterpret_cast<std::uint8_t*>(q.data.data()),
+                                                      .scale = q.scale.data(),
+                                                      .scale_ld = q.scale.size(2),
+                                                      .amax_floor = options.amax_floor,
+                                                      .power_of_two = options.power_of_two_scale,
+                                                      .batch = G,
+                                                      .src_batch = N * K,
+                                                      .q_batch = N * K,
+                                                      .scale_batch = q.scale.size(1) * q.scale.size(2)});
+    return q;
+  }
   for (std::int64_t g = 0; g < G; ++g) {
     const Tensor<T> x = squeeze(narrow(w, 0, g, 1), 0);
-    if (g == 0) check_quantize(op, x, options);
     quantize_into(op, x, transposed, Tiling::block_128x128, options, squeeze(narrow(q.data, 0, g, 1), 0),
                   squeeze(narrow(q.scale, 0, g, 1), 0));
   }
