@@ -374,13 +374,13 @@ inline int mma_splits(const DecodeAttentionArgs& a, const DeviceInfo& info, int 
 // The key groups G (header): the row warps a sequence's T H query rows need, R = ceil(T H / 16)
 // rounded up to a power of two (several chunks: 4), leave G = 4 / R warps to each 16 rows: 16 rows
 // or fewer 4 (12 or 16 heads x 1 token), 17-32 rows 2 (12 or 16 heads x 2 tokens), more 1.
-// G = 2 and 4 pass their tests (H100, 2026-12-05) and are faster at most shapes measured, but one
-// engine-shape figure was 3× slower (docs/mla.md): until that is explained the launcher uses them
-// only with KILN_DECODE_KEY_GROUPS=on in the environment (read at each launch: the tests switch
-// it), and G = 1 otherwise.
+// G = 2 and 4 pass their tests (H100, 2026-12-05) and were faster than G = 1 at every shape but
+// one on an H200, two rounds each (docs/mla.md); the H100's one 3× slower figure did not repeat.
+// KILN_DECODE_KEY_GROUPS=off in the environment (read at each launch: the tests switch it) keeps
+// G = 1 everywhere.
 inline int mma_key_groups(const DecodeAttentionArgs& a) {
-  const char* enabled = std::getenv("KILN_DECODE_KEY_GROUPS");  // no allocation: launches are a hot path
-  if (enabled == nullptr || std::strcmp(enabled, "on") != 0) return 1;
+  const char* setting = std::getenv("KILN_DECODE_KEY_GROUPS");  // no allocation: launches are a hot path
+  if (setting != nullptr && std::strcmp(setting, "off") == 0) return 1;
   const std::int64_t rows = static_cast<std::int64_t>(a.queries) * a.heads;
   return rows <= 16 ? 4 : rows <= 32 ? 2 : 1;
 }

@@ -231,7 +231,8 @@ TEST(EngineCuda, FloatAndBf16Models) {
 // DecodeKernel::automatic picks in a bf16 model whose latent cache has its head dims (kv_lora_rank
 // 256, rope 32): every layer's decode attention runs on it (the kernel trace counts no CUDA-core
 // launch), and the logits follow the double CPU model's within the bf16 models' bound above; with
-// its key groups too (KILN_DECODE_KEY_GROUPS=on: the model's few heads x 1 token use G = 4).
+// and without its key groups (on by default: the model's few heads x 1 token use G = 4;
+// KILN_DECODE_KEY_GROUPS=off: G = 1).
 TEST(EngineCuda, TensorCoreDecodeKernel) {
   KILN_REQUIRE_GPU();
   nn::DeepseekV3Config c = infer_deepseek_config();
@@ -249,7 +250,7 @@ TEST(EngineCuda, TensorCoreDecodeKernel) {
   o.cuda_graphs = false;  // every step's launches on this thread, for the trace
   for (const bool key_groups : {false, true}) {
     SCOPED_TRACE(key_groups ? "key groups" : "one key group");
-    if (key_groups) setenv("KILN_DECODE_KEY_GROUPS", "on", 1);
+    setenv("KILN_DECODE_KEY_GROUPS", key_groups ? "on" : "off", 1);
     KernelTrace trace;
     expect_gpu_rows_follow_cpu(*b, *cpu, prompts, p, o, 3e-2);
     EXPECT_GT(trace.count("decode_attention/mma"), 0);

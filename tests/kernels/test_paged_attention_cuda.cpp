@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstdint>
+#include <optional>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -165,12 +166,13 @@ TEST(PagedDecodeAttentionCuda, MlaShapeMatchesTheCpuOp) {
 // contiguous cache through decode_attention likewise.
 namespace {
 
-// KILN_DECODE_KEY_GROUPS=on while it lives (the tensor-core kernel's key groups; read at each launch).
-struct KeyGroupsOn {
-  KeyGroupsOn() { setenv("KILN_DECODE_KEY_GROUPS", "on", 1); }
-  ~KeyGroupsOn() { unsetenv("KILN_DECODE_KEY_GROUPS"); }
-  KeyGroupsOn(const KeyGroupsOn&) = delete;
-  KeyGroupsOn& operator=(const KeyGroupsOn&) = delete;
+// KILN_DECODE_KEY_GROUPS=on or off while it lives (the tensor-core kernel's key groups, on by
+// default; read at each launch).
+struct KeyGroups {
+  explicit KeyGroups(bool on) { setenv("KILN_DECODE_KEY_GROUPS", on ? "on" : "off", 1); }
+  ~KeyGroups() { unsetenv("KILN_DECODE_KEY_GROUPS"); }
+  KeyGroups(const KeyGroups&) = delete;
+  KeyGroups& operator=(const KeyGroups&) = delete;
 };
 
 }  // namespace
@@ -179,6 +181,8 @@ TEST(PagedDecodeAttentionCuda, TensorCoreKernelMatchesTheCpuOp) {
   KILN_REQUIRE_GPU();
   manual_seed(66);
   constexpr auto mma = kernels::DecodeKernel::mma;
+  // G = 1 first (KILN_DECODE_KEY_GROUPS=off): the kernel as it was before its key groups.
+  std::optional<KeyGroups> key_groups(std::in_place, false);
   const Case mla{{1, 63, 64, 65, 1000, 130, 200}, {0, 0, 0, 1, 1, 0, 2}, 64, 1, 12, 288, 256, true};
   Case two = mla;
   two.lengths[0] = 2;
@@ -211,14 +215,13 @@ TEST(PagedDecodeAttentionCuda, TensorCoreKernelMatchesTheCpuOp) {
       check_case<bf16>(c, queries, 0, 0x1p-7, mma);
       check_case<bf16>(c, queries, 3, 0x1p-7, mma);
     }
-  // Key groups (the kernel's G: 4 warps to each 16 rows at 16 query rows or fewer, 2 at 17-32, 1
-  // above; used only with KILN_DECODE_KEY_GROUPS=on until this test has passed on a GPU, so the
-  // cases above ran G = 1) at both head-dim pairs: 12 heads x 1 token (12 rows: G 4), x 2 (24: G 2), 16 x 1 (16:
-  // G 4) and x 2 (32: G 2), 40 heads (G 1, a padding warp; x 2: a partial second chunk). Lengths
-  // below one tile (1, 2: a group of 16 keys with one key, three with none), 17 and 33 (the last
-  // tile's later groups empty), 63, 65 (one key in the second tile), 130 sharing 65's first block;
-  // one split, automatic (here 1), 3 (the 65-key sequence's third split empty) and 64.
-  const KeyGroupsOn key_groups;
+  // Key groups (the kernel's G, the default: 4 warps to each 16 rows at 16 query rows or fewer, 2
+  // at 17-32, 1 above) at both head-dim pairs: 12 heads x 1 token (12 rows: G 4), x 2 (24: G 2),
+  // 16 x 1 (16: G 4) and x 2 (32: G 2), 40 heads (G 1, a padding warp; x 2: a partial second
+  // chunk). Lengths below one tile (1, 2: a group of 16 keys with one key, three with none), 17 and
+  // 33 (the last tile's later groups empty), 63, 65 (one key in the second tile), 130 sharing 65's
+  // first block; one split, automatic (here 1), 3 (the 65-key sequence's third split empty) and 64.
+  key_groups.emplace(true);
   for (const auto& [dk, dv] : {std::pair<std::int64_t, std::int64_t>{288, 256}, {576, 512}}) {
     const Case one{{1, 17, 33, 63, 65, 130}, {0, 0, 0, 0, 0, 1}, 64, 1, 12, dk, dv, true};
     Case two = one;  // two query tokens: every sequence holds at least both
