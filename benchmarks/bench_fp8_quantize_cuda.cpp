@@ -8,11 +8,13 @@
 //   transposed      quantize_transposed(x, 1x128): the weight gradient's operands (xᵀ, dYᵀ)
 //   rows + transposed, two calls   what fp8_linear ran before 2026-12-05, for each x and dY
 //   with_transposed, one read      quantize_with_transposed (rows_both_kernel): what it runs now
-//   grouped weights, per expert    quantize(w[g], 128x128) for each expert: before 2026-12-05
-//   grouped weights, one launch    quantize_grouped: the batched blocks kernel, now
+//   W, W^T: 2 launches per expert  quantize and quantize_transposed of each w[g]: before 2026-12-05
+//   W, W^T: 2 batched launches      quantize_grouped, quantize_grouped_transposed (batched kernel)
+//   W, W^T: one read                quantize_grouped_with_transposed: what grouped_fp8_linear runs now
+//   dense W, W^T: two calls / one read   fp8_linear's weight, before / now
 // Shapes: kiln's big config (16384 tokens a batch, hidden 768, 32768 routed rows with top-2,
-// experts [8, 1024, 768] gate|up and [8, 768, 512] down) and DeepSeek-V3's (hidden 7168, a 4096-
-// token micro-batch; experts [8, 4096, 7168]). Inputs over 50 MB make the L2 irrelevant; the
+// experts [8, 1024, 768] gate|up and [8, 768, 512] down, a [768, 768] projection) and DeepSeek-V3's
+// (hidden 7168, a 4096-token micro-batch; experts [8, 4096, 7168], a [7168, 7168] weight). Inputs over 50 MB make the L2 irrelevant; the
 // smaller ones are timed with the L2 flushed before each call.
 //
 // CUDA events, 5 warm-up calls, median of 30 (benchmarks/cuda_bench.hpp).
@@ -55,7 +57,7 @@ void bench_activation(bench::BandwidthBench& meter, std::int64_t rows, std::int6
   }, flush);
   meter.print_row("rows + transposed, two calls", shape, "bf16", two, both, flush);
   const double fused = meter.row("with_transposed, one read", shape, "bf16", both,
-                                 [&] { (void)fp8::quantize_with_transposed(x); }, flush);
+                                 [&] { (void)fp8::quantize_with_transposed(x, Tiling::row_1x128); }, flush);
   std::printf("%-30s %-22s one read / two calls: %.2fx faster\n", "", "", two / fused);
 }
 
@@ -63,18 +65,41 @@ void bench_grouped_weights(bench::BandwidthBench& meter, std::int64_t G, std::in
   Generator gen{static_cast<std::uint64_t>(G * N + K), 0};
   const Tensor<bf16> w = randn<bf16>({G, N, K}, 0.0, 0.02, gpu, gen);
   const double n = static_cast<double>(G * N * K);
-  const double bytes = 3.0 * n + 4.0 * n / 16384.0;
+  const double one = 3.0 * n + 4.0 * n / 16384.0, both = 4.0 * n + 8.0 * n / 16384.0;
   const std::string shape = shape_of({G, N, K});
+  using fp8::Tiling;
   const double per = meter.time_us([&] {
-    for (std::int64_t g = 0; g < G; ++g)
-      (void)fp8::quantize(squeeze(narrow(w, 0, g, 1), 0), fp8::Tiling::block_128x128);
+    for (std::int64_t g = 0; g < G; ++g) {
+      const Tensor<bf16> wg = squeeze(narrow(w, 0, g, 1), 0);
+      (void)fp8::quantize(wg, Tiling::block_128x128);
+      (void)fp8::quantize_transposed(wg, Tiling::block_128x128);
+    }
   }, true);
-  meter.print_row("grouped weights, per expert", shape, "bf16", per, bytes, true);
-  const double one = meter.row("grouped weights, one launch", shape, "bf16", bytes,
-                               [&] { (void)fp8::quantize_grouped(w); }, true);
-  meter.row("grouped weights^T, one launch", shape, "bf16", bytes,
-            [&] { (void)fp8::quantize_grouped_transposed(w); }, true);
-  std::printf("%-30s %-22s one launch / per expert: %.2fx faster\n", "", "", per / one);
+  meter.print_row("W, W^T: 2 launches per expert", shape, "bf16", per, both, true);
+  const double two = meter.time_us([&] {
+    (void)fp8::quantize_grouped(w);
+    (void)fp8::quantize_grouped_transposed(w);
+  }, true);
+  meter.print_row("W, W^T: 2 batched launches", shape, "bf16", two, both, true);
+  const double fused = meter.row("W, W^T: one read", shape, "bf16", both,
+                                 [&] { (void)fp8::quantize_grouped_with_transposed(w); }, true);
+  meter.row("W alone, one batched launch", shape, "bf16", one, [&] { (void)fp8::quantize_grouped(w); }, true);
+  std::printf("%-30s %-22s one read / per expert: %.2fx faster\n", "", "", per / fused);
+}
+
+void bench_dense_weight(bench::BandwidthBench& meter, std::int64_t N, std::int64_t K) {
+  Generator gen{static_cast<std::uint64_t>(N + K), 0};
+  const Tensor<bf16> w = randn<bf16>({N, K}, 0.0, 0.02, gpu, gen);
+  const double n = static_cast<double>(N * K), both = 4.0 * n + 8.0 * n / 16384.0;
+  const std::string shape = shape_of({N, K});
+  using fp8::Tiling;
+  const double two = meter.time_us([&] {
+    (void)fp8::quantize(w, Tiling::block_128x128);
+    (void)fp8::quantize_transposed(w, Tiling::block_128x128);
+  }, true);
+  meter.print_row("W, W^T: two calls", shape, "bf16", two, both, true);
+  meter.row("W, W^T: one read", shape, "bf16", both,
+            [&] { (void)fp8::quantize_with_transposed(w, Tiling::block_128x128); }, true);
 }
 
 }  // namespace
@@ -89,5 +114,7 @@ int main() {
   bench_grouped_weights(meter, 8, 1024, 768);
   bench_grouped_weights(meter, 8, 768, 512);
   bench_grouped_weights(meter, 8, 4096, 7168);
+  bench_dense_weight(meter, 768, 768);
+  bench_dense_weight(meter, 7168, 7168);
   return 0;
 }

@@ -98,9 +98,10 @@ struct Fp8QuantizeArgs {
   // read from src + b·src_batch elements and written to q + b·q_batch bytes and scale +
   // b·scale_batch floats, each as described above.
   std::int64_t batch = 1, src_batch = 0, q_batch = 0, scale_batch = 0;
-  // Both 1×128 tilings from one read (bf16 S, L = S, row_1x128, not transposed): q and scale get
-  // L = S as above, q_t and scale_t the 1×128 tiles of Sᵀ ([src_cols, src_rows] bytes; scales
-  // [ceil(src_rows/128), scale_t_ld], k-block major, scale_t_ld ≥ src_cols, padding set to 0).
+  // S and Sᵀ from one read (not transposed; batched with q_batch and scale_batch too): q and scale
+  // get L = S as above, q_t and scale_t L = Sᵀ ([src_cols, src_rows] bytes). 1×128 tiles (bf16 S
+  // only): scales [ceil(src_rows/128), scale_t_ld], k-block major, scale_t_ld ≥ src_cols, padding
+  // set to 0. 128×128 blocks: scales [ceil(src_cols/128), ceil(src_rows/128)], row stride scale_t_ld.
   std::uint8_t* q_t = nullptr;
   float* scale_t = nullptr;
   std::int64_t scale_t_ld = 0;

@@ -43,7 +43,9 @@
 //     words, so a warp reading down a column hits 32 banks); after a barrier each warp quantizes
 //     16 of the region's columns as rows_transposed_kernel does. One read of S for both tilings:
 //     2 + 1 + 1 bytes per element instead of 2 + 1 and 2 + 1 (fp8_linear's x and dY need both).
-//   blocks_kernel takes a batch of matrices in one launch (gridDim.y; the stacked expert weights).
+//   blocks_kernel takes a batch of matrices in one launch (gridDim.y; the stacked expert weights),
+//     and writes the blocks of S and of Sᵀ from one read when asked (the weights' forward and
+//     data-gradient operands; the same scales).
 // Rows whose length or alignment does not allow 16-byte loads use the same kernels with one
 // element per load (Vector = false). Elements past the matrix edge load as 0, which leaves amax
 // unchanged, and are never stored.
@@ -195,7 +197,9 @@ __global__ void __launch_bounds__(kThreads) rows_kernel(const Params p) {
 }
 
 // ---- 128×128 blocks (L = S, or L = Sᵀ when Transposed) ----
-template <class T, bool Vector, bool Transposed>
+// Plain: write L = S (q, scale). Transposed: write L = Sᵀ (q, scale; or q_t, scale_t when Plain
+// too: both from one read, the weights' forward and data-gradient operands).
+template <class T, bool Vector, bool Plain, bool Transposed>
 __global__ void __launch_bounds__(kThreads) blocks_kernel(const Params p) {
   constexpr int V = 16 / static_cast<int>(sizeof(T));
   constexpr int kLanesPerRow = kTile / V;              // threads that read one 128-wide row
@@ -228,18 +232,22 @@ __global__ void __launch_bounds__(kThreads) blocks_kernel(const Params p) {
   const float s = fp8::tile_scale(block_amax(amax, scratch), p.amax_floor, p.power_of_two);
   const Divider divide(s);
 
-  if constexpr (!Transposed) {
+  if constexpr (Plain) {
     if (threadIdx.x == 0) scale[ib * p.scale_ld + jb] = s;
-    if (col >= p.src_cols) return;
     const bool words = p.src_cols % V == 0;
+    if (col < p.src_cols) {
 #pragma unroll
-    for (int i = 0; i < kPasses; ++i) {
-      const std::int64_t r = r0 + i * kRowsPerPass + tr;
-      if (r < p.src_rows) store_run<V>(q + r * p.src_cols + col, v[i], divide, p.src_cols - col, words);
+      for (int i = 0; i < kPasses; ++i) {
+        const std::int64_t r = r0 + i * kRowsPerPass + tr;
+        if (r < p.src_rows) store_run<V>(q + r * p.src_cols + col, v[i], divide, p.src_cols - col, words);
+      }
     }
-  } else {
+  }
+  if constexpr (Transposed) {
     // L = Sᵀ: this is L's block (jb, ib); L has src_cols rows of src_rows bytes.
-    if (threadIdx.x == 0) scale[jb * p.scale_ld + ib] = s;
+    std::uint8_t* qt = Plain ? p.q_t + blockIdx.y * p.q_batch : q;
+    float* st = Plain ? p.scale_t + blockIdx.y * p.scale_batch : scale;
+    if (threadIdx.x == 0) st[jb * (Plain ? p.scale_t_ld : p.scale_ld) + ib] = s;
     constexpr int kPitch = kTile + 4;  // bytes; a multiple of 4 for the word reads below
     __shared__ __align__(16) std::uint8_t t[kTile * kPitch];  // t[c][r] = q(S[r0 + r][c0 + c])
 #pragma unroll
@@ -254,7 +262,7 @@ __global__ void __launch_bounds__(kThreads) blocks_kernel(const Params p) {
       const std::int64_t lrow = c0 + c;
       if (lrow >= p.src_cols || lcol >= p.src_rows) continue;
       const std::uint8_t* from = t + c * kPitch + 4 * lane;
-      std::uint8_t* dst = q + lrow * p.src_rows + lcol;
+      std::uint8_t* dst = qt + lrow * p.src_rows + lcol;
       if (words && lcol + 4 <= p.src_rows) {
         *reinterpret_cast<std::uint32_t*>(dst) = *reinterpret_cast<const std::uint32_t*>(from);
       } else {
@@ -414,7 +422,7 @@ void launch(const Params& p, bool row_tiles, bool transposed, cudaStream_t strea
   auto go = [&](auto kernel, std::int64_t blocks) {
     kernel<<<dim3(grid_size(blocks), static_cast<unsigned>(p.batch)), kThreads, 0, stream>>>(p);
   };
-  if (p.q_t != nullptr) {
+  if (p.q_t != nullptr && row_tiles) {
     if constexpr (std::is_same_v<T, bf16>) {
       const std::int64_t blocks = ceil_div(p.src_rows, kTile) * ceil_div(p.src_cols, kTile);
       vector ? go(rows_both_kernel<true>, blocks) : go(rows_both_kernel<false>, blocks);
@@ -432,10 +440,12 @@ void launch(const Params& p, bool row_tiles, bool transposed, cudaStream_t strea
     vector ? go(rows_transposed_kernel<T, true, false>, blocks) : go(rows_transposed_kernel<T, false, false>, blocks);
   } else {
     const std::int64_t blocks = ceil_div(p.src_rows, kTile) * ceil_div(p.src_cols, kTile);
-    if (transposed)
-      vector ? go(blocks_kernel<T, true, true>, blocks) : go(blocks_kernel<T, false, true>, blocks);
+    if (p.q_t != nullptr)
+      vector ? go(blocks_kernel<T, true, true, true>, blocks) : go(blocks_kernel<T, false, true, true>, blocks);
+    else if (transposed)
+      vector ? go(blocks_kernel<T, true, false, true>, blocks) : go(blocks_kernel<T, false, false, true>, blocks);
     else
-      vector ? go(blocks_kernel<T, true, false>, blocks) : go(blocks_kernel<T, false, false>, blocks);
+      vector ? go(blocks_kernel<T, true, true, false>, blocks) : go(blocks_kernel<T, false, true, false>, blocks);
   }
   KILN_CUDA_CHECK_LAUNCH();
 }
@@ -464,13 +474,17 @@ inline void launch_fp8_quantize(const Fp8QuantizeArgs& a) {
   const bool row_tiles = a.tiling == fp8::Tiling::row_1x128, transposed = a.transposed;
   const bool k_grouped = a.k_group_offsets != nullptr;
   const bool both = a.q_t != nullptr;
-  check(a.batch >= 1 && a.batch <= 65535 && (a.batch == 1 || (!row_tiles && !k_grouped && !both)), "fp8_quantize",
+  check(a.batch >= 1 && a.batch <= 65535 && (a.batch == 1 || (!row_tiles && !k_grouped)), "fp8_quantize",
         "takes a batch of 1 to 65535 matrices, above 1 only for 128x128 blocks; got ", a.batch, " of shape [",
         a.src_rows, ", ", a.src_cols, "] with ", fp8::tiling_name(a.tiling), " tiles");
-  check(!both || (row_tiles && !transposed && !k_grouped && a.dtype == DType::bf16 && a.scale_t != nullptr &&
-                  a.scale_t_ld >= a.src_cols && a.scale_t_ld % 4 == 0),
-        "fp8_quantize", "both tilings at once take a bf16 source quantized as itself in 1x128 tiles and scales for ",
-        "its transpose (ld >= ", a.src_cols, ", a multiple of 4); got dtype ", a.dtype, " and ld ", a.scale_t_ld);
+  // Both L = S and L = Sᵀ: 1×128 tiles from a bf16 S (scale_t k-block major, ld ≥ src_cols, a
+  // multiple of 4), or 128×128 blocks (scale_t the transposed block grid, ld ≥ its columns).
+  const bool both_ok = row_tiles ? a.dtype == DType::bf16 && a.scale_t_ld >= a.src_cols && a.scale_t_ld % 4 == 0
+                                 : a.scale_t_ld >= ceil_div(a.src_rows, kTile);
+  check(!both || (!transposed && !k_grouped && a.scale_t != nullptr && both_ok), "fp8_quantize",
+        "both tilings at once take S quantized as itself (1x128 tiles: bf16) and scales for its transpose; got dtype ",
+        a.dtype, ", ", fp8::tiling_name(a.tiling), " tiles, transposed ", a.transposed, " and scale ld ", a.scale_t_ld,
+        " for S of shape [", a.src_rows, ", ", a.src_cols, "]");
   check(!k_grouped || (row_tiles && transposed && a.k_groups >= 1 && a.k_grouped_cols % kTile == 0), "fp8_quantize",
         "the k-grouped layout takes 1x128 tiles of the transposed source, G >= 1 and a multiple of 128 columns, got ",
         a.k_groups, " groups and ", a.k_grouped_cols, " columns");
@@ -483,7 +497,7 @@ inline void launch_fp8_quantize(const Fp8QuantizeArgs& a) {
   if (row_tiles && p.scale_ld > out_rows)
     KILN_CUDA_CHECK(cudaMemsetAsync(
         p.scale, 0, static_cast<std::size_t>(ceil_div(out_cols, kTile) * p.scale_ld) * sizeof(float), stream));
-  if (both && p.scale_t_ld > p.src_cols)
+  if (both && row_tiles && p.scale_t_ld > p.src_cols)
     KILN_CUDA_CHECK(cudaMemsetAsync(
         p.scale_t, 0, static_cast<std::size_t>(ceil_div(p.src_rows, kTile) * p.scale_t_ld) * sizeof(float), stream));
   switch (a.dtype) {

@@ -3,7 +3,7 @@
 // large shapes, non-contiguous and misaligned inputs, special values and both scale options; the
 // GEMM kernels (hopper and simt) against the float64 reference of the same quantized operands on
 // the shapes (rows subsets for large M) and odd ones, both B tilings, f32 and bf16 outputs;
-// kernel selection and its errors. quantize_with_transposed (both 1×128 tilings, one read) in every
+// kernel selection and its errors. quantize_with_transposed (x and xᵀ from one read) in every
 // quantization case.
 // Tolerances (relative Frobenius error against float64): see tolerance() below — derived from the
 // tensor cores' accumulation precision for the Hopper kernel, FP32 rounding for the plain kernel.
@@ -63,8 +63,8 @@ void expect_same(const QuantizedMatrix& g, const QuantizedMatrix& c) {
 }
 
 // GPU quantization of x_gpu against the CPU's of x_cpu (the same values, same view): every tiling,
-// transposed or not, and both 1×128 tilings at once (quantize_with_transposed: for a bf16 view
-// with contiguous rows, the one-read kernel, whose memory is poisoned by the callers).
+// transposed or not, and x with xᵀ at once (quantize_with_transposed: one launch for a view with
+// contiguous rows, bf16 for 1×128 tiles; the callers poison the memory).
 template <class T>
 void expect_same_quantization(const Tensor<T>& x_cpu, const Tensor<T>& x_gpu, const std::string& what,
                               fp8::QuantizeOptions opt = {}) {
@@ -76,10 +76,13 @@ void expect_same_quantization(const Tensor<T>& x_cpu, const Tensor<T>& x_gpu, co
       const QuantizedMatrix g = transposed ? fp8::quantize_transposed(x_gpu, tiling, opt) : fp8::quantize(x_gpu, tiling, opt);
       expect_same(g, c);
     }
-  SCOPED_TRACE(str(what, " ", dtype_of<T>, " ", x_cpu.shape(), " strides ", x_gpu.strides(), " both 1x128 tilings"));
-  const fp8::QuantizedPair both = fp8::quantize_with_transposed(x_gpu, opt);
-  expect_same(both.plain, fp8::quantize(x_cpu, Tiling::row_1x128, opt));
-  expect_same(both.transposed, fp8::quantize_transposed(x_cpu, Tiling::row_1x128, opt));
+  for (Tiling tiling : {Tiling::row_1x128, Tiling::block_128x128}) {
+    SCOPED_TRACE(str(what, " ", dtype_of<T>, " ", x_cpu.shape(), " strides ", x_gpu.strides(), " ",
+                     fp8::tiling_name(tiling), " with transposed"));
+    const fp8::QuantizedPair both = fp8::quantize_with_transposed(x_gpu, tiling, opt);
+    expect_same(both.plain, fp8::quantize(x_cpu, tiling, opt));
+    expect_same(both.transposed, fp8::quantize_transposed(x_cpu, tiling, opt));
+  }
 }
 
 // Values whose magnitude varies by row and column block, with outliers and zero runs.

@@ -201,7 +201,8 @@ TEST(GroupedFp8GemmCuda, Masked) {
 namespace {
 
 // quantize_grouped(_transposed) of w on the GPU (one batched launch for a contiguous w, one launch
-// per group for a view) against the CPU's, bit for bit.
+// per group for a view), and both from quantize_grouped_with_transposed, against the CPU's, bit for
+// bit.
 template <class T>
 void expect_grouped_quantization_on_cpu(const Tensor<T>& w, const std::string& what) {
   for (bool transposed : {false, true}) {
@@ -215,6 +216,13 @@ void expect_grouped_quantization_on_cpu(const Tensor<T>& w, const std::string& w
     for (const fp8_e4m3& v : c.data.to_vector()) cb.push_back(v.bits);
     EXPECT_EQ(gb, cb);
     EXPECT_EQ(on_cpu(g.scale).to_vector(), c.scale.to_vector());
+    // The same from the one read that writes both layouts.
+    const fp8::GroupedWeightsPair both = fp8::quantize_grouped_with_transposed(w);
+    const fp8::GroupedWeights& h = transposed ? both.transposed : both.plain;
+    std::vector<std::uint8_t> hb;
+    for (const fp8_e4m3& v : on_cpu(h.data).to_vector()) hb.push_back(v.bits);
+    EXPECT_EQ(hb, cb) << "with transposed";
+    EXPECT_EQ(on_cpu(h.scale).to_vector(), c.scale.to_vector()) << "with transposed";
   }
 }
 

@@ -281,24 +281,25 @@ TEST(Fp8Quantize, TransposedIsQuantizeOfTranspose) {
 }
 
 TEST(Fp8Quantize, WithTransposedIsBothQuantizations) {
-  for (const Shape& s : std::vector<Shape>{{200, 333}, {1, 1}, {129, 7}}) {
-    const Tensor<float> x = test_matrix(s[0], s[1], 12);
-    fp8::QuantizeOptions opt;
-    opt.amax_floor = 1e-30f;
-    const fp8::QuantizedPair both = fp8::quantize_with_transposed(cast<bf16>(x), opt);
-    const QuantizedMatrix a = fp8::quantize(cast<bf16>(x), Tiling::row_1x128, opt);
-    const QuantizedMatrix t = fp8::quantize_transposed(cast<bf16>(x), Tiling::row_1x128, opt);
-    EXPECT_EQ(both.plain.tiling, Tiling::row_1x128);
-    EXPECT_EQ(both.transposed.tiling, Tiling::row_1x128);
-    EXPECT_EQ(bytes_of(both.plain.data), bytes_of(a.data));
-    EXPECT_EQ(bytes_of(both.transposed.data), bytes_of(t.data));
-    EXPECT_EQ(both.plain.scale.to_vector(), a.scale.to_vector());
-    EXPECT_EQ(both.transposed.scale.to_vector(), t.scale.to_vector());
-    EXPECT_EQ(both.transposed.scale.strides(), t.scale.strides());
-  }
-  EXPECT_KILN_ERROR(fp8::quantize_with_transposed(randn<float>({2, 3, 4})), "fp8_quantize_with_transposed",
-                    "[2, 3, 4]");
-  EXPECT_KILN_ERROR(fp8::quantize_with_transposed(randn<float>({0, 4})), "fp8_quantize_with_transposed", "[0, 4]");
+  for (const Shape& s : std::vector<Shape>{{200, 333}, {1, 1}, {129, 7}})
+    for (Tiling tiling : {Tiling::row_1x128, Tiling::block_128x128}) {
+      const Tensor<bf16> x = cast<bf16>(test_matrix(s[0], s[1], 12));
+      fp8::QuantizeOptions opt;
+      opt.amax_floor = 1e-30f;
+      const fp8::QuantizedPair both = fp8::quantize_with_transposed(x, tiling, opt);
+      const QuantizedMatrix a = fp8::quantize(x, tiling, opt), t = fp8::quantize_transposed(x, tiling, opt);
+      EXPECT_EQ(both.plain.tiling, tiling);
+      EXPECT_EQ(both.transposed.tiling, tiling);
+      EXPECT_EQ(bytes_of(both.plain.data), bytes_of(a.data));
+      EXPECT_EQ(bytes_of(both.transposed.data), bytes_of(t.data));
+      EXPECT_EQ(both.plain.scale.to_vector(), a.scale.to_vector());
+      EXPECT_EQ(both.transposed.scale.to_vector(), t.scale.to_vector());
+      EXPECT_EQ(both.transposed.scale.strides(), t.scale.strides());
+    }
+  EXPECT_KILN_ERROR(fp8::quantize_with_transposed(randn<float>({2, 3, 4}), Tiling::row_1x128),
+                    "fp8_quantize_with_transposed", "[2, 3, 4]");
+  EXPECT_KILN_ERROR(fp8::quantize_with_transposed(randn<float>({0, 4}), Tiling::block_128x128),
+                    "fp8_quantize_with_transposed", "[0, 4]");
 }
 
 TEST(Fp8Quantize, PowerOfTwoScales) {

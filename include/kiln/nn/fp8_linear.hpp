@@ -10,10 +10,10 @@
 //                            (both quantize_transposed)
 // Activations and their gradients get fine-grained 1×128 tiles (outliers stay local to a tile);
 // weights get 128×128 blocks, which are the same set of elements for W and Wᵀ. Y and dX come out
-// in x's dtype (float or bf16), dW in W's dtype (float or bf16). x is quantized once for both of
-// its tilings (fp8::quantize_with_transposed: one read of x on the GPU) and the backward keeps xᵀ's
-// FP8 copy instead of x; dY likewise for the data and weight gradients. W is kept and quantized
-// again, transposed, for the data gradient.
+// in x's dtype (float or bf16), dW in W's dtype (float or bf16). Each operand is quantized once
+// for both of its uses (fp8::quantize_with_transposed: one read on the GPU): x in the forward (the
+// backward keeps xᵀ's FP8 copy instead of x), W in the forward (keeping Wᵀ's blocks for the data
+// gradient), dY in the backward.
 // On the CPU the GEMMs run on kiln's CPU FP8 GEMM (the same function), so a model can be trained
 // and tested without a GPU. Fp8LinearOptions can leave any of the three products unquantized (an
 // ablation of the recipe).
@@ -80,21 +80,30 @@ Tensor<A> fp8_linear(const Tensor<A>& x, const Tensor<W>& weight, const Fp8Linea
   if (tokens == 0) return zeros<A>(out_shape, x.device());
 
   const Tensor<A> x2 = reshape(x.detach(), {tokens, in});
-  // xᵀ's FP8 copy for the weight gradient, made with the forward's quantization of x when both
-  // are FP8; the backward then needs nothing else of x.
-  fp8::QuantizedMatrix qxt;
+  // xᵀ's FP8 copy for the weight gradient and Wᵀ's for the data gradient, made with the forward's
+  // quantizations of x and W when those products are FP8 too; the backward then needs nothing else
+  // of x.
+  fp8::QuantizedMatrix qxt, qwt;
   const bool xt_now = options.fp8_forward && options.fp8_wgrad && autograd::needs_grad(weight);
+  const bool wt_now = options.fp8_forward && options.fp8_dgrad && autograd::needs_grad(x);
   Tensor<A> y;
   if (options.fp8_forward) {
-    fp8::QuantizedMatrix qx;
+    fp8::QuantizedMatrix qx, qw;
     if (xt_now) {
-      fp8::QuantizedPair both = fp8::quantize_with_transposed(x2, options.quantize);
+      fp8::QuantizedPair both = fp8::quantize_with_transposed(x2, fp8::Tiling::row_1x128, options.quantize);
       qx = std::move(both.plain);
       qxt = std::move(both.transposed);
     } else {
       qx = fp8::quantize(x2, fp8::Tiling::row_1x128, options.quantize);
     }
-    const fp8::QuantizedMatrix qw = fp8::quantize(weight.detach(), fp8::Tiling::block_128x128, options.quantize);
+    if (wt_now) {
+      fp8::QuantizedPair both = fp8::quantize_with_transposed(weight.detach(), fp8::Tiling::block_128x128,
+                                                              options.quantize);
+      qw = std::move(both.plain);
+      qwt = std::move(both.transposed);
+    } else {
+      qw = fp8::quantize(weight.detach(), fp8::Tiling::block_128x128, options.quantize);
+    }
     y = reshape(fp8::gemm<A>(qx, qw, options.gemm), out_shape);
   } else {
     y = reshape(matmul(x2, transpose(cast<A>(weight.detach()), 0, 1)), out_shape);
@@ -102,21 +111,23 @@ Tensor<A> fp8_linear(const Tensor<A>& x, const Tensor<W>& weight, const Fp8Linea
   if (!autograd::needs_grad(x, weight)) return y;
 
   autograd::record(y, op,
-                   [options, x2 = xt_now ? Tensor<A>() : x2, qxt, w = weight.detach(), x_shape = x.shape(), tokens,
-                    out](const Tensor<A>& g, const autograd::InputGrads& grads) {
+                   [options, x2 = xt_now ? Tensor<A>() : x2, qxt, qwt, w = weight.detach(), x_shape = x.shape(),
+                    tokens, out](const Tensor<A>& g, const autograd::InputGrads& grads) {
     const Tensor<A> g2 = reshape(g, {tokens, out});
     // dY in both tilings from one read when both gradients are FP8.
     fp8::QuantizedMatrix qg, qgt;
     if (grads.needs(0) && options.fp8_dgrad && grads.needs(1) && options.fp8_wgrad) {
-      fp8::QuantizedPair both = fp8::quantize_with_transposed(g2, options.gradient);
+      fp8::QuantizedPair both = fp8::quantize_with_transposed(g2, fp8::Tiling::row_1x128, options.gradient);
       qg = std::move(both.plain);
       qgt = std::move(both.transposed);
     }
     if (grads.needs(0)) {
       if (options.fp8_dgrad) {
         if (!qg.data.defined()) qg = fp8::quantize(g2, fp8::Tiling::row_1x128, options.gradient);
-        const fp8::QuantizedMatrix qwt = fp8::quantize_transposed(w, fp8::Tiling::block_128x128, options.quantize);
-        grads.add(0, reshape(fp8::gemm<A>(qg, qwt, options.gemm), x_shape));
+        grads.add(0, reshape(fp8::gemm<A>(qg, qwt.data.defined() ? qwt : fp8::quantize_transposed(
+                                                                         w, fp8::Tiling::block_128x128, options.quantize),
+                                          options.gemm),
+                             x_shape));
       } else {
         grads.add(0, reshape(matmul(g2, cast<A>(w)), x_shape));
       }
@@ -160,21 +171,31 @@ Tensor<T> grouped_fp8_linear(const Tensor<T>& x, const Tensor<T>& weight, const 
   const Tensor<T> xc = detail::contiguous_aligned(x.detach());
   const Tensor<T> w = weight.detach();
   Tensor<T> y;
+  fp8::GroupedWeights qwt;  // W_gᵀ's blocks for the data gradient, from the forward's read of W
   if (options.fp8_forward) {
     const fp8::QuantizedMatrix qx = fp8::quantize(xc, fp8::Tiling::row_1x128, options.quantize);
-    y = fp8::grouped_gemm<T>(qx, fp8::quantize_grouped(w, options.quantize), oc);
+    fp8::GroupedWeights qw;
+    if (options.fp8_dgrad && autograd::needs_grad(x)) {
+      fp8::GroupedWeightsPair both = fp8::quantize_grouped_with_transposed(w, options.quantize);
+      qw = std::move(both.plain);
+      qwt = std::move(both.transposed);
+    } else {
+      qw = fp8::quantize_grouped(w, options.quantize);
+    }
+    y = fp8::grouped_gemm<T>(qx, qw, oc);
   } else {
     y = detail::grouped_linear_forward(op, xc, detail::contiguous_aligned(w), oc);
   }
   if (!autograd::needs_grad(x, weight)) return y;
 
-  autograd::record(y, op, [options, xc, w, oc, G, N](const Tensor<T>& g, const autograd::InputGrads& grads) {
+  autograd::record(y, op, [options, xc, w, qwt, oc, G, N](const Tensor<T>& g, const autograd::InputGrads& grads) {
     const char* bop = "grouped_fp8_linear backward";
     const Tensor<T> dy = detail::contiguous_aligned(g);
     if (grads.needs(0)) {
       if (options.fp8_dgrad) {
         const fp8::QuantizedMatrix qg = fp8::quantize(dy, fp8::Tiling::row_1x128, options.gradient);
-        grads.add(0, fp8::grouped_gemm<T>(qg, fp8::quantize_grouped_transposed(w, options.quantize), oc));
+        grads.add(0, fp8::grouped_gemm<T>(
+                         qg, qwt.data.defined() ? qwt : fp8::quantize_grouped_transposed(w, options.quantize), oc));
       } else {
         grads.add(0, detail::grouped_linear_dgrad(bop, dy, detail::contiguous_aligned(w), oc));
       }

@@ -264,27 +264,27 @@ QuantizedMatrix quantize_transposed(const Tensor<T>& x, Tiling tiling, QuantizeO
   return detail::quantize("fp8_quantize", x, true, tiling, options);
 }
 
-// x in 1×128 tiles both ways: what fp8_linear needs of an activation (the forward's A, then the
-// weight gradient's xᵀ) and of an output gradient (the data gradient's A, the weight gradient's
-// dYᵀ). Bit for bit {quantize(x, row_1x128), quantize_transposed(x, row_1x128)}. On CUDA a bf16 x
-// with contiguous rows is read once for both (rows_both_kernel in kernels/fp8_gemm/quantize.cuh:
-// 4 bytes of traffic per element instead of 6); otherwise the two quantizations run in turn.
+// x and xᵀ quantized with the same tiling, from one read where a kernel does both: what fp8_linear
+// needs of an activation (1×128 tiles: the forward's A, then the weight gradient's xᵀ), of an
+// output gradient (the data gradient's A, the weight gradient's dYᵀ) and of a weight (128×128
+// blocks: the forward's B, the data gradient's Wᵀ; the same scales, transposed). Bit for bit
+// {quantize(x, tiling), quantize_transposed(x, tiling)}. On CUDA, for an x with contiguous rows
+// (and bf16 for 1×128 tiles: rows_both_kernel in kernels/fp8_gemm/quantize.cuh, 4 bytes of
+// traffic per element instead of 6) one launch writes both; otherwise two quantizations run.
 struct QuantizedPair {
   QuantizedMatrix plain;       // x [rows, cols]
   QuantizedMatrix transposed;  // xᵀ [cols, rows]
 };
 
 template <class T>
-QuantizedPair quantize_with_transposed(const Tensor<T>& x, QuantizeOptions options = {}) {
+QuantizedPair quantize_with_transposed(const Tensor<T>& x, Tiling tiling, QuantizeOptions options = {}) {
   const char* op = "fp8_quantize_with_transposed";
   detail::check_quantize(op, x, options);
   const std::int64_t rows = x.size(0), cols = x.size(1);
-  const bool one_read = std::is_same_v<T, bf16> && x.device().is_cuda() && (cols == 1 || x.stride(1) == 1);
-  if (!one_read)
-    return {detail::quantize(op, x, false, Tiling::row_1x128, options),
-            detail::quantize(op, x, true, Tiling::row_1x128, options)};
-  QuantizedPair out{detail::allocate(rows, cols, Tiling::row_1x128, x.device()),
-                    detail::allocate(cols, rows, Tiling::row_1x128, x.device())};
+  const bool one_read = x.device().is_cuda() && (cols == 1 || x.stride(1) == 1) &&
+                        (tiling == Tiling::block_128x128 || std::is_same_v<T, bf16>);
+  if (!one_read) return {detail::quantize(op, x, false, tiling, options), detail::quantize(op, x, true, tiling, options)};
+  QuantizedPair out{detail::allocate(rows, cols, tiling, x.device()), detail::allocate(cols, rows, tiling, x.device())};
   const Tensor<float> scale = detail::scale_storage(out.plain), scale_t = detail::scale_storage(out.transposed);
   launch_device_kernel(op, kernels::Fp8QuantizeArgs{.launch = launch_on(op, x.device()),
                                                     .dtype = dtype_of<T>,
@@ -292,7 +292,7 @@ QuantizedPair quantize_with_transposed(const Tensor<T>& x, QuantizeOptions optio
                                                     .src_rows = rows,
                                                     .src_cols = cols,
                                                     .lds = rows == 1 ? cols : x.stride(0),
-                                                    .tiling = Tiling::row_1x128,
+                                                    .tiling = tiling,
                                                     .q = reinterpret_cast<std::uint8_t*>(out.plain.data.data()),
                                                     .scale = scale.data(),
                                                     .scale_ld = scale.stride(0),

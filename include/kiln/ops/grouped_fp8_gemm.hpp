@@ -60,48 +60,62 @@ struct GroupedGemmOptions {
 
 namespace detail {
 
-// Quantizes each w[g] (transposed = false) or w[g]ᵀ by 128×128 blocks, with the dense quantization
-// (CPU loops or the CUDA kernels of kernels/fp8_gemm/quantize.cuh, one launch per group) writing
-// straight into the group's slices of the stacked outputs.
+// Quantizes each w[g] (transposed = false) or w[g]ᵀ by 128×128 blocks into stacked outputs; with
+// `also_transposed`, w[g]ᵀ into it as well (transposed must be false). On CUDA a contiguous w is
+// one launch of the dense kernels of kernels/fp8_gemm/quantize.cuh (their batch; both layouts from
+// one read); otherwise the dense quantization runs on each group's slices (CPU loops, or a launch
+// per group).
 template <class T>
-GroupedWeights quantize_grouped(const char* op, const Tensor<T>& w_in, bool transposed, const QuantizeOptions& options) {
+GroupedWeights quantize_grouped(const char* op, const Tensor<T>& w_in, bool transposed, const QuantizeOptions& options,
+                                GroupedWeights* also_transposed = nullptr) {
   check_defined(op, w_in);
   check(w_in.dim() == 3 && w_in.size(0) >= 1 && w_in.size(1) >= 1 && w_in.size(2) >= 1, op,
         "expects stacked weights [G, N, K] with G, N, K >= 1, got shape ", w_in.shape());
   const Tensor<T> w = w_in.detach();
-  const std::int64_t G = w.size(0);
-  const std::int64_t rows = transposed ? w.size(2) : w.size(1), cols = transposed ? w.size(1) : w.size(2);
-  GroupedWeights q;
-  q.data = Tensor<fp8_e4m3>({G, rows, cols}, w.device());
-  q.scale = Tensor<float>({G, ceil_div(rows, tile_size), ceil_div(cols, tile_size)}, w.device());
+  const std::int64_t G = w.size(0), N = w.size(1), K = w.size(2);
+  auto allocate_stacked = [&](bool t) {
+    const std::int64_t rows = t ? K : N, cols = t ? N : K;
+    GroupedWeights q;
+    q.data = Tensor<fp8_e4m3>({G, rows, cols}, w.device());
+    q.scale = Tensor<float>({G, ceil_div(rows, tile_size), ceil_div(cols, tile_size)}, w.device());
+    return q;
+  };
+  GroupedWeights q = allocate_stacked(transposed);
+  if (also_transposed) *also_transposed = allocate_stacked(true);
   check_quantize(op, squeeze(narrow(w, 0, 0, 1), 0), options);
   if (w.device().is_cuda() && w.is_contiguous() && G <= 65535) {
-    // One launch for the G weights (the kernel's batch): per expert, the same source rows and
-    // strides as quantize_into below would pass (S = w[g] [N, K], L = S or Sᵀ).
-    const std::int64_t N = w.size(1), K = w.size(2);
-    launch_device_kernel(op, kernels::Fp8QuantizeArgs{.launch = launch_on(op, w.device()),
-                                                      .dtype = dtype_of<T>,
-                                                      .src = w.data(),
-                                                      .src_rows = N,
-                                                      .src_cols = K,
-                                                      .lds = K,
-                                                      .transposed = transposed,
-                                                      .tiling = Tiling::block_128x128,
-                                                      .q = reinterpret_cast<std::uint8_t*>(q.data.data()),
-                                                      .scale = q.scale.data(),
-                                                      .scale_ld = q.scale.size(2),
-                                                      .amax_floor = options.amax_floor,
-                                                      .power_of_two = options.power_of_two_scale,
-                                                      .batch = G,
-                                                      .src_batch = N * K,
-                                                      .q_batch = N * K,
-                                                      .scale_batch = q.scale.size(1) * q.scale.size(2)});
+    // One launch for the G weights: per expert, the source quantize_into below would pass
+    // (S = w[g] [N, K], L = S or Sᵀ).
+    launch_device_kernel(
+        op, kernels::Fp8QuantizeArgs{
+                .launch = launch_on(op, w.device()),
+                .dtype = dtype_of<T>,
+                .src = w.data(),
+                .src_rows = N,
+                .src_cols = K,
+                .lds = K,
+                .transposed = transposed,
+                .tiling = Tiling::block_128x128,
+                .q = reinterpret_cast<std::uint8_t*>(q.data.data()),
+                .scale = q.scale.data(),
+                .scale_ld = q.scale.size(2),
+                .amax_floor = options.amax_floor,
+                .power_of_two = options.power_of_two_scale,
+                .batch = G,
+                .src_batch = N * K,
+                .q_batch = N * K,
+                .scale_batch = q.scale.size(1) * q.scale.size(2),
+                .q_t = also_transposed ? reinterpret_cast<std::uint8_t*>(also_transposed->data.data()) : nullptr,
+                .scale_t = also_transposed ? also_transposed->scale.data() : nullptr,
+                .scale_t_ld = also_transposed ? also_transposed->scale.size(2) : 0});
     return q;
   }
+  auto slice = [](const auto& t, std::int64_t g) { return squeeze(narrow(t, 0, g, 1), 0); };
   for (std::int64_t g = 0; g < G; ++g) {
-    const Tensor<T> x = squeeze(narrow(w, 0, g, 1), 0);
-    quantize_into(op, x, transposed, Tiling::block_128x128, options, squeeze(narrow(q.data, 0, g, 1), 0),
-                  squeeze(narrow(q.scale, 0, g, 1), 0));
+    quantize_into(op, slice(w, g), transposed, Tiling::block_128x128, options, slice(q.data, g), slice(q.scale, g));
+    if (also_transposed)
+      quantize_into(op, slice(w, g), true, Tiling::block_128x128, options, slice(also_transposed->data, g),
+                    slice(also_transposed->scale, g));
   }
   return q;
 }
@@ -229,6 +243,20 @@ GroupedWeights quantize_grouped(const Tensor<T>& w, QuantizeOptions options = {}
 template <class T>
 GroupedWeights quantize_grouped_transposed(const Tensor<T>& w, QuantizeOptions options = {}) {
   return detail::quantize_grouped("fp8_quantize_grouped", w, true, options);
+}
+
+// Both of the above from one read of w (on CUDA; two passes elsewhere): the forward's B and the
+// data gradient's.
+struct GroupedWeightsPair {
+  GroupedWeights plain;       // quantize_grouped(w)
+  GroupedWeights transposed;  // quantize_grouped_transposed(w)
+};
+
+template <class T>
+GroupedWeightsPair quantize_grouped_with_transposed(const Tensor<T>& w, QuantizeOptions options = {}) {
+  GroupedWeightsPair out;
+  out.plain = detail::quantize_grouped("fp8_quantize_grouped", w, false, options, &out.transposed);
+  return out;
 }
 
 // float(data) · scale, [G, rows, cols] on the weights' device (computed on the host; for tests).
