@@ -250,12 +250,11 @@ TEST(EngineCuda, TensorCoreDecodeKernel) {
   o.cuda_graphs = false;  // every step's launches on this thread, for the trace
   for (const bool key_groups : {false, true}) {
     SCOPED_TRACE(key_groups ? "key groups" : "one key group");
-    setenv("KILN_DECODE_KEY_GROUPS", key_groups ? "on" : "off", 1);
+    const ScopedEnv setting("KILN_DECODE_KEY_GROUPS", key_groups ? "on" : "off");
     KernelTrace trace;
     expect_gpu_rows_follow_cpu(*b, *cpu, prompts, p, o, 3e-2);
     EXPECT_GT(trace.count("decode_attention/mma"), 0);
     EXPECT_EQ(trace.count("decode_attention/simt"), 0);
-    unsetenv("KILN_DECODE_KEY_GROUPS");
   }
 }
 

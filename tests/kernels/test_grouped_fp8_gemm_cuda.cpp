@@ -200,29 +200,33 @@ TEST(GroupedFp8GemmCuda, Masked) {
 
 namespace {
 
-// quantize_grouped(_transposed) of w on the GPU (one batched launch for a contiguous w, one launch
-// per group for a view), and both from quantize_grouped_with_transposed, against the CPU's, bit for
-// bit.
+// quantize_grouped(_transposed) of w on the GPU (with KILN_FP8_ONE_READ=on one batched launch for
+// a contiguous w; off, or for a view, one launch per group), and both from
+// quantize_grouped_with_transposed, against the CPU's, bit for bit.
 template <class T>
 void expect_grouped_quantization_on_cpu(const Tensor<T>& w, const std::string& what) {
-  for (bool transposed : {false, true}) {
-    SCOPED_TRACE(str(what, " ", dtype_of<T>, " ", w.shape(), transposed ? " transposed" : " plain"));
-    const fp8::GroupedWeights g = transposed ? fp8::quantize_grouped_transposed(w) : fp8::quantize_grouped(w);
-    const fp8::GroupedWeights c =
-        transposed ? fp8::quantize_grouped_transposed(on_cpu(w)) : fp8::quantize_grouped(on_cpu(w));
-    ASSERT_EQ(g.data.device(), gpu);
-    std::vector<std::uint8_t> gb, cb;
-    for (const fp8_e4m3& v : on_cpu(g.data).to_vector()) gb.push_back(v.bits);
-    for (const fp8_e4m3& v : c.data.to_vector()) cb.push_back(v.bits);
-    EXPECT_EQ(gb, cb);
-    EXPECT_EQ(on_cpu(g.scale).to_vector(), c.scale.to_vector());
-    // The same from the one read that writes both layouts.
-    const fp8::GroupedWeightsPair both = fp8::quantize_grouped_with_transposed(w);
-    const fp8::GroupedWeights& h = transposed ? both.transposed : both.plain;
-    std::vector<std::uint8_t> hb;
-    for (const fp8_e4m3& v : on_cpu(h.data).to_vector()) hb.push_back(v.bits);
-    EXPECT_EQ(hb, cb) << "with transposed";
-    EXPECT_EQ(on_cpu(h.scale).to_vector(), c.scale.to_vector()) << "with transposed";
+  for (const char* one_read : {"on", "off"}) {  // KILN_FP8_ONE_READ: the batched launch, or G launches
+    const ScopedEnv setting("KILN_FP8_ONE_READ", one_read);
+    for (bool transposed : {false, true}) {
+      SCOPED_TRACE(str(what, " ", dtype_of<T>, " ", w.shape(), transposed ? " transposed" : " plain",
+                       ", one read ", one_read));
+      const fp8::GroupedWeights g = transposed ? fp8::quantize_grouped_transposed(w) : fp8::quantize_grouped(w);
+      const fp8::GroupedWeights c =
+          transposed ? fp8::quantize_grouped_transposed(on_cpu(w)) : fp8::quantize_grouped(on_cpu(w));
+      ASSERT_EQ(g.data.device(), gpu);
+      std::vector<std::uint8_t> gb, cb;
+      for (const fp8_e4m3& v : on_cpu(g.data).to_vector()) gb.push_back(v.bits);
+      for (const fp8_e4m3& v : c.data.to_vector()) cb.push_back(v.bits);
+      EXPECT_EQ(gb, cb);
+      EXPECT_EQ(on_cpu(g.scale).to_vector(), c.scale.to_vector());
+      // The same from the one read that writes both layouts.
+      const fp8::GroupedWeightsPair both = fp8::quantize_grouped_with_transposed(w);
+      const fp8::GroupedWeights& h = transposed ? both.transposed : both.plain;
+      std::vector<std::uint8_t> hb;
+      for (const fp8_e4m3& v : on_cpu(h.data).to_vector()) hb.push_back(v.bits);
+      EXPECT_EQ(hb, cb) << "with transposed";
+      EXPECT_EQ(on_cpu(h.scale).to_vector(), c.scale.to_vector()) << "with transposed";
+    }
   }
 }
 

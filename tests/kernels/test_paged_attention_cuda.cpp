@@ -164,25 +164,12 @@ TEST(PagedDecodeAttentionCuda, MlaShapeMatchesTheCpuOp) {
 // probabilities to bf16 before P·V, as FlashAttention does, so its bound is the fused attention
 // kernel's (tests/kernels/test_attention_cuda.cpp), 2^-7, not the output rounding alone. The
 // contiguous cache through decode_attention likewise.
-namespace {
-
-// KILN_DECODE_KEY_GROUPS=on or off while it lives (the tensor-core kernel's key groups, on by
-// default; read at each launch).
-struct KeyGroups {
-  explicit KeyGroups(bool on) { setenv("KILN_DECODE_KEY_GROUPS", on ? "on" : "off", 1); }
-  ~KeyGroups() { unsetenv("KILN_DECODE_KEY_GROUPS"); }
-  KeyGroups(const KeyGroups&) = delete;
-  KeyGroups& operator=(const KeyGroups&) = delete;
-};
-
-}  // namespace
-
 TEST(PagedDecodeAttentionCuda, TensorCoreKernelMatchesTheCpuOp) {
   KILN_REQUIRE_GPU();
   manual_seed(66);
   constexpr auto mma = kernels::DecodeKernel::mma;
   // G = 1 first (KILN_DECODE_KEY_GROUPS=off): the kernel as it was before its key groups.
-  std::optional<KeyGroups> key_groups(std::in_place, false);
+  std::optional<ScopedEnv> key_groups(std::in_place, "KILN_DECODE_KEY_GROUPS", "off");
   const Case mla{{1, 63, 64, 65, 1000, 130, 200}, {0, 0, 0, 1, 1, 0, 2}, 64, 1, 12, 288, 256, true};
   Case two = mla;
   two.lengths[0] = 2;
@@ -221,7 +208,7 @@ TEST(PagedDecodeAttentionCuda, TensorCoreKernelMatchesTheCpuOp) {
   // chunk). Lengths below one tile (1, 2: a group of 16 keys with one key, three with none), 17 and
   // 33 (the last tile's later groups empty), 63, 65 (one key in the second tile), 130 sharing 65's
   // first block; one split, automatic (here 1), 3 (the 65-key sequence's third split empty) and 64.
-  key_groups.emplace(true);
+  key_groups.emplace("KILN_DECODE_KEY_GROUPS", "on");
   for (const auto& [dk, dv] : {std::pair<std::int64_t, std::int64_t>{288, 256}, {576, 512}}) {
     const Case one{{1, 17, 33, 63, 65, 130}, {0, 0, 0, 0, 0, 1}, 64, 1, 12, dk, dv, true};
     Case two = one;  // two query tokens: every sequence holds at least both

@@ -1,6 +1,9 @@
-// Helpers for GPU tests: skip cleanly without a GPU, move tensors, poison outputs.
+// Helpers for GPU tests: skip cleanly without a GPU, move tensors, poison outputs, switch a
+// launcher's environment setting for a scope.
 #pragma once
 
+#include <cstdlib>
+#include <string>
 #include <utility>
 
 #include <kiln/backend/cuda/runtime.hpp>
@@ -16,6 +19,19 @@
 namespace kiln::testing {
 
 inline const Device gpu = Device::cuda(0);
+
+// `name`=`value` in the environment while it lives, unset after: the launchers that read a switch
+// at each call (KILN_FP8_ONE_READ, KILN_DECODE_KEY_GROUPS) run either way within one test.
+class ScopedEnv {
+ public:
+  ScopedEnv(std::string name, const char* value) : name_(std::move(name)) { setenv(name_.c_str(), value, 1); }
+  ~ScopedEnv() { unsetenv(name_.c_str()); }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  std::string name_;
+};
 
 template <class T>
 Tensor<T> on_gpu(const Tensor<T>& t) {

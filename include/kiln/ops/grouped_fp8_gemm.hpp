@@ -63,8 +63,9 @@ namespace detail {
 // Quantizes each w[g] (transposed = false) or w[g]ᵀ by 128×128 blocks into stacked outputs; with
 // `also_transposed`, w[g]ᵀ into it as well (transposed must be false). On CUDA a contiguous w is
 // one launch of the dense kernels of kernels/fp8_gemm/quantize.cuh (their batch; both layouts from
-// one read); otherwise the dense quantization runs on each group's slices (CPU loops, or a launch
-// per group).
+// one read), with KILN_FP8_ONE_READ=on until that launch is tested on a GPU
+// (detail::one_read_quantization in ops/fp8_gemm.hpp); otherwise the dense quantization runs on
+// each group's slices (CPU loops, or a launch per group).
 template <class T>
 GroupedWeights quantize_grouped(const char* op, const Tensor<T>& w_in, bool transposed, const QuantizeOptions& options,
                                 GroupedWeights* also_transposed = nullptr) {
@@ -83,7 +84,7 @@ GroupedWeights quantize_grouped(const char* op, const Tensor<T>& w_in, bool tran
   GroupedWeights q = allocate_stacked(transposed);
   if (also_transposed) *also_transposed = allocate_stacked(true);
   check_quantize(op, squeeze(narrow(w, 0, 0, 1), 0), options);
-  if (w.device().is_cuda() && w.is_contiguous() && G <= 65535) {
+  if (w.device().is_cuda() && w.is_contiguous() && G <= 65535 && one_read_quantization()) {
     // One launch for the G weights: per expert, the source quantize_into below would pass
     // (S = w[g] [N, K], L = S or Sᵀ).
     launch_device_kernel(
