@@ -14,8 +14,9 @@
 //   dense W, W^T: two calls / one read   fp8_linear's weight, before / now
 // Shapes: kiln's big config (16384 tokens a batch, hidden 768, 32768 routed rows with top-2,
 // experts [8, 1024, 768] gate|up and [8, 768, 512] down, a [768, 768] projection) and DeepSeek-V3's
-// (hidden 7168, a 4096-token micro-batch; experts [8, 4096, 7168], a [7168, 7168] weight). Inputs over 50 MB make the L2 irrelevant; the
-// smaller ones are timed with the L2 flushed before each call.
+// (hidden 7168, a 4096-token micro-batch; experts [8, 4096, 7168], a [7168, 7168] weight). Inputs
+// over 50 MB make the L2 irrelevant; the smaller ones are timed with the L2 flushed before each
+// call.
 //
 // CUDA events, 5 warm-up calls, median of 30 (benchmarks/cuda_bench.hpp).
 //   ./benchmarks/bench_fp8_quantize_cuda        (about 10 s on an H100)

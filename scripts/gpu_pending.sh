@@ -41,7 +41,8 @@ OUT=${OUT:-build-gpu/logs}
 BUILD=${BUILD:-/tmp/kb}
 BUILD_LOGS=${BUILD_LOGS:-$OUT}  # configure.log and build.log (elsewhere when $OUT's files are counted)
 mkdir -p "$OUT" "$BUILD_LOGS"
-phases="build|tests|quantize|quantize-quick|fp8|fp8-ablations|fp8-parts|fp8-seeds|bench|bench-key-groups|bench-fp8|key-groups-ab"
+phases="build|tests|quantize|quantize-quick|fp8|fp8-ablations|fp8-parts|fp8-seeds|bench|bench-key-groups|bench-fp8"
+phases+="|key-groups-ab"
 [ $# -gt 0 ] || { echo "usage: $0 $phases|profile-fp8 ..."; exit 2; }
 
 prefix=()
@@ -53,7 +54,8 @@ if [ ! -d /usr/include/eigen3 ] && compgen -G "build-deps/*.deb" >/dev/null; the
 fi
 { nvidia-smi; nvcc --version; date -u; git log -1 --oneline 2>/dev/null; } > "$OUT/device.txt" 2>&1
 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DKILN_CUDA=ON -DKILN_BUILD_BENCHMARKS=ON \
-  -DKILN_BUILD_EXAMPLES=ON "${prefix[@]}" > "$BUILD_LOGS/configure.log" 2>&1 || { tail -30 "$BUILD_LOGS/configure.log"; exit 1; }
+  -DKILN_BUILD_EXAMPLES=ON "${prefix[@]}" > "$BUILD_LOGS/configure.log" 2>&1 ||
+  { tail -30 "$BUILD_LOGS/configure.log"; exit 1; }
 
 build() {  # targets...
   local t0=$SECONDS

@@ -124,10 +124,9 @@ Tensor<A> fp8_linear(const Tensor<A>& x, const Tensor<W>& weight, const Fp8Linea
     if (grads.needs(0)) {
       if (options.fp8_dgrad) {
         if (!qg.data.defined()) qg = fp8::quantize(g2, fp8::Tiling::row_1x128, options.gradient);
-        grads.add(0, reshape(fp8::gemm<A>(qg, qwt.data.defined() ? qwt : fp8::quantize_transposed(
-                                                                         w, fp8::Tiling::block_128x128, options.quantize),
-                                          options.gemm),
-                             x_shape));
+        const fp8::QuantizedMatrix wt =
+            qwt.data.defined() ? qwt : fp8::quantize_transposed(w, fp8::Tiling::block_128x128, options.quantize);
+        grads.add(0, reshape(fp8::gemm<A>(qg, wt, options.gemm), x_shape));
       } else {
         grads.add(0, reshape(matmul(g2, cast<A>(w)), x_shape));
       }
@@ -135,9 +134,9 @@ Tensor<A> fp8_linear(const Tensor<A>& x, const Tensor<W>& weight, const Fp8Linea
     if (grads.needs(1)) {
       if (options.fp8_wgrad) {
         if (!qgt.data.defined()) qgt = fp8::quantize_transposed(g2, fp8::Tiling::row_1x128, options.gradient);
-        grads.add(1, fp8::gemm<W>(qgt, qxt.data.defined() ? qxt : fp8::quantize_transposed(
-                                                                     x2, fp8::Tiling::row_1x128, options.quantize),
-                                  options.gemm));
+        const fp8::QuantizedMatrix xt =
+            qxt.data.defined() ? qxt : fp8::quantize_transposed(x2, fp8::Tiling::row_1x128, options.quantize);
+        grads.add(1, fp8::gemm<W>(qgt, xt, options.gemm));
       } else {
         grads.add(1, cast<W>(matmul(transpose(g2, 0, 1), x2)));
       }

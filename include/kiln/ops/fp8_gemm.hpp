@@ -296,7 +296,8 @@ QuantizedPair quantize_with_transposed(const Tensor<T>& x, Tiling tiling, Quanti
   const bool one_read = x.device().is_cuda() && (cols == 1 || x.stride(1) == 1) &&
                         (tiling == Tiling::block_128x128 || std::is_same_v<T, bf16>) &&
                         detail::one_read_quantization();
-  if (!one_read) return {detail::quantize(op, x, false, tiling, options), detail::quantize(op, x, true, tiling, options)};
+  if (!one_read)
+    return {detail::quantize(op, x, false, tiling, options), detail::quantize(op, x, true, tiling, options)};
   QuantizedPair out{detail::allocate(rows, cols, tiling, x.device()), detail::allocate(cols, rows, tiling, x.device())};
   const Tensor<float> scale = detail::scale_storage(out.plain), scale_t = detail::scale_storage(out.transposed);
   launch_device_kernel(op, kernels::Fp8QuantizeArgs{.launch = launch_on(op, x.device()),
