@@ -169,6 +169,24 @@ __device__ __forceinline__ float block_amax(float m, float* scratch) {
   return r;
 }
 
+// One 1×128 tile of Sᵀ (a 128-long column run of S) held by a warp, lane l holding its elements l,
+// l+32, l+64 and l+96: lane 0 stores its scale at *scale_slot, and the lanes store its first
+// `valid` bytes at dst (32 consecutive bytes per store). The column phase of rows_transposed_kernel
+// and rows_both_kernel.
+__device__ __forceinline__ void store_column_tile(const Params& p, const float (&x)[4], float* scale_slot,
+                                                  std::uint8_t* dst, std::int64_t valid) {
+  const int lane = static_cast<int>(threadIdx.x & 31);
+  float amax = 0.0f;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) amax = fp8::amax_step(amax, x[j]);
+  const float s = fp8::tile_scale(group_amax<32>(amax), p.amax_floor, p.power_of_two);
+  if (lane == 0) *scale_slot = s;
+  const Divider divide(s);
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+    if (lane + 32 * j < valid) dst[lane + 32 * j] = to_e4m3(x[j], divide);
+}
+
 // ---- 1×128 tiles along S's rows (L = S) ----
 template <class T, bool Vector>
 __global__ void __launch_bounds__(kThreads) rows_kernel(const Params p) {
@@ -321,19 +339,9 @@ __global__ void __launch_bounds__(kThreads) rows_transposed_kernel(const Params 
     const std::int64_t lrow = c0 + c;  // L's row = S's column
     if (lrow >= p.src_cols) break;     // warp-uniform
     float x[4];
-    float amax = 0.0f;
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      x[j] = tile[lane + 32 * j][c];
-      amax = fp8::amax_step(amax, x[j]);
-    }
-    const float s = fp8::tile_scale(group_amax<32>(amax), p.amax_floor, p.power_of_two);
-    if (lane == 0) p.scale[kb * p.scale_ld + lrow] = s;
-    const Divider divide(s);
-    std::uint8_t* dst = p.q + lrow * out_len + kb * kTile;
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-      if (lane + 32 * j < valid) dst[lane + 32 * j] = to_e4m3(x[j], divide);
+    for (int j = 0; j < 4; ++j) x[j] = tile[lane + 32 * j][c];
+    store_column_tile(p, x, p.scale + kb * p.scale_ld + lrow, p.q + lrow * out_len + kb * kTile, valid);
   }
 }
 
@@ -391,19 +399,10 @@ __global__ void __launch_bounds__(kThreads) rows_both_kernel(const Params p) {
     const std::int64_t lrow = c0 + c;  // Sᵀ's row = S's column
     if (lrow >= p.src_cols) break;     // warp-uniform
     float x[4];
-    float amax = 0.0f;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      x[j] = __uint_as_float(static_cast<std::uint32_t>(tile[(lane + 32 * j) * kPitch + c]) << 16);
-      amax = fp8::amax_step(amax, x[j]);
-    }
-    const float s = fp8::tile_scale(group_amax<32>(amax), p.amax_floor, p.power_of_two);
-    if (lane == 0) p.scale_t[rb * p.scale_t_ld + lrow] = s;
-    const Divider divide(s);
-    std::uint8_t* dst = p.q_t + lrow * p.src_rows + r0;
 #pragma unroll
     for (int j = 0; j < 4; ++j)
-      if (lane + 32 * j < valid) dst[lane + 32 * j] = to_e4m3(x[j], divide);
+      x[j] = __uint_as_float(static_cast<std::uint32_t>(tile[(lane + 32 * j) * kPitch + c]) << 16);
+    store_column_tile(p, x, p.scale_t + rb * p.scale_t_ld + lrow, p.q_t + lrow * p.src_rows + r0, valid);
   }
 }
 

@@ -81,7 +81,7 @@ KILN_HD inline float tile_scale(float amax, float amax_floor, bool power_of_two)
 // is exact), so every element whose quotient is at least 2^-12 has a normal residual; smaller
 // quotients round to ±0 in e4m3 (its least magnitude is 2^-9) whatever their last bits, and the
 // sign is x's (scale > 0). scale = +inf (an infinite element) gives x · 0, as x / inf would.
-// tests/math/test_fp8_divider.cpp checks it against divide_rn on every float of a binade.
+// tests/ops/test_fp8_divider.cpp checks it against divide_rn on every float of a binade.
 struct ScaleDivider {
   float scale, inv, pre;  // pre: 2^64 for tiny scales, else 1 (scale holds the scaled value)
   bool infinite;
