@@ -20,8 +20,7 @@
 #           against the bf16 grouped GEMMs                          -> docs/fp8-gemm.md
 #   quantize  the FP8 quantization's tests (bit for bit against the CPU: every tiling, both at once,
 #           the batched expert weights, the training step), bench_fp8_quantize_cuda, and the big
-#           config's 600-step FP8 and bf16 runs for the step time, with KILN_FP8_ONE_READ=on (the
-#           one-read launches; flip their default once this passes)  -> docs/fp8-gemm.md
+#           config's 600-step FP8 and bf16 runs for the step time    -> docs/fp8-gemm.md
 #   fp8-seeds  bf16 against FP8 at the seeds in $SEEDS (default 1 2 3), alternating, until $DEADLINE
 #           seconds of the call have passed (default 540)           -> docs/fp8-gemm.md
 #   key-groups-ab  bench_paged_decode_cuda with key groups off, on, off, on: whether a figure repeats
@@ -159,9 +158,6 @@ for phase in "$@"; do
       cat "$OUT/bench_grouped_fp8.log"
       ;;
     quantize | quantize-quick)  # quick: the kernel tests and the benchmark only (a short lease)
-      # The one-read quantization launches, off by default until these tests pass on a GPU (the
-      # tests switch them both ways themselves; the training runs below use them).
-      export KILN_FP8_ONE_READ=on
       if [ "$phase" = quantize ]; then
         build test_kernels_cuda test_nn_cuda pretrain bench_fp8_quantize_cuda
       else

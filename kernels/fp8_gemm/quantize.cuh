@@ -22,9 +22,10 @@
 // Four kernels:
 //   rows_kernel (1×128, L = S): one warp per run of 32 16-byte vectors of a row, i.e. one tile of
 //     floats (32 lanes × 4) or two tiles of bf16 (16 lanes × 8 each). amax by xor shuffles within
-//     the lanes of a tile; each lane then writes its 4 or 8 bytes with one store.
-//   blocks_kernel<Transposed = false> (128×128, L = S): one 256-thread block per block; the 16K
-//     elements stay in registers (64 per thread) while the block reduces amax (shuffles, then 8
+//     the lanes of a tile; each lane then writes its 4 or 8 bytes with one store. A warp takes 4
+//     consecutive runs and loads all of them first (4 loads in flight a lane).
+//   blocks_kernel<Transposed = false> (128×128, L = S): one 1024-thread block per block; the 16K
+//     elements stay in registers (16 per thread) while the block reduces amax (shuffles, then 32
 //     warps through shared memory); each thread then writes its bytes.
 //   blocks_kernel<Transposed = true> (128×128, L = Sᵀ): the same load and amax (a block of Sᵀ has
 //     the same elements), then the bytes go through a shared-memory byte tile, transposed, so the
@@ -43,6 +44,10 @@
 //     words, so a warp reading down a column hits 32 banks); after a barrier each warp quantizes
 //     16 of the region's columns as rows_transposed_kernel does. One read of S for both tilings:
 //     2 + 1 + 1 bytes per element instead of 2 + 1 and 2 + 1 (fp8_linear's x and dY need both).
+//     The loads run 4 row passes ahead of the quantization (4 loads in flight a thread).
+//   The 1×128 kernels issue their loads ahead of their stores (fetch_run) because, measured on an
+//   H100 (bench_fp8_quantize_cuda, 2026-12-05), one 16-byte load in flight a thread at a time left
+//   them at 50-73% of the device copy's bandwidth.
 //   blocks_kernel takes a batch of matrices in one launch (gridDim.y; the stacked expert weights),
 //     and writes the blocks of S and of Sᵀ from one read when asked (the weights' forward and
 //     data-gradient operands; the same scales).
@@ -69,8 +74,12 @@
 namespace kiln::kernels::fp8_quantize {
 
 constexpr int kTile = 128;    // tile edge / k-block length
-constexpr int kThreads = 256;  // every kernel: 8 warps a block
+constexpr int kThreads = 256;  // the 1×128 kernels: 8 warps a block
 constexpr int kWarps = kThreads / 32;
+// blocks_kernel: 32 warps for one 128×128 block, 16 values a thread. A weight of the big config
+// is 24-48 blocks, fewer than the SMs: the kernel lasts as long as one block, and 256 threads
+// (64 values each, quantized twice for both layouts) took 15-17 µs a launch (H100, Nsight Compute).
+constexpr int kBlockThreads = 1024;
 constexpr int kTransposedCols = 64;  // columns of S a rows_transposed_kernel block covers
 
 struct Params {
@@ -91,17 +100,34 @@ struct Params {
 
 __host__ __device__ constexpr std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
 
-// V elements of an S row starting at `col`, widened to float; zeros past the row's end.
+// V elements of an S row starting at `col` as stored (T), zeros past the row's end. The vector
+// path is one 16-byte ld.global.nc: the kernels issue all of a thread's fetches before any store,
+// and a load the compiler knows to be global and read-only may be moved above the stores (a
+// generic load may not: it could alias a shared-memory store), so the fetches overlap.
 template <class T, int V, bool Vector>
-__device__ __forceinline__ void load_run(const T* __restrict__ row, std::int64_t col, std::int64_t cols, float (&v)[V]) {
+__device__ __forceinline__ Vec<T, V> fetch_run(const T* __restrict__ row, std::int64_t col, std::int64_t cols) {
+  static_assert(sizeof(Vec<T, V>) == sizeof(uint4), "fetch_run moves 16 bytes");
+  Vec<T, V> x;
   if (Vector && col + V <= cols) {
-    const Vec<T, V> x = *reinterpret_cast<const Vec<T, V>*>(row + col);
-#pragma unroll
-    for (int e = 0; e < V; ++e) v[e] = load(x.v[e]);
+    const uint4 raw = __ldg(reinterpret_cast<const uint4*>(row + col));
+    x = *reinterpret_cast<const Vec<T, V>*>(&raw);
   } else {
 #pragma unroll
-    for (int e = 0; e < V; ++e) v[e] = col + e < cols ? load(row[col + e]) : 0.0f;
+    for (int e = 0; e < V; ++e) x.v[e] = col + e < cols ? row[col + e] : T{};
   }
+  return x;
+}
+
+// The fetched elements widened to float.
+template <class T, int V>
+__device__ __forceinline__ void widen(const Vec<T, V>& x, float (&v)[V]) {
+#pragma unroll
+  for (int e = 0; e < V; ++e) v[e] = load(x.v[e]);
+}
+
+template <class T, int V, bool Vector>
+__device__ __forceinline__ void load_run(const T* __restrict__ row, std::int64_t col, std::int64_t cols, float (&v)[V]) {
+  widen(fetch_run<T, V, Vector>(row, col, cols), v);
 }
 
 // x / scale with IEEE rounding, the CPU's divide_rn(x, scale) bit for bit, without a division
@@ -122,18 +148,18 @@ __device__ __forceinline__ std::uint8_t to_e4m3(float x, const Divider& divide) 
   return v != v ? std::uint8_t{0x7F} : b;
 }
 
-// Quantizes V values and stores them at dst[0, V) (dst + V may pass `valid` elements: only the
-// first `valid` are written). `words`: dst is 4-byte aligned, store whole 32-bit words.
+// Stores V e4m3 bytes at dst[0, V) (dst + V may pass `valid` elements: only the first `valid` are
+// written). `words`: dst is 4-byte aligned, store whole 32-bit words.
 template <int V>
-__device__ __forceinline__ void store_run(std::uint8_t* __restrict__ dst, const float (&v)[V], const Divider& divide,
-                                          std::int64_t valid, bool words) {
+__device__ __forceinline__ void store_bytes(std::uint8_t* __restrict__ dst, const std::uint8_t (&b)[V],
+                                            std::int64_t valid, bool words) {
   if (words && valid >= V) {
     std::uint32_t w[V / 4];
 #pragma unroll
     for (int i = 0; i < V / 4; ++i) {
       w[i] = 0;
 #pragma unroll
-      for (int e = 0; e < 4; ++e) w[i] |= static_cast<std::uint32_t>(to_e4m3(v[4 * i + e], divide)) << (8 * e);
+      for (int e = 0; e < 4; ++e) w[i] |= static_cast<std::uint32_t>(b[4 * i + e]) << (8 * e);
     }
     if constexpr (V == 4) {
       *reinterpret_cast<std::uint32_t*>(dst) = w[0];
@@ -143,8 +169,18 @@ __device__ __forceinline__ void store_run(std::uint8_t* __restrict__ dst, const 
   } else {
 #pragma unroll
     for (int e = 0; e < V; ++e)
-      if (e < valid) dst[e] = to_e4m3(v[e], divide);
+      if (e < valid) dst[e] = b[e];
   }
+}
+
+// Quantizes V values and stores them as store_bytes does.
+template <int V>
+__device__ __forceinline__ void store_run(std::uint8_t* __restrict__ dst, const float (&v)[V], const Divider& divide,
+                                          std::int64_t valid, bool words) {
+  std::uint8_t b[V];
+#pragma unroll
+  for (int e = 0; e < V; ++e) b[e] = to_e4m3(v[e], divide);
+  store_bytes<V>(dst, b, valid, words);
 }
 
 // amax_step as a combine function of the common warp reductions (kernels/common/reduce.cuh).
@@ -158,14 +194,15 @@ __device__ __forceinline__ float group_amax(float m) {
   return warp_all_reduce<Lanes>(m, Amax{});
 }
 
-// amax over the block, the result in every thread.
+// amax over a block of Warps warps, the result in every thread.
+template <int Warps>
 __device__ __forceinline__ float block_amax(float m, float* scratch) {
   m = group_amax<32>(m);
   if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = m;
   __syncthreads();
   float r = 0.0f;
 #pragma unroll
-  for (int w = 0; w < kWarps; ++w) r = fp8::amax_step(r, scratch[w]);
+  for (int w = 0; w < Warps; ++w) r = fp8::amax_step(r, scratch[w]);
   return r;
 }
 
@@ -188,6 +225,11 @@ __device__ __forceinline__ void store_column_tile(const Params& p, const float (
 }
 
 // ---- 1×128 tiles along S's rows (L = S) ----
+// A warp takes kRuns consecutive runs (a run: 32 lanes × 16 bytes of one row) and fetches all of
+// them before it quantizes any, so each lane has kRuns loads in flight: one 16-byte load a lane is
+// too little to cover the memory latency at the occupancy these blocks get.
+constexpr int kRuns = 4;
+
 template <class T, bool Vector>
 __global__ void __launch_bounds__(kThreads) rows_kernel(const Params p) {
   constexpr int V = 16 / static_cast<int>(sizeof(T));
@@ -198,19 +240,37 @@ __global__ void __launch_bounds__(kThreads) rows_kernel(const Params p) {
   const bool words = p.src_cols % V == 0;  // every output row start is V-byte aligned
   const std::int64_t groups = ceil_div(p.src_cols, kColsPerWarp);
   const std::int64_t total = p.src_rows * groups;
-  const std::int64_t warps = static_cast<std::int64_t>(gridDim.x) * kWarps;
-  for (std::int64_t w = static_cast<std::int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5); w < total; w += warps) {
-    const std::int64_t r = w / groups, col = (w % groups) * kColsPerWarp + lane * V;
-    float v[V];
-    load_run<T, V, Vector>(src + r * p.lds, col, p.src_cols, v);
-    float amax = 0.0f;
+  const std::int64_t step = static_cast<std::int64_t>(gridDim.x) * kWarps * kRuns;
+  for (std::int64_t w0 = (static_cast<std::int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5)) * kRuns; w0 < total;
+       w0 += step) {
+    // Run w0 + i is group g of row r: one division per kRuns runs, then g steps on (and over into
+    // the next row: a row may hold fewer than kRuns groups).
+    const std::int64_t r0 = w0 / groups, g0 = w0 % groups;
+    Vec<T, V> raw[kRuns];
+    std::int64_t r = r0, g = g0;
+    const auto next = [&] {
+      if (++g == groups) g = 0, ++r;
+    };
 #pragma unroll
-    for (int e = 0; e < V; ++e) amax = fp8::amax_step(amax, v[e]);
-    amax = group_amax<kLanesPerTile>(amax);
-    if (col >= p.src_cols) continue;  // after the shuffles, which need every lane
-    const float s = fp8::tile_scale(amax, p.amax_floor, p.power_of_two);
-    if (lane % kLanesPerTile == 0) p.scale[(col / kTile) * p.scale_ld + r] = s;
-    store_run<V>(p.q + r * p.src_cols + col, v, Divider(s), p.src_cols - col, words);
+    for (int i = 0; i < kRuns; ++i, next())
+      raw[i] = w0 + i < total ? fetch_run<T, V, Vector>(src + r * p.lds, g * kColsPerWarp + lane * V, p.src_cols)
+                              : Vec<T, V>{};
+    r = r0, g = g0;
+#pragma unroll
+    for (int i = 0; i < kRuns; ++i, next()) {
+      if (w0 + i >= total) break;  // warp-uniform
+      const std::int64_t col = g * kColsPerWarp + lane * V;
+      float v[V];
+      widen(raw[i], v);
+      float amax = 0.0f;
+#pragma unroll
+      for (int e = 0; e < V; ++e) amax = fp8::amax_step(amax, v[e]);
+      amax = group_amax<kLanesPerTile>(amax);
+      if (col >= p.src_cols) continue;  // after the shuffles, which need every lane
+      const float s = fp8::tile_scale(amax, p.amax_floor, p.power_of_two);
+      if (lane % kLanesPerTile == 0) p.scale[(col / kTile) * p.scale_ld + r] = s;
+      store_run<V>(p.q + r * p.src_cols + col, v, Divider(s), p.src_cols - col, words);
+    }
   }
 }
 
@@ -218,12 +278,13 @@ __global__ void __launch_bounds__(kThreads) rows_kernel(const Params p) {
 // Plain: write L = S (q, scale). Transposed: write L = Sᵀ (q, scale; or q_t, scale_t when Plain
 // too: both from one read, the weights' forward and data-gradient operands).
 template <class T, bool Vector, bool Plain, bool Transposed>
-__global__ void __launch_bounds__(kThreads) blocks_kernel(const Params p) {
+__global__ void __launch_bounds__(kBlockThreads) blocks_kernel(const Params p) {
   constexpr int V = 16 / static_cast<int>(sizeof(T));
+  constexpr int kBlockWarps = kBlockThreads / 32;
   constexpr int kLanesPerRow = kTile / V;              // threads that read one 128-wide row
-  constexpr int kRowsPerPass = kThreads / kLanesPerRow;
-  constexpr int kPasses = kTile / kRowsPerPass;        // kPasses * V = 64 values a thread
-  __shared__ float scratch[kWarps];
+  constexpr int kRowsPerPass = kBlockThreads / kLanesPerRow;
+  constexpr int kPasses = kTile / kRowsPerPass;        // kPasses * V = 16 values a thread
+  __shared__ float scratch[kBlockWarps];
   const T* src = static_cast<const T*>(p.src) + blockIdx.y * p.src_batch;  // batch member blockIdx.y
   std::uint8_t* q = p.q + blockIdx.y * p.q_batch;
   float* scale = p.scale + blockIdx.y * p.scale_batch;
@@ -247,8 +308,13 @@ __global__ void __launch_bounds__(kThreads) blocks_kernel(const Params p) {
 #pragma unroll
     for (int e = 0; e < V; ++e) amax = fp8::amax_step(amax, v[i][e]);
   }
-  const float s = fp8::tile_scale(block_amax(amax, scratch), p.amax_floor, p.power_of_two);
+  const float s = fp8::tile_scale(block_amax<kBlockWarps>(amax, scratch), p.amax_floor, p.power_of_two);
   const Divider divide(s);
+  std::uint8_t b[kPasses][V];  // each value quantized once, for one layout or both
+#pragma unroll
+  for (int i = 0; i < kPasses; ++i)
+#pragma unroll
+    for (int e = 0; e < V; ++e) b[i][e] = to_e4m3(v[i][e], divide);
 
   if constexpr (Plain) {
     if (threadIdx.x == 0) scale[ib * p.scale_ld + jb] = s;
@@ -257,7 +323,7 @@ __global__ void __launch_bounds__(kThreads) blocks_kernel(const Params p) {
 #pragma unroll
       for (int i = 0; i < kPasses; ++i) {
         const std::int64_t r = r0 + i * kRowsPerPass + tr;
-        if (r < p.src_rows) store_run<V>(q + r * p.src_cols + col, v[i], divide, p.src_cols - col, words);
+        if (r < p.src_rows) store_bytes<V>(q + r * p.src_cols + col, b[i], p.src_cols - col, words);
       }
     }
   }
@@ -271,12 +337,12 @@ __global__ void __launch_bounds__(kThreads) blocks_kernel(const Params p) {
 #pragma unroll
     for (int i = 0; i < kPasses; ++i)
 #pragma unroll
-      for (int e = 0; e < V; ++e) t[(tc * V + e) * kPitch + i * kRowsPerPass + tr] = to_e4m3(v[i][e], divide);
+      for (int e = 0; e < V; ++e) t[(tc * V + e) * kPitch + i * kRowsPerPass + tr] = b[i][e];
     __syncthreads();
     const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>(threadIdx.x >> 5);
     const std::int64_t lcol = r0 + 4 * lane;  // the 4 bytes of L's row this lane writes
     const bool words = p.src_rows % 4 == 0;
-    for (int c = warp; c < kTile; c += kWarps) {
+    for (int c = warp; c < kTile; c += kBlockWarps) {
       const std::int64_t lrow = c0 + c;
       if (lrow >= p.src_cols || lcol >= p.src_rows) continue;
       const std::uint8_t* from = t + c * kPitch + 4 * lane;
@@ -319,18 +385,19 @@ __global__ void __launch_bounds__(kThreads) rows_transposed_kernel(const Params 
   }
   const int tr = static_cast<int>(threadIdx.x) / kLanesPerRow, tc = static_cast<int>(threadIdx.x) % kLanesPerRow;
 
+  // Every pass's load is issued before the first shared-memory store (fetch_run).
+  Vec<T, V> raw[kPasses];
 #pragma unroll
   for (int i = 0; i < kPasses; ++i) {
     const int r = i * kRowsPerPass + tr;
+    raw[i] = r0 + r < r_end ? fetch_run<T, V, Vector>(src + (r0 + r) * p.lds, c0 + tc * V, p.src_cols) : Vec<T, V>{};
+  }
+#pragma unroll
+  for (int i = 0; i < kPasses; ++i) {
     float v[V];
-    if (r0 + r < r_end) {
-      load_run<T, V, Vector>(src + (r0 + r) * p.lds, c0 + tc * V, p.src_cols, v);
-    } else {
+    widen(raw[i], v);
 #pragma unroll
-      for (int e = 0; e < V; ++e) v[e] = 0.0f;
-    }
-#pragma unroll
-    for (int e = 0; e < V; ++e) tile[r][tc * V + e] = v[e];
+    for (int e = 0; e < V; ++e) tile[i * kRowsPerPass + tr][tc * V + e] = v[e];
   }
   __syncthreads();
 
@@ -365,17 +432,24 @@ __global__ void __launch_bounds__(kThreads) rows_both_kernel(const Params p) {
   const std::int64_t col = c0 + tc * V;
   const bool words = p.src_cols % V == 0;
 
+  // The loads run kAhead passes ahead of the quantization (fetch_run: issued before the stores
+  // between them), so a thread has kAhead 16-byte loads in flight, not one.
+  constexpr int kAhead = 4;
+  const auto fetch = [&](int i) {
+    const int r = i * kRowsPerPass + tr;
+    return r0 + r < p.src_rows ? fetch_run<bf16, V, Vector>(src + (r0 + r) * p.lds, col, p.src_cols) : Vec<bf16, V>{};
+  };
+  Vec<bf16, V> raw[kAhead];
+#pragma unroll
+  for (int i = 0; i < kAhead; ++i) raw[i] = fetch(i);
 #pragma unroll
   for (int i = 0; i < kPasses; ++i) {
     const int r = i * kRowsPerPass + tr;
     const bool in = r0 + r < p.src_rows;
+    const Vec<bf16, V> x = raw[i % kAhead];
+    if (i + kAhead < kPasses) raw[i % kAhead] = fetch(i + kAhead);
     float v[V];
-    if (in) {
-      load_run<bf16, V, Vector>(src + (r0 + r) * p.lds, col, p.src_cols, v);
-    } else {
-#pragma unroll
-      for (int e = 0; e < V; ++e) v[e] = 0.0f;
-    }
+    widen(x, v);
     float amax = 0.0f;
 #pragma unroll
     for (int e = 0; e < V; ++e) amax = fp8::amax_step(amax, v[e]);
@@ -385,11 +459,11 @@ __global__ void __launch_bounds__(kThreads) rows_both_kernel(const Params p) {
       if (tc == 0) p.scale[cb * p.scale_ld + r0 + r] = s;
       store_run<V>(p.q + (r0 + r) * p.src_cols + col, v, Divider(s), p.src_cols - col, words);
     }
-    // The values came from bf16 (or are 0): their upper 16 bits are the bf16 bits.
+    // The raw bf16 bits, two to a 4-byte store (a row of the tile starts 4-byte aligned).
     auto* row = reinterpret_cast<std::uint32_t*>(tile + r * kPitch + tc * V);
 #pragma unroll
     for (int e = 0; e < V; e += 2)
-      row[e / 2] = (__float_as_uint(v[e]) >> 16) | (__float_as_uint(v[e + 1]) & 0xFFFF0000u);
+      row[e / 2] = static_cast<std::uint32_t>(x.v[e].bits) | static_cast<std::uint32_t>(x.v[e + 1].bits) << 16;
   }
   __syncthreads();
 
@@ -418,8 +492,8 @@ void launch(const Params& p, bool row_tiles, bool transposed, cudaStream_t strea
   constexpr int V = 16 / static_cast<int>(sizeof(T));
   const bool vector = reinterpret_cast<std::uintptr_t>(p.src) % 16 == 0 && (p.src_rows == 1 || p.lds % V == 0) &&
                       p.src_batch % V == 0;
-  auto go = [&](auto kernel, std::int64_t blocks) {
-    kernel<<<dim3(grid_size(blocks), static_cast<unsigned>(p.batch)), kThreads, 0, stream>>>(p);
+  auto go = [&](auto kernel, std::int64_t blocks, int threads = kThreads) {
+    kernel<<<dim3(grid_size(blocks), static_cast<unsigned>(p.batch)), threads, 0, stream>>>(p);
   };
   if (p.q_t != nullptr && row_tiles) {
     if constexpr (std::is_same_v<T, bf16>) {
@@ -427,9 +501,9 @@ void launch(const Params& p, bool row_tiles, bool transposed, cudaStream_t strea
       vector ? go(rows_both_kernel<true>, blocks) : go(rows_both_kernel<false>, blocks);
     }
   } else if (row_tiles && !transposed) {
-    // One warp per 32 vectors of a row; a grid-stride loop beyond 2^20 blocks.
-    const std::int64_t warps = p.src_rows * ceil_div(p.src_cols, 32 * V);
-    const std::int64_t blocks = std::min<std::int64_t>(ceil_div(warps, kWarps), std::int64_t{1} << 20);
+    // One warp per kRuns runs of 32 vectors; a grid-stride loop beyond 2^20 blocks.
+    const std::int64_t runs = p.src_rows * ceil_div(p.src_cols, 32 * V);
+    const std::int64_t blocks = std::min<std::int64_t>(ceil_div(runs, kWarps * kRuns), std::int64_t{1} << 20);
     vector ? go(rows_kernel<T, true>, blocks) : go(rows_kernel<T, false>, blocks);
   } else if (row_tiles && p.k_group_offsets != nullptr) {
     const std::int64_t blocks = ceil_div(p.k_grouped_cols, kTile) * ceil_div(p.src_cols, kTransposedCols);
@@ -439,12 +513,13 @@ void launch(const Params& p, bool row_tiles, bool transposed, cudaStream_t strea
     vector ? go(rows_transposed_kernel<T, true, false>, blocks) : go(rows_transposed_kernel<T, false, false>, blocks);
   } else {
     const std::int64_t blocks = ceil_div(p.src_rows, kTile) * ceil_div(p.src_cols, kTile);
+    const int t = kBlockThreads;
     if (p.q_t != nullptr)
-      vector ? go(blocks_kernel<T, true, true, true>, blocks) : go(blocks_kernel<T, false, true, true>, blocks);
+      vector ? go(blocks_kernel<T, true, true, true>, blocks, t) : go(blocks_kernel<T, false, true, true>, blocks, t);
     else if (transposed)
-      vector ? go(blocks_kernel<T, true, false, true>, blocks) : go(blocks_kernel<T, false, false, true>, blocks);
+      vector ? go(blocks_kernel<T, true, false, true>, blocks, t) : go(blocks_kernel<T, false, false, true>, blocks, t);
     else
-      vector ? go(blocks_kernel<T, true, true, false>, blocks) : go(blocks_kernel<T, false, true, false>, blocks);
+      vector ? go(blocks_kernel<T, true, true, false>, blocks, t) : go(blocks_kernel<T, false, true, false>, blocks, t);
   }
   KILN_CUDA_CHECK_LAUNCH();
 }

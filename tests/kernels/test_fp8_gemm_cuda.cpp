@@ -63,7 +63,7 @@ void expect_same(const QuantizedMatrix& g, const QuantizedMatrix& c) {
 }
 
 // GPU quantization of x_gpu against the CPU's of x_cpu (the same values, same view): every tiling,
-// transposed or not, and x with xᵀ at once (quantize_with_transposed: with KILN_FP8_ONE_READ=on
+// transposed or not, and x with xᵀ at once (quantize_with_transposed: with KILN_FP8_ONE_READ on
 // one launch for a view with contiguous rows, bf16 for 1×128 tiles; off, two; the callers poison
 // the memory).
 template <class T>

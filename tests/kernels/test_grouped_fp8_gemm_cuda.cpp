@@ -200,8 +200,8 @@ TEST(GroupedFp8GemmCuda, Masked) {
 
 namespace {
 
-// quantize_grouped(_transposed) of w on the GPU (with KILN_FP8_ONE_READ=on one batched launch for
-// a contiguous w; off, or for a view, one launch per group), and both from
+// quantize_grouped(_transposed) of w on the GPU (with KILN_FP8_ONE_READ on, the default, one
+// batched launch for a contiguous w; off, or for a view, one launch per group), and both from
 // quantize_grouped_with_transposed, against the CPU's, bit for bit.
 template <class T>
 void expect_grouped_quantization_on_cpu(const Tensor<T>& w, const std::string& what) {

@@ -63,9 +63,9 @@ namespace detail {
 // Quantizes each w[g] (transposed = false) or w[g]ᵀ by 128×128 blocks into stacked outputs; with
 // `also_transposed`, w[g]ᵀ into it as well (transposed must be false). On CUDA a contiguous w is
 // one launch of the dense kernels of kernels/fp8_gemm/quantize.cuh (their batch; both layouts from
-// one read), with KILN_FP8_ONE_READ=on until that launch is tested on a GPU
-// (detail::one_read_quantization in ops/fp8_gemm.hpp); otherwise the dense quantization runs on
-// each group's slices (CPU loops, or a launch per group).
+// one read; KILN_FP8_ONE_READ=off turns it off: detail::one_read_quantization in
+// ops/fp8_gemm.hpp); otherwise the dense quantization runs on each group's slices (CPU loops, or
+// a launch per group).
 template <class T>
 GroupedWeights quantize_grouped(const char* op, const Tensor<T>& w_in, bool transposed, const QuantizeOptions& options,
                                 GroupedWeights* also_transposed = nullptr) {
