@@ -187,6 +187,58 @@ TEST(ConcatGrad, OnlyInputsThatNeedGradGetOne) {
   EXPECT_EQ(c.grad().to_vector(), slice(w, 0, 6, 7).to_vector());
 }
 
+// Slices add their gradients into parts of one gradient tensor in place (autograd's
+// accumulate_part). Overlapping slices, unused pieces and a direct use must sum as the plain
+// scatter-adds would, and a gradient tensor that another node also received must not change: here
+// add's backward hands the same tensor to p and q, and p then takes a slice's part.
+TEST(SliceGrad, PartsAddInPlaceWithoutTouchingSharedGradients) {
+  const std::vector<double> w{0.5, -1.0, 2.0, 0.25, 3.0, -0.75}, v{10.0, 20.0}, z{1.5, -2.0, 0.5, 4.0, -1.0, 2.5};
+  // Three loss terms in every order (the engine meets the uses in different orders): q is used
+  // twice, so its node runs late, after p's slice part has arrived.
+  const std::vector<std::vector<int>> orders{{0, 1, 2}, {0, 2, 1}, {1, 0, 2}, {1, 2, 0}, {2, 0, 1}, {2, 1, 0}};
+  for (const auto& order : orders) {
+    SCOPED_TRACE(str("terms in order ", order[0], order[1], order[2]));
+    auto x = Tensor<double>::from_vector({1, 2, 3, 4, 5, 6}, {6}).requires_grad_();
+    const auto wt = Tensor<double>::from_vector(w, {6}), vt = Tensor<double>::from_vector(v, {2}),
+               zt = Tensor<double>::from_vector(z, {6});
+    const auto p = mul(x, 2.0), q = mul(x, 3.0);
+    std::vector<Tensor<double>> terms(3);
+    for (int t : order) {
+      if (t == 0) terms[0] = sum(mul(add(p, q), wt));               // add hands p and q one tensor
+      if (t == 1) terms[1] = sum(mul(slice(p, 0, 1, 5, 2), vt));    // p[1], p[3]
+      if (t == 2) terms[2] = sum(mul(q, zt));
+    }
+    add(add(terms[order[0]], terms[order[1]]), terms[order[2]]).backward();
+    // d/dx = 2 (w + v at 1 and 3) + 3 (w + z)
+    std::vector<double> expected(6);
+    for (std::size_t i = 0; i < 6; ++i) expected[i] = 2.0 * w[i] + 3.0 * (w[i] + z[i]);
+    expected[1] += 2.0 * v[0];
+    expected[3] += 2.0 * v[1];
+    EXPECT_EQ(x.grad().to_vector(), expected);
+  }
+  // A split with one piece unused, an overlapping strided slice, and a direct use of the whole.
+  auto y = Tensor<double>::from_vector({1, 2, 3, 4, 5, 6, 7}, {7}).requires_grad_();
+  const auto pieces = split(y, std::vector<std::int64_t>{2, 3, 2}, 0);  // [0, 2) [2, 5) [5, 7)
+  const auto ut = Tensor<double>::from_vector({100.0, 200.0, 300.0}, {3});
+  const auto loss = add(add(sum(mul(pieces[1], ut)), sum(pieces[2])),
+                        add(sum(mul(slice(y, 0, 0, 7, 3), 7.0)), sum(mul(y, y))));  // y[0], y[3], y[6]
+  loss.backward();
+  std::vector<double> expected{0, 0, 100, 200, 300, 1, 1};
+  for (std::size_t i : {0u, 3u, 6u}) expected[i] += 7.0;
+  for (std::size_t i = 0; i < 7; ++i) expected[i] += 2.0 * static_cast<double>(i + 1);
+  EXPECT_EQ(y.grad().to_vector(), expected);
+}
+
+TEST(AddInPlace, AddsIntoAViewAndRejectsBadOutputs) {
+  auto t = zeros<double>({3, 4});
+  add_in_place(slice(t, 1, 1, 4, 2), Tensor<double>::from_vector({1, 2, 3, 4, 5, 6}, {3, 2}));
+  add_in_place(narrow(t, 0, 2, 1), full<double>({1}, 0.5));  // broadcast along the row
+  EXPECT_EQ(t.to_vector(), (std::vector<double>{0, 1, 0, 2, 0, 3, 0, 4, 0.5, 5.5, 0.5, 6.5}));
+  EXPECT_KILN_ERROR(add_in_place(t, zeros<double>({3, 5})), "add_in_place", "[3, 5]", "[3, 4]");
+  EXPECT_KILN_ERROR(add_in_place(expand(zeros<double>({1, 4}), {3, 4}), zeros<double>({3, 4})), "add_in_place",
+                    "broadcast view");
+}
+
 TEST(ConcatErrors, NameTheOpAndTheShapes) {
   EXPECT_KILN_ERROR(cat(std::vector<Tensor<double>>{}, 0), "cat", "empty list");
   EXPECT_KILN_ERROR(stack(std::vector<Tensor<double>>{}, 0), "stack", "empty list");

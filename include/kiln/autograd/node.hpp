@@ -83,13 +83,41 @@ class TypedNode : public Node {
     // but never run it, and must not instantiate arithmetic on those types.
     if constexpr (is_floating<T>) {
       NoGradGuard no_grad;
-      grad_ = grad_ ? add(*grad_, g) : g;  // kiln::add, found by argument-dependent lookup
+      // kiln::add, found by argument-dependent lookup. The sum is a new tensor this node alone
+      // holds; g itself may be held by another node too (an op may pass one tensor to several).
+      grad_private_ = grad_.has_value();
+      grad_ = grad_ ? add(*grad_, g) : g;
+    }
+  }
+
+  // Adds g to the part of this node's gradient that part_of(gradient) views (a slice: the backward
+  // of a view op), in place. Splitting a tensor into k views then costs one zero fill and k adds
+  // of the parts, where a full-size zero tensor per view cost k fills, k copies and k − 1 adds of
+  // the whole. The gradient starts as zeros when none has arrived yet, and is copied first when it
+  // is a tensor accumulate() took as is, so no tensor outside this node ever changes.
+  template <class PartOf>
+  void accumulate_part(const Tensor<T>& g, const PartOf& part_of) {
+    if constexpr (is_floating<T>) {
+      NoGradGuard no_grad;
+      // zeros, clone and add_in_place: kiln's ops, found by argument-dependent lookup.
+      if (!grad_) {
+        grad_ = zeros<T>(output_shape_, g.device());
+      } else if (!grad_private_) {
+        grad_ = clone(*grad_);
+      }
+      grad_private_ = true;
+      const Tensor<T> part = part_of(*grad_);
+      if (part.shape() != g.shape())
+        fail("backward", "the backward of a view op sent a gradient of shape ", g.shape(), " for a part of shape ",
+             part.shape(), " of ", name(), "'s output (shape ", output_shape_, ")");
+      add_in_place(part, g);
     }
   }
 
  protected:
   Shape output_shape_;
   std::optional<Tensor<T>> grad_;
+  bool grad_private_ = false;  // grad_ is a tensor no one else holds (see accumulate_part)
 };
 
 // Input gradients of one op, handed to its backward closure.
@@ -102,15 +130,26 @@ class InputGrads {
 
   template <class U>
   void add(std::size_t i, const Tensor<U>& g) const {
-    if (!needs(i)) return;
+    if (needs(i)) typed<U>(i).accumulate(g);
+  }
+
+  // Adds g to the part of input i's gradient that part_of(its gradient) views, in place
+  // (TypedNode::accumulate_part): the backward of a view op such as slice.
+  template <class U, class PartOf>
+  void add_part(std::size_t i, const Tensor<U>& g, const PartOf& part_of) const {
+    if (needs(i)) typed<U>(i).accumulate_part(g, part_of);
+  }
+
+ private:
+  template <class U>
+  TypedNode<U>& typed(std::size_t i) const {
     auto* node = dynamic_cast<TypedNode<U>*>(next_[i].get());
     if (!node)
       fail("backward", "gradient of dtype ", dtype_of<U>, " sent to input ", i, " (", next_[i]->name(),
            ") of another dtype");
-    node->accumulate(g);
+    return *node;
   }
 
- private:
   const std::vector<std::shared_ptr<Node>>& next_;
 };
 

@@ -62,6 +62,34 @@ template <class T> Tensor<T> pow(const Tensor<T>& a, const Tensor<T>& b) { retur
 template <class T> Tensor<T> maximum(const Tensor<T>& a, const Tensor<T>& b) { return detail::binary(BinaryOp::maximum, a, b); }
 template <class T> Tensor<T> minimum(const Tensor<T>& a, const Tensor<T>& b) { return detail::binary(BinaryOp::minimum, a, b); }
 
+// out += b in place, b broadcast to out's shape; not recorded in the graph (a primitive for
+// gradient accumulation: autograd's TypedNode::accumulate_part adds a view op's gradient into
+// part of a gradient tensor). out may be any view whose elements are distinct (no stride-0
+// broadcast dims) and must not overlap b. Each element is read and written by the same thread
+// of the elementwise kernel, in that order, so out serving as both output and input is safe.
+template <class T>
+void add_in_place(const Tensor<T>& out, const Tensor<T>& b) {
+  const char* op = "add_in_place";
+  check_defined(op, out, b);
+  check_same_device(op, out, b);
+  check(broadcast_shapes(op, out.shape(), b.shape()) == out.shape(), op, "cannot add a tensor of shape ", b.shape(),
+        " into one of shape ", out.shape());
+  for (std::size_t i = 0; i < out.shape().size(); ++i)
+    check(out.shape()[i] <= 1 || out.strides()[i] != 0, op, "the output of shape ", out.shape(), " and strides ",
+          out.strides(), " repeats elements (a broadcast view)");
+  if (out.numel() == 0) return;
+  if (!out.device().is_cpu()) {
+    launch_device_kernel(op, kernels::BinaryArgs{.launch = launch_on(op, out.device()),
+                                                 .op = BinaryOp::add,
+                                                 .out = kernel_view(out),
+                                                 .a = kernel_view(out),
+                                                 .b = kernel_broadcast_view(b, out.shape())});
+    return;
+  }
+  using C = compute_t<T>;
+  cpu::map(out, out, b, [](const T& x, const T& y) { return convert<T>(static_cast<C>(x) + static_cast<C>(y)); });
+}
+
 // Scalar right-hand sides.
 template <class T> Tensor<T> add(const Tensor<T>& a, double s) { return add(a, detail::scalar_like(a, s)); }
 template <class T> Tensor<T> sub(const Tensor<T>& a, double s) { return sub(a, detail::scalar_like(a, s)); }

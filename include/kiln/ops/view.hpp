@@ -164,19 +164,10 @@ Tensor<T> slice(const Tensor<T>& t, std::int64_t dim, std::int64_t start, std::i
   strides[static_cast<std::size_t>(d)] *= step;
   Tensor<T> out = detail::restride(t, t.offset() + start * t.strides()[static_cast<std::size_t>(d)], shape, strides);
   if (autograd::needs_grad(t)) {
-    autograd::record(out, "slice", [from = t.shape(), d, start, end, step](const Tensor<T>& g,
-                                                                            const autograd::InputGrads& in) {
-      Tensor<T> full = zeros<T>(from, g.device());
-      const Tensor<T> part = slice(full, d, start, end, step);
-      if (g.device().is_cpu()) {
-        cpu::map(part, g, [](const T& x) { return x; });
-      } else {
-        // The cast kernel copies between any two layouts (same type: a plain strided copy).
-        launch_device_kernel("slice backward", kernels::CastArgs{.launch = launch_on("slice backward", g.device()),
-                                                                 .out = kernel_view(part),
-                                                                 .in = kernel_view(g)});
-      }
-      in.add(0, full);
+    // g goes into its part of t's gradient in place (autograd's accumulate_part): the views of a
+    // split add their parts into one gradient tensor instead of a full-size tensor each.
+    autograd::record(out, "slice", [d, start, end, step](const Tensor<T>& g, const autograd::InputGrads& in) {
+      in.add_part(0, g, [&](const Tensor<T>& full) { return slice(full, d, start, end, step); });
     }, t);
   }
   return out;
