@@ -21,6 +21,8 @@
 #   quantize  the FP8 quantization's tests (bit for bit against the CPU: every tiling, both at once,
 #           the batched expert weights, the training step), bench_fp8_quantize_cuda, and the big
 #           config's 600-step FP8 and bf16 runs for the step time    -> docs/fp8-gemm.md
+#   quantize-quick  the quantization and elementwise kernel tests, the benchmark, and the 600-step
+#           runs at seed 1 while the call is under $DEADLINE seconds (default 540)
 #   fp8-seeds  bf16 against FP8 at the seeds in $SEEDS (default 1 2 3), alternating, until $DEADLINE
 #           seconds of the call have passed (default 540)           -> docs/fp8-gemm.md
 #   key-groups-ab  bench_paged_decode_cuda with key groups off, on, off, on: whether a figure repeats
@@ -157,29 +159,29 @@ for phase in "$@"; do
       timeout 240 "$BUILD/benchmarks/bench_grouped_fp8_gemm_cuda" > "$OUT/bench_grouped_fp8.log" 2>&1 || rc=1
       cat "$OUT/bench_grouped_fp8.log"
       ;;
-    quantize | quantize-quick)  # quick: the kernel tests and the benchmark only (a short lease)
+    quantize | quantize-quick)  # quick: the kernel tests, the benchmark, the step times at seed 1
       if [ "$phase" = quantize ]; then
         build test_kernels_cuda test_nn_cuda pretrain bench_fp8_quantize_cuda
       else
-        build test_kernels_cuda bench_fp8_quantize_cuda
+        build test_kernels_cuda bench_fp8_quantize_cuda pretrain
       fi
-      "$BUILD/tests/test_kernels_cuda" \
-        --gtest_filter='Fp8QuantizeCuda.*:GroupedFp8GemmCuda.QuantizeGrouped*:PagedDecodeAttentionCuda.TensorCore*' \
-        > "$OUT/test_quantize.log" 2>&1 || rc=1
+      "$BUILD/tests/test_kernels_cuda" --gtest_filter='Fp8QuantizeCuda.*:GroupedFp8GemmCuda.QuantizeGrouped*:'\
+'PagedDecodeAttentionCuda.TensorCore*:ElementwiseCuda.*' > "$OUT/test_quantize.log" 2>&1 || rc=1
       [ "$phase" = quantize ] &&
         { "$BUILD/tests/test_nn_cuda" --gtest_filter='Fp8TrainingCuda.*' > "$OUT/test_fp8_training.log" 2>&1 || rc=1; }
       grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT"/test_quantize.log \
         "$OUT"/test_fp8_training.log 2>/dev/null | head -30
       timeout 120 "$BUILD/benchmarks/bench_fp8_quantize_cuda" > "$OUT/bench_fp8_quantize.log" 2>&1 || rc=1
       cat "$OUT/bench_fp8_quantize.log"
-      [ "$phase" = quantize ] || continue
       for kind in fp8 bf16; do
+        [ $SECONDS -lt "${DEADLINE:-540}" ] || { echo "deadline: pretrain $kind not run"; continue; }
         flags=()
         [ $kind = fp8 ] && flags=(--fp8)
         "$BUILD/examples/pretrain" --device cuda --config big --steps 600 --log-every 200 --eval-every 200 \
           --samples 0 --seed 1 "${flags[@]}" > "$OUT/pretrain_$kind.log" 2>&1 || echo "pretrain $kind failed"
         echo "$kind: $(grep -E '^(eval step 600|done)' "$OUT/pretrain_$kind.log" | tr '\n' ' ')"
       done
+      [ "$phase" = quantize ] || continue
       "$BUILD/tests/test_kernels_cuda" --gtest_filter='GroupedFp8GemmCuda.*:KGroupedFp8GemmCuda.*:Fp8GemmCuda.*' \
         > "$OUT/test_fp8_gemm.log" 2>&1 || rc=1
       grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT"/test_fp8_gemm.log | head -20
