@@ -22,6 +22,38 @@ TEST(Autograd, ReusedTensorGetsSumOfPaths) {
   EXPECT_EQ(x.grad().to_vector(), (std::vector<double>{12.0, -24.0}));
 }
 
+// A leaf's gradient is a tensor the leaf alone holds, so an optimizer may update it in place. It
+// is taken without a copy when nothing else holds it, copied otherwise: add's backward hands one
+// tensor to both leaves, cat's backward hands its inputs views of one gradient, and a gradient
+// passed on from an output the caller kept (backward(g)) must stay the caller's.
+TEST(Autograd, LeafGradientsShareNothing) {
+  auto a = tensor<double>({1.0, 2.0}).requires_grad_(), b = tensor<double>({3.0, 4.0}).requires_grad_();
+  sum(mul(add(a, b), tensor<double>({5.0, 6.0}))).backward();
+  EXPECT_NE(a.grad().storage(), b.grad().storage());
+  add_in_place(a.grad(), tensor<double>({1.0, 1.0}));
+  EXPECT_EQ(a.grad().to_vector(), (std::vector<double>{6.0, 7.0}));
+  EXPECT_EQ(b.grad().to_vector(), (std::vector<double>{5.0, 6.0}));
+
+  auto c = tensor<double>({1.0, 2.0, 3.0}).requires_grad_(), d = tensor<double>({4.0}).requires_grad_();
+  const auto g = tensor<double>({7.0, 8.0, 9.0, 10.0});
+  cat(std::vector<Tensor<double>>{c, d}, 0).backward(g);
+  for (const auto* leaf : {&c, &d}) {
+    EXPECT_NE(leaf->grad().storage(), g.storage());
+    EXPECT_EQ(leaf->grad().offset(), 0);
+    EXPECT_EQ(leaf->grad().storage()->nbytes(), static_cast<std::size_t>(leaf->numel()) * sizeof(double));
+  }
+  EXPECT_NE(c.grad().storage(), d.grad().storage());
+  EXPECT_EQ(c.grad().to_vector(), (std::vector<double>{7.0, 8.0, 9.0}));
+  EXPECT_EQ(d.grad().to_vector(), (std::vector<double>{10.0}));
+
+  auto e = tensor<double>({1.0, 2.0}).requires_grad_();
+  const auto ge = tensor<double>({3.0, 4.0});
+  reshape(e, {2, 1}).backward(reshape(ge, {2, 1}));
+  EXPECT_NE(e.grad().storage(), ge.storage());
+  add_in_place(e.grad(), tensor<double>({1.0, 1.0}));
+  EXPECT_EQ(ge.to_vector(), (std::vector<double>{3.0, 4.0}));
+}
+
 TEST(Autograd, SecondBackwardThroughFreedGraphThrows) {
   auto x = tensor<double>({1.0, 2.0}).requires_grad_();
   auto loss = sum(mul(x, x));

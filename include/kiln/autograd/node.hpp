@@ -179,6 +179,17 @@ class FunctionNode final : public TypedNode<T> {
   bool released_ = false;
 };
 
+// Whether t is a plain contiguous tensor that nothing else refers to: the only handle on its
+// TensorImpl, the only TensorImpl on its storage, which holds exactly its elements; outside any
+// graph. Such a tensor may become a leaf's gradient without a copy.
+template <class T>
+bool sole_owner(const Tensor<T>& t) {
+  const auto& impl = t.impl_ptr();
+  return impl.use_count() == 1 && impl->storage.use_count() == 1 && impl->offset == 0 && t.is_contiguous() &&
+         impl->storage->nbytes() == static_cast<std::size_t>(t.numel()) * sizeof(T) && !impl->requires_grad &&
+         !impl->grad_fn && !impl->accumulator && !impl->grad;
+}
+
 template <class T>
 class AccumulateGrad final : public TypedNode<T> {
  public:
@@ -192,8 +203,14 @@ class AccumulateGrad final : public TypedNode<T> {
     Tensor<T> current;  // the gradient accumulated so far (undefined before the first backward)
     if (leaf->grad) current = Tensor<T>::view_of(leaf->grad->storage, leaf->grad->offset, leaf->grad->shape, leaf->grad->strides);
     // The stored gradient is always a fresh contiguous tensor owned by the leaf, so optimizers may
-    // update it in place without touching any other tensor.
-    Tensor<T> updated = current.defined() ? add(current, *this->grad_) : clone(*this->grad_);
+    // update it in place without touching any other tensor. A gradient that already is one (no
+    // other tensor holds its storage, which it fills exactly) is kept as is: most parameters'
+    // gradients arrive as one product's output, and copying them cost a pass over every
+    // parameter's gradient a step.
+    Tensor<T> updated = current.defined() ? add(current, *this->grad_)
+                        : sole_owner(*this->grad_) ? *this->grad_
+                                                   : clone(*this->grad_);
+    this->grad_.reset();
     leaf->grad = updated.impl_ptr();
   }
   void release() override { this->grad_.reset(); }

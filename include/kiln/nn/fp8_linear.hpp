@@ -59,6 +59,8 @@ struct Fp8LinearOptions {
   // whole product 0.41-0.51× as fast (docs/fp8-gemm.md). The per-expert (composed) path's weight
   // gradients follow fp8_wgrad alone.
   bool grouped_fp8_wgrad = false;
+
+  bool operator==(const Fp8LinearOptions&) const = default;
 };
 
 // x [..., in] (float or bf16) · weightᵀ (weight [out, in], float or bf16) -> [..., out] in x's

@@ -3,7 +3,8 @@
 //              optionally with its products in FP8 (`fp8`; nn/fp8_training.hpp);
 //   Embedding  rows of a [num, dim] table picked by integer ids;
 //   RMSNorm    x / sqrt(mean(x²) + eps) * weight, weight [dim] (Llama / DeepSeek-V3 RMSNorm);
-//   SwiGLUMLP  down_proj(silu(gate_proj(x)) * up_proj(x)) (Llama MLP, DeepSeek-V3 dense MLP and experts).
+//   SwiGLUMLP  down_proj(silu(gate_proj(x)) * up_proj(x)) (Llama MLP, DeepSeek-V3 dense MLP and experts);
+//   linears_on_one_input: linears reading one x as one product over their stacked weights.
 // Weights are drawn from normal(0, init_std) with the caller's Generator, so a model built twice
 // from the same seed is the same bit for bit; norm weights start at 1, biases at 0.
 #pragma once
@@ -11,11 +12,13 @@
 #include <cstdint>
 #include <optional>
 #include <type_traits>
+#include <vector>
 
 #include "kiln/core/random.hpp"
 #include "kiln/nn/fp8_linear.hpp"
 #include "kiln/nn/module.hpp"
 #include "kiln/ops/binary.hpp"
+#include "kiln/ops/concat.hpp"
 #include "kiln/ops/embedding.hpp"
 #include "kiln/ops/factory.hpp"
 #include "kiln/ops/matmul.hpp"
@@ -75,6 +78,56 @@ class Linear : public Module<T> {
   std::optional<Fp8LinearOptions> fp8;  // set: FP8 mode (see forward)
 };
 
+// Linears that read the same x (MLA's q_a and kv_a projections, an MLP's gate and up), as one
+// product over their weights stacked along the outputs where that computes the same function:
+// no biases, one precision (every linear in FP8 with equal options, or none), and in FP8 every
+// part but the last a whole number of 128-row weight blocks, so each 128×128 block of the stacked
+// weight lies in one part and no 1×128 tile of the output gradient straddles two. One product
+// then shares the read of x (in FP8 its quantization, both tilings), the launches, and the sum of
+// the input's gradients (one data-gradient product over all parts, accumulated in FP32, instead of
+// one per part and an add). Stacking copies the weights, so it is done only when a backward will
+// follow (autograd recording, the weights or x requiring grad): in generation's forward-only steps
+// the copy would cost more than the one launch it saves. Otherwise each linear runs alone. Returns
+// the outputs in order, each [..., out_i] (views of the stacked output when stacked).
+template <class T>
+bool stackable(const std::vector<const Linear<T>*>& linears, const Tensor<T>& x) {
+  if (linears.size() < 2) return false;
+  bool backward = autograd::needs_grad(x);
+  for (const Linear<T>* l : linears) backward = backward || autograd::needs_grad(l->weight);
+  if (!backward) return false;
+  const Linear<T>& first = *linears.front();
+  for (std::size_t i = 0; i < linears.size(); ++i) {
+    const Linear<T>& l = *linears[i];
+    if (l.bias.defined() || l.in_features != first.in_features || l.fp8 != first.fp8 ||
+        l.weight.device() != first.weight.device())
+      return false;
+    if (l.fp8 && i + 1 < linears.size() && l.out_features % 128 != 0) return false;
+  }
+  return true;
+}
+
+template <class T>
+std::vector<Tensor<T>> linears_on_one_input(const Tensor<T>& x, const std::vector<const Linear<T>*>& linears) {
+  std::vector<Tensor<T>> out;
+  if (!stackable(linears, x)) {
+    for (const Linear<T>* l : linears) out.push_back((*l)(x));
+    return out;
+  }
+  std::vector<Tensor<T>> weights;
+  std::vector<std::int64_t> sizes;
+  for (const Linear<T>* l : linears) {
+    weights.push_back(l->weight);
+    sizes.push_back(l->out_features);
+  }
+  const Tensor<T> w = cat(weights, 0);
+  Tensor<T> y;
+  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, bf16>) {
+    if (linears.front()->fp8) y = fp8_linear(x, w, *linears.front()->fp8);
+  }
+  if (!y.defined()) y = linear(x, w);
+  return split(y, sizes, -1);
+}
+
 template <class T>
 class Embedding : public Module<T> {
  public:
@@ -125,8 +178,12 @@ class SwiGLUMLP : public Module<T> {
     this->register_module("down_proj", &down_proj);
   }
 
-  // x [..., hidden] -> [..., hidden].
-  Tensor<T> forward(const Tensor<T>& x) const { return down_proj(mul(silu(gate_proj(x)), up_proj(x))); }
+  // x [..., hidden] -> [..., hidden]. The gate and up products as one where they stack
+  // (linears_on_one_input), and swiglu's one pass for silu(gate) ⊙ up.
+  Tensor<T> forward(const Tensor<T>& x) const {
+    const std::vector<Tensor<T>> gate_up = linears_on_one_input<T>(x, {&gate_proj, &up_proj});
+    return down_proj(swiglu(gate_up[0], gate_up[1]));
+  }
   Tensor<T> operator()(const Tensor<T>& x) const { return forward(x); }
 
   Linear<T> gate_proj, up_proj, down_proj;

@@ -241,13 +241,15 @@ class MLA : public Module<T> {
 
   Parts project(const Tensor<T>& x, const Tables& tables) const {
     const std::int64_t S = seq_len(x), B = x.size(0), H = num_heads;
-    const Tensor<T> q_flat = q_proj ? (*q_proj)(x) : (*q_b_proj)((*q_a_layernorm)((*q_a_proj)(x)));
+    // q_a (or q) and kv_a read the same x: one product where they stack (linears_on_one_input).
+    const std::vector<Tensor<T>> a =
+        linears_on_one_input<T>(x, {q_proj ? q_proj.get() : q_a_proj.get(), &kv_a_proj_with_mqa});
+    const Tensor<T> q_flat = q_proj ? a[0] : (*q_b_proj)((*q_a_layernorm)(a[0]));
     const std::vector<Tensor<T>> q = split(reshape(q_flat, {B, S, H, q_head_dim()}),
                                            std::vector<std::int64_t>{qk_nope_head_dim, qk_rope_head_dim}, -1);
     const Tensor<T> q_pe = rope(q[1], tables, RopeLayout::interleaved);  // rope wants [B, S, H, dr]
 
-    const std::vector<Tensor<T>> kv_a =
-        split(kv_a_proj_with_mqa(x), std::vector<std::int64_t>{kv_lora_rank, qk_rope_head_dim}, -1);
+    const std::vector<Tensor<T>> kv_a = split(a[1], std::vector<std::int64_t>{kv_lora_rank, qk_rope_head_dim}, -1);
     const Tensor<T> k_pe = squeeze(rope(unsqueeze(kv_a[1], 2), tables, RopeLayout::interleaved), 2);
     return {B, S, transpose(q[0], 1, 2), transpose(q_pe, 1, 2), kv_a_layernorm(kv_a[0]), k_pe};
   }

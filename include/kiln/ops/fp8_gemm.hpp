@@ -45,6 +45,8 @@ struct QuantizeOptions {
   float amax_floor = 1e-4f;
   // Round each scale up to a power of two (then scaling and unscaling are exact).
   bool power_of_two_scale = false;
+
+  bool operator==(const QuantizeOptions&) const = default;
 };
 
 // An e4m3 matrix and its FP32 scales: value(r, c) ≈ float(data(r, c)) * scale_of(r, c / 128).
@@ -70,6 +72,8 @@ struct GemmOptions {
   // DeepSeek-V3), 64 or 32 (lower error, more CUDA-core work). The same function either way; the
   // CPU and simt paths, which sum in FP32, ignore it.
   int promotion_interval = 128;
+
+  bool operator==(const GemmOptions&) const = default;
 };
 
 namespace detail {
