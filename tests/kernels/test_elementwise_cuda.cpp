@@ -312,6 +312,22 @@ TEST(ElementwiseCuda, SwigluOnHalvesOfOneProjection) {
     y_gpu.backward(expand(on_gpu(g), y_gpu.shape()));
     expect_match(h.gpu.grad(), h.cpu.grad(), 1e-5);
   }
+  // A gradient of its own (not a broadcast): with hidden a multiple of the 16-byte vector the
+  // backward takes the rows path (vectors within each row of the halves), otherwise the strided one.
+  for_types<float, bf16>([](auto tag) {
+    using T = decltype(tag);
+    for (std::int64_t hidden : {64, 512, 40, 33}) {
+      SCOPED_TRACE(kiln::str(dtype_name<T>, " hidden ", hidden));
+      poison_cached_memory();
+      const Pair<T> h = leaves(pair_of(random<T>({37, 2 * hidden}, -4, 4)));
+      auto halves_cpu = chunk(h.cpu, 2, -1), halves_gpu = chunk(h.gpu, 2, -1);
+      const Tensor<T> y_cpu = swiglu(halves_cpu[0], halves_cpu[1]), y_gpu = swiglu(halves_gpu[0], halves_gpu[1]);
+      const Pair<T> g = pair_of(random<T>(y_cpu.shape(), -1, 1));
+      y_cpu.backward(g.cpu);
+      y_gpu.backward(g.gpu);
+      expect_match(h.gpu.grad(), h.cpu.grad(), tolerance<T>());
+    }
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
