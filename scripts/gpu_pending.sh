@@ -166,9 +166,11 @@ for phase in "$@"; do
         build test_kernels_cuda bench_fp8_quantize_cuda pretrain
       fi
       "$BUILD/tests/test_kernels_cuda" --gtest_filter='Fp8QuantizeCuda.*:GroupedFp8GemmCuda.QuantizeGrouped*:'\
-'PagedDecodeAttentionCuda.TensorCore*:ElementwiseCuda.*' > "$OUT/test_quantize.log" 2>&1 || rc=1
+'PagedDecodeAttentionCuda.TensorCore*:ElementwiseCuda.*:CudaReduce.*' > "$OUT/test_quantize.log" 2>&1 || rc=1
+      # quantize: every test of the models and the trainer on the GPU (the autograd changes of
+      # 2026-12-05: slices' gradients in place, leaf gradients without a copy, stacked linears).
       [ "$phase" = quantize ] &&
-        { "$BUILD/tests/test_nn_cuda" --gtest_filter='Fp8TrainingCuda.*' > "$OUT/test_fp8_training.log" 2>&1 || rc=1; }
+        { timeout 420 "$BUILD/tests/test_nn_cuda" > "$OUT/test_fp8_training.log" 2>&1 || rc=1; }
       grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT"/test_quantize.log \
         "$OUT"/test_fp8_training.log 2>/dev/null | head -30
       timeout 120 "$BUILD/benchmarks/bench_fp8_quantize_cuda" > "$OUT/bench_fp8_quantize.log" 2>&1 || rc=1
