@@ -67,5 +67,21 @@ int main() {
       [&] { add(transpose(a, 0, 1), b); });
   meter.row("add, column broadcast [16384, 1]", "16384x16384", "float32", 8 * elems,
       [&] { add(a, view(bias, {cols, 1})); });
+  // Training's layouts (the big config's MoE layer; 2026-12-05, H100, Nsight Compute: 169 µs
+  // and 115 µs in a step before their kernels' changes). swiglu's backward on the gate and up
+  // halves of one [32768, 1024] projection (row-strided views: the rows path); the sum over 12
+  // heads of MLA's rope key gradient, a [32, 12, 512, 32] view of a [.., 96] tensor (a short
+  // column reduction).
+  {
+    const Tensor<bf16> gu = cast<bf16>(narrow(reshape(a, {16384 * 16384 / 1024, 1024}), 0, 0, 32768));
+    const Tensor<bf16> dy = cast<bf16>(narrow(reshape(b, {16384 * 16384 / 512, 512}), 0, 0, 32768));
+    const auto halves = chunk(gu, 2, -1);
+    meter.row("swiglu backward, halves of [32768, 1024]", "32768x512", "bfloat16", 5.0 * 2 * 32768 * 512,
+        [&] { detail::swiglu_backward_kernel(dy, halves[0], halves[1]); });
+    const Tensor<bf16> k = cast<bf16>(narrow(reshape(a, {-1}), 0, 0, 32 * 12 * 512 * 96));
+    const Tensor<bf16> k_pe = narrow(reshape(k, {32, 12, 512, 96}), 3, 64, 32);
+    meter.row("sum over 12 heads of [32, 12, 512, 32]", "view of [..,96]", "bfloat16",
+        2.0 * (32 * 12 * 512 * 32 + 32 * 512 * 32), [&] { sum(k_pe, std::vector<std::int64_t>{1}, true); });
+  }
   return 0;
 }
