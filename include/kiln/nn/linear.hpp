@@ -78,8 +78,8 @@ class Linear : public Module<T> {
   std::optional<Fp8LinearOptions> fp8;  // set: FP8 mode (see forward)
 };
 
-// Linears that read the same x (MLA's q_a and kv_a projections, an MLP's gate and up), as one
-// product over their weights stacked along the outputs where that computes the same function:
+// Linears that read the same x (MLA's q_a and kv_a, Llama's q, k and v, an MLP's gate and up), as
+// one product over their weights stacked along the outputs where that computes the same function:
 // no biases, one precision (every linear in FP8 with equal options, or none), and in FP8 every
 // part but the last a whole number of 128-row weight blocks, so each 128×128 block of the stacked
 // weight lies in one part and no 1×128 tile of the output gradient straddles two. One product

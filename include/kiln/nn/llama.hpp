@@ -103,9 +103,11 @@ class LlamaAttention : public Module<T> {
     check(x.dim() == 3 && x.size(2) == q_proj.in_features, "LlamaAttention", "input of shape ", x.shape(),
           " is not [B, S, hidden] with hidden = ", q_proj.in_features);
     const std::int64_t B = x.size(0), S = x.size(1), Hkv = num_key_value_heads;
-    return {B, S, rope(reshape(q_proj(x), {B, S, num_heads, head_dim}), tables, RopeLayout::half_split),
-            rope(reshape(k_proj(x), {B, S, Hkv, head_dim}), tables, RopeLayout::half_split),
-            reshape(v_proj(x), {B, S, Hkv, head_dim})};
+    // q, k and v read the same x: one product where they stack (linears_on_one_input).
+    const std::vector<Tensor<T>> qkv = linears_on_one_input<T>(x, {&q_proj, &k_proj, &v_proj});
+    return {B, S, rope(reshape(qkv[0], {B, S, num_heads, head_dim}), tables, RopeLayout::half_split),
+            rope(reshape(qkv[1], {B, S, Hkv, head_dim}), tables, RopeLayout::half_split),
+            reshape(qkv[2], {B, S, Hkv, head_dim})};
   }
 
   // Causal attention over the projections: query heads grouped per kv head, [B, Hkv, G, S, D]
