@@ -101,9 +101,9 @@ struct Params {
 __host__ __device__ constexpr std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
 
 // V elements of an S row starting at `col` as stored (T), zeros past the row's end. The vector
-// path is one 16-byte ld.global.nc: the kernels issue all of a thread's fetches before any store,
-// and a load the compiler knows to be global and read-only may be moved above the stores (a
-// generic load may not: it could alias a shared-memory store), so the fetches overlap.
+// path is one 16-byte ld.global.nc: the 1×128 kernels issue several of a thread's fetches before
+// its stores, and a load the compiler knows to be global and read-only may be moved above stores
+// (a generic load may not: it could alias a shared-memory store), so the fetches overlap.
 template <class T, int V, bool Vector>
 __device__ __forceinline__ Vec<T, V> fetch_run(const T* __restrict__ row, std::int64_t col, std::int64_t cols) {
   static_assert(sizeof(Vec<T, V>) == sizeof(uint4), "fetch_run moves 16 bytes");
@@ -126,7 +126,8 @@ __device__ __forceinline__ void widen(const Vec<T, V>& x, float (&v)[V]) {
 }
 
 template <class T, int V, bool Vector>
-__device__ __forceinline__ void load_run(const T* __restrict__ row, std::int64_t col, std::int64_t cols, float (&v)[V]) {
+__device__ __forceinline__ void load_run(const T* __restrict__ row, std::int64_t col, std::int64_t cols,
+                                         float (&v)[V]) {
   widen(fetch_run<T, V, Vector>(row, col, cols), v);
 }
 
