@@ -23,6 +23,11 @@
 #           config's 600-step FP8 and bf16 runs for the step time    -> docs/fp8-gemm.md
 #   quantize-quick  the quantization and elementwise kernel tests, the benchmark, and the 600-step
 #           runs at seed 1 while the call is under $DEADLINE seconds (default 540)
+#   verify  after CPU-only kernel and autograd edits: builds the targets of verify and steps, runs the
+#           quantization, elementwise and reduction kernel tests, bench_fp8_quantize_cuda and
+#           bench_elementwise_cuda, then all of test_nn_cuda until $DEADLINE (default 560)
+#   steps   the big config's 600-step FP8 and bf16 runs at seed 1 (the step times), then the FP8
+#           GEMM tests                                               -> docs/training.md
 #   fp8-seeds  bf16 against FP8 at the seeds in $SEEDS (default 1 2 3), alternating, until $DEADLINE
 #           seconds of the call have passed (default 540)           -> docs/fp8-gemm.md
 #   key-groups-ab  bench_paged_decode_cuda with key groups off, on, off, on: whether a figure repeats
@@ -43,7 +48,7 @@ BUILD=${BUILD:-/tmp/kb}
 BUILD_LOGS=${BUILD_LOGS:-$OUT}  # configure.log and build.log (elsewhere when $OUT's files are counted)
 mkdir -p "$OUT" "$BUILD_LOGS"
 phases="build|tests|quantize|quantize-quick|fp8|fp8-ablations|fp8-parts|fp8-seeds|bench|bench-key-groups|bench-fp8"
-phases+="|key-groups-ab"
+phases+="|key-groups-ab|verify|steps"
 [ $# -gt 0 ] || { echo "usage: $0 $phases|profile-fp8 ..."; exit 2; }
 
 prefix=()
@@ -187,6 +192,38 @@ for phase in "$@"; do
       "$BUILD/tests/test_kernels_cuda" --gtest_filter='GroupedFp8GemmCuda.*:KGroupedFp8GemmCuda.*:Fp8GemmCuda.*' \
         > "$OUT/test_fp8_gemm.log" 2>&1 || rc=1
       grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT"/test_fp8_gemm.log | head -20
+      ;;
+    verify)
+      build test_kernels_cuda test_nn_cuda pretrain bench_fp8_quantize_cuda bench_elementwise_cuda
+      "$BUILD/tests/test_kernels_cuda" --gtest_filter='Fp8QuantizeCuda.*:GroupedFp8GemmCuda.QuantizeGrouped*:'\
+'PagedDecodeAttentionCuda.TensorCore*:ElementwiseCuda.*:CudaReduce.*' > "$OUT/test_quantize.log" 2>&1 || rc=1
+      grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT"/test_quantize.log | head -20
+      timeout 120 "$BUILD/benchmarks/bench_fp8_quantize_cuda" > "$OUT/bench_fp8_quantize.log" 2>&1 || rc=1
+      timeout 120 "$BUILD/benchmarks/bench_elementwise_cuda" > "$OUT/bench_elementwise.log" 2>&1 || rc=1
+      cat "$OUT/bench_fp8_quantize.log" "$OUT/bench_elementwise.log"
+      left=$((${DEADLINE:-560} - SECONDS))
+      if [ $left -gt 30 ]; then
+        timeout $left "$BUILD/tests/test_nn_cuda" > "$OUT/test_nn_cuda.log" 2>&1 || rc=1
+        grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure|^\[       OK|^\[ RUN" "$OUT"/test_nn_cuda.log |
+          tail -40
+      else
+        echo "deadline: test_nn_cuda not run"
+      fi
+      ;;
+    steps)
+      build pretrain test_kernels_cuda
+      for kind in fp8 bf16; do
+        flags=()
+        [ $kind = fp8 ] && flags=(--fp8)
+        "$BUILD/examples/pretrain" --device cuda --config big --steps 600 --log-every 200 --eval-every 200 \
+          --samples 0 --seed 1 "${flags[@]}" > "$OUT/pretrain_$kind.log" 2>&1 || echo "pretrain $kind failed"
+        echo "$kind: $(grep -E '^(eval step 600|done)' "$OUT/pretrain_$kind.log" | tr '\n' ' ')"
+      done
+      left=$((${DEADLINE:-560} - SECONDS))
+      [ $left -gt 20 ] && { timeout $left "$BUILD/tests/test_kernels_cuda" \
+        --gtest_filter='GroupedFp8GemmCuda.*:KGroupedFp8GemmCuda.*:Fp8GemmCuda.*' > "$OUT/test_fp8_gemm.log" 2>&1 ||
+        rc=1; }
+      grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT"/test_fp8_gemm.log 2>/dev/null | head -20
       ;;
     fp8-seeds)
       build pretrain
