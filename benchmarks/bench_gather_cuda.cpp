@@ -2,7 +2,8 @@
 // (kernels/topk/) against a device-to-device copy of the same bytes, in the same process.
 //
 // Cases (DeepSeek-V3 sizes): embedding forward and backward for a [129280, 7168] bf16 table and
-// 16384 ids; MoE routing topk (8 of 256 experts) over 65536 tokens in bf16 and float; topk 50 of a
+// 16384 ids, and for pretrain's big config ([2048, 768], 16384 ids of Zipf-distributed
+// frequency: long rows for the backward, math/index_add.hpp); MoE routing topk (8 of 256 experts) over 65536 tokens in bf16 and float; topk 50 of a
 // 129280 vocabulary for 64 rows (sampling); gather of the 8 routed scores per token.
 // topk's rows live here rather than in a bench_topk_cuda of their own: MoE routing is topk then a
 // gather at its indices, one setup for both, and a separate binary would add a build for 3 rows.
@@ -20,8 +21,10 @@
 // medians; L2 flushed (a memset of twice its size, outside the events) before every timed call of
 // the cases whose data would fit in L2. Run: ./benchmarks/bench_gather_cuda (about 15 s on an H100, mostly filling
 // the 1.85 GB table).
+#include <algorithm>
 #include <cstdio>
 #include <string>
+#include <vector>
 
 #include <kiln/kernels/gather/args.hpp>
 
@@ -48,11 +51,11 @@ int main() {
   bench::BandwidthBench meter({.warmup = 3, .timed = 25}, {.name = 36, .shape = 30, .dtype = 6});
   meter.print_header();
 
-  {  // embedding, DeepSeek-V3 vocabulary and width
-    const std::int64_t vocab = 129280, dim = 7168, n = 16384;
+  // Embedding forward and backward for a table [vocab, dim] and n ids drawn from `ids`.
+  const auto embedding_case = [&](std::int64_t vocab, std::int64_t dim, const Tensor<std::int64_t>& ids,
+                                  const std::string& shape) {
+    const std::int64_t n = ids.numel();
     const Tensor<kiln::bf16> table = kiln::full<kiln::bf16>({vocab, dim}, kiln::bf16(0.5), gpu);
-    const Tensor<std::int64_t> ids = kiln::to(kiln::randint<std::int64_t>(0, vocab, {n}), gpu);
-    const std::string shape = "[129280, 7168] x 16384 ids";
     const double fwd_bytes = 2.0 * n * dim * 2 + n * 8.0;
     Tensor<kiln::bf16> out({n, dim}, gpu);
     meter.row("embedding fwd (op)", shape, "bf16", fwd_bytes, [&] { (void)kiln::embedding(table, ids); });
@@ -88,6 +91,23 @@ int main() {
       weight.zero_grad();
       kiln::embedding(weight, ids).backward(grad_out);
     });
+  };
+  // DeepSeek-V3's vocabulary and width, uniform ids: few repeats.
+  embedding_case(129280, 7168, kiln::to(kiln::randint<std::int64_t>(0, 129280, {16384}), gpu),
+                 "[129280, 7168] x 16384 ids");
+  {  // pretrain's big config: vocabulary 2048, width 768, one batch of 32 x 512 tokens whose ids
+     // follow Zipf's law (probability ~ 1/rank, as token frequencies roughly do): the most
+     // frequent id takes about 12% of the positions, ~2000 of them, a long row for the backward.
+    const std::int64_t vocab = 2048, n = 16384;
+    std::vector<double> cumulative(static_cast<std::size_t>(vocab));
+    double total = 0.0;
+    for (std::int64_t k = 0; k < vocab; ++k) cumulative[static_cast<std::size_t>(k)] = total += 1.0 / (k + 1.0);
+    const auto u = kiln::rand<double>({n}).to_vector();
+    std::vector<std::int64_t> ids(static_cast<std::size_t>(n));
+    for (std::size_t i = 0; i < ids.size(); ++i)
+      ids[i] = std::min<std::int64_t>(
+          vocab - 1, std::lower_bound(cumulative.begin(), cumulative.end(), u[i] * total) - cumulative.begin());
+    embedding_case(vocab, 768, kiln::to(kiln::tensor<std::int64_t>(ids), gpu), "[2048, 768] x 16384 Zipf ids");
   }
 
   {  // MoE routing: 8 of 256 experts per token

@@ -18,14 +18,16 @@
 // The adjoint must sum rows that share an index, deterministically and without float atomics. The
 // (index[j], j) pairs are sorted by index with the stable radix sort (kernels/common/radix_sort.cuh), so each
 // destination row's sources lie together in ascending j; a binary search per row finds its bucket.
-// Then one group of threads per destination row walks its bucket in that order, each thread
-// summing its own 16-byte column slice in compute precision (float for bf16/fp16, double for
-// double) from 0 — the same additions in the same order as the CPU's index_add_rows, so a float
-// gradient is bit-identical to the CPU one. Every destination row is written (zeros when no index
-// names it), so the backward needs no separate zero fill: traffic is the destination written once
-// plus each source row read once, the minimum for a dense gradient. A row that many indices name
-// (a frequent token) is summed by one group serially; its loads are batched four at a time to keep
-// memory busy.
+// The sums follow math/index_add.hpp's order, the CPU's too, so a float gradient is bit-identical
+// to the CPU one: in compute precision (float for bf16/fp16, double for double), in chunks of 32
+// sources. A row with at most 32 sources is summed by one group of threads, each thread its own
+// 16-byte column slice (add_rows). A longer row (a frequent token: thousands of positions) would
+// be a serial chain of loads for that one group; its chunks are summed apart, one group per chunk
+// over all long rows at once (chunk_sums, into a compute-precision buffer of at most 2n/32 rows),
+// and add_rows then adds the row's partial sums in order. Every destination row is written (zeros
+// when no index names it), so the backward needs no separate zero fill: traffic is the destination
+// written once plus each source row read once, and for the long rows each chunk's partial sum
+// written and read once (bf16: 4 bytes an element per chunk of up to 32 two-byte sources).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -40,8 +42,10 @@
 #include "kiln/kernels/common/launch.cuh"
 #include "kiln/kernels/common/offsets.cuh"
 #include "kiln/kernels/common/radix_sort.cuh"
+#include "kiln/kernels/common/scan.cuh"
 #include "kiln/kernels/gather/args.hpp"
 #include "kiln/kernels/gather/common.cuh"
+#include "kiln/math/index_add.hpp"
 
 namespace kiln::kernels::gather {
 
@@ -130,12 +134,95 @@ static __global__ void bucket_starts(const std::int64_t* __restrict__ sorted, st
   }
 }
 
+// chunks[r] = the chunks of destination row r summed apart (math::index_add_chunks of its source
+// count; none for the skipped row), chunks[size] = 0: exclusive_scan turns this into each long
+// row's first chunk and, at [size], the number of chunks.
+static __global__ void chunk_counts(const std::int64_t* __restrict__ start, std::int64_t size, std::int64_t skip,
+                                    std::int64_t* __restrict__ chunks) {
+  for (std::int64_t r = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; r <= size;
+       r += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
+    chunks[r] = r == size || r == skip ? 0 : math::index_add_chunks(start[r + 1] - start[r]);
+}
+
+// The sum of V compute-precision values of 16-byte vector v of the rows order[first .. last) of
+// `from`, from 0 in ascending order, four loads in flight.
+template <class T, int V, class C = compute_t<T>>
+__device__ __forceinline__ void sum_sources(C (&acc)[V], const Vec<T, V>* __restrict__ from,
+                                            const std::int64_t* __restrict__ order, std::int64_t first,
+                                            std::int64_t last, std::int64_t vectors, std::int64_t v) {
+#pragma unroll
+  for (int i = 0; i < V; ++i) acc[i] = C(0);
+  std::int64_t b = first;
+  for (; b + 4 <= last; b += 4) {
+    Vec<T, V> x[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) x[u] = from[order[b + u] * vectors + v];
+#pragma unroll
+    for (int u = 0; u < 4; ++u)
+#pragma unroll
+      for (int i = 0; i < V; ++i) acc[i] += load(x[u].v[i]);
+  }
+  for (; b < last; ++b) {
+    const Vec<T, V> x = from[order[b] * vectors + v];
+#pragma unroll
+    for (int i = 0; i < V; ++i) acc[i] += load(x.v[i]);
+  }
+}
+
+// partial[o][c] = P_c of math/index_add.hpp for every chunk c < chunk_start[size] of the long
+// rows: one group of threads per (o, chunk), grid over an upper bound of the chunk count (the
+// exact count is on the device only; groups past it return).
+template <class T, int V>
+__global__ void __launch_bounds__(kRowThreads, 4) chunk_sums(compute_t<T>* __restrict__ partial,
+                                                          const T* __restrict__ src,
+                                                          const std::int64_t* __restrict__ order,
+                                                          const std::int64_t* __restrict__ start,
+                                                          const std::int64_t* __restrict__ chunk_start,
+                                                          std::int64_t size, std::int64_t n, std::int64_t bound,
+                                                          std::int64_t outer, std::int64_t vectors, int log_group) {
+  using C = compute_t<T>;
+  const auto* from_rows = reinterpret_cast<const Vec<T, V>*>(src);
+  const int sub = threadIdx.x & ((1 << log_group) - 1);
+  const std::int64_t groups_per_block = kRowThreads >> log_group;
+  const std::int64_t chunks = chunk_start[size];
+  for (std::int64_t g = blockIdx.x * groups_per_block + (threadIdx.x >> log_group); g < outer * bound;
+       g += static_cast<std::int64_t>(gridDim.x) * groups_per_block) {
+    std::int64_t c;
+    const std::int64_t o = divmod(g, bound, c);
+    if (c >= chunks) continue;
+    // The long row holding chunk c: the last r with chunk_start[r] <= c (rows without chunks
+    // share their successor's start, so the last such r is the one whose range holds c).
+    std::int64_t lo = 0, hi = size;  // answer in [lo, hi)
+    while (hi - lo > 1) {
+      const std::int64_t mid = (lo + hi) >> 1;
+      if (chunk_start[mid] <= c) lo = mid;
+      else hi = mid;
+    }
+    const std::int64_t first = start[lo] + (c - chunk_start[lo]) * math::kIndexAddChunk;
+    const std::int64_t end = start[lo + 1];
+    const std::int64_t last = first + math::kIndexAddChunk < end ? first + math::kIndexAddChunk : end;
+    for (std::int64_t v = sub; v < vectors; v += (1 << log_group)) {
+      C acc[V];
+      sum_sources<T, V>(acc, from_rows + o * n * vectors, order, first, last, vectors, v);
+      C* to = partial + ((o * bound + c) * vectors + v) * V;
+#pragma unroll
+      for (int i = 0; i < V; ++i) to[i] = acc[i];
+    }
+  }
+}
+
+// Every destination row: d (0, or its value when accumulating) plus its sources' sum, P_0 summed
+// here for a row of at most one chunk, the partial sums of chunk_sums in order for a long row
+// (chunk_start null: no row is long).
 template <class T, int V>
 __global__ void __launch_bounds__(kRowThreads, 4) add_rows(T* __restrict__ dst, const T* __restrict__ src,
                                                          const std::int64_t* __restrict__ order,
-                                                         const std::int64_t* __restrict__ start, std::int64_t outer,
-                                                         std::int64_t size, std::int64_t n, std::int64_t vectors,
-                                                         int log_group, std::int64_t skip, bool accumulate) {
+                                                         const std::int64_t* __restrict__ start,
+                                                         const std::int64_t* __restrict__ chunk_start,
+                                                         const compute_t<T>* __restrict__ partial,
+                                                         std::int64_t bound, std::int64_t outer, std::int64_t size,
+                                                         std::int64_t n, std::int64_t vectors, int log_group,
+                                                         std::int64_t skip, bool accumulate) {
   using C = compute_t<T>;
   using Vector = Vec<T, V>;
   auto* to_rows = reinterpret_cast<Vector*>(dst);
@@ -148,7 +235,9 @@ __global__ void __launch_bounds__(kRowThreads, 4) add_rows(T* __restrict__ dst, 
     std::int64_t r;
     const std::int64_t o = divmod(row, size, r);
     const std::int64_t first = r == skip ? 0 : start[r], last = r == skip ? 0 : start[r + 1];
-    const Vector* from = from_rows + o * n * vectors;
+    const std::int64_t chunk0 = chunk_start != nullptr ? chunk_start[r] : 0;
+    const std::int64_t chunks = chunk_start != nullptr ? chunk_start[r + 1] - chunk0 : 0;
+    const C* row_partials = partial + (o * bound + chunk0) * vectors * V;  // chunk c: + c * vectors * V
     for (std::int64_t v = sub; v < vectors; v += (1 << log_group)) {
       C acc[V];
       if (accumulate) {
@@ -159,20 +248,17 @@ __global__ void __launch_bounds__(kRowThreads, 4) add_rows(T* __restrict__ dst, 
 #pragma unroll
         for (int i = 0; i < V; ++i) acc[i] = C(0);
       }
-      std::int64_t b = first;
-      for (; b + 4 <= last; b += 4) {  // four loads in flight, added in order
-        Vector x[4];
+      if (chunks > 0) {  // a long row: its chunks' sums, in order
+        for (std::int64_t c = 0; c < chunks; ++c) {
+          const C* p = row_partials + (c * vectors + v) * V;
 #pragma unroll
-        for (int u = 0; u < 4; ++u) x[u] = from[order[b + u] * vectors + v];
+          for (int i = 0; i < V; ++i) acc[i] += p[i];
+        }
+      } else if (last > first) {
+        C sum[V];
+        sum_sources<T, V>(sum, from_rows + o * n * vectors, order, first, last, vectors, v);
 #pragma unroll
-        for (int u = 0; u < 4; ++u)
-#pragma unroll
-          for (int i = 0; i < V; ++i) acc[i] += load(x[u].v[i]);
-      }
-      for (; b < last; ++b) {
-        const Vector x = from[order[b] * vectors + v];
-#pragma unroll
-        for (int i = 0; i < V; ++i) acc[i] += load(x.v[i]);
+        for (int i = 0; i < V; ++i) acc[i] += sum[i];
       }
       Vector out;
 #pragma unroll
@@ -201,18 +287,37 @@ inline void launch_index_add_rows(const IndexAddRowsArgs& a) {
   Tensor<std::int64_t> start({size + 1}, Device::cuda(device));
   bucket_starts<<<blocks_for(size + 1, 256), 256, 0, stream>>>(keys.data(), n, size, start.data());
   KILN_CUDA_CHECK_LAUNCH();
+  // Long rows exist only when n > one chunk. Their chunk count is at most 2n/K: a long row of c
+  // sources has ceil(c/K) < c/K + 1 < 2c/K chunks.
+  const bool chunked = n > math::kIndexAddChunk;
+  const std::int64_t bound = chunked ? 2 * n / math::kIndexAddChunk : 0;
+  Tensor<std::int64_t> chunk_start({chunked ? size + 1 : 1}, Device::cuda(device));
+  if (chunked) {
+    chunk_counts<<<blocks_for(size + 1, 256), 256, 0, stream>>>(start.data(), size, skip, chunk_start.data());
+    KILN_CUDA_CHECK_LAUNCH();
+    exclusive_scan(chunk_start.data(), size + 1, device, stream);
+  }
 
   with_floating_type("index_add_rows", a.dtype, [&](auto tag) {
     using T = decltype(tag);
+    using C = compute_t<T>;
     constexpr int kV = 16 / static_cast<int>(sizeof(T));
     const bool vectorized = inner % kV == 0 && aligned16(a.dst) && aligned16(a.src);
+    Tensor<C> partial({chunked ? outer * bound * inner : 1}, Device::cuda(device));
     auto launch = [&](auto v_tag) {
       constexpr int V = decltype(v_tag)::value;
       const std::int64_t vectors = inner / V;
       const int log_group = log_group_for(vectors);
+      if (chunked) {
+        chunk_sums<T, V><<<blocks_for(outer * bound, kRowThreads >> log_group), kRowThreads, 0, stream>>>(
+            partial.data(), static_cast<const T*>(a.src), order.data(), start.data(), chunk_start.data(), size, n,
+            bound, outer, vectors, log_group);
+        KILN_CUDA_CHECK_LAUNCH();
+      }
       add_rows<T, V><<<blocks_for(outer * size, kRowThreads >> log_group), kRowThreads, 0, stream>>>(
-          static_cast<T*>(a.dst), static_cast<const T*>(a.src), order.data(), start.data(), outer, size, n, vectors,
-          log_group, skip, accumulate);
+          static_cast<T*>(a.dst), static_cast<const T*>(a.src), order.data(), start.data(),
+          chunked ? chunk_start.data() : nullptr, partial.data(), bound, outer, size, n, vectors, log_group, skip,
+          accumulate);
     };
     if (vectorized) launch(std::integral_constant<int, kV>{});
     else launch(std::integral_constant<int, 1>{});

@@ -4,9 +4,11 @@
 // and selections, and the backward scatters add in the CPU's order (ascending source position per
 // destination) and round like it, so the GPU must reproduce the CPU exactly — and itself, run to
 // run. Also: out-of-range indices and bad k raise kiln::Error naming the op and the shapes.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <random>
 #include <string>
 
 #include "cuda_test_util.hpp"
@@ -90,10 +92,10 @@ TEST(EmbeddingCuda, ForwardMatchesCpu) {
 }
 
 template <class T>
-void embedding_backward_case(std::int64_t vocab, std::int64_t width, std::int64_t n, std::int64_t id_range,
+void embedding_backward_case(std::int64_t vocab, std::int64_t width, const Tensor<std::int64_t>& ids,
                              std::optional<std::int64_t> pad = std::nullopt) {
+  const std::int64_t n = ids.numel();
   const auto w = random_values<T>({vocab, width});
-  const auto ids = randint<std::int64_t>(0, id_range, {n});
   const auto g = random_values<T>({n, width});
   auto cw = cpu_leaf(w);
   embedding(cw, ids, pad).backward(g);
@@ -105,6 +107,12 @@ void embedding_backward_case(std::int64_t vocab, std::int64_t width, std::int64_
   const auto first = grad_on_gpu();
   EXPECT_TRUE(same_bits(first, cw.grad())) << dtype_name<T> << " vocab " << vocab << " width " << width << " n " << n;
   EXPECT_TRUE(same_bits(grad_on_gpu(), first)) << "not deterministic: " << dtype_name<T> << " vocab " << vocab;
+}
+
+template <class T>
+void embedding_backward_case(std::int64_t vocab, std::int64_t width, std::int64_t n, std::int64_t id_range,
+                             std::optional<std::int64_t> pad = std::nullopt) {
+  embedding_backward_case<T>(vocab, width, randint<std::int64_t>(0, id_range, {n}), pad);
 }
 
 TEST(EmbeddingCuda, BackwardIsBitwiseTheCpuSumAndDeterministic) {
@@ -123,6 +131,20 @@ TEST(EmbeddingCuda, BackwardIsBitwiseTheCpuSumAndDeterministic) {
   // padding_idx (also negative) gets no gradient.
   embedding_backward_case<float>(40, 64, 3000, 40, 7);
   embedding_backward_case<double>(40, 3, 300, 40, -1);
+  // Rows of more than 32 positions are summed in chunks (math/index_add.hpp): the big config's
+  // table (256 positions an id), a padding id among the hot ones, chunks of double and of
+  // unvectorised rows.
+  embedding_backward_case<bf16>(2048, 768, 16384, 64);
+  embedding_backward_case<float>(40, 64, 3000, 4, 2);
+  embedding_backward_case<double>(9, 5, 700, 3);
+  embedding_backward_case<bf16>(11, 13, 2000, 11);
+  // Rows of exactly 32, 33, 64, 65 and 1 position, shuffled.
+  std::vector<std::int64_t> counted;
+  const std::int64_t counts[] = {32, 33, 64, 65, 1};
+  for (std::int64_t r = 0; r < 5; ++r) counted.insert(counted.end(), static_cast<std::size_t>(counts[r]), r);
+  std::shuffle(counted.begin(), counted.end(), std::mt19937(std::random_device{}()));
+  embedding_backward_case<float>(6, 33, tensor<std::int64_t>(counted));
+  embedding_backward_case<bf16>(6, 64, tensor<std::int64_t>(counted));
 }
 
 TEST(EmbeddingCuda, OutOfRangeIdsAreErrors) {
@@ -173,6 +195,9 @@ TEST(IndexSelectCuda, ForwardAndBackwardMatchCpu) {
   index_select_case(random_values<bf16>({1003, 64}), 0, randint<std::int64_t>(0, 10, {777}));
   index_select_case(transpose(random_values<double>({9, 40}), 0, 1).detach(), 0, randint<std::int64_t>(0, 40, {41}));
   index_select_case(random_values<float>({5, 7}), 1, zeros<std::int64_t>({0}));
+  // Hot indices (rows summed in chunks) with outer > 1.
+  index_select_case(random_values<float>({5, 7, 33}), 1, randint<std::int64_t>(0, 3, {200}));
+  index_select_case(random_values<bf16>({3, 6, 64}), 1, randint<std::int64_t>(0, 2, {300}));
   // A strided index.
   const auto strided = slice(repeats, 0, 0, 6, 2);
   const auto t = random_values<float>({5, 2});

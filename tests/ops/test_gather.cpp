@@ -349,20 +349,54 @@ TEST(Embedding, GradcheckWithRepeatedIds) {
                    {randn<double>({4, 2})});
 }
 
-TEST(Embedding, BackwardSumsRowsInIdOrder) {
-  // Sums in position order per row: the float result is bit-identical to a sequential loop.
-  const std::int64_t vocab = 50, width = 33, n = 1000;
+TEST(Embedding, BackwardSumsRowsInIdOrderInChunks) {
+  // Each row sums its positions in order, in chunks of 32 (math/index_add.hpp): the float result
+  // is bit-identical to this loop. ~60 positions per id: every row has two or more chunks.
+  const std::int64_t vocab = 50, width = 33, n = 3000;
   auto weight = randn<float>({vocab, width}).requires_grad_();
   const auto ids = randint<std::int64_t>(0, vocab, {n});
   const auto g = randn<float>({n, width});
   embedding(weight, ids).backward(g);
-  std::vector<float> ref(static_cast<std::size_t>(vocab * width), 0.0f);
   const auto iv = ids.to_vector();
   const auto gv = g.to_vector();
-  for (std::size_t p = 0; p < iv.size(); ++p)
-    for (std::size_t k = 0; k < static_cast<std::size_t>(width); ++k)
-      ref[static_cast<std::size_t>(iv[p]) * static_cast<std::size_t>(width) + k] += gv[p * static_cast<std::size_t>(width) + k];
-  EXPECT_EQ(weight.grad().to_vector(), ref);
+  std::vector<float> ref(static_cast<std::size_t>(vocab * width), 0.0f);
+  std::vector<double> exact(ref.size(), 0.0);
+  for (std::int64_t r = 0; r < vocab; ++r) {
+    std::vector<std::size_t> positions;
+    for (std::size_t p = 0; p < iv.size(); ++p)
+      if (iv[p] == r) positions.push_back(p);
+    for (std::size_t k = 0; k < static_cast<std::size_t>(width); ++k) {
+      float total = 0.0f;
+      for (std::size_t c0 = 0; c0 < positions.size(); c0 += 32) {
+        float chunk = 0.0f;
+        for (std::size_t p = c0; p < std::min(positions.size(), c0 + 32); ++p)
+          chunk += gv[positions[p] * static_cast<std::size_t>(width) + k];
+        total += chunk;
+      }
+      const std::size_t at = static_cast<std::size_t>(r) * static_cast<std::size_t>(width) + k;
+      ref[at] = total;
+      for (const std::size_t p : positions) exact[at] += gv[p * static_cast<std::size_t>(width) + k];
+    }
+  }
+  const auto grad = weight.grad().to_vector();
+  EXPECT_EQ(grad, ref);
+  for (std::size_t i = 0; i < grad.size(); ++i) EXPECT_NEAR(grad[i], exact[i], 1e-4) << i;
+}
+
+TEST(Embedding, BackwardChunkOrderByHand) {
+  // One id at 64 positions: 2^24 first, then 63 ones. A float running sum loses every 1 added to
+  // 2^24 (the spacing there is 2, and 2^24 + 1 rounds to even): 2^24. In chunks of 32 the second
+  // chunk's ones add up to 32 first: (2^24 + 31 ones) + 32 = 2^24 + 32, exactly representable.
+  std::vector<float> g(64, 1.0f);
+  g[0] = 16777216.0f;
+  auto weight = zeros<float>({2, 1}).requires_grad_();
+  embedding(weight, zeros<std::int64_t>({64})).backward(tensor<float>(g, {64, 1}));
+  EXPECT_EQ(weight.grad().to_vector(), (std::vector<float>{16777248.0f, 0.0f}));
+  // 32 positions are one chunk: the running sum, 2^24.
+  auto w32 = zeros<float>({2, 1}).requires_grad_();
+  const std::vector<float> first32(g.begin(), g.begin() + 32);
+  embedding(w32, zeros<std::int64_t>({32})).backward(tensor<float>(first32, {32, 1}));
+  EXPECT_EQ(w32.grad().to_vector(), (std::vector<float>{16777216.0f, 0.0f}));
 }
 
 TEST(Embedding, PaddingRowGetsNoGradient) {

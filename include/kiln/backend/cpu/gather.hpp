@@ -20,6 +20,7 @@
 
 #include "kiln/backend/cpu/parallel.hpp"
 #include "kiln/core/tensor.hpp"
+#include "kiln/math/index_add.hpp"
 
 namespace kiln::cpu {
 
@@ -118,7 +119,8 @@ void index_select_rows(const T* src, T* out, std::int64_t outer, std::int64_t si
 // Contiguous dst [outer, size, inner] += contiguous src [outer, n, inner] scattered by index:
 // dst[o][index[j]][:] += src[o][j][:]. Destination row `skip_row` (when >= 0) receives nothing
 // (embedding's padding row). Each destination row sums its sources in ascending j, in compute_t
-// precision, on one thread.
+// precision, in chunks of math::kIndexAddChunk (math/index_add.hpp: the order the CUDA kernels
+// follow too), on one thread.
 template <class T>
 void index_add_rows(T* dst, const T* src, std::int64_t outer, std::int64_t size, std::int64_t inner,
                     const std::int64_t* index, std::int64_t n, std::int64_t skip_row = -1) {
@@ -135,16 +137,20 @@ void index_add_rows(T* dst, const T* src, std::int64_t outer, std::int64_t size,
 
   const std::int64_t cost = inner * std::max<std::int64_t>(1, size > 0 ? n / size : 1);
   parallel_for(outer * size, cost, [&](std::int64_t begin, std::int64_t end) {
-    std::vector<C> acc(static_cast<std::size_t>(inner));
+    std::vector<C> acc(static_cast<std::size_t>(inner)), chunk(static_cast<std::size_t>(inner));
     for (std::int64_t row = begin; row < end; ++row) {
       const std::int64_t o = row / size, r = row % size;
       const std::int64_t first = start[static_cast<std::size_t>(r)], last = start[static_cast<std::size_t>(r + 1)];
       if (first == last || r == skip_row) continue;
       T* to = dst + row * inner;
       for (std::int64_t k = 0; k < inner; ++k) acc[static_cast<std::size_t>(k)] = static_cast<C>(to[k]);
-      for (std::int64_t b = first; b < last; ++b) {
-        const T* from = src + (o * n + order[static_cast<std::size_t>(b)]) * inner;
-        for (std::int64_t k = 0; k < inner; ++k) acc[static_cast<std::size_t>(k)] += static_cast<C>(from[k]);
+      for (std::int64_t c0 = first; c0 < last; c0 += math::kIndexAddChunk) {
+        std::fill(chunk.begin(), chunk.end(), C(0));
+        for (std::int64_t b = c0; b < std::min(last, c0 + math::kIndexAddChunk); ++b) {
+          const T* from = src + (o * n + order[static_cast<std::size_t>(b)]) * inner;
+          for (std::int64_t k = 0; k < inner; ++k) chunk[static_cast<std::size_t>(k)] += static_cast<C>(from[k]);
+        }
+        for (std::int64_t k = 0; k < inner; ++k) acc[static_cast<std::size_t>(k)] += chunk[static_cast<std::size_t>(k)];
       }
       for (std::int64_t k = 0; k < inner; ++k) to[k] = convert<T>(acc[static_cast<std::size_t>(k)]);
     }
