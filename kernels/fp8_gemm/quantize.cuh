@@ -22,8 +22,7 @@
 // Four kernels:
 //   rows_kernel (1×128, L = S): one warp per run of 32 16-byte vectors of a row, i.e. one tile of
 //     floats (32 lanes × 4) or two tiles of bf16 (16 lanes × 8 each). amax by xor shuffles within
-//     the lanes of a tile; each lane then writes its 4 or 8 bytes with one store. A warp takes 4
-//     consecutive runs and loads all of them first (4 loads in flight a lane).
+//     the lanes of a tile; each lane then writes its 4 or 8 bytes with one store.
 //   blocks_kernel<Transposed = false> (128×128, L = S): one 1024-thread block per block; the 16K
 //     elements stay in registers (16 per thread) while the block reduces amax (shuffles, then 32
 //     warps through shared memory); each thread then writes its bytes.
@@ -45,9 +44,12 @@
 //     16 of the region's columns as rows_transposed_kernel does. One read of S for both tilings:
 //     2 + 1 + 1 bytes per element instead of 2 + 1 and 2 + 1 (fp8_linear's x and dY need both).
 //     The loads run 4 row passes ahead of the quantization (4 loads in flight a thread).
-//   The 1×128 kernels issue their loads ahead of their stores (fetch_run) because, measured on an
-//   H100 (bench_fp8_quantize_cuda, 2026-12-05), one 16-byte load in flight a thread at a time left
-//   them at 50-73% of the device copy's bandwidth.
+//   rows_both_staged_kernel (the default; KILN_FP8_STAGED=off runs rows_both_kernel): the same,
+//     with the region copied into shared memory by cp.async first, all of its loads in flight at
+//     once, then both phases from shared memory.
+//   rows_transposed_kernel and rows_both_kernel issue several loads ahead of their stores
+//   (fetch_run): measured on an H100 (bench_fp8_quantize_cuda, 2026-12-05), one 16-byte load in
+//   flight a thread at a time left the 1×128 kernels at 50-73% of the device copy's bandwidth.
 //   blocks_kernel takes a batch of matrices in one launch (gridDim.y; the stacked expert weights),
 //     and writes the blocks of S and of Sᵀ from one read when asked (the weights' forward and
 //     data-gradient operands; the same scales).
@@ -60,12 +62,15 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <type_traits>
 
 #include "kiln/core/error.hpp"
 #include "kiln/kernels/common/cuda_check.hpp"
 #include "kiln/kernels/common/device_guard.hpp"
 #include "kiln/kernels/common/element.cuh"
+#include "kiln/kernels/common/mma_sm80.cuh"
 #include "kiln/kernels/common/reduce.cuh"
 #include "kiln/kernels/fp8_gemm/args.hpp"
 #include "kiln/math/fp8.hpp"
@@ -226,11 +231,10 @@ __device__ __forceinline__ void store_column_tile(const Params& p, const float (
 }
 
 // ---- 1×128 tiles along S's rows (L = S) ----
-// A warp takes kRuns consecutive runs (a run: 32 lanes × 16 bytes of one row) and fetches all of
-// them before it quantizes any, so each lane has kRuns loads in flight: one 16-byte load a lane is
-// too little to cover the memory latency at the occupancy these blocks get.
-constexpr int kRuns = 4;
-
+// One run (32 lanes × 16 bytes of one row) per warp and loop iteration. Taking 4 runs a warp with
+// their loads issued first was slower on an H100 (bench_fp8_quantize_cuda, 2026-12-05: 29.2 µs
+// against 24.2 at [16384, 768] bf16): a quarter of the blocks, 1.45 waves of them, and the
+// second wave half empty.
 template <class T, bool Vector>
 __global__ void __launch_bounds__(kThreads) rows_kernel(const Params p) {
   constexpr int V = 16 / static_cast<int>(sizeof(T));
@@ -241,37 +245,19 @@ __global__ void __launch_bounds__(kThreads) rows_kernel(const Params p) {
   const bool words = p.src_cols % V == 0;  // every output row start is V-byte aligned
   const std::int64_t groups = ceil_div(p.src_cols, kColsPerWarp);
   const std::int64_t total = p.src_rows * groups;
-  const std::int64_t step = static_cast<std::int64_t>(gridDim.x) * kWarps * kRuns;
-  for (std::int64_t w0 = (static_cast<std::int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5)) * kRuns; w0 < total;
-       w0 += step) {
-    // Run w0 + i is group g of row r: one division per kRuns runs, then g steps on (and over into
-    // the next row: a row may hold fewer than kRuns groups).
-    const std::int64_t r0 = w0 / groups, g0 = w0 % groups;
-    Vec<T, V> raw[kRuns];
-    std::int64_t r = r0, g = g0;
-    const auto next = [&] {
-      if (++g == groups) g = 0, ++r;
-    };
+  const std::int64_t warps = static_cast<std::int64_t>(gridDim.x) * kWarps;
+  for (std::int64_t w = static_cast<std::int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5); w < total; w += warps) {
+    const std::int64_t r = w / groups, col = (w % groups) * kColsPerWarp + lane * V;
+    float v[V];
+    load_run<T, V, Vector>(src + r * p.lds, col, p.src_cols, v);
+    float amax = 0.0f;
 #pragma unroll
-    for (int i = 0; i < kRuns; ++i, next())
-      raw[i] = w0 + i < total ? fetch_run<T, V, Vector>(src + r * p.lds, g * kColsPerWarp + lane * V, p.src_cols)
-                              : Vec<T, V>{};
-    r = r0, g = g0;
-#pragma unroll
-    for (int i = 0; i < kRuns; ++i, next()) {
-      if (w0 + i >= total) break;  // warp-uniform
-      const std::int64_t col = g * kColsPerWarp + lane * V;
-      float v[V];
-      widen(raw[i], v);
-      float amax = 0.0f;
-#pragma unroll
-      for (int e = 0; e < V; ++e) amax = fp8::amax_step(amax, v[e]);
-      amax = group_amax<kLanesPerTile>(amax);
-      if (col >= p.src_cols) continue;  // after the shuffles, which need every lane
-      const float s = fp8::tile_scale(amax, p.amax_floor, p.power_of_two);
-      if (lane % kLanesPerTile == 0) p.scale[(col / kTile) * p.scale_ld + r] = s;
-      store_run<V>(p.q + r * p.src_cols + col, v, Divider(s), p.src_cols - col, words);
-    }
+    for (int e = 0; e < V; ++e) amax = fp8::amax_step(amax, v[e]);
+    amax = group_amax<kLanesPerTile>(amax);
+    if (col >= p.src_cols) continue;  // after the shuffles, which need every lane
+    const float s = fp8::tile_scale(amax, p.amax_floor, p.power_of_two);
+    if (lane % kLanesPerTile == 0) p.scale[(col / kTile) * p.scale_ld + r] = s;
+    store_run<V>(p.q + r * p.src_cols + col, v, Divider(s), p.src_cols - col, words);
   }
 }
 
@@ -481,11 +467,103 @@ __global__ void __launch_bounds__(kThreads) rows_both_kernel(const Params p) {
   }
 }
 
+// The same outputs with the region staged in shared memory by cp.async: every 16-byte load of
+// the region is in flight at once and holds no register, where rows_both_kernel keeps 4 passes'
+// loads in registers (80 registers a thread: 3 blocks an SM on an H100, and 0.42 of the device
+// copy's bandwidth at [16384, 768], bench_fp8_quantize_cuda 2026-12-05). Here a block is 34,816
+// bytes of shared memory and 48 registers a thread (the launch bound of 5 blocks; 6 would spill),
+// so 5 blocks an SM, each with its 32 KiB read in flight. Then both phases read the tile with
+// 16-byte shared loads, free of bank conflicts:
+//   tile rows are 136 bf16 = 272 bytes = 68 words apart, so the 8 lanes of a quarter-warp
+//   (one shared-memory wavefront of 16-byte accesses) reading the same 16 bytes of 8 rows start
+//   at banks 4r mod 32: 8 different groups of 4 banks; reading 8 consecutive 16-byte pieces of
+//   one row (the row phase) is one 128-byte line.
+//   Row phase: a half-warp per row, as rows_kernel (tile row r from 16 lanes × 16 bytes).
+//   Column phase: a warp takes 8 columns at once: lane l loads the 16 bytes of those columns in
+//   rows l, l+32, l+64, l+96, then quantizes each of the 8 columns as rows_transposed_kernel does.
+template <bool Vector>
+__global__ void __launch_bounds__(kThreads, 5) rows_both_staged_kernel(const Params p) {
+  constexpr int V = 8;                                   // bf16 elements per 16 bytes
+  constexpr int kLanesPerRow = kTile / V;                // 16: a half-warp per row of the region
+  constexpr int kRowsPerPass = kThreads / kLanesPerRow;  // 16
+  constexpr int kPasses = kTile / kRowsPerPass;          // 8
+  constexpr int kPitch = kTile + 8;                      // bf16 elements: 272-byte rows
+  __shared__ __align__(16) bf16 tile[kTile * kPitch];    // 34,816 bytes
+  const bf16* src = static_cast<const bf16*>(p.src);
+  const std::int64_t col_blocks = ceil_div(p.src_cols, kTile);
+  const std::int64_t rb = blockIdx.x / col_blocks, cb = blockIdx.x % col_blocks;
+  const std::int64_t r0 = rb * kTile, c0 = cb * kTile;
+  const int tr = static_cast<int>(threadIdx.x) / kLanesPerRow, tc = static_cast<int>(threadIdx.x) % kLanesPerRow;
+  const std::int64_t col = c0 + tc * V;
+  const bool words = p.src_cols % V == 0;
+  using Vector8 = Vec<bf16, V>;
+
+  // Stage: elements past the matrix's edge are zeros (cp.async's zero fill, or the element-wise
+  // fetch of a row's last partial vector and of unaligned rows).
+#pragma unroll
+  for (int i = 0; i < kPasses; ++i) {
+    const int r = i * kRowsPerPass + tr;
+    bf16* to = tile + r * kPitch + tc * V;
+    const bool row_in = r0 + r < p.src_rows;
+    const bf16* row = src + (row_in ? (r0 + r) * p.lds : 0);
+    if (Vector && (!row_in || col + V <= p.src_cols))
+      sm80::cp_async_16(to, row + (row_in ? col : 0), row_in);
+    else
+      *reinterpret_cast<Vector8*>(to) = row_in ? fetch_run<bf16, V, false>(row, col, p.src_cols) : Vector8{};
+  }
+  sm80::cp_async_commit();
+  sm80::cp_async_wait<0>();
+  __syncthreads();
+
+  // Row tiles (L = S).
+#pragma unroll 2
+  for (int i = 0; i < kPasses; ++i) {
+    const int r = i * kRowsPerPass + tr;
+    float v[V];
+    widen(*reinterpret_cast<const Vector8*>(tile + r * kPitch + tc * V), v);
+    float amax = 0.0f;
+#pragma unroll
+    for (int e = 0; e < V; ++e) amax = fp8::amax_step(amax, v[e]);
+    amax = group_amax<kLanesPerRow>(amax);  // over the row tile's 16 lanes
+    if (r0 + r < p.src_rows && col < p.src_cols) {
+      const float s = fp8::tile_scale(amax, p.amax_floor, p.power_of_two);
+      if (tc == 0) p.scale[cb * p.scale_ld + r0 + r] = s;
+      store_run<V>(p.q + (r0 + r) * p.src_cols + col, v, Divider(s), p.src_cols - col, words);
+    }
+  }
+
+  // Column tiles (L = Sᵀ): warp w takes column groups w and w + 8 of the region's 16.
+  const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>(threadIdx.x >> 5);
+  const std::int64_t valid = p.src_rows - r0;  // bytes of each Sᵀ row this block writes
+  for (int group = warp; group < kTile / V; group += kWarps) {
+    if (c0 + group * V >= p.src_cols) break;  // warp-uniform
+    Vector8 x[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) x[j] = *reinterpret_cast<const Vector8*>(tile + (lane + 32 * j) * kPitch + group * V);
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+      const std::int64_t lrow = c0 + group * V + e;  // Sᵀ's row = S's column
+      if (lrow >= p.src_cols) break;                 // warp-uniform
+      float column[4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) column[j] = load(x[j].v[e]);
+      store_column_tile(p, column, p.scale_t + rb * p.scale_t_ld + lrow, p.q_t + lrow * p.src_rows + r0, valid);
+    }
+  }
+}
+
 // ---- host side ----
 
 inline unsigned grid_size(std::int64_t blocks) {
   check(blocks <= 0x7FFFFFFF, "fp8_quantize", "matrix too large: ", blocks, " thread blocks");
   return static_cast<unsigned>(std::max<std::int64_t>(blocks, 1));
+}
+
+// rows_both_staged_kernel is the default; KILN_FP8_STAGED=off (read at each launch: the tests and
+// bench_fp8_quantize_cuda switch it) runs rows_both_kernel, which writes the same bytes.
+inline bool staged_quantization() {
+  const char* setting = std::getenv("KILN_FP8_STAGED");
+  return setting == nullptr || std::strcmp(setting, "off") != 0;
 }
 
 template <class T>
@@ -499,12 +577,15 @@ void launch(const Params& p, bool row_tiles, bool transposed, cudaStream_t strea
   if (p.q_t != nullptr && row_tiles) {
     if constexpr (std::is_same_v<T, bf16>) {
       const std::int64_t blocks = ceil_div(p.src_rows, kTile) * ceil_div(p.src_cols, kTile);
-      vector ? go(rows_both_kernel<true>, blocks) : go(rows_both_kernel<false>, blocks);
+      if (staged_quantization())
+        vector ? go(rows_both_staged_kernel<true>, blocks) : go(rows_both_staged_kernel<false>, blocks);
+      else
+        vector ? go(rows_both_kernel<true>, blocks) : go(rows_both_kernel<false>, blocks);
     }
   } else if (row_tiles && !transposed) {
-    // One warp per kRuns runs of 32 vectors; a grid-stride loop beyond 2^20 blocks.
+    // One warp per run of 32 vectors; a grid-stride loop beyond 2^20 blocks.
     const std::int64_t runs = p.src_rows * ceil_div(p.src_cols, 32 * V);
-    const std::int64_t blocks = std::min<std::int64_t>(ceil_div(runs, kWarps * kRuns), std::int64_t{1} << 20);
+    const std::int64_t blocks = std::min<std::int64_t>(ceil_div(runs, kWarps), std::int64_t{1} << 20);
     vector ? go(rows_kernel<T, true>, blocks) : go(rows_kernel<T, false>, blocks);
   } else if (row_tiles && p.k_group_offsets != nullptr) {
     const std::int64_t blocks = ceil_div(p.k_grouped_cols, kTile) * ceil_div(p.src_cols, kTransposedCols);
