@@ -229,6 +229,57 @@ TEST(SliceGrad, PartsAddInPlaceWithoutTouchingSharedGradients) {
   EXPECT_EQ(y.grad().to_vector(), expected);
 }
 
+// The parts of a split wait for the node's gradient and are then copied into one tensor when they
+// tile a dim exactly; anything else is added into zeros. The overlap, the mixed dims and the gap
+// come out wrong if the tiling test takes them for a split (a copy where an add was needed, or
+// elements never written; checked); strided halves take the safe path, zeros and adds.
+TEST(SliceGrad, SplitPartsTileOrFallBackToAdds) {
+  const auto base = Tensor<double>::from_vector({1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}, {2, 6});
+  const auto weights = Tensor<double>::from_vector({0.5, -1, 2, 0.25, 3, -0.75, 1.5, -2, 0.125, 4, -1, 2.5}, {2, 6});
+  auto grad_of = [&](const std::function<Tensor<double>(const Tensor<double>&)>& f) {
+    auto x = base.detach().requires_grad_();
+    sum(mul(f(x), f(weights))).backward();  // d/dx of sum(f(x) * f(w)): w where f's parts land
+    return x.grad().to_vector();
+  };
+  const std::vector<double> w = weights.to_vector();
+  auto expect = [&](std::initializer_list<std::pair<int, double>> extra, double scale) {
+    std::vector<double> e(12, 0.0);
+    for (const auto& [i, times] : extra)
+      e[static_cast<std::size_t>(i)] += times * scale * w[static_cast<std::size_t>(i)];
+    return e;
+  };
+  // A split along dim 1 whose pieces all come back, in a permuted order: a tiling.
+  const auto tiled = grad_of([](const Tensor<double>& t) {
+    const auto p = split(t, std::vector<std::int64_t>{2, 3, 1}, 1);
+    return cat(std::vector<Tensor<double>>{p[2], p[0], p[1]}, 1);
+  });
+  EXPECT_EQ(tiled, w);
+  // Two slices of the same range whose lengths add up to the dim: an overlap, and a gap.
+  const auto overlap = grad_of([](const Tensor<double>& t) {
+    return cat(std::vector<Tensor<double>>{narrow(t, 1, 0, 3), narrow(t, 1, 0, 3)}, 1);
+  });
+  EXPECT_EQ(overlap, expect({{0, 1}, {1, 1}, {2, 1}, {6, 1}, {7, 1}, {8, 1}}, 2.0));
+  // Strided halves along dim 1 (even and odd columns): together the whole, but not step-1 ranges.
+  const auto strided = grad_of([](const Tensor<double>& t) {
+    return cat(std::vector<Tensor<double>>{slice(t, 1, 0, 6, 2), slice(t, 1, 1, 6, 2)}, 1);
+  });
+  EXPECT_EQ(strided, w);
+  // Ranges along different dims.
+  const auto mixed = grad_of([](const Tensor<double>& t) {
+    return cat(std::vector<Tensor<double>>{reshape(narrow(t, 0, 0, 1), {6}), reshape(narrow(t, 1, 0, 6), {12})}, 0);
+  });
+  std::vector<double> twice_first_row = w;
+  for (std::size_t i = 0; i < 6; ++i) twice_first_row[i] *= 2.0;
+  EXPECT_EQ(mixed, twice_first_row);
+  // A gap: columns [0, 2) and [3, 6); column 2 gets nothing.
+  const auto gap = grad_of([](const Tensor<double>& t) {
+    return cat(std::vector<Tensor<double>>{narrow(t, 1, 0, 2), narrow(t, 1, 3, 3)}, 1);
+  });
+  std::vector<double> no_column_2 = w;
+  no_column_2[2] = no_column_2[8] = 0.0;
+  EXPECT_EQ(gap, no_column_2);
+}
+
 TEST(AddInPlace, AddsIntoAViewAndRejectsBadOutputs) {
   auto t = zeros<double>({3, 4});
   add_in_place(slice(t, 1, 1, 4, 2), Tensor<double>::from_vector({1, 2, 3, 4, 5, 6}, {3, 2}));

@@ -13,6 +13,8 @@
 // them, so there are no cycles. Saved tensors must be detach()ed copies of the handles.
 #pragma once
 
+#include <algorithm>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -82,6 +84,7 @@ class TypedNode : public Node {
     // Only floating tensors ever require grad: views of bool/int tensors compile their backward
     // but never run it, and must not instantiate arithmetic on those types.
     if constexpr (is_floating<T>) {
+      settle_parts();
       NoGradGuard no_grad;
       // kiln::add, found by argument-dependent lookup. The sum is a new tensor this node alone
       // holds; g itself may be held by another node too (an op may pass one tensor to several).
@@ -90,34 +93,88 @@ class TypedNode : public Node {
     }
   }
 
-  // Adds g to the part of this node's gradient that part_of(gradient) views (a slice: the backward
-  // of a view op), in place. Splitting a tensor into k views then costs one zero fill and k adds
-  // of the parts, where a full-size zero tensor per view cost k fills, k copies and k − 1 adds of
-  // the whole. The gradient starts as zeros when none has arrived yet, and is copied first when it
-  // is a tensor accumulate() took as is, so no tensor outside this node ever changes.
-  template <class PartOf>
-  void accumulate_part(const Tensor<T>& g, const PartOf& part_of) {
+  // Adds g to the part of this node's gradient that slice(gradient, dim, start, end, step) views
+  // (the backward of a view op). While no whole gradient has arrived the parts wait (settle_parts
+  // turns them into one tensor when the gradient is needed); after one has, g is added into its
+  // part in place, the gradient copied first when it is a tensor accumulate() took as is, so no
+  // tensor outside this node ever changes.
+  void accumulate_part(const Tensor<T>& g, int dim, std::int64_t start, std::int64_t end, std::int64_t step) {
     if constexpr (is_floating<T>) {
-      NoGradGuard no_grad;
-      // zeros, clone and add_in_place: kiln's ops, found by argument-dependent lookup.
       if (!grad_) {
-        grad_ = zeros<T>(output_shape_, g.device());
-      } else if (!grad_private_) {
-        grad_ = clone(*grad_);
+        parts_.push_back({g, dim, start, end, step});
+        return;
       }
+      NoGradGuard no_grad;
+      if (!grad_private_) grad_ = clone(*grad_);  // kiln's ops, found by argument-dependent lookup
       grad_private_ = true;
-      const Tensor<T> part = part_of(*grad_);
-      if (part.shape() != g.shape())
-        fail("backward", "the backward of a view op sent a gradient of shape ", g.shape(), " for a part of shape ",
-             part.shape(), " of ", name(), "'s output (shape ", output_shape_, ")");
-      add_in_place(part, g);
+      add_in_place(part_view(*grad_, Part{g, dim, start, end, step}), g);
     }
   }
 
  protected:
+  // The waiting parts become the gradient. A split (step-1 slices along one dim that tile it:
+  // disjoint, together the whole) is copied into an uninitialised tensor, part by part: no zero
+  // fill and no adds, where zeros plus an add per part read and wrote the whole three times.
+  // Anything else (overlapping, strided or partial slices) is added into zeros.
+  void settle_parts() {
+    if constexpr (is_floating<T>) {
+      if (parts_.empty()) return;
+      NoGradGuard no_grad;
+      const bool tiling = parts_tile_the_output();
+      const Device device = parts_.front().grad.device();
+      grad_ = tiling ? Tensor<T>(output_shape_, device) : zeros<T>(output_shape_, device);
+      grad_private_ = true;
+      for (const Part& part : parts_) {
+        const Tensor<T> view = part_view(*grad_, part);
+        tiling ? copy_into(view, part.grad) : add_in_place(view, part.grad);
+      }
+      parts_.clear();
+    }
+  }
+
+  // Drops the gradient received (and any waiting parts).
+  void clear_gradient() {
+    grad_.reset();
+    parts_.clear();
+  }
+
   Shape output_shape_;
   std::optional<Tensor<T>> grad_;
   bool grad_private_ = false;  // grad_ is a tensor no one else holds (see accumulate_part)
+
+ private:
+  struct Part {
+    Tensor<T> grad;
+    int dim;
+    std::int64_t start, end, step;
+  };
+
+  Tensor<T> part_view(const Tensor<T>& full, const Part& part) const {
+    Tensor<T> view = slice(full, part.dim, part.start, part.end, part.step);
+    if (view.shape() != part.grad.shape())
+      fail("backward", "the backward of a view op sent a gradient of shape ", part.grad.shape(),
+           " for a part of shape ", view.shape(), " of ", name(), "'s output (shape ", output_shape_, ")");
+    return view;
+  }
+
+  // Whether the parts are step-1 ranges of one dim that cover [0, size) exactly once.
+  bool parts_tile_the_output() const {
+    const int dim = parts_.front().dim;
+    std::vector<std::pair<std::int64_t, std::int64_t>> ranges;
+    for (const Part& part : parts_) {
+      if (part.dim != dim || part.step != 1) return false;
+      ranges.emplace_back(part.start, part.end);
+    }
+    std::sort(ranges.begin(), ranges.end());
+    std::int64_t next = 0;
+    for (const auto& [start, end] : ranges) {
+      if (start != next) return false;  // a gap or an overlap
+      next = end;
+    }
+    return next == output_shape_[static_cast<std::size_t>(dim)];
+  }
+
+  std::vector<Part> parts_;  // view gradients waiting for settle_parts (none once grad_ exists)
 };
 
 // Input gradients of one op, handed to its backward closure.
@@ -133,11 +190,12 @@ class InputGrads {
     if (needs(i)) typed<U>(i).accumulate(g);
   }
 
-  // Adds g to the part of input i's gradient that part_of(its gradient) views, in place
-  // (TypedNode::accumulate_part): the backward of a view op such as slice.
-  template <class U, class PartOf>
-  void add_part(std::size_t i, const Tensor<U>& g, const PartOf& part_of) const {
-    if (needs(i)) typed<U>(i).accumulate_part(g, part_of);
+  // Adds g to the part slice(gradient, dim, start, end, step) of input i's gradient
+  // (TypedNode::accumulate_part): the backward of slice, and so of narrow, split and chunk.
+  template <class U>
+  void add_part(std::size_t i, const Tensor<U>& g, int dim, std::int64_t start, std::int64_t end,
+                std::int64_t step) const {
+    if (needs(i)) typed<U>(i).accumulate_part(g, dim, start, end, step);
   }
 
  private:
@@ -162,13 +220,14 @@ class FunctionNode final : public TypedNode<T> {
       : TypedNode<T>(std::move(name), std::move(output_shape)), backward_(std::move(backward)) {}
 
   void apply() override {
+    this->settle_parts();
     if (!this->grad_) return;  // no gradient reached this node (e.g. an unused output)
     InputGrads inputs(this->next);
     backward_(*this->grad_, inputs);
   }
   void release() override {
     backward_ = nullptr;
-    this->grad_.reset();
+    this->clear_gradient();
     this->next.clear();
     released_ = true;
   }
@@ -197,6 +256,7 @@ class AccumulateGrad final : public TypedNode<T> {
       : TypedNode<T>("AccumulateGrad", leaf->shape), leaf_(leaf) {}
 
   void apply() override {
+    this->settle_parts();
     auto leaf = leaf_.lock();
     if (!leaf || !this->grad_) return;
     NoGradGuard no_grad;
@@ -213,7 +273,7 @@ class AccumulateGrad final : public TypedNode<T> {
     this->grad_.reset();
     leaf->grad = updated.impl_ptr();
   }
-  void release() override { this->grad_.reset(); }
+  void release() override { this->clear_gradient(); }
 
  private:
   std::weak_ptr<TensorImpl<T>> leaf_;

@@ -11,9 +11,8 @@
 #include <vector>
 
 #include "kiln/autograd/node.hpp"
-#include "kiln/backend/cpu/elementwise.hpp"
-#include "kiln/kernels/elementwise/args.hpp"
 #include "kiln/ops/common.hpp"
+#include "kiln/ops/copy.hpp"
 #include "kiln/ops/view.hpp"
 
 namespace kiln {
@@ -45,15 +44,7 @@ Tensor<T> concat(const char* op, const std::vector<Tensor<T>>& ts, int d) {
   const std::int64_t step = out.strides()[static_cast<std::size_t>(d)];
   std::int64_t offset = 0;
   for (std::size_t i = 0; i < ts.size(); ++i) {
-    const Tensor<T> slab = restride(out, out.offset() + offset * step, ts[i].shape(), out.strides());
-    if (out.device().is_cpu()) {
-      cpu::map(slab, ts[i], [](const T& x) { return x; });
-    } else {
-      // The cast kernel copies between any two layouts (same type: a plain strided copy).
-      launch_device_kernel(op, kernels::CastArgs{.launch = launch_on(op, out.device()),
-                                                 .out = kernel_view(slab),
-                                                 .in = kernel_view(ts[i])});
-    }
+    copy_into(restride(out, out.offset() + offset * step, ts[i].shape(), out.strides()), ts[i]);
     offset += sizes[i];
   }
   if constexpr (is_floating<T>) {

@@ -22,6 +22,29 @@ Tensor<U> copy_as(const char* op, const Tensor<T>& t) {
 }
 }  // namespace detail
 
+// dst = src element by element, dst any view whose elements are distinct (a part of a larger
+// tensor: cat's slabs, autograd's gradient parts), src of the same shape, not overlapping it. Not
+// recorded in the graph.
+template <class T>
+void copy_into(const Tensor<T>& dst, const Tensor<T>& src) {
+  const char* op = "copy_into";
+  check_defined(op, dst, src);
+  check_same_device(op, dst, src);
+  check(dst.shape() == src.shape(), op, "cannot copy a tensor of shape ", src.shape(), " into one of shape ",
+        dst.shape());
+  for (std::size_t i = 0; i < dst.shape().size(); ++i)
+    check(dst.shape()[i] <= 1 || dst.strides()[i] != 0, op, "the destination of shape ", dst.shape(),
+          " and strides ", dst.strides(), " repeats elements (a broadcast view)");
+  if (dst.numel() == 0) return;
+  if (dst.device().is_cpu()) {
+    cpu::map(dst, src, [](const T& x) { return x; });
+  } else {
+    // The cast kernel copies between any two layouts (same type: a plain strided copy).
+    launch_device_kernel(op, kernels::CastArgs{.launch = launch_on(op, dst.device()), .out = kernel_view(dst),
+                                               .in = kernel_view(src)});
+  }
+}
+
 // Casts to element type U (rounding to nearest even into low-precision types). Differentiable:
 // the gradient is cast back to T.
 template <class U, class T>

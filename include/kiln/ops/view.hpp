@@ -164,10 +164,10 @@ Tensor<T> slice(const Tensor<T>& t, std::int64_t dim, std::int64_t start, std::i
   strides[static_cast<std::size_t>(d)] *= step;
   Tensor<T> out = detail::restride(t, t.offset() + start * t.strides()[static_cast<std::size_t>(d)], shape, strides);
   if (autograd::needs_grad(t)) {
-    // g goes into its part of t's gradient in place (autograd's accumulate_part): the views of a
-    // split add their parts into one gradient tensor instead of a full-size tensor each.
+    // g goes into its part of t's gradient (autograd's accumulate_part): the views of a split
+    // become one gradient tensor, copied part by part, instead of a full-size tensor each.
     autograd::record(out, "slice", [d, start, end, step](const Tensor<T>& g, const autograd::InputGrads& in) {
-      in.add_part(0, g, [&](const Tensor<T>& full) { return slice(full, d, start, end, step); });
+      in.add_part(0, g, d, start, end, step);
     }, t);
   }
   return out;
