@@ -28,6 +28,11 @@
 #           bench_elementwise_cuda, then all of test_nn_cuda until $DEADLINE (default 560)
 #   steps   the big config's 600-step FP8 and bf16 runs at seed 1 (the step times), then the FP8
 #           GEMM tests                                               -> docs/training.md
+#   changes the GPU tests and benchmarks of the kernels changed since the last GPU run: the test
+#           filter $KERNEL_TESTS of test_kernels_cuda, all of test_nn_cuda (the autograd), the
+#           benchmarks in $BENCHES, then the 600-step FP8 and bf16 runs while under $DEADLINE (560);
+#           the defaults name this session's changes (2026-12-05: index_add's chunks, the staged
+#           quantization, the RMSNorm dw sums, a split's gradient parts copied)
 #   fp8-seeds  bf16 against FP8 at the seeds in $SEEDS (default 1 2 3), alternating, until $DEADLINE
 #           seconds of the call have passed (default 540)           -> docs/fp8-gemm.md
 #   key-groups-ab  bench_paged_decode_cuda with key groups off, on, off, on: whether a figure repeats
@@ -48,7 +53,7 @@ BUILD=${BUILD:-/tmp/kb}
 BUILD_LOGS=${BUILD_LOGS:-$OUT}  # configure.log and build.log (elsewhere when $OUT's files are counted)
 mkdir -p "$OUT" "$BUILD_LOGS"
 phases="build|tests|quantize|quantize-quick|fp8|fp8-ablations|fp8-parts|fp8-seeds|bench|bench-key-groups|bench-fp8"
-phases+="|key-groups-ab|verify|steps"
+phases+="|key-groups-ab|verify|steps|changes"
 [ $# -gt 0 ] || { echo "usage: $0 $phases|profile-fp8 ..."; exit 2; }
 
 prefix=()
@@ -224,6 +229,30 @@ for phase in "$@"; do
         --gtest_filter='GroupedFp8GemmCuda.*:KGroupedFp8GemmCuda.*:Fp8GemmCuda.*' > "$OUT/test_fp8_gemm.log" 2>&1 ||
         rc=1; }
       grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT"/test_fp8_gemm.log 2>/dev/null | head -20
+      ;;
+    changes)
+      benches=${BENCHES:-bench_fp8_quantize_cuda bench_gather_cuda bench_rms_norm_cuda}
+      # shellcheck disable=SC2086  # the benchmark list splits into targets
+      build test_kernels_cuda test_nn_cuda pretrain $benches
+      filter='Fp8QuantizeCuda.*:GroupedFp8GemmCuda.*:EmbeddingCuda.*:IndexSelectCuda.*:GatherCuda.*'
+      filter+=':RmsNormCuda.*:ElementwiseCuda.*'
+      timeout 200 "$BUILD/tests/test_kernels_cuda" --gtest_filter="${KERNEL_TESTS:-$filter}" \
+        > "$OUT/test_kernels.log" 2>&1 || rc=1
+      timeout 200 "$BUILD/tests/test_nn_cuda" > "$OUT/test_nn_cuda.log" 2>&1 || rc=1
+      grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT"/test_kernels.log "$OUT"/test_nn_cuda.log |
+        head -30
+      for b in $benches; do
+        timeout 120 "$BUILD/benchmarks/$b" > "$OUT/$b.log" 2>&1 || rc=1
+        cat "$OUT/$b.log"
+      done
+      for kind in fp8 bf16; do
+        [ $SECONDS -lt "${DEADLINE:-560}" ] || { echo "deadline: pretrain $kind not run"; continue; }
+        flags=()
+        [ $kind = fp8 ] && flags=(--fp8)
+        "$BUILD/examples/pretrain" --device cuda --config big --steps 600 --log-every 200 --eval-every 200 \
+          --samples 0 --seed 1 "${flags[@]}" > "$OUT/pretrain_$kind.log" 2>&1 || echo "pretrain $kind failed"
+        echo "$kind: $(grep -E '^(eval step 600|done)' "$OUT/pretrain_$kind.log" | tr '\n' ' ')"
+      done
       ;;
     fp8-seeds)
       build pretrain
