@@ -54,6 +54,39 @@ TEST(Autograd, LeafGradientsShareNothing) {
   EXPECT_EQ(ge.to_vector(), (std::vector<double>{3.0, 4.0}));
 }
 
+// The parts a joining op carves from a gradient nothing else holds become the leaves' gradients
+// as they are: views of one tensor, disjoint, so an in-place update of one leaves the others as
+// they were. (cat of leaves here; concat_as of the packed expert weights in an MoE layer.)
+TEST(Autograd, LeafGradientsMayBeDisjointPartsOfOnePrivateGradient) {
+  for (const bool packed : {false, true}) {
+    SCOPED_TRACE(packed ? "concat_as" : "cat");
+    // Two leaves that lie back to back in one storage (as pack_experts lays out the experts).
+    const auto block = tensor<double>({1.0, 2.0, 3.0, 4.0, 5.0, 6.0});
+    auto c = Tensor<double>::view_of(block.storage(), 0, {2, 2}, {2, 1}).requires_grad_();
+    auto d = Tensor<double>::view_of(block.storage(), 4, {1, 2}, {2, 1}).requires_grad_();
+    const std::vector<Tensor<double>> parts{c, d};
+    const auto joined = packed ? concat_as(parts, {3, 2}) : cat(parts, 0);
+    // mul's backward makes the joined gradient: a fresh tensor only the joining node holds.
+    sum(mul(joined, tensor<double>({7.0, 8.0, 9.0, 10.0, 11.0, 12.0}, {3, 2}))).backward();
+    EXPECT_EQ(c.grad().to_vector(), (std::vector<double>{7.0, 8.0, 9.0, 10.0}));
+    EXPECT_EQ(d.grad().to_vector(), (std::vector<double>{11.0, 12.0}));
+    EXPECT_EQ(c.grad().storage(), d.grad().storage());  // no copies
+    add_in_place(c.grad(), full<double>({2, 2}, 1.0));
+    EXPECT_EQ(d.grad().to_vector(), (std::vector<double>{11.0, 12.0}));
+    EXPECT_EQ(c.grad().to_vector(), (std::vector<double>{8.0, 9.0, 10.0, 11.0}));
+  }
+  // A joined gradient that another node holds too (add's backward hands one tensor to both of
+  // its inputs) is not carved into kept parts: the leaves' gradients share nothing with e's.
+  auto c = tensor<double>({1.0, 2.0}).requires_grad_(), d = tensor<double>({3.0}).requires_grad_();
+  auto e = tensor<double>({0.5, 0.5, 0.5}).requires_grad_();
+  sum(mul(add(cat(std::vector<Tensor<double>>{c, d}, 0), e), tensor<double>({1.0, 2.0, 3.0}))).backward();
+  EXPECT_NE(c.grad().storage(), e.grad().storage());
+  EXPECT_NE(d.grad().storage(), e.grad().storage());
+  add_in_place(c.grad(), tensor<double>({1.0, 1.0}));
+  EXPECT_EQ(e.grad().to_vector(), (std::vector<double>{1.0, 2.0, 3.0}));
+  EXPECT_EQ(d.grad().to_vector(), (std::vector<double>{3.0}));
+}
+
 TEST(Autograd, SecondBackwardThroughFreedGraphThrows) {
   auto x = tensor<double>({1.0, 2.0}).requires_grad_();
   auto loss = sum(mul(x, x));

@@ -239,14 +239,26 @@ class FunctionNode final : public TypedNode<T> {
 };
 
 // Whether t is a plain contiguous tensor that nothing else refers to: the only handle on its
-// TensorImpl, the only TensorImpl on its storage, which holds exactly its elements; outside any
-// graph. Such a tensor may become a leaf's gradient without a copy.
+// TensorImpl, and either the only TensorImpl on its storage, which holds exactly its elements, or
+// a disjoint part of a gradient (TensorImpl::disjoint_part: the storage shared only with parts it
+// does not overlap); outside any graph. Such a tensor may become a leaf's gradient without a copy.
 template <class T>
 bool sole_owner(const Tensor<T>& t) {
   const auto& impl = t.impl_ptr();
-  return impl.use_count() == 1 && impl->storage.use_count() == 1 && impl->offset == 0 && t.is_contiguous() &&
-         impl->storage->nbytes() == static_cast<std::size_t>(t.numel()) * sizeof(T) && !impl->requires_grad &&
+  const bool whole = impl->storage.use_count() == 1 && impl->offset == 0 &&
+                     impl->storage->nbytes() == static_cast<std::size_t>(t.numel()) * sizeof(T);
+  return impl.use_count() == 1 && (whole || impl->disjoint_part) && t.is_contiguous() && !impl->requires_grad &&
          !impl->grad_fn && !impl->accumulator && !impl->grad;
+}
+
+// The backward of a joining op (cat, concat_as) hands each input the view of its part of the
+// gradient g. When g was a tensor nothing else held (sole_owner, asked before any view of it was
+// made), the views are disjoint parts of it: marked so, a leaf keeps its part as its gradient
+// without a copy (the stacked expert weights of an MoE layer: one part per expert and matrix).
+template <class T>
+Tensor<T> gradient_part(Tensor<T> view, bool of_private_gradient) {
+  if (of_private_gradient) view.impl().disjoint_part = true;
+  return view;
 }
 
 template <class T>

@@ -40,6 +40,10 @@ struct TensorImpl {
   // Leaves that require grad: the node that adds incoming gradients into `grad`.
   std::shared_ptr<autograd::AccumulateGrad<T>> accumulator;
   std::shared_ptr<TensorImpl<T>> grad;
+  // A part of a gradient that a joining op's backward (cat, concat_as) carved from a tensor nothing
+  // else held: its storage is shared only with the other parts, and no two parts overlap, so it
+  // may become a leaf's gradient as is (autograd::sole_owner).
+  bool disjoint_part = false;
 };
 
 template <class T>

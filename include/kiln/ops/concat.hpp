@@ -50,9 +50,10 @@ Tensor<T> concat(const char* op, const std::vector<Tensor<T>>& ts, int d) {
   if constexpr (is_floating<T>) {
     if (autograd::needs_grad_list(ts)) {
       autograd::record_list(out, op, [d, sizes](const Tensor<T>& g, const autograd::InputGrads& in) {
+        const bool private_gradient = autograd::sole_owner(g);  // before any view of g exists
         std::int64_t start = 0;
         for (std::size_t i = 0; i < sizes.size(); ++i) {
-          if (in.needs(i)) in.add(i, narrow(g, d, start, sizes[i]));
+          if (in.needs(i)) in.add(i, autograd::gradient_part(narrow(g, d, start, sizes[i]), private_gradient));
           start += sizes[i];
         }
       }, ts);
@@ -132,11 +133,13 @@ Tensor<T> concat_as(const std::vector<Tensor<T>>& parts, const Shape& shape) {
       std::vector<Shape> shapes;
       for (const auto& p : parts) shapes.push_back(p.shape());
       autograd::record_list(out, op, [shapes, total](const Tensor<T>& g, const autograd::InputGrads& in) {
+        const bool private_gradient = autograd::sole_owner(g);  // before any view of g exists
         const Tensor<T> flat = reshape(g, {total});
         std::int64_t start = 0;
         for (std::size_t i = 0; i < shapes.size(); ++i) {
           const std::int64_t n = numel_of(shapes[i]);
-          if (in.needs(i)) in.add(i, reshape(narrow(flat, 0, start, n), shapes[i]));
+          if (in.needs(i))
+            in.add(i, autograd::gradient_part(reshape(narrow(flat, 0, start, n), shapes[i]), private_gradient));
           start += n;
         }
       }, parts);
