@@ -26,7 +26,8 @@ struct RmsNormForwardArgs {
 };
 
 // Per row, with xhat = x * r and gw = g * w: dx = r * (gw - xhat * mean(gw * xhat)); and
-// dw = sum over rows of g * xhat (bit-identical from run to run on a given GPU).
+// dw = sum over rows of g * xhat, from the same pass over x and g (bit-identical from run to run:
+// the order of its sums depends only on the shape, dtype and alignment, not on the GPU).
 struct RmsNormBackwardArgs {
   static constexpr const char* kernel = "rms_norm backward";
   static constexpr const char* header = "kiln/kernels/rms_norm/rms_norm.cuh";

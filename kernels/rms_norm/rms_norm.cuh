@@ -20,14 +20,28 @@
 // paths with one element per "vector".
 //
 // Memory traffic per element (s = sizeof(T)): forward reads x (s) and writes y (s), plus w once per
-// row from L1/L2; backward reads x and g and writes dx (3s). The per-row r (8 bytes) is noise.
+// row from L1/L2; backward reads x and g and writes dx (3s), plus the dw partials below. The
+// per-row r (8 bytes) is noise.
 //
-// dw without atomics: each row owner (block or warp) handles a fixed set of rows (row = owner,
-// owner + owners, ...) and its threads always own the same columns, so each thread accumulates its
-// columns' g * xhat in registers and writes them once into row `owner` of a [owners, D] partials
-// buffer. A second kernel sums the partials of each column in a fixed order. The number of owners
-// depends only on the problem size and the device (SM count and occupancy), so dw is bit-identical
-// from run to run on a given GPU. Sums are in float (double for double inputs).
+// dw is fused into the backward kernel: its terms g * xhat come from the x and g already in
+// registers, so dw costs no second pass over x and g, and it is summed without atomics. Each block
+// handles a fixed set of rows (a warp-per-row block's warp w: rows 8 * block + w + 8 * blocks * k;
+// a block-per-row block: rows block + blocks * k), and a thread always owns the same columns, so it
+// adds its columns' g * xhat over its rows into a row of D sums (float; double for double) that no
+// other thread touches: in shared memory, one row per row owner (warp or block), or for streamed
+// rows the block's row of the partials in global memory. At the end a warp-per-row block adds its
+// 8 warps' rows in warp order, and every block has written its row of a [blocks, D] partials
+// buffer. dw_sum_kernel adds each column's partials over the blocks in a fixed order.
+//
+// The grid is a fixed function of the problem (rows, D, dtype, and whether the pointers allow
+// 16-byte vectors), not of the device's SM count or occupancy, nor of timing: at least
+// kRowsPerOwner rows per warp (warp-per-row) or block, at most kMaxBackwardBlocks blocks. So every
+// addition happens in the same order on every run: dw has the same bits run to run, on any GPU
+// running this code. The partials cost blocks * D * 4 bytes (8 for double) written, then read
+// once by dw_sum_kernel (mostly from L2). With at least 32 rows a block (warp-per-row kernels, or
+// block-per-row past 16384 rows) that is at most 2 * 4 / (32 * 3 * 2) = 4% of the bf16 traffic
+// above (2% for float); block-per-row kernels on few rows (4 a block) pay up to a third (bf16).
+// Example, [16384, 768] bf16: 512 blocks, 1.5 MB of partials each way next to 75.5 MB of x, g, dx.
 #pragma once
 
 #include <algorithm>
@@ -60,7 +74,7 @@ constexpr int min_blocks() {
 template <bool WarpRow>
 struct RowOwner {
   std::int64_t first, stride;  // rows first, first + stride, ...
-  std::int64_t id, count;      // this owner's index among all owners (row of the dw partials)
+  std::int64_t id, count;      // this owner's index among all owners, and their number
   int lane, width;             // this thread's place in the owner, and the owner's thread count
 
   __device__ __forceinline__ RowOwner() {
@@ -182,18 +196,21 @@ __global__ void __launch_bounds__(WarpRow ? kWarpRowThreads : kMaxBlockThreads, 
   }
 }
 
-// dx (may be null) and this owner's row of the dw partials (may be null).
+// dx (may be null) and this block's row of the dw partials (may be null).
 //
 // dw sums: a thread adds g * xhat of its own columns into `acc`, a row of D sums in shared memory
-// (one per owner; in global memory, the partials row itself, when the row is streamed). Column
+// (one per row owner: a warp's own row in the warp kernels, one for the whole block otherwise); when
+// the row is streamed, the block's partials row in global memory is the accumulator. Column
 // j * V + e (vector j, element e) is kept at e * nvec + j, so the threads of a warp touch
-// consecutive words (no bank conflicts, coalesced). Nothing but the owning thread ever touches a
-// column, so no synchronisation is needed.
+// consecutive words (no bank conflicts, coalesced). Nothing but the owning thread touches a column
+// while rows are processed, so the only synchronisation is the one before the warp kernels add
+// their warps' rows, in warp order, into the block's partials row.
 template <class T, int V, int N, bool WarpRow>
 __global__ void __launch_bounds__(WarpRow ? kWarpRowThreads : kMaxBlockThreads, min_blocks<T, V, N, WarpRow>())
     backward_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ g,
                     const double* __restrict__ rstd, T* __restrict__ dx, compute_t<T>* __restrict__ partial,
                     std::int64_t rows, int D, compute_t<T> inv_d) {
+  static_assert(N > 0 || !WarpRow, "a warp-per-row kernel keeps its row in registers");
   using C = compute_t<T>;
   using VecT = Vec<T, V>;
   __shared__ C scratch[64];
@@ -201,9 +218,9 @@ __global__ void __launch_bounds__(WarpRow ? kWarpRowThreads : kMaxBlockThreads, 
   const RowOwner<WarpRow> own;
   const int nvec = D / V;
   const VecT* wv = reinterpret_cast<const VecT*>(w);
-  C* const my_partial = partial ? partial + own.id * D : nullptr;
+  C* const block_partial = partial ? partial + static_cast<std::int64_t>(blockIdx.x) * D : nullptr;
   C* const acc = !partial                  ? nullptr
-                 : N == 0                  ? my_partial
+                 : N == 0                  ? block_partial
                  : WarpRow                 ? reinterpret_cast<C*>(rms_norm_dw_smem) + (threadIdx.x >> 5) * D
                                            : reinterpret_cast<C*>(rms_norm_dw_smem);
   if (acc)
@@ -273,32 +290,66 @@ __global__ void __launch_bounds__(WarpRow ? kWarpRowThreads : kMaxBlockThreads, 
       for (int j = own.lane; j < nvec; j += own.width) finish(xr[j], gr[j], j, rs, mean, r);
     }
   }
-  if (N > 0 && acc)
+
+  if (!partial) return;  // the same for every thread of the block: no barrier is skipped by some only
+  if constexpr (WarpRow) {
+    // The block's partials row: position q summed over the warps' rows in warp order. Every warp
+    // must have finished its rows first; consecutive threads then read consecutive words.
+    constexpr int warps = kWarpRowThreads / 32;
+    __syncthreads();
+    const C* const warp_sums = reinterpret_cast<const C*>(rms_norm_dw_smem);
+    for (int q = static_cast<int>(threadIdx.x); q < D; q += kWarpRowThreads) {
+      C s = warp_sums[q];
+#pragma unroll
+      for (int k = 1; k < warps; ++k) s += warp_sums[k * D + q];
+      block_partial[q] = s;
+    }
+  } else if constexpr (N > 0) {
     for (int j = own.lane; j < nvec; j += own.width)
 #pragma unroll
-      for (int e = 0; e < V; ++e) my_partial[e * nvec + j] = acc[e * nvec + j];
+      for (int e = 0; e < V; ++e) block_partial[e * nvec + j] = acc[e * nvec + j];
+  }
 }
 
-// dw = the sum over owners p of partial[p], in a fixed order: block (32, 8) takes 32 columns; row
-// y of the block sums owners y, y + 8, ..., then row 0 adds the 8 sums in order. Position q of a
-// partials row holds column (q % nvec) * V + q / nvec (see backward_kernel).
+// dw from the [blocks, D] partials. A block of kSumColumns x kSumSlices threads takes 32 positions
+// of the partials rows: thread (c, y) adds rows y, y + kSumSlices, ... of position c in that order
+// (a warp reads 32 consecutive words of one row: one 128-byte line for float), and warp y then adds
+// the kSumSlices slice sums of position y with a fixed butterfly of shuffles (warp_sum). Every
+// addition happens in the same order on every run: no atomics, no dependence on timing. Position q
+// of a partials row holds column (q % nvec) * V + q / nvec (see backward_kernel); V = D / nvec.
+constexpr int kSumColumns = 32;  // one warp's worth of consecutive positions
+constexpr int kSumSlices = 32;   // the rows of partials are split over this many threads per column
+constexpr int kSumLoads = 8;     // loads a thread has in flight
+
 template <class T>
-__global__ void __launch_bounds__(256) dw_kernel(const compute_t<T>* __restrict__ partial, T* __restrict__ dw,
-                                                 std::int64_t owners, int D, int nvec) {
+__global__ void __launch_bounds__(kSumColumns * kSumSlices)
+    dw_sum_kernel(const compute_t<T>* __restrict__ partial, T* __restrict__ dw, int partial_rows, int D, int nvec) {
   using C = compute_t<T>;
-  __shared__ C sums[8][33];
-  const int q = static_cast<int>(blockIdx.x) * 32 + static_cast<int>(threadIdx.x);
+  static_assert(kSumSlices == 32, "one warp adds the slice sums of a column");
+  __shared__ C slice_sums[kSumSlices][kSumColumns + 1];  // + 1: the transposed read below is conflict-free
+  const int first = static_cast<int>(blockIdx.x) * kSumColumns;
+  const int q = first + static_cast<int>(threadIdx.x);
   C s = 0;
-  if (q < D)
-    for (std::int64_t p = threadIdx.y; p < owners; p += 8) s += partial[p * D + q];
-  sums[threadIdx.y][threadIdx.x] = s;
-  __syncthreads();
-  if (threadIdx.y == 0 && q < D) {
-    C total = 0;
+  if (q < D) {
+    // Rows p = y, y + kSumSlices, ... added in that order; kSumLoads loads issued before their adds
+    // so that a thread waits for one memory latency per kSumLoads rows, not per row (512 partials
+    // rows: 16 a thread, two waits).
+    auto at = [&](int p) { return partial[static_cast<std::int64_t>(p) * D + q]; };
+    int p = static_cast<int>(threadIdx.y);
+    for (; p + (kSumLoads - 1) * kSumSlices < partial_rows; p += kSumLoads * kSumSlices) {
+      C v[kSumLoads];
 #pragma unroll
-    for (int k = 0; k < 8; ++k) total += sums[k][threadIdx.x];
-    dw[(q % nvec) * (D / nvec) + q / nvec] = store<T>(total);
+      for (int i = 0; i < kSumLoads; ++i) v[i] = at(p + i * kSumSlices);
+#pragma unroll
+      for (int i = 0; i < kSumLoads; ++i) s += v[i];
+    }
+    for (; p < partial_rows; p += kSumSlices) s += at(p);
   }
+  slice_sums[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  const int column = first + static_cast<int>(threadIdx.y);
+  const C total = warp_sum(slice_sums[threadIdx.x][threadIdx.y]);
+  if (threadIdx.x == 0 && column < D) dw[(column % nvec) * (D / nvec) + column / nvec] = store<T>(total);
 }
 
 // ---- host side ----
@@ -378,9 +429,28 @@ inline void launch_rms_norm_forward(const RmsNormForwardArgs& a) {
   });
 }
 
+// The backward grid: a fixed function of the problem (never of the device or of timing), so the
+// rows each block sums into its dw partials row, and so dw's bits, are the same on every run and
+// every GPU. At least kRowsPerOwner rows per row owner keeps the partials (D sums a block) small
+// next to the rows a block reads; kMaxBackwardBlocks is about 4 blocks on each of an H100's or
+// H200's 132 SMs, enough warps to keep the loads in flight, each block then looping over its rows
+// (the bf16 warp kernel with N = 4 takes 119 registers a thread, 2 blocks an SM: its 512 blocks run
+// as two nearly full waves). A tuning choice, not yet measured against others.
+constexpr std::int64_t kRowsPerOwner = 4;
+constexpr std::int64_t kMaxBackwardBlocks = 512;
+
+template <class P>
+std::int64_t backward_blocks(std::int64_t rows) {
+  const std::int64_t owners_per_block = P::warp_row ? kWarpRowThreads / 32 : 1;
+  const std::int64_t rows_per_block = kRowsPerOwner * owners_per_block;
+  return std::clamp<std::int64_t>((rows + rows_per_block - 1) / rows_per_block, 1, kMaxBackwardBlocks);
+}
+
 inline void launch_rms_norm_backward(const RmsNormBackwardArgs& a) {
   const std::int64_t rows = a.rows;
   const int D = a.cols;
+  check(D > 0 && rows >= 0, "rms_norm backward", "needs rows >= 0 and cols > 0, got [", rows, ", ", D, "]");
+  if (!a.dx && !a.dw) return;  // nothing asked for
   const int device = a.launch.device;
   cuda::DeviceGuard guard(device);
   const cudaStream_t stream = a.launch.stream;
@@ -388,36 +458,33 @@ inline void launch_rms_norm_backward(const RmsNormBackwardArgs& a) {
   with_norm_type(a.dtype, [&](auto tag) {
     using T = decltype(tag);
     using C = compute_t<T>;
+    if (rows == 0) {
+      // No rows: no dx, and dw is an empty sum (all-zero bits are +0 in every floating type).
+      if (a.dw) KILN_CUDA_CHECK(cudaMemsetAsync(a.dw, 0, sizeof(T) * static_cast<std::size_t>(D), stream));
+      return;
+    }
     with_plan<T>(D, aligned, [&](auto plan) {
       using P = decltype(plan);
       auto kernel = backward_kernel<T, P::vector, P::per_thread, P::warp_row>;
       const int threads = block_threads<P>(D);
-      const std::int64_t per_block = P::warp_row ? threads / 32 : 1;
+      const std::int64_t owners_per_block = P::warp_row ? threads / 32 : 1;
       // Shared memory for the dw sums: one row of D per owner in the block (streamed rows sum into
       // the partials in global memory instead). Past 48 KiB with the static scratch (D = 12288
       // float is exactly 48 KiB dynamic) the launch needs the opt-in.
-      const std::size_t smem = a.dw && P::per_thread > 0 ? static_cast<std::size_t>(per_block * D) * sizeof(C) : 0;
+      const std::size_t smem =
+          a.dw && P::per_thread > 0 ? static_cast<std::size_t>(owners_per_block * D) * sizeof(C) : 0;
       opt_in_shared_memory(kernel, smem, device);
-      // As many owners as fit on the device at once (each then loops over its rows), but at least
-      // a few rows each so the partials stay small next to x.
-      const std::int64_t resident =
-          static_cast<std::int64_t>(resident_blocks(kernel, threads, smem)) * device_info(device).sms;
-      const std::int64_t wanted = (rows + 4 * per_block - 1) / (4 * per_block);
-      const std::int64_t blocks = std::max<std::int64_t>(1, std::min(resident, wanted));
-      const std::int64_t owners = blocks * per_block;
-      Tensor<C> partial;
-      if (a.dw) partial = Tensor<C>({owners, D}, Device::cuda(device));
-      if (rows > 0) {
-        kernel<<<static_cast<unsigned>(blocks), threads, smem, stream>>>(
-            static_cast<const T*>(a.x), static_cast<const T*>(a.w), static_cast<const T*>(a.g), a.rstd,
-            static_cast<T*>(a.dx), a.dw ? partial.data() : nullptr, rows, D, static_cast<C>(1.0 / D));
-        KILN_CUDA_CHECK_LAUNCH();
-      } else if (a.dw) {
-        KILN_CUDA_CHECK(cudaMemsetAsync(partial.data(), 0, sizeof(C) * static_cast<std::size_t>(owners * D), stream));
-      }
+      const std::int64_t blocks = backward_blocks<P>(rows);
+      Tensor<C> partial;  // [blocks, D], from the caching allocator: no cudaMalloc in steady state
+      if (a.dw) partial = Tensor<C>({blocks, D}, Device::cuda(device));
+      kernel<<<static_cast<unsigned>(blocks), threads, smem, stream>>>(
+          static_cast<const T*>(a.x), static_cast<const T*>(a.w), static_cast<const T*>(a.g), a.rstd,
+          static_cast<T*>(a.dx), a.dw ? partial.data() : nullptr, rows, D, static_cast<C>(1.0 / D));
+      KILN_CUDA_CHECK_LAUNCH();
       if (a.dw) {
-        dw_kernel<T><<<static_cast<unsigned>((D + 31) / 32), dim3(32, 8), 0, stream>>>(
-            partial.data(), static_cast<T*>(a.dw), owners, D, D / P::vector);
+        dw_sum_kernel<T><<<static_cast<unsigned>((D + kSumColumns - 1) / kSumColumns), dim3(kSumColumns, kSumSlices),
+                           0, stream>>>(partial.data(), static_cast<T*>(a.dw), static_cast<int>(blocks), D,
+                                        D / P::vector);
         KILN_CUDA_CHECK_LAUNCH();
       }
     });

@@ -1,7 +1,12 @@
 // rms_norm on CUDA (kernels/rms_norm/) against the CPU op: forward and backward, every floating
 // dtype, odd and large shapes covering each kernel variant (warp per row, block per row with N
 // vectors per thread, streamed rows, scalar paths for odd sizes and misaligned data),
-// non-contiguous and stride-0 inputs, deterministic dw, and device mismatches.
+// non-contiguous and stride-0 inputs, deterministic dw, and device mismatches. The fused backward
+// kernel (dx and dw from one pass) is also called directly and checked against a float64
+// reference computed here, with the same bits from run to run and with or without dx.
+#include <cmath>
+#include <cstring>
+
 #include "cuda_test_util.hpp"
 
 using namespace kiln;
@@ -76,7 +81,163 @@ void check_rms_norm_shapes() {
   check_rms_norm_shape<T>(65, 4096, /*misaligned=*/true);
 }
 
+// ---- the fused backward kernel, called directly ----
+
+// The bytes of a tensor's elements, for bit-for-bit comparisons (== on values would count -0 and +0
+// as equal, and a NaN as different from itself).
+template <class T>
+std::vector<std::uint8_t> bits_of(const Tensor<T>& t) {
+  const std::vector<T> values = on_cpu(t).to_vector();
+  std::vector<std::uint8_t> bytes(values.size() * sizeof(T));
+  std::memcpy(bytes.data(), values.data(), bytes.size());
+  return bytes;
+}
+
+// r = 1 / sqrt(mean(x^2) + eps) per row in float64: what the forward saves for the backward.
+template <class T>
+std::vector<double> rstd_reference(const std::vector<T>& x, std::int64_t rows, std::int64_t D, double eps) {
+  std::vector<double> rstd(static_cast<std::size_t>(rows));
+  for (std::int64_t r = 0; r < rows; ++r) {
+    double squares = 0.0;
+    for (std::int64_t j = 0; j < D; ++j) {
+      const double v = static_cast<double>(x[static_cast<std::size_t>(r * D + j)]);
+      squares += v * v;
+    }
+    rstd[static_cast<std::size_t>(r)] = 1.0 / std::sqrt(squares / static_cast<double>(D) + eps);
+  }
+  return rstd;
+}
+
+// dx and dw in float64 from the same T inputs and the same r that the kernel gets:
+// dx = r * (g w - xhat * mean(g w xhat)) per row, dw = sum over rows of g * xhat, xhat = x r.
+template <class T>
+std::pair<std::vector<double>, std::vector<double>> backward_reference(const std::vector<T>& x, const std::vector<T>& w,
+                                                                       const std::vector<T>& g,
+                                                                       const std::vector<double>& rstd,
+                                                                       std::int64_t rows, std::int64_t D) {
+  std::vector<double> dx(static_cast<std::size_t>(rows * D)), dw(static_cast<std::size_t>(D), 0.0);
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const std::size_t row = static_cast<std::size_t>(r * D);
+    const double rs = rstd[static_cast<std::size_t>(r)];
+    double dot = 0.0;
+    for (std::size_t j = 0; j < static_cast<std::size_t>(D); ++j)
+      dot += static_cast<double>(g[row + j]) * static_cast<double>(w[j]) * static_cast<double>(x[row + j]) * rs;
+    const double mean = dot / static_cast<double>(D);
+    for (std::size_t j = 0; j < static_cast<std::size_t>(D); ++j) {
+      const double xhat = static_cast<double>(x[row + j]) * rs;
+      dx[row + j] = rs * (static_cast<double>(g[row + j]) * static_cast<double>(w[j]) - xhat * mean);
+      dw[j] += static_cast<double>(g[row + j]) * xhat;
+    }
+  }
+  return {dx, dw};
+}
+
+// GPU operands of one backward call, and the CPU values they hold.
+template <class T>
+struct BackwardCase {
+  std::int64_t rows = 0, D = 0;
+  Tensor<T> x, w, g;      // on the GPU (x and g start one element into their allocation when misaligned)
+  Tensor<double> rstd;    // on the GPU
+  std::vector<T> x_host, w_host, g_host;
+  std::vector<double> rstd_host;
+};
+
+template <class T>
+BackwardCase<T> backward_case(std::int64_t rows, std::int64_t D, bool misaligned) {
+  BackwardCase<T> c;
+  c.rows = rows;
+  c.D = D;
+  Tensor<T> x_cpu, g_cpu, w_cpu;
+  std::tie(x_cpu, c.x) = cpu_and_gpu<T>({rows, D}, misaligned);
+  std::tie(g_cpu, c.g) = cpu_and_gpu<T>({rows, D}, misaligned);
+  std::tie(w_cpu, c.w) = cpu_and_gpu<T>({D});
+  c.x_host = x_cpu.to_vector();
+  c.g_host = g_cpu.to_vector();
+  c.w_host = w_cpu.to_vector();
+  c.rstd_host = rstd_reference(c.x_host, rows, D, 1e-6);
+  c.rstd = on_gpu(Tensor<double>::from_vector(c.rstd_host, {rows}));
+  return c;
+}
+
+// One call of the backward kernel on fresh (poisoned) outputs: dx and/or dw, each on the GPU or
+// undefined when not asked for.
+template <class T>
+std::pair<Tensor<T>, Tensor<T>> run_backward(const BackwardCase<T>& c, bool want_dx, bool want_dw) {
+  poison_cached_memory();  // dx, dw and the kernel's partials start as NaN bytes
+  Tensor<T> dx, dw;
+  if (want_dx) dx = Tensor<T>({c.rows, c.D}, gpu);
+  if (want_dw) dw = Tensor<T>({c.D}, gpu);
+  launch_device_kernel("rms_norm backward test",
+                       kernels::RmsNormBackwardArgs{.launch = launch_on("rms_norm backward test", gpu),
+                                                    .dtype = dtype_of<T>,
+                                                    .dx = want_dx ? dx.data() : nullptr,
+                                                    .dw = want_dw ? dw.data() : nullptr,
+                                                    .x = c.x.data(),
+                                                    .w = c.w.data(),
+                                                    .g = c.g.data(),
+                                                    .rstd = c.rstd.data(),
+                                                    .rows = c.rows,
+                                                    .cols = static_cast<int>(c.D)});
+  return {dx, dw};
+}
+
+// dx and dw of the fused kernel against float64 within tolerance<T>(); dw with the same bits on a
+// second call and on a call that asks for dw alone (the grid, and so the order of the sums, depends
+// only on the shape); dx with the same bits on the second call.
+template <class T>
+void check_fused_backward(std::int64_t rows, std::int64_t D, bool misaligned = false) {
+  const std::string what = str(name<T>(), " [", rows, ", ", D, "] misaligned ", misaligned);
+  const BackwardCase<T> c = backward_case<T>(rows, D, misaligned);
+  const auto [dx_want, dw_want] = backward_reference(c.x_host, c.w_host, c.g_host, c.rstd_host, rows, D);
+  const auto [dx, dw] = run_backward(c, true, true);
+  EXPECT_LE(relative_error(on_cpu(dx).to_vector(), dx_want), tolerance<T>()) << what << " dx";
+  EXPECT_LE(relative_error(on_cpu(dw).to_vector(), dw_want), tolerance<T>()) << what << " dw";
+  const auto dx_bits = bits_of(dx), dw_bits = bits_of(dw);
+  const auto [dx_again, dw_again] = run_backward(c, true, true);
+  EXPECT_EQ(bits_of(dx_again), dx_bits) << what << " dx differs between two runs";
+  EXPECT_EQ(bits_of(dw_again), dw_bits) << what << " dw differs between two runs";
+  const Tensor<T> dw_alone = run_backward(c, false, true).second;
+  EXPECT_EQ(bits_of(dw_alone), dw_bits) << what << " dw alone differs from dw with dx";
+}
+
+// Rows from 1 to past the grid's cap (16384 rows for the warp-per-row kernels, 2048 for the
+// block-per-row ones: beyond, blocks take unequal numbers of rows). Hidden sizes that pick each
+// variant: 33 (not a multiple of the vector width: one element a "vector", one warp a row); 256,
+// 384, 768 (bf16: one warp a row with N = 1, 2, 4 vectors a thread; float: N = 2, 4, then one block
+// a row); 1003 (scalar, one block a row, streamed); 7168 (one block a row, vectors in registers);
+// 20000 (vectors, streamed: the partials row in global memory is the accumulator).
+template <class T>
+void check_fused_backward_shapes() {
+  for (std::int64_t D : {33, 256, 384, 768, 1003, 7168})
+    for (std::int64_t rows : {1, 7, 129, 1031}) check_fused_backward<T>(rows, D);
+  check_fused_backward<T>(20000, 768);
+  check_fused_backward<T>(3001, 7168);
+  check_fused_backward<T>(9, 20000);
+  check_fused_backward<T>(1031, 33, /*misaligned=*/true);
+  check_fused_backward<T>(129, 768, /*misaligned=*/true);
+}
+
 }  // namespace
+
+TEST(RmsNormCuda, FusedBackwardFloat32MatchesFloat64) {
+  KILN_REQUIRE_GPU();
+  check_fused_backward_shapes<float>();
+}
+
+TEST(RmsNormCuda, FusedBackwardBf16MatchesFloat64) {
+  KILN_REQUIRE_GPU();
+  check_fused_backward_shapes<bf16>();
+}
+
+// The double (float64 sums) and fp16 instances of the fused kernel at a few shapes.
+TEST(RmsNormCuda, FusedBackwardFloat64AndFp16MatchFloat64) {
+  KILN_REQUIRE_GPU();
+  for (std::int64_t D : {33, 768, 7168}) {
+    check_fused_backward<double>(1031, D);
+    check_fused_backward<fp16>(1031, D);
+  }
+  check_fused_backward<double>(7, 20000);
+}
 
 TEST(RmsNormCuda, Float32MatchesCpu) {
   KILN_REQUIRE_GPU();
@@ -139,20 +300,27 @@ TEST(RmsNormCuda, GradientsOnlyWhereAskedAndEmptyInput) {
   EXPECT_EQ(on_cpu(we.grad()).to_vector(), std::vector<float>(129, 0.0f));
 }
 
-// dw sums per-owner partials in a fixed order: the same bits every run.
-TEST(RmsNormCuda, WeightGradientIsDeterministic) {
-  KILN_REQUIRE_GPU();
-  for (std::int64_t D : {96, 7168}) {
-    const auto x = on_gpu(randn<float>({4099, D}));
-    const auto g = on_gpu(randn<float>({4099, D}));
+// dw sums per-block partials in a fixed order: the same bits every run, through the op and autograd.
+template <class T>
+void check_weight_gradient_deterministic() {
+  for (std::int64_t D : {33, 96, 768, 7168}) {
+    const auto x = on_gpu(randn<T>({4099, D}));
+    const auto g = on_gpu(randn<T>({4099, D}));
     auto run = [&] {
-      auto wd = on_gpu(ones<float>({D})).detach().requires_grad_();
+      poison_cached_memory();
+      auto wd = on_gpu(ones<T>({D})).detach().requires_grad_();
       rms_norm(x, wd).backward(g);
-      return on_cpu(wd.grad()).to_vector();
+      return bits_of(wd.grad());
     };
     const auto first = run();
-    for (int i = 0; i < 3; ++i) EXPECT_EQ(run(), first) << D;
+    for (int i = 0; i < 3; ++i) EXPECT_EQ(run(), first) << name<T>() << " D " << D;
   }
+}
+
+TEST(RmsNormCuda, WeightGradientIsDeterministic) {
+  KILN_REQUIRE_GPU();
+  check_weight_gradient_deterministic<float>();
+  check_weight_gradient_deterministic<bf16>();
 }
 
 TEST(RmsNormCuda, Errors) {
