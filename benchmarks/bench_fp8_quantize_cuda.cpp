@@ -7,8 +7,7 @@
 //   rows            quantize(x, 1x128): fp8_linear's forward A (x) and data-gradient A (dY)
 //   transposed      quantize_transposed(x, 1x128): the weight gradient's operands (xᵀ, dYᵀ)
 //   rows + transposed, two calls   what fp8_linear ran before 2026-12-05, for each x and dY
-//   one read, in registers         quantize_with_transposed by rows_both_kernel (KILN_FP8_STAGED=off)
-//   with_transposed, one read      quantize_with_transposed (rows_both_staged_kernel): what it runs now
+//   with_transposed, one read      quantize_with_transposed (rows_both_kernel): what it runs now
 //   W, W^T: 2 launches per expert  quantize and quantize_transposed of each w[g]: before 2026-12-05
 //   W, W^T: 2 batched launches      quantize_grouped, quantize_grouped_transposed (batched kernel)
 //   W, W^T: one read                quantize_grouped_with_transposed: what grouped_fp8_linear runs now
@@ -59,14 +58,9 @@ void bench_activation(bench::BandwidthBench& meter, std::int64_t rows, std::int6
     (void)fp8::quantize_transposed(x, Tiling::row_1x128);
   }, flush);
   meter.print_row("rows + transposed, two calls", shape, "bf16", two, both, flush);
-  setenv("KILN_FP8_STAGED", "off", 1);
-  const double in_registers = meter.row("one read, in registers", shape, "bf16", both,
-                                        [&] { (void)fp8::quantize_with_transposed(x, Tiling::row_1x128); }, flush);
-  setenv("KILN_FP8_STAGED", "on", 1);
   const double fused = meter.row("with_transposed, one read", shape, "bf16", both,
                                  [&] { (void)fp8::quantize_with_transposed(x, Tiling::row_1x128); }, flush);
-  std::printf("%-30s %-22s one read / two calls: %.2fx faster; staged / in registers: %.2fx faster\n", "", "",
-              two / fused, in_registers / fused);
+  std::printf("%-30s %-22s one read / two calls: %.2fx faster\n", "", "", two / fused);
 }
 
 void bench_grouped_weights(bench::BandwidthBench& meter, std::int64_t G, std::int64_t N, std::int64_t K) {

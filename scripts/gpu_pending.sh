@@ -78,6 +78,20 @@ build() {  # targets...
   echo "built $* in $((SECONDS - t0)) s"
 }
 
+# The big config's 600-step FP8 and bf16 runs at seed 1 (their tokens/s: the step times), each
+# started only while the call is under $DEADLINE seconds (default: the argument).
+step_times() {
+  local kind
+  for kind in fp8 bf16; do
+    [ $SECONDS -lt "${DEADLINE:-$1}" ] || { echo "deadline: pretrain $kind not run"; continue; }
+    local flags=()
+    [ $kind = fp8 ] && flags=(--fp8)
+    "$BUILD/examples/pretrain" --device cuda --config big --steps 600 --log-every 200 --eval-every 200 \
+      --samples 0 --seed 1 "${flags[@]}" > "$OUT/pretrain_$kind.log" 2>&1 || echo "pretrain $kind failed"
+    echo "$kind: $(grep -E '^(eval step 600|done)' "$OUT/pretrain_$kind.log" | tr '\n' ' ')"
+  done
+}
+
 rc=0
 for phase in "$@"; do
   case "$phase" in
@@ -185,14 +199,7 @@ for phase in "$@"; do
         "$OUT"/test_fp8_training.log 2>/dev/null | head -30
       timeout 120 "$BUILD/benchmarks/bench_fp8_quantize_cuda" > "$OUT/bench_fp8_quantize.log" 2>&1 || rc=1
       cat "$OUT/bench_fp8_quantize.log"
-      for kind in fp8 bf16; do
-        [ $SECONDS -lt "${DEADLINE:-540}" ] || { echo "deadline: pretrain $kind not run"; continue; }
-        flags=()
-        [ $kind = fp8 ] && flags=(--fp8)
-        "$BUILD/examples/pretrain" --device cuda --config big --steps 600 --log-every 200 --eval-every 200 \
-          --samples 0 --seed 1 "${flags[@]}" > "$OUT/pretrain_$kind.log" 2>&1 || echo "pretrain $kind failed"
-        echo "$kind: $(grep -E '^(eval step 600|done)' "$OUT/pretrain_$kind.log" | tr '\n' ' ')"
-      done
+      step_times 540
       [ "$phase" = quantize ] || continue
       "$BUILD/tests/test_kernels_cuda" --gtest_filter='GroupedFp8GemmCuda.*:KGroupedFp8GemmCuda.*:Fp8GemmCuda.*' \
         > "$OUT/test_fp8_gemm.log" 2>&1 || rc=1
@@ -217,13 +224,7 @@ for phase in "$@"; do
       ;;
     steps)
       build pretrain test_kernels_cuda
-      for kind in fp8 bf16; do
-        flags=()
-        [ $kind = fp8 ] && flags=(--fp8)
-        "$BUILD/examples/pretrain" --device cuda --config big --steps 600 --log-every 200 --eval-every 200 \
-          --samples 0 --seed 1 "${flags[@]}" > "$OUT/pretrain_$kind.log" 2>&1 || echo "pretrain $kind failed"
-        echo "$kind: $(grep -E '^(eval step 600|done)' "$OUT/pretrain_$kind.log" | tr '\n' ' ')"
-      done
+      step_times 100000  # no deadline
       left=$((${DEADLINE:-560} - SECONDS))
       [ $left -gt 20 ] && { timeout $left "$BUILD/tests/test_kernels_cuda" \
         --gtest_filter='GroupedFp8GemmCuda.*:KGroupedFp8GemmCuda.*:Fp8GemmCuda.*' > "$OUT/test_fp8_gemm.log" 2>&1 ||
@@ -245,14 +246,7 @@ for phase in "$@"; do
         timeout 120 "$BUILD/benchmarks/$b" > "$OUT/$b.log" 2>&1 || rc=1
         cat "$OUT/$b.log"
       done
-      for kind in fp8 bf16; do
-        [ $SECONDS -lt "${DEADLINE:-560}" ] || { echo "deadline: pretrain $kind not run"; continue; }
-        flags=()
-        [ $kind = fp8 ] && flags=(--fp8)
-        "$BUILD/examples/pretrain" --device cuda --config big --steps 600 --log-every 200 --eval-every 200 \
-          --samples 0 --seed 1 "${flags[@]}" > "$OUT/pretrain_$kind.log" 2>&1 || echo "pretrain $kind failed"
-        echo "$kind: $(grep -E '^(eval step 600|done)' "$OUT/pretrain_$kind.log" | tr '\n' ' ')"
-      done
+      step_times 560
       ;;
     fp8-seeds)
       build pretrain

@@ -38,18 +38,11 @@
 //     that fall in its k-block of L, found from the device offsets; the same bytes and scales as
 //     quantize_transposed of each group's rows alone.
 //   rows_both_kernel (bf16; 1×128 tiles of S and of Sᵀ at once): one block per 128×128 region of
-//     S. Each half-warp loads a row's 128 columns (16 lanes × 8), quantizes that row tile from
-//     registers as rows_kernel does, and parks the raw bf16 bits in a shared tile (pitch 130: 65
-//     words, so a warp reading down a column hits 32 banks); after a barrier each warp quantizes
-//     16 of the region's columns as rows_transposed_kernel does. One read of S for both tilings:
-//     2 + 1 + 1 bytes per element instead of 2 + 1 and 2 + 1 (fp8_linear's x and dY need both).
-//     The loads run 4 row passes ahead of the quantization (4 loads in flight a thread).
-//   rows_both_staged_kernel (the default; KILN_FP8_STAGED=off runs rows_both_kernel): the same,
-//     with the region copied into shared memory by cp.async first, all of its loads in flight at
-//     once, then both phases from shared memory.
-//   rows_transposed_kernel and rows_both_kernel issue several loads ahead of their stores
-//   (fetch_run): measured on an H100 (bench_fp8_quantize_cuda, 2026-12-05), one 16-byte load in
-//   flight a thread at a time left the 1×128 kernels at 50-73% of the device copy's bandwidth.
+//     S, copied into shared memory by cp.async (all of its loads in flight at once); then each
+//     half-warp quantizes a row tile as rows_kernel does, and each warp 8 of the region's columns
+//     at a time as rows_transposed_kernel does. One read of S for both tilings: 2 + 1 + 1 bytes
+//     per element instead of 2 + 1 and 2 + 1 (fp8_linear's x and dY need both).
+//   rows_transposed_kernel issues all of its loads before its shared-memory stores (fetch_run).
 //   blocks_kernel takes a batch of matrices in one launch (gridDim.y; the stacked expert weights),
 //     and writes the blocks of S and of Sᵀ from one read when asked (the weights' forward and
 //     data-gradient operands; the same scales).
@@ -62,8 +55,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 #include <type_traits>
 
 #include "kiln/core/error.hpp"
@@ -106,7 +97,7 @@ struct Params {
 __host__ __device__ constexpr std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
 
 // V elements of an S row starting at `col` as stored (T), zeros past the row's end. The vector
-// path is one 16-byte ld.global.nc: the 1×128 kernels issue several of a thread's fetches before
+// path is one 16-byte ld.global.nc: rows_transposed_kernel issues all of a thread's fetches before
 // its stores, and a load the compiler knows to be global and read-only may be moved above stores
 // (a generic load may not: it could alias a shared-memory store), so the fetches overlap.
 template <class T, int V, bool Vector>
@@ -402,78 +393,13 @@ __global__ void __launch_bounds__(kThreads) rows_transposed_kernel(const Params 
 // ---- 1×128 tiles of S and of Sᵀ from one read (bf16) ----
 // The row tiles as rows_kernel writes them (q, scale), the column tiles as rows_transposed_kernel
 // writes them (q_t, scale_t): the same bytes and scales, since each tile's amax and quotients are
-// the same functions of the same elements.
-template <bool Vector>
-__global__ void __launch_bounds__(kThreads) rows_both_kernel(const Params p) {
-  constexpr int V = 8;                                   // bf16 elements per 16-byte load
-  constexpr int kLanesPerRow = kTile / V;                // 16: a half-warp per row of the region
-  constexpr int kRowsPerPass = kThreads / kLanesPerRow;  // 16
-  constexpr int kPasses = kTile / kRowsPerPass;          // 8
-  constexpr int kPitch = kTile + 2;                      // bf16 elements (65 words) per tile row
-  __shared__ __align__(16) std::uint16_t tile[kTile * kPitch];  // raw bf16 bits, 33,280 bytes
-  const bf16* src = static_cast<const bf16*>(p.src);
-  const std::int64_t col_blocks = ceil_div(p.src_cols, kTile);
-  const std::int64_t rb = blockIdx.x / col_blocks, cb = blockIdx.x % col_blocks;
-  const std::int64_t r0 = rb * kTile, c0 = cb * kTile;
-  const int tr = static_cast<int>(threadIdx.x) / kLanesPerRow, tc = static_cast<int>(threadIdx.x) % kLanesPerRow;
-  const std::int64_t col = c0 + tc * V;
-  const bool words = p.src_cols % V == 0;
-
-  // The loads run kAhead passes ahead of the quantization (fetch_run: issued before the stores
-  // between them), so a thread has kAhead 16-byte loads in flight, not one.
-  constexpr int kAhead = 4;
-  const auto fetch = [&](int i) {
-    const int r = i * kRowsPerPass + tr;
-    return r0 + r < p.src_rows ? fetch_run<bf16, V, Vector>(src + (r0 + r) * p.lds, col, p.src_cols) : Vec<bf16, V>{};
-  };
-  Vec<bf16, V> raw[kAhead];
-#pragma unroll
-  for (int i = 0; i < kAhead; ++i) raw[i] = fetch(i);
-#pragma unroll
-  for (int i = 0; i < kPasses; ++i) {
-    const int r = i * kRowsPerPass + tr;
-    const bool in = r0 + r < p.src_rows;
-    const Vec<bf16, V> x = raw[i % kAhead];
-    if (i + kAhead < kPasses) raw[i % kAhead] = fetch(i + kAhead);
-    float v[V];
-    widen(x, v);
-    float amax = 0.0f;
-#pragma unroll
-    for (int e = 0; e < V; ++e) amax = fp8::amax_step(amax, v[e]);
-    amax = group_amax<kLanesPerRow>(amax);  // over the row tile's 16 lanes
-    if (in && col < p.src_cols) {
-      const float s = fp8::tile_scale(amax, p.amax_floor, p.power_of_two);
-      if (tc == 0) p.scale[cb * p.scale_ld + r0 + r] = s;
-      store_run<V>(p.q + (r0 + r) * p.src_cols + col, v, Divider(s), p.src_cols - col, words);
-    }
-    // The raw bf16 bits, two to a 4-byte store (a row of the tile starts 4-byte aligned).
-    auto* row = reinterpret_cast<std::uint32_t*>(tile + r * kPitch + tc * V);
-#pragma unroll
-    for (int e = 0; e < V; e += 2)
-      row[e / 2] = static_cast<std::uint32_t>(x.v[e].bits) | static_cast<std::uint32_t>(x.v[e + 1].bits) << 16;
-  }
-  __syncthreads();
-
-  const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>(threadIdx.x >> 5);
-  const std::int64_t valid = p.src_rows - r0;  // bytes of each Sᵀ row this block writes
-  for (int c = warp; c < kTile; c += kWarps) {
-    const std::int64_t lrow = c0 + c;  // Sᵀ's row = S's column
-    if (lrow >= p.src_cols) break;     // warp-uniform
-    float x[4];
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-      x[j] = __uint_as_float(static_cast<std::uint32_t>(tile[(lane + 32 * j) * kPitch + c]) << 16);
-    store_column_tile(p, x, p.scale_t + rb * p.scale_t_ld + lrow, p.q_t + lrow * p.src_rows + r0, valid);
-  }
-}
-
-// The same outputs with the region staged in shared memory by cp.async: every 16-byte load of
-// the region is in flight at once and holds no register, where rows_both_kernel keeps 4 passes'
-// loads in registers (80 registers a thread: 3 blocks an SM on an H100, and 0.42 of the device
-// copy's bandwidth at [16384, 768], bench_fp8_quantize_cuda 2026-12-05). Here a block is 34,816
-// bytes of shared memory and 48 registers a thread (the launch bound of 5 blocks; 6 would spill),
-// so 5 blocks an SM, each with its 32 KiB read in flight. Then both phases read the tile with
-// 16-byte shared loads, free of bank conflicts:
+// the same functions of the same elements. One block per 128×128 region of S, staged in shared
+// memory by cp.async: every 16-byte load of the region is in flight at once and holds no
+// register. (A version that kept 4 row passes' loads in registers needed 80 registers a thread, 3
+// blocks an SM on an H100, and ran 1.13-1.28× slower: bench_fp8_quantize_cuda, 2026-12-05, 53.0
+// against 46.9 µs at [16384, 768].) A block is 34,816 bytes of shared memory and 48 registers a
+// thread (the launch bound of 5 blocks; 6 would spill), so 5 blocks an SM, each with its 32 KiB
+// read in flight. Then both phases read the tile with 16-byte shared loads, free of bank conflicts:
 //   tile rows are 136 bf16 = 272 bytes = 68 words apart, so the 8 lanes of a quarter-warp
 //   (one shared-memory wavefront of 16-byte accesses) reading the same 16 bytes of 8 rows start
 //   at banks 4r mod 32: 8 different groups of 4 banks; reading 8 consecutive 16-byte pieces of
@@ -482,7 +408,7 @@ __global__ void __launch_bounds__(kThreads) rows_both_kernel(const Params p) {
 //   Column phase: a warp takes 8 columns at once: lane l loads the 16 bytes of those columns in
 //   rows l, l+32, l+64, l+96, then quantizes each of the 8 columns as rows_transposed_kernel does.
 template <bool Vector>
-__global__ void __launch_bounds__(kThreads, 5) rows_both_staged_kernel(const Params p) {
+__global__ void __launch_bounds__(kThreads, 5) rows_both_kernel(const Params p) {
   constexpr int V = 8;                                   // bf16 elements per 16 bytes
   constexpr int kLanesPerRow = kTile / V;                // 16: a half-warp per row of the region
   constexpr int kRowsPerPass = kThreads / kLanesPerRow;  // 16
@@ -559,13 +485,6 @@ inline unsigned grid_size(std::int64_t blocks) {
   return static_cast<unsigned>(std::max<std::int64_t>(blocks, 1));
 }
 
-// rows_both_staged_kernel is the default; KILN_FP8_STAGED=off (read at each launch: the tests and
-// bench_fp8_quantize_cuda switch it) runs rows_both_kernel, which writes the same bytes.
-inline bool staged_quantization() {
-  const char* setting = std::getenv("KILN_FP8_STAGED");
-  return setting == nullptr || std::strcmp(setting, "off") != 0;
-}
-
 template <class T>
 void launch(const Params& p, bool row_tiles, bool transposed, cudaStream_t stream) {
   constexpr int V = 16 / static_cast<int>(sizeof(T));
@@ -577,10 +496,7 @@ void launch(const Params& p, bool row_tiles, bool transposed, cudaStream_t strea
   if (p.q_t != nullptr && row_tiles) {
     if constexpr (std::is_same_v<T, bf16>) {
       const std::int64_t blocks = ceil_div(p.src_rows, kTile) * ceil_div(p.src_cols, kTile);
-      if (staged_quantization())
-        vector ? go(rows_both_staged_kernel<true>, blocks) : go(rows_both_staged_kernel<false>, blocks);
-      else
-        vector ? go(rows_both_kernel<true>, blocks) : go(rows_both_kernel<false>, blocks);
+      vector ? go(rows_both_kernel<true>, blocks) : go(rows_both_kernel<false>, blocks);
     }
   } else if (row_tiles && !transposed) {
     // One warp per run of 32 vectors; a grid-stride loop beyond 2^20 blocks.

@@ -14,7 +14,6 @@
 #include <cmath>
 #include <limits>
 #include <string>
-#include <utility>
 #include <vector>
 
 #include "cuda_test_util.hpp"
@@ -65,8 +64,8 @@ void expect_same(const QuantizedMatrix& g, const QuantizedMatrix& c) {
 
 // GPU quantization of x_gpu against the CPU's of x_cpu (the same values, same view): every tiling,
 // transposed or not, and x with xᵀ at once (quantize_with_transposed: with KILN_FP8_ONE_READ on
-// one launch for a view with contiguous rows, bf16 for 1×128 tiles, rows_both_staged_kernel or
-// with KILN_FP8_STAGED=off rows_both_kernel; off, two; the callers poison the memory).
+// one launch for a view with contiguous rows, bf16 for 1×128 tiles; off, two; the callers poison
+// the memory).
 template <class T>
 void expect_same_quantization(const Tensor<T>& x_cpu, const Tensor<T>& x_gpu, const std::string& what,
                               fp8::QuantizeOptions opt = {}) {
@@ -78,15 +77,11 @@ void expect_same_quantization(const Tensor<T>& x_cpu, const Tensor<T>& x_gpu, co
       const QuantizedMatrix g = transposed ? fp8::quantize_transposed(x_gpu, tiling, opt) : fp8::quantize(x_gpu, tiling, opt);
       expect_same(g, c);
     }
-  // One read with the region staged in shared memory (the default) or in registers
-  // (KILN_FP8_STAGED=off), and the two launches.
-  for (const auto& [one_read, staged] : {std::pair{true, true}, std::pair{true, false}, std::pair{false, true}}) {
-    const ScopedEnv read_setting("KILN_FP8_ONE_READ", one_read ? "on" : "off");
-    const ScopedEnv stage_setting("KILN_FP8_STAGED", staged ? "on" : "off");
+  for (const bool one_read : {true, false}) {
+    const ScopedEnv setting("KILN_FP8_ONE_READ", one_read ? "on" : "off");
     for (Tiling tiling : {Tiling::row_1x128, Tiling::block_128x128}) {
       SCOPED_TRACE(str(what, " ", dtype_of<T>, " ", x_cpu.shape(), " strides ", x_gpu.strides(), " ",
-                       fp8::tiling_name(tiling), " with transposed", one_read ? ", one read" : "",
-                       staged ? "" : ", in registers"));
+                       fp8::tiling_name(tiling), " with transposed", one_read ? ", one read" : ""));
       const fp8::QuantizedPair both = fp8::quantize_with_transposed(x_gpu, tiling, opt);
       expect_same(both.plain, fp8::quantize(x_cpu, tiling, opt));
       expect_same(both.transposed, fp8::quantize_transposed(x_cpu, tiling, opt));
