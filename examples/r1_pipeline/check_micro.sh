@@ -55,4 +55,31 @@ if "$bin" --resume "$out" --stages bogus 2> "$2/bad.log"; then fail "--stages bo
 grep -q "unknown stage \"bogus\"" "$2/bad.log" || fail "no clear message for an unknown stage: $(cat "$2/bad.log")"
 if "$bin" --micro --out "$2/fresh" --stages student-kd 2> "$2/bad.log"; then fail "a stage without its inputs ran"; fi
 grep -q "student-kd needs student-base" "$2/bad.log" || fail "no clear message for missing inputs: $(cat "$2/bad.log")"
+# --seeds: the summary over runs. Two copies of the finished run stand for two seeds (their stages
+# are done, so nothing reruns): every difference is the same in both, with a standard error of 0.
+multi=$2/multi
+for seed in 1 2; do mkdir -p "$multi" && cp -r "$out" "$multi/seed-$seed"; done
+"$bin" --micro --seeds 1,2 --out "$multi" | tee "$2/seeds.log"
+grep -q "start teacher-base" "$2/seeds.log" && fail "--seeds reran a finished seed"
+[ -f "$multi/report.md" ] || fail "no summary report.md for --seeds 1,2"
+python3 - "$out" "$multi" <<'PY'
+import json, sys
+one = json.load(open(f"{sys.argv[1]}/report.json"))
+multi = json.load(open(f"{sys.argv[2]}/report.json"))
+p = {m["model"]: m["pass_at_1"]["estimate"] for m in one["models"]}
+assert [m["model"] for m in multi["models"]] == list(p), multi["models"]
+for m in multi["models"]:
+    assert m["pass_at_1"] == [p[m["model"]]] * 2 and abs(m["mean"] - p[m["model"]]) < 1e-12 and m["error"] == 0, m
+for f in multi["findings"]:
+    d = p[f["better"]] - p[f["worse"]]
+    assert all(abs(x - d) < 1e-12 for x in f["difference"]) and f["positive"] == (2 if d > 0 else 0), f
+print("--seeds summary: consistent with the run it repeats")
+PY
+for bad in "1,x" "1,1" "0" "1,,2"; do
+  if "$bin" --micro --seeds "$bad" --out "$2/bad-seeds" 2> "$2/bad.log"; then fail "--seeds $bad was accepted"; fi
+  grep -q -- "--seeds" "$2/bad.log" || fail "no clear message for --seeds $bad: $(cat "$2/bad.log")"
+done
+if "$bin" --micro --seeds 1,2 --seed 3 --out "$2/bad-seeds" 2> "$2/bad.log"; then fail "--seed with --seeds ran"; fi
+if "$bin" --resume "$multi" --stages summary 2> "$2/bad.log"; then fail "--stages with --seeds ran"; fi
+grep -q "seed-N" "$2/bad.log" || fail "no clear message for --stages with --seeds: $(cat "$2/bad.log")"
 echo "r1_pipeline_micro: passed"

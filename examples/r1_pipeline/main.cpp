@@ -26,6 +26,7 @@
 //   r1_pipeline                       CPU defaults (about 8 minutes on 2 cores), GPU defaults with one
 //   r1_pipeline --out runs/r1b --seed 2
 //   r1_pipeline --resume runs/r1      continue an interrupted run
+//   r1_pipeline --seeds 1,2,3         one run per seed and a summary across them (seeds.hpp)
 //   r1_pipeline --micro               a minute-long configuration (CI checks the whole report)
 #include <chrono>
 #include <cstdio>
@@ -39,6 +40,7 @@
 
 #include "report.hpp"
 #include "scheduler.hpp"
+#include "seeds.hpp"
 #include "settings.hpp"
 #include "stages.hpp"
 
@@ -65,13 +67,16 @@ const char* kUsage = R"(r1_pipeline: teacher (pretrain + GRPO), rejection-sample
   --jobs N                  stages run at once (a GPU is shared by them)                         [2]
   --threads N               CPU threads per stage                                                [1]
   --seed N                                                                                       [1]
+  --seeds LIST              one whole run per seed (comma-separated, e.g. 1,2,3; in OUT/seed-N, one
+                            after another), then OUT/report.md: pass@1 per seed, the mean, and in
+                            how many seeds each of the findings holds                            []
   --micro                   a tiny configuration that runs every stage in about a minute (CI)
-  --teacher-base-steps N    pretraining of the teacher's base                     [small 1200, big 2000]
+  --teacher-base-steps N    pretraining of the teacher's base                                 [2000]
   --cold-start N            SFT of the teacher's base on N worked solutions before GRPO (0: none)  [0]
-  --teacher-grpo-steps N                                                          [small 60, big 100]
+  --teacher-grpo-steps N                                                         [small 150, big 100]
   --grpo-lr-teacher X       [small 2e-4, big 5e-6]
   --student-base-steps N    pretraining of the student's base                                 [1000]
-  --student-grpo-steps N                                                          [small 60, big 100]
+  --student-grpo-steps N                                                         [small 150, big 100]
   --grpo-lr-student X       [small 2e-4, big 5e-6]
   --traces-problems N       training problems for rejection sampling             [small 1024, big 2048]
   --traces-samples K        samples per problem                                                  [4]
@@ -94,7 +99,8 @@ const char* kUsage = R"(r1_pipeline: teacher (pretrain + GRPO), rejection-sample
 )";
 
 // The stages this program runs itself (--stage NAME), besides eval-MODEL.
-const std::set<std::string> kInProcess = {"tokenizer", "cold-start", "traces", "student-sft", "student-kd", "student-onpolicy", "report"};
+const std::set<std::string> kInProcess = {"tokenizer", "cold-start", "traces", "student-sft", "student-kd", "student-onpolicy", "report",
+                                           "summary"};
 
 std::string quote(const std::string& s) { return "'" + s + "'"; }
 
@@ -183,6 +189,7 @@ void run_in_process(const std::string& stage, const std::string& out, const Sett
   if (stage == "traces") return r1::traces_stage<T>(out, s);
   if (stage.rfind("student-", 0) == 0) return r1::student_stage<T>(out, s, stage.substr(8));
   if (stage.rfind("eval-", 0) == 0) return r1::eval_stage<T>(out, s, stage.substr(5));
+  if (stage == "summary") return r1::summary_stage(out, s);
   if (stage == "report") {
     std::string machine = s.device == "cuda" ? "GPU" : example::cpu_description();
 #ifdef KILN_EXAMPLE_CUDA
@@ -232,8 +239,11 @@ int main(int argc, char** argv) try {
   }
   if (f.flag("micro")) apply_micro(f);
   const std::string stages_list = f.str("stages", "all");
+  check(!(f.has("seed") && f.has("seeds")), "r1_pipeline", "give --seed or --seeds, not both");
   const Settings s = r1::parse_settings(f, saved);
   f.check_all_used();
+  check(s.seeds.empty() || stages_list == "all", "r1_pipeline",
+        "--stages selects stages of one run; with --seeds, run it on a seed's folder: --resume OUT/seed-N --stages ...");
   if (s.device == "cuda") {
 #ifndef KILN_EXAMPLE_CUDA
     throw Error("--device cuda needs a build with the CUDA backend (cmake -DKILN_CUDA=ON)");
@@ -262,6 +272,21 @@ int main(int argc, char** argv) try {
   // A new run records its settings; a resumed one keeps them (flags given now override them, and
   // are recorded, for stages not done yet).
   r1::write_json_file(abs_out + "/run.json", r1::to_json(s));
+  if (!s.seeds.empty()) {  // one run per seed, one at a time, then the summary
+    r1::Scheduler outer(abs_out, 1);
+    std::printf("r1_pipeline: %zu seeds, one run each in %s/seed-N, then a summary\n", s.seeds.size(), abs_out.c_str());
+    std::fflush(stdout);
+    const auto start = std::chrono::steady_clock::now();
+    const bool ok = outer.run(r1::seeds_graph(self, abs_out, s));
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (!ok) {
+      std::printf("r1_pipeline: stopped after %.1f s; finished runs and stages are kept: r1_pipeline --resume %s "
+                  "continues\n", seconds, abs_out.c_str());
+      return 1;
+    }
+    std::printf("r1_pipeline: %zu seeds done in %.1f s; summary %s/report.md\n", s.seeds.size(), seconds, abs_out.c_str());
+    return 0;
+  }
   const std::vector<r1::Stage> selected = select_stages(graph, stages_list, scheduler);
   std::printf("r1_pipeline: %s, %s teacher, %s student, %s; run folder %s; %zu stages (%lld at a time)\n",
               s.device.c_str(), s.config.c_str(), s.student_config().c_str(), s.dtype.c_str(), abs_out.c_str(),
