@@ -8,6 +8,9 @@ under RUN/plots/:
     accuracy.png   pass@1 and cons@k of every model with their 95% intervals (error bars)
     students.png   the distilled students' validation loss (next-token CE on held-out traces)
                    against step, and the GRPO runs' mean reward against step (trailing mean)
+For a run over several seeds (r1_pipeline --seeds; its report.json has "findings"):
+    seeds.png      every model's pass@1 at each seed (points) and their mean (bar, with its
+                   standard error); each seed's own plots are in RUN/seed-N/plots/
 
 Records of a step logged twice (a resumed stage) keep the last one. A missing report is an error;
 a missing training log leaves its curve out with a note. Rendering uses matplotlib's Agg backend
@@ -58,6 +61,28 @@ def trailing_mean(values, window):
     return out
 
 
+def plot_seeds(report, out, plt):
+    """The summary of a run over several seeds: pass@1 per model, a point per seed, the mean as a bar."""
+    models = report["models"]
+    seeds = [int(x) for x in report["settings"]["seeds"].split(",")]
+    fig, ax = plt.subplots(figsize=(max(7, 1.2 * len(models)), 4.5))
+    x = list(range(len(models)))
+    ax.bar(x, [m["mean"] for m in models], width=0.6, yerr=[m["error"] for m in models], capsize=3, color="#bbbbbb",
+           label="mean (standard error)")
+    for j, seed in enumerate(seeds):
+        offset = (j - (len(seeds) - 1) / 2) * 0.12
+        ax.plot([i + offset for i in x], [m["pass_at_1"][j] for m in models], "o", label=f"seed {seed}")
+    ax.set_xticks(x)
+    ax.set_xticklabels([m["model"] for m in models], rotation=25, ha="right")
+    ax.set_ylabel("held-out pass@1")
+    ax.set_ylim(0, 1)
+    ax.legend()
+    ax.set_title(f"{len(seeds)} seeds")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "seeds.png"), dpi=120)
+    plt.close(fig)
+
+
 def main():
     if len(sys.argv) != 2:
         raise SystemExit(__doc__)
@@ -73,6 +98,9 @@ def main():
 
     out = os.path.join(run, "plots")
     os.makedirs(out, exist_ok=True)
+    if "findings" in report:
+        plot_seeds(report, out, plt)
+        return
 
     models = report["models"]
     names = [m["model"] for m in models]

@@ -75,6 +75,9 @@ for f in multi["findings"]:
     assert all(abs(x - d) < 1e-12 for x in f["difference"]) and f["positive"] == (2 if d > 0 else 0), f
 print("--seeds summary: consistent with the run it repeats")
 PY
+if /usr/bin/python3 -c "import matplotlib" 2>/dev/null || python3 -c "import matplotlib" 2>/dev/null; then
+  [ -s "$multi/plots/seeds.png" ] || fail "no plots/seeds.png for --seeds 1,2"
+fi
 for bad in "1,x" "1,1" "0" "1,,2"; do
   if "$bin" --micro --seeds "$bad" --out "$2/bad-seeds" 2> "$2/bad.log"; then fail "--seeds $bad was accepted"; fi
   grep -q -- "--seeds" "$2/bad.log" || fail "no clear message for --seeds $bad: $(cat "$2/bad.log")"

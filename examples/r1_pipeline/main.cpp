@@ -23,7 +23,7 @@
 // is marked in OUT/stages/ and never rerun, so `r1_pipeline --resume OUT` after an interruption
 // continues from the stages that had not finished (each of those from its own last checkpoint).
 //
-//   r1_pipeline                       CPU defaults (about 8 minutes on 2 cores), GPU defaults with one
+//   r1_pipeline                       CPU defaults (about 11 minutes on 2 cores), GPU defaults with one
 //   r1_pipeline --out runs/r1b --seed 2
 //   r1_pipeline --resume runs/r1      continue an interrupted run
 //   r1_pipeline --seeds 1,2,3         one run per seed and a summary across them (seeds.hpp)
@@ -75,7 +75,7 @@ const char* kUsage = R"(r1_pipeline: teacher (pretrain + GRPO), rejection-sample
   --cold-start N            SFT of the teacher's base on N worked solutions before GRPO (0: none)  [0]
   --teacher-grpo-steps N                                                         [small 150, big 100]
   --grpo-lr-teacher X       [small 2e-4, big 5e-6]
-  --student-base-steps N    pretraining of the student's base                                 [1000]
+  --student-base-steps N    pretraining of the student's base                     [small 1500, big 1000]
   --student-grpo-steps N                                                         [small 150, big 100]
   --grpo-lr-student X       [small 2e-4, big 5e-6]
   --traces-problems N       training problems for rejection sampling             [small 1024, big 2048]
@@ -189,7 +189,12 @@ void run_in_process(const std::string& stage, const std::string& out, const Sett
   if (stage == "traces") return r1::traces_stage<T>(out, s);
   if (stage.rfind("student-", 0) == 0) return r1::student_stage<T>(out, s, stage.substr(8));
   if (stage.rfind("eval-", 0) == 0) return r1::eval_stage<T>(out, s, stage.substr(5));
-  if (stage == "summary") return r1::summary_stage(out, s);
+#ifdef KILN_SOURCE_DIR
+  const std::string source = KILN_SOURCE_DIR;  // for scripts/plot_r1_pipeline.py
+#else
+  const std::string source;
+#endif
+  if (stage == "summary") return r1::summary_stage(out, s, source);
   if (stage == "report") {
     std::string machine = s.device == "cuda" ? "GPU" : example::cpu_description();
 #ifdef KILN_EXAMPLE_CUDA
@@ -197,11 +202,6 @@ void run_in_process(const std::string& stage, const std::string& out, const Sett
       cudaDeviceProp p{};
       if (cudaGetDeviceProperties(&p, 0) == cudaSuccess) machine = p.name;
     }
-#endif
-#ifdef KILN_SOURCE_DIR
-    const std::string source = KILN_SOURCE_DIR;
-#else
-    const std::string source;
 #endif
     return r1::report_stage(out, s, order, source, machine);
   }

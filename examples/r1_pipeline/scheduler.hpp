@@ -150,10 +150,13 @@ class Scheduler {
     return out;
   }
 
+  // The last line of a log, shortened (without the "[r1]" of a nested pipeline's progress line:
+  // a --seeds run's stages are pipelines).
   static std::string last_line(const std::string& path) {
     std::string t = tail(path, 1);
     while (!t.empty() && (t.back() == '\n' || t.back() == ' ')) t.pop_back();
-    const std::size_t first = t.find_first_not_of(' ');
+    std::size_t first = t.find_first_not_of(' ');
+    if (first != std::string::npos && t.compare(first, 4, "[r1]") == 0) first = t.find_first_not_of(' ', first + 4);
     t = first == std::string::npos ? "" : t.substr(first);
     return t.size() > 110 ? t.substr(0, 107) + "..." : t;
   }

@@ -13,7 +13,7 @@
 // program on OUT/seed-N; one seed at a time, each running its own stages --jobs at a time) and
 // "summary" after them; interrupted, `--resume OUT` continues each seed where it stopped.
 // OUT/report.md and OUT/report.json: pass@1 per model and seed, the mean and its standard error
-// over the seeds, and the comparisons below.
+// over the seeds, and the comparisons below; OUT/plots/seeds.png (scripts/plot_r1_pipeline.py).
 #pragma once
 
 #include <cmath>
@@ -84,7 +84,8 @@ inline std::pair<double, double> mean_and_error(const std::vector<double>& x) {
 }
 
 // The summary stage: reads OUT/seed-N/report.json of every seed.
-inline void summary_stage(const std::string& out, const Settings& s) {
+// source_dir: the source tree, for the plot (none when empty).
+inline void summary_stage(const std::string& out, const Settings& s, const std::string& source_dir) {
   check(!s.seeds.empty(), "r1_pipeline", "the summary stage needs a run with --seeds");
   std::vector<io::json> reports;
   for (std::uint64_t seed : s.seeds) {
@@ -149,10 +150,15 @@ inline void summary_stage(const std::string& out, const Settings& s) {
                         {"positive", positive},   {"disjoint", disjoint}});
   }
   report["findings"] = findings;
-  md += "\nEach seed's budgets, distillation set and stage times: `seed-N/report.md`.\n";
+  md += "\nEach seed's budgets, distillation set and stage times: `seed-N/report.md`; the plot: `plots/seeds.png`.\n";
   write_json_file(out + "/report.json", report);
   io::write_file_atomically(out + "/report.md", md, "r1_pipeline");
   std::printf("%s", md.c_str());
+  if (s.plot && !source_dir.empty()) {
+    if (example::run_python(source_dir + "/scripts/plot_r1_pipeline.py", "'" + out + "'"))
+      std::printf("plot: %s/plots/seeds.png\n", out.c_str());
+    else std::printf("plot skipped: no python3 with matplotlib (scripts/install-deps.sh installs it)\n");
+  }
 }
 
 }  // namespace r1
