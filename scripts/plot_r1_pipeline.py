@@ -61,6 +61,19 @@ def trailing_mean(values, window):
     return out
 
 
+def save_model_axes(plt, fig, ax, names, ylabel, title, path):
+    """Labels an accuracy chart with one slot per model (x = 0, 1, ...) and writes it to path."""
+    ax.set_xticks(list(range(len(names))))
+    ax.set_xticklabels(names, rotation=25, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1)
+    ax.legend()
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot_seeds(report, out, plt):
     """The summary of a run over several seeds: pass@1 per model, a point per seed, the mean as a bar."""
     models = report["models"]
@@ -72,15 +85,8 @@ def plot_seeds(report, out, plt):
     for j, seed in enumerate(seeds):
         offset = (j - (len(seeds) - 1) / 2) * 0.12
         ax.plot([i + offset for i in x], [m["pass_at_1"][j] for m in models], "o", label=f"seed {seed}")
-    ax.set_xticks(x)
-    ax.set_xticklabels([m["model"] for m in models], rotation=25, ha="right")
-    ax.set_ylabel("held-out pass@1")
-    ax.set_ylim(0, 1)
-    ax.legend()
-    ax.set_title(f"{len(seeds)} seeds")
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "seeds.png"), dpi=120)
-    plt.close(fig)
+    save_model_axes(plt, fig, ax, [m["model"] for m in models], "held-out pass@1", f"{len(seeds)} seeds",
+                    os.path.join(out, "seeds.png"))
 
 
 def main():
@@ -111,15 +117,8 @@ def main():
         lo = [m[key]["estimate"] - m[key]["lo"] for m in models]
         hi = [m[key]["hi"] - m[key]["estimate"] for m in models]
         ax.bar([i + offset for i in x], est, width=0.36, yerr=[lo, hi], capsize=3, label=label)
-    ax.set_xticks(list(x))
-    ax.set_xticklabels(names, rotation=25, ha="right")
-    ax.set_ylabel("held-out accuracy (95% interval)")
-    ax.set_ylim(0, 1)
-    ax.legend()
-    ax.set_title(f"{models[0]['problems']} held-out problems")
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "accuracy.png"), dpi=120)
-    plt.close(fig)
+    save_model_axes(plt, fig, ax, names, "held-out accuracy (95% interval)",
+                    f"{models[0]['problems']} held-out problems", os.path.join(out, "accuracy.png"))
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     for kind in ("sft", "kd", "onpolicy"):

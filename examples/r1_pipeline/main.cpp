@@ -243,7 +243,8 @@ int main(int argc, char** argv) try {
   const Settings s = r1::parse_settings(f, saved);
   f.check_all_used();
   check(s.seeds.empty() || stages_list == "all", "r1_pipeline",
-        "--stages selects stages of one run; with --seeds, run it on a seed's folder: --resume OUT/seed-N --stages ...");
+        "--stages selects stages of one run; with --seeds, run it on a seed's folder: "
+        "--resume OUT/seed-N --stages ...");
   if (s.device == "cuda") {
 #ifndef KILN_EXAMPLE_CUDA
     throw Error("--device cuda needs a build with the CUDA backend (cmake -DKILN_CUDA=ON)");
@@ -284,7 +285,8 @@ int main(int argc, char** argv) try {
                   "continues\n", seconds, abs_out.c_str());
       return 1;
     }
-    std::printf("r1_pipeline: %zu seeds done in %.1f s; summary %s/report.md\n", s.seeds.size(), seconds, abs_out.c_str());
+    std::printf("r1_pipeline: %zu seeds done in %.1f s; summary %s/report.md\n", s.seeds.size(), seconds,
+                abs_out.c_str());
     return 0;
   }
   const std::vector<r1::Stage> selected = select_stages(graph, stages_list, scheduler);

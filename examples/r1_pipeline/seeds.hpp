@@ -122,7 +122,8 @@ inline void summary_stage(const std::string& out, const Settings& s, const std::
     }
     const auto [mean, error] = mean_and_error(x);
     md += " " + fmt(mean) + " ± " + fmt(error) + " |\n";
-    models.push_back({{"model", m}, {"description", describe(m, s)}, {"pass_at_1", x}, {"mean", mean}, {"error", error}});
+    models.push_back(
+        {{"model", m}, {"description", describe(m, s)}, {"pass_at_1", x}, {"mean", mean}, {"error", error}});
   }
   report["models"] = models;
 
