@@ -85,4 +85,9 @@ done
 if "$bin" --micro --seeds 1,2 --seed 3 --out "$2/bad-seeds" 2> "$2/bad.log"; then fail "--seed with --seeds ran"; fi
 if "$bin" --resume "$multi" --stages summary 2> "$2/bad.log"; then fail "--stages with --seeds ran"; fi
 grep -q "seed-N" "$2/bad.log" || fail "no clear message for --stages with --seeds: $(cat "$2/bad.log")"
+# One folder, one kind of run.
+if "$bin" --micro --seeds 1,2 --out "$out" 2> "$2/bad.log"; then fail "--seeds ran in a single run's folder"; fi
+grep -q "holds a single run" "$2/bad.log" || fail "no clear message for --seeds over a single run: $(cat "$2/bad.log")"
+if "$bin" --micro --out "$multi" 2> "$2/bad.log"; then fail "a single run ran in a --seeds folder"; fi
+grep -q "holds a run over several seeds" "$2/bad.log" || fail "no clear message: $(cat "$2/bad.log")"
 echo "r1_pipeline_micro: passed"

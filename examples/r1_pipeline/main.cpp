@@ -270,6 +270,12 @@ int main(int argc, char** argv) try {
     return 0;
   }
 
+  // One folder holds one kind of run: a single run's stages, or a --seeds run's seed-N folders.
+  bool has_seed_runs = false;
+  for (const auto& e : std::filesystem::directory_iterator(abs_out + "/stages"))
+    has_seed_runs |= e.path().filename().string().rfind("seed-", 0) == 0;
+  check(s.seeds.empty() ? !has_seed_runs : !scheduler.done("tokenizer"), "r1_pipeline", abs_out, " holds ",
+        s.seeds.empty() ? "a run over several seeds (--seeds)" : "a single run", "; give this one another --out");
   // A new run records its settings; a resumed one keeps them (flags given now override them, and
   // are recorded, for stages not done yet).
   r1::write_json_file(abs_out + "/run.json", r1::to_json(s));
