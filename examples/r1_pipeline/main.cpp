@@ -99,8 +99,8 @@ const char* kUsage = R"(r1_pipeline: teacher (pretrain + GRPO), rejection-sample
 )";
 
 // The stages this program runs itself (--stage NAME), besides eval-MODEL.
-const std::set<std::string> kInProcess = {"tokenizer", "cold-start", "traces", "student-sft", "student-kd", "student-onpolicy", "report",
-                                           "summary"};
+const std::set<std::string> kInProcess = {"tokenizer",  "cold-start",       "traces", "student-sft",
+                                           "student-kd", "student-onpolicy", "report", "summary"};
 
 std::string quote(const std::string& s) { return "'" + s + "'"; }
 
@@ -281,6 +281,8 @@ int main(int argc, char** argv) try {
   r1::write_json_file(abs_out + "/run.json", r1::to_json(s));
   if (!s.seeds.empty()) {  // one run per seed, one at a time, then the summary
     r1::Scheduler outer(abs_out, 1);
+    // The summary is made again every time (0.2 s): a resumed run may list more seeds than before.
+    std::filesystem::remove(outer.marker("summary"));
     std::printf("r1_pipeline: %zu seeds, one run each in %s/seed-N, then a summary\n", s.seeds.size(), abs_out.c_str());
     std::fflush(stdout);
     const auto start = std::chrono::steady_clock::now();
