@@ -49,6 +49,19 @@ inline std::string with_interval(const io::json& i, int digits = 3) {
          fmt(i["hi"].get<double>(), digits) + "]";
 }
 
+// Writes OUT/report.json and OUT/report.md, prints the markdown, and draws OUT/plots/ with
+// scripts/plot_r1_pipeline.py from source_dir (no plots when it is empty). Also the --seeds summary's.
+inline void write_report(const std::string& out, const io::ordered_json& report, const std::string& md,
+                         const std::string& source_dir) {
+  write_json_file(out + "/report.json", report);
+  io::write_file_atomically(out + "/report.md", md, "r1_pipeline");
+  std::printf("%s", md.c_str());
+  if (source_dir.empty()) return;
+  if (example::run_python(source_dir + "/scripts/plot_r1_pipeline.py", "'" + out + "'"))
+    std::printf("plots: %s/plots/\n", out.c_str());
+  else std::printf("plots skipped: no python3 with matplotlib (scripts/install-deps.sh installs it)\n");
+}
+
 // stages: the pipeline's stage names in order (for the table of times).
 inline void report_stage(const std::string& out, const Settings& s, const std::vector<std::string>& stages,
                          const std::string& source_dir, const std::string& machine) {
@@ -134,14 +147,7 @@ inline void report_stage(const std::string& out, const Settings& s, const std::v
   report["stage_seconds"] = times;
   md += "\nLogs: `logs/`; training metrics: `*/metrics.jsonl`; settings: `run.json`.\n";
 
-  write_json_file(out + "/report.json", report);
-  io::write_file_atomically(out + "/report.md", md, "r1_pipeline");
-  std::printf("%s", md.c_str());
-  if (s.plot && !source_dir.empty()) {
-    if (example::run_python(source_dir + "/scripts/plot_r1_pipeline.py", "'" + out + "'"))
-      std::printf("plots: %s/plots/\n", out.c_str());
-    else std::printf("plots skipped: no python3 with matplotlib (scripts/install-deps.sh installs it)\n");
-  }
+  write_report(out, report, md, s.plot ? source_dir : "");
 }
 
 }  // namespace r1

@@ -152,14 +152,7 @@ inline void summary_stage(const std::string& out, const Settings& s, const std::
   }
   report["findings"] = findings;
   md += "\nEach seed's budgets, distillation set and stage times: `seed-N/report.md`; the plot: `plots/seeds.png`.\n";
-  write_json_file(out + "/report.json", report);
-  io::write_file_atomically(out + "/report.md", md, "r1_pipeline");
-  std::printf("%s", md.c_str());
-  if (s.plot && !source_dir.empty()) {
-    if (example::run_python(source_dir + "/scripts/plot_r1_pipeline.py", "'" + out + "'"))
-      std::printf("plot: %s/plots/seeds.png\n", out.c_str());
-    else std::printf("plot skipped: no python3 with matplotlib (scripts/install-deps.sh installs it)\n");
-  }
+  write_report(out, report, md, s.plot ? source_dir : "");
 }
 
 }  // namespace r1
