@@ -118,10 +118,10 @@ inline void summary_stage(const std::string& out, const Settings& s, const std::
     md += "| " + describe(m, s) + " |";
     for (std::size_t i = 0; i < n; ++i) {
       x.push_back(pass(i, m)["estimate"].get<double>());
-      md += " " + fmt(x.back()) + " |";
+      md += str(" ", fmt(x.back()), " |");  // (not " " + string: GCC 12 warns -Wrestrict, a false alarm)
     }
     const auto [mean, error] = mean_and_error(x);
-    md += " " + fmt(mean) + " ± " + fmt(error) + " |\n";
+    md += str(" ", fmt(mean), " ± ", fmt(error), " |\n");
     models.push_back(
         {{"model", m}, {"description", describe(m, s)}, {"pass_at_1", x}, {"mean", mean}, {"error", error}});
   }
