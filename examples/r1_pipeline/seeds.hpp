@@ -17,9 +17,7 @@
 #pragma once
 
 #include <cmath>
-#include <cstdio>
 #include <filesystem>
-#include <sstream>
 #include <string>
 #include <vector>
 
