@@ -8,7 +8,7 @@ under RUN/plots/:
     accuracy.png   pass@1 and cons@k of every model with their 95% intervals (error bars)
     students.png   the distilled students' validation loss (next-token CE on held-out traces)
                    against step, and the GRPO runs' mean reward against step (trailing mean)
-For a run over several seeds (r1_pipeline --seeds; its report.json has "findings"):
+For a run over several seeds (r1_pipeline --seeds; its report.json's settings list the seeds):
     seeds.png      every model's pass@1 at each seed (points) and their mean (bar, with its
                    standard error); each seed's own plots are in RUN/seed-N/plots/
 
@@ -104,7 +104,7 @@ def main():
 
     out = os.path.join(run, "plots")
     os.makedirs(out, exist_ok=True)
-    if "findings" in report:
+    if report["settings"].get("seeds"):
         plot_seeds(report, out, plt)
         return
 

@@ -436,6 +436,14 @@ int run(const char* argv0, Settings s, const std::string& out, const std::string
   }
   print_eval("after ", after);
   report["after"] = rl::to_json(after);
+  if (report.contains("before") && report["before"].contains("per_problem_pass_at_1")) {
+    // Both on the same held-out problems: the change as a paired difference (rl/evaluation.hpp).
+    const rl::Interval d = rl::paired_difference_interval(
+        after.per_problem, report["before"]["per_problem_pass_at_1"].get<std::vector<double>>());
+    std::printf("change: pass@1 %+.3f, paired 95%% interval [%+.3f, %+.3f]%s\n", d.estimate, d.lo, d.hi,
+                d.lo > 0.0 ? " (an improvement beyond the noise)" : d.hi < 0.0 ? " (worse beyond the noise)" : "");
+    report["change"] = {{"pass_at_1", d.estimate}, {"lo", d.lo}, {"hi", d.hi}};
+  }
   report["train_seconds"] = train_seconds;
   report["total_seconds"] = std::chrono::duration<double>(Clock::now() - start).count();
   io::write_file_atomically(out + "/report.json", io::dump_json(report, "grpo", out + "/report.json", 2) + "\n", "grpo");

@@ -70,9 +70,18 @@ p = {m["model"]: m["pass_at_1"]["estimate"] for m in one["models"]}
 assert [m["model"] for m in multi["models"]] == list(p), multi["models"]
 for m in multi["models"]:
     assert m["pass_at_1"] == [p[m["model"]]] * 2 and abs(m["mean"] - p[m["model"]]) < 1e-12 and m["error"] == 0, m
-for f in multi["findings"]:
+rates = {m["model"]: m["per_problem_pass_at_1"] for m in one["models"]}
+assert all(len(r) == one["models"][0]["problems"] for r in rates.values())
+for f in one["findings"]:  # the paired difference: the mean of the per-problem differences
     d = p[f["better"]] - p[f["worse"]]
-    assert all(abs(x - d) < 1e-12 for x in f["difference"]) and f["positive"] == (2 if d > 0 else 0), f
+    paired = sum(a - b for a, b in zip(rates[f["better"]], rates[f["worse"]])) / len(rates[f["better"]])
+    assert abs(f["difference"] - d) < 1e-12 and abs(paired - d) < 1e-12, f
+    assert f["lo"] <= f["difference"] <= f["hi"] and f["holds"] == (f["lo"] > 0), f
+single = {(f["better"], f["worse"]): f for f in one["findings"]}
+for f in multi["findings"]:
+    o = single[(f["better"], f["worse"])]
+    assert f["difference"] == [o["difference"]] * 2 and f["lo"] == [o["lo"]] * 2 and f["hi"] == [o["hi"]] * 2, f
+    assert f["positive"] == (2 if o["difference"] > 0 else 0) and f["beyond_noise"] == (2 if o["holds"] else 0), f
 print("--seeds summary: consistent with the run it repeats")
 PY
 if /usr/bin/python3 -c "import matplotlib" 2>/dev/null || python3 -c "import matplotlib" 2>/dev/null; then

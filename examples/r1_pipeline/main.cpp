@@ -313,6 +313,7 @@ int main(int argc, char** argv) try {
   std::printf("r1_pipeline: done in %.1f s; report %s/report.md\n", seconds, abs_out.c_str());
   return 0;
 } catch (const std::exception& e) {
-  std::fprintf(stderr, "r1_pipeline: %s\n", e.what());
+  const std::string what = e.what();  // kiln::Error names its op already
+  std::fprintf(stderr, "%s%s\n", what.rfind("r1_pipeline", 0) == 0 ? "" : "r1_pipeline: ", what.c_str());
   return 1;
 }

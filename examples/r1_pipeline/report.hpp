@@ -1,7 +1,7 @@
-// The pipeline's report (stage "report"): OUT/report.md (the table, the budgets, the traces'
-// statistics, the settings), OUT/report.json (all of it, machine-readable) and OUT/plots/
-// (scripts/plot_r1_pipeline.py: pass@1 with its interval per model, and the students' training
-// curves). Every figure is read from what the stages wrote (eval/*.json, */summary.json,
+// The pipeline's report (stage "report"): OUT/report.md (the table, the findings as paired
+// differences, the budgets, the traces' statistics, the settings), OUT/report.json (all of it,
+// machine-readable) and OUT/plots/ (scripts/plot_r1_pipeline.py: pass@1 with its interval per
+// model, and the students' training curves). Every figure is read from what the stages wrote (eval/*.json, */summary.json,
 // */report.json, stages/*.done): the report can be rebuilt at any time from the run folder.
 #pragma once
 
@@ -10,6 +10,8 @@
 #include <filesystem>
 #include <string>
 #include <vector>
+
+#include <kiln/rl/evaluation.hpp>
 
 #include "settings.hpp"
 #include "stages.hpp"
@@ -29,6 +31,27 @@ inline std::string describe(const std::string& model, const Settings& s) {
     return str("student + on-policy distillation, beta ", s.onpolicy_beta, ", lambda ", s.onpolicy_lambda, " (",
                s.distill_steps, " steps)");
   return model;
+}
+
+struct Comparison {
+  std::string better, worse, claim;  // models; what better > worse would show
+};
+
+// The comparisons each report makes: R1-Zero's (RL improves the teacher), the gap distillation
+// needs, and R1's distillation finding (each distilled student against RL on the same student, and
+// against its base).
+inline std::vector<Comparison> comparisons(const Settings& s) {
+  std::vector<Comparison> c{{"teacher", s.cold_start > 0 ? "cold-start" : "teacher-base", "GRPO improves the teacher"},
+                            {"teacher", "student-base", "the teacher is stronger than the student's base"}};
+  for (const char* kind : {"sft", "kd", "onpolicy"}) {
+    const std::string m = str("student-", kind);
+    c.push_back({m, "student-grpo", str(m, " beats GRPO on the same student")});
+  }
+  for (const char* kind : {"sft", "kd", "onpolicy"}) {
+    const std::string m = str("student-", kind);
+    c.push_back({m, "student-base", str(m, " improves the student's base")});
+  }
+  return c;
 }
 
 inline double stage_seconds(const std::string& out, const std::string& stage) {
@@ -88,6 +111,35 @@ inline void report_stage(const std::string& out, const Settings& s, const std::v
     models.push_back(row);
   }
   report["models"] = models;
+
+  // The findings: each comparison as the paired difference over the same held-out problems.
+  md += "\n## Findings\n\nEach row: the better model's pass@1 minus the other's, as the mean of their per-problem "
+        "differences on the same held-out problems, with a paired 95% bootstrap interval (rl/evaluation.hpp: "
+        "narrower than the two models' own intervals, since both solve or both miss most problems). Holds: the "
+        "interval lies above 0.\n\n| claim | difference | paired 95% interval | holds |\n|---|---|---|---|\n";
+  io::ordered_json findings = io::ordered_json::array();
+  for (const Comparison& c : comparisons(s)) {
+    auto rates = [&](const std::string& m) {
+      for (const io::ordered_json& row : models)
+        if (row["model"].get<std::string>() == m) {
+          check(row.contains("per_problem_pass_at_1"), "r1_pipeline", "eval/", m, ".json has no per-problem rates (an ",
+                "older evaluation): delete it and stages/eval-", m, ".done, then --resume to evaluate it again");
+          return row["per_problem_pass_at_1"].get<std::vector<double>>();
+        }
+      throw Error(str("r1_pipeline: no evaluation of ", m, " for the finding \"", c.claim, "\""));
+    };
+    const rl::Interval d = rl::paired_difference_interval(rates(c.better), rates(c.worse));
+    md += str("| ", c.claim, " (", c.better, " − ", c.worse, ") | ", d.estimate >= 0.0 ? "+" : "", fmt(d.estimate),
+              " | [", fmt(d.lo), ", ", fmt(d.hi), "] | ", d.lo > 0.0 ? "yes" : "no", " |\n");
+    findings.push_back({{"claim", c.claim},
+                        {"better", c.better},
+                        {"worse", c.worse},
+                        {"difference", d.estimate},
+                        {"lo", d.lo},
+                        {"hi", d.hi},
+                        {"holds", d.lo > 0.0}});
+  }
+  report["findings"] = findings;
 
   // Budgets: what each student's training cost.
   md += "\n## Budgets\n\n| student | optimizer steps | sequences or tokens trained | wall time |\n|---|---|---|---|\n";

@@ -5,7 +5,7 @@
 // teacher's base solved 0.34, 0.07 and 0.59 of the held-out problems at seeds 1, 2 and 3 (its
 // validation loss after 1200 steps 0.48, 0.58 and 0.38: the seeds learn the digit algorithm at
 // different steps), so one seed can show a finding that the next does not. The summary says in how
-// many seeds each comparison holds, and where the intervals do not overlap.
+// many seeds each comparison holds, and in how many its paired interval lies above 0.
 //
 // Layout: OUT/run.json holds the settings with their seed list; OUT/seed-N is a complete run folder
 // of its own (its run.json the same settings with seed N: `r1_pipeline --resume OUT/seed-N` works
@@ -47,27 +47,6 @@ inline std::vector<Stage> seeds_graph(const std::string& self, const std::string
   }
   g.push_back({"summary", names, str("exec '", self, "' --stage summary --resume '", out, "'")});
   return g;
-}
-
-struct Comparison {
-  std::string better, worse, claim;  // models; what better > worse would show
-};
-
-// The comparisons the summary counts: R1-Zero's (RL improves the teacher), the gap distillation
-// needs, and R1's distillation finding (each distilled student against RL on the same student, and
-// against its base).
-inline std::vector<Comparison> comparisons(const Settings& s) {
-  std::vector<Comparison> c{{"teacher", s.cold_start > 0 ? "cold-start" : "teacher-base", "GRPO improves the teacher"},
-                            {"teacher", "student-base", "the teacher is stronger than the student's base"}};
-  for (const char* kind : {"sft", "kd", "onpolicy"}) {
-    const std::string m = str("student-", kind);
-    c.push_back({m, "student-grpo", str(m, " beats GRPO on the same student")});
-  }
-  for (const char* kind : {"sft", "kd", "onpolicy"}) {
-    const std::string m = str("student-", kind);
-    c.push_back({m, "student-base", str(m, " improves the student's base")});
-  }
-  return c;
 }
 
 // Mean and standard error of the mean (0 for one value).
@@ -125,28 +104,39 @@ inline void summary_stage(const std::string& out, const Settings& s, const std::
   }
   report["models"] = models;
 
-  md += "\n## The findings, seed by seed\n\nEach cell: the better model's pass@1 minus the other's; * where their "
-        "95% intervals do not overlap. Holds: the seeds with a positive difference (and with disjoint intervals).\n\n";
+  // The finding c at seed i, from that seed's report: its paired difference and interval.
+  auto finding = [&](std::size_t i, const Comparison& c) -> io::json {
+    if (reports[i].contains("findings"))
+      for (const io::json& f : reports[i]["findings"])
+        if (f["better"] == c.better && f["worse"] == c.worse) return f;
+    const std::string folder = seed_folder(out, s.seeds[i]);
+    throw Error(str("r1_pipeline: the report of seed ", s.seeds[i], " has no finding \"", c.claim, "\" (an older ",
+                    "report: delete ", folder, "/stages/report.done, then r1_pipeline --resume ", folder, ")"));
+  };
+  md += "\n## The findings, seed by seed\n\nEach cell: the better model's pass@1 minus the other's on that seed's "
+        "held-out problems; * where the paired 95% interval of the difference (in the seed's report) lies above 0. "
+        "Holds: the seeds with a positive difference (and with the interval above 0).\n\n";
   md += "| claim " + head + " mean | holds |\n|---" + rule + "---|---|\n";
   io::ordered_json findings = io::ordered_json::array();
   for (const Comparison& c : comparisons(s)) {
-    std::vector<double> d;
-    int positive = 0, disjoint = 0;
+    std::vector<double> d, lo, hi;
+    int positive = 0, beyond_noise = 0;
     md += "| " + c.claim + " (" + c.better + " − " + c.worse + ") |";
     for (std::size_t i = 0; i < n; ++i) {
-      const io::json a = pass(i, c.better), b = pass(i, c.worse);
-      d.push_back(a["estimate"].get<double>() - b["estimate"].get<double>());
-      const bool apart = a["lo"].get<double>() > b["hi"].get<double>();
+      const io::json f = finding(i, c);
+      d.push_back(f["difference"].get<double>());
+      lo.push_back(f["lo"].get<double>());
+      hi.push_back(f["hi"].get<double>());
       positive += d.back() > 0.0;
-      disjoint += apart;
-      md += str(" ", d.back() >= 0.0 ? "+" : "", fmt(d.back()), apart ? "*" : "", " |");
+      beyond_noise += lo.back() > 0.0;
+      md += str(" ", d.back() >= 0.0 ? "+" : "", fmt(d.back()), lo.back() > 0.0 ? "*" : "", " |");
     }
     const auto [mean, error] = mean_and_error(d);
-    md += str(" ", mean >= 0.0 ? "+" : "", fmt(mean), " ± ", fmt(error), " | ", positive, " of ", n, " (", disjoint,
-              ") |\n");
-    findings.push_back({{"claim", c.claim},       {"better", c.better}, {"worse", c.worse},
-                        {"difference", d},        {"mean", mean},       {"error", error},
-                        {"positive", positive},   {"disjoint", disjoint}});
+    md += str(" ", mean >= 0.0 ? "+" : "", fmt(mean), " ± ", fmt(error), " | ", positive, " of ", n, " (",
+              beyond_noise, ") |\n");
+    findings.push_back({{"claim", c.claim}, {"better", c.better}, {"worse", c.worse}, {"difference", d}, {"lo", lo},
+                        {"hi", hi}, {"mean", mean}, {"error", error}, {"positive", positive},
+                        {"beyond_noise", beyond_noise}});
   }
   report["findings"] = findings;
   md += "\nEach seed's budgets, distillation set and stage times: `seed-N/report.md`; the plot: `plots/seeds.png`.\n";

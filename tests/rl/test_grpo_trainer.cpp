@@ -2,6 +2,8 @@
 // learnable rule from the reward alone (answer "7": the reward rises from ~0 to above 0.9), every
 // loss type and option runs and reports consistent metrics, a reference model at the policy's
 // weights gives KL 0, and bad options are refused.
+#include <cmath>
+
 #include <kiln/nn/llama.hpp>
 #include <kiln/rl/grpo_trainer.hpp>
 #include <kiln/rl/policy_evaluation.hpp>
@@ -217,6 +219,16 @@ TEST(PolicyEvaluation, AnswerKeysAndReport) {
   }
   EXPECT_GT(r.mean_length.estimate, 0.0);
   EXPECT_LE(r.mean_length.estimate, 8.0);
+  // One rate per problem, a multiple of 1/k; pass@1 is their mean.
+  ASSERT_EQ(r.per_problem.size(), 5u);
+  double sum = 0.0;
+  for (double x : r.per_problem) {
+    EXPECT_EQ(x * 3.0, std::round(x * 3.0)) << x;
+    EXPECT_GE(x, 0.0);
+    EXPECT_LE(x, 1.0);
+    sum += x;
+  }
+  EXPECT_DOUBLE_EQ(sum / 5.0, r.pass_at_1.estimate);
   // Its JSON form (run folders and reports) carries every figure.
   const io::ordered_json j = rl::to_json(r);
   EXPECT_EQ(j["problems"].get<std::int64_t>(), 5);
@@ -226,6 +238,7 @@ TEST(PolicyEvaluation, AnswerKeysAndReport) {
   EXPECT_EQ(j["greedy"]["hi"].get<double>(), r.greedy.hi);
   EXPECT_EQ(j["mean_length"]["estimate"].get<double>(), r.mean_length.estimate);
   EXPECT_EQ(j["format_rate"].get<double>(), r.format_rate);
+  EXPECT_EQ(j["per_problem_pass_at_1"].get<std::vector<double>>(), r.per_problem);
 }
 
 }  // namespace

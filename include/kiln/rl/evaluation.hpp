@@ -28,6 +28,17 @@
 //   Philox (core/random.hpp) with a fixed seed: the same inputs give the same interval, bit for
 //   bit, on any machine.
 //
+// ---- Comparing two models on the same problems --------------------------------------------------
+// Two models evaluated on the same P problems are compared by the mean of their per-problem
+// differences, d_i = a_i − b_i (a_i, b_i: each model's fraction of correct samples on problem i),
+// with a percentile-bootstrap interval that resamples problems, both models' rates of a problem
+// together (paired_difference_interval). The pairing removes what the problems' difficulty
+// contributes to each model's own interval: most problems are solved by both or by neither, and
+// their d_i is 0. Asking instead whether the two models' own 95% intervals are disjoint ignores the
+// pairing and is far stricter than a 5% test (for two equally wide intervals it asks for about
+// 2.8 standard errors of the difference where 1.96 would do, and more when the rates are
+// correlated), so it misses real differences; the paired interval is the test to read.
+//
 // ---- cons@k ---------------------------------------------------------------------------------------
 // The answer with the most votes wins; samples with an empty key do not vote; a problem where no
 // sample has a key counts as wrong. Ties go to the tied answer that occurs first in the sample
@@ -123,6 +134,21 @@ inline Interval bootstrap_mean_interval(const std::vector<double>& values, const
   const double alpha = 1.0 - options.confidence;
   return {total / static_cast<double>(n), quantile(alpha / 2.0), quantile(1.0 - alpha / 2.0),
           static_cast<std::int64_t>(n)};
+}
+
+// The mean of a_i − b_i over paired values (two models' per-problem rates on the same problems, in
+// the same order) with a percentile-bootstrap interval over the pairs (see the header comment).
+inline Interval paired_difference_interval(const std::vector<double>& a, const std::vector<double>& b,
+                                           const BootstrapOptions& options = {}) {
+  const char* op = "paired_difference_interval";
+  check(!a.empty() && a.size() == b.size(), op, "needs two non-empty lists of equal length (one value per problem), got ",
+        a.size(), " and ", b.size());
+  std::vector<double> d(a.size());
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    check(std::isfinite(a[i]) && std::isfinite(b[i]), op, "pair ", i, " is (", a[i], ", ", b[i], ")");
+    d[i] = a[i] - b[i];
+  }
+  return bootstrap_mean_interval(d, options);
 }
 
 namespace detail {

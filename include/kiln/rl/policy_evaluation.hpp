@@ -45,10 +45,13 @@ struct PolicyEvalReport {
   std::int64_t problems = 0, k = 0;
   Interval pass_at_1, cons_at_k, greedy, mean_length;
   double format_rate = 0;  // sampled completions in the R1-Zero format
+  // Each problem's fraction of correct samples, in the problems' order (pass@1 is their mean): two
+  // models evaluated on the same problems compare through paired_difference_interval.
+  std::vector<double> per_problem;
 };
 
 // The report as JSON (reports and run folders: examples/grpo, examples/r1_pipeline): problems, k,
-// each interval as {estimate, lo, hi}, format_rate.
+// each interval as {estimate, lo, hi}, format_rate, and the per-problem rates (per_problem_pass_at_1).
 inline io::ordered_json to_json(const PolicyEvalReport& r) {
   auto interval = [](const Interval& i) { return io::ordered_json{{"estimate", i.estimate}, {"lo", i.lo}, {"hi", i.hi}}; };
   io::ordered_json j;
@@ -59,6 +62,7 @@ inline io::ordered_json to_json(const PolicyEvalReport& r) {
   j["greedy"] = interval(r.greedy);
   j["mean_length"] = interval(r.mean_length);
   j["format_rate"] = r.format_rate;
+  j["per_problem_pass_at_1"] = r.per_problem;
   return j;
 }
 
@@ -121,6 +125,8 @@ PolicyEvalReport evaluate_policy(const Model& model, const data::Tokenizer& toke
     formatted += well_formed(c.text);
   }
   r.pass_at_1 = pass_at_1(votes, {.seed = options.seed});
+  for (const std::vector<Sample>& v : votes)
+    r.per_problem.push_back(static_cast<double>(detail::count_correct(v)) / static_cast<double>(v.size()));
   r.cons_at_k = cons_at_k(votes);
   r.mean_length = bootstrap_mean_interval(lengths, {.seed = options.seed + 1});
   r.format_rate = static_cast<double>(formatted) / static_cast<double>(sampled.size());
