@@ -341,8 +341,7 @@ int run(const char* argv0, Settings s, const std::string& out, const std::string
     return ids;
   };
   Generator eval_gen{s.seed + 7777, 0};
-  std::vector<data::Problem> held_out;
-  for (std::int64_t i = 0; i < s.eval_problems; ++i) held_out.push_back(data::sample(mix, eval_gen, data::Split::test));
+  const std::vector<data::Problem> held_out = data::sample_distinct(mix, eval_gen, data::Split::test, s.eval_problems);
   rl::PolicyEvalOptions eval_options;
   eval_options.k = s.eval_k;
   eval_options.max_new_tokens = s.max_completion;

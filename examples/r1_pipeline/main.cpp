@@ -28,6 +28,7 @@
 //   r1_pipeline --resume runs/r1      continue an interrupted run
 //   r1_pipeline --seeds 1,2,3         one run per seed and a summary across them (seeds.hpp)
 //   r1_pipeline --micro               a minute-long configuration (CI checks the whole report)
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -78,6 +79,8 @@ const char* kUsage = R"(r1_pipeline: teacher (pretrain + GRPO), rejection-sample
   --student-base-steps N    pretraining of the student's base                     [small 1500, big 1000]
   --student-grpo-steps N                                                         [small 150, big 100]
   --grpo-lr-student X       [small 2e-4, big 5e-6]
+  --grpo-dynamic-sampling on|off  both GRPO runs drop groups whose samples all score alike and
+                            draw more problems (DAPO; up to 3 rounds a step)                    [on]
   --traces-problems N       training problems for rejection sampling             [small 1024, big 2048]
   --traces-samples K        samples per problem                                                  [4]
   --traces-temperature X    [0.7]
@@ -93,7 +96,7 @@ const char* kUsage = R"(r1_pipeline: teacher (pretrain + GRPO), rejection-sample
   --max-completion N        new tokens per completion at most                      [small 160, big 256]
   --max-digits N            arithmetic operands of 1..N digits (the larger models saturate 2)
                                                                                 [small 2, big 3]
-  --eval-problems N         held-out problems                                                  [200]
+  --eval-problems N         held-out problems (distinct, from the test split)                  [200]
   --eval-k K                samples per problem for pass@1 and cons@k                            [8]
   --no-plot                 skip the PNG plots
 )";
@@ -128,7 +131,9 @@ std::vector<r1::Stage> stage_graph(const std::string& self, const std::string& o
     teacher_start = "cold-start";
   }
   const std::string grpo_common = str(" --max-completion ", s.max_completion, " --max-digits ", s.max_digits,
-                                      " --eval-problems 50 --eval-k 4 --no-plot --seed ", s.seed);
+                                      " --eval-problems ", std::min<std::int64_t>(50, s.eval_problems),
+                                      " --eval-k 4 --no-plot --seed ", s.seed,
+                                      s.grpo_dynamic_sampling ? " --dynamic-sampling" : "");
   g.push_back({"teacher-grpo", {teacher_start},
                resumable(grpo, out + "/teacher",
                          str(" --base ", quote(out + "/" + teacher_start), " --config ", s.config, " --steps ",

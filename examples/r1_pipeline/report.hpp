@@ -1,13 +1,16 @@
 // The pipeline's report (stage "report"): OUT/report.md (the table, the findings as paired
 // differences, the budgets, the traces' statistics, the settings), OUT/report.json (all of it,
 // machine-readable) and OUT/plots/ (scripts/plot_r1_pipeline.py: pass@1 with its interval per
-// model, and the students' training curves). Every figure is read from what the stages wrote (eval/*.json, */summary.json,
-// */report.json, stages/*.done): the report can be rebuilt at any time from the run folder.
+// model, and the students' training curves). Every figure is read from what the stages wrote
+// (eval/*.json, */summary.json, */report.json, stages/*.done): the report can be rebuilt at any
+// time from the run folder.
 #pragma once
 
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <map>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -59,6 +62,22 @@ inline double stage_seconds(const std::string& out, const std::string& stage) {
   if (!std::filesystem::exists(path)) return 0.0;
   const io::json j = read_json_file(path);
   return j.contains("seconds") ? j["seconds"].get<double>() : 0.0;
+}
+
+// The generation rounds of a GRPO run, summed over its steps (metrics.jsonl: a record per step; a
+// step logged twice, by a resumed run, counts once).
+inline std::int64_t grpo_rounds(const std::string& metrics) {
+  std::map<std::int64_t, std::int64_t> rounds;
+  std::istringstream in(io::read_text_file(metrics, "r1_pipeline"));
+  for (std::string line; std::getline(in, line);) {
+    if (line.empty()) continue;
+    const io::json j = io::parse_json(line, "r1_pipeline", metrics);
+    if (j.contains("step") && j.contains("rounds"))
+      rounds[j["step"].get<std::int64_t>()] = j["rounds"].get<std::int64_t>();
+  }
+  std::int64_t total = 0;
+  for (const auto& [step, r] : rounds) total += r;
+  return total;
 }
 
 inline std::string fmt(double x, int digits = 3) {
@@ -148,8 +167,12 @@ inline void report_stage(const std::string& out, const Settings& s, const std::v
     const std::string grpo = out + "/student-grpo/report.json";
     if (std::filesystem::exists(grpo)) {
       const io::json g = read_json_file(grpo);
-      const std::int64_t seqs = s.student_grpo_steps * 16 * 8;
-      md += str("| student-grpo | ", s.student_grpo_steps, " | ", seqs, " sampled completions (16 problems x 8) | ",
+      const io::json& run = g["settings"];
+      const std::int64_t per_round = run["prompts"].get<std::int64_t>() * run["group"].get<std::int64_t>();
+      const std::int64_t seqs = per_round * grpo_rounds(out + "/student-grpo/metrics.jsonl");
+      md += str("| student-grpo | ", s.student_grpo_steps, " | ", seqs, " sampled completions (",
+                run["prompts"].get<std::int64_t>(), " problems x ", run["group"].get<std::int64_t>(), " a round",
+                s.grpo_dynamic_sampling ? ", rounds of dynamic sampling" : "", ") | ",
                 fmt(g["train_seconds"].get<double>(), 1), " s |\n");
       budgets["student-grpo"] = {{"steps", s.student_grpo_steps}, {"completions", seqs},
                                  {"seconds", g["train_seconds"].get<double>()}};

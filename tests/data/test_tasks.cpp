@@ -131,6 +131,47 @@ TEST(Tasks, DeterministicBySeed) {
   EXPECT_EQ(canonical(make_arithmetic({}, 5, 77)), canonical(make_arithmetic({}, 5, 77)));
 }
 
+TEST(Tasks, DistinctHeldOutSets) {
+  // 1-2 digit arithmetic: plain draws of the test split repeat problems (its 1-digit part is small).
+  TaskMix mix;
+  mix.countdown_fraction = 0.0;
+  mix.arithmetic.max_digits = 2;
+  kiln::Generator plain{7, 0};
+  std::vector<std::string> draws;
+  std::set<std::string> unique;
+  for (int i = 0; i < 200; ++i) {
+    draws.push_back(canonical(sample(mix, plain, Split::test)));
+    unique.insert(draws.back());
+  }
+  EXPECT_LT(unique.size(), 200u) << "expected repeats among 200 plain draws";
+  // sample_distinct: the same draws in the same order with the repeats skipped, all in the split.
+  kiln::Generator g{7, 0};
+  const std::vector<Problem> distinct = sample_distinct(mix, g, Split::test, 200);
+  ASSERT_EQ(distinct.size(), 200u);
+  std::set<std::string> seen;
+  std::vector<std::string> first_of_each;
+  for (const std::string& c : draws)
+    if (seen.insert(c).second) first_of_each.push_back(c);
+  seen.clear();
+  for (std::size_t i = 0; i < distinct.size(); ++i) {
+    const std::string c = canonical(distinct[i]);
+    EXPECT_TRUE(seen.insert(c).second) << "repeated: " << c;
+    EXPECT_EQ(split_of(distinct[i], mix.arithmetic.test_fraction), Split::test) << c;
+    if (i < first_of_each.size()) EXPECT_EQ(c, first_of_each[i]) << i;
+  }
+  kiln::Generator again{7, 0};
+  const std::vector<Problem> twice = sample_distinct(mix, again, Split::test, 200);
+  for (std::size_t i = 0; i < twice.size(); ++i) EXPECT_EQ(canonical(twice[i]), canonical(distinct[i]));
+  EXPECT_TRUE(sample_distinct(mix, again, Split::test, 0).empty());
+  // 1-digit sums: 55 problems up to commutation, about a tenth in the test split. Asking for more
+  // than the split holds is an error that says how many there are.
+  mix.arithmetic.max_digits = 1;
+  mix.arithmetic.ops = "+";
+  kiln::Generator small{7, 0};
+  EXPECT_KILN_ERROR(sample_distinct(mix, small, Split::test, 40), "tasks::sample_distinct", "asked for 40 distinct");
+  EXPECT_KILN_ERROR(sample_distinct(mix, small, Split::test, -1), "tasks::sample_distinct", "n >= 0");
+}
+
 TEST(Tasks, GeneratedProblemsRespectTheirConfig) {
   ArithmeticConfig ac;
   ac.min_digits = 2;

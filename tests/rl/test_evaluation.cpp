@@ -1,6 +1,6 @@
-// rl/evaluation.hpp: Wilson intervals, the percentile bootstrap, the paired difference of two models,
-// pass@1/pass@k, majority vote and cons@k, greedy accuracy, against values worked out by hand; plus rl/jsonl.hpp, the metrics
-// writer the evaluation and the trainer log through.
+// rl/evaluation.hpp: Wilson intervals, the percentile bootstrap, the paired difference of two
+// models, pass@1/pass@k, majority vote and cons@k, greedy accuracy, against values worked out by
+// hand; plus rl/jsonl.hpp, the metrics writer the evaluation and the trainer log through.
 #include <unistd.h>
 
 #include <cmath>

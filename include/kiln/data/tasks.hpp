@@ -65,6 +65,7 @@
 #include <ostream>
 #include <string>
 #include <string_view>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -537,6 +538,31 @@ inline Problem sample(const TaskMix& mix, Generator& gen, Split split) {
         mix.countdown_fraction, " must be in [0, 1]");
   const bool countdown = uniform_at(gen.seed, gen.take(1)) < mix.countdown_fraction;
   return countdown ? sample_countdown(mix.countdown, gen, split) : sample_arithmetic(mix.arithmetic, gen, split);
+}
+
+// n distinct problems of `split` (distinct by canonical(): 3 + 5 and 5 + 3 are one problem), in the
+// order sample() draws them, repeats skipped. For held-out sets: a problem drawn twice would count
+// twice, while the evaluation's intervals take problems as independent units (rl/evaluation.hpp);
+// with 1-2 digit arithmetic a quarter of the draws have two 1-digit operands, and the test split
+// holds only about 30 such problems, so 200 plain draws repeat some of them several times. Throws
+// when 65536 draws in a row bring nothing new (the split holds fewer than n problems of the mix).
+inline std::vector<Problem> sample_distinct(const TaskMix& mix, Generator& gen, Split split, std::int64_t n) {
+  const char* op = "tasks::sample_distinct";
+  check(n >= 0, op, "needs n >= 0 problems, got ", n);
+  std::vector<Problem> out;
+  std::unordered_set<std::string> seen;
+  constexpr int max_misses = 1 << 16;
+  for (int misses = 0; static_cast<std::int64_t>(out.size()) < n;) {
+    Problem p = sample(mix, gen, split);
+    if (seen.insert(canonical(p)).second) {
+      out.push_back(std::move(p));
+      misses = 0;
+    } else if (++misses == max_misses) {
+      fail(op, "asked for ", n, " distinct problems of the ", split == Split::test ? "test" : "train", " split, found ",
+           out.size(), " (no new one in ", max_misses, " draws): the mix's problem space is too small");
+    }
+  }
+  return out;
 }
 
 // The prompt; it ends with "\n", after which the completion starts.

@@ -141,8 +141,8 @@ inline Interval bootstrap_mean_interval(const std::vector<double>& values, const
 inline Interval paired_difference_interval(const std::vector<double>& a, const std::vector<double>& b,
                                            const BootstrapOptions& options = {}) {
   const char* op = "paired_difference_interval";
-  check(!a.empty() && a.size() == b.size(), op, "needs two non-empty lists of equal length (one value per problem), got ",
-        a.size(), " and ", b.size());
+  check(!a.empty() && a.size() == b.size(), op,
+        "needs two non-empty lists of equal length (one value per problem), got ", a.size(), " and ", b.size());
   std::vector<double> d(a.size());
   for (std::size_t i = 0; i < a.size(); ++i) {
     check(std::isfinite(a[i]) && std::isfinite(b[i]), op, "pair ", i, " is (", a[i], ", ", b[i], ")");
