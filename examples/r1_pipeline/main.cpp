@@ -75,7 +75,7 @@ const char* kUsage = R"(r1_pipeline: teacher (pretrain + GRPO), rejection-sample
   --teacher-base-steps N    pretraining of the teacher's base                                 [2000]
   --cold-start N            SFT of the teacher's base on N worked solutions before GRPO (0: none)  [0]
   --teacher-grpo-steps N                                                         [small 150, big 100]
-  --grpo-lr-teacher X       [small 2e-4, big 5e-6]
+  --grpo-lr-teacher X       [small 1e-4, big 5e-6]
   --student-base-steps N    pretraining of the student's base                     [small 1500, big 1000]
   --student-grpo-steps N                                                         [small 150, big 100]
   --grpo-lr-student X       [small 2e-4, big 5e-6]
