@@ -77,6 +77,13 @@ for f in one["findings"]:  # the paired difference: the mean of the per-problem 
     paired = sum(a - b for a, b in zip(rates[f["better"]], rates[f["worse"]])) / len(rates[f["better"]])
     assert abs(f["difference"] - d) < 1e-12 and abs(paired - d) < 1e-12, f
     assert f["lo"] <= f["difference"] <= f["hi"] and f["holds"] == (f["lo"] > 0), f
+# The student's GRPO budget counts every round of dynamic sampling (a round: 16 problems x 8).
+rounds = {}
+for line in open(f"{sys.argv[1]}/student-grpo/metrics.jsonl"):
+    r = json.loads(line)
+    if "rounds" in r:
+        rounds[r["step"]] = r["rounds"]
+assert one["budgets"]["student-grpo"]["completions"] == 128 * sum(rounds.values()), one["budgets"]
 single = {(f["better"], f["worse"]): f for f in one["findings"]}
 for f in multi["findings"]:
     o = single[(f["better"], f["worse"])]

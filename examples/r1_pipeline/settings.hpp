@@ -142,9 +142,10 @@ inline Settings parse_settings(const example::Flags& f, const io::json& saved) {
   // at 1e-4. The student keeps 2e-4 (from a base of 0.20-0.39 it gained +0.03 to +0.08 there).
   s.grpo_lr_teacher = r_("grpo-lr-teacher", big ? 5e-6 : 1e-4);
   s.grpo_lr_student = r_("grpo-lr-student", big ? 5e-6 : 2e-4);
-  // Dynamic sampling: a strong base answers most groups alike (35-55% of the groups at the CPU
-  // teacher's 0.63-0.81), which carry no signal; with them redrawn, 150 steps moved the teacher by
-  // +0.077, +0.097 and -0.017 at seeds 1-3 instead of +0.036, +0.069 and -0.027 (docs/r1-pipeline.md).
+  // Dynamic sampling: a strong base answers many groups alike (35-55% of the groups at the CPU
+  // teacher's bases), which carry no signal; with them redrawn, 150 steps moved the teacher by
+  // +0.077, +0.097 and -0.017 at seeds 1-3 instead of +0.036, +0.069 and -0.027 (lr 2e-4, the
+  // held-out sets of the time; docs/r1-pipeline.md has the table).
   const std::string dynamic = s_("grpo-dynamic-sampling", "on");
   check(dynamic == "on" || dynamic == "off", op, "--grpo-dynamic-sampling must be on or off, got ", dynamic);
   s.grpo_dynamic_sampling = dynamic == "on";
