@@ -172,7 +172,7 @@ inline void report_stage(const std::string& out, const Settings& s, const std::v
       const std::int64_t seqs = per_round * grpo_rounds(out + "/student-grpo/metrics.jsonl");
       md += str("| student-grpo | ", s.student_grpo_steps, " | ", seqs, " sampled completions (",
                 run["prompts"].get<std::int64_t>(), " problems x ", run["group"].get<std::int64_t>(), " a round",
-                s.grpo_dynamic_sampling ? ", rounds of dynamic sampling" : "", ") | ",
+                run.value("dynamic-sampling", false) ? ", rounds of dynamic sampling" : "", ") | ",
                 fmt(g["train_seconds"].get<double>(), 1), " s |\n");
       budgets["student-grpo"] = {{"steps", s.student_grpo_steps}, {"completions", seqs},
                                  {"seconds", g["train_seconds"].get<double>()}};
