@@ -157,7 +157,9 @@ TEST(Tasks, DistinctHeldOutSets) {
     const std::string c = canonical(distinct[i]);
     EXPECT_TRUE(seen.insert(c).second) << "repeated: " << c;
     EXPECT_EQ(split_of(distinct[i], mix.arithmetic.test_fraction), Split::test) << c;
-    if (i < first_of_each.size()) EXPECT_EQ(c, first_of_each[i]) << i;
+    if (i < first_of_each.size()) {
+      EXPECT_EQ(c, first_of_each[i]) << i;
+    }
   }
   kiln::Generator again{7, 0};
   const std::vector<Problem> twice = sample_distinct(mix, again, Split::test, 200);

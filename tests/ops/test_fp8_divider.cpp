@@ -111,7 +111,9 @@ TEST(Fp8Divider, QuotientsNextToE4m3BoundariesAndSpecialValues) {
   const float tiny = fp8::tile_scale(0.0f, 1e-30f, false);
   const fp8::ScaleDivider t(tiny);
   for (float x = 448.0f * tiny; x > 0.0f; x *= 0.37f) {
-    if (x >= std::ldexp(tiny, -12)) EXPECT_EQ(bits(t(x)), bits(fp8::divide_rn(x, tiny))) << x;
+    if (x >= std::ldexp(tiny, -12)) {
+      EXPECT_EQ(bits(t(x)), bits(fp8::divide_rn(x, tiny))) << x;
+    }
     EXPECT_EQ(fp8_e4m3(t(-x)).bits, fp8_e4m3(fp8::divide_rn(-x, tiny)).bits) << x;
   }
 }
