@@ -188,13 +188,18 @@ inline Interval pass_at_k(const std::vector<std::vector<Sample>>& problems, std:
   return bootstrap_mean_interval(rates, options);
 }
 
-// pass@1 averaged over each problem's samples: (1/P) Σ c_i / k_i, bootstrap interval over problems.
-inline Interval pass_at_1(const std::vector<std::vector<Sample>>& problems, const BootstrapOptions& options = {}) {
+// Each problem's fraction of correct samples, c_i / k_i, in the problems' order.
+inline std::vector<double> per_problem_pass_at_1(const std::vector<std::vector<Sample>>& problems) {
   detail::check_problems("pass_at_1", problems);
   std::vector<double> rates;
   for (const auto& p : problems)
     rates.push_back(static_cast<double>(detail::count_correct(p)) / static_cast<double>(p.size()));
-  return bootstrap_mean_interval(rates, options);
+  return rates;
+}
+
+// pass@1 averaged over each problem's samples: (1/P) Σ c_i / k_i, bootstrap interval over problems.
+inline Interval pass_at_1(const std::vector<std::vector<Sample>>& problems, const BootstrapOptions& options = {}) {
+  return bootstrap_mean_interval(per_problem_pass_at_1(problems), options);
 }
 
 // The index of a sample holding the majority answer (its first occurrence), or nullopt when no

@@ -124,9 +124,8 @@ PolicyEvalReport evaluate_policy(const Model& model, const data::Tokenizer& toke
     lengths.push_back(static_cast<double>(c.tokens.size()));
     formatted += well_formed(c.text);
   }
-  r.pass_at_1 = pass_at_1(votes, {.seed = options.seed});
-  for (const std::vector<Sample>& v : votes)
-    r.per_problem.push_back(static_cast<double>(detail::count_correct(v)) / static_cast<double>(v.size()));
+  r.per_problem = per_problem_pass_at_1(votes);
+  r.pass_at_1 = bootstrap_mean_interval(r.per_problem, {.seed = options.seed});  // pass_at_1(votes), once
   r.cons_at_k = cons_at_k(votes);
   r.mean_length = bootstrap_mean_interval(lengths, {.seed = options.seed + 1});
   r.format_rate = static_cast<double>(formatted) / static_cast<double>(sampled.size());
