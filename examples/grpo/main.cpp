@@ -1,4 +1,5 @@
-// R1-Zero-style GRPO (rl/grpo_trainer.hpp) on a model pretrained by examples/pretrain: the policy
+// R1-Zero-style GRPO (rl/grpo_trainer.hpp) on a model pretrained by examples/pretrain (DeepSeek-V3-style
+// or Llama: the base checkpoint's config.json says which): the policy
 // samples G completions per problem, a rule reward grades them (accuracy of the last answer block
 // + 0.5 × the <think>…</think><answer>…</answer> format, rl/rewards.hpp), and GRPO raises the
 // likelihood of the better ones. Held-out accuracy is measured before and after (pass@1 over k
@@ -22,6 +23,7 @@
 #include <kiln/kiln.hpp>
 #include <kiln/io/checkpoint.hpp>
 #include <kiln/nn/deepseek_v3.hpp>
+#include <kiln/nn/llama.hpp>
 #include <kiln/rl/grpo_trainer.hpp>
 #include <kiln/rl/jsonl.hpp>
 #include <kiln/rl/policy_evaluation.hpp>
@@ -37,14 +39,17 @@ namespace {
 using namespace kiln;
 using Clock = std::chrono::steady_clock;
 
-const char* kUsage = R"(grpo: R1-Zero-style GRPO on a pretrained DeepSeek-V3-style model, rule rewards, held-out evaluation
+const char* kUsage = R"(grpo: R1-Zero-style GRPO on a pretrained model (DeepSeek-V3-style or Llama), rule rewards,
+held-out evaluation
 
   --base DIR            the pretrain run to start from (DIR/checkpoint, DIR/tokenizer.json); without it,
                         examples/pretrain runs first into OUT/base with --device/--config/--seed
   --out DIR             run folder: metrics.jsonl, plots/, report.md, report.json, checkpoint/ [runs/grpo]
   --resume DIR          continue the run in DIR (its run.json settings are the defaults)
   --device cpu|cuda     [cpu]
-  --config small|big    the base to pretrain when no --base is given                    [small]
+  --config NAME         the base to pretrain when no --base is given (a pretrain --config: small,
+                        big, tiny, medium, llama-tiny, llama-medium); big, medium and llama-medium
+                        take the GPU defaults below (those marked big)                   [small]
   --base-steps N        pretraining steps of that base                          [small 1200, big 3000]
   --base-direct-fraction X  share of that base's documents that answer without working the steps
                         (pretrain --direct-fraction): a base with two modes for GRPO to choose   [0]
@@ -151,8 +156,9 @@ Settings parse(int argc, char** argv, std::string& out, std::string& resume) {
   s.device = s_("device", "cpu");
   s.config = s_("config", "small");
   check(s.device == "cpu" || s.device == "cuda", "grpo", "--device must be cpu or cuda, got ", s.device);
-  check(s.config == "small" || s.config == "big", "grpo", "--config must be small or big, got ", s.config);
-  const bool big = s.config == "big";
+  check(example::is_config_name(s.config), "grpo",
+        "--config must be small, big, tiny, medium, llama-tiny or llama-medium, got ", s.config);
+  const bool big = example::gpu_sized(s.config);
   s.dtype = s_("dtype", s.device == "cuda" ? "bf16" : "float32");
   check(s.dtype == "float32" || s.dtype == "bf16", "grpo", "--dtype must be float32 or bf16, got ", s.dtype);
   s.base_steps = i_("base-steps", big ? 3000 : 1200);
@@ -304,31 +310,28 @@ void plot(const std::string& out) {
 #endif
 }
 
-template <class T>
-int run(const char* argv0, Settings s, const std::string& out, const std::string& resume, Clock::time_point start) {
+// The run on a base whose model is Model (nn::DeepseekV3ForCausalLM<T> or nn::LlamaForCausalLM<T>);
+// the base is in place and run.json written (main).
+template <class T, class Model>
+int run(const Settings& s, const std::string& out, const std::string& resume, Clock::time_point start) {
   const Device device = s.device == "cuda" ? Device::cuda(0) : Device::cpu();
-  std::filesystem::create_directories(out);
-  if (s.base.empty()) s.base = pretrain_base(argv0, s, out + "/base");
-  io::write_file_atomically(out + "/run.json", io::dump_json(to_json(s), "grpo", out + "/run.json", 2) + "\n", "grpo");
 
   // The base: the pretrain run's checkpoint and tokenizer.
   const std::string base_checkpoint = s.base + "/checkpoint", base_tokenizer = s.base + "/tokenizer.json";
-  check(std::filesystem::exists(base_tokenizer), "grpo", "--base ", s.base, ": no tokenizer.json there (expected the --out "
-        "folder of a pretrain run)");
   const data::Tokenizer tok = data::Tokenizer::load(base_tokenizer);
-  const nn::DeepseekV3Config config = io::load_model_config<nn::DeepseekV3Config>(base_checkpoint);
+  const typename Model::Config config = io::load_model_config<typename Model::Config>(base_checkpoint);
   check(config.vocab_size >= tok.vocab_size(), "grpo", "the base model's vocabulary (", config.vocab_size,
         ") is smaller than its tokenizer's (", tok.vocab_size(), "): mismatched --base");
   Generator init{s.seed, 0};
-  nn::DeepseekV3ForCausalLM<T> policy(config, init);
+  Model policy(config, init);
   io::load_model(base_checkpoint, policy);
   policy.to(device);
-  std::unique_ptr<nn::DeepseekV3ForCausalLM<T>> reference;
+  std::unique_ptr<Model> reference;
   if (s.beta != 0.0) {
-    reference = std::make_unique<nn::DeepseekV3ForCausalLM<T>>(config, init);
+    reference = std::make_unique<Model>(config, init);
     reference->to(device);
   }
-  std::printf("policy: %s (%lld parameters) from %s on %s, %s\n", s.config.c_str(),
+  std::printf("policy: %s (%lld parameters) from %s on %s, %s\n", io::load_model_type(base_checkpoint).c_str(),
               static_cast<long long>(policy.num_parameters()), s.base.c_str(), device.name().c_str(), dtype_name<T>);
 
   // Problems: training from the train split, evaluation from the held-out test split.
@@ -372,7 +375,7 @@ int run(const char* argv0, Settings s, const std::string& out, const std::string
   o.adamw.lr = s.lr;
   o.warmup_steps = s.warmup;
   o.encode_prompt = encode;
-  rl::GrpoTrainer<nn::DeepseekV3ForCausalLM<T>> trainer(
+  rl::GrpoTrainer<Model> trainer(
       policy, reference.get(), tok,
       [mix](Generator& g) { return data::sample(mix, g, data::Split::train); }, rl::r1_zero_rewards(), o,
       Generator{s.seed * 1000003ull + 5, 0});
@@ -458,7 +461,7 @@ int run(const char* argv0, Settings s, const std::string& out, const std::string
 int main(int argc, char** argv) try {
   const auto start = Clock::now();
   std::string out, resume;
-  const Settings s = parse(argc, argv, out, resume);
+  Settings s = parse(argc, argv, out, resume);
 #ifdef _OPENMP
   omp_set_num_threads(static_cast<int>(s.threads));
 #endif
@@ -467,8 +470,21 @@ int main(int argc, char** argv) try {
     throw Error("--device cuda needs a build with the CUDA backend (cmake -DKILN_CUDA=ON)");
 #endif
   }
-  if (s.dtype == "bf16") return run<bf16>(argv[0], s, out, resume, start);
-  return run<float>(argv[0], s, out, resume, start);
+  std::filesystem::create_directories(out);
+  if (s.base.empty()) s.base = pretrain_base(argv[0], s, out + "/base");
+  io::write_file_atomically(out + "/run.json", io::dump_json(to_json(s), "grpo", out + "/run.json", 2) + "\n", "grpo");
+  check(std::filesystem::exists(s.base + "/tokenizer.json"), "grpo", "--base ", s.base,
+        ": no tokenizer.json there (expected the --out folder of a pretrain run)");
+  // The base's config.json names its model.
+  const std::string type = io::load_model_type(s.base + "/checkpoint");
+  check(type == "deepseek_v3" || type == "llama", "grpo", "--base ", s.base, ": a ", type,
+        " model; examples/grpo trains deepseek_v3 and llama models");
+  const bool llama = type == "llama";
+  if (s.dtype == "bf16")
+    return llama ? run<bf16, nn::LlamaForCausalLM<bf16>>(s, out, resume, start)
+                 : run<bf16, nn::DeepseekV3ForCausalLM<bf16>>(s, out, resume, start);
+  return llama ? run<float, nn::LlamaForCausalLM<float>>(s, out, resume, start)
+               : run<float, nn::DeepseekV3ForCausalLM<float>>(s, out, resume, start);
 } catch (const std::exception& e) {
   std::fprintf(stderr, "grpo: %s\n", e.what());
   return 1;

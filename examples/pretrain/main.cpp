@@ -1,5 +1,6 @@
 // Pretrains a small DeepSeek-V3-style model (MLA attention, MoE with aux-loss-free balancing,
-// multi-token prediction) on a corpus of worked solutions to arithmetic and Countdown problems,
+// multi-token prediction), or a dense Llama (--config llama-tiny|llama-medium: the R1 pipeline's
+// students of another family), on a corpus of worked solutions to arithmetic and Countdown problems,
 // with kiln's trainer (train/trainer.hpp): warmup + cosine schedule, AdamW, global-norm clipping,
 // gradient accumulation, progress lines with tokens/s (and MFU on a GPU) and expert MaxVio,
 // validation on held-out problems, atomic checkpoints and --resume. See docs/training.md.
@@ -45,7 +46,9 @@ const char* kUsage = R"(pretrain: a small DeepSeek-V3-style MoE model on worked 
   --device cpu|cuda     where to train (cuda needs a build with KILN_CUDA=ON)       [cpu]
   --config NAME         small: the CPU default (hidden 128, 2 layers); big: ~100M params; tiny and
                         medium: the R1 pipeline's students (0.26M and 16M parameters);
-                        tiny takes small's defaults below, medium big's                  [small]
+                        llama-tiny and llama-medium: dense Llama students of about their
+                        sizes (grouped-query attention, no MoE or MTP); the tiny ones take
+                        small's defaults below, the medium ones big's                     [small]
   --dtype float32|bf16  parameter dtype; bf16 keeps FP32 master weights in AdamW    [cpu: float32, cuda: bf16]
   --steps N             optimizer steps                                  [small 400, big 3000]
   --batch N             sequences per micro-batch                        [small 16, big 32]
@@ -157,8 +160,8 @@ Settings parse(int argc, char** argv, std::string& out, std::string& resume) {
   s.device = s_("device", "cpu");
   s.config = s_("config", "small");
   if (s.device != "cpu" && s.device != "cuda") throw Error("--device must be cpu or cuda, got " + s.device);
-  if (s.config != "small" && s.config != "big" && s.config != "tiny" && s.config != "medium")
-    throw Error("--config must be small, big, tiny or medium, got " + s.config);
+  if (!example::is_config_name(s.config))
+    throw Error("--config must be small, big, tiny, medium, llama-tiny or llama-medium, got " + s.config);
   const bool big = example::gpu_sized(s.config);
   s.dtype = s_("dtype", s.device == "cuda" ? "bf16" : "float32");
   s.steps = i_("steps", big ? 3000 : 400);
@@ -256,9 +259,10 @@ std::function<bool(const std::string&)> fp8_keep(const std::string& list) {
 }
 
 // Greedy completions of several prompts (each after bos), decoded together by the generation
-// engine over the MLA latent cache (infer/engine.hpp) until eos or `max_new` tokens.
-template <class T>
-std::vector<std::string> greedy_completions(const nn::DeepseekV3ForCausalLM<T>& model, const data::Tokenizer& tok,
+// engine over the model's cache (infer/engine.hpp: MLA's latent, Llama's keys and values) until
+// eos or `max_new` tokens.
+template <class Model>
+std::vector<std::string> greedy_completions(const Model& model, const data::Tokenizer& tok,
                                             const std::vector<std::string>& prompts, int max_new) {
   std::vector<std::vector<std::int64_t>> ids;
   for (const std::string& prompt : prompts) {
@@ -277,7 +281,29 @@ std::vector<std::string> greedy_completions(const nn::DeepseekV3ForCausalLM<T>& 
   return out;
 }
 
-template <class T>
+// The model of --config: DeepSeek-V3-style or Llama, as Model is.
+template <class Model>
+typename Model::Config model_config(const std::string& name, std::int64_t vocab) {
+  if constexpr (std::is_same_v<typename Model::Config, nn::LlamaConfig>)
+    return example::named_llama_config(name, vocab);
+  else
+    return example::named_config(name, vocab);
+}
+
+std::string describe(const nn::DeepseekV3Config& c) {
+  return str("DeepSeek-V3-style: hidden ", c.hidden_size, ", ", c.num_hidden_layers, " layers (",
+             c.first_k_dense_replace, " dense), ", c.n_routed_experts, " routed experts top-", c.num_experts_per_tok,
+             " + ", c.n_shared_experts, " shared, MTP depth ", c.num_nextn_predict_layers);
+}
+
+std::string describe(const nn::LlamaConfig& c) {
+  return str("Llama (dense): hidden ", c.hidden_size, ", ", c.num_hidden_layers, " layers, ", c.num_attention_heads,
+             " query heads of ", c.resolved_head_dim(), " over ", c.num_key_value_heads,
+             c.num_key_value_heads == 1 ? " kv head" : " kv heads", ", SwiGLU ",
+             c.intermediate_size);
+}
+
+template <class T, class Model>
 int run(const Settings& s, const std::string& out, const std::string& resume, Clock::time_point start) {
   const Device device = s.device == "cuda" ? Device::cuda(0) : Device::cpu();
   const bool big = example::gpu_sized(s.config);
@@ -322,20 +348,22 @@ int run(const Settings& s, const std::string& out, const std::string& resume, Cl
 
   // Model.
   const std::int64_t vocab = example::padded_vocab(tok.vocab_size());
-  nn::DeepseekV3Config config = example::named_config(s.config, vocab);
+  typename Model::Config config = model_config<Model>(s.config, vocab);
   config.bos_token_id = tok.bos_id().value();
   config.eos_token_id = tok.eos_id().value();
   config.pad_token_id = tok.pad_id();
   Generator init{s.seed, 0};
-  nn::DeepseekV3ForCausalLM<T> model(config, init);
+  Model model(config, init);
   model.to(device);
+  constexpr bool moe = std::is_same_v<typename Model::Config, nn::DeepseekV3Config>;
   std::string precision_note;
   if (s.fp8) {
     const std::vector<std::string> fp8_linears =
         nn::use_fp8_linears(model, fp8_options(s.fp8_gemms), fp8_keep(s.fp8_keep));
     // The fused MoE path's weight gradient of the routed experts stays in T unless --fp8-gemms
     // lists expert-wgrad (nn/fp8_linear.hpp: grouped_fp8_wgrad).
-    const bool fused_experts = nn::use_fused_moe<T>(device, config.hidden_size, config.moe_intermediate_size);
+    bool fused_experts = false;
+    if constexpr (moe) fused_experts = nn::use_fused_moe<T>(device, config.hidden_size, config.moe_intermediate_size);
     precision_note = str("; FP8 GEMMs in ", fp8_linears.size(), " linears",
                          s.fp8_gemms == "forward,dgrad,wgrad" ? "" : " (products in FP8: " + s.fp8_gemms + ")",
                          fused_experts && !fp8_options(s.fp8_gemms).grouped_fp8_wgrad
@@ -366,13 +394,9 @@ int run(const Settings& s, const std::string& out, const std::string& resume, Cl
     peak_note = o.peak_flops > 0 ? str("MFU against ", o.peak_flops / 1e12, " TFLOP/s (", name, ", ", compute, " dense)")
                                  : str("unknown peak for \"", name, "\": pass --peak TFLOPS for MFU");
   }
-  std::printf("model: DeepSeek-V3-style, %s config, %s on %s: hidden %lld, %lld layers (%lld dense), %lld routed "
-              "experts top-%lld + %lld shared, MTP depth %lld, vocab %lld%s; %s\n",
-              s.config.c_str(), dtype_name<T>, device.name().c_str(), static_cast<long long>(config.hidden_size),
-              static_cast<long long>(config.num_hidden_layers), static_cast<long long>(config.first_k_dense_replace),
-              static_cast<long long>(config.n_routed_experts), static_cast<long long>(config.num_experts_per_tok),
-              static_cast<long long>(config.n_shared_experts), static_cast<long long>(config.num_nextn_predict_layers),
-              static_cast<long long>(vocab), precision_note.c_str(), peak_note.c_str());
+  std::printf("model: %s config, %s on %s, %s, vocab %lld, %lld parameters%s; %s\n", s.config.c_str(), dtype_name<T>,
+              device.name().c_str(), describe(config).c_str(), static_cast<long long>(vocab),
+              static_cast<long long>(model.num_parameters()), precision_note.c_str(), peak_note.c_str());
 
   const std::uint64_t batch_seed = s.seed * 1000003ull + 17;
   train::Trainer trainer(model, o, example::train_batches(train_stream, s.batch, s.seq, batch_seed),
@@ -393,8 +417,9 @@ int run(const Settings& s, const std::string& out, const std::string& resume, Cl
   if (o.peak_flops > 0 && step_seconds > 0) std::printf(", MFU %.1f%%", 100.0 * flops / step_seconds / o.peak_flops);
   std::printf("\nfinal: ");
   if (!h.empty()) std::printf("train loss %.4f (main %.4f), ", h.back().loss, h.back().parts.front().second);
-  std::printf("validation loss %.4f (next-token cross-entropy on held-out problems), val MaxVio %.3f (max %.3f)\n",
-              e.loss, e.max_vio_mean, e.max_vio_max);
+  std::printf("validation loss %.4f (next-token cross-entropy on held-out problems)", e.loss);
+  if (moe) std::printf(", val MaxVio %.3f (max %.3f)", e.max_vio_mean, e.max_vio_max);
+  std::printf("\n");
   if (s.fp8_probe)
     example::run_fp8_probe<T>(model, trainer, trainer.steps_done() * s.accum, s.fp8, fp8_options(s.fp8_gemms),
                               fp8_keep(s.fp8_keep));
@@ -449,8 +474,12 @@ int main(int argc, char** argv) try {
   nn::moe_dispatch_path() = s.moe == "fused"      ? nn::MoEDispatch::fused
                             : s.moe == "composed" ? nn::MoEDispatch::composed
                                                   : nn::MoEDispatch::automatic;
-  if (s.dtype == "bf16") return run<bf16>(s, out, resume, start);
-  return run<float>(s, out, resume, start);
+  const bool llama = example::is_llama_config(s.config);
+  if (s.dtype == "bf16")
+    return llama ? run<bf16, nn::LlamaForCausalLM<bf16>>(s, out, resume, start)
+                 : run<bf16, nn::DeepseekV3ForCausalLM<bf16>>(s, out, resume, start);
+  return llama ? run<float, nn::LlamaForCausalLM<float>>(s, out, resume, start)
+               : run<float, nn::DeepseekV3ForCausalLM<float>>(s, out, resume, start);
 } catch (const std::exception& e) {
   std::fprintf(stderr, "pretrain: %s\n", e.what());
   return 1;

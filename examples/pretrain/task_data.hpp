@@ -243,7 +243,54 @@ inline kiln::nn::DeepseekV3Config medium_config(std::int64_t vocab) {
   return c;
 }
 
-// The model of a --config name (small, big, tiny, medium).
+// Dense students of another family (R1-Distill's students were Qwen2.5 and Llama models, dense
+// and of other architectures than the MoE teacher): Llama with grouped-query attention (3 query
+// heads to a key-value head, as Llama 3), SwiGLU MLPs, no MoE, no MTP. Each has about the
+// parameters of the DeepSeek-V3-style student of its size, all of them active for every token.
+// llama-tiny (CPU): hidden 64, 2 layers, 3 query heads of 32 over 1 kv head (the attention width,
+// 96, is not the hidden size: head_dim is set), SwiGLU 384; 0.25M parameters at the CPU's
+// vocabulary of 512 (tiny: 0.26M).
+inline kiln::nn::LlamaConfig llama_tiny_config(std::int64_t vocab) {
+  kiln::nn::LlamaConfig c;
+  c.vocab_size = vocab;
+  c.hidden_size = 64;
+  c.intermediate_size = 384;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 3;
+  c.num_key_value_heads = 1;
+  c.head_dim = 32;
+  c.max_position_embeddings = 1024;
+  return c;
+}
+
+// llama-medium (GPU): hidden 384, 6 layers, 6 query heads of 64 over 2 kv heads, SwiGLU 1536;
+// 14.6M parameters at the GPU's vocabulary of 2048 (medium: 16.1M, its routed experts a quarter
+// active).
+inline kiln::nn::LlamaConfig llama_medium_config(std::int64_t vocab) {
+  kiln::nn::LlamaConfig c;
+  c.vocab_size = vocab;
+  c.hidden_size = 384;
+  c.intermediate_size = 1536;
+  c.num_hidden_layers = 6;
+  c.num_attention_heads = 6;
+  c.num_key_value_heads = 2;
+  c.max_position_embeddings = 4096;
+  return c;
+}
+
+// The --config names: DeepSeek-V3-style small, big, tiny, medium; Llama llama-tiny, llama-medium.
+inline const std::vector<std::string>& config_names() {
+  static const std::vector<std::string> names{"small", "big", "tiny", "medium", "llama-tiny", "llama-medium"};
+  return names;
+}
+inline bool is_config_name(const std::string& name) {
+  for (const std::string& n : config_names())
+    if (n == name) return true;
+  return false;
+}
+inline bool is_llama_config(const std::string& name) { return name.rfind("llama-", 0) == 0; }
+
+// The model of a DeepSeek-V3-style --config name (small, big, tiny, medium).
 inline kiln::nn::DeepseekV3Config named_config(const std::string& name, std::int64_t vocab) {
   if (name == "big") return big_config(vocab);
   if (name == "tiny") return tiny_config(vocab);
@@ -251,8 +298,13 @@ inline kiln::nn::DeepseekV3Config named_config(const std::string& name, std::int
   return small_config(vocab);
 }
 
-// Whether a --config name is a GPU-sized one (big, medium): it picks the GPU defaults.
-inline bool gpu_sized(const std::string& name) { return name == "big" || name == "medium"; }
+// The model of a Llama --config name (llama-tiny, llama-medium).
+inline kiln::nn::LlamaConfig named_llama_config(const std::string& name, std::int64_t vocab) {
+  return name == "llama-medium" ? llama_medium_config(vocab) : llama_tiny_config(vocab);
+}
+
+// Whether a --config name is a GPU-sized one (big, medium, llama-medium): it picks the GPU defaults.
+inline bool gpu_sized(const std::string& name) { return name == "big" || name == "medium" || name == "llama-medium"; }
 
 // The vocabulary rounded up to a multiple of 64 (ids beyond the tokenizer's are never seen).
 inline std::int64_t padded_vocab(std::int64_t n) { return (n + 63) / 64 * 64; }

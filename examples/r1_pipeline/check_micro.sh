@@ -106,4 +106,39 @@ if "$bin" --micro --seeds 1,2 --out "$out" 2> "$2/bad.log"; then fail "--seeds r
 grep -q "holds a single run" "$2/bad.log" || fail "no clear message for --seeds over a single run: $(cat "$2/bad.log")"
 if "$bin" --micro --out "$multi" 2> "$2/bad.log"; then fail "a single run ran in a --seeds folder"; fi
 grep -q "holds a run over several seeds" "$2/bad.log" || fail "no clear message: $(cat "$2/bad.log")"
+# Another student from the same teacher (--teacher-from): a dense Llama. The teacher's stages are
+# taken, not run; the student's are Llama models; the teacher's settings must match.
+llama=$2/llama
+"$bin" --micro --student llama-tiny --teacher-from "$out" --out "$llama" | tee "$2/llama.log"
+grep -q "the teacher's stages from" "$2/llama.log" || fail "--teacher-from did not say what it took"
+if grep -q "start teacher-base\|start traces\|start tokenizer" "$2/llama.log"; then
+  fail "--teacher-from retrained the teacher"
+fi
+grep -q "| student base (llama-tiny" "$llama/report.md" || fail "report.md does not name the llama-tiny student"
+python3 - "$out" "$llama" <<'PY'
+import json, sys
+one, llama = (json.load(open(f"{d}/report.json")) for d in sys.argv[1:])
+rows = {d: {m["model"]: m for m in r["models"]} for d, r in (("one", one), ("llama", llama))}
+for m in ("teacher-base", "teacher"):  # the same teacher, evaluated once
+    assert rows["llama"][m]["pass_at_1"] == rows["one"][m]["pass_at_1"], m
+for m in ("student-base", "student-grpo", "student-sft", "student-kd", "student-onpolicy"):
+    assert rows["llama"][m]["parameters"] != rows["one"][m]["parameters"], m
+for stage in ("student-base", "student-grpo", "student-sft"):
+    cfg = json.load(open(f"{sys.argv[2]}/{stage}/checkpoint/config.json"))
+    assert cfg["model_type"] == "llama", (stage, cfg["model_type"])
+print("--teacher-from with a Llama student: the teacher's rows equal, the students Llama")
+PY
+if "$bin" --resume "$llama" --student tiny 2> "$2/bad.log"; then fail "a finished student was swapped on resume"; fi
+grep -q "trained a llama-tiny student already" "$2/bad.log" || fail "no clear message: $(cat "$2/bad.log")"
+if "$bin" --micro --seed 2 --teacher-from "$out" --out "$2/bad-teacher" 2> "$2/bad.log"; then
+  fail "--teacher-from took a teacher of another seed"
+fi
+grep -qF "seed ($(cd "$out" && pwd): 1, this run: 2)" "$2/bad.log" || fail "no clear message: $(cat "$2/bad.log")"
+# With --seeds, seed N takes DIR/seed-N's teacher.
+"$bin" --micro --seeds 1,2 --student llama-tiny --teacher-from "$multi" --out "$2/multi-llama" > "$2/multi-llama.log"
+[ -f "$2/multi-llama/report.md" ] || fail "no summary for --seeds with --teacher-from"
+for seed in 1 2; do
+  grep -q "those of \`$(cd "$multi" && pwd)/seed-$seed\`" "$2/multi-llama/seed-$seed/report.md" ||
+    fail "seed $seed did not take seed-$seed's teacher"
+done
 echo "r1_pipeline_micro: passed"

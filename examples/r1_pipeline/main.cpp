@@ -14,7 +14,8 @@
 // 3. teacher-grpo   examples/grpo: R1-Zero-style GRPO from rule rewards.
 // 4. traces         rejection sampling of the teacher on training problems: JSONL.
 // 5. student-base   examples/pretrain --config tiny|medium with the teacher's tokenizer: a smaller
-//                   model of the same family.
+//                   model of the same family; or a dense Llama of about that size (--student
+//                   llama-tiny|llama-medium), as R1-Distill's students were of other families.
 // 6. the student four ways from the same base: GRPO alone (examples/grpo), SFT on the traces
 //    (R1-Distill), logit KD on the traces, on-policy distillation (GKD).
 // 7. every model evaluated on the same held-out problems; report.md, report.json, plots/.
@@ -27,6 +28,8 @@
 //   r1_pipeline --out runs/r1b --seed 2
 //   r1_pipeline --resume runs/r1      continue an interrupted run
 //   r1_pipeline --seeds 1,2,3         one run per seed and a summary across them (seeds.hpp)
+//   r1_pipeline --student llama-tiny --teacher-from runs/r1 --out runs/r1-llama
+//                                     another student from runs/r1's teacher and traces (teacher_from.hpp)
 //   r1_pipeline --micro               a minute-long configuration (CI checks the whole report)
 #include <algorithm>
 #include <chrono>
@@ -44,6 +47,7 @@
 #include "seeds.hpp"
 #include "settings.hpp"
 #include "stages.hpp"
+#include "teacher_from.hpp"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -62,8 +66,13 @@ const char* kUsage = R"(r1_pipeline: teacher (pretrain + GRPO), rejection-sample
   --stages LIST             run only these stages (comma-separated; the stages they need must be
                             done already or listed too)                                        [all]
   --device cpu|cuda         [cuda when this build has CUDA and a GPU is visible, else cpu]
-  --config small|big        teacher small (CPU) or big (~100M, GPU); student tiny or medium
-                                                                              [cpu: small, cuda: big]
+  --config small|big        teacher small (CPU) or big (~100M, GPU)          [cpu: small, cuda: big]
+  --student NAME            tiny or medium: DeepSeek-V3-style, 0.26M and 16M parameters; llama-tiny
+                            or llama-medium: dense Llama students of about those sizes
+                                                                        [small: tiny, big: medium]
+  --teacher-from DIR        take the tokenizer, the teacher and its traces (with their evaluations)
+                            from the finished run in DIR instead of training them; its settings
+                            must match this run's teacher settings (with --seeds: DIR/seed-N) []
   --dtype float32|bf16      [cpu: float32, cuda: bf16]
   --jobs N                  stages run at once (a GPU is shared by them)                         [2]
   --threads N               CPU threads per stage                                                [1]
@@ -281,6 +290,15 @@ int main(int argc, char** argv) try {
     has_seed_runs |= e.path().filename().string().rfind("seed-", 0) == 0;
   check(s.seeds.empty() ? !has_seed_runs : !scheduler.done("tokenizer"), "r1_pipeline", abs_out, " holds ",
         s.seeds.empty() ? "a run over several seeds (--seeds)" : "a single run", "; give this one another --out");
+  // The student's stages are done with one student: another needs another run folder (its teacher
+  // can be taken from this one). Folders from before --student had the size's default.
+  if (!resume.empty() && s.seeds.empty()) {
+    const std::string before =
+        saved.contains("student") ? saved["student"].get<std::string>() : s.big() ? "medium" : "tiny";
+    check(before == s.student || !scheduler.done("student-base"), "r1_pipeline", "--student ", s.student, ": ", abs_out,
+          " trained a ", before, " student already; give this student another --out (--teacher-from ", abs_out,
+          " takes this run's teacher)");
+  }
   // A new run records its settings; a resumed one keeps them (flags given now override them, and
   // are recorded, for stages not done yet).
   r1::write_json_file(abs_out + "/run.json", r1::to_json(s));
@@ -302,6 +320,7 @@ int main(int argc, char** argv) try {
                 abs_out.c_str());
     return 0;
   }
+  if (!s.teacher_from.empty()) r1::take_teacher(s.teacher_from, abs_out, s, scheduler);
   const std::vector<r1::Stage> selected = select_stages(graph, stages_list, scheduler);
   std::printf("r1_pipeline: %s, %s teacher, %s student, %s; run folder %s; %zu stages (%lld at a time)\n",
               s.device.c_str(), s.config.c_str(), s.student_config().c_str(), s.dtype.c_str(), abs_out.c_str(),
@@ -318,7 +337,10 @@ int main(int argc, char** argv) try {
   std::printf("r1_pipeline: done in %.1f s; report %s/report.md\n", seconds, abs_out.c_str());
   return 0;
 } catch (const std::exception& e) {
-  const std::string what = e.what();  // kiln::Error names its op already
+  // This program's own checks read "kiln::r1_pipeline: ...": printed as "r1_pipeline: ..."; a
+  // library op's error keeps its name after the program's ("r1_pipeline: kiln::load_model: ...").
+  std::string what = e.what();
+  if (what.rfind("kiln::r1_pipeline", 0) == 0) what = what.substr(6);
   std::fprintf(stderr, "%s%s\n", what.rfind("r1_pipeline", 0) == 0 ? "" : "r1_pipeline: ", what.c_str());
   return 1;
 }

@@ -116,6 +116,9 @@ inline void report_stage(const std::string& out, const Settings& s, const std::v
             " digit operands), never in any training set; pass@1 over k = ", s.eval_k,
             " samples at T = 0.6, top-p 0.95 (95% bootstrap interval), cons@", s.eval_k,
             " (majority vote; Wilson 95%), greedy (Wilson 95%), mean completion length in tokens (bootstrap 95%).\n\n");
+  if (!s.teacher_from.empty())
+    md += str("The tokenizer, the teacher and its traces are those of `", s.teacher_from,
+              "` (--teacher-from): trained once, there, in the stage times below.\n\n");
   md += str("| model | parameters | pass@1 | cons@", s.eval_k, " | greedy | length | format |\n|---|---|---|---|---|---|---|\n");
   io::ordered_json models = io::ordered_json::array();
   for (const std::string& m : evaluated_models(s)) {

@@ -40,6 +40,7 @@ inline std::vector<Stage> seeds_graph(const std::string& self, const std::string
     Settings one = s;
     one.seed = seed;
     one.seeds.clear();
+    if (!s.teacher_from.empty()) one.teacher_from = seed_folder(s.teacher_from, seed);
     std::filesystem::create_directories(folder);
     write_json_file(folder + "/run.json", to_json(one));
     names.push_back(str("seed-", seed));

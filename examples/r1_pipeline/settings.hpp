@@ -15,6 +15,7 @@
 #include <kiln/io/json.hpp>
 #include <kiln/kiln.hpp>
 #include <kiln/nn/deepseek_v3.hpp>
+#include <kiln/nn/llama.hpp>
 
 #include "../pretrain/task_data.hpp"
 
@@ -27,7 +28,8 @@ namespace r1 {
 using namespace kiln;
 
 struct Settings {
-  std::string device, config, dtype, packing;
+  std::string device, config, student, dtype, packing;
+  std::string teacher_from;  // --teacher-from: the run whose teacher this one takes (teacher_from.hpp); "": none
   std::int64_t jobs, threads, cold_start, teacher_base_steps, teacher_grpo_steps, student_base_steps,
       student_grpo_steps, traces_problems, traces_samples, distill_steps, distill_tokens, onpolicy_prompts,
       max_completion, eval_problems, eval_k, max_digits;
@@ -41,13 +43,15 @@ struct Settings {
   // Packed micro-batches where attention costs Σ L² (the GPU's fused kernel); on the CPU the
   // composed path's block-diagonal mask costs S² for the whole row, and padded rows are faster.
   bool packed() const { return packing == "on" || (packing == "auto" && device == "cuda"); }
-  std::string student_config() const { return big() ? "medium" : "tiny"; }
+  std::string student_config() const { return student; }
 };
 
 inline io::ordered_json to_json(const Settings& s) {
   io::ordered_json j;
   j["device"] = s.device;
   j["config"] = s.config;
+  j["student"] = s.student;
+  j["teacher-from"] = s.teacher_from;
   j["dtype"] = s.dtype;
   j["jobs"] = s.jobs;
   j["threads"] = s.threads;
@@ -121,6 +125,13 @@ inline Settings parse_settings(const example::Flags& f, const io::json& saved) {
   s.config = s_("config", s.device == "cuda" ? "big" : "small");
   check(s.config == "small" || s.config == "big", op, "--config must be small or big, got ", s.config);
   const bool big = s.big();
+  // The student: a smaller DeepSeek-V3-style model (tiny, medium), or a dense Llama of about its
+  // size (llama-tiny, llama-medium), as R1-Distill's students were dense models of other families.
+  s.student = s_("student", big ? "medium" : "tiny");
+  s.teacher_from = s_("teacher-from", "");
+  if (!s.teacher_from.empty()) s.teacher_from = std::filesystem::absolute(s.teacher_from).lexically_normal().string();
+  check(s.student == "tiny" || s.student == "medium" || s.student == "llama-tiny" || s.student == "llama-medium", op,
+        "--student must be tiny, medium, llama-tiny or llama-medium, got ", s.student);
   s.dtype = s_("dtype", s.device == "cuda" ? "bf16" : "float32");
   check(s.dtype == "float32" || s.dtype == "bf16", op, "--dtype must be float32 or bf16, got ", s.dtype);
   s.jobs = i_("jobs", 2);
@@ -210,18 +221,34 @@ inline std::vector<data::Problem> held_out(const Settings& s) {
 
 inline Device device_of(const Settings& s) { return s.device == "cuda" ? Device::cuda(0) : Device::cpu(); }
 
-// A stage's model: DIR/checkpoint (any kiln checkpoint of a DeepSeek-V3-style model) on the run's device.
-template <class T>
-std::unique_ptr<nn::DeepseekV3ForCausalLM<T>> load_stage_model(const std::string& dir, const Settings& s) {
+// A stage's model: DIR/checkpoint on the run's device, as Model (nn::DeepseekV3ForCausalLM<T> or
+// nn::LlamaForCausalLM<T>), which must be the model its config.json names.
+template <class Model>
+std::unique_ptr<Model> load_stage_model(const std::string& dir, const Settings& s) {
   const std::string checkpoint = dir + "/checkpoint";
   check(std::filesystem::exists(checkpoint), "r1_pipeline", "no model in ", checkpoint,
         ": the stage that writes it has not finished");
-  const auto config = io::load_model_config<nn::DeepseekV3Config>(checkpoint);
+  const std::string type = io::load_model_type(checkpoint);
+  const std::string expected = io::config_traits<typename Model::Config>::model_type;
+  check(type == expected, "r1_pipeline", checkpoint, " holds a ", type, " model; this stage reads a ", expected,
+        " model");
+  const auto config = io::load_model_config<typename Model::Config>(checkpoint);
   Generator init{s.seed, 0};
-  auto model = std::make_unique<nn::DeepseekV3ForCausalLM<T>>(config, init);
+  auto model = std::make_unique<Model>(config, init);
   io::load_model(checkpoint, *model);
   model->to(device_of(s));
   return model;
+}
+
+// Calls f(model) with a stage's model as what its checkpoint holds: a DeepSeek-V3-style model or a
+// Llama (the students may be either; the teacher is DeepSeek-V3-style).
+template <class T, class F>
+void with_stage_model(const std::string& dir, const Settings& s, F&& f) {
+  const std::string checkpoint = dir + "/checkpoint";
+  check(std::filesystem::exists(checkpoint), "r1_pipeline", "no model in ", checkpoint,
+        ": the stage that writes it has not finished");
+  if (io::load_model_type(checkpoint) == "llama") f(*load_stage_model<nn::LlamaForCausalLM<T>>(dir, s));
+  else f(*load_stage_model<nn::DeepseekV3ForCausalLM<T>>(dir, s));
 }
 
 inline io::json read_json_file(const std::string& path) {

@@ -159,7 +159,7 @@ inline void tokenizer_stage(const std::string& out, const Settings& s) {
 template <class T>
 void cold_start_stage(const std::string& out, const Settings& s) {
   const data::Tokenizer tok = load_tokenizer(out);
-  auto model = load_stage_model<T>(out + "/teacher-base", s);
+  auto model = load_stage_model<nn::DeepseekV3ForCausalLM<T>>(out + "/teacher-base", s);
   Generator gen{s.seed * 1000003ull + 41, 0};
   std::vector<distill::SftExample> examples;
   for (std::int64_t i = 0; i < s.cold_start + 20; ++i) {
@@ -191,7 +191,7 @@ void cold_start_stage(const std::string& out, const Settings& s) {
 template <class T>
 void traces_stage(const std::string& out, const Settings& s) {
   const data::Tokenizer tok = load_tokenizer(out);
-  auto teacher = load_stage_model<T>(out + "/teacher", s);
+  auto teacher = load_stage_model<nn::DeepseekV3ForCausalLM<T>>(out + "/teacher", s);
   Generator gen{s.seed * 1000003ull + 23, 0};
   std::vector<data::Problem> problems;
   for (std::int64_t i = 0; i < s.traces_problems; ++i) problems.push_back(data::sample(task_mix(s), gen, data::Split::train));
@@ -239,19 +239,20 @@ void traces_stage(const std::string& out, const Settings& s) {
 
 // ---- the distilled students ----------------------------------------------------------------------
 
-// kind: sft, kd or onpolicy (stage student-KIND).
-template <class T>
-void student_stage(const std::string& out, const Settings& s, const std::string& kind) {
-  using Model = nn::DeepseekV3ForCausalLM<T>;
+// kind: sft, kd or onpolicy (stage student-KIND), from the student's base (Model: DeepSeek-V3-style
+// or Llama); the teacher is DeepSeek-V3-style, and the objectives compare the two models' logits
+// over the shared tokenizer's vocabulary, whatever their architectures.
+template <class T, class Model>
+void train_student(const std::string& out, const Settings& s, const std::string& kind, Model& student) {
+  using Teacher = nn::DeepseekV3ForCausalLM<T>;
   const data::Tokenizer tok = load_tokenizer(out);
-  auto student = load_stage_model<T>(out + "/student-base", s);
   const TraceExamples examples = trace_examples(out, tok);
   distill::SftDataOptions o;
   o.tokens_per_batch = s.distill_tokens;
   o.packing = s.packed();
   o.seed = s.seed;
   o.pad_id = tok.eos_id().value();
-  o.max_length = student->max_positions();
+  o.max_length = student.max_positions();
   const distill::SftData data(examples.train, o);
   o.shuffle = false;
   const distill::SftData validation(examples.validation, o);
@@ -259,13 +260,13 @@ void student_stage(const std::string& out, const Settings& s, const std::string&
               "epoch), %zu validation traces\n",
               kind.c_str(), examples.train.size(), static_cast<long long>(data.completion_tokens()),
               static_cast<long long>(data.batches()), static_cast<long long>(s.distill_tokens), examples.validation.size());
-  std::unique_ptr<Model> teacher;
+  std::unique_ptr<Teacher> teacher;
   train::LossFn<Model> objective;
   train::BatchFn batches = data.batch_fn();
   distill::OnPolicyStats on_policy;
   io::ordered_json settings;
   if (kind == "kd" || kind == "onpolicy") {
-    teacher = load_stage_model<T>(out + "/teacher", s);
+    teacher = load_stage_model<Teacher>(out + "/teacher", s);
     distill::DistillLossOptions loss;
     if (kind == "kd") {
       loss = {distill::Divergence::logit_kd, s.kd_temperature, 0.0};
@@ -283,7 +284,7 @@ void student_stage(const std::string& out, const Settings& s, const std::string&
       const data::TaskMix mix = task_mix(s);
       const std::uint64_t problem_seed = s.seed * 1000003ull + 59;
       batches = distill::on_policy_batches(
-          *student, tok,
+          student, tok,
           [mix, problem_seed](std::int64_t k) {
             Generator g{problem_seed, static_cast<std::uint64_t>(k) << 24};  // 2^24 draws apart: a pure function of k
             return data::sample(mix, g, data::Split::train);
@@ -294,7 +295,7 @@ void student_stage(const std::string& out, const Settings& s, const std::string&
   } else {
     settings["objective"] = "SFT on the teacher's traces (next-token CE on completion tokens)";
   }
-  io::ordered_json summary = run_trainer(*student, out + "/student-" + kind, s, s.distill_steps, s.distill_lr, batches,
+  io::ordered_json summary = run_trainer(student, out + "/student-" + kind, s, s.distill_steps, s.distill_lr, batches,
                                          validation.batch_fn(), validation.batches(), objective);
   summary["objective"] = settings["objective"];
   summary["traces"] = examples.train.size();
@@ -306,20 +307,25 @@ void student_stage(const std::string& out, const Settings& s, const std::string&
   write_json_file(out + "/student-" + kind + "/summary.json", summary);
 }
 
+template <class T>
+void student_stage(const std::string& out, const Settings& s, const std::string& kind) {
+  with_stage_model<T>(out + "/student-base", s, [&](auto& student) { train_student<T>(out, s, kind, student); });
+}
+
 // ---- evaluation ---------------------------------------------------------------------------------
 
-template <class T>
-void eval_stage(const std::string& out, const Settings& s, const std::string& model_name) {
-  const data::Tokenizer tok = load_tokenizer(out);
-  auto model = load_stage_model<T>(out + "/" + model_name, s);
+// One model's held-out pass@1, cons@k, greedy and length -> OUT/eval/MODEL.json.
+template <class Model>
+void evaluate(const std::string& out, const Settings& s, const std::string& model_name, const data::Tokenizer& tok,
+              const Model& model) {
   rl::PolicyEvalOptions o;
   o.k = s.eval_k;
   o.max_new_tokens = s.max_completion;
   o.seed = s.seed + 13;
   o.encode_prompt = [&tok](const data::Problem& p) { return encode_prompt(tok, p); };
   const auto start = Clock::now();
-  const rl::PolicyEvalReport r = rl::evaluate_policy(*model, tok, held_out(s), o);
-  io::ordered_json j{{"model", model_name}, {"parameters", model->num_parameters()}};
+  const rl::PolicyEvalReport r = rl::evaluate_policy(model, tok, held_out(s), o);
+  io::ordered_json j{{"model", model_name}, {"parameters", model.num_parameters()}};
   j.update(rl::to_json(r));
   j["seconds"] = std::chrono::duration<double>(Clock::now() - start).count();
   std::filesystem::create_directories(out + "/eval");
@@ -328,6 +334,12 @@ void eval_stage(const std::string& out, const Settings& s, const std::string& mo
               model_name.c_str(), r.pass_at_1.estimate, r.pass_at_1.lo, r.pass_at_1.hi, static_cast<long long>(r.k),
               r.cons_at_k.estimate, r.cons_at_k.lo, r.cons_at_k.hi, r.greedy.estimate, r.mean_length.estimate,
               r.format_rate);
+}
+
+template <class T>
+void eval_stage(const std::string& out, const Settings& s, const std::string& model_name) {
+  const data::Tokenizer tok = load_tokenizer(out);
+  with_stage_model<T>(out + "/" + model_name, s, [&](auto& model) { evaluate(out, s, model_name, tok, model); });
 }
 
 }  // namespace r1

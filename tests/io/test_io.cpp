@@ -517,6 +517,10 @@ TEST_F(IoTest, ModelCheckpointRoundTripIsBitExact) {
   io::save_model(d, a, config);
   EXPECT_TRUE(fs::exists(d + "/model.safetensors"));
   EXPECT_EQ(io::load_model_config<nn::LlamaConfig>(d).vocab_size, 7);
+  EXPECT_EQ(io::load_model_type(d), "llama");  // which model to build before loading
+  io::save_model(path("model-v3"), a, nn::DeepseekV3Config{});
+  EXPECT_EQ(io::load_model_type(path("model-v3")), "deepseek_v3");
+  EXPECT_KILN_ERROR(io::load_model_type(path("absent")), "absent");
   EXPECT_EQ(io::json::parse(read_bytes(d + "/config.json"))["torch_dtype"], "float32");
   EXPECT_EQ(io::load_safetensors(d + "/model.safetensors").metadata().at("format"), "pt");
   EXPECT_EQ(io::load_safetensors(d + "/model.safetensors").names(),

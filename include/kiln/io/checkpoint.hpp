@@ -189,6 +189,12 @@ Config load_model_config(const std::string& dir) {
   return load_config<Config>(detail::join_path(committed_directory(dir), kConfigFile));
 }
 
+// The "model_type" a model directory's config.json names ("deepseek_v3", "llama"): which model
+// and config to build before load_model_config / load_model.
+inline std::string load_model_type(const std::string& dir) {
+  return config_model_type(detail::join_path(committed_directory(dir), kConfigFile));
+}
+
 // ---- training checkpoints -----------------------------------------------------------------------
 
 struct TrainerState {

@@ -262,6 +262,8 @@ struct DeepseekV3Output {
 template <class T>
 class DeepseekV3ForCausalLM : public Module<T> {
  public:
+  using Config = DeepseekV3Config;  // what builds one (io::load_model_config<Model::Config> reads it)
+
   // experts: where the MoE layers' routed experts live: null, all in this process; an exchange over
   // W ranks (dist::expert_exchange), expert parallel: each rank holds n_routed_experts / W experts
   // of every MoE layer and every forward is collective (nn/moe.hpp). Generation (prefill, decode)

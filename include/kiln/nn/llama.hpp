@@ -235,6 +235,8 @@ class LlamaModel : public Module<T> {
 template <class T>
 class LlamaForCausalLM : public Module<T> {
  public:
+  using Config = LlamaConfig;  // what builds one (io::load_model_config<Model::Config> reads it)
+
   LlamaForCausalLM(const LlamaConfig& c, Generator& gen)
       : model(c, gen),
         lm_head(c.tie_word_embeddings ? nullptr
