@@ -128,6 +128,10 @@ for stage in ("student-base", "student-grpo", "student-sft"):
     assert cfg["model_type"] == "llama", (stage, cfg["model_type"])
 print("--teacher-from with a Llama student: the teacher's rows equal, the students Llama")
 PY
+# The taken teacher is the run's own: it resumes with the source run gone.
+mv "$out" "$out.away" && rm "$llama/stages/report.done"
+"$bin" --resume "$llama" > "$2/llama-resumed.log" || fail "a --teacher-from run did not resume without its source"
+mv "$out.away" "$out"
 if "$bin" --resume "$llama" --student tiny 2> "$2/bad.log"; then fail "a finished student was swapped on resume"; fi
 grep -q "trained a llama-tiny student already" "$2/bad.log" || fail "no clear message: $(cat "$2/bad.log")"
 if "$bin" --micro --seed 2 --teacher-from "$out" --out "$2/bad-teacher" 2> "$2/bad.log"; then

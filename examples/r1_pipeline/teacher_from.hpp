@@ -66,6 +66,10 @@ inline void link_tree(const std::filesystem::path& from, const std::filesystem::
 inline void take_teacher(const std::string& from, const std::string& out, const Settings& s, const Scheduler& sched) {
   namespace fs = std::filesystem;
   const char* op = "r1_pipeline";
+  std::vector<std::pair<std::string, std::string>> missing;
+  for (const auto& stage : teacher_stages(s))
+    if (!sched.done(stage.first)) missing.push_back(stage);
+  if (missing.empty()) return;  // taken before (DIR need not exist any more)
   check(fs::exists(from + "/run.json"), op, "--teacher-from ", from, ": no run.json there (not an r1_pipeline run folder",
         s.seeds.empty() ? "" : "; with --seeds, DIR is a --seeds run whose seed-N folders hold the teachers", ")");
   check(fs::weakly_canonical(from) != fs::weakly_canonical(out), op, "--teacher-from ", from,
@@ -80,11 +84,11 @@ inline void take_teacher(const std::string& from, const std::string& out, const 
   }
   check(differences.empty(), op, "--teacher-from ", from, ": its teacher was made with other settings: ", differences,
         "; give this run the same values");
-  std::vector<std::string> taken;
-  for (const auto& [stage, path] : teacher_stages(s)) {
-    if (sched.done(stage)) continue;
+  for (const auto& [stage, path] : missing)
     check(fs::exists(from + "/stages/" + stage + ".done"), op, "--teacher-from ", from, ": its stage ", stage,
           " is not done (finish that run first: r1_pipeline --resume ", from, ")");
+  std::string taken;
+  for (const auto& [stage, path] : missing) {
     fs::remove_all(out + "/" + path);  // what an interrupted stage of this run left
     link_tree(from + "/" + path, out + "/" + path);
     if (fs::exists(from + "/logs/" + stage + ".log")) {
@@ -92,13 +96,9 @@ inline void take_teacher(const std::string& from, const std::string& out, const 
       link_tree(from + "/logs/" + stage + ".log", sched.log_path(stage));
     }
     io::write_file_atomically(sched.marker(stage), io::read_text_file(from + "/stages/" + stage + ".done", op), op);
-    taken.push_back(stage);
+    taken += (taken.empty() ? "" : ", ") + stage;
   }
-  if (!taken.empty()) {
-    std::string list;
-    for (const std::string& t : taken) list += (list.empty() ? "" : ", ") + t;
-    std::printf("r1_pipeline: the teacher's stages from %s: %s\n", from.c_str(), list.c_str());
-  }
+  std::printf("r1_pipeline: the teacher's stages from %s: %s\n", from.c_str(), taken.c_str());
 }
 
 }  // namespace r1
