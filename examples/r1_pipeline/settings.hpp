@@ -150,7 +150,8 @@ inline Settings parse_settings(const example::Flags& f, const io::json& saved) {
   s.student_grpo_steps = i_("student-grpo-steps", big ? 100 : 150);
   // The teacher at 1e-4: from bases of 0.69 and 0.77 (seeds 1 and 3), 150 steps with dynamic
   // sampling gained +0.055 and -0.019 at 2e-4 (seed 3 lost 2-digit subtraction), +0.085 and +0.034
-  // at 1e-4. The student keeps 2e-4 (from a base of 0.20-0.39 it gained +0.03 to +0.08 there).
+  // at 1e-4. The student keeps 2e-4 (from a base of 0.20-0.39 it gained +0.03 to +0.08 there; 1e-4
+  // gave the same within the noise, 4e-4 fell below the base at every seed).
   s.grpo_lr_teacher = r_("grpo-lr-teacher", big ? 5e-6 : 1e-4);
   s.grpo_lr_student = r_("grpo-lr-student", big ? 5e-6 : 2e-4);
   // Dynamic sampling: a strong base answers many groups alike (35-55% of the groups at the CPU
