@@ -129,6 +129,7 @@ io::ordered_json to_json(const Settings& s) {
   j["eval-every"] = s.eval_every;
   j["checkpoint-every"] = s.checkpoint_every;
   j["seed"] = static_cast<std::int64_t>(s.seed);
+  j["plot"] = s.plot;  // a resumed run plots as the run did (r1_pipeline's stages pass --no-plot once)
   return j;
 }
 
@@ -196,7 +197,7 @@ Settings parse(int argc, char** argv, std::string& out, std::string& resume) {
   s.checkpoint_every = i_("checkpoint-every", 10);
   s.seed = static_cast<std::uint64_t>(i_("seed", 1));
   s.threads = f.integer("threads", 2);
-  s.plot = !f.flag("no-plot");
+  s.plot = !(f.flag("no-plot") || (saved.contains("plot") && !saved["plot"].get<bool>()));
   s.cuda_graphs = !f.flag("no-cuda-graphs");
   s.fp8_cache = b_("fp8-cache");
   f.check_all_used();
