@@ -118,18 +118,49 @@ inline Tensor<bool> causal_mask(std::int64_t q_len, std::int64_t k_len, Device d
 
 // softmax(scale · scores) over the last dim with future keys masked out; scores [..., Sq, Sk].
 // Every row keeps at least key 0 (with cu_seqlens: its sequence's first key), so no row is all
-// -inf; masked entries get probability 0 and, through masked_fill, no gradient. cu_seqlens (a
-// packed row, Sq = Sk) also hides the keys of other sequences.
+// -inf; masked entries get probability 0 and no gradient. cu_seqlens (a packed row, Sq = Sk) also
+// hides the keys of other sequences.
+//
+// On a device it is the composed ops: softmax(masked_fill(mul(scores, scale), mask, -inf)). On the
+// CPU one fused pass (backend/cpu/softmax.hpp, causal_softmax_forward and _backward) reads and
+// exponentiates only each row's visible keys and gives the composed ops' bits exactly (the hidden
+// keys' terms there are exp(-inf) = 0, which change neither the max nor the running sum), without
+// the mask, the scaled copy and the masked copy: the CPU's training runs the composed attention,
+// and these S x S passes were about a sixth of its time.
 template <class T>
 Tensor<T> causal_softmax(const Tensor<T>& scores, double scale,
                          const Tensor<std::int64_t>& cu_seqlens = Tensor<std::int64_t>()) {
-  check_defined("causal_softmax", scores);
-  check(scores.dim() >= 2, "causal_softmax", "scores must be [..., Sq, Sk], got shape ", scores.shape());
-  check(!cu_seqlens.defined() || scores.size(-2) == scores.size(-1), "causal_softmax",
+  const char* op = "causal_softmax";
+  check_defined(op, scores);
+  check(scores.dim() >= 2, op, "scores must be [..., Sq, Sk], got shape ", scores.shape());
+  check(!cu_seqlens.defined() || scores.size(-2) == scores.size(-1), op,
         "packed sequences need Sq = Sk, got scores of shape ", scores.shape());
-  const Tensor<bool> mask = cu_seqlens.defined() ? packed_causal_mask(cu_seqlens, scores.size(-1), scores.device())
-                                                 : causal_mask(scores.size(-2), scores.size(-1), scores.device());
-  return softmax(masked_fill(mul(scores, scale), mask, -std::numeric_limits<double>::infinity()), -1);
+  const std::int64_t Sq = scores.size(-2), Sk = scores.size(-1);
+  if (!scores.device().is_cpu()) {
+    const Tensor<bool> mask = cu_seqlens.defined() ? packed_causal_mask(cu_seqlens, Sk, scores.device())
+                                                   : causal_mask(Sq, Sk, scores.device());
+    return softmax(masked_fill(mul(scores, scale), mask, -std::numeric_limits<double>::infinity()), -1);
+  }
+  check(Sq <= Sk, op, "need Sq <= Sk (queries are the last Sq of the Sk keys), got scores of shape ", scores.shape());
+  std::vector<std::int64_t> begin;  // a packed row: the first key of each query's sequence
+  if (cu_seqlens.defined()) begin = packed_sequences(op, cu_seqlens, Sk).begin;
+  const Tensor<T> x = contiguous(scores.detach());
+  Tensor<T> y(scores.shape(), scores.device());
+  const T s = convert<T>(scale);  // mul(scores, scale) multiplies by the scale rounded to T
+  const std::int64_t rows = Sk > 0 ? x.numel() / Sk : 0;
+  cpu::causal_softmax_forward(x.data(), y.data(), cpu::CausalRows{rows, Sq, Sk, begin.empty() ? nullptr : begin.data()},
+                              s);
+  if (autograd::needs_grad(scores)) {
+    autograd::record(y, op, [y_saved = y.detach(), begin, rows, Sq, Sk, s](const Tensor<T>& g,
+                                                                           const autograd::InputGrads& in) {
+      const Tensor<T> gc = contiguous(g);  // g may be any view (an expanded sum's gradient)
+      Tensor<T> gx(y_saved.shape(), y_saved.device());
+      cpu::causal_softmax_backward(gc.data(), y_saved.data(), gx.data(),
+                                   cpu::CausalRows{rows, Sq, Sk, begin.empty() ? nullptr : begin.data()}, s);
+      in.add(0, gx);
+    }, scores);
+  }
+  return y;
 }
 
 // q [..., Sq, D], k [..., Sk, D], v [..., Sk, Dv] (leading dims broadcast, so a [B, Hkv, 1, Sk, D]

@@ -249,4 +249,64 @@ void softmax_backward_rows(const T* g, const Rows& gr, const T* y, const Rows& y
   });
 }
 
+// ---- causal softmax of attention scores (nn::causal_softmax on the CPU) ------------------------
+
+// Rows of scores [..., Sq, Sk], contiguous: row r is query q = r % Sq, which sees keys [lo, hi]:
+// hi = q + Sk - Sq (the causal diagonal, queries aligned to the last keys), lo = begin[q] for a
+// packed row (the first key of q's sequence; begin null: 0).
+struct CausalRows {
+  std::int64_t rows, Sq, Sk;
+  const std::int64_t* begin;
+  std::int64_t lo(std::int64_t r) const { return begin ? begin[r % Sq] : 0; }
+  std::int64_t hi(std::int64_t r) const { return r % Sq + Sk - Sq; }
+};
+
+// y = softmax(scale · x) over each row's visible keys, 0 elsewhere. The arithmetic is that of the
+// composed ops this replaces — mul(x, scale) rounded to T, masked_fill(-inf), softmax — term for
+// term: there the hidden keys' terms are exp(-inf) = 0, which leave the row's max and its running
+// double sum exactly as they are, so skipping them gives the same bits, with one pass instead of
+// three and about half the row's exponentials.
+template <class T>
+void causal_softmax_forward(const T* x, T* y, const CausalRows& c, T scale) {
+  using C = compute_t<T>;
+  parallel_for(c.rows, 4 * std::max<std::int64_t>(c.Sk, 1), [&](std::int64_t begin, std::int64_t end) {
+    std::vector<T> t(static_cast<std::size_t>(c.Sk));  // the row's visible scores, scaled
+    for (std::int64_t r = begin; r < end; ++r) {
+      const std::int64_t lo = c.lo(r), hi = c.hi(r);
+      const T* xr = x + r * c.Sk;
+      T* yr = y + r * c.Sk;
+      for (std::int64_t j = lo; j <= hi; ++j)
+        t[static_cast<std::size_t>(j - lo)] = convert<T>(static_cast<C>(xr[j]) * static_cast<C>(scale));
+      std::fill(yr, yr + lo, convert<T>(0.0));
+      std::fill(yr + hi + 1, yr + c.Sk, convert<T>(0.0));
+      softmax_row(t.data(), yr + lo, hi - lo + 1);
+    }
+  });
+}
+
+// Its gradient: softmax's backward over the visible keys (softmax_backward_rows: the hidden keys'
+// y = 0 add nothing to sum(g * y)), rounded to T, times scale (mul's backward), 0 for the hidden
+// keys (masked_fill's backward).
+template <class T>
+void causal_softmax_backward(const T* g, const T* y, T* gx, const CausalRows& c, T scale) {
+  using C = compute_t<T>;
+  parallel_for(c.rows, 2 * std::max<std::int64_t>(c.Sk, 1), [&](std::int64_t begin, std::int64_t end) {
+    for (std::int64_t r = begin; r < end; ++r) {
+      const std::int64_t lo = c.lo(r), hi = c.hi(r);
+      const T* gr = g + r * c.Sk;
+      const T* yr = y + r * c.Sk;
+      T* out = gx + r * c.Sk;
+      double acc = 0.0;
+      for (std::int64_t j = lo; j <= hi; ++j) acc += static_cast<double>(gr[j]) * static_cast<double>(yr[j]);
+      const C a = static_cast<C>(acc);
+      std::fill(out, out + lo, convert<T>(0.0));
+      std::fill(out + hi + 1, out + c.Sk, convert<T>(0.0));
+      for (std::int64_t j = lo; j <= hi; ++j) {
+        const T d = convert<T>(static_cast<C>(yr[j]) * (static_cast<C>(gr[j]) - a));
+        out[j] = convert<T>(static_cast<C>(d) * static_cast<C>(scale));
+      }
+    }
+  });
+}
+
 }  // namespace kiln::cpu
