@@ -138,6 +138,13 @@ if "$bin" --micro --seed 2 --teacher-from "$out" --out "$2/bad-teacher" 2> "$2/b
   fail "--teacher-from took a teacher of another seed"
 fi
 grep -qF "seed ($(cd "$out" && pwd): 1, this run: 2)" "$2/bad.log" || fail "no clear message: $(cat "$2/bad.log")"
+# A run that trained part of its teacher takes no other's.
+rm "$out/stages/traces.done"
+if "$bin" --resume "$out" --teacher-from "$llama" --stages traces 2> "$2/bad.log"; then
+  fail "--teacher-from mixed two teachers"
+fi
+grep -q "trained part of its teacher itself" "$2/bad.log" || fail "no clear message: $(cat "$2/bad.log")"
+"$bin" --resume "$out" --stages traces > /dev/null || fail "the run did not finish its own traces"
 # With --seeds, seed N takes DIR/seed-N's teacher.
 "$bin" --micro --seeds 1,2 --student llama-tiny --teacher-from "$multi" --out "$2/multi-llama" > "$2/multi-llama.log"
 [ -f "$2/multi-llama/report.md" ] || fail "no summary for --seeds with --teacher-from"

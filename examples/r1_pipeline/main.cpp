@@ -299,6 +299,12 @@ int main(int argc, char** argv) try {
           " trained a ", before, " student already; give this student another --out (--teacher-from ", abs_out,
           " takes this run's teacher)");
   }
+  // Another run's teacher, taken before the settings are recorded: a refused take leaves them as
+  // they were.
+  if (s.seeds.empty() && !s.teacher_from.empty()) {
+    const bool taken_before = saved.contains("teacher-from") && saved["teacher-from"] == s.teacher_from;
+    r1::take_teacher(s.teacher_from, abs_out, s, scheduler, taken_before);
+  }
   // A new run records its settings; a resumed one keeps them (flags given now override them, and
   // are recorded, for stages not done yet).
   r1::write_json_file(abs_out + "/run.json", r1::to_json(s));
@@ -320,7 +326,6 @@ int main(int argc, char** argv) try {
                 abs_out.c_str());
     return 0;
   }
-  if (!s.teacher_from.empty()) r1::take_teacher(s.teacher_from, abs_out, s, scheduler);
   const std::vector<r1::Stage> selected = select_stages(graph, stages_list, scheduler);
   std::printf("r1_pipeline: %s, %s teacher, %s student, %s; run folder %s; %zu stages (%lld at a time)\n",
               s.device.c_str(), s.config.c_str(), s.student_config().c_str(), s.dtype.c_str(), abs_out.c_str(),

@@ -62,14 +62,24 @@ inline void link_tree(const std::filesystem::path& from, const std::filesystem::
   fs::copy(from, to, fs::copy_options::recursive);
 }
 
-// Takes the teacher's stages that this run has not done from the run in `from`.
-inline void take_teacher(const std::string& from, const std::string& out, const Settings& s, const Scheduler& sched) {
+// Takes the teacher's stages that this run has not done from the run in `from`. taken_before:
+// this run's saved settings name the same `from` (an interrupted take left some stages marked);
+// otherwise any teacher stage done here was trained here, and taking the rest would mix two
+// teachers.
+inline void take_teacher(const std::string& from, const std::string& out, const Settings& s, const Scheduler& sched,
+                         bool taken_before) {
   namespace fs = std::filesystem;
   const char* op = "r1_pipeline";
   std::vector<std::pair<std::string, std::string>> missing;
-  for (const auto& stage : teacher_stages(s))
+  std::string done_here;
+  for (const auto& stage : teacher_stages(s)) {
     if (!sched.done(stage.first)) missing.push_back(stage);
+    else done_here += (done_here.empty() ? "" : ", ") + stage.first;
+  }
   if (missing.empty()) return;  // taken before (DIR need not exist any more)
+  check(taken_before || done_here.empty(), op, "--teacher-from ", from, ": ", out, " trained part of its teacher itself (",
+        done_here, " done); taking the rest would mix two teachers: resume it without --teacher-from, or give "
+        "another --out");
   check(fs::exists(from + "/run.json"), op, "--teacher-from ", from, ": no run.json there (not an r1_pipeline run folder",
         s.seeds.empty() ? "" : "; with --seeds, DIR is a --seeds run whose seed-N folders hold the teachers", ")");
   check(fs::weakly_canonical(from) != fs::weakly_canonical(out), op, "--teacher-from ", from,
