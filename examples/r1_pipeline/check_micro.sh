@@ -145,10 +145,10 @@ if "$bin" --resume "$out" --teacher-from "$llama" --stages traces 2> "$2/bad.log
 fi
 grep -q "trained part of its teacher itself" "$2/bad.log" || fail "no clear message: $(cat "$2/bad.log")"
 "$bin" --resume "$out" --stages traces > /dev/null || fail "the run did not finish its own traces"
-# With --seeds, seed N takes DIR/seed-N's teacher.
-"$bin" --micro --seeds 1,2 --student llama-tiny --teacher-from "$multi" --out "$2/multi-llama" > "$2/multi-llama.log"
+# With --seeds, seed N takes DIR/seed-N's teacher (one seed: a second costs CI half a minute).
+"$bin" --micro --seeds 2 --student llama-tiny --teacher-from "$multi" --out "$2/multi-llama" > "$2/multi-llama.log"
 [ -f "$2/multi-llama/report.md" ] || fail "no summary for --seeds with --teacher-from"
-for seed in 1 2; do
+for seed in 2; do
   grep -q "those of \`$(cd "$multi" && pwd)/seed-$seed\`" "$2/multi-llama/seed-$seed/report.md" ||
     fail "seed $seed did not take seed-$seed's teacher"
 done
