@@ -3,7 +3,7 @@
 # A teacher is pretrained and trained with R1-Zero-style GRPO, its correct traces are
 # rejection-sampled, and a smaller student is trained four ways (GRPO alone, SFT on the traces,
 # logit KD, on-policy distillation); all are evaluated on held-out problems. On a 2-core CPU about
-# 17 minutes with the build (13 of them the pipeline; --seeds 1,2,3: one run per seed and a summary,
+# 19 minutes with the build (14 of them the pipeline; --seeds 1,2,3: one run per seed and a summary,
 # about 40 minutes); with an NVIDIA GPU (nvidia-smi sees one) it builds the CUDA backend and runs the
 # larger configuration. Progress on the terminal; report.md, report.json, plots/,
 # traces, logs and checkpoints in runs/r1. Extra arguments go to the program (--help lists them;
