@@ -24,7 +24,7 @@
 // is marked in OUT/stages/ and never rerun, so `r1_pipeline --resume OUT` after an interruption
 // continues from the stages that had not finished (each of those from its own last checkpoint).
 //
-//   r1_pipeline                       CPU defaults (about 13 minutes on 2 cores), GPU defaults with one
+//   r1_pipeline                       CPU defaults (about 14 minutes on 2 cores), GPU defaults with one
 //   r1_pipeline --out runs/r1b --seed 2
 //   r1_pipeline --resume runs/r1      continue an interrupted run
 //   r1_pipeline --seeds 1,2,3         one run per seed and a summary across them (seeds.hpp)
