@@ -17,9 +17,9 @@
 // CUDA events around each call after 3 warm-up calls, median of 10 (benchmarks/cuda_bench.hpp).
 // forward+backward: fresh leaves each call (no gradient accumulation), out.backward(dout).
 //
-//   ./benchmarks/bench_attention_cuda [--json FILE] [--paths fused,hopper_bwd,...]
+//   ./benchmarks/bench_attention_cuda [--json FILE] [--paths fused,hopper_bwd,...] [--shapes B4H16S4096d192/128,...]
 // (about a minute on an H200 with every path; --paths times only the named ones, e.g. to compare
-// two builds of the kernels quickly)
+// two builds of the kernels quickly; --shapes only the named shapes, e.g. under a profiler)
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -97,15 +97,18 @@ const char* path_name(Path p) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string json_path, only;
+  std::string json_path, only, only_shapes;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--json") == 0 && i + 1 < argc) {
       json_path = argv[++i];
     } else if (std::strcmp(argv[i], "--paths") == 0 && i + 1 < argc) {
       only = "," + std::string(argv[++i]) + ",";
+    } else if (std::strcmp(argv[i], "--shapes") == 0 && i + 1 < argc) {
+      only_shapes = "," + std::string(argv[++i]) + ",";
     } else {
       std::fprintf(stderr,
-                   "usage: bench_attention_cuda [--json FILE] [--paths fused,plain,hopper,hopper_bwd,composed]\n");
+                   "usage: bench_attention_cuda [--json FILE] [--paths fused,plain,hopper,hopper_bwd,composed] "
+                   "[--shapes B4H16S2048d192/128,...]\n");
       return 2;
     }
   }
@@ -119,6 +122,7 @@ int main(int argc, char** argv) {
               "TFLOP/s");
   io::ordered_json out;
   for (const Shape4& s : shapes) {
+    if (!only_shapes.empty() && only_shapes.find("," + s.name() + ",") == std::string::npos) continue;
     for (Path p : {Path::fused, Path::fused_plain, Path::fused_hopper, Path::fused_hopper_bwd, Path::composed}) {
       const char* path = path_name(p);
       if (!only.empty() && only.find("," + std::string(path) + ",") == std::string::npos) continue;

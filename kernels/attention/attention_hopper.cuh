@@ -6,20 +6,33 @@
 // and 2 the consumers, each owning 64 query rows. Per 128-key tile a consumer computes
 //   S = Q·Kᵀ   wgmma m64n128k16, A = its Q rows and B = the K tile, both from shared memory
 //              (Dk/16 instructions, 64 x 128 float accumulators: 64 a thread);
-//   softmax    on the accumulators, in the layout of mma.sync's C fragments (sm90/wgmma_bf16.cuh),
-//              exactly as the plain kernel: masks, base-2 online softmax, rescale of O;
+//   softmax    on the accumulators, in the layout of mma.sync's C fragments (sm90/wgmma_bf16.cuh):
+//              masks, base-2 online softmax (the function of the plain kernel);
 //   O += P·V   wgmma m64n{Dv}k16 with A = P from registers (rounded to 16 bits, 8 instructions of
 //              16 keys) and B = the tile of Vᵀ from shared memory.
-// The consumers never wait for each other: one's softmax runs while the other's products keep the
-// tensor cores busy (FlashAttention-3's ping-pong, here left to the scheduler instead of enforced by
-// barriers). Both compute every tile of the block, including the one wholly after the first
-// consumer's rows (all masked): a branch around wgmma on the warpgroup index makes ptxas serialise
-// every wgmma of the kernel (C7520, "divergent path").
+// Intra-warpgroup pipelining (FlashAttention-3, Shah et al. 2024): a consumer issues S of tile n and
+// then P·V of tile n - 1, waits for S alone, and runs tile n's softmax while P·V is in flight; O is
+// rescaled by the new maximum only after P·V has retired. Every wgmma is waited for in the
+// iteration that issues it (one carried across the loop's back edge makes ptxas serialise them).
+// The consumers never wait for each other: one's softmax may also run under the other's products
+// (FlashAttention-3's ping-pong, left to the scheduler instead of enforced by barriers). Both
+// compute every tile of the block, including the one wholly after the first consumer's rows (all
+// masked): a branch around wgmma on the warpgroup index makes ptxas serialise every wgmma of the
+// kernel (C7520, "divergent path").
 //
-// Pipeline. K and Vᵀ tiles go through 2 stages, each with a `full` mbarrier (the TMA bytes land)
-// and an `empty` one (the 8 consumer warps are done reading: one arrival per warp after its
-// wgmma wait); Q through one barrier, loaded once. Registers are rebalanced with setmaxnreg: 40 for
-// the producer, 232 for the consumers.
+// The softmax is what limits this kernel's issue rate, not the tensor cores: per element of S it
+// takes 5 instructions where no mask is needed (scale, max, subtract, MUFU.EX2, sum). Tiles that
+// need the mask (the diagonal, sequence starts) take a separately instantiated path with two
+// 32-bit compares an element (key_tiles.cuh's RowBounds); before (as one predicated path with
+// 64-bit compares, and exp2f's denormal range check) the kernel issued 1564 instructions a warp a
+// tile, 2.1x as many, and ran 1.31-1.45x slower (docs/mla.md).
+//
+// Pipeline. K and Vᵀ tiles go through 2 stages each, with separate `full` mbarriers (the TMA bytes
+// land) and `empty` ones (the 8 consumer warps are done reading: one arrival per warp after its
+// wgmma wait): K of a tile is released as soon as its S is done, Vᵀ one iteration later, after its
+// P·V; one barrier pair for both would hold K's stage an iteration longer and keep the next K from
+// loading ahead. Q through one barrier, loaded once. Registers are rebalanced with setmaxnreg: 40
+// for the producer, 232 for the consumers.
 //
 // Layouts. wgmma reads K-major operands in 128-byte-swizzled atoms (8 rows x 128 bytes, 1024
 // bytes; sm90/wgmma.cuh's descriptor): a tile of R rows x D elements is stored as D/64 column
@@ -47,6 +60,7 @@
 #include "kiln/kernels/common/cuda_check.hpp"
 #include "kiln/kernels/common/launch.cuh"
 #include "kiln/kernels/common/mma_sm80.cuh"
+#include "kiln/kernels/common/online_softmax.cuh"
 #include "kiln/kernels/common/sm90/mbarrier.cuh"
 #include "kiln/kernels/common/sm90/smem.cuh"
 #include "kiln/kernels/common/sm90/tma.cuh"
@@ -75,8 +89,9 @@ struct SmemLayout {
   static constexpr int v_bytes = DV * kKeys * 2;            // one Vᵀ tile (Dv rows x kKeys keys, 64 a chunk)
   static constexpr int k_offset = kWarpgroups * q_bytes;
   static constexpr int v_offset = k_offset + 2 * k_bytes;
-  static constexpr int barrier_offset = v_offset + 2 * v_bytes;  // q, full[2], empty[2]: 8 bytes each
-  static constexpr std::size_t bytes = 1024 + barrier_offset + 5 * 8;  // + alignment slack
+  // q, then full and empty for K's two stages and for Vᵀ's: 8 bytes each
+  static constexpr int barrier_offset = v_offset + 2 * v_bytes;
+  static constexpr std::size_t bytes = 1024 + barrier_offset + 9 * 8;  // + alignment slack
 };
 
 // vt[bh, d, s] = v[bh, s, d] for s < S, 0 for S <= s < s_pad; 32 x 32 tiles through shared memory.
@@ -100,6 +115,92 @@ __global__ void __launch_bounds__(256) transpose_v_kernel(T* vt, const T* v, std
   }
 }
 
+// S = Q·Kᵀ for one 64 x kKeys tile: Dk/16 wgmma from shared memory, the first overwriting S
+// (scale_d = 0: no zeroing of the accumulators between products).
+template <int DK>
+__device__ __forceinline__ void scores(float (&sc)[kKeys / 2], std::uint32_t q_addr, std::uint32_t k_addr) {
+#pragma unroll
+  for (int kk = 0; kk < DK / 16; ++kk) {
+    // Column chunk kk / 4 (64 elements), then 16 elements (32 bytes) into its 128-byte rows.
+    const std::uint32_t chunk = kk >> 2, in_row = (kk & 3) * 32;
+    sm90::WgmmaBf16<kKeys>::ss(sc, sm90::smem_descriptor_k_major_sw128(q_addr + chunk * 64 * 128 + in_row),
+                                sm90::smem_descriptor_k_major_sw128(k_addr + chunk * kKeys * 128 + in_row), kk > 0);
+  }
+}
+
+// O += P·V: kKeys/16 wgmma with A = P from registers and B = the Vᵀ tile from shared memory.
+template <int DV>
+__device__ __forceinline__ void accumulate_pv(float (&o)[DV / 2], const unsigned (&pa)[kKeys / 16][4],
+                                              std::uint32_t v_addr) {
+#pragma unroll
+  for (int kk = 0; kk < kKeys / 16; ++kk)
+    sm90::WgmmaBf16<DV>::rs(o, pa[kk], sm90::smem_descriptor_k_major_sw128(v_addr + (kk >> 2) * DV * 128 + (kk & 3) * 32),
+                             1);
+}
+
+// Scores of one tile -> unnormalised probabilities in place, in the base-2 domain: scaled, masked
+// (MASKED: columns outside the rows' bounds; instantiated apart so that the compiler does not
+// if-convert the mask into every tile), the row maxima m and sums l updated. alpha =
+// 2^(m_old - m_new) is the factor O still has to be scaled by; it is returned rather than applied
+// because O's previous product may be in flight. Five instructions an element unmasked.
+template <bool MASKED>
+__device__ __forceinline__ void softmax_tile(float (&sc)[kKeys / 2], float (&m)[2], float (&l)[2], float (&alpha)[2],
+                                             const RowBounds& bounds, float scale_log2) {
+  float mt[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+  for (int i = 0; i < kKeys / 2; ++i) {
+    const int r = (i >> 1) & 1;
+    float x = sc[i] * scale_log2;
+    if constexpr (MASKED) {
+      if (!bounds.visible(i)) x = -INFINITY;
+    }
+    sc[i] = x;
+    mt[r] = ::fmaxf(mt[r], x);
+  }
+  float base[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float x = mt[r];
+    x = ::fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+    x = ::fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+    const float m_new = ::fmaxf(m[r], x);
+    base[r] = m_new == -INFINITY ? 0.f : m_new;  // a row with nothing visible yet keeps p = 0
+    alpha[r] = exp2_approx(m[r] - base[r]);
+    m[r] = m_new;
+    l[r] *= alpha[r];
+  }
+#pragma unroll
+  for (int i = 0; i < kKeys / 2; ++i) {
+    const float p = exp2_approx(sc[i] - base[(i >> 1) & 1]);
+    sc[i] = p;
+    l[(i >> 1) & 1] += p;
+  }
+}
+
+// The softmax of the tile at n0, masked only where some row of the warpgroup (rows wg_row0 ..
+// wg_row0 + 63) may not see some key of it: past the diagonal, or before the sequence start of the
+// block's last row (packed sequences). The test is uniform over the warpgroup.
+__device__ __forceinline__ void softmax_at(float (&sc)[kKeys / 2], float (&m)[2], float (&l)[2], float (&alpha)[2],
+                                           const std::int64_t (&row)[2], const std::int64_t (&begin)[2], int t,
+                                           std::int64_t n0, std::int64_t wg_row0, std::int64_t last_begin,
+                                           float scale_log2) {
+  if (n0 + kKeys > wg_row0 || n0 < last_begin) {
+    softmax_tile<true>(sc, m, l, alpha, row_bounds(begin, row, n0, t), scale_log2);
+  } else {
+    softmax_tile<false>(sc, m, l, alpha, RowBounds{}, scale_log2);
+  }
+}
+
+// P rounded to 16 bits in the A layout of all k steps at once: registers computed between two
+// wgmma would make ptxas insert a warpgroup arrive before each (C7519).
+template <class T>
+__device__ __forceinline__ void to_a_operand(unsigned (&pa)[kKeys / 16][4], const float (&sc)[kKeys / 2]) {
+#pragma unroll
+  for (int kk = 0; kk < kKeys / 16; ++kk)
+#pragma unroll
+    for (int x = 0; x < 4; ++x) pa[kk][x] = sm80::pack2<T>(sc[8 * kk + 2 * x], sc[8 * kk + 2 * x + 1]);
+}
+
 template <class T, int DK, int DV>
 __global__ void __launch_bounds__(kThreads, 1)
     attention_forward_hopper_kernel(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap k_map,
@@ -109,7 +210,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   extern __shared__ __align__(16) unsigned char attention_hopper_smem[];
   const std::uint32_t raw = sm90::shared_address(attention_hopper_smem);
   const std::uint32_t base = (raw + 1023) & ~1023u;
-  const std::uint32_t q_bar = base + L::barrier_offset, full_bar = q_bar + 8, empty_bar = full_bar + 16;
+  const std::uint32_t q_bar = base + L::barrier_offset, full_k = q_bar + 8, empty_k = full_k + 16;
+  const std::uint32_t full_v = empty_k + 16, empty_v = full_v + 16;
 
   const AttentionShapeArgs& s = a.shape;
   const std::int64_t S = s.seq;
@@ -125,8 +227,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     sm90::prefetch_tensor_map(&v_map);
     sm90::mbarrier_init(q_bar, 1);
     for (int st = 0; st < 2; ++st) {
-      sm90::mbarrier_init(full_bar + 8 * st, 1);
-      sm90::mbarrier_init(empty_bar + 8 * st, kWarpgroups * 4);  // one arrival per consumer warp
+      sm90::mbarrier_init(full_k + 8 * st, 1);
+      sm90::mbarrier_init(full_v + 8 * st, 1);
+      sm90::mbarrier_init(empty_k + 8 * st, kWarpgroups * 4);  // one arrival per consumer warp
+      sm90::mbarrier_init(empty_v + 8 * st, kWarpgroups * 4);
     }
     sm90::mbarrier_init_fence();
   }
@@ -147,15 +251,19 @@ __global__ void __launch_bounds__(kThreads, 1)
     int stage = 0;
     std::uint32_t phase = 0;
     for (std::int64_t n0 = t_first; n0 <= t_last; n0 += kKeys) {
-      sm90::mbarrier_wait(empty_bar + 8 * stage, phase ^ 1);
-      const std::uint32_t full = full_bar + 8 * stage;
-      sm90::mbarrier_arrive_expect_bytes(full, L::k_bytes + L::v_bytes);
+      // K of tile i is freed when its scores are done, Vᵀ one tile later (after its P·V, which
+      // runs during the next tile's softmax): two barrier pairs, so that K of tile i + 2 loads
+      // while Vᵀ of tile i is still read.
+      sm90::mbarrier_wait(empty_k + 8 * stage, phase ^ 1);
+      sm90::mbarrier_arrive_expect_bytes(full_k + 8 * stage, L::k_bytes);
       for (int c = 0; c < KC; ++c)
         sm90::tma_load_2d(base + L::k_offset + stage * L::k_bytes + c * kKeys * 128, &k_map, 64 * c,
-                          k_row + static_cast<int>(n0), full);
+                          k_row + static_cast<int>(n0), full_k + 8 * stage);
+      sm90::mbarrier_wait(empty_v + 8 * stage, phase ^ 1);
+      sm90::mbarrier_arrive_expect_bytes(full_v + 8 * stage, L::v_bytes);
       for (int c = 0; c < kKeys / 64; ++c)
         sm90::tma_load_2d(base + L::v_offset + stage * L::v_bytes + c * DV * 128, &v_map, static_cast<int>(n0) + 64 * c,
-                          v_row, full);
+                          v_row, full_v + 8 * stage);
       if (++stage == 2) {
         stage = 0;
         phase ^= 1;
@@ -170,6 +278,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>((threadIdx.x >> 5) & 3);
   const int g = lane >> 2, t = lane & 3;
   const std::int64_t warp_row0 = q0 + 64 * wg + 16 * warp;
+  const std::int64_t wg_row0 = q0 + 64 * wg;
   std::int64_t row[2], begin[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -177,89 +286,74 @@ __global__ void __launch_bounds__(kThreads, 1)
     begin[r] = row[r] < S ? seq_begin_of(s, row[r]) : 0;
   }
   const float scale_log2 = static_cast<float>(s.scale) * kLog2e;
-  float o[DV / 2], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  float o[DV / 2], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, alpha[2], sc[kKeys / 2];
 #pragma unroll
   for (int i = 0; i < DV / 2; ++i) o[i] = 0.f;
+#pragma unroll
+  for (int i = 0; i < kKeys / 2; ++i) sc[i] = 0.f;  // overwritten (scale_d = 0); defined for the compiler
+  unsigned pa[kKeys / 16][4];
   const std::uint32_t q_addr = base + wg * L::q_bytes;
+  const auto k_addr = [&](int st) { return base + L::k_offset + st * L::k_bytes; };
+  const auto v_addr = [&](int st) { return base + L::v_offset + st * L::v_bytes; };
+  const auto release = [&](std::uint32_t empty, int st) {  // this warp is done reading the stage
+    __syncwarp();
+    if (lane == 0) sm90::mbarrier_arrive(empty + 8 * st);
+  };
   sm90::mbarrier_wait(q_bar, 0);
 
+  // The first tile: its scores and probabilities (O is still zero: nothing to rescale).
   int stage = 0;
   std::uint32_t phase = 0;
-  for (std::int64_t n0 = t_first; n0 <= t_last; n0 += kKeys) {
-    sm90::mbarrier_wait(full_bar + 8 * stage, phase);
-    const std::uint32_t k_addr = base + L::k_offset + stage * L::k_bytes;
-    const std::uint32_t v_addr = base + L::v_offset + stage * L::v_bytes;
-    float sc[kKeys / 2];
-#pragma unroll
-    for (int i = 0; i < kKeys / 2; ++i) sc[i] = 0.f;
-    sm90::wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < DK / 16; ++kk) {
-      // Column chunk kk / 4 (64 elements), then 16 elements (32 bytes) into its 128-byte rows.
-      const std::uint32_t chunk = kk >> 2, in_row = (kk & 3) * 32;
-      sm90::WgmmaBf16<kKeys>::ss(sc, sm90::smem_descriptor_k_major_sw128(q_addr + chunk * 64 * 128 + in_row),
-                                  sm90::smem_descriptor_k_major_sw128(k_addr + chunk * kKeys * 128 + in_row), 1);
-    }
-    sm90::wgmma_commit();
-    sm90::wgmma_wait<0>();
-    sm90::fence_registers(sc);
+  sm90::mbarrier_wait(full_k + 8 * stage, phase);
+  sm90::wgmma_fence();
+  scores<DK>(sc, q_addr, k_addr(stage));
+  sm90::wgmma_commit();
+  sm90::wgmma_wait<0>();
+  sm90::fence_registers(sc);
+  release(empty_k, stage);
+  softmax_at(sc, m, l, alpha, row, begin, t, t_first, wg_row0, last_begin, scale_log2);
+  to_a_operand<T>(pa, sc);
 
-    const bool masked = n0 + kKeys > warp_row0 || n0 < last_begin;
-    float mt[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-    for (int i = 0; i < kKeys / 2; ++i) {
-      const int r = (i >> 1) & 1;
-      const std::int64_t j = n0 + 8 * (i >> 2) + 2 * t + (i & 1);
-      float x = sc[i] * scale_log2;
-      if (masked && (j > row[r] || j < begin[r])) x = -INFINITY;
-      sc[i] = x;
-      mt[r] = ::fmaxf(mt[r], x);
-    }
-    float base_[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float x = mt[r];
-      x = ::fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
-      x = ::fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
-      const float m_new = ::fmaxf(m[r], x);
-      base_[r] = m_new == -INFINITY ? 0.f : m_new;
-      const float alpha = exp2f(m[r] - base_[r]);
-      m[r] = m_new;
-      l[r] *= alpha;
-#pragma unroll
-      for (int c = 0; c < DV / 8; ++c) {
-        o[4 * c + 2 * r] *= alpha;
-        o[4 * c + 2 * r + 1] *= alpha;
-      }
-    }
-#pragma unroll
-    for (int i = 0; i < kKeys / 2; ++i) {
-      const float p = exp2f(sc[i] - base_[(i >> 1) & 1]);
-      sc[i] = p;
-      l[(i >> 1) & 1] += p;
-    }
-    // P in the A layout for all k steps first: registers computed between two wgmma would make
-    // ptxas insert a warpgroup arrive before each (C7519).
-    unsigned pa[kKeys / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < kKeys / 16; ++kk)
-#pragma unroll
-      for (int x = 0; x < 4; ++x) pa[kk][x] = sm80::pack2<T>(sc[8 * kk + 2 * x], sc[8 * kk + 2 * x + 1]);
-    sm90::wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < kKeys / 16; ++kk)
-      sm90::WgmmaBf16<DV>::rs(o, pa[kk], sm90::smem_descriptor_k_major_sw128(v_addr + (kk >> 2) * DV * 128 + (kk & 3) * 32),
-                               1);
-    sm90::wgmma_commit();
-    sm90::wgmma_wait<0>();
-    sm90::fence_registers(o);
-    __syncwarp();
-    if (lane == 0) sm90::mbarrier_arrive(empty_bar + 8 * stage);  // this warp is done with the stage
+  // Each later tile overlaps its softmax with the previous tile's P·V (FlashAttention-3's
+  // intra-warpgroup pipelining): issue S = Q·Kᵀ of tile n, then O += P·V of tile n - 1; wait for S
+  // only; mask and exponentiate S while P·V runs; wait for P·V; rescale O by the new maximum (O
+  // must not be touched while its product is in flight); pack the new P.
+  for (std::int64_t n0 = t_first + kKeys; n0 <= t_last; n0 += kKeys) {
+    const int prev = stage;
+    const std::uint32_t prev_phase = phase;
     if (++stage == 2) {
       stage = 0;
       phase ^= 1;
     }
+    sm90::mbarrier_wait(full_k + 8 * stage, phase);
+    sm90::mbarrier_wait(full_v + 8 * prev, prev_phase);
+    sm90::wgmma_fence();
+    scores<DK>(sc, q_addr, k_addr(stage));
+    sm90::wgmma_commit();
+    accumulate_pv<DV>(o, pa, v_addr(prev));
+    sm90::wgmma_commit();
+    sm90::wgmma_wait<1>();  // groups complete in order: S is done, P·V may still run
+    sm90::fence_registers(sc);
+    release(empty_k, stage);
+    softmax_at(sc, m, l, alpha, row, begin, t, n0, wg_row0, last_begin, scale_log2);
+    sm90::wgmma_wait<0>();
+    sm90::fence_registers(o);
+    release(empty_v, prev);
+#pragma unroll
+    for (int c = 0; c < DV / 8; ++c)
+#pragma unroll
+      for (int x = 0; x < 4; ++x) o[4 * c + x] *= alpha[x >> 1];
+    to_a_operand<T>(pa, sc);
   }
+
+  // The last tile's P·V.
+  sm90::mbarrier_wait(full_v + 8 * stage, phase);
+  sm90::wgmma_fence();
+  accumulate_pv<DV>(o, pa, v_addr(stage));
+  sm90::wgmma_commit();
+  sm90::wgmma_wait<0>();
+  sm90::fence_registers(o);
+  release(empty_v, stage);
 
   T* const out = static_cast<T*>(a.out) + (b * s.heads + h) * S * DV;
 #pragma unroll

@@ -29,4 +29,40 @@ __device__ __forceinline__ KeyTiles key_tiles(const AttentionShapeArgs& s, std::
   return {seq_begin_of(s, q0) / tile * tile, q_last / tile * tile, seq_begin_of(s, q_last)};
 }
 
+// The columns of a key tile starting at n0 that a row sees, in 32 bits: column c is visible iff
+// lo <= c <= hi, for a row that sees keys first .. last (both clamped into [-1, 2^30], which keeps
+// every comparison with a column index 0 <= c < 2^30 unchanged). Masking a tile with these costs
+// two 32-bit compares an element instead of two 64-bit ones (four instructions and a carry each):
+// in the Hopper kernels' softmax that difference was a third of all instructions issued.
+struct VisibleCols {
+  int lo, hi;
+};
+__device__ __forceinline__ VisibleCols visible_cols(std::int64_t first, std::int64_t last, std::int64_t n0) {
+  constexpr std::int64_t kBig = std::int64_t(1) << 30;
+  const auto clamp = [](std::int64_t x) { return static_cast<int>(x < -1 ? -1 : x > kBig ? kBig : x); };
+  return {clamp(first - n0), clamp(last - n0)};
+}
+
+// The visible columns of a thread's two accumulator rows in a tile at n0, for the wgmma/mma.sync C
+// layout: the thread holds rows g and g + 8 (r = 0, 1) and columns 2t + 8c + j (j < 2), element
+// i = 4c + 2r + j. Bounds are kept less 2t, so that the test of element i compares with constants.
+struct RowBounds {
+  int lo[2], hi[2];
+  __device__ __forceinline__ bool visible(int i) const {
+    const int r = (i >> 1) & 1, c = 8 * (i >> 2) + (i & 1);
+    return c >= lo[r] && c <= hi[r];
+  }
+};
+__device__ __forceinline__ RowBounds row_bounds(const std::int64_t (&first)[2], const std::int64_t (&last)[2],
+                                                std::int64_t n0, int t) {
+  RowBounds b;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const VisibleCols v = visible_cols(first[r], last[r], n0);
+    b.lo[r] = v.lo - 2 * t;
+    b.hi[r] = v.hi - 2 * t;
+  }
+  return b;
+}
+
 }  // namespace kiln::kernels::attention

@@ -30,6 +30,7 @@
 #include <type_traits>
 
 #include "kiln/core/dtype.hpp"
+#include "kiln/kernels/common/online_softmax.cuh"
 
 namespace kiln::kernels::sm80 {
 
@@ -213,7 +214,7 @@ __device__ __forceinline__ void online_softmax_tile(float (&sc)[KEYS / 8][4], co
   for (int r = 0; r < 2; ++r) {
     const float m_new = ::fmaxf(m[r], quad_max(mt[r]));
     base[r] = m_new == -INFINITY ? 0.f : m_new;
-    const float alpha = exp2f(m[r] - base[r]);
+    const float alpha = exp2_approx(m[r] - base[r]);
     m[r] = m_new;
     l[r] *= alpha;
 #pragma unroll
@@ -226,7 +227,7 @@ __device__ __forceinline__ void online_softmax_tile(float (&sc)[KEYS / 8][4], co
   for (int nt = 0; nt < KEYS / 8; ++nt)
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      const float p = exp2f(sc[nt][e] - base[e >> 1]);
+      const float p = exp2_approx(sc[nt][e] - base[e >> 1]);
       sc[nt][e] = p;
       l[e >> 1] += p;
     }

@@ -14,6 +14,15 @@ namespace kiln::kernels {
 // by one ulp per unit of |x|, i.e. only where exp(x) is small next to the row's largest terms
 // (those near x - max = 0 dominate every sum and every normalised output).
 __device__ __forceinline__ float exp_c(float x) { return __expf(x); }
+// 2^x as the one MUFU.EX2 instruction (ex2.approx.ftz: relative error about 2^-22, results below
+// 2^-126 flushed to zero, 2^-inf = 0). exp2f adds a range check and two multiplies around it for
+// results in the denormal range, which softmax terms that small (2^-126 of the row's largest)
+// never need.
+__device__ __forceinline__ float exp2_approx(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
 __device__ __forceinline__ double exp_c(double x) { return ::exp(x); }
 __device__ __forceinline__ float log_c(float x) { return logf(x); }
 __device__ __forceinline__ double log_c(double x) { return ::log(x); }
