@@ -43,6 +43,9 @@ struct AttentionForwardArgs {
   // null: the plain kernel runs.
   void* v_transposed = nullptr;
   AttentionKernel implementation = AttentionKernel::automatic;
+  // Hopper forward: the two consumer warpgroups take turns issuing their products (ping-pong).
+  // Off with KILN_ATTENTION_PINGPONG=off in the environment (comparisons).
+  bool pingpong = true;
 };
 
 // dq, dk, dv from dout and the forward's out and lse (delta: a [B, H, S] float workspace for

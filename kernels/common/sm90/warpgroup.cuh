@@ -24,5 +24,10 @@ __device__ inline void claim_registers() {
 __device__ inline void named_barrier_sync(int id, int threads) {
   asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
 }
+// Counts this warp's threads towards barrier `id` without waiting for it (producer/consumer
+// hand-offs: the waiting side syncs, the signalling side arrives).
+__device__ inline void named_barrier_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(threads) : "memory");
+}
 
 }  // namespace kiln::kernels::sm90
