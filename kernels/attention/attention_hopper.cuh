@@ -27,7 +27,7 @@
 // need the mask (the diagonal, sequence starts) take a separately instantiated path with two
 // 32-bit compares an element (key_tiles.cuh's RowBounds); before (as one predicated path with
 // 64-bit compares, and exp2f's denormal range check) the kernel issued 1564 instructions a warp a
-// tile, 2.1x as many, and ran 1.31-1.45x slower (docs/mla.md).
+// tile, 2.1x as many, and ran 1.19-1.44x slower (docs/mla.md; with this file's pipelining).
 //
 // Pipeline. K and Vᵀ tiles go through 2 stages each, with separate `full` mbarriers (the TMA bytes
 // land) and `empty` ones (the 8 consumer warps are done reading: one arrival per warp after its
@@ -137,9 +137,10 @@ template <int DV>
 __device__ __forceinline__ void accumulate_pv(float (&o)[DV / 2], const unsigned (&pa)[kKeys / 16][4],
                                               std::uint32_t v_addr) {
 #pragma unroll
-  for (int kk = 0; kk < kKeys / 16; ++kk)
-    sm90::WgmmaBf16<DV>::rs(o, pa[kk], sm90::smem_descriptor_k_major_sw128(v_addr + (kk >> 2) * DV * 128 + (kk & 3) * 32),
-                             1);
+  for (int kk = 0; kk < kKeys / 16; ++kk) {
+    const std::uint32_t chunk = kk >> 2, in_row = (kk & 3) * 32;  // as in scores(), over the keys
+    sm90::WgmmaBf16<DV>::rs(o, pa[kk], sm90::smem_descriptor_k_major_sw128(v_addr + chunk * DV * 128 + in_row), 1);
+  }
 }
 
 // Scores of one tile -> unnormalised probabilities in place, in the base-2 domain: scaled, masked
