@@ -16,17 +16,11 @@ cd "$(dirname "$0")/.." || exit 1
 [ $# -eq 2 ] || { echo "usage: $0 OLD_TREE OUT_DIR" >&2; exit 2; }
 old_tree=$1 out=$2
 mkdir -p "$out"
-prefix=()
-if [ ! -d /usr/include/eigen3 ] && compgen -G "build-deps/*.deb" >/dev/null; then
-  mkdir -p /tmp/deps
-  for d in build-deps/*.deb; do dpkg -x "$d" /tmp/deps; done
-  prefix=(-DCMAKE_PREFIX_PATH=/tmp/deps/usr -DEigen3_DIR=/tmp/deps/usr/share/eigen3/cmake)
-  export LD_LIBRARY_PATH=/tmp/deps/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-fi
+. scripts/carried_deps.sh
 nvidia-smi --query-gpu=name,clocks.max.sm --format=csv > "$out/device.txt" 2>&1
 configure() {  # source build tag
   cmake -S "$1" -B "$2" -G Ninja -DCMAKE_BUILD_TYPE=Release -DKILN_CUDA=ON -DKILN_BUILD_BENCHMARKS=ON \
-    "${prefix[@]}" > "$out/configure_$3.log" 2>&1 || { tail "$out/configure_$3.log"; exit 1; }
+    "${deps_prefix[@]}" > "$out/configure_$3.log" 2>&1 || { tail "$out/configure_$3.log"; exit 1; }
 }
 configure . /tmp/kb new
 configure "$old_tree" /tmp/kb_old old

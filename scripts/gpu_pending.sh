@@ -58,16 +58,10 @@ phases="build|tests|quantize|quantize-quick|fp8|fp8-ablations|fp8-parts|fp8-seed
 phases+="|key-groups-ab|verify|steps|changes"
 [ $# -gt 0 ] || { echo "usage: $0 $phases|profile-fp8 ..."; exit 2; }
 
-prefix=()
-if [ ! -d /usr/include/eigen3 ] && compgen -G "build-deps/*.deb" >/dev/null; then
-  mkdir -p /tmp/deps
-  for d in build-deps/*.deb; do dpkg -x "$d" /tmp/deps; done
-  prefix=(-DCMAKE_PREFIX_PATH=/tmp/deps/usr -DEigen3_DIR=/tmp/deps/usr/share/eigen3/cmake)
-  export LD_LIBRARY_PATH=/tmp/deps/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-fi
+. scripts/carried_deps.sh
 { nvidia-smi; nvcc --version; date -u; git log -1 --oneline 2>/dev/null; } > "$OUT/device.txt" 2>&1
 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DKILN_CUDA=ON -DKILN_BUILD_BENCHMARKS=ON \
-  -DKILN_BUILD_EXAMPLES=ON "${prefix[@]}" > "$BUILD_LOGS/configure.log" 2>&1 ||
+  -DKILN_BUILD_EXAMPLES=ON "${deps_prefix[@]}" > "$BUILD_LOGS/configure.log" 2>&1 ||
   { tail -30 "$BUILD_LOGS/configure.log"; exit 1; }
 
 build() {  # targets...
