@@ -22,9 +22,11 @@
 // two builds of the kernels quickly; --shapes only the named shapes, e.g. under a profiler)
 #include <cmath>
 #include <cstdio>
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <string>
+#include <vector>
 
 #include <kiln/io/json.hpp>
 #include <kiln/nn/attention.hpp>
@@ -94,6 +96,25 @@ const char* path_name(Path p) {
                                        : "composed";
 }
 
+constexpr Path kPaths[] = {Path::fused, Path::fused_plain, Path::fused_hopper, Path::fused_hopper_bwd, Path::composed};
+
+// Whether every name of a ",a,b," filter list is known; prints the unknown ones and the known
+// ones otherwise (a typo in --paths or --shapes would otherwise time nothing, silently).
+bool names_known(const char* what, const std::string& list, const std::vector<std::string>& known) {
+  std::string unknown;
+  for (std::size_t begin = 1, end; begin < list.size(); begin = end + 1) {
+    end = list.find(',', begin);
+    const std::string name = list.substr(begin, end - begin);
+    if (name.empty() || std::find(known.begin(), known.end(), name) != known.end()) continue;
+    unknown += unknown.empty() ? name : ", " + name;
+  }
+  if (unknown.empty()) return true;
+  std::string names;
+  for (const std::string& n : known) names += names.empty() ? n : ", " + n;
+  std::fprintf(stderr, "bench_attention_cuda: unknown %s name(s): %s (known: %s)\n", what, unknown.c_str(), names.c_str());
+  return false;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -112,18 +133,22 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  if (!bench::open_device()) return 0;
-  bench::Timer timer;
   // The three shapes, then two that locate the automatic choice's crossover (Hopper forward
   // from S 1024 on): the big config's heads at S 2048, DeepSeek-V3's head dims at S 512.
   const Shape4 shapes[] = {{4, 16, 2048, 192, 128}, {4, 16, 4096, 192, 128}, {32, 12, 512, 96, 64},
                            {8, 12, 2048, 96, 64}, {32, 16, 512, 192, 128}};
+  std::vector<std::string> shape_names, path_names;
+  for (const Shape4& s : shapes) shape_names.push_back(s.name());
+  for (Path p : kPaths) path_names.push_back(path_name(p));
+  if (!names_known("shape", only_shapes, shape_names) || !names_known("path", only, path_names)) return 2;
+  if (!bench::open_device()) return 0;
+  bench::Timer timer;
   std::printf("%-22s %-9s %10s %12s %14s %12s\n", "shape", "path", "fwd ms", "fwd TFLOP/s", "fwd+bwd ms",
               "TFLOP/s");
   io::ordered_json out;
   for (const Shape4& s : shapes) {
     if (!only_shapes.empty() && only_shapes.find("," + s.name() + ",") == std::string::npos) continue;
-    for (Path p : {Path::fused, Path::fused_plain, Path::fused_hopper, Path::fused_hopper_bwd, Path::composed}) {
+    for (Path p : kPaths) {
       const char* path = path_name(p);
       if (!only.empty() && only.find("," + std::string(path) + ",") == std::string::npos) continue;
       const Timing t = time_path(s, p, timer);
