@@ -87,14 +87,19 @@ constexpr bool attention_hopper_supports(DType dtype, std::int64_t dk, std::int6
 
 // Whether a forward with these arguments runs the Hopper kernel on an sm_90 GPU (the launcher
 // also checks the GPU and the workspace; the front-end allocates the workspace only then): when
-// named, or automatically from S = 1024 on. Below, its fixed costs (the Vᵀ pass, filling the
-// pipeline, a 128-key tile half masked on the diagonal) outweigh its faster products over the few
-// tiles a block has: at the big config's S 512 (B32 H12, 96/64) the plain kernel measured 108
-// TFLOP/s against 99 (H200, benchmarks/bench_attention_cuda.cpp; docs/mla.md).
+// named, or automatically from S = 1024 on, and from S = 512 on at qk head dims of 192 and more.
+// Below, its fixed costs (the Vᵀ pass, filling the pipeline, a 128-key tile half masked on the
+// diagonal) outweigh its faster products over the few tiles a block has. Measured at S 512 (H100,
+// two calls, benchmarks/bench_attention_cuda.cpp; docs/mla.md): at the big config's (96, 64)
+// B32 H12 the plain kernel runs 137-141 TFLOP/s against 122-126; at DeepSeek-V3's (192, 128) B32
+// H16 the Hopper one 170-175 against 162-163 (its products are the larger share there), and its
+// lead grows with S (1.74x at S 2048, B4 H16). Other head dims below S 1024 keep the plain kernel: only
+// (96, 64) was measured there.
 constexpr bool attention_hopper_wanted(AttentionKernel implementation, DType dtype, std::int64_t dk, std::int64_t dv,
                                        std::int64_t seq) {
-  return attention_hopper_supports(dtype, dk, dv) &&
-         (implementation == AttentionKernel::hopper || (implementation == AttentionKernel::automatic && seq >= 1024));
+  const bool automatic_hopper = seq >= 1024 || (seq >= 512 && dk >= 192);
+  return attention_hopper_supports(dtype, dk, dv) && (implementation == AttentionKernel::hopper ||
+                                                      (implementation == AttentionKernel::automatic && automatic_hopper));
 }
 
 // What the Hopper backward (attention_backward_hopper.cuh) takes: bf16, dk a multiple of 32 up to

@@ -187,3 +187,25 @@ TEST(FusedAttention, Errors) {
   EXPECT_KILN_ERROR(fused_causal_attention(q2, k2, v2, 1.0, tensor<std::int64_t>({0, 6})), "fused_causal_attention",
                     "B = 1");
 }
+
+// The automatic choice of the CUDA forward (kernels/attention/args.hpp, measured in docs/mla.md):
+// the Hopper kernel from S 1024 on at every head-dim pair it takes, from S 512 on at qk 192; the
+// plain one otherwise; a kernel named by the caller always wins where it applies.
+TEST(FusedAttention, AutomaticForwardKernelChoice) {
+  using kernels::AttentionKernel;
+  const auto wanted = [](AttentionKernel k, DType t, std::int64_t dk, std::int64_t dv, std::int64_t seq) {
+    return kernels::attention_hopper_wanted(k, t, dk, dv, seq);
+  };
+  const AttentionKernel automatic = AttentionKernel::automatic;
+  EXPECT_TRUE(wanted(automatic, DType::bf16, 96, 64, 1024));
+  EXPECT_FALSE(wanted(automatic, DType::bf16, 96, 64, 1023));
+  EXPECT_FALSE(wanted(automatic, DType::bf16, 96, 64, 512));
+  EXPECT_FALSE(wanted(automatic, DType::bf16, 128, 128, 512));
+  EXPECT_TRUE(wanted(automatic, DType::bf16, 192, 128, 512));
+  EXPECT_FALSE(wanted(automatic, DType::bf16, 192, 128, 511));
+  EXPECT_TRUE(wanted(automatic, DType::bf16, 192, 128, 4096));
+  EXPECT_TRUE(wanted(AttentionKernel::hopper, DType::bf16, 96, 64, 1));
+  EXPECT_FALSE(wanted(AttentionKernel::plain, DType::bf16, 192, 128, 4096));
+  EXPECT_FALSE(wanted(automatic, DType::bf16, 48, 32, 4096));  // v 32: no Hopper instance
+  EXPECT_FALSE(wanted(automatic, DType::f32, 192, 128, 4096));  // bf16 only
+}
