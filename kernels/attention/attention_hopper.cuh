@@ -307,28 +307,20 @@ __global__ void __launch_bounds__(kThreads, 1)
   sm90::mbarrier_wait(q_bar, 0);
 
   // The first tile: its scores and probabilities (O is still zero: nothing to rescale).
-  // Ping-pong: consumer wg issues a tile's products only after the other consumer has issued its
-  // own (hardware barrier 1 + wg: this consumer waits there, the other arrives), so that one's
-  // softmax runs under the other's products instead of both reaching their softmax together (they
-  // wait for the same K tiles, which keeps them in step). Consumer 0 goes first; its final wait
-  // takes consumer 1's last turn, so that no arrival is left on a barrier.
-  const bool pingpong = a.pingpong;
-  const auto take_turn = [&] {
-    if (pingpong) sm90::named_barrier_sync(1 + wg, 256);
-  };
-  const auto pass_turn = [&] {
-    if (pingpong) sm90::named_barrier_arrive(2 - wg, 256);
-  };
-  if (pingpong && wg == 1) sm90::named_barrier_arrive(1, 256);
+  // Ping-pong: a consumer issues a tile's products only after the other has issued its own, so
+  // that one's softmax runs under the other's products (they wait for the same K tiles, which
+  // would keep them in step). Every issue below is one turn.
+  const sm90::PingPong turns{a.pingpong, wg};
+  turns.start();
 
   int stage = 0;
   std::uint32_t phase = 0;
   sm90::mbarrier_wait(full_k + 8 * stage, phase);
-  take_turn();
+  turns.take_turn();
   sm90::wgmma_fence();
   scores<DK>(sc, q_addr, k_addr(stage));
   sm90::wgmma_commit();
-  pass_turn();
+  turns.pass_turn();
   sm90::wgmma_wait<0>();
   sm90::fence_registers(sc);
   release(empty_k, stage);
@@ -348,13 +340,13 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     sm90::mbarrier_wait(full_k + 8 * stage, phase);
     sm90::mbarrier_wait(full_v + 8 * prev, prev_phase);
-    take_turn();
+    turns.take_turn();
     sm90::wgmma_fence();
     scores<DK>(sc, q_addr, k_addr(stage));
     sm90::wgmma_commit();
     accumulate_pv<DV>(o, pa, v_addr(prev));
     sm90::wgmma_commit();
-    pass_turn();
+    turns.pass_turn();
     sm90::wgmma_wait<1>();  // groups complete in order: S is done, P·V may still run
     sm90::fence_registers(sc);
     release(empty_k, stage);
@@ -371,15 +363,15 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   // The last tile's P·V.
   sm90::mbarrier_wait(full_v + 8 * stage, phase);
-  take_turn();
+  turns.take_turn();
   sm90::wgmma_fence();
   accumulate_pv<DV>(o, pa, v_addr(stage));
   sm90::wgmma_commit();
-  pass_turn();
+  turns.pass_turn();
   sm90::wgmma_wait<0>();
   sm90::fence_registers(o);
   release(empty_v, stage);
-  if (pingpong && wg == 0) sm90::named_barrier_sync(1, 256);
+  turns.finish();
 
   T* const out = static_cast<T*>(a.out) + (b * s.heads + h) * S * DV;
 #pragma unroll

@@ -30,4 +30,29 @@ __device__ inline void named_barrier_arrive(int id, int threads) {
   asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(threads) : "memory");
 }
 
+// Two consumer warpgroups (wg 0 and 1) of a warp-specialised kernel taking turns at issuing their
+// tensor-core work (FlashAttention-3's ping-pong, Shah et al. 2024): while one issues, the other
+// runs its non-tensor work (a softmax), instead of both reaching it at once when they wait for the
+// same shared-memory tiles. Hardware barriers kFirst + wg (2 x 128 threads each): a warpgroup's
+// turn is a sync on its own barrier, which the other's pass_turn arrives on. wg 0 goes first
+// (start); both must take the same number of turns, and finish() takes wg 1's last pass, so
+// that no arrival is left on a barrier when the block exits. `on` false: every call does nothing.
+struct PingPong {
+  static constexpr int kFirst = 1;  // barriers 1 and 2 (0 is __syncthreads)
+  bool on;
+  int wg;
+  __device__ void start() const {
+    if (on && wg == 1) named_barrier_arrive(kFirst, 256);
+  }
+  __device__ void take_turn() const {
+    if (on) named_barrier_sync(kFirst + wg, 256);
+  }
+  __device__ void pass_turn() const {
+    if (on) named_barrier_arrive(kFirst + 1 - wg, 256);
+  }
+  __device__ void finish() const {
+    if (on && wg == 0) named_barrier_sync(kFirst, 256);
+  }
+};
+
 }  // namespace kiln::kernels::sm90
