@@ -69,6 +69,9 @@ struct AttentionBackwardArgs {
   const void* dout = nullptr;
   const float* lse = nullptr;
   AttentionKernel implementation = AttentionKernel::automatic;
+  // Hopper dK/dV and dQ kernels: the two consumer warpgroups take turns issuing their products
+  // (ping-pong). Off with KILN_ATTENTION_PINGPONG=off in the environment (comparisons).
+  bool pingpong = true;
 };
 
 // The (dk, dv) head-dim pairs the CUDA kernels are compiled for; others get a kiln::Error from

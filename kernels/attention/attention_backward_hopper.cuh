@@ -426,6 +426,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   const std::uint32_t k_addr = base + wg * 64 * 128;  // this consumer's 64 rows of each box
   const std::uint32_t v_addr = base + L::v_offset + wg * 64 * 128;
   sm90::mbarrier_wait(kv_bar, 0);
+  const sm90::PingPong turns{a.pingpong, wg};  // as in the forward: every issue below is one turn
+  turns.start();
 
   // Software-pipelined by one tile: an iteration issues the previous tile's dV and dK products and
   // then this tile's Sᵀ and dPᵀ, back to back, so that this warpgroup's tensor-core work has no gap
@@ -444,6 +446,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     const float* const lse2 = stats + stage * 2 * BQ;
     const float* const delta = lse2 + BQ;
     sm90::mbarrier_wait(full_bar + 8 * stage, phase);
+    turns.take_turn();
     if (step > 0) {
       const std::uint32_t pq_addr = base + L::q_offset + previous * L::q_bytes;
       const std::uint32_t pg_addr = base + L::g_offset + previous * L::g_bytes;
@@ -456,6 +459,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     float sc[BQ / 2], dp[BQ / 2];
     issue_score_products<BQ, DK, DV>(sc, dp, k_addr, q_addr, v_addr, g_addr);
+    turns.pass_turn();
     sm90::wgmma_wait<1>();  // the previous tile's dV and dK, and Sᵀ
     sm90::fence_registers(sc);
     if (step > 0) {
@@ -487,14 +491,17 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (steps > 0) {  // the last tile's dV and dK
     const std::uint32_t pq_addr = base + L::q_offset + previous * L::q_bytes;
     const std::uint32_t pg_addr = base + L::g_offset + previous * L::g_bytes;
+    turns.take_turn();
     sm90::wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < BQ / 16; ++kk) Wgmma<DV>::rs_mn(dv, pa[kk], mn_major(pg_addr, BQ, kk), 1);
 #pragma unroll
     for (int kk = 0; kk < BQ / 16; ++kk) Wgmma<NK>::rs_mn(dk, da[kk], mn_major(pq_addr, BQ, kk), 1);
     sm90::wgmma_commit();
+    turns.pass_turn();
     sm90::wgmma_wait<0>();
   }
+  turns.finish();
   sm90::fence_registers(dv);
   sm90::fence_registers(dk);
 
@@ -607,6 +614,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   const std::uint32_t q_addr = base + wg * 64 * 128;
   const std::uint32_t g_addr = base + L::g_offset + wg * 64 * 128;
   sm90::mbarrier_wait(q_bar, 0);
+  const sm90::PingPong turns{a.pingpong, wg};
+  turns.start();
 
   // Software-pipelined as the dK/dV kernel: an iteration issues the previous tile's dQ product
   // (dS waiting in registers) and then this tile's S and dP.
@@ -617,6 +626,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     const std::uint32_t k_addr = base + L::k_offset + stage * L::k_bytes;
     const std::uint32_t v_addr = base + L::v_offset + stage * L::v_bytes;
     sm90::mbarrier_wait(full_bar + 8 * stage, phase);
+    turns.take_turn();
     if (n0 > t_first) {
       const std::uint32_t pk_addr = base + L::k_offset + previous * L::k_bytes;
       sm90::wgmma_fence();
@@ -626,6 +636,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     float sc[BN / 2], dp[BN / 2];  // written by wgmma only (as in the dK/dV kernel)
     issue_score_products<BN, DK, DV>(sc, dp, q_addr, k_addr, g_addr, v_addr);
+    turns.pass_turn();
     sm90::wgmma_wait<1>();  // the previous tile's dQ, and S
     sm90::fence_registers(sc);
     if (n0 > t_first) {
@@ -653,12 +664,15 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   {  // the last tile's dQ (every block has at least one key tile)
     const std::uint32_t pk_addr = base + L::k_offset + previous * L::k_bytes;
+    turns.take_turn();
     sm90::wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < BN / 16; ++kk) Wgmma<NK>::rs_mn(dq, da[kk], mn_major(pk_addr, BN, kk), 1);
     sm90::wgmma_commit();
+    turns.pass_turn();
     sm90::wgmma_wait<0>();
   }
+  turns.finish();
   sm90::fence_registers(dq);
   store_rows<T, NK>(static_cast<T*>(a.dq) + head_row * DK, dq, warp_row0, S, DK, static_cast<float>(s.scale));
 }
@@ -673,6 +687,8 @@ void launch_backward(const AttentionBackwardArgs& a) {
   const AttentionShapeArgs& s = a.shape;
   const std::int64_t q_rows = s.batch * s.heads * s.seq, kv_rows = s.batch * s.kv_heads * s.seq;
   const unsigned tiles = static_cast<unsigned>((s.seq + kBlock - 1) / kBlock);
+  AttentionBackwardArgs args = a;
+  args.pingpong = a.pingpong && hopper::pingpong_enabled();
   {
     using L = DkdvLayout<DK, DV>;
     const CUtensorMap q_map = make_tensor_map(a.q, q_rows, DK, L::BQ);
@@ -682,7 +698,7 @@ void launch_backward(const AttentionBackwardArgs& a) {
     opt_in_shared_memory(attention_dkdv_hopper_kernel<T, DK, DV>, L::bytes, a.launch.device);
     attention_dkdv_hopper_kernel<T, DK, DV>
         <<<dim3(tiles, static_cast<unsigned>(s.kv_heads), static_cast<unsigned>(s.batch)), kThreads, L::bytes,
-           a.launch.stream>>>(q_map, g_map, k_map, v_map, a);
+           a.launch.stream>>>(q_map, g_map, k_map, v_map, args);
     KILN_CUDA_CHECK_LAUNCH();
   }
   {
@@ -694,7 +710,7 @@ void launch_backward(const AttentionBackwardArgs& a) {
     opt_in_shared_memory(attention_dq_hopper_kernel<T, DK, DV>, L::bytes, a.launch.device);
     attention_dq_hopper_kernel<T, DK, DV>
         <<<dim3(tiles, static_cast<unsigned>(s.heads), static_cast<unsigned>(s.batch)), kThreads, L::bytes,
-           a.launch.stream>>>(q_map, g_map, k_map, v_map, a);
+           a.launch.stream>>>(q_map, g_map, k_map, v_map, args);
     KILN_CUDA_CHECK_LAUNCH();
   }
 }

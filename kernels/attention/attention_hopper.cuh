@@ -406,6 +406,16 @@ inline CUtensorMap make_tensor_map(const void* data, std::int64_t rows, std::int
   return map;
 }
 
+// KILN_ATTENTION_PINGPONG=off in the environment turns the consumers' ping-pong off in the Hopper
+// forward and backward kernels (read once per process; for comparisons).
+inline bool pingpong_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("KILN_ATTENTION_PINGPONG");
+    return v == nullptr || std::string_view(v) != "off";
+  }();
+  return on;
+}
+
 // Vᵀ, then the kernel (the launcher in attention.cuh has checked supports(dk, dv), the device, the
 // workspace and that every row index fits in int).
 template <class T, int DK, int DV>
@@ -424,12 +434,8 @@ void launch_forward(const AttentionForwardArgs& a) {
   const dim3 grid(static_cast<unsigned>((s.seq + kRows - 1) / kRows), static_cast<unsigned>(s.heads),
                   static_cast<unsigned>(s.batch));
   opt_in_shared_memory(attention_forward_hopper_kernel<T, DK, DV>, smem, a.launch.device);
-  static const bool pingpong = [] {  // read once per process
-    const char* v = std::getenv("KILN_ATTENTION_PINGPONG");
-    return v == nullptr || std::string_view(v) != "off";
-  }();
   AttentionForwardArgs args = a;
-  args.pingpong = a.pingpong && pingpong;
+  args.pingpong = a.pingpong && pingpong_enabled();
   attention_forward_hopper_kernel<T, DK, DV><<<grid, kThreads, smem, a.launch.stream>>>(q_map, k_map, v_map, args);
   KILN_CUDA_CHECK_LAUNCH();
 }
