@@ -39,9 +39,6 @@ struct AttentionForwardArgs {
   const void* q = nullptr;
   const void* k = nullptr;
   const void* v = nullptr;
-  // Workspace of the Hopper kernel: [B, Hkv, dv, S rounded up to 64] elements (V transposed);
-  // null: the plain kernel runs.
-  void* v_transposed = nullptr;
   AttentionKernel implementation = AttentionKernel::automatic;
   // Hopper forward: the two consumer warpgroups take turns issuing their products (ping-pong).
   // Off with KILN_ATTENTION_PINGPONG=off in the environment (comparisons).
@@ -89,20 +86,21 @@ constexpr bool attention_hopper_supports(DType dtype, std::int64_t dk, std::int6
 }
 
 // Whether a forward with these arguments runs the Hopper kernel on an sm_90 GPU (the launcher
-// also checks the GPU and the workspace; the front-end allocates the workspace only then): when
-// named, or automatically from S = 1024 on, and from S = 512 on at qk head dims of 192 and more.
-// Below, its fixed costs (the Vᵀ pass, filling the pipeline, a 128-key tile half masked on the
-// diagonal) outweigh its faster products over the few tiles a block has. Measured at S 512 (H100,
-// two calls, benchmarks/bench_attention_cuda.cpp; docs/mla.md): at the big config's (96, 64)
-// B32 H12 the plain kernel runs 137-141 TFLOP/s against 122-126; at DeepSeek-V3's (192, 128) B32
-// H16 the Hopper one 170-175 against 162-163 (its products are the larger share there), and its
-// lead grows with S (1.74x at S 2048, B4 H16). Other head dims below S 1024 keep the plain kernel: only
-// (96, 64) was measured there.
+// also checks the GPU): when named, or automatically from S = 1024 on, and from S = 512 on at qk
+// head dims of 192 and more. Below, its fixed costs (filling the pipeline, a 128-key tile half
+// masked on the diagonal; until the V tiles were read MN-major, also a pass writing Vᵀ) outweigh
+// its faster products over the few tiles a block has. Measured at S 512 with that pass (H100, two
+// calls, benchmarks/bench_attention_cuda.cpp; docs/mla.md): at the big config's (96, 64) B32 H12
+// the plain kernel runs 137-141 TFLOP/s against 122-126; at DeepSeek-V3's (192, 128) B32 H16 the
+// Hopper one 170-175 against 162-163 (its products are the larger share there), and its lead
+// grows with S (1.74x at S 2048, B4 H16). Other head dims below S 1024 keep the plain kernel:
+// only (96, 64) was measured there.
 constexpr bool attention_hopper_wanted(AttentionKernel implementation, DType dtype, std::int64_t dk, std::int64_t dv,
                                        std::int64_t seq) {
   const bool automatic_hopper = seq >= 1024 || (seq >= 512 && dk >= 192);
-  return attention_hopper_supports(dtype, dk, dv) && (implementation == AttentionKernel::hopper ||
-                                                      (implementation == AttentionKernel::automatic && automatic_hopper));
+  const bool wanted = implementation == AttentionKernel::hopper ||
+                      (implementation == AttentionKernel::automatic && automatic_hopper);
+  return attention_hopper_supports(dtype, dk, dv) && wanted;
 }
 
 // What the Hopper backward (attention_backward_hopper.cuh) takes: bf16, dk a multiple of 32 up to

@@ -452,10 +452,9 @@ inline void launch_attention_forward(const AttentionForwardArgs& a) {
   check_attention_args(op, a.dtype, s, {a.q, a.k, a.v, a.out});
   cuda::DeviceGuard guard(a.launch.device);
   const bool hopper_fits = device_info(a.launch.device).major == 9 && attention_hopper_supports(a.dtype, s.dk, s.dv) &&
-                          a.v_transposed != nullptr && aligned16(a.v_transposed) && s.batch * s.kv_heads <= 65535 &&
-                          s.batch * s.heads * s.seq < 0x7fffffff && s.batch * s.kv_heads * (s.seq + 64) < 0x7fffffff;
+                          s.batch * s.kv_heads <= 65535 && s.batch * s.heads * s.seq < 0x7fffffff;
   check(a.implementation != AttentionKernel::hopper || hopper_fits, op,
-        "the Hopper kernel needs bf16, an sm_90 GPU, dk a multiple of 32 up to 256, dv 64 or 128, the Vᵀ workspace and "
+        "the Hopper kernel needs bf16, an sm_90 GPU, dk a multiple of 32 up to 256, dv 64 or 128 and "
         "fewer than 2^31 rows; got ", a.dtype, ", dk ",
         s.dk, ", dv ", s.dv, " on a GPU of compute capability ", device_info(a.launch.device).major, ".",
         device_info(a.launch.device).minor);

@@ -9,7 +9,8 @@
 //   softmax    on the accumulators, in the layout of mma.sync's C fragments (sm90/wgmma_bf16.cuh):
 //              masks, base-2 online softmax (the function of the plain kernel);
 //   O += P·V   wgmma m64n{Dv}k16 with A = P from registers (rounded to 16 bits, 8 instructions of
-//              16 keys) and B = the tile of Vᵀ from shared memory.
+//              16 keys) and B = the V tile from shared memory, read MN-major (transposed by the
+//              instruction: V's rows are keys, the reduction dimension).
 // Intra-warpgroup pipelining (FlashAttention-3, Shah et al. 2024): a consumer issues S of tile n and
 // then P·V of tile n - 1, waits for S alone, and runs tile n's softmax while P·V is in flight; O is
 // rescaled by the new maximum only after P·V has retired. Every wgmma is waited for in the
@@ -29,26 +30,27 @@
 // 64-bit compares, and exp2f's denormal range check) the kernel issued 1564 instructions a warp a
 // tile, 2.1x as many, and ran 1.19-1.44x slower (docs/mla.md; with this file's pipelining).
 //
-// Pipeline. K and Vᵀ tiles go through 2 stages each, with separate `full` mbarriers (the TMA bytes
+// Pipeline. K and V tiles go through 2 stages each, with separate `full` mbarriers (the TMA bytes
 // land) and `empty` ones (the 8 consumer warps are done reading: one arrival per warp after its
-// wgmma wait): K of a tile is released as soon as its S is done, Vᵀ one iteration later, after its
+// wgmma wait): K of a tile is released as soon as its S is done, V one iteration later, after its
 // P·V; one barrier pair for both would hold K's stage an iteration longer and keep the next K from
 // loading ahead. Q through one barrier, loaded once. Registers are rebalanced with setmaxnreg: 40
 // for the producer, 232 for the consumers.
 //
-// Layouts. wgmma reads K-major operands in 128-byte-swizzled atoms (8 rows x 128 bytes, 1024
-// bytes; sm90/wgmma.cuh's descriptor): a tile of R rows x D elements is stored as D/64 column
-// chunks of R rows x 64 elements (128 bytes a row), which is what TMA writes for a box of 64 x R
-// with the 128-byte swizzle; each chunk is 1024-byte aligned. Dk = 96 takes two chunks, the second
-// half zero-filled by TMA (columns past Dk) and never read. The tensor maps span all heads as one
-// [B·H·S, Dk] matrix: a tile that runs past a head's last row reads the next head's rows (keys
-// there are masked, query rows there are never written) or zeros past the tensor's end. For P·V
-// the B operand is Dv x keys, K-major: V transposed. A small kernel first writes Vᵀ [B, Hkv, Dv,
-// S rounded up to 64] (zeros past S) into a workspace the front-end provides; it reads and writes V
-// once (noise next to the products).
+// Layouts. wgmma reads operands in 128-byte-swizzled atoms (8 rows x 128 bytes, 1024 bytes;
+// sm90/wgmma.cuh's descriptors): a tile of R rows x D elements is stored as D/64 column chunks of
+// R rows x 64 elements (128 bytes a row), which is what TMA writes for a box of 64 x R with the
+// 128-byte swizzle; each chunk is 1024-byte aligned. Q and K are read K-major (their rows run
+// along the reduction), V MN-major (its rows are the reduction's keys): no transposed copy of V.
+// Dk = 96 takes two chunks, the second half zero-filled by TMA (columns past Dk) and never read.
+// The Q and K tensor maps span all heads as one [B·H·S, Dk] matrix: a tile that runs past a head's
+// last row reads the next head's rows (keys there are masked to -inf before the exp, query rows
+// there are never written) or zeros past the tensor's end. V's map is 3-D, [B·Hkv][S][Dv], so that
+// a tile running past S reads zeros: those keys' P is 0, and 0 times another head's values could
+// still be NaN where those values are not finite.
 //
-// Shared memory: Q 2 x ceil(Dk/64) x 8 KB, K 2 stages x ceil(Dk/64) x 16 KB, Vᵀ 2 x Dv x 256
-// bytes: 208 KB at (192, 128), 128 KB at (96, 64).
+// Shared memory: Q 2 x ceil(Dk/64) x 8 KB, K 2 stages x ceil(Dk/64) x 16 KB, V 2 stages x
+// ceil(Dv/64) x 16 KB: 208 KB at (192, 128), 128 KB at (96, 64).
 #pragma once
 
 #include <cuda.h>
@@ -80,7 +82,6 @@ constexpr int kRows = 64 * kWarpgroups;            // queries a block
 constexpr int kProducerRegisters = 40;
 constexpr int kConsumerRegisters = 232;
 constexpr int kKeys = 128;  // keys a tile
-constexpr int kPad = 64;    // Vᵀ rows are padded to a multiple of this
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
@@ -90,34 +91,13 @@ template <int DK, int DV>
 struct SmemLayout {
   static constexpr int q_bytes = chunks(DK) * 64 * 128;     // one consumer's Q rows
   static constexpr int k_bytes = chunks(DK) * kKeys * 128;  // one K tile
-  static constexpr int v_bytes = DV * kKeys * 2;            // one Vᵀ tile (Dv rows x kKeys keys, 64 a chunk)
+  static constexpr int v_bytes = chunks(DV) * kKeys * 128;  // one V tile
   static constexpr int k_offset = kWarpgroups * q_bytes;
   static constexpr int v_offset = k_offset + 2 * k_bytes;
-  // q, then full and empty for K's two stages and for Vᵀ's: 8 bytes each
+  // q, then full and empty for K's two stages and for V's: 8 bytes each
   static constexpr int barrier_offset = v_offset + 2 * v_bytes;
   static constexpr std::size_t bytes = 1024 + barrier_offset + 9 * 8;  // + alignment slack
 };
-
-// vt[bh, d, s] = v[bh, s, d] for s < S, 0 for S <= s < s_pad; 32 x 32 tiles through shared memory.
-template <class T>
-__global__ void __launch_bounds__(256) transpose_v_kernel(T* vt, const T* v, std::int64_t S, std::int64_t s_pad, int dv) {
-  __shared__ T tile[32][33];
-  const std::int64_t bh = blockIdx.z;
-  const std::int64_t s0 = static_cast<std::int64_t>(blockIdx.x) * 32;
-  const int d0 = static_cast<int>(blockIdx.y) * 32;
-  const int tx = static_cast<int>(threadIdx.x & 31), ty = static_cast<int>(threadIdx.x >> 5);  // 32 x 8
-  for (int r = ty; r < 32; r += 8) {
-    const std::int64_t s = s0 + r;
-    const int d = d0 + tx;
-    tile[r][tx] = (s < S && d < dv) ? v[(bh * S + s) * dv + d] : T{};
-  }
-  __syncthreads();
-  for (int r = ty; r < 32; r += 8) {
-    const int d = d0 + r;
-    const std::int64_t s = s0 + tx;
-    if (d < dv && s < s_pad) vt[(bh * dv + d) * s_pad + s] = tile[tx][r];
-  }
-}
 
 // S = Q·Kᵀ for one 64 x kKeys tile: Dk/16 wgmma from shared memory, the first overwriting S
 // (scale_d = 0: no zeroing of the accumulators between products).
@@ -132,15 +112,16 @@ __device__ __forceinline__ void scores(float (&sc)[kKeys / 2], std::uint32_t q_a
   }
 }
 
-// O += P·V: kKeys/16 wgmma with A = P from registers and B = the Vᵀ tile from shared memory.
+// O += P·V: kKeys/16 wgmma with A = P from registers and B = the V tile from shared memory, read
+// MN-major: k step kk is keys 16 kk .. 16 kk + 15, two whole swizzle atoms into each chunk of 64
+// value columns (chunks kKeys x 128 bytes apart).
 template <int DV>
 __device__ __forceinline__ void accumulate_pv(float (&o)[DV / 2], const unsigned (&pa)[kKeys / 16][4],
                                               std::uint32_t v_addr) {
 #pragma unroll
-  for (int kk = 0; kk < kKeys / 16; ++kk) {
-    const std::uint32_t chunk = kk >> 2, in_row = (kk & 3) * 32;  // as in scores(), over the keys
-    sm90::WgmmaBf16<DV>::rs(o, pa[kk], sm90::smem_descriptor_k_major_sw128(v_addr + chunk * DV * 128 + in_row), 1);
-  }
+  for (int kk = 0; kk < kKeys / 16; ++kk)
+    sm90::WgmmaBf16<DV>::rs_mn(o, pa[kk], sm90::smem_descriptor_mn_major_sw128(v_addr + kk * 16 * 128, kKeys * 128),
+                               1);
 }
 
 // Scores of one tile -> unnormalised probabilities in place, in the base-2 domain: scaled, masked
@@ -248,7 +229,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (threadIdx.x != 0) return;
     const int q_row = static_cast<int>((b * s.heads + h) * S + q0);
     const int k_row = static_cast<int>((b * s.kv_heads + kvh) * S);
-    const int v_row = static_cast<int>((b * s.kv_heads + kvh) * DV);
+    const int v_slice = static_cast<int>(b * s.kv_heads + kvh);
     sm90::mbarrier_arrive_expect_bytes(q_bar, kWarpgroups * L::q_bytes);
     for (int wg = 0; wg < kWarpgroups; ++wg)
       for (int c = 0; c < KC; ++c)
@@ -256,9 +237,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     int stage = 0;
     std::uint32_t phase = 0;
     for (std::int64_t n0 = t_first; n0 <= t_last; n0 += kKeys) {
-      // K of tile i is freed when its scores are done, Vᵀ one tile later (after its P·V, which
+      // K of tile i is freed when its scores are done, V one tile later (after its P·V, which
       // runs during the next tile's softmax): two barrier pairs, so that K of tile i + 2 loads
-      // while Vᵀ of tile i is still read.
+      // while V of tile i is still read.
       sm90::mbarrier_wait(empty_k + 8 * stage, phase ^ 1);
       sm90::mbarrier_arrive_expect_bytes(full_k + 8 * stage, L::k_bytes);
       for (int c = 0; c < KC; ++c)
@@ -266,9 +247,9 @@ __global__ void __launch_bounds__(kThreads, 1)
                           k_row + static_cast<int>(n0), full_k + 8 * stage);
       sm90::mbarrier_wait(empty_v + 8 * stage, phase ^ 1);
       sm90::mbarrier_arrive_expect_bytes(full_v + 8 * stage, L::v_bytes);
-      for (int c = 0; c < kKeys / 64; ++c)
-        sm90::tma_load_2d(base + L::v_offset + stage * L::v_bytes + c * DV * 128, &v_map, static_cast<int>(n0) + 64 * c,
-                          v_row, full_v + 8 * stage);
+      for (int c = 0; c < chunks(DV); ++c)
+        sm90::tma_load_3d(base + L::v_offset + stage * L::v_bytes + c * kKeys * 128, &v_map, 64 * c,
+                          static_cast<int>(n0), v_slice, full_v + 8 * stage);
       if (++stage == 2) {
         stage = 0;
         phase ^= 1;
@@ -406,6 +387,25 @@ inline CUtensorMap make_tensor_map(const void* data, std::int64_t rows, std::int
   return map;
 }
 
+// [slices][rows][cols] bf16, contiguous, read as boxes of 64 columns x box_rows rows of one slice
+// with the 128-byte swizzle: a box never crosses a slice, so rows past `rows` read as zero.
+inline CUtensorMap make_tensor_map_3d(const void* data, std::int64_t slices, std::int64_t rows, std::int64_t cols,
+                                      int box_rows) {
+  CUtensorMap map{};
+  const cuuint64_t dims[3] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows),
+                              static_cast<cuuint64_t>(slices)};
+  const cuuint64_t strides[2] = {static_cast<cuuint64_t>(cols * 2), static_cast<cuuint64_t>(rows * cols * 2)};
+  const cuuint32_t box[3] = {64, static_cast<cuuint32_t>(box_rows), 1};
+  const cuuint32_t element_strides[3] = {1, 1, 1};
+  const CUresult r = sm90::encode_tiled()(
+      &map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3,
+      const_cast<void*>(data), dims, strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+      CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  check(r == CUDA_SUCCESS, "fused_causal_attention", "cuTensorMapEncodeTiled failed (error ", static_cast<int>(r),
+        ") for a [", slices, ", ", rows, ", ", cols, "] operand");
+  return map;
+}
+
 // KILN_ATTENTION_PINGPONG=off in the environment turns the consumers' ping-pong off in the Hopper
 // forward and backward kernels (read once per process; for comparisons).
 inline bool pingpong_enabled() {
@@ -416,20 +416,14 @@ inline bool pingpong_enabled() {
   return on;
 }
 
-// Vᵀ, then the kernel (the launcher in attention.cuh has checked supports(dk, dv), the device, the
-// workspace and that every row index fits in int).
+// The kernel (the launcher in attention.cuh has checked supports(dk, dv), the device and that
+// every row index fits in int).
 template <class T, int DK, int DV>
 void launch_forward(const AttentionForwardArgs& a) {
   const AttentionShapeArgs& s = a.shape;
-  const std::int64_t s_pad = (s.seq + kPad - 1) / kPad * kPad;
-  const dim3 tgrid(static_cast<unsigned>(s_pad / 32), static_cast<unsigned>((DV + 31) / 32),
-                   static_cast<unsigned>(s.batch * s.kv_heads));
-  transpose_v_kernel<T><<<tgrid, 256, 0, a.launch.stream>>>(static_cast<T*>(a.v_transposed),
-                                                            static_cast<const T*>(a.v), s.seq, s_pad, DV);
-  KILN_CUDA_CHECK_LAUNCH();
   const CUtensorMap q_map = make_tensor_map(a.q, s.batch * s.heads * s.seq, DK, 64);
   const CUtensorMap k_map = make_tensor_map(a.k, s.batch * s.kv_heads * s.seq, DK, kKeys);
-  const CUtensorMap v_map = make_tensor_map(a.v_transposed, s.batch * s.kv_heads * DV, s_pad, DV);
+  const CUtensorMap v_map = make_tensor_map_3d(a.v, s.batch * s.kv_heads, s.seq, DV, kKeys);
   const std::size_t smem = SmemLayout<DK, DV>::bytes;
   const dim3 grid(static_cast<unsigned>((s.seq + kRows - 1) / kRows), static_cast<unsigned>(s.heads),
                   static_cast<unsigned>(s.batch));

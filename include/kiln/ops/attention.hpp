@@ -150,11 +150,6 @@ Tensor<T> fused_causal_attention_cuda(const Tensor<T>& q, const Tensor<T>& k, co
       .seq_end = seqs ? bounds.data() + shape.seq : nullptr};
   Tensor<T> out({shape.batch, shape.heads, shape.seq, shape.dv}, device);
   Tensor<float> lse({shape.batch, shape.heads, shape.seq}, device);
-  // The Hopper kernel's workspace: V transposed, rows padded to 64 keys, only where that kernel
-  // may run (on a GPU other than sm_90 it stays unused).
-  Tensor<T> v_transposed;
-  if (kernels::attention_hopper_wanted(implementation, dtype_of<T>, shape.dk, shape.dv, shape.seq))
-    v_transposed = Tensor<T>({shape.batch, shape.kv_heads, shape.dv, (shape.seq + 63) / 64 * 64}, device);
   launch_device_kernel(op, kernels::AttentionForwardArgs{.launch = launch_on(op, device),
                                                          .dtype = dtype_of<T>,
                                                          .shape = args_shape,
@@ -163,7 +158,6 @@ Tensor<T> fused_causal_attention_cuda(const Tensor<T>& q, const Tensor<T>& k, co
                                                          .q = qc.data(),
                                                          .k = kc.data(),
                                                          .v = vc.data(),
-                                                         .v_transposed = v_transposed.defined() ? v_transposed.data() : nullptr,
                                                          .implementation = implementation});
   if (!autograd::needs_grad(q, k, v)) return out;
   // The backward needs the forward's output (delta = dout·out): a detached view, so that the

@@ -1,8 +1,9 @@
 // wgmma in bf16 (sm_90a): D[64 x N] (+)= A[64 x 16] · B[N x 16]ᵀ per instruction, FP32 accumulators
 // in registers, B from shared memory through a descriptor (sm90/wgmma.cuh's K-major 128-byte-swizzled
 // layout), A either from shared memory (ss: a descriptor of the same layout) or from registers (rs:
-// each warp's 16 rows as an mma.sync A fragment, common/mma_sm80.cuh). Both operands K-major (no
-// transposes). Accumulator layout as in sm90/wgmma.cuh: thread t of the warpgroup holds
+// each warp's 16 rows as an mma.sync A fragment, common/mma_sm80.cuh). Both operands K-major, or
+// (rs_mn) B MN-major, read transposed by the instruction (16-bit types only). Accumulator layout
+// as in sm90/wgmma.cuh: thread t of the warpgroup holds
 // d[4c + 2h + j] = D[16·warp + lane/4 + 8h][8c + 2·(lane%4) + j], which is mma.sync's C layout per
 // 8-column chunk c: an S accumulator turns into the A registers of the next product by packing
 // pairs (sm80::pack2). Each wrapper is one PTX instruction (PTX ISA, "wgmma.mma_async"); scale_d = 0
@@ -39,6 +40,14 @@ struct WgmmaBf16<64> {
                  : KILN_WGMMA_D32
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(scale_d));
   }
+  // The same with B MN-major (imm-trans-b = 1: sm90/wgmma.cuh's smem_descriptor_mn_major_sw128).
+  __device__ static void rs_mn(float (&d)[32], const unsigned (&a)[4], std::uint64_t b_desc, int scale_d) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {" KILN_WGMMA_R32 "}, "
+                 "{%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+                 : KILN_WGMMA_D32
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(scale_d));
+  }
 };
 
 template <>
@@ -55,6 +64,14 @@ struct WgmmaBf16<128> {
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
                  "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {" KILN_WGMMA_R64 "}, "
                  "{%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
+                 : KILN_WGMMA_D64
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(scale_d));
+  }
+  // The same with B MN-major (imm-trans-b = 1).
+  __device__ static void rs_mn(float (&d)[64], const unsigned (&a)[4], std::uint64_t b_desc, int scale_d) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {" KILN_WGMMA_R64 "}, "
+                 "{%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
                  : KILN_WGMMA_D64
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(scale_d));
   }
