@@ -98,8 +98,9 @@ constexpr bool attention_hopper_supports(DType dtype, std::int64_t dk, std::int6
 constexpr bool attention_hopper_wanted(AttentionKernel implementation, DType dtype, std::int64_t dk, std::int64_t dv,
                                        std::int64_t seq) {
   const bool automatic_hopper = seq >= 1024 || (seq >= 512 && dk >= 192);
-  return attention_hopper_supports(dtype, dk, dv) && (implementation == AttentionKernel::hopper ||
-                                                      (implementation == AttentionKernel::automatic && automatic_hopper));
+  const bool wanted = implementation == AttentionKernel::hopper ||
+                      (implementation == AttentionKernel::automatic && automatic_hopper);
+  return attention_hopper_supports(dtype, dk, dv) && wanted;
 }
 
 // What the Hopper backward (attention_backward_hopper.cuh) takes: bf16, dk a multiple of 32 up to
