@@ -287,13 +287,13 @@ __global__ void __launch_bounds__(kThreads, 1)
   };
   sm90::mbarrier_wait(q_bar, 0);
 
-  // The first tile: its scores and probabilities (O is still zero: nothing to rescale).
   // Ping-pong: a consumer issues a tile's products only after the other has issued its own, so
   // that one's softmax runs under the other's products (they wait for the same K tiles, which
   // would keep them in step). Every issue below is one turn.
   const sm90::PingPong turns{a.pingpong, wg};
   turns.start();
 
+  // The first tile: its scores and probabilities (O is still zero: nothing to rescale).
   int stage = 0;
   std::uint32_t phase = 0;
   sm90::mbarrier_wait(full_k + 8 * stage, phase);
