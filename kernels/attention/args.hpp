@@ -86,18 +86,16 @@ constexpr bool attention_hopper_supports(DType dtype, std::int64_t dk, std::int6
 }
 
 // Whether a forward with these arguments runs the Hopper kernel on an sm_90 GPU (the launcher
-// also checks the GPU): when named, or automatically from S = 1024 on, and from S = 512 on at qk
-// head dims of 192 and more. Below, its fixed costs (filling the pipeline, a 128-key tile half
-// masked on the diagonal; until the V tiles were read MN-major, also a pass writing Vᵀ) outweigh
-// its faster products over the few tiles a block has. Measured at S 512 with that pass (H100, two
-// calls, benchmarks/bench_attention_cuda.cpp; docs/mla.md): at the big config's (96, 64) B32 H12
-// the plain kernel runs 137-141 TFLOP/s against 122-126; at DeepSeek-V3's (192, 128) B32 H16 the
-// Hopper one 170-175 against 162-163 (its products are the larger share there), and its lead
-// grows with S (1.74x at S 2048, B4 H16). Other head dims below S 1024 keep the plain kernel:
-// only (96, 64) was measured there.
+// also checks the GPU): when named, or automatically from S = 512 on. Below, its fixed costs
+// (filling the pipeline, a 128-key tile half masked on the diagonal) may outweigh its faster
+// products over the few tiles a block has: not measured. At S 512 it won once it read V MN-major
+// instead of through a pass writing Vᵀ (H100, same call, benchmarks/bench_attention_cuda.cpp;
+// docs/mla.md): at the big config's (96, 64) B32 H12, 158-162 TFLOP/s against the plain kernel's
+// 137-139 (with the pass: 122-126 against 137-141); at DeepSeek-V3's (192, 128) B32 H16 it led
+// with the pass too (170-175 against 162-163), and its lead grows with S.
 constexpr bool attention_hopper_wanted(AttentionKernel implementation, DType dtype, std::int64_t dk, std::int64_t dv,
                                        std::int64_t seq) {
-  const bool automatic_hopper = seq >= 1024 || (seq >= 512 && dk >= 192);
+  const bool automatic_hopper = seq >= 512;
   const bool wanted = implementation == AttentionKernel::hopper ||
                       (implementation == AttentionKernel::automatic && automatic_hopper);
   return attention_hopper_supports(dtype, dk, dv) && wanted;
