@@ -18,10 +18,8 @@
 // it), and updates an online softmax in the base-2 domain (x = scale·log2(e)·s, running max m and
 // per-thread partial sums l; the accumulator is rescaled by exp2(m_old − m_new)); the
 // probabilities become the A operand of O += P·V in registers (Dv/8 x 4 mma per 16 keys). At the
-// end out = O / l and lse = ln 2 · (m + log2 l), in float, for the backward. Blocks start heaviest
-// first (the query tiles with the most keys), in sections of heads that share L2, to even out the
-// tail (block_order.hpp; the same for the dQ kernel below and the Hopper kernels; the dK/dV kernel
-// keeps its grid's order, for registers).
+// end out = O / l and lse = ln 2 · (m + log2 l), in float, for the backward. Blocks are issued
+// diagonal-last-first (the query tiles with the most keys start first) to even out the tail.
 //
 // Backward (deterministic: no atomics; every gradient element is summed by one thread in a fixed
 // order, so two runs give the same bits):
@@ -51,8 +49,7 @@
 //
 // Limits: bf16 only (fp16 would double the instances and CI's compile time for a type training
 // on sm_80+ hardly uses; common/mma_sm80.cuh takes both); (Dk, Dv) among attention_head_dims_supported (template instances); the
-// inputs contiguous and 16-byte aligned (the front-end makes them so); S < 2^31, H and B <= 65535,
-// fewer than 2^31 blocks of 64 queries.
+// inputs contiguous and 16-byte aligned (the front-end makes them so); S < 2^31, H and B <= 65535.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -65,7 +62,6 @@
 #include "kiln/kernels/attention/args.hpp"
 #include "kiln/kernels/attention/attention_backward_hopper.cuh"
 #include "kiln/kernels/attention/attention_hopper.cuh"
-#include "kiln/kernels/attention/block_order.hpp"
 #include "kiln/kernels/attention/key_tiles.cuh"
 #include "kiln/kernels/common/cuda_check.hpp"
 #include "kiln/kernels/common/device_guard.hpp"
@@ -117,22 +113,20 @@ __device__ __forceinline__ void scale_and_mask(float (&sc)[KEYS / 8][4], float (
 }
 
 template <class T, int DK, int DV>
-__global__ void __launch_bounds__(kThreads) attention_forward_kernel(AttentionForwardArgs a, int section) {
+__global__ void __launch_bounds__(kThreads) attention_forward_kernel(AttentionForwardArgs a) {
   constexpr int SK = DK + 8, SV = DV + 8;
   extern __shared__ __align__(16) unsigned char attention_smem[];
   T* const sQ = reinterpret_cast<T*>(attention_smem);  // [kRows][SK]
   T* const sK = sQ + kRows * SK;                        // [2][kKeys][SK]
   T* const sV = sK + 2 * kKeys * SK;                    // [2][kKeys][SV]
   const AttentionShapeArgs& s = a.shape;
-  const std::int64_t S = s.seq, query_blocks = (S + kRows - 1) / kRows;
-  const BlockOrder order = heaviest_first(blockIdx.x, static_cast<int>(query_blocks),
-                                          static_cast<int>(s.batch * s.heads), section);
-  const std::int64_t q0 = (query_blocks - 1 - order.rank) * kRows;  // rank 0: the most keys
-  // The slice is b·H + h, its kv head's b·Hkv + h / group = slice / group.
-  const std::int64_t head_row = order.slice * S, kv_row = order.slice / (s.heads / s.kv_heads) * S;
-  const T* const q = static_cast<const T*>(a.q) + head_row * DK;
-  const T* const k = static_cast<const T*>(a.k) + kv_row * DK;
-  const T* const v = static_cast<const T*>(a.v) + kv_row * DV;
+  const std::int64_t S = s.seq;
+  const std::int64_t q0 = static_cast<std::int64_t>(gridDim.x - 1 - blockIdx.x) * kRows;  // most keys first
+  const int h = static_cast<int>(blockIdx.y), kvh = h / (s.heads / s.kv_heads);
+  const std::int64_t b = blockIdx.z;
+  const T* const q = static_cast<const T*>(a.q) + (b * s.heads + h) * S * DK;
+  const T* const k = static_cast<const T*>(a.k) + (b * s.kv_heads + kvh) * S * DK;
+  const T* const v = static_cast<const T*>(a.v) + (b * s.kv_heads + kvh) * S * DV;
 
   const KeyTiles tiles = key_tiles(s, q0, kRows, kKeys);
   const std::int64_t t_first = tiles.first, t_last = tiles.last, last_begin = tiles.last_begin;
@@ -188,10 +182,10 @@ __global__ void __launch_bounds__(kThreads) attention_forward_kernel(AttentionFo
     l[r] = sm80::quad_sum(l[r]);
     inv[r] = 1.f / l[r];  // l >= 1 for a real row: its own key is the maximum or below it
   }
-  T* const out = static_cast<T*>(a.out) + head_row * DV;
+  T* const out = static_cast<T*>(a.out) + (b * s.heads + h) * S * DV;
   sm80::store_rows<T, DV>(out, o, warp_row0, S, inv);
   if (t == 0) {
-    float* const lse = a.lse + head_row;
+    float* const lse = a.lse + (b * s.heads + h) * S;
 #pragma unroll
     for (int r = 0; r < 2; ++r)
       if (row[r] < S) lse[row[r]] = (m[r] + log2f(l[r])) * kLn2;
@@ -242,9 +236,6 @@ __global__ void __launch_bounds__(kThreads) attention_dkdv_kernel(AttentionBackw
 
   const AttentionShapeArgs& s = a.shape;
   const std::int64_t S = s.seq;
-  // The grid's own order (tiles, kv heads, batch), not block_order.hpp's: at (192, 128) this
-  // kernel takes 252 registers, and the batch row and kv head held in registers instead of read
-  // from blockIdx made ptxas spill.
   const std::int64_t k0 = static_cast<std::int64_t>(blockIdx.x) * kRows;  // early keys see the most queries
   const int kvh = static_cast<int>(blockIdx.y), group = s.heads / s.kv_heads;
   const std::int64_t b = blockIdx.z;
@@ -345,7 +336,7 @@ constexpr std::size_t dq_smem_elements() {
 }
 
 template <class T, int DK, int DV>
-__global__ void __launch_bounds__(kThreads) attention_dq_kernel(AttentionBackwardArgs a, int section) {
+__global__ void __launch_bounds__(kThreads) attention_dq_kernel(AttentionBackwardArgs a) {
   constexpr int SK = DK + 8, SV = DV + 8;
   extern __shared__ __align__(16) unsigned char attention_smem[];
   T* const sQ = reinterpret_cast<T*>(attention_smem);  // [kRows][SK]
@@ -354,14 +345,12 @@ __global__ void __launch_bounds__(kThreads) attention_dq_kernel(AttentionBackwar
   T* const sV = sK + 2 * kKeys * SK;                    // [2][kKeys][SV]
   const AttentionShapeArgs& s = a.shape;
   const std::int64_t S = s.seq;
-  const std::int64_t query_blocks = (S + kRows - 1) / kRows;
-  const BlockOrder order = heaviest_first(blockIdx.x, static_cast<int>(query_blocks),
-                                          static_cast<int>(s.batch * s.heads), section);
-  const std::int64_t q0 = (query_blocks - 1 - order.rank) * kRows;  // rank 0: the most keys
-  // The slice is b·H + h, its kv head's b·Hkv + h / group = slice / group.
-  const std::int64_t head_row = order.slice * S, kv_row = order.slice / (s.heads / s.kv_heads) * S;
-  const T* const k = static_cast<const T*>(a.k) + kv_row * DK;
-  const T* const v = static_cast<const T*>(a.v) + kv_row * DV;
+  const std::int64_t q0 = static_cast<std::int64_t>(gridDim.x - 1 - blockIdx.x) * kRows;
+  const int h = static_cast<int>(blockIdx.y), kvh = h / (s.heads / s.kv_heads);
+  const std::int64_t b = blockIdx.z;
+  const std::int64_t head_row = (b * s.heads + h) * S;
+  const T* const k = static_cast<const T*>(a.k) + (b * s.kv_heads + kvh) * S * DK;
+  const T* const v = static_cast<const T*>(a.v) + (b * s.kv_heads + kvh) * S * DV;
   const KeyTiles tiles = key_tiles(s, q0, kRows, kKeys);
   const std::int64_t t_first = tiles.first, t_last = tiles.last, last_begin = tiles.last_begin;
 
@@ -437,8 +426,7 @@ inline void check_attention_args(const char* op, DType dtype, const AttentionSha
   check(dtype == DType::bf16, op, "CUDA kernels take bf16, got ", dtype);
   check(attention_head_dims_supported(s.dk, s.dv), op, "has no CUDA kernel for head dims (dk ", s.dk, ", dv ", s.dv,
         "): compiled for (48, 32), (64, 64), (96, 64), (128, 128), (192, 128)");
-  check(s.seq < 0x7fffffff && s.heads <= 65535 && s.batch <= 65535 && s.kv_heads >= 1 && s.heads % s.kv_heads == 0 &&
-            (s.seq + kRows - 1) / kRows * s.heads * s.batch < 0x7fffffff,  // the blocks of a 1-D grid
+  check(s.seq < 0x7fffffff && s.heads <= 65535 && s.batch <= 65535 && s.kv_heads >= 1 && s.heads % s.kv_heads == 0,
         op, "sizes out of the kernels' range: B ", s.batch, ", H ", s.heads, ", Hkv ", s.kv_heads, ", S ", s.seq);
   for (const void* p : pointers) check(aligned16(p), op, "needs 16-byte aligned tensors (contiguous, from kiln's allocator)");
 }
@@ -482,10 +470,10 @@ inline void launch_attention_forward(const AttentionForwardArgs& a) {
       }
     }
     const std::size_t smem = forward_smem_elements<DK, DV>() * sizeof(T);
-    const auto blocks = static_cast<unsigned>((s.seq + kRows - 1) / kRows * s.heads * s.batch);
+    const dim3 grid(static_cast<unsigned>((s.seq + kRows - 1) / kRows), static_cast<unsigned>(s.heads),
+                    static_cast<unsigned>(s.batch));
     opt_in_shared_memory(attention_forward_kernel<T, DK, DV>, smem, a.launch.device);
-    attention_forward_kernel<T, DK, DV><<<blocks, kThreads, smem, a.launch.stream>>>(
-        a, query_head_section(s, device_info(a.launch.device).l2_bytes));
+    attention_forward_kernel<T, DK, DV><<<grid, kThreads, smem, a.launch.stream>>>(a);
     KILN_CUDA_CHECK_LAUNCH();
     record_kernel_variant("attention_forward", "mma_sm80");
   });
@@ -519,19 +507,17 @@ inline void launch_attention_backward(const AttentionBackwardArgs& a) {
       }
     }
 
-    const std::int64_t tiles = (s.seq + kRows - 1) / kRows;
-    const int l2_bytes = device_info(a.launch.device).l2_bytes;
+    const unsigned tiles = static_cast<unsigned>((s.seq + kRows - 1) / kRows);
     const std::size_t kv_smem = dkdv_smem_bytes<DK, DV>(sizeof(T));
     opt_in_shared_memory(attention_dkdv_kernel<T, DK, DV>, kv_smem, a.launch.device);
-    attention_dkdv_kernel<T, DK, DV><<<dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(s.kv_heads),
-                                            static_cast<unsigned>(s.batch)),
+    attention_dkdv_kernel<T, DK, DV><<<dim3(tiles, static_cast<unsigned>(s.kv_heads), static_cast<unsigned>(s.batch)),
                                        kThreads, kv_smem, a.launch.stream>>>(a);
     KILN_CUDA_CHECK_LAUNCH();
 
     const std::size_t q_smem = dq_smem_elements<DK, DV>() * sizeof(T);
     opt_in_shared_memory(attention_dq_kernel<T, DK, DV>, q_smem, a.launch.device);
-    attention_dq_kernel<T, DK, DV><<<static_cast<unsigned>(tiles * s.heads * s.batch), kThreads, q_smem,
-                                     a.launch.stream>>>(a, query_head_section(s, l2_bytes));
+    attention_dq_kernel<T, DK, DV><<<dim3(tiles, static_cast<unsigned>(s.heads), static_cast<unsigned>(s.batch)),
+                                     kThreads, q_smem, a.launch.stream>>>(a);
     KILN_CUDA_CHECK_LAUNCH();
     record_kernel_variant("attention_backward", "mma_sm80");
   });

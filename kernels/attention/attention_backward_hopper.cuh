@@ -3,8 +3,7 @@
 // five products per key-query tile on wgmma. Deterministic like the plain backward: every gradient
 // element is summed by one thread in a fixed order (no atomics), so two runs give the same bits.
 //
-// Kernels (after attention.cuh's delta kernel, D_i = dout_i·out_i; the blocks of each start
-// heaviest first, in sections of heads that share L2: block_order.hpp):
+// Kernels (after attention.cuh's delta kernel, D_i = dout_i·out_i):
 //   dK, dV  one block per (128 keys, kv head, batch row). It keeps its K and V rows in shared
 //           memory and walks every query head of its group and every query tile of BQ queries
 //           that sees its keys (from the diagonal to the end of the keys' sequence), Q, dout and
@@ -96,7 +95,6 @@
 
 #include "kiln/kernels/attention/args.hpp"
 #include "kiln/kernels/attention/attention_hopper.cuh"
-#include "kiln/kernels/attention/block_order.hpp"
 #include "kiln/kernels/attention/key_tiles.cuh"
 #include "kiln/kernels/common/cuda_check.hpp"
 #include "kiln/kernels/common/launch.cuh"
@@ -325,7 +323,7 @@ template <class T, int DK, int DV>
 __global__ void __launch_bounds__(kThreads, 1)
     attention_dkdv_hopper_kernel(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap g_map,
                                  const __grid_constant__ CUtensorMap k_map, const __grid_constant__ CUtensorMap v_map,
-                                 const AttentionBackwardArgs a, int section) {
+                                 const AttentionBackwardArgs a) {
   using L = DkdvLayout<DK, DV>;
   constexpr int BQ = L::BQ, KC = chunks(DK), VC = chunks(DV), NK = 64 * KC, kStages = L::stages;
   extern __shared__ __align__(16) unsigned char attention_bwd_smem[];
@@ -336,13 +334,9 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   const AttentionShapeArgs& s = a.shape;
   const std::int64_t S = s.seq;
-  const BlockOrder order = heaviest_first(blockIdx.x, static_cast<int>((S + kBlock - 1) / kBlock),
-                                          static_cast<int>(s.batch * s.kv_heads), section);
-  const std::int64_t k0 = order.rank * kBlock;  // rank 0: the first keys, seen by the most queries
-  const int group = s.heads / s.kv_heads;
-  // The slice is b·Hkv + kvh: the K and V rows start at slice·S, the group's query heads at
-  // (b·H + kvh·group)·S = slice·group·S.
-  const std::int64_t kv_row = order.slice * S, group_row = kv_row * group;
+  const std::int64_t k0 = static_cast<std::int64_t>(blockIdx.x) * kBlock;  // early keys see the most queries
+  const int kvh = static_cast<int>(blockIdx.y), group = s.heads / s.kv_heads;
+  const std::int64_t b = blockIdx.z;
   const std::int64_t k_last = (k0 + kBlock < S ? k0 + kBlock : S) - 1;
   const std::int64_t q_end = seq_end_of(s, k_last);  // queries k0 .. q_end - 1 see keys of this block
   const std::int64_t q_tiles = (q_end - k0 + BQ - 1) / BQ;
@@ -369,7 +363,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (threadIdx.x >= 32) return;
     const int lane = static_cast<int>(threadIdx.x);
     if (lane == 0) {
-      const int k_row = static_cast<int>(kv_row + k0);
+      const int k_row = static_cast<int>((b * s.kv_heads + kvh) * S + k0);
       sm90::mbarrier_arrive_expect_bytes(kv_bar, L::k_bytes + L::v_bytes);
       for (int c = 0; c < KC; ++c) sm90::tma_load_2d(base + c * kBlock * 128, &k_map, 64 * c, k_row, kv_bar);
       for (int c = 0; c < VC; ++c)
@@ -378,8 +372,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     int stage = 0;
     std::uint32_t phase = 0;
     for (std::int64_t step = 0; step < steps; ++step) {
+      const int h = kvh * group + static_cast<int>(step / q_tiles);
       const std::int64_t qt0 = k0 + (step % q_tiles) * BQ;
-      const std::int64_t head_row = group_row + (step / q_tiles) * S;  // query head kvh·group + step / q_tiles
+      const std::int64_t head_row = (b * s.heads + h) * S;
       sm90::mbarrier_wait(empty_bar + 8 * stage, phase ^ 1);
       // The tiles' copies first: the loads of lse and D below take a global-memory latency that the
       // copies need not wait for.
@@ -510,6 +505,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   sm90::fence_registers(dv);
   sm90::fence_registers(dk);
 
+  const std::int64_t kv_row = (b * s.kv_heads + kvh) * S;
   store_rows<T, NK>(static_cast<T*>(a.dk) + kv_row * DK, dk, warp_key0, S, DK, static_cast<float>(s.scale));
   store_rows<T, DV>(static_cast<T*>(a.dv) + kv_row * DV, dv, warp_key0, S, DV, 1.f);
 }
@@ -534,7 +530,7 @@ template <class T, int DK, int DV>
 __global__ void __launch_bounds__(kThreads, 1)
     attention_dq_hopper_kernel(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap g_map,
                                const __grid_constant__ CUtensorMap k_map, const __grid_constant__ CUtensorMap v_map,
-                               const AttentionBackwardArgs a, int section) {
+                               const AttentionBackwardArgs a) {
   using L = DqLayout<DK, DV>;
   constexpr int BN = L::BN, KC = chunks(DK), VC = chunks(DV), NK = 64 * KC, kStages = L::stages;
   extern __shared__ __align__(16) unsigned char attention_bwd_smem[];
@@ -542,12 +538,11 @@ __global__ void __launch_bounds__(kThreads, 1)
   const std::uint32_t q_bar = base + L::barrier_offset, full_bar = q_bar + 8, empty_bar = full_bar + 8 * kStages;
 
   const AttentionShapeArgs& s = a.shape;
-  const std::int64_t S = s.seq, query_blocks = (S + kBlock - 1) / kBlock;
-  const BlockOrder order = heaviest_first(blockIdx.x, static_cast<int>(query_blocks),
-                                          static_cast<int>(s.batch * s.heads), section);
-  const std::int64_t q0 = (query_blocks - 1 - order.rank) * kBlock;  // rank 0: the most keys
-  // The slice is b·H + h, its kv head's b·Hkv + h / group = slice / group.
-  const std::int64_t head_row = order.slice * S, kv_row = order.slice / (s.heads / s.kv_heads) * S;
+  const std::int64_t S = s.seq;
+  const std::int64_t q0 = static_cast<std::int64_t>(gridDim.x - 1 - blockIdx.x) * kBlock;  // most keys first
+  const int h = static_cast<int>(blockIdx.y), kvh = h / (s.heads / s.kv_heads);
+  const std::int64_t b = blockIdx.z;
+  const std::int64_t head_row = (b * s.heads + h) * S;
   const KeyTiles tiles = key_tiles(s, q0, kBlock, BN);
   const std::int64_t t_first = tiles.first, t_last = tiles.last, last_begin = tiles.last_begin;
 
@@ -575,7 +570,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int c = 0; c < KC; ++c) sm90::tma_load_2d(base + c * kBlock * 128, &q_map, 64 * c, q_row, q_bar);
     for (int c = 0; c < VC; ++c)
       sm90::tma_load_2d(base + L::g_offset + c * kBlock * 128, &g_map, 64 * c, q_row, q_bar);
-    const int k_row = static_cast<int>(kv_row);
+    const int k_row = static_cast<int>((b * s.kv_heads + kvh) * S);
     int stage = 0;
     std::uint32_t phase = 0;
     for (std::int64_t n0 = t_first; n0 <= t_last; n0 += BN) {
@@ -691,8 +686,7 @@ void launch_backward(const AttentionBackwardArgs& a) {
   using hopper::make_tensor_map;
   const AttentionShapeArgs& s = a.shape;
   const std::int64_t q_rows = s.batch * s.heads * s.seq, kv_rows = s.batch * s.kv_heads * s.seq;
-  const std::int64_t tiles = (s.seq + kBlock - 1) / kBlock;
-  const int l2_bytes = device_info(a.launch.device).l2_bytes;
+  const unsigned tiles = static_cast<unsigned>((s.seq + kBlock - 1) / kBlock);
   AttentionBackwardArgs args = a;
   args.pingpong = a.pingpong && hopper::pingpong_enabled();
   {
@@ -703,8 +697,8 @@ void launch_backward(const AttentionBackwardArgs& a) {
     const CUtensorMap v_map = make_tensor_map(a.v, kv_rows, DV, kBlock);
     opt_in_shared_memory(attention_dkdv_hopper_kernel<T, DK, DV>, L::bytes, a.launch.device);
     attention_dkdv_hopper_kernel<T, DK, DV>
-        <<<static_cast<unsigned>(tiles * s.kv_heads * s.batch), kThreads, L::bytes, a.launch.stream>>>(
-            q_map, g_map, k_map, v_map, args, kv_head_section(s, l2_bytes));
+        <<<dim3(tiles, static_cast<unsigned>(s.kv_heads), static_cast<unsigned>(s.batch)), kThreads, L::bytes,
+           a.launch.stream>>>(q_map, g_map, k_map, v_map, args);
     KILN_CUDA_CHECK_LAUNCH();
   }
   {
@@ -715,8 +709,8 @@ void launch_backward(const AttentionBackwardArgs& a) {
     const CUtensorMap v_map = make_tensor_map(a.v, kv_rows, DV, L::BN);
     opt_in_shared_memory(attention_dq_hopper_kernel<T, DK, DV>, L::bytes, a.launch.device);
     attention_dq_hopper_kernel<T, DK, DV>
-        <<<static_cast<unsigned>(tiles * s.heads * s.batch), kThreads, L::bytes, a.launch.stream>>>(
-            q_map, g_map, k_map, v_map, args, query_head_section(s, l2_bytes));
+        <<<dim3(tiles, static_cast<unsigned>(s.heads), static_cast<unsigned>(s.batch)), kThreads, L::bytes,
+           a.launch.stream>>>(q_map, g_map, k_map, v_map, args);
     KILN_CUDA_CHECK_LAUNCH();
   }
 }

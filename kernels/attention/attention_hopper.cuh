@@ -1,8 +1,7 @@
 // Fused causal attention forward on Hopper (sm_90a), bf16: the function of attention.cuh's forward
 // (same masks, same online softmax, same outputs out and lse), its two products on wgmma.
 //
-// Work split. One block of 3 warpgroups (384 threads) per (128 queries, head, batch row), started
-// heaviest first in sections of heads that share L2 (block_order.hpp):
+// Work split. One block of 3 warpgroups (384 threads) per (128 queries, head, batch row):
 // warpgroup 0 is the producer (one thread issues TMA copies; the others exit at once), warpgroups 1
 // and 2 the consumers, each owning 64 query rows. Per 128-key tile a consumer computes
 //   S = Q·Kᵀ   wgmma m64n128k16, A = its Q rows and B = the K tile, both from shared memory
@@ -63,7 +62,6 @@
 #include <string_view>
 
 #include "kiln/kernels/attention/args.hpp"
-#include "kiln/kernels/attention/block_order.hpp"
 #include "kiln/kernels/attention/key_tiles.cuh"
 #include "kiln/kernels/common/cuda_check.hpp"
 #include "kiln/kernels/common/launch.cuh"
@@ -192,8 +190,7 @@ __device__ __forceinline__ void to_a_operand(unsigned (&pa)[kKeys / 16][4], cons
 template <class T, int DK, int DV>
 __global__ void __launch_bounds__(kThreads, 1)
     attention_forward_hopper_kernel(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap k_map,
-                                    const __grid_constant__ CUtensorMap v_map, const AttentionForwardArgs a,
-                                    int section) {
+                                    const __grid_constant__ CUtensorMap v_map, const AttentionForwardArgs a) {
   using L = SmemLayout<DK, DV>;
   constexpr int KC = chunks(DK);
   extern __shared__ __align__(16) unsigned char attention_hopper_smem[];
@@ -203,12 +200,10 @@ __global__ void __launch_bounds__(kThreads, 1)
   const std::uint32_t full_v = empty_k + 16, empty_v = full_v + 16;
 
   const AttentionShapeArgs& s = a.shape;
-  const std::int64_t S = s.seq, query_blocks = (S + kRows - 1) / kRows;
-  const BlockOrder order = heaviest_first(blockIdx.x, static_cast<int>(query_blocks),
-                                          static_cast<int>(s.batch * s.heads), section);
-  const std::int64_t q0 = (query_blocks - 1 - order.rank) * kRows;  // rank 0: the most keys
-  // The slice is b·H + h, its kv head's b·Hkv + h / group = slice / group.
-  const std::int64_t head_row = order.slice * S, kv_slice = order.slice / (s.heads / s.kv_heads);
+  const std::int64_t S = s.seq;
+  const std::int64_t q0 = static_cast<std::int64_t>(gridDim.x - 1 - blockIdx.x) * kRows;  // most keys first
+  const int h = static_cast<int>(blockIdx.y), kvh = h / (s.heads / s.kv_heads);
+  const std::int64_t b = blockIdx.z;
   const KeyTiles tiles = key_tiles(s, q0, kRows, kKeys);
   const std::int64_t t_first = tiles.first, t_last = tiles.last, last_begin = tiles.last_begin;
 
@@ -232,9 +227,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     // ---- producer ----
     sm90::release_registers<kProducerRegisters>();
     if (threadIdx.x != 0) return;
-    const int q_row = static_cast<int>(head_row + q0);
-    const int k_row = static_cast<int>(kv_slice * S);
-    const int v_slice = static_cast<int>(kv_slice);
+    const int q_row = static_cast<int>((b * s.heads + h) * S + q0);
+    const int k_row = static_cast<int>((b * s.kv_heads + kvh) * S);
+    const int v_slice = static_cast<int>(b * s.kv_heads + kvh);
     sm90::mbarrier_arrive_expect_bytes(q_bar, kWarpgroups * L::q_bytes);
     for (int wg = 0; wg < kWarpgroups; ++wg)
       for (int c = 0; c < KC; ++c)
@@ -359,7 +354,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   release(empty_v, stage);
   turns.finish();
 
-  T* const out = static_cast<T*>(a.out) + head_row * DV;
+  T* const out = static_cast<T*>(a.out) + (b * s.heads + h) * S * DV;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
@@ -369,7 +364,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     unsigned* const dst = reinterpret_cast<unsigned*>(out + row[r] * DV + 2 * t);
 #pragma unroll
     for (int c = 0; c < DV / 8; ++c) dst[c * 4] = sm80::pack2<T>(o[4 * c + 2 * r] * inv, o[4 * c + 2 * r + 1] * inv);
-    if (t == 0) a.lse[head_row + row[r]] = (m[r] + log2f(l[r])) * kLn2;
+    if (t == 0) a.lse[(b * s.heads + h) * S + row[r]] = (m[r] + log2f(l[r])) * kLn2;
   }
 }
 
@@ -430,13 +425,12 @@ void launch_forward(const AttentionForwardArgs& a) {
   const CUtensorMap k_map = make_tensor_map(a.k, s.batch * s.kv_heads * s.seq, DK, kKeys);
   const CUtensorMap v_map = make_tensor_map_3d(a.v, s.batch * s.kv_heads, s.seq, DV, kKeys);
   const std::size_t smem = SmemLayout<DK, DV>::bytes;
-  const auto blocks = static_cast<unsigned>((s.seq + kRows - 1) / kRows * s.heads * s.batch);
-  const int section = query_head_section(s, device_info(a.launch.device).l2_bytes);
+  const dim3 grid(static_cast<unsigned>((s.seq + kRows - 1) / kRows), static_cast<unsigned>(s.heads),
+                  static_cast<unsigned>(s.batch));
   opt_in_shared_memory(attention_forward_hopper_kernel<T, DK, DV>, smem, a.launch.device);
   AttentionForwardArgs args = a;
   args.pingpong = a.pingpong && pingpong_enabled();
-  attention_forward_hopper_kernel<T, DK, DV>
-      <<<blocks, kThreads, smem, a.launch.stream>>>(q_map, k_map, v_map, args, section);
+  attention_forward_hopper_kernel<T, DK, DV><<<grid, kThreads, smem, a.launch.stream>>>(q_map, k_map, v_map, args);
   KILN_CUDA_CHECK_LAUNCH();
 }
 

@@ -4,7 +4,6 @@
 // (nn::causal_attention: matmul, masked_fill, softmax, matmul) in float, bf16 and double; errors.
 #include <kiln/nn/attention.hpp>
 #include <kiln/ops/attention.hpp>
-#include <kiln/kernels/attention/block_order.hpp>
 
 #include <cmath>
 #include <cstdint>
@@ -209,65 +208,4 @@ TEST(FusedAttention, AutomaticForwardKernelChoice) {
   EXPECT_FALSE(wanted(AttentionKernel::plain, DType::bf16, 192, 128, 4096));
   EXPECT_FALSE(wanted(automatic, DType::bf16, 48, 32, 4096));  // v 32: no Hopper instance
   EXPECT_FALSE(wanted(automatic, DType::f32, 192, 128, 4096));  // bf16 only
-}
-
-// The order the CUDA kernels start their blocks in (kernels/attention/block_order.hpp): every
-// (rank, slice) exactly once; sections of `section` slices one after the other (the last one
-// narrower); within a section every slice's rank r before any rank r + 1 (heaviest first).
-TEST(FusedAttention, BlockOrderStartsEveryBlockOnceHeaviestFirstBySection) {
-  using kernels::attention::heaviest_first;
-  for (const int tiles : {1, 3, 16})
-    for (const int slices : {1, 5, 64, 67})
-      for (const int section : {1, 4, 19, 64, 1000}) {
-        SCOPED_TRACE(::testing::Message() << tiles << " tiles, " << slices << " slices, sections of " << section);
-        std::vector<int> seen(static_cast<std::size_t>(tiles * slices), 0);
-        int last_section = 0, last_rank = 0;
-        for (int linear = 0; linear < tiles * slices; ++linear) {
-          const kernels::attention::BlockOrder o = heaviest_first(static_cast<unsigned>(linear), tiles, slices, section);
-          ASSERT_GE(o.rank, 0);
-          ASSERT_LT(o.rank, tiles);
-          ASSERT_GE(o.slice, 0);
-          ASSERT_LT(o.slice, slices);
-          ++seen[static_cast<std::size_t>(o.rank * slices + o.slice)];
-          const int sec = o.slice / section;
-          ASSERT_GE(sec, last_section) << "block " << linear;
-          if (sec == last_section) {
-            ASSERT_GE(o.rank, last_rank) << "block " << linear;
-          }
-          last_section = sec;
-          last_rank = o.rank;
-        }
-        for (const int n : seen) ASSERT_EQ(n, 1);
-      }
-  // Hand-computed: 3 tiles, 5 slices, sections of 2: slices {0, 1} by rank, then {2, 3}, then {4}.
-  const int expected[15][2] = {{0, 0}, {0, 1}, {1, 0}, {1, 1}, {2, 0}, {2, 1}, {0, 2}, {0, 3},
-                               {1, 2}, {1, 3}, {2, 2}, {2, 3}, {0, 4}, {1, 4}, {2, 4}};
-  for (int linear = 0; linear < 15; ++linear) {
-    const kernels::attention::BlockOrder o = heaviest_first(static_cast<unsigned>(linear), 3, 5, 2);
-    EXPECT_EQ(o.rank, expected[linear][0]) << linear;
-    EXPECT_EQ(o.slice, expected[linear][1]) << linear;
-  }
-}
-
-// Section sizes: half of L2 over the bytes a slice's blocks read. B4 H16 S2048 at (192, 128) on a
-// 50 MiB L2: K and V of a head 2048·320·2 = 1,310,720 bytes, 26,214,400 / that = 20 heads; with
-// 4 query heads a kv head, 80. The dK/dV kernels' slice (a kv head) reads its group's Q, dout, lse
-// and D: 2048·(640 + 8) bytes a query head.
-TEST(FusedAttention, BlockOrderSectionSizes) {
-  using namespace kernels::attention;
-  constexpr int l2 = 50 << 20;
-  kernels::AttentionShapeArgs s;
-  s.batch = 4;
-  s.seq = 2048;
-  s.heads = 16;
-  s.kv_heads = 16;
-  s.dk = 192;
-  s.dv = 128;
-  EXPECT_EQ(query_head_section(s, l2), 20);
-  EXPECT_EQ(kv_head_section(s, l2), 26214400 / (2048 * 648));
-  s.kv_heads = 4;
-  EXPECT_EQ(query_head_section(s, l2), 80);
-  EXPECT_EQ(kv_head_section(s, l2), 26214400 / (4 * 2048 * 648));
-  EXPECT_EQ(section_slices(std::int64_t(1) << 40, l2), 1);  // more than L2: one slice a section
-  EXPECT_EQ(section_slices(1, l2), 26214400);
 }
