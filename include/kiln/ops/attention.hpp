@@ -193,22 +193,27 @@ Tensor<T> fused_causal_attention_cuda(const Tensor<T>& q, const Tensor<T>& k, co
   return out;
 }
 
-// KILN_ATTENTION_BACKWARD=plain in the environment turns an automatic backward into the plain
-// one (read once per process; for comparisons, e.g. a whole training run on either backward, and
-// as an escape hatch, like KILN_GROUPED_GEMM=plain).
+// KILN_ATTENTION_FORWARD=plain and KILN_ATTENTION_BACKWARD=plain in the environment turn an
+// automatic forward or backward into the plain one (read once per process; for comparisons, e.g.
+// a whole training run on either kernel, and as an escape hatch, like KILN_GROUPED_GEMM=plain).
+inline bool plain_asked(const char* variable) {
+  const char* v = std::getenv(variable);
+  return v != nullptr && std::string_view(v) == "plain";
+}
+inline kernels::AttentionKernel forward_from_environment(kernels::AttentionKernel requested) {
+  static const bool plain = plain_asked("KILN_ATTENTION_FORWARD");
+  return requested == kernels::AttentionKernel::automatic && plain ? kernels::AttentionKernel::plain : requested;
+}
 inline kernels::AttentionKernel backward_from_environment(kernels::AttentionKernel requested) {
-  static const bool plain = [] {
-    const char* v = std::getenv("KILN_ATTENTION_BACKWARD");
-    return v != nullptr && std::string_view(v) == "plain";
-  }();
+  static const bool plain = plain_asked("KILN_ATTENTION_BACKWARD");
   return requested == kernels::AttentionKernel::automatic && plain ? kernels::AttentionKernel::plain : requested;
 }
 
 }  // namespace detail
 
 // `implementation` picks the CUDA forward kernel and `backward_implementation` the backward's
-// (automatic: the Hopper one where it runs, unless KILN_ATTENTION_BACKWARD=plain; tests and
-// benchmarks name one); the CPU ignores both.
+// (automatic: the Hopper one where it runs, unless KILN_ATTENTION_FORWARD=plain or
+// KILN_ATTENTION_BACKWARD=plain; tests and benchmarks name one); the CPU ignores both.
 template <class T>
 Tensor<T> fused_causal_attention(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, double scale,
                                  const Tensor<std::int64_t>& cu_seqlens = Tensor<std::int64_t>(),
@@ -236,7 +241,8 @@ Tensor<T> fused_causal_attention(const Tensor<T>& q, const Tensor<T>& k, const T
   const cpu::AttentionShape shape{B, S, H, Hkv, Dk, Dv};
   if (q.device().is_cpu())
     return detail::fused_causal_attention_cpu(q, k, v, shape, scale, seqs ? seqs->begin : std::vector<std::int64_t>());
-  return detail::fused_causal_attention_cuda(q, k, v, shape, scale, seqs ? &*seqs : nullptr, implementation,
+  return detail::fused_causal_attention_cuda(q, k, v, shape, scale, seqs ? &*seqs : nullptr,
+                                            detail::forward_from_environment(implementation),
                                             detail::backward_from_environment(backward_implementation));
 }
 
