@@ -133,8 +133,8 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  // The three shapes, then two more: the big config's heads at S 2048, DeepSeek-V3's head
-  // dims at S 512 (the automatic choice's crossover was S 1024 at (96, 64) until 2026-12-06).
+  // The three shapes, then two that locate the automatic choice's crossover (Hopper forward
+  // from S 1024 on): the big config's heads at S 2048, DeepSeek-V3's head dims at S 512.
   const Shape4 shapes[] = {{4, 16, 2048, 192, 128}, {4, 16, 4096, 192, 128}, {32, 12, 512, 96, 64},
                            {8, 12, 2048, 96, 64}, {32, 16, 512, 192, 128}};
   std::vector<std::string> shape_names, path_names;

@@ -36,9 +36,13 @@
 // operands are packed for the next iteration. Every wgmma is waited for inside the iteration that
 // issues it: a wgmma still running across the loop's back edge made ptxas serialise every wgmma of
 // the kernel (C7514 / C7515 in the variants tried), as does an ordinary instruction writing an
-// accumulator register while wgmma run (so the score accumulators are written by wgmma only). The
-// two consumers never wait for each other, so one's exp also overlaps the other's products.
+// accumulator register while wgmma run (so the score accumulators are written by wgmma only).
 // Measured: forward+backward 0.3-3% faster than the same kernels without it (docs/mla.md).
+// Ping-pong (as in the forward, sm90::PingPong): the two consumers take turns issuing an
+// iteration's products, so that one's exp and dS run under the other's products rather than both
+// waiting for the same stage and reaching their exp together. Measured on an H100: the backward
+// 1.07-1.09x at S 2048-4096, 1.01-1.04x at S 512 (docs/mla.md); KILN_ATTENTION_PINGPONG=off turns
+// it off (comparisons).
 // The mask runs only on tiles that need it, instantiated apart (probabilities<MASKED>), with
 // 32-bit compares (key_tiles.cuh's RowBounds), and the exp is one MUFU.EX2: with the mask as one
 // predicated 64-bit path in every tile and exp2f, both kernels issued 1.4-1.6x the instructions

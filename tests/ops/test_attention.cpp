@@ -189,8 +189,8 @@ TEST(FusedAttention, Errors) {
 }
 
 // The automatic choice of the CUDA forward (kernels/attention/args.hpp, measured in docs/mla.md):
-// the Hopper kernel from S 512 on at every head-dim pair it takes; the plain one otherwise; a
-// kernel named by the caller always wins where it applies.
+// the Hopper kernel from S 1024 on at every head-dim pair it takes, from S 512 on at qk 192; the
+// plain one otherwise; a kernel named by the caller always wins where it applies.
 TEST(FusedAttention, AutomaticForwardKernelChoice) {
   using kernels::AttentionKernel;
   const auto wanted = [](AttentionKernel k, DType t, std::int64_t dk, std::int64_t dv, std::int64_t seq) {
@@ -198,9 +198,9 @@ TEST(FusedAttention, AutomaticForwardKernelChoice) {
   };
   const AttentionKernel automatic = AttentionKernel::automatic;
   EXPECT_TRUE(wanted(automatic, DType::bf16, 96, 64, 1024));
-  EXPECT_TRUE(wanted(automatic, DType::bf16, 96, 64, 512));
-  EXPECT_FALSE(wanted(automatic, DType::bf16, 96, 64, 511));
-  EXPECT_TRUE(wanted(automatic, DType::bf16, 128, 128, 512));
+  EXPECT_FALSE(wanted(automatic, DType::bf16, 96, 64, 1023));
+  EXPECT_FALSE(wanted(automatic, DType::bf16, 96, 64, 512));
+  EXPECT_FALSE(wanted(automatic, DType::bf16, 128, 128, 512));
   EXPECT_TRUE(wanted(automatic, DType::bf16, 192, 128, 512));
   EXPECT_FALSE(wanted(automatic, DType::bf16, 192, 128, 511));
   EXPECT_TRUE(wanted(automatic, DType::bf16, 192, 128, 4096));
