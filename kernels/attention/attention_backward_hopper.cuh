@@ -109,105 +109,13 @@
 #include "kiln/kernels/common/sm90/tma.cuh"
 #include "kiln/kernels/common/sm90/warpgroup.cuh"
 #include "kiln/kernels/common/sm90/wgmma.cuh"
+#include "kiln/kernels/common/sm90/wgmma_bf16.cuh"
 
 namespace kiln::kernels::attention::hopper_backward {
 
-// ---- wgmma m64nNk16, bf16 in, float accumulators -----------------------------------------------
-// ss: A and B K-major from shared memory (sm90/wgmma.cuh: smem_descriptor_k_major_sw128).
-// rs_mn: A from registers (each warp's 16 rows as an mma.sync A fragment, made from an accumulator
-// by packing pairs, as in attention_hopper.cuh) and B MN-major (smem_descriptor_mn_major_sw128,
-// imm-trans-b = 1). Accumulator layout of sm90/wgmma.cuh: thread t of the warpgroup holds
-// d[4c + 2h + j] = D[16·warp + lane/4 + 8h][8c + 2·(lane%4) + j]. scale_d = 0 overwrites D. One PTX
-// instruction each; the accumulator operand lists are spelled out once per N in the macros below.
-
-template <int N>
-struct Wgmma;
-
-#define KILN_BWD_D32 "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
-#define KILN_BWD_R32 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"
-#define KILN_BWD_D64 "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-#define KILN_BWD_R64 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
-#define KILN_BWD_D128 "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-#define KILN_BWD_R128 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
-#define KILN_BWD_D192 "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95])
-#define KILN_BWD_R192 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95"
-
-template <>
-struct Wgmma<32> {
-  __device__ static void ss(float (&d)[16], std::uint64_t a_desc, std::uint64_t b_desc, int scale_d) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {" KILN_BWD_R32 "}, %16, %17, p, 1, 1, 0, 0;\n}\n"
-                 : KILN_BWD_D32
-                 : "l"(a_desc), "l"(b_desc), "r"(scale_d));
-  }
-  __device__ static void rs_mn(float (&d)[16], const unsigned (&a)[4], std::uint64_t b_desc, int scale_d) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {" KILN_BWD_R32 "}, "
-                 "{%16, %17, %18, %19}, %20, p, 1, 1, 1;\n}\n"
-                 : KILN_BWD_D32
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(scale_d));
-  }
-};
-
-template <>
-struct Wgmma<64> {
-  __device__ static void ss(float (&d)[32], std::uint64_t a_desc, std::uint64_t b_desc, int scale_d) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {" KILN_BWD_R64 "}, %32, %33, p, 1, 1, 0, 0;\n}\n"
-                 : KILN_BWD_D64
-                 : "l"(a_desc), "l"(b_desc), "r"(scale_d));
-  }
-  __device__ static void rs_mn(float (&d)[32], const unsigned (&a)[4], std::uint64_t b_desc, int scale_d) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {" KILN_BWD_R64 "}, "
-                 "{%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
-                 : KILN_BWD_D64
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(scale_d));
-  }
-};
-
-template <>
-struct Wgmma<128> {
-  __device__ static void ss(float (&d)[64], std::uint64_t a_desc, std::uint64_t b_desc, int scale_d) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {" KILN_BWD_R128 "}, %64, %65, p, 1, 1, 0, 0;\n}\n"
-                 : KILN_BWD_D128
-                 : "l"(a_desc), "l"(b_desc), "r"(scale_d));
-  }
-  __device__ static void rs_mn(float (&d)[64], const unsigned (&a)[4], std::uint64_t b_desc, int scale_d) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {" KILN_BWD_R128 "}, "
-                 "{%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
-                 : KILN_BWD_D128
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(scale_d));
-  }
-};
-
-template <>
-struct Wgmma<192> {
-  __device__ static void ss(float (&d)[96], std::uint64_t a_desc, std::uint64_t b_desc, int scale_d) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %98, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n192k16.f32.bf16.bf16 {" KILN_BWD_R192 "}, %96, %97, p, 1, 1, 0, 0;\n}\n"
-                 : KILN_BWD_D192
-                 : "l"(a_desc), "l"(b_desc), "r"(scale_d));
-  }
-  __device__ static void rs_mn(float (&d)[96], const unsigned (&a)[4], std::uint64_t b_desc, int scale_d) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %101, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n192k16.f32.bf16.bf16 {" KILN_BWD_R192 "}, "
-                 "{%96, %97, %98, %99}, %100, p, 1, 1, 1;\n}\n"
-                 : KILN_BWD_D192
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(scale_d));
-  }
-};
-
-#undef KILN_BWD_D32
-#undef KILN_BWD_R32
-#undef KILN_BWD_D64
-#undef KILN_BWD_R64
-#undef KILN_BWD_D128
-#undef KILN_BWD_R128
-#undef KILN_BWD_D192
-#undef KILN_BWD_R192
+// wgmma m64nNk16, bf16 in, float accumulators (sm90/wgmma_bf16.cuh): ss, both operands K-major
+// from shared memory; rs_mn, A from registers and B MN-major.
+using sm90::WgmmaBf16;
 
 // ---- kernels ---------------------------------------------------------------------------------------
 
@@ -282,10 +190,10 @@ __device__ __forceinline__ void issue_score_products(float (&x)[N / 2], float (&
                                                      std::uint32_t b1, std::uint32_t a2, std::uint32_t b2) {
   sm90::wgmma_fence();
 #pragma unroll
-  for (int kk = 0; kk < DK / 16; ++kk) Wgmma<N>::ss(x, k_major(a1, kBlock, kk), k_major(b1, N, kk), kk > 0);
+  for (int kk = 0; kk < DK / 16; ++kk) WgmmaBf16<N>::ss(x, k_major(a1, kBlock, kk), k_major(b1, N, kk), kk > 0);
   sm90::wgmma_commit();
 #pragma unroll
-  for (int kk = 0; kk < DV / 16; ++kk) Wgmma<N>::ss(y, k_major(a2, kBlock, kk), k_major(b2, N, kk), kk > 0);
+  for (int kk = 0; kk < DV / 16; ++kk) WgmmaBf16<N>::ss(y, k_major(a2, kBlock, kk), k_major(b2, N, kk), kk > 0);
   sm90::wgmma_commit();
 }
 
@@ -455,10 +363,11 @@ __global__ void __launch_bounds__(kThreads, 1)
       const std::uint32_t pq_addr = base + L::q_offset + previous * L::q_bytes;
       const std::uint32_t pg_addr = base + L::g_offset + previous * L::g_bytes;
       sm90::wgmma_fence();
+      // dV += Pᵀ·dout, dK += dSᵀ·Q
 #pragma unroll
-      for (int kk = 0; kk < BQ / 16; ++kk) Wgmma<DV>::rs_mn(dv, pa[kk], mn_major(pg_addr, BQ, kk), 1);  // dV += Pᵀ·dout
+      for (int kk = 0; kk < BQ / 16; ++kk) WgmmaBf16<DV>::rs_mn(dv, pa[kk], mn_major(pg_addr, BQ, kk), 1);
 #pragma unroll
-      for (int kk = 0; kk < BQ / 16; ++kk) Wgmma<NK>::rs_mn(dk, da[kk], mn_major(pq_addr, BQ, kk), 1);  // dK += dSᵀ·Q
+      for (int kk = 0; kk < BQ / 16; ++kk) WgmmaBf16<NK>::rs_mn(dk, da[kk], mn_major(pq_addr, BQ, kk), 1);
       sm90::wgmma_commit();
     }
     float sc[BQ / 2], dp[BQ / 2];
@@ -498,9 +407,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     turns.take_turn();
     sm90::wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < BQ / 16; ++kk) Wgmma<DV>::rs_mn(dv, pa[kk], mn_major(pg_addr, BQ, kk), 1);
+    for (int kk = 0; kk < BQ / 16; ++kk) WgmmaBf16<DV>::rs_mn(dv, pa[kk], mn_major(pg_addr, BQ, kk), 1);
 #pragma unroll
-    for (int kk = 0; kk < BQ / 16; ++kk) Wgmma<NK>::rs_mn(dk, da[kk], mn_major(pq_addr, BQ, kk), 1);
+    for (int kk = 0; kk < BQ / 16; ++kk) WgmmaBf16<NK>::rs_mn(dk, da[kk], mn_major(pq_addr, BQ, kk), 1);
     sm90::wgmma_commit();
     turns.pass_turn();
     sm90::wgmma_wait<0>();
@@ -635,7 +544,9 @@ __global__ void __launch_bounds__(kThreads, 1)
       const std::uint32_t pk_addr = base + L::k_offset + previous * L::k_bytes;
       sm90::wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < BN / 16; ++kk) Wgmma<NK>::rs_mn(dq, da[kk], mn_major(pk_addr, BN, kk), 1);  // dQ += dS·K
+      for (int kk = 0; kk < BN / 16; ++kk) {
+        WgmmaBf16<NK>::rs_mn(dq, da[kk], mn_major(pk_addr, BN, kk), 1);  // dQ += dS·K
+      }
       sm90::wgmma_commit();
     }
     float sc[BN / 2], dp[BN / 2];  // written by wgmma only (as in the dK/dV kernel)
@@ -671,7 +582,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     turns.take_turn();
     sm90::wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) Wgmma<NK>::rs_mn(dq, da[kk], mn_major(pk_addr, BN, kk), 1);
+    for (int kk = 0; kk < BN / 16; ++kk) WgmmaBf16<NK>::rs_mn(dq, da[kk], mn_major(pk_addr, BN, kk), 1);
     sm90::wgmma_commit();
     turns.pass_turn();
     sm90::wgmma_wait<0>();

@@ -7,8 +7,8 @@
 // holds d[4c + 2h + j] = D[16·warp + lane/4 + 8h][8c + 2·(lane%4) + j]. scale_d = 0 overwrites D.
 // Each call is one PTX instruction (PTX ISA, "wgmma.mma_async"); the transposes are immediates
 // ("n" operands); the accumulator operand lists are spelled out once per N in the macros below.
-// (wgmma_bf16.cuh keeps the bf16 N = 64/128 wrappers, with A from registers too, that the
-// attention kernel uses.)
+// (wgmma_bf16.cuh keeps the bf16 N = 32/64/128/192 wrappers, with A from registers too, that the
+// attention kernels use.)
 #pragma once
 
 #include <cstdint>
