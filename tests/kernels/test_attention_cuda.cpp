@@ -163,6 +163,18 @@ TEST(FusedAttentionCuda, EveryCompiledHeadDimPair) {
   check_case<bf16>({2, 4, 2, 200, 192, 128, {}}, 0x1p-7);
 }
 
+// The Hopper forward is persistent (one block a multiprocessor, tiles of 128 queries of one head
+// taken from a counter): hundreds of tiles, so that every block runs several, of unequal lengths
+// (S 130: a full and a 2-row query block per head), with grouped kv heads; and packed sequences
+// over many heads.
+TEST(FusedAttentionCuda, MoreTilesThanMultiprocessors) {
+  KILN_REQUIRE_GPU();
+  manual_seed(175);
+  check_case<bf16>({40, 8, 2, 130, 96, 64, {}}, 0x1p-7);    // 640 tiles
+  check_case<bf16>({20, 8, 4, 200, 192, 128, {}}, 0x1p-7);  // 320 tiles
+  check_case<bf16>({1, 96, 24, 333, 96, 64, {0, 5, 70, 71, 200, 333}}, 0x1p-7);  // 288 tiles
+}
+
 TEST(FusedAttentionCuda, PackedSequences) {
   KILN_REQUIRE_GPU();
   manual_seed(172);
