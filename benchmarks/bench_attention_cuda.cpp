@@ -111,7 +111,8 @@ bool names_known(const char* what, const std::string& list, const std::vector<st
   if (unknown.empty()) return true;
   std::string names;
   for (const std::string& n : known) names += names.empty() ? n : ", " + n;
-  std::fprintf(stderr, "bench_attention_cuda: unknown %s name(s): %s (known: %s)\n", what, unknown.c_str(), names.c_str());
+  std::fprintf(stderr, "bench_attention_cuda: unknown %s name(s): %s (known: %s)\n", what, unknown.c_str(),
+               names.c_str());
   return false;
 }
 

@@ -25,19 +25,21 @@ configure() {  # source build tag
 configure . /tmp/kb new
 configure "$old_tree" /tmp/kb_old old
 t0=$SECONDS
-ninja -C /tmp/kb -j 12 bench_attention_cuda > "$out/build_new.log" 2>&1 || { grep -m20 -A5 error "$out/build_new.log"; exit 1; }
+failed() { grep -m20 -A5 error "$1"; exit 1; }
+ninja -C /tmp/kb -j 12 bench_attention_cuda > "$out/build_new.log" 2>&1 || failed "$out/build_new.log"
 ninja -C /tmp/kb_old -j 4 bench_attention_cuda > "$out/build_old.log" 2>&1 &
 old_build=$!
-ninja -C /tmp/kb -j 12 test_kernels_cuda > "$out/build_tests.log" 2>&1 || { grep -m20 -A5 error "$out/build_tests.log"; exit 1; }
+ninja -C /tmp/kb -j 12 test_kernels_cuda > "$out/build_tests.log" 2>&1 || failed "$out/build_tests.log"
 status=0
 /tmp/kb/tests/test_kernels_cuda \
   --gtest_filter='FusedAttentionCuda.*:PagedDecodeAttentionCuda.*:DecodeAttentionCuda.*:LatentFp8CacheCuda.*' \
   > "$out/tests.log" 2>&1 || status=1
 grep -E '^\[  (PASSED|FAILED)|Failure' "$out/tests.log" | head -20
-wait $old_build || { grep -m20 -A5 error "$out/build_old.log"; exit 1; }
+wait $old_build || failed "$out/build_old.log"
 echo "built in $((SECONDS - t0)) s"
 paths=fused,hopper,hopper_bwd
-/tmp/kb_old/benchmarks/bench_attention_cuda --json "$out/old.json" --paths $paths > "$out/bench_old.log" 2>&1 || status=1
+/tmp/kb_old/benchmarks/bench_attention_cuda --json "$out/old.json" --paths $paths > "$out/bench_old.log" 2>&1 ||
+  status=1
 /tmp/kb/benchmarks/bench_attention_cuda --json "$out/new.json" --paths $paths > "$out/bench_new.log" 2>&1 || status=1
 python3 - "$out" << 'PYTHON' || status=1
 import json, sys

@@ -93,25 +93,6 @@ constexpr std::size_t forward_smem_elements() {
   return static_cast<std::size_t>(kRows * (DK + 8) + 2 * kKeys * (DK + 8) + 2 * kKeys * (DV + 8));
 }
 
-// Scores -> x = s·scale·log2 e, −inf where the column is not visible (MASKED: instantiated apart,
-// so that the compiler does not if-convert the mask into every tile); mt: the thread's maximum for
-// each of its two rows. Element (nt, e) of the C fragments is element 4 nt + e of RowBounds.
-template <bool MASKED, int KEYS>
-__device__ __forceinline__ void scale_and_mask(float (&sc)[KEYS / 8][4], float (&mt)[2], float scale_log2,
-                                               const RowBounds& bounds) {
-#pragma unroll
-  for (int nt = 0; nt < KEYS / 8; ++nt)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      float x = sc[nt][e] * scale_log2;
-      if constexpr (MASKED) {
-        if (!bounds.visible(4 * nt + e)) x = -INFINITY;
-      }
-      sc[nt][e] = x;
-      mt[e >> 1] = ::fmaxf(mt[e >> 1], x);
-    }
-}
-
 template <class T, int DK, int DV>
 __global__ void __launch_bounds__(kThreads) attention_forward_kernel(AttentionForwardArgs a) {
   constexpr int SK = DK + 8, SV = DV + 8;
@@ -167,10 +148,11 @@ __global__ void __launch_bounds__(kThreads) attention_forward_kernel(AttentionFo
 
     // Masking only where a key of the tile may be past a row of this warp or before its sequence.
     float mt[2] = {-INFINITY, -INFINITY};
+    float(&flat)[kKeys / 2] = reinterpret_cast<float(&)[kKeys / 2]>(sc);  // the same order (key_tiles.cuh)
     if (n0 + kKeys > warp_row0 || n0 < last_begin)
-      scale_and_mask<true, kKeys>(sc, mt, scale_log2, row_bounds(begin, row, n0, t));
+      scale_and_mask<true, kKeys>(flat, mt, scale_log2, row_bounds(begin, row, n0, t));
     else
-      scale_and_mask<false, kKeys>(sc, mt, scale_log2, RowBounds{});
+      scale_and_mask<false, kKeys>(flat, mt, scale_log2, RowBounds{});
     sm80::online_softmax_tile<kKeys, DV>(sc, mt, m, l, o);
     sm80::warp_mm_regs_rows<T, DV, kKeys>(o, sc, sV + buf * kKeys * SV, SV);
     __syncthreads();  // every warp is done with this buffer before the next prefetch overwrites it

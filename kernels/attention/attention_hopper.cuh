@@ -165,16 +165,7 @@ template <bool MASKED>
 __device__ __forceinline__ void softmax_tile(float (&sc)[kKeys / 2], float (&m)[2], float (&l)[2], float (&alpha)[2],
                                              const RowBounds& bounds, float scale_log2) {
   float mt[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-  for (int i = 0; i < kKeys / 2; ++i) {
-    const int r = (i >> 1) & 1;
-    float x = sc[i] * scale_log2;
-    if constexpr (MASKED) {
-      if (!bounds.visible(i)) x = -INFINITY;
-    }
-    sc[i] = x;
-    mt[r] = ::fmaxf(mt[r], x);
-  }
+  scale_and_mask<MASKED, kKeys>(sc, mt, scale_log2, bounds);
   float base[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {

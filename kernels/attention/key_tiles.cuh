@@ -2,9 +2,11 @@
 // attention_hopper.cuh) and the dQ kernel: query i sees keys seq_begin(i) .. i, so a block of
 // queries [q0, q0 + rows) sees the key tiles from the one holding its first row's sequence start
 // (sequence starts never decrease along the row) to the one holding its last row. Tiles before
-// last_begin or reaching past a row need the mask; the others are wholly visible.
+// last_begin or reaching past a row need the mask (RowBounds, scale_and_mask below); the others
+// are wholly visible.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #include "kiln/kernels/attention/args.hpp"
@@ -29,24 +31,14 @@ __device__ __forceinline__ KeyTiles key_tiles(const AttentionShapeArgs& s, std::
   return {seq_begin_of(s, q0) / tile * tile, q_last / tile * tile, seq_begin_of(s, q_last)};
 }
 
-// The columns of a key tile starting at n0 that a row sees, in 32 bits: column c is visible iff
-// lo <= c <= hi, for a row that sees keys first .. last (both clamped into [-1, 2^30], which keeps
-// every comparison with a column index 0 <= c < 2^30 unchanged). Masking a tile with these costs
-// two 32-bit compares against constants an element, where the key index in 64 bits took two
-// instructions to form and two to compare, twice (the SASS of the Hopper forward, with the mask
-// if-converted into every tile: about a third of all instructions issued).
-struct VisibleCols {
-  int lo, hi;
-};
-__device__ __forceinline__ VisibleCols visible_cols(std::int64_t first, std::int64_t last, std::int64_t n0) {
-  constexpr std::int64_t kBig = std::int64_t(1) << 30;
-  const auto clamp = [](std::int64_t x) { return static_cast<int>(x < -1 ? -1 : x > kBig ? kBig : x); };
-  return {clamp(first - n0), clamp(last - n0)};
-}
-
-// The visible columns of a thread's two accumulator rows in a tile at n0, for the wgmma/mma.sync C
-// layout: the thread holds rows g and g + 8 (r = 0, 1) and columns 2t + 8c + j (j < 2), element
-// i = 4c + 2r + j. Bounds are kept less 2t, so that the test of element i compares with constants.
+// The visible columns of a thread's two accumulator rows in a key tile at n0, for the wgmma/mma.sync
+// C layout: the thread holds rows g and g + 8 (r = 0, 1) and columns 2t + 8c + j (j < 2), element
+// i = 4c + 2r + j. Row r sees keys first[r] .. last[r]: column c is visible iff lo <= c <= hi, with
+// lo = first - n0 and hi = last - n0 clamped into [-1, 2^30] (which keeps every comparison with a
+// column index 0 <= c < 2^30 unchanged) and kept less 2t, so that the test of element i is two
+// 32-bit compares against constants. (The key index in 64 bits took two instructions to form and
+// two to compare, twice: in the SASS of the Hopper forward, with the mask if-converted into every
+// tile, about a third of all instructions issued.)
 struct RowBounds {
   int lo[2], hi[2];
   __device__ __forceinline__ bool visible(int i) const {
@@ -56,14 +48,33 @@ struct RowBounds {
 };
 __device__ __forceinline__ RowBounds row_bounds(const std::int64_t (&first)[2], const std::int64_t (&last)[2],
                                                 std::int64_t n0, int t) {
+  constexpr std::int64_t kBig = std::int64_t(1) << 30;
+  const auto clamp = [](std::int64_t x) { return static_cast<int>(x < -1 ? -1 : x > kBig ? kBig : x); };
   RowBounds b;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    const VisibleCols v = visible_cols(first[r], last[r], n0);
-    b.lo[r] = v.lo - 2 * t;
-    b.hi[r] = v.hi - 2 * t;
+    b.lo[r] = clamp(first[r] - n0) - 2 * t;
+    b.hi[r] = clamp(last[r] - n0) - 2 * t;
   }
   return b;
+}
+
+// Scores of one tile in the C layout above, flat (element i = 4c + 2r + j; mma.sync's [N / 8][4]
+// fragments hold the same order) -> x = s·scale·log2 e, −inf where the column is not visible
+// (MASKED: instantiated apart, so that the compiler does not if-convert the mask into every tile);
+// mt: the thread's maximum for each of its two rows. Shared by the plain and the Hopper forward.
+template <bool MASKED, int N>
+__device__ __forceinline__ void scale_and_mask(float (&sc)[N / 2], float (&mt)[2], float scale_log2,
+                                               const RowBounds& bounds) {
+#pragma unroll
+  for (int i = 0; i < N / 2; ++i) {
+    float x = sc[i] * scale_log2;
+    if constexpr (MASKED) {
+      if (!bounds.visible(i)) x = -INFINITY;
+    }
+    sc[i] = x;
+    mt[(i >> 1) & 1] = ::fmaxf(mt[(i >> 1) & 1], x);
+  }
 }
 
 }  // namespace kiln::kernels::attention
