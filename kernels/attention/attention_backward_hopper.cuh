@@ -700,7 +700,6 @@ void launch_backward(const AttentionBackwardArgs& a) {
   const AttentionShapeArgs& s = a.shape;
   const std::int64_t q_rows = s.batch * s.heads * s.seq, kv_rows = s.batch * s.kv_heads * s.seq;
   const std::int64_t blocks_a_row = (s.seq + kBlock - 1) / kBlock;
-  const int sms = device_info(a.launch.device).sms;
   // Persistent grids (one block a multiprocessor: their shared memory allows no second), each
   // taking tiles from its own counter, both zeroed on the stream first.
   Tensor<std::int32_t> tile_counters({2}, Device::cuda(a.launch.device));
@@ -713,7 +712,7 @@ void launch_backward(const AttentionBackwardArgs& a) {
     const CUtensorMap g_map = make_tensor_map(a.dout, q_rows, DV, L::BQ);
     const CUtensorMap k_map = make_tensor_map(a.k, kv_rows, DK, kBlock);
     const CUtensorMap v_map = make_tensor_map(a.v, kv_rows, DV, kBlock);
-    const int blocks = static_cast<int>(std::min<std::int64_t>(blocks_a_row * s.kv_heads * s.batch, sms));
+    const int blocks = hopper::grid_blocks(blocks_a_row * s.kv_heads * s.batch, a.launch.device);
     opt_in_shared_memory(attention_dkdv_hopper_kernel<T, DK, DV>, L::bytes, a.launch.device);
     attention_dkdv_hopper_kernel<T, DK, DV><<<blocks, kThreads, L::bytes, a.launch.stream>>>(
         q_map, g_map, k_map, v_map, args, tile_counters.data());
@@ -725,7 +724,7 @@ void launch_backward(const AttentionBackwardArgs& a) {
     const CUtensorMap g_map = make_tensor_map(a.dout, q_rows, DV, kBlock);
     const CUtensorMap k_map = make_tensor_map(a.k, kv_rows, DK, L::BN);
     const CUtensorMap v_map = make_tensor_map(a.v, kv_rows, DV, L::BN);
-    const int blocks = static_cast<int>(std::min<std::int64_t>(blocks_a_row * s.heads * s.batch, sms));
+    const int blocks = hopper::grid_blocks(blocks_a_row * s.heads * s.batch, a.launch.device);
     opt_in_shared_memory(attention_dq_hopper_kernel<T, DK, DV>, L::bytes, a.launch.device);
     attention_dq_hopper_kernel<T, DK, DV><<<blocks, kThreads, L::bytes, a.launch.stream>>>(
         q_map, g_map, k_map, v_map, args, tile_counters.data() + 1);

@@ -470,6 +470,18 @@ inline bool pingpong_enabled() {
   return on;
 }
 
+// Blocks of a grid over `tiles` work tiles: one a multiprocessor (persistent; their shared memory
+// allows no second), or, with KILN_ATTENTION_PERSISTENT=off in the environment (read once per
+// process; for comparisons), one a tile as before 2026-12-06: each block then takes one tile from
+// the counter and finds the next one past the last.
+inline int grid_blocks(std::int64_t tiles, int device) {
+  static const bool persistent = [] {
+    const char* v = std::getenv("KILN_ATTENTION_PERSISTENT");
+    return v == nullptr || std::string_view(v) != "off";
+  }();
+  return static_cast<int>(persistent ? std::min<std::int64_t>(tiles, device_info(device).sms) : tiles);
+}
+
 // The kernel (the launcher in attention.cuh has checked supports(dk, dv), the device and that
 // every row index fits in int).
 template <class T, int DK, int DV>
@@ -483,7 +495,7 @@ void launch_forward(const AttentionForwardArgs& a) {
   // from a counter that starts at 0 on the stream (the caching allocator hands the int back in
   // stream order once the kernel has run).
   const std::int64_t tiles = (s.seq + kRows - 1) / kRows * s.heads * s.batch;
-  const int blocks = static_cast<int>(std::min<std::int64_t>(tiles, device_info(a.launch.device).sms));
+  const int blocks = grid_blocks(tiles, a.launch.device);
   Tensor<std::int32_t> tile_counter({1}, Device::cuda(a.launch.device));
   KILN_CUDA_CHECK(cudaMemsetAsync(tile_counter.data(), 0, sizeof(std::int32_t), a.launch.stream));
   opt_in_shared_memory(attention_forward_hopper_kernel<T, DK, DV>, smem, a.launch.device);
