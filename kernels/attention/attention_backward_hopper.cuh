@@ -387,7 +387,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   std::uint32_t phase = 0, kv_phase = 0;
   for (;;) {
     sm90::mbarrier_wait(kv_full, kv_phase);
-    const int tile = *tile_slot;
+    const int tile = sm90::warp_uniform(*tile_slot);  // uniform: see warp_uniform
     if (tile < 0) break;
     // 32-bit step counts (q_tiles·group < H·S < 2^31) and only the tile's index kept: this
     // consumer's registers are full at (192, 128) (dK and dV take 160 of them).
@@ -608,7 +608,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   std::uint32_t phase = 0, q_phase = 0;
   for (;;) {
     sm90::mbarrier_wait(q_full, q_phase);
-    const int tile = *tile_slot;
+    const int tile = sm90::warp_uniform(*tile_slot);  // uniform: see warp_uniform
     if (tile < 0) break;
     const hopper::ForwardTile w = hopper::forward_tile(tile, query_blocks, s);
     const KeyTiles keys = key_tiles(s, w.q0, kBlock, BN);

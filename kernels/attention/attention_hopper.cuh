@@ -323,7 +323,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   std::uint32_t phase = 0, q_phase = 0;
   for (;;) {
     sm90::mbarrier_wait(q_full, q_phase);
-    const int tile = *tile_slot;
+    const int tile = sm90::warp_uniform(*tile_slot);  // uniform: see warp_uniform
     if (tile < 0) break;
     const ForwardTile w = forward_tile(tile, query_blocks, s);
     const KeyTiles keys = key_tiles(s, w.q0, kRows, kKeys);
