@@ -3,8 +3,13 @@
 // five products per key-query tile on wgmma. Deterministic like the plain backward: every gradient
 // element is summed by one thread in a fixed order (no atomics), so two runs give the same bits.
 //
-// Kernels (after attention.cuh's delta kernel, D_i = dout_i·out_i):
-//   dK, dV  one block per (128 keys, kv head, batch row). It keeps its K and V rows in shared
+// Kernels (after attention.cuh's delta kernel, D_i = dout_i·out_i), both on persistent grids as
+// the forward (attention_hopper.cuh): one block per multiprocessor takes tiles from a global counter
+// (its own for each kernel, zeroed on the stream by the launcher) in the order the former grids
+// started their blocks, and releases a tile's resident operands once its last product that reads
+// them is done, so that the next tile's load overlaps the last products and the stores. The
+// accumulators are overwritten by a tile's first product (scale_d = 0), not zeroed by stores.
+//   dK, dV  a tile is (128 keys, kv head, batch row). The block keeps its K and V rows in shared
 //           memory and walks every query head of its group and every query tile of BQ queries
 //           that sees its keys (from the diagonal to the end of the keys' sequence), Q, dout and
 //           the tile's lse and D streamed through 4 stages. Each consumer warpgroup owns 64 keys
@@ -17,7 +22,7 @@
 //             dK += dSᵀ·Q         m64n{64⌈Dk/64⌉}k16, A = dSᵀ from registers, B = the Q tile MN-major
 //           and at the end writes dK·scale and dV. The mask in this orientation is per key row:
 //           query i sees key j iff j <= i < seq_end(j) (equivalent to seq_begin(i) <= j <= i).
-//   dQ      one block per (128 queries, head, batch row), shaped like the forward
+//   dQ      a tile is (128 queries, head, batch row), the forward's tile, shaped like the forward
 //           (attention_hopper.cuh): Q and dout resident, K and V tiles of BN keys streamed (3
 //           stages at (192, 128), else 4):
 //             S = Q·Kᵀ, dP = dout·Vᵀ (both K-major), P, dS = P ∘ (dP − D_i),
@@ -56,8 +61,11 @@
 // down to 24; in the dK/dV kernel its first warp works: lane 0 issues the tile's TMA copies first,
 // then all 32 lanes copy the tile's lse·log2 e and D into the stage (plain loads, whose latency the
 // copies do not wait for) and arrive on its full barrier: 33 arrivals with lane 0's expect-bytes;
-// the other warps exit), warpgroups 1 and 2 the consumers (240 registers). Barriers: one for the
-// resident tiles, full[] and empty[] per stage (one arrival per consumer warp on empty).
+// the other warps exit), warpgroups 1 and 2 the consumers (240 registers). Barriers: a full/empty
+// pair for the resident tiles (whose index the producer writes to shared memory before the full
+// arrival), full[] and empty[] per stage (one arrival per consumer warp on empty). At (192, 128)
+// the dK/dV consumers keep only the tile's index and its first key across the tile (32-bit step
+// counts): holding the tile's row offsets too made ptxas spill 104 bytes.
 //
 // Registers per consumer thread (accumulators): dK/dV kernel 32⌈Dk/64⌉ + Dv/2 (dK, dV) + BQ (Sᵀ
 // and dPᵀ) + BQ/2 (the 16-bit Pᵀ and dSᵀ waiting for the next iteration), with BQ = 64 where dK and
@@ -95,8 +103,10 @@
 #include <cuda_runtime.h>
 #include <cudaTypedefs.h>
 
+#include <algorithm>
 #include <cstdint>
 
+#include "kiln/core/tensor.hpp"
 #include "kiln/kernels/attention/args.hpp"
 #include "kiln/kernels/attention/attention_hopper.cuh"
 #include "kiln/kernels/attention/key_tiles.cuh"
@@ -226,43 +236,65 @@ struct DkdvLayout {
   static constexpr int q_offset = v_offset + v_bytes;
   static constexpr int g_offset = q_offset + stages * q_bytes;
   static constexpr int stats_offset = g_offset + stages * g_bytes;  // per stage: lse·log2 e [BQ], D [BQ]
-  static constexpr int barrier_offset = stats_offset + stages * 2 * BQ * 4;  // kv, full[], empty[]
-  static constexpr std::size_t bytes = 1024 + barrier_offset + (1 + 2 * stages) * 8;  // + alignment slack
+  // K and V's full and empty, full[] and empty[]; then the index of the tile whose K and V the
+  // block holds (written by the producer, read by the consumers)
+  static constexpr int barrier_offset = stats_offset + stages * 2 * BQ * 4;
+  static constexpr int tile_offset = barrier_offset + (2 + 2 * stages) * 8;
+  static constexpr std::size_t bytes = 1024 + tile_offset + 8;  // + alignment slack
   static_assert(stages >= 3, "the one-tile software pipeline wants a stage to load ahead");
 };
+
+// A work tile of the persistent dK/dV grid: 128 keys of one (batch row, kv head), numbered in the
+// order the former grid (key blocks, kv heads, batch) started its blocks: the first key block, which
+// the most queries see, first within each kv head.
+struct DkdvTile {
+  std::int64_t k0;      // first key
+  std::int64_t kv_row;  // (b·Hkv + kvh)·S: the kv head's first row of k, v, dk and dv
+  std::int64_t q_row;   // (b·H + kvh·group)·S: the first row of its group's first query head
+};
+__device__ __forceinline__ DkdvTile dkdv_tile(int tile, int key_blocks, const AttentionShapeArgs& s) {
+  const int x = tile % key_blocks, slice = tile / key_blocks;  // slice = b·Hkv + kvh
+  const std::int64_t kv_row = static_cast<std::int64_t>(slice) * s.seq;
+  return {static_cast<std::int64_t>(x) * kBlock, kv_row, kv_row * (s.heads / s.kv_heads)};
+}
 
 template <class T, int DK, int DV>
 __global__ void __launch_bounds__(kThreads, 1)
     attention_dkdv_hopper_kernel(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap g_map,
                                  const __grid_constant__ CUtensorMap k_map, const __grid_constant__ CUtensorMap v_map,
-                                 const AttentionBackwardArgs a) {
+                                 const AttentionBackwardArgs a, int* tile_counter) {
   using L = DkdvLayout<DK, DV>;
   constexpr int BQ = L::BQ, KC = chunks(DK), VC = chunks(DV), NK = 64 * KC, kStages = L::stages;
   extern __shared__ __align__(16) unsigned char attention_bwd_smem[];
   const std::uint32_t raw = sm90::shared_address(attention_bwd_smem);
   const std::uint32_t base = (raw + 1023) & ~1023u;
   float* const stats = reinterpret_cast<float*>(attention_bwd_smem + (base - raw) + L::stats_offset);
-  const std::uint32_t kv_bar = base + L::barrier_offset, full_bar = kv_bar + 8, empty_bar = full_bar + 8 * kStages;
+  volatile int* const tile_slot = reinterpret_cast<volatile int*>(attention_bwd_smem + (base - raw) + L::tile_offset);
+  const std::uint32_t kv_full = base + L::barrier_offset, kv_empty = kv_full + 8, full_bar = kv_empty + 8;
+  const std::uint32_t empty_bar = full_bar + 8 * kStages;
 
   const AttentionShapeArgs& s = a.shape;
   const std::int64_t S = s.seq;
-  const std::int64_t k0 = static_cast<std::int64_t>(blockIdx.x) * kBlock;  // early keys see the most queries
-  const int kvh = static_cast<int>(blockIdx.y), group = s.heads / s.kv_heads;
-  const std::int64_t b = blockIdx.z;
-  const std::int64_t k_last = (k0 + kBlock < S ? k0 + kBlock : S) - 1;
-  const std::int64_t q_end = seq_end_of(s, k_last);  // queries k0 .. q_end - 1 see keys of this block
-  const std::int64_t q_tiles = (q_end - k0 + BQ - 1) / BQ;
-  const std::int64_t steps = q_tiles * group;  // step i: head kvh·group + i / q_tiles, tile i mod q_tiles
+  const int group = s.heads / s.kv_heads;
+  const int key_blocks = static_cast<int>((S + kBlock - 1) / kBlock);
+  const int tiles = key_blocks * s.kv_heads * static_cast<int>(s.batch);
+  // The query tiles of BQ queries that see keys of the tile at k0 (queries k0 .. q_end - 1, with
+  // q_end the end of the last key's sequence); a tile walks them for every query head of its group.
+  const auto query_tiles = [&](std::int64_t k0) {
+    const std::int64_t k_last = (k0 + kBlock < S ? k0 + kBlock : S) - 1;
+    return (seq_end_of(s, k_last) - k0 + BQ - 1) / BQ;
+  };
 
   if (threadIdx.x == 0) {
     sm90::prefetch_tensor_map(&q_map);
     sm90::prefetch_tensor_map(&g_map);
     sm90::prefetch_tensor_map(&k_map);
     sm90::prefetch_tensor_map(&v_map);
-    sm90::mbarrier_init(kv_bar, 1);
+    sm90::mbarrier_init(kv_full, 1);
+    sm90::mbarrier_init(kv_empty, kConsumers * 4);  // one arrival per consumer warp
     for (int st = 0; st < kStages; ++st) {
       sm90::mbarrier_init(full_bar + 8 * st, 33);  // lane 0's expect-bytes, then every lane's stats
-      sm90::mbarrier_init(empty_bar + 8 * st, kConsumers * 4);  // one arrival per consumer warp
+      sm90::mbarrier_init(empty_bar + 8 * st, kConsumers * 4);
     }
     sm90::mbarrier_init_fence();
   }
@@ -270,47 +302,64 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   const int warpgroup = static_cast<int>(threadIdx.x >> 7);
   if (warpgroup == 0) {
-    // ---- producer: warp 0 ----
+    // ---- producer: warp 0, taking tiles from the global counter (lane 0) ----
     sm90::release_registers<kProducerRegisters>();
     if (threadIdx.x >= 32) return;
     const int lane = static_cast<int>(threadIdx.x);
-    if (lane == 0) {
-      const int k_row = static_cast<int>((b * s.kv_heads + kvh) * S + k0);
-      sm90::mbarrier_arrive_expect_bytes(kv_bar, L::k_bytes + L::v_bytes);
-      for (int c = 0; c < KC; ++c) sm90::tma_load_2d(base + c * kBlock * 128, &k_map, 64 * c, k_row, kv_bar);
-      for (int c = 0; c < VC; ++c)
-        sm90::tma_load_2d(base + L::v_offset + c * kBlock * 128, &v_map, 64 * c, k_row, kv_bar);
-    }
     int stage = 0;
-    std::uint32_t phase = 0;
-    for (std::int64_t step = 0; step < steps; ++step) {
-      const int h = kvh * group + static_cast<int>(step / q_tiles);
-      const std::int64_t qt0 = k0 + (step % q_tiles) * BQ;
-      const std::int64_t head_row = (b * s.heads + h) * S;
-      sm90::mbarrier_wait(empty_bar + 8 * stage, phase ^ 1);
-      // The tiles' copies first: the loads of lse and D below take a global-memory latency that the
-      // copies need not wait for.
-      const std::uint32_t full = full_bar + 8 * stage;
+    std::uint32_t phase = 0, kv_phase = 0;
+    int tile = lane == 0 ? atomicAdd(tile_counter, 1) : 0;
+    for (;;) {
+      tile = __shfl_sync(0xffffffffu, tile, 0);
+      // The consumers have read the previous tile's index and finished with its K and V.
+      sm90::mbarrier_wait(kv_empty, kv_phase ^ 1);
+      if (lane == 0) *tile_slot = tile < tiles ? tile : -1;
+      if (tile >= tiles) {
+        if (lane == 0) sm90::mbarrier_arrive(kv_full);  // releases the -1: the consumers stop
+        break;
+      }
+      const DkdvTile w = dkdv_tile(tile, key_blocks, s);
+      const std::int64_t q_tiles = query_tiles(w.k0);
+      const std::int64_t steps = q_tiles * group;  // step i: query head kvh·group + i / q_tiles, tile i mod q_tiles
+      int next = 0;
       if (lane == 0) {
-        const int row = static_cast<int>(head_row + qt0);
-        sm90::mbarrier_arrive_expect_bytes(full, L::q_bytes + L::g_bytes);
-        for (int c = 0; c < KC; ++c)
-          sm90::tma_load_2d(base + L::q_offset + stage * L::q_bytes + c * BQ * 128, &q_map, 64 * c, row, full);
+        const int k_row = static_cast<int>(w.kv_row + w.k0);
+        sm90::mbarrier_arrive_expect_bytes(kv_full, L::k_bytes + L::v_bytes);  // also releases the index
+        for (int c = 0; c < KC; ++c) sm90::tma_load_2d(base + c * kBlock * 128, &k_map, 64 * c, k_row, kv_full);
         for (int c = 0; c < VC; ++c)
-          sm90::tma_load_2d(base + L::g_offset + stage * L::g_bytes + c * BQ * 128, &g_map, 64 * c, row, full);
+          sm90::tma_load_2d(base + L::v_offset + c * kBlock * 128, &v_map, 64 * c, k_row, kv_full);
+        next = atomicAdd(tile_counter, 1);  // in flight while this tile's Q and dout load
       }
-      // lse (in the base-2 domain) and D of the tile's queries; 0 past S (those columns are masked).
-      float* const st = stats + stage * 2 * BQ;
-      for (int i = lane; i < BQ; i += 32) {
-        const bool real = qt0 + i < S;
-        st[i] = real ? a.lse[head_row + qt0 + i] * kLog2e : 0.f;
-        st[BQ + i] = real ? a.delta[head_row + qt0 + i] : 0.f;
+      for (std::int64_t step = 0; step < steps; ++step) {
+        const std::int64_t qt0 = w.k0 + (step % q_tiles) * BQ;
+        const std::int64_t head_row = w.q_row + (step / q_tiles) * S;
+        sm90::mbarrier_wait(empty_bar + 8 * stage, phase ^ 1);
+        // The tiles' copies first: the loads of lse and D below take a global-memory latency that
+        // the copies need not wait for.
+        const std::uint32_t full = full_bar + 8 * stage;
+        if (lane == 0) {
+          const int row = static_cast<int>(head_row + qt0);
+          sm90::mbarrier_arrive_expect_bytes(full, L::q_bytes + L::g_bytes);
+          for (int c = 0; c < KC; ++c)
+            sm90::tma_load_2d(base + L::q_offset + stage * L::q_bytes + c * BQ * 128, &q_map, 64 * c, row, full);
+          for (int c = 0; c < VC; ++c)
+            sm90::tma_load_2d(base + L::g_offset + stage * L::g_bytes + c * BQ * 128, &g_map, 64 * c, row, full);
+        }
+        // lse (in the base-2 domain) and D of the tile's queries; 0 past S (those columns are masked).
+        float* const st = stats + stage * 2 * BQ;
+        for (int i = lane; i < BQ; i += 32) {
+          const bool real = qt0 + i < S;
+          st[i] = real ? a.lse[head_row + qt0 + i] * kLog2e : 0.f;
+          st[BQ + i] = real ? a.delta[head_row + qt0 + i] : 0.f;
+        }
+        sm90::mbarrier_arrive(full);  // releases this lane's lse and D stores
+        if (++stage == kStages) {
+          stage = 0;
+          phase ^= 1;
+        }
       }
-      sm90::mbarrier_arrive(full);  // releases this lane's lse and D stores
-      if (++stage == kStages) {
-        stage = 0;
-        phase ^= 1;
-      }
+      tile = next;
+      kv_phase ^= 1;
     }
     return;
   }
@@ -320,107 +369,125 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int wg = warpgroup - 1;
   const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>((threadIdx.x >> 5) & 3);
   const int t = lane & 3;
-  const std::int64_t warp_key0 = k0 + 64 * wg + 16 * warp;
-  std::int64_t key[2], end[2], last_query[2];  // key[r] is seen by queries key[r] .. end[r] - 1
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    key[r] = warp_key0 + (lane >> 2) + 8 * r;
-    end[r] = key[r] < S ? seq_end_of(s, key[r]) : 0;  // a key past S: every query masked
-    last_query[r] = end[r] - 1;
-  }
-  const std::int64_t end_min = end[0] < end[1] ? end[0] : end[1];
   const float scale_log2 = static_cast<float>(s.scale) * kLog2e;
-  float dk[NK / 2], dv[DV / 2];
+  const std::uint32_t k_addr = base + wg * 64 * 128;  // this consumer's 64 rows of each box
+  const std::uint32_t v_addr = base + L::v_offset + wg * 64 * 128;
+  float dk[NK / 2], dv[DV / 2];  // after this, written by wgmma only (a tile's first product overwrites)
 #pragma unroll
   for (int i = 0; i < NK / 2; ++i) dk[i] = 0.f;
 #pragma unroll
   for (int i = 0; i < DV / 2; ++i) dv[i] = 0.f;
-  const std::uint32_t k_addr = base + wg * 64 * 128;  // this consumer's 64 rows of each box
-  const std::uint32_t v_addr = base + L::v_offset + wg * 64 * 128;
-  sm90::mbarrier_wait(kv_bar, 0);
+  const auto release = [&](std::uint32_t empty) {  // this warp is done reading the stage
+    __syncwarp();
+    if (lane == 0) sm90::mbarrier_arrive(empty);
+  };
   const sm90::PingPong turns{a.pingpong, wg};  // as in the forward: every issue below is one turn
   turns.start();
+  int stage = 0, previous = 0;  // Q and dout stages run on from tile to tile, as the producer's do
+  std::uint32_t phase = 0, kv_phase = 0;
+  for (;;) {
+    sm90::mbarrier_wait(kv_full, kv_phase);
+    const int tile = sm90::warp_uniform(*tile_slot);  // uniform: see warp_uniform
+    if (tile < 0) break;
+    // 32-bit step counts (q_tiles·group < H·S < 2^31) and only the tile's index kept: this
+    // consumer's registers are full at (192, 128) (dK and dV take 160 of them).
+    const std::int64_t k0 = static_cast<std::int64_t>(tile % key_blocks) * kBlock;
+    const int q_tiles = static_cast<int>(query_tiles(k0)), steps = q_tiles * group;
+    const std::int64_t warp_key0 = k0 + 64 * wg + 16 * warp;
+    std::int64_t key[2], end[2], last_query[2];  // key[r] is seen by queries key[r] .. end[r] - 1
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      key[r] = warp_key0 + (lane >> 2) + 8 * r;
+      end[r] = key[r] < S ? seq_end_of(s, key[r]) : 0;  // a key past S: every query masked
+      last_query[r] = end[r] - 1;
+    }
+    const std::int64_t end_min = end[0] < end[1] ? end[0] : end[1];
 
-  // Software-pipelined by one tile: an iteration issues the previous tile's dV and dK products and
-  // then this tile's Sᵀ and dPᵀ, back to back, so that this warpgroup's tensor-core work has no gap
-  // at the tile boundary; Pᵀ and dSᵀ (as 16-bit A registers) wait in registers for the next
-  // iteration, and the previous tile's stage is released once its products have retired. Every
-  // wgmma of an iteration is waited for within it: a wgmma still running across the loop's back
-  // edge makes ptxas serialise every wgmma of the kernel (C7514, C7515), and so would an ordinary
-  // instruction writing an accumulator while wgmma run (hence sc and dp, written by wgmma only).
-  unsigned pa[BQ / 16][4], da[BQ / 16][4];
-  int stage = 0, previous = 0;
-  std::uint32_t phase = 0;
-  for (std::int64_t step = 0; step < steps; ++step) {
-    const std::int64_t qt0 = k0 + (step % q_tiles) * BQ;
-    const std::uint32_t q_addr = base + L::q_offset + stage * L::q_bytes;
-    const std::uint32_t g_addr = base + L::g_offset + stage * L::g_bytes;
-    const float* const lse2 = stats + stage * 2 * BQ;
-    const float* const delta = lse2 + BQ;
-    sm90::mbarrier_wait(full_bar + 8 * stage, phase);
-    turns.take_turn();
-    if (step > 0) {
+    // Software-pipelined by one tile: an iteration issues the previous tile's dV and dK products
+    // and then this tile's Sᵀ and dPᵀ, back to back, so that this warpgroup's tensor-core work has
+    // no gap at the tile boundary; Pᵀ and dSᵀ (as 16-bit A registers) wait in registers for the
+    // next iteration, and the previous tile's stage is released once its products have retired.
+    // Every wgmma of an iteration is waited for within it: a wgmma still running across the loop's
+    // back edge makes ptxas serialise every wgmma of the kernel (C7514, C7515), and so would an
+    // ordinary instruction writing an accumulator while wgmma run (hence sc and dp, written by wgmma
+    // only, and dk and dv zeroed by their first product's scale_d = 0 rather than by stores).
+    unsigned pa[BQ / 16][4], da[BQ / 16][4];
+    for (int step = 0; step < steps; ++step) {
+      const std::int64_t qt0 = k0 + (step % q_tiles) * BQ;
+      const std::uint32_t q_addr = base + L::q_offset + stage * L::q_bytes;
+      const std::uint32_t g_addr = base + L::g_offset + stage * L::g_bytes;
+      const float* const lse2 = stats + stage * 2 * BQ;
+      const float* const delta = lse2 + BQ;
+      sm90::mbarrier_wait(full_bar + 8 * stage, phase);
+      turns.take_turn();
+      if (step > 0) {
+        const std::uint32_t pq_addr = base + L::q_offset + previous * L::q_bytes;
+        const std::uint32_t pg_addr = base + L::g_offset + previous * L::g_bytes;
+        sm90::wgmma_fence();
+        // dV += Pᵀ·dout, dK += dSᵀ·Q
+#pragma unroll
+        for (int kk = 0; kk < BQ / 16; ++kk)
+          WgmmaBf16<DV>::rs_mn(dv, pa[kk], mn_major(pg_addr, BQ, kk), kk > 0 || step > 1);  // step 1: the first
+#pragma unroll
+        for (int kk = 0; kk < BQ / 16; ++kk)
+          WgmmaBf16<NK>::rs_mn(dk, da[kk], mn_major(pq_addr, BQ, kk), kk > 0 || step > 1);
+        sm90::wgmma_commit();
+      }
+      float sc[BQ / 2], dp[BQ / 2];
+      issue_score_products<BQ, DK, DV>(sc, dp, k_addr, q_addr, v_addr, g_addr);
+      turns.pass_turn();
+      sm90::wgmma_wait<1>();  // the previous tile's dV and dK, and Sᵀ
+      sm90::fence_registers(sc);
+      if (step > 0) release(empty_bar + 8 * previous);
+
+      // Pᵀ while dPᵀ is in flight. Masking only where a query of the tile may precede a key of
+      // this thread's rows or lie past the end of their sequence (or past S).
+      float p[BQ / 2];
+      const auto lse_of = [&](int i) { return lse2[8 * (i >> 2) + 2 * t + (i & 1)]; };
+      if (qt0 < warp_key0 + 16 || qt0 + BQ > end_min)
+        probabilities<true, BQ>(p, sc, scale_log2, row_bounds(key, last_query, qt0, t), lse_of);
+      else
+        probabilities<false, BQ>(p, sc, scale_log2, RowBounds{}, lse_of);
+      pack_a<T, BQ>(pa, p);
+      sm90::wgmma_wait<0>();  // dPᵀ
+      sm90::fence_registers(dp);
+      float ds[BQ / 2];
+#pragma unroll
+      for (int i = 0; i < BQ / 2; ++i) ds[i] = p[i] * (dp[i] - delta[8 * (i >> 2) + 2 * t + (i & 1)]);
+      pack_a<T, BQ>(da, ds);
+      previous = stage;
+      if (++stage == kStages) {
+        stage = 0;
+        phase ^= 1;
+      }
+    }
+    // Every product that reads K and V is done: the producer may load the next tile's (and write
+    // its index) while the last dV and dK products and the stores run.
+    release(kv_empty);
+    kv_phase ^= 1;
+    {  // the last query tile's dV and dK (every tile has at least one query tile)
       const std::uint32_t pq_addr = base + L::q_offset + previous * L::q_bytes;
       const std::uint32_t pg_addr = base + L::g_offset + previous * L::g_bytes;
+      turns.take_turn();
       sm90::wgmma_fence();
-      // dV += Pᵀ·dout, dK += dSᵀ·Q
 #pragma unroll
-      for (int kk = 0; kk < BQ / 16; ++kk) WgmmaBf16<DV>::rs_mn(dv, pa[kk], mn_major(pg_addr, BQ, kk), 1);
+      for (int kk = 0; kk < BQ / 16; ++kk)
+        WgmmaBf16<DV>::rs_mn(dv, pa[kk], mn_major(pg_addr, BQ, kk), kk > 0 || steps > 1);
 #pragma unroll
-      for (int kk = 0; kk < BQ / 16; ++kk) WgmmaBf16<NK>::rs_mn(dk, da[kk], mn_major(pq_addr, BQ, kk), 1);
+      for (int kk = 0; kk < BQ / 16; ++kk)
+        WgmmaBf16<NK>::rs_mn(dk, da[kk], mn_major(pq_addr, BQ, kk), kk > 0 || steps > 1);
       sm90::wgmma_commit();
+      turns.pass_turn();
+      sm90::wgmma_wait<0>();
+      release(empty_bar + 8 * previous);  // the producer's ring runs on into the next tile
     }
-    float sc[BQ / 2], dp[BQ / 2];
-    issue_score_products<BQ, DK, DV>(sc, dp, k_addr, q_addr, v_addr, g_addr);
-    turns.pass_turn();
-    sm90::wgmma_wait<1>();  // the previous tile's dV and dK, and Sᵀ
-    sm90::fence_registers(sc);
-    if (step > 0) {
-      __syncwarp();
-      if (lane == 0) sm90::mbarrier_arrive(empty_bar + 8 * previous);  // this warp is done with it
-    }
-
-    // Pᵀ while dPᵀ is in flight. Masking only where a query of the tile may precede a key of this
-    // thread's rows or lie past the end of their sequence (or past S).
-    float p[BQ / 2];
-    const auto lse_of = [&](int i) { return lse2[8 * (i >> 2) + 2 * t + (i & 1)]; };
-    if (qt0 < warp_key0 + 16 || qt0 + BQ > end_min)
-      probabilities<true, BQ>(p, sc, scale_log2, row_bounds(key, last_query, qt0, t), lse_of);
-    else
-      probabilities<false, BQ>(p, sc, scale_log2, RowBounds{}, lse_of);
-    pack_a<T, BQ>(pa, p);
-    sm90::wgmma_wait<0>();  // dPᵀ
-    sm90::fence_registers(dp);
-    float ds[BQ / 2];
-#pragma unroll
-    for (int i = 0; i < BQ / 2; ++i) ds[i] = p[i] * (dp[i] - delta[8 * (i >> 2) + 2 * t + (i & 1)]);
-    pack_a<T, BQ>(da, ds);
-    previous = stage;
-    if (++stage == kStages) {
-      stage = 0;
-      phase ^= 1;
-    }
-  }
-  if (steps > 0) {  // the last tile's dV and dK
-    const std::uint32_t pq_addr = base + L::q_offset + previous * L::q_bytes;
-    const std::uint32_t pg_addr = base + L::g_offset + previous * L::g_bytes;
-    turns.take_turn();
-    sm90::wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < BQ / 16; ++kk) WgmmaBf16<DV>::rs_mn(dv, pa[kk], mn_major(pg_addr, BQ, kk), 1);
-#pragma unroll
-    for (int kk = 0; kk < BQ / 16; ++kk) WgmmaBf16<NK>::rs_mn(dk, da[kk], mn_major(pq_addr, BQ, kk), 1);
-    sm90::wgmma_commit();
-    turns.pass_turn();
-    sm90::wgmma_wait<0>();
+    sm90::fence_registers(dv);
+    sm90::fence_registers(dk);
+    const std::int64_t kv_row = dkdv_tile(tile, key_blocks, s).kv_row;
+    store_rows<T, NK>(static_cast<T*>(a.dk) + kv_row * DK, dk, warp_key0, S, DK, static_cast<float>(s.scale));
+    store_rows<T, DV>(static_cast<T*>(a.dv) + kv_row * DV, dv, warp_key0, S, DV, 1.f);
   }
   turns.finish();
-  sm90::fence_registers(dv);
-  sm90::fence_registers(dk);
-
-  const std::int64_t kv_row = (b * s.kv_heads + kvh) * S;
-  store_rows<T, NK>(static_cast<T*>(a.dk) + kv_row * DK, dk, warp_key0, S, DK, static_cast<float>(s.scale));
-  store_rows<T, DV>(static_cast<T*>(a.dv) + kv_row * DV, dv, warp_key0, S, DV, 1.f);
 }
 
 template <int DK, int DV>
@@ -434,8 +501,11 @@ struct DqLayout {
   static constexpr int g_offset = q_bytes;
   static constexpr int k_offset = g_offset + g_bytes;
   static constexpr int v_offset = k_offset + stages * k_bytes;
-  static constexpr int barrier_offset = v_offset + stages * v_bytes;  // q, full[], empty[]
-  static constexpr std::size_t bytes = 1024 + barrier_offset + (1 + 2 * stages) * 8;
+  // Q and dout's full and empty, full[] and empty[]; then the index of the tile whose Q and dout
+  // the block holds
+  static constexpr int barrier_offset = v_offset + stages * v_bytes;
+  static constexpr int tile_offset = barrier_offset + (2 + 2 * stages) * 8;
+  static constexpr std::size_t bytes = 1024 + tile_offset + 8;
   static_assert(stages >= 3, "the one-tile software pipeline wants a stage to load ahead");
 };
 
@@ -443,28 +513,28 @@ template <class T, int DK, int DV>
 __global__ void __launch_bounds__(kThreads, 1)
     attention_dq_hopper_kernel(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap g_map,
                                const __grid_constant__ CUtensorMap k_map, const __grid_constant__ CUtensorMap v_map,
-                               const AttentionBackwardArgs a) {
+                               const AttentionBackwardArgs a, int* tile_counter) {
   using L = DqLayout<DK, DV>;
   constexpr int BN = L::BN, KC = chunks(DK), VC = chunks(DV), NK = 64 * KC, kStages = L::stages;
   extern __shared__ __align__(16) unsigned char attention_bwd_smem[];
-  const std::uint32_t base = (sm90::shared_address(attention_bwd_smem) + 1023) & ~1023u;
-  const std::uint32_t q_bar = base + L::barrier_offset, full_bar = q_bar + 8, empty_bar = full_bar + 8 * kStages;
+  const std::uint32_t raw = sm90::shared_address(attention_bwd_smem);
+  const std::uint32_t base = (raw + 1023) & ~1023u;
+  volatile int* const tile_slot = reinterpret_cast<volatile int*>(attention_bwd_smem + (base - raw) + L::tile_offset);
+  const std::uint32_t q_full = base + L::barrier_offset, q_empty = q_full + 8, full_bar = q_empty + 8;
+  const std::uint32_t empty_bar = full_bar + 8 * kStages;
 
   const AttentionShapeArgs& s = a.shape;
   const std::int64_t S = s.seq;
-  const std::int64_t q0 = static_cast<std::int64_t>(gridDim.x - 1 - blockIdx.x) * kBlock;  // most keys first
-  const int h = static_cast<int>(blockIdx.y), kvh = h / (s.heads / s.kv_heads);
-  const std::int64_t b = blockIdx.z;
-  const std::int64_t head_row = (b * s.heads + h) * S;
-  const KeyTiles tiles = key_tiles(s, q0, kBlock, BN);
-  const std::int64_t t_first = tiles.first, t_last = tiles.last, last_begin = tiles.last_begin;
+  const int query_blocks = static_cast<int>((S + kBlock - 1) / kBlock);
+  const int tiles = query_blocks * s.heads * static_cast<int>(s.batch);
 
   if (threadIdx.x == 0) {
     sm90::prefetch_tensor_map(&q_map);
     sm90::prefetch_tensor_map(&g_map);
     sm90::prefetch_tensor_map(&k_map);
     sm90::prefetch_tensor_map(&v_map);
-    sm90::mbarrier_init(q_bar, 1);
+    sm90::mbarrier_init(q_full, 1);
+    sm90::mbarrier_init(q_empty, kConsumers * 4);  // one arrival per consumer warp
     for (int st = 0; st < kStages; ++st) {
       sm90::mbarrier_init(full_bar + 8 * st, 1);
       sm90::mbarrier_init(empty_bar + 8 * st, kConsumers * 4);
@@ -475,31 +545,44 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   const int warpgroup = static_cast<int>(threadIdx.x >> 7);
   if (warpgroup == 0) {
-    // ---- producer: one thread ----
+    // ---- producer: one thread, taking tiles (the forward's, in its order) from the global counter ----
     sm90::release_registers<kProducerRegisters>();
     if (threadIdx.x != 0) return;
-    const int q_row = static_cast<int>(head_row + q0);
-    sm90::mbarrier_arrive_expect_bytes(q_bar, L::q_bytes + L::g_bytes);
-    for (int c = 0; c < KC; ++c) sm90::tma_load_2d(base + c * kBlock * 128, &q_map, 64 * c, q_row, q_bar);
-    for (int c = 0; c < VC; ++c)
-      sm90::tma_load_2d(base + L::g_offset + c * kBlock * 128, &g_map, 64 * c, q_row, q_bar);
-    const int k_row = static_cast<int>((b * s.kv_heads + kvh) * S);
     int stage = 0;
-    std::uint32_t phase = 0;
-    for (std::int64_t n0 = t_first; n0 <= t_last; n0 += BN) {
-      sm90::mbarrier_wait(empty_bar + 8 * stage, phase ^ 1);
-      const std::uint32_t full = full_bar + 8 * stage;
-      sm90::mbarrier_arrive_expect_bytes(full, L::k_bytes + L::v_bytes);
-      for (int c = 0; c < KC; ++c)
-        sm90::tma_load_2d(base + L::k_offset + stage * L::k_bytes + c * BN * 128, &k_map, 64 * c,
-                          k_row + static_cast<int>(n0), full);
-      for (int c = 0; c < VC; ++c)
-        sm90::tma_load_2d(base + L::v_offset + stage * L::v_bytes + c * BN * 128, &v_map, 64 * c,
-                          k_row + static_cast<int>(n0), full);
-      if (++stage == kStages) {
-        stage = 0;
-        phase ^= 1;
+    std::uint32_t phase = 0, q_phase = 0;
+    int tile = atomicAdd(tile_counter, 1);
+    for (;;) {
+      sm90::mbarrier_wait(q_empty, q_phase ^ 1);  // the consumers are done with the previous tile's Q, dout
+      *tile_slot = tile < tiles ? tile : -1;
+      if (tile >= tiles) {
+        sm90::mbarrier_arrive(q_full);  // releases the -1: the consumers stop
+        break;
       }
+      const hopper::ForwardTile w = hopper::forward_tile(tile, query_blocks, s);
+      const KeyTiles keys = key_tiles(s, w.q0, kBlock, BN);
+      const int q_row = static_cast<int>(w.head_row + w.q0), k_row = static_cast<int>(w.kv_slice * S);
+      sm90::mbarrier_arrive_expect_bytes(q_full, L::q_bytes + L::g_bytes);  // also releases the index
+      for (int c = 0; c < KC; ++c) sm90::tma_load_2d(base + c * kBlock * 128, &q_map, 64 * c, q_row, q_full);
+      for (int c = 0; c < VC; ++c)
+        sm90::tma_load_2d(base + L::g_offset + c * kBlock * 128, &g_map, 64 * c, q_row, q_full);
+      const int next = atomicAdd(tile_counter, 1);  // in flight while this tile's K and V load
+      for (std::int64_t n0 = keys.first; n0 <= keys.last; n0 += BN) {
+        sm90::mbarrier_wait(empty_bar + 8 * stage, phase ^ 1);
+        const std::uint32_t full = full_bar + 8 * stage;
+        sm90::mbarrier_arrive_expect_bytes(full, L::k_bytes + L::v_bytes);
+        for (int c = 0; c < KC; ++c)
+          sm90::tma_load_2d(base + L::k_offset + stage * L::k_bytes + c * BN * 128, &k_map, 64 * c,
+                            k_row + static_cast<int>(n0), full);
+        for (int c = 0; c < VC; ++c)
+          sm90::tma_load_2d(base + L::v_offset + stage * L::v_bytes + c * BN * 128, &v_map, 64 * c,
+                            k_row + static_cast<int>(n0), full);
+        if (++stage == kStages) {
+          stage = 0;
+          phase ^= 1;
+        }
+      }
+      tile = next;
+      q_phase ^= 1;
     }
     return;
   }
@@ -509,87 +592,102 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int wg = warpgroup - 1;
   const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>((threadIdx.x >> 5) & 3);
   const int t = lane & 3;
-  const std::int64_t warp_row0 = q0 + 64 * wg + 16 * warp;
-  std::int64_t row[2], begin[2];
-  float lse2[2], delta[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    row[r] = warp_row0 + (lane >> 2) + 8 * r;
-    const bool real = row[r] < S;
-    begin[r] = real ? seq_begin_of(s, row[r]) : 0;
-    lse2[r] = real ? a.lse[head_row + row[r]] * kLog2e : 0.f;
-    delta[r] = real ? a.delta[head_row + row[r]] : 0.f;
-  }
   const float scale_log2 = static_cast<float>(s.scale) * kLog2e;
-  float dq[NK / 2];
-#pragma unroll
-  for (int i = 0; i < NK / 2; ++i) dq[i] = 0.f;
   const std::uint32_t q_addr = base + wg * 64 * 128;
   const std::uint32_t g_addr = base + L::g_offset + wg * 64 * 128;
-  sm90::mbarrier_wait(q_bar, 0);
+  float dq[NK / 2];  // after this, written by wgmma only (a tile's first product overwrites)
+#pragma unroll
+  for (int i = 0; i < NK / 2; ++i) dq[i] = 0.f;
+  const auto release = [&](std::uint32_t empty) {  // this warp is done reading the stage
+    __syncwarp();
+    if (lane == 0) sm90::mbarrier_arrive(empty);
+  };
   const sm90::PingPong turns{a.pingpong, wg};
   turns.start();
+  int stage = 0, previous = 0;  // K and V stages run on from tile to tile, as the producer's do
+  std::uint32_t phase = 0, q_phase = 0;
+  for (;;) {
+    sm90::mbarrier_wait(q_full, q_phase);
+    const int tile = sm90::warp_uniform(*tile_slot);  // uniform: see warp_uniform
+    if (tile < 0) break;
+    const hopper::ForwardTile w = hopper::forward_tile(tile, query_blocks, s);
+    const KeyTiles keys = key_tiles(s, w.q0, kBlock, BN);
+    const std::int64_t t_first = keys.first, t_last = keys.last, last_begin = keys.last_begin;
+    const std::int64_t warp_row0 = w.q0 + 64 * wg + 16 * warp;
+    std::int64_t row[2], begin[2];
+    float lse2[2], delta[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      row[r] = warp_row0 + (lane >> 2) + 8 * r;
+      const bool real = row[r] < S;
+      begin[r] = real ? seq_begin_of(s, row[r]) : 0;
+      lse2[r] = real ? a.lse[w.head_row + row[r]] * kLog2e : 0.f;
+      delta[r] = real ? a.delta[w.head_row + row[r]] : 0.f;
+    }
 
-  // Software-pipelined as the dK/dV kernel: an iteration issues the previous tile's dQ product
-  // (dS waiting in registers) and then this tile's S and dP.
-  unsigned da[BN / 16][4];
-  int stage = 0, previous = 0;
-  std::uint32_t phase = 0;
-  for (std::int64_t n0 = t_first; n0 <= t_last; n0 += BN) {
-    const std::uint32_t k_addr = base + L::k_offset + stage * L::k_bytes;
-    const std::uint32_t v_addr = base + L::v_offset + stage * L::v_bytes;
-    sm90::mbarrier_wait(full_bar + 8 * stage, phase);
-    turns.take_turn();
-    if (n0 > t_first) {
+    // Software-pipelined as the dK/dV kernel: an iteration issues the previous tile's dQ product
+    // (dS waiting in registers; the tile's first overwrites dq, scale_d = 0) and then this tile's S
+    // and dP.
+    unsigned da[BN / 16][4];
+    for (std::int64_t n0 = t_first; n0 <= t_last; n0 += BN) {
+      const std::uint32_t k_addr = base + L::k_offset + stage * L::k_bytes;
+      const std::uint32_t v_addr = base + L::v_offset + stage * L::v_bytes;
+      sm90::mbarrier_wait(full_bar + 8 * stage, phase);
+      turns.take_turn();
+      if (n0 > t_first) {
+        const std::uint32_t pk_addr = base + L::k_offset + previous * L::k_bytes;
+        sm90::wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk) {
+          WgmmaBf16<NK>::rs_mn(dq, da[kk], mn_major(pk_addr, BN, kk), kk > 0 || n0 > t_first + BN);  // dQ += dS·K
+        }
+        sm90::wgmma_commit();
+      }
+      float sc[BN / 2], dp[BN / 2];  // written by wgmma only (as in the dK/dV kernel)
+      issue_score_products<BN, DK, DV>(sc, dp, q_addr, k_addr, g_addr, v_addr);
+      turns.pass_turn();
+      sm90::wgmma_wait<1>();  // the previous tile's dQ, and S
+      sm90::fence_registers(sc);
+      if (n0 > t_first) release(empty_bar + 8 * previous);
+
+      float p[BN / 2];
+      const auto lse_of = [&](int i) { return lse2[(i >> 1) & 1]; };
+      if (n0 + BN > warp_row0 || n0 < last_begin)
+        probabilities<true, BN>(p, sc, scale_log2, row_bounds(begin, row, n0, t), lse_of);
+      else
+        probabilities<false, BN>(p, sc, scale_log2, RowBounds{}, lse_of);
+      sm90::wgmma_wait<0>();  // dP
+      sm90::fence_registers(dp);
+      float ds[BN / 2];
+#pragma unroll
+      for (int i = 0; i < BN / 2; ++i) ds[i] = p[i] * (dp[i] - delta[(i >> 1) & 1]);
+      pack_a<T, BN>(da, ds);
+      previous = stage;
+      if (++stage == kStages) {
+        stage = 0;
+        phase ^= 1;
+      }
+    }
+    // Every product that reads Q and dout is done: the producer may load the next tile's (and
+    // write its index) while the last dQ product and the stores run.
+    release(q_empty);
+    q_phase ^= 1;
+    {  // the last key tile's dQ (every tile has at least one key tile)
       const std::uint32_t pk_addr = base + L::k_offset + previous * L::k_bytes;
+      turns.take_turn();
       sm90::wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < BN / 16; ++kk) {
-        WgmmaBf16<NK>::rs_mn(dq, da[kk], mn_major(pk_addr, BN, kk), 1);  // dQ += dS·K
-      }
+      for (int kk = 0; kk < BN / 16; ++kk)
+        WgmmaBf16<NK>::rs_mn(dq, da[kk], mn_major(pk_addr, BN, kk), kk > 0 || t_last > t_first);
       sm90::wgmma_commit();
+      turns.pass_turn();
+      sm90::wgmma_wait<0>();
+      release(empty_bar + 8 * previous);  // the producer's ring runs on into the next tile
     }
-    float sc[BN / 2], dp[BN / 2];  // written by wgmma only (as in the dK/dV kernel)
-    issue_score_products<BN, DK, DV>(sc, dp, q_addr, k_addr, g_addr, v_addr);
-    turns.pass_turn();
-    sm90::wgmma_wait<1>();  // the previous tile's dQ, and S
-    sm90::fence_registers(sc);
-    if (n0 > t_first) {
-      __syncwarp();
-      if (lane == 0) sm90::mbarrier_arrive(empty_bar + 8 * previous);
-    }
-
-    float p[BN / 2];
-    const auto lse_of = [&](int i) { return lse2[(i >> 1) & 1]; };
-    if (n0 + BN > warp_row0 || n0 < last_begin)
-      probabilities<true, BN>(p, sc, scale_log2, row_bounds(begin, row, n0, t), lse_of);
-    else
-      probabilities<false, BN>(p, sc, scale_log2, RowBounds{}, lse_of);
-    sm90::wgmma_wait<0>();  // dP
-    sm90::fence_registers(dp);
-    float ds[BN / 2];
-#pragma unroll
-    for (int i = 0; i < BN / 2; ++i) ds[i] = p[i] * (dp[i] - delta[(i >> 1) & 1]);
-    pack_a<T, BN>(da, ds);
-    previous = stage;
-    if (++stage == kStages) {
-      stage = 0;
-      phase ^= 1;
-    }
-  }
-  {  // the last tile's dQ (every block has at least one key tile)
-    const std::uint32_t pk_addr = base + L::k_offset + previous * L::k_bytes;
-    turns.take_turn();
-    sm90::wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) WgmmaBf16<NK>::rs_mn(dq, da[kk], mn_major(pk_addr, BN, kk), 1);
-    sm90::wgmma_commit();
-    turns.pass_turn();
-    sm90::wgmma_wait<0>();
+    sm90::fence_registers(dq);
+    store_rows<T, NK>(static_cast<T*>(a.dq) + w.head_row * DK, dq, warp_row0, S, DK, static_cast<float>(s.scale));
   }
   turns.finish();
-  sm90::fence_registers(dq);
-  store_rows<T, NK>(static_cast<T*>(a.dq) + head_row * DK, dq, warp_row0, S, DK, static_cast<float>(s.scale));
 }
 
 // ---- host side ------------------------------------------------------------------------------------
@@ -601,7 +699,11 @@ void launch_backward(const AttentionBackwardArgs& a) {
   using hopper::make_tensor_map;
   const AttentionShapeArgs& s = a.shape;
   const std::int64_t q_rows = s.batch * s.heads * s.seq, kv_rows = s.batch * s.kv_heads * s.seq;
-  const unsigned tiles = static_cast<unsigned>((s.seq + kBlock - 1) / kBlock);
+  const std::int64_t blocks_a_row = (s.seq + kBlock - 1) / kBlock;
+  // Persistent grids (one block a multiprocessor: their shared memory allows no second), each
+  // taking tiles from its own counter, both zeroed on the stream first.
+  Tensor<std::int32_t> tile_counters({2}, Device::cuda(a.launch.device));
+  KILN_CUDA_CHECK(cudaMemsetAsync(tile_counters.data(), 0, 2 * sizeof(std::int32_t), a.launch.stream));
   AttentionBackwardArgs args = a;
   args.pingpong = a.pingpong && hopper::pingpong_enabled();
   {
@@ -610,10 +712,10 @@ void launch_backward(const AttentionBackwardArgs& a) {
     const CUtensorMap g_map = make_tensor_map(a.dout, q_rows, DV, L::BQ);
     const CUtensorMap k_map = make_tensor_map(a.k, kv_rows, DK, kBlock);
     const CUtensorMap v_map = make_tensor_map(a.v, kv_rows, DV, kBlock);
+    const int blocks = hopper::grid_blocks(blocks_a_row * s.kv_heads * s.batch, a.launch.device);
     opt_in_shared_memory(attention_dkdv_hopper_kernel<T, DK, DV>, L::bytes, a.launch.device);
-    attention_dkdv_hopper_kernel<T, DK, DV>
-        <<<dim3(tiles, static_cast<unsigned>(s.kv_heads), static_cast<unsigned>(s.batch)), kThreads, L::bytes,
-           a.launch.stream>>>(q_map, g_map, k_map, v_map, args);
+    attention_dkdv_hopper_kernel<T, DK, DV><<<blocks, kThreads, L::bytes, a.launch.stream>>>(
+        q_map, g_map, k_map, v_map, args, tile_counters.data());
     KILN_CUDA_CHECK_LAUNCH();
   }
   {
@@ -622,10 +724,10 @@ void launch_backward(const AttentionBackwardArgs& a) {
     const CUtensorMap g_map = make_tensor_map(a.dout, q_rows, DV, kBlock);
     const CUtensorMap k_map = make_tensor_map(a.k, kv_rows, DK, L::BN);
     const CUtensorMap v_map = make_tensor_map(a.v, kv_rows, DV, L::BN);
+    const int blocks = hopper::grid_blocks(blocks_a_row * s.heads * s.batch, a.launch.device);
     opt_in_shared_memory(attention_dq_hopper_kernel<T, DK, DV>, L::bytes, a.launch.device);
-    attention_dq_hopper_kernel<T, DK, DV>
-        <<<dim3(tiles, static_cast<unsigned>(s.heads), static_cast<unsigned>(s.batch)), kThreads, L::bytes,
-           a.launch.stream>>>(q_map, g_map, k_map, v_map, args);
+    attention_dq_hopper_kernel<T, DK, DV><<<blocks, kThreads, L::bytes, a.launch.stream>>>(
+        q_map, g_map, k_map, v_map, args, tile_counters.data() + 1);
     KILN_CUDA_CHECK_LAUNCH();
   }
 }

@@ -1,9 +1,20 @@
 // Fused causal attention forward on Hopper (sm_90a), bf16: the function of attention.cuh's forward
 // (same masks, same online softmax, same outputs out and lse), its two products on wgmma.
 //
-// Work split. One block of 3 warpgroups (384 threads) per (128 queries, head, batch row):
-// warpgroup 0 is the producer (one thread issues TMA copies; the others exit at once), warpgroups 1
-// and 2 the consumers, each owning 64 query rows. Per 128-key tile a consumer computes
+// Work split. A tile is 128 queries of one (batch row, head). The grid is persistent: one block of
+// 3 warpgroups (384 threads) per multiprocessor, which takes tiles from a global counter until
+// none is left (dynamic, as FlashAttention-3's causal scheduler: tiles differ in length by up to
+// S/128 times, and a static share would leave some blocks several long ones). Warpgroup 0 is the
+// producer (one thread takes the next tile, issues its TMA copies and hands the tile's index to
+// the consumers in shared memory, under Q's full barrier; the others exit at once), warpgroups 1
+// and 2 the consumers, each owning 64 query rows of the tile. The consumers release Q's buffer
+// once a tile's last score product is done, so that the next tile's Q and first K and V tiles load
+// while the last P·V and the stores of out and lse run. A grid of one block per tile (until
+// 2026-12-06) paid a block's start (barrier setup, Q's load, filling the pipeline) and end on every
+// tile. An estimate of that cost from the H100's figures at (96, 64): a multiprocessor ran 99 key
+// tiles in 212 µs at B8 H12 S2048 (blocks of 8.5 on average: 2.1 µs a key tile) and 29 in 100 µs
+// at B32 H12 S512 (blocks of 2.5: 3.4 µs), about 3 µs a block more than its key tiles: a third of
+// the time at S 512 and a seventh at S 2048. Per 128-key tile a consumer computes
 //   S = Q·Kᵀ   wgmma m64n128k16, A = its Q rows and B = the K tile, both from shared memory
 //              (Dk/16 instructions, 64 x 128 float accumulators: 64 a thread);
 //   softmax    on the accumulators, in the layout of mma.sync's C fragments (sm90/wgmma_bf16.cuh):
@@ -34,8 +45,9 @@
 // land) and `empty` ones (the 8 consumer warps are done reading: one arrival per warp after its
 // wgmma wait): K of a tile is released as soon as its S is done, V one iteration later, after its
 // P·V; one barrier pair for both would hold K's stage an iteration longer and keep the next K from
-// loading ahead. Q through one barrier, loaded once. Registers are rebalanced with setmaxnreg: 40
-// for the producer, 232 for the consumers.
+// loading ahead. Q through its own full/empty pair, once a tile; the K and V stages run on from
+// tile to tile. Registers are rebalanced with setmaxnreg: 40 for the producer, 232 for the
+// consumers.
 //
 // Layouts. wgmma reads operands in 128-byte-swizzled atoms (8 rows x 128 bytes, 1024 bytes;
 // sm90/wgmma.cuh's descriptors): a tile of R rows x D elements is stored as D/64 column chunks of
@@ -57,10 +69,12 @@
 #include <cuda_runtime.h>
 #include <cudaTypedefs.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <string_view>
 
+#include "kiln/core/tensor.hpp"
 #include "kiln/kernels/attention/args.hpp"
 #include "kiln/kernels/attention/key_tiles.cuh"
 #include "kiln/kernels/common/cuda_check.hpp"
@@ -94,10 +108,28 @@ struct SmemLayout {
   static constexpr int v_bytes = chunks(DV) * kKeys * 128;  // one V tile
   static constexpr int k_offset = kWarpgroups * q_bytes;
   static constexpr int v_offset = k_offset + 2 * k_bytes;
-  // q, then full and empty for K's two stages and for V's: 8 bytes each
+  // Q's full and empty, then full and empty for K's two stages and for V's: 8 bytes each; then the
+  // index of the tile whose Q the Q buffer holds (written by the producer, read by the consumers).
   static constexpr int barrier_offset = v_offset + 2 * v_bytes;
-  static constexpr std::size_t bytes = 1024 + barrier_offset + 9 * 8;  // + alignment slack
+  static constexpr int tile_offset = barrier_offset + 10 * 8;
+  static constexpr std::size_t bytes = 1024 + tile_offset + 8;  // + alignment slack
 };
+
+// A work tile of the persistent grid: 128 queries of one (batch row, head). Tiles are numbered in
+// the order the non-persistent grid (query blocks, heads, batch) started its blocks, the query
+// block with the most keys first within each head: blocks that run together then read the K and V
+// of a few heads, which L2 holds (an order that spread them over many heads ran 2-13% slower;
+// docs/mla.md).
+struct ForwardTile {
+  std::int64_t q0;        // first query
+  std::int64_t head_row;  // (b·H + h)·S: the head's first row of q, out and lse
+  std::int64_t kv_slice;  // b·Hkv + h / group
+};
+__device__ __forceinline__ ForwardTile forward_tile(int tile, int query_blocks, const AttentionShapeArgs& s) {
+  const int x = tile % query_blocks, slice = tile / query_blocks;  // slice = b·H + h
+  return {static_cast<std::int64_t>(query_blocks - 1 - x) * kRows, static_cast<std::int64_t>(slice) * s.seq,
+          slice / (s.heads / s.kv_heads)};
+}
 
 // S = Q·Kᵀ for one 64 x kKeys tile: Dk/16 wgmma from shared memory, the first overwriting S
 // (scale_d = 0: no zeroing of the accumulators between products).
@@ -181,32 +213,32 @@ __device__ __forceinline__ void to_a_operand(unsigned (&pa)[kKeys / 16][4], cons
 template <class T, int DK, int DV>
 __global__ void __launch_bounds__(kThreads, 1)
     attention_forward_hopper_kernel(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap k_map,
-                                    const __grid_constant__ CUtensorMap v_map, const AttentionForwardArgs a) {
+                                    const __grid_constant__ CUtensorMap v_map, const AttentionForwardArgs a,
+                                    int* tile_counter) {
   using L = SmemLayout<DK, DV>;
   constexpr int KC = chunks(DK);
   extern __shared__ __align__(16) unsigned char attention_hopper_smem[];
   const std::uint32_t raw = sm90::shared_address(attention_hopper_smem);
   const std::uint32_t base = (raw + 1023) & ~1023u;
-  const std::uint32_t q_bar = base + L::barrier_offset, full_k = q_bar + 8, empty_k = full_k + 16;
-  const std::uint32_t full_v = empty_k + 16, empty_v = full_v + 16;
+  const std::uint32_t q_full = base + L::barrier_offset, q_empty = q_full + 8, full_k = q_empty + 8;
+  const std::uint32_t empty_k = full_k + 16, full_v = empty_k + 16, empty_v = full_v + 16;
+  volatile int* const tile_slot = reinterpret_cast<volatile int*>(attention_hopper_smem + (base - raw) + L::tile_offset);
 
   const AttentionShapeArgs& s = a.shape;
   const std::int64_t S = s.seq;
-  const std::int64_t q0 = static_cast<std::int64_t>(gridDim.x - 1 - blockIdx.x) * kRows;  // most keys first
-  const int h = static_cast<int>(blockIdx.y), kvh = h / (s.heads / s.kv_heads);
-  const std::int64_t b = blockIdx.z;
-  const KeyTiles tiles = key_tiles(s, q0, kRows, kKeys);
-  const std::int64_t t_first = tiles.first, t_last = tiles.last, last_begin = tiles.last_begin;
+  const int query_blocks = static_cast<int>((S + kRows - 1) / kRows);
+  const int tiles = query_blocks * s.heads * static_cast<int>(s.batch);
 
   if (threadIdx.x == 0) {
     sm90::prefetch_tensor_map(&q_map);
     sm90::prefetch_tensor_map(&k_map);
     sm90::prefetch_tensor_map(&v_map);
-    sm90::mbarrier_init(q_bar, 1);
+    sm90::mbarrier_init(q_full, 1);
+    sm90::mbarrier_init(q_empty, kWarpgroups * 4);  // one arrival per consumer warp
     for (int st = 0; st < 2; ++st) {
       sm90::mbarrier_init(full_k + 8 * st, 1);
       sm90::mbarrier_init(full_v + 8 * st, 1);
-      sm90::mbarrier_init(empty_k + 8 * st, kWarpgroups * 4);  // one arrival per consumer warp
+      sm90::mbarrier_init(empty_k + 8 * st, kWarpgroups * 4);
       sm90::mbarrier_init(empty_v + 8 * st, kWarpgroups * 4);
     }
     sm90::mbarrier_init_fence();
@@ -215,36 +247,50 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   const int warpgroup = static_cast<int>(threadIdx.x >> 7);
   if (warpgroup == 0) {
-    // ---- producer ----
+    // ---- producer: takes tiles from the global counter until it runs past the last ----
     sm90::release_registers<kProducerRegisters>();
     if (threadIdx.x != 0) return;
-    const int q_row = static_cast<int>((b * s.heads + h) * S + q0);
-    const int k_row = static_cast<int>((b * s.kv_heads + kvh) * S);
-    const int v_slice = static_cast<int>(b * s.kv_heads + kvh);
-    sm90::mbarrier_arrive_expect_bytes(q_bar, kWarpgroups * L::q_bytes);
-    for (int wg = 0; wg < kWarpgroups; ++wg)
-      for (int c = 0; c < KC; ++c)
-        sm90::tma_load_2d(base + wg * L::q_bytes + c * 64 * 128, &q_map, 64 * c, q_row + 64 * wg, q_bar);
     int stage = 0;
-    std::uint32_t phase = 0;
-    for (std::int64_t n0 = t_first; n0 <= t_last; n0 += kKeys) {
-      // K of tile i is freed when its scores are done, V one tile later (after its P·V, which
-      // runs during the next tile's softmax): two barrier pairs, so that K of tile i + 2 loads
-      // while V of tile i is still read.
-      sm90::mbarrier_wait(empty_k + 8 * stage, phase ^ 1);
-      sm90::mbarrier_arrive_expect_bytes(full_k + 8 * stage, L::k_bytes);
-      for (int c = 0; c < KC; ++c)
-        sm90::tma_load_2d(base + L::k_offset + stage * L::k_bytes + c * kKeys * 128, &k_map, 64 * c,
-                          k_row + static_cast<int>(n0), full_k + 8 * stage);
-      sm90::mbarrier_wait(empty_v + 8 * stage, phase ^ 1);
-      sm90::mbarrier_arrive_expect_bytes(full_v + 8 * stage, L::v_bytes);
-      for (int c = 0; c < chunks(DV); ++c)
-        sm90::tma_load_3d(base + L::v_offset + stage * L::v_bytes + c * kKeys * 128, &v_map, 64 * c,
-                          static_cast<int>(n0), v_slice, full_v + 8 * stage);
-      if (++stage == 2) {
-        stage = 0;
-        phase ^= 1;
+    std::uint32_t phase = 0, q_phase = 0;
+    int tile = atomicAdd(tile_counter, 1);
+    for (;;) {
+      // The consumers have read the previous tile's index and finished with its Q.
+      sm90::mbarrier_wait(q_empty, q_phase ^ 1);
+      *tile_slot = tile < tiles ? tile : -1;
+      if (tile >= tiles) {
+        sm90::mbarrier_arrive(q_full);  // releases the -1: the consumers stop
+        break;
       }
+      const ForwardTile w = forward_tile(tile, query_blocks, s);
+      const KeyTiles keys = key_tiles(s, w.q0, kRows, kKeys);
+      const int q_row = static_cast<int>(w.head_row + w.q0);
+      const int k_row = static_cast<int>(w.kv_slice * S), v_slice = static_cast<int>(w.kv_slice);
+      sm90::mbarrier_arrive_expect_bytes(q_full, kWarpgroups * L::q_bytes);  // also releases the index
+      for (int wg = 0; wg < kWarpgroups; ++wg)
+        for (int c = 0; c < KC; ++c)
+          sm90::tma_load_2d(base + wg * L::q_bytes + c * 64 * 128, &q_map, 64 * c, q_row + 64 * wg, q_full);
+      const int next = atomicAdd(tile_counter, 1);  // in flight while this tile's K and V load
+      for (std::int64_t n0 = keys.first; n0 <= keys.last; n0 += kKeys) {
+        // K of tile i is freed when its scores are done, V one tile later (after its P·V, which
+        // runs during the next tile's softmax): two barrier pairs, so that K of tile i + 2 loads
+        // while V of tile i is still read.
+        sm90::mbarrier_wait(empty_k + 8 * stage, phase ^ 1);
+        sm90::mbarrier_arrive_expect_bytes(full_k + 8 * stage, L::k_bytes);
+        for (int c = 0; c < KC; ++c)
+          sm90::tma_load_2d(base + L::k_offset + stage * L::k_bytes + c * kKeys * 128, &k_map, 64 * c,
+                            k_row + static_cast<int>(n0), full_k + 8 * stage);
+        sm90::mbarrier_wait(empty_v + 8 * stage, phase ^ 1);
+        sm90::mbarrier_arrive_expect_bytes(full_v + 8 * stage, L::v_bytes);
+        for (int c = 0; c < chunks(DV); ++c)
+          sm90::tma_load_3d(base + L::v_offset + stage * L::v_bytes + c * kKeys * 128, &v_map, 64 * c,
+                            static_cast<int>(n0), v_slice, full_v + 8 * stage);
+        if (++stage == 2) {
+          stage = 0;
+          phase ^= 1;
+        }
+      }
+      tile = next;
+      q_phase ^= 1;
     }
     return;
   }
@@ -254,18 +300,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int wg = warpgroup - 1;
   const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>((threadIdx.x >> 5) & 3);
   const int g = lane >> 2, t = lane & 3;
-  const std::int64_t warp_row0 = q0 + 64 * wg + 16 * warp;
-  const std::int64_t wg_row0 = q0 + 64 * wg;
-  std::int64_t row[2], begin[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    row[r] = warp_row0 + g + 8 * r;
-    begin[r] = row[r] < S ? seq_begin_of(s, row[r]) : 0;
-  }
   const float scale_log2 = static_cast<float>(s.scale) * kLog2e;
-  float o[DV / 2], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, alpha[2], sc[kKeys / 2];
-#pragma unroll
-  for (int i = 0; i < DV / 2; ++i) o[i] = 0.f;
+  float o[DV / 2], sc[kKeys / 2];
 #pragma unroll
   for (int i = 0; i < kKeys / 2; ++i) sc[i] = 0.f;  // overwritten (scale_d = 0); defined for the compiler
   unsigned pa[kKeys / 16][4];
@@ -276,87 +312,114 @@ __global__ void __launch_bounds__(kThreads, 1)
     __syncwarp();
     if (lane == 0) sm90::mbarrier_arrive(empty + 8 * st);
   };
-  sm90::mbarrier_wait(q_bar, 0);
 
   // Ping-pong: a consumer issues a tile's products only after the other has issued its own, so
   // that one's softmax runs under the other's products (they wait for the same K tiles, which
-  // would keep them in step). Every issue below is one turn.
+  // would keep them in step). Every issue below is one turn; both consumers take the same turns,
+  // tile after tile.
   const sm90::PingPong turns{a.pingpong, wg};
   turns.start();
-
-  // The first tile: its scores and probabilities (O is still zero: nothing to rescale).
-  int stage = 0;
-  std::uint32_t phase = 0;
-  sm90::mbarrier_wait(full_k + 8 * stage, phase);
-  turns.take_turn();
-  sm90::wgmma_fence();
-  scores<DK>(sc, q_addr, k_addr(stage));
-  sm90::wgmma_commit();
-  turns.pass_turn();
-  sm90::wgmma_wait<0>();
-  sm90::fence_registers(sc);
-  release(empty_k, stage);
-  softmax_at(sc, m, l, alpha, row, begin, t, t_first, wg_row0, last_begin, scale_log2);
-  to_a_operand<T>(pa, sc);
-
-  // Each later tile overlaps its softmax with the previous tile's P·V (FlashAttention-3's
-  // intra-warpgroup pipelining): issue S = Q·Kᵀ of tile n, then O += P·V of tile n - 1; wait for S
-  // only; mask and exponentiate S while P·V runs; wait for P·V; rescale O by the new maximum (O
-  // must not be touched while its product is in flight); pack the new P.
-  for (std::int64_t n0 = t_first + kKeys; n0 <= t_last; n0 += kKeys) {
-    const int prev = stage;
-    const std::uint32_t prev_phase = phase;
-    if (++stage == 2) {
-      stage = 0;
-      phase ^= 1;
+  int stage = 0;  // the K and V stages run on from tile to tile, as the producer's do
+  std::uint32_t phase = 0, q_phase = 0;
+  for (;;) {
+    sm90::mbarrier_wait(q_full, q_phase);
+    const int tile = sm90::warp_uniform(*tile_slot);  // uniform: see warp_uniform
+    if (tile < 0) break;
+    const ForwardTile w = forward_tile(tile, query_blocks, s);
+    const KeyTiles keys = key_tiles(s, w.q0, kRows, kKeys);
+    const std::int64_t t_first = keys.first, t_last = keys.last, last_begin = keys.last_begin;
+    const std::int64_t warp_row0 = w.q0 + 64 * wg + 16 * warp;
+    const std::int64_t wg_row0 = w.q0 + 64 * wg;
+    std::int64_t row[2], begin[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      row[r] = warp_row0 + g + 8 * r;
+      begin[r] = row[r] < S ? seq_begin_of(s, row[r]) : 0;
     }
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, alpha[2];
+#pragma unroll
+    for (int i = 0; i < DV / 2; ++i) o[i] = 0.f;
+
+    // The first key tile: its scores and probabilities (O is still zero: nothing to rescale).
     sm90::mbarrier_wait(full_k + 8 * stage, phase);
-    sm90::mbarrier_wait(full_v + 8 * prev, prev_phase);
     turns.take_turn();
     sm90::wgmma_fence();
     scores<DK>(sc, q_addr, k_addr(stage));
     sm90::wgmma_commit();
-    accumulate_pv<DV>(o, pa, v_addr(prev));
-    sm90::wgmma_commit();
     turns.pass_turn();
-    sm90::wgmma_wait<1>();  // groups complete in order: S is done, P·V may still run
+    sm90::wgmma_wait<0>();
     sm90::fence_registers(sc);
     release(empty_k, stage);
-    softmax_at(sc, m, l, alpha, row, begin, t, n0, wg_row0, last_begin, scale_log2);
+    softmax_at(sc, m, l, alpha, row, begin, t, t_first, wg_row0, last_begin, scale_log2);
+    to_a_operand<T>(pa, sc);
+
+    // Each later key tile overlaps its softmax with the previous tile's P·V (FlashAttention-3's
+    // intra-warpgroup pipelining): issue S = Q·Kᵀ of tile n, then O += P·V of tile n - 1; wait for
+    // S only; mask and exponentiate S while P·V runs; wait for P·V; rescale O by the new maximum (O
+    // must not be touched while its product is in flight); pack the new P.
+    for (std::int64_t n0 = t_first + kKeys; n0 <= t_last; n0 += kKeys) {
+      const int prev = stage;
+      const std::uint32_t prev_phase = phase;
+      if (++stage == 2) {
+        stage = 0;
+        phase ^= 1;
+      }
+      sm90::mbarrier_wait(full_k + 8 * stage, phase);
+      sm90::mbarrier_wait(full_v + 8 * prev, prev_phase);
+      turns.take_turn();
+      sm90::wgmma_fence();
+      scores<DK>(sc, q_addr, k_addr(stage));
+      sm90::wgmma_commit();
+      accumulate_pv<DV>(o, pa, v_addr(prev));
+      sm90::wgmma_commit();
+      turns.pass_turn();
+      sm90::wgmma_wait<1>();  // groups complete in order: S is done, P·V may still run
+      sm90::fence_registers(sc);
+      release(empty_k, stage);
+      softmax_at(sc, m, l, alpha, row, begin, t, n0, wg_row0, last_begin, scale_log2);
+      sm90::wgmma_wait<0>();
+      sm90::fence_registers(o);
+      release(empty_v, prev);
+#pragma unroll
+      for (int c = 0; c < DV / 8; ++c)
+#pragma unroll
+        for (int x = 0; x < 4; ++x) o[4 * c + x] *= alpha[x >> 1];
+      to_a_operand<T>(pa, sc);
+    }
+    // Every score product of the tile is done: the producer may load the next tile's Q (and write
+    // its index) while this tile's last P·V and stores run.
+    release(q_empty, 0);
+
+    // The last key tile's P·V.
+    sm90::mbarrier_wait(full_v + 8 * stage, phase);
+    turns.take_turn();
+    sm90::wgmma_fence();
+    accumulate_pv<DV>(o, pa, v_addr(stage));
+    sm90::wgmma_commit();
+    turns.pass_turn();
     sm90::wgmma_wait<0>();
     sm90::fence_registers(o);
-    release(empty_v, prev);
-#pragma unroll
-    for (int c = 0; c < DV / 8; ++c)
-#pragma unroll
-      for (int x = 0; x < 4; ++x) o[4 * c + x] *= alpha[x >> 1];
-    to_a_operand<T>(pa, sc);
-  }
+    release(empty_v, stage);
+    if (++stage == 2) {  // the next tile's first key tile takes the next stage
+      stage = 0;
+      phase ^= 1;
+    }
+    q_phase ^= 1;
 
-  // The last tile's P·V.
-  sm90::mbarrier_wait(full_v + 8 * stage, phase);
-  turns.take_turn();
-  sm90::wgmma_fence();
-  accumulate_pv<DV>(o, pa, v_addr(stage));
-  sm90::wgmma_commit();
-  turns.pass_turn();
-  sm90::wgmma_wait<0>();
-  sm90::fence_registers(o);
-  release(empty_v, stage);
+    T* const out = static_cast<T*>(a.out) + w.head_row * DV;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+      l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+      if (row[r] >= S) continue;
+      const float inv = 1.f / l[r];
+      unsigned* const dst = reinterpret_cast<unsigned*>(out + row[r] * DV + 2 * t);
+#pragma unroll
+      for (int c = 0; c < DV / 8; ++c) dst[c * 4] = sm80::pack2<T>(o[4 * c + 2 * r] * inv, o[4 * c + 2 * r + 1] * inv);
+      if (t == 0) a.lse[w.head_row + row[r]] = (m[r] + log2f(l[r])) * kLn2;
+    }
+  }
   turns.finish();
-
-  T* const out = static_cast<T*>(a.out) + (b * s.heads + h) * S * DV;
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
-    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
-    if (row[r] >= S) continue;
-    const float inv = 1.f / l[r];
-    unsigned* const dst = reinterpret_cast<unsigned*>(out + row[r] * DV + 2 * t);
-#pragma unroll
-    for (int c = 0; c < DV / 8; ++c) dst[c * 4] = sm80::pack2<T>(o[4 * c + 2 * r] * inv, o[4 * c + 2 * r + 1] * inv);
-    if (t == 0) a.lse[(b * s.heads + h) * S + row[r]] = (m[r] + log2f(l[r])) * kLn2;
-  }
 }
 
 // ---- host side ------------------------------------------------------------------------------------
@@ -407,6 +470,18 @@ inline bool pingpong_enabled() {
   return on;
 }
 
+// Blocks of a grid over `tiles` work tiles: one a multiprocessor (persistent; their shared memory
+// allows no second), or, with KILN_ATTENTION_PERSISTENT=off in the environment (read once per
+// process; for comparisons), one a tile as before 2026-12-06: each block then takes one tile from
+// the counter and finds the next one past the last.
+inline int grid_blocks(std::int64_t tiles, int device) {
+  static const bool persistent = [] {
+    const char* v = std::getenv("KILN_ATTENTION_PERSISTENT");
+    return v == nullptr || std::string_view(v) != "off";
+  }();
+  return static_cast<int>(persistent ? std::min<std::int64_t>(tiles, device_info(device).sms) : tiles);
+}
+
 // The kernel (the launcher in attention.cuh has checked supports(dk, dv), the device and that
 // every row index fits in int).
 template <class T, int DK, int DV>
@@ -416,12 +491,18 @@ void launch_forward(const AttentionForwardArgs& a) {
   const CUtensorMap k_map = make_tensor_map(a.k, s.batch * s.kv_heads * s.seq, DK, kKeys);
   const CUtensorMap v_map = make_tensor_map_3d(a.v, s.batch * s.kv_heads, s.seq, DV, kKeys);
   const std::size_t smem = SmemLayout<DK, DV>::bytes;
-  const dim3 grid(static_cast<unsigned>((s.seq + kRows - 1) / kRows), static_cast<unsigned>(s.heads),
-                  static_cast<unsigned>(s.batch));
+  // Persistent: one block per multiprocessor (its shared memory allows no second), taking tiles
+  // from a counter that starts at 0 on the stream (the caching allocator hands the int back in
+  // stream order once the kernel has run).
+  const std::int64_t tiles = (s.seq + kRows - 1) / kRows * s.heads * s.batch;
+  const int blocks = grid_blocks(tiles, a.launch.device);
+  Tensor<std::int32_t> tile_counter({1}, Device::cuda(a.launch.device));
+  KILN_CUDA_CHECK(cudaMemsetAsync(tile_counter.data(), 0, sizeof(std::int32_t), a.launch.stream));
   opt_in_shared_memory(attention_forward_hopper_kernel<T, DK, DV>, smem, a.launch.device);
   AttentionForwardArgs args = a;
   args.pingpong = a.pingpong && pingpong_enabled();
-  attention_forward_hopper_kernel<T, DK, DV><<<grid, kThreads, smem, a.launch.stream>>>(q_map, k_map, v_map, args);
+  attention_forward_hopper_kernel<T, DK, DV>
+      <<<blocks, kThreads, smem, a.launch.stream>>>(q_map, k_map, v_map, args, tile_counter.data());
   KILN_CUDA_CHECK_LAUNCH();
 }
 

@@ -163,6 +163,18 @@ TEST(FusedAttentionCuda, EveryCompiledHeadDimPair) {
   check_case<bf16>({2, 4, 2, 200, 192, 128, {}}, 0x1p-7);
 }
 
+// The Hopper kernels are persistent (one block a multiprocessor, taking tiles of 128 queries or keys
+// of one head from a counter): hundreds of tiles, so that every block runs several, of unequal
+// lengths (S 130: a full and a 2-row block per head), with grouped kv heads; and packed sequences
+// over many heads. Tiles (forward and dQ / dK and dV): 1024 / 512, 320 / 160, 288 / 72.
+TEST(FusedAttentionCuda, MoreTilesThanMultiprocessors) {
+  KILN_REQUIRE_GPU();
+  manual_seed(175);
+  check_case<bf16>({64, 8, 4, 130, 96, 64, {}}, 0x1p-7);
+  check_case<bf16>({20, 8, 4, 200, 192, 128, {}}, 0x1p-7);
+  check_case<bf16>({1, 96, 24, 333, 96, 64, {0, 5, 70, 71, 200, 333}}, 0x1p-7);
+}
+
 TEST(FusedAttentionCuda, PackedSequences) {
   KILN_REQUIRE_GPU();
   manual_seed(172);
