@@ -31,7 +31,7 @@ ninja -C /tmp/kb_old -j 4 bench_attention_cuda > "$out/build_old.log" 2>&1 &
 old_build=$!
 ninja -C /tmp/kb -j 12 test_kernels_cuda > "$out/build_tests.log" 2>&1 || failed "$out/build_tests.log"
 status=0
-/tmp/kb/tests/test_kernels_cuda \
+timeout 180 /tmp/kb/tests/test_kernels_cuda \
   --gtest_filter='FusedAttentionCuda.*:PagedDecodeAttentionCuda.*:DecodeAttentionCuda.*:LatentFp8CacheCuda.*' \
   > "$out/tests.log" 2>&1 || status=1
 grep -E '^\[  (PASSED|FAILED)|Failure' "$out/tests.log" | head -20

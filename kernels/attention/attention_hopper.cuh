@@ -9,12 +9,13 @@
 // the consumers in shared memory, under Q's full barrier; the others exit at once), warpgroups 1
 // and 2 the consumers, each owning 64 query rows of the tile. The consumers release Q's buffer
 // once a tile's last score product is done, so that the next tile's Q and first K and V tiles load
-// while the last P·V and the stores of out and lse run. A grid of one block per tile (until
-// 2026-12-06) paid a block's start (barrier setup, Q's load, filling the pipeline) and end on every
-// tile. An estimate of that cost from the H100's figures at (96, 64): a multiprocessor ran 99 key
-// tiles in 212 µs at B8 H12 S2048 (blocks of 8.5 on average: 2.1 µs a key tile) and 29 in 100 µs
-// at B32 H12 S512 (blocks of 2.5: 3.4 µs), about 3 µs a block more than its key tiles: a third of
-// the time at S 512 and a seventh at S 2048. Per 128-key tile a consumer computes
+// while the last P·V and the stores of out and lse run. Against the grid of one block per tile it
+// replaced (KILN_ATTENTION_PERSISTENT=off still launches that, for comparisons) the forward ran
+// 1.00-1.02x in the same build (H100, 2026-12-06): a block's start and end cost less than the 3 µs
+// a block estimated from the key-tile rates beforehand. The tile index must reach the consumers as
+// a warp-uniform value (sm90::warp_uniform); read plainly from shared memory, it made every address
+// derived from it a per-thread value and the backward up to 1.2x slower (docs/mla.md).
+// Per 128-key tile a consumer computes
 //   S = Q·Kᵀ   wgmma m64n128k16, A = its Q rows and B = the K tile, both from shared memory
 //              (Dk/16 instructions, 64 x 128 float accumulators: 64 a thread);
 //   softmax    on the accumulators, in the layout of mma.sync's C fragments (sm90/wgmma_bf16.cuh):
@@ -212,7 +213,8 @@ __device__ __forceinline__ void to_a_operand(unsigned (&pa)[kKeys / 16][4], cons
 
 template <class T, int DK, int DV>
 __global__ void __launch_bounds__(kThreads, 1)
-    attention_forward_hopper_kernel(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap k_map,
+    attention_forward_hopper_kernel(const __grid_constant__ CUtensorMap q_map,
+                                    const __grid_constant__ CUtensorMap k_map,
                                     const __grid_constant__ CUtensorMap v_map, const AttentionForwardArgs a,
                                     int* tile_counter) {
   using L = SmemLayout<DK, DV>;
@@ -222,7 +224,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   const std::uint32_t base = (raw + 1023) & ~1023u;
   const std::uint32_t q_full = base + L::barrier_offset, q_empty = q_full + 8, full_k = q_empty + 8;
   const std::uint32_t empty_k = full_k + 16, full_v = empty_k + 16, empty_v = full_v + 16;
-  volatile int* const tile_slot = reinterpret_cast<volatile int*>(attention_hopper_smem + (base - raw) + L::tile_offset);
+  volatile int* const tile_slot =
+      reinterpret_cast<volatile int*>(attention_hopper_smem + (base - raw) + L::tile_offset);
 
   const AttentionShapeArgs& s = a.shape;
   const std::int64_t S = s.seq;
