@@ -194,25 +194,30 @@ Tensor<T> fused_causal_attention_cuda(const Tensor<T>& q, const Tensor<T>& k, co
 }
 
 // KILN_ATTENTION_FORWARD=plain and KILN_ATTENTION_BACKWARD=plain in the environment turn an
-// automatic forward or backward into the plain one (read once per process; for comparisons, e.g.
-// a whole training run on either kernel, and as an escape hatch, like KILN_GROUPED_GEMM=plain).
-inline bool plain_asked(const char* variable) {
+// automatic forward or backward into the plain one, KILN_ATTENTION_FORWARD=hopper an automatic
+// forward into the Hopper one where its head dims allow (on a GPU other than sm_90 that is the
+// launcher's error); read once per process, for comparisons (e.g. whole training runs on either
+// kernel: scripts/pretrain_ab.sh) and as an escape hatch, like KILN_GROUPED_GEMM=plain.
+inline bool environment_is(const char* variable, std::string_view value) {
   const char* v = std::getenv(variable);
-  return v != nullptr && std::string_view(v) == "plain";
+  return v != nullptr && std::string_view(v) == value;
 }
-inline kernels::AttentionKernel forward_from_environment(kernels::AttentionKernel requested) {
-  static const bool plain = plain_asked("KILN_ATTENTION_FORWARD");
-  return requested == kernels::AttentionKernel::automatic && plain ? kernels::AttentionKernel::plain : requested;
+inline kernels::AttentionKernel forward_from_environment(kernels::AttentionKernel requested, bool hopper_fits) {
+  static const bool plain = environment_is("KILN_ATTENTION_FORWARD", "plain");
+  static const bool hopper = environment_is("KILN_ATTENTION_FORWARD", "hopper");
+  if (requested != kernels::AttentionKernel::automatic) return requested;
+  if (plain) return kernels::AttentionKernel::plain;
+  return hopper && hopper_fits ? kernels::AttentionKernel::hopper : requested;
 }
 inline kernels::AttentionKernel backward_from_environment(kernels::AttentionKernel requested) {
-  static const bool plain = plain_asked("KILN_ATTENTION_BACKWARD");
+  static const bool plain = environment_is("KILN_ATTENTION_BACKWARD", "plain");
   return requested == kernels::AttentionKernel::automatic && plain ? kernels::AttentionKernel::plain : requested;
 }
 
 }  // namespace detail
 
 // `implementation` picks the CUDA forward kernel and `backward_implementation` the backward's
-// (automatic: the Hopper one where it runs, unless KILN_ATTENTION_FORWARD=plain or
+// (automatic: see kernels/attention/args.hpp, unless KILN_ATTENTION_FORWARD=plain or hopper or
 // KILN_ATTENTION_BACKWARD=plain; tests and benchmarks name one); the CPU ignores both.
 template <class T>
 Tensor<T> fused_causal_attention(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, double scale,
@@ -242,7 +247,8 @@ Tensor<T> fused_causal_attention(const Tensor<T>& q, const Tensor<T>& k, const T
   if (q.device().is_cpu())
     return detail::fused_causal_attention_cpu(q, k, v, shape, scale, seqs ? seqs->begin : std::vector<std::int64_t>());
   return detail::fused_causal_attention_cuda(q, k, v, shape, scale, seqs ? &*seqs : nullptr,
-                                            detail::forward_from_environment(implementation),
+                                            detail::forward_from_environment(
+                                                implementation, kernels::attention_hopper_supports(dtype_of<T>, Dk, Dv)),
                                             detail::backward_from_environment(backward_implementation));
 }
 
