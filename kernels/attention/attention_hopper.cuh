@@ -75,6 +75,7 @@
 #include <cstdlib>
 #include <string_view>
 
+#include "kiln/core/environment.hpp"
 #include "kiln/core/tensor.hpp"
 #include "kiln/kernels/attention/args.hpp"
 #include "kiln/kernels/attention/key_tiles.cuh"
@@ -466,10 +467,7 @@ inline CUtensorMap make_tensor_map_3d(const void* data, std::int64_t slices, std
 // KILN_ATTENTION_PINGPONG=off in the environment turns the consumers' ping-pong off in the Hopper
 // forward and backward kernels (read once per process; for comparisons).
 inline bool pingpong_enabled() {
-  static const bool on = [] {
-    const char* v = std::getenv("KILN_ATTENTION_PINGPONG");
-    return v == nullptr || std::string_view(v) != "off";
-  }();
+  static const bool on = !environment_is("KILN_ATTENTION_PINGPONG", "off");
   return on;
 }
 
@@ -478,10 +476,7 @@ inline bool pingpong_enabled() {
 // process; for comparisons), one a tile as before 2026-12-06: each block then takes one tile from
 // the counter and finds the next one past the last.
 inline int grid_blocks(std::int64_t tiles, int device) {
-  static const bool persistent = [] {
-    const char* v = std::getenv("KILN_ATTENTION_PERSISTENT");
-    return v == nullptr || std::string_view(v) != "off";
-  }();
+  static const bool persistent = !environment_is("KILN_ATTENTION_PERSISTENT", "off");
   return static_cast<int>(persistent ? std::min<std::int64_t>(tiles, device_info(device).sms) : tiles);
 }
 

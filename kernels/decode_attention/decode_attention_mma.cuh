@@ -74,6 +74,7 @@
 #include <string>
 #include <type_traits>
 
+#include "kiln/core/environment.hpp"
 #include "kiln/core/kernel_trace.hpp"
 #include "kiln/kernels/common/cuda_check.hpp"
 #include "kiln/kernels/common/device_guard.hpp"
@@ -358,10 +359,7 @@ inline bool use_mma(const DecodeAttentionArgs& a) {
           a.kv_heads, ", dk ", a.dk, ", dv ", a.dv, a.latent ? ", an FP8 cache" : "");
     return true;
   }
-  static const bool simt_from_environment = [] {
-    const char* v = std::getenv("KILN_DECODE_KERNEL");
-    return v != nullptr && std::string(v) == "simt";
-  }();
+  static const bool simt_from_environment = environment_is("KILN_DECODE_KERNEL", "simt");
   return !simt_from_environment && mma_applies(a);
 }
 
@@ -379,8 +377,7 @@ inline int mma_splits(const DecodeAttentionArgs& a, const DeviceInfo& info, int 
 // KILN_DECODE_KEY_GROUPS=off in the environment (read at each launch: the tests switch it) keeps
 // G = 1 everywhere.
 inline int mma_key_groups(const DecodeAttentionArgs& a) {
-  const char* setting = std::getenv("KILN_DECODE_KEY_GROUPS");  // no allocation: launches are a hot path
-  if (setting != nullptr && std::strcmp(setting, "off") == 0) return 1;
+  if (environment_is("KILN_DECODE_KEY_GROUPS", "off")) return 1;
   const std::int64_t rows = static_cast<std::int64_t>(a.queries) * a.heads;
   return rows <= 16 ? 4 : rows <= 32 ? 2 : 1;
 }

@@ -43,6 +43,7 @@
 #include <cstring>
 
 #include "kiln/core/device_kernel.hpp"
+#include "kiln/core/environment.hpp"
 #include "kiln/core/kernel_trace.hpp"
 #include "kiln/core/error.hpp"
 #include "kiln/kernels/common/cuda_check.hpp"
@@ -288,10 +289,7 @@ inline unsigned tiles(std::int64_t n, int tile) { return static_cast<unsigned>((
 // KILN_GROUPED_GEMM=plain in the environment keeps automatic launches on the plain kernel (read
 // once per process; for comparisons and as an escape hatch).
 inline bool grouped_gemm_hopper_disabled_by_environment() {
-  static const bool disabled = [] {
-    const char* v = std::getenv("KILN_GROUPED_GEMM");
-    return v != nullptr && std::strcmp(v, "plain") == 0;
-  }();
+  static const bool disabled = environment_is("KILN_GROUPED_GEMM", "plain");
   return disabled;
 }
 

@@ -34,6 +34,7 @@
 #include "kiln/autograd/node.hpp"
 #include "kiln/backend/cpu/attention.hpp"
 #include "kiln/core/device_kernel.hpp"
+#include "kiln/core/environment.hpp"
 #include "kiln/kernels/attention/args.hpp"
 #include "kiln/ops/common.hpp"
 #include "kiln/ops/copy.hpp"
@@ -198,10 +199,6 @@ Tensor<T> fused_causal_attention_cuda(const Tensor<T>& q, const Tensor<T>& k, co
 // forward into the Hopper one where its head dims allow (on a GPU other than sm_90 that is the
 // launcher's error); read once per process, for comparisons (e.g. whole training runs on either
 // kernel: scripts/pretrain_ab.sh) and as an escape hatch, like KILN_GROUPED_GEMM=plain.
-inline bool environment_is(const char* variable, std::string_view value) {
-  const char* v = std::getenv(variable);
-  return v != nullptr && std::string_view(v) == value;
-}
 inline kernels::AttentionKernel forward_from_environment(kernels::AttentionKernel requested, bool hopper_fits) {
   static const bool plain = environment_is("KILN_ATTENTION_FORWARD", "plain");
   static const bool hopper = environment_is("KILN_ATTENTION_FORWARD", "hopper");

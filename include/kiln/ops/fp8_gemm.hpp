@@ -30,6 +30,7 @@
 
 #include "kiln/backend/cpu/fp8_gemm.hpp"
 #include "kiln/core/device_kernel.hpp"
+#include "kiln/core/environment.hpp"
 #include "kiln/kernels/fp8_gemm/args.hpp"
 #include "kiln/math/fp8.hpp"
 #include "kiln/ops/binary.hpp"  // to() of an fp8 tensor instantiates autograd accumulation, which adds
@@ -83,8 +84,7 @@ namespace detail {
 // (2026-12-05). KILN_FP8_ONE_READ=off in the environment (read at each call: the tests switch it)
 // runs the per-matrix launches instead, which write the same bytes: the A/B of docs/fp8-gemm.md.
 inline bool one_read_quantization() {
-  const char* setting = std::getenv("KILN_FP8_ONE_READ");
-  return setting == nullptr || std::strcmp(setting, "off") != 0;
+  return !environment_is("KILN_FP8_ONE_READ", "off");
 }
 
 inline std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
