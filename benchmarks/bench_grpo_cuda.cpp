@@ -29,7 +29,14 @@
 //   gen_tok_s, gen_steps_s, gen_s, gen_prefill_s, grpo_step_s, grpo_gen_s, grpo_scoring_s,
 //   grpo_logprobs_s, grpo_backward_s, grpo_optimizer_s, grpo_gen_tokens, grpo_gen_tok_s, ...
 //
+// (c) --profile-decode N (instead of (a) and (b)): one generate of N + 1 new tokens with the
+//     profiler on (cudaProfilerStart/Stop) over its N decode steps only, the prefill before them
+//     and the warm-up left out: run under `ncu --profile-from-start off` (every kernel of N decode
+//     steps, eager) or `nsys profile --capture-range=cudaProfilerApi` (with --profile-graphs: the
+//     steps replayed as CUDA graphs, `--cuda-graph-trace=node` to see their kernels).
+//
 //   ./benchmarks/bench_grpo_cuda [--gen-runs N] [--steps N] [--micro-batch N] [--json PATH]
+//   ./benchmarks/bench_grpo_cuda --profile-decode N [--profile-graphs]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -39,6 +46,7 @@
 #include <utility>
 #include <vector>
 
+#include <cuda_profiler_api.h>
 #include <nlohmann/json.hpp>
 
 #include <kiln/infer/engine.hpp>
@@ -61,6 +69,8 @@ const char* kUsage = R"(bench_grpo_cuda: kiln generation throughput and GRPO ste
   --micro-batch N   sequences per training forward/backward                       [64]
   --seed N          model init, prompts and sampling                               [1]
   --json PATH       also write the final JSON line to PATH
+  --profile-decode N  only profile N decode steps of a B = 128 generate (see the file comment)  [0]
+  --profile-graphs  with --profile-decode: the steps replayed as CUDA graphs (default eager)
 )";
 
 constexpr std::int64_t kVocab = 2048;
@@ -191,6 +201,44 @@ nlohmann::ordered_json bench_generation(const Model& model, std::int64_t runs, s
   return j;
 }
 
+// (c) N decode steps between cudaProfilerStart and cudaProfilerStop: the progress report of step 0
+// comes after the prefill's draw, that of step N after the N-th decode step.
+void profile_decode(const Model& model, std::int64_t steps, bool graphs, std::uint64_t seed) {
+  Generator gen{seed + 1, 0};
+  const std::vector<std::int64_t> ids =
+      randint<std::int64_t>(0, kVocab, {kGenPrompts, kGenPromptLength}, Device::cpu(), gen).to_vector();
+  std::vector<std::vector<std::int64_t>> prompts;
+  for (std::int64_t b = 0; b < kGenPrompts; ++b)
+    prompts.emplace_back(ids.begin() + b * kGenPromptLength, ids.begin() + (b + 1) * kGenPromptLength);
+  infer::SamplingParams params;
+  params.temperature = 1.0;
+  params.max_new_tokens = 8;
+  params.seed = seed;
+  infer::GenerateOptions options;
+  options.cuda_graphs = graphs;
+  infer::generate(model, prompts, params, options);  // warm-up: plans, pools, graphs
+  params.max_new_tokens = steps + 1;
+  bool profiling = false;
+  options.on_progress = [&](const infer::GenerationProgress& p) {
+    if (p.step == 0) {
+      cuda::synchronize();
+      KILN_CUDA_CHECK(cudaProfilerStart());
+      profiling = true;
+    } else if (p.step == steps && profiling) {
+      cuda::synchronize();
+      KILN_CUDA_CHECK(cudaProfilerStop());
+      profiling = false;
+    }
+  };
+  const auto t0 = Clock::now();
+  infer::generate(model, prompts, params, options);
+  cuda::synchronize();
+  if (profiling) KILN_CUDA_CHECK(cudaProfilerStop());
+  std::printf("profiled %lld decode steps of %lld rows (%s); the whole generate took %.3f s\n",
+              static_cast<long long>(steps), static_cast<long long>(kGenPrompts), graphs ? "CUDA graphs" : "eager",
+              seconds(t0, Clock::now()));
+}
+
 // ---- (b) one GRPO step -------------------------------------------------------------------------
 
 nlohmann::ordered_json bench_grpo(Model& model, const data::Tokenizer& tok, std::int64_t steps,
@@ -278,7 +326,7 @@ nlohmann::ordered_json bench_grpo(Model& model, const data::Tokenizer& tok, std:
 }  // namespace
 
 int main(int argc, char** argv) try {
-  const example::Flags flags(argc, argv);
+  const example::Flags flags(argc, argv, {"profile-graphs"});
   if (flags.has("help")) {
     std::fputs(kUsage, stdout);
     return 0;
@@ -287,7 +335,11 @@ int main(int argc, char** argv) try {
   const std::int64_t micro_batch = flags.integer("micro-batch", 64);
   const auto seed = static_cast<std::uint64_t>(flags.integer("seed", 1));
   const std::string json_path = flags.str("json", "");
+  const std::int64_t profile_steps = flags.integer("profile-decode", 0);
+  const bool profile_graphs = flags.flag("profile-graphs");
   flags.check_all_used();
+  check(profile_steps >= 0 && profile_steps < kGenNewTokens, "bench_grpo_cuda", "--profile-decode must be in [0, ",
+        kGenNewTokens, "), got ", profile_steps);
   check(gen_runs >= 0 && steps >= 0 && micro_batch >= 1, "bench_grpo_cuda",
         "--gen-runs and --steps must be >= 0, --micro-batch >= 1");
   if (!bench::open_device()) return 0;
@@ -313,6 +365,10 @@ int main(int argc, char** argv) try {
               static_cast<long long>(tok.vocab_size()), seconds(t_setup, Clock::now()));
   std::fflush(stdout);
 
+  if (profile_steps > 0) {
+    profile_decode(model, profile_steps, profile_graphs, seed);
+    return 0;
+  }
   nlohmann::ordered_json result;
   result["bench"] = "bench_grpo_cuda";
   result["device"] = prop.name;

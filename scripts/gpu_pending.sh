@@ -38,6 +38,13 @@
 #           loss still falls by a fifth in the last third, so 2000 is the next comparison: about
 #           70 s a run on an H100)                                   -> docs/fp8-gemm.md
 #   key-groups-ab  bench_paged_decode_cuda with key groups off, on, off, on: whether a figure repeats
+#   decode-step  after the decode step's launches were cut (2026-12-06: routing with dense gates in
+#           one kernel, rope reading slices in place, per-head products written in place): the
+#           tests of those kernels and ops, the engine's GPU tests, then generation at B = 128
+#           (bench_grpo_cuda, no GRPO steps) while under $DEADLINE (default 540) -> docs/mla.md
+#   profile-decode  the kernels of 8 decode steps of the big config at B = 128 (bench_grpo_cuda
+#           --profile-decode): ncu's duration of each (eager), nsys over graph replays when the
+#           machine has it, and the generation throughput beside them   -> docs/mla.md
 #   profile-fp8  the GPU time of each kernel in 30 steps of bf16 and of FP8 training (nsys when the
 #           machine has it)                                          -> docs/fp8-gemm.md
 # Usage: scripts/gpu_pending.sh PHASE [PHASE ...]   (on the lent machine: OUT=$OUT, logs under it)
@@ -55,7 +62,7 @@ BUILD=${BUILD:-/tmp/kb}
 BUILD_LOGS=${BUILD_LOGS:-$OUT}  # configure.log and build.log (elsewhere when $OUT's files are counted)
 mkdir -p "$OUT" "$BUILD_LOGS"
 phases="build|tests|quantize|quantize-quick|fp8|fp8-ablations|fp8-parts|fp8-seeds|bench|bench-key-groups|bench-fp8"
-phases+="|key-groups-ab|verify|steps|changes"
+phases+="|key-groups-ab|verify|steps|changes|profile-decode|decode-step"
 [ $# -gt 0 ] || { echo "usage: $0 $phases|profile-fp8 ..."; exit 2; }
 
 . scripts/carried_deps.sh
@@ -268,6 +275,41 @@ for phase in "$@"; do
         done
       done
       grep -H -E "128, 1, 12|L ?256|32768" "$OUT"/key_groups_*.log | head -40
+      ;;
+    decode-step)
+      build test_kernels_cuda test_nn_cuda test_train_infer_rl_cuda bench_grpo_cuda
+      timeout 120 "$BUILD/tests/test_kernels_cuda" --gtest_filter='RopeCuda.*:MatmulCuda.*:MoeRouteCuda.*' \
+        > "$OUT/test_kernels.log" 2>&1 || rc=1
+      timeout 120 "$BUILD/tests/test_nn_cuda" --gtest_filter='NnModulesCuda.MoE*' > "$OUT/test_nn.log" 2>&1 || rc=1
+      timeout 200 "$BUILD/tests/test_train_infer_rl_cuda" --gtest_filter='EngineCuda.*' > "$OUT/test_engine.log" 2>&1 ||
+        rc=1
+      grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure|error:" "$OUT"/test_*.log | head -40
+      if [ $SECONDS -lt "${DEADLINE:-540}" ]; then
+        timeout $((${DEADLINE:-540} + 50 - SECONDS)) "$BUILD/benchmarks/bench_grpo_cuda" --gen-runs 3 --steps 0 \
+          --json "$OUT/kiln_grpo.json" > "$OUT/kiln_grpo.log" 2>&1 || rc=1
+        grep -E "median|eager:" "$OUT/kiln_grpo.log"
+      else
+        echo "deadline: generation not measured"
+      fi
+      ;;
+    profile-decode)
+      build bench_grpo_cuda
+      "$BUILD/benchmarks/bench_grpo_cuda" --gen-runs 2 --steps 0 > "$OUT/generation.log" 2>&1 || rc=1
+      grep -E "median|eager:" "$OUT/generation.log"
+      timeout 300 ncu --clock-control none --cache-control none --profile-from-start off \
+        --metrics gpu__time_duration.sum --csv "$BUILD/benchmarks/bench_grpo_cuda" --profile-decode 8 \
+        > "$OUT/profile_decode_ncu.csv" 2> "$OUT/profile_decode_ncu.err" || rc=1
+      nsys_bin=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null |
+        head -1)
+      if [ -n "$nsys_bin" ]; then
+        timeout 200 "$nsys_bin" profile -o /tmp/prof_decode --force-overwrite true --capture-range=cudaProfilerApi \
+          --cuda-graph-trace=node "$BUILD/benchmarks/bench_grpo_cuda" --profile-decode 32 --profile-graphs \
+          > "$OUT/profile_decode_nsys.log" 2>&1
+        "$nsys_bin" stats --report cuda_gpu_kern_sum,cuda_gpu_trace --format csv -o "$OUT/profile_decode_graphs" \
+          /tmp/prof_decode.nsys-rep >> "$OUT/profile_decode_nsys.log" 2>&1
+      else
+        echo "no nsys"
+      fi
       ;;
     profile-fp8)
       build pretrain

@@ -1,7 +1,10 @@
 // matmul on CUDA (arguments kernels/matmul/args.hpp: MatmulArgs; front-end ops/matmul.hpp; CPU
 // reference backend/cpu/matmul.hpp): the product runs in cuBLASLt (kernels/matmul/cublaslt.hpp).
 //
-// out [batch..., m, n] is contiguous; a [batch..., m, k] and b [batch..., k, n] come already
+// out [batch..., m, n] has row-major matrices (unit column stride; contiguous, or rows spaced
+// wider: a slice of wider rows, e.g. per-head products written straight into their places in a
+// [tokens, heads, dims] tensor; the batch dims any distinct strides); a [batch..., m, k] and b
+// [batch..., k, n] come already
 // broadcast to out's batch dims (stride 0 there) and with matrices that are row-major or
 // transposed (unit column or unit row stride, math/matmul.hpp; the front-end copies any other
 // layout first). Types: float (FP32 compute, or TF32 when kiln::cuda::set_allow_tf32(true)), double
@@ -124,7 +127,13 @@ inline void launch_matmul(const MatmulArgs& args) {
   const int device = args.launch.device;
   cuda::DeviceGuard guard(device);
   const cudaStream_t stream = args.launch.stream;
+  // out's row stride, the cuBLASLt leading dimension of every output matrix (n where m is 1).
+  const std::int64_t out_ld = m > 1 ? out.strides[nd - 2] : n;
+  check((n == 1 || out.strides[nd - 1] == 1) && out_ld >= n, "matmul", "the output's matrices must be row-major ",
+        "(unit column stride, row stride >= n = ", n, "), got strides ", out.strides[nd - 2], " and ",
+        out.strides[nd - 1]);
   if (k == 0) {  // sums of nothing; all-zero bytes are 0.0 in every floating type
+    check(out.is_contiguous(), "matmul", "an empty inner dim (k = 0) needs a contiguous output");
     KILN_CUDA_CHECK(cudaMemsetAsync(out.data, 0, static_cast<std::size_t>(out.numel() * types.element_bytes), stream));
     return;
   }
@@ -143,14 +152,15 @@ inline void launch_matmul(const MatmulArgs& args) {
   const auto address = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p); };
 
   // Shared right operand: fold the batch into the rows of one GEMM when a's batch and row dims are
-  // one evenly spaced run of rows with unit column stride.
+  // one evenly spaced run of rows with unit column stride, and out's too.
   bool shared_b = !dims.empty();
   for (const BatchDim& d : dims) shared_b = shared_b && d.stride[2] == 0;
   if (shared_b && (k == 1 || a.strides[nd - 1] == 1)) {
     std::vector<BatchDim> rows = dims;
-    if (m > 1) rows.push_back({m, {n, a.strides[nd - 2], 0}});
-    std::int64_t row_stride = 0;
-    if (evenly_spaced(rows, 0, rows.size(), 1, row_stride) && row_stride >= k) {
+    if (m > 1) rows.push_back({m, {out_ld, a.strides[nd - 2], 0}});
+    std::int64_t row_stride = 0, out_row_stride = 0;
+    if (evenly_spaced(rows, 0, rows.size(), 1, row_stride) && row_stride >= k &&
+        evenly_spaced(rows, 0, rows.size(), 0, out_row_stride) && out_row_stride >= n) {
       std::int64_t total_rows = 1;
       for (const BatchDim& d : rows) total_rows *= d.size;
       check_int32("a row count", total_rows);
@@ -159,7 +169,7 @@ inline void launch_matmul(const MatmulArgs& args) {
       as_transposed_operand(k, n, b.strides[nd - 2], b.strides[nd - 1], g.op_a, g.a);  // Bᵀ
       g.op_b = CUBLAS_OP_N;  // row-major A (total_rows x k) read column-major is Aᵀ
       g.b = {k, total_rows, row_stride, 0, 256};
-      g.d = {n, total_rows, n, 0, 256};
+      g.d = {n, total_rows, out_row_stride, 0, 256};
       g.a.alignment = cuda::alignment_of(address(b.data));
       g.b.alignment = cuda::alignment_of(address(a.data));
       g.d.alignment = cuda::alignment_of(address(out.data));
@@ -173,7 +183,7 @@ inline void launch_matmul(const MatmulArgs& args) {
   check_int32("k", k);
   as_transposed_operand(k, n, b.strides[nd - 2], b.strides[nd - 1], g.op_a, g.a);  // Bᵀ
   as_transposed_operand(m, k, a.strides[nd - 2], a.strides[nd - 1], g.op_b, g.b);  // Aᵀ
-  g.d = {n, m, n, 0, 256};
+  g.d = {n, m, out_ld, 0, 256};
 
   // The innermost batch dims evenly spaced in all three operands run as one strided batch.
   std::size_t first = dims.size();

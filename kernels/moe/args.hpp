@@ -22,10 +22,13 @@ struct MoeRouteArgs {
   DType dtype = DType::f32;        // of scores, bias and gates
   std::int64_t* experts = nullptr; // [N, K] chosen experts, best choice score first
   void* gates = nullptr;           // [N, K]
+  void* dense = nullptr;           // optional [N, dense_units]: the gates at the chosen experts, 0 at the other
+                                   // experts, 1 at units E .. dense_units − 1 (dense dispatch's shared units)
   const void* scores = nullptr;    // [N, E]
   const void* bias = nullptr;      // [E] choice bias (e_score_correction_bias)
   std::int64_t tokens = 0;
   int n_experts = 0, top_k = 0, n_group = 1, topk_group = 1;
+  int dense_units = 0;             // >= n_experts when dense is given
   bool normalize = true;
   double scaling = 1.0;
 };

@@ -11,6 +11,9 @@
 //            same c. An expert already chosen is marked NaN, which no comparison selects.
 //   gate_k = s_k / (Σ_chosen s + 1e-20) · scaling   (normalize and K > 1), else s_k · scaling,
 //            in float, rounded once.
+//   Optionally also as a dense row of U ≥ E units (dense dispatch in generation, nn::MoE::
+//   forward_dense): gate_k at the chosen experts, 0 at the others, 1 at units E..U−1 (the shared
+//   expert's units, always on) — what a scatter into a prepared row would give, without its launches.
 // Backward to the affinities (only the gates depend on them; the choice is piecewise constant):
 //   ds_k = scaling / S · (dg_k − Σ_j dg_j s_j / S)   (S = Σ_chosen s + 1e-20; normalised)
 //   ds_k = scaling · dg_k                             (not normalised); zero off the chosen experts.
@@ -128,10 +131,17 @@ __global__ void __launch_bounds__(kRouteWarps * 32) route_forward(MoeRouteArgs a
   }
   const C sk = lane < K ? load(s[mine]) : C(0);
   const C total = warp_sum(sk);
+  if (a.dense) {  // the row's zeros and ones first; __syncwarp orders them before the gates below
+    T* row = static_cast<T*>(a.dense) + n * a.dense_units;
+    for (int u = lane; u < a.dense_units; u += 32) row[u] = store<T>(u < E ? C(0) : C(1));
+    __syncwarp();
+  }
   if (lane < K) {
     const C gate = a.normalize && K > 1 ? sk / (total + C(1e-20)) : sk;
+    const T g = store<T>(gate * static_cast<C>(a.scaling));
     a.experts[n * K + lane] = mine;
-    static_cast<T*>(a.gates)[n * K + lane] = store<T>(gate * static_cast<C>(a.scaling));
+    static_cast<T*>(a.gates)[n * K + lane] = g;
+    if (a.dense) static_cast<T*>(a.dense)[n * a.dense_units + mine] = g;
   }
 }
 

@@ -484,11 +484,15 @@ TEST(DenseMoE, EqualsSparseDispatch) {
     const nn::Routing<double> r = moe.gate(flat);
     const auto chosen = r.experts.to_vector();
     const auto gates = r.gates.to_vector();
-    const auto dense_gates = moe.gate.dense_gates(flat, w.expert_ids, w.group_ids).to_vector();
-    std::vector<double> expected(12 * 6, 0.0);
-    for (std::size_t n = 0; n < 12; ++n)
+    const std::size_t units = 6 + static_cast<std::size_t>(cs.shared);
+    const auto dense_gates = moe.gate.dense_gates(flat, static_cast<std::int64_t>(units)).to_vector();
+    std::vector<double> expected(12 * units, 0.0);
+    for (std::size_t n = 0; n < 12; ++n) {
       for (std::size_t j = 0; j < static_cast<std::size_t>(cs.k); ++j)
-        expected[n * 6 + static_cast<std::size_t>(chosen[n * cs.k + j])] = gates[n * cs.k + j];
+        expected[n * units + static_cast<std::size_t>(chosen[n * cs.k + j])] = gates[n * cs.k + j];
+      for (std::size_t u = 6; u < units; ++u) expected[n * units + u] = 1.0;  // shared units: gate 1
+    }
+    ASSERT_EQ(dense_gates.size(), expected.size());
     for (std::size_t i = 0; i < expected.size(); ++i) {
       if (expected[i] == 0.0) EXPECT_EQ(dense_gates[i], 0.0) << i;
       else EXPECT_NEAR(dense_gates[i], expected[i], 1e-15 * std::abs(expected[i])) << i;

@@ -178,6 +178,62 @@ TEST(MatmulCuda, TransposedNarrowedAndCopiedLayouts) {
   });
 }
 
+// matmul_into: the GEMM writing into views of a larger tensor (row stride wider than n, batch
+// dims interleaved with the rows, as MLA's decode writes per-head products into [tokens, heads,
+// dims]); the elements outside the view keep their values. Views a GEMM cannot write (column
+// stride not 1) take the copy path.
+template <class T>
+void expect_into_matches_cpu(const Tensor<T>& big, const Tensor<T>& out, const Tensor<T>& a, const Tensor<T>& b) {
+  SCOPED_TRACE(str(dtype_of<T>, " ", a.shape(), " · ", b.shape(), " into ", out.shape(), " (strides ", out.strides(),
+                   ") of ", big.shape()));
+  const std::vector<double> before = cast<double>(on_cpu(big)).to_vector();
+  matmul_into(out, a, b);
+  const Tensor<double> ref = cpu_reference(a, b);
+  EXPECT_LE(relative_error(cast<double>(on_cpu(out)), ref), tolerance<T>());
+  // Every element outside the view unchanged: mark the view's elements (NaN) in a CPU copy of
+  // `before` through the same strides, then compare the unmarked ones exactly.
+  const Tensor<double> marks = Tensor<double>::from_vector(before, big.shape());
+  copy_into(detail::restride(marks, out.offset() - big.offset(), out.shape(), out.strides()),
+            full<double>(out.shape(), std::nan("")));
+  const std::vector<double> after = cast<double>(on_cpu(big)).to_vector(), marked = marks.to_vector();
+  std::size_t outside_changed = 0, inside = 0;
+  for (std::size_t i = 0; i < after.size(); ++i) {
+    if (std::isnan(marked[i])) ++inside;
+    else outside_changed += after[i] != marked[i];
+  }
+  EXPECT_EQ(inside, static_cast<std::size_t>(out.numel()));
+  EXPECT_EQ(outside_changed, 0u);
+}
+
+TEST(MatmulCuda, IntoStridedViews) {
+  KILN_REQUIRE_GPU();
+  poison_cached_memory();
+  for_each_dtype([](auto tag) {
+    using T = decltype(tag);
+    // [n, H, r + dr] written per head from [H, n, dn]·[H, dn, r] (MLA decode's q_lat): batch stride
+    // r + dr, row stride H (r + dr); n = 1 and odd sizes too.
+    for (const std::int64_t n : {1, 5, 128}) {
+      const std::int64_t H = 3, dn = 16, r = 40, dr = 8;
+      const Tensor<T> q = gpu_randn<T>({n, H, r + dr});
+      expect_into_matches_cpu(q, transpose(narrow(q, -1, 0, r), 0, 1),
+                              transpose(gpu_randn<T>({n, H, dn}), 0, 1), gpu_randn<T>({H, dn, r}));
+    }
+    // [n, H·dv] from [H, n, r]·[H, r, dv] with a transposed right operand (decode's W_UV product).
+    const Tensor<T> o = gpu_randn<T>({7, 2 * 24});
+    expect_into_matches_cpu(o, transpose(reshape(o, {7, 2, 24}), 0, 1), transpose(gpu_randn<T>({7, 2, 33}), 0, 1),
+                            transpose(gpu_randn<T>({2, 24, 33}), -1, -2));
+    // A shared right operand (the folded tall GEMM) into every other row of a wider tensor.
+    const Tensor<T> wide = gpu_randn<T>({2, 5, 2, 20});
+    expect_into_matches_cpu(wide, narrow(squeeze(narrow(wide, 2, 1, 1), 2), -1, 3, 17), gpu_randn<T>({2, 5, 33}),
+                            gpu_randn<T>({33, 17}));
+    // A column stride of 2: the copy path.
+    const Tensor<T> cols = gpu_randn<T>({5, 34});
+    expect_into_matches_cpu(cols, slice(cols, 1, 0, 34, 2), gpu_randn<T>({5, 9}), gpu_randn<T>({9, 17}));
+  });
+  EXPECT_KILN_ERROR(matmul_into(on_gpu(zeros<float>({3, 5})), gpu_randn<float>({3, 4}), gpu_randn<float>({4, 6})),
+                    "matmul_into", "[3, 5]", "[3, 6]");
+}
+
 TEST(MatmulCuda, EmptyOperandsAndEmptySums) {
   KILN_REQUIRE_GPU();
   poison_cached_memory();  // an output left unwritten would read as NaN

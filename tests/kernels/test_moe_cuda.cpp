@@ -57,6 +57,10 @@ void check_route(const RouteCase& c) {
   const MoeRoute<T> got = moe_route(gs, on_gpu(bias), o);
   EXPECT_EQ(on_cpu(got.experts).to_vector(), want.experts.to_vector());
   EXPECT_LE(max_relative(on_cpu(got.gates), want.gates), rounding<T>());
+  // Dense rows (generation's dense dispatch) with three shared units: the same gates, zeros, ones.
+  const Tensor<T> dense = moe_route_dense(gs, on_gpu(bias), o, c.experts + 3);
+  EXPECT_EQ(dense.shape(), (Shape{c.tokens, c.experts + 3}));
+  EXPECT_LE(max_relative(on_cpu(dense), moe_route_dense(scores, bias, o, c.experts + 3)), rounding<T>());
 
   // Backward: dscores from the same dgates (the choices agree, checked above).
   const Tensor<T> dgates = cast<T>(randn<float>({c.tokens, c.top_k}));

@@ -95,6 +95,41 @@ TEST(RopeCuda, NonContiguousInputs) {
   check_rope(expand(row, {3, 5, 2, 16}), expand(on_gpu(row), {3, 5, 2, 16}), positions, 10000.0, "expanded");
 }
 
+// Views the GPU reads in place, rows and heads a fixed stride apart (ops/rope.hpp rope_row_strides):
+// the rope part of a projection's output, sliced off its last dim with heads inside (MLA's q_pe)
+// or one head (its shared k_pe), aligned for 16-byte vectors or not, heads broadcast (stride 0),
+// one row; the CPU rotates contiguous copies.
+template <class T>
+void check_rope_row_views() {
+  const auto positions = randint<std::int64_t>(0, 4096, {7});
+  const auto wide = randn<T>({2, 7, 3, 24});  // [B, S, H, 8 + 16]
+  check_rope(narrow(wide, -1, 8, 16), narrow(on_gpu(wide), -1, 8, 16), positions, 10000.0,
+             str(name<T>(), " heads sliced from wider rows"));
+  check_rope(narrow(wide, -1, 1, 16), narrow(on_gpu(wide), -1, 1, 16), positions, 10000.0,
+             str(name<T>(), " sliced at an odd offset"));
+  const auto latent = randn<T>({2, 7, 40});  // [B, S, 8 + 32]: one shared head
+  check_rope(unsqueeze(narrow(latent, -1, 8, 32), 2), unsqueeze(narrow(on_gpu(latent), -1, 8, 32), 2), positions,
+             10000.0, str(name<T>(), " one head sliced from the latent"));
+  const auto one = randn<T>({2, 7, 1, 16});
+  check_rope(expand(one, {2, 7, 3, 16}), expand(on_gpu(one), {2, 7, 3, 16}), positions, 10000.0,
+             str(name<T>(), " heads broadcast"));
+  const auto single = randn<T>({1, 1, 2, 40});
+  check_rope(narrow(single, -1, 8, 32), narrow(on_gpu(single), -1, 8, 32), randint<std::int64_t>(0, 4096, {1}),
+             10000.0, str(name<T>(), " one row"));
+}
+
+TEST(RopeCuda, RowStridedViewsReadInPlace) {
+  KILN_REQUIRE_GPU();
+  check_rope_row_views<float>();
+  check_rope_row_views<bf16>();
+  const auto wide = on_gpu(randn<float>({2, 7, 3, 24}));
+  const auto view = narrow(wide, -1, 8, 16);
+  EXPECT_TRUE(detail::rope_row_strides(view).has_value());
+  EXPECT_EQ(detail::rope_row_strides(view)->first, 72);
+  EXPECT_EQ(detail::rope_row_strides(view)->second, 24);
+  EXPECT_FALSE(detail::rope_row_strides(transpose(on_gpu(randn<float>({2, 8, 33, 64})), 1, 2)).has_value());
+}
+
 TEST(RopeCuda, TablesMatchCpuAndFeedRope) {
   KILN_REQUIRE_GPU();
   const auto positions = randint<std::int64_t>(0, 100000, {2, 37});

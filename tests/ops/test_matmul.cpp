@@ -116,6 +116,24 @@ TEST(Matmul, VectorOperandsArePromotedThenDropped) {
   EXPECT_EQ(matmul(randn<double>({2, 4, 7}), randn<double>({7})).shape(), (Shape{2, 4}));
 }
 
+// matmul_into on the CPU: the product copied into a view of a larger tensor (per-head products
+// into [tokens, heads, dims]), the rest of that tensor untouched; the shape is checked.
+TEST(Matmul, IntoAViewOfALargerTensor) {
+  const std::int64_t n = 5, H = 3, dn = 4, r = 6, dr = 2;
+  const Tensor<double> q = randn<double>({n, H, r + dr});
+  const std::vector<double> before = q.to_vector();
+  const Tensor<double> a = randn<double>({H, n, dn}), b = randn<double>({H, dn, r});
+  matmul_into(transpose(narrow(q, -1, 0, r), 0, 1), a, b);
+  EXPECT_LE(relative_error(transpose(narrow(q, -1, 0, r), 0, 1), matmul(a, b)), 1e-15);
+  const std::vector<double> after = q.to_vector();
+  for (std::int64_t i = 0; i < n * H; ++i)
+    for (std::int64_t j = r; j < r + dr; ++j) EXPECT_EQ(after[i * (r + dr) + j], before[i * (r + dr) + j]);
+  EXPECT_KILN_ERROR(matmul_into(zeros<double>({3, 5}), randn<double>({3, 4}), randn<double>({4, 6})), "matmul_into",
+                    "[3, 5]", "[3, 6]");
+  EXPECT_KILN_ERROR(matmul_into(zeros<double>({3}), randn<double>({3, 4}), randn<double>({4})), "matmul_into",
+                    "two or more dims");
+}
+
 TEST(Matmul, BatchedAndBroadcastBatches) {
   const std::vector<std::pair<Shape, Shape>> cases{
       {{3, 5, 7}, {3, 7, 4}},           // plain batch

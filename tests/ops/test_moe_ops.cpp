@@ -46,6 +46,24 @@ TEST(MoeRoute, HandComputedGroupLimitedChoice) {
   EXPECT_NEAR(all.gates.to_vector()[1], .8 * 2.5, 1e-15);
 }
 
+// Dense rows: the hand-computed token above with two extra (shared) units, and a second token.
+TEST(MoeRoute, DenseRowsHoldTheGatesZerosAndSharedOnes) {
+  const Tensor<double> s = tensor({.9, .1, .5, .6, .8, .05, .3, .7, .2, .9, .1, .1, .3, .3, .4, .8}, {2, 8});
+  const Tensor<double> b = tensor({0, 0, 0, 0, 0, 0, .3, 0}, {8});
+  const MoeRouteOptions o{.top_k = 3, .n_group = 4, .topk_group = 2, .normalize = true, .scaling = 2.5};
+  const std::vector<double> dense = moe_route_dense(s, b, o, 10).to_vector();
+  ASSERT_EQ(dense.size(), 20u);
+  const std::vector<double> row0{0, 0, 0, .6 / 1.6 * 2.5, 0, 0, .3 / 1.6 * 2.5, .7 / 1.6 * 2.5, 1, 1};
+  for (std::size_t u = 0; u < 10; ++u) EXPECT_NEAR(dense[u], row0[u], 1e-15) << u;
+  const MoeRoute<double> r = moe_route(s, b, o);  // token 1: the same gates, scattered
+  std::vector<double> row1{0, 0, 0, 0, 0, 0, 0, 0, 1, 1};
+  for (std::size_t k = 0; k < 3; ++k)
+    row1[static_cast<std::size_t>(r.experts.to_vector()[3 + k])] = r.gates.to_vector()[3 + k];
+  EXPECT_EQ(std::vector<double>(dense.begin() + 10, dense.end()), row1);
+  EXPECT_EQ(moe_route_dense(s, b, o, 8).shape(), (Shape{2, 8}));  // no shared units
+  EXPECT_KILN_ERROR(moe_route_dense(s, b, o, 7), "moe_route_dense", "7 units", "8 experts");
+}
+
 TEST(MoeRoute, GradientMatchesFiniteDifferences) {
   const Tensor<double> b = tensor({.05, -.02, 0, .01, 0, 0, -.03, .02, 0, 0, 0, 0}, {12});
   for (const bool normalize : {true, false})

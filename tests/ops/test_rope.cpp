@@ -102,6 +102,23 @@ TEST(Rope, NonContiguousInputs) {
   check_forward(expand(randn<double>({1, 5, 1, 4}), {3, 5, 2, 4}), positions, 10000.0, 1e-14);
 }
 
+// The views a GPU rotates in place (rows of heads a fixed stride apart) and those it copies first.
+TEST(Rope, RowStridesOfViews) {
+  const auto wide = randn<float>({2, 7, 3, 24});
+  const auto q_pe = detail::rope_row_strides(narrow(wide, -1, 8, 16));  // [B, S, H, 16] of rows of 72
+  ASSERT_TRUE(q_pe.has_value());
+  EXPECT_EQ(*q_pe, (std::pair<std::int64_t, std::int64_t>{72, 24}));
+  const auto k_pe = detail::rope_row_strides(unsqueeze(narrow(randn<float>({2, 7, 40}), -1, 8, 32), 2));
+  ASSERT_TRUE(k_pe.has_value());
+  EXPECT_EQ(k_pe->first, 40);
+  EXPECT_EQ(detail::rope_row_strides(randn<float>({2, 7, 3, 16})), (std::pair<std::int64_t, std::int64_t>{48, 16}));
+  EXPECT_EQ(detail::rope_row_strides(expand(randn<float>({2, 7, 1, 16}), {2, 7, 3, 16})),
+            (std::pair<std::int64_t, std::int64_t>{16, 0}));
+  EXPECT_FALSE(detail::rope_row_strides(transpose(randn<float>({2, 8, 33, 64}), 1, 2)).has_value());  // B breaks S
+  EXPECT_FALSE(detail::rope_row_strides(expand(randn<float>({1, 5, 1, 16}), {3, 5, 2, 16})).has_value());
+  EXPECT_FALSE(detail::rope_row_strides(transpose(randn<float>({2, 7, 16, 3}), 2, 3)).has_value());  // D strided
+}
+
 TEST(Rope, PositionZeroIsIdentity) {
   for (RopeLayout layout : {RopeLayout::half_split, RopeLayout::interleaved}) {
     const auto x = randn<float>({2, 4, 3, 10});

@@ -147,14 +147,18 @@ class MLA : public Module<T> {
     const std::int64_t n = p.B, H = num_heads;
     check_latent_cache(cache);
     infer::write_latent<T>(cache, index.slots, index.positions, latent_row(p));
-    // q_lat = q_nope·W_UK per head, the heads batching the product: [H, n, dn]·[H, dn, r].
-    const Tensor<T> q_nope = transpose(reshape(p.q_nope, {n, H, qk_nope_head_dim}), 0, 1);
-    const Tensor<T> q_lat = transpose(matmul(q_nope, w_uk()), 0, 1);  // [n, H, r]
-    const Tensor<T> q = cat(std::vector<Tensor<T>>{q_lat, reshape(p.q_pe, {n, H, qk_rope_head_dim})}, -1);
+    // q = [q_lat | q_pe] [n, H, r + dr] with q_lat = q_nope·W_UK per head, the heads batching the
+    // product ([H, n, dn]·[H, dn, r]), which writes its [H, n, r] straight into q's first r columns.
+    const std::int64_t r = kv_lora_rank;
+    const Tensor<T> q({n, H, r + qk_rope_head_dim}, x.device());
+    matmul_into(transpose(narrow(q, -1, 0, r), 0, 1), transpose(reshape(p.q_nope, {n, H, qk_nope_head_dim}), 0, 1),
+                w_uk());
+    copy_into(narrow(q, -1, r, qk_rope_head_dim), reshape(p.q_pe, {n, H, qk_rope_head_dim}));
     const Tensor<T> o_lat = infer::attend_cached<T>(q, cache, index.slots, index.lengths, softmax_scale);
-    // Per head W_UV·o_lat: [H, n, r]·[H, r, dv] -> [H, n, dv] -> [n, 1, H·dv].
-    const Tensor<T> o = matmul(transpose(o_lat, 0, 1), transpose(w_uv(), -1, -2));
-    return o_proj(reshape(transpose(o, 0, 1), {n, 1, H * v_head_dim}));
+    // Per head W_UV·o_lat: [H, n, r]·[H, r, dv] -> [H, n, dv], written as [n, H, dv] for o_proj.
+    const Tensor<T> o({n, 1, H * v_head_dim}, x.device());
+    matmul_into(transpose(reshape(o, {n, H, v_head_dim}), 0, 1), transpose(o_lat, 0, 1), transpose(w_uv(), -1, -2));
+    return o_proj(o);
   }
 
   // decode with T = index.tokens > 1 tokens per row, x [n, T, hidden] at positions

@@ -141,21 +141,14 @@ class MoEGate : public Module<T> {
     return {chosen, gates, scores};
   }
 
-  // The same routing as a dense gate matrix [N, E]: gates[n, e] is forward()'s gate of expert e
-  // for token n when e is among its chosen experts, else 0 (dense dispatch, MoE::forward_dense).
-  // Built without index ops: a one-hot compare of the chosen experts against expert_ids (0..E−1)
-  // and of the kept groups against group_ids (0..n_group−1), both on x's device.
-  Tensor<T> dense_gates(const Tensor<T>& x, const Tensor<std::int64_t>& expert_ids,
-                        const Tensor<std::int64_t>& group_ids) const {
-    check_defined("MoEGate", expert_ids, group_ids);
-    check(expert_ids.shape() == Shape{experts_} && group_ids.shape() == Shape{n_group_}, "MoEGate",
-          "expert_ids of shape ", expert_ids.shape(), " and group_ids of shape ", group_ids.shape(), " must be [",
-          experts_, "] and [", n_group_, "]");
-    const Tensor<T> scores = affinities(x);
-    const Tensor<T> chosen = one_hot(choose(scores, group_ids), expert_ids);  // [N, E], 1 on chosen experts
-    Tensor<T> gates = mul(scores, chosen);
-    if (norm_topk_prob_ && top_k_ > 1) gates = div(gates, add(sum(gates, {-1}, true), 1e-20));
-    return mul(gates, scaling_);
+  // The same routing as a dense gate matrix [N, units] (dense dispatch, MoE::forward_dense; units
+  // >= E): forward()'s gates at each token's chosen experts, 0 at the other experts, 1 at units
+  // E..units−1 (the shared expert's units, always on). From moe_route_dense: the fused routing
+  // kernel on a GPU (one launch after the router's product, nothing read back), its reference
+  // loops on the CPU; choices equal forward()'s, gates rounded once. No graph (generation's path).
+  Tensor<T> dense_gates(const Tensor<T>& x, std::int64_t units) const {
+    NoGradGuard no_grad;
+    return moe_route_dense(affinities(x), e_score_correction_bias, route_options(), units);
   }
 
   Routing<T> operator()(const Tensor<T>& x) const { return forward(x); }
@@ -189,8 +182,7 @@ class MoEGate : public Module<T> {
 
   // The K chosen experts [N, K] (best choice score first) for affinities [N, E]: the bias shifts
   // the choice scores, groups outside the topk_group best are masked out. No graph.
-  // group_ids: 0..n_group−1 on the scores' device (made here when not given).
-  Tensor<std::int64_t> choose(const Tensor<T>& scores, Tensor<std::int64_t> group_ids = {}) const {
+  Tensor<std::int64_t> choose(const Tensor<T>& scores) const {
     NoGradGuard no_grad;  // the choice is piecewise constant: no graph
     const std::int64_t n = scores.shape()[0];
     Tensor<T> choice = add(scores.detach(), e_score_correction_bias.detach());
@@ -199,8 +191,8 @@ class MoEGate : public Module<T> {
       const Tensor<T> grouped = reshape(choice, {n, n_group_, per_group});
       const Tensor<T> group_scores = sum(topk(grouped, std::min<std::int64_t>(2, per_group), -1).values, {-1});
       const Tensor<std::int64_t> kept = topk(group_scores, topk_group_, -1).indices;  // [N, topk_group]
-      if (!group_ids.defined())
-        group_ids = arange<std::int64_t>(0.0, static_cast<double>(n_group_), 1.0, scores.device());
+      const Tensor<std::int64_t> group_ids =
+          arange<std::int64_t>(0.0, static_cast<double>(n_group_), 1.0, scores.device());
       const Tensor<bool> dropped = unsqueeze(eq(one_hot(kept, group_ids), 0.0), 2);  // [N, n_group, 1]
       choice = reshape(masked_fill(grouped, dropped, -std::numeric_limits<double>::infinity()), {n, experts_});
     }
@@ -279,8 +271,6 @@ template <class T>
 struct DenseExperts {
   Tensor<T> w_in;                   // [2·U·I, hidden]: gate_proj rows of every unit, then up_proj rows
   Tensor<T> w_out;                  // [hidden, U·I]: down_proj columns of every unit
-  Tensor<std::int64_t> expert_ids;  // [E] 0..E−1 on the weights' device (the routing's one-hot compare)
-  Tensor<std::int64_t> group_ids;   // [n_group] 0..n_group−1
   std::int64_t routed = 0, shared = 0, width = 0;  // E, n_shared, I
 
   bool defined() const { return w_in.defined(); }
@@ -485,9 +475,6 @@ class MoE : public Module<T> {
     in_rows.insert(in_rows.end(), up_rows.begin(), up_rows.end());
     w.w_in = cat(in_rows, 0);
     w.w_out = cat(out_cols, 1);
-    const Device device = gate.weight.device();
-    w.expert_ids = arange<std::int64_t>(0.0, static_cast<double>(w.routed), 1.0, device);
-    w.group_ids = arange<std::int64_t>(0.0, static_cast<double>(gate.groups()), 1.0, device);
     return w;
   }
 
@@ -567,10 +554,9 @@ class MoE : public Module<T> {
           "): make them with its stack_experts()");
     const std::int64_t n = x.numel() / hidden;
     const Tensor<T> flat = reshape(x, {n, hidden});
-    Tensor<T> gates = gate.dense_gates(flat, w.expert_ids, w.group_ids);  // [N, E]
-    if (w.shared > 0) gates = cat(std::vector<Tensor<T>>{gates, ones<T>({n, w.shared}, x.device())}, 1);  // [N, U]
-    const Tensor<T> gu = linear(flat, w.w_in);                                       // [N, 2·U·I]
-    const Tensor<T> a = mul(silu(narrow(gu, 1, 0, units * width)), narrow(gu, 1, units * width, units * width));
+    const Tensor<T> gates = gate.dense_gates(flat, units);  // [N, U], the shared units' gates 1
+    const Tensor<T> gu = linear(flat, w.w_in);                      // [N, 2·U·I]
+    const Tensor<T> a = swiglu(narrow(gu, 1, 0, units * width), narrow(gu, 1, units * width, units * width));
     const Tensor<T> weighted = reshape(mul(reshape(a, {n, units, width}), unsqueeze(gates, 2)), {n, units * width});
     return reshape(linear(weighted, w.w_out), x.shape());
   }

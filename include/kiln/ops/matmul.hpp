@@ -186,4 +186,34 @@ Tensor<T> matmul(const Tensor<T>& a, const Tensor<T>& b) {
   return out;
 }
 
+// out = a·b for a and b of two or more dims (batch dims broadcast as in matmul), written into
+// `out`: a view of the product's shape with distinct elements, e.g. per-head products stored
+// straight into their slices of a [tokens, heads, dims] tensor. On a GPU the GEMM writes there
+// directly when out's matrices are row-major (unit column stride, any row stride: no copy after
+// it); otherwise the product is made and copied in. No graph (decode paths).
+template <class T>
+void matmul_into(const Tensor<T>& out, const Tensor<T>& a, const Tensor<T>& b) {
+  static_assert(is_floating<T>, "kiln::matmul_into takes floating-point tensors");
+  check_defined("matmul_into", out, a, b);
+  check_same_device("matmul_into", out, a, b);
+  check(a.dim() >= 2 && b.dim() >= 2, "matmul_into", "needs operands of two or more dims, got shapes ", a.shape(),
+        " and ", b.shape());
+  const detail::MatmulShapes s = detail::matmul_shapes(a.shape(), b.shape());
+  check(out.shape() == s.out, "matmul_into", "out of shape ", out.shape(), " does not hold the product of ",
+        a.shape(), " and ", b.shape(), " (", s.out, ")");
+  const bool row_major = (s.n == 1 || out.stride(-1) == 1) && (s.m == 1 || out.stride(-2) >= s.n);
+  if (!out.device().is_cpu() && row_major && s.k > 0 && out.numel() > 0) {
+    Shape a_shape = s.batch, b_shape = s.batch;
+    a_shape.insert(a_shape.end(), {s.m, s.k});
+    b_shape.insert(b_shape.end(), {s.k, s.n});
+    const Tensor<T> a2 = detail::gemm_readable(a.detach()), b2 = detail::gemm_readable(b.detach());
+    launch_device_kernel("matmul", kernels::MatmulArgs{.launch = launch_on("matmul", out.device()),
+                                                       .out = kernel_view(out),
+                                                       .a = kernel_broadcast_view(a2, a_shape),
+                                                       .b = kernel_broadcast_view(b2, b_shape)});
+    return;
+  }
+  copy_into(out, detail::matmul_kernel(a.detach(), b.detach(), s));
+}
+
 }  // namespace kiln

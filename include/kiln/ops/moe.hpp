@@ -31,12 +31,14 @@ struct MoeRoute {
   Tensor<T> gates;               // [N, K], differentiable in the scores
 };
 
-// scores [N, E] (the sigmoid affinities), bias [E] (the balancing bias: choice only) -> the
-// choices and gates. Differentiable in scores through the gates.
+namespace detail {
+
+// moe_route's forward (no graph) with its checks; with dense_units > 0 also the dense rows
+// [N, dense_units] of MoeRouteArgs::dense (returned in `dense`).
 template <class T>
-MoeRoute<T> moe_route(const Tensor<T>& scores, const Tensor<T>& bias, const MoeRouteOptions& o) {
+MoeRoute<T> moe_route_forward(const char* op, const Tensor<T>& scores, const Tensor<T>& bias,
+                              const MoeRouteOptions& o, std::int64_t dense_units, Tensor<T>* dense) {
   static_assert(is_floating<T>, "moe_route needs a floating element type");
-  const char* op = "moe_route";
   check_defined(op, scores, bias);
   check_same_device(op, scores, bias);
   check(scores.dim() == 2 && bias.dim() == 1 && bias.size(0) == scores.size(1), op,
@@ -47,17 +49,24 @@ MoeRoute<T> moe_route(const Tensor<T>& scores, const Tensor<T>& bias, const MoeR
         "n_group = ", o.n_group, " must divide E = ", E, " and topk_group = ", o.topk_group, " lie in [1, n_group]");
   check(o.top_k >= 1 && o.top_k <= 32 && o.top_k <= o.topk_group * (E / o.n_group), op, "top_k = ", o.top_k,
         " must lie in [1, min(32, ", o.topk_group * (E / o.n_group), ")] (the experts of topk_group groups)");
+  check(!dense || (dense_units >= E && dense_units <= (std::int64_t{1} << 30)), op, "dense rows of ", dense_units,
+        " units cannot hold the ", E, " experts");
   const int K = static_cast<int>(o.top_k);
   const Tensor<T> sc = contiguous(scores.detach()), bc = contiguous(bias.detach());
   MoeRoute<T> r{Tensor<std::int64_t>({N, o.top_k}, scores.device()), Tensor<T>({N, o.top_k}, scores.device())};
+  if (dense) *dense = Tensor<T>({N, dense_units}, scores.device());
   if (scores.device().is_cpu()) {
     cpu::moe_route(sc.data(), bc.data(), r.experts.data(), r.gates.data(), N, static_cast<int>(E), K,
                    static_cast<int>(o.n_group), static_cast<int>(o.topk_group), o.normalize, o.scaling);
+    if (dense)
+      cpu::moe_dense_gates(r.experts.data(), r.gates.data(), dense->data(), N, static_cast<int>(E), K,
+                           static_cast<int>(dense_units));
   } else {
     launch_device_kernel(op, kernels::MoeRouteArgs{.launch = launch_on(op, scores.device()),
                                                    .dtype = dtype_of<T>,
                                                    .experts = r.experts.data(),
                                                    .gates = r.gates.data(),
+                                                   .dense = dense ? dense->data() : nullptr,
                                                    .scores = sc.data(),
                                                    .bias = bc.data(),
                                                    .tokens = N,
@@ -65,9 +74,35 @@ MoeRoute<T> moe_route(const Tensor<T>& scores, const Tensor<T>& bias, const MoeR
                                                    .top_k = K,
                                                    .n_group = static_cast<int>(o.n_group),
                                                    .topk_group = static_cast<int>(o.topk_group),
+                                                   .dense_units = dense ? static_cast<int>(dense_units) : 0,
                                                    .normalize = o.normalize,
                                                    .scaling = o.scaling});
   }
+  return r;
+}
+
+}  // namespace detail
+
+// The routing as dense rows [N, units] (units >= E): each token's gates at its chosen experts, 0 at
+// the other experts, 1 at units E..units−1 — dense dispatch's gate matrix (nn::MoE::forward_dense,
+// where those last units are the shared expert's), in the routing kernel's one launch. No graph.
+template <class T>
+Tensor<T> moe_route_dense(const Tensor<T>& scores, const Tensor<T>& bias, const MoeRouteOptions& o,
+                          std::int64_t units) {
+  Tensor<T> dense;
+  (void)detail::moe_route_forward("moe_route_dense", scores, bias, o, units, &dense);
+  return dense;
+}
+
+// scores [N, E] (the sigmoid affinities), bias [E] (the balancing bias: choice only) -> the
+// choices and gates. Differentiable in scores through the gates.
+template <class T>
+MoeRoute<T> moe_route(const Tensor<T>& scores, const Tensor<T>& bias, const MoeRouteOptions& o) {
+  const char* op = "moe_route";
+  MoeRoute<T> r = detail::moe_route_forward(op, scores, bias, o, 0, static_cast<Tensor<T>*>(nullptr));
+  const std::int64_t N = scores.size(0), E = scores.size(1);
+  const int K = static_cast<int>(o.top_k);
+  const Tensor<T> sc = contiguous(scores.detach());
   if (autograd::needs_grad(scores)) {
     const Tensor<std::int64_t> experts = r.experts;
     autograd::record(r.gates, op, [sc, experts, N, E, K, o](const Tensor<T>& g, const autograd::InputGrads& in) {

@@ -20,6 +20,8 @@
 #pragma once
 
 #include <cmath>
+#include <optional>
+#include <utility>
 #include <vector>
 
 #include "kiln/autograd/node.hpp"
@@ -112,7 +114,31 @@ RopeTables<C> make_rope_tables(const char* op, const Tensor<std::int64_t>& posit
   return t;
 }
 
-// y = x rotated (inverse: by the negative angles); x, y, cos and sin contiguous, on one device.
+// Where x [..., S, H, D] (D contiguous) reads as rows of H heads that lie a fixed number of
+// elements apart over all its leading dims (size-1 dims skipped): {row stride, head stride}. A
+// slice of a wider last dim qualifies (the rope part of a projection's output); nullopt otherwise.
+template <class T>
+std::optional<std::pair<std::int64_t, std::int64_t>> rope_row_strides(const Tensor<T>& x) {
+  const Shape& shape = x.shape();
+  const std::size_t dims = shape.size();
+  if (x.stride(-1) != 1 && shape[dims - 1] > 1) return std::nullopt;
+  const std::int64_t head = shape[dims - 2] > 1 ? x.stride(-2) : shape[dims - 1];
+  std::optional<std::int64_t> row;
+  std::int64_t next = 0;  // the stride the next dim outwards must have
+  for (std::size_t i = dims - 2; i-- > 0;) {
+    if (shape[i] == 1) continue;
+    if (!row) {
+      row = x.strides()[i];
+    } else if (x.strides()[i] != next) {
+      return std::nullopt;
+    }
+    next = x.strides()[i] * shape[i];
+  }
+  return std::pair{row.value_or(shape[dims - 2] * shape[dims - 1]), head};
+}
+
+// y = x rotated (inverse: by the negative angles); y, cos and sin contiguous, on one device; x
+// contiguous too, except on a GPU, which also reads the views rope_row_strides describes.
 template <class T, class C>
 void rope_rotate(const Tensor<T>& x, Tensor<T>& y, const Tensor<C>& cos, const Tensor<C>& sin,
                  const cpu::RopeShape& s, bool inverse) {
@@ -120,12 +146,17 @@ void rope_rotate(const Tensor<T>& x, Tensor<T>& y, const Tensor<C>& cos, const T
     cpu::rope_rotate(x.data(), y.data(), cos.data(), sin.data(), s, inverse);
     return;
   }
+  const auto strides = rope_row_strides(x);
+  check(strides.has_value(), "rope", "x of shape ", x.shape(), " and strides ", x.strides(),
+        " does not read as rows of heads a fixed stride apart");
   check(s.H * s.D <= 0x7fffffff, "rope", "rows of more than 2^31 - 1 elements are not supported on ", x.device(),
         ", got shape ", x.shape());
   launch_device_kernel("rope", kernels::RopeArgs{.launch = launch_on("rope", x.device()),
                                                  .dtype = dtype_of<T>,
                                                  .y = y.data(),
                                                  .x = x.data(),
+                                                 .x_row_stride = strides->first,
+                                                 .x_head_stride = strides->second,
                                                  .cos = cos.data(),
                                                  .sin = sin.data(),
                                                  .outer = s.outer,
@@ -168,7 +199,8 @@ Tensor<T> rope(const Tensor<T>& x, const RopeTables<compute_t<T>>& tables, RopeL
 
   const Tensor<C> cos = contiguous(tables.cos.detach());
   const Tensor<C> sin = contiguous(tables.sin.detach());
-  const Tensor<T> xc = contiguous(x.detach());
+  // A GPU reads row-strided views in place (decode's q_pe and k_pe are slices of the projections).
+  const Tensor<T> xc = !x.device().is_cpu() && detail::rope_row_strides(x) ? x.detach() : contiguous(x.detach());
   Tensor<T> out(x.shape(), x.device());
   detail::rope_rotate(xc, out, cos, sin, s, false);
 

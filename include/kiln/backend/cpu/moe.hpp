@@ -13,6 +13,18 @@
 
 namespace kiln::cpu {
 
+// The routes of N tokens as dense rows [N, U] (U >= E): gates [N, K] at experts [N, K], 0 at the
+// other experts, 1 at units E..U−1 (kernels/moe/args.hpp MoeRouteArgs::dense).
+template <class T>
+void moe_dense_gates(const std::int64_t* experts, const T* gates, T* dense, std::int64_t tokens, int E, int K,
+                     int U) {
+  for (std::int64_t n = 0; n < tokens; ++n) {
+    T* row = dense + n * U;
+    for (int u = 0; u < U; ++u) row[u] = T(u < E ? 0.0 : 1.0);
+    for (int k = 0; k < K; ++k) row[experts[n * K + k]] = gates[n * K + k];
+  }
+}
+
 // Routing of `tokens` tokens: experts [N, K] and gates [N, K] from scores [N, E] and bias [E].
 template <class T>
 void moe_route(const T* scores, const T* bias, std::int64_t* experts, T* gates, std::int64_t tokens, int E, int K,
