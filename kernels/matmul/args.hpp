@@ -14,10 +14,11 @@ struct MatmulArgs {
   static constexpr const char* kernel = "matmul";
   static constexpr const char* header = "kiln/kernels/matmul/matmul.cuh";
   DeviceLaunch launch;
-  TensorView out;  // [batch..., m, n], contiguous
+  TensorView out;  // [batch..., m, n], row-major matrices (any row stride >= n; matmul.cuh)
   TensorView a;    // [batch..., m, k], broadcast to out's batch dims (stride 0 there); matrices
                    // row-major or transposed (unit column or unit row stride, math/matmul.hpp)
   TensorView b;    // [batch..., k, n], the same rules
+  TensorView addend;  // optional: out = addend + a·b (added in the GEMM's epilogue); out's shape and strides
 };
 
 }  // namespace kiln::kernels

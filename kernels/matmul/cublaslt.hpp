@@ -128,7 +128,8 @@ struct LtMatrix {
   std::int64_t rows = 0, cols = 0, ld = 0, batch_stride = 0, alignment = 256;
 };
 
-// D = op_a(A) · op_b(B), batch_count times, in cuBLASLt's column-major terms. C = D (beta is 0).
+// D = op_a(A) · op_b(B), batch_count times, in cuBLASLt's column-major terms; C (lt_matmul's
+// optional addend) has D's layout.
 struct LtGemm {
   int device = 0;
   cudaDataType_t type = CUDA_R_32F;           // of A, B and D
@@ -276,17 +277,21 @@ inline std::size_t lt_plan_count() {
   return cache.plans.size();
 }
 
-// Runs D = op_a(A) · op_b(B) for the problem `g` on `stream` (the caller has made g.device current).
-// a, b, d point at the first matrix of each operand.
-inline void lt_matmul(const LtGemm& g, const void* a, const void* b, void* d, cudaStream_t stream) {
+// Runs D = op_a(A) · op_b(B) for the problem `g` on `stream` (the caller has made g.device current),
+// or D = C + op_a(A) · op_b(B) when c is given (beta = 1: C read in D's layout, its address within
+// g.d.alignment; a residual added in the GEMM's epilogue instead of by one more kernel).
+// a, b, d (and c) point at the first matrix of each operand.
+inline void lt_matmul(const LtGemm& g, const void* a, const void* b, void* d, cudaStream_t stream,
+                      const void* c = nullptr) {
   const LtContext context = lt_context(g.device, stream);
   const LtPlan& plan = lt_plan(g, context.handle);
-  // alpha = 1, beta = 0 in the scale type.
+  // alpha = 1, beta = 0 (or 1 with c) in the scale type.
   const double one64 = 1.0, zero64 = 0.0;
   const float one32 = 1.0f, zero32 = 0.0f;
   const bool wide = g.scale == CUDA_R_64F;
-  KILN_CUBLAS_CHECK(cublasLtMatmul(context.handle, plan.desc, wide ? static_cast<const void*>(&one64) : &one32, a,
-                                   plan.a, b, plan.b, wide ? static_cast<const void*>(&zero64) : &zero32, d, plan.d, d,
+  const void* alpha = wide ? static_cast<const void*>(&one64) : &one32;
+  const void* beta = c ? alpha : wide ? static_cast<const void*>(&zero64) : &zero32;
+  KILN_CUBLAS_CHECK(cublasLtMatmul(context.handle, plan.desc, alpha, a, plan.a, b, plan.b, beta, c ? c : d, plan.d, d,
                                    plan.d, &plan.algo, context.workspace, lt_workspace_bytes, stream));
 }
 

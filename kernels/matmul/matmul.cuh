@@ -1,6 +1,9 @@
 // matmul on CUDA (arguments kernels/matmul/args.hpp: MatmulArgs; front-end ops/matmul.hpp; CPU
 // reference backend/cpu/matmul.hpp): the product runs in cuBLASLt (kernels/matmul/cublaslt.hpp).
 //
+// With an addend (same shape and strides as out) the product is out = addend + a·b: cuBLASLt's
+// beta = 1 with C = the addend, a residual connection added in the GEMM's epilogue.
+//
 // out [batch..., m, n] has row-major matrices (unit column stride; contiguous, or rows spaced
 // wider: a slice of wider rows, e.g. per-head products written straight into their places in a
 // [tokens, heads, dims] tensor; the batch dims any distinct strides); a [batch..., m, k] and b
@@ -132,6 +135,13 @@ inline void launch_matmul(const MatmulArgs& args) {
   check((n == 1 || out.strides[nd - 1] == 1) && out_ld >= n, "matmul", "the output's matrices must be row-major ",
         "(unit column stride, row stride >= n = ", n, "), got strides ", out.strides[nd - 2], " and ",
         out.strides[nd - 1]);
+  // The addend (out = addend + a·b) is read at out's offsets: the same shape and strides.
+  const TensorView& addend = args.addend;
+  if (addend.present()) {
+    bool same = addend.ndim == nd && addend.dtype == out.dtype;
+    for (int d = 0; same && d < nd; ++d) same = addend.shape[d] == out.shape[d] && addend.strides[d] == out.strides[d];
+    check(same && k > 0, "matmul", "an addend needs the output's shape, strides and dtype, and k > 0");
+  }
   if (k == 0) {  // sums of nothing; all-zero bytes are 0.0 in every floating type
     check(out.is_contiguous(), "matmul", "an empty inner dim (k = 0) needs a contiguous output");
     KILN_CUDA_CHECK(cudaMemsetAsync(out.data, 0, static_cast<std::size_t>(out.numel() * types.element_bytes), stream));
@@ -172,8 +182,8 @@ inline void launch_matmul(const MatmulArgs& args) {
       g.d = {n, total_rows, out_row_stride, 0, 256};
       g.a.alignment = cuda::alignment_of(address(b.data));
       g.b.alignment = cuda::alignment_of(address(a.data));
-      g.d.alignment = cuda::alignment_of(address(out.data));
-      cuda::lt_matmul(g, b.data, a.data, out.data, stream);
+      g.d.alignment = cuda::alignment_of(address(out.data) | address(addend.data));
+      cuda::lt_matmul(g, b.data, a.data, out.data, stream, addend.data);
       return;
     }
   }
@@ -206,7 +216,7 @@ inline void launch_matmul(const MatmulArgs& args) {
 
   // Alignment every matrix the plan runs on is guaranteed: the base address, the batch stride and
   // the strides of the looped dims all keep it.
-  std::uintptr_t align_bits[3] = {address(out.data), address(a.data), address(b.data)};
+  std::uintptr_t align_bits[3] = {address(out.data) | address(addend.data), address(a.data), address(b.data)};
   for (int o = 0; o < 3; ++o) {
     if (batch > 1) align_bits[o] |= bytes(step[o]);
     for (std::size_t d = 0; d < first; ++d) align_bits[o] |= bytes(dims[d].stride[o]);
@@ -224,7 +234,7 @@ inline void launch_matmul(const MatmulArgs& args) {
     for (std::size_t d = 0; d < first; ++d)
       for (int o = 0; o < 3; ++o) off[o] += index[d] * dims[d].stride[o];
     auto at = [&](const TensorView& t, int o) { return static_cast<char*>(t.data) + bytes(off[o]); };
-    cuda::lt_matmul(g, at(b, 2), at(a, 1), at(out, 0), stream);
+    cuda::lt_matmul(g, at(b, 2), at(a, 1), at(out, 0), stream, addend.present() ? at(addend, 0) : nullptr);
     for (std::size_t d = first; d-- > 0;) {
       if (++index[d] < dims[d].size) break;
       index[d] = 0;

@@ -234,6 +234,39 @@ TEST(MatmulCuda, IntoStridedViews) {
                     "matmul_into", "[3, 5]", "[3, 6]");
 }
 
+// matmul_add on the GPU: the addend in the GEMM's epilogue (beta = 1), for the folded tall GEMM of
+// a linear layer (decode's o_proj and the experts' down projection with their residual), a strided
+// batch, a transposed weight; against the float64 CPU c + a·b. With gradients: the composed path.
+TEST(MatmulCuda, AddInTheEpilogue) {
+  KILN_REQUIRE_GPU();
+  poison_cached_memory();
+  for_each_dtype([](auto tag) {
+    using T = decltype(tag);
+    const std::vector<std::pair<Shape, Shape>> cases{
+        {{128, 1, 768}, {768, 96}}, {{7, 1, 33}, {33, 17}}, {{3, 5, 7}, {3, 7, 4}}, {{1, 9}, {9, 130}}};
+    for (const auto& [sa, sb] : cases) {
+      const Tensor<T> a = gpu_randn<T>(sa), b = gpu_randn<T>(sb);
+      Shape sc = sa;
+      sc.back() = sb.back();
+      const Tensor<T> c = gpu_randn<T>(sc);
+      SCOPED_TRACE(str(dtype_of<T>, " ", sa, " · ", sb));
+      const Tensor<T> out = matmul_add(a, b, c);
+      const Tensor<double> ref = add(cast<double>(on_cpu(c)), cpu_reference(a, b));
+      EXPECT_LE(relative_error(cast<double>(on_cpu(out)), ref), tolerance<T>());
+    }
+    // A transposed weight (nn::Linear::forward_add): x · Wᵀ + residual.
+    const Tensor<T> x = gpu_randn<T>({5, 1, 48}), w = gpu_randn<T>({24, 48}), r = gpu_randn<T>({5, 1, 24});
+    EXPECT_LE(relative_error(cast<double>(on_cpu(matmul_add(x, transpose(w, 0, 1), r))),
+                             add(cast<double>(on_cpu(r)), cpu_reference(x, transpose(w, 0, 1)))),
+              tolerance<T>());
+  });
+  const Tensor<float> a = gpu_randn<float>({3, 4}).requires_grad_(), b = gpu_randn<float>({4, 2}),
+                      c = gpu_randn<float>({3, 2}).requires_grad_();
+  sum(matmul_add(a, b, c)).backward();
+  EXPECT_LE(relative_error(on_cpu(c.grad()), ones<float>({3, 2})), 0.0);
+  EXPECT_LE(relative_error(on_cpu(a.grad()), cpu_reference(ones<float>({3, 2}), transpose(on_cpu(b), 0, 1))), 1e-5);
+}
+
 TEST(MatmulCuda, EmptyOperandsAndEmptySums) {
   KILN_REQUIRE_GPU();
   poison_cached_memory();  // an output left unwritten would read as NaN

@@ -134,6 +134,17 @@ TEST(Matmul, IntoAViewOfALargerTensor) {
                     "two or more dims");
 }
 
+// matmul_add = c + a·b (the residual after a linear layer), differentiable in all three; shapes checked.
+TEST(Matmul, AddIsTheSumAndDifferentiable) {
+  const Tensor<double> a = randn<double>({2, 3, 4}), b = randn<double>({4, 5}), c = randn<double>({2, 3, 5});
+  EXPECT_LE(relative_error(matmul_add(a, b, c), add(c, matmul(a, b))), 1e-15);
+  const auto result = gradcheck([](const std::vector<Tensor<double>>& in) { return matmul_add(in[0], in[1], in[2]); },
+                                {randn<double>({3, 4}), randn<double>({4, 2}), randn<double>({3, 2})});
+  EXPECT_TRUE(result.ok) << result.report;
+  EXPECT_KILN_ERROR(matmul_add(a, b, randn<double>({3, 5})), "matmul_add", "[3, 5]", "[2, 3, 5]");
+  EXPECT_KILN_ERROR(matmul_add(randn<double>({4}), b, randn<double>({5})), "matmul_add", "two or more dims");
+}
+
 TEST(Matmul, BatchedAndBroadcastBatches) {
   const std::vector<std::pair<Shape, Shape>> cases{
       {{3, 5, 7}, {3, 7, 4}},           // plain batch

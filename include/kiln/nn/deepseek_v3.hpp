@@ -141,9 +141,11 @@ class DeepseekV3DecoderLayer : public Module<T> {
                     const infer::PrefillIndex& index, const DenseExperts<T>& experts) const {
     return mlp_block(add(x, self_attn.prefill(input_layernorm(x), tables, cache, index)), experts);
   }
+  // In decode the residual adds ride in the products before them (o_proj's, the experts' down
+  // projection in dense dispatch): no add launches.
   Tensor<T> decode(const Tensor<T>& x, const Tables& tables, const CacheLayer& cache,
                    const infer::DecodeIndex& index, const DenseExperts<T>& experts) const {
-    return mlp_block(add(x, self_attn.decode(input_layernorm(x), tables, cache, index)), experts);
+    return mlp_block(self_attn.decode(input_layernorm(x), tables, cache, index, x), experts);
   }
 
   std::int64_t layer_idx;
@@ -158,7 +160,7 @@ class DeepseekV3DecoderLayer : public Module<T> {
   Tensor<T> mlp_block(const Tensor<T>& a, const DenseExperts<T>& experts) const {
     const Tensor<T> m = post_attention_layernorm(a);
     if (!moe) return add(a, (*dense_mlp)(m));
-    return add(a, experts.defined() ? moe->forward_dense(m, experts) : moe->forward_sparse(m));
+    return experts.defined() ? moe->forward_dense(m, experts, a) : add(a, moe->forward_sparse(m));
   }
 
   std::int64_t rope_dim_;

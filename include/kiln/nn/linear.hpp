@@ -72,6 +72,18 @@ class Linear : public Module<T> {
   }
   Tensor<T> operator()(const Tensor<T>& x) const { return forward(x); }
 
+  // residual + forward(x) (residual of the output's shape): a residual connection. Without bias,
+  // FP8 mode or gradients, one product that adds the residual in its epilogue (matmul_add: one
+  // launch fewer, rounded once); otherwise add(residual, forward(x)).
+  Tensor<T> forward_add(const Tensor<T>& x, const Tensor<T>& residual) const {
+    check_defined("Linear", x, residual);
+    if (bias.defined() || fp8 || autograd::needs_grad(x, weight, residual) || x.dim() < 2)
+      return add(residual, forward(x));
+    check(x.size(-1) == in_features, "Linear", "input of shape ", x.shape(), " does not fit in_features = ",
+          in_features);
+    return matmul_add(x, transpose(weight, 0, 1), residual);
+  }
+
   std::int64_t in_features, out_features;
   Tensor<T> weight;  // [out, in]
   Tensor<T> bias;    // [out], undefined without bias

@@ -136,13 +136,14 @@ class MLA : public Module<T> {
 
   // Decode: one new token per row, x [n, 1, hidden], rope tables [n, 1, dr/2] of its position
   // (decode_rope_tables). Its [c | k_pe] goes to the cache at index.positions; the absorbed path
-  // attends over the first index.lengths cached tokens of each row's slot. -> [n, 1, hidden].
+  // attends over the first index.lengths cached tokens of each row's slot. -> [n, 1, hidden], plus
+  // `residual` (the layer's input, [n, 1, hidden]) when given: added in o_proj's product. No graph.
   Tensor<T> decode(const Tensor<T>& x, const Tables& tables, const typename infer::KVCache<T>::Layer& cache,
-                   const infer::DecodeIndex& index) const {
+                   const infer::DecodeIndex& index, const Tensor<T>& residual = Tensor<T>()) const {
     check(seq_len(x) == index.tokens, "MLA", "decode takes ",
           index.tokens == 1 ? "one token per row, x [n, 1, hidden]" : "index.tokens tokens per row, x [n, tokens, hidden]",
           " (index.tokens = ", index.tokens, "); got shape ", x.shape());
-    if (index.tokens > 1) return decode_tokens(x, tables, cache, index);
+    if (index.tokens > 1) return decode_tokens(x, tables, cache, index, residual);
     const Parts p = project(x, tables);
     const std::int64_t n = p.B, H = num_heads;
     check_latent_cache(cache);
@@ -158,15 +159,15 @@ class MLA : public Module<T> {
     // Per head W_UV·o_lat: [H, n, r]·[H, r, dv] -> [H, n, dv], written as [n, H, dv] for o_proj.
     const Tensor<T> o({n, 1, H * v_head_dim}, x.device());
     matmul_into(transpose(reshape(o, {n, H, v_head_dim}), 0, 1), transpose(o_lat, 0, 1), transpose(w_uv(), -1, -2));
-    return o_proj(o);
+    return residual.defined() ? o_proj.forward_add(o, residual) : o_proj(o);
   }
 
   // decode with T = index.tokens > 1 tokens per row, x [n, T, hidden] at positions
   // index.positions .. + T − 1 (rope tables [n, T, dr/2]): the same absorbed path with the T
   // tokens' queries as rows of the per-head products, all T latent rows written first, query t
-  // attending the tokens up to its own (infer::attend_cached_tokens). -> [n, T, hidden].
+  // attending the tokens up to its own (infer::attend_cached_tokens). -> [n, T, hidden] (+ residual).
   Tensor<T> decode_tokens(const Tensor<T>& x, const Tables& tables, const typename infer::KVCache<T>::Layer& cache,
-                          const infer::DecodeIndex& index) const {
+                          const infer::DecodeIndex& index, const Tensor<T>& residual = Tensor<T>()) const {
     const Parts p = project(x, tables);  // q_nope [n, H, T, dn], q_pe [n, H, T, dr]
     const std::int64_t n = p.B, H = num_heads, tokens = p.S, r = kv_lora_rank;
     check_latent_cache(cache);
@@ -178,7 +179,8 @@ class MLA : public Module<T> {
     const Tensor<T> o_lat = infer::attend_cached_tokens<T>(q, cache, index.slots, index.lengths, softmax_scale);
     // Per head W_UV·o_lat: [H, n·T, r]·[H, r, dv] -> [H, n·T, dv] -> [n, T, H·dv].
     const Tensor<T> o = matmul(reshape(permute(o_lat, {2, 0, 1, 3}), {H, n * tokens, r}), transpose(w_uv(), -1, -2));
-    return o_proj(reshape(permute(reshape(o, {H, n, tokens, v_head_dim}), {1, 2, 0, 3}), {n, tokens, H * v_head_dim}));
+    const Tensor<T> heads = reshape(permute(reshape(o, {H, n, tokens, v_head_dim}), {1, 2, 0, 3}), {n, tokens, H * v_head_dim});
+    return residual.defined() ? o_proj.forward_add(heads, residual) : o_proj(heads);
   }
 
   std::int64_t q_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }

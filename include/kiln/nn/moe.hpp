@@ -536,8 +536,9 @@ class MoE : public Module<T> {
 
   // Dense dispatch: x [..., hidden] -> forward(x) up to summation order, from the experts stacked
   // by stack_experts(). Every expert runs on every token, weighted by the dense gates (zero off the
-  // chosen experts); no index op, no host read, load statistics untouched.
-  Tensor<T> forward_dense(const Tensor<T>& x, const DenseExperts<T>& w) const {
+  // chosen experts); no index op, no host read, load statistics untouched. With `residual` (x's
+  // shape) the result is residual + forward(x), the residual added in the last product.
+  Tensor<T> forward_dense(const Tensor<T>& x, const DenseExperts<T>& w, const Tensor<T>& residual = Tensor<T>()) const {
     const char* op = "MoE::forward_dense";
     check_defined(op, x);
     check_all_experts_here(op);
@@ -558,7 +559,9 @@ class MoE : public Module<T> {
     const Tensor<T> gu = linear(flat, w.w_in);                      // [N, 2·U·I]
     const Tensor<T> a = swiglu(narrow(gu, 1, 0, units * width), narrow(gu, 1, units * width, units * width));
     const Tensor<T> weighted = reshape(mul(reshape(a, {n, units, width}), unsqueeze(gates, 2)), {n, units * width});
-    return reshape(linear(weighted, w.w_out), x.shape());
+    if (!residual.defined()) return reshape(linear(weighted, w.w_out), x.shape());
+    check(residual.shape() == x.shape(), op, "residual of shape ", residual.shape(), " must have x's shape ", x.shape());
+    return reshape(matmul_add(weighted, transpose(w.w_out, 0, 1), reshape(residual, {n, hidden})), x.shape());
   }
 
   // Routes per expert accumulated over the forwards run with gradients enabled (training) since

@@ -18,6 +18,7 @@
 #include "kiln/autograd/node.hpp"
 #include "kiln/backend/cpu/matmul.hpp"
 #include "kiln/kernels/matmul/args.hpp"
+#include "kiln/ops/binary.hpp"
 #include "kiln/ops/common.hpp"
 #include "kiln/ops/copy.hpp"
 #include "kiln/ops/reduce.hpp"
@@ -101,7 +102,8 @@ Tensor<T> matmul_device(const Tensor<T>& a, const Tensor<T>& b, const MatmulShap
     launch_device_kernel("matmul", kernels::MatmulArgs{.launch = launch_on("matmul", a.device()),
                                                        .out = kernel_view(out),
                                                        .a = kernel_broadcast_view(a2, a_shape),
-                                                       .b = kernel_broadcast_view(b2, b_shape)});
+                                                       .b = kernel_broadcast_view(b2, b_shape),
+                                                       .addend = {}});
     return result;
   }
 }
@@ -186,6 +188,35 @@ Tensor<T> matmul(const Tensor<T>& a, const Tensor<T>& b) {
   return out;
 }
 
+// c + a·b for a and b of two or more dims and c of the product's shape (no broadcast): a residual
+// connection after a linear layer. Without gradients on a GPU, one GEMM that adds c in its
+// epilogue (cuBLASLt's beta = 1; rounded once, where add(c, matmul(a, b)) rounds twice);
+// otherwise add(c, matmul(a, b)), differentiable.
+template <class T>
+Tensor<T> matmul_add(const Tensor<T>& a, const Tensor<T>& b, const Tensor<T>& c) {
+  static_assert(is_floating<T>, "kiln::matmul_add takes floating-point tensors");
+  check_defined("matmul_add", a, b, c);
+  check_same_device("matmul_add", a, b, c);
+  check(a.dim() >= 2 && b.dim() >= 2, "matmul_add", "needs operands of two or more dims, got shapes ", a.shape(),
+        " and ", b.shape());
+  const detail::MatmulShapes s = detail::matmul_shapes(a.shape(), b.shape());
+  check(c.shape() == s.out, "matmul_add", "addend of shape ", c.shape(), " is not the shape of the product of ",
+        a.shape(), " and ", b.shape(), " (", s.out, ")");
+  if (a.device().is_cpu() || autograd::needs_grad(a, b, c) || s.k == 0 || c.numel() == 0) return add(c, matmul(a, b));
+  Shape a_shape = s.batch, b_shape = s.batch;
+  a_shape.insert(a_shape.end(), {s.m, s.k});
+  b_shape.insert(b_shape.end(), {s.k, s.n});
+  const Tensor<T> a2 = detail::gemm_readable(a.detach()), b2 = detail::gemm_readable(b.detach());
+  const Tensor<T> cc = contiguous(c.detach());
+  Tensor<T> out(s.out, a.device());
+  launch_device_kernel("matmul", kernels::MatmulArgs{.launch = launch_on("matmul", a.device()),
+                                                     .out = kernel_view(out),
+                                                     .a = kernel_broadcast_view(a2, a_shape),
+                                                     .b = kernel_broadcast_view(b2, b_shape),
+                                                     .addend = kernel_view(cc)});
+  return out;
+}
+
 // out = a·b for a and b of two or more dims (batch dims broadcast as in matmul), written into
 // `out`: a view of the product's shape with distinct elements, e.g. per-head products stored
 // straight into their slices of a [tokens, heads, dims] tensor. On a GPU the GEMM writes there
@@ -210,7 +241,8 @@ void matmul_into(const Tensor<T>& out, const Tensor<T>& a, const Tensor<T>& b) {
     launch_device_kernel("matmul", kernels::MatmulArgs{.launch = launch_on("matmul", out.device()),
                                                        .out = kernel_view(out),
                                                        .a = kernel_broadcast_view(a2, a_shape),
-                                                       .b = kernel_broadcast_view(b2, b_shape)});
+                                                       .b = kernel_broadcast_view(b2, b_shape),
+                                                       .addend = {}});
     return;
   }
   copy_into(out, detail::matmul_kernel(a.detach(), b.detach(), s));
