@@ -278,7 +278,7 @@ for phase in "$@"; do
       ;;
     decode-step)
       build test_kernels_cuda test_nn_cuda test_train_infer_rl_cuda bench_grpo_cuda
-      timeout 120 "$BUILD/tests/test_kernels_cuda" --gtest_filter='RopeCuda.*:MatmulCuda.*:MoeRouteCuda.*' \
+      timeout 120 "$BUILD/tests/test_kernels_cuda" --gtest_filter='RopeCuda.*:MatmulCuda.*:MoeRouteCuda.*:RmsNormCuda.*' \
         > "$OUT/test_kernels.log" 2>&1 || rc=1
       timeout 120 "$BUILD/tests/test_nn_cuda" --gtest_filter='NnModulesCuda.MoE*' > "$OUT/test_nn.log" 2>&1 || rc=1
       timeout 200 "$BUILD/tests/test_train_infer_rl_cuda" --gtest_filter='EngineCuda.*' > "$OUT/test_engine.log" 2>&1 ||

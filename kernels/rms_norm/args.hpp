@@ -17,12 +17,15 @@ struct RmsNormForwardArgs {
   DeviceLaunch launch;
   DType dtype = DType::f32;  // of x, w and y
   void* y = nullptr;
-  double* rstd = nullptr;    // [rows]
+  double* rstd = nullptr;    // [rows]; null: not wanted (no backward follows)
   const void* x = nullptr;
   const void* w = nullptr;   // [cols]; null: no weight (y = x * r)
   std::int64_t rows = 0;
   int cols = 0;
   double eps = 1e-6;
+  // Elements between consecutive rows (< 0: cols, contiguous): rows that are slices of wider rows
+  // (a projection's output split in parts) are read, and written, in place.
+  std::int64_t x_row_stride = -1, y_row_stride = -1;
 };
 
 // Per row, with xhat = x * r and gw = g * w: dx = r * (gw - xhat * mean(gw * xhat)); and

@@ -1,7 +1,8 @@
 // RMSNorm on CUDA (arguments kernels/rms_norm/args.hpp; front-end ops/rms_norm.hpp; the CPU
 // reference is backend/cpu/rms_norm.hpp).
 //
-// x is a contiguous [rows, D] buffer; D (args.cols) is the normalised dim.
+// x is [rows, D] with D (args.cols) the normalised dim, contiguous or (forward) rows a fixed stride
+// apart, y likewise: slices of wider rows are normalised in place of a copy.
 //
 // Forward, per row: r = 1 / sqrt(mean(x^2) + eps), y = x * r * w. r is saved (as double, like the
 // CPU op) for the backward pass. bf16/fp16 follow Hugging Face's rounding: x * r is rounded to the
@@ -132,7 +133,8 @@ __device__ __forceinline__ T normalized(compute_t<T> x, compute_t<T> r, bool has
 template <class T, int V, int N, bool WarpRow>
 __global__ void __launch_bounds__(WarpRow ? kWarpRowThreads : kMaxBlockThreads, min_blocks<T, V, N, WarpRow>())
     forward_kernel(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y, double* __restrict__ rstd,
-                   std::int64_t rows, int D, compute_t<T> inv_d, compute_t<T> eps) {
+                   std::int64_t rows, int D, std::int64_t x_stride, std::int64_t y_stride, compute_t<T> inv_d,
+                   compute_t<T> eps) {
   using C = compute_t<T>;
   using VecT = Vec<T, V>;
   __shared__ C scratch[64];
@@ -140,8 +142,8 @@ __global__ void __launch_bounds__(WarpRow ? kWarpRowThreads : kMaxBlockThreads, 
   const int nvec = D / V;
   int parity = 0;
   for (std::int64_t r = own.first; r < rows; r += own.stride, parity ^= 1) {
-    const VecT* xr = reinterpret_cast<const VecT*>(x + r * D);
-    VecT* yr = reinterpret_cast<VecT*>(y + r * D);
+    const VecT* xr = reinterpret_cast<const VecT*>(x + r * x_stride);
+    VecT* yr = reinterpret_cast<VecT*>(y + r * y_stride);
     const VecT* wv = reinterpret_cast<const VecT*>(w);
     C squares = 0;
     if constexpr (N > 0) {
@@ -159,7 +161,7 @@ __global__ void __launch_bounds__(WarpRow ? kWarpRowThreads : kMaxBlockThreads, 
         }
       }
       const C rs = inverse_rms(row_sum<WarpRow>(squares, scratch, parity), inv_d, eps);
-      if (own.lane == 0) rstd[r] = static_cast<double>(rs);
+      if (own.lane == 0 && rstd) rstd[r] = static_cast<double>(rs);
 #pragma unroll
       for (int k = 0; k < N; ++k) {
         const int j = own.lane + k * own.width;
@@ -182,7 +184,7 @@ __global__ void __launch_bounds__(WarpRow ? kWarpRowThreads : kMaxBlockThreads, 
         }
       }
       const C rs = inverse_rms(row_sum<WarpRow>(squares, scratch, parity), inv_d, eps);
-      if (own.lane == 0) rstd[r] = static_cast<double>(rs);
+      if (own.lane == 0 && rstd) rstd[r] = static_cast<double>(rs);
       for (int j = own.lane; j < nvec; j += own.width) {
         const VecT xv = xr[j];
         VecT o;
@@ -412,18 +414,22 @@ inline void launch_rms_norm_forward(const RmsNormForwardArgs& a) {
   if (rows == 0) return;
   cuda::DeviceGuard guard(a.launch.device);
   const cudaStream_t stream = a.launch.stream;
-  const bool aligned = aligned16(a.x) && aligned16(a.y) && (!a.w || aligned16(a.w));
+  const std::int64_t x_stride = a.x_row_stride >= 0 ? a.x_row_stride : D;
+  const std::int64_t y_stride = a.y_row_stride >= 0 ? a.y_row_stride : D;
   with_norm_type(a.dtype, [&](auto tag) {
     using T = decltype(tag);
     using C = compute_t<T>;
+    const auto size = static_cast<std::int64_t>(sizeof(T));
+    const bool aligned = aligned16(a.x) && aligned16(a.y) && (!a.w || aligned16(a.w)) && (x_stride * size) % 16 == 0 &&
+                         (y_stride * size) % 16 == 0;
     with_plan<T>(D, aligned, [&](auto plan) {
       using P = decltype(plan);
       const int threads = block_threads<P>(D);
       const std::int64_t per_block = P::warp_row ? threads / 32 : 1;
       const auto blocks = static_cast<unsigned>(std::min<std::int64_t>((rows + per_block - 1) / per_block, 1 << 20));
       forward_kernel<T, P::vector, P::per_thread, P::warp_row><<<blocks, threads, 0, stream>>>(
-          static_cast<const T*>(a.x), static_cast<const T*>(a.w), static_cast<T*>(a.y), a.rstd, rows, D,
-          static_cast<C>(1.0 / D), static_cast<C>(a.eps));
+          static_cast<const T*>(a.x), static_cast<const T*>(a.w), static_cast<T*>(a.y), a.rstd, rows, D, x_stride,
+          y_stride, static_cast<C>(1.0 / D), static_cast<C>(a.eps));
       KILN_CUDA_CHECK_LAUNCH();
     });
   });

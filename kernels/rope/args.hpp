@@ -24,18 +24,21 @@ struct RopeTablesArgs {
   double theta = 10000.0;                   // the frequency base
 };
 
-// y = x [outer, S, H, D] rotated pairwise by the tables [S, D/2] or [outer, S, D/2] (x may be a
-// view whose heads are slices of wider rows, e.g. the rope part of a projection's output):
+// y = x [outer, S, H, D] rotated pairwise by the tables [S, D/2] or [outer, S, D/2] (x and y may be
+// views whose heads are slices of wider rows, e.g. the rope part of a projection's output, or its
+// place in the tensor a decode step assembles):
 // y[a] = x[a] cos - x[b] sin, y[b] = x[a] sin + x[b] cos (sin negated when inverse).
 struct RopeArgs {
   static constexpr const char* kernel = "rope";
   static constexpr const char* header = "kiln/kernels/rope/rope.cuh";
   DeviceLaunch launch;
   DType dtype = DType::f32;        // of x and y (f32, f64, bf16, f16); the tables hold its compute type
-  void* y = nullptr;               // [outer, S, H, D], contiguous
+  void* y = nullptr;               // [outer, S, H, D]: rows y_row_stride apart, heads y_head_stride
   const void* x = nullptr;         // [outer, S, H, D]: rows x_row_stride apart, heads x_head_stride
   std::int64_t x_row_stride = -1;   // elements between consecutive (outer, S) rows of x (< 0: H * D, contiguous)
   std::int64_t x_head_stride = -1;  // elements between the heads of a row of x (< 0: D, contiguous)
+  std::int64_t y_row_stride = -1;   // the same for y (< 0: contiguous)
+  std::int64_t y_head_stride = -1;
   const void* cos = nullptr;       // [S, D/2], or [outer, S, D/2] with per_batch_tables
   const void* sin = nullptr;       // same shape as cos
   std::int64_t outer = 1;          // product of the batch dims

@@ -7,8 +7,8 @@
 // both backends rotate by the same float values. The tables are tiny next to x ([S, D/2] against
 // [B, S, H, D]), so their cost is a few microseconds.
 //
-// rope: rotates x [outer, S, H, D] by the tables [S, D/2] or [outer, S, D/2] into a contiguous y;
-// x's rows and heads may lie apart (a slice of a wider projection output: no copy before this):
+// rope: rotates x [outer, S, H, D] by the tables [S, D/2] or [outer, S, D/2] into y; the rows and
+// heads of x and y may lie apart (slices of wider rows: no copy before or after this):
 //   y[a] = x[a] cos - x[b] sin,   y[b] = x[a] sin + x[b] cos,
 // with (a, b) = (i, i + D/2) (half_split) or (2i, 2i + 1) (interleaved), and sin negated for the
 // backward (the inverse rotation is the transpose). Products are rounded separately (no fused
@@ -94,7 +94,8 @@ __global__ void __launch_bounds__(256) rotate_kernel(const T* __restrict__ x, T*
                                                      const compute_t<T>* __restrict__ cos,
                                                      const compute_t<T>* __restrict__ sin, std::int64_t rows,
                                                      std::int64_t S, int H, int D, std::int64_t x_row_stride,
-                                                     std::int64_t x_head_stride, bool per_batch, bool inverse) {
+                                                     std::int64_t x_head_stride, std::int64_t y_row_stride,
+                                                     std::int64_t y_head_stride, bool per_batch, bool inverse) {
   using C = compute_t<T>;
   constexpr int P = pairs_per_unit<T>(Vectorized, HalfSplit);
   const int half = D / 2;
@@ -105,7 +106,7 @@ __global__ void __launch_bounds__(256) rotate_kernel(const T* __restrict__ x, T*
        row += row_stride) {
     const std::int64_t t = (per_batch ? row : row % S) * half;
     const T* xr = x + row * x_row_stride;
-    T* yr = y + row * H * D;
+    T* yr = y + row * y_row_stride;
     for (int u = static_cast<int>(threadIdx.x); u < units_per_row; u += static_cast<int>(blockDim.x)) {
       const int h = u / units_per_head;
       const int i0 = (u - h * units_per_head) * P;  // first pair of the unit
@@ -124,27 +125,26 @@ __global__ void __launch_bounds__(256) rotate_kernel(const T* __restrict__ x, T*
         y0 = store<T>(mul_rn(x0, c[p]) - mul_rn(x1, s[p]));
         y1 = store<T>(mul_rn(x0, s[p]) + mul_rn(x1, c[p]));
       };
-      const T* xh = xr + h * x_head_stride;  // head h of x; of y: yr + h * D
+      const T* xh = xr + h * x_head_stride;  // head h of x and of y
+      T* yh = yr + h * y_head_stride;
       if constexpr (!Vectorized) {
         const int a = HalfSplit ? i0 : 2 * i0;
         const int b = HalfSplit ? a + half : a + 1;
-        rotate(load(xh[a]), load(xh[b]), 0, yr[h * D + a], yr[h * D + b]);
+        rotate(load(xh[a]), load(xh[b]), 0, yh[a], yh[b]);
       } else if constexpr (HalfSplit) {
-        const int a = h * D + i0;
         const Vec<T, P> va = *reinterpret_cast<const Vec<T, P>*>(xh + i0);
         const Vec<T, P> vb = *reinterpret_cast<const Vec<T, P>*>(xh + i0 + half);
         Vec<T, P> oa, ob;
 #pragma unroll
         for (int p = 0; p < P; ++p) rotate(load(va.v[p]), load(vb.v[p]), p, oa.v[p], ob.v[p]);
-        *reinterpret_cast<Vec<T, P>*>(yr + a) = oa;
-        *reinterpret_cast<Vec<T, P>*>(yr + a + half) = ob;
+        *reinterpret_cast<Vec<T, P>*>(yh + i0) = oa;
+        *reinterpret_cast<Vec<T, P>*>(yh + i0 + half) = ob;
       } else {
-        const int a = h * D + 2 * i0;
         const Vec<T, 2 * P> v = *reinterpret_cast<const Vec<T, 2 * P>*>(xh + 2 * i0);
         Vec<T, 2 * P> o;
 #pragma unroll
         for (int p = 0; p < P; ++p) rotate(load(v.v[2 * p]), load(v.v[2 * p + 1]), p, o.v[2 * p], o.v[2 * p + 1]);
-        *reinterpret_cast<Vec<T, 2 * P>*>(yr + a) = o;
+        *reinterpret_cast<Vec<T, 2 * P>*>(yh + 2 * i0) = o;
       }
     }
   }
@@ -194,6 +194,8 @@ inline void launch_rope(const RopeArgs& a) {
   // Negative strides (the arguments' defaults): x contiguous.
   const std::int64_t x_row_stride = a.x_row_stride >= 0 ? a.x_row_stride : static_cast<std::int64_t>(H) * D;
   const std::int64_t x_head_stride = a.x_head_stride >= 0 ? a.x_head_stride : D;
+  const std::int64_t y_row_stride = a.y_row_stride >= 0 ? a.y_row_stride : static_cast<std::int64_t>(H) * D;
+  const std::int64_t y_head_stride = a.y_head_stride >= 0 ? a.y_head_stride : D;
   cuda::DeviceGuard guard(a.launch.device);
   const cudaStream_t stream = a.launch.stream;
   with_floating_type("rope", a.dtype, [&](auto tag) {
@@ -209,15 +211,18 @@ inline void launch_rope(const RopeArgs& a) {
       const auto blocks = static_cast<unsigned>(std::min<std::int64_t>((rows + ty - 1) / ty, 1 << 20));
       rotate_kernel<T, Vectorized, HalfSplit><<<blocks, dim3(tx, ty), 0, stream>>>(
           static_cast<const T*>(a.x), static_cast<T*>(a.y), static_cast<const C*>(a.cos),
-          static_cast<const C*>(a.sin), rows, S, H, D, x_row_stride, x_head_stride, per_batch, inverse);
+          static_cast<const C*>(a.sin), rows, S, H, D, x_row_stride, x_head_stride, y_row_stride, y_head_stride,
+          per_batch, inverse);
       KILN_CUDA_CHECK_LAUNCH();
     };
     // Vectors need every row, head and table row to start on a 16-byte boundary: the base pointers
     // aligned and D/2 a multiple of P (then D * sizeof(T) and (D/2) * sizeof(C) are multiples of 16),
-    // and x's row and head strides multiples of 16 bytes.
+    // and the row and head strides of x and y multiples of 16 bytes.
     const bool aligned = aligned16(a.x) && aligned16(a.y) && aligned16(a.cos) && aligned16(a.sin) &&
                          (x_row_stride * static_cast<std::int64_t>(sizeof(T))) % 16 == 0 &&
-                         (x_head_stride * static_cast<std::int64_t>(sizeof(T))) % 16 == 0;
+                         (x_head_stride * static_cast<std::int64_t>(sizeof(T))) % 16 == 0 &&
+                         (y_row_stride * static_cast<std::int64_t>(sizeof(T))) % 16 == 0 &&
+                         (y_head_stride * static_cast<std::int64_t>(sizeof(T))) % 16 == 0;
     using Yes = std::true_type;
     using No = std::false_type;
     if (half_split) {

@@ -219,6 +219,42 @@ void check_fused_backward_shapes() {
 
 }  // namespace
 
+// Forward without a backward reads rows a fixed stride apart in place (MLA decode's latent slice),
+// and rms_norm_into writes into a slice of a larger tensor, leaving the rest of it alone: against
+// the CPU op on contiguous copies; aligned and misaligned slices, warp-per-row and block-per-row.
+template <class T>
+void check_rms_norm_row_views() {
+  for (const auto& [rows, D, off] : std::vector<std::tuple<std::int64_t, std::int64_t, std::int64_t>>{
+           {7, 256, 0}, {128, 256, 32}, {5, 40, 8}, {3, 33, 1}, {9, 2048, 16}}) {
+    SCOPED_TRACE(str(name<T>(), " rows ", rows, " D ", D, " at column ", off));
+    const Tensor<T> wide = cast<T>(randn<float>({rows, 1, off + D + 8}));
+    const Tensor<T> w = cast<T>(rand<float>({D}, 0.5, 1.5));
+    const Tensor<T> ref = rms_norm(contiguous(narrow(wide, -1, off, D)), w, 1e-6);
+    {
+      NoGradGuard no_grad;
+      const Tensor<T> got = rms_norm(narrow(on_gpu(wide), -1, off, D), on_gpu(w), 1e-6);
+      EXPECT_LE(relative_error(on_cpu(got), ref), tolerance<T>());
+    }
+    const Tensor<T> into = on_gpu(cast<T>(randn<float>({rows, 1, D + 24})));
+    const std::vector<T> before = on_cpu(into).to_vector();
+    rms_norm_into(narrow(into, -1, 16, D), narrow(on_gpu(wide), -1, off, D), on_gpu(w), 1e-6);
+    EXPECT_LE(relative_error(on_cpu(narrow(into, -1, 16, D)), ref), tolerance<T>());
+    const std::vector<T> after = on_cpu(into).to_vector();
+    for (std::int64_t r = 0; r < rows; ++r)
+      for (std::int64_t j = 0; j < D + 24; ++j) {
+        if (j < 16 || j >= 16 + D) ASSERT_EQ(after[r * (D + 24) + j], before[r * (D + 24) + j]) << r << ", " << j;
+      }
+  }
+}
+
+TEST(RmsNormCuda, RowStridedViewsAndInto) {
+  KILN_REQUIRE_GPU();
+  check_rms_norm_row_views<float>();
+  check_rms_norm_row_views<bf16>();
+  EXPECT_KILN_ERROR(rms_norm_into(on_gpu(zeros<float>({3, 5})), on_gpu(zeros<float>({3, 4}))), "rms_norm", "[3, 5]",
+                    "[3, 4]");
+}
+
 TEST(RmsNormCuda, FusedBackwardFloat32MatchesFloat64) {
   KILN_REQUIRE_GPU();
   check_fused_backward_shapes<float>();

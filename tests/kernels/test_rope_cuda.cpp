@@ -118,6 +118,36 @@ void check_rope_row_views() {
              10000.0, str(name<T>(), " one row"));
 }
 
+// rope_into: the rotation written into a slice of a larger tensor (MLA decode's q and latent rows),
+// the rest untouched, equal to rope's result bit for bit (the same kernel arithmetic).
+template <class T>
+void check_rope_into() {
+  const auto positions = randint<std::int64_t>(0, 4096, {7});
+  const auto tables = rope_tables<compute_t<T>>(on_gpu(positions), 16);
+  const auto wide = on_gpu(randn<T>({7, 1, 3, 24}));
+  for (const RopeLayout layout : {RopeLayout::half_split, RopeLayout::interleaved})
+    for (const std::int64_t at : {8, 3}) {  // 16-byte aligned slice, then not
+      SCOPED_TRACE(str(name<T>(), " into column ", at, layout == RopeLayout::half_split ? " half_split" : " interleaved"));
+      const auto out = on_gpu(randn<T>({7, 1, 3, 30}));
+      const std::vector<T> before = on_cpu(out).to_vector();
+      rope_into(narrow(out, -1, at, 16), narrow(wide, -1, 8, 16), tables, layout);
+      EXPECT_EQ(on_cpu(narrow(out, -1, at, 16)).to_vector(), on_cpu(rope(narrow(wide, -1, 8, 16), tables, layout)).to_vector());
+      const std::vector<T> after = on_cpu(out).to_vector();
+      for (std::size_t i = 0; i < after.size(); ++i) {
+        const auto j = static_cast<std::int64_t>(i % 30);
+        if (j < at || j >= at + 16) {
+          ASSERT_EQ(after[i], before[i]) << i;
+        }
+      }
+    }
+}
+
+TEST(RopeCuda, IntoSlicesOfALargerTensor) {
+  KILN_REQUIRE_GPU();
+  check_rope_into<float>();
+  check_rope_into<bf16>();
+}
+
 TEST(RopeCuda, RowStridedViewsReadInPlace) {
   KILN_REQUIRE_GPU();
   check_rope_row_views<float>();

@@ -76,6 +76,20 @@ TEST(RmsNorm, NonContiguousInputs) {
 
 // bf16 computes in float and rounds the output once: each element moves by at most 2^-8 of itself
 // (8 significant bits, round to nearest), so the relative error is at most 2^-8 plus float's.
+// rms_norm_into: the normalised rows written into a slice of a larger tensor, the rest untouched.
+TEST(RmsNorm, IntoASliceOfALargerTensor) {
+  const Tensor<double> x = randn<double>({4, 6}), w = randn<double>({6});
+  const Tensor<double> out = randn<double>({4, 10});
+  const std::vector<double> before = out.to_vector();
+  rms_norm_into(narrow(out, 1, 2, 6), x, w, 1e-5);
+  EXPECT_EQ(contiguous(narrow(out, 1, 2, 6)).to_vector(), rms_norm(x, w, 1e-5).to_vector());
+  const std::vector<double> after = out.to_vector();
+  for (std::size_t i = 0; i < after.size(); ++i) {
+    if (i % 10 < 2 || i % 10 >= 8) EXPECT_EQ(after[i], before[i]) << i;
+  }
+  EXPECT_KILN_ERROR(rms_norm_into(zeros<double>({4, 5}), x, w), "rms_norm", "[4, 5]", "[4, 6]");
+}
+
 TEST(RmsNorm, Bf16WithinBf16Tolerance) {
   const auto x = randn<bf16>({6, 257});
   const auto w = randn<bf16>({257});

@@ -119,6 +119,21 @@ TEST(Rope, RowStridesOfViews) {
   EXPECT_FALSE(detail::rope_row_strides(transpose(randn<float>({2, 7, 16, 3}), 2, 3)).has_value());  // D strided
 }
 
+// rope_into on the CPU: rope's values written into a slice, the rest of the tensor untouched.
+TEST(Rope, IntoASliceOfALargerTensor) {
+  const auto x = randn<double>({2, 3, 4, 8});
+  const auto tables = rope_tables<double>(arange<std::int64_t>(0, 3), 8);
+  const auto out = randn<double>({2, 3, 4, 11});
+  const std::vector<double> before = out.to_vector();
+  rope_into(narrow(out, -1, 1, 8), x, tables, RopeLayout::interleaved);
+  EXPECT_EQ(contiguous(narrow(out, -1, 1, 8)).to_vector(), rope(x, tables, RopeLayout::interleaved).to_vector());
+  const std::vector<double> after = out.to_vector();
+  for (std::size_t i = 0; i < after.size(); ++i) {
+    if (i % 11 < 1 || i % 11 >= 9) EXPECT_EQ(after[i], before[i]) << i;
+  }
+  EXPECT_KILN_ERROR(rope_into(randn<double>({2, 3, 4, 6}), x, tables), "rope", "[2, 3, 4, 6]");
+}
+
 TEST(Rope, PositionZeroIsIdentity) {
   for (RopeLayout layout : {RopeLayout::half_split, RopeLayout::interleaved}) {
     const auto x = randn<float>({2, 4, 3, 10});

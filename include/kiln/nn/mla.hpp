@@ -144,17 +144,26 @@ class MLA : public Module<T> {
           index.tokens == 1 ? "one token per row, x [n, 1, hidden]" : "index.tokens tokens per row, x [n, tokens, hidden]",
           " (index.tokens = ", index.tokens, "); got shape ", x.shape());
     if (index.tokens > 1) return decode_tokens(x, tables, cache, index, residual);
-    const Parts p = project(x, tables);
-    const std::int64_t n = p.B, H = num_heads;
     check_latent_cache(cache);
-    infer::write_latent<T>(cache, index.slots, index.positions, latent_row(p));
-    // q = [q_lat | q_pe] [n, H, r + dr] with q_lat = q_nope·W_UK per head, the heads batching the
-    // product ([H, n, dn]·[H, dn, r]), which writes its [H, n, r] straight into q's first r columns.
-    const std::int64_t r = kv_lora_rank;
-    const Tensor<T> q({n, H, r + qk_rope_head_dim}, x.device());
-    matmul_into(transpose(narrow(q, -1, 0, r), 0, 1), transpose(reshape(p.q_nope, {n, H, qk_nope_head_dim}), 0, 1),
+    const std::int64_t n = x.size(0), H = num_heads, r = kv_lora_rank, dn = qk_nope_head_dim, dr = qk_rope_head_dim;
+    // The step assembles two tensors in place, so that no op copies a slice or concatenates:
+    //   latent [n, 1, r + dr]: the cache row [c | k_pe], c normalised and k_pe rotated straight from
+    //     their slices of kv_a's output;
+    //   q [n, H, r + dr]: [q_lat | q_pe], q_lat = q_nope·W_UK per head (the heads batching the
+    //     product [H, n, dn]·[H, dn, r], which writes into q's first r columns) and q_pe rotated from
+    //     its slice of q_b's output.
+    const std::vector<Tensor<T>> a =
+        linears_on_one_input<T>(x, {q_proj ? q_proj.get() : q_a_proj.get(), &kv_a_proj_with_mqa});
+    const Tensor<T> q_heads = reshape(q_proj ? a[0] : (*q_b_proj)((*q_a_layernorm)(a[0])), {n, 1, H, dn + dr});
+    const Tensor<T> latent({n, 1, r + dr}, x.device());
+    rms_norm_into(narrow(latent, -1, 0, r), narrow(a[1], -1, 0, r), kv_a_layernorm.weight, kv_a_layernorm.eps);
+    rope_into(unsqueeze(narrow(latent, -1, r, dr), 2), unsqueeze(narrow(a[1], -1, r, dr), 2), tables,
+              RopeLayout::interleaved);
+    infer::write_latent<T>(cache, index.slots, index.positions, unsqueeze(latent, 2));
+    const Tensor<T> q({n, H, r + dr}, x.device());
+    rope_into(unsqueeze(narrow(q, -1, r, dr), 1), narrow(q_heads, -1, dn, dr), tables, RopeLayout::interleaved);
+    matmul_into(transpose(narrow(q, -1, 0, r), 0, 1), transpose(reshape(narrow(q_heads, -1, 0, dn), {n, H, dn}), 0, 1),
                 w_uk());
-    copy_into(narrow(q, -1, r, qk_rope_head_dim), reshape(p.q_pe, {n, H, qk_rope_head_dim}));
     const Tensor<T> o_lat = infer::attend_cached<T>(q, cache, index.slots, index.lengths, softmax_scale);
     // Per head W_UV·o_lat: [H, n, r]·[H, r, dv] -> [H, n, dv], written as [n, H, dv] for o_proj.
     const Tensor<T> o({n, 1, H * v_head_dim}, x.device());

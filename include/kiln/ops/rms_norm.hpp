@@ -4,14 +4,74 @@
 #pragma once
 
 #include <cmath>
+#include <optional>
 
 #include "kiln/autograd/node.hpp"
 #include "kiln/backend/cpu/rms_norm.hpp"
 #include "kiln/kernels/rms_norm/args.hpp"
 #include "kiln/ops/common.hpp"
 #include "kiln/ops/copy.hpp"
+#include "kiln/ops/view.hpp"
 
 namespace kiln {
+
+namespace detail {
+
+// The stride between consecutive rows of t [..., D] (D contiguous) when all its rows lie a fixed
+// number of elements apart; nullopt otherwise.
+template <class T>
+std::optional<std::int64_t> rms_norm_row_stride(const Tensor<T>& t) {
+  const std::int64_t D = t.size(-1);
+  if (t.numel() == 0) return D;
+  const auto st = view_strides(t.shape(), t.strides(), {t.numel() / D, D});
+  if (!st || ((*st)[1] != 1 && D > 1)) return std::nullopt;
+  return (*st)[0];
+}
+
+// out = rms_norm(x, weight, eps) on a GPU for x and out whose rows lie a fixed stride apart
+// (rms_norm_row_stride), weight [D] or undefined; no r saved, no graph.
+template <class T>
+void rms_norm_strided(const Tensor<T>& out, const Tensor<T>& x, const Tensor<T>& weight, double eps) {
+  const std::int64_t D = x.size(-1), rows = x.numel() / D;
+  check(D <= 0x7fffffff, "rms_norm", "rows of more than 2^31 - 1 elements are not supported on ", x.device(),
+        ", got shape ", x.shape());
+  const Tensor<T> wc = weight.defined() ? contiguous(weight.detach()) : Tensor<T>();
+  launch_device_kernel("rms_norm", kernels::RmsNormForwardArgs{.launch = launch_on("rms_norm", x.device()),
+                                                               .dtype = dtype_of<T>,
+                                                               .y = out.data(),
+                                                               .rstd = nullptr,
+                                                               .x = x.data(),
+                                                               .w = wc.defined() ? wc.data() : nullptr,
+                                                               .rows = rows,
+                                                               .cols = static_cast<int>(D),
+                                                               .eps = eps,
+                                                               .x_row_stride = *rms_norm_row_stride(x),
+                                                               .y_row_stride = *rms_norm_row_stride(out)});
+}
+
+// The argument checks every rms_norm entry point shares.
+template <class T>
+void check_rms_norm(const Tensor<T>& x, const Tensor<T>& weight, double eps) {
+  check_defined("rms_norm", x);
+  check(x.dim() >= 1, "rms_norm", "x must have at least one dim (the normalised one), got shape ", x.shape());
+  const std::int64_t D = x.size(-1);
+  check(D > 0, "rms_norm", "the normalised (last) dim of x is empty: shape ", x.shape());
+  if (weight.defined()) {
+    check_same_device("rms_norm", x, weight);
+    check(weight.dim() == 1 && weight.size(0) == D, "rms_norm", "weight of shape ", weight.shape(),
+          " does not match x of shape ", x.shape(), " (expected [", D, "])");
+  }
+  check(std::isfinite(eps) && eps >= 0.0, "rms_norm", "eps must be finite and >= 0, got ", eps);
+}
+
+}  // namespace detail
+
+// rms_norm(x, weight, eps) written into `out` (x's shape, distinct elements; e.g. the part of a
+// tensor being assembled), no graph. On a GPU rows a fixed stride apart in x and out are read and
+// written in place; otherwise through a contiguous result copied in.
+template <class T>
+void rms_norm_into(const Tensor<T>& out, const Tensor<T>& x, const Tensor<T>& weight = Tensor<T>(),
+                   double eps = 1e-6);
 
 // x: [..., D]; weight: [D], or an undefined Tensor for no weight (y = x * r). Differentiable in x
 // and weight (once: the backward is a fused kernel, not a graph of ops). For bf16/fp16 inputs the
@@ -20,21 +80,20 @@ namespace kiln {
 template <class T>
 Tensor<T> rms_norm(const Tensor<T>& x, const Tensor<T>& weight = Tensor<T>(), double eps = 1e-6) {
   static_assert(is_floating<T>, "rms_norm needs a floating element type");
-  check_defined("rms_norm", x);
-  check(x.dim() >= 1, "rms_norm", "x must have at least one dim (the normalised one), got shape ", x.shape());
+  detail::check_rms_norm(x, weight, eps);
   const std::int64_t D = x.size(-1);
-  check(D > 0, "rms_norm", "the normalised (last) dim of x is empty: shape ", x.shape());
   const bool has_weight = weight.defined();
-  if (has_weight) {
-    check_same_device("rms_norm", x, weight);
-    check(weight.dim() == 1 && weight.size(0) == D, "rms_norm", "weight of shape ", weight.shape(),
-          " does not match x of shape ", x.shape(), " (expected [", D, "])");
-  }
-  check(std::isfinite(eps) && eps >= 0.0, "rms_norm", "eps must be finite and >= 0, got ", eps);
 
+  const std::int64_t rows = x.numel() / D;
+  const bool grad = autograd::needs_grad(x, weight);
+  // Without a backward a GPU reads rows a fixed stride apart in place (slices of wider rows).
+  if (!grad && !x.device().is_cpu() && detail::rms_norm_row_stride(x)) {
+    Tensor<T> out(x.shape(), x.device());
+    detail::rms_norm_strided(out, x, weight, eps);
+    return out;
+  }
   const Tensor<T> xc = contiguous(x.detach());
   const Tensor<T> wc = has_weight ? contiguous(weight.detach()) : Tensor<T>();
-  const std::int64_t rows = x.numel() / D;
   Tensor<T> out(x.shape(), x.device());
   Tensor<double> rstd({rows}, x.device());  // 1 / sqrt(mean(x^2) + eps) per row, for the backward
   if (x.device().is_cpu()) {
@@ -80,6 +139,22 @@ Tensor<T> rms_norm(const Tensor<T>& x, const Tensor<T>& weight = Tensor<T>(), do
     }, x, weight);
   }
   return out;
+}
+
+template <class T>
+void rms_norm_into(const Tensor<T>& out, const Tensor<T>& x, const Tensor<T>& weight, double eps) {
+  static_assert(is_floating<T>, "rms_norm needs a floating element type");
+  detail::check_rms_norm(x, weight, eps);
+  check_defined("rms_norm", out);
+  check_same_device("rms_norm", out, x);
+  check(out.shape() == x.shape(), "rms_norm", "out of shape ", out.shape(), " does not match x of shape ", x.shape());
+  if (out.numel() == 0) return;
+  if (!x.device().is_cpu() && detail::rms_norm_row_stride(x) && detail::rms_norm_row_stride(out)) {
+    detail::rms_norm_strided(out, x, weight, eps);
+    return;
+  }
+  NoGradGuard no_grad;
+  copy_into(out, rms_norm(x.detach(), weight.defined() ? weight.detach() : weight, eps));
 }
 
 }  // namespace kiln

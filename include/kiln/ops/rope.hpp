@@ -119,36 +119,25 @@ RopeTables<C> make_rope_tables(const char* op, const Tensor<std::int64_t>& posit
 // slice of a wider last dim qualifies (the rope part of a projection's output); nullopt otherwise.
 template <class T>
 std::optional<std::pair<std::int64_t, std::int64_t>> rope_row_strides(const Tensor<T>& x) {
-  const Shape& shape = x.shape();
-  const std::size_t dims = shape.size();
-  if (x.stride(-1) != 1 && shape[dims - 1] > 1) return std::nullopt;
-  const std::int64_t head = shape[dims - 2] > 1 ? x.stride(-2) : shape[dims - 1];
-  std::optional<std::int64_t> row;
-  std::int64_t next = 0;  // the stride the next dim outwards must have
-  for (std::size_t i = dims - 2; i-- > 0;) {
-    if (shape[i] == 1) continue;
-    if (!row) {
-      row = x.strides()[i];
-    } else if (x.strides()[i] != next) {
-      return std::nullopt;
-    }
-    next = x.strides()[i] * shape[i];
-  }
-  return std::pair{row.value_or(shape[dims - 2] * shape[dims - 1]), head};
+  const std::int64_t H = x.size(-2), D = x.size(-1);
+  if (x.numel() == 0) return std::pair{H * D, D};
+  const auto st = view_strides(x.shape(), x.strides(), {x.numel() / (H * D), H, D});
+  if (!st || (*st)[2] != 1) return std::nullopt;
+  return std::pair{(*st)[0], (*st)[1]};
 }
 
-// y = x rotated (inverse: by the negative angles); y, cos and sin contiguous, on one device; x
-// contiguous too, except on a GPU, which also reads the views rope_row_strides describes.
+// y = x rotated (inverse: by the negative angles); cos and sin contiguous, on one device; x and y
+// contiguous too, except on a GPU, which also reads and writes the views rope_row_strides describes.
 template <class T, class C>
-void rope_rotate(const Tensor<T>& x, Tensor<T>& y, const Tensor<C>& cos, const Tensor<C>& sin,
+void rope_rotate(const Tensor<T>& x, const Tensor<T>& y, const Tensor<C>& cos, const Tensor<C>& sin,
                  const cpu::RopeShape& s, bool inverse) {
   if (x.device().is_cpu()) {
     cpu::rope_rotate(x.data(), y.data(), cos.data(), sin.data(), s, inverse);
     return;
   }
-  const auto strides = rope_row_strides(x);
-  check(strides.has_value(), "rope", "x of shape ", x.shape(), " and strides ", x.strides(),
-        " does not read as rows of heads a fixed stride apart");
+  const auto strides = rope_row_strides(x), y_strides = rope_row_strides(y);
+  check(strides.has_value() && y_strides.has_value(), "rope", "x (strides ", x.strides(), ") and y (strides ",
+        y.strides(), ") of shape ", x.shape(), " must read as rows of heads a fixed stride apart");
   check(s.H * s.D <= 0x7fffffff, "rope", "rows of more than 2^31 - 1 elements are not supported on ", x.device(),
         ", got shape ", x.shape());
   launch_device_kernel("rope", kernels::RopeArgs{.launch = launch_on("rope", x.device()),
@@ -157,6 +146,8 @@ void rope_rotate(const Tensor<T>& x, Tensor<T>& y, const Tensor<C>& cos, const T
                                                  .x = x.data(),
                                                  .x_row_stride = strides->first,
                                                  .x_head_stride = strides->second,
+                                                 .y_row_stride = y_strides->first,
+                                                 .y_head_stride = y_strides->second,
                                                  .cos = cos.data(),
                                                  .sin = sin.data(),
                                                  .outer = s.outer,
@@ -166,6 +157,25 @@ void rope_rotate(const Tensor<T>& x, Tensor<T>& y, const Tensor<C>& cos, const T
                                                  .per_batch_tables = s.per_batch_tables,
                                                  .half_split = s.half_split,
                                                  .inverse = inverse});
+}
+
+// The rotation's shape for x [..., S, H, D] and its tables (checked: device, shape, layout).
+template <class T>
+cpu::RopeShape rope_shape(const Tensor<T>& x, const RopeTables<compute_t<T>>& tables, RopeLayout layout) {
+  const std::int64_t D = rope_head_dim(x);
+  check_defined("rope", tables.cos, tables.sin);
+  check_same_device("rope", x, tables.cos, tables.sin);
+  const Shape& ts = tables.cos.shape();
+  check(tables.sin.shape() == ts && !ts.empty() && ts.back() == D / 2, "rope", "cos/sin tables of shapes ", ts,
+        " and ", tables.sin.shape(), " do not fit x of shape ", x.shape(), " (expected [..., S, ", D / 2, "])");
+  cpu::RopeShape s;
+  s.S = x.size(-3);
+  s.H = x.size(-2);
+  s.D = D;
+  s.outer = numel_of(Shape(x.shape().begin(), x.shape().end() - 3));
+  s.per_batch_tables = rope_per_batch("tables", Shape(ts.begin(), ts.end() - 1), ts, x);
+  s.half_split = layout == RopeLayout::half_split;
+  return s;
 }
 
 }  // namespace detail
@@ -181,22 +191,7 @@ RopeTables<C> rope_tables(const Tensor<std::int64_t>& positions, std::int64_t he
 template <class T>
 Tensor<T> rope(const Tensor<T>& x, const RopeTables<compute_t<T>>& tables, RopeLayout layout = RopeLayout::half_split) {
   using C = compute_t<T>;
-  const std::int64_t D = detail::rope_head_dim(x);
-  check_defined("rope", tables.cos, tables.sin);
-  check_same_device("rope", x, tables.cos, tables.sin);
-  const Shape& ts = tables.cos.shape();
-  check(tables.sin.shape() == ts && !ts.empty() && ts.back() == D / 2, "rope", "cos/sin tables of shapes ", ts,
-        " and ", tables.sin.shape(), " do not fit x of shape ", x.shape(), " (expected [..., S, ", D / 2, "])");
-  const bool per_batch = detail::rope_per_batch("tables", Shape(ts.begin(), ts.end() - 1), ts, x);
-
-  cpu::RopeShape s;
-  s.S = x.size(-3);
-  s.H = x.size(-2);
-  s.D = D;
-  s.outer = numel_of(Shape(x.shape().begin(), x.shape().end() - 3));
-  s.per_batch_tables = per_batch;
-  s.half_split = layout == RopeLayout::half_split;
-
+  const cpu::RopeShape s = detail::rope_shape(x, tables, layout);
   const Tensor<C> cos = contiguous(tables.cos.detach());
   const Tensor<C> sin = contiguous(tables.sin.detach());
   // A GPU reads row-strided views in place (decode's q_pe and k_pe are slices of the projections).
@@ -214,6 +209,28 @@ Tensor<T> rope(const Tensor<T>& x, const RopeTables<compute_t<T>>& tables, RopeL
     }, x);
   }
   return out;
+}
+
+// rope(x, tables, layout) written into `out` (x's shape, distinct elements; e.g. the rope part of a
+// tensor being assembled), no graph. On a GPU rows and heads a fixed stride apart in x and out
+// (rope_row_strides) are read and written in place; otherwise through contiguous copies.
+template <class T>
+void rope_into(const Tensor<T>& out, const Tensor<T>& x, const RopeTables<compute_t<T>>& tables,
+               RopeLayout layout = RopeLayout::half_split) {
+  using C = compute_t<T>;
+  check_defined("rope", out, x);
+  check_same_device("rope", out, x);
+  check(out.shape() == x.shape(), "rope", "out of shape ", out.shape(), " does not match x of shape ", x.shape());
+  const cpu::RopeShape s = detail::rope_shape(x, tables, layout);
+  if (out.numel() == 0) return;
+  const Tensor<C> cos = contiguous(tables.cos.detach()), sin = contiguous(tables.sin.detach());
+  if (!x.device().is_cpu() && detail::rope_row_strides(x) && detail::rope_row_strides(out)) {
+    detail::rope_rotate(x.detach(), out, cos, sin, s, false);
+    return;
+  }
+  const Tensor<T> y(x.shape(), x.device());
+  detail::rope_rotate(contiguous(x.detach()), y, cos, sin, s, false);
+  copy_into(out, y);
 }
 
 // Rotates x [..., S, H, D] by the angles of `positions`: [S] (shared by the batch) or x's [..., S]
