@@ -242,7 +242,9 @@ void check_rms_norm_row_views() {
     const std::vector<T> after = on_cpu(into).to_vector();
     for (std::int64_t r = 0; r < rows; ++r)
       for (std::int64_t j = 0; j < D + 24; ++j) {
-        if (j < 16 || j >= 16 + D) ASSERT_EQ(after[r * (D + 24) + j], before[r * (D + 24) + j]) << r << ", " << j;
+        if (j < 16 || j >= 16 + D) {
+          ASSERT_EQ(after[r * (D + 24) + j], before[r * (D + 24) + j]) << r << ", " << j;
+        }
       }
   }
 }
