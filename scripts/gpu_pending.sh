@@ -291,6 +291,12 @@ for phase in "$@"; do
       else
         echo "deadline: generation not measured"
       fi
+      if [ $SECONDS -lt "${DEADLINE:-540}" ]; then  # the step's kernels, as profile-decode
+        timeout $((${DEADLINE:-540} + 50 - SECONDS)) ncu --clock-control none --cache-control none \
+          --profile-from-start off --metrics gpu__time_duration.sum --csv "$BUILD/benchmarks/bench_grpo_cuda" \
+          --profile-decode 4 > "$OUT/profile_decode_ncu.csv" 2> "$OUT/profile_decode_ncu.err"
+        echo "profile: $(grep -c '^"' "$OUT/profile_decode_ncu.csv") lines"
+      fi
       ;;
     profile-decode)
       build bench_grpo_cuda
