@@ -29,6 +29,7 @@ struct MoeRouteArgs {
   std::int64_t tokens = 0;
   int n_experts = 0, top_k = 0, n_group = 1, topk_group = 1;
   int dense_units = 0;             // >= n_experts when dense is given
+  bool logits = false;             // scores hold the router's logits: s = T(sigmoid(logit)) is formed here
   bool normalize = true;
   double scaling = 1.0;
 };

@@ -1,7 +1,8 @@
 // DeepSeek-V3 routing on CUDA (arguments kernels/moe/args.hpp: MoeRouteArgs, MoeRouteBackwardArgs;
 // front-end ops/moe.hpp, kiln::moe_route; CPU reference backend/cpu/moe.hpp).
 //
-// Forward, per token, from the sigmoid affinities s [E] and the balancing bias b [E]:
+// Forward, per token, from the sigmoid affinities s [E] (or the router's logits, s = T(sigmoid(l))
+// formed here as the sigmoid op forms it: one launch fewer in generation) and the bias b [E]:
 //   c_e = T(s_e + b_e)                          choice score, rounded to the storage type T as the
 //                                               composed path (nn::MoEGate) rounds it
 //   group score = T(top1 + top2 of the group's c)   (the one c for groups of one expert)
@@ -37,6 +38,7 @@
 #include "kiln/kernels/common/launch.cuh"
 #include "kiln/kernels/common/reduce.cuh"
 #include "kiln/kernels/moe/args.hpp"
+#include "kiln/math/unary.hpp"
 
 namespace kiln::kernels::moe {
 
@@ -88,7 +90,12 @@ __global__ void __launch_bounds__(kRouteWarps * 32) route_forward(MoeRouteArgs a
   if (n >= a.tokens) return;  // whole warps leave: no block barrier follows
   const T* s = static_cast<const T*>(a.scores) + n * E;
   const T* b = static_cast<const T*>(a.bias);
-  for (int e = lane; e < E; e += 32) c[e] = load(store<T>(load(s[e]) + load(b[e])));
+  const bool logits = a.logits;
+  const auto affinity = [s, logits](int e) {  // s_e, rounded to T as the sigmoid op's output is
+    const C v = load(s[e]);
+    return logits ? load(store<T>(math::sigmoid_of(v))) : v;
+  };
+  for (int e = lane; e < E; e += 32) c[e] = load(store<T>(affinity(e) + load(b[e])));
   __syncwarp();
 
   if (a.topk_group < G) {
@@ -129,7 +136,7 @@ __global__ void __launch_bounds__(kRouteWarps * 32) route_forward(MoeRouteArgs a
     if (lane == k) mine = e;
     __syncwarp();
   }
-  const C sk = lane < K ? load(s[mine]) : C(0);
+  const C sk = lane < K ? affinity(mine) : C(0);
   const C total = warp_sum(sk);
   if (a.dense) {  // the row's zeros and ones first; __syncwarp orders them before the gates below
     T* row = static_cast<T*>(a.dense) + n * a.dense_units;

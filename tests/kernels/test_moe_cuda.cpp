@@ -61,6 +61,12 @@ void check_route(const RouteCase& c) {
   const Tensor<T> dense = moe_route_dense(gs, on_gpu(bias), o, c.experts + 3);
   EXPECT_EQ(dense.shape(), (Shape{c.tokens, c.experts + 3}));
   EXPECT_LE(max_relative(on_cpu(dense), moe_route_dense(scores, bias, o, c.experts + 3)), rounding<T>());
+  // From logits (the sigmoid in the kernel): the GPU's sigmoid op then the routing, bit for bit.
+  MoeRouteOptions from_logits = o;
+  from_logits.logits = true;
+  const Tensor<T> logits = on_gpu(cast<T>(randn<float>({c.tokens, c.experts})));
+  EXPECT_EQ(on_cpu(moe_route_dense(logits, on_gpu(bias), from_logits, c.experts + 1)).to_vector(),
+            on_cpu(moe_route_dense(sigmoid(logits), on_gpu(bias), o, c.experts + 1)).to_vector());
 
   // Backward: dscores from the same dgates (the choices agree, checked above).
   const Tensor<T> dgates = cast<T>(randn<float>({c.tokens, c.top_k}));

@@ -62,6 +62,16 @@ TEST(MoeRoute, DenseRowsHoldTheGatesZerosAndSharedOnes) {
   EXPECT_EQ(std::vector<double>(dense.begin() + 10, dense.end()), row1);
   EXPECT_EQ(moe_route_dense(s, b, o, 8).shape(), (Shape{2, 8}));  // no shared units
   EXPECT_KILN_ERROR(moe_route_dense(s, b, o, 7), "moe_route_dense", "7 units", "8 experts");
+
+  // From logits: the sigmoid formed inside gives the same rows as routing sigmoid(logits), bit for
+  // bit (double and, rounded the same way, bf16); moe_route itself refuses logits.
+  MoeRouteOptions from_logits = o;
+  from_logits.logits = true;
+  const Tensor<double> l = randn<double>({5, 8});
+  EXPECT_EQ(moe_route_dense(l, b, from_logits, 9).to_vector(), moe_route_dense(sigmoid(l), b, o, 9).to_vector());
+  const Tensor<bf16> lb = cast<bf16>(l), bb = cast<bf16>(b);
+  EXPECT_EQ(moe_route_dense(lb, bb, from_logits, 9).to_vector(), moe_route_dense(sigmoid(lb), bb, o, 9).to_vector());
+  EXPECT_KILN_ERROR((void)moe_route(l, b, from_logits), "moe_route", "logits");
 }
 
 TEST(MoeRoute, GradientMatchesFiniteDifferences) {

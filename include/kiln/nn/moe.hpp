@@ -143,12 +143,15 @@ class MoEGate : public Module<T> {
 
   // The same routing as a dense gate matrix [N, units] (dense dispatch, MoE::forward_dense; units
   // >= E): forward()'s gates at each token's chosen experts, 0 at the other experts, 1 at units
-  // E..units−1 (the shared expert's units, always on). From moe_route_dense: the fused routing
-  // kernel on a GPU (one launch after the router's product, nothing read back), its reference
-  // loops on the CPU; choices equal forward()'s, gates rounded once. No graph (generation's path).
+  // E..units−1 (the shared expert's units, always on). From moe_route_dense over the router's
+  // logits: the fused routing kernel on a GPU (sigmoid included: one launch after the router's
+  // product, nothing read back), its reference loops on the CPU; choices equal forward()'s, gates
+  // rounded once. No graph (generation's path).
   Tensor<T> dense_gates(const Tensor<T>& x, std::int64_t units) const {
     NoGradGuard no_grad;
-    return moe_route_dense(affinities(x), e_score_correction_bias, route_options(), units);
+    MoeRouteOptions o = route_options();
+    o.logits = true;  // the sigmoid in the routing kernel
+    return moe_route_dense(logits(x), e_score_correction_bias, o, units);
   }
 
   Routing<T> operator()(const Tensor<T>& x) const { return forward(x); }
@@ -172,12 +175,13 @@ class MoEGate : public Module<T> {
   std::int64_t groups() const { return n_group_; }
 
  private:
-  // The sigmoid affinities s [N, E] of x [N, hidden].
-  Tensor<T> affinities(const Tensor<T>& x) const {
+  // The sigmoid affinities s [N, E] of x [N, hidden], and the logits they come from.
+  Tensor<T> affinities(const Tensor<T>& x) const { return sigmoid(logits(x)); }
+  Tensor<T> logits(const Tensor<T>& x) const {
     check_defined("MoEGate", x);
     check(x.dim() == 2 && x.shape()[1] == weight.shape()[1], "MoEGate", "needs x [N, ", weight.shape()[1],
           "], got shape ", x.shape());
-    return sigmoid(matmul(x, transpose(weight, 0, 1)));
+    return matmul(x, transpose(weight, 0, 1));
   }
 
   // The K chosen experts [N, K] (best choice score first) for affinities [N, E]: the bias shifts

@@ -23,6 +23,8 @@ struct MoeRouteOptions {
   std::int64_t topk_group = 1;  // groups kept per token (= n_group: no group limit)
   bool normalize = true;        // gates divided by the sum of the chosen affinities (when K > 1)
   double scaling = 1.0;         // routed_scaling_factor
+  bool logits = false;          // moe_route_dense only: the scores are the router's logits, the
+                                // sigmoid applied in the routing kernel (one launch fewer)
 };
 
 template <class T>
@@ -57,7 +59,7 @@ MoeRoute<T> moe_route_forward(const char* op, const Tensor<T>& scores, const Ten
   if (dense) *dense = Tensor<T>({N, dense_units}, scores.device());
   if (scores.device().is_cpu()) {
     cpu::moe_route(sc.data(), bc.data(), r.experts.data(), r.gates.data(), N, static_cast<int>(E), K,
-                   static_cast<int>(o.n_group), static_cast<int>(o.topk_group), o.normalize, o.scaling);
+                   static_cast<int>(o.n_group), static_cast<int>(o.topk_group), o.normalize, o.scaling, o.logits);
     if (dense)
       cpu::moe_dense_gates(r.experts.data(), r.gates.data(), dense->data(), N, static_cast<int>(E), K,
                            static_cast<int>(dense_units));
@@ -75,6 +77,7 @@ MoeRoute<T> moe_route_forward(const char* op, const Tensor<T>& scores, const Ten
                                                    .n_group = static_cast<int>(o.n_group),
                                                    .topk_group = static_cast<int>(o.topk_group),
                                                    .dense_units = dense ? static_cast<int>(dense_units) : 0,
+                                                   .logits = o.logits,
                                                    .normalize = o.normalize,
                                                    .scaling = o.scaling});
   }
@@ -85,7 +88,8 @@ MoeRoute<T> moe_route_forward(const char* op, const Tensor<T>& scores, const Ten
 
 // The routing as dense rows [N, units] (units >= E): each token's gates at its chosen experts, 0 at
 // the other experts, 1 at units E..units−1 — dense dispatch's gate matrix (nn::MoE::forward_dense,
-// where those last units are the shared expert's), in the routing kernel's one launch. No graph.
+// where those last units are the shared expert's), in the routing kernel's one launch. With
+// o.logits the scores are the router's logits (the sigmoid formed there too). No graph.
 template <class T>
 Tensor<T> moe_route_dense(const Tensor<T>& scores, const Tensor<T>& bias, const MoeRouteOptions& o,
                           std::int64_t units) {
@@ -99,6 +103,7 @@ Tensor<T> moe_route_dense(const Tensor<T>& scores, const Tensor<T>& bias, const 
 template <class T>
 MoeRoute<T> moe_route(const Tensor<T>& scores, const Tensor<T>& bias, const MoeRouteOptions& o) {
   const char* op = "moe_route";
+  check(!o.logits, op, "takes the sigmoid affinities (its gradient is theirs); logits are for moe_route_dense");
   MoeRoute<T> r = detail::moe_route_forward(op, scores, bias, o, 0, static_cast<Tensor<T>*>(nullptr));
   const std::int64_t N = scores.size(0), E = scores.size(1);
   const int K = static_cast<int>(o.top_k);

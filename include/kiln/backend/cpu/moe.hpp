@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "kiln/core/low_precision.hpp"
+#include "kiln/math/unary.hpp"
 
 namespace kiln::cpu {
 
@@ -26,9 +27,10 @@ void moe_dense_gates(const std::int64_t* experts, const T* gates, T* dense, std:
 }
 
 // Routing of `tokens` tokens: experts [N, K] and gates [N, K] from scores [N, E] and bias [E].
+// logits: scores hold the router's logits, the affinities s = T(sigmoid(logit)) formed here.
 template <class T>
 void moe_route(const T* scores, const T* bias, std::int64_t* experts, T* gates, std::int64_t tokens, int E, int K,
-               int n_group, int topk_group, bool normalize, double scaling) {
+               int n_group, int topk_group, bool normalize, double scaling, bool logits = false) {
   using C = compute_t<T>;
   const C nan = std::numeric_limits<C>::quiet_NaN(), inf = std::numeric_limits<C>::infinity();
   std::vector<C> c(static_cast<std::size_t>(E)), group(static_cast<std::size_t>(n_group));
@@ -43,8 +45,13 @@ void moe_route(const T* scores, const T* bias, std::int64_t* experts, T* gates, 
       }
     return at;
   };
+  std::vector<T> affinity(static_cast<std::size_t>(E));
   for (std::int64_t n = 0; n < tokens; ++n) {
-    const T* s = scores + n * E;
+    const T* s = affinity.data();
+    for (int e = 0; e < E; ++e) {
+      const C v = static_cast<C>(scores[n * E + e]);
+      affinity[static_cast<std::size_t>(e)] = T(logits ? math::sigmoid_of(v) : v);
+    }
     for (int e = 0; e < E; ++e)
       c[static_cast<std::size_t>(e)] = static_cast<C>(T(static_cast<C>(s[e]) + static_cast<C>(bias[e])));
     if (topk_group < n_group) {
