@@ -42,6 +42,7 @@
 #include <cmath>
 #include <cstdint>
 #include <memory>
+#include <utility>
 
 #include "kiln/infer/kv_cache.hpp"
 #include "kiln/nn/attention.hpp"
@@ -152,12 +153,11 @@ class MLA : public Module<T> {
     //   q [n, H, r + dr]: [q_lat | q_pe], q_lat = q_nope·W_UK per head (the heads batching the
     //     product [H, n, dn]·[H, dn, r], which writes into q's first r columns) and q_pe rotated from
     //     its slice of q_b's output.
-    const std::vector<Tensor<T>> a =
-        linears_on_one_input<T>(x, {q_proj ? q_proj.get() : q_a_proj.get(), &kv_a_proj_with_mqa});
-    const Tensor<T> q_heads = reshape(q_proj ? a[0] : (*q_b_proj)((*q_a_layernorm)(a[0])), {n, 1, H, dn + dr});
+    const auto [q_flat, kv_a] = project_inputs(x);
+    const Tensor<T> q_heads = reshape(q_flat, {n, 1, H, dn + dr});
     const Tensor<T> latent({n, 1, r + dr}, x.device());
-    rms_norm_into(narrow(latent, -1, 0, r), narrow(a[1], -1, 0, r), kv_a_layernorm.weight, kv_a_layernorm.eps);
-    rope_into(unsqueeze(narrow(latent, -1, r, dr), 2), unsqueeze(narrow(a[1], -1, r, dr), 2), tables,
+    rms_norm_into(narrow(latent, -1, 0, r), narrow(kv_a, -1, 0, r), kv_a_layernorm.weight, kv_a_layernorm.eps);
+    rope_into(unsqueeze(narrow(latent, -1, r, dr), 2), unsqueeze(narrow(kv_a, -1, r, dr), 2), tables,
               RopeLayout::interleaved);
     infer::write_latent<T>(cache, index.slots, index.positions, unsqueeze(latent, 2));
     const Tensor<T> q({n, H, r + dr}, x.device());
@@ -254,17 +254,23 @@ class MLA : public Module<T> {
     return rope_tables_on<T>(positions, qk_rope_head_dim, rope_theta, x.device());
   }
 
-  Parts project(const Tensor<T>& x, const Tables& tables) const {
-    const std::int64_t S = seq_len(x), B = x.size(0), H = num_heads;
-    // q_a (or q) and kv_a read the same x: one product where they stack (linears_on_one_input).
+  // The products on x both paths start from: the queries [B, S, H·(dn + dr)] (through q_a and its
+  // norm, then q_b, with q_lora_rank) and kv_a's output [B, S, r + dr]. q_a (or q) and kv_a read
+  // the same x: one product where they stack (linears_on_one_input).
+  std::pair<Tensor<T>, Tensor<T>> project_inputs(const Tensor<T>& x) const {
     const std::vector<Tensor<T>> a =
         linears_on_one_input<T>(x, {q_proj ? q_proj.get() : q_a_proj.get(), &kv_a_proj_with_mqa});
-    const Tensor<T> q_flat = q_proj ? a[0] : (*q_b_proj)((*q_a_layernorm)(a[0]));
+    return {q_proj ? a[0] : (*q_b_proj)((*q_a_layernorm)(a[0])), a[1]};
+  }
+
+  Parts project(const Tensor<T>& x, const Tables& tables) const {
+    const std::int64_t S = seq_len(x), B = x.size(0), H = num_heads;
+    const auto [q_flat, kv_a_out] = project_inputs(x);
     const std::vector<Tensor<T>> q = split(reshape(q_flat, {B, S, H, q_head_dim()}),
                                            std::vector<std::int64_t>{qk_nope_head_dim, qk_rope_head_dim}, -1);
     const Tensor<T> q_pe = rope(q[1], tables, RopeLayout::interleaved);  // rope wants [B, S, H, dr]
 
-    const std::vector<Tensor<T>> kv_a = split(a[1], std::vector<std::int64_t>{kv_lora_rank, qk_rope_head_dim}, -1);
+    const std::vector<Tensor<T>> kv_a = split(kv_a_out, std::vector<std::int64_t>{kv_lora_rank, qk_rope_head_dim}, -1);
     const Tensor<T> k_pe = squeeze(rope(unsqueeze(kv_a[1], 2), tables, RopeLayout::interleaved), 2);
     return {B, S, transpose(q[0], 1, 2), transpose(q_pe, 1, 2), kv_a_layernorm(kv_a[0]), k_pe};
   }
