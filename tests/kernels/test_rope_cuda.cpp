@@ -122,7 +122,7 @@ void check_rope_row_views() {
 // the rest untouched, equal to rope's result bit for bit (the same kernel arithmetic).
 template <class T>
 void check_rope_into() {
-  const auto positions = randint<std::int64_t>(0, 4096, {7});
+  const auto positions = randint<std::int64_t>(0, 4096, {7, 1});  // per row, as a decode step's
   const auto tables = rope_tables<compute_t<T>>(on_gpu(positions), 16);
   const auto wide = on_gpu(randn<T>({7, 1, 3, 24}));
   for (const RopeLayout layout : {RopeLayout::half_split, RopeLayout::interleaved})
