@@ -137,13 +137,19 @@ GenRun generate_once(const Model& model, const std::vector<std::vector<std::int6
   return r;
 }
 
-nlohmann::ordered_json bench_generation(const Model& model, std::int64_t runs, std::uint64_t seed) {
+// The generation prompts: kGenPrompts rows of kGenPromptLength tokens uniform over the vocabulary.
+std::vector<std::vector<std::int64_t>> random_prompts(std::uint64_t seed) {
   Generator gen{seed + 1, 0};
   const std::vector<std::int64_t> ids =
       randint<std::int64_t>(0, kVocab, {kGenPrompts, kGenPromptLength}, Device::cpu(), gen).to_vector();
   std::vector<std::vector<std::int64_t>> prompts;
   for (std::int64_t b = 0; b < kGenPrompts; ++b)
     prompts.emplace_back(ids.begin() + b * kGenPromptLength, ids.begin() + (b + 1) * kGenPromptLength);
+  return prompts;
+}
+
+nlohmann::ordered_json bench_generation(const Model& model, std::int64_t runs, std::uint64_t seed) {
+  const std::vector<std::vector<std::int64_t>> prompts = random_prompts(seed);
   infer::SamplingParams params;
   params.temperature = 1.0;
   params.max_new_tokens = kGenNewTokens;
@@ -204,12 +210,7 @@ nlohmann::ordered_json bench_generation(const Model& model, std::int64_t runs, s
 // (c) N decode steps between cudaProfilerStart and cudaProfilerStop: the progress report of step 0
 // comes after the prefill's draw, that of step N after the N-th decode step.
 void profile_decode(const Model& model, std::int64_t steps, bool graphs, std::uint64_t seed) {
-  Generator gen{seed + 1, 0};
-  const std::vector<std::int64_t> ids =
-      randint<std::int64_t>(0, kVocab, {kGenPrompts, kGenPromptLength}, Device::cpu(), gen).to_vector();
-  std::vector<std::vector<std::int64_t>> prompts;
-  for (std::int64_t b = 0; b < kGenPrompts; ++b)
-    prompts.emplace_back(ids.begin() + b * kGenPromptLength, ids.begin() + (b + 1) * kGenPromptLength);
+  const std::vector<std::vector<std::int64_t>> prompts = random_prompts(seed);
   infer::SamplingParams params;
   params.temperature = 1.0;
   params.max_new_tokens = 8;

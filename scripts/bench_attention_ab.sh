@@ -18,12 +18,8 @@ old_tree=$1 out=$2
 mkdir -p "$out"
 . scripts/carried_deps.sh
 nvidia-smi --query-gpu=name,clocks.max.sm --format=csv > "$out/device.txt" 2>&1
-configure() {  # source build tag
-  cmake -S "$1" -B "$2" -G Ninja -DCMAKE_BUILD_TYPE=Release -DKILN_CUDA=ON -DKILN_BUILD_BENCHMARKS=ON \
-    "${deps_prefix[@]}" > "$out/configure_$3.log" 2>&1 || { tail "$out/configure_$3.log"; exit 1; }
-}
-configure . /tmp/kb new
-configure "$old_tree" /tmp/kb_old old
+configure_release . /tmp/kb "$out/configure_new.log"
+configure_release "$old_tree" /tmp/kb_old "$out/configure_old.log"
 t0=$SECONDS
 failed() { grep -m20 -A5 error "$1"; exit 1; }
 ninja -C /tmp/kb -j 12 bench_attention_cuda > "$out/build_new.log" 2>&1 || failed "$out/build_new.log"

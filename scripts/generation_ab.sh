@@ -21,12 +21,8 @@ deadline=${DEADLINE:-540}
 mkdir -p "$out"
 . scripts/carried_deps.sh
 nvidia-smi --query-gpu=name,clocks.max.sm --format=csv > "$out/device.txt" 2>&1
-configure() {  # source build tag
-  cmake -S "$1" -B "$2" -G Ninja -DCMAKE_BUILD_TYPE=Release -DKILN_CUDA=ON -DKILN_BUILD_BENCHMARKS=ON \
-    "${deps_prefix[@]}" > "$out/configure_$3.log" 2>&1 || { tail "$out/configure_$3.log"; exit 1; }
-}
-configure . /tmp/kb new
-configure "$old_tree" /tmp/kb_old old
+configure_release . /tmp/kb "$out/configure_new.log"
+configure_release "$old_tree" /tmp/kb_old "$out/configure_old.log"
 failed() { grep -m20 -A5 error "$1"; exit 1; }
 targets=(bench_grpo_cuda)
 [ -n "${TESTS:-}" ] && targets+=(test_kernels_cuda)

@@ -78,8 +78,26 @@ Tensor<T> gemm_readable(const Tensor<T>& t) {
   return copy_as<T>("matmul", t);
 }
 
-// The product on a GPU (kernels/matmul/matmul.cuh): a and b are passed broadcast to the full batch
-// shape, with matrices the GEMM reads in place (row-major or transposed; others copied first).
+// The GEMM into `out` (the product's full batch shape, row-major matrices; kernels/matmul/
+// matmul.cuh), out = addend + a·b when an addend (out's shape and strides) is given: a and b are
+// passed broadcast to the full batch shape, with matrices the GEMM reads in place (row-major or
+// transposed; others copied first).
+template <class T>
+void launch_gemm(const Tensor<T>& out, const Tensor<T>& a, const Tensor<T>& b, const MatmulShapes& s,
+                 const Tensor<T>& addend = Tensor<T>()) {
+  Shape a_shape = s.batch, b_shape = s.batch;
+  a_shape.insert(a_shape.end(), {s.m, s.k});
+  b_shape.insert(b_shape.end(), {s.k, s.n});
+  const Tensor<T> a2 = gemm_readable(matmul_promote(a, true)), b2 = gemm_readable(matmul_promote(b, false));
+  launch_device_kernel("matmul", kernels::MatmulArgs{.launch = launch_on("matmul", out.device()),
+                                                     .out = kernel_view(out),
+                                                     .a = kernel_broadcast_view(a2, a_shape),
+                                                     .b = kernel_broadcast_view(b2, b_shape),
+                                                     .addend = addend.defined() ? kernel_view(addend)
+                                                                                : kernels::TensorView{}});
+}
+
+// The product on a GPU: a fresh contiguous output.
 template <class T>
 Tensor<T> matmul_device(const Tensor<T>& a, const Tensor<T>& b, const MatmulShapes& s) {
   constexpr bool supported = std::is_same_v<T, float> || std::is_same_v<T, double> || std::is_same_v<T, bf16> ||
@@ -93,17 +111,7 @@ Tensor<T> matmul_device(const Tensor<T>& a, const Tensor<T>& b, const MatmulShap
     full.push_back(s.n);
     Tensor<T> out(full, a.device());
     const Tensor<T> result = restride(out, out.offset(), s.out, contiguous_strides(s.out));
-    if (out.numel() == 0) return result;
-    const Tensor<T> a2 = gemm_readable(matmul_promote(a, true));
-    const Tensor<T> b2 = gemm_readable(matmul_promote(b, false));
-    Shape a_shape = s.batch, b_shape = s.batch;
-    a_shape.insert(a_shape.end(), {s.m, s.k});
-    b_shape.insert(b_shape.end(), {s.k, s.n});
-    launch_device_kernel("matmul", kernels::MatmulArgs{.launch = launch_on("matmul", a.device()),
-                                                       .out = kernel_view(out),
-                                                       .a = kernel_broadcast_view(a2, a_shape),
-                                                       .b = kernel_broadcast_view(b2, b_shape),
-                                                       .addend = {}});
+    if (out.numel() > 0) launch_gemm(out, a, b, s);
     return result;
   }
 }
@@ -203,17 +211,8 @@ Tensor<T> matmul_add(const Tensor<T>& a, const Tensor<T>& b, const Tensor<T>& c)
   check(c.shape() == s.out, "matmul_add", "addend of shape ", c.shape(), " is not the shape of the product of ",
         a.shape(), " and ", b.shape(), " (", s.out, ")");
   if (a.device().is_cpu() || autograd::needs_grad(a, b, c) || s.k == 0 || c.numel() == 0) return add(c, matmul(a, b));
-  Shape a_shape = s.batch, b_shape = s.batch;
-  a_shape.insert(a_shape.end(), {s.m, s.k});
-  b_shape.insert(b_shape.end(), {s.k, s.n});
-  const Tensor<T> a2 = detail::gemm_readable(a.detach()), b2 = detail::gemm_readable(b.detach());
-  const Tensor<T> cc = contiguous(c.detach());
   Tensor<T> out(s.out, a.device());
-  launch_device_kernel("matmul", kernels::MatmulArgs{.launch = launch_on("matmul", a.device()),
-                                                     .out = kernel_view(out),
-                                                     .a = kernel_broadcast_view(a2, a_shape),
-                                                     .b = kernel_broadcast_view(b2, b_shape),
-                                                     .addend = kernel_view(cc)});
+  detail::launch_gemm(out, a.detach(), b.detach(), s, contiguous(c.detach()));
   return out;
 }
 
@@ -234,15 +233,7 @@ void matmul_into(const Tensor<T>& out, const Tensor<T>& a, const Tensor<T>& b) {
         a.shape(), " and ", b.shape(), " (", s.out, ")");
   const bool row_major = (s.n == 1 || out.stride(-1) == 1) && (s.m == 1 || out.stride(-2) >= s.n);
   if (!out.device().is_cpu() && row_major && s.k > 0 && out.numel() > 0) {
-    Shape a_shape = s.batch, b_shape = s.batch;
-    a_shape.insert(a_shape.end(), {s.m, s.k});
-    b_shape.insert(b_shape.end(), {s.k, s.n});
-    const Tensor<T> a2 = detail::gemm_readable(a.detach()), b2 = detail::gemm_readable(b.detach());
-    launch_device_kernel("matmul", kernels::MatmulArgs{.launch = launch_on("matmul", out.device()),
-                                                       .out = kernel_view(out),
-                                                       .a = kernel_broadcast_view(a2, a_shape),
-                                                       .b = kernel_broadcast_view(b2, b_shape),
-                                                       .addend = {}});
+    detail::launch_gemm(out, a.detach(), b.detach(), s);
     return;
   }
   copy_into(out, detail::matmul_kernel(a.detach(), b.detach(), s));
