@@ -33,10 +33,11 @@
 // per token [c | k_pe], r + dr numbers):
 //   prefill: the prompts through the naive path (as in training; right padding is exact for the
 //     valid positions under the causal mask), their [c | k_pe] written to the cache;
-//   decode: one new token per sequence through the absorbed path: its [c | k_pe] is written at its
-//     position, then with q = [q_lat | q_pe] per head, score_j = q·[c_j | k_pe_j] is one dot product
-//     over the cache row, o_lat = Σ_j p_j c_j reads the same rows' first r columns
-//     (decode_attention, one kv head shared by all H query heads), and out = o_proj(W_UV o_lat).
+//   decode: one new token per sequence (or two: a token and its MTP draft) through the absorbed
+//     path: its [c | k_pe] is written at its position, then with q = [q_lat | q_pe] per head,
+//     score_j = q·[c_j | k_pe_j] is one dot product over the cache row, o_lat = Σ_j p_j c_j reads
+//     the same rows' first r columns (decode_attention, one kv head shared by all H query heads),
+//     and out = o_proj(W_UV o_lat).
 #pragma once
 
 #include <cmath>
@@ -135,61 +136,44 @@ class MLA : public Module<T> {
     return attend_naive(p);
   }
 
-  // Decode: one new token per row, x [n, 1, hidden], rope tables [n, 1, dr/2] of its position
-  // (decode_rope_tables). Its [c | k_pe] goes to the cache at index.positions; the absorbed path
-  // attends over the first index.lengths cached tokens of each row's slot. -> [n, 1, hidden], plus
-  // `residual` (the layer's input, [n, 1, hidden]) when given: added in o_proj's product. No graph.
+  // Decode: T = index.tokens new tokens per row (1, or 2: a token and its MTP draft), x [n, T,
+  // hidden] at positions index.positions .. + T − 1, rope tables [n, T, dr/2] (decode_rope_tables).
+  // Their [c | k_pe] rows go to the cache first; then the absorbed path, query t of a row attending
+  // its slot's cached tokens up to its own (infer::attend_cached_tokens). -> [n, T, hidden], plus
+  // `residual` (the layer's input, x's shape) when given: added in o_proj's product. No graph.
+  //
+  // The step assembles two tensors in place, so that no op copies a slice or concatenates:
+  //   latent [n, T, r + dr]: the cache rows [c | k_pe], c normalised and k_pe rotated straight from
+  //     their slices of kv_a's output;
+  //   q [n, T, H, r + dr]: [q_lat | q_pe], q_lat = q_nope·W_UK per head (the heads batching the
+  //     product [H, n·T, dn]·[H, dn, r], which writes into q's first r columns) and q_pe rotated
+  //     from its slice of q_b's output.
+  // The per-head W_UV product writes o_proj's input [n, T, H·dv] the same way.
   Tensor<T> decode(const Tensor<T>& x, const Tables& tables, const typename infer::KVCache<T>::Layer& cache,
                    const infer::DecodeIndex& index, const Tensor<T>& residual = Tensor<T>()) const {
     check(seq_len(x) == index.tokens, "MLA", "decode takes ",
           index.tokens == 1 ? "one token per row, x [n, 1, hidden]" : "index.tokens tokens per row, x [n, tokens, hidden]",
           " (index.tokens = ", index.tokens, "); got shape ", x.shape());
-    if (index.tokens > 1) return decode_tokens(x, tables, cache, index, residual);
     check_latent_cache(cache);
-    const std::int64_t n = x.size(0), H = num_heads, r = kv_lora_rank, dn = qk_nope_head_dim, dr = qk_rope_head_dim;
-    // The step assembles two tensors in place, so that no op copies a slice or concatenates:
-    //   latent [n, 1, r + dr]: the cache row [c | k_pe], c normalised and k_pe rotated straight from
-    //     their slices of kv_a's output;
-    //   q [n, H, r + dr]: [q_lat | q_pe], q_lat = q_nope·W_UK per head (the heads batching the
-    //     product [H, n, dn]·[H, dn, r], which writes into q's first r columns) and q_pe rotated from
-    //     its slice of q_b's output.
+    const std::int64_t n = x.size(0), tokens = x.size(1), rows = n * tokens, H = num_heads, r = kv_lora_rank,
+                       dn = qk_nope_head_dim, dr = qk_rope_head_dim, dv = v_head_dim;
     const auto [q_flat, kv_a] = project_inputs(x);
-    const Tensor<T> q_heads = reshape(q_flat, {n, 1, H, dn + dr});
-    const Tensor<T> latent({n, 1, r + dr}, x.device());
+    const Tensor<T> q_heads = reshape(q_flat, {n, tokens, H, dn + dr});
+    const Tensor<T> latent({n, tokens, r + dr}, x.device());
     rms_norm_into(narrow(latent, -1, 0, r), narrow(kv_a, -1, 0, r), kv_a_layernorm.weight, kv_a_layernorm.eps);
     rope_into(unsqueeze(narrow(latent, -1, r, dr), 2), unsqueeze(narrow(kv_a, -1, r, dr), 2), tables,
               RopeLayout::interleaved);
     infer::write_latent<T>(cache, index.slots, index.positions, unsqueeze(latent, 2));
-    const Tensor<T> q({n, H, r + dr}, x.device());
-    rope_into(unsqueeze(narrow(q, -1, r, dr), 1), narrow(q_heads, -1, dn, dr), tables, RopeLayout::interleaved);
-    matmul_into(transpose(narrow(q, -1, 0, r), 0, 1), transpose(reshape(narrow(q_heads, -1, 0, dn), {n, H, dn}), 0, 1),
-                w_uk());
-    const Tensor<T> o_lat = infer::attend_cached<T>(q, cache, index.slots, index.lengths, softmax_scale);
-    // Per head W_UV·o_lat: [H, n, r]·[H, r, dv] -> [H, n, dv], written as [n, H, dv] for o_proj.
-    const Tensor<T> o({n, 1, H * v_head_dim}, x.device());
-    matmul_into(transpose(reshape(o, {n, H, v_head_dim}), 0, 1), transpose(o_lat, 0, 1), transpose(w_uv(), -1, -2));
-    return residual.defined() ? o_proj.forward_add(o, residual) : o_proj(o);
-  }
-
-  // decode with T = index.tokens > 1 tokens per row, x [n, T, hidden] at positions
-  // index.positions .. + T − 1 (rope tables [n, T, dr/2]): the same absorbed path with the T
-  // tokens' queries as rows of the per-head products, all T latent rows written first, query t
-  // attending the tokens up to its own (infer::attend_cached_tokens). -> [n, T, hidden] (+ residual).
-  Tensor<T> decode_tokens(const Tensor<T>& x, const Tables& tables, const typename infer::KVCache<T>::Layer& cache,
-                          const infer::DecodeIndex& index, const Tensor<T>& residual = Tensor<T>()) const {
-    const Parts p = project(x, tables);  // q_nope [n, H, T, dn], q_pe [n, H, T, dr]
-    const std::int64_t n = p.B, H = num_heads, tokens = p.S, r = kv_lora_rank;
-    check_latent_cache(cache);
-    infer::write_latent<T>(cache, index.slots, index.positions, latent_row(p));
-    // q_lat = q_nope·W_UK per head over all n·T query rows: [H, n·T, dn]·[H, dn, r].
-    const Tensor<T> q_nope = reshape(transpose(p.q_nope, 0, 1), {H, n * tokens, qk_nope_head_dim});
-    const Tensor<T> q_lat = permute(reshape(matmul(q_nope, w_uk()), {H, n, tokens, r}), {1, 2, 0, 3});  // [n, T, H, r]
-    const Tensor<T> q = cat(std::vector<Tensor<T>>{q_lat, transpose(p.q_pe, 1, 2)}, -1);  // [n, T, H, r + dr]
+    const Tensor<T> q({n, tokens, H, r + dr}, x.device());
+    rope_into(narrow(q, -1, r, dr), narrow(q_heads, -1, dn, dr), tables, RopeLayout::interleaved);
+    // view, never reshape: the products write through these views.
+    matmul_into(transpose(view(narrow(q, -1, 0, r), {rows, H, r}), 0, 1),
+                transpose(view(narrow(q_heads, -1, 0, dn), {rows, H, dn}), 0, 1), w_uk());
     const Tensor<T> o_lat = infer::attend_cached_tokens<T>(q, cache, index.slots, index.lengths, softmax_scale);
-    // Per head W_UV·o_lat: [H, n·T, r]·[H, r, dv] -> [H, n·T, dv] -> [n, T, H·dv].
-    const Tensor<T> o = matmul(reshape(permute(o_lat, {2, 0, 1, 3}), {H, n * tokens, r}), transpose(w_uv(), -1, -2));
-    const Tensor<T> heads = reshape(permute(reshape(o, {H, n, tokens, v_head_dim}), {1, 2, 0, 3}), {n, tokens, H * v_head_dim});
-    return residual.defined() ? o_proj.forward_add(heads, residual) : o_proj(heads);
+    const Tensor<T> o({n, tokens, H * dv}, x.device());
+    matmul_into(transpose(view(o, {rows, H, dv}), 0, 1), transpose(view(o_lat, {rows, H, r}), 0, 1),
+                transpose(w_uv(), -1, -2));
+    return residual.defined() ? o_proj.forward_add(o, residual) : o_proj(o);
   }
 
   std::int64_t q_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
