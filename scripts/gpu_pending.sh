@@ -40,8 +40,10 @@
 #   key-groups-ab  bench_paged_decode_cuda with key groups off, on, off, on: whether a figure repeats
 #   decode-step  after the decode step's launches were cut (2026-12-06: routing with dense gates in
 #           one kernel, rope reading slices in place, per-head products written in place): the
-#           tests of those kernels and ops, the engine's GPU tests, then generation at B = 128
-#           (bench_grpo_cuda, no GRPO steps) while under $DEADLINE (default 540) -> docs/mla.md
+#           tests of those kernels and ops, the engine's GPU tests, then while under $DEADLINE
+#           (default 540) generation at B = 128 (bench_grpo_cuda, no GRPO steps), the engine's
+#           other modes (EngineCuda.BigConfigThroughput: speculative, FP8 cache, contiguous cache,
+#           CUDA-core decode kernel) and the step's kernels under ncu   -> docs/mla.md
 #   profile-decode  the kernels of 8 decode steps of the big config at B = 128 (bench_grpo_cuda
 #           --profile-decode): ncu's duration of each (eager), nsys over graph replays when the
 #           machine has it, and the generation throughput beside them   -> docs/mla.md
@@ -290,6 +292,11 @@ for phase in "$@"; do
         grep -E "median|eager:" "$OUT/kiln_grpo.log"
       else
         echo "deadline: generation not measured"
+      fi
+      if [ $SECONDS -lt "${DEADLINE:-540}" ]; then  # the engine's modes: speculative, FP8 cache, contiguous
+        KILN_ENGINE_BENCH=1 timeout $((${DEADLINE:-540} + 50 - SECONDS)) "$BUILD/tests/test_train_infer_rl_cuda" \
+          --gtest_filter=EngineCuda.BigConfigThroughput > "$OUT/engine_modes.log" 2>&1 || rc=1
+        grep -E "^big config" "$OUT/engine_modes.log"
       fi
       if [ $SECONDS -lt "${DEADLINE:-540}" ]; then  # the step's kernels, as profile-decode
         timeout $((${DEADLINE:-540} + 50 - SECONDS)) ncu --clock-control none --cache-control none \
