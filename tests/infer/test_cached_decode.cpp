@@ -579,6 +579,15 @@ TEST(CachedDecode, Errors) {
   EXPECT_KILN_ERROR(m->decode(tensor<std::int64_t>({1, 2}), index, cache), "DeepseekV3ForCausalLM::decode",
                     "2 layers", "has 3");
   auto own = m->make_decode_cache(2, 8);
+  // The cache's snapshot of each layer's stacked attention inputs [q_a | kv_a]; one of the wrong
+  // shape (another layer's) is refused.
+  ASSERT_EQ(own.attention_inputs.size(), 3u);
+  const nn::DeepseekV3Config dc = infer_deepseek_config();
+  EXPECT_EQ(own.attention_inputs[0].shape(),
+            (Shape{*dc.q_lora_rank + dc.kv_lora_rank + dc.qk_rope_head_dim, dc.hidden_size}));
+  auto wrong = m->make_decode_cache(2, 8);
+  wrong.attention_inputs[1] = narrow(wrong.attention_inputs[1], 0, 1, wrong.attention_inputs[1].size(0) - 1);
+  EXPECT_KILN_ERROR(m->decode(tensor<std::int64_t>({1, 2}), index, wrong), "MLA", "stack_inputs");
   // On the CPU a position past the capacity is caught by the cache write.
   const auto late = infer::DecodeIndex::at(tensor<std::int64_t>({0, 1}), tensor<std::int64_t>({8, 0}));
   EXPECT_KILN_ERROR(m->decode(tensor<std::int64_t>({1, 2}), late, own), "cache_write", "capacity 8");

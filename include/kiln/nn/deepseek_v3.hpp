@@ -72,6 +72,8 @@ struct DeepseekV3DecodeCache {
   std::vector<DenseExperts<T>> experts;  // per layer: an MoE layer's stacked experts (a snapshot of
                                          // its weights when the cache was made) for dense dispatch;
                                          // empty for dense layers and sparse dispatch
+  std::vector<Tensor<T>> attention_inputs;  // per layer: MLA::stack_inputs(), the same kind of snapshot
+                                            // (undefined: two products, as where none is made)
   // Both with one more layer after the main ones when made for speculative decoding: MTP module
   // 1's transformer block, which attends over its own latents like any layer.
 };
@@ -144,8 +146,9 @@ class DeepseekV3DecoderLayer : public Module<T> {
   // In decode the residual adds ride in the products before them (o_proj's, the experts' down
   // projection in dense dispatch): no add launches.
   Tensor<T> decode(const Tensor<T>& x, const Tables& tables, const CacheLayer& cache,
-                   const infer::DecodeIndex& index, const DenseExperts<T>& experts) const {
-    return mlp_block(self_attn.decode(input_layernorm(x), tables, cache, index, x), experts);
+                   const infer::DecodeIndex& index, const DenseExperts<T>& experts,
+                   const Tensor<T>& attention_inputs = Tensor<T>()) const {
+    return mlp_block(self_attn.decode(input_layernorm(x), tables, cache, index, x, attention_inputs), experts);
   }
 
   std::int64_t layer_idx;
@@ -352,11 +355,12 @@ class DeepseekV3ForCausalLM : public Module<T> {
     if (with_mtp) layers.push_back(model.mtp_layers.front().get());
     DecodeCache cache{infer::KVCache<T>::latent(static_cast<std::int64_t>(layers.size()), layout, c.kv_lora_rank,
                                                 c.qk_rope_head_dim, device(), format),
-                      {}};
+                      {}, {}};
     for (const auto* layer : layers) {
       const bool dense =
           layer->moe && layer->moe->generation_dispatch(dispatch, device()) == GenerationDispatch::dense;
       cache.experts.push_back(dense ? layer->moe->stack_experts() : DenseExperts<T>());
+      cache.attention_inputs.push_back(layer->self_attn.stack_inputs());
     }
     return cache;
   }
@@ -428,7 +432,8 @@ class DeepseekV3ForCausalLM : public Module<T> {
     const auto tables = decode_rope_tables<T>(index.positions, tokens, model.config.qk_rope_head_dim,
                                               model.config.rope_theta, h.device());
     for (std::size_t i = 0; i < model.layers.size(); ++i)
-      h = model.layers[i]->decode(h, tables, cache.kv.layer(static_cast<std::int64_t>(i)), index, cache.experts[i]);
+      h = model.layers[i]->decode(h, tables, cache.kv.layer(static_cast<std::int64_t>(i)), index, cache.experts[i],
+                                  i < cache.attention_inputs.size() ? cache.attention_inputs[i] : Tensor<T>());
     return {head(model.norm(h)), h};
   }
 

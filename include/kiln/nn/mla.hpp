@@ -149,15 +149,17 @@ class MLA : public Module<T> {
   //     product [H, n·T, dn]·[H, dn, r], which writes into q's first r columns) and q_pe rotated
   //     from its slice of q_b's output.
   // The per-head W_UV product writes o_proj's input [n, T, H·dv] the same way.
+  // `stacked`: this layer's stack_inputs() (a snapshot made with the cache), for one product on x.
   Tensor<T> decode(const Tensor<T>& x, const Tables& tables, const typename infer::KVCache<T>::Layer& cache,
-                   const infer::DecodeIndex& index, const Tensor<T>& residual = Tensor<T>()) const {
+                   const infer::DecodeIndex& index, const Tensor<T>& residual = Tensor<T>(),
+                   const Tensor<T>& stacked = Tensor<T>()) const {
     check(seq_len(x) == index.tokens, "MLA", "decode takes ",
           index.tokens == 1 ? "one token per row, x [n, 1, hidden]" : "index.tokens tokens per row, x [n, tokens, hidden]",
           " (index.tokens = ", index.tokens, "); got shape ", x.shape());
     check_latent_cache(cache);
     const std::int64_t n = x.size(0), tokens = x.size(1), rows = n * tokens, H = num_heads, r = kv_lora_rank,
                        dn = qk_nope_head_dim, dr = qk_rope_head_dim, dv = v_head_dim;
-    const auto [q_flat, kv_a] = project_inputs(x);
+    const auto [q_flat, kv_a] = project_inputs(x, stacked);
     const Tensor<T> q_heads = reshape(q_flat, {n, tokens, H, dn + dr});
     const Tensor<T> latent({n, tokens, r + dr}, x.device());
     rms_norm_into(narrow(latent, -1, 0, r), narrow(kv_a, -1, 0, r), kv_a_layernorm.weight, kv_a_layernorm.eps);
@@ -174,6 +176,18 @@ class MLA : public Module<T> {
     matmul_into(transpose(view(o, {rows, H, dv}), 0, 1), transpose(view(o_lat, {rows, H, r}), 0, 1),
                 transpose(w_uv(), -1, -2));
     return residual.defined() ? o_proj.forward_add(o, residual) : o_proj(o);
+  }
+
+  // The weights of the two products on x (q_a, or q without q_lora_rank, then kv_a) stacked
+  // [out_q + r + dr, hidden]: a snapshot for decode's one product (made with a decode cache, as the
+  // experts' stack; to be made again after the weights change). Undefined where they do not stack
+  // alone (biases, FP8 mode): decode then runs the two products.
+  Tensor<T> stack_inputs() const {
+    const Linear<T>& first = q_proj ? *q_proj : *q_a_proj;
+    if (first.bias.defined() || kv_a_proj_with_mqa.bias.defined() || first.fp8 || kv_a_proj_with_mqa.fp8)
+      return Tensor<T>();
+    NoGradGuard no_grad;
+    return cat(std::vector<Tensor<T>>{first.weight.detach(), kv_a_proj_with_mqa.weight.detach()}, 0);
   }
 
   std::int64_t q_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
@@ -240,10 +254,18 @@ class MLA : public Module<T> {
 
   // The products on x both paths start from: the queries [B, S, H·(dn + dr)] (through q_a and its
   // norm, then q_b, with q_lora_rank) and kv_a's output [B, S, r + dr]. q_a (or q) and kv_a read
-  // the same x: one product where they stack (linears_on_one_input).
-  std::pair<Tensor<T>, Tensor<T>> project_inputs(const Tensor<T>& x) const {
-    const std::vector<Tensor<T>> a =
-        linears_on_one_input<T>(x, {q_proj ? q_proj.get() : q_a_proj.get(), &kv_a_proj_with_mqa});
+  // the same x: one product where they stack (linears_on_one_input when training; in generation
+  // over `stacked`, stack_inputs()'s snapshot, when given).
+  std::pair<Tensor<T>, Tensor<T>> project_inputs(const Tensor<T>& x, const Tensor<T>& stacked = Tensor<T>()) const {
+    const Linear<T>& first = q_proj ? *q_proj : *q_a_proj;
+    std::vector<Tensor<T>> a;
+    if (stacked.defined()) {
+      check(stacked.shape() == Shape{first.out_features + kv_a_proj_with_mqa.out_features, first.in_features}, "MLA",
+            "stacked input weights of shape ", stacked.shape(), " are not this layer's stack_inputs()");
+      a = split(linear(x, stacked), std::vector<std::int64_t>{first.out_features, kv_a_proj_with_mqa.out_features}, -1);
+    } else {
+      a = linears_on_one_input<T>(x, {&first, &kv_a_proj_with_mqa});
+    }
     return {q_proj ? a[0] : (*q_b_proj)((*q_a_layernorm)(a[0])), a[1]};
   }
 
