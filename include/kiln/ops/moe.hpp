@@ -105,10 +105,10 @@ MoeRoute<T> moe_route(const Tensor<T>& scores, const Tensor<T>& bias, const MoeR
   const char* op = "moe_route";
   check(!o.logits, op, "takes the sigmoid affinities (its gradient is theirs); logits are for moe_route_dense");
   MoeRoute<T> r = detail::moe_route_forward(op, scores, bias, o, 0, static_cast<Tensor<T>*>(nullptr));
-  const std::int64_t N = scores.size(0), E = scores.size(1);
-  const int K = static_cast<int>(o.top_k);
-  const Tensor<T> sc = contiguous(scores.detach());
   if (autograd::needs_grad(scores)) {
+    const std::int64_t N = scores.size(0), E = scores.size(1);
+    const int K = static_cast<int>(o.top_k);
+    const Tensor<T> sc = contiguous(scores.detach());
     const Tensor<std::int64_t> experts = r.experts;
     autograd::record(r.gates, op, [sc, experts, N, E, K, o](const Tensor<T>& g, const autograd::InputGrads& in) {
       const char* bop = "moe_route backward";

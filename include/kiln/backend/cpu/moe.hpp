@@ -45,13 +45,12 @@ void moe_route(const T* scores, const T* bias, std::int64_t* experts, T* gates, 
       }
     return at;
   };
-  std::vector<T> affinity(static_cast<std::size_t>(E));
+  std::vector<T> affinity(logits ? static_cast<std::size_t>(E) : 0);
   for (std::int64_t n = 0; n < tokens; ++n) {
-    const T* s = affinity.data();
-    for (int e = 0; e < E; ++e) {
-      const C v = static_cast<C>(scores[n * E + e]);
-      affinity[static_cast<std::size_t>(e)] = T(logits ? math::sigmoid_of(v) : v);
-    }
+    const T* s = logits ? affinity.data() : scores + n * E;
+    if (logits)
+      for (int e = 0; e < E; ++e)
+        affinity[static_cast<std::size_t>(e)] = T(math::sigmoid_of(static_cast<C>(scores[n * E + e])));
     for (int e = 0; e < E; ++e)
       c[static_cast<std::size_t>(e)] = static_cast<C>(T(static_cast<C>(s[e]) + static_cast<C>(bias[e])));
     if (topk_group < n_group) {
