@@ -44,6 +44,10 @@
 #           (default 540) generation at B = 128 (bench_grpo_cuda, no GRPO steps), the engine's
 #           other modes (EngineCuda.BigConfigThroughput: speculative, FP8 cache, contiguous cache,
 #           CUDA-core decode kernel) and the step's kernels under ncu   -> docs/mla.md
+#   fp8-turns  the FP8 GEMMs' consumer warpgroups issuing in turns (2026-12-06, KILN_FP8_PINGPONG):
+#           the FP8 GEMM tests (turns on and off give the same bits), then while under $DEADLINE
+#           (default 540) bench_fp8_gemm_cuda and bench_grouped_fp8_gemm_cuda with turns on, off,
+#           on, off, and the big config's FP8 training (300 steps) both ways  -> docs/fp8-gemm.md
 #   profile-decode  the kernels of 8 decode steps of the big config at B = 128 (bench_grpo_cuda
 #           --profile-decode): ncu's duration of each (eager), nsys over graph replays when the
 #           machine has it, and the generation throughput beside them   -> docs/mla.md
@@ -64,7 +68,7 @@ BUILD=${BUILD:-/tmp/kb}
 BUILD_LOGS=${BUILD_LOGS:-$OUT}  # configure.log and build.log (elsewhere when $OUT's files are counted)
 mkdir -p "$OUT" "$BUILD_LOGS"
 phases="build|tests|quantize|quantize-quick|fp8|fp8-ablations|fp8-parts|fp8-seeds|bench|bench-key-groups|bench-fp8"
-phases+="|key-groups-ab|verify|steps|changes|profile-decode|decode-step"
+phases+="|key-groups-ab|verify|steps|changes|profile-decode|decode-step|fp8-turns"
 [ $# -gt 0 ] || { echo "usage: $0 $phases|profile-fp8 ..."; exit 2; }
 
 . scripts/carried_deps.sh
@@ -304,6 +308,32 @@ for phase in "$@"; do
           --profile-decode 4 > "$OUT/profile_decode_ncu.csv" 2> "$OUT/profile_decode_ncu.err"
         echo "profile: $(grep -c '^"' "$OUT/profile_decode_ncu.csv") lines"
       fi
+      ;;
+    fp8-turns)
+      build test_kernels_cuda bench_fp8_gemm_cuda bench_grouped_fp8_gemm_cuda pretrain
+      timeout 240 "$BUILD/tests/test_kernels_cuda" --gtest_filter='Fp8GemmCuda.*:GroupedFp8GemmCuda.*:KGroupedFp8GemmCuda.*' \
+        > "$OUT/test_fp8_gemm.log" 2>&1 || rc=1
+      grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT"/test_fp8_gemm.log | head -20
+      for round in 1 2; do
+        for turns in on off; do
+          [ $SECONDS -lt "${DEADLINE:-540}" ] || { echo "deadline: round $round turns $turns not run"; continue; }
+          KILN_FP8_PINGPONG=$turns timeout 150 "$BUILD/benchmarks/bench_fp8_gemm_cuda" \
+            > "$OUT/bench_fp8_gemm_${turns}_$round.log" 2>&1 || rc=1
+          echo "turns $turns, round $round: $(grep -A1 '^geometric mean' "$OUT/bench_fp8_gemm_${turns}_$round.log" | tr '\n' ' ')"
+        done
+      done
+      for turns in on off; do
+        [ $SECONDS -lt "${DEADLINE:-540}" ] || { echo "deadline: grouped, turns $turns not run"; continue; }
+        KILN_FP8_PINGPONG=$turns timeout 120 "$BUILD/benchmarks/bench_grouped_fp8_gemm_cuda" \
+          > "$OUT/bench_grouped_fp8_$turns.log" 2>&1 || rc=1
+      done
+      for turns in on off; do
+        [ $SECONDS -lt "${DEADLINE:-540}" ] || { echo "deadline: pretrain, turns $turns not run"; continue; }
+        KILN_FP8_PINGPONG=$turns timeout $((${DEADLINE:-540} + 50 - SECONDS)) "$BUILD/examples/pretrain" --device cuda \
+          --config big --steps 300 --log-every 100 --eval-every 300 --samples 0 --seed 1 --fp8 \
+          > "$OUT/pretrain_fp8_turns_$turns.log" 2>&1 || echo "pretrain turns $turns failed"
+        echo "fp8, turns $turns: $(grep -E '^(eval step 300|done)' "$OUT/pretrain_fp8_turns_$turns.log" | tr '\n' ' ')"
+      done
       ;;
     profile-decode)
       build bench_grpo_cuda

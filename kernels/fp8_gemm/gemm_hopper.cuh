@@ -73,6 +73,7 @@ struct Params {
   std::int64_t b_scale_ld;
   int b_rowwise;  // 1: B has 1×128 tiles (one scale per column of D), 0: 128×128 blocks
   int promote;
+  int pingpong;     // two consumer warpgroups issue their wgmmas in turns (promoted_mainloop)
   int out_is_fp32;  // the tensor d_map stores into: D (bf16 or FP32) or, when splits > 1, the FP32 workspace
   int m_tiles, n_tiles, splits, kb_per_split, units;
   // The k-grouped GEMM (kernels/grouped_fp8_gemm/k_grouped.cuh) reuses the split units: split g is
@@ -178,6 +179,10 @@ __global__ void __launch_bounds__((BM / 64 + 1) * 128, 1)
   const int col_in_chunk = 2 * (lane % 4);                   // and columns 8c + col_in_chunk + {0, 1}
   constexpr int kFragment = BN / 2;
   Ring wait_ring{0, 0}, release_ring{0, 0};
+  // Turns on hardware barriers 1 and 2 (the epilogue's are 3 and 4); every unit of a CTA has the
+  // same k-block run for both consumers, so both take the same number of turns.
+  const sm90::PingPong turns{p.promote && p.pingpong && kConsumers == 2, consumer};
+  turns.start();
 
   for (int u = blockIdx.x; u < p.units; u += gridDim.x) {
     const Unit w = unit_at<BM, BN>(p, u);
@@ -221,7 +226,7 @@ __global__ void __launch_bounds__((BM / 64 + 1) * 128, 1)
       }
     } else if (w.kb_end > w.kb_begin) {  // an empty run (a k-grouped GEMM's empty group) stores zeros
       promoted_mainloop<Layout, INTERVAL>(acc, w.kb_end - w.kb_begin, smem, base, full_bar, empty_bar, wait_ring,
-                                          release_ring, consumer, row0, col_in_chunk, lane, p.b_rowwise);
+                                          release_ring, consumer, row0, col_in_chunk, lane, p.b_rowwise, turns);
     }
 
     // ---- epilogue: registers -> shared memory -> TMA store into D (or the split's workspace slice) ----
@@ -230,7 +235,7 @@ __global__ void __launch_bounds__((BM / 64 + 1) * 128, 1)
     // thread then issues the TMA stores, which clip rows and columns outside D, and the warpgroup
     // moves on to its next unit while they drain. The staging tile holds 64 × BN bf16 values, so
     // FP32 outputs go out in two passes of half the columns.
-    const int barrier_id = 1 + consumer;
+    const int barrier_id = 3 + consumer;  // 1 and 2 are the turns'
     const bool storer = t == 0;
     const std::uint32_t out_tile = base + Layout::out_offset + consumer * Layout::out_tile;
     const int row_local = (t / 32) * 16 + lane / 4;
@@ -253,6 +258,7 @@ __global__ void __launch_bounds__((BM / 64 + 1) * 128, 1)
       }
     }
   }
+  turns.finish();
   if (t == 0) sm90::bulk_wait<0>();  // shared memory must outlive the stores that read it
 }
 
@@ -392,6 +398,7 @@ inline void launch_fp8_gemm_hopper(const Fp8GemmArgs& g, float* workspace) {
   p.b_scale_ld = g.b_scale_ld;
   p.b_rowwise = g.b_tile_rows == 1;
   p.promote = g.promote;
+  p.pingpong = fp8_pingpong_enabled();
   p.out_is_fp32 = plan.splits > 1 || g.d_dtype == DType::f32;
   p.m_tiles = static_cast<int>((g.m + plan.bm - 1) / plan.bm);
   p.n_tiles = static_cast<int>((g.n + plan.bn - 1) / plan.bn);

@@ -37,10 +37,12 @@
 
 #include <cstdint>
 
+#include "kiln/core/environment.hpp"
 #include "kiln/core/error.hpp"
 #include "kiln/kernels/common/sm90/mbarrier.cuh"
 #include "kiln/kernels/common/sm90/smem.cuh"
 #include "kiln/kernels/common/sm90/tma.cuh"
+#include "kiln/kernels/common/sm90/warpgroup.cuh"
 #include "kiln/kernels/common/sm90/wgmma.cuh"
 
 namespace kiln::kernels::fp8_hopper {
@@ -143,15 +145,24 @@ __device__ inline void fill_stage(std::uint8_t* smem, std::uint32_t base, std::u
 // partial accumulator (BN ≤ 64: 3 · BN/2 registers of fragments fit), group g is issued into one
 // while group g-1, in the other, finishes and is promoted (wait_group<1> leaves exactly the newest
 // group in flight). At BN = 128 that does not fit beside the rest (ptxas spills, and then
-// serialises the wgmmas), so those tiles wait for each group before promoting; their two consumer
-// warpgroups still overlap each other. (Splitting the 128 columns into two 64-column halves with a
-// partial accumulator each fits the registers, but ptxas serialises every wgmma of that loop
-// (C7514): measured 642 against 955 TFLOP/s, so it is not used.)
+// serialises the wgmmas), so those tiles wait for each group before promoting, and the other
+// consumer warpgroup has to keep the tensor cores busy meanwhile. (Splitting the 128 columns into
+// two 64-column halves with a partial accumulator each fits the registers, but ptxas serialises
+// every wgmma of that loop (C7514): measured 642 against 955 TFLOP/s, so it is not used.)
+//
+// Turns (`turns`, sm90::PingPong over the two consumer warpgroups; off for one): each group's
+// wgmmas are issued in a turn, so the tensor cores receive warpgroup 0's group g, then warpgroup
+// 1's group g, then 0's group g + 1, ... . Left to themselves the two warpgroups drift into step:
+// they issue at the same time, their wgmmas finish together and both promote while the tensor
+// cores idle. In turns, a warpgroup's promotion (64 × BN FMAs, a quarter of the time its four
+// wgmmas take at BN = 128) runs while the other's wgmmas execute. The order of every warpgroup's
+// own sums is unchanged, so the result is the same bits either way (KILN_FP8_PINGPONG=off).
 template <class Layout, int INTERVAL>
 __device__ __forceinline__ void promoted_mainloop(float (&acc)[Layout::bn / 2], int num_kb, const std::uint8_t* smem,
                                                   std::uint32_t base, std::uint32_t full_bar, std::uint32_t empty_bar,
                                                   Ring& wait_ring, Ring& release_ring, int consumer, int scale_row,
-                                                  int col_in_chunk, int lane, bool b_rowwise) {
+                                                  int col_in_chunk, int lane, bool b_rowwise,
+                                                  const sm90::PingPong& turns) {
   constexpr int BN = Layout::bn;
   constexpr int STAGES = Layout::stages;
   constexpr int kFragment = BN / 2;
@@ -170,6 +181,7 @@ __device__ __forceinline__ void promoted_mainloop(float (&acc)[Layout::bn / 2], 
     const std::uint64_t a_desc = sm90::smem_descriptor_k_major_sw128(a_tile);
     const std::uint64_t b_desc = sm90::smem_descriptor_k_major_sw128(b_tile);
     sm90::fence_registers(part);
+    turns.take_turn();
     sm90::wgmma_fence();
 #pragma unroll
     for (int s = 0; s < kStepsPerGroup; ++s) {
@@ -177,6 +189,7 @@ __device__ __forceinline__ void promoted_mainloop(float (&acc)[Layout::bn / 2], 
       sm90::WgmmaE4m3<BN>::mma(part, a_desc + 2 * ks, b_desc + 2 * ks, s > 0);
     }
     sm90::wgmma_commit();
+    turns.pass_turn();
     if (j == kGroupsPerBlock - 1) wait_ring.advance(STAGES);
   };
   // acc += part · a_scale(row) · b_scale, with group g's k-block scales, then frees the stage after
@@ -277,6 +290,10 @@ __device__ __forceinline__ void stage_fragment(const float (&acc)[BN / 2], std::
 }
 
 // ---- host side ----------------------------------------------------------------------------------
+
+// Whether the two consumer warpgroups issue in turns (promoted_mainloop); KILN_FP8_PINGPONG=off in
+// the environment, read at each launch (the tests switch it), lets them issue freely.
+inline bool fp8_pingpong_enabled() { return !environment_is("KILN_FP8_PINGPONG", "off"); }
 
 // A row-major [rows, k] e4m3 matrix with row stride ld bytes, read as boxes of box_rows × 128 bytes
 // with the 128-byte swizzle; out-of-range rows and columns read as zero.

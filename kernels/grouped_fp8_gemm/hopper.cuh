@@ -94,6 +94,7 @@ struct Params {
   std::uint8_t* d;
   std::int64_t d_row_bytes;         // N · (2 or 4)
   int out_is_fp32;
+  int pingpong;  // the two consumer warpgroups issue their wgmmas in turns (fp8_hopper::promoted_mainloop)
 };
 
 static __global__ void __launch_bounds__(kThreads, 1)
@@ -173,6 +174,9 @@ static __global__ void __launch_bounds__(kThreads, 1)
   const int pass_cols = kBlockN / passes;
   const int box_cols = 128 / out_bytes;
   Ring wait_ring{0, 0}, release_ring{0, 0};
+  // Turns on hardware barriers 1 and 2 (the epilogue's are 3 and 4); both consumers run every unit.
+  const sm90::PingPong turns{p.pingpong != 0, consumer};
+  turns.start();
 
   for (int u = static_cast<int>(blockIdx.x); u < units; u += static_cast<int>(gridDim.x)) {
     const grouped_gemm::RowTile tile = tile_of(u);
@@ -181,15 +185,16 @@ static __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
     for (int i = 0; i < kFragment; ++i) acc[i] = 0.f;
     fp8_hopper::promoted_mainloop<Layout, 128>(acc, p.num_kb, smem, base, full_bar, empty_bar, wait_ring, release_ring,
-                                               consumer, consumer * 64 + row_local + shift, col_in_chunk, lane, false);
+                                               consumer, consumer * 64 + row_local + shift, col_in_chunk, lane, false,
+                                               turns);
 
     // ---- epilogue: fragment -> staging tile -> masked 16-byte stores ----
     const std::int64_t tile_row0 = tile.row0 + consumer * 64;
     const int n0 = tile.col_tile * kBlockN;
     for (int pass = 0; pass < passes; ++pass) {
-      sm90::named_barrier_sync(1 + consumer, 128);  // the previous copy-out has read the staging tile
+      sm90::named_barrier_sync(3 + consumer, 128);  // the previous copy-out has read the staging tile
       fp8_hopper::stage_fragment<kBlockN>(acc, staging, row_local, col_in_chunk, pass, p.out_is_fp32);
-      sm90::named_barrier_sync(1 + consumer, 128);
+      sm90::named_barrier_sync(3 + consumer, 128);
       // pass_cols · out_bytes = 256 bytes a row: 2 boxes × 64 rows × 8 chunks of 16 bytes.
 #pragma unroll 4
       for (int i = t; i < 2 * 64 * 8; i += 128) {
@@ -258,6 +263,7 @@ inline void launch_grouped_fp8_gemm_hopper(const GroupedFp8GemmArgs& a) {
   p.b_scale_group = ((a.n + 127) / 128) * p.num_kb;
   p.d = static_cast<std::uint8_t*>(a.d);
   p.out_is_fp32 = a.d_dtype == DType::f32;
+  p.pingpong = fp8_hopper::fp8_pingpong_enabled();
   p.d_row_bytes = a.n * (p.out_is_fp32 ? 4 : 2);
   const std::int64_t row_tiles = masked ? a.groups * ((a.rows + kBlockM - 1) / kBlockM)
                                         : (a.rows + kBlockM - 1) / kBlockM + a.groups;

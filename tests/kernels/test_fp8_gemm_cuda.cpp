@@ -345,6 +345,42 @@ TEST(Fp8GemmCuda, SplitKIsBitIdenticalAcrossRuns) {
   }
 }
 
+// The two consumer warpgroups issue their wgmmas in turns (KILN_FP8_PINGPONG, on by default) or
+// freely: only the timing changes, every warpgroup sums in the same order, so the bits must be equal.
+// Shapes with two consumers: 1000 × 2112 (128 × 128 tiles, promotion after each group), 200 × 2112
+// (128 × 64 tiles split along K, the promotion overlapped within each warpgroup), at every
+// promotion interval, both weight tilings, an odd K, FP32 and bf16 outputs.
+TEST(Fp8GemmCuda, TurnsGiveTheSameBits) {
+  KILN_REQUIRE_GPU();
+  std::uint64_t seed = 500;
+  for (std::int64_t m : {1000, 200})
+    for (std::int64_t k : {7168, 1040})
+      for (Tiling bt : {Tiling::block_128x128, Tiling::row_1x128}) {
+        const QuantizedMatrix a = fp8::quantize(gpu_matrix(m, k, seed++), Tiling::row_1x128);
+        const QuantizedMatrix b = fp8::quantize(gpu_matrix(2112, k, seed++), bt);
+        const std::vector<std::int64_t> rows = some_rows(m, 16, seed++);
+        const Tensor<double> ref = fp8::gemm_reference(a, b, rows);
+        for (int interval : {128, 64, 32}) {
+          SCOPED_TRACE(str("M ", m, " K ", k, " B ", fp8::tiling_name(bt), " promotion every ", interval));
+          fp8::GemmOptions opt;
+          opt.kernel = GemmKernel::hopper;
+          opt.promotion_interval = interval;
+          std::vector<std::uint32_t> bits[2];
+          std::vector<std::uint16_t> bf_bits[2];
+          for (int on = 0; on < 2; ++on) {
+            const ScopedEnv setting("KILN_FP8_PINGPONG", on ? "on" : "off");
+            poison_cached_memory();
+            const Tensor<float> d = fp8::gemm<float>(a, b, opt);
+            bits[on] = bits_of(d.to_vector());
+            EXPECT_LE(relative_error(rows_of(d, rows), ref.to_vector()), tolerance<float>(GemmKernel::hopper, interval));
+            for (const bf16& v : fp8::gemm<bf16>(a, b, opt).to_vector()) bf_bits[on].push_back(v.bits);
+          }
+          EXPECT_TRUE(bits[0] == bits[1]) << "FP32 outputs differ with and without turns";
+          EXPECT_TRUE(bf_bits[0] == bf_bits[1]) << "bf16 outputs differ with and without turns";
+        }
+      }
+}
+
 TEST(Fp8GemmCuda, OddShapes) {
   KILN_REQUIRE_GPU();
   poison_cached_memory();

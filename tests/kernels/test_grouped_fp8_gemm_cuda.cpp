@@ -11,6 +11,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <vector>
@@ -156,6 +157,40 @@ TEST(GroupedFp8GemmCuda, DeepSeekV3Shapes) {
     expect_contiguous(dy, fp8::quantize_grouped_transposed(w), offsets_of<std::int64_t>(sizes), 6, "dgrad",
                       {GroupedGemmKernel::hopper});
   }
+}
+
+// The consumers' turns (KILN_FP8_PINGPONG) change only the timing: the same bits either way.
+TEST(GroupedFp8GemmCuda, TurnsGiveTheSameBits) {
+  KILN_REQUIRE_GPU();
+  const std::vector<std::int64_t> sizes{0, 1, 511, 1000, 129, 77, 300};
+  std::int64_t R = 0;
+  for (std::int64_t s : sizes) R += s;
+  const fp8::QuantizedMatrix a = fp8::quantize(gpu_values({R, 2064}, 41), fp8::Tiling::row_1x128);
+  const fp8::GroupedWeights b = fp8::quantize_grouped(gpu_values({7, 784, 2064}, 42));
+  const Tensor<std::int64_t> offsets = on_gpu(offsets_of<std::int64_t>(sizes));
+  std::vector<float> out[2];
+  for (int on = 0; on < 2; ++on) {
+    const ScopedEnv setting("KILN_FP8_PINGPONG", on ? "on" : "off");
+    Tensor<float> d = full<float>({R, 784}, std::numeric_limits<float>::quiet_NaN(), gpu);
+    KernelTrace trace;
+    fp8::grouped_gemm_out(d, a, b, offsets, {.kernel = GroupedGemmKernel::hopper});
+    EXPECT_EQ(trace.launches(), std::vector<std::string>{"grouped_fp8_gemm/hopper"});
+    out[on] = d.to_vector();
+  }
+  // Bit for bit (memcmp: NaN left anywhere would differ from itself under ==, and fail below).
+  ASSERT_EQ(out[0].size(), out[1].size());
+  EXPECT_EQ(std::memcmp(out[0].data(), out[1].data(), out[0].size() * sizeof(float)), 0)
+      << "outputs differ with and without turns";
+  std::vector<std::int64_t> rows;
+  std::vector<int> groups;
+  std::int64_t start = 0;
+  for (std::size_t g = 0; g < sizes.size(); start += sizes[g], ++g)
+    pick_rows(start, sizes[g], static_cast<int>(g), 4, rows, groups);
+  std::vector<double> got;
+  for (std::int64_t r : rows)
+    for (std::int64_t c = 0; c < 784; ++c) got.push_back(static_cast<double>(out[1][static_cast<std::size_t>(r * 784 + c)]));
+  EXPECT_LE(relative_error(got, dequantized_product(a, b, rows, groups)),
+            grouped_tolerance(GroupedGemmKernel::hopper, false));
 }
 
 TEST(GroupedFp8GemmCuda, Masked) {
