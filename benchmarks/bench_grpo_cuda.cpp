@@ -33,10 +33,12 @@
 //     profiler on (cudaProfilerStart/Stop) over its N decode steps only, the prefill before them
 //     and the warm-up left out: run under `ncu --profile-from-start off` (every kernel of N decode
 //     steps, eager) or `nsys profile --capture-range=cudaProfilerApi` (with --profile-graphs: the
-//     steps replayed as CUDA graphs, `--cuda-graph-trace=node` to see their kernels).
+//     steps replayed as CUDA graphs, `--cuda-graph-trace=node` to see their kernels). With
+//     --profile-speculative the steps are MTP speculative steps (GenerateOptions::speculative: the
+//     main model over two tokens, the draws, the MTP module over two, the drafts' draws).
 //
 //   ./benchmarks/bench_grpo_cuda [--gen-runs N] [--steps N] [--micro-batch N] [--json PATH]
-//   ./benchmarks/bench_grpo_cuda --profile-decode N [--profile-graphs]
+//   ./benchmarks/bench_grpo_cuda --profile-decode N [--profile-graphs] [--profile-speculative]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -71,6 +73,7 @@ const char* kUsage = R"(bench_grpo_cuda: kiln generation throughput and GRPO ste
   --json PATH       also write the final JSON line to PATH
   --profile-decode N  only profile N decode steps of a B = 128 generate (see the file comment)  [0]
   --profile-graphs  with --profile-decode: the steps replayed as CUDA graphs (default eager)
+  --profile-speculative  with --profile-decode: MTP speculative steps (default plain decoding)
 )";
 
 constexpr std::int64_t kVocab = 2048;
@@ -209,7 +212,7 @@ nlohmann::ordered_json bench_generation(const Model& model, std::int64_t runs, s
 
 // (c) N decode steps between cudaProfilerStart and cudaProfilerStop: the progress report of step 0
 // comes after the prefill's draw, that of step N after the N-th decode step.
-void profile_decode(const Model& model, std::int64_t steps, bool graphs, std::uint64_t seed) {
+void profile_decode(const Model& model, std::int64_t steps, bool graphs, bool speculative, std::uint64_t seed) {
   const std::vector<std::vector<std::int64_t>> prompts = random_prompts(seed);
   infer::SamplingParams params;
   params.temperature = 1.0;
@@ -217,6 +220,7 @@ void profile_decode(const Model& model, std::int64_t steps, bool graphs, std::ui
   params.seed = seed;
   infer::GenerateOptions options;
   options.cuda_graphs = graphs;
+  options.speculative = speculative;
   infer::generate(model, prompts, params, options);  // warm-up: plans, pools, graphs
   params.max_new_tokens = steps + 1;
   bool profiling = false;
@@ -235,9 +239,9 @@ void profile_decode(const Model& model, std::int64_t steps, bool graphs, std::ui
   infer::generate(model, prompts, params, options);
   cuda::synchronize();
   if (profiling) KILN_CUDA_CHECK(cudaProfilerStop());
-  std::printf("profiled %lld decode steps of %lld rows (%s); the whole generate took %.3f s\n",
-              static_cast<long long>(steps), static_cast<long long>(kGenPrompts), graphs ? "CUDA graphs" : "eager",
-              seconds(t0, Clock::now()));
+  std::printf("profiled %lld %sdecode steps of %lld rows (%s); the whole generate took %.3f s\n",
+              static_cast<long long>(steps), speculative ? "speculative " : "", static_cast<long long>(kGenPrompts),
+              graphs ? "CUDA graphs" : "eager", seconds(t0, Clock::now()));
 }
 
 // ---- (b) one GRPO step -------------------------------------------------------------------------
@@ -338,6 +342,7 @@ int main(int argc, char** argv) try {
   const std::string json_path = flags.str("json", "");
   const std::int64_t profile_steps = flags.integer("profile-decode", 0);
   const bool profile_graphs = flags.flag("profile-graphs");
+  const bool profile_speculative = flags.flag("profile-speculative");
   flags.check_all_used();
   check(profile_steps >= 0 && profile_steps < kGenNewTokens, "bench_grpo_cuda", "--profile-decode must be in [0, ",
         kGenNewTokens, "), got ", profile_steps);
@@ -367,7 +372,7 @@ int main(int argc, char** argv) try {
   std::fflush(stdout);
 
   if (profile_steps > 0) {
-    profile_decode(model, profile_steps, profile_graphs, seed);
+    profile_decode(model, profile_steps, profile_graphs, profile_speculative, seed);
     return 0;
   }
   nlohmann::ordered_json result;

@@ -51,6 +51,8 @@
 #   profile-decode  the kernels of 8 decode steps of the big config at B = 128 (bench_grpo_cuda
 #           --profile-decode): ncu's duration of each (eager), nsys over graph replays when the
 #           machine has it, and the generation throughput beside them   -> docs/mla.md
+#   profile-speculative  the kernels of 4 MTP speculative decode steps (bench_grpo_cuda
+#           --profile-decode 4 --profile-speculative) beside 4 plain ones, under ncu   -> docs/mla.md
 #   profile-fp8  the GPU time of each kernel in 30 steps of bf16 and of FP8 training (nsys when the
 #           machine has it)                                          -> docs/fp8-gemm.md
 # Usage: scripts/gpu_pending.sh PHASE [PHASE ...]   (on the lent machine: OUT=$OUT, logs under it)
@@ -68,7 +70,7 @@ BUILD=${BUILD:-/tmp/kb}
 BUILD_LOGS=${BUILD_LOGS:-$OUT}  # configure.log and build.log (elsewhere when $OUT's files are counted)
 mkdir -p "$OUT" "$BUILD_LOGS"
 phases="build|tests|quantize|quantize-quick|fp8|fp8-ablations|fp8-parts|fp8-seeds|bench|bench-key-groups|bench-fp8"
-phases+="|key-groups-ab|verify|steps|changes|profile-decode|decode-step|fp8-turns"
+phases+="|key-groups-ab|verify|steps|changes|profile-decode|decode-step|fp8-turns|profile-speculative"
 [ $# -gt 0 ] || { echo "usage: $0 $phases|profile-fp8 ..."; exit 2; }
 
 . scripts/carried_deps.sh
@@ -353,6 +355,17 @@ for phase in "$@"; do
       else
         echo "no nsys"
       fi
+      ;;
+    profile-speculative)
+      build bench_grpo_cuda
+      for kind in plain speculative; do
+        flags=()
+        [ $kind = speculative ] && flags=(--profile-speculative)
+        timeout 240 ncu --clock-control none --cache-control none --profile-from-start off \
+          --metrics gpu__time_duration.sum --csv "$BUILD/benchmarks/bench_grpo_cuda" --profile-decode 4 "${flags[@]}" \
+          > "$OUT/profile_${kind}_ncu.csv" 2> "$OUT/profile_${kind}_ncu.err" || rc=1
+        echo "$kind: $(grep -c '^"' "$OUT/profile_${kind}_ncu.csv") lines"
+      done
       ;;
     profile-fp8)
       build pretrain

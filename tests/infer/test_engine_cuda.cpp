@@ -384,8 +384,10 @@ TEST(EngineCuda, BigConfigThroughput) {
   // the coupled drafts agree far more often than a trained model's would: the acceptance printed
   // is this model's, not a trained one's.) Then CUDA graphs over the paged FP8 latent cache, and
   // CUDA graphs with the CUDA-core decode kernel (DecodeKernel::simt; automatic, in the other
-  // modes, runs the tensor-core kernel at this config's (288, 256)).
-  for (int mode = 0; mode < 7; ++mode) {
+  // modes, runs the tensor-core kernel at this config's (288, 256)). Last, CUDA graphs with sparse
+  // MoE dispatch (the fused routing, layout and grouped GEMM kernels over the chosen experts only;
+  // automatic picks dense for 8 experts top-2, docs/moe.md).
+  for (int mode = 0; mode < 8; ++mode) {
     const bool bucket = mode >= 1;
     infer::GenerateOptions o;
     o.pad_to_bucket = bucket;
@@ -393,6 +395,7 @@ TEST(EngineCuda, BigConfigThroughput) {
     if (mode == 3) o.cache_block_tokens = 0;
     o.speculative = mode == 4;
     o.fp8_cache = mode == 5;
+    if (mode == 7) o.moe_dispatch = nn::GenerationDispatch::sparse;
     const DecodeKernelScope decode_kernel(mode == 6 ? kernels::DecodeKernel::simt : kernels::DecodeKernel::automatic);
     std::int64_t steps = 0;
     double acceptance = 0.0;
@@ -415,7 +418,8 @@ TEST(EngineCuda, BigConfigThroughput) {
     EXPECT_EQ(tokens, B * new_tokens);
     std::printf("big config, B = %lld, prompt %lld, new %lld%s: %.2f s, %.0f tok/s, %.3f ms per decode step",
                 static_cast<long long>(B), static_cast<long long>(prompt_len), static_cast<long long>(new_tokens),
-                mode == 6   ? " (CUDA graphs, CUDA-core decode kernel)"
+                mode == 7   ? " (CUDA graphs, sparse MoE dispatch)"
+                : mode == 6 ? " (CUDA graphs, CUDA-core decode kernel)"
                 : mode == 5 ? " (CUDA graphs, FP8 latent cache)"
                 : mode == 4 ? " (CUDA graphs, speculative)"
                 : mode == 3 ? " (CUDA graphs, contiguous cache)"
