@@ -51,6 +51,11 @@
 #   profile-decode  the kernels of 8 decode steps of the big config at B = 128 (bench_grpo_cuda
 #           --profile-decode): ncu's duration of each (eager), nsys over graph replays when the
 #           machine has it, and the generation throughput beside them   -> docs/mla.md
+#   decode-fp8  the fused latent cache write (2026-12-06: kernels/decode_attention/latent_write.cuh)
+#           and the FP8 GEMMs' turns in one call: their kernel tests (with RoPE's and RMSNorm's, whose
+#           arithmetic the fused kernel now shares), the engine's GPU tests, then while under
+#           $DEADLINE (default 520) bench_fp8_gemm_cuda with turns on and off, generation at B = 128,
+#           the engine's modes (speculative, sparse MoE dispatch, ...)   -> docs/mla.md, docs/fp8-gemm.md
 #   profile-speculative  the kernels of 4 MTP speculative decode steps (bench_grpo_cuda
 #           --profile-decode 4 --profile-speculative) beside 4 plain ones, under ncu   -> docs/mla.md
 #   profile-fp8  the GPU time of each kernel in 30 steps of bf16 and of FP8 training (nsys when the
@@ -70,7 +75,7 @@ BUILD=${BUILD:-/tmp/kb}
 BUILD_LOGS=${BUILD_LOGS:-$OUT}  # configure.log and build.log (elsewhere when $OUT's files are counted)
 mkdir -p "$OUT" "$BUILD_LOGS"
 phases="build|tests|quantize|quantize-quick|fp8|fp8-ablations|fp8-parts|fp8-seeds|bench|bench-key-groups|bench-fp8"
-phases+="|key-groups-ab|verify|steps|changes|profile-decode|decode-step|fp8-turns|profile-speculative"
+phases+="|key-groups-ab|verify|steps|changes|profile-decode|decode-step|fp8-turns|profile-speculative|decode-fp8"
 [ $# -gt 0 ] || { echo "usage: $0 $phases|profile-fp8 ..."; exit 2; }
 
 . scripts/carried_deps.sh
@@ -354,6 +359,30 @@ for phase in "$@"; do
           /tmp/prof_decode.nsys-rep >> "$OUT/profile_decode_nsys.log" 2>&1
       else
         echo "no nsys"
+      fi
+      ;;
+    decode-fp8)
+      build test_kernels_cuda test_train_infer_rl_cuda bench_fp8_gemm_cuda bench_grpo_cuda
+      filter='LatentCacheWriteCuda.*:PagedCacheWriteCuda.*:RopeCuda.*:RmsNormCuda.*:Fp8GemmCuda.*:GroupedFp8GemmCuda.*'
+      timeout 200 "$BUILD/tests/test_kernels_cuda" --gtest_filter="$filter:KGroupedFp8GemmCuda.*" \
+        > "$OUT/test_kernels.log" 2>&1 || rc=1
+      timeout 200 "$BUILD/tests/test_train_infer_rl_cuda" --gtest_filter='EngineCuda.*' > "$OUT/test_engine.log" 2>&1 ||
+        rc=1
+      grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT"/test_kernels.log "$OUT"/test_engine.log | head -30
+      for turns in on off; do
+        [ $SECONDS -lt "${DEADLINE:-520}" ] || { echo "deadline: turns $turns not run"; continue; }
+        KILN_FP8_PINGPONG=$turns timeout 120 "$BUILD/benchmarks/bench_fp8_gemm_cuda" > "$OUT/bench_fp8_gemm_$turns.log" 2>&1 ||
+          rc=1
+        echo "turns $turns: $(grep -A1 '^geometric mean' "$OUT/bench_fp8_gemm_$turns.log" | tr '\n' ' ')"
+      done
+      if [ $SECONDS -lt "${DEADLINE:-520}" ]; then
+        timeout 100 "$BUILD/benchmarks/bench_grpo_cuda" --gen-runs 3 --steps 0 > "$OUT/kiln_grpo.log" 2>&1 || rc=1
+        grep -E "median|eager:" "$OUT/kiln_grpo.log"
+      fi
+      if [ $SECONDS -lt "${DEADLINE:-520}" ]; then
+        KILN_ENGINE_BENCH=1 timeout $((${DEADLINE:-520} + 60 - SECONDS)) "$BUILD/tests/test_train_infer_rl_cuda" \
+          --gtest_filter=EngineCuda.BigConfigThroughput > "$OUT/engine_modes.log" 2>&1 || rc=1
+        grep -E "^big config" "$OUT/engine_modes.log"
       fi
       ;;
     profile-speculative)

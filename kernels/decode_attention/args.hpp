@@ -45,6 +45,46 @@ struct CacheWriteArgs {
   std::int64_t max_blocks = 0, block_tokens = 0, num_blocks = 0;
 };
 
+// MLA's decode step writing its new latent rows: for every batch row a and step s, the row x of
+// kv_a's output [c | k_pe] (r + dr values, before the norm and rope) becomes the cache row
+//   [ rms_norm(c) * weight | rope(k_pe) ]   (rope's interleaved pairs (2i, 2i + 1))
+// at (slots[a], positions[a] + s), in one pass (kernels/decode_attention/latent_write.cuh) where
+// the composed step takes three launches (RMSNorm, rope, cache_write) and a temporary row. The
+// same roundings as those ops: the values equal theirs bit for bit. Addressing, and rows outside
+// the cache skipped, as CacheWriteArgs.
+struct LatentWriteArgs {
+  static constexpr const char* kernel = "latent_cache_write";
+  static constexpr const char* header = "kiln/kernels/decode_attention/latent_write.cuh";
+  DeviceLaunch launch;
+  DType dtype = DType::bf16;       // of x, weight and the cache (bf16, f16, f32, f64)
+  void* cache = nullptr;           // rows of r + dr values: the contiguous cache, or the paged blocks
+  const void* x = nullptr;         // [count, steps] rows of r + dr values, x_row_stride elements apart
+  std::int64_t x_row_stride = 0;
+  const void* weight = nullptr;    // [r], the norm's weight
+  double eps = 1e-6;
+  const void* cos = nullptr;       // [count, steps, dr / 2] in x's compute type (float, or double)
+  const void* sin = nullptr;
+  int r = 0, dr = 0;
+  const std::int64_t* slots = nullptr;      // [count]
+  const std::int64_t* positions = nullptr;  // [count]: the position of step 0
+  std::int64_t count = 0, steps = 0;
+  std::int64_t num_slots = 0, capacity = 0;
+  const std::int64_t* block_table = nullptr;  // paged only (null: contiguous)
+  std::int64_t max_blocks = 0, block_tokens = 0, num_blocks = 0;
+};
+
+// Whether latent_write.cuh takes these rows: r a whole number of 16-byte vectors, at most 128 of
+// them (RMSNorm's one-warp-per-row variant, whose order of additions the kernel repeats), dr even,
+// and 16-byte aligned rows (x, the cache rows, the weight).
+inline bool latent_write_supported(std::int64_t element_bytes, std::int64_t r, std::int64_t dr,
+                                   std::int64_t x_row_stride, std::uintptr_t x, std::uintptr_t cache,
+                                   std::uintptr_t weight) {
+  const std::int64_t vector = 16 / element_bytes;
+  return r > 0 && r % vector == 0 && r / vector <= 128 && dr > 0 && dr % 2 == 0 &&
+         (x_row_stride * element_bytes) % 16 == 0 && ((r + dr) * element_bytes) % 16 == 0 && x % 16 == 0 &&
+         cache % 16 == 0 && weight % 16 == 0;
+}
+
 // Which kernel computes decode_attention (DecodeAttentionArgs::implementation):
 //   simt: the CUDA-core kernel (decode_attention.cuh): every dtype, shape, layout, the FP8 latent
 //     cache;

@@ -36,6 +36,7 @@
 #include "kiln/kernels/common/element.cuh"
 #include "kiln/kernels/common/launch.cuh"
 #include "kiln/kernels/rope/args.hpp"
+#include "kiln/kernels/rope/rotate_pair.cuh"
 #include "kiln/math/rope.hpp"
 
 namespace kiln::kernels::rope {
@@ -67,9 +68,6 @@ __global__ void __launch_bounds__(256) tables_kernel(C* __restrict__ cos_out, C*
   }
 }
 
-// Products rounded on their own (never contracted into an FMA), as on the CPU.
-__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
-__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
 
 template <class T>
 constexpr int pairs_per_unit(bool vectorized, bool half_split) {
@@ -121,10 +119,7 @@ __global__ void __launch_bounds__(256) rotate_kernel(const T* __restrict__ x, T*
       if (inverse)
 #pragma unroll
         for (int p = 0; p < P; ++p) s[p] = -s[p];
-      auto rotate = [&](C x0, C x1, int p, T& y0, T& y1) {
-        y0 = store<T>(mul_rn(x0, c[p]) - mul_rn(x1, s[p]));
-        y1 = store<T>(mul_rn(x0, s[p]) + mul_rn(x1, c[p]));
-      };
+      auto rotate = [&](C x0, C x1, int p, T& y0, T& y1) { rotate_pair<T>(x0, x1, c[p], s[p], y0, y1); };
       const T* xh = xr + h * x_head_stride;  // head h of x and of y
       T* yh = yr + h * y_head_stride;
       if constexpr (!Vectorized) {

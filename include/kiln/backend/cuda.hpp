@@ -19,6 +19,7 @@
 #include "kiln/kernels/cross_entropy/cross_entropy.cuh"
 #include "kiln/kernels/decode_attention/cache_write.cuh"
 #include "kiln/kernels/decode_attention/decode_attention.cuh"
+#include "kiln/kernels/decode_attention/latent_write.cuh"
 #include "kiln/kernels/elementwise/binary.cuh"
 #include "kiln/kernels/elementwise/compare.cuh"
 #include "kiln/kernels/elementwise/copy.cuh"

@@ -58,6 +58,7 @@
 #include "kiln/ops/decode_attention.hpp"
 #include "kiln/ops/factory.hpp"
 #include "kiln/ops/gather.hpp"
+#include "kiln/ops/latent_cache_write.hpp"
 #include "kiln/ops/latent_fp8_cache.hpp"
 #include "kiln/ops/paged_attention.hpp"
 #include "kiln/ops/view.hpp"
@@ -278,6 +279,21 @@ void write_latent(const typename KVCache<T>::Layer& layer, const Tensor<std::int
     fp8_latent_cache_write(layer.fp8, layer.table, slots, positions, values);
   } else {
     write_cache_rows(layer.k, layer.table, slots, positions, values);
+  }
+}
+
+// MLA's new latent rows from kv_a's output [n, steps, r + dr] (before the norm and rope; rows may be
+// a slice of a wider product) into a layer's cache at (slots[a], positions[a] + s): one fused
+// launch on a GPU for a cache in T (ops/latent_cache_write.hpp), the composed rows quantized by
+// write_latent for the FP8 cache.
+template <class T>
+void write_normed_latent(const typename KVCache<T>::Layer& layer, const Tensor<std::int64_t>& slots,
+                         const Tensor<std::int64_t>& positions, const Tensor<T>& kv_a, const Tensor<T>& weight,
+                         double eps, const RopeTables<compute_t<T>>& tables) {
+  if (layer.fp8.defined()) {
+    write_latent<T>(layer, slots, positions, unsqueeze(normed_latent_rows(kv_a, weight, eps, tables), 2));
+  } else {
+    latent_cache_write(layer.k, layer.table, slots, positions, kv_a, weight, eps, tables);
   }
 }
 

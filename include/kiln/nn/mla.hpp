@@ -161,11 +161,8 @@ class MLA : public Module<T> {
                        dn = qk_nope_head_dim, dr = qk_rope_head_dim, dv = v_head_dim;
     const auto [q_flat, kv_a] = project_inputs(x, stacked);
     const Tensor<T> q_heads = reshape(q_flat, {n, tokens, H, dn + dr});
-    const Tensor<T> latent({n, tokens, r + dr}, x.device());
-    rms_norm_into(narrow(latent, -1, 0, r), narrow(kv_a, -1, 0, r), kv_a_layernorm.weight, kv_a_layernorm.eps);
-    rope_into(unsqueeze(narrow(latent, -1, r, dr), 2), unsqueeze(narrow(kv_a, -1, r, dr), 2), tables,
-              RopeLayout::interleaved);
-    infer::write_latent<T>(cache, index.slots, index.positions, unsqueeze(latent, 2));
+    infer::write_normed_latent<T>(cache, index.slots, index.positions, kv_a,
+                                  kv_a_layernorm.weight, kv_a_layernorm.eps, tables);
     const Tensor<T> q({n, tokens, H, r + dr}, x.device());
     rope_into(narrow(q, -1, r, dr), narrow(q_heads, -1, dn, dr), tables, RopeLayout::interleaved);
     // view, never reshape: the products write through these views.
