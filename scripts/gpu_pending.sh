@@ -56,6 +56,9 @@
 #           arithmetic the fused kernel now shares), the engine's GPU tests, then while under
 #           $DEADLINE (default 520) bench_fp8_gemm_cuda with turns on and off, generation at B = 128,
 #           the engine's modes (speculative, sparse MoE dispatch, ...)   -> docs/mla.md, docs/fp8-gemm.md
+#   latent-recheck  the fused latent write's tests again, then the engine's modes twice (2026-12-06:
+#           eager and speculative ran slower in decode-fp8's call than the call before; the same
+#           modes twice in one call tell the machine's variance from the change's)
 #   profile-speculative  the kernels of 4 MTP speculative decode steps (bench_grpo_cuda
 #           --profile-decode 4 --profile-speculative) beside 4 plain ones, under ncu   -> docs/mla.md
 #   profile-fp8  the GPU time of each kernel in 30 steps of bf16 and of FP8 training (nsys when the
@@ -75,7 +78,7 @@ BUILD=${BUILD:-/tmp/kb}
 BUILD_LOGS=${BUILD_LOGS:-$OUT}  # configure.log and build.log (elsewhere when $OUT's files are counted)
 mkdir -p "$OUT" "$BUILD_LOGS"
 phases="build|tests|quantize|quantize-quick|fp8|fp8-ablations|fp8-parts|fp8-seeds|bench|bench-key-groups|bench-fp8"
-phases+="|key-groups-ab|verify|steps|changes|profile-decode|decode-step|fp8-turns|profile-speculative|decode-fp8"
+phases+="|key-groups-ab|verify|steps|changes|profile-decode|decode-step|fp8-turns|profile-speculative|decode-fp8|latent-recheck"
 [ $# -gt 0 ] || { echo "usage: $0 $phases|profile-fp8 ..."; exit 2; }
 
 . scripts/carried_deps.sh
@@ -384,6 +387,18 @@ for phase in "$@"; do
           --gtest_filter=EngineCuda.BigConfigThroughput > "$OUT/engine_modes.log" 2>&1 || rc=1
         grep -E "^big config" "$OUT/engine_modes.log"
       fi
+      ;;
+    latent-recheck)
+      build test_kernels_cuda test_train_infer_rl_cuda
+      timeout 120 "$BUILD/tests/test_kernels_cuda" --gtest_filter='LatentCacheWriteCuda.*:PagedCacheWriteCuda.*' \
+        > "$OUT/test_kernels.log" 2>&1 || rc=1
+      grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT"/test_kernels.log | head -20
+      for round in 1 2; do
+        [ $SECONDS -lt "${DEADLINE:-400}" ] || { echo "deadline: round $round not run"; continue; }
+        KILN_ENGINE_BENCH=1 timeout 60 "$BUILD/tests/test_train_infer_rl_cuda" --gtest_filter=EngineCuda.BigConfigThroughput \
+          > "$OUT/engine_modes_$round.log" 2>&1 || rc=1
+        grep -E "^big config" "$OUT/engine_modes_$round.log"
+      done
       ;;
     profile-speculative)
       build bench_grpo_cuda

@@ -2,7 +2,7 @@
 // MLA's decode step writing its new latent rows [rms_norm(c) | rope(k_pe)] into the cache in one
 // launch. The fused kernel must give the composed step's values (rms_norm_into, rope_into and the
 // cache write on the same GPU) bit for bit, and the CPU's within one bf16 rounding, at kiln's big
-// config's (256, 32), DeepSeek-V3's (512, 64) and a small odd (24, 2); one and two tokens a row;
+// config's (256, 32), DeepSeek-V3's (512, 64) and a small (24, 8) (3 vectors); one and two tokens a row;
 // paged caches with 4- and 64-token blocks and a contiguous cache; kv_a as a slice of a wider
 // product (the stacked q_a | kv_a output); rows outside the cache skipped; misaligned rows falling
 // back to the composed step.
@@ -113,7 +113,7 @@ TEST(LatentCacheWriteCuda, FusedEqualsComposedBitForBit) {
   KILN_REQUIRE_GPU();
   std::uint64_t seed = 700;
   for (const Case& c : std::vector<Case>{{256, 32, 1, 64}, {256, 32, 2, 4}, {256, 32, 1, 0}, {512, 64, 2, 64},
-                                         {512, 64, 1, 0}, {24, 2, 2, 4}}) {
+                                         {512, 64, 1, 0}, {24, 8, 2, 4}}) {
     check_case<bf16>(c, 384, true, seed++);  // the big config's stacked q_a | kv_a: kv_a at column 384
     check_case<bf16>(c, 0, true, seed++);
   }
@@ -126,5 +126,6 @@ TEST(LatentCacheWriteCuda, RowsTheKernelDoesNotTakeRunComposed) {
   KILN_REQUIRE_GPU();
   check_case<bf16>({256, 32, 2, 4}, 3, false, 800);  // rows at an odd column: not 16-byte aligned
   check_case<bf16>({20, 4, 1, 4}, 0, false, 801);    // r not a whole number of 16-byte vectors
+  check_case<bf16>({24, 2, 2, 4}, 0, false, 803);    // cache rows of 52 bytes: not 16-byte aligned
   check_case<bf16>({2048, 64, 1, 4}, 0, false, 802);  // r past RMSNorm's one-warp rows (256 vectors)
 }
