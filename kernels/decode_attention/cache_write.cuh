@@ -17,7 +17,6 @@
 #include "kiln/kernels/common/element.cuh"
 #include "kiln/kernels/common/launch.cuh"
 #include "kiln/kernels/decode_attention/args.hpp"
-#include "kiln/kernels/decode_attention/cache_row.cuh"
 
 namespace kiln::kernels::decode_attention {
 
@@ -27,9 +26,15 @@ __global__ void cache_write_kernel(CacheWriteArgs a, std::int64_t row_words) {
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
   for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
     const std::int64_t item = i / row_words, w = i - item * row_words;  // item = a * steps + s
-    const std::int64_t b = item / a.steps;
-    const std::int64_t at = cache_row(a, b, item - b * a.steps);  // the token's row in the cache
-    if (at < 0) continue;
+    const std::int64_t b = item / a.steps, s = item - b * a.steps;
+    const std::int64_t slot = a.slots[b], position = a.positions[b] + s;
+    if (slot < 0 || slot >= a.num_slots || position < 0 || position >= a.capacity) continue;
+    std::int64_t at = slot * a.capacity + position;  // the token's row in the cache
+    if (a.block_table) {
+      const std::int64_t block = a.block_table[slot * a.max_blocks + position / a.block_tokens];
+      if (block < 0 || block >= a.num_blocks) continue;
+      at = block * a.block_tokens + position % a.block_tokens;
+    }
     static_cast<Word*>(a.cache)[at * row_words + w] = static_cast<const Word*>(a.values)[item * row_words + w];
   }
 }

@@ -27,7 +27,6 @@
 #include "kiln/kernels/common/launch.cuh"
 #include "kiln/kernels/common/reduce.cuh"
 #include "kiln/kernels/decode_attention/args.hpp"
-#include "kiln/kernels/decode_attention/cache_row.cuh"
 #include "kiln/kernels/rms_norm/row_math.cuh"
 #include "kiln/kernels/rope/rotate_pair.cuh"
 
@@ -45,9 +44,15 @@ __global__ void __launch_bounds__(32 * kLatentRowsPerBlock)
   const std::int64_t item = static_cast<std::int64_t>(blockIdx.x) * kLatentRowsPerBlock + threadIdx.x / 32;
   const int lane = static_cast<int>(threadIdx.x % 32);
   if (item >= a.count * a.steps) return;  // whole warps leave together
-  const std::int64_t b = item / a.steps;
-  const std::int64_t at = cache_row(a, b, item - b * a.steps);  // the token's row in the cache
-  if (at < 0) return;
+  const std::int64_t b = item / a.steps, s = item - b * a.steps;
+  const std::int64_t slot = a.slots[b], position = a.positions[b] + s;
+  if (slot < 0 || slot >= a.num_slots || position < 0 || position >= a.capacity) return;
+  std::int64_t at = slot * a.capacity + position;  // the token's row in the cache
+  if (a.block_table) {
+    const std::int64_t block = a.block_table[slot * a.max_blocks + position / a.block_tokens];
+    if (block < 0 || block >= a.num_blocks) return;
+    at = block * a.block_tokens + position % a.block_tokens;
+  }
   const T* x = static_cast<const T*>(a.x) + item * a.x_row_stride;
   T* out = static_cast<T*>(a.cache) + at * (a.r + a.dr);
 
