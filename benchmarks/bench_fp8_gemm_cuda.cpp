@@ -19,7 +19,8 @@
 // of rows, with FP32 outputs: kiln with promotion every 128 (default) and every 64 of K, kiln
 // without (the whole K in the tensor cores' accumulator), lt-fp8 (its default, and with
 // CUBLASLT_MATMUL_DESC_FAST_ACCUM), lt-bf16.
-// Run: ./benchmarks/bench_fp8_gemm_cuda [--quick]   (about a minute on an H100)
+// Run: ./benchmarks/bench_fp8_gemm_cuda [--quick | --shape M,N,K]   (about a minute on an H100;
+// --shape: that one problem, e.g. under Nsight Compute: scripts/gpu_pending.sh profile-fp8-gemm)
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
@@ -191,6 +192,13 @@ int main(int argc, char** argv) {
     return 0;
   }
   const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+  std::array<long long, 3> one{0, 0, 0};
+  if (argc > 2 && std::strcmp(argv[1], "--shape") == 0 &&
+      (std::sscanf(argv[2], "%lld,%lld,%lld", &one[0], &one[1], &one[2]) != 3 || one[0] < 1 || one[1] < 16 ||
+       one[2] < 16 || one[1] % 16 != 0 || one[2] % 16 != 0)) {
+    std::printf("--shape takes M,N,K with M >= 1 and N, K positive multiples of 16, got %s\n", argv[2]);
+    return 2;
+  }
   cudaDeviceProp prop{};
   KILN_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
   std::printf("device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
@@ -201,6 +209,7 @@ int main(int argc, char** argv) {
     for (auto [n, k] : nk) shapes.push_back({m, n, k});
   shapes.push_back({8192, 8192, 8192});
   if (quick) shapes = {{128, 7168, 2048}, {4096, 7168, 16384}};
+  if (one[0] > 0) shapes = {{one[0], one[1], one[2]}};
 
   std::printf("\n%6s %6s %6s | %9s %9s %9s %9s | %8s %8s %8s | %7s %6s | %9s %9s %9s %9s %9s %9s\n", "M", "N", "K",
               "kiln us", "stream us", "lt8 us", "lt16 us", "kiln TF", "lt8 TF", "lt16 TF", "kilnGB/s", "ratio",

@@ -59,6 +59,9 @@
 #   latent-recheck  the fused latent write's tests again, then the engine's modes twice (2026-12-06:
 #           eager and speculative ran slower in decode-fp8's call than the call before; the same
 #           modes twice in one call tell the machine's variance from the change's)
+#   profile-fp8-gemm  Nsight Compute's sections (speed of light, warp states, scheduler, memory) on
+#           one launch of the Hopper FP8 GEMM at 4096 x 7168 x 16384, turns on and off, to say what
+#           limits it (bench_fp8_gemm_cuda --shape)                     -> docs/fp8-gemm.md
 #   profile-speculative  the kernels of 4 MTP speculative decode steps (bench_grpo_cuda
 #           --profile-decode 4 --profile-speculative) beside 4 plain ones, under ncu   -> docs/mla.md
 #   profile-fp8  the GPU time of each kernel in 30 steps of bf16 and of FP8 training (nsys when the
@@ -78,7 +81,7 @@ BUILD=${BUILD:-/tmp/kb}
 BUILD_LOGS=${BUILD_LOGS:-$OUT}  # configure.log and build.log (elsewhere when $OUT's files are counted)
 mkdir -p "$OUT" "$BUILD_LOGS"
 phases="build|tests|quantize|quantize-quick|fp8|fp8-ablations|fp8-parts|fp8-seeds|bench|bench-key-groups|bench-fp8"
-phases+="|key-groups-ab|verify|steps|changes|profile-decode|decode-step|fp8-turns|profile-speculative|decode-fp8|latent-recheck"
+phases+="|key-groups-ab|verify|steps|changes|profile-decode|decode-step|fp8-turns|profile-speculative|decode-fp8|latent-recheck|profile-fp8-gemm"
 [ $# -gt 0 ] || { echo "usage: $0 $phases|profile-fp8 ..."; exit 2; }
 
 . scripts/carried_deps.sh
@@ -398,6 +401,16 @@ for phase in "$@"; do
         KILN_ENGINE_BENCH=1 timeout 60 "$BUILD/tests/test_train_infer_rl_cuda" --gtest_filter=EngineCuda.BigConfigThroughput \
           > "$OUT/engine_modes_$round.log" 2>&1 || rc=1
         grep -E "^big config" "$OUT/engine_modes_$round.log"
+      done
+      ;;
+    profile-fp8-gemm)
+      build bench_fp8_gemm_cuda
+      for turns in on off; do
+        KILN_FP8_PINGPONG=$turns timeout 240 ncu --clock-control none -k regex:fp8_gemm_kernel --launch-skip 3 \
+          --launch-count 1 --section SpeedOfLight --section WarpStateStats --section SchedulerStats \
+          --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
+          "$BUILD/benchmarks/bench_fp8_gemm_cuda" --shape 4096,7168,16384 > "$OUT/profile_fp8_gemm_$turns.txt" 2>&1 || rc=1
+        grep -E "Duration|Throughput|Issue Slots|Eligible|Stall|Tensor" "$OUT/profile_fp8_gemm_$turns.txt" | head -30
       done
       ;;
     profile-speculative)
