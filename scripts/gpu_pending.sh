@@ -62,6 +62,11 @@
 #   profile-fp8-gemm  Nsight Compute's sections (speed of light, warp states, scheduler, memory) on
 #           one launch of the Hopper FP8 GEMM at 4096 x 7168 x 16384, turns on and off, to say what
 #           limits it (bench_fp8_gemm_cuda --shape)                     -> docs/fp8-gemm.md
+#   fp8-uniform-ab  the FP8 GEMMs with the uniform warpgroup index (2026-12-06, later) against the
+#           tree in $OLD_TREE (made with `git archive 0b03c92 | tar -x -C build-ab/old`, carried):
+#           the FP8 GEMM tests, then both builds' bench_fp8_gemm_cuda alternating new, old, new, old
+#           while under $DEADLINE (default 540). The attention kernels' side of the same change:
+#           scripts/bench_attention_ab.sh build-ab/old OUT (tests included)  -> docs/fp8-gemm.md, mla.md
 #   profile-speculative  the kernels of 4 MTP speculative decode steps (bench_grpo_cuda
 #           --profile-decode 4 --profile-speculative) beside 4 plain ones, under ncu   -> docs/mla.md
 #   profile-fp8  the GPU time of each kernel in 30 steps of bf16 and of FP8 training (nsys when the
@@ -81,7 +86,7 @@ BUILD=${BUILD:-/tmp/kb}
 BUILD_LOGS=${BUILD_LOGS:-$OUT}  # configure.log and build.log (elsewhere when $OUT's files are counted)
 mkdir -p "$OUT" "$BUILD_LOGS"
 phases="build|tests|quantize|quantize-quick|fp8|fp8-ablations|fp8-parts|fp8-seeds|bench|bench-key-groups|bench-fp8"
-phases+="|key-groups-ab|verify|steps|changes|profile-decode|decode-step|fp8-turns|profile-speculative|decode-fp8|latent-recheck|profile-fp8-gemm"
+phases+="|key-groups-ab|verify|steps|changes|profile-decode|decode-step|fp8-turns|profile-speculative|decode-fp8|latent-recheck|profile-fp8-gemm|fp8-uniform-ab"
 [ $# -gt 0 ] || { echo "usage: $0 $phases|profile-fp8 ..."; exit 2; }
 
 . scripts/carried_deps.sh
@@ -411,6 +416,26 @@ for phase in "$@"; do
           --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
           "$BUILD/benchmarks/bench_fp8_gemm_cuda" --shape 4096,7168,16384 > "$OUT/profile_fp8_gemm_$turns.txt" 2>&1 || rc=1
         grep -E "Duration|Throughput|Issue Slots|Eligible|Stall|Tensor" "$OUT/profile_fp8_gemm_$turns.txt" | head -30
+      done
+      ;;
+    fp8-uniform-ab)
+      [ -d "${OLD_TREE:-}" ] || { echo "fp8-uniform-ab needs OLD_TREE (a source tree to compare against)"; exit 2; }
+      configure_release "$OLD_TREE" /tmp/kb_old "$BUILD_LOGS/configure_old.log"
+      ninja -C /tmp/kb_old -j 6 bench_fp8_gemm_cuda > "$BUILD_LOGS/build_old.log" 2>&1 &
+      old_build=$!
+      build test_kernels_cuda bench_fp8_gemm_cuda
+      wait $old_build || { echo "old build failed"; tail -20 "$BUILD_LOGS/build_old.log"; }
+      timeout 200 "$BUILD/tests/test_kernels_cuda" --gtest_filter='Fp8GemmCuda.*:GroupedFp8GemmCuda.*:KGroupedFp8GemmCuda.*' \
+        > "$OUT/test_fp8_gemm.log" 2>&1 || rc=1
+      grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT"/test_fp8_gemm.log | head -20
+      for round in 1 2; do
+        for tree in new old; do
+          [ $SECONDS -lt "${DEADLINE:-540}" ] || { echo "deadline: $tree round $round not run"; continue; }
+          bin="$BUILD/benchmarks/bench_fp8_gemm_cuda"
+          [ $tree = old ] && bin=/tmp/kb_old/benchmarks/bench_fp8_gemm_cuda
+          timeout 120 "$bin" > "$OUT/bench_fp8_gemm_${tree}_$round.log" 2>&1 || rc=1
+          echo "$tree, round $round: $(grep -A1 '^geometric mean' "$OUT/bench_fp8_gemm_${tree}_$round.log" | tr '\n' ' ')"
+        done
       done
       ;;
     profile-speculative)

@@ -300,7 +300,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   __syncthreads();  // the last block-wide barrier: the producer's idle warps leave below
 
-  const int warpgroup = static_cast<int>(threadIdx.x >> 7);
+  const int warpgroup = sm90::warp_uniform(static_cast<int>(threadIdx.x >> 7));  // uniform: see warp_uniform
   if (warpgroup == 0) {
     // ---- producer: warp 0, taking tiles from the global counter (lane 0) ----
     sm90::release_registers<kProducerRegisters>();
@@ -543,7 +543,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   __syncthreads();
 
-  const int warpgroup = static_cast<int>(threadIdx.x >> 7);
+  const int warpgroup = sm90::warp_uniform(static_cast<int>(threadIdx.x >> 7));  // uniform: see warp_uniform
   if (warpgroup == 0) {
     // ---- producer: one thread, taking tiles (the forward's, in its order) from the global counter ----
     sm90::release_registers<kProducerRegisters>();

@@ -249,7 +249,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   __syncthreads();  // the last block-wide barrier: the producer's idle threads leave below
 
-  const int warpgroup = static_cast<int>(threadIdx.x >> 7);
+  const int warpgroup = sm90::warp_uniform(static_cast<int>(threadIdx.x >> 7));  // uniform: see warp_uniform
   if (warpgroup == 0) {
     // ---- producer: takes tiles from the global counter until it runs past the last ----
     sm90::release_registers<kProducerRegisters>();

@@ -135,7 +135,9 @@ __global__ void __launch_bounds__((BM / 64 + 1) * 128, 1)
   }
   __syncthreads();
 
-  const int warpgroup = threadIdx.x / 128;
+  // Through lane 0 (sm90::warp_uniform) so that the compiler knows it is warp-uniform: the
+  // consumers' tile addresses and wgmma descriptors derived from it then live in uniform registers.
+  const int warpgroup = sm90::warp_uniform(static_cast<int>(threadIdx.x / 128));
   if (warpgroup == 0) {
     // ---- producer ----
     sm90::release_registers<kProducerRegisters>();

@@ -127,7 +127,7 @@ static __global__ void __launch_bounds__(kThreads, 1)
     return grouped_gemm::row_tile_at<kBlockM>(p.groups, p.num_groups, tile_end, total_row_tiles, p.col_tiles, u);
   };
 
-  const int warpgroup = static_cast<int>(threadIdx.x / 128);
+  const int warpgroup = sm90::warp_uniform(static_cast<int>(threadIdx.x / 128));  // uniform: see warp_uniform
   if (warpgroup == 0) {
     // ---- producer ----
     sm90::release_registers<fp8_hopper::kProducerRegisters>();
