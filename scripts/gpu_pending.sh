@@ -64,7 +64,7 @@
 #           limits it (bench_fp8_gemm_cuda --shape)                     -> docs/fp8-gemm.md
 #   fp8-uniform-ab  the FP8 GEMMs with the uniform warpgroup index (2026-12-06, later) against the
 #           tree in $OLD_TREE (made with `git archive 0b03c92 | tar -x -C build-ab/old`, carried):
-#           the FP8 GEMM tests, then both builds' bench_fp8_gemm_cuda alternating new, old, new, old
+#           the FP8 and bf16 grouped GEMM tests, then both builds' bench_fp8_gemm_cuda alternating new, old, new, old
 #           while under $DEADLINE (default 540). The attention kernels' side of the same change:
 #           scripts/bench_attention_ab.sh build-ab/old OUT (tests included)  -> docs/fp8-gemm.md, mla.md
 #   profile-speculative  the kernels of 4 MTP speculative decode steps (bench_grpo_cuda
@@ -425,7 +425,7 @@ for phase in "$@"; do
       old_build=$!
       build test_kernels_cuda bench_fp8_gemm_cuda
       wait $old_build || { echo "old build failed"; tail -20 "$BUILD_LOGS/build_old.log"; }
-      timeout 200 "$BUILD/tests/test_kernels_cuda" --gtest_filter='Fp8GemmCuda.*:GroupedFp8GemmCuda.*:KGroupedFp8GemmCuda.*' \
+      timeout 200 "$BUILD/tests/test_kernels_cuda" --gtest_filter='Fp8GemmCuda.*:GroupedFp8GemmCuda.*:KGroupedFp8GemmCuda.*:GroupedGemmCuda.*' \
         > "$OUT/test_fp8_gemm.log" 2>&1 || rc=1
       grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT"/test_fp8_gemm.log | head -20
       for round in 1 2; do

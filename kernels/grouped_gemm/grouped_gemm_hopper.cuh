@@ -240,7 +240,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     else return unit_at<BN>(p, tile_end, total_row_tiles, u);
   };
 
-  const int warpgroup = static_cast<int>(threadIdx.x / 128);
+  const int warpgroup = sm90::warp_uniform(static_cast<int>(threadIdx.x / 128));  // uniform: see warp_uniform
   if (warpgroup == 0) {
     // ---- producer ----
     sm90::release_registers<kProducerRegisters>();
