@@ -64,7 +64,9 @@ void latent_cache_write(const Tensor<T>& cache, const Tensor<std::int64_t>& tabl
   if (count == 0 || steps == 0) return;
 
   // Rows one stride apart (the kernel walks (a, s) as one index), the last dim unit-stride.
-  const bool row_strided = kv_a.stride(2) == 1 && (steps == 1 || kv_a.stride(0) == steps * kv_a.stride(1));
+  // (A dim of size 1 may carry any stride: it is never stepped over.)
+  const bool row_strided =
+      kv_a.stride(2) == 1 && (steps == 1 || count == 1 || kv_a.stride(0) == steps * kv_a.stride(1));
   const std::int64_t x_row_stride = steps == 1 ? kv_a.stride(0) : kv_a.stride(1);
   if (!cache.device().is_cpu() && row_strided &&
       kernels::latent_write_supported(sizeof(T), r, dr, x_row_stride, reinterpret_cast<std::uintptr_t>(kv_a.data()),
