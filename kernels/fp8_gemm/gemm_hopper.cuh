@@ -227,8 +227,12 @@ __global__ void __launch_bounds__((BM / 64 + 1) * 128, 1)
         acc[4 * c + 3] *= final_scale1;
       }
     } else if (w.kb_end > w.kb_begin) {  // an empty run (a k-grouped GEMM's empty group) stores zeros
-      promoted_mainloop<Layout, INTERVAL>(acc, w.kb_end - w.kb_begin, smem, base, full_bar, empty_bar, wait_ring,
-                                          release_ring, consumer, row0, col_in_chunk, lane, p.b_rowwise, turns);
+      if (p.b_rowwise)
+        promoted_mainloop<Layout, INTERVAL, true>(acc, w.kb_end - w.kb_begin, smem, base, full_bar, empty_bar,
+                                                  wait_ring, release_ring, consumer, row0, col_in_chunk, lane, turns);
+      else
+        promoted_mainloop<Layout, INTERVAL, false>(acc, w.kb_end - w.kb_begin, smem, base, full_bar, empty_bar,
+                                                   wait_ring, release_ring, consumer, row0, col_in_chunk, lane, turns);
     }
 
     // ---- epilogue: registers -> shared memory -> TMA store into D (or the split's workspace slice) ----

@@ -157,12 +157,15 @@ __device__ inline void fill_stage(std::uint8_t* smem, std::uint32_t base, std::u
 // cores idle. In turns, a warpgroup's promotion (64 × BN FMAs, a quarter of the time its four
 // wgmmas take at BN = 128) runs while the other's wgmmas execute. The order of every warpgroup's
 // own sums is unchanged, so the result is the same bits either way (KILN_FP8_PINGPONG=off).
-template <class Layout, int INTERVAL>
+//
+// RowwiseB: B's scales per column (1×128 tiles) or one per 128×128 block, a compile-time choice: with
+// a runtime flag ptxas merged the two promotion loops into one over per-element scales, so the
+// block-scaled loop first copied its two scales into 62 registers (62 moves a k-block, SASS).
+template <class Layout, int INTERVAL, bool RowwiseB>
 __device__ __forceinline__ void promoted_mainloop(float (&acc)[Layout::bn / 2], int num_kb, const std::uint8_t* smem,
                                                   std::uint32_t base, std::uint32_t full_bar, std::uint32_t empty_bar,
                                                   Ring& wait_ring, Ring& release_ring, int consumer, int scale_row,
-                                                  int col_in_chunk, int lane, bool b_rowwise,
-                                                  const sm90::PingPong& turns) {
+                                                  int col_in_chunk, int lane, const sm90::PingPong& turns) {
   constexpr int BN = Layout::bn;
   constexpr int STAGES = Layout::stages;
   constexpr int kFragment = BN / 2;
@@ -200,7 +203,7 @@ __device__ __forceinline__ void promoted_mainloop(float (&acc)[Layout::bn / 2], 
         reinterpret_cast<const float*>(smem + Layout::a_scale_offset + release_ring.stage * Layout::a_scale_stride);
     const float* b_scales = reinterpret_cast<const float*>(smem + Layout::b_scale_offset + release_ring.stage * BN * 4);
     const float sa0 = a_scales[scale_row], sa1 = a_scales[scale_row + 8];
-    if (b_rowwise) {
+    if constexpr (RowwiseB) {
 #pragma unroll
       for (int c = 0; c < BN / 8; ++c) {
         const float sb0 = b_scales[8 * c + col_in_chunk], sb1 = b_scales[8 * c + col_in_chunk + 1];

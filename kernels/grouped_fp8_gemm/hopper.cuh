@@ -184,9 +184,9 @@ static __global__ void __launch_bounds__(kThreads, 1)
     float acc[kFragment];
 #pragma unroll
     for (int i = 0; i < kFragment; ++i) acc[i] = 0.f;
-    fp8_hopper::promoted_mainloop<Layout, 128>(acc, p.num_kb, smem, base, full_bar, empty_bar, wait_ring, release_ring,
-                                               consumer, consumer * 64 + row_local + shift, col_in_chunk, lane, false,
-                                               turns);
+    fp8_hopper::promoted_mainloop<Layout, 128, false>(acc, p.num_kb, smem, base, full_bar, empty_bar, wait_ring,
+                                                      release_ring, consumer, consumer * 64 + row_local + shift,
+                                                      col_in_chunk, lane, turns);
 
     // ---- epilogue: fragment -> staging tile -> masked 16-byte stores ----
     const std::int64_t tile_row0 = tile.row0 + consumer * 64;
