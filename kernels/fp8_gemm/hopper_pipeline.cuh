@@ -152,11 +152,12 @@ __device__ inline void fill_stage(std::uint8_t* smem, std::uint32_t base, std::u
 //
 // Turns (`turns`, sm90::PingPong over the two consumer warpgroups; off for one): each group's
 // wgmmas are issued in a turn, so the tensor cores receive warpgroup 0's group g, then warpgroup
-// 1's group g, then 0's group g + 1, ... . Left to themselves the two warpgroups drift into step:
-// they issue at the same time, their wgmmas finish together and both promote while the tensor
-// cores idle. In turns, a warpgroup's promotion (64 × BN FMAs, a quarter of the time its four
-// wgmmas take at BN = 128) runs while the other's wgmmas execute. The order of every warpgroup's
-// own sums is unchanged, so the result is the same bits either way (KILN_FP8_PINGPONG=off).
+// 1's group g, then 0's group g + 1, ... . Left to themselves the two warpgroups can drift into
+// step: issue at the same time, finish together and both promote while the tensor cores idle. In
+// turns, a warpgroup's promotion (64 × BN FMAs, a quarter of the time its four wgmmas take at
+// BN = 128) runs while the other's wgmmas execute. Measured on an H100: 1-4% faster at M = 4096,
+// the same at M <= 128 (docs/fp8-gemm.md), so drifting into step was not the main cost. The order
+// of every warpgroup's own sums is unchanged: the same bits either way (KILN_FP8_PINGPONG=off).
 //
 // RowwiseB: B's scales per column (1×128 tiles) or one per 128×128 block, a compile-time choice: with
 // a runtime flag ptxas merged the two promotion loops into one over per-element scales, so the
