@@ -460,7 +460,9 @@ class DeepseekV3ForCausalLM : public Module<T> {
     const auto tables = decode_rope_tables<T>(index.positions, tokens, model.config.qk_rope_head_dim,
                                               model.config.rope_theta, hidden.device());
     const Tensor<T> x = mtp.merge(hidden, model.embed_tokens(reshape(ids, {n, tokens})));
-    const Tensor<T> h = mtp.decode(x, tables, cache.kv.layer(m), index, cache.experts[static_cast<std::size_t>(m)]);
+    const auto mi = static_cast<std::size_t>(m);
+    const Tensor<T> h = mtp.decode(x, tables, cache.kv.layer(m), index, cache.experts[mi],
+                                   mi < cache.attention_inputs.size() ? cache.attention_inputs[mi] : Tensor<T>());
     return head(mtp.shared_head.norm(h));
   }
 
