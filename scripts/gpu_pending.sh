@@ -44,10 +44,6 @@
 #           (default 540) generation at B = 128 (bench_grpo_cuda, no GRPO steps), the engine's
 #           other modes (EngineCuda.BigConfigThroughput: speculative, FP8 cache, contiguous cache,
 #           CUDA-core decode kernel) and the step's kernels under ncu   -> docs/mla.md
-#   fp8-turns  the FP8 GEMMs' consumer warpgroups issuing in turns (2026-12-06, KILN_FP8_PINGPONG):
-#           the FP8 GEMM tests (turns on and off give the same bits), then while under $DEADLINE
-#           (default 540) bench_fp8_gemm_cuda and bench_grouped_fp8_gemm_cuda with turns on, off,
-#           on, off, and the big config's FP8 training (300 steps) both ways  -> docs/fp8-gemm.md
 #   profile-decode  the kernels of 8 decode steps of the big config at B = 128 (bench_grpo_cuda
 #           --profile-decode): ncu's duration of each (eager), nsys over graph replays when the
 #           machine has it, and the generation throughput beside them   -> docs/mla.md
@@ -86,7 +82,7 @@ BUILD=${BUILD:-/tmp/kb}
 BUILD_LOGS=${BUILD_LOGS:-$OUT}  # configure.log and build.log (elsewhere when $OUT's files are counted)
 mkdir -p "$OUT" "$BUILD_LOGS"
 phases="build|tests|quantize|quantize-quick|fp8|fp8-ablations|fp8-parts|fp8-seeds|bench|bench-key-groups|bench-fp8"
-phases+="|key-groups-ab|verify|steps|changes|profile-decode|decode-step|fp8-turns|profile-speculative|decode-fp8|latent-recheck|profile-fp8-gemm|fp8-uniform-ab"
+phases+="|key-groups-ab|verify|steps|changes|profile-decode|decode-step|profile-speculative|decode-fp8|latent-recheck|profile-fp8-gemm|fp8-uniform-ab"
 [ $# -gt 0 ] || { echo "usage: $0 $phases|profile-fp8 ..."; exit 2; }
 
 . scripts/carried_deps.sh
@@ -117,6 +113,15 @@ step_times() {
       --samples 0 --seed 1 "${flags[@]}" > "$OUT/pretrain_$kind.log" 2>&1 || echo "pretrain $kind failed"
     echo "$kind: $(grep -E '^(eval step 600|done)' "$OUT/pretrain_$kind.log" | tr '\n' ' ')"
   done
+}
+
+# fp8_bench LOG COMMAND...: one bench_fp8_gemm_cuda run (COMMAND: the binary, or `env VAR=... binary`)
+# into $OUT/LOG, its geometric means against cuBLASLt printed.
+fp8_bench() {
+  local log=$1
+  shift
+  timeout 150 "$@" > "$OUT/$log" 2>&1 || rc=1
+  echo "$log: $(grep -A1 '^geometric mean' "$OUT/$log" | tr '\n' ' ')"
 }
 
 rc=0
@@ -327,32 +332,6 @@ for phase in "$@"; do
         echo "profile: $(grep -c '^"' "$OUT/profile_decode_ncu.csv") lines"
       fi
       ;;
-    fp8-turns)
-      build test_kernels_cuda bench_fp8_gemm_cuda bench_grouped_fp8_gemm_cuda pretrain
-      timeout 240 "$BUILD/tests/test_kernels_cuda" --gtest_filter='Fp8GemmCuda.*:GroupedFp8GemmCuda.*:KGroupedFp8GemmCuda.*' \
-        > "$OUT/test_fp8_gemm.log" 2>&1 || rc=1
-      grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT"/test_fp8_gemm.log | head -20
-      for round in 1 2; do
-        for turns in on off; do
-          [ $SECONDS -lt "${DEADLINE:-540}" ] || { echo "deadline: round $round turns $turns not run"; continue; }
-          KILN_FP8_PINGPONG=$turns timeout 150 "$BUILD/benchmarks/bench_fp8_gemm_cuda" \
-            > "$OUT/bench_fp8_gemm_${turns}_$round.log" 2>&1 || rc=1
-          echo "turns $turns, round $round: $(grep -A1 '^geometric mean' "$OUT/bench_fp8_gemm_${turns}_$round.log" | tr '\n' ' ')"
-        done
-      done
-      for turns in on off; do
-        [ $SECONDS -lt "${DEADLINE:-540}" ] || { echo "deadline: grouped, turns $turns not run"; continue; }
-        KILN_FP8_PINGPONG=$turns timeout 120 "$BUILD/benchmarks/bench_grouped_fp8_gemm_cuda" \
-          > "$OUT/bench_grouped_fp8_$turns.log" 2>&1 || rc=1
-      done
-      for turns in on off; do
-        [ $SECONDS -lt "${DEADLINE:-540}" ] || { echo "deadline: pretrain, turns $turns not run"; continue; }
-        KILN_FP8_PINGPONG=$turns timeout $((${DEADLINE:-540} + 50 - SECONDS)) "$BUILD/examples/pretrain" --device cuda \
-          --config big --steps 300 --log-every 100 --eval-every 300 --samples 0 --seed 1 --fp8 \
-          > "$OUT/pretrain_fp8_turns_$turns.log" 2>&1 || echo "pretrain turns $turns failed"
-        echo "fp8, turns $turns: $(grep -E '^(eval step 300|done)' "$OUT/pretrain_fp8_turns_$turns.log" | tr '\n' ' ')"
-      done
-      ;;
     profile-decode)
       build bench_grpo_cuda
       "$BUILD/benchmarks/bench_grpo_cuda" --gen-runs 2 --steps 0 > "$OUT/generation.log" 2>&1 || rc=1
@@ -382,9 +361,7 @@ for phase in "$@"; do
       grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT"/test_kernels.log "$OUT"/test_engine.log | head -30
       for turns in on off; do
         [ $SECONDS -lt "${DEADLINE:-520}" ] || { echo "deadline: turns $turns not run"; continue; }
-        KILN_FP8_PINGPONG=$turns timeout 120 "$BUILD/benchmarks/bench_fp8_gemm_cuda" > "$OUT/bench_fp8_gemm_$turns.log" 2>&1 ||
-          rc=1
-        echo "turns $turns: $(grep -A1 '^geometric mean' "$OUT/bench_fp8_gemm_$turns.log" | tr '\n' ' ')"
+        fp8_bench "bench_fp8_gemm_$turns.log" env KILN_FP8_PINGPONG=$turns "$BUILD/benchmarks/bench_fp8_gemm_cuda"
       done
       if [ $SECONDS -lt "${DEADLINE:-520}" ]; then
         timeout 100 "$BUILD/benchmarks/bench_grpo_cuda" --gen-runs 3 --steps 0 > "$OUT/kiln_grpo.log" 2>&1 || rc=1
@@ -433,8 +410,7 @@ for phase in "$@"; do
           [ $SECONDS -lt "${DEADLINE:-540}" ] || { echo "deadline: $tree round $round not run"; continue; }
           bin="$BUILD/benchmarks/bench_fp8_gemm_cuda"
           [ $tree = old ] && bin=/tmp/kb_old/benchmarks/bench_fp8_gemm_cuda
-          timeout 120 "$bin" > "$OUT/bench_fp8_gemm_${tree}_$round.log" 2>&1 || rc=1
-          echo "$tree, round $round: $(grep -A1 '^geometric mean' "$OUT/bench_fp8_gemm_${tree}_$round.log" | tr '\n' ' ')"
+          fp8_bench "bench_fp8_gemm_${tree}_$round.log" "$bin"
         done
       done
       ;;
