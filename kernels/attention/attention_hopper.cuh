@@ -431,37 +431,16 @@ __global__ void __launch_bounds__(kThreads, 1)
 // A row-major [rows, cols] bf16 matrix read as boxes of 64 columns x box_rows rows with the
 // 128-byte swizzle; out-of-range rows and columns read as zero.
 inline CUtensorMap make_tensor_map(const void* data, std::int64_t rows, std::int64_t cols, int box_rows) {
-  CUtensorMap map{};
-  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
-  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(cols * 2)};
-  const cuuint32_t box[2] = {64, static_cast<cuuint32_t>(box_rows)};
-  const cuuint32_t element_strides[2] = {1, 1};
-  const CUresult r = sm90::encode_tiled()(
-      &map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2,
-      const_cast<void*>(data), dims, strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-      CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  check(r == CUDA_SUCCESS, "fused_causal_attention", "cuTensorMapEncodeTiled failed (error ", static_cast<int>(r),
-        ") for a [", rows, ", ", cols, "] operand");
-  return map;
+  const std::int64_t dims[2] = {cols, rows}, strides[1] = {cols * 2};
+  return sm90::tensor_map_bf16_sw128(data, 2, dims, strides, box_rows, "fused_causal_attention");
 }
 
 // [slices][rows][cols] bf16, contiguous, read as boxes of 64 columns x box_rows rows of one slice
 // with the 128-byte swizzle: a box never crosses a slice, so rows past `rows` read as zero.
 inline CUtensorMap make_tensor_map_3d(const void* data, std::int64_t slices, std::int64_t rows, std::int64_t cols,
                                       int box_rows) {
-  CUtensorMap map{};
-  const cuuint64_t dims[3] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows),
-                              static_cast<cuuint64_t>(slices)};
-  const cuuint64_t strides[2] = {static_cast<cuuint64_t>(cols * 2), static_cast<cuuint64_t>(rows * cols * 2)};
-  const cuuint32_t box[3] = {64, static_cast<cuuint32_t>(box_rows), 1};
-  const cuuint32_t element_strides[3] = {1, 1, 1};
-  const CUresult r = sm90::encode_tiled()(
-      &map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3,
-      const_cast<void*>(data), dims, strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-      CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  check(r == CUDA_SUCCESS, "fused_causal_attention", "cuTensorMapEncodeTiled failed (error ", static_cast<int>(r),
-        ") for a [", slices, ", ", rows, ", ", cols, "] operand");
-  return map;
+  const std::int64_t dims[3] = {cols, rows, slices}, strides[2] = {cols * 2, rows * cols * 2};
+  return sm90::tensor_map_bf16_sw128(data, 3, dims, strides, box_rows, "fused_causal_attention");
 }
 
 // KILN_ATTENTION_PINGPONG=off in the environment turns the consumers' ping-pong off in the Hopper

@@ -91,14 +91,16 @@ inline bool latent_write_supported(std::int64_t element_bytes, std::int64_t r, s
 //   mma: the tensor-core kernel (decode_attention_mma.cuh, mma.sync m16n8k16 on sm_80+): MLA's
 //     absorbed decode in bf16, one kv head, v the first dv columns of k, (dk, dv) = (288, 256)
 //     (kiln's big config) or (576, 512) (DeepSeek-V3);
-//   prefer_mma: mma where it applies, simt elsewhere (a whole model's decode: the engine's
-//     layers call the op with every cache they hold);
-//   automatic: as prefer_mma (on an H200 the mma kernel took 0.2-0.5x simt's time at every
-//     measured shape, docs/mla.md), or simt when the environment sets KILN_DECODE_KERNEL=simt.
-// Asking for mma where it does not apply is an error. Launches are recorded as
-// "decode_attention/simt", "decode_attention/simt_fp8" or "decode_attention/mma"
-// (core/kernel_trace.hpp).
-enum class DecodeKernel { automatic, simt, mma, prefer_mma };
+//   wgmma: the Hopper kernel (decode_attention_hopper.cuh, wgmma and TMA on sm_90): the same
+//     problems as mma at (288, 256), paged blocks of a multiple of 64 tokens or the contiguous cache;
+//   prefer_mma: the first of wgmma, mma that applies, simt elsewhere (a whole model's decode: the
+//     engine's layers call the op with every cache they hold);
+//   automatic: as prefer_mma, or simt when the environment sets KILN_DECODE_KERNEL=simt, or mma
+//     and simt only with KILN_DECODE_KERNEL=mma (comparisons).
+// Asking for mma or wgmma where it does not apply is an error. Launches are recorded as
+// "decode_attention/simt", "decode_attention/simt_fp8", "decode_attention/mma" or
+// "decode_attention/wgmma" (core/kernel_trace.hpp).
+enum class DecodeKernel { automatic, simt, mma, prefer_mma, wgmma };
 
 // `queries` query tokens per sequence against its cached keys, grouped-query style:
 //   out[a, t, h, :] = sum_{j < L_t} p_j v[j, h / G, :],

@@ -1,10 +1,11 @@
 // decode_attention on CUDA (arguments kernels/decode_attention/args.hpp, which states the
 // function and both cache layouts; front-ends ops/decode_attention.hpp (contiguous cache) and
 // ops/paged_attention.hpp (paged cache); CPU reference backend/cpu/decode_attention.hpp).
-// This file is the CUDA-core kernel, which takes every problem; decode_attention_mma.cuh is the
-// tensor-core one for MLA's bf16 latent cache, which the launcher at the end hands the problems
-// DecodeAttentionArgs::implementation gives it (args.hpp, DecodeKernel); split_combine.cuh holds
-// what the two share (addressing, split count, the splits' combine).
+// This file is the CUDA-core kernel, which takes every problem; decode_attention_mma.cuh (mma.sync)
+// and decode_attention_hopper.cuh (wgmma, TMA) are the tensor-core ones for MLA's bf16 latent
+// cache, which the launcher at the end hands the problems DecodeAttentionArgs::implementation gives
+// them (args.hpp, DecodeKernel; chosen_kernel); split_combine.cuh holds what they share
+// (addressing, split count, the splits' combine).
 //
 // Work split. One block of 256 threads (8 warps) per (batch row, kv head, chunk of the T x G
 // query rows that share that kv head: T query tokens of G heads each, split) — one split, the
@@ -123,6 +124,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "kiln/core/environment.hpp"
 #include "kiln/core/kernel_trace.hpp"
 #include "kiln/kernels/common/cuda_check.hpp"
 #include "kiln/kernels/common/device_guard.hpp"
@@ -131,6 +133,7 @@
 #include "kiln/kernels/common/launch.cuh"
 #include "kiln/kernels/common/reduce.cuh"
 #include "kiln/kernels/decode_attention/args.hpp"
+#include "kiln/kernels/decode_attention/decode_attention_hopper.cuh"
 #include "kiln/kernels/decode_attention/decode_attention_mma.cuh"
 #include "kiln/kernels/decode_attention/split_combine.cuh"
 
@@ -685,13 +688,52 @@ inline void check_problem(const DecodeAttentionArgs& a) {
   }
 }
 
+// The kernel that computes the problem (args.hpp, DecodeKernel): simt, mma or wgmma. Named, it
+// must apply; prefer_mma and automatic take the Hopper kernel where it applies, then the mma.sync
+// one (KILN_DECODE_KERNEL=simt or =mma in the environment, read once per process, stop automatic
+// earlier: comparisons).
+inline DecodeKernel chosen_kernel(const DecodeAttentionArgs& a) {
+  const char* op = "decode_attention";
+  switch (a.implementation) {
+    case DecodeKernel::simt:
+      return DecodeKernel::simt;
+    case DecodeKernel::mma:
+      check(mma_applies(a), op,
+            "the tensor-core kernel takes MLA's latent cache in bf16: one kv head, (dk, dv) = (288, 256) or (576, ",
+            "512), the values a view of the keys' first columns, 16-byte aligned rows, its shared memory within the "
+            "GPU's; got dtype ", a.dtype, ", kv_heads ", a.kv_heads, ", dk ", a.dk, ", dv ", a.dv,
+            a.latent ? ", an FP8 cache" : "");
+      return DecodeKernel::mma;
+    case DecodeKernel::wgmma:
+      check(hopper::hopper_applies(a), op,
+            "the Hopper kernel takes MLA's latent cache in bf16 on an sm_90 GPU: one kv head, (dk, dv) = (288, 256), ",
+            "the values a view of the keys' first columns, 16-byte aligned rows, paged blocks of a multiple of 64 ",
+            "tokens; got dtype ", a.dtype, ", kv_heads ", a.kv_heads, ", dk ", a.dk, ", dv ", a.dv,
+            a.block_table ? ", blocks of " : "", a.block_table ? a.block_tokens : 0, a.latent ? ", an FP8 cache" : "");
+      return DecodeKernel::wgmma;
+    case DecodeKernel::automatic: {
+      static const bool simt_only = environment_is("KILN_DECODE_KERNEL", "simt");
+      static const bool mma_only = environment_is("KILN_DECODE_KERNEL", "mma");
+      if (simt_only) return DecodeKernel::simt;
+      if (mma_only) return mma_applies(a) ? DecodeKernel::mma : DecodeKernel::simt;
+      break;
+    }
+    case DecodeKernel::prefer_mma:
+      break;
+  }
+  if (hopper::hopper_applies(a)) return DecodeKernel::wgmma;
+  return mma_applies(a) ? DecodeKernel::mma : DecodeKernel::simt;
+}
+
 inline void launch_decode_attention(const DecodeAttentionArgs& a) {
   if (a.count == 0) return;
   const char* op = "decode_attention";
   check_problem(a);
   check(a.splits >= 1 && a.splits <= kDecodeMaxSplits && (a.splits == 1 || a.workspace), op, "splits ", a.splits,
         " must be in [1, ", kDecodeMaxSplits, "], with a workspace when over 1");
-  if (use_mma(a)) return launch_decode_attention_mma(a);  // the tensor-core kernel (decode_attention_mma.cuh)
+  const DecodeKernel kernel = chosen_kernel(a);
+  if (kernel == DecodeKernel::wgmma) return hopper::launch_decode_attention_hopper(a);  // decode_attention_hopper.cuh
+  if (kernel == DecodeKernel::mma) return launch_decode_attention_mma(a);  // decode_attention_mma.cuh
   const DeviceInfo& info = device_info(a.launch.device);
   cuda::DeviceGuard guard(a.launch.device);
   dispatch(a, [&](auto tag, auto cols) {
@@ -756,7 +798,12 @@ inline void plan_decode_attention(const DecodeAttentionPlanArgs& p) {
   if (a.count == 0) return;
   check_problem(a);
   const DeviceInfo& info = device_info(a.launch.device);
-  if (use_mma(a)) {
+  const DecodeKernel kernel = chosen_kernel(a);
+  if (kernel == DecodeKernel::wgmma) {
+    *p.splits = hopper::hopper_splits(a, info, a.splits >= 1 ? a.splits : 0);
+    return;
+  }
+  if (kernel == DecodeKernel::mma) {
     *p.splits = mma_splits(a, info, a.splits >= 1 ? a.splits : 0);
     return;
   }

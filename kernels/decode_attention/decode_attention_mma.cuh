@@ -140,34 +140,17 @@ __global__ void __launch_bounds__(mma_threads<DV>()) decode_attention_mma_kernel
   const int warp = w % R, group = w / R;  // the row warp (rows 16 warp ..) and the key group
   const int g = lane >> 2, t = lane & 3;
 
-  const std::int64_t slot = a.slots[seq];
-  std::int64_t L64 = a.lengths[seq];
-  if (slot < 0 || slot >= a.num_slots) L64 = 0;
-  const int L = static_cast<int>(L64 < 0 ? 0 : (L64 > a.capacity ? a.capacity : L64));
-  // This split's keys [begin, end): ceil(L / splits) rounded up to a tile.
-  const int span = ((L + splits - 1) / splits + kMmaKeys - 1) / kMmaKeys * kMmaKeys;
-  const int begin = ::min(split * span, L), end = ::min(begin + span, L);
+  const SplitKeys keys = split_keys(a, seq, split, kMmaKeys);
+  const std::int64_t slot = keys.slot;
+  const int L = keys.length, begin = keys.begin, end = keys.end;
 
   const bool partial = splits > 1;
   float* const ws = static_cast<float*>(a.workspace);
   const std::int64_t ws_acc = a.count * a.queries * a.heads * splits * 2;  // the accumulators' offset
   const std::int64_t row0 = seq * rows_per_seq + first;  // the block's first query row in q and out
   T* const out = static_cast<T*>(a.out) + row0 * DV;
-  auto write_empty = [&] {  // no keys: zeros, or a split of weight 0
-    for (int i = tid; i < hc * DV; i += kThreadsHere) {
-      const int r = i / DV, c = i - r * DV;
-      if (partial) ws[ws_acc + ((row0 + r) * splits + split) * DV + c] = 0.f;
-      else out[i] = store<T>(0.f);
-    }
-    if (partial)
-      for (int r = tid; r < hc; r += kThreadsHere) {
-        float* const ml = ws + ((row0 + r) * splits + split) * 2;
-        ml[0] = -INFINITY;
-        ml[1] = 0.f;
-      }
-  };
   if (begin >= end) {  // the whole block leaves together
-    write_empty();
+    write_no_keys(a, row0, hc, split, tid, kThreadsHere);
     return;
   }
   const TokenRows rows{a.block_table ? a.block_table + slot * a.max_blocks : nullptr, slot,
@@ -175,7 +158,7 @@ __global__ void __launch_bounds__(mma_threads<DV>()) decode_attention_mma_kernel
   const std::int64_t num_blocks = a.block_table ? a.num_blocks : a.num_slots;
   // A paged row's table entries for tokens 0 .. L - 1 (every split of a row agrees).
   if (rows.bad_entries(L, num_blocks, tid, kThreadsHere)) {
-    write_empty();
+    write_no_keys(a, row0, hc, split, tid, kThreadsHere);
     return;
   }
 
@@ -344,23 +327,6 @@ inline bool mma_applies(const DecodeAttentionArgs& a) {
   return a.dtype == DType::bf16 && !a.latent && a.kv_heads == 1 && a.v == a.k &&
          a.v_slot_stride == a.k_slot_stride && a.v_row_stride == a.k_row_stride && a.k_slot_stride % 8 == 0 &&
          a.k_row_stride % 8 == 0 && aligned16(a.k) && aligned16(a.q) && aligned16(a.out);
-}
-
-// Whether decode_attention runs the tensor-core kernel: asked for (and then it must apply), or
-// preferred or automatic where it applies (automatic unless KILN_DECODE_KERNEL=simt is set).
-inline bool use_mma(const DecodeAttentionArgs& a) {
-  if (a.implementation == DecodeKernel::simt) return false;
-  if (a.implementation == DecodeKernel::prefer_mma) return mma_applies(a);
-  if (a.implementation == DecodeKernel::mma) {
-    check(mma_applies(a), "decode_attention",
-          "the tensor-core kernel takes MLA's latent cache in bf16: one kv head, (dk, dv) = (288, 256) or (576, ",
-          "512), the values a view of the keys' first columns, 16-byte aligned rows, its shared memory within the GPU's; "
-          "got dtype ", a.dtype, ", kv_heads ",
-          a.kv_heads, ", dk ", a.dk, ", dv ", a.dv, a.latent ? ", an FP8 cache" : "");
-    return true;
-  }
-  static const bool simt_from_environment = environment_is("KILN_DECODE_KERNEL", "simt");
-  return !simt_from_environment && mma_applies(a);
 }
 
 // Query-row chunks of 64 a sequence, and the splits (`wanted` >= 1: that many; 0: chosen).

@@ -53,6 +53,46 @@ struct TokenRows {
   }
 };
 
+// The keys of batch row `seq` that split `split` of a.splits computes, [begin, end): ceil(L /
+// splits) rounded up to a tile of `tile` keys, from the row's length L clamped to [0, capacity]
+// (0 for a slot outside [0, num_slots): zeros, args.hpp). Shared by the tensor-core kernels.
+struct SplitKeys {
+  std::int64_t slot;
+  int length, begin, end;
+};
+__device__ __forceinline__ SplitKeys split_keys(const DecodeAttentionArgs& a, std::int64_t seq, int split, int tile) {
+  const std::int64_t slot = a.slots[seq];
+  std::int64_t L64 = a.lengths[seq];
+  if (slot < 0 || slot >= a.num_slots) L64 = 0;
+  const int L = static_cast<int>(L64 < 0 ? 0 : (L64 > a.capacity ? a.capacity : L64));
+  const int span = ((L + a.splits - 1) / a.splits + tile - 1) / tile * tile;
+  const int begin = ::min(split * span, L);
+  return {slot, L, begin, ::min(begin + span, L)};
+}
+
+// Query rows row0 .. row0 + rows - 1 (of q and out) with no key in this split: zeros in out, or
+// with a split the partial state of weight 0 (m = -inf, l = 0, acc = 0), over `threads` threads.
+__device__ __forceinline__ void write_no_keys(const DecodeAttentionArgs& a, std::int64_t row0, int rows, int split,
+                                              int tid, int threads) {
+  const int dv = a.dv, splits = a.splits;
+  if (splits > 1) {
+    float* const ws = static_cast<float*>(a.workspace);
+    const std::int64_t ws_acc = a.count * a.queries * a.heads * splits * 2;
+    for (int i = tid; i < rows * dv; i += threads) {
+      const int r = i / dv;
+      ws[ws_acc + ((row0 + r) * splits + split) * dv + (i - r * dv)] = 0.f;
+    }
+    for (int r = tid; r < rows; r += threads) {
+      float* const ml = ws + ((row0 + r) * splits + split) * 2;
+      ml[0] = -INFINITY;
+      ml[1] = 0.f;
+    }
+  } else {
+    bf16* const out = static_cast<bf16*>(a.out) + row0 * dv;
+    for (int i = tid; i < rows * dv; i += threads) out[i] = store<bf16>(0.f);
+  }
+}
+
 // The sequence splits of a problem whose rows, kv heads and head chunks make `blocks` blocks:
 // `wanted` when >= 1 (a caller's choice, clamped to kDecodeMaxSplits); else (0) enough to give
 // every multiprocessor a block when `blocks` would leave more than half of them idle, each split

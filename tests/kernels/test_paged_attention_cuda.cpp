@@ -21,6 +21,7 @@
 #include <vector>
 
 #include <kiln/core/kernel_trace.hpp>
+#include <kiln/kernels/common/device_info.hpp>
 #include <kiln/ops/paged_attention.hpp>
 
 #include "cuda_test_util.hpp"
@@ -29,6 +30,8 @@ using namespace kiln;
 using namespace kiln::testing;
 
 namespace {
+
+bool hopper_gpu() { return kernels::device_info(0).major == 9; }  // where the Hopper decode kernel runs
 
 Tensor<std::int64_t> ints(const std::vector<std::int64_t>& v) {
   return Tensor<std::int64_t>::from_vector(v, {static_cast<std::int64_t>(v.size())});
@@ -94,7 +97,9 @@ void check_case(const Case& c, int queries, int splits, double tolerance,
                 kernels::DecodeKernel kernel = kernels::DecodeKernel::simt) {
   SCOPED_TRACE(::testing::Message() << dtype_name<T> << " heads " << c.heads << "/" << c.kv_heads << " dk " << c.dk
                                     << " dv " << c.dv << " bt " << c.bt << " T " << queries << " splits " << splits
-                                    << (kernel == kernels::DecodeKernel::mma ? " tensor-core kernel" : ""));
+                                    << (kernel == kernels::DecodeKernel::mma     ? " mma.sync kernel"
+                                        : kernel == kernels::DecodeKernel::wgmma ? " Hopper kernel"
+                                                                                 : ""));
   const auto n = static_cast<std::int64_t>(c.lengths.size());
   const PagedCache<T> k = paged_cache<T>(c.lengths, c.share, c.bt, c.kv_heads, c.dk, 7);
   const PagedCache<T> v_own = paged_cache<T>(c.lengths, c.share, c.bt, c.kv_heads, c.dv, 7);  // same table
@@ -185,7 +190,10 @@ TEST(PagedDecodeAttentionCuda, TensorCoreKernelMatchesTheCpuOp) {
     check_case<bf16>(mla, 1, 1, 0x1p-7, kernels::DecodeKernel::automatic);
     check_case<float>(mla, 1, 1, tolerance<float>(), kernels::DecodeKernel::prefer_mma);
     check_case<float>(mla, 1, 1, tolerance<float>(), kernels::DecodeKernel::automatic);
-    EXPECT_EQ(trace.count("decode_attention/mma"), 3);
+    // (automatic and prefer_mma take the Hopper kernel first where it applies: an sm_90 GPU)
+    const int hopper = hopper_gpu() ? 2 : 0;
+    EXPECT_EQ(trace.count("decode_attention/mma"), 3 - hopper);
+    EXPECT_EQ(trace.count("decode_attention/wgmma"), hopper);
     EXPECT_EQ(trace.count("decode_attention/simt"), 2);
   }
   const std::vector<Case> cases = {
@@ -250,6 +258,105 @@ TEST(PagedDecodeAttentionCuda, TensorCoreKernelMatchesTheCpuOp) {
                                                  on_gpu(Tensor<std::int64_t>::from_vector({0, 1}, {1, 2})),
                                                  on_gpu(ints({0})), on_gpu(ints({5})), 1.0, 0, mma),
                     "decode_attention", "the tensor-core kernel takes MLA's latent cache in bf16", "dtype float32");
+}
+
+// The Hopper kernel (DecodeKernel::wgmma: wgmma and TMA, MLA's bf16 latent cache at (288, 256);
+// kernels/decode_attention/decode_attention_hopper.cuh) against the CPU op, on an sm_90 GPU. Its
+// two modes: shared rows (T H <= 64: both consumer warpgroups hold the same rows and take
+// alternate key tiles, merged at the end) at 12 heads x 1 and 2 tokens, 40 x 1, 64 x 1 (the
+// boundary); rows (128 rows a block, 64 a consumer) at 33 x 2 (66 rows: the second consumer has
+// 2 real rows), 40 x 2 (80), 128 x 1 and x 2 (one and two chunks). The big config's odd lengths
+// with shared blocks (1, 63, 64, 65, 1000, 130, 200: a last tile of 1 key, 63, none past a whole
+// tile), splits 1, 3, 7, 64 and automatic (a consumer of the shared-rows mode without a tile:
+// lengths of one tile), long rows split automatically, 128-token blocks (a tile at row 64 of its
+// block), the contiguous cache at a capacity that is not a multiple of the tile (700: TMA fills the
+// rows past it with zeros). Every unused row of the pool is NaN (paged_cache): the rows past a
+// split's end in its last tile must not reach the output (the kernel zeroes their values). Rows
+// whose slot or table entry is out of range give zeros. Asking for it where it does not apply
+// (16-token blocks) is an error. Bound: the mma.sync kernel's, 2^-7 (P rounded to bf16).
+TEST(PagedDecodeAttentionCuda, HopperKernelMatchesTheCpuOp) {
+  KILN_REQUIRE_GPU();
+  if (!hopper_gpu()) GTEST_SKIP() << "not an sm_90 GPU";
+  manual_seed(67);
+  constexpr auto wgmma = kernels::DecodeKernel::wgmma;
+  const Case mla{{1, 63, 64, 65, 1000, 130, 200}, {0, 0, 0, 1, 1, 0, 2}, 64, 1, 12, 288, 256, true};
+  Case two = mla;
+  two.lengths[0] = 2;
+  for (int splits : {1, 0, 3, 7, 64}) {
+    check_case<bf16>(mla, 1, splits, 0x1p-7, wgmma);
+    check_case<bf16>(two, 2, splits, 0x1p-7, wgmma);
+  }
+  for (std::int64_t heads : {33, 40, 64, 128}) {
+    Case c = two;
+    c.heads = heads;
+    for (int queries : {1, 2}) {
+      check_case<bf16>(c, queries, 1, 0x1p-7, wgmma);
+      check_case<bf16>(c, queries, 3, 0x1p-7, wgmma);
+    }
+  }
+  const std::vector<Case> cases = {
+      {{5000, 4097, 3000, 2}, {0, 10, 0, 0}, 64, 1, 16, 288, 256, true},  // long rows: split automatically
+      {{300, 129, 2, 700}, {0, 1, 0, 0}, 128, 1, 12, 288, 256, true},    // 128-token blocks
+      {{300, 65, 2}, {0, 1, 0}, 128, 1, 128, 288, 256, true},            // and 128 heads
+  };
+  for (const Case& c : cases)
+    for (int queries : {1, 2}) {
+      check_case<bf16>(c, queries, 0, 0x1p-7, wgmma);
+      check_case<bf16>(c, queries, 3, 0x1p-7, wgmma);
+    }
+  {  // it is the kernel that ran, and the one automatic and prefer_mma pick
+    KernelTrace trace;
+    check_case<bf16>(mla, 1, 1, 0x1p-7, wgmma);
+    check_case<bf16>(mla, 1, 1, 0x1p-7, kernels::DecodeKernel::automatic);
+    check_case<bf16>(mla, 1, 1, 0x1p-7, kernels::DecodeKernel::prefer_mma);
+    EXPECT_EQ(trace.count("decode_attention/wgmma"), 3);
+  }
+  // The contiguous cache (decode_attention: one query token): [count, 700, 1, 288], slots in
+  // reverse, ragged lengths, 12 and 128 heads.
+  const std::vector<std::int64_t> len{2, 64, 65, 700, 129};
+  const auto n = static_cast<std::int64_t>(len.size());
+  std::vector<std::int64_t> sl;
+  for (std::int64_t a = n - 1; a >= 0; --a) sl.push_back(a);
+  const auto cache = randn<bf16>({n, 700, 1, 288});
+  const auto cg = on_gpu(cache);
+  for (std::int64_t heads : {12, 128}) {
+    SCOPED_TRACE(::testing::Message() << "contiguous, heads " << heads);
+    const auto q = randn<bf16>({n, heads, 288});
+    const auto want = decode_attention(q, cache, narrow(cache, 3, 0, 256), ints(sl), ints(len), 0.07);
+    poison_cached_memory();
+    const auto got =
+        decode_attention(on_gpu(q), cg, narrow(cg, 3, 0, 256), on_gpu(ints(sl)), on_gpu(ints(len)), 0.07, wgmma);
+    EXPECT_LT(relative_error(on_cpu(got), want), 0x1p-7);
+  }
+  // Out-of-range rows: 64-token blocks 2, 0 | 1, 7 (outside the 4), 3 | 3; rows of slot 0 (fine),
+  // slot 1 (entry 7 in use), slot 5 (outside the table), slot 0 at length 150 (entry -1 in use),
+  // slot 2 (fine).
+  const auto latent = randn<bf16>({4, 64, 1, 288});
+  const auto latent_gpu = on_gpu(latent);
+  const auto table = Tensor<std::int64_t>::from_vector({2, 0, -1, 1, 7, 3, 3, -1, -1}, {3, 3});
+  const std::vector<std::int64_t> bad_sl = {0, 1, 5, 0, 2}, bad_len = {70, 100, 4, 150, 30};
+  const auto ql = randn<bf16>({5, 1, 12, 288});
+  for (int splits : {1, 2}) {
+    poison_cached_memory();
+    const auto out = on_cpu(paged_decode_attention(on_gpu(ql), latent_gpu, narrow(latent_gpu, 3, 0, 256),
+                                                   on_gpu(table), on_gpu(ints(bad_sl)), on_gpu(ints(bad_len)), 1.0,
+                                                   splits, wgmma));
+    for (std::int64_t a : {1, 2, 3})
+      for (bf16 x : narrow(out, 0, a, 1).to_vector())
+        EXPECT_EQ(static_cast<float>(x), 0.0f) << "row " << a << " splits " << splits;
+    for (std::size_t a : {0, 4}) {
+      const auto at = static_cast<std::int64_t>(a);
+      const auto want = paged_decode_attention(narrow(ql, 0, at, 1), latent, narrow(latent, 3, 0, 256), table,
+                                               ints({bad_sl[a]}), ints({bad_len[a]}), 1.0);
+      EXPECT_LT(relative_error(narrow(out, 0, at, 1), want), 0x1p-7) << "row " << a << " splits " << splits;
+    }
+  }
+  // Where it does not apply (16-token blocks), asking for it is an error.
+  const auto small = on_gpu(randn<bf16>({4, 16, 1, 288}));
+  EXPECT_KILN_ERROR((void)paged_decode_attention(on_gpu(randn<bf16>({1, 1, 12, 288})), small, narrow(small, 3, 0, 256),
+                                                 on_gpu(Tensor<std::int64_t>::from_vector({0, 1}, {1, 2})),
+                                                 on_gpu(ints({0})), on_gpu(ints({5})), 1.0, 0, wgmma),
+                    "decode_attention", "the Hopper kernel takes MLA's latent cache", "blocks of 16");
 }
 
 TEST(PagedDecodeAttentionCuda, OtherShapesMatchTheCpuOp) {

@@ -97,4 +97,26 @@ inline PFN_cuTensorMapEncodeTiled_v12000 encode_tiled() {
   return fn;
 }
 
+// A bf16 tensor of `rank` (2 or 3) dimensions, innermost first (dims[0] elements a row), whose
+// outer dimensions lie strides[i - 1] bytes apart (multiples of 16), read as boxes of 64 elements
+// (128 bytes) x box_rows rows (x 1) with the 128-byte swizzle that wgmma's descriptors expect
+// (wgmma.cuh); elements outside the tensor read as zero. `op` names the caller in the error.
+inline CUtensorMap tensor_map_bf16_sw128(const void* data, int rank, const std::int64_t* dims,
+                                         const std::int64_t* strides, int box_rows, const char* op) {
+  CUtensorMap map{};
+  cuuint64_t d[3] = {}, st[2] = {};
+  for (int i = 0; i < rank; ++i) d[i] = static_cast<cuuint64_t>(dims[i]);
+  for (int i = 0; i + 1 < rank; ++i) st[i] = static_cast<cuuint64_t>(strides[i]);
+  const cuuint32_t box[3] = {64, static_cast<cuuint32_t>(box_rows), 1};
+  const cuuint32_t element_strides[3] = {1, 1, 1};
+  const CUresult r = encode_tiled()(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, static_cast<cuuint32_t>(rank),
+                                    const_cast<void*>(data), d, st, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                                    CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                                    CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  check(r == CUDA_SUCCESS, op, "cuTensorMapEncodeTiled failed (error ", static_cast<int>(r), ") for a rank-", rank,
+        " bf16 operand of ", dims[0], " x ", dims[1], rank > 2 ? " x " : "", rank > 2 ? dims[2] : 0,
+        " elements (rows ", strides[0], " bytes apart)");
+  return map;
+}
+
 }  // namespace kiln::kernels::sm90

@@ -1,0 +1,514 @@
+// decode_attention on Hopper's tensor cores (sm_90a): wgmma fed by TMA, warp-specialised (arguments
+// args.hpp, chosen by DecodeAttentionArgs::implementation: DecodeKernel::wgmma, and by automatic
+// where it applies). The function of decode_attention_mma.cuh (MLA's absorbed decode over the bf16
+// latent cache: one kv head, k = [latent | rope key], v = the latent, a view of k; 1 or 2 query
+// tokens; either cache layout; the sequence split and its combine of split_combine.cuh) at kiln's
+// big config's (dk, dv) = (288, 256). DeepSeek-V3's (576, 512) stays on the mma.sync kernel: a
+// warpgroup's O would be 256 floats a thread (FlashMLA splits it over two warpgroups and shares P
+// through shared memory: the next step).
+//
+// Why a third kernel. The mma.sync kernel is bound by each warp's serial chain per 64-key tile
+// (ldmatrix, 272 mma, the softmax; one warp a sub-partition to hide it): 119 TFLOP/s at 128 heads
+// x 2 tokens where the tensor cores give ~990, and 0.33-0.48 of the copy bandwidth on long caches
+// with few heads, where cp.async by every thread keeps too few bytes in flight (docs/mla.md). Here
+// one thread's TMA copies keep up to 3-4 tiles (37 KB each) in flight a multiprocessor, and wgmma
+// runs the products asynchronously from shared memory, 64 query rows a warpgroup.
+//
+// Work split. One block of 3 warpgroups (384 threads) per (sequence, chunk of query rows, split):
+// warpgroup 0 the producer (one thread issues every TMA copy: the chunk's Q once, then the split's
+// key tiles of 64 keys into a ring of stages, each found through the block table or the slot),
+// warpgroups 1 and 2 the consumers. Row i of a chunk is query t = i / H of head i % H (q and out
+// are contiguous in i). Two modes, by the sequence's T x H query rows:
+//   rows (T H > 64): chunks of 128 rows, each consumer owning 64 of them, both reading every key
+//     tile (a tile is freed when both have done their P·V on it); the consumers take turns at
+//     issuing their products (sm90::PingPong, as the training forward) so that one's softmax runs
+//     under the other's wgmma;
+//   shared rows (T H <= 64: 12-16 heads x 1-2 tokens, the engine's shapes): one chunk of 64 rows
+//     that both consumers hold, consumer c taking tiles c, c + 2, ... with its own online-softmax
+//     state; at the end consumer 1 leaves its state in shared memory and consumer 0 merges it
+//     (M = max m_c, L = sum l_c 2^(m_c - M), O = sum O_c 2^(m_c - M), in that order: the same bits
+//     every run). At these shapes the products are nearly free (a 64-row wgmma for 12 real rows)
+//     and what matters is that the copies keep DRAM busy, which two consumers draining alternate
+//     stages help.
+// Per 64-key tile a consumer computes
+//   S = Q·Kᵀ   18 wgmma m64n64k16, A = its Q rows, B = the key tile, both K-major from shared memory;
+//   softmax    masks keys past each row's limit (lengths[a] − (T − 1 − t): query 0 of 2 does not see
+//              its draft; only tiles reaching past the smallest limit take the masked path), base-2
+//              online softmax (attention's scale_and_mask and exp2);
+//   O += P·V   P from registers (rounded to bf16), V = the tile's first 256 columns read MN-major:
+//              4 k steps of 16 keys x two m64n128k16 (O is 64 x 256 floats: 2 x 64 a thread).
+// Each consumer pipelines as the training forward does (FlashAttention-3): S of tile n is issued with
+// P·V of tile n − 1, the softmax of n runs while P·V is in flight.
+//
+// Keys past the split's end in its last tile: their scores are masked; their values are multiplied
+// by p = 0, but a cache row that was never written may hold anything, NaN included, and 0 · NaN is
+// NaN: each consumer zeroes those rows' value columns in shared memory before the tile's products
+// (fenced to the async proxy). Bad table entries give zeros (args.hpp), checked before the roles
+// split; rows past the tensor's q rows read zeros (TMA), other sequences' rows are computed and
+// never stored.
+//
+// Layouts (attention_hopper.cuh's): a tile of R rows x D elements is ceil(D/64) column chunks of
+// R rows x 128 bytes, written by TMA with the 128-byte swizzle, each chunk 1024-byte aligned; dk
+// 288 takes 5 chunks, the last one's 32 columns past dk zero-filled by TMA and never read. The key
+// tensor map is 3-D [blocks][rows of a block][dk] with the cache's strides (paged: the pool, a tile
+// is rows n0 % block_tokens .. + 63 of block table[n0 / block_tokens], so block_tokens must be a
+// multiple of 64; contiguous: [slots][capacity][dk], rows past the capacity read as zeros).
+//
+// Shared memory: rows mode Q 2 x 40 KB + 3 stages x 40 KB, shared rows Q 40 KB + 4 stages x 40 KB:
+// 200 KB + barriers. Registers: 232 a consumer thread (O 128, S 32, P 16), 40 the producer.
+//
+// Bytes and FLOPs: each key row (576 bytes) is read once per (chunk, split) block; per query row and
+// key 2 (288 + 256) FLOPs. At 128 heads x 2 tokens two chunks read each key (the second mostly
+// from L2).
+#pragma once
+
+#include <cuda.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "kiln/core/environment.hpp"
+#include "kiln/core/kernel_trace.hpp"
+#include "kiln/kernels/attention/key_tiles.cuh"
+#include "kiln/kernels/common/cuda_check.hpp"
+#include "kiln/kernels/common/device_guard.hpp"
+#include "kiln/kernels/common/device_info.hpp"
+#include "kiln/kernels/common/element.cuh"
+#include "kiln/kernels/common/launch.cuh"
+#include "kiln/kernels/common/mma_sm80.cuh"
+#include "kiln/kernels/common/online_softmax.cuh"
+#include "kiln/kernels/common/sm90/mbarrier.cuh"
+#include "kiln/kernels/common/sm90/smem.cuh"
+#include "kiln/kernels/common/sm90/tma.cuh"
+#include "kiln/kernels/common/sm90/warpgroup.cuh"
+#include "kiln/kernels/common/sm90/wgmma.cuh"
+#include "kiln/kernels/common/sm90/wgmma_bf16.cuh"
+#include "kiln/kernels/decode_attention/args.hpp"
+#include "kiln/kernels/decode_attention/split_combine.cuh"
+
+namespace kiln::kernels::decode_attention::hopper {
+
+constexpr int kKeys = 64;            // keys a tile
+constexpr int kThreads = 3 * 128;    // the producer warpgroup and two consumers
+constexpr int kProducerRegisters = 40;
+constexpr int kConsumerRegisters = 232;
+constexpr int kDk = 288, kDv = 256;  // the compiled head dims (kiln's big config)
+constexpr int kHalf = 128;           // output columns of one m64n128 product: O is two of them
+// Hardware barriers: 1 and 2 the consumers' turns (sm90::PingPong), 3 and 4 the shared-rows merge,
+// 5 and 6 each consumer's own (after zeroing a tile's tail).
+constexpr int kMergeDone = 3, kMergeState = 4, kTailZeroed = 5;
+
+constexpr int chunks(int d) { return (d + 63) / 64; }
+
+template <bool SHARED_ROWS>
+struct Layout {
+  static constexpr int rows = SHARED_ROWS ? 64 : 128;  // query rows a block
+  static constexpr int q_slots = SHARED_ROWS ? 1 : 2;  // 64-row Q buffers
+  static constexpr int stages = SHARED_ROWS ? 4 : 3;   // key tiles in the ring
+  static constexpr int q_bytes = chunks(kDk) * 64 * 128;
+  static constexpr int k_bytes = chunks(kDk) * kKeys * 128;
+  static constexpr int k_offset = q_slots * q_bytes;
+  // Q's full barrier, then full[stages] and empty[stages]: 8 bytes each.
+  static constexpr int barrier_offset = k_offset + stages * k_bytes;
+  static constexpr std::size_t bytes = 1024 + barrier_offset + 8 * (1 + 2 * stages);  // + alignment slack
+  // The shared-rows merge: consumer 1's O (64 x 256 floats, fragment order), then m and l of its rows.
+  static_assert(!SHARED_ROWS || 64 * kDv * 4 + 2 * 64 * 4 <= stages * k_bytes, "the merge fits in the key ring");
+};
+
+// S = Q·Kᵀ for one 64 x kKeys tile: 18 wgmma, the first overwriting S.
+__device__ __forceinline__ void scores(float (&sc)[kKeys / 2], std::uint32_t q_addr, std::uint32_t k_addr) {
+#pragma unroll
+  for (int kk = 0; kk < kDk / 16; ++kk) {
+    const std::uint32_t chunk = kk >> 2, in_row = (kk & 3) * 32;  // chunk of 64 columns, 16 columns into its rows
+    sm90::WgmmaBf16<kKeys>::ss(sc, sm90::smem_descriptor_k_major_sw128(q_addr + chunk * 64 * 128 + in_row),
+                                sm90::smem_descriptor_k_major_sw128(k_addr + chunk * kKeys * 128 + in_row), kk > 0);
+  }
+}
+
+// O += P·V: per k step of 16 keys, two m64n128k16 (value columns 0-127 and 128-255: chunks 0-1 and
+// 2-3 of the tile, kKeys x 128 bytes apart), V read MN-major.
+__device__ __forceinline__ void accumulate_pv(float (&o0)[kHalf / 2], float (&o1)[kHalf / 2],
+                                              const unsigned (&pa)[kKeys / 16][4], std::uint32_t v_addr) {
+  constexpr std::uint32_t chunk_bytes = kKeys * 128;
+#pragma unroll
+  for (int kk = 0; kk < kKeys / 16; ++kk) {
+    const std::uint32_t at = v_addr + kk * 16 * 128;
+    sm90::WgmmaBf16<kHalf>::rs_mn(o0, pa[kk], sm90::smem_descriptor_mn_major_sw128(at, chunk_bytes), 1);
+    sm90::WgmmaBf16<kHalf>::rs_mn(o1, pa[kk], sm90::smem_descriptor_mn_major_sw128(at + 2 * chunk_bytes, chunk_bytes),
+                                  1);
+  }
+}
+
+// Scores -> unnormalised probabilities in place, base 2, the row maxima m and sums l updated;
+// alpha = 2^(m_old − m_new) is what O must still be scaled by (its previous product may be in
+// flight). MASKED: columns outside the rows' bounds to −inf (instantiated apart).
+template <bool MASKED>
+__device__ __forceinline__ void softmax_tile(float (&sc)[kKeys / 2], float (&m)[2], float (&l)[2], float (&alpha)[2],
+                                             const attention::RowBounds& bounds, float scale_log2) {
+  float mt[2] = {-INFINITY, -INFINITY};
+  attention::scale_and_mask<MASKED, kKeys>(sc, mt, scale_log2, bounds);
+  float base[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float x = mt[r];
+    x = ::fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+    x = ::fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+    const float m_new = ::fmaxf(m[r], x);
+    base[r] = m_new == -INFINITY ? 0.f : m_new;  // a row with nothing visible yet keeps p = 0
+    alpha[r] = exp2_approx(m[r] - base[r]);
+    m[r] = m_new;
+    l[r] *= alpha[r];
+  }
+#pragma unroll
+  for (int i = 0; i < kKeys / 2; ++i) {
+    const float p = exp2_approx(sc[i] - base[(i >> 1) & 1]);
+    sc[i] = p;
+    l[(i >> 1) & 1] += p;
+  }
+}
+
+// P rounded to bf16 in wgmma's A-from-registers layout, all k steps at once.
+__device__ __forceinline__ void to_a_operand(unsigned (&pa)[kKeys / 16][4], const float (&sc)[kKeys / 2]) {
+#pragma unroll
+  for (int kk = 0; kk < kKeys / 16; ++kk)
+#pragma unroll
+    for (int x = 0; x < 4; ++x) pa[kk][x] = sm80::pack2<bf16>(sc[8 * kk + 2 * x], sc[8 * kk + 2 * x + 1]);
+}
+
+template <bool SHARED_ROWS>
+__global__ void __launch_bounds__(kThreads, 1)
+    decode_attention_hopper_kernel(const __grid_constant__ CUtensorMap q_map,
+                                   const __grid_constant__ CUtensorMap k_map, const DecodeAttentionArgs a,
+                                   bool pingpong) {
+  using Lay = Layout<SHARED_ROWS>;
+  constexpr int KC = chunks(kDk), VC = kDv / 64, kStages = Lay::stages;
+  constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
+  extern __shared__ __align__(16) unsigned char decode_hopper_smem[];
+  const std::uint32_t raw = sm90::shared_address(decode_hopper_smem);
+  const std::uint32_t base = (raw + 1023) & ~1023u;
+  unsigned char* const base_ptr = decode_hopper_smem + (base - raw);
+  const std::uint32_t q_full = base + Lay::barrier_offset, full0 = q_full + 8, empty0 = full0 + 8 * kStages;
+
+  const std::int64_t seq = blockIdx.x;
+  const int splits = a.splits;
+  const int chunk = static_cast<int>(blockIdx.z) / splits, split = static_cast<int>(blockIdx.z) - chunk * splits;
+  const int rows_per_seq = a.queries * a.heads;
+  const int first = chunk * Lay::rows;
+  const int hc = ::min(Lay::rows, rows_per_seq - first);  // this block's real query rows
+  const int tid = static_cast<int>(threadIdx.x);
+  const std::int64_t row0 = seq * rows_per_seq + first;  // the block's first query row in q and out
+
+  const SplitKeys keys = split_keys(a, seq, split, kKeys);
+  const int L = keys.length, begin = keys.begin, end = keys.end;
+  if (begin >= end) {  // the whole block leaves together
+    write_no_keys(a, row0, hc, split, tid, kThreads);
+    return;
+  }
+  const TokenRows token_rows{a.block_table ? a.block_table + keys.slot * a.max_blocks : nullptr, keys.slot,
+                             static_cast<int>(a.block_table ? a.block_tokens : a.capacity)};
+  if (token_rows.bad_entries(L, a.block_table ? a.num_blocks : a.num_slots, tid, kThreads)) {
+    write_no_keys(a, row0, hc, split, tid, kThreads);
+    return;
+  }
+  const int tiles = (end - begin + kKeys - 1) / kKeys;
+
+  if (tid == 0) {
+    sm90::prefetch_tensor_map(&q_map);
+    sm90::prefetch_tensor_map(&k_map);
+    sm90::mbarrier_init(q_full, 1);
+    for (int st = 0; st < kStages; ++st) {
+      sm90::mbarrier_init(full0 + 8 * st, 1);
+      sm90::mbarrier_init(empty0 + 8 * st, SHARED_ROWS ? 4 : 8);  // one arrival per reading warp
+    }
+    sm90::mbarrier_init_fence();
+  }
+  __syncthreads();  // the last block-wide barrier: the producer's idle threads leave below
+
+  const int warpgroup = sm90::warp_uniform(tid >> 7);
+  const auto k_addr = [&](int st) { return base + Lay::k_offset + st * Lay::k_bytes; };
+  if (warpgroup == 0) {
+    // ---- producer ----
+    sm90::release_registers<kProducerRegisters>();
+    if (tid != 0) return;
+    sm90::mbarrier_arrive_expect_bytes(q_full, Lay::q_slots * Lay::q_bytes);
+    for (int s = 0; s < Lay::q_slots; ++s)
+      for (int c = 0; c < KC; ++c)
+        sm90::tma_load_2d(base + s * Lay::q_bytes + c * 64 * 128, &q_map, 64 * c, static_cast<int>(row0) + 64 * s,
+                          q_full);
+    for (int i = 0; i < tiles; ++i) {
+      const int st = i % kStages;
+      sm90::mbarrier_wait(empty0 + 8 * st, ((i / kStages) & 1) ^ 1);
+      std::int64_t block = 0;
+      int row = 0;
+      token_rows.locate(begin + i * kKeys, block, row);  // a tile lies in one block (block_tokens % 64 == 0)
+      sm90::mbarrier_arrive_expect_bytes(full0 + 8 * st, Lay::k_bytes);
+      for (int c = 0; c < KC; ++c)
+        sm90::tma_load_3d(k_addr(st) + c * kKeys * 128, &k_map, 64 * c, row, static_cast<int>(block), full0 + 8 * st);
+    }
+    return;
+  }
+
+  // ---- consumers ----
+  sm90::claim_registers<kConsumerRegisters>();
+  const int wg = warpgroup - 1;
+  const int lane = tid & 31, warp = (tid >> 5) & 3, g = lane >> 2, t = lane & 3;
+  const int wg_row0 = SHARED_ROWS ? 0 : 64 * wg;  // this consumer's first row of the chunk
+  const std::uint32_t q_addr = base + (SHARED_ROWS ? 0 : wg * Lay::q_bytes);
+  // This thread's two rows (g and g + 8 of its warp's 16) and the keys each sees, j < limit; the
+  // tiles at or past the smallest limit of the sequence's rows take the masked softmax.
+  std::int64_t key_first[2], key_last[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int i = wg_row0 + 16 * warp + g + 8 * r;
+    const int tq = (first + i) / a.heads;
+    key_first[r] = 0;
+    key_last[r] = (i < hc ? ::min(end, L - (a.queries - 1 - tq)) : 0) - 1;
+  }
+  const int unmasked_end = ::min(end, L - (a.queries - 1));  // tiles ending at or before it need no mask
+  const float scale_log2 = static_cast<float>(a.scale) * kLog2e;
+
+  float o0[kHalf / 2], o1[kHalf / 2], sc[kKeys / 2];
+#pragma unroll
+  for (int i = 0; i < kHalf / 2; ++i) o0[i] = o1[i] = 0.f;
+#pragma unroll
+  for (int i = 0; i < kKeys / 2; ++i) sc[i] = 0.f;  // overwritten (scale_d = 0); defined for the compiler
+  unsigned pa[kKeys / 16][4];
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, alpha[2];
+
+  const auto release = [&](int i) {  // this warp is done with tile i's stage
+    __syncwarp();
+    if (lane == 0) sm90::mbarrier_arrive(empty0 + 8 * (i % kStages));
+  };
+  // Waits for tile i; if it reaches past the split's end, zeroes the value columns of the rows
+  // past it (never-written rows may hold NaN, and 0 · NaN is NaN) and fences them to wgmma.
+  const auto acquire = [&](int i) {
+    const int st = i % kStages;
+    sm90::mbarrier_wait(full0 + 8 * st, (i / kStages) & 1);
+    const int valid = end - (begin + i * kKeys);
+    if (valid < kKeys) {
+      const int pieces = (kKeys - valid) * VC * 8;  // 16-byte pieces: rows x value chunks x 8
+      for (int x = tid & 127; x < pieces; x += 128) {
+        const int row = valid + x / (VC * 8), c = (x / 8) % VC, piece = x % 8;
+        *reinterpret_cast<uint4*>(base_ptr + Lay::k_offset + st * Lay::k_bytes + c * kKeys * 128 + row * 128 +
+                                  piece * 16) = make_uint4(0, 0, 0, 0);
+      }
+      sm90::fence_proxy_async_shared();
+      sm90::named_barrier_sync(kTailZeroed + wg, 128);
+    }
+  };
+  const auto softmax_at = [&](int i) {
+    const int n0 = begin + i * kKeys;
+    if (n0 + kKeys > unmasked_end)
+      softmax_tile<true>(sc, m, l, alpha, attention::row_bounds(key_first, key_last, n0, t), scale_log2);
+    else
+      softmax_tile<false>(sc, m, l, alpha, attention::RowBounds{}, scale_log2);
+  };
+
+  // Rows mode: both consumers take every tile, in turns; shared rows: consumer c the tiles c, c + 2, ...
+  const int step = SHARED_ROWS ? 2 : 1, i_first = SHARED_ROWS ? wg : 0;
+  const sm90::PingPong turns{!SHARED_ROWS && pingpong, wg};
+  turns.start();
+  sm90::mbarrier_wait(q_full, 0);
+  if (i_first < tiles) {
+    acquire(i_first);
+    turns.take_turn();
+    sm90::wgmma_fence();
+    scores(sc, q_addr, k_addr(i_first % kStages));
+    sm90::wgmma_commit();
+    turns.pass_turn();
+    sm90::wgmma_wait<0>();
+    sm90::fence_registers(sc);
+    softmax_at(i_first);
+    to_a_operand(pa, sc);
+    int prev = i_first;
+    for (int i = i_first + step; i < tiles; i += step) {
+      acquire(i);
+      turns.take_turn();
+      sm90::wgmma_fence();
+      scores(sc, q_addr, k_addr(i % kStages));
+      sm90::wgmma_commit();
+      accumulate_pv(o0, o1, pa, k_addr(prev % kStages));
+      sm90::wgmma_commit();
+      turns.pass_turn();
+      sm90::wgmma_wait<1>();  // groups complete in order: S is done, P·V may still run
+      sm90::fence_registers(sc);
+      softmax_at(i);
+      sm90::wgmma_wait<0>();
+      sm90::fence_registers(o0);
+      sm90::fence_registers(o1);
+      release(prev);
+#pragma unroll
+      for (int x = 0; x < kHalf / 2; ++x) {
+        o0[x] *= alpha[(x >> 1) & 1];
+        o1[x] *= alpha[(x >> 1) & 1];
+      }
+      to_a_operand(pa, sc);
+      prev = i;
+    }
+    turns.take_turn();
+    sm90::wgmma_fence();
+    accumulate_pv(o0, o1, pa, k_addr(prev % kStages));
+    sm90::wgmma_commit();
+    turns.pass_turn();
+    sm90::wgmma_wait<0>();
+    sm90::fence_registers(o0);
+    sm90::fence_registers(o1);
+    release(prev);
+  }
+  turns.finish();
+#pragma unroll
+  for (int r = 0; r < 2; ++r) l[r] = sm80::quad_sum(l[r]);
+
+  if constexpr (SHARED_ROWS) {
+    // The merge: once both are past every tile (the ring is free: every copy was waited for),
+    // consumer 1 stores its state, consumer 0 folds it into its own.
+    float* const sO = reinterpret_cast<float*>(base_ptr + Lay::k_offset);  // [64 x 256] in fragment order
+    float* const sML = sO + 64 * kDv;                                      // m of the 64 rows, then l
+    const int frag = (warp * 32 + lane);  // this thread's place in fragment order
+    sm90::named_barrier_sync(kMergeDone, 256);
+    if (wg == 1) {
+#pragma unroll
+      for (int x = 0; x < kHalf / 2; x += 4) {
+        reinterpret_cast<float4*>(sO)[(x / 4) * 128 + frag] = make_float4(o0[x], o0[x + 1], o0[x + 2], o0[x + 3]);
+        reinterpret_cast<float4*>(sO)[(kHalf / 8 + x / 4) * 128 + frag] =
+            make_float4(o1[x], o1[x + 1], o1[x + 2], o1[x + 3]);
+      }
+      if (t == 0)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          sML[16 * warp + g + 8 * r] = m[r];
+          sML[64 + 16 * warp + g + 8 * r] = l[r];
+        }
+      sm90::named_barrier_arrive(kMergeState, 256);
+      return;
+    }
+    sm90::named_barrier_sync(kMergeState, 256);
+    float f_mine[2], f_theirs[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const float m1 = sML[16 * warp + g + 8 * r], l1 = sML[64 + 16 * warp + g + 8 * r];
+      const float mx = ::fmaxf(m[r], m1);
+      const float b = mx == -INFINITY ? 0.f : mx;
+      f_mine[r] = exp2f(m[r] - b);  // 0 where a consumer saw no key (m −inf)
+      f_theirs[r] = exp2f(m1 - b);
+      l[r] = l[r] * f_mine[r] + l1 * f_theirs[r];
+      m[r] = mx;
+    }
+#pragma unroll
+    for (int x = 0; x < kHalf / 2; x += 4) {
+      const float4 v0 = reinterpret_cast<const float4*>(sO)[(x / 4) * 128 + frag];
+      const float4 v1 = reinterpret_cast<const float4*>(sO)[(kHalf / 8 + x / 4) * 128 + frag];
+      // Elements x .. x + 3 are rows (r = 0, 0, 1, 1) of the C layout: 4c + 2r + j.
+      o0[x] = o0[x] * f_mine[0] + v0.x * f_theirs[0];
+      o0[x + 1] = o0[x + 1] * f_mine[0] + v0.y * f_theirs[0];
+      o0[x + 2] = o0[x + 2] * f_mine[1] + v0.z * f_theirs[1];
+      o0[x + 3] = o0[x + 3] * f_mine[1] + v0.w * f_theirs[1];
+      o1[x] = o1[x] * f_mine[0] + v1.x * f_theirs[0];
+      o1[x + 1] = o1[x + 1] * f_mine[0] + v1.y * f_theirs[0];
+      o1[x + 2] = o1[x + 2] * f_mine[1] + v1.z * f_theirs[1];
+      o1[x + 3] = o1[x + 3] * f_mine[1] + v1.w * f_theirs[1];
+    }
+  }
+
+  // The results of this thread's rows: out = O / l (rows without keys: zeros), or with a split the
+  // partial state (m ln 2: the natural-log maximum the combine expects, l, O) in the workspace.
+  const bool partial = splits > 1;
+  float* const ws = static_cast<float*>(a.workspace);
+  const std::int64_t ws_acc = a.count * a.queries * a.heads * splits * 2;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int i = wg_row0 + 16 * warp + g + 8 * r;
+    if (i >= hc) continue;
+    const std::int64_t q_row = row0 + i;
+    if (partial) {
+      float* const dst = ws + ws_acc + (q_row * splits + split) * kDv + 2 * t;
+#pragma unroll
+      for (int c = 0; c < kHalf / 8; ++c) {
+        dst[8 * c] = o0[4 * c + 2 * r];
+        dst[8 * c + 1] = o0[4 * c + 2 * r + 1];
+        dst[kHalf + 8 * c] = o1[4 * c + 2 * r];
+        dst[kHalf + 8 * c + 1] = o1[4 * c + 2 * r + 1];
+      }
+      if (t == 0) {
+        float* const ml = ws + (q_row * splits + split) * 2;
+        ml[0] = m[r] * kLn2;
+        ml[1] = l[r];
+      }
+    } else {
+      const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
+      unsigned* const dst = reinterpret_cast<unsigned*>(static_cast<bf16*>(a.out) + q_row * kDv + 2 * t);
+#pragma unroll
+      for (int c = 0; c < kHalf / 8; ++c) {
+        dst[4 * c] = sm80::pack2<bf16>(o0[4 * c + 2 * r] * inv, o0[4 * c + 2 * r + 1] * inv);
+        dst[kHalf / 2 + 4 * c] = sm80::pack2<bf16>(o1[4 * c + 2 * r] * inv, o1[4 * c + 2 * r + 1] * inv);
+      }
+    }
+  }
+}
+
+// ---- host side ------------------------------------------------------------------------------------
+
+// Whether this kernel computes the problem (args.hpp, DecodeKernel::wgmma): an sm_90 GPU, bf16,
+// MLA's (288, 256) latent cache with v a view of k, 16-byte aligned rows and blocks, paged blocks
+// of a multiple of 64 tokens, and row counts that fit TMA's 32-bit coordinates.
+inline bool hopper_applies_to_device(int device) { return device_info(device).major == 9; }
+inline bool hopper_applies(const DecodeAttentionArgs& a) {
+  if (a.dtype != DType::bf16 || a.latent || a.dk != kDk || a.dv != kDv || a.kv_heads != 1 || a.v != a.k) return false;
+  if (!hopper_applies_to_device(a.launch.device)) return false;
+  constexpr std::int64_t kInt = (std::int64_t(1) << 31) - 1;
+  const bool paged = a.block_table != nullptr;
+  return a.v_slot_stride == a.k_slot_stride && a.v_row_stride == a.k_row_stride && a.k_slot_stride % 8 == 0 &&
+         a.k_row_stride % 8 == 0 && a.k_row_stride >= kDk && aligned16(a.k) && aligned16(a.q) && aligned16(a.out) &&
+         (!paged || a.block_tokens % kKeys == 0) && a.count * a.queries * a.heads <= kInt &&
+         (paged ? a.num_blocks : a.num_slots) <= kInt && a.capacity <= kInt;
+}
+
+// Query-row chunks a sequence and whether they are the shared-rows mode (header).
+inline bool hopper_shared_rows(const DecodeAttentionArgs& a) { return a.queries * a.heads <= 64; }
+inline int hopper_chunks(const DecodeAttentionArgs& a) {
+  return hopper_shared_rows(a) ? 1 : (a.queries * a.heads + 127) / 128;
+}
+inline int hopper_splits(const DecodeAttentionArgs& a, const DeviceInfo& info, int wanted) {
+  return sequence_splits(a.count * hopper_chunks(a), a.capacity, info.sms, wanted);
+}
+
+// KILN_DECODE_PINGPONG=off in the environment turns the rows mode's turns off (for comparisons).
+inline bool decode_pingpong_enabled() {
+  static const bool on = !environment_is("KILN_DECODE_PINGPONG", "off");
+  return on;
+}
+
+// The kernel and, with a split (a.splits > 1, its workspace allocated by the front-end), the combine.
+inline void launch_decode_attention_hopper(const DecodeAttentionArgs& a) {
+  const char* op = "decode_attention";
+  const int chunks_per_seq = hopper_chunks(a);
+  check(a.splits >= 1 && a.splits <= kDecodeMaxSplits && (a.splits == 1 || a.workspace) &&
+            static_cast<std::int64_t>(chunks_per_seq) * a.splits <= 65535 && a.count <= 2147483647,
+        op, "splits ", a.splits, " must be in [1, ", kDecodeMaxSplits, "], with a workspace when over 1, for ",
+        chunks_per_seq, " chunks of query rows");
+  cuda::DeviceGuard guard(a.launch.device);
+  const std::int64_t q_dims[2] = {kDk, a.count * a.queries * a.heads}, q_strides[1] = {kDk * 2};
+  const CUtensorMap q_map = sm90::tensor_map_bf16_sw128(a.q, 2, q_dims, q_strides, 64, op);
+  const bool paged = a.block_table != nullptr;
+  const std::int64_t k_dims[3] = {kDk, paged ? a.block_tokens : a.capacity, paged ? a.num_blocks : a.num_slots};
+  const std::int64_t k_strides[2] = {a.k_row_stride * 2, a.k_slot_stride * 2};
+  const CUtensorMap k_map = sm90::tensor_map_bf16_sw128(a.k, 3, k_dims, k_strides, kKeys, op);
+  const dim3 grid(static_cast<unsigned>(a.count), 1, static_cast<unsigned>(chunks_per_seq * a.splits));
+  const bool pingpong = decode_pingpong_enabled();
+  auto launch = [&](auto kernel, std::size_t smem) {
+    opt_in_shared_memory(kernel, smem, a.launch.device);
+    kernel<<<grid, kThreads, smem, a.launch.stream>>>(q_map, k_map, a, pingpong);
+    KILN_CUDA_CHECK_LAUNCH();
+  };
+  if (hopper_shared_rows(a)) launch(decode_attention_hopper_kernel<true>, Layout<true>::bytes);
+  else launch(decode_attention_hopper_kernel<false>, Layout<false>::bytes);
+  record_kernel_variant("decode_attention", "wgmma");
+  if (a.splits > 1) {
+    decode_combine_kernel<bf16><<<static_cast<unsigned>(a.count * a.queries * a.heads), kCombineThreads, 0,
+                                  a.launch.stream>>>(a);
+    KILN_CUDA_CHECK_LAUNCH();
+  }
+}
+
+}  // namespace kiln::kernels::decode_attention::hopper
