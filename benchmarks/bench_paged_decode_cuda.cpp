@@ -11,6 +11,9 @@
 //                                   decode_attention_mma.cuh; its own split choice), with its graph
 //                                   replay and its output's difference from the CUDA-core kernel's
 //                                   (it rounds the probabilities to bf16 before P·V: ~1e-3);
+//   paged ... Hopper (wgmma)        on an sm_90 GPU, the Hopper kernel (DecodeKernel::wgmma,
+//                                   decode_attention_hopper.cuh: wgmma, TMA) likewise, its output
+//                                   against the mma.sync kernel's;
 //   decode_attention contiguous     the contiguous cache [rows, capacity, 1, dk] holding the same
 //                                   rows (T = 1; one split: the contiguous op does not split);
 //   composed (ops)                  index_select of each row's cache, matmul(q, Kᵀ), × scale,
@@ -52,7 +55,7 @@
 // otherwise stay in L2, where in a decode step the other layers evict it). Graph replay (the
 // engine captures its decode steps): the op captured 20 times into a CUDA graph, each call on
 // another copy of the cache (copies filling 120 MB: twice the L2), 15 timed replays, median / 20.
-//   ./benchmarks/bench_paged_decode_cuda
+//   ./benchmarks/bench_paged_decode_cuda [--quick]
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -62,6 +65,7 @@
 #include <string>
 #include <vector>
 
+#include <kiln/kernels/common/device_info.hpp>
 #include <kiln/ops/decode_attention.hpp>
 #include <kiln/ops/latent_fp8_cache.hpp>
 #include <kiln/ops/paged_attention.hpp>
@@ -172,22 +176,29 @@ void bench_attention(bench::BandwidthBench& meter, std::int64_t heads, int queri
   if (chosen > 1)
     print_tflops(flops, meter.row("paged ... splits 1", shape, "bfloat16", bytes, [&] { (void)paged(1); }, true));
 
-  // The tensor-core kernel on the same op.
-  {
-    constexpr auto mma = kernels::DecodeKernel::mma;
-    auto paged_mma = [&] { return paged_decode_attention(q, blocks, v_blocks, table, slots, len, kScale, 0, mma); };
-    print_tflops(flops,
-                 meter.row("paged ... tensor cores (mma)", shape, "bfloat16", bytes, [&] { (void)paged_mma(); }, true));
+  // The tensor-core kernels on the same op: mma.sync, and on an sm_90 GPU the Hopper one (wgmma).
+  const Tensor<bf16> mma_out = paged_decode_attention(q, blocks, v_blocks, table, slots, len, kScale, 0,
+                                                      kernels::DecodeKernel::mma);
+  for (const auto kernel : {kernels::DecodeKernel::mma, kernels::DecodeKernel::wgmma}) {
+    const bool hopper = kernel == kernels::DecodeKernel::wgmma;
+    if (hopper && kernels::device_info(0).major != 9) continue;
+    auto run = [&] { return paged_decode_attention(q, blocks, v_blocks, table, slots, len, kScale, 0, kernel); };
+    print_tflops(flops, meter.row(hopper ? "paged ... Hopper (wgmma)" : "paged ... tensor cores (mma)", shape,
+                                  "bfloat16", bytes, [&] { (void)run(); }, true));
     const std::vector<Tensor<bf16>> pool = cache_copies(blocks);
     print_graph_time(
         meter,
         [&](int i) {
           const Tensor<bf16>& b = pool[static_cast<std::size_t>(i) % pool.size()];
-          (void)paged_decode_attention(q, b, narrow(b, 3, 0, kDv), table, slots, len, kScale, 0, mma);
+          (void)paged_decode_attention(q, b, narrow(b, 3, 0, kDv), table, slots, len, kScale, 0, kernel);
         },
         pool.size(), bytes, flops);
-    std::printf("  (tensor-core vs CUDA-core kernel output: relative Frobenius difference %.2e)\n",
-                relative_difference(paged_mma(), paged(0)));
+    if (hopper)
+      std::printf("  (Hopper vs mma.sync kernel output: relative Frobenius difference %.2e)\n",
+                  relative_difference(run(), mma_out));
+    else
+      std::printf("  (tensor-core vs CUDA-core kernel output: relative Frobenius difference %.2e)\n",
+                  relative_difference(mma_out, paged(0)));
   }
 
   // The contiguous cache holding the same rows: row j of slot a = row j % 64 of block table[a, j / 64].
@@ -308,12 +319,19 @@ void bench_cache_write(bench::BandwidthBench& meter, std::int64_t rows, std::int
 
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
+  // --quick: one shape of each kind (the engine's at L 320 and 64..318, T 1 and 2; long context at 16
+  // and 4 heads; 128 heads x 2 tokens), no DeepSeek-V3 sizes or cache writes: a short GPU call.
+  const bool quick = argc > 1 && std::string(argv[1]) == "--quick";
+  if (argc > 1 && !quick) {
+    std::printf("usage: bench_paged_decode_cuda [--quick]\n");
+    return 2;
+  }
   if (!bench::open_device()) return 0;
   bench::BandwidthBench meter({.warmup = 5, .timed = 30}, {.name = 34, .shape = 34, .dtype = 9});
   meter.print_header();
-  // The rows that name no kernel run the CUDA-core one (automatic would pick the tensor-core kernel
-  // at these head dims; its rows name it).
+  // The rows that name no kernel run the CUDA-core one (automatic would pick a tensor-core kernel
+  // at these head dims; their rows name them).
   const DecodeKernelScope cuda_cores(kernels::DecodeKernel::simt);
 
   // The engine's decode: 128 rows, 12 heads, up to 320 tokens.
@@ -321,18 +339,21 @@ int main() {
   for (std::int64_t a = 0; a < 128; ++a) spread.push_back(64 + 2 * a);
   for (const int T : {1, 2}) {
     for (const std::int64_t L : {64, 128, 256, 320})
-      bench_attention(meter, 12, T, std::vector<std::int64_t>(128, L), std::to_string(L));
+      if (!quick || L == 320) bench_attention(meter, 12, T, std::vector<std::int64_t>(128, L), std::to_string(L));
     bench_attention(meter, 12, T, spread, "64..318");
   }
   // Long context.
   bench_attention(meter, 16, 1, std::vector<std::int64_t>(32, 4096), "4096");
-  bench_attention(meter, 16, 2, std::vector<std::int64_t>(32, 4096), "4096");
-  bench_attention(meter, 16, 1, std::vector<std::int64_t>(4, 32768), "32768");
+  if (!quick) {
+    bench_attention(meter, 16, 2, std::vector<std::int64_t>(32, 4096), "4096");
+    bench_attention(meter, 16, 1, std::vector<std::int64_t>(4, 32768), "32768");
+  }
   // Few heads: memory-bound even for CUDA-core FMAs (4 heads: ~8 FLOP per cache byte).
   bench_attention(meter, 4, 1, std::vector<std::int64_t>(32, 4096), "4096");
   bench_attention(meter, 4, 1, std::vector<std::int64_t>(4, 32768), "32768");
   // 128 heads, two query tokens.
   bench_attention(meter, 128, 2, std::vector<std::int64_t>(32, 4096), "4096");
+  if (quick) return 0;
   bench_deepseek_v3_sizes(meter);
 
   bench_cache_write(meter, 128, 1, 200);

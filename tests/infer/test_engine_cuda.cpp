@@ -14,6 +14,7 @@
 
 #include <kiln/backend/cuda/runtime.hpp>
 #include <kiln/core/kernel_trace.hpp>
+#include <kiln/kernels/common/device_info.hpp>
 
 #include "cuda_test_util.hpp"
 #include "infer_test_util.hpp"
@@ -227,12 +228,14 @@ TEST(EngineCuda, FloatAndBf16Models) {
   expect_gpu_rows_follow_cpu(*b, *cpu, prompts, p, o, 3e-2);
 }
 
-// Decoding on the tensor-core kernel (kernels/decode_attention/decode_attention_mma.cuh), which
-// DecodeKernel::automatic picks in a bf16 model whose latent cache has its head dims (kv_lora_rank
-// 256, rope 32): every layer's decode attention runs on it (the kernel trace counts no CUDA-core
-// launch), and the logits follow the double CPU model's within the bf16 models' bound above; with
-// and without its key groups (on by default: the model's few heads x 1 token use G = 4;
-// KILN_DECODE_KEY_GROUPS=off: G = 1).
+// Decoding on the tensor-core kernels, which DecodeKernel::automatic picks in a bf16 model whose
+// latent cache has their head dims (kv_lora_rank 256, rope 32): the mma.sync kernel
+// (kernels/decode_attention/decode_attention_mma.cuh) with and without its key groups (on by
+// default: the model's few heads x 1 token use G = 4; KILN_DECODE_KEY_GROUPS=off: G = 1), and on an
+// sm_90 GPU the Hopper kernel (decode_attention_hopper.cuh; what automatic takes there, over the
+// engine's 64-token blocks). Every layer's decode attention runs on the kernel named (the kernel
+// trace counts no other decode launch), and the logits follow the double CPU model's within the
+// bf16 models' bound above.
 TEST(EngineCuda, TensorCoreDecodeKernel) {
   KILN_REQUIRE_GPU();
   nn::DeepseekV3Config c = infer_deepseek_config();
@@ -248,12 +251,17 @@ TEST(EngineCuda, TensorCoreDecodeKernel) {
   infer::GenerateOptions o;
   o.samples_per_prompt = 2;
   o.cuda_graphs = false;  // every step's launches on this thread, for the trace
-  for (const bool key_groups : {false, true}) {
-    SCOPED_TRACE(key_groups ? "key groups" : "one key group");
-    const ScopedEnv setting("KILN_DECODE_KEY_GROUPS", key_groups ? "on" : "off");
+  const bool hopper = kernels::device_info(0).major == 9;
+  for (const int variant : {0, 1, 2}) {  // mma with one key group, mma with key groups, wgmma
+    if (variant == 2 && !hopper) continue;
+    const bool wgmma = variant == 2;
+    SCOPED_TRACE(wgmma ? "Hopper kernel" : variant == 1 ? "mma.sync, key groups" : "mma.sync, one key group");
+    const ScopedEnv setting("KILN_DECODE_KEY_GROUPS", variant == 0 ? "off" : "on");
+    const DecodeKernelScope kernel(wgmma ? kernels::DecodeKernel::wgmma : kernels::DecodeKernel::mma);
     KernelTrace trace;
     expect_gpu_rows_follow_cpu(*b, *cpu, prompts, p, o, 3e-2);
-    EXPECT_GT(trace.count("decode_attention/mma"), 0);
+    EXPECT_GT(trace.count(wgmma ? "decode_attention/wgmma" : "decode_attention/mma"), 0);
+    EXPECT_EQ(trace.count(wgmma ? "decode_attention/mma" : "decode_attention/wgmma"), 0);
     EXPECT_EQ(trace.count("decode_attention/simt"), 0);
   }
 }
