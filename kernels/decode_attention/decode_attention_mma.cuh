@@ -11,8 +11,8 @@
 // view of MLA decode). The CUDA-core kernel does those FLOPs as FMAs: 16 TFLOP/s at 128 heads x 2
 // tokens (docs/mla.md), where the FLOPs per cache byte (~1.9 T H) are far above what CUDA cores
 // serve. mma.sync m16n8k16 (common/mma_sm80.cuh) runs on every GPU from sm_80 on, where the
-// kernel's shared memory fits the GPU's limit (mma_applies); Hopper's wgmma would be faster still
-// (issue 15's next step).
+// kernel's shared memory fits the GPU's limit (mma_applies); on sm_90 at (288, 256) the Hopper
+// kernel (decode_attention_hopper.cuh: wgmma, TMA) takes these problems instead.
 //
 // Work split. One block of 4 warps (8 at dv 512, below) per (sequence, chunk of 64 query rows,
 // split). Row i of a chunk is query t = i / H of head i % H (q and out are contiguous in i). The
