@@ -238,10 +238,12 @@ __global__ void __launch_bounds__(kThreads, 1)
                           q_full);
     for (int i = 0; i < tiles; ++i) {
       const int st = i % kStages;
-      sm90::mbarrier_wait(empty0 + 8 * st, ((i / kStages) & 1) ^ 1);
+      // The tile's block (a tile lies in one: block_tokens % 64 == 0), read before the wait for its
+      // stage so that the table load's latency hides under it.
       std::int64_t block = 0;
       int row = 0;
-      token_rows.locate(begin + i * kKeys, block, row);  // a tile lies in one block (block_tokens % 64 == 0)
+      token_rows.locate(begin + i * kKeys, block, row);
+      sm90::mbarrier_wait(empty0 + 8 * st, ((i / kStages) & 1) ^ 1);
       sm90::mbarrier_arrive_expect_bytes(full0 + 8 * st, Lay::k_bytes);
       for (int c = 0; c < KC; ++c)
         sm90::tma_load_3d(k_addr(st) + c * kKeys * 128, &k_map, 64 * c, row, static_cast<int>(block), full0 + 8 * st);
