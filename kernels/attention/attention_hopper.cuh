@@ -158,36 +158,6 @@ __device__ __forceinline__ void accumulate_pv(float (&o)[DV / 2], const unsigned
                                1);
 }
 
-// Scores of one tile -> unnormalised probabilities in place, in the base-2 domain: scaled, masked
-// (MASKED: columns outside the rows' bounds; instantiated apart so that the compiler does not
-// if-convert the mask into every tile), the row maxima m and sums l updated. alpha =
-// 2^(m_old - m_new) is the factor O still has to be scaled by; it is returned rather than applied
-// because O's previous product may be in flight. Five instructions an element unmasked.
-template <bool MASKED>
-__device__ __forceinline__ void softmax_tile(float (&sc)[kKeys / 2], float (&m)[2], float (&l)[2], float (&alpha)[2],
-                                             const RowBounds& bounds, float scale_log2) {
-  float mt[2] = {-INFINITY, -INFINITY};
-  scale_and_mask<MASKED, kKeys>(sc, mt, scale_log2, bounds);
-  float base[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float x = mt[r];
-    x = ::fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
-    x = ::fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
-    const float m_new = ::fmaxf(m[r], x);
-    base[r] = m_new == -INFINITY ? 0.f : m_new;  // a row with nothing visible yet keeps p = 0
-    alpha[r] = exp2_approx(m[r] - base[r]);
-    m[r] = m_new;
-    l[r] *= alpha[r];
-  }
-#pragma unroll
-  for (int i = 0; i < kKeys / 2; ++i) {
-    const float p = exp2_approx(sc[i] - base[(i >> 1) & 1]);
-    sc[i] = p;
-    l[(i >> 1) & 1] += p;
-  }
-}
-
 // The softmax of the tile at n0, masked only where some row of the warpgroup (rows wg_row0 ..
 // wg_row0 + 63) may not see some key of it: past the diagonal, or before the sequence start of the
 // block's last row (packed sequences). The test is uniform over the warpgroup.
@@ -196,9 +166,9 @@ __device__ __forceinline__ void softmax_at(float (&sc)[kKeys / 2], float (&m)[2]
                                            std::int64_t n0, std::int64_t wg_row0, std::int64_t last_begin,
                                            float scale_log2) {
   if (n0 + kKeys > wg_row0 || n0 < last_begin) {
-    softmax_tile<true>(sc, m, l, alpha, row_bounds(begin, row, n0, t), scale_log2);
+    softmax_update<true, kKeys>(sc, m, l, alpha, row_bounds(begin, row, n0, t), scale_log2);
   } else {
-    softmax_tile<false>(sc, m, l, alpha, RowBounds{}, scale_log2);
+    softmax_update<false, kKeys>(sc, m, l, alpha, RowBounds{}, scale_log2);
   }
 }
 

@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "kiln/kernels/attention/args.hpp"
+#include "kiln/kernels/common/online_softmax.cuh"
 
 namespace kiln::kernels::attention {
 
@@ -74,6 +75,39 @@ __device__ __forceinline__ void scale_and_mask(float (&sc)[N / 2], float (&mt)[2
     }
     sc[i] = x;
     mt[(i >> 1) & 1] = ::fmaxf(mt[(i >> 1) & 1], x);
+  }
+}
+
+// One tile's scores in the C layout above -> unnormalised probabilities in place, in the base-2
+// domain: scaled, masked (MASKED: columns outside the rows' bounds; instantiated apart so that the
+// compiler does not if-convert the mask into every tile), the row maxima m and sums l updated (the
+// row's four lanes, a quad, share them). alpha = 2^(m_old - m_new) is the factor the output
+// accumulator still has to be scaled by; it is returned rather than applied because the
+// accumulator's previous product may be in flight. Five instructions an element unmasked. Shared
+// by the Hopper forward (attention_hopper.cuh, N = 128 keys) and the Hopper decode kernel
+// (decode_attention/decode_attention_hopper.cuh, N = 64).
+template <bool MASKED, int N>
+__device__ __forceinline__ void softmax_update(float (&sc)[N / 2], float (&m)[2], float (&l)[2], float (&alpha)[2],
+                                               const RowBounds& bounds, float scale_log2) {
+  float mt[2] = {-INFINITY, -INFINITY};
+  scale_and_mask<MASKED, N>(sc, mt, scale_log2, bounds);
+  float base[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float x = mt[r];
+    x = ::fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+    x = ::fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+    const float m_new = ::fmaxf(m[r], x);
+    base[r] = m_new == -INFINITY ? 0.f : m_new;  // a row with nothing visible yet keeps p = 0
+    alpha[r] = exp2_approx(m[r] - base[r]);
+    m[r] = m_new;
+    l[r] *= alpha[r];
+  }
+#pragma unroll
+  for (int i = 0; i < N / 2; ++i) {
+    const float p = exp2_approx(sc[i] - base[(i >> 1) & 1]);
+    sc[i] = p;
+    l[(i >> 1) & 1] += p;
   }
 }
 

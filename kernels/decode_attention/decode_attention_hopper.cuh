@@ -140,34 +140,6 @@ __device__ __forceinline__ void accumulate_pv(float (&o0)[kHalf / 2], float (&o1
   }
 }
 
-// Scores -> unnormalised probabilities in place, base 2, the row maxima m and sums l updated;
-// alpha = 2^(m_old − m_new) is what O must still be scaled by (its previous product may be in
-// flight). MASKED: columns outside the rows' bounds to −inf (instantiated apart).
-template <bool MASKED>
-__device__ __forceinline__ void softmax_tile(float (&sc)[kKeys / 2], float (&m)[2], float (&l)[2], float (&alpha)[2],
-                                             const attention::RowBounds& bounds, float scale_log2) {
-  float mt[2] = {-INFINITY, -INFINITY};
-  attention::scale_and_mask<MASKED, kKeys>(sc, mt, scale_log2, bounds);
-  float base[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float x = mt[r];
-    x = ::fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
-    x = ::fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
-    const float m_new = ::fmaxf(m[r], x);
-    base[r] = m_new == -INFINITY ? 0.f : m_new;  // a row with nothing visible yet keeps p = 0
-    alpha[r] = exp2_approx(m[r] - base[r]);
-    m[r] = m_new;
-    l[r] *= alpha[r];
-  }
-#pragma unroll
-  for (int i = 0; i < kKeys / 2; ++i) {
-    const float p = exp2_approx(sc[i] - base[(i >> 1) & 1]);
-    sc[i] = p;
-    l[(i >> 1) & 1] += p;
-  }
-}
-
 // P rounded to bf16 in wgmma's A-from-registers layout, all k steps at once.
 __device__ __forceinline__ void to_a_operand(unsigned (&pa)[kKeys / 16][4], const float (&sc)[kKeys / 2]) {
 #pragma unroll
@@ -302,9 +274,10 @@ __global__ void __launch_bounds__(kThreads, 1)
   const auto softmax_at = [&](int i) {
     const int n0 = begin + i * kKeys;
     if (n0 + kKeys > unmasked_end)
-      softmax_tile<true>(sc, m, l, alpha, attention::row_bounds(key_first, key_last, n0, t), scale_log2);
+      attention::softmax_update<true, kKeys>(sc, m, l, alpha, attention::row_bounds(key_first, key_last, n0, t),
+                                                scale_log2);
     else
-      softmax_tile<false>(sc, m, l, alpha, attention::RowBounds{}, scale_log2);
+      attention::softmax_update<false, kKeys>(sc, m, l, alpha, attention::RowBounds{}, scale_log2);
   };
 
   // Rows mode: both consumers take every tile, in turns; shared rows: consumer c the tiles c, c + 2, ...

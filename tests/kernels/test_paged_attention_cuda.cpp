@@ -125,6 +125,31 @@ void check_case(const Case& c, int queries, int splits, double tolerance,
   }
 }
 
+// Rows 1, 2 and 3 of a batch of 5 whose slots or table entries lie out of range give zeros on the
+// given kernel; rows 0 and 4 equal the CPU op's. MLA's bf16 latent at (288, 256), 12 heads, the
+// values a view of the keys (one copy on the GPU).
+void expect_out_of_range_rows_give_zeros(const Tensor<bf16>& latent, const Tensor<std::int64_t>& table,
+                                         const std::vector<std::int64_t>& sl, const std::vector<std::int64_t>& len,
+                                         kernels::DecodeKernel kernel) {
+  const auto latent_gpu = on_gpu(latent);
+  const auto ql = randn<bf16>({5, 1, 12, 288});
+  for (int splits : {1, 2}) {
+    poison_cached_memory();
+    const auto out = on_cpu(paged_decode_attention(on_gpu(ql), latent_gpu, narrow(latent_gpu, 3, 0, 256),
+                                                   on_gpu(table), on_gpu(ints(sl)), on_gpu(ints(len)), 1.0, splits,
+                                                   kernel));
+    for (std::int64_t a : {1, 2, 3})
+      for (bf16 x : narrow(out, 0, a, 1).to_vector())
+        EXPECT_EQ(static_cast<float>(x), 0.0f) << "row " << a << " splits " << splits;
+    for (std::size_t a : {0, 4}) {
+      const auto at = static_cast<std::int64_t>(a);
+      const auto want = paged_decode_attention(narrow(ql, 0, at, 1), latent, narrow(latent, 3, 0, 256), table,
+                                               ints({sl[a]}), ints({len[a]}), 1.0);
+      EXPECT_LT(relative_error(narrow(out, 0, at, 1), want), 0x1p-7) << "row " << a << " splits " << splits;
+    }
+  }
+}
+
 // float: both devices sum exactly-widened products, the GPU in float (2e-6 was the contiguous
 // kernel's bound; 1e-5 leaves room for the combine of up to 64 splits); bf16: both round a
 // float/double result once, so they differ by the output rounding (2^-8 relative at most).
@@ -332,25 +357,9 @@ TEST(PagedDecodeAttentionCuda, HopperKernelMatchesTheCpuOp) {
   // slot 1 (entry 7 in use), slot 5 (outside the table), slot 0 at length 150 (entry -1 in use),
   // slot 2 (fine).
   const auto latent = randn<bf16>({4, 64, 1, 288});
-  const auto latent_gpu = on_gpu(latent);
   const auto table = Tensor<std::int64_t>::from_vector({2, 0, -1, 1, 7, 3, 3, -1, -1}, {3, 3});
-  const std::vector<std::int64_t> bad_sl = {0, 1, 5, 0, 2}, bad_len = {70, 100, 4, 150, 30};
-  const auto ql = randn<bf16>({5, 1, 12, 288});
-  for (int splits : {1, 2}) {
-    poison_cached_memory();
-    const auto out = on_cpu(paged_decode_attention(on_gpu(ql), latent_gpu, narrow(latent_gpu, 3, 0, 256),
-                                                   on_gpu(table), on_gpu(ints(bad_sl)), on_gpu(ints(bad_len)), 1.0,
-                                                   splits, wgmma));
-    for (std::int64_t a : {1, 2, 3})
-      for (bf16 x : narrow(out, 0, a, 1).to_vector())
-        EXPECT_EQ(static_cast<float>(x), 0.0f) << "row " << a << " splits " << splits;
-    for (std::size_t a : {0, 4}) {
-      const auto at = static_cast<std::int64_t>(a);
-      const auto want = paged_decode_attention(narrow(ql, 0, at, 1), latent, narrow(latent, 3, 0, 256), table,
-                                               ints({bad_sl[a]}), ints({bad_len[a]}), 1.0);
-      EXPECT_LT(relative_error(narrow(out, 0, at, 1), want), 0x1p-7) << "row " << a << " splits " << splits;
-    }
-  }
+  expect_out_of_range_rows_give_zeros(randn<bf16>({4, 64, 1, 288}), table, {0, 1, 5, 0, 2}, {70, 100, 4, 150, 30},
+                                      wgmma);
   // Where it does not apply (16-token blocks), asking for it is an error.
   const auto small = on_gpu(randn<bf16>({4, 16, 1, 288}));
   EXPECT_KILN_ERROR((void)paged_decode_attention(on_gpu(randn<bf16>({1, 1, 12, 288})), small, narrow(small, 3, 0, 256),
@@ -428,25 +437,8 @@ TEST(PagedDecodeAttentionCuda, OutOfRangeRowsGiveZeros) {
   const auto second = narrow(got, 1, 1, 1).to_vector();
   for (std::size_t i = 0; i < second.size(); ++i) EXPECT_EQ(second[i], row0[i % 16]) << "one key: p = 1";
 
-  // The same rows through the tensor-core kernel (MLA's bf16 latent at (288, 256), 12 heads).
-  const auto latent = randn<bf16>({4, 8, 1, 288});
-  const auto latent_gpu = on_gpu(latent);  // one copy: the values must be a view of the keys
-  const auto ql = randn<bf16>({5, 1, 12, 288});
-  for (int splits : {1, 2}) {
-    poison_cached_memory();
-    const auto out = on_cpu(paged_decode_attention(on_gpu(ql), latent_gpu, narrow(latent_gpu, 3, 0, 256),
-                                                   on_gpu(table), on_gpu(ints(sl)), on_gpu(ints(len)), 1.0, splits,
-                                                   kernels::DecodeKernel::mma));
-    for (std::int64_t a : {1, 2, 3})
-      for (bf16 x : narrow(out, 0, a, 1).to_vector())
-        EXPECT_EQ(static_cast<float>(x), 0.0f) << "mma, row " << a << " splits " << splits;
-    for (std::size_t a : {0, 4}) {
-      const auto at = static_cast<std::int64_t>(a);
-      const auto want = paged_decode_attention(narrow(ql, 0, at, 1), latent, narrow(latent, 3, 0, 256), table,
-                                               ints({sl[a]}), ints({len[a]}), 1.0);
-      EXPECT_LT(relative_error(narrow(out, 0, at, 1), want), 0x1p-7) << "mma, row " << a << " splits " << splits;
-    }
-  }
+  // The same rows through the mma.sync kernel.
+  expect_out_of_range_rows_give_zeros(randn<bf16>({4, 8, 1, 288}), table, sl, len, kernels::DecodeKernel::mma);
 }
 
 TEST(PagedCacheWriteCuda, BitExactAndSkipsOutOfRangeRows) {
