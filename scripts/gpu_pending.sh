@@ -65,6 +65,13 @@
 #           scripts/bench_attention_ab.sh build-ab/old OUT (tests included)  -> docs/fp8-gemm.md, mla.md
 #   profile-speculative  the kernels of 4 MTP speculative decode steps (bench_grpo_cuda
 #           --profile-decode 4 --profile-speculative) beside 4 plain ones, under ncu   -> docs/mla.md
+#   hopper-decode  after the Hopper decode kernel (2026-12-06: its tests passed and --quick measured
+#           it at 500416e / 5051008, but the edits after, the producer's table read moved and the
+#           softmax shared with the training forward, ran only in the benchmark): the decode and
+#           attention kernel tests, the engine's GPU tests (automatic takes the Hopper kernel now),
+#           generation at B = 128 on it and on the mma.sync kernel (KILN_DECODE_KERNEL=mma), the
+#           engine's modes, then the full bench_paged_decode_cuda while under $DEADLINE (540)
+#                                                                    -> docs/mla.md
 #   profile-fp8  the GPU time of each kernel in 30 steps of bf16 and of FP8 training (nsys when the
 #           machine has it)                                          -> docs/fp8-gemm.md
 # Usage: scripts/gpu_pending.sh PHASE [PHASE ...]   (on the lent machine: OUT=$OUT, logs under it)
@@ -82,7 +89,8 @@ BUILD=${BUILD:-/tmp/kb}
 BUILD_LOGS=${BUILD_LOGS:-$OUT}  # configure.log and build.log (elsewhere when $OUT's files are counted)
 mkdir -p "$OUT" "$BUILD_LOGS"
 phases="build|tests|quantize|quantize-quick|fp8|fp8-ablations|fp8-parts|fp8-seeds|bench|bench-key-groups|bench-fp8"
-phases+="|key-groups-ab|verify|steps|changes|profile-decode|decode-step|profile-speculative|decode-fp8|latent-recheck|profile-fp8-gemm|fp8-uniform-ab"
+phases+="|key-groups-ab|verify|steps|changes|profile-decode|decode-step|profile-speculative|decode-fp8|latent-recheck"
+phases+="|profile-fp8-gemm|fp8-uniform-ab|hopper-decode"
 [ $# -gt 0 ] || { echo "usage: $0 $phases|profile-fp8 ..."; exit 2; }
 
 . scripts/carried_deps.sh
@@ -413,6 +421,32 @@ for phase in "$@"; do
           fp8_bench "bench_fp8_gemm_${tree}_$round.log" "$bin"
         done
       done
+      ;;
+    hopper-decode)
+      build test_kernels_cuda test_train_infer_rl_cuda bench_paged_decode_cuda bench_grpo_cuda
+      timeout 150 "$BUILD/tests/test_kernels_cuda" --gtest_filter='PagedDecodeAttentionCuda.*:FusedAttentionCuda.*' \
+        > "$OUT/test_kernels.log" 2>&1 || rc=1
+      timeout 150 "$BUILD/tests/test_train_infer_rl_cuda" --gtest_filter='EngineCuda.*:-EngineCuda.BigConfigThroughput' \
+        > "$OUT/test_engine.log" 2>&1 || rc=1
+      grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT"/test_kernels.log "$OUT"/test_engine.log | head -30
+      for kernel in automatic mma; do
+        [ $SECONDS -lt "${DEADLINE:-540}" ] || { echo "deadline: generation on $kernel not run"; continue; }
+        env_kernel=()
+        [ $kernel = mma ] && env_kernel=(KILN_DECODE_KERNEL=mma)
+        env "${env_kernel[@]}" timeout 60 "$BUILD/benchmarks/bench_grpo_cuda" --gen-runs 3 --steps 0 \
+          > "$OUT/generation_$kernel.log" 2>&1 || rc=1
+        echo "$kernel: $(grep -E 'median|eager:' "$OUT/generation_$kernel.log" | tr '\n' ' ')"
+      done
+      if [ $SECONDS -lt "${DEADLINE:-540}" ]; then
+        KILN_ENGINE_BENCH=1 timeout 90 "$BUILD/tests/test_train_infer_rl_cuda" --gtest_filter=EngineCuda.BigConfigThroughput \
+          > "$OUT/engine_modes.log" 2>&1 || rc=1
+        grep -E "^big config" "$OUT/engine_modes.log"
+      fi
+      if [ $SECONDS -lt "${DEADLINE:-540}" ]; then
+        timeout $((${DEADLINE:-540} + 50 - SECONDS)) "$BUILD/benchmarks/bench_paged_decode_cuda" \
+          > "$OUT/bench_paged_decode.log" 2>&1 || rc=1
+        grep -cE "Hopper" "$OUT/bench_paged_decode.log"
+      fi
       ;;
     profile-speculative)
       build bench_grpo_cuda
