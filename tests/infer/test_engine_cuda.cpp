@@ -14,7 +14,6 @@
 
 #include <kiln/backend/cuda/runtime.hpp>
 #include <kiln/core/kernel_trace.hpp>
-#include <kiln/kernels/common/device_info.hpp>
 
 #include "cuda_test_util.hpp"
 #include "infer_test_util.hpp"
@@ -251,7 +250,7 @@ TEST(EngineCuda, TensorCoreDecodeKernel) {
   infer::GenerateOptions o;
   o.samples_per_prompt = 2;
   o.cuda_graphs = false;  // every step's launches on this thread, for the trace
-  const bool hopper = kernels::device_info(0).major == 9;
+  const bool hopper = gpu_is_hopper();
   for (const int variant : {0, 1, 2}) {  // mma with one key group, mma with key groups, wgmma
     if (variant == 2 && !hopper) continue;
     const bool wgmma = variant == 2;

@@ -31,12 +31,6 @@ using namespace kiln::testing;
 
 namespace {
 
-bool hopper_gpu() {
-  int major = 0;
-  KILN_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0));
-  return major == 9;
-}
-
 struct AttentionCase {
   std::int64_t B, H, Hkv, S, Dk, Dv;
   std::vector<std::int64_t> cu;  // packed sequences (B = 1) when not empty
@@ -100,7 +94,7 @@ void check_case(const AttentionCase& c, double tolerance) {
   // The automatic choice, the plain forward and backward by name and, on an sm_90 GPU at their head
   // dims, the Hopper forward and backward by name; each launch checked.
   using kernels::AttentionKernel;
-  const bool hopper_backward = hopper_gpu() && kernels::attention_hopper_backward_supports(dtype_of<T>, c.Dk, c.Dv);
+  const bool hopper_backward = gpu_is_hopper() && kernels::attention_hopper_backward_supports(dtype_of<T>, c.Dk, c.Dv);
   std::vector<std::pair<const char*, std::vector<Tensor<double>>>> runs;
   auto run = [&](const char* name, AttentionKernel forward, AttentionKernel backward, const char* forward_variant,
                  const char* backward_variant) {
@@ -119,7 +113,7 @@ void check_case(const AttentionCase& c, double tolerance) {
       hopper_backward ? "attention_backward/hopper" : "attention_backward/mma_sm80");
   run("plain", AttentionKernel::plain, AttentionKernel::plain, "attention_forward/mma_sm80",
       "attention_backward/mma_sm80");
-  if (hopper_gpu() && kernels::attention_hopper_supports(dtype_of<T>, c.Dk, c.Dv)) {
+  if (gpu_is_hopper() && kernels::attention_hopper_supports(dtype_of<T>, c.Dk, c.Dv)) {
     run("hopper", AttentionKernel::hopper, hopper_backward ? AttentionKernel::hopper : AttentionKernel::plain,
         "attention_forward/hopper", hopper_backward ? "attention_backward/hopper" : "attention_backward/mma_sm80");
   }
@@ -213,7 +207,7 @@ TEST(FusedAttentionCuda, BackwardIsDeterministic) {
                                       on_gpu(randn<bf16>({2, 2, 300, dv}))};
     const auto up = on_gpu(randn<bf16>({2, 8, 300, dv}));
     std::vector<AttentionKernel> backwards{AttentionKernel::plain};
-    if (hopper_gpu()) backwards.push_back(AttentionKernel::hopper);
+    if (gpu_is_hopper()) backwards.push_back(AttentionKernel::hopper);
     for (AttentionKernel backward : backwards) {
       SCOPED_TRACE(::testing::Message() << "dk " << dk << " dv " << dv
                                         << (backward == AttentionKernel::hopper ? " hopper" : " plain"));

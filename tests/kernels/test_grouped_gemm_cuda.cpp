@@ -97,12 +97,6 @@ void check_grouped(const std::vector<std::int64_t>& sizes, std::int64_t N, std::
       << "wgrad";
 }
 
-bool is_hopper_gpu() {
-  int major = 0;
-  KILN_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0));
-  return major == 9;
-}
-
 // One kernel path: which implementation and, for the Hopper kernel, which tile width.
 struct Path {
   kernels::GroupedGemmKernel implementation;
@@ -113,7 +107,7 @@ struct Path {
 // The paths to compare: the plain kernel always, the Hopper kernel at both tile widths on sm_90.
 std::vector<Path> paths_to_test() {
   std::vector<Path> paths{{kernels::GroupedGemmKernel::plain, 0, "grouped_gemm/plain"}};
-  if (is_hopper_gpu()) {
+  if (gpu_is_hopper()) {
     paths.push_back({kernels::GroupedGemmKernel::hopper, 128, "grouped_gemm/hopper"});
     paths.push_back({kernels::GroupedGemmKernel::hopper, 256, "grouped_gemm/hopper"});
   }

@@ -24,8 +24,6 @@ using namespace kiln::testing;
 
 namespace {
 
-bool gpu_is_sm90() { return kernels::device_info(0).major == 9; }
-
 std::vector<float> scale_storage_of(const fp8::QuantizedMatrix& q) {
   return to(contiguous(fp8::detail::scale_storage(q)), Device::cpu()).to_vector();
 }
@@ -72,8 +70,8 @@ void expect_product(const std::vector<std::int64_t>& sizes, std::int64_t M, std:
   for (const GroupedGemmKernel kernel :
        {GroupedGemmKernel::simt, GroupedGemmKernel::hopper, GroupedGemmKernel::automatic}) {
     const bool hopper = kernel == GroupedGemmKernel::hopper ||
-                        (kernel == GroupedGemmKernel::automatic && hopper_shape && gpu_is_sm90());
-    if (kernel == GroupedGemmKernel::hopper && !(hopper_shape && gpu_is_sm90())) {
+                        (kernel == GroupedGemmKernel::automatic && hopper_shape && gpu_is_hopper());
+    if (kernel == GroupedGemmKernel::hopper && !(hopper_shape && gpu_is_hopper())) {
       EXPECT_KILN_ERROR(fp8::k_grouped_gemm<Out>(a, b, {.kernel = kernel}), "k_grouped_fp8_gemm", "Hopper");
       continue;
     }
@@ -135,7 +133,7 @@ TEST(KGroupedFp8GemmCuda, GroupedLinearWeightGradientMatchesTheCpu) {
   // product_tolerance), then one bf16 rounding on each device.
   KernelTrace trace;
   const std::vector<double> gpu_grad = weight_grad(Device::cuda(0));
-  EXPECT_EQ(trace.count(gpu_is_sm90() ? "k_grouped_fp8_gemm/hopper" : "k_grouped_fp8_gemm/simt"), 1);
+  EXPECT_EQ(trace.count(gpu_is_hopper() ? "k_grouped_fp8_gemm/hopper" : "k_grouped_fp8_gemm/simt"), 1);
   EXPECT_LE(relative_error(gpu_grad, weight_grad(Device::cpu())),
             product_tolerance(fp8::GroupedGemmKernel::hopper, true) + 0x1p-8);
 }

@@ -21,7 +21,6 @@
 #include <vector>
 
 #include <kiln/core/kernel_trace.hpp>
-#include <kiln/kernels/common/device_info.hpp>
 #include <kiln/ops/paged_attention.hpp>
 
 #include "cuda_test_util.hpp"
@@ -30,8 +29,6 @@ using namespace kiln;
 using namespace kiln::testing;
 
 namespace {
-
-bool hopper_gpu() { return kernels::device_info(0).major == 9; }  // where the Hopper decode kernel runs
 
 Tensor<std::int64_t> ints(const std::vector<std::int64_t>& v) {
   return Tensor<std::int64_t>::from_vector(v, {static_cast<std::int64_t>(v.size())});
@@ -216,7 +213,7 @@ TEST(PagedDecodeAttentionCuda, TensorCoreKernelMatchesTheCpuOp) {
     check_case<float>(mla, 1, 1, tolerance<float>(), kernels::DecodeKernel::prefer_mma);
     check_case<float>(mla, 1, 1, tolerance<float>(), kernels::DecodeKernel::automatic);
     // (automatic and prefer_mma take the Hopper kernel first where it applies: an sm_90 GPU)
-    const int hopper = hopper_gpu() ? 2 : 0;
+    const int hopper = gpu_is_hopper() ? 2 : 0;
     EXPECT_EQ(trace.count("decode_attention/mma"), 3 - hopper);
     EXPECT_EQ(trace.count("decode_attention/wgmma"), hopper);
     EXPECT_EQ(trace.count("decode_attention/simt"), 2);
@@ -301,7 +298,7 @@ TEST(PagedDecodeAttentionCuda, TensorCoreKernelMatchesTheCpuOp) {
 // (16-token blocks) is an error. Bound: the mma.sync kernel's, 2^-7 (P rounded to bf16).
 TEST(PagedDecodeAttentionCuda, HopperKernelMatchesTheCpuOp) {
   KILN_REQUIRE_GPU();
-  if (!hopper_gpu()) GTEST_SKIP() << "not an sm_90 GPU";
+  if (!gpu_is_hopper()) GTEST_SKIP() << "not an sm_90 GPU";
   manual_seed(67);
   constexpr auto wgmma = kernels::DecodeKernel::wgmma;
   const Case mla{{1, 63, 64, 65, 1000, 130, 200}, {0, 0, 0, 1, 1, 0, 2}, 64, 1, 12, 288, 256, true};

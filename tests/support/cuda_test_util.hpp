@@ -7,6 +7,7 @@
 #include <utility>
 
 #include <kiln/backend/cuda/runtime.hpp>
+#include <kiln/kernels/common/device_info.hpp>
 
 #include "test_util.hpp"
 
@@ -19,6 +20,9 @@
 namespace kiln::testing {
 
 inline const Device gpu = Device::cuda(0);
+
+// Whether the GPU is a Hopper (sm_90), where the wgmma/TMA kernels run (the launchers' rule).
+inline bool gpu_is_hopper(int device = 0) { return kernels::device_info(device).major == 9; }
 
 // `name`=`value` in the environment while it lives, unset after: the launchers that read a switch
 // at each call (KILN_FP8_ONE_READ, KILN_DECODE_KEY_GROUPS) run either way within one test.
