@@ -85,7 +85,9 @@ TEST(RmsNorm, IntoASliceOfALargerTensor) {
   EXPECT_EQ(contiguous(narrow(out, 1, 2, 6)).to_vector(), rms_norm(x, w, 1e-5).to_vector());
   const std::vector<double> after = out.to_vector();
   for (std::size_t i = 0; i < after.size(); ++i) {
-    if (i % 10 < 2 || i % 10 >= 8) EXPECT_EQ(after[i], before[i]) << i;
+    if (i % 10 < 2 || i % 10 >= 8) {
+      EXPECT_EQ(after[i], before[i]) << i;
+    }
   }
   EXPECT_KILN_ERROR(rms_norm_into(zeros<double>({4, 5}), x, w), "rms_norm", "[4, 5]", "[4, 6]");
 }

@@ -129,7 +129,9 @@ TEST(Rope, IntoASliceOfALargerTensor) {
   EXPECT_EQ(contiguous(narrow(out, -1, 1, 8)).to_vector(), rope(x, tables, RopeLayout::interleaved).to_vector());
   const std::vector<double> after = out.to_vector();
   for (std::size_t i = 0; i < after.size(); ++i) {
-    if (i % 11 < 1 || i % 11 >= 9) EXPECT_EQ(after[i], before[i]) << i;
+    if (i % 11 < 1 || i % 11 >= 9) {
+      EXPECT_EQ(after[i], before[i]) << i;
+    }
   }
   EXPECT_KILN_ERROR(rope_into(randn<double>({2, 3, 4, 6}), x, tables), "rope", "[2, 3, 4, 6]");
 }
