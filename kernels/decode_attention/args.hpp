@@ -95,8 +95,10 @@ inline bool latent_write_supported(std::int64_t element_bytes, std::int64_t r, s
 //     problems as mma at (288, 256), paged blocks of a multiple of 64 tokens or the contiguous cache;
 //   prefer_mma: the first of wgmma, mma that applies, simt elsewhere (a whole model's decode: the
 //     engine's layers call the op with every cache they hold);
-//   automatic: as prefer_mma, or simt when the environment sets KILN_DECODE_KERNEL=simt, or mma
-//     and simt only with KILN_DECODE_KERNEL=mma (comparisons).
+//   automatic: as prefer_mma (on an H100 the Hopper kernel took 0.56-0.64x the mma.sync kernel's
+//     time at few heads and 0.30x at 128 heads x 2 tokens, docs/mla.md), or simt when the
+//     environment sets KILN_DECODE_KERNEL=simt, or mma and simt only with KILN_DECODE_KERNEL=mma
+//     (comparisons).
 // Asking for mma or wgmma where it does not apply is an error. Launches are recorded as
 // "decode_attention/simt", "decode_attention/simt_fp8", "decode_attention/mma" or
 // "decode_attention/wgmma" (core/kernel_trace.hpp).
