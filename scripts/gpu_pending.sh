@@ -66,7 +66,7 @@
 #   profile-speculative  the kernels of 4 MTP speculative decode steps (bench_grpo_cuda
 #           --profile-decode 4 --profile-speculative) beside 4 plain ones, under ncu   -> docs/mla.md
 #   hopper-decode  after the Hopper decode kernel (2026-12-06: its tests passed and --quick measured
-#           it at 500416e / 5051008, but the edits after, the producer's table read moved and the
+#           it at 0057efa / 5051008, but the edits after, the producer's table read moved and the
 #           softmax shared with the training forward, ran only in the benchmark): the decode and
 #           attention kernel tests, the engine's GPU tests (automatic takes the Hopper kernel now),
 #           generation at B = 128 on it and on the mma.sync kernel (KILN_DECODE_KERNEL=mma), the
