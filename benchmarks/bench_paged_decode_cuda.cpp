@@ -40,8 +40,10 @@
 //   - few heads (4): the same two long-context shapes, memory-bound even for CUDA-core FMAs;
 //   - 128 heads, T = 2 (the FLOP target shape, at kiln's dk 288): 32 rows × 4096 tokens;
 //   - and at DeepSeek-V3's sizes (latent 512 + rope 64: dk 576, dv 512; FlashMLA's shape, 660
-//     TFLOP/s reported on an H800): 32 rows × 4096 tokens × 128 heads × 2 tokens, the CUDA-core
-//     and the tensor-core kernels.
+//     TFLOP/s reported on an H800): 32 rows × 4096 tokens × 128 heads × 2 tokens, × 1 token, and
+//     16 heads × 1 token (memory-bound), on the mma.sync kernel, the Hopper one (sm_90: the seesaw
+//     kernel, decode_attention_seesaw.cuh) and at 2 tokens and 16 heads the CUDA-core one, each
+//     with its graph replay (--deepseek: these rows alone).
 //
 // Bytes: what the op must move at least: q once, every row's first L cache rows once (values
 // inside them: counted once), the output, slots and lengths (16 B a row), the table entries read
@@ -55,7 +57,7 @@
 // otherwise stay in L2, where in a decode step the other layers evict it). Graph replay (the
 // engine captures its decode steps): the op captured 20 times into a CUDA graph, each call on
 // another copy of the cache (copies filling 120 MB: twice the L2), 15 timed replays, median / 20.
-//   ./benchmarks/bench_paged_decode_cuda [--quick]
+//   ./benchmarks/bench_paged_decode_cuda [--quick | --deepseek]
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -267,10 +269,13 @@ void bench_attention(bench::BandwidthBench& meter, std::int64_t heads, int queri
   std::fflush(stdout);
 }
 
-// DeepSeek-V3's latent (dk 576, dv 512) at the FLOP-target shape: both kernels on one cache, the
-// tensor-core one also as graph replays; FLOPs 2 (dk + dv) per query row and attended token.
-void bench_deepseek_v3_sizes(bench::BandwidthBench& meter) {
-  constexpr std::int64_t dk = 576, dv = 512, rows = 32, heads = 128, queries = 2, L = 4096;
+// DeepSeek-V3's latent (dk 576, dv 512): `rows` sequences of L tokens, `heads` x `queries` query
+// rows each; the kernels on one cache (the CUDA-core one where `simt`), each as graph replays;
+// FLOPs 2 (dk + dv) per query row and attended token. The cache (rows x L x 1152 bytes: 151 MB at
+// 32 x 4096) is larger than L2, so one copy serves the replays.
+void bench_deepseek_v3_sizes(bench::BandwidthBench& meter, std::int64_t rows, std::int64_t queries, std::int64_t heads,
+                             std::int64_t L, bool simt) {
+  constexpr std::int64_t dk = 576, dv = 512;
   const std::int64_t max_blocks = L / kBlock;
   std::vector<std::int64_t> ids(static_cast<std::size_t>(rows * max_blocks));
   std::iota(ids.begin(), ids.end(), std::int64_t{0});
@@ -284,18 +289,32 @@ void bench_deepseek_v3_sizes(bench::BandwidthBench& meter) {
   const double bytes = sizeof(bf16) * (static_cast<double>(rows * queries * heads) * (dk + dv) +
                                        static_cast<double>(rows * L) * dk) +
                        16.0 * rows + 8.0 * static_cast<double>(rows * max_blocks);
-  const double flops = 2.0 * heads * static_cast<double>(rows * (queries * L - 1)) * (dk + dv);
+  const double flops = 2.0 * heads * static_cast<double>(rows * (queries * L - (queries - 1))) * (dk + dv);
   const std::string shape = str("[", rows, ", ", queries, ", ", heads, ", ", dk, "] L ", L);
   auto run = [&](kernels::DecodeKernel kernel) {
     return paged_decode_attention(q, blocks, narrow(blocks, 3, 0, dv), table, slots, len, scale, 0, kernel);
   };
-  print_tflops(flops, meter.row("DeepSeek-V3 latent, CUDA cores", shape, "bfloat16", bytes,
-                                [&] { (void)run(kernels::DecodeKernel::simt); }, true));
-  print_tflops(flops, meter.row("DeepSeek-V3 latent, tensor cores", shape, "bfloat16", bytes,
-                                [&] { (void)run(kernels::DecodeKernel::mma); }, true));
-  print_graph_time(meter, [&](int) { (void)run(kernels::DecodeKernel::mma); }, 1, bytes, flops);
-  std::printf("  (tensor-core vs CUDA-core output: relative Frobenius difference %.2e)\n",
-              relative_difference(run(kernels::DecodeKernel::mma), run(kernels::DecodeKernel::simt)));
+  struct Kernel {
+    kernels::DecodeKernel kernel;
+    const char* name;
+  };
+  const bool hopper = kernels::device_info(0).major == 9;
+  for (const Kernel& k : {Kernel{kernels::DecodeKernel::simt, "DeepSeek-V3 latent, CUDA cores"},
+                          Kernel{kernels::DecodeKernel::mma, "DeepSeek-V3 latent, mma.sync"},
+                          Kernel{kernels::DecodeKernel::wgmma, "DeepSeek-V3 latent, Hopper"}}) {
+    if ((k.kernel == kernels::DecodeKernel::simt && !simt) || (k.kernel == kernels::DecodeKernel::wgmma && !hopper))
+      continue;
+    print_tflops(flops, meter.row(k.name, shape, "bfloat16", bytes, [&] { (void)run(k.kernel); }, true));
+    print_graph_time(meter, [&](int) { (void)run(k.kernel); }, 1, bytes, flops);
+  }
+  const Tensor<bf16> mma_out = run(kernels::DecodeKernel::mma);
+  if (simt)
+    std::printf("  (mma.sync vs CUDA-core output: relative Frobenius difference %.2e)\n",
+                relative_difference(mma_out, run(kernels::DecodeKernel::simt)));
+  if (hopper)
+    std::printf("  (Hopper vs mma.sync output: relative Frobenius difference %.2e)\n",
+                relative_difference(run(kernels::DecodeKernel::wgmma), mma_out));
+  std::fflush(stdout);
 }
 
 void bench_cache_write(bench::BandwidthBench& meter, std::int64_t rows, std::int64_t steps, std::int64_t position) {
@@ -327,8 +346,9 @@ int main(int argc, char** argv) {
   // and 4 heads; 128 heads x 2 tokens), the kernels' rows only (no FP8 cache, contiguous cache or
   // composed peer), no DeepSeek-V3 sizes or cache writes: a short GPU call.
   quick = argc > 1 && std::string(argv[1]) == "--quick";
-  if (argc > 1 && !quick) {
-    std::printf("usage: bench_paged_decode_cuda [--quick]\n");
+  const bool deepseek_only = argc > 1 && std::string(argv[1]) == "--deepseek";
+  if (argc > 1 && !quick && !deepseek_only) {
+    std::printf("usage: bench_paged_decode_cuda [--quick | --deepseek]\n");
     return 2;
   }
   if (!bench::open_device()) return 0;
@@ -338,6 +358,12 @@ int main(int argc, char** argv) {
   // at these head dims; their rows name them).
   const DecodeKernelScope cuda_cores(kernels::DecodeKernel::simt);
 
+  if (deepseek_only) {
+    bench_deepseek_v3_sizes(meter, 32, 2, 128, 4096, false);
+    bench_deepseek_v3_sizes(meter, 32, 1, 128, 4096, false);
+    bench_deepseek_v3_sizes(meter, 32, 1, 16, 4096, false);
+    return 0;
+  }
   // The engine's decode: 128 rows, 12 heads, up to 320 tokens.
   std::vector<std::int64_t> spread;
   for (std::int64_t a = 0; a < 128; ++a) spread.push_back(64 + 2 * a);
@@ -358,7 +384,11 @@ int main(int argc, char** argv) {
   // 128 heads, two query tokens.
   bench_attention(meter, 128, 2, std::vector<std::int64_t>(32, 4096), "4096");
   if (quick) return 0;
-  bench_deepseek_v3_sizes(meter);
+  // DeepSeek-V3's sizes: 128 heads x 2 tokens (the FLOP target), x 1 token, and 16 heads x 1
+  // (memory-bound).
+  bench_deepseek_v3_sizes(meter, 32, 2, 128, 4096, true);
+  bench_deepseek_v3_sizes(meter, 32, 1, 128, 4096, false);
+  bench_deepseek_v3_sizes(meter, 32, 1, 16, 4096, true);
 
   bench_cache_write(meter, 128, 1, 200);
   bench_cache_write(meter, 128, 2, 200);

@@ -72,6 +72,10 @@
 #           generation at B = 128 on it and on the mma.sync kernel (KILN_DECODE_KERNEL=mma), the
 #           engine's modes, then the full bench_paged_decode_cuda while under $DEADLINE (540)
 #                                                                    -> docs/mla.md
+#   seesaw  after the seesaw kernel (2026-12-07: the Hopper decode at DeepSeek-V3's (576, 512),
+#           decode_attention_seesaw.cuh): the decode and attention kernel tests, then
+#           bench_paged_decode_cuda --deepseek (its three DeepSeek-V3 shapes)   -> docs/mla.md
+#   engine-hopper  hopper-decode without the kernel tests (after seesaw in the same call)
 #   profile-fp8  the GPU time of each kernel in 30 steps of bf16 and of FP8 training (nsys when the
 #           machine has it)                                          -> docs/fp8-gemm.md
 # Usage: scripts/gpu_pending.sh PHASE [PHASE ...]   (on the lent machine: OUT=$OUT, logs under it)
@@ -422,13 +426,22 @@ for phase in "$@"; do
         done
       done
       ;;
-    hopper-decode)
+    hopper-decode | seesaw | engine-hopper)
       build test_kernels_cuda test_train_infer_rl_cuda bench_paged_decode_cuda bench_grpo_cuda
-      timeout 150 "$BUILD/tests/test_kernels_cuda" --gtest_filter='PagedDecodeAttentionCuda.*:FusedAttentionCuda.*' \
-        > "$OUT/test_kernels.log" 2>&1 || rc=1
+      if [ "$phase" != engine-hopper ]; then
+        timeout 240 "$BUILD/tests/test_kernels_cuda" --gtest_filter='PagedDecodeAttentionCuda.*:FusedAttentionCuda.*' \
+          > "$OUT/test_kernels.log" 2>&1 || rc=1
+        grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT"/test_kernels.log | head -30
+      fi
+      if [ "$phase" = seesaw ]; then
+        timeout 150 "$BUILD/benchmarks/bench_paged_decode_cuda" --deepseek > "$OUT/bench_deepseek.log" 2>&1 || rc=1
+        grep -E "DeepSeek|graph replay|Frobenius" "$OUT/bench_deepseek.log"
+        continue
+      fi
+      [ $SECONDS -lt "${DEADLINE:-540}" ] || { echo "deadline: the engine's tests not run"; continue; }
       timeout 150 "$BUILD/tests/test_train_infer_rl_cuda" --gtest_filter='EngineCuda.*:-EngineCuda.BigConfigThroughput' \
         > "$OUT/test_engine.log" 2>&1 || rc=1
-      grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT"/test_kernels.log "$OUT"/test_engine.log | head -30
+      grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT"/test_engine.log | head -30
       for kernel in automatic mma; do
         [ $SECONDS -lt "${DEADLINE:-540}" ] || { echo "deadline: generation on $kernel not run"; continue; }
         env_kernel=()

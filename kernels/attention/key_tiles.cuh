@@ -78,6 +78,39 @@ __device__ __forceinline__ void scale_and_mask(float (&sc)[N / 2], float (&mt)[2
   }
 }
 
+// The two halves of softmax_update below, apart for the decode kernel whose two consumers exchange
+// the row maxima between them (decode_attention/decode_attention_seesaw.cuh). softmax_maxima: one
+// tile's scores in the C layout above scaled and masked in place (base-2 domain), the row maxima m
+// raised to cover them (the quad's four lanes share a row), l scaled by alpha = 2^(m_old − m_new),
+// and base = the new maxima, 0 for a row with nothing visible yet (its p stay 0).
+template <bool MASKED, int N>
+__device__ __forceinline__ void softmax_maxima(float (&sc)[N / 2], float (&m)[2], float (&l)[2], float (&alpha)[2],
+                                               float (&base)[2], const RowBounds& bounds, float scale_log2) {
+  float mt[2] = {-INFINITY, -INFINITY};
+  scale_and_mask<MASKED, N>(sc, mt, scale_log2, bounds);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float x = mt[r];
+    x = ::fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+    x = ::fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+    const float m_new = ::fmaxf(m[r], x);
+    base[r] = m_new == -INFINITY ? 0.f : m_new;
+    alpha[r] = exp2_approx(m[r] - base[r]);
+    m[r] = m_new;
+    l[r] *= alpha[r];
+  }
+}
+// softmax_exponentials: the scaled scores -> p = 2^(x − base) in place, added to the row sums l.
+template <int N>
+__device__ __forceinline__ void softmax_exponentials(float (&sc)[N / 2], float (&l)[2], const float (&base)[2]) {
+#pragma unroll
+  for (int i = 0; i < N / 2; ++i) {
+    const float p = exp2_approx(sc[i] - base[(i >> 1) & 1]);
+    sc[i] = p;
+    l[(i >> 1) & 1] += p;
+  }
+}
+
 // One tile's scores in the C layout above -> unnormalised probabilities in place, in the base-2
 // domain: scaled, masked (MASKED: columns outside the rows' bounds; instantiated apart so that the
 // compiler does not if-convert the mask into every tile), the row maxima m and sums l updated (the
@@ -89,26 +122,9 @@ __device__ __forceinline__ void scale_and_mask(float (&sc)[N / 2], float (&mt)[2
 template <bool MASKED, int N>
 __device__ __forceinline__ void softmax_update(float (&sc)[N / 2], float (&m)[2], float (&l)[2], float (&alpha)[2],
                                                const RowBounds& bounds, float scale_log2) {
-  float mt[2] = {-INFINITY, -INFINITY};
-  scale_and_mask<MASKED, N>(sc, mt, scale_log2, bounds);
   float base[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float x = mt[r];
-    x = ::fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
-    x = ::fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
-    const float m_new = ::fmaxf(m[r], x);
-    base[r] = m_new == -INFINITY ? 0.f : m_new;  // a row with nothing visible yet keeps p = 0
-    alpha[r] = exp2_approx(m[r] - base[r]);
-    m[r] = m_new;
-    l[r] *= alpha[r];
-  }
-#pragma unroll
-  for (int i = 0; i < N / 2; ++i) {
-    const float p = exp2_approx(sc[i] - base[(i >> 1) & 1]);
-    sc[i] = p;
-    l[(i >> 1) & 1] += p;
-  }
+  softmax_maxima<MASKED, N>(sc, m, l, alpha, base, bounds, scale_log2);
+  softmax_exponentials<N>(sc, l, base);
 }
 
 }  // namespace kiln::kernels::attention

@@ -74,40 +74,32 @@
 #include "kiln/kernels/common/cuda_check.hpp"
 #include "kiln/kernels/common/device_guard.hpp"
 #include "kiln/kernels/common/device_info.hpp"
-#include "kiln/kernels/common/element.cuh"
 #include "kiln/kernels/common/launch.cuh"
 #include "kiln/kernels/common/mma_sm80.cuh"
-#include "kiln/kernels/common/online_softmax.cuh"
 #include "kiln/kernels/common/sm90/mbarrier.cuh"
 #include "kiln/kernels/common/sm90/smem.cuh"
 #include "kiln/kernels/common/sm90/tma.cuh"
 #include "kiln/kernels/common/sm90/warpgroup.cuh"
 #include "kiln/kernels/common/sm90/wgmma.cuh"
-#include "kiln/kernels/common/sm90/wgmma_bf16.cuh"
 #include "kiln/kernels/decode_attention/args.hpp"
+#include "kiln/kernels/decode_attention/decode_attention_seesaw.cuh"
+#include "kiln/kernels/decode_attention/hopper_common.cuh"
 #include "kiln/kernels/decode_attention/split_combine.cuh"
 
 namespace kiln::kernels::decode_attention::hopper {
 
-constexpr int kKeys = 64;            // keys a tile
-constexpr int kThreads = 3 * 128;    // the producer warpgroup and two consumers
-constexpr int kProducerRegisters = 40;
-constexpr int kConsumerRegisters = 232;
 constexpr int kDk = 288, kDv = 256;  // the compiled head dims (kiln's big config)
-constexpr int kHalf = 128;           // output columns of one m64n128 product: O is two of them
 // Hardware barriers: 1 and 2 the consumers' turns (sm90::PingPong), 3 and 4 the shared-rows merge,
 // 5 and 6 each consumer's own (after zeroing a tile's tail).
 constexpr int kMergeDone = 3, kMergeState = 4, kTailZeroed = 5;
-
-constexpr int chunks(int d) { return (d + 63) / 64; }
 
 template <bool SHARED_ROWS>
 struct Layout {
   static constexpr int rows = SHARED_ROWS ? 64 : 128;  // query rows a block
   static constexpr int q_slots = SHARED_ROWS ? 1 : 2;  // 64-row Q buffers
   static constexpr int stages = SHARED_ROWS ? 4 : 3;   // key tiles in the ring
-  static constexpr int q_bytes = chunks(kDk) * 64 * 128;
-  static constexpr int k_bytes = chunks(kDk) * kKeys * 128;
+  static constexpr int q_bytes = tile_bytes(kDk);
+  static constexpr int k_bytes = tile_bytes(kDk);
   static constexpr int k_offset = q_slots * q_bytes;
   // Q's full barrier, then full[stages] and empty[stages]: 8 bytes each.
   static constexpr int barrier_offset = k_offset + stages * k_bytes;
@@ -116,38 +108,6 @@ struct Layout {
   static_assert(!SHARED_ROWS || 64 * kDv * 4 + 2 * 64 * 4 <= stages * k_bytes, "the merge fits in the key ring");
 };
 
-// S = Q·Kᵀ for one 64 x kKeys tile: 18 wgmma, the first overwriting S.
-__device__ __forceinline__ void scores(float (&sc)[kKeys / 2], std::uint32_t q_addr, std::uint32_t k_addr) {
-#pragma unroll
-  for (int kk = 0; kk < kDk / 16; ++kk) {
-    const std::uint32_t chunk = kk >> 2, in_row = (kk & 3) * 32;  // chunk of 64 columns, 16 columns into its rows
-    sm90::WgmmaBf16<kKeys>::ss(sc, sm90::smem_descriptor_k_major_sw128(q_addr + chunk * 64 * 128 + in_row),
-                                sm90::smem_descriptor_k_major_sw128(k_addr + chunk * kKeys * 128 + in_row), kk > 0);
-  }
-}
-
-// O += P·V: per k step of 16 keys, two m64n128k16 (value columns 0-127 and 128-255: chunks 0-1 and
-// 2-3 of the tile, kKeys x 128 bytes apart), V read MN-major.
-__device__ __forceinline__ void accumulate_pv(float (&o0)[kHalf / 2], float (&o1)[kHalf / 2],
-                                              const unsigned (&pa)[kKeys / 16][4], std::uint32_t v_addr) {
-  constexpr std::uint32_t chunk_bytes = kKeys * 128;
-#pragma unroll
-  for (int kk = 0; kk < kKeys / 16; ++kk) {
-    const std::uint32_t at = v_addr + kk * 16 * 128;
-    sm90::WgmmaBf16<kHalf>::rs_mn(o0, pa[kk], sm90::smem_descriptor_mn_major_sw128(at, chunk_bytes), 1);
-    sm90::WgmmaBf16<kHalf>::rs_mn(o1, pa[kk], sm90::smem_descriptor_mn_major_sw128(at + 2 * chunk_bytes, chunk_bytes),
-                                  1);
-  }
-}
-
-// P rounded to bf16 in wgmma's A-from-registers layout, all k steps at once.
-__device__ __forceinline__ void to_a_operand(unsigned (&pa)[kKeys / 16][4], const float (&sc)[kKeys / 2]) {
-#pragma unroll
-  for (int kk = 0; kk < kKeys / 16; ++kk)
-#pragma unroll
-    for (int x = 0; x < 4; ++x) pa[kk][x] = sm80::pack2<bf16>(sc[8 * kk + 2 * x], sc[8 * kk + 2 * x + 1]);
-}
-
 template <bool SHARED_ROWS>
 __global__ void __launch_bounds__(kThreads, 1)
     decode_attention_hopper_kernel(const __grid_constant__ CUtensorMap q_map,
@@ -155,7 +115,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                                    bool pingpong) {
   using Lay = Layout<SHARED_ROWS>;
   constexpr int KC = chunks(kDk), VC = kDv / 64, kStages = Lay::stages;
-  constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
+  constexpr float kLog2e = 1.4426950408889634f;
   extern __shared__ __align__(16) unsigned char decode_hopper_smem[];
   const std::uint32_t raw = sm90::shared_address(decode_hopper_smem);
   const std::uint32_t base = (raw + 1023) & ~1023u;
@@ -171,19 +131,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int tid = static_cast<int>(threadIdx.x);
   const std::int64_t row0 = seq * rows_per_seq + first;  // the block's first query row in q and out
 
-  const SplitKeys keys = split_keys(a, seq, split, kKeys);
-  const int L = keys.length, begin = keys.begin, end = keys.end;
-  if (begin >= end) {  // the whole block leaves together
-    write_no_keys(a, row0, hc, split, tid, kThreads);
-    return;
-  }
-  const TokenRows token_rows{a.block_table ? a.block_table + keys.slot * a.max_blocks : nullptr, keys.slot,
-                             static_cast<int>(a.block_table ? a.block_tokens : a.capacity)};
-  if (token_rows.bad_entries(L, a.block_table ? a.num_blocks : a.num_slots, tid, kThreads)) {
-    write_no_keys(a, row0, hc, split, tid, kThreads);
-    return;
-  }
-  const int tiles = (end - begin + kKeys - 1) / kKeys;
+  BlockKeys keys;
+  if (!block_keys(a, seq, split, row0, hc, tid, keys)) return;  // the whole block leaves together
+  const int L = keys.length, begin = keys.begin, end = keys.end, tiles = keys.tiles;
 
   if (tid == 0) {
     sm90::prefetch_tensor_map(&q_map);
@@ -202,24 +152,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (warpgroup == 0) {
     // ---- producer ----
     sm90::release_registers<kProducerRegisters>();
-    if (tid != 0) return;
-    sm90::mbarrier_arrive_expect_bytes(q_full, Lay::q_slots * Lay::q_bytes);
-    for (int s = 0; s < Lay::q_slots; ++s)
-      for (int c = 0; c < KC; ++c)
-        sm90::tma_load_2d(base + s * Lay::q_bytes + c * 64 * 128, &q_map, 64 * c, static_cast<int>(row0) + 64 * s,
-                          q_full);
-    for (int i = 0; i < tiles; ++i) {
-      const int st = i % kStages;
-      // The tile's block (a tile lies in one: block_tokens % 64 == 0), read before the wait for its
-      // stage so that the table load's latency hides under it.
-      std::int64_t block = 0;
-      int row = 0;
-      token_rows.locate(begin + i * kKeys, block, row);
-      sm90::mbarrier_wait(empty0 + 8 * st, ((i / kStages) & 1) ^ 1);
-      sm90::mbarrier_arrive_expect_bytes(full0 + 8 * st, Lay::k_bytes);
-      for (int c = 0; c < KC; ++c)
-        sm90::tma_load_3d(k_addr(st) + c * kKeys * 128, &k_map, 64 * c, row, static_cast<int>(block), full0 + 8 * st);
-    }
+    if (tid == 0)
+      produce_tiles<KC, kStages>(&q_map, &k_map, keys, static_cast<int>(row0), Lay::q_slots, base, q_full, k_addr(0),
+                                 full0, empty0);
     return;
   }
 
@@ -261,12 +196,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     sm90::mbarrier_wait(full0 + 8 * st, (i / kStages) & 1);
     const int valid = end - (begin + i * kKeys);
     if (valid < kKeys) {
-      const int pieces = (kKeys - valid) * VC * 8;  // 16-byte pieces: rows x value chunks x 8
-      for (int x = tid & 127; x < pieces; x += 128) {
-        const int row = valid + x / (VC * 8), c = (x / 8) % VC, piece = x % 8;
-        *reinterpret_cast<uint4*>(base_ptr + Lay::k_offset + st * Lay::k_bytes + c * kKeys * 128 + row * 128 +
-                                  piece * 16) = make_uint4(0, 0, 0, 0);
-      }
+      zero_tail_values<VC>(base_ptr + Lay::k_offset + st * Lay::k_bytes, valid, tid & 127, 128);
       sm90::fence_proxy_async_shared();
       sm90::named_barrier_sync(kTailZeroed + wg, 128);
     }
@@ -289,7 +219,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     acquire(i_first);
     turns.take_turn();
     sm90::wgmma_fence();
-    scores(sc, q_addr, k_addr(i_first % kStages));
+    scores<kDk>(sc, q_addr, k_addr(i_first % kStages));
     sm90::wgmma_commit();
     turns.pass_turn();
     sm90::wgmma_wait<0>();
@@ -301,7 +231,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       acquire(i);
       turns.take_turn();
       sm90::wgmma_fence();
-      scores(sc, q_addr, k_addr(i % kStages));
+      scores<kDk>(sc, q_addr, k_addr(i % kStages));
       sm90::wgmma_commit();
       accumulate_pv(o0, o1, pa, k_addr(prev % kStages));
       sm90::wgmma_commit();
@@ -386,62 +316,34 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   }
 
-  // The results of this thread's rows: out = O / l (rows without keys: zeros), or with a split the
-  // partial state (m ln 2: the natural-log maximum the combine expects, l, O) in the workspace.
-  const bool partial = splits > 1;
-  float* const ws = static_cast<float*>(a.workspace);
-  const std::int64_t ws_acc = a.count * a.queries * a.heads * splits * 2;
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int i = wg_row0 + 16 * warp + g + 8 * r;
-    if (i >= hc) continue;
-    const std::int64_t q_row = row0 + i;
-    if (partial) {
-      float* const dst = ws + ws_acc + (q_row * splits + split) * kDv + 2 * t;
-#pragma unroll
-      for (int c = 0; c < kHalf / 8; ++c) {
-        dst[8 * c] = o0[4 * c + 2 * r];
-        dst[8 * c + 1] = o0[4 * c + 2 * r + 1];
-        dst[kHalf + 8 * c] = o1[4 * c + 2 * r];
-        dst[kHalf + 8 * c + 1] = o1[4 * c + 2 * r + 1];
-      }
-      if (t == 0) {
-        float* const ml = ws + (q_row * splits + split) * 2;
-        ml[0] = m[r] * kLn2;
-        ml[1] = l[r];
-      }
-    } else {
-      const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
-      unsigned* const dst = reinterpret_cast<unsigned*>(static_cast<bf16*>(a.out) + q_row * kDv + 2 * t);
-#pragma unroll
-      for (int c = 0; c < kHalf / 8; ++c) {
-        dst[4 * c] = sm80::pack2<bf16>(o0[4 * c + 2 * r] * inv, o0[4 * c + 2 * r + 1] * inv);
-        dst[kHalf / 2 + 4 * c] = sm80::pack2<bf16>(o1[4 * c + 2 * r] * inv, o1[4 * c + 2 * r + 1] * inv);
-      }
-    }
-  }
+  store_results(a, row0, hc, split, wg_row0, 0, o0, o1, m, l, true, warp, g, t);
 }
 
 // ---- host side ------------------------------------------------------------------------------------
 
-// Whether this kernel computes the problem (args.hpp, DecodeKernel::wgmma): an sm_90 GPU, bf16,
-// MLA's (288, 256) latent cache with v a view of k, 16-byte aligned rows and blocks, paged blocks
+// Whether a Hopper kernel computes the problem (args.hpp, DecodeKernel::wgmma): an sm_90 GPU, bf16,
+// MLA's latent cache at (288, 256) (this file's kernel) or (576, 512) (the seesaw kernel,
+// decode_attention_seesaw.cuh) with v a view of k, 16-byte aligned rows and blocks, paged blocks
 // of a multiple of 64 tokens, and row counts that fit TMA's 32-bit coordinates.
+inline bool hopper_seesaw(const DecodeAttentionArgs& a) { return a.dk == kSeesawDk && a.dv == kSeesawDv; }
 inline bool hopper_applies_to_device(int device) { return device_info(device).major == 9; }
 inline bool hopper_applies(const DecodeAttentionArgs& a) {
-  if (a.dtype != DType::bf16 || a.latent || a.dk != kDk || a.dv != kDv || a.kv_heads != 1 || a.v != a.k) return false;
+  const bool dims = (a.dk == kDk && a.dv == kDv) || hopper_seesaw(a);
+  if (a.dtype != DType::bf16 || a.latent || !dims || a.kv_heads != 1 || a.v != a.k) return false;
   if (!hopper_applies_to_device(a.launch.device)) return false;
   constexpr std::int64_t kInt = (std::int64_t(1) << 31) - 1;
   const bool paged = a.block_table != nullptr;
   return a.v_slot_stride == a.k_slot_stride && a.v_row_stride == a.k_row_stride && a.k_slot_stride % 8 == 0 &&
-         a.k_row_stride % 8 == 0 && a.k_row_stride >= kDk && aligned16(a.k) && aligned16(a.q) && aligned16(a.out) &&
+         a.k_row_stride % 8 == 0 && a.k_row_stride >= a.dk && aligned16(a.k) && aligned16(a.q) && aligned16(a.out) &&
          (!paged || a.block_tokens % kKeys == 0) && a.count * a.queries * a.heads <= kInt &&
          (paged ? a.num_blocks : a.num_slots) <= kInt && a.capacity <= kInt;
 }
 
-// Query-row chunks a sequence and whether they are the shared-rows mode (header).
+// Query-row chunks a sequence and whether they are the shared-rows mode (header); the seesaw
+// kernel takes chunks of 64 rows.
 inline bool hopper_shared_rows(const DecodeAttentionArgs& a) { return a.queries * a.heads <= 64; }
 inline int hopper_chunks(const DecodeAttentionArgs& a) {
+  if (hopper_seesaw(a)) return (a.queries * a.heads + 63) / 64;
   return hopper_shared_rows(a) ? 1 : (a.queries * a.heads + 127) / 128;
 }
 inline int hopper_splits(const DecodeAttentionArgs& a, const DeviceInfo& info, int wanted) {
@@ -463,10 +365,10 @@ inline void launch_decode_attention_hopper(const DecodeAttentionArgs& a) {
         op, "splits ", a.splits, " must be in [1, ", kDecodeMaxSplits, "], with a workspace when over 1, for ",
         chunks_per_seq, " chunks of query rows");
   cuda::DeviceGuard guard(a.launch.device);
-  const std::int64_t q_dims[2] = {kDk, a.count * a.queries * a.heads}, q_strides[1] = {kDk * 2};
+  const std::int64_t q_dims[2] = {a.dk, a.count * a.queries * a.heads}, q_strides[1] = {a.dk * 2};
   const CUtensorMap q_map = sm90::tensor_map_bf16_sw128(a.q, 2, q_dims, q_strides, 64, op);
   const bool paged = a.block_table != nullptr;
-  const std::int64_t k_dims[3] = {kDk, paged ? a.block_tokens : a.capacity, paged ? a.num_blocks : a.num_slots};
+  const std::int64_t k_dims[3] = {a.dk, paged ? a.block_tokens : a.capacity, paged ? a.num_blocks : a.num_slots};
   const std::int64_t k_strides[2] = {a.k_row_stride * 2, a.k_slot_stride * 2};
   const CUtensorMap k_map = sm90::tensor_map_bf16_sw128(a.k, 3, k_dims, k_strides, kKeys, op);
   const dim3 grid(static_cast<unsigned>(a.count), 1, static_cast<unsigned>(chunks_per_seq * a.splits));
@@ -476,8 +378,16 @@ inline void launch_decode_attention_hopper(const DecodeAttentionArgs& a) {
     kernel<<<grid, kThreads, smem, a.launch.stream>>>(q_map, k_map, a, pingpong);
     KILN_CUDA_CHECK_LAUNCH();
   };
-  if (hopper_shared_rows(a)) launch(decode_attention_hopper_kernel<true>, Layout<true>::bytes);
-  else launch(decode_attention_hopper_kernel<false>, Layout<false>::bytes);
+  if (hopper_seesaw(a)) {
+    constexpr auto kernel = decode_attention_seesaw_kernel<kSeesawDk, kSeesawDv>;
+    opt_in_shared_memory(kernel, SeesawLayout::bytes, a.launch.device);
+    kernel<<<grid, kThreads, SeesawLayout::bytes, a.launch.stream>>>(q_map, k_map, a);
+    KILN_CUDA_CHECK_LAUNCH();
+  } else if (hopper_shared_rows(a)) {
+    launch(decode_attention_hopper_kernel<true>, Layout<true>::bytes);
+  } else {
+    launch(decode_attention_hopper_kernel<false>, Layout<false>::bytes);
+  }
   record_kernel_variant("decode_attention", "wgmma");
   if (a.splits > 1) {
     decode_combine_kernel<bf16><<<static_cast<unsigned>(a.count * a.queries * a.heads), kCombineThreads, 0,

@@ -282,8 +282,10 @@ TEST(PagedDecodeAttentionCuda, TensorCoreKernelMatchesTheCpuOp) {
                     "decode_attention", "the tensor-core kernel takes MLA's latent cache in bf16", "dtype float32");
 }
 
-// The Hopper kernel (DecodeKernel::wgmma: wgmma and TMA, MLA's bf16 latent cache at (288, 256);
-// kernels/decode_attention/decode_attention_hopper.cuh) against the CPU op, on an sm_90 GPU. Its
+// The Hopper kernels (DecodeKernel::wgmma: wgmma and TMA, MLA's bf16 latent cache at (288, 256),
+// kernels/decode_attention/decode_attention_hopper.cuh, and at DeepSeek-V3's (576, 512), the
+// seesaw kernel, decode_attention_seesaw.cuh: cases listed below) against the CPU op, on an
+// sm_90 GPU. The first one's
 // two modes: shared rows (T H <= 64: both consumer warpgroups hold the same rows and take
 // alternate key tiles, merged at the end) at 12 heads x 1 and 2 tokens, 40 x 1, 64 x 1 (the
 // boundary); rows (128 rows a block, 64 a consumer) at 33 x 2 (66 rows: the second consumer has
@@ -353,10 +355,51 @@ TEST(PagedDecodeAttentionCuda, HopperKernelMatchesTheCpuOp) {
   // Out-of-range rows: 64-token blocks 2, 0 | 1, 7 (outside the 4), 3 | 3; rows of slot 0 (fine),
   // slot 1 (entry 7 in use), slot 5 (outside the table), slot 0 at length 150 (entry -1 in use),
   // slot 2 (fine).
-  const auto latent = randn<bf16>({4, 64, 1, 288});
   const auto table = Tensor<std::int64_t>::from_vector({2, 0, -1, 1, 7, 3, 3, -1, -1}, {3, 3});
   expect_out_of_range_rows_give_zeros(randn<bf16>({4, 64, 1, 288}), table, {0, 1, 5, 0, 2}, {70, 100, 4, 150, 30},
                                       wgmma);
+  // DeepSeek-V3's (576, 512): the seesaw kernel (decode_attention_seesaw.cuh: chunks of 64 rows,
+  // the two consumers each owning alternate tiles and 256 of the output columns). 16 heads x 1 and
+  // 2 tokens (one chunk, padding rows), 40 x 2 (a partial second chunk), 128 x 1 and x 2 (two and
+  // four chunks); the odd lengths with shared blocks give a split 1, 2, 3 and 16 tiles (a last
+  // tile without a partner: 1, 3; a last tile of 1 key: 65, 1000's splits), splits 1, automatic,
+  // 3, 7 and 64; 128-token blocks; the contiguous cache at capacity 700.
+  {
+    SCOPED_TRACE("DeepSeek-V3's (576, 512)");
+    const Case v3{{1, 63, 64, 65, 1000, 130, 200}, {0, 0, 0, 1, 1, 0, 2}, 64, 1, 16, 576, 512, true};
+    Case v3_two = v3;
+    v3_two.lengths[0] = 2;
+    for (int splits : {1, 0, 3, 7, 64}) {
+      check_case<bf16>(v3, 1, splits, 0x1p-7, wgmma);
+      check_case<bf16>(v3_two, 2, splits, 0x1p-7, wgmma);
+    }
+    for (std::int64_t heads : {40, 128}) {
+      Case c = v3_two;
+      c.heads = heads;
+      for (int queries : {1, 2}) {
+        check_case<bf16>(c, queries, 1, 0x1p-7, wgmma);
+        check_case<bf16>(c, queries, 3, 0x1p-7, wgmma);
+      }
+    }
+    const Case blocks128{{300, 129, 2, 700}, {0, 1, 0, 0}, 128, 1, 16, 576, 512, true};
+    for (int queries : {1, 2}) check_case<bf16>(blocks128, queries, 0, 0x1p-7, wgmma);
+    {  // automatic picks it, and it is the kernel that ran
+      KernelTrace trace;
+      check_case<bf16>(v3, 1, 1, 0x1p-7, kernels::DecodeKernel::automatic);
+      EXPECT_EQ(trace.count("decode_attention/wgmma"), 1);
+    }
+    const auto wide = randn<bf16>({n, 700, 1, 576});
+    const auto wide_g = on_gpu(wide);
+    for (std::int64_t heads : {16, 128}) {
+      SCOPED_TRACE(::testing::Message() << "contiguous, heads " << heads);
+      const auto q = randn<bf16>({n, heads, 576});
+      const auto want = decode_attention(q, wide, narrow(wide, 3, 0, 512), ints(sl), ints(len), 0.05);
+      poison_cached_memory();
+      const auto got = decode_attention(on_gpu(q), wide_g, narrow(wide_g, 3, 0, 512), on_gpu(ints(sl)),
+                                        on_gpu(ints(len)), 0.05, wgmma);
+      EXPECT_LT(relative_error(on_cpu(got), want), 0x1p-7);
+    }
+  }
   // Where it does not apply (16-token blocks), asking for it is an error.
   const auto small = on_gpu(randn<bf16>({4, 16, 1, 288}));
   EXPECT_KILN_ERROR((void)paged_decode_attention(on_gpu(randn<bf16>({1, 1, 12, 288})), small, narrow(small, 3, 0, 256),
