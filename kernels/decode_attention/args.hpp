@@ -91,8 +91,9 @@ inline bool latent_write_supported(std::int64_t element_bytes, std::int64_t r, s
 //   mma: the tensor-core kernel (decode_attention_mma.cuh, mma.sync m16n8k16 on sm_80+): MLA's
 //     absorbed decode in bf16, one kv head, v the first dv columns of k, (dk, dv) = (288, 256)
 //     (kiln's big config) or (576, 512) (DeepSeek-V3);
-//   wgmma: the Hopper kernel (decode_attention_hopper.cuh, wgmma and TMA on sm_90): the same
-//     problems as mma at (288, 256), paged blocks of a multiple of 64 tokens or the contiguous cache;
+//   wgmma: the Hopper kernels (wgmma and TMA on sm_90): the same problems as mma, at (288, 256)
+//     decode_attention_hopper.cuh's, at (576, 512) the seesaw kernel (decode_attention_seesaw.cuh),
+//     paged blocks of a multiple of 64 tokens or the contiguous cache;
 //   prefer_mma: the first of wgmma, mma that applies, simt elsewhere (a whole model's decode: the
 //     engine's layers call the op with every cache they hold);
 //   automatic: as prefer_mma (on an H100 the Hopper kernel took 0.56-0.64x the mma.sync kernel's

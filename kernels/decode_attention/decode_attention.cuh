@@ -2,10 +2,10 @@
 // function and both cache layouts; front-ends ops/decode_attention.hpp (contiguous cache) and
 // ops/paged_attention.hpp (paged cache); CPU reference backend/cpu/decode_attention.hpp).
 // This file is the CUDA-core kernel, which takes every problem; decode_attention_mma.cuh (mma.sync)
-// and decode_attention_hopper.cuh (wgmma, TMA) are the tensor-core ones for MLA's bf16 latent
-// cache, which the launcher at the end hands the problems DecodeAttentionArgs::implementation gives
-// them (args.hpp, DecodeKernel; chosen_kernel); split_combine.cuh holds what they share
-// (addressing, split count, the splits' combine).
+// and decode_attention_hopper.cuh (wgmma, TMA; decode_attention_seesaw.cuh at (576, 512)) are the
+// tensor-core ones for MLA's bf16 latent cache, which the launcher at the end hands the problems
+// DecodeAttentionArgs::implementation gives them (args.hpp, DecodeKernel; chosen_kernel);
+// split_combine.cuh holds what they share (addressing, split count, the splits' combine).
 //
 // Work split. One block of 256 threads (8 warps) per (batch row, kv head, chunk of the T x G
 // query rows that share that kv head: T query tokens of G heads each, split) — one split, the
@@ -706,7 +706,8 @@ inline DecodeKernel chosen_kernel(const DecodeAttentionArgs& a) {
       return DecodeKernel::mma;
     case DecodeKernel::wgmma:
       check(hopper::hopper_applies(a), op,
-            "the Hopper kernel takes MLA's latent cache in bf16 on an sm_90 GPU: one kv head, (dk, dv) = (288, 256), ",
+            "the Hopper kernel takes MLA's latent cache in bf16 on an sm_90 GPU: one kv head, (dk, dv) = (288, 256) ",
+            "or (576, 512), ",
             "the values a view of the keys' first columns, 16-byte aligned rows, paged blocks of a multiple of 64 ",
             "tokens; got dtype ", a.dtype, ", kv_heads ", a.kv_heads, ", dk ", a.dk, ", dv ", a.dv,
             a.block_table ? ", blocks of " : "", a.block_table ? a.block_tokens : 0, a.latent ? ", an FP8 cache" : "");

@@ -3,9 +3,10 @@
 // where it applies). The function of decode_attention_mma.cuh (MLA's absorbed decode over the bf16
 // latent cache: one kv head, k = [latent | rope key], v = the latent, a view of k; 1 or 2 query
 // tokens; either cache layout; the sequence split and its combine of split_combine.cuh) at kiln's
-// big config's (dk, dv) = (288, 256). DeepSeek-V3's (576, 512) stays on the mma.sync kernel: a
-// warpgroup's O would be 256 floats a thread (FlashMLA splits it over two warpgroups and shares P
-// through shared memory: the next step).
+// big config's (dk, dv) = (288, 256); the host side below also launches DeepSeek-V3's (576, 512)
+// on the seesaw kernel (decode_attention_seesaw.cuh: a warpgroup's O would be 256 floats a thread
+// here, so there the two consumers split O's columns and hand P to each other). The pieces both
+// share are hopper_common.cuh's.
 //
 // Why a third kernel. The mma.sync kernel is bound by each warp's serial chain per 64-key tile
 // (ldmatrix, 272 mma, the softmax; one warp a sub-partition to hide it): 119 TFLOP/s at 128 heads
@@ -122,29 +123,16 @@ __global__ void __launch_bounds__(kThreads, 1)
   unsigned char* const base_ptr = decode_hopper_smem + (base - raw);
   const std::uint32_t q_full = base + Lay::barrier_offset, full0 = q_full + 8, empty0 = full0 + 8 * kStages;
 
-  const std::int64_t seq = blockIdx.x;
-  const int splits = a.splits;
-  const int chunk = static_cast<int>(blockIdx.z) / splits, split = static_cast<int>(blockIdx.z) - chunk * splits;
-  const int rows_per_seq = a.queries * a.heads;
-  const int first = chunk * Lay::rows;
-  const int hc = ::min(Lay::rows, rows_per_seq - first);  // this block's real query rows
+  const BlockRows br = block_rows(a, Lay::rows);
+  const int first = br.first, hc = br.rows, split = br.split;  // hc: this block's real query rows
+  const std::int64_t seq = br.seq, row0 = br.row0;
   const int tid = static_cast<int>(threadIdx.x);
-  const std::int64_t row0 = seq * rows_per_seq + first;  // the block's first query row in q and out
 
   BlockKeys keys;
   if (!block_keys(a, seq, split, row0, hc, tid, keys)) return;  // the whole block leaves together
   const int L = keys.length, begin = keys.begin, end = keys.end, tiles = keys.tiles;
-
-  if (tid == 0) {
-    sm90::prefetch_tensor_map(&q_map);
-    sm90::prefetch_tensor_map(&k_map);
-    sm90::mbarrier_init(q_full, 1);
-    for (int st = 0; st < kStages; ++st) {
-      sm90::mbarrier_init(full0 + 8 * st, 1);
-      sm90::mbarrier_init(empty0 + 8 * st, SHARED_ROWS ? 4 : 8);  // one arrival per reading warp
-    }
-    sm90::mbarrier_init_fence();
-  }
+  // every tile is read by the consumers' 4 (shared rows) or 8 warps
+  if (tid == 0) init_barriers(&q_map, &k_map, q_full, full0, empty0, kStages, SHARED_ROWS ? 4 : 8);
   __syncthreads();  // the last block-wide barrier: the producer's idle threads leave below
 
   const int warpgroup = sm90::warp_uniform(tid >> 7);

@@ -125,29 +125,16 @@ __global__ void __launch_bounds__(kThreads, 1)
   unsigned char* const base_ptr = decode_seesaw_smem + (base - raw);
   const std::uint32_t q_full = base + Lay::barrier_offset, full0 = q_full + 8, empty0 = full0 + 8 * Lay::stages;
 
-  const std::int64_t seq = blockIdx.x;
-  const int splits = a.splits;
-  const int chunk = static_cast<int>(blockIdx.z) / splits, split = static_cast<int>(blockIdx.z) - chunk * splits;
-  const int rows_per_seq = a.queries * a.heads;
-  const int first = chunk * 64;
-  const int hc = ::min(64, rows_per_seq - first);  // this block's real query rows
+  const BlockRows br = block_rows(a, 64);
+  const int first = br.first, hc = br.rows, split = br.split;  // hc: this block's real query rows
+  const std::int64_t seq = br.seq, row0 = br.row0;
   const int tid = static_cast<int>(threadIdx.x);
-  const std::int64_t row0 = seq * rows_per_seq + first;  // the block's first query row in q and out
 
   BlockKeys keys;
   if (!block_keys(a, seq, split, row0, hc, tid, keys)) return;  // the whole block leaves together
   const int L = keys.length, begin = keys.begin, end = keys.end, tiles = keys.tiles;
-
-  if (tid == 0) {
-    sm90::prefetch_tensor_map(&q_map);
-    sm90::prefetch_tensor_map(&k_map);
-    sm90::mbarrier_init(q_full, 1);
-    for (int st = 0; st < Lay::stages; ++st) {
-      sm90::mbarrier_init(full0 + 8 * st, 1);
-      sm90::mbarrier_init(empty0 + 8 * st, 8);  // every tile is read by the 8 consumer warps
-    }
-    sm90::mbarrier_init_fence();
-  }
+  // every tile is read by the consumers' 8 warps
+  if (tid == 0) init_barriers(&q_map, &k_map, q_full, full0, empty0, Lay::stages, 8);
   __syncthreads();  // the last block-wide barrier: the producer's idle threads leave below
 
   const int warpgroup = sm90::warp_uniform(tid >> 7);

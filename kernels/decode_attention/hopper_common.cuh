@@ -35,6 +35,36 @@ constexpr int chunks(int d) { return (d + 63) / 64; }
 // Bytes of a 64-row tile of d columns (a Q slot or a key tile).
 constexpr int tile_bytes(int d) { return chunks(d) * 64 * 128; }
 
+// Which rows a (sequence, chunk of `rows_per_block` query rows, split) block computes: grid x the
+// sequence, z chunk x splits + split. Row i of a chunk is query t = i / H of head i % H (q and out
+// are contiguous in i); `rows` of them are real (the sequence's last chunk may hold fewer).
+struct BlockRows {
+  std::int64_t seq, row0;  // row0: the block's first query row in q and out
+  int split, first, rows;  // first: the chunk's first row of the sequence's T x H
+};
+__device__ __forceinline__ BlockRows block_rows(const DecodeAttentionArgs& a, int rows_per_block) {
+  const int splits = a.splits;
+  const int chunk = static_cast<int>(blockIdx.z) / splits, split = static_cast<int>(blockIdx.z) - chunk * splits;
+  const int rows_per_seq = a.queries * a.heads, first = chunk * rows_per_block;
+  const std::int64_t seq = blockIdx.x;
+  return {seq, seq * rows_per_seq + first, split, first, ::min(rows_per_block, rows_per_seq - first)};
+}
+
+// Thread 0: the tensor maps prefetched, Q's full barrier and the ring's full (one arrival: the
+// producer's, with the bytes) and empty (`readers` arrivals: one per reading warp) barriers.
+__device__ __forceinline__ void init_barriers(const CUtensorMap* q_map, const CUtensorMap* k_map,
+                                              std::uint32_t q_full, std::uint32_t full0, std::uint32_t empty0,
+                                              int stages, int readers) {
+  sm90::prefetch_tensor_map(q_map);
+  sm90::prefetch_tensor_map(k_map);
+  sm90::mbarrier_init(q_full, 1);
+  for (int st = 0; st < stages; ++st) {
+    sm90::mbarrier_init(full0 + 8 * st, 1);
+    sm90::mbarrier_init(empty0 + 8 * st, readers);
+  }
+  sm90::mbarrier_init_fence();
+}
+
 // The keys of one (sequence, chunk, split) block, or false when it has none to compute: a split
 // past the sequence's end, or a table entry out of range (args.hpp: zeros). Then the block's rows
 // are written as "no keys" here, by every thread, and the whole block leaves together.

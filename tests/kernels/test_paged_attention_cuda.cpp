@@ -122,6 +122,30 @@ void check_case(const Case& c, int queries, int splits, double tolerance,
   }
 }
 
+// `one` at 1 query token and at 2 (its first length raised to 2: every sequence holds both
+// queries), at each split count, on the given kernel.
+void check_splits(const Case& one, std::initializer_list<int> splits, kernels::DecodeKernel kernel) {
+  Case two = one;
+  two.lengths[0] = std::max<std::int64_t>(two.lengths[0], 2);
+  for (int s : splits) {
+    check_case<bf16>(one, 1, s, 0x1p-7, kernel);
+    check_case<bf16>(two, 2, s, 0x1p-7, kernel);
+  }
+}
+
+// `c` at other head counts, 1 and 2 query tokens, 1 and 3 splits, on the given kernel (its first
+// length raised to 2).
+void check_heads(Case c, std::initializer_list<std::int64_t> heads, kernels::DecodeKernel kernel) {
+  c.lengths[0] = std::max<std::int64_t>(c.lengths[0], 2);
+  for (std::int64_t h : heads) {
+    c.heads = h;
+    for (int queries : {1, 2}) {
+      check_case<bf16>(c, queries, 1, 0x1p-7, kernel);
+      check_case<bf16>(c, queries, 3, 0x1p-7, kernel);
+    }
+  }
+}
+
 // Rows 1, 2 and 3 of a batch of 5 whose slots or table entries lie out of range give zeros on the
 // given kernel; rows 0 and 4 equal the CPU op's. MLA's bf16 latent at (288, 256), 12 heads, the
 // values a view of the keys (one copy on the GPU).
@@ -198,12 +222,7 @@ TEST(PagedDecodeAttentionCuda, TensorCoreKernelMatchesTheCpuOp) {
   // G = 1 first (KILN_DECODE_KEY_GROUPS=off): the kernel as it was before its key groups.
   std::optional<ScopedEnv> key_groups(std::in_place, "KILN_DECODE_KEY_GROUPS", "off");
   const Case mla{{1, 63, 64, 65, 1000, 130, 200}, {0, 0, 0, 1, 1, 0, 2}, 64, 1, 12, 288, 256, true};
-  Case two = mla;
-  two.lengths[0] = 2;
-  for (int splits : {1, 0, 3, 7, 64}) {
-    check_case<bf16>(mla, 1, splits, 0x1p-7, mma);
-    check_case<bf16>(two, 2, splits, 0x1p-7, mma);
-  }
+  check_splits(mla, {1, 0, 3, 7, 64}, mma);
   {  // it is the kernel that ran; prefer_mma and automatic pick it here too, and the CUDA-core one
      // for float
     KernelTrace trace;
@@ -241,20 +260,8 @@ TEST(PagedDecodeAttentionCuda, TensorCoreKernelMatchesTheCpuOp) {
   key_groups.emplace("KILN_DECODE_KEY_GROUPS", "on");
   for (const auto& [dk, dv] : {std::pair<std::int64_t, std::int64_t>{288, 256}, {576, 512}}) {
     const Case one{{1, 17, 33, 63, 65, 130}, {0, 0, 0, 0, 0, 1}, 64, 1, 12, dk, dv, true};
-    Case two = one;  // two query tokens: every sequence holds at least both
-    two.lengths[0] = 2;
-    for (int splits : {1, 0, 3, 64}) {
-      check_case<bf16>(one, 1, splits, 0x1p-7, mma);
-      check_case<bf16>(two, 2, splits, 0x1p-7, mma);
-    }
-    for (std::int64_t heads : {16, 40}) {
-      Case c = two;
-      c.heads = heads;
-      for (int queries : {1, 2}) {
-        check_case<bf16>(c, queries, 1, 0x1p-7, mma);
-        check_case<bf16>(c, queries, 3, 0x1p-7, mma);
-      }
-    }
+    check_splits(one, {1, 0, 3, 64}, mma);
+    check_heads(one, {16, 40}, mma);
   }
   // The contiguous cache: rows [count, capacity, 1, dk], slots in reverse, ragged lengths, at both
   // head-dim pairs.
@@ -304,20 +311,8 @@ TEST(PagedDecodeAttentionCuda, HopperKernelMatchesTheCpuOp) {
   manual_seed(67);
   constexpr auto wgmma = kernels::DecodeKernel::wgmma;
   const Case mla{{1, 63, 64, 65, 1000, 130, 200}, {0, 0, 0, 1, 1, 0, 2}, 64, 1, 12, 288, 256, true};
-  Case two = mla;
-  two.lengths[0] = 2;
-  for (int splits : {1, 0, 3, 7, 64}) {
-    check_case<bf16>(mla, 1, splits, 0x1p-7, wgmma);
-    check_case<bf16>(two, 2, splits, 0x1p-7, wgmma);
-  }
-  for (std::int64_t heads : {33, 40, 64, 128}) {
-    Case c = two;
-    c.heads = heads;
-    for (int queries : {1, 2}) {
-      check_case<bf16>(c, queries, 1, 0x1p-7, wgmma);
-      check_case<bf16>(c, queries, 3, 0x1p-7, wgmma);
-    }
-  }
+  check_splits(mla, {1, 0, 3, 7, 64}, wgmma);
+  check_heads(mla, {33, 40, 64, 128}, wgmma);
   const std::vector<Case> cases = {
       {{5000, 4097, 3000, 2}, {0, 10, 0, 0}, 64, 1, 16, 288, 256, true},  // long rows: split automatically
       {{300, 129, 2, 700}, {0, 1, 0, 0}, 128, 1, 12, 288, 256, true},    // 128-token blocks
@@ -367,20 +362,8 @@ TEST(PagedDecodeAttentionCuda, HopperKernelMatchesTheCpuOp) {
   {
     SCOPED_TRACE("DeepSeek-V3's (576, 512)");
     const Case v3{{1, 63, 64, 65, 1000, 130, 200}, {0, 0, 0, 1, 1, 0, 2}, 64, 1, 16, 576, 512, true};
-    Case v3_two = v3;
-    v3_two.lengths[0] = 2;
-    for (int splits : {1, 0, 3, 7, 64}) {
-      check_case<bf16>(v3, 1, splits, 0x1p-7, wgmma);
-      check_case<bf16>(v3_two, 2, splits, 0x1p-7, wgmma);
-    }
-    for (std::int64_t heads : {40, 128}) {
-      Case c = v3_two;
-      c.heads = heads;
-      for (int queries : {1, 2}) {
-        check_case<bf16>(c, queries, 1, 0x1p-7, wgmma);
-        check_case<bf16>(c, queries, 3, 0x1p-7, wgmma);
-      }
-    }
+    check_splits(v3, {1, 0, 3, 7, 64}, wgmma);
+    check_heads(v3, {40, 128}, wgmma);
     const Case blocks128{{300, 129, 2, 700}, {0, 1, 0, 0}, 128, 1, 16, 576, 512, true};
     for (int queries : {1, 2}) check_case<bf16>(blocks128, queries, 0, 0x1p-7, wgmma);
     {  // automatic picks it, and it is the kernel that ran
