@@ -74,7 +74,8 @@
 #                                                                    -> docs/mla.md
 #   seesaw  after the seesaw kernel (2026-12-07: the Hopper decode at DeepSeek-V3's (576, 512),
 #           decode_attention_seesaw.cuh): the decode and attention kernel tests, then
-#           bench_paged_decode_cuda --deepseek (its three DeepSeek-V3 shapes)   -> docs/mla.md
+#           bench_paged_decode_cuda --deepseek (its three DeepSeek-V3 shapes) with the per-chunk
+#           barriers on, off, on, off (KILN_DECODE_SEESAW_CHUNKS)   -> docs/mla.md
 #   engine-hopper  hopper-decode without the kernel tests (after seesaw in the same call)
 #   profile-fp8  the GPU time of each kernel in 30 steps of bf16 and of FP8 training (nsys when the
 #           machine has it)                                          -> docs/fp8-gemm.md
@@ -434,8 +435,13 @@ for phase in "$@"; do
         grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT"/test_kernels.log | head -30
       fi
       if [ "$phase" = seesaw ]; then
-        timeout 150 "$BUILD/benchmarks/bench_paged_decode_cuda" --deepseek > "$OUT/bench_deepseek.log" 2>&1 || rc=1
-        grep -E "DeepSeek|graph replay|Frobenius" "$OUT/bench_deepseek.log"
+        # The seesaw kernel with its per-chunk barriers (on) and waiting for whole tiles (off), twice.
+        for chunks in on off on off; do
+          [ $SECONDS -lt "${DEADLINE:-540}" ] || { echo "deadline: chunks $chunks not run"; continue; }
+          KILN_DECODE_SEESAW_CHUNKS=$chunks timeout 100 "$BUILD/benchmarks/bench_paged_decode_cuda" --deepseek \
+            >> "$OUT/bench_deepseek_$chunks.log" 2>&1 || rc=1
+          echo "chunks $chunks: $(grep -A2 'Hopper' "$OUT/bench_deepseek_$chunks.log" | grep -oE '[0-9.]+ TFLOP/s\)|ratio [0-9.]+' | tail -9 | tr '\n' ' ')"
+        done
         continue
       fi
       [ $SECONDS -lt "${DEADLINE:-540}" ] || { echo "deadline: the engine's tests not run"; continue; }

@@ -338,9 +338,15 @@ inline int hopper_splits(const DecodeAttentionArgs& a, const DeviceInfo& info, i
   return sequence_splits(a.count * hopper_chunks(a), a.capacity, info.sms, wanted);
 }
 
-// KILN_DECODE_PINGPONG=off in the environment turns the rows mode's turns off (for comparisons).
+// KILN_DECODE_PINGPONG=off in the environment turns the rows mode's turns off, and
+// KILN_DECODE_SEESAW_CHUNKS=off makes the seesaw kernel wait for whole tiles and free them whole
+// (for comparisons).
 inline bool decode_pingpong_enabled() {
   static const bool on = !environment_is("KILN_DECODE_PINGPONG", "off");
+  return on;
+}
+inline bool decode_seesaw_chunks_enabled() {
+  static const bool on = !environment_is("KILN_DECODE_SEESAW_CHUNKS", "off");
   return on;
 }
 
@@ -369,7 +375,7 @@ inline void launch_decode_attention_hopper(const DecodeAttentionArgs& a) {
   if (hopper_seesaw(a)) {
     constexpr auto kernel = decode_attention_seesaw_kernel<kSeesawDk, kSeesawDv>;
     opt_in_shared_memory(kernel, SeesawLayout::bytes, a.launch.device);
-    kernel<<<grid, kThreads, SeesawLayout::bytes, a.launch.stream>>>(q_map, k_map, a);
+    kernel<<<grid, kThreads, SeesawLayout::bytes, a.launch.stream>>>(q_map, k_map, a, decode_seesaw_chunks_enabled());
     KILN_CUDA_CHECK_LAUNCH();
   } else if (hopper_shared_rows(a)) {
     launch(decode_attention_hopper_kernel<true>, Layout<true>::bytes);

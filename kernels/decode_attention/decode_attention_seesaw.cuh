@@ -13,7 +13,12 @@
 //
 // Work split. One block of 3 warpgroups (producer, consumers 0 and 1) per (sequence, chunk of 64
 // query rows, split); row i of a chunk is query t = i / H of head i % H. The producer (one thread)
-// loads the chunk's Q once and the split's key tiles of 64 keys into 2 stages. Per pair of tiles
+// loads the chunk's Q once and the split's key tiles of 64 keys into 2 stages, each of a tile's 9
+// column chunks (64 x 64) on its own barrier: S issues each chunk's 4 products as soon as it lands
+// (as FlashMLA does), and a tile's left half (chunks 0-3) is freed apart from its right half, so
+// that the next even tile's first chunks are copied while this pair still runs (the even tiles'
+// left half is read by consumer 0 alone: S and its P·V, done early in the pair;
+// KILN_DECODE_SEESAW_CHUNKS=off waits for and frees whole tiles, for comparisons). Per pair of tiles
 // (a = 2p, b = 2p + 1), with m the rows' running maximum, shared by both consumers:
 //   consumer 0                                   consumer 1
 //   S_a = Q·K_aᵀ                                 S_b = Q·K_bᵀ (issued at once: both in flight)
@@ -71,9 +76,13 @@ struct SeesawLayout {
   static constexpr int k_offset = tile;
   // m after tile a (consumer 0's) and after tile b (consumer 1's), then each consumer's l: 64 floats each.
   static constexpr int exchange_offset = k_offset + stages * tile;
-  // Q's full barrier, then full[stages] and empty[stages]: 8 bytes each.
+  // Barriers, 8 bytes each: Q's full one; full[stage][chunk] (each of a tile's 9 column chunks
+  // lands on its own: S starts on the first); empty[stage][half] (a tile's left half, chunks 0-3,
+  // and its right half, chunks 4-8, are freed apart: the left one of an even tile early).
+  static constexpr int chunks = 9, left_chunks = 4;
   static constexpr int barrier_offset = exchange_offset + 4 * 64 * 4;
-  static constexpr std::size_t bytes = 1024 + barrier_offset + 8 * (1 + 2 * stages);  // + alignment slack
+  static constexpr int full_offset = barrier_offset + 8, empty_offset = full_offset + 8 * stages * chunks;
+  static constexpr std::size_t bytes = 1024 + empty_offset + 8 * 2 * stages;  // + alignment slack
   static constexpr int p_offset = 8 * kKeys * 128;  // a tile's rope chunk: its P once its S is done
 };
 // Hardware barriers between the consumers (bar.arrive by the one that writes, bar.sync by the one
@@ -111,10 +120,61 @@ __device__ __forceinline__ void accumulate_pv_shared(float (&o0)[kHalf / 2], flo
   }
 }
 
+// The producer (one thread): Q's 64 rows once, then the key tiles into the 2 stages, each of a
+// tile's 9 column chunks on its own full barrier (8 KB each); the left half (chunks 0-3) waits for
+// its stage's left empty barrier, the right half (4-8) for the right one.
+__device__ __forceinline__ void produce_chunks(const CUtensorMap* q_map, const CUtensorMap* k_map,
+                                               const BlockKeys& keys, int q_row, std::uint32_t base) {
+  using Lay = SeesawLayout;
+  constexpr std::uint32_t kChunk = kKeys * 128;
+  const std::uint32_t q_full = base + Lay::barrier_offset;
+  sm90::mbarrier_arrive_expect_bytes(q_full, Lay::tile);
+  for (int c = 0; c < Lay::chunks; ++c) sm90::tma_load_2d(base + c * kChunk, q_map, 64 * c, q_row, q_full);
+  for (int i = 0; i < keys.tiles; ++i) {
+    const int st = i & 1;
+    const std::uint32_t parity = ((i >> 1) & 1) ^ 1;
+    std::int64_t block = 0;
+    int row = 0;
+    keys.token_rows.locate(keys.begin + i * kKeys, block, row);
+    for (int c = 0; c < Lay::chunks; ++c) {
+      if (c == 0 || c == Lay::left_chunks)
+        sm90::mbarrier_wait(base + Lay::empty_offset + 8 * (2 * st + (c == 0 ? 0 : 1)), parity);
+      const std::uint32_t full = base + Lay::full_offset + 8 * (st * Lay::chunks + c);
+      sm90::mbarrier_arrive_expect_bytes(full, kChunk);
+      sm90::tma_load_3d(base + Lay::k_offset + st * Lay::tile + c * kChunk, k_map, 64 * c, row,
+                        static_cast<int>(block), full);
+    }
+  }
+}
+
+// S = Q·Kᵀ for one tile (scores<DK> of hopper_common.cuh), issued chunk by chunk as each of the
+// tile's chunks lands (`fine`; else after all of them: KILN_DECODE_SEESAW_CHUNKS=off, to compare).
+template <int DK>
+__device__ __forceinline__ void scores_by_chunk(float (&sc)[kKeys / 2], std::uint32_t q_addr, std::uint32_t k_addr,
+                                                std::uint32_t full_chunks, std::uint32_t parity, bool fine) {
+  constexpr int KC = chunks(DK);
+  if (!fine)
+    for (int c = 0; c < KC; ++c) sm90::mbarrier_wait(full_chunks + 8 * c, parity);
+#pragma unroll
+  for (int c = 0; c < KC; ++c) {
+    if (fine) sm90::mbarrier_wait(full_chunks + 8 * c, parity);
+    // A fence before each chunk's products (the accumulators are in flight across the wait's
+    // branch, and ptxas would insert it otherwise; CUTLASS's main loops fence every k block too).
+    sm90::wgmma_fence();
+#pragma unroll
+    for (int x = 0; x < 4; ++x) {
+      const std::uint32_t in_row = x * 32;
+      sm90::WgmmaBf16<kKeys>::ss(sc, sm90::smem_descriptor_k_major_sw128(q_addr + c * 64 * 128 + in_row),
+                                  sm90::smem_descriptor_k_major_sw128(k_addr + c * kKeys * 128 + in_row), c + x > 0);
+    }
+  }
+}
+
 template <int DK, int DV>
 __global__ void __launch_bounds__(kThreads, 1)
     decode_attention_seesaw_kernel(const __grid_constant__ CUtensorMap q_map,
-                                   const __grid_constant__ CUtensorMap k_map, const DecodeAttentionArgs a) {
+                                   const __grid_constant__ CUtensorMap k_map, const DecodeAttentionArgs a,
+                                   bool fine) {
   static_assert(DK == kSeesawDk && DV == kSeesawDv, "the seesaw kernel's layout is DeepSeek-V3's (576, 512)");
   using Lay = SeesawLayout;
   constexpr int KC = chunks(DK), VC = DV / 64;
@@ -123,7 +183,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   const std::uint32_t raw = sm90::shared_address(decode_seesaw_smem);
   const std::uint32_t base = (raw + 1023) & ~1023u;
   unsigned char* const base_ptr = decode_seesaw_smem + (base - raw);
-  const std::uint32_t q_full = base + Lay::barrier_offset, full0 = q_full + 8, empty0 = full0 + 8 * Lay::stages;
+  const std::uint32_t q_full = base + Lay::barrier_offset, full0 = base + Lay::full_offset,
+                      empty0 = base + Lay::empty_offset;
 
   const BlockRows br = block_rows(a, 64);
   const int first = br.first, hc = br.rows, split = br.split;  // hc: this block's real query rows
@@ -133,8 +194,17 @@ __global__ void __launch_bounds__(kThreads, 1)
   BlockKeys keys;
   if (!block_keys(a, seq, split, row0, hc, tid, keys)) return;  // the whole block leaves together
   const int L = keys.length, begin = keys.begin, end = keys.end, tiles = keys.tiles;
-  // every tile is read by the consumers' 8 warps
-  if (tid == 0) init_barriers(&q_map, &k_map, q_full, full0, empty0, Lay::stages, 8);
+  // Readers of each half: stage 0 holds the even tiles (consumer 0's): its left half is read by
+  // consumer 0 alone (S, its P·V), its right half by both (consumer 1's P·V reads V_R and P); stage
+  // 1 holds the odd tiles (consumer 1's), both halves read by both. One arrival per reading warp.
+  if (tid == 0) {
+    sm90::prefetch_tensor_map(&q_map);
+    sm90::prefetch_tensor_map(&k_map);
+    sm90::mbarrier_init(q_full, 1);
+    for (int c = 0; c < Lay::stages * Lay::chunks; ++c) sm90::mbarrier_init(full0 + 8 * c, 1);
+    for (int h = 0; h < 2 * Lay::stages; ++h) sm90::mbarrier_init(empty0 + 8 * h, h == 0 ? 4 : 8);
+    sm90::mbarrier_init_fence();
+  }
   __syncthreads();  // the last block-wide barrier: the producer's idle threads leave below
 
   const int warpgroup = sm90::warp_uniform(tid >> 7);
@@ -142,9 +212,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (warpgroup == 0) {
     // ---- producer ----
     sm90::release_registers<kProducerRegisters>();
-    if (tid == 0)
-      produce_tiles<KC, Lay::stages>(&q_map, &k_map, keys, static_cast<int>(row0), 1, base, q_full, stage(0), full0,
-                                     empty0);
+    if (tid == 0) produce_chunks(&q_map, &k_map, keys, static_cast<int>(row0), base);
     return;
   }
 
@@ -174,10 +242,16 @@ __global__ void __launch_bounds__(kThreads, 1)
   unsigned pa[kKeys / 16][4];
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
 
-  const auto wait_tile = [&](int j) { sm90::mbarrier_wait(full0 + 8 * (j & 1), (j >> 1) & 1); };
-  const auto release = [&](int j) {  // this warp is done with tile j's stage
+  const auto full_chunks = [&](int j) { return full0 + 8 * (j & 1) * Lay::chunks; };
+  // Waits for chunks c0 .. c1 - 1 of tile j (landed long ago where the owner handed P over: the
+  // wait makes the copy visible to this consumer).
+  const auto wait_chunks = [&](int j, int c0, int c1) {
+    for (int c = c0; c < c1; ++c) sm90::mbarrier_wait(full_chunks(j) + 8 * c, (j >> 1) & 1);
+  };
+  // This warp is done with a half of tile j's stage (0 left, 1 right).
+  const auto release = [&](int j, int half) {
     __syncwarp();
-    if (lane == 0) sm90::mbarrier_arrive(empty0 + 8 * (j & 1));
+    if (lane == 0) sm90::mbarrier_arrive(empty0 + 8 * (2 * (j & 1) + half));
   };
   // The owner's softmax of tile j (its S waited for): m raised over it, l scaled, base for the exponentials.
   const auto maxima = [&](int j, float (&alpha)[2], float (&bases)[2]) {
@@ -221,9 +295,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int ja = 2 * p, jb = ja + 1;
     const bool has_b = jb < tiles;
     if (wg == 0) {
-      wait_tile(ja);
-      sm90::wgmma_fence();
-      scores<DK>(sc, base, stage(ja));
+      scores_by_chunk<DK>(sc, base, stage(ja), full_chunks(ja), (ja >> 1) & 1, fine);
       sm90::wgmma_commit();
       sm90::wgmma_wait<0>();
       sm90::fence_registers(sc);
@@ -253,27 +325,29 @@ __global__ void __launch_bounds__(kThreads, 1)
       store_probabilities(base_ptr + (stage(ja) - base) + Lay::p_offset, sc, beta, warp, g, t);
       sm90::fence_proxy_async_shared();
       sm90::named_barrier_arrive(kProbsA, 256);
+      if (fine) release(ja, 1);  // done with the right half: S, the tail, P_a written
       sm90::wgmma_wait<0>();
       sm90::fence_registers(o0);
       sm90::fence_registers(o1);
-      release(ja);
+      release(ja, 0);  // the left half's last reader: the next even tile's first chunks may land
+      if (!fine) release(ja, 1);
       scale_o(beta);
       if (has_b) {
         sm90::named_barrier_sync(kProbsB, 256);
-        wait_tile(jb);  // landed long ago; the wait makes the copy visible to this consumer
+        wait_chunks(jb, 0, Lay::left_chunks);
+        wait_chunks(jb, Lay::chunks - 1, Lay::chunks);
         sm90::wgmma_fence();
         accumulate_pv_shared(o0, o1, stage(jb) + Lay::p_offset, stage(jb) + v_offset);
         sm90::wgmma_commit();
         sm90::wgmma_wait<0>();
         sm90::fence_registers(o0);
         sm90::fence_registers(o1);
-        release(jb);  // at once: the producer's next copy into it overlaps the next pair's S_a
+        release(jb, 0);  // at once: the producer's next copy into it overlaps the next pair's S_a
+        release(jb, 1);
       }
     } else {
       if (has_b) {
-        wait_tile(jb);
-        sm90::wgmma_fence();
-        scores<DK>(sc, base, stage(jb));
+        scores_by_chunk<DK>(sc, base, stage(jb), full_chunks(jb), (jb >> 1) & 1, fine);
         sm90::wgmma_commit();
       }
       sm90::named_barrier_sync(kMaxA, 256);
@@ -296,6 +370,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
         for (int r = 0; r < 2; ++r) gamma[r] *= alpha[r];
         zero_tail(jb);
+        if (fine) release(jb, 0);  // done with the left half: S, the tail (consumer 0's P·V reads it still)
         to_a_operand(pa, sc);
         const float one[2] = {1.f, 1.f};
         store_probabilities(base_ptr + (stage(jb) - base) + Lay::p_offset, sc, one, warp, g, t);
@@ -304,7 +379,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       scale_o(gamma);  // no product in flight: the previous pair's were waited for
       sm90::named_barrier_sync(kProbsA, 256);
-      wait_tile(ja);  // landed long ago; the wait makes the copy visible to this consumer
+      wait_chunks(ja, Lay::left_chunks, Lay::chunks);  // the right half: V_R and P_a
       if (has_b) {
         // P_b's registers are final before the fence (else the compiler may sink their packing
         // past it, and ptxas then fences again before the product that reads them).
@@ -318,11 +393,12 @@ __global__ void __launch_bounds__(kThreads, 1)
         accumulate_pv(o0, o1, pa, stage(jb) + v_offset);
         sm90::wgmma_commit();
         sm90::wgmma_wait<1>();  // groups complete in order: P_a·V_a is done
-        release(ja);
+        release(ja, 1);         // (the even tiles' left half is consumer 0's alone)
         sm90::wgmma_wait<0>();
         sm90::fence_registers(o0);
         sm90::fence_registers(o1);
-        release(jb);
+        if (!fine) release(jb, 0);
+        release(jb, 1);
       } else {
         sm90::wgmma_fence();
         accumulate_pv_shared(o0, o1, stage(ja) + Lay::p_offset, stage(ja) + v_offset);
@@ -330,7 +406,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         sm90::wgmma_wait<0>();
         sm90::fence_registers(o0);
         sm90::fence_registers(o1);
-        release(ja);
+        release(ja, 1);
       }
     }
   }
