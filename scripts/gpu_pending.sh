@@ -58,6 +58,8 @@
 #   profile-fp8-gemm  Nsight Compute's sections (speed of light, warp states, scheduler, memory) on
 #           one launch of the Hopper FP8 GEMM at 4096 x 7168 x 16384, turns on and off, to say what
 #           limits it (bench_fp8_gemm_cuda --shape)                     -> docs/fp8-gemm.md
+#   profile-fp8-gemm-source  the same launch under Nsight Compute's SourceCounters (the sampled
+#           stalls per instruction): which barrier the warps wait at      -> docs/fp8-gemm.md
 #   fp8-uniform-ab  the FP8 GEMMs with the uniform warpgroup index (2026-12-06, later) against the
 #           tree in $OLD_TREE (made with `git archive 0b03c92 | tar -x -C build-ab/old`, carried):
 #           the FP8 and bf16 grouped GEMM tests, then both builds' bench_fp8_gemm_cuda alternating new, old, new, old
@@ -407,6 +409,16 @@ for phase in "$@"; do
           "$BUILD/benchmarks/bench_fp8_gemm_cuda" --shape 4096,7168,16384 > "$OUT/profile_fp8_gemm_$turns.txt" 2>&1 || rc=1
         grep -E "Duration|Throughput|Issue Slots|Eligible|Stall|Tensor" "$OUT/profile_fp8_gemm_$turns.txt" | head -30
       done
+      ;;
+    profile-fp8-gemm-source)
+      # Where the FP8 GEMM's warps stall, instruction by instruction (2026-12-07's profile: a
+      # hardware barrier is the top stall reason with turns on and off): the SourceCounters
+      # section's sampled stalls per SASS instruction, the top ones printed.
+      build bench_fp8_gemm_cuda
+      timeout 240 ncu --clock-control none -k regex:fp8_gemm_kernel --launch-skip 3 --launch-count 1 \
+        --section SourceCounters --section WarpStateStats --print-details all \
+        "$BUILD/benchmarks/bench_fp8_gemm_cuda" --shape 4096,7168,16384 > "$OUT/profile_fp8_gemm_source.txt" 2>&1 || rc=1
+      grep -iE -A12 "Warp Stall Sampling|stall" "$OUT/profile_fp8_gemm_source.txt" | head -60
       ;;
     fp8-uniform-ab)
       [ -d "${OLD_TREE:-}" ] || { echo "fp8-uniform-ab needs OLD_TREE (a source tree to compare against)"; exit 2; }
