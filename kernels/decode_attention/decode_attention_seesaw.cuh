@@ -149,25 +149,17 @@ __device__ __forceinline__ void produce_chunks(const CUtensorMap* q_map, const C
 
 // S = Q·Kᵀ for one tile (scores<DK> of hopper_common.cuh), issued chunk by chunk as each of the
 // tile's chunks lands (`fine`; else after all of them: KILN_DECODE_SEESAW_CHUNKS=off, to compare).
+// A fence before each chunk's products: the accumulators are in flight across the wait's branch,
+// and ptxas would insert it otherwise (CUTLASS's main loops fence every k block too).
 template <int DK>
 __device__ __forceinline__ void scores_by_chunk(float (&sc)[kKeys / 2], std::uint32_t q_addr, std::uint32_t k_addr,
                                                 std::uint32_t full_chunks, std::uint32_t parity, bool fine) {
-  constexpr int KC = chunks(DK);
   if (!fine)
-    for (int c = 0; c < KC; ++c) sm90::mbarrier_wait(full_chunks + 8 * c, parity);
-#pragma unroll
-  for (int c = 0; c < KC; ++c) {
+    for (int c = 0; c < chunks(DK); ++c) sm90::mbarrier_wait(full_chunks + 8 * c, parity);
+  scores<DK>(sc, q_addr, k_addr, [&](int c) {
     if (fine) sm90::mbarrier_wait(full_chunks + 8 * c, parity);
-    // A fence before each chunk's products (the accumulators are in flight across the wait's
-    // branch, and ptxas would insert it otherwise; CUTLASS's main loops fence every k block too).
     sm90::wgmma_fence();
-#pragma unroll
-    for (int x = 0; x < 4; ++x) {
-      const std::uint32_t in_row = x * 32;
-      sm90::WgmmaBf16<kKeys>::ss(sc, sm90::smem_descriptor_k_major_sw128(q_addr + c * 64 * 128 + in_row),
-                                  sm90::smem_descriptor_k_major_sw128(k_addr + c * kKeys * 128 + in_row), c + x > 0);
-    }
-  }
+  });
 }
 
 template <int DK, int DV>

@@ -1,7 +1,8 @@
 // What the two Hopper decode kernels share (decode_attention_hopper.cuh at kiln's (288, 256),
-// decode_attention_seesaw.cuh at DeepSeek-V3's (576, 512)): the block's keys and its early exits,
-// the producer's TMA loop, the products of one 64-key tile, the zeroed tail of a split's last tile
-// and the results' store. Both are blocks of 3 warpgroups (a producer, two consumers) over tiles
+// decode_attention_seesaw.cuh at DeepSeek-V3's (576, 512)): the block's rows, keys and early
+// exits, the barriers' setup and the producer's TMA loop (the first kernel's; the seesaw kernel
+// has its own, with a barrier per column chunk), the products of one 64-key tile, the zeroed tail
+// of a split's last tile and the results' store. Both are blocks of 3 warpgroups (a producer, two consumers) over tiles
 // of 64 keys in the layouts of attention_hopper.cuh: a tile of 64 rows x D elements is ceil(D / 64)
 // column chunks of 64 rows x 128 bytes, written by TMA with the 128-byte swizzle, each chunk
 // 1024-byte aligned; Q's 64-row slots have the same shape, so a Q slot and a key tile take the
@@ -117,15 +118,26 @@ __device__ __forceinline__ void produce_tiles(const CUtensorMap* q_map, const CU
 }
 
 // S = Q·Kᵀ for one 64 x kKeys tile over DK columns: DK / 16 wgmma m64n64k16, the first
-// overwriting S; A = 64 Q rows, B = the key tile, both K-major from shared memory.
+// overwriting S; A = 64 Q rows, B = the key tile, both K-major from shared memory, in column
+// chunks of 64 (4 k steps each; dk 288's last chunk has 2). before_chunk(c) runs before chunk c's
+// products (the seesaw kernel waits there for the chunk's copy: decode_attention_seesaw.cuh).
+template <int DK, class BeforeChunk>
+__device__ __forceinline__ void scores(float (&sc)[kKeys / 2], std::uint32_t q_addr, std::uint32_t k_addr,
+                                       BeforeChunk&& before_chunk) {
+#pragma unroll
+  for (int c = 0; c < chunks(DK); ++c) {
+    before_chunk(c);
+#pragma unroll
+    for (int x = 0; x < 4 && 4 * c + x < DK / 16; ++x) {
+      const std::uint32_t in_row = x * 32;  // 16 columns into the chunk's 128-byte rows
+      sm90::WgmmaBf16<kKeys>::ss(sc, sm90::smem_descriptor_k_major_sw128(q_addr + c * 64 * 128 + in_row),
+                                  sm90::smem_descriptor_k_major_sw128(k_addr + c * kKeys * 128 + in_row), c + x > 0);
+    }
+  }
+}
 template <int DK>
 __device__ __forceinline__ void scores(float (&sc)[kKeys / 2], std::uint32_t q_addr, std::uint32_t k_addr) {
-#pragma unroll
-  for (int kk = 0; kk < DK / 16; ++kk) {
-    const std::uint32_t chunk = kk >> 2, in_row = (kk & 3) * 32;  // chunk of 64 columns, 16 columns into its rows
-    sm90::WgmmaBf16<kKeys>::ss(sc, sm90::smem_descriptor_k_major_sw128(q_addr + chunk * 64 * 128 + in_row),
-                                sm90::smem_descriptor_k_major_sw128(k_addr + chunk * kKeys * 128 + in_row), kk > 0);
-  }
+  scores<DK>(sc, q_addr, k_addr, [](int) {});
 }
 
 // O += P·V over 256 value columns from v_addr (four chunks: two m64n128k16 a k step of 16 keys,
