@@ -169,7 +169,8 @@ __global__ void __launch_bounds__(kThreads, 1)
                                    bool fine) {
   static_assert(DK == kSeesawDk && DV == kSeesawDv, "the seesaw kernel's layout is DeepSeek-V3's (576, 512)");
   using Lay = SeesawLayout;
-  constexpr int KC = chunks(DK), VC = DV / 64;
+  static_assert(chunks(DK) == SeesawLayout::chunks, "a barrier per column chunk");
+  constexpr int VC = DV / 64;
   constexpr float kLog2e = 1.4426950408889634f;
   extern __shared__ __align__(16) unsigned char decode_seesaw_smem[];
   const std::uint32_t raw = sm90::shared_address(decode_seesaw_smem);
