@@ -347,8 +347,10 @@ int main(int argc, char** argv) {
   // composed peer), no DeepSeek-V3 sizes or cache writes: a short GPU call.
   quick = argc > 1 && std::string(argv[1]) == "--quick";
   const bool deepseek_only = argc > 1 && std::string(argv[1]) == "--deepseek";
-  if (argc > 1 && !quick && !deepseek_only) {
-    std::printf("usage: bench_paged_decode_cuda [--quick | --deepseek]\n");
+  // --long: the long-context shapes only (the memory-bound target's), both head-dim sets.
+  const bool long_only = argc > 1 && std::string(argv[1]) == "--long";
+  if (argc > 1 && !quick && !deepseek_only && !long_only) {
+    std::printf("usage: bench_paged_decode_cuda [--quick | --deepseek | --long]\n");
     return 2;
   }
   if (!bench::open_device()) return 0;
@@ -361,6 +363,16 @@ int main(int argc, char** argv) {
   if (deepseek_only) {
     bench_deepseek_v3_sizes(meter, 32, 2, 128, 4096, false);
     bench_deepseek_v3_sizes(meter, 32, 1, 128, 4096, false);
+    bench_deepseek_v3_sizes(meter, 32, 1, 16, 4096, false);
+    return 0;
+  }
+  if (long_only) {
+    quick = true;  // the kernels' rows only
+    bench_attention(meter, 16, 1, std::vector<std::int64_t>(32, 4096), "4096");
+    bench_attention(meter, 16, 2, std::vector<std::int64_t>(32, 4096), "4096");
+    bench_attention(meter, 16, 1, std::vector<std::int64_t>(4, 32768), "32768");
+    bench_attention(meter, 4, 1, std::vector<std::int64_t>(32, 4096), "4096");
+    bench_attention(meter, 4, 1, std::vector<std::int64_t>(4, 32768), "32768");
     bench_deepseek_v3_sizes(meter, 32, 1, 16, 4096, false);
     return 0;
   }

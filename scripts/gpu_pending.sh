@@ -79,6 +79,11 @@
 #           bench_paged_decode_cuda --deepseek (its three DeepSeek-V3 shapes) with the per-chunk
 #           barriers on, off, on, off (KILN_DECODE_SEESAW_CHUNKS)   -> docs/mla.md
 #   engine-hopper  hopper-decode without the kernel tests (after seesaw in the same call)
+#   session-build, combine-tests, combine-bench, swiglu  (2026-12-07, later) after the decode's split
+#           combine rewrite (PDL) and the grouped GEMMs' SwiGLU epilogues: everything built in one
+#           ninja run; the decode, FP8 latent, grouped GEMM, MoE and engine GPU tests; the long-context
+#           decode rows against $OLD_TREE; the nn GPU tests, bench_moe_cuda and pretrain with the
+#           epilogues on and off (KILN_MOE_SWIGLU_EPILOGUE)          -> docs/mla.md, docs/moe.md
 #   profile-fp8  the GPU time of each kernel in 30 steps of bf16 and of FP8 training (nsys when the
 #           machine has it)                                          -> docs/fp8-gemm.md
 # Usage: scripts/gpu_pending.sh PHASE [PHASE ...]   (on the lent machine: OUT=$OUT, logs under it)
@@ -97,7 +102,8 @@ BUILD_LOGS=${BUILD_LOGS:-$OUT}  # configure.log and build.log (elsewhere when $O
 mkdir -p "$OUT" "$BUILD_LOGS"
 phases="build|tests|quantize|quantize-quick|fp8|fp8-ablations|fp8-parts|fp8-seeds|bench|bench-key-groups|bench-fp8"
 phases+="|key-groups-ab|verify|steps|changes|profile-decode|decode-step|profile-speculative|decode-fp8|latent-recheck"
-phases+="|profile-fp8-gemm|fp8-uniform-ab|hopper-decode"
+phases+="|profile-fp8-gemm|profile-fp8-gemm-source|fp8-uniform-ab|hopper-decode|seesaw|engine-hopper"
+phases+="|session-build|combine-tests|combine-bench|swiglu"
 [ $# -gt 0 ] || { echo "usage: $0 $phases|profile-fp8 ..."; exit 2; }
 
 . scripts/carried_deps.sh
@@ -440,7 +446,11 @@ for phase in "$@"; do
       done
       ;;
     hopper-decode | seesaw | engine-hopper)
-      build test_kernels_cuda test_train_infer_rl_cuda bench_paged_decode_cuda bench_grpo_cuda
+      if [ "$phase" = seesaw ]; then
+        build test_kernels_cuda bench_paged_decode_cuda
+      else
+        build test_kernels_cuda test_train_infer_rl_cuda bench_paged_decode_cuda bench_grpo_cuda
+      fi
       if [ "$phase" != engine-hopper ]; then
         timeout 240 "$BUILD/tests/test_kernels_cuda" --gtest_filter='PagedDecodeAttentionCuda.*:FusedAttentionCuda.*' \
           > "$OUT/test_kernels.log" 2>&1 || rc=1
@@ -478,6 +488,68 @@ for phase in "$@"; do
           > "$OUT/bench_paged_decode.log" 2>&1 || rc=1
         grep -cE "Hopper" "$OUT/bench_paged_decode.log"
       fi
+      ;;
+    session-build)
+      # Everything combine-tests, combine-bench and swiglu use, in one ninja run (and the old tree's
+      # decode benchmark beside it when $OLD_TREE is given).
+      if [ -d "${OLD_TREE:-}" ]; then
+        configure_release "$OLD_TREE" /tmp/kb_old "$BUILD_LOGS/configure_old.log"
+        ninja -C /tmp/kb_old -j 4 bench_paged_decode_cuda > "$BUILD_LOGS/build_old.log" 2>&1 &
+        old_build=$!
+      fi
+      build test_kernels_cuda test_train_infer_rl_cuda test_nn_cuda bench_paged_decode_cuda bench_moe_cuda pretrain
+      [ -n "${old_build:-}" ] && { wait $old_build || { echo "old build failed"; tail -20 "$BUILD_LOGS/build_old.log"; }; }
+      ;;
+    combine-tests)
+      # After the split combine's rewrite (2026-12-07, later: a block per (row, 64 columns), the
+      # splits over 4 groups of threads, launched as a programmatic dependent of the decode kernel)
+      # and the grouped GEMMs' SwiGLU epilogues: the decode kernels' tests, the FP8 latent cache's,
+      # the grouped GEMMs' and the MoE kernels', then the engine's.
+      build test_kernels_cuda test_train_infer_rl_cuda
+      timeout 240 "$BUILD/tests/test_kernels_cuda" \
+        --gtest_filter='PagedDecodeAttentionCuda.*:LatentFp8CacheCuda.*:LatentCacheWriteCuda.*:Grouped*:Moe*' \
+        > "$OUT/test_kernels.log" 2>&1 || rc=1
+      grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure|Expected|Which is" "$OUT"/test_kernels.log | head -30
+      timeout 150 "$BUILD/tests/test_train_infer_rl_cuda" --gtest_filter='EngineCuda.*:-EngineCuda.BigConfigThroughput' \
+        > "$OUT/test_engine.log" 2>&1 || rc=1
+      grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT"/test_engine.log | head -30
+      ;;
+    combine-bench)
+      # The long-context decode rows against the tree in $OLD_TREE (git archive of the commit before,
+      # with this tree's bench_paged_decode_cuda.cpp copied in for --long): new, old, new without
+      # PDL (KILN_DECODE_PDL=off), new, old.
+      build bench_paged_decode_cuda
+      for run in new old new-nopdl new old; do
+        [ $SECONDS -lt "${DEADLINE:-540}" ] || { echo "deadline: $run not run"; continue; }
+        bin="$BUILD/benchmarks/bench_paged_decode_cuda"
+        [ $run = old ] && bin=/tmp/kb_old/benchmarks/bench_paged_decode_cuda
+        [ -x "$bin" ] || { echo "$run: no binary"; continue; }
+        pdl=on
+        [ $run = new-nopdl ] && pdl=off
+        KILN_DECODE_PDL=$pdl timeout 100 "$bin" --long >> "$OUT/bench_long_$run.log" 2>&1 || rc=1
+        echo "$run: $(grep -A1 'Hopper' "$OUT/bench_long_$run.log" | grep -oE 'ratio [0-9.]+' | tr '\n' ' ')"
+      done
+      ;;
+    swiglu)
+      # The grouped GEMMs' SwiGLU epilogues in the MoE layer (ops/grouped_swiglu_mlp.hpp): the
+      # modules' and models' GPU tests, bench_moe_cuda's layer rows with the epilogues on and off
+      # (KILN_MOE_SWIGLU_EPILOGUE), then pretrain --config big 200 steps on, off, on, off.
+      build test_nn_cuda bench_moe_cuda pretrain
+      timeout 200 "$BUILD/tests/test_nn_cuda" > "$OUT/test_nn.log" 2>&1 || rc=1
+      grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT"/test_nn.log | head -30
+      for epilogue in on off; do
+        [ $SECONDS -lt "${DEADLINE:-540}" ] || { echo "deadline: bench_moe $epilogue not run"; continue; }
+        KILN_MOE_SWIGLU_EPILOGUE=$epilogue timeout 120 "$BUILD/benchmarks/bench_moe_cuda" > "$OUT/bench_moe_$epilogue.log" 2>&1 || rc=1
+        echo "moe $epilogue: $(grep -E 'MoE layer|DeepSeek-V3-style' "$OUT/bench_moe_$epilogue.log" | tail -2 | tr -s ' ' | tr '\n' ' ')"
+      done
+      for round in 1 2; do
+        for epilogue in on off; do
+          [ $SECONDS -lt "${DEADLINE:-540}" ] || { echo "deadline: pretrain $epilogue $round not run"; continue; }
+          KILN_MOE_SWIGLU_EPILOGUE=$epilogue timeout 100 "$BUILD/examples/pretrain" --device cuda --config big --steps 200 \
+            --log-every 100 --eval-every 1000 --samples 0 --seed 1 > "$OUT/pretrain_${epilogue}_$round.log" 2>&1 || rc=1
+          echo "pretrain $epilogue $round: $(grep -E '^(step 200|done)' "$OUT/pretrain_${epilogue}_$round.log" | tr '\n' ' ')"
+        done
+      done
       ;;
     profile-speculative)
       build bench_grpo_cuda

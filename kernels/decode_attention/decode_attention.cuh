@@ -267,6 +267,7 @@ __device__ __forceinline__ void fp8_latent_scores(const fp8_e4m3* lat, const flo
 // zeros: those padding heads compute finite, unused values and are never written.
 template <class T, int CPL, int NG, bool kVec, bool kFp8 = false>
 __global__ void __launch_bounds__(kThreads, 1) decode_attention_kernel(DecodeAttentionArgs a, int heads_per_block) {
+  allow_dependent_launch();  // the split combine may start as this grid's blocks leave (split_combine.cuh)
   using C = compute_of<T>;
   constexpr int HC = kGroup * NG;
   constexpr int kCols = 32 * CPL;                       // columns of one warp's accumulator
@@ -783,11 +784,7 @@ inline void launch_decode_attention(const DecodeAttentionArgs& a) {
       }
       return go(std::integral_constant<int, 1>{});
     }();
-    if (l.splits > 1) {
-      decode_combine_kernel<T><<<static_cast<unsigned>(a.count * a.queries * a.heads), kCombineThreads, 0,
-                                 a.launch.stream>>>(a);
-      KILN_CUDA_CHECK_LAUNCH();
-    }
+    if (l.splits > 1) launch_decode_combine<T>(a);
   });
 }
 

@@ -114,6 +114,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     decode_attention_hopper_kernel(const __grid_constant__ CUtensorMap q_map,
                                    const __grid_constant__ CUtensorMap k_map, const DecodeAttentionArgs a,
                                    bool pingpong) {
+  allow_dependent_launch();  // the split combine may start as this grid's blocks leave (split_combine.cuh)
   using Lay = Layout<SHARED_ROWS>;
   constexpr int KC = chunks(kDk), VC = kDv / 64, kStages = Lay::stages;
   constexpr float kLog2e = 1.4426950408889634f;
@@ -383,11 +384,7 @@ inline void launch_decode_attention_hopper(const DecodeAttentionArgs& a) {
     launch(decode_attention_hopper_kernel<false>, Layout<false>::bytes);
   }
   record_kernel_variant("decode_attention", "wgmma");
-  if (a.splits > 1) {
-    decode_combine_kernel<bf16><<<static_cast<unsigned>(a.count * a.queries * a.heads), kCombineThreads, 0,
-                                  a.launch.stream>>>(a);
-    KILN_CUDA_CHECK_LAUNCH();
-  }
+  if (a.splits > 1) launch_decode_combine<bf16>(a);
 }
 
 }  // namespace kiln::kernels::decode_attention::hopper

@@ -115,6 +115,7 @@ constexpr std::size_t mma_merge_bytes() {
 // each over 64 / G keys of every tile, their states merged at the end (header).
 template <int DK, int DV, int G>
 __global__ void __launch_bounds__(mma_threads<DV>()) decode_attention_mma_kernel(DecodeAttentionArgs a) {
+  allow_dependent_launch();  // the split combine may start as this grid's blocks leave (split_combine.cuh)
   using T = bf16;
   constexpr int SK = DK + 8;
   constexpr int kThreadsHere = mma_threads<DV>();
@@ -375,11 +376,7 @@ inline void launch_decode_attention_mma(const DecodeAttentionArgs& a) {
   if (a.dk == 576) with_groups(std::integral_constant<int, 576>{}, std::integral_constant<int, 512>{});
   else with_groups(std::integral_constant<int, 288>{}, std::integral_constant<int, 256>{});
   record_kernel_variant("decode_attention", "mma");
-  if (a.splits > 1) {
-    decode_combine_kernel<bf16><<<static_cast<unsigned>(a.count * a.queries * a.heads), kCombineThreads, 0,
-                                  a.launch.stream>>>(a);
-    KILN_CUDA_CHECK_LAUNCH();
-  }
+  if (a.splits > 1) launch_decode_combine<bf16>(a);
 }
 
 }  // namespace kiln::kernels::decode_attention

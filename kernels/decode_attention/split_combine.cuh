@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "kiln/core/environment.hpp"
+#include "kiln/kernels/common/dependent_launch.cuh"
 #include "kiln/kernels/common/element.cuh"
 #include "kiln/kernels/common/reduce.cuh"
 #include "kiln/kernels/decode_attention/args.hpp"
@@ -16,7 +18,7 @@
 namespace kiln::kernels::decode_attention {
 
 constexpr int kSplitKeys = 256;  // keys a sequence split keeps at least (of the capacity)
-constexpr int kCombineThreads = 128;
+constexpr int kCombineThreads = 256;
 
 template <class T>
 using compute_of = std::conditional_t<std::is_same_v<T, double>, double, float>;
@@ -104,20 +106,41 @@ inline int sequence_splits(std::int64_t blocks, std::int64_t capacity, int sms, 
   return static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>({by_sms, by_keys, kDecodeMaxSplits})));
 }
 
-// The sequence split's second step: one block per query row (batch row, query, head) combines
-// that row's `splits` partial states in split order (args.hpp: the workspace layout).
+// The sequence split's second step: combines each query row's `splits` partial states (args.hpp:
+// the workspace layout), out = sum_s w_s acc_s / sum_s w_s l_s with w_s = e^(m_s - max m).
+//
+// Work split. One block per (query row, slice of kCombineColumns value columns), so that a few
+// rows still spread over the machine (4 sequences x 16 heads x 256 values: 256 blocks, not 64).
+// The block's 256 threads are kCombineGroups groups of 64 columns; group g sums splits g, g + 4,
+// ..., and the four partial sums are added in group order: the same bits every run. Why not one
+// thread a column over every split: the workspace is read once, from L2 (the first kernel just
+// wrote it), and the time is the loads' latency; 33 splits in a row at ~0.5 us a round of loads
+// were several microseconds, a tenth of a long memory-bound decode (docs/mla.md). Here each
+// thread has a quarter of the splits, unrolled, in flight together.
+//
+// Launched as a programmatic dependent of the decode kernel (common/dependent_launch.cuh): the
+// weights' and the workspace's reads wait for it; its launch overlaps the decode's last blocks.
+constexpr int kCombineGroups = 4;
+constexpr int kCombineColumns = kCombineThreads / kCombineGroups;
+
 template <class T>
 __global__ void __launch_bounds__(kCombineThreads) decode_combine_kernel(DecodeAttentionArgs a) {
   using C = compute_of<T>;
   constexpr C kNegInf = -static_cast<C>(INFINITY);
   __shared__ C weight_s[kDecodeMaxSplits];
+  __shared__ C partial_s[kCombineGroups][kCombineColumns];
   __shared__ C total_s;
-  const std::int64_t r = blockIdx.x;
-  const int splits = a.splits, dv = a.dv;
+  const int dv = a.dv, slices = (dv + kCombineColumns - 1) / kCombineColumns;
+  const std::int64_t r = blockIdx.x / slices;
+  const int thread = static_cast<int>(threadIdx.x);
+  const int column = thread % kCombineColumns, group = thread / kCombineColumns;
+  const int c = static_cast<int>(blockIdx.x % slices) * kCombineColumns + column, splits = a.splits;
   const C* const ml = static_cast<const C*>(a.workspace) + r * splits * 2;
-  const C* const acc = static_cast<const C*>(a.workspace) + a.count * a.queries * a.heads * splits * 2 + r * splits * dv;
-  if (threadIdx.x < 32) {  // warp 0: the weights, each lane over splits lane, lane + 32, ...
-    const int lane = static_cast<int>(threadIdx.x);
+  const C* const acc =
+      static_cast<const C*>(a.workspace) + a.count * a.queries * a.heads * splits * 2 + r * splits * dv;
+  wait_for_prior_grid();
+  if (thread < 32) {  // warp 0: the weights, each lane over splits lane, lane + 32, ...
+    const int lane = thread;
     C mx = kNegInf;
     for (int s = lane; s < splits; s += 32) mx = ::max(mx, ml[2 * s]);
     mx = warp_all_reduce(mx, Max{});
@@ -131,13 +154,39 @@ __global__ void __launch_bounds__(kCombineThreads) decode_combine_kernel(DecodeA
     if (lane == 0) total_s = total;
   }
   __syncthreads();
-  const C total = total_s;
-  T* const out = static_cast<T*>(a.out) + r * dv;
-  for (int c = static_cast<int>(threadIdx.x); c < dv; c += kCombineThreads) {
-    C sum = 0;
-    for (int s = 0; s < splits; ++s) sum += weight_s[s] * acc[static_cast<std::int64_t>(s) * dv + c];
-    out[c] = store<T>(total > 0 ? sum / total : C(0));
+  C sum = 0;
+  if (c < dv) {
+#pragma unroll 4
+    for (int s = group; s < splits; s += kCombineGroups)
+      sum += weight_s[s] * acc[static_cast<std::int64_t>(s) * dv + c];
   }
+  partial_s[group][column] = sum;
+  __syncthreads();
+  if (group == 0 && c < dv) {
+    C value = partial_s[0][column];
+#pragma unroll
+    for (int g = 1; g < kCombineGroups; ++g) value += partial_s[g][column];
+    const C total = total_s;
+    static_cast<T*>(a.out)[r * dv + c] = store<T>(total > 0 ? value / total : C(0));
+  }
+}
+
+// KILN_DECODE_PDL=off in the environment launches the combine as an ordinary kernel (comparisons).
+inline bool decode_combine_dependent() {
+  static const bool on = !environment_is("KILN_DECODE_PDL", "off");
+  return on;
+}
+
+// The combine after a split decode (a.splits > 1) on a.launch's stream. The decode kernels call
+// allow_dependent_launch() at their start, so on sm_90 the combine's blocks are scheduled as the
+// decode's last blocks leave.
+template <class T>
+void launch_decode_combine(const DecodeAttentionArgs& a) {
+  const std::int64_t slices = (a.dv + kCombineColumns - 1) / kCombineColumns;
+  const std::int64_t blocks = a.count * a.queries * a.heads * slices;
+  check(blocks <= 2147483647, "decode_attention", "the split combine's ", blocks, " blocks exceed the grid's limit");
+  launch_after_prior_grid(decode_combine_dependent(), a.launch.device, decode_combine_kernel<T>,
+                          dim3(static_cast<unsigned>(blocks)), dim3(kCombineThreads), 0, a.launch.stream, a);
 }
 
 }  // namespace kiln::kernels::decode_attention

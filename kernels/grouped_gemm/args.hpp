@@ -19,6 +19,20 @@ enum class GroupedGemmKind {
   wgrad,    // dW [G, N, K]: dW_g = dy_gᵀ · x_g, summed over the group's rows (zero for an empty group)
 };
 
+// What the kernel does with the product before it is stored (the expert MLP's SwiGLU fused into
+// its GEMMs; ops/grouped_swiglu_mlp.hpp). math::Swiglu / math::SwigluGrad of kiln/math/swiglu.hpp,
+// in float, on the products rounded to the 16-bit type: the arithmetic of grouped_linear followed
+// by kiln::swiglu, without the [R, 2I] round trip between them.
+enum class GroupedGemmEpilogue {
+  none,
+  // forward over W [G, 2I, K] (each expert's gate rows, then its up rows; N = 2I, I a multiple of
+  // 8): gate_up [R, 2I] receives the product (the backward's input), out [R, I] silu(gate)·up.
+  swiglu,
+  // dgrad of the MLP's second product (W [G, H, I]: N = H, K = I): with da = dy·W_g rounded, out
+  // [R, 2I] receives the SwiGLU's gradients d_gate | d_up at gate_up's gate | up (read).
+  swiglu_backward,
+};
+
 // Which kernel runs (grouped_gemm.cuh's launcher). automatic: the Hopper kernel where the GPU and
 // the arguments allow it (grouped_gemm_hopper_supports), unless the environment variable
 // KILN_GROUPED_GEMM=plain (read once per process) turns it off; else the plain kernel.
@@ -43,6 +57,8 @@ struct GroupedGemmArgs {
   int groups = 0, n = 0, k = 0;            // G, N (out features), K (in features); N, K multiples of 8
   GroupedGemmKernel implementation = GroupedGemmKernel::automatic;
   int hopper_block_n = 0;                  // the Hopper kernel's tile width: 128, 256, or 0 (chosen by shape)
+  GroupedGemmEpilogue epilogue = GroupedGemmEpilogue::none;
+  void* gate_up = nullptr;                 // the SwiGLU epilogues' [R, 2I]: written (swiglu), read (backward)
 };
 
 }  // namespace kiln::kernels

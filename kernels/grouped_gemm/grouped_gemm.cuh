@@ -53,6 +53,7 @@
 #include "kiln/kernels/grouped_gemm/args.hpp"
 #include "kiln/kernels/grouped_gemm/group_rows.cuh"
 #include "kiln/kernels/grouped_gemm/grouped_gemm_hopper.cuh"
+#include "kiln/kernels/grouped_gemm/swiglu_epilogue.cuh"
 
 namespace kiln::kernels::grouped_gemm {
 
@@ -69,15 +70,18 @@ constexpr int stage_elements() {
 // One operand tile (128 rows of the row dim × 64 of the reduction) from global memory into shared
 // memory, 16 bytes a copy, zero-filled where row ≥ row_limit or k ≥ k_limit. base points at the
 // operand's (row 0, k 0); element (row, k) is base[row·ld + k] (KMajor) or base[k·ld + row].
+// KMajor tiles may take their last 64 rows from further down (upper_shift: the SwiGLU forward's
+// up rows, I below the gate rows of the first 64).
 template <class T, bool KMajor>
 __device__ __forceinline__ void load_operand(T* smem, const T* base, std::int64_t ld, std::int64_t row0,
-                                             std::int64_t row_limit, std::int64_t k0, std::int64_t k_limit) {
+                                             std::int64_t row_limit, std::int64_t k0, std::int64_t k_limit,
+                                             std::int64_t upper_shift = 0) {
   if constexpr (KMajor) {
     constexpr int kChunks = kBK / 8;  // per row
 #pragma unroll
     for (int i = static_cast<int>(threadIdx.x); i < kBM * kChunks; i += kThreads) {
       const int r = i / kChunks, c = (i % kChunks) * 8;
-      const std::int64_t row = row0 + r, k = k0 + c;
+      const std::int64_t row = row0 + r + (r >= kBM / 2 ? upper_shift : 0), k = k0 + c;
       const bool valid = row < row_limit && k < k_limit;
       sm80::cp_async_16(smem + r * (kBK + kPad) + c, valid ? base + row * ld + k : base, valid);
     }
@@ -119,7 +123,9 @@ __device__ __forceinline__ void b_fragments(unsigned (&b)[4], const T* smem, int
 }
 
 // What one block computes: C[row0 .., col0 ..] of C = A · B, within row_limit × col_limit, with
-// reduction length k_limit.
+// reduction length k_limit. B's tile rows: b_row0 .., below b_limit, the last 64 shifted by b_shift
+// (the SwiGLU forward, whose 64 output columns need 64 gate and 64 up rows of W_g; else col0,
+// col_limit, 0). group_start: the group's first row of R (the SwiGLU epilogues' gate_up rows).
 template <class T>
 struct BlockProblem {
   const T* a;
@@ -129,6 +135,7 @@ struct BlockProblem {
   T* c;
   std::int64_t ldc;
   std::int64_t row0, row_limit, col0, col_limit, k_limit;
+  std::int64_t b_row0 = 0, b_limit = 0, b_shift = 0, group_start = 0;
 };
 
 // The block's problem for kind: forward and dgrad through the tile scheduler over the groups
@@ -147,6 +154,8 @@ __device__ __forceinline__ bool block_problem(const GroupedGemmArgs& a, BlockPro
     // dW_g [N, K] = dy_gᵀ · x_g: A(m = n, k = r) = dy[r·N + n], B(k = r, n = k_in) = x[r·K + k_in].
     p = {dy + start * N, N, x + start * K, K, out + static_cast<std::int64_t>(g) * N * K, K,
          static_cast<std::int64_t>(blockIdx.y) * kBM, N, static_cast<std::int64_t>(blockIdx.x) * kBN, K, count};
+    p.b_row0 = p.col0;
+    p.b_limit = p.col_limit;
     return true;
   }
   __shared__ int s_group;
@@ -194,10 +203,69 @@ __device__ __forceinline__ bool block_problem(const GroupedGemmArgs& a, BlockPro
     p = {dy + start * N, N, w_g, K, out + start * K, K, 0, count, 0, K, N};
   p.row0 = s_tile * kBM;
   p.col0 = static_cast<std::int64_t>(blockIdx.x) * kBN;
+  p.b_row0 = p.col0;
+  p.b_limit = p.col_limit;
+  p.group_start = start;
+  if (a.epilogue == GroupedGemmEpilogue::swiglu) {  // 64 columns of silu(gate)·up: gate rows, then up rows
+    const std::int64_t half = N / 2;
+    p.col0 = static_cast<std::int64_t>(blockIdx.x) * (kBN / 2);
+    p.col_limit = half;
+    p.b_row0 = p.col0;
+    p.b_shift = half - kBN / 2;
+  }
   return true;
 }
 
-template <class T, bool AKMajor, bool BKMajor>
+// The SwiGLU epilogues (args.hpp, swiglu_epilogue.cuh): the block's 128 × 128 tile of products,
+// rounded to T, goes through shared memory (the stages' space, free once every warp is past the
+// k loop; rows padded by 8 elements: the fragment writes fall in distinct banks), then each thread
+// takes 16-byte row chunks. swiglu: tile columns 0-63 are gate columns col0 .., 64-127 the same up
+// columns; gate_up receives both, out silu(gate)·up. swiglu_backward: the tile is da; gate and up
+// are read from gate_up and out receives d_gate | d_up.
+template <class T, GroupedGemmEpilogue E>
+__device__ __forceinline__ void staged_epilogue(const GroupedGemmArgs& args, const BlockProblem<T>& p,
+                                                const float (&acc)[4][4][4], T* tile) {
+  constexpr int kLd = kBN + kPad;
+  const int warp = static_cast<int>(threadIdx.x >> 5), lane = static_cast<int>(threadIdx.x & 31);
+  const int warp_row = (warp >> 2) * 64, warp_col = (warp & 3) * 32, g = lane >> 2, t = lane & 3;
+  __syncthreads();  // every warp is done reading the stages
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+        *reinterpret_cast<unsigned*>(tile + (warp_row + 16 * i + g + 8 * h) * kLd + warp_col + 8 * j + 2 * t) =
+            sm80::pack2<T>(acc[i][j][2 * h], acc[i][j][2 * h + 1]);
+  __syncthreads();
+  T* const out = static_cast<T*>(args.out);
+  T* const gate_up = static_cast<T*>(args.gate_up);
+  if constexpr (E == GroupedGemmEpilogue::swiglu) {
+    const int half = args.n / 2;
+    for (int i = static_cast<int>(threadIdx.x); i < kBM * 8; i += kThreads) {
+      const int row = i / 8, chunk = i % 8;
+      const std::int64_t r = p.row0 + row, col = p.col0 + 8 * chunk;
+      if (r >= p.row_limit || col >= half) continue;
+      const std::int64_t at = (p.group_start + r) * 2 * half + col;
+      const uint4 gate = *reinterpret_cast<const uint4*>(tile + row * kLd + 8 * chunk);
+      const uint4 up = *reinterpret_cast<const uint4*>(tile + row * kLd + kBN / 2 + 8 * chunk);
+      *reinterpret_cast<uint4*>(gate_up + at) = gate;
+      *reinterpret_cast<uint4*>(gate_up + at + half) = up;
+      *reinterpret_cast<uint4*>(out + (p.group_start + r) * half + col) = swiglu_chunk<T>(gate, up);
+    }
+  } else {
+    const int half = args.k;
+    for (int i = static_cast<int>(threadIdx.x); i < kBM * (kBN / 8); i += kThreads) {
+      const int row = i / (kBN / 8), chunk = i % (kBN / 8);
+      const std::int64_t r = p.row0 + row, col = p.col0 + 8 * chunk;
+      if (r >= p.row_limit || col >= half) continue;
+      store_swiglu_backward<T>(*reinterpret_cast<const uint4*>(tile + row * kLd + 8 * chunk), gate_up, out,
+                               p.group_start + r, static_cast<int>(col), half);
+    }
+  }
+}
+
+template <class T, bool AKMajor, bool BKMajor, GroupedGemmEpilogue E>
 __global__ void __launch_bounds__(kThreads) grouped_gemm_kernel(GroupedGemmArgs args) {
   BlockProblem<T> p;
   if (!block_problem<T>(args, p)) return;  // the whole block leaves together
@@ -211,8 +279,8 @@ __global__ void __launch_bounds__(kThreads) grouped_gemm_kernel(GroupedGemmArgs 
   auto load_stage = [&](int stage, int kt) {
     load_operand<T, AKMajor>(a_smem + stage * stage_elements<AKMajor>(), p.a, p.lda, p.row0, p.row_limit,
                              static_cast<std::int64_t>(kt) * kBK, p.k_limit);
-    load_operand<T, BKMajor>(b_smem + stage * stage_elements<BKMajor>(), p.b, p.ldb, p.col0, p.col_limit,
-                             static_cast<std::int64_t>(kt) * kBK, p.k_limit);
+    load_operand<T, BKMajor>(b_smem + stage * stage_elements<BKMajor>(), p.b, p.ldb, p.b_row0, p.b_limit,
+                             static_cast<std::int64_t>(kt) * kBK, p.k_limit, p.b_shift);
   };
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
@@ -254,29 +322,32 @@ __global__ void __launch_bounds__(kThreads) grouped_gemm_kernel(GroupedGemmArgs 
     }
   }
   sm80::cp_async_wait<0>();
-
-  // Epilogue: fragment (row g, columns 2t, 2t + 1) and (row g + 8, same columns), rounded once.
-  // Column limits are multiples of 8, so a column pair is either inside or outside.
-  const int g = lane >> 2, t = lane & 3;
+  if constexpr (E != GroupedGemmEpilogue::none) {
+    staged_epilogue<T, E>(args, p, acc, reinterpret_cast<T*>(smem_bytes));
+  } else {
+    // Epilogue: fragment (row g, columns 2t, 2t + 1) and (row g + 8, same columns), rounded once.
+    // Column limits are multiples of 8, so a column pair is either inside or outside.
+    const int g = lane >> 2, t = lane & 3;
 #pragma unroll
-  for (int i = 0; i < 4; ++i)
+    for (int i = 0; i < 4; ++i)
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const std::int64_t col = p.col0 + warp_col + 8 * j + 2 * t;
-      if (col >= p.col_limit) continue;
+      for (int j = 0; j < 4; ++j) {
+        const std::int64_t col = p.col0 + warp_col + 8 * j + 2 * t;
+        if (col >= p.col_limit) continue;
 #pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const std::int64_t row = p.row0 + warp_row + 16 * i + g + 8 * half;
-        if (row < p.row_limit)
-          *reinterpret_cast<unsigned*>(p.c + row * p.ldc + col) =
-              sm80::pack2<T>(acc[i][j][2 * half], acc[i][j][2 * half + 1]);
+        for (int half = 0; half < 2; ++half) {
+          const std::int64_t row = p.row0 + warp_row + 16 * i + g + 8 * half;
+          if (row < p.row_limit)
+            *reinterpret_cast<unsigned*>(p.c + row * p.ldc + col) =
+                sm80::pack2<T>(acc[i][j][2 * half], acc[i][j][2 * half + 1]);
+        }
       }
-    }
+  }
 }
 
-template <class T, bool AKMajor, bool BKMajor>
+template <class T, bool AKMajor, bool BKMajor, GroupedGemmEpilogue E = GroupedGemmEpilogue::none>
 void launch_variant(const GroupedGemmArgs& a, dim3 grid) {
-  auto* kernel = &grouped_gemm_kernel<T, AKMajor, BKMajor>;
+  auto* kernel = &grouped_gemm_kernel<T, AKMajor, BKMajor, E>;
   const std::size_t bytes =
       static_cast<std::size_t>(kStages) * (stage_elements<AKMajor>() + stage_elements<BKMajor>()) * sizeof(T);
   opt_in_shared_memory(kernel, bytes, a.launch.device);
@@ -301,6 +372,14 @@ inline bool grouped_gemm_hopper_disabled_by_environment() {
 inline void launch_grouped_gemm(const GroupedGemmArgs& a) {
   if (a.groups == 0 || a.n == 0 || a.k == 0) return;
   if (a.rows == 0 && a.kind != GroupedGemmKind::wgrad) return;
+  if (a.epilogue != GroupedGemmEpilogue::none) {
+    const bool swiglu = a.epilogue == GroupedGemmEpilogue::swiglu;
+    check(a.kind == (swiglu ? GroupedGemmKind::forward : GroupedGemmKind::dgrad) && a.gate_up != nullptr &&
+              aligned16(a.gate_up) && aligned16(a.out) && (!swiglu || a.n % 16 == 0),
+          "grouped_gemm", "the SwiGLU epilogues follow the forward (N = 2I, I a multiple of 8) or the dgrad, with a ",
+          "16-byte aligned gate_up [R, 2I] and output; got kind ", static_cast<int>(a.kind), ", epilogue ",
+          static_cast<int>(a.epilogue), ", N ", a.n, ", K ", a.k);
+  }
   cuda::DeviceGuard guard(a.launch.device);
   // (R = 0 reaches here for wgrad only: every dW_g is zero, which the plain kernel writes.)
   const bool automatic_hopper = a.implementation == GroupedGemmKernel::automatic &&
@@ -318,10 +397,16 @@ inline void launch_grouped_gemm(const GroupedGemmArgs& a) {
     const unsigned row_slots = tiles(a.rows, kBM) + static_cast<unsigned>(a.groups);
     switch (a.kind) {
       case GroupedGemmKind::forward:
-        launch_variant<T, true, true>(a, dim3(tiles(a.n, kBN), row_slots));
+        if (a.epilogue == GroupedGemmEpilogue::swiglu)
+          launch_variant<T, true, true, GroupedGemmEpilogue::swiglu>(a, dim3(tiles(a.n / 2, kBN / 2), row_slots));
+        else
+          launch_variant<T, true, true>(a, dim3(tiles(a.n, kBN), row_slots));
         break;
       case GroupedGemmKind::dgrad:
-        launch_variant<T, true, false>(a, dim3(tiles(a.k, kBN), row_slots));
+        if (a.epilogue == GroupedGemmEpilogue::swiglu_backward)
+          launch_variant<T, true, false, GroupedGemmEpilogue::swiglu_backward>(a, dim3(tiles(a.k, kBN), row_slots));
+        else
+          launch_variant<T, true, false>(a, dim3(tiles(a.k, kBN), row_slots));
         break;
       case GroupedGemmKind::wgrad:
         launch_variant<T, false, false>(a, dim3(tiles(a.k, kBN), tiles(a.n, kBM), static_cast<unsigned>(a.groups)));

@@ -53,6 +53,12 @@
 // another CTA writes); per-group tensor maps would have to be encoded on the device (G maps,
 // tensormap.replace, fences); and a staging tile for TMA costs a pipeline stage of shared memory
 // (16 KB of staging for the 8 consumer warps fits beside 4 stages; a 64 KB tile would not).
+// The SwiGLU epilogues (args.hpp, swiglu_epilogue.cuh) work on those row segments: the forward's
+// unit takes BN / 2 gate rows and the BN / 2 up rows I below them as its B tile (two TMA boxes), so
+// that each thread holds gate and up of the same columns; per 64 columns a warp stages the gate
+// segment, keeps its 4 chunks a lane in registers, stages the up segment and writes gate, up and
+// silu(gate)·up. The backward's dgrad stages da as usual and, per chunk, reads gate and up from
+// gate_up and writes d_gate and d_up.
 //
 // Shared memory: stages × (A 16 KB + B BN·128 bytes) + 16 KB of epilogue staging + the row-tile
 // prefix (4 B per group, up to kMaxGroups) + barriers: BN = 256: 4 stages × 48 KB = 192 KB;
@@ -95,6 +101,7 @@
 #include "kiln/kernels/common/sm90/wgmma_16bit.cuh"
 #include "kiln/kernels/grouped_gemm/args.hpp"
 #include "kiln/kernels/grouped_gemm/group_rows.cuh"
+#include "kiln/kernels/grouped_gemm/swiglu_epilogue.cuh"
 #include "kiln/kernels/grouped_gemm/tile_schedule.cuh"
 
 namespace kiln::kernels::grouped_gemm_hopper {
@@ -137,13 +144,15 @@ enum class Product { forward, dgrad, wgrad };
 struct Params {
   const std::int64_t* offsets;
   void* out;
+  void* gate_up;        // the SwiGLU epilogues' [R, 2I] (args.hpp)
+  int half;             // I: the SwiGLU epilogues' expert width
   std::int64_t rows;    // R
   std::int64_t ldc;     // output row stride: N (forward), K (dgrad, wgrad)
   int groups;
   int n;                // N (wgrad: the rows of each dW_g)
-  int out_cols;         // output width: N (forward), K (dgrad, wgrad)
+  int out_cols;         // output width: N (forward; I with the SwiGLU epilogue), K (dgrad, wgrad)
   int reduction;        // K (forward), N (dgrad); wgrad: each group's row count, read on the device
-  int col_tiles;        // ceil(out_cols / BN)
+  int col_tiles;        // ceil(out_cols / BN) (ceil(I / (BN / 2)) with the SwiGLU epilogue)
   int row_tiles;        // wgrad: ceil(N / 128) row tiles of each dW_g
 };
 
@@ -204,7 +213,7 @@ __device__ inline void zero_box_tail(std::uint8_t* box, int valid, int t) {
   for (int i = valid * 8 + t; i < 64 * 8; i += 128) reinterpret_cast<uint4*>(box)[i] = make_uint4(0, 0, 0, 0);
 }
 
-template <class T, int BN, Product P>
+template <class T, int BN, Product P, GroupedGemmEpilogue E>
 __global__ void __launch_bounds__(kThreads, 1)
     grouped_gemm_hopper_kernel(const __grid_constant__ CUtensorMap a_map, const __grid_constant__ CUtensorMap b_map,
                                const Params p) {
@@ -213,6 +222,14 @@ __global__ void __launch_bounds__(kThreads, 1)
   constexpr bool kTransA = P == Product::wgrad;   // A tile holds rows of M (n), one per reduction row
   constexpr bool kTransB = P != Product::forward;  // B tile holds rows of N, one per reduction index
   constexpr int kBox = 64 * kRowBytes;              // one 64 × 64 box of an MN-major tile
+  // The SwiGLU forward: a unit's B tile is BN / 2 gate rows of W_g and the BN / 2 up rows I below
+  // them, so that its accumulators hold gate column j and up column j of the same thread (columns
+  // j and j + BN / 2 of the wgmma); the unit covers BN / 2 columns of silu(gate)·up.
+  constexpr bool kSwiglu = E == GroupedGemmEpilogue::swiglu;
+  constexpr int kUnitCols = kSwiglu ? BN / 2 : BN;
+  static_assert(!kSwiglu || P == Product::forward, "the SwiGLU epilogue follows the forward product");
+  static_assert(E != GroupedGemmEpilogue::swiglu_backward || P == Product::dgrad,
+                "the SwiGLU backward epilogue follows the dgrad product");
   extern __shared__ std::uint8_t smem_raw[];
   const std::uint32_t raw = sm90::shared_address(smem_raw);
   const std::uint32_t base = (raw + 1023) & ~1023u;
@@ -237,7 +254,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int units = P == Product::wgrad ? p.groups * p.row_tiles * p.col_tiles : total_row_tiles * p.col_tiles;
   const auto unit = [&](int u) {
     if constexpr (P == Product::wgrad) return wgrad_unit_at<BN>(p, u);
-    else return unit_at<BN>(p, tile_end, total_row_tiles, u);
+    else return unit_at<kUnitCols>(p, tile_end, total_row_tiles, u);
   };
 
   const int warpgroup = sm90::warp_uniform(static_cast<int>(threadIdx.x / 128));  // uniform: see warp_uniform
@@ -270,7 +287,10 @@ __global__ void __launch_bounds__(kThreads, 1)
           for (int j = 0; j < a_boxes; ++j)  // 64 reduction rows (r) × 64 values of n each, dy [R, N]
             sm90::tma_load_2d(a_dst + j * kBox, &a_map, w.a_index + 64 * j, red, full);
         }
-        if constexpr (P == Product::forward) {
+        if constexpr (kSwiglu) {  // BN / 2 gate rows, then the same up rows (boxes of BN / 2 rows)
+          sm90::tma_load_3d(b_dst, &b_map, red, w.col0, w.group, full);
+          sm90::tma_load_3d(b_dst + (BN / 2) * kRowBytes, &b_map, red, p.half + w.col0, w.group, full);
+        } else if constexpr (P == Product::forward) {
           sm90::tma_load_3d(b_dst, &b_map, red, w.col0, w.group, full);  // BN rows of W_g, k-block kb
         } else if constexpr (P == Product::dgrad) {
           for (int j = 0; j < b_boxes; ++j)  // 64 reduction rows (n) × 64 output columns (k_in) of W_g
@@ -374,12 +394,12 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int warp = t / 32, quad = lane % 4, quad_row = lane / 4;
     std::uint8_t* const staging = smem + Layout::staging_offset + (consumer * 4 + warp) * kStagingBytesPerWarp;
     const std::int64_t warp_row0 = w.row0 + consumer * 64 + warp * 16;
-#pragma unroll
-    for (int pass = 0; pass < BN / 64; ++pass) {
-      __syncwarp();  // the previous pass's reads of the staging buffer are done
+    // Accumulator columns 8·c0 .. 8·c0 + 63 into this warp's staging buffer, rounded to T.
+    const auto stage_columns = [&](int c0) {
+      __syncwarp();  // the previous reads of the staging buffer are done
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
-        const int c = 8 * pass + j;
+        const int c = c0 + j;
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           const int row = quad_row + 8 * h;  // row % 8 == quad_row
@@ -388,13 +408,59 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
       }
       __syncwarp();
+    };
+    // This lane's i-th 16-byte chunk of the staged 16 × 64: row index / 8, chunk index % 8.
+    const auto staged = [&](int i, int& row, int& chunk) {
+      const int index = i * 32 + lane;
+      row = index / 8;
+      chunk = index % 8;
+      return *reinterpret_cast<const uint4*>(staging + row * 128 + ((chunk ^ (row % 8)) * 16));
+    };
+    if constexpr (kSwiglu) {
+      // Per 64 output columns: the gate columns staged and kept (4 chunks a lane), then the up
+      // columns; both stored to gate_up, silu(gate)·up to out.
+      T* const gate_up = static_cast<T*>(p.gate_up);
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int index = i * 32 + lane, row = index / 8, chunk = index % 8;
-        const uint4 v = *reinterpret_cast<const uint4*>(staging + row * 128 + ((chunk ^ (row % 8)) * 16));
-        const std::int64_t out_row = warp_row0 + row;
-        const int col = w.col0 + 64 * pass + 8 * chunk;
-        if (out_row < w.row_end && col < p.out_cols) *reinterpret_cast<uint4*>(out + out_row * p.ldc + col) = v;
+      for (int pass = 0; pass < BN / 128; ++pass) {
+        uint4 gate[4];
+        int row, chunk;
+        stage_columns(8 * pass);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          gate[i] = staged(i, row, chunk);
+          const std::int64_t out_row = warp_row0 + row;
+          const int col = w.col0 + 64 * pass + 8 * chunk;
+          if (out_row < w.row_end && col < p.half)
+            *reinterpret_cast<uint4*>(gate_up + out_row * 2 * p.half + col) = gate[i];
+        }
+        stage_columns(BN / 16 + 8 * pass);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const uint4 up = staged(i, row, chunk);
+          const std::int64_t out_row = warp_row0 + row;
+          const int col = w.col0 + 64 * pass + 8 * chunk;
+          if (out_row < w.row_end && col < p.half) {
+            *reinterpret_cast<uint4*>(gate_up + out_row * 2 * p.half + p.half + col) = up;
+            *reinterpret_cast<uint4*>(out + out_row * p.ldc + col) = grouped_gemm::swiglu_chunk<T>(gate[i], up);
+          }
+        }
+      }
+    } else {
+#pragma unroll
+      for (int pass = 0; pass < BN / 64; ++pass) {
+        stage_columns(8 * pass);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          int row, chunk;
+          const uint4 v = staged(i, row, chunk);
+          const std::int64_t out_row = warp_row0 + row;
+          const int col = w.col0 + 64 * pass + 8 * chunk;
+          if (out_row >= w.row_end || col >= p.out_cols) continue;
+          if constexpr (E == GroupedGemmEpilogue::swiglu_backward)
+            grouped_gemm::store_swiglu_backward<T>(v, static_cast<const T*>(p.gate_up), out, out_row, col, p.half);
+          else
+            *reinterpret_cast<uint4*>(out + out_row * p.ldc + col) = v;
+        }
       }
     }
   }
@@ -441,18 +507,21 @@ CUtensorMap make_weight_map(const void* data, std::int64_t groups, std::int64_t 
   return map;
 }
 
-template <class T, int BN, Product P>
+template <class T, int BN, Product P, GroupedGemmEpilogue E>
 void launch(const GroupedGemmArgs& a) {
+  constexpr bool kSwiglu = E == GroupedGemmEpilogue::swiglu;
   Params p{};
   p.offsets = a.offsets;
   p.out = a.out;
+  p.gate_up = a.gate_up;
+  p.half = kSwiglu ? a.n / 2 : a.k;  // I (read by the SwiGLU epilogues only)
   p.rows = a.rows;
   p.groups = a.groups;
   p.n = a.n;
-  p.out_cols = P == Product::forward ? a.n : a.k;
+  p.out_cols = P == Product::forward ? (kSwiglu ? a.n / 2 : a.n) : a.k;
   p.reduction = P == Product::forward ? a.k : (P == Product::dgrad ? a.n : 0);
   p.ldc = p.out_cols;
-  p.col_tiles = (p.out_cols + BN - 1) / BN;
+  p.col_tiles = kSwiglu ? (p.out_cols + BN / 2 - 1) / (BN / 2) : (p.out_cols + BN - 1) / BN;
   p.row_tiles = (a.n + kBlockM - 1) / kBlockM;
   std::int64_t max_units = 0;
   CUtensorMap a_map, b_map;
@@ -463,13 +532,13 @@ void launch(const GroupedGemmArgs& a) {
     max_units = static_cast<std::int64_t>(a.groups) * p.row_tiles * p.col_tiles;
   } else {
     a_map = make_rows_map<T>(P == Product::forward ? a.x : a.dy, a.rows, p.reduction, kBlockM);
-    b_map = make_weight_map<T>(a.weight, a.groups, a.n, a.k, P == Product::forward ? BN : 64);
+    b_map = make_weight_map<T>(a.weight, a.groups, a.n, a.k, P == Product::forward ? (kSwiglu ? BN / 2 : BN) : 64);
     // The most units any split of R rows into G groups can give: every group may end in a partial tile.
     max_units = ((a.rows + kBlockM - 1) / kBlockM + a.groups) * p.col_tiles;
   }
   check(max_units < (std::int64_t{1} << 31), "grouped_gemm", "too many tiles for the Hopper kernel: ", max_units);
   const int grid = static_cast<int>(std::min<std::int64_t>(max_units, device_info(a.launch.device).sms));
-  auto* kernel = &grouped_gemm_hopper_kernel<T, BN, P>;
+  auto* kernel = &grouped_gemm_hopper_kernel<T, BN, P, E>;
   constexpr int smem = SharedLayout<BN>::bytes_with_alignment;
   opt_in_shared_memory(kernel, smem, a.launch.device);
   kernel<<<grid, kThreads, smem, a.launch.stream>>>(a_map, b_map, p);
@@ -512,15 +581,23 @@ inline void launch_grouped_gemm_hopper(const GroupedGemmArgs& a) {
   const bool wide = grouped_gemm_hopper_block_n(a) == 256;
   auto run = [&](auto tag) {
     using T = decltype(tag);
+    using Ep = GroupedGemmEpilogue;
     switch (a.kind) {
       case GroupedGemmKind::forward:
-        wide ? launch<T, 256, Product::forward>(a) : launch<T, 128, Product::forward>(a);
+        if (a.epilogue == Ep::swiglu)
+          wide ? launch<T, 256, Product::forward, Ep::swiglu>(a) : launch<T, 128, Product::forward, Ep::swiglu>(a);
+        else
+          wide ? launch<T, 256, Product::forward, Ep::none>(a) : launch<T, 128, Product::forward, Ep::none>(a);
         break;
       case GroupedGemmKind::dgrad:
-        wide ? launch<T, 256, Product::dgrad>(a) : launch<T, 128, Product::dgrad>(a);
+        if (a.epilogue == Ep::swiglu_backward)
+          wide ? launch<T, 256, Product::dgrad, Ep::swiglu_backward>(a)
+               : launch<T, 128, Product::dgrad, Ep::swiglu_backward>(a);
+        else
+          wide ? launch<T, 256, Product::dgrad, Ep::none>(a) : launch<T, 128, Product::dgrad, Ep::none>(a);
         break;
       case GroupedGemmKind::wgrad:
-        wide ? launch<T, 256, Product::wgrad>(a) : launch<T, 128, Product::wgrad>(a);
+        wide ? launch<T, 256, Product::wgrad, Ep::none>(a) : launch<T, 128, Product::wgrad, Ep::none>(a);
         break;
     }
   };

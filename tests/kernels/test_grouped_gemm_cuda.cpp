@@ -14,11 +14,28 @@
 #include "kiln/backend/cpu/grouped_gemm.hpp"
 #include "kiln/core/kernel_trace.hpp"
 #include "kiln/ops/grouped_linear.hpp"
+#include "kiln/ops/grouped_swiglu_mlp.hpp"
+#include "kiln/ops/unary.hpp"
+#include "kiln/ops/view.hpp"
 
 using namespace kiln;
 using namespace kiln::testing;
 
 namespace {
+
+// How far apart two 16-bit results are, in units in the last place (their bit patterns as ordered
+// integers; NaN or a sign change counts as far): the SwiGLU epilogues against the composed ops.
+template <class T>
+int max_ulps(const Tensor<T>& got, const Tensor<T>& want) {
+  const std::vector<T> g = on_cpu(got).to_vector(), w = on_cpu(want).to_vector();
+  int worst = 0;
+  for (std::size_t i = 0; i < g.size(); ++i) {
+    const double a = static_cast<double>(g[i]), b = static_cast<double>(w[i]);
+    if (!std::isfinite(a) || !std::isfinite(b) || (a < 0) != (b < 0)) return 1 << 20;
+    worst = std::max(worst, std::abs(static_cast<int>(g[i].bits) - static_cast<int>(w[i].bits)));
+  }
+  return worst;
+}
 
 // The largest error relative to max(|want|, scale); an unwritten (poisoned: NaN) or non-finite
 // output counts as an infinite error (std::max would silently drop a NaN).
@@ -246,6 +263,77 @@ TEST(GroupedGemmCuda, EqualsFloat64) {
   std::vector<std::int64_t> many;
   for (int g = 0; g < 40; ++g) many.push_back((g * 37) % 150);
   check_grouped<bf16>(many, 128, 64);
+}
+
+// The SwiGLU epilogues (kernels/grouped_gemm/swiglu_epilogue.cuh) on every path against the same
+// path's plain product followed by kiln::swiglu and its backward on the GPU (the composition
+// grouped_swiglu_mlp promises): gate|up bit for bit (the same accumulation), silu(gate)·up and the
+// gradients within one unit in the last place (the same formula, compiled into another kernel),
+// into outputs poisoned with NaN; widths I that are not multiples of the 64- and 128-column
+// halves, ragged groups. Then the op with its autograd against the composed ops' on the GPU.
+template <class T>
+void check_swiglu_epilogues(const std::vector<std::int64_t>& sizes, std::int64_t H, std::int64_t I) {
+  const GroupedProblem<T> pb(sizes, 2 * I, H);  // x [R, H], w_in [G, 2I, H], dy [R, 2I] (unused)
+  SCOPED_TRACE(::testing::Message() << str(dtype_of<T>) << " G " << pb.G << " R " << pb.R << " H " << H << " I " << I);
+  const std::int64_t R = pb.R, G = pb.G;
+  const Tensor<std::int64_t> offsets = on_gpu(pb.offsets);
+  const Tensor<T> x = on_gpu(pb.x), w_in = on_gpu(cast<T>(randn<float>({G, 2 * I, H}, 0.0, 0.3)));
+  const Tensor<T> w_out = on_gpu(cast<T>(randn<float>({G, H, I}, 0.0, 0.3))), dy = on_gpu(cast<T>(randn<float>({R, H})));
+  const T nan = convert<T>(std::numeric_limits<double>::quiet_NaN());
+  for (const Path& path : paths_to_test()) {
+    SCOPED_TRACE(::testing::Message() << path.variant << " tile width " << path.block_n);
+    // Forward: the epilogue, then the composition on the same path.
+    Tensor<T> act = full<T>({R, I}, nan, gpu), gate_up = full<T>({R, 2 * I}, nan, gpu);
+    Tensor<T> gate_up_ref = full<T>({R, 2 * I}, nan, gpu);
+    KernelTrace trace;
+    detail::grouped_gemm_launch("test", kernels::GroupedGemmKind::forward, act, x, Tensor<T>(), w_in, offsets, R, G,
+                                2 * I, H, path.implementation, path.block_n, kernels::GroupedGemmEpilogue::swiglu,
+                                gate_up.data());
+    detail::grouped_gemm_launch("test", kernels::GroupedGemmKind::forward, gate_up_ref, x, Tensor<T>(), w_in, offsets,
+                                R, G, 2 * I, H, path.implementation, path.block_n);
+    const Tensor<T> act_ref = swiglu(narrow(gate_up_ref, 1, 0, I), narrow(gate_up_ref, 1, I, I));
+    EXPECT_EQ(max_ulps(gate_up, gate_up_ref), 0) << "gate|up";
+    EXPECT_LE(max_ulps(act, act_ref), 1) << "silu(gate)·up";
+    // Backward: da = dy·W_out and the SwiGLU's gradients at gate_up, fused and composed.
+    Tensor<T> d_gate_up = full<T>({R, 2 * I}, nan, gpu), da = full<T>({R, I}, nan, gpu);
+    detail::grouped_gemm_launch("test", kernels::GroupedGemmKind::dgrad, d_gate_up, Tensor<T>(), dy, w_out, offsets, R,
+                                G, H, I, path.implementation, path.block_n,
+                                kernels::GroupedGemmEpilogue::swiglu_backward, gate_up_ref.data());
+    detail::grouped_gemm_launch("test", kernels::GroupedGemmKind::dgrad, da, Tensor<T>(), dy, w_out, offsets, R, G, H,
+                                I, path.implementation, path.block_n);
+    EXPECT_EQ(trace.count(path.variant), 4);
+    const auto [d_gate, d_up] =
+        detail::swiglu_backward_kernel(da, narrow(gate_up_ref, 1, 0, I), narrow(gate_up_ref, 1, I, I));
+    EXPECT_LE(max_ulps(contiguous(narrow(d_gate_up, 1, 0, I)), d_gate), 1) << "d_gate";
+    EXPECT_LE(max_ulps(contiguous(narrow(d_gate_up, 1, I, I)), d_up), 1) << "d_up";
+  }
+  // The op and its autograd (automatic kernel choice) against the composed ops on the GPU.
+  const Tensor<T> xa = clone(x).requires_grad_(), wia = clone(w_in).requires_grad_(), woa = clone(w_out).requires_grad_();
+  const Tensor<T> xb = clone(x).requires_grad_(), wib = clone(w_in).requires_grad_(), wob = clone(w_out).requires_grad_();
+  const Tensor<T> y = grouped_swiglu_mlp(xa, wia, woa, offsets);
+  const Tensor<T> gu = grouped_linear(xb, wib, offsets);
+  const Tensor<T> y_ref = grouped_linear(swiglu(narrow(gu, 1, 0, I), narrow(gu, 1, I, I)), wob, offsets);
+  y.backward(dy);
+  y_ref.backward(dy);
+  // Products of inputs at most one ulp apart: within two roundings of each other.
+  const auto near = [](const Tensor<T>& got, const Tensor<T>& want, double terms, const char* what) {
+    EXPECT_LE(worst_error(as_doubles(got), as_doubles(want), std::sqrt(terms)), 2 * error_bound<T>(terms)) << what;
+  };
+  near(y, y_ref, static_cast<double>(I), "y");
+  near(xa.grad(), xb.grad(), static_cast<double>(2 * I), "dx");
+  near(wia.grad(), wib.grad(), static_cast<double>(std::max<std::int64_t>(R, 1)), "dw_in");
+  near(woa.grad(), wob.grad(), static_cast<double>(std::max<std::int64_t>(R, 1)), "dw_out");
+}
+
+TEST(GroupedGemmCuda, SwigluEpiloguesEqualTheComposedOps) {
+  KILN_REQUIRE_GPU();
+  const std::vector<std::int64_t> odd{0, 1, 127, 129, 1000};
+  check_swiglu_epilogues<bf16>(odd, 64, 8);
+  check_swiglu_epilogues<bf16>(odd, 136, 40);    // I 40: partial 64- and 128-column halves
+  check_swiglu_epilogues<bf16>(odd, 96, 200);
+  check_swiglu_epilogues<fp16>({3, 0, 257}, 72, 72);
+  check_swiglu_epilogues<bf16>({1000, 3000, 0, 2000}, 768, 512);  // kiln's big config's experts
+  check_swiglu_epilogues<bf16>({130, 0, 1}, 1024, 512);
 }
 
 TEST(GroupedGemmCuda, RejectsWhatItCannotRun) {

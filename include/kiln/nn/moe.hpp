@@ -27,8 +27,9 @@
 //   scores = sigmoid(x · gateᵀ); moe_route: choices and gates in one kernel (its backward one more);
 //   moe_layout: the routes sorted by expert on the device (offsets and counts stay there);
 //   moe_dispatch: token rows gathered into that order [N·K, hidden];
-//   grouped_linear with the experts' gate_proj|up_proj rows stacked [E, 2I, hidden], SwiGLU,
-//   grouped_linear with the down_proj weights stacked [E, hidden, I];
+//   grouped_swiglu_mlp (ops/grouped_swiglu_mlp.hpp): the experts' gate_proj|up_proj rows stacked
+//   [E, 2I, hidden], SwiGLU, the down_proj weights stacked [E, hidden, I], the SwiGLU in the
+//   grouped GEMMs' epilogues (KILN_MOE_SWIGLU_EPILOGUE=off: grouped_linear, swiglu, grouped_linear);
 //   moe_combine: the gate-weighted sum of each token's K rows (deterministic; k order).
 // With the experts' linears in FP8 mode (nn/fp8_training.hpp) the two grouped products are
 // grouped_fp8_linear's (nn/fp8_linear.hpp: forward and data gradient in FP8, weight gradient in T).
@@ -64,6 +65,7 @@
 #include <vector>
 
 #include "kiln/autograd/grad_mode.hpp"
+#include "kiln/core/environment.hpp"
 #include "kiln/nn/balance.hpp"
 #include "kiln/nn/config.hpp"
 #include "kiln/nn/expert_exchange.hpp"
@@ -75,6 +77,7 @@
 #include "kiln/ops/factory.hpp"
 #include "kiln/ops/gather.hpp"
 #include "kiln/ops/grouped_linear.hpp"
+#include "kiln/ops/grouped_swiglu_mlp.hpp"
 #include "kiln/ops/matmul.hpp"
 #include "kiln/ops/moe.hpp"
 #include "kiln/ops/reduce.hpp"
@@ -727,6 +730,9 @@ class MoE : public Module<T> {
       check(ex->gate_proj.fp8.has_value() == fp8.has_value() && ex->up_proj.fp8.has_value() == fp8.has_value() &&
                 ex->down_proj.fp8.has_value() == fp8.has_value(),
             op, "fused dispatch needs the routed experts' linears all in FP8 mode or none");
+    // KILN_MOE_SWIGLU_EPILOGUE=off in the environment: the three ops one after the other (comparisons).
+    static const bool swiglu_epilogue = !environment_is("KILN_MOE_SWIGLU_EPILOGUE", "off");
+    if (!fp8 && swiglu_epilogue) return grouped_swiglu_mlp(rows, w_in, w_out, offsets);
     auto product = [&](const Tensor<T>& x, const Tensor<T>& w) {
       if constexpr (std::is_same_v<T, float> || std::is_same_v<T, bf16>) {
         if (fp8) return grouped_fp8_linear(x, w, offsets, *fp8);

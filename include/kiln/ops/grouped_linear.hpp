@@ -33,7 +33,9 @@ void grouped_gemm_launch(const char* op, kernels::GroupedGemmKind kind, Tensor<T
                          const Tensor<T>& dy, const Tensor<T>& weight, const Tensor<std::int64_t>& offsets,
                          std::int64_t rows, std::int64_t groups, std::int64_t n, std::int64_t k,
                          kernels::GroupedGemmKernel implementation = kernels::GroupedGemmKernel::automatic,
-                         int hopper_block_n = 0) {
+                         int hopper_block_n = 0,
+                         kernels::GroupedGemmEpilogue epilogue = kernels::GroupedGemmEpilogue::none,
+                         void* gate_up = nullptr) {
   launch_device_kernel(op, kernels::GroupedGemmArgs{.launch = launch_on(op, out.device()),
                                                     .dtype = dtype_of<T>,
                                                     .kind = kind,
@@ -47,7 +49,9 @@ void grouped_gemm_launch(const char* op, kernels::GroupedGemmKind kind, Tensor<T
                                                     .n = static_cast<int>(n),
                                                     .k = static_cast<int>(k),
                                                     .implementation = implementation,
-                                                    .hopper_block_n = hopper_block_n});
+                                                    .hopper_block_n = hopper_block_n,
+                                                    .epilogue = epilogue,
+                                                    .gate_up = gate_up});
 }
 
 // The checks of a grouped product x [R, K], weight [G, N, K], offsets [G + 1] (grouped_linear and

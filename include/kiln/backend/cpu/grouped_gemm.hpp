@@ -1,13 +1,15 @@
-// CPU reference of the grouped GEMM (kernels/grouped_gemm/; front-end ops/grouped_linear.hpp): the
-// three products in plain loops, accumulated in the compute type (float for bf16/fp16/float,
-// double for double), in a fixed order. Group g owns rows offsets[g] .. offsets[g+1] − 1 (checked
-// by the front-end).
+// CPU reference of the grouped GEMM (kernels/grouped_gemm/; front-ends ops/grouped_linear.hpp and
+// ops/grouped_swiglu_mlp.hpp): the three products and the SwiGLU epilogues in plain loops,
+// accumulated in the compute type (float for bf16/fp16/float, double for double), in a fixed order.
+// Group g owns rows offsets[g] .. offsets[g+1] − 1 (checked by the front-end).
 #pragma once
 
 #include <cstdint>
 #include <vector>
 
+#include "kiln/core/dtype.hpp"
 #include "kiln/core/low_precision.hpp"
+#include "kiln/math/swiglu.hpp"
 
 namespace kiln::cpu {
 
@@ -62,6 +64,31 @@ void grouped_gemm_wgrad(const T* dy, const T* x, const std::int64_t* offsets, T*
     T* dwg = dw + static_cast<std::int64_t>(g) * N * K;
     for (std::int64_t i = 0; i < N * K; ++i) dwg[i] = T(acc[static_cast<std::size_t>(i)]);
   }
+}
+
+// The SwiGLU epilogues (kernels/grouped_gemm/args.hpp: GroupedGemmEpilogue) over R rows of expert
+// width I, in the compute type from the rounded values, each result rounded once:
+// act [R, I] = silu(gate)·up from gate_up [R, 2I] (gate columns, then up columns of each row) ...
+template <class T>
+void swiglu_rows(const T* gate_up, T* act, std::int64_t R, std::int64_t I) {
+  using C = compute_t<T>;
+  for (std::int64_t r = 0; r < R; ++r)
+    for (std::int64_t j = 0; j < I; ++j)
+      act[r * I + j] =
+          convert<T>(math::Swiglu{}(static_cast<C>(gate_up[r * 2 * I + j]), static_cast<C>(gate_up[r * 2 * I + I + j])));
+}
+
+// ... and its backward: d_gate_up [R, 2I] from the gradient d_act [R, I] and gate_up.
+template <class T>
+void swiglu_rows_backward(const T* d_act, const T* gate_up, T* d_gate_up, std::int64_t R, std::int64_t I) {
+  using C = compute_t<T>;
+  for (std::int64_t r = 0; r < R; ++r)
+    for (std::int64_t j = 0; j < I; ++j) {
+      const auto d = math::SwigluGrad{}(static_cast<C>(d_act[r * I + j]), static_cast<C>(gate_up[r * 2 * I + j]),
+                                        static_cast<C>(gate_up[r * 2 * I + I + j]));
+      d_gate_up[r * 2 * I + j] = convert<T>(d.gate);
+      d_gate_up[r * 2 * I + I + j] = convert<T>(d.up);
+    }
 }
 
 }  // namespace kiln::cpu
