@@ -11,11 +11,11 @@
 // values, widened to float, each result rounded once), so the fused expert MLP computes what
 // grouped_linear, swiglu and grouped_linear compute one after the other.
 //
-// Bytes an MoE layer saves (R routed rows, expert width I, bf16): forward, the swiglu pass's read of
-// [R, 2I] and its launch (the GEMM writes [R, I] more: silu(gate)·up beside gate|up); backward, the
-// write and read of da [R, I], the separate d_gate and d_up tensors and their copy into one [R, 2I]
-// gradient (6 R·I element moves of 10): at kiln's big config (R = 32768, I = 512) about 290 MB a
-// layer and step.
+// Element moves an MoE layer saves (R routed rows, expert width I): forward, the swiglu pass's read
+// of [R, 2I] and its launch (5 R·I moves become 3: the GEMM writes silu(gate)·up beside gate|up);
+// backward, the write and read of da [R, I], the separate d_gate and d_up tensors and their copy
+// into one [R, 2I] gradient (10 R·I become 4): at kiln's big config (R = 32768, I = 512, bf16)
+// about 270 MB a layer and step.
 #pragma once
 
 #include <cstdint>
