@@ -80,7 +80,7 @@
 #           barriers on, off, on, off (KILN_DECODE_SEESAW_CHUNKS)   -> docs/mla.md
 #   engine-hopper  hopper-decode without the kernel tests (after seesaw in the same call)
 #   session-build, combine-tests, combine-bench, swiglu  (2026-12-07, later) after the decode's split
-#           combine rewrite (PDL) and the grouped GEMMs' SwiGLU epilogues: everything built in one
+#           combine rewrite and the grouped GEMMs' SwiGLU epilogues: everything built in one
 #           ninja run; the decode, FP8 latent, grouped GEMM, MoE and engine GPU tests; the long-context
 #           decode rows against $OLD_TREE; the nn GPU tests, bench_moe_cuda and pretrain with the
 #           epilogues on and off (KILN_MOE_SWIGLU_EPILOGUE)          -> docs/mla.md, docs/moe.md
@@ -501,9 +501,8 @@ for phase in "$@"; do
       [ -n "${old_build:-}" ] && { wait $old_build || { echo "old build failed"; tail -20 "$BUILD_LOGS/build_old.log"; }; }
       ;;
     combine-tests)
-      # After the split combine's rewrite (2026-12-07, later: a block per (row, 64 columns), the
-      # splits over 4 groups of threads, launched as a programmatic dependent of the decode kernel)
-      # and the grouped GEMMs' SwiGLU epilogues: the decode kernels' tests, the FP8 latent cache's,
+      # After the split combine's rewrite (2026-12-07, later: loads issued before the weights, the
+      # splits shared by 1, 2 or 4 groups of threads) and the grouped GEMMs' SwiGLU epilogues: the decode kernels' tests, the FP8 latent cache's,
       # the grouped GEMMs' and the MoE kernels', then the engine's.
       build test_kernels_cuda test_train_infer_rl_cuda
       timeout 240 "$BUILD/tests/test_kernels_cuda" \
@@ -516,18 +515,16 @@ for phase in "$@"; do
       ;;
     combine-bench)
       # The long-context decode rows against the tree in $OLD_TREE (git archive of the commit before,
-      # with this tree's bench_paged_decode_cuda.cpp copied in for --long): new, old, new without
-      # PDL (KILN_DECODE_PDL=off), new, old.
+      # with this tree's bench_paged_decode_cuda.cpp copied in for --long): new, old, new, old.
       build bench_paged_decode_cuda
-      for run in new old new-nopdl new old; do
+      for run in new old new old; do
         [ $SECONDS -lt "${DEADLINE:-540}" ] || { echo "deadline: $run not run"; continue; }
         bin="$BUILD/benchmarks/bench_paged_decode_cuda"
         [ $run = old ] && bin=/tmp/kb_old/benchmarks/bench_paged_decode_cuda
         [ -x "$bin" ] || { echo "$run: no binary"; continue; }
-        pdl=on
-        [ $run = new-nopdl ] && pdl=off
-        KILN_DECODE_PDL=$pdl timeout 100 "$bin" --long >> "$OUT/bench_long_$run.log" 2>&1 || rc=1
-        echo "$run: $(grep -A1 'Hopper' "$OUT/bench_long_$run.log" | grep -oE 'ratio [0-9.]+' | tr '\n' ' ')"
+        timeout 100 "$bin" --long >> "$OUT/bench_long_$run.log" 2>&1 || rc=1
+        echo "$run: $(grep -A2 -E 'Hopper \(wgmma\)|latent, Hopper' "$OUT/bench_long_$run.log" | grep -oE 'ratio [0-9.]+' |
+          tail -6 | tr '\n' ' ')"
       done
       ;;
     swiglu)

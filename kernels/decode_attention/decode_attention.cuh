@@ -267,7 +267,6 @@ __device__ __forceinline__ void fp8_latent_scores(const fp8_e4m3* lat, const flo
 // zeros: those padding heads compute finite, unused values and are never written.
 template <class T, int CPL, int NG, bool kVec, bool kFp8 = false>
 __global__ void __launch_bounds__(kThreads, 1) decode_attention_kernel(DecodeAttentionArgs a, int heads_per_block) {
-  allow_dependent_launch();  // the split combine may start as this grid's blocks leave (split_combine.cuh)
   using C = compute_of<T>;
   constexpr int HC = kGroup * NG;
   constexpr int kCols = 32 * CPL;                       // columns of one warp's accumulator

@@ -114,7 +114,6 @@ __global__ void __launch_bounds__(kThreads, 1)
     decode_attention_hopper_kernel(const __grid_constant__ CUtensorMap q_map,
                                    const __grid_constant__ CUtensorMap k_map, const DecodeAttentionArgs a,
                                    bool pingpong) {
-  allow_dependent_launch();  // the split combine may start as this grid's blocks leave (split_combine.cuh)
   using Lay = Layout<SHARED_ROWS>;
   constexpr int KC = chunks(kDk), VC = kDv / 64, kStages = Lay::stages;
   constexpr float kLog2e = 1.4426950408889634f;

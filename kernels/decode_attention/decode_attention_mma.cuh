@@ -115,7 +115,6 @@ constexpr std::size_t mma_merge_bytes() {
 // each over 64 / G keys of every tile, their states merged at the end (header).
 template <int DK, int DV, int G>
 __global__ void __launch_bounds__(mma_threads<DV>()) decode_attention_mma_kernel(DecodeAttentionArgs a) {
-  allow_dependent_launch();  // the split combine may start as this grid's blocks leave (split_combine.cuh)
   using T = bf16;
   constexpr int SK = DK + 8;
   constexpr int kThreadsHere = mma_threads<DV>();

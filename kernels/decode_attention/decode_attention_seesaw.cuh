@@ -167,7 +167,6 @@ __global__ void __launch_bounds__(kThreads, 1)
     decode_attention_seesaw_kernel(const __grid_constant__ CUtensorMap q_map,
                                    const __grid_constant__ CUtensorMap k_map, const DecodeAttentionArgs a,
                                    bool fine) {
-  allow_dependent_launch();  // the split combine may start as this grid's blocks leave (split_combine.cuh)
   static_assert(DK == kSeesawDk && DV == kSeesawDv, "the seesaw kernel's layout is DeepSeek-V3's (576, 512)");
   using Lay = SeesawLayout;
   static_assert(chunks(DK) == SeesawLayout::chunks, "a barrier per column chunk");

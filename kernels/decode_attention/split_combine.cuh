@@ -9,8 +9,7 @@
 #include <cstdint>
 #include <type_traits>
 
-#include "kiln/core/environment.hpp"
-#include "kiln/kernels/common/dependent_launch.cuh"
+#include "kiln/kernels/common/cuda_check.hpp"
 #include "kiln/kernels/common/element.cuh"
 #include "kiln/kernels/common/reduce.cuh"
 #include "kiln/kernels/decode_attention/args.hpp"
@@ -109,36 +108,46 @@ inline int sequence_splits(std::int64_t blocks, std::int64_t capacity, int sms, 
 // The sequence split's second step: combines each query row's `splits` partial states (args.hpp:
 // the workspace layout), out = sum_s w_s acc_s / sum_s w_s l_s with w_s = e^(m_s - max m).
 //
-// Work split. One block per (query row, slice of kCombineColumns value columns), so that a few
-// rows still spread over the machine (4 sequences x 16 heads x 256 values: 256 blocks, not 64).
-// The block's 256 threads are kCombineGroups groups of 64 columns; group g sums splits g, g + 4,
-// ..., and the four partial sums are added in group order: the same bits every run. Why not one
-// thread a column over every split: the workspace is read once, from L2 (the first kernel just
-// wrote it), and the time is the loads' latency; 33 splits in a row at ~0.5 us a round of loads
-// were several microseconds, a tenth of a long memory-bound decode (docs/mla.md). Here each
-// thread has a quarter of the splits, unrolled, in flight together.
-//
-// Launched as a programmatic dependent of the decode kernel (common/dependent_launch.cuh): the
-// weights' and the workspace's reads wait for it; its launch overlaps the decode's last blocks.
-constexpr int kCombineGroups = 4;
-constexpr int kCombineColumns = kCombineThreads / kCombineGroups;
+// The workspace was just written, so it is read from L2 and the time is the loads' latency, not
+// bytes: what matters is how many loads each thread has in flight and how few serial phases a
+// block has. Each thread first issues its loads of acc (up to kCombineLoads splits) and only then
+// waits for the weights, which warp 0 computes meanwhile; few splits (the engine's and most long
+// rows: 2-8) are one block per (row, 256 columns), a thread a column over all the splits, in split
+// order; many (up to 128: 4 sequences on 132 SMs give 33) divide the splits among 2 or 4 groups
+// of threads (group g: splits g, g + groups, ...), a block per (row, 256 / groups columns), the
+// groups' partial sums added in group order. Every order is fixed: the same bits every run.
+// Measured (H100, 2026-12-07): one block a row walking every split for 2 columns a thread took
+// 40.7 us at 4 sequences x 16 heads x 33 splits, L 32768, where the groups take 39.2; a block per
+// (row, 64 columns) for every split count lost 1.5-4.5 us at 32 sequences x 4 splits (4096 blocks,
+// each with the weights' serial phase) (docs/mla.md "The split combine").
+constexpr int kCombineLoads = 8;  // splits whose loads a thread issues before it needs the weights
+
+// Thread groups that share a row's splits: 1, 2 or 4 (the block covers 256 / groups columns).
+__host__ __device__ constexpr int combine_groups(int splits) {
+  return splits <= kCombineLoads ? 1 : (splits <= 2 * kCombineLoads ? 2 : 4);
+}
 
 template <class T>
 __global__ void __launch_bounds__(kCombineThreads) decode_combine_kernel(DecodeAttentionArgs a) {
   using C = compute_of<T>;
   constexpr C kNegInf = -static_cast<C>(INFINITY);
   __shared__ C weight_s[kDecodeMaxSplits];
-  __shared__ C partial_s[kCombineGroups][kCombineColumns];
+  __shared__ C partial_s[kCombineThreads];
   __shared__ C total_s;
-  const int dv = a.dv, slices = (dv + kCombineColumns - 1) / kCombineColumns;
+  const int dv = a.dv, splits = a.splits, groups = combine_groups(splits), columns = kCombineThreads / groups;
+  const int slices = (dv + columns - 1) / columns, thread = static_cast<int>(threadIdx.x);
   const std::int64_t r = blockIdx.x / slices;
-  const int thread = static_cast<int>(threadIdx.x);
-  const int column = thread % kCombineColumns, group = thread / kCombineColumns;
-  const int c = static_cast<int>(blockIdx.x % slices) * kCombineColumns + column, splits = a.splits;
+  const int column = thread % columns, group = thread / columns;
+  const int c = static_cast<int>(blockIdx.x % slices) * columns + column;
   const C* const ml = static_cast<const C*>(a.workspace) + r * splits * 2;
   const C* const acc =
-      static_cast<const C*>(a.workspace) + a.count * a.queries * a.heads * splits * 2 + r * splits * dv;
-  wait_for_prior_grid();
+      static_cast<const C*>(a.workspace) + a.count * a.queries * a.heads * splits * 2 + r * splits * dv + c;
+  C early[kCombineLoads];  // acc of splits group, group + groups, ...: in flight while the weights are made
+#pragma unroll
+  for (int k = 0; k < kCombineLoads; ++k) {
+    const int s = group + k * groups;
+    early[k] = c < dv && s < splits ? acc[static_cast<std::int64_t>(s) * dv] : C(0);
+  }
   if (thread < 32) {  // warp 0: the weights, each lane over splits lane, lane + 32, ...
     const int lane = thread;
     C mx = kNegInf;
@@ -155,38 +164,36 @@ __global__ void __launch_bounds__(kCombineThreads) decode_combine_kernel(DecodeA
   }
   __syncthreads();
   C sum = 0;
+#pragma unroll
+  for (int k = 0; k < kCombineLoads; ++k) {
+    const int s = group + k * groups;
+    if (s < splits) sum += weight_s[s] * early[k];
+  }
   if (c < dv) {
 #pragma unroll 4
-    for (int s = group; s < splits; s += kCombineGroups)
-      sum += weight_s[s] * acc[static_cast<std::int64_t>(s) * dv + c];
+    for (int s = group + kCombineLoads * groups; s < splits; s += groups)
+      sum += weight_s[s] * acc[static_cast<std::int64_t>(s) * dv];
   }
-  partial_s[group][column] = sum;
-  __syncthreads();
-  if (group == 0 && c < dv) {
-    C value = partial_s[0][column];
-#pragma unroll
-    for (int g = 1; g < kCombineGroups; ++g) value += partial_s[g][column];
+  if (groups > 1) {
+    partial_s[thread] = sum;
+    __syncthreads();
+    if (group != 0) return;
+    for (int g = 1; g < groups; ++g) sum += partial_s[g * columns + column];
+  }
+  if (c < dv) {
     const C total = total_s;
-    static_cast<T*>(a.out)[r * dv + c] = store<T>(total > 0 ? value / total : C(0));
+    static_cast<T*>(a.out)[r * dv + c] = store<T>(total > 0 ? sum / total : C(0));
   }
 }
 
-// KILN_DECODE_PDL=off in the environment launches the combine as an ordinary kernel (comparisons).
-inline bool decode_combine_dependent() {
-  static const bool on = !environment_is("KILN_DECODE_PDL", "off");
-  return on;
-}
-
-// The combine after a split decode (a.splits > 1) on a.launch's stream. The decode kernels call
-// allow_dependent_launch() at their start, so on sm_90 the combine's blocks are scheduled as the
-// decode's last blocks leave.
+// The combine after a split decode (a.splits > 1) on a.launch's stream.
 template <class T>
 void launch_decode_combine(const DecodeAttentionArgs& a) {
-  const std::int64_t slices = (a.dv + kCombineColumns - 1) / kCombineColumns;
-  const std::int64_t blocks = a.count * a.queries * a.heads * slices;
+  const int columns = kCombineThreads / combine_groups(a.splits);
+  const std::int64_t blocks = a.count * a.queries * a.heads * ((a.dv + columns - 1) / columns);
   check(blocks <= 2147483647, "decode_attention", "the split combine's ", blocks, " blocks exceed the grid's limit");
-  launch_after_prior_grid(decode_combine_dependent(), a.launch.device, decode_combine_kernel<T>,
-                          dim3(static_cast<unsigned>(blocks)), dim3(kCombineThreads), 0, a.launch.stream, a);
+  decode_combine_kernel<T><<<static_cast<unsigned>(blocks), kCombineThreads, 0, a.launch.stream>>>(a);
+  KILN_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace kiln::kernels::decode_attention

@@ -80,7 +80,8 @@ Tensor<T> grouped_swiglu_mlp(const Tensor<T>& x, const Tensor<T>& w_in, const Te
   const std::int64_t H_out = w_out.size(1);
   const Tensor<T> xc = detail::contiguous_aligned(x.detach()), w_in_c = detail::contiguous_aligned(w_in.detach());
   const Tensor<T> w_out_c = detail::contiguous_aligned(w_out.detach());
-  auto [gate_up, act] = detail::grouped_swiglu_forward(op, xc, w_in_c, oc);
+  const std::pair<Tensor<T>, Tensor<T>> forward = detail::grouped_swiglu_forward(op, xc, w_in_c, oc);
+  const Tensor<T> gate_up = forward.first, act = forward.second;  // named: lambdas capture them
   Tensor<T> y = detail::grouped_linear_forward(op, act, w_out_c, oc);
 
   if (autograd::needs_grad(x, w_in, w_out)) {
