@@ -3,7 +3,7 @@
 // the CPU op of the same type (double accumulation, itself checked against independent references
 // in tests/infer/test_paged_attention.cpp): paged_decode_attention at lengths 1, 63, 64, 65 and
 // 1000, ragged batches, sequences sharing their first blocks, block tables out of order, 1 and 2
-// query tokens, the sequence split forced (1, 3, 7, 64 splits) and chosen, MLA's latent cache (v
+// query tokens, the sequence split forced (1, 3, 7, 12, 33, 64 splits) and chosen, MLA's latent cache (v
 // a view of k), grouped kv heads with separate values, element-load shapes; float, bf16, double.
 // Every block and row the table does not give a sequence holds NaN, and every output starts as
 // NaN (poisoned memory): reading outside a sequence or leaving an output unwritten shows. The
@@ -181,9 +181,11 @@ double tolerance() {
   else return 4e-3;
 }
 
+// Splits 1 (no combine), automatic, 3 and 7 (the combine's one group of threads), 12 (two groups),
+// 33 (four, a group's ninth split past the loads it issues first) and 64.
 template <class T>
 void check_all_splits(const Case& c, int queries) {
-  for (int splits : {1, 0, 3, 7, 64}) check_case<T>(c, queries, splits, tolerance<T>());
+  for (int splits : {1, 0, 3, 7, 12, 33, 64}) check_case<T>(c, queries, splits, tolerance<T>());
 }
 
 // kiln's big MLA config (latent 256 + rope 32, values the latent, 12 heads, 64-token blocks) at the
