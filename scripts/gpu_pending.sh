@@ -79,11 +79,11 @@
 #           bench_paged_decode_cuda --deepseek (its three DeepSeek-V3 shapes) with the per-chunk
 #           barriers on, off, on, off (KILN_DECODE_SEESAW_CHUNKS)   -> docs/mla.md
 #   engine-hopper  hopper-decode without the kernel tests (after seesaw in the same call)
-#   session-build, combine-tests, combine-bench, swiglu  (2026-12-07, later) after the decode's split
-#           combine rewrite and the grouped GEMMs' SwiGLU epilogues: everything built in one
-#           ninja run; the decode, FP8 latent, grouped GEMM, MoE and engine GPU tests; the long-context
-#           decode rows against $OLD_TREE; the nn GPU tests, bench_moe_cuda and pretrain with the
-#           epilogues on and off (KILN_MOE_SWIGLU_EPILOGUE)          -> docs/mla.md, docs/moe.md
+#   session-build, combine-tests, combine-bench, swiglu  (2026-12-07, later) for the grouped GEMMs'
+#           SwiGLU epilogues and a split combine's rewrite: everything built in one ninja run; the
+#           decode, FP8 latent, grouped GEMM, MoE and engine GPU tests; bench_paged_decode_cuda --long
+#           (the long-context rows) against $OLD_TREE; the nn GPU tests, bench_moe_cuda and pretrain
+#           with the epilogues on and off (KILN_MOE_SWIGLU_EPILOGUE)   -> docs/mla.md, docs/moe.md
 #   profile-fp8  the GPU time of each kernel in 30 steps of bf16 and of FP8 training (nsys when the
 #           machine has it)                                          -> docs/fp8-gemm.md
 # Usage: scripts/gpu_pending.sh PHASE [PHASE ...]   (on the lent machine: OUT=$OUT, logs under it)
@@ -501,9 +501,8 @@ for phase in "$@"; do
       [ -n "${old_build:-}" ] && { wait $old_build || { echo "old build failed"; tail -20 "$BUILD_LOGS/build_old.log"; }; }
       ;;
     combine-tests)
-      # After the split combine's rewrite (2026-12-07, later: loads issued before the weights, the
-      # splits shared by 1, 2 or 4 groups of threads) and the grouped GEMMs' SwiGLU epilogues: the decode kernels' tests, the FP8 latent cache's,
-      # the grouped GEMMs' and the MoE kernels', then the engine's.
+      # The decode kernels' tests, the FP8 latent cache's, the grouped GEMMs' (with the SwiGLU
+      # epilogues, 2026-12-07) and the MoE kernels', then the engine's while under $DEADLINE.
       build test_kernels_cuda
       timeout 240 "$BUILD/tests/test_kernels_cuda" \
         --gtest_filter='PagedDecodeAttentionCuda.*:LatentFp8CacheCuda.*:LatentCacheWriteCuda.*:Grouped*:Moe*' \

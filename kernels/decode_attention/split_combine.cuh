@@ -17,7 +17,7 @@
 namespace kiln::kernels::decode_attention {
 
 constexpr int kSplitKeys = 256;  // keys a sequence split keeps at least (of the capacity)
-constexpr int kCombineThreads = 256;
+constexpr int kCombineThreads = 128;
 
 template <class T>
 using compute_of = std::conditional_t<std::is_same_v<T, double>, double, float>;
@@ -105,51 +105,20 @@ inline int sequence_splits(std::int64_t blocks, std::int64_t capacity, int sms, 
   return static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>({by_sms, by_keys, kDecodeMaxSplits})));
 }
 
-// The sequence split's second step: combines each query row's `splits` partial states (args.hpp:
-// the workspace layout), out = sum_s w_s acc_s / sum_s w_s l_s with w_s = e^(m_s - max m).
-//
-// The workspace was just written, so it is read from L2 and the time is the loads' latency, not
-// bytes: what matters is how many loads each thread has in flight and how few serial phases a
-// block has. Each thread first issues its loads of acc (up to kCombineLoads splits) and only then
-// waits for the weights, which warp 0 computes meanwhile; few splits (the engine's and most long
-// rows: 2-8) are one block per (row, 256 columns), a thread a column over all the splits, in split
-// order; many (up to 128: 4 sequences on 132 SMs give 33) divide the splits among 2 or 4 groups
-// of threads (group g: splits g, g + groups, ...), a block per (row, 256 / groups columns), the
-// groups' partial sums added in group order. Every order is fixed: the same bits every run.
-// Measured (H100, 2026-12-07): one block a row walking every split for 2 columns a thread took
-// 40.7 us at 4 sequences x 16 heads x 33 splits, L 32768, where the groups take 39.2; a block per
-// (row, 64 columns) for every split count lost 1.5-4.5 us at 32 sequences x 4 splits (4096 blocks,
-// each with the weights' serial phase) (docs/mla.md "The split combine").
-constexpr int kCombineLoads = 8;  // splits whose loads a thread issues before it needs the weights
-
-// Thread groups that share a row's splits: 1, 2 or 4 (the block covers 256 / groups columns).
-__host__ __device__ constexpr int combine_groups(int splits) {
-  return splits <= kCombineLoads ? 1 : (splits <= 2 * kCombineLoads ? 2 : 4);
-}
-
+// The sequence split's second step: one block per query row (batch row, query, head) combines
+// that row's `splits` partial states in split order (args.hpp: the workspace layout).
 template <class T>
 __global__ void __launch_bounds__(kCombineThreads) decode_combine_kernel(DecodeAttentionArgs a) {
   using C = compute_of<T>;
   constexpr C kNegInf = -static_cast<C>(INFINITY);
   __shared__ C weight_s[kDecodeMaxSplits];
-  __shared__ C partial_s[kCombineThreads];
   __shared__ C total_s;
-  const int dv = a.dv, splits = a.splits, groups = combine_groups(splits), columns = kCombineThreads / groups;
-  const int slices = (dv + columns - 1) / columns, thread = static_cast<int>(threadIdx.x);
-  const std::int64_t r = blockIdx.x / slices;
-  const int column = thread % columns, group = thread / columns;
-  const int c = static_cast<int>(blockIdx.x % slices) * columns + column;
+  const std::int64_t r = blockIdx.x;
+  const int splits = a.splits, dv = a.dv;
   const C* const ml = static_cast<const C*>(a.workspace) + r * splits * 2;
-  const C* const acc =
-      static_cast<const C*>(a.workspace) + a.count * a.queries * a.heads * splits * 2 + r * splits * dv + c;
-  C early[kCombineLoads];  // acc of splits group, group + groups, ...: in flight while the weights are made
-#pragma unroll
-  for (int k = 0; k < kCombineLoads; ++k) {
-    const int s = group + k * groups;
-    early[k] = c < dv && s < splits ? acc[static_cast<std::int64_t>(s) * dv] : C(0);
-  }
-  if (thread < 32) {  // warp 0: the weights, each lane over splits lane, lane + 32, ...
-    const int lane = thread;
+  const C* const acc = static_cast<const C*>(a.workspace) + a.count * a.queries * a.heads * splits * 2 + r * splits * dv;
+  if (threadIdx.x < 32) {  // warp 0: the weights, each lane over splits lane, lane + 32, ...
+    const int lane = static_cast<int>(threadIdx.x);
     C mx = kNegInf;
     for (int s = lane; s < splits; s += 32) mx = ::max(mx, ml[2 * s]);
     mx = warp_all_reduce(mx, Max{});
@@ -163,36 +132,20 @@ __global__ void __launch_bounds__(kCombineThreads) decode_combine_kernel(DecodeA
     if (lane == 0) total_s = total;
   }
   __syncthreads();
-  C sum = 0;
-#pragma unroll
-  for (int k = 0; k < kCombineLoads; ++k) {
-    const int s = group + k * groups;
-    if (s < splits) sum += weight_s[s] * early[k];
-  }
-  if (c < dv) {
-#pragma unroll 4
-    for (int s = group + kCombineLoads * groups; s < splits; s += groups)
-      sum += weight_s[s] * acc[static_cast<std::int64_t>(s) * dv];
-  }
-  if (groups > 1) {
-    partial_s[thread] = sum;
-    __syncthreads();
-    if (group != 0) return;
-    for (int g = 1; g < groups; ++g) sum += partial_s[g * columns + column];
-  }
-  if (c < dv) {
-    const C total = total_s;
-    static_cast<T*>(a.out)[r * dv + c] = store<T>(total > 0 ? sum / total : C(0));
+  const C total = total_s;
+  T* const out = static_cast<T*>(a.out) + r * dv;
+  for (int c = static_cast<int>(threadIdx.x); c < dv; c += kCombineThreads) {
+    C sum = 0;
+    for (int s = 0; s < splits; ++s) sum += weight_s[s] * acc[static_cast<std::int64_t>(s) * dv + c];
+    out[c] = store<T>(total > 0 ? sum / total : C(0));
   }
 }
 
 // The combine after a split decode (a.splits > 1) on a.launch's stream.
 template <class T>
 void launch_decode_combine(const DecodeAttentionArgs& a) {
-  const int columns = kCombineThreads / combine_groups(a.splits);
-  const std::int64_t blocks = a.count * a.queries * a.heads * ((a.dv + columns - 1) / columns);
-  check(blocks <= 2147483647, "decode_attention", "the split combine's ", blocks, " blocks exceed the grid's limit");
-  decode_combine_kernel<T><<<static_cast<unsigned>(blocks), kCombineThreads, 0, a.launch.stream>>>(a);
+  decode_combine_kernel<T><<<static_cast<unsigned>(a.count * a.queries * a.heads), kCombineThreads, 0,
+                             a.launch.stream>>>(a);
   KILN_CUDA_CHECK_LAUNCH();
 }
 
