@@ -13,10 +13,12 @@
 // the copy's GB/s (1.0 = copy speed). The target: dispatch + combine ≥ 0.8.
 //
 // Part 2, one MoE layer forward + backward (bf16): the fused path (routing kernel, device layout,
-// grouped GEMMs, combine; no host synchronisation) against the composed one (host sort, one SwiGLU
-// per expert through cuBLASLt, index_select and sums), at kiln's big config (one of its 6 MoE
-// layers) and a DeepSeek-V3-style layer scaled to fit a quick run (hidden 2048, 32 experts of 768,
-// top-8 of 4 kept groups of 8, 1 shared expert, 8192 tokens). Medians of 10 calls after 3 warm-up.
+// grouped GEMMs with the SwiGLU in their epilogues, combine; no host synchronisation), the same
+// with the SwiGLU as its own kernel between them (nn::moe_swiglu_epilogue() off), and the composed
+// one (host sort, one SwiGLU per expert through cuBLASLt, index_select and sums), at kiln's big
+// config (one of its 6 MoE layers) and a DeepSeek-V3-style layer scaled to fit a quick run (hidden
+// 2048, 32 experts of 768, top-8 of 4 kept groups of 8, 1 shared expert, 8192 tokens). Medians of
+// 10 calls after 3 warm-up.
 //
 // Run: ./benchmarks/bench_moe_cuda (about 30 s on an H200, mostly building the modules).
 #include <cstdio>
@@ -111,6 +113,9 @@ void layer_row(bench::Timer& timer, const char* name, const kiln::nn::DeepseekV3
   kiln::nn::moe_dispatch_path() = kiln::nn::MoEDispatch::composed;
   const double composed = timer.median_us(step, runs);
   kiln::nn::moe_dispatch_path() = kiln::nn::MoEDispatch::fused;
+  kiln::nn::moe_swiglu_epilogue() = false;
+  const double separate = timer.median_us(step, runs);
+  kiln::nn::moe_swiglu_epilogue() = true;
   const double fused = timer.median_us(step, runs);
   // FLOPs of the routed and shared experts (3 GEMMs each way counted as 2·m·n·k, backward twice
   // the forward) and of the router.
@@ -118,12 +123,12 @@ void layer_row(bench::Timer& timer, const char* name, const kiln::nn::DeepseekV3
                w = static_cast<double>(c.moe_intermediate_size);
   const double flops = 3.0 * (2.0 * tokens * (c.num_experts_per_tok + c.n_shared_experts) * 3.0 * h * w +
                               2.0 * tokens * h * c.n_routed_experts);
-  std::printf("%-34s %-34s %10.1f %10.1f %8.2fx %9.1f\n", name,
+  std::printf("%-34s %-34s %10.2f %10.2f %10.2f %8.2fx %9.1f\n", name,
               (std::to_string(batch) + "x" + std::to_string(seq) + " h" + std::to_string(c.hidden_size) + " e" +
                std::to_string(c.n_routed_experts) + "x" + std::to_string(c.moe_intermediate_size) + " k" +
                std::to_string(c.num_experts_per_tok))
                   .c_str(),
-              composed / 1e3, fused / 1e3, composed / fused, flops / fused / 1e6);
+              composed / 1e3, separate / 1e3, fused / 1e3, composed / fused, flops / fused / 1e6);
   std::fflush(stdout);
 }
 
@@ -137,9 +142,9 @@ int main() {
   bandwidth_rows(meter, {"big", 16384, 768, 8, 2, 4, 2});
 
   std::printf("\nMoE layer forward + backward, bf16 (composed: generic ops, host sort; fused: kernels/moe + "
-              "grouped GEMMs)\n");
-  std::printf("%-34s %-34s %10s %10s %9s %9s\n", "layer", "shape", "composed ms", "fused ms", "speedup",
-              "fused TFLOP/s");
+              "grouped GEMMs, the SwiGLU as its own kernel (separate) or in the GEMMs' epilogues)\n");
+  std::printf("%-34s %-34s %10s %10s %10s %9s %9s\n", "layer", "shape", "composed ms", "separate ms", "fused ms",
+              "speedup", "fused TFLOP/s");
   bench::Timer timer(0);
   layer_row(timer, "big config MoE layer", layer_config(768, 8, 512, 2, 4, 2), 32, 512);
   layer_row(timer, "DeepSeek-V3-style (scaled)", layer_config(2048, 32, 768, 8, 8, 4), 4, 2048);

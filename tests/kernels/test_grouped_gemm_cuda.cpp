@@ -278,7 +278,8 @@ void check_swiglu_epilogues(const std::vector<std::int64_t>& sizes, std::int64_t
   const std::int64_t R = pb.R, G = pb.G;
   const Tensor<std::int64_t> offsets = on_gpu(pb.offsets);
   const Tensor<T> x = on_gpu(pb.x), w_in = on_gpu(cast<T>(randn<float>({G, 2 * I, H}, 0.0, 0.3)));
-  const Tensor<T> w_out = on_gpu(cast<T>(randn<float>({G, H, I}, 0.0, 0.3))), dy = on_gpu(cast<T>(randn<float>({R, H})));
+  const Tensor<T> w_out = on_gpu(cast<T>(randn<float>({G, H, I}, 0.0, 0.3)));
+  const Tensor<T> dy = on_gpu(cast<T>(randn<float>({R, H})));
   const T nan = convert<T>(std::numeric_limits<double>::quiet_NaN());
   for (const Path& path : paths_to_test()) {
     SCOPED_TRACE(::testing::Message() << path.variant << " tile width " << path.block_n);
@@ -308,8 +309,9 @@ void check_swiglu_epilogues(const std::vector<std::int64_t>& sizes, std::int64_t
     EXPECT_LE(max_ulps(contiguous(narrow(d_gate_up, 1, I, I)), d_up), 1) << "d_up";
   }
   // The op and its autograd (automatic kernel choice) against the composed ops on the GPU.
-  const Tensor<T> xa = clone(x).requires_grad_(), wia = clone(w_in).requires_grad_(), woa = clone(w_out).requires_grad_();
-  const Tensor<T> xb = clone(x).requires_grad_(), wib = clone(w_in).requires_grad_(), wob = clone(w_out).requires_grad_();
+  const Tensor<T> xa = clone(x).requires_grad_(), wia = clone(w_in).requires_grad_();
+  const Tensor<T> woa = clone(w_out).requires_grad_(), xb = clone(x).requires_grad_();
+  const Tensor<T> wib = clone(w_in).requires_grad_(), wob = clone(w_out).requires_grad_();
   const Tensor<T> y = grouped_swiglu_mlp(xa, wia, woa, offsets);
   const Tensor<T> gu = grouped_linear(xb, wib, offsets);
   const Tensor<T> y_ref = grouped_linear(swiglu(narrow(gu, 1, 0, I), narrow(gu, 1, I, I)), wob, offsets);

@@ -29,7 +29,7 @@
 //   moe_dispatch: token rows gathered into that order [N·K, hidden];
 //   grouped_swiglu_mlp (ops/grouped_swiglu_mlp.hpp): the experts' gate_proj|up_proj rows stacked
 //   [E, 2I, hidden], SwiGLU, the down_proj weights stacked [E, hidden, I], the SwiGLU in the
-//   grouped GEMMs' epilogues (KILN_MOE_SWIGLU_EPILOGUE=off: grouped_linear, swiglu, grouped_linear);
+//   grouped GEMMs' epilogues (moe_swiglu_epilogue() off: grouped_linear, swiglu, grouped_linear);
 //   moe_combine: the gate-weighted sum of each token's K rows (deterministic; k order).
 // With the experts' linears in FP8 mode (nn/fp8_training.hpp) the two grouped products are
 // grouped_fp8_linear's (nn/fp8_linear.hpp: forward and data gradient in FP8, weight gradient in T).
@@ -293,6 +293,14 @@ enum class MoEDispatch { automatic, composed, fused };
 inline MoEDispatch& moe_dispatch_path() {
   static MoEDispatch path = MoEDispatch::automatic;
   return path;
+}
+
+// Whether the fused dispatch runs the experts' SwiGLU in the grouped GEMMs' epilogues
+// (grouped_swiglu_mlp; the default) or as grouped_linear, swiglu, grouped_linear (for comparisons;
+// KILN_MOE_SWIGLU_EPILOGUE=off in the environment sets the default off). Process-wide.
+inline bool& moe_swiglu_epilogue() {
+  static bool on = !environment_is("KILN_MOE_SWIGLU_EPILOGUE", "off");
+  return on;
 }
 
 // Sets moe_dispatch_path() for the lifetime of the scope, then restores it (tests and benchmarks
@@ -730,9 +738,7 @@ class MoE : public Module<T> {
       check(ex->gate_proj.fp8.has_value() == fp8.has_value() && ex->up_proj.fp8.has_value() == fp8.has_value() &&
                 ex->down_proj.fp8.has_value() == fp8.has_value(),
             op, "fused dispatch needs the routed experts' linears all in FP8 mode or none");
-    // KILN_MOE_SWIGLU_EPILOGUE=off in the environment: the three ops one after the other (comparisons).
-    static const bool swiglu_epilogue = !environment_is("KILN_MOE_SWIGLU_EPILOGUE", "off");
-    if (!fp8 && swiglu_epilogue) return grouped_swiglu_mlp(rows, w_in, w_out, offsets);
+    if (!fp8 && moe_swiglu_epilogue()) return grouped_swiglu_mlp(rows, w_in, w_out, offsets);
     auto product = [&](const Tensor<T>& x, const Tensor<T>& w) {
       if constexpr (std::is_same_v<T, float> || std::is_same_v<T, bf16>) {
         if (fp8) return grouped_fp8_linear(x, w, offsets, *fp8);
