@@ -68,13 +68,17 @@ void bandwidth_rows(bench::BandwidthBench& meter, const Shape& s) {
                gg = r.gates.detach().requires_grad_();
   const Tensor<bf16> dy = kiln::to(kiln::cast<bf16>(kiln::randn<float>({s.tokens, s.hidden})), gpu);
   const Tensor<bf16> drows = kiln::to(kiln::cast<bf16>(kiln::randn<float>({s.tokens * s.top_k, s.hidden})), gpu);
-  meter.row("dispatch backward (op)", shape, "bf16", dispatch_bytes, [&] {
+  // The backward rows time the forward op and its backward together and count both passes' bytes:
+  // dispatch's backward reads the N·K gradient rows and writes dx (the forward's bytes reversed);
+  // combine's reads dy and the N·K expert rows (the gates' dot products) and writes the N·K row
+  // gradients and the gates' (until 2026-12-07 only the forward's bytes were counted, which
+  // understated these rows' ratios by about half).
+  const double combine_backward_bytes = n * h * 2 + 2 * n * k * h * 2 + n * k * 2;
+  meter.row("dispatch forward + backward (ops)", shape, "bf16", 2 * dispatch_bytes, [&] {
     xg.zero_grad();
     kiln::moe_dispatch(xg, l).backward(drows);
   }, true);
-  // combine backward: dy gathered into N·K scaled rows, and the gates' dot products (rows and dy
-  // read again).
-  meter.row("combine backward (op)", shape, "bf16", combine_bytes + n * k * h * 2 + n * h * 2, [&] {
+  meter.row("combine forward + backward (ops)", shape, "bf16", combine_bytes + combine_backward_bytes, [&] {
     rg.zero_grad();
     gg.zero_grad();
     kiln::moe_combine(rg, gg, l).backward(dy);
