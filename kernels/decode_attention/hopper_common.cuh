@@ -1,12 +1,12 @@
 // What the two Hopper decode kernels share (decode_attention_hopper.cuh at kiln's (288, 256),
 // decode_attention_seesaw.cuh at DeepSeek-V3's (576, 512)): the block's rows, keys and early
-// exits, the barriers' setup and the producer's TMA loop (the first kernel's; the seesaw kernel
-// has its own, with a barrier per column chunk), the products of one 64-key tile, the zeroed tail
-// of a split's last tile and the results' store. Both are blocks of 3 warpgroups (a producer, two consumers) over tiles
-// of 64 keys in the layouts of attention_hopper.cuh: a tile of 64 rows x D elements is ceil(D / 64)
-// column chunks of 64 rows x 128 bytes, written by TMA with the 128-byte swizzle, each chunk
-// 1024-byte aligned; Q's 64-row slots have the same shape, so a Q slot and a key tile take the
-// same bytes.
+// exits, the products of one 64-key tile, the zeroed tail of a split's last tile and the results'
+// store; the barriers' setup and the producer's TMA loop are the first kernel's (the seesaw kernel
+// has its own, with a barrier per column chunk). Both are blocks of 3 warpgroups (a producer, two
+// consumers) over tiles of 64 keys in the layouts of attention_hopper.cuh: a tile of 64 rows x D
+// elements is ceil(D / 64) column chunks of 64 rows x 128 bytes, written by TMA with the 128-byte
+// swizzle, each chunk 1024-byte aligned; Q's 64-row slots have the same shape, so a Q slot and a
+// key tile take the same bytes.
 #pragma once
 
 #include <cuda.h>
