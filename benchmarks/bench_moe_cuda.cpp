@@ -20,7 +20,8 @@
 // 2048, 32 experts of 768, top-8 of 4 kept groups of 8, 1 shared expert, 8192 tokens). Medians of
 // 10 calls after 3 warm-up.
 //
-// Run: ./benchmarks/bench_moe_cuda (about 30 s on an H200, mostly building the modules).
+// Run: ./benchmarks/bench_moe_cuda (about 30 s on an H200, mostly building the modules);
+// --ops runs part 1 only.
 #include <cstdio>
 #include <string>
 
@@ -138,12 +139,18 @@ void layer_row(bench::Timer& timer, const char* name, const kiln::nn::DeepseekV3
 
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
+  const bool ops_only = argc > 1 && std::string(argv[1]) == "--ops";
+  if (argc > 2 || (argc == 2 && !ops_only)) {
+    std::fprintf(stderr, "usage: %s [--ops]   (--ops: the memory-bound ops only, not the MoE layers)\n", argv[0]);
+    return 2;
+  }
   if (!bench::open_device()) return 0;
   bench::BandwidthBench meter({.warmup = 3, .timed = 25}, {.name = 32, .shape = 34, .dtype = 5});
   meter.print_header();
   bandwidth_rows(meter, {"DeepSeek-V3", 4096, 7168, 256, 8, 8, 4});
   bandwidth_rows(meter, {"big", 16384, 768, 8, 2, 4, 2});
+  if (ops_only) return 0;
 
   std::printf("\nMoE layer forward + backward, bf16 (composed: generic ops, host sort; fused: kernels/moe + "
               "grouped GEMMs, the SwiGLU as its own kernel (separate) or in the GEMMs' epilogues)\n");

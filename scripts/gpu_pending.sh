@@ -84,6 +84,9 @@
 #           decode, FP8 latent, grouped GEMM, MoE and engine GPU tests; bench_paged_decode_cuda --long
 #           (the long-context rows) against $OLD_TREE; the nn GPU tests, bench_moe_cuda and pretrain
 #           with the epilogues on and off (KILN_MOE_SWIGLU_EPILOGUE)   -> docs/mla.md, docs/moe.md
+#   combine-backward  (2026-12-07, later) the combine's backward in four shapes
+#           (KILN_MOE_COMBINE_BACKWARD = 2x4, 3x4, rows2, rows3; kernels/moe/dispatch.cuh): the MoE
+#           kernel tests under each, then bench_moe_cuda --ops under each, twice  -> docs/moe.md
 #   profile-fp8  the GPU time of each kernel in 30 steps of bf16 and of FP8 training (nsys when the
 #           machine has it)                                          -> docs/fp8-gemm.md
 # Usage: scripts/gpu_pending.sh PHASE [PHASE ...]   (on the lent machine: OUT=$OUT, logs under it)
@@ -103,7 +106,7 @@ mkdir -p "$OUT" "$BUILD_LOGS"
 phases="build|tests|quantize|quantize-quick|fp8|fp8-ablations|fp8-parts|fp8-seeds|bench|bench-key-groups|bench-fp8"
 phases+="|key-groups-ab|verify|steps|changes|profile-decode|decode-step|profile-speculative|decode-fp8|latent-recheck"
 phases+="|profile-fp8-gemm|profile-fp8-gemm-source|fp8-uniform-ab|hopper-decode|seesaw|engine-hopper"
-phases+="|session-build|combine-tests|combine-bench|swiglu"
+phases+="|session-build|combine-tests|combine-bench|swiglu|combine-backward"
 [ $# -gt 0 ] || { echo "usage: $0 $phases|profile-fp8 ..."; exit 2; }
 
 . scripts/carried_deps.sh
@@ -546,6 +549,23 @@ for phase in "$@"; do
           KILN_MOE_SWIGLU_EPILOGUE=$epilogue timeout 100 "$BUILD/examples/pretrain" --device cuda --config big --steps 200 \
             --log-every 100 --eval-every 1000 --samples 0 --seed 1 > "$OUT/pretrain_${epilogue}_$round.log" 2>&1 || rc=1
           echo "pretrain $epilogue $round: $(grep -E '^(step 200|done)' "$OUT/pretrain_${epilogue}_$round.log" | tr '\n' ' ')"
+        done
+      done
+      ;;
+    combine-backward)
+      build test_kernels_cuda bench_moe_cuda
+      for variant in 2x4 3x4 rows2 rows3; do
+        KILN_MOE_COMBINE_BACKWARD=$variant timeout 60 "$BUILD/tests/test_kernels_cuda" --gtest_filter='Moe*' \
+          > "$OUT/test_moe_$variant.log" 2>&1 || rc=1
+        echo "tests $variant: $(grep -hE "^\[  (PASSED|FAILED) " "$OUT/test_moe_$variant.log" | tr '\n' ' ')"
+      done
+      for round in 1 2; do
+        for variant in 2x4 3x4 rows2 rows3; do
+          [ $SECONDS -lt "${DEADLINE:-540}" ] || { echo "deadline: $variant $round not run"; continue; }
+          KILN_MOE_COMBINE_BACKWARD=$variant timeout 60 "$BUILD/benchmarks/bench_moe_cuda" --ops \
+            > "$OUT/bench_moe_ops_${variant}_$round.log" 2>&1 || rc=1
+          echo "$variant $round: $(grep -E '^combine forward \+ backward' "$OUT/bench_moe_ops_${variant}_$round.log" |
+            awk '{print $(NF-3) " us, ratio " $NF}' | tr '\n' ' ')"
         done
       done
       ;;
