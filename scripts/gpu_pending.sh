@@ -87,6 +87,9 @@
 #   combine-backward  (2026-12-07, later) the combine's backward in four shapes
 #           (KILN_MOE_COMBINE_BACKWARD = 2x4, 3x4, rows2, rows3; kernels/moe/dispatch.cuh): the MoE
 #           kernel tests under each, then bench_moe_cuda --ops under each, twice  -> docs/moe.md
+#   profile-copies  every kernel of 2 steps of pretrain --config big under ncu with its DRAM bytes:
+#           the time and bandwidth per kernel, and the longest elementwise launches (copies) with
+#           their GB/s (scripts/ncu_kernel_table.py): whether the copies run at copy speed
 #   profile-fp8  the GPU time of each kernel in 30 steps of bf16 and of FP8 training (nsys when the
 #           machine has it)                                          -> docs/fp8-gemm.md
 # Usage: scripts/gpu_pending.sh PHASE [PHASE ...]   (on the lent machine: OUT=$OUT, logs under it)
@@ -106,7 +109,7 @@ mkdir -p "$OUT" "$BUILD_LOGS"
 phases="build|tests|quantize|quantize-quick|fp8|fp8-ablations|fp8-parts|fp8-seeds|bench|bench-key-groups|bench-fp8"
 phases+="|key-groups-ab|verify|steps|changes|profile-decode|decode-step|profile-speculative|decode-fp8|latent-recheck"
 phases+="|profile-fp8-gemm|profile-fp8-gemm-source|fp8-uniform-ab|hopper-decode|seesaw|engine-hopper"
-phases+="|session-build|combine-tests|combine-bench|swiglu|combine-backward"
+phases+="|session-build|combine-tests|combine-bench|swiglu|combine-backward|profile-copies"
 [ $# -gt 0 ] || { echo "usage: $0 $phases|profile-fp8 ..."; exit 2; }
 
 . scripts/carried_deps.sh
@@ -568,6 +571,15 @@ for phase in "$@"; do
             awk '{print $(NF-3) " us, ratio " $NF}' | tr '\n' ' ')"
         done
       done
+      ;;
+    profile-copies)
+      build pretrain
+      timeout 400 ncu --clock-control none --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum \
+        --csv "$BUILD/examples/pretrain" --device cuda --config big --steps 2 --log-every 1 --eval-every 1000 --samples 0 \
+        > "$OUT/profile_copies.csv" 2> "$OUT/profile_copies.err" || rc=1
+      python3 scripts/ncu_kernel_table.py "$OUT/profile_copies.csv" --second-half --top 40 > "$OUT/profile_copies.txt" 2>&1 ||
+        rc=1
+      head -30 "$OUT/profile_copies.txt"
       ;;
     profile-speculative)
       build bench_grpo_cuda
