@@ -87,6 +87,8 @@
 #   combine-backward  (2026-12-07, later) the combine's backward in four shapes
 #           (KILN_MOE_COMBINE_BACKWARD = 2x4, 3x4, rows2, rows3; kernels/moe/dispatch.cuh): the MoE
 #           kernel tests under each, then bench_moe_cuda --ops under each, twice  -> docs/moe.md
+#   attention-views  (2026-12-07, later) the attention kernels reading strided q, k, v, out and
+#           dout (kernels/attention/args.hpp, HeadLayout): all FusedAttentionCuda tests  -> docs/mla.md
 #   profile-copies  every kernel of 2 steps of pretrain --config big under ncu with its DRAM bytes:
 #           the time and bandwidth per kernel, and the longest elementwise launches (copies) with
 #           their GB/s (scripts/ncu_kernel_table.py): whether the copies run at copy speed
@@ -109,7 +111,7 @@ mkdir -p "$OUT" "$BUILD_LOGS"
 phases="build|tests|quantize|quantize-quick|fp8|fp8-ablations|fp8-parts|fp8-seeds|bench|bench-key-groups|bench-fp8"
 phases+="|key-groups-ab|verify|steps|changes|profile-decode|decode-step|profile-speculative|decode-fp8|latent-recheck"
 phases+="|profile-fp8-gemm|profile-fp8-gemm-source|fp8-uniform-ab|hopper-decode|seesaw|engine-hopper"
-phases+="|session-build|combine-tests|combine-bench|swiglu|combine-backward|profile-copies"
+phases+="|session-build|combine-tests|combine-bench|swiglu|combine-backward|profile-copies|attention-views"
 [ $# -gt 0 ] || { echo "usage: $0 $phases|profile-fp8 ..."; exit 2; }
 
 . scripts/carried_deps.sh
@@ -554,6 +556,12 @@ for phase in "$@"; do
           echo "pretrain $epilogue $round: $(grep -E '^(step 200|done)' "$OUT/pretrain_${epilogue}_$round.log" | tr '\n' ' ')"
         done
       done
+      ;;
+    attention-views)
+      build test_kernels_cuda
+      timeout 300 "$BUILD/tests/test_kernels_cuda" --gtest_filter='FusedAttentionCuda.*' > "$OUT/test_attention.log" 2>&1 ||
+        rc=1
+      grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure|Expected|Which is" "$OUT"/test_attention.log | head -30
       ;;
     combine-backward)
       build test_kernels_cuda bench_moe_cuda

@@ -2,9 +2,13 @@
 // ops/attention.hpp, which states the function; CPU reference backend/cpu/attention.hpp).
 //
 // Layouts: q [B, H, S, dk], k [B, Hkv, S, dk], v [B, Hkv, S, dv], out and its gradient
-// [B, H, S, dv], all contiguous; query head h reads kv head h / (H / Hkv). Query i attends keys
-// seq_begin[i] .. i (seq_begin null: 0, one sequence a batch row); seq_end[i] is one past the
-// last token of i's sequence (null: S). Packed sequences are B = 1 with these arrays.
+// [B, H, S, dv]; query head h reads kv head h / (H / Hkv). q, k, v, out and dout may lie in
+// memory with any batch, head and row strides (HeadLayout; each row's d elements contiguous),
+// e.g. a [B, S, H, d] tensor seen as [B, H, S, d], or the v columns of a wider per-head
+// projection, so that the front-end passes views without copying them; dq, dk, dv, lse and delta
+// are contiguous. Query i attends keys seq_begin[i] .. i (seq_begin null: 0, one sequence a batch
+// row); seq_end[i] is one past the last token of i's sequence (null: S). Packed sequences are
+// B = 1 with these arrays.
 #pragma once
 
 #include <cstdint>
@@ -21,6 +25,20 @@ struct AttentionShapeArgs {
   const std::int32_t* seq_begin = nullptr;  // [seq] or null
   const std::int32_t* seq_end = nullptr;    // [seq] or null
 };
+
+// Where element (b, h, i, c) of a [B, H, S, d] operand lies: b·batch + h·head + i·row + c
+// elements from its pointer. Every stride a multiple of 8 elements (16 bytes: the kernels copy
+// rows in 16-byte pieces, and TMA wants 16-byte strides) and the pointer 16-byte aligned; the
+// front-end copies operands that are not. row == 0 (the default) means contiguous:
+// {H·S·d, S·d, d}.
+struct HeadLayout {
+  std::int64_t batch = 0, head = 0, row = 0;
+};
+
+// The layout itself, or the contiguous one when it is the default.
+inline HeadLayout resolved_layout(HeadLayout l, std::int64_t heads, std::int64_t seq, std::int64_t d) {
+  return l.row != 0 ? l : HeadLayout{heads * seq * d, seq * d, d};
+}
 
 // Which kernel runs, for the forward (AttentionForwardArgs) and the backward (AttentionBackwardArgs)
 // each: automatic (the Hopper kernel on sm_90 where its head dims allow, else the plain one), or
@@ -39,6 +57,7 @@ struct AttentionForwardArgs {
   const void* q = nullptr;
   const void* k = nullptr;
   const void* v = nullptr;
+  HeadLayout q_layout, k_layout, v_layout, out_layout;  // default: contiguous
   AttentionKernel implementation = AttentionKernel::automatic;
   // Hopper forward: the two consumer warpgroups take turns issuing their products (ping-pong).
   // Off with KILN_ATTENTION_PINGPONG=off in the environment (comparisons).
@@ -65,6 +84,7 @@ struct AttentionBackwardArgs {
   const void* out = nullptr;
   const void* dout = nullptr;
   const float* lse = nullptr;
+  HeadLayout q_layout, k_layout, v_layout, out_layout, dout_layout;  // default: contiguous
   AttentionKernel implementation = AttentionKernel::automatic;
   // Hopper dK/dV and dQ kernels: the two consumer warpgroups take turns issuing their products
   // (ping-pong). Off with KILN_ATTENTION_PINGPONG=off in the environment (comparisons).

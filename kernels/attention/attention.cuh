@@ -49,7 +49,8 @@
 //
 // Limits: bf16 only (fp16 would double the instances and CI's compile time for a type training
 // on sm_80+ hardly uses; common/mma_sm80.cuh takes both); (Dk, Dv) among attention_head_dims_supported (template instances); the
-// inputs contiguous and 16-byte aligned (the front-end makes them so); S < 2^31, H and B <= 65535.
+// inputs 16-byte aligned with strides of whole 16-byte pieces (args.hpp: HeadLayout; the
+// front-end copies other views); S < 2^31, H and B <= 65535.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -105,16 +106,17 @@ __global__ void __launch_bounds__(kThreads) attention_forward_kernel(AttentionFo
   const std::int64_t q0 = static_cast<std::int64_t>(gridDim.x - 1 - blockIdx.x) * kRows;  // most keys first
   const int h = static_cast<int>(blockIdx.y), kvh = h / (s.heads / s.kv_heads);
   const std::int64_t b = blockIdx.z;
-  const T* const q = static_cast<const T*>(a.q) + (b * s.heads + h) * S * DK;
-  const T* const k = static_cast<const T*>(a.k) + (b * s.kv_heads + kvh) * S * DK;
-  const T* const v = static_cast<const T*>(a.v) + (b * s.kv_heads + kvh) * S * DV;
+  const HeadLayout ql = a.q_layout, kl = a.k_layout, vl = a.v_layout;  // resolved by the launcher
+  const T* const q = static_cast<const T*>(a.q) + b * ql.batch + h * ql.head;
+  const T* const k = static_cast<const T*>(a.k) + b * kl.batch + kvh * kl.head;
+  const T* const v = static_cast<const T*>(a.v) + b * vl.batch + kvh * vl.head;
 
   const KeyTiles tiles = key_tiles(s, q0, kRows, kKeys);
   const std::int64_t t_first = tiles.first, t_last = tiles.last, last_begin = tiles.last_begin;
 
-  sm80::load_tile_async<T, kRows, DK, kThreads>(sQ, q, q0, S);
-  sm80::load_tile_async<T, kKeys, DK, kThreads>(sK, k, t_first, S);
-  sm80::load_tile_async<T, kKeys, DV, kThreads>(sV, v, t_first, S);
+  sm80::load_tile_async<T, kRows, DK, kThreads>(sQ, q, q0, S, ql.row);
+  sm80::load_tile_async<T, kKeys, DK, kThreads>(sK, k, t_first, S, kl.row);
+  sm80::load_tile_async<T, kKeys, DV, kThreads>(sV, v, t_first, S, vl.row);
   sm80::cp_async_commit();
 
   const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>(threadIdx.x >> 5);
@@ -133,8 +135,8 @@ __global__ void __launch_bounds__(kThreads) attention_forward_kernel(AttentionFo
   int buf = 0;
   for (std::int64_t n0 = t_first; n0 <= t_last; n0 += kKeys, buf ^= 1) {
     if (n0 + kKeys <= t_last) {
-      sm80::load_tile_async<T, kKeys, DK, kThreads>(sK + (buf ^ 1) * kKeys * SK, k, n0 + kKeys, S);
-      sm80::load_tile_async<T, kKeys, DV, kThreads>(sV + (buf ^ 1) * kKeys * SV, v, n0 + kKeys, S);
+      sm80::load_tile_async<T, kKeys, DK, kThreads>(sK + (buf ^ 1) * kKeys * SK, k, n0 + kKeys, S, kl.row);
+      sm80::load_tile_async<T, kKeys, DV, kThreads>(sV + (buf ^ 1) * kKeys * SV, v, n0 + kKeys, S, vl.row);
       sm80::cp_async_commit();
       sm80::cp_async_wait<1>();
     } else {
@@ -164,8 +166,9 @@ __global__ void __launch_bounds__(kThreads) attention_forward_kernel(AttentionFo
     l[r] = sm80::quad_sum(l[r]);
     inv[r] = 1.f / l[r];  // l >= 1 for a real row: its own key is the maximum or below it
   }
-  T* const out = static_cast<T*>(a.out) + (b * s.heads + h) * S * DV;
-  sm80::store_rows<T, DV>(out, o, warp_row0, S, inv);
+  const HeadLayout ol = a.out_layout;
+  T* const out = static_cast<T*>(a.out) + b * ol.batch + h * ol.head;
+  sm80::store_rows<T, DV>(out, o, warp_row0, S, inv, ol.row);
   if (t == 0) {
     float* const lse = a.lse + (b * s.heads + h) * S;
 #pragma unroll
@@ -183,9 +186,13 @@ __global__ void __launch_bounds__(256) attention_delta_kernel(AttentionBackwardA
   const int dv = a.shape.dv;
   const int lane = static_cast<int>(threadIdx.x & 31);
   const std::int64_t warps = static_cast<std::int64_t>(gridDim.x) * (blockDim.x / 32);
+  const HeadLayout ol = a.out_layout, gl = a.dout_layout;  // resolved by the launcher
+  const std::int64_t S = a.shape.seq, H = a.shape.heads;
   for (std::int64_t r = (static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32; r < rows; r += warps) {
-    const T* const o = static_cast<const T*>(a.out) + r * dv;
-    const T* const g = static_cast<const T*>(a.dout) + r * dv;
+    // r = (b·H + h)·S + i, the row of delta (contiguous); out and dout by their layouts.
+    const std::int64_t slice = r / S, i = r - slice * S, b = slice / H, h = slice - b * H;
+    const T* const o = static_cast<const T*>(a.out) + b * ol.batch + h * ol.head + i * ol.row;
+    const T* const g = static_cast<const T*>(a.dout) + b * gl.batch + h * gl.head + i * gl.row;
     float sum = 0.f;
     for (int d = lane; d < dv; d += 32) sum += load(o[d]) * load(g[d]);
 #pragma unroll
@@ -226,19 +233,21 @@ __global__ void __launch_bounds__(kThreads) attention_dkdv_kernel(AttentionBackw
   const std::int64_t q_tiles = (q_end - k0 + BQ - 1) / BQ;
   const std::int64_t steps = q_tiles * group;
 
-  const T* const kp = static_cast<const T*>(a.k) + (b * s.kv_heads + kvh) * S * DK;
-  const T* const vp = static_cast<const T*>(a.v) + (b * s.kv_heads + kvh) * S * DV;
-  sm80::load_tile_async<T, kRows, DK, kThreads>(sK, kp, k0, S);
-  sm80::load_tile_async<T, kRows, DV, kThreads>(sV, vp, k0, S);
+  const HeadLayout ql = a.q_layout, kl = a.k_layout, vl = a.v_layout, gl = a.dout_layout;  // resolved
+  const T* const kp = static_cast<const T*>(a.k) + b * kl.batch + kvh * kl.head;
+  const T* const vp = static_cast<const T*>(a.v) + b * vl.batch + kvh * vl.head;
+  sm80::load_tile_async<T, kRows, DK, kThreads>(sK, kp, k0, S, kl.row);
+  sm80::load_tile_async<T, kRows, DV, kThreads>(sV, vp, k0, S, vl.row);
 
   // Step i: query head kvh·group + i / q_tiles, query tile k0 + (i mod q_tiles)·BQ.
   auto prefetch = [&](std::int64_t step, int buf) {
     const int h = kvh * group + static_cast<int>(step / q_tiles);
     const std::int64_t qt0 = k0 + (step % q_tiles) * BQ;
-    const std::int64_t head_row = (b * s.heads + h) * S;
-    sm80::load_tile_async<T, BQ, DK, kThreads>(sQ + buf * BQ * SK, static_cast<const T*>(a.q) + head_row * DK, qt0, S);
-    sm80::load_tile_async<T, BQ, DV, kThreads>(sG + buf * BQ * SV, static_cast<const T*>(a.dout) + head_row * DV,
-                                               qt0, S);
+    const std::int64_t head_row = (b * s.heads + h) * S;  // of lse and delta
+    sm80::load_tile_async<T, BQ, DK, kThreads>(sQ + buf * BQ * SK, static_cast<const T*>(a.q) + b * ql.batch + h * ql.head,
+                                               qt0, S, ql.row);
+    sm80::load_tile_async<T, BQ, DV, kThreads>(sG + buf * BQ * SV,
+                                               static_cast<const T*>(a.dout) + b * gl.batch + h * gl.head, qt0, S, gl.row);
     for (int i = static_cast<int>(threadIdx.x); i < BQ; i += kThreads) {
       const bool valid = qt0 + i < S;
       const std::int64_t src = valid ? qt0 + i : 0;
@@ -330,16 +339,19 @@ __global__ void __launch_bounds__(kThreads) attention_dq_kernel(AttentionBackwar
   const std::int64_t q0 = static_cast<std::int64_t>(gridDim.x - 1 - blockIdx.x) * kRows;
   const int h = static_cast<int>(blockIdx.y), kvh = h / (s.heads / s.kv_heads);
   const std::int64_t b = blockIdx.z;
-  const std::int64_t head_row = (b * s.heads + h) * S;
-  const T* const k = static_cast<const T*>(a.k) + (b * s.kv_heads + kvh) * S * DK;
-  const T* const v = static_cast<const T*>(a.v) + (b * s.kv_heads + kvh) * S * DV;
+  const std::int64_t head_row = (b * s.heads + h) * S;  // of lse, delta and dq
+  const HeadLayout ql = a.q_layout, kl = a.k_layout, vl = a.v_layout, gl = a.dout_layout;  // resolved
+  const T* const k = static_cast<const T*>(a.k) + b * kl.batch + kvh * kl.head;
+  const T* const v = static_cast<const T*>(a.v) + b * vl.batch + kvh * vl.head;
   const KeyTiles tiles = key_tiles(s, q0, kRows, kKeys);
   const std::int64_t t_first = tiles.first, t_last = tiles.last, last_begin = tiles.last_begin;
 
-  sm80::load_tile_async<T, kRows, DK, kThreads>(sQ, static_cast<const T*>(a.q) + head_row * DK, q0, S);
-  sm80::load_tile_async<T, kRows, DV, kThreads>(sG, static_cast<const T*>(a.dout) + head_row * DV, q0, S);
-  sm80::load_tile_async<T, kKeys, DK, kThreads>(sK, k, t_first, S);
-  sm80::load_tile_async<T, kKeys, DV, kThreads>(sV, v, t_first, S);
+  sm80::load_tile_async<T, kRows, DK, kThreads>(sQ, static_cast<const T*>(a.q) + b * ql.batch + h * ql.head, q0, S,
+                                                ql.row);
+  sm80::load_tile_async<T, kRows, DV, kThreads>(sG, static_cast<const T*>(a.dout) + b * gl.batch + h * gl.head, q0, S,
+                                                gl.row);
+  sm80::load_tile_async<T, kKeys, DK, kThreads>(sK, k, t_first, S, kl.row);
+  sm80::load_tile_async<T, kKeys, DV, kThreads>(sV, v, t_first, S, vl.row);
   sm80::cp_async_commit();
 
   const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>(threadIdx.x >> 5);
@@ -362,8 +374,8 @@ __global__ void __launch_bounds__(kThreads) attention_dq_kernel(AttentionBackwar
   int buf = 0;
   for (std::int64_t n0 = t_first; n0 <= t_last; n0 += kKeys, buf ^= 1) {
     if (n0 + kKeys <= t_last) {
-      sm80::load_tile_async<T, kKeys, DK, kThreads>(sK + (buf ^ 1) * kKeys * SK, k, n0 + kKeys, S);
-      sm80::load_tile_async<T, kKeys, DV, kThreads>(sV + (buf ^ 1) * kKeys * SV, v, n0 + kKeys, S);
+      sm80::load_tile_async<T, kKeys, DK, kThreads>(sK + (buf ^ 1) * kKeys * SK, k, n0 + kKeys, S, kl.row);
+      sm80::load_tile_async<T, kKeys, DV, kThreads>(sV + (buf ^ 1) * kKeys * SV, v, n0 + kKeys, S, vl.row);
       sm80::cp_async_commit();
       sm80::cp_async_wait<1>();
     } else {
@@ -413,6 +425,17 @@ inline void check_attention_args(const char* op, DType dtype, const AttentionSha
   for (const void* p : pointers) check(aligned16(p), op, "needs 16-byte aligned tensors (contiguous, from kiln's allocator)");
 }
 
+// The layout of one operand with the default made explicit (args.hpp: resolved_layout), checked:
+// strides of whole 16-byte pieces, as the kernels' row copies and TMA need.
+inline HeadLayout checked_layout(const char* op, const char* name, HeadLayout l, std::int64_t heads,
+                                 std::int64_t seq, std::int64_t d) {
+  l = resolved_layout(l, heads, seq, d);
+  check(l.batch >= 0 && l.head >= 0 && l.row > 0 && l.batch % 8 == 0 && l.head % 8 == 0 && l.row % 8 == 0, op, name,
+        "'s strides (batch ", l.batch, ", head ", l.head, ", row ", l.row,
+        " elements) must be non-negative multiples of 8 (16 bytes), the row's positive");
+  return l;
+}
+
 // Calls f(T{}, DK, DV as integral constants) for the instance of (dtype, dk, dv).
 template <class F>
 void dispatch_attention(DType dtype, int dk, int dv, F&& f) {
@@ -427,11 +450,16 @@ void dispatch_attention(DType dtype, int dk, int dv, F&& f) {
   with_type(bf16{});
 }
 
-inline void launch_attention_forward(const AttentionForwardArgs& a) {
+inline void launch_attention_forward(const AttentionForwardArgs& given) {
   const char* op = "fused_causal_attention";
-  const AttentionShapeArgs& s = a.shape;
+  const AttentionShapeArgs& s = given.shape;
   if (s.batch == 0 || s.seq == 0 || s.heads == 0) return;
-  check_attention_args(op, a.dtype, s, {a.q, a.k, a.v, a.out});
+  check_attention_args(op, given.dtype, s, {given.q, given.k, given.v, given.out});
+  AttentionForwardArgs a = given;  // the kernels read resolved layouts
+  a.q_layout = checked_layout(op, "q", a.q_layout, s.heads, s.seq, s.dk);
+  a.k_layout = checked_layout(op, "k", a.k_layout, s.kv_heads, s.seq, s.dk);
+  a.v_layout = checked_layout(op, "v", a.v_layout, s.kv_heads, s.seq, s.dv);
+  a.out_layout = checked_layout(op, "out", a.out_layout, s.heads, s.seq, s.dv);
   cuda::DeviceGuard guard(a.launch.device);
   const bool hopper_fits = device_info(a.launch.device).major == 9 && attention_hopper_supports(a.dtype, s.dk, s.dv) &&
                           s.batch * s.kv_heads <= 65535 && s.batch * s.heads * s.seq < 0x7fffffff;
@@ -461,11 +489,18 @@ inline void launch_attention_forward(const AttentionForwardArgs& a) {
   });
 }
 
-inline void launch_attention_backward(const AttentionBackwardArgs& a) {
+inline void launch_attention_backward(const AttentionBackwardArgs& given) {
   const char* op = "fused_causal_attention backward";
-  const AttentionShapeArgs& s = a.shape;
+  const AttentionShapeArgs& s = given.shape;
   if (s.batch == 0 || s.seq == 0 || s.heads == 0) return;
-  check_attention_args(op, a.dtype, s, {a.q, a.k, a.v, a.out, a.dout, a.dq, a.dk, a.dv});
+  check_attention_args(op, given.dtype, s,
+                       {given.q, given.k, given.v, given.out, given.dout, given.dq, given.dk, given.dv});
+  AttentionBackwardArgs a = given;  // the kernels read resolved layouts
+  a.q_layout = checked_layout(op, "q", a.q_layout, s.heads, s.seq, s.dk);
+  a.k_layout = checked_layout(op, "k", a.k_layout, s.kv_heads, s.seq, s.dk);
+  a.v_layout = checked_layout(op, "v", a.v_layout, s.kv_heads, s.seq, s.dv);
+  a.out_layout = checked_layout(op, "out", a.out_layout, s.heads, s.seq, s.dv);
+  a.dout_layout = checked_layout(op, "dout", a.dout_layout, s.heads, s.seq, s.dv);
   cuda::DeviceGuard guard(a.launch.device);
   const bool hopper_fits = device_info(a.launch.device).major == 9 &&
                            attention_hopper_backward_supports(a.dtype, s.dk, s.dv) && s.batch * s.kv_heads <= 65535 &&

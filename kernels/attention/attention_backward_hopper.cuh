@@ -249,13 +249,15 @@ struct DkdvLayout {
 // the most queries see, first within each kv head.
 struct DkdvTile {
   std::int64_t k0;      // first key
-  std::int64_t kv_row;  // (b·Hkv + kvh)·S: the kv head's first row of k, v, dk and dv
-  std::int64_t q_row;   // (b·H + kvh·group)·S: the first row of its group's first query head
+  std::int64_t kv_row;  // (b·Hkv + kvh)·S: the kv head's first row of dk and dv
+  std::int64_t q_row;   // (b·H + kvh·group)·S: the first row of lse and D of its group's first query head
+  int b, kvh;           // batch row and kv head (the coordinates of q, k, v and dout's tensor maps)
 };
 __device__ __forceinline__ DkdvTile dkdv_tile(int tile, int key_blocks, const AttentionShapeArgs& s) {
   const int x = tile % key_blocks, slice = tile / key_blocks;  // slice = b·Hkv + kvh
   const std::int64_t kv_row = static_cast<std::int64_t>(slice) * s.seq;
-  return {static_cast<std::int64_t>(x) * kBlock, kv_row, kv_row * (s.heads / s.kv_heads)};
+  const int b = slice / s.kv_heads;
+  return {static_cast<std::int64_t>(x) * kBlock, kv_row, kv_row * (s.heads / s.kv_heads), b, slice - b * s.kv_heads};
 }
 
 template <class T, int DK, int DV>
@@ -323,27 +325,32 @@ __global__ void __launch_bounds__(kThreads, 1)
       const std::int64_t steps = q_tiles * group;  // step i: query head kvh·group + i / q_tiles, tile i mod q_tiles
       int next = 0;
       if (lane == 0) {
-        const int k_row = static_cast<int>(w.kv_row + w.k0);
+        // The maps are 4-D, (column, row, head, batch row): rows past S read as zero.
+        const int k0 = static_cast<int>(w.k0);
         sm90::mbarrier_arrive_expect_bytes(kv_full, L::k_bytes + L::v_bytes);  // also releases the index
-        for (int c = 0; c < KC; ++c) sm90::tma_load_2d(base + c * kBlock * 128, &k_map, 64 * c, k_row, kv_full);
+        for (int c = 0; c < KC; ++c)
+          sm90::tma_load_4d(base + c * kBlock * 128, &k_map, 64 * c, k0, w.kvh, w.b, kv_full);
         for (int c = 0; c < VC; ++c)
-          sm90::tma_load_2d(base + L::v_offset + c * kBlock * 128, &v_map, 64 * c, k_row, kv_full);
+          sm90::tma_load_4d(base + L::v_offset + c * kBlock * 128, &v_map, 64 * c, k0, w.kvh, w.b, kv_full);
         next = atomicAdd(tile_counter, 1);  // in flight while this tile's Q and dout load
       }
       for (std::int64_t step = 0; step < steps; ++step) {
         const std::int64_t qt0 = w.k0 + (step % q_tiles) * BQ;
-        const std::int64_t head_row = w.q_row + (step / q_tiles) * S;
+        const int head_in_group = static_cast<int>(step / q_tiles);
+        const std::int64_t head_row = w.q_row + head_in_group * S;  // of lse and D
         sm90::mbarrier_wait(empty_bar + 8 * stage, phase ^ 1);
         // The tiles' copies first: the loads of lse and D below take a global-memory latency that
         // the copies need not wait for.
         const std::uint32_t full = full_bar + 8 * stage;
         if (lane == 0) {
-          const int row = static_cast<int>(head_row + qt0);
+          const int row = static_cast<int>(qt0), h = w.kvh * group + head_in_group;
           sm90::mbarrier_arrive_expect_bytes(full, L::q_bytes + L::g_bytes);
           for (int c = 0; c < KC; ++c)
-            sm90::tma_load_2d(base + L::q_offset + stage * L::q_bytes + c * BQ * 128, &q_map, 64 * c, row, full);
+            sm90::tma_load_4d(base + L::q_offset + stage * L::q_bytes + c * BQ * 128, &q_map, 64 * c, row, h, w.b,
+                              full);
           for (int c = 0; c < VC; ++c)
-            sm90::tma_load_2d(base + L::g_offset + stage * L::g_bytes + c * BQ * 128, &g_map, 64 * c, row, full);
+            sm90::tma_load_4d(base + L::g_offset + stage * L::g_bytes + c * BQ * 128, &g_map, 64 * c, row, h, w.b,
+                              full);
         }
         // lse (in the base-2 domain) and D of the tile's queries; 0 past S (those columns are masked).
         float* const st = stats + stage * 2 * BQ;
@@ -560,22 +567,24 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       const hopper::ForwardTile w = hopper::forward_tile(tile, query_blocks, s);
       const KeyTiles keys = key_tiles(s, w.q0, kBlock, BN);
-      const int q_row = static_cast<int>(w.head_row + w.q0), k_row = static_cast<int>(w.kv_slice * S);
+      // The maps are 4-D, (column, row, head, batch row): rows past S read as zero.
+      const int q0 = static_cast<int>(w.q0);
       sm90::mbarrier_arrive_expect_bytes(q_full, L::q_bytes + L::g_bytes);  // also releases the index
-      for (int c = 0; c < KC; ++c) sm90::tma_load_2d(base + c * kBlock * 128, &q_map, 64 * c, q_row, q_full);
+      for (int c = 0; c < KC; ++c)
+        sm90::tma_load_4d(base + c * kBlock * 128, &q_map, 64 * c, q0, w.h, w.b, q_full);
       for (int c = 0; c < VC; ++c)
-        sm90::tma_load_2d(base + L::g_offset + c * kBlock * 128, &g_map, 64 * c, q_row, q_full);
+        sm90::tma_load_4d(base + L::g_offset + c * kBlock * 128, &g_map, 64 * c, q0, w.h, w.b, q_full);
       const int next = atomicAdd(tile_counter, 1);  // in flight while this tile's K and V load
       for (std::int64_t n0 = keys.first; n0 <= keys.last; n0 += BN) {
         sm90::mbarrier_wait(empty_bar + 8 * stage, phase ^ 1);
         const std::uint32_t full = full_bar + 8 * stage;
         sm90::mbarrier_arrive_expect_bytes(full, L::k_bytes + L::v_bytes);
         for (int c = 0; c < KC; ++c)
-          sm90::tma_load_2d(base + L::k_offset + stage * L::k_bytes + c * BN * 128, &k_map, 64 * c,
-                            k_row + static_cast<int>(n0), full);
+          sm90::tma_load_4d(base + L::k_offset + stage * L::k_bytes + c * BN * 128, &k_map, 64 * c,
+                            static_cast<int>(n0), w.kvh, w.b, full);
         for (int c = 0; c < VC; ++c)
-          sm90::tma_load_2d(base + L::v_offset + stage * L::v_bytes + c * BN * 128, &v_map, 64 * c,
-                            k_row + static_cast<int>(n0), full);
+          sm90::tma_load_4d(base + L::v_offset + stage * L::v_bytes + c * BN * 128, &v_map, 64 * c,
+                            static_cast<int>(n0), w.kvh, w.b, full);
         if (++stage == kStages) {
           stage = 0;
           phase ^= 1;
@@ -696,9 +705,20 @@ __global__ void __launch_bounds__(kThreads, 1)
 // attention_hopper_backward_supports, the device and that every row index fits in int).
 template <class T, int DK, int DV>
 void launch_backward(const AttentionBackwardArgs& a) {
-  using hopper::make_tensor_map;
   const AttentionShapeArgs& s = a.shape;
-  const std::int64_t q_rows = s.batch * s.heads * s.seq, kv_rows = s.batch * s.kv_heads * s.seq;
+  // q, dout [B, H, S, d] and k, v [B, Hkv, S, d] in their layouts (resolved by the launcher).
+  const auto q_map = [&](int box_rows) {
+    return hopper::make_head_map(a.q, a.q_layout, s.batch, s.heads, s.seq, DK, box_rows);
+  };
+  const auto g_map = [&](int box_rows) {
+    return hopper::make_head_map(a.dout, a.dout_layout, s.batch, s.heads, s.seq, DV, box_rows);
+  };
+  const auto k_map = [&](int box_rows) {
+    return hopper::make_head_map(a.k, a.k_layout, s.batch, s.kv_heads, s.seq, DK, box_rows);
+  };
+  const auto v_map = [&](int box_rows) {
+    return hopper::make_head_map(a.v, a.v_layout, s.batch, s.kv_heads, s.seq, DV, box_rows);
+  };
   const std::int64_t blocks_a_row = (s.seq + kBlock - 1) / kBlock;
   // Persistent grids (one block a multiprocessor: their shared memory allows no second), each
   // taking tiles from its own counter, both zeroed on the stream first.
@@ -708,26 +728,18 @@ void launch_backward(const AttentionBackwardArgs& a) {
   args.pingpong = a.pingpong && hopper::pingpong_enabled();
   {
     using L = DkdvLayout<DK, DV>;
-    const CUtensorMap q_map = make_tensor_map(a.q, q_rows, DK, L::BQ);
-    const CUtensorMap g_map = make_tensor_map(a.dout, q_rows, DV, L::BQ);
-    const CUtensorMap k_map = make_tensor_map(a.k, kv_rows, DK, kBlock);
-    const CUtensorMap v_map = make_tensor_map(a.v, kv_rows, DV, kBlock);
     const int blocks = hopper::grid_blocks(blocks_a_row * s.kv_heads * s.batch, a.launch.device);
     opt_in_shared_memory(attention_dkdv_hopper_kernel<T, DK, DV>, L::bytes, a.launch.device);
     attention_dkdv_hopper_kernel<T, DK, DV><<<blocks, kThreads, L::bytes, a.launch.stream>>>(
-        q_map, g_map, k_map, v_map, args, tile_counters.data());
+        q_map(L::BQ), g_map(L::BQ), k_map(kBlock), v_map(kBlock), args, tile_counters.data());
     KILN_CUDA_CHECK_LAUNCH();
   }
   {
     using L = DqLayout<DK, DV>;
-    const CUtensorMap q_map = make_tensor_map(a.q, q_rows, DK, kBlock);
-    const CUtensorMap g_map = make_tensor_map(a.dout, q_rows, DV, kBlock);
-    const CUtensorMap k_map = make_tensor_map(a.k, kv_rows, DK, L::BN);
-    const CUtensorMap v_map = make_tensor_map(a.v, kv_rows, DV, L::BN);
     const int blocks = hopper::grid_blocks(blocks_a_row * s.heads * s.batch, a.launch.device);
     opt_in_shared_memory(attention_dq_hopper_kernel<T, DK, DV>, L::bytes, a.launch.device);
     attention_dq_hopper_kernel<T, DK, DV><<<blocks, kThreads, L::bytes, a.launch.stream>>>(
-        q_map, g_map, k_map, v_map, args, tile_counters.data() + 1);
+        q_map(kBlock), g_map(kBlock), k_map(L::BN), v_map(L::BN), args, tile_counters.data() + 1);
     KILN_CUDA_CHECK_LAUNCH();
   }
 }

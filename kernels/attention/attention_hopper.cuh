@@ -124,13 +124,14 @@ struct SmemLayout {
 // docs/mla.md).
 struct ForwardTile {
   std::int64_t q0;        // first query
-  std::int64_t head_row;  // (b·H + h)·S: the head's first row of q, out and lse
-  std::int64_t kv_slice;  // b·Hkv + h / group
+  std::int64_t head_row;  // (b·H + h)·S: the head's first row of lse
+  int b, h, kvh;          // batch row, query head, its kv head h / group
 };
 __device__ __forceinline__ ForwardTile forward_tile(int tile, int query_blocks, const AttentionShapeArgs& s) {
   const int x = tile % query_blocks, slice = tile / query_blocks;  // slice = b·H + h
-  return {static_cast<std::int64_t>(query_blocks - 1 - x) * kRows, static_cast<std::int64_t>(slice) * s.seq,
-          slice / (s.heads / s.kv_heads)};
+  const int b = slice / s.heads, h = slice - b * s.heads;
+  return {static_cast<std::int64_t>(query_blocks - 1 - x) * kRows, static_cast<std::int64_t>(slice) * s.seq, b, h,
+          h / (s.heads / s.kv_heads)};
 }
 
 // S = Q·Kᵀ for one 64 x kKeys tile: Dk/16 wgmma from shared memory, the first overwriting S
@@ -237,12 +238,13 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       const ForwardTile w = forward_tile(tile, query_blocks, s);
       const KeyTiles keys = key_tiles(s, w.q0, kRows, kKeys);
-      const int q_row = static_cast<int>(w.head_row + w.q0);
-      const int k_row = static_cast<int>(w.kv_slice * S), v_slice = static_cast<int>(w.kv_slice);
+      // The maps are 4-D, (column, row, head, batch row): a box never crosses a head, and rows past
+      // S read as zero.
+      const int q0 = static_cast<int>(w.q0);
       sm90::mbarrier_arrive_expect_bytes(q_full, kWarpgroups * L::q_bytes);  // also releases the index
       for (int wg = 0; wg < kWarpgroups; ++wg)
         for (int c = 0; c < KC; ++c)
-          sm90::tma_load_2d(base + wg * L::q_bytes + c * 64 * 128, &q_map, 64 * c, q_row + 64 * wg, q_full);
+          sm90::tma_load_4d(base + wg * L::q_bytes + c * 64 * 128, &q_map, 64 * c, q0 + 64 * wg, w.h, w.b, q_full);
       const int next = atomicAdd(tile_counter, 1);  // in flight while this tile's K and V load
       for (std::int64_t n0 = keys.first; n0 <= keys.last; n0 += kKeys) {
         // K of tile i is freed when its scores are done, V one tile later (after its P·V, which
@@ -251,13 +253,13 @@ __global__ void __launch_bounds__(kThreads, 1)
         sm90::mbarrier_wait(empty_k + 8 * stage, phase ^ 1);
         sm90::mbarrier_arrive_expect_bytes(full_k + 8 * stage, L::k_bytes);
         for (int c = 0; c < KC; ++c)
-          sm90::tma_load_2d(base + L::k_offset + stage * L::k_bytes + c * kKeys * 128, &k_map, 64 * c,
-                            k_row + static_cast<int>(n0), full_k + 8 * stage);
+          sm90::tma_load_4d(base + L::k_offset + stage * L::k_bytes + c * kKeys * 128, &k_map, 64 * c,
+                            static_cast<int>(n0), w.kvh, w.b, full_k + 8 * stage);
         sm90::mbarrier_wait(empty_v + 8 * stage, phase ^ 1);
         sm90::mbarrier_arrive_expect_bytes(full_v + 8 * stage, L::v_bytes);
         for (int c = 0; c < chunks(DV); ++c)
-          sm90::tma_load_3d(base + L::v_offset + stage * L::v_bytes + c * kKeys * 128, &v_map, 64 * c,
-                            static_cast<int>(n0), v_slice, full_v + 8 * stage);
+          sm90::tma_load_4d(base + L::v_offset + stage * L::v_bytes + c * kKeys * 128, &v_map, 64 * c,
+                            static_cast<int>(n0), w.kvh, w.b, full_v + 8 * stage);
         if (++stage == 2) {
           stage = 0;
           phase ^= 1;
@@ -380,14 +382,15 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     q_phase ^= 1;
 
-    T* const out = static_cast<T*>(a.out) + w.head_row * DV;
+    const HeadLayout ol = a.out_layout;  // resolved by the launcher
+    T* const out = static_cast<T*>(a.out) + w.b * ol.batch + w.h * ol.head;
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
       l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
       if (row[r] >= S) continue;
       const float inv = 1.f / l[r];
-      unsigned* const dst = reinterpret_cast<unsigned*>(out + row[r] * DV + 2 * t);
+      unsigned* const dst = reinterpret_cast<unsigned*>(out + row[r] * ol.row + 2 * t);
 #pragma unroll
       for (int c = 0; c < DV / 8; ++c) dst[c * 4] = sm80::pack2<T>(o[4 * c + 2 * r] * inv, o[4 * c + 2 * r + 1] * inv);
       if (t == 0) a.lse[w.head_row + row[r]] = (m[r] + log2f(l[r])) * kLn2;
@@ -398,19 +401,13 @@ __global__ void __launch_bounds__(kThreads, 1)
 
 // ---- host side ------------------------------------------------------------------------------------
 
-// A row-major [rows, cols] bf16 matrix read as boxes of 64 columns x box_rows rows with the
-// 128-byte swizzle; out-of-range rows and columns read as zero.
-inline CUtensorMap make_tensor_map(const void* data, std::int64_t rows, std::int64_t cols, int box_rows) {
-  const std::int64_t dims[2] = {cols, rows}, strides[1] = {cols * 2};
-  return sm90::tensor_map_bf16_sw128(data, 2, dims, strides, box_rows, "fused_causal_attention");
-}
-
-// [slices][rows][cols] bf16, contiguous, read as boxes of 64 columns x box_rows rows of one slice
-// with the 128-byte swizzle: a box never crosses a slice, so rows past `rows` read as zero.
-inline CUtensorMap make_tensor_map_3d(const void* data, std::int64_t slices, std::int64_t rows, std::int64_t cols,
-                                      int box_rows) {
-  const std::int64_t dims[3] = {cols, rows, slices}, strides[2] = {cols * 2, rows * cols * 2};
-  return sm90::tensor_map_bf16_sw128(data, 3, dims, strides, box_rows, "fused_causal_attention");
+// An operand [batch][heads][seq][d] of layout l (args.hpp: any strides, rows contiguous) read as
+// boxes of 64 columns x box_rows rows of one head, with the 128-byte swizzle; rows past seq and
+// columns past d read as zero. Coordinates (column, row, head, batch row).
+inline CUtensorMap make_head_map(const void* data, HeadLayout l, std::int64_t batch, std::int64_t heads,
+                                 std::int64_t seq, std::int64_t d, int box_rows) {
+  const std::int64_t dims[4] = {d, seq, heads, batch}, strides[3] = {l.row * 2, l.head * 2, l.batch * 2};
+  return sm90::tensor_map_bf16_sw128(data, 4, dims, strides, box_rows, "fused_causal_attention");
 }
 
 // KILN_ATTENTION_PINGPONG=off in the environment turns the consumers' ping-pong off in the Hopper
@@ -434,9 +431,9 @@ inline int grid_blocks(std::int64_t tiles, int device) {
 template <class T, int DK, int DV>
 void launch_forward(const AttentionForwardArgs& a) {
   const AttentionShapeArgs& s = a.shape;
-  const CUtensorMap q_map = make_tensor_map(a.q, s.batch * s.heads * s.seq, DK, 64);
-  const CUtensorMap k_map = make_tensor_map(a.k, s.batch * s.kv_heads * s.seq, DK, kKeys);
-  const CUtensorMap v_map = make_tensor_map_3d(a.v, s.batch * s.kv_heads, s.seq, DV, kKeys);
+  const CUtensorMap q_map = make_head_map(a.q, a.q_layout, s.batch, s.heads, s.seq, DK, 64);
+  const CUtensorMap k_map = make_head_map(a.k, a.k_layout, s.batch, s.kv_heads, s.seq, DK, kKeys);
+  const CUtensorMap v_map = make_head_map(a.v, a.v_layout, s.batch, s.kv_heads, s.seq, DV, kKeys);
   const std::size_t smem = SmemLayout<DK, DV>::bytes;
   // Persistent: one block per multiprocessor (its shared memory allows no second), taking tiles
   // from a counter that starts at 0 on the stream (the caching allocator hands the int back in

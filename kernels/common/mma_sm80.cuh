@@ -174,18 +174,19 @@ __device__ __forceinline__ void warp_mm_regs_rows(float (&acc)[N / 8][4], const 
   }
 }
 
-// Copies rows [row0, row0 + ROWS) of a row-major [*, D] global matrix (row stride D) into a
-// shared tile of stride D + 8, with all THREADS threads of the block; rows at or past `rows` are
-// zero-filled. D a multiple of 8 (16-byte pieces), gmem 16-byte aligned.
+// Copies rows [row0, row0 + ROWS) of a row-major [*, D] global matrix of row stride ld (default
+// D) into a shared tile of stride D + 8, with all THREADS threads of the block; rows at or past
+// `rows` are zero-filled. D and ld multiples of 8 (16-byte pieces), gmem 16-byte aligned.
 template <class T, int ROWS, int D, int THREADS>
-__device__ __forceinline__ void load_tile_async(T* smem, const T* gmem, std::int64_t row0, std::int64_t rows) {
+__device__ __forceinline__ void load_tile_async(T* smem, const T* gmem, std::int64_t row0, std::int64_t rows,
+                                                std::int64_t ld = D) {
   static_assert(D % 8 == 0, "rows are copied in 16-byte pieces");
   constexpr int kPieces = D / 8;
 #pragma unroll
   for (int i = static_cast<int>(threadIdx.x); i < ROWS * kPieces; i += THREADS) {
     const int r = i / kPieces, c = (i - r * kPieces) * 8;
     const bool valid = row0 + r < rows;
-    cp_async_16(smem + r * (D + 8) + c, gmem + (valid ? (row0 + r) * D + c : 0), valid);
+    cp_async_16(smem + r * (D + 8) + c, gmem + (valid ? (row0 + r) * ld + c : 0), valid);
   }
 }
 

@@ -3,8 +3,8 @@
 // partial query tile, several, 16 key tiles), both MLA head-dim sets (96, 64) and (192, 128) and
 // the other compiled pairs, grouped kv heads (2 query heads a kv head, 1, 3), several packed
 // sequences of different lengths in one row (crossing tile boundaries), poisoned outputs; the
-// backward's determinism (two runs, the same bits, for each backward kernel) and the errors of
-// unsupported calls. Every case runs the automatic choice, the plain forward and backward and, on
+// backward's determinism (two runs, the same bits, for each backward kernel), strided views read
+// in place (the same bits as contiguous copies) and the errors of unsupported calls. Every case runs the automatic choice, the plain forward and backward and, on
 // an sm_90 GPU in bf16, the Hopper forward with the Hopper backward (where its head dims allow,
 // else the plain one); the kernel trace proves which kernels ran.
 //
@@ -230,6 +230,68 @@ TEST(FusedAttentionCuda, NonContiguousAndMisalignedInputs) {
   const auto kflat = on_gpu(cat(std::vector<Tensor<bf16>>{zeros<bf16>({1}), reshape(k, {70 * 64})}, 0));
   const auto kmis = reshape(narrow(kflat, 0, 1, 70 * 64), {1, 1, 70, 64});
   EXPECT_EQ(relative_error(on_cpu(fused_causal_attention(qt, kmis, on_gpu(v), 0.2)), want), 0.0);
+}
+
+// The kernels read q, k, v, out and dout through their strides (kernels/attention/args.hpp,
+// HeadLayout): an MLA layer's operands as the projections leave them, q [B, S, H, Dk] seen as
+// [B, H, S, Dk], k and v the two column ranges of one [B, S, Hkv, Dk + Dv] projection, and the
+// upstream gradient arriving through transpose and reshape as the output projection sends it. The
+// results equal those of contiguous copies of the same values bit for bit (the same arithmetic in
+// the same order), with every kernel, packed and not, at odd lengths; no operand is copied
+// (attention_operand hands each one back as it is), and the output is stored token-major.
+TEST(FusedAttentionCuda, ReadsStridedViewsInPlace) {
+  KILN_REQUIRE_GPU();
+  manual_seed(176);
+  using kernels::AttentionKernel;
+  struct Case {
+    std::int64_t B, H, Hkv, S, Dk, Dv;
+    std::vector<std::int64_t> cu;
+  };
+  const std::vector<Case> cases{{2, 3, 3, 1, 96, 64, {}},    {2, 3, 3, 129, 96, 64, {}},
+                                {1, 4, 2, 1000, 96, 64, {}}, {2, 2, 1, 130, 192, 128, {}},
+                                {1, 4, 4, 333, 192, 128, {0, 5, 70, 71, 200, 333}}};
+  for (const Case& c : cases) {
+    SCOPED_TRACE(::testing::Message() << "B " << c.B << " H " << c.H << "/" << c.Hkv << " S " << c.S << " Dk " << c.Dk
+                                      << " Dv " << c.Dv << (c.cu.empty() ? "" : " packed"));
+    const Tensor<std::int64_t> cu = c.cu.empty() ? Tensor<std::int64_t>()
+                                                 : Tensor<std::int64_t>::from_vector(c.cu, {static_cast<std::int64_t>(c.cu.size())});
+    // Token-major storage, as the projections write it.
+    const auto q_tokens = on_gpu(randn<bf16>({c.B, c.S, c.H, c.Dk}));
+    const auto kv_tokens = on_gpu(randn<bf16>({c.B, c.S, c.Hkv, c.Dk + c.Dv}));
+    const auto dy_tokens = on_gpu(randn<bf16>({c.B, c.S, c.H * c.Dv}));
+    const auto q_view = transpose(q_tokens, 1, 2);
+    const auto k_view = transpose(narrow(kv_tokens, 3, 0, c.Dk), 1, 2);
+    const auto v_view = transpose(narrow(kv_tokens, 3, c.Dk, c.Dv), 1, 2);
+    for (const auto& view : {q_view, k_view, v_view}) {
+      EXPECT_FALSE(view.is_contiguous());
+      EXPECT_EQ(detail::attention_operand(view).data(), view.data()) << "an operand was copied";
+    }
+    std::vector<AttentionKernel> kernels{AttentionKernel::plain};
+    if (gpu_is_hopper()) kernels.push_back(AttentionKernel::hopper);
+    for (AttentionKernel kernel : kernels) {
+      SCOPED_TRACE(kernel == AttentionKernel::hopper ? "hopper" : "plain");
+      // out, then dq, dk, dv, each as contiguous values on the CPU.
+      auto run = [&](const Tensor<bf16>& q, const Tensor<bf16>& k, const Tensor<bf16>& v) {
+        const auto ql = q.detach().requires_grad_(), kl = k.detach().requires_grad_(), vl = v.detach().requires_grad_();
+        const auto out = fused_causal_attention(ql, kl, vl, 0.1, cu, kernel, kernel);
+        EXPECT_TRUE(transpose(out, 1, 2).is_contiguous()) << "the output is stored token-major";
+        // What an output projection's input gradient looks like: [B, S, H·Dv] -> [B, H, S, Dv].
+        const auto heads_per_token = reshape(transpose(out, 1, 2), {c.B, c.S, c.H * c.Dv});
+        heads_per_token.backward(dy_tokens);
+        return std::vector<std::vector<bf16>>{on_cpu(contiguous(out.detach())).to_vector(),
+                                              on_cpu(contiguous(ql.grad())).to_vector(),
+                                              on_cpu(contiguous(kl.grad())).to_vector(),
+                                              on_cpu(contiguous(vl.grad())).to_vector()};
+      };
+      const auto got = run(q_view, k_view, v_view);
+      const auto want = run(contiguous(q_view), contiguous(k_view), contiguous(v_view));
+      const char* names[] = {"out", "dq", "dk", "dv"};
+      for (std::size_t t = 0; t < 4; ++t) {
+        ASSERT_EQ(got[t].size(), want[t].size());
+        EXPECT_EQ(std::memcmp(got[t].data(), want[t].data(), got[t].size() * sizeof(bf16)), 0) << names[t];
+      }
+    }
+  }
 }
 
 TEST(FusedAttentionCuda, Errors) {

@@ -209,3 +209,40 @@ TEST(FusedAttention, AutomaticForwardKernelChoice) {
   EXPECT_FALSE(wanted(automatic, DType::bf16, 48, 32, 4096));  // v 32: no Hopper instance
   EXPECT_FALSE(wanted(automatic, DType::f32, 192, 128, 4096));  // bf16 only
 }
+
+// Which views the CUDA kernels read in place (detail::attention_operand: the same tensor back)
+// and with which strides (detail::head_layout), and which they get a contiguous copy of. Pure
+// host logic, checked here on CPU tensors; tests/kernels/test_attention_cuda.cpp runs the views.
+TEST(FusedAttention, OperandsReadInPlaceOrCopied) {
+  using detail::attention_operand;
+  using detail::head_layout;
+  auto in_place = [](const Tensor<bf16>& t) { return attention_operand(t).data() == t.data(); };
+  auto layout_is = [](const Tensor<bf16>& t, std::int64_t batch, std::int64_t head, std::int64_t row) {
+    const kernels::HeadLayout l = head_layout(t);
+    return l.batch == batch && l.head == head && l.row == row;
+  };
+  const auto contiguous_heads = zeros<bf16>({2, 3, 5, 16});
+  EXPECT_TRUE(in_place(contiguous_heads));
+  EXPECT_TRUE(layout_is(contiguous_heads, 240, 80, 16));
+  // [B, S, H, d] seen as [B, H, S, d]: a query projection's output.
+  const auto tokens = transpose(zeros<bf16>({2, 5, 3, 16}), 1, 2);
+  EXPECT_TRUE(in_place(tokens));
+  EXPECT_TRUE(layout_is(tokens, 240, 16, 48));
+  // The two column ranges of one per-head projection [B, S, H, 16 + 8]: k's 16 and v's 8 columns.
+  const auto kv = zeros<bf16>({2, 5, 3, 24});
+  const auto k = transpose(narrow(kv, 3, 0, 16), 1, 2), v = transpose(narrow(kv, 3, 16, 8), 1, 2);
+  EXPECT_TRUE(in_place(k) && in_place(v));
+  EXPECT_TRUE(layout_is(v, 360, 24, 72));
+  // One position, one batch row, one head: those strides are never used (0; the row's taken as d).
+  const auto one = transpose(zeros<bf16>({1, 1, 3, 16}), 1, 2);
+  EXPECT_TRUE(in_place(one));
+  EXPECT_TRUE(layout_is(one, 0, 16, 16));
+  // Copied: rows not 16-byte pieces apart, a start off a 16-byte boundary, columns not contiguous.
+  for (const auto& t : {transpose(narrow(zeros<bf16>({2, 5, 3, 20}), 3, 0, 16), 1, 2),
+                        transpose(narrow(kv, 3, 4, 16), 1, 2), transpose(zeros<bf16>({2, 3, 16, 5}), 2, 3)}) {
+    const auto c = attention_operand(t);
+    EXPECT_NE(c.data(), t.data());
+    EXPECT_TRUE(c.is_contiguous());
+    EXPECT_EQ(c.to_vector(), contiguous(t).to_vector());
+  }
+}

@@ -13,7 +13,11 @@
 //
 // Dk and Dv are independent (MLA: Dk = qk_nope + qk_rope, Dv = v_head_dim); H must be a multiple of
 // Hkv (query head h reads kv head h / (H / Hkv), Hugging Face's repeat_kv grouping). Any strides:
-// the inputs are made contiguous. float, double, bf16 and fp16; sums in double on the CPU.
+// the CPU makes the inputs contiguous; the CUDA kernels read views whose rows are contiguous in
+// place (e.g. [B, S, H, d] transposed, or the v columns of a wider per-head projection) and copy
+// only others. The CUDA output is [B, H, S, Dv] stored as [B, S, H, Dv] (transpose(out, 1, 2) is
+// contiguous: the heads of a token side by side, as an output projection reads them).
+// float, double, bf16 and fp16; sums in double on the CPU.
 //
 // Devices: the CPU runs backend/cpu/attention.hpp (any dtype, any head dims). CUDA runs
 // kernels/attention/attention.cuh (tensor cores, FlashAttention-2's algorithm, deterministic
@@ -114,6 +118,28 @@ Tensor<T> fused_causal_attention_cpu(const Tensor<T>& q, const Tensor<T>& k, con
   return out;
 }
 
+// The element strides of a [B, H, S, d] tensor whose rows are contiguous (attention_operand's result);
+// a size-1 dim's stride is never used and is taken as 0 (the row's as d: 0 means "contiguous").
+template <class T>
+kernels::HeadLayout head_layout(const Tensor<T>& t) {
+  return {t.size(0) == 1 ? 0 : t.stride(0), t.size(1) == 1 ? 0 : t.stride(1), t.size(2) == 1 ? t.size(3) : t.stride(2)};
+}
+
+// t itself when the CUDA kernels can read it in place (kernels/attention/args.hpp, HeadLayout):
+// rows contiguous, the strides of head_layout whole 16-byte pieces (multiples of 8 elements), the
+// data 16-byte aligned. Else a contiguous aligned copy (what the kernels read before they took
+// strides; kiln's allocator aligns every tensor).
+template <class T>
+Tensor<T> attention_operand(const Tensor<T>& t) {
+  const kernels::HeadLayout l = head_layout(t);
+  const bool fits = (t.size(3) == 1 || t.stride(3) == 1) && l.batch >= 0 && l.head >= 0 && l.row > 0 &&
+                    l.batch % 8 == 0 && l.head % 8 == 0 && l.row % 8 == 0 &&
+                    reinterpret_cast<std::uintptr_t>(t.data()) % 16 == 0;
+  if (fits) return t;
+  const Tensor<T> c = contiguous(t);
+  return reinterpret_cast<std::uintptr_t>(c.data()) % 16 == 0 ? c : clone(c);
+}
+
 template <class T>
 Tensor<T> fused_causal_attention_cuda(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v,
                                       const cpu::AttentionShape& shape, double scale, const PackedSequences* seqs,
@@ -125,12 +151,10 @@ Tensor<T> fused_causal_attention_cuda(const Tensor<T>& q, const Tensor<T>& k, co
         ": CUDA takes bf16 at (dk, dv) = (48, 32), (64, 64), (96, 64), (128, 128), (192, 128)",
         has_device_kernel<kernels::AttentionForwardArgs>() ? "" : ", from a file compiled by nvcc that includes "
                                                                  "kiln/kernels/attention/attention.cuh");
-  // Contiguous and 16-byte aligned copies of the values (the kernels copy rows in 16-byte pieces).
-  auto packed_rows = [](const Tensor<T>& t) {
-    const Tensor<T> c = contiguous(t.detach());
-    return reinterpret_cast<std::uintptr_t>(c.data()) % 16 == 0 ? c : clone(c);
-  };
-  const Tensor<T> qc = packed_rows(q), kc = packed_rows(k), vc = packed_rows(v);
+  // The operands as the kernels read them: in place where their strides allow, else a
+  // contiguous, 16-byte aligned copy (attention_operand).
+  const Tensor<T> qc = attention_operand(q.detach()), kc = attention_operand(k.detach()),
+                  vc = attention_operand(v.detach());
   const Device device = qc.device();
   // Per-token sequence bounds as int32 [2, S] on the device (packed rows only).
   Tensor<std::int32_t> bounds;
@@ -149,7 +173,10 @@ Tensor<T> fused_causal_attention_cuda(const Tensor<T>& q, const Tensor<T>& k, co
       .scale = scale,
       .seq_begin = seqs ? bounds.data() : nullptr,
       .seq_end = seqs ? bounds.data() + shape.seq : nullptr};
-  Tensor<T> out({shape.batch, shape.heads, shape.seq, shape.dv}, device);
+  // out [B, H, S, Dv] stored token-major, [B, S, H, Dv] in memory: the heads of a token side by
+  // side, so that the usual next step (heads concatenated per token, then the output
+  // projection: transpose(out, 1, 2) and reshape) is a view, not a copy.
+  Tensor<T> out = transpose(Tensor<T>({shape.batch, shape.seq, shape.heads, shape.dv}, device), 1, 2);
   Tensor<float> lse({shape.batch, shape.heads, shape.seq}, device);
   launch_device_kernel(op, kernels::AttentionForwardArgs{.launch = launch_on(op, device),
                                                          .dtype = dtype_of<T>,
@@ -159,6 +186,10 @@ Tensor<T> fused_causal_attention_cuda(const Tensor<T>& q, const Tensor<T>& k, co
                                                          .q = qc.data(),
                                                          .k = kc.data(),
                                                          .v = vc.data(),
+                                                         .q_layout = head_layout(qc),
+                                                         .k_layout = head_layout(kc),
+                                                         .v_layout = head_layout(vc),
+                                                         .out_layout = head_layout(out),
                                                          .implementation = implementation});
   if (!autograd::needs_grad(q, k, v)) return out;
   // The backward needs the forward's output (delta = dout·out): a detached view, so that the
@@ -169,7 +200,7 @@ Tensor<T> fused_causal_attention_cuda(const Tensor<T>& q, const Tensor<T>& k, co
                                                                                        const autograd::InputGrads& in) {
         const char* bop = "fused_causal_attention backward";
         check_same_device(bop, qc, g);
-        const Tensor<T> gc = contiguous(g);
+        const Tensor<T> gc = attention_operand(g);
         Tensor<T> dq(qc.shape(), qc.device()), dk(kc.shape(), kc.device()), dv(vc.shape(), vc.device());
         Tensor<float> delta(lse.shape(), lse.device());
         launch_device_kernel(bop, kernels::AttentionBackwardArgs{.launch = launch_on(bop, qc.device()),
@@ -185,6 +216,11 @@ Tensor<T> fused_causal_attention_cuda(const Tensor<T>& q, const Tensor<T>& k, co
                                                                  .out = o.data(),
                                                                  .dout = gc.data(),
                                                                  .lse = lse.data(),
+                                                                 .q_layout = head_layout(qc),
+                                                                 .k_layout = head_layout(kc),
+                                                                 .v_layout = head_layout(vc),
+                                                                 .out_layout = head_layout(o),
+                                                                 .dout_layout = head_layout(gc),
                                                                  .implementation = backward_implementation});
         in.add(0, dq);
         in.add(1, dk);

@@ -1,4 +1,4 @@
-// TMA and bulk copies on Hopper (sm_90): the tensor memory accelerator copies a 2-D or 3-D box of a
+// TMA and bulk copies on Hopper (sm_90): the tensor memory accelerator copies a 2-D to 4-D box of a
 // global tensor (described by a CUtensorMap built on the host) into shared memory, zero-filling
 // out-of-range elements and applying the swizzle that wgmma expects, with one instruction from one
 // thread; plain bulk copies move contiguous runs. Loads complete on an mbarrier (mbarrier.cuh),
@@ -41,6 +41,18 @@ __device__ inline void tma_load_3d(std::uint32_t dst, const void* tensor_map, in
       "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];"
       :
       : "r"(dst), "l"(reinterpret_cast<std::uint64_t>(tensor_map)), "r"(x), "r"(y), "r"(z), "r"(bar)
+      : "memory");
+}
+
+// The same for a 4-D tensor map, at (x = innermost coordinate, y, z, w): e.g. one head's rows of a
+// [B][H][S][d] operand with any batch, head and row strides (the attention kernels' views), a box
+// never crossing a head or a batch entry.
+__device__ inline void tma_load_4d(std::uint32_t dst, const void* tensor_map, int x, int y, int z, int w,
+                                   std::uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5}], [%6];"
+      :
+      : "r"(dst), "l"(reinterpret_cast<std::uint64_t>(tensor_map)), "r"(x), "r"(y), "r"(z), "r"(w), "r"(bar)
       : "memory");
 }
 
@@ -97,25 +109,26 @@ inline PFN_cuTensorMapEncodeTiled_v12000 encode_tiled() {
   return fn;
 }
 
-// A bf16 tensor of `rank` (2 or 3) dimensions, innermost first (dims[0] elements a row), whose
+// A bf16 tensor of `rank` (2 to 4) dimensions, innermost first (dims[0] elements a row), whose
 // outer dimensions lie strides[i - 1] bytes apart (multiples of 16), read as boxes of 64 elements
-// (128 bytes) x box_rows rows (x 1) with the 128-byte swizzle that wgmma's descriptors expect
+// (128 bytes) x box_rows rows (x 1 x 1) with the 128-byte swizzle that wgmma's descriptors expect
 // (wgmma.cuh); elements outside the tensor read as zero. `op` names the caller in the error.
 inline CUtensorMap tensor_map_bf16_sw128(const void* data, int rank, const std::int64_t* dims,
                                          const std::int64_t* strides, int box_rows, const char* op) {
+  check(rank >= 2 && rank <= 4, op, "a tensor map of rank 2 to 4, got ", rank);
   CUtensorMap map{};
-  cuuint64_t d[3] = {}, st[2] = {};
+  cuuint64_t d[4] = {}, st[3] = {};
   for (int i = 0; i < rank; ++i) d[i] = static_cast<cuuint64_t>(dims[i]);
   for (int i = 0; i + 1 < rank; ++i) st[i] = static_cast<cuuint64_t>(strides[i]);
-  const cuuint32_t box[3] = {64, static_cast<cuuint32_t>(box_rows), 1};
-  const cuuint32_t element_strides[3] = {1, 1, 1};
+  const cuuint32_t box[4] = {64, static_cast<cuuint32_t>(box_rows), 1, 1};
+  const cuuint32_t element_strides[4] = {1, 1, 1, 1};
   const CUresult r = encode_tiled()(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, static_cast<cuuint32_t>(rank),
                                     const_cast<void*>(data), d, st, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
                                     CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                                     CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   check(r == CUDA_SUCCESS, op, "cuTensorMapEncodeTiled failed (error ", static_cast<int>(r), ") for a rank-", rank,
         " bf16 operand of ", dims[0], " x ", dims[1], rank > 2 ? " x " : "", rank > 2 ? dims[2] : 0,
-        " elements (rows ", strides[0], " bytes apart)");
+        rank > 3 ? " x " : "", rank > 3 ? dims[3] : 0, " elements (rows ", strides[0], " bytes apart)");
   return map;
 }
 
