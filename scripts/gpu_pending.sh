@@ -89,6 +89,11 @@
 #           kernel tests under each, then bench_moe_cuda --ops under each, twice  -> docs/moe.md
 #   attention-views  (2026-12-07, later) the attention kernels reading strided q, k, v, out and
 #           dout (kernels/attention/args.hpp, HeadLayout): all FusedAttentionCuda tests  -> docs/mla.md
+#   one-call  (2026-12-07, later: when one call is all the device time allows) in one ninja run
+#           test_kernels_cuda, test_nn_cuda, bench_moe_cuda and pretrain; then, each while under
+#           $DEADLINE (default 540): the attention tests (strided operands), the decode, grouped
+#           GEMM and MoE kernel tests, the combine backward's four shapes (tests, bench_moe_cuda
+#           --ops), test_nn_cuda, pretrain --config big 200 steps
 #   profile-copies  every kernel of 2 steps of pretrain --config big under ncu with its DRAM bytes:
 #           the time and bandwidth per kernel, and the longest elementwise launches (copies) with
 #           their GB/s (scripts/ncu_kernel_table.py): whether the copies run at copy speed
@@ -111,7 +116,7 @@ mkdir -p "$OUT" "$BUILD_LOGS"
 phases="build|tests|quantize|quantize-quick|fp8|fp8-ablations|fp8-parts|fp8-seeds|bench|bench-key-groups|bench-fp8"
 phases+="|key-groups-ab|verify|steps|changes|profile-decode|decode-step|profile-speculative|decode-fp8|latent-recheck"
 phases+="|profile-fp8-gemm|profile-fp8-gemm-source|fp8-uniform-ab|hopper-decode|seesaw|engine-hopper"
-phases+="|session-build|combine-tests|combine-bench|swiglu|combine-backward|profile-copies|attention-views"
+phases+="|session-build|combine-tests|combine-bench|swiglu|combine-backward|profile-copies|attention-views|one-call"
 [ $# -gt 0 ] || { echo "usage: $0 $phases|profile-fp8 ..."; exit 2; }
 
 . scripts/carried_deps.sh
@@ -556,6 +561,36 @@ for phase in "$@"; do
           echo "pretrain $epilogue $round: $(grep -E '^(step 200|done)' "$OUT/pretrain_${epilogue}_$round.log" | tr '\n' ' ')"
         done
       done
+      ;;
+    one-call)
+      build test_kernels_cuda test_nn_cuda bench_moe_cuda pretrain
+      timeout 200 "$BUILD/tests/test_kernels_cuda" --gtest_filter='FusedAttentionCuda.*' > "$OUT/test_attention.log" 2>&1 ||
+        rc=1
+      grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure|Expected|Which is" "$OUT"/test_attention.log | head -20
+      [ $SECONDS -lt "${DEADLINE:-540}" ] || { echo "deadline: nothing after the attention tests run"; continue; }
+      timeout 150 "$BUILD/tests/test_kernels_cuda" \
+        --gtest_filter='PagedDecodeAttentionCuda.*:LatentFp8CacheCuda.*:LatentCacheWriteCuda.*:Grouped*' \
+        > "$OUT/test_kernels.log" 2>&1 || rc=1
+      grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT"/test_kernels.log | head -20
+      for variant in 2x4 3x4 rows2 rows3; do
+        [ $SECONDS -lt "${DEADLINE:-540}" ] || { echo "deadline: $variant not run"; continue; }
+        KILN_MOE_COMBINE_BACKWARD=$variant timeout 60 "$BUILD/tests/test_kernels_cuda" --gtest_filter='Moe*' \
+          > "$OUT/test_moe_$variant.log" 2>&1 || rc=1
+        KILN_MOE_COMBINE_BACKWARD=$variant timeout 60 "$BUILD/benchmarks/bench_moe_cuda" --ops \
+          > "$OUT/bench_moe_ops_$variant.log" 2>&1 || rc=1
+        echo "$variant: tests $(grep -hE "^\[  (PASSED|FAILED) " "$OUT/test_moe_$variant.log" | tr '\n' ' ')" \
+          "combine f+b $(grep -E '^combine forward \+ backward' "$OUT/bench_moe_ops_$variant.log" |
+          awk '{print $(NF-3) " us, ratio " $NF}' | tr '\n' ' ')"
+      done
+      if [ $SECONDS -lt "${DEADLINE:-540}" ]; then
+        timeout 150 "$BUILD/tests/test_nn_cuda" > "$OUT/test_nn.log" 2>&1 || rc=1
+        grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT"/test_nn.log | head -20
+      fi
+      if [ $SECONDS -lt "${DEADLINE:-540}" ]; then
+        timeout 90 "$BUILD/examples/pretrain" --device cuda --config big --steps 200 --log-every 100 --eval-every 1000 \
+          --samples 0 --seed 1 > "$OUT/pretrain.log" 2>&1 || rc=1
+        echo "pretrain: $(grep -E '^(step 200|done)' "$OUT/pretrain.log" | tr '\n' ' ')"
+      fi
       ;;
     attention-views)
       build test_kernels_cuda
