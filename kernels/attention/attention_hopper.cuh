@@ -406,7 +406,10 @@ __global__ void __launch_bounds__(kThreads, 1)
 // columns past d read as zero. Coordinates (column, row, head, batch row).
 inline CUtensorMap make_head_map(const void* data, HeadLayout l, std::int64_t batch, std::int64_t heads,
                                  std::int64_t seq, std::int64_t d, int box_rows) {
-  const std::int64_t dims[4] = {d, seq, heads, batch}, strides[3] = {l.row * 2, l.head * 2, l.batch * 2};
+  // A size-1 dim's stride is 0 in the op's layouts (never used); the map gets a nonzero one, as
+  // the driver may not take 0 for a stride.
+  const auto bytes = [](std::int64_t elements) { return elements == 0 ? std::int64_t{16} : elements * 2; };
+  const std::int64_t dims[4] = {d, seq, heads, batch}, strides[3] = {bytes(l.row), bytes(l.head), bytes(l.batch)};
   return sm90::tensor_map_bf16_sw128(data, 4, dims, strides, box_rows, "fused_causal_attention");
 }
 
