@@ -564,8 +564,8 @@ for phase in "$@"; do
       ;;
     one-call)
       build test_kernels_cuda test_nn_cuda bench_moe_cuda pretrain
-      timeout 200 "$BUILD/tests/test_kernels_cuda" --gtest_filter='FusedAttentionCuda.*' > "$OUT/test_attention.log" 2>&1 ||
-        rc=1
+      timeout 200 "$BUILD/tests/test_kernels_cuda" --gtest_filter='FusedAttentionCuda.*' \
+        > "$OUT/test_attention.log" 2>&1 || rc=1
       grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure|Expected|Which is" "$OUT"/test_attention.log | head -20
       [ $SECONDS -lt "${DEADLINE:-540}" ] || { echo "deadline: nothing after the attention tests run"; continue; }
       timeout 150 "$BUILD/tests/test_kernels_cuda" \
@@ -594,8 +594,8 @@ for phase in "$@"; do
       ;;
     attention-views)
       build test_kernels_cuda
-      timeout 300 "$BUILD/tests/test_kernels_cuda" --gtest_filter='FusedAttentionCuda.*' > "$OUT/test_attention.log" 2>&1 ||
-        rc=1
+      timeout 300 "$BUILD/tests/test_kernels_cuda" --gtest_filter='FusedAttentionCuda.*' \
+        > "$OUT/test_attention.log" 2>&1 || rc=1
       grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure|Expected|Which is" "$OUT"/test_attention.log | head -30
       ;;
     combine-backward)
@@ -618,10 +618,11 @@ for phase in "$@"; do
     profile-copies)
       build pretrain
       timeout 400 ncu --clock-control none --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum \
-        --csv "$BUILD/examples/pretrain" --device cuda --config big --steps 2 --log-every 1 --eval-every 1000 --samples 0 \
+        --csv "$BUILD/examples/pretrain" --device cuda --config big --steps 2 --log-every 1 --eval-every 1000 \
+        --samples 0 \
         > "$OUT/profile_copies.csv" 2> "$OUT/profile_copies.err" || rc=1
-      python3 scripts/ncu_kernel_table.py "$OUT/profile_copies.csv" --second-half --top 40 > "$OUT/profile_copies.txt" 2>&1 ||
-        rc=1
+      python3 scripts/ncu_kernel_table.py "$OUT/profile_copies.csv" --second-half --top 40 \
+        > "$OUT/profile_copies.txt" 2>&1 || rc=1
       head -30 "$OUT/profile_copies.txt"
       ;;
     profile-speculative)

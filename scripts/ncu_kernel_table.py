@@ -79,7 +79,8 @@ def main():
     print(f"{'kernel':<30} {'grid':>16} {'us':>9} {'MB':>9} {'GB/s':>8}")
     for e in sorted(chosen, key=lambda e: -e["ns"])[: args.top]:
         gbs = e["bytes"] / e["ns"] if e["ns"] else 0.0
-        print(f"{short_name(e['name'])[:30]:<30} {e['grid']:>16} {e['ns'] / 1e3:>9.1f} {e['bytes'] / 1e6:>9.2f} {gbs:>8.0f}")
+        name = short_name(e["name"])[:30]
+        print(f"{name:<30} {e['grid']:>16} {e['ns'] / 1e3:>9.1f} {e['bytes'] / 1e6:>9.2f} {gbs:>8.0f}")
 
 
 if __name__ == "__main__":

@@ -244,10 +244,10 @@ __global__ void __launch_bounds__(kThreads) attention_dkdv_kernel(AttentionBackw
     const int h = kvh * group + static_cast<int>(step / q_tiles);
     const std::int64_t qt0 = k0 + (step % q_tiles) * BQ;
     const std::int64_t head_row = (b * s.heads + h) * S;  // of lse and delta
-    sm80::load_tile_async<T, BQ, DK, kThreads>(sQ + buf * BQ * SK, static_cast<const T*>(a.q) + b * ql.batch + h * ql.head,
-                                               qt0, S, ql.row);
-    sm80::load_tile_async<T, BQ, DV, kThreads>(sG + buf * BQ * SV,
-                                               static_cast<const T*>(a.dout) + b * gl.batch + h * gl.head, qt0, S, gl.row);
+    const T* const q_head = static_cast<const T*>(a.q) + b * ql.batch + h * ql.head;
+    const T* const g_head = static_cast<const T*>(a.dout) + b * gl.batch + h * gl.head;
+    sm80::load_tile_async<T, BQ, DK, kThreads>(sQ + buf * BQ * SK, q_head, qt0, S, ql.row);
+    sm80::load_tile_async<T, BQ, DV, kThreads>(sG + buf * BQ * SV, g_head, qt0, S, gl.row);
     for (int i = static_cast<int>(threadIdx.x); i < BQ; i += kThreads) {
       const bool valid = qt0 + i < S;
       const std::int64_t src = valid ? qt0 + i : 0;

@@ -4,9 +4,10 @@
 // the other compiled pairs, grouped kv heads (2 query heads a kv head, 1, 3), several packed
 // sequences of different lengths in one row (crossing tile boundaries), poisoned outputs; the
 // backward's determinism (two runs, the same bits, for each backward kernel), strided views read
-// in place (the same bits as contiguous copies) and the errors of unsupported calls. Every case runs the automatic choice, the plain forward and backward and, on
-// an sm_90 GPU in bf16, the Hopper forward with the Hopper backward (where its head dims allow,
-// else the plain one); the kernel trace proves which kernels ran.
+// in place (the same bits as contiguous copies) and the errors of unsupported calls. Every case
+// runs the automatic choice, the plain forward and backward and, on an sm_90 GPU in bf16, the
+// Hopper forward with the Hopper backward (where its head dims allow, else the plain one); the
+// kernel trace proves which kernels ran.
 //
 // Tolerances. The reference is the op in double on the rounded inputs; the kernels accumulate in
 // float and round three things to 16 bits: the probabilities before P·V (and before dV = Pᵀ·dO),
@@ -253,8 +254,9 @@ TEST(FusedAttentionCuda, ReadsStridedViewsInPlace) {
   for (const Case& c : cases) {
     SCOPED_TRACE(::testing::Message() << "B " << c.B << " H " << c.H << "/" << c.Hkv << " S " << c.S << " Dk " << c.Dk
                                       << " Dv " << c.Dv << (c.cu.empty() ? "" : " packed"));
-    const Tensor<std::int64_t> cu = c.cu.empty() ? Tensor<std::int64_t>()
-                                                 : Tensor<std::int64_t>::from_vector(c.cu, {static_cast<std::int64_t>(c.cu.size())});
+    const std::int64_t n_cu = static_cast<std::int64_t>(c.cu.size());
+    const Tensor<std::int64_t> cu =
+        c.cu.empty() ? Tensor<std::int64_t>() : Tensor<std::int64_t>::from_vector(c.cu, {n_cu});
     // Token-major storage, as the projections write it.
     const auto q_tokens = on_gpu(randn<bf16>({c.B, c.S, c.H, c.Dk}));
     const auto kv_tokens = on_gpu(randn<bf16>({c.B, c.S, c.Hkv, c.Dk + c.Dv}));
