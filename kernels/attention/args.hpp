@@ -40,6 +40,19 @@ inline HeadLayout resolved_layout(HeadLayout l, std::int64_t heads, std::int64_t
   return l.row != 0 ? l : HeadLayout{heads * seq * d, seq * d, d};
 }
 
+// MLA's queries and keys in two parts (the kernels read them where the projections left them,
+// instead of a concatenated copy): columns [dk − dim, dk) of q and k, the rotary part, come from
+// q_rope and k_rope ([B, H, S, dim] and [B, Hkv, S, dim] in their layouts), the others from q and
+// k, whose rows then hold dk − dim columns. k_rope's head stride may be 0: MLA's one rotary key
+// shared by all heads. dim 0: no parts (q and k hold all dk columns). The kernels take
+// dk − dim a multiple of 64 (the Hopper kernels' 64-column boxes; the op concatenates otherwise).
+struct AttentionRopeParts {
+  int dim = 0;
+  const void* q_rope = nullptr;
+  const void* k_rope = nullptr;
+  HeadLayout q_layout, k_layout;  // default: contiguous
+};
+
 // Which kernel runs, for the forward (AttentionForwardArgs) and the backward (AttentionBackwardArgs)
 // each: automatic (the Hopper kernel on sm_90 where its head dims allow, else the plain one), or
 // one of them by name (tests, benchmarks).
@@ -58,6 +71,7 @@ struct AttentionForwardArgs {
   const void* k = nullptr;
   const void* v = nullptr;
   HeadLayout q_layout, k_layout, v_layout, out_layout;  // default: contiguous
+  AttentionRopeParts rope;                              // default: none
   AttentionKernel implementation = AttentionKernel::automatic;
   // Hopper forward: the two consumer warpgroups take turns issuing their products (ping-pong).
   // Off with KILN_ATTENTION_PINGPONG=off in the environment (comparisons).
@@ -85,6 +99,7 @@ struct AttentionBackwardArgs {
   const void* dout = nullptr;
   const float* lse = nullptr;
   HeadLayout q_layout, k_layout, v_layout, out_layout, dout_layout;  // default: contiguous
+  AttentionRopeParts rope;                                           // default: none
   AttentionKernel implementation = AttentionKernel::automatic;
   // Hopper dK/dV and dQ kernels: the two consumer warpgroups take turns issuing their products
   // (ping-pong). Off with KILN_ATTENTION_PINGPONG=off in the environment (comparisons).

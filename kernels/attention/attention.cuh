@@ -79,6 +79,54 @@ constexpr int kKeys = 64;           // keys a tile (forward, dQ)
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
+// Where one head's rows of q or k lie: columns [0, split) from `main` (row stride ld) and, with
+// MLA's parts (args.hpp, AttentionRopeParts), [split, D) from `rope` (row stride rope_ld);
+// without parts split = D.
+template <class T>
+struct HeadRows {
+  const T* main;
+  std::int64_t ld;
+  const T* rope;
+  std::int64_t rope_ld;
+  int split;
+};
+
+// Query head h of batch row b (q_rows) and kv head kvh (k_rows), from the resolved layouts; a
+// shared rotary key has head stride 0, so every kv head finds the same rows.
+template <class T, class Args>
+__device__ __forceinline__ HeadRows<T> q_rows(const Args& a, std::int64_t b, int h) {
+  const HeadLayout l = a.q_layout, rl = a.rope.q_layout;
+  const bool parts = a.rope.dim > 0;
+  return {static_cast<const T*>(a.q) + b * l.batch + h * l.head, l.row,
+          parts ? static_cast<const T*>(a.rope.q_rope) + b * rl.batch + h * rl.head : nullptr, rl.row,
+          a.shape.dk - a.rope.dim};
+}
+template <class T, class Args>
+__device__ __forceinline__ HeadRows<T> k_rows(const Args& a, std::int64_t b, int kvh) {
+  const HeadLayout l = a.k_layout, rl = a.rope.k_layout;
+  const bool parts = a.rope.dim > 0;
+  return {static_cast<const T*>(a.k) + b * l.batch + kvh * l.head, l.row,
+          parts ? static_cast<const T*>(a.rope.k_rope) + b * rl.batch + kvh * rl.head : nullptr, rl.row,
+          a.shape.dk - a.rope.dim};
+}
+
+// load_tile_async (mma_sm80.cuh) for one head's rows of q or k, each 16-byte piece from the part
+// that holds its columns (split a multiple of 8).
+template <class T, int ROWS, int D, int THREADS>
+__device__ __forceinline__ void load_head_rows_async(T* smem, const HeadRows<T>& src, std::int64_t row0,
+                                                     std::int64_t rows) {
+  static_assert(D % 8 == 0, "rows are copied in 16-byte pieces");
+  constexpr int kPieces = D / 8;
+#pragma unroll
+  for (int i = static_cast<int>(threadIdx.x); i < ROWS * kPieces; i += THREADS) {
+    const int r = i / kPieces, c = (i - r * kPieces) * 8;
+    const bool valid = row0 + r < rows;
+    const std::int64_t row = valid ? row0 + r : 0;
+    const T* const g = c < src.split ? src.main + row * src.ld + c : src.rope + row * src.rope_ld + (c - src.split);
+    sm80::cp_async_16(smem + r * (D + 8) + c, g, valid);
+  }
+}
+
 // Query tile of the dK/dV kernel: the two accumulators take (Dk + Dv)/2 registers a thread.
 template <int DK, int DV>
 constexpr int dkdv_query_tile() {
@@ -106,16 +154,15 @@ __global__ void __launch_bounds__(kThreads) attention_forward_kernel(AttentionFo
   const std::int64_t q0 = static_cast<std::int64_t>(gridDim.x - 1 - blockIdx.x) * kRows;  // most keys first
   const int h = static_cast<int>(blockIdx.y), kvh = h / (s.heads / s.kv_heads);
   const std::int64_t b = blockIdx.z;
-  const HeadLayout ql = a.q_layout, kl = a.k_layout, vl = a.v_layout;  // resolved by the launcher
-  const T* const q = static_cast<const T*>(a.q) + b * ql.batch + h * ql.head;
-  const T* const k = static_cast<const T*>(a.k) + b * kl.batch + kvh * kl.head;
+  const HeadLayout vl = a.v_layout;  // the layouts resolved by the launcher
+  const HeadRows<T> q = q_rows<T>(a, b, h), k = k_rows<T>(a, b, kvh);
   const T* const v = static_cast<const T*>(a.v) + b * vl.batch + kvh * vl.head;
 
   const KeyTiles tiles = key_tiles(s, q0, kRows, kKeys);
   const std::int64_t t_first = tiles.first, t_last = tiles.last, last_begin = tiles.last_begin;
 
-  sm80::load_tile_async<T, kRows, DK, kThreads>(sQ, q, q0, S, ql.row);
-  sm80::load_tile_async<T, kKeys, DK, kThreads>(sK, k, t_first, S, kl.row);
+  load_head_rows_async<T, kRows, DK, kThreads>(sQ, q, q0, S);
+  load_head_rows_async<T, kKeys, DK, kThreads>(sK, k, t_first, S);
   sm80::load_tile_async<T, kKeys, DV, kThreads>(sV, v, t_first, S, vl.row);
   sm80::cp_async_commit();
 
@@ -135,7 +182,7 @@ __global__ void __launch_bounds__(kThreads) attention_forward_kernel(AttentionFo
   int buf = 0;
   for (std::int64_t n0 = t_first; n0 <= t_last; n0 += kKeys, buf ^= 1) {
     if (n0 + kKeys <= t_last) {
-      sm80::load_tile_async<T, kKeys, DK, kThreads>(sK + (buf ^ 1) * kKeys * SK, k, n0 + kKeys, S, kl.row);
+      load_head_rows_async<T, kKeys, DK, kThreads>(sK + (buf ^ 1) * kKeys * SK, k, n0 + kKeys, S);
       sm80::load_tile_async<T, kKeys, DV, kThreads>(sV + (buf ^ 1) * kKeys * SV, v, n0 + kKeys, S, vl.row);
       sm80::cp_async_commit();
       sm80::cp_async_wait<1>();
@@ -233,10 +280,9 @@ __global__ void __launch_bounds__(kThreads) attention_dkdv_kernel(AttentionBackw
   const std::int64_t q_tiles = (q_end - k0 + BQ - 1) / BQ;
   const std::int64_t steps = q_tiles * group;
 
-  const HeadLayout ql = a.q_layout, kl = a.k_layout, vl = a.v_layout, gl = a.dout_layout;  // resolved
-  const T* const kp = static_cast<const T*>(a.k) + b * kl.batch + kvh * kl.head;
+  const HeadLayout vl = a.v_layout, gl = a.dout_layout;  // the layouts resolved by the launcher
   const T* const vp = static_cast<const T*>(a.v) + b * vl.batch + kvh * vl.head;
-  sm80::load_tile_async<T, kRows, DK, kThreads>(sK, kp, k0, S, kl.row);
+  load_head_rows_async<T, kRows, DK, kThreads>(sK, k_rows<T>(a, b, kvh), k0, S);
   sm80::load_tile_async<T, kRows, DV, kThreads>(sV, vp, k0, S, vl.row);
 
   // Step i: query head kvh·group + i / q_tiles, query tile k0 + (i mod q_tiles)·BQ.
@@ -244,9 +290,8 @@ __global__ void __launch_bounds__(kThreads) attention_dkdv_kernel(AttentionBackw
     const int h = kvh * group + static_cast<int>(step / q_tiles);
     const std::int64_t qt0 = k0 + (step % q_tiles) * BQ;
     const std::int64_t head_row = (b * s.heads + h) * S;  // of lse and delta
-    const T* const q_head = static_cast<const T*>(a.q) + b * ql.batch + h * ql.head;
     const T* const g_head = static_cast<const T*>(a.dout) + b * gl.batch + h * gl.head;
-    sm80::load_tile_async<T, BQ, DK, kThreads>(sQ + buf * BQ * SK, q_head, qt0, S, ql.row);
+    load_head_rows_async<T, BQ, DK, kThreads>(sQ + buf * BQ * SK, q_rows<T>(a, b, h), qt0, S);
     sm80::load_tile_async<T, BQ, DV, kThreads>(sG + buf * BQ * SV, g_head, qt0, S, gl.row);
     for (int i = static_cast<int>(threadIdx.x); i < BQ; i += kThreads) {
       const bool valid = qt0 + i < S;
@@ -340,17 +385,16 @@ __global__ void __launch_bounds__(kThreads) attention_dq_kernel(AttentionBackwar
   const int h = static_cast<int>(blockIdx.y), kvh = h / (s.heads / s.kv_heads);
   const std::int64_t b = blockIdx.z;
   const std::int64_t head_row = (b * s.heads + h) * S;  // of lse, delta and dq
-  const HeadLayout ql = a.q_layout, kl = a.k_layout, vl = a.v_layout, gl = a.dout_layout;  // resolved
-  const T* const k = static_cast<const T*>(a.k) + b * kl.batch + kvh * kl.head;
+  const HeadLayout vl = a.v_layout, gl = a.dout_layout;  // the layouts resolved by the launcher
+  const HeadRows<T> k = k_rows<T>(a, b, kvh);
   const T* const v = static_cast<const T*>(a.v) + b * vl.batch + kvh * vl.head;
   const KeyTiles tiles = key_tiles(s, q0, kRows, kKeys);
   const std::int64_t t_first = tiles.first, t_last = tiles.last, last_begin = tiles.last_begin;
 
-  sm80::load_tile_async<T, kRows, DK, kThreads>(sQ, static_cast<const T*>(a.q) + b * ql.batch + h * ql.head, q0, S,
-                                                ql.row);
+  load_head_rows_async<T, kRows, DK, kThreads>(sQ, q_rows<T>(a, b, h), q0, S);
   sm80::load_tile_async<T, kRows, DV, kThreads>(sG, static_cast<const T*>(a.dout) + b * gl.batch + h * gl.head, q0, S,
                                                 gl.row);
-  sm80::load_tile_async<T, kKeys, DK, kThreads>(sK, k, t_first, S, kl.row);
+  load_head_rows_async<T, kKeys, DK, kThreads>(sK, k, t_first, S);
   sm80::load_tile_async<T, kKeys, DV, kThreads>(sV, v, t_first, S, vl.row);
   sm80::cp_async_commit();
 
@@ -374,7 +418,7 @@ __global__ void __launch_bounds__(kThreads) attention_dq_kernel(AttentionBackwar
   int buf = 0;
   for (std::int64_t n0 = t_first; n0 <= t_last; n0 += kKeys, buf ^= 1) {
     if (n0 + kKeys <= t_last) {
-      sm80::load_tile_async<T, kKeys, DK, kThreads>(sK + (buf ^ 1) * kKeys * SK, k, n0 + kKeys, S, kl.row);
+      load_head_rows_async<T, kKeys, DK, kThreads>(sK + (buf ^ 1) * kKeys * SK, k, n0 + kKeys, S);
       sm80::load_tile_async<T, kKeys, DV, kThreads>(sV + (buf ^ 1) * kKeys * SV, v, n0 + kKeys, S, vl.row);
       sm80::cp_async_commit();
       sm80::cp_async_wait<1>();
@@ -436,6 +480,19 @@ inline HeadLayout checked_layout(const char* op, const char* name, HeadLayout l,
   return l;
 }
 
+// MLA's parts (args.hpp: AttentionRopeParts) with their layouts resolved and checked: the rotary
+// part the last dim of the dk columns, the columns before it whole 64-column boxes.
+inline AttentionRopeParts checked_rope(const char* op, AttentionRopeParts p, const AttentionShapeArgs& s) {
+  if (p.dim == 0) return p;
+  check(p.dim > 0 && p.dim < s.dk && (s.dk - p.dim) % 64 == 0 && p.dim % 8 == 0, op, "rotary parts of ", p.dim,
+        " of the ", s.dk, " qk columns: the columns before them must be a positive multiple of 64");
+  check(p.q_rope != nullptr && p.k_rope != nullptr && aligned16(p.q_rope) && aligned16(p.k_rope), op,
+        "rotary parts need 16-byte aligned q_rope and k_rope");
+  p.q_layout = checked_layout(op, "q's rotary part", p.q_layout, s.heads, s.seq, p.dim);
+  p.k_layout = checked_layout(op, "k's rotary part", p.k_layout, s.kv_heads, s.seq, p.dim);
+  return p;
+}
+
 // Calls f(T{}, DK, DV as integral constants) for the instance of (dtype, dk, dv).
 template <class F>
 void dispatch_attention(DType dtype, int dk, int dv, F&& f) {
@@ -460,6 +517,7 @@ inline void launch_attention_forward(const AttentionForwardArgs& given) {
   a.k_layout = checked_layout(op, "k", a.k_layout, s.kv_heads, s.seq, s.dk);
   a.v_layout = checked_layout(op, "v", a.v_layout, s.kv_heads, s.seq, s.dv);
   a.out_layout = checked_layout(op, "out", a.out_layout, s.heads, s.seq, s.dv);
+  a.rope = checked_rope(op, a.rope, s);
   cuda::DeviceGuard guard(a.launch.device);
   const bool hopper_fits = device_info(a.launch.device).major == 9 && attention_hopper_supports(a.dtype, s.dk, s.dv) &&
                           s.batch * s.kv_heads <= 65535 && s.batch * s.heads * s.seq < 0x7fffffff;
@@ -501,6 +559,7 @@ inline void launch_attention_backward(const AttentionBackwardArgs& given) {
   a.v_layout = checked_layout(op, "v", a.v_layout, s.kv_heads, s.seq, s.dv);
   a.out_layout = checked_layout(op, "out", a.out_layout, s.heads, s.seq, s.dv);
   a.dout_layout = checked_layout(op, "dout", a.dout_layout, s.heads, s.seq, s.dv);
+  a.rope = checked_rope(op, a.rope, s);
   cuda::DeviceGuard guard(a.launch.device);
   const bool hopper_fits = device_info(a.launch.device).major == 9 &&
                            attention_hopper_backward_supports(a.dtype, s.dk, s.dv) && s.batch * s.kv_heads <= 65535 &&

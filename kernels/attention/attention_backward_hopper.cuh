@@ -264,7 +264,9 @@ template <class T, int DK, int DV>
 __global__ void __launch_bounds__(kThreads, 1)
     attention_dkdv_hopper_kernel(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap g_map,
                                  const __grid_constant__ CUtensorMap k_map, const __grid_constant__ CUtensorMap v_map,
-                                 const AttentionBackwardArgs a, int* tile_counter) {
+                                 const __grid_constant__ CUtensorMap q_rope_map,
+                                 const __grid_constant__ CUtensorMap k_rope_map, const AttentionBackwardArgs a,
+                                 int* tile_counter) {
   using L = DkdvLayout<DK, DV>;
   constexpr int BQ = L::BQ, KC = chunks(DK), VC = chunks(DV), NK = 64 * KC, kStages = L::stages;
   extern __shared__ __align__(16) unsigned char attention_bwd_smem[];
@@ -308,6 +310,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     sm90::release_registers<kProducerRegisters>();
     if (threadIdx.x >= 32) return;
     const int lane = static_cast<int>(threadIdx.x);
+    const int rope0 = hopper::rope_chunk0<DK>(a.rope);
     int stage = 0;
     std::uint32_t phase = 0, kv_phase = 0;
     int tile = lane == 0 ? atomicAdd(tile_counter, 1) : 0;
@@ -328,8 +331,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         // The maps are 4-D, (column, row, head, batch row): rows past S read as zero.
         const int k0 = static_cast<int>(w.k0);
         sm90::mbarrier_arrive_expect_bytes(kv_full, L::k_bytes + L::v_bytes);  // also releases the index
-        for (int c = 0; c < KC; ++c)
-          sm90::tma_load_4d(base + c * kBlock * 128, &k_map, 64 * c, k0, w.kvh, w.b, kv_full);
+        hopper::load_head_chunks<KC>(base, kBlock * 128, &k_map, &k_rope_map, rope0, k0, w.kvh,
+                                     hopper::rope_head(a.rope.k_layout, w.kvh), w.b, kv_full);
         for (int c = 0; c < VC; ++c)
           sm90::tma_load_4d(base + L::v_offset + c * kBlock * 128, &v_map, 64 * c, k0, w.kvh, w.b, kv_full);
         next = atomicAdd(tile_counter, 1);  // in flight while this tile's Q and dout load
@@ -345,9 +348,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         if (lane == 0) {
           const int row = static_cast<int>(qt0), h = w.kvh * group + head_in_group;
           sm90::mbarrier_arrive_expect_bytes(full, L::q_bytes + L::g_bytes);
-          for (int c = 0; c < KC; ++c)
-            sm90::tma_load_4d(base + L::q_offset + stage * L::q_bytes + c * BQ * 128, &q_map, 64 * c, row, h, w.b,
-                              full);
+          hopper::load_head_chunks<KC>(base + L::q_offset + stage * L::q_bytes, BQ * 128, &q_map, &q_rope_map, rope0,
+                                       row, h, hopper::rope_head(a.rope.q_layout, h), w.b, full);
           for (int c = 0; c < VC; ++c)
             sm90::tma_load_4d(base + L::g_offset + stage * L::g_bytes + c * BQ * 128, &g_map, 64 * c, row, h, w.b,
                               full);
@@ -520,7 +522,9 @@ template <class T, int DK, int DV>
 __global__ void __launch_bounds__(kThreads, 1)
     attention_dq_hopper_kernel(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap g_map,
                                const __grid_constant__ CUtensorMap k_map, const __grid_constant__ CUtensorMap v_map,
-                               const AttentionBackwardArgs a, int* tile_counter) {
+                               const __grid_constant__ CUtensorMap q_rope_map,
+                               const __grid_constant__ CUtensorMap k_rope_map, const AttentionBackwardArgs a,
+                               int* tile_counter) {
   using L = DqLayout<DK, DV>;
   constexpr int BN = L::BN, KC = chunks(DK), VC = chunks(DV), NK = 64 * KC, kStages = L::stages;
   extern __shared__ __align__(16) unsigned char attention_bwd_smem[];
@@ -555,6 +559,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     // ---- producer: one thread, taking tiles (the forward's, in its order) from the global counter ----
     sm90::release_registers<kProducerRegisters>();
     if (threadIdx.x != 0) return;
+    const int rope0 = hopper::rope_chunk0<DK>(a.rope);
     int stage = 0;
     std::uint32_t phase = 0, q_phase = 0;
     int tile = atomicAdd(tile_counter, 1);
@@ -570,8 +575,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       // The maps are 4-D, (column, row, head, batch row): rows past S read as zero.
       const int q0 = static_cast<int>(w.q0);
       sm90::mbarrier_arrive_expect_bytes(q_full, L::q_bytes + L::g_bytes);  // also releases the index
-      for (int c = 0; c < KC; ++c)
-        sm90::tma_load_4d(base + c * kBlock * 128, &q_map, 64 * c, q0, w.h, w.b, q_full);
+      hopper::load_head_chunks<KC>(base, kBlock * 128, &q_map, &q_rope_map, rope0, q0, w.h,
+                                   hopper::rope_head(a.rope.q_layout, w.h), w.b, q_full);
       for (int c = 0; c < VC; ++c)
         sm90::tma_load_4d(base + L::g_offset + c * kBlock * 128, &g_map, 64 * c, q0, w.h, w.b, q_full);
       const int next = atomicAdd(tile_counter, 1);  // in flight while this tile's K and V load
@@ -579,9 +584,9 @@ __global__ void __launch_bounds__(kThreads, 1)
         sm90::mbarrier_wait(empty_bar + 8 * stage, phase ^ 1);
         const std::uint32_t full = full_bar + 8 * stage;
         sm90::mbarrier_arrive_expect_bytes(full, L::k_bytes + L::v_bytes);
-        for (int c = 0; c < KC; ++c)
-          sm90::tma_load_4d(base + L::k_offset + stage * L::k_bytes + c * BN * 128, &k_map, 64 * c,
-                            static_cast<int>(n0), w.kvh, w.b, full);
+        hopper::load_head_chunks<KC>(base + L::k_offset + stage * L::k_bytes, BN * 128, &k_map, &k_rope_map, rope0,
+                                     static_cast<int>(n0), w.kvh, hopper::rope_head(a.rope.k_layout, w.kvh), w.b,
+                                     full);
         for (int c = 0; c < VC; ++c)
           sm90::tma_load_4d(base + L::v_offset + stage * L::v_bytes + c * BN * 128, &v_map, 64 * c,
                             static_cast<int>(n0), w.kvh, w.b, full);
@@ -707,14 +712,26 @@ template <class T, int DK, int DV>
 void launch_backward(const AttentionBackwardArgs& a) {
   const AttentionShapeArgs& s = a.shape;
   // q, dout [B, H, S, d] and k, v [B, Hkv, S, d] in their layouts (resolved by the launcher).
+  const int main_dk = DK - a.rope.dim;  // q's and k's own columns (all DK without parts)
   const auto q_map = [&](int box_rows) {
-    return hopper::make_head_map(a.q, a.q_layout, s.batch, s.heads, s.seq, DK, box_rows);
+    return hopper::make_head_map(a.q, a.q_layout, s.batch, s.heads, s.seq, main_dk, box_rows);
   };
   const auto g_map = [&](int box_rows) {
     return hopper::make_head_map(a.dout, a.dout_layout, s.batch, s.heads, s.seq, DV, box_rows);
   };
   const auto k_map = [&](int box_rows) {
-    return hopper::make_head_map(a.k, a.k_layout, s.batch, s.kv_heads, s.seq, DK, box_rows);
+    return hopper::make_head_map(a.k, a.k_layout, s.batch, s.kv_heads, s.seq, main_dk, box_rows);
+  };
+  // MLA's rotary parts (unused without them: the main maps stand in).
+  const auto q_rope_map = [&](int box_rows) {
+    return a.rope.dim > 0
+               ? hopper::make_rope_map(a.rope.q_rope, a.rope.q_layout, s.batch, s.heads, s.seq, a.rope.dim, box_rows)
+               : q_map(box_rows);
+  };
+  const auto k_rope_map = [&](int box_rows) {
+    return a.rope.dim > 0
+               ? hopper::make_rope_map(a.rope.k_rope, a.rope.k_layout, s.batch, s.kv_heads, s.seq, a.rope.dim, box_rows)
+               : k_map(box_rows);
   };
   const auto v_map = [&](int box_rows) {
     return hopper::make_head_map(a.v, a.v_layout, s.batch, s.kv_heads, s.seq, DV, box_rows);
@@ -731,7 +748,8 @@ void launch_backward(const AttentionBackwardArgs& a) {
     const int blocks = hopper::grid_blocks(blocks_a_row * s.kv_heads * s.batch, a.launch.device);
     opt_in_shared_memory(attention_dkdv_hopper_kernel<T, DK, DV>, L::bytes, a.launch.device);
     attention_dkdv_hopper_kernel<T, DK, DV><<<blocks, kThreads, L::bytes, a.launch.stream>>>(
-        q_map(L::BQ), g_map(L::BQ), k_map(kBlock), v_map(kBlock), args, tile_counters.data());
+        q_map(L::BQ), g_map(L::BQ), k_map(kBlock), v_map(kBlock), q_rope_map(L::BQ), k_rope_map(kBlock), args,
+        tile_counters.data());
     KILN_CUDA_CHECK_LAUNCH();
   }
   {
@@ -739,7 +757,8 @@ void launch_backward(const AttentionBackwardArgs& a) {
     const int blocks = hopper::grid_blocks(blocks_a_row * s.heads * s.batch, a.launch.device);
     opt_in_shared_memory(attention_dq_hopper_kernel<T, DK, DV>, L::bytes, a.launch.device);
     attention_dq_hopper_kernel<T, DK, DV><<<blocks, kThreads, L::bytes, a.launch.stream>>>(
-        q_map(kBlock), g_map(kBlock), k_map(L::BN), v_map(L::BN), args, tile_counters.data() + 1);
+        q_map(kBlock), g_map(kBlock), k_map(L::BN), v_map(L::BN), q_rope_map(kBlock), k_rope_map(L::BN), args,
+        tile_counters.data() + 1);
     KILN_CUDA_CHECK_LAUNCH();
   }
 }

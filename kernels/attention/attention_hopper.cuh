@@ -134,6 +134,28 @@ __device__ __forceinline__ ForwardTile forward_tile(int tile, int query_blocks, 
           h / (s.heads / s.kv_heads)};
 }
 
+// The TMA copies of one head's rows of q or k into KC chunks of 64 columns at dst, chunk_bytes
+// apart: chunks before rope_chunk0 from `map` (at head `head`), the others from `rope_map` (MLA's
+// rotary part, args.hpp AttentionRopeParts, at head `rope_head`: 0 for a key shared by all heads);
+// rope_chunk0 = KC without parts. Coordinates (column, row, head, batch row) of make_head_map.
+template <int KC>
+__device__ __forceinline__ void load_head_chunks(std::uint32_t dst, int chunk_bytes, const CUtensorMap* map,
+                                                 const CUtensorMap* rope_map, int rope_chunk0, int row, int head,
+                                                 int rope_head, int b, std::uint32_t bar) {
+  for (int c = 0; c < KC; ++c) {
+    if (c < rope_chunk0) sm90::tma_load_4d(dst + c * chunk_bytes, map, 64 * c, row, head, b, bar);
+    else sm90::tma_load_4d(dst + c * chunk_bytes, rope_map, 64 * (c - rope_chunk0), row, rope_head, b, bar);
+  }
+}
+
+// The first chunk of 64 columns that comes from the rotary parts (KC without them), and the head
+// coordinate in a rotary part's map (its head stride 0: one head, coordinate 0).
+template <int DK>
+__device__ __forceinline__ int rope_chunk0(const AttentionRopeParts& p) {
+  return p.dim > 0 ? (DK - p.dim) / 64 : chunks(DK);
+}
+__device__ __forceinline__ int rope_head(const HeadLayout& l, int head) { return l.head == 0 ? 0 : head; }
+
 // S = Q·Kᵀ for one 64 x kKeys tile: Dk/16 wgmma from shared memory, the first overwriting S
 // (scale_d = 0: no zeroing of the accumulators between products).
 template <int DK>
@@ -187,7 +209,9 @@ template <class T, int DK, int DV>
 __global__ void __launch_bounds__(kThreads, 1)
     attention_forward_hopper_kernel(const __grid_constant__ CUtensorMap q_map,
                                     const __grid_constant__ CUtensorMap k_map,
-                                    const __grid_constant__ CUtensorMap v_map, const AttentionForwardArgs a,
+                                    const __grid_constant__ CUtensorMap v_map,
+                                    const __grid_constant__ CUtensorMap q_rope_map,
+                                    const __grid_constant__ CUtensorMap k_rope_map, const AttentionForwardArgs a,
                                     int* tile_counter) {
   using L = SmemLayout<DK, DV>;
   constexpr int KC = chunks(DK);
@@ -225,6 +249,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     // ---- producer: takes tiles from the global counter until it runs past the last ----
     sm90::release_registers<kProducerRegisters>();
     if (threadIdx.x != 0) return;
+    const int rope0 = rope_chunk0<DK>(a.rope);
     int stage = 0;
     std::uint32_t phase = 0, q_phase = 0;
     int tile = atomicAdd(tile_counter, 1);
@@ -243,8 +268,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       const int q0 = static_cast<int>(w.q0);
       sm90::mbarrier_arrive_expect_bytes(q_full, kWarpgroups * L::q_bytes);  // also releases the index
       for (int wg = 0; wg < kWarpgroups; ++wg)
-        for (int c = 0; c < KC; ++c)
-          sm90::tma_load_4d(base + wg * L::q_bytes + c * 64 * 128, &q_map, 64 * c, q0 + 64 * wg, w.h, w.b, q_full);
+        load_head_chunks<KC>(base + wg * L::q_bytes, 64 * 128, &q_map, &q_rope_map, rope0, q0 + 64 * wg, w.h,
+                             rope_head(a.rope.q_layout, w.h), w.b, q_full);
       const int next = atomicAdd(tile_counter, 1);  // in flight while this tile's K and V load
       for (std::int64_t n0 = keys.first; n0 <= keys.last; n0 += kKeys) {
         // K of tile i is freed when its scores are done, V one tile later (after its P·V, which
@@ -252,9 +277,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         // while V of tile i is still read.
         sm90::mbarrier_wait(empty_k + 8 * stage, phase ^ 1);
         sm90::mbarrier_arrive_expect_bytes(full_k + 8 * stage, L::k_bytes);
-        for (int c = 0; c < KC; ++c)
-          sm90::tma_load_4d(base + L::k_offset + stage * L::k_bytes + c * kKeys * 128, &k_map, 64 * c,
-                            static_cast<int>(n0), w.kvh, w.b, full_k + 8 * stage);
+        load_head_chunks<KC>(base + L::k_offset + stage * L::k_bytes, kKeys * 128, &k_map, &k_rope_map, rope0,
+                             static_cast<int>(n0), w.kvh, rope_head(a.rope.k_layout, w.kvh), w.b, full_k + 8 * stage);
         sm90::mbarrier_wait(empty_v + 8 * stage, phase ^ 1);
         sm90::mbarrier_arrive_expect_bytes(full_v + 8 * stage, L::v_bytes);
         for (int c = 0; c < chunks(DV); ++c)
@@ -413,6 +437,13 @@ inline CUtensorMap make_head_map(const void* data, HeadLayout l, std::int64_t ba
   return sm90::tensor_map_bf16_sw128(data, 4, dims, strides, box_rows, "fused_causal_attention");
 }
 
+// A rotary part of q or k (AttentionRopeParts) as make_head_map reads it; with head stride 0 (one
+// rotary key shared by all heads) the map has one head, which rope_head's coordinate 0 picks.
+inline CUtensorMap make_rope_map(const void* data, HeadLayout l, std::int64_t batch, std::int64_t heads,
+                                 std::int64_t seq, std::int64_t dim, int box_rows) {
+  return make_head_map(data, l, batch, l.head == 0 ? 1 : heads, seq, dim, box_rows);
+}
+
 // KILN_ATTENTION_PINGPONG=off in the environment turns the consumers' ping-pong off in the Hopper
 // forward and backward kernels (read once per process; for comparisons).
 inline bool pingpong_enabled() {
@@ -434,9 +465,16 @@ inline int grid_blocks(std::int64_t tiles, int device) {
 template <class T, int DK, int DV>
 void launch_forward(const AttentionForwardArgs& a) {
   const AttentionShapeArgs& s = a.shape;
-  const CUtensorMap q_map = make_head_map(a.q, a.q_layout, s.batch, s.heads, s.seq, DK, 64);
-  const CUtensorMap k_map = make_head_map(a.k, a.k_layout, s.batch, s.kv_heads, s.seq, DK, kKeys);
+  const int main_dk = DK - a.rope.dim;  // q's and k's own columns (all DK without parts)
+  const CUtensorMap q_map = make_head_map(a.q, a.q_layout, s.batch, s.heads, s.seq, main_dk, 64);
+  const CUtensorMap k_map = make_head_map(a.k, a.k_layout, s.batch, s.kv_heads, s.seq, main_dk, kKeys);
   const CUtensorMap v_map = make_head_map(a.v, a.v_layout, s.batch, s.kv_heads, s.seq, DV, kKeys);
+  const CUtensorMap q_rope_map = a.rope.dim > 0 ? make_rope_map(a.rope.q_rope, a.rope.q_layout, s.batch, s.heads,
+                                                                s.seq, a.rope.dim, 64)
+                                                : q_map;  // unused
+  const CUtensorMap k_rope_map = a.rope.dim > 0 ? make_rope_map(a.rope.k_rope, a.rope.k_layout, s.batch, s.kv_heads,
+                                                                s.seq, a.rope.dim, kKeys)
+                                                : k_map;  // unused
   const std::size_t smem = SmemLayout<DK, DV>::bytes;
   // Persistent: one block per multiprocessor (its shared memory allows no second), taking tiles
   // from a counter that starts at 0 on the stream (the caching allocator hands the int back in
@@ -449,7 +487,8 @@ void launch_forward(const AttentionForwardArgs& a) {
   AttentionForwardArgs args = a;
   args.pingpong = a.pingpong && pingpong_enabled();
   attention_forward_hopper_kernel<T, DK, DV>
-      <<<blocks, kThreads, smem, a.launch.stream>>>(q_map, k_map, v_map, args, tile_counter.data());
+      <<<blocks, kThreads, smem, a.launch.stream>>>(q_map, k_map, v_map, q_rope_map, k_rope_map, args,
+                                                    tile_counter.data());
   KILN_CUDA_CHECK_LAUNCH();
 }
 

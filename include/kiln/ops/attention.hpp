@@ -41,6 +41,7 @@
 #include "kiln/core/environment.hpp"
 #include "kiln/kernels/attention/args.hpp"
 #include "kiln/ops/common.hpp"
+#include "kiln/ops/concat.hpp"
 #include "kiln/ops/copy.hpp"
 
 namespace kiln {
@@ -140,11 +141,22 @@ Tensor<T> attention_operand(const Tensor<T>& t) {
   return reinterpret_cast<std::uintptr_t>(c.data()) % 16 == 0 ? c : clone(c);
 }
 
+// MLA's rotary parts of q and k (fused_causal_attention_parts): q_pe [B, H, S, dr], k_pe
+// [B, Hkv, S, dr] (a key shared by the heads: an expand view, head stride 0).
+template <class T>
+struct RopeParts {
+  Tensor<T> q_pe, k_pe;
+};
+
+// The CUDA op. With `rope`, q and k hold the first dk − dr columns and the kernels read the last
+// dr from rope->q_pe and rope->k_pe (kernels/attention/args.hpp, AttentionRopeParts); the node's
+// inputs are then q, q_pe, k, k_pe, v and its gradients the parts of dq and dk.
 template <class T>
 Tensor<T> fused_causal_attention_cuda(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v,
                                       const cpu::AttentionShape& shape, double scale, const PackedSequences* seqs,
                                       kernels::AttentionKernel implementation,
-                                      kernels::AttentionKernel backward_implementation) {
+                                      kernels::AttentionKernel backward_implementation,
+                                      const RopeParts<T>* rope = nullptr) {
   const char* op = "fused_causal_attention";
   check(fused_attention_on_device<T>(q.device(), shape.dk, shape.dv), op, "has no CUDA kernel for ", dtype_of<T>,
         " at head dims (dk ", shape.dk, ", dv ", shape.dv, "), q ", q.shape(), ", v ", v.shape(),
@@ -155,6 +167,15 @@ Tensor<T> fused_causal_attention_cuda(const Tensor<T>& q, const Tensor<T>& k, co
   // contiguous, 16-byte aligned copy (attention_operand).
   const Tensor<T> qc = attention_operand(q.detach()), kc = attention_operand(k.detach()),
                   vc = attention_operand(v.detach());
+  const Tensor<T> q_pe = rope ? attention_operand(rope->q_pe.detach()) : Tensor<T>(),
+                  k_pe = rope ? attention_operand(rope->k_pe.detach()) : Tensor<T>();
+  const kernels::AttentionRopeParts parts =
+      rope ? kernels::AttentionRopeParts{.dim = static_cast<int>(q_pe.size(3)),
+                                         .q_rope = q_pe.data(),
+                                         .k_rope = k_pe.data(),
+                                         .q_layout = head_layout(q_pe),
+                                         .k_layout = head_layout(k_pe)}
+           : kernels::AttentionRopeParts{};
   const Device device = qc.device();
   // Per-token sequence bounds as int32 [2, S] on the device (packed rows only).
   Tensor<std::int32_t> bounds;
@@ -190,43 +211,59 @@ Tensor<T> fused_causal_attention_cuda(const Tensor<T>& q, const Tensor<T>& k, co
                                                          .k_layout = head_layout(kc),
                                                          .v_layout = head_layout(vc),
                                                          .out_layout = head_layout(out),
+                                                         .rope = parts,
                                                          .implementation = implementation});
-  if (!autograd::needs_grad(q, k, v)) return out;
+  const bool grads = rope ? autograd::needs_grad(q, rope->q_pe, k, rope->k_pe, v) : autograd::needs_grad(q, k, v);
+  if (!grads) return out;
   // The backward needs the forward's output (delta = dout·out): a detached view, so that the
-  // node does not hold its own output's graph.
-  autograd::record(
-      out, op,
-      [qc, kc, vc, o = out.detach(), lse, bounds, args_shape, backward_implementation](const Tensor<T>& g,
-                                                                                       const autograd::InputGrads& in) {
-        const char* bop = "fused_causal_attention backward";
-        check_same_device(bop, qc, g);
-        const Tensor<T> gc = attention_operand(g);
-        Tensor<T> dq(qc.shape(), qc.device()), dk(kc.shape(), kc.device()), dv(vc.shape(), vc.device());
-        Tensor<float> delta(lse.shape(), lse.device());
-        launch_device_kernel(bop, kernels::AttentionBackwardArgs{.launch = launch_on(bop, qc.device()),
-                                                                 .dtype = dtype_of<T>,
-                                                                 .shape = args_shape,
-                                                                 .dq = dq.data(),
-                                                                 .dk = dk.data(),
-                                                                 .dv = dv.data(),
-                                                                 .delta = delta.data(),
-                                                                 .q = qc.data(),
-                                                                 .k = kc.data(),
-                                                                 .v = vc.data(),
-                                                                 .out = o.data(),
-                                                                 .dout = gc.data(),
-                                                                 .lse = lse.data(),
-                                                                 .q_layout = head_layout(qc),
-                                                                 .k_layout = head_layout(kc),
-                                                                 .v_layout = head_layout(vc),
-                                                                 .out_layout = head_layout(o),
-                                                                 .dout_layout = head_layout(gc),
-                                                                 .implementation = backward_implementation});
-        in.add(0, dq);
-        in.add(1, dk);
-        in.add(2, dv);
-      },
-      q, k, v);
+  // node does not hold its own output's graph. It holds the parts (q_pe, k_pe) as well, since
+  // parts.q_rope and parts.k_rope point into them.
+  auto backward = [qc, kc, vc, q_pe, k_pe, parts, o = out.detach(), lse, bounds, args_shape, backward_implementation](
+                      const Tensor<T>& g, const autograd::InputGrads& in) {
+    const char* bop = "fused_causal_attention backward";
+    check_same_device(bop, qc, g);
+    const Tensor<T> gc = attention_operand(g);
+    const Device dev = qc.device();
+    const std::int64_t B = args_shape.batch, H = args_shape.heads, Hkv = args_shape.kv_heads, S = args_shape.seq;
+    Tensor<T> dq({B, H, S, args_shape.dk}, dev), dk({B, Hkv, S, args_shape.dk}, dev), dv(vc.shape(), dev);
+    Tensor<float> delta(lse.shape(), lse.device());
+    launch_device_kernel(bop, kernels::AttentionBackwardArgs{.launch = launch_on(bop, dev),
+                                                             .dtype = dtype_of<T>,
+                                                             .shape = args_shape,
+                                                             .dq = dq.data(),
+                                                             .dk = dk.data(),
+                                                             .dv = dv.data(),
+                                                             .delta = delta.data(),
+                                                             .q = qc.data(),
+                                                             .k = kc.data(),
+                                                             .v = vc.data(),
+                                                             .out = o.data(),
+                                                             .dout = gc.data(),
+                                                             .lse = lse.data(),
+                                                             .q_layout = head_layout(qc),
+                                                             .k_layout = head_layout(kc),
+                                                             .v_layout = head_layout(vc),
+                                                             .out_layout = head_layout(o),
+                                                             .dout_layout = head_layout(gc),
+                                                             .rope = parts,
+                                                             .implementation = backward_implementation});
+    if (parts.dim == 0) {
+      in.add(0, dq);
+      in.add(1, dk);
+      in.add(2, dv);
+      return;
+    }
+    // The parts' gradients are the column ranges of dq and dk (k_pe's sum over the heads it was
+    // expanded to is its own view's backward).
+    const std::int64_t split = args_shape.dk - parts.dim;
+    in.add(0, narrow(dq, 3, 0, split));
+    in.add(1, narrow(dq, 3, split, parts.dim));
+    in.add(2, narrow(dk, 3, 0, split));
+    in.add(3, narrow(dk, 3, split, parts.dim));
+    in.add(4, dv);
+  };
+  if (rope) autograd::record(out, op, std::move(backward), q, rope->q_pe, k, rope->k_pe, v);
+  else autograd::record(out, op, std::move(backward), q, k, v);
   return out;
 }
 
@@ -247,6 +284,27 @@ inline kernels::AttentionKernel backward_from_environment(kernels::AttentionKern
   return requested == kernels::AttentionKernel::automatic && plain ? kernels::AttentionKernel::plain : requested;
 }
 
+// The shape and the packed sequences of a call with q of shape `q` [B, H, S, Dk], k [B, Hkv, S,
+// Dk], v [B, Hkv, S, Dv], checked.
+inline std::pair<cpu::AttentionShape, std::optional<PackedSequences>> attention_call(
+    const char* op, const Shape& q, const Shape& k, const Shape& v, double scale,
+    const Tensor<std::int64_t>& cu_seqlens) {
+  check(q.size() == 4 && k.size() == 4 && v.size() == 4, op,
+        "needs q [B, H, S, Dk], k [B, Hkv, S, Dk], v [B, Hkv, S, Dv]; got q ", q, ", k ", k, ", v ", v);
+  const std::int64_t B = q[0], H = q[1], S = q[2], Dk = q[3], Hkv = k[1], Dv = v[3];
+  check(k[0] == B && v[0] == B && k[2] == S && v[2] == S && k[3] == Dk && v[1] == Hkv && Hkv > 0 && H % Hkv == 0 &&
+            Dk > 0 && Dv > 0,
+        op, "q ", q, ", k ", k, " and v ", v,
+        " do not fit [B, H, S, Dk], [B, Hkv, S, Dk], [B, Hkv, S, Dv] with Hkv dividing H and Dk, Dv > 0");
+  check(std::isfinite(scale), op, "scale must be finite, got ", scale);
+  std::optional<PackedSequences> seqs;
+  if (cu_seqlens.defined()) {
+    check(B == 1, op, "packed sequences (cu_seqlens) need B = 1 (one packed row), got q ", q);
+    seqs = packed_sequences(op, cu_seqlens, S);
+  }
+  return {cpu::AttentionShape{B, S, H, Hkv, Dk, Dv}, std::move(seqs)};
+}
+
 }  // namespace detail
 
 // `implementation` picks the CUDA forward kernel and `backward_implementation` the backward's
@@ -261,28 +319,59 @@ Tensor<T> fused_causal_attention(const Tensor<T>& q, const Tensor<T>& k, const T
   const char* op = "fused_causal_attention";
   check_defined(op, q, k, v);
   check_same_device(op, q, k, v);
-  check(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, op,
-        "needs q [B, H, S, Dk], k [B, Hkv, S, Dk], v [B, Hkv, S, Dv]; got q ", q.shape(), ", k ", k.shape(), ", v ",
-        v.shape());
-  const std::int64_t B = q.size(0), H = q.size(1), S = q.size(2), Dk = q.size(3);
-  const std::int64_t Hkv = k.size(1), Dv = v.size(3);
-  check(k.size(0) == B && v.size(0) == B && k.size(2) == S && v.size(2) == S && k.size(3) == Dk &&
-            v.size(1) == Hkv && Hkv > 0 && H % Hkv == 0 && Dk > 0 && Dv > 0,
-        op, "q ", q.shape(), ", k ", k.shape(), " and v ", v.shape(),
-        " do not fit [B, H, S, Dk], [B, Hkv, S, Dk], [B, Hkv, S, Dv] with Hkv dividing H and Dk, Dv > 0");
-  check(std::isfinite(scale), op, "scale must be finite, got ", scale);
-  std::optional<PackedSequences> seqs;
-  if (cu_seqlens.defined()) {
-    check(B == 1, op, "packed sequences (cu_seqlens) need B = 1 (one packed row), got q ", q.shape());
-    seqs = packed_sequences(op, cu_seqlens, S);
-  }
-  const cpu::AttentionShape shape{B, S, H, Hkv, Dk, Dv};
+  const auto [shape, seqs] = detail::attention_call(op, q.shape(), k.shape(), v.shape(), scale, cu_seqlens);
   if (q.device().is_cpu())
     return detail::fused_causal_attention_cpu(q, k, v, shape, scale, seqs ? seqs->begin : std::vector<std::int64_t>());
-  return detail::fused_causal_attention_cuda(q, k, v, shape, scale, seqs ? &*seqs : nullptr,
-                                            detail::forward_from_environment(
-                                                implementation, kernels::attention_hopper_supports(dtype_of<T>, Dk, Dv)),
-                                            detail::backward_from_environment(backward_implementation));
+  return detail::fused_causal_attention_cuda(
+      q, k, v, shape, scale, seqs ? &*seqs : nullptr,
+      detail::forward_from_environment(implementation, kernels::attention_hopper_supports(dtype_of<T>, shape.dk, shape.dv)),
+      detail::backward_from_environment(backward_implementation));
+}
+
+// MLA's attention with its queries and keys in two parts each, [q_nope | q_pe] and [k_nope |
+// k_pe] per head: the function of
+//   fused_causal_attention(cat({q_nope, q_pe}, -1), cat({k_nope, k_pe}, -1), v, scale, ...)
+// with q_nope [B, H, S, dn], q_pe [B, H, S, dr], k_nope [B, Hkv, S, dn], k_pe [B, Hkv, S, dr] (MLA's
+// one rotary key expanded over the heads is a view of head stride 0, and stays one), v [B, Hkv,
+// S, Dv]. On CUDA, where dn is a multiple of 64 and dr of 8 (MLA's (64, 32) and (128, 64)), the
+// kernels read the parts where they lie, so neither concatenation is made; elsewhere (the CPU,
+// other head dims) the op computes through the concatenations. Gradients flow to all five.
+template <class T>
+Tensor<T> fused_causal_attention_parts(const Tensor<T>& q_nope, const Tensor<T>& q_pe, const Tensor<T>& k_nope,
+                                       const Tensor<T>& k_pe, const Tensor<T>& v, double scale,
+                                       const Tensor<std::int64_t>& cu_seqlens = Tensor<std::int64_t>(),
+                                       kernels::AttentionKernel implementation = kernels::AttentionKernel::automatic,
+                                       kernels::AttentionKernel backward_implementation =
+                                           kernels::AttentionKernel::automatic) {
+  static_assert(is_floating<T>, "fused_causal_attention_parts needs a floating element type");
+  const char* op = "fused_causal_attention_parts";
+  check_defined(op, q_nope, q_pe, k_nope, k_pe, v);
+  check_same_device(op, q_nope, q_pe, k_nope, k_pe, v);
+  check(q_nope.dim() == 4 && q_pe.dim() == 4 && k_nope.dim() == 4 && k_pe.dim() == 4, op,
+        "needs q_nope [B, H, S, dn], q_pe [B, H, S, dr], k_nope [B, Hkv, S, dn], k_pe [B, Hkv, S, dr]; got ",
+        q_nope.shape(), ", ", q_pe.shape(), ", ", k_nope.shape(), ", ", k_pe.shape());
+  const std::int64_t dn = q_nope.size(3), dr = q_pe.size(3);
+  auto widened = [&](const Shape& nope, const Shape& pe) {  // the concatenation's shape, when the parts fit
+    check(pe[0] == nope[0] && pe[1] == nope[1] && pe[2] == nope[2] && nope[3] == dn && pe[3] == dr && dn > 0 &&
+              dr > 0,
+          op, "parts ", nope, " and ", pe, " are not [B, heads, S, dn] and [B, heads, S, dr] with dn ", dn, " and dr ",
+          dr);
+    return Shape{nope[0], nope[1], nope[2], dn + dr};
+  };
+  const Shape q_shape = widened(q_nope.shape(), q_pe.shape()), k_shape = widened(k_nope.shape(), k_pe.shape());
+  const auto [shape, seqs] = detail::attention_call(op, q_shape, k_shape, v.shape(), scale, cu_seqlens);
+  const bool kernels_read_parts = !q_nope.device().is_cpu() && dn % 64 == 0 && dr % 8 == 0 &&
+                                  fused_attention_on_device<T>(q_nope.device(), dn + dr, shape.dv);
+  if (!kernels_read_parts) {
+    return fused_causal_attention(cat(std::vector<Tensor<T>>{q_nope, q_pe}, -1),
+                                  cat(std::vector<Tensor<T>>{k_nope, k_pe}, -1), v, scale, cu_seqlens, implementation,
+                                  backward_implementation);
+  }
+  const detail::RopeParts<T> rope{q_pe, k_pe};
+  return detail::fused_causal_attention_cuda(
+      q_nope, k_nope, v, shape, scale, seqs ? &*seqs : nullptr,
+      detail::forward_from_environment(implementation, kernels::attention_hopper_supports(dtype_of<T>, shape.dk, shape.dv)),
+      detail::backward_from_environment(backward_implementation), &rope);
 }
 
 }  // namespace kiln
