@@ -4,7 +4,9 @@
 // the other compiled pairs, grouped kv heads (2 query heads a kv head, 1, 3), several packed
 // sequences of different lengths in one row (crossing tile boundaries), poisoned outputs; the
 // backward's determinism (two runs, the same bits, for each backward kernel), strided views read
-// in place (the same bits as contiguous copies) and the errors of unsupported calls. Every case
+// in place (the same bits as contiguous copies), MLA's q and k read from their parts
+// (fused_causal_attention_parts: the same bits as the concatenations) and the errors of
+// unsupported calls. Every case
 // runs the automatic choice, the plain forward and backward and, on an sm_90 GPU in bf16, the
 // Hopper forward with the Hopper backward (where its head dims allow, else the plain one); the
 // kernel trace proves which kernels ran.
@@ -289,6 +291,67 @@ TEST(FusedAttentionCuda, ReadsStridedViewsInPlace) {
       const auto want = run(contiguous(q_view), contiguous(k_view), contiguous(v_view));
       const char* names[] = {"out", "dq", "dk", "dv"};
       for (std::size_t t = 0; t < 4; ++t) {
+        ASSERT_EQ(got[t].size(), want[t].size());
+        EXPECT_EQ(std::memcmp(got[t].data(), want[t].data(), got[t].size() * sizeof(bf16)), 0) << names[t];
+      }
+    }
+  }
+}
+
+// fused_causal_attention_parts: MLA's q = [q_nope | q_pe] and k = [k_nope | k_pe] read from their
+// parts (q_nope and v views of the projections, the one rotary key k_pe expanded over the heads,
+// head stride 0). Output and all five gradients equal the op on the concatenations bit for bit
+// (the shared memory tiles hold the same values), with every kernel, packed and not, at both MLA
+// head-dim sets and odd lengths.
+TEST(FusedAttentionCuda, PartsEqualTheConcatenation) {
+  KILN_REQUIRE_GPU();
+  manual_seed(177);
+  using kernels::AttentionKernel;
+  struct Case {
+    std::int64_t B, H, S, dn, dr, dv;
+    std::vector<std::int64_t> cu;
+  };
+  const std::vector<Case> cases{{2, 3, 1, 64, 32, 64, {}},   {2, 3, 129, 64, 32, 64, {}},
+                                {1, 4, 1000, 64, 32, 64, {}}, {2, 2, 130, 128, 64, 128, {}},
+                                {1, 3, 333, 128, 64, 128, {0, 5, 70, 71, 200, 333}}};
+  for (const Case& c : cases) {
+    SCOPED_TRACE(::testing::Message() << "B " << c.B << " H " << c.H << " S " << c.S << " dn " << c.dn << " dr "
+                                      << c.dr << (c.cu.empty() ? "" : " packed"));
+    const std::int64_t n_cu = static_cast<std::int64_t>(c.cu.size());
+    const Tensor<std::int64_t> cu =
+        c.cu.empty() ? Tensor<std::int64_t>() : Tensor<std::int64_t>::from_vector(c.cu, {n_cu});
+    // As nn::MLA has them: q's projection [B, S, H, dn + dr] (its nope columns), the rotated q_pe,
+    // kv_b's output [B, S, H, dn + dv] (k_nope and v) and the one rotated key [B, S, dr].
+    const auto q_proj = on_gpu(randn<bf16>({c.B, c.S, c.H, c.dn + c.dr}));
+    const auto q_pe_tokens = on_gpu(randn<bf16>({c.B, c.S, c.H, c.dr}));
+    const auto kv = on_gpu(randn<bf16>({c.B, c.S, c.H, c.dn + c.dv}));
+    const auto k_pe_shared = on_gpu(randn<bf16>({c.B, c.S, c.dr}));
+    const auto dy = on_gpu(randn<bf16>({c.B, c.S, c.H * c.dv}));
+    std::vector<AttentionKernel> kernels{AttentionKernel::plain};
+    if (gpu_is_hopper()) kernels.push_back(AttentionKernel::hopper);
+    for (AttentionKernel kernel : kernels) {
+      SCOPED_TRACE(kernel == AttentionKernel::hopper ? "hopper" : "plain");
+      auto run = [&](bool parts) {
+        const auto qp = q_proj.detach().requires_grad_(), qpe = q_pe_tokens.detach().requires_grad_(),
+                   kvl = kv.detach().requires_grad_(), kpe = k_pe_shared.detach().requires_grad_();
+        const auto q_nope = transpose(narrow(qp, 3, 0, c.dn), 1, 2), q_pe = transpose(qpe, 1, 2);
+        const auto k_nope = transpose(narrow(kvl, 3, 0, c.dn), 1, 2), v = transpose(narrow(kvl, 3, c.dn, c.dv), 1, 2);
+        const auto k_pe = expand(reshape(kpe, {c.B, 1, c.S, c.dr}), {c.B, c.H, c.S, c.dr});
+        const auto out =
+            parts ? fused_causal_attention_parts(q_nope, q_pe, k_nope, k_pe, v, 0.1, cu, kernel, kernel)
+                  : fused_causal_attention(cat(std::vector<Tensor<bf16>>{q_nope, q_pe}, -1),
+                                           cat(std::vector<Tensor<bf16>>{k_nope, k_pe}, -1), v, 0.1, cu, kernel, kernel);
+        reshape(transpose(out, 1, 2), {c.B, c.S, c.H * c.dv}).backward(dy);
+        return std::vector<std::vector<bf16>>{
+            on_cpu(contiguous(out.detach())).to_vector(), on_cpu(qp.grad()).to_vector(), on_cpu(qpe.grad()).to_vector(),
+            on_cpu(kvl.grad()).to_vector(), on_cpu(kpe.grad()).to_vector()};
+      };
+      KernelTrace trace;
+      const auto got = run(true);
+      EXPECT_EQ(trace.count("attention_forward"), 1);
+      const auto want = run(false);
+      const char* names[] = {"out", "d q_proj", "d q_pe", "d kv", "d k_pe"};
+      for (std::size_t t = 0; t < 5; ++t) {
         ASSERT_EQ(got[t].size(), want[t].size());
         EXPECT_EQ(std::memcmp(got[t].data(), want[t].data(), got[t].size() * sizeof(bf16)), 0) << names[t];
       }

@@ -246,3 +246,35 @@ TEST(FusedAttention, OperandsReadInPlaceOrCopied) {
     EXPECT_EQ(c.to_vector(), contiguous(t).to_vector());
   }
 }
+
+// fused_causal_attention_parts on the CPU computes through the concatenations: the same output
+// and gradients as the op on them (the GPU test checks the kernels reading the parts), with MLA's
+// one rotary key expanded over the heads; and its shape errors.
+TEST(FusedAttention, PartsEqualTheConcatenation) {
+  manual_seed(31);
+  const std::int64_t B = 2, H = 3, S = 9, dn = 5, dr = 3, dv = 4;
+  const std::vector<Tensor<double>> x{randn<double>({B, H, S, dn}), randn<double>({B, H, S, dr}),
+                                      randn<double>({B, H, S, dn}), randn<double>({B, 1, S, dr}),
+                                      randn<double>({B, H, S, dv})};
+  const auto up = randn<double>({B, H, S, dv});
+  auto grads = [&](bool parts) {
+    std::vector<Tensor<double>> l;
+    for (const auto& t : x) l.push_back(clone(t).requires_grad_());
+    const auto k_pe = expand(l[3], {B, H, S, dr});
+    const auto out = parts ? fused_causal_attention_parts(l[0], l[1], l[2], k_pe, l[4], 0.3)
+                           : fused_causal_attention(cat(std::vector<Tensor<double>>{l[0], l[1]}, -1),
+                                                    cat(std::vector<Tensor<double>>{l[2], k_pe}, -1), l[4], 0.3);
+    out.backward(up);
+    std::vector<std::vector<double>> r{out.detach().to_vector()};
+    for (const auto& t : l) r.push_back(t.grad().to_vector());
+    return r;
+  };
+  EXPECT_EQ(grads(true), grads(false));
+  const auto q = randn<double>({1, 2, 4, 6}), p = randn<double>({1, 2, 4, 2}), vv = randn<double>({1, 2, 4, 3});
+  EXPECT_KILN_ERROR(fused_causal_attention_parts(q, randn<double>({1, 2, 5, 2}), q, p, vv, 1.0),
+                    "fused_causal_attention_parts", "[1, 2, 5, 2]");
+  EXPECT_KILN_ERROR(fused_causal_attention_parts(q, p, q, randn<double>({1, 2, 4, 3}), vv, 1.0),
+                    "fused_causal_attention_parts", "dr 2");
+  EXPECT_KILN_ERROR(fused_causal_attention_parts(q, p, q, p, randn<double>({1, 2, 3, 3}), 1.0),
+                    "fused_causal_attention_parts", "do not fit");
+}
