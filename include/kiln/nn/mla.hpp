@@ -45,6 +45,7 @@
 #include <memory>
 #include <utility>
 
+#include "kiln/core/environment.hpp"
 #include "kiln/infer/kv_cache.hpp"
 #include "kiln/nn/attention.hpp"
 #include "kiln/nn/config.hpp"
@@ -304,16 +305,28 @@ class MLA : public Module<T> {
     const Tensor<T> k_nope = transpose(kv[0], 1, 2);  // [B, H, S, dn]
     const Tensor<T> v = transpose(kv[1], 1, 2);       // [B, H, S, dv]
     if (use_fused_attention<T>(v.device(), qk_nope_head_dim + qk_rope_head_dim, v_head_dim)) {
-      // Per-head keys [k_nope | k_pe] with the shared rope key broadcast over the heads: one
-      // [B, H, S, dn + dr] operand, as the kernel takes one qk head dim.
+      // Per-head keys [k_nope | k_pe] with the shared rope key broadcast over the heads (a view of
+      // head stride 0). The kernels read the parts where they lie (fused_causal_attention_parts:
+      // no [B, H, S, dn + dr] copies of q and k) unless KILN_MLA_ATTENTION_PARTS=off.
       const std::int64_t dr = qk_rope_head_dim;
+      const Tensor<T> k_pe = expand(reshape(p.k_pe, {B, 1, S, dr}), {B, H, S, dr});
+      if (attention_reads_parts()) {
+        return output(fused_causal_attention_parts(p.q_nope, p.q_pe, k_nope, k_pe, v, softmax_scale, cu_seqlens));
+      }
       const Tensor<T> q = cat(std::vector<Tensor<T>>{p.q_nope, p.q_pe}, -1);
-      const Tensor<T> k = cat(std::vector<Tensor<T>>{k_nope, expand(reshape(p.k_pe, {B, 1, S, dr}), {B, H, S, dr})}, -1);
+      const Tensor<T> k = cat(std::vector<Tensor<T>>{k_nope, k_pe}, -1);
       return output(fused_causal_attention(q, k, v, softmax_scale, cu_seqlens));
     }
     const Tensor<T> scores =
         add(matmul(p.q_nope, transpose(k_nope, -1, -2)), shared_key_scores(p.q_pe, p.k_pe));
     return output(matmul(causal_softmax(scores, softmax_scale, cu_seqlens), v));
+  }
+
+  // Whether the fused attention reads q and k from their parts (default) or from concatenated
+  // copies (KILN_MLA_ATTENTION_PARTS=off in the environment, read once a process: comparisons).
+  static bool attention_reads_parts() {
+    static const bool parts = !environment_is("KILN_MLA_ATTENTION_PARTS", "off");
+    return parts;
   }
 
   // q [B, H, Sq, d] against one key per position shared by all heads, k [B, Sk, d] ->
