@@ -93,7 +93,8 @@
 #           test_kernels_cuda, test_nn_cuda, bench_moe_cuda and pretrain; then, each while under
 #           $DEADLINE (default 540): the attention tests (strided operands), the decode, grouped
 #           GEMM and MoE kernel tests, the combine backward's four shapes (tests, bench_moe_cuda
-#           --ops), test_nn_cuda, pretrain --config big 200 steps
+#           --ops), test_nn_cuda, pretrain --config big 200 steps with MLA's attention reading q
+#           and k from their parts and concatenated (KILN_MLA_ATTENTION_PARTS=on, off)
 #   profile-copies  every kernel of 2 steps of pretrain --config big under ncu with its DRAM bytes:
 #           the time and bandwidth per kernel, and the longest elementwise launches (copies) with
 #           their GB/s (scripts/ncu_kernel_table.py): whether the copies run at copy speed
@@ -586,11 +587,12 @@ for phase in "$@"; do
         timeout 150 "$BUILD/tests/test_nn_cuda" > "$OUT/test_nn.log" 2>&1 || rc=1
         grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT"/test_nn.log | head -20
       fi
-      if [ $SECONDS -lt "${DEADLINE:-540}" ]; then
-        timeout 90 "$BUILD/examples/pretrain" --device cuda --config big --steps 200 --log-every 100 --eval-every 1000 \
-          --samples 0 --seed 1 > "$OUT/pretrain.log" 2>&1 || rc=1
-        echo "pretrain: $(grep -E '^(step 200|done)' "$OUT/pretrain.log" | tr '\n' ' ')"
-      fi
+      for parts in on off; do  # MLA's attention reading q and k from their parts, or concatenated
+        [ $SECONDS -lt "${DEADLINE:-540}" ] || { echo "deadline: pretrain parts $parts not run"; continue; }
+        KILN_MLA_ATTENTION_PARTS=$parts timeout 90 "$BUILD/examples/pretrain" --device cuda --config big --steps 200 \
+          --log-every 100 --eval-every 1000 --samples 0 --seed 1 > "$OUT/pretrain_parts_$parts.log" 2>&1 || rc=1
+        echo "pretrain parts $parts: $(grep -E '^(step 200|done)' "$OUT/pretrain_parts_$parts.log" | tr '\n' ' ')"
+      done
       ;;
     attention-views)
       build test_kernels_cuda
