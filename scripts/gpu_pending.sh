@@ -90,11 +90,12 @@
 #   attention-views  (2026-12-07, later) the attention kernels reading strided q, k, v, out and
 #           dout (kernels/attention/args.hpp, HeadLayout): all FusedAttentionCuda tests  -> docs/mla.md
 #   one-call  (2026-12-07, later: when one call is all the device time allows) in one ninja run
-#           test_kernels_cuda, test_nn_cuda, bench_moe_cuda and pretrain; then, each while under
-#           $DEADLINE (default 540): the attention tests (strided operands), the decode, grouped
-#           GEMM and MoE kernel tests, the combine backward's four shapes (tests, bench_moe_cuda
-#           --ops), test_nn_cuda, pretrain --config big 200 steps with MLA's attention reading q
-#           and k from their parts and concatenated (KILN_MLA_ATTENTION_PARTS=on, off)
+#           test_kernels_cuda, test_nn_cuda, bench_moe_cuda and pretrain; then the attention tests
+#           (strided operands, MLA's parts) and, each while under $DEADLINE (default 540),
+#           test_nn_cuda, pretrain --config big 200 steps with MLA's attention reading q and k from
+#           their parts and concatenated (KILN_MLA_ATTENTION_PARTS=on, off), the combine
+#           backward's four shapes (MoE tests, bench_moe_cuda --ops), the decode and grouped GEMM
+#           kernel tests
 #   profile-copies  every kernel of 2 steps of pretrain --config big under ncu with its DRAM bytes:
 #           the time and bandwidth per kernel, and the longest elementwise launches (copies) with
 #           their GB/s (scripts/ncu_kernel_table.py): whether the copies run at copy speed
@@ -564,15 +565,23 @@ for phase in "$@"; do
       done
       ;;
     one-call)
+      # In the order of what matters most when the call is cut short: the attention kernels'
+      # tests (their strided operands and MLA's parts), the modules' GPU tests, pretrain with the
+      # parts on and off, the combine backward's shapes, the decode and grouped GEMM tests.
       build test_kernels_cuda test_nn_cuda bench_moe_cuda pretrain
       timeout 200 "$BUILD/tests/test_kernels_cuda" --gtest_filter='FusedAttentionCuda.*' \
         > "$OUT/test_attention.log" 2>&1 || rc=1
       grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure|Expected|Which is" "$OUT"/test_attention.log | head -20
-      [ $SECONDS -lt "${DEADLINE:-540}" ] || { echo "deadline: nothing after the attention tests run"; continue; }
-      timeout 150 "$BUILD/tests/test_kernels_cuda" \
-        --gtest_filter='PagedDecodeAttentionCuda.*:LatentFp8CacheCuda.*:LatentCacheWriteCuda.*:Grouped*' \
-        > "$OUT/test_kernels.log" 2>&1 || rc=1
-      grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT"/test_kernels.log | head -20
+      if [ $SECONDS -lt "${DEADLINE:-540}" ]; then
+        timeout 150 "$BUILD/tests/test_nn_cuda" > "$OUT/test_nn.log" 2>&1 || rc=1
+        grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT"/test_nn.log | head -20
+      fi
+      for parts in on off; do  # MLA's attention reading q and k from their parts, or concatenated
+        [ $SECONDS -lt "${DEADLINE:-540}" ] || { echo "deadline: pretrain parts $parts not run"; continue; }
+        KILN_MLA_ATTENTION_PARTS=$parts timeout 90 "$BUILD/examples/pretrain" --device cuda --config big --steps 200 \
+          --log-every 100 --eval-every 1000 --samples 0 --seed 1 > "$OUT/pretrain_parts_$parts.log" 2>&1 || rc=1
+        echo "pretrain parts $parts: $(grep -E '^(step 200|done)' "$OUT/pretrain_parts_$parts.log" | tr '\n' ' ')"
+      done
       for variant in 2x4 3x4 rows2 rows3; do
         [ $SECONDS -lt "${DEADLINE:-540}" ] || { echo "deadline: $variant not run"; continue; }
         KILN_MOE_COMBINE_BACKWARD=$variant timeout 60 "$BUILD/tests/test_kernels_cuda" --gtest_filter='Moe*' \
@@ -584,15 +593,11 @@ for phase in "$@"; do
           awk '{print $(NF-3) " us, ratio " $NF}' | tr '\n' ' ')"
       done
       if [ $SECONDS -lt "${DEADLINE:-540}" ]; then
-        timeout 150 "$BUILD/tests/test_nn_cuda" > "$OUT/test_nn.log" 2>&1 || rc=1
-        grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT"/test_nn.log | head -20
+        timeout 150 "$BUILD/tests/test_kernels_cuda" \
+          --gtest_filter='PagedDecodeAttentionCuda.*:LatentFp8CacheCuda.*:LatentCacheWriteCuda.*:Grouped*' \
+          > "$OUT/test_kernels.log" 2>&1 || rc=1
+        grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT"/test_kernels.log | head -20
       fi
-      for parts in on off; do  # MLA's attention reading q and k from their parts, or concatenated
-        [ $SECONDS -lt "${DEADLINE:-540}" ] || { echo "deadline: pretrain parts $parts not run"; continue; }
-        KILN_MLA_ATTENTION_PARTS=$parts timeout 90 "$BUILD/examples/pretrain" --device cuda --config big --steps 200 \
-          --log-every 100 --eval-every 1000 --samples 0 --seed 1 > "$OUT/pretrain_parts_$parts.log" 2>&1 || rc=1
-        echo "pretrain parts $parts: $(grep -E '^(step 200|done)' "$OUT/pretrain_parts_$parts.log" | tr '\n' ' ')"
-      done
       ;;
     attention-views)
       build test_kernels_cuda
