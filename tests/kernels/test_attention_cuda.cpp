@@ -340,7 +340,8 @@ TEST(FusedAttentionCuda, PartsEqualTheConcatenation) {
         const auto out =
             parts ? fused_causal_attention_parts(q_nope, q_pe, k_nope, k_pe, v, 0.1, cu, kernel, kernel)
                   : fused_causal_attention(cat(std::vector<Tensor<bf16>>{q_nope, q_pe}, -1),
-                                           cat(std::vector<Tensor<bf16>>{k_nope, k_pe}, -1), v, 0.1, cu, kernel, kernel);
+                                           cat(std::vector<Tensor<bf16>>{k_nope, k_pe}, -1), v, 0.1, cu, kernel,
+                                           kernel);
         reshape(transpose(out, 1, 2), {c.B, c.S, c.H * c.dv}).backward(dy);
         return std::vector<std::vector<bf16>>{
             on_cpu(contiguous(out.detach())).to_vector(), on_cpu(qp.grad()).to_vector(), on_cpu(qpe.grad()).to_vector(),

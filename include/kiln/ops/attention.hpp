@@ -119,11 +119,13 @@ Tensor<T> fused_causal_attention_cpu(const Tensor<T>& q, const Tensor<T>& k, con
   return out;
 }
 
-// The element strides of a [B, H, S, d] tensor whose rows are contiguous (attention_operand's result);
-// a size-1 dim's stride is never used and is taken as 0 (the row's as d: 0 means "contiguous").
+// The element strides of a [B, H, S, d] tensor whose rows are contiguous (attention_operand's
+// result); a size-1 dim's stride is never used and is taken as 0 (the row's as d, since a row
+// stride of 0 means "contiguous").
 template <class T>
 kernels::HeadLayout head_layout(const Tensor<T>& t) {
-  return {t.size(0) == 1 ? 0 : t.stride(0), t.size(1) == 1 ? 0 : t.stride(1), t.size(2) == 1 ? t.size(3) : t.stride(2)};
+  return {t.size(0) == 1 ? 0 : t.stride(0), t.size(1) == 1 ? 0 : t.stride(1),
+          t.size(2) == 1 ? t.size(3) : t.stride(2)};
 }
 
 // t itself when the CUDA kernels can read it in place (kernels/attention/args.hpp, HeadLayout):
@@ -324,7 +326,8 @@ Tensor<T> fused_causal_attention(const Tensor<T>& q, const Tensor<T>& k, const T
     return detail::fused_causal_attention_cpu(q, k, v, shape, scale, seqs ? seqs->begin : std::vector<std::int64_t>());
   return detail::fused_causal_attention_cuda(
       q, k, v, shape, scale, seqs ? &*seqs : nullptr,
-      detail::forward_from_environment(implementation, kernels::attention_hopper_supports(dtype_of<T>, shape.dk, shape.dv)),
+      detail::forward_from_environment(implementation,
+                                       kernels::attention_hopper_supports(dtype_of<T>, shape.dk, shape.dv)),
       detail::backward_from_environment(backward_implementation));
 }
 
@@ -370,7 +373,8 @@ Tensor<T> fused_causal_attention_parts(const Tensor<T>& q_nope, const Tensor<T>&
   const detail::RopeParts<T> rope{q_pe, k_pe};
   return detail::fused_causal_attention_cuda(
       q_nope, k_nope, v, shape, scale, seqs ? &*seqs : nullptr,
-      detail::forward_from_environment(implementation, kernels::attention_hopper_supports(dtype_of<T>, shape.dk, shape.dv)),
+      detail::forward_from_environment(implementation,
+                                       kernels::attention_hopper_supports(dtype_of<T>, shape.dk, shape.dv)),
       detail::backward_from_environment(backward_implementation), &rope);
 }
 
