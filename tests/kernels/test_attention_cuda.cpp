@@ -267,7 +267,9 @@ TEST(FusedAttentionCuda, ReadsStridedViewsInPlace) {
     const auto k_view = transpose(narrow(kv_tokens, 3, 0, c.Dk), 1, 2);
     const auto v_view = transpose(narrow(kv_tokens, 3, c.Dk, c.Dv), 1, 2);
     for (const auto& view : {q_view, k_view, v_view}) {
-      if (c.S > 1) EXPECT_FALSE(view.is_contiguous());  // at S = 1 the transposed q is contiguous
+      if (c.S > 1) {
+        EXPECT_FALSE(view.is_contiguous());  // at S = 1 the transposed q is contiguous
+      }
       EXPECT_EQ(detail::attention_operand(view).data(), view.data()) << "an operand was copied";
     }
     std::vector<AttentionKernel> kernels{AttentionKernel::plain};
