@@ -5,8 +5,9 @@
 // [B, H, S, dv]; query head h reads kv head h / (H / Hkv). q, k, v, out and dout may lie in
 // memory with any batch, head and row strides (HeadLayout; each row's d elements contiguous),
 // e.g. a [B, S, H, d] tensor seen as [B, H, S, d], or the v columns of a wider per-head
-// projection, so that the front-end passes views without copying them; dq, dk, dv, lse and delta
-// are contiguous. Query i attends keys seq_begin[i] .. i (seq_begin null: 0, one sequence a batch
+// projection, so that the front-end passes views without copying them; the backward writes dq,
+// dk and dv through such layouts too (where the front-end wants each gradient: where its input
+// lay); lse and delta are contiguous. Query i attends keys seq_begin[i] .. i (seq_begin null: 0, one sequence a batch
 // row); seq_end[i] is one past the last token of i's sequence (null: S). Packed sequences are
 // B = 1 with these arrays.
 #pragma once
@@ -100,6 +101,15 @@ struct AttentionBackwardArgs {
   const float* lse = nullptr;
   HeadLayout q_layout, k_layout, v_layout, out_layout, dout_layout;  // default: contiguous
   AttentionRopeParts rope;                                           // default: none
+  // Where the gradients go: dq [B, H, S, dk], dk [B, Hkv, S, dk], dv [B, Hkv, S, dv] in these
+  // layouts (default: contiguous), every row its own place (no stride-0 head). With rope parts
+  // (rope.dim > 0) the rotary columns' gradients go to dq_rope [B, H, S, dim] and dk_rope
+  // [B, Hkv, S, dim] (one per kv head, also where k_rope is one key shared by the heads: the
+  // caller sums them), and dq's and dk's rows hold the dk − dim columns before them.
+  HeadLayout dq_layout, dk_layout, dv_layout;
+  void* dq_rope = nullptr;
+  void* dk_rope = nullptr;
+  HeadLayout dq_rope_layout, dk_rope_layout;
   AttentionKernel implementation = AttentionKernel::automatic;
   // Hopper dK/dV and dQ kernels: the two consumer warpgroups take turns issuing their products
   // (ping-pong). Off with KILN_ATTENTION_PINGPONG=off in the environment (comparisons).
@@ -121,18 +131,17 @@ constexpr bool attention_hopper_supports(DType dtype, std::int64_t dk, std::int6
 }
 
 // Whether a forward with these arguments runs the Hopper kernel on an sm_90 GPU (the launcher
-// also checks the GPU): when named, or automatically from S = 1024 on, and from S = 512 on at qk
-// head dims of 192 and more. At S 512 and (96, 64) (the big config) the Hopper forward is now the
-// faster kernel (158-168 TFLOP/s against 137-144, H100, two calls, since it reads V MN-major
-// instead of through a pass writing Vᵀ; docs/mla.md), but not chosen: the end-to-end gain was
-// under 1% (pretrain --config big, 600 steps, seeds 1-3, one call), and the three runs on it
-// ended at a higher validation loss than the three on the plain kernel (0.4026-0.4512 against
-// 0.3860-0.4021), which the kernel tests (both against the CPU in double, same bounds) do not
-// explain: to settle with more seeds before the default moves. Other head dims below S 1024 keep
-// the plain kernel: not measured there.
+// also checks the GPU): when named, or automatically from S = 1024 on, and from S = 512 on at the
+// two head-dim pairs measured there: (192, 128) and (96, 64), the big config's (158-176 TFLOP/s
+// against 128-144 for the plain kernel, H100, three calls; docs/mla.md). The (96, 64) choice
+// waited for a loss question: three 600-step pretrain runs on the Hopper forward had ended above
+// three on the plain one (seeds 1-3, 2026-12-06); seeds 4-6 (2026-12-07) ended below all three
+// (0.3989-0.4160 against 0.4109-0.4204), so the spread is the seeds', not the kernel's (both are
+// checked against the CPU in double with the same bounds). Other head dims below S 1024 keep the
+// plain kernel: not measured there.
 constexpr bool attention_hopper_wanted(AttentionKernel implementation, DType dtype, std::int64_t dk, std::int64_t dv,
                                        std::int64_t seq) {
-  const bool automatic_hopper = seq >= 1024 || (seq >= 512 && dk >= 192);
+  const bool automatic_hopper = seq >= 1024 || (seq >= 512 && (dk >= 192 || (dk == 96 && dv == 64)));
   const bool wanted = implementation == AttentionKernel::hopper ||
                       (implementation == AttentionKernel::automatic && automatic_hopper);
   return attention_hopper_supports(dtype, dk, dv) && wanted;

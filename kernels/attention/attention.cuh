@@ -63,6 +63,7 @@
 #include "kiln/kernels/attention/args.hpp"
 #include "kiln/kernels/attention/attention_backward_hopper.cuh"
 #include "kiln/kernels/attention/attention_hopper.cuh"
+#include "kiln/kernels/attention/head_rows.cuh"
 #include "kiln/kernels/attention/key_tiles.cuh"
 #include "kiln/kernels/common/cuda_check.hpp"
 #include "kiln/kernels/common/device_guard.hpp"
@@ -78,54 +79,6 @@ constexpr int kRows = 16 * kWarps;  // queries a block (forward, dQ) or keys a b
 constexpr int kKeys = 64;           // keys a tile (forward, dQ)
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
-
-// Where one head's rows of q or k lie: columns [0, split) from `main` (row stride ld) and, with
-// MLA's parts (args.hpp, AttentionRopeParts), [split, D) from `rope` (row stride rope_ld);
-// without parts split = D.
-template <class T>
-struct HeadRows {
-  const T* main;
-  std::int64_t ld;
-  const T* rope;
-  std::int64_t rope_ld;
-  int split;
-};
-
-// Query head h of batch row b (q_rows) and kv head kvh (k_rows), from the resolved layouts; a
-// shared rotary key has head stride 0, so every kv head finds the same rows.
-template <class T, class Args>
-__device__ __forceinline__ HeadRows<T> q_rows(const Args& a, std::int64_t b, int h) {
-  const HeadLayout l = a.q_layout, rl = a.rope.q_layout;
-  const bool parts = a.rope.dim > 0;
-  return {static_cast<const T*>(a.q) + b * l.batch + h * l.head, l.row,
-          parts ? static_cast<const T*>(a.rope.q_rope) + b * rl.batch + h * rl.head : nullptr, rl.row,
-          a.shape.dk - a.rope.dim};
-}
-template <class T, class Args>
-__device__ __forceinline__ HeadRows<T> k_rows(const Args& a, std::int64_t b, int kvh) {
-  const HeadLayout l = a.k_layout, rl = a.rope.k_layout;
-  const bool parts = a.rope.dim > 0;
-  return {static_cast<const T*>(a.k) + b * l.batch + kvh * l.head, l.row,
-          parts ? static_cast<const T*>(a.rope.k_rope) + b * rl.batch + kvh * rl.head : nullptr, rl.row,
-          a.shape.dk - a.rope.dim};
-}
-
-// load_tile_async (mma_sm80.cuh) for one head's rows of q or k, each 16-byte piece from the part
-// that holds its columns (split a multiple of 8).
-template <class T, int ROWS, int D, int THREADS>
-__device__ __forceinline__ void load_head_rows_async(T* smem, const HeadRows<T>& src, std::int64_t row0,
-                                                     std::int64_t rows) {
-  static_assert(D % 8 == 0, "rows are copied in 16-byte pieces");
-  constexpr int kPieces = D / 8;
-#pragma unroll
-  for (int i = static_cast<int>(threadIdx.x); i < ROWS * kPieces; i += THREADS) {
-    const int r = i / kPieces, c = (i - r * kPieces) * 8;
-    const bool valid = row0 + r < rows;
-    const std::int64_t row = valid ? row0 + r : 0;
-    const T* const g = c < src.split ? src.main + row * src.ld + c : src.rope + row * src.rope_ld + (c - src.split);
-    sm80::cp_async_16(smem + r * (D + 8) + c, g, valid);
-  }
-}
 
 // Query tile of the dK/dV kernel: the two accumulators take (Dk + Dv)/2 registers a thread.
 template <int DK, int DV>
@@ -357,10 +310,10 @@ __global__ void __launch_bounds__(kThreads) attention_dkdv_kernel(AttentionBackw
     __syncthreads();
   }
 
-  const std::int64_t kv_row = (b * s.kv_heads + kvh) * S;
-  const float scale[2] = {static_cast<float>(s.scale), static_cast<float>(s.scale)}, one[2] = {1.f, 1.f};
-  sm80::store_rows<T, DK>(static_cast<T*>(a.dk) + kv_row * DK, dk, warp_key0, S, scale);
-  sm80::store_rows<T, DV>(static_cast<T*>(a.dv) + kv_row * DV, dv, warp_key0, S, one);
+  store_gradient_rows<T, DK>(dk_rows<T>(a, b, kvh), reinterpret_cast<const float(&)[DK / 2]>(dk), warp_key0, S, DK,
+                             static_cast<float>(s.scale));
+  store_gradient_rows<T, DV>(dv_rows<T>(a, b, kvh), reinterpret_cast<const float(&)[DV / 2]>(dv), warp_key0, S, DV,
+                             1.f);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -384,7 +337,7 @@ __global__ void __launch_bounds__(kThreads) attention_dq_kernel(AttentionBackwar
   const std::int64_t q0 = static_cast<std::int64_t>(gridDim.x - 1 - blockIdx.x) * kRows;
   const int h = static_cast<int>(blockIdx.y), kvh = h / (s.heads / s.kv_heads);
   const std::int64_t b = blockIdx.z;
-  const std::int64_t head_row = (b * s.heads + h) * S;  // of lse, delta and dq
+  const std::int64_t head_row = (b * s.heads + h) * S;  // of lse and delta
   const HeadLayout vl = a.v_layout, gl = a.dout_layout;  // the layouts resolved by the launcher
   const HeadRows<T> k = k_rows<T>(a, b, kvh);
   const T* const v = static_cast<const T*>(a.v) + b * vl.batch + kvh * vl.head;
@@ -452,8 +405,8 @@ __global__ void __launch_bounds__(kThreads) attention_dq_kernel(AttentionBackwar
     sm80::warp_mm_regs_rows<T, DK, kKeys>(dq, ds, k_tile, SK);  // dQ += dS·K
     __syncthreads();
   }
-  const float scale[2] = {static_cast<float>(s.scale), static_cast<float>(s.scale)};
-  sm80::store_rows<T, DK>(static_cast<T*>(a.dq) + head_row * DK, dq, warp_row0, S, scale);
+  store_gradient_rows<T, DK>(dq_rows<T>(a, b, h), reinterpret_cast<const float(&)[DK / 2]>(dq), warp_row0, S, DK,
+                             static_cast<float>(s.scale));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -477,6 +430,16 @@ inline HeadLayout checked_layout(const char* op, const char* name, HeadLayout l,
   check(l.batch >= 0 && l.head >= 0 && l.row > 0 && l.batch % 8 == 0 && l.head % 8 == 0 && l.row % 8 == 0, op, name,
         "'s strides (batch ", l.batch, ", head ", l.head, ", row ", l.row,
         " elements) must be non-negative multiples of 8 (16 bytes), the row's positive");
+  return l;
+}
+
+// A gradient's layout, resolved and checked as an operand's, and every row its own place: a
+// stride-0 batch or head (a view read by several heads) would make their stores collide.
+inline HeadLayout checked_gradient_layout(const char* op, const char* name, HeadLayout l, std::int64_t batch,
+                                          std::int64_t heads, std::int64_t seq, std::int64_t d) {
+  l = checked_layout(op, name, l, heads, seq, d);
+  check((batch == 1 || l.batch > 0) && (heads == 1 || l.head > 0), op, name, "'s batch and head strides (", l.batch,
+        ", ", l.head, ") must be positive: each gradient row is written once, to its own place");
   return l;
 }
 
@@ -560,6 +523,17 @@ inline void launch_attention_backward(const AttentionBackwardArgs& given) {
   a.out_layout = checked_layout(op, "out", a.out_layout, s.heads, s.seq, s.dv);
   a.dout_layout = checked_layout(op, "dout", a.dout_layout, s.heads, s.seq, s.dv);
   a.rope = checked_rope(op, a.rope, s);
+  const int main_dk = s.dk - a.rope.dim;  // dq's and dk's columns (all dk without parts)
+  a.dq_layout = checked_gradient_layout(op, "dq", a.dq_layout, s.batch, s.heads, s.seq, main_dk);
+  a.dk_layout = checked_gradient_layout(op, "dk", a.dk_layout, s.batch, s.kv_heads, s.seq, main_dk);
+  a.dv_layout = checked_gradient_layout(op, "dv", a.dv_layout, s.batch, s.kv_heads, s.seq, s.dv);
+  if (a.rope.dim > 0) {
+    check(a.dq_rope != nullptr && a.dk_rope != nullptr && aligned16(a.dq_rope) && aligned16(a.dk_rope), op,
+          "rotary parts need their gradients' places: 16-byte aligned dq_rope and dk_rope");
+    a.dq_rope_layout = checked_gradient_layout(op, "dq_rope", a.dq_rope_layout, s.batch, s.heads, s.seq, a.rope.dim);
+    a.dk_rope_layout = checked_gradient_layout(op, "dk_rope", a.dk_rope_layout, s.batch, s.kv_heads, s.seq,
+                                               a.rope.dim);
+  }
   cuda::DeviceGuard guard(a.launch.device);
   const bool hopper_fits = device_info(a.launch.device).major == 9 &&
                            attention_hopper_backward_supports(a.dtype, s.dk, s.dv) && s.batch * s.kv_heads <= 65535 &&

@@ -109,6 +109,7 @@
 #include "kiln/core/tensor.hpp"
 #include "kiln/kernels/attention/args.hpp"
 #include "kiln/kernels/attention/attention_hopper.cuh"
+#include "kiln/kernels/attention/head_rows.cuh"
 #include "kiln/kernels/attention/key_tiles.cuh"
 #include "kiln/kernels/common/cuda_check.hpp"
 #include "kiln/kernels/common/launch.cuh"
@@ -207,23 +208,6 @@ __device__ __forceinline__ void issue_score_products(float (&x)[N / 2], float (&
   sm90::wgmma_commit();
 }
 
-// Writes a warpgroup's 64 x N accumulator rows (the first `cols` columns) times `factor` as T into
-// the row-major [*, cols] matrix at dst; rows at or past `rows` are skipped. row0: the warp's first row.
-template <class T, int N>
-__device__ __forceinline__ void store_rows(T* dst, const float (&d)[N / 2], std::int64_t row0, std::int64_t rows,
-                                           int cols, float factor) {
-  const int lane = static_cast<int>(threadIdx.x & 31), g = lane >> 2, t = lane & 3;
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const std::int64_t row = row0 + g + 8 * r;
-    if (row >= rows) continue;
-    unsigned* const out = reinterpret_cast<unsigned*>(dst + row * cols + 2 * t);
-#pragma unroll
-    for (int c = 0; c < N / 8; ++c)
-      if (8 * c < cols) out[c * 4] = sm80::pack2<T>(d[4 * c + 2 * r] * factor, d[4 * c + 2 * r + 1] * factor);
-  }
-}
-
 template <int DK, int DV>
 struct DkdvLayout {
   static constexpr int BQ = dkdv_query_tile<DK, DV>();
@@ -249,7 +233,7 @@ struct DkdvLayout {
 // the most queries see, first within each kv head.
 struct DkdvTile {
   std::int64_t k0;      // first key
-  std::int64_t kv_row;  // (b·Hkv + kvh)·S: the kv head's first row of dk and dv
+  std::int64_t kv_row;  // (b·Hkv + kvh)·S: the kv head's first row (of its keys' slice)
   std::int64_t q_row;   // (b·H + kvh·group)·S: the first row of lse and D of its group's first query head
   int b, kvh;           // batch row and kv head (the coordinates of q, k, v and dout's tensor maps)
 };
@@ -492,9 +476,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     sm90::fence_registers(dv);
     sm90::fence_registers(dk);
-    const std::int64_t kv_row = dkdv_tile(tile, key_blocks, s).kv_row;
-    store_rows<T, NK>(static_cast<T*>(a.dk) + kv_row * DK, dk, warp_key0, S, DK, static_cast<float>(s.scale));
-    store_rows<T, DV>(static_cast<T*>(a.dv) + kv_row * DV, dv, warp_key0, S, DV, 1.f);
+    const DkdvTile w = dkdv_tile(tile, key_blocks, s);
+    store_gradient_rows<T, NK>(dk_rows<T>(a, w.b, w.kvh), dk, warp_key0, S, DK, static_cast<float>(s.scale));
+    store_gradient_rows<T, DV>(dv_rows<T>(a, w.b, w.kvh), dv, warp_key0, S, DV, 1.f);
   }
   turns.finish();
 }
@@ -699,7 +683,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       release(empty_bar + 8 * previous);  // the producer's ring runs on into the next tile
     }
     sm90::fence_registers(dq);
-    store_rows<T, NK>(static_cast<T*>(a.dq) + w.head_row * DK, dq, warp_row0, S, DK, static_cast<float>(s.scale));
+    store_gradient_rows<T, NK>(dq_rows<T>(a, w.b, w.h), dq, warp_row0, S, DK, static_cast<float>(s.scale));
   }
   turns.finish();
 }

@@ -37,7 +37,6 @@
 #include <cstdint>
 
 #include "kiln/core/device_kernel.hpp"
-#include "kiln/core/environment.hpp"
 #include "kiln/core/tensor.hpp"
 #include "kiln/kernels/common/cuda_check.hpp"
 #include "kiln/kernels/common/device_guard.hpp"
@@ -270,11 +269,8 @@ __global__ void __launch_bounds__(kRowThreads) combine_backward(MoeCombineBackwa
 // vectors in the row-order kernel's order (v = lane, lane + 32, ...): deterministic.
 constexpr int kTokenOrderMaxTopK = 8;
 
-// MinBlocks (resident blocks an SM must fit: the register cap) and Unroll (16-byte loads in flight
-// a lane per row) set how many bytes an SM has in flight; under measurement (2026-12-07, see
-// combine_backward_variant below): 2 × 4 reached 0.53-0.56 of copy.
-template <class T, int V, int MinBlocks = 2, int Unroll = kGatherUnroll>
-__global__ void __launch_bounds__(kRowThreads, MinBlocks) combine_backward_tokens(MoeCombineBackwardArgs a) {
+template <class T, int V>
+__global__ void __launch_bounds__(kRowThreads, 2) combine_backward_tokens(MoeCombineBackwardArgs a) {
   using C = compute_t<T>;
   const int lane = threadIdx.x & 31;
   const int K = a.top_k;
@@ -286,10 +282,10 @@ __global__ void __launch_bounds__(kRowThreads, MinBlocks) combine_backward_token
 #pragma unroll
     for (int k = 0; k < kTokenOrderMaxTopK; ++k) acc[k] = C(0);
     const auto* __restrict__ dy = reinterpret_cast<const Vec<T, V>*>(static_cast<const T*>(a.dy) + n * a.cols);
-    for (std::int64_t base = 0; base < vecs; base += 32 * Unroll) {
-      Vec<T, V> d[Unroll];
+    for (std::int64_t base = 0; base < vecs; base += 32 * kGatherUnroll) {
+      Vec<T, V> d[kGatherUnroll];
 #pragma unroll
-      for (int u = 0; u < Unroll; ++u)
+      for (int u = 0; u < kGatherUnroll; ++u)
         if (base + lane + 32 * u < vecs) d[u] = dy[base + lane + 32 * u];
 #pragma unroll
       for (int k = 0; k < kTokenOrderMaxTopK; ++k) {
@@ -298,14 +294,14 @@ __global__ void __launch_bounds__(kRowThreads, MinBlocks) combine_backward_token
         const C g = __shfl_sync(0xffffffffu, my_g, k);
         const auto* __restrict__ rows = reinterpret_cast<const Vec<T, V>*>(static_cast<const T*>(a.rows) + row * a.cols);
         auto* __restrict__ d_rows = reinterpret_cast<Vec<T, V>*>(static_cast<T*>(a.d_rows) + row * a.cols);
-        Vec<T, V> r[Unroll];
+        Vec<T, V> r[kGatherUnroll];
         if (a.dgates) {
 #pragma unroll
-          for (int u = 0; u < Unroll; ++u)
+          for (int u = 0; u < kGatherUnroll; ++u)
             if (base + lane + 32 * u < vecs) r[u] = rows[base + lane + 32 * u];
         }
 #pragma unroll
-        for (int u = 0; u < Unroll; ++u) {
+        for (int u = 0; u < kGatherUnroll; ++u) {
           const std::int64_t v = base + lane + 32 * u;
           if (v >= vecs) break;
           if (a.d_rows) {
@@ -324,69 +320,6 @@ __global__ void __launch_bounds__(kRowThreads, MinBlocks) combine_backward_token
     if (a.dgates) {
 #pragma unroll
       for (int k = 0; k < kTokenOrderMaxTopK; ++k) {
-        if (k >= K) break;
-        const C total = warp_sum(acc[k]);
-        if (lane == 0) static_cast<T*>(a.dgates)[n * K + k] = store<T>(total);
-      }
-    }
-  }
-}
-
-// The same sums with the loads spread over the K rows instead of along them: per vector v of
-// dy[n], a lane loads v of all K expert rows at once (up to 8 loads in flight a lane, the K
-// destination rows shuffled from the lanes holding them), then writes the K scaled copies and adds the K dot
-// products. Each lane still sums its vectors in the order v = lane, lane + 32, ...: the same bits.
-// Under measurement against combine_backward_tokens (KILN_MOE_COMBINE_BACKWARD=rows2 / rows3).
-template <class T, int V, int MinBlocks>
-__global__ void __launch_bounds__(kRowThreads, MinBlocks) combine_backward_across_k(MoeCombineBackwardArgs a) {
-  using C = compute_t<T>;
-  constexpr int KM = kTokenOrderMaxTopK;
-  const int lane = threadIdx.x & 31;
-  const int K = a.top_k;
-  const std::int64_t tokens = a.routes / K, vecs = a.cols / V;
-  const T* __restrict__ rows_base = static_cast<const T*>(a.rows);
-  T* __restrict__ d_rows_base = static_cast<T*>(a.d_rows);
-  for (std::int64_t n = warp_id(); n < tokens; n += warp_count()) {
-    // The layout rows are below 2^31 (routes < 2^31, the front-end's bound).
-    const int my_row = lane < K ? static_cast<int>(a.row_of_slot[n * K + lane]) : 0;
-    const C my_g = lane < K ? load(static_cast<const T*>(a.gates)[n * K + lane]) : C(0);
-    C acc[KM];
-#pragma unroll
-    for (int k = 0; k < KM; ++k) acc[k] = C(0);
-    const auto* __restrict__ dy = reinterpret_cast<const Vec<T, V>*>(static_cast<const T*>(a.dy) + n * a.cols);
-    for (std::int64_t v = lane; v < vecs; v += 32) {
-      const Vec<T, V> d = dy[v];
-      Vec<T, V> r[KM];
-      if (a.dgates) {
-#pragma unroll
-        for (int k = 0; k < KM; ++k)
-          if (k < K) {
-            // The row index shuffled here, not kept in an array: 16 pointers held across the
-            // loop would take 32 registers.
-            const std::int64_t row = __shfl_sync(0xffffffffu, my_row, k);
-            r[k] = reinterpret_cast<const Vec<T, V>*>(rows_base + row * a.cols)[v];
-          }
-      }
-#pragma unroll
-      for (int k = 0; k < KM; ++k) {
-        if (k >= K) break;
-        if (a.d_rows) {
-          const std::int64_t row = __shfl_sync(0xffffffffu, my_row, k);
-          const C g = __shfl_sync(0xffffffffu, my_g, k);
-          Vec<T, V> out;
-#pragma unroll
-          for (int j = 0; j < V; ++j) out.v[j] = store<T>(g * load(d.v[j]));
-          reinterpret_cast<Vec<T, V>*>(d_rows_base + row * a.cols)[v] = out;
-        }
-        if (a.dgates) {
-#pragma unroll
-          for (int j = 0; j < V; ++j) acc[k] += load(r[k].v[j]) * load(d.v[j]);
-        }
-      }
-    }
-    if (a.dgates) {
-#pragma unroll
-      for (int k = 0; k < KM; ++k) {
         if (k >= K) break;
         const C total = warp_sum(acc[k]);
         if (lane == 0) static_cast<T*>(a.dgates)[n * K + k] = store<T>(total);
@@ -437,18 +370,6 @@ inline void launch_moe_sum_rows(const MoeSumRowsArgs& a) {
   });
 }
 
-// Which token-order combine backward runs: KILN_MOE_COMBINE_BACKWARD = 2x4 (default:
-// combine_backward_tokens, 2 blocks an SM, 4 vectors along a row), 3x4 (3 blocks), rows2 or rows3
-// (combine_backward_across_k at 2 or 3 blocks), read once a process (a measurement in progress:
-// bench_moe_cuda under each in one call, then the best one kept and this switch removed).
-inline int combine_backward_variant() {
-  static const int variant = environment_is("KILN_MOE_COMBINE_BACKWARD", "3x4")     ? 1
-                             : environment_is("KILN_MOE_COMBINE_BACKWARD", "rows2") ? 2
-                             : environment_is("KILN_MOE_COMBINE_BACKWARD", "rows3") ? 3
-                                                                                    : 0;
-  return variant;
-}
-
 inline void launch_moe_combine_backward(const MoeCombineBackwardArgs& a) {
   if (a.routes == 0 || a.cols == 0 || (!a.d_rows && !a.dgates)) return;
   cuda::DeviceGuard guard(a.launch.device);
@@ -458,14 +379,7 @@ inline void launch_moe_combine_backward(const MoeCombineBackwardArgs& a) {
     with_vector<T>(a.cols, aligned, [&](auto vector) {
       constexpr int V = decltype(vector)::value;
       if (a.row_of_slot && a.top_k >= 1 && a.top_k <= kTokenOrderMaxTopK && a.routes % a.top_k == 0) {
-        const unsigned blocks = row_blocks(a.routes / a.top_k * 32);
-        const cudaStream_t stream = a.launch.stream;
-        switch (combine_backward_variant()) {
-          case 1: combine_backward_tokens<T, V, 3, 4><<<blocks, kRowThreads, 0, stream>>>(a); break;
-          case 2: combine_backward_across_k<T, V, 2><<<blocks, kRowThreads, 0, stream>>>(a); break;
-          case 3: combine_backward_across_k<T, V, 3><<<blocks, kRowThreads, 0, stream>>>(a); break;
-          default: combine_backward_tokens<T, V><<<blocks, kRowThreads, 0, stream>>>(a);
-        }
+        combine_backward_tokens<T, V><<<row_blocks(a.routes / a.top_k * 32), kRowThreads, 0, a.launch.stream>>>(a);
       } else {
         combine_backward<T, V><<<row_blocks(a.routes * 32), kRowThreads, 0, a.launch.stream>>>(a);
       }

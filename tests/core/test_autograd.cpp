@@ -1,4 +1,7 @@
 // The autograd engine: accumulation, graph freeing, NoGradGuard, detach, errors.
+#include <memory>
+#include <numeric>
+
 #include "test_util.hpp"
 
 using namespace kiln;
@@ -85,6 +88,67 @@ TEST(Autograd, LeafGradientsMayBeDisjointPartsOfOnePrivateGradient) {
   add_in_place(c.grad(), tensor<double>({1.0, 1.0}));
   EXPECT_EQ(e.grad().to_vector(), (std::vector<double>{1.0, 2.0, 3.0}));
   EXPECT_EQ(d.grad().to_vector(), (std::vector<double>{3.0}));
+}
+
+// An op whose backward writes its inputs' gradients where the inputs lie, in one fresh storage of
+// their storage's size (what the CUDA attention op does: ops/attention.hpp), element i of that
+// storage holding i + 1. b_elsewhere: b's gradient a tensor of its own instead; keep: the storage
+// stays held after the backward (by *keep).
+Tensor<double> op_writing_gradients_in_place(const Tensor<double>& a, const Tensor<double>& b, bool b_elsewhere,
+                                             std::shared_ptr<Storage>* keep, const Storage** made) {
+  Tensor<double> out = zeros<double>({1});
+  const std::int64_t elements = static_cast<std::int64_t>(a.storage()->nbytes() / sizeof(double));
+  autograd::record(
+      out, "in_place_gradients",
+      [a = a.detach(), b = b.detach(), elements, b_elsewhere, keep, made](const Tensor<double>&,
+                                                                           const autograd::InputGrads& in) {
+        std::vector<double> values(static_cast<std::size_t>(elements));
+        std::iota(values.begin(), values.end(), 1.0);
+        const Tensor<double> buffer = tensor<double>(values);
+        *made = buffer.storage().get();
+        if (keep) *keep = buffer.storage();
+        const auto da = Tensor<double>::view_of(buffer.storage(), a.offset(), a.shape(), a.strides());
+        const auto db = Tensor<double>::view_of(buffer.storage(), b.offset(), b.shape(), b.strides());
+        in.add(0, da);
+        in.add(1, b_elsewhere ? contiguous(db) : db);
+      },
+      a, b);
+  return out;
+}
+
+// The gradients of a split's parts that already lie where the split's whole gradient would put
+// them are that gradient: the node takes their storage as it is and copies only the parts made
+// elsewhere into it (autograd node.hpp, in_place_gradient). A storage anything else still holds
+// is not taken (the parts are copied, as always); the values are the same in every case.
+TEST(Autograd, SplitGradientsAlreadyInPlaceAreTakenAsTheWhole) {
+  struct Case {
+    const char* name;
+    bool b_elsewhere, keep, taken;
+  };
+  for (const Case& c : {Case{"both parts in place", false, false, true},
+                        Case{"one part made elsewhere", true, false, true},
+                        Case{"storage held elsewhere", false, true, false}}) {
+    SCOPED_TRACE(c.name);
+    auto x = randn<double>({2, 3, 5}).requires_grad_();
+    // h: x's values in a tensor of its own, its node noting the storage of the gradient it gets.
+    const Storage* seen = nullptr;
+    Tensor<double> h = clone(x.detach());
+    autograd::record(h, "probe", [&seen](const Tensor<double>& g, const autograd::InputGrads& in) {
+      seen = g.storage().get();
+      in.add(0, g);
+    }, x);
+    // Two column ranges of h seen head-major, as MLA hands its keys and values to attention.
+    const std::vector<Tensor<double>> p = split(h, std::vector<std::int64_t>{2, 3}, -1);
+    std::shared_ptr<Storage> kept;
+    const Storage* made = nullptr;
+    op_writing_gradients_in_place(transpose(p[0], 0, 1), transpose(p[1], 0, 1), c.b_elsewhere,
+                                  c.keep ? &kept : nullptr, &made)
+        .backward(ones<double>({1}));
+    std::vector<double> expected(30);
+    std::iota(expected.begin(), expected.end(), 1.0);
+    EXPECT_EQ(x.grad().to_vector(), expected);
+    EXPECT_EQ(seen == made, c.taken);
+  }
 }
 
 TEST(Autograd, SecondBackwardThroughFreedGraphThrows) {

@@ -198,8 +198,9 @@ TEST(FusedAttention, AutomaticForwardKernelChoice) {
   };
   const AttentionKernel automatic = AttentionKernel::automatic;
   EXPECT_TRUE(wanted(automatic, DType::bf16, 96, 64, 1024));
-  EXPECT_FALSE(wanted(automatic, DType::bf16, 96, 64, 1023));
-  EXPECT_FALSE(wanted(automatic, DType::bf16, 96, 64, 512));
+  EXPECT_TRUE(wanted(automatic, DType::bf16, 96, 64, 512));
+  EXPECT_FALSE(wanted(automatic, DType::bf16, 96, 64, 511));
+  EXPECT_FALSE(wanted(automatic, DType::bf16, 64, 64, 1023));
   EXPECT_FALSE(wanted(automatic, DType::bf16, 128, 128, 512));
   EXPECT_TRUE(wanted(automatic, DType::bf16, 192, 128, 512));
   EXPECT_FALSE(wanted(automatic, DType::bf16, 192, 128, 511));
@@ -245,6 +246,61 @@ TEST(FusedAttention, OperandsReadInPlaceOrCopied) {
     EXPECT_TRUE(c.is_contiguous());
     EXPECT_EQ(c.to_vector(), contiguous(t).to_vector());
   }
+}
+
+// Where the CUDA backward writes each gradient (detail::plan_gradient_places): where its input
+// lay, in a fresh storage per input storage, MLA's k_nope and v sharing one (their gradients then
+// are the kv projection's output gradient, no copy: autograd's in_place_gradient); a contiguous
+// tensor where that place cannot be reused. Metadata only, so it runs on the CPU.
+TEST(FusedAttention, GradientsPlacedWhereTheirInputsLay) {
+  using detail::plan_gradient_places;
+  const std::int64_t B = 2, S = 5, H = 3, dn = 16, dr = 8, dv = 16;
+  // MLA's five inputs: q_nope from [B, S, H, dn + dr] (its rotary columns rotated into q_pe, a
+  // tensor of its own), k_nope and v from [B, S, H, dn + dv], the one rotary key expanded.
+  const auto q_full = zeros<bf16>({B, S, H, dn + dr}), kv = zeros<bf16>({B, S, H, dn + dv});
+  const auto q_nope = transpose(narrow(q_full, 3, 0, dn), 1, 2);
+  const auto q_pe = transpose(zeros<bf16>({B, S, H, dr}), 1, 2);
+  const auto k_nope = transpose(narrow(kv, 3, 0, dn), 1, 2), v = transpose(narrow(kv, 3, dn, dv), 1, 2);
+  const auto k_pe = expand(reshape(zeros<bf16>({B, S, dr}), {B, 1, S, dr}), {B, H, S, dr});
+  const std::vector<Tensor<bf16>> inputs{q_nope, q_pe, k_nope, k_pe, v};
+  const detail::GradientPlan plan = plan_gradient_places(inputs);
+  ASSERT_EQ(plan.places.size(), 5u);
+  ASSERT_EQ(plan.storage_bytes.size(), 3u);  // q_full's, q_pe's, kv's
+  for (const std::size_t i : {0u, 1u, 2u, 4u}) {
+    SCOPED_TRACE(i);
+    const detail::GradientPlace& p = plan.places[i];
+    ASSERT_GE(p.storage, 0);
+    EXPECT_EQ(p.offset, inputs[i].offset());
+    EXPECT_EQ(p.strides, inputs[i].strides());
+    EXPECT_EQ(plan.storage_bytes[static_cast<std::size_t>(p.storage)], inputs[i].storage()->nbytes());
+  }
+  EXPECT_EQ(plan.places[2].storage, plan.places[4].storage);  // k_nope and v: one storage
+  EXPECT_NE(plan.places[0].storage, plan.places[2].storage);
+  EXPECT_EQ(plan.places[3].storage, -1);  // the expanded key: one gradient per head, contiguous
+
+  std::vector<Shape> shapes;
+  for (const auto& t : inputs) shapes.push_back(t.shape());
+  const std::vector<Tensor<bf16>> grads = detail::gradient_tensors<bf16>(plan, shapes, Device::cpu());
+  EXPECT_EQ(grads[2].storage(), grads[4].storage());
+  EXPECT_EQ(grads[4].offset(), dn);
+  EXPECT_EQ(grads[4].strides(), v.strides());
+  EXPECT_TRUE(grads[3].is_contiguous());
+  for (std::size_t i = 0; i < 5; ++i) EXPECT_EQ(grads[i].shape(), inputs[i].shape());
+
+  // Contiguous instead: q and k the same tensor (one place, two gradients); a start off a 16-byte
+  // boundary; rows not 16-byte pieces apart; a view into a storage over 8 times its size.
+  const auto heads = transpose(zeros<bf16>({B, S, H, dn}), 1, 2);
+  const detail::GradientPlan shared = plan_gradient_places(std::vector<Tensor<bf16>>{heads, heads, v});
+  EXPECT_EQ(shared.places[0].storage, -1);
+  EXPECT_EQ(shared.places[1].storage, -1);
+  EXPECT_EQ(shared.places[2].storage, 0);
+  auto placed = [&](const Tensor<bf16>& t) {
+    return plan_gradient_places(std::vector<Tensor<bf16>>{t}).places[0].storage == 0;
+  };
+  EXPECT_FALSE(placed(transpose(narrow(kv, 3, 4, 16), 1, 2)));
+  EXPECT_FALSE(placed(transpose(narrow(zeros<bf16>({B, S, H, 20}), 3, 0, 16), 1, 2)));
+  EXPECT_FALSE(placed(transpose(narrow(zeros<bf16>({B, S, H, 16 * 9}), 3, 0, 16), 1, 2)));
+  EXPECT_TRUE(placed(transpose(narrow(zeros<bf16>({B, S, H, 16 * 8}), 3, 0, 16), 1, 2)));
 }
 
 // fused_causal_attention_parts on the CPU computes through the concatenations: the same output

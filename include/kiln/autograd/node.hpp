@@ -114,17 +114,21 @@ class TypedNode : public Node {
  protected:
   // The waiting parts become the gradient. A split (step-1 slices along one dim that tile it:
   // disjoint, together the whole) is copied into an uninitialised tensor, part by part: no zero
-  // fill and no adds, where zeros plus an add per part read and wrote the whole three times.
-  // Anything else (overlapping, strided or partial slices) is added into zeros.
+  // fill and no adds, where zeros plus an add per part read and wrote the whole three times. When
+  // some parts already lie where the whole would put them (in_place_gradient), that whole is the
+  // gradient and only the other parts are copied into it. Anything else (overlapping, strided or
+  // partial slices) is added into zeros.
   void settle_parts() {
     if constexpr (is_floating<T>) {
       if (parts_.empty()) return;
       NoGradGuard no_grad;
       const bool tiling = parts_tile_the_output();
       const Device device = parts_.front().grad.device();
-      grad_ = tiling ? Tensor<T>(output_shape_, device) : zeros<T>(output_shape_, device);
+      std::optional<Tensor<T>> in_place = tiling ? in_place_gradient() : std::nullopt;
+      grad_ = in_place ? *in_place : tiling ? Tensor<T>(output_shape_, device) : zeros<T>(output_shape_, device);
       grad_private_ = true;
       for (const Part& part : parts_) {
+        if (in_place && part.grad.storage() == in_place->storage()) continue;  // already in its place
         const Tensor<T> view = part_view(*grad_, part);
         tiling ? copy_into(view, part.grad) : add_in_place(view, part.grad);
       }
@@ -172,6 +176,46 @@ class TypedNode : public Node {
       next = end;
     }
     return next == output_shape_[static_cast<std::size_t>(dim)];
+  }
+
+  // For tiling parts: the whole gradient as a view of a storage that some parts already fill in
+  // their places, if there is one. Backward kernels that write gradients where the forward's
+  // inputs lay (ops/attention.hpp) make such parts, so that the split those inputs came from needs
+  // no copies but those of the parts made elsewhere. A part's storage qualifies when
+  //   - nothing but this node's parts holds it (each such part's handle held only here), so the
+  //     whole view may be written: the parts not in place are copied into it;
+  //   - the part's position (its offset less start times the split dim's stride, its strides)
+  //     makes a view of the output's shape inside the storage whose elements are all distinct;
+  //   - every part on that storage sits exactly where that view puts it.
+  std::optional<Tensor<T>> in_place_gradient() const {
+    const std::size_t dim = static_cast<std::size_t>(parts_.front().dim);
+    for (const Part& candidate : parts_) {
+      const Tensor<T>& c = candidate.grad;
+      const Strides& strides = c.strides();
+      const std::int64_t offset = c.offset() - candidate.start * strides[dim];
+      const std::int64_t extent = distinct_elements_extent(output_shape_, strides);
+      if (offset < 0 || extent == 0 ||
+          static_cast<std::size_t>(offset + extent) > c.storage()->nbytes() / sizeof(T))
+        continue;
+      long holders = 0;
+      bool placed = true;
+      for (const Part& part : parts_) {
+        if (part.grad.storage() != c.storage()) continue;
+        ++holders;
+        placed = placed && part.grad.impl_ptr().use_count() == 1 &&
+                 part.grad.offset() == offset + part.start * strides[dim] && same_strides(part.grad.strides(), strides);
+      }
+      if (placed && c.storage().use_count() == holders)
+        return Tensor<T>::view_of(c.storage(), offset, output_shape_, strides);
+    }
+    return std::nullopt;
+  }
+
+  // Equal strides along the output's dims of size > 1 (the others never move an index).
+  bool same_strides(const Strides& a, const Strides& b) const {
+    for (std::size_t d = 0; d < output_shape_.size(); ++d)
+      if (output_shape_[d] > 1 && a[d] != b[d]) return false;
+    return true;
   }
 
   std::vector<Part> parts_;  // view gradients waiting for settle_parts (none once grad_ exists)

@@ -2,6 +2,7 @@
 // Strides are in elements, not bytes. A stride of 0 marks a broadcast (expanded) dimension.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <utility>
 #include <vector>
@@ -35,6 +36,29 @@ inline Strides contiguous_strides(const Shape& shape) {
     s *= shape[i] > 0 ? shape[i] : 1;
   }
   return strides;
+}
+
+// Whether (shape, strides) addresses distinct elements, and one past the largest offset it
+// reaches (0: not distinct, or empty). Sufficient, not necessary: no negative strides, and the dims
+// of size > 1, in increasing stride order, each step past everything the smaller ones span (true
+// of every layout a contiguous tensor's views keep, permuted or sliced; false of expanded ones).
+inline std::int64_t distinct_elements_extent(const Shape& shape, const Strides& strides) {
+  std::vector<std::pair<std::int64_t, std::int64_t>> dims;  // (stride, size) of the dims of size > 1
+  std::int64_t last = 0;
+  for (std::size_t d = 0; d < shape.size(); ++d) {
+    if (shape[d] <= 0) return 0;
+    if (shape[d] == 1) continue;
+    if (strides[d] <= 0) return 0;
+    dims.emplace_back(strides[d], shape[d]);
+    last += (shape[d] - 1) * strides[d];
+  }
+  std::sort(dims.begin(), dims.end());
+  std::int64_t span = 1;  // elements one step of the next dim must clear
+  for (const auto& [stride, size] : dims) {
+    if (stride < span) return 0;
+    span = stride * size;
+  }
+  return last + 1;
 }
 
 inline void check_shape(const char* op, const Shape& shape) {

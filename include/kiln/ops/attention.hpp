@@ -26,9 +26,11 @@
 // there. The CUDA forward saves lse in float, the CPU one in double.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <memory>
 #include <optional>
 #include <string_view>
 #include <type_traits>
@@ -143,6 +145,93 @@ Tensor<T> attention_operand(const Tensor<T>& t) {
   return reinterpret_cast<std::uintptr_t>(c.data()) % 16 == 0 ? c : clone(c);
 }
 
+// Where the CUDA backward writes the gradient of each input of the node (kernels/attention/
+// args.hpp: dq_layout and the others): where the input lay, in a fresh storage of the size of the
+// input's. The view ops between the input and the tensor it was cut from (transposes, the split of
+// a projection's output into per-head parts) then hand that tensor's node its gradient already in
+// place, and the split takes it without copying (autograd/node.hpp, in_place_gradient): MLA's k_nope
+// and v, column ranges of one projection's output, get their gradients as that output's gradient.
+// Inputs on one storage share the gradients' storage. An input gets a contiguous gradient of its
+// own instead when its place cannot be reused: an expand view (MLA's rotary key shared by the
+// heads, head stride 0), inputs of one storage that are not disjoint column ranges of the same rows
+// (q and k the same tensor), strides the kernels cannot write, or a storage more than 8 times the
+// size of its inputs (a view into something much larger).
+struct GradientPlace {
+  int storage = -1;  // the plan's storage it lies in; -1: a contiguous tensor of its own
+  std::int64_t offset = 0;
+  Strides strides;
+};
+struct GradientPlan {
+  std::vector<std::size_t> storage_bytes;
+  std::vector<GradientPlace> places;  // one per input
+};
+
+// Whether inputs `group` (rank 4, all on one storage, in increasing offset) can have their
+// gradients where they lie (above).
+template <class T>
+bool gradients_fit_in_place(const std::vector<Tensor<T>>& inputs, const std::vector<std::size_t>& group) {
+  const Tensor<T>& first = inputs[group.front()];
+  const Tensor<T>& last = inputs[group.back()];
+  std::int64_t elements = 0;
+  for (std::size_t k = 0; k < group.size(); ++k) {
+    const Tensor<T>& t = inputs[group[k]];
+    const kernels::HeadLayout l = head_layout(t);
+    const bool kernels_write_it = (t.size(3) == 1 || t.stride(3) == 1) && l.batch % 8 == 0 && l.head % 8 == 0 &&
+                                  l.row % 8 == 0 && (t.offset() * static_cast<std::int64_t>(sizeof(T))) % 16 == 0;
+    if (!kernels_write_it) return false;
+    for (int d = 0; d < 3; ++d)
+      if (t.size(d) != first.size(d) || (t.size(d) > 1 && t.stride(d) != first.stride(d))) return false;
+    if (k > 0 && inputs[group[k - 1]].offset() + inputs[group[k - 1]].size(3) > t.offset()) return false;  // overlap
+    elements += t.numel();
+  }
+  // The rows' slots (from the first column of the first input to the last of the last) must not
+  // overlap one another, nor leave the storage.
+  const std::int64_t slot = last.offset() + last.size(3) - first.offset();
+  const std::int64_t extent = distinct_elements_extent({first.size(0), first.size(1), first.size(2), slot},
+                                                       {first.stride(0), first.stride(1), first.stride(2), 1});
+  const auto storage_elements = static_cast<std::int64_t>(first.storage()->nbytes() / sizeof(T));
+  return extent > 0 && first.offset() + extent <= storage_elements && storage_elements <= 8 * elements;
+}
+
+template <class T>
+GradientPlan plan_gradient_places(const std::vector<Tensor<T>>& inputs) {
+  GradientPlan plan;
+  plan.places.resize(inputs.size());
+  std::vector<bool> grouped(inputs.size(), false);
+  for (std::size_t i = 0; i < inputs.size(); ++i) {
+    if (grouped[i]) continue;
+    std::vector<std::size_t> group;  // the inputs on i's storage
+    for (std::size_t j = i; j < inputs.size(); ++j) {
+      if (inputs[j].storage() != inputs[i].storage()) continue;
+      group.push_back(j);
+      grouped[j] = true;
+    }
+    std::sort(group.begin(), group.end(),
+              [&](std::size_t a, std::size_t b) { return inputs[a].offset() < inputs[b].offset(); });
+    if (!gradients_fit_in_place(inputs, group)) continue;
+    const int storage = static_cast<int>(plan.storage_bytes.size());
+    plan.storage_bytes.push_back(inputs[i].storage()->nbytes());
+    for (const std::size_t j : group) plan.places[j] = {storage, inputs[j].offset(), inputs[j].strides()};
+  }
+  return plan;
+}
+
+// The gradient tensors of a plan, of the inputs' shapes, on `device` (uninitialised: the kernels
+// write every element of each).
+template <class T>
+std::vector<Tensor<T>> gradient_tensors(const GradientPlan& plan, const std::vector<Shape>& shapes, Device device) {
+  std::vector<std::shared_ptr<Storage>> storages;
+  for (const std::size_t bytes : plan.storage_bytes) storages.push_back(std::make_shared<Storage>(bytes, device));
+  std::vector<Tensor<T>> grads;
+  for (std::size_t i = 0; i < shapes.size(); ++i) {
+    const GradientPlace& p = plan.places[i];
+    grads.push_back(p.storage < 0 ? Tensor<T>(shapes[i], device)
+                                  : Tensor<T>::view_of(storages[static_cast<std::size_t>(p.storage)], p.offset,
+                                                       shapes[i], p.strides));
+  }
+  return grads;
+}
+
 // MLA's rotary parts of q and k (fused_causal_attention_parts): q_pe [B, H, S, dr], k_pe
 // [B, Hkv, S, dr] (a key shared by the heads: an expand view, head stride 0).
 template <class T>
@@ -217,17 +306,27 @@ Tensor<T> fused_causal_attention_cuda(const Tensor<T>& q, const Tensor<T>& k, co
                                                          .implementation = implementation});
   const bool grads = rope ? autograd::needs_grad(q, rope->q_pe, k, rope->k_pe, v) : autograd::needs_grad(q, k, v);
   if (!grads) return out;
+  // The node's inputs, in its order, and where their gradients will lie (plan_gradient_places).
+  const std::vector<Tensor<T>> inputs = rope ? std::vector<Tensor<T>>{q, rope->q_pe, k, rope->k_pe, v}
+                                             : std::vector<Tensor<T>>{q, k, v};
+  std::vector<Shape> input_shapes;
+  for (const Tensor<T>& t : inputs) input_shapes.push_back(t.shape());
   // The backward needs the forward's output (delta = dout·out): a detached view, so that the
   // node does not hold its own output's graph. It holds the parts (q_pe, k_pe) as well, since
   // parts.q_rope and parts.k_rope point into them.
-  auto backward = [qc, kc, vc, q_pe, k_pe, parts, o = out.detach(), lse, bounds, args_shape, backward_implementation](
-                      const Tensor<T>& g, const autograd::InputGrads& in) {
+  auto backward = [qc, kc, vc, q_pe, k_pe, parts, o = out.detach(), lse, bounds, args_shape, backward_implementation,
+                   plan = plan_gradient_places(inputs),
+                   input_shapes = std::move(input_shapes)](const Tensor<T>& g, const autograd::InputGrads& in) {
     const char* bop = "fused_causal_attention backward";
     check_same_device(bop, qc, g);
     const Tensor<T> gc = attention_operand(g);
     const Device dev = qc.device();
-    const std::int64_t B = args_shape.batch, H = args_shape.heads, Hkv = args_shape.kv_heads, S = args_shape.seq;
-    Tensor<T> dq({B, H, S, args_shape.dk}, dev), dk({B, Hkv, S, args_shape.dk}, dev), dv(vc.shape(), dev);
+    // dq, dk, dv (with parts: dq, dq_rope, dk, dk_rope, dv), each where its input lay or contiguous.
+    const std::vector<Tensor<T>> grads = gradient_tensors<T>(plan, input_shapes, dev);
+    const bool with_parts = parts.dim > 0;
+    const Tensor<T>& dq = grads[0];
+    const Tensor<T>& dk = grads[with_parts ? 2 : 1];
+    const Tensor<T>& dv = grads.back();
     Tensor<float> delta(lse.shape(), lse.device());
     launch_device_kernel(bop, kernels::AttentionBackwardArgs{.launch = launch_on(bop, dev),
                                                              .dtype = dtype_of<T>,
@@ -248,21 +347,19 @@ Tensor<T> fused_causal_attention_cuda(const Tensor<T>& q, const Tensor<T>& k, co
                                                              .out_layout = head_layout(o),
                                                              .dout_layout = head_layout(gc),
                                                              .rope = parts,
+                                                             .dq_layout = head_layout(dq),
+                                                             .dk_layout = head_layout(dk),
+                                                             .dv_layout = head_layout(dv),
+                                                             .dq_rope = with_parts ? grads[1].data() : nullptr,
+                                                             .dk_rope = with_parts ? grads[3].data() : nullptr,
+                                                             .dq_rope_layout = with_parts ? head_layout(grads[1])
+                                                                                          : kernels::HeadLayout{},
+                                                             .dk_rope_layout = with_parts ? head_layout(grads[3])
+                                                                                          : kernels::HeadLayout{},
                                                              .implementation = backward_implementation});
-    if (parts.dim == 0) {
-      in.add(0, dq);
-      in.add(1, dk);
-      in.add(2, dv);
-      return;
-    }
-    // The parts' gradients are the column ranges of dq and dk (k_pe's sum over the heads it was
-    // expanded to is its own view's backward).
-    const std::int64_t split = args_shape.dk - parts.dim;
-    in.add(0, narrow(dq, 3, 0, split));
-    in.add(1, narrow(dq, 3, split, parts.dim));
-    in.add(2, narrow(dk, 3, 0, split));
-    in.add(3, narrow(dk, 3, split, parts.dim));
-    in.add(4, dv);
+    // With parts, k_pe's gradient is one per head: the sum over the heads it was expanded to is
+    // its own view's backward.
+    for (std::size_t i = 0; i < grads.size(); ++i) in.add(i, grads[i]);
   };
   if (rope) autograd::record(out, op, std::move(backward), q, rope->q_pe, k, rope->k_pe, v);
   else autograd::record(out, op, std::move(backward), q, k, v);
