@@ -84,18 +84,14 @@
 #           decode, FP8 latent, grouped GEMM, MoE and engine GPU tests; bench_paged_decode_cuda --long
 #           (the long-context rows) against $OLD_TREE; the nn GPU tests, bench_moe_cuda and pretrain
 #           with the epilogues on and off (KILN_MOE_SWIGLU_EPILOGUE)   -> docs/mla.md, docs/moe.md
-#   combine-backward  (2026-12-07, later) the combine's backward in four shapes
-#           (KILN_MOE_COMBINE_BACKWARD = 2x4, 3x4, rows2, rows3; kernels/moe/dispatch.cuh): the MoE
-#           kernel tests under each, then bench_moe_cuda --ops under each, twice  -> docs/moe.md
 #   attention-views  (2026-12-07, later) the attention kernels reading strided q, k, v, out and
 #           dout (kernels/attention/args.hpp, HeadLayout): all FusedAttentionCuda tests  -> docs/mla.md
 #   one-call  (2026-12-07, later: when one call is all the device time allows) in one ninja run
 #           test_kernels_cuda, test_nn_cuda, bench_moe_cuda and pretrain; then the attention tests
 #           (strided operands, MLA's parts) and, each while under $DEADLINE (default 540),
 #           test_nn_cuda, pretrain --config big 200 steps with MLA's attention reading q and k from
-#           their parts and concatenated (KILN_MLA_ATTENTION_PARTS=on, off), the combine
-#           backward's four shapes (MoE tests, bench_moe_cuda --ops), the decode and grouped GEMM
-#           kernel tests
+#           their parts and concatenated (KILN_MLA_ATTENTION_PARTS=on, off), the MoE kernel tests
+#           and bench_moe_cuda --ops, the decode and grouped GEMM kernel tests
 #   profile-copies  every kernel of 2 steps of pretrain --config big under ncu with its DRAM bytes:
 #           the time and bandwidth per kernel, and the longest elementwise launches (copies) with
 #           their GB/s (scripts/ncu_kernel_table.py): whether the copies run at copy speed
@@ -118,7 +114,7 @@ mkdir -p "$OUT" "$BUILD_LOGS"
 phases="build|tests|quantize|quantize-quick|fp8|fp8-ablations|fp8-parts|fp8-seeds|bench|bench-key-groups|bench-fp8"
 phases+="|key-groups-ab|verify|steps|changes|profile-decode|decode-step|profile-speculative|decode-fp8|latent-recheck"
 phases+="|profile-fp8-gemm|profile-fp8-gemm-source|fp8-uniform-ab|hopper-decode|seesaw|engine-hopper"
-phases+="|session-build|combine-tests|combine-bench|swiglu|combine-backward|profile-copies|attention-views|one-call"
+phases+="|session-build|combine-tests|combine-bench|swiglu|profile-copies|attention-views|one-call"
 [ $# -gt 0 ] || { echo "usage: $0 $phases|profile-fp8 ..."; exit 2; }
 
 . scripts/carried_deps.sh
@@ -582,16 +578,13 @@ for phase in "$@"; do
           --log-every 100 --eval-every 1000 --samples 0 --seed 1 > "$OUT/pretrain_parts_$parts.log" 2>&1 || rc=1
         echo "pretrain parts $parts: $(grep -E '^(step 200|done)' "$OUT/pretrain_parts_$parts.log" | tr '\n' ' ')"
       done
-      for variant in 2x4 3x4 rows2 rows3; do
-        [ $SECONDS -lt "${DEADLINE:-540}" ] || { echo "deadline: $variant not run"; continue; }
-        KILN_MOE_COMBINE_BACKWARD=$variant timeout 60 "$BUILD/tests/test_kernels_cuda" --gtest_filter='Moe*' \
-          > "$OUT/test_moe_$variant.log" 2>&1 || rc=1
-        KILN_MOE_COMBINE_BACKWARD=$variant timeout 60 "$BUILD/benchmarks/bench_moe_cuda" --ops \
-          > "$OUT/bench_moe_ops_$variant.log" 2>&1 || rc=1
-        echo "$variant: tests $(grep -hE "^\[  (PASSED|FAILED) " "$OUT/test_moe_$variant.log" | tr '\n' ' ')" \
-          "combine f+b $(grep -E '^combine forward \+ backward' "$OUT/bench_moe_ops_$variant.log" |
+      if [ $SECONDS -lt "${DEADLINE:-540}" ]; then
+        timeout 60 "$BUILD/tests/test_kernels_cuda" --gtest_filter='Moe*' > "$OUT/test_moe.log" 2>&1 || rc=1
+        timeout 60 "$BUILD/benchmarks/bench_moe_cuda" --ops > "$OUT/bench_moe_ops.log" 2>&1 || rc=1
+        echo "moe: tests $(grep -hE "^\[  (PASSED|FAILED) " "$OUT/test_moe.log" | tr '\n' ' ')" \
+          "combine f+b $(grep -E '^combine forward \+ backward' "$OUT/bench_moe_ops.log" |
           awk '{print $(NF-3) " us, ratio " $NF}' | tr '\n' ' ')"
-      done
+      fi
       if [ $SECONDS -lt "${DEADLINE:-540}" ]; then
         timeout 150 "$BUILD/tests/test_kernels_cuda" \
           --gtest_filter='PagedDecodeAttentionCuda.*:LatentFp8CacheCuda.*:LatentCacheWriteCuda.*:Grouped*' \
@@ -604,23 +597,6 @@ for phase in "$@"; do
       timeout 300 "$BUILD/tests/test_kernels_cuda" --gtest_filter='FusedAttentionCuda.*' \
         > "$OUT/test_attention.log" 2>&1 || rc=1
       grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure|Expected|Which is" "$OUT"/test_attention.log | head -30
-      ;;
-    combine-backward)
-      build test_kernels_cuda bench_moe_cuda
-      for variant in 2x4 3x4 rows2 rows3; do
-        KILN_MOE_COMBINE_BACKWARD=$variant timeout 60 "$BUILD/tests/test_kernels_cuda" --gtest_filter='Moe*' \
-          > "$OUT/test_moe_$variant.log" 2>&1 || rc=1
-        echo "tests $variant: $(grep -hE "^\[  (PASSED|FAILED) " "$OUT/test_moe_$variant.log" | tr '\n' ' ')"
-      done
-      for round in 1 2; do
-        for variant in 2x4 3x4 rows2 rows3; do
-          [ $SECONDS -lt "${DEADLINE:-540}" ] || { echo "deadline: $variant $round not run"; continue; }
-          KILN_MOE_COMBINE_BACKWARD=$variant timeout 60 "$BUILD/benchmarks/bench_moe_cuda" --ops \
-            > "$OUT/bench_moe_ops_${variant}_$round.log" 2>&1 || rc=1
-          echo "$variant $round: $(grep -E '^combine forward \+ backward' "$OUT/bench_moe_ops_${variant}_$round.log" |
-            awk '{print $(NF-3) " us, ratio " $NF}' | tr '\n' ' ')"
-        done
-      done
       ;;
     profile-copies)
       build pretrain

@@ -1,8 +1,9 @@
 // Fused causal attention on CUDA, forward and backward (arguments kernels/attention/args.hpp;
 // front-end ops/attention.hpp; CPU reference backend/cpu/attention.hpp; docs/mla.md).
 //
-// The launchers at the end pick the forward: on an sm_90 GPU in bf16 from S = 1024 on (or when
-// named), the Hopper kernel of attention_hopper.cuh; otherwise the plain kernel here. The backward:
+// The launchers at the end pick the forward: on an sm_90 GPU in bf16 from S = 1024 on (S = 512 at
+// some head dims: args.hpp, attention_hopper_wanted) or when named, the Hopper kernel of
+// attention_hopper.cuh; otherwise the plain kernel here. The backward:
 // on an sm_90 GPU in bf16 where its head dims allow (or when named), the Hopper dK/dV and dQ
 // kernels of attention_backward_hopper.cuh after this file's delta kernel; otherwise this file's.
 //
