@@ -92,7 +92,8 @@
 #           test_nn_cuda, pretrain --config big 200 steps with MLA's attention reading q and k from
 #           their parts and concatenated (KILN_MLA_ATTENTION_PARTS=on, off), the MoE kernel tests
 #           and bench_moe_cuda --ops, the decode and grouped GEMM kernel tests
-#   profile-copies  every kernel of 2 steps of pretrain --config big under ncu with its DRAM bytes:
+#   profile-copies  every kernel of 2 steps of pretrain --config big under ncu with its DRAM bytes
+#           (no validation: its 8 forward passes at the end filled the "second half" on 2026-12-07):
 #           the time and bandwidth per kernel, and the longest elementwise launches (copies) with
 #           their GB/s (scripts/ncu_kernel_table.py): whether the copies run at copy speed
 #   profile-fp8  the GPU time of each kernel in 30 steps of bf16 and of FP8 training (nsys when the
@@ -602,7 +603,7 @@ for phase in "$@"; do
       build pretrain
       timeout 400 ncu --clock-control none --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum \
         --csv "$BUILD/examples/pretrain" --device cuda --config big --steps 2 --log-every 1 --eval-every 1000 \
-        --samples 0 \
+        --eval-batches 0 --samples 0 \
         > "$OUT/profile_copies.csv" 2> "$OUT/profile_copies.err" || rc=1
       python3 scripts/ncu_kernel_table.py "$OUT/profile_copies.csv" --second-half --top 40 \
         > "$OUT/profile_copies.txt" 2>&1 || rc=1
