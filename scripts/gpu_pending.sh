@@ -92,6 +92,10 @@
 #           test_nn_cuda, pretrain --config big 200 steps with MLA's attention reading q and k from
 #           their parts and concatenated (KILN_MLA_ATTENTION_PARTS=on, off), the MoE kernel tests
 #           and bench_moe_cuda --ops, the decode and grouped GEMM kernel tests
+#   vs-hf  kiln's pretrain --config big (600 steps, seed 1) and HF transformers under torch.compile on
+#           the same model (benchmarks/peers/hf_compile_train.py) in one call: tokens/s and their
+#           ratio, kiln's over the run and at its last logged interval (HF's: 15 steps after
+#           compiling and 3 warm-up steps)                    -> docs/training.md, docs/moe.md
 #   profile-copies  every kernel of 2 steps of pretrain --config big under ncu with its DRAM bytes
 #           (no validation: its 8 forward passes at the end filled the "second half" on 2026-12-07):
 #           the time and bandwidth per kernel, and the longest elementwise launches (copies) with
@@ -115,7 +119,7 @@ mkdir -p "$OUT" "$BUILD_LOGS"
 phases="build|tests|quantize|quantize-quick|fp8|fp8-ablations|fp8-parts|fp8-seeds|bench|bench-key-groups|bench-fp8"
 phases+="|key-groups-ab|verify|steps|changes|profile-decode|decode-step|profile-speculative|decode-fp8|latent-recheck"
 phases+="|profile-fp8-gemm|profile-fp8-gemm-source|fp8-uniform-ab|hopper-decode|seesaw|engine-hopper"
-phases+="|session-build|combine-tests|combine-bench|swiglu|profile-copies|attention-views|one-call"
+phases+="|session-build|combine-tests|combine-bench|swiglu|vs-hf|profile-copies|attention-views|one-call"
 [ $# -gt 0 ] || { echo "usage: $0 $phases|profile-fp8 ..."; exit 2; }
 
 . scripts/carried_deps.sh
@@ -598,6 +602,20 @@ for phase in "$@"; do
       timeout 300 "$BUILD/tests/test_kernels_cuda" --gtest_filter='FusedAttentionCuda.*' \
         > "$OUT/test_attention.log" 2>&1 || rc=1
       grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure|Expected|Which is" "$OUT"/test_attention.log | head -30
+      ;;
+    vs-hf)
+      build pretrain
+      "$BUILD/examples/pretrain" --device cuda --config big --steps 600 --log-every 100 --eval-every 600 \
+        --samples 0 --seed 1 > "$OUT/pretrain_vs_hf.log" 2>&1 || rc=1
+      kiln_run=$(grep -oE '^done: .*\(([0-9]+) tok/s' "$OUT/pretrain_vs_hf.log" | grep -oE '[0-9]+ tok/s' | cut -d' ' -f1)
+      kiln_last=$(grep -E '^step 600/' "$OUT/pretrain_vs_hf.log" | grep -oE '[0-9]+ tok/s' | cut -d' ' -f1)
+      timeout 400 python3 benchmarks/peers/hf_compile_train.py "$OUT/hf_compile.json" > "$OUT/hf_compile.log" 2>&1 ||
+        { rc=1; tail -5 "$OUT/hf_compile.log"; }
+      hf=$(python3 -c "import json; print(round(json.load(open('$OUT/hf_compile.json'))['hf_compile_train_tok_s']))" \
+        2>/dev/null)
+      echo "kiln: ${kiln_run:-?} tok/s over 600 steps, ${kiln_last:-?} at step 600; HF torch.compile: ${hf:-?} tok/s"
+      [ -n "$hf" ] && [ -n "$kiln_run" ] && [ -n "$kiln_last" ] &&
+        python3 -c "print(f'kiln / HF compiled: {$kiln_run / $hf:.3f} over the run, {$kiln_last / $hf:.3f} at step 600')"
       ;;
     profile-copies)
       build pretrain
