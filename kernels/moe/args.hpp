@@ -102,6 +102,9 @@ struct MoeSumRowsArgs {
   const void* in = nullptr;            // [*, cols]
   const std::int64_t* index = nullptr; // [N·K]
   const void* weights = nullptr;       // [N·K] or null
+  // [N, cols] or null: y = add + the sum, the sum started from it (a gradient x received before,
+  // folded into the dispatch's backward: autograd's InputGrads::received); never y itself
+  const void* add = nullptr;
   std::int64_t tokens = 0, cols = 0;
   int top_k = 1;
 };

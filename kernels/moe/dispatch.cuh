@@ -209,8 +209,14 @@ __global__ void __launch_bounds__(kRowThreads) sum_rows(MoeSumRowsArgs a) {
   for (std::int64_t n = warp_id(); n < a.tokens; n += warp_count()) {
     for (std::int64_t v = lane; v < vecs; v += 32) {
       C acc[V];
+      if (a.add) {  // the sum starts from the gradient folded in
+        const Vec<T, V> b = reinterpret_cast<const Vec<T, V>*>(static_cast<const T*>(a.add) + n * a.cols)[v];
 #pragma unroll
-      for (int j = 0; j < V; ++j) acc[j] = C(0);
+        for (int j = 0; j < V; ++j) acc[j] = load(b.v[j]);
+      } else {
+#pragma unroll
+        for (int j = 0; j < V; ++j) acc[j] = C(0);
+      }
       for (int k = 0; k < a.top_k; ++k) {
         const std::int64_t s = n * a.top_k + k;
         const C w = weights ? load(weights[s]) : C(1);
@@ -362,7 +368,7 @@ inline void launch_moe_sum_rows(const MoeSumRowsArgs& a) {
   cuda::DeviceGuard guard(a.launch.device);
   with_floating_type("moe_sum_rows", a.dtype, [&](auto tag) {
     using T = decltype(tag);
-    with_vector<T>(a.cols, aligned16(a.y) && aligned16(a.in), [&](auto vector) {
+    with_vector<T>(a.cols, aligned16(a.y) && aligned16(a.in) && (!a.add || aligned16(a.add)), [&](auto vector) {
       constexpr int V = decltype(vector)::value;
       sum_rows<T, V><<<row_blocks(a.tokens * 32), kRowThreads, 0, a.launch.stream>>>(a);
       KILN_CUDA_CHECK_LAUNCH();

@@ -37,6 +37,9 @@ struct RmsNormBackwardArgs {
   DeviceLaunch launch;
   DType dtype = DType::f32;  // of x, w, g, dx and dw
   void* dx = nullptr;        // null: not wanted
+  // [rows, cols] or null: a gradient x received before, added into dx (dx = dx_add + the rms_norm
+  // gradient, rounded once: autograd's InputGrads::received); never dx itself
+  const void* dx_add = nullptr;
   void* dw = nullptr;        // [cols]; null: not wanted (or no weight)
   const void* x = nullptr;
   const void* w = nullptr;   // null: no weight

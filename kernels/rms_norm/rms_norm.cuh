@@ -21,8 +21,9 @@
 // paths with one element per "vector".
 //
 // Memory traffic per element (s = sizeof(T)): forward reads x (s) and writes y (s), plus w once per
-// row from L1/L2; backward reads x and g and writes dx (3s), plus the dw partials below. The
-// per-row r (8 bytes) is noise.
+// row from L1/L2; backward reads x and g and writes dx (3s; 4s when it folds in a gradient x
+// received before, dx_add: one read where a separate add would cost three passes), plus the dw
+// partials below. The per-row r (8 bytes) is noise.
 //
 // dw is fused into the backward kernel: its terms g * xhat come from the x and g already in
 // registers, so dw costs no second pass over x and g, and it is summed without atomics. Each block
@@ -185,11 +186,11 @@ __global__ void __launch_bounds__(WarpRow ? kWarpRowThreads : kMaxBlockThreads, 
 // consecutive words (no bank conflicts, coalesced). Nothing but the owning thread touches a column
 // while rows are processed, so the only synchronisation is the one before the warp kernels add
 // their warps' rows, in warp order, into the block's partials row.
-template <class T, int V, int N, bool WarpRow>
+template <class T, int V, int N, bool WarpRow, bool Fold>
 __global__ void __launch_bounds__(WarpRow ? kWarpRowThreads : kMaxBlockThreads, min_blocks<T, V, N, WarpRow>())
     backward_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ g,
-                    const double* __restrict__ rstd, T* __restrict__ dx, compute_t<T>* __restrict__ partial,
-                    std::int64_t rows, int D, compute_t<T> inv_d) {
+                    const double* __restrict__ rstd, T* __restrict__ dx, const T* __restrict__ dx_add,
+                    compute_t<T>* __restrict__ partial, std::int64_t rows, int D, compute_t<T> inv_d) {
   static_assert(N > 0 || !WarpRow, "a warp-per-row kernel keeps its row in registers");
   using C = compute_t<T>;
   using VecT = Vec<T, V>;
@@ -224,11 +225,22 @@ __global__ void __launch_bounds__(WarpRow ? kWarpRowThreads : kMaxBlockThreads, 
   auto finish = [&](const VecT& xv, const VecT& gv, int j, C rs, C mean, std::int64_t r) {
     if (dx) {
       const VecT wj = weights(j);
+      // Fold: the gradient received before, added (rounded once with this one). Loaded here, not
+      // hoisted with the row's other vectors (the compiler barrier): N more vectors live at once
+      // spilled the warp-row kernels that keep the row in registers. A separate instance, so that
+      // the kernels without it keep their registers.
+      VecT add;
+      if constexpr (Fold) {
+        asm volatile("" ::: "memory");
+        add = reinterpret_cast<const VecT*>(dx_add + r * D)[j];
+      }
       VecT o;
 #pragma unroll
       for (int e = 0; e < V; ++e) {
         const C xhat = load(xv.v[e]) * rs;
-        o.v[e] = store<T>(rs * (load(gv.v[e]) * (w ? load(wj.v[e]) : C(1)) - xhat * mean));
+        const C d = rs * (load(gv.v[e]) * (w ? load(wj.v[e]) : C(1)) - xhat * mean);
+        if constexpr (Fold) o.v[e] = store<T>(d + load(add.v[e]));
+        else o.v[e] = store<T>(d);
       }
       reinterpret_cast<VecT*>(dx + r * D)[j] = o;
     }
@@ -438,7 +450,8 @@ inline void launch_rms_norm_backward(const RmsNormBackwardArgs& a) {
   const int device = a.launch.device;
   cuda::DeviceGuard guard(device);
   const cudaStream_t stream = a.launch.stream;
-  const bool aligned = aligned16(a.x) && aligned16(a.g) && (!a.dx || aligned16(a.dx)) && (!a.w || aligned16(a.w));
+  const bool aligned = aligned16(a.x) && aligned16(a.g) && (!a.dx || aligned16(a.dx)) && (!a.w || aligned16(a.w)) &&
+                       (!a.dx_add || aligned16(a.dx_add));
   with_norm_type(a.dtype, [&](auto tag) {
     using T = decltype(tag);
     using C = compute_t<T>;
@@ -449,7 +462,9 @@ inline void launch_rms_norm_backward(const RmsNormBackwardArgs& a) {
     }
     with_plan<T>(D, aligned, [&](auto plan) {
       using P = decltype(plan);
-      auto kernel = backward_kernel<T, P::vector, P::per_thread, P::warp_row>;
+      const bool fold = a.dx && a.dx_add;
+      auto kernel = fold ? backward_kernel<T, P::vector, P::per_thread, P::warp_row, true>
+                         : backward_kernel<T, P::vector, P::per_thread, P::warp_row, false>;
       const int threads = block_threads<P>(D);
       const std::int64_t owners_per_block = P::warp_row ? threads / 32 : 1;
       // Shared memory for the dw sums: one row of D per owner in the block (streamed rows sum into
@@ -463,7 +478,8 @@ inline void launch_rms_norm_backward(const RmsNormBackwardArgs& a) {
       if (a.dw) partial = Tensor<C>({blocks, D}, Device::cuda(device));
       kernel<<<static_cast<unsigned>(blocks), threads, smem, stream>>>(
           static_cast<const T*>(a.x), static_cast<const T*>(a.w), static_cast<const T*>(a.g), a.rstd,
-          static_cast<T*>(a.dx), a.dw ? partial.data() : nullptr, rows, D, static_cast<C>(1.0 / D));
+          static_cast<T*>(a.dx), a.dx ? static_cast<const T*>(a.dx_add) : nullptr, a.dw ? partial.data() : nullptr,
+          rows, D, static_cast<C>(1.0 / D));
       KILN_CUDA_CHECK_LAUNCH();
       if (a.dw) {
         dw_sum_kernel<T><<<static_cast<unsigned>((D + kSumColumns - 1) / kSumColumns), dim3(kSumColumns, kSumSlices),

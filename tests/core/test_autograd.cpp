@@ -151,6 +151,36 @@ TEST(Autograd, SplitGradientsAlreadyInPlaceAreTakenAsTheWhole) {
   }
 }
 
+// InputGrads::received / set_total: a backward sees the gradient its input has received so far
+// when it is one contiguous tensor (to fold into its own, as rms_norm's and matmul's do), and
+// nothing otherwise (none yet, or a strided one); the input's gradient is then the total it hands.
+TEST(Autograd, BackwardMaySeeAndFoldTheGradientReceivedBefore) {
+  for (const bool strided_first : {false, true}) {
+    SCOPED_TRACE(strided_first ? "the first gradient strided" : "the first gradient contiguous");
+    auto x = zeros<double>({2, 3}).requires_grad_();
+    bool saw = false;
+    // second: adds 10 to every element of x's gradient; its backward runs after first's, which
+    // consumes its output.
+    Tensor<double> second = zeros<double>({1});
+    autograd::record(second, "second", [&saw](const Tensor<double>&, const autograd::InputGrads& in) {
+      const Tensor<double> received = in.received<double>(0);
+      saw = received.defined();
+      if (saw) in.set_total(0, add(received, full<double>({2, 3}, 10.0)));
+      else in.add(0, full<double>({2, 3}, 10.0));
+    }, x);
+    // first: hands x the gradient [[1, 2, 3], [4, 5, 6]] (or the same values as a transposed view).
+    Tensor<double> first = zeros<double>({1});
+    autograd::record(first, "first", [strided_first](const Tensor<double>& g, const autograd::InputGrads& in) {
+      const auto values = tensor<double>({1.0, 2.0, 3.0, 4.0, 5.0, 6.0}, {2, 3});
+      in.add(0, strided_first ? transpose(contiguous(transpose(values, 0, 1)), 0, 1) : values);
+      in.add(1, g);
+    }, x, second);
+    first.backward(ones<double>({1}));
+    EXPECT_EQ(saw, !strided_first);
+    EXPECT_EQ(x.grad().to_vector(), (std::vector<double>{11.0, 12.0, 13.0, 14.0, 15.0, 16.0}));
+  }
+}
+
 TEST(Autograd, SecondBackwardThroughFreedGraphThrows) {
   auto x = tensor<double>({1.0, 2.0}).requires_grad_();
   auto loss = sum(mul(x, x));

@@ -386,6 +386,26 @@ TEST(MatmulCuda, BackwardMatchesCpu) {
   });
 }
 
+// A residual block x + x·W: x's gradient from the add arrives first and matmul's backward folds it
+// into dx in the GEMM's epilogue (matmul_add, beta = 1: autograd's InputGrads::received); against
+// float64 on the CPU, every dtype, with a weight shared over a batch and a lone matrix.
+TEST(MatmulCuda, BackwardFoldsTheGradientReceivedBefore) {
+  KILN_REQUIRE_GPU();
+  for_each_dtype([](auto tag) {
+    using T = decltype(tag);
+    const std::vector<std::pair<Shape, Shape>> cases{{{2, 3, 33}, {33, 33}}, {{65, 129}, {129, 129}}};
+    for (const auto& [sx, sw] : cases) {
+      SCOPED_TRACE(str(dtype_of<T>, " ", sx, " · ", sw));
+      const Tensor<T> x = gpu_randn<T>(sx), w = gpu_randn<T>(sw), g = gpu_randn<T>(sx);
+      auto xg = x.detach().requires_grad_();
+      auto xd = cast<double>(on_cpu(x)).requires_grad_();
+      add(xg, matmul(xg, w)).backward(g);
+      add(xd, matmul(xd, cast<double>(on_cpu(w)))).backward(cast<double>(on_cpu(g)));
+      EXPECT_LE(relative_error(cast<double>(on_cpu(xg.grad())), xd.grad()), tolerance<T>());
+    }
+  });
+}
+
 TEST(MatmulCuda, BackwardSumsBroadcastBatches) {
   KILN_REQUIRE_GPU();
   // These gradients sum over broadcast batch dims (sum_to): they need kiln::sum on the device.

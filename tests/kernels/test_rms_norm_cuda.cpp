@@ -3,7 +3,8 @@
 // vectors per thread, streamed rows, scalar paths for odd sizes and misaligned data),
 // non-contiguous and stride-0 inputs, deterministic dw, and device mismatches. The fused backward
 // kernel (dx and dw from one pass) is also called directly and checked against a float64
-// reference computed here, with the same bits from run to run and with or without dx.
+// reference computed here, with the same bits from run to run and with or without dx; and through
+// a residual x + rms_norm(x), whose dx folds in the add's gradient.
 #include <cmath>
 #include <cstring>
 
@@ -49,6 +50,12 @@ void check_rms_norm(const Tensor<T>& x_cpu, const Tensor<T>& x_gpu, const Tensor
   if (w_cpu.defined()) {
     EXPECT_LE(relative_error(on_cpu(wg.grad()), wc.grad()), tol) << what << " dw";
   }
+  // The residual form x + rms_norm(x): x's gradient from the add arrives first and the backward
+  // kernel adds it into dx as it writes it (autograd's InputGrads::received, RmsNormBackwardArgs::dx_add).
+  auto xc2 = x_cpu.detach().requires_grad_(), xg2 = x_gpu.detach().requires_grad_();
+  add(xc2, rms_norm(xc2, w_cpu, eps)).backward(g);
+  add(xg2, rms_norm(xg2, w_gpu, eps)).backward(on_gpu(g));
+  EXPECT_LE(relative_error(on_cpu(xg2.grad()), xc2.grad()), tol) << what << " dx with a gradient folded in";
 }
 
 template <class T>

@@ -315,3 +315,20 @@ TEST(Matmul, ShapeErrorsNameOpAndShapes) {
   EXPECT_KILN_ERROR(matmul(randn<float>({}), randn<float>({3})), "matmul", "[]", "[3]", "at least one dimension");
   EXPECT_KILN_ERROR(matmul(Tensor<float>(), randn<float>({3})), "matmul", "undefined");
 }
+
+// A gradient a received before (a residual's, or another consumer's of a shared input) is added in
+// the product's epilogue (matmul_add) when no batch dims are summed: the values of the separate
+// sum, and the usual path where batch dims are summed (a broadcast against a batched b).
+TEST(Matmul, FoldsTheGradientReceivedBeforeIntoDa) {
+  auto residual_block = [](const std::vector<Tensor<double>>& in) { return add(in[0], matmul(in[0], in[1])); };
+  EXPECT_GRADCHECK(residual_block, {randn<double>({2, 3, 4}), randn<double>({4, 4})});
+  EXPECT_GRADCHECK(residual_block, {randn<double>({5, 6}), randn<double>({6, 6})});
+  // a [3, 4] broadcast over b's batch of 2: da sums the batch, no fold.
+  EXPECT_GRADCHECK([](const std::vector<Tensor<double>>& in) { return add(in[0], sum(matmul(in[0], in[1]), {0})); },
+                   {randn<double>({3, 4}), randn<double>({2, 4, 4})});
+  // Float: the fold's sum equals the separate one's (on the CPU matmul_add adds as accumulate does).
+  const auto x = randn<float>({7, 5}), w = randn<float>({5, 5}), c = randn<float>({7, 5});
+  auto a = x.detach().requires_grad_();
+  sum(mul(add(a, matmul(a, w)), c)).backward();
+  EXPECT_EQ(a.grad().to_vector(), add(c, matmul(c, transpose(w, 0, 1))).to_vector());
+}

@@ -172,6 +172,14 @@ TEST(MoeDispatchCombine, GradientsMatchFiniteDifferences) {
       [&](const std::vector<Tensor<double>>& in) { return moe_combine(mul(moe_dispatch(in[0], l), w_row), in[1], l); },
       {randn<double>({n, h}, 0.0, 1.0, Device::cpu(), gen), rand<double>({n, k}, 0.0, 1.0, Device::cpu(), gen)});
   EXPECT_TRUE(result.ok) << result.report;
+  // The residual form x + combine(...): x's gradient from the add arrives first and the dispatch's
+  // backward starts its sum from it (autograd's InputGrads::received).
+  const auto residual = gradcheck(
+      [&](const std::vector<Tensor<double>>& in) {
+        return add(in[0], moe_combine(mul(moe_dispatch(in[0], l), w_row), in[1], l));
+      },
+      {randn<double>({n, h}, 0.0, 1.0, Device::cpu(), gen), rand<double>({n, k}, 0.0, 1.0, Device::cpu(), gen)});
+  EXPECT_TRUE(residual.ok) << residual.report;
 }
 
 TEST(MoeDispatchCombine, ChecksItsArguments) {

@@ -174,3 +174,28 @@ TEST(RmsNorm, Errors) {
   EXPECT_KILN_ERROR(rms_norm(Tensor<float>()), "rms_norm", "undefined");
   EXPECT_KILN_ERROR(rms_norm(randn<float>({2, 3}), Tensor<float>(), -1.0), "rms_norm", "eps");
 }
+
+// A gradient x received before (here from the residual add(x, rms_norm(x, w)), whose backward runs
+// first) is folded into dx as the kernel writes it (autograd's InputGrads::received): in float the
+// result is the double gradient plus the received one, rounded once, bit for bit; a separate add
+// would round twice. Gradcheck in double covers the fold's value in a residual block.
+TEST(RmsNorm, FoldsTheGradientReceivedBeforeIntoDx) {
+  const std::int64_t R = 37, D = 67;
+  const auto x = randn<double>({R, D}), w = randn<double>({D}), c = randn<double>({R, D});
+  // x, w, c rounded to float first, so that the double run sees the float run's exact inputs.
+  const auto xf0 = cast<float>(x), wf = cast<float>(w), cf = cast<float>(c);
+  auto xd = cast<double>(xf0).requires_grad_();
+  sum(mul(rms_norm(xd, cast<double>(wf)), cast<double>(cf))).backward();  // the rms_norm gradient alone
+  auto xf = xf0.detach().requires_grad_();
+  sum(mul(add(xf, rms_norm(xf, wf)), cf)).backward();  // plus the residual's, c
+  const std::vector<double> d = xd.grad().to_vector();
+  const std::vector<float> got = xf.grad().to_vector(), received = cf.to_vector();
+  std::int64_t twice_differs = 0;
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    ASSERT_EQ(got[i], static_cast<float>(d[i] + static_cast<double>(received[i]))) << "element " << i;
+    twice_differs += static_cast<float>(static_cast<float>(d[i]) + received[i]) != got[i];
+  }
+  EXPECT_GT(twice_differs, 0);  // the inputs are such that rounding twice would show
+  EXPECT_GRADCHECK([](const std::vector<Tensor<double>>& in) { return add(in[0], rms_norm(in[0], in[1])); },
+                   {randn<double>({3, 7}), randn<double>({7})});
+}

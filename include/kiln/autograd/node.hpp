@@ -93,6 +93,22 @@ class TypedNode : public Node {
     }
   }
 
+  // The gradient received so far when it is one contiguous tensor of the output's shape (no parts
+  // waiting), for a backward that folds it into the gradient it makes (received_gradient below);
+  // undefined otherwise.
+  Tensor<T> received_gradient() const {
+    if (!parts_.empty() || !grad_ || !grad_->is_contiguous()) return Tensor<T>();
+    return *grad_;
+  }
+  // The gradient becomes `total`, made by the caller as received_gradient() + its own gradient.
+  void set_total_gradient(const Tensor<T>& total) {
+    if (total.shape() != output_shape_)
+      fail("backward", "the backward of another op sent a total gradient of shape ", total.shape(), " to ", name(),
+           ", whose output has shape ", output_shape_);
+    grad_ = total;
+    grad_private_ = false;  // the caller may hold it too
+  }
+
   // Adds g to the part of this node's gradient that slice(gradient, dim, start, end, step) views
   // (the backward of a view op). While no whole gradient has arrived the parts wait (settle_parts
   // turns them into one tensor when the gradient is needed); after one has, g is added into its
@@ -232,6 +248,22 @@ class InputGrads {
   template <class U>
   void add(std::size_t i, const Tensor<U>& g) const {
     if (needs(i)) typed<U>(i).accumulate(g);
+  }
+
+  // The gradient input i has received so far, for a backward whose kernel can add it while it
+  // writes its own gradient (a GEMM's epilogue, the RMSNorm backward): the sum then reads it once,
+  // where handing over a separate gradient costs a second pass (accumulate's add reads both and
+  // writes the sum). A contiguous tensor of input i's shape, or undefined when input i wants no
+  // gradient, has received none yet, or holds parts or a strided one: then add(i, g) as usual.
+  // After folding it, hand the sum to set_total(i, sum).
+  template <class U>
+  Tensor<U> received(std::size_t i) const {
+    return needs(i) ? typed<U>(i).received_gradient() : Tensor<U>();
+  }
+  // Input i's gradient becomes `total` = received(i) + this backward's gradient (see received).
+  template <class U>
+  void set_total(std::size_t i, const Tensor<U>& total) const {
+    if (needs(i)) typed<U>(i).set_total_gradient(total);
   }
 
   // Adds g to the part slice(gradient, dim, start, end, step) of input i's gradient

@@ -159,6 +159,9 @@ Tensor<T> matmul_kernel(const Tensor<T>& a, const Tensor<T>& b, const MatmulShap
 
 }  // namespace detail
 
+template <class T>
+Tensor<T> matmul_add(const Tensor<T>& a, const Tensor<T>& b, const Tensor<T>& c);  // below
+
 // The matrix product of a and b (see the top of this file for the shapes).
 template <class T>
 Tensor<T> matmul(const Tensor<T>& a, const Tensor<T>& b) {
@@ -178,8 +181,17 @@ Tensor<T> matmul(const Tensor<T>& a, const Tensor<T>& b) {
     g_shape.insert(g_shape.end(), {s.m, s.n});
     const Tensor<T> g2 = reshape(g, g_shape);
     if (in.needs(0)) {
-      const Tensor<T> da = sum_to(matmul(g2, transpose(b2, -1, -2)), a2.shape());
-      in.add(0, reshape(da, a.shape()));
+      // A gradient a received before (e.g. the other branches' at a residual or a shared input)
+      // is added in the product's epilogue when no batch dims are summed (matmul_add: on a GPU one
+      // GEMM with beta = 1, where a separate add would read both and write the sum).
+      const Tensor<T> received = in.received<T>(0);
+      const Tensor<T> bt = transpose(b2, -1, -2);
+      if (received.defined() && a.dim() >= 2 && detail::matmul_shapes(g2.shape(), bt.shape()).out == a2.shape()) {
+        in.set_total(0, reshape(matmul_add(g2, bt, reshape(received, a2.shape())), a.shape()));
+      } else {
+        const Tensor<T> da = sum_to(matmul(g2, bt), a2.shape());
+        in.add(0, reshape(da, a.shape()));
+      }
     }
     if (in.needs(1)) {
       Tensor<T> db;

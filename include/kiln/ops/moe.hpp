@@ -221,15 +221,16 @@ Tensor<T> moe_gather_rows(const char* op, const Tensor<T>& x, const Tensor<std::
   return out;
 }
 
-// y[n] = Σ_k (weights ? weights[n·K + k] : 1) · in[index[n·K + k]]: [tokens, cols].
+// y[n] = Σ_k (weights ? weights[n·K + k] : 1) · in[index[n·K + k]]: [tokens, cols]; with `add`
+// ([tokens, cols] contiguous) the sum starts from add[n].
 template <class T>
 Tensor<T> moe_sum_rows(const char* op, const Tensor<T>& in, const Tensor<std::int64_t>& index, const Tensor<T>& weights,
-                       std::int64_t tokens, std::int64_t K) {
+                       std::int64_t tokens, std::int64_t K, const Tensor<T>& add = Tensor<T>()) {
   const std::int64_t cols = in.size(1);
   Tensor<T> y({tokens, cols}, in.device());
   if (in.device().is_cpu()) {
     cpu::moe_sum_rows(in.data(), index.data(), weights.defined() ? weights.data() : nullptr, y.data(), tokens, cols,
-                      static_cast<int>(K));
+                      static_cast<int>(K), add.defined() ? add.data() : nullptr);
   } else {
     launch_device_kernel(op, kernels::MoeSumRowsArgs{.launch = launch_on(op, in.device()),
                                                      .dtype = dtype_of<T>,
@@ -237,6 +238,7 @@ Tensor<T> moe_sum_rows(const char* op, const Tensor<T>& in, const Tensor<std::in
                                                      .in = in.data(),
                                                      .index = index.data(),
                                                      .weights = weights.defined() ? weights.data() : nullptr,
+                                                     .add = add.defined() ? add.data() : nullptr,
                                                      .tokens = tokens,
                                                      .cols = cols,
                                                      .top_k = static_cast<int>(K)});
@@ -266,8 +268,12 @@ Tensor<T> moe_dispatch(const Tensor<T>& x, const MoeLayout& layout) {
   if (autograd::needs_grad(x)) {
     autograd::record(out, op, [layout](const Tensor<T>& g, const autograd::InputGrads& in) {
       const Tensor<T> gc = contiguous(g);
-      in.add(0, detail::moe_sum_rows("moe_dispatch backward", gc, layout.row_of_slot, Tensor<T>(), layout.tokens,
-                                     layout.top_k));
+      // A gradient x received before (the MoE input's, from the router or the shared expert) is
+      // where the sum starts: one read instead of a separate add's three passes.
+      const Tensor<T> received = in.received<T>(0);
+      const Tensor<T> dx = detail::moe_sum_rows("moe_dispatch backward", gc, layout.row_of_slot, Tensor<T>(),
+                                                layout.tokens, layout.top_k, received);
+      received.defined() ? in.set_total(0, dx) : in.add(0, dx);
     }, x);
   }
   return out;

@@ -118,14 +118,20 @@ Tensor<T> rms_norm(const Tensor<T>& x, const Tensor<T>& weight = Tensor<T>(), do
       const Tensor<T> gc = contiguous(g);
       Tensor<T> dx = in.needs(0) ? Tensor<T>(xc.shape(), xc.device()) : Tensor<T>();
       Tensor<T> dw = in.needs(1) ? Tensor<T>({D}, xc.device()) : Tensor<T>();
+      // A gradient x already received (a residual stream's, from the add after this branch) is
+      // added while dx is written: one read instead of a separate add's three passes.
+      const Tensor<T> received = in.received<T>(0);
+      const T* dx_add = received.defined() ? received.data() : nullptr;
       if (xc.device().is_cpu()) {
         cpu::rms_norm_backward(xc.data(), wc.defined() ? wc.data() : nullptr, gc.data(), rstd.data(),
-                               dx.defined() ? dx.data() : nullptr, dw.defined() ? dw.data() : nullptr, rows, D);
+                               dx.defined() ? dx.data() : nullptr, dw.defined() ? dw.data() : nullptr, rows, D,
+                               dx_add);
       } else {
         launch_device_kernel("rms_norm backward",
                              kernels::RmsNormBackwardArgs{.launch = launch_on("rms_norm backward", xc.device()),
                                                           .dtype = dtype_of<T>,
                                                           .dx = dx.defined() ? dx.data() : nullptr,
+                                                          .dx_add = dx_add,
                                                           .dw = dw.defined() ? dw.data() : nullptr,
                                                           .x = xc.data(),
                                                           .w = wc.defined() ? wc.data() : nullptr,
@@ -134,7 +140,7 @@ Tensor<T> rms_norm(const Tensor<T>& x, const Tensor<T>& weight = Tensor<T>(), do
                                                           .rows = rows,
                                                           .cols = static_cast<int>(D)});
       }
-      if (dx.defined()) in.add(0, dx);
+      if (dx.defined()) received.defined() ? in.set_total(0, dx) : in.add(0, dx);
       if (dw.defined()) in.add(1, dw);
     }, x, weight);
   }

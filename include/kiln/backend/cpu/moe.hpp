@@ -151,14 +151,16 @@ void moe_gather_rows(const T* x, const std::int64_t* index, const T* scale, T* o
   }
 }
 
-// y[n] = Σ_k (weights ? weights[n·K + k] : 1) · in[index[n·K + k]], in k order.
+// y[n] = Σ_k (weights ? weights[n·K + k] : 1) · in[index[n·K + k]], in k order, from add[n] when
+// add is not null (else from 0).
 template <class T>
 void moe_sum_rows(const T* in, const std::int64_t* index, const T* weights, T* y, std::int64_t tokens,
-                  std::int64_t cols, int K) {
+                  std::int64_t cols, int K, const T* add = nullptr) {
   using C = compute_t<T>;
   std::vector<C> acc(static_cast<std::size_t>(cols));
   for (std::int64_t n = 0; n < tokens; ++n) {
-    std::fill(acc.begin(), acc.end(), C(0));
+    for (std::int64_t j = 0; j < cols; ++j)  // the sum starts from `add` (a gradient folded in) or 0
+      acc[static_cast<std::size_t>(j)] = add ? static_cast<C>(add[n * cols + j]) : C(0);
     for (int k = 0; k < K; ++k) {
       const std::int64_t s = n * K + k;
       const C w = weights ? static_cast<C>(weights[s]) : C(1);

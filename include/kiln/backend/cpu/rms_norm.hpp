@@ -52,10 +52,11 @@ void rms_norm_forward(const T* x, const T* w, T* y, double* rstd, std::int64_t r
   });
 }
 
-// w may be null (w = 1); dx and dw may be null (not wanted). g is the output gradient.
+// w may be null (w = 1); dx and dw may be null (not wanted). g is the output gradient. dx_add, when
+// not null, is a gradient x received before: dx = dx_add + the rms_norm gradient, rounded once.
 template <class T>
 void rms_norm_backward(const T* x, const T* w, const T* g, const double* rstd, T* dx, T* dw, std::int64_t rows,
-                       std::int64_t D) {
+                       std::int64_t D, const T* dx_add = nullptr) {
   // Row blocks: at least a parallel grain of work each, and at most 64 of them, so the dw partials
   // (64 x D doubles at most) stay small for any number of rows.
   constexpr std::int64_t max_blocks = 64;
@@ -78,10 +79,12 @@ void rms_norm_backward(const T* x, const T* w, const T* g, const double* rstd, T
       const double m = dot / static_cast<double>(D);
       if (dx) {
         T* dxr = dx + r * D;
+        const T* addr = dx_add ? dx_add + r * D : nullptr;  // a gradient received before, folded in
         for (std::int64_t j = 0; j < D; ++j) {
           const double gw = static_cast<double>(gr[j]) * (w ? static_cast<double>(w[j]) : 1.0);
           const double xhat = static_cast<double>(xr[j]) * rs;
-          dxr[j] = convert<T>(rs * (gw - xhat * m));
+          const double d = rs * (gw - xhat * m);
+          dxr[j] = convert<T>(addr ? d + static_cast<double>(addr[j]) : d);
         }
       }
       if (acc)
