@@ -607,7 +607,8 @@ for phase in "$@"; do
       build pretrain
       "$BUILD/examples/pretrain" --device cuda --config big --steps 600 --log-every 100 --eval-every 600 \
         --samples 0 --seed 1 > "$OUT/pretrain_vs_hf.log" 2>&1 || rc=1
-      kiln_run=$(grep -oE '^done: .*\(([0-9]+) tok/s' "$OUT/pretrain_vs_hf.log" | grep -oE '[0-9]+ tok/s' | cut -d' ' -f1)
+      kiln_run=$(grep -oE '^done: .*\(([0-9]+) tok/s' "$OUT/pretrain_vs_hf.log" | grep -oE '[0-9]+ tok/s' |
+        cut -d' ' -f1)
       kiln_last=$(grep -E '^step 600/' "$OUT/pretrain_vs_hf.log" | grep -oE '[0-9]+ tok/s' | cut -d' ' -f1)
       timeout 400 python3 benchmarks/peers/hf_compile_train.py "$OUT/hf_compile.json" > "$OUT/hf_compile.log" 2>&1 ||
         { rc=1; tail -5 "$OUT/hf_compile.log"; }
@@ -615,7 +616,8 @@ for phase in "$@"; do
         2>/dev/null)
       echo "kiln: ${kiln_run:-?} tok/s over 600 steps, ${kiln_last:-?} at step 600; HF torch.compile: ${hf:-?} tok/s"
       [ -n "$hf" ] && [ -n "$kiln_run" ] && [ -n "$kiln_last" ] &&
-        python3 -c "print(f'kiln / HF compiled: {$kiln_run / $hf:.3f} over the run, {$kiln_last / $hf:.3f} at step 600')"
+        python3 -c "print(f'kiln / HF compiled: {$kiln_run / $hf:.3f} over the run,'
+                      f' {$kiln_last / $hf:.3f} at step 600')"
       ;;
     profile-copies)
       build pretrain

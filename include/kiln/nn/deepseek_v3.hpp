@@ -116,10 +116,12 @@ class DeepseekV3DecoderLayer : public Module<T> {
   using CacheLayer = typename infer::KVCache<T>::Layer;
 
   // x [B, S, hidden] with rope tables for qk_rope_head_dim (shared by the layers of a forward).
+  // The residual adds ride in the products before them (o_proj's, the dense MLP's down_proj:
+  // Linear::forward_add), an MoE layer's after its combine.
   DecoderOutput<T> forward_full(const Tensor<T>& x, const Tables& tables) {
-    const Tensor<T> a = add(x, self_attn.forward(input_layernorm(x), tables));
+    const Tensor<T> a = self_attn.forward(input_layernorm(x), tables, x);
     const Tensor<T> m = post_attention_layernorm(a);
-    if (!moe) return {add(a, (*dense_mlp)(m)), Tensor<T>()};
+    if (!moe) return {dense_mlp->forward_add(m, a), Tensor<T>()};
     MoEOutput<T> y = moe->forward_full(m);
     return {add(a, y.output), y.balance_loss};
   }

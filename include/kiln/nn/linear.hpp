@@ -72,13 +72,12 @@ class Linear : public Module<T> {
   }
   Tensor<T> operator()(const Tensor<T>& x) const { return forward(x); }
 
-  // residual + forward(x) (residual of the output's shape): a residual connection. Without bias,
-  // FP8 mode or gradients, one product that adds the residual in its epilogue (matmul_add: one
-  // launch fewer, rounded once); otherwise add(residual, forward(x)).
+  // residual + forward(x) (residual of the output's shape): a residual connection. Without bias
+  // or FP8 mode, one product that adds the residual in its epilogue (matmul_add: on a GPU one
+  // launch fewer, rounded once; differentiable); otherwise add(residual, forward(x)).
   Tensor<T> forward_add(const Tensor<T>& x, const Tensor<T>& residual) const {
     check_defined("Linear", x, residual);
-    if (bias.defined() || fp8 || autograd::needs_grad(x, weight, residual) || x.dim() < 2)
-      return add(residual, forward(x));
+    if (bias.defined() || fp8 || x.dim() < 2) return add(residual, forward(x));
     check(x.size(-1) == in_features, "Linear", "input of shape ", x.shape(), " does not fit in_features = ",
           in_features);
     return matmul_add(x, transpose(weight, 0, 1), residual);
@@ -197,6 +196,11 @@ class SwiGLUMLP : public Module<T> {
     return down_proj(swiglu(gate_up[0], gate_up[1]));
   }
   Tensor<T> operator()(const Tensor<T>& x) const { return forward(x); }
+  // residual + forward(x), the residual added in down_proj's product (Linear::forward_add).
+  Tensor<T> forward_add(const Tensor<T>& x, const Tensor<T>& residual) const {
+    const std::vector<Tensor<T>> gate_up = linears_on_one_input<T>(x, {&gate_proj, &up_proj});
+    return down_proj.forward_add(swiglu(gate_up[0], gate_up[1]), residual);
+  }
 
   Linear<T> gate_proj, up_proj, down_proj;
 };

@@ -104,9 +104,10 @@ class MLA : public Module<T> {
   Tensor<T> operator()(const Tensor<T>& x, const Tensor<std::int64_t>& positions) const { return forward(x, positions); }
 
   // Naive path with rope tables for qk_rope_head_dim built by the caller (shared across layers);
-  // a packed context (tables.cu_seqlens, B = 1) keeps attention inside each sequence.
-  Tensor<T> forward(const Tensor<T>& x, const Tables& tables) const {
-    return attend_naive(project(x, tables), tables.cu_seqlens);
+  // a packed context (tables.cu_seqlens, B = 1) keeps attention inside each sequence. With
+  // `residual` (x's shape: the layer's input), residual + the attention, added in o_proj's product.
+  Tensor<T> forward(const Tensor<T>& x, const Tables& tables, const Tensor<T>& residual = Tensor<T>()) const {
+    return attend_naive(project(x, tables), tables.cu_seqlens, residual);
   }
 
   // Absorbed path over the latent: the same function as forward() (queries moved into latent
@@ -296,7 +297,8 @@ class MLA : public Module<T> {
 
   // The naive path from the projections: keys and values up-projected per head, causal attention
   // (within each sequence of a packed row when cu_seqlens is given).
-  Tensor<T> attend_naive(const Parts& p, const Tensor<std::int64_t>& cu_seqlens = Tensor<std::int64_t>()) const {
+  Tensor<T> attend_naive(const Parts& p, const Tensor<std::int64_t>& cu_seqlens = Tensor<std::int64_t>(),
+                         const Tensor<T>& residual = Tensor<T>()) const {
     const std::int64_t B = p.B, S = p.S, H = num_heads;
     check(!cu_seqlens.defined() || B == 1, "MLA", "packed sequences (cu_seqlens) need one row, B = 1; got B = ", B);
     const std::vector<Tensor<T>> kv =
@@ -311,15 +313,16 @@ class MLA : public Module<T> {
       const std::int64_t dr = qk_rope_head_dim;
       const Tensor<T> k_pe = expand(reshape(p.k_pe, {B, 1, S, dr}), {B, H, S, dr});
       if (attention_reads_parts()) {
-        return output(fused_causal_attention_parts(p.q_nope, p.q_pe, k_nope, k_pe, v, softmax_scale, cu_seqlens));
+        return output(fused_causal_attention_parts(p.q_nope, p.q_pe, k_nope, k_pe, v, softmax_scale, cu_seqlens),
+                      residual);
       }
       const Tensor<T> q = cat(std::vector<Tensor<T>>{p.q_nope, p.q_pe}, -1);
       const Tensor<T> k = cat(std::vector<Tensor<T>>{k_nope, k_pe}, -1);
-      return output(fused_causal_attention(q, k, v, softmax_scale, cu_seqlens));
+      return output(fused_causal_attention(q, k, v, softmax_scale, cu_seqlens), residual);
     }
     const Tensor<T> scores =
         add(matmul(p.q_nope, transpose(k_nope, -1, -2)), shared_key_scores(p.q_pe, p.k_pe));
-    return output(matmul(causal_softmax(scores, softmax_scale, cu_seqlens), v));
+    return output(matmul(causal_softmax(scores, softmax_scale, cu_seqlens), v), residual);
   }
 
   // Whether the fused attention reads q and k from their parts (default) or from concatenated
@@ -336,10 +339,12 @@ class MLA : public Module<T> {
     return reshape(matmul(reshape(q, {B, H * Sq, d}), transpose(k, 1, 2)), {B, H, Sq, Sk});
   }
 
-  // Per-head outputs [B, H, S, dv] -> heads concatenated per token -> o_proj.
-  Tensor<T> output(const Tensor<T>& o) const {
+  // Per-head outputs [B, H, S, dv] -> heads concatenated per token -> o_proj (+ residual, in its
+  // product, when given).
+  Tensor<T> output(const Tensor<T>& o, const Tensor<T>& residual = Tensor<T>()) const {
     const std::int64_t B = o.size(0), S = o.size(2);
-    return o_proj(reshape(transpose(o, 1, 2), {B, S, num_heads * v_head_dim}));
+    const Tensor<T> heads = reshape(transpose(o, 1, 2), {B, S, num_heads * v_head_dim});
+    return residual.defined() ? o_proj.forward_add(heads, residual) : o_proj(heads);
   }
 };
 

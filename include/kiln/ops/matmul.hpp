@@ -160,7 +160,50 @@ Tensor<T> matmul_kernel(const Tensor<T>& a, const Tensor<T>& b, const MatmulShap
 }  // namespace detail
 
 template <class T>
+Tensor<T> matmul(const Tensor<T>& a, const Tensor<T>& b);  // below
+template <class T>
 Tensor<T> matmul_add(const Tensor<T>& a, const Tensor<T>& b, const Tensor<T>& c);  // below
+
+namespace detail {
+
+// The gradients of a·b (inputs 0 and 1 of the node) from the output's gradient g: matmul's
+// backward, and matmul_add's for a and b.
+template <class T>
+void matmul_backward(const Tensor<T>& a, const Tensor<T>& b, const MatmulShapes& s, const Tensor<T>& g,
+                     const autograd::InputGrads& in) {
+  // Work on the promoted operands a2 [..., m, k], b2 [..., k, n] and gradient g2 [batch, m, n].
+  const Tensor<T> a2 = a.dim() == 1 ? unsqueeze(a, 0) : a;
+  const Tensor<T> b2 = b.dim() == 1 ? unsqueeze(b, 1) : b;
+  Shape g_shape = s.batch;
+  g_shape.insert(g_shape.end(), {s.m, s.n});
+  const Tensor<T> g2 = reshape(g, g_shape);
+  if (in.needs(0)) {
+    // A gradient a received before (e.g. the other branches' at a residual or a shared input)
+    // is added in the product's epilogue when no batch dims are summed (matmul_add: on a GPU one
+    // GEMM with beta = 1, where a separate add would read both and write the sum).
+    const Tensor<T> received = in.received<T>(0);
+    const Tensor<T> bt = transpose(b2, -1, -2);
+    if (received.defined() && a.dim() >= 2 && detail::matmul_shapes(g2.shape(), bt.shape()).out == a2.shape()) {
+      in.set_total(0, reshape(matmul_add(g2, bt, reshape(received, a2.shape())), a.shape()));
+    } else {
+      const Tensor<T> da = sum_to(matmul(g2, bt), a2.shape());
+      in.add(0, reshape(da, a.shape()));
+    }
+  }
+  if (in.needs(1)) {
+    Tensor<T> db;
+    if (numel_of(s.batch) > 1 && numel_of(Shape(b2.shape().begin(), b2.shape().end() - 2)) == 1) {
+      // One B for the whole batch: sum_i A_iᵀ·dC_i is a single product over the batch folded
+      // into the rows, [k, batch·m] · [batch·m, n], with no [batch, k, n] temporary.
+      db = matmul(transpose(reshape(a2, {-1, s.k}), 0, 1), reshape(g2, {-1, s.n}));
+    } else {
+      db = sum_to(matmul(transpose(a2, -1, -2), g2), b2.shape());
+    }
+    in.add(1, reshape(db, b.shape()));
+  }
+}
+
+}  // namespace detail
 
 // The matrix product of a and b (see the top of this file for the shapes).
 template <class T>
@@ -174,44 +217,15 @@ Tensor<T> matmul(const Tensor<T>& a, const Tensor<T>& b) {
 
   autograd::record(out, "matmul", [a = a.detach(), b = b.detach(), s](const Tensor<T>& g,
                                                                       const autograd::InputGrads& in) {
-    // Work on the promoted operands a2 [..., m, k], b2 [..., k, n] and gradient g2 [batch, m, n].
-    const Tensor<T> a2 = a.dim() == 1 ? unsqueeze(a, 0) : a;
-    const Tensor<T> b2 = b.dim() == 1 ? unsqueeze(b, 1) : b;
-    Shape g_shape = s.batch;
-    g_shape.insert(g_shape.end(), {s.m, s.n});
-    const Tensor<T> g2 = reshape(g, g_shape);
-    if (in.needs(0)) {
-      // A gradient a received before (e.g. the other branches' at a residual or a shared input)
-      // is added in the product's epilogue when no batch dims are summed (matmul_add: on a GPU one
-      // GEMM with beta = 1, where a separate add would read both and write the sum).
-      const Tensor<T> received = in.received<T>(0);
-      const Tensor<T> bt = transpose(b2, -1, -2);
-      if (received.defined() && a.dim() >= 2 && detail::matmul_shapes(g2.shape(), bt.shape()).out == a2.shape()) {
-        in.set_total(0, reshape(matmul_add(g2, bt, reshape(received, a2.shape())), a.shape()));
-      } else {
-        const Tensor<T> da = sum_to(matmul(g2, bt), a2.shape());
-        in.add(0, reshape(da, a.shape()));
-      }
-    }
-    if (in.needs(1)) {
-      Tensor<T> db;
-      if (numel_of(s.batch) > 1 && numel_of(Shape(b2.shape().begin(), b2.shape().end() - 2)) == 1) {
-        // One B for the whole batch: sum_i A_iᵀ·dC_i is a single product over the batch folded
-        // into the rows, [k, batch·m] · [batch·m, n], with no [batch, k, n] temporary.
-        db = matmul(transpose(reshape(a2, {-1, s.k}), 0, 1), reshape(g2, {-1, s.n}));
-      } else {
-        db = sum_to(matmul(transpose(a2, -1, -2), g2), b2.shape());
-      }
-      in.add(1, reshape(db, b.shape()));
-    }
+    detail::matmul_backward(a, b, s, g, in);
   }, a, b);
   return out;
 }
 
 // c + a·b for a and b of two or more dims and c of the product's shape (no broadcast): a residual
-// connection after a linear layer. Without gradients on a GPU, one GEMM that adds c in its
-// epilogue (cuBLASLt's beta = 1; rounded once, where add(c, matmul(a, b)) rounds twice);
-// otherwise add(c, matmul(a, b)), differentiable.
+// connection after a linear layer. On a GPU one GEMM that adds c in its epilogue (cuBLASLt's
+// beta = 1; rounded once, where add(c, matmul(a, b)) rounds twice); on the CPU add(c, matmul(a,
+// b)). Differentiable in a, b and c (c's gradient is the output's).
 template <class T>
 Tensor<T> matmul_add(const Tensor<T>& a, const Tensor<T>& b, const Tensor<T>& c) {
   static_assert(is_floating<T>, "kiln::matmul_add takes floating-point tensors");
@@ -222,9 +236,16 @@ Tensor<T> matmul_add(const Tensor<T>& a, const Tensor<T>& b, const Tensor<T>& c)
   const detail::MatmulShapes s = detail::matmul_shapes(a.shape(), b.shape());
   check(c.shape() == s.out, "matmul_add", "addend of shape ", c.shape(), " is not the shape of the product of ",
         a.shape(), " and ", b.shape(), " (", s.out, ")");
-  if (a.device().is_cpu() || autograd::needs_grad(a, b, c) || s.k == 0 || c.numel() == 0) return add(c, matmul(a, b));
+  if (a.device().is_cpu() || s.k == 0 || c.numel() == 0) return add(c, matmul(a, b));
   Tensor<T> out(s.out, a.device());
   detail::launch_gemm(out, a.detach(), b.detach(), s, contiguous(c.detach()));
+  if (autograd::needs_grad(a, b, c)) {
+    autograd::record(out, "matmul_add", [a = a.detach(), b = b.detach(), s](const Tensor<T>& g,
+                                                                          const autograd::InputGrads& in) {
+      in.add(2, g);  // first: a's backward may then fold it in where a and c meet (a residual block)
+      detail::matmul_backward(a, b, s, g, in);
+    }, a, b, c);
+  }
   return out;
 }
 
