@@ -165,6 +165,22 @@ void check_dispatch_combine(std::int64_t n, std::int64_t k, std::int64_t e, std:
   moe_combine(go2, gg2, gl).backward(on_gpu(dy));
   EXPECT_EQ(on_cpu(gg2.grad()).to_vector(), on_cpu(gg.grad()).to_vector());
   EXPECT_EQ(on_cpu(go2.grad()).to_vector(), on_cpu(go.grad()).to_vector());
+
+  // The residual forms: the combine's sum started from a base (the MoE's shared expert and
+  // residual), whose gradient is dy; and x + f(dispatch(x)), whose dispatch backward starts its
+  // sum from the add's gradient (autograd's InputGrads::received).
+  const Tensor<T> base = cast<T>(randn<float>({n, h}));
+  const Tensor<T> cb = base.detach().requires_grad_(), gb = on_gpu(base).requires_grad_();
+  const Tensor<T> cyb = moe_combine(co.detach(), cg.detach(), cl, cb);
+  const Tensor<T> gyb = moe_combine(go.detach(), gg.detach(), gl, gb);
+  EXPECT_LE(max_relative(on_cpu(gyb), cyb), rounding<T>());
+  cyb.backward(dy);
+  gyb.backward(on_gpu(dy));
+  EXPECT_EQ(on_cpu(gb.grad()).to_vector(), cb.grad().to_vector());
+  const Tensor<T> cx2 = x.detach().requires_grad_(), gx2 = on_gpu(x).requires_grad_();
+  add(cx2, moe_combine(moe_dispatch(cx2, cl), cg.detach(), cl)).backward(dy);
+  add(gx2, moe_combine(moe_dispatch(gx2, gl), gg.detach(), gl)).backward(on_gpu(dy));
+  EXPECT_LE(max_relative(on_cpu(gx2.grad()), cx2.grad()), 2 * rounding<T>());
 }
 
 }  // namespace

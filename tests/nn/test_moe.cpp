@@ -453,6 +453,19 @@ TEST(MoE, GradcheckWrtGateExpertsAndInput) {
           return moe(in[0]);
         },
         inputs);
+    // With a residual (the decoder layer's): x + moe(x), the residual taken by the combine's sum
+    // on the fused path (its shared expert's down_proj adds it), added after on the composed one.
+    EXPECT_GRADCHECK(
+        [&](const std::vector<Tensor<double>>& in) {
+          std::size_t i = 1;
+          moe.visit("", [&](const std::string&, Tensor<double>* slot, bool trainable) {
+            if (trainable) *slot = in[i++];
+          });
+          return moe.forward_full(in[0], in[0]).output;
+        },
+        inputs);
+    const auto r = randn<double>({2, 4, 6});
+    EXPECT_LE(relative_error(moe.forward_full(x, r).output, add(r, moe(x))), 1e-14);
   }
 }
 

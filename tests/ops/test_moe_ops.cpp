@@ -180,6 +180,19 @@ TEST(MoeDispatchCombine, GradientsMatchFiniteDifferences) {
       },
       {randn<double>({n, h}, 0.0, 1.0, Device::cpu(), gen), rand<double>({n, k}, 0.0, 1.0, Device::cpu(), gen)});
   EXPECT_TRUE(residual.ok) << residual.report;
+  // A base the combine's sum starts from (the MoE's shared expert and residual): its value and
+  // its gradient (the output's).
+  const auto based = gradcheck(
+      [&](const std::vector<Tensor<double>>& in) {
+        return moe_combine(mul(moe_dispatch(in[0], l), w_row), in[1], l, in[2]);
+      },
+      {randn<double>({n, h}, 0.0, 1.0, Device::cpu(), gen), rand<double>({n, k}, 0.0, 1.0, Device::cpu(), gen),
+       randn<double>({n, h}, 0.0, 1.0, Device::cpu(), gen)});
+  EXPECT_TRUE(based.ok) << based.report;
+  const auto rows = randn<double>({n * k, h}), gates = rand<double>({n, k}), base = randn<double>({n, h});
+  EXPECT_LE(kiln::testing::relative_error(moe_combine(rows, gates, l, base), add(base, moe_combine(rows, gates, l))),
+            1e-15);
+  EXPECT_THROW(moe_combine(rows, gates, l, randn<double>({n, h + 1})), Error);
 }
 
 TEST(MoeDispatchCombine, ChecksItsArguments) {

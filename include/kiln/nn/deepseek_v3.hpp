@@ -117,13 +117,14 @@ class DeepseekV3DecoderLayer : public Module<T> {
 
   // x [B, S, hidden] with rope tables for qk_rope_head_dim (shared by the layers of a forward).
   // The residual adds ride in the products before them (o_proj's, the dense MLP's down_proj:
-  // Linear::forward_add), an MoE layer's after its combine.
+  // Linear::forward_add) and, in an MoE layer on the fused path, in the combine's sum (from the
+  // shared expert's output, whose down_proj adds the residual): no add launches.
   DecoderOutput<T> forward_full(const Tensor<T>& x, const Tables& tables) {
     const Tensor<T> a = self_attn.forward(input_layernorm(x), tables, x);
     const Tensor<T> m = post_attention_layernorm(a);
     if (!moe) return {dense_mlp->forward_add(m, a), Tensor<T>()};
-    MoEOutput<T> y = moe->forward_full(m);
-    return {add(a, y.output), y.balance_loss};
+    MoEOutput<T> y = moe->forward_full(m, a);
+    return {y.output, y.balance_loss};
   }
   // The same with positions [S] or [B, S].
   DecoderOutput<T> forward_full(const Tensor<T>& x, const Tensor<std::int64_t>& positions) {

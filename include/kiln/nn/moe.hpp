@@ -413,9 +413,12 @@ class MoE : public Module<T> {
   }
 
   // x [..., S, hidden] (the second-last dim is the sequence for the balance loss; a 2-D x is one
-  // sequence) -> the layer output and, when α > 0, the sequence-wise balance loss. Expert
-  // parallel: collective (every rank calls it, in the same order, with at least one token).
-  MoEOutput<T> forward_full(const Tensor<T>& x) {
+  // sequence) -> the layer output and, when α > 0, the sequence-wise balance loss. With
+  // `residual` (x's shape), residual + the output: on the fused path the combine's sum starts from
+  // the shared expert's output, the residual added in its down_proj product (no adds); on the
+  // composed one added after. Expert parallel: collective (every rank calls it, in the same
+  // order, with at least one token).
+  MoEOutput<T> forward_full(const Tensor<T>& x, const Tensor<T>& residual = Tensor<T>()) {
     const char* op = "MoE";
     check_defined(op, x);
     const std::int64_t hidden = gate.weight.shape()[1];
@@ -424,7 +427,10 @@ class MoE : public Module<T> {
     check(n > 0, op, "needs at least one token, got shape ", x.shape());
     check(!exchange_ || x.device() == exchange_->device(), op, "x on ", x.device(),
           " for an expert exchange on ", exchange_ ? exchange_->device() : x.device());
+    check(!residual.defined() || residual.shape() == x.shape(), op, "residual of shape ",
+          residual.defined() ? residual.shape() : Shape{}, " is not x's ", x.shape());
     const Tensor<T> flat = reshape(x, {n, hidden});
+    const Tensor<T> residual_flat = residual.defined() ? reshape(residual, {n, hidden}) : Tensor<T>();
     const bool training = autograd::grad_enabled();
     Tensor<T> y;
     Routing<T> r;
@@ -436,7 +442,10 @@ class MoE : public Module<T> {
       const Tensor<T> rows = moe_dispatch(flat, layout);  // [N·K, hidden] sorted by expert
       const Tensor<T> out = exchange_ ? run_spread(rows, layout.counts.to_vector(), true)
                                       : run_grouped(rows, layout.offsets);
-      y = moe_combine(out, r.gates, layout);
+      Tensor<T> base = residual_flat;  // where the combine's sum starts
+      if (shared_experts)
+        base = residual_flat.defined() ? shared_experts->forward_add(flat, residual_flat) : (*shared_experts)(flat);
+      y = moe_combine(out, r.gates, layout, base);
       last_counts_ = layout.counts;
     } else {
       // Composed: the routes sorted on the host, each expert once on its contiguous slice.
@@ -453,8 +462,9 @@ class MoE : public Module<T> {
         std::int64_t* batch = batch_counts_on(Device::cpu()).data();
         for (std::size_t i = 0; i < order.load.counts.size(); ++i) batch[i] += order.load.counts[i];
       }
+      if (shared_experts) y = add(y, (*shared_experts)(flat));
+      if (residual_flat.defined()) y = add(residual_flat, y);
     }
-    if (shared_experts) y = add(y, (*shared_experts)(flat));
     return finish(x, y, r);
   }
   Tensor<T> forward(const Tensor<T>& x) { return forward_full(x).output; }

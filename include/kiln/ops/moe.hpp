@@ -280,9 +280,12 @@ Tensor<T> moe_dispatch(const Tensor<T>& x, const MoeLayout& layout) {
 }
 
 // Expert outputs in layout order rows [N·K, H] and gates [N, K] -> y [N, H],
-// y[n] = Σ_k gates[n, k] · rows[row_of_slot[n·K + k]] (in k order). Differentiable in rows and gates.
+// y[n] = base[n] + Σ_k gates[n, k] · rows[row_of_slot[n·K + k]] (in k order, the sum started from
+// base [N, H] when given: the MoE's shared expert and residual, with no separate adds).
+// Differentiable in rows, gates and base.
 template <class T>
-Tensor<T> moe_combine(const Tensor<T>& rows, const Tensor<T>& gates, const MoeLayout& layout) {
+Tensor<T> moe_combine(const Tensor<T>& rows, const Tensor<T>& gates, const MoeLayout& layout,
+                      const Tensor<T>& base = Tensor<T>()) {
   const char* op = "moe_combine";
   check_defined(op, rows, gates);
   check_same_device(op, rows, gates);
@@ -290,9 +293,15 @@ Tensor<T> moe_combine(const Tensor<T>& rows, const Tensor<T>& gates, const MoeLa
   check(rows.dim() == 2 && rows.size(0) == layout.routes() && gates.shape() == Shape{layout.tokens, layout.top_k}, op,
         "needs rows [", layout.routes(), ", H] and gates [", layout.tokens, ", ", layout.top_k, "], got shapes ",
         rows.shape(), " and ", gates.shape());
+  if (base.defined()) {
+    check_same_device(op, rows, base);
+    check(base.shape() == Shape{layout.tokens, rows.size(1)}, op, "base of shape ", base.shape(), " is not [",
+          layout.tokens, ", ", rows.size(1), "] (the output's)");
+  }
   const Tensor<T> rc = contiguous(rows.detach()), gc = contiguous(gates.detach());
-  Tensor<T> y = detail::moe_sum_rows(op, rc, layout.row_of_slot, gc, layout.tokens, layout.top_k);
-  if (autograd::needs_grad(rows, gates)) {
+  Tensor<T> y = detail::moe_sum_rows(op, rc, layout.row_of_slot, gc, layout.tokens, layout.top_k,
+                                     base.defined() ? contiguous(base.detach()) : Tensor<T>());
+  if (autograd::needs_grad(rows, gates, base)) {
     autograd::record(y, op, [rc, gc, layout](const Tensor<T>& g, const autograd::InputGrads& in) {
       const char* bop = "moe_combine backward";
       const Tensor<T> dy = contiguous(g);
@@ -322,7 +331,8 @@ Tensor<T> moe_combine(const Tensor<T>& rows, const Tensor<T>& gates, const MoeLa
       }
       if (drows.defined()) in.add(0, drows);
       if (dg.defined()) in.add(1, dg);
-    }, rows, gates);
+      in.add(2, g);  // the base's (needs(2) false without one)
+    }, rows, gates, base);
   }
   return y;
 }
