@@ -92,6 +92,12 @@
 #           test_nn_cuda, pretrain --config big 200 steps with MLA's attention reading q and k from
 #           their parts and concatenated (KILN_MLA_ATTENTION_PARTS=on, off), the MoE kernel tests
 #           and bench_moe_cuda --ops, the decode and grouped GEMM kernel tests
+#   folds  (2026-12-07, second session) the gradient sums folded into the kernels that make the
+#           second gradient and the forward residuals in the products and the MoE combine: the GPU
+#           tests of rms_norm, matmul, the MoE dispatch/combine and the attention kernels, all of
+#           test_nn_cuda and TrainerCuda, then pretrain --config big 200 steps against the tree in
+#           $OLD_TREE (`git archive 08c6aac | tar -x -C build-ab/old`, carried), alternating twice
+#                                                         -> docs/training.md, docs/architecture.md
 #   vs-hf  kiln's pretrain --config big (600 steps, seed 1) and HF transformers under torch.compile on
 #           the same model (benchmarks/peers/hf_compile_train.py) in one call: tokens/s and their
 #           ratio, kiln's over the run and at its last logged interval (HF's: 15 steps after
@@ -119,7 +125,7 @@ mkdir -p "$OUT" "$BUILD_LOGS"
 phases="build|tests|quantize|quantize-quick|fp8|fp8-ablations|fp8-parts|fp8-seeds|bench|bench-key-groups|bench-fp8"
 phases+="|key-groups-ab|verify|steps|changes|profile-decode|decode-step|profile-speculative|decode-fp8|latent-recheck"
 phases+="|profile-fp8-gemm|profile-fp8-gemm-source|fp8-uniform-ab|hopper-decode|seesaw|engine-hopper"
-phases+="|session-build|combine-tests|combine-bench|swiglu|vs-hf|profile-copies|attention-views|one-call"
+phases+="|session-build|combine-tests|combine-bench|swiglu|folds|vs-hf|profile-copies|attention-views|one-call"
 [ $# -gt 0 ] || { echo "usage: $0 $phases|profile-fp8 ..."; exit 2; }
 
 . scripts/carried_deps.sh
@@ -602,6 +608,33 @@ for phase in "$@"; do
       timeout 300 "$BUILD/tests/test_kernels_cuda" --gtest_filter='FusedAttentionCuda.*' \
         > "$OUT/test_attention.log" 2>&1 || rc=1
       grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure|Expected|Which is" "$OUT"/test_attention.log | head -30
+      ;;
+    folds)
+      [ -d "${OLD_TREE:-}" ] || { echo "folds needs OLD_TREE (a source tree to compare against)"; exit 2; }
+      configure_release "$OLD_TREE" /tmp/kb_old "$BUILD_LOGS/configure_old.log"
+      ninja -C /tmp/kb_old -j 4 pretrain > "$BUILD_LOGS/build_old.log" 2>&1 &
+      old_build=$!
+      build test_kernels_cuda test_nn_cuda test_train_infer_rl_cuda pretrain
+      wait $old_build || { echo "old build failed"; tail -20 "$BUILD_LOGS/build_old.log"; }
+      timeout 200 "$BUILD/tests/test_kernels_cuda" \
+        --gtest_filter='RmsNorm*:MatmulCuda.*:MoeDispatchCombineCuda.*:Moe*:FusedAttentionCuda.*' \
+        > "$OUT/test_kernels.log" 2>&1 || rc=1
+      grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT"/test_kernels.log | head -20
+      timeout 150 "$BUILD/tests/test_nn_cuda" > "$OUT/test_nn.log" 2>&1 || rc=1
+      grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT"/test_nn.log | head -20
+      timeout 150 "$BUILD/tests/test_train_infer_rl_cuda" --gtest_filter='TrainerCuda.*' > "$OUT/test_train.log" 2>&1 ||
+        rc=1
+      grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT"/test_train.log | head -20
+      for round in 1 2; do
+        for tree in old new; do
+          [ $SECONDS -lt "${DEADLINE:-540}" ] || { echo "deadline: $tree round $round not run"; continue; }
+          bin="$BUILD/examples/pretrain"
+          [ $tree = old ] && bin=/tmp/kb_old/examples/pretrain
+          timeout 60 "$bin" --device cuda --config big --steps 200 --log-every 100 --eval-every 1000 --samples 0 \
+            --seed 1 > "$OUT/pretrain_${tree}_$round.log" 2>&1 || rc=1
+          echo "$tree $round: $(grep -E '^(step 200|done)' "$OUT/pretrain_${tree}_$round.log" | tr '\n' ' ')"
+        done
+      done
       ;;
     vs-hf)
       build pretrain
