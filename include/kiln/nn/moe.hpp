@@ -520,7 +520,9 @@ class MoE : public Module<T> {
       check_sparse_dispatch_runs(op, x.device());
       const Routing<T> r = gate.forward_fused(flat);
       const MoeLayout layout = moe_layout(r.experts, e, Tensor<std::int64_t>());
-      y = moe_combine(run_grouped(moe_dispatch(flat, layout), layout.offsets), r.gates, layout);
+      // The combine's sum starts from the shared expert's output, as in forward_full.
+      y = moe_combine(run_grouped(moe_dispatch(flat, layout), layout.offsets), r.gates, layout,
+                      shared_experts ? (*shared_experts)(flat) : Tensor<T>());
     } else {
       const Routing<T> r = gate(flat);
       const RouteSort order = sort_routes(r.experts.to_vector(), k, e);
@@ -528,8 +530,8 @@ class MoE : public Module<T> {
       const Tensor<T> out = run_experts(index_select(flat, 0, token_index), order.load.counts,
                                         [&](std::size_t i) -> const SwiGLUMLP<T>& { return *experts[i]; });
       y = combine_routes(out, order.position, r.gates);
+      if (shared_experts) y = add(y, (*shared_experts)(flat));
     }
-    if (shared_experts) y = add(y, (*shared_experts)(flat));
     return reshape(y, x.shape());
   }
 
