@@ -58,8 +58,10 @@ class LlamaAttention : public Module<T> {
 
   // x [B, S, hidden] with rope tables for head_dim (of positions [S] or [B, S]) -> [B, S, hidden].
   // A packed context (tables.cu_seqlens, B = 1) keeps attention inside each sequence.
-  Tensor<T> forward(const Tensor<T>& x, const Tables& tables) const {
-    return attend(project(x, tables), tables.cu_seqlens);
+  // With `residual` (x's shape: the layer's input), residual + the attention, added in o_proj's
+  // product (Linear::forward_add).
+  Tensor<T> forward(const Tensor<T>& x, const Tables& tables, const Tensor<T>& residual = Tensor<T>()) const {
+    return attend(project(x, tables), tables.cu_seqlens, residual);
   }
 
   // Prefill: forward() over right-padded prompts, their keys and values written to the cache's
@@ -114,7 +116,8 @@ class LlamaAttention : public Module<T> {
   // against keys [B, Hkv, 1, S, D]; the product broadcasts the shared key over the group, so
   // repeated keys are never materialised.
   // cu_seqlens: a packed row (B = 1), attention kept inside each sequence.
-  Tensor<T> attend(const Parts& p, const Tensor<std::int64_t>& cu_seqlens = Tensor<std::int64_t>()) const {
+  Tensor<T> attend(const Parts& p, const Tensor<std::int64_t>& cu_seqlens = Tensor<std::int64_t>(),
+                   const Tensor<T>& residual = Tensor<T>()) const {
     const std::int64_t B = p.B, S = p.S, Hkv = num_key_value_heads, G = num_heads / Hkv;
     check(!cu_seqlens.defined() || B == 1, "LlamaAttention", "packed sequences (cu_seqlens) need one row, B = 1; got B = ",
           B);
@@ -122,12 +125,17 @@ class LlamaAttention : public Module<T> {
     if (use_fused_attention<T>(p.q.device(), head_dim, head_dim)) {  // grouped kv heads read in place
       const Tensor<T> o = fused_causal_attention(transpose(p.q, 1, 2), transpose(p.k, 1, 2), transpose(p.v, 1, 2), scale,
                                                  cu_seqlens);
-      return o_proj(reshape(transpose(o, 1, 2), {B, S, num_heads * head_dim}));
+      return output(reshape(transpose(o, 1, 2), {B, S, num_heads * head_dim}), residual);
     }
     const Tensor<T> qg = reshape(transpose(p.q, 1, 2), {B, Hkv, G, S, head_dim});
     const Tensor<T> k = unsqueeze(transpose(p.k, 1, 2), 2), v = unsqueeze(transpose(p.v, 1, 2), 2);
     const Tensor<T> o = causal_attention(qg, k, v, scale, cu_seqlens);
-    return o_proj(reshape(transpose(reshape(o, {B, num_heads, S, head_dim}), 1, 2), {B, S, num_heads * head_dim}));
+    return output(reshape(transpose(reshape(o, {B, num_heads, S, head_dim}), 1, 2), {B, S, num_heads * head_dim}),
+                  residual);
+  }
+  // o_proj of the heads concatenated per token (+ residual, in its product, when given).
+  Tensor<T> output(const Tensor<T>& heads, const Tensor<T>& residual) const {
+    return residual.defined() ? o_proj.forward_add(heads, residual) : o_proj(heads);
   }
 
  public:
@@ -163,7 +171,7 @@ class LlamaDecoderLayer : public Module<T> {
   using CacheLayer = typename infer::KVCache<T>::Layer;
 
   Tensor<T> forward(const Tensor<T>& h, const Tables& tables) const {
-    return block(add(h, self_attn.forward(input_layernorm(h), tables)));
+    return block(self_attn.forward(input_layernorm(h), tables, h));
   }
   Tensor<T> prefill(const Tensor<T>& h, const Tables& tables, const CacheLayer& cache,
                     const infer::PrefillIndex& index) const {
@@ -179,8 +187,8 @@ class LlamaDecoderLayer : public Module<T> {
   RMSNorm<T> input_layernorm, post_attention_layernorm;
 
  private:
-  // The MLP half of the layer, after attention's residual a.
-  Tensor<T> block(const Tensor<T>& a) const { return add(a, mlp(post_attention_layernorm(a))); }
+  // The MLP half of the layer, after attention's residual a (added in down_proj's product).
+  Tensor<T> block(const Tensor<T>& a) const { return mlp.forward_add(post_attention_layernorm(a), a); }
 };
 
 // The decoder stack without the output head ("model." in HF names).
