@@ -130,17 +130,22 @@ kernels::HeadLayout head_layout(const Tensor<T>& t) {
           t.size(2) == 1 ? t.size(3) : t.stride(2)};
 }
 
-// t itself when the CUDA kernels can read it in place (kernels/attention/args.hpp, HeadLayout):
-// rows contiguous, the strides of head_layout whole 16-byte pieces (multiples of 8 elements), the
-// data 16-byte aligned. Else a contiguous aligned copy (what the kernels read before they took
-// strides; kiln's allocator aligns every tensor).
+// Whether the CUDA kernels can address t's rows where they lie (kernels/attention/args.hpp,
+// HeadLayout): rows contiguous, the strides of head_layout whole 16-byte pieces (multiples of 8
+// elements), the data 16-byte aligned.
+template <class T>
+bool kernels_address_in_place(const Tensor<T>& t) {
+  const kernels::HeadLayout l = head_layout(t);
+  return (t.size(3) == 1 || t.stride(3) == 1) && l.batch >= 0 && l.head >= 0 && l.row > 0 && l.batch % 8 == 0 &&
+         l.head % 8 == 0 && l.row % 8 == 0 && reinterpret_cast<std::uintptr_t>(t.data()) % 16 == 0;
+}
+
+// t itself when the CUDA kernels can read it in place (kernels_address_in_place). Else a
+// contiguous aligned copy (what the kernels read before they took strides; kiln's allocator
+// aligns every tensor).
 template <class T>
 Tensor<T> attention_operand(const Tensor<T>& t) {
-  const kernels::HeadLayout l = head_layout(t);
-  const bool fits = (t.size(3) == 1 || t.stride(3) == 1) && l.batch >= 0 && l.head >= 0 && l.row > 0 &&
-                    l.batch % 8 == 0 && l.head % 8 == 0 && l.row % 8 == 0 &&
-                    reinterpret_cast<std::uintptr_t>(t.data()) % 16 == 0;
-  if (fits) return t;
+  if (kernels_address_in_place(t)) return t;
   const Tensor<T> c = contiguous(t);
   return reinterpret_cast<std::uintptr_t>(c.data()) % 16 == 0 ? c : clone(c);
 }
@@ -175,10 +180,8 @@ bool gradients_fit_in_place(const std::vector<Tensor<T>>& inputs, const std::vec
   std::int64_t elements = 0;
   for (std::size_t k = 0; k < group.size(); ++k) {
     const Tensor<T>& t = inputs[group[k]];
-    const kernels::HeadLayout l = head_layout(t);
-    const bool kernels_write_it = (t.size(3) == 1 || t.stride(3) == 1) && l.batch % 8 == 0 && l.head % 8 == 0 &&
-                                  l.row % 8 == 0 && (t.offset() * static_cast<std::int64_t>(sizeof(T))) % 16 == 0;
-    if (!kernels_write_it) return false;
+    // The gradient has t's offset and strides in a storage the allocator aligns as t's.
+    if (!kernels_address_in_place(t)) return false;
     for (int d = 0; d < 3; ++d)
       if (t.size(d) != first.size(d) || (t.size(d) > 1 && t.stride(d) != first.stride(d))) return false;
     if (k > 0 && inputs[group[k - 1]].offset() + inputs[group[k - 1]].size(3) > t.offset()) return false;  // overlap
