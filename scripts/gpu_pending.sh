@@ -65,6 +65,10 @@
 #           the FP8 and bf16 grouped GEMM tests, then both builds' bench_fp8_gemm_cuda alternating new, old, new, old
 #           while under $DEADLINE (default 540). The attention kernels' side of the same change:
 #           scripts/bench_attention_ab.sh build-ab/old OUT (tests included)  -> docs/fp8-gemm.md, mla.md
+#   fp8-multicast  after the 2-CTA clusters of the FP8 GEMM (2026-12-07: 128 × 128 tiles in pairs sharing
+#           the B tile by TMA multicast): the FP8 GEMM tests (MulticastGivesTheSameBits), then
+#           bench_fp8_gemm_cuda with KILN_FP8_MULTICAST on, off and the tree in $OLD_TREE (optional),
+#           twice, while under $DEADLINE (default 540)                 -> docs/fp8-gemm.md
 #   profile-speculative  the kernels of 4 MTP speculative decode steps (bench_grpo_cuda
 #           --profile-decode 4 --profile-speculative) beside 4 plain ones, under ncu   -> docs/mla.md
 #   hopper-decode  after the Hopper decode kernel (2026-12-06: its tests passed and --quick measured
@@ -464,6 +468,30 @@ for phase in "$@"; do
           bin="$BUILD/benchmarks/bench_fp8_gemm_cuda"
           [ $tree = old ] && bin=/tmp/kb_old/benchmarks/bench_fp8_gemm_cuda
           fp8_bench "bench_fp8_gemm_${tree}_$round.log" "$bin"
+        done
+      done
+      ;;
+    fp8-multicast)
+      # The 2-CTA clusters with the B tile multicast (KILN_FP8_MULTICAST on/off) and, when $OLD_TREE
+      # is given (e.g. git archive 0b03c92), the tree before the uniform warpgroup index as well.
+      if [ -d "${OLD_TREE:-}" ]; then
+        configure_release "$OLD_TREE" /tmp/kb_old "$BUILD_LOGS/configure_old.log"
+        ninja -C /tmp/kb_old -j 6 bench_fp8_gemm_cuda > "$BUILD_LOGS/build_old.log" 2>&1 &
+        old_build=$!
+      fi
+      build test_kernels_cuda bench_fp8_gemm_cuda
+      [ -n "${old_build:-}" ] && { wait $old_build || { echo "old build failed"; tail -20 "$BUILD_LOGS/build_old.log"; }; }
+      timeout 200 "$BUILD/tests/test_kernels_cuda" \
+        --gtest_filter='Fp8GemmCuda.*:GroupedFp8GemmCuda.*:KGroupedFp8GemmCuda.*' \
+        > "$OUT/test_fp8_gemm.log" 2>&1 || rc=1
+      grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT"/test_fp8_gemm.log | head -20
+      for round in 1 2; do
+        for variant in on off old; do
+          [ $variant = old ] && [ ! -x /tmp/kb_old/benchmarks/bench_fp8_gemm_cuda ] && continue
+          [ $SECONDS -lt "${DEADLINE:-540}" ] || { echo "deadline: $variant round $round not run"; continue; }
+          bin="$BUILD/benchmarks/bench_fp8_gemm_cuda"
+          [ $variant = old ] && bin=/tmp/kb_old/benchmarks/bench_fp8_gemm_cuda
+          KILN_FP8_MULTICAST=$variant fp8_bench "bench_fp8_gemm_${variant}_$round.log" "$bin"
         done
       done
       ;;

@@ -1,5 +1,6 @@
 // Launch helpers shared by every kernel family: grid sizes for grid-stride loops, the 16-byte
-// alignment test of vectorised paths, occupancy, and the large-shared-memory opt-in.
+// alignment test of vectorised paths, occupancy, the large-shared-memory opt-in, and launches in
+// thread-block clusters.
 //
 // Shared memory above 48 KiB per block needs cudaFuncSetAttribute(MaxDynamicSharedMemorySize)
 // for that kernel ON THE DEVICE that launches it: the attribute belongs to the (device, kernel)
@@ -14,6 +15,7 @@
 #include <cstdint>
 #include <map>
 #include <mutex>
+#include <tuple>
 #include <utility>
 
 #include "kiln/core/error.hpp"
@@ -69,6 +71,60 @@ void opt_in_shared_memory(Kernel* kernel, std::size_t bytes, int device) {
   cuda::DeviceGuard guard(device);
   KILN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
   grant.dynamic_limit = bytes;
+}
+
+// A launch configuration in thread-block clusters of `cluster` CTAs along x
+// (kernels/common/sm90/cluster.cuh); config.attrs points at the attribute beside it, so it is not
+// copied.
+struct ClusterLaunch {
+  cudaLaunchAttribute attribute{};
+  cudaLaunchConfig_t config{};
+  ClusterLaunch(int grid, int block, std::size_t smem, cudaStream_t stream, int cluster) {
+    config.gridDim = dim3(static_cast<unsigned>(grid));
+    config.blockDim = dim3(static_cast<unsigned>(block));
+    config.dynamicSmemBytes = smem;
+    config.stream = stream;
+    attribute.id = cudaLaunchAttributeClusterDimension;
+    attribute.val.clusterDim.x = static_cast<unsigned>(cluster);
+    attribute.val.clusterDim.y = 1;
+    attribute.val.clusterDim.z = 1;
+    config.attrs = &attribute;
+    config.numAttrs = 1;
+  }
+  ClusterLaunch(const ClusterLaunch&) = delete;
+  ClusterLaunch& operator=(const ClusterLaunch&) = delete;
+};
+
+// Launches kernel<<<grid, block, smem, stream>>>(args...) in clusters of `cluster` CTAs along x
+// (grid a multiple of it). Launch errors are checked.
+template <class... Params, class... Args>
+void launch_in_clusters(void (*kernel)(Params...), int grid, int block, std::size_t smem, cudaStream_t stream,
+                        int cluster, Args&&... args) {
+  check(cluster >= 1 && grid % cluster == 0, "kernel launch", "a grid of ", grid,
+        " blocks does not divide into clusters of ", cluster);
+  const ClusterLaunch launch(grid, block, smem, stream, cluster);
+  KILN_CUDA_CHECK(cudaLaunchKernelEx(&launch.config, kernel, std::forward<Args>(args)...));
+}
+
+// How many clusters of `cluster` CTAs of `kernel` (block threads, smem bytes of dynamic shared
+// memory, opted in already) can be resident on `device` at once: fewer than SMs / cluster where the
+// SMs of a GPC do not divide into clusters. One query per (device, kernel, cluster, block, smem).
+template <class Kernel>
+int max_active_clusters(Kernel* kernel, int block, std::size_t smem, int cluster, int device) {
+  static std::mutex mutex;
+  static std::map<std::tuple<int, const void*, int, int, std::size_t>, int> known;
+  std::lock_guard<std::mutex> lock(mutex);
+  const auto key = std::make_tuple(device, reinterpret_cast<const void*>(kernel), cluster, block, smem);
+  const auto found = known.find(key);
+  if (found != known.end()) return found->second;
+  cuda::DeviceGuard guard(device);
+  const ClusterLaunch launch(cluster, block, smem, nullptr, cluster);
+  int clusters = 0;
+  KILN_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, kernel, &launch.config));
+  check(clusters >= 1, "kernel launch", "no cluster of ", cluster, " blocks of ", block, " threads and ", smem,
+        " bytes of shared memory fits on cuda:", device);
+  known.emplace(key, clusters);
+  return clusters;
 }
 
 }  // namespace kiln::kernels

@@ -2,7 +2,7 @@
 // Fp8GemmArgs (args.hpp): runs the Hopper kernel (gemm_hopper.cuh) when args.implementation asks
 // for it, or is automatic and the GPU and the shapes allow it; else the plain CUDA kernel
 // (gemm_simt.cuh). Each launch records which one ran (core/kernel_trace.hpp: "fp8_gemm/hopper",
-// "fp8_gemm/hopper_split_k" or "fp8_gemm/simt").
+// "fp8_gemm/hopper_split_k", "fp8_gemm/hopper_multicast" or "fp8_gemm/simt").
 #pragma once
 
 #include <cstdint>
@@ -27,8 +27,8 @@ inline void launch_fp8_gemm(const Fp8GemmArgs& g) {
     const std::int64_t workspace_floats = fp8_gemm_hopper_workspace(g);
     Tensor<float> workspace;
     if (workspace_floats > 0) workspace = Tensor<float>({workspace_floats}, Device::cuda(device));
-    launch_fp8_gemm_hopper(g, workspace_floats > 0 ? workspace.data() : nullptr);
-    record_kernel_variant(Fp8GemmArgs::kernel, workspace_floats > 0 ? "hopper_split_k" : "hopper");
+    const char* variant = launch_fp8_gemm_hopper(g, workspace_floats > 0 ? workspace.data() : nullptr);
+    record_kernel_variant(Fp8GemmArgs::kernel, variant);
   } else {
     launch_fp8_gemm_simt(g);
     record_kernel_variant(Fp8GemmArgs::kernel, "simt");

@@ -109,7 +109,7 @@ __device__ inline Unit unit_at(const Params& p, int u) {
   return w;
 }
 
-template <int BM, int BN, int INTERVAL>
+template <int BM, int BN, int INTERVAL, int CLUSTER>
 __global__ void __launch_bounds__((BM / 64 + 1) * 128, 1)
     fp8_gemm_kernel(const __grid_constant__ CUtensorMap a_map, const __grid_constant__ CUtensorMap b_map,
                     const __grid_constant__ CUtensorMap d_map, const Params p) {
@@ -129,11 +129,23 @@ __global__ void __launch_bounds__((BM / 64 + 1) * 128, 1)
     sm90::prefetch_tensor_map(&d_map);
     for (int s = 0; s < STAGES; ++s) {
       sm90::mbarrier_init(full_bar + 8 * s, 1);
-      sm90::mbarrier_init(empty_bar + 8 * s, kConsumers * 4);  // one arrival per consumer warp
+      // One arrival per consumer warp of every CTA that this CTA's producer writes into.
+      sm90::mbarrier_init(empty_bar + 8 * s, kConsumers * 4 * CLUSTER);
     }
     sm90::mbarrier_init_fence();
   }
-  __syncthreads();
+  // In a cluster the peers' copies and arrivals name this CTA's barriers: all initialised first.
+  if constexpr (CLUSTER > 1) sm90::cluster_sync();
+  else __syncthreads();
+  // Cluster c (CTAs CLUSTER·c .. CLUSTER·c + CLUSTER − 1, rank = blockIdx.x % CLUSTER) takes units c,
+  // c + clusters, ...; a unit is CLUSTER M-tiles stacked, rank r working on the r-th.
+  const int rank = CLUSTER > 1 ? static_cast<int>(sm90::cluster_rank()) : 0;
+  const int first_unit = static_cast<int>(blockIdx.x) / CLUSTER, unit_stride = static_cast<int>(gridDim.x) / CLUSTER;
+  const auto unit = [&](int u) {
+    Unit w = unit_at<BM * CLUSTER, BN>(p, u);
+    w.m0 += rank * BM;
+    return w;
+  };
 
   // Through lane 0 (sm90::warp_uniform) so that the compiler knows it is warp-uniform: the
   // consumers' tile addresses and wgmma descriptors derived from it then live in uniform registers.
@@ -143,11 +155,12 @@ __global__ void __launch_bounds__((BM / 64 + 1) * 128, 1)
     sm90::release_registers<kProducerRegisters>();
     if (threadIdx.x != 0) return;
     Ring ring{0, 0};
-    for (int u = blockIdx.x; u < p.units; u += gridDim.x) {
-      const Unit w = unit_at<BM, BN>(p, u);
+    for (int u = first_unit; u < p.units; u += unit_stride) {
+      const Unit w = unit(u);
       // Scale runs are clipped to the scale arrays' leading dimension (a multiple of 4 floats, so
-      // the byte count stays a multiple of 16); entries past M or N are never used.
-      const std::int64_t a_scale_count = p.a_scale_ld - w.m0 < BM ? p.a_scale_ld - w.m0 : BM;
+      // the byte count stays a multiple of 16; none for a cluster's tile wholly past M); entries past
+      // M or N are never used.
+      const std::int64_t a_scale_count = std::max<std::int64_t>(0, std::min<std::int64_t>(p.a_scale_ld - w.m0, BM));
       const std::int64_t b_scale_count = p.b_scale_ld - w.n0 < BN ? p.b_scale_ld - w.n0 : BN;
       StageSource s{};
       s.a_row = w.m0;
@@ -164,9 +177,27 @@ __global__ void __launch_bounds__((BM / 64 + 1) * 128, 1)
         s.k = kb * kBlockK;
         s.a_scales = p.a_scale + kb * p.a_scale_ld + w.m0;
         s.b_scales = p.b_scale + kb * p.b_scale_ld + w.n0;
-        fill_stage<Layout>(smem, base, full_bar, empty_bar, ring, &a_map, s, [&](std::uint32_t dst, std::uint32_t full) {
-          sm90::tma_load_2d(dst, &b_map, kb * kBlockK, w.n0, full);
+        fill_stage<Layout, CLUSTER>(smem, base, full_bar, empty_bar, ring, &a_map, s,
+                                    [&](std::uint32_t dst, std::uint32_t full) {
+          if constexpr (CLUSTER == 1) {
+            sm90::tma_load_2d(dst, &b_map, kb * kBlockK, w.n0, full);
+          } else {
+            // The cluster's CTAs share the B tile: rank r copies rows [r, r + 1) · BN / CLUSTER of it
+            // into every CTA (b_map's box is BN / CLUSTER rows; whole 8-row swizzle atoms, so the
+            // shares line up with the tile's swizzle).
+            constexpr int kShare = BN / CLUSTER;
+            sm90::tma_load_2d_multicast(dst + rank * kShare * kBlockK, &b_map, kb * kBlockK, w.n0 + rank * kShare, full,
+                                        static_cast<std::uint16_t>((1u << CLUSTER) - 1));
+          }
         });
+      }
+    }
+    // A CTA must outlive the arrivals of its peers' consumers on its barriers: wait for the release
+    // of each stage's last fill (the ring's next STAGES positions), as fill_stage would.
+    if constexpr (CLUSTER > 1) {
+      for (int s = 0; s < STAGES; ++s) {
+        sm90::mbarrier_wait_cluster(empty_bar + 8 * ring.stage, ring.phase ^ 1);
+        ring.advance(STAGES);
       }
     }
     return;
@@ -186,8 +217,8 @@ __global__ void __launch_bounds__((BM / 64 + 1) * 128, 1)
   const sm90::PingPong turns{p.promote && p.pingpong && kConsumers == 2, consumer};
   turns.start();
 
-  for (int u = blockIdx.x; u < p.units; u += gridDim.x) {
-    const Unit w = unit_at<BM, BN>(p, u);
+  for (int u = first_unit; u < p.units; u += unit_stride) {
+    const Unit w = unit(u);
     float acc[kFragment];
 #pragma unroll
     for (int i = 0; i < kFragment; ++i) acc[i] = 0.f;
@@ -215,7 +246,7 @@ __global__ void __launch_bounds__((BM / 64 + 1) * 128, 1)
           final_scale0 = a_scales[row0] * sb;
           final_scale1 = a_scales[row0 + 8] * sb;
         }
-        release(empty_bar, wait_ring, lane);
+        release<CLUSTER>(empty_bar, wait_ring, lane);
         wait_ring.advance(STAGES);
         release_ring.advance(STAGES);
       }
@@ -228,10 +259,10 @@ __global__ void __launch_bounds__((BM / 64 + 1) * 128, 1)
       }
     } else if (w.kb_end > w.kb_begin) {  // an empty run (a k-grouped GEMM's empty group) stores zeros
       if (p.b_rowwise)
-        promoted_mainloop<Layout, INTERVAL, true>(acc, w.kb_end - w.kb_begin, smem, base, full_bar, empty_bar,
+        promoted_mainloop<Layout, INTERVAL, true, CLUSTER>(acc, w.kb_end - w.kb_begin, smem, base, full_bar, empty_bar,
                                                   wait_ring, release_ring, consumer, row0, col_in_chunk, lane, turns);
       else
-        promoted_mainloop<Layout, INTERVAL, false>(acc, w.kb_end - w.kb_begin, smem, base, full_bar, empty_bar,
+        promoted_mainloop<Layout, INTERVAL, false, CLUSTER>(acc, w.kb_end - w.kb_begin, smem, base, full_bar, empty_bar,
                                                    wait_ring, release_ring, consumer, row0, col_in_chunk, lane, turns);
     }
 
@@ -322,22 +353,36 @@ inline CUtensorMap make_output_map(void* data, bool fp32, std::int64_t rows, std
 
 // The kernel's shared memory is past the 48 KiB default, so each (device, kernel) pair opts in before
 // its first launch (kernels/common/launch.cuh: per device, so every GPU of the process can run it).
-template <int BM, int BN, int INTERVAL>
-void launch(const CUtensorMap& a_map, const CUtensorMap& b_map, const CUtensorMap& d_map, const Params& p, int grid,
-            int device, cudaStream_t stream) {
+// One CTA per SM (its shared memory), or in clusters of CLUSTER as many clusters as fit at once;
+// never more than the units.
+template <int BM, int BN, int INTERVAL, int CLUSTER>
+void launch(const CUtensorMap& a_map, const CUtensorMap& b_map, const CUtensorMap& d_map, const Params& p, int device,
+            cudaStream_t stream) {
   constexpr int smem = SharedLayout<BM, BN>::bytes_with_alignment;
-  opt_in_shared_memory(fp8_gemm_kernel<BM, BN, INTERVAL>, smem, device);
-  fp8_gemm_kernel<BM, BN, INTERVAL><<<grid, (BM / 64 + 1) * 128, smem, stream>>>(a_map, b_map, d_map, p);
-  KILN_CUDA_CHECK_LAUNCH();
+  constexpr int threads = (BM / 64 + 1) * 128;
+  const auto kernel = fp8_gemm_kernel<BM, BN, INTERVAL, CLUSTER>;
+  opt_in_shared_memory(kernel, smem, device);
+  if constexpr (CLUSTER == 1) {
+    const int grid = std::min(p.units, device_info(device).sms);
+    kernel<<<grid, threads, smem, stream>>>(a_map, b_map, d_map, p);
+    KILN_CUDA_CHECK_LAUNCH();
+  } else {
+    const int clusters = std::min(p.units, max_active_clusters(kernel, threads, smem, CLUSTER, device));
+    launch_in_clusters(kernel, CLUSTER * clusters, threads, smem, stream, CLUSTER, a_map, b_map, d_map, p);
+  }
 }
 
-template <int BM, int BN>
+template <int BM, int BN, int CLUSTER = 1>
 void launch_with_interval(int interval, const CUtensorMap& a_map, const CUtensorMap& b_map, const CUtensorMap& d_map,
-                          const Params& p, int grid, int device, cudaStream_t stream) {
-  if (interval == 32) launch<BM, BN, 32>(a_map, b_map, d_map, p, grid, device, stream);
-  else if (interval == 64) launch<BM, BN, 64>(a_map, b_map, d_map, p, grid, device, stream);
-  else launch<BM, BN, 128>(a_map, b_map, d_map, p, grid, device, stream);
+                          const Params& p, int device, cudaStream_t stream) {
+  if (interval == 32) launch<BM, BN, 32, CLUSTER>(a_map, b_map, d_map, p, device, stream);
+  else if (interval == 64) launch<BM, BN, 64, CLUSTER>(a_map, b_map, d_map, p, device, stream);
+  else launch<BM, BN, 128, CLUSTER>(a_map, b_map, d_map, p, device, stream);
 }
+
+// Whether 128 × 128 tiles run in 2-CTA clusters sharing their B tile by TMA multicast
+// (KILN_FP8_MULTICAST=off in the environment, read at each launch, runs them one CTA a tile).
+inline bool fp8_multicast_enabled() { return !environment_is("KILN_FP8_MULTICAST", "off"); }
 
 }  // namespace fp8_hopper
 
@@ -351,9 +396,13 @@ inline bool fp8_gemm_hopper_supports(const Fp8GemmArgs& g) {
 
 // The tile configuration. Large problems: 128 × 128 tiles (two consumer warpgroups), one unit per
 // tile. Small M: 64-row tiles, narrower N tiles when that alone fills the SMs, then K split into
-// runs of at least 4 k-blocks until the units cover the SMs.
+// runs of at least 4 k-blocks until the units cover the SMs. cluster: 2 when 128 × 128 tiles
+// without split run as pairs of vertically adjacent tiles in 2-CTA clusters, each CTA copying half
+// of the pair's shared B tile into both (TMA multicast): a k-block then reads 24 KiB from L2 a CTA
+// instead of 32 KiB (the 128 × 128 tile's 128 FLOP a byte would need about 15 TB/s of L2 at the
+// tensor cores' FP8 peak). Set by the launcher (fp8_multicast_enabled).
 struct Fp8GemmPlan {
-  int bm, bn, splits, kb_per_split;
+  int bm, bn, splits, kb_per_split, cluster = 1;
 };
 
 inline Fp8GemmPlan fp8_gemm_hopper_plan(std::int64_t m, std::int64_t n, std::int64_t k, int sms) {
@@ -377,7 +426,8 @@ inline std::int64_t fp8_gemm_hopper_workspace(const Fp8GemmArgs& g) {
   return plan.splits > 1 ? static_cast<std::int64_t>(plan.splits) * g.m * g.n : 0;
 }
 
-inline void launch_fp8_gemm_hopper(const Fp8GemmArgs& g, float* workspace) {
+// Returns the variant that ran: "hopper", "hopper_split_k" or "hopper_multicast" (2-CTA clusters).
+inline const char* launch_fp8_gemm_hopper(const Fp8GemmArgs& g, float* workspace) {
   using namespace fp8_hopper;
   const int device = g.launch.device;
   cuda::DeviceGuard guard(device);
@@ -392,7 +442,8 @@ inline void launch_fp8_gemm_hopper(const Fp8GemmArgs& g, float* workspace) {
   check(g.promote || g.b_tile_rows == 128, "fp8_gemm",
         "accumulating without promotion is implemented for 128x128 weight blocks only");
   const int sms = device_info(device).sms;
-  const Fp8GemmPlan plan = fp8_gemm_hopper_plan(g.m, g.n, g.k, sms);
+  Fp8GemmPlan plan = fp8_gemm_hopper_plan(g.m, g.n, g.k, sms);
+  if (plan.bm == 128 && plan.bn == 128 && plan.splits == 1 && g.m > 128 && fp8_multicast_enabled()) plan.cluster = 2;
   Params p{};
   p.m = static_cast<int>(g.m);
   p.n = static_cast<int>(g.n);
@@ -406,24 +457,24 @@ inline void launch_fp8_gemm_hopper(const Fp8GemmArgs& g, float* workspace) {
   p.promote = g.promote;
   p.pingpong = fp8_pingpong_enabled();
   p.out_is_fp32 = plan.splits > 1 || g.d_dtype == DType::f32;
-  p.m_tiles = static_cast<int>((g.m + plan.bm - 1) / plan.bm);
+  // With clusters, m_tiles and units count the clusters' stacks of plan.cluster M-tiles.
+  p.m_tiles = static_cast<int>((g.m + plan.bm * plan.cluster - 1) / (plan.bm * plan.cluster));
   p.n_tiles = static_cast<int>((g.n + plan.bn - 1) / plan.bn);
   p.splits = plan.splits;
   p.kb_per_split = plan.kb_per_split;
   p.units = p.m_tiles * p.n_tiles * p.splits;
   check(plan.splits == 1 || workspace != nullptr, "fp8_gemm", "the split-K plan needs a workspace");
   const CUtensorMap a_map = make_tensor_map(g.a, g.m, g.k, g.lda, plan.bm);
-  const CUtensorMap b_map = make_tensor_map(g.b, g.n, g.k, g.ldb, plan.bn);
+  const CUtensorMap b_map = make_tensor_map(g.b, g.n, g.k, g.ldb, plan.bn / plan.cluster);
   const CUtensorMap d_map = plan.splits > 1
                                 ? make_output_map(workspace, true, g.m, g.n, g.n, plan.splits)
                                 : make_output_map(g.d, g.d_dtype == DType::f32, g.m, g.n, g.ldd, 1);
-  const int grid = std::min(p.units, sms);
   const int interval = g.promotion_interval;
-  if (plan.bm == 128 && plan.bn == 128)
-    launch_with_interval<128, 128>(interval, a_map, b_map, d_map, p, grid, device, stream);
-  else if (plan.bm == 128) launch_with_interval<128, 64>(interval, a_map, b_map, d_map, p, grid, device, stream);
-  else if (plan.bn == 128) launch_with_interval<64, 128>(interval, a_map, b_map, d_map, p, grid, device, stream);
-  else launch_with_interval<64, 64>(interval, a_map, b_map, d_map, p, grid, device, stream);
+  if (plan.cluster == 2) launch_with_interval<128, 128, 2>(interval, a_map, b_map, d_map, p, device, stream);
+  else if (plan.bm == 128 && plan.bn == 128) launch_with_interval<128, 128>(interval, a_map, b_map, d_map, p, device, stream);
+  else if (plan.bm == 128) launch_with_interval<128, 64>(interval, a_map, b_map, d_map, p, device, stream);
+  else if (plan.bn == 128) launch_with_interval<64, 128>(interval, a_map, b_map, d_map, p, device, stream);
+  else launch_with_interval<64, 64>(interval, a_map, b_map, d_map, p, device, stream);
   if (plan.splits > 1) {
     const std::int64_t quads = g.m * g.n / 4;
     const int blocks = static_cast<int>(std::min<std::int64_t>((quads + 255) / 256, 4 * sms));
@@ -431,6 +482,7 @@ inline void launch_fp8_gemm_hopper(const Fp8GemmArgs& g, float* workspace) {
                                                      g.d_dtype == DType::bf16);
     KILN_CUDA_CHECK_LAUNCH();
   }
+  return plan.splits > 1 ? "hopper_split_k" : plan.cluster > 1 ? "hopper_multicast" : "hopper";
 }
 
 }  // namespace kiln::kernels

@@ -39,6 +39,7 @@
 
 #include "kiln/core/environment.hpp"
 #include "kiln/core/error.hpp"
+#include "kiln/kernels/common/sm90/cluster.cuh"
 #include "kiln/kernels/common/sm90/mbarrier.cuh"
 #include "kiln/kernels/common/sm90/smem.cuh"
 #include "kiln/kernels/common/sm90/tma.cuh"
@@ -97,10 +98,17 @@ struct Ring {
   }
 };
 
-// A consumer warp is done reading a stage: one arrival per warp on its `empty` barrier.
+// A consumer warp is done reading a stage: one arrival per warp on its `empty` barrier. In a
+// cluster of CLUSTER CTAs whose producers multicast into each other's stages, lane r arrives on
+// the barrier of rank r, so that each producer hears from the consumers of every CTA it writes into.
+template <int CLUSTER = 1>
 __device__ inline void release(std::uint32_t empty_bar, const Ring& ring, int lane) {
   __syncwarp();
-  if (lane == 0) sm90::mbarrier_arrive(empty_bar + 8 * ring.stage);
+  if constexpr (CLUSTER == 1) {
+    if (lane == 0) sm90::mbarrier_arrive(empty_bar + 8 * ring.stage);
+  } else {
+    if (lane < CLUSTER) sm90::mbarrier_arrive_remote(empty_bar + 8 * ring.stage, static_cast<std::uint32_t>(lane));
+  }
 }
 
 // What the producer copies into a stage for one k-block.
@@ -116,20 +124,24 @@ struct StageSource {
 };
 
 // The producer thread fills ring.stage with one k-block and advances the ring. load_b(dst, full)
-// issues the TMA copy of the B tile (BN rows × 128 bytes) into dst, completing on barrier `full`.
+// issues the TMA copy of the B tile (BN rows × 128 bytes) into dst, completing on barrier `full`
+// (in a cluster, this CTA's share of it, multicast: the peers' shares complete on the same barrier).
 // The block scale is written by this thread before the arrival on `full` (release semantics), so
 // consumers read it from shared memory after their wait instead of a global load per k-block.
-template <class Layout, class LoadB>
+// An A tile wholly past M (a cluster's spare CTA) has no scales to copy: a_scale_bytes 0.
+template <class Layout, int CLUSTER = 1, class LoadB>
 __device__ inline void fill_stage(std::uint8_t* smem, std::uint32_t base, std::uint32_t full_bar, std::uint32_t empty_bar,
                                   Ring& ring, const CUtensorMap* a_map, const StageSource& s, LoadB&& load_b) {
-  sm90::mbarrier_wait(empty_bar + 8 * ring.stage, ring.phase ^ 1);
+  if constexpr (CLUSTER == 1) sm90::mbarrier_wait(empty_bar + 8 * ring.stage, ring.phase ^ 1);
+  else sm90::mbarrier_wait_cluster(empty_bar + 8 * ring.stage, ring.phase ^ 1);
   if (!s.b_rowwise) reinterpret_cast<float*>(smem + Layout::b_scale_offset)[ring.stage * Layout::bn] = s.b_block_scale;
   const std::uint32_t full = full_bar + 8 * ring.stage;
   sm90::mbarrier_arrive_expect_bytes(full, Layout::a_tile + Layout::b_tile + s.a_scale_bytes + s.b_scale_bytes);
   sm90::tma_load_2d(base + Layout::a_offset + ring.stage * Layout::a_tile, a_map, s.k, s.a_row, full);
   load_b(base + Layout::b_offset + ring.stage * Layout::b_tile, full);
-  sm90::bulk_load(base + Layout::a_scale_offset + ring.stage * Layout::a_scale_stride, s.a_scales, s.a_scale_bytes,
-                  full);
+  if (s.a_scale_bytes > 0)
+    sm90::bulk_load(base + Layout::a_scale_offset + ring.stage * Layout::a_scale_stride, s.a_scales, s.a_scale_bytes,
+                    full);
   if (s.b_rowwise)
     sm90::bulk_load(base + Layout::b_scale_offset + ring.stage * Layout::bn * 4, s.b_scales, s.b_scale_bytes, full);
   ring.advance(Layout::stages);
@@ -162,7 +174,9 @@ __device__ inline void fill_stage(std::uint8_t* smem, std::uint32_t base, std::u
 // RowwiseB: B's scales per column (1×128 tiles) or one per 128×128 block, a compile-time choice: with
 // a runtime flag ptxas merged the two promotion loops into one over per-element scales, so the
 // block-scaled loop first copied its two scales into 62 registers (62 moves a k-block, SASS).
-template <class Layout, int INTERVAL, bool RowwiseB>
+//
+// CLUSTER: the CTAs whose producers multicast into this CTA's stages (release).
+template <class Layout, int INTERVAL, bool RowwiseB, int CLUSTER = 1>
 __device__ __forceinline__ void promoted_mainloop(float (&acc)[Layout::bn / 2], int num_kb, const std::uint8_t* smem,
                                                   std::uint32_t base, std::uint32_t full_bar, std::uint32_t empty_bar,
                                                   Ring& wait_ring, Ring& release_ring, int consumer, int scale_row,
@@ -225,7 +239,7 @@ __device__ __forceinline__ void promoted_mainloop(float (&acc)[Layout::bn / 2], 
       }
     }
     if (g % kGroupsPerBlock == kGroupsPerBlock - 1) {
-      release(empty_bar, release_ring, lane);
+      release<CLUSTER>(empty_bar, release_ring, lane);
       release_ring.advance(STAGES);
     }
   };

@@ -91,7 +91,6 @@ inline void launch_k_grouped_fp8_gemm_hopper(const KGroupedFp8GemmArgs& a) {
   using namespace fp8_hopper;
   const int device = a.launch.device;
   const cudaStream_t stream = a.launch.stream;
-  const int sms = device_info(device).sms;
   // Each group's k-block run, computed on the device from the offsets.
   const Tensor<int> runs({2 * static_cast<std::int64_t>(a.groups)}, Device::cuda(device));
   k_grouped_fp8_simt::k_group_runs_kernel<<<1, 256, 0, stream>>>(a.offsets, a.rows, a.groups, runs.data());
@@ -118,11 +117,10 @@ inline void launch_k_grouped_fp8_gemm_hopper(const KGroupedFp8GemmArgs& a) {
   const CUtensorMap a_map = make_tensor_map(a.a, a.m, a.columns, a.columns, bm);
   const CUtensorMap b_map = make_tensor_map(a.b, a.n, a.columns, a.columns, 128);
   const CUtensorMap d_map = make_output_map(a.d, a.d_dtype == DType::f32, a.m, a.n, a.n, a.groups);
-  const int grid = std::min(p.units, sms);
   if (bm == 128)
-    fp8_hopper::launch<128, 128, 128>(a_map, b_map, d_map, p, grid, device, stream);
+    fp8_hopper::launch<128, 128, 128, 1>(a_map, b_map, d_map, p, device, stream);
   else
-    fp8_hopper::launch<64, 128, 128>(a_map, b_map, d_map, p, grid, device, stream);
+    fp8_hopper::launch<64, 128, 128, 1>(a_map, b_map, d_map, p, device, stream);
 }
 
 inline void launch_k_grouped_fp8_gemm(const KGroupedFp8GemmArgs& a) {

@@ -232,7 +232,8 @@ void expect_ran(const KernelTrace& trace, GemmKernel kernel, GemmKernel automati
   if (want == GemmKernel::automatic) return;
   const std::string& ran = trace.launches().front();
   if (want == GemmKernel::hopper)
-    EXPECT_TRUE(ran == "fp8_gemm/hopper" || ran == "fp8_gemm/hopper_split_k") << "ran " << ran;
+    EXPECT_TRUE(ran == "fp8_gemm/hopper" || ran == "fp8_gemm/hopper_split_k" || ran == "fp8_gemm/hopper_multicast")
+        << "ran " << ran;
   else
     EXPECT_EQ(ran, "fp8_gemm/simt");
 }
@@ -377,6 +378,51 @@ TEST(Fp8GemmCuda, TurnsGiveTheSameBits) {
           }
           EXPECT_TRUE(bits[0] == bits[1]) << "FP32 outputs differ with and without turns";
           EXPECT_TRUE(bf_bits[0] == bf_bits[1]) << "bf16 outputs differ with and without turns";
+        }
+      }
+}
+
+// 128 × 128 tiles run in 2-CTA clusters sharing the B tile by TMA multicast (KILN_FP8_MULTICAST, on
+// by default) or one CTA a tile: each tile's sums are the same either way, so the bits must be
+// equal. Shapes: 1000 rows (8 M-tiles: 4 pairs), 1100 (9: the last pair's second CTA has no rows),
+// 4224 (33 M-tiles × 17 N-tiles: more pairs than clusters, so each cluster runs several in turn);
+// N 2112 (an N-tile of 64 columns at the edge), K 7168 and 1040 (a partial k-block), both weight
+// tilings, promotion every 128 and 64 and none, FP32 and bf16 outputs.
+TEST(Fp8GemmCuda, MulticastGivesTheSameBits) {
+  KILN_REQUIRE_GPU();
+  if (!gpu_is_hopper()) GTEST_SKIP() << "the multicast kernel is the Hopper kernel's";
+  std::uint64_t seed = 900;
+  for (std::int64_t m : {1000, 1100, 4224})
+    for (std::int64_t k : {7168, 1040})
+      for (Tiling bt : {Tiling::block_128x128, Tiling::row_1x128}) {
+        const QuantizedMatrix a = fp8::quantize(gpu_matrix(m, k, seed++), Tiling::row_1x128);
+        const QuantizedMatrix b = fp8::quantize(gpu_matrix(2112, k, seed++), bt);
+        const std::vector<std::int64_t> rows = some_rows(m, 16, seed++);
+        const Tensor<double> ref = fp8::gemm_reference(a, b, rows);
+        for (int interval : {128, 64, 0}) {
+          if (interval == 0 && bt != Tiling::block_128x128) continue;  // no promotion: 128×128 blocks only
+          SCOPED_TRACE(str("M ", m, " K ", k, " B ", fp8::tiling_name(bt), " promotion every ", interval));
+          fp8::GemmOptions opt;
+          opt.kernel = GemmKernel::hopper;
+          opt.promote = interval > 0;
+          opt.promotion_interval = interval > 0 ? interval : 128;
+          std::vector<std::uint32_t> bits[2];
+          std::vector<std::uint16_t> bf_bits[2];
+          for (int on = 0; on < 2; ++on) {
+            const ScopedEnv setting("KILN_FP8_MULTICAST", on ? "on" : "off");
+            poison_cached_memory();
+            KernelTrace trace;
+            const Tensor<float> d = fp8::gemm<float>(a, b, opt);
+            bits[on] = bits_of(d.to_vector());
+            EXPECT_EQ(trace.launches(), std::vector<std::string>{on ? "fp8_gemm/hopper_multicast" : "fp8_gemm/hopper"});
+            if (opt.promote) {
+              EXPECT_LE(relative_error(rows_of(d, rows), ref.to_vector()),
+                        tolerance<float>(GemmKernel::hopper, interval));
+            }
+            for (const bf16& v : fp8::gemm<bf16>(a, b, opt).to_vector()) bf_bits[on].push_back(v.bits);
+          }
+          EXPECT_TRUE(bits[0] == bits[1]) << "FP32 outputs differ with and without multicast";
+          EXPECT_TRUE(bf_bits[0] == bf_bits[1]) << "bf16 outputs differ with and without multicast";
         }
       }
 }

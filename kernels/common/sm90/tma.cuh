@@ -33,6 +33,18 @@ __device__ inline void tma_load_2d(std::uint32_t dst, const void* tensor_map, in
       : "memory");
 }
 
+// tma_load_2d into every CTA of the cluster named in cta_mask (bit r: rank r, cluster.cuh): the box
+// is read from L2 once and written at shared address dst of each, its bytes completing on the
+// barrier at address bar of each (the same offsets in every CTA).
+__device__ inline void tma_load_2d_multicast(std::uint32_t dst, const void* tensor_map, int x, int y, std::uint32_t bar,
+                                             std::uint16_t cta_mask) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
+      " [%0], [%1, {%2, %3}], [%4], %5;" ::"r"(dst),
+      "l"(reinterpret_cast<std::uint64_t>(tensor_map)), "r"(x), "r"(y), "r"(bar), "h"(cta_mask)
+      : "memory");
+}
+
 // The same for a 3-D tensor map, at (x = innermost coordinate, y, z): a box never crosses z, so a
 // tensor stacked as [z][y][x] (the G weight matrices of a grouped GEMM) clips and zero-fills each
 // slice at its own y edge.
