@@ -69,6 +69,8 @@
 #           the B tile by TMA multicast): the FP8 GEMM tests (MulticastGivesTheSameBits), then
 #           bench_fp8_gemm_cuda with KILN_FP8_MULTICAST on, off and the tree in $OLD_TREE (optional),
 #           twice, while under $DEADLINE (default 540)                 -> docs/fp8-gemm.md
+#   folds-fp8  folds and fp8-multicast in one call (their tests, the FP8 benchmark with multicast on and
+#           off, the pretrain A/B against $OLD_TREE, the benchmark again) while under $DEADLINE (500)
 #   profile-speculative  the kernels of 4 MTP speculative decode steps (bench_grpo_cuda
 #           --profile-decode 4 --profile-speculative) beside 4 plain ones, under ncu   -> docs/mla.md
 #   hopper-decode  after the Hopper decode kernel (2026-12-06: its tests passed and --quick measured
@@ -663,6 +665,46 @@ for phase in "$@"; do
           echo "$tree $round: $(grep -E '^(step 200|done)' "$OUT/pretrain_${tree}_$round.log" | tr '\n' ' ')"
         done
       done
+      ;;
+    folds-fp8)
+      # folds and fp8-multicast in one call, for a session whose machine may not come twice: the
+      # tests of both first, then bench_fp8_gemm_cuda with multicast on and off, then (with
+      # $OLD_TREE) the pretrain A/B of folds, then the benchmark again, while under $DEADLINE (500).
+      if [ -d "${OLD_TREE:-}" ]; then
+        configure_release "$OLD_TREE" /tmp/kb_old "$BUILD_LOGS/configure_old.log"
+        ninja -C /tmp/kb_old -j 3 pretrain > "$BUILD_LOGS/build_old.log" 2>&1 &
+        old_build=$!
+      fi
+      build test_kernels_cuda test_nn_cuda test_train_infer_rl_cuda pretrain bench_fp8_gemm_cuda
+      timeout 240 "$BUILD/tests/test_kernels_cuda" \
+        --gtest_filter='RmsNorm*:MatmulCuda.*:Moe*:FusedAttentionCuda.*:Fp8GemmCuda.*:KGroupedFp8GemmCuda.*' \
+        > "$OUT/test_kernels.log" 2>&1 || rc=1
+      grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT"/test_kernels.log | head -20
+      timeout 150 "$BUILD/tests/test_nn_cuda" > "$OUT/test_nn.log" 2>&1 || rc=1
+      grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT"/test_nn.log | head -20
+      timeout 120 "$BUILD/tests/test_train_infer_rl_cuda" --gtest_filter='TrainerCuda.*' > "$OUT/test_train.log" 2>&1 ||
+        rc=1
+      grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT"/test_train.log | head -20
+      fp8_round() {
+        for variant in on off; do
+          [ $SECONDS -lt "${DEADLINE:-500}" ] || { echo "deadline: multicast $variant round $1 not run"; continue; }
+          KILN_FP8_MULTICAST=$variant fp8_bench "bench_fp8_gemm_${variant}_$1.log" "$BUILD/benchmarks/bench_fp8_gemm_cuda"
+        done
+      }
+      fp8_round 1
+      [ -n "${old_build:-}" ] && { wait $old_build || { echo "old build failed"; tail -20 "$BUILD_LOGS/build_old.log"; }; }
+      for tree in new old; do
+        [ $SECONDS -lt "${DEADLINE:-500}" ] || { echo "deadline: pretrain $tree not run"; continue; }
+        bin="$BUILD/examples/pretrain"
+        if [ $tree = old ]; then
+          bin=/tmp/kb_old/examples/pretrain
+          [ -x "$bin" ] || continue
+        fi
+        timeout 60 "$bin" --device cuda --config big --steps 200 --log-every 100 --eval-every 1000 --samples 0 \
+          --seed 1 > "$OUT/pretrain_$tree.log" 2>&1 || rc=1
+        echo "$tree: $(grep -E '^(step 200|done)' "$OUT/pretrain_$tree.log" | tr '\n' ' ')"
+      done
+      fp8_round 2
       ;;
     vs-hf)
       build pretrain
