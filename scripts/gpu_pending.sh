@@ -675,9 +675,10 @@ for phase in "$@"; do
         ninja -C /tmp/kb_old -j 3 pretrain > "$BUILD_LOGS/build_old.log" 2>&1 &
         old_build=$!
       fi
-      build test_kernels_cuda test_nn_cuda test_train_infer_rl_cuda pretrain bench_fp8_gemm_cuda
+      build test_kernels_cuda test_nn_cuda test_train_infer_rl_cuda pretrain bench_fp8_gemm_cuda \
+        bench_grouped_fp8_gemm_cuda
       timeout 240 "$BUILD/tests/test_kernels_cuda" \
-        --gtest_filter='RmsNorm*:MatmulCuda.*:Moe*:FusedAttentionCuda.*:Fp8GemmCuda.*:KGroupedFp8GemmCuda.*' \
+        --gtest_filter='RmsNorm*:MatmulCuda.*:Moe*:FusedAttentionCuda.*:Fp8GemmCuda.*:GroupedFp8GemmCuda.*:KGroupedFp8GemmCuda.*' \
         > "$OUT/test_kernels.log" 2>&1 || rc=1
       grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT"/test_kernels.log | head -20
       timeout 150 "$BUILD/tests/test_nn_cuda" > "$OUT/test_nn.log" 2>&1 || rc=1
@@ -703,6 +704,13 @@ for phase in "$@"; do
         timeout 60 "$bin" --device cuda --config big --steps 200 --log-every 100 --eval-every 1000 --samples 0 \
           --seed 1 > "$OUT/pretrain_$tree.log" 2>&1 || rc=1
         echo "$tree: $(grep -E '^(step 200|done)' "$OUT/pretrain_$tree.log" | tr '\n' ' ')"
+      done
+      for variant in on off; do
+        [ $SECONDS -lt "${DEADLINE:-500}" ] || { echo "deadline: grouped multicast $variant not run"; continue; }
+        KILN_FP8_MULTICAST=$variant timeout 100 "$BUILD/benchmarks/bench_grouped_fp8_gemm_cuda" \
+          > "$OUT/bench_grouped_fp8_$variant.log" 2>&1 || rc=1
+        echo "grouped $variant (G rows N K µs): $(awk '/^contiguous/ {print $2, $3, $4, $5, $7 ";"}' \
+          "$OUT/bench_grouped_fp8_$variant.log" | tr '\n' ' ')"
       done
       fp8_round 2
       ;;

@@ -380,10 +380,6 @@ void launch_with_interval(int interval, const CUtensorMap& a_map, const CUtensor
   else launch<BM, BN, 128, CLUSTER>(a_map, b_map, d_map, p, device, stream);
 }
 
-// Whether 128 × 128 tiles run in 2-CTA clusters sharing their B tile by TMA multicast
-// (KILN_FP8_MULTICAST=off in the environment, read at each launch, runs them one CTA a tile).
-inline bool fp8_multicast_enabled() { return !environment_is("KILN_FP8_MULTICAST", "off"); }
-
 }  // namespace fp8_hopper
 
 // Whether the Hopper kernel can run these arguments on their device (else use the plain kernel).

@@ -2,8 +2,8 @@
 // (include/kiln/ops/grouped_fp8_gemm.hpp), registered for GroupedFp8GemmArgs (args.hpp): runs the
 // Hopper kernel (hopper.cuh) when args.implementation asks for it, or is automatic and the GPU and
 // the arguments allow it (grouped_fp8_gemm_hopper_supports); else the plain CUDA kernel (simt.cuh).
-// Each launch records which one ran (core/kernel_trace.hpp: "grouped_fp8_gemm/hopper" or
-// "grouped_fp8_gemm/simt"). Nothing runs when there are no rows (R = 0, or M_max = 0).
+// Each launch records which one ran (core/kernel_trace.hpp: "grouped_fp8_gemm/hopper",
+// "grouped_fp8_gemm/hopper_multicast" or "grouped_fp8_gemm/simt"). Nothing runs when there are no rows (R = 0, or M_max = 0).
 #pragma once
 
 #include "kiln/core/kernel_trace.hpp"
@@ -20,8 +20,7 @@ inline void launch_grouped_fp8_gemm(const GroupedFp8GemmArgs& a) {
   const bool hopper = a.implementation == GroupedFp8GemmKernel::hopper ||
                       (a.implementation == GroupedFp8GemmKernel::automatic && grouped_fp8_gemm_hopper_supports(a));
   if (hopper) {
-    launch_grouped_fp8_gemm_hopper(a);
-    record_kernel_variant(GroupedFp8GemmArgs::kernel, "hopper");
+    record_kernel_variant(GroupedFp8GemmArgs::kernel, launch_grouped_fp8_gemm_hopper(a));
   } else {
     launch_grouped_fp8_gemm_simt(a);
     record_kernel_variant(GroupedFp8GemmArgs::kernel, "simt");

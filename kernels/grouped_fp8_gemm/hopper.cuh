@@ -10,7 +10,10 @@
 // counts; the host never reads it) in shared memory, and units go in bands of 8 row tiles × every
 // column tile. The grid is one CTA per SM (persistent), sized on the host for the most units any
 // split could give ((ceil(R/128) + G) · ceil(N/128) contiguous, G · ceil(M_max/128) · ceil(N/128)
-// masked); a CTA with no unit left exits.
+// masked); a CTA with no unit left exits. Clusters (grouped_fp8_multicast: contiguous layouts
+// whose groups average 1024 rows or more): a unit is two row tiles of one group (the prefix counts
+// 256-row tiles), computed by the two CTAs of a cluster, each copying half of the group's weight
+// tile into both (TMA multicast, as the dense kernel: kernels/fp8_gemm/gemm_hopper.cuh).
 //
 // Warp specialisation (384 threads). Warpgroup 0 is the producer (setmaxnreg down to 40): one
 // thread issues, per k-block of 128, a TMA copy of the A tile (128 rows × 128 bytes from row0, the
@@ -97,7 +100,8 @@ struct Params {
   int pingpong;  // the two consumer warpgroups issue their wgmmas in turns (fp8_hopper::promoted_mainloop)
 };
 
-static __global__ void __launch_bounds__(kThreads, 1)
+template <int CLUSTER>
+__global__ void __launch_bounds__(kThreads, 1)
     grouped_fp8_gemm_kernel(const __grid_constant__ CUtensorMap a_map, const __grid_constant__ CUtensorMap b_map,
                             const Params p) {
   using fp8_hopper::Ring;
@@ -115,16 +119,28 @@ static __global__ void __launch_bounds__(kThreads, 1)
     sm90::prefetch_tensor_map(&b_map);
     for (int s = 0; s < STAGES; ++s) {
       sm90::mbarrier_init(full_bar + 8 * s, 1);
-      sm90::mbarrier_init(empty_bar + 8 * s, 2 * 4);  // one arrival per consumer warp
+      // One arrival per consumer warp of every CTA that this CTA's producer writes into.
+      sm90::mbarrier_init(empty_bar + 8 * s, 2 * 4 * CLUSTER);
     }
     sm90::mbarrier_init_fence();
   }
-  if (threadIdx.x < 32) grouped_gemm::build_row_tile_prefix<kBlockM>(p.groups, p.num_groups, tile_end);
-  __syncthreads();
+  // In clusters (multicast of the weight tile) a unit is CLUSTER row tiles of one group: the
+  // prefix counts tiles of CLUSTER · 128 rows, and rank r takes the r-th 128 rows of one (none of
+  // the group's when it ends sooner: that CTA's rows are never stored).
+  constexpr int kUnitRows = kBlockM * CLUSTER;
+  if (threadIdx.x < 32) grouped_gemm::build_row_tile_prefix<kUnitRows>(p.groups, p.num_groups, tile_end);
+  // In a cluster the peers' copies and arrivals name this CTA's barriers: all initialised first.
+  if constexpr (CLUSTER > 1) sm90::cluster_sync();
+  else __syncthreads();
+  const int rank = CLUSTER > 1 ? static_cast<int>(sm90::cluster_rank()) : 0;
+  const int first_unit = static_cast<int>(blockIdx.x) / CLUSTER, unit_stride = static_cast<int>(gridDim.x) / CLUSTER;
   const int total_row_tiles = tile_end[p.num_groups - 1];
   const int units = total_row_tiles * p.col_tiles;
   const auto tile_of = [&](int u) {
-    return grouped_gemm::row_tile_at<kBlockM>(p.groups, p.num_groups, tile_end, total_row_tiles, p.col_tiles, u);
+    grouped_gemm::RowTile tile =
+        grouped_gemm::row_tile_at<kUnitRows>(p.groups, p.num_groups, tile_end, total_row_tiles, p.col_tiles, u);
+    tile.row0 += rank * kBlockM;
+    return tile;
   };
 
   const int warpgroup = sm90::warp_uniform(static_cast<int>(threadIdx.x / 128));  // uniform: see warp_uniform
@@ -133,12 +149,13 @@ static __global__ void __launch_bounds__(kThreads, 1)
     sm90::release_registers<fp8_hopper::kProducerRegisters>();
     if (threadIdx.x != 0) return;
     Ring ring{0, 0};
-    for (int u = static_cast<int>(blockIdx.x); u < units; u += static_cast<int>(gridDim.x)) {
+    for (int u = first_unit; u < units; u += unit_stride) {
       const grouped_gemm::RowTile tile = tile_of(u);
       const int m0 = static_cast<int>(tile.row0), n0 = tile.col_tile * kBlockN;
       const std::int64_t m_aligned = tile.row0 & ~std::int64_t{3};
+      // None past the scale array (a cluster's second tile beyond the last group: no scales to read).
       const std::int64_t a_scale_count =
-          p.a_scale_ld - m_aligned < kBlockM + kAScaleSlack ? p.a_scale_ld - m_aligned : kBlockM + kAScaleSlack;
+          std::max<std::int64_t>(0, std::min<std::int64_t>(p.a_scale_ld - m_aligned, kBlockM + kAScaleSlack));
       fp8_hopper::StageSource s{};
       s.a_row = m0;
       s.a_scale_bytes = 4u * static_cast<std::uint32_t>(a_scale_count);
@@ -151,10 +168,25 @@ static __global__ void __launch_bounds__(kThreads, 1)
         if (kb + 1 < p.num_kb) next_b_scale = __ldg(b_block_scales + kb + 1);
         s.k = kb * kBlockK;
         s.a_scales = p.a_scale + kb * p.a_scale_ld + m_aligned;
-        fp8_hopper::fill_stage<Layout>(smem, base, full_bar, empty_bar, ring, &a_map, s,
-                                       [&](std::uint32_t dst, std::uint32_t full) {
-                                         sm90::tma_load_3d(dst, &b_map, kb * kBlockK, n0, tile.group, full);
-                                       });
+        fp8_hopper::fill_stage<Layout, CLUSTER>(smem, base, full_bar, empty_bar, ring, &a_map, s,
+                                                [&](std::uint32_t dst, std::uint32_t full) {
+          if constexpr (CLUSTER == 1) {
+            sm90::tma_load_3d(dst, &b_map, kb * kBlockK, n0, tile.group, full);
+          } else {
+            // The cluster's tiles share the group's weight tile: rank r copies its r-th share of
+            // the rows into every CTA (b_map's box: kBlockN / CLUSTER rows, whole swizzle atoms).
+            constexpr int kShare = kBlockN / CLUSTER;
+            sm90::tma_load_3d_multicast(dst + rank * kShare * kBlockK, &b_map, kb * kBlockK, n0 + rank * kShare,
+                                        tile.group, full, static_cast<std::uint16_t>((1u << CLUSTER) - 1));
+          }
+        });
+      }
+    }
+    // A CTA must outlive its peers' arrivals on its barriers (kernels/common/sm90/cluster.cuh).
+    if constexpr (CLUSTER > 1) {
+      for (int s = 0; s < STAGES; ++s) {
+        sm90::mbarrier_wait_cluster(empty_bar + 8 * ring.stage, ring.phase ^ 1);
+        ring.advance(STAGES);
       }
     }
     return;
@@ -178,13 +210,13 @@ static __global__ void __launch_bounds__(kThreads, 1)
   const sm90::PingPong turns{p.pingpong != 0, consumer};
   turns.start();
 
-  for (int u = static_cast<int>(blockIdx.x); u < units; u += static_cast<int>(gridDim.x)) {
+  for (int u = first_unit; u < units; u += unit_stride) {
     const grouped_gemm::RowTile tile = tile_of(u);
     const int shift = static_cast<int>(tile.row0 & 3);  // of the A scale run (see the producer)
     float acc[kFragment];
 #pragma unroll
     for (int i = 0; i < kFragment; ++i) acc[i] = 0.f;
-    fp8_hopper::promoted_mainloop<Layout, 128, false>(acc, p.num_kb, smem, base, full_bar, empty_bar, wait_ring,
+    fp8_hopper::promoted_mainloop<Layout, 128, false, CLUSTER>(acc, p.num_kb, smem, base, full_bar, empty_bar, wait_ring,
                                                       release_ring, consumer, consumer * 64 + row_local + shift,
                                                       col_in_chunk, lane, turns);
 
@@ -210,13 +242,14 @@ static __global__ void __launch_bounds__(kThreads, 1)
   }
 }
 
-// The stacked weights [G, N, K] as a 3-D map (x = k, y = n, z = g), read as boxes of 128 rows of
-// one group × 128 bytes in the 128-byte swizzle. (A's map is the dense kernel's: make_tensor_map.)
-inline CUtensorMap make_weight_map(const std::uint8_t* b, std::int64_t groups, std::int64_t n, std::int64_t k) {
+// The stacked weights [G, N, K] as a 3-D map (x = k, y = n, z = g), read as boxes of box_rows rows
+// of one group × 128 bytes in the 128-byte swizzle. (A's map is the dense kernel's: make_tensor_map.)
+inline CUtensorMap make_weight_map(const std::uint8_t* b, std::int64_t groups, std::int64_t n, std::int64_t k,
+                                   int box_rows) {
   CUtensorMap map{};
   const cuuint64_t dims[3] = {static_cast<cuuint64_t>(k), static_cast<cuuint64_t>(n), static_cast<cuuint64_t>(groups)};
   const cuuint64_t strides[2] = {static_cast<cuuint64_t>(k), static_cast<cuuint64_t>(n * k)};
-  const cuuint32_t box[3] = {static_cast<cuuint32_t>(kBlockK), static_cast<cuuint32_t>(kBlockN), 1};
+  const cuuint32_t box[3] = {static_cast<cuuint32_t>(kBlockK), static_cast<cuuint32_t>(box_rows), 1};
   const cuuint32_t element_strides[3] = {1, 1, 1};
   const CUresult r = sm90::encode_tiled()(&map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 3, const_cast<std::uint8_t*>(b), dims,
                                           strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
@@ -241,8 +274,19 @@ inline bool grouped_fp8_gemm_hopper_supports(const GroupedFp8GemmArgs& a) {
          aligned16(a.a_scale) && aligned16(a.b_scale) && aligned16(a.d);
 }
 
-// Launches the grouped product (args.hpp) on a.launch with the Hopper kernel.
-inline void launch_grouped_fp8_gemm_hopper(const GroupedFp8GemmArgs& a) {
+// Whether the groups' row tiles run in pairs in 2-CTA clusters sharing the weight tile by TMA
+// multicast, as the dense kernel's 128 × 128 tiles (kernels/fp8_gemm/gemm_hopper.cuh): contiguous
+// layouts whose groups average at least 1024 rows (a group of an odd number of row tiles leaves one
+// CTA of its last pair idle, at most 1/16 of the work there; masked decode-time slots are small),
+// unless KILN_FP8_MULTICAST=off.
+inline bool grouped_fp8_multicast(const GroupedFp8GemmArgs& a) {
+  return a.layout == GroupedFp8Layout::contiguous && a.rows >= 1024 * a.groups &&
+         fp8_hopper::fp8_multicast_enabled();
+}
+
+// Launches the grouped product (args.hpp) on a.launch with the Hopper kernel; returns the variant
+// that ran ("hopper", or "hopper_multicast" in 2-CTA clusters).
+inline const char* launch_grouped_fp8_gemm_hopper(const GroupedFp8GemmArgs& a) {
   using namespace grouped_fp8_hopper;
   check(grouped_fp8_gemm_hopper_supports(a), "grouped_fp8_gemm",
         "the Hopper kernel needs an sm_90 GPU, N and K multiples of 16, 1 to ", kMaxGroups,
@@ -265,17 +309,29 @@ inline void launch_grouped_fp8_gemm_hopper(const GroupedFp8GemmArgs& a) {
   p.out_is_fp32 = a.d_dtype == DType::f32;
   p.pingpong = fp8_hopper::fp8_pingpong_enabled();
   p.d_row_bytes = a.n * (p.out_is_fp32 ? 4 : 2);
-  const std::int64_t row_tiles = masked ? a.groups * ((a.rows + kBlockM - 1) / kBlockM)
-                                        : (a.rows + kBlockM - 1) / kBlockM + a.groups;
+  const int cluster = grouped_fp8_multicast(a) ? 2 : 1;
+  const std::int64_t unit_rows = kBlockM * cluster;
+  const std::int64_t row_tiles = masked ? a.groups * ((a.rows + unit_rows - 1) / unit_rows)
+                                        : (a.rows + unit_rows - 1) / unit_rows + a.groups;
   const std::int64_t max_units = row_tiles * p.col_tiles;
   check(max_units < (std::int64_t{1} << 31), "grouped_fp8_gemm", "too many tiles for the Hopper kernel: ", max_units);
   const CUtensorMap a_map = fp8_hopper::make_tensor_map(a.a, rows_total, a.k, a.k, kBlockM);
-  const CUtensorMap b_map = make_weight_map(a.b, a.groups, a.n, a.k);
-  const int grid = static_cast<int>(std::min<std::int64_t>(max_units, device_info(a.launch.device).sms));
+  const CUtensorMap b_map = make_weight_map(a.b, a.groups, a.n, a.k, kBlockN / cluster);
   constexpr int smem = Layout::bytes_with_alignment;
-  opt_in_shared_memory(grouped_fp8_gemm_kernel, smem, a.launch.device);
-  grouped_fp8_gemm_kernel<<<grid, kThreads, smem, a.launch.stream>>>(a_map, b_map, p);
-  KILN_CUDA_CHECK_LAUNCH();
+  const int device = a.launch.device;
+  if (cluster == 1) {
+    const int grid = static_cast<int>(std::min<std::int64_t>(max_units, device_info(device).sms));
+    opt_in_shared_memory(grouped_fp8_gemm_kernel<1>, smem, device);
+    grouped_fp8_gemm_kernel<1><<<grid, kThreads, smem, a.launch.stream>>>(a_map, b_map, p);
+    KILN_CUDA_CHECK_LAUNCH();
+  } else {
+    const auto kernel = grouped_fp8_gemm_kernel<2>;
+    opt_in_shared_memory(kernel, smem, device);
+    const int clusters = static_cast<int>(
+        std::min<std::int64_t>(max_units, max_active_clusters(kernel, kThreads, smem, 2, device)));
+    launch_in_clusters(kernel, 2 * clusters, kThreads, smem, a.launch.stream, 2, a_map, b_map, p);
+  }
+  return cluster > 1 ? "hopper_multicast" : "hopper";
 }
 
 }  // namespace kiln::kernels

@@ -56,6 +56,16 @@ __device__ inline void tma_load_3d(std::uint32_t dst, const void* tensor_map, in
       : "memory");
 }
 
+// tma_load_3d into every CTA of the cluster named in cta_mask (as tma_load_2d_multicast).
+__device__ inline void tma_load_3d_multicast(std::uint32_t dst, const void* tensor_map, int x, int y, int z,
+                                             std::uint32_t bar, std::uint16_t cta_mask) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
+      " [%0], [%1, {%2, %3, %4}], [%5], %6;" ::"r"(dst),
+      "l"(reinterpret_cast<std::uint64_t>(tensor_map)), "r"(x), "r"(y), "r"(z), "r"(bar), "h"(cta_mask)
+      : "memory");
+}
+
 // The same for a 4-D tensor map, at (x = innermost coordinate, y, z, w): e.g. one head's rows of a
 // [B][H][S][d] operand with any batch, head and row strides (the attention kernels' views), a box
 // never crossing a head or a batch entry.
