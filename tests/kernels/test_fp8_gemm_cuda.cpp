@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <string>
 #include <vector>
@@ -346,62 +347,27 @@ TEST(Fp8GemmCuda, SplitKIsBitIdenticalAcrossRuns) {
   }
 }
 
-// The two consumer warpgroups issue their wgmmas in turns (KILN_FP8_PINGPONG, on by default) or
-// freely: only the timing changes, every warpgroup sums in the same order, so the bits must be equal.
-// Shapes with two consumers: 1000 × 2112 (128 × 128 tiles, promotion after each group), 200 × 2112
-// (128 × 64 tiles split along K, the promotion overlapped within each warpgroup), at every
-// promotion interval, both weight tilings, an odd K, FP32 and bf16 outputs.
-TEST(Fp8GemmCuda, TurnsGiveTheSameBits) {
-  KILN_REQUIRE_GPU();
-  std::uint64_t seed = 500;
-  for (std::int64_t m : {1000, 200})
-    for (std::int64_t k : {7168, 1040})
-      for (Tiling bt : {Tiling::block_128x128, Tiling::row_1x128}) {
-        const QuantizedMatrix a = fp8::quantize(gpu_matrix(m, k, seed++), Tiling::row_1x128);
-        const QuantizedMatrix b = fp8::quantize(gpu_matrix(2112, k, seed++), bt);
-        const std::vector<std::int64_t> rows = some_rows(m, 16, seed++);
-        const Tensor<double> ref = fp8::gemm_reference(a, b, rows);
-        for (int interval : {128, 64, 32}) {
-          SCOPED_TRACE(str("M ", m, " K ", k, " B ", fp8::tiling_name(bt), " promotion every ", interval));
-          fp8::GemmOptions opt;
-          opt.kernel = GemmKernel::hopper;
-          opt.promotion_interval = interval;
-          std::vector<std::uint32_t> bits[2];
-          std::vector<std::uint16_t> bf_bits[2];
-          for (int on = 0; on < 2; ++on) {
-            const ScopedEnv setting("KILN_FP8_PINGPONG", on ? "on" : "off");
-            poison_cached_memory();
-            const Tensor<float> d = fp8::gemm<float>(a, b, opt);
-            bits[on] = bits_of(d.to_vector());
-            EXPECT_LE(relative_error(rows_of(d, rows), ref.to_vector()), tolerance<float>(GemmKernel::hopper, interval));
-            for (const bf16& v : fp8::gemm<bf16>(a, b, opt).to_vector()) bf_bits[on].push_back(v.bits);
-          }
-          EXPECT_TRUE(bits[0] == bits[1]) << "FP32 outputs differ with and without turns";
-          EXPECT_TRUE(bf_bits[0] == bf_bits[1]) << "bf16 outputs differ with and without turns";
-        }
-      }
-}
+namespace {
 
-// 128 × 128 tiles run in 2-CTA clusters sharing the B tile by TMA multicast (KILN_FP8_MULTICAST, on
-// by default) or one CTA a tile: each tile's sums are the same either way, so the bits must be
-// equal. Shapes: 1000 rows (8 M-tiles: 4 pairs), 1100 (9: the last pair's second CTA has no rows),
-// 4224 (33 M-tiles × 17 N-tiles: more pairs than clusters, so each cluster runs several in turn);
-// N 2112 (an N-tile of 64 columns at the edge), K 7168 and 1040 (a partial k-block), both weight
-// tilings, promotion every 128 and 64 and none, FP32 and bf16 outputs.
-TEST(Fp8GemmCuda, MulticastGivesTheSameBits) {
-  KILN_REQUIRE_GPU();
-  if (!gpu_is_hopper()) GTEST_SKIP() << "the multicast kernel is the Hopper kernel's";
-  std::uint64_t seed = 900;
-  for (std::int64_t m : {1000, 1100, 4224})
+// A setting of the Hopper kernel that changes only how the work is scheduled: with the environment
+// variable `setting` off and on, D must be the same bits (FP32 and bf16 outputs), and within the
+// tolerance against float64 where promoted. For each M of `ms`, N 2112 (an edge N-tile of 64
+// columns), K 7168 and 1040 (a partial k-block), both weight tilings, each promotion interval of
+// `intervals` (0: no promotion, 128×128 weight blocks only). variant(on): the fp8_gemm launch each
+// must record, when not empty.
+void expect_setting_keeps_bits(const char* setting, const std::vector<std::int64_t>& ms,
+                               const std::vector<int>& intervals, std::uint64_t seed,
+                               const std::function<std::string(bool)>& variant) {
+  for (std::int64_t m : ms)
     for (std::int64_t k : {7168, 1040})
       for (Tiling bt : {Tiling::block_128x128, Tiling::row_1x128}) {
         const QuantizedMatrix a = fp8::quantize(gpu_matrix(m, k, seed++), Tiling::row_1x128);
         const QuantizedMatrix b = fp8::quantize(gpu_matrix(2112, k, seed++), bt);
         const std::vector<std::int64_t> rows = some_rows(m, 16, seed++);
         const Tensor<double> ref = fp8::gemm_reference(a, b, rows);
-        for (int interval : {128, 64, 0}) {
-          if (interval == 0 && bt != Tiling::block_128x128) continue;  // no promotion: 128×128 blocks only
-          SCOPED_TRACE(str("M ", m, " K ", k, " B ", fp8::tiling_name(bt), " promotion every ", interval));
+        for (int interval : intervals) {
+          if (interval == 0 && bt != Tiling::block_128x128) continue;
+          SCOPED_TRACE(str(setting, ": M ", m, " K ", k, " B ", fp8::tiling_name(bt), " promotion every ", interval));
           fp8::GemmOptions opt;
           opt.kernel = GemmKernel::hopper;
           opt.promote = interval > 0;
@@ -409,22 +375,49 @@ TEST(Fp8GemmCuda, MulticastGivesTheSameBits) {
           std::vector<std::uint32_t> bits[2];
           std::vector<std::uint16_t> bf_bits[2];
           for (int on = 0; on < 2; ++on) {
-            const ScopedEnv setting("KILN_FP8_MULTICAST", on ? "on" : "off");
+            const ScopedEnv env(setting, on ? "on" : "off");
             poison_cached_memory();
             KernelTrace trace;
             const Tensor<float> d = fp8::gemm<float>(a, b, opt);
             bits[on] = bits_of(d.to_vector());
-            EXPECT_EQ(trace.launches(), std::vector<std::string>{on ? "fp8_gemm/hopper_multicast" : "fp8_gemm/hopper"});
+            if (const std::string want = variant(on != 0); !want.empty()) {
+              EXPECT_EQ(trace.launches(), std::vector<std::string>{want});
+            }
             if (opt.promote) {
               EXPECT_LE(relative_error(rows_of(d, rows), ref.to_vector()),
                         tolerance<float>(GemmKernel::hopper, interval));
             }
             for (const bf16& v : fp8::gemm<bf16>(a, b, opt).to_vector()) bf_bits[on].push_back(v.bits);
           }
-          EXPECT_TRUE(bits[0] == bits[1]) << "FP32 outputs differ with and without multicast";
-          EXPECT_TRUE(bf_bits[0] == bf_bits[1]) << "bf16 outputs differ with and without multicast";
+          EXPECT_TRUE(bits[0] == bits[1]) << "FP32 outputs differ with " << setting << " on and off";
+          EXPECT_TRUE(bf_bits[0] == bf_bits[1]) << "bf16 outputs differ with " << setting << " on and off";
         }
       }
+}
+
+}  // namespace
+
+// The two consumer warpgroups issue their wgmmas in turns (KILN_FP8_PINGPONG, on by default) or
+// freely: only the timing changes, every warpgroup sums in the same order, so the bits must be equal.
+// Shapes with two consumers: 1000 × 2112 (128 × 128 tiles, promotion after each group), 200 × 2112
+// (128 × 64 tiles split along K, the promotion overlapped within each warpgroup), at every
+// promotion interval, both weight tilings, an odd K, FP32 and bf16 outputs.
+TEST(Fp8GemmCuda, TurnsGiveTheSameBits) {
+  KILN_REQUIRE_GPU();
+  expect_setting_keeps_bits("KILN_FP8_PINGPONG", {1000, 200}, {128, 64, 32}, 500, [](bool) { return std::string(); });
+}
+
+// 128 × 128 tiles run in 2-CTA clusters sharing the B tile by TMA multicast (KILN_FP8_MULTICAST, on
+// by default) or one CTA a tile: each tile's sums are the same either way, so the bits must be
+// equal. M 1000 (8 M-tiles: 4 pairs), 1100 (9: the last pair's second CTA has no rows), 4224 (33
+// M-tiles × 17 N-tiles: more pairs than clusters, so each cluster runs several in turn); promotion
+// every 128 and 64 and none.
+TEST(Fp8GemmCuda, MulticastGivesTheSameBits) {
+  KILN_REQUIRE_GPU();
+  if (!gpu_is_hopper()) GTEST_SKIP() << "the multicast kernel is the Hopper kernel's";
+  expect_setting_keeps_bits("KILN_FP8_MULTICAST", {1000, 1100, 4224}, {128, 64, 0}, 900, [](bool on) {
+    return std::string(on ? "fp8_gemm/hopper_multicast" : "fp8_gemm/hopper");
+  });
 }
 
 TEST(Fp8GemmCuda, OddShapes) {
