@@ -278,7 +278,7 @@ inline bool grouped_fp8_gemm_hopper_supports(const GroupedFp8GemmArgs& a) {
 // multicast, as the dense kernel's 128 × 128 tiles (kernels/fp8_gemm/gemm_hopper.cuh): contiguous
 // layouts whose groups average at least 1024 rows (a group of an odd number of row tiles leaves one
 // CTA of its last pair idle, at most 1/16 of the work there; masked decode-time slots are small),
-// unless KILN_FP8_MULTICAST=off.
+// with KILN_FP8_MULTICAST=on (fp8_hopper::fp8_multicast_enabled).
 inline bool grouped_fp8_multicast(const GroupedFp8GemmArgs& a) {
   return a.layout == GroupedFp8Layout::contiguous && a.rows >= 1024 * a.groups &&
          fp8_hopper::fp8_multicast_enabled();

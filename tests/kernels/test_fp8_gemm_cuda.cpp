@@ -407,8 +407,8 @@ TEST(Fp8GemmCuda, TurnsGiveTheSameBits) {
   expect_setting_keeps_bits("KILN_FP8_PINGPONG", {1000, 200}, {128, 64, 32}, 500, [](bool) { return std::string(); });
 }
 
-// 128 × 128 tiles run in 2-CTA clusters sharing the B tile by TMA multicast (KILN_FP8_MULTICAST, on
-// by default) or one CTA a tile: each tile's sums are the same either way, so the bits must be
+// 128 × 128 tiles run in 2-CTA clusters sharing the B tile by TMA multicast (KILN_FP8_MULTICAST=on)
+// or one CTA a tile: each tile's sums are the same either way, so the bits must be
 // equal. M 1000 (8 M-tiles: 4 pairs), 1100 (9: the last pair's second CTA has no rows), 4224 (33
 // M-tiles × 17 N-tiles: more pairs than clusters, so each cluster runs several in turn); promotion
 // every 128 and 64 and none.

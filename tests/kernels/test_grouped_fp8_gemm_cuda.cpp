@@ -194,7 +194,7 @@ TEST(GroupedFp8GemmCuda, TurnsGiveTheSameBits) {
 }
 
 // Groups averaging at least 1024 rows run their row tiles in pairs in 2-CTA clusters sharing the
-// weight tile (KILN_FP8_MULTICAST, on by default): each tile's sums are unchanged, so the bits must
+// weight tile (KILN_FP8_MULTICAST=on): each tile's sums are unchanged, so the bits must
 // equal one CTA a tile's. Sizes with an odd number of row tiles (1300: 11, 129: 2, 1: 1 — a pair
 // whose second CTA has no rows of the group, its A tile the next group's), an empty group, and
 // enough pairs (75 × 7 column tiles) that each cluster runs several.
