@@ -9,7 +9,9 @@
 // the result is deterministic). The grid has one CTA per SM; CTA i takes units i, i + grid, ...
 // (a persistent grid: no launch or tail cost per tile, and the next tile's loads start while the
 // current tile's epilogue runs). Units are ordered in bands of 8 M-tiles so that CTAs running at the
-// same time share A and B tiles in L2.
+// same time share A and B tiles in L2. Optionally (KILN_FP8_MULTICAST=on, 128 × 128 tiles, no split)
+// a unit is two vertically adjacent tiles computed by the two CTAs of a cluster, each copying half of
+// their common B tile into both by TMA multicast (Fp8GemmPlan::cluster; rules in sm90/cluster.cuh).
 //
 // Warp specialisation. Warpgroup 0 is the producer: one thread issues, per k-block of 128, a TMA
 // copy of the A tile (BM × 128 bytes), of the B tile (BN × 128 bytes) and bulk copies of the scales
