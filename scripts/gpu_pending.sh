@@ -676,7 +676,10 @@ for phase in "$@"; do
         old_build=$!
       fi
       # LEAN=1: without the trainer's tests and the grouped benchmark (their builds take minutes).
-      if [ -n "${LEAN:-}" ]; then
+      # TESTS_ONLY=1: the kernel and autograd tests alone (no benchmark is built or run).
+      if [ -n "${TESTS_ONLY:-}" ]; then
+        build test_kernels_cuda test_nn_cuda
+      elif [ -n "${LEAN:-}" ]; then
         build test_kernels_cuda test_nn_cuda pretrain bench_fp8_gemm_cuda
       else
         build test_kernels_cuda test_nn_cuda test_train_infer_rl_cuda pretrain bench_fp8_gemm_cuda \
@@ -689,7 +692,7 @@ for phase in "$@"; do
       grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT"/test_kernels.log | head -20
       timeout 150 "$BUILD/tests/test_nn_cuda" > "$OUT/test_nn.log" 2>&1 || rc=1
       grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT"/test_nn.log | head -20
-      if [ -z "${LEAN:-}" ]; then
+      if [ -z "${LEAN:-}" ] && [ -z "${TESTS_ONLY:-}" ]; then
         timeout 120 "$BUILD/tests/test_train_infer_rl_cuda" --gtest_filter='TrainerCuda.*' > "$OUT/test_train.log" 2>&1 ||
           rc=1
         grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT"/test_train.log | head -20
@@ -706,6 +709,7 @@ for phase in "$@"; do
           echo "multicast $variant $1: $(grep -A1 '^geometric mean' "$OUT/bench_fp8_gemm_${variant}_$1.log" | tr '\n' ' ')"
         done
       }
+      [ -n "${TESTS_ONLY:-}" ] && continue
       fp8_round 1
       [ -n "${old_build:-}" ] && { wait $old_build || { echo "old build failed"; tail -20 "$BUILD_LOGS/build_old.log"; }; }
       for tree in new old; do
