@@ -676,8 +676,16 @@ for phase in "$@"; do
         old_build=$!
       fi
       # LEAN=1: without the trainer's tests and the grouped benchmark (their builds take minutes).
-      # TESTS_ONLY=1: the kernel and autograd tests alone (no benchmark is built or run).
-      if [ -n "${TESTS_ONLY:-}" ]; then
+      # TESTS_ONLY=1: the kernel and autograd tests alone (no benchmark is built or run);
+      # KERNELS_ONLY=1: the kernel tests alone (test_kernels_cuda: the shortest build).
+      if [ -n "${KERNELS_ONLY:-}" ]; then
+        build test_kernels_cuda
+        for filter in 'RmsNorm*:MatmulCuda.*:Moe*' 'Fp8GemmCuda.*:GroupedFp8GemmCuda.*' 'FusedAttentionCuda.*'; do
+          timeout 100 "$BUILD/tests/test_kernels_cuda" --gtest_filter="$filter" >> "$OUT/test_kernels.log" 2>&1 || rc=1
+        done
+        grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure|^\[ RUN" "$OUT"/test_kernels.log | grep -v "RUN" | head -20
+        continue
+      elif [ -n "${TESTS_ONLY:-}" ]; then
         build test_kernels_cuda test_nn_cuda
       elif [ -n "${LEAN:-}" ]; then
         build test_kernels_cuda test_nn_cuda pretrain bench_fp8_gemm_cuda
