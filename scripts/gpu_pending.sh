@@ -482,7 +482,9 @@ for phase in "$@"; do
         old_build=$!
       fi
       build test_kernels_cuda bench_fp8_gemm_cuda
-      [ -n "${old_build:-}" ] && { wait $old_build || { echo "old build failed"; tail -20 "$BUILD_LOGS/build_old.log"; }; }
+      if [ -n "${old_build:-}" ]; then
+        wait $old_build || { echo "old build failed"; tail -20 "$BUILD_LOGS/build_old.log"; }
+      fi
       timeout 200 "$BUILD/tests/test_kernels_cuda" \
         --gtest_filter='Fp8GemmCuda.*:GroupedFp8GemmCuda.*:KGroupedFp8GemmCuda.*' \
         > "$OUT/test_fp8_gemm.log" 2>&1 || rc=1
@@ -550,7 +552,9 @@ for phase in "$@"; do
         old_build=$!
       fi
       build test_kernels_cuda test_train_infer_rl_cuda test_nn_cuda bench_paged_decode_cuda bench_moe_cuda pretrain
-      [ -n "${old_build:-}" ] && { wait $old_build || { echo "old build failed"; tail -20 "$BUILD_LOGS/build_old.log"; }; }
+      if [ -n "${old_build:-}" ]; then
+        wait $old_build || { echo "old build failed"; tail -20 "$BUILD_LOGS/build_old.log"; }
+      fi
       ;;
     combine-tests)
       # The decode kernels' tests, the FP8 latent cache's, the grouped GEMMs' (with the SwiGLU
@@ -683,7 +687,7 @@ for phase in "$@"; do
         for filter in 'RmsNorm*:MatmulCuda.*:Moe*' 'Fp8GemmCuda.*:GroupedFp8GemmCuda.*' 'FusedAttentionCuda.*'; do
           timeout 100 "$BUILD/tests/test_kernels_cuda" --gtest_filter="$filter" >> "$OUT/test_kernels.log" 2>&1 || rc=1
         done
-        grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure|^\[ RUN" "$OUT"/test_kernels.log | grep -v "RUN" | head -20
+        grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT"/test_kernels.log | head -20
         continue
       elif [ -n "${TESTS_ONLY:-}" ]; then
         build test_kernels_cuda test_nn_cuda
@@ -701,25 +705,29 @@ for phase in "$@"; do
       timeout 150 "$BUILD/tests/test_nn_cuda" > "$OUT/test_nn.log" 2>&1 || rc=1
       grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT"/test_nn.log | head -20
       if [ -z "${LEAN:-}" ] && [ -z "${TESTS_ONLY:-}" ]; then
-        timeout 120 "$BUILD/tests/test_train_infer_rl_cuda" --gtest_filter='TrainerCuda.*' > "$OUT/test_train.log" 2>&1 ||
-          rc=1
+        timeout 120 "$BUILD/tests/test_train_infer_rl_cuda" --gtest_filter='TrainerCuda.*' \
+          > "$OUT/test_train.log" 2>&1 || rc=1
         grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT"/test_train.log | head -20
       fi
       timeout 120 "$BUILD/tests/test_kernels_cuda" \
         --gtest_filter='Fp8GemmCuda.*:GroupedFp8GemmCuda.*:KGroupedFp8GemmCuda.*' > "$OUT/test_fp8.log" 2>&1 || rc=1
       grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT"/test_fp8.log | head -20
-      grep -q "^\[  PASSED" "$OUT"/test_fp8.log || echo "FP8 tests did not finish: $(grep -E '^\[ RUN' "$OUT"/test_fp8.log | tail -1)"
+      grep -q "^\[  PASSED" "$OUT"/test_fp8.log ||
+        echo "FP8 tests did not finish: $(grep -E '^\[ RUN' "$OUT"/test_fp8.log | tail -1)"
       fp8_round() {
         for variant in on off; do
           [ $SECONDS -lt "${DEADLINE:-500}" ] || { echo "deadline: multicast $variant round $1 not run"; continue; }
           KILN_FP8_MULTICAST=$variant timeout 100 "$BUILD/benchmarks/bench_fp8_gemm_cuda" \
             > "$OUT/bench_fp8_gemm_${variant}_$1.log" 2>&1 || rc=1
-          echo "multicast $variant $1: $(grep -A1 '^geometric mean' "$OUT/bench_fp8_gemm_${variant}_$1.log" | tr '\n' ' ')"
+          echo "multicast $variant $1: $(grep -A1 '^geometric mean' "$OUT/bench_fp8_gemm_${variant}_$1.log" |
+            tr '\n' ' ')"
         done
       }
       [ -n "${TESTS_ONLY:-}" ] && continue
       fp8_round 1
-      [ -n "${old_build:-}" ] && { wait $old_build || { echo "old build failed"; tail -20 "$BUILD_LOGS/build_old.log"; }; }
+      if [ -n "${old_build:-}" ]; then
+        wait $old_build || { echo "old build failed"; tail -20 "$BUILD_LOGS/build_old.log"; }
+      fi
       for tree in new old; do
         [ $SECONDS -lt "${DEADLINE:-500}" ] || { echo "deadline: pretrain $tree not run"; continue; }
         bin="$BUILD/examples/pretrain"

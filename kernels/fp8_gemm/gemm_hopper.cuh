@@ -179,16 +179,15 @@ __global__ void __launch_bounds__((BM / 64 + 1) * 128, 1)
         s.k = kb * kBlockK;
         s.a_scales = p.a_scale + kb * p.a_scale_ld + w.m0;
         s.b_scales = p.b_scale + kb * p.b_scale_ld + w.n0;
-        fill_stage<Layout, CLUSTER>(smem, base, full_bar, empty_bar, ring, &a_map, s,
-                                    [&](std::uint32_t dst, std::uint32_t full) {
+        fill_stage<Layout>(smem, base, full_bar, empty_bar, ring, &a_map, s, [&](std::uint32_t dst, std::uint32_t bar) {
           if constexpr (CLUSTER == 1) {
-            sm90::tma_load_2d(dst, &b_map, kb * kBlockK, w.n0, full);
+            sm90::tma_load_2d(dst, &b_map, kb * kBlockK, w.n0, bar);
           } else {
             // The cluster's CTAs share the B tile: rank r copies rows [r, r + 1) · BN / CLUSTER of it
             // into every CTA (b_map's box is BN / CLUSTER rows; whole 8-row swizzle atoms, so the
             // shares line up with the tile's swizzle).
             constexpr int kShare = BN / CLUSTER;
-            sm90::tma_load_2d_multicast(dst + rank * kShare * kBlockK, &b_map, kb * kBlockK, w.n0 + rank * kShare, full,
+            sm90::tma_load_2d_multicast(dst + rank * kShare * kBlockK, &b_map, kb * kBlockK, w.n0 + rank * kShare, bar,
                                         static_cast<std::uint16_t>((1u << CLUSTER) - 1));
           }
         });
@@ -198,7 +197,7 @@ __global__ void __launch_bounds__((BM / 64 + 1) * 128, 1)
     // of each stage's last fill (the ring's next STAGES positions), as fill_stage would.
     if constexpr (CLUSTER > 1) {
       for (int s = 0; s < STAGES; ++s) {
-        sm90::mbarrier_wait_cluster(empty_bar + 8 * ring.stage, ring.phase ^ 1);
+        sm90::mbarrier_wait(empty_bar + 8 * ring.stage, ring.phase ^ 1);
         ring.advance(STAGES);
       }
     }
@@ -469,7 +468,8 @@ inline const char* launch_fp8_gemm_hopper(const Fp8GemmArgs& g, float* workspace
                                 : make_output_map(g.d, g.d_dtype == DType::f32, g.m, g.n, g.ldd, 1);
   const int interval = g.promotion_interval;
   if (plan.cluster == 2) launch_with_interval<128, 128, 2>(interval, a_map, b_map, d_map, p, device, stream);
-  else if (plan.bm == 128 && plan.bn == 128) launch_with_interval<128, 128>(interval, a_map, b_map, d_map, p, device, stream);
+  else if (plan.bm == 128 && plan.bn == 128)
+    launch_with_interval<128, 128>(interval, a_map, b_map, d_map, p, device, stream);
   else if (plan.bm == 128) launch_with_interval<128, 64>(interval, a_map, b_map, d_map, p, device, stream);
   else if (plan.bn == 128) launch_with_interval<64, 128>(interval, a_map, b_map, d_map, p, device, stream);
   else launch_with_interval<64, 64>(interval, a_map, b_map, d_map, p, device, stream);

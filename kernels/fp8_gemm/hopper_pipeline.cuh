@@ -129,11 +129,10 @@ struct StageSource {
 // The block scale is written by this thread before the arrival on `full` (release semantics), so
 // consumers read it from shared memory after their wait instead of a global load per k-block.
 // An A tile wholly past M (a cluster's spare CTA) has no scales to copy: a_scale_bytes 0.
-template <class Layout, int CLUSTER = 1, class LoadB>
+template <class Layout, class LoadB>
 __device__ inline void fill_stage(std::uint8_t* smem, std::uint32_t base, std::uint32_t full_bar, std::uint32_t empty_bar,
                                   Ring& ring, const CUtensorMap* a_map, const StageSource& s, LoadB&& load_b) {
-  if constexpr (CLUSTER == 1) sm90::mbarrier_wait(empty_bar + 8 * ring.stage, ring.phase ^ 1);
-  else sm90::mbarrier_wait_cluster(empty_bar + 8 * ring.stage, ring.phase ^ 1);
+  sm90::mbarrier_wait(empty_bar + 8 * ring.stage, ring.phase ^ 1);
   if (!s.b_rowwise) reinterpret_cast<float*>(smem + Layout::b_scale_offset)[ring.stage * Layout::bn] = s.b_block_scale;
   const std::uint32_t full = full_bar + 8 * ring.stage;
   sm90::mbarrier_arrive_expect_bytes(full, Layout::a_tile + Layout::b_tile + s.a_scale_bytes + s.b_scale_bytes);

@@ -3,7 +3,8 @@
 // Hopper kernel (hopper.cuh) when args.implementation asks for it, or is automatic and the GPU and
 // the arguments allow it (grouped_fp8_gemm_hopper_supports); else the plain CUDA kernel (simt.cuh).
 // Each launch records which one ran (core/kernel_trace.hpp: "grouped_fp8_gemm/hopper",
-// "grouped_fp8_gemm/hopper_multicast" or "grouped_fp8_gemm/simt"). Nothing runs when there are no rows (R = 0, or M_max = 0).
+// "grouped_fp8_gemm/hopper_multicast" or "grouped_fp8_gemm/simt"). Nothing runs when there are no
+// rows (R = 0, or M_max = 0).
 #pragma once
 
 #include "kiln/core/kernel_trace.hpp"

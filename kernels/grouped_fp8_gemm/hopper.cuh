@@ -168,8 +168,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         if (kb + 1 < p.num_kb) next_b_scale = __ldg(b_block_scales + kb + 1);
         s.k = kb * kBlockK;
         s.a_scales = p.a_scale + kb * p.a_scale_ld + m_aligned;
-        fp8_hopper::fill_stage<Layout, CLUSTER>(smem, base, full_bar, empty_bar, ring, &a_map, s,
-                                                [&](std::uint32_t dst, std::uint32_t full) {
+        fp8_hopper::fill_stage<Layout>(smem, base, full_bar, empty_bar, ring, &a_map, s,
+                                       [&](std::uint32_t dst, std::uint32_t full) {
           if constexpr (CLUSTER == 1) {
             sm90::tma_load_3d(dst, &b_map, kb * kBlockK, n0, tile.group, full);
           } else {
@@ -185,7 +185,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     // A CTA must outlive its peers' arrivals on its barriers (kernels/common/sm90/cluster.cuh).
     if constexpr (CLUSTER > 1) {
       for (int s = 0; s < STAGES; ++s) {
-        sm90::mbarrier_wait_cluster(empty_bar + 8 * ring.stage, ring.phase ^ 1);
+        sm90::mbarrier_wait(empty_bar + 8 * ring.stage, ring.phase ^ 1);
         ring.advance(STAGES);
       }
     }
@@ -216,9 +216,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     float acc[kFragment];
 #pragma unroll
     for (int i = 0; i < kFragment; ++i) acc[i] = 0.f;
-    fp8_hopper::promoted_mainloop<Layout, 128, false, CLUSTER>(acc, p.num_kb, smem, base, full_bar, empty_bar, wait_ring,
-                                                      release_ring, consumer, consumer * 64 + row_local + shift,
-                                                      col_in_chunk, lane, turns);
+    fp8_hopper::promoted_mainloop<Layout, 128, false, CLUSTER>(acc, p.num_kb, smem, base, full_bar, empty_bar,
+                                                               wait_ring, release_ring, consumer,
+                                                               consumer * 64 + row_local + shift, col_in_chunk, lane,
+                                                               turns);
 
     // ---- epilogue: fragment -> staging tile -> masked 16-byte stores ----
     const std::int64_t tile_row0 = tile.row0 + consumer * 64;

@@ -234,7 +234,8 @@ TEST(GroupedFp8GemmCuda, MulticastGivesTheSameBits) {
     pick_rows(start, sizes[g], static_cast<int>(g), 6, rows, groups);
   std::vector<double> got;
   for (std::int64_t r : rows)
-    for (std::int64_t c = 0; c < N; ++c) got.push_back(static_cast<double>(out[1][static_cast<std::size_t>(r * N + c)]));
+    for (std::int64_t c = 0; c < N; ++c)
+      got.push_back(static_cast<double>(out[1][static_cast<std::size_t>(r * N + c)]));
   EXPECT_LE(relative_error(got, dequantized_product(a, b, rows, groups)),
             grouped_tolerance(GroupedGemmKernel::hopper, false));
 }
