@@ -69,6 +69,8 @@
 #           the B tile by TMA multicast): the FP8 GEMM tests (MulticastGivesTheSameBits), then
 #           bench_fp8_gemm_cuda with KILN_FP8_MULTICAST on, off and the tree in $OLD_TREE (optional),
 #           twice, while under $DEADLINE (default 540)                 -> docs/fp8-gemm.md
+#   multicast-check  the FP8 GEMM's clusters at one shape: on/off timings, then Nsight Compute's
+#           launch statistics and warp states of a multicast launch        -> docs/fp8-gemm.md
 #   folds-fp8  folds and fp8-multicast in one call (their tests, the FP8 benchmark with multicast on and
 #           off, the pretrain A/B against $OLD_TREE, the benchmark again) while under $DEADLINE (500)
 #   profile-speculative  the kernels of 4 MTP speculative decode steps (bench_grpo_cuda
@@ -443,6 +445,21 @@ for phase in "$@"; do
           "$BUILD/benchmarks/bench_fp8_gemm_cuda" --shape 4096,7168,16384 > "$OUT/profile_fp8_gemm_$turns.txt" 2>&1 || rc=1
         grep -E "Duration|Throughput|Issue Slots|Eligible|Stall|Tensor" "$OUT/profile_fp8_gemm_$turns.txt" | head -30
       done
+      ;;
+    multicast-check)
+      # The FP8 GEMM's 2-CTA clusters at 4096 x 7168 x 16384 (2026-12-07: the first version, with
+      # cluster-scope release/acquire, ran 1.79x slower than one CTA a tile): the benchmark's one
+      # shape with multicast on, off, on, off, then Nsight Compute's launch statistics (the grid:
+      # how many clusters were resident), speed of light and warp states of one multicast launch.
+      build bench_fp8_gemm_cuda
+      for variant in on off on off; do
+        KILN_FP8_MULTICAST=$variant timeout 30 "$BUILD/benchmarks/bench_fp8_gemm_cuda" --shape 4096,7168,16384 \
+          2>&1 | grep -E "^ +4096" | sed "s/^/multicast $variant: /"
+      done
+      KILN_FP8_MULTICAST=on timeout 200 ncu --clock-control none -k regex:fp8_gemm_kernel --launch-skip 3 \
+        --launch-count 1 --section LaunchStats --section Occupancy --section SpeedOfLight --section WarpStateStats \
+        "$BUILD/benchmarks/bench_fp8_gemm_cuda" --shape 4096,7168,16384 > "$OUT/profile_multicast.txt" 2>&1 || rc=1
+      grep -E "Grid Size|Cluster|Duration|Throughput|Stall|Tensor" "$OUT/profile_multicast.txt" | head -30
       ;;
     profile-fp8-gemm-source)
       # Where the FP8 GEMM's warps stall, instruction by instruction (2026-12-07's profile: a
