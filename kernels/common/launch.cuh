@@ -127,4 +127,22 @@ int max_active_clusters(Kernel* kernel, int block, std::size_t smem, int cluster
   return clusters;
 }
 
+// A persistent kernel (each CTA, or each cluster of `cluster` CTAs, loops over units i, i + grid,
+// ...): one CTA an SM, or as many clusters as fit at once, never more than `units`. The kernel's
+// shared memory is opted into here.
+template <class... Params, class... Args>
+void launch_persistent(void (*kernel)(Params...), std::int64_t units, int block, std::size_t smem, cudaStream_t stream,
+                       int device, int cluster, Args&&... args) {
+  opt_in_shared_memory(kernel, smem, device);
+  if (cluster == 1) {
+    const int grid = static_cast<int>(std::min<std::int64_t>(units, device_info(device).sms));
+    kernel<<<grid, block, smem, stream>>>(std::forward<Args>(args)...);
+    KILN_CUDA_CHECK_LAUNCH();
+  } else {
+    const int clusters =
+        static_cast<int>(std::min<std::int64_t>(units, max_active_clusters(kernel, block, smem, cluster, device)));
+    launch_in_clusters(kernel, cluster * clusters, block, smem, stream, cluster, std::forward<Args>(args)...);
+  }
+}
+
 }  // namespace kiln::kernels

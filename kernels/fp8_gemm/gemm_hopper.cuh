@@ -193,14 +193,7 @@ __global__ void __launch_bounds__((BM / 64 + 1) * 128, 1)
         });
       }
     }
-    // A CTA must outlive the arrivals of its peers' consumers on its barriers: wait for the release
-    // of each stage's last fill (the ring's next STAGES positions), as fill_stage would.
-    if constexpr (CLUSTER > 1) {
-      for (int s = 0; s < STAGES; ++s) {
-        sm90::mbarrier_wait(empty_bar + 8 * ring.stage, ring.phase ^ 1);
-        ring.advance(STAGES);
-      }
-    }
+    await_last_releases<Layout, CLUSTER>(empty_bar, ring);
     return;
   }
 
@@ -352,25 +345,14 @@ inline CUtensorMap make_output_map(void* data, bool fp32, std::int64_t rows, std
   return map;
 }
 
-// The kernel's shared memory is past the 48 KiB default, so each (device, kernel) pair opts in before
-// its first launch (kernels/common/launch.cuh: per device, so every GPU of the process can run it).
-// One CTA per SM (its shared memory), or in clusters of CLUSTER as many clusters as fit at once;
-// never more than the units.
+// Persistent (kernels/common/launch.cuh, launch_persistent: one CTA an SM or as many clusters of
+// CLUSTER as fit, never more than the units; the shared memory past the 48 KiB default opted into
+// per device, so every GPU of the process can run it).
 template <int BM, int BN, int INTERVAL, int CLUSTER>
 void launch(const CUtensorMap& a_map, const CUtensorMap& b_map, const CUtensorMap& d_map, const Params& p, int device,
             cudaStream_t stream) {
-  constexpr int smem = SharedLayout<BM, BN>::bytes_with_alignment;
-  constexpr int threads = (BM / 64 + 1) * 128;
-  const auto kernel = fp8_gemm_kernel<BM, BN, INTERVAL, CLUSTER>;
-  opt_in_shared_memory(kernel, smem, device);
-  if constexpr (CLUSTER == 1) {
-    const int grid = std::min(p.units, device_info(device).sms);
-    kernel<<<grid, threads, smem, stream>>>(a_map, b_map, d_map, p);
-    KILN_CUDA_CHECK_LAUNCH();
-  } else {
-    const int clusters = std::min(p.units, max_active_clusters(kernel, threads, smem, CLUSTER, device));
-    launch_in_clusters(kernel, CLUSTER * clusters, threads, smem, stream, CLUSTER, a_map, b_map, d_map, p);
-  }
+  launch_persistent(fp8_gemm_kernel<BM, BN, INTERVAL, CLUSTER>, p.units, (BM / 64 + 1) * 128,
+                    SharedLayout<BM, BN>::bytes_with_alignment, stream, device, CLUSTER, a_map, b_map, d_map, p);
 }
 
 template <int BM, int BN, int CLUSTER = 1>

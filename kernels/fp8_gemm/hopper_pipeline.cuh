@@ -146,6 +146,19 @@ __device__ inline void fill_stage(std::uint8_t* smem, std::uint32_t base, std::u
   ring.advance(Layout::stages);
 }
 
+// The producer's last act in a cluster: wait for the release of each stage's last fill (the ring's
+// next STAGES positions, as fill_stage would), so that its CTA outlives the peers' arrivals on its
+// `empty` barriers (kernels/common/sm90/cluster.cuh). Nothing to wait for outside a cluster.
+template <class Layout, int CLUSTER>
+__device__ inline void await_last_releases(std::uint32_t empty_bar, Ring ring) {
+  if constexpr (CLUSTER > 1) {
+    for (int s = 0; s < Layout::stages; ++s) {
+      sm90::mbarrier_wait(empty_bar + 8 * ring.stage, ring.phase ^ 1);
+      ring.advance(Layout::stages);
+    }
+  }
+}
+
 // One consumer warpgroup's k-loop over num_kb ≥ 1 k-blocks with promotion every INTERVAL (32, 64 or
 // 128) elements of K: acc (this thread's 64 × BN fragment, zeroed by the caller) += Σ part · a_scale
 // · b_scale. scale_row: this thread's first row (of row, row + 8) in the stage's A-scale run (the

@@ -182,13 +182,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         });
       }
     }
-    // A CTA must outlive its peers' arrivals on its barriers (kernels/common/sm90/cluster.cuh).
-    if constexpr (CLUSTER > 1) {
-      for (int s = 0; s < STAGES; ++s) {
-        sm90::mbarrier_wait(empty_bar + 8 * ring.stage, ring.phase ^ 1);
-        ring.advance(STAGES);
-      }
-    }
+    fp8_hopper::await_last_releases<Layout, CLUSTER>(empty_bar, ring);
     return;
   }
 
@@ -318,20 +312,8 @@ inline const char* launch_grouped_fp8_gemm_hopper(const GroupedFp8GemmArgs& a) {
   check(max_units < (std::int64_t{1} << 31), "grouped_fp8_gemm", "too many tiles for the Hopper kernel: ", max_units);
   const CUtensorMap a_map = fp8_hopper::make_tensor_map(a.a, rows_total, a.k, a.k, kBlockM);
   const CUtensorMap b_map = make_weight_map(a.b, a.groups, a.n, a.k, kBlockN / cluster);
-  constexpr int smem = Layout::bytes_with_alignment;
-  const int device = a.launch.device;
-  if (cluster == 1) {
-    const int grid = static_cast<int>(std::min<std::int64_t>(max_units, device_info(device).sms));
-    opt_in_shared_memory(grouped_fp8_gemm_kernel<1>, smem, device);
-    grouped_fp8_gemm_kernel<1><<<grid, kThreads, smem, a.launch.stream>>>(a_map, b_map, p);
-    KILN_CUDA_CHECK_LAUNCH();
-  } else {
-    const auto kernel = grouped_fp8_gemm_kernel<2>;
-    opt_in_shared_memory(kernel, smem, device);
-    const int clusters = static_cast<int>(
-        std::min<std::int64_t>(max_units, max_active_clusters(kernel, kThreads, smem, 2, device)));
-    launch_in_clusters(kernel, 2 * clusters, kThreads, smem, a.launch.stream, 2, a_map, b_map, p);
-  }
+  launch_persistent(cluster > 1 ? grouped_fp8_gemm_kernel<2> : grouped_fp8_gemm_kernel<1>, max_units, kThreads,
+                    Layout::bytes_with_alignment, a.launch.stream, a.launch.device, cluster, a_map, b_map, p);
   return cluster > 1 ? "hopper_multicast" : "hopper";
 }
 

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <string>
 #include <vector>
@@ -159,64 +160,30 @@ TEST(GroupedFp8GemmCuda, DeepSeekV3Shapes) {
   }
 }
 
-// The consumers' turns (KILN_FP8_PINGPONG) change only the timing: the same bits either way.
-TEST(GroupedFp8GemmCuda, TurnsGiveTheSameBits) {
-  KILN_REQUIRE_GPU();
-  const std::vector<std::int64_t> sizes{0, 1, 511, 1000, 129, 77, 300};
-  std::int64_t R = 0;
-  for (std::int64_t s : sizes) R += s;
-  const fp8::QuantizedMatrix a = fp8::quantize(gpu_values({R, 2064}, 41), fp8::Tiling::row_1x128);
-  const fp8::GroupedWeights b = fp8::quantize_grouped(gpu_values({7, 784, 2064}, 42));
-  const Tensor<std::int64_t> offsets = on_gpu(offsets_of<std::int64_t>(sizes));
-  std::vector<float> out[2];
-  for (int on = 0; on < 2; ++on) {
-    const ScopedEnv setting("KILN_FP8_PINGPONG", on ? "on" : "off");
-    Tensor<float> d = full<float>({R, 784}, std::numeric_limits<float>::quiet_NaN(), gpu);
-    KernelTrace trace;
-    fp8::grouped_gemm_out(d, a, b, offsets, {.kernel = GroupedGemmKernel::hopper});
-    EXPECT_EQ(trace.launches(), std::vector<std::string>{"grouped_fp8_gemm/hopper"});
-    out[on] = d.to_vector();
-  }
-  // Bit for bit (memcmp: NaN left anywhere would differ from itself under ==, and fail below).
-  ASSERT_EQ(out[0].size(), out[1].size());
-  EXPECT_EQ(std::memcmp(out[0].data(), out[1].data(), out[0].size() * sizeof(float)), 0)
-      << "outputs differ with and without turns";
-  std::vector<std::int64_t> rows;
-  std::vector<int> groups;
-  std::int64_t start = 0;
-  for (std::size_t g = 0; g < sizes.size(); start += sizes[g], ++g)
-    pick_rows(start, sizes[g], static_cast<int>(g), 4, rows, groups);
-  std::vector<double> got;
-  for (std::int64_t r : rows)
-    for (std::int64_t c = 0; c < 784; ++c) got.push_back(static_cast<double>(out[1][static_cast<std::size_t>(r * 784 + c)]));
-  EXPECT_LE(relative_error(got, dequantized_product(a, b, rows, groups)),
-            grouped_tolerance(GroupedGemmKernel::hopper, false));
-}
+namespace {
 
-// Groups averaging at least 1024 rows run their row tiles in pairs in 2-CTA clusters sharing the
-// weight tile (KILN_FP8_MULTICAST=on): each tile's sums are unchanged, so the bits must
-// equal one CTA a tile's. Sizes with an odd number of row tiles (1300: 11, 129: 2, 1: 1 — a pair
-// whose second CTA has no rows of the group, its A tile the next group's), an empty group, and
-// enough pairs (75 × 7 column tiles) that each cluster runs several.
-TEST(GroupedFp8GemmCuda, MulticastGivesTheSameBits) {
-  KILN_REQUIRE_GPU();
-  if (!gpu_is_hopper()) GTEST_SKIP() << "the multicast kernel is the Hopper kernel's";
-  const std::vector<std::int64_t> sizes{0, 1300, 2049, 1, 128, 2500, 129, 3000};
+// A setting of the Hopper kernel that changes only how the work is scheduled: with the environment
+// variable `setting` off and on, the grouped product over groups of `sizes` rows (N 784: a partial
+// column tile; K 2064: a partial k-block) must be the same bits, FP32 and bf16 outputs in
+// NaN-filled buffers (memcmp: NaN left anywhere would differ from itself under ==), with
+// variant(on) the launch recorded, and within tolerance of float64 at each group's first and last
+// rows and `extra` between (a row left unwritten is NaN).
+void expect_grouped_setting_keeps_bits(const char* setting, const std::vector<std::int64_t>& sizes, std::int64_t extra,
+                                       std::uint64_t seed, const std::function<std::string(bool)>& variant) {
   std::int64_t R = 0;
   for (std::int64_t s : sizes) R += s;
   const std::int64_t G = static_cast<std::int64_t>(sizes.size()), N = 784, K = 2064;
-  const fp8::QuantizedMatrix a = fp8::quantize(gpu_values({R, K}, 51), fp8::Tiling::row_1x128);
-  const fp8::GroupedWeights b = fp8::quantize_grouped(gpu_values({G, N, K}, 52));
+  const fp8::QuantizedMatrix a = fp8::quantize(gpu_values({R, K}, seed), fp8::Tiling::row_1x128);
+  const fp8::GroupedWeights b = fp8::quantize_grouped(gpu_values({G, N, K}, seed + 1));
   const Tensor<std::int64_t> offsets = on_gpu(offsets_of<std::int64_t>(sizes));
   std::vector<float> out[2];
   std::vector<std::uint16_t> bf_out[2];
   for (int on = 0; on < 2; ++on) {
-    const ScopedEnv setting("KILN_FP8_MULTICAST", on ? "on" : "off");
-    const std::string variant = on ? "grouped_fp8_gemm/hopper_multicast" : "grouped_fp8_gemm/hopper";
+    const ScopedEnv env(setting, on ? "on" : "off");
     Tensor<float> d = full<float>({R, N}, std::numeric_limits<float>::quiet_NaN(), gpu);
     KernelTrace trace;
     fp8::grouped_gemm_out(d, a, b, offsets, {.kernel = GroupedGemmKernel::hopper});
-    EXPECT_EQ(trace.launches(), std::vector<std::string>{variant});
+    EXPECT_EQ(trace.launches(), std::vector<std::string>{variant(on != 0)});
     out[on] = d.to_vector();
     Tensor<bf16> d_bf = full<bf16>({R, N}, bf16(std::numeric_limits<float>::quiet_NaN()), gpu);
     fp8::grouped_gemm_out(d_bf, a, b, offsets, {.kernel = GroupedGemmKernel::hopper});
@@ -224,20 +191,43 @@ TEST(GroupedFp8GemmCuda, MulticastGivesTheSameBits) {
   }
   ASSERT_EQ(out[0].size(), out[1].size());
   EXPECT_EQ(std::memcmp(out[0].data(), out[1].data(), out[0].size() * sizeof(float)), 0)
-      << "FP32 outputs differ with and without multicast";
-  EXPECT_TRUE(bf_out[0] == bf_out[1]) << "bf16 outputs differ with and without multicast";
-  // Against float64, each group's first and last rows among them (a row left unwritten is NaN).
+      << "FP32 outputs differ with " << setting << " on and off";
+  EXPECT_TRUE(bf_out[0] == bf_out[1]) << "bf16 outputs differ with " << setting << " on and off";
   std::vector<std::int64_t> rows;
   std::vector<int> groups;
   std::int64_t start = 0;
   for (std::size_t g = 0; g < sizes.size(); start += sizes[g], ++g)
-    pick_rows(start, sizes[g], static_cast<int>(g), 6, rows, groups);
+    pick_rows(start, sizes[g], static_cast<int>(g), extra, rows, groups);
   std::vector<double> got;
   for (std::int64_t r : rows)
     for (std::int64_t c = 0; c < N; ++c)
       got.push_back(static_cast<double>(out[1][static_cast<std::size_t>(r * N + c)]));
   EXPECT_LE(relative_error(got, dequantized_product(a, b, rows, groups)),
             grouped_tolerance(GroupedGemmKernel::hopper, false));
+}
+
+}  // namespace
+
+// The consumers' turns (KILN_FP8_PINGPONG) change only the timing: the same bits either way.
+TEST(GroupedFp8GemmCuda, TurnsGiveTheSameBits) {
+  KILN_REQUIRE_GPU();
+  expect_grouped_setting_keeps_bits("KILN_FP8_PINGPONG", {0, 1, 511, 1000, 129, 77, 300}, 4, 41,
+                                    [](bool) { return std::string("grouped_fp8_gemm/hopper"); });
+}
+
+// Groups averaging at least 1024 rows run their row tiles in pairs in 2-CTA clusters sharing the
+// weight tile (KILN_FP8_MULTICAST=on): each tile's sums are unchanged, so the bits must equal one
+// CTA a tile's. Sizes with an odd number of row tiles (1300: 11, 129: 2, 1: 1 — a pair whose second
+// CTA has no rows of the group, its A tile the next group's), an empty group, and enough pairs (75
+// × 7 column tiles) that each cluster runs several.
+TEST(GroupedFp8GemmCuda, MulticastGivesTheSameBits) {
+  KILN_REQUIRE_GPU();
+  if (!gpu_is_hopper()) GTEST_SKIP() << "the multicast kernel is the Hopper kernel's";
+  expect_grouped_setting_keeps_bits("KILN_FP8_MULTICAST", {0, 1300, 2049, 1, 128, 2500, 129, 3000}, 6, 51,
+                                    [](bool on) {
+                                      return std::string(on ? "grouped_fp8_gemm/hopper_multicast"
+                                                            : "grouped_fp8_gemm/hopper");
+                                    });
 }
 
 TEST(GroupedFp8GemmCuda, Masked) {
