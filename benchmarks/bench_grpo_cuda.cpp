@@ -331,7 +331,7 @@ nlohmann::ordered_json bench_grpo(Model& model, const data::Tokenizer& tok, std:
 }  // namespace
 
 int main(int argc, char** argv) try {
-  const example::Flags flags(argc, argv, {"profile-graphs"});
+  const example::Flags flags(argc, argv, {"profile-graphs", "profile-speculative"});
   if (flags.has("help")) {
     std::fputs(kUsage, stdout);
     return 0;

@@ -106,6 +106,12 @@
 #           test_nn_cuda and TrainerCuda, then pretrain --config big 200 steps against the tree in
 #           $OLD_TREE (`git archive 08c6aac | tar -x -C build-ab/old`, carried), alternating twice
 #                                                         -> docs/training.md, docs/architecture.md
+#   graphs-matmul  (2026-12-07, third session) the engine's graph patience (a shrinking batch replays
+#           larger graphs before capturing smaller ones) and Linear's weight gradient made in the
+#           weight's layout: the engine's GPU tests and modes, test_nn_cuda, then pretrain --config
+#           big against $OLD_TREE: float32 3 steps (grad norms), bf16 200 steps alternating (LEAN=1:
+#           without test_nn_cuda)
+#                                                         -> docs/mla.md, docs/training.md
 #   vs-hf  kiln's pretrain --config big (600 steps, seed 1) and HF transformers under torch.compile on
 #           the same model (benchmarks/peers/hf_compile_train.py) in one call: tokens/s and their
 #           ratio, kiln's over the run and at its last logged interval (HF's: 15 steps after
@@ -134,6 +140,7 @@ phases="build|tests|quantize|quantize-quick|fp8|fp8-ablations|fp8-parts|fp8-seed
 phases+="|key-groups-ab|verify|steps|changes|profile-decode|decode-step|profile-speculative|decode-fp8|latent-recheck"
 phases+="|profile-fp8-gemm|profile-fp8-gemm-source|fp8-uniform-ab|hopper-decode|seesaw|engine-hopper"
 phases+="|session-build|combine-tests|combine-bench|swiglu|folds|vs-hf|profile-copies|attention-views|one-call"
+phases+="|graphs-matmul"
 [ $# -gt 0 ] || { echo "usage: $0 $phases|profile-fp8 ..."; exit 2; }
 
 . scripts/carried_deps.sh
@@ -765,6 +772,51 @@ for phase in "$@"; do
           "$OUT/bench_grouped_fp8_$variant.log" | tr '\n' ' ')"
       done
       fp8_round 2
+      ;;
+    graphs-matmul)
+      # The engine's graph patience and Linear's weight gradient made in the weight's layout
+      # (2026-12-07, third session): the engine's GPU tests and its modes at B = 128 (graphs
+      # captured), test_nn_cuda (not with LEAN=1), then pretrain --config big against $OLD_TREE:
+      # float32, 3 steps (the changes since change no value beyond float rounding, so the grad
+      # norms should agree), bf16 200 steps new, old, new, old while under $DEADLINE (540).
+      if [ -d "${OLD_TREE:-}" ]; then
+        configure_release "$OLD_TREE" /tmp/kb_old "$BUILD_LOGS/configure_old.log"
+        ninja -C /tmp/kb_old -j 4 pretrain > "$BUILD_LOGS/build_old.log" 2>&1 &
+        old_build=$!
+      fi
+      if [ -n "${LEAN:-}" ]; then build pretrain test_train_infer_rl_cuda; else build pretrain test_train_infer_rl_cuda test_nn_cuda; fi
+      timeout 200 "$BUILD/tests/test_train_infer_rl_cuda" --gtest_filter='EngineCuda.*' > "$OUT/test_engine.log" 2>&1 ||
+        rc=1
+      grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure|graphs captured" "$OUT/test_engine.log" | head -20
+      KILN_ENGINE_BENCH=1 timeout 100 "$BUILD/tests/test_train_infer_rl_cuda" --gtest_filter='EngineCuda.BigConfig*' \
+        > "$OUT/engine_modes.log" 2>&1 || rc=1
+      grep -E "^big config" "$OUT/engine_modes.log"
+      if [ -z "${LEAN:-}" ]; then
+        timeout 150 "$BUILD/tests/test_nn_cuda" > "$OUT/test_nn.log" 2>&1 || rc=1
+        grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT/test_nn.log" | head -20
+      fi
+      if [ -n "${old_build:-}" ]; then
+        wait $old_build || { echo "old build failed"; tail -20 "$BUILD_LOGS/build_old.log"; }
+      fi
+      for tree in new old; do
+        bin="$BUILD/examples/pretrain"
+        [ $tree = old ] && bin=/tmp/kb_old/examples/pretrain
+        [ -x "$bin" ] || continue
+        timeout 60 "$bin" --device cuda --config big --dtype float32 --steps 3 --log-every 1 --eval-every 1000 \
+          --samples 0 --seed 1 > "$OUT/pretrain_fp32_$tree.log" 2>&1 || rc=1
+        echo "float32 $tree: $(grep -oE '^step [0-9]+/3 \| loss [0-9.]+|grad [0-9.]+' "$OUT/pretrain_fp32_$tree.log" |
+          tr '\n' ' ')"
+      done
+      for tree in new old new old; do
+        [ $SECONDS -lt "${DEADLINE:-540}" ] || { echo "deadline: pretrain $tree not run"; continue; }
+        bin="$BUILD/examples/pretrain"
+        [ $tree = old ] && bin=/tmp/kb_old/examples/pretrain
+        [ -x "$bin" ] || continue
+        log="$OUT/pretrain_${tree}_$SECONDS.log"
+        timeout 60 "$bin" --device cuda --config big --steps 200 --log-every 100 --eval-every 1000 --samples 0 \
+          --seed 1 > "$log" 2>&1 || rc=1
+        echo "$tree: $(grep -hE '^done' "$log")"
+      done
       ;;
     vs-hf)
       build pretrain

@@ -130,6 +130,7 @@ TEST(EngineCuda, GraphReplaysDrawWhatEagerStepsDraw) {
   infer::GenerateOptions graphs;
   graphs.samples_per_prompt = 4;
   graphs.max_batch = 13;  // 13 rows for 20 samples, refilled as samples finish: buckets 16, 8, 4, 2, 1
+  graphs.graph_patience = 0;  // each bucket's own graph, as eager pads (the default's reuse: below)
   infer::GenerateOptions eager = graphs;
   eager.cuda_graphs = false;
   eager.pad_to_bucket = true;
@@ -151,6 +152,26 @@ TEST(EngineCuda, GraphReplaysDrawWhatEagerStepsDraw) {
   std::map<std::size_t, int> lengths;
   for (const auto& t : want_deepseek) ++lengths[t.size()];
   EXPECT_GE(lengths.size(), 3u);
+  // The default patience: a shrinking batch replays the larger graphs captured (padding rows)
+  // until a smaller bucket has been wanted 8 steps in a row. Fewer captures, the same tokens (in
+  // double, where a different row count changes no draw).
+  auto llama64 = make_llama<double>(4, infer_llama_config(), 0.25);
+  llama64->to(kiln::testing::gpu);
+  std::int64_t captured = 0;
+  graphs.on_progress = [&](const infer::GenerationProgress& g) { captured = g.graphs_captured; };
+  const auto want64 = tokens_of(infer::generate(*llama64, prompts, p, eager));
+  EXPECT_EQ(tokens_of(infer::generate(*llama64, prompts, p, graphs)), want64);
+  const std::int64_t captured_at_once = captured;
+  infer::GenerateOptions patient = graphs;
+  patient.graph_patience = infer::GenerateOptions{}.graph_patience;
+  EXPECT_EQ(tokens_of(infer::generate(*llama64, prompts, p, patient)), want64);
+  EXPECT_LT(captured, captured_at_once);
+  EXPECT_GE(captured, 1);
+  std::printf("graphs captured: %lld at once, %lld with patience %lld\n", static_cast<long long>(captured_at_once),
+              static_cast<long long>(captured), static_cast<long long>(patient.graph_patience));
+  infer::GenerateOptions bad = graphs;
+  bad.graph_patience = -1;
+  EXPECT_KILN_ERROR(infer::generate(*llama64, prompts, p, bad), "graph_patience must be >= 0", "-1");
 }
 
 // MTP speculative decoding on the GPU (two-token decode steps: the paged kernel with T = 2, or
@@ -406,9 +427,11 @@ TEST(EngineCuda, BigConfigThroughput) {
     const DecodeKernelScope decode_kernel(mode == 6 ? kernels::DecodeKernel::simt : kernels::DecodeKernel::automatic);
     std::int64_t steps = 0;
     double acceptance = 0.0;
+    std::int64_t captured = 0;
     o.on_progress = [&](const infer::GenerationProgress& g) {
       steps = g.step;
       acceptance = g.acceptance_rate();
+      captured = g.graphs_captured;
     };
     {
       infer::SamplingParams warm = p;
@@ -437,6 +460,7 @@ TEST(EngineCuda, BigConfigThroughput) {
                 1e3 * seconds / static_cast<double>(std::max<std::int64_t>(steps, 1)));
     if (o.speculative)
       std::printf(", %lld steps, draft acceptance %.3f", static_cast<long long>(steps), acceptance);
+    if (o.cuda_graphs) std::printf(", %lld graphs captured", static_cast<long long>(captured));
     std::printf("\n");
   }
 }

@@ -281,6 +281,36 @@ TEST(Matmul, GradcheckNonContiguousLeaves) {
   EXPECT_GRADCHECK(f, {slice(randn<double>({9}), 0, 0, 9, 2).detach(), randn<double>({5})});
 }
 
+// Linear's product x·Wᵀ, W a row-major [n, k] leaf read through a transposed view: W's gradient
+// (made in W's own layout, dBᵀ = dCᵀ·A, so that the leaf keeps it without a strided copy: that
+// shows in a GPU profile, not here) is row-major with the values of a double triple loop; at odd
+// sizes, batched, and with a 1-D x.
+TEST(Matmul, TransposedWeightGetsARowMajorGradient) {
+  const std::vector<std::pair<Shape, Shape>> cases{{{5, 7}, {3, 7}}, {{2, 9, 13}, {11, 13}}, {{13}, {6, 13}},
+                                                   {{3, 2, 5, 4}, {7, 4}}};
+  for (const auto& [sx, sw] : cases) {
+    SCOPED_TRACE(str(sx, " · ", sw, "ᵀ"));
+    auto x = randn<double>(sx).requires_grad_();
+    auto w = randn<double>(sw).requires_grad_();
+    const Tensor<double> y = matmul(x, transpose(w, 0, 1));
+    const auto c = randn<double>(y.shape());
+    sum(mul(y, c)).backward();
+    ASSERT_TRUE(w.grad().is_contiguous()) << "strides " << str(w.grad().strides());
+    // dW[j, p] = sum over rows r of c[r, j] · x[r, p].
+    const std::int64_t n = sw[0], k = sw[1], rows = x.numel() / k;
+    const auto xv = x.to_vector(), cv = c.to_vector(), gw = w.grad().to_vector();
+    for (std::int64_t j = 0; j < n; ++j)
+      for (std::int64_t p = 0; p < k; ++p) {
+        double expected = 0.0;
+        for (std::int64_t r = 0; r < rows; ++r)
+          expected += cv[static_cast<std::size_t>(r * n + j)] * xv[static_cast<std::size_t>(r * k + p)];
+        EXPECT_NEAR(gw[static_cast<std::size_t>(j * k + p)], expected, 1e-11);
+      }
+    EXPECT_GRADCHECK([](const std::vector<Tensor<double>>& in) { return matmul(in[0], transpose(in[1], 0, 1)); },
+                     {randn<double>(sx), randn<double>(sw)});
+  }
+}
+
 TEST(Matmul, GradientsHaveTheInputShapesAndSumBroadcastBatches) {
   auto a = randn<double>({2, 1, 3, 4}).requires_grad_();
   auto b = randn<double>({5, 4, 2}).requires_grad_();

@@ -65,7 +65,12 @@
 // most of the step. So the step — decode + draw — is captured once per row count into a
 // DeviceGraph (core/device_graph.hpp) and replayed: one launch per step. The row count is padded
 // to a power of two (as options.pad_to_bucket; padding rows decode a spare slot and are ignored),
-// so at most log2(batch) + 1 graphs cover a run as its samples finish (captured once per run). A graph reads its rows
+// so at most log2(batch) + 1 graphs cover a run as its samples finish (captured once per run).
+// A capture costs a few steps (the step run eagerly, recorded, instantiated), so when the rows
+// shrink into a smaller bucket the steps go on replaying the smallest larger graph captured
+// (more padding rows, nearly free in a step bound by reading the weights) until that bucket has
+// been wanted options.graph_patience steps in a row: a tail of samples finishing over a few steps
+// (speculative decoding's, whose samples advance by 1 or 2 tokens) captures nothing. A graph reads its rows
 // ([4, rows]: newest ids, positions, slots, sample ids) from a device tensor of its own, which the
 // host refills before every replay with the values it knows (the tokens it just read, the
 // positions one further): one small upload per step instead of device-side bookkeeping, and the
@@ -139,6 +144,7 @@ struct GenerationProgress {
   // sample two tokens, unless it ended on the first).
   std::int64_t drafts = 0;
   std::int64_t accepted_drafts = 0;
+  std::int64_t graphs_captured = 0;  // CUDA graphs captured so far (one per padded row count used)
 
   double acceptance_rate() const {
     return drafts > 0 ? static_cast<double>(accepted_drafts) / static_cast<double>(drafts) : 0.0;
@@ -163,6 +169,10 @@ struct GenerateOptions {
   bool pad_to_bucket = false;                   // pad the active rows to a power of two (see above)
   bool cuda_graphs = true;                      // GPU: replay each decode step as a CUDA graph
                                                 // (implies pad_to_bucket; not with on_logits)
+  std::int64_t graph_patience = 8;              // CUDA graphs: steps a smaller bucket is wanted
+                                                // in a row before its graph is captured (until
+                                                // then a larger one replays with padding rows);
+                                                // 0: capture each bucket when first wanted
   std::int64_t cache_block_tokens = 64;         // the paged KV cache's block size (see above);
                                                 // 0: one contiguous slot per sample
   std::int64_t cache_blocks = 0;                // paged: the pool's size in blocks, a memory
@@ -222,6 +232,8 @@ class Engine {
     const std::int64_t V = m.vocab_size(), G = options.samples_per_prompt;
     check(G >= 1, op, "samples_per_prompt must be >= 1, got ", G);
     check(options.max_batch >= 0, op, "max_batch must be >= 0 (0: all samples at once), got ", options.max_batch);
+    check(options.graph_patience >= 0, op, "graph_patience must be >= 0 (0: capture each bucket at once), got ",
+          options.graph_patience);
     params.check(op, V, options.tokenizer != nullptr);
     if (options.speculative) {
       if constexpr (detail::MTPDrafting<Model>) {
@@ -277,6 +289,7 @@ class Engine {
     std::int64_t total;
     std::int64_t finished = 0, tokens = 0, step = 0;
     std::int64_t drafts = 0, accepted_drafts = 0;  // speculative
+    std::int64_t graphs_captured = 0;
     std::vector<std::int64_t> freed{};  // slots of samples finished since the scheduler last looked
   };
 
@@ -670,7 +683,22 @@ class Engine {
     Tensor<std::int64_t> step_ids, sample_ids, drawn;
     DecodeIndex index;
     std::map<std::int64_t, std::unique_ptr<GraphStep>> graphs;  // by padded row count
+    std::int64_t wanted_bucket = 0, wanted_steps = 0;           // a bucket without a graph, and
+                                                                // for how many steps in a row
   };
+
+  // The padded row count of a graphed step with n active rows (see the file comment): n's bucket
+  // when its graph exists or it has been wanted options.graph_patience steps in a row; until then
+  // the smallest larger graph captured, if any.
+  static std::int64_t graph_rows(const Run& run, DecodeState& st, std::int64_t n) {
+    const std::int64_t bucket = detail::bucket_size(n);
+    if (st.graphs.count(bucket)) return bucket;
+    st.wanted_steps = st.wanted_bucket == bucket ? st.wanted_steps + 1 : 1;
+    st.wanted_bucket = bucket;
+    const auto larger = st.graphs.upper_bound(bucket);
+    if (larger == st.graphs.end() || st.wanted_steps > run.options.graph_patience) return bucket;
+    return larger->first;
+  }
 
   // One decode step launched from the host (see DecodeState).
   template <class Cache>
@@ -707,10 +735,11 @@ class Engine {
   void step_graphed(Run& run, const Scheduler& sched, Cache& cache, std::vector<Row>& active, DecodeState& st) const {
     const Model& m = *model_;
     const Device device = m.device();
-    const std::int64_t rows_n = detail::bucket_size(static_cast<std::int64_t>(active.size()));
+    const std::int64_t rows_n = graph_rows(run, st, static_cast<std::int64_t>(active.size()));
     const std::vector<std::int64_t> rows = step_rows(run, active, rows_n, sched.spare_slot);
     std::unique_ptr<GraphStep>& step = st.graphs[rows_n];
     if (!step) {
+      ++run.graphs_captured;
       step = std::make_unique<GraphStep>();
       step->rows = Tensor<std::int64_t>::from_vector(rows, {4, rows_n}, device);
       GraphStep* s = step.get();
@@ -742,7 +771,9 @@ class Engine {
     const Model& m = *model_;
     const Device device = m.device();
     const auto n = static_cast<std::int64_t>(active.size());
-    const std::int64_t rows_n = graphed || run.options.pad_to_bucket ? detail::bucket_size(n) : n;
+    const std::int64_t rows_n = graphed                     ? graph_rows(run, st, n)
+                                : run.options.pad_to_bucket ? detail::bucket_size(n)
+                                                            : n;
     std::vector<SpeculativeRow> rows;
     rows.reserve(active.size());
     for (const Row& r : active)
@@ -757,6 +788,7 @@ class Engine {
     if (graphed) {
       std::unique_ptr<GraphStep>& step = st.graphs[rows_n];
       if (!step) {
+        ++run.graphs_captured;
         step = std::make_unique<GraphStep>();
         step->rows = Tensor<std::int64_t>::from_vector(packed, {SpeculativeIndex::fields * rows_n}, device);
         GraphStep* s = step.get();
@@ -920,7 +952,7 @@ class Engine {
   static void report(const Run& run, std::int64_t active) {
     if (run.options.on_progress)
       run.options.on_progress(
-          {run.step, active, run.finished, run.total, run.tokens, run.drafts, run.accepted_drafts});
+          {run.step, active, run.finished, run.total, run.tokens, run.drafts, run.accepted_drafts, run.graphs_captured});
   }
 
   const Model* model_;
