@@ -112,6 +112,8 @@
 #           big against $OLD_TREE: float32 3 steps (grad norms), bf16 200 steps alternating (LEAN=1:
 #           without test_nn_cuda)
 #                                                         -> docs/mla.md, docs/training.md
+#   step-phases  pretrain --config big --time-phases: where a step's wall time goes on the host
+#           (data, forward+backward enqueued, the loss read, clip, optimizer, balance)  -> docs/training.md
 #   vs-hf  kiln's pretrain --config big (600 steps, seed 1) and HF transformers under torch.compile on
 #           the same model (benchmarks/peers/hf_compile_train.py) in one call: tokens/s and their
 #           ratio, kiln's over the run and at its last logged interval (HF's: 15 steps after
@@ -140,7 +142,7 @@ phases="build|tests|quantize|quantize-quick|fp8|fp8-ablations|fp8-parts|fp8-seed
 phases+="|key-groups-ab|verify|steps|changes|profile-decode|decode-step|profile-speculative|decode-fp8|latent-recheck"
 phases+="|profile-fp8-gemm|profile-fp8-gemm-source|fp8-uniform-ab|hopper-decode|seesaw|engine-hopper"
 phases+="|session-build|combine-tests|combine-bench|swiglu|folds|vs-hf|profile-copies|attention-views|one-call"
-phases+="|graphs-matmul"
+phases+="|graphs-matmul|step-phases"
 [ $# -gt 0 ] || { echo "usage: $0 $phases|profile-fp8 ..."; exit 2; }
 
 . scripts/carried_deps.sh
@@ -817,6 +819,15 @@ for phase in "$@"; do
           --seed 1 > "$log" 2>&1 || rc=1
         echo "$tree: $(grep -hE '^done' "$log")"
       done
+      ;;
+    step-phases)
+      # Where a step's wall time goes on the host (StepPhases): the kernels of a step sum to about
+      # 16.6 ms under ncu (profile-copies, 2026-12-07) while a step takes about 22 ms, so whether
+      # the gap is the host's launches or the reads between the phases decides what comes next.
+      build pretrain
+      "$BUILD/examples/pretrain" --device cuda --config big --steps 200 --log-every 50 --eval-every 1000 \
+        --samples 0 --seed 1 --time-phases > "$OUT/pretrain_phases.log" 2>&1 || rc=1
+      grep -E "^step|host per step|^done" "$OUT/pretrain_phases.log" | cut -c1-260
       ;;
     vs-hf)
       build pretrain

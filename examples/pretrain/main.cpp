@@ -94,6 +94,9 @@ const char* kUsage = R"(pretrain: a small DeepSeek-V3-style MoE model on worked 
                         they replace; automatic: fused on a GPU in bf16, composed elsewhere; fused
                         on the CPU runs the kernels' reference loops (slow; for checking) [automatic]
   --samples N           greedy completions of test problems printed at the end [3]
+  --time-phases         after each progress line, where the steps' wall time went on the host
+                        (data, forward+backward enqueued, the loss read that waits for the GPU,
+                        clip, optimizer, balance; train/trainer.hpp StepPhases)
   --threads N           CPU threads (OpenMP, Eigen); the small model's ops are too small to share
                         well, and on a busy machine extra threads mostly wait   [1]
 )";
@@ -113,7 +116,7 @@ struct Settings {
       checkpoint_every, samples, threads;
   double lr, weight_decay, clip, peak_tflops, countdown_fraction, direct_fraction;
   std::uint64_t seed;
-  bool tf32, fp8, fp8_probe;
+  bool tf32, fp8, fp8_probe, time_phases;
 };
 
 // --fp8-gemms: the FP8 linears' options with the listed products in FP8 ("none": no product).
@@ -139,7 +142,7 @@ nn::Fp8LinearOptions fp8_options(const std::string& list) {
 }
 
 Settings parse(int argc, char** argv, std::string& out, std::string& resume) {
-  example::Flags f(argc, argv, {"tf32", "fp8", "fp8-probe"});
+  example::Flags f(argc, argv, {"tf32", "fp8", "fp8-probe", "time-phases"});
   if (f.has("help")) {
     std::fputs(kUsage, stdout);
     std::exit(0);
@@ -193,6 +196,7 @@ Settings parse(int argc, char** argv, std::string& out, std::string& resume) {
   s.fp8_keep = s_("fp8-keep", "");
   s.fp8_gemms = s_("fp8-gemms", "forward,dgrad,wgrad");
   s.fp8_probe = f.flag("fp8-probe");  // a diagnostic of this call: not saved
+  s.time_phases = f.flag("time-phases");  // the same
   f.check_all_used();
   if (s.threads < 1) throw Error("--threads must be positive");
   if (s.attention != "fused" && s.attention != "composed")
@@ -383,6 +387,7 @@ int run(const Settings& s, const std::string& out, const std::string& resume, Cl
   o.checkpoint_every = s.checkpoint_every;
   o.checkpoint_dir = out.empty() ? "" : out + "/checkpoint";
   o.data_seed = s.seed;
+  o.time_phases = s.time_phases;
   std::string peak_note = "no MFU on the CPU";
   if (device.is_cuda()) {
 #ifdef KILN_EXAMPLE_CUDA

@@ -273,6 +273,77 @@ TEST(Trainer, TinyModelOverfitsOneBatch) {
   std::printf("overfit: loss %.4f -> %.4f (main %.4f)\n", h.front().loss, h.back().loss, e.loss);
 }
 
+// ---- step phases ---------------------------------------------------------------------------
+
+// Every step's phases are non-negative and add up to its seconds; the batches the BatchFn makes
+// land in `data` (a BatchFn that sleeps 20 ms shows there and nowhere else); with time_phases the
+// progress lines are each followed by the interval's mean phases, and without it they are not.
+TEST(Trainer, StepPhasesAddUpAndArePrinted) {
+  auto c = tiny_config();
+  Generator gen{3, 0};
+  DeepseekV3ForCausalLM<float> model(c, gen);
+  TrainerOptions o;
+  o.steps = 4;
+  o.grad_accum = 2;
+  o.log_every = 2;
+  o.eval_batches = 0;
+  o.time_phases = true;
+  const std::string dir = temp_dir("phases");
+  std::filesystem::create_directories(dir);
+  const std::string path = dir + "/log.txt";
+  std::FILE* log = std::fopen(path.c_str(), "w");
+  ASSERT_NE(log, nullptr);
+  o.log = log;
+  auto data = [&](std::int64_t i) {
+    usleep(10000);  // 10 ms a micro-batch: 20 ms a step
+    return random_batch(31, i, 0, 2, 6, c.vocab_size);
+  };
+  Trainer trainer(model, o, data);
+  trainer.run();
+  std::fclose(log);
+  for (const auto& r : trainer.history()) {
+    SCOPED_TRACE(::testing::Message() << "step " << r.step);
+    for (const double p : {r.phases.data, r.phases.forward_backward, r.phases.loss_read, r.phases.clip,
+                           r.phases.optimizer, r.phases.balance, r.phases.rest})
+      EXPECT_GE(p, 0.0);
+    EXPECT_NEAR(r.phases.total(), r.seconds, 1e-4);
+    EXPECT_GE(r.phases.data, 0.02);
+    EXPECT_GT(r.phases.forward_backward, 0.0);
+  }
+  std::string text;
+  {
+    std::FILE* f = std::fopen(path.c_str(), "r");
+    ASSERT_NE(f, nullptr);
+    char buf[4096];
+    for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0;) text.append(buf, n);
+    std::fclose(f);
+  }
+  // Progress after steps 1, 2 and 4, each followed by its phases line.
+  std::size_t lines = 0;
+  for (std::size_t at = 0; (at = text.find("  host per step: data ", at)) != std::string::npos; ++at) ++lines;
+  EXPECT_EQ(lines, 3u) << text;
+  EXPECT_NE(text.find("forward+backward enqueued"), std::string::npos);
+  EXPECT_NE(text.find("loss read"), std::string::npos);
+
+  o.time_phases = false;
+  std::FILE* quiet = std::fopen(path.c_str(), "w");
+  ASSERT_NE(quiet, nullptr);
+  o.log = quiet;
+  Generator gen2{3, 0};
+  DeepseekV3ForCausalLM<float> model2(c, gen2);
+  Trainer plain(model2, o, [&](std::int64_t i) { return random_batch(31, i, 0, 2, 6, c.vocab_size); });
+  plain.run();
+  std::fclose(quiet);
+  std::FILE* f = std::fopen(path.c_str(), "r");
+  ASSERT_NE(f, nullptr);
+  std::string plain_text(8192, '\0');
+  plain_text.resize(std::fread(plain_text.data(), 1, plain_text.size(), f));
+  std::fclose(f);
+  EXPECT_NE(plain_text.find("step 4/4"), std::string::npos) << plain_text;
+  EXPECT_EQ(plain_text.find("host per step"), std::string::npos) << plain_text;
+  std::filesystem::remove_all(dir);
+}
+
 // ---- FLOPs and peaks -------------------------------------------------------------------------
 
 TEST(Trainer, FlopsModelCountsActiveParameters) {

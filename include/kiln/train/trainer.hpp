@@ -229,7 +229,32 @@ struct TrainerOptions {
   std::string checkpoint_dir;         // empty: no checkpoints
   std::uint64_t data_seed = 0;        // recorded in checkpoints (the BatchFn's seed, for the record)
   double peak_flops = 0.0;            // the device's dense peak FLOP/s for MFU (0: no MFU)
+  bool time_phases = false;           // each progress line is followed by where the steps' wall time
+                                      // went on the host (StepPhases), averaged over its interval
   std::FILE* log = stdout;            // progress output (nullptr: silent)
+};
+
+// Where one step's wall time went, as the host sees it (seconds). On a GPU the host only enqueues
+// kernels, and waits at the step's reads: the loss (after the backward), the gradient norm (for
+// clipping and the skip of a non-finite step) and the expert loads (MaxVio). So `forward_backward`
+// is the host's cost of enqueueing them (close to the GPU's time when the host is what limits the
+// step), and `loss_read` is how long the GPU still had to run after that. The phases add up to
+// StepRecord::seconds (but for the microseconds of a function call).
+struct StepPhases {
+  double data = 0.0;              // the micro-batches made (BatchFn) and moved to the device
+  double forward_backward = 0.0;  // the losses and their backward, enqueued
+  double loss_read = 0.0;         // reading the losses: waits for the backward to finish
+  double clip = 0.0;              // the global gradient norm (a read) and the clipping
+  double optimizer = 0.0;         // the AdamW update
+  double balance = 0.0;           // the expert loads read (MaxVio) and the routing bias update
+  double rest = 0.0;              // gradients released, bookkeeping
+
+  StepPhases& operator+=(const StepPhases& o) {
+    data += o.data, forward_backward += o.forward_backward, loss_read += o.loss_read, clip += o.clip;
+    optimizer += o.optimizer, balance += o.balance, rest += o.rest;
+    return *this;
+  }
+  double total() const { return data + forward_backward + loss_read + clip + optimizer + balance + rest; }
 };
 
 // What one optimizer step did.
@@ -244,6 +269,7 @@ struct StepRecord {
   double flops = 0.0;
   double seconds = 0.0;
   double max_vio_mean = 0.0, max_vio_max = 0.0;  // MoE layers' MaxVio over the step's batch (0 without MoE)
+  StepPhases phases;  // where `seconds` went (TrainerOptions::time_phases prints them)
 };
 
 struct EvalRecord {
@@ -314,18 +340,23 @@ class Trainer {
   void run_until(std::int64_t last_step) {
     check(last_step <= options_.steps, "Trainer", "run_until(", last_step, ") goes past steps = ", options_.steps);
     if (!header_printed_ && step_ < last_step) print_header();
-    std::int64_t interval_tokens = 0;
+    std::int64_t interval_tokens = 0, interval_steps = 0;
     double interval_seconds = 0.0, interval_flops = 0.0;
+    StepPhases interval_phases;
     while (step_ < last_step) {
       const StepRecord r = step();
       interval_tokens += r.tokens;
       interval_seconds += r.seconds;
       interval_flops += r.flops;
+      interval_phases += r.phases;
+      ++interval_steps;
       const bool last = step_ == last_step;
       if (options_.log_every > 0 && (step_ % options_.log_every == 0 || step_ == 1 || last)) {
         print_step(r, interval_tokens, interval_seconds, interval_flops);
-        interval_tokens = 0;
+        if (options_.time_phases) print_phases(interval_phases, interval_steps);
+        interval_tokens = interval_steps = 0;
         interval_seconds = interval_flops = 0.0;
+        interval_phases = StepPhases{};
       }
       const bool end = step_ == options_.steps;
       if (validation_data_ && options_.eval_batches > 0 &&
@@ -343,16 +374,26 @@ class Trainer {
   // The gradients of the `grad_accum` micro-batches starting at micro-batch `first` (weights
   // unchanged, gradients replaced): the mean loss and its parts, tokens and FLOPs.
   StepRecord compute_gradients(std::int64_t first) {
+    Clock::time_point mark = Clock::now();
+    StepRecord r;
+    // Seconds since the last mark, into `phase`.
+    auto lap = [&mark](double& phase) {
+      const Clock::time_point now = Clock::now();
+      phase += std::chrono::duration<double>(now - mark).count();
+      mark = now;
+    };
     model_.zero_grad();
+    lap(r.phases.rest);
     using A = compute_t<T>;  // losses summed in float (double for double models)
     Tensor<A> loss_sum;
     std::vector<std::pair<std::string, Tensor<A>>> part_sums;
-    StepRecord r;
     std::vector<Batch> batches;  // as the BatchFn made them (usually on the host, where they are counted)
     for (std::int64_t k = 0; k < options_.grad_accum; ++k) batches.push_back(train_data_(first + k));
     const std::vector<double> w = target_weights(batches);
+    lap(r.phases.data);
     for (std::size_t k = 0; k < batches.size(); ++k) {
       const Batch b = on_device(batches[k]);
+      lap(r.phases.data);
       const LossParts<T> l = loss(b);
       (w[k] == 1.0 ? l.loss : mul(l.loss, w[k])).backward();
       NoGradGuard no_grad;
@@ -366,9 +407,11 @@ class Trainer {
       for (std::size_t i = 0; i < l.parts.size(); ++i) accumulate(part_sums[i].second, l.parts[i].second);
       r.tokens += b.ids.numel();
       r.flops += static_cast<double>(b.ids.numel()) * flops_.per_token(b.ids.size(1));
+      lap(r.phases.forward_backward);
     }
     r.loss = static_cast<double>(loss_sum.item());
     for (const auto& [name, t] : part_sums) r.parts.emplace_back(name, static_cast<double>(t.item()));
+    lap(r.phases.loss_read);
     return r;
   }
 
@@ -378,10 +421,17 @@ class Trainer {
     const auto start = Clock::now();
     StepRecord r = compute_gradients(data_position_);
     data_position_ += options_.grad_accum;
+    Clock::time_point mark = Clock::now();
+    auto lap = [&mark](double& phase) {
+      const Clock::time_point now = Clock::now();
+      phase += std::chrono::duration<double>(now - mark).count();
+      mark = now;
+    };
 
     const auto params = model_.parameters();
     const bool clip = options_.max_grad_norm > 0.0;
     r.grad_norm = optim::clip_grad_norm(params, clip ? options_.max_grad_norm : std::numeric_limits<double>::max());
+    lap(r.phases.clip);
     r.lr = options_.schedule(step_);
     r.skipped = !std::isfinite(r.grad_norm);
     if (!r.skipped) {
@@ -390,6 +440,7 @@ class Trainer {
     } else {
       ++skipped_steps_;
     }
+    lap(r.phases.optimizer);
     if constexpr (requires { model_.load_stats(); }) {
       const auto loads = model_.load_stats();
       for (const auto& l : loads) {
@@ -398,12 +449,14 @@ class Trainer {
       }
       model_.update_balance();
     }
+    lap(r.phases.balance);
     model_.zero_grad();
     ++step_;
     tokens_seen_ += r.tokens;
     r.step = step_;
     last_lr_ = r.lr;
-    r.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    lap(r.phases.rest);
+    r.seconds = std::chrono::duration<double>(mark - start).count();
     history_.push_back(r);
     return r;
   }
@@ -566,6 +619,17 @@ class Trainer {
     if constexpr (requires { model_.load_stats(); })
       line += detail::format(" | MaxVio %.3f (max %.3f)", r.max_vio_mean, r.max_vio_max);
     log(line + "\n");
+  }
+
+  // The interval's mean StepPhases in ms a step, and each phase's share of the step.
+  void print_phases(const StepPhases& p, std::int64_t steps) const {
+    const double n = static_cast<double>(std::max<std::int64_t>(steps, 1)), total = std::max(p.total(), 1e-12);
+    auto part = [&](const char* name, double seconds) {
+      return detail::format("%s %.2f ms (%.0f%%)", name, 1e3 * seconds / n, 100.0 * seconds / total);
+    };
+    log("  host per step: " + part("data", p.data) + " | " + part("forward+backward enqueued", p.forward_backward) +
+        " | " + part("loss read", p.loss_read) + " | " + part("clip", p.clip) + " | " +
+        part("optimizer", p.optimizer) + " | " + part("balance", p.balance) + " | " + part("rest", p.rest) + "\n");
   }
 
   void print_eval(const EvalRecord& e) const {
