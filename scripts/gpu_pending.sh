@@ -112,6 +112,8 @@
 #           big against $OLD_TREE: float32 3 steps (grad norms), bf16 200 steps alternating (LEAN=1:
 #           without test_nn_cuda)
 #                                                         -> docs/mla.md, docs/training.md
+#   autograd-tests  all of test_nn_cuda, TrainerCuda.* and EngineCuda.* (after host-side autograd or
+#           module changes)
 #   step-phases  pretrain --config big --time-phases: where a step's wall time goes on the host
 #           (data, forward+backward enqueued, the loss read, clip, optimizer, balance)  -> docs/training.md
 #   vs-hf  kiln's pretrain --config big (600 steps, seed 1) and HF transformers under torch.compile on
@@ -142,7 +144,7 @@ phases="build|tests|quantize|quantize-quick|fp8|fp8-ablations|fp8-parts|fp8-seed
 phases+="|key-groups-ab|verify|steps|changes|profile-decode|decode-step|profile-speculative|decode-fp8|latent-recheck"
 phases+="|profile-fp8-gemm|profile-fp8-gemm-source|fp8-uniform-ab|hopper-decode|seesaw|engine-hopper"
 phases+="|session-build|combine-tests|combine-bench|swiglu|folds|vs-hf|profile-copies|attention-views|one-call"
-phases+="|graphs-matmul|step-phases"
+phases+="|graphs-matmul|step-phases|autograd-tests"
 [ $# -gt 0 ] || { echo "usage: $0 $phases|profile-fp8 ..."; exit 2; }
 
 . scripts/carried_deps.sh
@@ -819,6 +821,15 @@ for phase in "$@"; do
           --seed 1 > "$log" 2>&1 || rc=1
         echo "$tree: $(grep -hE '^done' "$log")"
       done
+      ;;
+    autograd-tests)
+      # After host-side autograd or module changes (2026-12-07, third session: Linear's weight
+      # gradient made in the weight's layout): all of test_nn_cuda, TrainerCuda.* and EngineCuda.*.
+      build test_nn_cuda test_train_infer_rl_cuda
+      timeout 150 "$BUILD/tests/test_nn_cuda" > "$OUT/test_nn.log" 2>&1 || rc=1
+      timeout 200 "$BUILD/tests/test_train_infer_rl_cuda" --gtest_filter='TrainerCuda.*:EngineCuda.*' \
+        > "$OUT/test_train_engine.log" 2>&1 || rc=1
+      grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT/test_nn.log" "$OUT/test_train_engine.log" | head -20
       ;;
     step-phases)
       # Where a step's wall time goes on the host (StepPhases): the kernels of a step sum to about

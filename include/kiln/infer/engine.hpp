@@ -692,7 +692,10 @@ class Engine {
   // the smallest larger graph captured, if any.
   static std::int64_t graph_rows(const Run& run, DecodeState& st, std::int64_t n) {
     const std::int64_t bucket = detail::bucket_size(n);
-    if (st.graphs.count(bucket)) return bucket;
+    if (st.graphs.count(bucket)) {
+      st.wanted_steps = 0;  // a run of steps wanting a missing bucket ends here
+      return bucket;
+    }
     st.wanted_steps = st.wanted_bucket == bucket ? st.wanted_steps + 1 : 1;
     st.wanted_bucket = bucket;
     const auto larger = st.graphs.upper_bound(bucket);
