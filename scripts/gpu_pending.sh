@@ -788,7 +788,9 @@ for phase in "$@"; do
         ninja -C /tmp/kb_old -j 4 pretrain > "$BUILD_LOGS/build_old.log" 2>&1 &
         old_build=$!
       fi
-      if [ -n "${LEAN:-}" ]; then build pretrain test_train_infer_rl_cuda; else build pretrain test_train_infer_rl_cuda test_nn_cuda; fi
+      targets=(pretrain test_train_infer_rl_cuda)
+      [ -n "${LEAN:-}" ] || targets+=(test_nn_cuda)
+      build "${targets[@]}"
       timeout 200 "$BUILD/tests/test_train_infer_rl_cuda" --gtest_filter='EngineCuda.*' > "$OUT/test_engine.log" 2>&1 ||
         rc=1
       grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure|graphs captured" "$OUT/test_engine.log" | head -20
@@ -829,7 +831,8 @@ for phase in "$@"; do
       timeout 150 "$BUILD/tests/test_nn_cuda" > "$OUT/test_nn.log" 2>&1 || rc=1
       timeout 200 "$BUILD/tests/test_train_infer_rl_cuda" --gtest_filter='TrainerCuda.*:EngineCuda.*' \
         > "$OUT/test_train_engine.log" 2>&1 || rc=1
-      grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT/test_nn.log" "$OUT/test_train_engine.log" | head -20
+      grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT/test_nn.log" "$OUT/test_train_engine.log" |
+        head -20
       ;;
     step-phases)
       # Where a step's wall time goes on the host (StepPhases): the kernels of a step sum to about

@@ -954,8 +954,8 @@ class Engine {
 
   static void report(const Run& run, std::int64_t active) {
     if (run.options.on_progress)
-      run.options.on_progress(
-          {run.step, active, run.finished, run.total, run.tokens, run.drafts, run.accepted_drafts, run.graphs_captured});
+      run.options.on_progress({run.step, active, run.finished, run.total, run.tokens, run.drafts, run.accepted_drafts,
+                               run.graphs_captured});
   }
 
   const Model* model_;
