@@ -166,15 +166,6 @@ Tensor<T> matmul_add(const Tensor<T>& a, const Tensor<T>& b, const Tensor<T>& c)
 
 namespace detail {
 
-// Whether the 2-D t is the transpose of a row-major matrix (column-major, unit row stride) and
-// not row-major itself (a matrix of one row or column is both: row-major wins).
-template <class T>
-bool is_transposed_matrix(const Tensor<T>& t) {
-  const std::int64_t rows = t.shape()[0], cols = t.shape()[1];
-  if (rows <= 1 || cols <= 1) return false;
-  return t.strides()[0] == 1 && t.strides()[1] == rows;
-}
-
 // The gradients of a·b (inputs 0 and 1 of the node) from the output's gradient g: matmul's
 // backward, and matmul_add's for a and b.
 template <class T>
@@ -201,12 +192,13 @@ void matmul_backward(const Tensor<T>& a, const Tensor<T>& b, const MatmulShapes&
   }
   if (in.needs(1)) {
     Tensor<T> db;
-    if (b.dim() == 2 && is_transposed_matrix(b)) {
-      // b is the transposed view of a row-major [n, k] matrix (Linear's weight, read as Wᵀ): its
-      // gradient is made in that matrix's layout, dBᵀ = dCᵀ·A [n, k], and passed on as the same
-      // transposed view, so the transpose's backward hands W a row-major gradient. The other
-      // way, Aᵀ·dC [k, n] reached W as a transposed view that was then copied element by element
-      // (a strided copy at a tenth of the copy bandwidth, every weight every step).
+    if (b.dim() == 2 && cpu::gemm_layout(b).layout == cpu::GemmLayout::col_major) {
+      // b is the transposed view of a row-major [n, k] matrix (Linear's weight, read as Wᵀ; one
+      // row or column counts as row-major, math/matmul.hpp): its gradient is made in that
+      // matrix's layout, dBᵀ = dCᵀ·A [n, k], and passed on as the same transposed view, so the
+      // transpose's backward hands W a row-major gradient. The other way, Aᵀ·dC [k, n] reached W
+      // as a transposed view that was then copied element by element (a strided copy at a tenth
+      // of the copy bandwidth, every weight every step).
       db = transpose(matmul(transpose(reshape(g2, {-1, s.n}), 0, 1), reshape(a2, {-1, s.k})), 0, 1);
     } else if (numel_of(s.batch) > 1 && numel_of(Shape(b2.shape().begin(), b2.shape().end() - 2)) == 1) {
       // One B for the whole batch: sum_i A_iᵀ·dC_i is a single product over the batch folded

@@ -308,6 +308,17 @@ class Trainer {
   using T = typename scalar_of<Model>::type;
   using Clock = std::chrono::steady_clock;
 
+  // A step's wall time cut into phases: lap(phase) adds the seconds since the last lap (or since
+  // the clock was made) to `phase`.
+  struct PhaseClock {
+    Clock::time_point mark = Clock::now();
+    void lap(double& phase) {
+      const Clock::time_point now = Clock::now();
+      phase += std::chrono::duration<double>(now - mark).count();
+      mark = now;
+    }
+  };
+
   // `model` must outlive the trainer; the optimizer is built over model.parameters(). loss_fn
   // replaces compute_loss (for training and validation).
   Trainer(Model& model, TrainerOptions options, BatchFn train_data, BatchFn validation_data = {},
@@ -374,26 +385,20 @@ class Trainer {
   // The gradients of the `grad_accum` micro-batches starting at micro-batch `first` (weights
   // unchanged, gradients replaced): the mean loss and its parts, tokens and FLOPs.
   StepRecord compute_gradients(std::int64_t first) {
-    Clock::time_point mark = Clock::now();
+    PhaseClock clock;
     StepRecord r;
-    // Seconds since the last mark, into `phase`.
-    auto lap = [&mark](double& phase) {
-      const Clock::time_point now = Clock::now();
-      phase += std::chrono::duration<double>(now - mark).count();
-      mark = now;
-    };
     model_.zero_grad();
-    lap(r.phases.rest);
+    clock.lap(r.phases.rest);
     using A = compute_t<T>;  // losses summed in float (double for double models)
     Tensor<A> loss_sum;
     std::vector<std::pair<std::string, Tensor<A>>> part_sums;
     std::vector<Batch> batches;  // as the BatchFn made them (usually on the host, where they are counted)
     for (std::int64_t k = 0; k < options_.grad_accum; ++k) batches.push_back(train_data_(first + k));
     const std::vector<double> w = target_weights(batches);
-    lap(r.phases.data);
+    clock.lap(r.phases.data);
     for (std::size_t k = 0; k < batches.size(); ++k) {
       const Batch b = on_device(batches[k]);
-      lap(r.phases.data);
+      clock.lap(r.phases.data);
       const LossParts<T> l = loss(b);
       (w[k] == 1.0 ? l.loss : mul(l.loss, w[k])).backward();
       NoGradGuard no_grad;
@@ -407,11 +412,11 @@ class Trainer {
       for (std::size_t i = 0; i < l.parts.size(); ++i) accumulate(part_sums[i].second, l.parts[i].second);
       r.tokens += b.ids.numel();
       r.flops += static_cast<double>(b.ids.numel()) * flops_.per_token(b.ids.size(1));
-      lap(r.phases.forward_backward);
+      clock.lap(r.phases.forward_backward);
     }
     r.loss = static_cast<double>(loss_sum.item());
     for (const auto& [name, t] : part_sums) r.parts.emplace_back(name, static_cast<double>(t.item()));
-    lap(r.phases.loss_read);
+    clock.lap(r.phases.loss_read);
     return r;
   }
 
@@ -421,17 +426,12 @@ class Trainer {
     const auto start = Clock::now();
     StepRecord r = compute_gradients(data_position_);
     data_position_ += options_.grad_accum;
-    Clock::time_point mark = Clock::now();
-    auto lap = [&mark](double& phase) {
-      const Clock::time_point now = Clock::now();
-      phase += std::chrono::duration<double>(now - mark).count();
-      mark = now;
-    };
+    PhaseClock clock;
 
     const auto params = model_.parameters();
     const bool clip = options_.max_grad_norm > 0.0;
     r.grad_norm = optim::clip_grad_norm(params, clip ? options_.max_grad_norm : std::numeric_limits<double>::max());
-    lap(r.phases.clip);
+    clock.lap(r.phases.clip);
     r.lr = options_.schedule(step_);
     r.skipped = !std::isfinite(r.grad_norm);
     if (!r.skipped) {
@@ -440,7 +440,7 @@ class Trainer {
     } else {
       ++skipped_steps_;
     }
-    lap(r.phases.optimizer);
+    clock.lap(r.phases.optimizer);
     if constexpr (requires { model_.load_stats(); }) {
       const auto loads = model_.load_stats();
       for (const auto& l : loads) {
@@ -449,14 +449,14 @@ class Trainer {
       }
       model_.update_balance();
     }
-    lap(r.phases.balance);
+    clock.lap(r.phases.balance);
     model_.zero_grad();
     ++step_;
     tokens_seen_ += r.tokens;
     r.step = step_;
     last_lr_ = r.lr;
-    lap(r.phases.rest);
-    r.seconds = std::chrono::duration<double>(mark - start).count();
+    clock.lap(r.phases.rest);
+    r.seconds = std::chrono::duration<double>(clock.mark - start).count();
     history_.push_back(r);
     return r;
   }
