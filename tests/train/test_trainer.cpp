@@ -309,6 +309,7 @@ TEST(Trainer, StepPhasesAddUpAndArePrinted) {
     EXPECT_NEAR(r.phases.total(), r.seconds, 1e-4);
     EXPECT_GE(r.phases.data, 0.02);
     EXPECT_GT(r.phases.forward_backward, 0.0);
+    EXPECT_EQ(r.phases.device_copies, 0);  // all on the CPU: nothing waits for a device
   }
   std::string text;
   {
@@ -324,6 +325,7 @@ TEST(Trainer, StepPhasesAddUpAndArePrinted) {
   EXPECT_EQ(lines, 3u) << text;
   EXPECT_NE(text.find("forward+backward enqueued"), std::string::npos);
   EXPECT_NE(text.find("loss read"), std::string::npos);
+  EXPECT_NE(text.find("device copies 0.0 (0.0 in forward+backward)"), std::string::npos) << text;
 
   o.time_phases = false;
   std::FILE* quiet = std::fopen(path.c_str(), "w");

@@ -7,7 +7,9 @@
 // table in at static-initialisation time.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <memory>
 #include <algorithm>
@@ -102,6 +104,14 @@ class Storage {
   Device device_;
 };
 
+// How many copies to, from or between devices this process has made. Each waits for the device's
+// queued work (DeviceBackend::copy is synchronous), so the count over a training step tells how
+// often the host stopped to wait for the GPU (train::StepPhases::device_copies).
+inline std::atomic<std::int64_t>& device_copy_count() {
+  static std::atomic<std::int64_t> count{0};
+  return count;
+}
+
 // Copies bytes between devices.
 inline void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device,
                        std::size_t bytes) {
@@ -109,6 +119,7 @@ inline void copy_bytes(void* dst, Device dst_device, const void* src, Device src
   if (dst_device.is_cpu() && src_device.is_cpu()) {
     std::memcpy(dst, src, bytes);
   } else {
+    device_copy_count().fetch_add(1, std::memory_order_relaxed);
     backend_for("copy", dst_device.is_cpu() ? src_device : dst_device)
         .copy(dst, dst_device, src, src_device, bytes);
   }

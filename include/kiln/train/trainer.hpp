@@ -248,10 +248,14 @@ struct StepPhases {
   double optimizer = 0.0;         // the AdamW update
   double balance = 0.0;           // the expert loads read (MaxVio) and the routing bias update
   double rest = 0.0;              // gradients released, bookkeeping
+  // Copies to or from the device (device_copy_count), each a wait for the GPU's queue: in the
+  // whole step, and in its forward+backward (where a wait stalls the enqueueing).
+  std::int64_t device_copies = 0, forward_backward_copies = 0;
 
   StepPhases& operator+=(const StepPhases& o) {
     data += o.data, forward_backward += o.forward_backward, loss_read += o.loss_read, clip += o.clip;
     optimizer += o.optimizer, balance += o.balance, rest += o.rest;
+    device_copies += o.device_copies, forward_backward_copies += o.forward_backward_copies;
     return *this;
   }
   double total() const { return data + forward_backward + loss_read + clip + optimizer + balance + rest; }
@@ -310,12 +314,17 @@ class Trainer {
 
   // A step's wall time cut into phases: lap(phase) adds the seconds since the last lap (or since
   // the clock was made) to `phase`.
+  // Laps a step's phases: each lap adds the time (and the device copies) since the previous one.
   struct PhaseClock {
     Clock::time_point mark = Clock::now();
-    void lap(double& phase) {
+    std::int64_t copies = device_copy_count().load(std::memory_order_relaxed);
+    std::int64_t lap(double& phase) {
       const Clock::time_point now = Clock::now();
       phase += std::chrono::duration<double>(now - mark).count();
       mark = now;
+      const std::int64_t total = device_copy_count().load(std::memory_order_relaxed), made = total - copies;
+      copies = total;
+      return made;
     }
   };
 
@@ -412,7 +421,7 @@ class Trainer {
       for (std::size_t i = 0; i < l.parts.size(); ++i) accumulate(part_sums[i].second, l.parts[i].second);
       r.tokens += b.ids.numel();
       r.flops += static_cast<double>(b.ids.numel()) * flops_.per_token(b.ids.size(1));
-      clock.lap(r.phases.forward_backward);
+      r.phases.forward_backward_copies += clock.lap(r.phases.forward_backward);
     }
     r.loss = static_cast<double>(loss_sum.item());
     for (const auto& [name, t] : part_sums) r.parts.emplace_back(name, static_cast<double>(t.item()));
@@ -424,6 +433,7 @@ class Trainer {
   StepRecord step() {
     check(step_ < options_.steps, "Trainer", "all ", options_.steps, " steps are done");
     const auto start = Clock::now();
+    const std::int64_t copies_before = device_copy_count().load(std::memory_order_relaxed);
     StepRecord r = compute_gradients(data_position_);
     data_position_ += options_.grad_accum;
     PhaseClock clock;
@@ -457,6 +467,7 @@ class Trainer {
     last_lr_ = r.lr;
     clock.lap(r.phases.rest);
     r.seconds = std::chrono::duration<double>(clock.mark - start).count();
+    r.phases.device_copies = clock.copies - copies_before;
     history_.push_back(r);
     return r;
   }
@@ -629,7 +640,9 @@ class Trainer {
     };
     log("  host per step: " + part("data", p.data) + " | " + part("forward+backward enqueued", p.forward_backward) +
         " | " + part("loss read", p.loss_read) + " | " + part("clip", p.clip) + " | " +
-        part("optimizer", p.optimizer) + " | " + part("balance", p.balance) + " | " + part("rest", p.rest) + "\n");
+        part("optimizer", p.optimizer) + " | " + part("balance", p.balance) + " | " + part("rest", p.rest) +
+        detail::format(" | device copies %.1f (%.1f in forward+backward)\n", static_cast<double>(p.device_copies) / n,
+                       static_cast<double>(p.forward_backward_copies) / n));
   }
 
   void print_eval(const EvalRecord& e) const {
