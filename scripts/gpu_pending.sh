@@ -126,6 +126,13 @@
 #           their GB/s (scripts/ncu_kernel_table.py): whether the copies run at copy speed
 #   profile-fp8  the GPU time of each kernel in 30 steps of bf16 and of FP8 training (nsys when the
 #           machine has it)                                          -> docs/fp8-gemm.md
+#   sync-free-build, sync-free  after a step's waits were cut (2026-12-07, fourth session: uploads
+#           of up to 1 MB queued without waiting, copies within a GPU without waiting, the trainer's
+#           host check of the token ids and one read point a step). sync-free-build builds this tree's
+#           targets and $OLD_TREE's pretrain (`git archive a060103 | tar -x -C build-ab/base`,
+#           carried); sync-free runs test_core_optim_cuda (graphs, copies, AdamW), test_nn_cuda,
+#           TrainerCuda.* and EngineCuda.*, then pretrain --time-phases new, old, new, old
+#           (200 steps) while under $DEADLINE (540)                          -> docs/training.md
 # Usage: scripts/gpu_pending.sh PHASE [PHASE ...]   (on the lent machine: OUT=$OUT, logs under it)
 # The Debian dev packages the build needs (Eigen, GoogleTest, Google Benchmark, nlohmann-json) are
 # unpacked from build-deps/*.deb when missing there; fetch them first on a Debian 12 machine with
@@ -144,7 +151,7 @@ phases="build|tests|quantize|quantize-quick|fp8|fp8-ablations|fp8-parts|fp8-seed
 phases+="|key-groups-ab|verify|steps|changes|profile-decode|decode-step|profile-speculative|decode-fp8|latent-recheck"
 phases+="|profile-fp8-gemm|profile-fp8-gemm-source|fp8-uniform-ab|hopper-decode|seesaw|engine-hopper"
 phases+="|session-build|combine-tests|combine-bench|swiglu|folds|vs-hf|profile-copies|attention-views|one-call"
-phases+="|graphs-matmul|step-phases|autograd-tests"
+phases+="|graphs-matmul|step-phases|autograd-tests|sync-free-build|sync-free"
 [ $# -gt 0 ] || { echo "usage: $0 $phases|profile-fp8 ..."; exit 2; }
 
 . scripts/carried_deps.sh
@@ -842,6 +849,36 @@ for phase in "$@"; do
       "$BUILD/examples/pretrain" --device cuda --config big --steps 200 --log-every 50 --eval-every 1000 \
         --samples 0 --seed 1 --time-phases > "$OUT/pretrain_phases.log" 2>&1 || rc=1
       grep -E "^step|host per step|^done" "$OUT/pretrain_phases.log" | cut -c1-260
+      ;;
+    sync-free-build|sync-free)
+      [ -d "${OLD_TREE:-}" ] || { echo "$phase needs OLD_TREE (a source tree to compare against)"; exit 2; }
+      if [ ! -x /tmp/kb_old/examples/pretrain ]; then
+        configure_release "$OLD_TREE" /tmp/kb_old "$BUILD_LOGS/configure_old.log"
+        ninja -C /tmp/kb_old -j 4 pretrain > "$BUILD_LOGS/build_old.log" 2>&1 &
+        old_build=$!
+      fi
+      build pretrain test_core_optim_cuda test_nn_cuda test_train_infer_rl_cuda
+      [ -n "${old_build:-}" ] && { wait "$old_build" || { echo "old build failed"; tail -20 "$BUILD_LOGS/build_old.log"; }; }
+      [ $phase = sync-free ] || continue
+      for t in test_core_optim_cuda test_nn_cuda; do
+        timeout 150 "$BUILD/tests/$t" > "$OUT/$t.log" 2>&1 || rc=1
+      done
+      timeout 200 "$BUILD/tests/test_train_infer_rl_cuda" --gtest_filter='TrainerCuda.*:EngineCuda.*' \
+        > "$OUT/test_train_engine.log" 2>&1 || rc=1
+      grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT"/test_core_optim_cuda.log "$OUT"/test_nn_cuda.log \
+        "$OUT"/test_train_engine.log | head -20
+      for round in 1 2; do
+        for tree in new old; do
+          [ $SECONDS -lt "${DEADLINE:-540}" ] || { echo "deadline: $tree round $round not run"; continue; }
+          bin="$BUILD/examples/pretrain"
+          [ $tree = old ] && bin=/tmp/kb_old/examples/pretrain
+          log="$OUT/pretrain_${tree}_$round.log"
+          timeout 60 "$bin" --device cuda --config big --steps 200 --log-every 100 --eval-every 1000 --samples 0 \
+            --seed 1 --time-phases > "$log" 2>&1 || rc=1
+          echo "$tree $round: $(grep -E '^done' "$log")"
+          grep -A1 -E '^step 200' "$log" | cut -c1-400
+        done
+      done
       ;;
     vs-hf)
       build pretrain

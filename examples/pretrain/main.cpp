@@ -95,8 +95,8 @@ const char* kUsage = R"(pretrain: a small DeepSeek-V3-style MoE model on worked 
                         on the CPU runs the kernels' reference loops (slow; for checking) [automatic]
   --samples N           greedy completions of test problems printed at the end [3]
   --time-phases         after each progress line, where the steps' wall time went on the host
-                        (data, forward+backward enqueued, the loss read that waits for the GPU,
-                        clip, optimizer, balance; train/trainer.hpp StepPhases)
+                        (data, forward+backward enqueued, the reads that wait for the GPU,
+                        clip, optimizer, balance; the host's waits; train/trainer.hpp StepPhases)
   --threads N           CPU threads (OpenMP, Eigen); the small model's ops are too small to share
                         well, and on a busy machine extra threads mostly wait   [1]
 )";

@@ -32,7 +32,9 @@ using DeviceStream = CUstream_st*;
 struct DeviceBackend {
   void* (*allocate)(std::size_t bytes, int device) = nullptr;
   void (*deallocate)(void* ptr, std::size_t bytes, int device) = nullptr;
-  // Copies bytes between any two devices (either side may be the CPU); synchronous.
+  // Copies bytes between any two devices (either side may be the CPU). The host's buffer may be
+  // reused on return; a read to the host has arrived on return; the device side is in the order of
+  // the thread's kiln stream (backend/cuda/copy.hpp says which copies wait).
   void (*copy)(void* dst, Device dst_device, const void* src, Device src_device,
                std::size_t bytes) = nullptr;
   // The stream kiln queues this thread's work for `device` on (kernels take it in their arguments).
@@ -104,10 +106,11 @@ class Storage {
   Device device_;
 };
 
-// How many copies to, from or between devices this process has made. Each waits for the device's
-// queued work (DeviceBackend::copy is synchronous), so the count over a training step tells how
-// often the host stopped to wait for the GPU (train::StepPhases::device_copies).
-inline std::atomic<std::int64_t>& device_copy_count() {
+// How many times this process's host has waited for a device's queued work to finish: the device
+// backend counts each copy that waits (reads back to the host, large uploads; backend/cuda/copy.hpp
+// lists which do). Over a training step the count tells how often the host stopped feeding the
+// GPU (train::StepPhases::host_waits).
+inline std::atomic<std::int64_t>& host_wait_count() {
   static std::atomic<std::int64_t> count{0};
   return count;
 }
@@ -119,7 +122,6 @@ inline void copy_bytes(void* dst, Device dst_device, const void* src, Device src
   if (dst_device.is_cpu() && src_device.is_cpu()) {
     std::memcpy(dst, src, bytes);
   } else {
-    device_copy_count().fetch_add(1, std::memory_order_relaxed);
     backend_for("copy", dst_device.is_cpu() ? src_device : dst_device)
         .copy(dst, dst_device, src, src_device, bytes);
   }

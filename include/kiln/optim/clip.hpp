@@ -15,6 +15,7 @@
 #include "kiln/core/device_kernel.hpp"
 #include "kiln/kernels/optim/args.hpp"
 #include "kiln/ops/copy.hpp"
+#include "kiln/ops/factory.hpp"
 
 namespace kiln::optim {
 
@@ -47,11 +48,15 @@ struct GradientSet {
   bool empty() const { return grads.empty(); }
 
   // Σ g² over every gradient, in double, in a fixed order. On a GPU it is read back (waits).
-  double sum_squares() const {
-    if (grads.empty()) return 0.0;
+  double sum_squares() const { return queue_sum_squares().item(); }
+
+  // The same as a scalar tensor on the gradients' device (a CPU scalar when there are none): on a
+  // GPU queued, not read, so that its read can join others after the caller's last launch.
+  Tensor<double> queue_sum_squares() const {
+    if (grads.empty()) return zeros<double>({});
     const Device device = grads.front().device();
-    double squares = 0.0;
     if (device.is_cpu()) {
+      double squares = 0.0;
       constexpr std::int64_t chunk = 1 << 16;
       for (const Tensor<T>& g : grads) {
         const T* data = g.data();
@@ -67,16 +72,15 @@ struct GradientSet {
         });
         for (double s : partial) squares += s;
       }
-    } else {
-      Tensor<double> out({1}, device);
-      launch_device_kernel("clip_grad_norm", kernels::GradSumSquaresArgs{.launch = launch_on("clip_grad_norm", device),
-                                                                         .dtype = dtype_of<T>,
-                                                                         .grads = views.data(),
-                                                                         .count = static_cast<int>(views.size()),
-                                                                         .out = out.data()});
-      squares = out.item();
+      return full<double>({}, squares);
     }
-    return squares;
+    Tensor<double> out(Shape{}, device);
+    launch_device_kernel("clip_grad_norm", kernels::GradSumSquaresArgs{.launch = launch_on("clip_grad_norm", device),
+                                                                       .dtype = dtype_of<T>,
+                                                                       .grads = views.data(),
+                                                                       .count = static_cast<int>(views.size()),
+                                                                       .out = out.data()});
+    return out;
   }
 
   // Every gradient *= scale, in place.

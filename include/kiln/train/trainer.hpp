@@ -54,11 +54,13 @@
 #include <cstdio>
 #include <functional>
 #include <limits>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "kiln/autograd/grad_mode.hpp"
+#include "kiln/core/device_readback.hpp"
 #include "kiln/io/checkpoint.hpp"
 #include "kiln/nn/deepseek_v3.hpp"
 #include "kiln/nn/llama.hpp"
@@ -235,30 +237,30 @@ struct TrainerOptions {
 };
 
 // Where one step's wall time went, as the host sees it (seconds). On a GPU the host only enqueues
-// kernels, and waits at the step's reads: the loss (after the backward), the gradient norm (for
-// clipping and the skip of a non-finite step) and the expert loads (MaxVio). So `forward_backward`
-// is the host's cost of enqueueing them (close to the GPU's time when the host is what limits the
-// step), and `loss_read` is how long the GPU still had to run after that. The phases add up to
-// StepRecord::seconds (but for the microseconds of a function call).
+// kernels, and waits once a step, at its reads: the losses, the gradient norm (for clipping and the
+// skip of a non-finite step) and the expert loads (MaxVio), read together after the backward and
+// the norm are queued. So `forward_backward` is the host's cost of enqueueing them (close to the
+// GPU's time when the host is what limits the step), and `reads` is how long the GPU still had to
+// run after that. The phases add up to StepRecord::seconds (but for the microseconds of a call).
 struct StepPhases {
-  double data = 0.0;              // the micro-batches made (BatchFn) and moved to the device
+  double data = 0.0;              // the micro-batches made (BatchFn), checked and moved to the device
   double forward_backward = 0.0;  // the losses and their backward, enqueued
-  double loss_read = 0.0;         // reading the losses: waits for the backward to finish
-  double clip = 0.0;              // the global gradient norm (a read) and the clipping
+  double reads = 0.0;             // the gradient norm queued; losses, norm and loads read (waits)
+  double clip = 0.0;              // the gradients scaled to the clipped norm
   double optimizer = 0.0;         // the AdamW update
-  double balance = 0.0;           // the expert loads read (MaxVio) and the routing bias update
+  double balance = 0.0;           // the routing bias update
   double rest = 0.0;              // gradients released, bookkeeping
-  // Copies to or from the device (device_copy_count), each a wait for the GPU's queue: in the
-  // whole step, and in its forward+backward (where a wait stalls the enqueueing).
-  std::int64_t device_copies = 0, forward_backward_copies = 0;
+  // How often the host waited for the device's queue (core's host_wait_count: reads back, large
+  // uploads): in the whole step, and in its forward+backward (where a wait stalls the enqueueing).
+  std::int64_t host_waits = 0, forward_backward_waits = 0;
 
   StepPhases& operator+=(const StepPhases& o) {
-    data += o.data, forward_backward += o.forward_backward, loss_read += o.loss_read, clip += o.clip;
+    data += o.data, forward_backward += o.forward_backward, reads += o.reads, clip += o.clip;
     optimizer += o.optimizer, balance += o.balance, rest += o.rest;
-    device_copies += o.device_copies, forward_backward_copies += o.forward_backward_copies;
+    host_waits += o.host_waits, forward_backward_waits += o.forward_backward_waits;
     return *this;
   }
-  double total() const { return data + forward_backward + loss_read + clip + optimizer + balance + rest; }
+  double total() const { return data + forward_backward + reads + clip + optimizer + balance + rest; }
 };
 
 // What one optimizer step did.
@@ -314,17 +316,18 @@ class Trainer {
 
   // A step's wall time cut into phases: lap(phase) adds the seconds since the last lap (or since
   // the clock was made) to `phase`.
-  // Laps a step's phases: each lap adds the time (and the device copies) since the previous one.
+  // Laps a step's phases: each lap adds the time since the previous one to `phase` and returns
+  // the host's waits for the device in between.
   struct PhaseClock {
     Clock::time_point mark = Clock::now();
-    std::int64_t copies = device_copy_count().load(std::memory_order_relaxed);
+    std::int64_t waits = host_wait_count().load(std::memory_order_relaxed);
     std::int64_t lap(double& phase) {
       const Clock::time_point now = Clock::now();
       phase += std::chrono::duration<double>(now - mark).count();
       mark = now;
-      const std::int64_t total = device_copy_count().load(std::memory_order_relaxed), made = total - copies;
-      copies = total;
-      return made;
+      const std::int64_t total = host_wait_count().load(std::memory_order_relaxed), since = total - waits;
+      waits = total;
+      return since;
     }
   };
 
@@ -396,51 +399,39 @@ class Trainer {
   StepRecord compute_gradients(std::int64_t first) {
     PhaseClock clock;
     StepRecord r;
-    model_.zero_grad();
-    clock.lap(r.phases.rest);
-    using A = compute_t<T>;  // losses summed in float (double for double models)
-    Tensor<A> loss_sum;
-    std::vector<std::pair<std::string, Tensor<A>>> part_sums;
-    std::vector<Batch> batches;  // as the BatchFn made them (usually on the host, where they are counted)
-    for (std::int64_t k = 0; k < options_.grad_accum; ++k) batches.push_back(train_data_(first + k));
-    const std::vector<double> w = target_weights(batches);
-    clock.lap(r.phases.data);
-    for (std::size_t k = 0; k < batches.size(); ++k) {
-      const Batch b = on_device(batches[k]);
-      clock.lap(r.phases.data);
-      const LossParts<T> l = loss(b);
-      (w[k] == 1.0 ? l.loss : mul(l.loss, w[k])).backward();
-      NoGradGuard no_grad;
-      auto accumulate = [&](Tensor<A>& sum, const Tensor<T>& x) {
-        const Tensor<A> v = mul(cast<A>(x.detach()), w[k]);
-        sum = sum.defined() ? add(sum, v) : v;
-      };
-      accumulate(loss_sum, l.loss);
-      if (part_sums.empty())
-        for (const auto& [name, t] : l.parts) part_sums.emplace_back(name, Tensor<A>());
-      for (std::size_t i = 0; i < l.parts.size(); ++i) accumulate(part_sums[i].second, l.parts[i].second);
-      r.tokens += b.ids.numel();
-      r.flops += static_cast<double>(b.ids.numel()) * flops_.per_token(b.ids.size(1));
-      r.phases.forward_backward_copies += clock.lap(r.phases.forward_backward);
-    }
-    r.loss = static_cast<double>(loss_sum.item());
-    for (const auto& [name, t] : part_sums) r.parts.emplace_back(name, static_cast<double>(t.item()));
-    clock.lap(r.phases.loss_read);
+    read_losses(queue_gradients(first, r, clock), r);
+    clock.lap(r.phases.reads);
     return r;
   }
 
   // One optimizer step on the next micro-batches.
   StepRecord step() {
     check(step_ < options_.steps, "Trainer", "all ", options_.steps, " steps are done");
-    const auto start = Clock::now();
-    const std::int64_t copies_before = device_copy_count().load(std::memory_order_relaxed);
-    StepRecord r = compute_gradients(data_position_);
-    data_position_ += options_.grad_accum;
+    const std::int64_t waits_before = host_wait_count().load(std::memory_order_relaxed);
     PhaseClock clock;
+    const auto start = clock.mark;
+    StepRecord r;
+    const QueuedLosses losses = queue_gradients(data_position_, r, clock);
+    data_position_ += options_.grad_accum;
 
-    const auto params = model_.parameters();
-    const bool clip = options_.max_grad_norm > 0.0;
-    r.grad_norm = optim::clip_grad_norm(params, clip ? options_.max_grad_norm : std::numeric_limits<double>::max());
+    // The step's reads, together after its last launch: the first waits for the GPU, the others
+    // find their values computed.
+    const optim::GradientSet<T> grads(model_.parameters(), "Trainer");
+    const Tensor<double> squares = grads.queue_sum_squares();
+    read_losses(losses, r);
+    r.grad_norm = std::sqrt(squares.item());
+    if constexpr (requires { model_.load_stats(); }) {
+      const auto loads = model_.load_stats();
+      for (const auto& l : loads) {
+        r.max_vio_mean += l.max_violation() / static_cast<double>(loads.size());
+        r.max_vio_max = std::max(r.max_vio_max, l.max_violation());
+      }
+    }
+    clock.lap(r.phases.reads);
+
+    // What optim::clip_grad_norm does, with the norm read above.
+    const double factor = options_.max_grad_norm > 0.0 ? optim::clip_factor(r.grad_norm, options_.max_grad_norm) : 1.0;
+    if (factor != 1.0) grads.scale(factor);
     clock.lap(r.phases.clip);
     r.lr = options_.schedule(step_);
     r.skipped = !std::isfinite(r.grad_norm);
@@ -451,14 +442,7 @@ class Trainer {
       ++skipped_steps_;
     }
     clock.lap(r.phases.optimizer);
-    if constexpr (requires { model_.load_stats(); }) {
-      const auto loads = model_.load_stats();
-      for (const auto& l : loads) {
-        r.max_vio_mean += l.max_violation() / static_cast<double>(loads.size());
-        r.max_vio_max = std::max(r.max_vio_max, l.max_violation());
-      }
-      model_.update_balance();
-    }
+    if constexpr (requires { model_.update_balance(); }) model_.update_balance();
     clock.lap(r.phases.balance);
     model_.zero_grad();
     ++step_;
@@ -467,7 +451,7 @@ class Trainer {
     last_lr_ = r.lr;
     clock.lap(r.phases.rest);
     r.seconds = std::chrono::duration<double>(clock.mark - start).count();
-    r.phases.device_copies = clock.copies - copies_before;
+    r.phases.host_waits = clock.waits - waits_before;
     history_.push_back(r);
     return r;
   }
@@ -577,6 +561,77 @@ class Trainer {
   }
 
  private:
+  // A step's weighted losses, summed on the model's device and read after its last launch.
+  struct QueuedLosses {
+    Tensor<compute_t<T>> loss;  // losses summed in float (double for double models)
+    std::vector<std::pair<std::string, Tensor<compute_t<T>>>> parts;
+  };
+
+  // Queues the gradients of the `grad_accum` micro-batches starting at micro-batch `first` (weights
+  // unchanged, gradients replaced) and returns their losses, weighted as the gradients are; adds
+  // the tokens, FLOPs and phases to r.
+  QueuedLosses queue_gradients(std::int64_t first, StepRecord& r, PhaseClock& clock) {
+    using A = compute_t<T>;
+    model_.zero_grad();
+    clock.lap(r.phases.rest);
+    QueuedLosses sums;
+    std::vector<Batch> batches;  // as the BatchFn made them (usually on the host, where they are counted)
+    for (std::int64_t k = 0; k < options_.grad_accum; ++k) batches.push_back(train_data_(first + k));
+    const std::vector<double> w = target_weights(batches);
+    clock.lap(r.phases.data);
+    for (std::size_t k = 0; k < batches.size(); ++k) {
+      // Token ids checked here skip the device ops' own checks, each a read that would stop the
+      // host from queueing the rest of the step (core/device_readback.hpp).
+      std::optional<DeviceReadbackGuard> checked;
+      if (tokens_checked_on_host(batches[k], first + static_cast<std::int64_t>(k))) checked.emplace();
+      const Batch b = on_device(batches[k]);
+      clock.lap(r.phases.data);
+      const LossParts<T> l = loss(b);
+      (w[k] == 1.0 ? l.loss : mul(l.loss, w[k])).backward();
+      NoGradGuard no_grad;
+      auto accumulate = [&](Tensor<A>& sum, const Tensor<T>& x) {
+        const Tensor<A> v = mul(cast<A>(x.detach()), w[k]);
+        sum = sum.defined() ? add(sum, v) : v;
+      };
+      accumulate(sums.loss, l.loss);
+      if (sums.parts.empty())
+        for (const auto& [name, t] : l.parts) sums.parts.emplace_back(name, Tensor<A>());
+      for (std::size_t i = 0; i < l.parts.size(); ++i) accumulate(sums.parts[i].second, l.parts[i].second);
+      r.tokens += b.ids.numel();
+      r.flops += static_cast<double>(b.ids.numel()) * flops_.per_token(b.ids.size(1));
+      r.phases.forward_backward_waits += clock.lap(r.phases.forward_backward);
+    }
+    return sums;
+  }
+
+  static void read_losses(const QueuedLosses& losses, StepRecord& r) {
+    r.loss = static_cast<double>(losses.loss.item());
+    for (const auto& [name, t] : losses.parts) r.parts.emplace_back(name, static_cast<double>(t.item()));
+  }
+
+  // With the built-in loss (compute_loss) of a model that knows its vocabulary and a batch made on
+  // the host: checks every id and target (ids in [0, vocab), targets too or -100) and returns
+  // true, so the device ops may skip theirs. Otherwise false: the ops check.
+  bool tokens_checked_on_host(const Batch& b, std::int64_t index) const {
+    if constexpr (requires { model_.vocab_size(); }) {
+      if (loss_fn_ || !b.ids.defined() || !b.targets.defined() || !b.ids.device().is_cpu() ||
+          !b.targets.device().is_cpu())
+        return false;
+      const std::int64_t vocab = model_.vocab_size();
+      auto check_tokens = [&](const Tensor<std::int64_t>& t, const char* what, bool ignorable) {
+        const std::vector<std::int64_t> v = t.to_vector();
+        for (std::size_t i = 0; i < v.size(); ++i)
+          check((v[i] >= 0 && v[i] < vocab) || (ignorable && v[i] == -100), "Trainer", "micro-batch ", index, ": ",
+                what, " ", v[i], " at flat position ", i, " of shape ", t.shape(), " is out of range for the model's ",
+                vocab, " tokens", ignorable ? " (or -100, ignored)" : "");
+      };
+      check_tokens(b.ids, "token id", false);
+      check_tokens(b.targets, "target", true);
+      return true;
+    }
+    return false;
+  }
+
   Batch on_device(const Batch& b) const {
     check(b.ids.defined() && b.targets.defined() && b.ids.dim() == 2 && b.ids.shape() == b.targets.shape(), "Trainer",
           "a batch needs ids and targets of one shape [B, S], got ", b.ids.defined() ? b.ids.shape() : Shape{}, " and ",
@@ -639,10 +694,10 @@ class Trainer {
       return detail::format("%s %.2f ms (%.0f%%)", name, 1e3 * seconds / n, 100.0 * seconds / total);
     };
     log("  host per step: " + part("data", p.data) + " | " + part("forward+backward enqueued", p.forward_backward) +
-        " | " + part("loss read", p.loss_read) + " | " + part("clip", p.clip) + " | " +
+        " | " + part("reads", p.reads) + " | " + part("clip", p.clip) + " | " +
         part("optimizer", p.optimizer) + " | " + part("balance", p.balance) + " | " + part("rest", p.rest) +
-        detail::format(" | device copies %.1f (%.1f in forward+backward)\n", static_cast<double>(p.device_copies) / n,
-                       static_cast<double>(p.forward_backward_copies) / n));
+        detail::format(" | host waits %.1f (%.1f in forward+backward)\n", static_cast<double>(p.host_waits) / n,
+                       static_cast<double>(p.forward_backward_waits) / n));
   }
 
   void print_eval(const EvalRecord& e) const {

@@ -1,6 +1,15 @@
 // Copies between host and device memory. Pageable host memory cannot be read by the copy
-// engine directly, so host data is staged through pinned buffers in chunks, two at a time: the
-// CPU fills one chunk while the DMA engine moves the other. Copies are synchronous for the caller.
+// engine directly, so host data is staged through pinned buffers.
+//
+// Which copies make the host wait for the device (each counted by core's host_wait_count):
+//   device to host: always (the host reads the data: it must have been computed);
+//   host to device up to PinnedRing::kSmallCopy (a batch's ids, rope positions, sequence bounds):
+//     never, but for a ring slot's reuse (kernels/common/pinned_ring.hpp); the copy is queued on
+//     the kiln stream, so the kernels queued after it see the data;
+//   larger host to device (weights, checkpoints): staged in 8 MB chunks, two at a time (the CPU fills
+//     one while the DMA engine moves the other), and the call returns when all have arrived;
+//   device to device on one device: never (the stream orders it before every later kernel and
+//     before the allocator's reuse of either buffer); across devices: waits for the source's stream.
 #pragma once
 
 #include <cstring>
@@ -9,6 +18,8 @@
 #include "kiln/backend/cuda/stream.hpp"
 #include "kiln/core/device.hpp"
 #include "kiln/core/error.hpp"
+#include "kiln/core/storage.hpp"
+#include "kiln/kernels/common/pinned_ring.hpp"
 
 namespace kiln::cuda {
 
@@ -50,6 +61,7 @@ class PinnedStaging {
       }
     }
     KILN_CUDA_CHECK(cudaStreamSynchronize(stream));
+    host_wait_count().fetch_add(1, std::memory_order_relaxed);
     (void)device;
   }
 
@@ -73,16 +85,19 @@ inline void copy_between(void* dst, Device dst_device, const void* src, Device s
     cudaStream_t stream = current_stream(dst_device.index);
     if (dst_device.index == src_device.index) {
       KILN_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream));
-    } else {
-      // Order after the source device's queued work, then copy peer to peer.
-      KILN_CUDA_CHECK(cudaStreamSynchronize(current_stream(src_device.index)));
-      KILN_CUDA_CHECK(cudaMemcpyPeerAsync(dst, dst_device.index, src, src_device.index, bytes, stream));
+      return;
     }
+    // Order after the source device's queued work, then copy peer to peer.
+    KILN_CUDA_CHECK(cudaStreamSynchronize(current_stream(src_device.index)));
+    KILN_CUDA_CHECK(cudaMemcpyPeerAsync(dst, dst_device.index, src, src_device.index, bytes, stream));
     KILN_CUDA_CHECK(cudaStreamSynchronize(stream));
+    host_wait_count().fetch_add(1, std::memory_order_relaxed);
     return;
   }
   const int device = dst_device.is_cuda() ? dst_device.index : src_device.index;
   DeviceGuard g(device);
+  if (dst_device.is_cuda() && bytes <= PinnedRing::kSmallCopy)
+    return PinnedRing::of(device).copy_to_device(dst, src, bytes, current_stream(device));
   PinnedStaging::instance().copy(dst, src, bytes, dst_device.is_cuda(), device, current_stream(device));
 }
 

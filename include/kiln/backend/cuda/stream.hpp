@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "kiln/backend/cuda/error.hpp"
+#include "kiln/core/storage.hpp"
 #include "kiln/kernels/common/device_guard.hpp"
 
 namespace kiln::cuda {
@@ -63,7 +64,10 @@ class StreamGuard {
   cudaStream_t previous_;
 };
 
-inline void synchronize(int device = 0) { KILN_CUDA_CHECK(cudaStreamSynchronize(current_stream(device))); }
+inline void synchronize(int device = 0) {
+  KILN_CUDA_CHECK(cudaStreamSynchronize(current_stream(device)));
+  host_wait_count().fetch_add(1, std::memory_order_relaxed);
+}
 
 // A CUDA event (timing enabled), for measuring and ordering stream work.
 class Event {
