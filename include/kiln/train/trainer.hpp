@@ -53,7 +53,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <functional>
-#include <limits>
 #include <optional>
 #include <string>
 #include <utility>
@@ -315,9 +314,7 @@ class Trainer {
   using Clock = std::chrono::steady_clock;
 
   // A step's wall time cut into phases: lap(phase) adds the seconds since the last lap (or since
-  // the clock was made) to `phase`.
-  // Laps a step's phases: each lap adds the time since the previous one to `phase` and returns
-  // the host's waits for the device in between.
+  // the clock was made) to `phase` and returns the host's waits for the device in between.
   struct PhaseClock {
     Clock::time_point mark = Clock::now();
     std::int64_t waits = host_wait_count().load(std::memory_order_relaxed);
