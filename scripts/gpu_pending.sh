@@ -129,10 +129,10 @@
 #   sync-free-build, sync-free  after a step's waits were cut (2026-12-07, fourth session: uploads
 #           of up to 1 MB queued without waiting, copies within a GPU without waiting, the trainer's
 #           host check of the token ids and one read point a step). sync-free-build builds this tree's
-#           targets and $OLD_TREE's pretrain (`git archive a060103 | tar -x -C build-ab/base`,
-#           carried); sync-free runs test_core_optim_cuda (graphs, copies, AdamW), test_nn_cuda,
-#           TrainerCuda.* and EngineCuda.*, then pretrain --time-phases new, old, new, old
-#           (200 steps) while under $DEADLINE (540)                          -> docs/training.md
+#           targets and $OLD_TREE's pretrain (optional: `git archive a060103 | tar -x -C build-ab/base`,
+#           carried); sync-free runs pretrain --time-phases new, old, new, old (200 steps), then
+#           TrainerCuda.* and EngineCuda.*, test_core_optim_cuda (graphs, copies, AdamW) and
+#           test_nn_cuda while under $DEADLINE (540)                          -> docs/training.md
 # Usage: scripts/gpu_pending.sh PHASE [PHASE ...]   (on the lent machine: OUT=$OUT, logs under it)
 # The Debian dev packages the build needs (Eigen, GoogleTest, Google Benchmark, nlohmann-json) are
 # unpacked from build-deps/*.deb when missing there; fetch them first on a Debian 12 machine with
@@ -851,24 +851,19 @@ for phase in "$@"; do
       grep -E "^step|host per step|^done" "$OUT/pretrain_phases.log" | cut -c1-260
       ;;
     sync-free-build|sync-free)
-      [ -d "${OLD_TREE:-}" ] || { echo "$phase needs OLD_TREE (a source tree to compare against)"; exit 2; }
-      if [ ! -x /tmp/kb_old/examples/pretrain ]; then
+      # Without $OLD_TREE: this tree alone, its pretrain runs first, then the tests.
+      if [ -d "${OLD_TREE:-}" ] && [ ! -x /tmp/kb_old/examples/pretrain ]; then
         configure_release "$OLD_TREE" /tmp/kb_old "$BUILD_LOGS/configure_old.log"
         ninja -C /tmp/kb_old -j 4 pretrain > "$BUILD_LOGS/build_old.log" 2>&1 &
         old_build=$!
       fi
-      build pretrain test_core_optim_cuda test_nn_cuda test_train_infer_rl_cuda
+      build pretrain
       [ -n "${old_build:-}" ] && { wait "$old_build" || { echo "old build failed"; tail -20 "$BUILD_LOGS/build_old.log"; }; }
-      [ $phase = sync-free ] || continue
-      for t in test_core_optim_cuda test_nn_cuda; do
-        timeout 150 "$BUILD/tests/$t" > "$OUT/$t.log" 2>&1 || rc=1
-      done
-      timeout 200 "$BUILD/tests/test_train_infer_rl_cuda" --gtest_filter='TrainerCuda.*:EngineCuda.*' \
-        > "$OUT/test_train_engine.log" 2>&1 || rc=1
-      grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT"/test_core_optim_cuda.log "$OUT"/test_nn_cuda.log \
-        "$OUT"/test_train_engine.log | head -20
+      [ $phase = sync-free ] || { build test_core_optim_cuda test_nn_cuda test_train_infer_rl_cuda; continue; }
+      trees=(new)
+      [ -x /tmp/kb_old/examples/pretrain ] && trees=(new old)
       for round in 1 2; do
-        for tree in new old; do
+        for tree in "${trees[@]}"; do
           [ $SECONDS -lt "${DEADLINE:-540}" ] || { echo "deadline: $tree round $round not run"; continue; }
           bin="$BUILD/examples/pretrain"
           [ $tree = old ] && bin=/tmp/kb_old/examples/pretrain
@@ -878,6 +873,16 @@ for phase in "$@"; do
           echo "$tree $round: $(grep -E '^done' "$log")"
           grep -A1 -E '^step 200' "$log" | cut -c1-400
         done
+      done
+      build test_train_infer_rl_cuda
+      timeout 200 "$BUILD/tests/test_train_infer_rl_cuda" --gtest_filter='TrainerCuda.*:EngineCuda.*' \
+        > "$OUT/test_train_engine.log" 2>&1 || rc=1
+      grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT"/test_train_engine.log | head -20
+      for t in test_core_optim_cuda test_nn_cuda; do
+        [ $SECONDS -lt "${DEADLINE:-540}" ] || { echo "deadline: $t not run"; continue; }
+        build $t
+        timeout 150 "$BUILD/tests/$t" > "$OUT/$t.log" 2>&1 || rc=1
+        grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT/$t.log" | head -20
       done
       ;;
     vs-hf)
