@@ -133,6 +133,11 @@
 #           carried); sync-free runs pretrain --time-phases new, old, new, old (200 steps), then
 #           TrainerCuda.* and EngineCuda.*, test_core_optim_cuda (graphs, copies, AdamW) and
 #           test_nn_cuda while under $DEADLINE (540)                          -> docs/training.md
+#   step-timeline  every kernel of 30 steps of pretrain --config big as the GPU ran them (the CUPTI
+#           tracer benchmarks/tools/kernel_trace.cpp, where nsys is missing), then the idle time
+#           between kernels per step and the transitions that cost the most (scripts/kernel_gaps.py):
+#           where the 4 ms between the kernels' 16.6 ms under ncu and the 20.8 ms step go
+#                                                                    -> docs/training.md
 # Usage: scripts/gpu_pending.sh PHASE [PHASE ...]   (on the lent machine: OUT=$OUT, logs under it)
 # The Debian dev packages the build needs (Eigen, GoogleTest, Google Benchmark, nlohmann-json) are
 # unpacked from build-deps/*.deb when missing there; fetch them first on a Debian 12 machine with
@@ -151,7 +156,7 @@ phases="build|tests|quantize|quantize-quick|fp8|fp8-ablations|fp8-parts|fp8-seed
 phases+="|key-groups-ab|verify|steps|changes|profile-decode|decode-step|profile-speculative|decode-fp8|latent-recheck"
 phases+="|profile-fp8-gemm|profile-fp8-gemm-source|fp8-uniform-ab|hopper-decode|seesaw|engine-hopper"
 phases+="|session-build|combine-tests|combine-bench|swiglu|folds|vs-hf|profile-copies|attention-views|one-call"
-phases+="|graphs-matmul|step-phases|autograd-tests|sync-free-build|sync-free"
+phases+="|graphs-matmul|step-phases|autograd-tests|sync-free-build|sync-free|step-timeline"
 [ $# -gt 0 ] || { echo "usage: $0 $phases|profile-fp8 ..."; exit 2; }
 
 . scripts/carried_deps.sh
@@ -884,6 +889,16 @@ for phase in "$@"; do
         timeout 150 "$BUILD/tests/$t" > "$OUT/$t.log" 2>&1 || rc=1
         grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT/$t.log" | head -20
       done
+      ;;
+    step-timeline)
+      build pretrain kernel_trace
+      CUDA_INJECTION64_PATH="$BUILD/benchmarks/libkernel_trace.so" KILN_TRACE_OUT="$OUT/step_trace.csv" \
+        timeout 120 "$BUILD/examples/pretrain" --device cuda --config big --steps 30 --log-every 10 \
+        --eval-every 1000 --eval-batches 0 --samples 0 --seed 1 --time-phases > "$OUT/pretrain_traced.log" 2>&1 || rc=1
+      grep -E "^step 30|host per step|kernel_trace" "$OUT/pretrain_traced.log" | tail -3 | cut -c1-300
+      python3 scripts/kernel_gaps.py "$OUT/step_trace.csv" --boundary adamw_kernel --skip-steps 5 --top 25 \
+        > "$OUT/step_gaps.txt" 2>&1 || rc=1
+      head -40 "$OUT/step_gaps.txt"
       ;;
     vs-hf)
       build pretrain
