@@ -4,9 +4,9 @@ kernel_trace.cpp: start_ns,end_ns,stream,kind,grid,name per kernel, copy and mem
 
 A step is the span between the ends of two consecutive launches of the --boundary kernel
 (adamw_kernel, the default: one launch a training step). Per step: the span, the time some
-activity ran (busy), the rest (idle: the GPU waiting for the next launch, the host or a read), and the launches. Then, over the
-steps kept, the gaps between consecutive activities by the pair of kernels around them (which
-transitions cost the most), and the largest single gaps.
+activity ran (busy), the rest (idle: the GPU waiting for the next launch, the host or a read),
+and the launches. Then, over the steps kept, the gaps between consecutive activities by the pair
+of kernels around them (which transitions cost the most), and the largest single gaps.
 
 Usage: kernel_gaps.py TRACE.csv [--boundary REGEX] [--skip-steps N] [--top N]
 """
