@@ -3,7 +3,7 @@
 // stream. The caller's buffer is free as soon as the call returns, the device sees the data in
 // stream order (every kernel queued after the copy reads it), and the host waits only when a slot
 // comes round again before its previous copy has run, kSlots copies later: by then the device is
-// that many uploads behind the host.
+// that many uploads behind the host (such a wait counts in core's host_wait_count).
 //
 // Used by the backend's copies (backend/cuda/copy.hpp: a batch's ids, rope positions, a packed
 // row's sequence bounds) and by the multi-tensor kernels' descriptor arrays (kernels/optim).
@@ -23,6 +23,7 @@
 #include <mutex>
 
 #include "kiln/core/error.hpp"
+#include "kiln/core/storage.hpp"
 #include "kiln/kernels/common/cuda_check.hpp"
 #include "kiln/kernels/common/device_guard.hpp"
 
@@ -57,7 +58,15 @@ class PinnedRing {
     DeviceGuard guard(device_);
     Slot& s = slots_[next_++ % kSlots];
     if (!s.done) KILN_CUDA_CHECK(cudaEventCreateWithFlags(&s.done, cudaEventDisableTiming));
-    if (s.used) KILN_CUDA_CHECK(cudaEventSynchronize(s.done));  // its previous copy has run
+    if (s.used) {  // its previous copy must have run
+      const cudaError_t state = cudaEventQuery(s.done);
+      if (state == cudaErrorNotReady) {
+        KILN_CUDA_CHECK(cudaEventSynchronize(s.done));
+        host_wait_count().fetch_add(1, std::memory_order_relaxed);
+      } else {
+        KILN_CUDA_CHECK(state);
+      }
+    }
     if (s.capacity < bytes) {
       if (s.host) KILN_CUDA_CHECK(cudaFreeHost(s.host));
       s.capacity = bytes < kMinSlotBytes ? kMinSlotBytes : bytes;
