@@ -13,6 +13,10 @@
 //      for this step;
 //   4. MoE models: the aux-loss-free bias update over the step's expert counts
 //      (DeepseekV3ForCausalLM::update_balance, which also resets the counts).
+// On a GPU the host reads at one point of the step, after the backward and the gradient norm are
+// queued (the losses, the norm, the expert loads), so it can queue the whole forward and backward
+// ahead of the GPU; with the built-in loss it checks the batch's token ids itself, so that the
+// embedding's and cross-entropy's checks, each a read, are skipped (StepPhases shows the waits).
 //
 // Data. The trainer asks a BatchFn for micro-batch number i (0, 1, 2, ... over the whole run) and
 // a validation BatchFn for batches 0 .. eval_batches-1. A BatchFn must be a pure function of its
