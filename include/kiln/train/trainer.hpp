@@ -408,9 +408,9 @@ class Trainer {
   // One optimizer step on the next micro-batches.
   StepRecord step() {
     check(step_ < options_.steps, "Trainer", "all ", options_.steps, " steps are done");
-    const std::int64_t waits_before = host_wait_count().load(std::memory_order_relaxed);
     PhaseClock clock;
     const auto start = clock.mark;
+    const std::int64_t waits_before = clock.waits;
     StepRecord r;
     const QueuedLosses losses = queue_gradients(data_position_, r, clock);
     data_position_ += options_.grad_accum;
