@@ -138,6 +138,14 @@
 #           between kernels per step and the transitions that cost the most (scripts/kernel_gaps.py):
 #           where the 4 ms between the kernels' 16.6 ms under ncu and the 20.8 ms step go
 #                                                                    -> docs/training.md
+#   wgrad-chunks-build, wgrad-chunks  after wgrad's chunks (2026-12-07, fifth session: the grouped
+#           GEMM's weight gradient summed in chunks handed from CTA to CTA, kernels/grouped_gemm/
+#           wgrad_chunks.cuh) and the attention delta kernel's 16-byte reads. The build phase builds
+#           this tree's targets and $OLD_TREE's pretrain (`git archive 6c0af79 | tar -x -C
+#           build-ab/base`, carried); the run phase: GroupedGemmCuda.* and the attention tests,
+#           pretrain new, new with KILN_GROUPED_WGRAD_CHUNKS=off, old (200 steps, twice), the step's
+#           kernels traced (new, chunks on), bench_grouped_gemm_cuda with chunks on and off, then
+#           test_nn_cuda while under $DEADLINE (540)            -> docs/grouped-gemm.md, docs/training.md
 # Usage: scripts/gpu_pending.sh PHASE [PHASE ...]   (on the lent machine: OUT=$OUT, logs under it)
 # The Debian dev packages the build needs (Eigen, GoogleTest, Google Benchmark, nlohmann-json) are
 # unpacked from build-deps/*.deb when missing there; fetch them first on a Debian 12 machine with
@@ -157,6 +165,7 @@ phases+="|key-groups-ab|verify|steps|changes|profile-decode|decode-step|profile-
 phases+="|profile-fp8-gemm|profile-fp8-gemm-source|fp8-uniform-ab|hopper-decode|seesaw|engine-hopper"
 phases+="|session-build|combine-tests|combine-bench|swiglu|folds|vs-hf|profile-copies|attention-views|one-call"
 phases+="|graphs-matmul|step-phases|autograd-tests|sync-free-build|sync-free|step-timeline"
+phases+="|wgrad-chunks-build|wgrad-chunks"
 [ $# -gt 0 ] || { echo "usage: $0 $phases|profile-fp8 ..."; exit 2; }
 
 . scripts/carried_deps.sh
@@ -889,6 +898,49 @@ for phase in "$@"; do
         timeout 150 "$BUILD/tests/$t" > "$OUT/$t.log" 2>&1 || rc=1
         grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT/$t.log" | head -20
       done
+      ;;
+    wgrad-chunks-build|wgrad-chunks)
+      if [ -d "${OLD_TREE:-}" ] && [ ! -x /tmp/kb_old/examples/pretrain ]; then
+        configure_release "$OLD_TREE" /tmp/kb_old "$BUILD_LOGS/configure_old.log"
+        ninja -C /tmp/kb_old -j 4 pretrain > "$BUILD_LOGS/build_old.log" 2>&1 &
+        old_build=$!
+      fi
+      build pretrain kernel_trace
+      build test_kernels_cuda bench_grouped_gemm_cuda
+      [ -n "${old_build:-}" ] && { wait "$old_build" || { echo "old build failed"; tail -20 "$BUILD_LOGS/build_old.log"; }; }
+      [ $phase = wgrad-chunks ] || { build test_nn_cuda; continue; }
+      timeout 200 "$BUILD/tests/test_kernels_cuda" --gtest_filter='GroupedGemmCuda.*:*Attention*' \
+        > "$OUT/test_kernels.log" 2>&1 || rc=1
+      grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT/test_kernels.log" | head -20
+      for round in 1 2; do
+        for tree in new chunks-off old; do
+          [ $SECONDS -lt "${DEADLINE:-540}" ] || { echo "deadline: $tree round $round not run"; continue; }
+          bin="$BUILD/examples/pretrain" env=()
+          [ $tree = chunks-off ] && env=(KILN_GROUPED_WGRAD_CHUNKS=off)
+          [ $tree = old ] && { [ -x /tmp/kb_old/examples/pretrain ] || continue; bin=/tmp/kb_old/examples/pretrain; }
+          log="$OUT/pretrain_${tree}_$round.log"
+          env "${env[@]}" timeout 60 "$bin" --device cuda --config big --steps 200 --log-every 100 --eval-every 1000 \
+            --samples 0 --seed 1 --time-phases > "$log" 2>&1 || rc=1
+          echo "$tree $round: $(grep -E '^done' "$log" | cut -c1-120) | $(grep -E '^step 200' "$log" | cut -c1-90)"
+        done
+      done
+      CUDA_INJECTION64_PATH="$BUILD/benchmarks/libkernel_trace.so" KILN_TRACE_OUT="$OUT/step_trace.csv" \
+        timeout 120 "$BUILD/examples/pretrain" --device cuda --config big --steps 30 --log-every 10 \
+        --eval-every 1000 --eval-batches 0 --samples 0 --seed 1 > "$OUT/pretrain_traced.log" 2>&1 || rc=1
+      python3 scripts/kernel_gaps.py "$OUT/step_trace.csv" --skip-steps 5 --top 30 --by-kernel --templates \
+        > "$OUT/step_kernels.txt" 2>&1 || rc=1
+      head -24 "$OUT/step_kernels.txt" | cut -c1-170
+      for chunks in on off; do
+        [ $SECONDS -lt "${DEADLINE:-540}" ] || { echo "deadline: bench chunks $chunks not run"; continue; }
+        KILN_GROUPED_WGRAD_CHUNKS=$chunks timeout 120 "$BUILD/benchmarks/bench_grouped_gemm_cuda" \
+          > "$OUT/bench_grouped_chunks_$chunks.log" 2>&1 || rc=1
+        echo "chunks $chunks:"; grep -E 'wgrad' "$OUT/bench_grouped_chunks_$chunks.log" | head -12
+      done
+      if [ $SECONDS -lt "${DEADLINE:-540}" ]; then
+        build test_nn_cuda
+        timeout 150 "$BUILD/tests/test_nn_cuda" > "$OUT/test_nn_cuda.log" 2>&1 || rc=1
+        grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT/test_nn_cuda.log" | head -20
+      fi
       ;;
     step-timeline)
       build pretrain kernel_trace

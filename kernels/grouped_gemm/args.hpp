@@ -59,6 +59,10 @@ struct GroupedGemmArgs {
   int hopper_block_n = 0;                  // the Hopper kernel's tile width: 128, 256, or 0 (chosen by shape)
   GroupedGemmEpilogue epilogue = GroupedGemmEpilogue::none;
   void* gate_up = nullptr;                 // the SwiGLU epilogues' [R, 2I]: written (swiglu), read (backward)
+  // wgrad on the Hopper kernel: each group's rows summed in chunks of this many rows (a multiple of
+  // 64), the chunks of a tile added in order (kernels/grouped_gemm/wgrad_chunks.cuh); 0: chosen by
+  // shape and SM count (one chunk a group where splitting would not pay).
+  std::int64_t wgrad_chunk_rows = 0;
 };
 
 }  // namespace kiln::kernels

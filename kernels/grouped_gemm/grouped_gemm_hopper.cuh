@@ -23,9 +23,10 @@
 // tiles in L2; a unit's group is a binary search of the prefix (tile_schedule.cuh, which the
 // grouped FP8 GEMM shares). The host never reads the offsets:
 // the unit count is known on the device only, and the grid is sized for the most any split could
-// need (ceil(R/128) + G row tiles). wgrad: a unit is (group, 128 rows of n, BN columns of k) of
-// dW_g, G · ceil(N/128) · ceil(K/BN) of them (known on the host), the reduction running over the
-// group's rows (read from the offsets by the unit); an empty group's units store zeros. The grid
+// need (ceil(R/128) + G row tiles). wgrad: a unit is (chunk, group, 128 rows of n, BN columns of k)
+// of dW_g, the reduction running over the chunk's rows of the group (read from the offsets by the
+// unit); the chunks of a tile hand their FP32 sum on in order (wgrad_chunks.cuh: where one chunk a
+// group would leave SMs idle or wait for the biggest group); an empty group's units store zeros. The grid
 // is one CTA per SM (persistent): CTA i takes units i, i + grid, ..., so there is no tail of
 // launches, and the producer loads the next unit's first stages while the consumers store the
 // current one.
@@ -87,7 +88,9 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "kiln/core/environment.hpp"
 #include "kiln/core/error.hpp"
+#include "kiln/core/tensor.hpp"
 #include "kiln/kernels/common/cuda_check.hpp"
 #include "kiln/kernels/common/device_guard.hpp"
 #include "kiln/kernels/common/device_info.hpp"
@@ -103,6 +106,7 @@
 #include "kiln/kernels/grouped_gemm/group_rows.cuh"
 #include "kiln/kernels/grouped_gemm/swiglu_epilogue.cuh"
 #include "kiln/kernels/grouped_gemm/tile_schedule.cuh"
+#include "kiln/kernels/grouped_gemm/wgrad_chunks.cuh"
 
 namespace kiln::kernels::grouped_gemm_hopper {
 
@@ -113,6 +117,7 @@ constexpr int kBand = 8;                // row tiles per band of the unit order 
 constexpr int kMaxGroups = 1024;        // the row-tile prefix lives in shared memory
 constexpr int kThreads = 384;           // producer + 2 consumer warpgroups
 constexpr int kStagingBytesPerWarp = 16 * 128;  // epilogue: a warp's 16 rows × 64 columns of 16-bit outputs
+constexpr int kChunkBarrier = 2;  // the consumers' hardware barrier of wgrad's chunk hand-off (1: the zeroed tails)
 // setmaxnreg budget: 40 + 2 · 232 = 504 ≤ 512 registers per lane of a warpgroup (64K per CTA).
 constexpr int kProducerRegisters = 40;
 constexpr int kConsumerRegisters = 232;
@@ -154,6 +159,12 @@ struct Params {
   int reduction;        // K (forward), N (dgrad); wgrad: each group's row count, read on the device
   int col_tiles;        // ceil(out_cols / BN) (ceil(I / (BN / 2)) with the SwiGLU epilogue)
   int row_tiles;        // wgrad: ceil(N / 128) row tiles of each dW_g
+  // wgrad's chunks (wgrad_chunks.cuh): rows per chunk (a multiple of 64; R: one chunk a group), the
+  // FP32 running sums of the tiles (G · row_tiles · col_tiles tiles of 128 · BN floats) and a flag
+  // per tile (zero at launch); both null when no group can have two chunks.
+  std::int64_t chunk_rows;
+  float* partial;
+  int* chunks_added;
 };
 
 // One unit of work: output rows [row0, row_end) ∩ the tile's 128, columns [col0, col0 + BN) of
@@ -165,6 +176,10 @@ struct Unit {
   int col0;
   int a_index;
   std::int64_t red_begin, red_count;
+  // wgrad: chunk `chunk` of the group's `chunks` (wgrad_chunks.cuh) of output tile `tile` (of all
+  // groups' tiles); a unit past the group's chunks is empty. Else one chunk, always active.
+  int chunk = 0, chunks = 1, tile = 0;
+  bool active = true;
 };
 
 // forward, dgrad: unit u in the band order of tile_schedule.cuh, from the row-tile prefix tile_end.
@@ -184,13 +199,16 @@ __device__ inline Unit unit_at(const Params& p, const int* tile_end, int total_r
   return w;
 }
 
-// wgrad unit u: group u / (row_tiles · col_tiles), then the same band order over that dW_g's tiles
-// (128 rows of n × BN columns of k). The unit count is known on the host: G · row_tiles · col_tiles.
+// wgrad unit u, level-major (wgrad_chunks.cuh): level j = u / (G · tiles) is the chunk, then the
+// group, then the same band order over that dW_g's tiles (128 rows of n × BN columns of k). Without
+// chunks (one level) the unit count G · tiles is known on the host.
 template <int BN>
 __device__ inline Unit wgrad_unit_at(const Params& p, int u) {
   const int per_group = p.row_tiles * p.col_tiles;
-  const int g = u / per_group;
-  const int t = u - g * per_group;
+  const int level = u / (p.groups * per_group);
+  const int in_level = u - level * p.groups * per_group;
+  const int g = in_level / per_group;
+  const int t = in_level - g * per_group;
   const int per_band = kBand * p.col_tiles;
   const int band = t / per_band;
   const int first = band * kBand;
@@ -203,8 +221,35 @@ __device__ inline Unit wgrad_unit_at(const Params& p, int u) {
   w.row_end = static_cast<std::int64_t>(g) * p.n + p.n;
   w.col0 = (in_band / band_rows) * BN;
   w.a_index = m0;
-  grouped_gemm::group_rows(p.offsets, g, p.rows, w.red_begin, w.red_count);
+  std::int64_t start, count;
+  grouped_gemm::group_rows(p.offsets, g, p.rows, start, count);
+  const std::int64_t chunks = count == 0 ? 1 : (count + p.chunk_rows - 1) / p.chunk_rows;
+  const std::int64_t chunk_start = static_cast<std::int64_t>(level) * p.chunk_rows;
+  w.chunk = level;
+  w.chunks = static_cast<int>(chunks);
+  w.tile = in_level;
+  w.active = level < chunks;
+  w.red_begin = start + chunk_start;
+  w.red_count = w.active ? (count - chunk_start < p.chunk_rows ? count - chunk_start : p.chunk_rows) : 0;
   return w;
+}
+
+// wgrad: the most chunks any group has (1 without chunks), by warp 0 from the G + 1 offsets.
+__device__ inline int most_chunks(const Params& p) {
+  const int lane = static_cast<int>(threadIdx.x & 31);
+  std::int64_t most = 1;
+  for (int g = lane; g < p.groups; g += 32) {
+    std::int64_t start, count;
+    grouped_gemm::group_rows(p.offsets, g, p.rows, start, count);
+    const std::int64_t chunks = (count + p.chunk_rows - 1) / p.chunk_rows;
+    most = chunks > most ? chunks : most;
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    const std::int64_t other = __shfl_xor_sync(0xffffffffu, most, off);
+    most = other > most ? other : most;
+  }
+  return static_cast<int>(most);
 }
 
 // Zeroes rows [valid, 64) of a 64-row MN-major box (row i of a box is bytes [128 i, 128 i + 128):
@@ -247,11 +292,19 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     sm90::mbarrier_init_fence();
   }
-  if (P != Product::wgrad && threadIdx.x < 32)
-    grouped_gemm::build_row_tile_prefix<kBlockM>(grouped_gemm::GroupIndex{p.offsets, p.rows, 0, 0}, p.groups, tile_end);
+  if (threadIdx.x < 32) {
+    if constexpr (P == Product::wgrad) {
+      const int levels = p.partial != nullptr ? most_chunks(p) : 1;  // tile_end[0]: wgrad's chunk levels
+      if (threadIdx.x == 0) tile_end[0] = levels;
+    } else {
+      grouped_gemm::build_row_tile_prefix<kBlockM>(grouped_gemm::GroupIndex{p.offsets, p.rows, 0, 0}, p.groups,
+                                                   tile_end);
+    }
+  }
   __syncthreads();
   const int total_row_tiles = P == Product::wgrad ? 0 : tile_end[p.groups - 1];
-  const int units = P == Product::wgrad ? p.groups * p.row_tiles * p.col_tiles : total_row_tiles * p.col_tiles;
+  const int units = P == Product::wgrad ? tile_end[0] * p.groups * p.row_tiles * p.col_tiles
+                                        : total_row_tiles * p.col_tiles;
   const auto unit = [&](int u) {
     if constexpr (P == Product::wgrad) return wgrad_unit_at<BN>(p, u);
     else return unit_at<kUnitCols>(p, tile_end, total_row_tiles, u);
@@ -266,6 +319,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     std::uint32_t phase = 0;
     for (int u = static_cast<int>(blockIdx.x); u < units; u += static_cast<int>(gridDim.x)) {
       const Unit w = unit(u);
+      if (!w.active) continue;
       const int num_kb = static_cast<int>((w.red_count + kBlockK - 1) / kBlockK);
       // MN-major operands come as 64-column boxes; boxes wholly past the matrix are skipped (their
       // output rows or columns are never stored; the stale shared memory they leave feeds only those).
@@ -324,6 +378,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   for (int u = static_cast<int>(blockIdx.x); u < units; u += static_cast<int>(gridDim.x)) {
     const Unit w = unit(u);
+    if (!w.active) continue;
     const int num_kb = static_cast<int>((w.red_count + kBlockK - 1) / kBlockK);
     if constexpr (P == Product::wgrad) {
       if (num_kb == 0) {  // an empty group: dW_g = 0
@@ -380,6 +435,21 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (previous >= 0) {
       __syncwarp();
       if (lane == 0) sm90::mbarrier_arrive(empty_bar + 8 * previous);
+    }
+
+    // ---- wgrad chunks (wgrad_chunks.cuh): add the chunks before this one, or hand the sum on ----
+    if constexpr (P == Product::wgrad) {
+      if (w.chunks > 1) {
+        float4* const partial = reinterpret_cast<float4*>(p.partial + static_cast<std::int64_t>(w.tile) * kBlockM * BN);
+        int* const flag = p.chunks_added + w.tile;
+        const int thread = consumer * 128 + t;
+        if (w.chunk > 0)
+          grouped_gemm::add_previous_chunks(acc, partial, flag, w.chunk, thread, 256, thread == 0, kChunkBarrier);
+        if (w.chunk + 1 < w.chunks) {
+          grouped_gemm::hand_on_chunks(acc, partial, flag, w.chunk + 1, thread, 256, thread == 0, kChunkBarrier);
+          continue;
+        }
+      }
     }
 
     // ---- epilogue: registers -> this warp's staging buffer -> 16-byte masked global stores ----
@@ -507,6 +577,13 @@ CUtensorMap make_weight_map(const void* data, std::int64_t groups, std::int64_t 
   return map;
 }
 
+// KILN_GROUPED_WGRAD_CHUNKS=off in the environment: wgrad sums each group's rows in one unit, as
+// before the chunks (read once per process; for comparisons).
+inline bool wgrad_chunks_disabled_by_environment() {
+  static const bool disabled = environment_is("KILN_GROUPED_WGRAD_CHUNKS", "off");
+  return disabled;
+}
+
 template <class T, int BN, Product P, GroupedGemmEpilogue E>
 void launch(const GroupedGemmArgs& a) {
   constexpr bool kSwiglu = E == GroupedGemmEpilogue::swiglu;
@@ -525,11 +602,31 @@ void launch(const GroupedGemmArgs& a) {
   p.row_tiles = (a.n + kBlockM - 1) / kBlockM;
   std::int64_t max_units = 0;
   CUtensorMap a_map, b_map;
+  Tensor<float> partial;  // wgrad's chunk sums and flags: freed after the launch, reused in stream order
   if constexpr (P == Product::wgrad) {
     // A = dy_gᵀ and B = x_g, both read as boxes of 64 rows (the reduction) × 64 columns.
     a_map = make_rows_map<T>(a.dy, a.rows, a.n, 64);
     b_map = make_rows_map<T>(a.x, a.rows, a.k, 64);
-    max_units = static_cast<std::int64_t>(a.groups) * p.row_tiles * p.col_tiles;
+    const int tiles = p.row_tiles * p.col_tiles;
+    const std::int64_t tile_floats = static_cast<std::int64_t>(a.groups) * tiles * kBlockM * BN;
+    const DeviceInfo& info = device_info(a.launch.device);
+    p.chunk_rows = a.wgrad_chunk_rows > 0 ? a.wgrad_chunk_rows
+                   : wgrad_chunks_disabled_by_environment()
+                       ? a.rows
+                       : grouped_gemm::plan_wgrad_chunks(a.rows, a.groups, tiles, info.sms,
+                                                         tile_floats * 4 <= std::int64_t{info.l2_bytes} * 3 / 4);
+    const std::int64_t levels = (a.rows + p.chunk_rows - 1) / p.chunk_rows;
+    if (levels > 1) {
+      const std::int64_t flags = static_cast<std::int64_t>(a.groups) * tiles;
+      partial = Tensor<float>({tile_floats + flags}, Device::cuda(a.launch.device));
+      p.partial = partial.data();
+      p.chunks_added = reinterpret_cast<int*>(partial.data() + tile_floats);
+      KILN_CUDA_CHECK(cudaMemsetAsync(p.chunks_added, 0, static_cast<std::size_t>(flags) * sizeof(int),
+                                      a.launch.stream));
+    } else {
+      p.chunk_rows = a.rows;  // one chunk a group
+    }
+    max_units = levels * a.groups * tiles;
   } else {
     a_map = make_rows_map<T>(P == Product::forward ? a.x : a.dy, a.rows, p.reduction, kBlockM);
     b_map = make_weight_map<T>(a.weight, a.groups, a.n, a.k, P == Product::forward ? (kSwiglu ? BN / 2 : BN) : 64);
@@ -558,7 +655,8 @@ inline bool grouped_gemm_hopper_supports(const GroupedGemmArgs& a) {
   return (a.dtype == DType::bf16 || a.dtype == DType::f16) && device_info(a.launch.device).major == 9 &&
          a.n % 8 == 0 && a.k % 8 == 0 && a.groups >= 1 && a.groups <= kMaxGroups && a.rows >= 1 &&
          a.rows < (std::int64_t{1} << 31) && operands_aligned && aligned16(a.out) &&
-         (a.hopper_block_n == 0 || a.hopper_block_n == 128 || a.hopper_block_n == 256);
+         (a.hopper_block_n == 0 || a.hopper_block_n == 128 || a.hopper_block_n == 256) && a.wgrad_chunk_rows >= 0 &&
+         a.wgrad_chunk_rows % 64 == 0;
 }
 
 // The tile width: 256 columns (85 FLOP per loaded byte) where the output is wide enough that the
@@ -575,8 +673,9 @@ inline void launch_grouped_gemm_hopper(const GroupedGemmArgs& a) {
   check(grouped_gemm_hopper_supports(a), "grouped_gemm",
         "the Hopper kernel runs bf16 or fp16 on an sm_90 GPU with N and K multiples of 8, 16-byte aligned "
         "operands, 1 <= R < 2^31, 1 to ",
-        kMaxGroups, " groups and a tile width of 0, 128 or 256; got ", a.dtype, ", G=", a.groups, ", R=", a.rows,
-        ", N=", a.n, ", K=", a.k, ", tile width ", a.hopper_block_n);
+        kMaxGroups, " groups, a tile width of 0, 128 or 256 and wgrad chunks of a multiple of 64 rows (0: chosen); ",
+        "got ", a.dtype, ", G=", a.groups, ", R=", a.rows, ", N=", a.n, ", K=", a.k, ", tile width ", a.hopper_block_n,
+        ", chunk rows ", a.wgrad_chunk_rows);
   cuda::DeviceGuard guard(a.launch.device);
   const bool wide = grouped_gemm_hopper_block_n(a) == 256;
   auto run = [&](auto tag) {

@@ -246,6 +246,44 @@ TEST(GroupedGemmCuda, GroupsDoNotSeeTheirNeighbours) {
   }
 }
 
+// wgrad's chunks on the Hopper kernel (kernels/grouped_gemm/wgrad_chunks.cuh): each group's rows
+// summed in chunks of 64, 128 and 320 rows, handed from CTA to CTA through the FP32 workspace, at
+// odd group sizes (empty groups, one row, a chunk and one row, a group of 16 chunks of 64, a last
+// chunk of 1 row), both tile widths, into poisoned memory: against float64, and bit for bit the
+// same in a second run (the chunks of a tile are added in a fixed order).
+TEST(GroupedGemmCuda, WgradChunksEqualFloat64AndRepeat) {
+  KILN_REQUIRE_GPU();
+  if (!gpu_is_hopper()) GTEST_SKIP() << "wgrad's chunks are the Hopper kernel's";
+  const std::int64_t N = 136, K = 264;
+  const GroupedProblem<bf16> pb({0, 1, 65, 1000, 129, 0, 1024, 321}, N, K);
+  const std::int64_t R = pb.R, G = pb.G;
+  const Tensor<double> xd = cast<double>(pb.x), dyd = cast<double>(pb.dy);
+  Tensor<double> dw_ref({G, N, K});
+  cpu::grouped_gemm_wgrad(dyd.data(), xd.data(), pb.offsets.data(), dw_ref.data(), static_cast<int>(G), N, K);
+  const Tensor<std::int64_t> offsets_gpu = on_gpu(pb.offsets);
+  const Tensor<bf16> x_gpu = on_gpu(pb.x), dy_gpu = on_gpu(pb.dy);
+  const bf16 nan = convert<bf16>(std::numeric_limits<double>::quiet_NaN());
+  const auto wgrad = [&](int block_n, std::int64_t chunk_rows) {
+    Tensor<bf16> dw = full<bf16>({G, N, K}, nan, gpu);
+    poison_cached_memory();
+    detail::grouped_gemm_launch("test", kernels::GroupedGemmKind::wgrad, dw, x_gpu, dy_gpu, Tensor<bf16>(),
+                                offsets_gpu, R, G, N, K, kernels::GroupedGemmKernel::hopper, block_n,
+                                kernels::GroupedGemmEpilogue::none, nullptr, chunk_rows);
+    return dw;
+  };
+  const double rows = static_cast<double>(pb.largest);
+  for (const int block_n : {128, 256}) {
+    for (const std::int64_t chunk_rows : {64, 128, 320}) {
+      SCOPED_TRACE(::testing::Message() << "tile width " << block_n << ", chunks of " << chunk_rows << " rows");
+      const Tensor<bf16> first = wgrad(block_n, chunk_rows), second = wgrad(block_n, chunk_rows);
+      EXPECT_LE(worst_error(as_doubles(first), dw_ref.to_vector(), std::sqrt(rows)), error_bound<bf16>(rows));
+      EXPECT_EQ(max_ulps(first, second), 0) << "two runs differ";
+    }
+  }
+  // A chunk size that is not a multiple of the 64-row k-block is refused.
+  EXPECT_THROW(wgrad(256, 100), Error);
+}
+
 TEST(GroupedGemmCuda, EqualsFloat64) {
   KILN_REQUIRE_GPU();
   // Ragged groups: empty first, middle and last groups, single rows, partial tiles, more than

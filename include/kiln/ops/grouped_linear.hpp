@@ -35,7 +35,7 @@ void grouped_gemm_launch(const char* op, kernels::GroupedGemmKind kind, Tensor<T
                          kernels::GroupedGemmKernel implementation = kernels::GroupedGemmKernel::automatic,
                          int hopper_block_n = 0,
                          kernels::GroupedGemmEpilogue epilogue = kernels::GroupedGemmEpilogue::none,
-                         void* gate_up = nullptr) {
+                         void* gate_up = nullptr, std::int64_t wgrad_chunk_rows = 0) {
   launch_device_kernel(op, kernels::GroupedGemmArgs{.launch = launch_on(op, out.device()),
                                                     .dtype = dtype_of<T>,
                                                     .kind = kind,
@@ -51,7 +51,8 @@ void grouped_gemm_launch(const char* op, kernels::GroupedGemmKind kind, Tensor<T
                                                     .implementation = implementation,
                                                     .hopper_block_n = hopper_block_n,
                                                     .epilogue = epilogue,
-                                                    .gate_up = gate_up});
+                                                    .gate_up = gate_up,
+                                                    .wgrad_chunk_rows = wgrad_chunk_rows});
 }
 
 // The checks of a grouped product x [R, K], weight [G, N, K], offsets [G + 1] (grouped_linear and
