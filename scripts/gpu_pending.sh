@@ -912,7 +912,7 @@ for phase in "$@"; do
       timeout 200 "$BUILD/tests/test_kernels_cuda" --gtest_filter='GroupedGemmCuda.*:*Attention*' \
         > "$OUT/test_kernels.log" 2>&1 || rc=1
       grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT/test_kernels.log" | head -20
-      for round in 1 2; do
+      for round in $(seq "${ROUNDS:-2}"); do
         for tree in new chunks-off old; do
           [ $SECONDS -lt "${DEADLINE:-540}" ] || { echo "deadline: $tree round $round not run"; continue; }
           bin="$BUILD/examples/pretrain" env=()
@@ -924,12 +924,14 @@ for phase in "$@"; do
           echo "$tree $round: $(grep -E '^done' "$log" | cut -c1-120) | $(grep -E '^step 200' "$log" | cut -c1-90)"
         done
       done
-      CUDA_INJECTION64_PATH="$BUILD/benchmarks/libkernel_trace.so" KILN_TRACE_OUT="$OUT/step_trace.csv" \
-        timeout 120 "$BUILD/examples/pretrain" --device cuda --config big --steps 30 --log-every 10 \
-        --eval-every 1000 --eval-batches 0 --samples 0 --seed 1 > "$OUT/pretrain_traced.log" 2>&1 || rc=1
-      python3 scripts/kernel_gaps.py "$OUT/step_trace.csv" --skip-steps 5 --top 30 --by-kernel --templates \
-        > "$OUT/step_kernels.txt" 2>&1 || rc=1
-      head -24 "$OUT/step_kernels.txt" | cut -c1-170
+      if [ $SECONDS -lt "${DEADLINE:-540}" ]; then
+        CUDA_INJECTION64_PATH="$BUILD/benchmarks/libkernel_trace.so" KILN_TRACE_OUT="$OUT/step_trace.csv" \
+          timeout 120 "$BUILD/examples/pretrain" --device cuda --config big --steps 30 --log-every 10 \
+          --eval-every 1000 --eval-batches 0 --samples 0 --seed 1 > "$OUT/pretrain_traced.log" 2>&1 || rc=1
+        python3 scripts/kernel_gaps.py "$OUT/step_trace.csv" --skip-steps 5 --top 30 --by-kernel --templates \
+          > "$OUT/step_kernels.txt" 2>&1 || rc=1
+        head -24 "$OUT/step_kernels.txt" | cut -c1-170
+      fi
       for chunks in on off; do
         [ $SECONDS -lt "${DEADLINE:-540}" ] || { echo "deadline: bench chunks $chunks not run"; continue; }
         KILN_GROUPED_WGRAD_CHUNKS=$chunks timeout 120 "$BUILD/benchmarks/bench_grouped_gemm_cuda" \
