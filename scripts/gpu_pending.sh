@@ -143,8 +143,8 @@
 #           wgrad_chunks.cuh) and the attention delta kernel's 16-byte reads. The build phase builds
 #           this tree's targets and $OLD_TREE's pretrain (`git archive 6c0af79 | tar -x -C
 #           build-ab/base`, carried); the run phase: GroupedGemmCuda.* and the attention tests,
-#           pretrain new, new with KILN_GROUPED_WGRAD_CHUNKS=off, old (200 steps, twice), the step's
-#           kernels traced (new, chunks on), bench_grouped_gemm_cuda with chunks on and off, then
+#           pretrain new, new with KILN_GROUPED_WGRAD_CHUNKS=on, old (200 steps, $ROUNDS times), the
+#           step's kernels traced (chunks on), bench_grouped_gemm_cuda with chunks on and off, then
 #           test_nn_cuda while under $DEADLINE (540)            -> docs/grouped-gemm.md, docs/training.md
 # Usage: scripts/gpu_pending.sh PHASE [PHASE ...]   (on the lent machine: OUT=$OUT, logs under it)
 # The Debian dev packages the build needs (Eigen, GoogleTest, Google Benchmark, nlohmann-json) are
@@ -913,10 +913,10 @@ for phase in "$@"; do
         > "$OUT/test_kernels.log" 2>&1 || rc=1
       grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT/test_kernels.log" | head -20
       for round in $(seq "${ROUNDS:-2}"); do
-        for tree in new chunks-off old; do
+        for tree in new chunks-on old; do
           [ $SECONDS -lt "${DEADLINE:-540}" ] || { echo "deadline: $tree round $round not run"; continue; }
           bin="$BUILD/examples/pretrain" env=()
-          [ $tree = chunks-off ] && env=(KILN_GROUPED_WGRAD_CHUNKS=off)
+          [ $tree = chunks-on ] && env=(KILN_GROUPED_WGRAD_CHUNKS=on)
           [ $tree = old ] && { [ -x /tmp/kb_old/examples/pretrain ] || continue; bin=/tmp/kb_old/examples/pretrain; }
           log="$OUT/pretrain_${tree}_$round.log"
           env "${env[@]}" timeout 60 "$bin" --device cuda --config big --steps 200 --log-every 100 --eval-every 1000 \
@@ -925,7 +925,8 @@ for phase in "$@"; do
         done
       done
       if [ $SECONDS -lt "${DEADLINE:-540}" ]; then
-        CUDA_INJECTION64_PATH="$BUILD/benchmarks/libkernel_trace.so" KILN_TRACE_OUT="$OUT/step_trace.csv" \
+        KILN_GROUPED_WGRAD_CHUNKS=on CUDA_INJECTION64_PATH="$BUILD/benchmarks/libkernel_trace.so" \
+          KILN_TRACE_OUT="$OUT/step_trace.csv" \
           timeout 120 "$BUILD/examples/pretrain" --device cuda --config big --steps 30 --log-every 10 \
           --eval-every 1000 --eval-batches 0 --samples 0 --seed 1 > "$OUT/pretrain_traced.log" 2>&1 || rc=1
         python3 scripts/kernel_gaps.py "$OUT/step_trace.csv" --skip-steps 5 --top 30 --by-kernel --templates \

@@ -60,8 +60,8 @@ struct GroupedGemmArgs {
   GroupedGemmEpilogue epilogue = GroupedGemmEpilogue::none;
   void* gate_up = nullptr;                 // the SwiGLU epilogues' [R, 2I]: written (swiglu), read (backward)
   // wgrad on the Hopper kernel: each group's rows summed in chunks of this many rows (a multiple of
-  // 64), the chunks of a tile added in order (kernels/grouped_gemm/wgrad_chunks.cuh); 0: chosen by
-  // shape and SM count (one chunk a group where splitting would not pay).
+  // 64), the chunks of a tile added in order (kernels/grouped_gemm/wgrad_chunks.cuh); 0: one chunk a
+  // group, or with KILN_GROUPED_WGRAD_CHUNKS=on in the environment chosen by shape and SM count.
   std::int64_t wgrad_chunk_rows = 0;
 };
 

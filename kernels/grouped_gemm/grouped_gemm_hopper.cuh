@@ -25,8 +25,8 @@
 // the unit count is known on the device only, and the grid is sized for the most any split could
 // need (ceil(R/128) + G row tiles). wgrad: a unit is (chunk, group, 128 rows of n, BN columns of k)
 // of dW_g, the reduction running over the chunk's rows of the group (read from the offsets by the
-// unit); the chunks of a tile hand their FP32 sum on in order (wgrad_chunks.cuh: where one chunk a
-// group would leave SMs idle or wait for the biggest group); an empty group's units store zeros. The grid
+// unit); the chunks of a tile hand their FP32 sum on in order (wgrad_chunks.cuh; one chunk a group
+// unless asked for); an empty group's units store zeros. The grid
 // is one CTA per SM (persistent): CTA i takes units i, i + grid, ..., so there is no tail of
 // launches, and the producer loads the next unit's first stages while the consumers store the
 // current one.
@@ -577,11 +577,15 @@ CUtensorMap make_weight_map(const void* data, std::int64_t groups, std::int64_t 
   return map;
 }
 
-// KILN_GROUPED_WGRAD_CHUNKS=off in the environment: wgrad sums each group's rows in one unit, as
-// before the chunks (read once per process; for comparisons).
-inline bool wgrad_chunks_disabled_by_environment() {
-  static const bool disabled = environment_is("KILN_GROUPED_WGRAD_CHUNKS", "off");
-  return disabled;
+// KILN_GROUPED_WGRAD_CHUNKS=on in the environment: wgrad's chunks planned by shape
+// (plan_wgrad_chunks) where GroupedGemmArgs::wgrad_chunk_rows leaves them to the kernel; otherwise
+// one chunk a group. Off by default: on an H100 (2026-12-07) the big config's training step ran
+// 1.01x with them (within run-to-run spread) while the grouped GEMM benchmark's wgrad rows ran
+// slower than the unchunked kernel's on an H200 earlier (docs/grouped-gemm.md); a same-call A/B
+// of the benchmark is pending. Read once per process.
+inline bool wgrad_chunks_enabled_by_environment() {
+  static const bool enabled = environment_is("KILN_GROUPED_WGRAD_CHUNKS", "on");
+  return enabled;
 }
 
 template <class T, int BN, Product P, GroupedGemmEpilogue E>
@@ -611,7 +615,7 @@ void launch(const GroupedGemmArgs& a) {
     const std::int64_t tile_floats = static_cast<std::int64_t>(a.groups) * tiles * kBlockM * BN;
     const DeviceInfo& info = device_info(a.launch.device);
     p.chunk_rows = a.wgrad_chunk_rows > 0 ? a.wgrad_chunk_rows
-                   : wgrad_chunks_disabled_by_environment()
+                   : !wgrad_chunks_enabled_by_environment()
                        ? a.rows
                        : grouped_gemm::plan_wgrad_chunks(a.rows, a.groups, tiles, info.sms,
                                                          tile_floats * 4 <= std::int64_t{info.l2_bytes} * 3 / 4);

@@ -24,6 +24,15 @@
 // Cost. Every chunk but the last writes 128 · BN floats and every chunk but the first reads them
 // (256 KB a hand-off at BN = 256), from L2 when the workspace (G · N · K floats: 25 MB for the big
 // config's GEMM1) fits, else DRAM. plan_wgrad_chunks weighs that against the rounds saved.
+//
+// Status (2026-12-07): correct and deterministic on an H100 (GroupedGemmCuda.WgradChunks...), but
+// not shown to pay: the big config's step ran 1.01x with the planned chunks (one run each, within
+// the spread between runs) and the benchmark's wgrad rows with them (H100: GEMM1 429, GEMM2 344
+// TFLOP/s at 128 x 256 tiles) were below the unchunked kernel's on an H200 two days before (472,
+// 414; another card). Not yet measured: where the time goes (the hand-offs' 256 KB each, the waits
+// of chunks that run beside their predecessor, the rounds left uneven by the empty units of
+// groups with fewer chunks). So the plan runs only when asked for (KILN_GROUPED_WGRAD_CHUNKS=on,
+// or GroupedGemmArgs::wgrad_chunk_rows), until a same-call A/B says where it pays.
 #pragma once
 
 #include <cstdint>
