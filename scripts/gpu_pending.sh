@@ -138,14 +138,16 @@
 #           between kernels per step and the transitions that cost the most (scripts/kernel_gaps.py):
 #           where the 4 ms between the kernels' 16.6 ms under ncu and the 20.8 ms step go
 #                                                                    -> docs/training.md
-#   wgrad-chunks-build, wgrad-chunks  after wgrad's chunks (2026-12-07, fifth session: the grouped
-#           GEMM's weight gradient summed in chunks handed from CTA to CTA, kernels/grouped_gemm/
-#           wgrad_chunks.cuh) and the attention delta kernel's 16-byte reads. The build phase builds
-#           this tree's targets and $OLD_TREE's pretrain (`git archive 6c0af79 | tar -x -C
-#           build-ab/base`, carried); the run phase: GroupedGemmCuda.* and the attention tests,
-#           pretrain new, new with KILN_GROUPED_WGRAD_CHUNKS=on, old (200 steps, $ROUNDS times), the
-#           step's kernels traced (chunks on), bench_grouped_gemm_cuda with chunks on and off, then
-#           test_nn_cuda while under $DEADLINE (540)            -> docs/grouped-gemm.md, docs/training.md
+#   wgrad-chunks-build, wgrad-chunks  after the fifth session of 2026-12-07: wgrad's chunks (the
+#           grouped GEMM's weight gradient summed in chunks handed from CTA to CTA, kernels/
+#           grouped_gemm/wgrad_chunks.cuh, opt-in: KILN_GROUPED_WGRAD_CHUNKS=on), the attention delta
+#           kernel's 16-byte reads and a copy's gradient passed on without a copy (ops/copy.hpp). The
+#           build phase builds this tree's targets and $OLD_TREE's pretrain (`git archive 6c0af79 |
+#           tar -x -C build-ab/base`, carried); the run phase: GroupedGemmCuda.* and the attention
+#           tests, test_nn_cuda, TrainerCuda.* and EngineCuda.*, pretrain new, new with the chunks,
+#           old (200 steps, $ROUNDS times, default 2), the step's kernels traced (new), then
+#           bench_grouped_gemm_cuda with the chunks on and off, each started while under $DEADLINE
+#           (540)                                               -> docs/grouped-gemm.md, docs/training.md
 # Usage: scripts/gpu_pending.sh PHASE [PHASE ...]   (on the lent machine: OUT=$OUT, logs under it)
 # The Debian dev packages the build needs (Eigen, GoogleTest, Google Benchmark, nlohmann-json) are
 # unpacked from build-deps/*.deb when missing there; fetch them first on a Debian 12 machine with
@@ -906,12 +908,16 @@ for phase in "$@"; do
         old_build=$!
       fi
       build pretrain kernel_trace
-      build test_kernels_cuda bench_grouped_gemm_cuda
+      build test_kernels_cuda bench_grouped_gemm_cuda test_nn_cuda test_train_infer_rl_cuda
       [ -n "${old_build:-}" ] && { wait "$old_build" || { echo "old build failed"; tail -20 "$BUILD_LOGS/build_old.log"; }; }
-      [ $phase = wgrad-chunks ] || { build test_nn_cuda; continue; }
+      [ $phase = wgrad-chunks ] || continue
       timeout 200 "$BUILD/tests/test_kernels_cuda" --gtest_filter='GroupedGemmCuda.*:*Attention*' \
         > "$OUT/test_kernels.log" 2>&1 || rc=1
-      grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT/test_kernels.log" | head -20
+      timeout 150 "$BUILD/tests/test_nn_cuda" > "$OUT/test_nn_cuda.log" 2>&1 || rc=1
+      timeout 200 "$BUILD/tests/test_train_infer_rl_cuda" --gtest_filter='TrainerCuda.*:EngineCuda.*' \
+        > "$OUT/test_train_engine.log" 2>&1 || rc=1
+      grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT/test_kernels.log" "$OUT/test_nn_cuda.log" \
+        "$OUT/test_train_engine.log" | head -20
       for round in $(seq "${ROUNDS:-2}"); do
         for tree in new chunks-on old; do
           [ $SECONDS -lt "${DEADLINE:-540}" ] || { echo "deadline: $tree round $round not run"; continue; }
@@ -925,8 +931,7 @@ for phase in "$@"; do
         done
       done
       if [ $SECONDS -lt "${DEADLINE:-540}" ]; then
-        KILN_GROUPED_WGRAD_CHUNKS=on CUDA_INJECTION64_PATH="$BUILD/benchmarks/libkernel_trace.so" \
-          KILN_TRACE_OUT="$OUT/step_trace.csv" \
+        CUDA_INJECTION64_PATH="$BUILD/benchmarks/libkernel_trace.so" KILN_TRACE_OUT="$OUT/step_trace.csv" \
           timeout 120 "$BUILD/examples/pretrain" --device cuda --config big --steps 30 --log-every 10 \
           --eval-every 1000 --eval-batches 0 --samples 0 --seed 1 > "$OUT/pretrain_traced.log" 2>&1 || rc=1
         python3 scripts/kernel_gaps.py "$OUT/step_trace.csv" --skip-steps 5 --top 30 --by-kernel --templates \
@@ -939,11 +944,6 @@ for phase in "$@"; do
           > "$OUT/bench_grouped_chunks_$chunks.log" 2>&1 || rc=1
         echo "chunks $chunks:"; grep -E 'wgrad' "$OUT/bench_grouped_chunks_$chunks.log" | head -12
       done
-      if [ $SECONDS -lt "${DEADLINE:-540}" ]; then
-        build test_nn_cuda
-        timeout 150 "$BUILD/tests/test_nn_cuda" > "$OUT/test_nn_cuda.log" 2>&1 || rc=1
-        grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT/test_nn_cuda.log" | head -20
-      fi
       ;;
     step-timeline)
       build pretrain kernel_trace

@@ -116,6 +116,43 @@ Tensor<double> op_writing_gradients_in_place(const Tensor<double>& a, const Tens
   return out;
 }
 
+// A same-type copy (clone, contiguous of a view) hands its gradient on as it is, without a copy:
+// the node before it gets the very tensor (storage) the copy's gradient was, contiguous or
+// strided, with the values of the view's inverse; a cast to another type makes a new tensor.
+TEST(Autograd, CopiesPassTheirGradientOn) {
+  auto x = randn<double>({3, 5}).requires_grad_();
+  // h: x's values in a tensor of its own whose node notes the storage of the gradient it gets
+  // (made anew for each backward, which frees the graph).
+  const Storage* seen = nullptr;
+  const auto probed = [&] {
+    x.zero_grad();
+    Tensor<double> h = clone(x.detach());
+    autograd::record(h, "probe", [&seen](const Tensor<double>& g, const autograd::InputGrads& in) {
+      seen = g.storage().get();
+      in.add(0, g);
+    }, x);
+    return h;
+  };
+  const Tensor<double> g = randn<double>({3, 5});
+  clone(probed()).backward(g);
+  EXPECT_EQ(seen, g.storage().get());
+  EXPECT_EQ(x.grad().to_vector(), g.to_vector());
+
+  const Tensor<double> gt = randn<double>({5, 3});  // a strided gradient: gt's transpose
+  clone(probed()).backward(transpose(gt, 0, 1));
+  EXPECT_EQ(seen, gt.storage().get());
+  EXPECT_EQ(x.grad().to_vector(), contiguous(transpose(gt, 0, 1)).to_vector());
+
+  contiguous(transpose(probed(), 0, 1)).backward(gt);  // the transposed gradient reaches h's node
+  EXPECT_EQ(seen, gt.storage().get());
+  EXPECT_EQ(x.grad().to_vector(), contiguous(transpose(gt, 0, 1)).to_vector());
+
+  const Tensor<float> gf = randn<float>({3, 5});
+  cast<float>(probed()).backward(gf);
+  EXPECT_NE(seen, gf.storage().get());
+  EXPECT_EQ(x.grad().to_vector(), cast<double>(gf).to_vector());
+}
+
 // The gradients of a split's parts that already lie where the split's whole gradient would put
 // them are that gradient: the node takes their storage as it is and copies only the parts made
 // elsewhere into it (autograd node.hpp, in_place_gradient). A storage anything else still holds

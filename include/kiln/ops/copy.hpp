@@ -46,7 +46,10 @@ void copy_into(const Tensor<T>& dst, const Tensor<T>& src) {
 }
 
 // Casts to element type U (rounding to nearest even into low-precision types). Differentiable:
-// the gradient is cast back to T.
+// the gradient is cast back to T; a copy's (U = T: clone, contiguous) is the gradient itself,
+// passed on without copying it (the autograd never changes a gradient it did not make: a tensor
+// one backward hands to another may be held by several nodes, autograd/node.hpp). On a GPU that
+// saves a copy kernel in the backward of every contiguous() of a view.
 template <class U, class T>
 Tensor<U> cast(const Tensor<T>& t) {
   check_defined("cast", t);
@@ -54,7 +57,8 @@ Tensor<U> cast(const Tensor<T>& t) {
   if constexpr (is_floating<U> && is_floating<T>) {
     if (autograd::needs_grad(t)) {
       autograd::record(out, "cast", [](const Tensor<U>& g, const autograd::InputGrads& in) {
-        in.add(0, detail::copy_as<T>("cast backward", g));
+        if constexpr (std::is_same_v<U, T>) in.add(0, g);
+        else in.add(0, detail::copy_as<T>("cast backward", g));
       }, t);
     }
   }
