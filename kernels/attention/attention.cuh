@@ -71,6 +71,7 @@
 #include "kiln/kernels/common/element.cuh"
 #include "kiln/kernels/common/launch.cuh"
 #include "kiln/kernels/common/mma_sm80.cuh"
+#include "kiln/kernels/common/reduce.cuh"
 
 namespace kiln::kernels::attention {
 
@@ -217,8 +218,7 @@ __global__ void __launch_bounds__(256) attention_delta_kernel(AttentionBackwardA
         for (int e = 0; e < kVec; ++e) sum += load(oe[e]) * load(ge[e]);
       }
     }
-#pragma unroll
-    for (int off = kDeltaLanes / 2; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+    sum = warp_all_reduce<kDeltaLanes>(sum, Plus{});
     if (part == 0 && r < rows) a.delta[r] = sum;
   }
 }
