@@ -147,7 +147,10 @@
 #           tests, test_nn_cuda, TrainerCuda.* and EngineCuda.*, pretrain new, new with the chunks,
 #           old (200 steps, $ROUNDS times, default 2), the step's kernels traced (new), then
 #           bench_grouped_gemm_cuda with the chunks on and off, each started while under $DEADLINE
-#           (540)                                               -> docs/grouped-gemm.md, docs/training.md
+#           (540). Since the sixth session it covers that session's changes too: the dgrad's SwiGLU
+#           backward epilogue (loads ahead of stores, L2 prefetch; GroupedGemmCuda.*) and RMSNorm
+#           training on slices of wider rows in place (RmsNormCuda.*)
+#                                                               -> docs/grouped-gemm.md, docs/training.md
 # Usage: scripts/gpu_pending.sh PHASE [PHASE ...]   (on the lent machine: OUT=$OUT, logs under it)
 # The Debian dev packages the build needs (Eigen, GoogleTest, Google Benchmark, nlohmann-json) are
 # unpacked from build-deps/*.deb when missing there; fetch them first on a Debian 12 machine with
@@ -911,7 +914,7 @@ for phase in "$@"; do
       build test_kernels_cuda bench_grouped_gemm_cuda test_nn_cuda test_train_infer_rl_cuda
       [ -n "${old_build:-}" ] && { wait "$old_build" || { echo "old build failed"; tail -20 "$BUILD_LOGS/build_old.log"; }; }
       [ $phase = wgrad-chunks ] || continue
-      timeout 200 "$BUILD/tests/test_kernels_cuda" --gtest_filter='GroupedGemmCuda.*:*Attention*' \
+      timeout 200 "$BUILD/tests/test_kernels_cuda" --gtest_filter='GroupedGemmCuda.*:*Attention*:RmsNormCuda.*' \
         > "$OUT/test_kernels.log" 2>&1 || rc=1
       timeout 150 "$BUILD/tests/test_nn_cuda" > "$OUT/test_nn_cuda.log" 2>&1 || rc=1
       timeout 200 "$BUILD/tests/test_train_infer_rl_cuda" --gtest_filter='TrainerCuda.*:EngineCuda.*' \

@@ -47,6 +47,10 @@ struct RmsNormBackwardArgs {
   const double* rstd = nullptr;
   std::int64_t rows = 0;
   int cols = 0;
+  // Elements between consecutive rows of x and of dx (< 0: cols, contiguous): x a slice of wider
+  // rows read in place (as the forward read it), dx written where x lay in a buffer of the wider
+  // rows (ops/rms_norm.hpp). g and dx_add are contiguous.
+  std::int64_t x_row_stride = -1, dx_row_stride = -1;
 };
 
 }  // namespace kiln::kernels

@@ -1,8 +1,9 @@
 // RMSNorm on CUDA (arguments kernels/rms_norm/args.hpp; front-end ops/rms_norm.hpp; the CPU
 // reference is backend/cpu/rms_norm.hpp).
 //
-// x is [rows, D] with D (args.cols) the normalised dim, contiguous or (forward) rows a fixed stride
-// apart, y likewise: slices of wider rows are normalised in place of a copy.
+// x is [rows, D] with D (args.cols) the normalised dim, contiguous or rows a fixed stride apart,
+// y and (backward) dx likewise: slices of wider rows are normalised in place of a copy, and their
+// gradient written where they lay (g and the folded-in gradient are contiguous).
 //
 // Forward, per row: r = 1 / sqrt(mean(x^2) + eps), y = x * r * w. r is saved (as double, like the
 // CPU op) for the backward pass. bf16/fp16 follow Hugging Face's rounding: x * r is rounded to the
@@ -190,7 +191,8 @@ template <class T, int V, int N, bool WarpRow, bool Fold>
 __global__ void __launch_bounds__(WarpRow ? kWarpRowThreads : kMaxBlockThreads, min_blocks<T, V, N, WarpRow>())
     backward_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ g,
                     const double* __restrict__ rstd, T* __restrict__ dx, const T* __restrict__ dx_add,
-                    compute_t<T>* __restrict__ partial, std::int64_t rows, int D, compute_t<T> inv_d) {
+                    compute_t<T>* __restrict__ partial, std::int64_t rows, int D, std::int64_t x_stride,
+                    std::int64_t dx_stride, compute_t<T> inv_d) {
   static_assert(N > 0 || !WarpRow, "a warp-per-row kernel keeps its row in registers");
   using C = compute_t<T>;
   using VecT = Vec<T, V>;
@@ -242,7 +244,7 @@ __global__ void __launch_bounds__(WarpRow ? kWarpRowThreads : kMaxBlockThreads, 
         if constexpr (Fold) o.v[e] = store<T>(d + load(add.v[e]));
         else o.v[e] = store<T>(d);
       }
-      reinterpret_cast<VecT*>(dx + r * D)[j] = o;
+      reinterpret_cast<VecT*>(dx + r * dx_stride)[j] = o;
     }
     if (acc)
 #pragma unroll
@@ -251,7 +253,7 @@ __global__ void __launch_bounds__(WarpRow ? kWarpRowThreads : kMaxBlockThreads, 
 
   int parity = 0;
   for (std::int64_t r = own.first; r < rows; r += own.stride, parity ^= 1) {
-    const VecT* xr = reinterpret_cast<const VecT*>(x + r * D);
+    const VecT* xr = reinterpret_cast<const VecT*>(x + r * x_stride);
     const VecT* gr = reinterpret_cast<const VecT*>(g + r * D);
     const C rs = static_cast<C>(rstd[r]);
     C dot = 0;  // sum of gw * xhat
@@ -450,11 +452,15 @@ inline void launch_rms_norm_backward(const RmsNormBackwardArgs& a) {
   const int device = a.launch.device;
   cuda::DeviceGuard guard(device);
   const cudaStream_t stream = a.launch.stream;
-  const bool aligned = aligned16(a.x) && aligned16(a.g) && (!a.dx || aligned16(a.dx)) && (!a.w || aligned16(a.w)) &&
-                       (!a.dx_add || aligned16(a.dx_add));
+  const std::int64_t x_stride = a.x_row_stride >= 0 ? a.x_row_stride : D;
+  const std::int64_t dx_stride = a.dx_row_stride >= 0 ? a.dx_row_stride : D;
   with_norm_type(a.dtype, [&](auto tag) {
     using T = decltype(tag);
     using C = compute_t<T>;
+    const auto size = static_cast<std::int64_t>(sizeof(T));
+    const bool aligned = aligned16(a.x) && aligned16(a.g) && (!a.dx || aligned16(a.dx)) && (!a.w || aligned16(a.w)) &&
+                         (!a.dx_add || aligned16(a.dx_add)) && (x_stride * size) % 16 == 0 &&
+                         (dx_stride * size) % 16 == 0;
     if (rows == 0) {
       // No rows: no dx, and dw is an empty sum (all-zero bits are +0 in every floating type).
       if (a.dw) KILN_CUDA_CHECK(cudaMemsetAsync(a.dw, 0, sizeof(T) * static_cast<std::size_t>(D), stream));
@@ -479,7 +485,7 @@ inline void launch_rms_norm_backward(const RmsNormBackwardArgs& a) {
       kernel<<<static_cast<unsigned>(blocks), threads, smem, stream>>>(
           static_cast<const T*>(a.x), static_cast<const T*>(a.w), static_cast<const T*>(a.g), a.rstd,
           static_cast<T*>(a.dx), a.dx ? static_cast<const T*>(a.dx_add) : nullptr, a.dw ? partial.data() : nullptr,
-          rows, D, static_cast<C>(1.0 / D));
+          rows, D, x_stride, dx_stride, static_cast<C>(1.0 / D));
       KILN_CUDA_CHECK_LAUNCH();
       if (a.dw) {
         dw_sum_kernel<T><<<static_cast<unsigned>((D + kSumColumns - 1) / kSumColumns), dim3(kSumColumns, kSumSlices),

@@ -264,6 +264,54 @@ TEST(RmsNormCuda, RowStridedViewsAndInto) {
                     "[3, 4]");
 }
 
+// With a backward too, a GPU reads a slice of wider rows in place and writes its dx where the slice
+// lay (ops/rms_norm.hpp, gradient_where_rows_lay): MLA's q_a and latent, column ranges of one
+// projection's output. wide = [left | x | right]; z = [left | rms_norm(x, w) | right] and
+// z.backward(G), so that wide's gradient is settled from the three parts (autograd/node.hpp); y,
+// wide's gradient and dw against the CPU op. Slices at aligned and misaligned columns, warp- and
+// block-per-row rows, a slice at column 0, and x's gradient folded into one received before (x
+// used twice: dx contiguous then).
+template <class T>
+void check_rms_norm_slices_with_backward() {
+  for (const auto& [rows, D, off] : std::vector<std::tuple<std::int64_t, std::int64_t, std::int64_t>>{
+           {7, 256, 0}, {128, 256, 384}, {5, 40, 8}, {3, 33, 1}, {9, 2048, 16}, {1001, 384, 0}, {65, 4096, 24}}) {
+    for (const bool twice : {false, true}) {
+      SCOPED_TRACE(str(name<T>(), " rows ", rows, " D ", D, " at column ", off, twice ? ", x used twice" : ""));
+      const Tensor<T> wide = cast<T>(randn<float>({rows, off + D + 8}));
+      const Tensor<T> w = cast<T>(rand<float>({D}, 0.5, 1.5));
+      const Tensor<T> G = cast<T>(randn<float>({rows, off + D + 8}));
+      struct Result {
+        Tensor<T> z, dwide, dw;
+      };
+      const auto run = [&](Device device) {
+        poison_cached_memory();
+        const Tensor<T> leaf = to(wide, device).detach().requires_grad_();
+        const Tensor<T> wl = to(w, device).detach().requires_grad_();
+        const Tensor<T> x = narrow(leaf, -1, off, D);
+        Tensor<T> y = rms_norm(x, wl, 1e-6);
+        if (twice) y = add(y, x);  // x's gradient from the add arrives first: folded into dx
+        std::vector<Tensor<T>> parts;
+        if (off > 0) parts.push_back(narrow(leaf, -1, 0, off));
+        parts.push_back(y);
+        parts.push_back(narrow(leaf, -1, off + D, 8));
+        const Tensor<T> z = cat(parts, -1);
+        z.backward(to(G, device));
+        return Result{on_cpu(z), on_cpu(leaf.grad()), on_cpu(wl.grad())};
+      };
+      const Result want = run(Device::cpu()), got = run(gpu);
+      EXPECT_LE(relative_error(got.z, want.z), tolerance<T>()) << "forward";
+      EXPECT_LE(relative_error(got.dwide, want.dwide), tolerance<T>()) << "the wide tensor's gradient";
+      EXPECT_LE(relative_error(got.dw, want.dw), tolerance<T>()) << "dw";
+    }
+  }
+}
+
+TEST(RmsNormCuda, SlicesOfWiderRowsWithBackward) {
+  KILN_REQUIRE_GPU();
+  check_rms_norm_slices_with_backward<float>();
+  check_rms_norm_slices_with_backward<bf16>();
+}
+
 TEST(RmsNormCuda, FusedBackwardFloat32MatchesFloat64) {
   KILN_REQUIRE_GPU();
   check_fused_backward_shapes<float>();

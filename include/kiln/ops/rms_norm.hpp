@@ -28,6 +28,21 @@ std::optional<std::int64_t> rms_norm_row_stride(const Tensor<T>& t) {
   return (*st)[0];
 }
 
+// A gradient for x, a slice of wider rows (rows a fixed stride apart, more than D): x's shape,
+// offset and strides in a fresh storage of the size of x's, the elements between its rows left
+// unwritten. The split (or narrow) that x came from then finds this part where it belongs in that
+// storage (autograd/node.hpp, in_place_gradient) and copies only its other parts into it, where a
+// contiguous gradient would be copied too. Contiguous instead when the rows overlap (an expanded
+// x) or x's storage is more than 8 times x (a view into something much larger).
+template <class T>
+Tensor<T> gradient_where_rows_lay(const Tensor<T>& x) {
+  const std::optional<std::int64_t> stride = rms_norm_row_stride(x);
+  const std::size_t bytes = x.storage()->nbytes();
+  if (!stride || *stride < x.size(-1) || bytes / sizeof(T) > 8 * static_cast<std::size_t>(x.numel()))
+    return Tensor<T>(x.shape(), x.device());
+  return Tensor<T>::view_of(std::make_shared<Storage>(bytes, x.device()), x.offset(), x.shape(), x.strides());
+}
+
 // out = rms_norm(x, weight, eps) on a GPU for x and out whose rows lie a fixed stride apart
 // (rms_norm_row_stride), weight [D] or undefined; no r saved, no graph.
 template <class T>
@@ -92,7 +107,13 @@ Tensor<T> rms_norm(const Tensor<T>& x, const Tensor<T>& weight = Tensor<T>(), do
     detail::rms_norm_strided(out, x, weight, eps);
     return out;
   }
-  const Tensor<T> xc = contiguous(x.detach());
+  // With a backward too, a GPU reads x in place when its rows lie a fixed stride apart (a slice of
+  // wider rows: MLA's q_a and latent, parts of one projection's output) and x's storage is at most
+  // 8 times x (the backward keeps x, and with it that storage); otherwise a contiguous copy.
+  const bool in_place = !x.device().is_cpu() && detail::rms_norm_row_stride(x) &&
+                        x.storage()->nbytes() / sizeof(T) <= 8 * static_cast<std::size_t>(rows * D);
+  const Tensor<T> xc = in_place ? x.detach() : contiguous(x.detach());
+  const std::int64_t x_stride = *detail::rms_norm_row_stride(xc);
   const Tensor<T> wc = has_weight ? contiguous(weight.detach()) : Tensor<T>();
   Tensor<T> out(x.shape(), x.device());
   Tensor<double> rstd({rows}, x.device());  // 1 / sqrt(mean(x^2) + eps) per row, for the backward
@@ -109,19 +130,26 @@ Tensor<T> rms_norm(const Tensor<T>& x, const Tensor<T>& weight = Tensor<T>(), do
                                                                  .w = has_weight ? wc.data() : nullptr,
                                                                  .rows = rows,
                                                                  .cols = static_cast<int>(D),
-                                                                 .eps = eps});
+                                                                 .eps = eps,
+                                                                 .x_row_stride = x_stride});
   }
 
   if (autograd::needs_grad(x, weight)) {
-    autograd::record(out, "rms_norm", [xc, wc, rstd, rows, D](const Tensor<T>& g, const autograd::InputGrads& in) {
+    autograd::record(out, "rms_norm", [xc, wc, rstd, rows, D, x_stride](const Tensor<T>& g,
+                                                                         const autograd::InputGrads& in) {
       check_same_device("rms_norm backward", xc, g);
       const Tensor<T> gc = contiguous(g);
-      Tensor<T> dx = in.needs(0) ? Tensor<T>(xc.shape(), xc.device()) : Tensor<T>();
-      Tensor<T> dw = in.needs(1) ? Tensor<T>({D}, xc.device()) : Tensor<T>();
       // A gradient x already received (a residual stream's, from the add after this branch) is
       // added while dx is written: one read instead of a separate add's three passes.
       const Tensor<T> received = in.received<T>(0);
       const T* dx_add = received.defined() ? received.data() : nullptr;
+      // dx where x lay when x is a slice of wider rows (detail::gradient_where_rows_lay), so that
+      // the split x came from takes it without a copy; else contiguous.
+      Tensor<T> dx = !in.needs(0)                          ? Tensor<T>()
+                     : !received.defined() && x_stride != D ? detail::gradient_where_rows_lay(xc)
+                                                            : Tensor<T>(xc.shape(), xc.device());
+      const std::int64_t dx_stride = dx.defined() ? *detail::rms_norm_row_stride(dx) : D;
+      Tensor<T> dw = in.needs(1) ? Tensor<T>({D}, xc.device()) : Tensor<T>();
       if (xc.device().is_cpu()) {
         cpu::rms_norm_backward(xc.data(), wc.defined() ? wc.data() : nullptr, gc.data(), rstd.data(),
                                dx.defined() ? dx.data() : nullptr, dw.defined() ? dw.data() : nullptr, rows, D,
@@ -138,7 +166,9 @@ Tensor<T> rms_norm(const Tensor<T>& x, const Tensor<T>& weight = Tensor<T>(), do
                                                           .g = gc.data(),
                                                           .rstd = rstd.data(),
                                                           .rows = rows,
-                                                          .cols = static_cast<int>(D)});
+                                                          .cols = static_cast<int>(D),
+                                                          .x_row_stride = x_stride,
+                                                          .dx_row_stride = dx_stride});
       }
       if (dx.defined()) received.defined() ? in.set_total(0, dx) : in.add(0, dx);
       if (dw.defined()) in.add(1, dw);
