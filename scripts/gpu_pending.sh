@@ -151,6 +151,12 @@
 #           backward epilogue (loads ahead of stores, L2 prefetch; GroupedGemmCuda.*) and RMSNorm
 #           training on slices of wider rows in place (RmsNormCuda.*)
 #                                                               -> docs/grouped-gemm.md, docs/training.md
+#   one-call-6  the sixth session of 2026-12-07 had little device time: everything above in one
+#           call, most important first, each step only while under $DEADLINE (default 560): build
+#           pretrain, kernel_trace, test_kernels_cuda (and $OLD_TREE's pretrain beside them); the
+#           grouped GEMM, attention and RMSNorm tests; pretrain new against old twice (200 steps);
+#           the step traced; then test_nn_cuda and the trainer's and engine's GPU tests; the
+#           grouped GEMM benchmark with the chunks on and off        -> docs/training.md
 # Usage: scripts/gpu_pending.sh PHASE [PHASE ...]   (on the lent machine: OUT=$OUT, logs under it)
 # The Debian dev packages the build needs (Eigen, GoogleTest, Google Benchmark, nlohmann-json) are
 # unpacked from build-deps/*.deb when missing there; fetch them first on a Debian 12 machine with
@@ -170,7 +176,7 @@ phases+="|key-groups-ab|verify|steps|changes|profile-decode|decode-step|profile-
 phases+="|profile-fp8-gemm|profile-fp8-gemm-source|fp8-uniform-ab|hopper-decode|seesaw|engine-hopper"
 phases+="|session-build|combine-tests|combine-bench|swiglu|folds|vs-hf|profile-copies|attention-views|one-call"
 phases+="|graphs-matmul|step-phases|autograd-tests|sync-free-build|sync-free|step-timeline"
-phases+="|wgrad-chunks-build|wgrad-chunks"
+phases+="|wgrad-chunks-build|wgrad-chunks|one-call-6"
 [ $# -gt 0 ] || { echo "usage: $0 $phases|profile-fp8 ..."; exit 2; }
 
 . scripts/carried_deps.sh
@@ -947,6 +953,55 @@ for phase in "$@"; do
           > "$OUT/bench_grouped_chunks_$chunks.log" 2>&1 || rc=1
         echo "chunks $chunks:"; grep -E 'wgrad' "$OUT/bench_grouped_chunks_$chunks.log" | head -12
       done
+      ;;
+    one-call-6)
+      deadline=${DEADLINE:-560}
+      under() { [ $SECONDS -lt "$deadline" ] || { echo "deadline: $1 not run"; return 1; }; }
+      if [ -d "${OLD_TREE:-}" ] && [ ! -x /tmp/kb_old/examples/pretrain ]; then
+        configure_release "$OLD_TREE" /tmp/kb_old "$BUILD_LOGS/configure_old.log"
+        ninja -C /tmp/kb_old -j 4 pretrain > "$BUILD_LOGS/build_old.log" 2>&1 &
+        old_build=$!
+      fi
+      build pretrain kernel_trace test_kernels_cuda
+      [ -n "${old_build:-}" ] && { wait "$old_build" || { echo "old build failed"; tail -20 "$BUILD_LOGS/build_old.log"; }; }
+      timeout 150 "$BUILD/tests/test_kernels_cuda" --gtest_filter='GroupedGemmCuda.*:*Attention*:RmsNormCuda.*' \
+        > "$OUT/test_kernels.log" 2>&1 || rc=1
+      grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT/test_kernels.log" | head -20
+      for round in 1 2; do
+        for tree in new old; do
+          under "pretrain $tree $round" || continue
+          bin="$BUILD/examples/pretrain"
+          [ $tree = old ] && { [ -x /tmp/kb_old/examples/pretrain ] || continue; bin=/tmp/kb_old/examples/pretrain; }
+          log="$OUT/pretrain_${tree}_$round.log"
+          timeout 60 "$bin" --device cuda --config big --steps 200 --log-every 100 --eval-every 1000 \
+            --samples 0 --seed 1 --time-phases > "$log" 2>&1 || rc=1
+          echo "$tree $round: $(grep -E '^done' "$log" | cut -c1-120) | $(grep -E '^step 200' "$log" | cut -c1-90)"
+        done
+      done
+      if under trace; then
+        CUDA_INJECTION64_PATH="$BUILD/benchmarks/libkernel_trace.so" KILN_TRACE_OUT="$OUT/step_trace.csv" \
+          timeout 100 "$BUILD/examples/pretrain" --device cuda --config big --steps 30 --log-every 10 \
+          --eval-every 1000 --eval-batches 0 --samples 0 --seed 1 > "$OUT/pretrain_traced.log" 2>&1 || rc=1
+        python3 scripts/kernel_gaps.py "$OUT/step_trace.csv" --skip-steps 5 --top 40 --by-kernel --templates \
+          > "$OUT/step_kernels.txt" 2>&1 || rc=1
+        head -30 "$OUT/step_kernels.txt" | cut -c1-170
+      fi
+      if under "module tests"; then
+        build test_nn_cuda test_train_infer_rl_cuda
+        timeout 120 "$BUILD/tests/test_nn_cuda" > "$OUT/test_nn_cuda.log" 2>&1 || rc=1
+        timeout 150 "$BUILD/tests/test_train_infer_rl_cuda" --gtest_filter='TrainerCuda.*:EngineCuda.*' \
+          > "$OUT/test_train_engine.log" 2>&1 || rc=1
+        grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT/test_nn_cuda.log" "$OUT/test_train_engine.log" | head
+      fi
+      if under "grouped GEMM benchmark"; then
+        build bench_grouped_gemm_cuda
+        for chunks in off on; do
+          under "bench chunks $chunks" || continue
+          KILN_GROUPED_WGRAD_CHUNKS=$chunks timeout 90 "$BUILD/benchmarks/bench_grouped_gemm_cuda" \
+            > "$OUT/bench_grouped_chunks_$chunks.log" 2>&1 || rc=1
+          echo "chunks $chunks:"; grep -E 'wgrad|dgrad' "$OUT/bench_grouped_chunks_$chunks.log" | head -14
+        done
+      fi
       ;;
     step-timeline)
       build pretrain kernel_trace
