@@ -248,10 +248,11 @@ TEST(FusedAttention, OperandsReadInPlaceOrCopied) {
   }
 }
 
-// Where the CUDA backward writes each gradient (detail::plan_gradient_places): where its input
-// lay, in a fresh storage per input storage, MLA's k_nope and v sharing one (their gradients then
-// are the kv projection's output gradient, no copy: autograd's in_place_gradient); a contiguous
-// tensor where that place cannot be reused. Metadata only, so it runs on the CPU.
+// Where the CUDA backward writes each gradient (detail::plan_gradient_places with the kernels'
+// AttentionPlaceable): where its input lay, in a fresh storage per input storage, MLA's k_nope and
+// v sharing one (their gradients then are the kv projection's output gradient, no copy: autograd's
+// in_place_gradient); a contiguous tensor where that place cannot be reused. Metadata only, so it
+// runs on the CPU.
 TEST(FusedAttention, GradientsPlacedWhereTheirInputsLay) {
   using detail::plan_gradient_places;
   const std::int64_t B = 2, S = 5, H = 3, dn = 16, dr = 8, dv = 16;
@@ -263,7 +264,7 @@ TEST(FusedAttention, GradientsPlacedWhereTheirInputsLay) {
   const auto k_nope = transpose(narrow(kv, 3, 0, dn), 1, 2), v = transpose(narrow(kv, 3, dn, dv), 1, 2);
   const auto k_pe = expand(reshape(zeros<bf16>({B, S, dr}), {B, 1, S, dr}), {B, H, S, dr});
   const std::vector<Tensor<bf16>> inputs{q_nope, q_pe, k_nope, k_pe, v};
-  const detail::GradientPlan plan = plan_gradient_places(inputs);
+  const detail::GradientPlan plan = plan_gradient_places(inputs, detail::AttentionPlaceable{});
   ASSERT_EQ(plan.places.size(), 5u);
   ASSERT_EQ(plan.storage_bytes.size(), 3u);  // q_full's, q_pe's, kv's
   for (const std::size_t i : {0u, 1u, 2u, 4u}) {
@@ -290,12 +291,13 @@ TEST(FusedAttention, GradientsPlacedWhereTheirInputsLay) {
   // Contiguous instead: q and k the same tensor (one place, two gradients); a start off a 16-byte
   // boundary; rows not 16-byte pieces apart; a view into a storage over 8 times its size.
   const auto heads = transpose(zeros<bf16>({B, S, H, dn}), 1, 2);
-  const detail::GradientPlan shared = plan_gradient_places(std::vector<Tensor<bf16>>{heads, heads, v});
+  const detail::GradientPlan shared =
+      plan_gradient_places(std::vector<Tensor<bf16>>{heads, heads, v}, detail::AttentionPlaceable{});
   EXPECT_EQ(shared.places[0].storage, -1);
   EXPECT_EQ(shared.places[1].storage, -1);
   EXPECT_EQ(shared.places[2].storage, 0);
   auto placed = [&](const Tensor<bf16>& t) {
-    return plan_gradient_places(std::vector<Tensor<bf16>>{t}).places[0].storage == 0;
+    return plan_gradient_places(std::vector<Tensor<bf16>>{t}, detail::AttentionPlaceable{}).places[0].storage == 0;
   };
   EXPECT_FALSE(placed(transpose(narrow(kv, 3, 4, 16), 1, 2)));
   EXPECT_FALSE(placed(transpose(narrow(zeros<bf16>({B, S, H, 20}), 3, 0, 16), 1, 2)));

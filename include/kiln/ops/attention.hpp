@@ -45,6 +45,7 @@
 #include "kiln/ops/common.hpp"
 #include "kiln/ops/concat.hpp"
 #include "kiln/ops/copy.hpp"
+#include "kiln/ops/gradient_places.hpp"
 
 namespace kiln {
 
@@ -151,89 +152,16 @@ Tensor<T> attention_operand(const Tensor<T>& t) {
 }
 
 // Where the CUDA backward writes the gradient of each input of the node (kernels/attention/
-// args.hpp: dq_layout and the others): where the input lay, in a fresh storage of the size of the
-// input's. The view ops between the input and the tensor it was cut from (transposes, the split of
-// a projection's output into per-head parts) then hand that tensor's node its gradient already in
-// place, and the split takes it without copying (autograd/node.hpp, in_place_gradient): MLA's k_nope
-// and v, column ranges of one projection's output, get their gradients as that output's gradient.
-// Inputs on one storage share the gradients' storage. An input gets a contiguous gradient of its
-// own instead when its place cannot be reused: an expand view (MLA's rotary key shared by the
-// heads, head stride 0), inputs of one storage that are not disjoint column ranges of the same rows
-// (q and k the same tensor), strides the kernels cannot write, or a storage more than 8 times the
-// size of its inputs (a view into something much larger).
-struct GradientPlace {
-  int storage = -1;  // the plan's storage it lies in; -1: a contiguous tensor of its own
-  std::int64_t offset = 0;
-  Strides strides;
+// args.hpp: dq_layout and the others): where the input lay (ops/gradient_places.hpp), so that MLA's
+// k_nope and v, column ranges of one projection's output, get their gradients as that output's
+// gradient without copies, and q_nope its part of q_b's. An input the kernels cannot address in
+// place (kernels_address_in_place: 16-byte pieces) gets a contiguous gradient.
+struct AttentionPlaceable {
+  template <class T>
+  bool operator()(const Tensor<T>& t) const {
+    return t.dim() == 4 && kernels_address_in_place(t);
+  }
 };
-struct GradientPlan {
-  std::vector<std::size_t> storage_bytes;
-  std::vector<GradientPlace> places;  // one per input
-};
-
-// Whether inputs `group` (rank 4, all on one storage, in increasing offset) can have their
-// gradients where they lie (above).
-template <class T>
-bool gradients_fit_in_place(const std::vector<Tensor<T>>& inputs, const std::vector<std::size_t>& group) {
-  const Tensor<T>& first = inputs[group.front()];
-  const Tensor<T>& last = inputs[group.back()];
-  std::int64_t elements = 0;
-  for (std::size_t k = 0; k < group.size(); ++k) {
-    const Tensor<T>& t = inputs[group[k]];
-    // The gradient has t's offset and strides in a storage the allocator aligns as t's.
-    if (!kernels_address_in_place(t)) return false;
-    for (int d = 0; d < 3; ++d)
-      if (t.size(d) != first.size(d) || (t.size(d) > 1 && t.stride(d) != first.stride(d))) return false;
-    if (k > 0 && inputs[group[k - 1]].offset() + inputs[group[k - 1]].size(3) > t.offset()) return false;  // overlap
-    elements += t.numel();
-  }
-  // The rows' slots (from the first column of the first input to the last of the last) must not
-  // overlap one another, nor leave the storage.
-  const std::int64_t slot = last.offset() + last.size(3) - first.offset();
-  const std::int64_t extent = distinct_elements_extent({first.size(0), first.size(1), first.size(2), slot},
-                                                       {first.stride(0), first.stride(1), first.stride(2), 1});
-  const auto storage_elements = static_cast<std::int64_t>(first.storage()->nbytes() / sizeof(T));
-  return extent > 0 && first.offset() + extent <= storage_elements && storage_elements <= 8 * elements;
-}
-
-template <class T>
-GradientPlan plan_gradient_places(const std::vector<Tensor<T>>& inputs) {
-  GradientPlan plan;
-  plan.places.resize(inputs.size());
-  std::vector<bool> grouped(inputs.size(), false);
-  for (std::size_t i = 0; i < inputs.size(); ++i) {
-    if (grouped[i]) continue;
-    std::vector<std::size_t> group;  // the inputs on i's storage
-    for (std::size_t j = i; j < inputs.size(); ++j) {
-      if (inputs[j].storage() != inputs[i].storage()) continue;
-      group.push_back(j);
-      grouped[j] = true;
-    }
-    std::sort(group.begin(), group.end(),
-              [&](std::size_t a, std::size_t b) { return inputs[a].offset() < inputs[b].offset(); });
-    if (!gradients_fit_in_place(inputs, group)) continue;
-    const int storage = static_cast<int>(plan.storage_bytes.size());
-    plan.storage_bytes.push_back(inputs[i].storage()->nbytes());
-    for (const std::size_t j : group) plan.places[j] = {storage, inputs[j].offset(), inputs[j].strides()};
-  }
-  return plan;
-}
-
-// The gradient tensors of a plan, of the inputs' shapes, on `device` (uninitialised: the kernels
-// write every element of each).
-template <class T>
-std::vector<Tensor<T>> gradient_tensors(const GradientPlan& plan, const std::vector<Shape>& shapes, Device device) {
-  std::vector<std::shared_ptr<Storage>> storages;
-  for (const std::size_t bytes : plan.storage_bytes) storages.push_back(std::make_shared<Storage>(bytes, device));
-  std::vector<Tensor<T>> grads;
-  for (std::size_t i = 0; i < shapes.size(); ++i) {
-    const GradientPlace& p = plan.places[i];
-    grads.push_back(p.storage < 0 ? Tensor<T>(shapes[i], device)
-                                  : Tensor<T>::view_of(storages[static_cast<std::size_t>(p.storage)], p.offset,
-                                                       shapes[i], p.strides));
-  }
-  return grads;
-}
 
 // MLA's rotary parts of q and k (fused_causal_attention_parts): q_pe [B, H, S, dr], k_pe
 // [B, Hkv, S, dr] (a key shared by the heads: an expand view, head stride 0).
@@ -318,7 +246,7 @@ Tensor<T> fused_causal_attention_cuda(const Tensor<T>& q, const Tensor<T>& k, co
   // node does not hold its own output's graph. It holds the parts (q_pe, k_pe) as well, since
   // parts.q_rope and parts.k_rope point into them.
   auto backward = [qc, kc, vc, q_pe, k_pe, parts, o = out.detach(), lse, bounds, args_shape, backward_implementation,
-                   plan = plan_gradient_places(inputs),
+                   plan = plan_gradient_places(inputs, AttentionPlaceable{}),
                    input_shapes = std::move(input_shapes)](const Tensor<T>& g, const autograd::InputGrads& in) {
     const char* bop = "fused_causal_attention backward";
     check_same_device(bop, qc, g);

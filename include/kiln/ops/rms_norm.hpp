@@ -11,6 +11,7 @@
 #include "kiln/kernels/rms_norm/args.hpp"
 #include "kiln/ops/common.hpp"
 #include "kiln/ops/copy.hpp"
+#include "kiln/ops/gradient_places.hpp"
 #include "kiln/ops/view.hpp"
 
 namespace kiln {
@@ -26,21 +27,6 @@ std::optional<std::int64_t> rms_norm_row_stride(const Tensor<T>& t) {
   const auto st = view_strides(t.shape(), t.strides(), {t.numel() / D, D});
   if (!st || ((*st)[1] != 1 && D > 1)) return std::nullopt;
   return (*st)[0];
-}
-
-// A gradient for x, a slice of wider rows (rows a fixed stride apart, more than D): x's shape,
-// offset and strides in a fresh storage of the size of x's, the elements between its rows left
-// unwritten. The split (or narrow) that x came from then finds this part where it belongs in that
-// storage (autograd/node.hpp, in_place_gradient) and copies only its other parts into it, where a
-// contiguous gradient would be copied too. Contiguous instead when the rows overlap (an expanded
-// x) or x's storage is more than 8 times x (a view into something much larger).
-template <class T>
-Tensor<T> gradient_where_rows_lay(const Tensor<T>& x) {
-  const std::optional<std::int64_t> stride = rms_norm_row_stride(x);
-  const std::size_t bytes = x.storage()->nbytes();
-  if (!stride || *stride < x.size(-1) || bytes / sizeof(T) > 8 * static_cast<std::size_t>(x.numel()))
-    return Tensor<T>(x.shape(), x.device());
-  return Tensor<T>::view_of(std::make_shared<Storage>(bytes, x.device()), x.offset(), x.shape(), x.strides());
 }
 
 // out = rms_norm(x, weight, eps) on a GPU for x and out whose rows lie a fixed stride apart
@@ -143,10 +129,11 @@ Tensor<T> rms_norm(const Tensor<T>& x, const Tensor<T>& weight = Tensor<T>(), do
       // added while dx is written: one read instead of a separate add's three passes.
       const Tensor<T> received = in.received<T>(0);
       const T* dx_add = received.defined() ? received.data() : nullptr;
-      // dx where x lay when x is a slice of wider rows (detail::gradient_where_rows_lay), so that
-      // the split x came from takes it without a copy; else contiguous.
+      // dx where x lay when x is a slice of wider rows read in place (ops/gradient_places.hpp), so
+      // that the split x came from takes it without a copy; contiguous otherwise, and when a
+      // gradient received before is folded in (the kernel reads that one contiguous).
       Tensor<T> dx = !in.needs(0)                          ? Tensor<T>()
-                     : !received.defined() && x_stride != D ? detail::gradient_where_rows_lay(xc)
+                     : !received.defined() && x_stride != D ? detail::gradients_where_inputs_lay<T>({xc}).front()
                                                             : Tensor<T>(xc.shape(), xc.device());
       const std::int64_t dx_stride = dx.defined() ? *detail::rms_norm_row_stride(dx) : D;
       Tensor<T> dw = in.needs(1) ? Tensor<T>({D}, xc.device()) : Tensor<T>();

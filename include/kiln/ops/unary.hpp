@@ -30,6 +30,7 @@
 #include "kiln/math/unary.hpp"
 #include "kiln/ops/common.hpp"
 #include "kiln/ops/copy.hpp"
+#include "kiln/ops/gradient_places.hpp"
 
 namespace kiln {
 
@@ -155,12 +156,17 @@ template <class T> Tensor<T> operator-(const Tensor<T>& x) { return neg(x); }
 
 namespace detail {
 
-// dL/dgate and dL/dup of swiglu in one pass over g, gate and up (fresh contiguous tensors).
+// dL/dgate and dL/dup of swiglu in one pass over g, gate and up. On the CPU fresh contiguous
+// tensors; on a GPU where gate and up lay when they are views of wider rows (ops/gradient_places.hpp:
+// the halves of one [rows, 2I] projection get their gradients as that projection's output
+// gradient, with no copy when the split settles).
 template <class T>
 std::pair<Tensor<T>, Tensor<T>> swiglu_backward_kernel(const Tensor<T>& g, const Tensor<T>& gate, const Tensor<T>& up) {
   check_same_device("swiglu", g, gate, up);
-  Tensor<T> d_gate(gate.shape(), gate.device()), d_up(gate.shape(), gate.device());
   if (!gate.device().is_cpu()) {
+    const std::vector<Tensor<T>> grads = gradients_where_inputs_lay<T>({gate, up});
+    const Tensor<T>& d_gate = grads[0];
+    const Tensor<T>& d_up = grads[1];
     launch_device_kernel("swiglu", kernels::SwigluBackwardArgs{.launch = launch_on("swiglu", gate.device()),
                                                                .d_gate = kernel_view(d_gate),
                                                                .d_up = kernel_view(d_up),
@@ -169,6 +175,7 @@ std::pair<Tensor<T>, Tensor<T>> swiglu_backward_kernel(const Tensor<T>& g, const
                                                                .up = kernel_view(up)});
     return {d_gate, d_up};
   }
+  Tensor<T> d_gate(gate.shape(), gate.device()), d_up(gate.shape(), gate.device());
   // Two outputs: cpu::map writes one, so walk contiguous copies (no copy when already so).
   const Tensor<T> gc = contiguous(g.detach()), xc = contiguous(gate.detach()), uc = contiguous(up.detach());
   const T *pg = gc.data(), *px = xc.data(), *pu = uc.data();
