@@ -218,6 +218,17 @@ fp8_bench() {
   echo "$log: $(grep -A1 '^geometric mean' "$OUT/$log" | tr '\n' ' ')"
 }
 
+# The kernels of 30 steps of pretrain --config big as the GPU ran them (the CUPTI tracer), and the
+# busy time per kernel per step (scripts/kernel_gaps.py), its first $1 lines printed.
+trace_step_kernels() {
+  CUDA_INJECTION64_PATH="$BUILD/benchmarks/libkernel_trace.so" KILN_TRACE_OUT="$OUT/step_trace.csv" \
+    timeout 120 "$BUILD/examples/pretrain" --device cuda --config big --steps 30 --log-every 10 \
+    --eval-every 1000 --eval-batches 0 --samples 0 --seed 1 > "$OUT/pretrain_traced.log" 2>&1 || rc=1
+  python3 scripts/kernel_gaps.py "$OUT/step_trace.csv" --skip-steps 5 --top 40 --by-kernel --templates \
+    > "$OUT/step_kernels.txt" 2>&1 || rc=1
+  head -"$1" "$OUT/step_kernels.txt" | cut -c1-170
+}
+
 rc=0
 for phase in "$@"; do
   case "$phase" in
@@ -939,14 +950,7 @@ for phase in "$@"; do
           echo "$tree $round: $(grep -E '^done' "$log" | cut -c1-120) | $(grep -E '^step 200' "$log" | cut -c1-90)"
         done
       done
-      if [ $SECONDS -lt "${DEADLINE:-540}" ]; then
-        CUDA_INJECTION64_PATH="$BUILD/benchmarks/libkernel_trace.so" KILN_TRACE_OUT="$OUT/step_trace.csv" \
-          timeout 120 "$BUILD/examples/pretrain" --device cuda --config big --steps 30 --log-every 10 \
-          --eval-every 1000 --eval-batches 0 --samples 0 --seed 1 > "$OUT/pretrain_traced.log" 2>&1 || rc=1
-        python3 scripts/kernel_gaps.py "$OUT/step_trace.csv" --skip-steps 5 --top 30 --by-kernel --templates \
-          > "$OUT/step_kernels.txt" 2>&1 || rc=1
-        head -24 "$OUT/step_kernels.txt" | cut -c1-170
-      fi
+      [ $SECONDS -lt "${DEADLINE:-540}" ] && trace_step_kernels 24
       for chunks in on off; do
         [ $SECONDS -lt "${DEADLINE:-540}" ] || { echo "deadline: bench chunks $chunks not run"; continue; }
         KILN_GROUPED_WGRAD_CHUNKS=$chunks timeout 120 "$BUILD/benchmarks/bench_grouped_gemm_cuda" \
@@ -978,14 +982,7 @@ for phase in "$@"; do
           echo "$tree $round: $(grep -E '^done' "$log" | cut -c1-120) | $(grep -E '^step 200' "$log" | cut -c1-90)"
         done
       done
-      if under trace; then
-        CUDA_INJECTION64_PATH="$BUILD/benchmarks/libkernel_trace.so" KILN_TRACE_OUT="$OUT/step_trace.csv" \
-          timeout 100 "$BUILD/examples/pretrain" --device cuda --config big --steps 30 --log-every 10 \
-          --eval-every 1000 --eval-batches 0 --samples 0 --seed 1 > "$OUT/pretrain_traced.log" 2>&1 || rc=1
-        python3 scripts/kernel_gaps.py "$OUT/step_trace.csv" --skip-steps 5 --top 40 --by-kernel --templates \
-          > "$OUT/step_kernels.txt" 2>&1 || rc=1
-        head -30 "$OUT/step_kernels.txt" | cut -c1-170
-      fi
+      under trace && trace_step_kernels 30
       if under "module tests"; then
         build test_nn_cuda test_train_infer_rl_cuda
         timeout 120 "$BUILD/tests/test_nn_cuda" > "$OUT/test_nn_cuda.log" 2>&1 || rc=1
