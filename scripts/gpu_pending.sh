@@ -157,6 +157,12 @@
 #           grouped GEMM, attention and RMSNorm tests; pretrain new against old twice (200 steps);
 #           the step traced; then test_nn_cuda and the trainer's and engine's GPU tests; the
 #           grouped GEMM benchmark with the chunks on and off        -> docs/training.md
+#   left-6  what one-call-6 could not run (device time): ElementwiseCuda.* (swiglu's gradients where
+#           the halves lay), test_nn_cuda, TrainerCuda.* and EngineCuda.*, the grouped GEMM benchmark
+#           with the chunks off and on, then Nsight Compute on the grouped dgrad with the SwiGLU
+#           backward epilogue (one launch in pretrain's step 3: speed of light, warp states,
+#           memory) and on the same kernel without the epilogue (GEMM1's dgrad) beside it, while
+#           under $DEADLINE (560)                        -> docs/grouped-gemm.md, docs/training.md
 # Usage: scripts/gpu_pending.sh PHASE [PHASE ...]   (on the lent machine: OUT=$OUT, logs under it)
 # The Debian dev packages the build needs (Eigen, GoogleTest, Google Benchmark, nlohmann-json) are
 # unpacked from build-deps/*.deb when missing there; fetch them first on a Debian 12 machine with
@@ -176,7 +182,7 @@ phases+="|key-groups-ab|verify|steps|changes|profile-decode|decode-step|profile-
 phases+="|profile-fp8-gemm|profile-fp8-gemm-source|fp8-uniform-ab|hopper-decode|seesaw|engine-hopper"
 phases+="|session-build|combine-tests|combine-bench|swiglu|folds|vs-hf|profile-copies|attention-views|one-call"
 phases+="|graphs-matmul|step-phases|autograd-tests|sync-free-build|sync-free|step-timeline"
-phases+="|wgrad-chunks-build|wgrad-chunks|one-call-6"
+phases+="|wgrad-chunks-build|wgrad-chunks|one-call-6|left-6"
 [ $# -gt 0 ] || { echo "usage: $0 $phases|profile-fp8 ..."; exit 2; }
 
 . scripts/carried_deps.sh
@@ -997,6 +1003,40 @@ for phase in "$@"; do
           KILN_GROUPED_WGRAD_CHUNKS=$chunks timeout 90 "$BUILD/benchmarks/bench_grouped_gemm_cuda" \
             > "$OUT/bench_grouped_chunks_$chunks.log" 2>&1 || rc=1
           echo "chunks $chunks:"; grep -E 'wgrad|dgrad' "$OUT/bench_grouped_chunks_$chunks.log" | head -14
+        done
+      fi
+      ;;
+    left-6)
+      deadline=${DEADLINE:-560}
+      under() { [ $SECONDS -lt "$deadline" ] || { echo "deadline: $1 not run"; return 1; }; }
+      build test_kernels_cuda test_nn_cuda test_train_infer_rl_cuda
+      timeout 120 "$BUILD/tests/test_kernels_cuda" --gtest_filter='ElementwiseCuda.*' > "$OUT/test_elementwise.log" 2>&1 ||
+        rc=1
+      timeout 150 "$BUILD/tests/test_nn_cuda" > "$OUT/test_nn_cuda.log" 2>&1 || rc=1
+      timeout 150 "$BUILD/tests/test_train_infer_rl_cuda" --gtest_filter='TrainerCuda.*:EngineCuda.*' \
+        > "$OUT/test_train_engine.log" 2>&1 || rc=1
+      grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT/test_elementwise.log" "$OUT/test_nn_cuda.log" \
+        "$OUT/test_train_engine.log" | head -20
+      if under "grouped GEMM benchmark"; then
+        build bench_grouped_gemm_cuda
+        for chunks in off on; do
+          KILN_GROUPED_WGRAD_CHUNKS=$chunks timeout 90 "$BUILD/benchmarks/bench_grouped_gemm_cuda" \
+            > "$OUT/bench_grouped_chunks_$chunks.log" 2>&1 || rc=1
+          echo "chunks $chunks:"; grep -E 'wgrad' "$OUT/bench_grouped_chunks_$chunks.log" | head -12
+        done
+      fi
+      if under "dgrad profile"; then
+        build pretrain
+        # Epilogue 2 (swiglu_backward) and 0 (none) of the dgrad (Product 1), one launch each.
+        for epilogue in 2 0; do
+          timeout 150 ncu --clock-control none --kernel-name-base demangled \
+            -k "regex:grouped_gemm_hopper_kernel<.*Product\)1, .*GroupedGemmEpilogue\)$epilogue>" \
+            --launch-skip 14 --launch-count 1 --section SpeedOfLight --section WarpStateStats \
+            --section MemoryWorkloadAnalysis --section LaunchStats "$BUILD/examples/pretrain" --device cuda \
+            --config big --steps 3 --log-every 1 --eval-every 1000 --eval-batches 0 --samples 0 --seed 1 \
+            > "$OUT/profile_dgrad_epilogue_$epilogue.txt" 2>&1 || rc=1
+          grep -E "Duration|Throughput|Eligible|Stall|Registers|Achieved" "$OUT/profile_dgrad_epilogue_$epilogue.txt" |
+            head -24
         done
       fi
       ;;

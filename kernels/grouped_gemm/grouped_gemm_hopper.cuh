@@ -536,7 +536,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       // epilogue took 127 us where the forward GEMM2 of the same FLOPs took 47, H100,
       // docs/grouped-gemm.md); now 8, and they mostly hit L2 (the unit's rows were prefetched when
       // it started, above). Four chunks at a time (32 registers, with the accumulators of the
-      // passes to come still live) spilled: 112 bytes of stack.
+      // passes to come still live) spilled: 112 bytes of stack. Measured in the training step
+      // (H100): 124.7 us against 127.3, so the loads were not the main cost.
       const T* const gate_up = static_cast<const T*>(p.gate_up);
 #pragma unroll
       for (int pass = 0; pass < BN / 64; ++pass) {
