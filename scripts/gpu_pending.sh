@@ -973,7 +973,10 @@ for phase in "$@"; do
         old_build=$!
       fi
       build pretrain kernel_trace test_kernels_cuda
-      [ -n "${old_build:-}" ] && { wait "$old_build" || { echo "old build failed"; tail -20 "$BUILD_LOGS/build_old.log"; }; }
+      if [ -n "${old_build:-}" ] && ! wait "$old_build"; then
+        echo "old build failed"
+        tail -20 "$BUILD_LOGS/build_old.log"
+      fi
       timeout 150 "$BUILD/tests/test_kernels_cuda" --gtest_filter='GroupedGemmCuda.*:*Attention*:RmsNormCuda.*' \
         > "$OUT/test_kernels.log" 2>&1 || rc=1
       grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT/test_kernels.log" | head -20
@@ -994,7 +997,8 @@ for phase in "$@"; do
         timeout 120 "$BUILD/tests/test_nn_cuda" > "$OUT/test_nn_cuda.log" 2>&1 || rc=1
         timeout 150 "$BUILD/tests/test_train_infer_rl_cuda" --gtest_filter='TrainerCuda.*:EngineCuda.*' \
           > "$OUT/test_train_engine.log" 2>&1 || rc=1
-        grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT/test_nn_cuda.log" "$OUT/test_train_engine.log" | head
+        grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT/test_nn_cuda.log" \
+          "$OUT/test_train_engine.log" | head
       fi
       if under "grouped GEMM benchmark"; then
         build bench_grouped_gemm_cuda
@@ -1010,8 +1014,8 @@ for phase in "$@"; do
       deadline=${DEADLINE:-560}
       under() { [ $SECONDS -lt "$deadline" ] || { echo "deadline: $1 not run"; return 1; }; }
       build test_kernels_cuda test_nn_cuda test_train_infer_rl_cuda
-      timeout 120 "$BUILD/tests/test_kernels_cuda" --gtest_filter='ElementwiseCuda.*' > "$OUT/test_elementwise.log" 2>&1 ||
-        rc=1
+      timeout 120 "$BUILD/tests/test_kernels_cuda" --gtest_filter='ElementwiseCuda.*' \
+        > "$OUT/test_elementwise.log" 2>&1 || rc=1
       timeout 150 "$BUILD/tests/test_nn_cuda" > "$OUT/test_nn_cuda.log" 2>&1 || rc=1
       timeout 150 "$BUILD/tests/test_train_infer_rl_cuda" --gtest_filter='TrainerCuda.*:EngineCuda.*' \
         > "$OUT/test_train_engine.log" 2>&1 || rc=1

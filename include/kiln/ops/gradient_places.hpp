@@ -123,7 +123,8 @@ std::vector<Tensor<T>> gradient_tensors(const GradientPlan& plan, const std::vec
 
 // Both steps for inputs whose gradients have their shapes, on their device.
 template <class T, class Placeable = AnyPlace>
-std::vector<Tensor<T>> gradients_where_inputs_lay(const std::vector<Tensor<T>>& inputs, const Placeable& placeable = {}) {
+std::vector<Tensor<T>> gradients_where_inputs_lay(const std::vector<Tensor<T>>& inputs,
+                                                  const Placeable& placeable = {}) {
   std::vector<Shape> shapes;
   for (const Tensor<T>& t : inputs) shapes.push_back(t.shape());
   return gradient_tensors<T>(plan_gradient_places(inputs, placeable), shapes, inputs.front().device());
