@@ -148,7 +148,7 @@
 #           old (200 steps, $ROUNDS times, default 2), the step's kernels traced (new), then
 #           bench_grouped_gemm_cuda with the chunks on and off, each started while under $DEADLINE
 #           (540). Since the sixth session it covers that session's changes too: the dgrad's SwiGLU
-#           backward epilogue (loads ahead of stores, L2 prefetch; GroupedGemmCuda.*) and RMSNorm
+#           backward epilogue (loads ahead of stores, L2 prefetch: since taken back) and RMSNorm
 #           training on slices of wider rows in place (RmsNormCuda.*)
 #                                                               -> docs/grouped-gemm.md, docs/training.md
 #   one-call-6  the sixth session of 2026-12-07 had little device time: everything above in one
@@ -222,6 +222,36 @@ fp8_bench() {
   shift
   timeout 150 "$@" > "$OUT/$log" 2>&1 || rc=1
   echo "$log: $(grep -A1 '^geometric mean' "$OUT/$log" | tr '\n' ' ')"
+}
+
+# $OLD_TREE's pretrain built in /tmp/kb_old beside this tree's targets (4 jobs, in the background);
+# wait_old_build waits for it and says when it failed.
+start_old_build() {
+  if [ -d "${OLD_TREE:-}" ] && [ ! -x /tmp/kb_old/examples/pretrain ]; then
+    configure_release "$OLD_TREE" /tmp/kb_old "$BUILD_LOGS/configure_old.log"
+    ninja -C /tmp/kb_old -j 4 pretrain > "$BUILD_LOGS/build_old.log" 2>&1 &
+    old_build=$!
+  fi
+}
+wait_old_build() {
+  if [ -n "${old_build:-}" ] && ! wait "$old_build"; then
+    echo "old build failed"
+    tail -20 "$BUILD_LOGS/build_old.log"
+  fi
+}
+
+# Whether the call is still under $DEADLINE seconds (default 560); says what is skipped when not.
+under() { [ $SECONDS -lt "${DEADLINE:-560}" ] || { echo "deadline: $1 not run"; return 1; }; }
+
+# GoogleTest's verdicts and failures from the logs given.
+test_summary() { grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$@" | head -20; }
+
+# All of test_nn_cuda (the modules and models on the GPU) and the trainer's and engine's GPU tests.
+model_tests() {
+  timeout 150 "$BUILD/tests/test_nn_cuda" > "$OUT/test_nn_cuda.log" 2>&1 || rc=1
+  timeout 200 "$BUILD/tests/test_train_infer_rl_cuda" --gtest_filter='TrainerCuda.*:EngineCuda.*' \
+    > "$OUT/test_train_engine.log" 2>&1 || rc=1
+  test_summary "$OUT/test_nn_cuda.log" "$OUT/test_train_engine.log"
 }
 
 # The kernels of 30 steps of pretrain --config big as the GPU ran them (the CUPTI tracer), and the
@@ -928,22 +958,15 @@ for phase in "$@"; do
       done
       ;;
     wgrad-chunks-build|wgrad-chunks)
-      if [ -d "${OLD_TREE:-}" ] && [ ! -x /tmp/kb_old/examples/pretrain ]; then
-        configure_release "$OLD_TREE" /tmp/kb_old "$BUILD_LOGS/configure_old.log"
-        ninja -C /tmp/kb_old -j 4 pretrain > "$BUILD_LOGS/build_old.log" 2>&1 &
-        old_build=$!
-      fi
+      start_old_build
       build pretrain kernel_trace
       build test_kernels_cuda bench_grouped_gemm_cuda test_nn_cuda test_train_infer_rl_cuda
-      [ -n "${old_build:-}" ] && { wait "$old_build" || { echo "old build failed"; tail -20 "$BUILD_LOGS/build_old.log"; }; }
+      wait_old_build
       [ $phase = wgrad-chunks ] || continue
       timeout 200 "$BUILD/tests/test_kernels_cuda" --gtest_filter='GroupedGemmCuda.*:*Attention*:RmsNormCuda.*' \
         > "$OUT/test_kernels.log" 2>&1 || rc=1
-      timeout 150 "$BUILD/tests/test_nn_cuda" > "$OUT/test_nn_cuda.log" 2>&1 || rc=1
-      timeout 200 "$BUILD/tests/test_train_infer_rl_cuda" --gtest_filter='TrainerCuda.*:EngineCuda.*' \
-        > "$OUT/test_train_engine.log" 2>&1 || rc=1
-      grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT/test_kernels.log" "$OUT/test_nn_cuda.log" \
-        "$OUT/test_train_engine.log" | head -20
+      test_summary "$OUT/test_kernels.log"
+      model_tests
       for round in $(seq "${ROUNDS:-2}"); do
         for tree in new chunks-on old; do
           [ $SECONDS -lt "${DEADLINE:-540}" ] || { echo "deadline: $tree round $round not run"; continue; }
@@ -965,21 +988,12 @@ for phase in "$@"; do
       done
       ;;
     one-call-6)
-      deadline=${DEADLINE:-560}
-      under() { [ $SECONDS -lt "$deadline" ] || { echo "deadline: $1 not run"; return 1; }; }
-      if [ -d "${OLD_TREE:-}" ] && [ ! -x /tmp/kb_old/examples/pretrain ]; then
-        configure_release "$OLD_TREE" /tmp/kb_old "$BUILD_LOGS/configure_old.log"
-        ninja -C /tmp/kb_old -j 4 pretrain > "$BUILD_LOGS/build_old.log" 2>&1 &
-        old_build=$!
-      fi
+      start_old_build
       build pretrain kernel_trace test_kernels_cuda
-      if [ -n "${old_build:-}" ] && ! wait "$old_build"; then
-        echo "old build failed"
-        tail -20 "$BUILD_LOGS/build_old.log"
-      fi
+      wait_old_build
       timeout 150 "$BUILD/tests/test_kernels_cuda" --gtest_filter='GroupedGemmCuda.*:*Attention*:RmsNormCuda.*' \
         > "$OUT/test_kernels.log" 2>&1 || rc=1
-      grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT/test_kernels.log" | head -20
+      test_summary "$OUT/test_kernels.log"
       for round in 1 2; do
         for tree in new old; do
           under "pretrain $tree $round" || continue
@@ -994,11 +1008,7 @@ for phase in "$@"; do
       under trace && trace_step_kernels 30
       if under "module tests"; then
         build test_nn_cuda test_train_infer_rl_cuda
-        timeout 120 "$BUILD/tests/test_nn_cuda" > "$OUT/test_nn_cuda.log" 2>&1 || rc=1
-        timeout 150 "$BUILD/tests/test_train_infer_rl_cuda" --gtest_filter='TrainerCuda.*:EngineCuda.*' \
-          > "$OUT/test_train_engine.log" 2>&1 || rc=1
-        grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT/test_nn_cuda.log" \
-          "$OUT/test_train_engine.log" | head
+        model_tests
       fi
       if under "grouped GEMM benchmark"; then
         build bench_grouped_gemm_cuda
@@ -1011,16 +1021,11 @@ for phase in "$@"; do
       fi
       ;;
     left-6)
-      deadline=${DEADLINE:-560}
-      under() { [ $SECONDS -lt "$deadline" ] || { echo "deadline: $1 not run"; return 1; }; }
       build test_kernels_cuda test_nn_cuda test_train_infer_rl_cuda
       timeout 120 "$BUILD/tests/test_kernels_cuda" --gtest_filter='ElementwiseCuda.*' \
         > "$OUT/test_elementwise.log" 2>&1 || rc=1
-      timeout 150 "$BUILD/tests/test_nn_cuda" > "$OUT/test_nn_cuda.log" 2>&1 || rc=1
-      timeout 150 "$BUILD/tests/test_train_infer_rl_cuda" --gtest_filter='TrainerCuda.*:EngineCuda.*' \
-        > "$OUT/test_train_engine.log" 2>&1 || rc=1
-      grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure" "$OUT/test_elementwise.log" "$OUT/test_nn_cuda.log" \
-        "$OUT/test_train_engine.log" | head -20
+      test_summary "$OUT/test_elementwise.log"
+      model_tests
       if under "grouped GEMM benchmark"; then
         build bench_grouped_gemm_cuda
         for chunks in off on; do
