@@ -96,7 +96,6 @@
 #include "kiln/kernels/common/device_info.hpp"
 #include "kiln/kernels/common/launch.cuh"
 #include "kiln/kernels/common/mma_sm80.cuh"
-#include "kiln/kernels/common/prefetch.cuh"
 #include "kiln/kernels/common/sm90/mbarrier.cuh"
 #include "kiln/kernels/common/sm90/smem.cuh"
 #include "kiln/kernels/common/sm90/tma.cuh"
@@ -381,18 +380,6 @@ __global__ void __launch_bounds__(kThreads, 1)
     const Unit w = unit(u);
     if (!w.active) continue;
     const int num_kb = static_cast<int>((w.red_count + kBlockK - 1) / kBlockK);
-    if constexpr (E == GroupedGemmEpilogue::swiglu_backward) {
-      // The epilogue reads gate and up of the unit's rows and columns (2 × 128 rows × BN columns,
-      // 128 KB at BN = 256): asked into L2 now, they arrive while the k-blocks run.
-      const T* const gate_up = static_cast<const T*>(p.gate_up);
-      constexpr int kLines = BN / 64;  // 128-byte lines of one row's gate (or up) columns
-      for (int i = consumer * 128 + t; i < kBlockM * 2 * kLines; i += 256) {
-        const std::int64_t row = w.row0 + i / (2 * kLines);
-        const int col = w.col0 + 64 * (i % kLines);
-        if (row < w.row_end && col < p.out_cols)
-          prefetch_l2(gate_up + row * 2 * p.half + col + (i / kLines % 2) * p.half);
-      }
-    }
     if constexpr (P == Product::wgrad) {
       if (num_kb == 0) {  // an empty group: dW_g = 0
 #pragma unroll
@@ -528,42 +515,6 @@ __global__ void __launch_bounds__(kThreads, 1)
           }
         }
       }
-    } else if constexpr (E == GroupedGemmEpilogue::swiglu_backward) {
-      // Per 64 columns, after staging them: gate and up of two of the lane's 4 chunks are loaded
-      // before either is stored, then the other two. The compiler cannot tell that out's stores
-      // miss gate_up, so a load placed after a store waits for it: loaded chunk by chunk, every
-      // chunk cost a whole memory latency (16 in a row per 128 × 256 unit; the dgrad with this
-      // epilogue took 127 us where the forward GEMM2 of the same FLOPs took 47, H100,
-      // docs/grouped-gemm.md); now 8, and they mostly hit L2 (the unit's rows were prefetched when
-      // it started, above). Four chunks at a time (32 registers, with the accumulators of the
-      // passes to come still live) spilled: 112 bytes of stack. Measured in the training step
-      // (H100): 124.7 us against 127.3, so the loads were not the main cost.
-      const T* const gate_up = static_cast<const T*>(p.gate_up);
-#pragma unroll
-      for (int pass = 0; pass < BN / 64; ++pass) {
-        stage_columns(8 * pass);
-#pragma unroll
-        for (int pair = 0; pair < 2; ++pair) {
-          grouped_gemm::GateUpChunk gu[2];
-          std::int64_t at_row[2];
-          int at_col[2];
-#pragma unroll
-          for (int i = 0; i < 2; ++i) {
-            const int index = (2 * pair + i) * 32 + lane;  // staged()'s row and chunk of this load
-            at_row[i] = warp_row0 + index / 8;
-            at_col[i] = w.col0 + 64 * pass + 8 * (index % 8);
-            if (at_row[i] < w.row_end && at_col[i] < p.out_cols)
-              gu[i] = grouped_gemm::load_gate_up(gate_up, at_row[i], at_col[i], p.half);
-          }
-#pragma unroll
-          for (int i = 0; i < 2; ++i) {
-            int row, chunk;
-            const uint4 v = staged(2 * pair + i, row, chunk);
-            if (at_row[i] < w.row_end && at_col[i] < p.out_cols)
-              grouped_gemm::store_swiglu_backward<T>(v, gu[i], out, at_row[i], at_col[i], p.half);
-          }
-        }
-      }
     } else {
 #pragma unroll
       for (int pass = 0; pass < BN / 64; ++pass) {
@@ -574,7 +525,11 @@ __global__ void __launch_bounds__(kThreads, 1)
           const uint4 v = staged(i, row, chunk);
           const std::int64_t out_row = warp_row0 + row;
           const int col = w.col0 + 64 * pass + 8 * chunk;
-          if (out_row < w.row_end && col < p.out_cols) *reinterpret_cast<uint4*>(out + out_row * p.ldc + col) = v;
+          if (out_row >= w.row_end || col >= p.out_cols) continue;
+          if constexpr (E == GroupedGemmEpilogue::swiglu_backward)
+            grouped_gemm::store_swiglu_backward<T>(v, static_cast<const T*>(p.gate_up), out, out_row, col, p.half);
+          else
+            *reinterpret_cast<uint4*>(out + out_row * p.ldc + col) = v;
         }
       }
     }

@@ -63,33 +63,18 @@ __device__ __forceinline__ void swiglu_backward_chunk(const uint4& da, const uin
   d_up = as_bits(du);
 }
 
-// gate and up of one chunk: gate_up [R, 2I] row `row` at col and I + col (I = half).
-struct GateUpChunk {
-  uint4 gate, up;
-};
-template <class T>
-__device__ __forceinline__ GateUpChunk load_gate_up(const T* gate_up, std::int64_t row, int col, int half) {
-  const std::int64_t at = row * 2 * half + col;
-  return {*reinterpret_cast<const uint4*>(gate_up + at), *reinterpret_cast<const uint4*>(gate_up + at + half)};
-}
-
-// The backward's step for one chunk once gate and up are loaded: da at (row, col) of the dgrad's
-// tile; out [R, 2I] receives d_gate at col and d_up at I + col.
-template <class T>
-__device__ __forceinline__ void store_swiglu_backward(const uint4& da, const GateUpChunk& gu, T* out, std::int64_t row,
-                                                      int col, int half) {
-  const std::int64_t at = row * 2 * half + col;
-  uint4 d_gate, d_up;
-  swiglu_backward_chunk<T>(da, gu.gate, gu.up, d_gate, d_up);
-  *reinterpret_cast<uint4*>(out + at) = d_gate;
-  *reinterpret_cast<uint4*>(out + at + half) = d_up;
-}
-
-// The whole step for one chunk: load, then store.
+// The backward's whole step for one chunk: da at (row, col) of the dgrad's tile; gate_up [R, 2I]
+// row `row` read at col and I + col; out [R, 2I] written there. I = half.
 template <class T>
 __device__ __forceinline__ void store_swiglu_backward(const uint4& da, const T* gate_up, T* out, std::int64_t row,
                                                       int col, int half) {
-  store_swiglu_backward<T>(da, load_gate_up(gate_up, row, col, half), out, row, col, half);
+  const std::int64_t at = row * 2 * half + col;
+  const uint4 gate = *reinterpret_cast<const uint4*>(gate_up + at);
+  const uint4 up = *reinterpret_cast<const uint4*>(gate_up + at + half);
+  uint4 d_gate, d_up;
+  swiglu_backward_chunk<T>(da, gate, up, d_gate, d_up);
+  *reinterpret_cast<uint4*>(out + at) = d_gate;
+  *reinterpret_cast<uint4*>(out + at + half) = d_up;
 }
 
 }  // namespace kiln::kernels::grouped_gemm
